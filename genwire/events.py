@@ -1,0 +1,150 @@
+"""Typed events on the request path. Kafka values are their JSON; keys are request ids."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genwire.topics import Topic
+
+
+def now_ms() -> float:
+    """Wall-clock milliseconds, the unit of every timestamp in events."""
+    return time.time() * 1000.0
+
+
+class Event(BaseModel):
+    """Base of every event: each class names the topic it is published to."""
+
+    model_config = ConfigDict(extra="forbid")
+    TOPIC: ClassVar[Topic]
+
+    request_id: str
+
+    def key(self) -> bytes:
+        """The Kafka key: the request id, so a request's events stay ordered."""
+        return self.request_id.encode()
+
+
+class ChatMessage(BaseModel):
+    """One chat turn, OpenAI style."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Sampling(BaseModel):
+    """Sampling parameters after validation (ranges are enforced by preprocess)."""
+
+    max_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    stop: list[str] = Field(default_factory=list)
+    stop_token_ids: list[int] = Field(default_factory=list)
+
+
+class ErrorInfo(BaseModel):
+    """A clear error for the caller: a stable code and a human message."""
+
+    code: str
+    message: str
+
+
+class Timings(BaseModel):
+    """Wall-clock milestones (ms since the epoch) stamped by each stage."""
+
+    received: float | None = None
+    prepared: float | None = None
+    inference_start: float | None = None
+    first_token: float | None = None
+    inference_end: float | None = None
+    completed: float | None = None
+
+
+class PreparedRequest(Event):
+    """preprocess → inference: a validated, tokenized request."""
+
+    TOPIC: ClassVar[Topic] = Topic.PREPARED
+    model: str
+    model_version: str = ""
+    input_ids: list[int]
+    sampling: Sampling
+    stream: bool = False
+    deadline_ms: float | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    timings: Timings = Field(default_factory=Timings)
+
+
+class GenerationChunk(Event):
+    """inference → postprocess: new token ids, or the final event of a generation."""
+
+    TOPIC: ClassVar[Topic] = Topic.GENERATIONS
+    index: int
+    token_ids: list[int] = Field(default_factory=list)
+    final: bool = False
+    stream: bool = False
+    model: str = ""
+    model_version: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    mean_logprob: float | None = None
+    sampling: Sampling | None = None
+    error: ErrorInfo | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    timings: Timings = Field(default_factory=Timings)
+
+
+class TokenEvent(Event):
+    """postprocess → callers: ordered text chunks of a streamed request, then a final one."""
+
+    TOPIC: ClassVar[Topic] = Topic.TOKENS
+    index: int
+    text: str
+    final: bool = False
+    finish_reason: str | None = None
+
+
+class Usage(BaseModel):
+    """Token counts, OpenAI style."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class GenerationResult(Event):
+    """The final result of a request, or its error; stored in Redis and on ``genwire.results``."""
+
+    TOPIC: ClassVar[Topic] = Topic.RESULTS
+    model: str = ""
+    model_version: str = ""
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    timings: Timings = Field(default_factory=Timings)
+    error: ErrorInfo | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class ControlEvent(Event):
+    """A command every inference instance reads, e.g. cancel a request."""
+
+    TOPIC: ClassVar[Topic] = Topic.CONTROL
+    action: Literal["cancel"]
+    reason: str = ""
+
+
+def dump(event: Event) -> bytes:
+    """Serialise an event to its Kafka value."""
+    return event.model_dump_json(exclude_none=True).encode()
+
+
+def load(model: type[Any], raw: bytes) -> Any:
+    """Parse a Kafka value into ``model`` (raises pydantic's ValidationError)."""
+    return model.model_validate_json(raw)

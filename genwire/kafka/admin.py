@@ -1,0 +1,43 @@
+"""Explicit topic creation (broker auto-create is off) and broker readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from genwire.topics import TOPIC_SPECS, TopicSpec
+
+
+async def ensure_topics(
+    bootstrap_servers: str, specs: Iterable[TopicSpec] = TOPIC_SPECS, timeout_s: float = 60.0
+) -> list[str]:
+    """Create the topics that are missing; returns the names it created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10000)
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [s for s in specs if s.name not in existing]
+        if not wanted:
+            return []
+        new = [
+            NewTopic(
+                name=s.name,
+                num_partitions=s.partitions,
+                replication_factor=1,
+                topic_configs={
+                    "retention.ms": str(s.retention_ms),
+                    "max.message.bytes": "16777216",
+                },
+            )
+            for s in wanted
+        ]
+        # Another process may create them meanwhile: that is what we wanted.
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics(new)
+        return [s.name for s in wanted]
+    finally:
+        await admin.close()

@@ -1,0 +1,36 @@
+"""Prometheus metrics shared by the Kafka wrapper; each app owns its registry (no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from genwire.telemetry import semconv as sc
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class ConsumerMetrics:
+    """Counters and histograms of one service's consumers."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["topic", "stage", "outcome"]
+        self.messages = Counter(
+            sc.METRIC_MESSAGES, "Records processed, by outcome.", labels, registry=registry
+        )
+        self.duration = Histogram(
+            sc.METRIC_PROCESS_SECONDS,
+            "Time to process one record, outputs published.",
+            ["topic", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.dlq = Counter(
+            sc.METRIC_DLQ,
+            "Records sent to the DLQ, by reason.",
+            ["stage", "code"],
+            registry=registry,
+        )
+        self.retries = Counter(sc.METRIC_RETRIES, "Handler retries.", ["stage"], registry=registry)
+        self.inflight = Gauge(
+            sc.METRIC_INFLIGHT, "Records being processed now.", ["stage"], registry=registry
+        )

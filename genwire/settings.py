@@ -1,0 +1,58 @@
+"""Settings every service shares; each service subclasses them with its own env prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    """Where genwire keeps downloads, builds, models, logs and state: outside any clone."""
+    return Path.home() / ".cache" / "genwire"
+
+
+class CommonSettings(BaseSettings):
+    """Connection and telemetry settings, read from ``GENWIRE_*`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="GENWIRE_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home, description="Cache and state root.")
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma separated."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis connection URL.")
+    triton_grpc_url: str = Field("127.0.0.1:8001", description="Triton gRPC host:port.")
+    triton_http_url: str = Field("127.0.0.1:8000", description="Triton HTTP host:port.")
+    jaeger_ui_url: str = Field(
+        "http://127.0.0.1:16686", description="Jaeger UI and query API base URL."
+    )
+    model_repository: Path | None = Field(
+        None, description="Triton model repository; default: <home>/models/repository."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+    log_json: bool = Field(False, description="Log JSON lines (with trace ids) instead of text.")
+    trace_content: bool = Field(
+        False, description="Opt in to prompt and completion text in spans (off: none is recorded)."
+    )
+    traces_sample_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, description="Head sampling ratio for new traces."
+    )
+
+    @property
+    def repository(self) -> Path:
+        """The Triton model repository in use."""
+        return self.model_repository or self.home / "models" / "repository"
+
+
+class ServiceSettings(CommonSettings):
+    """What every long-running service has on top: a name and a health/metrics port."""
+
+    service_name: str = Field("genwire", description="OpenTelemetry service.name and group id.")
+    host: str = Field("127.0.0.1", description="Address the health/metrics server binds.")
+    port: int = Field(8091, description="Port of /healthz, /readyz and /metrics.")
+    concurrency: int = Field(64, ge=1, description="Records processed at once by the consumer.")
+    max_retries: int = Field(5, ge=0, description="Retries of a retryable error before the DLQ.")
+    retry_backoff_s: float = Field(0.2, gt=0, description="First retry delay; doubles each time.")
+    shutdown_timeout_s: float = Field(20.0, gt=0, description="How long stop waits for work.")

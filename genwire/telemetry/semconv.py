@@ -1,0 +1,93 @@
+"""Every span attribute, span name and metric name genwire emits, defined once.
+
+Upstream names follow OpenTelemetry's messaging and GenAI semantic conventions; our own keys
+all carry the ``genwire.`` prefix.
+"""
+
+from __future__ import annotations
+
+# messaging.* (OpenTelemetry messaging conventions, Kafka binding)
+MESSAGING_SYSTEM = "messaging.system"
+MESSAGING_DESTINATION = "messaging.destination.name"
+MESSAGING_OPERATION_TYPE = "messaging.operation.type"
+MESSAGING_OPERATION_NAME = "messaging.operation.name"
+MESSAGING_CONSUMER_GROUP = "messaging.consumer.group.name"
+MESSAGING_PARTITION = "messaging.destination.partition.id"
+MESSAGING_OFFSET = "messaging.kafka.offset"
+MESSAGING_MESSAGE_KEY = "messaging.kafka.message.key"
+MESSAGING_BODY_SIZE = "messaging.message.body.size"
+
+# gen_ai.* (OpenTelemetry GenAI conventions)
+GEN_AI_SYSTEM = "gen_ai.system"
+GEN_AI_OPERATION = "gen_ai.operation.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+GEN_AI_REQUEST_TEMPERATURE = "gen_ai.request.temperature"
+GEN_AI_REQUEST_TOP_P = "gen_ai.request.top_p"
+GEN_AI_REQUEST_TOP_K = "gen_ai.request.top_k"
+GEN_AI_REQUEST_SEED = "gen_ai.request.seed"
+GEN_AI_RESPONSE_ID = "gen_ai.response.id"
+GEN_AI_FINISH_REASONS = "gen_ai.response.finish_reasons"
+GEN_AI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_PROMPT = "gen_ai.prompt"
+GEN_AI_COMPLETION = "gen_ai.completion"
+
+# genwire.* (ours)
+STAGE = "genwire.stage"
+REQUEST_ID = "genwire.request_id"
+MODEL_VERSION = "genwire.model.version"
+TIME_TO_FIRST_TOKEN_MS = "genwire.time_to_first_token_ms"
+TIME_PER_OUTPUT_TOKEN_MS = "genwire.time_per_output_token_ms"
+QUEUE_MS = "genwire.triton.queue_ms"
+COMPUTE_MS = "genwire.triton.compute_ms"
+MEAN_LOGPROB = "genwire.mean_logprob"
+FILTER_HITS = "genwire.filter.hits"
+ERROR_CODE = "genwire.error.code"
+DLQ_REASON = "genwire.dlq.reason"
+ENTRYPOINT = "genwire.entrypoint"
+WAIT_MS = "genwire.kafka.wait_ms"
+
+# Stage names (values of STAGE and span-name prefixes)
+STAGE_GATEWAY = "gateway"
+STAGE_PREPROCESS = "preprocess"
+STAGE_INFERENCE = "inference"
+STAGE_POSTPROCESS = "postprocess"
+STAGE_MONITOR = "monitor"
+
+# Span names
+SPAN_TRITON_GENERATE = "triton.generate"
+
+
+def publish_span_name(topic: str) -> str:
+    """Messaging convention: ``<destination> publish``."""
+    return f"{topic} publish"
+
+
+def process_span_name(topic: str) -> str:
+    """Messaging convention: ``<destination> process``."""
+    return f"{topic} process"
+
+
+# Prometheus metric names
+METRIC_MESSAGES = "genwire_messages_total"
+METRIC_PROCESS_SECONDS = "genwire_process_duration_seconds"
+METRIC_DLQ = "genwire_dlq_total"
+METRIC_RETRIES = "genwire_retries_total"
+METRIC_INFLIGHT = "genwire_inflight"
+METRIC_TTFT_SECONDS = "genwire_time_to_first_token_seconds"
+METRIC_TPOT_SECONDS = "genwire_time_per_output_token_seconds"
+METRIC_TOKENS = "genwire_tokens_total"
+METRIC_REQUESTS = "genwire_requests_total"
+METRIC_REQUEST_SECONDS = "genwire_request_duration_seconds"
+
+# Kafka header names (CloudEvents Kafka binding plus ours)
+HEADER_EVENT_TYPE = "ce_type"
+HEADER_SOURCE = "ce_source"
+HEADER_DLQ_REASON = "genwire_dlq_reason"
+HEADER_DLQ_CODE = "genwire_dlq_code"
+HEADER_DLQ_TOPIC = "genwire_dlq_topic"
+HEADER_DLQ_PARTITION = "genwire_dlq_partition"
+HEADER_DLQ_OFFSET = "genwire_dlq_offset"
+HEADER_DLQ_STAGE = "genwire_dlq_stage"

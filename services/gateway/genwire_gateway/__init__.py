@@ -1,0 +1,1 @@
+"""genwire gateway service: gRPC and OpenAI-style HTTP entry points."""

@@ -1,0 +1,1 @@
+"""Pure async handlers of the gateway service (no Kafka or HTTP imports)."""

@@ -1,0 +1,1 @@
+"""genwire inference service: Drives the model on Triton and publishes token chunks."""

@@ -1,0 +1,1 @@
+"""Pure async handlers of the monitor service (no Kafka or HTTP imports)."""

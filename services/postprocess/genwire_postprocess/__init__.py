@@ -1,0 +1,1 @@
+"""genwire postprocess service: detokenize, stop sequences, filters, results."""

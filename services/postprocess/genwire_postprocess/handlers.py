@@ -1,0 +1,1 @@
+"""Pure async handlers of the postprocess service (no Kafka or HTTP imports)."""

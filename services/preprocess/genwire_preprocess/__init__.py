@@ -1,0 +1,1 @@
+"""genwire preprocess service: Validates, templates and tokenizes requests from genwire.requests."""
