@@ -64,6 +64,10 @@ class Timings(BaseModel):
     first_token: float | None = None
     inference_end: float | None = None
     completed: float | None = None
+    triton_queue_ms: float | None = None
+    """Duration (not a milestone): time the request waited in Triton's queue."""
+    triton_compute_ms: float | None = None
+    """Duration (not a milestone): Triton's compute time for the request."""
 
 
 class PreparedRequest(Event):
@@ -98,6 +102,11 @@ class GenerationChunk(Event):
     error: ErrorInfo | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     timings: Timings = Field(default_factory=Timings)
+    offset: int = 0
+    """How many tokens of the generation came before this chunk's ``token_ids``."""
+    output_ids: list[int] | None = None
+    """Final chunk only: every generated token id, so the result never depends on having seen
+    every intermediate chunk (redelivery, a postprocess restart)."""
 
 
 class TokenEvent(Event):
@@ -108,6 +117,9 @@ class TokenEvent(Event):
     text: str
     final: bool = False
     finish_reason: str | None = None
+    text_offset: int = 0
+    """Character offset of ``text`` in the full result text: a reader that already holds N
+    characters appends ``text[N - text_offset:]`` (exact dedupe after any redelivery)."""
 
 
 class Usage(BaseModel):

@@ -21,7 +21,7 @@ from opentelemetry.trace import Tracer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from genwire.kafka import EventConsumer, EventProducer
-from genwire.kafka.consumer import FailureEvents, Handler, InT
+from genwire.kafka.consumer import Decoder, FailureEvents, Handler, InT
 from genwire.metrics import ConsumerMetrics
 from genwire.settings import ServiceSettings
 from genwire.telemetry import configure_tracing
@@ -65,6 +65,7 @@ class ServiceRuntime:
         group_id: str | None = None,
         failure_events: FailureEvents | None = None,
         auto_offset_reset: str = "earliest",
+        decoder: Decoder[InT] | None = None,
     ) -> EventConsumer[InT]:
         """Create (not start) a consumer with this service's settings and telemetry."""
         consumer: EventConsumer[InT] = EventConsumer(
@@ -79,6 +80,7 @@ class ServiceRuntime:
             max_retries=self.settings.max_retries,
             retry_backoff_s=self.settings.retry_backoff_s,
             failure_events=failure_events,
+            decoder=decoder,
             tracer=self.tracer,
             metrics=self.consumer_metrics,
             auto_offset_reset=auto_offset_reset,

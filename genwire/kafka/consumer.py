@@ -37,6 +37,9 @@ InT = TypeVar("InT", bound=BaseModel)
 HandlerResult = Event | Sequence[Event] | None
 Handler = Callable[[InT], Awaitable[HandlerResult] | AsyncIterator[Event]]
 FailureEvents = Callable[[ConsumerRecord[bytes, bytes], GenwireError], Sequence[Event]]
+# Parses a record itself (its key, raw bytes); raises GenwireError (e.g. PermanentError with a
+# precise code) for a record that can never be handled. Default: ``model.model_validate_json``.
+Decoder = Callable[[ConsumerRecord[bytes, bytes]], InT]
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -67,6 +70,7 @@ class EventConsumer(Generic[InT]):
         max_retries: int = 5,
         retry_backoff_s: float = 0.2,
         failure_events: FailureEvents | None = None,
+        decoder: Decoder[InT] | None = None,
         tracer: Tracer | None = None,
         metrics: ConsumerMetrics | None = None,
         auto_offset_reset: str = "earliest",
@@ -81,6 +85,7 @@ class EventConsumer(Generic[InT]):
         self._max_retries = max_retries
         self._backoff = retry_backoff_s
         self._failure_events = failure_events
+        self._decoder = decoder
         self._tracer = tracer or trace.get_tracer("genwire.kafka")
         self._metrics = metrics
         self._sem = asyncio.Semaphore(concurrency)
@@ -150,12 +155,17 @@ class EventConsumer(Generic[InT]):
             self._metrics.inflight.labels(self._stage).inc()
         try:
             outcome = await self._handle_record(record)
-        except Exception:  # the last line of defence: never lose the record, never die
-            log.exception("unexpected failure handling %s@%s", tp, record.offset)
-            outcome = "failed"
+        except asyncio.CancelledError:
+            # Stopped mid-record: leave it uncommitted so the group redelivers it.
+            outcome = "cancelled"
+            raise
+        except Exception:  # even the DLQ failed: keep it uncommitted, never die
+            log.exception("could not handle nor dead-letter %s@%s", tp, record.offset)
+            outcome = "uncommitted"
         finally:
             tracker = self._offsets.get(tp)
-            if tracker is not None:  # None: the partition was revoked and drained meanwhile
+            # None: the partition was revoked and drained meanwhile.
+            if tracker is not None and outcome not in ("cancelled", "uncommitted"):
                 tracker.finished(record.offset)
             self._dirty.set()
             self._sem.release()
@@ -190,10 +200,16 @@ class EventConsumer(Generic[InT]):
             attributes=attributes,
         ) as span:
             try:
-                event = self._model.model_validate_json(record.value or b"")
+                if self._decoder is not None:
+                    event = self._decoder(record)
+                else:
+                    event = self._model.model_validate_json(record.value or b"")
             except ValidationError as exc:
                 err = PermanentError(_describe(exc), code="invalid_message")
                 await self._fail(record, err, span)
+                return "invalid"
+            except GenwireError as exc:  # the decoder's verdict, with its own code
+                await self._fail(record, exc, span)
                 return "invalid"
             for attempt in range(self._max_retries + 1):
                 try:

@@ -34,6 +34,15 @@ GEN_AI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 GEN_AI_PROMPT = "gen_ai.prompt"
 GEN_AI_COMPLETION = "gen_ai.completion"
 
+# rpc.* and http.* (OpenTelemetry RPC and HTTP server conventions; the gateway's SERVER spans)
+RPC_SYSTEM = "rpc.system"
+RPC_SERVICE = "rpc.service"
+RPC_METHOD = "rpc.method"
+RPC_GRPC_STATUS_CODE = "rpc.grpc.status_code"
+HTTP_REQUEST_METHOD = "http.request.method"
+HTTP_ROUTE = "http.route"
+HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
+
 # genwire.* (ours)
 STAGE = "genwire.stage"
 REQUEST_ID = "genwire.request_id"
@@ -81,6 +90,16 @@ METRIC_TPOT_SECONDS = "genwire_time_per_output_token_seconds"
 METRIC_TOKENS = "genwire_tokens_total"
 METRIC_REQUESTS = "genwire_requests_total"
 METRIC_REQUEST_SECONDS = "genwire_request_duration_seconds"
+# monitor: figures computed from the spans on otlp_spans
+METRIC_MONITOR_RECORDS = "genwire_monitor_records_total"
+METRIC_MONITOR_SPANS = "genwire_monitor_spans_total"
+METRIC_MONITOR_REQUESTS = "genwire_monitor_requests_total"
+METRIC_MONITOR_LATENCY_MS = "genwire_monitor_stage_latency_ms"
+METRIC_MONITOR_BURN_RATE = "genwire_monitor_slo_burn_rate"
+METRIC_MONITOR_DRIFT = "genwire_monitor_drift_score"
+METRIC_MONITOR_ALERTS = "genwire_monitor_alert_firing"
+METRIC_MONITOR_OPEN_TRACES = "genwire_monitor_open_traces"
+METRIC_MONITOR_WEBHOOK_FAILURES = "genwire_monitor_webhook_failures_total"
 
 # Kafka header names (CloudEvents Kafka binding plus ours)
 HEADER_EVENT_TYPE = "ce_type"

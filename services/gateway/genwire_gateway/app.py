@@ -1,31 +1,103 @@
-"""Wiring and lifespan of the gateway service."""
+"""Wiring and lifespan of the gateway service: HTTP (FastAPI) and gRPC in one process."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from opentelemetry.sdk.trace.export import SpanExporter
+from redis.asyncio import Redis
 
 from genwire.service import ServiceRuntime, health_router
 from genwire.telemetry import semconv as sc
 from genwire_gateway.config import GatewaySettings
+from genwire_gateway.core import Gateway, GatewayMetrics
+from genwire_gateway.errors import GatewayError
+from genwire_gateway.fanout import FanoutReader
+from genwire_gateway.grpc_service import GenerationServicer, build_server, set_serving
+from genwire_gateway.http_api import openai_router
+from genwire_gateway.models import ModelCatalog
+from genwire_gateway.store import ResultStore
+from genwire_gateway.waiters import WaiterRegistry
+
+log = logging.getLogger(__name__)
 
 
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
-    """Build the app; the runtime is created in the lifespan and kept on ``app.state``."""
+def create_app(
+    settings: GatewaySettings | None = None,
+    *,
+    span_exporter: SpanExporter | None = None,
+    set_global_tracer: bool = True,
+) -> FastAPI:
+    """Build the app; everything stateful is created in the lifespan and kept on ``app.state``.
+
+    ``set_global_tracer=False`` lets tests run several gateways in one process.
+    """
     cfg = settings or GatewaySettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = ServiceRuntime(cfg, sc.STAGE_GATEWAY)
+        runtime = ServiceRuntime(
+            cfg, sc.STAGE_GATEWAY, span_exporter=span_exporter, set_global_tracer=set_global_tracer
+        )
         app.state.runtime = runtime
+        registry = WaiterRegistry()
+        redis = Redis.from_url(
+            cfg.redis_url,
+            socket_timeout=cfg.redis_timeout_s,
+            socket_connect_timeout=cfg.redis_timeout_s,
+        )
+        fanout = FanoutReader(
+            cfg.kafka_bootstrap_servers,
+            registry,
+            runtime.tracer,
+            client_id=f"{cfg.service_name}-fanout",
+        )
+        store = ResultStore(redis, claim_ttl_s=cfg.claim_ttl_s)
+        gateway = Gateway(cfg, runtime.producer, store, registry)
+        metrics = GatewayMetrics(runtime.registry)
+        catalog = ModelCatalog(
+            cfg.triton_http_url,
+            cfg.repository,
+            cache_s=cfg.models_cache_s,
+            default_model=cfg.default_model,
+        )
+        app.state.gateway = gateway
+        app.state.gateway_metrics = metrics
+        app.state.models = catalog
+        server, health = build_server(cfg, GenerationServicer(gateway, runtime.tracer, metrics))
+        app.state.grpc_server = server
         await runtime.start()
         try:
+            await fanout.start(cfg.fanout_ready_timeout_s)
+            runtime.supervise(fanout.run(), "fanout")
+            await redis.ping()  # fail fast when Redis is not there
+            await server.start()
+            await set_serving(health, True)
+            log.info(
+                "gateway serving gRPC on %s:%s and HTTP on %s:%s",
+                cfg.grpc_host,
+                cfg.grpc_port,
+                cfg.host,
+                cfg.port,
+            )
             yield
         finally:
+            await set_serving(health, False)
+            # Stop taking calls, give running ones a moment, then end the waits left.
+            await server.stop(grace=min(5.0, cfg.shutdown_timeout_s))
+            registry.fail_all(GatewayError("the gateway is stopping", code="unavailable"))
+            await gateway.drain()
             await runtime.stop()
+            await fanout.stop()
+            with contextlib.suppress(Exception):
+                await redis.aclose()  # type: ignore[attr-defined]  # (types-redis predates aclose)
+            await catalog.close()
 
     app = FastAPI(title="genwire-gateway", lifespan=lifespan)
     app.include_router(health_router())
+    app.include_router(openai_router())
     return app

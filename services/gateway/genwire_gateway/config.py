@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from genwire.settings import ServiceSettings
+from genwire.topics import Topic
 
 
 class GatewaySettings(ServiceSettings):
@@ -13,5 +14,50 @@ class GatewaySettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="GENWIRE_GATEWAY_", extra="ignore")
 
-    service_name: str = Field("genwire-gateway", description="Service and group name.")
-    port: int = Field(8080, description="Port of /healthz, /readyz and /metrics.")
+    service_name: str = Field("genwire-gateway", description="Service name (OTel service.name).")
+    port: int = Field(
+        8080, description="HTTP port: OpenAI-style /v1 API, /healthz, /readyz and /metrics."
+    )
+    grpc_host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
+    grpc_port: int = Field(50051, description="gRPC port (GenerationService, health, reflection).")
+    default_model: str = Field(
+        "genwire-gpt", description="Model named in responses when a request names none."
+    )
+    request_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest a caller waits when it sets no deadline; also sent downstream as "
+        "the request's deadline, so abandoned work stops.",
+    )
+    max_timeout_s: float = Field(
+        600.0, gt=0, description="Ceiling on any caller's deadline (gRPC deadlines included)."
+    )
+    claim_ttl_s: int = Field(
+        86_400,
+        ge=1,
+        description="How long a named request's idempotency claim (and its fingerprint) lives in "
+        "Redis: repeats within it wait for or return the first result.",
+    )
+    redis_timeout_s: float = Field(2.0, gt=0, description="Timeout of one Redis command.")
+    result_poll_s: float = Field(
+        1.0,
+        gt=0,
+        description="While waiting, how often Redis is checked for a result the fan-out reader "
+        "could have missed (a result stored by another instance's request, a reconnect).",
+    )
+    fanout_ready_timeout_s: float = Field(
+        30.0, gt=0, description="How long start-up waits for the results/tokens reader."
+    )
+    models_cache_s: float = Field(
+        5.0, ge=0, description="How long GET /v1/models reuses Triton's repository index."
+    )
+    grpc_max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest gRPC message in either direction."
+    )
+    requests_topic: str = Field(
+        Topic.REQUESTS.value,
+        description="Topic requests are published to (tests point it at a private topic).",
+    )
+    grpc_reflection: bool = Field(
+        True, description="Serve gRPC reflection, so grpcurl needs no .proto files."
+    )

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 
+from genwire.errors import GenwireError
+from genwire.events import ControlEvent, Event, PreparedRequest
 from genwire.service import ServiceRuntime, health_router
 from genwire.telemetry import semconv as sc
+from genwire.topics import Topic
+from genwire_inference.backend import TritonBackend
 from genwire_inference.config import InferenceSettings
+from genwire_inference.handlers import Inference, failure_chunk
 
 
 def create_app(settings: InferenceSettings | None = None) -> FastAPI:
@@ -20,11 +27,49 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = ServiceRuntime(cfg, sc.STAGE_INFERENCE)
         app.state.runtime = runtime
+        backend = TritonBackend(cfg.triton_grpc_url)
+        inference = Inference(
+            backend,
+            tracer=runtime.tracer,
+            chunk_max_tokens=cfg.chunk_max_tokens,
+            chunk_interval_ms=cfg.chunk_interval_ms,
+            triton_wait_s=cfg.triton_wait_s,
+            cancelled_memory_s=cfg.cancelled_memory_s,
+            max_remembered_cancels=cfg.max_remembered_cancels,
+        )
+        app.state.inference = inference
+
+        def failure_events(
+            record: ConsumerRecord[bytes, bytes], err: GenwireError
+        ) -> Sequence[Event]:
+            # After the DLQ record: a final error chunk, so postprocess answers the caller.
+            try:
+                request: PreparedRequest | None = PreparedRequest.model_validate_json(
+                    record.value or b""
+                )
+            except ValueError:
+                request = None
+            key = record.key.decode("utf-8", "replace") if record.key else None
+            return failure_chunk(request, key, err)
+
+        # Concurrency = streams in flight to Triton at once (its scheduler batches them).
+        runtime.consumer(
+            Topic.PREPARED, PreparedRequest, inference.handle, failure_events=failure_events
+        )
+        # Every instance must see every cancel: a group of its own, from now on.
+        runtime.consumer(
+            Topic.CONTROL,
+            ControlEvent,
+            inference.control,
+            group_id=f"{cfg.service_name}-control-{uuid.uuid4().hex[:12]}",
+            auto_offset_reset="latest",
+        )
         await runtime.start()
         try:
             yield
         finally:
             await runtime.stop()
+            await backend.close()
 
     app = FastAPI(title="genwire-inference", lifespan=lifespan)
     app.include_router(health_router())

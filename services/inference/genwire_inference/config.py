@@ -15,3 +15,26 @@ class InferenceSettings(ServiceSettings):
 
     service_name: str = Field("genwire-inference", description="Service and group name.")
     port: int = Field(8092, description="Port of /healthz, /readyz and /metrics.")
+    chunk_max_tokens: int = Field(
+        8, ge=1, description="A streamed chunk is published once it holds this many tokens..."
+    )
+    chunk_interval_ms: float = Field(
+        20.0,
+        ge=0,
+        description="...or once this long has passed since the last one (the first token is "
+        "always published at once, for a low time to first token).",
+    )
+    triton_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="When Triton is unavailable, wait up to this long for it (per attempt) "
+        "before the consumer's retry; Triton restarts take seconds, failing fast loses work.",
+    )
+    cancelled_memory_s: float = Field(
+        600.0,
+        gt=0,
+        description="How long a cancel for a request not (yet) running here is remembered.",
+    )
+    max_remembered_cancels: int = Field(
+        10_000, gt=0, description="Bound on remembered cancels (oldest forgotten first)."
+    )

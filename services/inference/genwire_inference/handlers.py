@@ -1,1 +1,366 @@
-"""Pure async handlers of the inference service (no Kafka or HTTP imports)."""
+"""Pure async handlers of the inference service (no Kafka or HTTP imports).
+
+PreparedRequest → GenerationChunk*: drive the model (``ModelBackend``), publish streamed
+chunks (the first token at once, then every ``chunk_max_tokens`` tokens or
+``chunk_interval_ms``), and always end with one final chunk carrying every generated token id,
+so postprocess never depends on having seen the intermediate ones. Cancels (ControlEvent) and
+deadlines stop the model's stream; the final chunk then says "cancelled" / "deadline".
+
+Idempotence: the seed is fixed upstream, so a redelivered request regenerates the same tokens
+and chunk indices; a duplicate that arrives while the original still runs here is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+
+from genwire.errors import GenwireError, RetryableError
+from genwire.events import (
+    ControlEvent,
+    ErrorInfo,
+    GenerationChunk,
+    PreparedRequest,
+    Timings,
+    now_ms,
+)
+from genwire.request import ErrorCode
+from genwire.telemetry import semconv as sc
+from genwire.telemetry.propagation import inject
+from genwire_inference.backend import ModelBackend, ModelStream
+
+FINISH_CANCELLED = "cancelled"
+FINISH_DEADLINE = "deadline"
+FINISH_ERROR = "error"
+
+
+@dataclass
+class _Run:
+    """A generation in flight here: what cancels it, and why it stopped early."""
+
+    stream: ModelStream | None = None
+    stop_reason: str | None = None
+    timer: asyncio.TimerHandle | None = None
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.stream is not None:
+            self.stream.cancel()
+
+
+@dataclass
+class _Chunker:
+    """Decides when buffered tokens become a published chunk."""
+
+    max_tokens: int
+    interval_s: float
+    buffer: list[int] = field(default_factory=list)
+    sent_chunks: int = 0
+    sent_tokens: int = 0
+    last_flush: float = 0.0
+
+    def due(self, now: float) -> bool:
+        if not self.buffer:
+            return False
+        if self.sent_chunks == 0:  # first token(s): at once, for time to first token
+            return True
+        return len(self.buffer) >= self.max_tokens or now - self.last_flush >= self.interval_s
+
+    def take(self, now: float) -> tuple[int, int, list[int]]:
+        index, offset, ids = self.sent_chunks, self.sent_tokens, self.buffer
+        self.buffer = []
+        self.sent_chunks += 1
+        self.sent_tokens += len(ids)
+        self.last_flush = now
+        return index, offset, ids
+
+
+class Inference:
+    """The inference stage's logic: generations in flight, cancels, chunking."""
+
+    def __init__(
+        self,
+        backend: ModelBackend,
+        *,
+        tracer: Tracer | None = None,
+        chunk_max_tokens: int = 8,
+        chunk_interval_ms: float = 20.0,
+        triton_wait_s: float = 30.0,
+        cancelled_memory_s: float = 600.0,
+        max_remembered_cancels: int = 10_000,
+    ) -> None:
+        self.backend = backend
+        self.tracer = tracer or trace.get_tracer("genwire.inference")
+        self.chunk_max_tokens = chunk_max_tokens
+        self.chunk_interval_s = chunk_interval_ms / 1000.0
+        self.triton_wait_s = triton_wait_s
+        self.cancelled_memory_s = cancelled_memory_s
+        self.max_remembered_cancels = max_remembered_cancels
+        self.inflight: dict[str, _Run] = {}
+        self._cancelled: OrderedDict[str, float] = OrderedDict()
+
+    # -- control ----------------------------------------------------------------------------
+
+    async def control(self, event: ControlEvent) -> None:
+        """A cancel stops the request's generation here, or is remembered for when it comes."""
+        if event.action != "cancel":
+            return
+        run = self.inflight.get(event.request_id)
+        if run is not None:
+            run.stop(FINISH_CANCELLED)
+            return
+        self._cancelled[event.request_id] = time.monotonic()
+        self._cancelled.move_to_end(event.request_id)
+        self._forget_old_cancels()
+
+    def _forget_old_cancels(self) -> None:
+        horizon = time.monotonic() - self.cancelled_memory_s
+        while self._cancelled and (
+            len(self._cancelled) > self.max_remembered_cancels
+            or next(iter(self._cancelled.values())) < horizon
+        ):
+            self._cancelled.popitem(last=False)
+
+    def was_cancelled(self, request_id: str) -> bool:
+        """True if a cancel for ``request_id`` arrived (and is still remembered)."""
+        self._forget_old_cancels()
+        return request_id in self._cancelled
+
+    # -- generation -------------------------------------------------------------------------
+
+    async def handle(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
+        """Generate ``request``; yield streamed chunks, then the final chunk."""
+        rid = request.request_id
+        if rid in self.inflight:  # a duplicate of a generation still running here
+            return
+        start = now_ms()
+        timings = request.timings.model_copy(update={"inference_start": start})
+        if self.was_cancelled(rid):
+            yield self._final(request, [], FINISH_CANCELLED, timings, index=0)
+            return
+        if request.deadline_ms is not None and start >= request.deadline_ms:
+            yield self._final(
+                request,
+                [],
+                FINISH_ERROR,
+                timings,
+                index=0,
+                error=ErrorInfo(
+                    code=ErrorCode.DEADLINE_EXCEEDED,
+                    message="the request's deadline passed before generation started",
+                ),
+            )
+            return
+        run = _Run()
+        self.inflight[rid] = run
+        if request.deadline_ms is not None:
+            delay = (request.deadline_ms - start) / 1000.0
+            run.timer = asyncio.get_running_loop().call_later(delay, run.stop, FINISH_DEADLINE)
+        try:
+            async for chunk in self._generate(request, run, timings):
+                yield chunk
+        finally:
+            if run.timer is not None:
+                run.timer.cancel()
+            if self.inflight.get(rid) is run:
+                del self.inflight[rid]
+
+    async def _generate(
+        self, request: PreparedRequest, run: _Run, timings: Timings
+    ) -> AsyncIterator[GenerationChunk]:
+        s = request.sampling
+        attributes: dict[str, str | int | float | bool | Sequence[str]] = {
+            sc.GEN_AI_SYSTEM: "triton",
+            sc.GEN_AI_OPERATION: "text_completion",
+            sc.GEN_AI_REQUEST_MODEL: request.model,
+            sc.MODEL_VERSION: request.model_version,
+            sc.GEN_AI_REQUEST_MAX_TOKENS: s.max_tokens,
+            sc.GEN_AI_REQUEST_TEMPERATURE: s.temperature,
+            sc.GEN_AI_REQUEST_TOP_P: s.top_p,
+            sc.GEN_AI_REQUEST_TOP_K: s.top_k,
+            sc.GEN_AI_REQUEST_SEED: s.seed,
+            sc.REQUEST_ID: request.request_id,
+            sc.GEN_AI_INPUT_TOKENS: len(request.input_ids),
+        }
+        # A child of the consumer's process span (current here); not made current itself,
+        # because this generator yields to the consumer between chunks.
+        span = self.tracer.start_span(
+            sc.SPAN_TRITON_GENERATE, kind=SpanKind.CLIENT, attributes=attributes
+        )
+        chunker = _Chunker(self.chunk_max_tokens, self.chunk_interval_s)
+        generated: list[int] = []
+        logprob_sum = 0.0
+        logprob_n = 0
+        final_step = None
+        try:
+            headers: list[tuple[str, bytes]] = []
+            inject(headers, trace.set_span_in_context(span))  # Triton's own trace joins ours
+            stream = await self.backend.open(request, {k: v.decode("latin-1") for k, v in headers})
+            run.stream = stream
+            if run.stop_reason is not None:  # cancelled while the call was being set up
+                stream.cancel()
+            async for step in stream:
+                now = time.perf_counter()
+                if step.model_version and not request.model_version:
+                    request = request.model_copy(update={"model_version": step.model_version})
+                    span.set_attribute(sc.MODEL_VERSION, step.model_version)
+                if step.token_ids:
+                    if not generated:
+                        timings.first_token = now_ms()
+                        span.set_attribute(
+                            sc.TIME_TO_FIRST_TOKEN_MS,
+                            timings.first_token - (timings.inference_start or 0.0),
+                        )
+                    generated.extend(step.token_ids)
+                    logprob_sum += sum(step.logprobs)
+                    logprob_n += len(step.logprobs)
+                    if request.stream:
+                        chunker.buffer.extend(step.token_ids)
+                if step.finished:
+                    final_step = step
+                    break
+                if request.stream and chunker.due(now):
+                    index, offset, ids = chunker.take(now)
+                    yield GenerationChunk(
+                        request_id=request.request_id,
+                        index=index,
+                        offset=offset,
+                        token_ids=ids,
+                        stream=True,
+                        model=request.model,
+                        model_version=request.model_version,
+                        sampling=s if index == 0 else None,
+                    )
+        except RetryableError as exc:
+            span.set_status(Status(StatusCode.ERROR, exc.message))
+            span.set_attribute(sc.ERROR_CODE, exc.code)
+            span.end()
+            # Triton restarting or the model reloading: wait for it here (bounded), then let
+            # the consumer retry; the same seed regenerates the same tokens and chunk indices.
+            await self._wait_for_model(request)
+            raise
+        except GenwireError as exc:
+            span.set_status(Status(StatusCode.ERROR, exc.message))
+            span.set_attribute(sc.ERROR_CODE, exc.code)
+            span.end()
+            raise
+        except BaseException:
+            span.end()
+            raise
+
+        timings.inference_end = now_ms()
+        if final_step is None and run.stop_reason is None:  # should not happen: be explicit
+            run.stop_reason = FINISH_ERROR
+        reason = run.stop_reason or (final_step.finish_reason if final_step else "") or "stop"
+        if final_step is not None:
+            timings.triton_queue_ms = final_step.queue_ms
+            timings.triton_compute_ms = final_step.compute_ms
+        mean = (
+            final_step.mean_logprob
+            if final_step and final_step.mean_logprob is not None
+            else (logprob_sum / logprob_n if logprob_n else None)
+        )
+        span.set_attribute(sc.GEN_AI_FINISH_REASONS, [reason])
+        span.set_attribute(sc.GEN_AI_OUTPUT_TOKENS, len(generated))
+        if mean is not None:
+            span.set_attribute(sc.MEAN_LOGPROB, mean)
+        if timings.triton_queue_ms is not None:
+            span.set_attribute(sc.QUEUE_MS, timings.triton_queue_ms)
+        if timings.triton_compute_ms is not None:
+            span.set_attribute(sc.COMPUTE_MS, timings.triton_compute_ms)
+        if len(generated) > 1 and timings.first_token is not None:
+            tpot = (timings.inference_end - timings.first_token) / (len(generated) - 1)
+            span.set_attribute(sc.TIME_PER_OUTPUT_TOKEN_MS, tpot)
+        span.end()
+        yield self._final(
+            request,
+            generated,
+            reason,
+            timings,
+            index=chunker.sent_chunks,
+            offset=chunker.sent_tokens,
+            tail=chunker.buffer if request.stream else generated,
+            prompt_tokens=(final_step.prompt_tokens if final_step else 0) or len(request.input_ids),
+            mean_logprob=mean,
+            error=(
+                ErrorInfo(
+                    code=ErrorCode.INFERENCE_FAILED,
+                    message="the model stream ended without a final response",
+                )
+                if reason == FINISH_ERROR
+                else None
+            ),
+        )
+
+    async def _wait_for_model(self, request: PreparedRequest) -> None:
+        wait = self.triton_wait_s
+        if request.deadline_ms is not None:
+            wait = min(wait, max(0.0, (request.deadline_ms - now_ms()) / 1000.0))
+        if wait > 0:
+            await self.backend.wait_ready(request.model, request.model_version, wait)
+
+    def _final(
+        self,
+        request: PreparedRequest,
+        generated: list[int],
+        reason: str,
+        timings: Timings,
+        *,
+        index: int,
+        offset: int = 0,
+        tail: list[int] | None = None,
+        prompt_tokens: int | None = None,
+        mean_logprob: float | None = None,
+        error: ErrorInfo | None = None,
+    ) -> GenerationChunk:
+        if timings.inference_end is None:
+            timings.inference_end = now_ms()
+        return GenerationChunk(
+            request_id=request.request_id,
+            index=index,
+            offset=offset,
+            token_ids=list(tail or []),
+            final=True,
+            stream=request.stream,
+            model=request.model,
+            model_version=request.model_version,
+            finish_reason=reason,
+            prompt_tokens=len(request.input_ids) if prompt_tokens is None else prompt_tokens,
+            completion_tokens=len(generated),
+            mean_logprob=mean_logprob,
+            sampling=request.sampling,
+            error=error,
+            metadata=request.metadata,
+            timings=timings,
+            output_ids=list(generated),
+        )
+
+
+def failure_chunk(
+    request: PreparedRequest | None, request_id: str | None, err: GenwireError
+) -> list[GenerationChunk]:
+    """The final error chunk sent when a PreparedRequest fails for good (after the DLQ record)."""
+    rid = request.request_id if request is not None else request_id
+    if not rid:
+        return []
+    return [
+        GenerationChunk(
+            request_id=rid,
+            index=0,
+            final=True,
+            stream=request.stream if request is not None else False,
+            model=request.model if request is not None else "",
+            model_version=request.model_version if request is not None else "",
+            finish_reason=FINISH_ERROR,
+            error=ErrorInfo(code=err.code, message=err.message),
+            metadata=request.metadata if request is not None else {},
+            timings=request.timings if request is not None else Timings(),
+        )
+    ]

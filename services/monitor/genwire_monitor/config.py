@@ -1,17 +1,154 @@
-"""Settings of the monitor service (env prefix ``GENWIRE_MONITOR_``)."""
+"""Settings of the monitor service (env prefix ``GENWIRE_MONITOR_``).
+
+Every duration is a *production* duration in seconds; the monitor multiplies each by
+``window_scale``, so a test can run the 1 h / 5 min burn-rate pair in 5 s / 0.4 s without
+changing the rules. Lists (SLOs, burn-rate rules) are read from JSON in the environment, e.g.
+``GENWIRE_MONITOR_SLOS='[{"name": "e2e", "stage": "end_to_end", "threshold_ms": 3000}]'``.
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from genwire.settings import ServiceSettings
+from genwire.topics import Topic
+
+END_TO_END = "end_to_end"
+TTFT = "ttft"
+TPOT = "tpot"
+
+
+class LatencySLO(BaseModel):
+    """``objective`` of requests (or spans of ``stage``) complete under ``threshold_ms``."""
+
+    name: str = Field(description="Short id used in alert ids and metric labels.")
+    stage: str = Field(
+        END_TO_END, description="end_to_end, ttft, tpot, or any stage the page lists."
+    )
+    threshold_ms: float = Field(gt=0, description="A request slower than this is 'bad'.")
+    objective: float = Field(0.99, gt=0, lt=1, description="Target share of good events.")
+
+
+class ErrorSLO(BaseModel):
+    """``objective`` of requests (traces) finish without a span in status ERROR."""
+
+    name: str = "errors"
+    objective: float = Field(0.99, gt=0, lt=1)
+
+
+class BurnRule(BaseModel):
+    """Fire when the error-budget burn rate exceeds ``factor`` over BOTH windows."""
+
+    severity: Literal["page", "ticket"]
+    long_s: float = Field(gt=0, description="Long window (production seconds).")
+    short_s: float = Field(gt=0, description="Short window, about 1/12 of the long one.")
+    factor: float = Field(gt=0, description="Burn rate: error ratio / (1 - objective).")
+
+
+def default_burn_rules() -> list[BurnRule]:
+    """The SRE Workbook's 30-day table, with sloth's 1 d / 2 h row."""
+    hour = 3600.0
+    return [
+        BurnRule(severity="page", long_s=hour, short_s=5 * 60, factor=14.4),
+        BurnRule(severity="page", long_s=6 * hour, short_s=30 * 60, factor=6.0),
+        BurnRule(severity="ticket", long_s=24 * hour, short_s=2 * hour, factor=3.0),
+        BurnRule(severity="ticket", long_s=72 * hour, short_s=6 * hour, factor=1.0),
+    ]
+
+
+def default_slos() -> list[LatencySLO]:
+    """End to end 99 % under 10 s; time to first token 95 % under 1 s."""
+    return [
+        LatencySLO(name="e2e", stage=END_TO_END, threshold_ms=10_000, objective=0.99),
+        LatencySLO(name="ttft", stage=TTFT, threshold_ms=1_000, objective=0.95),
+    ]
+
+
+class DriftSettings(BaseModel):
+    """Windows and thresholds of the drift tests (see docs/monitor.md for why these)."""
+
+    reference: Literal["frozen", "rolling"] = Field(
+        "frozen",
+        description="frozen: the first reference window per model version, kept; rolling: "
+        "the window just before the current one.",
+    )
+    reference_window_s: float = Field(3600, gt=0, description="Reference window length.")
+    current_window_s: float = Field(600, gt=0, description="Current window length.")
+    min_samples: int = Field(200, ge=10, description="Below this, a window is not tested.")
+    psi_bins: int = Field(10, ge=2, description="PSI/JS bins, quantiles of the reference.")
+    psi_threshold: float = Field(0.2, gt=0, description="PSI at or above: drift (numeric).")
+    psi_clear: float = Field(0.1, gt=0, description="PSI below: drift cleared (hysteresis).")
+    js_threshold: float = Field(
+        0.1, gt=0, description="Jensen-Shannon distance (base 2) at or above: drift."
+    )
+    js_clear: float = Field(0.05, gt=0, description="JS distance below: drift cleared.")
+    p_value: float = Field(
+        0.01, gt=0, lt=1, description="KS / chi-square p below: the change is significant."
+    )
+    samples_per_bucket: int = Field(
+        512, ge=16, description="Reservoir size of each feature in each time bucket."
+    )
 
 
 class MonitorSettings(ServiceSettings):
     """Reads spans from otlp_spans and raises latency and drift alerts."""
 
-    model_config = SettingsConfigDict(env_prefix="GENWIRE_MONITOR_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="GENWIRE_MONITOR_", extra="ignore", env_nested_delimiter="__"
+    )
 
     service_name: str = Field("genwire-monitor", description="Service and group name.")
-    port: int = Field(8090, description="Port of /healthz, /readyz and /metrics.")
+    port: int = Field(8090, description="Port of the status page, /healthz, /readyz, /metrics.")
+    group_id: str = Field("genwire-monitor", description="Consumer group on the spans topic.")
+    spans_topic: str = Field(Topic.SPANS.value, description="Topic of OTLP protobuf spans.")
+    alerts_topic: str = Field(Topic.ALERTS.value, description="Topic alert events go to.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "latest", description="Where a NEW group starts; a known group resumes from commits."
+    )
+    max_batch_records: int = Field(500, ge=1, description="Records decoded per batch.")
+    commit_interval_s: float = Field(1.0, gt=0, description="How often offsets are committed.")
+    window_scale: float = Field(
+        1.0, gt=0, description="Multiplies every window and hold time (tests: e.g. 1/720)."
+    )
+    eval_interval_s: float = Field(
+        10.0, gt=0, description="How often rules are evaluated (production seconds)."
+    )
+    trace_idle_s: float = Field(
+        3.0, gt=0, description="A trace with no new span for this long is complete (unscaled)."
+    )
+    max_open_traces: int = Field(100_000, ge=100, description="Bound on traces being assembled.")
+    page_window_s: float = Field(300, gt=0, description="Window of the page's percentiles.")
+    history_points: int = Field(360, ge=10, description="Points kept per plotted series.")
+    slos: list[LatencySLO] = Field(default_factory=default_slos)
+    error_slo: ErrorSLO = Field(default_factory=ErrorSLO)
+    burn_rules: list[BurnRule] = Field(default_factory=default_burn_rules)
+    min_events: int = Field(
+        20, ge=1, description="Events in the short window before a burn rule may fire."
+    )
+    alert_for_s: float = Field(
+        0.0, ge=0, description="How long a condition holds before firing (production s)."
+    )
+    alert_keep_firing_s: float = Field(
+        300.0, ge=0, description="Minimum hold: a clear condition must last this long."
+    )
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    drift_hold_evaluations: int = Field(
+        2, ge=1, description="Drifted evaluations (at least) before a drift alert fires."
+    )
+    drift_for_s: float = Field(
+        120.0, ge=0, description="How long drift must persist before its alert fires."
+    )
+    examples_per_alert: int = Field(5, ge=1, description="Example trace ids in each alert.")
+    alertmanager_url: str | None = Field(
+        None, description="Alertmanager base URL; alerts are POSTed to <url>/api/v2/alerts."
+    )
+    jaeger_public_url: str | None = Field(
+        None, description="Base of trace links in alerts; default: jaeger_ui_url."
+    )
+
+    def scaled(self, seconds: float) -> float:
+        """A production duration in this deployment's time scale."""
+        return seconds * self.window_scale

@@ -15,3 +15,28 @@ class PostprocessSettings(ServiceSettings):
 
     service_name: str = Field("genwire-postprocess", description="Service and group name.")
     port: int = Field(8093, description="Port of /healthz, /readyz and /metrics.")
+    result_ttl_s: int = Field(
+        86_400, gt=0, description="TTL of results in Redis (key genwire:result:<request_id>)."
+    )
+    output_deny: list[str] = Field(
+        default_factory=list,
+        description="Output filter: deny rules 'name=regex' (JSON list); the text is cut before "
+        "a match and finish_reason becomes content_filter.",
+    )
+    filter_holdback_chars: int = Field(
+        32,
+        ge=0,
+        description="With output rules set, streamed text lags this many characters so that a "
+        "match can be caught before its start is sent.",
+    )
+    stream_state_ttl_s: float = Field(
+        600.0,
+        gt=0,
+        description="Streaming state of a request with no final chunk is dropped after this.",
+    )
+    max_stream_states: int = Field(
+        100_000, gt=0, description="Bound on requests streamed at once (oldest state dropped)."
+    )
+    default_context_length: int = Field(
+        1024, gt=0, description="Context length of a model whose files do not state one."
+    )

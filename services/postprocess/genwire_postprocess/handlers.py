@@ -1,1 +1,261 @@
-"""Pure async handlers of the postprocess service (no Kafka or HTTP imports)."""
+"""Pure async handlers of the postprocess service (no Kafka or HTTP imports).
+
+GenerationChunk → TokenEvent* (+ GenerationResult on the final chunk).
+
+Streaming: chunks of a request are applied in index order (duplicates from redelivery are
+dropped, early ones wait); text is detokenized incrementally, never splitting a character,
+and text that might be the start of a stop sequence (or of an output-filter match) is held
+until resolved. Each TokenEvent carries its character offset, so a reader can dedupe exactly.
+
+The result is built from the final chunk alone (it carries every generated token id), so it
+never depends on having seen the intermediate chunks: a restart loses at most the streamed
+pieces, never the answer. The first result stored in Redis wins; a redelivered request gets
+that same result again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from opentelemetry import trace
+
+from genwire.errors import GenwireError
+from genwire.events import (
+    ErrorInfo,
+    Event,
+    GenerationChunk,
+    GenerationResult,
+    TokenEvent,
+    Usage,
+    now_ms,
+)
+from genwire.filters import ContentFilter
+from genwire.telemetry import semconv as sc
+from genwire.tokenization import AssetStore
+from genwire_postprocess.store import ResultStore
+from genwire_postprocess.text import (
+    IncrementalDetokenizer,
+    find_stop,
+    partial_stop_start,
+    truncate_at_stop,
+)
+
+FINISH_STOP = "stop"
+FINISH_CONTENT_FILTER = "content_filter"
+MAX_PENDING_CHUNKS = 256
+
+
+@dataclass
+class _Stream:
+    """Streaming state of one request."""
+
+    detok: IncrementalDetokenizer
+    stops: list[str]
+    next_index: int = 0
+    pending: dict[int, GenerationChunk] = field(default_factory=dict)
+    text: str = ""  # all text decoded so far
+    emitted: int = 0  # characters already published
+    next_token_index: int = 0
+    ended: bool = False  # a stop sequence or filter hit: nothing more is streamed
+    touched: float = field(default_factory=time.monotonic)
+
+
+class Postprocessor:
+    """The postprocess stage's logic: per-request streaming state, results, the store."""
+
+    def __init__(
+        self,
+        assets: AssetStore,
+        store: ResultStore,
+        *,
+        output_filter: ContentFilter | None = None,
+        filter_holdback_chars: int = 32,
+        state_ttl_s: float = 600.0,
+        max_states: int = 100_000,
+        trace_content: bool = False,
+    ) -> None:
+        self.assets = assets
+        self.store = store
+        self.output_filter = output_filter or ContentFilter([])
+        self.holdback = filter_holdback_chars if self.output_filter else 0
+        self.state_ttl_s = state_ttl_s
+        self.max_states = max_states
+        self.trace_content = trace_content
+        self.streams: OrderedDict[str, _Stream] = OrderedDict()
+        self._blind: OrderedDict[str, float] = OrderedDict()  # joined mid-stream: wait for final
+
+    async def handle(self, chunk: GenerationChunk) -> list[Event]:
+        """Apply one chunk; return the TokenEvents (and on the final chunk, the result)."""
+        if chunk.final:
+            return await self._final(chunk)
+        if not chunk.stream:
+            return []
+        return await self._stream(chunk)
+
+    # -- streaming --------------------------------------------------------------------------
+
+    async def _stream(self, chunk: GenerationChunk) -> list[Event]:
+        rid = chunk.request_id
+        state = self.streams.get(rid)
+        if state is None:
+            if chunk.index != 0 or rid in self._blind:
+                # We did not see the start (a restart): stream nothing; the final chunk
+                # still gives the whole text (at offset 0) and the result.
+                self._blind[rid] = time.monotonic()
+                self._evict()
+                return []
+            state = await self._new_stream(chunk)
+        state.touched = time.monotonic()
+        self.streams.move_to_end(rid)
+        if chunk.index < state.next_index or state.ended:
+            return []  # a duplicate (redelivery), or already stopped
+        state.pending[chunk.index] = chunk
+        if len(state.pending) > MAX_PENDING_CHUNKS:  # a gap that never fills: give up streaming
+            self.streams.pop(rid, None)
+            self._blind[rid] = time.monotonic()
+            return []
+        new_text = ""
+        while state.next_index in state.pending:
+            c = state.pending.pop(state.next_index)
+            state.next_index += 1
+            new_text += state.detok.feed(c.token_ids)
+        state.text += new_text
+        return self._emit(rid, state, final=False)
+
+    async def _new_stream(self, chunk: GenerationChunk) -> _Stream:
+        assets = await self.assets.aget(chunk.model, chunk.model_version or None)
+        stops = list(chunk.sampling.stop) if chunk.sampling else []
+        state = _Stream(IncrementalDetokenizer(assets.decode), stops)
+        self.streams[chunk.request_id] = state
+        self._evict()
+        return state
+
+    def _emit(self, rid: str, state: _Stream, *, final: bool) -> list[Event]:
+        """Publish what is safe of ``state.text`` past ``state.emitted``."""
+        maxlen = max((len(s) for s in state.stops), default=0)
+        start = max(0, state.emitted - maxlen)
+        end = len(state.text)
+        pos = find_stop(state.text, state.stops, start)
+        if pos != -1:
+            end, state.ended = pos, True
+        hit = self.output_filter.check(state.text[:end]) if self.output_filter else None
+        if hit is not None:
+            end, state.ended = min(end, hit.start), True
+        if not state.ended and not final:
+            end = min(end, partial_stop_start(state.text[:end], state.stops))
+            end = max(state.emitted, end - self.holdback)
+        if end <= state.emitted:
+            return []
+        piece = state.text[state.emitted : end]
+        event = TokenEvent(
+            request_id=rid, index=state.next_token_index, text=piece, text_offset=state.emitted
+        )
+        state.emitted = end
+        state.next_token_index += 1
+        return [event]
+
+    def _evict(self) -> None:
+        horizon = time.monotonic() - self.state_ttl_s
+        while self.streams and (
+            len(self.streams) > self.max_states
+            or next(iter(self.streams.values())).touched < horizon
+        ):
+            self.streams.popitem(last=False)
+        while self._blind and (
+            len(self._blind) > self.max_states or next(iter(self._blind.values())) < horizon
+        ):
+            self._blind.popitem(last=False)
+
+    # -- final ------------------------------------------------------------------------------
+
+    async def _final(self, chunk: GenerationChunk) -> list[Event]:
+        rid = chunk.request_id
+        state = self.streams.pop(rid, None)
+        self._blind.pop(rid, None)
+        result = await self.build_result(chunk)
+        stored = await self.store.put_first(result)
+        span = trace.get_current_span()
+        span.set_attribute(sc.REQUEST_ID, rid)
+        if stored.finish_reason:
+            span.set_attribute(sc.GEN_AI_FINISH_REASONS, [stored.finish_reason])
+        span.set_attribute(sc.GEN_AI_OUTPUT_TOKENS, stored.usage.completion_tokens)
+        if stored.error is not None:
+            span.set_attribute(sc.ERROR_CODE, stored.error.code)
+        if self.trace_content and stored.text:
+            span.set_attribute(sc.GEN_AI_COMPLETION, stored.text)
+        out: list[Event] = []
+        if chunk.stream:
+            out.append(self._final_token(chunk, stored, state))
+        out.append(stored)
+        return out
+
+    def _final_token(
+        self, chunk: GenerationChunk, result: GenerationResult, state: _Stream | None
+    ) -> TokenEvent:
+        """The last TokenEvent: the rest of the text, so the pieces add up to the result."""
+        text, offset, index = result.text, 0, chunk.index
+        if state is not None:
+            index = state.next_token_index  # contiguous after the streamed ones
+            sent = state.text[: state.emitted]
+            if result.text.startswith(sent):
+                text, offset = result.text[state.emitted :], state.emitted
+        return TokenEvent(
+            request_id=chunk.request_id,
+            index=index,
+            text=text,
+            text_offset=offset,
+            final=True,
+            finish_reason=result.finish_reason,
+        )
+
+    async def build_result(self, chunk: GenerationChunk) -> GenerationResult:
+        """The result of a final chunk: full text, stop sequences and filter applied."""
+        text, reason = "", chunk.finish_reason
+        if chunk.error is None:
+            ids = chunk.output_ids if chunk.output_ids is not None else chunk.token_ids
+            if ids:
+                assets = await self.assets.aget(chunk.model, chunk.model_version or None)
+                text = assets.decode(list(ids))
+            stops = list(chunk.sampling.stop) if chunk.sampling else []
+            text, stopped = truncate_at_stop(text, stops)
+            if stopped:
+                reason = FINISH_STOP
+            hit = self.output_filter.check(text) if self.output_filter else None
+            if hit is not None:
+                text, reason = text[: hit.start], FINISH_CONTENT_FILTER
+                trace.get_current_span().set_attribute(sc.FILTER_HITS, 1)
+        timings = chunk.timings.model_copy(update={"completed": now_ms()})
+        return GenerationResult(
+            request_id=chunk.request_id,
+            model=chunk.model,
+            model_version=chunk.model_version,
+            text=text,
+            finish_reason=reason,
+            usage=Usage(
+                prompt_tokens=chunk.prompt_tokens,
+                completion_tokens=chunk.completion_tokens,
+                total_tokens=chunk.prompt_tokens + chunk.completion_tokens,
+            ),
+            timings=timings,
+            error=chunk.error,
+            metadata=chunk.metadata,
+        )
+
+
+def failure_result(request_id: str | None, err: GenwireError, stream: bool) -> list[Event]:
+    """What the caller gets when a chunk cannot be handled (e.g. Redis down through retries)."""
+    if not request_id:
+        return []
+    out: list[Event] = []
+    if stream:  # end the token stream too
+        out.append(TokenEvent(request_id=request_id, index=0, text="", final=True))
+    out.append(
+        GenerationResult(
+            request_id=request_id,
+            finish_reason="error",
+            error=ErrorInfo(code=err.code, message=err.message),
+        )
+    )
+    return out

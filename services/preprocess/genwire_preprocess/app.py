@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 
+from genwire.errors import GenwireError
+from genwire.events import Event
+from genwire.filters import ContentFilter
+from genwire.request import GenerationRequest, parse_request
 from genwire.service import ServiceRuntime, health_router
 from genwire.telemetry import semconv as sc
+from genwire.tokenization import AssetStore
+from genwire.topics import Topic
 from genwire_preprocess.config import PreprocessSettings
+from genwire_preprocess.handlers import Preprocessor, error_chunk
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: PreprocessSettings | None = None) -> FastAPI:
@@ -20,6 +32,43 @@ def create_app(settings: PreprocessSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = ServiceRuntime(cfg, sc.STAGE_PREPROCESS)
         app.state.runtime = runtime
+        assets = AssetStore(cfg.repository, default_context_length=cfg.default_context_length)
+        if cfg.preload_default_model:
+            try:
+                await asyncio.to_thread(assets.get, cfg.default_model)
+            except GenwireError as exc:  # not fatal: requests get model_not_found meanwhile
+                log.warning("default model not loaded yet: %s", exc.message)
+        pre = Preprocessor(
+            assets,
+            default_model=cfg.default_model,
+            input_filter=ContentFilter(cfg.input_deny),
+            default_timeout_ms=cfg.default_timeout_ms,
+            inline_tokenize_chars=cfg.inline_tokenize_chars,
+        )
+        app.state.preprocessor = pre
+
+        def decode(record: ConsumerRecord[bytes, bytes]) -> GenerationRequest:
+            # Our own parse (not the consumer's model_validate_json): invalid UTF-8, non-JSON
+            # and oversize values get precise codes, and the key stays the request id.
+            return parse_request(
+                record.value or b"",
+                key=record.key,
+                fallback_id=f"anon-{record.partition}-{record.offset}",
+                max_bytes=cfg.max_request_bytes,
+            )
+
+        def failure_events(
+            record: ConsumerRecord[bytes, bytes], err: GenwireError
+        ) -> Sequence[Event]:
+            return error_chunk(record.value or b"", record.key, err)
+
+        runtime.consumer(
+            Topic.REQUESTS,
+            GenerationRequest,
+            pre.handle,
+            decoder=decode,
+            failure_events=failure_events,
+        )
         await runtime.start()
         try:
             yield

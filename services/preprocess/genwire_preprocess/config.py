@@ -15,3 +15,29 @@ class PreprocessSettings(ServiceSettings):
 
     service_name: str = Field("genwire-preprocess", description="Service and group name.")
     port: int = Field(8091, description="Port of /healthz, /readyz and /metrics.")
+    default_model: str = Field("genwire-gpt", description="Model of requests that name none.")
+    max_request_bytes: int = Field(
+        1024 * 1024, gt=0, description="Largest accepted request value; larger: request_too_large."
+    )
+    default_context_length: int = Field(
+        1024, gt=0, description="Context length of a model whose files do not state one."
+    )
+    input_deny: list[str] = Field(
+        default_factory=list,
+        description="Input filter: deny rules 'name=regex' (JSON list); a match rejects the "
+        "request with content_filtered and the rule's name.",
+    )
+    default_timeout_ms: float = Field(
+        0.0,
+        ge=0,
+        description="Deadline given to requests without one, from receipt (0: no deadline).",
+    )
+    inline_tokenize_chars: int = Field(
+        4096,
+        ge=0,
+        description="Prompts up to this many characters are tokenized on the event loop "
+        "(faster than a thread hop); longer ones in a worker thread.",
+    )
+    preload_default_model: bool = Field(
+        True, description="Load the default model's tokenizer at start (not on first request)."
+    )

@@ -1,1 +1,167 @@
-"""Pure async handlers of the preprocess service (no Kafka or HTTP imports)."""
+"""Pure async handlers of the preprocess service (no Kafka or HTTP imports).
+
+GenerationRequest → PreparedRequest: resolve the model, apply the chat template, run the input
+filter, tokenize, enforce the context limit, fix the seed. Every rejection is a
+``PermanentError`` whose code is an ``ErrorCode``; ``error_chunk`` turns it into the final
+GenerationChunk that postprocess makes the caller's error result (stored and published like
+any other result).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+from opentelemetry import trace
+
+from genwire.errors import GenwireError, PermanentError
+from genwire.events import (
+    ErrorInfo,
+    GenerationChunk,
+    PreparedRequest,
+    Sampling,
+    Timings,
+    now_ms,
+)
+from genwire.filters import ContentFilter
+from genwire.request import ErrorCode, GenerationRequest, request_id_hint
+from genwire.telemetry import semconv as sc
+from genwire.tokenization import AssetStore, ModelAssets
+
+SEED_MASK = 2**63 - 1
+
+
+def derive_seed(request_id: str) -> int:
+    """A seed fixed by the request id: a redelivered request regenerates the same text."""
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & SEED_MASK
+
+
+class Preprocessor:
+    """The preprocess stage's logic, with its long-lived state (tokenizers, filter)."""
+
+    def __init__(
+        self,
+        assets: AssetStore,
+        *,
+        default_model: str,
+        input_filter: ContentFilter | None = None,
+        default_timeout_ms: float = 0.0,
+        inline_tokenize_chars: int = 4096,
+    ) -> None:
+        self.assets = assets
+        self.default_model = default_model
+        self.input_filter = input_filter or ContentFilter([])
+        self.default_timeout_ms = default_timeout_ms
+        self.inline_tokenize_chars = inline_tokenize_chars
+
+    async def handle(self, request: GenerationRequest) -> PreparedRequest:
+        """Validate what needs the model, template, filter, tokenize; emit PreparedRequest."""
+        now = now_ms()
+        request_id = request.request_id or ""
+        received = request.received_ms or now
+        deadline = request.deadline_ms
+        if deadline is None and self.default_timeout_ms > 0:
+            deadline = received + self.default_timeout_ms
+        if deadline is not None and now >= deadline:
+            raise PermanentError(
+                "the request's deadline passed before preprocessing",
+                code=ErrorCode.DEADLINE_EXCEEDED,
+            )
+        model = request.model or self.default_model
+        span = trace.get_current_span()
+        span.set_attribute(sc.REQUEST_ID, request_id)
+        span.set_attribute(sc.GEN_AI_REQUEST_MODEL, model)
+        assets = await self.assets.aget(model, request.model_version)
+
+        if request.messages is not None:
+            chat = [m.model_dump() for m in request.messages]
+            self._filter(" \n".join(m["content"] for m in chat), span)
+            text = assets.render_chat(chat)
+            special = False  # the template writes any special tokens itself
+        else:
+            text = request.prompt or ""
+            self._filter(text, span)
+            special = True
+        input_ids = await self._encode(assets, text, special)
+        if not input_ids:
+            raise PermanentError("the prompt encodes to no tokens", code=ErrorCode.MISSING_PROMPT)
+        if len(input_ids) + request.max_tokens > assets.context_length:
+            raise PermanentError(
+                f"prompt ({len(input_ids)} tokens) + max_tokens ({request.max_tokens}) exceeds "
+                f"the context length of {model} ({assets.context_length} tokens)",
+                code=ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+            )
+        seed = request.seed if request.seed is not None else derive_seed(request_id)
+        span.set_attribute(sc.GEN_AI_INPUT_TOKENS, len(input_ids))
+        return PreparedRequest(
+            request_id=request_id,
+            model=model,
+            # Empty unless asked for: Triton then serves its current version, which inference
+            # reports back (the tokenizer is shared by a model's versions).
+            model_version=request.model_version or "",
+            input_ids=input_ids,
+            sampling=Sampling(
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                top_k=request.top_k,
+                seed=seed,
+                stop=request.stop_list(),
+                stop_token_ids=assets.eos_token_ids,
+            ),
+            stream=request.stream,
+            deadline_ms=deadline,
+            metadata=dict(request.metadata),
+            timings=Timings(received=received, prepared=now_ms()),
+        )
+
+    def _filter(self, text: str, span: trace.Span) -> None:
+        if not self.input_filter:
+            return
+        hit = self.input_filter.check(text)
+        if hit is not None:
+            span.set_attribute(sc.FILTER_HITS, 1)
+            raise PermanentError(
+                f"the prompt was rejected by input filter rule {hit.rule!r}",
+                code=ErrorCode.CONTENT_FILTERED,
+            )
+
+    async def _encode(self, assets: ModelAssets, text: str, special: bool) -> list[int]:
+        # Short prompts encode in tens of microseconds: cheaper inline than a thread hop.
+        if len(text) <= self.inline_tokenize_chars:
+            return assets.encode(text, add_special_tokens=special)
+        return await asyncio.to_thread(assets.encode, text, add_special_tokens=special)
+
+
+def error_chunk(raw: bytes, key: bytes | None, err: GenwireError) -> list[GenerationChunk]:
+    """The final error chunk for a rejected request (none when no request id can be known).
+
+    It goes to postprocess like any final chunk, so the error result is stored in Redis and
+    published on genwire.results (and ends the token stream of a streaming request).
+    """
+    request_id = request_id_hint(raw, key)
+    if request_id is None:
+        return []
+    stream, model = False, ""
+    if len(raw) <= 1024 * 1024:  # best-effort hints; never parse a huge value twice
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            data = None
+        if isinstance(data, dict):
+            stream = data.get("stream") is True
+            model = data["model"] if isinstance(data.get("model"), str) else ""
+    return [
+        GenerationChunk(
+            request_id=request_id,
+            index=0,
+            final=True,
+            stream=stream,
+            model=model[:128],
+            finish_reason="error",
+            error=ErrorInfo(code=err.code, message=err.message),
+            timings=Timings(received=now_ms()),
+        )
+    ]

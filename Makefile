@@ -1,0 +1,40 @@
+# genwire — `make up` then `make test`. Everything is cached under $(GENWIRE_HOME), outside the clone.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+GENWIRE_HOME ?= $(HOME)/.cache/genwire
+export GENWIRE_HOME
+BIN := $(GENWIRE_HOME)/venv/bin
+PYTEST_ARGS ?=
+
+.PHONY: help venv up down status test lint proto proto-check bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+venv: ## create or refresh the virtualenv (fast when up to date)
+	@deploy/native/bootstrap.sh
+
+up: venv ## install what is missing, start Kafka, Redis, Triton, Jaeger and the services
+	@$(BIN)/genwire up
+
+down: ## stop what `make up` started
+	@if [ -x $(BIN)/genwire ]; then $(BIN)/genwire down; else echo "genwire: nothing to stop"; fi
+
+status: ## show what runs where
+	@if [ -x $(BIN)/genwire ]; then $(BIN)/genwire status; else echo "genwire: not installed (make up)"; fi
+
+test: venv ## the whole suite, integration included (starts the stack if it is not running)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+proto: venv ## generate genwire/proto/ from proto/ (the only way to change it)
+	$(BIN)/python proto/generate.py
+
+proto-check: venv ## fail if genwire/proto/ differs from what proto/ generates
+	$(BIN)/python proto/generate.py --check
+
+bench: venv ## benchmarks against the running stack (placeholder: the bench helper fills it in)
+	@echo "bench: not wired yet"

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Creates or refreshes genwire's virtualenv (<GENWIRE_HOME>/venv): the one step before Python
+# takes over (`genwire up` installs and starts everything else). Fast when nothing changed: the
+# venv remembers a hash of pyproject.toml and the clone it was installed from.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+GENWIRE_HOME="${GENWIRE_HOME:-$HOME/.cache/genwire}"
+VENV="$GENWIRE_HOME/venv"
+STAMP="$VENV/.genwire-install"
+LOG="$GENWIRE_HOME/logs/bootstrap.log"
+
+fail() { echo "bootstrap: error: $*" >&2; exit 1; }
+
+want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $ROOT"
+if [ -x "$VENV/bin/python" ] && [ "$(cat "$STAMP" 2>/dev/null || true)" = "$want" ]; then
+  exit 0
+fi
+
+PY="${GENWIRE_PYTHON:-}"
+if [ -z "$PY" ]; then
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 \
+      && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+      PY="$candidate"
+      break
+    fi
+  done
+fi
+[ -n "$PY" ] || fail "Python 3.11 not found: install it (Debian: apt-get install python3.11 python3.11-venv) or set GENWIRE_PYTHON"
+
+mkdir -p "$GENWIRE_HOME/logs"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "bootstrap: creating the virtualenv $VENV with $PY"
+  "$PY" -m venv "$VENV" >>"$LOG" 2>&1 \
+    || fail "could not create $VENV (Debian: apt-get install python3.11-venv); see $LOG"
+fi
+
+echo "bootstrap: installing genwire and its dependencies into $VENV (first time: large downloads; log: $LOG)"
+if ! "$VENV/bin/python" -m pip install --progress-bar off -e "$ROOT[dev]" >>"$LOG" 2>&1; then
+  fail "pip install failed: $(grep -E '^(ERROR|error)' "$LOG" | tail -n 1) (full log: $LOG)"
+fi
+echo "$want" >"$STAMP"
+echo "bootstrap: virtualenv ready"

@@ -1,0 +1,184 @@
+"""CPU and memory of each service while a phase runs (psutil, process trees by listening port)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+# Where each component listens (docs/architecture.md); the first port found wins.
+SERVICE_PORTS: dict[str, tuple[int, ...]] = {
+    "gateway": (50051, 8080),
+    "preprocess": (8091,),
+    "inference": (8092,),
+    "postprocess": (8093,),
+    "monitor": (8090,),
+    "triton": (8001, 8000),
+    "kafka": (9092,),
+    "redis": (6379,),
+    "jaeger": (16686,),
+}
+
+
+def from_pid_files(run_dir: Path) -> dict[str, psutil.Process]:
+    """The stack's components from its pid files (``<name>.pid``: JSON with ``pid``)."""
+    found: dict[str, psutil.Process] = {}
+    for path in sorted(run_dir.glob("*.pid")) if run_dir.is_dir() else []:
+        try:
+            text = path.read_text()
+            pid = int(json.loads(text)["pid"]) if text.lstrip().startswith("{") else int(text)
+            found[path.stem] = psutil.Process(pid)
+        except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+            continue
+    return found
+
+
+def from_ports(ports: Mapping[str, tuple[int, ...]] = SERVICE_PORTS) -> dict[str, psutil.Process]:
+    """The process listening on each service's port (services not running are left out)."""
+    listening: dict[int, int] = {}
+    with contextlib.suppress(psutil.AccessDenied):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.pid and conn.laddr:
+                listening.setdefault(conn.laddr.port, conn.pid)
+    found: dict[str, psutil.Process] = {}
+    for name, candidates in ports.items():
+        for port in candidates:
+            if port in listening:
+                with contextlib.suppress(psutil.Error):
+                    found[name] = psutil.Process(listening[port])
+                break
+    return found
+
+
+def _tree_pids(proc: psutil.Process) -> set[int]:
+    try:
+        return {proc.pid, *(c.pid for c in proc.children(recursive=True))}
+    except psutil.Error:
+        return {proc.pid}
+
+
+def discover(
+    run_dir: Path | None = None, ports: Mapping[str, tuple[int, ...]] = SERVICE_PORTS
+) -> dict[str, psutil.Process]:
+    """Every running component: the stack's pid files first, then listeners on known ports.
+
+    A listener already inside a pid-file process tree is not counted twice.
+    """
+    found = from_pid_files(run_dir) if run_dir is not None else {}
+    covered = set().union(*(_tree_pids(p) for p in found.values())) if found else set()
+    for name, proc in from_ports(ports).items():
+        if proc.pid not in covered and name not in found:
+            found[name] = proc
+            covered |= _tree_pids(proc)
+    return found
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One service's process tree over a phase: CPU (100 % = one core) and resident memory."""
+
+    pids: tuple[int, ...]
+    cpu_percent: float
+    cpu_peak_percent: float
+    rss_peak_mb: float
+    rss_mean_mb: float
+
+
+@dataclass
+class _Tree:
+    root: psutil.Process
+    cpu_first: dict[int, float] = field(default_factory=dict)
+    cpu_last: dict[int, float] = field(default_factory=dict)
+    rss: list[float] = field(default_factory=list)
+    peaks: list[float] = field(default_factory=list)
+    pids: set[int] = field(default_factory=set)
+
+    def members(self) -> list[psutil.Process]:
+        try:
+            return [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def sample(self) -> float:
+        """Record RSS and CPU times of the tree; returns its CPU seconds so far."""
+        rss = 0.0
+        for proc in self.members():
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    rss += proc.memory_info().rss
+            except psutil.Error:
+                continue
+            cpu = times.user + times.system
+            self.cpu_first.setdefault(proc.pid, cpu)
+            self.cpu_last[proc.pid] = cpu
+            self.pids.add(proc.pid)
+        self.rss.append(rss / 2**20)
+        return self.cpu_used()
+
+    def cpu_used(self) -> float:
+        return sum(self.cpu_last[p] - self.cpu_first[p] for p in self.cpu_last)
+
+
+class ResourceSampler:
+    """Samples the given process trees every ``interval_s`` between ``start`` and ``stop``."""
+
+    def __init__(self, processes: Mapping[str, psutil.Process], interval_s: float = 0.5) -> None:
+        self._trees = {name: _Tree(proc) for name, proc in processes.items()}
+        self._interval = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._t0 = 0.0
+        self._t_last = 0.0
+
+    def _sample_all(self) -> None:
+        now = time.monotonic()
+        for tree in self._trees.values():
+            before = tree.cpu_used()
+            after = tree.sample()
+            if self._t_last and now > self._t_last:
+                tree.peaks.append((after - before) / (now - self._t_last) * 100.0)
+        self._t_last = now
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.to_thread(self._sample_all)
+            await asyncio.sleep(self._interval)
+
+    def start(self) -> None:
+        """Take the first sample now and keep sampling in the background."""
+        self._t0 = time.monotonic()
+        self._sample_all()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> dict[str, Usage]:
+        """Take a last sample; per service, average CPU over the phase and peak RSS."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._sample_all()
+        wall = max(time.monotonic() - self._t0, 1e-9)
+        out = {}
+        for name, tree in self._trees.items():
+            if not tree.rss:
+                continue
+            out[name] = Usage(
+                pids=tuple(sorted(tree.pids)),
+                cpu_percent=tree.cpu_used() / wall * 100.0,
+                cpu_peak_percent=max(tree.peaks, default=0.0),
+                rss_peak_mb=max(tree.rss),
+                rss_mean_mb=sum(tree.rss) / len(tree.rss),
+            )
+        return out
+
+
+def own_process() -> psutil.Process:
+    """The benchmark client itself (it shares the cores with what it measures)."""
+    return psutil.Process(os.getpid())

@@ -1,0 +1,332 @@
+"""The user request on ``genwire.requests`` (schema v1), its error codes and its Redis result key.
+
+This is the contract between every entry point (gateway gRPC/HTTP/CLI, or anyone producing to
+Kafka) and the pipeline: the Kafka value is this model's JSON, the Kafka key is the request id.
+The JSON Schema in ``genwire/schemas/request.v1.json`` is generated from it
+(``python -m genwire.request > genwire/schemas/request.v1.json``) and a test keeps the two equal.
+
+Field names follow OpenAI's completions/chat API. Limits that depend on the model (the context
+length) are checked by preprocess, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from enum import StrEnum
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from genwire.errors import PermanentError
+from genwire.events import ChatMessage
+
+SCHEMA_VERSION = 1
+"""The version this module reads and writes; bump only with a new ``request.vN.json``."""
+
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+"""Request ids: safe in Kafka keys, Redis keys, URLs and log lines."""
+
+MAX_PROMPT_CHARS = 1_000_000
+"""A hard ceiling on characters (the model's context limit, checked later, is far lower)."""
+
+MAX_MESSAGES = 256
+MAX_STOP = 4
+MAX_STOP_CHARS = 64
+MAX_METADATA = 16
+MAX_TOKENS_CEILING = 32_768
+"""``max_tokens`` ceiling of the schema; the model's context length is the real bound."""
+
+RESULT_KEY_PREFIX = "genwire:result:"
+"""Redis key of a stored result: ``genwire:result:<request_id>`` → GenerationResult JSON."""
+
+
+def result_key(request_id: str) -> str:
+    """The Redis key under which postprocess stores the result of ``request_id`` (SET NX, TTL)."""
+    return f"{RESULT_KEY_PREFIX}{request_id}"
+
+
+class ErrorCode(StrEnum):
+    """Stable codes of ``GenerationResult.error.code`` (and of the DLQ's reason header)."""
+
+    INVALID_ENCODING = "invalid_encoding"
+    """The value is not valid UTF-8."""
+    INVALID_JSON = "invalid_json"
+    """The value is not JSON, or not a JSON object."""
+    REQUEST_TOO_LARGE = "request_too_large"
+    """The value is larger than preprocess accepts (``GENWIRE_PREPROCESS_MAX_REQUEST_BYTES``)."""
+    INVALID_REQUEST = "invalid_request"
+    """Wrong types, unknown or malformed fields."""
+    MISSING_PROMPT = "missing_prompt"
+    """Neither ``prompt`` nor ``messages`` (or both, or empty)."""
+    OUT_OF_RANGE = "out_of_range"
+    """A parameter outside its range (max_tokens, temperature, top_p, top_k, seed, stop)."""
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    """``schema_version`` is not one this deployment reads."""
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    """Prompt tokens + max_tokens exceed the model's context length."""
+    MODEL_NOT_FOUND = "model_not_found"
+    """No such model (or version) in the model repository."""
+    CONTENT_FILTERED = "content_filtered"
+    """The input filter rejected the prompt (the message names the rule)."""
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    """The request's deadline passed before its work could start."""
+    UNAVAILABLE = "unavailable"
+    """A dependency (Triton) stayed unavailable through every retry."""
+    INFERENCE_FAILED = "inference_failed"
+    """The model server answered with an error."""
+    INTERNAL = "internal"
+    """A bug: the message says what failed."""
+
+
+ERROR_HTTP_STATUS: dict[str, int] = {
+    ErrorCode.INVALID_ENCODING: 400,
+    ErrorCode.INVALID_JSON: 400,
+    ErrorCode.REQUEST_TOO_LARGE: 413,
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.MISSING_PROMPT: 400,
+    ErrorCode.OUT_OF_RANGE: 400,
+    ErrorCode.UNSUPPORTED_SCHEMA_VERSION: 400,
+    ErrorCode.CONTEXT_LENGTH_EXCEEDED: 400,
+    ErrorCode.MODEL_NOT_FOUND: 404,
+    ErrorCode.CONTENT_FILTERED: 422,
+    ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.INFERENCE_FAILED: 502,
+    ErrorCode.INTERNAL: 500,
+}
+"""The HTTP status an entry point should answer for each code (unknown codes: 500)."""
+
+RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
+StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+
+class GenerationRequest(BaseModel):
+    """One generation request: a ``prompt`` (completion) or ``messages`` (chat), plus sampling."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,  # "64" is not 64: wrong types are errors, not guesses
+        json_schema_extra={"$id": "https://genwire.dev/schemas/request.v1.json"},
+        title="genwire request v1",
+    )
+
+    schema_version: Literal[1] = Field(1, description="Version of this schema.")
+    request_id: RequestId | None = Field(
+        None,
+        description="Caller's id (also the Kafka key); assigned by preprocess when missing.",
+    )
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Model name in the model repository; default: the deployment's default.",
+    )
+    model_version: str | None = Field(
+        None,
+        pattern=r"^[0-9]+$",
+        description="Model version (a repository version number); default: the latest.",
+    )
+    prompt: str | None = Field(
+        None, min_length=1, max_length=MAX_PROMPT_CHARS, description="Completion prompt."
+    )
+    messages: list[ChatMessage] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_MESSAGES,
+        description="Chat turns, rendered with the model's chat template.",
+    )
+    max_tokens: int = Field(64, ge=1, le=MAX_TOKENS_CEILING, description="Most tokens to generate.")
+    temperature: float = Field(
+        1.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy."
+    )
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(0, ge=0, le=1000, description="Top-k sampling; 0 disables it.")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**63 - 1,
+        description="Sampling seed; default: derived from the request id, so a redelivered "
+        "request regenerates the same text.",
+    )
+    stop: StopString | list[StopString] | None = Field(
+        None, description=f"Up to {MAX_STOP} strings that end the text (not included)."
+    )
+    stream: bool = Field(False, description="Also publish text chunks on genwire.tokens.")
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict,
+        max_length=MAX_METADATA,
+        description="Caller's labels, carried to the result.",
+    )
+    deadline_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Absolute deadline (ms since the epoch): no work starts after it, "
+        "generation stops at it.",
+    )
+    received_ms: float | None = Field(
+        None, gt=0, description="When the entry point received it (ms since the epoch)."
+    )
+
+    @model_validator(mode="after")
+    def _one_input(self) -> GenerationRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise PydanticCustomError(
+                ErrorCode.MISSING_PROMPT.value, "exactly one of 'prompt' or 'messages' is required"
+            )
+        if isinstance(self.stop, list) and len(self.stop) > MAX_STOP:
+            raise PydanticCustomError(
+                ErrorCode.OUT_OF_RANGE.value, "'stop' takes at most {n} strings", {"n": MAX_STOP}
+            )
+        return self
+
+    def stop_list(self) -> list[str]:
+        """``stop`` as a list (OpenAI accepts one string or a list)."""
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def to_kafka(self) -> tuple[bytes, bytes]:
+        """(key, value) to produce on ``genwire.requests``; needs ``request_id`` set."""
+        if self.request_id is None:
+            raise ValueError("set request_id before producing (it is the Kafka key)")
+        value = self.model_dump_json(exclude_none=True, exclude_defaults=False)
+        return self.request_id.encode(), value.encode()
+
+
+_RANGE_ERRORS = frozenset(
+    {
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+        "too_long",
+        "too_short",
+        "string_too_long",
+        "string_too_short",
+    }
+)
+_SAMPLING_FIELDS = frozenset({"max_tokens", "temperature", "top_p", "top_k", "seed", "stop"})
+
+
+def _classify(exc: ValidationError) -> tuple[ErrorCode, str]:
+    """The most specific code for a validation failure, and one readable line per problem."""
+    errors = exc.errors(include_url=False, include_input=False)
+    codes: list[ErrorCode] = []
+    parts: list[str] = []
+    for e in errors:
+        loc = tuple(str(p) for p in e["loc"])
+        kind = e["type"]
+        field = loc[0] if loc else ""
+        if kind in ("json_invalid", "json_type") or (not loc and kind == "model_type"):
+            codes.append(ErrorCode.INVALID_JSON)
+        elif kind in (ErrorCode.MISSING_PROMPT, ErrorCode.OUT_OF_RANGE):
+            codes.append(ErrorCode(kind))
+        elif field == "schema_version" and kind == "literal_error":
+            codes.append(ErrorCode.UNSUPPORTED_SCHEMA_VERSION)
+        elif field in ("prompt", "messages") and kind in ("too_short", "string_too_short"):
+            codes.append(ErrorCode.MISSING_PROMPT)
+        elif field in ("prompt", "messages") and kind in ("too_long", "string_too_long"):
+            codes.append(ErrorCode.REQUEST_TOO_LARGE)
+        elif field in _SAMPLING_FIELDS and kind in _RANGE_ERRORS:
+            codes.append(ErrorCode.OUT_OF_RANGE)
+        else:
+            codes.append(ErrorCode.INVALID_REQUEST)
+        where = ".".join(loc) or "request"
+        parts.append(f"{where}: {e['msg']}")
+    # One code for the caller: the first specific one (invalid_request only when nothing else).
+    code = next((c for c in codes if c != ErrorCode.INVALID_REQUEST), ErrorCode.INVALID_REQUEST)
+    return code, "; ".join(parts[:5])
+
+
+def request_id_hint(raw: bytes, key: bytes | None) -> str | None:
+    """The request id of a record, even a malformed one: its key, else ``request_id`` in its JSON.
+
+    Used to address an error result to the caller; never raises.
+    """
+    if key:
+        return key.decode("utf-8", "replace")[:256]
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    rid = data.get("request_id") if isinstance(data, dict) else None
+    return rid[:256] if isinstance(rid, str) and rid else None
+
+
+def parse_request(
+    raw: bytes,
+    *,
+    key: bytes | None = None,
+    fallback_id: str | None = None,
+    max_bytes: int = 4 * 1024 * 1024,
+) -> GenerationRequest:
+    """Validate one Kafka value; raise ``PermanentError`` with an ``ErrorCode`` when it is bad.
+
+    The key, when present, is the request id (it wins over ``request_id`` in the JSON); without
+    either, ``fallback_id`` is used (preprocess passes one derived from the record's position,
+    so a redelivery gets the same id).
+    """
+    if len(raw) > max_bytes:
+        raise PermanentError(
+            f"request is {len(raw)} bytes; the limit is {max_bytes}",
+            code=ErrorCode.REQUEST_TOO_LARGE,
+        )
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PermanentError(
+            f"request is not valid UTF-8 (byte {exc.start}: {exc.reason})",
+            code=ErrorCode.INVALID_ENCODING,
+        ) from None
+    try:
+        request = GenerationRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        code, message = _classify(exc)
+        raise PermanentError(message, code=code) from None
+    if key:
+        try:
+            key_id = key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PermanentError(
+                "the record key (request id) is not valid UTF-8", code=ErrorCode.INVALID_REQUEST
+            ) from None
+        if re.fullmatch(REQUEST_ID_PATTERN, key_id) is None:
+            raise PermanentError(
+                f"the record key is not a valid request id (pattern {REQUEST_ID_PATTERN})",
+                code=ErrorCode.INVALID_REQUEST,
+            )
+        request.request_id = key_id
+    elif request.request_id is None:
+        request.request_id = fallback_id
+    return request
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of ``GenerationRequest`` (what ``request.v1.json`` holds)."""
+    schema = GenerationRequest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def packaged_schema() -> dict[str, Any]:
+    """The packaged ``genwire/schemas/request.v1.json``."""
+    text = resources.files("genwire").joinpath("schemas/request.v1.json").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+if __name__ == "__main__":  # regenerate the packaged schema
+    sys.stdout.write(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,68 @@
+"""Errors a gateway caller sees, and how each code maps to gRPC and HTTP statuses.
+
+Codes are ``genwire.request.ErrorCode`` values (the pipeline's error results carry them too)
+plus a few that only the gateway raises.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from genwire.errors import GenwireError
+from genwire.request import ERROR_HTTP_STATUS, ErrorCode
+
+# Gateway-only codes.
+IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+"""The request id was already used by a different request."""
+CANCELLED = "cancelled"
+"""The request was cancelled."""
+NOT_FOUND = "not_found"
+"""No such request id (or its result expired)."""
+
+
+class GatewayError(GenwireError):
+    """A failure to report to the caller: a stable code and a message."""
+
+
+_GRPC: dict[str, grpc.StatusCode] = {
+    ErrorCode.MODEL_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.INFERENCE_FAILED: grpc.StatusCode.INTERNAL,
+    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+    IDEMPOTENCY_CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
+    CANCELLED: grpc.StatusCode.CANCELLED,
+    NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+}
+
+_HTTP: dict[str, int] = {
+    **ERROR_HTTP_STATUS,
+    IDEMPOTENCY_CONFLICT: 409,
+    CANCELLED: 499,
+    NOT_FOUND: 404,
+}
+
+
+def grpc_status(code: str) -> grpc.StatusCode:
+    """The gRPC status of an error code: every input problem is INVALID_ARGUMENT."""
+    if code in _GRPC:
+        return _GRPC[code]
+    if _HTTP.get(code, 500) < 500:
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.INTERNAL
+
+
+def http_status(code: str) -> int:
+    """The HTTP status of an error code (unknown codes: 500)."""
+    return _HTTP.get(code, 500)
+
+
+def openai_error_type(status: int) -> str:
+    """OpenAI's ``error.type`` for an HTTP status."""
+    if status == 404:
+        return "not_found_error"
+    if status == 409:
+        return "conflict_error"
+    if status < 500:
+        return "invalid_request_error"
+    return "server_error" if status != 503 else "service_unavailable_error"

@@ -1,0 +1,338 @@
+"""The gRPC transport: GenerationService, standard health checking and reflection.
+
+Thin: proto messages in and out, ``Gateway`` does the work. The caller's deadline bounds the
+wait and travels downstream as the request's ``deadline_ms``; a call that expires or is
+cancelled publishes a cancel, so the generation loop stops too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from opentelemetry import trace
+from opentelemetry.trace import Span
+
+from genwire.events import GenerationResult, Timings, Usage
+from genwire.proto.v1 import generation_pb2 as pb
+from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
+from genwire.request import ErrorCode
+from genwire.telemetry import semconv as sc
+from genwire_gateway.config import GatewaySettings
+from genwire_gateway.core import Chunk, Gateway, GatewayMetrics, Prepared, ResultStatus
+from genwire_gateway.errors import GatewayError, grpc_status
+from genwire_gateway.tracing import (
+    ENTRYPOINT_GRPC,
+    carrier_of,
+    mark_error,
+    start_server_span,
+    trace_id_of,
+)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
+IDEMPOTENCY_METADATA = "idempotency-key"
+TRACE_ID_METADATA = "x-trace-id"
+
+T = TypeVar("T")
+
+
+def request_fields(message: pb.GenerateRequest) -> dict[str, Any]:
+    """The genwire request fields of a proto request (unset optionals left to defaults)."""
+    fields: dict[str, Any] = {
+        "prompt": message.prompt or None,
+        "messages": [{"role": m.role, "content": m.content} for m in message.messages] or None,
+        "stop": list(message.stop) or None,
+        "model": message.model or None,
+        "metadata": dict(message.metadata) or None,
+    }
+    for name in ("max_tokens", "temperature", "top_p", "top_k", "seed"):
+        if message.HasField(name):
+            fields[name] = getattr(message, name)
+    return fields
+
+
+def _usage(usage: Usage | None) -> pb.Usage:
+    if usage is None:
+        return pb.Usage()
+    return pb.Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens or usage.prompt_tokens + usage.completion_tokens,
+    )
+
+
+def _timings(t: Timings) -> pb.Timings:
+    return pb.Timings(
+        received=t.received or 0.0,
+        prepared=t.prepared or 0.0,
+        inference_start=t.inference_start or 0.0,
+        first_token=t.first_token or 0.0,
+        inference_end=t.inference_end or 0.0,
+        completed=t.completed or 0.0,
+    )
+
+
+def to_response(result: GenerationResult, *, model: str, trace_id: str) -> pb.GenerateResponse:
+    """A finished result as a proto response."""
+    return pb.GenerateResponse(
+        request_id=result.request_id,
+        text=result.text,
+        finish_reason=result.finish_reason or "",
+        usage=_usage(result.usage),
+        model=result.model or model,
+        model_version=result.model_version,
+        timings=_timings(result.timings),
+        trace_id=trace_id,
+    )
+
+
+def to_stream_response(chunk: Chunk, request_id: str, trace_id: str) -> pb.GenerateStreamResponse:
+    """A streamed chunk as a proto message."""
+    return pb.GenerateStreamResponse(
+        request_id=request_id,
+        index=chunk.index,
+        text=chunk.text,
+        final=chunk.final,
+        finish_reason=chunk.finish_reason or "",
+        usage=_usage(chunk.usage) if chunk.final else None,
+        trace_id=trace_id,
+    )
+
+
+class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[misc]
+    """genwire.v1.GenerationService over ``Gateway``."""
+
+    def __init__(self, gateway: Gateway, tracer: trace.Tracer, metrics: GatewayMetrics) -> None:
+        self._gateway = gateway
+        self._tracer = tracer
+        self._metrics = metrics
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _span(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Span:
+        return start_server_span(
+            self._tracer,
+            f"{SERVICE_NAME}/{method}",
+            entrypoint=ENTRYPOINT_GRPC,
+            carrier=carrier_of(context.invocation_metadata() or ()),
+            attributes={sc.RPC_SYSTEM: "grpc", sc.RPC_SERVICE: SERVICE_NAME, sc.RPC_METHOD: method},
+        )
+
+    def _prepare(
+        self,
+        message: pb.GenerateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        *,
+        stream: bool,
+    ) -> Prepared:
+        key = next(
+            (
+                v if isinstance(v, str) else v.decode()
+                for k, v in context.invocation_metadata() or ()
+                if k == IDEMPOTENCY_METADATA
+            ),
+            None,
+        )
+        if key and message.request_id and key != message.request_id:
+            raise GatewayError(
+                "request_id and the idempotency-key metadata differ",
+                code=ErrorCode.INVALID_REQUEST,
+            )
+        return self._gateway.prepare(
+            request_fields(message),
+            request_id=message.request_id or key or None,
+            stream=stream,
+            timeout_s=context.time_remaining(),
+        )
+
+    async def _call(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        work: Callable[[Span], Awaitable[T]],
+    ) -> T:
+        """Run a unary method in its SERVER span; map errors to statuses; count it."""
+        started = time.perf_counter()
+        span = self._span(method, context)
+        code = "ok"
+        try:
+            with trace.use_span(span, end_on_exit=False, record_exception=False):
+                return await work(span)
+        except GatewayError as exc:
+            code = exc.code
+            await self._abort(context, span, exc)
+        except asyncio.CancelledError:
+            code = "cancelled"
+            raise
+        finally:
+            status = grpc.StatusCode.OK if code == "ok" else grpc_status(code)
+            span.set_attribute(sc.RPC_GRPC_STATUS_CODE, status.value[0])
+            span.end()
+            self._metrics.observe(ENTRYPOINT_GRPC, method, code, time.perf_counter() - started)
+
+    async def _abort(
+        self, context: grpc.aio.ServicerContext[Any, Any], span: Span, exc: GatewayError
+    ) -> NoReturn:
+        mark_error(span, exc.code, exc.message)
+        await context.abort(grpc_status(exc.code), f"{exc.code}: {exc.message}")
+        raise AssertionError("unreachable: abort raises")
+
+    # -- methods --------------------------------------------------------------------------------
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GenerateResponse:
+        """Generate and return the whole result."""
+
+        async def work(span: Span) -> pb.GenerateResponse:
+            prepared = self._prepare(request, context, stream=False)
+            span.set_attribute(sc.REQUEST_ID, prepared.request_id)
+            trace_id = trace_id_of(span)
+            await context.send_initial_metadata(((TRACE_ID_METADATA, trace_id),))
+            result = await self._gateway.generate(prepared)
+            return to_response(result, model=self._default_model, trace_id=trace_id)
+
+        return await self._call("Generate", context, work)
+
+    async def GenerateStream(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.GenerateStreamResponse]:
+        """Generate and stream text chunks; the last one is final."""
+        started = time.perf_counter()
+        span = self._span("GenerateStream", context)
+        code = "ok"
+        try:
+            with trace.use_span(span, end_on_exit=False, record_exception=False):
+                prepared = self._prepare(request, context, stream=True)
+                span.set_attribute(sc.REQUEST_ID, prepared.request_id)
+                trace_id = trace_id_of(span)
+                await context.send_initial_metadata(((TRACE_ID_METADATA, trace_id),))
+                chunks = self._gateway.stream(prepared)
+                async for chunk in chunks:
+                    yield to_stream_response(chunk, prepared.request_id, trace_id)
+        except GatewayError as exc:
+            code = exc.code
+            await self._abort(context, span, exc)
+        except (asyncio.CancelledError, GeneratorExit):
+            code = "cancelled"
+            raise
+        finally:
+            span.end()
+            elapsed = time.perf_counter() - started
+            self._metrics.observe(ENTRYPOINT_GRPC, "GenerateStream", code, elapsed)
+
+    async def Submit(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SubmitResponse:
+        """Accept a request and return its id once the broker has it."""
+
+        async def work(span: Span) -> pb.SubmitResponse:
+            prepared = self._prepare(request, context, stream=False)
+            span.set_attribute(sc.REQUEST_ID, prepared.request_id)
+            request_id = await self._gateway.submit(prepared)
+            return pb.SubmitResponse(request_id=request_id, trace_id=trace_id_of(span))
+
+        return await self._call("Submit", context, work)
+
+    async def GetResult(
+        self, request: pb.GetResultRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetResultResponse:
+        """The stored result of a request, waiting up to ``wait_ms`` for a pending one."""
+
+        async def work(span: Span) -> pb.GetResultResponse:
+            if not request.request_id:
+                raise GatewayError("request_id is required", code=ErrorCode.INVALID_REQUEST)
+            span.set_attribute(sc.REQUEST_ID, request.request_id)
+            wait_s = request.wait_ms / 1000.0
+            remaining = context.time_remaining()
+            if remaining is not None:
+                wait_s = min(wait_s, max(0.0, remaining - 0.05))
+            status, result = await self._gateway.get_result(request.request_id, wait_s)
+            return self._result_response(status, result)
+
+        return await self._call("GetResult", context, work)
+
+    async def Cancel(
+        self, request: pb.CancelRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CancelResponse:
+        """Publish a cancel of a request."""
+
+        async def work(span: Span) -> pb.CancelResponse:
+            if not request.request_id:
+                raise GatewayError("request_id is required", code=ErrorCode.INVALID_REQUEST)
+            span.set_attribute(sc.REQUEST_ID, request.request_id)
+            await self._gateway.cancel(request.request_id, request.reason or "cancelled by caller")
+            return pb.CancelResponse(accepted=True)
+
+        return await self._call("Cancel", context, work)
+
+    # -- mapping --------------------------------------------------------------------------------
+
+    @property
+    def _default_model(self) -> str:
+        return self._gateway.settings.default_model
+
+    def _result_response(
+        self, status: str, result: GenerationResult | None
+    ) -> pb.GetResultResponse:
+        statuses = {
+            ResultStatus.PENDING: pb.GetResultResponse.STATUS_PENDING,
+            ResultStatus.DONE: pb.GetResultResponse.STATUS_DONE,
+            ResultStatus.FAILED: pb.GetResultResponse.STATUS_FAILED,
+            ResultStatus.NOT_FOUND: pb.GetResultResponse.STATUS_NOT_FOUND,
+        }
+        response = pb.GetResultResponse(status=statuses[status])
+        if result is not None and result.error is not None:
+            response.error_code = result.error.code
+            response.error_message = result.error.message
+        elif result is not None:
+            response.result.CopyFrom(to_response(result, model=self._default_model, trace_id=""))
+        return response
+
+
+def build_server(
+    settings: GatewaySettings, servicer: GenerationServicer
+) -> tuple[grpc.aio.Server, HealthServicer]:
+    """The gRPC server with GenerationService, health and (optionally) reflection; not started."""
+    limit = settings.grpc_max_message_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),  # a second instance on the same port must fail loudly
+        ]
+    )
+    pb_grpc.add_GenerationServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if settings.grpc_reflection:
+        from grpc_reflection.v1alpha import reflection
+
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot bind gRPC to {address}")
+    return server, health
+
+
+async def set_serving(health: HealthServicer, serving: bool) -> None:
+    """Mark the overall server and GenerationService SERVING or NOT_SERVING."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", SERVICE_NAME):
+        await health.set(name, status)

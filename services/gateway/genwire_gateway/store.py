@@ -1,0 +1,84 @@
+"""Redis: stored results (written by postprocess) and the gateway's idempotency claims.
+
+A named request (the caller chose its id) is claimed with ``SET NX`` before it is published:
+the first caller owns it and publishes; a repeat finds the stored result, or waits for the one
+in flight. The claim holds a fingerprint of the request, so reusing an id for a different
+request is refused instead of answered with someone else's result. Anonymous requests (id
+assigned here) skip Redis entirely: nothing can repeat them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from genwire.events import GenerationResult
+from genwire.request import GenerationRequest, result_key
+
+CLAIM_KEY_PREFIX = "genwire:gateway:claim:"
+"""``genwire:gateway:claim:<request_id>`` → the fingerprint of the request that claimed it."""
+
+# Fields that do not change what is generated: a repeat may differ in them.
+_NOT_FINGERPRINTED = {"request_id", "stream", "deadline_ms", "received_ms", "metadata"}
+
+
+def claim_key(request_id: str) -> str:
+    """The Redis key of a request id's idempotency claim."""
+    return f"{CLAIM_KEY_PREFIX}{request_id}"
+
+
+def fingerprint(request: GenerationRequest) -> str:
+    """A digest of what the request asks for (its id, timing and streaming left out)."""
+    canonical = request.model_dump_json(exclude=_NOT_FINGERPRINTED)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class ClaimOutcome:
+    """What a named request found in Redis."""
+
+    owner: bool
+    """This call claimed the id: it must publish the request."""
+    result: GenerationResult | None = None
+    """The id already has a stored result: answer with it."""
+    conflict: bool = False
+    """The id was claimed by a different request."""
+
+
+class ResultStore:
+    """Reads results and manages claims in one Redis database."""
+
+    def __init__(self, redis: Redis[bytes], *, claim_ttl_s: int) -> None:
+        self._redis = redis
+        self._claim_ttl_s = claim_ttl_s
+
+    async def get(self, request_id: str) -> GenerationResult | None:
+        """The stored result of ``request_id``, if any."""
+        raw = await self._redis.get(result_key(request_id))
+        return None if raw is None else GenerationResult.model_validate_json(raw)
+
+    async def claim(self, request: GenerationRequest) -> ClaimOutcome:
+        """Claim a named request in one round trip: result?, claim it, whose claim is it?"""
+        assert request.request_id is not None
+        rid = request.request_id
+        mine = fingerprint(request)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(result_key(rid))
+        pipe.set(claim_key(rid), mine, nx=True, ex=self._claim_ttl_s)
+        pipe.get(claim_key(rid))
+        stored, claimed, holder = await pipe.execute()
+        if holder is not None and holder.decode() != mine:
+            return ClaimOutcome(owner=False, conflict=True)
+        if stored is not None:
+            return ClaimOutcome(owner=False, result=GenerationResult.model_validate_json(stored))
+        return ClaimOutcome(owner=bool(claimed))
+
+    async def release(self, request_id: str) -> None:
+        """Drop a claim whose request was never published, so a retry may publish it."""
+        await self._redis.delete(claim_key(request_id))
+
+    async def known(self, request_id: str) -> bool:
+        """Whether the id was claimed (accepted here and not expired)."""
+        return bool(await self._redis.exists(claim_key(request_id)))

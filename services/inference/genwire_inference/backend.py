@@ -1,0 +1,257 @@
+"""The model server behind the inference stage: Triton over gRPC streaming (decoupled model).
+
+``TritonBackend.open`` starts one bidirectional ``ModelStreamInfer`` call per request (many at
+once, so Triton's scheduler batches them) and yields ``ModelStep``s as responses arrive.
+Transport failures become ``RetryableError``; model errors ``PermanentError``. The handlers
+only see the ``ModelBackend``/``ModelStream`` protocols, so their tests use fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+import numpy as np
+from tritonclient.grpc import InferInput
+from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from genwire.errors import PermanentError, RetryableError
+from genwire.events import PreparedRequest
+from genwire.request import ErrorCode
+
+log = logging.getLogger(__name__)
+
+# Triton error texts that mean "not there yet" (loading, restarting), not "never".
+_TRANSIENT_HINTS = ("unknown model", "not ready", "unavailable", "not found", "is not loaded")
+_RETRYABLE_CODES = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.UNKNOWN,
+)
+
+
+@dataclass
+class ModelStep:
+    """One streamed response of the model: new tokens, and on the last one the totals."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finished: bool = False
+    finish_reason: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    mean_logprob: float | None = None
+    queue_ms: float | None = None
+    compute_ms: float | None = None
+    model_version: str = ""
+    """The version that served the request (Triton's response says)."""
+
+
+class ModelStream(Protocol):
+    """Responses of one generation; ``cancel`` makes the server stop generating."""
+
+    def __aiter__(self) -> AsyncIterator[ModelStep]: ...
+
+    def cancel(self) -> None: ...
+
+
+class ModelBackend(Protocol):
+    """What the inference handler needs from a model server."""
+
+    async def open(self, request: PreparedRequest, headers: Mapping[str, str]) -> ModelStream:
+        """Start generating ``request``; responses stream from the returned object."""
+        ...
+
+    async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
+        """Wait (bounded) until the model is ready; True if it is."""
+        ...
+
+
+def _scalar(result: Any, name: str) -> Any:
+    arr = result.as_numpy(name)
+    if arr is None or arr.size == 0:
+        return None
+    return arr.reshape(-1)[0]
+
+
+def parse_response(result: Any) -> ModelStep:
+    """A Triton ``InferResult`` of the genwire-gpt contract as a ``ModelStep``."""
+    ids = result.as_numpy("token_ids")
+    lps = result.as_numpy("logprobs")
+    finished = _scalar(result, "finished")
+    reason = _scalar(result, "finish_reason")
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", "replace")
+    mean = _scalar(result, "mean_logprob")
+    queue = _scalar(result, "queue_ms")
+    compute = _scalar(result, "compute_ms")
+    prompt = _scalar(result, "prompt_tokens")
+    completion = _scalar(result, "completion_tokens")
+    return ModelStep(
+        token_ids=[] if ids is None else ids.reshape(-1).astype(np.int64).tolist(),
+        logprobs=[] if lps is None else lps.reshape(-1).astype(np.float64).tolist(),
+        finished=bool(finished) if finished is not None else False,
+        finish_reason=str(reason or ""),
+        prompt_tokens=int(prompt) if prompt is not None else 0,
+        completion_tokens=int(completion) if completion is not None else 0,
+        mean_logprob=float(mean) if mean is not None else None,
+        queue_ms=float(queue) if queue is not None else None,
+        compute_ms=float(compute) if compute is not None else None,
+        model_version=str(getattr(result.get_response(), "model_version", "") or ""),
+    )
+
+
+def _classify(message: str) -> RetryableError | PermanentError:
+    low = message.lower()
+    if any(h in low for h in _TRANSIENT_HINTS):
+        return RetryableError(f"triton: {message}", code=ErrorCode.UNAVAILABLE)
+    return PermanentError(f"triton: {message}", code=ErrorCode.INFERENCE_FAILED)
+
+
+class TritonStream:
+    """One ``ModelStreamInfer`` call; iterating yields steps until the final one."""
+
+    def __init__(self, responses: Any, done: asyncio.Event) -> None:
+        self._responses = responses
+        self._done = done
+        self._cancelled = False
+
+    def __aiter__(self) -> AsyncIterator[ModelStep]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[ModelStep]:
+        try:
+            while True:
+                try:
+                    result, error = await self._responses.__anext__()
+                except StopAsyncIteration:
+                    if self._cancelled:
+                        return
+                    raise RetryableError(
+                        "triton closed the stream before the final response",
+                        code=ErrorCode.UNAVAILABLE,
+                    ) from None
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if self._cancelled and task is not None and task.cancelling() == 0:
+                        return  # our own cancel() of the call, not a cancel of this task
+                    raise
+                except grpc.aio.AioRpcError as exc:
+                    if self._cancelled:
+                        return
+                    if exc.code() in _RETRYABLE_CODES:
+                        raise RetryableError(
+                            f"triton: {exc.code().name}: {exc.details()}",
+                            code=ErrorCode.UNAVAILABLE,
+                        ) from None
+                    raise _classify(f"{exc.code().name}: {exc.details()}") from None
+                if error is not None:
+                    if self._cancelled:
+                        return
+                    raise _classify(str(error.message()))
+                step = parse_response(result)
+                yield step
+                if step.finished:
+                    return
+        finally:
+            self._done.set()  # ends the request side, so the call completes
+
+    def cancel(self) -> None:
+        """Cancel the call: Triton marks the request cancelled and the model stops."""
+        self._cancelled = True
+        self._done.set()
+        with contextlib.suppress(Exception):
+            self._responses.cancel()
+
+
+class TritonBackend:
+    """Triton over ``tritonclient.grpc.aio``: one client (one HTTP/2 channel) for every call."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client = InferenceServerClient(url)
+        self._batched: dict[tuple[str, str], bool] = {}
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.client.close()
+
+    async def _is_batched(self, model: str, version: str) -> bool:
+        # With max_batch_size > 0 every tensor carries a leading batch dimension.
+        key = (model, version)
+        if key not in self._batched:
+            try:
+                cfg = await self.client.get_model_config(model, version, as_json=True)
+            except InferenceServerException as exc:
+                raise _classify(str(exc.message())) from None
+            self._batched[key] = int(cfg.get("config", {}).get("max_batch_size", 0) or 0) > 0
+        return self._batched[key]
+
+    async def open(self, request: PreparedRequest, headers: Mapping[str, str]) -> TritonStream:
+        """Start a streamed generation of ``request``."""
+        batched = await self._is_batched(request.model, request.model_version)
+        s = request.sampling
+
+        def tensor(name: str, values: list[Any], dtype: str, np_type: Any) -> InferInput:
+            arr = np.asarray(values, dtype=np_type)
+            if batched:
+                arr = arr.reshape(1, -1)
+            t = InferInput(name, list(arr.shape), dtype)
+            t.set_data_from_numpy(arr)
+            return t
+
+        inputs = [
+            tensor("input_ids", request.input_ids, "INT32", np.int32),
+            tensor("max_tokens", [s.max_tokens], "INT32", np.int32),
+            tensor("temperature", [s.temperature], "FP32", np.float32),
+            tensor("top_p", [s.top_p], "FP32", np.float32),
+            tensor("top_k", [s.top_k], "INT32", np.int32),
+            tensor("seed", [s.seed], "INT64", np.int64),
+            tensor("stream", [True], "BOOL", np.bool_),
+        ]
+        if s.stop_token_ids:
+            inputs.append(tensor("stop_token_ids", s.stop_token_ids, "INT32", np.int32))
+        done = asyncio.Event()
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield {
+                "model_name": request.model,
+                "model_version": request.model_version,
+                "inputs": inputs,
+                "request_id": request.request_id,
+            }
+            # Keep our side open until the generation ends: some servers end the stream on
+            # the client's half-close.
+            await done.wait()
+
+        try:
+            responses = self.client.stream_infer(requests(), headers=dict(headers))
+        except InferenceServerException as exc:
+            raise RetryableError(f"triton: {exc.message()}", code=ErrorCode.UNAVAILABLE) from None
+        return TritonStream(responses, done)
+
+    async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
+        """Poll model readiness (1 s, growing to 2 s) for up to ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        delay = 1.0
+        while True:
+            try:
+                if await self.client.is_model_ready(model, version, client_timeout=2.0):
+                    self._batched.pop((model, version), None)  # it may have been reloaded
+                    return True
+            except InferenceServerException:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 1.5, 2.0)

@@ -1,0 +1,124 @@
+"""The monitor's figures on Prometheus ``/metrics``: the same numbers the alerts and page use.
+
+The engine thread builds a ``Figures`` snapshot after every evaluation and swaps it in; the
+collector only reads the latest snapshot, so a scrape never touches live engine state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from genwire.telemetry import semconv as sc
+from genwire_monitor import burnrate
+from genwire_monitor.engine import MonitorEngine
+
+
+@dataclass
+class Figures:
+    """Plain numbers copied out of the engine."""
+
+    records: int = 0
+    malformed: int = 0
+    spans: int = 0
+    requests: int = 0
+    errors: int = 0
+    open_traces: int = 0
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)
+    burn: list[tuple[str, str, str, float]] = field(default_factory=list)
+    drift: list[tuple[str, str, str, str, float]] = field(default_factory=list)
+    alerts: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def figures(engine: MonitorEngine, now: float) -> Figures:
+    """Snapshot the engine's figures (call on the engine's thread)."""
+    s = engine.settings
+    c = engine.counts
+    out = Figures(c.records, c.malformed, c.spans, c.requests, c.errors, len(engine.traces))
+    out.latency = engine.percentiles(now)
+    for slo in [*engine.slos, engine.error_slo]:
+        for r in burnrate.evaluate(
+            slo.ring, slo.objective, s.burn_rules, now, s.window_scale, s.min_events
+        ):
+            rule = f"{r.rule.severity}:{r.rule.long_s:g}s/{r.rule.short_s:g}s"
+            out.burn.append((slo.name, rule, "long", r.long_burn))
+            out.burn.append((slo.name, rule, "short", r.short_burn))
+    for series in engine.drift_results:
+        for score in series.scores:
+            for test, value in (("psi", score.psi), ("js", score.js), ("p_value", score.p_value)):
+                out.drift.append((series.model, series.version, score.feature, test, value))
+    out.alerts = [(a.id, a.kind, a.severity) for a in engine.book.active(now)]
+    return out
+
+
+class MonitorCollector(Collector):
+    """Exposes the latest ``Figures``."""
+
+    def __init__(self) -> None:
+        self.latest = Figures()
+
+    def collect(self) -> Iterator[Metric]:
+        """Called by the Prometheus client on every scrape."""
+        f = self.latest
+        records = CounterMetricFamily(
+            sc.METRIC_MONITOR_RECORDS,
+            "Kafka records read from the spans topic.",
+            labels=["outcome"],
+        )
+        records.add_metric(["ok"], f.records - f.malformed)
+        records.add_metric(["malformed"], f.malformed)
+        yield records
+        yield CounterMetricFamily(sc.METRIC_MONITOR_SPANS, "Spans decoded.", value=f.spans)
+        requests = CounterMetricFamily(
+            sc.METRIC_MONITOR_REQUESTS, "Requests (traces) completed.", labels=["outcome"]
+        )
+        requests.add_metric(["ok"], f.requests - f.errors)
+        requests.add_metric(["error"], f.errors)
+        yield requests
+        yield GaugeMetricFamily(
+            sc.METRIC_MONITOR_OPEN_TRACES, "Traces being assembled.", value=f.open_traces
+        )
+        latency = GaugeMetricFamily(
+            sc.METRIC_MONITOR_LATENCY_MS,
+            "Stage latency quantiles over the page window (DDSketch, 1% relative error).",
+            labels=["stage", "quantile"],
+        )
+        for stage, q in f.latency.items():
+            for name, value in (("0.5", q["p50"]), ("0.95", q["p95"]), ("0.99", q["p99"])):
+                latency.add_metric([stage, name], value)
+        yield latency
+        burn = GaugeMetricFamily(
+            sc.METRIC_MONITOR_BURN_RATE,
+            "SLO error-budget burn rate per rule and window.",
+            labels=["slo", "rule", "window"],
+        )
+        for slo, rule, window, value in f.burn:
+            burn.add_metric([slo, rule, window], value)
+        yield burn
+        drift = GaugeMetricFamily(
+            sc.METRIC_MONITOR_DRIFT,
+            "Drift test results, reference vs current window.",
+            labels=["model", "version", "feature", "test"],
+        )
+        for model, version, feature, test, value in f.drift:
+            drift.add_metric([model, version, feature, test], value)
+        yield drift
+        alerts = GaugeMetricFamily(
+            sc.METRIC_MONITOR_ALERTS,
+            "1 for each alert firing now.",
+            labels=["id", "kind", "severity"],
+        )
+        for aid, kind, severity in f.alerts:
+            alerts.add_metric([aid, kind, severity], 1)
+        yield alerts
+
+
+def register(registry: CollectorRegistry) -> MonitorCollector:
+    """Add a collector to ``registry`` and return it (to swap figures into)."""
+    collector = MonitorCollector()
+    registry.register(collector)
+    return collector

@@ -1,0 +1,135 @@
+"""Assembling a request's spans (one trace) into one record: end-to-end time, error, features.
+
+Spans of one request come from several services, in separate Kafka messages, in any order.
+A trace is complete once no span of it has arrived for ``idle_s``; the table of open traces is
+bounded (the oldest is completed early when full), and late spans of a trace completed
+recently are dropped rather than counted as a new request.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from genwire.telemetry import semconv as sc
+from genwire_monitor.spans import AttrValue, SpanView
+
+# Attributes gathered per request (the latest span carrying each one wins).
+REQUEST_ATTRS: tuple[str, ...] = (
+    sc.GEN_AI_INPUT_TOKENS,
+    sc.GEN_AI_OUTPUT_TOKENS,
+    sc.GEN_AI_FINISH_REASONS,
+    sc.MEAN_LOGPROB,
+    sc.FILTER_HITS,
+    sc.TIME_TO_FIRST_TOKEN_MS,
+    sc.TIME_PER_OUTPUT_TOKEN_MS,
+    sc.GEN_AI_RESPONSE_MODEL,
+    sc.GEN_AI_REQUEST_MODEL,
+    sc.MODEL_VERSION,
+)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One request, as its trace tells it."""
+
+    trace_id: bytes
+    start_ns: int
+    end_ns: int
+    error: bool
+    spans: int
+    attrs: dict[str, AttrValue] = field(default_factory=dict)
+
+    @property
+    def trace_hex(self) -> str:
+        """The trace id as Jaeger shows it."""
+        return self.trace_id.hex()
+
+    @property
+    def e2e_ms(self) -> float:
+        """First span's start to last span's end."""
+        return max(0, self.end_ns - self.start_ns) / 1e6
+
+    @property
+    def model(self) -> str:
+        """The model that served it (response model, else requested), or ``unknown``."""
+        for key in (sc.GEN_AI_RESPONSE_MODEL, sc.GEN_AI_REQUEST_MODEL):
+            value = self.attrs.get(key)
+            if isinstance(value, str) and value:
+                return value
+        return "unknown"
+
+    @property
+    def version(self) -> str:
+        """``genwire.model.version``, or ``unknown``."""
+        value = self.attrs.get(sc.MODEL_VERSION)
+        return str(value) if value not in (None, "") else "unknown"
+
+
+@dataclass(slots=True)
+class _Open:
+    record: RequestRecord
+    stamps: dict[str, int]  # end time of the span each attribute came from
+    last_seen: float
+    counted: bool  # has a span of a serving stage (not only the monitor's own)
+
+
+class TraceAssembler:
+    """Open traces keyed by trace id, in least-recently-updated order."""
+
+    def __init__(self, idle_s: float, max_open: int) -> None:
+        self.idle_s = idle_s
+        self.max_open = max_open
+        self._open: OrderedDict[bytes, _Open] = OrderedDict()
+        self._done: OrderedDict[bytes, None] = OrderedDict()
+        self.late_spans = 0
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, span: SpanView, now: float) -> list[RequestRecord]:
+        """Take one span; returns records completed early because the table was full."""
+        tid = span.trace_id
+        entry = self._open.get(tid)
+        if entry is None:
+            if tid in self._done:
+                self.late_spans += 1
+                return []
+            entry = _Open(RequestRecord(tid, span.start_ns, span.end_ns, False, 0), {}, now, False)
+            self._open[tid] = entry
+        else:
+            self._open.move_to_end(tid)
+            entry.last_seen = now
+        rec = entry.record
+        rec.spans += 1
+        rec.start_ns = min(rec.start_ns, span.start_ns)
+        rec.end_ns = max(rec.end_ns, span.end_ns)
+        rec.error = rec.error or span.error
+        entry.counted = entry.counted or span.stage != sc.STAGE_MONITOR
+        if span.attrs:
+            for key in REQUEST_ATTRS:
+                value = span.attrs.get(key)
+                if value is not None and span.end_ns >= entry.stamps.get(key, -1):
+                    rec.attrs[key] = value
+                    entry.stamps[key] = span.end_ns
+        overflow = []
+        while len(self._open) > self.max_open:
+            overflow.extend(self._finish(next(iter(self._open))))
+        return overflow
+
+    def expire(self, now: float) -> list[RequestRecord]:
+        """Records of traces idle for ``idle_s`` (oldest first)."""
+        out: list[RequestRecord] = []
+        while self._open:
+            tid, entry = next(iter(self._open.items()))
+            if now - entry.last_seen < self.idle_s:
+                break
+            out.extend(self._finish(tid))
+        return out
+
+    def _finish(self, tid: bytes) -> list[RequestRecord]:
+        entry = self._open.pop(tid)
+        self._done[tid] = None
+        while len(self._done) > self.max_open:
+            self._done.popitem(last=False)
+        return [entry.record] if entry.counted else []

@@ -1,0 +1,78 @@
+"""Posting alerts to an Alertmanager-compatible receiver (``POST /api/v2/alerts``).
+
+A firing alert is sent with ``startsAt``; its resolution with ``endsAt`` set, which is how
+Alertmanager learns that an alert cleared. Failures are logged and counted, never raised:
+the Kafka topic is the alert record of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+
+from genwire_monitor.alerting import AlertEvent
+
+log = logging.getLogger(__name__)
+
+ALERTS_PATH = "/api/v2/alerts"
+
+
+def to_alertmanager(event: AlertEvent, generator_url: str) -> dict[str, Any]:
+    """One ``postableAlert`` of the Alertmanager v2 API."""
+    labels = {
+        "alertname": event.id,
+        "kind": event.kind,
+        "severity": event.severity,
+        "service": "genwire",
+        **event.labels,
+    }
+    if event.model:
+        labels["model"] = event.model
+        labels["model_version"] = event.model_version or ""
+    annotations = {
+        "summary": event.title,
+        "description": event.summary,
+        "rule": event.rule,
+        "figures": ", ".join(f"{k}={v}" for k, v in event.figures.items()),
+    }
+    if event.trace_links:
+        annotations["example_trace"] = event.trace_links[0]
+    body: dict[str, Any] = {
+        "labels": labels,
+        "annotations": annotations,
+        "startsAt": event.started_at.isoformat(),
+        "generatorURL": generator_url,
+    }
+    if event.resolved_at is not None:
+        body["endsAt"] = event.resolved_at.isoformat()
+    return body
+
+
+class AlertmanagerClient:
+    """A small async client; ``failures`` counts posts that did not get a 2xx."""
+
+    def __init__(self, base_url: str, generator_url: str, timeout_s: float = 5.0) -> None:
+        self._url = base_url.rstrip("/") + ALERTS_PATH
+        self._generator_url = generator_url
+        self._client = httpx.AsyncClient(timeout=timeout_s)
+        self.failures = 0
+
+    async def post(self, events: list[AlertEvent]) -> bool:
+        """Send ``events``; True if the receiver accepted them."""
+        if not events:
+            return True
+        body = [to_alertmanager(e, self._generator_url) for e in events]
+        try:
+            response = await self._client.post(self._url, json=body)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            self.failures += 1
+            log.warning("posting %d alerts to %s failed: %s", len(events), self._url, exc)
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()

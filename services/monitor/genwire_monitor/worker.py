@@ -1,0 +1,106 @@
+"""Runs the engine on its own thread and carries its alert events to Kafka and the webhook.
+
+Every engine call goes through one single-thread executor: decoding and aggregation never
+block the event loop, and the engine is never touched by two threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from genwire.kafka import EventProducer
+from genwire_monitor import handlers, page, promexport
+from genwire_monitor.alerting import AlertEvent
+from genwire_monitor.config import MonitorSettings
+from genwire_monitor.engine import MonitorEngine
+from genwire_monitor.webhook import AlertmanagerClient
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MIN_EVAL_INTERVAL_S = 0.1
+
+
+class EngineWorker:
+    """The engine, its thread, and where its alerts go."""
+
+    def __init__(
+        self,
+        settings: MonitorSettings,
+        producer: EventProducer,
+        collector: promexport.MonitorCollector,
+        webhook: AlertmanagerClient | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.engine = MonitorEngine(settings)
+        self._producer = producer
+        self._collector = collector
+        self._webhook = webhook
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="genwire-monitor-engine")
+        self.published: list[AlertEvent] = []  # recent events sent (bounded), for the API
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def ingest(self, values: list[bytes]) -> None:
+        """Decode and aggregate a batch of Kafka values."""
+        await self._call(self.engine.ingest, values, self._clock())
+
+    async def evaluate_once(self) -> list[AlertEvent]:
+        """One evaluation: transitions published (and acknowledged), figures refreshed."""
+        now = self._clock()
+        events = await self._call(self.engine.tick, now)
+        self._collector.latest = await self._call(promexport.figures, self.engine, now)
+        if events:
+            await self._publish(events)
+        return events
+
+    async def run(self) -> None:
+        """Evaluate every ``eval_interval_s`` (scaled, at least 0.1 s) until cancelled."""
+        interval = max(MIN_EVAL_INTERVAL_S, self.settings.scaled(self.settings.eval_interval_s))
+        while True:
+            started = time.monotonic()
+            await self.evaluate_once()
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def _publish(self, events: list[AlertEvent]) -> None:
+        pending = []
+        for event in events:
+            key, value = handlers.alert_record(event)
+            log.info("alert %s %s: %s", event.status, event.id, event.title)
+            pending.append(await self._producer.send(self.settings.alerts_topic, value, key=key))
+        await asyncio.gather(*pending)
+        self.published = (self.published + events)[-100:]
+        if self._webhook is not None:
+            await self._webhook.post(events)
+
+    async def page(self) -> str:
+        """The status page, rendered on the engine's thread."""
+        now = self._clock()
+        return await self._call(lambda: page.render(page.snapshot(self.engine, now)))
+
+    async def status(self) -> dict[str, object]:
+        """Active alerts and stage percentiles as JSON-ready data."""
+        now = self._clock()
+
+        def build() -> dict[str, object]:
+            return {
+                "active": [a.model_dump(mode="json") for a in self.engine.book.active(now)],
+                "percentiles": self.engine.percentiles(now),
+                "counts": vars(self.engine.counts).copy(),
+            }
+
+        return await self._call(build)
+
+    async def close(self) -> None:
+        """Stop the thread and the webhook client."""
+        self._executor.shutdown(wait=True)
+        if self._webhook is not None:
+            await self._webhook.close()

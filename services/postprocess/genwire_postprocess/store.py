@@ -1,0 +1,44 @@
+"""Where results are kept for callers: Redis, first result wins (SET NX), with a TTL."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from genwire.errors import RetryableError
+from genwire.events import GenerationResult
+from genwire.request import result_key
+
+
+class ResultStore(Protocol):
+    """Stores a result unless one exists; returns the one that is stored."""
+
+    async def put_first(self, result: GenerationResult) -> GenerationResult: ...
+
+
+class RedisResultStore:
+    """``genwire:result:<request_id>`` → GenerationResult JSON, ``SET NX EX ttl``."""
+
+    def __init__(self, url: str, ttl_s: int) -> None:
+        self.redis: Redis[bytes] = Redis.from_url(url)
+        self.ttl_s = ttl_s
+
+    async def put_first(self, result: GenerationResult) -> GenerationResult:
+        """Store ``result``, or return the earlier one (a redelivery never changes the answer)."""
+        key = result_key(result.request_id)
+        value = result.model_dump_json(exclude_none=True)
+        try:
+            if await self.redis.set(key, value, nx=True, ex=self.ttl_s):
+                return result
+            existing = await self.redis.get(key)
+        except RedisError as exc:
+            raise RetryableError(f"redis: {exc}") from None
+        if existing is None:  # expired in between: ours is as good
+            return result
+        return GenerationResult.model_validate_json(existing)
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.redis.aclose()  # type: ignore[attr-defined]  # types-redis predates it

@@ -1,0 +1,54 @@
+"""Process discovery and CPU/RSS sampling, on this test process itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import psutil
+
+from genwire.bench.resources import ResourceSampler, discover, from_pid_files, own_process
+
+
+async def test_discover_finds_the_listener_of_a_port() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        found = discover(None, {"me": (port,), "nobody": (1,)})
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert found["me"].pid == os.getpid()
+    assert "nobody" not in found
+
+
+async def test_pid_files_come_first_and_listeners_are_not_counted_twice(tmp_path: Path) -> None:
+    (tmp_path / "svc.pid").write_text(json.dumps({"pid": os.getpid(), "argv": []}))
+    (tmp_path / "gone.pid").write_text(json.dumps({"pid": 2**22 + 12345}))
+    (tmp_path / "junk.pid").write_text("not a pid")
+    assert set(from_pid_files(tmp_path)) == {"svc"}
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        found = discover(tmp_path, {"same": (port,)})
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert set(found) == {"svc"}
+
+
+async def test_sampler_reports_cpu_and_peak_rss() -> None:
+    sampler = ResourceSampler({"me": own_process()}, interval_s=0.05)
+    sampler.start()
+    deadline = asyncio.get_running_loop().time() + 0.3
+    while asyncio.get_running_loop().time() < deadline:  # burn some CPU, yielding to the sampler
+        sum(i * i for i in range(20_000))
+        await asyncio.sleep(0)
+    usage = (await sampler.stop())["me"]
+    rss_mb = psutil.Process().memory_info().rss / 2**20
+    assert os.getpid() in usage.pids
+    assert 0.5 * rss_mb < usage.rss_peak_mb < 2 * rss_mb
+    assert usage.rss_mean_mb <= usage.rss_peak_mb
+    assert usage.cpu_percent > 10.0

@@ -1,0 +1,120 @@
+"""The run orchestration and the report, with fake drivers (pure logic, no stack)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genwire.bench.drivers.base import Driver, TraceContext
+from genwire.bench.records import BenchRequest, RequestRecord, SamplingSpec
+from genwire.bench.report import render, table, to_json, write_json, write_plot
+from genwire.bench.runner import BenchConfig, BenchReport, Runner
+
+
+class FakeDriver(Driver):
+    """Answers instantly with a fixed, made-up latency (stamped, not slept)."""
+
+    def __init__(self, name: str, latency_ms: float, baseline: str | None, fail_every: int = 0):
+        super().__init__(timeout_s=5)
+        self.name = name
+        self.baseline = baseline
+        self.streaming = name.endswith("stream")
+        self.latency_ms = latency_ms
+        self.fail_every = fail_every
+        self.sent: list[tuple[int, str, str]] = []
+
+    async def _send(self, req: BenchRequest, record: RequestRecord, trace: TraceContext) -> None:
+        self.sent.append((req.index, record.request_id, trace.traceparent))
+        if self.fail_every and req.index % self.fail_every == 0:
+            raise RuntimeError("unavailable: fake")
+        record.end = record.start + self.latency_ms / 1000
+        record.output_tokens = req.sampling.max_tokens
+        if self.streaming:
+            record.first_token = record.start + self.latency_ms / 4000
+
+
+class Broken(Driver):
+    name = "kafka"
+
+    async def start(self) -> None:
+        raise RuntimeError("no broker")
+
+    async def _send(self, req: BenchRequest, record: RequestRecord, trace: TraceContext) -> None:
+        raise AssertionError("never sent")
+
+
+def factory(drivers: dict[str, Driver]) -> Any:
+    return lambda name, cfg, shared: drivers[name]
+
+
+async def run(targets: dict[str, Driver], **kw: Any) -> tuple[BenchReport, list[str]]:
+    cfg = BenchConfig(
+        targets=list(targets),
+        requests=12,
+        warmup=2,
+        rounds=3,
+        sampling=SamplingSpec(max_tokens=5, seed=10),
+        traces=False,
+        resources=False,
+        **kw,
+    )
+    labels: list[str] = []
+    runner = Runner(
+        cfg, lambda text: [1, 2, 3], lambda label, r: labels.append(label), factory(targets)
+    )
+    return await runner.run(), labels
+
+
+async def test_run_sends_the_same_requests_to_every_target_and_compares() -> None:
+    base = FakeDriver("triton", 10.0, None)
+    pipe = FakeDriver("grpc", 14.0, "triton", fail_every=5)
+    report, labels = await run(
+        {"triton": base, "grpc": pipe, "kafka": Broken()}, concurrency=[1, 2]
+    )
+    assert report.skipped == {"kafka": "RuntimeError: no broker"}
+    # warm-up (2) plus 12 per load, for each load; the same indices and seeds for both targets
+    assert len(base.sent) == len(pipe.sent) == 2 + 12 * 2
+    assert sorted(i for i, _, _ in base.sent) == sorted(i for i, _, _ in pipe.sent)
+    ids = [rid for _, rid, _ in pipe.sent]
+    assert len(set(ids)) == len(ids)  # request ids never repeat (stages dedupe by id)
+    assert all(tp.startswith("00-") and tp.endswith("-01") for _, _, tp in pipe.sent)
+    assert {x.load.label for x in report.summaries} == {"c=1", "c=2"}
+    grpc = next(x for x in report.summaries if x.target == "grpc" and x.load.label == "c=1")
+    assert grpc.requests == 12 and grpc.errors == 3  # indices 0, 5, 10
+    assert grpc.error_kinds == {"RuntimeError": 3}
+    (o1, _o2) = report.overheads
+    assert o1.baseline == "triton" and o1.p50_ms == pytest.approx(4.0, abs=1e-6)
+    assert o1.paired_p50_ms == pytest.approx(4.0, abs=1e-6)
+    assert o1.token_mismatches == 0
+    assert "grpc c=2" in labels and "warmup" in labels
+
+
+async def test_open_loop_phase_and_the_rendered_report(tmp_path: Path) -> None:
+    base = FakeDriver("triton-stream", 20.0, None)
+    pipe = FakeDriver("kafka-stream", 26.0, "triton-stream")
+    report, _ = await run({"triton-stream": base, "kafka-stream": pipe}, rates=[200.0])
+    assert [x.load.label for x in report.summaries] == ["r=200/s", "r=200/s"]
+    (o,) = report.overheads
+    assert o.ttft_p50_ms == pytest.approx(1.5, abs=0.5)
+    text = render(report)
+    assert "kafka-stream" in text and "Pipeline overhead" in text and "r=200/s" in text
+    data = to_json(report)
+    assert data["summaries"][0]["load"] == {"mode": "open", "value": 200.0, "label": "r=200/s"}
+    path = tmp_path / "r.json"
+    write_json(report, path)
+    loaded = json.loads(path.read_text())
+    assert len(loaded["records"]) == 24 and loaded["config"]["loads"] == ["r=200/s"]
+    png = tmp_path / "p.png"
+    write_plot(report, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_aligns_columns() -> None:
+    text = table(["name", "n"], [["a", "1"], ["long", "100"]])
+    lines = text.splitlines()
+    assert lines[0] == "name    n"
+    assert lines[2] == "a       1"
+    assert lines[3] == "long  100"

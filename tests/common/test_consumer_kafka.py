@@ -1,0 +1,182 @@
+"""EventConsumer against the real broker: commit after output, DLQ, retries, redelivery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from genwire.errors import GenwireError, RetryableError
+from genwire.events import Event, GenerationResult, PreparedRequest, Sampling, dump
+from genwire.kafka import EventConsumer, EventProducer, ensure_topics
+from genwire.settings import CommonSettings
+from genwire.telemetry import semconv as sc
+from genwire.topics import Topic, TopicSpec
+
+pytestmark = pytest.mark.integration
+
+
+def _prepared(rid: str) -> PreparedRequest:
+    return PreparedRequest(request_id=rid, model="m", input_ids=[1], sampling=Sampling())
+
+
+async def _read(
+    bootstrap: str, topic: str, keys: set[bytes], timeout_s: float = 30.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Read ``topic`` from the beginning until a record for every key arrived."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    found: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            while {r.key for r in found} < keys:
+                batch = await consumer.getmany(timeout_ms=200)
+                found += [r for rs in batch.values() for r in rs if r.key in keys]
+    finally:
+        await consumer.stop()
+    return found
+
+
+@pytest.fixture
+async def env(infra: CommonSettings) -> AsyncIterator[tuple[str, str, EventProducer]]:
+    """A fresh input topic and a started producer."""
+    topic = f"test.consumer.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(infra.kafka_bootstrap_servers, [TopicSpec(topic, 2, 3_600_000)])
+    producer = EventProducer(infra.kafka_bootstrap_servers)
+    await producer.start()
+    yield infra.kafka_bootstrap_servers, topic, producer
+    await producer.stop()
+
+
+def _consumer(
+    bootstrap: str,
+    topic: str,
+    producer: EventProducer,
+    handler: object,
+    group: str,
+    failure_events: object = None,
+) -> EventConsumer[PreparedRequest]:
+    return EventConsumer(
+        topic=topic,
+        group_id=group,
+        model=PreparedRequest,
+        handler=handler,  # type: ignore[arg-type]
+        producer=producer,
+        bootstrap_servers=bootstrap,
+        stage="test",
+        concurrency=8,
+        max_retries=3,
+        retry_backoff_s=0.01,
+        failure_events=failure_events,  # type: ignore[arg-type]
+    )
+
+
+async def _committed(bootstrap: str, group: str, topic: str) -> int:
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await probe.start()
+    try:
+        total = 0
+        for p in probe.partitions_for_topic(topic) or await _partitions(probe, topic):
+            total += await probe.committed(TopicPartition(topic, p)) or 0
+        return total
+    finally:
+        await probe.stop()
+
+
+async def _partitions(probe: AIOKafkaConsumer, topic: str) -> set[int]:
+    await probe._client.force_metadata_update()  # the probe subscribes to nothing
+    return probe.partitions_for_topic(topic) or set()
+
+
+async def test_outputs_published_then_committed_and_bad_input_dead_lettered(
+    env: tuple[str, str, EventProducer],
+) -> None:
+    bootstrap, topic, producer = env
+    run = uuid.uuid4().hex[:8]
+    attempts: dict[str, int] = {}
+
+    async def handler(event: PreparedRequest) -> Event:
+        attempts[event.request_id] = attempts.get(event.request_id, 0) + 1
+        if event.request_id.endswith("flaky") and attempts[event.request_id] < 3:
+            raise RetryableError("not yet")
+        return GenerationResult(request_id=event.request_id, text="done")
+
+    def failure_events(record: ConsumerRecord[bytes, bytes], err: GenwireError) -> Sequence[Event]:
+        rid = (record.key or b"").decode()
+        return [GenerationResult(request_id=rid, error={"code": err.code, "message": err.message})]
+
+    good, flaky, bad = f"{run}-good", f"{run}-flaky", f"{run}-bad"
+    for rid in (good, flaky):
+        await (await producer.send(topic, dump(_prepared(rid)), key=rid.encode()))
+    await (await producer.send(topic, b"{not json", key=bad.encode()))
+    group = f"test-{run}"
+    consumer = _consumer(bootstrap, topic, producer, handler, group, failure_events)
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        results = await _read(bootstrap, Topic.RESULTS, {k.encode() for k in (good, flaky, bad)})
+        dead = await _read(bootstrap, Topic.DLQ, {bad.encode()})
+    finally:
+        await consumer.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    by_key = {r.key: GenerationResult.model_validate_json(r.value) for r in results}
+    assert by_key[good.encode()].text == "done"
+    assert by_key[flaky.encode()].text == "done" and attempts[flaky] == 3
+    assert by_key[bad.encode()].error is not None
+    assert by_key[bad.encode()].error.code == "invalid_message"
+    headers = dict(dead[0].headers)
+    assert dead[0].value == b"{not json"
+    assert headers[sc.HEADER_DLQ_CODE] == b"invalid_message"
+    assert headers[sc.HEADER_DLQ_TOPIC] == topic.encode()
+    assert b"json" in headers[sc.HEADER_DLQ_REASON].lower()
+    assert await _committed(bootstrap, group, topic) == 3
+
+
+async def test_a_record_stopped_mid_handling_is_redelivered(
+    env: tuple[str, str, EventProducer],
+) -> None:
+    bootstrap, topic, producer = env
+    rid = f"redeliver-{uuid.uuid4().hex[:8]}"
+    await (await producer.send(topic, dump(_prepared(rid)), key=rid.encode()))
+    group = f"test-{rid}"
+    seen = asyncio.Event()
+
+    async def stuck(event: PreparedRequest) -> None:
+        seen.set()
+        await asyncio.Event().wait()  # a crash mid-record: never finishes
+
+    first = _consumer(bootstrap, topic, producer, stuck, group)
+    await first.start()
+    task = asyncio.create_task(first.run())
+    await asyncio.wait_for(seen.wait(), 30)
+    await first.stop(timeout_s=0.2)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert await _committed(bootstrap, group, topic) == 0
+
+    got: asyncio.Queue[str] = asyncio.Queue()
+
+    async def ok(event: PreparedRequest) -> None:
+        await got.put(event.request_id)
+
+    second = _consumer(bootstrap, topic, producer, ok, group)
+    await second.start()
+    task = asyncio.create_task(second.run())
+    try:
+        assert await asyncio.wait_for(got.get(), 30) == rid
+    finally:
+        await second.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert await _committed(bootstrap, group, topic) == 1

@@ -1,0 +1,49 @@
+"""Session fixtures shared by every test area: the real native stack, started when missing.
+
+``infra`` makes sure Kafka, Redis, Triton and Jaeger run (``genwire.stack.ensure_up``, the same
+code as ``make up``); ``stack`` also starts genwire's five services with the default model
+loaded. What the suite starts is left running afterwards, like ``make up`` (stop it with
+``make down``): the next run, and everyone else on the machine, reuses it. Tests that use either
+fixture are marked ``integration`` automatically (``pytest -m "not integration"`` skips them).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from genwire.settings import CommonSettings
+from genwire.stack import INFRA, StackError, ensure_up
+
+log = logging.getLogger("genwire.stack.tests")
+
+STACK_FIXTURES = frozenset({"infra", "stack"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs the real stack as ``integration``."""
+    for item in items:
+        if STACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+def _bring_up(components: tuple[str, ...] | None, model: bool) -> CommonSettings:
+    settings = CommonSettings()
+    try:
+        ensure_up(components, model=model, settings=settings, out=log.info)
+    except StackError as exc:
+        pytest.fail(f"the native stack could not start: {exc}", pytrace=False)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def infra() -> CommonSettings:
+    """Kafka, Redis, Triton and Jaeger up and healthy; returns the settings that reach them."""
+    return _bring_up(INFRA, model=False)
+
+
+@pytest.fixture(scope="session")
+def stack(infra: CommonSettings) -> CommonSettings:
+    """The whole stack: ``infra`` plus the default model loaded and the five services ready."""
+    return _bring_up(None, model=True)

@@ -1,0 +1,51 @@
+"""Fixtures of the gateway tests: a private requests topic, the stand-in pipeline, gateways."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from genwire.kafka import ensure_topics
+from genwire.settings import CommonSettings
+from genwire.topics import HOUR_MS, TopicSpec
+from .harness import FakePipeline, GatewayInstance, start_gateway, stop_gateway
+
+
+@pytest.fixture(scope="module")
+async def requests_topic(infra: CommonSettings) -> str:
+    """A requests topic only this module's gateways and stand-in pipeline use."""
+    topic = f"test.gateway.requests.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(infra.kafka_bootstrap_servers, [TopicSpec(topic, 3, HOUR_MS)])
+    return topic
+
+
+@pytest.fixture(scope="module")
+async def pipeline(infra: CommonSettings, requests_topic: str) -> AsyncIterator[FakePipeline]:
+    """The stand-in pipeline, answering with its default script unless a test sets one."""
+    fake = FakePipeline(infra, requests_topic)
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture(autouse=True)
+def _default_script(request: pytest.FixtureRequest) -> None:
+    """Each test starts from the default script."""
+    if "pipeline" in request.fixturenames:
+        from .harness import Script
+
+        request.getfixturevalue("pipeline").script = lambda _: Script()
+
+
+@pytest.fixture(scope="module")
+async def gateways(
+    infra: CommonSettings, requests_topic: str, pipeline: FakePipeline
+) -> AsyncIterator[tuple[GatewayInstance, GatewayInstance]]:
+    """Two gateway instances in this process, on different ports, sharing the broker."""
+    first = await start_gateway(infra, requests_topic)
+    second = await start_gateway(infra, requests_topic)
+    yield first, second
+    await stop_gateway(second)
+    await stop_gateway(first)

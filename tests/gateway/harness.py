@@ -1,0 +1,244 @@
+"""Test harness: gateways run in-process (uvicorn + gRPC) and a scripted stand-in pipeline.
+
+The stand-in reads the gateway's requests from a private topic (so a running pipeline never
+sees them) and answers on the real ``genwire.tokens`` / ``genwire.results`` topics and the real
+Redis result key, exactly as postprocess does; request ids are unique per test, so nothing
+else reacts to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import uvicorn
+from aiokafka import AIOKafkaConsumer
+from fastapi import FastAPI
+from opentelemetry import context as otel_context
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from redis.asyncio import Redis
+
+from genwire.events import ControlEvent, ErrorInfo, GenerationResult, TokenEvent, Usage
+from genwire.kafka import EventProducer
+from genwire.request import GenerationRequest, result_key
+from genwire.settings import CommonSettings
+from genwire.telemetry.propagation import extract
+from genwire.topics import Topic
+from genwire_gateway.app import create_app
+from genwire_gateway.config import GatewaySettings
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Script:
+    """How the stand-in pipeline answers one request."""
+
+    chunks: list[str] = field(default_factory=lambda: ["Hello", ",", " world"])
+    chunk_delay_s: float = 0.0
+    delay_s: float = 0.0
+    """Wait this long before answering at all."""
+    finish_reason: str = "length"
+    error: ErrorInfo | None = None
+    silent: bool = False
+    """Answer nothing (a lost or very slow request)."""
+    redis_only: bool = False
+    """Store the result in Redis without publishing it (the fan-out reader never sees it)."""
+    duplicate_tokens: bool = False
+    """Publish every token twice (an at-least-once redelivery)."""
+
+
+@dataclass
+class Seen:
+    """A request the stand-in received."""
+
+    request: GenerationRequest
+    headers: dict[str, bytes]
+
+
+class FakePipeline:
+    """Answers requests from ``topic`` as preprocess → inference → postprocess would."""
+
+    def __init__(self, settings: CommonSettings, topic: str) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.script: Callable[[GenerationRequest], Script] = lambda _: Script()
+        self.seen: list[Seen] = []
+        self.cancels: list[ControlEvent] = []
+        self.finished: dict[str, float] = {}  # request id → loop time its result was published
+        self._producer = EventProducer(settings.kafka_bootstrap_servers)
+        self._redis: Redis[bytes] = Redis.from_url(settings.redis_url)
+        self._requests = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=None,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=50,
+        )
+        self._control = AIOKafkaConsumer(
+            Topic.CONTROL.value,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=None,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=50,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._answers: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self._producer.start()
+        await self._requests.start()
+        await self._control.start()
+        for tp in self._control.assignment():  # pin "latest" now, not at the first fetch
+            await self._control.position(tp)
+        self._tasks = [
+            asyncio.create_task(self._serve()),
+            asyncio.create_task(self._watch_control()),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._requests.stop()
+        await self._control.stop()
+        await self._producer.stop()
+        await self._redis.aclose()  # type: ignore[attr-defined]
+
+    def requests_for(self, request_id: str) -> list[GenerationRequest]:
+        return [s.request for s in self.seen if s.request.request_id == request_id]
+
+    async def _watch_control(self) -> None:
+        while True:
+            batch = await self._control.getmany(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    self.cancels.append(ControlEvent.model_validate_json(record.value or b""))
+
+    async def _serve(self) -> None:
+        while True:
+            batch = await self._requests.getmany(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    request = GenerationRequest.model_validate_json(record.value or b"")
+                    headers = {k: v for k, v in record.headers or ()}
+                    self.seen.append(Seen(request, headers))
+                    self._answers.add(asyncio.create_task(self._answer(request, headers)))
+                    self._answers = {t for t in self._answers if not t.done()}
+
+    async def _answer(self, request: GenerationRequest, headers: dict[str, bytes]) -> None:
+        script = self.script(request)
+        if script.silent:
+            return
+        # Continue the caller's trace, as the real stages do through the consumer wrapper.
+        token = otel_context.attach(extract(list(headers.items())))
+        try:
+            await self._reply(request, script)
+        finally:
+            otel_context.detach(token)
+
+    async def _reply(self, request: GenerationRequest, script: Script) -> None:
+        if script.delay_s:
+            await asyncio.sleep(script.delay_s)
+        rid = request.request_id
+        assert rid is not None
+        text = ""
+        if script.error is None and request.stream and not script.redis_only:
+            for i, chunk in enumerate(script.chunks):
+                final = i == len(script.chunks) - 1
+                token = TokenEvent(
+                    request_id=rid,
+                    index=i,
+                    text=chunk,
+                    text_offset=len(text),
+                    final=final,
+                    finish_reason=script.finish_reason if final else None,
+                )
+                for _ in range(2 if script.duplicate_tokens else 1):
+                    await self._producer.publish_and_wait(token)
+                text += chunk
+                if script.chunk_delay_s:
+                    await asyncio.sleep(script.chunk_delay_s)
+        if script.error is not None:
+            result = GenerationResult(request_id=rid, model="fake", error=script.error)
+        else:
+            text = "".join(script.chunks)
+            result = GenerationResult(
+                request_id=rid,
+                model="fake",
+                model_version="1",
+                text=text,
+                finish_reason=script.finish_reason,
+                usage=Usage(prompt_tokens=2, completion_tokens=len(script.chunks)),
+            )
+        await self._redis.set(result_key(rid), result.model_dump_json(), nx=True, ex=300)
+        if not script.redis_only:
+            await self._producer.publish_and_wait(result)
+        self.finished[rid] = asyncio.get_running_loop().time()
+
+
+@dataclass
+class GatewayInstance:
+    """One gateway running in this process: its settings, app, spans and server task."""
+
+    settings: GatewaySettings
+    app: FastAPI
+    spans: InMemorySpanExporter
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.settings.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.port}"
+
+
+async def start_gateway(settings: CommonSettings, requests_topic: str) -> GatewayInstance:
+    """Start a gateway on free ports, publishing to ``requests_topic``; wait until it serves."""
+    cfg = GatewaySettings(
+        kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
+        redis_url=settings.redis_url,
+        triton_http_url=settings.triton_http_url,
+        service_name=f"genwire-gateway-test-{uuid.uuid4().hex[:6]}",
+        port=free_port(),
+        grpc_port=free_port(),
+        requests_topic=requests_topic,
+        request_timeout_s=20.0,
+        result_poll_s=0.25,
+        shutdown_timeout_s=3.0,
+    )
+    spans = InMemorySpanExporter()
+    app = create_app(cfg, span_exporter=spans, set_global_tracer=False)
+    config = uvicorn.Config(
+        app, host=cfg.host, port=cfg.port, log_config=None, access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(60):
+        while not server.started:
+            if task.done():
+                task.result()  # raise the start-up failure
+                raise RuntimeError("the gateway exited during start-up")
+            await asyncio.sleep(0.05)
+    return GatewayInstance(cfg, app, spans, server, task)
+
+
+async def stop_gateway(instance: GatewayInstance) -> None:
+    """Stop a gateway started by ``start_gateway``."""
+    instance.server.should_exit = True
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(instance.task, 30)

@@ -1,0 +1,309 @@
+"""Gateway logic with in-memory fakes of the producer and Redis (the transports are not here)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from genwire_gateway.config import GatewaySettings
+from genwire_gateway.core import Gateway, ResultStatus
+from genwire_gateway.errors import GatewayError
+from genwire_gateway.store import ClaimOutcome, fingerprint
+from genwire_gateway.waiters import WaiterRegistry
+
+from genwire.events import ControlEvent, Event, GenerationResult, TokenEvent, Usage, now_ms
+from genwire.request import GenerationRequest
+
+Reply = Callable[[GenerationRequest, WaiterRegistry], None]
+
+
+class FakeProducer:
+    """Records what is sent; ``reply`` plays the pipeline for each request."""
+
+    def __init__(self, registry: WaiterRegistry, reply: Reply | None = None) -> None:
+        self.registry = registry
+        self.reply = reply
+        self.requests: list[GenerationRequest] = []
+        self.events: list[Event] = []
+        self.fail_delivery = False
+
+    async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[object]:
+        request = GenerationRequest.model_validate_json(value)
+        self.requests.append(request)
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        if self.fail_delivery:
+            fut.set_exception(ConnectionError("broker down"))
+        else:
+            fut.set_result(None)
+            if self.reply is not None:
+                asyncio.get_running_loop().call_soon(self.reply, request, self.registry)
+        return fut
+
+    async def publish_and_wait(self, event: Event) -> None:
+        self.events.append(event)
+
+    def cancels(self) -> list[str]:
+        return [e.request_id for e in self.events if isinstance(e, ControlEvent)]
+
+
+class FakeStore:
+    """Redis semantics of ResultStore in a dict."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, GenerationResult] = {}
+        self.claims: dict[str, str] = {}
+
+    async def get(self, request_id: str) -> GenerationResult | None:
+        return self.results.get(request_id)
+
+    async def claim(self, request: GenerationRequest) -> ClaimOutcome:
+        rid = request.request_id
+        assert rid is not None
+        mine = fingerprint(request)
+        owner = rid not in self.claims  # SET NX
+        holder = self.claims.setdefault(rid, mine)
+        if holder != mine:
+            return ClaimOutcome(owner=False, conflict=True)
+        if rid in self.results:
+            return ClaimOutcome(owner=False, result=self.results[rid])
+        return ClaimOutcome(owner=owner)
+
+    async def release(self, request_id: str) -> None:
+        self.claims.pop(request_id, None)
+
+    async def known(self, request_id: str) -> bool:
+        return request_id in self.claims
+
+
+def _gateway(
+    reply: Reply | None = None, **settings: Any
+) -> tuple[Gateway, FakeProducer, FakeStore]:
+    registry = WaiterRegistry()
+    producer = FakeProducer(registry, reply)
+    store = FakeStore()
+    cfg = GatewaySettings(result_poll_s=0.05, **settings)
+    return Gateway(cfg, producer, store, registry), producer, store  # type: ignore[arg-type]
+
+
+def _echo(request: GenerationRequest, registry: WaiterRegistry) -> None:
+    assert request.request_id is not None
+    registry.resolve(
+        GenerationResult(
+            request_id=request.request_id,
+            text=f"echo:{request.prompt}",
+            finish_reason="stop",
+            usage=Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3),
+        )
+    )
+
+
+def test_prepare_validates_like_preprocess_and_sets_the_deadline() -> None:
+    gateway, _, _ = _gateway(request_timeout_s=7.0)
+    before = now_ms()
+    prepared = gateway.prepare({"prompt": "hi", "temperature": None})
+    assert prepared.request.request_id and not prepared.named
+    assert prepared.request.deadline_ms is not None
+    assert prepared.request.deadline_ms - before == pytest.approx(7000, abs=500)
+    with pytest.raises(GatewayError) as info:
+        gateway.prepare({"prompt": "hi", "temperature": 9.0})
+    assert info.value.code == "out_of_range"
+    with pytest.raises(GatewayError) as info:
+        gateway.prepare({})
+    assert info.value.code == "missing_prompt"
+    with pytest.raises(GatewayError) as info:
+        gateway.prepare({"prompt": "hi"}, request_id="bad id with spaces")
+    assert info.value.code == "invalid_request"
+
+
+def test_caller_deadlines_are_capped() -> None:
+    gateway, _, _ = _gateway(request_timeout_s=5.0, max_timeout_s=10.0)
+    assert gateway.timeout_for(None) == 5.0
+    assert gateway.timeout_for(3.0) == 3.0
+    assert gateway.timeout_for(3600.0) == 10.0
+
+
+async def test_generate_publishes_once_and_returns_the_result() -> None:
+    gateway, producer, _ = _gateway(_echo)
+    result = await gateway.generate(gateway.prepare({"prompt": "hi"}))
+    assert result.text == "echo:hi"
+    assert len(producer.requests) == 1 and producer.requests[0].stream is False
+    assert len(gateway.registry) == 0
+
+
+async def test_error_results_raise_their_code() -> None:
+    def reject(request: GenerationRequest, registry: WaiterRegistry) -> None:
+        assert request.request_id is not None
+        registry.resolve(
+            GenerationResult.model_validate(
+                {
+                    "request_id": request.request_id,
+                    "error": {"code": "context_length_exceeded", "message": "too long"},
+                }
+            )
+        )
+
+    gateway, _, _ = _gateway(reject)
+    with pytest.raises(GatewayError) as info:
+        await gateway.generate(gateway.prepare({"prompt": "hi"}))
+    assert info.value.code == "context_length_exceeded"
+
+
+async def test_expired_deadline_cancels_downstream() -> None:
+    gateway, producer, _ = _gateway(None)
+    prepared = gateway.prepare({"prompt": "hi"}, timeout_s=0.2)
+    started = time.monotonic()
+    with pytest.raises(GatewayError) as info:
+        await gateway.generate(prepared)
+    assert info.value.code == "deadline_exceeded"
+    assert time.monotonic() - started < 2.0
+    await gateway.drain()
+    assert producer.cancels() == [prepared.request_id]
+
+
+async def test_cancelled_caller_cancels_downstream() -> None:
+    gateway, producer, _ = _gateway(None)
+    prepared = gateway.prepare({"prompt": "hi"})
+    task = asyncio.create_task(gateway.generate(prepared))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await gateway.drain()
+    assert producer.cancels() == [prepared.request_id]
+
+
+async def test_failed_delivery_is_unavailable() -> None:
+    gateway, producer, _ = _gateway(None)
+    producer.fail_delivery = True
+    with pytest.raises(GatewayError) as info:
+        await gateway.generate(gateway.prepare({"prompt": "hi"}))
+    assert info.value.code == "unavailable"
+
+
+async def test_stream_dedupes_redelivered_tokens_and_ends_with_the_result() -> None:
+    def tokens(request: GenerationRequest, registry: WaiterRegistry) -> None:
+        rid = request.request_id
+        assert rid is not None
+        for index, offset, text, final in [
+            (0, 0, "Hel", False),
+            (0, 0, "Hel", False),
+            (1, 3, "lo", False),
+            (2, 5, " w", True),
+        ]:
+            registry.push(
+                TokenEvent(request_id=rid, index=index, text=text, text_offset=offset, final=final)
+            )
+        registry.resolve(
+            GenerationResult(
+                request_id=rid,
+                text="Hello w",
+                finish_reason="length",
+                usage=Usage(prompt_tokens=1, completion_tokens=3, total_tokens=4),
+            )
+        )
+
+    gateway, producer, _ = _gateway(tokens)
+    chunks = [c async for c in gateway.stream(gateway.prepare({"prompt": "x"}, stream=True))]
+    assert [c.text for c in chunks] == ["Hel", "lo", " w", ""]
+    assert [c.index for c in chunks] == [0, 1, 2, 3]
+    assert chunks[-1].final and chunks[-1].finish_reason == "length"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    assert producer.requests[0].stream is True
+    await gateway.drain()
+    assert producer.cancels() == []
+
+
+async def test_abandoned_stream_cancels_downstream() -> None:
+    def one_token(request: GenerationRequest, registry: WaiterRegistry) -> None:
+        assert request.request_id is not None
+        registry.push(TokenEvent(request_id=request.request_id, index=0, text="a"))
+
+    gateway, producer, _ = _gateway(one_token)
+    prepared = gateway.prepare({"prompt": "x"}, stream=True)
+    stream = gateway.stream(prepared)
+    first = await anext(stream)
+    assert first.text == "a" and not first.final
+    await stream.aclose()
+    await gateway.drain()
+    assert producer.cancels() == [prepared.request_id]
+
+
+async def test_named_request_returns_the_stored_result_without_publishing() -> None:
+    gateway, producer, store = _gateway(_echo)
+    first = await gateway.generate(gateway.prepare({"prompt": "hi"}, request_id="job-1"))
+    store.results["job-1"] = first
+    again = await gateway.generate(gateway.prepare({"prompt": "hi"}, request_id="job-1"))
+    assert again.text == first.text
+    assert len(producer.requests) == 1
+    streamed = [
+        c
+        async for c in gateway.stream(
+            gateway.prepare({"prompt": "hi"}, request_id="job-1", stream=True)
+        )
+    ]
+    assert [(c.text, c.final) for c in streamed] == [("echo:hi", True)]
+    assert len(producer.requests) == 1
+
+
+async def test_named_request_reused_for_another_prompt_is_refused() -> None:
+    gateway, _, _ = _gateway(_echo)
+    await gateway.generate(gateway.prepare({"prompt": "hi"}, request_id="job-2"))
+    with pytest.raises(GatewayError) as info:
+        await gateway.generate(gateway.prepare({"prompt": "other"}, request_id="job-2"))
+    assert info.value.code == "idempotency_conflict"
+
+
+async def test_repeat_in_flight_waits_for_the_first_call() -> None:
+    gateway, producer, _ = _gateway(None)
+    first = asyncio.create_task(
+        gateway.generate(gateway.prepare({"prompt": "hi"}, request_id="j3"))
+    )
+    await asyncio.sleep(0.02)
+    second = asyncio.create_task(
+        gateway.generate(gateway.prepare({"prompt": "hi"}, request_id="j3"))
+    )
+    await asyncio.sleep(0.02)
+    assert len(producer.requests) == 1
+    _echo(producer.requests[0], gateway.registry)
+    assert (await first).text == (await second).text == "echo:hi"
+
+
+async def test_get_result_reports_pending_done_and_not_found() -> None:
+    gateway, _, store = _gateway(None)
+    prepared = gateway.prepare({"prompt": "hi"}, request_id="sub-1")
+    assert await gateway.submit(prepared) == "sub-1"
+    assert (await gateway.get_result("sub-1"))[0] == ResultStatus.PENDING
+    assert (await gateway.get_result("nope"))[0] == ResultStatus.NOT_FOUND
+    waiting = asyncio.create_task(gateway.get_result("sub-1", wait_s=5.0))
+    await asyncio.sleep(0.02)
+    gateway.registry.resolve(GenerationResult(request_id="sub-1", text="done"))
+    status, result = await waiting
+    assert status == ResultStatus.DONE and result is not None and result.text == "done"
+    store.results["sub-2"] = GenerationResult.model_validate(
+        {"request_id": "sub-2", "error": {"code": "internal", "message": "x"}}
+    )
+    assert (await gateway.get_result("sub-2"))[0] == ResultStatus.FAILED
+
+
+async def test_a_result_only_in_redis_ends_the_wait() -> None:
+    def store_only(request: GenerationRequest, registry: WaiterRegistry) -> None:
+        assert request.request_id is not None
+        results[request.request_id] = GenerationResult(request_id=request.request_id, text="r")
+
+    gateway, _, store = _gateway(store_only)
+    results = store.results
+    result = await gateway.generate(gateway.prepare({"prompt": "hi"}, timeout_s=5.0))
+    assert result.text == "r"
+
+
+def test_request_json_is_what_preprocess_parses() -> None:
+    gateway, _, _ = _gateway()
+    prepared = gateway.prepare({"prompt": "hi", "stop": ["x"]}, request_id="k1", stream=True)
+    key, value = prepared.request.to_kafka()
+    assert key == b"k1"
+    body = json.loads(value)
+    assert body["prompt"] == "hi" and body["stream"] is True and body["deadline_ms"] > 0

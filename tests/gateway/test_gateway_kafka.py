@@ -1,0 +1,339 @@
+"""Two gateway instances against the real broker and Redis, with a scripted stand-in pipeline.
+
+Every test names its requests with fresh ids, so the real topics shared with a running stack
+carry nothing another consumer would act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.trace import SpanKind
+
+from genwire.events import ErrorInfo
+from genwire.request import GenerationRequest
+from genwire.telemetry import semconv as sc
+from genwire_gateway.client import GenwireClient, GenwireClientError
+from genwire_gateway.grpc_service import SERVICE_NAME
+
+from .harness import FakePipeline, GatewayInstance, Script
+
+Gateways = tuple[GatewayInstance, GatewayInstance]
+
+
+def _rid(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def _eventually(check: object, timeout_s: float = 15.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not check():  # type: ignore[operator]
+            await asyncio.sleep(0.05)
+
+
+async def test_generate_on_either_instance(gateways: Gateways, pipeline: FakePipeline) -> None:
+    for instance in gateways:
+        async with GenwireClient(instance.grpc_target) as client:
+            result = await client.generate("hi", max_tokens=8, seed=1)
+        assert result.text == "Hello, world"
+        assert result.finish_reason == "length" and result.model == "fake"
+        assert result.completion_tokens == 3 and len(result.trace_id) == 32
+        (seen,) = pipeline.requests_for(result.request_id)
+        assert seen.prompt == "hi" and seen.max_tokens == 8 and seen.stream is False
+        assert seen.deadline_ms is not None and seen.received_ms is not None
+        assert seen.deadline_ms > seen.received_ms
+
+
+async def test_a_repeat_on_the_other_instance_gets_the_first_result(
+    gateways: Gateways, pipeline: FakePipeline
+) -> None:
+    first_gw, second_gw = gateways
+    pipeline.script = lambda _: Script(delay_s=1.0)
+    rid = _rid("idem")
+    async with (
+        GenwireClient(first_gw.grpc_target) as a,
+        GenwireClient(second_gw.grpc_target) as b,
+    ):
+        first = asyncio.create_task(a.generate("same", request_id=rid))
+        await _eventually(lambda: pipeline.requests_for(rid))
+        second = await b.generate("same", request_id=rid)  # in flight: waits for the first
+        assert (await first).text == second.text == "Hello, world"
+        again = await b.generate("same", request_id=rid)  # finished: from Redis
+        assert again.text == "Hello, world"
+        with pytest.raises(GenwireClientError) as info:
+            await a.generate("another prompt", request_id=rid)
+        assert info.value.status == "ALREADY_EXISTS"
+    assert len(pipeline.requests_for(rid)) == 1
+
+
+async def test_streaming_reaches_the_caller_before_generation_ends(
+    gateways: Gateways, pipeline: FakePipeline
+) -> None:
+    pipeline.script = lambda _: Script(chunks=["a", "b", "c", "d"], chunk_delay_s=0.4)
+    loop = asyncio.get_running_loop()
+    async with GenwireClient(gateways[1].grpc_target) as client:
+        chunks = []
+        first_at = None
+        async for chunk in client.stream("go"):
+            first_at = first_at or loop.time()
+            chunks.append(chunk)
+    rid = chunks[0].request_id
+    assert "".join(c.text for c in chunks) == "abcd"
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert chunks[-1].final and chunks[-1].finish_reason == "length"
+    assert chunks[-1].completion_tokens == 4
+    assert first_at is not None and first_at < pipeline.finished[rid] - 1.0
+    assert pipeline.requests_for(rid)[0].stream is True
+
+
+async def test_redelivered_tokens_are_not_repeated(
+    gateways: Gateways, pipeline: FakePipeline
+) -> None:
+    pipeline.script = lambda _: Script(duplicate_tokens=True)
+    async with GenwireClient(gateways[0].grpc_target) as client:
+        text = "".join([c.text async for c in client.stream("go")])
+    assert text == "Hello, world"
+
+
+async def test_invalid_input_is_rejected_before_kafka(
+    gateways: Gateways, pipeline: FakePipeline
+) -> None:
+    rid = _rid("bad")
+    async with GenwireClient(gateways[0].grpc_target) as client:
+        with pytest.raises(GenwireClientError) as info:
+            await client.generate("hi", temperature=5.0, request_id=rid)
+        assert info.value.status == "INVALID_ARGUMENT"
+        assert "out_of_range" in info.value.message
+        with pytest.raises(GenwireClientError) as info:
+            await client.generate(None)
+        assert info.value.status == "INVALID_ARGUMENT" and "missing_prompt" in info.value.message
+    await asyncio.sleep(0.5)
+    assert pipeline.requests_for(rid) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "http"),
+    [
+        ("context_length_exceeded", "INVALID_ARGUMENT", 400),
+        ("model_not_found", "NOT_FOUND", 404),
+        ("unavailable", "UNAVAILABLE", 503),
+    ],
+)
+async def test_pipeline_errors_map_to_statuses(
+    gateways: Gateways, pipeline: FakePipeline, code: str, status: str, http: int
+) -> None:
+    pipeline.script = lambda _: Script(error=ErrorInfo(code=code, message=f"{code} happened"))
+    async with GenwireClient(gateways[0].grpc_target) as client:
+        with pytest.raises(GenwireClientError) as info:
+            await client.generate("hi")
+    assert info.value.status == status and code in info.value.message
+    async with httpx.AsyncClient(base_url=gateways[1].http_url, timeout=20) as http_client:
+        response = await http_client.post("/v1/completions", json={"prompt": "hi"})
+    assert response.status_code == http
+    assert response.json()["error"]["code"] == code
+
+
+async def test_an_expired_deadline_cancels_the_generation(
+    gateways: Gateways, pipeline: FakePipeline
+) -> None:
+    pipeline.script = lambda _: Script(silent=True)
+    rid = _rid("late")
+    async with GenwireClient(gateways[0].grpc_target) as client:
+        with pytest.raises(GenwireClientError) as info:
+            await client.generate("hi", request_id=rid, timeout_s=1.5)
+    assert info.value.status == "DEADLINE_EXCEEDED"
+    (seen,) = pipeline.requests_for(rid)
+    assert seen.deadline_ms is not None and seen.received_ms is not None
+    assert 1000 <= seen.deadline_ms - seen.received_ms <= 1600
+    await _eventually(lambda: rid in {c.request_id for c in pipeline.cancels})
+
+
+async def test_a_caller_leaving_a_stream_cancels_the_generation(
+    gateways: Gateways, pipeline: FakePipeline
+) -> None:
+    pipeline.script = lambda _: Script(chunks=["x"] * 20, chunk_delay_s=0.3)
+    async with GenwireClient(gateways[1].grpc_target) as client:
+        stream = client.stream("go")
+        first = await anext(stream)
+        await stream.aclose()
+    await _eventually(lambda: first.request_id in {c.request_id for c in pipeline.cancels})
+
+
+async def test_submit_then_get_result_from_the_other_instance(
+    gateways: Gateways, pipeline: FakePipeline
+) -> None:
+    pipeline.script = lambda _: Script(delay_s=1.0)
+    async with (
+        GenwireClient(gateways[0].grpc_target) as a,
+        GenwireClient(gateways[1].grpc_target) as b,
+    ):
+        rid = await a.submit("later")
+        assert (await b.get_result(rid)).status == "pending"
+        info = await b.get_result(rid, wait_s=10.0)
+        assert info.status == "done" and info.result is not None
+        assert info.result.text == "Hello, world"
+        assert (await b.get_result(_rid("unknown"))).status == "not_found"
+        assert await a.cancel(rid, "no longer needed")
+    await _eventually(lambda: rid in {c.request_id for c in pipeline.cancels})
+
+
+async def test_a_result_seen_only_in_redis_completes_the_wait(
+    gateways: Gateways, pipeline: FakePipeline
+) -> None:
+    pipeline.script = lambda _: Script(redis_only=True)
+    async with GenwireClient(gateways[0].grpc_target) as client:
+        result = await client.generate("hi", timeout_s=10.0)
+    assert result.text == "Hello, world"
+
+
+async def test_openai_http_endpoints(gateways: Gateways, pipeline: FakePipeline) -> None:
+    async with httpx.AsyncClient(base_url=gateways[0].http_url, timeout=20) as http:
+        completion = await http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 4})
+        assert completion.status_code == 200, completion.text
+        body = completion.json()
+        assert body["object"] == "text_completion"
+        assert body["choices"][0]["text"] == "Hello, world"
+        assert body["usage"]["completion_tokens"] == 3
+        assert len(completion.headers["x-trace-id"]) == 32
+        chat = await http.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "temperature": 0},
+        )
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["choices"][0]["message"]["content"] == "Hello, world"
+        rid = chat.json()["id"].removeprefix("chatcmpl-")
+        (seen,) = pipeline.requests_for(rid)
+        assert seen.messages is not None and seen.messages[0].content == "hi"
+        assert seen.temperature == 0.0
+        bad = await http.post("/v1/completions", json={"prompt": "hi", "temperature": 9})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["code"] == "out_of_range"
+        assert bad.json()["error"]["type"] == "invalid_request_error"
+        assert (await http.post("/v1/completions", content=b"{nope")).status_code == 400
+
+
+async def test_openai_sse_stream(gateways: Gateways, pipeline: FakePipeline) -> None:
+    pipeline.script = lambda _: Script(chunks=["Hel", "lo"], chunk_delay_s=0.1)
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with (
+        httpx.AsyncClient(base_url=gateways[1].http_url, timeout=20) as http,
+        http.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line async for line in response.aiter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert all(e["object"] == "chat.completion.chunk" for e in events)
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert text == "Hello"
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    finishes = [e["choices"][0]["finish_reason"] for e in events if e["choices"]]
+    assert finishes[-1] == "length" and set(finishes[:-1]) == {None}
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 2
+
+
+async def test_http_idempotency_key_across_instances(
+    gateways: Gateways, pipeline: FakePipeline
+) -> None:
+    key = _rid("http")
+    answers = []
+    for instance in gateways:
+        async with httpx.AsyncClient(base_url=instance.http_url, timeout=20) as http:
+            response = await http.post(
+                "/v1/completions", json={"prompt": "once"}, headers={"Idempotency-Key": key}
+            )
+        assert response.status_code == 200
+        answers.append(response.json())
+    assert answers[0]["id"] == answers[1]["id"] == f"cmpl-{key}"
+    assert len(pipeline.requests_for(key)) == 1
+
+
+async def test_health_readiness_metrics_and_models(gateways: Gateways) -> None:
+    instance = gateways[0]
+    async with httpx.AsyncClient(base_url=instance.http_url, timeout=20) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["ready"] is True
+        metrics = (await http.get("/metrics")).text
+        assert sc.METRIC_REQUESTS in metrics
+        models = (await http.get("/v1/models")).json()
+        assert models["object"] == "list" and isinstance(models["data"], list)
+        assert all(m["object"] == "model" and m["id"] for m in models["data"])
+    async with grpc.aio.insecure_channel(instance.grpc_target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", SERVICE_NAME):
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_the_trace_starts_at_the_gateway_and_crosses_kafka(
+    gateways: Gateways, pipeline: FakePipeline
+) -> None:
+    instance = gateways[0]
+    trace_id = uuid.uuid4().hex
+    traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    secret = f"secret prompt {uuid.uuid4().hex}"
+    async with GenwireClient(instance.grpc_target) as client:
+        result = await client.generate(secret, traceparent=traceparent)
+    assert result.trace_id == trace_id
+    (seen,) = [s for s in pipeline.seen if s.request.request_id == result.request_id]
+    assert seen.headers["traceparent"].decode().split("-")[1] == trace_id
+    await _eventually(
+        lambda: any(
+            s.name == f"{'genwire.results'} process"
+            and s.context is not None
+            and f"{s.context.trace_id:032x}" == trace_id
+            for s in instance.spans.get_finished_spans()
+        ),
+        timeout_s=10,
+    )
+    spans = [
+        s
+        for s in instance.spans.get_finished_spans()
+        if s.context is not None and f"{s.context.trace_id:032x}" == trace_id
+    ]
+    by_name = {s.name: s for s in spans}
+    server = by_name[f"{SERVICE_NAME}/Generate"]
+    assert server.kind == SpanKind.SERVER
+    assert server.attributes is not None
+    assert server.attributes[sc.ENTRYPOINT] == "grpc"
+    assert server.attributes[sc.REQUEST_ID] == result.request_id
+    publish = by_name[f"{instance.settings.requests_topic} publish"]
+    assert publish.kind == SpanKind.PRODUCER and publish.parent is not None
+    assert publish.parent.span_id == server.context.span_id  # type: ignore[union-attr]
+    assert publish.attributes is not None
+    assert publish.attributes[sc.MESSAGING_SYSTEM] == "kafka"
+    assert publish.attributes[sc.MESSAGING_OPERATION_NAME] == "publish"
+    assert by_name["genwire.results process"].kind == SpanKind.CONSUMER
+    for span in spans:
+        for value in (span.attributes or {}).values():
+            assert secret not in str(value)
+
+
+async def test_request_json_on_kafka_validates_as_a_user_request(
+    gateways: Gateways, pipeline: FakePipeline
+) -> None:
+    async with GenwireClient(gateways[1].grpc_target) as client:
+        result = await client.generate(
+            None,
+            messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+            stop=["\n"],
+            top_k=5,
+            top_p=0.9,
+            metadata={"team": "a"},
+        )
+    (seen,) = pipeline.requests_for(result.request_id)
+    assert isinstance(seen, GenerationRequest)
+    assert seen.stop_list() == ["\n"] and seen.top_k == 5 and seen.top_p == pytest.approx(0.9)
+    assert seen.metadata == {"team": "a"}

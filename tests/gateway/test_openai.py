@@ -1,0 +1,139 @@
+"""OpenAI-compatible mapping: bodies to genwire fields, results to responses, SSE chunks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from genwire_gateway import openai
+from genwire_gateway.errors import GatewayError
+
+from genwire.events import GenerationResult, Usage
+
+
+def test_completion_body_maps_to_request_fields() -> None:
+    body = openai.parse_body(
+        openai.CompletionRequest,
+        json.dumps(
+            {
+                "model": "m",
+                "prompt": ["hello"],
+                "max_tokens": 5,
+                "temperature": 0,
+                "stop": "\n",
+                "seed": 3,
+                "top_k": 4,
+                "user": "ignored",
+                "presence_penalty": 0,
+            }
+        ).encode(),
+    )
+    fields = body.fields()
+    assert fields["prompt"] == "hello"
+    assert (fields["max_tokens"], fields["temperature"], fields["stop"]) == (5, 0, "\n")
+    assert (fields["seed"], fields["top_k"], fields["model"]) == (3, 4, "m")
+    assert fields["top_p"] is None  # unset: the pipeline's default applies
+
+
+def test_chat_body_maps_roles_parts_and_max_completion_tokens() -> None:
+    body = openai.parse_body(
+        openai.ChatCompletionRequest,
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "developer", "content": "be brief"},
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "hi "},
+                            {"type": "text", "text": "there"},
+                        ],
+                    },
+                ],
+                "max_completion_tokens": 7,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        ).encode(),
+    )
+    fields = body.fields()
+    assert fields["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi there"},
+    ]
+    assert fields["max_tokens"] == 7
+    assert body.stream and body.include_usage
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"not json", "invalid_json"),
+        (b'{"prompt": 5}', "invalid_request"),
+        (b'{"prompt": "x", "max_tokens": "5"}', "invalid_request"),
+        (b'{"prompt": ["a", "b"]}', "invalid_request"),
+        (b'{"prompt": "x", "echo": true}', "invalid_request"),
+        (b'{"prompt": "x", "n": 2}', "out_of_range"),
+    ],
+)
+def test_malformed_completion_bodies_are_rejected_with_a_code(raw: bytes, code: str) -> None:
+    with pytest.raises(GatewayError) as info:
+        openai.parse_body(openai.CompletionRequest, raw).fields()
+    assert info.value.code == code
+
+
+def test_chat_rejects_unknown_roles() -> None:
+    with pytest.raises(GatewayError):
+        openai.parse_body(
+            openai.ChatCompletionRequest, b'{"messages": [{"role": "tool", "content": "x"}]}'
+        )
+
+
+def _result() -> GenerationResult:
+    return GenerationResult(
+        request_id="r1",
+        model="genwire-gpt",
+        text="hello",
+        finish_reason="length",
+        usage=Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5),
+    )
+
+
+def test_completion_and_chat_responses_follow_openai() -> None:
+    completion = openai.completion_response(_result(), created=1, model="fallback")
+    assert completion["id"] == "cmpl-r1" and completion["object"] == "text_completion"
+    assert completion["choices"][0]["text"] == "hello"
+    assert completion["choices"][0]["finish_reason"] == "length"
+    assert completion["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    chat = openai.chat_response(_result(), created=1, model="fallback")
+    assert chat["object"] == "chat.completion"
+    assert chat["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
+    assert chat["model"] == "genwire-gpt"
+
+
+def test_sse_frames_are_data_lines_ending_in_a_blank_line() -> None:
+    frame = openai.sse(openai.chat_chunk("r", created=1, model="m", delta={"content": "a b"}))
+    assert frame.startswith(b"data: {") and frame.endswith(b"}\n\n")
+    payload = json.loads(frame[len(b"data: ") :])
+    assert payload["object"] == "chat.completion.chunk"
+    assert payload["choices"][0]["delta"] == {"content": "a b"}
+    assert openai.SSE_DONE == b"data: [DONE]\n\n"
+
+
+def test_usage_chunk_has_no_choices() -> None:
+    chunk = openai.usage_chunk(
+        "r", chat=False, created=1, model="m", usage=Usage(prompt_tokens=1, completion_tokens=2)
+    )
+    assert chunk["choices"] == [] and chunk["usage"]["total_tokens"] == 3
+
+
+def test_error_body_is_openai_shaped() -> None:
+    body = openai.error_body("out_of_range", "temperature too high", 400)
+    assert body == {
+        "error": {
+            "message": "temperature too high",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "out_of_range",
+        }
+    }

@@ -1,0 +1,97 @@
+"""The engine end to end on simulated traffic: latency burn, drift, no false alarms."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+from genwire.telemetry import semconv as sc
+from genwire_monitor.engine import MonitorEngine
+from genwire_monitor.synth import LENGTH_STOPS, LONG_PROMPTS, REFERENCE
+
+from .simulate import fast_settings, run
+
+T0 = 1_800_000_000.0
+
+
+def test_steady_reference_traffic_raises_nothing() -> None:
+    engine = MonitorEngine(fast_settings())
+    _, events = run(engine, REFERENCE, T0, 40.0, 100, random.Random(1))
+    assert events == []
+    assert engine.counts.requests > 3500
+    assert any(r.scores for r in engine.drift_results)  # drift was really tested
+    pct = engine.percentiles(T0 + 40)
+    assert {"gateway", "preprocess", "inference", "postprocess", "end_to_end", "ttft"} <= set(pct)
+
+
+def test_latency_incident_fires_a_page_and_resolves_after_it() -> None:
+    engine = MonitorEngine(fast_settings())
+    rng = random.Random(2)
+    t, events = run(engine, REFERENCE, T0, 12.0, 100, rng)
+    assert events == []
+    slow = replace(REFERENCE, slow_ms=1500)
+    t_incident = t
+    t, events = run(engine, slow, t, 3.0, 100, rng)
+    fired = [(ts, e) for ts, e in events if e.id == "latency:e2e:page"]
+    assert fired, [e.id for _, e in events]
+    ts, alert = fired[0]
+    assert alert.status == "firing" and alert.kind == "latency_burn"
+    assert ts - t_incident < 0.83 + 0.5  # within the short window plus trace completion
+    assert alert.figures["threshold_ms"] == 1000
+    assert float(alert.figures["p99_ms"]) > 1000
+    assert alert.example_trace_ids and alert.trace_links[0].endswith(alert.example_trace_ids[0])
+    _, events = run(engine, REFERENCE, t, 12.0, 100, rng)
+    resolved = [e for _, e in events if e.id == "latency:e2e:page" and e.status == "resolved"]
+    assert resolved
+
+
+def test_errors_burn_the_error_budget() -> None:
+    engine = MonitorEngine(fast_settings())
+    rng = random.Random(3)
+    t, _ = run(engine, REFERENCE, T0, 5.0, 100, rng)
+    _, events = run(engine, replace(REFERENCE, error_share=0.5), t, 3.0, 100, rng)
+    assert any(e.id == "errors:errors:page" and e.kind == "error_burn" for _, e in events)
+
+
+def test_longer_prompts_raise_drift_naming_the_feature() -> None:
+    engine = MonitorEngine(fast_settings())
+    rng = random.Random(4)
+    t, events = run(engine, REFERENCE, T0, 14.0, 100, rng)
+    assert events == []
+    _, events = run(engine, LONG_PROMPTS, t, 6.0, 100, rng)
+    drift = [e for _, e in events if e.kind == "drift"]
+    assert drift
+    alert = drift[0]
+    assert alert.labels["feature"] == sc.GEN_AI_INPUT_TOKENS
+    assert "prompt tokens" in alert.title
+    assert alert.model == "genwire-gpt" and alert.model_version == "1"
+    assert float(alert.figures["psi"]) >= 0.2
+    assert len(alert.example_trace_ids) == 5
+
+
+def test_length_stops_drift_the_finish_reason_mix() -> None:
+    engine = MonitorEngine(fast_settings())
+    rng = random.Random(5)
+    t, _ = run(engine, REFERENCE, T0, 14.0, 100, rng)
+    _, events = run(engine, LENGTH_STOPS, t, 6.0, 100, rng)
+    features = {e.labels["feature"] for _, e in events if e.kind == "drift"}
+    assert sc.GEN_AI_FINISH_REASONS in features
+
+
+def test_each_model_version_has_its_own_reference() -> None:
+    engine = MonitorEngine(fast_settings())
+    rng = random.Random(6)
+    t, _ = run(engine, REFERENCE, T0, 14.0, 100, rng)
+    v2 = replace(LONG_PROMPTS, version="2")  # a new version with its own (long) normal
+    _, events = run(engine, v2, t, 14.0, 100, rng)
+    assert not [e for _, e in events if e.kind == "drift"]
+    assert {(r.model, r.version) for r in engine.drift_results} == {
+        ("genwire-gpt", "1"), ("genwire-gpt", "2")
+    }
+
+
+def test_malformed_records_are_counted_and_skipped() -> None:
+    engine = MonitorEngine(fast_settings())
+    engine.ingest([b"\xff\xfe not protobuf", b""], T0)
+    assert engine.counts.malformed == 1
+    assert engine.counts.records == 2

@@ -1,0 +1,110 @@
+"""Triton of the native stack: load a model through the repository API, infer over gRPC.
+
+Triton's model repository is fixed when the server starts, so the test writes a tiny Python
+backend model (named per test session) into the real repository, loads it with
+``POST /v2/repository/models/<name>/load``, infers with tritonclient over gRPC, then unloads it and
+deletes its folder. The model reports what ``GENWIRE_STUB_SITE_PACKAGES`` it saw and where numpy
+came from, which proves the venv's packages reach Triton's Python stub.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from genwire.settings import CommonSettings
+from genwire.stack.paths import site_packages
+
+CONFIG = """\
+backend: "python"
+max_batch_size: 0
+input [ { name: "X" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [
+  { name: "Y" data_type: TYPE_FP32 dims: [ -1 ] },
+  { name: "SITE" data_type: TYPE_STRING dims: [ 2 ] }
+]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+"""
+
+MODEL_PY = textwrap.dedent(
+    '''
+    """Doubles X; reports the stub's site-packages variable and numpy's location."""
+    import os
+    import sys
+
+    SITE = os.environ.get("GENWIRE_STUB_SITE_PACKAGES", "")
+    if SITE and SITE not in sys.path:
+        sys.path.insert(0, SITE)
+
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            site = np.array([SITE.encode(), np.__file__.encode()], dtype=np.object_)
+            responses = []
+            for request in requests:
+                x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        [pb_utils.Tensor("Y", (x * 2).astype(np.float32)),
+                         pb_utils.Tensor("SITE", site)]
+                    )
+                )
+            return responses
+    '''
+)
+
+
+@pytest.fixture
+def test_model(infra: CommonSettings) -> Iterator[str]:
+    """A throwaway model in the real repository, loaded, then unloaded and removed."""
+    name = f"genwire-stack-selftest-{os.getpid()}"
+    folder = Path(infra.repository) / name
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    (folder / "config.pbtxt").write_text(CONFIG)
+    (folder / "1" / "model.py").write_text(MODEL_PY)
+    base = f"http://{infra.triton_http_url}"
+    try:
+        with httpx.Client(base_url=base, timeout=120, trust_env=False) as http:
+            loaded = http.post(f"/v2/repository/models/{name}/load")
+            assert loaded.status_code == 200, loaded.text
+            yield name
+            http.post(f"/v2/repository/models/{name}/unload")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_load_through_repository_api_and_infer_over_grpc(
+    infra: CommonSettings, test_model: str
+) -> None:
+    client = grpcclient.InferenceServerClient(infra.triton_grpc_url)
+    assert client.is_model_ready(test_model)
+    x = np.array([1.0, 2.5, -3.0], dtype=np.float32)
+    inp = grpcclient.InferInput("X", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer(
+        test_model,
+        [inp],
+        outputs=[grpcclient.InferRequestedOutput("Y"), grpcclient.InferRequestedOutput("SITE")],
+    )
+    np.testing.assert_allclose(result.as_numpy("Y"), x * 2)
+    seen_site, numpy_file = (v.decode() for v in result.as_numpy("SITE"))
+    assert seen_site == str(site_packages()), "GENWIRE_STUB_SITE_PACKAGES did not reach the stub"
+    assert numpy_file.startswith(seen_site), "the stub imported numpy from outside the venv"
+
+
+def test_repository_index_lists_the_loaded_model(infra: CommonSettings, test_model: str) -> None:
+    with httpx.Client(timeout=10, trust_env=False) as http:
+        index = http.post(f"http://{infra.triton_http_url}/v2/repository/index").json()
+    states = {entry["name"]: entry.get("state") for entry in index}
+    assert states.get(test_model) == "READY"

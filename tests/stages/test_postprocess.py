@@ -1,0 +1,205 @@
+"""Postprocess logic: streamed text, stop sequences across chunks, dedupe, restarts, results."""
+
+from __future__ import annotations
+
+import pytest
+from genwire_postprocess.handlers import Postprocessor, failure_result
+from tokenizers import Tokenizer
+
+from genwire.errors import PermanentError
+from genwire.events import (
+    ErrorInfo,
+    Event,
+    GenerationChunk,
+    GenerationResult,
+    Sampling,
+    TokenEvent,
+)
+from genwire.filters import ContentFilter
+from genwire.tokenization import AssetStore
+
+from .conftest import MODEL
+
+TEXT = "The quick brown fox 🦊 jumps over the lazy dog. Grüße aus Köln!"
+
+
+class FakeStore:
+    """In-memory stand-in for Redis SET NX (the real one is exercised by integration tests)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, GenerationResult] = {}
+
+    async def put_first(self, result: GenerationResult) -> GenerationResult:
+        return self.data.setdefault(result.request_id, result)
+
+
+def _chunks(
+    ids: list[int], rid: str, *, size: int = 3, stop: list[str] | None = None, stream: bool = True
+) -> list[GenerationChunk]:
+    sampling = Sampling(stop=stop or [])
+    out: list[GenerationChunk] = []
+    if stream:
+        for n, i in enumerate(range(0, len(ids) - size, size)):
+            out.append(
+                GenerationChunk(
+                    request_id=rid,
+                    index=n,
+                    offset=i,
+                    token_ids=ids[i : i + size],
+                    stream=True,
+                    model=MODEL,
+                    sampling=sampling if n == 0 else None,
+                )
+            )
+    sent = sum(len(c.token_ids) for c in out)
+    out.append(
+        GenerationChunk(
+            request_id=rid,
+            index=len(out),
+            offset=sent,
+            token_ids=ids[sent:],
+            final=True,
+            stream=stream,
+            model=MODEL,
+            model_version="2",
+            finish_reason="length",
+            prompt_tokens=4,
+            completion_tokens=len(ids),
+            sampling=sampling,
+            output_ids=ids,
+        )
+    )
+    return out
+
+
+async def _run(post: Postprocessor, chunks: list[GenerationChunk]) -> list[Event]:
+    events: list[Event] = []
+    for c in chunks:
+        events += await post.handle(c)
+    return events
+
+
+def _tokens(events: list[Event]) -> list[TokenEvent]:
+    return [e for e in events if isinstance(e, TokenEvent)]
+
+
+def _result(events: list[Event]) -> GenerationResult:
+    (result,) = [e for e in events if isinstance(e, GenerationResult)]
+    return result
+
+
+@pytest.fixture
+def post(assets: AssetStore) -> Postprocessor:
+    return Postprocessor(assets, FakeStore())
+
+
+async def test_stream_concatenates_to_the_result(post: Postprocessor, tokenizer: Tokenizer) -> None:
+    ids = tokenizer.encode(TEXT).ids
+    events = await _run(post, _chunks(ids, "s1"))
+    tokens, result = _tokens(events), _result(events)
+    assert result.text == TEXT and result.finish_reason == "length"
+    assert result.usage.total_tokens == 4 + len(ids) and result.model_version == "2"
+    assert "".join(t.text for t in tokens) == TEXT
+    assert [t.index for t in tokens] == list(range(len(tokens)))
+    assert len(tokens) > 3 and tokens[-1].final and not any(t.final for t in tokens[:-1])
+    offset = 0
+    for t in tokens:  # every piece says where it goes
+        assert t.text_offset == offset
+        offset += len(t.text)
+    assert all("\ufffd" not in t.text for t in tokens)
+    assert post.streams == {}  # state released at the final chunk
+
+
+@pytest.mark.parametrize("size", [1, 2, 5])
+async def test_stop_sequence_across_chunk_boundaries(
+    post: Postprocessor, tokenizer: Tokenizer, size: int
+) -> None:
+    ids = tokenizer.encode(TEXT).ids
+    events = await _run(post, _chunks(ids, f"stop{size}", size=size, stop=["lazy dog", "XYZ"]))
+    tokens, result = _tokens(events), _result(events)
+    assert result.text == "The quick brown fox 🦊 jumps over the "
+    assert result.finish_reason == "stop"
+    streamed = "".join(t.text for t in tokens)
+    assert streamed == result.text
+    # never emitted any part of the stop sequence, even while it was still ambiguous
+    assert "lazy" not in streamed and not streamed.endswith("l")
+
+
+async def test_non_streaming_gets_only_the_result(
+    post: Postprocessor, tokenizer: Tokenizer
+) -> None:
+    ids = tokenizer.encode(TEXT).ids
+    events = await _run(post, _chunks(ids, "ns", stream=False, stop=["fox"]))
+    assert _tokens(events) == []
+    assert _result(events).text == "The quick brown " and _result(events).finish_reason == "stop"
+
+
+async def test_duplicates_and_reordering(post: Postprocessor, tokenizer: Tokenizer) -> None:
+    ids = tokenizer.encode(TEXT).ids
+    chunks = _chunks(ids, "dup")
+    c0, c1, c2, *rest = chunks
+    events = await _run(post, [c0, c0, c2, c1, c1, c2, *rest])
+    tokens = _tokens(events)
+    assert "".join(t.text for t in tokens) == TEXT
+    assert [t.index for t in tokens] == list(range(len(tokens)))
+
+
+async def test_restart_mid_stream_still_completes(assets: AssetStore, tokenizer: Tokenizer) -> None:
+    ids = tokenizer.encode(TEXT).ids
+    chunks = _chunks(ids, "rs")
+    before = Postprocessor(assets, store := FakeStore())
+    first = _tokens(await _run(before, chunks[:2]))
+    after = Postprocessor(assets, store)  # a new process: no streaming state
+    events = await _run(after, chunks[2:])
+    tokens = _tokens(events)
+    assert tokens == [t for t in tokens if t.final]  # nothing streamed without the start
+    (last,) = tokens
+    assert last.text_offset == 0 and last.text == TEXT  # the whole text, positioned
+    held = "".join(t.text for t in first)  # what a reader already had
+    assert held + last.text[len(held) - last.text_offset :] == TEXT
+    assert _result(events).text == TEXT
+
+
+async def test_redelivered_final_returns_the_first_result(
+    post: Postprocessor, tokenizer: Tokenizer
+) -> None:
+    ids = tokenizer.encode(TEXT).ids
+    first = _result(await _run(post, _chunks(ids, "again", stream=False)))
+    other = tokenizer.encode("something else entirely").ids
+    second = _result(await _run(post, _chunks(other, "again", stream=False)))
+    assert second == first
+
+
+async def test_output_filter_cuts_the_text(assets: AssetStore, tokenizer: Tokenizer) -> None:
+    post = Postprocessor(
+        assets, FakeStore(), output_filter=ContentFilter(["animal=f[o0]x"]), filter_holdback_chars=8
+    )
+    ids = tokenizer.encode(TEXT).ids
+    events = await _run(post, _chunks(ids, "flt", size=1))
+    result = _result(events)
+    assert result.text == "The quick brown " and result.finish_reason == "content_filter"
+    assert "".join(t.text for t in _tokens(events)) == result.text
+
+
+async def test_error_chunk_becomes_an_error_result(post: Postprocessor) -> None:
+    chunk = GenerationChunk(
+        request_id="bad",
+        index=0,
+        final=True,
+        stream=True,
+        finish_reason="error",
+        error=ErrorInfo(code="invalid_json", message="request: Invalid JSON"),
+    )
+    events = await post.handle(chunk)
+    (token,) = _tokens(events)
+    assert token.final and token.text == ""
+    result = _result(events)
+    assert result.error == chunk.error and result.text == ""
+
+
+def test_failure_result() -> None:
+    err = PermanentError("redis down", code="unavailable")
+    events = failure_result("r", err, stream=True)
+    assert isinstance(events[0], TokenEvent) and events[0].final
+    assert _result(events).error == ErrorInfo(code="unavailable", message="redis down")
+    assert failure_result(None, err, stream=False) == []

@@ -1,0 +1,132 @@
+"""Preprocess logic: templates, tokenization, limits, filters, seeds, error chunks."""
+
+from __future__ import annotations
+
+import pytest
+from genwire_preprocess.handlers import Preprocessor, derive_seed, error_chunk
+from tokenizers import Tokenizer
+
+from genwire.errors import PermanentError
+from genwire.events import ChatMessage, now_ms
+from genwire.filters import ContentFilter
+from genwire.request import ErrorCode, GenerationRequest, parse_request
+from genwire.tokenization import AssetStore
+
+from .conftest import CONTEXT_LENGTH, EOS, MODEL
+
+
+def _pre(assets: AssetStore, **kw: object) -> Preprocessor:
+    return Preprocessor(assets, default_model=MODEL, **kw)  # type: ignore[arg-type]
+
+
+async def test_prompt_is_tokenized_with_the_models_tokenizer(
+    assets: AssetStore, tokenizer: Tokenizer
+) -> None:
+    req = GenerationRequest(request_id="p1", prompt="The quick brown fox", max_tokens=7)
+    out = await _pre(assets).handle(req)
+    assert out.input_ids == tokenizer.encode("The quick brown fox").ids
+    assert out.model == MODEL and out.model_version == ""  # Triton's current version
+    assert out.sampling.max_tokens == 7
+    assert out.sampling.stop_token_ids == [tokenizer.token_to_id(EOS)]
+    assert out.timings.received is not None and out.timings.prepared is not None
+
+
+async def test_chat_template_is_applied(assets: AssetStore, tokenizer: Tokenizer) -> None:
+    req = GenerationRequest(
+        request_id="c1",
+        messages=[
+            ChatMessage(role="system", content="Be brief."),
+            ChatMessage(role="user", content="Hello fox"),
+        ],
+    )
+    out = await _pre(assets).handle(req)
+    expected = f"<|system|>\nBe brief.{EOS}\n<|user|>\nHello fox{EOS}\n<|assistant|>\n"
+    assert out.input_ids == tokenizer.encode(expected, add_special_tokens=False).ids
+    assert tokenizer.token_to_id("<|assistant|>") in out.input_ids
+
+
+async def test_explicit_version_and_unknown_model(assets: AssetStore) -> None:
+    pre = _pre(assets)
+    out = await pre.handle(GenerationRequest(request_id="v", prompt="fox", model_version="1"))
+    assert out.model_version == "1"
+    for bad in (
+        GenerationRequest(request_id="m", prompt="fox", model="nope"),
+        GenerationRequest(request_id="m", prompt="fox", model_version="9"),
+    ):
+        with pytest.raises(PermanentError) as info:
+            await pre.handle(bad)
+        assert info.value.code == ErrorCode.MODEL_NOT_FOUND
+
+
+async def test_context_limit(assets: AssetStore, tokenizer: Tokenizer) -> None:
+    prompt = "The quick brown fox"
+    n = len(tokenizer.encode(prompt).ids)
+    pre = _pre(assets)
+    ok = await pre.handle(
+        GenerationRequest(request_id="x", prompt=prompt, max_tokens=CONTEXT_LENGTH - n)
+    )
+    assert len(ok.input_ids) == n
+    with pytest.raises(PermanentError) as info:
+        await pre.handle(
+            GenerationRequest(request_id="x", prompt=prompt, max_tokens=CONTEXT_LENGTH - n + 1)
+        )
+    assert info.value.code == ErrorCode.CONTEXT_LENGTH_EXCEEDED
+    assert str(CONTEXT_LENGTH) in info.value.message
+
+
+async def test_long_prompts_tokenize_off_the_loop_identically(assets: AssetStore) -> None:
+    prompt = "fox " * 30
+    inline = await _pre(assets).handle(GenerationRequest(request_id="a", prompt=prompt))
+    threaded = await _pre(assets, inline_tokenize_chars=10).handle(
+        GenerationRequest(request_id="a", prompt=prompt)
+    )
+    assert inline.input_ids == threaded.input_ids
+
+
+async def test_input_filter_names_the_rule(assets: AssetStore) -> None:
+    pre = _pre(assets, input_filter=ContentFilter([r"ssn=\b\d{3}-\d{2}-\d{4}\b", "secret"]))
+    with pytest.raises(PermanentError) as info:
+        await pre.handle(GenerationRequest(request_id="f", prompt="my ssn is 123-45-6789"))
+    assert info.value.code == ErrorCode.CONTENT_FILTERED
+    assert "'ssn'" in info.value.message
+    with pytest.raises(PermanentError) as info:
+        await pre.handle(
+            GenerationRequest(
+                request_id="f", messages=[ChatMessage(role="user", content="a SECRET plan")]
+            )
+        )
+    assert "'rule1'" in info.value.message
+    assert (await pre.handle(GenerationRequest(request_id="f", prompt="fine"))).input_ids
+
+
+async def test_seed_is_derived_from_the_request_id(assets: AssetStore) -> None:
+    pre = _pre(assets)
+    a1 = await pre.handle(GenerationRequest(request_id="same", prompt="fox"))
+    a2 = await pre.handle(GenerationRequest(request_id="same", prompt="fox"))
+    b = await pre.handle(GenerationRequest(request_id="other", prompt="fox"))
+    given = await pre.handle(GenerationRequest(request_id="same", prompt="fox", seed=7))
+    assert a1.sampling.seed == a2.sampling.seed == derive_seed("same")
+    assert b.sampling.seed != a1.sampling.seed
+    assert given.sampling.seed == 7
+    assert 0 <= derive_seed("x") < 2**63
+
+
+async def test_deadlines(assets: AssetStore) -> None:
+    pre = _pre(assets, default_timeout_ms=5000)
+    out = await pre.handle(GenerationRequest(request_id="d", prompt="fox", received_ms=now_ms()))
+    assert out.deadline_ms is not None and out.deadline_ms > now_ms()
+    with pytest.raises(PermanentError) as info:
+        await pre.handle(GenerationRequest(request_id="d", prompt="fox", deadline_ms=now_ms() - 1))
+    assert info.value.code == ErrorCode.DEADLINE_EXCEEDED
+
+
+def test_error_chunk_addresses_the_caller() -> None:
+    raw = b'{"request_id": "j9", "stream": true, "max_tokens": -1}'
+    with pytest.raises(PermanentError) as info:
+        parse_request(raw)
+    (chunk,) = error_chunk(raw, None, info.value)
+    assert chunk.request_id == "j9" and chunk.final and chunk.stream
+    assert chunk.error is not None and chunk.error.code == ErrorCode.OUT_OF_RANGE
+    (keyed,) = error_chunk(b"\xff garbage", b"k7", PermanentError("x", code="invalid_encoding"))
+    assert keyed.request_id == "k7" and not keyed.stream
+    assert error_chunk(b"garbage", None, PermanentError("x")) == []
