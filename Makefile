@@ -5,6 +5,7 @@ GENWIRE_HOME ?= $(HOME)/.cache/genwire
 export GENWIRE_HOME
 BIN := $(GENWIRE_HOME)/venv/bin
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help venv up down status test lint proto proto-check bench
 
@@ -23,7 +24,9 @@ down: ## stop what `make up` started
 status: ## show what runs where
 	@if [ -x $(BIN)/genwire ]; then $(BIN)/genwire status; else echo "genwire: not installed (make up)"; fi
 
-test: venv ## the whole suite, integration included (starts the stack if it is not running)
+# `up` first: a cold first start (Jaeger's Go build, the default model's training) takes longer
+# than pytest's per-test timeout would allow inside a fixture; when all runs, `up` takes seconds.
+test: up ## the whole suite, integration included (starts the stack if it is not running)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv ## ruff and mypy
@@ -36,5 +39,5 @@ proto: venv ## generate genwire/proto/ from proto/ (the only way to change it)
 proto-check: venv ## fail if genwire/proto/ differs from what proto/ generates
 	$(BIN)/python proto/generate.py --check
 
-bench: venv ## benchmarks against the running stack (placeholder: the bench helper fills it in)
-	@echo "bench: not wired yet"
+bench: venv ## pipeline vs direct Triton on the running stack (BENCH_ARGS="-c 1,2,4 --plot b.png")
+	$(BIN)/genwire bench $(BENCH_ARGS)

@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "genwire_inference.model.cli",
     "genwire_gateway.cli",
     "genwire.bench.cli",
+    "genwire_monitor.cli",
 )
 
 

@@ -5,8 +5,12 @@ Layout read (Triton's, plus the files the model build puts beside the weights)::
 
     <repository>/<model>/<version>/tokenizer.json         (or tokenizer/tokenizer.json)
     <repository>/<model>/<version>/tokenizer_config.json  (chat_template, bos/eos tokens)
-    <repository>/<model>/<version>/manifest.json          (context_length; or config.json's
-                                                           max_position_embeddings / n_positions)
+    <repository>/<model>/<version>/manifest.json          (context_length, eos_token_ids; or
+                                                           config.json's max_position_embeddings)
+
+This is the layout ``genwire_inference.model.repository`` writes (a version is complete once
+its ``manifest.json`` is there); it is read here without importing the model package, so the
+shared library does not depend on a service.
 
 Assets load once per (model, version) and are cached; "latest" is re-resolved every few seconds
 so a newly published version is picked up without a restart.
@@ -131,6 +135,7 @@ def load_assets(version_dir: Path, name: str, default_context_length: int) -> Mo
         version_dir / "tokenizer_config.json"
     )
     context_length = 0
+    manifest_eos = _read_json(version_dir / "manifest.json").get("eos_token_ids")
     for manifest in (
         version_dir / "manifest.json",
         version_dir / "genwire.json",
@@ -155,6 +160,10 @@ def load_assets(version_dir: Path, name: str, default_context_length: int) -> Mo
         template = named.get("default") or next(iter(named.values()), None)
     bos, eos = _token_text(tcfg.get("bos_token")), _token_text(tcfg.get("eos_token"))
     eos_id = tokenizer.token_to_id(eos) if eos else None
+    if isinstance(manifest_eos, list) and manifest_eos:
+        eos_ids = [int(t) for t in manifest_eos]
+    else:
+        eos_ids = [eos_id] if eos_id is not None else []
     return ModelAssets(
         name=name,
         version=version_dir.name,
@@ -164,7 +173,7 @@ def load_assets(version_dir: Path, name: str, default_context_length: int) -> Mo
         chat_template=template if isinstance(template, str) else FALLBACK_CHAT_TEMPLATE,
         bos_token=bos,
         eos_token=eos,
-        eos_token_ids=[eos_id] if eos_id is not None else [],
+        eos_token_ids=eos_ids,
     )
 
 
@@ -181,12 +190,26 @@ class AssetStore:
         self.repository = repository
         self._default_context_length = default_context_length
         self._latest_ttl_s = latest_ttl_s
-        self._latest: dict[str, tuple[float, str]] = {}
+        self._resolved: dict[tuple[str, str], tuple[float, str]] = {}
         self._assets: dict[tuple[str, str], ModelAssets] = {}
         self._lock = threading.Lock()
 
     def resolve(self, name: str, version: str | None = None) -> str:
-        """The version to use: ``version`` if it exists, else the highest numbered one."""
+        """The version to use: ``version`` if it exists, else the highest numbered one.
+
+        Answers are cached for ``latest_ttl_s``: no file-system calls on the hot path, and a
+        newly published version is still picked up within seconds.
+        """
+        key = (name, version or "")
+        now = time.monotonic()
+        cached = self._resolved.get(key)
+        if cached and now - cached[0] < self._latest_ttl_s:
+            return cached[1]
+        resolved = self._resolve(name, version)
+        self._resolved[key] = (now, resolved)
+        return resolved
+
+    def _resolve(self, name: str, version: str | None) -> str:
         model_dir = self.repository / name
         if "/" in name or name.startswith(".") or not model_dir.is_dir():
             raise PermanentError(f"no model named {name!r}", code=ErrorCode.MODEL_NOT_FOUND)
@@ -196,16 +219,13 @@ class AssetStore:
                     f"model {name!r} has no version {version}", code=ErrorCode.MODEL_NOT_FOUND
                 )
             return version
-        now = time.monotonic()
-        cached = self._latest.get(name)
-        if cached and now - cached[0] < self._latest_ttl_s:
-            return cached[1]
-        versions = [p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+        numbered = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+        # Complete versions have their manifest (folders appear by atomic rename anyway).
+        complete = [p.name for p in numbered if (p / "manifest.json").is_file()]
+        versions = complete or [p.name for p in numbered]
         if not versions:
             raise PermanentError(f"model {name!r} has no versions", code=ErrorCode.MODEL_NOT_FOUND)
-        latest = max(versions, key=int)
-        self._latest[name] = (now, latest)
-        return latest
+        return max(versions, key=int)
 
     def cached(self, name: str, version: str) -> ModelAssets | None:
         """Assets already loaded, without touching the disk."""

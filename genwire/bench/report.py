@@ -152,28 +152,85 @@ def render(report: BenchReport) -> str:
                 )
             )
     out += _resources(report)
+    out += _targets(report)
     return "\n".join(out)
 
 
+PYTHON_SERVICES = ("gateway", "preprocess", "inference", "postprocess", "monitor")
+"""The services the 150 MB RSS target is about (Kafka, Triton, Jaeger and Redis are not ours)."""
+
+
+def target_checks(report: BenchReport) -> list[tuple[str, str, bool]]:
+    """(goal, measured, met) for each of the project's performance targets that this run measured.
+
+    Targets (docs/benchmarks.md): overhead at concurrency 1 p50 ≤ 5 ms and p99 ≤ 15 ms; at the
+    highest load, throughput ≥ 90 % of direct Triton's; streaming TTFT p50 ≤ direct + 5 ms;
+    each Python service ≤ 150 MB RSS.
+    """
+    checks: list[tuple[str, str, bool]] = []
+    top = max((o.load.value for o in report.overheads), default=None)
+    for o in report.overheads:
+        if o.load.mode == "closed" and o.load.value == 1:
+            if o.p50_ms is not None:
+                checks.append((f"{o.target} c=1 +p50 ≤ 5 ms", f"{o.p50_ms:+.1f} ms", o.p50_ms <= 5))
+            if o.p99_ms is not None:
+                checks.append(
+                    (f"{o.target} c=1 +p99 ≤ 15 ms", f"{o.p99_ms:+.1f} ms", o.p99_ms <= 15)
+                )
+            if o.ttft_p50_ms is not None:
+                checks.append(
+                    (
+                        f"{o.target} c=1 +ttft p50 ≤ 5 ms",
+                        f"{o.ttft_p50_ms:+.1f} ms",
+                        o.ttft_p50_ms <= 5,
+                    )
+                )
+        if o.load.value == top and o.throughput_ratio is not None and top != 1:
+            checks.append(
+                (
+                    f"{o.target} {o.load.label} throughput ≥ 90 %",
+                    f"{o.throughput_ratio:.0%}",
+                    o.throughput_ratio >= 0.9,
+                )
+            )
+    for svc in PYTHON_SERVICES:
+        peaks = [u[svc].rss_peak_mb for u in report.resources.values() if svc in u]
+        if peaks:
+            checks.append((f"{svc} RSS ≤ 150 MB", f"{max(peaks):.0f} MB", max(peaks) <= 150))
+    return checks
+
+
+def _targets(report: BenchReport) -> list[str]:
+    checks = target_checks(report)
+    if not checks:
+        return []
+    rows = [[goal, got, "met" if ok else "MISSED"] for goal, got, ok in checks]
+    return ["", "Against the project's targets", table(["target", "measured", ""], rows)]
+
+
 def _resources(report: BenchReport) -> list[str]:
-    phases = list(report.resources)
+    """One row per phase (mean CPU % per service), then the peak RSS of each service."""
     services = sorted({s for usage in report.resources.values() for s in usage})
     if not services:
         return []
     rows = []
-    for svc in services:
-        cells = [svc]
-        for phase in phases:
-            u = report.resources[phase].get(svc)
-            cells.append("-" if u is None else f"{u.cpu_percent:.0f}")
-        peak = max((u[svc].rss_peak_mb for u in report.resources.values() if svc in u), default=0.0)
-        cells.append(f"{peak:.0f}")
-        rows.append(cells)
+    for phase, usage in report.resources.items():
+        rows.append(
+            [
+                phase,
+                *("-" if svc not in usage else f"{usage[svc].cpu_percent:.0f}" for svc in services),
+            ]
+        )
+    peaks = [
+        max((u[svc].rss_peak_mb for u in report.resources.values() if svc in u), default=0.0)
+        for svc in services
+    ]
+    rows.append(["RSS peak (MB)", *(f"{p:.0f}" for p in peaks)])
     return [
         "",
-        "Resources: mean CPU % of one core during each phase; peak RSS (MB) over the run, "
-        "process tree",
-        table(["service", *phases, "RSS peak"], rows),
+        "Resources: mean CPU % of one core per service (process tree) during each phase; "
+        "last row: peak RSS over the run",
+        table(["phase", *services], rows),
     ]
 
 

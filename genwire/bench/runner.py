@@ -260,16 +260,20 @@ class Runner:
                 return out
             self._progress("fetching traces", None)
             wanted = {
-                f"{p.target} {p.load.label}": [
-                    r.trace_id for r in p.records if r.ok and r.trace_id
-                ][: self.cfg.trace_sample]
+                f"{p.target} {p.load.label}": [r for r in p.records if r.ok and r.trace_id][
+                    : self.cfg.trace_sample
+                ]
                 for p in phases
                 if p.target in pipeline
             }
-            every = sorted({t for ids in wanted.values() for t in ids if t})
+            every = sorted({r.trace_id for rs in wanted.values() for r in rs if r.trace_id})
             fetched = await jaeger.fetch_many(every)
-            for key, ids in wanted.items():
-                out[key] = breakdown((fetched.get(t or "", []) for t in ids), len(ids))
+            for key, records in wanted.items():
+                out[key] = breakdown(
+                    [fetched.get(r.trace_id or "", []) for r in records],
+                    len(records),
+                    [_client_window(r) for r in records],
+                )
         finally:
             await jaeger.close()
         return out
@@ -322,6 +326,14 @@ class Runner:
             skipped=skipped,
             records=[r for p in phases for r in p.records],
         )
+
+
+def _client_window(record: RequestRecord) -> tuple[float, float] | None:
+    """(send, answer) of a request in wall-clock ms, when the driver stamped its wall start."""
+    start = record.extra.get("wall_start_ms")
+    if start is None:
+        return None
+    return start, start + (record.end - record.start) * 1000.0
 
 
 def _split(requests: Sequence[BenchRequest], rounds: int) -> list[list[BenchRequest]]:

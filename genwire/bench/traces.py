@@ -77,13 +77,29 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def hop_samples(spans: Sequence[Span]) -> list[HopSample]:
-    """Every hop in one trace (streamed requests repeat some hops once per chunk)."""
+CLIENT_BEFORE = "client → first span"
+CLIENT_AFTER = "last publish → client"
+
+
+def hop_samples(
+    spans: Sequence[Span], client: tuple[float, float] | None = None
+) -> list[HopSample]:
+    """Every hop in one trace (streamed requests repeat some hops once per chunk).
+
+    ``client`` is the request's (send, answer) wall-clock time in ms: with it, the hops before
+    the first span and after the last published record (to the client's answer) are added.
+    """
     if not spans:
         return []
     t0 = min(s.start_us for s in spans)
-    by_id = {s.span_id: s for s in spans}
     out: list[HopSample] = []
+    if client is not None:
+        sent, answered = client
+        publishes = [s.start_us for s in spans if s.name.endswith(PUBLISH_SUFFIX)]
+        last = max(publishes) if publishes else max(s.start_us + s.duration_us for s in spans)
+        out.append(HopSample(CLIENT_BEFORE, t0 / 1000.0 - sent, sent - t0 / 1000.0))
+        out.append(HopSample(CLIENT_AFTER, answered - last / 1000.0, (last - t0) / 1000.0))
+    by_id = {s.span_id: s for s in spans}
 
     def add(hop: str, ms: float | None, span: Span) -> None:
         if ms is not None:
@@ -136,17 +152,25 @@ class Breakdown:
     hops: list[HopStats]
 
 
-def breakdown(traces: Iterable[Sequence[Span]], wanted: int) -> Breakdown:
-    """Aggregate the hops of several traces, ordered by their median offset in the trace."""
+def breakdown(
+    traces: Iterable[Sequence[Span]],
+    wanted: int,
+    clients: Sequence[tuple[float, float] | None] | None = None,
+) -> Breakdown:
+    """Aggregate the hops of several traces, ordered by their median offset in the trace.
+
+    ``clients`` gives, per trace in the same order, its request's (send, answer) wall times.
+    """
     samples: dict[str, list[HopSample]] = {}
     spans_ms: list[float | None] = []
     found = 0
-    for spans in traces:
+    for i, spans in enumerate(traces):
         if not spans:
             continue
         found += 1
         spans_ms.append(trace_span_ms(spans))
-        for sample in hop_samples(spans):
+        client = clients[i] if clients is not None and i < len(clients) else None
+        for sample in hop_samples(spans, client):
             samples.setdefault(sample.hop, []).append(sample)
     hops = []
     for hop, items in samples.items():

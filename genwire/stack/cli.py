@@ -37,8 +37,29 @@ def register(subparsers: Any) -> None:
     down.add_argument("--only", type=_names, default=None, metavar="NAMES")
     down.set_defaults(func=_down)
 
+    restart = subparsers.add_parser(
+        "restart", help="stop and start components (e.g. a service after a code change)"
+    )
+    restart.add_argument("--only", type=_names, required=True, metavar="NAMES")
+    restart.set_defaults(func=_restart)
+
     status = subparsers.add_parser("status", help="show what runs where")
     status.set_defaults(func=_status)
+
+    topics = subparsers.add_parser(
+        "topics", help="create the missing genwire topics (compose's kafka-init runs this)"
+    )
+    topics.add_argument(
+        "--bootstrap-servers", default=None, help="default: GENWIRE_KAFKA_BOOTSTRAP_SERVERS"
+    )
+    topics.set_defaults(func=_topics)
+
+    model = subparsers.add_parser(
+        "default-model",
+        help="build the default model if missing and load it into Triton (compose's model-init)",
+    )
+    model.add_argument("--triton-http", default=None, help="default: GENWIRE_TRITON_HTTP_URL")
+    model.set_defaults(func=_default_model)
 
 
 def _say(line: str) -> None:
@@ -73,6 +94,42 @@ def _down(args: argparse.Namespace) -> int:
     if not stopped:
         _say("nothing was running")
     return 0
+
+
+def _restart(args: argparse.Namespace) -> int:
+    from genwire.stack import StackError, down, ensure_up, format_table
+
+    try:
+        down(args.only, out=_say)
+        rows = ensure_up(args.only, model=False, out=_say)
+    except StackError as exc:
+        print(f"genwire restart: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(format_table(rows))
+    return 0
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from genwire.kafka import ensure_topics
+    from genwire.settings import CommonSettings
+    from genwire.stack.health import run_coro
+
+    servers = args.bootstrap_servers or CommonSettings().kafka_bootstrap_servers
+    created = run_coro(ensure_topics(servers, timeout_s=120.0))
+    _say(f"topics created: {', '.join(created) or 'none (all existed)'}")
+    return 0
+
+
+def _default_model(args: argparse.Namespace) -> int:
+    from genwire.settings import CommonSettings
+    from genwire.stack import StackError, ensure_model_loaded
+
+    try:
+        version = ensure_model_loaded(CommonSettings(), args.triton_http, out=_say)
+    except StackError as exc:
+        print(f"genwire default-model: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0 if version is not None else 1
 
 
 def _status(args: argparse.Namespace) -> int:

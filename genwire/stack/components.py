@@ -32,6 +32,8 @@ REDIS_PORT = 6379
 PYTRITON_WHEEL = "nvidia-pytriton==0.7.0"
 """Carries Triton Inference Server 2.51.0 (``tritonserver``, the Python backend, its stubs)."""
 TRITON_SERVER_VERSION = "2.51.0"
+TRITON_NGC_TAG = "24.10"
+"""NGC's container release with the same Triton (compose: nvcr.io/nvidia/tritonserver:24.10-py3)."""
 TRITON_HTTP_PORT = 8000
 TRITON_GRPC_PORT = 8001
 TRITON_METRICS_PORT = 8002
@@ -48,6 +50,8 @@ JAEGER_QUERY_GRPC_PORT = 16685
 JAEGER_OTLP_GRPC_PORT = 4317
 JAEGER_OTLP_HTTP_PORT = 4318
 JAEGER_HEALTH_PORT = 13133
+JAEGER_METRICS_PORT = 8888
+"""Jaeger's own Prometheus metrics (kafka receiver lag, storage writes)."""
 
 
 class Component(ABC):
@@ -397,6 +401,27 @@ class Jaeger(Component):
     title = f"Jaeger {JAEGER_VERSION}"
     phase = 2  # its kafka receiver needs the broker and the otlp_spans topic
 
+    def __init__(
+        self,
+        paths: StackPaths,
+        settings: CommonSettings,
+        ports: dict[str, int] | None = None,
+        group: str = "jaeger",
+        kafka_port: int = KAFKA_PORT,
+    ) -> None:
+        super().__init__(paths, settings)
+        self._ports = {
+            "ui+query": JAEGER_UI_PORT,
+            "query-grpc": JAEGER_QUERY_GRPC_PORT,
+            "otlp-grpc": JAEGER_OTLP_GRPC_PORT,
+            "otlp-http": JAEGER_OTLP_HTTP_PORT,
+            "health": JAEGER_HEALTH_PORT,
+            "metrics": JAEGER_METRICS_PORT,
+            **(ports or {}),
+        }
+        self.group = group
+        self.kafka_port = kafka_port
+
     @property
     def dest(self) -> Path:
         return self.paths.opt / f"jaeger-{JAEGER_VERSION}"
@@ -405,18 +430,16 @@ class Jaeger(Component):
     def binary(self) -> Path:
         return self.dest / "jaeger"
 
+    @property
+    def ui_port(self) -> int:
+        return self._ports["ui+query"]
+
     def ports(self) -> dict[str, int]:
-        return {
-            "ui+query": JAEGER_UI_PORT,
-            "query-grpc": JAEGER_QUERY_GRPC_PORT,
-            "otlp-grpc": JAEGER_OTLP_GRPC_PORT,
-            "otlp-http": JAEGER_OTLP_HTTP_PORT,
-            "health": JAEGER_HEALTH_PORT,
-        }
+        return dict(self._ports)
 
     def endpoints(self) -> str:
-        otlp = f"{JAEGER_OTLP_GRPC_PORT}/{JAEGER_OTLP_HTTP_PORT}"
-        return f"http://127.0.0.1:{JAEGER_UI_PORT} otlp:{otlp}"
+        otlp = f"{self._ports['otlp-grpc']}/{self._ports['otlp-http']}"
+        return f"http://127.0.0.1:{self.ui_port} otlp:{otlp}"
 
     def installed(self) -> bool:
         return self.binary.exists()
@@ -435,17 +458,25 @@ class Jaeger(Component):
         (self.paths.data / "jaeger").mkdir(parents=True, exist_ok=True)
 
     def environment(self) -> dict[str, str]:
+        # deploy/native/jaeger/config.yaml reads these (its defaults are the same values).
         return {
             "JAEGER_DATA_DIR": str(self.paths.data / "jaeger"),
-            "JAEGER_KAFKA_BROKERS": f"127.0.0.1:{KAFKA_PORT}",
+            "JAEGER_KAFKA_BROKERS": f"127.0.0.1:{self.kafka_port}",
+            "JAEGER_KAFKA_GROUP": self.group,
             "JAEGER_LISTEN_HOST": "127.0.0.1",
+            "JAEGER_UI_PORT": str(self._ports["ui+query"]),
+            "JAEGER_QUERY_GRPC_PORT": str(self._ports["query-grpc"]),
+            "JAEGER_OTLP_GRPC_PORT": str(self._ports["otlp-grpc"]),
+            "JAEGER_OTLP_HTTP_PORT": str(self._ports["otlp-http"]),
+            "JAEGER_HEALTH_PORT": str(self._ports["health"]),
+            "JAEGER_METRICS_PORT": str(self._ports["metrics"]),
         }
 
     def command(self) -> list[str]:
         return [str(self.binary), "--config", str(self.paths.deploy / "jaeger" / "config.yaml")]
 
     def healthy(self) -> bool:
-        return http_status(f"http://127.0.0.1:{JAEGER_UI_PORT}/api/services") == 200
+        return http_status(f"http://127.0.0.1:{self.ui_port}/api/services") == 200
 
 
 class Service(Component):

@@ -105,30 +105,37 @@ def ensure_up(
     chosen = _select(everything, components)
     if model is None:
         model = any(c.name in SERVICES for c in chosen)
-    with locked(paths.run):
-        started: list[PidRecord] = []
-        try:
-            _bring_up(chosen, everything, paths, cfg, bool(model), started, out)
-        except BaseException:
-            for record in reversed(started):
-                out(f"stopping {record.name} (started by this run)")
-                terminate(record)
-                remove_record(paths.run, record.name)
-            raise
+    started: list[PidRecord] = []
+    try:
+        with locked(paths.run):
+            # Pre-flight of everything before any download or start: a port held by a
+            # stranger anywhere stops the run right here.
+            _plan(chosen, paths, out)
+            _bring_up([c for c in chosen if c.phase < MODEL_PHASE], paths, started, out)
+        if model:
+            # Outside the lock: building the model may take minutes (its package has its own
+            # lock), and other sessions that only need the infrastructure must not wait on it.
+            triton = everything.get("triton")
+            if not isinstance(triton, Triton):
+                raise StackError("the default model needs Triton, which is not in this stack")
+            ensure_model_loaded(cfg, f"127.0.0.1:{triton.http_port}", out)
+        with locked(paths.run):
+            _bring_up([c for c in chosen if c.phase > MODEL_PHASE], paths, started, out)
+    except BaseException:
+        for record in reversed(started):
+            out(f"stopping {record.name} (started by this run)")
+            terminate(record)
+            remove_record(paths.run, record.name)
+        raise
     return [_status_of(c, paths) for c in chosen]
 
 
-def _bring_up(
-    chosen: list[Component],
-    everything: Mapping[str, Component],
-    paths: StackPaths,
-    cfg: CommonSettings,
-    model: bool,
-    started: list[PidRecord],
-    out: Out,
-) -> None:
-    plan: dict[str, Literal["ours", "external", "start"]] = {}
-    # Pre-flight, before any download: a port held by a stranger stops the run right here.
+Plan = dict[str, Literal["ours", "external", "start"]]
+
+
+def _plan(chosen: list[Component], paths: StackPaths, out: Out) -> Plan:
+    """What to do with each component: reuse ours, reuse a stranger's (Redis), or start it."""
+    plan: Plan = {}
     for component in chosen:
         record = read_record(paths.run, component.name)
         if record is not None and record.alive():
@@ -144,36 +151,35 @@ def _bring_up(
             out(f"{component.name}: reusing the one already running on {component.endpoints()}")
         else:
             raise StackError(conflict)
+    return plan
 
-    _install_missing([c for c in chosen if plan[c.name] == "start"], out)
 
-    phases = sorted({c.phase for c in chosen} | ({MODEL_PHASE} if model else set()))
-    for phase in phases:
-        if phase == MODEL_PHASE:
-            triton = everything.get("triton")
-            if not isinstance(triton, Triton):
-                raise StackError("the default model needs Triton, which is not in this stack")
-            ensure_model_loaded(cfg, triton, out)
-            continue
-        group = [c for c in chosen if c.phase == phase]
+def _bring_up(
+    group: list[Component], paths: StackPaths, started: list[PidRecord], out: Out
+) -> None:
+    """Install what is missing, then start phase by phase, each waited on until healthy."""
+    plan = _plan(group, paths, _quiet)
+    _install_missing([c for c in group if plan[c.name] == "start"], out)
+    for phase in sorted({c.phase for c in group}):
+        members = [c for c in group if c.phase == phase]
         launched: dict[str, PidRecord] = {}
-        for component in group:
+        for component in members:
             if plan[component.name] != "start":
                 continue
             component.prepare()
             out(f"starting {component.title} (log: {component.log})")
             env = {**os.environ, **component.environment()}
-            record = spawn(
+            new = spawn(
                 component.name,
                 component.command(),
                 log_path=component.log,
                 env=env,
                 cwd=paths.home,
             )
-            write_record(paths.run, record)
-            started.append(record)
-            launched[component.name] = record
-        for component in group:
+            write_record(paths.run, new)
+            started.append(new)
+            launched[component.name] = new
+        for component in members:
             record = launched.get(component.name) or read_record(paths.run, component.name)
             began = time.monotonic()
             wait_until(
@@ -215,10 +221,13 @@ def _install_missing(to_start: list[Component], out: Out) -> None:
             raise errors[0]
 
 
-def ensure_model_loaded(cfg: CommonSettings, triton: Triton, out: Out = _quiet) -> str | None:
+def ensure_model_loaded(
+    cfg: CommonSettings, triton_http: str | None = None, out: Out = _quiet
+) -> str | None:
     """Build the default model if missing (the model package does), then load it into Triton.
 
-    Returns the model version, or None when the model package is not there yet.
+    ``triton_http`` is Triton's HTTP ``host:port`` (default: the settings'). Returns the model
+    version, or None when the model package is not there yet.
     """
     try:
         module = importlib.import_module("genwire_inference.model")
@@ -226,7 +235,7 @@ def ensure_model_loaded(cfg: CommonSettings, triton: Triton, out: Out = _quiet) 
     except (ModuleNotFoundError, AttributeError) as exc:
         out(f"default model: skipped, genwire_inference.model has no ensure_default_model ({exc})")
         return None
-    base = f"http://127.0.0.1:{triton.http_port}"
+    base = f"http://{triton_http or cfg.triton_http_url}"
     began = time.monotonic()
     try:
         version = str(make(cfg))
@@ -240,35 +249,36 @@ def ensure_model_loaded(cfg: CommonSettings, triton: Triton, out: Out = _quiet) 
         return None
     except Exception as exc:
         raise StackError(
-            f"building the default model failed: {exc!r}; run `genwire model --help` or see the "
-            "model's log output above"
+            f"building the default model failed: {exc!r}; see the output above, fix, then "
+            "`make up` again"
         ) from exc
     if http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/{version}/ready") == 200:
         return version
-    out(f"loading {DEFAULT_MODEL} (version {version}) into Triton")
-    status = _post(f"{base}/v2/repository/models/{DEFAULT_MODEL}/load", timeout_s=600.0)
+    out(f"loading {DEFAULT_MODEL} (version {version}) into Triton at {base}")
+    status, detail = _post(f"{base}/v2/repository/models/{DEFAULT_MODEL}/load", timeout_s=600.0)
     if status != 200:
         raise StackError(
-            f"Triton refused to load {DEFAULT_MODEL} (HTTP {status}): see {triton.log}"
+            f"Triton refused to load {DEFAULT_MODEL} version {version} (HTTP {status}: "
+            f"{detail[:200]}); see Triton's log"
         )
     wait_until(
-        lambda: http_status(f"{base}/v2/models/{DEFAULT_MODEL}/ready") == 200,
-        what=f"model {DEFAULT_MODEL}",
+        lambda: http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/{version}/ready") == 200,
+        what=f"model {DEFAULT_MODEL} version {version}",
         timeout_s=120.0,
-        log=triton.log,
     )
     out(f"{DEFAULT_MODEL} version {version} ready after {time.monotonic() - began:.1f} s")
     return version
 
 
-def _post(url: str, timeout_s: float) -> int | None:
+def _post(url: str, timeout_s: float) -> tuple[int | None, str]:
     import httpx
 
     try:
         with httpx.Client(timeout=timeout_s, trust_env=False) as client:
-            return client.post(url).status_code
-    except httpx.HTTPError:
-        return None
+            response = client.post(url)
+            return response.status_code, response.text
+    except httpx.HTTPError as exc:
+        return None, str(exc)
 
 
 def down(

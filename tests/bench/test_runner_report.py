@@ -118,3 +118,39 @@ def test_table_aligns_columns() -> None:
     assert lines[0] == "name    n"
     assert lines[2] == "a       1"
     assert lines[3] == "long  100"
+
+
+def test_target_checks_judge_the_measured_figures() -> None:
+    from genwire.bench.report import _targets, target_checks
+    from genwire.bench.resources import Usage
+    from genwire.bench.stats import Load, Overhead
+
+    def overhead(load: Load, p50: float, p99: float, tput: float) -> Overhead:
+        return Overhead("kafka", "triton", load, p50, p99, p99, 1.2, p50, None, tput, 0)
+
+    report = BenchReport(
+        run_id="x",
+        config={},
+        environment={},
+        summaries=[],
+        overheads=[
+            overhead(Load("closed", 1), 4.0, 16.0, 0.99),
+            overhead(Load("closed", 8), 30.0, 60.0, 0.85),
+        ],
+        breakdowns={},
+        resources={
+            "kafka c=1": {
+                "gateway": Usage((1,), 5, 9, 120.0, 110.0),
+                "kafka": Usage((2,), 5, 9, 900.0, 800.0),
+            }
+        },
+        skipped={},
+        records=[],
+    )
+    checks = {goal: (got, ok) for goal, got, ok in target_checks(report)}
+    assert checks["kafka c=1 +p50 ≤ 5 ms"] == ("+4.0 ms", True)
+    assert checks["kafka c=1 +p99 ≤ 15 ms"] == ("+16.0 ms", False)
+    assert checks["kafka c=8 throughput ≥ 90 %"] == ("85%", False)
+    assert checks["gateway RSS ≤ 150 MB"] == ("120 MB", True)
+    assert not any(goal.startswith("kafka RSS") for goal in checks)  # not a Python service
+    assert "MISSED" in "\n".join(_targets(report))

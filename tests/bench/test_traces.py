@@ -116,3 +116,13 @@ def test_breakdown_orders_hops_by_position_and_counts_traces() -> None:
 def test_trace_span_of_nothing() -> None:
     assert trace_span_ms([]) is None
     assert hop_samples([]) == []
+
+
+def test_client_hops_place_the_request_around_its_spans() -> None:
+    spans = parse_trace(kafka_trace())  # first span at 3.0 ms, last publish at 3.5 ms
+    samples = {s.hop: s for s in hop_samples(spans, client=(1.0, 50.0))}
+    assert samples["client → first span"].ms == pytest.approx(2.0)
+    assert samples["last publish → client"].ms == pytest.approx(46.5)
+    b = breakdown([spans, spans], wanted=2, clients=[(1.0, 50.0), None])
+    before = next(h for h in b.hops if h.hop == "client → first span")
+    assert before.per_trace == 0.5 and b.hops[0].hop == "client → first span"

@@ -6,19 +6,27 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from genwire.kafka import ensure_topics
 from genwire.settings import CommonSettings
 from genwire.topics import HOUR_MS, TopicSpec
+
 from .harness import FakePipeline, GatewayInstance, start_gateway, stop_gateway
 
 
 @pytest.fixture(scope="module")
-async def requests_topic(infra: CommonSettings) -> str:
+async def requests_topic(infra: CommonSettings) -> AsyncIterator[str]:
     """A requests topic only this module's gateways and stand-in pipeline use."""
     topic = f"test.gateway.requests.{uuid.uuid4().hex[:8]}"
     await ensure_topics(infra.kafka_bootstrap_servers, [TopicSpec(topic, 3, HOUR_MS)])
-    return topic
+    yield topic
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import uvicorn
 from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
+from genwire_gateway.app import create_app
+from genwire_gateway.config import GatewaySettings
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
@@ -28,8 +30,6 @@ from genwire.request import GenerationRequest, result_key
 from genwire.settings import CommonSettings
 from genwire.telemetry.propagation import extract
 from genwire.topics import Topic
-from genwire_gateway.app import create_app
-from genwire_gateway.config import GatewaySettings
 
 
 def free_port() -> int:
@@ -106,9 +106,10 @@ class FakePipeline:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        everything = [*self._tasks, *self._answers]
+        for task in everything:
             task.cancel()
-        for task in self._tasks:
+        for task in everything:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._requests.stop()
@@ -218,7 +219,8 @@ async def start_gateway(settings: CommonSettings, requests_topic: str) -> Gatewa
         grpc_port=free_port(),
         requests_topic=requests_topic,
         request_timeout_s=20.0,
-        result_poll_s=0.25,
+        # Long enough that results reach waiters through the fan-out reader, not the poll.
+        result_poll_s=2.0,
         shutdown_timeout_s=3.0,
     )
     spans = InMemorySpanExporter()

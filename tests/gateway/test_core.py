@@ -56,11 +56,14 @@ class FakeStore:
     def __init__(self) -> None:
         self.results: dict[str, GenerationResult] = {}
         self.claims: dict[str, str] = {}
+        self.ttls: list[float] = []
+        self.kept: list[str] = []
 
     async def get(self, request_id: str) -> GenerationResult | None:
         return self.results.get(request_id)
 
-    async def claim(self, request: GenerationRequest) -> ClaimOutcome:
+    async def claim(self, request: GenerationRequest, ttl_s: float) -> ClaimOutcome:
+        self.ttls.append(ttl_s)
         rid = request.request_id
         assert rid is not None
         mine = fingerprint(request)
@@ -71,6 +74,9 @@ class FakeStore:
         if rid in self.results:
             return ClaimOutcome(owner=False, result=self.results[rid])
         return ClaimOutcome(owner=owner)
+
+    async def keep(self, request_id: str) -> None:
+        self.kept.append(request_id)
 
     async def release(self, request_id: str) -> None:
         self.claims.pop(request_id, None)
@@ -236,6 +242,9 @@ async def test_named_request_returns_the_stored_result_without_publishing() -> N
     gateway, producer, store = _gateway(_echo)
     first = await gateway.generate(gateway.prepare({"prompt": "hi"}, request_id="job-1"))
     store.results["job-1"] = first
+    await gateway.drain()
+    assert store.kept == ["job-1"]  # finished: its claim is kept as long as results are
+    assert store.ttls == [pytest.approx(60.0 + 30.0)]  # in flight: the deadline plus a grace
     again = await gateway.generate(gateway.prepare({"prompt": "hi"}, request_id="job-1"))
     assert again.text == first.text
     assert len(producer.requests) == 1

@@ -13,14 +13,16 @@ import uuid
 import grpc
 import httpx
 import pytest
+from genwire_gateway.client import GenwireClient, GenwireClientError
+from genwire_gateway.grpc_service import SERVICE_NAME
+from genwire_gateway.store import claim_key
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.trace import SpanKind
+from redis.asyncio import Redis
 
 from genwire.events import ErrorInfo
 from genwire.request import GenerationRequest
 from genwire.telemetry import semconv as sc
-from genwire_gateway.client import GenwireClient, GenwireClientError
-from genwire_gateway.grpc_service import SERVICE_NAME
 
 from .harness import FakePipeline, GatewayInstance, Script
 
@@ -33,8 +35,18 @@ def _rid(prefix: str = "t") -> str:
 
 async def _eventually(check: object, timeout_s: float = 15.0) -> None:
     async with asyncio.timeout(timeout_s):
-        while not check():  # type: ignore[operator]
+        # Polls state other tasks and processes change: there is no event to wait on.
+        while not check():  # type: ignore[operator]  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+
+
+def _fanned_out(instance: GatewayInstance, request_id: str) -> bool:
+    """Whether the instance's fan-out reader handed a result of ``request_id`` to a waiter."""
+    return any(
+        s.name == "genwire.results process"
+        and (s.attributes or {}).get(sc.MESSAGING_MESSAGE_KEY) == request_id
+        for s in instance.spans.get_finished_spans()
+    )
 
 
 async def test_generate_on_either_instance(gateways: Gateways, pipeline: FakePipeline) -> None:
@@ -48,6 +60,7 @@ async def test_generate_on_either_instance(gateways: Gateways, pipeline: FakePip
         assert seen.prompt == "hi" and seen.max_tokens == 8 and seen.stream is False
         assert seen.deadline_ms is not None and seen.received_ms is not None
         assert seen.deadline_ms > seen.received_ms
+        await _eventually(lambda: _fanned_out(instance, result.request_id), timeout_s=5)  # noqa: B023
 
 
 async def test_a_repeat_on_the_other_instance_gets_the_first_result(
@@ -70,6 +83,32 @@ async def test_a_repeat_on_the_other_instance_gets_the_first_result(
             await a.generate("another prompt", request_id=rid)
         assert info.value.status == "ALREADY_EXISTS"
     assert len(pipeline.requests_for(rid)) == 1
+    await _eventually(lambda: _fanned_out(second_gw, rid), timeout_s=5)
+
+
+async def test_claims_live_for_the_deadline_then_as_long_as_results(
+    gateways: Gateways, pipeline: FakePipeline
+) -> None:
+    pipeline.script = lambda _: Script(delay_s=1.0)
+    settings = gateways[0].settings
+    rid = _rid("claim")
+    redis: Redis[bytes] = Redis.from_url(settings.redis_url)
+    try:
+        async with GenwireClient(gateways[0].grpc_target) as client:
+            call = asyncio.create_task(client.generate("x", request_id=rid, timeout_s=20))
+            await _eventually(lambda: pipeline.requests_for(rid))
+            in_flight = await redis.ttl(claim_key(rid))
+            assert 0 < in_flight <= 20 + settings.claim_grace_s
+            await call
+
+        async def kept() -> bool:
+            return int(await redis.ttl(claim_key(rid))) > 20 + settings.claim_grace_s
+
+        async with asyncio.timeout(5):
+            while not await kept():  # noqa: ASYNC110 (Redis state, no event)
+                await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()  # type: ignore[attr-defined]
 
 
 async def test_streaming_reaches_the_caller_before_generation_ends(
@@ -257,6 +296,52 @@ async def test_http_idempotency_key_across_instances(
         answers.append(response.json())
     assert answers[0]["id"] == answers[1]["id"] == f"cmpl-{key}"
     assert len(pipeline.requests_for(key)) == 1
+
+
+async def test_an_http_client_hanging_up_cancels_the_generation(
+    gateways: Gateways, pipeline: FakePipeline
+) -> None:
+    pipeline.script = lambda _: Script(silent=True)
+    rid = _rid("gone")
+    async with httpx.AsyncClient(base_url=gateways[0].http_url, timeout=1.0) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post(
+                "/v1/completions", json={"prompt": "hi"}, headers={"Idempotency-Key": rid}
+            )
+    await _eventually(lambda: rid in {c.request_id for c in pipeline.cancels})
+
+
+async def test_an_sse_client_hanging_up_cancels_the_generation(
+    gateways: Gateways, pipeline: FakePipeline
+) -> None:
+    pipeline.script = lambda _: Script(chunks=["x"] * 30, chunk_delay_s=0.3)
+    rid = _rid("sse-gone")
+    body = {"prompt": "hi", "stream": True}
+    async with (
+        httpx.AsyncClient(base_url=gateways[1].http_url, timeout=20) as http,
+        http.stream(
+            "POST", "/v1/completions", json=body, headers={"Idempotency-Key": rid}
+        ) as response,
+    ):
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("data: {"):
+                break  # one chunk, then hang up
+    await _eventually(lambda: rid in {c.request_id for c in pipeline.cancels})
+
+
+async def test_reflection_lists_the_services(gateways: Gateways) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    # The reflection client is synchronous: run it off the event loop.
+    def services() -> list[str]:
+        with grpc.insecure_channel(gateways[0].grpc_target) as channel:
+            return list(ProtoReflectionDescriptorDatabase(channel).get_services())
+
+    names = await asyncio.to_thread(services)
+    assert SERVICE_NAME in names and "grpc.health.v1.Health" in names
 
 
 async def test_health_readiness_metrics_and_models(gateways: Gateways) -> None:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import httpx
-
 from genwire_gateway.models import ModelCatalog
 
 

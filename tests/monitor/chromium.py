@@ -34,7 +34,10 @@ def dump_dom(url: str, timeout_s: float = 60.0) -> str:
     with tempfile.TemporaryDirectory(prefix="genwire-chromium-") as profile:
         done = subprocess.run(
             [binary, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
-            capture_output=True, text=True, timeout=timeout_s, check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
         )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -45,8 +48,17 @@ def screenshot(url: str, path: str, timeout_s: float = 60.0) -> None:
     binary = chromium_binary()
     with tempfile.TemporaryDirectory(prefix="genwire-chromium-") as profile:
         done = subprocess.run(
-            [binary, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={path}",
-             "--window-size=1280,2400", url],
-            capture_output=True, text=True, timeout=timeout_s, check=False,
+            [
+                binary,
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                f"--screenshot={path}",
+                "--window-size=1280,2400",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
         )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 import httpx
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
-from genwire.kafka import ensure_topics
-from genwire.topics import TopicSpec
 from genwire_monitor.alerting import AlertEvent
 from genwire_monitor.app import create_app
 from genwire_monitor.config import MonitorSettings
 from genwire_monitor.handlers import parse_alert
 from genwire_monitor.synth import Profile, encode, request_spans
+
+from genwire.kafka import ensure_topics
+from genwire.topics import TopicSpec
 
 HOUR_MS = 3_600_000
 
@@ -136,6 +136,7 @@ class SpanFeed:
         self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
         self._rng = random.Random(seed)
         self.requests = 0
+        self.payloads = 0
 
     async def __aenter__(self) -> SpanFeed:
         await self._producer.start()
@@ -164,5 +165,6 @@ class SpanFeed:
             if by_service:
                 await self._producer.send(self.topic, encode(by_service))
                 self.requests += n
+                self.payloads += 1
             await asyncio.sleep(max(0.0, step_s - (time.monotonic() - started)))
         await self._producer.flush()

@@ -6,8 +6,15 @@ from genwire_monitor.alerting import AlertBook, Draft, Level, Policy
 
 
 def _draft(n: int = 1) -> Draft:
-    return Draft(kind="drift", severity="ticket", title=f"t{n}", summary="s", rule="r",
-                 figures={"n": n}, examples=["ab" * 16, "cd" * 16])
+    return Draft(
+        kind="drift",
+        severity="ticket",
+        title=f"t{n}",
+        summary="s",
+        rule="r",
+        figures={"n": n},
+        examples=["ab" * 16, "cd" * 16],
+    )
 
 
 def test_fires_after_for_evaluations_and_resolves_after_the_hold() -> None:

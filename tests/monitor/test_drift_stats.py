@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from genwire_monitor import drift_stats as ds
 
 

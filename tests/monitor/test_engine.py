@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from genwire.telemetry import semconv as sc
 from genwire_monitor.engine import MonitorEngine
 from genwire_monitor.synth import LENGTH_STOPS, LONG_PROMPTS, REFERENCE
+
+from genwire.telemetry import semconv as sc
 
 from .simulate import fast_settings, run
 
@@ -86,7 +87,8 @@ def test_each_model_version_has_its_own_reference() -> None:
     _, events = run(engine, v2, t, 14.0, 100, rng)
     assert not [e for _, e in events if e.kind == "drift"]
     assert {(r.model, r.version) for r in engine.drift_results} == {
-        ("genwire-gpt", "1"), ("genwire-gpt", "2")
+        ("genwire-gpt", "1"),
+        ("genwire-gpt", "2"),
     }
 
 
@@ -95,3 +97,33 @@ def test_malformed_records_are_counted_and_skipped() -> None:
     engine.ingest([b"\xff\xfe not protobuf", b""], T0)
     assert engine.counts.malformed == 1
     assert engine.counts.records == 2
+
+
+def test_rejected_input_does_not_burn_the_error_budget() -> None:
+    engine = MonitorEngine(fast_settings())
+    rng = random.Random(8)
+    t, _ = run(engine, REFERENCE, T0, 5.0, 100, rng)
+    invalid = replace(REFERENCE, error_share=0.5, error_code="invalid_request")
+    _, events = run(engine, invalid, t, 3.0, 100, rng)
+    assert not [e for _, e in events if e.kind == "error_burn"]
+    assert engine.counts.client_errors > 100 and engine.counts.errors == 0
+
+
+def test_rolling_reference_also_detects_a_switch() -> None:
+    engine = MonitorEngine(
+        fast_settings(
+            drift={
+                "reference": "rolling",
+                "reference_window_s": 3600,
+                "current_window_s": 1440,
+                "min_samples": 200,
+            }
+        )
+    )
+    rng = random.Random(9)
+    t, events = run(engine, REFERENCE, T0, 20.0, 100, rng)
+    assert events == []
+    _, events = run(engine, LONG_PROMPTS, t, 6.0, 100, rng)
+    assert {e.labels.get("feature") for _, e in events if e.kind == "drift"} >= {
+        sc.GEN_AI_INPUT_TOKENS
+    }

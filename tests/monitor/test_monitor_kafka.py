@@ -12,25 +12,27 @@ import uuid
 from dataclasses import replace
 
 import pytest
-
-from genwire.settings import CommonSettings
-from genwire.telemetry import semconv as sc
 from genwire_monitor.config import MonitorSettings
 from genwire_monitor.synth import LENGTH_STOPS, LONG_PROMPTS, REFERENCE
 
+from genwire.settings import CommonSettings
+from genwire.telemetry import semconv as sc
+
 from .chromium import dump_dom
-from .harness import SpanFeed, fresh_topics, free_port, read_alerts, serve_monitor
+from .harness import SpanFeed, free_port, fresh_topics, read_alerts, serve_monitor
 from .simulate import SCALE, fast_settings
 from .webhook_receiver import receiver
+
+pytestmark = pytest.mark.integration
 
 RATE = 100  # requests per second (600 spans per second)
 
 
-async def _settings(infra: CommonSettings, **extra: object) -> MonitorSettings:
-    spans, alerts = await fresh_topics(infra.kafka_bootstrap_servers)
+async def _settings(kafka: CommonSettings, **extra: object) -> MonitorSettings:
+    spans, alerts = await fresh_topics(kafka.kafka_bootstrap_servers)
     return fast_settings(
-        kafka_bootstrap_servers=infra.kafka_bootstrap_servers,
-        jaeger_ui_url=infra.jaeger_ui_url,
+        kafka_bootstrap_servers=kafka.kafka_bootstrap_servers,
+        jaeger_ui_url=kafka.jaeger_ui_url,
         spans_topic=spans,
         alerts_topic=alerts,
         group_id=f"test-monitor-{uuid.uuid4().hex[:8]}",
@@ -54,10 +56,10 @@ async def _wait_for(predicate: object, timeout_s: float) -> float:
 
 @pytest.mark.slow
 async def test_latency_breach_alerts_within_the_short_window_and_resolves(
-    infra: CommonSettings,
+    kafka: CommonSettings,
 ) -> None:
     async with receiver() as hook:
-        cfg = await _settings(infra, alertmanager_url=hook.url)
+        cfg = await _settings(kafka, alertmanager_url=hook.url)
         bootstrap = cfg.kafka_bootstrap_servers
         async with (
             read_alerts(bootstrap, cfg.alerts_topic) as alerts,
@@ -70,13 +72,15 @@ async def test_latency_breach_alerts_within_the_short_window_and_resolves(
             slow = asyncio.create_task(feed.run(replace(REFERENCE, slow_ms=1500), 4.0, RATE))
             detect = await _wait_for(lambda: alerts.of("latency:e2e:page", "firing"), 15)
             short_s = 300 * SCALE
-            print(f"\nlatency page alert: detected {detect:.2f}s after the incident began "
-                  f"(short window {short_s:.2f}s, trace completion {cfg.trace_idle_s}s)")
+            print(
+                f"\nlatency page alert: detected {detect:.2f}s after the incident began "
+                f"(short window {short_s:.2f}s, trace completion {cfg.trace_idle_s}s)"
+            )
             assert detect < short_s + cfg.trace_idle_s + 2.0
             _, fired = alerts.of("latency:e2e:page", "firing")[0]
             assert fired.severity == "page" and fired.kind == "latency_burn"
             assert float(fired.figures["p99_ms"]) > 1000
-            assert fired.trace_links[0].startswith(f"{infra.jaeger_ui_url}/trace/")
+            assert fired.trace_links[0].startswith(f"{kafka.jaeger_ui_url}/trace/")
 
             # What an on-call engineer sees while it fires: the page in a browser, /metrics.
             dom = await asyncio.to_thread(dump_dom, monitor.url + "/")
@@ -86,14 +90,18 @@ async def test_latency_breach_alerts_within_the_short_window_and_resolves(
             assert "<polyline" in dom
             metrics = (await monitor.get("/metrics")).text
             assert f'{sc.METRIC_MONITOR_ALERTS}{{id="latency:e2e:page"' in metrics
-            assert f'{sc.METRIC_MONITOR_LATENCY_MS}{{quantile="0.99",stage="end_to_end"}}' in metrics
+            assert (
+                f'{sc.METRIC_MONITOR_LATENCY_MS}{{quantile="0.99",stage="end_to_end"}}' in metrics
+            )
 
             await slow
             ended = time.monotonic()
             await feed.run(REFERENCE, 2.0, RATE)
             resolve = await _wait_for(lambda: alerts.of("latency:e2e:page", "resolved"), 30)
-            print(f"latency page alert: resolved {time.monotonic() - ended:.2f}s after the "
-                  f"incident ended (incident lasted {ended - incident:.1f}s)")
+            print(
+                f"latency page alert: resolved {time.monotonic() - ended:.2f}s after the "
+                f"incident ended (incident lasted {ended - incident:.1f}s)"
+            )
             assert resolve >= 0
             _, resolved = alerts.of("latency:e2e:page", "resolved")[0]
             assert resolved.resolved_at is not None and resolved.id == fired.id
@@ -104,8 +112,8 @@ async def test_latency_breach_alerts_within_the_short_window_and_resolves(
 
 
 @pytest.mark.slow
-async def test_steady_reference_traffic_raises_no_alert(infra: CommonSettings) -> None:
-    cfg = await _settings(infra)
+async def test_steady_reference_traffic_raises_no_alert(kafka: CommonSettings) -> None:
+    cfg = await _settings(kafka)
     seconds = 45.0
     async with (
         read_alerts(cfg.kafka_bootstrap_servers, cfg.alerts_topic) as alerts,
@@ -119,10 +127,12 @@ async def test_steady_reference_traffic_raises_no_alert(infra: CommonSettings) -
     assert isinstance(counts, dict)
     drift_evaluations = seconds / max(0.1, cfg.scaled(cfg.eval_interval_s))
     simulated_h = seconds / SCALE / 3600
-    print(f"\nsteady run: {feed.requests} requests, {counts['spans']} spans, "
-          f"~{drift_evaluations:.0f} evaluations over {simulated_h:.1f} scaled hours: "
-          f"{len(alerts.events)} alerts (false-alarm rate {len(alerts.events) / simulated_h:.2f}"
-          f" per scaled hour)")
+    print(
+        f"\nsteady run: {feed.requests} requests, {counts['spans']} spans, "
+        f"~{drift_evaluations:.0f} evaluations over {simulated_h:.1f} scaled hours: "
+        f"{len(alerts.events)} alerts (false-alarm rate {len(alerts.events) / simulated_h:.2f}"
+        f" per scaled hour)"
+    )
     assert counts["requests"] >= feed.requests * 0.9
     assert alerts.events == []
 
@@ -134,9 +144,9 @@ async def test_steady_reference_traffic_raises_no_alert(infra: CommonSettings) -
     ids=["longer-prompts", "length-stops"],
 )
 async def test_distribution_switch_raises_drift_naming_the_feature(
-    infra: CommonSettings, profile: object, feature: str
+    kafka: CommonSettings, profile: object, feature: str
 ) -> None:
-    cfg = await _settings(infra)
+    cfg = await _settings(kafka)
     async with (
         read_alerts(cfg.kafka_bootstrap_servers, cfg.alerts_topic) as alerts,
         serve_monitor(cfg),
@@ -149,8 +159,10 @@ async def test_distribution_switch_raises_drift_naming_the_feature(
         drift_id = f"drift:genwire-gpt:1:{feature}"
         detect = await _wait_for(lambda: alerts.of(drift_id, "firing"), 10)
         task.cancel()
-    print(f"\ndrift in {feature}: detected {detect:.2f}s after the switch "
-          f"(current window {cfg.scaled(cfg.drift.current_window_s):.1f}s)")
+    print(
+        f"\ndrift in {feature}: detected {detect:.2f}s after the switch "
+        f"(current window {cfg.scaled(cfg.drift.current_window_s):.1f}s)"
+    )
     _, alert = alerts.of(drift_id, "firing")[0]
     assert alert.kind == "drift" and alert.labels["feature"] == feature
     assert alert.model == "genwire-gpt" and alert.model_version == "1"
@@ -158,8 +170,8 @@ async def test_distribution_switch_raises_drift_naming_the_feature(
     assert switch > 0
 
 
-async def test_malformed_records_are_counted_and_skipped(infra: CommonSettings) -> None:
-    cfg = await _settings(infra)
+async def test_malformed_records_are_counted_and_skipped(kafka: CommonSettings) -> None:
+    cfg = await _settings(kafka)
     async with (
         serve_monitor(cfg) as monitor,
         SpanFeed(cfg.kafka_bootstrap_servers, cfg.spans_topic) as feed,
@@ -179,24 +191,29 @@ async def test_malformed_records_are_counted_and_skipped(infra: CommonSettings) 
         assert status["counts"]["spans"] > 0  # type: ignore[index]
 
 
-async def test_restart_resumes_from_committed_offsets(infra: CommonSettings) -> None:
-    cfg = await _settings(infra)
+async def test_restart_resumes_from_committed_offsets(kafka: CommonSettings) -> None:
+    cfg = await _settings(kafka)
     async with SpanFeed(cfg.kafka_bootstrap_servers, cfg.spans_topic) as feed:
         await feed.run(REFERENCE, 1.0, 50)
-        first = feed.requests
+        first = feed.payloads
         async with serve_monitor(cfg) as monitor:
-            await _wait_for_records(monitor, 10)
+            await _wait_for_records(monitor, first)
+            await asyncio.sleep(cfg.commit_interval_s * 2)  # a commit happens meanwhile
             before = await monitor.status()
         await feed.run(REFERENCE, 1.0, 50)
+        second = feed.payloads - first
         async with serve_monitor(cfg) as monitor:
-            await asyncio.sleep(1.5)
+            await _wait_for_records(monitor, second)
+            await asyncio.sleep(1.0)  # anything re-read would show up by now
             after = await monitor.status()
     first_records = before["counts"]["records"]  # type: ignore[index]
     second_records = after["counts"]["records"]  # type: ignore[index]
-    print(f"\nrestart: first run read {first_records} records ({first} requests), "
-          f"second run {second_records} (only the new ones)")
-    assert first_records == 10
-    assert second_records == 10  # 1 s at 10 payloads/s again, nothing re-read
+    print(
+        f"\nrestart: first run read {first_records} of {first} records, the restarted one "
+        f"{second_records} of the {second} published while it was down"
+    )
+    assert first_records == first
+    assert second_records == second  # resumed from the commit: nothing re-read, nothing lost
 
 
 async def _wait_for_records(monitor: object, n: int) -> None:

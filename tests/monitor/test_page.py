@@ -8,7 +8,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
 from genwire_monitor.engine import MonitorEngine
 from genwire_monitor.page import render, snapshot
 from genwire_monitor.synth import REFERENCE
@@ -47,8 +46,15 @@ def test_page_shows_stages_alerts_and_plots(page_html: str) -> None:
     parsed = _Collect()
     parsed.feed(page_html)
     text = " ".join(parsed.text)
-    for stage in ("gateway", "preprocess", "inference", "postprocess", "triton queue",
-                  "kafka genwire.prepared", "end_to_end"):
+    for stage in (
+        "gateway",
+        "preprocess",
+        "inference",
+        "postprocess",
+        "triton queue",
+        "kafka genwire.prepared",
+        "end_to_end",
+    ):
         assert stage in text
     assert "SLO e2e: end_to_end over 1000 ms burning budget" in text
     assert any(t == "polyline" for t, _ in parsed.tags)  # a plotted series

@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
-
-from genwire.telemetry import semconv as sc
 from genwire_monitor.spans import MalformedPayload, decode
 from genwire_monitor.stages import TRITON_QUEUE, observations, ordered
 from genwire_monitor.synth import REFERENCE, SPANS_PER_REQUEST, encode, request_spans
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from genwire.telemetry import semconv as sc
 
 
 def _one_request() -> list:
@@ -45,14 +45,20 @@ def test_text_attributes_are_never_kept() -> None:
 
 
 def test_unknown_services_are_accepted() -> None:
-    span = Span(trace_id=b"u" * 16, span_id=b"s" * 8, name="GET /", kind=Span.SPAN_KIND_SERVER,
-                start_time_unix_nano=1, end_time_unix_nano=2_000_001)
+    span = Span(
+        trace_id=b"u" * 16,
+        span_id=b"s" * 8,
+        name="GET /",
+        kind=Span.SPAN_KIND_SERVER,
+        start_time_unix_nano=1,
+        end_time_unix_nano=2_000_001,
+    )
     (view,) = decode(encode({"someone-else": [span]}))
     assert view.stage == "someone-else"
     assert observations(view) == [("someone-else", 2.0)]
 
 
-@pytest.mark.parametrize("payload", [b"\xff\xff\xff garbage", b"{\"json\": true}", b"\x0a\x05abc"])
+@pytest.mark.parametrize("payload", [b"\xff\xff\xff garbage", b'{"json": true}', b"\x0a\x05abc"])
 def test_malformed_payloads_raise_a_clear_error(payload: bytes) -> None:
     with pytest.raises(MalformedPayload):
         list(decode(payload))

@@ -41,7 +41,9 @@ async def receiver() -> AsyncIterator[Hook]:
 
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    for _ in range(400):  # uvicorn sets ``started`` once it listens
+        if server.started:
+            break
         await asyncio.sleep(0.05)
     try:
         yield hook

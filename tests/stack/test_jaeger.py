@@ -6,11 +6,16 @@ import asyncio
 import os
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 
 from genwire.service import ServiceRuntime
 from genwire.settings import CommonSettings, ServiceSettings
+from genwire.stack import down, ensure_up
+from genwire.stack.components import Jaeger
+from genwire.stack.paths import StackPaths
+from tests.stack.support import free_port
 
 
 async def _find_trace(base: str, trace_id: str, timeout_s: float) -> dict[str, object] | None:
@@ -27,16 +32,23 @@ async def _find_trace(base: str, trace_id: str, timeout_s: float) -> dict[str, o
     return None
 
 
-async def test_a_service_span_reaches_jaeger_through_kafka(infra: CommonSettings) -> None:
-    service = f"genwire-stack-test-{uuid.uuid4().hex[:8]}"
-    settings = ServiceSettings(service_name=service)
+async def emit_span(service: str, name: str) -> str:
+    """One span from a service runtime, exported to Kafka as every service does; its trace id."""
     assert os.environ.get("OTEL_TRACES_EXPORTER", "kafka") == "kafka"
     # The runtime's default exporter is the KafkaSpanExporter, as in every service.
-    runtime = ServiceRuntime(settings, "stack-test", set_global_tracer=False)
-    with runtime.tracer.start_as_current_span("stack-test-span") as span:
+    runtime = ServiceRuntime(
+        ServiceSettings(service_name=service), "stack-test", set_global_tracer=False
+    )
+    with runtime.tracer.start_as_current_span(name) as span:
         span.set_attribute("genwire.test", "tracing backbone")
         trace_id = format(span.get_span_context().trace_id, "032x")
     await asyncio.to_thread(runtime.tracer_provider.shutdown)  # flush through Kafka
+    return trace_id
+
+
+async def test_a_service_span_reaches_jaeger_through_kafka(infra: CommonSettings) -> None:
+    service = f"genwire-stack-test-{uuid.uuid4().hex[:8]}"
+    trace_id = await emit_span(service, "stack-test-span")
 
     trace = await _find_trace(infra.jaeger_ui_url, trace_id, timeout_s=30)
     assert trace is not None, f"trace {trace_id} did not appear in Jaeger within 30 s"
@@ -49,3 +61,34 @@ async def test_a_service_span_reaches_jaeger_through_kafka(infra: CommonSettings
     async with httpx.AsyncClient(base_url=infra.jaeger_ui_url, timeout=5, trust_env=False) as h:
         services = (await h.get("/api/services")).json()["data"]
     assert service in services
+
+
+async def test_a_jaeger_restart_loses_no_span(infra: CommonSettings, tmp_path: Path) -> None:
+    """A second Jaeger (own ports, data and consumer group) is stopped and started again.
+
+    Spans exported while it is down arrive after the restart (its Kafka offsets were committed),
+    and spans stored before it are still there (Badger keeps them on disk).
+    """
+    settings = CommonSettings(home=tmp_path)
+    paths = StackPaths.from_settings(settings)
+    real = Jaeger(StackPaths.from_settings(infra), infra)
+    ports = {role: free_port() for role in real.ports()}
+    jaeger = Jaeger(paths, settings, ports=ports, group=f"test-jaeger-{uuid.uuid4().hex[:8]}")
+    jaeger.dest.parent.mkdir(parents=True)
+    jaeger.dest.symlink_to(real.dest)  # the binary the stack built; no second build
+    catalog = {"jaeger": jaeger}
+    base = f"http://127.0.0.1:{jaeger.ui_port}"
+    service = f"genwire-stack-restart-{uuid.uuid4().hex[:8]}"
+    try:
+        ensure_up(["jaeger"], settings=settings, catalog=catalog, model=False)
+        before = await emit_span(service, "before-restart")
+        assert await _find_trace(base, before, timeout_s=30), "first span never arrived"
+
+        down(["jaeger"], settings=settings, catalog=catalog)
+        during = await emit_span(service, "while-jaeger-was-down")
+        ensure_up(["jaeger"], settings=settings, catalog=catalog, model=False)
+
+        assert await _find_trace(base, during, timeout_s=30), "span sent during the outage lost"
+        assert await _find_trace(base, before, timeout_s=5), "stored span lost by the restart"
+    finally:
+        down(settings=settings, catalog=catalog)

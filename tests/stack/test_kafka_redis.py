@@ -50,7 +50,7 @@ async def test_produce_and_consume_through_the_broker(infra: CommonSettings) -> 
         while len(got) < len(sent):
             batch = await consumer.getmany(timeout_ms=10_000)
             assert batch, "no records within 10 s"
-            got += [record.value for records in batch.values() for record in records if record.value]
+            got += [r.value for records in batch.values() for r in records if r.value]
         assert got == sent
     finally:
         await consumer.stop()

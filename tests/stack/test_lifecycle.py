@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,17 +17,11 @@ import pytest
 
 from genwire.settings import CommonSettings
 from genwire.stack import StackError, down, ensure_up, status
-from genwire.stack.components import Component, Kafka
+from genwire.stack.components import Component, Jaeger, Kafka
 from genwire.stack.health import http_status, wait_until
 from genwire.stack.paths import StackPaths
 from genwire.stack.process import pid_alive, read_record
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.stack.support import free_port
 
 
 class HttpServer(Component):
@@ -147,3 +142,36 @@ def test_unknown_component_names_are_an_error(home: tuple[StackPaths, CommonSett
     _, settings = home
     with pytest.raises(StackError, match="unknown component"):
         ensure_up(["kafak"], settings=settings, model=False)
+
+
+def test_missing_prerequisites_name_what_to_install(
+    home: tuple[StackPaths, CommonSettings], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    paths, settings = home
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(StackError, match=r"`java` not found on PATH: install a JDK"):
+        Kafka(paths, settings).install()
+    with pytest.raises(StackError, match=r"`go` not found on PATH: install the Go toolchain"):
+        Jaeger(paths, settings).install()
+
+
+def test_cli_reports_a_taken_port_in_one_line(infra: CommonSettings, tmp_path: Path) -> None:
+    """`genwire up` in another home finds 9092 held by the shared Kafka, which it did not start."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENWIRE_")}
+    env["GENWIRE_HOME"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "genwire.cli", "up", "--only", "kafka"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("genwire up: error: port 9092 (kafka broker) is already in use by")
+    assert "then run `make up` again" in lines[0]
+    assert not (tmp_path / "opt").exists()

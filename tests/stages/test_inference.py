@@ -69,13 +69,17 @@ class FakeBackend:
 
 
 def _req(
-    rid: str = "r1", *, stream: bool = True, deadline_ms: float | None = None
+    rid: str = "r1",
+    *,
+    stream: bool = True,
+    deadline_ms: float | None = None,
+    stop: tuple[str, ...] = ("\n",),
 ) -> PreparedRequest:
     return PreparedRequest(
         request_id=rid,
         model="genwire-gpt",
         input_ids=[1, 2, 3],
-        sampling=Sampling(max_tokens=10, seed=42, stop=["\n"]),
+        sampling=Sampling(max_tokens=10, seed=42, stop=list(stop)),
         stream=stream,
         deadline_ms=deadline_ms,
     )
@@ -132,9 +136,17 @@ async def test_time_based_chunking() -> None:
 
 
 async def test_non_streaming_sends_only_the_final() -> None:
-    (final,) = await _collect(Inference(FakeBackend(n=5)), _req(stream=False))
+    (final,) = await _collect(Inference(FakeBackend(n=5)), _req(stream=False, stop=()))
     assert final.final and final.index == 0 and final.token_ids == final.output_ids
     assert final.output_ids == [100, 101, 102, 103, 104]
+
+
+async def test_stop_sequences_get_chunks_even_without_streaming() -> None:
+    # postprocess needs the text early to cancel at a stop sequence
+    inf = Inference(FakeBackend(n=5), chunk_max_tokens=2)
+    *mid, final = await _collect(inf, _req(stream=False, stop=("x",)))
+    assert mid and not any(c.stream for c in [*mid, final])
+    assert [t for c in [*mid, final] for t in c.token_ids] == final.output_ids
 
 
 async def test_cancel_stops_the_model() -> None:
@@ -201,3 +213,71 @@ def test_failure_chunk() -> None:
     assert chunk.error.code == "inference_failed"
     assert failure_chunk(None, "k", err)[0].request_id == "k"
     assert failure_chunk(None, None, err) == []
+
+
+async def test_metrics_observe_the_final_chunk() -> None:
+    from genwire_inference.metrics import InferenceMetrics
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    inf = Inference(FakeBackend(n=4), on_final=InferenceMetrics(registry).observe)
+    await _collect(inf, _req("m"))
+    labels = {"model": "genwire-gpt", "finish_reason": "length"}
+    assert registry.get_sample_value("genwire_tokens_total", labels) == 4
+    count = registry.get_sample_value(
+        "genwire_time_to_first_token_seconds_count", {"model": "genwire-gpt"}
+    )
+    assert count == 1
+
+
+class _Result:
+    """Stands in for tritonclient's InferResult (as_numpy by output name)."""
+
+    def __init__(self, outputs: dict[str, object], version: str = "4") -> None:
+        import numpy as np
+
+        self._outputs = {k: np.asarray(v) for k, v in outputs.items()}
+        self._version = version
+
+    def as_numpy(self, name: str) -> object:
+        return self._outputs.get(name)
+
+    def get_response(self) -> object:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(model_version=self._version)
+
+
+def test_parse_response_reads_the_model_contract() -> None:
+    from genwire_inference.backend import parse_response
+
+    step = parse_response(
+        _Result(
+            {
+                "token_ids": [[5, 6]],  # a batch dimension is tolerated
+                "logprobs": [[-0.1, -0.2]],
+                "finished": [True],
+                "finish_reason": [b"stop"],
+                "prompt_tokens": [7],
+                "completion_tokens": [2],
+                "mean_logprob": [-0.15],
+                "queue_ms": [0.5],
+                "compute_ms": [3.0],
+            }
+        )
+    )
+    assert step.token_ids == [5, 6] and step.logprobs == pytest.approx([-0.1, -0.2])
+    assert step.finished and step.finish_reason == "stop" and step.model_version == "4"
+    assert (step.prompt_tokens, step.completion_tokens) == (7, 2)
+    assert step.queue_ms == 0.5 and step.compute_ms == 3.0
+    mid = parse_response(_Result({"token_ids": [9], "finished": [False], "finish_reason": [b""]}))
+    assert mid.token_ids == [9] and not mid.finished and mid.finish_reason == ""
+
+
+def test_transient_triton_errors_are_retryable() -> None:
+    from genwire_inference.backend import _classify
+
+    assert isinstance(_classify("Request for unknown model: 'x' is not found"), RetryableError)
+    assert isinstance(_classify("failed to connect to all addresses"), RetryableError)
+    bad = _classify("input 'top_k' has wrong dtype")
+    assert isinstance(bad, PermanentError) and bad.code == "inference_failed"

@@ -50,6 +50,7 @@ class Pipeline:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=boot, group_id=None)
         self.redis: Redis[bytes] = Redis.from_url(settings.redis_url)
         self.seen: dict[str, Seen] = {}
+        self.keyless_dlq: list[ConsumerRecord[bytes, bytes]] = []
         self._reader: asyncio.Task[None] | None = None
         self._new = asyncio.Event()
 
@@ -59,7 +60,7 @@ class Pipeline:
         tps = [
             TopicPartition(t, p)
             for t in (Topic.RESULTS, Topic.TOKENS, Topic.DLQ)
-            for p in self.consumer.partitions_for_topic(t) or {0}
+            for p in await self.producer.partitions_for(t)  # waits for the metadata
         ]
         self.consumer.assign(tps)
         await self.consumer.seek_to_end(*tps)
@@ -80,6 +81,8 @@ class Pipeline:
             for records in batch.values():
                 for r in records:
                     if r.key is None:
+                        if r.topic == Topic.DLQ:
+                            self.keyless_dlq.append(r)
                         continue
                     seen = self.seen.setdefault(r.key.decode("utf-8", "replace"), Seen())
                     if r.topic == Topic.RESULTS:
@@ -271,11 +274,12 @@ async def test_bad_input_gets_an_error_result_and_a_dlq_record(
 
 async def test_request_id_from_json_when_there_is_no_key(pipeline: Pipeline) -> None:
     rid = _rid("nokey")
-    await pipeline.send_raw(
-        None, json.dumps({"request_id": rid, "prompt": "x", "top_p": 3}).encode()
-    )
-    (result,) = (await pipeline.wait(rid, dlq=1)).results
+    raw = json.dumps({"request_id": rid, "prompt": "x", "top_p": 3}).encode()
+    await pipeline.send_raw(None, raw)
+    (result,) = (await pipeline.wait(rid)).results
     assert result.error is not None and result.error.code == ErrorCode.OUT_OF_RANGE
+    # the DLQ record is the original record as it was: no key
+    assert any(r.value == raw for r in pipeline.keyless_dlq)
 
 
 async def test_cancel_before_start(pipeline: Pipeline) -> None:

@@ -8,6 +8,7 @@ from tokenizers import Tokenizer
 
 from genwire.errors import PermanentError
 from genwire.events import (
+    ControlEvent,
     ErrorInfo,
     Event,
     GenerationChunk,
@@ -123,6 +124,9 @@ async def test_stop_sequence_across_chunk_boundaries(
     assert streamed == result.text
     # never emitted any part of the stop sequence, even while it was still ambiguous
     assert "lazy" not in streamed and not streamed.endswith("l")
+    # and the model is told to stop (once) instead of running on to max_tokens
+    cancels = [e for e in events if isinstance(e, ControlEvent)]
+    assert [(c.request_id, c.action) for c in cancels] == [(f"stop{size}", "cancel")]
 
 
 async def test_non_streaming_gets_only_the_result(
@@ -131,6 +135,17 @@ async def test_non_streaming_gets_only_the_result(
     ids = tokenizer.encode(TEXT).ids
     events = await _run(post, _chunks(ids, "ns", stream=False, stop=["fox"]))
     assert _tokens(events) == []
+    assert _result(events).text == "The quick brown " and _result(events).finish_reason == "stop"
+
+
+async def test_stop_without_streaming_cancels_early(
+    post: Postprocessor, tokenizer: Tokenizer
+) -> None:
+    ids = tokenizer.encode(TEXT).ids
+    chunks = [c.model_copy(update={"stream": False}) for c in _chunks(ids, "nss", stop=["fox"])]
+    events = await _run(post, chunks)
+    assert _tokens(events) == []  # not streamed
+    assert len([e for e in events if isinstance(e, ControlEvent)]) == 1
     assert _result(events).text == "The quick brown " and _result(events).finish_reason == "stop"
 
 
@@ -203,3 +218,18 @@ def test_failure_result() -> None:
     assert isinstance(events[0], TokenEvent) and events[0].final
     assert _result(events).error == ErrorInfo(code="unavailable", message="redis down")
     assert failure_result(None, err, stream=False) == []
+
+
+async def test_result_metrics_count_each_request_once(
+    assets: AssetStore, tokenizer: Tokenizer
+) -> None:
+    from genwire_postprocess.metrics import ResultMetrics
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    post = Postprocessor(assets, FakeStore(), on_result=ResultMetrics(registry).observe)
+    ids = tokenizer.encode(TEXT).ids
+    await _run(post, _chunks(ids, "m1", stream=False))
+    await _run(post, _chunks(ids, "m1", stream=False))  # a redelivery
+    labels = {"model": MODEL, "outcome": "length"}
+    assert registry.get_sample_value("genwire_requests_total", labels) == 1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 from genwire_preprocess.handlers import Preprocessor, derive_seed, error_chunk
 from tokenizers import Tokenizer
@@ -130,3 +133,18 @@ def test_error_chunk_addresses_the_caller() -> None:
     (keyed,) = error_chunk(b"\xff garbage", b"k7", PermanentError("x", code="invalid_encoding"))
     assert keyed.request_id == "k7" and not keyed.stream
     assert error_chunk(b"garbage", None, PermanentError("x")) == []
+
+
+def test_asset_store_picks_up_a_new_complete_version(model_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repo, repo)
+    cached = AssetStore(repo, latest_ttl_s=3600)
+    fresh = AssetStore(repo, latest_ttl_s=0)
+    assert cached.resolve(MODEL) == fresh.resolve(MODEL) == "2"
+    (repo / MODEL / "3").mkdir()  # being written: no manifest yet
+    assert fresh.resolve(MODEL) == "2"
+    shutil.copy(repo / MODEL / "2" / "manifest.json", repo / MODEL / "3" / "manifest.json")
+    assert fresh.resolve(MODEL) == "3"
+    assert cached.resolve(MODEL) == "2"  # within its TTL
+    assets = fresh.get(MODEL, "2")
+    assert assets.context_length == CONTEXT_LENGTH and assets.eos_token_ids == [0]

@@ -24,6 +24,15 @@ class TraceContext:
         return f"00-{self.trace_id}-{self.span_id}-01"
 
 
+class RequestFailed(Exception):
+    """The entry point answered with an error; ``kind`` groups errors in the report."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
 def new_trace() -> TraceContext:
     """A fresh random trace id and parent span id."""
     return TraceContext(trace_id=secrets.token_hex(16), span_id=secrets.token_hex(8))
@@ -55,11 +64,15 @@ class Driver(ABC):
             start=time.perf_counter(),
             trace_id=trace.trace_id,
         )
+        # Wall clock too, to place the request against its spans (same machine, same clock).
+        record.extra["wall_start_ms"] = time.time() * 1000.0
         try:
             async with asyncio.timeout(self.timeout_s):
                 await self._send(req, record, trace)
         except TimeoutError:
             record.error = f"timeout: no answer within {self.timeout_s:g} s"
+        except RequestFailed as exc:
+            record.error = str(exc)[:500]
         except Exception as exc:
             record.error = f"{type(exc).__name__}: {exc}"[:500]
         if record.end == 0.0 or record.error is not None:

@@ -7,7 +7,7 @@ import time
 
 import grpc
 
-from genwire.bench.drivers.base import Driver, TraceContext
+from genwire.bench.drivers.base import Driver, RequestFailed, TraceContext
 from genwire.bench.records import BenchRequest, RequestRecord
 from genwire.proto.v1 import generation_pb2 as pb
 from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
@@ -26,10 +26,6 @@ def to_proto(req: BenchRequest, request_id: str, model: str) -> pb.GenerateReque
         seed=s.seed,
         model=model,
     )
-
-
-def _describe(exc: grpc.aio.AioRpcError) -> str:
-    return f"{exc.code().name}: {exc.details()}"
 
 
 class GatewayDriver(Driver):
@@ -74,7 +70,7 @@ class GatewayDriver(Driver):
                 record.prompt_tokens = response.usage.prompt_tokens
                 record.trace_id = response.trace_id or record.trace_id
         except grpc.aio.AioRpcError as exc:
-            raise RuntimeError(_describe(exc)) from None
+            raise RequestFailed(exc.code().name, str(exc.details())) from None
 
     async def _stream(
         self,
@@ -98,4 +94,4 @@ class GatewayDriver(Driver):
                 if record.first_token is None:
                     record.first_token = now
                 return
-        raise RuntimeError("stream ended without a final message")
+        raise RequestFailed("incomplete", "the stream ended without a final message")

@@ -12,10 +12,10 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import ValidationError
 
-from genwire.bench.drivers.base import Driver, TraceContext
+from genwire.bench.drivers.base import Driver, RequestFailed, TraceContext
 from genwire.bench.records import BenchRequest, RequestRecord
 from genwire.events import ErrorInfo, GenerationResult, TokenEvent
 from genwire.request import GenerationRequest
@@ -109,7 +109,7 @@ class KafkaDriver(Driver):
         result = pending.result
         assert result is not None
         if result.error is not None:
-            raise RuntimeError(f"{result.error.code}: {result.error.message}")
+            raise RequestFailed(result.error.code, result.error.message)
         record.output_tokens = result.usage.completion_tokens
         record.prompt_tokens = result.usage.prompt_tokens
         record.chunks = pending.chunks
@@ -135,26 +135,26 @@ class KafkaReader:
         self._users += 1
         if self._consumer is not None:
             return
+        # No group: every partition of both topics is ours, nothing is committed.
         consumer = AIOKafkaConsumer(
+            Topic.RESULTS,
+            Topic.TOKENS,
             bootstrap_servers=self._bootstrap,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="latest",
             client_id="genwire-bench-reader",
+            fetch_max_wait_ms=100,  # as the gateway's reader: a fetch returns at the first byte
         )
         await consumer.start()
-        await consumer.topics()  # fills the metadata partitions_for_topic reads
-        tps = [
-            TopicPartition(topic, p)
-            for topic in (Topic.RESULTS, Topic.TOKENS)
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        if not tps:
+        for _ in range(300):  # the group-less assignment follows the first metadata fetch
+            if len({tp.topic for tp in consumer.assignment()}) == 2:
+                break
+            await asyncio.sleep(0.05)
+        else:
             await consumer.stop()
             raise RuntimeError("topics genwire.results/genwire.tokens not found: is the stack up?")
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve the end offsets now, before any request is sent
+        for tp in consumer.assignment():  # resolve the end offsets before any request is sent
             await consumer.position(tp)
         self._consumer = consumer
         self._task = asyncio.create_task(self._read())

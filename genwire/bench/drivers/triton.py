@@ -11,7 +11,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import aio as grpcaio
 
-from genwire.bench.drivers.base import Driver, TraceContext
+from genwire.bench.drivers.base import Driver, RequestFailed, TraceContext
 from genwire.bench.records import BenchRequest, RequestRecord
 
 
@@ -35,9 +35,8 @@ def build_inputs(
     if req.stop_token_ids:
         tensors.append(("stop_token_ids", "INT32", np.asarray(req.stop_token_ids, np.int32)))
     inputs = []
-    for name, dtype, array in tensors:
-        if batched:
-            array = array.reshape(1, -1)
+    for name, dtype, values in tensors:
+        array = values.reshape(1, -1) if batched else values
         tensor = grpcclient.InferInput(name, list(array.shape), dtype)
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
@@ -106,7 +105,7 @@ class TritonDriver(Driver):
         try:
             async for result, error in responses:
                 if error is not None:
-                    raise RuntimeError(f"triton: {error}")
+                    raise RequestFailed("triton", str(error))
                 ids = result.as_numpy("token_ids")
                 n = 0 if ids is None else int(ids.size)
                 if n:
@@ -124,7 +123,9 @@ class TritonDriver(Driver):
                     record.end = time.perf_counter()
                     break
             else:
-                raise RuntimeError("triton: stream ended before the final response")
+                raise RequestFailed(
+                    "incomplete", "triton ended the stream before the final response"
+                )
         finally:
             done.set()
             responses.cancel()

@@ -35,8 +35,14 @@ class GatewaySettings(ServiceSettings):
     claim_ttl_s: int = Field(
         86_400,
         ge=1,
-        description="How long a named request's idempotency claim (and its fingerprint) lives in "
-        "Redis: repeats within it wait for or return the first result.",
+        description="How long a named request's idempotency claim (and its fingerprint) is kept "
+        "once its result arrived: repeats within it are checked against the first request.",
+    )
+    claim_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="While in flight a claim lives for the caller's deadline plus this; if its "
+        "gateway dies before publishing, a retry may claim the id again after that.",
     )
     redis_timeout_s: float = Field(2.0, gt=0, description="Timeout of one Redis command.")
     result_poll_s: float = Field(

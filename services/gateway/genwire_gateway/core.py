@@ -9,11 +9,12 @@ trip for the idempotency claim.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,7 +169,10 @@ class Gateway:
                 stored = await self._stored(rid)
                 if stored is not None:
                     return raise_for_error(stored)
-            return raise_for_error(await self._wait(waiter, deadline, owner=claim.owner))
+            result = await self._wait(waiter, deadline, owner=claim.owner)
+        if claim.owner and prepared.named:
+            self._background_task(self._keep(prepared.request_id))
+        return raise_for_error(result)
 
     async def _wait(self, waiter: Waiter, deadline: float, *, owner: bool) -> GenerationResult:
         """Wait for the fan-out reader, checking Redis now and then; cancel on expiry."""
@@ -222,15 +226,18 @@ class Gateway:
             await self._publish(prepared, waiter)
             finished = False
             try:
-                async for chunk in self._chunks(waiter, deadline):
-                    finished = chunk.final
-                    yield chunk
+                async with contextlib.aclosing(self._chunks(waiter, deadline)) as chunks:
+                    async for chunk in chunks:
+                        finished = chunk.final
+                        if finished and prepared.named:
+                            self._background_task(self._keep(rid))
+                        yield chunk
             finally:
                 # The caller left, or the wait failed before any result: stop generating.
                 if not finished and not waiter.result.done():
                     self.cancel_soon(rid, "stream abandoned")
 
-    async def _chunks(self, waiter: Waiter, deadline: float) -> AsyncIterator[Chunk]:
+    async def _chunks(self, waiter: Waiter, deadline: float) -> AsyncGenerator[Chunk, None]:
         """Chunks from the waiter's queue, deduplicated by character offset."""
         assert waiter.chunks is not None
         held = 0  # characters of text already yielded
@@ -274,7 +281,9 @@ class Gateway:
 
     async def submit(self, prepared: Prepared) -> str:
         """Accept a request: published and acknowledged by the broker (or already known)."""
-        claim = await self.store.claim(prepared.request)
+        claim = await self.store.claim(
+            prepared.request, self.settings.max_timeout_s + self.settings.claim_grace_s
+        )
         if claim.conflict:
             raise _conflict(prepared.request_id)
         if claim.owner:
@@ -311,9 +320,19 @@ class Gateway:
 
     def cancel_soon(self, request_id: str, reason: str) -> None:
         """Cancel in the background (callers that are themselves being cancelled use this)."""
-        task = asyncio.get_running_loop().create_task(self._cancel_quietly(request_id, reason))
+        self._background_task(self._cancel_quietly(request_id, reason))
+
+    def _background_task(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` off the caller's path, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _keep(self, request_id: str) -> None:
+        try:
+            await self.store.keep(request_id)
+        except Exception as exc:
+            log.warning("could not keep the claim of %s: %s", request_id, exc)
 
     async def _cancel_quietly(self, request_id: str, reason: str) -> None:
         try:
@@ -332,7 +351,9 @@ class Gateway:
         if not prepared.named:
             return ClaimOutcome(owner=True)
         try:
-            claim = await self.store.claim(prepared.request)
+            claim = await self.store.claim(
+                prepared.request, prepared.timeout_s + self.settings.claim_grace_s
+            )
         except Exception as exc:
             raise _unavailable(exc) from exc
         if claim.conflict:

@@ -116,4 +116,5 @@ def run_demo(
         else " (not in Jaeger yet: give it a few seconds)"
     )
     print(f"trace:       {outcome.trace_url}{seen}", file=out)
+    print(f"trace (API): {jaeger_url.rstrip('/')}/api/traces/{outcome.trace_id}", file=out)
     return 0

@@ -36,7 +36,6 @@ from genwire_gateway.tracing import (
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 IDEMPOTENCY_METADATA = "idempotency-key"
-TRACE_ID_METADATA = "x-trace-id"
 
 T = TypeVar("T")
 
@@ -129,6 +128,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
         context: grpc.aio.ServicerContext[Any, Any],
         *,
         stream: bool,
+        timeout_s: float | None = None,
     ) -> Prepared:
         key = next(
             (
@@ -147,7 +147,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
             request_fields(message),
             request_id=message.request_id or key or None,
             stream=stream,
-            timeout_s=context.time_remaining(),
+            timeout_s=context.time_remaining() if timeout_s is None else timeout_s,
         )
 
     async def _call(
@@ -193,7 +193,6 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
             prepared = self._prepare(request, context, stream=False)
             span.set_attribute(sc.REQUEST_ID, prepared.request_id)
             trace_id = trace_id_of(span)
-            await context.send_initial_metadata(((TRACE_ID_METADATA, trace_id),))
             result = await self._gateway.generate(prepared)
             return to_response(result, model=self._default_model, trace_id=trace_id)
 
@@ -211,7 +210,6 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
                 prepared = self._prepare(request, context, stream=True)
                 span.set_attribute(sc.REQUEST_ID, prepared.request_id)
                 trace_id = trace_id_of(span)
-                await context.send_initial_metadata(((TRACE_ID_METADATA, trace_id),))
                 chunks = self._gateway.stream(prepared)
                 async for chunk in chunks:
                     yield to_stream_response(chunk, prepared.request_id, trace_id)
@@ -232,7 +230,10 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
         """Accept a request and return its id once the broker has it."""
 
         async def work(span: Span) -> pb.SubmitResponse:
-            prepared = self._prepare(request, context, stream=False)
+            # The caller does not wait, so its deadline says nothing about the work's: the
+            # request may take up to the longest wait any caller gets.
+            timeout = self._gateway.settings.max_timeout_s
+            prepared = self._prepare(request, context, stream=False, timeout_s=timeout)
             span.set_attribute(sc.REQUEST_ID, prepared.request_id)
             request_id = await self._gateway.submit(prepared)
             return pb.SubmitResponse(request_id=request_id, trace_id=trace_id_of(span))

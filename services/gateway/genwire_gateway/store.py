@@ -10,6 +10,7 @@ assigned here) skip Redis entirely: nothing can repeat them.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -59,14 +60,14 @@ class ResultStore:
         raw = await self._redis.get(result_key(request_id))
         return None if raw is None else GenerationResult.model_validate_json(raw)
 
-    async def claim(self, request: GenerationRequest) -> ClaimOutcome:
-        """Claim a named request in one round trip: result?, claim it, whose claim is it?"""
+    async def claim(self, request: GenerationRequest, ttl_s: float) -> ClaimOutcome:
+        """Claim a request for ``ttl_s`` in one round trip: result?, claim it, whose is it?"""
         assert request.request_id is not None
         rid = request.request_id
         mine = fingerprint(request)
         pipe = self._redis.pipeline(transaction=False)
         pipe.get(result_key(rid))
-        pipe.set(claim_key(rid), mine, nx=True, ex=self._claim_ttl_s)
+        pipe.set(claim_key(rid), mine, nx=True, ex=max(1, math.ceil(ttl_s)))
         pipe.get(claim_key(rid))
         stored, claimed, holder = await pipe.execute()
         if holder is not None and holder.decode() != mine:
@@ -74,6 +75,10 @@ class ResultStore:
         if stored is not None:
             return ClaimOutcome(owner=False, result=GenerationResult.model_validate_json(stored))
         return ClaimOutcome(owner=bool(claimed))
+
+    async def keep(self, request_id: str) -> None:
+        """The request finished: keep its claim (its fingerprint) as long as results are kept."""
+        await self._redis.expire(claim_key(request_id), self._claim_ttl_s)
 
     async def release(self, request_id: str) -> None:
         """Drop a claim whose request was never published, so a retry may publish it."""

@@ -17,6 +17,7 @@ from genwire.topics import Topic
 from genwire_inference.backend import TritonBackend
 from genwire_inference.config import InferenceSettings
 from genwire_inference.handlers import Inference, failure_chunk
+from genwire_inference.metrics import InferenceMetrics
 
 
 def create_app(settings: InferenceSettings | None = None) -> FastAPI:
@@ -36,6 +37,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             triton_wait_s=cfg.triton_wait_s,
             cancelled_memory_s=cfg.cancelled_memory_s,
             max_remembered_cancels=cfg.max_remembered_cancels,
+            on_final=InferenceMetrics(runtime.registry).observe,
         )
         app.state.inference = inference
 

@@ -29,7 +29,17 @@ from genwire.request import ErrorCode
 log = logging.getLogger(__name__)
 
 # Triton error texts that mean "not there yet" (loading, restarting), not "never".
-_TRANSIENT_HINTS = ("unknown model", "not ready", "unavailable", "not found", "is not loaded")
+_TRANSIENT_HINTS = (
+    "unknown model",
+    "not ready",
+    "unavailable",
+    "not found",
+    "is not loaded",
+    "failed to connect",
+    "connection refused",
+    "socket closed",
+    "deadline exceeded",
+)
 _RETRYABLE_CODES = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -192,7 +202,7 @@ class TritonBackend:
             try:
                 cfg = await self.client.get_model_config(model, version, as_json=True)
             except InferenceServerException as exc:
-                raise _classify(str(exc.message())) from None
+                raise _classify(f"{exc.status()}: {exc.message()}") from None
             self._batched[key] = int(cfg.get("config", {}).get("max_batch_size", 0) or 0) > 0
         return self._batched[key]
 

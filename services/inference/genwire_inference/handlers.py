@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -95,6 +95,7 @@ class Inference:
         triton_wait_s: float = 30.0,
         cancelled_memory_s: float = 600.0,
         max_remembered_cancels: int = 10_000,
+        on_final: Callable[[GenerationChunk], None] | None = None,
     ) -> None:
         self.backend = backend
         self.tracer = tracer or trace.get_tracer("genwire.inference")
@@ -103,6 +104,7 @@ class Inference:
         self.triton_wait_s = triton_wait_s
         self.cancelled_memory_s = cancelled_memory_s
         self.max_remembered_cancels = max_remembered_cancels
+        self.on_final = on_final
         self.inflight: dict[str, _Run] = {}
         self._cancelled: OrderedDict[str, float] = OrderedDict()
 
@@ -195,6 +197,9 @@ class Inference:
             sc.SPAN_TRITON_GENERATE, kind=SpanKind.CLIENT, attributes=attributes
         )
         chunker = _Chunker(self.chunk_max_tokens, self.chunk_interval_s)
+        # Intermediate chunks serve streaming, and also stop sequences: postprocess sees the
+        # text early and cancels the generation at a stop instead of waiting for max_tokens.
+        chunked = request.stream or bool(s.stop)
         generated: list[int] = []
         logprob_sum = 0.0
         logprob_n = 0
@@ -221,19 +226,19 @@ class Inference:
                     generated.extend(step.token_ids)
                     logprob_sum += sum(step.logprobs)
                     logprob_n += len(step.logprobs)
-                    if request.stream:
+                    if chunked:
                         chunker.buffer.extend(step.token_ids)
                 if step.finished:
                     final_step = step
                     break
-                if request.stream and chunker.due(now):
+                if chunked and chunker.due(now):
                     index, offset, ids = chunker.take(now)
                     yield GenerationChunk(
                         request_id=request.request_id,
                         index=index,
                         offset=offset,
                         token_ids=ids,
-                        stream=True,
+                        stream=request.stream,
                         model=request.model,
                         model_version=request.model_version,
                         sampling=s if index == 0 else None,
@@ -251,7 +256,9 @@ class Inference:
             span.set_attribute(sc.ERROR_CODE, exc.code)
             span.end()
             raise
-        except BaseException:
+        except BaseException:  # stopped (shutdown, a consumer dropping us): stop the model too
+            if run.stream is not None:
+                run.stream.cancel()
             span.end()
             raise
 
@@ -279,14 +286,14 @@ class Inference:
             tpot = (timings.inference_end - timings.first_token) / (len(generated) - 1)
             span.set_attribute(sc.TIME_PER_OUTPUT_TOKEN_MS, tpot)
         span.end()
-        yield self._final(
+        final = self._final(
             request,
             generated,
             reason,
             timings,
             index=chunker.sent_chunks,
             offset=chunker.sent_tokens,
-            tail=chunker.buffer if request.stream else generated,
+            tail=chunker.buffer if chunked else generated,
             prompt_tokens=(final_step.prompt_tokens if final_step else 0) or len(request.input_ids),
             mean_logprob=mean,
             error=(
@@ -298,6 +305,9 @@ class Inference:
                 else None
             ),
         )
+        if self.on_final is not None:
+            self.on_final(final)
+        yield final
 
     async def _wait_for_model(self, request: PreparedRequest) -> None:
         wait = self.triton_wait_s

@@ -1,21 +1,39 @@
-"""Monitor throughput benchmark: ``python -m genwire_monitor.bench [--requests N] [--rounds R]``.
+"""Monitor benchmark: ``python -m genwire_monitor.bench [--requests N] [--rounds R] [--quality]``.
 
-Generates realistic OTLP payloads (synth.py), then measures on this one thread:
+Throughput: generates realistic OTLP payloads (synth.py), then measures on this one thread
 decode only, and decode + aggregate (stage sketches, trace assembly, SLO counters, drift
-windows) + completing the traces; then repeats rounds to show memory staying flat. Prints
-figures; asserts nothing.
+windows) + completing the traces; rounds repeat it to show memory staying flat.
+``--quality``: simulated traffic on a simulated clock (windows scaled 1/360) for time to
+detect a latency incident and a drift, time to resolve, and false alarms over many scaled
+hours of steady traffic. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import resource
 import time
+from collections.abc import Callable
+from dataclasses import replace
 
+from genwire_monitor.alerting import AlertEvent
+from genwire_monitor.cli import add_arguments
 from genwire_monitor.config import MonitorSettings
 from genwire_monitor.engine import MonitorEngine
+from genwire_monitor.simulate import SCALE, fast_settings, run
 from genwire_monitor.spans import decode
-from genwire_monitor.synth import REFERENCE, SPANS_PER_REQUEST, payloads
+from genwire_monitor.synth import (
+    LENGTH_STOPS,
+    LONG_PROMPTS,
+    REFERENCE,
+    SPANS_PER_REQUEST,
+    Profile,
+    payloads,
+)
+
+T0 = 1_800_000_000.0
+RATE = 100.0
 
 
 def _rss_mb() -> float:
@@ -25,12 +43,17 @@ def _rss_mb() -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and print its figures."""
+    """Parse the options and run."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=20_000, help="requests per round")
-    parser.add_argument("--per-payload", type=int, default=32, help="requests per Kafka value")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds (memory over time)")
-    args = parser.parse_args(argv)
+    add_arguments(parser)
+    run_bench(parser.parse_args(argv))
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    """Run the benchmark (or ``--quality``) and print its figures."""
+    if args.quality:
+        quality(args.seeds, args.steady_s)
+        return
 
     data = list(payloads(REFERENCE, args.requests, args.per_payload, seed=0))
     spans = args.requests * SPANS_PER_REQUEST
@@ -67,6 +90,74 @@ def main(argv: list[str] | None = None) -> None:
         f"end_to_end p50/p95/p99 ms: {e2e.get('p50', 0):.1f} / {e2e.get('p95', 0):.1f} / "
         f"{e2e.get('p99', 0):.1f} over {int(e2e.get('count', 0))} requests"
     )
+
+
+def _first(
+    events: list[tuple[float, AlertEvent]], pred: Callable[[AlertEvent], bool]
+) -> float | None:
+    for t, e in events:
+        if pred(e):
+            return t
+    return None
+
+
+def quality(seeds: int, steady_s: float) -> None:
+    """Time to detect / resolve and false alarms, on the simulated clock (test scale)."""
+    per_h = 3600 * SCALE  # one scaled hour in simulated seconds
+    print(
+        f"windows scaled x{SCALE:.5f}: 1 h = {per_h:.0f} s, 5 min = {300 * SCALE:.2f} s; "
+        f"{RATE:.0f} requests/s"
+    )
+    alarms = evaluations = 0
+    for seed in range(seeds):
+        engine = MonitorEngine(fast_settings())
+        _, events = run(engine, REFERENCE, T0, steady_s, RATE, random.Random(seed))
+        alarms += sum(1 for _, e in events if e.status == "firing")
+        evaluations += round(steady_s / 0.1)
+    hours = seeds * steady_s / per_h
+    print(
+        f"false alarms: {alarms} in {hours:.0f} scaled hours of steady traffic "
+        f"({evaluations} evaluations): {alarms / hours:.3f} per scaled hour"
+    )
+
+    for seed in range(seeds):
+        engine = MonitorEngine(fast_settings())
+        rng = random.Random(100 + seed)
+        t, _ = run(engine, REFERENCE, T0, 12.0, RATE, rng)
+        start = t
+        t, ev = run(engine, replace(REFERENCE, slow_ms=1500), t, 4.0, RATE, rng)
+        fired = _first(ev, lambda e: e.id == "latency:e2e:page" and e.status == "firing")
+        end = t
+        _, ev2 = run(engine, REFERENCE, t, 15.0, RATE, rng)
+        resolved = _first(ev2, lambda e: e.id == "latency:e2e:page" and e.status == "resolved")
+        print(
+            f"latency incident (seed {seed}): page fired "
+            f"{_fmt(fired, start)} after it began, resolved {_fmt(resolved, end)} after it ended"
+        )
+
+    for name, profile, feature in (
+        ("longer prompts", LONG_PROMPTS, "gen_ai.usage.input_tokens"),
+        ("length stops", LENGTH_STOPS, "gen_ai.response.finish_reasons"),
+    ):
+        for seed in range(seeds):
+            detect = _drift_detect(profile, feature, seed)
+            print(f"drift, {name} (seed {seed}): {feature} alert {_fmt(detect, 0.0)} after switch")
+
+
+def _drift_detect(profile: Profile, feature: str, seed: int) -> float | None:
+    engine = MonitorEngine(fast_settings())
+    rng = random.Random(200 + seed)
+    t, _ = run(engine, REFERENCE, T0, 14.0, RATE, rng)
+    _, ev = run(engine, profile, t, 10.0, RATE, rng)
+    hit = _first(ev, lambda e: e.kind == "drift" and e.labels.get("feature") == feature)
+    return None if hit is None else hit - t
+
+
+def _fmt(t: float | None, since: float) -> str:
+    if t is None:
+        return "never"
+    dt = t - since
+    return f"{dt:.2f}s (= {dt / SCALE / 60:.1f} production minutes)"
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ never blocks on decoding and nothing needs a lock.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from genwire_monitor.stages import observations
 from genwire_monitor.traces import RequestRecord, TraceAssembler
 from genwire_monitor.windows import CounterRing, TimeRing, merged, new_sketch
 
+log = logging.getLogger(__name__)
+
 MAX_STAGES = 64  # distinct stage names tracked; more (unknown services) share "other"
 REQUEST_STAGES = {  # request-level series and where their value comes from
     END_TO_END: None,
@@ -41,6 +44,7 @@ class Counts:
     spans: int = 0
     requests: int = 0
     errors: int = 0
+    client_errors: int = 0
     late_spans: int = 0
     too_old: int = 0
 
@@ -98,12 +102,13 @@ class MonitorEngine:
         for payload in payloads:
             self.counts.records += 1
             try:
-                spans = decode(payload)
+                for span in decode(payload):
+                    self._span(span, now)
             except MalformedPayload:
                 self.counts.malformed += 1
-                continue
-            for span in spans:
-                self._span(span, now)
+            except Exception:  # a value no test foresaw must not stop the monitor
+                self.counts.malformed += 1
+                log.exception("skipping a span record the monitor could not aggregate")
 
     def _span(self, span: SpanView, now: float) -> None:
         self.counts.spans += 1
@@ -136,6 +141,7 @@ class MonitorEngine:
     def _request(self, rec: RequestRecord, now: float) -> None:
         self.counts.requests += 1
         self.counts.errors += rec.error
+        self.counts.client_errors += rec.client_error
         t = rec.end_ns / 1e9
         values: dict[str, float] = {END_TO_END: rec.e2e_ms}
         for stage, attr in REQUEST_STAGES.items():

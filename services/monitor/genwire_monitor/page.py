@@ -26,7 +26,7 @@ table{border-collapse:collapse;margin:.5em 0}td,th{padding:3px 10px;border-botto
 text-align:right}td:first-child,th:first-child{text-align:left}
 .alert{border-left:6px solid #d62728;background:#fff5f5;padding:.5em 1em;margin:.6em 0}
 .alert.ticket{border-color:#ff7f0e;background:#fffaf0}.sev{font-weight:bold;text-transform:uppercase}
-.ok{color:#2ca02c}.bad{color:#d62728;font-weight:bold}.muted{color:#777}
+td.l{text-align:left}.ok{color:#2ca02c}.bad{color:#d62728;font-weight:bold}.muted{color:#777}
 .chart-title{font-weight:bold;font-size:13px}.tick,.legend{font-size:11px;fill:#555}
 """
 
@@ -187,7 +187,7 @@ def render(d: PageData, refresh_s: int = 5) -> str:
     active = "".join(_alert(a) for a in d.active) or '<p class="ok">No active alerts.</p>'
     recent = "".join(
         f"<tr><td>{a.emitted_at:%H:%M:%S}</td><td>{escape(a.status)}</td>"
-        f"<td>{escape(a.severity)}</td><td>{escape(a.title)}</td></tr>"
+        f'<td>{escape(a.severity)}</td><td class="l">{escape(a.title)}</td></tr>'
         for a in d.recent
     )
     chart = line_chart(
@@ -201,7 +201,8 @@ def render(d: PageData, refresh_s: int = 5) -> str:
         f'<meta http-equiv="refresh" content="{refresh_s}"><title>genwire monitor</title>'
         f"<style>{CSS}</style></head><body><h1>genwire monitor</h1>"
         f'<p class="muted">updated {time.strftime("%H:%M:%S", time.localtime(d.now))} · '
-        f"{c.records} records, {c.spans} spans, {c.requests} requests, {c.errors} with errors, "
+        f"{c.records} records, {c.spans} spans, {c.requests} requests, {c.errors} failed, "
+        f"{c.client_errors} rejected as invalid, "
         f"{c.malformed} malformed records skipped, {d.open_traces} traces open</p>"
         f'<h2 id="alerts">Active alerts ({len(d.active)})</h2>{active}'
         f"<h2>Latency per stage, last {d.window_s:.0f}s</h2>{_latency_table(d)}{chart}"

@@ -36,6 +36,7 @@ class Profile:
     mean_logprob: float = -2.0
     filter_hit_share: float = 0.02
     error_share: float = 0.0
+    error_code: str = "inference_failed"  # a server-side failure (5xx class)
     slow_ms: float = 0.0  # extra gateway-to-result latency (a latency incident)
     model: str = "genwire-gpt"
     version: str = "1"
@@ -131,6 +132,7 @@ def request_spans(
         "genwire__time_to_first_token_ms": ttft + profile.slow_ms,
         "genwire__time_per_output_token_ms": ms_tok,
         "_error": error,
+        **({"genwire__error__code": profile.error_code} if error else {}),
     }
     inf = _span(
         tid, pre.span_id, f"{Topic.PREPARED} process", CONSUMER, t, t + int(gen_ms * ms), **attrs

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from genwire.request import ERROR_HTTP_STATUS
 from genwire.telemetry import semconv as sc
 from genwire_monitor.spans import AttrValue, SpanView
 
@@ -29,6 +30,12 @@ REQUEST_ATTRS: tuple[str, ...] = (
 )
 
 
+def is_client_error(span: SpanView) -> bool:
+    """An ERROR span whose ``genwire.error.code`` answers 4xx: bad input, not an outage."""
+    code = span.attrs.get(sc.ERROR_CODE)
+    return isinstance(code, str) and ERROR_HTTP_STATUS.get(code, 500) < 500
+
+
 @dataclass(slots=True)
 class RequestRecord:
     """One request, as its trace tells it."""
@@ -36,9 +43,10 @@ class RequestRecord:
     trace_id: bytes
     start_ns: int
     end_ns: int
-    error: bool
+    error: bool  # a server-side failure: it burns the error budget
     spans: int
     attrs: dict[str, AttrValue] = field(default_factory=dict)
+    client_error: bool = False  # the caller's mistake (a 4xx-class code): not our failure
 
     @property
     def trace_hex(self) -> str:
@@ -104,7 +112,11 @@ class TraceAssembler:
         rec.spans += 1
         rec.start_ns = min(rec.start_ns, span.start_ns)
         rec.end_ns = max(rec.end_ns, span.end_ns)
-        rec.error = rec.error or span.error
+        if span.error:
+            if is_client_error(span):
+                rec.client_error = True
+            else:
+                rec.error = True
         entry.counted = entry.counted or span.stage != sc.STAGE_MONITOR
         if span.attrs:
             for key in REQUEST_ATTRS:

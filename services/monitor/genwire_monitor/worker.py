@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MIN_EVAL_INTERVAL_S = 0.1
+MAX_UNSENT = 1000  # alert events kept for retry while Kafka is unreachable
 
 
 class EngineWorker:
@@ -45,6 +46,7 @@ class EngineWorker:
         self._clock = clock
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="genwire-monitor-engine")
         self.published: list[AlertEvent] = []  # recent events sent (bounded), for the API
+        self._unsent: list[AlertEvent] = []
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -58,8 +60,11 @@ class EngineWorker:
         now = self._clock()
         events = await self._call(self.engine.tick, now)
         self._collector.latest = await self._call(promexport.figures, self.engine, now)
-        if events:
-            await self._publish(events)
+        for event in events:
+            log.info("alert %s %s: %s", event.status, event.id, event.title)
+        self._unsent = (self._unsent + events)[-MAX_UNSENT:]
+        if self._unsent:
+            await self._publish()
         return events
 
     async def run(self) -> None:
@@ -67,16 +72,26 @@ class EngineWorker:
         interval = max(MIN_EVAL_INTERVAL_S, self.settings.scaled(self.settings.eval_interval_s))
         while True:
             started = time.monotonic()
-            await self.evaluate_once()
+            try:
+                await self.evaluate_once()
+            except Exception:  # keep monitoring: a bad evaluation must not end the service
+                log.exception("evaluation failed; trying again next interval")
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
-    async def _publish(self, events: list[AlertEvent]) -> None:
-        pending = []
-        for event in events:
-            key, value = handlers.alert_record(event)
-            log.info("alert %s %s: %s", event.status, event.id, event.title)
-            pending.append(await self._producer.send(self.settings.alerts_topic, value, key=key))
-        await asyncio.gather(*pending)
+    async def _publish(self) -> None:
+        """Send unsent events in order; on failure keep them for the next evaluation."""
+        events = list(self._unsent)
+        try:
+            pending = []
+            for event in events:
+                key, value = handlers.alert_record(event)
+                topic = self.settings.alerts_topic
+                pending.append(await self._producer.send(topic, value, key=key))
+            await asyncio.gather(*pending)
+        except Exception as exc:
+            log.warning("publishing %d alert events failed, will retry: %s", len(events), exc)
+            return
+        self._unsent = self._unsent[len(events) :]
         self.published = (self.published + events)[-100:]
         if self._webhook is not None:
             await self._webhook.post(events)
@@ -95,6 +110,15 @@ class EngineWorker:
                 "active": [a.model_dump(mode="json") for a in self.engine.book.active(now)],
                 "percentiles": self.engine.percentiles(now),
                 "counts": vars(self.engine.counts).copy(),
+                "drift": [
+                    {
+                        "model": r.model,
+                        "version": r.version,
+                        "state": r.state,
+                        "scores": {s.feature: vars(s) for s in r.scores},
+                    }
+                    for r in self.engine.drift_results
+                ],
             }
 
         return await self._call(build)

@@ -17,6 +17,7 @@ from genwire.tokenization import AssetStore
 from genwire.topics import Topic
 from genwire_postprocess.config import PostprocessSettings
 from genwire_postprocess.handlers import Postprocessor, failure_result
+from genwire_postprocess.metrics import ResultMetrics
 from genwire_postprocess.store import RedisResultStore
 
 
@@ -37,6 +38,7 @@ def create_app(settings: PostprocessSettings | None = None) -> FastAPI:
             state_ttl_s=cfg.stream_state_ttl_s,
             max_states=cfg.max_stream_states,
             trace_content=cfg.trace_content,
+            on_result=ResultMetrics(runtime.registry).observe,
         )
         app.state.postprocessor = post
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
 
 from genwire.errors import GenwireError
 from genwire.events import (
+    ControlEvent,
     ErrorInfo,
     Event,
     GenerationChunk,
@@ -58,6 +60,7 @@ class _Stream:
     text: str = ""  # all text decoded so far
     emitted: int = 0  # characters already published
     next_token_index: int = 0
+    stream: bool = True  # False: chunks only to catch stop sequences early (no TokenEvents)
     ended: bool = False  # a stop sequence or filter hit: nothing more is streamed
     touched: float = field(default_factory=time.monotonic)
 
@@ -75,6 +78,7 @@ class Postprocessor:
         state_ttl_s: float = 600.0,
         max_states: int = 100_000,
         trace_content: bool = False,
+        on_result: Callable[[GenerationResult], None] | None = None,
     ) -> None:
         self.assets = assets
         self.store = store
@@ -83,6 +87,7 @@ class Postprocessor:
         self.state_ttl_s = state_ttl_s
         self.max_states = max_states
         self.trace_content = trace_content
+        self.on_result = on_result
         self.streams: OrderedDict[str, _Stream] = OrderedDict()
         self._blind: OrderedDict[str, float] = OrderedDict()  # joined mid-stream: wait for final
 
@@ -90,8 +95,6 @@ class Postprocessor:
         """Apply one chunk; return the TokenEvents (and on the final chunk, the result)."""
         if chunk.final:
             return await self._final(chunk)
-        if not chunk.stream:
-            return []
         return await self._stream(chunk)
 
     # -- streaming --------------------------------------------------------------------------
@@ -127,13 +130,18 @@ class Postprocessor:
     async def _new_stream(self, chunk: GenerationChunk) -> _Stream:
         assets = await self.assets.aget(chunk.model, chunk.model_version or None)
         stops = list(chunk.sampling.stop) if chunk.sampling else []
-        state = _Stream(IncrementalDetokenizer(assets.decode), stops)
+        state = _Stream(IncrementalDetokenizer(assets.decode), stops, stream=chunk.stream)
         self.streams[chunk.request_id] = state
         self._evict()
         return state
 
     def _emit(self, rid: str, state: _Stream, *, final: bool) -> list[Event]:
-        """Publish what is safe of ``state.text`` past ``state.emitted``."""
+        """Publish what is safe of ``state.text`` past ``state.emitted``.
+
+        At a stop sequence (or a filter hit) the text ends there, and a cancel goes to
+        inference: the model stops now rather than at max_tokens, and the result comes sooner.
+        """
+        out: list[Event] = []
         maxlen = max((len(s) for s in state.stops), default=0)
         start = max(0, state.emitted - maxlen)
         end = len(state.text)
@@ -143,18 +151,28 @@ class Postprocessor:
         hit = self.output_filter.check(state.text[:end]) if self.output_filter else None
         if hit is not None:
             end, state.ended = min(end, hit.start), True
-        if not state.ended and not final:
+        if state.ended:
+            reason = "stop sequence" if hit is None else "output filter"
+            out.append(ControlEvent(request_id=rid, action="cancel", reason=reason))
+        elif not final:
             end = min(end, partial_stop_start(state.text[:end], state.stops))
             end = max(state.emitted, end - self.holdback)
         if end <= state.emitted:
-            return []
-        piece = state.text[state.emitted : end]
-        event = TokenEvent(
-            request_id=rid, index=state.next_token_index, text=piece, text_offset=state.emitted
-        )
+            return out
+        if state.stream:
+            piece = state.text[state.emitted : end]
+            out.insert(
+                0,
+                TokenEvent(
+                    request_id=rid,
+                    index=state.next_token_index,
+                    text=piece,
+                    text_offset=state.emitted,
+                ),
+            )
+            state.next_token_index += 1
         state.emitted = end
-        state.next_token_index += 1
-        return [event]
+        return out
 
     def _evict(self) -> None:
         horizon = time.monotonic() - self.state_ttl_s
@@ -176,6 +194,8 @@ class Postprocessor:
         self._blind.pop(rid, None)
         result = await self.build_result(chunk)
         stored = await self.store.put_first(result)
+        if self.on_result is not None and stored is result:  # count each request once
+            self.on_result(stored)
         span = trace.get_current_span()
         span.set_attribute(sc.REQUEST_ID, rid)
         if stored.finish_reason:

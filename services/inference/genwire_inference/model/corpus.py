@@ -42,9 +42,11 @@ def _docstrings(path: Path, module: str) -> Iterator[tuple[str, str]]:
     stack: list[tuple[ast.AST, str]] = [(tree, module)]
     while stack:
         node, name = stack.pop()
-        doc = ast.get_docstring(node, clean=True) if isinstance(
-            node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
-        ) else None
+        doc = (
+            ast.get_docstring(node, clean=True)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            else None
+        )
         if doc and len(doc) >= MIN_DOC_CHARS:
             yield name, doc
         children = [
@@ -66,7 +68,8 @@ def extract_documents(root: Path) -> list[str]:
         module = ".".join(parts).removesuffix(".py").removesuffix(".__init__")
         for name, doc in _docstrings(path, module):
             if len(documents) % 2 == 0:
-                documents.append(f"{USER_TOKEN}\nExplain {name}.{EOS_TOKEN}\n{ASSISTANT_TOKEN}\n{doc}")
+                chat = f"{USER_TOKEN}\nExplain {name}.{EOS_TOKEN}\n{ASSISTANT_TOKEN}\n{doc}"
+                documents.append(chat)
             else:
                 documents.append(doc)
     return documents
@@ -74,9 +77,9 @@ def extract_documents(root: Path) -> list[str]:
 
 def load_corpus(cache_dir: Path) -> tuple[list[str], str]:
     """The documents and their SHA-256, extracted once per interpreter and cached as JSON."""
-    key = hashlib.sha256(
-        f"{CORPUS_VERSION}|{sys.version}|{stdlib_root()}".encode()
-    ).hexdigest()[:16]
+    key = hashlib.sha256(f"{CORPUS_VERSION}|{sys.version}|{stdlib_root()}".encode()).hexdigest()[
+        :16
+    ]
     cached = cache_dir / f"stdlib-docstrings-{key}.json"
     if cached.exists():
         data = json.loads(cached.read_text(encoding="utf-8"))

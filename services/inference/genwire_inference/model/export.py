@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from genwire_inference.model.checkpoint import CheckpointInfo
 
@@ -27,6 +28,8 @@ OUTPUT_NAMES = ["logits", "present_keys", "present_values"]
 OPSET = 17
 # fp32 graph vs fp32 torch: anything above this is an export bug, not rounding.
 MAX_ABS_LOGIT_DIFF = 1e-3
+
+Array = npt.NDArray[Any]
 
 
 class ExportError(RuntimeError):
@@ -38,7 +41,7 @@ def load_model(info: CheckpointInfo) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         str(info.path), dtype=torch.float32, attn_implementation="eager"
     )
     model.eval()
@@ -82,9 +85,7 @@ def _wrapper(model: Any, num_layers: int) -> Any:
     return KVWrapper().eval()
 
 
-def _inputs(
-    info: CheckpointInfo, lengths: list[int], new: int, seed: int = 0
-) -> dict[str, np.ndarray]:
+def _inputs(info: CheckpointInfo, lengths: list[int], new: int, seed: int = 0) -> dict[str, Array]:
     """A left-padded batch: row i has ``lengths[i]`` valid past tokens, all share ``new``."""
     rng = np.random.default_rng(seed)
     batch, width = len(lengths), max(lengths)
@@ -164,7 +165,9 @@ def validate_onnx(info: CheckpointInfo, model: Any, onnx_path: Path) -> Validati
     """Run every case through ONNX Runtime and torch; raise ExportError if they disagree.
 
     Also checks the batching scheme end to end: two prompts prefilled separately, merged into
-    one left-padded cache and decoded together give the same logits as decoded one at a time.
+    one left-padded cache and decoded together give the same logits as decoded one at a time;
+    and prompts prefilled together, left-padded, give the same logits as prefilled alone (with
+    finite keys and values at the padding, which later steps mask but still multiply).
     """
     import onnxruntime as ort
     import torch
@@ -184,6 +187,7 @@ def validate_onnx(info: CheckpointInfo, model: Any, onnx_path: Path) -> Validati
         present_diff = float(np.abs(got[1][..., -new:, :] - want[1][..., -new:, :].numpy()).max())
         cases[name] = max(diff, present_diff)
     cases["merged_batch_vs_single"] = _merged_batch_diff(info, session)
+    cases["padded_prefill_vs_single"] = _padded_prefill_diff(info, session)
     worst = max(cases.values())
     if not np.isfinite(worst) or worst > MAX_ABS_LOGIT_DIFF:
         raise ExportError(
@@ -243,3 +247,47 @@ def _merged_batch_diff(info: CheckpointInfo, session: Any) -> float:
         },
     )
     return float(max(np.abs(logits[i] - singles[i]).max() for i in range(2)))
+
+
+def _padded_prefill_diff(info: CheckpointInfo, session: Any) -> float:
+    rng = np.random.default_rng(11)
+    lengths = (9, 4, 1)
+    prompts = [rng.integers(0, info.vocab_size, n, dtype=np.int64) for n in lengths]
+    shape = (info.num_layers, 1, info.num_kv_heads, 0, info.head_dim)
+    singles = []
+    for prompt in prompts:
+        n = len(prompt)
+        logits, _, _ = session.run(
+            OUTPUT_NAMES,
+            {
+                "input_ids": prompt[None, :],
+                "attention_mask": np.ones((1, n), dtype=np.int64),
+                "position_ids": np.arange(n, dtype=np.int64)[None, :],
+                "past_keys": np.zeros(shape, dtype=np.float32),
+                "past_values": np.zeros(shape, dtype=np.float32),
+            },
+        )
+        singles.append(logits[0])
+    width, rows = max(lengths), len(lengths)
+    ids = np.zeros((rows, width), dtype=np.int64)
+    positions = np.zeros((rows, width), dtype=np.int64)
+    mask = np.zeros((rows, width), dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        n = len(prompt)
+        ids[row, width - n :] = prompt
+        positions[row, width - n :] = np.arange(n)
+        mask[row, width - n :] = 1
+    batch_shape = (info.num_layers, rows, info.num_kv_heads, 0, info.head_dim)
+    logits, keys, values = session.run(
+        OUTPUT_NAMES,
+        {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": positions,
+            "past_keys": np.zeros(batch_shape, dtype=np.float32),
+            "past_values": np.zeros(batch_shape, dtype=np.float32),
+        },
+    )
+    if not (np.isfinite(keys).all() and np.isfinite(values).all()):
+        return float("inf")  # NaN at padded positions would poison every later step
+    return float(max(np.abs(logits[i] - singles[i]).max() for i in range(rows)))

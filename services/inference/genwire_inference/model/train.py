@@ -8,6 +8,7 @@ The result is a Hugging Face checkpoint folder cached under
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from genwire_inference.model.corpus import (
     ASSISTANT_TOKEN,
@@ -43,6 +45,8 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
+
+Array = npt.NDArray[Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +113,7 @@ def train_tokenizer(documents: list[str], vocab_size: int) -> Any:
     return tokenizer
 
 
-def _token_stream(tokenizer: Any, documents: list[str], eos_id: int) -> np.ndarray:
+def _token_stream(tokenizer: Any, documents: list[str], eos_id: int) -> Array:
     ids: list[int] = []
     for encoding in tokenizer.encode_batch(documents):
         ids.extend(encoding.ids)
@@ -117,7 +121,7 @@ def _token_stream(tokenizer: Any, documents: list[str], eos_id: int) -> np.ndarr
     return np.asarray(ids, dtype=np.int64)
 
 
-def unigram_loss(train: np.ndarray, heldout: np.ndarray, vocab_size: int) -> float:
+def unigram_loss(train: Array, heldout: Array, vocab_size: int) -> float:
     """Cross-entropy (nats/token) of the held-out tokens under add-one unigram frequencies."""
     counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0
     logp = np.log(counts / counts.sum())
@@ -127,7 +131,7 @@ def unigram_loss(train: np.ndarray, heldout: np.ndarray, vocab_size: int) -> flo
 def _save_tokenizer(tokenizer: Any, out: Path, context: int) -> None:
     from transformers import PreTrainedTokenizerFast
 
-    fast = PreTrainedTokenizerFast(
+    fast: Any = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         bos_token=EOS_TOKEN,
         eos_token=EOS_TOKEN,
@@ -175,18 +179,20 @@ def train(
         f"held-out {len(heldout_ids)} tokens ({time.monotonic() - started:.1f}s)"
     )
 
-    model_config = GPT2Config(
-        vocab_size=config.vocab_size,
-        n_positions=config.context,
-        n_embd=config.n_embd,
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        bos_token_id=eos_id,
-        eos_token_id=eos_id,
-        pad_token_id=eos_id,
-        attn_implementation="sdpa",  # fastest on CPU for training; the export picks eager
-    )
-    model = GPT2LMHeadModel(model_config)
+    settings: dict[str, Any] = {
+        "vocab_size": config.vocab_size,
+        "n_positions": config.context,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": eos_id,
+        # Fastest on CPU for training; the export loads the weights with eager attention.
+        "attn_implementation": "sdpa",
+    }
+    model_config = GPT2Config(**settings)
+    model: Any = GPT2LMHeadModel(model_config)
     model.train()
     params = sum(p.numel() for p in model.parameters())
     progress(f"model: GPT-2, {params / 1e6:.2f} M parameters")
@@ -255,7 +261,7 @@ def train(
     return heldout, baseline
 
 
-def evaluate(model: Any, ids: np.ndarray, seq_len: int) -> float:
+def evaluate(model: Any, ids: Array, seq_len: int) -> float:
     """Mean next-token cross-entropy over non-overlapping windows of ``ids``."""
     import torch
 
@@ -267,9 +273,7 @@ def evaluate(model: Any, ids: np.ndarray, seq_len: int) -> float:
             if chunk.shape[1] < 2:
                 break
             logits = model(input_ids=chunk[:, :-1]).logits
-            loss = torch.nn.functional.cross_entropy(
-                logits[0], chunk[0, 1:], reduction="sum"
-            )
+            loss = torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum")
             total += float(loss)
             count += chunk.shape[1] - 1
     model.train()
@@ -295,6 +299,25 @@ def ensure_checkpoint(
     else:
         documents, corpus_sha = load_corpus(home / "models" / "corpus")
     digest = checkpoint_hash(corpus_sha, cfg)
+    checkpoints_dir(home).mkdir(parents=True, exist_ok=True)
+    # One trainer per checkpoint: a second caller waits, then finds the result cached.
+    with (checkpoints_dir(home) / f".lock-{digest}").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _ensure_locked(digest, documents, corpus_sha, home, cfg, force, progress)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _ensure_locked(
+    digest: str,
+    documents: list[str],
+    corpus_sha: str,
+    home: Path,
+    cfg: TrainConfig,
+    force: bool,
+    progress: Callable[[str], None],
+) -> TrainResult:
     final = checkpoints_dir(home) / digest
     report_path = final / "training_report.json"
     if report_path.exists() and not force:

@@ -1,0 +1,135 @@
+"""A small tritonclient gRPC (asyncio) client of the genwire model, for tests and benchmarks.
+
+The inference service has its own client; this one exists to exercise the model contract
+directly (inputs and outputs as config.pbtxt declares them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[Any]
+
+
+class GenerationError(RuntimeError):
+    """Triton answered the request with an error."""
+
+
+@dataclasses.dataclass
+class Generation:
+    """Everything one request produced, plus client-side timings."""
+
+    token_ids: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    finish_reason: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    mean_logprob: float = 0.0
+    queue_ms: float = 0.0
+    compute_ms: float = 0.0
+    responses: int = 0
+    started: float = 0.0
+    first_token_s: float | None = None  # time to the first response carrying tokens
+    finished_s: float = 0.0
+    arrivals: list[tuple[float, int]] = dataclasses.field(default_factory=list)
+
+
+def make_inputs(
+    input_ids: list[int],
+    max_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    stop_token_ids: list[int] | None = None,
+    stream: bool = True,
+) -> list[Any]:
+    """The request tensors in the model's contract."""
+    from tritonclient.grpc import InferInput
+
+    def tensor(name: str, dtype: str, value: Array) -> Any:
+        item = InferInput(name, list(value.shape), dtype)
+        item.set_data_from_numpy(value)
+        return item
+
+    inputs = [
+        tensor("input_ids", "INT32", np.asarray(input_ids, dtype=np.int32)),
+        tensor("max_tokens", "INT32", np.asarray([max_tokens], dtype=np.int32)),
+        tensor("temperature", "FP32", np.asarray([temperature], dtype=np.float32)),
+        tensor("top_p", "FP32", np.asarray([top_p], dtype=np.float32)),
+        tensor("top_k", "INT32", np.asarray([top_k], dtype=np.int32)),
+        tensor("seed", "INT64", np.asarray([seed], dtype=np.int64)),
+        tensor("stream", "BOOL", np.asarray([stream], dtype=np.bool_)),
+    ]
+    if stop_token_ids:
+        inputs.append(tensor("stop_token_ids", "INT32", np.asarray(stop_token_ids, np.int32)))
+    return inputs
+
+
+async def generate(
+    client: Any,
+    model: str,
+    input_ids: list[int],
+    max_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    stop_token_ids: list[int] | None = None,
+    stream: bool = True,
+    request_id: str = "",
+    cancel_after_tokens: int | None = None,
+    on_response: Callable[[Generation], None] | None = None,
+) -> Generation:
+    """Run one request over a bidirectional gRPC stream and collect its responses.
+
+    ``client`` is a ``tritonclient.grpc.aio.InferenceServerClient``. With
+    ``cancel_after_tokens`` the stream is cancelled once that many tokens arrived
+    (finish_reason is then "cancelled" on the client side).
+    """
+    inputs = make_inputs(
+        input_ids, max_tokens, temperature, top_p, top_k, seed, stop_token_ids, stream
+    )
+
+    async def requests() -> AsyncIterator[dict[str, Any]]:
+        yield {"model_name": model, "inputs": inputs, "request_id": request_id}
+
+    out = Generation(started=time.perf_counter())
+    responses = client.stream_infer(inputs_iterator=requests())
+    async for result, error in responses:
+        now = time.perf_counter() - out.started
+        if error is not None:
+            raise GenerationError(str(error))
+        out.responses += 1
+        tokens = result.as_numpy("token_ids").tolist()
+        if tokens:
+            if out.first_token_s is None:
+                out.first_token_s = now
+            out.arrivals.append((now, len(tokens)))
+        out.token_ids.extend(int(t) for t in tokens)
+        out.logprobs.extend(float(x) for x in result.as_numpy("logprobs").tolist())
+        out.prompt_tokens = int(result.as_numpy("prompt_tokens")[0])
+        out.completion_tokens = int(result.as_numpy("completion_tokens")[0])
+        out.mean_logprob = float(result.as_numpy("mean_logprob")[0])
+        out.queue_ms = float(result.as_numpy("queue_ms")[0])
+        out.compute_ms = float(result.as_numpy("compute_ms")[0])
+        if on_response is not None:
+            on_response(out)
+        if bool(result.as_numpy("finished")[0]):
+            reason = result.as_numpy("finish_reason")[0]
+            out.finish_reason = reason.decode() if isinstance(reason, bytes) else str(reason)
+            out.finished_s = now
+            break
+        if cancel_after_tokens is not None and len(out.token_ids) >= cancel_after_tokens:
+            responses.cancel()
+            out.finish_reason = "cancelled"
+            out.finished_s = now
+            break
+    return out

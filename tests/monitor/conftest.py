@@ -1,0 +1,25 @@
+"""The monitor's Kafka tests need the broker only: ``kafka`` brings up just that (through the
+same ``genwire.stack.ensure_up`` as ``make up``), so a Triton or Jaeger problem elsewhere does
+not stop them. The pipeline test uses the shared ``stack`` fixture."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from genwire.settings import CommonSettings
+from genwire.stack import StackError, ensure_up
+
+log = logging.getLogger("genwire.stack.tests")
+
+
+@pytest.fixture(scope="session")
+def kafka() -> CommonSettings:
+    """The broker up and healthy; returns the settings that reach it."""
+    settings = CommonSettings()
+    try:
+        ensure_up(["kafka"], model=False, settings=settings, out=log.info)
+    except StackError as exc:
+        pytest.fail(f"Kafka could not start: {exc}", pytrace=False)
+    return settings

@@ -1,0 +1,70 @@
+"""What leaves the monitor: the alert record, the Alertmanager body, the /metrics text."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+from genwire_monitor import promexport
+from genwire_monitor.engine import MonitorEngine
+from genwire_monitor.handlers import alert_record, parse_alert
+from genwire_monitor.synth import REFERENCE
+from genwire_monitor.webhook import to_alertmanager
+from prometheus_client import CollectorRegistry, generate_latest
+
+from genwire.telemetry import semconv as sc
+
+from .simulate import fast_settings, run
+
+T0 = 1_800_000_000.0
+
+
+def _incident() -> tuple[MonitorEngine, float, list]:
+    engine = MonitorEngine(fast_settings())
+    rng = random.Random(12)
+    t, _ = run(engine, REFERENCE, T0, 12.0, 100, rng)
+    t, fired = run(engine, replace(REFERENCE, slow_ms=1500), t, 2.0, 100, rng)
+    t, resolved = run(engine, REFERENCE, t, 12.0, 100, rng)
+    return engine, t, [e for _, e in fired + resolved]
+
+
+def test_alert_record_round_trips_and_is_keyed_by_id() -> None:
+    _, _, events = _incident()
+    page = [e for e in events if e.id == "latency:e2e:page"]
+    assert [e.status for e in page] == ["firing", "resolved"]
+    key, value = alert_record(page[0])
+    assert key == b"latency:e2e:page"
+    assert parse_alert(value) == page[0]
+    assert b"prompt" not in value  # figures and ids only, never text
+
+
+def test_alertmanager_body_has_the_v2_shape() -> None:
+    _, _, events = _incident()
+    firing, resolved = [e for e in events if e.id == "latency:e2e:page"]
+    body = to_alertmanager(firing, "http://127.0.0.1:8090/")
+    assert body["labels"]["alertname"] == "latency:e2e:page"
+    assert body["labels"]["severity"] == "page"
+    assert body["annotations"]["summary"] == firing.title
+    assert body["annotations"]["example_trace"].startswith("http://127.0.0.1:16686/trace/")
+    assert "endsAt" not in body
+    assert to_alertmanager(resolved, "g")["endsAt"] == resolved.resolved_at.isoformat()  # type: ignore[union-attr]
+
+
+def test_metrics_expose_the_same_figures() -> None:
+    engine = MonitorEngine(fast_settings())
+    rng = random.Random(13)
+    t, _ = run(engine, REFERENCE, T0, 12.0, 100, rng)
+    t, _ = run(engine, replace(REFERENCE, slow_ms=1500), t, 2.0, 100, rng)
+    registry = CollectorRegistry()
+    collector = promexport.register(registry)
+    collector.latest = promexport.figures(engine, t)
+    text = generate_latest(registry).decode()
+    assert (
+        sc.METRIC_MONITOR_ALERTS + '{id="latency:e2e:page",kind="latency_burn",severity="page"} 1.0'
+        in text
+    )
+    assert f'{sc.METRIC_MONITOR_LATENCY_MS}{{quantile="0.99",stage="triton queue"}}' in text
+    assert (
+        f'{sc.METRIC_MONITOR_BURN_RATE}{{rule="page:3600s/300s",slo="e2e",window="short"}}' in text
+    )
+    assert f'{sc.METRIC_MONITOR_DRIFT}{{feature="gen_ai.usage.input_tokens"' in text

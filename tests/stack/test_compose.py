@@ -1,0 +1,220 @@
+"""deploy/compose agrees with the native stack: versions, ports, topics and settings variables.
+
+Docker cannot run here, so this parses the files and compares them with the native definitions
+(genwire.stack.components, genwire.topics, each service's settings class): a mismatch fails.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from genwire.cli import build_parser
+from genwire.settings import CommonSettings, ServiceSettings
+from genwire.stack.components import (
+    JAEGER_OTLP_GRPC_PORT,
+    JAEGER_OTLP_HTTP_PORT,
+    JAEGER_UI_PORT,
+    JAEGER_VERSION,
+    KAFKA_PORT,
+    KAFKA_VERSION,
+    REDIS_PORT,
+    SERVICE_PORTS,
+    TRITON_GRPC_PORT,
+    TRITON_HTTP_PORT,
+    TRITON_NGC_TAG,
+    Jaeger,
+    Service,
+    build_components,
+)
+from genwire.stack.paths import StackPaths, repo_root
+from genwire.topics import Topic
+
+COMPOSE_DIR = repo_root() / "deploy" / "compose"
+NATIVE_DIR = repo_root() / "deploy" / "native"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((COMPOSE_DIR / "compose.yaml").read_text())
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    result: dict[str, dict[str, Any]] = compose["services"]
+    return result
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    settings = CommonSettings(home=tmp_path_factory.mktemp("home"))
+    return dict(build_components(StackPaths.from_settings(settings), settings))
+
+
+def published(service: dict[str, Any]) -> dict[int, int]:
+    """host port -> container port of a compose service (all bound to 127.0.0.1)."""
+    result: dict[int, int] = {}
+    for entry in service.get("ports", []):
+        host_ip, host, container = str(entry).split(":")
+        assert host_ip == "127.0.0.1", f"{entry}: publish on loopback only, like the native stack"
+        result[int(host)] = int(container)
+    return result
+
+
+def with_defaults(text: str) -> str:
+    """The collector's ``${env:NAME:-default}`` with every variable unset."""
+    return re.sub(r"\$\{env:[A-Z_]+:-([^}]*)\}", r"\1", text)
+
+
+def kafka_internal(services: dict[str, dict[str, Any]]) -> str:
+    listeners = services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    match = re.search(r"INTERNAL://([^,]+)", listeners)
+    assert match, "kafka needs an INTERNAL listener for the compose network"
+    return match.group(1)
+
+
+def settings_class(short: str) -> type[ServiceSettings]:
+    module = importlib.import_module(f"genwire_{short}.config")
+    classes = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, ServiceSettings)
+        and obj is not ServiceSettings
+        and obj.__module__ == module.__name__
+    ]
+    assert len(classes) == 1, f"genwire_{short}.config should define one settings class"
+    return classes[0]
+
+
+def test_images_are_pinned_to_the_native_versions(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        image = service.get("image", "")
+        assert ":" in image and not image.endswith(":latest"), f"{name}: pin {image!r}"
+    assert services["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
+    assert services["jaeger"]["image"] == f"jaegertracing/jaeger:{JAEGER_VERSION}"
+    dockerfile = (COMPOSE_DIR / "Dockerfile").read_text()
+    assert f"ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:{TRITON_NGC_TAG}-py3" in dockerfile
+    assert services["triton"]["build"]["target"] == "triton"
+
+
+def test_published_ports_match_the_native_components(
+    services: dict[str, dict[str, Any]], native: dict[str, Any]
+) -> None:
+    expected = {
+        "kafka": {KAFKA_PORT},
+        "redis": {REDIS_PORT},
+        "triton": set(native["triton"].ports().values()),
+        "jaeger": {JAEGER_UI_PORT, JAEGER_OTLP_GRPC_PORT, JAEGER_OTLP_HTTP_PORT},
+        **{short: set(native[short].ports().values()) for short in SERVICE_PORTS},
+    }
+    for name, ports in expected.items():
+        mapping = published(services[name])
+        assert set(mapping) == ports, f"{name}: compose publishes {sorted(mapping)}"
+        assert all(h == c for h, c in mapping.items()), f"{name}: same port inside and out"
+        assert ports <= set(native[name].ports().values()), f"{name}: not a native port"
+
+
+def test_genwire_services_share_one_image_and_run_like_natively(
+    services: dict[str, dict[str, Any]], native: dict[str, Any]
+) -> None:
+    builds = {
+        name: s["build"]
+        for name, s in services.items()
+        if s.get("build", {}).get("target") == "services"
+    }
+    assert set(builds) == {*SERVICE_PORTS, "kafka-init", "model-init"}
+    assert {s["image"] for name, s in services.items() if name in builds} == {
+        "genwire/services:0.1.0"
+    }
+    for build in builds.values():
+        assert build["dockerfile"] == "deploy/compose/Dockerfile"
+        assert (COMPOSE_DIR / build["context"]).resolve() == repo_root()
+    for short in SERVICE_PORTS:
+        component = native[short]
+        assert isinstance(component, Service)
+        assert services[short]["command"] == ["python", *component.command()[1:]]
+
+
+def test_topics_and_span_ingestion_use_the_project_names(
+    services: dict[str, dict[str, Any]], native: dict[str, Any]
+) -> None:
+    init = services["kafka-init"]["command"]
+    assert init == ["genwire", "topics", "--bootstrap-servers", kafka_internal(services)]
+    build_parser().parse_args(init[1:])  # the subcommand exists
+    assert services["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    native_props = (NATIVE_DIR / "kafka" / "server.properties").read_text()
+    assert "\nauto.create.topics.enable=false\n" in native_props
+
+    jaeger = services["jaeger"]
+    mounted = {
+        (COMPOSE_DIR / v.split(":")[0]).resolve(): v.split(":")[1]
+        for v in jaeger["volumes"]
+        if v.startswith(".")
+    }
+    component = native["jaeger"]
+    assert isinstance(component, Jaeger)
+    native_config = Path(component.command()[-1]).resolve()
+    assert mounted.get(native_config) == jaeger["command"][-1], "compose must use the same config"
+    assert jaeger["environment"]["JAEGER_KAFKA_BROKERS"] == kafka_internal(services)
+    # Compose sets no JAEGER_KAFKA_GROUP/JAEGER_*_PORT: the config's defaults apply there.
+    assert not {"JAEGER_KAFKA_GROUP", "JAEGER_UI_PORT"} & set(jaeger["environment"])
+    config = yaml.safe_load(with_defaults(native_config.read_text()))
+    receiver = config["receivers"]["kafka"]
+    assert receiver["traces"] == {"topic": Topic.SPANS.value, "encoding": "otlp_proto"}
+    assert receiver["group_id"] == "jaeger"
+    query = config["extensions"]["jaeger_query"]
+    assert query["http"]["endpoint"].endswith(f":{JAEGER_UI_PORT}")
+    assert "kafka" in config["service"]["pipelines"]["traces"]["receivers"]
+
+
+@pytest.mark.parametrize("short", sorted(SERVICE_PORTS))
+def test_service_variables_reach_its_settings(
+    services: dict[str, dict[str, Any]], short: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {k: str(v) for k, v in services[short]["environment"].items()}
+    cls = settings_class(short)
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    fields = set(cls.model_fields)
+    for key in env:
+        # pydantic-settings ignores unknown variables: a typo would silently change nothing.
+        if key.startswith(prefix):
+            assert key[len(prefix) :].lower() in fields, f"{key} is no field of {cls.__name__}"
+        elif key.startswith("GENWIRE_"):
+            assert key[len("GENWIRE_") :].lower() in CommonSettings.model_fields, key
+    for key in list(os.environ):
+        if key.startswith("GENWIRE_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+    settings = cls()
+    assert settings.kafka_bootstrap_servers == kafka_internal(services)
+    redis = urlparse(settings.redis_url)
+    assert (redis.hostname, redis.port) == ("redis", REDIS_PORT)
+    assert settings.triton_grpc_url == f"triton:{TRITON_GRPC_PORT}"
+    assert settings.triton_http_url == f"triton:{TRITON_HTTP_PORT}"
+    assert urlparse(settings.jaeger_ui_url).port == JAEGER_UI_PORT
+    assert settings.repository == Path("/models")
+    assert settings.host == "0.0.0.0"
+    assert settings.port == SERVICE_PORTS[short] == cls().port
+    for key in list(env):
+        monkeypatch.delenv(key)
+    assert cls().port == SERVICE_PORTS[short], "the native default port differs"
+    common = CommonSettings()
+    assert common.kafka_bootstrap_servers == f"127.0.0.1:{KAFKA_PORT}"
+
+
+def test_gpu_override_only_adds_a_gpu_to_triton() -> None:
+    gpu = yaml.safe_load((COMPOSE_DIR / "compose.gpu.yaml").read_text())
+    assert set(gpu["services"]) == {"triton"}
+    devices = gpu["services"]["triton"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
