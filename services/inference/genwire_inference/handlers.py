@@ -230,7 +230,9 @@ class Inference:
                         chunker.buffer.extend(step.token_ids)
                 if step.finished:
                     final_step = step
-                    break
+                    # Not ``break``: the stream ends by itself after the final response, which
+                    # also closes our side of the call at once (no reliance on GC).
+                    continue
                 if chunked and chunker.due(now):
                     index, offset, ids = chunker.take(now)
                     yield GenerationChunk(

@@ -103,33 +103,44 @@ async def generate(
 
     out = Generation(started=time.perf_counter())
     responses = client.stream_infer(inputs_iterator=requests())
-    async for result, error in responses:
-        now = time.perf_counter() - out.started
-        if error is not None:
-            raise GenerationError(str(error))
-        out.responses += 1
-        tokens = result.as_numpy("token_ids").tolist()
-        if tokens:
-            if out.first_token_s is None:
-                out.first_token_s = now
-            out.arrivals.append((now, len(tokens)))
-        out.token_ids.extend(int(t) for t in tokens)
-        out.logprobs.extend(float(x) for x in result.as_numpy("logprobs").tolist())
-        out.prompt_tokens = int(result.as_numpy("prompt_tokens")[0])
-        out.completion_tokens = int(result.as_numpy("completion_tokens")[0])
-        out.mean_logprob = float(result.as_numpy("mean_logprob")[0])
-        out.queue_ms = float(result.as_numpy("queue_ms")[0])
-        out.compute_ms = float(result.as_numpy("compute_ms")[0])
-        if on_response is not None:
-            on_response(out)
-        if bool(result.as_numpy("finished")[0]):
-            reason = result.as_numpy("finish_reason")[0]
-            out.finish_reason = reason.decode() if isinstance(reason, bytes) else str(reason)
-            out.finished_s = now
-            break
-        if cancel_after_tokens is not None and len(out.token_ids) >= cancel_after_tokens:
-            responses.cancel()
-            out.finish_reason = "cancelled"
-            out.finished_s = now
-            break
+    try:
+        async for result, error in responses:
+            if error is not None:
+                raise GenerationError(str(error))
+            final = _absorb(out, result, time.perf_counter() - out.started)
+            if on_response is not None:
+                on_response(out)
+            if final:
+                break
+            if cancel_after_tokens is not None and len(out.token_ids) >= cancel_after_tokens:
+                out.finish_reason = "cancelled"
+                out.finished_s = time.perf_counter() - out.started
+                break
+    finally:
+        # Ends the gRPC call: after the final response it is a no-op for the server; before
+        # it, it is the client-side cancellation the model watches for.
+        responses.cancel()
     return out
+
+
+def _absorb(out: Generation, result: Any, now: float) -> bool:
+    """Add one response to ``out``; True when it was the final one."""
+    out.responses += 1
+    tokens = result.as_numpy("token_ids").tolist()
+    if tokens:
+        if out.first_token_s is None:
+            out.first_token_s = now
+        out.arrivals.append((now, len(tokens)))
+    out.token_ids.extend(int(t) for t in tokens)
+    out.logprobs.extend(float(x) for x in result.as_numpy("logprobs").tolist())
+    out.prompt_tokens = int(result.as_numpy("prompt_tokens")[0])
+    out.completion_tokens = int(result.as_numpy("completion_tokens")[0])
+    out.mean_logprob = float(result.as_numpy("mean_logprob")[0])
+    out.queue_ms = float(result.as_numpy("queue_ms")[0])
+    out.compute_ms = float(result.as_numpy("compute_ms")[0])
+    if not bool(result.as_numpy("finished")[0]):
+        return False
+    reason = result.as_numpy("finish_reason")[0]
+    out.finish_reason = reason.decode() if isinstance(reason, bytes) else str(reason)
+    out.finished_s = now
+    return True

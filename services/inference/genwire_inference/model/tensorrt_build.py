@@ -107,7 +107,8 @@ def build_engine(
         raise TensorRTBuildError(f"TensorRT could not parse {source.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    if major < 11 and builder.platform_has_fast_fp16:
+    # platform_has_fast_fp16 is deprecated in 10.x; treat its absence as "yes".
+    if major < 11 and getattr(builder, "platform_has_fast_fp16", True):
         config.set_flag(trt.BuilderFlag.FP16)
         precision = "fp16 (builder flag, weakly typed network)"
     profile = builder.create_optimization_profile()

@@ -79,7 +79,9 @@ class _Outbox:
     """
 
     def __init__(self) -> None:
-        self.queue: queue.SimpleQueue[tuple[_TritonSink, Any, int] | None] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[tuple[_TritonSink, Any | None, int] | None] = (
+            queue.SimpleQueue()
+        )
         self.thread = threading.Thread(target=self._run, name="genwire-outbox", daemon=True)
         self.thread.start()
 
@@ -87,16 +89,27 @@ class _Outbox:
         self.queue.put((sink, response, flags))
 
     def _run(self) -> None:
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         while True:
             item = self.queue.get()
             if item is None:
                 return
             sink, response, flags = item
             try:
-                sink.sender.send(response, flags=flags)
+                if response is None:
+                    sink.sender.send(flags=flags)
+                else:
+                    sink.sender.send(response, flags=flags)
             except Exception:
                 sink.cancelled = True  # the stream is gone; the next check frees the slot
                 log.debug("response not delivered", exc_info=True)
+                if flags & final and response is not None:
+                    # Triton keeps a request in flight (and a model unload waiting on it)
+                    # until it sees the final flag: send it alone.
+                    try:
+                        sink.sender.send(flags=final)
+                    except Exception:
+                        log.warning("could not complete a request", exc_info=True)
 
     def close(self) -> None:
         self.queue.put(None)
@@ -137,6 +150,11 @@ class _TritonSink:
                 return
             flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if update.finished else 0
             self.closed = update.finished
+            if self.cancelled:
+                # Nobody listens any more: only complete the request (a final flag alone).
+                if update.finished:
+                    self.outbox.put(self, None, flags)
+                return
             response = pb_utils.InferenceResponse(output_tensors=self._tensors(update))
             self.outbox.put(self, response, flags)
 
