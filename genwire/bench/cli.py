@@ -176,6 +176,7 @@ def main(args: argparse.Namespace) -> int:
                 unit="req",
                 file=sys.stderr,
                 dynamic_ncols=True,
+                disable=None,  # no bar when stderr is not a terminal (CI logs, pipes)
             )
         bar.set_description(label)
         if record is not None:

@@ -101,7 +101,7 @@ def _restart(args: argparse.Namespace) -> int:
 
     try:
         down(args.only, out=_say)
-        rows = ensure_up(args.only, model=False, out=_say)
+        rows = ensure_up(args.only, out=_say)
     except StackError as exc:
         print(f"genwire restart: error: {exc}", file=sys.stderr, flush=True)
         return 1

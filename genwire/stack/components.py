@@ -386,6 +386,10 @@ class Triton(Component):
             str(self.metrics_port),
             "--allow-gpu-metrics",
             "false",
+            # Ready means the server serves: one model stuck loading or unloading must not make
+            # the whole server look down (genwire up checks the default model separately).
+            "--strict-readiness",
+            "false",
             "--log-verbose",
             "0",
         ]

@@ -95,7 +95,7 @@ def ensure_up(
 ) -> list[ComponentStatus]:
     """Make ``components`` (default: all) run and answer; returns their status rows.
 
-    ``model`` (default: whenever a service is among ``components``) makes sure the default
+    ``model`` (default: whenever Triton or a service is among ``components``) makes sure the default
     model is built and loaded into Triton before the services start. ``catalog`` replaces the
     standard components (tests use it for instances on other ports).
     """
@@ -104,7 +104,8 @@ def ensure_up(
     everything = dict(catalog) if catalog is not None else build_components(paths, cfg)
     chosen = _select(everything, components)
     if model is None:
-        model = any(c.name in SERVICES for c in chosen)
+        # The services need the model, and a (re)started Triton has none loaded.
+        model = any(c.name in SERVICES or isinstance(c, Triton) for c in chosen)
     started: list[PidRecord] = []
     try:
         with locked(paths.run):

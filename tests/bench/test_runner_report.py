@@ -154,3 +154,21 @@ def test_target_checks_judge_the_measured_figures() -> None:
     assert checks["gateway RSS ≤ 150 MB"] == ("120 MB", True)
     assert not any(goal.startswith("kafka RSS") for goal in checks)  # not a Python service
     assert "MISSED" in "\n".join(_targets(report))
+
+
+def test_an_open_loop_is_not_judged_on_throughput() -> None:
+    from genwire.bench.report import target_checks
+    from genwire.bench.stats import Load, Overhead
+
+    report = BenchReport(
+        run_id="x",
+        config={},
+        environment={},
+        summaries=[],
+        overheads=[Overhead("kafka", "triton", Load("open", 5), 50, 60, 70, 2, 50, None, 0.5, 0)],
+        breakdowns={},
+        resources={},
+        skipped={},
+        records=[],
+    )
+    assert not any("throughput" in goal for goal, _, _ in target_checks(report))

@@ -213,6 +213,19 @@ def test_service_variables_reach_its_settings(
     assert common.kafka_bootstrap_servers == f"127.0.0.1:{KAFKA_PORT}"
 
 
+def test_triton_runs_with_the_native_flags(
+    services: dict[str, dict[str, Any]], native: dict[str, Any]
+) -> None:
+    argv = native["triton"].command()
+    native_flags = {f"{argv[i]}={argv[i + 1]}" for i in range(1, len(argv) - 1, 2)}
+    shared = {"--model-control-mode=explicit", "--strict-readiness=false"}
+    assert shared <= native_flags
+    assert shared <= set(services["triton"]["command"])
+    ports = native["triton"].ports()
+    for role in ("http", "grpc", "metrics"):
+        assert f"--{role}-port={ports[role]}" in services["triton"]["command"]
+
+
 def test_gpu_override_only_adds_a_gpu_to_triton() -> None:
     gpu = yaml.safe_load((COMPOSE_DIR / "compose.gpu.yaml").read_text())
     assert set(gpu["services"]) == {"triton"}

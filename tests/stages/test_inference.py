@@ -49,9 +49,21 @@ class FakeBackend:
         self.opened: list[tuple[PreparedRequest, dict[str, str]]] = []
         self.streams: list[FakeStream] = []
         self.waited: list[float] = []
+        self.stream_flags: list[bool] = []
 
-    async def open(self, request: PreparedRequest, headers: Mapping[str, str]) -> FakeStream:
+    async def open(
+        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+    ) -> FakeStream:
         self.opened.append((request, dict(headers)))
+        self.stream_flags.append(stream)
+        if not stream:  # one final response with every token, like the real model
+            ids = [100 + i for i in range(self.n)]
+            step = ModelStep(token_ids=ids, logprobs=[-0.5] * self.n, model_version="3")
+            step.finished, step.finish_reason = True, "length"
+            step.prompt_tokens, step.completion_tokens = 3, self.n
+            fake = FakeStream([step], self.delay_s, self.fail_after)
+            self.streams.append(fake)
+            return fake
         steps = [
             ModelStep(token_ids=[100 + i], logprobs=[-0.5], model_version="3")
             for i in range(self.n)
@@ -59,9 +71,9 @@ class FakeBackend:
         steps[-1].finished, steps[-1].finish_reason = True, "length"
         steps[-1].prompt_tokens, steps[-1].completion_tokens = 3, self.n
         steps[-1].queue_ms, steps[-1].compute_ms = 1.5, 12.0
-        stream = FakeStream(steps, self.delay_s, self.fail_after)
-        self.streams.append(stream)
-        return stream
+        streamed = FakeStream(steps, self.delay_s, self.fail_after)
+        self.streams.append(streamed)
+        return streamed
 
     async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
         self.waited.append(timeout_s)
@@ -136,9 +148,12 @@ async def test_time_based_chunking() -> None:
 
 
 async def test_non_streaming_sends_only_the_final() -> None:
-    (final,) = await _collect(Inference(FakeBackend(n=5)), _req(stream=False, stop=()))
+    backend = FakeBackend(n=5)
+    (final,) = await _collect(Inference(backend), _req(stream=False, stop=()))
     assert final.final and final.index == 0 and final.token_ids == final.output_ids
     assert final.output_ids == [100, 101, 102, 103, 104]
+    assert backend.stream_flags == [False]  # one response from the model, not one per token
+    assert final.timings.first_token is None  # no time to first token without streaming
 
 
 async def test_stop_sequences_get_chunks_even_without_streaming() -> None:

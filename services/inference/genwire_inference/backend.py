@@ -77,8 +77,13 @@ class ModelStream(Protocol):
 class ModelBackend(Protocol):
     """What the inference handler needs from a model server."""
 
-    async def open(self, request: PreparedRequest, headers: Mapping[str, str]) -> ModelStream:
-        """Start generating ``request``; responses stream from the returned object."""
+    async def open(
+        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+    ) -> ModelStream:
+        """Start generating ``request``; responses stream from the returned object.
+
+        ``stream=False`` asks for a single (final) response carrying every token.
+        """
         ...
 
     async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
@@ -206,8 +211,10 @@ class TritonBackend:
             self._batched[key] = int(cfg.get("config", {}).get("max_batch_size", 0) or 0) > 0
         return self._batched[key]
 
-    async def open(self, request: PreparedRequest, headers: Mapping[str, str]) -> TritonStream:
-        """Start a streamed generation of ``request``."""
+    async def open(
+        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+    ) -> TritonStream:
+        """Start a generation of ``request``; per-token responses when ``stream``."""
         batched = await self._is_batched(request.model, request.model_version)
         s = request.sampling
 
@@ -226,7 +233,7 @@ class TritonBackend:
             tensor("top_p", [s.top_p], "FP32", np.float32),
             tensor("top_k", [s.top_k], "INT32", np.int32),
             tensor("seed", [s.seed], "INT64", np.int64),
-            tensor("stream", [True], "BOOL", np.bool_),
+            tensor("stream", [stream], "BOOL", np.bool_),
         ]
         if s.stop_token_ids:
             inputs.append(tensor("stop_token_ids", s.stop_token_ids, "INT32", np.int32))

@@ -207,7 +207,11 @@ class Inference:
         try:
             headers: list[tuple[str, bytes]] = []
             inject(headers, trace.set_span_in_context(span))  # Triton's own trace joins ours
-            stream = await self.backend.open(request, {k: v.decode("latin-1") for k, v in headers})
+            # Unchunked requests ask the model for one response with every token: no per-token
+            # responses to send, receive and parse (what direct Triton clients do, too).
+            stream = await self.backend.open(
+                request, {k: v.decode("latin-1") for k, v in headers}, stream=chunked
+            )
             run.stream = stream
             if run.stop_reason is not None:  # cancelled while the call was being set up
                 stream.cancel()
@@ -217,7 +221,7 @@ class Inference:
                     request = request.model_copy(update={"model_version": step.model_version})
                     span.set_attribute(sc.MODEL_VERSION, step.model_version)
                 if step.token_ids:
-                    if not generated:
+                    if not generated and chunked:  # unstreamed: every token comes at the end
                         timings.first_token = now_ms()
                         span.set_attribute(
                             sc.TIME_TO_FIRST_TOKEN_MS,

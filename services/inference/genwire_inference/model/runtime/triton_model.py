@@ -42,6 +42,7 @@ _setup_paths()
 import logging
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,44 +73,85 @@ def _scalar(request: Any, name: str, default: Any = None) -> Any:
 
 
 class _Outbox:
-    """One thread that performs the sends, so the decode loop never waits on them.
+    """The one thread that talks to Triton about requests: sends and cancellation checks.
 
     A send is an IPC round trip to the Triton process (about half a millisecond); done here,
-    it overlaps the next decode step. One thread keeps each request's responses in order.
+    it overlaps the next decode step. One thread keeps each request's responses in order, and
+    keeping every response-sender call on it avoids racing the stub's IPC from two threads
+    (which, under concurrent cancellations, left requests in flight and unloads hanging).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, poll_s: float = 0.1) -> None:
         self.queue: queue.SimpleQueue[tuple[_TritonSink, Any | None, int] | None] = (
             queue.SimpleQueue()
         )
+        self.live: dict[int, _TritonSink] = {}
+        self.live_lock = threading.Lock()
+        self.poll_s = poll_s
         self.thread = threading.Thread(target=self._run, name="genwire-outbox", daemon=True)
         self.thread.start()
+
+    def register(self, sink: _TritonSink) -> None:
+        """Watch a new request for cancellation until its final response."""
+        with self.live_lock:
+            self.live[id(sink)] = sink
 
     def put(self, sink: _TritonSink, response: Any, flags: int) -> None:
         self.queue.put((sink, response, flags))
 
     def _run(self) -> None:
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        next_poll = time.monotonic() + self.poll_s
         while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            sink, response, flags = item
             try:
-                if response is None:
-                    sink.sender.send(flags=flags)
-                else:
-                    sink.sender.send(response, flags=flags)
+                item = self.queue.get(timeout=self.poll_s)
+                if item is None:
+                    return
+                self._deliver(*item, final=final)
+                # Drop every reference to the request at once: a live response sender keeps
+                # the model instance alive, and an unload would wait for it forever.
+                del item
+            except queue.Empty:
+                pass
+            if time.monotonic() >= next_poll:
+                self._poll_cancelled()
+                next_poll = time.monotonic() + self.poll_s
+
+    def _poll_cancelled(self) -> None:
+        with self.live_lock:
+            sinks = list(self.live.values())
+        for sink in sinks:
+            sender = sink.sender
+            if sender is None:
+                continue
+            try:
+                if sender.is_cancelled():
+                    sink.cancelled = True  # the scheduler frees the slot at its next check
             except Exception:
-                sink.cancelled = True  # the stream is gone; the next check frees the slot
-                log.debug("response not delivered", exc_info=True)
-                if flags & final and response is not None:
-                    # Triton keeps a request in flight (and a model unload waiting on it)
-                    # until it sees the final flag: send it alone.
-                    try:
-                        sink.sender.send(flags=final)
-                    except Exception:
-                        log.warning("could not complete a request", exc_info=True)
+                log.debug("cancellation check failed", exc_info=True)
+
+    def _deliver(self, sink: _TritonSink, response: Any | None, flags: int, final: int) -> None:
+        sender = sink.sender
+        if sender is None:
+            return
+        try:
+            if response is None:
+                sender.send(flags=flags)
+            else:
+                sender.send(response, flags=flags)
+        except Exception:
+            sink.cancelled = True  # the stream is gone; the next check frees the slot
+            log.debug("response not delivered", exc_info=True)
+            if flags & final and response is not None:
+                # Triton keeps a request in flight until it sees the final flag.
+                try:
+                    sender.send(flags=final)
+                except Exception:
+                    log.debug("request already completed", exc_info=True)
+        if flags & final:
+            sink.release()
+            with self.live_lock:
+                self.live.pop(id(sink), None)
 
     def close(self) -> None:
         self.queue.put(None)
@@ -126,6 +168,12 @@ class _TritonSink:
         self.cancelled = False
         self.closed = False
         self._lock = threading.Lock()
+        outbox.register(self)
+
+    def release(self) -> None:
+        """Forget the request and its sender once the final flag went out."""
+        self.sender = None
+        self.request = None
 
     def _tensors(self, update: Update) -> list[Any]:
         return [
@@ -170,12 +218,8 @@ class _TritonSink:
             )
 
     def is_cancelled(self) -> bool:
-        if not self.cancelled:
-            try:
-                self.cancelled = bool(self.sender.is_cancelled())
-            except Exception:
-                self.cancelled = False
-        return self.cancelled
+        # Set by the outbox thread (a failed send or its periodic check): no IPC here.
+        return self.cancelled or self.sender is None
 
 
 class TritonPythonModel:
