@@ -26,7 +26,8 @@ status: ## show what runs where
 
 # `up` first: a cold first start (Jaeger's Go build, the default model's training) takes longer
 # than pytest's per-test timeout would allow inside a fixture; when all runs, `up` takes seconds.
-test: up ## the whole suite, integration included (starts the stack if it is not running)
+test: venv ## the whole suite, integration included (starts the stack if it is not running)
+	@$(BIN)/genwire up --no-demo
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv ## ruff and mypy

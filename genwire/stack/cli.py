@@ -31,6 +31,12 @@ def register(subparsers: Any) -> None:
         default=None,
         help="do not build or load the default model",
     )
+    up.add_argument(
+        "--no-demo",
+        dest="demo",
+        action="store_false",
+        help="skip the demo request sent through the whole pipeline at the end",
+    )
     up.set_defaults(func=_up)
 
     down = subparsers.add_parser("down", help="stop what `genwire up` started (by pid)")
@@ -80,6 +86,11 @@ def _up(args: argparse.Namespace) -> int:
         return 130
     print(format_table(rows))
     print(f"genwire: stack up in {time.monotonic() - began:.0f} s")
+    if args.demo and args.only is None and args.model is not False:
+        # A newcomer sees it work at once: one request through every stage, and its trace.
+        from genwire_gateway.demo import run_demo
+
+        return run_demo()
     return 0
 
 
