@@ -76,9 +76,9 @@ class _Outbox:
     """The one thread that talks to Triton about requests: sends and cancellation checks.
 
     A send is an IPC round trip to the Triton process (about half a millisecond); done here,
-    it overlaps the next decode step. One thread keeps each request's responses in order, and
-    keeping every response-sender call on it avoids racing the stub's IPC from two threads
-    (which, under concurrent cancellations, left requests in flight and unloads hanging).
+    it overlaps the next decode step. One thread keeps each request's responses in order and
+    makes every response-sender call (sends and cancellation checks), so the decode loop never
+    waits on IPC. A cancelled request still gets the final flag, as the Python backend requires.
     """
 
     def __init__(self, poll_s: float = 0.1) -> None:
