@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +28,11 @@ class CommonSettings(BaseSettings):
     jaeger_ui_url: str = Field(
         "http://127.0.0.1:16686", description="Jaeger UI and query API base URL."
     )
+    trace_url_template: str = Field(
+        "http://127.0.0.1:8090/traces/{trace_id}",
+        description="Where trace links point; {trace_id} is replaced. Default: the monitor's "
+        "trace view (the native Jaeger has no UI); compose: the Jaeger UI's /trace/{trace_id}.",
+    )
     model_repository: Path | None = Field(
         None, description="Triton model repository; default: <home>/models/repository."
     )
@@ -39,6 +44,17 @@ class CommonSettings(BaseSettings):
     traces_sample_ratio: float = Field(
         1.0, ge=0.0, le=1.0, description="Head sampling ratio for new traces."
     )
+
+    @field_validator("trace_url_template")
+    @classmethod
+    def _has_trace_id(cls, value: str) -> str:
+        if "{trace_id}" not in value:
+            raise ValueError("trace_url_template must contain {trace_id}")
+        return value
+
+    def trace_url(self, trace_id: str) -> str:
+        """The link to one trace (demo output, alert links): ``trace_url_template`` filled in."""
+        return self.trace_url_template.replace("{trace_id}", trace_id)
 
     @property
     def repository(self) -> Path:

@@ -48,6 +48,7 @@ def test_version_has_everything_triton_and_the_services_need(tiny_version: Model
         "mean_logprob",
         "queue_ms",
         "compute_ms",
+        "ttft_ms",
     ):
         assert f'name: "{name}"' in config
 

@@ -46,6 +46,8 @@ async def test_streaming_and_single_response_agree(
     assert streamed.completion_tokens == 10 and streamed.prompt_tokens == len(PROMPT)
     assert streamed.mean_logprob == pytest.approx(sum(streamed.logprobs) / 10, rel=1e-4)
     assert streamed.compute_ms > 0 and streamed.queue_ms >= 0
+    # The first token comes before the whole generation is done, and after the request arrived.
+    assert 0 < single.ttft_ms < single.queue_ms + single.compute_ms
 
 
 async def test_same_seed_same_text_other_seed_other_text(

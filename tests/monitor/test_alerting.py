@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from genwire_monitor.alerting import AlertBook, Draft, Level, Policy
 
+from genwire.settings import CommonSettings
+
 
 def _draft(n: int = 1) -> Draft:
     return Draft(
@@ -18,12 +20,13 @@ def _draft(n: int = 1) -> Draft:
 
 
 def test_fires_after_for_evaluations_and_resolves_after_the_hold() -> None:
-    book = AlertBook("http://127.0.0.1:16686", max_examples=5)
+    jaeger = CommonSettings(trace_url_template="http://127.0.0.1:16686/trace/{trace_id}")
+    book = AlertBook(jaeger.trace_url, max_examples=5)
     policy = Policy(for_s=0, for_evaluations=2, keep_firing_s=10)
     assert book.observe("a", Level.FIRE, _draft(), policy, 0) is None  # pending
     fired = book.observe("a", Level.FIRE, _draft(2), policy, 1)
     assert fired is not None and fired.status == "firing"
-    assert fired.trace_links[0] == "http://127.0.0.1:16686/trace/" + "ab" * 16
+    assert fired.trace_links[0] == "http://127.0.0.1:16686/trace/" + "ab" * 16  # template filled
     assert book.observe("a", Level.CLEAR, _draft(), policy, 2) is None  # hold starts
     assert book.observe("a", Level.CLEAR, _draft(), policy, 11) is None
     resolved = book.observe("a", Level.CLEAR, _draft(), policy, 12)
@@ -33,7 +36,7 @@ def test_fires_after_for_evaluations_and_resolves_after_the_hold() -> None:
 
 
 def test_no_flapping_a_fire_during_the_hold_restarts_it() -> None:
-    book = AlertBook("http://j", 5)
+    book = AlertBook(lambda t: t, 5)
     policy = Policy(keep_firing_s=10)
     assert book.observe("a", Level.FIRE, _draft(), policy, 0) is not None
     events = [
@@ -45,7 +48,7 @@ def test_no_flapping_a_fire_during_the_hold_restarts_it() -> None:
 
 
 def test_hold_level_keeps_state() -> None:
-    book = AlertBook("http://j", 5)
+    book = AlertBook(lambda t: t, 5)
     policy = Policy(keep_firing_s=0)
     book.observe("a", Level.FIRE, _draft(), policy, 0)
     assert book.observe("a", Level.HOLD, _draft(), policy, 100) is None  # between thresholds
@@ -54,7 +57,7 @@ def test_hold_level_keeps_state() -> None:
 
 
 def test_pending_that_clears_never_fires() -> None:
-    book = AlertBook("http://j", 5)
+    book = AlertBook(lambda t: t, 5)
     policy = Policy(for_s=5)
     assert book.observe("a", Level.FIRE, _draft(), policy, 0) is None
     assert book.observe("a", Level.CLEAR, _draft(), policy, 1) is None

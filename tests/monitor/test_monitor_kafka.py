@@ -80,7 +80,7 @@ async def test_latency_breach_alerts_within_the_short_window_and_resolves(
             _, fired = alerts.of("latency:e2e:page", "firing")[0]
             assert fired.severity == "page" and fired.kind == "latency_burn"
             assert float(fired.figures["p99_ms"]) > 1000
-            assert fired.trace_links[0].startswith(f"{kafka.jaeger_ui_url}/trace/")
+            assert fired.trace_links[0] == cfg.trace_url(fired.example_trace_ids[0])
 
             # What an on-call engineer sees while it fires: /metrics, and the page in a browser.
             metrics = (await monitor.get("/metrics")).text

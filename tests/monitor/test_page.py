@@ -59,7 +59,9 @@ def test_page_shows_stages_alerts_and_plots(page_html: str) -> None:
     assert "SLO e2e: end_to_end over 1000 ms burning budget" in text
     assert any(t == "polyline" for t, _ in parsed.tags)  # a plotted series
     links = [a.get("href") or "" for t, a in parsed.tags if t == "a"]
-    assert any(h.startswith("http://127.0.0.1:16686/trace/") for h in links)
+    prefix = fast_settings().trace_url("")  # GENWIRE_MONITOR_TRACE_URL_TEMPLATE, or the default
+    assert any(h.startswith(prefix) and len(h) == len(prefix) + 32 for h in links)
+    assert "/traces" in links  # the trace view's search page
     assert not any(a.get("src") for _, a in parsed.tags)  # nothing fetched: no CDN, no scripts
     assert "<script" not in page_html
 

@@ -203,12 +203,15 @@ def test_service_variables_reach_its_settings(
     assert settings.triton_grpc_url == f"triton:{TRITON_GRPC_PORT}"
     assert settings.triton_http_url == f"triton:{TRITON_HTTP_PORT}"
     assert urlparse(settings.jaeger_ui_url).port == JAEGER_UI_PORT
+    # Links for people open the real Jaeger UI (compose has it; the native build has none).
+    assert settings.trace_url("ab" * 16) == f"http://localhost:{JAEGER_UI_PORT}/trace/{'ab' * 16}"
     assert settings.repository == Path("/models")
     assert settings.host == "0.0.0.0"
     assert settings.port == SERVICE_PORTS[short] == cls().port
     for key in list(env):
         monkeypatch.delenv(key)
     assert cls().port == SERVICE_PORTS[short], "the native default port differs"
+    assert urlparse(cls().trace_url("ab")).port == SERVICE_PORTS["monitor"]  # its trace view
     common = CommonSettings()
     assert common.kafka_bootstrap_servers == f"127.0.0.1:{KAFKA_PORT}"
 

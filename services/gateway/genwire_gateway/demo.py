@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -66,8 +67,13 @@ async def demo(
     max_tokens: int = 32,
     ready_wait_s: float = 60.0,
     timeout_s: float = 60.0,
+    trace_url: Callable[[str], str] | None = None,
 ) -> DemoOutcome:
-    """Wait for the gateway, send one request, look its trace up in Jaeger."""
+    """Wait for the gateway, send one request, look its trace up in Jaeger.
+
+    ``trace_url`` makes the link printed for people (``CommonSettings.trace_url``: the monitor's
+    trace view natively, the Jaeger UI under compose); default: Jaeger's ``/trace/<id>``.
+    """
     outcome = DemoOutcome()
     async with GenwireClient(target, timeout_s=timeout_s) as client:
         deadline = time.monotonic() + ready_wait_s
@@ -83,7 +89,11 @@ async def demo(
             return outcome
     outcome.text = result.text
     outcome.trace_id = result.trace_id
-    outcome.trace_url = f"{jaeger_url.rstrip('/')}/trace/{result.trace_id}"
+    outcome.trace_url = (
+        trace_url(result.trace_id)
+        if trace_url
+        else f"{jaeger_url.rstrip('/')}/trace/{result.trace_id}"
+    )
     outcome.spans, outcome.services = await trace_services(jaeger_url, result.trace_id)
     return outcome
 
@@ -103,7 +113,13 @@ def run_demo(
     target = target or f"{settings.grpc_host}:{settings.grpc_port}"
     jaeger_url = jaeger_url or settings.jaeger_ui_url
     outcome = asyncio.run(
-        demo(target=target, jaeger_url=jaeger_url, prompt=prompt, ready_wait_s=ready_wait_s)
+        demo(
+            target=target,
+            jaeger_url=jaeger_url,
+            prompt=prompt,
+            ready_wait_s=ready_wait_s,
+            trace_url=settings.trace_url,
+        )
     )
     if outcome.error:
         print(f"demo request failed: {outcome.error}", file=out)

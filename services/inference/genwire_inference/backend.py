@@ -62,6 +62,8 @@ class ModelStep:
     mean_logprob: float | None = None
     queue_ms: float | None = None
     compute_ms: float | None = None
+    ttft_ms: float | None = None
+    """Measured inside the model: arrival to first sampled token (absent on older versions)."""
     model_version: str = ""
     """The version that served the request (Triton's response says)."""
 
@@ -109,6 +111,7 @@ def parse_response(result: Any) -> ModelStep:
     mean = _scalar(result, "mean_logprob")
     queue = _scalar(result, "queue_ms")
     compute = _scalar(result, "compute_ms")
+    ttft = _scalar(result, "ttft_ms")
     prompt = _scalar(result, "prompt_tokens")
     completion = _scalar(result, "completion_tokens")
     return ModelStep(
@@ -121,6 +124,7 @@ def parse_response(result: Any) -> ModelStep:
         mean_logprob=float(mean) if mean is not None else None,
         queue_ms=float(queue) if queue is not None else None,
         compute_ms=float(compute) if compute is not None else None,
+        ttft_ms=float(ttft) if ttft is not None else None,
         model_version=str(getattr(result.get_response(), "model_version", "") or ""),
     )
 

@@ -288,6 +288,10 @@ class Inference:
             span.set_attribute(sc.QUEUE_MS, timings.triton_queue_ms)
         if timings.triton_compute_ms is not None:
             span.set_attribute(sc.COMPUTE_MS, timings.triton_compute_ms)
+        if not chunked and final_step is not None and final_step.ttft_ms:
+            # Unstreamed: every token arrives at the end, so the model's own clock says when
+            # the first one was sampled.
+            span.set_attribute(sc.TIME_TO_FIRST_TOKEN_MS, final_step.ttft_ms)
         if len(generated) > 1 and timings.first_token is not None:
             tpot = (timings.inference_end - timings.first_token) / (len(generated) - 1)
             span.set_attribute(sc.TIME_PER_OUTPUT_TOKEN_MS, tpot)

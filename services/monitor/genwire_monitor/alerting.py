@@ -9,6 +9,7 @@ Only the transitions to firing and to resolved produce events.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -93,8 +94,8 @@ def _ts(t: float) -> datetime:
 class AlertBook:
     """Every alert's state; ``observe`` turns rule verdicts into transition events."""
 
-    def __init__(self, trace_url: str, max_examples: int) -> None:
-        self._trace_url = trace_url.rstrip("/")
+    def __init__(self, trace_url: Callable[[str], str], max_examples: int) -> None:
+        self._trace_url = trace_url  # trace id -> link (``CommonSettings.trace_url``)
         self._max_examples = max_examples
         self._states: dict[str, _State] = {}
         self.history: list[AlertEvent] = []  # recent transitions, newest last (bounded)
@@ -164,7 +165,7 @@ class AlertBook:
             model=d.model,
             model_version=d.model_version,
             example_trace_ids=examples,
-            trace_links=[f"{self._trace_url}/trace/{t}" for t in examples],
+            trace_links=[self._trace_url(t) for t in examples],
             labels=d.labels,
             started_at=_ts(st.fired_at),
             resolved_at=_ts(now) if status == "resolved" else None,

@@ -15,6 +15,7 @@ from genwire.telemetry import semconv as sc
 from genwire_monitor import promexport
 from genwire_monitor.config import MonitorSettings
 from genwire_monitor.source import SpanSource
+from genwire_monitor.traceroutes import trace_router
 from genwire_monitor.webhook import AlertmanagerClient
 from genwire_monitor.worker import EngineWorker
 
@@ -76,6 +77,7 @@ def create_app(
 
     app = FastAPI(title="genwire-monitor", lifespan=lifespan)
     app.include_router(health_router())
+    app.include_router(trace_router(cfg.jaeger_ui_url))
 
     @app.get("/", response_class=HTMLResponse)
     async def status_page(request: Request) -> HTMLResponse:

@@ -145,9 +145,6 @@ class MonitorSettings(ServiceSettings):
     alertmanager_url: str | None = Field(
         None, description="Alertmanager base URL; alerts are POSTed to <url>/api/v2/alerts."
     )
-    jaeger_public_url: str | None = Field(
-        None, description="Base of trace links in alerts; default: jaeger_ui_url."
-    )
 
     def scaled(self, seconds: float) -> float:
         """A production duration in this deployment's time scale."""

@@ -90,9 +90,7 @@ class MonitorEngine:
                 self._span_slos.setdefault(slo.stage, []).append(slo)
         self.drift = DriftMonitor(settings.drift, scale)
         self.drift_results: list[SeriesResult] = []
-        self.book = AlertBook(
-            settings.jaeger_public_url or settings.jaeger_ui_url, settings.examples_per_alert
-        )
+        self.book = AlertBook(settings.trace_url, settings.examples_per_alert)
         self.history = History(settings.history_points)
 
     # ---- ingest -------------------------------------------------------------------------

@@ -121,7 +121,7 @@ def _alert(a: AlertEvent) -> str:
         f'<h3 class="alert-title">{escape(a.title)}</h3><p>{escape(a.summary)}</p>'
         f'<p class="muted">rule: {escape(a.rule)} · since {a.started_at:%H:%M:%S} UTC</p>'
         f"<details><summary>figures</summary><table>{figures}</table></details>"
-        f"<p>example traces in Jaeger: {links or '<span class=muted>none</span>'}</p></div>"
+        f"<p>example traces: {links or '<span class=muted>none</span>'}</p></div>"
     )
 
 
@@ -203,7 +203,8 @@ def render(d: PageData, refresh_s: int = 5) -> str:
         f'<p class="muted">updated {time.strftime("%H:%M:%S", time.localtime(d.now))} · '
         f"{c.records} records, {c.spans} spans, {c.requests} requests, {c.errors} failed, "
         f"{c.client_errors} rejected as invalid, "
-        f"{c.malformed} malformed records skipped, {d.open_traces} traces open</p>"
+        f"{c.malformed} malformed records skipped, {d.open_traces} traces open · "
+        f'<a href="/traces">traces</a></p>'
         f'<h2 id="alerts">Active alerts ({len(d.active)})</h2>{active}'
         f"<h2>Latency per stage, last {d.window_s:.0f}s</h2>{_latency_table(d)}{chart}"
         f"<h2>SLO burn rates</h2>{_slo_table(d)}"

@@ -80,6 +80,7 @@ def render_config(name: str, options: BuildOptions, backend: str = "auto") -> st
         tensor("mean_logprob", "TYPE_FP32", "1"),
         tensor("queue_ms", "TYPE_FP32", "1"),
         tensor("compute_ms", "TYPE_FP32", "1"),
+        tensor("ttft_ms", "TYPE_FP32", "1"),
     ]
     params = {
         "max_batch": str(options.max_batch),

@@ -33,6 +33,7 @@ class Generation:
     mean_logprob: float = 0.0
     queue_ms: float = 0.0
     compute_ms: float = 0.0
+    ttft_ms: float = 0.0  # measured inside the model: arrival to first sampled token
     responses: int = 0
     started: float = 0.0
     first_token_s: float | None = None  # time to the first response carrying tokens
@@ -138,6 +139,7 @@ def _absorb(out: Generation, result: Any, now: float) -> bool:
     out.mean_logprob = float(result.as_numpy("mean_logprob")[0])
     out.queue_ms = float(result.as_numpy("queue_ms")[0])
     out.compute_ms = float(result.as_numpy("compute_ms")[0])
+    out.ttft_ms = float(result.as_numpy("ttft_ms")[0])
     if not bool(result.as_numpy("finished")[0]):
         return False
     reason = result.as_numpy("finish_reason")[0]

@@ -47,6 +47,8 @@ class Update:
     mean_logprob: float
     queue_ms: float
     compute_ms: float
+    ttft_ms: float = 0.0
+    """From the request's arrival to its first sampled token (0 before there is one)."""
 
 
 class Sink(Protocol):
@@ -112,6 +114,7 @@ class _Sequence:
     __slots__ = (
         "admitted",
         "finish_reason",
+        "first_token_at",
         "length",
         "logprobs",
         "next_token",
@@ -130,6 +133,7 @@ class _Sequence:
         self.length = 0  # tokens whose keys and values are in the cache
         self.next_token = -1  # sampled, not yet fed to the model
         self.admitted = time.monotonic()
+        self.first_token_at: float | None = None
         self.finish_reason = ""
 
 
@@ -329,6 +333,8 @@ class Scheduler:
     def _accept(self, seq: _Sequence, token: int, logprob: float) -> bool:
         """Record a sampled token; True (and the final response sent) if the sequence ended."""
         r = seq.request
+        if seq.first_token_at is None:
+            seq.first_token_at = time.monotonic()
         if token in self.eos_ids or token in r.stop_ids:
             self._finish(seq, "stop")  # the stop token itself is not part of the completion
             return True
@@ -388,6 +394,11 @@ class Scheduler:
             mean_logprob=mean,
             queue_ms=(seq.admitted - seq.request.received) * 1e3,
             compute_ms=(now - seq.admitted) * 1e3,
+            ttft_ms=(
+                (seq.first_token_at - seq.request.received) * 1e3
+                if seq.first_token_at is not None
+                else 0.0
+            ),
         )
 
     def _emit(self, seq: _Sequence) -> None:

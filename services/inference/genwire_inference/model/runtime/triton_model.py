@@ -190,6 +190,7 @@ class _TritonSink:
             pb_utils.Tensor("mean_logprob", np.asarray([update.mean_logprob], dtype=np.float32)),
             pb_utils.Tensor("queue_ms", np.asarray([update.queue_ms], dtype=np.float32)),
             pb_utils.Tensor("compute_ms", np.asarray([update.compute_ms], dtype=np.float32)),
+            pb_utils.Tensor("ttft_ms", np.asarray([update.ttft_ms], dtype=np.float32)),
         ]
 
     def send(self, update: Update) -> None:
