@@ -465,6 +465,7 @@ class Jaeger(Component):
         # deploy/native/jaeger/config.yaml reads these (its defaults are the same values).
         return {
             "JAEGER_DATA_DIR": str(self.paths.data / "jaeger"),
+            "JAEGER_UI_ASSETS": str(self.paths.deploy / "jaeger" / "ui"),
             "JAEGER_KAFKA_BROKERS": f"127.0.0.1:{self.kafka_port}",
             "JAEGER_KAFKA_GROUP": self.group,
             "JAEGER_LISTEN_HOST": "127.0.0.1",

@@ -92,3 +92,15 @@ async def test_a_jaeger_restart_loses_no_span(infra: CommonSettings, tmp_path: P
         assert await _find_trace(base, before, timeout_s=5), "stored span lost by the restart"
     finally:
         down(settings=settings, catalog=catalog)
+
+
+async def test_jaeger_trace_links_lead_to_the_monitors_trace_view(infra: CommonSettings) -> None:
+    """The native build has no Jaeger UI: its page on 16686 forwards /trace/<id> to the monitor."""
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    async with httpx.AsyncClient(base_url=infra.jaeger_ui_url, timeout=5, trust_env=False) as h:
+        page = await h.get(f"/trace/{trace_id}")
+        api = await h.get("/api/services")
+    assert page.status_code == 200
+    assert "text/html" in page.headers["content-type"]
+    assert ":8090" in page.text and "/traces/" in page.text
+    assert api.status_code == 200 and "data" in api.json()  # the query API is unaffected
