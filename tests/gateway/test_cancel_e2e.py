@@ -1,0 +1,47 @@
+"""A caller who leaves a stream stops the model: through the real gateway, Kafka and Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from genwire_gateway.client import GenwireClient
+from genwire_gateway.config import GatewaySettings
+
+from genwire.settings import CommonSettings
+
+MAX_TOKENS = 200
+# Tokens the model may still produce between the first chunk and the cancel reaching it.
+NATURAL_END_BEFORE_CANCEL = 40
+
+
+async def _first_chunk_then_leave(client: GenwireClient, rid: str, seed: int) -> None:
+    stream = client.stream(
+        "Return a list of", request_id=rid, max_tokens=MAX_TOKENS, seed=seed, temperature=1.0
+    )
+    async for _ in stream:
+        break  # the caller hangs up after the first chunk
+    await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_leaving_a_stream_stops_the_generation_in_the_model(stack: CommonSettings) -> None:
+    settings = GatewaySettings()
+    run = uuid.uuid4().hex[:8]
+    rids = [f"cancel-e2e-{run}-{seed}" for seed in range(8)]
+    async with GenwireClient(f"{settings.grpc_host}:{settings.grpc_port}") as client:
+        await asyncio.gather(
+            *(_first_chunk_then_leave(client, rid, seed) for seed, rid in enumerate(rids))
+        )
+        infos = [await client.get_result(rid, wait_s=20) for rid in rids]
+    results = [info.result for info in infos]
+    assert all(r is not None for r in results), [i.status for i in infos]
+    cancelled = [r for r in results if r is not None and r.finish_reason == "cancelled"]
+    # Without cancellation every long generation would run on to eos or max_tokens.
+    assert cancelled, [(r.finish_reason, r.completion_tokens) for r in results if r]
+    for r in results:
+        assert r is not None
+        if r.finish_reason == "cancelled":
+            assert r.completion_tokens < MAX_TOKENS
+        else:  # it ended by itself before the cancel could arrive
+            assert r.finish_reason == "stop", r
+            assert r.completion_tokens <= NATURAL_END_BEFORE_CANCEL, r
