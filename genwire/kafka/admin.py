@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from genwire.topics import TOPIC_SPECS, TopicSpec
 
@@ -35,9 +34,14 @@ async def ensure_topics(
             )
             for s in wanted
         ]
-        # Another process may create them meanwhile: that is what we wanted.
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics(new)
+        # The broker answers per topic (create_topics does not raise): another process may
+        # create one meanwhile, which is what we wanted; any other error must not pass silently.
+        response = await admin.create_topics(new)
+        for name, code, *detail in response.topic_errors:
+            if code not in (0, TopicAlreadyExistsError.errno):
+                raise for_code(code)(
+                    f"creating topic {name!r} failed: {detail[0] if detail else ''}"
+                )
         return [s.name for s in wanted]
     finally:
         await admin.close()

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import ConsumerStoppedError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
@@ -91,8 +91,8 @@ class EventConsumer(Generic[InT]):
         self._sem = asyncio.Semaphore(concurrency)
         self._concurrency = concurrency
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._task_partition: dict[asyncio.Task[None], TopicPartition] = {}
+        # In-flight record tasks and their partitions (a task leaves when it is done).
+        self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._dirty = asyncio.Event()
         self._assigned: set[TopicPartition] = set()
         self._stopping = False
@@ -120,18 +120,27 @@ class EventConsumer(Generic[InT]):
         committer = asyncio.create_task(self._commit_loop())
         try:
             while not self._stopping:
-                batches = await self._consumer.getmany(
-                    timeout_ms=200, max_records=self._concurrency
-                )
+                try:
+                    batches = await self._consumer.getmany(
+                        timeout_ms=200, max_records=self._concurrency
+                    )
+                except ConsumerStoppedError:
+                    if self._stopping:  # stop() closed the client under a pending fetch
+                        return
+                    raise
                 for tp, records in batches.items():
                     for record in records:
                         await self._sem.acquire()
-                        self._offsets.setdefault(tp, PartitionOffsets()).started(record.offset)
-                        task = asyncio.create_task(self._process(tp, record))
-                        self._task_partition[task] = tp
-                        task.add_done_callback(self._task_partition.pop)
-                        self._tasks.add(task)
-                        task.add_done_callback(self._tasks.discard)
+                        # stop() may have snapshotted the in-flight records while we waited:
+                        # a task started now would escape its drain; redelivery takes the rest.
+                        if self._stopping:
+                            self._sem.release()
+                            return
+                        tracker = self._offsets.setdefault(tp, PartitionOffsets())
+                        tracker.started(record.offset)
+                        task = asyncio.create_task(self._process(tp, record, tracker))
+                        self._tasks[task] = tp
+                        task.add_done_callback(self._tasks.pop)
         finally:
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -148,7 +157,12 @@ class EventConsumer(Generic[InT]):
             await self._commit()
         await self._consumer.stop()
 
-    async def _process(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+    async def _process(
+        self,
+        tp: TopicPartition,
+        record: ConsumerRecord[bytes, bytes],
+        tracker: PartitionOffsets,
+    ) -> None:
         started = time.perf_counter()
         outcome = "ok"
         if self._metrics:
@@ -163,9 +177,9 @@ class EventConsumer(Generic[InT]):
             log.exception("could not handle nor dead-letter %s@%s", tp, record.offset)
             outcome = "uncommitted"
         finally:
-            tracker = self._offsets.get(tp)
-            # None: the partition was revoked and drained meanwhile.
-            if tracker is not None and outcome not in ("cancelled", "uncommitted"):
+            # Not the current tracker: the partition was revoked and drained meanwhile (maybe
+            # reassigned since, with a new tracker that must not see this older offset).
+            if self._offsets.get(tp) is tracker and outcome not in ("cancelled", "uncommitted"):
                 tracker.finished(record.offset)
             self._dirty.set()
             self._sem.release()
@@ -234,7 +248,7 @@ class EventConsumer(Generic[InT]):
     async def _run_handler(self, event: InT) -> None:
         result = self._handler(event)
         pending: list[asyncio.Future[object]] = []
-        if inspect.isasyncgen(result) or isinstance(result, AsyncIterator):
+        if isinstance(result, AsyncIterator):
             async for out in result:
                 pending.append(await self._producer.publish(out))
         else:
@@ -301,12 +315,9 @@ class EventConsumer(Generic[InT]):
         if offsets:
             await self._consumer.commit(offsets)
 
-    def _tasks_by_partition(self) -> list[tuple[asyncio.Task[None], TopicPartition]]:
-        return list(self._task_partition.items())
-
     async def _drain(self, revoked: set[TopicPartition], timeout_s: float = 15.0) -> None:
         """Before losing partitions: finish their records and commit them."""
-        busy = [t for t, tp in self._tasks_by_partition() if tp in revoked]
+        busy = [t for t, tp in self._tasks.items() if tp in revoked]
         if busy:
             await asyncio.wait(busy, timeout=timeout_s)
         with contextlib.suppress(Exception):

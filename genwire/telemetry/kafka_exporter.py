@@ -48,7 +48,13 @@ class KafkaSpanExporter(SpanExporter):
             producer = AIOKafkaProducer(
                 bootstrap_servers=self._bootstrap, acks=1, linger_ms=5, request_timeout_ms=10000
             )
-            await producer.start()
+            try:
+                await producer.start()
+            except BaseException:
+                # A failed start leaves its client open; close it, or every export retried
+                # while the broker is down would leak one.
+                await producer.stop()
+                raise
             self._producer = producer
         futures = [await self._producer.send(self._topic, p) for p in payloads]
         await asyncio.gather(*futures)

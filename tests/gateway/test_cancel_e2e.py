@@ -11,8 +11,6 @@ from genwire_gateway.config import GatewaySettings
 from genwire.settings import CommonSettings
 
 MAX_TOKENS = 200
-# Tokens the model may still produce between the first chunk and the cancel reaching it.
-NATURAL_END_BEFORE_CANCEL = 40
 
 
 async def _first_chunk_then_leave(client: GenwireClient, rid: str, seed: int) -> None:
@@ -42,6 +40,5 @@ async def test_leaving_a_stream_stops_the_generation_in_the_model(stack: CommonS
         assert r is not None
         if r.finish_reason == "cancelled":
             assert r.completion_tokens < MAX_TOKENS
-        else:  # it ended by itself before the cancel could arrive
-            assert r.finish_reason == "stop", r
-            assert r.completion_tokens <= NATURAL_END_BEFORE_CANCEL, r
+        else:  # it met eos (no stop strings were given) before the cancel arrived
+            assert r.finish_reason == "stop", r  # never "length": that would mean no cancel

@@ -375,12 +375,20 @@ async def test_the_trace_starts_at_the_gateway_and_crosses_kafka(
     assert result.trace_id == trace_id
     (seen,) = [s for s in pipeline.seen if s.request.request_id == result.request_id]
     assert seen.headers["traceparent"].decode().split("-")[1] == trace_id
+    # Spans are exported in batches: wait for each one read below, not just for one of them.
+    wanted = {
+        "genwire.results process",
+        f"{SERVICE_NAME}/Generate",
+        f"{instance.settings.requests_topic} publish",
+    }
     await _eventually(
-        lambda: any(
-            s.name == f"{'genwire.results'} process"
-            and s.context is not None
-            and f"{s.context.trace_id:032x}" == trace_id
-            for s in instance.spans.get_finished_spans()
+        lambda: (
+            wanted
+            <= {
+                s.name
+                for s in instance.spans.get_finished_spans()
+                if s.context is not None and f"{s.context.trace_id:032x}" == trace_id
+            }
         ),
         timeout_s=10,
     )

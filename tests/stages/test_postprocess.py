@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from genwire_postprocess.handlers import Postprocessor, failure_result
 from tokenizers import Tokenizer
@@ -233,3 +235,23 @@ async def test_result_metrics_count_each_request_once(
     await _run(post, _chunks(ids, "m1", stream=False))  # a redelivery
     labels = {"model": MODEL, "outcome": "length"}
     assert registry.get_sample_value("genwire_requests_total", labels) == 1
+
+
+async def test_chunks_handled_while_the_tokenizer_loads_are_streamed(
+    assets: AssetStore, tokenizer: Tokenizer
+) -> None:
+    # The consumer handles records concurrently: chunk 1 may arrive while chunk 0's handler
+    # still loads the model's tokenizer (its first use, in a thread). It must queue, not make
+    # the request unstreamable.
+    post = Postprocessor(assets, FakeStore())
+    ids = tokenizer.encode(TEXT).ids
+    chunks = _chunks(ids, "cold")
+    assert assets.cached(MODEL, "2") is None  # cold: chunk 0 has to wait for the load
+    streamed = await asyncio.gather(*(post.handle(c) for c in chunks[:-1]))
+    events = [e for out in streamed for e in out] + await post.handle(chunks[-1])
+    tokens = _tokens(events)
+    assert "".join(t.text for t in tokens) == _result(events).text == TEXT
+    assert [t.index for t in tokens] == list(range(len(tokens)))
+    # Everything streamed that a warm, in-order run streams (not just chunk 0's piece).
+    warm = _tokens(await _run(Postprocessor(assets, FakeStore()), _chunks(ids, "warm")[:-1]))
+    assert "".join(t.text for t in tokens[:-1]) == "".join(t.text for t in warm) != ""

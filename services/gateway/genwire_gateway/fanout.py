@@ -45,7 +45,6 @@ class FanoutReader:
     ) -> None:
         self._registry = registry
         self._tracer = tracer
-        self._ready = False
         self._stopping = False
         self._consumer = AIOKafkaConsumer(
             Topic.RESULTS.value,
@@ -59,11 +58,6 @@ class FanoutReader:
             fetch_max_wait_ms=100,
             fetch_min_bytes=1,
         )
-
-    @property
-    def ready(self) -> bool:
-        """True once every partition's position is fixed (no later record can be missed)."""
-        return self._ready and not self._stopping
 
     async def start(self, timeout_s: float = 30.0) -> None:
         """Connect, take every partition and pin each position at the current end.
@@ -86,7 +80,6 @@ class FanoutReader:
             await asyncio.sleep(0.05)
         for tp in assigned:
             await self._consumer.position(tp)
-        self._ready = True
 
     async def run(self) -> None:
         """Fetch and dispatch until ``stop``."""
@@ -111,13 +104,13 @@ class FanoutReader:
             if record.topic == Topic.TOKENS:
                 self._registry.push(TokenEvent.model_validate_json(record.value or b""))
             else:
-                self._resolve(record)
+                self._resolve(record, request_id)
         except ValidationError as exc:
             # Not ours to dead-letter (the producer's stage owns that): the waiter's Redis
             # check or its deadline ends the wait.
             log.warning("unreadable %s record for %s: %s", record.topic, request_id, exc)
 
-    def _resolve(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    def _resolve(self, record: ConsumerRecord[bytes, bytes], request_id: str) -> None:
         """Resolve waiters inside a ``process`` span: the trace shows the result coming back."""
         with self._tracer.start_as_current_span(
             sc.process_span_name(record.topic),
@@ -130,9 +123,7 @@ class FanoutReader:
                 sc.MESSAGING_OPERATION_NAME: "process",
                 sc.MESSAGING_PARTITION: str(record.partition),
                 sc.MESSAGING_OFFSET: record.offset,
-                sc.MESSAGING_MESSAGE_KEY: record.key.decode("utf-8", "replace")
-                if record.key
-                else "",
+                sc.MESSAGING_MESSAGE_KEY: request_id,
                 sc.MESSAGING_BODY_SIZE: len(record.value or b""),
                 sc.STAGE: sc.STAGE_GATEWAY,
                 sc.WAIT_MS: max(0.0, time.time() * 1000 - record.timestamp),

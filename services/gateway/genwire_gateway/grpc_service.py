@@ -36,6 +36,8 @@ from genwire_gateway.tracing import (
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 IDEMPOTENCY_METADATA = "idempotency-key"
+UNEXPECTED = "unknown"
+"""Outcome code (metrics, span) of a call that failed with an exception no code was mapped to."""
 
 T = TypeVar("T")
 
@@ -101,6 +103,15 @@ def to_stream_response(chunk: Chunk, request_id: str, trace_id: str) -> pb.Gener
         usage=_usage(chunk.usage) if chunk.final else None,
         trace_id=trace_id,
     )
+
+
+def _status(code: str) -> grpc.StatusCode:
+    """The gRPC status a call ended with, given its outcome code."""
+    if code == "ok":
+        return grpc.StatusCode.OK
+    if code == UNEXPECTED:
+        return grpc.StatusCode.UNKNOWN  # what grpc answers for an exception we did not map
+    return grpc_status(code)
 
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[misc]
@@ -169,9 +180,12 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
         except asyncio.CancelledError:
             code = "cancelled"
             raise
+        except Exception as exc:  # a bug, not a caller error: grpc answers UNKNOWN; count it
+            code = UNEXPECTED
+            mark_error(span, code, repr(exc))
+            raise
         finally:
-            status = grpc.StatusCode.OK if code == "ok" else grpc_status(code)
-            span.set_attribute(sc.RPC_GRPC_STATUS_CODE, status.value[0])
+            span.set_attribute(sc.RPC_GRPC_STATUS_CODE, _status(code).value[0])
             span.end()
             self._metrics.observe(ENTRYPOINT_GRPC, method, code, time.perf_counter() - started)
 
@@ -219,7 +233,12 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
         except (asyncio.CancelledError, GeneratorExit):
             code = "cancelled"
             raise
+        except Exception as exc:  # a bug, not a caller error: grpc answers UNKNOWN; count it
+            code = UNEXPECTED
+            mark_error(span, code, repr(exc))
+            raise
         finally:
+            span.set_attribute(sc.RPC_GRPC_STATUS_CODE, _status(code).value[0])
             span.end()
             elapsed = time.perf_counter() - started
             self._metrics.observe(ENTRYPOINT_GRPC, "GenerateStream", code, elapsed)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from genwire.telemetry import semconv
 from genwire_monitor.alerting import AlertEvent
 from genwire_monitor.cli import add_arguments
 from genwire_monitor.config import MonitorSettings
@@ -136,8 +137,8 @@ def quality(seeds: int, steady_s: float) -> None:
         )
 
     for name, profile, feature in (
-        ("longer prompts", LONG_PROMPTS, "gen_ai.usage.input_tokens"),
-        ("length stops", LENGTH_STOPS, "gen_ai.response.finish_reasons"),
+        ("longer prompts", LONG_PROMPTS, semconv.GEN_AI_INPUT_TOKENS),
+        ("length stops", LENGTH_STOPS, semconv.GEN_AI_FINISH_REASONS),
     ):
         for seed in range(seeds):
             detect = _drift_detect(profile, feature, seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
+from genwire.telemetry import semconv
 from genwire_monitor import tracepage
 from genwire_monitor.traceview import (
     TRACE_ID,
@@ -20,7 +21,7 @@ from genwire_monitor.traceview import (
 )
 
 DEFAULT_SERVICE = "genwire-inference"
-DEFAULT_OPERATION = "triton.generate"  # one span per model request: a list of requests
+DEFAULT_OPERATION = semconv.SPAN_TRITON_GENERATE  # one span per model request: a list of requests
 NOT_FOUND_REFRESH_S = 3
 
 

@@ -53,7 +53,7 @@ MAX_PENDING_CHUNKS = 256
 class _Stream:
     """Streaming state of one request."""
 
-    detok: IncrementalDetokenizer
+    detok: IncrementalDetokenizer | None  # None while the model's tokenizer loads
     stops: list[str]
     next_index: int = 0
     pending: dict[int, GenerationChunk] = field(default_factory=dict)
@@ -109,7 +109,7 @@ class Postprocessor:
                 self._blind[rid] = time.monotonic()
                 self._evict()
                 return []
-            state = await self._new_stream(chunk)
+            return await self._new_stream(chunk)
         state.touched = time.monotonic()
         self.streams.move_to_end(rid)
         if chunk.index < state.next_index or state.ended:
@@ -119,6 +119,8 @@ class Postprocessor:
             self.streams.pop(rid, None)
             self._blind[rid] = time.monotonic()
             return []
+        if state.detok is None:
+            return []  # chunk 0's handler applies it once the tokenizer is loaded
         new_text = ""
         while state.next_index in state.pending:
             c = state.pending.pop(state.next_index)
@@ -127,13 +129,28 @@ class Postprocessor:
         state.text += new_text
         return self._emit(rid, state, final=False)
 
-    async def _new_stream(self, chunk: GenerationChunk) -> _Stream:
-        assets = await self.assets.aget(chunk.model, chunk.model_version or None)
+    async def _new_stream(self, chunk: GenerationChunk) -> list[Event]:
+        """Start the state of a request at its chunk 0, then apply that chunk.
+
+        The state is registered before the tokenizer is awaited (a first use loads it in a
+        thread): chunks handled concurrently meanwhile queue in it instead of finding no state
+        and giving up streaming the request.
+        """
+        rid = chunk.request_id
         stops = list(chunk.sampling.stop) if chunk.sampling else []
-        state = _Stream(IncrementalDetokenizer(assets.decode), stops, stream=chunk.stream)
-        self.streams[chunk.request_id] = state
+        state = _Stream(None, stops, stream=chunk.stream)
+        self.streams[rid] = state
         self._evict()
-        return state
+        try:
+            assets = await self.assets.aget(chunk.model, chunk.model_version or None)
+        except BaseException:
+            if self.streams.get(rid) is state:
+                del self.streams[rid]
+            raise
+        if self.streams.get(rid) is not state:
+            return []  # the final chunk (or eviction) came first
+        state.detok = IncrementalDetokenizer(assets.decode)
+        return await self._stream(chunk)
 
     def _emit(self, rid: str, state: _Stream, *, final: bool) -> list[Event]:
         """Publish what is safe of ``state.text`` past ``state.emitted``.

@@ -98,9 +98,9 @@ def build_engine(
         how = _fp16_graph(onnx_path, fp16_path, progress)
         if how:
             source, precision = fp16_path, how
-        network = builder.create_network(0)  # strongly typed is the only mode
-    else:
-        network = builder.create_network(0)  # explicit batch is the only mode since 10.0
+    # No creation flags: explicit batch is the only mode since 10.0, and 11.x networks are
+    # always strongly typed.
+    network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(source)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]

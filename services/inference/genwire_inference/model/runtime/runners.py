@@ -205,28 +205,36 @@ class TensorRTRunner:
         shape = (self.layers, batch, self.heads, width, self.head_dim)
         dtype = self.dtypes["past_keys"]
         make = self.torch.zeros
-        return make(shape, dtype=dtype, device=self.device), make(
-            shape, dtype=dtype, device=self.device
-        )
+        with self.torch.cuda.stream(self.stream):
+            return make(shape, dtype=dtype, device=self.device), make(
+                shape, dtype=dtype, device=self.device
+            )
 
+    # Every cache operation runs on the engine's stream: torch's side streams do not wait for
+    # the default stream, so a cache built there could still be in flight when TensorRT reads it
+    # (and freed blocks could be reused while the other stream still reads them).
     def pad_left(self, kv: KV, columns: int) -> KV:
         """Zero columns in front."""
         pad = self.torch.nn.functional.pad
-        return pad(kv[0], (0, 0, columns, 0)), pad(kv[1], (0, 0, columns, 0))
+        with self.torch.cuda.stream(self.stream):
+            return pad(kv[0], (0, 0, columns, 0)), pad(kv[1], (0, 0, columns, 0))
 
     def concat(self, parts: list[KV]) -> KV:
         """Batch concatenation."""
         cat = self.torch.cat
-        return cat([p[0] for p in parts], dim=1), cat([p[1] for p in parts], dim=1)
+        with self.torch.cuda.stream(self.stream):
+            return cat([p[0] for p in parts], dim=1), cat([p[1] for p in parts], dim=1)
 
     def take(self, kv: KV, rows: list[int]) -> KV:
         """Row selection."""
-        index = self.torch.tensor(rows, device=self.device)
-        return kv[0].index_select(1, index), kv[1].index_select(1, index)
+        with self.torch.cuda.stream(self.stream):
+            index = self.torch.tensor(rows, device=self.device)
+            return kv[0].index_select(1, index), kv[1].index_select(1, index)
 
     def trim_left(self, kv: KV, columns: int) -> KV:
         """Column trim."""
-        return kv[0][:, :, :, columns:].contiguous(), kv[1][:, :, :, columns:].contiguous()
+        with self.torch.cuda.stream(self.stream):
+            return kv[0][:, :, :, columns:].contiguous(), kv[1][:, :, :, columns:].contiguous()
 
 
 def tensorrt_usable() -> str | None:

@@ -173,11 +173,13 @@ class Scheduler:
         self._thread = threading.Thread(target=self._loop, name="genwire-scheduler", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self) -> None:
         """Stop the thread; requests still running or waiting end as cancelled."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            # No timeout: touching ``active`` while the thread still steps would race it, and
+            # a request finished after the outbox closed would never get its final flag.
+            self._thread.join()
         for seq in self.active:
             self._finish(seq, "cancelled")
         self.active = []

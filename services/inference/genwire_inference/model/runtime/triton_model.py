@@ -106,6 +106,7 @@ class _Outbox:
             try:
                 item = self.queue.get(timeout=self.poll_s)
                 if item is None:
+                    self._drain(final)
                     return
                 self._deliver(*item, final=final)
                 # Drop every reference to the request at once: a live response sender keeps
@@ -113,9 +114,24 @@ class _Outbox:
                 del item
             except queue.Empty:
                 pass
+            except Exception:  # this thread sends every final flag: it must never die
+                log.exception("response delivery failed")
             if time.monotonic() >= next_poll:
                 self._poll_cancelled()
                 next_poll = time.monotonic() + self.poll_s
+
+    def _drain(self, final: int) -> None:
+        """Deliver what was queued before the stop marker: final flags among it."""
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                try:
+                    self._deliver(*item, final=final)
+                except Exception:
+                    log.exception("response delivery failed")
 
     def _poll_cancelled(self) -> None:
         with self.live_lock:
