@@ -99,12 +99,11 @@ async def test_latency_breach_alerts_within_the_short_window_and_resolves(
             await slow
             ended = time.monotonic()
             await feed.run(REFERENCE, 2.0, RATE)
-            resolve = await _wait_for(lambda: alerts.of("latency:e2e:page", "resolved"), 30)
+            await _wait_for(lambda: alerts.of("latency:e2e:page", "resolved"), 30)
             print(
                 f"latency page alert: resolved {time.monotonic() - ended:.2f}s after the "
                 f"incident ended (incident lasted {ended - incident:.1f}s)"
             )
-            assert resolve >= 0
             _, resolved = alerts.of("latency:e2e:page", "resolved")[0]
             assert resolved.resolved_at is not None and resolved.id == fired.id
             assert len(alerts.of("latency:e2e:page", "firing")) == 1  # no flapping

@@ -265,9 +265,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
         """The stored result of a request, waiting up to ``wait_ms`` for a pending one."""
 
         async def work(span: Span) -> pb.GetResultResponse:
-            if not request.request_id:
-                raise GatewayError("request_id is required", code=ErrorCode.INVALID_REQUEST)
-            span.set_attribute(sc.REQUEST_ID, request.request_id)
+            _require_request_id(request.request_id, span)
             wait_s = request.wait_ms / 1000.0
             remaining = context.time_remaining()
             if remaining is not None:
@@ -283,9 +281,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
         """Publish a cancel of a request."""
 
         async def work(span: Span) -> pb.CancelResponse:
-            if not request.request_id:
-                raise GatewayError("request_id is required", code=ErrorCode.INVALID_REQUEST)
-            span.set_attribute(sc.REQUEST_ID, request.request_id)
+            _require_request_id(request.request_id, span)
             await self._gateway.cancel(request.request_id, request.reason or "cancelled by caller")
             return pb.CancelResponse(accepted=True)
 
@@ -356,3 +352,10 @@ async def set_serving(health: HealthServicer, serving: bool) -> None:
     )
     for name in ("", SERVICE_NAME):
         await health.set(name, status)
+
+
+def _require_request_id(request_id: str, span: Span) -> None:
+    """GetResult and Cancel name an existing request: an empty id is the caller's error."""
+    if not request_id:
+        raise GatewayError("request_id is required", code=ErrorCode.INVALID_REQUEST)
+    span.set_attribute(sc.REQUEST_ID, request_id)

@@ -125,6 +125,6 @@ class EngineWorker:
 
     async def close(self) -> None:
         """Stop the thread and the webhook client."""
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._executor.shutdown)  # it joins the thread: not on the loop
         if self._webhook is not None:
             await self._webhook.close()

@@ -265,9 +265,9 @@ def build_version(
     try:
         manifest = _assemble(info, tmp, context, opts, progress)
         with _locked(model_dir):
-            versions = ModelRepository(Path(repository)).versions(name)
+            # Every numbered folder counts, complete or not: a version number is never reused.
             existing = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
-            version = max([0, *versions, *existing]) + 1
+            version = max([0, *existing]) + 1
             manifest.update(
                 name=name,
                 version=version,
