@@ -12,9 +12,18 @@ from genwire.topics import TOPIC_SPECS, TopicSpec
 
 
 async def ensure_topics(
-    bootstrap_servers: str, specs: Iterable[TopicSpec] = TOPIC_SPECS, timeout_s: float = 60.0
+    bootstrap_servers: str,
+    specs: Iterable[TopicSpec] = TOPIC_SPECS,
+    timeout_s: float = 60.0,
+    *,
+    replication_factor: int = 1,
+    min_insync_replicas: int | None = None,
 ) -> list[str]:
-    """Create the topics that are missing; returns the names it created."""
+    """Create the topics that are missing; returns the names it created.
+
+    A cluster of three brokers uses ``replication_factor=3, min_insync_replicas=2``: with
+    ``acks=all`` a write then survives the loss of any one broker.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10000)
     await asyncio.wait_for(admin.start(), timeout_s)
     try:
@@ -26,10 +35,15 @@ async def ensure_topics(
             NewTopic(
                 name=s.name,
                 num_partitions=s.partitions,
-                replication_factor=1,
+                replication_factor=replication_factor,
                 topic_configs={
                     "retention.ms": str(s.retention_ms),
                     "max.message.bytes": "16777216",
+                    **(
+                        {"min.insync.replicas": str(min_insync_replicas)}
+                        if min_insync_replicas is not None
+                        else {}
+                    ),
                 },
             )
             for s in wanted
