@@ -1,4 +1,14 @@
-"""Error taxonomy shared by handlers and transports."""
+"""Error taxonomy shared by handlers and transports.
+
+Three kinds, three paths (docs/architecture.md, *Errors*):
+
+- ``RetryableError``: a dependency is down (Triton, Redis); the record is retried with backoff
+  for the outage budget, then parked on ``genwire.retry`` to be replayed later.
+- ``PermanentError``: the input can never succeed (undecodable, invalid): the DLQ gets the
+  original bytes with the reason, the caller an error result.
+- ``Rejection``: an ordinary outcome that is an error for the caller (content filtered,
+  deadline passed): an error result only; the DLQ is for poison, not for outcomes.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +17,8 @@ class GenwireError(Exception):
     """Base of genwire's errors; ``code`` is stable and machine-readable."""
 
     code = "internal"
+    dead_letter = True
+    """Whether the record goes to the DLQ (poison input or a bug) besides the error result."""
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -20,8 +32,22 @@ class RetryableError(GenwireError):
 
     code = "unavailable"
 
+    def __init__(
+        self, message: str, *, code: str | None = None, dependency: str = "dependency"
+    ) -> None:
+        super().__init__(message, code=code)
+        self.dependency = dependency
+        """Which dependency failed (``redis``, ``triton``): readiness and logs name it."""
+
 
 class PermanentError(GenwireError):
     """The input can never succeed: send it to the DLQ (and an error result) at once."""
 
     code = "invalid_argument"
+
+
+class Rejection(GenwireError):
+    """The request was handled and its answer is an error (not poison: no DLQ record)."""
+
+    code = "rejected"
+    dead_letter = False

@@ -82,6 +82,10 @@ class PreparedRequest(Event):
     deadline_ms: float | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     timings: Timings = Field(default_factory=Timings)
+    origin: str = ""
+    """The gateway instance waiting for it (header ``genwire_origin``; empty: a Kafka client)."""
+    keep: bool = False
+    """The caller named it (idempotency key): finish it even if its gateway dies."""
 
 
 class GenerationChunk(Event):
@@ -145,11 +149,17 @@ class GenerationResult(Event):
 
 
 class ControlEvent(Event):
-    """A command every inference instance reads, e.g. cancel a request."""
+    """A command every inference instance reads: cancel a request, or a gateway's heartbeat.
+
+    ``heartbeat``: gateway instance ``origin`` is alive (``request_id`` is empty). Inference
+    cancels the unnamed requests of an origin whose heartbeats stop (docs/architecture.md,
+    *A gateway that dies*).
+    """
 
     TOPIC: ClassVar[Topic] = Topic.CONTROL
-    action: Literal["cancel"]
+    action: Literal["cancel", "heartbeat"]
     reason: str = ""
+    origin: str = ""
 
 
 def dump(event: Event) -> bytes:

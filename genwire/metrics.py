@@ -34,3 +34,27 @@ class ConsumerMetrics:
         self.inflight = Gauge(
             sc.METRIC_INFLIGHT, "Records being processed now.", ["stage"], registry=registry
         )
+        self.parked = Counter(
+            sc.METRIC_RETRY_TOPIC,
+            "Records parked on genwire.retry after the outage budget, by reason.",
+            ["stage", "code"],
+            registry=registry,
+        )
+        self.stalled = Gauge(
+            sc.METRIC_PARTITION_STALLED,
+            "1 while a partition has work but made no progress for the stall timeout.",
+            ["topic", "partition", "stage"],
+            registry=registry,
+        )
+        self.progress_age = Gauge(
+            sc.METRIC_COMMIT_AGE,
+            "Seconds a partition with work has waited for progress (0: nothing pending).",
+            ["topic", "partition", "stage"],
+            registry=registry,
+        )
+        self.producer_resets = Counter(
+            sc.METRIC_PRODUCER_RESETS,
+            "Kafka producer clients replaced after a fatal error (e.g. OutOfOrderSequenceNumber).",
+            ["stage"],
+            registry=registry,
+        )

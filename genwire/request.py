@@ -11,6 +11,7 @@ length) are checked by preprocess, not here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -56,6 +57,17 @@ def result_key(request_id: str) -> str:
     return f"{RESULT_KEY_PREFIX}{request_id}"
 
 
+CLAIM_KEY_PREFIX = "genwire:claim:"
+"""``genwire:claim:<request_id>`` → the fingerprint of the first request with that id. Set by
+the gateway before it publishes a named request, and by preprocess for every request (SET NX):
+a later request with the same id and another fingerprint is an ``idempotency_conflict``."""
+
+
+def claim_key(request_id: str) -> str:
+    """The Redis key of a request id's idempotency claim."""
+    return f"{CLAIM_KEY_PREFIX}{request_id}"
+
+
 class ErrorCode(StrEnum):
     """Stable codes of ``GenerationResult.error.code`` (and of the DLQ's reason header)."""
 
@@ -81,6 +93,8 @@ class ErrorCode(StrEnum):
     """The input filter rejected the prompt (the message names the rule)."""
     DEADLINE_EXCEEDED = "deadline_exceeded"
     """The request's deadline passed before its work could start."""
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    """The request id was already used for a different request (another fingerprint)."""
     UNAVAILABLE = "unavailable"
     """A dependency (Triton) stayed unavailable through every retry."""
     INFERENCE_FAILED = "inference_failed"
@@ -101,6 +115,7 @@ ERROR_HTTP_STATUS: dict[str, int] = {
     ErrorCode.MODEL_NOT_FOUND: 404,
     ErrorCode.CONTENT_FILTERED: 422,
     ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.IDEMPOTENCY_CONFLICT: 409,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INFERENCE_FAILED: 502,
     ErrorCode.INTERNAL: 500,
@@ -219,6 +234,19 @@ _RANGE_ERRORS = frozenset(
     }
 )
 _SAMPLING_FIELDS = frozenset({"max_tokens", "temperature", "top_p", "top_k", "seed", "stop"})
+
+
+# Fields that do not change what is generated: a repeat may differ in them.
+_NOT_FINGERPRINTED = {"request_id", "stream", "deadline_ms", "received_ms", "metadata"}
+
+
+def fingerprint(request: GenerationRequest) -> str:
+    """A digest of what the request asks for (its id, timing, streaming and metadata left out).
+
+    The gateway and preprocess compare it under ``claim_key``: one rule for every entry point.
+    """
+    canonical = request.model_dump_json(exclude=_NOT_FINGERPRINTED)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
 def _classify(exc: ValidationError) -> tuple[ErrorCode, str]:

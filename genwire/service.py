@@ -20,11 +20,14 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Tracer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from genwire.health import Dependencies
 from genwire.kafka import EventConsumer, EventProducer
 from genwire.kafka.consumer import Decoder, FailureEvents, Handler, InT
+from genwire.kafka.replay import ParkedRecord, Replayer, decode_parked
 from genwire.metrics import ConsumerMetrics
 from genwire.settings import ServiceSettings
 from genwire.telemetry import configure_tracing
+from genwire.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +51,17 @@ class ServiceRuntime:
             settings, settings.service_name, span_exporter, set_global=set_global_tracer
         )
         self.tracer: Tracer = self.tracer_provider.get_tracer(f"genwire.{stage}")
+        self.dependencies = Dependencies(
+            stage, self.registry, unready_after_s=settings.unready_after_s
+        )
         self.producer = EventProducer(
-            settings.kafka_bootstrap_servers, client_id=settings.service_name, tracer=self.tracer
+            settings.kafka_bootstrap_servers,
+            client_id=settings.service_name,
+            tracer=self.tracer,
+            on_reset=self.consumer_metrics.producer_resets.labels(stage).inc,
         )
         self.consumers: list[EventConsumer[Any]] = []
+        self._replayer: EventConsumer[ParkedRecord] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.failed: str | None = None
         self.started = False
@@ -62,31 +72,77 @@ class ServiceRuntime:
         model: type[InT],
         handler: Handler[InT],
         *,
-        group_id: str | None = None,
+        group: bool = True,
         failure_events: FailureEvents | None = None,
-        auto_offset_reset: str = "earliest",
         decoder: Decoder[InT] | None = None,
+        concurrency: int | None = None,
     ) -> EventConsumer[InT]:
-        """Create (not start) a consumer with this service's settings and telemetry."""
+        """Create (not start) a consumer with this service's settings and telemetry.
+
+        ``group=False``: no consumer group; every partition from its end (every instance sees
+        every record from now on, and nothing is left on the broker when it stops).
+        """
+        s = self.settings
         consumer: EventConsumer[InT] = EventConsumer(
             topic=topic,
-            group_id=group_id or self.settings.service_name,
+            group_id=s.service_name if group else None,
             model=model,
             handler=handler,
             producer=self.producer,
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            bootstrap_servers=s.kafka_bootstrap_servers,
             stage=self.stage,
-            concurrency=self.settings.concurrency,
-            max_retries=self.settings.max_retries,
-            retry_backoff_s=self.settings.retry_backoff_s,
+            concurrency=concurrency or s.concurrency,
+            outage_budget_s=s.outage_budget_s,
+            retry_backoff_s=s.retry_backoff_s,
+            retry_backoff_max_s=s.retry_backoff_max_s,
+            max_replays=s.max_replays,
+            replay_delay_s=s.replay_delay_s,
+            drain_timeout_s=s.drain_timeout_s,
             failure_events=failure_events,
             decoder=decoder,
             tracer=self.tracer,
             metrics=self.consumer_metrics,
-            auto_offset_reset=auto_offset_reset,
+            dependencies=self.dependencies,
+            on_fatal=self.fail,
+            session_timeout_ms=s.kafka_session_timeout_ms,
         )
         self.consumers.append(consumer)
         return consumer
+
+    def _add_replayer(self) -> None:
+        """Replays this stage's parked records from genwire.retry (group ``<service>-retry``)."""
+        topics = {c.topic for c in self.consumers if c.group_id is not None}
+        if not topics:
+            return
+        replayer = Replayer(topics)
+        s = self.settings
+        self._replayer = EventConsumer(
+            topic=Topic.RETRY,
+            group_id=f"{s.service_name}-retry",
+            model=ParkedRecord,
+            handler=replayer.handle,
+            producer=self.producer,
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            stage=self.stage,
+            concurrency=s.concurrency,
+            outage_budget_s=s.outage_budget_s,
+            retry_backoff_s=s.retry_backoff_s,
+            retry_backoff_max_s=s.retry_backoff_max_s,
+            decoder=decode_parked,
+            tracer=self.tracer,
+            metrics=self.consumer_metrics,
+            dependencies=self.dependencies,
+            on_fatal=self.fail,
+            session_timeout_ms=s.kafka_session_timeout_ms,
+        )
+
+    def fail(self, reason: str) -> None:
+        """Give up loudly: not ready from now on, and exit so the supervisor restarts us."""
+        if self.failed:
+            return
+        self.failed = reason
+        log.error("cannot make progress: %s; stopping the service", reason)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def supervise(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run a background task; if it dies, /readyz fails and the process exits non-zero."""
@@ -97,9 +153,7 @@ class ServiceRuntime:
                 return
             exc = t.exception()
             if exc is not None:
-                self.failed = f"{name}: {exc!r}"
-                log.error("background task %s died: %r; stopping the service", name, exc)
-                os.kill(os.getpid(), signal.SIGTERM)
+                self.fail(f"background task {name} died: {exc!r}")
 
         task.add_done_callback(_done)
         self._tasks.append(task)
@@ -108,20 +162,65 @@ class ServiceRuntime:
     async def start(self) -> None:
         """Start the producer and every consumer (each consuming in a supervised task)."""
         await self.producer.start()
-        for consumer in self.consumers:
+        self._add_replayer()
+        for consumer in self._all_consumers():
             await consumer.start()
             self.supervise(consumer.run(), f"consume:{consumer.topic}")
+        self.supervise(self._watch_progress(), "watch-progress")
         self.started = True
+
+    def _all_consumers(self) -> list[EventConsumer[Any]]:
+        return [*self.consumers, *([self._replayer] if self._replayer is not None else [])]
+
+    def stalled(self) -> list[str]:
+        """Partitions with work and no progress for the stall timeout, as readable lines.
+
+        The replayer is left out: its records wait for their replay time on purpose.
+        """
+        threshold = self.settings.stall_timeout_s
+        return [
+            f"partition {tp.topic}-{tp.partition} made no progress for {waited:.0f} s"
+            for consumer in self.consumers
+            for tp, waited in consumer.stalled(threshold).items()
+        ]
+
+    def reasons(self) -> list[str]:
+        """Why this service cannot make progress now (empty: it can)."""
+        out: list[str] = []
+        if not self.started:
+            out.append("starting")
+        if self.failed:
+            out.append(self.failed)
+        out += [
+            f"consumer of {c.topic} has not joined its group"
+            for c in self._all_consumers()
+            if self.started and not c.ready
+        ]
+        out += self.dependencies.reasons()
+        out += self.stalled()
+        return out
 
     @property
     def ready(self) -> bool:
-        """Started, no task died, and every consumer has its partitions."""
-        return self.started and self.failed is None and all(c.ready for c in self.consumers)
+        """Started, no fatal error, consumers joined, no dependency down, no stalled partition."""
+        return not self.reasons()
+
+    async def _watch_progress(self, interval_s: float = 2.0) -> None:
+        """Keep the stall gauges current for Prometheus (readiness computes its own)."""
+        m = self.consumer_metrics
+        threshold = self.settings.stall_timeout_s
+        while True:
+            for consumer in self.consumers:
+                for tp, waited in consumer.progress().items():
+                    labels = (tp.topic, str(tp.partition), self.stage)
+                    m.progress_age.labels(*labels).set(waited)
+                    m.stalled.labels(*labels).set(1 if waited >= threshold else 0)
+            await asyncio.sleep(interval_s)
 
     async def stop(self) -> None:
         """Stop consuming, drain, flush the producer, flush and close telemetry."""
         timeout = self.settings.shutdown_timeout_s
-        for consumer in self.consumers:
+        for consumer in self._all_consumers():
             with contextlib.suppress(Exception):
                 await consumer.stop(timeout)
         for task in self._tasks:
@@ -146,9 +245,10 @@ def health_router() -> APIRouter:
     @router.get("/readyz")
     async def readyz(request: Request, response: Response) -> dict[str, Any]:
         runtime: ServiceRuntime = request.app.state.runtime
-        if not runtime.ready:
+        reasons = runtime.reasons()
+        if reasons:
             response.status_code = 503
-        return {"ready": runtime.ready, "failed": runtime.failed}
+        return {"ready": not reasons, "failed": runtime.failed, "reasons": reasons}
 
     @router.get("/metrics")
     async def metrics(request: Request) -> Response:

@@ -69,6 +69,53 @@ class ServiceSettings(CommonSettings):
     host: str = Field("127.0.0.1", description="Address the health/metrics server binds.")
     port: int = Field(8091, description="Port of /healthz, /readyz and /metrics.")
     concurrency: int = Field(64, ge=1, description="Records processed at once by the consumer.")
-    max_retries: int = Field(5, ge=0, description="Retries of a retryable error before the DLQ.")
-    retry_backoff_s: float = Field(0.2, gt=0, description="First retry delay; doubles each time.")
+    outage_budget_s: float = Field(
+        300.0,
+        gt=0,
+        description="How long a record waits out a dependency (Kafka, Redis, Triton) that is "
+        "down, retrying with backoff, before it is parked on genwire.retry; if even that cannot "
+        "be published for this long, the service exits (its supervisor restarts it).",
+    )
+    retry_backoff_s: float = Field(
+        0.2, gt=0, description="First retry delay; doubles each time up to retry_backoff_max_s."
+    )
+    retry_backoff_max_s: float = Field(10.0, gt=0, description="Longest delay between retries.")
+    replay_delay_s: float = Field(
+        60.0,
+        ge=0,
+        description="A parked record is replayed from genwire.retry after this delay, doubled "
+        "for each earlier replay.",
+    )
+    max_replays: int = Field(
+        3,
+        ge=0,
+        description="Replays from genwire.retry before a record is dead-lettered with an "
+        "error result.",
+    )
+    stall_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="A partition with work that made no progress (no record finished, no "
+        "commit) for this long is stalled: /readyz fails and genwire_partition_stalled is 1.",
+    )
+    unready_after_s: float = Field(
+        5.0,
+        ge=0,
+        description="A dependency down for longer than this makes /readyz fail (and say why).",
+    )
+    drain_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="On a rebalance, how long records of revoked partitions may finish before "
+        "they are cancelled (their new owner handles them).",
+    )
+    kafka_session_timeout_ms: int = Field(
+        10_000,
+        ge=6_000,
+        description="Consumer group session timeout: how long a crashed instance keeps its "
+        "partitions before the group moves them.",
+    )
+    redis_timeout_s: float = Field(
+        2.0, gt=0, description="Timeout of one Redis command (connection errors are retried)."
+    )
     shutdown_timeout_s: float = Field(20.0, gt=0, description="How long stop waits for work.")

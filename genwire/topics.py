@@ -22,7 +22,11 @@ class Topic(StrEnum):
     CONTROL = "genwire.control"
     """Cancellations and other commands that every inference instance reads."""
     DLQ = "genwire.dlq"
-    """Dead letters: the original bytes, the reason in headers."""
+    """Dead letters: poison input (undecodable, invalid), the original bytes, the reason in
+    headers. Never an outage: those go to ``genwire.retry``."""
+    RETRY = "genwire.retry"
+    """Records whose dependency stayed down past the outage budget: the original bytes and
+    headers plus ``genwire_retry_*``; their stage replays them after a delay."""
     ALERTS = "genwire.alerts"
     """Alerts raised and resolved by the monitor."""
     SPANS = "otlp_spans"
@@ -51,6 +55,7 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.RESULTS, 3, 7 * DAY_MS),
     TopicSpec(Topic.CONTROL, 1, HOUR_MS),
     TopicSpec(Topic.DLQ, 1, 14 * DAY_MS),
+    TopicSpec(Topic.RETRY, 3, 7 * DAY_MS),
     TopicSpec(Topic.ALERTS, 1, 30 * DAY_MS),
     TopicSpec(Topic.SPANS, 3, DAY_MS),
 )

@@ -1,9 +1,25 @@
-"""EventConsumer: consume → handle → publish → commit, with bounded concurrency and a DLQ.
+"""EventConsumer: consume → handle → publish → commit, with bounded concurrency.
 
 At-least-once: an offset is committed only after every output of its record (and of every
 earlier record of the partition) is acknowledged by the broker, so handlers must be idempotent
-by request id. Malformed input and permanent errors go to the DLQ with the reason in headers;
-retryable errors are retried with backoff first. Nothing here stops the loop for one bad record.
+by request id. What happens to a record that does not succeed (docs/architecture.md, *Errors*):
+
+- undecodable or invalid (``PermanentError``, a bug): DLQ record with the reason in headers,
+  plus the stage's error events, so the caller gets an error result;
+- rejected (``Rejection``, e.g. content filtered): the error events only, no DLQ record;
+- a dependency down (``RetryableError``, a failed publish): retried with capped exponential
+  backoff and jitter for ``outage_budget_s`` while the consumer stops taking new records; past
+  the budget the record is parked on ``genwire.retry`` and replayed later (``replay``), and
+  after ``max_replays`` parkings it is dead-lettered with an error result;
+- if even that cannot be published within the budget, the service gives up loudly:
+  ``on_fatal`` (the runtime turns not ready and exits, so its supervisor restarts it) and the
+  record stays uncommitted for the next owner.
+
+Rebalances: records of a revoked partition are not dispatched, and work still running for it
+after ``drain_timeout_s`` is cancelled; outputs are fenced (not published once the partition
+is gone), so the new owner's work is the only one published. The fetch loop never blocks on a
+full worker pool: it pauses the partitions and keeps polling, so the group never sees a member
+that stopped polling.
 """
 
 from __future__ import annotations
@@ -13,10 +29,11 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import ConsumerStoppedError
+from aiokafka.errors import ConsumerStoppedError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
@@ -24,8 +41,9 @@ from pydantic import BaseModel, ValidationError
 
 from genwire.errors import GenwireError, PermanentError, RetryableError
 from genwire.events import Event
+from genwire.health import Backoff, Dependencies
 from genwire.kafka.offsets import PartitionOffsets
-from genwire.kafka.producer import EventProducer
+from genwire.kafka.producer import KAFKA, EventProducer, forward_headers, publish_error
 from genwire.metrics import ConsumerMetrics
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import extract
@@ -33,13 +51,33 @@ from genwire.topics import Topic
 
 log = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class RawRecord:
+    """An output that is not an Event: bytes for a topic (the retry replayer's republish)."""
+
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+Output = Event | RawRecord
 InT = TypeVar("InT", bound=BaseModel)
-HandlerResult = Event | Sequence[Event] | None
-Handler = Callable[[InT], Awaitable[HandlerResult] | AsyncIterator[Event]]
+HandlerResult = Output | Sequence[Output] | None
+Handler = Callable[[InT], Awaitable[HandlerResult] | AsyncIterator[Output]]
 FailureEvents = Callable[[ConsumerRecord[bytes, bytes], GenwireError], Sequence[Event]]
 # Parses a record itself (its key, raw bytes); raises GenwireError (e.g. PermanentError with a
 # precise code) for a record that can never be handled. Default: ``model.model_validate_json``.
 Decoder = Callable[[ConsumerRecord[bytes, bytes]], InT]
+
+
+class _Fenced(Exception):
+    """The record's partition was revoked: its outputs belong to the new owner now."""
+
+
+class _GaveUp(Exception):
+    """Nothing could be published within the outage budget: the service stops."""
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -51,30 +89,52 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._owner._assigned = set(assigned)
+        self._owner._joined = True
+
+
+def header(record: ConsumerRecord[bytes, bytes], name: str) -> bytes | None:
+    """The last value of header ``name`` on ``record``."""
+    found = None
+    for key, value in record.headers or ():
+        if key == name:
+            found = value
+    return found
 
 
 class EventConsumer(Generic[InT]):
-    """Runs ``handler`` on every record of ``topic`` as consumer group ``group_id``."""
+    """Runs ``handler`` on every record of ``topic`` as consumer group ``group_id``.
+
+    ``group_id=None``: no group; every partition is read from its end (e.g. cancels, which
+    every instance must see from now on) and nothing is committed or left on the broker.
+    """
 
     def __init__(
         self,
         *,
         topic: str,
-        group_id: str,
+        group_id: str | None,
         model: type[InT],
         handler: Handler[InT],
         producer: EventProducer,
         bootstrap_servers: str,
         stage: str,
         concurrency: int = 64,
-        max_retries: int = 5,
+        outage_budget_s: float = 300.0,
         retry_backoff_s: float = 0.2,
+        retry_backoff_max_s: float = 10.0,
+        max_replays: int = 3,
+        replay_delay_s: float = 60.0,
+        drain_timeout_s: float = 15.0,
         failure_events: FailureEvents | None = None,
         decoder: Decoder[InT] | None = None,
         tracer: Tracer | None = None,
         metrics: ConsumerMetrics | None = None,
+        dependencies: Dependencies | None = None,
+        on_fatal: Callable[[str], None] | None = None,
         auto_offset_reset: str = "earliest",
         max_partition_fetch_bytes: int = 16 * 1024 * 1024,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3_000,
     ) -> None:
         self.topic = topic
         self.group_id = group_id
@@ -82,36 +142,67 @@ class EventConsumer(Generic[InT]):
         self._handler = handler
         self._producer = producer
         self._stage = stage
-        self._max_retries = max_retries
-        self._backoff = retry_backoff_s
+        self._budget_s = outage_budget_s
+        self._backoff = Backoff(retry_backoff_s, retry_backoff_max_s)
+        self._max_replays = max_replays
+        self._replay_delay_s = replay_delay_s
+        self._drain_timeout_s = drain_timeout_s
         self._failure_events = failure_events
         self._decoder = decoder
         self._tracer = tracer or trace.get_tracer("genwire.kafka")
         self._metrics = metrics
-        self._sem = asyncio.Semaphore(concurrency)
+        self._deps = dependencies or Dependencies(stage)
+        self._on_fatal = on_fatal
         self._concurrency = concurrency
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         # In-flight record tasks and their partitions (a task leaves when it is done).
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
+        self._waiting = 0  # records backing off for a dependency: take no new ones meanwhile
         self._dirty = asyncio.Event()
         self._assigned: set[TopicPartition] = set()
+        self._joined = False  # the group gave this member its share (maybe none: more members)
         self._stopping = False
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
             enable_auto_commit=False,
-            auto_offset_reset=auto_offset_reset,
+            auto_offset_reset=auto_offset_reset if group_id is not None else "latest",
             max_partition_fetch_bytes=max_partition_fetch_bytes,
             fetch_max_wait_ms=100,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
         )
 
     @property
     def ready(self) -> bool:
-        """True once the group has assigned this consumer its partitions."""
-        return bool(self._assigned) and not self._stopping
+        """True once the group has given this consumer its share of partitions."""
+        return self._joined and not self._stopping
+
+    def stalled(self, threshold_s: float) -> dict[TopicPartition, float]:
+        """Partitions with work that made no progress for ``threshold_s``: seconds stalled."""
+        now = time.monotonic()
+        out = {}
+        for tp, tracker in self._offsets.items():
+            waited = tracker.stalled_for(now)
+            if tp in self._assigned and waited >= threshold_s:
+                out[tp] = waited
+        return out
+
+    def progress(self) -> dict[TopicPartition, float]:
+        """Seconds each assigned partition has waited for progress (0: none pending)."""
+        now = time.monotonic()
+        return {tp: t.stalled_for(now) for tp, t in self._offsets.items() if tp in self._assigned}
 
     async def start(self) -> None:
-        """Join the group (assignment completes in the background)."""
+        """Join the group (assignment completes in the background), or assign every partition."""
+        if self.group_id is None:
+            await self._consumer.start()
+            partitions = await self._consumer.partitions_for_topic(self.topic) or set()
+            self._assigned = {TopicPartition(self.topic, p) for p in partitions}
+            self._consumer.assign(list(self._assigned))
+            await self._consumer.seek_to_end(*self._assigned)
+            self._joined = True
+            return
         self._consumer.subscribe([self.topic], listener=_Rebalance(self))
         await self._consumer.start()
 
@@ -120,21 +211,19 @@ class EventConsumer(Generic[InT]):
         committer = asyncio.create_task(self._commit_loop())
         try:
             while not self._stopping:
+                free = self._concurrency - len(self._tasks)
+                self._throttle(free <= 0 or self._waiting > 0)
                 try:
-                    batches = await self._consumer.getmany(
-                        timeout_ms=200, max_records=self._concurrency
-                    )
+                    batches = await self._consumer.getmany(timeout_ms=200, max_records=max(1, free))
                 except ConsumerStoppedError:
                     if self._stopping:  # stop() closed the client under a pending fetch
                         return
                     raise
                 for tp, records in batches.items():
+                    if tp not in self._assigned:  # revoked while fetched: the new owner's now
+                        continue
                     for record in records:
-                        await self._sem.acquire()
-                        # stop() may have snapshotted the in-flight records while we waited:
-                        # a task started now would escape its drain; redelivery takes the rest.
-                        if self._stopping:
-                            self._sem.release()
+                        if self._stopping:  # redelivery takes the rest
                             return
                         tracker = self._offsets.setdefault(tp, PartitionOffsets())
                         tracker.started(record.offset)
@@ -146,6 +235,14 @@ class EventConsumer(Generic[InT]):
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
 
+    def _throttle(self, hold: bool) -> None:
+        """Pause every assigned partition while full or waiting out an outage; else resume."""
+        assignment = self._consumer.assignment()
+        if hold:
+            self._consumer.pause(*assignment)
+        elif self._consumer.paused():
+            self._consumer.resume(*self._consumer.paused())
+
     async def stop(self, timeout_s: float = 20.0) -> None:
         """Stop fetching, let in-flight records finish (bounded), commit, leave the group."""
         self._stopping = True
@@ -153,6 +250,8 @@ class EventConsumer(Generic[InT]):
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
             for task in pending:
                 task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
         with contextlib.suppress(Exception):
             await self._commit()
         await self._consumer.stop()
@@ -167,22 +266,32 @@ class EventConsumer(Generic[InT]):
         outcome = "ok"
         if self._metrics:
             self._metrics.inflight.labels(self._stage).inc()
+        forward_headers(record.headers)
         try:
-            outcome = await self._handle_record(record)
+            outcome = await self._handle_record(tp, record)
         except asyncio.CancelledError:
-            # Stopped mid-record: leave it uncommitted so the group redelivers it.
+            # Stopped or revoked mid-record: leave it uncommitted so the group redelivers it.
             outcome = "cancelled"
             raise
-        except Exception:  # even the DLQ failed: keep it uncommitted, never die
-            log.exception("could not handle nor dead-letter %s@%s", tp, record.offset)
+        except _GaveUp as exc:
             outcome = "uncommitted"
+            if self._on_fatal is not None:
+                self._on_fatal(str(exc))
+        except Exception as exc:  # a bug in this module: never finish the record silently
+            log.exception("could not handle %s@%s", tp, record.offset)
+            outcome = "uncommitted"
+            if self._on_fatal is not None:
+                self._on_fatal(f"record {tp.topic}-{tp.partition}@{record.offset}: {exc!r}")
         finally:
             # Not the current tracker: the partition was revoked and drained meanwhile (maybe
             # reassigned since, with a new tracker that must not see this older offset).
-            if self._offsets.get(tp) is tracker and outcome not in ("cancelled", "uncommitted"):
+            if self._offsets.get(tp) is tracker and outcome not in (
+                "cancelled",
+                "uncommitted",
+                "revoked",
+            ):
                 tracker.finished(record.offset)
             self._dirty.set()
-            self._sem.release()
             if self._metrics:
                 self._metrics.inflight.labels(self._stage).dec()
                 self._metrics.messages.labels(self.topic, self._stage, outcome).inc()
@@ -190,7 +299,7 @@ class EventConsumer(Generic[InT]):
                     time.perf_counter() - started
                 )
 
-    async def _handle_record(self, record: ConsumerRecord[bytes, bytes]) -> str:
+    async def _handle_record(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> str:
         parent = extract(record.headers)
         wait_ms = max(0.0, time.time() * 1000 - record.timestamp)
         attributes = {
@@ -198,13 +307,14 @@ class EventConsumer(Generic[InT]):
             sc.MESSAGING_DESTINATION: self.topic,
             sc.MESSAGING_OPERATION_TYPE: "process",
             sc.MESSAGING_OPERATION_NAME: "process",
-            sc.MESSAGING_CONSUMER_GROUP: self.group_id,
             sc.MESSAGING_PARTITION: str(record.partition),
             sc.MESSAGING_OFFSET: record.offset,
             sc.MESSAGING_BODY_SIZE: len(record.value or b""),
             sc.STAGE: self._stage,
             sc.WAIT_MS: wait_ms,
         }
+        if self.group_id is not None:
+            attributes[sc.MESSAGING_CONSUMER_GROUP] = self.group_id
         if record.key:
             attributes[sc.MESSAGING_MESSAGE_KEY] = record.key.decode("utf-8", "replace")
         with self._tracer.start_as_current_span(
@@ -220,77 +330,184 @@ class EventConsumer(Generic[InT]):
                     event = self._model.model_validate_json(record.value or b"")
             except ValidationError as exc:
                 err = PermanentError(_describe(exc), code="invalid_message")
-                await self._fail(record, err, span)
+                await self._fail(tp, record, err, span)
                 return "invalid"
             except GenwireError as exc:  # the decoder's verdict, with its own code
-                await self._fail(record, exc, span)
+                await self._fail(tp, record, exc, span)
                 return "invalid"
-            for attempt in range(self._max_retries + 1):
+            return await self._run_with_retries(tp, record, event, span)
+
+    async def _run_with_retries(
+        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], event: InT, span: Any
+    ) -> str:
+        first_failure: float | None = None
+        failed_dependency = ""
+        attempt = 0
+        try:
+            while True:
                 try:
-                    await self._run_handler(event)
+                    await self._run_handler(tp, event)
+                    if failed_dependency:
+                        self._deps.recovered(failed_dependency)
                     return "ok"
                 except RetryableError as exc:
-                    if attempt == self._max_retries:
-                        await self._fail(record, exc, span)
+                    err: GenwireError = exc
+                except KafkaError as exc:
+                    err = publish_error(exc)
+                    if not isinstance(err, RetryableError):
+                        await self._fail(tp, record, err, span)
                         return "failed"
-                    if self._metrics:
-                        self._metrics.retries.labels(self._stage).inc()
-                    await asyncio.sleep(self._backoff * 2**attempt)
+                except _Fenced:
+                    return "revoked"
                 except GenwireError as exc:
-                    await self._fail(record, exc, span)
-                    return "rejected"
+                    await self._fail(tp, record, exc, span)
+                    return "rejected" if not exc.dead_letter else "invalid"
                 except Exception as exc:
                     log.exception("handler failed on %s", record.key)
-                    await self._fail(record, GenwireError(f"internal error: {exc}"), span)
+                    await self._fail(tp, record, GenwireError(f"internal error: {exc}"), span)
                     return "failed"
-        return "failed"
+                # A dependency is down: wait it out (bounded), taking no new records meanwhile.
+                assert isinstance(err, RetryableError)
+                failed_dependency = err.dependency
+                self._deps.failed(err.dependency, err.message)
+                now = time.monotonic()
+                if first_failure is None:
+                    first_failure = now
+                    self._waiting += 1
+                if now - first_failure >= self._budget_s:
+                    await self._park(tp, record, err, span)
+                    return "parked"
+                if self._metrics:
+                    self._metrics.retries.labels(self._stage).inc()
+                await asyncio.sleep(self._backoff.delay(attempt))
+                attempt += 1
+                if tp not in self._assigned:
+                    return "revoked"
+        finally:
+            if first_failure is not None:
+                self._waiting -= 1
 
-    async def _run_handler(self, event: InT) -> None:
+    async def _run_handler(self, tp: TopicPartition, event: InT) -> None:
         result = self._handler(event)
         pending: list[asyncio.Future[object]] = []
         if isinstance(result, AsyncIterator):
             async for out in result:
-                pending.append(await self._producer.publish(out))
+                pending.append(await self._publish(tp, out))
         else:
             produced = await result
-            outs = (
+            outs: list[Output] = (
                 []
                 if produced is None
                 else [produced]
-                if isinstance(produced, Event)
+                if isinstance(produced, Event | RawRecord)
                 else list(produced)
             )
             for out in outs:
-                pending.append(await self._producer.publish(out))
+                pending.append(await self._publish(tp, out))
         if pending:
             await asyncio.gather(*pending)
 
+    async def _publish(self, tp: TopicPartition, out: Output) -> asyncio.Future[object]:
+        if tp not in self._assigned:  # fenced: a revoked partition publishes nothing more
+            raise _Fenced
+        if isinstance(out, RawRecord):
+            return await self._producer.send(out.topic, out.value, key=out.key, headers=out.headers)
+        return await self._producer.publish(out)
+
     async def _fail(
-        self, record: ConsumerRecord[bytes, bytes], err: GenwireError, span: trace.Span
+        self,
+        tp: TopicPartition,
+        record: ConsumerRecord[bytes, bytes],
+        err: GenwireError,
+        span: trace.Span,
     ) -> None:
-        """DLQ record (original bytes, reason in headers) plus the stage's error events."""
+        """The stage's error events, and for poison input a DLQ record (reason in headers)."""
+        span.set_status(Status(StatusCode.ERROR, err.message))
+        span.set_attribute(sc.ERROR_CODE, err.code)
+        outputs: list[Output] = []
+        if err.dead_letter:
+            if self._metrics:
+                self._metrics.dlq.labels(self._stage, err.code).inc()
+            outputs.append(
+                self._diverted(record, Topic.DLQ, _dlq_headers(record, err, self._stage))
+            )
+        if self._failure_events is not None:
+            outputs += self._failure_events(record, err)
+        await self._publish_reliably(tp, outputs)
+
+    async def _park(
+        self,
+        tp: TopicPartition,
+        record: ConsumerRecord[bytes, bytes],
+        err: RetryableError,
+        span: trace.Span,
+    ) -> None:
+        """Past the outage budget: to ``genwire.retry`` for a later replay, or, once replayed
+        ``max_replays`` times, to the DLQ with an error result."""
+        replays = int(header(record, sc.HEADER_RETRY_COUNT) or b"0")
+        if replays >= self._max_replays:
+            exhausted = GenwireError(
+                f"{err.message} (still failing after {replays} replays from genwire.retry)",
+                code=err.code,
+            )
+            await self._fail(tp, record, exhausted, span)
+            return
         span.set_status(Status(StatusCode.ERROR, err.message))
         span.set_attribute(sc.ERROR_CODE, err.code)
         if self._metrics:
-            self._metrics.dlq.labels(self._stage, err.code).inc()
-        headers = [(k, v) for k, v in record.headers or () if not k.startswith("genwire_dlq")]
+            self._metrics.parked.labels(self._stage, err.code).inc()
+        not_before = int(time.time() * 1000 + self._replay_delay_s * 1000 * 2**replays)
+        headers = [(k, v) for k, v in record.headers or () if not k.startswith("genwire_retry")]
         headers += [
-            (sc.HEADER_DLQ_REASON, err.message[:1000].encode()),
-            (sc.HEADER_DLQ_CODE, err.code.encode()),
-            (sc.HEADER_DLQ_TOPIC, record.topic.encode()),
-            (sc.HEADER_DLQ_PARTITION, str(record.partition).encode()),
-            (sc.HEADER_DLQ_OFFSET, str(record.offset).encode()),
-            (sc.HEADER_DLQ_STAGE, self._stage.encode()),
+            (sc.HEADER_RETRY_TOPIC, record.topic.encode()),
+            (sc.HEADER_RETRY_PARTITION, str(record.partition).encode()),
+            (sc.HEADER_RETRY_OFFSET, str(record.offset).encode()),
+            (sc.HEADER_RETRY_REASON, err.message[:1000].encode()),
+            (sc.HEADER_RETRY_CODE, err.code.encode()),
+            (sc.HEADER_RETRY_STAGE, self._stage.encode()),
+            (sc.HEADER_RETRY_COUNT, str(replays).encode()),
+            (sc.HEADER_RETRY_NOT_BEFORE, str(not_before).encode()),
         ]
-        futures = [
-            await self._producer.send(
-                Topic.DLQ, record.value or b"", key=record.key, headers=headers
-            )
-        ]
-        if self._failure_events is not None:
-            for out in self._failure_events(record, err):
-                futures.append(await self._producer.publish(out))
-        await asyncio.gather(*futures)
+        log.warning(
+            "%s@%s parked on %s after %.0f s of %s: replay after %s",
+            f"{record.topic}-{record.partition}",
+            record.offset,
+            Topic.RETRY,
+            self._budget_s,
+            err.dependency,
+            time.strftime("%H:%M:%S", time.localtime(not_before / 1000)),
+        )
+        await self._publish_reliably(tp, [self._diverted(record, Topic.RETRY, headers)])
+
+    @staticmethod
+    def _diverted(
+        record: ConsumerRecord[bytes, bytes], topic: str, headers: list[tuple[str, bytes]]
+    ) -> RawRecord:
+        return RawRecord(topic, record.value or b"", record.key, tuple(headers))
+
+    async def _publish_reliably(self, tp: TopicPartition, outputs: Sequence[Output]) -> None:
+        """Publish, retrying through a broker outage for the budget; else give up loudly."""
+        first_failure: float | None = None
+        attempt = 0
+        while True:
+            try:
+                futures = [await self._publish(tp, out) for out in outputs]
+                await asyncio.gather(*futures)
+                if first_failure is not None:
+                    self._deps.recovered(KAFKA)
+                return
+            except _Fenced:
+                return  # the new owner handles the record again
+            except KafkaError as exc:
+                self._deps.failed(KAFKA, exc)
+                now = time.monotonic()
+                first_failure = first_failure or now
+                if now - first_failure >= self._budget_s:
+                    raise _GaveUp(
+                        f"could not publish to Kafka for {self._budget_s:.0f} s: {exc!r}"
+                    ) from exc
+                await asyncio.sleep(self._backoff.delay(attempt))
+                attempt += 1
 
     async def _commit_loop(self) -> None:
         while True:
@@ -298,11 +515,17 @@ class EventConsumer(Generic[InT]):
             self._dirty.clear()
             try:
                 await self._commit()
+                if self._deps.down_for(KAFKA) is not None and self.group_id is not None:
+                    self._deps.recovered(KAFKA)
             except Exception as exc:  # a rebalance may revoke mid-commit: redelivery is safe
-                log.warning("commit failed (records may be redelivered): %s", exc)
+                self._deps.failed(KAFKA, f"commit failed: {exc!r}")
+                self._dirty.set()  # try again: a finished record must not wait for another
+                await asyncio.sleep(1.0)
             await asyncio.sleep(0.05)  # coalesce commits of records finishing together
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        if self.group_id is None:
+            return
         offsets = {}
         for tp, tracker in self._offsets.items():
             if only is not None and tp not in only:
@@ -310,21 +533,62 @@ class EventConsumer(Generic[InT]):
             if tp not in self._assigned:
                 continue
             position = tracker.committable()
-            if position is not None:
+            if position is not None and position != tracker.committed:
                 offsets[tp] = position
         if offsets:
             await self._consumer.commit(offsets)
+            for tp, position in offsets.items():
+                if tp in self._offsets:
+                    self._offsets[tp].was_committed(position)
 
-    async def _drain(self, revoked: set[TopicPartition], timeout_s: float = 15.0) -> None:
-        """Before losing partitions: finish their records and commit them."""
+    async def _drain(self, revoked: set[TopicPartition]) -> None:
+        """Before losing partitions: finish their records (bounded), fence the rest, commit."""
         busy = [t for t, tp in self._tasks.items() if tp in revoked]
         if busy:
-            await asyncio.wait(busy, timeout=timeout_s)
+            _, pending = await asyncio.wait(busy, timeout=self._drain_timeout_s)
+            # Fenced from here on: nothing they would still publish is theirs to publish.
+            self._assigned -= revoked
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
+                log.warning(
+                    "rebalance: cancelled %d records of revoked partitions still running "
+                    "after %.0f s; their new owner handles them",
+                    len(pending),
+                    self._drain_timeout_s,
+                )
         with contextlib.suppress(Exception):
-            await self._commit(revoked)
+            await self._commit_revoked(revoked)
         for tp in revoked:
             self._offsets.pop(tp, None)
         self._assigned -= revoked
+
+    async def _commit_revoked(self, revoked: set[TopicPartition]) -> None:
+        # ``_assigned`` may already exclude them (fenced): commit them explicitly.
+        offsets = {}
+        for tp in revoked:
+            tracker = self._offsets.get(tp)
+            position = tracker.committable() if tracker else None
+            if position is not None and tracker is not None and position != tracker.committed:
+                offsets[tp] = position
+        if offsets and self.group_id is not None:
+            await self._consumer.commit(offsets)
+
+
+def _dlq_headers(
+    record: ConsumerRecord[bytes, bytes], err: GenwireError, stage: str
+) -> list[tuple[str, bytes]]:
+    kept = [(k, v) for k, v in record.headers or () if not k.startswith("genwire_dlq")]
+    return [
+        *kept,
+        (sc.HEADER_DLQ_REASON, err.message[:1000].encode()),
+        (sc.HEADER_DLQ_CODE, err.code.encode()),
+        (sc.HEADER_DLQ_TOPIC, record.topic.encode()),
+        (sc.HEADER_DLQ_PARTITION, str(record.partition).encode()),
+        (sc.HEADER_DLQ_OFFSET, str(record.offset).encode()),
+        (sc.HEADER_DLQ_STAGE, stage.encode()),
+    ]
 
 
 def _describe(exc: ValidationError) -> str:

@@ -1,21 +1,79 @@
-"""EventProducer: publishes events (or raw bytes) with a PRODUCER span and trace headers."""
+"""EventProducer: publishes events (or raw bytes) with a PRODUCER span and trace headers.
+
+It recovers from the idempotent producer's fatal states by itself. After a long broker outage
+aiokafka's producer can fail every batch with ``OutOfOrderSequenceNumber`` until the process
+restarts (aio-libs/aiokafka#1017): its sequence numbers no longer match the broker's. The
+Java client bumps the epoch; librdkafka asks for a new producer. Here a fatal error (or a
+sender task that died) replaces the client with a new one — a new producer id, fresh sequence
+numbers — and the caller's retry publishes again on it. What was in flight on the old client
+fails, so the consumer reprocesses those records (at-least-once); nothing is dropped.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar, Token
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    IllegalStateError,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    RecordTooLargeError,
+)
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
 
+from genwire.errors import GenwireError, PermanentError, RetryableError
 from genwire.events import Event, dump
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import KafkaHeaders, inject
 
+log = logging.getLogger(__name__)
+
+FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
+    OutOfOrderSequenceNumber,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    ProducerFenced,
+    ProducerClosed,
+    IllegalStateError,
+)
+"""Errors after which this client never publishes again: replace it."""
+
+KAFKA = "kafka"
+"""The dependency name of the broker in readiness reasons, logs and metrics."""
+
+FORWARDED_HEADERS = frozenset({sc.HEADER_ORIGIN, sc.HEADER_KEEP})
+"""Headers that follow a request from hop to hop, like ``traceparent``: set on a consumed
+record, they are added to every record published while handling it."""
+_forwarded: ContextVar[tuple[tuple[str, bytes], ...]] = ContextVar("genwire_forwarded", default=())
+
+
+def forward_headers(
+    headers: Iterable[tuple[str, bytes]] | None,
+) -> Token[tuple[tuple[str, bytes], ...]]:
+    """Make the forwarded headers of a consumed record apply to what this task publishes."""
+    return _forwarded.set(tuple((k, v) for k, v in headers or () if k in FORWARDED_HEADERS))
+
+
+def publish_error(exc: BaseException) -> GenwireError:
+    """What a failed publish means for the record: retry it later, or never."""
+    if isinstance(exc, MessageSizeTooLargeError | RecordTooLargeError):
+        return PermanentError(f"an output is too large for Kafka: {exc}", code="internal")
+    return RetryableError(f"kafka: {type(exc).__name__}: {exc}", dependency=KAFKA)
+
 
 class EventProducer:
-    """A thin, traced wrapper over one idempotent ``AIOKafkaProducer``."""
+    """A thin, traced wrapper over one idempotent ``AIOKafkaProducer``, replaced when fatal."""
 
     def __init__(
         self,
@@ -24,28 +82,100 @@ class EventProducer:
         client_id: str = "genwire",
         tracer: Tracer | None = None,
         linger_ms: int = 0,
+        request_timeout_ms: int = 30_000,
+        on_reset: Callable[[], None] | None = None,
     ) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            client_id=client_id,
+        self._bootstrap = bootstrap_servers
+        self._client_id = client_id
+        self._linger_ms = linger_ms
+        self._request_timeout_ms = request_timeout_ms
+        self._on_reset = on_reset
+        self._producer = self._new_client()
+        self._generation = 0
+        self._started = False
+        self._reset_lock = asyncio.Lock()
+        self._retired: set[asyncio.Task[None]] = set()
+        self._tracer = tracer or trace.get_tracer("genwire.kafka")
+
+    def _new_client(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
             acks="all",
             enable_idempotence=True,
             # No linger: each hop of a request pays it (measured on this broker: 1 ms of linger
             # took a hop from 2.0 to 3.3 ms p50, docs/benchmarks.md). Under load records still
             # batch, because aiokafka drains a partition only while no request to its broker
             # is in flight.
-            linger_ms=linger_ms,
+            linger_ms=self._linger_ms,
             max_request_size=16 * 1024 * 1024,
+            # A batch that cannot be delivered fails after this; the consumer retries it.
+            request_timeout_ms=self._request_timeout_ms,
         )
-        self._tracer = tracer or trace.get_tracer("genwire.kafka")
+
+    @property
+    def resets(self) -> int:
+        """How many times the client was replaced after a fatal error."""
+        return self._generation
 
     async def start(self) -> None:
         """Connect to the broker."""
         await self._producer.start()
+        self._started = True
 
     async def stop(self) -> None:
         """Flush what is pending and disconnect."""
+        self._started = False
         await self._producer.stop()
+        for task in list(self._retired):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _dead(self) -> bool:
+        sender = getattr(self._producer, "_sender", None)
+        task = getattr(sender, "sender_task", None)
+        return task is not None and task.done()
+
+    async def reset(self, generation: int | None = None, reason: object = "") -> None:
+        """Replace the client (once per failed generation, however many callers saw it fail)."""
+        async with self._reset_lock:
+            if generation is not None and generation != self._generation:
+                return  # someone already replaced the client that failed
+            log.warning("kafka producer %s is unusable (%s): replacing it", self._client_id, reason)
+            fresh = self._new_client()
+            await fresh.start()  # raises while the broker is down: the caller retries later
+            old, self._producer = self._producer, fresh
+            self._generation += 1
+            task = asyncio.create_task(self._retire(old))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+        if self._on_reset is not None:
+            self._on_reset()
+
+    @staticmethod
+    async def _retire(old: AIOKafkaProducer) -> None:
+        # Its pending batches fail (their records are retried by their consumers); bounded,
+        # because a dead sender can leave stop() waiting on nothing.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(old.stop(), 10.0)
+
+    def _watch(self, fut: asyncio.Future[object], generation: int) -> None:
+        def done(f: asyncio.Future[object]) -> None:
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if isinstance(exc, FATAL_PRODUCER_ERRORS):
+                task = asyncio.ensure_future(self._reset_quietly(generation, exc))
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
+
+        fut.add_done_callback(done)
+
+    async def _reset_quietly(self, generation: int, reason: object) -> None:
+        try:
+            await self.reset(generation, reason)
+        except Exception as exc:  # the broker is still down: the next send tries again
+            log.debug("replacing the producer failed: %s", exc)
 
     async def send(
         self,
@@ -54,8 +184,17 @@ class EventProducer:
         *,
         key: bytes | None = None,
         headers: Sequence[tuple[str, bytes]] = (),
+        traced: bool = True,
     ) -> asyncio.Future[object]:
-        """Queue one record inside a ``<topic> publish`` span; await the result to confirm it."""
+        """Queue one record inside a ``<topic> publish`` span; await the result to confirm it.
+
+        ``traced=False``: no span and no trace headers (heartbeats: no trace is about them).
+        Raises (or the future fails with) ``KafkaError``; see ``publish_error``.
+        """
+        if self._started and self._dead():
+            await self.reset(self._generation, "its sender task stopped")
+        if not traced:
+            return await self._send(topic, value, key, list(headers))
         with self._tracer.start_as_current_span(
             sc.publish_span_name(topic),
             kind=SpanKind.PRODUCER,
@@ -69,21 +208,46 @@ class EventProducer:
             },
         ):
             record_headers: KafkaHeaders = list(headers)
+            present = {k for k, _ in record_headers}
+            record_headers += [(k, v) for k, v in _forwarded.get() if k not in present]
             inject(record_headers)
-            fut: asyncio.Future[object] = await self._producer.send(
-                topic, value, key=key, headers=record_headers
-            )
-            return fut
+            return await self._send(topic, value, key, record_headers)
 
-    async def publish(self, event: Event) -> asyncio.Future[object]:
+    async def _send(
+        self, topic: str, value: bytes, key: bytes | None, headers: KafkaHeaders
+    ) -> asyncio.Future[object]:
+        generation = self._generation
+        try:
+            fut: asyncio.Future[object] = await self._producer.send(
+                topic, value, key=key, headers=headers
+            )
+        except FATAL_PRODUCER_ERRORS as exc:
+            await self._reset_quietly(generation, exc)
+            raise
+        self._watch(fut, generation)
+        return fut
+
+    async def publish(self, event: Event, *, traced: bool = True) -> asyncio.Future[object]:
         """Queue ``event`` to its topic, keyed by request id."""
         return await self.send(
             event.TOPIC,
             dump(event),
             key=event.key(),
             headers=[(sc.HEADER_EVENT_TYPE, type(event).__name__.encode())],
+            traced=traced,
         )
 
     async def publish_and_wait(self, event: Event) -> None:
         """Publish and wait until the broker has acknowledged the record."""
         await (await self.publish(event))
+
+
+__all__ = [
+    "FATAL_PRODUCER_ERRORS",
+    "FORWARDED_HEADERS",
+    "KAFKA",
+    "EventProducer",
+    "KafkaError",
+    "forward_headers",
+    "publish_error",
+]

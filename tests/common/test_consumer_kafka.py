@@ -5,54 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from genwire.errors import GenwireError, RetryableError
-from genwire.events import Event, GenerationResult, PreparedRequest, Sampling, dump
-from genwire.kafka import EventConsumer, EventProducer, ensure_topics
-from genwire.settings import CommonSettings
+from genwire.events import Event, GenerationResult, PreparedRequest, dump
+from genwire.kafka import EventConsumer, EventProducer
 from genwire.telemetry import semconv as sc
-from genwire.topics import Topic, TopicSpec
+from genwire.topics import Topic
+
+from .support import _committed, _prepared, _read
 
 pytestmark = pytest.mark.integration
-
-
-def _prepared(rid: str) -> PreparedRequest:
-    return PreparedRequest(request_id=rid, model="m", input_ids=[1], sampling=Sampling())
-
-
-async def _read(
-    bootstrap: str, topic: str, keys: set[bytes], timeout_s: float = 30.0
-) -> list[ConsumerRecord[bytes, bytes]]:
-    """Read ``topic`` from the beginning until a record for every key arrived."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    found: list[ConsumerRecord[bytes, bytes]] = []
-    try:
-        async with asyncio.timeout(timeout_s):
-            while {r.key for r in found} < keys:
-                batch = await consumer.getmany(timeout_ms=200)
-                found += [r for rs in batch.values() for r in rs if r.key in keys]
-    finally:
-        await consumer.stop()
-    return found
-
-
-@pytest.fixture
-async def env(infra: CommonSettings) -> AsyncIterator[tuple[str, str, EventProducer]]:
-    """A fresh input topic and a started producer."""
-    topic = f"test.consumer.{uuid.uuid4().hex[:8]}"
-    await ensure_topics(infra.kafka_bootstrap_servers, [TopicSpec(topic, 2, 3_600_000)])
-    producer = EventProducer(infra.kafka_bootstrap_servers)
-    await producer.start()
-    yield infra.kafka_bootstrap_servers, topic, producer
-    await producer.stop()
 
 
 def _consumer(
@@ -62,6 +29,7 @@ def _consumer(
     handler: object,
     group: str,
     failure_events: object = None,
+    **options: Any,
 ) -> EventConsumer[PreparedRequest]:
     return EventConsumer(
         topic=topic,
@@ -72,27 +40,11 @@ def _consumer(
         bootstrap_servers=bootstrap,
         stage="test",
         concurrency=8,
-        max_retries=3,
+        outage_budget_s=5.0,
         retry_backoff_s=0.01,
         failure_events=failure_events,  # type: ignore[arg-type]
+        **options,
     )
-
-
-async def _committed(bootstrap: str, group: str, topic: str) -> int:
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await probe.start()
-    try:
-        total = 0
-        for p in probe.partitions_for_topic(topic) or await _partitions(probe, topic):
-            total += await probe.committed(TopicPartition(topic, p)) or 0
-        return total
-    finally:
-        await probe.stop()
-
-
-async def _partitions(probe: AIOKafkaConsumer, topic: str) -> set[int]:
-    await probe._client.force_metadata_update()  # the probe subscribes to nothing
-    return probe.partitions_for_topic(topic) or set()
 
 
 async def test_outputs_published_then_committed_and_bad_input_dead_lettered(

@@ -12,11 +12,11 @@ import pytest
 from genwire_gateway.config import GatewaySettings
 from genwire_gateway.core import Gateway, ResultStatus
 from genwire_gateway.errors import GatewayError
-from genwire_gateway.store import ClaimOutcome, fingerprint
+from genwire_gateway.store import ClaimOutcome
 from genwire_gateway.waiters import WaiterRegistry
 
 from genwire.events import ControlEvent, Event, GenerationResult, TokenEvent, Usage, now_ms
-from genwire.request import GenerationRequest
+from genwire.request import GenerationRequest, fingerprint
 
 Reply = Callable[[GenerationRequest, WaiterRegistry], None]
 

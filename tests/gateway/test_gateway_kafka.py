@@ -15,13 +15,12 @@ import httpx
 import pytest
 from genwire_gateway.client import GenwireClient, GenwireClientError
 from genwire_gateway.grpc_service import SERVICE_NAME
-from genwire_gateway.store import claim_key
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 
 from genwire.events import ErrorInfo
-from genwire.request import GenerationRequest
+from genwire.request import GenerationRequest, claim_key
 from genwire.telemetry import semconv as sc
 
 from .harness import FakePipeline, GatewayInstance, Script

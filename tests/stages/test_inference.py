@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from genwire.errors import PermanentError, RetryableError
+from genwire.errors import GenwireError, PermanentError, Rejection, RetryableError
 from genwire.events import ControlEvent, GenerationChunk, PreparedRequest, Sampling, now_ms
 from genwire.telemetry import semconv as sc
 
@@ -77,6 +77,9 @@ class FakeBackend:
 
     async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
         self.waited.append(timeout_s)
+        return True
+
+    async def server_ready(self) -> bool:
         return True
 
 
@@ -289,10 +292,77 @@ def test_parse_response_reads_the_model_contract() -> None:
     assert mid.token_ids == [9] and not mid.finished and mid.finish_reason == ""
 
 
-def test_transient_triton_errors_are_retryable() -> None:
-    from genwire_inference.backend import _classify
+def test_triton_failures_are_classified_by_status_code() -> None:
+    import grpc
+    from genwire_inference.backend import TRITON, classify_status, status_of
+    from tritonclient.utils import InferenceServerException
 
-    assert isinstance(_classify("Request for unknown model: 'x' is not found"), RetryableError)
-    assert isinstance(_classify("failed to connect to all addresses"), RetryableError)
-    bad = _classify("input 'top_k' has wrong dtype")
+    for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, None):
+        err = classify_status(code, "x")
+        assert isinstance(err, RetryableError) and err.dependency == TRITON
+    bad = classify_status(grpc.StatusCode.INVALID_ARGUMENT, "input 'top_k' has wrong dtype")
     assert isinstance(bad, PermanentError) and bad.code == "inference_failed"
+    exc = InferenceServerException("unknown model", status="StatusCode.NOT_FOUND")
+    assert status_of(exc) == grpc.StatusCode.NOT_FOUND
+    assert status_of(InferenceServerException("no status")) is None
+
+
+class ErrorBackend(FakeBackend):
+    """Triton answering with an in-stream error (no status code), model readiness scripted."""
+
+    def __init__(self, ready: list[bool], server_ready: bool) -> None:
+        super().__init__()
+        self.ready, self.server = list(ready), server_ready
+
+    async def open(
+        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+    ) -> FakeStream:
+        from genwire_inference.backend import ModelError
+
+        raise ModelError("Request for unknown model: 'genwire-gpt' version 7 is not found")
+
+    async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
+        self.waited.append(timeout_s)
+        return self.ready.pop(0) if self.ready else False
+
+    async def server_ready(self) -> bool:
+        return self.server
+
+
+@pytest.mark.parametrize(
+    ("ready", "server", "kind"),
+    [
+        ([True], True, PermanentError),  # the model is there and refused the request
+        ([False, True], True, RetryableError),  # it was loading: retry at once
+        ([False, False], True, Rejection),  # Triton is up, the model stays away: an answer
+        ([False, False], False, RetryableError),  # Triton itself is down: wait it out
+    ],
+)
+async def test_in_stream_errors_are_classified_by_model_readiness(
+    ready: list[bool], server: bool, kind: type[Exception]
+) -> None:
+    inf = Inference(ErrorBackend(ready, server), triton_wait_s=0.01)
+    with pytest.raises(GenwireError) as caught:
+        await _collect(inf, _req())
+    assert type(caught.value) is kind
+    if kind is not RetryableError:  # poison goes to the DLQ, an outcome does not
+        assert caught.value.dead_letter == (kind is PermanentError)
+
+
+async def test_a_dead_gateways_unnamed_requests_are_cancelled() -> None:
+    backend = FakeBackend(n=1000, delay_s=0.01)
+    inf = Inference(backend, origin_timeout_s=0.2)
+    orphan = _req("orphan").model_copy(update={"origin": "gw-dead"})
+    named = _req("named").model_copy(update={"origin": "gw-dead", "keep": True})
+    alive = _req("alive").model_copy(update={"origin": "gw-alive"})
+    runs = [asyncio.create_task(_collect(inf, r)) for r in (orphan, named, alive)]
+    for _ in range(8):  # the live gateway keeps beating, the dead one never does
+        await inf.control(ControlEvent(request_id="", action="heartbeat", origin="gw-alive"))
+        assert inf.cancel_orphans() in ([], ["orphan"])
+        await asyncio.sleep(0.05)
+    finished = await asyncio.wait_for(runs[0], 5)
+    assert finished[-1].finish_reason == "cancelled"
+    assert not runs[1].done() and not runs[2].done()  # named: kept for a retry; alive: running
+    for run in runs[1:]:
+        run.cancel()
+    await asyncio.gather(*runs[1:], return_exceptions=True)

@@ -214,6 +214,25 @@ async def test_error_chunk_becomes_an_error_result(post: Postprocessor) -> None:
     assert result.error == chunk.error and result.text == ""
 
 
+async def test_a_conflict_error_is_published_but_never_stored(
+    post: Postprocessor, tokenizer: Tokenizer
+) -> None:
+    """A Kafka client reusing an id for another body gets the conflict, not the other text."""
+    first = _result(await _run(post, _chunks(tokenizer.encode(TEXT).ids, "reuse", stream=False)))
+    conflict = GenerationChunk(
+        request_id="reuse",
+        index=0,
+        final=True,
+        finish_reason="error",
+        error=ErrorInfo(code="idempotency_conflict", message="already used"),
+    )
+    answer = _result(await post.handle(conflict))
+    assert answer.error is not None and answer.error.code == "idempotency_conflict"
+    assert answer.text == ""
+    store = post.store
+    assert isinstance(store, FakeStore) and store.data["reuse"] == first  # untouched
+
+
 def test_failure_result() -> None:
     err = PermanentError("redis down", code="unavailable")
     events = failure_result("r", err, stream=True)

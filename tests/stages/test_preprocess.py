@@ -9,7 +9,7 @@ import pytest
 from genwire_preprocess.handlers import Preprocessor, derive_seed, error_chunk
 from tokenizers import Tokenizer
 
-from genwire.errors import PermanentError
+from genwire.errors import PermanentError, Rejection
 from genwire.events import ChatMessage, now_ms
 from genwire.filters import ContentFilter
 from genwire.request import ErrorCode, GenerationRequest, parse_request
@@ -28,7 +28,7 @@ async def test_prompt_is_tokenized_with_the_models_tokenizer(
     req = GenerationRequest(request_id="p1", prompt="The quick brown fox", max_tokens=7)
     out = await _pre(assets).handle(req)
     assert out.input_ids == tokenizer.encode("The quick brown fox").ids
-    assert out.model == MODEL and out.model_version == ""  # Triton's current version
+    assert out.model == MODEL and out.model_version == assets.resolve(MODEL)  # pinned
     assert out.sampling.max_tokens == 7
     assert out.sampling.stop_token_ids == [tokenizer.token_to_id(EOS)]
     assert out.timings.received is not None and out.timings.prepared is not None
@@ -88,11 +88,12 @@ async def test_long_prompts_tokenize_off_the_loop_identically(assets: AssetStore
 
 async def test_input_filter_names_the_rule(assets: AssetStore) -> None:
     pre = _pre(assets, input_filter=ContentFilter([r"ssn=\b\d{3}-\d{2}-\d{4}\b", "secret"]))
-    with pytest.raises(PermanentError) as info:
+    with pytest.raises(Rejection) as info:
         await pre.handle(GenerationRequest(request_id="f", prompt="my ssn is 123-45-6789"))
     assert info.value.code == ErrorCode.CONTENT_FILTERED
     assert "'ssn'" in info.value.message
-    with pytest.raises(PermanentError) as info:
+    assert not info.value.dead_letter  # an outcome for the caller, not poison for the DLQ
+    with pytest.raises(Rejection) as info:
         await pre.handle(
             GenerationRequest(
                 request_id="f", messages=[ChatMessage(role="user", content="a SECRET plan")]
@@ -118,9 +119,54 @@ async def test_deadlines(assets: AssetStore) -> None:
     pre = _pre(assets, default_timeout_ms=5000)
     out = await pre.handle(GenerationRequest(request_id="d", prompt="fox", received_ms=now_ms()))
     assert out.deadline_ms is not None and out.deadline_ms > now_ms()
-    with pytest.raises(PermanentError) as info:
+    with pytest.raises(Rejection) as info:
         await pre.handle(GenerationRequest(request_id="d", prompt="fox", deadline_ms=now_ms() - 1))
     assert info.value.code == ErrorCode.DEADLINE_EXCEEDED
+
+
+class FakeClaims:
+    def __init__(self) -> None:
+        self.held: dict[str, str] = {}
+
+    async def claim(self, request_id: str, fingerprint: str) -> str:
+        return self.held.setdefault(request_id, fingerprint)
+
+
+class FakeVersions:
+    def __init__(self, version: str | None) -> None:
+        self.version = version
+
+    async def served(self, model: str) -> str | None:
+        return self.version
+
+
+async def test_a_request_id_reused_for_another_request_is_refused(assets: AssetStore) -> None:
+    pre = _pre(assets, claims=FakeClaims())
+    first = GenerationRequest(request_id="dup", prompt="fox", max_tokens=5)
+    await pre.handle(first)
+    # A redelivery, or a repeat differing only in what does not change the text: accepted.
+    await pre.handle(first)
+    await pre.handle(first.model_copy(update={"stream": True, "metadata": {"k": "v"}}))
+    with pytest.raises(PermanentError) as info:
+        await pre.handle(first.model_copy(update={"prompt": "another prompt"}))
+    assert info.value.code == ErrorCode.IDEMPOTENCY_CONFLICT and info.value.dead_letter
+    with pytest.raises(PermanentError):
+        await pre.handle(first.model_copy(update={"max_tokens": 6}))
+
+
+async def test_the_served_version_is_pinned(assets: AssetStore) -> None:
+    served = await _pre(assets, versions=FakeVersions("1")).handle(
+        GenerationRequest(request_id="s", prompt="fox")
+    )
+    assert served.model_version == "1"
+    unknown = await _pre(assets, versions=FakeVersions(None)).handle(
+        GenerationRequest(request_id="s", prompt="fox")
+    )
+    assert unknown.model_version == assets.resolve(MODEL)  # the repository's newest
+    asked = await _pre(assets, versions=FakeVersions("1")).handle(
+        GenerationRequest(request_id="s", prompt="fox", model_version=assets.resolve(MODEL))
+    )
+    assert asked.model_version == assets.resolve(MODEL)  # the caller's choice wins
 
 
 def test_error_chunk_addresses_the_caller() -> None:

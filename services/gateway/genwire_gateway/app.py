@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from opentelemetry.sdk.trace.export import SpanExporter
-from redis.asyncio import Redis
 
+from genwire.redisconn import connect
 from genwire.service import ServiceRuntime, health_router
 from genwire.telemetry import semconv as sc
 from genwire_gateway.config import GatewaySettings
@@ -45,11 +45,7 @@ def create_app(
         )
         app.state.runtime = runtime
         registry = WaiterRegistry()
-        redis = Redis.from_url(
-            cfg.redis_url,
-            socket_timeout=cfg.redis_timeout_s,
-            socket_connect_timeout=cfg.redis_timeout_s,
-        )
+        redis = connect(cfg.redis_url, timeout_s=cfg.redis_timeout_s)
         fanout = FanoutReader(
             cfg.kafka_bootstrap_servers,
             registry,
@@ -74,6 +70,7 @@ def create_app(
         try:
             await fanout.start(cfg.fanout_ready_timeout_s)
             runtime.supervise(fanout.run(), "fanout")
+            runtime.supervise(gateway.heartbeat(), "heartbeat")
             await redis.ping()  # fail fast when Redis is not there
             await server.start()
             await set_serving(health, True)

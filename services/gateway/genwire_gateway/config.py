@@ -44,7 +44,6 @@ class GatewaySettings(ServiceSettings):
         description="While in flight a claim lives for the caller's deadline plus this; if its "
         "gateway dies before publishing, a retry may claim the id again after that.",
     )
-    redis_timeout_s: float = Field(2.0, gt=0, description="Timeout of one Redis command.")
     result_poll_s: float = Field(
         1.0,
         gt=0,
@@ -66,4 +65,11 @@ class GatewaySettings(ServiceSettings):
     )
     grpc_reflection: bool = Field(
         True, description="Serve gRPC reflection, so grpcurl needs no .proto files."
+    )
+    heartbeat_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often this instance says it is alive on genwire.control; inference "
+        "cancels the unnamed requests of an instance whose heartbeats stop (a named request, "
+        "one with an idempotency key, finishes for the caller's retry).",
     )

@@ -123,6 +123,9 @@ class Gateway:
         self.store = store
         self.registry = registry
         self._background: set[asyncio.Task[None]] = set()
+        self.instance_id = uuid.uuid4().hex[:16]
+        """Names this instance in the requests it publishes and in its heartbeats."""
+        self._origin = (sc.HEADER_ORIGIN, self.instance_id.encode())
 
     # -- validation ---------------------------------------------------------------------------
 
@@ -355,6 +358,7 @@ class Gateway:
                 prepared.request, prepared.timeout_s + self.settings.claim_grace_s
             )
         except Exception as exc:
+            log.warning("idempotency claim of %s failed (Redis): %s", prepared.request_id, exc)
             raise _unavailable(exc) from exc
         if claim.conflict:
             raise _conflict(prepared.request_id)
@@ -376,7 +380,19 @@ class Gateway:
     async def _send(self, prepared: Prepared) -> asyncio.Future[object]:
         key, value = prepared.request.to_kafka()
         topic = self.settings.requests_topic
-        return await self.producer.send(topic, value, key=key, headers=[_EVENT_TYPE])
+        # Who waits, and whether the work outlives this instance (named: a retry collects it).
+        headers = [_EVENT_TYPE, self._origin, (sc.HEADER_KEEP, b"1" if prepared.named else b"0")]
+        return await self.producer.send(topic, value, key=key, headers=headers)
+
+    async def heartbeat(self) -> None:
+        """Say this instance lives, every ``heartbeat_interval_s``, until cancelled."""
+        beat = ControlEvent(request_id="", action="heartbeat", origin=self.instance_id)
+        while True:
+            try:
+                await self.producer.publish(beat, traced=False)
+            except Exception as exc:  # the broker is down: requests cannot flow either
+                log.debug("heartbeat not published: %s", exc)
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
 
     async def _publish(self, prepared: Prepared, waiter: Waiter) -> None:
         """Queue the request; a failed delivery ends the wait with UNAVAILABLE."""

@@ -11,9 +11,10 @@ import grpc
 from genwire.errors import GenwireError
 from genwire.request import ERROR_HTTP_STATUS, ErrorCode
 
+IDEMPOTENCY_CONFLICT = ErrorCode.IDEMPOTENCY_CONFLICT
+"""The request id was already used by a different request (preprocess raises it too)."""
+
 # Gateway-only codes.
-IDEMPOTENCY_CONFLICT = "idempotency_conflict"
-"""The request id was already used by a different request."""
 CANCELLED = "cancelled"
 """The request was cancelled."""
 NOT_FOUND = "not_found"
@@ -37,7 +38,6 @@ _GRPC: dict[str, grpc.StatusCode] = {
 
 _HTTP: dict[str, int] = {
     **ERROR_HTTP_STATUS,
-    IDEMPOTENCY_CONFLICT: 409,
     CANCELLED: 499,
     NOT_FOUND: 404,
 }

@@ -4,36 +4,20 @@ A named request (the caller chose its id) is claimed with ``SET NX`` before it i
 the first caller owns it and publishes; a repeat finds the stored result, or waits for the one
 in flight. The claim holds a fingerprint of the request, so reusing an id for a different
 request is refused instead of answered with someone else's result. Anonymous requests (id
-assigned here) skip Redis entirely: nothing can repeat them.
+assigned here) skip Redis here: nothing can repeat them. The claim key and the fingerprint are
+``genwire.request``'s: preprocess claims every request the same way, so a Kafka client that
+reuses an id is refused like a gateway caller.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from genwire.events import GenerationResult
-from genwire.request import GenerationRequest, result_key
-
-CLAIM_KEY_PREFIX = "genwire:gateway:claim:"
-"""``genwire:gateway:claim:<request_id>`` → the fingerprint of the request that claimed it."""
-
-# Fields that do not change what is generated: a repeat may differ in them.
-_NOT_FINGERPRINTED = {"request_id", "stream", "deadline_ms", "received_ms", "metadata"}
-
-
-def claim_key(request_id: str) -> str:
-    """The Redis key of a request id's idempotency claim."""
-    return f"{CLAIM_KEY_PREFIX}{request_id}"
-
-
-def fingerprint(request: GenerationRequest) -> str:
-    """A digest of what the request asks for (its id, timing and streaming left out)."""
-    canonical = request.model_dump_json(exclude=_NOT_FINGERPRINTED)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+from genwire.request import GenerationRequest, claim_key, fingerprint, result_key
 
 
 @dataclass(frozen=True)

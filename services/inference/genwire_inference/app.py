@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -11,6 +10,7 @@ from fastapi import FastAPI
 
 from genwire.errors import GenwireError
 from genwire.events import ControlEvent, Event, PreparedRequest
+from genwire.kafka.consumer import header
 from genwire.service import ServiceRuntime, health_router
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
@@ -37,6 +37,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             triton_wait_s=cfg.triton_wait_s,
             cancelled_memory_s=cfg.cancelled_memory_s,
             max_remembered_cancels=cfg.max_remembered_cancels,
+            origin_timeout_s=cfg.origin_timeout_s,
             on_final=InferenceMetrics(runtime.registry).observe,
         )
         app.state.inference = inference
@@ -54,19 +55,28 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             key = record.key.decode("utf-8", "replace") if record.key else None
             return failure_chunk(request, key, err)
 
+        def decode(record: ConsumerRecord[bytes, bytes]) -> PreparedRequest:
+            # Who waits for it travels in headers (set by the gateway, forwarded by preprocess).
+            request = PreparedRequest.model_validate_json(record.value or b"")
+            origin = header(record, sc.HEADER_ORIGIN)
+            if origin:
+                request.origin = origin.decode("utf-8", "replace")
+                request.keep = header(record, sc.HEADER_KEEP) == b"1"
+            return request
+
         # Concurrency = streams in flight to Triton at once (its scheduler batches them).
         runtime.consumer(
-            Topic.PREPARED, PreparedRequest, inference.handle, failure_events=failure_events
+            Topic.PREPARED,
+            PreparedRequest,
+            inference.handle,
+            failure_events=failure_events,
+            decoder=decode,
         )
-        # Every instance must see every cancel: a group of its own, from now on.
-        runtime.consumer(
-            Topic.CONTROL,
-            ControlEvent,
-            inference.control,
-            group_id=f"{cfg.service_name}-control-{uuid.uuid4().hex[:12]}",
-            auto_offset_reset="latest",
-        )
+        # Every instance must see every cancel and heartbeat from now on: no group, so nothing
+        # is left on the broker when an instance stops.
+        runtime.consumer(Topic.CONTROL, ControlEvent, inference.control, group=False)
         await runtime.start()
+        runtime.supervise(inference.watch_origins(), "watch-origins")
         try:
             yield
         finally:

@@ -2,7 +2,10 @@
 
 ``TritonBackend.open`` starts one bidirectional ``ModelStreamInfer`` call per request (many at
 once, so Triton's scheduler batches them) and yields ``ModelStep``s as responses arrive.
-Transport failures become ``RetryableError``; model errors ``PermanentError``. The handlers
+Failures are classified by gRPC status code (``classify_status``): "not now" codes become
+``RetryableError``, the others ``PermanentError``. Errors Triton sends inside the stream carry
+no status; they surface as ``ModelError`` and the handler classifies them by asking Triton
+whether the model is ready (not ready: wait and retry; ready: the model refused). The handlers
 only see the ``ModelBackend``/``ModelStream`` protocols, so their tests use fakes.
 """
 
@@ -28,25 +31,48 @@ from genwire.request import ErrorCode
 
 log = logging.getLogger(__name__)
 
-# Triton error texts that mean "not there yet" (loading, restarting), not "never".
-_TRANSIENT_HINTS = (
-    "unknown model",
-    "not ready",
-    "unavailable",
-    "not found",
-    "is not loaded",
-    "failed to connect",
-    "connection refused",
-    "socket closed",
-    "deadline exceeded",
+TRITON = "triton"
+"""The dependency name of the model server in readiness reasons, logs and metrics."""
+
+# gRPC status codes (of the call, or of Triton's own answers) that mean "not now", not "never":
+# the server restarting, overloaded, or the call cut off.
+_RETRYABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    }
 )
-_RETRYABLE_CODES = (
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.UNKNOWN,
-)
+
+
+def classify_status(code: grpc.StatusCode | None, message: str) -> RetryableError | PermanentError:
+    """A Triton failure by its gRPC status code: retry later, or a model error for good."""
+    if code is None or code in _RETRYABLE_CODES:
+        return RetryableError(
+            f"triton: {code.name if code else 'no status'}: {message}",
+            code=ErrorCode.UNAVAILABLE,
+            dependency=TRITON,
+        )
+    return PermanentError(f"triton: {code.name}: {message}", code=ErrorCode.INFERENCE_FAILED)
+
+
+def status_of(exc: InferenceServerException) -> grpc.StatusCode | None:
+    """The gRPC status of a tritonclient exception (its ``status()`` is ``"StatusCode.X"``)."""
+    name = str(exc.status() or "").rsplit(".", 1)[-1]
+    return grpc.StatusCode.__members__.get(name)
+
+
+class ModelError(Exception):
+    """An error Triton sent inside the stream (no status code): ``open``'s caller classifies it
+    by asking whether the model is ready (not ready: retry; ready: the model rejected it)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 @dataclass
@@ -92,6 +118,10 @@ class ModelBackend(Protocol):
         """Wait (bounded) until the model is ready; True if it is."""
         ...
 
+    async def server_ready(self) -> bool:
+        """Whether the server itself is up and ready (whatever its models)."""
+        ...
+
 
 def _scalar(result: Any, name: str) -> Any:
     arr = result.as_numpy(name)
@@ -129,13 +159,6 @@ def parse_response(result: Any) -> ModelStep:
     )
 
 
-def _classify(message: str) -> RetryableError | PermanentError:
-    low = message.lower()
-    if any(h in low for h in _TRANSIENT_HINTS):
-        return RetryableError(f"triton: {message}", code=ErrorCode.UNAVAILABLE)
-    return PermanentError(f"triton: {message}", code=ErrorCode.INFERENCE_FAILED)
-
-
 class TritonStream:
     """One ``ModelStreamInfer`` call; iterating yields steps until the final one."""
 
@@ -158,6 +181,7 @@ class TritonStream:
                     raise RetryableError(
                         "triton closed the stream before the final response",
                         code=ErrorCode.UNAVAILABLE,
+                        dependency=TRITON,
                     ) from None
                 except asyncio.CancelledError:
                     task = asyncio.current_task()
@@ -167,16 +191,11 @@ class TritonStream:
                 except grpc.aio.AioRpcError as exc:
                     if self._cancelled:
                         return
-                    if exc.code() in _RETRYABLE_CODES:
-                        raise RetryableError(
-                            f"triton: {exc.code().name}: {exc.details()}",
-                            code=ErrorCode.UNAVAILABLE,
-                        ) from None
-                    raise _classify(f"{exc.code().name}: {exc.details()}") from None
+                    raise classify_status(exc.code(), str(exc.details())) from None
                 if error is not None:
                     if self._cancelled:
                         return
-                    raise _classify(str(error.message()))
+                    raise ModelError(str(error.message()))
                 step = parse_response(result)
                 yield step
                 if step.finished:
@@ -211,7 +230,9 @@ class TritonBackend:
             try:
                 cfg = await self.client.get_model_config(model, version, as_json=True)
             except InferenceServerException as exc:
-                raise _classify(f"{exc.status()}: {exc.message()}") from None
+                if status_of(exc) in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                    raise ModelError(str(exc.message())) from None  # unknown or not loaded
+                raise classify_status(status_of(exc), str(exc.message())) from None
             self._batched[key] = int(cfg.get("config", {}).get("max_batch_size", 0) or 0) > 0
         return self._batched[key]
 
@@ -257,8 +278,15 @@ class TritonBackend:
         try:
             responses = self.client.stream_infer(requests(), headers=dict(headers))
         except InferenceServerException as exc:
-            raise RetryableError(f"triton: {exc.message()}", code=ErrorCode.UNAVAILABLE) from None
+            raise classify_status(status_of(exc), str(exc.message())) from None
         return TritonStream(responses, done)
+
+    async def server_ready(self) -> bool:
+        """Whether Triton itself answers and is ready (whatever its models)."""
+        try:
+            return bool(await self.client.is_server_ready(client_timeout=2.0))
+        except InferenceServerException:
+            return False
 
     async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
         """Poll model readiness (1 s, growing to 2 s) for up to ``timeout_s``."""

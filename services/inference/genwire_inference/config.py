@@ -38,3 +38,9 @@ class InferenceSettings(ServiceSettings):
     max_remembered_cancels: int = Field(
         10_000, gt=0, description="Bound on remembered cancels (oldest forgotten first)."
     )
+    origin_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="A gateway instance whose heartbeats on genwire.control stop for this long "
+        "is taken as dead: its unnamed requests are cancelled (named ones finish for a retry).",
+    )

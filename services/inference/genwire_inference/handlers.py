@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-from genwire.errors import GenwireError, RetryableError
+from genwire.errors import GenwireError, PermanentError, Rejection, RetryableError
 from genwire.events import (
     ControlEvent,
     ErrorInfo,
@@ -33,7 +33,7 @@ from genwire.events import (
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import inject
-from genwire_inference.backend import ModelBackend, ModelStream
+from genwire_inference.backend import TRITON, ModelBackend, ModelError, ModelStream
 
 FINISH_CANCELLED = "cancelled"
 FINISH_DEADLINE = "deadline"
@@ -47,6 +47,8 @@ class _Run:
     stream: ModelStream | None = None
     stop_reason: str | None = None
     timer: asyncio.TimerHandle | None = None
+    origin: str = ""
+    keep: bool = False
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -95,6 +97,7 @@ class Inference:
         triton_wait_s: float = 30.0,
         cancelled_memory_s: float = 600.0,
         max_remembered_cancels: int = 10_000,
+        origin_timeout_s: float = 5.0,
         on_final: Callable[[GenerationChunk], None] | None = None,
     ) -> None:
         self.backend = backend
@@ -105,14 +108,18 @@ class Inference:
         self.cancelled_memory_s = cancelled_memory_s
         self.max_remembered_cancels = max_remembered_cancels
         self.on_final = on_final
+        self.origin_timeout_s = origin_timeout_s
         self.inflight: dict[str, _Run] = {}
         self._cancelled: OrderedDict[str, float] = OrderedDict()
+        self._heard: dict[str, float] = {}  # gateway instance → last heartbeat (monotonic)
 
     # -- control ----------------------------------------------------------------------------
 
     async def control(self, event: ControlEvent) -> None:
-        """A cancel stops the request's generation here, or is remembered for when it comes."""
-        if event.action != "cancel":
+        """A cancel stops the request's generation here, or is remembered for when it comes;
+        a heartbeat says its gateway is alive."""
+        if event.action == "heartbeat":
+            self._heard[event.origin] = time.monotonic()
             return
         run = self.inflight.get(event.request_id)
         if run is not None:
@@ -129,6 +136,39 @@ class Inference:
             or next(iter(self._cancelled.values())) < horizon
         ):
             self._cancelled.popitem(last=False)
+
+    def origin_gone(self, origin: str, now: float | None = None) -> bool:
+        """True when gateway ``origin`` sent no heartbeat for ``origin_timeout_s``.
+
+        An origin never heard of (this instance just started) gets the timeout from now.
+        """
+        now = time.monotonic() if now is None else now
+        heard = self._heard.setdefault(origin, now)
+        return now - heard > self.origin_timeout_s
+
+    def cancel_orphans(self) -> list[str]:
+        """Stop the unnamed generations whose gateway died (nobody can collect them).
+
+        Named ones (``keep``: the caller sent an idempotency key) run on, so that the caller's
+        retry, on any gateway, finds the result. Returns the request ids stopped.
+        """
+        now = time.monotonic()
+        stopped = []
+        for rid, run in list(self.inflight.items()):
+            if run.origin and not run.keep and self.origin_gone(run.origin, now):
+                run.stop(FINISH_CANCELLED)
+                stopped.append(rid)
+        horizon = now - 10 * self.origin_timeout_s
+        for origin in [o for o, t in self._heard.items() if t < horizon]:
+            if not any(r.origin == origin for r in self.inflight.values()):
+                del self._heard[origin]
+        return stopped
+
+    async def watch_origins(self, interval_s: float = 1.0) -> None:
+        """Every ``interval_s``: ``cancel_orphans``."""
+        while True:
+            await asyncio.sleep(interval_s)
+            self.cancel_orphans()
 
     def was_cancelled(self, request_id: str) -> bool:
         """True if a cancel for ``request_id`` arrived (and is still remembered)."""
@@ -160,7 +200,7 @@ class Inference:
                 ),
             )
             return
-        run = _Run()
+        run = _Run(origin=request.origin, keep=request.keep)
         self.inflight[rid] = run
         if request.deadline_ms is not None:
             delay = (request.deadline_ms - start) / 1000.0
@@ -257,6 +297,10 @@ class Inference:
             # the consumer retry; the same seed regenerates the same tokens and chunk indices.
             await self._wait_for_model(request)
             raise
+        except ModelError as exc:
+            span.set_status(Status(StatusCode.ERROR, exc.message))
+            span.end()
+            raise await self._classify(request, exc) from None
         except GenwireError as exc:
             span.set_status(Status(StatusCode.ERROR, exc.message))
             span.set_attribute(sc.ERROR_CODE, exc.code)
@@ -319,12 +363,28 @@ class Inference:
             self.on_final(final)
         yield final
 
-    async def _wait_for_model(self, request: PreparedRequest) -> None:
+    async def _wait_for_model(self, request: PreparedRequest) -> bool:
         wait = self.triton_wait_s
         if request.deadline_ms is not None:
             wait = min(wait, max(0.0, (request.deadline_ms - now_ms()) / 1000.0))
-        if wait > 0:
-            await self.backend.wait_ready(request.model, request.model_version, wait)
+        return await self.backend.wait_ready(request.model, request.model_version, wait)
+
+    async def _classify(self, request: PreparedRequest, exc: ModelError) -> GenwireError:
+        """An error Triton sent without a status code: whose fault is it?"""
+        what = f"{request.model} version {request.model_version or '(current)'}"
+        if await self.backend.wait_ready(request.model, request.model_version, 0.0):
+            # The model is there and refused this request: it never will take it.
+            return PermanentError(f"triton: {exc.message}", code=ErrorCode.INFERENCE_FAILED)
+        if await self._wait_for_model(request):  # it was loading: retry now
+            return RetryableError(f"triton: {exc.message}", dependency=TRITON)
+        if await self.backend.server_ready():
+            # Triton is up and the model stayed away: not an outage to wait out for minutes.
+            return Rejection(
+                f"model {what} is not loaded on Triton (waited {self.triton_wait_s:.0f} s): "
+                f"{exc.message}",
+                code=ErrorCode.UNAVAILABLE,
+            )
+        return RetryableError(f"triton: {exc.message}", dependency=TRITON)
 
     def _final(
         self,

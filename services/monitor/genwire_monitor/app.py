@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from genwire.service import ServiceRuntime, health_router
 from genwire.telemetry import semconv as sc
+from genwire.topics import Topic
 from genwire_monitor import promexport
 from genwire_monitor.config import MonitorSettings
 from genwire_monitor.source import SpanSource
@@ -25,10 +26,12 @@ class MonitorRuntime(ServiceRuntime):
 
     source: SpanSource | None = None
 
-    @property
-    def ready(self) -> bool:
-        """Started, nothing died, and the spans topic is assigned."""
-        return super().ready and self.source is not None and self.source.ready
+    def reasons(self) -> list[str]:
+        """The shared reasons, and the spans topic not assigned yet."""
+        out = super().reasons()
+        if self.source is None or not self.source.ready:
+            out.append(f"the span source has no partitions of {Topic.SPANS} yet")
+        return out
 
 
 def create_app(

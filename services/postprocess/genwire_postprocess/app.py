@@ -29,7 +29,7 @@ def create_app(settings: PostprocessSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = ServiceRuntime(cfg, sc.STAGE_POSTPROCESS)
         app.state.runtime = runtime
-        store = RedisResultStore(cfg.redis_url, cfg.result_ttl_s)
+        store = RedisResultStore(cfg.redis_url, cfg.result_ttl_s, cfg.redis_timeout_s)
         post = Postprocessor(
             AssetStore(cfg.repository, default_context_length=cfg.default_context_length),
             store,

@@ -34,6 +34,7 @@ from genwire.events import (
     now_ms,
 )
 from genwire.filters import ContentFilter
+from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore
 from genwire_postprocess.store import ResultStore
@@ -210,7 +211,12 @@ class Postprocessor:
         state = self.streams.pop(rid, None)
         self._blind.pop(rid, None)
         result = await self.build_result(chunk)
-        stored = await self.store.put_first(result)
+        if chunk.error is not None and chunk.error.code == ErrorCode.IDEMPOTENCY_CONFLICT:
+            # The id's stored result belongs to the first request: never answer with it, and
+            # never store this error over it.
+            stored = result
+        else:
+            stored = await self.store.put_first(result)
         if self.on_result is not None and stored is result:  # count each request once
             self.on_result(stored)
         span = trace.get_current_span()

@@ -9,6 +9,7 @@ from redis.exceptions import RedisError
 
 from genwire.errors import RetryableError
 from genwire.events import GenerationResult
+from genwire.redisconn import REDIS, connect
 from genwire.request import result_key
 
 
@@ -21,8 +22,8 @@ class ResultStore(Protocol):
 class RedisResultStore:
     """``genwire:result:<request_id>`` → GenerationResult JSON, ``SET NX EX ttl``."""
 
-    def __init__(self, url: str, ttl_s: int) -> None:
-        self.redis: Redis[bytes] = Redis.from_url(url)
+    def __init__(self, url: str, ttl_s: int, timeout_s: float = 2.0) -> None:
+        self.redis: Redis[bytes] = connect(url, timeout_s=timeout_s)
         self.ttl_s = ttl_s
 
     async def put_first(self, result: GenerationResult) -> GenerationResult:
@@ -33,8 +34,8 @@ class RedisResultStore:
             if await self.redis.set(key, value, nx=True, ex=self.ttl_s):
                 return result
             existing = await self.redis.get(key)
-        except RedisError as exc:
-            raise RetryableError(f"redis: {exc}") from None
+        except RedisError as exc:  # the consumer waits the outage out (never an error result)
+            raise RetryableError(f"redis: {exc}", dependency=REDIS) from None
         if existing is None:  # expired in between: ours is as good
             return result
         return GenerationResult.model_validate_json(existing)

@@ -20,6 +20,7 @@ from genwire.tokenization import AssetStore
 from genwire.topics import Topic
 from genwire_preprocess.config import PreprocessSettings
 from genwire_preprocess.handlers import Preprocessor, error_chunk
+from genwire_preprocess.stores import RedisClaims, TritonVersions
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,20 @@ def create_app(settings: PreprocessSettings | None = None) -> FastAPI:
                 await asyncio.to_thread(assets.get, cfg.default_model)
             except GenwireError as exc:  # not fatal: requests get model_not_found meanwhile
                 log.warning("default model not loaded yet: %s", exc.message)
+        claims = (
+            RedisClaims(cfg.redis_url, cfg.claim_ttl_s, cfg.redis_timeout_s)
+            if cfg.check_idempotency
+            else None
+        )
+        versions = TritonVersions(cfg.triton_http_url) if cfg.pin_served_version else None
         pre = Preprocessor(
             assets,
             default_model=cfg.default_model,
             input_filter=ContentFilter(cfg.input_deny),
             default_timeout_ms=cfg.default_timeout_ms,
             inline_tokenize_chars=cfg.inline_tokenize_chars,
+            claims=claims,
+            versions=versions,
         )
         app.state.preprocessor = pre
 
@@ -74,6 +83,10 @@ def create_app(settings: PreprocessSettings | None = None) -> FastAPI:
             yield
         finally:
             await runtime.stop()
+            if claims is not None:
+                await claims.close()
+            if versions is not None:
+                await versions.close()
 
     app = FastAPI(title="genwire-preprocess", lifespan=lifespan)
     app.include_router(health_router())

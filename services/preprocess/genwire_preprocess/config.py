@@ -41,3 +41,18 @@ class PreprocessSettings(ServiceSettings):
     preload_default_model: bool = Field(
         True, description="Load the default model's tokenizer at start (not on first request)."
     )
+    claim_ttl_s: int = Field(
+        86_400,
+        ge=1,
+        description="How long a request id's fingerprint is kept in Redis (genwire:claim:<id>): "
+        "a reuse with another body within it gets idempotency_conflict. Keep it at least as long "
+        "as results (postprocess result_ttl_s), so a reuse never gets another body's text.",
+    )
+    check_idempotency: bool = Field(
+        True, description="Refuse request ids reused for a different request (needs Redis)."
+    )
+    pin_served_version: bool = Field(
+        True,
+        description="Pin requests that name no version to the one Triton serves now (else the "
+        "repository's newest), so retries regenerate on the same version.",
+    )

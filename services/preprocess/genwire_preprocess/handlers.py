@@ -1,8 +1,10 @@
 """Pure async handlers of the preprocess service (no Kafka or HTTP imports).
 
 GenerationRequest → PreparedRequest: resolve the model, apply the chat template, run the input
-filter, tokenize, enforce the context limit, fix the seed. Every rejection is a
-``PermanentError`` whose code is an ``ErrorCode``; ``error_chunk`` turns it into the final
+filter, tokenize, enforce the context limit, fix the seed, pin the model version, and refuse a
+request id reused for another request. Invalid input raises ``PermanentError`` (DLQ and an
+error result), outcomes such as a filtered prompt ``Rejection`` (an error result only); both
+carry an ``ErrorCode``, and ``error_chunk`` turns either into the final
 GenerationChunk that postprocess makes the caller's error result (stored and published like
 any other result).
 """
@@ -15,7 +17,7 @@ import json
 
 from opentelemetry import trace
 
-from genwire.errors import GenwireError, PermanentError
+from genwire.errors import GenwireError, PermanentError, Rejection
 from genwire.events import (
     ErrorInfo,
     GenerationChunk,
@@ -25,9 +27,10 @@ from genwire.events import (
     now_ms,
 )
 from genwire.filters import ContentFilter
-from genwire.request import ErrorCode, GenerationRequest, request_id_hint
+from genwire.request import ErrorCode, GenerationRequest, fingerprint, request_id_hint
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore, ModelAssets
+from genwire_preprocess.stores import Claims, ServedVersions
 
 SEED_MASK = 2**63 - 1
 
@@ -49,8 +52,12 @@ class Preprocessor:
         input_filter: ContentFilter | None = None,
         default_timeout_ms: float = 0.0,
         inline_tokenize_chars: int = 4096,
+        claims: Claims | None = None,
+        versions: ServedVersions | None = None,
     ) -> None:
         self.assets = assets
+        self.claims = claims
+        self.versions = versions
         self.default_model = default_model
         self.input_filter = input_filter or ContentFilter([])
         self.default_timeout_ms = default_timeout_ms
@@ -65,7 +72,7 @@ class Preprocessor:
         if deadline is None and self.default_timeout_ms > 0:
             deadline = received + self.default_timeout_ms
         if deadline is not None and now >= deadline:
-            raise PermanentError(
+            raise Rejection(
                 "the request's deadline passed before preprocessing",
                 code=ErrorCode.DEADLINE_EXCEEDED,
             )
@@ -73,7 +80,19 @@ class Preprocessor:
         span = trace.get_current_span()
         span.set_attribute(sc.REQUEST_ID, request_id)
         span.set_attribute(sc.GEN_AI_REQUEST_MODEL, model)
-        assets = await self.assets.aget(model, request.model_version)
+        if self.claims is not None:
+            mine = fingerprint(request)
+            if await self.claims.claim(request_id, mine) != mine:
+                raise PermanentError(
+                    f"request id {request_id!r} was already used for a different request",
+                    code=ErrorCode.IDEMPOTENCY_CONFLICT,
+                )
+        # Pinned: a retry or redelivery regenerates on the same version (and its tokenizer),
+        # even if another version is served by then.
+        version = request.model_version
+        if not version and self.versions is not None:
+            version = await self.versions.served(model)
+        assets = await self.assets.aget(model, version)
 
         if request.messages is not None:
             chat = [m.model_dump() for m in request.messages]
@@ -98,9 +117,7 @@ class Preprocessor:
         return PreparedRequest(
             request_id=request_id,
             model=model,
-            # Empty unless asked for: Triton then serves its current version, which inference
-            # reports back (the tokenizer is shared by a model's versions).
-            model_version=request.model_version or "",
+            model_version=assets.version,
             input_ids=input_ids,
             sampling=Sampling(
                 max_tokens=request.max_tokens,
@@ -123,7 +140,7 @@ class Preprocessor:
         hit = self.input_filter.check(text)
         if hit is not None:
             span.set_attribute(sc.FILTER_HITS, 1)
-            raise PermanentError(
+            raise Rejection(  # an outcome for the caller, not poison for the DLQ
                 f"the prompt was rejected by input filter rule {hit.rule!r}",
                 code=ErrorCode.CONTENT_FILTERED,
             )

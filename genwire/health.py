@@ -1,0 +1,129 @@
+"""Dependency outages as a service sees them: backoff, readiness reasons, rate-limited logs.
+
+A dependency (Kafka, Redis, Triton) that fails is retried with capped exponential backoff and
+jitter for the service's outage budget. While it is down, ``Dependencies`` keeps one record per
+dependency: readiness names it once it has been down longer than a short grace, the
+``genwire_dependency_up`` gauge says 0, and the log gets one line when it goes down, one line per
+interval while it stays down (with the count of failed attempts), and one when it is back —
+never a line per failed attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from genwire.telemetry import semconv as sc
+
+log = logging.getLogger("genwire.health")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with "equal jitter": half fixed, half random.
+
+    The fixed half keeps retries from hammering a dependency that just came back; the random
+    half spreads many waiting records (and instances) apart.
+    """
+
+    first_s: float = 0.2
+    cap_s: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        ceiling = min(self.cap_s, self.first_s * 2.0 ** min(attempt, 30))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@dataclass
+class _Outage:
+    since: float
+    failures: int
+    last_error: str
+    last_logged: float
+    logged_failures: int
+
+
+class Dependencies:
+    """What is down right now, for how long, and why; logs and gauges it (rate-limited)."""
+
+    def __init__(
+        self,
+        stage: str,
+        registry: CollectorRegistry | None = None,
+        *,
+        unready_after_s: float = 5.0,
+        log_interval_s: float = 10.0,
+    ) -> None:
+        self.stage = stage
+        self.unready_after_s = unready_after_s
+        self.log_interval_s = log_interval_s
+        self._down: dict[str, _Outage] = {}
+        self._gauge = (
+            Gauge(
+                sc.METRIC_DEPENDENCY_UP,
+                "1 while the dependency answers, 0 while the stage waits for it.",
+                ["dependency", "stage"],
+                registry=registry,
+            )
+            if registry is not None
+            else None
+        )
+
+    def failed(self, name: str, error: object) -> None:
+        """One failed attempt on ``name``."""
+        now = time.monotonic()
+        text = str(error) or type(error).__name__
+        outage = self._down.get(name)
+        if outage is None:
+            self._down[name] = _Outage(now, 1, text, now, 1)
+            log.warning("%s unavailable: %s (retrying with backoff)", name, text)
+            if self._gauge is not None:
+                self._gauge.labels(name, self.stage).set(0)
+            return
+        outage.failures += 1
+        outage.last_error = text
+        if now - outage.last_logged >= self.log_interval_s:
+            log.warning(
+                "%s still unavailable after %.0f s (%d failed attempts, %d since the last "
+                "line): %s",
+                name,
+                now - outage.since,
+                outage.failures,
+                outage.failures - outage.logged_failures,
+                text,
+            )
+            outage.last_logged = now
+            outage.logged_failures = outage.failures
+
+    def recovered(self, name: str) -> None:
+        """``name`` answered again."""
+        outage = self._down.pop(name, None)
+        if self._gauge is not None:
+            self._gauge.labels(name, self.stage).set(1)
+        if outage is not None:
+            log.warning(
+                "%s is back after %.1f s (%d failed attempts)",
+                name,
+                time.monotonic() - outage.since,
+                outage.failures,
+            )
+
+    def down_for(self, name: str) -> float | None:
+        """Seconds ``name`` has been down, or None when it is up."""
+        outage = self._down.get(name)
+        return None if outage is None else time.monotonic() - outage.since
+
+    def reasons(self) -> list[str]:
+        """Why the stage cannot make progress: each dependency down past the grace."""
+        now = time.monotonic()
+        return [
+            f"{name} unavailable for {now - o.since:.0f} s ({o.failures} failed attempts): "
+            f"{o.last_error[:200]}"
+            for name, o in self._down.items()
+            if now - o.since >= self.unready_after_s
+        ]

@@ -1,0 +1,92 @@
+"""What preprocess asks of others: Redis (idempotency claims) and Triton (the served version).
+
+Both are behind small protocols so the handlers stay pure and their unit tests need neither.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import httpx
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from genwire.errors import RetryableError
+from genwire.redisconn import REDIS, connect
+from genwire.request import claim_key
+
+
+class Claims(Protocol):
+    """Idempotency claims: the first fingerprint stored for a request id wins."""
+
+    async def claim(self, request_id: str, fingerprint: str) -> str:
+        """Store ``fingerprint`` unless the id has one; return the one that is stored."""
+        ...
+
+
+class ServedVersions(Protocol):
+    """Which version of a model the model server serves now."""
+
+    async def served(self, model: str) -> str | None:
+        """The served version, or None when it cannot be told (the repository decides)."""
+        ...
+
+
+class RedisClaims:
+    """``genwire:claim:<request_id>`` → fingerprint, ``SET NX EX ttl`` (shared with the gateway)."""
+
+    def __init__(self, url: str, ttl_s: int, timeout_s: float = 2.0) -> None:
+        self.redis: Redis[bytes] = connect(url, timeout_s=timeout_s)
+        self.ttl_s = ttl_s
+
+    async def claim(self, request_id: str, fingerprint: str) -> str:
+        """One round trip: set if absent, then read what is there."""
+        key = claim_key(request_id)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(key, fingerprint, nx=True, ex=self.ttl_s)
+            pipe.get(key)
+            _, holder = await pipe.execute()
+        except RedisError as exc:  # the consumer waits the outage out
+            raise RetryableError(f"redis: {exc}", dependency=REDIS) from None
+        return fingerprint if holder is None else bytes(holder).decode()
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.redis.aclose()  # type: ignore[attr-defined]  # types-redis predates it
+
+
+class TritonVersions:
+    """Triton's model metadata (``GET /v2/models/<model>``), cached for ``cache_s``.
+
+    Unreachable Triton or an unloaded model: None (the repository's newest version is used and
+    inference waits for the model like for any outage).
+    """
+
+    def __init__(self, http_url: str, cache_s: float = 2.0, timeout_s: float = 1.0) -> None:
+        base = http_url if "://" in http_url else f"http://{http_url}"
+        self._client = httpx.AsyncClient(base_url=base, timeout=timeout_s, trust_env=False)
+        self._cache_s = cache_s
+        self._cache: dict[str, tuple[float, str | None]] = {}
+
+    async def served(self, model: str) -> str | None:
+        """The highest version Triton lists for ``model``."""
+        now = time.monotonic()
+        hit = self._cache.get(model)
+        if hit is not None and now - hit[0] < self._cache_s:
+            return hit[1]
+        version: str | None = None
+        try:
+            response = await self._client.get(f"/v2/models/{model}")
+            if response.status_code == 200:
+                listed = [v for v in response.json().get("versions") or [] if str(v).isdigit()]
+                version = str(max(listed, key=int)) if listed else None
+        except (httpx.HTTPError, ValueError):
+            version = None
+        self._cache[model] = (now, version)
+        return version
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        await self._client.aclose()

@@ -1,0 +1,5 @@
+"""Fixtures of the shared-library tests."""
+
+from .support import env
+
+__all__ = ["env"]

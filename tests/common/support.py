@@ -1,0 +1,74 @@
+"""Kafka helpers shared by the consumer tests (real broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from genwire.events import PreparedRequest, Sampling
+from genwire.kafka import EventProducer, ensure_topics
+from genwire.settings import CommonSettings
+from genwire.topics import TopicSpec
+
+
+def _prepared(rid: str) -> PreparedRequest:
+    return PreparedRequest(request_id=rid, model="m", input_ids=[1], sampling=Sampling())
+
+
+async def _read(
+    bootstrap: str, topic: str, keys: set[bytes], timeout_s: float = 30.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Read ``topic`` from the beginning until a record for every key arrived."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    found: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            while {r.key for r in found} < keys:
+                batch = await consumer.getmany(timeout_ms=200)
+                found += [r for rs in batch.values() for r in rs if r.key in keys]
+    finally:
+        await consumer.stop()
+    return found
+
+
+@pytest.fixture
+async def env(infra: CommonSettings) -> AsyncIterator[tuple[str, str, EventProducer]]:
+    """A fresh input topic and a started producer."""
+    topic = f"test.consumer.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(infra.kafka_bootstrap_servers, [TopicSpec(topic, 2, 3_600_000)])
+    producer = EventProducer(infra.kafka_bootstrap_servers)
+    await producer.start()
+    yield infra.kafka_bootstrap_servers, topic, producer
+    await producer.stop()
+
+
+async def _committed(bootstrap: str, group: str, topic: str) -> int:
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await probe.start()
+    try:
+        total = 0
+        for p in probe.partitions_for_topic(topic) or await _partitions(probe, topic):
+            total += await probe.committed(TopicPartition(topic, p)) or 0
+        return total
+    finally:
+        await probe.stop()
+
+
+async def _partitions(probe: AIOKafkaConsumer, topic: str) -> set[int]:
+    await probe._client.force_metadata_update()  # the probe subscribes to nothing
+    return probe.partitions_for_topic(topic) or set()
+
+
+async def eventually(condition: Callable[[], object], timeout_s: float = 30.0) -> None:
+    """Poll ``condition`` until it holds (TimeoutError after ``timeout_s``)."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110  # a plain condition, no event to wait on
+            await asyncio.sleep(0.05)

@@ -1,0 +1,91 @@
+"""Outage bookkeeping: backoff, dependency reasons and logs, log flood limits, stall clocks."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from genwire.health import Backoff, Dependencies
+from genwire.kafka.offsets import PartitionOffsets
+from genwire.kafka.replay import replay_headers
+from genwire.telemetry import semconv as sc
+from genwire.telemetry.logs import RateLimitFilter
+
+
+def test_backoff_grows_is_capped_and_jittered() -> None:
+    b = Backoff(first_s=0.1, cap_s=2.0)
+    for attempt, ceiling in [(0, 0.1), (1, 0.2), (3, 0.8), (10, 2.0), (500, 2.0)]:
+        delays = {b.delay(attempt) for _ in range(50)}
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(delays) > 1  # jittered: many waiting records do not retry in lockstep
+
+
+def test_dependencies_name_what_is_down_once_past_the_grace(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = CollectorRegistry()
+    deps = Dependencies("post", registry, unready_after_s=0.05, log_interval_s=60)
+    caplog.set_level(logging.WARNING, "genwire.health")
+    for _ in range(500):
+        deps.failed("redis", ConnectionError("Connection refused"))
+    assert deps.reasons() == []  # within the grace: a blip is not "not ready"
+    time.sleep(0.06)
+    (reason,) = deps.reasons()
+    assert reason.startswith("redis unavailable for") and "500 failed attempts" in reason
+    gauge = registry.get_sample_value(
+        sc.METRIC_DEPENDENCY_UP, {"dependency": "redis", "stage": "post"}
+    )
+    assert gauge == 0
+    deps.recovered("redis")
+    assert deps.reasons() == [] and deps.down_for("redis") is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2  # one when it went down, one when it came back: not 500
+    assert "back after" in lines[1] and "500 failed attempts" in lines[1]
+
+
+def test_rate_limit_filter_keeps_one_line_per_interval_and_counts_the_rest() -> None:
+    filt = RateLimitFilter(("aiokafka",), interval_s=0.1)
+
+    def record(name: str, msg: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, "f", 1, msg, ("node 1",), None)
+
+    passed = [filt.filter(record("aiokafka.conn", "Unable connect to %s")) for _ in range(1000)]
+    assert passed.count(True) == 1
+    assert all(filt.filter(record("genwire.x", "ours %s")) for _ in range(10))  # not limited
+    time.sleep(0.11)
+    summary = record("aiokafka.conn", "Unable connect to %s")
+    assert filt.filter(summary)
+    assert "999 similar lines suppressed" in summary.getMessage()
+
+
+def test_a_partition_stalls_when_its_oldest_record_makes_no_progress() -> None:
+    p = PartitionOffsets()
+    assert p.stalled_for() == 0  # nothing to do is not a stall
+    p.started(10)
+    p.started(11)
+    p.finished(11)  # a later record done does not move the commit position
+    now = time.monotonic()
+    assert p.stalled_for(now + 5) >= 5
+    p.finished(10)
+    assert p.committable() == 12
+    assert p.stalled_for(now + 5) >= 4.9  # finished but not committed: still waiting
+    p.was_committed(12)
+    assert p.stalled_for(now + 5) == 0
+
+
+def test_replay_headers_keep_the_request_and_count_the_replay() -> None:
+    headers = (
+        ("traceparent", b"00-abc-def-01"),
+        (sc.HEADER_RETRY_TOPIC, b"genwire.prepared"),
+        (sc.HEADER_RETRY_COUNT, b"1"),
+        (sc.HEADER_ORIGIN, b"gw1"),
+    )
+    out = dict(replay_headers(headers, 2))
+    assert out == {
+        "traceparent": b"00-abc-def-01",
+        sc.HEADER_ORIGIN: b"gw1",
+        sc.HEADER_RETRY_COUNT: b"2",
+    }

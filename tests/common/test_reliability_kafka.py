@@ -1,0 +1,257 @@
+"""The consumer's failure paths against the real broker: outages waited out, parking and replay,
+rejections without DLQ, producer recovery from fatal errors, giving up loudly, no-group mode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaTimeoutError, OutOfOrderSequenceNumber
+from aiokafka.structs import ConsumerRecord
+
+from genwire.errors import GenwireError, Rejection, RetryableError
+from genwire.events import ControlEvent, Event, GenerationResult, PreparedRequest, dump
+from genwire.health import Dependencies
+from genwire.kafka import EventConsumer, EventProducer
+from genwire.kafka.replay import ParkedRecord, Replayer, decode_parked
+from genwire.settings import CommonSettings
+from genwire.telemetry import semconv as sc
+from genwire.topics import Topic
+
+from .support import _committed, _prepared, _read, eventually
+
+pytestmark = pytest.mark.integration
+
+Env = tuple[str, str, EventProducer]
+
+
+def _failure_events(record: ConsumerRecord[bytes, bytes], err: GenwireError) -> Sequence[Event]:
+    rid = (record.key or b"").decode()
+    return [GenerationResult(request_id=rid, error={"code": err.code, "message": err.message})]
+
+
+@contextlib.asynccontextmanager
+async def _running(consumer: EventConsumer[Any]) -> AsyncIterator[EventConsumer[Any]]:
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield consumer
+    finally:
+        await consumer.stop(timeout_s=1.0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _make(
+    bootstrap: str, topic: str, producer: EventProducer, handler: Callable[..., Any], **kw: Any
+) -> EventConsumer[Any]:
+    options: dict[str, Any] = {
+        "topic": topic,
+        "group_id": f"test-{uuid.uuid4().hex[:8]}",
+        "model": PreparedRequest,
+        "handler": handler,
+        "producer": producer,
+        "bootstrap_servers": bootstrap,
+        "stage": "test",
+        "concurrency": 8,
+        "retry_backoff_s": 0.05,
+        "retry_backoff_max_s": 0.2,
+        "failure_events": _failure_events,
+    }
+    options.update(kw)
+    return EventConsumer(**options)
+
+
+async def test_an_outage_is_waited_out_and_new_records_wait_meanwhile(env: Env) -> None:
+    """A dependency down for longer than the old 5 retries: no error, no DLQ, and the
+    consumer takes no new records while it waits (they are handled after it)."""
+    bootstrap, topic, producer = env
+    run = uuid.uuid4().hex[:8]
+    down_until = time.monotonic() + 3.0
+    order: list[str] = []
+    deps = Dependencies("test", unready_after_s=0.5)
+
+    async def handler(event: PreparedRequest) -> Event:
+        if event.request_id.endswith("first") and time.monotonic() < down_until:
+            raise RetryableError("redis: connection refused", dependency="redis")
+        order.append(event.request_id)
+        return GenerationResult(request_id=event.request_id, text="done")
+
+    first, later = f"{run}-first", f"{run}-later"
+    await (await producer.send(topic, dump(_prepared(first)), key=b"same"))
+    consumer = _make(bootstrap, topic, producer, handler, outage_budget_s=30.0, dependencies=deps)
+    async with _running(consumer):
+        await asyncio.sleep(1.5)
+        assert deps.reasons() and "redis unavailable" in deps.reasons()[0]
+        await (await producer.send(topic, dump(_prepared(later)), key=b"same"))
+        results = await _read(bootstrap, Topic.RESULTS, {b"same"}, timeout_s=30)
+        await eventually(lambda: len(order) == 2)
+    assert order == [first, later]  # the later record waited for the outage to end
+    assert all(GenerationResult.model_validate_json(r.value).error is None for r in results)
+    assert deps.reasons() == [] and deps.down_for("redis") is None
+
+
+async def test_past_the_budget_a_record_is_parked_then_replayed(env: Env) -> None:
+    """Budget exhausted: the record goes to genwire.retry (not the DLQ, no error result), and
+    the stage's replayer brings it back after the delay, when the dependency is up again."""
+    bootstrap, topic, producer = env
+    rid = f"park-{uuid.uuid4().hex[:8]}"
+    healthy = asyncio.Event()
+
+    async def handler(event: PreparedRequest) -> Event:
+        if not healthy.is_set():
+            raise RetryableError("triton: UNAVAILABLE", dependency="triton")
+        return GenerationResult(request_id=event.request_id, text="after the replay")
+
+    await (await producer.send(topic, dump(_prepared(rid)), key=rid.encode()))
+    consumer = _make(bootstrap, topic, producer, handler, outage_budget_s=0.5, replay_delay_s=1.0)
+    replayer = _make(
+        bootstrap,
+        Topic.RETRY,
+        producer,
+        Replayer({topic}).handle,
+        model=ParkedRecord,
+        decoder=decode_parked,
+        failure_events=None,
+        group_id=f"test-retry-{uuid.uuid4().hex[:8]}",
+    )
+    async with _running(consumer):
+        (parked,) = await _read(bootstrap, Topic.RETRY, {rid.encode()})
+        headers = dict(parked.headers)
+        assert headers[sc.HEADER_RETRY_TOPIC] == topic.encode()
+        assert headers[sc.HEADER_RETRY_COUNT] == b"0"
+        assert headers[sc.HEADER_RETRY_CODE] == b"unavailable"
+        assert int(headers[sc.HEADER_RETRY_NOT_BEFORE]) > time.time() * 1000
+        assert b"traceparent" in headers  # the replay continues the request's trace
+        assert await _committed(bootstrap, consumer.group_id or "", topic) == 1
+        healthy.set()
+        async with _running(replayer):
+            (result,) = await _read(bootstrap, Topic.RESULTS, {rid.encode()}, timeout_s=60)
+    assert GenerationResult.model_validate_json(result.value).text == "after the replay"
+
+
+async def test_replays_exhausted_dead_letter_with_an_error_result(env: Env) -> None:
+    bootstrap, topic, producer = env
+    rid = f"exhausted-{uuid.uuid4().hex[:8]}"
+
+    async def handler(event: PreparedRequest) -> Event:
+        raise RetryableError("triton: UNAVAILABLE", dependency="triton")
+
+    headers = [(sc.HEADER_RETRY_COUNT, b"2")]  # replayed twice already
+    await (await producer.send(topic, dump(_prepared(rid)), key=rid.encode(), headers=headers))
+    consumer = _make(bootstrap, topic, producer, handler, outage_budget_s=0.3, max_replays=2)
+    async with _running(consumer):
+        (dead,) = await _read(bootstrap, Topic.DLQ, {rid.encode()})
+        (result,) = await _read(bootstrap, Topic.RESULTS, {rid.encode()})
+    assert dict(dead.headers)[sc.HEADER_DLQ_CODE] == b"unavailable"
+    error = GenerationResult.model_validate_json(result.value).error
+    assert error is not None and "2 replays" in error.message
+
+
+async def test_a_rejection_is_an_error_result_but_no_dead_letter(env: Env) -> None:
+    bootstrap, topic, producer = env
+    run = uuid.uuid4().hex[:8]
+    rejected, poison = f"{run}-filtered", f"{run}-poison"
+
+    async def handler(event: PreparedRequest) -> Event:
+        raise Rejection("the prompt was rejected by rule 'x'", code="content_filtered")
+
+    await (await producer.send(topic, dump(_prepared(rejected)), key=rejected.encode()))
+    await (await producer.send(topic, b"\xff not json", key=poison.encode()))
+    consumer = _make(bootstrap, topic, producer, handler)
+    async with _running(consumer):
+        results = await _read(bootstrap, Topic.RESULTS, {rejected.encode(), poison.encode()})
+        dead = await _read(bootstrap, Topic.DLQ, {poison.encode()})
+        with pytest.raises(TimeoutError):  # no DLQ record for the rejection, however long
+            await _read(bootstrap, Topic.DLQ, {rejected.encode()}, timeout_s=3)
+    codes = {r.key: GenerationResult.model_validate_json(r.value).error for r in results}
+    assert codes[rejected.encode()] is not None
+    assert codes[rejected.encode()].code == "content_filtered"  # type: ignore[union-attr]
+    assert len(dead) == 1 and dead[0].key == poison.encode()
+
+
+async def test_the_producer_replaces_itself_after_a_fatal_error(env: Env) -> None:
+    """OutOfOrderSequenceNumber (aiokafka#1017) used to stall a partition for good: now the
+    client is replaced and the record is published on the new one."""
+    bootstrap, topic, producer = env
+    rid = f"fatal-{uuid.uuid4().hex[:8]}"
+    own = EventProducer(bootstrap)
+    await own.start()
+    inner_send = own._producer.send
+    failures = iter([True])
+
+    async def failing_once(*args: Any, **kwargs: Any) -> Any:
+        if next(failures, False):
+            raise OutOfOrderSequenceNumber()
+        return await inner_send(*args, **kwargs)
+
+    own._producer.send = failing_once  # type: ignore[method-assign]
+
+    async def handler(event: PreparedRequest) -> Event:
+        return GenerationResult(request_id=event.request_id, text="published")
+
+    await (await producer.send(topic, dump(_prepared(rid)), key=rid.encode()))
+    consumer = _make(bootstrap, topic, own, handler)
+    try:
+        async with _running(consumer):
+            (result,) = await _read(bootstrap, Topic.RESULTS, {rid.encode()})
+    finally:
+        await own.stop()
+    assert GenerationResult.model_validate_json(result.value).text == "published"
+    assert own.resets == 1
+
+
+async def test_nothing_publishable_within_the_budget_gives_up_loudly(env: Env) -> None:
+    """Even the error path cannot publish: the service is told to stop (it exits and its
+    supervisor restarts it), the record stays uncommitted and its partition reports a stall."""
+    bootstrap, topic, producer = env
+    rid = f"giveup-{uuid.uuid4().hex[:8]}"
+    own = EventProducer(bootstrap)
+    await own.start()
+
+    async def broker_gone(*args: Any, **kwargs: Any) -> Any:
+        raise KafkaTimeoutError()
+
+    own._producer.send = broker_gone  # type: ignore[method-assign]
+    fatal: list[str] = []
+
+    async def handler(event: PreparedRequest) -> Event:
+        return GenerationResult(request_id=event.request_id, text="never published")
+
+    await (await producer.send(topic, dump(_prepared(rid)), key=rid.encode()))
+    consumer = _make(bootstrap, topic, own, handler, outage_budget_s=1.0, on_fatal=fatal.append)
+    try:
+        async with _running(consumer):
+            await eventually(lambda: fatal)
+            assert consumer.stalled(0.5)  # the record pins its partition: reported
+            assert await _committed(bootstrap, consumer.group_id or "", topic) == 0
+    finally:
+        own._producer.send = producer._producer.send  # type: ignore[method-assign]
+        await own.stop()
+    assert "could not publish to Kafka" in fatal[0]
+
+
+async def test_no_group_reads_from_now_on_and_leaves_nothing_behind(
+    env: Env, infra: CommonSettings
+) -> None:
+    bootstrap, _, producer = env
+    seen: list[str] = []
+    before = f"before-{uuid.uuid4().hex[:8]}"
+    after = f"after-{uuid.uuid4().hex[:8]}"
+    await producer.publish_and_wait(ControlEvent(request_id=before, action="cancel"))
+
+    async def handler(event: ControlEvent) -> None:
+        seen.append(event.request_id)
+
+    consumer = _make(bootstrap, Topic.CONTROL, producer, handler, model=ControlEvent, group_id=None)
+    async with _running(consumer):
+        assert consumer.ready
+        await producer.publish_and_wait(ControlEvent(request_id=after, action="cancel"))
+        await eventually(lambda: after in seen)
+    assert before not in seen
