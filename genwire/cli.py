@@ -14,6 +14,8 @@ COMMAND_MODULES = (
     "genwire_gateway.cli",
     "genwire.bench.cli",
     "genwire_monitor.cli",
+    "genwire.chaos.cli",
+    "genwire.ops.cli",
 )
 
 

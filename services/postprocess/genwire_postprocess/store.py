@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 from genwire.errors import RetryableError
 from genwire.events import GenerationResult
 from genwire.redisconn import REDIS, connect
-from genwire.request import result_key
+from genwire.request import ErrorCode, result_key
 
 
 class ResultStore(Protocol):
@@ -27,19 +27,32 @@ class RedisResultStore:
         self.ttl_s = ttl_s
 
     async def put_first(self, result: GenerationResult) -> GenerationResult:
-        """Store ``result``, or return the earlier one (a redelivery never changes the answer)."""
+        """Store ``result``, or return the earlier one (a redelivery never changes the answer).
+
+        One exception: an ``unavailable`` error (a dependency stayed down through every replay)
+        was never an answer, so a real result of a later replay (``genwire dlq replay``)
+        replaces it.
+        """
         key = result_key(result.request_id)
         value = result.model_dump_json(exclude_none=True)
         try:
             if await self.redis.set(key, value, nx=True, ex=self.ttl_s):
                 return result
             existing = await self.redis.get(key)
+            if existing is None:  # expired in between: ours is as good
+                return result
+            stored = GenerationResult.model_validate_json(existing)
+            if _replaceable(stored) and result.error is None:
+                await self.redis.set(key, value, xx=True, ex=self.ttl_s)
+                return result
         except RedisError as exc:  # the consumer waits the outage out (never an error result)
             raise RetryableError(f"redis: {exc}", dependency=REDIS) from None
-        if existing is None:  # expired in between: ours is as good
-            return result
-        return GenerationResult.model_validate_json(existing)
+        return stored
 
     async def close(self) -> None:
         """Close the connection pool."""
         await self.redis.aclose()  # type: ignore[attr-defined]  # types-redis predates it
+
+
+def _replaceable(stored: GenerationResult) -> bool:
+    return stored.error is not None and stored.error.code == ErrorCode.UNAVAILABLE

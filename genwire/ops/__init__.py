@@ -1,0 +1,1 @@
+"""Operator tools for a running pipeline: inspecting and replaying dead and parked records."""
