@@ -197,7 +197,10 @@ class EventConsumer(Generic[InT]):
         """Join the group (assignment completes in the background), or assign every partition."""
         if self.group_id is None:
             await self._consumer.start()
-            partitions = await self._consumer.partitions_for_topic(self.topic) or set()
+            await self._consumer.topics()  # fetches the metadata partitions_for_topic reads
+            partitions = self._consumer.partitions_for_topic(self.topic) or set()
+            if not partitions:
+                raise KafkaError(f"topic {self.topic} has no partitions (does it exist?)")
             self._assigned = {TopicPartition(self.topic, p) for p in partitions}
             self._consumer.assign(list(self._assigned))
             await self._consumer.seek_to_end(*self._assigned)

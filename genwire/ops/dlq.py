@@ -94,7 +94,8 @@ async def read_letters(bootstrap_servers: str, topic: str, selection: Selection)
     )
     await consumer.start()
     try:
-        parts = [TopicPartition(topic, p) for p in await consumer.partitions_for_topic(topic) or ()]
+        await consumer.topics()  # fetches the metadata partitions_for_topic reads
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         if not parts:
             return []
         consumer.assign(parts)
