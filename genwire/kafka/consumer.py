@@ -197,8 +197,9 @@ class EventConsumer(Generic[InT]):
         """Join the group (assignment completes in the background), or assign every partition."""
         if self.group_id is None:
             await self._consumer.start()
-            await self._consumer.topics()  # fetches the metadata partitions_for_topic reads
-            partitions = self._consumer.partitions_for_topic(self.topic) or set()
+            # The consumer has no public async metadata call (aiokafka 0.14, pinned); this is
+            # what the producer's public partitions_for() awaits.
+            partitions = await self._consumer._client._wait_on_metadata(self.topic) or set()
             if not partitions:
                 raise KafkaError(f"topic {self.topic} has no partitions (does it exist?)")
             self._assigned = {TopicPartition(self.topic, p) for p in partitions}

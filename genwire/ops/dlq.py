@@ -94,8 +94,10 @@ async def read_letters(bootstrap_servers: str, topic: str, selection: Selection)
     )
     await consumer.start()
     try:
-        await consumer.topics()  # fetches the metadata partitions_for_topic reads
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        # No public async metadata call on the consumer (aiokafka 0.14, pinned): this is what
+        # the producer's public partitions_for() awaits.
+        known = await consumer._client._wait_on_metadata(topic) or ()
+        parts = [TopicPartition(topic, p) for p in known]
         if not parts:
             return []
         consumer.assign(parts)
