@@ -25,6 +25,21 @@ def register(subparsers: Any) -> None:
         help="comma-separated components (kafka,redis,triton,jaeger,preprocess,...); default all",
     )
     up.add_argument(
+        "--brokers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Kafka brokers: 1, or 3 for a KRaft cluster (replication factor 3, min ISR 2); "
+        "remembered for later runs; changing it needs `genwire down` first",
+    )
+    up.add_argument(
+        "--scale",
+        default=None,
+        metavar="SVC=N,...",
+        help="instances per service (preprocess, inference, postprocess, gateway), e.g. "
+        "preprocess=3,inference=3; remembered; =1 stops the extra ones",
+    )
+    up.add_argument(
         "--no-model",
         dest="model",
         action="store_false",
@@ -74,10 +89,12 @@ def _say(line: str) -> None:
 
 def _up(args: argparse.Namespace) -> int:
     from genwire.stack import StackError, ensure_up, format_table
+    from genwire.stack.layout import parse_scale
 
     began = time.monotonic()
     try:
-        rows = ensure_up(args.only, model=args.model, out=_say)
+        scale = parse_scale(args.scale) if args.scale else None
+        rows = ensure_up(args.only, model=args.model, out=_say, brokers=args.brokers, scale=scale)
     except StackError as exc:
         print(f"genwire up: error: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -144,7 +161,8 @@ def _default_model(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from genwire.stack import format_table, status
+    from genwire.stack import current_layout, format_table, status
 
     print(format_table(status()))
+    print(f"genwire: layout: {current_layout().describe()}")
     return 0

@@ -6,19 +6,27 @@ Versions are pinned here and nowhere else; ``deploy/compose/compose.yaml`` uses 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import os
 import shutil
 import string
 import sys
+import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from genwire.settings import CommonSettings
 from genwire.stack import bootstrap
 from genwire.stack.errors import StackError
 from genwire.stack.health import http_status, redis_ping, run_coro, tcp_open
+from genwire.stack.layout import StackLayout, instance_name, instance_port, read_layout
 from genwire.stack.paths import StackPaths, site_packages
 
 KAFKA_VERSION = "3.9.1"
@@ -54,6 +62,15 @@ JAEGER_METRICS_PORT = 8888
 """Jaeger's own Prometheus metrics (kafka receiver lag, storage writes)."""
 
 
+@dataclass(frozen=True)
+class Readiness:
+    """One probe's verdict: ready or not, whether it answered at all, and why not."""
+
+    ready: bool
+    answered: bool
+    reason: str | None = None
+
+
 class Component(ABC):
     """A server genwire can install, start, probe and stop."""
 
@@ -66,10 +83,18 @@ class Component(ABC):
     start_timeout_s: float = 120.0
     adoptable: bool = False
     """A server of this kind already running (not started by genwire) may be reused."""
+    supervised: bool = True
+    """Runs under :mod:`genwire.stack.supervise`, which restarts it whenever it exits."""
+    stop_timeout_s: float = 20.0
+    """How long its supervisor waits after SIGTERM before SIGKILL."""
 
     def __init__(self, paths: StackPaths, settings: CommonSettings) -> None:
         self.paths = paths
         self.settings = settings
+        self.group = ""
+        """Several components answering to one name in ``--only`` (Kafka nodes, instances)."""
+        self.aliases: tuple[str, ...] = ()
+        """Other names of this component in ``--only`` (``kafka-1``, ``preprocess-1``)."""
 
     @property
     def log(self) -> Path:
@@ -112,9 +137,23 @@ class Component(ABC):
         """Run once it is healthy, also when an existing instance is reused (idempotent)."""
         return None
 
+    def readiness(self) -> Readiness:
+        """Like ``healthy``, with the reason when it answers but is not ready (services)."""
+        ok = self.healthy()
+        return Readiness(ok, answered=ok)
+
+    def after_restart(self) -> tuple[str, list[str]] | None:
+        """What its supervisor runs after each restart, once the URL answers 200:
+        ``(url, argv)`` (Triton: load the default model again), or None."""
+        return None
+
 
 class Kafka(Component):
-    """Apache Kafka, one KRaft node (broker + controller), jars from Maven Central."""
+    """Apache Kafka, one KRaft node (broker + controller), jars from Maven Central.
+
+    Alone (``kafka``), or one of a cluster (``kafka-1``…, see :func:`kafka_nodes`): every node
+    is broker and controller, all of them controller voters, sharing one cluster id.
+    """
 
     name = "kafka"
     title = f"Apache Kafka {KAFKA_VERSION} (KRaft)"
@@ -127,11 +166,46 @@ class Kafka(Component):
         port: int = KAFKA_PORT,
         controller_port: int = KAFKA_CONTROLLER_PORT,
         version: str = KAFKA_VERSION,
+        *,
+        node_id: int = 1,
+        cluster: Sequence[tuple[int, int]] | None = None,
+        heap: str = "1g",
     ) -> None:
+        """``cluster``: (broker port, controller port) of every node, this one included, in
+        node-id order; None: a single node."""
         super().__init__(paths, settings)
         self.port = port
         self.controller_port = controller_port
         self.version = version
+        self.node_id = node_id
+        self.cluster = list(cluster) if cluster else [(port, controller_port)]
+        self.heap = heap
+        self.group = "kafka"
+        if len(self.cluster) > 1:
+            self.name = f"kafka-{node_id}"
+            self.title = f"Apache Kafka {version} (KRaft node {node_id} of {len(self.cluster)})"
+        else:
+            self.aliases = ("kafka-1",)
+
+    @property
+    def size(self) -> int:
+        """Nodes in its cluster (1: a single node)."""
+        return len(self.cluster)
+
+    @property
+    def bootstrap(self) -> str:
+        """Every broker of its cluster, comma separated: what clients should be given."""
+        return ",".join(f"127.0.0.1:{broker}" for broker, _ in self.cluster)
+
+    @property
+    def replication_factor(self) -> int:
+        """Of genwire's topics and Kafka's internal ones: a copy on every broker."""
+        return self.size
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """2 of 3 (a write with acks=all survives losing one broker); 1 on a single node."""
+        return 2 if self.size >= 3 else 1
 
     @property
     def dest(self) -> Path:
@@ -139,11 +213,31 @@ class Kafka(Component):
 
     @property
     def data_dir(self) -> Path:
-        return self.paths.data / "kafka"
+        return self.paths.data / self.name
 
     @property
     def config_file(self) -> Path:
-        return self.paths.conf / "kafka.properties"
+        return self.paths.conf / f"{self.name}.properties"
+
+    @property
+    def cluster_id_file(self) -> Path:
+        """The id every node of a cluster is formatted with (kept for a node wiped later)."""
+        ports = "-".join(str(b) for b, _ in self.cluster)
+        return self.paths.data / f"kafka-cluster-{ports}.id"
+
+    def _cluster_id(self) -> str:
+        if self.size == 1:
+            return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        try:
+            return self.cluster_id_file.read_text().strip()
+        except FileNotFoundError:
+            pass
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.cluster_id_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.cluster_id_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(cluster_id)
+        tmp.replace(self.cluster_id_file)
+        return cluster_id
 
     def ports(self) -> dict[str, int]:
         return {"broker": self.port, "controller": self.controller_port}
@@ -165,14 +259,24 @@ class Kafka(Component):
 
     def prepare(self) -> None:
         template = (self.paths.deploy / "kafka" / "server.properties").read_text()
+        voters = ",".join(
+            f"{node}@127.0.0.1:{controller}"
+            for node, (_, controller) in enumerate(self.cluster, start=1)
+        )
         text = string.Template(template).substitute(
-            port=self.port, controller_port=self.controller_port, data_dir=self.data_dir
+            node_id=self.node_id,
+            voters=voters,
+            port=self.port,
+            controller_port=self.controller_port,
+            data_dir=self.data_dir,
+            replication_factor=self.replication_factor,
+            min_insync_replicas=self.min_insync_replicas,
         )
         self.config_file.parent.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(text)
         if not (self.data_dir / "meta.properties").exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = self._cluster_id()
             bootstrap.run_step(
                 [
                     self._java(),
@@ -200,7 +304,7 @@ class Kafka(Component):
             self._java(),
             # A small heap suits a dev box: the page cache does Kafka's real caching.
             "-Xms256m",
-            "-Xmx1g",
+            f"-Xmx{self.heap}",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
             *self._java_opts(),
@@ -219,7 +323,46 @@ class Kafka(Component):
         from genwire.kafka import ensure_topics
 
         # Auto-create is off: every topic of genwire.topics.TOPIC_SPECS is created here.
-        run_coro(ensure_topics(f"127.0.0.1:{self.port}"))
+        if self.size == 1:
+            run_coro(ensure_topics(f"127.0.0.1:{self.port}"))
+        else:
+            run_coro(self._ensure_cluster_topics(timeout_s=120.0))
+
+    async def _ensure_cluster_topics(self, timeout_s: float) -> None:
+        """Once every broker has registered (RF 3 needs three), create the missing topics."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        from genwire.kafka import ensure_topics
+        from genwire.topics import TOPIC_SPECS
+
+        deadline = time.monotonic() + timeout_s
+        brokers = 0
+        while True:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+            try:
+                await admin.start()
+                if {s.name for s in TOPIC_SPECS} <= set(await admin.list_topics()):
+                    return
+                brokers = len((await admin.describe_cluster())["brokers"])
+            except Exception:
+                brokers = 0
+            finally:
+                await admin.close()
+            if brokers >= self.size:
+                break
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"only {brokers} of {self.size} Kafka brokers registered within "
+                    f"{timeout_s:.0f} s, so the topics (replication factor {self.size}) cannot be "
+                    f"created; see the kafka-N logs in {self.paths.logs}"
+                )
+            await asyncio.sleep(0.5)
+        await ensure_topics(
+            self.bootstrap,
+            timeout_s=timeout_s,
+            replication_factor=self.replication_factor,
+            min_insync_replicas=self.min_insync_replicas,
+        )
 
 
 async def _kafka_answers(bootstrap_servers: str) -> bool:
@@ -264,8 +407,13 @@ class Redis(Component):
     def install(self) -> None:
         bootstrap.apt_install(["redis-server"], why="Redis for genwire", log=self.log)
 
+    @property
+    def data_dir(self) -> Path:
+        """The RDB dump and the append-only files (``appendonlydir/``)."""
+        return self.paths.data / "redis"
+
     def prepare(self) -> None:
-        (self.paths.data / "redis").mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
 
     def command(self) -> list[str]:
         binary = self._binary()
@@ -278,13 +426,17 @@ class Redis(Component):
             "--port",
             str(self.port),
             "--dir",
-            str(self.paths.data / "redis"),
+            str(self.data_dir),
             "--daemonize",
             "no",
+            # Durable: every write goes to the append-only file, fsynced once a second, so a
+            # crash loses at most the last second; the RDB snapshot stays as a second copy.
             "--save",
             "300 10",
             "--appendonly",
-            "no",
+            "yes",
+            "--appendfsync",
+            "everysec",
             "--logfile",
             "",
         ]
@@ -341,10 +493,29 @@ class Triton(Component):
     def environment(self) -> dict[str, str]:
         libs = str(self.dest / "nvidia_pytriton.libs")
         current = os.environ.get("LD_LIBRARY_PATH")
-        return {
+        env = {
             "LD_LIBRARY_PATH": f"{libs}:{current}" if current else libs,
             STUB_SITE_PACKAGES_ENV: str(site_packages()),
+            # For the supervisor's after-restart step (`genwire default-model`): same home.
+            "GENWIRE_HOME": str(self.paths.home),
         }
+        if self.settings.model_repository is not None:
+            env["GENWIRE_MODEL_REPOSITORY"] = str(self.settings.model_repository)
+        return env
+
+    def after_restart(self) -> tuple[str, list[str]] | None:
+        # A restarted Triton (explicit model control) serves no model until it is loaded again.
+        return (
+            f"http://127.0.0.1:{self.http_port}/v2/health/ready",
+            [
+                sys.executable,
+                "-m",
+                "genwire.cli",
+                "default-model",
+                "--triton-http",
+                f"127.0.0.1:{self.http_port}",
+            ],
+        )
 
     def prepare(self) -> None:
         self.repository.mkdir(parents=True, exist_ok=True)
@@ -412,6 +583,7 @@ class Jaeger(Component):
         ports: dict[str, int] | None = None,
         group: str = "jaeger",
         kafka_port: int = KAFKA_PORT,
+        kafka_bootstrap: str | None = None,
     ) -> None:
         super().__init__(paths, settings)
         self._ports = {
@@ -423,8 +595,9 @@ class Jaeger(Component):
             "metrics": JAEGER_METRICS_PORT,
             **(ports or {}),
         }
-        self.group = group
-        self.kafka_port = kafka_port
+        self.consumer_group = group
+        self.kafka_bootstrap = kafka_bootstrap or f"127.0.0.1:{kafka_port}"
+        """Every broker, comma separated (the config's ``brokers`` splits the list)."""
 
     @property
     def dest(self) -> Path:
@@ -466,8 +639,8 @@ class Jaeger(Component):
         return {
             "JAEGER_DATA_DIR": str(self.paths.data / "jaeger"),
             "JAEGER_UI_ASSETS": str(self.paths.deploy / "jaeger" / "ui"),
-            "JAEGER_KAFKA_BROKERS": f"127.0.0.1:{self.kafka_port}",
-            "JAEGER_KAFKA_GROUP": self.group,
+            "JAEGER_KAFKA_BROKERS": self.kafka_bootstrap,
+            "JAEGER_KAFKA_GROUP": self.consumer_group,
             "JAEGER_LISTEN_HOST": "127.0.0.1",
             "JAEGER_UI_PORT": str(self._ports["ui+query"]),
             "JAEGER_QUERY_GRPC_PORT": str(self._ports["query-grpc"]),
@@ -485,7 +658,12 @@ class Jaeger(Component):
 
 
 class Service(Component):
-    """One of genwire's own services: ``python -m genwire_<svc>`` from the venv."""
+    """One of genwire's own services: ``python -m genwire_<svc>`` from the venv.
+
+    Instance ``index`` > 1 (``preprocess-2``…, ``genwire up --scale``) runs the same module with
+    the same service name, so the consumer stages share their consumer group; only its ports
+    (``GENWIRE_<SVC>_PORT``, the gateway's ``GENWIRE_GATEWAY_GRPC_PORT``), log and pid file differ.
+    """
 
     phase = 4
     start_timeout_s = 180.0
@@ -497,13 +675,21 @@ class Service(Component):
         short: str,
         port: int,
         extra_ports: dict[str, int] | None = None,
+        *,
+        index: int = 1,
+        kafka_bootstrap: str | None = None,
     ) -> None:
         super().__init__(paths, settings)
-        self.name = short
-        self.title = f"genwire {short} service"
+        self.short = short
+        self.index = index
+        self.name = instance_name(short, index)
+        self.group = short
+        self.aliases = (f"{short}-1",) if index == 1 else ()
+        self.title = f"genwire {short} service" + (f" #{index}" if index > 1 else "")
         self.module = f"genwire_{short}"
         self.port = port
         self.extra_ports = extra_ports or {}
+        self.kafka_bootstrap = kafka_bootstrap
 
     def ports(self) -> dict[str, int]:
         return {"http": self.port, **self.extra_ports}
@@ -514,13 +700,58 @@ class Service(Component):
 
     def environment(self) -> dict[str, str]:
         # Services read GENWIRE_HOME like the stack, so both agree on the model repository.
-        return {"GENWIRE_HOME": str(self.paths.home), "PYTHONUNBUFFERED": "1"}
+        prefix = f"GENWIRE_{self.short.upper()}_"
+        env = {
+            "GENWIRE_HOME": str(self.paths.home),
+            "PYTHONUNBUFFERED": "1",
+            f"{prefix}PORT": str(self.port),
+            **{f"{prefix}{role.upper()}_PORT": str(p) for role, p in self.extra_ports.items()},
+        }
+        if self.kafka_bootstrap is not None:
+            # Every broker: a client that knows one only cannot start while that one is down.
+            env["GENWIRE_KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap
+            env[f"{prefix}KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap
+        return env
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", self.module]
 
     def healthy(self) -> bool:
-        return http_status(f"http://127.0.0.1:{self.port}/readyz") == 200
+        return self.readiness().ready
+
+    def readiness(self) -> Readiness:
+        """``/readyz``: 200 ready; 503 with ``{"ready", "failed", "reasons"}`` says why not."""
+        return readyz(f"http://127.0.0.1:{self.port}/readyz")
+
+
+def readyz(url: str, timeout_s: float = 2.0) -> Readiness:
+    """A service's ``/readyz`` verdict, with the first reason it gives when not ready."""
+    try:
+        with httpx.Client(timeout=timeout_s, trust_env=False) as client:
+            response = client.get(url)
+    except httpx.HTTPError:
+        return Readiness(False, answered=False)
+    if response.status_code == 200:
+        return Readiness(True, answered=True)
+    reason: str | None = None
+    try:
+        body = response.json()
+    except (ValueError, json.JSONDecodeError):
+        body = None
+    if isinstance(body, dict):
+        reasons = body.get("reasons")
+        if isinstance(reasons, list) and reasons:
+            reason = str(reasons[0])
+        elif body.get("failed"):
+            reason = str(body["failed"])
+    reason = one_line(reason or f"HTTP {response.status_code}")
+    return Readiness(False, answered=True, reason=reason)
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """``text`` squeezed onto one line of at most ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 SERVICE_PORTS: dict[str, int] = {
@@ -530,22 +761,73 @@ SERVICE_PORTS: dict[str, int] = {
     "monitor": 8090,
     "gateway": 8080,
 }
-"""Health/metrics HTTP port of each service (the gateway's also serves the OpenAI-style API)."""
+"""Health/metrics HTTP port of each service's first instance (the gateway's also serves the
+OpenAI-style API); instance n adds 100·(n−1) (:func:`genwire.stack.layout.instance_port`)."""
 GATEWAY_GRPC_PORT = 50051
 
 INFRA = ("kafka", "redis", "triton", "jaeger")
 SERVICES = tuple(SERVICE_PORTS)
 
 
-def build_components(paths: StackPaths, settings: CommonSettings) -> dict[str, Component]:
-    """Every component of the stack by name, in start order."""
+def kafka_nodes(
+    paths: StackPaths,
+    settings: CommonSettings,
+    brokers: int = 1,
+    ports: Sequence[tuple[int, int]] | None = None,
+) -> list[Kafka]:
+    """The Kafka node(s) of a stack: ``kafka`` alone, or ``kafka-1``… of a KRaft cluster.
+
+    Node n listens on 9092 + 100·(n−1) (broker) and 9093 + 100·(n−1) (controller): 9092/9093,
+    9192/9193, 9292/9293. ``ports`` replaces them (tests).
+    """
+    chosen = (
+        list(ports)
+        if ports is not None
+        else [
+            (instance_port(KAFKA_PORT, n), instance_port(KAFKA_CONTROLLER_PORT, n))
+            for n in range(1, brokers + 1)
+        ]
+    )
+    if len(chosen) == 1:
+        return [Kafka(paths, settings, chosen[0][0], chosen[0][1])]
+    # Three JVMs on a small machine: a smaller heap each.
+    return [
+        Kafka(paths, settings, broker, controller, node_id=n, cluster=chosen, heap="512m")
+        for n, (broker, controller) in enumerate(chosen, start=1)
+    ]
+
+
+def build_components(
+    paths: StackPaths, settings: CommonSettings, layout: StackLayout | None = None
+) -> dict[str, Component]:
+    """Every component of the stack by name, in start order.
+
+    ``layout`` (default: the one recorded in the run dir, see :mod:`genwire.stack.layout`) says
+    how many Kafka nodes and service instances there are.
+    """
+    shape = layout if layout is not None else read_layout(paths.run)
+    nodes = kafka_nodes(paths, settings, shape.brokers)
+    bootstrap = nodes[0].bootstrap
     components: list[Component] = [
-        Kafka(paths, settings),
+        *nodes,
         Redis(paths, settings),
         Triton(paths, settings),
-        Jaeger(paths, settings),
+        Jaeger(paths, settings, kafka_bootstrap=bootstrap),
     ]
     for short, port in SERVICE_PORTS.items():
-        extra = {"grpc": GATEWAY_GRPC_PORT} if short == "gateway" else None
-        components.append(Service(paths, settings, short, port, extra))
+        for index in range(1, shape.instances(short) + 1):
+            extra = (
+                {"grpc": instance_port(GATEWAY_GRPC_PORT, index)} if short == "gateway" else None
+            )
+            components.append(
+                Service(
+                    paths,
+                    settings,
+                    short,
+                    instance_port(port, index),
+                    extra,
+                    index=index,
+                    kafka_bootstrap=bootstrap,
+                )
+            )
     return {c.name: c for c in components}

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import httpx
 
 from genwire.stack.errors import StackError
+from genwire.stack.supervise import LOG_PREFIX
 
 T = TypeVar("T")
 
@@ -69,13 +70,14 @@ def run_coro(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def log_tail(path: Path | str, lines: int = 1) -> str:
-    """The last non-empty line(s) of a log, for a one-line error message."""
+    """The last non-empty line(s) a component wrote to its log, for a one-line error message
+    (the supervisor's own restart lines are skipped: the server's last words matter)."""
     try:
         text = Path(path).read_text(errors="replace").strip().splitlines()
     except OSError:
         return ""
-    tail = [line.strip() for line in text[-lines:] if line.strip()]
-    return " | ".join(tail)[:300]
+    own = [line.strip() for line in text if line.strip() and not line.startswith(LOG_PREFIX)]
+    return " | ".join(own[-lines:])[:300]
 
 
 def wait_until(

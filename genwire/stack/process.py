@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from genwire.stack.errors import StackError
+from genwire.stack.supervise import SupervisorState, read_state, state_file
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class PidRecord:
     started_at: float
     start_ticks: int
     """The kernel's start time of the process (clock ticks since boot): its identity."""
+    supervised: bool = False
+    """``pid`` is a supervisor (:mod:`genwire.stack.supervise`) running the server as its child."""
 
     def alive(self) -> bool:
         """The pid runs (not a zombie) and is still the process we started."""
@@ -65,15 +68,56 @@ def read_record(run_dir: Path, name: str) -> PidRecord | None:
             log=str(raw["log"]),
             started_at=float(raw["started_at"]),
             start_ticks=int(raw["start_ticks"]),
+            supervised=bool(raw.get("supervised", False)),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def remove_record(run_dir: Path, name: str) -> None:
-    """Forget ``name`` (its process is gone or stopped)."""
+    """Forget ``name`` (its process is gone or stopped), and its supervisor's state."""
     with contextlib.suppress(FileNotFoundError):
         pid_file(run_dir, name).unlink()
+    with contextlib.suppress(FileNotFoundError):
+        state_file(run_dir, name).unlink()
+
+
+def records(run_dir: Path) -> list[PidRecord]:
+    """Every readable pid record of this run dir."""
+    found = [read_record(run_dir, path.stem) for path in sorted(run_dir.glob("*.pid"))]
+    return [r for r in found if r is not None]
+
+
+def supervisor_state(run_dir: Path, name: str) -> SupervisorState | None:
+    """What the supervisor of ``name`` last recorded (None when unsupervised or never started)."""
+    return read_state(state_file(run_dir, name))
+
+
+def live_child(run_dir: Path, name: str) -> int | None:
+    """The pid of the server a supervisor runs for ``name`` now, if it runs (verified by its
+    start time, so a recycled pid never counts)."""
+    state = supervisor_state(run_dir, name)
+    if state is None or state.child_pid is None:
+        return None
+    pid = state.child_pid
+    if pid_alive(pid) and start_ticks(pid) == state.child_start_ticks:
+        return pid
+    return None
+
+
+def stop_orphan(run_dir: Path, record: PidRecord, timeout_s: float = 20.0) -> bool:
+    """A supervisor that died outright (SIGKILL) leaves its child to PR_SET_PDEATHSIG's SIGTERM;
+    make sure it and its group are gone before the port is needed again. True if one was left."""
+    pid = live_child(run_dir, record.name)
+    if pid is None:
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGTERM)
+    _wait_gone(pid, timeout_s)
+    group = record.pid if _pgid(pid) == record.pid else None
+    _signal(pid, group, signal.SIGKILL)
+    _wait_gone(pid, 5.0)
+    return True
 
 
 def _stat_fields(pid: int) -> list[str]:
@@ -129,8 +173,12 @@ def spawn(
     log_path: Path,
     env: Mapping[str, str],
     cwd: Path,
+    supervised: bool = False,
 ) -> PidRecord:
-    """Start ``argv`` in its own session (it outlives us), output appended to ``log_path``."""
+    """Start ``argv`` in its own session (it outlives us), output appended to ``log_path``.
+
+    ``supervised``: ``argv`` is a supervisor's (:func:`supervised_argv`), recorded as such.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -149,19 +197,59 @@ def spawn(
             )
         except OSError as exc:
             raise StackError(f"{name}: cannot run {argv[0]}: {exc.strerror}") from exc
-    return PidRecord(name, proc.pid, list(argv), str(log_path), time.time(), start_ticks(proc.pid))
+    return PidRecord(
+        name,
+        proc.pid,
+        list(argv),
+        str(log_path),
+        time.time(),
+        start_ticks(proc.pid),
+        supervised=supervised,
+    )
+
+
+def supervised_argv(
+    name: str,
+    argv: Sequence[str],
+    run_dir: Path,
+    *,
+    python: str,
+    stop_timeout_s: float,
+    ready_url: str | None = None,
+    after_ready: Sequence[str] | None = None,
+) -> list[str]:
+    """The argv that runs ``argv`` under :mod:`genwire.stack.supervise`."""
+    command = [
+        python,
+        "-m",
+        "genwire.stack.supervise",
+        "--name",
+        name,
+        "--state",
+        str(state_file(run_dir, name)),
+        "--stop-timeout",
+        f"{stop_timeout_s:g}",
+    ]
+    if ready_url is not None:
+        command += ["--ready-url", ready_url]
+    if after_ready:
+        command += ["--after-ready-json", json.dumps(list(after_ready))]
+    return [*command, "--", *argv]
 
 
 def terminate(record: PidRecord, timeout_s: float = 20.0) -> bool:
     """Stop what ``record`` started: SIGTERM to its process group, SIGKILL after ``timeout_s``.
 
-    Returns False when the process was already gone (or the pid now belongs to someone else).
+    A supervised record gets SIGTERM on the supervisor alone, which passes it on to its child
+    and waits for it (its ``--stop-timeout``), so nothing is signalled twice; the group gets
+    SIGKILL after ``timeout_s`` all the same. Returns False when the process was already gone (or
+    the pid now belongs to someone else).
     """
     if not record.alive():
         return False
     # start_new_session made the pid its group's leader; signal the group only if that holds.
     group = record.pid if _pgid(record.pid) == record.pid else None
-    _signal(record.pid, group, signal.SIGTERM)
+    _signal(record.pid, None if record.supervised else group, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not pid_alive(record.pid):

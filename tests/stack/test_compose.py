@@ -234,3 +234,46 @@ def test_gpu_override_only_adds_a_gpu_to_triton() -> None:
     assert set(gpu["services"]) == {"triton"}
     devices = gpu["services"]["triton"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
+
+
+LONG_RUNNING = ("kafka", "redis", "triton", "jaeger", *SERVICE_PORTS)
+
+
+def test_compose_restarts_what_gives_up_like_the_native_supervisor(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in LONG_RUNNING:
+        assert services[name].get("restart") == "unless-stopped", f"{name}: no supervisor"
+    for name in ("kafka-init", "model-init"):
+        assert services[name]["restart"] == "no", f"{name} is a one-shot"
+    # A restarted Triton container loads what model-init put into the repository.
+    assert "--load-model=*" in services["triton"]["command"]
+
+
+def test_redis_is_durable_like_the_native_one(
+    services: dict[str, dict[str, Any]], native: dict[str, Any]
+) -> None:
+    def flags(argv: list[str]) -> dict[str, str]:
+        return {argv[i]: argv[i + 1] for i in range(1, len(argv) - 1) if argv[i].startswith("--")}
+
+    compose_flags = flags(services["redis"]["command"])
+    native_flags = flags(native["redis"].command())
+    for flag, value in {"--appendonly": "yes", "--appendfsync": "everysec"}.items():
+        assert compose_flags[flag] == native_flags[flag] == value
+    assert compose_flags["--save"] == native_flags["--save"]
+    assert "redis-data:/data" in services["redis"]["volumes"]
+
+
+def test_kafka_init_creates_every_project_topic(services: dict[str, dict[str, Any]]) -> None:
+    """`genwire topics` creates genwire.topics.TOPIC_SPECS (the retry topic too, once listed
+    there): compose names no topic itself that could fall out of step."""
+    from genwire.topics import TOPIC_SPECS
+
+    init = services["kafka-init"]["command"]
+    assert init[:2] == ["genwire", "topics"]
+    compose_text = (COMPOSE_DIR / "compose.yaml").read_text()
+    for spec in TOPIC_SPECS:
+        assert f"create --topic {spec.name}" not in compose_text
+    names = {spec.name for spec in TOPIC_SPECS}
+    if hasattr(Topic, "RETRY"):
+        assert Topic.RETRY.value in names

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from redis import Redis as SyncRedis
 
 from genwire.kafka import ensure_topics
 from genwire.settings import CommonSettings
+from genwire.stack import down, ensure_up
+from genwire.stack.components import Redis
+from genwire.stack.health import redis_ping, wait_until
+from genwire.stack.paths import StackPaths
+from genwire.stack.process import live_child, read_record
 from genwire.topics import TOPIC_SPECS, TopicSpec
+from tests.stack.support import free_port
 
 
 async def test_every_project_topic_exists_as_specified(infra: CommonSettings) -> None:
@@ -83,3 +94,59 @@ async def test_redis_set_and_get(infra: CommonSettings) -> None:
     finally:
         await client.delete(key)
         await client.aclose()
+
+
+async def test_redis_is_durable_append_only_fsynced_every_second(infra: CommonSettings) -> None:
+    client = aioredis.from_url(infra.redis_url)
+    try:
+        assert await client.config_get("appendonly") == {"appendonly": "yes"}
+        assert await client.config_get("appendfsync") == {"appendfsync": "everysec"}
+        home = str(infra.home.expanduser())
+        assert str((await client.config_get("dir"))["dir"]).startswith(home)
+    finally:
+        await client.aclose()
+
+
+def test_a_crashed_redis_restarted_by_up_still_has_its_keys(
+    infra: CommonSettings, tmp_path: Path
+) -> None:
+    """A throwaway Redis of the stack (own port and home): written, SIGKILLed (supervisor and
+    server: a crash of the machine's processes) a second later, started by `up`: nothing lost.
+    Then the server alone is SIGKILLed: its supervisor restarts it, and again nothing is lost."""
+    settings = CommonSettings(home=tmp_path)
+    paths = StackPaths.from_settings(settings)
+    redis = Redis(paths, settings, port=free_port())
+    catalog = {"redis": redis}
+    client = SyncRedis(port=redis.port, socket_timeout=5)
+    try:
+        ensure_up(["redis"], settings=settings, catalog=catalog, model=False)
+        assert client.set("genwire:test:durable", b"kept") and client.incr("genwire:test:n") == 1
+        time.sleep(1.5)  # appendfsync everysec: at most the last second may be lost
+        record = read_record(paths.run, "redis")
+        assert record is not None and record.supervised
+        os.killpg(record.pid, signal.SIGKILL)
+        wait_until(lambda: not redis_ping(redis.port), what="redis gone", timeout_s=10)
+
+        ensure_up(["redis"], settings=settings, catalog=catalog, model=False)  # `up --only redis`
+        assert client.get("genwire:test:durable") == b"kept"
+        assert client.get("genwire:test:n") == b"1"
+        assert (redis.data_dir / "appendonlydir").is_dir()
+        assert str(redis.data_dir).startswith(str(tmp_path))
+
+        client.set("genwire:test:second", b"also kept")
+        time.sleep(1.5)
+        pid = child_pid_in(paths)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(
+            lambda: child_pid_in(paths, default=pid) != pid and redis_ping(redis.port),
+            what="redis restarted by its supervisor",
+            timeout_s=15,
+        )
+        assert client.get("genwire:test:second") == b"also kept"
+    finally:
+        client.close()
+        down(settings=settings, catalog=catalog)
+
+
+def child_pid_in(paths: StackPaths, default: int = 0) -> int:
+    return live_child(paths.run, "redis") or default

@@ -17,33 +17,11 @@ import pytest
 
 from genwire.settings import CommonSettings
 from genwire.stack import StackError, down, ensure_up, status
-from genwire.stack.components import Component, Jaeger, Kafka
+from genwire.stack.components import Jaeger, Kafka
 from genwire.stack.health import http_status, wait_until
 from genwire.stack.paths import StackPaths
 from genwire.stack.process import pid_alive, read_record
-from tests.stack.support import free_port
-
-
-class HttpServer(Component):
-    """A stand-in component: ``python -m http.server`` on a given port."""
-
-    title = "test http server"
-
-    def __init__(self, paths: StackPaths, settings: CommonSettings, name: str, phase: int) -> None:
-        super().__init__(paths, settings)
-        self.name = name
-        self.phase = phase
-        self.port = free_port()
-        self.start_timeout_s = 20.0
-
-    def ports(self) -> dict[str, int]:
-        return {"http": self.port}
-
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1"]
-
-    def healthy(self) -> bool:
-        return http_status(f"http://127.0.0.1:{self.port}/") == 200
+from tests.stack.support import HttpServer, free_port
 
 
 class Crasher(HttpServer):
