@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 Figure = float | int | str
+Kind = Literal["latency_burn", "error_burn", "drift", "partition_stalled"]
 
 
 class Level(Enum):
@@ -34,7 +35,7 @@ class AlertEvent(BaseModel):
     id: str = Field(description="Stable fingerprint: the same for firing and resolved.")
     event_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     status: Literal["firing", "resolved"]
-    kind: Literal["latency_burn", "error_burn", "drift"]
+    kind: Kind
     severity: str
     title: str
     summary: str
@@ -55,7 +56,7 @@ class AlertEvent(BaseModel):
 class Draft:
     """What a rule knows about its alert now (everything but the lifecycle)."""
 
-    kind: Literal["latency_burn", "error_burn", "drift"]
+    kind: Kind
     severity: str
     title: str
     summary: str
@@ -118,8 +119,8 @@ class AlertBook:
                 st.clear_since = None
             return None
         if level is not Level.FIRE:
-            if st.status == "pending" and level is Level.CLEAR:
-                self._states.pop(alert_id)
+            if st.status == "inactive" or (st.status == "pending" and level is Level.CLEAR):
+                self._states.pop(alert_id)  # nothing to remember
             return None
         if st.status == "inactive":
             st.status, st.pending_since, st.pending_count = "pending", now, 0
@@ -144,7 +145,7 @@ class AlertBook:
 
     def known(self) -> list[str]:
         """Ids of alerts pending or firing."""
-        return list(self._states)
+        return [aid for aid, st in self._states.items() if st.status != "inactive"]
 
     def _event(
         self, alert_id: str, st: _State, status: str, now: float, *, record: bool = True

@@ -1,4 +1,5 @@
-"""Wiring and lifespan of the monitor service: span source → engine thread → alerts, page."""
+"""Wiring and lifespan of the monitor service: span source → engine thread → alerts, page;
+broker offsets of the watched groups → stall verdicts → the same engine thread."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 from genwire_monitor import promexport
 from genwire_monitor.config import MonitorSettings
+from genwire_monitor.offsetpoll import OffsetPoller
 from genwire_monitor.source import SpanSource
 from genwire_monitor.traceroutes import trace_router
 from genwire_monitor.webhook import AlertmanagerClient
@@ -66,16 +68,32 @@ def create_app(
             auto_offset_reset=cfg.auto_offset_reset,
         )
         runtime.source = source
-        app.state.runtime, app.state.worker = runtime, worker
+        poller = (
+            OffsetPoller(
+                bootstrap_servers=cfg.kafka_bootstrap_servers,
+                watched=cfg.watched_groups,
+                threshold_s=cfg.stall_alert_s,
+                interval_s=cfg.stall_check_interval_s,
+                sink=worker.partitions,
+                client_id=f"{cfg.service_name}-offsets",
+            )
+            if cfg.watched_groups
+            else None
+        )
+        app.state.runtime, app.state.worker, app.state.poller = runtime, worker, poller
         await runtime.start()
         await source.start()
         runtime.supervise(source.run(), "consume:spans")
         runtime.supervise(worker.run(), "evaluate")
+        if poller is not None:  # it connects on its first reading: a broker down cannot stop us
+            runtime.supervise(poller.run(), "watch-offsets")
         try:
             yield
         finally:
             await source.stop()
-            await runtime.stop()
+            await runtime.stop()  # cancels the poller first: no verdict reaches a closed worker
+            if poller is not None:
+                await poller.stop()
             await worker.close()
 
     app = FastAPI(title="genwire-monitor", lifespan=lifespan)

@@ -1,8 +1,11 @@
 """Settings of the monitor service (env prefix ``GENWIRE_MONITOR_``).
 
-Every duration is a *production* duration in seconds; the monitor multiplies each by
-``window_scale``, so a test can run the 1 h / 5 min burn-rate pair in 5 s / 0.4 s without
-changing the rules. Lists (SLOs, burn-rate rules) are read from JSON in the environment, e.g.
+Every alerting window and hold time is a *production* duration in seconds; the monitor
+multiplies each by ``window_scale``, so a test can run the 1 h / 5 min burn-rate pair in
+5 s / 0.4 s without changing the rules. Durations that are wall-clock behaviour rather than
+windows are not scaled: ``trace_idle_s``, ``commit_interval_s``, and the stall watch's
+``stall_alert_s`` and ``stall_check_interval_s`` (it reads the broker's real offsets). Lists
+(SLOs, burn-rate rules, watched groups) are read from JSON in the environment, e.g.
 ``GENWIRE_MONITOR_SLOS='[{"name": "e2e", "stage": "end_to_end", "threshold_ms": 3000}]'``.
 """
 
@@ -46,6 +49,15 @@ class BurnRule(BaseModel):
     long_s: float = Field(gt=0, description="Long window (production seconds).")
     short_s: float = Field(gt=0, description="Short window, about 1/12 of the long one.")
     factor: float = Field(gt=0, description="Burn rate: error ratio / (1 - objective).")
+
+
+def default_watched_groups() -> dict[str, str]:
+    """The pipeline's three stage groups and the topic each consumes."""
+    return {
+        "genwire-preprocess": Topic.REQUESTS.value,
+        "genwire-inference": Topic.PREPARED.value,
+        "genwire-postprocess": Topic.GENERATIONS.value,
+    }
 
 
 def default_burn_rules() -> list[BurnRule]:
@@ -142,6 +154,20 @@ class MonitorSettings(ServiceSettings):
         120.0, ge=0, description="How long drift must persist before its alert fires."
     )
     examples_per_alert: int = Field(5, ge=1, description="Example trace ids in each alert.")
+    watched_groups: dict[str, str] = Field(
+        default_factory=default_watched_groups,
+        description="Consumer group -> topic whose committed offsets the stall watch reads from "
+        "the broker (JSON in the environment); {} turns the watch off.",
+    )
+    stall_alert_s: float = Field(
+        60.0,
+        gt=0,
+        description="A watched partition with records waiting whose committed offset has not "
+        "moved for this long raises partition_stalled (unscaled wall-clock seconds).",
+    )
+    stall_check_interval_s: float = Field(
+        5.0, gt=0, description="How often the broker's offsets are read (unscaled seconds)."
+    )
     alertmanager_url: str | None = Field(
         None, description="Alertmanager base URL; alerts are POSTed to <url>/api/v2/alerts."
     )

@@ -22,6 +22,7 @@ from genwire_monitor.drift import DriftMonitor, SeriesResult
 from genwire_monitor.history import History
 from genwire_monitor.spans import MalformedPayload, SpanView, decode
 from genwire_monitor.stages import observations
+from genwire_monitor.stalls import Key, PartitionStatus
 from genwire_monitor.traces import RequestRecord, TraceAssembler
 from genwire_monitor.windows import CounterRing, TimeRing, merged, new_sketch
 
@@ -92,6 +93,7 @@ class MonitorEngine:
         self.drift_results: list[SeriesResult] = []
         self.book = AlertBook(settings.trace_url, settings.examples_per_alert)
         self.history = History(settings.history_points)
+        self.partitions: dict[Key, PartitionStatus] = {}  # latest broker reading, stall watch
 
     # ---- ingest -------------------------------------------------------------------------
 
@@ -161,6 +163,10 @@ class MonitorEngine:
             self._request(record, now)
         self.counts.late_spans = self.traces.late_spans
         return len(records)
+
+    def set_partitions(self, statuses: Iterable[PartitionStatus]) -> None:
+        """Replace the stall watch's verdicts with its latest complete set."""
+        self.partitions = {s.key: s for s in statuses}
 
     # ---- evaluation ---------------------------------------------------------------------
 

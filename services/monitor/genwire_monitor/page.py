@@ -17,6 +17,7 @@ from genwire_monitor.drift import SeriesResult
 from genwire_monitor.engine import Counts, MonitorEngine
 from genwire_monitor.features import BY_ATTR
 from genwire_monitor.stages import ordered
+from genwire_monitor.stalls import PartitionStatus
 from genwire_monitor.svgchart import line_chart
 
 CSS = """
@@ -59,6 +60,7 @@ class PageData:
     psi_threshold: float
     open_traces: int = 0
     notes: list[str] = field(default_factory=list)
+    partitions: list[PartitionStatus] = field(default_factory=list)
 
 
 def snapshot(engine: MonitorEngine, now: float) -> PageData:
@@ -103,6 +105,7 @@ def snapshot(engine: MonitorEngine, now: float) -> PageData:
         window_s=engine.page_window_s,
         psi_threshold=s.drift.psi_threshold,
         open_traces=len(engine.traces),
+        partitions=[engine.partitions[k] for k in sorted(engine.partitions)],
     )
 
 
@@ -181,6 +184,23 @@ def _drift(d: PageData) -> str:
     return "".join(out) or '<p class="muted">no model traffic with drift features yet</p>'
 
 
+def _partitions(d: PageData) -> str:
+    if not d.partitions:
+        return '<p class="muted">no broker offsets read yet (or no groups watched)</p>'
+    rows = "".join(
+        f'<tr class="partition-row"><td>{escape(p.group)}</td><td class="l">{escape(p.topic)}</td>'
+        f"<td>{p.partition}</td><td>{'none' if p.committed is None else p.committed}</td>"
+        f"<td>{p.end}</td><td>{p.lag}</td><td>{p.stalled_s:.0f}</td>"
+        f'<td class="{"bad" if p.stalled else "ok"}">{"stalled" if p.stalled else "ok"}</td></tr>'
+        for p in d.partitions
+    )
+    return (
+        '<table id="partitions"><tr><th>group</th><th>topic</th><th>partition</th>'
+        "<th>committed</th><th>end</th><th>lag</th><th>no progress s</th><th></th></tr>"
+        f"{rows}</table>"
+    )
+
+
 def render(d: PageData, refresh_s: int = 5) -> str:
     """The whole page."""
     c = d.counts
@@ -209,6 +229,7 @@ def render(d: PageData, refresh_s: int = 5) -> str:
         f"<h2>Latency per stage, last {d.window_s:.0f}s</h2>{_latency_table(d)}{chart}"
         f"<h2>SLO burn rates</h2>{_slo_table(d)}"
         f'<h2 id="drift">Drift</h2>{_drift(d)}'
+        f'<h2 id="consumers">Consumer groups (broker offsets)</h2>{_partitions(d)}'
         f"<h2>Recent alert events</h2><table><tr><th>time</th><th>status</th>"
         f"<th>severity</th><th>title</th></tr>{recent}</table></body></html>"
     )

@@ -17,6 +17,11 @@ from genwire.telemetry import semconv as sc
 from genwire_monitor import burnrate
 from genwire_monitor.engine import MonitorEngine
 
+# TODO(lead): move these two names to genwire/telemetry/semconv.py beside the other
+# METRIC_MONITOR_* names (that module is not the monitor's to edit).
+METRIC_MONITOR_PARTITION_LAG = "genwire_monitor_partition_lag"
+METRIC_MONITOR_PARTITION_STALLED_S = "genwire_monitor_partition_stalled_seconds"
+
 
 @dataclass
 class Figures:
@@ -32,6 +37,7 @@ class Figures:
     burn: list[tuple[str, str, str, float]] = field(default_factory=list)
     drift: list[tuple[str, str, str, str, float]] = field(default_factory=list)
     alerts: list[tuple[str, str, str]] = field(default_factory=list)
+    partitions: list[tuple[str, str, str, int, float]] = field(default_factory=list)
 
 
 def figures(engine: MonitorEngine, now: float) -> Figures:
@@ -52,6 +58,9 @@ def figures(engine: MonitorEngine, now: float) -> Figures:
             for test, value in (("psi", score.psi), ("js", score.js), ("p_value", score.p_value)):
                 out.drift.append((series.model, series.version, score.feature, test, value))
     out.alerts = [(a.id, a.kind, a.severity) for a in engine.book.active(now)]
+    out.partitions = [
+        (p.group, p.topic, str(p.partition), p.lag, p.stalled_s) for p in engine.partitions.values()
+    ]
     return out
 
 
@@ -115,6 +124,23 @@ class MonitorCollector(Collector):
         for aid, kind, severity in f.alerts:
             alerts.add_metric([aid, kind, severity], 1)
         yield alerts
+        labels = ["group", "topic", "partition"]
+        lag = GaugeMetricFamily(
+            METRIC_MONITOR_PARTITION_LAG,
+            "Records waiting for a watched consumer group (log end - committed), from the broker.",
+            labels=labels,
+        )
+        stalled = GaugeMetricFamily(
+            METRIC_MONITOR_PARTITION_STALLED_S,
+            "Seconds a watched partition has had records waiting with its committed offset "
+            "unchanged (0: no lag).",
+            labels=labels,
+        )
+        for group, topic, partition, waiting, stalled_s in f.partitions:
+            lag.add_metric([group, topic, partition], waiting)
+            stalled.add_metric([group, topic, partition], stalled_s)
+        yield lag
+        yield stalled
 
 
 def register(registry: CollectorRegistry) -> MonitorCollector:

@@ -1,4 +1,5 @@
-"""From figures to verdicts: burn-rate rules per SLO and severity, drift per feature."""
+"""From figures to verdicts: burn-rate rules per SLO and severity, drift per feature, stalled
+partitions per (group, topic, partition)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from genwire_monitor import burnrate
 from genwire_monitor.alerting import AlertEvent, Draft, Level, Policy
 from genwire_monitor.drift_stats import FeatureScore
 from genwire_monitor.features import BY_ATTR
+from genwire_monitor.stalls import PartitionStatus
 
 if TYPE_CHECKING:
     from genwire_monitor.engine import MonitorEngine, SLOState
@@ -111,6 +113,74 @@ def drift_draft(model: str, version: str, score: FeatureScore, examples: list[st
     )
 
 
+STALL_PREFIX = "stall:"
+STALL_POLICY = Policy(for_s=0.0, for_evaluations=1, keep_firing_s=0.0)
+"""The tracker already waited ``stall_alert_s``: fire on the first stalled verdict, resolve on
+the first clear one (lag gone or the offset moved)."""
+
+
+def stall_id(group: str, topic: str, partition: int) -> str:
+    """The alert id of one partition of one consumer group."""
+    return f"{STALL_PREFIX}{group}:{topic}:{partition}"
+
+
+def stall_draft(p: PartitionStatus, threshold_s: float, interval_s: float) -> Draft:
+    """The alert text of one partition (a clear verdict's text goes into the resolution)."""
+    committed = "no committed offset" if p.committed is None else f"committed offset {p.committed}"
+    where = f"Group {p.group}, {p.topic} partition {p.partition}: {committed}, log end {p.end}"
+    if p.stalled:
+        state = (
+            f"{p.lag} records waiting and no commit progress for {p.stalled_s:.0f}s. Read "
+            f"from the broker: the stage is dead, hung or failing on this partition, whatever "
+            f"its /readyz says."
+        )
+    elif p.lag == 0:
+        state = "no records waiting."
+    else:
+        state = f"{p.lag} records waiting, commits moving ({p.stalled_s:.0f}s since the last)."
+    return Draft(
+        kind="partition_stalled",
+        severity="page",
+        title=f"{p.group} stalled on {p.topic} partition {p.partition}",
+        summary=f"{where}; {state}",
+        rule=(
+            f"lag > 0 and committed offset unchanged for >= {_fmt_s(threshold_s)} "
+            f"(broker offsets read every {_fmt_s(interval_s)})"
+        ),
+        figures={
+            "group": p.group,
+            "topic": p.topic,
+            "partition": p.partition,
+            "committed": -1 if p.committed is None else p.committed,
+            "end": p.end,
+            "lag": p.lag,
+            "stalled_s": round(p.stalled_s, 1),
+        },
+        window={"stall_s": threshold_s},
+        labels={"group": p.group, "topic": p.topic, "partition": str(p.partition)},
+    )
+
+
+def stall_events(engine: MonitorEngine, now: float) -> list[AlertEvent]:
+    """``partition_stalled`` per watched partition; partitions no longer reported clear."""
+    s = engine.settings
+    book = engine.book
+    events: list[AlertEvent] = []
+    seen: set[str] = set()
+    for p in engine.partitions.values():
+        aid = stall_id(p.group, p.topic, p.partition)
+        seen.add(aid)
+        level = Level.FIRE if p.stalled else Level.CLEAR
+        draft = stall_draft(p, s.stall_alert_s, s.stall_check_interval_s)
+        ev = book.observe(aid, level, draft, STALL_POLICY, now)
+        events += [ev] if ev else []
+    for aid in book.known():  # the topic went away, or the group is no longer watched
+        if aid.startswith(STALL_PREFIX) and aid not in seen:
+            ev = book.observe(aid, Level.CLEAR, None, STALL_POLICY, now)
+            events += [ev] if ev else []
+    return events
+
+
 def evaluate_all(engine: MonitorEngine, now: float) -> list[AlertEvent]:
     """Every rule's verdict through the alert book; returns the transitions."""
     s = engine.settings
@@ -141,4 +211,5 @@ def evaluate_all(engine: MonitorEngine, now: float) -> list[AlertEvent]:
         if aid.startswith("drift:") and aid not in seen:
             ev = book.observe(aid, Level.CLEAR, None, drift_policy, now)
             events += [ev] if ev else []
+    events += stall_events(engine, now)
     return events

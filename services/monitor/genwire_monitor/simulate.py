@@ -30,6 +30,8 @@ def fast_settings(**overrides: object) -> MonitorSettings:
         "slos": [LatencySLO(name="e2e", stage="end_to_end", threshold_ms=1000, objective=0.99)],
         "drift": {"reference_window_s": 3600, "current_window_s": 1440, "min_samples": 200},
         "drift_for_s": 360,
+        # Test monitors must not watch (and page about) the shared stack's groups: opt in.
+        "watched_groups": {},
     }
     base.update(overrides)
     return MonitorSettings.model_validate(base)

@@ -18,6 +18,7 @@ from genwire_monitor import handlers, page, promexport
 from genwire_monitor.alerting import AlertEvent
 from genwire_monitor.config import MonitorSettings
 from genwire_monitor.engine import MonitorEngine
+from genwire_monitor.stalls import PartitionStatus
 from genwire_monitor.webhook import AlertmanagerClient
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ class EngineWorker:
     async def ingest(self, values: list[bytes]) -> None:
         """Decode and aggregate a batch of Kafka values."""
         await self._call(self.engine.ingest, values, self._clock())
+
+    async def partitions(self, statuses: list[PartitionStatus]) -> None:
+        """Hand the stall watch's latest verdicts to the engine (evaluated with the rules)."""
+        await self._call(self.engine.set_partitions, list(statuses))
 
     async def evaluate_once(self) -> list[AlertEvent]:
         """One evaluation: transitions published (and acknowledged), figures refreshed."""
@@ -110,6 +115,7 @@ class EngineWorker:
                 "active": [a.model_dump(mode="json") for a in self.engine.book.active(now)],
                 "percentiles": self.engine.percentiles(now),
                 "counts": vars(self.engine.counts).copy(),
+                "partitions": [vars(p).copy() for p in self.engine.partitions.values()],
                 "drift": [
                     {
                         "model": r.model,
