@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 import time
@@ -78,6 +79,24 @@ def log_tail(path: Path | str, lines: int = 1) -> str:
         return ""
     own = [line.strip() for line in text if line.strip() and not line.startswith(LOG_PREFIX)]
     return " | ".join(own[-lines:])[:300]
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Exit|Interrupt)\b(?::|$)")
+
+
+def last_words(path: Path | str, scan: int = 60) -> str:
+    """For a one-line message about a process that exited: ``last error: '<the exception line of
+    its last traceback>'`` when its log ends with one (the last line is often a shutdown
+    warning after it), else ``last log line: '<its last line>'``."""
+    try:
+        text = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "last log line: ''"
+    own = [line.strip() for line in text if line.strip() and not line.startswith(LOG_PREFIX)]
+    for line in reversed(own[-scan:]):
+        if _EXCEPTION_LINE.match(line):
+            return f"last error: {line[:300]!r}"
+    return f"last log line: {(own[-1] if own else '')[:300]!r}"
 
 
 def wait_until(

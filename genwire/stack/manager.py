@@ -38,7 +38,7 @@ from genwire.stack.components import (
     build_components,
 )
 from genwire.stack.errors import StackError
-from genwire.stack.health import http_status, log_tail, wait_until
+from genwire.stack.health import http_status, last_words, wait_until
 from genwire.stack.layout import SCALABLE, StackLayout, read_layout, write_layout
 from genwire.stack.paths import StackPaths
 from genwire.stack.process import (
@@ -346,6 +346,11 @@ def _await_ready(
             # One last look: a process may exit right after becoming healthy (e.g. a daemon).
             if component.readiness().ready:
                 return
+            if not fresh:
+                raise StackError(
+                    f"{what} stopped while `genwire up` waited for it{_last_words(component)}; "
+                    "run `genwire up` again to start it"
+                )
             raise StackError(f"{what} exited while starting{_last_words(component)}")
         state = (
             _read_supervisor_state(paths.run, component.name)
@@ -362,7 +367,7 @@ def _await_ready(
 
 
 def _last_words(component: Component) -> str:
-    return f"; last log line: {log_tail(component.log)!r}; full log: {component.log}"
+    return f"; {last_words(component.log)}; full log: {component.log}"
 
 
 def _not_ready(

@@ -330,12 +330,13 @@ class Supervisor:
         self.state.child_start_ticks = None
         self.state.next_start_at = now + delay
         self.state.backoff_s = min(delay * 2, self.backoff_max_s)
-        self.save()
         self._kill_leftovers(signal.SIGKILL)
+        # The log line first, then the state: whoever sees the new count finds the line too.
         self.say(
             f"pid {self.child.pid} ended with {self.state.last_exit} after {uptime:.1f} s; "
             f"restart {self.state.restarts} in {delay:g} s"
         )
+        self.save()
 
     def _backoff(self) -> None:
         deadline = self.state.next_start_at or time.time()

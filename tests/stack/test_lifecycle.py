@@ -107,12 +107,15 @@ def test_a_stale_pid_file_is_not_mistaken_for_a_running_server(
     catalog = {"web": web}
     rows = ensure_up(settings=settings, catalog=catalog, model=False)
     pid = rows[0].pid
-    assert pid is not None
-    os.kill(pid, 9)  # dies behind genwire's back; its pid file stays
-    wait_until(lambda: not pid_alive(pid), what="the killed server", timeout_s=10)
+    record = read_record(paths.run, "web")
+    assert pid is not None and record is not None
+    os.killpg(record.pid, 9)  # supervisor and server die behind genwire's back; the files stay
+    wait_until(lambda: not pid_alive(pid) and not record.alive(), what="both gone", timeout_s=10)
+    assert read_record(paths.run, "web") is not None
 
     rows = ensure_up(settings=settings, catalog=catalog, model=False)
     assert rows[0].state == "running" and rows[0].pid != pid
+    assert rows[0].restarts == 0, "a new supervisor, not a restart"
     down(settings=settings, catalog=catalog)
 
 
