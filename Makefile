@@ -6,8 +6,9 @@ export GENWIRE_HOME
 BIN := $(GENWIRE_HOME)/venv/bin
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+CHAOS_ARGS ?=
 
-.PHONY: help venv up down status test lint proto proto-check bench
+.PHONY: help venv up down status test lint proto proto-check bench chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -42,3 +43,7 @@ proto-check: venv ## fail if genwire/proto/ differs from what proto/ generates
 
 bench: venv ## pipeline vs direct Triton on the running stack (BENCH_ARGS="-c 1,2,4 --plot b.png")
 	$(BIN)/genwire bench $(BENCH_ARGS)
+
+chaos: venv ## fault suite on the stack (CHAOS_ARGS="--profile full --json c.json"; docs/reliability.md)
+	@$(BIN)/genwire up --no-demo
+	$(BIN)/genwire chaos $(CHAOS_ARGS)
