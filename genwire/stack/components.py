@@ -147,6 +147,11 @@ class Component(ABC):
         ``(url, argv)`` (Triton: load the default model again), or None."""
         return None
 
+    def unready_restart(self) -> tuple[str, float] | None:
+        """``(readiness URL, seconds)``: its supervisor restarts it once the URL has not
+        answered 200 for that long (None: never for being unready)."""
+        return None
+
 
 class Kafka(Component):
     """Apache Kafka, one KRaft node (broker + controller), jars from Maven Central.
@@ -667,6 +672,7 @@ class Service(Component):
 
     phase = 4
     start_timeout_s = 180.0
+    unready_restart_s = 600.0
 
     def __init__(
         self,
@@ -722,6 +728,11 @@ class Service(Component):
     def readiness(self) -> Readiness:
         """``/readyz``: 200 ready; 503 with ``{"ready", "failed", "reasons"}`` says why not."""
         return readyz(f"http://127.0.0.1:{self.port}/readyz")
+
+    def unready_restart(self) -> tuple[str, float] | None:
+        # A service gives up and exits by itself after its outage budget (default 300 s); one
+        # that stays not-ready twice as long is stuck, and a restart is what is left to try.
+        return f"http://127.0.0.1:{self.port}/readyz", self.unready_restart_s
 
 
 def readyz(url: str, timeout_s: float = 2.0) -> Readiness:

@@ -287,6 +287,7 @@ def _launch(component: Component, paths: StackPaths) -> PidRecord:
             stop_timeout_s=component.stop_timeout_s,
             ready_url=hook[0] if hook else None,
             after_ready=hook[1] if hook else None,
+            unready=component.unready_restart(),
         )
     env = {**os.environ, **component.environment()}
     record = spawn(

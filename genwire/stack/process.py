@@ -217,6 +217,7 @@ def supervised_argv(
     stop_timeout_s: float,
     ready_url: str | None = None,
     after_ready: Sequence[str] | None = None,
+    unready: tuple[str, float] | None = None,
 ) -> list[str]:
     """The argv that runs ``argv`` under :mod:`genwire.stack.supervise`."""
     command = [
@@ -234,6 +235,8 @@ def supervised_argv(
         command += ["--ready-url", ready_url]
     if after_ready:
         command += ["--after-ready-json", json.dumps(list(after_ready))]
+    if unready is not None:
+        command += ["--unready-url", unready[0], "--unready-restart", f"{unready[1]:g}"]
     return [*command, "--", *argv]
 
 

@@ -23,6 +23,10 @@ and start time, the restart count, the last exit; :func:`read_state` reads it. W
 does that one itself) waits until the URL answers 200 and then runs the given argv once, e.g. to
 load the default model into a restarted Triton.
 
+With ``--unready-url`` and ``--unready-restart S`` (services: 600 s, twice the default outage
+budget), a child whose ``/readyz`` has not answered 200 for S seconds is stopped and restarted:
+the last resort for a service stuck not-ready that never exits by itself.
+
 Only the standard library is imported here: a supervisor costs a few MB and no startup time.
 """
 
@@ -50,6 +54,8 @@ HEALTHY_RESET_S = 60.0
 """A child that ran this long before exiting counts as healthy: the backoff starts again at 1 s."""
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.2
+UNREADY_PROBE_S = 5.0
+"""How often ``--unready-url`` is polled."""
 LOG_PREFIX = "=== genwire supervisor:"
 """Every line the supervisor writes into the log starts with this (``log_tail`` skips them)."""
 
@@ -187,11 +193,20 @@ class Supervisor:
         backoff_first_s: float = BACKOFF_FIRST_S,
         backoff_max_s: float = BACKOFF_MAX_S,
         healthy_after_s: float = HEALTHY_RESET_S,
+        unready_url: str | None = None,
+        unready_restart_s: float | None = None,
     ) -> None:
         self.name = name
         self.backoff_first_s = backoff_first_s
         self.backoff_max_s = backoff_max_s
         self.healthy_after_s = healthy_after_s
+        self.unready_url = unready_url
+        self.unready_restart_s = unready_restart_s
+        self.unready_since: float | None = None
+        self.unready_reason = ""
+        self.next_probe = 0.0
+        self.restart_requested: str | None = None
+        self.kill_at = 0.0
         self.argv = list(argv)
         self.state_path = state_path
         self.stop_timeout_s = stop_timeout_s
@@ -269,6 +284,8 @@ class Supervisor:
         self.state.next_start_at = None
         self.save()
         self.hook_pending = not first and self.after_ready is not None
+        self.unready_since = None
+        self.restart_requested = None
         return True
 
     def _wait_child(self) -> int:
@@ -281,6 +298,7 @@ class Supervisor:
             if self.stopping:
                 return 0
             self._tend_hook()
+            self._watch_readiness()
             time.sleep(POLL_S)
 
     def _reap(self) -> int | None:
@@ -314,6 +332,37 @@ class Supervisor:
                 self.after_ready, stdin=subprocess.DEVNULL, close_fds=True, process_group=0
             )
 
+    def _watch_readiness(self) -> None:
+        """The last resort for a server that stays up but never gets (back) to ready: after
+        ``unready_restart_s`` of 503s (or silence) from ``unready_url``, SIGTERM it; the exit
+        is then an ordinary restart. Services exit by themselves when they give up; this only
+        catches one that does not."""
+        if self.unready_url is None or self.unready_restart_s is None or self.child is None:
+            return
+        now = time.monotonic()
+        if self.restart_requested is not None:
+            if now >= self.kill_at and self.child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.child.pid, signal.SIGKILL)
+            return
+        if now < self.next_probe:
+            return
+        self.next_probe = now + min(UNREADY_PROBE_S, max(0.5, self.unready_restart_s / 5))
+        ready, reason = _probe(self.unready_url)
+        if ready:
+            self.unready_since = None
+            return
+        if self.unready_since is None:
+            self.unready_since = now
+        self.unready_reason = reason
+        if now - self.unready_since < self.unready_restart_s:
+            return
+        self.restart_requested = f"not ready for {now - self.unready_since:.0f} s ({reason})"
+        self.kill_at = now + self.stop_timeout_s
+        self.say(f"pid {self.child.pid} {self.restart_requested}; stopping it to restart it")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.child.pid, signal.SIGTERM)
+
     def _schedule_restart(self, status: int) -> None:
         assert self.child is not None
         now = time.time()
@@ -324,6 +373,8 @@ class Supervisor:
         delay = self.state.backoff_s
         self.state.restarts += 1
         self.state.last_exit = describe_exit(status)
+        if self.restart_requested is not None:
+            self.state.last_exit = f"{self.state.last_exit}, stopped: {self.restart_requested}"
         self.state.last_exit_at = now
         self.state.phase = "backoff"
         self.state.child_pid = None
@@ -385,6 +436,25 @@ class Supervisor:
                 os.kill(pid, sig)
 
 
+def _probe(url: str) -> tuple[bool, str]:
+    """(ready, first reason) from a ``/readyz``-style URL: 200, or 503 with JSON reasons."""
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            return int(response.status) == 200, ""
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read() or b"{}")
+        except ValueError:
+            body = {}
+        reasons = body.get("reasons") if isinstance(body, dict) else None
+        if isinstance(reasons, list) and reasons:
+            return False, " ".join(str(reasons[0]).split())[:200]
+        failed = body.get("failed") if isinstance(body, dict) else None
+        return False, " ".join(str(failed).split())[:200] if failed else f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError):
+        return False, "no answer"
+
+
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1.0) as response:
@@ -411,6 +481,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=HEALTHY_RESET_S,
         help="a child that ran this long before exiting resets the backoff",
     )
+    parser.add_argument("--unready-url", default=None, help="a /readyz to watch")
+    parser.add_argument(
+        "--unready-restart",
+        type=float,
+        default=None,
+        metavar="S",
+        help="restart the child once --unready-url has not answered 200 for S seconds",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = list(args.command)
@@ -429,6 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         backoff_first_s=args.backoff_first,
         backoff_max_s=args.backoff_max,
         healthy_after_s=args.healthy_after,
+        unready_url=args.unready_url,
+        unready_restart_s=args.unready_restart,
     )
     return supervisor.run()
 

@@ -162,3 +162,12 @@ def test_another_broker_count_while_kafka_runs_is_refused_in_one_line(tmp_path: 
     finally:
         os.kill(stand_in.pid, signal.SIGKILL)
         stand_in.wait()
+
+
+def test_the_cli_takes_brokers_and_scale() -> None:
+    from genwire.cli import build_parser
+
+    args = build_parser().parse_args(["up", "--brokers", "3", "--scale", "preprocess=3"])
+    assert (args.brokers, parse_scale(args.scale)) == (3, {"preprocess": 3})
+    args = build_parser().parse_args(["down", "--only", "kafka-2"])
+    assert args.only == ["kafka-2"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from genwire.stack.health import wait_until
 from genwire.stack.manager import ComponentStatus
 from genwire.stack.paths import StackPaths
 from genwire.stack.process import read_record, records
+from genwire.stack.supervise import SupervisorState, read_state, state_file
 from tests.stack.support import DummyService
 
 STALLED = "partition genwire.prepared[1] stalled: committed offset unchanged for 31 s"
@@ -137,6 +139,46 @@ def test_up_fails_on_a_service_that_keeps_exiting(home: tuple[StackPaths, Common
         timeout_s=30,
     )
     down(settings=settings, catalog=catalog)
+
+
+def test_a_service_stuck_not_ready_is_restarted_in_the_end(
+    home: tuple[StackPaths, CommonSettings],
+) -> None:
+    """The supervisor's last resort (services: 600 s, here 2 s) for one that never exits."""
+    paths, settings = home
+    svc = DummyService(paths, settings)
+    svc.unready_restart_s = 2.0
+    catalog = {svc.name: svc}
+    svc.set_verdict(True)
+    rows = ensure_up(settings=settings, catalog=catalog, model=False)
+    pid = rows[0].pid
+    time.sleep(1.5)
+    assert status(settings=settings, catalog=catalog)[0].restarts == 0, "ready: left alone"
+    svc.set_verdict(False, [STALLED])
+    wait_until(
+        lambda: status(settings=settings, catalog=catalog)[0].restarts == 1,
+        what="a restart for being stuck",
+        timeout_s=15,
+        interval_s=0.1,
+    )
+    svc.set_verdict(True)
+    state = supervisor_state_of(paths)
+    assert state.last_exit is not None and "stopped: not ready for 2 s" in state.last_exit
+    assert STALLED in state.last_exit
+    wait_until(
+        lambda: status(settings=settings, catalog=catalog)[0].state == "running",
+        what="running again",
+        timeout_s=15,
+    )
+    row = status(settings=settings, catalog=catalog)[0]
+    assert row.pid != pid and row.restarts == 1
+    down(settings=settings, catalog=catalog)
+
+
+def supervisor_state_of(paths: StackPaths) -> SupervisorState:
+    state = read_state(state_file(paths.run, "dummy"))
+    assert state is not None
+    return state
 
 
 def test_status_rows_carry_reason_and_restarts() -> None:
