@@ -528,7 +528,11 @@ class EventConsumer(Generic[InT]):
             await asyncio.sleep(0.05)  # coalesce commits of records finishing together
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
-        if self.group_id is None:
+        if self.group_id is None:  # nothing to commit: a finished record is all the progress
+            for tracker in self._offsets.values():
+                position = tracker.committable()
+                if position is not None:
+                    tracker.was_committed(position)
             return
         offsets = {}
         for tp, tracker in self._offsets.items():

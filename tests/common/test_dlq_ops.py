@@ -3,6 +3,7 @@ against the real Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -49,7 +50,7 @@ async def test_dead_letters_are_selected_and_replayed_to_their_topic(
     assert headers[sc.HEADER_REPLAYED_FROM] == chosen[0].where.encode()
     assert "traceparent" in headers and sc.HEADER_DLQ_CODE not in headers
     # The command line: a dry run lists and sends nothing.
-    assert main(["dlq", "replay", "--key", f"{run}-a", "--dry-run"]) == 0
+    assert await asyncio.to_thread(main, ["dlq", "replay", "--key", f"{run}-a", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"key={run}-a" in out and "code=invalid_json" in out and "1 record(s) selected" in out
 

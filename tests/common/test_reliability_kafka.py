@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaTimeoutError, OutOfOrderSequenceNumber
 from aiokafka.structs import ConsumerRecord
+from opentelemetry.sdk.trace import TracerProvider
 
 from genwire.errors import GenwireError, Rejection, RetryableError
 from genwire.events import ControlEvent, Event, GenerationResult, PreparedRequest, dump
@@ -63,6 +64,7 @@ def _make(
         "retry_backoff_s": 0.05,
         "retry_backoff_max_s": 0.2,
         "failure_events": _failure_events,
+        "tracer": TracerProvider().get_tracer("test"),  # real spans: trace headers travel
     }
     options.update(kw)
     return EventConsumer(**options)
@@ -90,7 +92,8 @@ async def test_an_outage_is_waited_out_and_new_records_wait_meanwhile(env: Env) 
         await asyncio.sleep(1.5)
         assert deps.reasons() and "redis unavailable" in deps.reasons()[0]
         await (await producer.send(topic, dump(_prepared(later)), key=b"same"))
-        results = await _read(bootstrap, Topic.RESULTS, {b"same"}, timeout_s=30)
+        keys = {first.encode(), later.encode()}
+        results = await _read(bootstrap, Topic.RESULTS, keys, timeout_s=30)
         await eventually(lambda: len(order) == 2)
     assert order == [first, later]  # the later record waited for the outage to end
     assert all(GenerationResult.model_validate_json(r.value).error is None for r in results)
@@ -128,7 +131,7 @@ async def test_past_the_budget_a_record_is_parked_then_replayed(env: Env) -> Non
         assert headers[sc.HEADER_RETRY_COUNT] == b"0"
         assert headers[sc.HEADER_RETRY_CODE] == b"unavailable"
         assert int(headers[sc.HEADER_RETRY_NOT_BEFORE]) > time.time() * 1000
-        assert b"traceparent" in headers  # the replay continues the request's trace
+        assert "traceparent" in headers  # the replay continues the request's trace
         assert await _committed(bootstrap, consumer.group_id or "", topic) == 1
         healthy.set()
         async with _running(replayer):
@@ -254,4 +257,6 @@ async def test_no_group_reads_from_now_on_and_leaves_nothing_behind(
         assert consumer.ready
         await producer.publish_and_wait(ControlEvent(request_id=after, action="cancel"))
         await eventually(lambda: after in seen)
+        await asyncio.sleep(0.3)  # the commit loop's turn
+        assert set(consumer.progress().values()) == {0.0}  # no group: finished is progress
     assert before not in seen

@@ -240,11 +240,6 @@ BAD_INPUTS: list[tuple[str, bytes, str]] = [
     ("version", b'{"prompt": "hi", "schema_version": 9}', ErrorCode.UNSUPPORTED_SCHEMA_VERSION),
     ("model", b'{"prompt": "hi", "model": "no-such-model"}', ErrorCode.MODEL_NOT_FOUND),
     ("context", json.dumps({"prompt": "word " * 5000}).encode(), ErrorCode.CONTEXT_LENGTH_EXCEEDED),
-    (
-        "deadline",
-        json.dumps({"prompt": "hi", "deadline_ms": now_ms() - 1000}).encode(),
-        ErrorCode.DEADLINE_EXCEEDED,
-    ),
     ("huge", b'{"prompt": "' + b"x" * (10 << 20) + b'"}', ErrorCode.REQUEST_TOO_LARGE),
 ]
 
@@ -270,6 +265,32 @@ async def test_bad_input_gets_an_error_result_and_a_dlq_record(
         GenerationRequest(request_id=_rid("after"), prompt="hi", max_tokens=4)
     )
     _ok((await pipeline.wait(good)).results[0], 4)
+
+
+async def test_an_outcome_gets_an_error_result_but_no_dlq_record(pipeline: Pipeline) -> None:
+    """A passed deadline is an answer for the caller, not poison: the DLQ stays clean."""
+    rid = _rid("deadline")
+    await pipeline.send_raw(rid, json.dumps({"prompt": "hi", "deadline_ms": now_ms() - 1}).encode())
+    seen = await pipeline.wait(rid)
+    (result,) = seen.results
+    assert result.error is not None and result.error.code == ErrorCode.DEADLINE_EXCEEDED
+    await asyncio.sleep(1.0)  # a DLQ record would have been published before the result
+    assert seen.dlq == []
+
+
+async def test_a_request_id_reused_with_another_body_is_refused(pipeline: Pipeline) -> None:
+    """Over Kafka like over HTTP: the second body gets idempotency_conflict (and a DLQ record),
+    never the first body's text, and the stored result stays the first one's."""
+    rid = _rid("reuse")
+    first = await pipeline.send(GenerationRequest(request_id=rid, prompt="hi", max_tokens=4))
+    _ok((await pipeline.wait(first)).results[0], 4)
+    await pipeline.send_raw(rid, json.dumps({"prompt": "another body", "max_tokens": 4}).encode())
+    seen = await pipeline.wait(rid, results=2, dlq=1)
+    conflict = seen.results[1]
+    assert conflict.error is not None and conflict.error.code == ErrorCode.IDEMPOTENCY_CONFLICT
+    assert conflict.text == ""
+    assert dict(seen.dlq[0].headers)[sc.HEADER_DLQ_CODE] == b"idempotency_conflict"
+    assert await pipeline.stored(rid) == seen.results[0]
 
 
 async def test_request_id_from_json_when_there_is_no_key(pipeline: Pipeline) -> None:
