@@ -1,4 +1,5 @@
-"""A caller who leaves a stream stops the model: through the real gateway, Kafka and Triton."""
+"""A caller who leaves a stream stops the model, unless it named the request (its retry collects
+the result): through the real gateway, Kafka and Triton."""
 
 from __future__ import annotations
 
@@ -13,23 +14,22 @@ from genwire.settings import CommonSettings
 MAX_TOKENS = 200
 
 
-async def _first_chunk_then_leave(client: GenwireClient, rid: str, seed: int) -> None:
+async def _first_chunk_then_leave(client: GenwireClient, seed: int, rid: str = "") -> str:
+    """Stream, hang up after the first chunk; returns the request id (the gateway's if unnamed)."""
     stream = client.stream(
         "Return a list of", request_id=rid, max_tokens=MAX_TOKENS, seed=seed, temperature=1.0
     )
-    async for _ in stream:
+    async for chunk in stream:
+        rid = chunk.request_id
         break  # the caller hangs up after the first chunk
     await stream.aclose()  # type: ignore[attr-defined]
+    return rid
 
 
 async def test_leaving_a_stream_stops_the_generation_in_the_model(stack: CommonSettings) -> None:
     settings = GatewaySettings()
-    run = uuid.uuid4().hex[:8]
-    rids = [f"cancel-e2e-{run}-{seed}" for seed in range(8)]
     async with GenwireClient(f"{settings.grpc_host}:{settings.grpc_port}") as client:
-        await asyncio.gather(
-            *(_first_chunk_then_leave(client, rid, seed) for seed, rid in enumerate(rids))
-        )
+        rids = await asyncio.gather(*(_first_chunk_then_leave(client, seed) for seed in range(8)))
         infos = [await client.get_result(rid, wait_s=20) for rid in rids]
     results = [info.result for info in infos]
     assert all(r is not None for r in results), [i.status for i in infos]
@@ -42,3 +42,14 @@ async def test_leaving_a_stream_stops_the_generation_in_the_model(stack: CommonS
             assert r.completion_tokens < MAX_TOKENS
         else:  # it met eos (no stop strings were given) before the cancel arrived
             assert r.finish_reason == "stop", r  # never "length": that would mean no cancel
+
+
+async def test_leaving_a_named_stream_lets_it_finish_for_the_retry(stack: CommonSettings) -> None:
+    settings = GatewaySettings()
+    run = uuid.uuid4().hex[:8]
+    rids = [f"keep-e2e-{run}-{seed}" for seed in range(3)]
+    async with GenwireClient(f"{settings.grpc_host}:{settings.grpc_port}") as client:
+        await asyncio.gather(*(_first_chunk_then_leave(client, s, r) for s, r in enumerate(rids)))
+        infos = [await client.get_result(rid, wait_s=30) for rid in rids]
+    results = [info.result for info in infos]
+    assert all(r is not None and r.finish_reason in ("stop", "length") for r in results), results

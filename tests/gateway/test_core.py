@@ -182,6 +182,27 @@ async def test_cancelled_caller_cancels_downstream() -> None:
     assert producer.cancels() == [prepared.request_id]
 
 
+async def test_a_named_request_outlives_its_caller() -> None:
+    """The caller sent an idempotency key: its retry collects the result, so nothing cancels."""
+    gateway, producer, _ = _gateway(None)
+    prepared = gateway.prepare({"prompt": "hi"}, request_id="named-1")
+    task = asyncio.create_task(gateway.generate(prepared))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stream = gateway.stream(gateway.prepare({"prompt": "hi"}, request_id="named-2", stream=True))
+    pending = asyncio.create_task(anext(stream))
+    await asyncio.sleep(0.05)
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    await stream.aclose()
+    await gateway.drain()
+    assert producer.cancels() == []
+    assert [r.request_id for r in producer.requests] == ["named-1", "named-2"]
+
+
 async def test_failed_delivery_is_unavailable() -> None:
     gateway, producer, _ = _gateway(None)
     producer.fail_delivery = True

@@ -172,13 +172,19 @@ class Gateway:
                 stored = await self._stored(rid)
                 if stored is not None:
                     return raise_for_error(stored)
-            result = await self._wait(waiter, deadline, owner=claim.owner)
+            result = await self._wait(waiter, deadline, owner=claim.owner, keep=prepared.named)
         if claim.owner and prepared.named:
             self._background_task(self._keep(prepared.request_id))
         return raise_for_error(result)
 
-    async def _wait(self, waiter: Waiter, deadline: float, *, owner: bool) -> GenerationResult:
-        """Wait for the fan-out reader, checking Redis now and then; cancel on expiry."""
+    async def _wait(
+        self, waiter: Waiter, deadline: float, *, owner: bool, keep: bool = False
+    ) -> GenerationResult:
+        """Wait for the fan-out reader, checking Redis now and then; cancel on expiry.
+
+        A caller who leaves cancels the work, unless it is ``keep`` (named: the caller's retry
+        collects it) — the same rule inference applies when a whole gateway dies.
+        """
         rid = waiter.request_id
         try:
             while True:
@@ -194,7 +200,7 @@ class Gateway:
                 if stored is not None:
                     return stored
         except asyncio.CancelledError:  # the caller went away: stop the work downstream
-            if owner:
+            if owner and not keep:
                 self.cancel_soon(rid, "caller cancelled")
             raise
 
@@ -236,8 +242,9 @@ class Gateway:
                             self._background_task(self._keep(rid))
                         yield chunk
             finally:
-                # The caller left, or the wait failed before any result: stop generating.
-                if not finished and not waiter.result.done():
+                # The caller left, or the wait failed before any result: stop generating,
+                # unless the caller named the request (its retry collects the result).
+                if not finished and not waiter.result.done() and not prepared.named:
                     self.cancel_soon(rid, "stream abandoned")
 
     async def _chunks(self, waiter: Waiter, deadline: float) -> AsyncGenerator[Chunk, None]:
