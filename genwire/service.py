@@ -22,7 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from genwire.health import Dependencies
 from genwire.kafka import EventConsumer, EventProducer
-from genwire.kafka.consumer import Decoder, FailureEvents, Handler, InT
+from genwire.kafka.consumer import Decoder, Handler, InT
+from genwire.kafka.failures import FailureEvents
 from genwire.kafka.replay import ParkedRecord, Replayer, decode_parked
 from genwire.metrics import ConsumerMetrics
 from genwire.settings import ServiceSettings

@@ -2,7 +2,8 @@
 
 At-least-once: an offset is committed only after every output of its record (and of every
 earlier record of the partition) is acknowledged by the broker, so handlers must be idempotent
-by request id. What happens to a record that does not succeed (docs/architecture.md, *Errors*):
+by request id. What happens to a record that does not succeed (docs/architecture.md, *Errors*;
+the paths themselves are in ``failures.py``):
 
 - undecodable or invalid (``PermanentError``, a bug): DLQ record with the reason in headers,
   plus the stage's error events, so the caller gets an error result;
@@ -29,55 +30,41 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import SpanKind, Tracer
 from pydantic import BaseModel, ValidationError
 
 from genwire.errors import GenwireError, PermanentError, RetryableError
 from genwire.events import Event
 from genwire.health import Backoff, Dependencies
+from genwire.kafka.failures import (
+    FailureEvents,
+    FailurePaths,
+    Fenced,
+    GaveUp,
+    Output,
+    RawRecord,
+)
 from genwire.kafka.offsets import PartitionOffsets
 from genwire.kafka.producer import KAFKA, EventProducer, forward_headers, publish_error
 from genwire.metrics import ConsumerMetrics
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import extract
-from genwire.topics import Topic
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RawRecord:
-    """An output that is not an Event: bytes for a topic (the retry replayer's republish)."""
-
-    topic: str
-    value: bytes
-    key: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-
-Output = Event | RawRecord
 InT = TypeVar("InT", bound=BaseModel)
 HandlerResult = Output | Sequence[Output] | None
 Handler = Callable[[InT], Awaitable[HandlerResult] | AsyncIterator[Output]]
-FailureEvents = Callable[[ConsumerRecord[bytes, bytes], GenwireError], Sequence[Event]]
 # Parses a record itself (its key, raw bytes); raises GenwireError (e.g. PermanentError with a
 # precise code) for a record that can never be handled. Default: ``model.model_validate_json``.
 Decoder = Callable[[ConsumerRecord[bytes, bytes]], InT]
-
-
-class _Fenced(Exception):
-    """The record's partition was revoked: its outputs belong to the new owner now."""
-
-
-class _GaveUp(Exception):
-    """Nothing could be published within the outage budget: the service stops."""
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -90,15 +77,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._owner._assigned = set(assigned)
         self._owner._joined = True
-
-
-def header(record: ConsumerRecord[bytes, bytes], name: str) -> bytes | None:
-    """The last value of header ``name`` on ``record``."""
-    found = None
-    for key, value in record.headers or ():
-        if key == name:
-            found = value
-    return found
 
 
 class EventConsumer(Generic[InT]):
@@ -144,15 +122,23 @@ class EventConsumer(Generic[InT]):
         self._stage = stage
         self._budget_s = outage_budget_s
         self._backoff = Backoff(retry_backoff_s, retry_backoff_max_s)
-        self._max_replays = max_replays
-        self._replay_delay_s = replay_delay_s
         self._drain_timeout_s = drain_timeout_s
-        self._failure_events = failure_events
         self._decoder = decoder
         self._tracer = tracer or trace.get_tracer("genwire.kafka")
         self._metrics = metrics
         self._deps = dependencies or Dependencies(stage)
         self._on_fatal = on_fatal
+        self._paths = FailurePaths(
+            stage=stage,
+            publish=self._publish,
+            failure_events=failure_events,
+            metrics=metrics,
+            dependencies=self._deps,
+            outage_budget_s=outage_budget_s,
+            backoff=self._backoff,
+            max_replays=max_replays,
+            replay_delay_s=replay_delay_s,
+        )
         self._concurrency = concurrency
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         # In-flight record tasks and their partitions (a task leaves when it is done).
@@ -277,7 +263,7 @@ class EventConsumer(Generic[InT]):
             # Stopped or revoked mid-record: leave it uncommitted so the group redelivers it.
             outcome = "cancelled"
             raise
-        except _GaveUp as exc:
+        except GaveUp as exc:
             outcome = "uncommitted"
             if self._on_fatal is not None:
                 self._on_fatal(str(exc))
@@ -334,10 +320,10 @@ class EventConsumer(Generic[InT]):
                     event = self._model.model_validate_json(record.value or b"")
             except ValidationError as exc:
                 err = PermanentError(_describe(exc), code="invalid_message")
-                await self._fail(tp, record, err, span)
+                await self._paths.fail(tp, record, err, span)
                 return "invalid"
             except GenwireError as exc:  # the decoder's verdict, with its own code
-                await self._fail(tp, record, exc, span)
+                await self._paths.fail(tp, record, exc, span)
                 return "invalid"
             return await self._run_with_retries(tp, record, event, span)
 
@@ -359,16 +345,16 @@ class EventConsumer(Generic[InT]):
                 except KafkaError as exc:
                     err = publish_error(exc)
                     if not isinstance(err, RetryableError):
-                        await self._fail(tp, record, err, span)
+                        await self._paths.fail(tp, record, err, span)
                         return "failed"
-                except _Fenced:
+                except Fenced:
                     return "revoked"
                 except GenwireError as exc:
-                    await self._fail(tp, record, exc, span)
+                    await self._paths.fail(tp, record, exc, span)
                     return "rejected" if not exc.dead_letter else "invalid"
                 except Exception as exc:
                     log.exception("handler failed on %s", record.key)
-                    await self._fail(tp, record, GenwireError(f"internal error: {exc}"), span)
+                    await self._paths.fail(tp, record, GenwireError(f"internal error: {exc}"), span)
                     return "failed"
                 # A dependency is down: wait it out (bounded), taking no new records meanwhile.
                 assert isinstance(err, RetryableError)
@@ -379,7 +365,7 @@ class EventConsumer(Generic[InT]):
                     first_failure = now
                     self._waiting += 1
                 if now - first_failure >= self._budget_s:
-                    await self._park(tp, record, err, span)
+                    await self._paths.park(tp, record, err, span)
                     return "parked"
                 if self._metrics:
                     self._metrics.retries.labels(self._stage).inc()
@@ -413,105 +399,10 @@ class EventConsumer(Generic[InT]):
 
     async def _publish(self, tp: TopicPartition, out: Output) -> asyncio.Future[object]:
         if tp not in self._assigned:  # fenced: a revoked partition publishes nothing more
-            raise _Fenced
+            raise Fenced
         if isinstance(out, RawRecord):
             return await self._producer.send(out.topic, out.value, key=out.key, headers=out.headers)
         return await self._producer.publish(out)
-
-    async def _fail(
-        self,
-        tp: TopicPartition,
-        record: ConsumerRecord[bytes, bytes],
-        err: GenwireError,
-        span: trace.Span,
-    ) -> None:
-        """The stage's error events, and for poison input a DLQ record (reason in headers)."""
-        span.set_status(Status(StatusCode.ERROR, err.message))
-        span.set_attribute(sc.ERROR_CODE, err.code)
-        outputs: list[Output] = []
-        if err.dead_letter:
-            if self._metrics:
-                self._metrics.dlq.labels(self._stage, err.code).inc()
-            outputs.append(
-                self._diverted(record, Topic.DLQ, _dlq_headers(record, err, self._stage))
-            )
-        if self._failure_events is not None:
-            outputs += self._failure_events(record, err)
-        await self._publish_reliably(tp, outputs)
-
-    async def _park(
-        self,
-        tp: TopicPartition,
-        record: ConsumerRecord[bytes, bytes],
-        err: RetryableError,
-        span: trace.Span,
-    ) -> None:
-        """Past the outage budget: to ``genwire.retry`` for a later replay, or, once replayed
-        ``max_replays`` times, to the DLQ with an error result."""
-        replays = int(header(record, sc.HEADER_RETRY_COUNT) or b"0")
-        if replays >= self._max_replays:
-            exhausted = GenwireError(
-                f"{err.message} (still failing after {replays} replays from genwire.retry)",
-                code=err.code,
-            )
-            await self._fail(tp, record, exhausted, span)
-            return
-        span.set_status(Status(StatusCode.ERROR, err.message))
-        span.set_attribute(sc.ERROR_CODE, err.code)
-        if self._metrics:
-            self._metrics.parked.labels(self._stage, err.code).inc()
-        not_before = int(time.time() * 1000 + self._replay_delay_s * 1000 * 2**replays)
-        headers = [(k, v) for k, v in record.headers or () if not k.startswith("genwire_retry")]
-        headers += [
-            (sc.HEADER_RETRY_TOPIC, record.topic.encode()),
-            (sc.HEADER_RETRY_PARTITION, str(record.partition).encode()),
-            (sc.HEADER_RETRY_OFFSET, str(record.offset).encode()),
-            (sc.HEADER_RETRY_REASON, err.message[:1000].encode()),
-            (sc.HEADER_RETRY_CODE, err.code.encode()),
-            (sc.HEADER_RETRY_STAGE, self._stage.encode()),
-            (sc.HEADER_RETRY_COUNT, str(replays).encode()),
-            (sc.HEADER_RETRY_NOT_BEFORE, str(not_before).encode()),
-        ]
-        log.warning(
-            "%s@%s parked on %s after %.0f s of %s: replay after %s",
-            f"{record.topic}-{record.partition}",
-            record.offset,
-            Topic.RETRY,
-            self._budget_s,
-            err.dependency,
-            time.strftime("%H:%M:%S", time.localtime(not_before / 1000)),
-        )
-        await self._publish_reliably(tp, [self._diverted(record, Topic.RETRY, headers)])
-
-    @staticmethod
-    def _diverted(
-        record: ConsumerRecord[bytes, bytes], topic: str, headers: list[tuple[str, bytes]]
-    ) -> RawRecord:
-        return RawRecord(topic, record.value or b"", record.key, tuple(headers))
-
-    async def _publish_reliably(self, tp: TopicPartition, outputs: Sequence[Output]) -> None:
-        """Publish, retrying through a broker outage for the budget; else give up loudly."""
-        first_failure: float | None = None
-        attempt = 0
-        while True:
-            try:
-                futures = [await self._publish(tp, out) for out in outputs]
-                await asyncio.gather(*futures)
-                if first_failure is not None:
-                    self._deps.recovered(KAFKA)
-                return
-            except _Fenced:
-                return  # the new owner handles the record again
-            except KafkaError as exc:
-                self._deps.failed(KAFKA, exc)
-                now = time.monotonic()
-                first_failure = first_failure or now
-                if now - first_failure >= self._budget_s:
-                    raise _GaveUp(
-                        f"could not publish to Kafka for {self._budget_s:.0f} s: {exc!r}"
-                    ) from exc
-                await asyncio.sleep(self._backoff.delay(attempt))
-                attempt += 1
 
     async def _commit_loop(self) -> None:
         while True:
@@ -582,21 +473,6 @@ class EventConsumer(Generic[InT]):
                 offsets[tp] = position
         if offsets and self.group_id is not None:
             await self._consumer.commit(offsets)
-
-
-def _dlq_headers(
-    record: ConsumerRecord[bytes, bytes], err: GenwireError, stage: str
-) -> list[tuple[str, bytes]]:
-    kept = [(k, v) for k, v in record.headers or () if not k.startswith("genwire_dlq")]
-    return [
-        *kept,
-        (sc.HEADER_DLQ_REASON, err.message[:1000].encode()),
-        (sc.HEADER_DLQ_CODE, err.code.encode()),
-        (sc.HEADER_DLQ_TOPIC, record.topic.encode()),
-        (sc.HEADER_DLQ_PARTITION, str(record.partition).encode()),
-        (sc.HEADER_DLQ_OFFSET, str(record.offset).encode()),
-        (sc.HEADER_DLQ_STAGE, stage.encode()),
-    ]
 
 
 def _describe(exc: ValidationError) -> str:

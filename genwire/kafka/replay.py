@@ -16,7 +16,7 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import BaseModel, ConfigDict
 
 from genwire.errors import PermanentError
-from genwire.kafka.consumer import RawRecord, header
+from genwire.kafka.failures import RawRecord, header
 from genwire.telemetry import semconv as sc
 
 

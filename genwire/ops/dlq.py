@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from genwire.kafka import EventProducer
-from genwire.kafka.consumer import header
+from genwire.kafka.failures import header
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from genwire.errors import GenwireError
 from genwire.events import ControlEvent, Event, PreparedRequest
-from genwire.kafka.consumer import header
+from genwire.kafka.failures import header
 from genwire.service import ServiceRuntime, health_router
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
