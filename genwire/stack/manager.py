@@ -325,10 +325,26 @@ def _bring_up(
         for component in members:
             record = launched.get(component.name) or read_record(paths.run, component.name)
             began = time.monotonic()
-            _await_ready(component, record, paths, fresh=component.name in launched)
+            try:
+                _await_ready(component, record, paths, fresh=component.name in launched)
+            except _Vanished:
+                # It ran when planned and died since (killed meanwhile): start it like any other.
+                out(f"{component.name} stopped while waited on; starting it again")
+                assert record is not None
+                remove_record(paths.run, record.name)
+                _plan([component], paths, out)
+                component.prepare()
+                new = _launch(component, paths)
+                started.append((new, component))
+                launched[component.name] = new
+                _await_ready(component, new, paths, fresh=True)
             if component.name in launched:
                 out(f"{component.name} healthy after {time.monotonic() - began:.1f} s")
             component.after_ready()
+
+
+class _Vanished(StackError):
+    """A component that ran when ``up`` planned it (not started by this run) died since."""
 
 
 def _await_ready(
@@ -348,10 +364,7 @@ def _await_ready(
             if component.readiness().ready:
                 return
             if not fresh:
-                raise StackError(
-                    f"{what} stopped while `genwire up` waited for it{_last_words(component)}; "
-                    "run `genwire up` again to start it"
-                )
+                raise _Vanished(f"{what} stopped while `genwire up` waited for it")
             raise StackError(f"{what} exited while starting{_last_words(component)}")
         state = (
             _read_supervisor_state(paths.run, component.name)
