@@ -105,6 +105,8 @@ METRIC_MONITOR_DRIFT = "genwire_monitor_drift_score"
 METRIC_MONITOR_ALERTS = "genwire_monitor_alert_firing"
 METRIC_MONITOR_OPEN_TRACES = "genwire_monitor_open_traces"
 METRIC_MONITOR_WEBHOOK_FAILURES = "genwire_monitor_webhook_failures_total"
+METRIC_MONITOR_PARTITION_LAG = "genwire_monitor_partition_lag"
+METRIC_MONITOR_PARTITION_STALLED_S = "genwire_monitor_partition_stalled_seconds"
 
 # Kafka header names (CloudEvents Kafka binding plus ours)
 HEADER_EVENT_TYPE = "ce_type"

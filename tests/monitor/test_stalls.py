@@ -14,6 +14,7 @@ from genwire_monitor.rules import stall_id
 from genwire_monitor.stalls import PartitionSample, PartitionStatus, StallTracker
 from genwire_monitor.worker import EngineWorker
 
+from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 
 from .simulate import fast_settings
@@ -173,10 +174,10 @@ def test_metrics_and_page_show_the_partitions_and_the_alert() -> None:
         if m.name.startswith("genwire_monitor_partition")
     }
     assert samples == {
-        (promexport.METRIC_MONITOR_PARTITION_LAG, "0"): 9,
-        (promexport.METRIC_MONITOR_PARTITION_LAG, "1"): 0,
-        (promexport.METRIC_MONITOR_PARTITION_STALLED_S, "0"): 61,
-        (promexport.METRIC_MONITOR_PARTITION_STALLED_S, "1"): 0,
+        (sc.METRIC_MONITOR_PARTITION_LAG, "0"): 9,
+        (sc.METRIC_MONITOR_PARTITION_LAG, "1"): 0,
+        (sc.METRIC_MONITOR_PARTITION_STALLED_S, "0"): 61,
+        (sc.METRIC_MONITOR_PARTITION_STALLED_S, "1"): 0,
     }
     html = page.render(page.snapshot(engine, T0 + 61))
     assert f'data-alert-id="{stall_id(G, T, 0)}"' in html

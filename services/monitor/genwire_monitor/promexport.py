@@ -17,11 +17,6 @@ from genwire.telemetry import semconv as sc
 from genwire_monitor import burnrate
 from genwire_monitor.engine import MonitorEngine
 
-# TODO(lead): move these two names to genwire/telemetry/semconv.py beside the other
-# METRIC_MONITOR_* names (that module is not the monitor's to edit).
-METRIC_MONITOR_PARTITION_LAG = "genwire_monitor_partition_lag"
-METRIC_MONITOR_PARTITION_STALLED_S = "genwire_monitor_partition_stalled_seconds"
-
 
 @dataclass
 class Figures:
@@ -126,12 +121,12 @@ class MonitorCollector(Collector):
         yield alerts
         labels = ["group", "topic", "partition"]
         lag = GaugeMetricFamily(
-            METRIC_MONITOR_PARTITION_LAG,
+            sc.METRIC_MONITOR_PARTITION_LAG,
             "Records waiting for a watched consumer group (log end - committed), from the broker.",
             labels=labels,
         )
         stalled = GaugeMetricFamily(
-            METRIC_MONITOR_PARTITION_STALLED_S,
+            sc.METRIC_MONITOR_PARTITION_STALLED_S,
             "Seconds a watched partition has had records waiting with its committed offset "
             "unchanged (0: no lag).",
             labels=labels,
