@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 from collections.abc import Coroutine
 from typing import Any
 
@@ -138,12 +136,12 @@ class ServiceRuntime:
         )
 
     def fail(self, reason: str) -> None:
-        """Give up loudly: not ready from now on, and exit so the supervisor restarts us."""
+        """Give up loudly: not ready from now on, and (under ``serve``) stop and exit with
+        ``EXIT_FAILED``, so the supervisor restarts us."""
         if self.failed:
             return
         self.failed = reason
         log.error("cannot make progress: %s; stopping the service", reason)
-        os.kill(os.getpid(), signal.SIGTERM)
 
     def supervise(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run a background task; if it dies, /readyz fails and the process exits non-zero."""
@@ -259,8 +257,40 @@ def health_router() -> APIRouter:
     return router
 
 
+EXIT_FAILED = 3
+"""Exit status of a service that stopped because it could not make progress (``fail``)."""
+
+
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
-    """Run ``app`` under uvicorn on the service's health/metrics port."""
+    """Run ``app`` under uvicorn on the service's health/metrics port.
+
+    A service that gave up (``ServiceRuntime.fail``) stops gracefully, then exits with
+    ``EXIT_FAILED``, so any supervisor sees a failure rather than a requested stop.
+    """
     import uvicorn
 
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False
+    )
+    server = uvicorn.Server(config)
+
+    def failed() -> bool:
+        runtime = getattr(app.state, "runtime", None)
+        return isinstance(runtime, ServiceRuntime) and runtime.failed is not None
+
+    async def run() -> None:
+        async def watch() -> None:
+            while not server.should_exit:
+                if failed():
+                    server.should_exit = True  # a graceful stop: drain, commit, flush
+                await asyncio.sleep(0.2)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await server.serve()
+        finally:
+            watcher.cancel()
+
+    asyncio.run(run())
+    if failed():
+        raise SystemExit(EXIT_FAILED)
