@@ -125,7 +125,9 @@ class FakePipeline:
             batch = await self._control.getmany(timeout_ms=200)
             for records in batch.values():
                 for record in records:
-                    self.cancels.append(ControlEvent.model_validate_json(record.value or b""))
+                    event = ControlEvent.model_validate_json(record.value or b"")
+                    if event.action == "cancel":  # not the gateways' heartbeats
+                        self.cancels.append(event)
 
     async def _serve(self) -> None:
         while True:

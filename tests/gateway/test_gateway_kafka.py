@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 
 import grpc
 import httpx
@@ -301,33 +302,52 @@ async def test_http_idempotency_key_across_instances(
 async def test_an_http_client_hanging_up_cancels_the_generation(
     gateways: Gateways, pipeline: FakePipeline
 ) -> None:
+    """Unnamed work nobody can collect is cancelled; named work finishes for the retry."""
     pipeline.script = lambda _: Script(silent=True)
-    rid = _rid("gone")
+    prompt, named = f"hi {uuid.uuid4().hex}", _rid("kept")
     async with httpx.AsyncClient(base_url=gateways[0].http_url, timeout=1.0) as http:
-        with pytest.raises(httpx.ReadTimeout):
-            await http.post(
-                "/v1/completions", json={"prompt": "hi"}, headers={"Idempotency-Key": rid}
-            )
-    await _eventually(lambda: rid in {c.request_id for c in pipeline.cancels})
+        for headers in ({}, {"Idempotency-Key": named}):
+            with pytest.raises(httpx.ReadTimeout):
+                await http.post("/v1/completions", json={"prompt": prompt}, headers=headers)
+    anonymous = _request_id_of(pipeline, prompt, not_id=named)
+    await _eventually(lambda: anonymous() in {c.request_id for c in pipeline.cancels})
+    await asyncio.sleep(1.0)  # the cancel of the named one would have come as quickly
+    assert named not in {c.request_id for c in pipeline.cancels}
 
 
 async def test_an_sse_client_hanging_up_cancels_the_generation(
     gateways: Gateways, pipeline: FakePipeline
 ) -> None:
     pipeline.script = lambda _: Script(chunks=["x"] * 30, chunk_delay_s=0.3)
-    rid = _rid("sse-gone")
-    body = {"prompt": "hi", "stream": True}
-    async with (
-        httpx.AsyncClient(base_url=gateways[1].http_url, timeout=20) as http,
-        http.stream(
-            "POST", "/v1/completions", json=body, headers={"Idempotency-Key": rid}
-        ) as response,
-    ):
-        assert response.status_code == 200
-        async for line in response.aiter_lines():
-            if line.startswith("data: {"):
-                break  # one chunk, then hang up
-    await _eventually(lambda: rid in {c.request_id for c in pipeline.cancels})
+    prompt, named = f"hi {uuid.uuid4().hex}", _rid("sse-kept")
+    body = {"prompt": prompt, "stream": True}
+    async with httpx.AsyncClient(base_url=gateways[1].http_url, timeout=20) as http:
+        for headers in ({}, {"Idempotency-Key": named}):
+            async with http.stream(
+                "POST", "/v1/completions", json=body, headers=headers
+            ) as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {"):
+                        break  # one chunk, then hang up
+    anonymous = _request_id_of(pipeline, prompt, not_id=named)
+    await _eventually(lambda: anonymous() in {c.request_id for c in pipeline.cancels})
+    await asyncio.sleep(1.0)
+    assert named not in {c.request_id for c in pipeline.cancels}
+
+
+def _request_id_of(pipeline: FakePipeline, prompt: str, not_id: str) -> Callable[[], str | None]:
+    """The id the gateway gave the unnamed request with ``prompt`` (once the pipeline saw it)."""
+
+    def find() -> str | None:
+        ids = [
+            s.request.request_id
+            for s in pipeline.seen
+            if s.request.prompt == prompt and s.request.request_id != not_id
+        ]
+        return ids[0] if ids else None
+
+    return find
 
 
 async def test_reflection_lists_the_services(gateways: Gateways) -> None:

@@ -262,7 +262,7 @@ async def test_bad_input_gets_an_error_result_and_a_dlq_record(
     assert await pipeline.stored(rid) == result
     # ... and the service is still there: the next good request works
     good = await pipeline.send(
-        GenerationRequest(request_id=_rid("after"), prompt="hi", max_tokens=4)
+        GenerationRequest(request_id=_rid("after"), prompt="Once upon a time", max_tokens=4)
     )
     _ok((await pipeline.wait(good)).results[0], 4)
 
