@@ -46,6 +46,7 @@ class _Outage:
     last_error: str
     last_logged: float
     logged_failures: int
+    last_failure: float
 
 
 class Dependencies:
@@ -58,10 +59,15 @@ class Dependencies:
         *,
         unready_after_s: float = 5.0,
         log_interval_s: float = 10.0,
+        forget_after_s: float = 30.0,
     ) -> None:
         self.stage = stage
         self.unready_after_s = unready_after_s
         self.log_interval_s = log_interval_s
+        self.forget_after_s = forget_after_s
+        """An outage with no failed attempt for this long is over: records that waited were
+        parked, or succeeded without saying so. (Waiting records retry at least every
+        ``retry_backoff_max_s``, so a real outage keeps reporting.)"""
         self._down: dict[str, _Outage] = {}
         self._gauge = (
             Gauge(
@@ -78,15 +84,17 @@ class Dependencies:
         """One failed attempt on ``name``."""
         now = time.monotonic()
         text = str(error) or type(error).__name__
+        self._forget_quiet(now)
         outage = self._down.get(name)
         if outage is None:
-            self._down[name] = _Outage(now, 1, text, now, 1)
+            self._down[name] = _Outage(now, 1, text, now, 1, now)
             log.warning("%s unavailable: %s (retrying with backoff)", name, text)
             if self._gauge is not None:
                 self._gauge.labels(name, self.stage).set(0)
             return
         outage.failures += 1
         outage.last_error = text
+        outage.last_failure = now
         if now - outage.last_logged >= self.log_interval_s:
             log.warning(
                 "%s still unavailable after %.0f s (%d failed attempts, %d since the last "
@@ -113,14 +121,22 @@ class Dependencies:
                 outage.failures,
             )
 
+    def _forget_quiet(self, now: float) -> None:
+        for name in [
+            n for n, o in self._down.items() if now - o.last_failure > self.forget_after_s
+        ]:
+            self.recovered(name)
+
     def down_for(self, name: str) -> float | None:
         """Seconds ``name`` has been down, or None when it is up."""
+        self._forget_quiet(time.monotonic())
         outage = self._down.get(name)
         return None if outage is None else time.monotonic() - outage.since
 
     def reasons(self) -> list[str]:
         """Why the stage cannot make progress: each dependency down past the grace."""
         now = time.monotonic()
+        self._forget_quiet(now)
         return [
             f"{name} unavailable for {now - o.since:.0f} s ({o.failures} failed attempts): "
             f"{o.last_error[:200]}"

@@ -68,6 +68,13 @@ def claim_key(request_id: str) -> str:
     return f"{CLAIM_KEY_PREFIX}{request_id}"
 
 
+def claimed_fingerprint(value: bytes | str) -> str:
+    """The fingerprint in a claim's value (``<fingerprint>`` or ``<fingerprint>:<owner token>``:
+    the gateway adds a token of its own, so a retried ``SET NX`` still tells it that it won)."""
+    text = value.decode() if isinstance(value, bytes) else value
+    return text.split(":", 1)[0]
+
+
 class ErrorCode(StrEnum):
     """Stable codes of ``GenerationResult.error.code`` (and of the DLQ's reason header)."""
 

@@ -51,7 +51,10 @@ class ServiceRuntime:
         )
         self.tracer: Tracer = self.tracer_provider.get_tracer(f"genwire.{stage}")
         self.dependencies = Dependencies(
-            stage, self.registry, unready_after_s=settings.unready_after_s
+            stage,
+            self.registry,
+            unready_after_s=settings.unready_after_s,
+            forget_after_s=3 * settings.retry_backoff_max_s,
         )
         self.producer = EventProducer(
             settings.kafka_bootstrap_servers,
@@ -208,12 +211,19 @@ class ServiceRuntime:
         """Keep the stall gauges current for Prometheus (readiness computes its own)."""
         m = self.consumer_metrics
         threshold = self.settings.stall_timeout_s
+        shown: set[tuple[str, str, str]] = set()
         while True:
+            now: set[tuple[str, str, str]] = set()
             for consumer in self.consumers:
                 for tp, waited in consumer.progress().items():
                     labels = (tp.topic, str(tp.partition), self.stage)
+                    now.add(labels)
                     m.progress_age.labels(*labels).set(waited)
                     m.stalled.labels(*labels).set(1 if waited >= threshold else 0)
+            for labels in shown - now:  # revoked: another instance reports it now
+                m.progress_age.remove(*labels)
+                m.stalled.remove(*labels)
+            shown = now
             await asyncio.sleep(interval_s)
 
     async def stop(self) -> None:

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -49,6 +49,7 @@ from genwire.kafka.failures import (
     GaveUp,
     Output,
     RawRecord,
+    acknowledged,
 )
 from genwire.kafka.offsets import PartitionOffsets
 from genwire.kafka.producer import KAFKA, EventProducer, forward_headers, publish_error
@@ -138,6 +139,7 @@ class EventConsumer(Generic[InT]):
             backoff=self._backoff,
             max_replays=max_replays,
             replay_delay_s=replay_delay_s,
+            ack_timeout_s=producer.ack_timeout_s,
         )
         self._concurrency = concurrency
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
@@ -331,14 +333,14 @@ class EventConsumer(Generic[InT]):
         self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], event: InT, span: Any
     ) -> str:
         first_failure: float | None = None
-        failed_dependency = ""
+        failed: set[str] = set()  # every dependency this record waited for
         attempt = 0
         try:
             while True:
                 try:
                     await self._run_handler(tp, event)
-                    if failed_dependency:
-                        self._deps.recovered(failed_dependency)
+                    for dependency in failed:
+                        self._deps.recovered(dependency)
                     return "ok"
                 except RetryableError as exc:
                     err: GenwireError = exc
@@ -358,7 +360,7 @@ class EventConsumer(Generic[InT]):
                     return "failed"
                 # A dependency is down: wait it out (bounded), taking no new records meanwhile.
                 assert isinstance(err, RetryableError)
-                failed_dependency = err.dependency
+                failed.add(err.dependency)
                 self._deps.failed(err.dependency, err.message)
                 now = time.monotonic()
                 if first_failure is None:
@@ -381,8 +383,14 @@ class EventConsumer(Generic[InT]):
         result = self._handler(event)
         pending: list[asyncio.Future[object]] = []
         if isinstance(result, AsyncIterator):
-            async for out in result:
-                pending.append(await self._publish(tp, out))
+            try:
+                async for out in result:
+                    pending.append(await self._publish(tp, out))
+            finally:
+                # Closed at once on any failure: its own cleanup (e.g. inference forgetting
+                # the run, cancelling the model) must happen before the retry, not at GC.
+                if isinstance(result, AsyncGenerator):
+                    await result.aclose()
         else:
             produced = await result
             outs: list[Output] = (
@@ -394,8 +402,7 @@ class EventConsumer(Generic[InT]):
             )
             for out in outs:
                 pending.append(await self._publish(tp, out))
-        if pending:
-            await asyncio.gather(*pending)
+        await acknowledged(pending, self._producer.ack_timeout_s)
 
     async def _publish(self, tp: TopicPartition, out: Output) -> asyncio.Future[object]:
         if tp not in self._assigned:  # fenced: a revoked partition publishes nothing more
@@ -419,6 +426,7 @@ class EventConsumer(Generic[InT]):
             await asyncio.sleep(0.05)  # coalesce commits of records finishing together
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit what finished: of the assigned partitions, or of ``only`` (revoked ones)."""
         if self.group_id is None:  # nothing to commit: a finished record is all the progress
             for tracker in self._offsets.values():
                 position = tracker.committable()
@@ -427,9 +435,7 @@ class EventConsumer(Generic[InT]):
             return
         offsets = {}
         for tp, tracker in self._offsets.items():
-            if only is not None and tp not in only:
-                continue
-            if tp not in self._assigned:
+            if (tp not in only) if only is not None else (tp not in self._assigned):
                 continue
             position = tracker.committable()
             if position is not None and position != tracker.committed:
@@ -458,21 +464,10 @@ class EventConsumer(Generic[InT]):
                     self._drain_timeout_s,
                 )
         with contextlib.suppress(Exception):
-            await self._commit_revoked(revoked)
+            await self._commit(only=revoked)  # ``_assigned`` may exclude them already (fenced)
         for tp in revoked:
             self._offsets.pop(tp, None)
         self._assigned -= revoked
-
-    async def _commit_revoked(self, revoked: set[TopicPartition]) -> None:
-        # ``_assigned`` may already exclude them (fenced): commit them explicitly.
-        offsets = {}
-        for tp in revoked:
-            tracker = self._offsets.get(tp)
-            position = tracker.committable() if tracker else None
-            if position is not None and tracker is not None and position != tracker.committed:
-                offsets[tp] = position
-        if offsets and self.group_id is not None:
-            await self._consumer.commit(offsets)
 
 
 def _describe(exc: ValidationError) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
@@ -60,6 +60,23 @@ def header(record: ConsumerRecord[bytes, bytes], name: str) -> bytes | None:
     return found
 
 
+async def acknowledged(futures: Sequence[asyncio.Future[object]], timeout_s: float) -> None:
+    """Wait until the broker acknowledged every record; ``KafkaTimeoutError`` after
+    ``timeout_s`` (an idempotent producer never expires a batch while its leader is known,
+    so without this a broker outage would hang the record instead of counting against the
+    outage budget). The futures are not cancelled: records still queued may be delivered
+    later, as duplicates that idempotent stages absorb."""
+    if not futures:
+        return
+    done, waiting = await asyncio.wait(futures, timeout=timeout_s)
+    for future in done:
+        future.result()  # raises the first failure (KafkaError)
+    if waiting:
+        raise KafkaTimeoutError(
+            f"{len(waiting)} record(s) not acknowledged by the broker within {timeout_s:.0f} s"
+        )
+
+
 class FailurePaths:
     """The DLQ, the retry topic and giving up, for one consumer."""
 
@@ -75,8 +92,10 @@ class FailurePaths:
         backoff: Backoff,
         max_replays: int,
         replay_delay_s: float,
+        ack_timeout_s: float,
     ) -> None:
         self._stage = stage
+        self._ack_timeout_s = ack_timeout_s
         self._publish = publish  # fenced: raises Fenced once the partition is revoked
         self._failure_events = failure_events
         self._metrics = metrics
@@ -114,6 +133,10 @@ class FailurePaths:
     ) -> None:
         """Past the outage budget: to ``genwire.retry`` for a later replay, or, once replayed
         ``max_replays`` times, to the DLQ with an error result."""
+        if record.topic == Topic.RETRY:
+            # The replayer itself could not publish for the budget: parking its record again
+            # would lose where it came from. Give up instead (uncommitted: replayed later).
+            raise GaveUp(f"could not replay {record.topic}@{record.offset}: {err.message}")
         replays = int(header(record, sc.HEADER_RETRY_COUNT) or b"0")
         if replays >= self._max_replays:
             exhausted = GenwireError(
@@ -156,7 +179,7 @@ class FailurePaths:
         while True:
             try:
                 futures = [await self._publish(tp, out) for out in outputs]
-                await asyncio.gather(*futures)
+                await acknowledged(futures, self._ack_timeout_s)
                 if first_failure is not None:
                     self._deps.recovered(KAFKA)
                 return

@@ -109,9 +109,16 @@ class EventProducer:
             # is in flight.
             linger_ms=self._linger_ms,
             max_request_size=16 * 1024 * 1024,
-            # A batch that cannot be delivered fails after this; the consumer retries it.
+            # One produce request's timeout. An idempotent producer keeps retrying a batch whose
+            # leader is known (it never expires it), so callers bound their wait for the
+            # acknowledgement themselves (``ack_timeout_s``).
             request_timeout_ms=self._request_timeout_ms,
         )
+
+    @property
+    def ack_timeout_s(self) -> float:
+        """How long a caller waits for a record's acknowledgement before counting a failure."""
+        return self._request_timeout_ms / 1000.0
 
     @property
     def resets(self) -> int:
@@ -143,7 +150,12 @@ class EventProducer:
                 return  # someone already replaced the client that failed
             log.warning("kafka producer %s is unusable (%s): replacing it", self._client_id, reason)
             fresh = self._new_client()
-            await fresh.start()  # raises while the broker is down: the caller retries later
+            try:
+                await fresh.start()  # raises while the broker is down: the caller retries later
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await fresh.stop()  # never leak a half-started client
+                raise
             old, self._producer = self._producer, fresh
             self._generation += 1
             task = asyncio.create_task(self._retire(old))

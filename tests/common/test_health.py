@@ -89,3 +89,12 @@ def test_replay_headers_keep_the_request_and_count_the_replay() -> None:
         sc.HEADER_ORIGIN: b"gw1",
         sc.HEADER_RETRY_COUNT: b"2",
     }
+
+
+def test_an_outage_nobody_reports_any_more_is_over() -> None:
+    """Records that waited were parked, or others succeed: readiness must not stay false."""
+    deps = Dependencies("post", unready_after_s=0.0, forget_after_s=0.05)
+    deps.failed("triton", "UNAVAILABLE")
+    assert deps.reasons()
+    time.sleep(0.06)
+    assert deps.reasons() == [] and deps.down_for("triton") is None

@@ -210,6 +210,39 @@ async def test_the_producer_replaces_itself_after_a_fatal_error(env: Env) -> Non
     assert own.resets == 1
 
 
+async def test_a_batch_failing_after_an_outage_replaces_the_producer(env: Env) -> None:
+    """The failure of aiokafka#1017 arrives on the record's future, not from send(): the
+    client is replaced all the same and the record published on the new one."""
+    bootstrap, topic, producer = env
+    rid = f"fatal-future-{uuid.uuid4().hex[:8]}"
+    own = EventProducer(bootstrap)
+    await own.start()
+    inner_send = own._producer.send
+    failures = iter([True])
+
+    async def failing_once(*args: Any, **kwargs: Any) -> Any:
+        if next(failures, False):
+            failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            failed.set_exception(OutOfOrderSequenceNumber())
+            return failed
+        return await inner_send(*args, **kwargs)
+
+    own._producer.send = failing_once  # type: ignore[method-assign]
+
+    async def handler(event: PreparedRequest) -> Event:
+        return GenerationResult(request_id=event.request_id, text="published")
+
+    await (await producer.send(topic, dump(_prepared(rid)), key=rid.encode()))
+    consumer = _make(bootstrap, topic, own, handler)
+    try:
+        async with _running(consumer):
+            (result,) = await _read(bootstrap, Topic.RESULTS, {rid.encode()})
+    finally:
+        await own.stop()
+    assert GenerationResult.model_validate_json(result.value).text == "published"
+    assert own.resets == 1
+
+
 async def test_nothing_publishable_within_the_budget_gives_up_loudly(env: Env) -> None:
     """Even the error path cannot publish: the service is told to stop (it exits and its
     supervisor restarts it), the record stays uncommitted and its partition reports a stall."""
@@ -260,3 +293,48 @@ async def test_no_group_reads_from_now_on_and_leaves_nothing_behind(
         await asyncio.sleep(0.3)  # the commit loop's turn
         assert set(consumer.progress().values()) == {0.0}  # no group: finished is progress
     assert before not in seen
+
+
+async def test_a_rebalance_fences_work_on_revoked_partitions(env: Env) -> None:
+    """A second member joins while the first is busy on both partitions: the revoked one's
+    record is cancelled after the drain timeout and handled by the new owner alone; the kept
+    one finishes where it was. Every request gets exactly one result."""
+    bootstrap, topic, producer = env
+    run = uuid.uuid4().hex[:8]
+    rids = [f"{run}-p0", f"{run}-p1"]
+    for partition, rid in enumerate(rids):
+        value = dump(_prepared(rid))
+        await (await producer._producer.send(topic, value, key=rid.encode(), partition=partition))
+    release, started, finished = asyncio.Event(), set[str](), list[str]()
+
+    async def slow(event: PreparedRequest) -> Event:
+        started.add(event.request_id)
+        await release.wait()  # busy until told; cancelled if its partition moves
+        finished.append(event.request_id)
+        return GenerationResult(request_id=event.request_id, text="first member")
+
+    moved: list[str] = []
+
+    async def quick(event: PreparedRequest) -> Event:
+        moved.append(event.request_id)
+        return GenerationResult(request_id=event.request_id, text="second member")
+
+    group = f"test-rebalance-{run}"
+    first = _make(bootstrap, topic, producer, slow, group_id=group, drain_timeout_s=0.5)
+    second = _make(bootstrap, topic, producer, quick, group_id=group)
+    async with _running(first):
+        await eventually(lambda: len(started) == 2)
+        async with _running(second):
+            await eventually(lambda: moved, timeout_s=60)  # one partition moved to it
+            release.set()  # the first member may now finish what it still owns
+            await eventually(lambda: finished)
+    # Both members stopped: whatever either published is on the topic now.
+    results = await _read(bootstrap, Topic.RESULTS, {r.encode() for r in rids}, 30)
+    texts: dict[str, set[str]] = {}
+    for r in results:
+        text = GenerationResult.model_validate_json(r.value).text
+        texts.setdefault((r.key or b"").decode(), set()).add(text)
+    (revoked,) = moved
+    (kept,) = set(rids) - {revoked}
+    assert texts[revoked] == {"second member"}  # the first member's work there was cancelled
+    assert texts[kept] == {"first member"} and finished == [kept]

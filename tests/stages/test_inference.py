@@ -366,3 +366,17 @@ async def test_a_dead_gateways_unnamed_requests_are_cancelled() -> None:
     for run in runs[1:]:
         run.cancel()
     await asyncio.gather(*runs[1:], return_exceptions=True)
+
+
+async def test_no_gateway_is_taken_as_dead_while_our_own_kafka_link_is_down() -> None:
+    backend = FakeBackend(n=1000, delay_s=0.01)
+    broker_down = True
+    inf = Inference(backend, origin_timeout_s=0.1, kafka_down=lambda: broker_down)
+    run = asyncio.create_task(_collect(inf, _req("r").model_copy(update={"origin": "gw"})))
+    await asyncio.sleep(0.3)  # no heartbeat for 3x the timeout, but none could arrive
+    assert inf.cancel_orphans() == [] and not run.done()
+    broker_down = False
+    assert inf.cancel_orphans() == []  # its clock started again when the link came back
+    await asyncio.sleep(0.15)
+    assert inf.cancel_orphans() == ["r"]
+    assert (await asyncio.wait_for(run, 5))[-1].finish_reason == "cancelled"

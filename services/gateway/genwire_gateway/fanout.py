@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind, Tracer
 from pydantic import ValidationError
 
 from genwire.events import GenerationResult, TokenEvent
+from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import extract
 from genwire.topics import Topic
@@ -129,7 +130,12 @@ class FanoutReader:
                 sc.WAIT_MS: max(0.0, time.time() * 1000 - record.timestamp),
             },
         ):
-            self._registry.resolve(GenerationResult.model_validate_json(record.value or b""))
+            result = GenerationResult.model_validate_json(record.value or b"")
+            if result.error is not None and result.error.code == ErrorCode.IDEMPOTENCY_CONFLICT:
+                # The answer to someone else's duplicate (a Kafka client reusing the id): this
+                # gateway refuses conflicts before publishing, so it is never a waiter's here.
+                return
+            self._registry.resolve(result)
 
     async def stop(self) -> None:
         """Stop fetching and disconnect."""

@@ -12,12 +12,19 @@ reuses an id is refused like a gateway caller.
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from genwire.events import GenerationResult
-from genwire.request import GenerationRequest, claim_key, fingerprint, result_key
+from genwire.request import (
+    GenerationRequest,
+    claim_key,
+    claimed_fingerprint,
+    fingerprint,
+    result_key,
+)
 
 
 @dataclass(frozen=True)
@@ -49,16 +56,19 @@ class ResultStore:
         assert request.request_id is not None
         rid = request.request_id
         mine = fingerprint(request)
+        # A token of this call: the Redis client retries a command that timed out, so a SET NX
+        # that succeeded but answered late fails on the retry; the token still says we won.
+        value = f"{mine}:{uuid.uuid4().hex[:16]}"
         pipe = self._redis.pipeline(transaction=False)
         pipe.get(result_key(rid))
-        pipe.set(claim_key(rid), mine, nx=True, ex=max(1, math.ceil(ttl_s)))
+        pipe.set(claim_key(rid), value, nx=True, ex=max(1, math.ceil(ttl_s)))
         pipe.get(claim_key(rid))
-        stored, claimed, holder = await pipe.execute()
-        if holder is not None and holder.decode() != mine:
+        stored, _, holder = await pipe.execute()
+        if holder is not None and claimed_fingerprint(holder) != mine:
             return ClaimOutcome(owner=False, conflict=True)
         if stored is not None:
             return ClaimOutcome(owner=False, result=GenerationResult.model_validate_json(stored))
-        return ClaimOutcome(owner=bool(claimed))
+        return ClaimOutcome(owner=holder is not None and holder.decode() == value)
 
     async def keep(self, request_id: str) -> None:
         """The request finished: keep its claim (its fingerprint) as long as results are kept."""

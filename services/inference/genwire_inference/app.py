@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from genwire.errors import GenwireError
 from genwire.events import ControlEvent, Event, PreparedRequest
 from genwire.kafka.failures import header
+from genwire.kafka.producer import KAFKA
 from genwire.service import ServiceRuntime, health_router
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
@@ -38,6 +39,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             cancelled_memory_s=cfg.cancelled_memory_s,
             max_remembered_cancels=cfg.max_remembered_cancels,
             origin_timeout_s=cfg.origin_timeout_s,
+            kafka_down=lambda: runtime.dependencies.down_for(KAFKA) is not None,
             on_final=InferenceMetrics(runtime.registry).observe,
         )
         app.state.inference = inference

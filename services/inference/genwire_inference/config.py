@@ -39,8 +39,10 @@ class InferenceSettings(ServiceSettings):
         10_000, gt=0, description="Bound on remembered cancels (oldest forgotten first)."
     )
     origin_timeout_s: float = Field(
-        5.0,
+        15.0,
         gt=0,
         description="A gateway instance whose heartbeats on genwire.control stop for this long "
-        "is taken as dead: its unnamed requests are cancelled (named ones finish for a retry).",
+        "is taken as dead: its unnamed requests are cancelled (named ones finish for a retry). "
+        "Longer than a broker failover (KRaft's broker session timeout is 9 s); while this "
+        "instance's own Kafka link is down, nobody is taken as dead.",
     )

@@ -97,7 +97,8 @@ class Inference:
         triton_wait_s: float = 30.0,
         cancelled_memory_s: float = 600.0,
         max_remembered_cancels: int = 10_000,
-        origin_timeout_s: float = 5.0,
+        origin_timeout_s: float = 15.0,
+        kafka_down: Callable[[], bool] = lambda: False,
         on_final: Callable[[GenerationChunk], None] | None = None,
     ) -> None:
         self.backend = backend
@@ -109,6 +110,7 @@ class Inference:
         self.max_remembered_cancels = max_remembered_cancels
         self.on_final = on_final
         self.origin_timeout_s = origin_timeout_s
+        self.kafka_down = kafka_down
         self.inflight: dict[str, _Run] = {}
         self._cancelled: OrderedDict[str, float] = OrderedDict()
         self._heard: dict[str, float] = {}  # gateway instance → last heartbeat (monotonic)
@@ -153,6 +155,12 @@ class Inference:
         retry, on any gateway, finds the result. Returns the request ids stopped.
         """
         now = time.monotonic()
+        if self.kafka_down():
+            # Heartbeats cannot arrive while our own Kafka link is down: that says nothing
+            # about the gateways. Start their clocks again once it is back.
+            for origin in self._heard:
+                self._heard[origin] = now
+            return []
         stopped = []
         for rid, run in list(self.inflight.items()):
             if run.origin and not run.keep and self.origin_gone(run.origin, now):

@@ -211,9 +211,10 @@ class Postprocessor:
         state = self.streams.pop(rid, None)
         self._blind.pop(rid, None)
         result = await self.build_result(chunk)
-        if chunk.error is not None and chunk.error.code == ErrorCode.IDEMPOTENCY_CONFLICT:
-            # The id's stored result belongs to the first request: never answer with it, and
-            # never store this error over it.
+        conflict = chunk.error is not None and chunk.error.code == ErrorCode.IDEMPOTENCY_CONFLICT
+        if conflict:
+            # The id's stored result (and token stream) belong to the first request: never
+            # answer with it, never store this error over it, never end its stream.
             stored = result
         else:
             stored = await self.store.put_first(result)
@@ -229,7 +230,7 @@ class Postprocessor:
         if self.trace_content and stored.text:
             span.set_attribute(sc.GEN_AI_COMPLETION, stored.text)
         out: list[Event] = []
-        if chunk.stream:
+        if chunk.stream and not conflict:
             out.append(self._final_token(chunk, stored, state))
         out.append(stored)
         return out

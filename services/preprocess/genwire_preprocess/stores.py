@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from genwire.errors import RetryableError
 from genwire.redisconn import REDIS, connect
-from genwire.request import claim_key
+from genwire.request import claim_key, claimed_fingerprint
 
 
 class Claims(Protocol):
@@ -50,7 +50,7 @@ class RedisClaims:
             _, holder = await pipe.execute()
         except RedisError as exc:  # the consumer waits the outage out
             raise RetryableError(f"redis: {exc}", dependency=REDIS) from None
-        return fingerprint if holder is None else bytes(holder).decode()
+        return fingerprint if holder is None else claimed_fingerprint(bytes(holder))
 
     async def close(self) -> None:
         """Close the connection pool."""
