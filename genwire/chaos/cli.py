@@ -123,6 +123,7 @@ def _run(args: argparse.Namespace) -> int:
 
 async def _run_all(runners: list[tuple[str, Any]]) -> list[Any]:
     from genwire.chaos.faults import StackControl
+    from genwire.chaos.profiles import DESCRIPTIONS
     from genwire.chaos.report import ScenarioReport
 
     control = StackControl(out=_say)
@@ -132,7 +133,8 @@ async def _run_all(runners: list[tuple[str, Any]]) -> list[Any]:
         try:
             report = await run(control, _say)
         except Exception as exc:  # a bug or an unreachable stack: report it, go on
-            report = ScenarioReport(name, "", failures=[f"{type(exc).__name__}: {exc}"])
+            description = DESCRIPTIONS.get(name, "")
+            report = ScenarioReport(name, description, failures=[f"{type(exc).__name__}: {exc}"])
             try:
                 await asyncio.to_thread(control.restore)
             except Exception as again:

@@ -292,6 +292,8 @@ def build_case(draft: Draft, index: int, run_id: str) -> FuzzCase:
             value = b"{}"
     else:
         value = draft.raw
+    if key is None and value is None:
+        key = b""  # a record needs one of them: a tombstone with an empty key
     required: str | None = None
     if key:
         key_text = key.decode("utf-8", "replace")
@@ -425,6 +427,28 @@ def _unanswered(cases: list[FuzzCase], seen: _Seen, run_id: str) -> list[FuzzCas
     return missing
 
 
+def _internal_errors(cases: list[FuzzCase], seen: _Seen, run_id: str) -> list[str]:
+    """Cases answered with the ``internal`` code: every other input deserves a precise one."""
+    found: list[str] = []
+    for case in cases:
+        letters = seen.dlq.get(f"{run_id}:{case.index}", [])
+        reasons = [
+            h.get(sc.HEADER_DLQ_REASON, "")
+            for h in letters
+            if h.get(sc.HEADER_DLQ_CODE) == "internal"
+        ]
+        results = [
+            o
+            for rid in case.match_ids
+            for o in seen.results.get(rid, [])
+            if o.error_code == "internal"
+        ]
+        if reasons or results:
+            why = reasons[0] if reasons else "internal error result"
+            found.append(f"#{case.index} {case.kind}/{case.id_mode}: {why[:200]}")
+    return found
+
+
 def _judge(
     report: ScenarioReport,
     cases: list[FuzzCase],
@@ -465,6 +489,12 @@ def _judge(
         )
     if no_reason:
         report.failures.append(f"{no_reason} dead letter(s) without a genwire_dlq_reason")
+    internal = _internal_errors(cases, seen, run_id)
+    if internal:
+        report.failures.append(
+            f"{len(internal)} case(s) answered 'internal' (a handler bug, not a verdict on the "
+            f"input): {'; '.join(internal[:5])}"
+        )
     restarted = {
         name: 1
         for name, state in before.items()

@@ -365,7 +365,12 @@ def _judge(
             "or background load would make them longer)"
         )
     report.failures.extend(problems)
-    report.extra = {"streams": rows}
+    report.extra = {
+        "streams": {
+            kind: ", ".join(f"{what} {n}" for what, n in sorted(row.items()))
+            for kind, row in rows.items()
+        }
+    }
     details: list[str] = [
         f"{s.transport}/{'named' if s.named else 'anonymous'} {s.request_id}: {s.ended}"
         for s in streams

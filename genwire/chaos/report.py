@@ -174,6 +174,8 @@ def _details(report: ScenarioReport) -> list[str]:
 
 def _compact(value: Any) -> str:
     if isinstance(value, dict):
+        if any(isinstance(v, str) and " " in v for v in value.values()):
+            return "; ".join(f"{k}: {v}" for k, v in value.items())
         return ", ".join(f"{k}={_compact(v)}" for k, v in value.items()) or "-"
     if isinstance(value, float):
         return f"{value:.2f}"

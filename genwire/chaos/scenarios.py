@@ -353,6 +353,6 @@ async def _progress(run: FaultRun, tracker: ResultTracker, every_s: float = 10.0
     while True:
         await asyncio.sleep(every_s)
         run.say(
-            f"{tracker.expected} sent, {tracker.answered} answered, "
-            f"{len(tracker.outstanding())} outstanding"
+            f"{tracker.expected} produced, {tracker.acknowledged} acknowledged, "
+            f"{tracker.answered} answered, {len(tracker.outstanding())} outstanding"
         )

@@ -112,6 +112,11 @@ class ResultTracker:
         return len(self._expected)
 
     @property
+    def acknowledged(self) -> int:
+        """Ids the broker acknowledged so far."""
+        return len(self._acked)
+
+    @property
     def answered(self) -> int:
         """Ids with at least one result."""
         return len(self._outcomes)

@@ -90,3 +90,23 @@ def test_a_case_with_a_request_id_needs_its_result_even_with_a_dead_letter() -> 
     assert _unanswered([case], seen, "run") == [case]
     seen.results["run-00000"] = [Outcome(error_code="invalid_request")]
     assert _unanswered([case], seen, "run") == []
+
+
+def test_every_case_can_be_produced() -> None:
+    # Kafka needs a key or a value: a null value without a key gets an empty key.
+    case = build_case(Draft("null", "none", None, None), 0, "run")
+    assert case.key == b"" and case.value is None
+    for i, draft in enumerate(generate_drafts(200, seed_value=4)):
+        built = build_case(draft, i, "run")
+        assert built.key is not None or built.value is not None
+
+
+def test_an_internal_error_is_a_handler_bug() -> None:
+    from genwire.chaos.fuzz import _internal_errors
+
+    seen = _Seen()
+    case = _case(None, ["id-1"], 4)
+    seen.dlq["run:4"] = [{sc.HEADER_DLQ_CODE: "internal", sc.HEADER_DLQ_REASON: "boom"}]
+    assert _internal_errors([case], seen, "run") == ["#4 json/key: boom"]
+    seen.dlq["run:4"] = [{sc.HEADER_DLQ_CODE: "invalid_request", sc.HEADER_DLQ_REASON: "bad"}]
+    assert _internal_errors([case], seen, "run") == []

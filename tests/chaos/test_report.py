@@ -71,3 +71,31 @@ def test_table_and_json(tmp_path: Path) -> None:
     assert first_json["figures"]["lost"] == 1
     assert first_json["figures"]["inconsistent_duplicates"] == 0
     assert first_json["figures"]["recoveries_s"] == [None]
+
+
+def test_groups_are_checked_on_the_topics_they_consume() -> None:
+    from aiokafka import TopicPartition
+
+    from genwire.chaos.kafka_io import group_topics
+
+    assert group_topics("genwire-inference", []) == {"genwire.prepared"}
+    assert group_topics("genwire-preprocess-retry", []) == {"genwire.retry"}
+    committed = [TopicPartition("genwire.other", 0)]
+    assert group_topics("genwire-custom", committed) == {"genwire.other"}
+
+
+def test_only_unexpected_restarts_count() -> None:
+    from genwire.chaos.faults import ProcessState
+    from genwire.chaos.scenarios import _changed
+
+    before = {
+        "preprocess": ProcessState(10, 0),
+        "inference": ProcessState(11, 0),
+        "gateway": ProcessState(12, 0),
+    }
+    after = {
+        "preprocess": ProcessState(20, 2),  # killed twice by the plan: expected
+        "inference": ProcessState(11, 1),  # same pid but the supervisor says it restarted
+        "gateway": ProcessState(30, 1),
+    }
+    assert _changed(before, after, ["preprocess"]) == {"inference": 1, "gateway": 1}
