@@ -86,3 +86,5 @@ def configure_logging(level: str = "INFO", as_json: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    # httpx logs every request at INFO (preprocess asks Triton for the served version).
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
