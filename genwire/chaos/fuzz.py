@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
@@ -393,9 +394,13 @@ async def run_fuzz(
         while pending and time.monotonic() < deadline:
             await asyncio.sleep(1.0)
             pending = _unanswered(built, seen, run_id)
-        stuck, settle = await stuck_partitions(bootstrap, wait_s=stuck_wait_s)
-        report.stuck = [str(s) for s in stuck]
-        report.stuck_settle_s = round(settle, 1)
+        try:
+            stuck, settle = await stuck_partitions(bootstrap, wait_s=stuck_wait_s)
+        except KafkaError as exc:
+            report.failures.append(f"could not check for stuck partitions: {exc}")
+        else:
+            report.stuck = [str(s) for s in stuck]
+            report.stuck_settle_s = round(settle, 1)
     finally:
         await producer.stop()
         await results_tail.stop()

@@ -1,18 +1,27 @@
-"""The gateway SIGKILLed while streams are open through it (gRPC GenerateStream and HTTP SSE).
+"""The gateway SIGKILLed with streams open through it (gRPC GenerateStream and HTTP SSE).
 
-Rule checked (docs/architecture.md): a generation whose gateway died is cancelled — its result on
+Rule checked (docs/architecture.md): the work of a gateway that died is cancelled — its result on
 ``genwire.results`` says ``finish_reason: cancelled`` — unless the caller named the request (an
 idempotency key: gRPC ``idempotency-key`` metadata, HTTP ``Idempotency-Key``), in which case it
-completes, for the caller's retry to collect.
+completes, for the caller's retry to collect. Inference takes a gateway for dead when its
+heartbeats on ``genwire.control`` stopped for ``origin_timeout_s`` (15 s by default).
 
-To make "it would have run on" provable, a probe first finds sampling seeds whose generation
-runs to ``max_tokens`` (the output is fixed by the seed), and background requests of the same
-seeds keep Triton's batch full so each generation lasts longer than the cancel takes (inference
-cancels the work of a gateway whose heartbeats stopped for ``origin_timeout_s``, 5 s). All
-streams wait for their first chunk, then the gateway is killed and brought back. An unnamed
-stream whose generation still ended with ``length`` more than ``cancel_deadline_s`` after the
-kill was not cancelled (a failure); one that ended sooner proves nothing (inconclusive); if no
-unnamed stream is conclusive, the run fails as inconclusive.
+Two kinds of streams are open when the gateway is killed, each over both transports, named and
+not:
+
+- *streaming*: generating, their first chunk received. A generation of the default model lasts
+  a few seconds, so most end by themselves before the origin timeout: such an unnamed one is
+  noted as inconclusive; one still running ``origin_timeout_s`` + 3 s after the kill was not
+  cancelled (a failure).
+- *queued*: opened behind a backlog of long background requests (straight to Kafka, never
+  cancelled) that keeps Triton busy past the origin timeout, so their generation can only start
+  after the gateway is known dead: an unnamed one must end ``cancelled``, a named one must
+  complete. Their ids (unknown to the caller before a first chunk) are found by a metadata
+  label the gateway carries to the result.
+
+A probe first finds sampling seeds whose generation runs to ``max_tokens`` (the output is fixed
+by the seed), so "it would have run on" is provable. The run fails if no unnamed stream gave a
+conclusive answer.
 """
 
 from __future__ import annotations
@@ -37,15 +46,20 @@ from genwire.topics import Topic
 
 Out = Callable[[str], None]
 PROMPT = "Once upon a time"
+LABEL = "chaos_stream"
+"""Metadata key carrying each stream's label to its result."""
 
 
 @dataclass
 class Stream:
-    """One open stream and what became of it."""
+    """One stream and what became of it."""
 
     transport: str
     named: bool
     seed: int
+    phase: str
+    """``streaming`` (generating at the kill) or ``queued`` (behind the backlog)."""
+    label: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     request_id: str = ""
     first_chunk_at: float | None = None
     finished_before_kill: bool = False
@@ -53,10 +67,16 @@ class Stream:
     chunks: int = 0
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def kind(self) -> str:
+        """``queued grpc/anonymous`` and the like."""
+        return f"{self.phase} {self.transport}/{'named' if self.named else 'anonymous'}"
+
 
 class _Results:
     def __init__(self) -> None:
         self.by_id: dict[str, list[GenerationResult]] = {}
+        self.by_label: dict[str, list[GenerationResult]] = {}
 
     def sink(self, record: ConsumerRecord[bytes, bytes], _: float) -> None:
         try:
@@ -64,6 +84,14 @@ class _Results:
         except ValueError:
             return
         self.by_id.setdefault(result.request_id, []).append(result)
+        label = result.metadata.get(LABEL)
+        if label:
+            self.by_label.setdefault(label, []).append(result)
+
+    def of(self, stream: Stream) -> list[GenerationResult]:
+        if stream.request_id and stream.request_id in self.by_id:
+            return self.by_id[stream.request_id]
+        return self.by_label.get(stream.label, [])
 
     async def wait(self, ids: list[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -71,6 +99,13 @@ class _Results:
             if all(i in self.by_id for i in ids):
                 return
             await asyncio.sleep(0.2)
+
+    async def wait_streams(self, streams: list[Stream], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(self.of(s) for s in streams):
+                return
+            await asyncio.sleep(0.5)
 
 
 async def _probe_seeds(
@@ -101,10 +136,10 @@ async def _probe_seeds(
     return full or [s for _, s in lengths[:1]]
 
 
-async def _background(bootstrap: str, seeds: list[int], count: int, max_tokens: int) -> None:
-    """``count`` long Kafka requests (no gateway, so never cancelled) to fill Triton's batch."""
+async def _backlog(bootstrap: str, seeds: list[int], count: int, max_tokens: int) -> None:
+    """``count`` long Kafka requests (no gateway, so never cancelled) that keep Triton busy."""
     run = uuid.uuid4().hex[:8]
-    producer = new_producer(bootstrap, client_id="genwire-chaos-background")
+    producer = new_producer(bootstrap, client_id="genwire-chaos-backlog")
     await producer.start()
     try:
         for i in range(count):
@@ -134,7 +169,11 @@ async def _grpc_stream(stream: Stream, target: str, max_tokens: int, timeout_s: 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.GenerationServiceStub(channel)  # type: ignore[no-untyped-call]
         request = pb.GenerateRequest(
-            prompt=PROMPT, max_tokens=max_tokens, temperature=1.0, seed=stream.seed
+            prompt=PROMPT,
+            max_tokens=max_tokens,
+            temperature=1.0,
+            seed=stream.seed,
+            metadata={LABEL: stream.label},
         )
         call = stub.GenerateStream(request, timeout=timeout_s, metadata=metadata)
         try:
@@ -170,6 +209,7 @@ async def _http_stream(stream: Stream, base: str, max_tokens: int, timeout_s: fl
         "temperature": 1.0,
         "seed": stream.seed,
         "stream": True,
+        "metadata": {LABEL: stream.label},
     }
     try:
         async with (
@@ -202,15 +242,39 @@ async def _http_stream(stream: Stream, base: str, max_tokens: int, timeout_s: fl
         stream.started.set()
 
 
+def _open(streams: list[Stream], max_tokens: int) -> list[asyncio.Task[None]]:
+    grpc_target = f"127.0.0.1:{GATEWAY_GRPC_PORT}"
+    http_base = f"http://127.0.0.1:{SERVICE_PORTS['gateway']}"
+    timeout_s = 120.0
+    return [
+        asyncio.create_task(
+            _grpc_stream(s, grpc_target, max_tokens, timeout_s)
+            if s.transport == "grpc"
+            else _http_stream(s, http_base, max_tokens, timeout_s)
+        )
+        for s in streams
+    ]
+
+
+def _make(phase: str, per_kind: int, seeds: list[int]) -> list[Stream]:
+    return [
+        Stream(transport, named, seeds[i % len(seeds)], phase)
+        for transport in ("grpc", "http")
+        for named in (False, True)
+        for i in range(per_kind)
+    ]
+
+
 async def run_gateway_kill(
     *,
     control: StackControl | None = None,
     streams_per_kind: int = 3,
+    queued_per_kind: int = 2,
     max_tokens: int = 240,
     probe_tries: int = 12,
-    background: int = 40,
-    cancel_deadline_s: float = 15.0,
-    result_wait_s: float = 120.0,
+    backlog: int = 128,
+    origin_timeout_s: float = 15.0,
+    result_wait_s: float = 150.0,
     out: Out = print,
 ) -> ScenarioReport:
     """Open streams (gRPC and HTTP, named and not), SIGKILL the gateway, judge the results."""
@@ -219,12 +283,13 @@ async def run_gateway_kill(
     report = ScenarioReport(
         name="gateway-kill",
         description="gateway SIGKILLed with streams open (gRPC and SSE, with and without "
-        "an idempotency key)",
+        "an idempotency key; generating and queued)",
         params={
             "streams_per_kind": streams_per_kind,
+            "queued_per_kind": queued_per_kind,
             "max_tokens": max_tokens,
-            "background": background,
-            "cancel_deadline_s": cancel_deadline_s,
+            "backlog": backlog,
+            "origin_timeout_s": origin_timeout_s,
         },
     )
     began = time.monotonic()
@@ -238,51 +303,45 @@ async def run_gateway_kill(
     await tail.start()
     streams: list[Stream] = []
     tasks: list[asyncio.Task[None]] = []
+    killed_ms = 0.0
     try:
         seeds = await _probe_seeds(bootstrap, results, max_tokens, probe_tries, out)
         if not seeds:
             report.failures.append("probe: no generation came back")
             return report
-        await _background(bootstrap, seeds, background, max_tokens)
-        grpc_target = f"127.0.0.1:{GATEWAY_GRPC_PORT}"
-        http_base = f"http://127.0.0.1:{SERVICE_PORTS['gateway']}"
-        timeout_s = 120.0
-        for transport in ("grpc", "http"):
-            for named in (False, True):
-                for i in range(streams_per_kind):
-                    stream = Stream(transport, named, seeds[i % len(seeds)])
-                    streams.append(stream)
-                    coro = (
-                        _grpc_stream(stream, grpc_target, max_tokens, timeout_s)
-                        if transport == "grpc"
-                        else _http_stream(stream, http_base, max_tokens, timeout_s)
-                    )
-                    tasks.append(asyncio.create_task(coro))
         opened = time.monotonic()
+        streaming = _make("streaming", streams_per_kind, seeds)
+        tasks += _open(streaming, max_tokens)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
-                asyncio.gather(*(s.started.wait() for s in streams)), timeout=30.0
+                asyncio.gather(*(s.started.wait() for s in streaming)), timeout=30.0
             )
-        load_start = opened
+        await _backlog(bootstrap, seeds, backlog, max_tokens)
+        queued = _make("queued", queued_per_kind, seeds)
+        tasks += _open(queued, max_tokens)
+        streams = streaming + queued
+        await asyncio.sleep(2.0)  # the gateway has published them
         killed_ms = time.time() * 1000.0
-        window = FaultWindow("SIGKILL gateway", round(time.monotonic() - load_start, 2))
+        window = FaultWindow("SIGKILL gateway", round(time.monotonic() - opened, 2))
         report.faults.append(window)
-        out(f"gateway-kill: {len(streams)} streams open; SIGKILL gateway")
+        out(
+            f"gateway-kill: {len(streaming)} streams generating, {len(queued)} queued behind "
+            f"{backlog} requests; SIGKILL gateway"
+        )
         try:
             pid = await asyncio.to_thread(control.kill, "gateway")
             took = await asyncio.to_thread(control.recover, "gateway", pid)
-            window.end_s = round(time.monotonic() - load_start, 2)
+            window.end_s = round(time.monotonic() - opened, 2)
             window.detail = f"back and ready after {took:.1f} s"
         except FaultError as exc:
             report.failures.append(f"fault injection failed: {exc}")
         await asyncio.wait(tasks, timeout=30.0)
-        ids = [s.request_id for s in streams if s.request_id]
-        await results.wait(ids, result_wait_s)
+        await results.wait_streams(streams, result_wait_s)
     finally:
         for task in tasks:
             task.cancel()
         await tail.stop()
-    _judge(report, streams, results, max_tokens, killed_ms + cancel_deadline_s * 1000.0)
+    _judge(report, streams, results, killed_ms, origin_timeout_s + 3.0)
     after = await asyncio.to_thread(control.states, list(before))
     changed = [
         n
@@ -305,75 +364,78 @@ def _judge(
     report: ScenarioReport,
     streams: list[Stream],
     results: _Results,
-    max_tokens: int,
-    cancel_by_ms: float,
+    killed_ms: float,
+    deadline_s: float,
 ) -> None:
-    """Per stream: cancelled (anonymous) or completed (named); ``cancel_by_ms`` is the epoch ms
-    by which an anonymous generation must have been cancelled."""
+    """Per stream: cancelled (anonymous) or completed (named). An anonymous generation still
+    running ``deadline_s`` after the kill (epoch ms ``killed_ms``) was not cancelled."""
     rows: dict[str, dict[str, int]] = {}
+    after_kill: dict[str, list[float]] = {}
     problems: list[str] = []
     conclusive = 0
     for s in streams:
-        kind = f"{s.transport}/{'named' if s.named else 'anonymous'}"
-        row = rows.setdefault(kind, {})
+        row = rows.setdefault(s.kind, {})
 
         def count(what: str, row: dict[str, int] = row) -> None:
             row[what] = row.get(what, 0) + 1
 
-        if not s.request_id or s.first_chunk_at is None:
+        if s.phase == "streaming" and s.first_chunk_at is None:
             count("never started")
-            problems.append(f"{kind} stream never got a first chunk ({s.ended or 'no answer'})")
+            problems.append(f"{s.kind} stream never got a first chunk ({s.ended or 'no answer'})")
             continue
         if s.finished_before_kill:
             count("finished before the kill")
             continue
-        got = results.by_id.get(s.request_id)
+        got = results.of(s)
         if not got:
             count("no result")
-            problems.append(f"{kind} {s.request_id}: no result on genwire.results")
+            problems.append(f"{s.kind} {s.request_id or s.label}: no result on genwire.results")
             continue
         result = got[0]
+        rid = result.request_id
         if result.error is not None:
             count(f"error {result.error.code}")
-            problems.append(f"{kind} {s.request_id}: error result {result.error.code}")
+            problems.append(f"{s.kind} {rid}: error result {result.error.code}")
             continue
         reason = result.finish_reason or "?"
-        count(reason)
         tokens = result.usage.completion_tokens
-        if s.named and reason == "cancelled":
-            problems.append(f"{kind} {s.request_id}: cancelled although it had an idempotency key")
-        elif not s.named and reason == "cancelled":
+        ended = result.timings.inference_end or result.timings.completed or killed_ms
+        since_kill = round((ended - killed_ms) / 1000.0, 1)
+        after_kill.setdefault(f"{s.kind} {reason}", []).append(since_kill)
+        if s.named:
+            count(reason)
+            if reason == "cancelled":
+                problems.append(f"{s.kind} {rid}: cancelled although it had an idempotency key")
+        elif reason == "cancelled":
+            count(reason)
             conclusive += 1
-        elif not s.named:
-            ended = result.timings.inference_end or result.timings.completed or 0.0
-            if ended > cancel_by_ms:
-                conclusive += 1
-                problems.append(
-                    f"{kind} {s.request_id}: not cancelled: ran on to {reason} ({tokens} tokens) "
-                    f"{(ended - cancel_by_ms) / 1000:.1f} s past the cancel deadline"
-                )
-            else:
-                count("inconclusive")
-                report.notes.append(
-                    f"{kind} {s.request_id}: ended by itself ({reason}, {tokens} tokens) "
-                    "within the cancel deadline"
-                )
+        elif since_kill > deadline_s:
+            count(f"not cancelled ({reason})")
+            conclusive += 1
+            problems.append(
+                f"{s.kind} {rid}: not cancelled: ran on to {reason} ({tokens} tokens), "
+                f"ending {since_kill:.1f} s after the kill"
+            )
+        else:
+            count(f"inconclusive ({reason} within {deadline_s:g} s)")
+            report.notes.append(
+                f"{s.kind} {rid}: ended by itself ({reason}, {tokens} tokens) "
+                f"{since_kill:.1f} s after the kill, before the gateway could be known dead"
+            )
     anonymous = [s for s in streams if not s.named and not s.finished_before_kill]
     if anonymous and not conclusive:
         problems.append(
-            "inconclusive: no unnamed generation outlived the cancel deadline (more --streams "
-            "or background load would make them longer)"
+            "inconclusive: no unnamed generation outlived the origin timeout (a longer "
+            "backlog would queue them longer)"
         )
     report.failures.extend(problems)
     report.extra = {
         "streams": {
             kind: ", ".join(f"{what} {n}" for what, n in sorted(row.items()))
             for kind, row in rows.items()
-        }
+        },
+        "generation ended, s after the kill": {
+            k: ", ".join(f"{v:g}" for v in sorted(vs)) for k, vs in sorted(after_kill.items())
+        },
+        "client side": sorted({s.ended for s in streams if s.ended}),
     }
-    details: list[str] = [
-        f"{s.transport}/{'named' if s.named else 'anonymous'} {s.request_id}: {s.ended}"
-        for s in streams
-        if s.ended
-    ]
-    report.extra["client side"] = sorted(set(d.split(": ", 1)[1] for d in details))

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -29,6 +30,7 @@ from genwire.request import GenerationRequest
 from genwire.topics import Topic
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROMPTS = (
     "Once upon a time",
@@ -324,29 +326,52 @@ async def _partitions(admin: AIOKafkaAdminClient, topics: Sequence[str]) -> list
     return sorted(found)
 
 
+async def _retrying(what: str, call: Callable[[], Awaitable[T]], deadline: float) -> T:
+    """``call()``, retried on Kafka errors (a broker just back, a coordinator moving) until
+    ``deadline``; then the last error is raised."""
+    while True:
+        try:
+            return await call()
+        except KafkaError as exc:
+            if time.monotonic() >= deadline:
+                raise KafkaError(f"{what}: {exc!r}") from exc
+            log.debug("%s: %r; retrying", what, exc)
+            await asyncio.sleep(1.0)
+
+
 async def stuck_partitions(
     bootstrap_servers: str, *, wait_s: float = 60.0, poll_s: float = 2.0
 ) -> tuple[list[StuckPartition], float]:
     """Partitions still uncommitted after ``wait_s``, and how long they took to settle.
 
     The end offsets are taken once, at the start: a group is caught up when its committed
-    offset reaches them (records written afterwards, e.g. spans, do not move the goal).
+    offset reaches them (records written afterwards, e.g. spans, do not move the goal). Kafka
+    errors (a broker just restarted) are retried within ``wait_s``, then raised.
     """
+    began = time.monotonic()
+    deadline = began + wait_s
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10000)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
     )
-    await admin.start()
-    await consumer.start()
-    began = time.monotonic()
     try:
-        groups = await _relevant_groups(admin)
-        committed = {g: await admin.list_consumer_group_offsets(g) for g in groups}
+        await _retrying("admin client", admin.start, deadline)
+        await _retrying("consumer", consumer.start, deadline)
+        groups = await _retrying("list groups", lambda: _relevant_groups(admin), deadline)
+        committed: dict[str, dict[TopicPartition, Any]] = {}
+        for g in groups:
+            committed[g] = await _retrying(
+                f"offsets of {g}", functools.partial(admin.list_consumer_group_offsets, g), deadline
+            )
         group_topic = {g: group_topics(g, offsets) for g, offsets in committed.items()}
         topics = sorted({t for ts in group_topic.values() for t in ts})
-        partitions = await _partitions(admin, topics)
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
-        starts: dict[TopicPartition, int] = await consumer.beginning_offsets(partitions)
+        partitions = await _retrying("partitions", lambda: _partitions(admin, topics), deadline)
+        ends: dict[TopicPartition, int] = await _retrying(
+            "end offsets", lambda: consumer.end_offsets(partitions), deadline
+        )
+        starts: dict[TopicPartition, int] = await _retrying(
+            "beginning offsets", lambda: consumer.beginning_offsets(partitions), deadline
+        )
         while True:
             pending: list[StuckPartition] = []
             for group in groups:
@@ -364,7 +389,8 @@ async def stuck_partitions(
                 return pending, elapsed
             await asyncio.sleep(poll_s)
             for group in {p.group for p in pending}:
-                committed[group] = await admin.list_consumer_group_offsets(group)
+                with contextlib.suppress(KafkaError):  # try again at the next poll
+                    committed[group] = await admin.list_consumer_group_offsets(group)
     finally:
         with contextlib.suppress(Exception):
             await consumer.stop()

@@ -17,6 +17,8 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from aiokafka.errors import KafkaError
+
 from genwire.chaos.config import LoadConfig
 from genwire.chaos.faults import FaultError, StackControl
 from genwire.chaos.kafka_io import RequestLoad, TopicTail, results_sink, stuck_partitions
@@ -276,9 +278,13 @@ async def run_load_scenario(
         )
         await _drain(run, tracker, load.drain_s)
         run.say("checking for stuck partitions")
-        stuck, settle = await stuck_partitions(bootstrap, wait_s=load.stuck_wait_s)
-        report.stuck = [str(s) for s in stuck]
-        report.stuck_settle_s = round(settle, 1)
+        try:
+            stuck, settle = await stuck_partitions(bootstrap, wait_s=load.stuck_wait_s)
+        except KafkaError as exc:
+            report.failures.append(f"could not check for stuck partitions: {exc}")
+        else:
+            report.stuck = [str(s) for s in stuck]
+            report.stuck_settle_s = round(settle, 1)
     finally:
         progress.cancel()
         for task in (fault_task, load_task):
