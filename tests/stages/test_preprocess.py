@@ -194,3 +194,35 @@ def test_asset_store_picks_up_a_new_complete_version(model_repo: Path, tmp_path:
     assert cached.resolve(MODEL) == "2"  # within its TTL
     assets = fresh.get(MODEL, "2")
     assert assets.context_length == CONTEXT_LENGTH and assets.eos_token_ids == [0]
+
+
+async def test_an_unknown_model_is_not_looked_up_on_triton(assets: AssetStore) -> None:
+    """Found by the fuzz suite: a model name with control characters reached the Triton URL."""
+
+    class Refusing(FakeVersions):
+        async def served(self, model: str) -> str | None:
+            raise AssertionError(f"asked Triton about {model!r}")
+
+    pre = _pre(assets, versions=Refusing(None))
+    with pytest.raises(PermanentError) as info:
+        await pre.handle(GenerationRequest(request_id="u", prompt="fox", model="no\x19such"))
+    assert info.value.code == ErrorCode.MODEL_NOT_FOUND
+
+
+async def test_served_versions_survive_any_model_name(free_port: int) -> None:
+    from genwire_preprocess.stores import TritonVersions
+
+    versions = TritonVersions(f"127.0.0.1:{free_port}", timeout_s=0.5)
+    try:
+        assert await versions.served("weird\x19/../name") is None  # nobody listens: unknown
+    finally:
+        await versions.close()
+
+
+@pytest.fixture
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

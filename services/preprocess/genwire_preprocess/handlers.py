@@ -91,6 +91,7 @@ class Preprocessor:
         # even if another version is served by then.
         version = request.model_version
         if not version and self.versions is not None:
+            self.assets.resolve(model)  # an unknown model is model_not_found, asked of nobody
             version = await self.versions.served(model)
         assets = await self.assets.aget(model, version)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from typing import Protocol
+from urllib.parse import quote
 
 import httpx
 from redis.asyncio import Redis
@@ -78,11 +79,11 @@ class TritonVersions:
             return hit[1]
         version: str | None = None
         try:
-            response = await self._client.get(f"/v2/models/{model}")
+            response = await self._client.get(f"/v2/models/{quote(model, safe='')}")
             if response.status_code == 200:
                 listed = [v for v in response.json().get("versions") or [] if str(v).isdigit()]
                 version = str(max(listed, key=int)) if listed else None
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError):
             version = None
         self._cache[model] = (now, version)
         return version
