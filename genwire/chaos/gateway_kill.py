@@ -273,13 +273,15 @@ async def run_gateway_kill(
     max_tokens: int = 240,
     probe_tries: int = 12,
     backlog: int = 128,
-    origin_timeout_s: float = 15.0,
+    origin_timeout_s: float | None = None,
     result_wait_s: float = 150.0,
     out: Out = print,
 ) -> ScenarioReport:
     """Open streams (gRPC and HTTP, named and not), SIGKILL the gateway, judge the results."""
     control = control or StackControl(out=out)
     bootstrap = control.bootstrap()
+    if origin_timeout_s is None:
+        origin_timeout_s = _origin_timeout()
     report = ScenarioReport(
         name="gateway-kill",
         description="gateway SIGKILLed with streams open (gRPC and SSE, with and without "
@@ -358,6 +360,16 @@ async def run_gateway_kill(
         report.failures.append(f"not ready at the end (restarted): {', '.join(not_ready)}")
     report.duration_s = round(time.monotonic() - began, 1)
     return report
+
+
+def _origin_timeout(default: float = 15.0) -> float:
+    """Inference's ``origin_timeout_s`` as this environment configures it."""
+    try:
+        from genwire_inference.config import InferenceSettings
+
+        return float(InferenceSettings().origin_timeout_s)
+    except (ImportError, AttributeError, ValueError):
+        return default
 
 
 def _judge(
