@@ -22,8 +22,6 @@ from genwire.chaos.config import LoadConfig
 from genwire.chaos.faults import FaultError, StackControl
 from genwire.chaos.report import ScenarioReport
 from genwire.chaos.scenarios import FaultRun, LoadScenario, run_load_scenario
-from genwire.stack.components import KAFKA_PORT
-from genwire.stack.layout import INSTANCE_PORT_STEP
 from genwire.topics import Topic
 
 Out = Callable[[str], None]
@@ -122,8 +120,3 @@ async def run_three_brokers(
     report.notes.extend(notes)
     report.duration_s = round(time.monotonic() - began, 1)
     return report
-
-
-def broker_port(node: int) -> int:
-    """The client port of node ``node`` of the cluster (9092, 9192, 9292)."""
-    return KAFKA_PORT + INSTANCE_PORT_STEP * (node - 1)

@@ -271,6 +271,8 @@ async def run_load_scenario(
             await fault_task
         except FaultError as exc:
             report.failures.append(f"fault injection failed: {exc}")
+        except Exception as exc:  # a bug in a plan must not lose the figures
+            report.failures.append(f"fault plan crashed: {type(exc).__name__}: {exc}")
         stats = await load_task
         run.say(
             f"load done: {stats.acked} acknowledged, {stats.gave_up} given up, "
