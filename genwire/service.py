@@ -85,15 +85,39 @@ class ServiceRuntime:
         every record from now on, and nothing is left on the broker when it stops).
         """
         s = self.settings
-        consumer: EventConsumer[InT] = EventConsumer(
-            topic=topic,
+        consumer = self._new_consumer(
+            topic,
+            model,
+            handler,
             group_id=s.service_name if group else None,
+            concurrency=concurrency or s.concurrency,
+            failure_events=failure_events,
+            decoder=decoder,
+        )
+        self.consumers.append(consumer)
+        return consumer
+
+    def _new_consumer(
+        self,
+        topic: str,
+        model: type[InT],
+        handler: Handler[InT],
+        *,
+        group_id: str | None,
+        concurrency: int,
+        failure_events: FailureEvents | None = None,
+        decoder: Decoder[InT] | None = None,
+    ) -> EventConsumer[InT]:
+        s = self.settings
+        return EventConsumer(
+            topic=topic,
+            group_id=group_id,
             model=model,
             handler=handler,
             producer=self.producer,
             bootstrap_servers=s.kafka_bootstrap_servers,
             stage=self.stage,
-            concurrency=concurrency or s.concurrency,
+            concurrency=concurrency,
             outage_budget_s=s.outage_budget_s,
             retry_backoff_s=s.retry_backoff_s,
             retry_backoff_max_s=s.retry_backoff_max_s,
@@ -108,35 +132,19 @@ class ServiceRuntime:
             on_fatal=self.fail,
             session_timeout_ms=s.kafka_session_timeout_ms,
         )
-        self.consumers.append(consumer)
-        return consumer
 
     def _add_replayer(self) -> None:
         """Replays this stage's parked records from genwire.retry (group ``<service>-retry``)."""
         topics = {c.topic for c in self.consumers if c.group_id is not None}
-        if not topics:
-            return
-        replayer = Replayer(topics)
-        s = self.settings
-        self._replayer = EventConsumer(
-            topic=Topic.RETRY,
-            group_id=f"{s.service_name}-retry",
-            model=ParkedRecord,
-            handler=replayer.handle,
-            producer=self.producer,
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            stage=self.stage,
-            concurrency=s.concurrency,
-            outage_budget_s=s.outage_budget_s,
-            retry_backoff_s=s.retry_backoff_s,
-            retry_backoff_max_s=s.retry_backoff_max_s,
-            decoder=decode_parked,
-            tracer=self.tracer,
-            metrics=self.consumer_metrics,
-            dependencies=self.dependencies,
-            on_fatal=self.fail,
-            session_timeout_ms=s.kafka_session_timeout_ms,
-        )
+        if topics:
+            self._replayer = self._new_consumer(
+                Topic.RETRY,
+                ParkedRecord,
+                Replayer(topics).handle,
+                group_id=f"{self.settings.service_name}-retry",
+                concurrency=self.settings.concurrency,
+                decoder=decode_parked,
+            )
 
     def fail(self, reason: str) -> None:
         """Give up loudly: not ready from now on, and (under ``serve``) stop and exit with

@@ -589,8 +589,12 @@ class Jaeger(Component):
         group: str = "jaeger",
         kafka_port: int = KAFKA_PORT,
         kafka_bootstrap: str | None = None,
+        initial_offset: str = "earliest",
     ) -> None:
         super().__init__(paths, settings)
+        self.initial_offset = initial_offset
+        """Where a new consumer group starts on ``otlp_spans``: ``earliest`` (every retained
+        span) or ``latest`` (a throwaway instance that must not read a day of backlog)."""
         self._ports = {
             "ui+query": JAEGER_UI_PORT,
             "query-grpc": JAEGER_QUERY_GRPC_PORT,
@@ -646,6 +650,7 @@ class Jaeger(Component):
             "JAEGER_UI_ASSETS": str(self.paths.deploy / "jaeger" / "ui"),
             "JAEGER_KAFKA_BROKERS": self.kafka_bootstrap,
             "JAEGER_KAFKA_GROUP": self.consumer_group,
+            "JAEGER_KAFKA_INITIAL_OFFSET": self.initial_offset,
             "JAEGER_LISTEN_HOST": "127.0.0.1",
             "JAEGER_UI_PORT": str(self._ports["ui+query"]),
             "JAEGER_QUERY_GRPC_PORT": str(self._ports["query-grpc"]),

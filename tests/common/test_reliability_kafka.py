@@ -179,53 +179,26 @@ async def test_a_rejection_is_an_error_result_but_no_dead_letter(env: Env) -> No
     assert len(dead) == 1 and dead[0].key == poison.encode()
 
 
-async def test_the_producer_replaces_itself_after_a_fatal_error(env: Env) -> None:
+@pytest.mark.parametrize("where", ["send", "future"])
+async def test_the_producer_replaces_itself_after_a_fatal_error(env: Env, where: str) -> None:
     """OutOfOrderSequenceNumber (aiokafka#1017) used to stall a partition for good: now the
-    client is replaced and the record is published on the new one."""
+    client is replaced and the record is published on the new one — whether send() raises it
+    or, as after a real outage, the batch's future fails with it."""
     bootstrap, topic, producer = env
-    rid = f"fatal-{uuid.uuid4().hex[:8]}"
+    rid = f"fatal-{where}-{uuid.uuid4().hex[:8]}"
     own = EventProducer(bootstrap)
     await own.start()
     inner_send = own._producer.send
     failures = iter([True])
 
     async def failing_once(*args: Any, **kwargs: Any) -> Any:
-        if next(failures, False):
+        if not next(failures, False):
+            return await inner_send(*args, **kwargs)
+        if where == "send":
             raise OutOfOrderSequenceNumber()
-        return await inner_send(*args, **kwargs)
-
-    own._producer.send = failing_once  # type: ignore[method-assign]
-
-    async def handler(event: PreparedRequest) -> Event:
-        return GenerationResult(request_id=event.request_id, text="published")
-
-    await (await producer.send(topic, dump(_prepared(rid)), key=rid.encode()))
-    consumer = _make(bootstrap, topic, own, handler)
-    try:
-        async with _running(consumer):
-            (result,) = await _read(bootstrap, Topic.RESULTS, {rid.encode()})
-    finally:
-        await own.stop()
-    assert GenerationResult.model_validate_json(result.value).text == "published"
-    assert own.resets == 1
-
-
-async def test_a_batch_failing_after_an_outage_replaces_the_producer(env: Env) -> None:
-    """The failure of aiokafka#1017 arrives on the record's future, not from send(): the
-    client is replaced all the same and the record published on the new one."""
-    bootstrap, topic, producer = env
-    rid = f"fatal-future-{uuid.uuid4().hex[:8]}"
-    own = EventProducer(bootstrap)
-    await own.start()
-    inner_send = own._producer.send
-    failures = iter([True])
-
-    async def failing_once(*args: Any, **kwargs: Any) -> Any:
-        if next(failures, False):
-            failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-            failed.set_exception(OutOfOrderSequenceNumber())
-            return failed
-        return await inner_send(*args, **kwargs)
+        failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        failed.set_exception(OutOfOrderSequenceNumber())
+        return failed
 
     own._producer.send = failing_once  # type: ignore[method-assign]
 
