@@ -65,12 +65,19 @@ async def _topic_config(bootstrap: str, topic: str, key: str) -> str | None:
         await admin.close()
 
 
-async def _replicas(bootstrap: str) -> dict[str, set[int]]:
+async def _replicas(bootstrap: str, timeout_s: float = 30.0) -> dict[str, set[int]]:
+    """Replica counts per topic, once every topic's partitions show in the metadata (right
+    after creation a busy cluster may still answer with none)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        described = await admin.describe_topics([s.name for s in TOPIC_SPECS])
-        return {t["topic"]: {len(p["replicas"]) for p in t["partitions"]} for t in described}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            described = await admin.describe_topics([s.name for s in TOPIC_SPECS])
+            found = {t["topic"]: {len(p["replicas"]) for p in t["partitions"]} for t in described}
+            if all(found.values()) or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.5)
     finally:
         await admin.close()
 

@@ -9,12 +9,14 @@ import uuid
 from pathlib import Path
 
 import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from genwire.service import ServiceRuntime
 from genwire.settings import CommonSettings, ServiceSettings
 from genwire.stack import down, ensure_up
 from genwire.stack.components import Jaeger
 from genwire.stack.paths import StackPaths
+from genwire.topics import TOPIC_SPECS, Topic
 from tests.stack.support import free_port
 
 
@@ -30,6 +32,22 @@ async def _find_trace(base: str, trace_id: str, timeout_s: float) -> dict[str, o
                     return trace
             await asyncio.sleep(0.25)
     return None
+
+
+async def _commit_group_at_end(bootstrap: str, group: str) -> None:
+    """Give ``group`` committed offsets at the end of every otlp_spans partition: it then reads
+    from now on, and resumes there after a restart, whatever partition a span lands on."""
+    spec = next(s for s in TOPIC_SPECS if s.name == Topic.SPANS)
+    parts = [TopicPartition(Topic.SPANS, p) for p in range(spec.partitions)]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(parts)
+        await consumer.commit(await consumer.end_offsets(parts))
+    finally:
+        await consumer.stop()
 
 
 async def emit_span(service: str, name: str) -> str:
@@ -75,13 +93,9 @@ async def test_a_jaeger_restart_loses_no_span(infra: CommonSettings, tmp_path: P
     ports = {role: free_port() for role in real.ports()}
     # From the newest offset: the shared otlp_spans may hold a day of spans (hundreds of MB
     # after a chaos run), which a new group starting at the oldest would read for minutes.
-    jaeger = Jaeger(
-        paths,
-        settings,
-        ports=ports,
-        group=f"test-jaeger-{uuid.uuid4().hex[:8]}",
-        initial_offset="latest",
-    )
+    group = f"test-jaeger-{uuid.uuid4().hex[:8]}"
+    await _commit_group_at_end(infra.kafka_bootstrap_servers, group)
+    jaeger = Jaeger(paths, settings, ports=ports, group=group, initial_offset="latest")
     jaeger.dest.parent.mkdir(parents=True)
     jaeger.dest.symlink_to(real.dest)  # the binary the stack built; no second build
     catalog = {"jaeger": jaeger}
