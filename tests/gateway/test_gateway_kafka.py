@@ -182,12 +182,16 @@ async def test_pipeline_errors_map_to_statuses(
 async def test_an_expired_deadline_cancels_the_generation(
     gateways: Gateways, pipeline: FakePipeline
 ) -> None:
+    """Unnamed, so the cancel comes whether the gateway's own deadline or gRPC's cancellation of
+    the call fires first (a named request's generation is bounded by its deadline_ms anyway)."""
     pipeline.script = lambda _: Script(silent=True)
-    rid = _rid("late")
+    prompt = f"late {uuid.uuid4().hex}"
     async with GenwireClient(gateways[0].grpc_target) as client:
         with pytest.raises(GenwireClientError) as info:
-            await client.generate("hi", request_id=rid, timeout_s=1.5)
+            await client.generate(prompt, timeout_s=1.5)
     assert info.value.status == "DEADLINE_EXCEEDED"
+    rid = _request_id_of(pipeline, prompt, not_id="")()
+    assert rid is not None
     (seen,) = pipeline.requests_for(rid)
     assert seen.deadline_ms is not None and seen.received_ms is not None
     assert 1000 <= seen.deadline_ms - seen.received_ms <= 1600
