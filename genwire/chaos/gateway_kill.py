@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -363,12 +364,11 @@ async def run_gateway_kill(
 
 
 def _origin_timeout(default: float = 15.0) -> float:
-    """Inference's ``origin_timeout_s`` as this environment configures it."""
+    """Inference's ``origin_timeout_s`` as this environment configures it (read from its
+    variable, not by importing the service: tooling imports no service)."""
     try:
-        from genwire_inference.config import InferenceSettings
-
-        return float(InferenceSettings().origin_timeout_s)
-    except (ImportError, AttributeError, ValueError):
+        return float(os.environ.get("GENWIRE_INFERENCE_ORIGIN_TIMEOUT_S", default))
+    except ValueError:
         return default
 
 
