@@ -8,7 +8,7 @@ Layout read (Triton's, plus the files the model build puts beside the weights)::
     <repository>/<model>/<version>/manifest.json          (context_length, eos_token_ids; or
                                                            config.json's max_position_embeddings)
 
-This is the layout ``genwire_inference.model.repository`` writes (a version is complete once
+This is the layout ``genwire_model.repository`` writes (a version is complete once
 its ``manifest.json`` is there); it is read here without importing the model package, so the
 shared library does not depend on a service.
 

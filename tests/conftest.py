@@ -1,6 +1,6 @@
 """Session fixtures shared by every test area: the real native stack, started when missing.
 
-``infra`` makes sure Kafka, Redis, Triton and Jaeger run (``genwire.stack.ensure_up``, the same
+``infra`` makes sure Kafka, Redis, Triton and Jaeger run (``genwire_stack.ensure_up``, the same
 code as ``make up``); ``stack`` also starts genwire's five services with the default model
 loaded. What the suite starts is left running afterwards, like ``make up`` (stop it with
 ``make down``): the next run, and everyone else on the machine, reuses it. Tests that use either
@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 
 import pytest
+from genwire_stack import INFRA, StackError, ensure_up
 
 from genwire.settings import CommonSettings
-from genwire.stack import INFRA, StackError, ensure_up
 
-log = logging.getLogger("genwire.stack.tests")
+log = logging.getLogger("genwire_stack.tests")
 
 STACK_FIXTURES = frozenset({"infra", "stack"})
 

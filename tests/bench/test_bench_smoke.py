@@ -9,10 +9,10 @@ from __future__ import annotations
 import socket
 
 import pytest
+from genwire_bench.records import SamplingSpec
+from genwire_bench.runner import BenchConfig, Runner
+from genwire_bench.tokenizer import load_model_inputs
 
-from genwire.bench.records import SamplingSpec
-from genwire.bench.runner import BenchConfig, Runner
-from genwire.bench.tokenizer import load_model_inputs
 from genwire.errors import PermanentError
 from genwire.settings import CommonSettings
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from genwire.bench.drivers.kafka import KafkaReader, to_request
-from genwire.bench.records import BenchRequest, SamplingSpec
+from genwire_bench.drivers.kafka import KafkaReader, to_request
+from genwire_bench.records import BenchRequest, SamplingSpec
+
 from genwire.events import ErrorInfo, GenerationResult, TokenEvent, Usage
 from genwire.request import parse_request
 from genwire.topics import Topic

@@ -8,9 +8,8 @@ import time
 
 import numpy as np
 import pytest
-
-from genwire.bench.load import closed_loop, open_loop, poisson_arrivals
-from genwire.bench.records import BenchRequest, RequestRecord, SamplingSpec
+from genwire_bench.load import closed_loop, open_loop, poisson_arrivals
+from genwire_bench.records import BenchRequest, RequestRecord, SamplingSpec
 
 
 def requests(n: int) -> list[BenchRequest]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from genwire.bench.prompts import PROMPTS, build_requests
-from genwire.bench.records import SamplingSpec
+from genwire_bench.prompts import PROMPTS, build_requests
+from genwire_bench.records import SamplingSpec
 
 
 def test_requests_cycle_the_prompts_with_per_request_seeds() -> None:

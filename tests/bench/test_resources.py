@@ -8,8 +8,7 @@ import os
 from pathlib import Path
 
 import psutil
-
-from genwire.bench.resources import ResourceSampler, discover, from_pid_files, own_process
+from genwire_bench.resources import ResourceSampler, discover, from_pid_files, own_process
 
 
 async def test_discover_finds_the_listener_of_a_port() -> None:

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from genwire.bench.drivers.base import Driver, TraceContext
-from genwire.bench.records import BenchRequest, RequestRecord, SamplingSpec
-from genwire.bench.report import render, table, to_json, write_json, write_plot
-from genwire.bench.runner import BenchConfig, BenchReport, Runner
+from genwire_bench.drivers.base import Driver, TraceContext
+from genwire_bench.records import BenchRequest, RequestRecord, SamplingSpec
+from genwire_bench.report import render, table, to_json, write_json, write_plot
+from genwire_bench.runner import BenchConfig, BenchReport, Runner
 
 
 class FakeDriver(Driver):
@@ -121,9 +120,9 @@ def test_table_aligns_columns() -> None:
 
 
 def test_target_checks_judge_the_measured_figures() -> None:
-    from genwire.bench.report import _targets, target_checks
-    from genwire.bench.resources import Usage
-    from genwire.bench.stats import Load, Overhead
+    from genwire_bench.report import _targets, target_checks
+    from genwire_bench.resources import Usage
+    from genwire_bench.stats import Load, Overhead
 
     def overhead(load: Load, p50: float, p99: float, tput: float) -> Overhead:
         return Overhead("kafka", "triton", load, p50, p99, p99, 1.2, p50, None, tput, 0)
@@ -157,8 +156,8 @@ def test_target_checks_judge_the_measured_figures() -> None:
 
 
 def test_an_open_loop_is_not_judged_on_throughput() -> None:
-    from genwire.bench.report import target_checks
-    from genwire.bench.stats import Load, Overhead
+    from genwire_bench.report import target_checks
+    from genwire_bench.stats import Load, Overhead
 
     report = BenchReport(
         run_id="x",

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from genwire.bench.records import RequestRecord
-from genwire.bench.stats import Load, compare, distribution, summarize, wall_duration
+from genwire_bench.records import RequestRecord
+from genwire_bench.stats import Load, compare, distribution, summarize, wall_duration
 
 
 def rec(

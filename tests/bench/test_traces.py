@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from genwire_bench.traces import breakdown, hop_samples, parse_trace, trace_span_ms
 
-from genwire.bench.traces import breakdown, hop_samples, parse_trace, trace_span_ms
 from genwire.telemetry import semconv as sc
 
 

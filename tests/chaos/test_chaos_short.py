@@ -22,7 +22,7 @@ from genwire.settings import CommonSettings
 def test_short_fault_profile_passes(stack: CommonSettings, tmp_path: Path) -> None:
     report = tmp_path / "chaos.json"
     done = subprocess.run(
-        [sys.executable, "-m", "genwire.cli", "chaos", "--profile", "short", "--json", str(report)],
+        [sys.executable, "-m", "genwire_cli", "chaos", "--profile", "short", "--json", str(report)],
         capture_output=True,
         text=True,
         timeout=1100,

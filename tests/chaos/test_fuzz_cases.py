@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from genwire.chaos.fuzz import (
+from genwire_chaos.fuzz import (
     CASE_HEADER,
     HUGE_SIZES,
     ID_MODES,
@@ -16,7 +16,8 @@ from genwire.chaos.fuzz import (
     build_case,
     generate_drafts,
 )
-from genwire.chaos.tracker import Outcome
+from genwire_chaos.tracker import Outcome
+
 from genwire.request import REQUEST_ID_PATTERN, request_id_hint
 from genwire.telemetry import semconv as sc
 
@@ -102,7 +103,7 @@ def test_every_case_can_be_produced() -> None:
 
 
 def test_an_internal_error_is_a_handler_bug() -> None:
-    from genwire.chaos.fuzz import _internal_errors
+    from genwire_chaos.fuzz import _internal_errors
 
     seen = _Seen()
     case = _case(None, ["id-1"], 4)

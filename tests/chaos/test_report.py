@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from genwire.chaos.report import FaultWindow, ScenarioReport, format_table, write_json
-from genwire.chaos.scenarios import judge
-from genwire.chaos.tracker import Outcome, ResultTracker
+from genwire_chaos.report import FaultWindow, ScenarioReport, format_table, write_json
+from genwire_chaos.scenarios import judge
+from genwire_chaos.tracker import Outcome, ResultTracker
 
 OK = Outcome(text="t", finish_reason="length")
 
@@ -75,8 +75,7 @@ def test_table_and_json(tmp_path: Path) -> None:
 
 def test_groups_are_checked_on_the_topics_they_consume() -> None:
     from aiokafka import TopicPartition
-
-    from genwire.chaos.kafka_io import group_topics
+    from genwire_chaos.kafka_io import group_topics
 
     assert group_topics("genwire-inference", []) == {"genwire.prepared"}
     assert group_topics("genwire-preprocess-retry", []) == {"genwire.retry"}
@@ -85,8 +84,8 @@ def test_groups_are_checked_on_the_topics_they_consume() -> None:
 
 
 def test_only_unexpected_restarts_count() -> None:
-    from genwire.chaos.faults import ProcessState
-    from genwire.chaos.scenarios import _changed
+    from genwire_chaos.faults import ProcessState
+    from genwire_chaos.scenarios import _changed
 
     before = {
         "preprocess": ProcessState(10, 0),

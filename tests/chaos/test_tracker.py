@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from genwire.chaos.tracker import Outcome, ResultTracker, longest_gap, recovery_after
+from genwire_chaos.tracker import Outcome, ResultTracker, longest_gap, recovery_after
 
 OK = Outcome(text="hello", finish_reason="length")
 

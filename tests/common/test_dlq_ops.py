@@ -7,12 +7,12 @@ import asyncio
 import uuid
 
 import pytest
+from genwire_cli.dlq import Selection, read_letters, replay
+from genwire_cli.main import main
 from genwire_postprocess.store import RedisResultStore
 
-from genwire.cli import main
 from genwire.events import ErrorInfo, GenerationResult
 from genwire.kafka import EventProducer
-from genwire.ops.dlq import Selection, read_letters, replay
 from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from genwire_inference.model.build import BuildOptions, build_version
-from genwire_inference.model.corpus import _docstrings, stdlib_root
-from genwire_inference.model.repository import ModelVersion
-from genwire_inference.model.train import TrainConfig, train
+from genwire_model.build import BuildOptions, build_version
+from genwire_model.corpus import _docstrings, stdlib_root
+from genwire_model.repository import ModelVersion
+from genwire_model.train import TrainConfig, train
 
 from genwire.settings import CommonSettings
 

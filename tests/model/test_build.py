@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from genwire_inference.model.build import BuildOptions, build_version
-from genwire_inference.model.export import MAX_ABS_LOGIT_DIFF
-from genwire_inference.model.repository import (
+from genwire_model.build import BuildOptions, build_version
+from genwire_model.export import MAX_ABS_LOGIT_DIFF
+from genwire_model.repository import (
     ModelRepository,
     ModelVersion,
     load_tokenizer,
@@ -98,7 +98,7 @@ def test_repository_api_does_not_import_torch(tiny_version: ModelVersion) -> Non
     code = (
         "import sys, json\n"
         "from pathlib import Path\n"
-        "from genwire_inference.model.repository import ModelRepository, load_tokenizer\n"
+        "from genwire_model.repository import ModelRepository, load_tokenizer\n"
         f"v = ModelRepository(Path({str(tiny_version.path.parent.parent)!r})).latest('tiny-gpt')\n"
         "load_tokenizer(v)\n"
         "print(json.dumps({'torch': 'torch' in sys.modules, 'version': v.version}))\n"

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from genwire_inference.model.build import BuildError, BuildOptions, build_version
-from genwire_inference.model.checkpoint import CheckpointError, inspect_checkpoint
+from genwire_model.build import BuildError, BuildOptions, build_version
+from genwire_model.checkpoint import CheckpointError, inspect_checkpoint
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -84,7 +84,7 @@ def test_cli_reports_the_problem(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "genwire.cli",
+            "genwire_cli",
             "model",
             "build",
             "--checkpoint",

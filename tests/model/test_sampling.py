@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from genwire_inference.model.runtime.sampling import log_softmax, sample_batch
+from genwire_model.runtime.sampling import log_softmax, sample_batch
 
 
 def _logprobs(rows: int = 4, vocab: int = 50, seed: int = 0) -> np.ndarray:

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from genwire_inference.model.repository import ModelVersion
-from genwire_inference.model.runtime.runners import create_runner
-from genwire_inference.model.runtime.scheduler import (
+from genwire_model.repository import ModelVersion
+from genwire_model.runtime.runners import create_runner
+from genwire_model.runtime.scheduler import (
     Request,
     RequestError,
     Scheduler,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from genwire_inference.model.build import BuildOptions, build_version
-from genwire_inference.model.runtime.runners import (
+from genwire_model.build import BuildOptions, build_version
+from genwire_model.runtime.runners import (
     OnnxRuntimeRunner,
     TensorRTRunner,
     tensorrt_usable,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from genwire_inference.model.checkpoint import inspect_checkpoint
-from genwire_inference.model.train import ensure_checkpoint
+from genwire_model.checkpoint import inspect_checkpoint
+from genwire_model.train import ensure_checkpoint
 
 from .conftest import TINY, tiny_documents
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from genwire_inference.model.client import Generation, GenerationError, generate
+from genwire_model.client import Generation, GenerationError, generate
 from tritonclient.grpc.aio import InferenceServerClient
 
 from genwire.settings import CommonSettings

@@ -7,10 +7,9 @@ import subprocess
 import tempfile
 
 import pytest
-
-from genwire.stack import bootstrap
-from genwire.stack.errors import StackError
-from genwire.stack.paths import StackPaths
+from genwire_stack import bootstrap
+from genwire_stack.errors import StackError
+from genwire_stack.paths import StackPaths
 
 FLAGS = (
     "--headless",

@@ -1,5 +1,5 @@
 """The monitor's Kafka tests need the broker only: ``kafka`` brings up just that (through the
-same ``genwire.stack.ensure_up`` as ``make up``), so a Triton or Jaeger problem elsewhere does
+same ``genwire_stack.ensure_up`` as ``make up``), so a Triton or Jaeger problem elsewhere does
 not stop them. The pipeline test uses the shared ``stack`` fixture."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ from __future__ import annotations
 import logging
 
 import pytest
+from genwire_stack import StackError, ensure_up
 
 from genwire.settings import CommonSettings
-from genwire.stack import StackError, ensure_up
 
-log = logging.getLogger("genwire.stack.tests")
+log = logging.getLogger("genwire_stack.tests")
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+from genwire_stack.components import Component, Service
+from genwire_stack.health import http_status
+from genwire_stack.paths import StackPaths
+
 from genwire.settings import CommonSettings
-from genwire.stack.components import Component, Service
-from genwire.stack.health import http_status
-from genwire.stack.paths import StackPaths
 
 
 def free_port() -> int:

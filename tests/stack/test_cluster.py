@@ -20,11 +20,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from genwire_stack import down, ensure_up, status
+from genwire_stack.components import Kafka, kafka_nodes
+from genwire_stack.paths import StackPaths
 
 from genwire.settings import CommonSettings
-from genwire.stack import down, ensure_up, status
-from genwire.stack.components import Kafka, kafka_nodes
-from genwire.stack.paths import StackPaths
 from genwire.topics import TOPIC_SPECS, Topic
 from tests.stack.support import free_port
 

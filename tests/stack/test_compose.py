@@ -1,7 +1,7 @@
 """deploy/compose agrees with the native stack: versions, ports, topics and settings variables.
 
 Docker cannot run here, so this parses the files and compares them with the native definitions
-(genwire.stack.components, genwire.topics, each service's settings class): a mismatch fails.
+(genwire_stack.components, genwire.topics, each service's settings class): a mismatch fails.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
-
-from genwire.cli import build_parser
-from genwire.settings import CommonSettings, ServiceSettings
-from genwire.stack.components import (
+from genwire_cli.main import build_parser
+from genwire_stack.components import (
     JAEGER_OTLP_GRPC_PORT,
     JAEGER_OTLP_HTTP_PORT,
     JAEGER_UI_PORT,
@@ -34,7 +32,9 @@ from genwire.stack.components import (
     Service,
     build_components,
 )
-from genwire.stack.paths import StackPaths, repo_root
+from genwire_stack.paths import StackPaths, repo_root
+
+from genwire.settings import CommonSettings, ServiceSettings
 from genwire.topics import Topic
 
 COMPOSE_DIR = repo_root() / "deploy" / "compose"

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from genwire_stack import down, ensure_up
+from genwire_stack.components import Jaeger
+from genwire_stack.paths import StackPaths
 
 from genwire.service import ServiceRuntime
 from genwire.settings import CommonSettings, ServiceSettings
-from genwire.stack import down, ensure_up
-from genwire.stack.components import Jaeger
-from genwire.stack.paths import StackPaths
 from genwire.topics import TOPIC_SPECS, Topic
 from tests.stack.support import free_port
 

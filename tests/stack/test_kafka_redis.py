@@ -12,15 +12,15 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from genwire_stack import down, ensure_up
+from genwire_stack.components import Redis
+from genwire_stack.health import redis_ping, wait_until
+from genwire_stack.paths import StackPaths
+from genwire_stack.process import live_child, read_record
 from redis import Redis as SyncRedis
 
 from genwire.kafka import ensure_topics
 from genwire.settings import CommonSettings
-from genwire.stack import down, ensure_up
-from genwire.stack.components import Redis
-from genwire.stack.health import redis_ping, wait_until
-from genwire.stack.paths import StackPaths
-from genwire.stack.process import live_child, read_record
 from genwire.topics import TOPIC_SPECS, TopicSpec
 from tests.stack.support import free_port
 

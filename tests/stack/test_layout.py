@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
+from genwire_stack import StackError, StackLayout, current_layout, ensure_up, kafka_bootstrap
+from genwire_stack.components import Jaeger, Kafka, Service, build_components
+from genwire_stack.layout import parse_scale, read_layout, write_layout
+from genwire_stack.manager import _select
+from genwire_stack.paths import StackPaths
+from genwire_stack.process import PidRecord, start_ticks, write_record
 
 from genwire.settings import CommonSettings
-from genwire.stack import StackError, StackLayout, current_layout, ensure_up, kafka_bootstrap
-from genwire.stack.components import Jaeger, Kafka, Service, build_components
-from genwire.stack.layout import parse_scale, read_layout, write_layout
-from genwire.stack.manager import _select
-from genwire.stack.paths import StackPaths
-from genwire.stack.process import PidRecord, start_ticks, write_record
 
 
 def _home(tmp_path: Path) -> tuple[StackPaths, CommonSettings]:
@@ -165,7 +165,7 @@ def test_another_broker_count_while_kafka_runs_is_refused_in_one_line(tmp_path: 
 
 
 def test_the_cli_takes_brokers_and_scale() -> None:
-    from genwire.cli import build_parser
+    from genwire_cli.main import build_parser
 
     args = build_parser().parse_args(["up", "--brokers", "3", "--scale", "preprocess=3"])
     assert (args.brokers, parse_scale(args.scale)) == (3, {"preprocess": 3})

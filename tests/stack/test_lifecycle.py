@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from genwire_stack import StackError, down, ensure_up, status
+from genwire_stack.components import Jaeger, Kafka
+from genwire_stack.health import http_status, wait_until
+from genwire_stack.paths import StackPaths
+from genwire_stack.process import pid_alive, read_record
 
 from genwire.settings import CommonSettings
-from genwire.stack import StackError, down, ensure_up, status
-from genwire.stack.components import Jaeger, Kafka
-from genwire.stack.health import http_status, wait_until
-from genwire.stack.paths import StackPaths
-from genwire.stack.process import pid_alive, read_record
 from tests.stack.support import HttpServer, free_port
 
 
@@ -143,7 +143,7 @@ def test_cli_reports_a_taken_port_in_one_line(infra: CommonSettings, tmp_path: P
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENWIRE_")}
     env["GENWIRE_HOME"] = str(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "genwire.cli", "up", "--only", "kafka"],
+        [sys.executable, "-m", "genwire_cli", "up", "--only", "kafka"],
         env=env,
         capture_output=True,
         text=True,

@@ -14,15 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from genwire_stack import StackError, down, ensure_up, format_table, status
+from genwire_stack.components import Readiness, readyz
+from genwire_stack.health import wait_until
+from genwire_stack.manager import ComponentStatus
+from genwire_stack.paths import StackPaths
+from genwire_stack.process import read_record, records
+from genwire_stack.supervise import SupervisorState, read_state, state_file
 
 from genwire.settings import CommonSettings
-from genwire.stack import StackError, down, ensure_up, format_table, status
-from genwire.stack.components import Readiness, readyz
-from genwire.stack.health import wait_until
-from genwire.stack.manager import ComponentStatus
-from genwire.stack.paths import StackPaths
-from genwire.stack.process import read_record, records
-from genwire.stack.supervise import SupervisorState, read_state, state_file
 from tests.stack.support import DummyService
 
 STALLED = "partition genwire.prepared[1] stalled: committed offset unchanged for 31 s"

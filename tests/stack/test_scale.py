@@ -9,12 +9,12 @@ import time
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
+from genwire_stack import StackLayout, child_pid, current_layout, ensure_up, status
+from genwire_stack.health import http_status
+from genwire_stack.paths import StackPaths
+from genwire_stack.process import port_free, read_record
 
 from genwire.settings import CommonSettings
-from genwire.stack import StackLayout, child_pid, current_layout, ensure_up, status
-from genwire.stack.health import http_status
-from genwire.stack.paths import StackPaths
-from genwire.stack.process import port_free, read_record
 
 
 async def _members(bootstrap: str, group: str) -> int:

@@ -6,10 +6,10 @@ import time
 
 import httpx
 import pytest
+from genwire_stack import DEFAULT_MODEL, status
+from genwire_stack.components import SERVICE_PORTS
 
 from genwire.settings import CommonSettings
-from genwire.stack import DEFAULT_MODEL, status
-from genwire.stack.components import SERVICE_PORTS
 
 RUNNING = {"running", "external"}
 
@@ -42,9 +42,9 @@ def test_status_reports_everything_running(stack: CommonSettings) -> None:
 
 def test_default_model_is_loaded_in_triton(stack: CommonSettings) -> None:
     try:
-        from genwire_inference.model import ensure_default_model  # noqa: F401
+        from genwire_model import ensure_default_model  # noqa: F401
     except ImportError:
-        pytest.skip("genwire_inference.model.ensure_default_model is not written yet")
+        pytest.skip("genwire_model.ensure_default_model is not written yet")
     with httpx.Client(timeout=5, trust_env=False) as http:
         ready = http.get(f"http://{stack.triton_http_url}/v2/models/{DEFAULT_MODEL}/ready")
     assert ready.status_code == 200, f"{DEFAULT_MODEL} is not ready in Triton"

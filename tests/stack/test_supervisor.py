@@ -1,6 +1,6 @@
 """The supervisor every component runs under: restarts, backoff, stopping, no leftovers.
 
-Real processes throughout: the supervisor (``python -m genwire.stack.supervise``) runs small
+Real processes throughout: the supervisor (``python -m genwire_stack.supervise``) runs small
 Python children in a temporary run dir, and the stack manager runs stand-in components in a
 temporary GENWIRE_HOME, so nothing here touches the shared stack; the last tests SIGKILL a real
 service and Triton of the shared stack and wait for them to come back.
@@ -19,9 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from genwire.settings import CommonSettings
-from genwire.stack import (
+from genwire_stack import (
     DEFAULT_MODEL,
     child_pid,
     down,
@@ -31,11 +29,13 @@ from genwire.stack import (
     status,
     supervisor_state,
 )
-from genwire.stack.components import SERVICE_PORTS
-from genwire.stack.health import http_status, wait_until
-from genwire.stack.paths import StackPaths
-from genwire.stack.process import pid_alive, read_record, records
-from genwire.stack.supervise import LOG_PREFIX, SupervisorState, read_state, state_file
+from genwire_stack.components import SERVICE_PORTS
+from genwire_stack.health import http_status, wait_until
+from genwire_stack.paths import StackPaths
+from genwire_stack.process import pid_alive, read_record, records
+from genwire_stack.supervise import LOG_PREFIX, SupervisorState, read_state, state_file
+
+from genwire.settings import CommonSettings
 from tests.stack.support import HttpServer, free_port
 
 
@@ -50,7 +50,7 @@ def home(tmp_path: Path) -> Iterator[tuple[StackPaths, CommonSettings]]:
 
 
 class Supervised:
-    """``python -m genwire.stack.supervise`` started by hand, as ``genwire up`` does."""
+    """``python -m genwire_stack.supervise`` started by hand, as ``genwire up`` does."""
 
     def __init__(self, tmp: Path, child: list[str], *extra: str) -> None:
         self.state_path = tmp / "run" / "child.state.json"
@@ -60,7 +60,7 @@ class Supervised:
                 [
                     sys.executable,
                     "-m",
-                    "genwire.stack.supervise",
+                    "genwire_stack.supervise",
                     "--name",
                     "child",
                     "--state",

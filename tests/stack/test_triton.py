@@ -19,9 +19,9 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from genwire_stack.paths import site_packages
 
 from genwire.settings import CommonSettings
-from genwire.stack.paths import site_packages
 
 CONFIG = """\
 backend: "python"

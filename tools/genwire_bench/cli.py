@@ -1,0 +1,207 @@
+"""``genwire bench``: flags, the progress bar, and the outputs (table, --json, --plot)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from genwire_bench.records import RequestRecord
+
+DEFAULT_TARGETS = "triton,triton-stream,grpc,grpc-stream,kafka,kafka-stream"
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,4,8, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("concurrency values must be ≥ 1")
+    return values
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 2,5.5, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError("rates must be > 0")
+    return values
+
+
+def register(subparsers: Any) -> None:
+    """Add ``genwire bench``."""
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark the running pipeline against direct Triton, with per-hop latency",
+        description="Send the same fixed prompt set (same token ids, sampling and seeds) through "
+        "each entry point of the running stack and straight to Triton, then report throughput, "
+        "latency percentiles, the pipeline's overhead, per-hop times from Jaeger and resources.",
+    )
+    p.add_argument(
+        "--targets",
+        default=DEFAULT_TARGETS,
+        help=f"comma-separated targets (default: {DEFAULT_TARGETS})",
+    )
+    p.add_argument(
+        "--concurrency",
+        "-c",
+        type=_ints,
+        default=[1],
+        help="closed loop: in-flight requests; a list sweeps (e.g. 1,2,4,8)",
+    )
+    p.add_argument(
+        "--rate",
+        type=_floats,
+        default=[],
+        help="open loop: Poisson arrival rate(s) in requests/s (replaces -c)",
+    )
+    p.add_argument(
+        "--requests",
+        "-n",
+        type=int,
+        default=50,
+        help="measured requests per target and load (default 50)",
+    )
+    p.add_argument("--warmup", type=int, default=5, help="unmeasured requests per target first")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="split the requests into rounds, rotating the target order (default 2)",
+    )
+    p.add_argument("--max-tokens", type=int, default=32, help="tokens to generate (default 32)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0 = greedy (default), so every target generates the same tokens",
+    )
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=1234, help="base seed; request i uses seed+i")
+    p.add_argument("--model", default=None, help="model name (default: genwire-gpt)")
+    p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
+    p.add_argument("--no-traces", action="store_true", help="skip the per-hop breakdown")
+    p.add_argument(
+        "--trace-sample",
+        type=int,
+        default=30,
+        help="traces fetched per pipeline target and load (default 30)",
+    )
+    p.add_argument("--no-resources", action="store_true", help="skip CPU/RSS sampling")
+    p.add_argument("--json", type=Path, default=None, help="write the full report as JSON")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="write a PNG of latency against throughput (sweep -c for a curve)",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark; exit 1 when no target could run, 2 when some request failed."""
+    from tqdm import tqdm
+
+    from genwire.errors import PermanentError
+    from genwire.settings import CommonSettings
+    from genwire_bench.records import SamplingSpec
+    from genwire_bench.report import render, write_json, write_plot
+    from genwire_bench.runner import TARGETS, BenchConfig, Runner
+    from genwire_bench.tokenizer import load_model_inputs
+
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        print(
+            f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}",
+            file=sys.stderr,
+        )
+        return 1
+    settings = CommonSettings()
+    model = args.model or "genwire-gpt"
+    try:
+        inputs = load_model_inputs(settings.repository, model)
+    except PermanentError as exc:
+        print(
+            f"cannot tokenize the prompts: {exc.message} (is the model built? `make up`)",
+            file=sys.stderr,
+        )
+        return 1
+    cfg = BenchConfig(
+        targets=targets,
+        concurrency=args.concurrency,
+        rates=args.rate,
+        requests=args.requests,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        sampling=SamplingSpec(
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            seed=args.seed,
+        ),
+        model=model,
+        model_version=inputs.version,
+        stop_token_ids=inputs.stop_token_ids,
+        triton_url=settings.triton_grpc_url,
+        gateway_address=_gateway_address(),
+        kafka_bootstrap=settings.kafka_bootstrap_servers,
+        jaeger_url=settings.jaeger_ui_url,
+        run_dir=settings.home.expanduser() / "run",
+        timeout_s=args.timeout,
+        traces=not args.no_traces,
+        trace_sample=args.trace_sample,
+        resources=not args.no_resources,
+        progress=not args.quiet,
+    )
+
+    bar: Any = None
+    runner: Runner
+
+    def progress(label: str, record: RequestRecord | None) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = tqdm(
+                total=runner.total_requests(runner.active),
+                unit="req",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                disable=None,  # no bar when stderr is not a terminal (CI logs, pipes)
+            )
+        bar.set_description(label)
+        if record is not None:
+            bar.update(1)
+
+    runner = Runner(cfg, inputs.tokenize, progress)
+    try:
+        report = asyncio.run(runner.run())
+    finally:
+        if bar is not None:
+            bar.close()
+    print(render(report))
+    if args.json is not None:
+        write_json(report, args.json)
+        print(f"\nJSON report: {args.json}")
+    if args.plot is not None:
+        write_plot(report, args.plot)
+        print(f"plot: {args.plot}")
+    if not report.summaries:
+        return 1
+    return 2 if any(x.errors for x in report.summaries) else 0
+
+
+def _gateway_address() -> str:
+    """The gateway's gRPC address (its settings when the gateway package is installed)."""
+    import os
+
+    return os.environ.get("GENWIRE_BENCH_GATEWAY_GRPC", "127.0.0.1:50051")

@@ -1,0 +1,300 @@
+"""The report: a table for people, JSON for machines, and a latency-against-throughput plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from genwire_bench.runner import BenchReport
+from genwire_bench.stats import Dist, Load
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _pick(dist: Dist | None, attr: str) -> float | None:
+    return None if dist is None else float(getattr(dist, attr))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """Columns padded to fit; the first ``left`` columns left-aligned, the rest right-aligned."""
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            str(c).ljust(w) if i < left else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def render(report: BenchReport) -> str:
+    """The whole report as text."""
+    cfg, env = report.config, report.environment
+    s = cfg["sampling"]
+    out = [
+        f"genwire bench — run {report.run_id}, model {cfg['model']}, {cfg['requests']} requests "
+        f"per target and load ({cfg['rounds']} round(s), {cfg['warmup']} warm-up), "
+        f"max_tokens {s['max_tokens']}, temperature {s['temperature']:g}, seed {s['seed']}",
+        f"{env['cpus']} CPUs, load average {env['loadavg_before'][0]:.2f} before, "
+        f"{env['loadavg_after'][0]:.2f} after; started {env['started_at']}, "
+        f"took {env['duration_s']} s",
+        "",
+    ]
+    for name, reason in report.skipped.items():
+        out.append(f"skipped {name}: {reason}")
+    if report.skipped:
+        out.append("")
+    rows = []
+    for x in report.summaries:
+        rows.append(
+            [
+                x.target,
+                x.load.label,
+                f"{x.requests - x.errors}/{x.errors}",
+                _fmt(x.requests_per_s, 2),
+                _fmt(x.output_tokens_per_s, 0),
+                _fmt(_pick(x.e2e, "p50")),
+                _fmt(_pick(x.e2e, "p95")),
+                _fmt(_pick(x.e2e, "p99")),
+                _fmt(_pick(x.ttft, "p50")),
+                _fmt(_pick(x.ttft, "p99")),
+                _fmt(_pick(x.tpot, "p50"), 2),
+            ]
+        )
+    out.append("Latency in ms; TTFT and TPOT only where tokens stream")
+    out.append(
+        table(
+            [
+                "target",
+                "load",
+                "ok/err",
+                "req/s",
+                "tok/s",
+                "e2e p50",
+                "p95",
+                "p99",
+                "ttft p50",
+                "p99",
+                "tpot p50",
+            ],
+            rows,
+            left=2,
+        )
+    )
+    errors = [(x.target, x.load.label, x.error_kinds) for x in report.summaries if x.error_kinds]
+    for target, label, kinds in errors:
+        listed = ", ".join(f"{k} ×{n}" for k, n in kinds.items())
+        out.append(f"  errors {target} {label}: {listed}")
+    if report.overheads:
+        out += ["", "Pipeline overhead over direct Triton (same requests, same load)"]
+        out.append(
+            table(
+                [
+                    "target",
+                    "baseline",
+                    "load",
+                    "+p50 ms",
+                    "+p95",
+                    "+p99",
+                    "×p50",
+                    "paired +p50",
+                    "+ttft p50",
+                    "throughput",
+                    "len≠",
+                ],
+                [
+                    [
+                        o.target,
+                        o.baseline,
+                        o.load.label,
+                        _fmt(o.p50_ms),
+                        _fmt(o.p95_ms),
+                        _fmt(o.p99_ms),
+                        _fmt(o.ratio_p50, 2),
+                        _fmt(o.paired_p50_ms),
+                        _fmt(o.ttft_p50_ms),
+                        "-" if o.throughput_ratio is None else f"{o.throughput_ratio:.0%}",
+                        str(o.token_mismatches),
+                    ]
+                    for o in report.overheads
+                ],
+                left=3,
+            )
+        )
+    for key, b in report.breakdowns.items():
+        out += [
+            "",
+            f"Per hop: {key} ({b.traces_found}/{b.traces_wanted} traces; trace span p50 "
+            f"{_fmt(_pick(b.trace_span, 'p50'))} ms, p95 {_fmt(_pick(b.trace_span, 'p95'))} ms)",
+        ]
+        if b.hops:
+            out.append(
+                table(
+                    ["hop", "per trace", "at p50 ms", "p50 ms", "p95 ms", "max ms"],
+                    [
+                        [
+                            h.hop,
+                            _fmt(h.per_trace, 1),
+                            _fmt(h.offset_p50_ms),
+                            _fmt(h.ms.p50, 2),
+                            _fmt(h.ms.p95, 2),
+                            _fmt(h.ms.max, 2),
+                        ]
+                        for h in b.hops
+                    ],
+                )
+            )
+    out += _resources(report)
+    out += _targets(report)
+    return "\n".join(out)
+
+
+PYTHON_SERVICES = ("gateway", "preprocess", "inference", "postprocess", "monitor")
+"""The services the 150 MB RSS target is about (Kafka, Triton, Jaeger and Redis are not ours)."""
+
+
+def target_checks(report: BenchReport) -> list[tuple[str, str, bool]]:
+    """(goal, measured, met) for each of the project's performance targets that this run measured.
+
+    Targets (docs/benchmarks.md): overhead at concurrency 1 p50 ≤ 5 ms and p99 ≤ 15 ms; at the
+    highest load, throughput ≥ 90 % of direct Triton's; streaming TTFT p50 ≤ direct + 5 ms;
+    each Python service ≤ 150 MB RSS.
+    """
+    checks: list[tuple[str, str, bool]] = []
+    # Saturation only means something in a closed loop (an open loop's throughput is its rate).
+    top = max((o.load.value for o in report.overheads if o.load.mode == "closed"), default=None)
+    for o in report.overheads:
+        if o.load.mode == "closed" and o.load.value == 1:
+            if o.p50_ms is not None:
+                checks.append((f"{o.target} c=1 +p50 ≤ 5 ms", f"{o.p50_ms:+.1f} ms", o.p50_ms <= 5))
+            if o.p99_ms is not None:
+                checks.append(
+                    (f"{o.target} c=1 +p99 ≤ 15 ms", f"{o.p99_ms:+.1f} ms", o.p99_ms <= 15)
+                )
+            if o.ttft_p50_ms is not None:
+                checks.append(
+                    (
+                        f"{o.target} c=1 +ttft p50 ≤ 5 ms",
+                        f"{o.ttft_p50_ms:+.1f} ms",
+                        o.ttft_p50_ms <= 5,
+                    )
+                )
+        closed_top = o.load.mode == "closed" and o.load.value == top and top != 1
+        if closed_top and o.throughput_ratio is not None:
+            checks.append(
+                (
+                    f"{o.target} {o.load.label} throughput ≥ 90 %",
+                    f"{o.throughput_ratio:.0%}",
+                    o.throughput_ratio >= 0.9,
+                )
+            )
+    for svc in PYTHON_SERVICES:
+        peaks = [u[svc].rss_peak_mb for u in report.resources.values() if svc in u]
+        if peaks:
+            checks.append((f"{svc} RSS ≤ 150 MB", f"{max(peaks):.0f} MB", max(peaks) <= 150))
+    return checks
+
+
+def _targets(report: BenchReport) -> list[str]:
+    checks = target_checks(report)
+    if not checks:
+        return []
+    rows = [[goal, got, "met" if ok else "MISSED"] for goal, got, ok in checks]
+    return ["", "Against the project's targets", table(["target", "measured", ""], rows)]
+
+
+def _resources(report: BenchReport) -> list[str]:
+    """One row per phase (mean CPU % per service), then the peak RSS of each service."""
+    services = sorted({s for usage in report.resources.values() for s in usage})
+    if not services:
+        return []
+    rows = []
+    for phase, usage in report.resources.items():
+        rows.append(
+            [
+                phase,
+                *("-" if svc not in usage else f"{usage[svc].cpu_percent:.0f}" for svc in services),
+            ]
+        )
+    peaks = [
+        max((u[svc].rss_peak_mb for u in report.resources.values() if svc in u), default=0.0)
+        for svc in services
+    ]
+    rows.append(["RSS peak (MB)", *(f"{p:.0f}" for p in peaks)])
+    return [
+        "",
+        "Resources: mean CPU % of one core per service (process tree) during each phase; "
+        "last row: peak RSS over the run",
+        table(["phase", *services], rows),
+    ]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Load):
+        return {"mode": value.mode, "value": value.value, "label": value.label}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def to_json(report: BenchReport) -> dict[str, Any]:
+    """The report as plain JSON data (every record included, times in perf_counter seconds)."""
+    data: dict[str, Any] = _jsonable(report)
+    return data
+
+
+def write_json(report: BenchReport, path: Path) -> None:
+    """Write ``to_json(report)`` to ``path``."""
+    path.write_text(json.dumps(to_json(report), indent=2) + "\n", encoding="utf-8")
+
+
+def write_plot(report: BenchReport, path: Path) -> None:
+    """End-to-end latency p50 and p99 against output tokens/s, one line per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
+    targets = sorted({x.target for x in report.summaries})
+    for target in targets:
+        points = sorted(
+            (x for x in report.summaries if x.target == target and x.e2e is not None),
+            key=lambda x: x.load.value,
+        )
+        if not points:
+            continue
+        xs = [p.output_tokens_per_s for p in points]
+        style = "--" if target.startswith("triton") else "-"
+        for ax, attr in zip(axes, ("p50", "p99"), strict=True):
+            ys = [getattr(p.e2e, attr) for p in points]
+            ax.plot(xs, ys, style, marker="o", label=target)
+            for p, x, y in zip(points, xs, ys, strict=True):
+                ax.annotate(
+                    p.load.label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                )
+    for ax, attr in zip(axes, ("p50", "p99"), strict=True):
+        ax.set_xlabel("output tokens/s")
+        ax.set_ylabel(f"end-to-end latency {attr} (ms)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"genwire bench {report.run_id}: latency against throughput "
+        f"({report.environment['cpus']} CPUs)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,151 @@
+"""``genwire model ...``: train the default model, build repository versions, benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from genwire_model import DEFAULT_MODEL_NAME
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``genwire model`` and its subcommands."""
+    model = subparsers.add_parser("model", help="train, build and benchmark the model")
+    sub = model.add_subparsers(dest="model_command", required=True)
+
+    train = sub.add_parser("train", help="train (or reuse) the default model checkpoint")
+    train.add_argument("--force", action="store_true", help="retrain even if cached")
+    train.add_argument(
+        "--corpus", type=Path, nargs="+", help="text files or folders instead of the default"
+    )
+    train.add_argument("--steps", type=int, help="training steps (default: the built-in)")
+    train.set_defaults(func=_train)
+
+    build = sub.add_parser("build", help="add a version built from an HF checkpoint")
+    build.add_argument("--checkpoint", type=Path, required=True, help="HF checkpoint folder")
+    build.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name in Triton")
+    build.add_argument("--repository", type=Path, help="default: the settings' repository")
+    build.add_argument(
+        "--tensorrt",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="build a TensorRT engine (auto: when a GPU and tensorrt exist)",
+    )
+    build.add_argument("--max-batch", type=int, default=32, help="sequences decoded together")
+    build.add_argument("--context", type=int, help="context window (default: the model's)")
+    build.add_argument(
+        "--stream-interval", type=int, default=1, help="tokens per streamed response"
+    )
+    build.set_defaults(func=_build)
+
+    ensure = sub.add_parser("ensure", help="train and build the default model if needed")
+    ensure.set_defaults(func=_ensure)
+
+    show = sub.add_parser("list", help="versions in the repository and their manifests")
+    show.add_argument("--name", default=DEFAULT_MODEL_NAME)
+    show.add_argument("--repository", type=Path)
+    show.set_defaults(func=_list)
+
+    bench = sub.add_parser("bench", help="requests/s, tokens/s, TTFT, TPOT straight to Triton")
+    bench.add_argument("--url", help="Triton gRPC host:port (default: the settings')")
+    bench.add_argument("--name", default=DEFAULT_MODEL_NAME)
+    bench.add_argument("--repository", type=Path)
+    bench.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    bench.add_argument("--max-tokens", type=int, default=64)
+    bench.add_argument("--requests", type=int, help="requests per level (default 4 x conc)")
+    bench.add_argument("--out", type=Path, help="also write the figures as JSON")
+    bench.set_defaults(func=_bench)
+
+
+def _settings() -> Any:
+    from genwire.settings import CommonSettings
+
+    return CommonSettings()
+
+
+def _progress(message: str) -> None:
+    print(f"model: {message}", flush=True)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from genwire_model.train import TrainConfig, ensure_checkpoint
+
+    config = TrainConfig(steps=args.steps) if args.steps else TrainConfig()
+    result = ensure_checkpoint(
+        _settings().home, config, args.corpus, force=args.force, progress=_progress
+    )
+    print(
+        f"checkpoint {result.path}\n"
+        f"held-out loss {result.heldout_loss:.3f} nats/token, "
+        f"unigram baseline {result.unigram_loss:.3f} nats/token"
+        + ("" if result.trained else " (cached)")
+    )
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from genwire_model.build import BuildError, BuildOptions, build_version
+    from genwire_model.checkpoint import CheckpointError
+    from genwire_model.export import ExportError
+
+    repository = args.repository or _settings().repository
+    options = BuildOptions(
+        max_batch=args.max_batch,
+        context=args.context,
+        tensorrt=args.tensorrt,
+        stream_interval=args.stream_interval,
+    )
+    try:
+        version = build_version(args.checkpoint, args.name, repository, options, _progress)
+    except (CheckpointError, BuildError, ExportError) as exc:
+        print(f"genwire model build: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.name} version {version.version} at {version.path}")
+    return 0
+
+
+def _ensure(args: argparse.Namespace) -> int:
+    from genwire_model.default import ensure_default_model
+
+    print(f"{DEFAULT_MODEL_NAME} version {ensure_default_model(_settings(), _progress)}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from genwire_model.repository import ModelRepository
+
+    repository = ModelRepository(args.repository or _settings().repository)
+    for number in repository.versions(args.name):
+        manifest = repository.get(args.name, number).manifest
+        summary = {
+            "version": number,
+            "created": manifest.get("created"),
+            "source": manifest.get("source", {}).get("checkpoint"),
+            "context_length": manifest.get("context_length"),
+            "tensorrt": manifest.get("build", {}).get("tensorrt", {}).get("built"),
+            "max_abs_logit_diff": manifest.get("validation", {}).get("max_abs_logit_diff"),
+        }
+        print(json.dumps(summary))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from genwire_model.bench import run
+
+    settings = _settings()
+    run(
+        args.url or settings.triton_grpc_url,
+        args.name,
+        args.repository or settings.repository,
+        args.concurrency,
+        args.max_tokens,
+        args.requests,
+        args.out,
+    )
+    return 0

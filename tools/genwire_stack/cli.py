@@ -1,0 +1,168 @@
+"""``genwire up``, ``genwire down`` and ``genwire status``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+
+def _names(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def register(subparsers: Any) -> None:
+    """Add the stack's subcommands to the ``genwire`` parser."""
+    up = subparsers.add_parser(
+        "up", help="install what is missing, start the native stack, wait until healthy"
+    )
+    up.add_argument(
+        "--only",
+        type=_names,
+        default=None,
+        metavar="NAMES",
+        help="comma-separated components (kafka,redis,triton,jaeger,preprocess,...); default all",
+    )
+    up.add_argument(
+        "--brokers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Kafka brokers: 1, or 3 for a KRaft cluster (replication factor 3, min ISR 2); "
+        "remembered for later runs; changing it needs `genwire down` first",
+    )
+    up.add_argument(
+        "--scale",
+        default=None,
+        metavar="SVC=N,...",
+        help="instances per service (preprocess, inference, postprocess, gateway), e.g. "
+        "preprocess=3,inference=3; remembered; =1 stops the extra ones",
+    )
+    up.add_argument(
+        "--no-model",
+        dest="model",
+        action="store_false",
+        default=None,
+        help="do not build or load the default model",
+    )
+    up.add_argument(
+        "--no-demo",
+        dest="demo",
+        action="store_false",
+        help="skip the demo request sent through the whole pipeline at the end",
+    )
+    up.set_defaults(func=_up)
+
+    down = subparsers.add_parser("down", help="stop what `genwire up` started (by pid)")
+    down.add_argument("--only", type=_names, default=None, metavar="NAMES")
+    down.set_defaults(func=_down)
+
+    restart = subparsers.add_parser(
+        "restart", help="stop and start components (e.g. a service after a code change)"
+    )
+    restart.add_argument("--only", type=_names, required=True, metavar="NAMES")
+    restart.set_defaults(func=_restart)
+
+    status = subparsers.add_parser("status", help="show what runs where")
+    status.set_defaults(func=_status)
+
+    topics = subparsers.add_parser(
+        "topics", help="create the missing genwire topics (compose's kafka-init runs this)"
+    )
+    topics.add_argument(
+        "--bootstrap-servers", default=None, help="default: GENWIRE_KAFKA_BOOTSTRAP_SERVERS"
+    )
+    topics.set_defaults(func=_topics)
+
+    model = subparsers.add_parser(
+        "default-model",
+        help="build the default model if missing and load it into Triton (compose's model-init)",
+    )
+    model.add_argument("--triton-http", default=None, help="default: GENWIRE_TRITON_HTTP_URL")
+    model.set_defaults(func=_default_model)
+
+
+def _say(line: str) -> None:
+    print(f"genwire: {line}", flush=True)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from genwire_stack import StackError, ensure_up, format_table
+    from genwire_stack.layout import parse_scale
+
+    began = time.monotonic()
+    try:
+        scale = parse_scale(args.scale) if args.scale else None
+        rows = ensure_up(args.only, model=args.model, out=_say, brokers=args.brokers, scale=scale)
+    except StackError as exc:
+        print(f"genwire up: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("genwire up: interrupted; stopped what this run had started", file=sys.stderr)
+        return 130
+    print(format_table(rows))
+    print(f"genwire: stack up in {time.monotonic() - began:.0f} s")
+    if args.demo and args.only is None and args.model is not False:
+        # A newcomer sees it work at once: one request through every stage, and its trace.
+        from genwire_gateway.demo import run_demo
+
+        return run_demo()
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from genwire_stack import StackError, down
+
+    try:
+        stopped = down(args.only, out=_say)
+    except StackError as exc:
+        print(f"genwire down: error: {exc}", file=sys.stderr)
+        return 1
+    if not stopped:
+        _say("nothing was running")
+    return 0
+
+
+def _restart(args: argparse.Namespace) -> int:
+    from genwire_stack import StackError, down, ensure_up, format_table
+
+    try:
+        down(args.only, out=_say)
+        rows = ensure_up(args.only, out=_say)
+    except StackError as exc:
+        print(f"genwire restart: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(format_table(rows))
+    return 0
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from genwire.kafka import ensure_topics
+    from genwire.settings import CommonSettings
+    from genwire_stack.health import run_coro
+
+    servers = args.bootstrap_servers or CommonSettings().kafka_bootstrap_servers
+    created = run_coro(ensure_topics(servers, timeout_s=120.0))
+    _say(f"topics created: {', '.join(created) or 'none (all existed)'}")
+    return 0
+
+
+def _default_model(args: argparse.Namespace) -> int:
+    from genwire.settings import CommonSettings
+    from genwire_stack import StackError, ensure_model_loaded
+
+    try:
+        version = ensure_model_loaded(CommonSettings(), args.triton_http, out=_say)
+    except StackError as exc:
+        print(f"genwire default-model: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0 if version is not None else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    from genwire_stack import current_layout, format_table, status
+
+    print(format_table(status()))
+    print(f"genwire: layout: {current_layout().describe()}")
+    return 0

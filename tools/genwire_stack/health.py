@@ -1,0 +1,125 @@
+"""Health probes and the polling loop that waits on them (never a blind sleep)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from genwire_stack.errors import StackError
+from genwire_stack.supervise import LOG_PREFIX
+
+T = TypeVar("T")
+
+
+def tcp_open(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> bool:
+    """True if something accepts connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def http_status(url: str, method: str = "GET", timeout_s: float = 2.0) -> int | None:
+    """The status code of ``url``, or None when it does not answer."""
+    try:
+        with httpx.Client(timeout=timeout_s, trust_env=False) as client:
+            return client.request(method, url).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def redis_ping(port: int, host: str = "127.0.0.1", timeout_s: float = 1.0) -> bool:
+    """True if a Redis server answers PING on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def run_coro(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, even if this thread has a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(coro))
+        except BaseException as exc:
+            error.append(exc)
+
+    thread = threading.Thread(target=target, name="genwire-stack-coro")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def log_tail(path: Path | str, lines: int = 1) -> str:
+    """The last non-empty line(s) a component wrote to its log, for a one-line error message
+    (the supervisor's own restart lines are skipped: the server's last words matter)."""
+    try:
+        text = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    own = [line.strip() for line in text if line.strip() and not line.startswith(LOG_PREFIX)]
+    return " | ".join(own[-lines:])[:300]
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Exit|Interrupt)\b(?::|$)")
+
+
+def last_words(path: Path | str, scan: int = 60) -> str:
+    """For a one-line message about a process that exited: ``last error: '<the exception line of
+    its last traceback>'`` when its log ends with one (the last line is often a shutdown
+    warning after it), else ``last log line: '<its last line>'``."""
+    try:
+        text = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "last log line: ''"
+    own = [line.strip() for line in text if line.strip() and not line.startswith(LOG_PREFIX)]
+    for line in reversed(own[-scan:]):
+        if _EXCEPTION_LINE.match(line):
+            return f"last error: {line[:300]!r}"
+    return f"last log line: {(own[-1] if own else '')[:300]!r}"
+
+
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    what: str,
+    timeout_s: float,
+    still_running: Callable[[], bool] | None = None,
+    log: Path | str | None = None,
+    interval_s: float = 0.25,
+) -> None:
+    """Poll ``check`` until it holds; fail at once if the process died, else after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if check():
+            return
+        if still_running is not None and not still_running():
+            # One last look: a process may exit right after becoming healthy (e.g. a daemon).
+            if check():
+                return
+            where = f"; last log line: {log_tail(log)!r}; full log: {log}" if log else ""
+            raise StackError(f"{what} exited while starting{where}")
+        if time.monotonic() >= deadline:
+            where = f"; see {log}" if log else ""
+            raise StackError(f"{what} did not become healthy within {timeout_s:.0f} s{where}")
+        time.sleep(interval_s)

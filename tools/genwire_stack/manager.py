@@ -1,0 +1,704 @@
+"""Bringing the native stack up and down: ``genwire up/down/status`` and the tests' fixtures.
+
+``ensure_up`` is idempotent: what already runs (started by genwire, recorded in a pid file) is
+reused, what is missing is installed and started, phase by phase, each waited on with health
+polls. If anything fails, every process this call started is stopped again, so a failed run
+leaves nothing half-started; the error is a :class:`StackError` with one line to show.
+
+Every component genwire starts runs under a supervisor (:mod:`genwire_stack.supervise`): the pid
+file holds the supervisor's pid, the supervisor's state file the server's own pid
+(:func:`child_pid`) and how often it was restarted (:func:`restart_count`). SIGKILL the server
+and its supervisor starts it again; ``down`` stops both.
+
+The shape of the stack (Kafka brokers, instances per service) is recorded in the run dir
+(:mod:`genwire_stack.layout`): ``ensure_up(brokers=3, scale={"preprocess": 3})`` changes it,
+every later call reuses it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+from genwire.settings import CommonSettings
+from genwire_stack.components import (
+    INFRA,
+    SERVICES,
+    Component,
+    Readiness,
+    Service,
+    Triton,
+    build_components,
+)
+from genwire_stack.errors import StackError
+from genwire_stack.health import http_status, last_words, wait_until
+from genwire_stack.layout import SCALABLE, StackLayout, read_layout, write_layout
+from genwire_stack.paths import StackPaths
+from genwire_stack.process import (
+    PidRecord,
+    describe_pid,
+    live_child,
+    locked,
+    port_free,
+    port_holders,
+    read_record,
+    records,
+    remove_record,
+    spawn,
+    stop_orphan,
+    supervised_argv,
+    terminate,
+    write_record,
+)
+from genwire_stack.process import supervisor_state as _read_supervisor_state
+from genwire_stack.supervise import SupervisorState
+
+DEFAULT_MODEL = "genwire-gpt"
+MODEL_PHASE = 3
+"""The default model is made and loaded after the infrastructure, before the services."""
+
+Out = Callable[[str], None]
+State = Literal[
+    "running", "not-ready", "starting", "restarting", "unhealthy", "external", "stopped"
+]
+"""``running``: answers its probe and is ready. ``not-ready``: answers, but says it cannot make
+progress (a service's /readyz 503; ``reason`` says why). ``starting``/``restarting``: its
+supervisor runs it (again) and it does not answer yet, or waits out the backoff before the next
+start. ``unhealthy``: runs, but has not answered for longer than its start timeout.
+``external``: answers, but genwire did not start it. ``stopped``: nothing runs."""
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """One row of ``genwire status``."""
+
+    name: str
+    title: str
+    state: State
+    pid: int | None
+    """The server's own process (a supervised component's child), or None."""
+    endpoints: str
+    log: str
+    reason: str | None = None
+    """Why it is not ready, restarting or unhealthy (one line), when known."""
+    restarts: int | None = None
+    """How often its supervisor restarted it (None: no supervisor)."""
+    supervisor_pid: int | None = None
+
+
+def _select(
+    all_components: Mapping[str, Component], names: Iterable[str] | None
+) -> list[Component]:
+    """The components ``names`` mean: a group (``kafka``: every node, ``preprocess``: every
+    instance), a name (``kafka-2``, ``preprocess-3``) or an alias (``preprocess-1``)."""
+    if names is None:
+        return list(all_components.values())
+    chosen: set[str] = set()
+    unknown: list[str] = []
+    for wanted in dict.fromkeys(names):
+        members = [c.name for c in all_components.values() if c.group == wanted]
+        members = members or [
+            c.name for c in all_components.values() if wanted in (c.name, *c.aliases)
+        ]
+        if not members:
+            unknown.append(wanted)
+        chosen.update(members)
+    if unknown:
+        choices = dict.fromkeys(
+            [c.group for c in all_components.values() if c.group] + list(all_components)
+        )
+        raise StackError(
+            f"unknown component(s) {', '.join(unknown)}: choose from {', '.join(choices)}"
+        )
+    return [c for name, c in all_components.items() if name in chosen]
+
+
+def _port_conflict(component: Component) -> str | None:
+    for role, port in component.ports().items():
+        if port_free(port):
+            continue
+        holders = [pid for pid in port_holders(port) if pid != os.getpid()] or port_holders(port)
+        who = ", ".join(describe_pid(pid) for pid in holders) or "another process"
+        return (
+            f"port {port} ({component.name} {role}) is already in use by {who}, which genwire "
+            f"did not start: stop it or free the port, then run `make up` again"
+        )
+    return None
+
+
+def ensure_up(
+    components: Iterable[str] | None = None,
+    *,
+    model: bool | None = None,
+    settings: CommonSettings | None = None,
+    out: Out = _quiet,
+    catalog: Mapping[str, Component] | None = None,
+    brokers: int | None = None,
+    scale: Mapping[str, int] | None = None,
+) -> list[ComponentStatus]:
+    """Make ``components`` (default: all) run and answer; returns their status rows.
+
+    ``model`` (default: whenever Triton or a service is among ``components``) makes sure the default
+    model is built and loaded into Triton before the services start. ``catalog`` replaces the
+    standard components (tests use it for instances on other ports). ``brokers`` (1 or 3) and
+    ``scale`` (instances per service, e.g. ``{"preprocess": 3}``) change the recorded layout
+    first: extra instances beyond a smaller scale are stopped; a different broker count needs the
+    Kafka-dependent components stopped (``down()``) first.
+    """
+    cfg = settings or CommonSettings()
+    paths = StackPaths.from_settings(cfg)
+    started: list[tuple[PidRecord, Component]] = []
+    try:
+        with locked(paths.run):
+            everything = _catalog_for_up(paths, cfg, catalog, brokers, scale, out)
+            chosen = _select(everything, components)
+            if model is None:
+                # The services need the model, and a (re)started Triton has none loaded.
+                model = any(isinstance(c, (Service, Triton)) for c in chosen)
+            # Pre-flight of everything before any download or start: a port held by a
+            # stranger anywhere stops the run right here.
+            _plan(chosen, paths, out)
+            _bring_up([c for c in chosen if c.phase < MODEL_PHASE], paths, started, out)
+        if model:
+            # Outside the lock: building the model may take minutes (its package has its own
+            # lock), and other sessions that only need the infrastructure must not wait on it.
+            triton = everything.get("triton")
+            if not isinstance(triton, Triton):
+                raise StackError("the default model needs Triton, which is not in this stack")
+            ensure_model_loaded(cfg, f"127.0.0.1:{triton.http_port}", out)
+        with locked(paths.run):
+            _bring_up([c for c in chosen if c.phase > MODEL_PHASE], paths, started, out)
+    except BaseException:
+        for record, component in reversed(started):
+            out(f"stopping {record.name} (started by this run)")
+            _stop_record(paths, record, component.stop_timeout_s)
+        raise
+    return [_status_of(c, paths) for c in chosen]
+
+
+def _catalog_for_up(
+    paths: StackPaths,
+    cfg: CommonSettings,
+    catalog: Mapping[str, Component] | None,
+    brokers: int | None,
+    scale: Mapping[str, int] | None,
+    out: Out,
+) -> dict[str, Component]:
+    """The components to work with; applies a new layout (under the stack lock)."""
+    if catalog is not None:
+        if brokers is not None or scale:
+            raise StackError("brokers and scale shape the standard stack, not a test catalog")
+        return dict(catalog)
+    current = read_layout(paths.run)
+    wanted = current.changed(brokers, scale)
+    if wanted.brokers != current.brokers:
+        live = _live_names(paths)
+        blocking = [
+            name
+            for name, c in build_components(paths, cfg, current).items()
+            if name in live and c.name not in ("redis", "triton")
+        ]
+        blocking += [name for name in live if name not in build_components(paths, cfg, current)]
+        if blocking:
+            raise StackError(
+                f"the stack runs with {current.brokers} Kafka broker"
+                f"{'s' if current.brokers > 1 else ''} ({', '.join(sorted(set(blocking)))} "
+                f"running); to switch to {wanted.brokers}, stop it first: `genwire down`, then "
+                f"`genwire up --brokers {wanted.brokers}`"
+            )
+    if scale:
+        _stop_extra_instances(paths, wanted, out)
+    if wanted != current:
+        write_layout(paths.run, wanted)
+        out(f"layout: {wanted.describe()}")
+    return build_components(paths, cfg, wanted)
+
+
+def _live_names(paths: StackPaths) -> set[str]:
+    return {r.name for r in records(paths.run) if r.alive()}
+
+
+_INSTANCE = re.compile(r"^(?P<service>[a-z]+)-(?P<index>[0-9]+)$")
+
+
+def _stop_extra_instances(paths: StackPaths, layout: StackLayout, out: Out) -> None:
+    """Scaling down: stop ``preprocess-3`` when ``preprocess`` may have two instances now."""
+    for record in records(paths.run):
+        match = _INSTANCE.match(record.name)
+        if match is None or match["service"] not in SCALABLE:
+            continue
+        if int(match["index"]) <= layout.instances(match["service"]):
+            continue
+        if _stop_record(paths, record, 20.0):
+            out(
+                f"stopped {record.name} (pid {record.pid}): {match['service']} scaled to "
+                f"{layout.instances(match['service'])}"
+            )
+
+
+Plan = dict[str, Literal["ours", "external", "start"]]
+
+
+def _plan(chosen: list[Component], paths: StackPaths, out: Out) -> Plan:
+    """What to do with each component: reuse ours, reuse a stranger's (Redis), or start it."""
+    plan: Plan = {}
+    for component in chosen:
+        record = read_record(paths.run, component.name)
+        if record is not None and record.alive():
+            plan[component.name] = "ours"
+            continue
+        if record is not None:
+            # Stale: the process is gone. A supervisor killed outright may have left its server.
+            if record.supervised and stop_orphan(paths.run, record):
+                out(f"{component.name}: stopped the server its dead supervisor left running")
+            remove_record(paths.run, component.name)
+        conflict = _port_conflict(component)
+        if conflict is None:
+            plan[component.name] = "start"
+        elif component.adoptable and component.healthy():
+            plan[component.name] = "external"
+            out(f"{component.name}: reusing the one already running on {component.endpoints()}")
+        else:
+            raise StackError(conflict)
+    return plan
+
+
+def _launch(component: Component, paths: StackPaths) -> PidRecord:
+    """Start ``component`` (under its supervisor when it has one) and record it."""
+    argv = component.command()
+    if component.supervised:
+        hook = component.after_restart()
+        argv = supervised_argv(
+            component.name,
+            argv,
+            paths.run,
+            python=sys.executable,
+            stop_timeout_s=component.stop_timeout_s,
+            ready_url=hook[0] if hook else None,
+            after_ready=hook[1] if hook else None,
+            unready=component.unready_restart(),
+        )
+    env = {**os.environ, **component.environment()}
+    record = spawn(
+        component.name,
+        argv,
+        log_path=component.log,
+        env=env,
+        cwd=paths.home,
+        supervised=component.supervised,
+    )
+    write_record(paths.run, record)
+    return record
+
+
+def _bring_up(
+    group: list[Component],
+    paths: StackPaths,
+    started: list[tuple[PidRecord, Component]],
+    out: Out,
+) -> None:
+    """Install what is missing, then start phase by phase, each waited on until ready."""
+    plan = _plan(group, paths, _quiet)
+    _install_missing([c for c in group if plan[c.name] == "start"], out)
+    for phase in sorted({c.phase for c in group}):
+        members = [c for c in group if c.phase == phase]
+        launched: dict[str, PidRecord] = {}
+        for component in members:
+            if plan[component.name] != "start":
+                continue
+            component.prepare()
+            out(f"starting {component.title} (log: {component.log})")
+            new = _launch(component, paths)
+            started.append((new, component))
+            launched[component.name] = new
+        for component in members:
+            record = launched.get(component.name) or read_record(paths.run, component.name)
+            began = time.monotonic()
+            try:
+                _await_ready(component, record, paths, fresh=component.name in launched)
+            except _Vanished:
+                # It ran when planned and died since (killed meanwhile): start it like any other.
+                out(f"{component.name} stopped while waited on; starting it again")
+                assert record is not None
+                remove_record(paths.run, record.name)
+                _plan([component], paths, out)
+                component.prepare()
+                new = _launch(component, paths)
+                started.append((new, component))
+                launched[component.name] = new
+                _await_ready(component, new, paths, fresh=True)
+            if component.name in launched:
+                out(f"{component.name} healthy after {time.monotonic() - began:.1f} s")
+            component.after_ready()
+
+
+class _Vanished(StackError):
+    """A component that ran when ``up`` planned it (not started by this run) died since."""
+
+
+def _await_ready(
+    component: Component, record: PidRecord | None, paths: StackPaths, *, fresh: bool
+) -> None:
+    """Poll until ``component`` is ready; fail at once if a fresh start exited, else after its
+    start timeout, with one line naming it and why (its /readyz reason, its exits)."""
+    what = f"{component.name} ({component.title})"
+    timeout_s = component.start_timeout_s
+    deadline = time.monotonic() + timeout_s
+    while True:
+        verdict = component.readiness()
+        if verdict.ready:
+            return
+        if record is not None and not record.alive():
+            # One last look: a process may exit right after becoming healthy (e.g. a daemon).
+            if component.readiness().ready:
+                return
+            if not fresh:
+                raise _Vanished(f"{what} stopped while `genwire up` waited for it")
+            raise StackError(f"{what} exited while starting{_last_words(component)}")
+        state = (
+            _read_supervisor_state(paths.run, component.name)
+            if record is not None and record.supervised
+            else None
+        )
+        if fresh and state is not None and state.restarts > 0:
+            raise StackError(
+                f"{what} exited while starting ({state.last_exit}){_last_words(component)}"
+            )
+        if time.monotonic() >= deadline:
+            raise StackError(_not_ready(component, verdict, state, timeout_s))
+        time.sleep(0.25)
+
+
+def _last_words(component: Component) -> str:
+    return f"; {last_words(component.log)}; full log: {component.log}"
+
+
+def _not_ready(
+    component: Component, verdict: Readiness, state: SupervisorState | None, timeout_s: float
+) -> str:
+    if verdict.answered:
+        return (
+            f"{component.name} runs but is not ready after {timeout_s:.0f} s: "
+            f"{verdict.reason or 'no reason given'}; see {component.log}"
+        )
+    if state is not None and state.restarts > 0:
+        return (
+            f"{component.name} keeps exiting ({state.restarts} restart"
+            f"{'s' if state.restarts > 1 else ''}, last: {state.last_exit})"
+            f"{_last_words(component)}"
+        )
+    return (
+        f"{component.name} ({component.title}) did not become healthy within {timeout_s:.0f} s; "
+        f"see {component.log}"
+    )
+
+
+def _install_missing(to_start: list[Component], out: Out) -> None:
+    """Install in parallel: the Jaeger build is CPU-bound, the downloads mostly wait on I/O."""
+    missing = [c for c in to_start if not c.installed()]
+    if not missing:
+        return
+    for component in missing:
+        out(f"installing {component.title} (log: {component.log})")
+
+    def install(component: Component) -> float:
+        began = time.monotonic()
+        component.install()
+        if not component.installed():
+            raise StackError(f"installing {component.name} left it incomplete; see {component.log}")
+        return time.monotonic() - began
+
+    with ThreadPoolExecutor(max_workers=len(missing)) as pool:
+        futures = {c.name: pool.submit(install, c) for c in missing}
+        errors: list[BaseException] = []
+        for name, future in futures.items():
+            try:
+                out(f"installed {name} in {future.result():.0f} s")
+            except BaseException as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+def ensure_model_loaded(
+    cfg: CommonSettings, triton_http: str | None = None, out: Out = _quiet
+) -> str | None:
+    """Build the default model if missing (the model package does), then load it into Triton.
+
+    ``triton_http`` is Triton's HTTP ``host:port`` (default: the settings'). Returns the model
+    version, or None when the model package is not there yet.
+    """
+    try:
+        module = importlib.import_module("genwire_model")
+        make = module.ensure_default_model
+    except (ModuleNotFoundError, AttributeError) as exc:
+        out(f"default model: skipped, genwire_model has no ensure_default_model ({exc})")
+        return None
+    base = f"http://{triton_http or cfg.triton_http_url}"
+    began = time.monotonic()
+    try:
+        version = str(make(cfg))
+    except StackError:
+        raise
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("genwire_model"):
+            raise StackError(f"building the default model failed: {exc!r}") from exc
+        # The model package is still being written: bring the rest up without it.
+        out(f"default model: skipped, the model package is incomplete ({exc})")
+        return None
+    except Exception as exc:
+        raise StackError(
+            f"building the default model failed: {exc!r}; see the output above, fix, then "
+            "`make up` again"
+        ) from exc
+    if http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/{version}/ready") == 200:
+        return version
+    out(f"loading {DEFAULT_MODEL} (version {version}) into Triton at {base}")
+    status, detail = _post(f"{base}/v2/repository/models/{DEFAULT_MODEL}/load", timeout_s=600.0)
+    if status != 200:
+        raise StackError(
+            f"Triton refused to load {DEFAULT_MODEL} version {version} (HTTP {status}: "
+            f"{detail[:200]}); see Triton's log"
+        )
+    wait_until(
+        lambda: http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/{version}/ready") == 200,
+        what=f"model {DEFAULT_MODEL} version {version}",
+        timeout_s=120.0,
+    )
+    out(f"{DEFAULT_MODEL} version {version} ready after {time.monotonic() - began:.1f} s")
+    return version
+
+
+def _post(url: str, timeout_s: float) -> tuple[int | None, str]:
+    import httpx
+
+    try:
+        with httpx.Client(timeout=timeout_s, trust_env=False) as client:
+            response = client.post(url)
+            return response.status_code, response.text
+    except httpx.HTTPError as exc:
+        return None, str(exc)
+
+
+def down(
+    components: Iterable[str] | None = None,
+    *,
+    settings: CommonSettings | None = None,
+    out: Out = _quiet,
+    catalog: Mapping[str, Component] | None = None,
+) -> list[str]:
+    """Stop what genwire started (by pid file; services first); returns the names stopped.
+
+    ``down()`` of the whole standard stack also stops whatever else this home's run dir records
+    (an instance of an earlier scale, one a test or the chaos suite started), and keeps the
+    layout for the next ``ensure_up``.
+    """
+    cfg = settings or CommonSettings()
+    paths = StackPaths.from_settings(cfg)
+    everything = dict(catalog) if catalog is not None else build_components(paths, cfg)
+    chosen = _select(everything, components)
+    stopped: list[str] = []
+    with locked(paths.run):
+        if components is None and catalog is None:
+            for leftover in records(paths.run):
+                if leftover.name not in everything and _stop_record(paths, leftover, 30.0):
+                    stopped.append(leftover.name)
+                    out(f"stopped {leftover.name} (pid {leftover.pid})")
+        for component in sorted(chosen, key=lambda c: -c.phase):
+            record = read_record(paths.run, component.name)
+            if record is None:
+                continue
+            if _stop_record(paths, record, component.stop_timeout_s):
+                stopped.append(component.name)
+                out(f"stopped {component.name} (pid {record.pid})")
+    return stopped
+
+
+def _stop_record(paths: StackPaths, record: PidRecord, stop_timeout_s: float) -> bool:
+    """Stop what ``record`` started (a supervisor: it and its server) and forget it."""
+    # A supervisor gets its own stop timeout to stop the server, plus a margin for itself.
+    timeout_s = stop_timeout_s + 10.0 if record.supervised else max(stop_timeout_s, 30.0)
+    stopped = terminate(record, timeout_s=timeout_s)
+    if not stopped and record.supervised:
+        stopped = stop_orphan(paths.run, record)
+    remove_record(paths.run, record.name)
+    return stopped
+
+
+def status(
+    components: Iterable[str] | None = None,
+    *,
+    settings: CommonSettings | None = None,
+    catalog: Mapping[str, Component] | None = None,
+) -> list[ComponentStatus]:
+    """What runs now, one row per component (of the recorded layout)."""
+    cfg = settings or CommonSettings()
+    paths = StackPaths.from_settings(cfg)
+    everything = dict(catalog) if catalog is not None else build_components(paths, cfg)
+    return [_status_of(c, paths) for c in _select(everything, components)]
+
+
+def _status_of(component: Component, paths: StackPaths) -> ComponentStatus:
+    record = read_record(paths.run, component.name)
+    ours = record is not None and record.alive()
+
+    def row(
+        state: State,
+        pid: int | None,
+        reason: str | None = None,
+        restarts: int | None = None,
+        supervisor: int | None = None,
+    ) -> ComponentStatus:
+        return ComponentStatus(
+            name=component.name,
+            title=component.title,
+            state=state,
+            pid=pid,
+            endpoints=component.endpoints(),
+            log=str(component.log),
+            reason=reason,
+            restarts=restarts,
+            supervisor_pid=supervisor,
+        )
+
+    if record is None or not ours:
+        first_port = next(iter(component.ports().values()))
+        healthy = component.healthy() if not port_free(first_port) else False
+        return row("external" if healthy else "stopped", None)
+    if not record.supervised:
+        verdict = component.readiness()
+        if verdict.ready:
+            return row("running", record.pid)
+        return row("not-ready" if verdict.answered else "unhealthy", record.pid, verdict.reason)
+    state = _read_supervisor_state(paths.run, component.name)
+    restarts = state.restarts if state is not None else 0
+    child = live_child(paths.run, component.name)
+    if child is None:
+        if state is not None and state.phase == "backoff":
+            wait = max(0.0, (state.next_start_at or time.time()) - time.time())
+            reason = f"{state.last_exit}; restart {state.restarts} in {wait:.0f} s"
+            return row("restarting", None, reason, restarts, record.pid)
+        return row("restarting" if restarts else "starting", None, None, restarts, record.pid)
+    verdict = component.readiness()
+    if verdict.ready:
+        return row("running", child, None, restarts, record.pid)
+    if verdict.answered:
+        return row("not-ready", child, verdict.reason, restarts, record.pid)
+    started = state.child_started_at if state is not None else None
+    if started is not None and time.time() - started < component.start_timeout_s:
+        after = f"after {state.last_exit}" if state is not None and state.last_exit else None
+        return row("restarting" if restarts else "starting", child, after, restarts, record.pid)
+    return row("unhealthy", child, "does not answer its health probe", restarts, record.pid)
+
+
+def format_table(rows: Iterable[ComponentStatus]) -> str:
+    """A plain-text table: component, state, pid, restarts, where to reach it, its log; then one
+    line per component that is not fine, saying why."""
+    rows = list(rows)
+    header = ("component", "state", "pid", "restarts", "endpoints", "log")
+    lines = [
+        (
+            r.name,
+            r.state,
+            str(r.pid or "-"),
+            "-" if r.restarts is None else str(r.restarts),
+            r.endpoints,
+            r.log,
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    table = [fmt.format(*row).rstrip() for row in [header, *lines]]
+    table += [f"{r.name}: {r.state}: {r.reason}" for r in rows if r.reason]
+    return "\n".join(table)
+
+
+# -- what the chaos suite and other tools ask of a running stack ----------------------------------
+
+
+def _resolve(name: str, paths: StackPaths, cfg: CommonSettings) -> str:
+    """``kafka-1`` → ``kafka`` on a single node, ``preprocess-1`` → ``preprocess``; else as is."""
+    everything = build_components(paths, cfg)
+    if name in everything:
+        return name
+    matches = [c.name for c in everything.values() if name in c.aliases]
+    return matches[0] if len(matches) == 1 else name
+
+
+def child_pid(name: str, settings: CommonSettings | None = None) -> int | None:
+    """The pid of the server running for component ``name`` now (a supervised component: its
+    supervisor's child, the process to SIGKILL to simulate a crash), or None when none runs."""
+    cfg = settings or CommonSettings()
+    paths = StackPaths.from_settings(cfg)
+    resolved = _resolve(name, paths, cfg)
+    record = read_record(paths.run, resolved)
+    if record is None or not record.alive():
+        return None
+    if record.supervised:
+        return live_child(paths.run, resolved)
+    return record.pid
+
+
+def restart_count(name: str, settings: CommonSettings | None = None) -> int | None:
+    """How often the supervisor of ``name`` restarted it since ``genwire up`` started it (None:
+    not running under a supervisor)."""
+    state = supervisor_state(name, settings)
+    return state.restarts if state is not None else None
+
+
+def supervisor_state(name: str, settings: CommonSettings | None = None) -> SupervisorState | None:
+    """What the supervisor of ``name`` last recorded (phase, child pid, restarts, last exit), or
+    None when no live supervisor runs it."""
+    cfg = settings or CommonSettings()
+    paths = StackPaths.from_settings(cfg)
+    resolved = _resolve(name, paths, cfg)
+    record = read_record(paths.run, resolved)
+    if record is None or not record.supervised or not record.alive():
+        return None
+    return _read_supervisor_state(paths.run, resolved)
+
+
+def current_layout(settings: CommonSettings | None = None) -> StackLayout:
+    """The recorded layout: Kafka brokers and instances per service."""
+    return read_layout(StackPaths.from_settings(settings or CommonSettings()).run)
+
+
+def kafka_bootstrap(settings: CommonSettings | None = None) -> str:
+    """Every broker of the recorded layout, comma separated (what services are given)."""
+    cfg = settings or CommonSettings()
+    paths = StackPaths.from_settings(cfg)
+    kafka = next(c for c in build_components(paths, cfg).values() if c.group == "kafka")
+    from genwire_stack.components import Kafka
+
+    assert isinstance(kafka, Kafka)
+    return kafka.bootstrap
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "INFRA",
+    "SERVICES",
+    "ComponentStatus",
+    "child_pid",
+    "current_layout",
+    "down",
+    "ensure_model_loaded",
+    "ensure_up",
+    "format_table",
+    "kafka_bootstrap",
+    "restart_count",
+    "status",
+    "supervisor_state",
+]

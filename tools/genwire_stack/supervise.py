@@ -1,0 +1,517 @@
+"""A small supervisor: run one process, restart it whenever it exits unexpectedly.
+
+``genwire up`` starts every component it runs as::
+
+    python -m genwire_stack.supervise --name preprocess --state RUN/preprocess.state.json -- ARGV...
+
+The supervisor is the leader of the process group ``genwire up`` created (its pid is the pid
+file's); the child runs in the same group, so a signal to the group reaches both. The child is
+restarted after any exit the supervisor did not ask for (a crash, a SIGKILL, a service that gave
+up and exited non-zero, even exit code 0), after a capped exponential backoff: 1 s, doubling to
+30 s, back to 1 s once a child ran 60 s before exiting. Each restart writes one line into the
+component's log (the supervisor's stdout is that log, shared with the child).
+
+SIGTERM (or SIGINT/SIGHUP) to the supervisor stops it: it passes SIGTERM on to the child, waits up
+to ``--stop-timeout`` seconds, SIGKILLs whatever is left of the group, and exits 0. The child gets
+``PR_SET_PDEATHSIG`` (SIGTERM), so a supervisor killed outright does not leave it running, and the
+supervisor is a child subreaper, so processes the child started (Triton's Python stubs) are
+collected and killed with it instead of lingering.
+
+The state file (JSON, replaced atomically on every change) says what runs now: the child's pid
+and start time, the restart count, the last exit; :func:`read_state` reads it. With
+``--ready-url`` and ``--after-ready-json``, each *restart* (not the first start: ``genwire up``
+does that one itself) waits until the URL answers 200 and then runs the given argv once, e.g. to
+load the default model into a restarted Triton.
+
+With ``--unready-url`` and ``--unready-restart S`` (services: 600 s, twice the default outage
+budget), a child whose ``/readyz`` has not answered 200 for S seconds is stopped and restarted:
+the last resort for a service stuck not-ready that never exits by itself.
+
+Only the standard library is imported here: a supervisor costs a few MB and no startup time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+HEALTHY_RESET_S = 60.0
+"""A child that ran this long before exiting counts as healthy: the backoff starts again at 1 s."""
+STOP_TIMEOUT_S = 20.0
+POLL_S = 0.2
+UNREADY_PROBE_S = 5.0
+"""How often ``--unready-url`` is polled."""
+LOG_PREFIX = "=== genwire supervisor:"
+"""Every line the supervisor writes into the log starts with this (``log_tail`` skips them)."""
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+SupervisorPhase = str
+"""``running`` (a child runs), ``backoff`` (waiting to restart it), ``stopping``, ``stopped``."""
+
+
+@dataclass
+class SupervisorState:
+    """What one supervisor is doing, as its state file records it."""
+
+    name: str
+    supervisor_pid: int
+    phase: SupervisorPhase = "running"
+    child_pid: int | None = None
+    child_start_ticks: int | None = None
+    """The kernel's start time of the child (clock ticks since boot): its identity."""
+    child_started_at: float | None = None
+    restarts: int = 0
+    last_exit: str | None = None
+    """``exit code 1``, ``signal 9 (SIGKILL)``: how the previous child ended."""
+    last_exit_at: float | None = None
+    next_start_at: float | None = None
+    """While in ``backoff``: when the next child starts (epoch seconds)."""
+    backoff_s: float = BACKOFF_FIRST_S
+    """The delay before the next restart."""
+    updated_at: float = field(default_factory=time.time)
+
+
+def state_file(run_dir: Path, name: str) -> Path:
+    """Where the supervisor of component ``name`` keeps its state."""
+    return run_dir / f"{name}.state.json"
+
+
+def write_state(path: Path, state: SupervisorState) -> None:
+    """Replace the state file atomically: a reader sees the old or the new state, never half."""
+    state.updated_at = time.time()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(state)))
+    tmp.replace(path)
+
+
+def read_state(path: Path) -> SupervisorState | None:
+    """The state in ``path``, or None when there is none (or it is unreadable)."""
+    try:
+        raw = json.loads(path.read_text())
+        known = set(SupervisorState.__dataclass_fields__)
+        return SupervisorState(**{k: v for k, v in raw.items() if k in known})
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def proc_start_ticks(pid: int) -> int:
+    """When ``pid`` started (field 22 of ``/proc/<pid>/stat``), or -1 when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return -1
+    fields = stat.rsplit(")", 1)[-1].split()
+    return int(fields[19]) if len(fields) > 19 else -1
+
+
+def describe_exit(status: int) -> str:
+    """``exit code 3`` or ``signal 9 (SIGKILL)`` from a ``waitpid`` status."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = "?"
+        return f"signal {number} ({name})"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+def _prctl(option: int, value: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(option, value, 0, 0, 0)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the forked child, before exec: SIGTERM when the supervisor dies."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Pids of the processes in process group ``pgid`` (except the calling process)."""
+    members: list[int] = []
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[0] not in {"Z", "X"} and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _children(parent: int) -> list[int]:
+    """Pids whose parent is ``parent`` (alive, not zombies)."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) > 1 and fields[0] not in {"Z", "X"} and int(fields[1]) == parent:
+            found.append(int(entry.name))
+    return found
+
+
+class Supervisor:
+    """Runs ``argv`` until told to stop, restarting it with backoff."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        state_path: Path,
+        *,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
+        ready_url: str | None = None,
+        after_ready: Sequence[str] | None = None,
+        backoff_first_s: float = BACKOFF_FIRST_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
+        healthy_after_s: float = HEALTHY_RESET_S,
+        unready_url: str | None = None,
+        unready_restart_s: float | None = None,
+    ) -> None:
+        self.name = name
+        self.backoff_first_s = backoff_first_s
+        self.backoff_max_s = backoff_max_s
+        self.healthy_after_s = healthy_after_s
+        self.unready_url = unready_url
+        self.unready_restart_s = unready_restart_s
+        self.unready_since: float | None = None
+        self.unready_reason = ""
+        self.next_probe = 0.0
+        self.restart_requested: str | None = None
+        self.kill_at = 0.0
+        self.argv = list(argv)
+        self.state_path = state_path
+        self.stop_timeout_s = stop_timeout_s
+        self.ready_url = ready_url
+        self.after_ready = list(after_ready) if after_ready else None
+        self.state = SupervisorState(
+            name=name, supervisor_pid=os.getpid(), backoff_s=backoff_first_s
+        )
+        self.child: subprocess.Popen[bytes] | None = None
+        self.hook: subprocess.Popen[bytes] | None = None
+        self.hook_pending = False
+        self.stopping = False
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        if not self.stopping:
+            self.stopping = True
+            # Told to stop: the child gets the same request (a group signal may have sent it
+            # already; SIGTERM twice is harmless to every component genwire runs).
+            if self.child is not None and self.child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.child.pid, signal.SIGTERM)
+
+    # -- logging and state ---------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        line = f"{LOG_PREFIX} {stamp} {self.name}: {text}\n"
+        with contextlib.suppress(OSError):
+            os.write(sys.stdout.fileno(), line.encode())
+
+    def save(self) -> None:
+        with contextlib.suppress(OSError):
+            write_state(self.state_path, self.state)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_stop)
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        first = True
+        while not self.stopping:
+            if not self._start_child(first):
+                return 1
+            first = False
+            status = self._wait_child()
+            if self.stopping:
+                break
+            self._schedule_restart(status)
+            self._backoff()
+        self._stop()
+        return 0
+
+    def _start_child(self, first: bool) -> bool:
+        me = os.getpid()
+        try:
+            self.child = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+                preexec_fn=lambda: _die_with_parent(me),  # noqa: PLW1509 (single-threaded)
+            )
+        except OSError as exc:
+            self.say(f"cannot run {self.argv[0]}: {exc.strerror}; giving up")
+            self.state.phase = "stopped"
+            self.state.last_exit = f"cannot run: {exc.strerror}"
+            self.save()
+            return False
+        self.state.phase = "running"
+        self.state.child_pid = self.child.pid
+        self.state.child_start_ticks = proc_start_ticks(self.child.pid)
+        self.state.child_started_at = time.time()
+        self.state.next_start_at = None
+        self.save()
+        self.hook_pending = not first and self.after_ready is not None
+        self.unready_since = None
+        self.restart_requested = None
+        return True
+
+    def _wait_child(self) -> int:
+        """Poll until the child exits; returns its wait status. Reaps adopted orphans meanwhile."""
+        assert self.child is not None
+        while True:
+            status = self._reap()
+            if status is not None:
+                return status
+            if self.stopping:
+                return 0
+            self._tend_hook()
+            self._watch_readiness()
+            time.sleep(POLL_S)
+
+    def _reap(self) -> int | None:
+        """Collect every dead child of ours; the wait status of the main child if it was one."""
+        found: int | None = None
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return found
+            if pid == 0:
+                return found
+            if self.child is not None and pid == self.child.pid:
+                self.child.returncode = os.waitstatus_to_exitcode(status)
+                found = status
+            elif self.hook is not None and pid == self.hook.pid:
+                self.hook.returncode = os.waitstatus_to_exitcode(status)
+                self.say(f"after-restart step exited with code {self.hook.returncode}")
+                self.hook = None
+
+    def _tend_hook(self) -> None:
+        """After a restart: once the child answers ``ready_url``, run ``after_ready`` once."""
+        if not self.hook_pending or self.hook is not None or self.after_ready is None:
+            return
+        if self.ready_url is not None and not _answers(self.ready_url):
+            return
+        self.hook_pending = False
+        self.say(f"ready again; running {' '.join(self.after_ready)}")
+        with contextlib.suppress(OSError):
+            self.hook = subprocess.Popen(
+                self.after_ready, stdin=subprocess.DEVNULL, close_fds=True, process_group=0
+            )
+
+    def _watch_readiness(self) -> None:
+        """The last resort for a server that stays up but never gets (back) to ready: after
+        ``unready_restart_s`` of 503s (or silence) from ``unready_url``, SIGTERM it; the exit
+        is then an ordinary restart. Services exit by themselves when they give up; this only
+        catches one that does not."""
+        if self.unready_url is None or self.unready_restart_s is None or self.child is None:
+            return
+        now = time.monotonic()
+        if self.restart_requested is not None:
+            if now >= self.kill_at and self.child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.child.pid, signal.SIGKILL)
+            return
+        if now < self.next_probe:
+            return
+        self.next_probe = now + min(UNREADY_PROBE_S, max(0.5, self.unready_restart_s / 5))
+        ready, reason = _probe(self.unready_url)
+        if ready:
+            self.unready_since = None
+            return
+        if self.unready_since is None:
+            self.unready_since = now
+        self.unready_reason = reason
+        if now - self.unready_since < self.unready_restart_s:
+            return
+        self.restart_requested = f"not ready for {now - self.unready_since:.0f} s ({reason})"
+        self.kill_at = now + self.stop_timeout_s
+        self.say(f"pid {self.child.pid} {self.restart_requested}; stopping it to restart it")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.child.pid, signal.SIGTERM)
+
+    def _schedule_restart(self, status: int) -> None:
+        assert self.child is not None
+        now = time.time()
+        started = self.state.child_started_at or now
+        uptime = now - started
+        if uptime >= self.healthy_after_s:
+            self.state.backoff_s = self.backoff_first_s
+        delay = self.state.backoff_s
+        self.state.restarts += 1
+        self.state.last_exit = describe_exit(status)
+        if self.restart_requested is not None:
+            self.state.last_exit = f"{self.state.last_exit}, stopped: {self.restart_requested}"
+        self.state.last_exit_at = now
+        self.state.phase = "backoff"
+        self.state.child_pid = None
+        self.state.child_start_ticks = None
+        self.state.next_start_at = now + delay
+        self.state.backoff_s = min(delay * 2, self.backoff_max_s)
+        self._kill_leftovers(signal.SIGKILL)
+        # The log line first, then the state: whoever sees the new count finds the line too.
+        self.say(
+            f"pid {self.child.pid} ended with {self.state.last_exit} after {uptime:.1f} s; "
+            f"restart {self.state.restarts} in {delay:g} s"
+        )
+        self.save()
+
+    def _backoff(self) -> None:
+        deadline = self.state.next_start_at or time.time()
+        while not self.stopping and time.time() < deadline:
+            self._reap()
+            time.sleep(min(POLL_S, max(deadline - time.time(), 0.0)))
+
+    def _stop(self) -> None:
+        self.state.phase = "stopping"
+        self.save()
+        deadline = time.monotonic() + self.stop_timeout_s
+        if self.child is not None and self.child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child.pid, signal.SIGTERM)
+            while self.child.returncode is None and time.monotonic() < deadline:
+                self._reap()
+                time.sleep(0.05)
+            if self.child.returncode is None:
+                self.say(
+                    f"pid {self.child.pid} still runs {self.stop_timeout_s:.0f} s after "
+                    "SIGTERM; killing it"
+                )
+        if self.hook is not None and self.hook.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.hook.pid, signal.SIGKILL)
+        self._kill_leftovers(signal.SIGKILL)
+        self._reap()
+        self.state.phase = "stopped"
+        self.state.child_pid = None
+        self.state.child_start_ticks = None
+        self.save()
+
+    def _kill_leftovers(self, sig: signal.Signals) -> None:
+        """Everything left in our process group but us: a dead child's children, a stuck child.
+
+        Only when the supervisor leads its own group (as ``genwire up`` starts it): run from a
+        shell, the group is the shell's, and only our own children are fair game.
+        """
+        me = os.getpid()
+        if os.getpgrp() == me:
+            victims = _group_members(me)
+        else:
+            victims = [pid for pid in _children(me) if self.hook is None or pid != self.hook.pid]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+
+def _probe(url: str) -> tuple[bool, str]:
+    """(ready, first reason) from a ``/readyz``-style URL: 200, or 503 with JSON reasons."""
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            return int(response.status) == 200, ""
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read() or b"{}")
+        except ValueError:
+            body = {}
+        reasons = body.get("reasons") if isinstance(body, dict) else None
+        if isinstance(reasons, list) and reasons:
+            return False, " ".join(str(reasons[0]).split())[:200]
+        failed = body.get("failed") if isinstance(body, dict) else None
+        return False, " ".join(str(failed).split())[:200] if failed else f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError):
+        return False, "no answer"
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m genwire_stack.supervise --name N --state FILE [...] -- ARGV...``."""
+    parser = argparse.ArgumentParser(prog="python -m genwire_stack.supervise")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--state", required=True, type=Path, help="the JSON state file")
+    parser.add_argument("--stop-timeout", type=float, default=STOP_TIMEOUT_S)
+    parser.add_argument("--ready-url", default=None, help="after a restart: wait for HTTP 200")
+    parser.add_argument(
+        "--after-ready-json", default=None, help="after a restart, once ready: run this argv"
+    )
+    parser.add_argument("--backoff-first", type=float, default=BACKOFF_FIRST_S)
+    parser.add_argument("--backoff-max", type=float, default=BACKOFF_MAX_S)
+    parser.add_argument(
+        "--healthy-after",
+        type=float,
+        default=HEALTHY_RESET_S,
+        help="a child that ran this long before exiting resets the backoff",
+    )
+    parser.add_argument("--unready-url", default=None, help="a /readyz to watch")
+    parser.add_argument(
+        "--unready-restart",
+        type=float,
+        default=None,
+        metavar="S",
+        help="restart the child once --unready-url has not answered 200 for S seconds",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        parser.error("nothing to run: give the command after --")
+    after = json.loads(args.after_ready_json) if args.after_ready_json else None
+    supervisor = Supervisor(
+        args.name,
+        command,
+        args.state,
+        stop_timeout_s=args.stop_timeout,
+        ready_url=args.ready_url,
+        after_ready=[str(a) for a in after] if after else None,
+        backoff_first_s=args.backoff_first,
+        backoff_max_s=args.backoff_max,
+        healthy_after_s=args.healthy_after,
+        unready_url=args.unready_url,
+        unready_restart_s=args.unready_restart,
+    )
+    return supervisor.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
