@@ -27,13 +27,14 @@ status: ## show what runs where
 
 # `up` first: a cold first start (Jaeger's Go build, the default model's training) takes longer
 # than pytest's per-test timeout would allow inside a fixture; when all runs, `up` takes seconds.
-test: venv ## the whole suite, integration included (starts the stack if it is not running)
+test: venv lint ## lint, then the whole suite, integration included (starts the stack if needed)
 	@$(BIN)/genwire up --no-demo
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: venv ## ruff and mypy
+lint: venv ## ruff, mypy and the import contracts (pyproject.toml [tool.importlinter])
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 proto: venv ## generate genwire/proto/ from proto/ (the only way to change it)
 	$(BIN)/python proto/generate.py
