@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import httpx
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from genwire_bench.monitor.synth import Profile, encode, request_spans
 from genwire_monitor.alerting import AlertEvent
 from genwire_monitor.app import create_app
 from genwire_monitor.config import MonitorSettings
 from genwire_monitor.handlers import parse_alert
-from genwire_monitor.synth import Profile, encode, request_spans
 
 from genwire.kafka import ensure_topics
 from genwire.topics import TopicSpec

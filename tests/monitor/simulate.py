@@ -1,5 +1,5 @@
-"""The simulation helpers live in the package (the bench uses them too)."""
+"""The simulation helpers live with the monitor benchmark (genwire_bench.monitor) that uses them."""
 
-from genwire_monitor.simulate import SCALE, fast_settings, run, traffic
+from genwire_bench.monitor.simulate import SCALE, fast_settings, run, traffic
 
 __all__ = ["SCALE", "fast_settings", "run", "traffic"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from genwire_monitor.engine import MonitorEngine
-from genwire_monitor.synth import LENGTH_STOPS, LONG_PROMPTS, REFERENCE
+from genwire_bench.monitor.synth import LENGTH_STOPS, LONG_PROMPTS, REFERENCE
+from genwire_monitor.handlers import MonitorEngine
 
 from genwire.telemetry import semconv as sc
 

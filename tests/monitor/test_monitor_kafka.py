@@ -12,8 +12,8 @@ import uuid
 from dataclasses import replace
 
 import pytest
+from genwire_bench.monitor.synth import LENGTH_STOPS, LONG_PROMPTS, REFERENCE
 from genwire_monitor.config import MonitorSettings
-from genwire_monitor.synth import LENGTH_STOPS, LONG_PROMPTS, REFERENCE
 
 from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc

@@ -5,10 +5,9 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+from genwire_bench.monitor.synth import REFERENCE
 from genwire_monitor import promexport
-from genwire_monitor.engine import MonitorEngine
-from genwire_monitor.handlers import alert_record, parse_alert
-from genwire_monitor.synth import REFERENCE
+from genwire_monitor.handlers import MonitorEngine, alert_record, parse_alert
 from genwire_monitor.webhook import to_alertmanager
 from prometheus_client import CollectorRegistry, generate_latest
 

@@ -8,9 +8,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from genwire_monitor.engine import MonitorEngine
+from genwire_bench.monitor.synth import REFERENCE
+from genwire_monitor.handlers import MonitorEngine
 from genwire_monitor.page import render, snapshot
-from genwire_monitor.synth import REFERENCE
 
 from .chromium import dump_dom, screenshot
 from .simulate import fast_settings, run

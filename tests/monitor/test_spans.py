@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from genwire_bench.monitor.synth import REFERENCE, SPANS_PER_REQUEST, encode, request_spans
 from genwire_monitor.spans import MalformedPayload, decode
 from genwire_monitor.stages import TRITON_QUEUE, observations, ordered
-from genwire_monitor.synth import REFERENCE, SPANS_PER_REQUEST, encode, request_spans
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from genwire.telemetry import semconv as sc

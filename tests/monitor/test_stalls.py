@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from genwire_monitor import page, promexport
 from genwire_monitor.config import MonitorSettings
-from genwire_monitor.engine import MonitorEngine
-from genwire_monitor.handlers import parse_alert
+from genwire_monitor.handlers import MonitorEngine, parse_alert
 from genwire_monitor.rules import stall_id
 from genwire_monitor.stalls import PartitionSample, PartitionStatus, StallTracker
 from genwire_monitor.worker import EngineWorker

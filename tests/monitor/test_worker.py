@@ -7,9 +7,9 @@ import random
 from dataclasses import replace
 from typing import Any
 
+from genwire_bench.monitor.synth import REFERENCE
 from genwire_monitor import promexport
 from genwire_monitor.handlers import parse_alert
-from genwire_monitor.synth import REFERENCE
 from genwire_monitor.worker import EngineWorker
 
 from .simulate import fast_settings, traffic

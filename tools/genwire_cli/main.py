@@ -13,7 +13,7 @@ COMMAND_MODULES = (
     "genwire_model.cli",
     "genwire_gateway.cli",
     "genwire_bench.cli",
-    "genwire_monitor.cli",
+    "genwire_bench.monitor.cli",
     "genwire_chaos.cli",
     "genwire_cli.dlq_cli",
 )

@@ -1,6 +1,451 @@
-"""The gateway has no event handlers: it consumes no stage's events of its own.
+"""The gateway's request logic, shared by gRPC and HTTP: validate, publish, wait, cancel.
 
-Its pure logic lives in ``core`` (validate, publish, wait, cancel; no transport imports) and
-``openai`` (OpenAI bodies, responses and stream chunks); ``grpc_service`` and ``http_api`` are the
-thin transports, ``fanout`` the shared reader of results and tokens.
+Hot path of an anonymous request: validate, register a local waiter, publish to
+``genwire.requests`` and wait for the fan-out reader to hand over the result. No Redis round
+trip, no per-request consumer. Named requests (caller-chosen id) add one pipelined Redis round
+trip for the idempotency claim.
 """
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from genwire.errors import PermanentError
+from genwire.events import ControlEvent, GenerationResult, TokenEvent, Usage, now_ms
+from genwire.kafka import EventProducer
+from genwire.metrics import LATENCY_BUCKETS
+from genwire.request import ErrorCode, GenerationRequest, parse_request
+from genwire.telemetry import semconv as sc
+from genwire_gateway.config import GatewaySettings
+from genwire_gateway.errors import CANCELLED, IDEMPOTENCY_CONFLICT, GatewayError
+from genwire_gateway.store import ClaimOutcome, ResultStore
+from genwire_gateway.waiters import Failure, Waiter, WaiterRegistry
+
+log = logging.getLogger(__name__)
+
+_EVENT_TYPE = (sc.HEADER_EVENT_TYPE, b"GenerationRequest")
+
+
+class ResultStatus:
+    """Answers of ``get_result``."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of a streamed answer; the last has ``final`` set and carries the result."""
+
+    index: int
+    text: str
+    final: bool = False
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    result: GenerationResult | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request and whether its caller named it (idempotency applies)."""
+
+    request: GenerationRequest
+    named: bool
+    timeout_s: float
+
+    @property
+    def request_id(self) -> str:
+        """The request's id (always set once prepared)."""
+        assert self.request.request_id is not None
+        return self.request.request_id
+
+
+class GatewayMetrics:
+    """Requests by entry point, method and outcome code; their duration."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            sc.METRIC_REQUESTS,
+            "Requests answered by the gateway, by entry point, method and outcome code.",
+            ["entrypoint", "method", "code"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            sc.METRIC_REQUEST_SECONDS,
+            "Time from receiving a request to its last byte, at the gateway.",
+            ["entrypoint", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, entrypoint: str, method: str, code: str, seconds: float) -> None:
+        """Count one answered request."""
+        self.requests.labels(entrypoint, method, code).inc()
+        self.duration.labels(entrypoint, method).observe(seconds)
+
+
+def new_request_id() -> str:
+    """An id for a request whose caller named none."""
+    return uuid.uuid4().hex
+
+
+def raise_for_error(result: GenerationResult) -> GenerationResult:
+    """Return ``result``, or raise its error as a ``GatewayError``."""
+    if result.error is not None:
+        raise GatewayError(result.error.message, code=result.error.code)
+    return result
+
+
+class Gateway:
+    """Turns caller requests into Kafka events and waits for their results."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        producer: EventProducer,
+        store: ResultStore,
+        registry: WaiterRegistry,
+    ) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.store = store
+        self.registry = registry
+        self._background: set[asyncio.Task[None]] = set()
+        self.instance_id = uuid.uuid4().hex[:16]
+        """Names this instance in the requests it publishes and in its heartbeats."""
+        self._origin = (sc.HEADER_ORIGIN, self.instance_id.encode())
+
+    # -- validation ---------------------------------------------------------------------------
+
+    def timeout_for(self, caller_timeout_s: float | None) -> float:
+        """The wait a caller gets: its own deadline, else the default; never above the max."""
+        wanted = self.settings.request_timeout_s if caller_timeout_s is None else caller_timeout_s
+        return max(0.0, min(wanted, self.settings.max_timeout_s))
+
+    def prepare(
+        self,
+        fields: Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        stream: bool = False,
+        timeout_s: float | None = None,
+    ) -> Prepared:
+        """Validate like preprocess does (same model, same codes); raises ``GatewayError``."""
+        timeout = self.timeout_for(timeout_s)
+        received = now_ms()
+        body = {k: v for k, v in fields.items() if v is not None}
+        body["request_id"] = request_id or new_request_id()
+        body["stream"] = stream
+        body["received_ms"] = received
+        body["deadline_ms"] = received + timeout * 1000.0
+        try:
+            request = parse_request(json.dumps(body).encode())
+        except PermanentError as exc:
+            raise GatewayError(exc.message, code=exc.code) from None
+        return Prepared(request, named=request_id is not None, timeout_s=timeout)
+
+    # -- unary --------------------------------------------------------------------------------
+
+    async def generate(self, prepared: Prepared) -> GenerationResult:
+        """Publish (unless an identical named request exists) and wait for the result."""
+        deadline = time.monotonic() + prepared.timeout_s
+        rid = prepared.request_id
+        claim = await self._claim(prepared)
+        if claim.result is not None:
+            return raise_for_error(claim.result)
+        with self.registry.waiting(rid) as waiter:
+            if claim.owner:
+                await self._publish(prepared, waiter)
+            else:  # another call owns it (maybe on another instance): wait for its result
+                stored = await self._stored(rid)
+                if stored is not None:
+                    return raise_for_error(stored)
+            result = await self._wait(waiter, deadline, owner=claim.owner, keep=prepared.named)
+        if claim.owner and prepared.named:
+            self._background_task(self._keep(prepared.request_id))
+        return raise_for_error(result)
+
+    async def _wait(
+        self, waiter: Waiter, deadline: float, *, owner: bool, keep: bool = False
+    ) -> GenerationResult:
+        """Wait for the fan-out reader, checking Redis now and then; cancel on expiry.
+
+        A caller who leaves cancels the work, unless it is ``keep`` (named: the caller's retry
+        collects it) — the same rule inference applies when a whole gateway dies.
+        """
+        rid = waiter.request_id
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._expired(rid, owner)
+                done, _ = await asyncio.wait(
+                    (waiter.result,), timeout=min(remaining, self.settings.result_poll_s)
+                )
+                if done:
+                    return waiter.result.result()
+                stored = await self._stored(rid)
+                if stored is not None:
+                    return stored
+        except asyncio.CancelledError:  # the caller went away: stop the work downstream
+            if owner and not keep:
+                self.cancel_soon(rid, "caller cancelled")
+            raise
+
+    def _expired(self, request_id: str, owner: bool) -> GatewayError:
+        if owner:
+            self.cancel_soon(request_id, "deadline exceeded")
+        return GatewayError(
+            f"no result for {request_id} before the deadline", code=ErrorCode.DEADLINE_EXCEEDED
+        )
+
+    # -- streaming ----------------------------------------------------------------------------
+
+    async def stream(self, prepared: Prepared) -> AsyncIterator[Chunk]:
+        """Publish a streamed request and yield its text chunks, then a final chunk.
+
+        A repeat of a named request (its tokens were or are being streamed to its first
+        caller) gets the whole result as one final chunk.
+        """
+        deadline = time.monotonic() + prepared.timeout_s
+        rid = prepared.request_id
+        claim = await self._claim(prepared)
+        if claim.result is not None:
+            yield _whole(raise_for_error(claim.result))
+            return
+        if not claim.owner:
+            with self.registry.waiting(rid) as waiter:
+                stored = await self._stored(rid)
+                result = stored or await self._wait(waiter, deadline, owner=False)
+            yield _whole(raise_for_error(result))
+            return
+        with self.registry.waiting(rid, stream=True) as waiter:
+            await self._publish(prepared, waiter)
+            finished = False
+            try:
+                async with contextlib.aclosing(self._chunks(waiter, deadline)) as chunks:
+                    async for chunk in chunks:
+                        finished = chunk.final
+                        if finished and prepared.named:
+                            self._background_task(self._keep(rid))
+                        yield chunk
+            finally:
+                # The caller left, or the wait failed before any result: stop generating,
+                # unless the caller named the request (its retry collects the result).
+                if not finished and not waiter.result.done() and not prepared.named:
+                    self.cancel_soon(rid, "stream abandoned")
+
+    async def _chunks(self, waiter: Waiter, deadline: float) -> AsyncGenerator[Chunk, None]:
+        """Chunks from the waiter's queue, deduplicated by character offset."""
+        assert waiter.chunks is not None
+        held = 0  # characters of text already yielded
+        index = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise GatewayError(
+                    f"{waiter.request_id} did not finish before the deadline",
+                    code=ErrorCode.DEADLINE_EXCEEDED,
+                )
+            try:
+                async with asyncio.timeout(min(remaining, self.settings.result_poll_s)):
+                    item = await waiter.chunks.get()
+            except TimeoutError:
+                stored = await self._stored(waiter.request_id)
+                if stored is None:
+                    continue
+                item = stored
+            if isinstance(item, Failure):
+                raise item.exc
+            if isinstance(item, TokenEvent):
+                new = _new_text(item, held)
+                if new:
+                    held += len(new)
+                    yield Chunk(index=index, text=new)
+                    index += 1
+                continue
+            result = raise_for_error(item)
+            yield Chunk(
+                index=index,
+                text=result.text[held:],
+                final=True,
+                finish_reason=result.finish_reason,
+                usage=result.usage,
+                result=result,
+            )
+            return
+
+    # -- asynchronous -------------------------------------------------------------------------
+
+    async def submit(self, prepared: Prepared) -> str:
+        """Accept a request: published and acknowledged by the broker (or already known)."""
+        claim = await self.store.claim(
+            prepared.request, self.settings.max_timeout_s + self.settings.claim_grace_s
+        )
+        if claim.conflict:
+            raise _conflict(prepared.request_id)
+        if claim.owner:
+            try:
+                await (await self._send(prepared))
+            except Exception as exc:
+                await self._release(prepared)
+                raise _unavailable(exc) from exc
+        return prepared.request_id
+
+    async def get_result(
+        self, request_id: str, wait_s: float = 0.0
+    ) -> tuple[str, GenerationResult | None]:
+        """(status, result) of a request; waits up to ``wait_s`` for a pending one."""
+        stored = await self._stored(request_id)
+        if stored is None and wait_s > 0:
+            with self.registry.waiting(request_id) as waiter:
+                stored = await self._stored(request_id)
+                if stored is None:
+                    done, _ = await asyncio.wait((waiter.result,), timeout=wait_s)
+                    stored = waiter.result.result() if done else await self._stored(request_id)
+        if stored is not None:
+            return (ResultStatus.FAILED if stored.error else ResultStatus.DONE), stored
+        known = await self.store.known(request_id)
+        return (ResultStatus.PENDING if known else ResultStatus.NOT_FOUND), None
+
+    async def cancel(self, request_id: str, reason: str = "") -> None:
+        """Publish a cancel for ``request_id`` and wait for the broker's acknowledgement."""
+        event = ControlEvent(request_id=request_id, action="cancel", reason=reason)
+        try:
+            await self.producer.publish_and_wait(event)
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+
+    def cancel_soon(self, request_id: str, reason: str) -> None:
+        """Cancel in the background (callers that are themselves being cancelled use this)."""
+        self._background_task(self._cancel_quietly(request_id, reason))
+
+    def _background_task(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` off the caller's path, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _keep(self, request_id: str) -> None:
+        try:
+            await self.store.keep(request_id)
+        except Exception as exc:
+            log.warning("could not keep the claim of %s: %s", request_id, exc)
+
+    async def _cancel_quietly(self, request_id: str, reason: str) -> None:
+        try:
+            await self.cancel(request_id, reason)
+        except Exception as exc:
+            log.warning("could not publish the cancel of %s: %s", request_id, exc)
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Let background cancels reach the broker before the producer stops."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout_s)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    async def _claim(self, prepared: Prepared) -> ClaimOutcome:
+        if not prepared.named:
+            return ClaimOutcome(owner=True)
+        try:
+            claim = await self.store.claim(
+                prepared.request, prepared.timeout_s + self.settings.claim_grace_s
+            )
+        except Exception as exc:
+            log.warning("idempotency claim of %s failed (Redis): %s", prepared.request_id, exc)
+            raise _unavailable(exc) from exc
+        if claim.conflict:
+            raise _conflict(prepared.request_id)
+        return claim
+
+    async def _release(self, prepared: Prepared) -> None:
+        try:
+            await self.store.release(prepared.request_id)
+        except Exception as exc:
+            log.warning("could not release the claim of %s: %s", prepared.request_id, exc)
+
+    async def _stored(self, request_id: str) -> GenerationResult | None:
+        try:
+            return await self.store.get(request_id)
+        except Exception as exc:  # Redis is the fallback path: its failure must not end a wait
+            log.warning("Redis lookup of %s failed: %s", request_id, exc)
+            return None
+
+    async def _send(self, prepared: Prepared) -> asyncio.Future[object]:
+        key, value = prepared.request.to_kafka()
+        topic = self.settings.requests_topic
+        # Who waits, and whether the work outlives this instance (named: a retry collects it).
+        headers = [_EVENT_TYPE, self._origin, (sc.HEADER_KEEP, b"1" if prepared.named else b"0")]
+        return await self.producer.send(topic, value, key=key, headers=headers)
+
+    async def heartbeat(self) -> None:
+        """Say this instance lives, every ``heartbeat_interval_s``, until cancelled."""
+        beat = ControlEvent(request_id="", action="heartbeat", origin=self.instance_id)
+        while True:
+            try:
+                await self.producer.publish(beat, traced=False)
+            except Exception as exc:  # the broker is down: requests cannot flow either
+                log.debug("heartbeat not published: %s", exc)
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    async def _publish(self, prepared: Prepared, waiter: Waiter) -> None:
+        """Queue the request; a failed delivery ends the wait with UNAVAILABLE."""
+        try:
+            ack = await self._send(prepared)
+        except Exception as exc:
+            if prepared.named:
+                await self._release(prepared)
+            raise _unavailable(exc) from exc
+
+        def _delivered(fut: asyncio.Future[object]) -> None:
+            if fut.cancelled():
+                waiter.fail(GatewayError("request publish cancelled", code=CANCELLED))
+            elif fut.exception() is not None:
+                waiter.fail(_unavailable(fut.exception()))
+
+        # Not awaited: the result takes longer than the acknowledgement, and awaiting would
+        # add the acknowledgement's round trip to the latency for nothing.
+        ack.add_done_callback(_delivered)
+
+
+def _new_text(token: TokenEvent, held: int) -> str:
+    """The part of ``token`` not yet yielded, given ``held`` characters were."""
+    skip = held - token.text_offset
+    if skip <= 0:
+        return token.text
+    return token.text[skip:]
+
+
+def _whole(result: GenerationResult) -> Chunk:
+    return Chunk(
+        index=0,
+        text=result.text,
+        final=True,
+        finish_reason=result.finish_reason,
+        usage=result.usage,
+        result=result,
+    )
+
+
+def _conflict(request_id: str) -> GatewayError:
+    return GatewayError(
+        f"request id {request_id!r} was already used for a different request",
+        code=IDEMPOTENCY_CONFLICT,
+    )
+
+
+def _unavailable(exc: BaseException | None) -> GatewayError:
+    return GatewayError(f"the pipeline is unavailable: {exc}", code=ErrorCode.UNAVAILABLE)

@@ -7,10 +7,23 @@ significant, the short one makes it reset soon after the problem stops.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from genwire_monitor.config import BurnRule
 from genwire_monitor.windows import CounterRing
+
+
+@dataclass
+class SLOState:
+    """One SLO's counts and its latest bad requests (example trace ids)."""
+
+    name: str
+    stage: str
+    objective: float
+    threshold_ms: float | None  # None: the error SLO
+    ring: CounterRing
+    bad_examples: deque[str] = field(default_factory=lambda: deque(maxlen=10))
 
 
 @dataclass(frozen=True)

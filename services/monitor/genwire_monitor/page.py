@@ -14,8 +14,8 @@ from html import escape
 from genwire_monitor import burnrate
 from genwire_monitor.alerting import AlertEvent
 from genwire_monitor.drift import SeriesResult
-from genwire_monitor.engine import Counts, MonitorEngine
 from genwire_monitor.features import BY_ATTR
+from genwire_monitor.handlers import Counts, MonitorEngine
 from genwire_monitor.stages import ordered
 from genwire_monitor.stalls import PartitionStatus
 from genwire_monitor.svgchart import line_chart

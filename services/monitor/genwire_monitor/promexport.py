@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from genwire.telemetry import semconv as sc
 from genwire_monitor import burnrate
-from genwire_monitor.engine import MonitorEngine
+from genwire_monitor.handlers import MonitorEngine
 
 
 @dataclass

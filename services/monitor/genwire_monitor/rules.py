@@ -3,16 +3,21 @@ partitions per (group, topic, partition)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+
+from ddsketch import DDSketch
 
 from genwire_monitor import burnrate
-from genwire_monitor.alerting import AlertEvent, Draft, Level, Policy
+from genwire_monitor.alerting import AlertBook, AlertEvent, Draft, Level, Policy
+from genwire_monitor.burnrate import SLOState
+from genwire_monitor.config import MonitorSettings
+from genwire_monitor.drift import SeriesResult
 from genwire_monitor.drift_stats import FeatureScore
 from genwire_monitor.features import BY_ATTR
 from genwire_monitor.stalls import PartitionStatus
 
-if TYPE_CHECKING:
-    from genwire_monitor.engine import MonitorEngine, SLOState
+SketchOf = Callable[[str, float, float], DDSketch]
+"""A stage's merged sketch: ``(stage, now, window_s)`` (the engine's ``sketch``)."""
 
 
 def _fmt_s(seconds: float) -> str:
@@ -23,9 +28,10 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds:.3g}s"
 
 
-def burn_drafts(engine: MonitorEngine, slo: SLOState, now: float) -> dict[str, Draft | None]:
+def burn_drafts(
+    s: MonitorSettings, slo: SLOState, sketch_of: SketchOf, now: float
+) -> dict[str, Draft | None]:
     """One verdict per severity: a draft if any rule of that severity fires, else None."""
-    s = engine.settings
     results = burnrate.evaluate(
         slo.ring, slo.objective, s.burn_rules, now, s.window_scale, s.min_events
     )
@@ -48,7 +54,7 @@ def burn_drafts(engine: MonitorEngine, slo: SLOState, now: float) -> dict[str, D
         }
         if latency:
             figures["threshold_ms"] = slo.threshold_ms or 0.0
-            sketch = engine.sketch(slo.stage, now, r.rule.short_s * s.window_scale)
+            sketch = sketch_of(slo.stage, now, r.rule.short_s * s.window_scale)
             for q in (0.5, 0.95, 0.99):
                 value = sketch.get_quantile_value(q) if sketch.count else None
                 if value is not None:
@@ -161,13 +167,13 @@ def stall_draft(p: PartitionStatus, threshold_s: float, interval_s: float) -> Dr
     )
 
 
-def stall_events(engine: MonitorEngine, now: float) -> list[AlertEvent]:
+def stall_events(
+    s: MonitorSettings, book: AlertBook, partitions: Iterable[PartitionStatus], now: float
+) -> list[AlertEvent]:
     """``partition_stalled`` per watched partition; partitions no longer reported clear."""
-    s = engine.settings
-    book = engine.book
     events: list[AlertEvent] = []
     seen: set[str] = set()
-    for p in engine.partitions.values():
+    for p in partitions:
         aid = stall_id(p.group, p.topic, p.partition)
         seen.add(aid)
         level = Level.FIRE if p.stalled else Level.CLEAR
@@ -181,15 +187,21 @@ def stall_events(engine: MonitorEngine, now: float) -> list[AlertEvent]:
     return events
 
 
-def evaluate_all(engine: MonitorEngine, now: float) -> list[AlertEvent]:
+def evaluate_all(
+    s: MonitorSettings,
+    book: AlertBook,
+    slos: Sequence[SLOState],
+    drift_results: Sequence[SeriesResult],
+    partitions: Iterable[PartitionStatus],
+    sketch_of: SketchOf,
+    now: float,
+) -> list[AlertEvent]:
     """Every rule's verdict through the alert book; returns the transitions."""
-    s = engine.settings
-    book = engine.book
     events: list[AlertEvent] = []
     burn_policy = Policy(s.scaled(s.alert_for_s), 1, s.scaled(s.alert_keep_firing_s))
-    for slo in [*engine.slos, engine.error_slo]:
+    for slo in slos:
         prefix = "latency" if slo.threshold_ms is not None else "errors"
-        for severity, draft in burn_drafts(engine, slo, now).items():
+        for severity, draft in burn_drafts(s, slo, sketch_of, now).items():
             level = Level.FIRE if draft else Level.CLEAR
             ev = book.observe(f"{prefix}:{slo.name}:{severity}", level, draft, burn_policy, now)
             events += [ev] if ev else []
@@ -197,7 +209,7 @@ def evaluate_all(engine: MonitorEngine, now: float) -> list[AlertEvent]:
         s.scaled(s.drift_for_s), s.drift_hold_evaluations, s.scaled(s.alert_keep_firing_s)
     )
     seen: set[str] = set()
-    for series in engine.drift_results:
+    for series in drift_results:
         for score in series.scores:
             aid = f"drift:{series.model}:{series.version}:{score.feature}"
             seen.add(aid)
@@ -211,5 +223,5 @@ def evaluate_all(engine: MonitorEngine, now: float) -> list[AlertEvent]:
         if aid.startswith("drift:") and aid not in seen:
             ev = book.observe(aid, Level.CLEAR, None, drift_policy, now)
             events += [ev] if ev else []
-    events += stall_events(engine, now)
+    events += stall_events(s, book, partitions, now)
     return events

@@ -17,7 +17,7 @@ from genwire.kafka import EventProducer
 from genwire_monitor import handlers, page, promexport
 from genwire_monitor.alerting import AlertEvent
 from genwire_monitor.config import MonitorSettings
-from genwire_monitor.engine import MonitorEngine
+from genwire_monitor.handlers import MonitorEngine
 from genwire_monitor.stalls import PartitionStatus
 from genwire_monitor.webhook import AlertmanagerClient
 

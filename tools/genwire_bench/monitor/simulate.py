@@ -1,6 +1,6 @@
 """Simulated traffic through the engine on a simulated clock (pure: no Kafka, no sleeping).
 
-Used by the unit tests and by ``python -m genwire_monitor.bench --quality``, which measures
+Used by the unit tests and by ``genwire monitor-bench --quality``, which measures
 time to detect and false alarms over many simulated hours.
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
-
 from genwire_monitor.alerting import AlertEvent
 from genwire_monitor.config import LatencySLO, MonitorSettings
-from genwire_monitor.engine import MonitorEngine
-from genwire_monitor.synth import Profile, encode, request_spans
+from genwire_monitor.handlers import MonitorEngine
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from genwire_bench.monitor.synth import Profile, encode, request_spans
 
 SCALE = 1 / 360  # 1 h -> 10 s, 5 min -> 0.83 s, 6 h -> 60 s, 30 min -> 5 s
 STEP_S = 0.1

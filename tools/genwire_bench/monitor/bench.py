@@ -1,4 +1,4 @@
-"""Monitor benchmark: ``python -m genwire_monitor.bench [--requests N] [--rounds R] [--quality]``.
+"""Monitor benchmark: ``genwire monitor-bench [--requests N] [--rounds R] [--quality]``.
 
 Throughput: generates realistic OTLP payloads (synth.py), then measures on this one thread
 decode only, and decode + aggregate (stage sketches, trace assembly, SLO counters, drift
@@ -17,14 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from genwire.telemetry import semconv
 from genwire_monitor.alerting import AlertEvent
-from genwire_monitor.cli import add_arguments
 from genwire_monitor.config import MonitorSettings
-from genwire_monitor.engine import MonitorEngine
-from genwire_monitor.simulate import SCALE, fast_settings, run
+from genwire_monitor.handlers import MonitorEngine
 from genwire_monitor.spans import decode
-from genwire_monitor.synth import (
+
+from genwire.telemetry import semconv
+from genwire_bench.monitor.simulate import SCALE, fast_settings, run
+from genwire_bench.monitor.synth import (
     LENGTH_STOPS,
     LONG_PROMPTS,
     REFERENCE,
@@ -41,13 +41,6 @@ def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return pages * resource.getpagesize() / 2**20
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Parse the options and run."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_arguments(parser)
-    run_bench(parser.parse_args(argv))
 
 
 def run_bench(args: argparse.Namespace) -> None:
@@ -159,7 +152,3 @@ def _fmt(t: float | None, since: float) -> str:
         return "never"
     dt = t - since
     return f"{dt:.2f}s (= {dt / SCALE / 60:.1f} production minutes)"
-
-
-if __name__ == "__main__":
-    main()

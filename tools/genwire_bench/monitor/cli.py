@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+DESCRIPTION = (
+    "Measure the monitor's engine on synthetic traffic: decode and aggregate throughput on one "
+    "core, and with --quality the time to detect and resolve a latency incident or a drift and "
+    "the false alarms over many simulated hours. Prints figures; asserts nothing."
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The benchmark's options (also ``python -m genwire_monitor.bench``'s)."""
+    """The benchmark's options."""
     parser.add_argument("--requests", type=int, default=20_000, help="requests per round")
     parser.add_argument("--per-payload", type=int, default=32, help="requests per Kafka value")
     parser.add_argument("--rounds", type=int, default=5, help="rounds (memory over time)")
@@ -21,14 +27,23 @@ def register(subparsers: Any) -> None:
     bench = subparsers.add_parser(
         "monitor-bench",
         help="measure the monitor's decode+aggregate throughput (spans/s on one core)",
-        description="Same as `python -m genwire_monitor.bench`.",
+        description=DESCRIPTION,
     )
     add_arguments(bench)
     bench.set_defaults(func=_bench)
 
 
+def main(argv: list[str] | None = None) -> None:
+    """``python -m genwire_bench.monitor``: parse the options and run."""
+    parser = argparse.ArgumentParser(
+        prog="python -m genwire_bench.monitor", description=DESCRIPTION
+    )
+    add_arguments(parser)
+    _bench(parser.parse_args(argv))
+
+
 def _bench(args: argparse.Namespace) -> int:
-    from genwire_monitor.bench import run_bench  # heavy (numpy, scipy): only when run
+    from genwire_bench.monitor.bench import run_bench  # heavy (numpy, scipy): only when run
 
     run_bench(args)
     return 0
