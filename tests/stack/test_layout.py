@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 from genwire_stack import StackError, StackLayout, current_layout, ensure_up, kafka_bootstrap
-from genwire_stack.components import Jaeger, Kafka, Service, build_components
+from genwire_stack.components import Jaeger, Kafka, Service, build_components, select_components
 from genwire_stack.layout import parse_scale, read_layout, write_layout
-from genwire_stack.manager import _select
 from genwire_stack.paths import StackPaths
 from genwire_stack.process import PidRecord, start_ticks, write_record
 
@@ -83,12 +82,16 @@ def test_three_brokers_get_their_own_ports_dirs_and_every_client_all_of_them(
 def test_the_kafka_name_means_every_node_and_kafka_n_one(tmp_path: Path) -> None:
     paths, settings = _home(tmp_path)
     cluster = build_components(paths, settings, StackLayout(brokers=3))
-    assert [c.name for c in _select(cluster, ["kafka"])] == ["kafka-1", "kafka-2", "kafka-3"]
-    assert [c.name for c in _select(cluster, ["kafka-2"])] == ["kafka-2"]
+    assert [c.name for c in select_components(cluster, ["kafka"])] == [
+        "kafka-1",
+        "kafka-2",
+        "kafka-3",
+    ]
+    assert [c.name for c in select_components(cluster, ["kafka-2"])] == ["kafka-2"]
     single = build_components(paths, settings)
-    assert [c.name for c in _select(single, ["kafka-1"])] == ["kafka"]
+    assert [c.name for c in select_components(single, ["kafka-1"])] == ["kafka"]
     with pytest.raises(StackError, match="unknown component"):
-        _select(single, ["kafka-2"])
+        select_components(single, ["kafka-2"])
 
 
 def test_scaled_services_get_ports_a_hundred_apart_and_one_consumer_group(
@@ -112,8 +115,8 @@ def test_scaled_services_get_ports_a_hundred_apart_and_one_consumer_group(
     gateway2 = components["gateway-2"]
     assert gateway2.ports() == {"http": 8180, "grpc": 50151}
     assert gateway2.environment()["GENWIRE_GATEWAY_GRPC_PORT"] == "50151"
-    assert [c.name for c in _select(components, ["preprocess"])] == [c.name for c in pre]
-    assert [c.name for c in _select(components, ["preprocess-1"])] == ["preprocess"]
+    assert [c.name for c in select_components(components, ["preprocess"])] == [c.name for c in pre]
+    assert [c.name for c in select_components(components, ["preprocess-1"])] == ["preprocess"]
     assert "inference-2" not in components
 
 

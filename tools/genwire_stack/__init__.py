@@ -19,16 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from genwire_stack.components import INFRA, SERVICES
+    from genwire_stack.default_model import DEFAULT_MODEL, ensure_model_loaded
     from genwire_stack.errors import StackError
     from genwire_stack.layout import SCALABLE, StackLayout
-    from genwire_stack.manager import (
-        DEFAULT_MODEL,
+    from genwire_stack.manager import down, ensure_up
+    from genwire_stack.observe import (
         ComponentStatus,
         child_pid,
         current_layout,
-        down,
-        ensure_model_loaded,
-        ensure_up,
         format_table,
         kafka_bootstrap,
         restart_count,
@@ -42,18 +40,18 @@ _WHERE = {
     "SERVICES": "genwire_stack.components",
     "StackError": "genwire_stack.errors",
     "StackLayout": "genwire_stack.layout",
-    "DEFAULT_MODEL": "genwire_stack.manager",
-    "ComponentStatus": "genwire_stack.manager",
-    "child_pid": "genwire_stack.manager",
+    "DEFAULT_MODEL": "genwire_stack.default_model",
+    "ComponentStatus": "genwire_stack.observe",
+    "child_pid": "genwire_stack.observe",
     "down": "genwire_stack.manager",
-    "ensure_model_loaded": "genwire_stack.manager",
+    "ensure_model_loaded": "genwire_stack.default_model",
     "ensure_up": "genwire_stack.manager",
-    "format_table": "genwire_stack.manager",
-    "kafka_bootstrap": "genwire_stack.manager",
-    "current_layout": "genwire_stack.manager",
-    "restart_count": "genwire_stack.manager",
-    "status": "genwire_stack.manager",
-    "supervisor_state": "genwire_stack.manager",
+    "format_table": "genwire_stack.observe",
+    "kafka_bootstrap": "genwire_stack.observe",
+    "current_layout": "genwire_stack.observe",
+    "restart_count": "genwire_stack.observe",
+    "status": "genwire_stack.observe",
+    "supervisor_state": "genwire_stack.observe",
 }
 
 

@@ -13,18 +13,20 @@ and its supervisor starts it again; ``down`` stops both.
 The shape of the stack (Kafka brokers, instances per service) is recorded in the run dir
 (:mod:`genwire_stack.layout`): ``ensure_up(brokers=3, scale={"preprocess": 3})`` changes it,
 every later call reuses it.
+
+What runs now (``status``, ``format_table``, ``child_pid``…) is read in
+:mod:`genwire_stack.observe`, the default model is loaded by :mod:`genwire_stack.default_model`;
+both stay importable from here.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Literal
 
 from genwire.settings import CommonSettings
@@ -36,15 +38,27 @@ from genwire_stack.components import (
     Service,
     Triton,
     build_components,
+    select_components,
 )
+from genwire_stack.default_model import DEFAULT_MODEL, Out, ensure_model_loaded, quiet
 from genwire_stack.errors import StackError
-from genwire_stack.health import http_status, last_words, wait_until
+from genwire_stack.health import last_words
 from genwire_stack.layout import SCALABLE, StackLayout, read_layout, write_layout
+from genwire_stack.observe import (
+    ComponentStatus,
+    child_pid,
+    current_layout,
+    format_table,
+    kafka_bootstrap,
+    restart_count,
+    status,
+    status_of,
+    supervisor_state,
+)
 from genwire_stack.paths import StackPaths
 from genwire_stack.process import (
     PidRecord,
     describe_pid,
-    live_child,
     locked,
     port_free,
     port_holders,
@@ -60,68 +74,8 @@ from genwire_stack.process import (
 from genwire_stack.process import supervisor_state as _read_supervisor_state
 from genwire_stack.supervise import SupervisorState
 
-DEFAULT_MODEL = "genwire-gpt"
 MODEL_PHASE = 3
 """The default model is made and loaded after the infrastructure, before the services."""
-
-Out = Callable[[str], None]
-State = Literal[
-    "running", "not-ready", "starting", "restarting", "unhealthy", "external", "stopped"
-]
-"""``running``: answers its probe and is ready. ``not-ready``: answers, but says it cannot make
-progress (a service's /readyz 503; ``reason`` says why). ``starting``/``restarting``: its
-supervisor runs it (again) and it does not answer yet, or waits out the backoff before the next
-start. ``unhealthy``: runs, but has not answered for longer than its start timeout.
-``external``: answers, but genwire did not start it. ``stopped``: nothing runs."""
-
-
-def _quiet(_: str) -> None:
-    return None
-
-
-@dataclass(frozen=True)
-class ComponentStatus:
-    """One row of ``genwire status``."""
-
-    name: str
-    title: str
-    state: State
-    pid: int | None
-    """The server's own process (a supervised component's child), or None."""
-    endpoints: str
-    log: str
-    reason: str | None = None
-    """Why it is not ready, restarting or unhealthy (one line), when known."""
-    restarts: int | None = None
-    """How often its supervisor restarted it (None: no supervisor)."""
-    supervisor_pid: int | None = None
-
-
-def _select(
-    all_components: Mapping[str, Component], names: Iterable[str] | None
-) -> list[Component]:
-    """The components ``names`` mean: a group (``kafka``: every node, ``preprocess``: every
-    instance), a name (``kafka-2``, ``preprocess-3``) or an alias (``preprocess-1``)."""
-    if names is None:
-        return list(all_components.values())
-    chosen: set[str] = set()
-    unknown: list[str] = []
-    for wanted in dict.fromkeys(names):
-        members = [c.name for c in all_components.values() if c.group == wanted]
-        members = members or [
-            c.name for c in all_components.values() if wanted in (c.name, *c.aliases)
-        ]
-        if not members:
-            unknown.append(wanted)
-        chosen.update(members)
-    if unknown:
-        choices = dict.fromkeys(
-            [c.group for c in all_components.values() if c.group] + list(all_components)
-        )
-        raise StackError(
-            f"unknown component(s) {', '.join(unknown)}: choose from {', '.join(choices)}"
-        )
-    return [c for name, c in all_components.items() if name in chosen]
 
 
 def _port_conflict(component: Component) -> str | None:
@@ -142,7 +96,7 @@ def ensure_up(
     *,
     model: bool | None = None,
     settings: CommonSettings | None = None,
-    out: Out = _quiet,
+    out: Out = quiet,
     catalog: Mapping[str, Component] | None = None,
     brokers: int | None = None,
     scale: Mapping[str, int] | None = None,
@@ -162,7 +116,7 @@ def ensure_up(
     try:
         with locked(paths.run):
             everything = _catalog_for_up(paths, cfg, catalog, brokers, scale, out)
-            chosen = _select(everything, components)
+            chosen = select_components(everything, components)
             if model is None:
                 # The services need the model, and a (re)started Triton has none loaded.
                 model = any(isinstance(c, (Service, Triton)) for c in chosen)
@@ -184,7 +138,7 @@ def ensure_up(
             out(f"stopping {record.name} (started by this run)")
             _stop_record(paths, record, component.stop_timeout_s)
         raise
-    return [_status_of(c, paths) for c in chosen]
+    return [status_of(c, paths) for c in chosen]
 
 
 def _catalog_for_up(
@@ -309,7 +263,7 @@ def _bring_up(
     out: Out,
 ) -> None:
     """Install what is missing, then start phase by phase, each waited on until ready."""
-    plan = _plan(group, paths, _quiet)
+    plan = _plan(group, paths, quiet)
     _install_missing([c for c in group if plan[c.name] == "start"], out)
     for phase in sorted({c.phase for c in group}):
         members = [c for c in group if c.phase == phase]
@@ -431,71 +385,11 @@ def _install_missing(to_start: list[Component], out: Out) -> None:
             raise errors[0]
 
 
-def ensure_model_loaded(
-    cfg: CommonSettings, triton_http: str | None = None, out: Out = _quiet
-) -> str | None:
-    """Build the default model if missing (the model package does), then load it into Triton.
-
-    ``triton_http`` is Triton's HTTP ``host:port`` (default: the settings'). Returns the model
-    version, or None when the model package is not there yet.
-    """
-    try:
-        module = importlib.import_module("genwire_model")
-        make = module.ensure_default_model
-    except (ModuleNotFoundError, AttributeError) as exc:
-        out(f"default model: skipped, genwire_model has no ensure_default_model ({exc})")
-        return None
-    base = f"http://{triton_http or cfg.triton_http_url}"
-    began = time.monotonic()
-    try:
-        version = str(make(cfg))
-    except StackError:
-        raise
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("genwire_model"):
-            raise StackError(f"building the default model failed: {exc!r}") from exc
-        # The model package is still being written: bring the rest up without it.
-        out(f"default model: skipped, the model package is incomplete ({exc})")
-        return None
-    except Exception as exc:
-        raise StackError(
-            f"building the default model failed: {exc!r}; see the output above, fix, then "
-            "`make up` again"
-        ) from exc
-    if http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/{version}/ready") == 200:
-        return version
-    out(f"loading {DEFAULT_MODEL} (version {version}) into Triton at {base}")
-    status, detail = _post(f"{base}/v2/repository/models/{DEFAULT_MODEL}/load", timeout_s=600.0)
-    if status != 200:
-        raise StackError(
-            f"Triton refused to load {DEFAULT_MODEL} version {version} (HTTP {status}: "
-            f"{detail[:200]}); see Triton's log"
-        )
-    wait_until(
-        lambda: http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/{version}/ready") == 200,
-        what=f"model {DEFAULT_MODEL} version {version}",
-        timeout_s=120.0,
-    )
-    out(f"{DEFAULT_MODEL} version {version} ready after {time.monotonic() - began:.1f} s")
-    return version
-
-
-def _post(url: str, timeout_s: float) -> tuple[int | None, str]:
-    import httpx
-
-    try:
-        with httpx.Client(timeout=timeout_s, trust_env=False) as client:
-            response = client.post(url)
-            return response.status_code, response.text
-    except httpx.HTTPError as exc:
-        return None, str(exc)
-
-
 def down(
     components: Iterable[str] | None = None,
     *,
     settings: CommonSettings | None = None,
-    out: Out = _quiet,
+    out: Out = quiet,
     catalog: Mapping[str, Component] | None = None,
 ) -> list[str]:
     """Stop what genwire started (by pid file; services first); returns the names stopped.
@@ -507,7 +401,7 @@ def down(
     cfg = settings or CommonSettings()
     paths = StackPaths.from_settings(cfg)
     everything = dict(catalog) if catalog is not None else build_components(paths, cfg)
-    chosen = _select(everything, components)
+    chosen = select_components(everything, components)
     stopped: list[str] = []
     with locked(paths.run):
         if components is None and catalog is None:
@@ -534,156 +428,6 @@ def _stop_record(paths: StackPaths, record: PidRecord, stop_timeout_s: float) ->
         stopped = stop_orphan(paths.run, record)
     remove_record(paths.run, record.name)
     return stopped
-
-
-def status(
-    components: Iterable[str] | None = None,
-    *,
-    settings: CommonSettings | None = None,
-    catalog: Mapping[str, Component] | None = None,
-) -> list[ComponentStatus]:
-    """What runs now, one row per component (of the recorded layout)."""
-    cfg = settings or CommonSettings()
-    paths = StackPaths.from_settings(cfg)
-    everything = dict(catalog) if catalog is not None else build_components(paths, cfg)
-    return [_status_of(c, paths) for c in _select(everything, components)]
-
-
-def _status_of(component: Component, paths: StackPaths) -> ComponentStatus:
-    record = read_record(paths.run, component.name)
-    ours = record is not None and record.alive()
-
-    def row(
-        state: State,
-        pid: int | None,
-        reason: str | None = None,
-        restarts: int | None = None,
-        supervisor: int | None = None,
-    ) -> ComponentStatus:
-        return ComponentStatus(
-            name=component.name,
-            title=component.title,
-            state=state,
-            pid=pid,
-            endpoints=component.endpoints(),
-            log=str(component.log),
-            reason=reason,
-            restarts=restarts,
-            supervisor_pid=supervisor,
-        )
-
-    if record is None or not ours:
-        first_port = next(iter(component.ports().values()))
-        healthy = component.healthy() if not port_free(first_port) else False
-        return row("external" if healthy else "stopped", None)
-    if not record.supervised:
-        verdict = component.readiness()
-        if verdict.ready:
-            return row("running", record.pid)
-        return row("not-ready" if verdict.answered else "unhealthy", record.pid, verdict.reason)
-    state = _read_supervisor_state(paths.run, component.name)
-    restarts = state.restarts if state is not None else 0
-    child = live_child(paths.run, component.name)
-    if child is None:
-        if state is not None and state.phase == "backoff":
-            wait = max(0.0, (state.next_start_at or time.time()) - time.time())
-            reason = f"{state.last_exit}; restart {state.restarts} in {wait:.0f} s"
-            return row("restarting", None, reason, restarts, record.pid)
-        return row("restarting" if restarts else "starting", None, None, restarts, record.pid)
-    verdict = component.readiness()
-    if verdict.ready:
-        return row("running", child, None, restarts, record.pid)
-    if verdict.answered:
-        return row("not-ready", child, verdict.reason, restarts, record.pid)
-    started = state.child_started_at if state is not None else None
-    if started is not None and time.time() - started < component.start_timeout_s:
-        after = f"after {state.last_exit}" if state is not None and state.last_exit else None
-        return row("restarting" if restarts else "starting", child, after, restarts, record.pid)
-    return row("unhealthy", child, "does not answer its health probe", restarts, record.pid)
-
-
-def format_table(rows: Iterable[ComponentStatus]) -> str:
-    """A plain-text table: component, state, pid, restarts, where to reach it, its log; then one
-    line per component that is not fine, saying why."""
-    rows = list(rows)
-    header = ("component", "state", "pid", "restarts", "endpoints", "log")
-    lines = [
-        (
-            r.name,
-            r.state,
-            str(r.pid or "-"),
-            "-" if r.restarts is None else str(r.restarts),
-            r.endpoints,
-            r.log,
-        )
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    table = [fmt.format(*row).rstrip() for row in [header, *lines]]
-    table += [f"{r.name}: {r.state}: {r.reason}" for r in rows if r.reason]
-    return "\n".join(table)
-
-
-# -- what the chaos suite and other tools ask of a running stack ----------------------------------
-
-
-def _resolve(name: str, paths: StackPaths, cfg: CommonSettings) -> str:
-    """``kafka-1`` → ``kafka`` on a single node, ``preprocess-1`` → ``preprocess``; else as is."""
-    everything = build_components(paths, cfg)
-    if name in everything:
-        return name
-    matches = [c.name for c in everything.values() if name in c.aliases]
-    return matches[0] if len(matches) == 1 else name
-
-
-def child_pid(name: str, settings: CommonSettings | None = None) -> int | None:
-    """The pid of the server running for component ``name`` now (a supervised component: its
-    supervisor's child, the process to SIGKILL to simulate a crash), or None when none runs."""
-    cfg = settings or CommonSettings()
-    paths = StackPaths.from_settings(cfg)
-    resolved = _resolve(name, paths, cfg)
-    record = read_record(paths.run, resolved)
-    if record is None or not record.alive():
-        return None
-    if record.supervised:
-        return live_child(paths.run, resolved)
-    return record.pid
-
-
-def restart_count(name: str, settings: CommonSettings | None = None) -> int | None:
-    """How often the supervisor of ``name`` restarted it since ``genwire up`` started it (None:
-    not running under a supervisor)."""
-    state = supervisor_state(name, settings)
-    return state.restarts if state is not None else None
-
-
-def supervisor_state(name: str, settings: CommonSettings | None = None) -> SupervisorState | None:
-    """What the supervisor of ``name`` last recorded (phase, child pid, restarts, last exit), or
-    None when no live supervisor runs it."""
-    cfg = settings or CommonSettings()
-    paths = StackPaths.from_settings(cfg)
-    resolved = _resolve(name, paths, cfg)
-    record = read_record(paths.run, resolved)
-    if record is None or not record.supervised or not record.alive():
-        return None
-    return _read_supervisor_state(paths.run, resolved)
-
-
-def current_layout(settings: CommonSettings | None = None) -> StackLayout:
-    """The recorded layout: Kafka brokers and instances per service."""
-    return read_layout(StackPaths.from_settings(settings or CommonSettings()).run)
-
-
-def kafka_bootstrap(settings: CommonSettings | None = None) -> str:
-    """Every broker of the recorded layout, comma separated (what services are given)."""
-    cfg = settings or CommonSettings()
-    paths = StackPaths.from_settings(cfg)
-    kafka = next(c for c in build_components(paths, cfg).values() if c.group == "kafka")
-    from genwire_stack.components import Kafka
-
-    assert isinstance(kafka, Kafka)
-    return kafka.bootstrap
 
 
 __all__ = [

@@ -1,0 +1,281 @@
+"""Apache Kafka (KRaft): how a node, or each node of a three-node cluster, is installed and run."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import string
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from genwire.settings import CommonSettings
+from genwire_stack import bootstrap
+from genwire_stack.catalog import KAFKA_CONTROLLER_PORT, KAFKA_PORT, KAFKA_VERSION
+from genwire_stack.component import Component
+from genwire_stack.errors import StackError
+from genwire_stack.health import run_coro, tcp_open
+from genwire_stack.layout import instance_port
+from genwire_stack.paths import StackPaths
+
+
+class Kafka(Component):
+    """Apache Kafka, one KRaft node (broker + controller), jars from Maven Central.
+
+    Alone (``kafka``), or one of a cluster (``kafka-1``…, see :func:`kafka_nodes`): every node
+    is broker and controller, all of them controller voters, sharing one cluster id.
+    """
+
+    name = "kafka"
+    title = f"Apache Kafka {KAFKA_VERSION} (KRaft)"
+    phase = 1
+
+    def __init__(
+        self,
+        paths: StackPaths,
+        settings: CommonSettings,
+        port: int = KAFKA_PORT,
+        controller_port: int = KAFKA_CONTROLLER_PORT,
+        version: str = KAFKA_VERSION,
+        *,
+        node_id: int = 1,
+        cluster: Sequence[tuple[int, int]] | None = None,
+        heap: str = "1g",
+    ) -> None:
+        """``cluster``: (broker port, controller port) of every node, this one included, in
+        node-id order; None: a single node."""
+        super().__init__(paths, settings)
+        self.port = port
+        self.controller_port = controller_port
+        self.version = version
+        self.node_id = node_id
+        self.cluster = list(cluster) if cluster else [(port, controller_port)]
+        self.heap = heap
+        self.group = "kafka"
+        if len(self.cluster) > 1:
+            self.name = f"kafka-{node_id}"
+            self.title = f"Apache Kafka {version} (KRaft node {node_id} of {len(self.cluster)})"
+        else:
+            self.aliases = ("kafka-1",)
+
+    @property
+    def size(self) -> int:
+        """Nodes in its cluster (1: a single node)."""
+        return len(self.cluster)
+
+    @property
+    def bootstrap(self) -> str:
+        """Every broker of its cluster, comma separated: what clients should be given."""
+        return ",".join(f"127.0.0.1:{broker}" for broker, _ in self.cluster)
+
+    @property
+    def replication_factor(self) -> int:
+        """Of genwire's topics and Kafka's internal ones: a copy on every broker."""
+        return self.size
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """2 of 3 (a write with acks=all survives losing one broker); 1 on a single node."""
+        return 2 if self.size >= 3 else 1
+
+    @property
+    def dest(self) -> Path:
+        return self.paths.opt / f"kafka-{self.version}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.paths.data / self.name
+
+    @property
+    def config_file(self) -> Path:
+        return self.paths.conf / f"{self.name}.properties"
+
+    @property
+    def cluster_id_file(self) -> Path:
+        """The id every node of a cluster is formatted with (kept for a node wiped later)."""
+        ports = "-".join(str(b) for b, _ in self.cluster)
+        return self.paths.data / f"kafka-cluster-{ports}.id"
+
+    def _cluster_id(self) -> str:
+        if self.size == 1:
+            return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        try:
+            return self.cluster_id_file.read_text().strip()
+        except FileNotFoundError:
+            pass
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.cluster_id_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.cluster_id_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(cluster_id)
+        tmp.replace(self.cluster_id_file)
+        return cluster_id
+
+    def ports(self) -> dict[str, int]:
+        return {"broker": self.port, "controller": self.controller_port}
+
+    def installed(self) -> bool:
+        return (self.dest / "libs" / f"kafka_2.13-{self.version}.jar").exists()
+
+    def install(self) -> None:
+        bootstrap.install_kafka(
+            self.version,
+            self.dest,
+            pom=self.paths.deploy / "kafka" / "pom.xml",
+            m2=self.paths.home / "m2",
+            log=self.log,
+        )
+
+    def _java(self) -> str:
+        return bootstrap.require_tool("java", bootstrap.JAVA_HINT)
+
+    def prepare(self) -> None:
+        template = (self.paths.deploy / "kafka" / "server.properties").read_text()
+        voters = ",".join(
+            f"{node}@127.0.0.1:{controller}"
+            for node, (_, controller) in enumerate(self.cluster, start=1)
+        )
+        text = string.Template(template).substitute(
+            node_id=self.node_id,
+            voters=voters,
+            port=self.port,
+            controller_port=self.controller_port,
+            data_dir=self.data_dir,
+            replication_factor=self.replication_factor,
+            min_insync_replicas=self.min_insync_replicas,
+        )
+        self.config_file.parent.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(text)
+        if not (self.data_dir / "meta.properties").exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            cluster_id = self._cluster_id()
+            bootstrap.run_step(
+                [
+                    self._java(),
+                    *self._java_opts(),
+                    "-cp",
+                    str(self.dest / "libs" / "*"),
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(self.config_file),
+                ],
+                what="formatting Kafka's KRaft storage",
+                log=self.log,
+                hint=f"remove {self.data_dir} and run `make up` again",
+            )
+
+    def _java_opts(self) -> list[str]:
+        log4j = self.paths.deploy / "kafka" / "log4j.properties"
+        return [f"-Dlog4j.configuration=file:{log4j}", "-Djava.awt.headless=true"]
+
+    def command(self) -> list[str]:
+        return [
+            self._java(),
+            # A small heap suits a dev box: the page cache does Kafka's real caching.
+            "-Xms256m",
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            *self._java_opts(),
+            "-cp",
+            str(self.dest / "libs" / "*"),
+            "kafka.Kafka",
+            str(self.config_file),
+        ]
+
+    def healthy(self) -> bool:
+        if not tcp_open(self.port):
+            return False
+        return run_coro(_kafka_answers(f"127.0.0.1:{self.port}"))
+
+    def after_ready(self) -> None:
+        from genwire.kafka import ensure_topics
+
+        # Auto-create is off: every topic of genwire.topics.TOPIC_SPECS is created here.
+        if self.size == 1:
+            run_coro(ensure_topics(f"127.0.0.1:{self.port}"))
+        else:
+            run_coro(self._ensure_cluster_topics(timeout_s=120.0))
+
+    async def _ensure_cluster_topics(self, timeout_s: float) -> None:
+        """Once every broker has registered (RF 3 needs three), create the missing topics."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        from genwire.kafka import ensure_topics
+        from genwire.topics import TOPIC_SPECS
+
+        deadline = time.monotonic() + timeout_s
+        brokers = 0
+        while True:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+            try:
+                await admin.start()
+                if {s.name for s in TOPIC_SPECS} <= set(await admin.list_topics()):
+                    return
+                brokers = len((await admin.describe_cluster())["brokers"])
+            except Exception:
+                brokers = 0
+            finally:
+                await admin.close()
+            if brokers >= self.size:
+                break
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"only {brokers} of {self.size} Kafka brokers registered within "
+                    f"{timeout_s:.0f} s, so the topics (replication factor {self.size}) cannot be "
+                    f"created; see the kafka-N logs in {self.paths.logs}"
+                )
+            await asyncio.sleep(0.5)
+        await ensure_topics(
+            self.bootstrap,
+            timeout_s=timeout_s,
+            replication_factor=self.replication_factor,
+            min_insync_replicas=self.min_insync_replicas,
+        )
+
+
+async def _kafka_answers(bootstrap_servers: str) -> bool:
+    """True once the broker answers a metadata request (the controller quorum is up)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000)
+    try:
+        await admin.start()
+        await admin.list_topics()
+        return True
+    except Exception:
+        return False
+    finally:
+        await admin.close()
+
+
+def kafka_nodes(
+    paths: StackPaths,
+    settings: CommonSettings,
+    brokers: int = 1,
+    ports: Sequence[tuple[int, int]] | None = None,
+) -> list[Kafka]:
+    """The Kafka node(s) of a stack: ``kafka`` alone, or ``kafka-1``… of a KRaft cluster.
+
+    Node n listens on 9092 + 100·(n−1) (broker) and 9093 + 100·(n−1) (controller): 9092/9093,
+    9192/9193, 9292/9293. ``ports`` replaces them (tests).
+    """
+    chosen = (
+        list(ports)
+        if ports is not None
+        else [
+            (instance_port(KAFKA_PORT, n), instance_port(KAFKA_CONTROLLER_PORT, n))
+            for n in range(1, brokers + 1)
+        ]
+    )
+    if len(chosen) == 1:
+        return [Kafka(paths, settings, chosen[0][0], chosen[0][1])]
+    # Three JVMs on a small machine: a smaller heap each.
+    return [
+        Kafka(paths, settings, broker, controller, node_id=n, cluster=chosen, heap="512m")
+        for n, (broker, controller) in enumerate(chosen, start=1)
+    ]

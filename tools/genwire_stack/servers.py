@@ -1,0 +1,390 @@
+"""How Redis, Triton, Jaeger and genwire's own services are installed, started and probed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from genwire.settings import CommonSettings
+from genwire_stack import bootstrap
+from genwire_stack.catalog import (
+    JAEGER_HEALTH_PORT,
+    JAEGER_METRICS_PORT,
+    JAEGER_MODULE,
+    JAEGER_MODULE_VERSION,
+    JAEGER_OTLP_GRPC_PORT,
+    JAEGER_OTLP_HTTP_PORT,
+    JAEGER_QUERY_GRPC_PORT,
+    JAEGER_UI_PORT,
+    JAEGER_VERSION,
+    KAFKA_PORT,
+    PYTRITON_WHEEL,
+    REDIS_PORT,
+    STUB_SITE_PACKAGES_ENV,
+    TRITON_GRPC_PORT,
+    TRITON_HTTP_PORT,
+    TRITON_METRICS_PORT,
+    TRITON_SERVER_VERSION,
+)
+from genwire_stack.component import Component, Readiness, readyz
+from genwire_stack.errors import StackError
+from genwire_stack.health import http_status, redis_ping
+from genwire_stack.layout import instance_name
+from genwire_stack.paths import StackPaths, site_packages
+
+
+class Redis(Component):
+    """Redis from Debian's ``redis-server`` package; an already-running Redis is reused."""
+
+    name = "redis"
+    title = "Redis"
+    phase = 1
+    start_timeout_s = 30.0
+    adoptable = True
+
+    def __init__(self, paths: StackPaths, settings: CommonSettings, port: int = REDIS_PORT) -> None:
+        super().__init__(paths, settings)
+        self.port = port
+
+    def ports(self) -> dict[str, int]:
+        return {"redis": self.port}
+
+    def _binary(self) -> str | None:
+        return shutil.which("redis-server") or (
+            "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+        )
+
+    def installed(self) -> bool:
+        return self._binary() is not None
+
+    def install(self) -> None:
+        bootstrap.apt_install(["redis-server"], why="Redis for genwire", log=self.log)
+
+    @property
+    def data_dir(self) -> Path:
+        """The RDB dump and the append-only files (``appendonlydir/``)."""
+        return self.paths.data / "redis"
+
+    def prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        binary = self._binary()
+        if binary is None:
+            raise StackError("redis-server not found: apt-get install redis-server")
+        return [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir),
+            "--daemonize",
+            "no",
+            # Durable: every write goes to the append-only file, fsynced once a second, so a
+            # crash loses at most the last second; the RDB snapshot stays as a second copy.
+            "--save",
+            "300 10",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--logfile",
+            "",
+        ]
+
+    def healthy(self) -> bool:
+        return redis_ping(self.port)
+
+
+class Triton(Component):
+    """Triton Inference Server (from the nvidia-pytriton wheel), CPU, Python backend."""
+
+    name = "triton"
+    title = f"Triton Inference Server {TRITON_SERVER_VERSION}"
+    phase = 1
+
+    def __init__(
+        self,
+        paths: StackPaths,
+        settings: CommonSettings,
+        http_port: int = TRITON_HTTP_PORT,
+        grpc_port: int = TRITON_GRPC_PORT,
+        metrics_port: int = TRITON_METRICS_PORT,
+    ) -> None:
+        super().__init__(paths, settings)
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.metrics_port = metrics_port
+
+    @property
+    def dest(self) -> Path:
+        return self.paths.opt / f"pytriton-{PYTRITON_WHEEL.split('==')[1]}"
+
+    @property
+    def server_dir(self) -> Path:
+        return self.dest / "pytriton" / "tritonserver"
+
+    @property
+    def repository(self) -> Path:
+        """The model repository Triton serves (fixed for the server's lifetime)."""
+        return self.settings.model_repository or self.paths.home / "models" / "repository"
+
+    def ports(self) -> dict[str, int]:
+        return {"http": self.http_port, "grpc": self.grpc_port, "metrics": self.metrics_port}
+
+    def installed(self) -> bool:
+        stub = self.server_dir / "backends" / "python" / "triton_python_backend_stub"
+        return (self.server_dir / "bin" / "tritonserver").exists() and stub.exists()
+
+    def install(self) -> None:
+        bootstrap.install_triton(
+            PYTRITON_WHEEL, self.dest, downloads=self.paths.downloads, log=self.log
+        )
+
+    def environment(self) -> dict[str, str]:
+        libs = str(self.dest / "nvidia_pytriton.libs")
+        current = os.environ.get("LD_LIBRARY_PATH")
+        env = {
+            "LD_LIBRARY_PATH": f"{libs}:{current}" if current else libs,
+            STUB_SITE_PACKAGES_ENV: str(site_packages()),
+            # For the supervisor's after-restart step (`genwire default-model`): same home.
+            "GENWIRE_HOME": str(self.paths.home),
+        }
+        if self.settings.model_repository is not None:
+            env["GENWIRE_MODEL_REPOSITORY"] = str(self.settings.model_repository)
+        return env
+
+    def after_restart(self) -> tuple[str, list[str]] | None:
+        # A restarted Triton (explicit model control) serves no model until it is loaded again.
+        return (
+            f"http://127.0.0.1:{self.http_port}/v2/health/ready",
+            [
+                sys.executable,
+                "-m",
+                "genwire_cli",
+                "default-model",
+                "--triton-http",
+                f"127.0.0.1:{self.http_port}",
+            ],
+        )
+
+    def prepare(self) -> None:
+        self.repository.mkdir(parents=True, exist_ok=True)
+        stub = self.server_dir / "backends" / "python" / "triton_python_backend_stub"
+        env = {**os.environ, **self.environment()}
+        missing = bootstrap.missing_libraries(stub, env)
+        if any(lib.startswith("libpython3.11") for lib in missing):
+            # The stub embeds the system's Python 3.11 (Debian's libpython3.11), not the venv's.
+            bootstrap.apt_install(["libpython3.11"], why="Triton's Python stub", log=self.log)
+            missing = bootstrap.missing_libraries(stub, env)
+        if missing:
+            raise StackError(
+                f"Triton's Python stub cannot find {', '.join(missing)}: install them "
+                "(Debian package names usually match), then `make up` again"
+            )
+
+    def command(self) -> list[str]:
+        return [
+            str(self.server_dir / "bin" / "tritonserver"),
+            "--model-repository",
+            str(self.repository),
+            "--backend-directory",
+            str(self.server_dir / "backends"),
+            # Models are loaded and unloaded through the repository API (genwire up loads
+            # the default model), so a broken model never keeps the server from starting.
+            "--model-control-mode",
+            "explicit",
+            "--http-address",
+            "127.0.0.1",
+            "--http-port",
+            str(self.http_port),
+            "--grpc-address",
+            "127.0.0.1",
+            "--grpc-port",
+            str(self.grpc_port),
+            "--metrics-address",
+            "127.0.0.1",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--allow-gpu-metrics",
+            "false",
+            # Ready means the server serves: one model stuck loading or unloading must not make
+            # the whole server look down (genwire up checks the default model separately).
+            "--strict-readiness",
+            "false",
+            "--log-verbose",
+            "0",
+        ]
+
+    def healthy(self) -> bool:
+        return http_status(f"http://127.0.0.1:{self.http_port}/v2/health/ready") == 200
+
+
+class Jaeger(Component):
+    """Jaeger v2, built from the Go module proxy; ingests ``otlp_spans`` from Kafka."""
+
+    name = "jaeger"
+    title = f"Jaeger {JAEGER_VERSION}"
+    phase = 2  # its kafka receiver needs the broker and the otlp_spans topic
+
+    def __init__(
+        self,
+        paths: StackPaths,
+        settings: CommonSettings,
+        ports: dict[str, int] | None = None,
+        group: str = "jaeger",
+        kafka_port: int = KAFKA_PORT,
+        kafka_bootstrap: str | None = None,
+        initial_offset: str = "earliest",
+    ) -> None:
+        super().__init__(paths, settings)
+        self.initial_offset = initial_offset
+        """Where a new consumer group starts on ``otlp_spans``: ``earliest`` (every retained
+        span) or ``latest`` (a throwaway instance that must not read a day of backlog)."""
+        self._ports = {
+            "ui+query": JAEGER_UI_PORT,
+            "query-grpc": JAEGER_QUERY_GRPC_PORT,
+            "otlp-grpc": JAEGER_OTLP_GRPC_PORT,
+            "otlp-http": JAEGER_OTLP_HTTP_PORT,
+            "health": JAEGER_HEALTH_PORT,
+            "metrics": JAEGER_METRICS_PORT,
+            **(ports or {}),
+        }
+        self.consumer_group = group
+        self.kafka_bootstrap = kafka_bootstrap or f"127.0.0.1:{kafka_port}"
+        """Every broker, comma separated (the config's ``brokers`` splits the list)."""
+
+    @property
+    def dest(self) -> Path:
+        return self.paths.opt / f"jaeger-{JAEGER_VERSION}"
+
+    @property
+    def binary(self) -> Path:
+        return self.dest / "jaeger"
+
+    @property
+    def ui_port(self) -> int:
+        return self._ports["ui+query"]
+
+    def ports(self) -> dict[str, int]:
+        return dict(self._ports)
+
+    def endpoints(self) -> str:
+        otlp = f"{self._ports['otlp-grpc']}/{self._ports['otlp-http']}"
+        return f"http://127.0.0.1:{self.ui_port} otlp:{otlp}"
+
+    def installed(self) -> bool:
+        return self.binary.exists()
+
+    def install(self) -> None:
+        bootstrap.install_jaeger(
+            JAEGER_MODULE,
+            JAEGER_MODULE_VERSION,
+            self.dest,
+            go_root=self.paths.home / "go",
+            log=self.log,
+            version_tag=f"v{JAEGER_VERSION}",
+        )
+
+    def prepare(self) -> None:
+        (self.paths.data / "jaeger").mkdir(parents=True, exist_ok=True)
+
+    def environment(self) -> dict[str, str]:
+        # deploy/native/jaeger/config.yaml reads these (its defaults are the same values).
+        return {
+            "JAEGER_DATA_DIR": str(self.paths.data / "jaeger"),
+            "JAEGER_UI_ASSETS": str(self.paths.deploy / "jaeger" / "ui"),
+            "JAEGER_KAFKA_BROKERS": self.kafka_bootstrap,
+            "JAEGER_KAFKA_GROUP": self.consumer_group,
+            "JAEGER_KAFKA_INITIAL_OFFSET": self.initial_offset,
+            "JAEGER_LISTEN_HOST": "127.0.0.1",
+            "JAEGER_UI_PORT": str(self._ports["ui+query"]),
+            "JAEGER_QUERY_GRPC_PORT": str(self._ports["query-grpc"]),
+            "JAEGER_OTLP_GRPC_PORT": str(self._ports["otlp-grpc"]),
+            "JAEGER_OTLP_HTTP_PORT": str(self._ports["otlp-http"]),
+            "JAEGER_HEALTH_PORT": str(self._ports["health"]),
+            "JAEGER_METRICS_PORT": str(self._ports["metrics"]),
+        }
+
+    def command(self) -> list[str]:
+        return [str(self.binary), "--config", str(self.paths.deploy / "jaeger" / "config.yaml")]
+
+    def healthy(self) -> bool:
+        return http_status(f"http://127.0.0.1:{self.ui_port}/api/services") == 200
+
+
+class Service(Component):
+    """One of genwire's own services: ``python -m genwire_<svc>`` from the venv.
+
+    Instance ``index`` > 1 (``preprocess-2``…, ``genwire up --scale``) runs the same module with
+    the same service name, so the consumer stages share their consumer group; only its ports
+    (``GENWIRE_<SVC>_PORT``, the gateway's ``GENWIRE_GATEWAY_GRPC_PORT``), log and pid file differ.
+    """
+
+    phase = 4
+    start_timeout_s = 180.0
+    unready_restart_s = 600.0
+
+    def __init__(
+        self,
+        paths: StackPaths,
+        settings: CommonSettings,
+        short: str,
+        port: int,
+        extra_ports: dict[str, int] | None = None,
+        *,
+        index: int = 1,
+        kafka_bootstrap: str | None = None,
+    ) -> None:
+        super().__init__(paths, settings)
+        self.short = short
+        self.index = index
+        self.name = instance_name(short, index)
+        self.group = short
+        self.aliases = (f"{short}-1",) if index == 1 else ()
+        self.title = f"genwire {short} service" + (f" #{index}" if index > 1 else "")
+        self.module = f"genwire_{short}"
+        self.port = port
+        self.extra_ports = extra_ports or {}
+        self.kafka_bootstrap = kafka_bootstrap
+
+    def ports(self) -> dict[str, int]:
+        return {"http": self.port, **self.extra_ports}
+
+    def endpoints(self) -> str:
+        extra = " ".join(f"{role}:{port}" for role, port in self.extra_ports.items())
+        return f"http://127.0.0.1:{self.port}/readyz {extra}".strip()
+
+    def environment(self) -> dict[str, str]:
+        # Services read GENWIRE_HOME like the stack, so both agree on the model repository.
+        prefix = f"GENWIRE_{self.short.upper()}_"
+        env = {
+            "GENWIRE_HOME": str(self.paths.home),
+            "PYTHONUNBUFFERED": "1",
+            f"{prefix}PORT": str(self.port),
+            **{f"{prefix}{role.upper()}_PORT": str(p) for role, p in self.extra_ports.items()},
+        }
+        if self.kafka_bootstrap is not None:
+            # Every broker: a client that knows one only cannot start while that one is down.
+            env["GENWIRE_KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap
+            env[f"{prefix}KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap
+        return env
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module]
+
+    def healthy(self) -> bool:
+        return self.readiness().ready
+
+    def readiness(self) -> Readiness:
+        """``/readyz``: 200 ready; 503 with ``{"ready", "failed", "reasons"}`` says why not."""
+        return readyz(f"http://127.0.0.1:{self.port}/readyz")
+
+    def unready_restart(self) -> tuple[str, float] | None:
+        # A service gives up and exits by itself after its outage budget (default 300 s); one
+        # that stays not-ready twice as long is stuck, and a restart is what is left to try.
+        return f"http://127.0.0.1:{self.port}/readyz", self.unready_restart_s
