@@ -12,6 +12,8 @@ Three kinds, three paths (docs/architecture.md, *Errors*):
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class GenwireError(Exception):
     """Base of genwire's errors; ``code`` is stable and machine-readable."""
@@ -51,3 +53,15 @@ class Rejection(GenwireError):
 
     code = "rejected"
     dead_letter = False
+
+
+def describe_validation(exc: ValidationError, *, subject: str, limit: int = 5) -> str:
+    """One readable line per validation problem (the first ``limit``), without echoing the input.
+
+    A problem with no location (the whole value) is named ``subject``.
+    """
+    parts = []
+    for e in exc.errors(include_url=False, include_input=False)[:limit]:
+        where = ".".join(str(p) for p in e["loc"]) or subject
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)

@@ -133,6 +133,15 @@ class Usage(BaseModel):
     completion_tokens: int = 0
     total_tokens: int = 0
 
+    def counts(self) -> dict[str, int]:
+        """The three counts as a caller gets them (OpenAI's ``usage``, the proto's ``Usage``):
+        ``total_tokens`` is filled in when unset."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens or self.prompt_tokens + self.completion_tokens,
+        }
+
 
 class GenerationResult(Event):
     """The final result of a request, or its error; stored in Redis and on ``genwire.results``."""

@@ -1,4 +1,4 @@
-"""The user request on ``genwire.requests`` (schema v1), its error codes and its Redis result key.
+"""The user request on ``genwire.requests`` (schema v1) and its error codes.
 
 This is the contract between every entry point (gateway gRPC/HTTP/CLI, or anyone producing to
 Kafka) and the pipeline: the Kafka value is this model's JSON, the Kafka key is the request id.
@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import sys
+from collections.abc import Mapping
 from enum import StrEnum
 from importlib import resources
 from typing import Annotated, Any, Literal
@@ -29,7 +30,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from genwire.errors import PermanentError
+from genwire.errors import PermanentError, describe_validation
 from genwire.events import ChatMessage
 
 SCHEMA_VERSION = 1
@@ -48,31 +49,8 @@ MAX_METADATA = 16
 MAX_TOKENS_CEILING = 32_768
 """``max_tokens`` ceiling of the schema; the model's context length is the real bound."""
 
-RESULT_KEY_PREFIX = "genwire:result:"
-"""Redis key of a stored result: ``genwire:result:<request_id>`` → GenerationResult JSON."""
-
-
-def result_key(request_id: str) -> str:
-    """The Redis key under which postprocess stores the result of ``request_id`` (SET NX, TTL)."""
-    return f"{RESULT_KEY_PREFIX}{request_id}"
-
-
-CLAIM_KEY_PREFIX = "genwire:claim:"
-"""``genwire:claim:<request_id>`` → the fingerprint of the first request with that id. Set by
-the gateway before it publishes a named request, and by preprocess for every request (SET NX):
-a later request with the same id and another fingerprint is an ``idempotency_conflict``."""
-
-
-def claim_key(request_id: str) -> str:
-    """The Redis key of a request id's idempotency claim."""
-    return f"{CLAIM_KEY_PREFIX}{request_id}"
-
-
-def claimed_fingerprint(value: bytes | str) -> str:
-    """The fingerprint in a claim's value (``<fingerprint>`` or ``<fingerprint>:<owner token>``:
-    the gateway adds a token of its own, so a retried ``SET NX`` still tells it that it won)."""
-    text = value.decode() if isinstance(value, bytes) else value
-    return text.split(":", 1)[0]
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+"""Default ceiling on a request's JSON (the Kafka value) in bytes."""
 
 
 class ErrorCode(StrEnum):
@@ -250,7 +228,8 @@ _NOT_FINGERPRINTED = {"request_id", "stream", "deadline_ms", "received_ms", "met
 def fingerprint(request: GenerationRequest) -> str:
     """A digest of what the request asks for (its id, timing, streaming and metadata left out).
 
-    The gateway and preprocess compare it under ``claim_key``: one rule for every entry point.
+    The gateway and preprocess compare it under ``genwire.results.claim_key``: one rule for every
+    entry point.
     """
     canonical = request.model_dump_json(exclude=_NOT_FINGERPRINTED)
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
@@ -260,7 +239,6 @@ def _classify(exc: ValidationError) -> tuple[ErrorCode, str]:
     """The most specific code for a validation failure, and one readable line per problem."""
     errors = exc.errors(include_url=False, include_input=False)
     codes: list[ErrorCode] = []
-    parts: list[str] = []
     for e in errors:
         loc = tuple(str(p) for p in e["loc"])
         kind = e["type"]
@@ -279,11 +257,9 @@ def _classify(exc: ValidationError) -> tuple[ErrorCode, str]:
             codes.append(ErrorCode.OUT_OF_RANGE)
         else:
             codes.append(ErrorCode.INVALID_REQUEST)
-        where = ".".join(loc) or "request"
-        parts.append(f"{where}: {e['msg']}")
     # One code for the caller: the first specific one (invalid_request only when nothing else).
     code = next((c for c in codes if c != ErrorCode.INVALID_REQUEST), ErrorCode.INVALID_REQUEST)
-    return code, "; ".join(parts[:5])
+    return code, describe_validation(exc, subject="request")
 
 
 def request_id_hint(raw: bytes, key: bytes | None) -> str | None:
@@ -306,7 +282,7 @@ def parse_request(
     *,
     key: bytes | None = None,
     fallback_id: str | None = None,
-    max_bytes: int = 4 * 1024 * 1024,
+    max_bytes: int = MAX_REQUEST_BYTES,
 ) -> GenerationRequest:
     """Validate one Kafka value; raise ``PermanentError`` with an ``ErrorCode`` when it is bad.
 
@@ -347,6 +323,29 @@ def parse_request(
     elif request.request_id is None:
         request.request_id = fallback_id
     return request
+
+
+def validate_request(
+    fields: Mapping[str, Any], *, max_bytes: int = MAX_REQUEST_BYTES
+) -> tuple[GenerationRequest, bytes]:
+    """Validate the fields of a request an entry point has already parsed from its own format
+    (an OpenAI body, a proto message); return it with its Kafka value (its JSON).
+
+    The same model and the same codes as ``parse_request``, without a JSON round trip; raises
+    ``PermanentError``. ``request_id`` must be among the fields (it is the Kafka key).
+    """
+    try:
+        request = GenerationRequest.model_validate(fields)
+    except ValidationError as exc:
+        code, message = _classify(exc)
+        raise PermanentError(message, code=code) from None
+    _, value = request.to_kafka()
+    if len(value) > max_bytes:
+        raise PermanentError(
+            f"request is {len(value)} bytes; the limit is {max_bytes}",
+            code=ErrorCode.REQUEST_TOO_LARGE,
+        )
+    return request, value
 
 
 def json_schema() -> dict[str, Any]:

@@ -39,7 +39,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
 from pydantic import BaseModel, ValidationError
 
-from genwire.errors import GenwireError, PermanentError, RetryableError
+from genwire.errors import GenwireError, PermanentError, RetryableError, describe_validation
 from genwire.events import Event
 from genwire.health import Backoff, Dependencies
 from genwire.kafka.failures import (
@@ -321,7 +321,9 @@ class EventConsumer(Generic[InT]):
                 else:
                     event = self._model.model_validate_json(record.value or b"")
             except ValidationError as exc:
-                err = PermanentError(_describe(exc), code="invalid_message")
+                err = PermanentError(
+                    describe_validation(exc, subject="message"), code="invalid_message"
+                )
                 await self._paths.fail(tp, record, err, span)
                 return "invalid"
             except GenwireError as exc:  # the decoder's verdict, with its own code
@@ -468,12 +470,3 @@ class EventConsumer(Generic[InT]):
         for tp in revoked:
             self._offsets.pop(tp, None)
         self._assigned -= revoked
-
-
-def _describe(exc: ValidationError) -> str:
-    """One readable line per validation problem, without echoing the input."""
-    parts = []
-    for e in exc.errors(include_url=False, include_input=False)[:5]:
-        loc = ".".join(str(p) for p in e["loc"]) or "message"
-        parts.append(f"{loc}: {e['msg']}")
-    return "; ".join(parts)

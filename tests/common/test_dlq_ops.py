@@ -9,10 +9,10 @@ import uuid
 import pytest
 from genwire_cli.dlq import Selection, read_letters, replay
 from genwire_cli.main import main
-from genwire_postprocess.store import RedisResultStore
 
 from genwire.events import ErrorInfo, GenerationResult
 from genwire.kafka import EventProducer
+from genwire.results import ResultStore
 from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
@@ -58,7 +58,7 @@ async def test_dead_letters_are_selected_and_replayed_to_their_topic(
 async def test_a_replayed_result_replaces_an_unavailable_error_only(
     infra: CommonSettings,
 ) -> None:
-    store = RedisResultStore(infra.redis_url, ttl_s=60)
+    store = ResultStore.connect(infra.redis_url, ttl_s=60)
     rid = f"replace-{uuid.uuid4().hex[:8]}"
     down = GenerationResult(request_id=rid, error=ErrorInfo(code="unavailable", message="x"))
     real = GenerationResult(request_id=rid, text="generated after the replay")

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlparse
 
 import pytest
-from genwire_gateway.store import ResultStore
 from genwire_preprocess.stores import RedisClaims
 
 from genwire.redisconn import connect
 from genwire.request import GenerationRequest, fingerprint
+from genwire.results import ResultStore
 from genwire.settings import CommonSettings
 
 
@@ -85,7 +85,7 @@ async def test_a_claim_whose_answer_came_too_late_is_still_ours(infra: CommonSet
     async with _late_proxy(infra.redis_url, delay_s=2.0) as url:
         redis = connect(url, timeout_s=0.5)
         try:
-            outcome = await ResultStore(redis, claim_ttl_s=60).claim(request, 30)
+            outcome = await ResultStore(redis, ttl_s=60).claim(request, 30)
         finally:
             await redis.aclose()  # type: ignore[attr-defined]
     assert outcome.owner and not outcome.conflict and outcome.result is None
@@ -98,7 +98,7 @@ async def test_preprocess_and_gateway_claims_agree(infra: CommonSettings) -> Non
     redis = connect(infra.redis_url)
     claims = RedisClaims(infra.redis_url, ttl_s=60)
     try:
-        assert (await ResultStore(redis, claim_ttl_s=60).claim(request, 30)).owner
+        assert (await ResultStore(redis, ttl_s=60).claim(request, 30)).owner
         mine = fingerprint(request)
         assert await claims.claim(request.request_id or "", mine) == mine
         other = fingerprint(request.model_copy(update={"prompt": "another"}))

@@ -26,7 +26,8 @@ from redis.asyncio import Redis
 
 from genwire.events import ControlEvent, ErrorInfo, GenerationResult, TokenEvent, Usage
 from genwire.kafka import EventProducer
-from genwire.request import GenerationRequest, result_key
+from genwire.request import GenerationRequest
+from genwire.results import result_key
 from genwire.settings import CommonSettings
 from genwire.telemetry.propagation import extract
 from genwire.topics import Topic

@@ -21,7 +21,8 @@ from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 
 from genwire.events import ErrorInfo
-from genwire.request import GenerationRequest, claim_key
+from genwire.request import GenerationRequest
+from genwire.results import claim_key
 from genwire.telemetry import semconv as sc
 
 from .harness import FakePipeline, GatewayInstance, Script

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 from genwire_gateway.config import GatewaySettings
-from genwire_gateway.core import Gateway, ResultStatus
 from genwire_gateway.errors import GatewayError
-from genwire_gateway.store import ClaimOutcome
-from genwire_gateway.waiters import WaiterRegistry
+from genwire_gateway.fanout import WaiterRegistry
+from genwire_gateway.handlers import Gateway, ResultStatus
 
 from genwire.events import ControlEvent, Event, GenerationResult, TokenEvent, Usage, now_ms
 from genwire.request import GenerationRequest, fingerprint
+from genwire.results import ClaimOutcome
 
 Reply = Callable[[GenerationRequest, WaiterRegistry], None]
 

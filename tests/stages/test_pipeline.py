@@ -21,7 +21,8 @@ from aiokafka.structs import ConsumerRecord
 from redis.asyncio import Redis
 
 from genwire.events import ControlEvent, GenerationResult, TokenEvent, dump, now_ms
-from genwire.request import ErrorCode, GenerationRequest, result_key
+from genwire.request import ErrorCode, GenerationRequest
+from genwire.results import result_key
 from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic

@@ -12,8 +12,8 @@ from genwire.request import (
     packaged_schema,
     parse_request,
     request_id_hint,
-    result_key,
 )
+from genwire.results import result_key
 
 
 def test_packaged_schema_is_the_models() -> None:

@@ -11,17 +11,16 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from genwire.redisconn import connect
+from genwire.results import ResultStore
 from genwire.service import ServiceRuntime, health_router
 from genwire.telemetry import semconv as sc
 from genwire_gateway.config import GatewaySettings
-from genwire_gateway.core import Gateway, GatewayMetrics
 from genwire_gateway.errors import GatewayError
-from genwire_gateway.fanout import FanoutReader
+from genwire_gateway.fanout import FanoutReader, WaiterRegistry
 from genwire_gateway.grpc_service import GenerationServicer, build_server, set_serving
+from genwire_gateway.handlers import Gateway, GatewayMetrics
 from genwire_gateway.http_api import openai_router
 from genwire_gateway.models import ModelCatalog
-from genwire_gateway.store import ResultStore
-from genwire_gateway.waiters import WaiterRegistry
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ def create_app(
             runtime.tracer,
             client_id=f"{cfg.service_name}-fanout",
         )
-        store = ResultStore(redis, claim_ttl_s=cfg.claim_ttl_s)
+        store = ResultStore(redis, ttl_s=cfg.claim_ttl_s)
         gateway = Gateway(cfg, runtime.producer, store, registry)
         metrics = GatewayMetrics(runtime.registry)
         catalog = ModelCatalog(

@@ -24,8 +24,8 @@ from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire_gateway.config import GatewaySettings
-from genwire_gateway.core import Chunk, Gateway, GatewayMetrics, Prepared, ResultStatus
 from genwire_gateway.errors import GatewayError, grpc_status
+from genwire_gateway.handlers import Chunk, Gateway, GatewayMetrics, Prepared, ResultStatus
 from genwire_gateway.tracing import (
     ENTRYPOINT_GRPC,
     carrier_of,
@@ -57,16 +57,6 @@ def request_fields(message: pb.GenerateRequest) -> dict[str, Any]:
     return fields
 
 
-def _usage(usage: Usage | None) -> pb.Usage:
-    if usage is None:
-        return pb.Usage()
-    return pb.Usage(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens or usage.prompt_tokens + usage.completion_tokens,
-    )
-
-
 def _timings(t: Timings) -> pb.Timings:
     return pb.Timings(
         received=t.received or 0.0,
@@ -84,7 +74,7 @@ def to_response(result: GenerationResult, *, model: str, trace_id: str) -> pb.Ge
         request_id=result.request_id,
         text=result.text,
         finish_reason=result.finish_reason or "",
-        usage=_usage(result.usage),
+        usage=pb.Usage(**result.usage.counts()),
         model=result.model or model,
         model_version=result.model_version,
         timings=_timings(result.timings),
@@ -100,7 +90,7 @@ def to_stream_response(chunk: Chunk, request_id: str, trace_id: str) -> pb.Gener
         text=chunk.text,
         final=chunk.final,
         finish_reason=chunk.finish_reason or "",
-        usage=_usage(chunk.usage) if chunk.final else None,
+        usage=pb.Usage(**(chunk.usage or Usage()).counts()) if chunk.final else None,
         trace_id=trace_id,
     )
 

@@ -1,4 +1,8 @@
-"""The gateway's request logic, shared by gRPC and HTTP: validate, publish, wait, cancel.
+"""The gateway's logic, shared by its transports (gRPC, HTTP): validate, publish, wait, cancel.
+
+The gateway consumes no stage's events of its own: these are its handlers of caller requests,
+with no transport imports. ``grpc_service`` and ``http_api`` (with ``openai``, the OpenAI
+bodies) are the thin transports; ``fanout`` hands results and tokens to the local waiters.
 
 Hot path of an anonymous request: validate, register a local waiter, publish to
 ``genwire.requests`` and wait for the fan-out reader to hand over the result. No Redis round
@@ -10,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -24,12 +27,12 @@ from genwire.errors import PermanentError
 from genwire.events import ControlEvent, GenerationResult, TokenEvent, Usage, now_ms
 from genwire.kafka import EventProducer
 from genwire.metrics import LATENCY_BUCKETS
-from genwire.request import ErrorCode, GenerationRequest, parse_request
+from genwire.request import ErrorCode, GenerationRequest, validate_request
+from genwire.results import ClaimOutcome, ResultStore
 from genwire.telemetry import semconv as sc
 from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import CANCELLED, IDEMPOTENCY_CONFLICT, GatewayError
-from genwire_gateway.store import ClaimOutcome, ResultStore
-from genwire_gateway.waiters import Failure, Waiter, WaiterRegistry
+from genwire_gateway.fanout import Failure, Waiter, WaiterRegistry
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +62,11 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A validated request and whether its caller named it (idempotency applies)."""
+    """A validated request, its Kafka value, and whether its caller named it (idempotency)."""
 
     request: GenerationRequest
+    value: bytes
+    """The request's JSON, as published on ``genwire.requests``."""
     named: bool
     timeout_s: float
 
@@ -151,10 +156,10 @@ class Gateway:
         body["received_ms"] = received
         body["deadline_ms"] = received + timeout * 1000.0
         try:
-            request = parse_request(json.dumps(body).encode())
+            request, value = validate_request(body)
         except PermanentError as exc:
             raise GatewayError(exc.message, code=exc.code) from None
-        return Prepared(request, named=request_id is not None, timeout_s=timeout)
+        return Prepared(request, value, named=request_id is not None, timeout_s=timeout)
 
     # -- unary --------------------------------------------------------------------------------
 
@@ -385,11 +390,11 @@ class Gateway:
             return None
 
     async def _send(self, prepared: Prepared) -> asyncio.Future[object]:
-        key, value = prepared.request.to_kafka()
+        key = prepared.request_id.encode()
         topic = self.settings.requests_topic
         # Who waits, and whether the work outlives this instance (named: a retry collects it).
         headers = [_EVENT_TYPE, self._origin, (sc.HEADER_KEEP, b"1" if prepared.named else b"0")]
-        return await self.producer.send(topic, value, key=key, headers=headers)
+        return await self.producer.send(topic, prepared.value, key=key, headers=headers)
 
     async def heartbeat(self) -> None:
         """Say this instance lives, every ``heartbeat_interval_s``, until cancelled."""

@@ -22,8 +22,8 @@ from opentelemetry.trace import Span
 from genwire.events import GenerationResult
 from genwire.telemetry import semconv as sc
 from genwire_gateway import openai
-from genwire_gateway.core import Chunk, Gateway, GatewayMetrics
 from genwire_gateway.errors import CANCELLED, GatewayError, http_status
+from genwire_gateway.handlers import Chunk, Gateway, GatewayMetrics
 from genwire_gateway.models import ModelCatalog
 from genwire_gateway.tracing import (
     ENTRYPOINT_HTTP,

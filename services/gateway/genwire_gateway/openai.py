@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from genwire.errors import describe_validation
 from genwire.events import GenerationResult, Usage
 from genwire.request import ErrorCode
 from genwire_gateway.errors import GatewayError, openai_error_type
@@ -157,16 +158,8 @@ def parse_body(model: type[CompletionRequest] | type[ChatCompletionRequest], raw
         if any(e["type"] in ("json_invalid", "json_type") for e in errors):
             message = "the body is not a JSON object"
             raise GatewayError(message, code=ErrorCode.INVALID_JSON) from None
-        parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors[:5]]
-        raise GatewayError("; ".join(parts), code=ErrorCode.INVALID_REQUEST) from None
-
-
-def _usage(usage: Usage) -> dict[str, int]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens or usage.prompt_tokens + usage.completion_tokens,
-    }
+        message = describe_validation(exc, subject="body")
+        raise GatewayError(message, code=ErrorCode.INVALID_REQUEST) from None
 
 
 def completion_response(result: GenerationResult, *, created: int, model: str) -> dict[str, Any]:
@@ -184,7 +177,7 @@ def completion_response(result: GenerationResult, *, created: int, model: str) -
                 "finish_reason": result.finish_reason,
             }
         ],
-        "usage": _usage(result.usage),
+        "usage": result.usage.counts(),
     }
 
 
@@ -203,7 +196,7 @@ def chat_response(result: GenerationResult, *, created: int, model: str) -> dict
                 "finish_reason": result.finish_reason,
             }
         ],
-        "usage": _usage(result.usage),
+        "usage": result.usage.counts(),
     }
 
 
@@ -253,7 +246,7 @@ def usage_chunk(
         "created": created,
         "model": model,
         "choices": [],
-        "usage": _usage(usage),
+        "usage": usage.counts(),
     }
 
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from genwire.errors import GenwireError
 from genwire.events import Event, GenerationChunk
 from genwire.filters import ContentFilter
+from genwire.results import ResultStore
 from genwire.service import ServiceRuntime, health_router
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore
@@ -18,7 +19,6 @@ from genwire.topics import Topic
 from genwire_postprocess.config import PostprocessSettings
 from genwire_postprocess.handlers import Postprocessor, failure_result
 from genwire_postprocess.metrics import ResultMetrics
-from genwire_postprocess.store import RedisResultStore
 
 
 def create_app(settings: PostprocessSettings | None = None) -> FastAPI:
@@ -29,7 +29,9 @@ def create_app(settings: PostprocessSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = ServiceRuntime(cfg, sc.STAGE_POSTPROCESS)
         app.state.runtime = runtime
-        store = RedisResultStore(cfg.redis_url, cfg.result_ttl_s, cfg.redis_timeout_s)
+        store = ResultStore.connect(
+            cfg.redis_url, ttl_s=cfg.result_ttl_s, timeout_s=cfg.redis_timeout_s
+        )
         post = Postprocessor(
             AssetStore(cfg.repository, default_context_length=cfg.default_context_length),
             store,

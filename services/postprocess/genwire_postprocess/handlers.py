@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from opentelemetry import trace
 
@@ -37,7 +38,6 @@ from genwire.filters import ContentFilter
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore
-from genwire_postprocess.store import ResultStore
 from genwire_postprocess.text import (
     IncrementalDetokenizer,
     find_stop,
@@ -48,6 +48,13 @@ from genwire_postprocess.text import (
 FINISH_STOP = "stop"
 FINISH_CONTENT_FILTER = "content_filter"
 MAX_PENDING_CHUNKS = 256
+
+
+class ResultWriter(Protocol):
+    """Stores a result unless one exists; returns the one that is stored
+    (``genwire.results.ResultStore``; the unit tests use a dict)."""
+
+    async def put_first(self, result: GenerationResult) -> GenerationResult: ...
 
 
 @dataclass
@@ -72,7 +79,7 @@ class Postprocessor:
     def __init__(
         self,
         assets: AssetStore,
-        store: ResultStore,
+        store: ResultWriter,
         *,
         output_filter: ContentFilter | None = None,
         filter_holdback_chars: int = 32,

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from genwire.errors import RetryableError
 from genwire.redisconn import REDIS, connect
-from genwire.request import claim_key, claimed_fingerprint
+from genwire.results import claim_key, claimed_fingerprint
 
 
 class Claims(Protocol):
