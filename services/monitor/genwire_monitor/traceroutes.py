@@ -11,14 +11,8 @@ from fastapi.responses import HTMLResponse
 
 from genwire.telemetry import semconv
 from genwire_monitor import tracepage
-from genwire_monitor.traceview import (
-    TRACE_ID,
-    JaegerUnavailable,
-    TraceNotFound,
-    fetch_trace,
-    search,
-    services,
-)
+from genwire_monitor.jaeger import fetch_trace, search, services
+from genwire_monitor.traceview import TRACE_ID, JaegerUnavailable, TraceNotFound
 
 DEFAULT_SERVICE = "genwire-inference"
 DEFAULT_OPERATION = semconv.SPAN_TRITON_GENERATE  # one span per model request: a list of requests
