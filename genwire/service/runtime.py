@@ -1,7 +1,8 @@
-"""The runtime every service shares: telemetry, producer, consumers, supervised tasks, health.
+"""The runtime every service shares: telemetry, producer, consumers, supervised tasks, readiness.
 
-A service's ``app.py`` builds one ``ServiceRuntime`` in its FastAPI lifespan and keeps it on
-``app.state``; nothing here is a module global, so tests build as many as they like.
+The runner (``genwire.service.runner``) builds one ``ServiceRuntime`` per app in its lifespan
+and keeps it on ``app.state.runtime``; nothing here is a module global, so tests build as many
+as they like.
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Tracer
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from genwire.health import Dependencies
 from genwire.kafka import EventConsumer, EventProducer
@@ -65,6 +65,7 @@ class ServiceRuntime:
         self.consumers: list[EventConsumer[Any]] = []
         self._replayer: EventConsumer[ParkedRecord] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._checks: list[Callable[[], list[str]]] = []
         self.failed: str | None = None
         self.started = False
 
@@ -146,6 +147,10 @@ class ServiceRuntime:
                 decoder=decode_parked,
             )
 
+    def add_check(self, check: Callable[[], list[str]]) -> None:
+        """Add a service's own readiness check: it returns why it is not ready (empty: it is)."""
+        self._checks.append(check)
+
     def fail(self, reason: str) -> None:
         """Give up loudly: not ready from now on, and (under ``serve``) stop and exit with
         ``EXIT_FAILED``, so the supervisor restarts us."""
@@ -208,11 +213,14 @@ class ServiceRuntime:
         ]
         out += self.dependencies.reasons()
         out += self.stalled()
+        for check in self._checks:
+            out += check()
         return out
 
     @property
     def ready(self) -> bool:
-        """Started, no fatal error, consumers joined, no dependency down, no stalled partition."""
+        """Started, no fatal error, consumers joined, no dependency down, no stalled partition,
+        and every check added by the service passes."""
         return not self.reasons()
 
     async def _watch_progress(self, interval_s: float = 2.0) -> None:
@@ -249,66 +257,3 @@ class ServiceRuntime:
             await self.producer.stop()
         # Flushing joins the exporter's thread: keep it off the event loop.
         await asyncio.to_thread(self.tracer_provider.shutdown)
-
-
-def health_router() -> APIRouter:
-    """``/healthz`` (alive), ``/readyz`` (ready to serve) and Prometheus ``/metrics``."""
-    router = APIRouter()
-
-    @router.get("/healthz")
-    async def healthz(request: Request) -> dict[str, str]:
-        return {"status": "ok", "service": request.app.state.runtime.settings.service_name}
-
-    @router.get("/readyz")
-    async def readyz(request: Request, response: Response) -> dict[str, Any]:
-        runtime: ServiceRuntime = request.app.state.runtime
-        reasons = runtime.reasons()
-        if reasons:
-            response.status_code = 503
-        return {"ready": not reasons, "failed": runtime.failed, "reasons": reasons}
-
-    @router.get("/metrics")
-    async def metrics(request: Request) -> Response:
-        runtime: ServiceRuntime = request.app.state.runtime
-        return Response(generate_latest(runtime.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return router
-
-
-EXIT_FAILED = 3
-"""Exit status of a service that stopped because it could not make progress (``fail``)."""
-
-
-def serve(app: FastAPI, settings: ServiceSettings) -> None:
-    """Run ``app`` under uvicorn on the service's health/metrics port.
-
-    A service that gave up (``ServiceRuntime.fail``) stops gracefully, then exits with
-    ``EXIT_FAILED``, so any supervisor sees a failure rather than a requested stop.
-    """
-    import uvicorn
-
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False
-    )
-    server = uvicorn.Server(config)
-
-    def failed() -> bool:
-        runtime = getattr(app.state, "runtime", None)
-        return isinstance(runtime, ServiceRuntime) and runtime.failed is not None
-
-    async def run() -> None:
-        async def watch() -> None:
-            while not server.should_exit:
-                if failed():
-                    server.should_exit = True  # a graceful stop: drain, commit, flush
-                await asyncio.sleep(0.2)
-
-        watcher = asyncio.create_task(watch())
-        try:
-            await server.serve()
-        finally:
-            watcher.cancel()
-
-    asyncio.run(run())
-    if failed():
-        raise SystemExit(EXIT_FAILED)

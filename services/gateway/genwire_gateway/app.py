@@ -1,18 +1,19 @@
-"""Wiring and lifespan of the gateway service: HTTP (FastAPI) and gRPC in one process."""
+"""Wiring of the gateway service: HTTP (FastAPI) and gRPC in one process (the runner does the
+rest)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from genwire.redisconn import connect
 from genwire.results import ResultStore
-from genwire.service import ServiceRuntime, health_router
+from genwire.service import Running, ServiceRuntime, ServiceSpec
 from genwire.telemetry import semconv as sc
 from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import GatewayError
@@ -25,47 +26,40 @@ from genwire_gateway.models import ModelCatalog
 log = logging.getLogger(__name__)
 
 
-def create_app(
-    settings: GatewaySettings | None = None,
-    *,
-    span_exporter: SpanExporter | None = None,
-    set_global_tracer: bool = True,
-) -> FastAPI:
-    """Build the app; everything stateful is created in the lifespan and kept on ``app.state``.
+@asynccontextmanager
+async def setup(
+    cfg: GatewaySettings, runtime: ServiceRuntime, app: FastAPI
+) -> AsyncIterator[Running]:
+    """Redis, the fan-out reader, the model catalogue, the gRPC server; the gateway core.
 
-    ``set_global_tracer=False`` lets tests run several gateways in one process.
+    Yields ``serving``: once the runtime has started, the fan-out reader, the heartbeat and
+    the gRPC server start; before it stops, they stop taking calls and end the waits left.
     """
-    cfg = settings or GatewaySettings()
+    registry = WaiterRegistry()
+    redis = connect(cfg.redis_url, timeout_s=cfg.redis_timeout_s)
+    fanout = FanoutReader(
+        cfg.kafka_bootstrap_servers,
+        registry,
+        runtime.tracer,
+        client_id=f"{cfg.service_name}-fanout",
+    )
+    store = ResultStore(redis, ttl_s=cfg.claim_ttl_s)
+    gateway = Gateway(cfg, runtime.producer, store, registry)
+    metrics = GatewayMetrics(runtime.registry)
+    catalog = ModelCatalog(
+        cfg.triton_http_url,
+        cfg.repository,
+        cache_s=cfg.models_cache_s,
+        default_model=cfg.default_model,
+    )
+    app.state.gateway = gateway
+    app.state.gateway_metrics = metrics
+    app.state.models = catalog
+    server, health = build_server(cfg, GenerationServicer(gateway, runtime.tracer, metrics))
+    app.state.grpc_server = server
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = ServiceRuntime(
-            cfg, sc.STAGE_GATEWAY, span_exporter=span_exporter, set_global_tracer=set_global_tracer
-        )
-        app.state.runtime = runtime
-        registry = WaiterRegistry()
-        redis = connect(cfg.redis_url, timeout_s=cfg.redis_timeout_s)
-        fanout = FanoutReader(
-            cfg.kafka_bootstrap_servers,
-            registry,
-            runtime.tracer,
-            client_id=f"{cfg.service_name}-fanout",
-        )
-        store = ResultStore(redis, ttl_s=cfg.claim_ttl_s)
-        gateway = Gateway(cfg, runtime.producer, store, registry)
-        metrics = GatewayMetrics(runtime.registry)
-        catalog = ModelCatalog(
-            cfg.triton_http_url,
-            cfg.repository,
-            cache_s=cfg.models_cache_s,
-            default_model=cfg.default_model,
-        )
-        app.state.gateway = gateway
-        app.state.gateway_metrics = metrics
-        app.state.models = catalog
-        server, health = build_server(cfg, GenerationServicer(gateway, runtime.tracer, metrics))
-        app.state.grpc_server = server
-        await runtime.start()
+    async def serving() -> AsyncIterator[None]:
         try:
             await fanout.start(cfg.fanout_ready_timeout_s)
             runtime.supervise(fanout.run(), "fanout")
@@ -87,13 +81,34 @@ def create_app(
             await server.stop(grace=min(5.0, cfg.shutdown_timeout_s))
             registry.fail_all(GatewayError("the gateway is stopping", code="unavailable"))
             await gateway.drain()
-            await runtime.stop()
-            await fanout.stop()
-            with contextlib.suppress(Exception):
-                await redis.aclose()  # type: ignore[attr-defined]  # (types-redis predates aclose)
-            await catalog.close()
 
-    app = FastAPI(title="genwire-gateway", lifespan=lifespan)
-    app.include_router(health_router())
-    app.include_router(openai_router())
-    return app
+    try:
+        yield serving()
+    finally:  # after the runtime stopped
+        await fanout.stop()
+        with contextlib.suppress(Exception):
+            await redis.aclose()  # type: ignore[attr-defined]  # (types-redis predates aclose)
+        await catalog.close()
+
+
+def routers(cfg: GatewaySettings) -> Sequence[APIRouter]:
+    """The OpenAI-compatible HTTP API (``/v1/...``)."""
+    return [openai_router()]
+
+
+SERVICE = ServiceSpec(
+    stage=sc.STAGE_GATEWAY, settings=GatewaySettings, setup=setup, routers=routers
+)
+
+
+def create_app(
+    settings: GatewaySettings | None = None,
+    *,
+    span_exporter: SpanExporter | None = None,
+    set_global_tracer: bool = True,
+) -> FastAPI:
+    """The gateway app (the runtime, the servers and their clients start in its lifespan).
+
+    ``set_global_tracer=False`` lets tests run several gateways in one process.
+    """
+    return SERVICE.app(settings, span_exporter=span_exporter, set_global_tracer=set_global_tracer)

@@ -1,4 +1,4 @@
-"""Wiring and lifespan of the preprocess service."""
+"""Wiring of the preprocess service: its resources and its consumer (the runner does the rest)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from genwire.errors import GenwireError
 from genwire.events import Event
 from genwire.filters import ContentFilter
 from genwire.request import GenerationRequest, parse_request
-from genwire.service import ServiceRuntime, health_router
+from genwire.service import ServiceRuntime, ServiceSpec
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore
 from genwire.topics import Topic
@@ -25,69 +25,66 @@ from genwire_preprocess.stores import RedisClaims, TritonVersions
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: PreprocessSettings | None = None) -> FastAPI:
-    """Build the app; the runtime is created in the lifespan and kept on ``app.state``."""
-    cfg = settings or PreprocessSettings()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = ServiceRuntime(cfg, sc.STAGE_PREPROCESS)
-        app.state.runtime = runtime
-        assets = AssetStore(cfg.repository, default_context_length=cfg.default_context_length)
-        if cfg.preload_default_model:
-            try:
-                await asyncio.to_thread(assets.get, cfg.default_model)
-            except GenwireError as exc:  # not fatal: requests get model_not_found meanwhile
-                log.warning("default model not loaded yet: %s", exc.message)
-        claims = (
-            RedisClaims(cfg.redis_url, cfg.claim_ttl_s, cfg.redis_timeout_s)
-            if cfg.check_idempotency
-            else None
-        )
-        versions = TritonVersions(cfg.triton_http_url) if cfg.pin_served_version else None
-        pre = Preprocessor(
-            assets,
-            default_model=cfg.default_model,
-            input_filter=ContentFilter(cfg.input_deny),
-            default_timeout_ms=cfg.default_timeout_ms,
-            inline_tokenize_chars=cfg.inline_tokenize_chars,
-            claims=claims,
-            versions=versions,
-        )
-        app.state.preprocessor = pre
-
-        def decode(record: ConsumerRecord[bytes, bytes]) -> GenerationRequest:
-            # Our own parse (not the consumer's model_validate_json): invalid UTF-8, non-JSON
-            # and oversize values get precise codes, and the key stays the request id.
-            return parse_request(
-                record.value or b"",
-                key=record.key,
-                fallback_id=f"anon-{record.partition}-{record.offset}",
-                max_bytes=cfg.max_request_bytes,
-            )
-
-        def failure_events(
-            record: ConsumerRecord[bytes, bytes], err: GenwireError
-        ) -> Sequence[Event]:
-            return error_chunk(record.value or b"", record.key, err)
-
-        runtime.consumer(
-            Topic.REQUESTS,
-            GenerationRequest,
-            pre.handle,
-            decoder=decode,
-            failure_events=failure_events,
-        )
-        await runtime.start()
+@asynccontextmanager
+async def setup(
+    cfg: PreprocessSettings, runtime: ServiceRuntime, app: FastAPI
+) -> AsyncIterator[None]:
+    """The model assets, the Redis claims, Triton's versions; the consumer of requests."""
+    assets = AssetStore(cfg.repository, default_context_length=cfg.default_context_length)
+    if cfg.preload_default_model:
         try:
-            yield
-        finally:
-            await runtime.stop()
-            if claims is not None:
-                await claims.close()
-            if versions is not None:
-                await versions.close()
+            await asyncio.to_thread(assets.get, cfg.default_model)
+        except GenwireError as exc:  # not fatal: requests get model_not_found meanwhile
+            log.warning("default model not loaded yet: %s", exc.message)
+    claims = (
+        RedisClaims(cfg.redis_url, cfg.claim_ttl_s, cfg.redis_timeout_s)
+        if cfg.check_idempotency
+        else None
+    )
+    versions = TritonVersions(cfg.triton_http_url) if cfg.pin_served_version else None
+    pre = Preprocessor(
+        assets,
+        default_model=cfg.default_model,
+        input_filter=ContentFilter(cfg.input_deny),
+        default_timeout_ms=cfg.default_timeout_ms,
+        inline_tokenize_chars=cfg.inline_tokenize_chars,
+        claims=claims,
+        versions=versions,
+    )
+    app.state.preprocessor = pre
 
-    app = FastAPI(title="genwire-preprocess", lifespan=lifespan)
-    app.include_router(health_router())
-    return app
+    def decode(record: ConsumerRecord[bytes, bytes]) -> GenerationRequest:
+        # Our own parse (not the consumer's model_validate_json): invalid UTF-8, non-JSON
+        # and oversize values get precise codes, and the key stays the request id.
+        return parse_request(
+            record.value or b"",
+            key=record.key,
+            fallback_id=f"anon-{record.partition}-{record.offset}",
+            max_bytes=cfg.max_request_bytes,
+        )
+
+    def failure_events(record: ConsumerRecord[bytes, bytes], err: GenwireError) -> Sequence[Event]:
+        return error_chunk(record.value or b"", record.key, err)
+
+    runtime.consumer(
+        Topic.REQUESTS,
+        GenerationRequest,
+        pre.handle,
+        decoder=decode,
+        failure_events=failure_events,
+    )
+    try:
+        yield
+    finally:
+        if claims is not None:
+            await claims.close()
+        if versions is not None:
+            await versions.close()
+
+
+SERVICE = ServiceSpec(stage=sc.STAGE_PREPROCESS, settings=PreprocessSettings, setup=setup)
+
+
+def create_app(settings: PreprocessSettings | None = None) -> FastAPI:
+    """The preprocess app (the runtime and the resources are created in its lifespan)."""
+    return SERVICE.app(settings)

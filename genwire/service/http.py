@@ -1,0 +1,76 @@
+"""What every service serves over HTTP (``/healthz``, ``/readyz``, ``/metrics``), and ``serve``:
+uvicorn on the service's port, exiting with ``EXIT_FAILED`` when the runtime gave up."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from genwire.service.runtime import ServiceRuntime
+from genwire.settings import ServiceSettings
+
+
+def health_router() -> APIRouter:
+    """``/healthz`` (alive), ``/readyz`` (ready to serve) and Prometheus ``/metrics``."""
+    router = APIRouter()
+
+    @router.get("/healthz")
+    async def healthz(request: Request) -> dict[str, str]:
+        return {"status": "ok", "service": request.app.state.runtime.settings.service_name}
+
+    @router.get("/readyz")
+    async def readyz(request: Request, response: Response) -> dict[str, Any]:
+        runtime: ServiceRuntime = request.app.state.runtime
+        reasons = runtime.reasons()
+        if reasons:
+            response.status_code = 503
+        return {"ready": not reasons, "failed": runtime.failed, "reasons": reasons}
+
+    @router.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        runtime: ServiceRuntime = request.app.state.runtime
+        return Response(generate_latest(runtime.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+EXIT_FAILED = 3
+"""Exit status of a service that stopped because it could not make progress (``fail``)."""
+
+
+def serve(app: FastAPI, settings: ServiceSettings) -> None:
+    """Run ``app`` under uvicorn on the service's health/metrics port.
+
+    A service that gave up (``ServiceRuntime.fail``) stops gracefully, then exits with
+    ``EXIT_FAILED``, so any supervisor sees a failure rather than a requested stop.
+    """
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False
+    )
+    server = uvicorn.Server(config)
+
+    def failed() -> bool:
+        runtime = getattr(app.state, "runtime", None)
+        return isinstance(runtime, ServiceRuntime) and runtime.failed is not None
+
+    async def run() -> None:
+        async def watch() -> None:
+            while not server.should_exit:
+                if failed():
+                    server.should_exit = True  # a graceful stop: drain, commit, flush
+                await asyncio.sleep(0.2)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await server.serve()
+        finally:
+            watcher.cancel()
+
+    asyncio.run(run())
+    if failed():
+        raise SystemExit(EXIT_FAILED)

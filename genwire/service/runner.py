@@ -1,0 +1,107 @@
+"""One runner for every service: a service declares what differs, the runner does the rest.
+
+A service's ``app.py`` declares a ``ServiceSpec`` (its settings class, its stage, its ``setup``
+and its routers); its ``__main__.py`` calls ``run(SPEC)``. What is the same for all of them:
+
+- ``run``: read the settings from the environment, configure logging, ``serve`` the app
+  (uvicorn on the service's port until SIGTERM; exit status ``EXIT_FAILED`` after
+  ``ServiceRuntime.fail``);
+- ``ServiceSpec.app``: the FastAPI app with ``/healthz``, ``/readyz``, ``/metrics`` and the
+  service's routers, and a lifespan that
+    1. creates the ``ServiceRuntime`` and keeps it on ``app.state.runtime``;
+    2. enters ``setup(settings, runtime, app)``: the service builds its resources, registers
+       its consumers (and readiness checks), and keeps on ``app.state`` what its routes use;
+    3. starts the runtime (producer, consumers, supervised tasks);
+    4. enters what ``setup`` yielded, if anything (``Running``: work that needs the started
+       runtime, such as the gateway's servers or the monitor's span source);
+    5. serves; then, in reverse order, leaves ``Running``, stops the runtime (drain, commit,
+       flush) and leaves ``setup`` (which closes the service's resources). The way out is the
+       same when a step of the way in failed: what was entered is left, the runtime is stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from fastapi import APIRouter, FastAPI
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from genwire.service.http import health_router, serve
+from genwire.service.runtime import ServiceRuntime
+from genwire.settings import ServiceSettings
+from genwire.telemetry import configure_logging
+
+S = TypeVar("S", bound=ServiceSettings)
+
+Running = AbstractAsyncContextManager[None]
+"""What a setup may yield: entered once the runtime has started, left before it stops."""
+
+Setup = Callable[[S, ServiceRuntime, FastAPI], AbstractAsyncContextManager[Running | None]]
+"""A service's own wiring: an async context manager (build, then ``yield``, then close)."""
+
+
+def no_routers(settings: ServiceSettings) -> Sequence[APIRouter]:
+    """The default of ``ServiceSpec.routers``: only the health router."""
+    return ()
+
+
+@dataclass(frozen=True)
+class ServiceSpec(Generic[S]):
+    """What one service declares; everything else is the runner's."""
+
+    stage: str
+    """The stage name (``genwire.telemetry.semconv.STAGE_*``): metrics labels, tracer name."""
+    settings: type[S]
+    """Its settings class, read from the environment by ``run``."""
+    setup: Setup[S]
+    """Its resources, consumers and their cleanup (see the module docstring)."""
+    routers: Callable[[S], Sequence[APIRouter]] = no_routers
+    """Its HTTP routes beside the health router."""
+    global_tracer: bool = True
+    """Install the runtime's tracer provider as OpenTelemetry's global one."""
+
+    def app(
+        self,
+        settings: S | None = None,
+        *,
+        span_exporter: SpanExporter | None = None,
+        set_global_tracer: bool | None = None,
+    ) -> FastAPI:
+        """The service's app; everything stateful is created in its lifespan, on ``app.state``.
+
+        ``span_exporter`` and ``set_global_tracer=False`` let tests run several in one process.
+        """
+        cfg = settings if settings is not None else self.settings()
+        global_tracer = self.global_tracer if set_global_tracer is None else set_global_tracer
+
+        @asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            runtime = ServiceRuntime(
+                cfg, self.stage, span_exporter=span_exporter, set_global_tracer=global_tracer
+            )
+            app.state.runtime = runtime
+            async with self.setup(cfg, runtime, app) as running:
+                try:
+                    await runtime.start()
+                    async with running if running is not None else contextlib.nullcontext():
+                        yield
+                finally:
+                    await runtime.stop()
+
+        app = FastAPI(title=f"genwire-{self.stage}", lifespan=lifespan)
+        app.include_router(health_router())
+        for router in self.routers(cfg):
+            app.include_router(router)
+        return app
+
+
+def run(spec: ServiceSpec[S]) -> None:
+    """``python -m genwire_<service>``: read the settings from the environment, configure
+    logging and serve until SIGTERM (exit status ``EXIT_FAILED`` after ``runtime.fail``)."""
+    settings = spec.settings()
+    configure_logging(settings.log_level, settings.log_json)
+    serve(spec.app(settings), settings)
