@@ -24,6 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from genwire import triton_io
+from genwire.triton_io import TensorSpec
 from genwire_model.checkpoint import CheckpointInfo, inspect_checkpoint
 from genwire_model.repository import MANIFEST, ModelRepository, ModelVersion
 
@@ -56,32 +58,13 @@ class BuildError(RuntimeError):
 def render_config(name: str, options: BuildOptions, backend: str = "auto") -> str:
     """config.pbtxt of a genwire model (the same for every version of it)."""
 
-    def tensor(name: str, dtype: str, dims: str, optional: bool = False) -> str:
-        extra = " optional: true" if optional else ""
-        return f'  {{ name: "{name}" data_type: {dtype} dims: [ {dims} ]{extra} }}'
+    def tensor(spec: TensorSpec) -> str:
+        extra = " optional: true" if spec.optional else ""
+        entry = f'name: "{spec.name}" data_type: {spec.config_type} dims: [ {spec.dims} ]{extra}'
+        return f"  {{ {entry} }}"
 
-    inputs = [
-        tensor("input_ids", "TYPE_INT32", "-1"),
-        tensor("max_tokens", "TYPE_INT32", "1"),
-        tensor("temperature", "TYPE_FP32", "1"),
-        tensor("top_p", "TYPE_FP32", "1"),
-        tensor("top_k", "TYPE_INT32", "1"),
-        tensor("seed", "TYPE_INT64", "1"),
-        tensor("stop_token_ids", "TYPE_INT32", "-1", optional=True),
-        tensor("stream", "TYPE_BOOL", "1", optional=True),
-    ]
-    outputs = [
-        tensor("token_ids", "TYPE_INT32", "-1"),
-        tensor("logprobs", "TYPE_FP32", "-1"),
-        tensor("finished", "TYPE_BOOL", "1"),
-        tensor("finish_reason", "TYPE_STRING", "1"),
-        tensor("prompt_tokens", "TYPE_INT32", "1"),
-        tensor("completion_tokens", "TYPE_INT32", "1"),
-        tensor("mean_logprob", "TYPE_FP32", "1"),
-        tensor("queue_ms", "TYPE_FP32", "1"),
-        tensor("compute_ms", "TYPE_FP32", "1"),
-        tensor("ttft_ms", "TYPE_FP32", "1"),
-    ]
+    inputs = [tensor(spec) for spec in triton_io.INPUTS]  # the contract: genwire.triton_io
+    outputs = [tensor(spec) for spec in triton_io.OUTPUTS]
     params = {
         "max_batch": str(options.max_batch),
         "intra_op_threads": str(options.intra_op_threads),

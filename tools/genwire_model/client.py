@@ -1,7 +1,7 @@
 """A small tritonclient gRPC (asyncio) client of the genwire model, for tests and benchmarks.
 
 The inference service has its own client; this one exists to exercise the model contract
-directly (inputs and outputs as config.pbtxt declares them).
+(``genwire.triton_io``: inputs and outputs as config.pbtxt declares them) directly.
 """
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-Array = npt.NDArray[Any]
+from genwire.triton_io import Output, infer_inputs
 
 
 class GenerationError(RuntimeError):
@@ -41,38 +38,6 @@ class Generation:
     arrivals: list[tuple[float, int]] = dataclasses.field(default_factory=list)
 
 
-def make_inputs(
-    input_ids: list[int],
-    max_tokens: int,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    seed: int = 0,
-    stop_token_ids: list[int] | None = None,
-    stream: bool = True,
-) -> list[Any]:
-    """The request tensors in the model's contract."""
-    from tritonclient.grpc import InferInput
-
-    def tensor(name: str, dtype: str, value: Array) -> Any:
-        item = InferInput(name, list(value.shape), dtype)
-        item.set_data_from_numpy(value)
-        return item
-
-    inputs = [
-        tensor("input_ids", "INT32", np.asarray(input_ids, dtype=np.int32)),
-        tensor("max_tokens", "INT32", np.asarray([max_tokens], dtype=np.int32)),
-        tensor("temperature", "FP32", np.asarray([temperature], dtype=np.float32)),
-        tensor("top_p", "FP32", np.asarray([top_p], dtype=np.float32)),
-        tensor("top_k", "INT32", np.asarray([top_k], dtype=np.int32)),
-        tensor("seed", "INT64", np.asarray([seed], dtype=np.int64)),
-        tensor("stream", "BOOL", np.asarray([stream], dtype=np.bool_)),
-    ]
-    if stop_token_ids:
-        inputs.append(tensor("stop_token_ids", "INT32", np.asarray(stop_token_ids, np.int32)))
-    return inputs
-
-
 async def generate(
     client: Any,
     model: str,
@@ -95,8 +60,15 @@ async def generate(
     ``cancel_after_tokens`` the stream is cancelled once that many tokens arrived
     (finish_reason is then "cancelled" on the client side).
     """
-    inputs = make_inputs(
-        input_ids, max_tokens, temperature, top_p, top_k, seed, stop_token_ids, stream
+    inputs = infer_inputs(
+        input_ids,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        stream=stream,
+        stop_token_ids=stop_token_ids or (),
     )
 
     async def requests() -> AsyncIterator[dict[str, Any]]:
@@ -127,22 +99,22 @@ async def generate(
 def _absorb(out: Generation, result: Any, now: float) -> bool:
     """Add one response to ``out``; True when it was the final one."""
     out.responses += 1
-    tokens = result.as_numpy("token_ids").tolist()
+    tokens = result.as_numpy(Output.TOKEN_IDS).tolist()
     if tokens:
         if out.first_token_s is None:
             out.first_token_s = now
         out.arrivals.append((now, len(tokens)))
     out.token_ids.extend(int(t) for t in tokens)
-    out.logprobs.extend(float(x) for x in result.as_numpy("logprobs").tolist())
-    out.prompt_tokens = int(result.as_numpy("prompt_tokens")[0])
-    out.completion_tokens = int(result.as_numpy("completion_tokens")[0])
-    out.mean_logprob = float(result.as_numpy("mean_logprob")[0])
-    out.queue_ms = float(result.as_numpy("queue_ms")[0])
-    out.compute_ms = float(result.as_numpy("compute_ms")[0])
-    out.ttft_ms = float(result.as_numpy("ttft_ms")[0])
-    if not bool(result.as_numpy("finished")[0]):
+    out.logprobs.extend(float(x) for x in result.as_numpy(Output.LOGPROBS).tolist())
+    out.prompt_tokens = int(result.as_numpy(Output.PROMPT_TOKENS)[0])
+    out.completion_tokens = int(result.as_numpy(Output.COMPLETION_TOKENS)[0])
+    out.mean_logprob = float(result.as_numpy(Output.MEAN_LOGPROB)[0])
+    out.queue_ms = float(result.as_numpy(Output.QUEUE_MS)[0])
+    out.compute_ms = float(result.as_numpy(Output.COMPUTE_MS)[0])
+    out.ttft_ms = float(result.as_numpy(Output.TTFT_MS)[0])
+    if not bool(result.as_numpy(Output.FINISHED)[0]):
         return False
-    reason = result.as_numpy("finish_reason")[0]
+    reason = result.as_numpy(Output.FINISH_REASON)[0]
     out.finish_reason = reason.decode() if isinstance(reason, bytes) else str(reason)
     out.finished_s = now
     return True

@@ -21,13 +21,13 @@ from typing import Any, Protocol
 
 import grpc
 import numpy as np
-from tritonclient.grpc import InferInput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
 from genwire.errors import PermanentError, RetryableError
 from genwire.events import PreparedRequest
 from genwire.request import ErrorCode
+from genwire.triton_io import Output, infer_inputs, scalar
 
 log = logging.getLogger(__name__)
 
@@ -123,27 +123,20 @@ class ModelBackend(Protocol):
         ...
 
 
-def _scalar(result: Any, name: str) -> Any:
-    arr = result.as_numpy(name)
-    if arr is None or arr.size == 0:
-        return None
-    return arr.reshape(-1)[0]
-
-
 def parse_response(result: Any) -> ModelStep:
-    """A Triton ``InferResult`` of the genwire-gpt contract as a ``ModelStep``."""
-    ids = result.as_numpy("token_ids")
-    lps = result.as_numpy("logprobs")
-    finished = _scalar(result, "finished")
-    reason = _scalar(result, "finish_reason")
+    """A Triton ``InferResult`` of the model contract (``genwire.triton_io``) as a ``ModelStep``."""
+    ids = result.as_numpy(Output.TOKEN_IDS)
+    lps = result.as_numpy(Output.LOGPROBS)
+    finished = scalar(result, Output.FINISHED)
+    reason = scalar(result, Output.FINISH_REASON)
     if isinstance(reason, bytes):
         reason = reason.decode("utf-8", "replace")
-    mean = _scalar(result, "mean_logprob")
-    queue = _scalar(result, "queue_ms")
-    compute = _scalar(result, "compute_ms")
-    ttft = _scalar(result, "ttft_ms")
-    prompt = _scalar(result, "prompt_tokens")
-    completion = _scalar(result, "completion_tokens")
+    mean = scalar(result, Output.MEAN_LOGPROB)
+    queue = scalar(result, Output.QUEUE_MS)
+    compute = scalar(result, Output.COMPUTE_MS)
+    ttft = scalar(result, Output.TTFT_MS)
+    prompt = scalar(result, Output.PROMPT_TOKENS)
+    completion = scalar(result, Output.COMPLETION_TOKENS)
     return ModelStep(
         token_ids=[] if ids is None else ids.reshape(-1).astype(np.int64).tolist(),
         logprobs=[] if lps is None else lps.reshape(-1).astype(np.float64).tolist(),
@@ -242,26 +235,17 @@ class TritonBackend:
         """Start a generation of ``request``; per-token responses when ``stream``."""
         batched = await self._is_batched(request.model, request.model_version)
         s = request.sampling
-
-        def tensor(name: str, values: list[Any], dtype: str, np_type: Any) -> InferInput:
-            arr = np.asarray(values, dtype=np_type)
-            if batched:
-                arr = arr.reshape(1, -1)
-            t = InferInput(name, list(arr.shape), dtype)
-            t.set_data_from_numpy(arr)
-            return t
-
-        inputs = [
-            tensor("input_ids", request.input_ids, "INT32", np.int32),
-            tensor("max_tokens", [s.max_tokens], "INT32", np.int32),
-            tensor("temperature", [s.temperature], "FP32", np.float32),
-            tensor("top_p", [s.top_p], "FP32", np.float32),
-            tensor("top_k", [s.top_k], "INT32", np.int32),
-            tensor("seed", [s.seed], "INT64", np.int64),
-            tensor("stream", [stream], "BOOL", np.bool_),
-        ]
-        if s.stop_token_ids:
-            inputs.append(tensor("stop_token_ids", s.stop_token_ids, "INT32", np.int32))
+        inputs = infer_inputs(
+            request.input_ids,
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            seed=s.seed,
+            stream=stream,
+            stop_token_ids=s.stop_token_ids,
+            batched=batched,
+        )
         done = asyncio.Event()
 
         async def requests() -> AsyncIterator[dict[str, Any]]:

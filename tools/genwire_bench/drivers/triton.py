@@ -1,4 +1,8 @@
-"""The baseline: the same token ids and sampling sent straight to Triton (tritonclient.grpc.aio)."""
+"""The baseline: the same token ids and sampling sent straight to Triton (tritonclient.grpc.aio).
+
+The request tensors are the inference service's own (``genwire.triton_io.infer_inputs``); with
+``max_batch_size > 0`` in the model config every tensor gets a leading batch of 1.
+"""
 
 from __future__ import annotations
 
@@ -7,45 +11,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
-import tritonclient.grpc as grpcclient
 from tritonclient.grpc import aio as grpcaio
 
+from genwire.triton_io import Output, infer_inputs, scalar
 from genwire_bench.drivers.base import Driver, RequestFailed, TraceContext
 from genwire_bench.records import BenchRequest, RequestRecord
-
-
-def build_inputs(
-    req: BenchRequest, stream: bool, batched: bool = False
-) -> list[grpcclient.InferInput]:
-    """The model contract's inputs for ``req``, as the inference service builds them.
-
-    With ``max_batch_size > 0`` in the model config every tensor gets a leading batch of 1.
-    """
-    s = req.sampling
-    tensors: list[tuple[str, str, np.ndarray[Any, Any]]] = [
-        ("input_ids", "INT32", np.asarray(req.input_ids, dtype=np.int32)),
-        ("max_tokens", "INT32", np.asarray([s.max_tokens], dtype=np.int32)),
-        ("temperature", "FP32", np.asarray([s.temperature], dtype=np.float32)),
-        ("top_p", "FP32", np.asarray([s.top_p], dtype=np.float32)),
-        ("top_k", "INT32", np.asarray([s.top_k], dtype=np.int32)),
-        ("seed", "INT64", np.asarray([s.seed], dtype=np.int64)),
-        ("stream", "BOOL", np.asarray([stream], dtype=np.bool_)),
-    ]
-    if req.stop_token_ids:
-        tensors.append(("stop_token_ids", "INT32", np.asarray(req.stop_token_ids, np.int32)))
-    inputs = []
-    for name, dtype, values in tensors:
-        array = values.reshape(1, -1) if batched else values
-        tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
-
-
-def _scalar(result: grpcclient.InferResult, name: str) -> Any:
-    array = result.as_numpy(name)
-    return None if array is None or array.size == 0 else array.reshape(-1)[0]
 
 
 class TritonDriver(Driver):
@@ -91,7 +61,17 @@ class TritonDriver(Driver):
         request = {
             "model_name": self._model,
             "model_version": self._version,
-            "inputs": build_inputs(req, self.streaming, self._batched),
+            "inputs": infer_inputs(
+                req.input_ids,
+                max_tokens=req.sampling.max_tokens,
+                temperature=req.sampling.temperature,
+                top_p=req.sampling.top_p,
+                top_k=req.sampling.top_k,
+                seed=req.sampling.seed,
+                stream=self.streaming,
+                stop_token_ids=req.stop_token_ids,
+                batched=self._batched,
+            ),
             "request_id": record.request_id,
         }
 
@@ -106,20 +86,20 @@ class TritonDriver(Driver):
             async for result, error in responses:
                 if error is not None:
                     raise RequestFailed("triton", str(error))
-                ids = result.as_numpy("token_ids")
+                ids = result.as_numpy(Output.TOKEN_IDS)
                 n = 0 if ids is None else int(ids.size)
                 if n:
                     record.chunks += 1
                     record.output_tokens += n
                     if self.streaming and record.first_token is None:
                         record.first_token = time.perf_counter()
-                completion = _scalar(result, "completion_tokens")
+                completion = scalar(result, Output.COMPLETION_TOKENS)
                 if completion is not None:
                     record.output_tokens = max(record.output_tokens, int(completion))
-                prompt = _scalar(result, "prompt_tokens")
+                prompt = scalar(result, Output.PROMPT_TOKENS)
                 if prompt is not None:
                     record.prompt_tokens = int(prompt)
-                if bool(_scalar(result, "finished")):
+                if bool(scalar(result, Output.FINISHED)):
                     record.end = time.perf_counter()
                     break
             else:
