@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Creates or refreshes genwire's virtualenv (<GENWIRE_HOME>/venv): the one step before Python
 # takes over (`genwire up` installs and starts everything else). Fast when nothing changed: the
-# venv remembers a hash of pyproject.toml and the clone it was installed from.
+# venv remembers a hash of pyproject.toml, the extras and the clone it was installed from.
+# The native stack runs every service, the model toolchain and the tools from this one venv, and
+# the tests need the dev tools: extras `all,dev` (GENWIRE_EXTRAS overrides; see docs/install.md
+# for one service's own install).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -9,10 +12,11 @@ GENWIRE_HOME="${GENWIRE_HOME:-$HOME/.cache/genwire}"
 VENV="$GENWIRE_HOME/venv"
 STAMP="$VENV/.genwire-install"
 LOG="$GENWIRE_HOME/logs/bootstrap.log"
+EXTRAS="${GENWIRE_EXTRAS:-all,dev}"
 
 fail() { echo "bootstrap: error: $*" >&2; exit 1; }
 
-want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $ROOT"
+want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $ROOT [$EXTRAS]"
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$STAMP" 2>/dev/null || true)" = "$want" ]; then
   exit 0
 fi
@@ -37,7 +41,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 echo "bootstrap: installing genwire and its dependencies into $VENV (first time: large downloads; log: $LOG)"
-if ! "$VENV/bin/python" -m pip install --progress-bar off -e "$ROOT[dev]" >>"$LOG" 2>&1; then
+if ! "$VENV/bin/python" -m pip install --progress-bar off -e "$ROOT[$EXTRAS]" >>"$LOG" 2>&1; then
   fail "pip install failed: $(grep -E '^(ERROR|error)' "$LOG" | tail -n 1) (full log: $LOG)"
 fi
 echo "$want" >"$STAMP"
