@@ -14,8 +14,9 @@ from genwire_gateway.errors import GatewayError
 from genwire_gateway.fanout import WaiterRegistry
 from genwire_gateway.handlers import Gateway, ResultStatus
 
+from genwire.errors import PermanentError
 from genwire.events import ControlEvent, Event, GenerationResult, TokenEvent, Usage, now_ms
-from genwire.request import GenerationRequest, fingerprint
+from genwire.request import GenerationRequest, fingerprint, parse_request
 from genwire.results import ClaimOutcome
 
 Reply = Callable[[GenerationRequest, WaiterRegistry], None]
@@ -337,3 +338,36 @@ def test_request_json_is_what_preprocess_parses() -> None:
     assert key == b"k1"
     body = json.loads(value)
     assert body["prompt"] == "hi" and body["stream"] is True and body["deadline_ms"] > 0
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"prompt": "hi", "max_tokens": "64"},
+        {"prompt": "hi", "top_p": 0.0, "stop": ["a", "b", "c", "d", "e"]},
+        {"messages": [{"role": "robot", "content": "hi"}]},
+        {"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]},
+        {"prompt": "", "metadata": {"k": "v" * 600}},
+        {"prompt": "hi", "frequency_penalty": 1.0},
+    ],
+)
+def test_prepare_answers_what_preprocess_answers(fields: dict[str, Any]) -> None:
+    """Validated once, without the JSON round trip, yet the same code and message as the
+    Kafka path (``parse_request``) gives the same request."""
+    gateway, _, _ = _gateway()
+    with pytest.raises(GatewayError) as info:
+        gateway.prepare(fields, request_id="same-1")
+    body = {**fields, "request_id": "same-1", "stream": False}
+    with pytest.raises(PermanentError) as kafka:
+        parse_request(json.dumps(body).encode())
+    assert (info.value.code, info.value.message) == (kafka.value.code, kafka.value.message)
+
+
+def test_prepare_refuses_a_request_larger_than_preprocess_takes() -> None:
+    gateway, _, _ = _gateway()
+    big = [{"role": "user", "content": "x" * 100_000}] * 50  # 5 MB of messages
+    with pytest.raises(GatewayError) as info:
+        gateway.prepare({"messages": big})
+    assert info.value.code == "request_too_large"
+    prepared = gateway.prepare({"messages": big[:10]})
+    assert prepared.value == prepared.request.to_kafka()[1]  # what is published
