@@ -4,7 +4,9 @@ PreparedRequest → GenerationChunk*: drive the model (``ModelBackend``), publis
 chunks (the first token at once, then every ``chunk_max_tokens`` tokens or
 ``chunk_interval_ms``), and always end with one final chunk carrying every generated token id,
 so postprocess never depends on having seen the intermediate ones. Cancels (ControlEvent) and
-deadlines stop the model's stream; the final chunk then says "cancelled" / "deadline".
+deadlines stop the model's stream; the final chunk then says "cancelled" / "deadline". Which
+generations run here, the cancels that came first and the gateways' heartbeats are kept in
+``control.InFlight``.
 
 Idempotence: the seed is fixed upstream, so a redelivered request regenerates the same tokens
 and chunk indices; a duplicate that arrives while the original still runs here is dropped.
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -33,28 +34,14 @@ from genwire.events import (
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import inject
-from genwire_inference.backend import TRITON, ModelBackend, ModelError, ModelStream
-
-FINISH_CANCELLED = "cancelled"
-FINISH_DEADLINE = "deadline"
-FINISH_ERROR = "error"
-
-
-@dataclass
-class _Run:
-    """A generation in flight here: what cancels it, and why it stopped early."""
-
-    stream: ModelStream | None = None
-    stop_reason: str | None = None
-    timer: asyncio.TimerHandle | None = None
-    origin: str = ""
-    keep: bool = False
-
-    def stop(self, reason: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        if self.stream is not None:
-            self.stream.cancel()
+from genwire_inference.backend import TRITON, ModelBackend, ModelError
+from genwire_inference.control import (
+    FINISH_CANCELLED,
+    FINISH_DEADLINE,
+    FINISH_ERROR,
+    InFlight,
+    Run,
+)
 
 
 @dataclass
@@ -85,7 +72,8 @@ class _Chunker:
 
 
 class Inference:
-    """The inference stage's logic: generations in flight, cancels, chunking."""
+    """The inference stage's logic: one generation per request, chunked; what stops one early
+    (cancels, dead gateways) is kept by ``InFlight`` (``control``)."""
 
     def __init__(
         self,
@@ -106,82 +94,33 @@ class Inference:
         self.chunk_max_tokens = chunk_max_tokens
         self.chunk_interval_s = chunk_interval_ms / 1000.0
         self.triton_wait_s = triton_wait_s
-        self.cancelled_memory_s = cancelled_memory_s
-        self.max_remembered_cancels = max_remembered_cancels
         self.on_final = on_final
-        self.origin_timeout_s = origin_timeout_s
-        self.kafka_down = kafka_down
-        self.inflight: dict[str, _Run] = {}
-        self._cancelled: OrderedDict[str, float] = OrderedDict()
-        self._heard: dict[str, float] = {}  # gateway instance → last heartbeat (monotonic)
+        self.tracking = InFlight(
+            cancelled_memory_s=cancelled_memory_s,
+            max_remembered_cancels=max_remembered_cancels,
+            origin_timeout_s=origin_timeout_s,
+            kafka_down=kafka_down,
+        )
 
-    # -- control ----------------------------------------------------------------------------
+    # -- control (InFlight) ----------------------------------------------------------------
+
+    @property
+    def inflight(self) -> dict[str, Run]:
+        """The generations running here, by request id."""
+        return self.tracking.runs
 
     async def control(self, event: ControlEvent) -> None:
-        """A cancel stops the request's generation here, or is remembered for when it comes;
-        a heartbeat says its gateway is alive."""
-        if event.action == "heartbeat":
-            self._heard[event.origin] = time.monotonic()
-            return
-        run = self.inflight.get(event.request_id)
-        if run is not None:
-            run.stop(FINISH_CANCELLED)
-            return
-        self._cancelled[event.request_id] = time.monotonic()
-        self._cancelled.move_to_end(event.request_id)
-        self._forget_old_cancels()
-
-    def _forget_old_cancels(self) -> None:
-        horizon = time.monotonic() - self.cancelled_memory_s
-        while self._cancelled and (
-            len(self._cancelled) > self.max_remembered_cancels
-            or next(iter(self._cancelled.values())) < horizon
-        ):
-            self._cancelled.popitem(last=False)
-
-    def origin_gone(self, origin: str, now: float | None = None) -> bool:
-        """True when gateway ``origin`` sent no heartbeat for ``origin_timeout_s``.
-
-        An origin never heard of (this instance just started) gets the timeout from now.
-        """
-        now = time.monotonic() if now is None else now
-        heard = self._heard.setdefault(origin, now)
-        return now - heard > self.origin_timeout_s
+        """``genwire.control``: a cancel stops its generation (or is remembered until it
+        comes); a heartbeat keeps its gateway's unnamed generations alive."""
+        await self.tracking.control(event)
 
     def cancel_orphans(self) -> list[str]:
-        """Stop the unnamed generations whose gateway died (nobody can collect them).
-
-        Named ones (``keep``: the caller sent an idempotency key) run on, so that the caller's
-        retry, on any gateway, finds the result. Returns the request ids stopped.
-        """
-        now = time.monotonic()
-        if self.kafka_down():
-            # Heartbeats cannot arrive while our own Kafka link is down: that says nothing
-            # about the gateways. Start their clocks again once it is back.
-            for origin in self._heard:
-                self._heard[origin] = now
-            return []
-        stopped = []
-        for rid, run in list(self.inflight.items()):
-            if run.origin and not run.keep and self.origin_gone(run.origin, now):
-                run.stop(FINISH_CANCELLED)
-                stopped.append(rid)
-        horizon = now - 10 * self.origin_timeout_s
-        for origin in [o for o, t in self._heard.items() if t < horizon]:
-            if not any(r.origin == origin for r in self.inflight.values()):
-                del self._heard[origin]
-        return stopped
+        """Stop the unnamed generations whose gateway died; returns their request ids."""
+        return self.tracking.cancel_orphans()
 
     async def watch_origins(self, interval_s: float = 1.0) -> None:
         """Every ``interval_s``: ``cancel_orphans``."""
-        while True:
-            await asyncio.sleep(interval_s)
-            self.cancel_orphans()
-
-    def was_cancelled(self, request_id: str) -> bool:
-        """True if a cancel for ``request_id`` arrived (and is still remembered)."""
-        self._forget_old_cancels()
-        return request_id in self._cancelled
+        await self.tracking.watch_origins(interval_s)
 
     # -- generation -------------------------------------------------------------------------
 
@@ -192,7 +131,7 @@ class Inference:
             return
         start = now_ms()
         timings = request.timings.model_copy(update={"inference_start": start})
-        if self.was_cancelled(rid):
+        if self.tracking.was_cancelled(rid):
             yield self._final(request, [], FINISH_CANCELLED, timings, index=0)
             return
         if request.deadline_ms is not None and start >= request.deadline_ms:
@@ -208,7 +147,7 @@ class Inference:
                 ),
             )
             return
-        run = _Run(origin=request.origin, keep=request.keep)
+        run = Run(origin=request.origin, keep=request.keep)
         self.inflight[rid] = run
         if request.deadline_ms is not None:
             delay = (request.deadline_ms - start) / 1000.0
@@ -223,7 +162,7 @@ class Inference:
                 del self.inflight[rid]
 
     async def _generate(
-        self, request: PreparedRequest, run: _Run, timings: Timings
+        self, request: PreparedRequest, run: Run, timings: Timings
     ) -> AsyncIterator[GenerationChunk]:
         s = request.sampling
         attributes: dict[str, str | int | float | bool | Sequence[str]] = {
