@@ -86,7 +86,8 @@ async def test_latency_breach_alerts_within_the_short_window_and_resolves(
             metrics = (await monitor.get("/metrics")).text
             assert f'{sc.METRIC_MONITOR_ALERTS}{{id="latency:e2e:page"' in metrics
             assert (
-                f'{sc.METRIC_MONITOR_LATENCY_MS}{{quantile="0.99",stage="end_to_end"}}' in metrics
+                f'{sc.METRIC_MONITOR_STAGE_LATENCY}_bucket{{le="+Inf",stage="end_to_end"}}'
+                in metrics
             )
             dom = await asyncio.to_thread(dump_dom, monitor.url + "/")
             active = dom.split('id="alerts"', 1)[1].split("<h2", 1)[0]  # the active section

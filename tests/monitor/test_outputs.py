@@ -8,8 +8,11 @@ from dataclasses import replace
 from genwire_bench.monitor.synth import REFERENCE
 from genwire_monitor import promexport
 from genwire_monitor.handlers import MonitorEngine, alert_record, parse_alert
+from genwire_monitor.histogram import LATENCY_BUCKETS_S
 from genwire_monitor.webhook import to_alertmanager
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 from genwire.telemetry import semconv as sc
 
@@ -63,8 +66,44 @@ def test_metrics_expose_the_same_figures() -> None:
         sc.METRIC_MONITOR_ALERTS + '{id="latency:e2e:page",kind="latency_burn",severity="page"} 1.0'
         in text
     )
-    assert f'{sc.METRIC_MONITOR_LATENCY_MS}{{quantile="0.99",stage="triton queue"}}' in text
+    assert f'{sc.METRIC_MONITOR_STAGE_LATENCY}_bucket{{le="+Inf",stage="triton_queue"}}' in text
     assert (
         f'{sc.METRIC_MONITOR_BURN_RATE}{{rule="page:3600s/300s",slo="e2e",window="short"}}' in text
     )
     assert f'{sc.METRIC_MONITOR_DRIFT}{{feature="gen_ai.usage.input_tokens"' in text
+
+
+def test_metrics_are_histograms_in_seconds_with_labels_prometheus_can_aggregate() -> None:
+    """Latency as cumulative ``_seconds`` histograms (no quantile gauges in ms), no spaces."""
+    engine = MonitorEngine(fast_settings())
+    t, _ = run(engine, REFERENCE, T0, 12.0, 100, random.Random(14))
+    registry = CollectorRegistry()
+    promexport.register(registry).latest = promexport.figures(engine, t)
+    text = generate_latest(registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+
+    for family in families.values():
+        for sample in family.samples:
+            assert "quantile" not in sample.labels, sample
+            for value in sample.labels.values():
+                assert " " not in value, f"label value with a space: {sample}"
+        assert not family.name.endswith("_ms"), family.name
+
+    latency = families[sc.METRIC_MONITOR_STAGE_LATENCY]
+    assert latency.type == "histogram" and latency.name.endswith("_seconds")
+    by_stage: dict[str, dict[str, float]] = {}
+    for s in latency.samples:
+        if s.name.endswith("_bucket"):
+            by_stage.setdefault(s.labels["stage"], {})[s.labels["le"]] = s.value
+    assert {"end_to_end", "triton_queue", "kafka_genwire.requests"} <= set(by_stage)
+    e2e = by_stage["end_to_end"]
+    assert list(e2e) == [*(floatToGoString(b) for b in LATENCY_BUCKETS_S), "+Inf"]
+    assert list(e2e.values()) == sorted(e2e.values()), "cumulative"
+    assert e2e["+Inf"] == engine.counts.requests  # one end_to_end observation per request
+    assert 0 < e2e["0.25"] < e2e["+Inf"]  # REFERENCE requests: p50 ~0.18 s, p95 ~0.31 s
+    (e2e_sum,) = [
+        s.value
+        for s in latency.samples
+        if s.name.endswith("_sum") and s.labels["stage"] == "end_to_end"
+    ]
+    assert 0.1 < e2e_sum / e2e["+Inf"] < 1.0  # seconds, not milliseconds

@@ -25,6 +25,7 @@ from genwire_monitor.alerting import AlertBook, AlertEvent
 from genwire_monitor.burnrate import SLOState, ring_for
 from genwire_monitor.config import END_TO_END, TPOT, TTFT, MonitorSettings
 from genwire_monitor.drift import DriftMonitor, SeriesResult
+from genwire_monitor.histogram import Histogram
 from genwire_monitor.history import History
 from genwire_monitor.spans import MalformedPayload, SpanView, decode
 from genwire_monitor.stages import observations
@@ -66,6 +67,7 @@ class MonitorEngine:
         self.counts = Counts()
         self.traces = TraceAssembler(settings.trace_idle_s, settings.max_open_traces)
         self._stages: dict[str, TimeRing[DDSketch]] = {}
+        self._histograms: dict[str, Histogram] = {}  # the same observations, since start
         self.slos: list[SLOState] = [
             SLOState(
                 s.name, s.stage, s.objective, s.threshold_ms, ring_for(settings.burn_rules, scale)
@@ -122,6 +124,8 @@ class MonitorEngine:
             ring = self._stages.setdefault(
                 stage, TimeRing(self.page_window_s / 10, self.page_window_s, new_sketch)
             )
+            self._histograms.setdefault(stage, Histogram())
+        self._histograms[stage].observe_ms(ms)  # every observation, however old: counters
         sketch = ring.at(t, now)
         if sketch is None:
             self.counts.too_old += 1
@@ -190,6 +194,10 @@ class MonitorEngine:
         if ring is None:
             return new_sketch()
         return merged(ring.window(now, window_s or self.page_window_s))
+
+    def histograms(self) -> dict[str, Histogram]:
+        """A copy of every stage's cumulative latency histogram (for /metrics)."""
+        return {stage: h.copy() for stage, h in self._histograms.items()}
 
     def percentiles(self, now: float) -> dict[str, dict[str, float]]:
         """p50/p95/p99 (ms) and count per stage over the page window."""

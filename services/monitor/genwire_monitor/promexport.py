@@ -2,20 +2,42 @@
 
 The engine thread builds a ``Figures`` snapshot after every evaluation and swaps it in; the
 collector only reads the latest snapshot, so a scrape never touches live engine state.
+
+Latency is a histogram per stage in seconds (cumulative buckets, fed by the observations that
+feed the page's sketches), so Prometheus can sum instances and take quantiles over any range;
+the page window's quantiles stay on the status page and in the alerts. Label values never
+contain whitespace (stage names such as ``triton queue`` become ``triton_queue``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from genwire.telemetry import semconv as sc
 from genwire_monitor import burnrate
 from genwire_monitor.handlers import MonitorEngine
+from genwire_monitor.histogram import Histogram
+
+
+def label(value: str) -> str:
+    """A label value Prometheus tooling handles well: whitespace runs become ``_``."""
+    return "_".join(value.split())
+
+
+def _le(bound: float) -> str:
+    """A bucket's ``le`` as the Prometheus client writes it (``0.25``, ``1.0``, ``+Inf``)."""
+    return "+Inf" if math.isinf(bound) else repr(bound)
 
 
 @dataclass
@@ -28,7 +50,7 @@ class Figures:
     requests: int = 0
     errors: int = 0
     open_traces: int = 0
-    latency: dict[str, dict[str, float]] = field(default_factory=dict)
+    latency: dict[str, Histogram] = field(default_factory=dict)
     burn: list[tuple[str, str, str, float]] = field(default_factory=list)
     drift: list[tuple[str, str, str, str, float]] = field(default_factory=list)
     alerts: list[tuple[str, str, str]] = field(default_factory=list)
@@ -40,7 +62,7 @@ def figures(engine: MonitorEngine, now: float) -> Figures:
     s = engine.settings
     c = engine.counts
     out = Figures(c.records, c.malformed, c.spans, c.requests, c.errors, len(engine.traces))
-    out.latency = engine.percentiles(now)
+    out.latency = engine.histograms()
     for slo in [*engine.slos, engine.error_slo]:
         for r in burnrate.evaluate(
             slo.ring, slo.objective, s.burn_rules, now, s.window_scale, s.min_events
@@ -86,14 +108,15 @@ class MonitorCollector(Collector):
         yield GaugeMetricFamily(
             sc.METRIC_MONITOR_OPEN_TRACES, "Traces being assembled.", value=f.open_traces
         )
-        latency = GaugeMetricFamily(
-            sc.METRIC_MONITOR_LATENCY_MS,
-            "Stage latency quantiles over the page window (DDSketch, 1% relative error).",
-            labels=["stage", "quantile"],
+        latency = HistogramMetricFamily(
+            sc.METRIC_MONITOR_STAGE_LATENCY,
+            "Latency per stage since the monitor started, from the spans (the status page's "
+            "percentiles come from the same observations).",
+            labels=["stage"],
         )
-        for stage, q in f.latency.items():
-            for name, value in (("0.5", q["p50"]), ("0.95", q["p95"]), ("0.99", q["p99"])):
-                latency.add_metric([stage, name], value)
+        for stage, hist in f.latency.items():
+            buckets = [(_le(bound), n) for bound, n in hist.cumulative()]
+            latency.add_metric([label(stage)], buckets, hist.sum_s)
         yield latency
         burn = GaugeMetricFamily(
             sc.METRIC_MONITOR_BURN_RATE,
@@ -101,7 +124,7 @@ class MonitorCollector(Collector):
             labels=["slo", "rule", "window"],
         )
         for slo, rule, window, value in f.burn:
-            burn.add_metric([slo, rule, window], value)
+            burn.add_metric([label(slo), label(rule), window], value)
         yield burn
         drift = GaugeMetricFamily(
             sc.METRIC_MONITOR_DRIFT,
@@ -109,7 +132,7 @@ class MonitorCollector(Collector):
             labels=["model", "version", "feature", "test"],
         )
         for model, version, feature, test, value in f.drift:
-            drift.add_metric([model, version, feature, test], value)
+            drift.add_metric([label(model), label(version), label(feature), test], value)
         yield drift
         alerts = GaugeMetricFamily(
             sc.METRIC_MONITOR_ALERTS,
@@ -117,7 +140,7 @@ class MonitorCollector(Collector):
             labels=["id", "kind", "severity"],
         )
         for aid, kind, severity in f.alerts:
-            alerts.add_metric([aid, kind, severity], 1)
+            alerts.add_metric([label(aid), kind, severity], 1)
         yield alerts
         labels = ["group", "topic", "partition"]
         lag = GaugeMetricFamily(
@@ -132,8 +155,9 @@ class MonitorCollector(Collector):
             labels=labels,
         )
         for group, topic, partition, waiting, stalled_s in f.partitions:
-            lag.add_metric([group, topic, partition], waiting)
-            stalled.add_metric([group, topic, partition], stalled_s)
+            where = [label(group), label(topic), partition]
+            lag.add_metric(where, waiting)
+            stalled.add_metric(where, stalled_s)
         yield lag
         yield stalled
 
