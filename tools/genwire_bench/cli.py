@@ -12,6 +12,18 @@ from genwire_bench.records import RequestRecord
 
 DEFAULT_TARGETS = "triton,triton-stream,grpc,grpc-stream,kafka,kafka-stream"
 
+EPILOG = """\
+examples:
+  genwire bench                              every target, 50 requests each, one at a time
+  genwire bench --targets grpc,triton -c 1,4,8 --plot curve.png
+                                             a concurrency sweep, latency against throughput
+  genwire bench --rate 2,5 -n 100            open loop: Poisson arrivals at 2 and 5 requests/s
+  genwire bench --json report.json -q        the full report as JSON, no progress bar
+
+targets: triton and triton-stream go straight to Triton (the baseline); grpc and grpc-stream
+call the gateway over gRPC; kafka and kafka-stream produce to genwire.requests and read the
+results. Exits 1 when no target could run, 2 when a request failed."""
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -41,6 +53,7 @@ def register(subparsers: Any) -> None:
         description="Send the same fixed prompt set (same token ids, sampling and seeds) through "
         "each entry point of the running stack and straight to Triton, then report throughput, "
         "latency percentiles, the pipeline's overhead, per-hop times from Jaeger and resources.",
+        epilog=EPILOG,
     )
     p.add_argument(
         "--targets",
@@ -52,12 +65,14 @@ def register(subparsers: Any) -> None:
         "-c",
         type=_ints,
         default=[1],
-        help="closed loop: in-flight requests; a list sweeps (e.g. 1,2,4,8)",
+        metavar="N,...",
+        help="closed loop: in-flight requests; a list sweeps (e.g. 1,2,4,8; default 1)",
     )
     p.add_argument(
         "--rate",
         type=_floats,
         default=[],
+        metavar="R,...",
         help="open loop: Poisson arrival rate(s) in requests/s (replaces -c)",
     )
     p.add_argument(
@@ -67,7 +82,9 @@ def register(subparsers: Any) -> None:
         default=50,
         help="measured requests per target and load (default 50)",
     )
-    p.add_argument("--warmup", type=int, default=5, help="unmeasured requests per target first")
+    p.add_argument(
+        "--warmup", type=int, default=5, help="unmeasured requests per target first (default 5)"
+    )
     p.add_argument(
         "--rounds",
         type=int,
@@ -81,11 +98,17 @@ def register(subparsers: Any) -> None:
         default=0.0,
         help="0 = greedy (default), so every target generates the same tokens",
     )
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=1234, help="base seed; request i uses seed+i")
+    p.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0: off)"
+    )
+    p.add_argument("--top-k", type=int, default=0, help="top-k sampling (default 0: off)")
+    p.add_argument(
+        "--seed", type=int, default=1234, help="base seed; request i uses seed+i (default 1234)"
+    )
     p.add_argument("--model", default=None, help="model name (default: genwire-gpt)")
-    p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
+    p.add_argument(
+        "--timeout", type=float, default=60.0, help="per-request timeout in seconds (default 60)"
+    )
     p.add_argument("--no-traces", action="store_true", help="skip the per-hop breakdown")
     p.add_argument(
         "--trace-sample",
@@ -94,11 +117,14 @@ def register(subparsers: Any) -> None:
         help="traces fetched per pipeline target and load (default 30)",
     )
     p.add_argument("--no-resources", action="store_true", help="skip CPU/RSS sampling")
-    p.add_argument("--json", type=Path, default=None, help="write the full report as JSON")
+    p.add_argument(
+        "--json", type=Path, default=None, metavar="PATH", help="write the full report as JSON"
+    )
     p.add_argument(
         "--plot",
         type=Path,
         default=None,
+        metavar="PATH",
         help="write a PNG of latency against throughput (sweep -c for a curve)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

@@ -11,6 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+EPILOG = """\
+examples:
+  genwire chaos                                  the short profile, a few minutes
+  genwire chaos --list                           every scenario and its profiles
+  genwire chaos --profile full --json chaos.json every scenario, report written as JSON
+  genwire chaos --scenario kafka-down,redis-down --broker-down 20"""
+
 
 def _names(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -28,6 +35,7 @@ def register(subparsers: Any) -> None:
         "error results, duplicates, inconsistent duplicates, the longest gap without results, "
         "recovery times and stuck partitions. Exits 1 when any scenario fails. Scenarios: "
         f"{', '.join(ALL_SCENARIOS)}. See docs/reliability.md.",
+        epilog=EPILOG,
     )
     p.add_argument(
         "--profile",
@@ -44,22 +52,51 @@ def register(subparsers: Any) -> None:
         help="comma-separated scenarios to run (default: the profile's)",
     )
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    p.add_argument("--requests", "-n", type=int, default=None, help="requests per scenario")
-    p.add_argument("--rate", type=float, default=None, help="requests per second")
-    p.add_argument("--max-tokens", type=int, default=None, help="max_tokens of each request")
     p.add_argument(
-        "--broker-down", type=float, default=None, metavar="S", help="broker outage (seconds)"
+        "--requests",
+        "-n",
+        type=int,
+        default=None,
+        help="requests per scenario (default: the profile's)",
     )
     p.add_argument(
-        "--redis-down", type=float, default=None, metavar="S", help="Redis outage (seconds)"
+        "--rate", type=float, default=None, help="requests per second (default: the profile's)"
     )
-    p.add_argument("--fuzz-cases", type=int, default=None, help="Hypothesis cases to produce")
-    p.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
     p.add_argument(
-        "--streams", type=int, default=None, help="gateway-kill: streams per transport and kind"
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="max_tokens of each request (default: the profile's)",
+    )
+    p.add_argument(
+        "--broker-down",
+        type=float,
+        default=None,
+        metavar="S",
+        help="broker outage in seconds (default: the profile's)",
+    )
+    p.add_argument(
+        "--redis-down",
+        type=float,
+        default=None,
+        metavar="S",
+        help="Redis outage in seconds (default: the profile's)",
+    )
+    p.add_argument(
+        "--fuzz-cases",
+        type=int,
+        default=None,
+        help="malformed requests the fuzz scenario produces (default: the profile's)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the fuzz cases (default 0)")
+    p.add_argument(
+        "--streams",
+        type=int,
+        default=None,
+        help="gateway-kill: streams per transport and kind (default: the profile's)",
     )
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the report")
-    p.add_argument("--verbose", "-v", action="store_true", help="Kafka client logs too")
+    p.add_argument("--verbose", "-v", action="store_true", help="show the Kafka clients' logs too")
     p.set_defaults(func=_run)
 
 

@@ -9,6 +9,31 @@ from typing import Any
 from genwire.settings import CommonSettings
 from genwire_cli.dlq import SOURCES, Letter, Selection, read_letters, replay
 
+EPILOG = """\
+examples:
+  genwire dlq list                               every dead letter, one line each
+  genwire dlq list --from retry                  the records parked for an automatic replay
+  genwire dlq replay --code unavailable --dry-run
+                                                 what a replay of one error code would send
+  genwire dlq replay --key req-42                send one request back where it came from"""
+
+VERBS = (
+    (
+        "list",
+        "show the selected records: where they came from, code, stage, reason",
+        "Print the selected records of the dead-letter (or retry) topic, one line each: where "
+        "it is, its request id, the topic it came from, its error code, stage and reason. "
+        "Nothing is consumed or changed.",
+    ),
+    (
+        "replay",
+        "send the selected records back to the topic they came from",
+        "Produce the selected records again to the topic each came from, so the pipeline "
+        "processes them once more; records that do not say where they came from are skipped. "
+        "The dead letters themselves stay where they are.",
+    ),
+)
+
 
 def register(subparsers: Any) -> None:
     """Add ``genwire dlq``."""
@@ -19,23 +44,44 @@ def register(subparsers: Any) -> None:
         "dependency stayed down through every automatic replay; parked records wait on "
         "genwire.retry for their automatic replay. Once the cause is fixed, replay sends them "
         "back to the topic they came from.",
+        epilog=EPILOG,
     )
     verbs = dlq.add_subparsers(dest="verb", required=True)
-    for verb, helptext in (
-        ("list", "show the selected records: where they came from, code, stage, reason"),
-        ("replay", "send the selected records back to the topic they came from"),
-    ):
-        p = verbs.add_parser(verb, help=helptext)
-        p.add_argument("--from", dest="source", choices=sorted(SOURCES), default="dlq")
-        p.add_argument("--code", action="append", default=[], help="only this error code")
-        p.add_argument("--stage", action="append", default=[], help="only this stage")
-        p.add_argument("--key", action="append", default=[], help="only this request id")
-        p.add_argument("--limit", type=int, default=None, help="at most this many records")
+    for verb, helptext, description in VERBS:
+        p = verbs.add_parser(verb, help=helptext, description=description, epilog=EPILOG)
         p.add_argument(
-            "--bootstrap-servers", default=None, help="default: GENWIRE_KAFKA_BOOTSTRAP_SERVERS"
+            "--from",
+            dest="source",
+            choices=sorted(SOURCES),
+            default="dlq",
+            help=f"dlq: the dead letters ({SOURCES['dlq']}); retry: the parked records "
+            f"({SOURCES['retry']}) (default: dlq)",
+        )
+        p.add_argument(
+            "--code",
+            action="append",
+            default=[],
+            help="only records with this error code (repeatable)",
+        )
+        p.add_argument(
+            "--stage", action="append", default=[], help="only records from this stage (repeatable)"
+        )
+        p.add_argument(
+            "--key", action="append", default=[], help="only this request id (repeatable)"
+        )
+        p.add_argument(
+            "--limit", type=int, default=None, metavar="N", help="at most N records (default: all)"
+        )
+        p.add_argument(
+            "--bootstrap-servers",
+            default=None,
+            metavar="HOST:PORT,...",
+            help="Kafka brokers (default: GENWIRE_KAFKA_BOOTSTRAP_SERVERS)",
         )
         if verb == "replay":
-            p.add_argument("--dry-run", action="store_true", help="list what would be replayed")
+            p.add_argument(
+                "--dry-run", action="store_true", help="only list what would be replayed"
+            )
         p.set_defaults(func=_run)
 
 

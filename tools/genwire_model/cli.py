@@ -16,10 +16,21 @@ log = logging.getLogger(__name__)
 
 def register(subparsers: Any) -> None:
     """Add ``genwire model`` and its subcommands."""
-    model = subparsers.add_parser("model", help="train, build and benchmark the model")
+    model = subparsers.add_parser(
+        "model",
+        help="train, build and benchmark the model",
+        description="Make the models Triton serves: train the small default model, build a "
+        "repository version from a Hugging Face checkpoint (ONNX, and a TensorRT engine where a "
+        "GPU allows), list the versions, and measure one straight against Triton.",
+    )
     sub = model.add_subparsers(dest="model_command", required=True)
 
-    train = sub.add_parser("train", help="train (or reuse) the default model checkpoint")
+    train = sub.add_parser(
+        "train",
+        help="train (or reuse) the default model checkpoint",
+        description="Train the default model's checkpoint on a small text corpus, or reuse the "
+        "one already trained; prints its held-out loss against a unigram baseline.",
+    )
     train.add_argument("--force", action="store_true", help="retrain even if cached")
     train.add_argument(
         "--corpus", type=Path, nargs="+", help="text files or folders instead of the default"
@@ -27,9 +38,18 @@ def register(subparsers: Any) -> None:
     train.add_argument("--steps", type=int, help="training steps (default: the built-in)")
     train.set_defaults(func=_train)
 
-    build = sub.add_parser("build", help="add a version built from an HF checkpoint")
+    build = sub.add_parser(
+        "build",
+        help="add a version built from an HF checkpoint",
+        description="Add a new version of a model to the Triton model repository, built from a "
+        "Hugging Face checkpoint folder, and check its outputs against the checkpoint's.",
+    )
     build.add_argument("--checkpoint", type=Path, required=True, help="HF checkpoint folder")
-    build.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name in Triton")
+    build.add_argument(
+        "--name",
+        default=DEFAULT_MODEL_NAME,
+        help=f"model name in Triton (default: {DEFAULT_MODEL_NAME})",
+    )
     build.add_argument("--repository", type=Path, help="default: the settings' repository")
     build.add_argument(
         "--tensorrt",
@@ -37,27 +57,58 @@ def register(subparsers: Any) -> None:
         default="auto",
         help="build a TensorRT engine (auto: when a GPU and tensorrt exist)",
     )
-    build.add_argument("--max-batch", type=int, default=32, help="sequences decoded together")
+    build.add_argument(
+        "--max-batch", type=int, default=32, help="sequences decoded together (default: 32)"
+    )
     build.add_argument("--context", type=int, help="context window (default: the model's)")
     build.add_argument(
-        "--stream-interval", type=int, default=1, help="tokens per streamed response"
+        "--stream-interval", type=int, default=1, help="tokens per streamed response (default: 1)"
     )
     build.set_defaults(func=_build)
 
-    ensure = sub.add_parser("ensure", help="train and build the default model if needed")
+    ensure = sub.add_parser(
+        "ensure",
+        help="train and build the default model if needed",
+        description="Make sure the default model has a version in the repository: train and "
+        "build it when it has none; prints the version.",
+    )
     ensure.set_defaults(func=_ensure)
 
-    show = sub.add_parser("list", help="versions in the repository and their manifests")
-    show.add_argument("--name", default=DEFAULT_MODEL_NAME)
-    show.add_argument("--repository", type=Path)
+    show = sub.add_parser(
+        "list",
+        help="versions in the repository and their manifests",
+        description="Print one JSON line per version of a model in the repository: when and "
+        "from what it was built, its context length, whether it has a TensorRT engine and how "
+        "far its logits are from the checkpoint's.",
+    )
+    show.add_argument(
+        "--name", default=DEFAULT_MODEL_NAME, help=f"model name (default: {DEFAULT_MODEL_NAME})"
+    )
+    show.add_argument("--repository", type=Path, help="default: the settings' repository")
     show.set_defaults(func=_list)
 
-    bench = sub.add_parser("bench", help="requests/s, tokens/s, TTFT, TPOT straight to Triton")
+    bench = sub.add_parser(
+        "bench",
+        help="requests/s, tokens/s, TTFT, TPOT straight to Triton",
+        description="Measure the model straight against Triton, without the pipeline: requests "
+        "and tokens per second, time to first token and time per output token at each "
+        "concurrency level.",
+    )
     bench.add_argument("--url", help="Triton gRPC host:port (default: the settings')")
-    bench.add_argument("--name", default=DEFAULT_MODEL_NAME)
-    bench.add_argument("--repository", type=Path)
-    bench.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    bench.add_argument("--max-tokens", type=int, default=64)
+    bench.add_argument(
+        "--name", default=DEFAULT_MODEL_NAME, help=f"model name (default: {DEFAULT_MODEL_NAME})"
+    )
+    bench.add_argument("--repository", type=Path, help="default: the settings' repository")
+    bench.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 8, 32],
+        help="requests in flight, one level after another (default: 1 8 32)",
+    )
+    bench.add_argument(
+        "--max-tokens", type=int, default=64, help="tokens to generate per request (default: 64)"
+    )
     bench.add_argument("--requests", type=int, help="requests per level (default 4 x conc)")
     bench.add_argument("--out", type=Path, help="also write the figures as JSON")
     bench.set_defaults(func=_bench)

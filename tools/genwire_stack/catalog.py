@@ -7,6 +7,8 @@ Versions are pinned here and nowhere else; ``deploy/compose/compose.yaml`` uses 
 
 from __future__ import annotations
 
+from genwire_stack.layout import BROKER_COUNTS, MAX_INSTANCES, SCALABLE
+
 KAFKA_VERSION = "3.9.1"
 """Apache Kafka broker (KRaft). 3.9 is the last line that still accepts the older protocol
 versions; aiokafka 0.14.0 is tested against it here. Kafka 4.x would also work (see README)."""
@@ -51,3 +53,22 @@ GATEWAY_GRPC_PORT = 50051
 
 INFRA = ("kafka", "redis", "triton", "jaeger")
 SERVICES = tuple(SERVICE_PORTS)
+
+COMPONENT_GROUPS = (*INFRA, *SERVICES)
+"""What ``--only`` takes: each names a component, or all of its Kafka nodes or instances."""
+
+
+def is_component_name(name: str) -> bool:
+    """Whether ``--only`` knows ``name``: a component, a Kafka node of a cluster (``kafka-2``)
+    or an instance of a service (``preprocess-1`` is the first, ``preprocess-3`` a scaled one)."""
+    if name in COMPONENT_GROUPS:
+        return True
+    group, sep, index = name.rpartition("-")
+    if not sep or not index.isdigit():
+        return False
+    number = int(index)
+    if group == "kafka":
+        return 1 <= number <= max(BROKER_COUNTS)
+    if group in SCALABLE:
+        return 1 <= number <= MAX_INSTANCES
+    return group in SERVICES and number == 1

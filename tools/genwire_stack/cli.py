@@ -1,4 +1,4 @@
-"""``genwire up``, ``genwire down`` and ``genwire status``."""
+"""``genwire up``, ``down``, ``restart``, ``status``, ``topics`` and ``default-model``."""
 
 from __future__ import annotations
 
@@ -7,22 +7,58 @@ import sys
 import time
 from typing import Any
 
+from genwire_stack.catalog import COMPONENT_GROUPS, is_component_name
+
+ONLY_HELP = (
+    "comma-separated components: "
+    + ", ".join(COMPONENT_GROUPS)
+    + "; or one Kafka node of a cluster (kafka-1, kafka-2, kafka-3) or one instance of a scaled "
+    "service (e.g. preprocess-2)"
+)
+
+UP_EPILOG = """\
+examples:
+  genwire up                              everything, then one demo request
+  genwire up --only kafka,redis           just Kafka and Redis
+  genwire up --no-model --no-demo         the stack without the default model
+  genwire up --brokers 3                  a three-broker Kafka cluster (after `genwire down`)
+  genwire up --scale preprocess=3,inference=2"""
+
 
 def _names(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _components(value: str) -> list[str]:
+    """``--only``'s value: known component names, or a clear error listing them."""
+    names = _names(value)
+    unknown = [name for name in names if not is_component_name(name)]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(COMPONENT_GROUPS)}"
+            " (or a Kafka node kafka-1…kafka-3, or a service instance such as preprocess-2)"
+        )
+    return names
+
+
 def register(subparsers: Any) -> None:
     """Add the stack's subcommands to the ``genwire`` parser."""
     up = subparsers.add_parser(
-        "up", help="install what is missing, start the native stack, wait until healthy"
+        "up",
+        help="install what is missing, start the native stack, wait until healthy",
+        description="Start the native stack on 127.0.0.1: Kafka, Redis, Triton, Jaeger and the "
+        "five services, each under a supervisor that restarts it when it exits. What is missing "
+        "is installed first into the genwire home; what already runs is reused. Waits until every "
+        "component is healthy, prints where each runs, then sends one demo request through the "
+        "whole pipeline.",
+        epilog=UP_EPILOG,
     )
     up.add_argument(
         "--only",
-        type=_names,
+        type=_components,
         default=None,
         metavar="NAMES",
-        help="comma-separated components (kafka,redis,triton,jaeger,preprocess,...); default all",
+        help=f"{ONLY_HELP} (default: all)",
     )
     up.add_argument(
         "--brokers",
@@ -30,14 +66,16 @@ def register(subparsers: Any) -> None:
         default=None,
         metavar="N",
         help="Kafka brokers: 1, or 3 for a KRaft cluster (replication factor 3, min ISR 2); "
-        "remembered for later runs; changing it needs `genwire down` first",
+        "remembered for later runs; changing it needs `genwire down` first (default: as last "
+        "time, else 1)",
     )
     up.add_argument(
         "--scale",
         default=None,
         metavar="SVC=N,...",
         help="instances per service (preprocess, inference, postprocess, gateway), e.g. "
-        "preprocess=3,inference=3; remembered; =1 stops the extra ones",
+        "preprocess=3,inference=3; remembered; =1 stops the extra ones (default: as last time, "
+        "else 1 each)",
     )
     up.add_argument(
         "--no-model",
@@ -54,32 +92,65 @@ def register(subparsers: Any) -> None:
     )
     up.set_defaults(func=_up)
 
-    down = subparsers.add_parser("down", help="stop what `genwire up` started (by pid)")
-    down.add_argument("--only", type=_names, default=None, metavar="NAMES")
+    down = subparsers.add_parser(
+        "down",
+        help="stop what `genwire up` started (by pid)",
+        description="Stop the components `genwire up` started (services first), with their "
+        "supervisors. Servers genwire did not start (an existing Redis) are left alone. The "
+        "layout (brokers, instances) is kept for the next `genwire up`.",
+    )
+    down.add_argument(
+        "--only",
+        type=_components,
+        default=None,
+        metavar="NAMES",
+        help=f"{ONLY_HELP} (default: all)",
+    )
     down.set_defaults(func=_down)
 
     restart = subparsers.add_parser(
-        "restart", help="stop and start components (e.g. a service after a code change)"
+        "restart",
+        help="stop and start components (e.g. a service after a code change)",
+        description="Stop the named components and start them again, waiting until they are "
+        "healthy: e.g. a service after its code changed.",
     )
-    restart.add_argument("--only", type=_names, required=True, metavar="NAMES")
+    restart.add_argument("--only", type=_components, required=True, metavar="NAMES", help=ONLY_HELP)
     restart.set_defaults(func=_restart)
 
-    status = subparsers.add_parser("status", help="show what runs where")
+    status = subparsers.add_parser(
+        "status",
+        help="show what runs where",
+        description="Show every component of the stack: its state, pid, restarts, endpoints "
+        "and log file, and why it is not ready when it is not.",
+    )
     status.set_defaults(func=_status)
 
     topics = subparsers.add_parser(
-        "topics", help="create the missing genwire topics (compose's kafka-init runs this)"
+        "topics",
+        help="create the missing genwire topics (compose's kafka-init runs this)",
+        description="Create genwire's Kafka topics that do not exist yet; existing ones are "
+        "left as they are.",
     )
     topics.add_argument(
-        "--bootstrap-servers", default=None, help="default: GENWIRE_KAFKA_BOOTSTRAP_SERVERS"
+        "--bootstrap-servers",
+        default=None,
+        metavar="HOST:PORT,...",
+        help="Kafka brokers (default: GENWIRE_KAFKA_BOOTSTRAP_SERVERS)",
     )
     topics.set_defaults(func=_topics)
 
     model = subparsers.add_parser(
         "default-model",
         help="build the default model if missing and load it into Triton (compose's model-init)",
+        description="Build the default model if it is not in the model repository yet (trains "
+        "it the first time), then load it into Triton and wait until it is ready.",
     )
-    model.add_argument("--triton-http", default=None, help="default: GENWIRE_TRITON_HTTP_URL")
+    model.add_argument(
+        "--triton-http",
+        default=None,
+        metavar="HOST:PORT",
+        help="Triton's HTTP endpoint (default: GENWIRE_TRITON_HTTP_URL)",
+    )
     model.set_defaults(func=_default_model)
 
 

@@ -14,12 +14,33 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
-    parser.add_argument("--requests", type=int, default=20_000, help="requests per round")
-    parser.add_argument("--per-payload", type=int, default=32, help="requests per Kafka value")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds (memory over time)")
-    parser.add_argument("--quality", action="store_true", help="detection and false alarms")
-    parser.add_argument("--seeds", type=int, default=3, help="--quality: repetitions")
-    parser.add_argument("--steady-s", type=float, default=120.0, help="--quality: steady run")
+    parser.add_argument(
+        "--requests", type=int, default=20_000, help="requests per round (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--per-payload",
+        type=int,
+        default=32,
+        help="requests per Kafka value (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="rounds, to see memory over time (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quality", action="store_true", help="also measure detection and false alarms"
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="--quality: repetitions (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--steady-s",
+        type=float,
+        default=120.0,
+        help="--quality: seconds of steady traffic (default: %(default)s)",
+    )
 
 
 def register(subparsers: Any) -> None:
