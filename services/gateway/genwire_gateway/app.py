@@ -19,9 +19,10 @@ from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import GatewayError
 from genwire_gateway.fanout import FanoutReader, WaiterRegistry
 from genwire_gateway.grpc_service import GenerationServicer, build_server, set_serving
-from genwire_gateway.handlers import Gateway, GatewayMetrics
+from genwire_gateway.handlers import Gateway
 from genwire_gateway.http_api import openai_router
 from genwire_gateway.models import ModelCatalog
+from genwire_gateway.telemetry import GatewayMetrics
 
 log = logging.getLogger(__name__)
 

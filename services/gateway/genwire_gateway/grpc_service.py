@@ -25,9 +25,10 @@ from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import GatewayError, grpc_status
-from genwire_gateway.handlers import Chunk, Gateway, GatewayMetrics, Prepared, ResultStatus
-from genwire_gateway.tracing import (
+from genwire_gateway.handlers import Chunk, Gateway, Prepared, ResultStatus
+from genwire_gateway.telemetry import (
     ENTRYPOINT_GRPC,
+    GatewayMetrics,
     carrier_of,
     mark_error,
     start_server_span,

@@ -21,12 +21,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-
 from genwire.errors import PermanentError
 from genwire.events import ControlEvent, GenerationResult, TokenEvent, Usage, now_ms
 from genwire.kafka import EventProducer
-from genwire.metrics import LATENCY_BUCKETS
 from genwire.request import ErrorCode, GenerationRequest, validate_request
 from genwire.results import ClaimOutcome, ResultStore
 from genwire.telemetry import semconv as sc
@@ -75,30 +72,6 @@ class Prepared:
         """The request's id (always set once prepared)."""
         assert self.request.request_id is not None
         return self.request.request_id
-
-
-class GatewayMetrics:
-    """Requests by entry point, method and outcome code; their duration."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            sc.METRIC_REQUESTS,
-            "Requests answered by the gateway, by entry point, method and outcome code.",
-            ["entrypoint", "method", "code"],
-            registry=registry,
-        )
-        self.duration = Histogram(
-            sc.METRIC_REQUEST_SECONDS,
-            "Time from receiving a request to its last byte, at the gateway.",
-            ["entrypoint", "method"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-
-    def observe(self, entrypoint: str, method: str, code: str, seconds: float) -> None:
-        """Count one answered request."""
-        self.requests.labels(entrypoint, method, code).inc()
-        self.duration.labels(entrypoint, method).observe(seconds)
 
 
 def new_request_id() -> str:

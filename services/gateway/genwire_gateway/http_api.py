@@ -23,10 +23,11 @@ from genwire.events import GenerationResult
 from genwire.telemetry import semconv as sc
 from genwire_gateway import openai
 from genwire_gateway.errors import CANCELLED, GatewayError, http_status
-from genwire_gateway.handlers import Chunk, Gateway, GatewayMetrics
+from genwire_gateway.handlers import Chunk, Gateway
 from genwire_gateway.models import ModelCatalog
-from genwire_gateway.tracing import (
+from genwire_gateway.telemetry import (
     ENTRYPOINT_HTTP,
+    GatewayMetrics,
     carrier_of,
     mark_error,
     start_server_span,

@@ -1,4 +1,5 @@
-"""The gateway's SERVER spans: where a request's trace starts (or joins the caller's)."""
+"""What both transports record of a request: its SERVER span, where its trace starts (or joins
+the caller's), and the request count and duration by entry point, method and outcome."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from collections.abc import Iterable, Mapping
 from opentelemetry.propagate import extract
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from genwire.metrics import LATENCY_BUCKETS
 from genwire.telemetry import semconv as sc
 
 ENTRYPOINT_GRPC = "grpc"
@@ -54,3 +57,27 @@ def mark_error(span: Span, code: str, message: str) -> None:
     """Record a failed request on its span (code and message only, never content)."""
     span.set_status(Status(StatusCode.ERROR, message[:200]))
     span.set_attribute(sc.ERROR_CODE, code)
+
+
+class GatewayMetrics:
+    """Requests by entry point, method and outcome code; their duration."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            sc.METRIC_REQUESTS,
+            "Requests answered by the gateway, by entry point, method and outcome code.",
+            ["entrypoint", "method", "code"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            sc.METRIC_REQUEST_SECONDS,
+            "Time from receiving a request to its last byte, at the gateway.",
+            ["entrypoint", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, entrypoint: str, method: str, code: str, seconds: float) -> None:
+        """Count one answered request."""
+        self.requests.labels(entrypoint, method, code).inc()
+        self.duration.labels(entrypoint, method).observe(seconds)
