@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import re
 
-from genwire_chaos.fuzz import (
+from genwire_chaos.fuzz import _Seen, _unanswered
+from genwire_chaos.fuzz_cases import (
     CASE_HEADER,
     HUGE_SIZES,
     ID_MODES,
     Draft,
     FuzzCase,
-    _Seen,
-    _unanswered,
     build_case,
     generate_drafts,
 )

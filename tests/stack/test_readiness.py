@@ -20,7 +20,7 @@ from genwire_stack.health import wait_until
 from genwire_stack.manager import ComponentStatus
 from genwire_stack.paths import StackPaths
 from genwire_stack.process import read_record, records
-from genwire_stack.supervise import SupervisorState, read_state, state_file
+from genwire_stack.statefile import SupervisorState, read_state, state_file
 
 from genwire.settings import CommonSettings
 from tests.stack.support import DummyService

@@ -72,7 +72,7 @@ from genwire_stack.process import (
     write_record,
 )
 from genwire_stack.process import supervisor_state as _read_supervisor_state
-from genwire_stack.supervise import SupervisorState
+from genwire_stack.statefile import SupervisorState
 
 MODEL_PHASE = 3
 """The default model is made and loaded after the infrastructure, before the services."""

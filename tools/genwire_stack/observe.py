@@ -22,7 +22,7 @@ from genwire_stack.process import (
     read_record,
 )
 from genwire_stack.process import supervisor_state as _read_supervisor_state
-from genwire_stack.supervise import SupervisorState
+from genwire_stack.statefile import SupervisorState
 
 State = Literal[
     "running", "not-ready", "starting", "restarting", "unhealthy", "external", "stopped"

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from genwire_stack.errors import StackError
-from genwire_stack.supervise import SupervisorState, read_state, state_file
+from genwire_stack.statefile import SupervisorState, read_state, state_file
 
 
 @dataclass(frozen=True)
