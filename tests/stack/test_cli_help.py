@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 import pytest
 from genwire_cli.help import HelpFormatter, all_parsers, subcommands
 from genwire_cli.main import DESCRIPTION, GROUPS, build_parser
 from genwire_stack.catalog import COMPONENT_GROUPS, is_component_name
+from genwire_stack.components import build_components
+from genwire_stack.layout import MAX_INSTANCES, SCALABLE, StackLayout
+from genwire_stack.paths import StackPaths
+
+from genwire.settings import CommonSettings
 
 DEVELOPER_NOTE = re.compile(
     r"\b(imports?|imported|importlib|lazy|lazily|modules?|register(s|ed)?|subparsers?|"
@@ -121,3 +127,18 @@ def test_component_names() -> None:
         assert is_component_name(name), name
     for name in ("redis-1", "monitor-2", "kafka-4", "preprocess-10", "preprocess-0", "", "all"):
         assert not is_component_name(name), name
+
+
+def test_component_names_are_those_of_the_stack(tmp_path: Path) -> None:
+    """What --only accepts is exactly what the stack answers to, in its largest and smallest
+    layouts (names, groups, aliases)."""
+    settings = CommonSettings(home=tmp_path)
+    paths = StackPaths.from_settings(settings)
+    largest = StackLayout(brokers=3, scale=dict.fromkeys(SCALABLE, MAX_INSTANCES))
+    known: set[str] = set()
+    for layout in (StackLayout(), largest):
+        for component in build_components(paths, settings, layout).values():
+            known.update({component.name, *component.aliases} | {component.group} - {""})
+    assert {n for n in known if is_component_name(n)} == known
+    candidates = {f"{g}-{i}" for g in COMPONENT_GROUPS for i in range(MAX_INSTANCES + 2)}
+    assert {n for n in candidates if is_component_name(n)} <= known

@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
         "back to the topic they came from.",
         epilog=EPILOG,
     )
-    verbs = dlq.add_subparsers(dest="verb", required=True)
+    verbs = dlq.add_subparsers(dest="verb", required=True, metavar="{list,replay}")
     for verb, helptext, description in VERBS:
         p = verbs.add_parser(verb, help=helptext, description=description, epilog=EPILOG)
         p.add_argument(

@@ -23,7 +23,9 @@ def register(subparsers: Any) -> None:
         "repository version from a Hugging Face checkpoint (ONNX, and a TensorRT engine where a "
         "GPU allows), list the versions, and measure one straight against Triton.",
     )
-    sub = model.add_subparsers(dest="model_command", required=True)
+    sub = model.add_subparsers(
+        dest="model_command", required=True, metavar="{train,build,ensure,list,bench}"
+    )
 
     train = sub.add_parser(
         "train",
