@@ -104,6 +104,7 @@ def test_images_are_pinned_to_the_native_versions(services: dict[str, dict[str, 
     dockerfile = (COMPOSE_DIR / "Dockerfile").read_text()
     assert f"ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:{TRITON_NGC_TAG}-py3" in dockerfile
     assert services["triton"]["build"]["target"] == "triton"
+    assert "triton" in dockerfile_stages()
 
 
 def test_published_ports_match_the_native_components(
@@ -123,25 +124,99 @@ def test_published_ports_match_the_native_components(
         assert ports <= set(native[name].ports().values()), f"{name}: not a native port"
 
 
-def test_genwire_services_share_one_image_and_run_like_natively(
+def dockerfile_stages() -> dict[str, str]:
+    """Stage name -> its instructions, from deploy/compose/Dockerfile."""
+    text = (COMPOSE_DIR / "Dockerfile").read_text()
+    parts = re.split(r"^FROM\s+\S+\s+AS\s+(\S+)\s*$", text, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def installed_extras(stage: str) -> set[str]:
+    """The extras of genwire that a stage's ``pip install ".[a,b]"`` installs."""
+    found = re.findall(r'pip install [^\n]*"\.\[([a-z,]+)\]"', dockerfile_stages()[stage])
+    assert len(found) == 1, f"stage {stage}: expected one pip install of genwire"
+    return set(found[0].split(","))
+
+
+ONE_SHOTS = ("kafka-init", "model-init")
+
+
+def test_each_genwire_service_has_its_own_image_and_runs_like_natively(
     services: dict[str, dict[str, Any]], native: dict[str, Any]
 ) -> None:
     builds = {
         name: s["build"]
         for name, s in services.items()
-        if s.get("build", {}).get("target") == "services"
+        if s.get("build", {}).get("target") != "triton" and "build" in s
     }
-    assert set(builds) == {*SERVICE_PORTS, "kafka-init", "model-init"}
-    assert {s["image"] for name, s in services.items() if name in builds} == {
-        "genwire/services:0.1.0"
-    }
+    assert set(builds) == {*SERVICE_PORTS, *ONE_SHOTS}
     for build in builds.values():
         assert build["dockerfile"] == "deploy/compose/Dockerfile"
         assert (COMPOSE_DIR / build["context"]).resolve() == repo_root()
     for short in SERVICE_PORTS:
+        assert builds[short]["target"] == short, f"{short}: build its own Dockerfile target"
+        assert services[short]["image"] == f"genwire/{short}:0.1.0"
         component = native[short]
         assert isinstance(component, Service)
         assert services[short]["command"] == ["python", *component.command()[1:]]
+    # The one-shot inits run `genwire topics` / `genwire default-model`: the model image.
+    for name in ONE_SHOTS:
+        assert builds[name]["target"] == "model"
+        assert services[name]["image"] == "genwire/model:0.1.0"
+
+
+def test_each_image_installs_only_its_own_extra() -> None:
+    from tests.stack.test_packaging import HEAVY, closure
+
+    stages = dockerfile_stages()
+    for short in SERVICE_PORTS:
+        assert installed_extras(short) == {short}, f"stage {short} installs another extra"
+        assert "torch" not in stages[short].lower(), f"stage {short} mentions torch"
+        own = {"scipy"} if short == "monitor" else set()
+        heavy = {d for d in closure(frozenset({short})) if HEAVY.match(d)} - own
+        assert not heavy, f"the {short} image would install {sorted(heavy)}"
+    assert installed_extras("model") == {"model", "tools"}
+    assert "torch" in closure(frozenset(installed_extras("model")))
+    # Every genwire image starts from `source`, which installs nothing itself.
+    text = (COMPOSE_DIR / "Dockerfile").read_text()
+    for stage in (*SERVICE_PORTS, "model"):
+        assert re.search(rf"^FROM source AS {stage}$", text, flags=re.MULTILINE), stage
+    assert "pip install" not in stages["source"]
+
+
+def test_source_stage_copies_every_packaged_folder() -> None:
+    """The wheel's packages (pyproject.toml) are in the build (`genwire` is tools/genwire_cli)."""
+    import tomllib
+
+    pyproject = tomllib.loads((repo_root() / "pyproject.toml").read_text())
+    packages = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    copied = set(re.findall(r"^COPY (\S+) ", dockerfile_stages()["source"], flags=re.MULTILINE))
+    for package in packages:
+        assert package.split("/")[0] in copied, f"{package} is not copied into the image"
+    ignored = (COMPOSE_DIR / "Dockerfile.dockerignore").read_text().split()
+    assert not {"genwire", "services", "tools", "README.md"} & set(ignored)
+
+
+def test_one_shot_commands_run_on_the_model_image() -> None:
+    """`genwire topics` and `genwire default-model` import only what `.[model,tools]` installs
+    (besides TensorRT, the gpu extra, and what exists only inside Triton)."""
+    from tests.stack.test_packaging import (
+        OUTSIDE_ANY_EXTRA,
+        closure,
+        module_distribution,
+        third_party_imports,
+    )
+
+    allowed = closure(frozenset(installed_extras("model")))
+    missing = {}
+    for package in ("genwire_cli", "genwire_stack", "genwire_model"):
+        for module, users in third_party_imports(package).items():
+            if module.split(".")[0] in OUTSIDE_ANY_EXTRA:
+                continue
+            dist = module_distribution(module)
+            if dist not in allowed:
+                missing[module] = (dist, sorted(users)[:2])
+    assert not missing, f"the model image lacks: {missing}"
 
 
 def test_topics_and_span_ingestion_use_the_project_names(

@@ -324,3 +324,31 @@ def test_all_extra_is_every_service_and_tool_group() -> None:
     assert canonicalize_name(req.name) == PROJECT
     assert req.extras == {*SERVICES, "model", "tools"}
     assert {"dev", "gpu", *req.extras} <= set(optional)
+
+
+# TensorRT is the gpu extra; the model's runtime/ runs inside Triton (its stub provides these).
+OUTSIDE_ANY_EXTRA = {"tensorrt", "modelopt", "triton_python_backend_utils", "genwire_runtime"}
+
+
+@pytest.mark.parametrize(
+    ("package", "extras"),
+    [
+        ("genwire_cli", {"tools"}),
+        ("genwire_stack", {"tools"}),
+        ("genwire_bench", {"tools"}),
+        ("genwire_chaos", {"tools"}),
+        ("genwire_model", {"model"}),
+    ],
+)
+def test_every_import_of_a_tool_is_in_its_extra(package: str, extras: set[str]) -> None:
+    allowed = closure(frozenset(extras))
+    missing = {}
+    for module, users in sorted(third_party_imports(package).items()):
+        if module.split(".")[0] in OUTSIDE_ANY_EXTRA:
+            continue
+        dist = module_distribution(module)
+        if dist is None or dist not in allowed:
+            missing[module] = (dist, sorted(users)[:3])
+    assert not missing, (
+        f"genwire[{','.join(sorted(extras))}] lacks what {package} imports: {missing}"
+    )
