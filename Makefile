@@ -7,6 +7,9 @@ BIN := $(GENWIRE_HOME)/venv/bin
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 CHAOS_ARGS ?=
+# Instances per service, passed to `genwire up --scale` (e.g. SCALE=gateway=2,preprocess=2);
+# empty: the layout of the last run (one of each on a fresh home).
+SCALE ?=
 
 .PHONY: help venv up down status test lint proto proto-check bench chaos
 
@@ -16,8 +19,8 @@ help: ## list the targets
 venv: ## create or refresh the virtualenv (fast when up to date)
 	@deploy/native/bootstrap.sh
 
-up: venv ## install what is missing, start Kafka, Redis, Triton, Jaeger and the services
-	@$(BIN)/genwire up
+up: venv ## install what is missing, start Kafka, Redis, Triton, Jaeger and the services (SCALE=gateway=2,...)
+	@$(BIN)/genwire up $(if $(SCALE),--scale $(SCALE))
 
 down: ## stop what `make up` started
 	@if [ -x $(BIN)/genwire ]; then $(BIN)/genwire down; else echo "genwire: nothing to stop"; fi

@@ -174,3 +174,23 @@ def test_the_cli_takes_brokers_and_scale() -> None:
     assert (args.brokers, parse_scale(args.scale)) == (3, {"preprocess": 3})
     args = build_parser().parse_args(["down", "--only", "kafka-2"])
     assert args.only == ["kafka-2"]
+
+
+def test_make_up_passes_scale_to_genwire_up_and_defaults_to_the_remembered_layout() -> None:
+    root = Path(__file__).resolve().parents[2]
+
+    def up_line(*extra: str) -> str:
+        shown = subprocess.run(
+            ["make", "-s", "-n", "-C", str(root), "up", *extra],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return next(line for line in shown.splitlines() if "genwire up" in line)
+
+    scaled = up_line("SCALE=gateway=2,preprocess=2,inference=2,postprocess=2")
+    assert scaled.split("genwire up", 1)[1].split() == [
+        "--scale",
+        "gateway=2,preprocess=2,inference=2,postprocess=2",
+    ]
+    assert up_line().split("genwire up", 1)[1].split() == []
