@@ -19,6 +19,10 @@ class Topic(StrEnum):
     """Detokenized text chunks of streamed requests, ending with a final event."""
     RESULTS = "genwire.results"
     """Final results or errors, keyed by request id."""
+    REPLIES = "genwire.replies"
+    """Direct replies: a request's token chunks and result, on the partition its gateway
+    instance owns and named in the request's ``genwire_reply_to`` header (not keyed by
+    partitioner: each record goes to the partition the header names)."""
     CONTROL = "genwire.control"
     """Cancellations and other commands that every inference instance reads."""
     DLQ = "genwire.dlq"
@@ -43,6 +47,8 @@ class TopicSpec:
 
 
 HOUR_MS = 3_600_000
+REPLY_PARTITIONS = 24
+"""Partitions of ``genwire.replies``: the most gateway instances that each own one."""
 DAY_MS = 24 * HOUR_MS
 
 # Three partitions: enough for two or three consumers per stage on a small machine; keyed by
@@ -53,9 +59,45 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.GENERATIONS, 3, DAY_MS),
     TopicSpec(Topic.TOKENS, 3, DAY_MS),
     TopicSpec(Topic.RESULTS, 3, 7 * DAY_MS),
+    # One partition per gateway instance at least: the gateways' reply readers share them in
+    # one consumer group, so this is the most gateway instances that get direct replies.
+    # Replies are worth seconds; an hour is plenty for a reader that lags.
+    TopicSpec(Topic.REPLIES, REPLY_PARTITIONS, HOUR_MS),
     TopicSpec(Topic.CONTROL, 1, HOUR_MS),
     TopicSpec(Topic.DLQ, 1, 14 * DAY_MS),
     TopicSpec(Topic.RETRY, 3, 7 * DAY_MS),
     TopicSpec(Topic.ALERTS, 1, 30 * DAY_MS),
     TopicSpec(Topic.SPANS, 3, DAY_MS),
 )
+
+
+REPLY_TO_MAX_BYTES = 256
+"""Longest ``genwire_reply_to`` value read; a longer one is malformed."""
+
+
+@dataclass(frozen=True)
+class ReplyTo:
+    """Where a request's replies go: a partition of a reply topic (``<topic>:<partition>``)."""
+
+    topic: str
+    partition: int
+
+    def encode(self) -> bytes:
+        """The header value."""
+        return f"{self.topic}:{self.partition}".encode()
+
+    @classmethod
+    def parse(cls, raw: bytes) -> ReplyTo:
+        """Read a ``genwire_reply_to`` value; ``ValueError`` when it is not ``<topic>:<n>``."""
+        if len(raw) > REPLY_TO_MAX_BYTES:
+            raise ValueError(f"longer than {REPLY_TO_MAX_BYTES} bytes")
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError("not ASCII") from None
+        topic, sep, partition = text.rpartition(":")
+        if not sep or not topic or not partition.isdigit() or len(partition) > 9:
+            raise ValueError(f"not <topic>:<partition>: {text[:80]!r}")
+        if not all(c.isalnum() or c in "._-" for c in topic):
+            raise ValueError(f"not a topic name: {topic[:80]!r}")
+        return cls(topic, int(partition))
