@@ -90,6 +90,10 @@ METRIC_PARTITION_STALLED = "genwire_partition_stalled"
 METRIC_COMMIT_AGE = "genwire_partition_commit_age_seconds"
 METRIC_DEPENDENCY_UP = "genwire_dependency_up"
 METRIC_PRODUCER_RESETS = "genwire_producer_resets_total"
+METRIC_REPLY_ROUTES = "genwire_reply_routes_total"  # postprocess: reply headers by outcome
+METRIC_REPLIES = "genwire_gateway_replies_total"  # gateway: reply records read, by outcome
+METRIC_REPLY_PARTITIONS = "genwire_gateway_reply_partitions"  # gateway: reply partitions owned
+METRIC_WAITERS_MOVED = "genwire_gateway_waiters_moved_total"  # gateway: reply partition moved
 METRIC_TTFT_SECONDS = "genwire_time_to_first_token_seconds"
 METRIC_TPOT_SECONDS = "genwire_time_per_output_token_seconds"
 METRIC_TOKENS = "genwire_tokens_total"
@@ -131,3 +135,6 @@ HEADER_ORIGIN = "genwire_origin"
 """The gateway instance that waits for a request (its heartbeats say whether it lives)."""
 HEADER_KEEP = "genwire_keep"
 """``1``: the caller named the request (idempotency key): finish it even if its gateway dies."""
+HEADER_REPLY_TO = "genwire_reply_to"
+"""``<topic>:<partition>``: where postprocess also publishes the request's chunks and result
+(a partition of ``genwire.replies`` that the waiting gateway instance reads)."""
