@@ -33,6 +33,9 @@ class Topic(StrEnum):
     headers plus ``genwire_retry_*``; their stage replays them after a delay."""
     ALERTS = "genwire.alerts"
     """Alerts raised and resolved by the monitor."""
+    ALERT_STATE = "genwire.alert-state"
+    """Compacted: the monitor's firing alerts keyed by alert id (a tombstone once resolved),
+    read back when it starts."""
     SPANS = "otlp_spans"
     """OTLP ``ExportTraceServiceRequest`` protobufs (the OTel Collector kafka exporter's format)."""
 
@@ -44,6 +47,7 @@ class TopicSpec:
     name: str
     partitions: int
     retention_ms: int
+    compact: bool = False  # cleanup.policy=compact: the latest record per key is kept
 
 
 HOUR_MS = 3_600_000
@@ -67,6 +71,7 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.DLQ, 1, 14 * DAY_MS),
     TopicSpec(Topic.RETRY, 3, 7 * DAY_MS),
     TopicSpec(Topic.ALERTS, 1, 30 * DAY_MS),
+    TopicSpec(Topic.ALERT_STATE, 1, 30 * DAY_MS, compact=True),
     TopicSpec(Topic.SPANS, 3, DAY_MS),
 )
 

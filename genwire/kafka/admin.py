@@ -39,6 +39,7 @@ async def ensure_topics(
                 topic_configs={
                     "retention.ms": str(s.retention_ms),
                     "max.message.bytes": "16777216",
+                    **({"cleanup.policy": "compact"} if s.compact else {}),
                     **(
                         {"min.insync.replicas": str(min_insync_replicas)}
                         if min_insync_replicas is not None
