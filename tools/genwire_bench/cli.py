@@ -19,10 +19,18 @@ examples:
                                              a concurrency sweep, latency against throughput
   genwire bench --rate 2,5 -n 100            open loop: Poisson arrivals at 2 and 5 requests/s
   genwire bench --json report.json -q        the full report as JSON, no progress bar
+  genwire bench --scaling 1,2,3 -c 4 -n 120  the same load against 1, 2 and 3 instances of
+                                             every stage (scales the stack, restores it after)
 
 targets: triton and triton-stream go straight to Triton (the baseline); grpc and grpc-stream
 call the gateway over gRPC; kafka and kafka-stream produce to genwire.requests and read the
-results. Exits 1 when no target could run, 2 when a request failed."""
+results. Exits 1 when no target could run, 2 when a request failed.
+
+--scaling: for each count, `genwire up --scale` gateway, preprocess, inference and postprocess to
+that many instances (Triton stays shared), wait for the consumer groups to rebalance, run the
+load with a client on every gateway, and print throughput, p50/p99 and CPU per request of each
+service summed over its instances, the gateway's on its own line; the layout that ran before is
+restored afterwards. Targets: grpc (default), grpc-stream, kafka, kafka-stream."""
 
 
 def _ints(text: str) -> list[int]:
@@ -57,8 +65,16 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--targets",
-        default=DEFAULT_TARGETS,
-        help=f"comma-separated targets (default: {DEFAULT_TARGETS})",
+        default=None,
+        help=f"comma-separated targets (default: {DEFAULT_TARGETS}; with --scaling: grpc)",
+    )
+    p.add_argument(
+        "--scaling",
+        type=_ints,
+        default=None,
+        metavar="N,...",
+        help="scaling run: the same load against N instances of every stage, for each N "
+        "(e.g. 1,2,3); scales the running stack itself and restores its layout afterwards",
     )
     p.add_argument(
         "--concurrency",
@@ -140,13 +156,17 @@ def main(args: argparse.Namespace) -> int:
     from genwire_bench.records import SamplingSpec
     from genwire_bench.report import render, write_json, write_plot
     from genwire_bench.runner import TARGETS, BenchConfig, Runner
+    from genwire_bench.scaling import SCALING_TARGETS
     from genwire_bench.tokenizer import load_model_inputs
 
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = [t for t in targets if t not in TARGETS]
+    default = "grpc" if args.scaling else DEFAULT_TARGETS
+    targets = [t.strip() for t in (args.targets or default).split(",") if t.strip()]
+    allowed = SCALING_TARGETS if args.scaling else TARGETS
+    unknown = [t for t in targets if t not in allowed]
     if unknown:
         print(
-            f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}",
+            f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(allowed)}"
+            + (" (a scaling run goes through the stages)" if args.scaling else ""),
             file=sys.stderr,
         )
         return 1
@@ -183,7 +203,7 @@ def main(args: argparse.Namespace) -> int:
         jaeger_url=settings.jaeger_ui_url,
         run_dir=settings.home.expanduser() / "run",
         timeout_s=args.timeout,
-        traces=not args.no_traces,
+        traces=not args.no_traces and not args.scaling,
         trace_sample=args.trace_sample,
         resources=not args.no_resources,
         progress=not args.quiet,
@@ -208,6 +228,9 @@ def main(args: argparse.Namespace) -> int:
         if record is not None:
             bar.update(1)
 
+    if args.scaling:
+        return _scaling(args, cfg, inputs.tokenize)
+
     runner = Runner(cfg, inputs.tokenize, progress)
     try:
         report = asyncio.run(runner.run())
@@ -224,6 +247,48 @@ def main(args: argparse.Namespace) -> int:
     if not report.summaries:
         return 1
     return 2 if any(x.errors for x in report.summaries) else 0
+
+
+def _scaling(args: argparse.Namespace, cfg: Any, tokenize: Any) -> int:
+    """``--scaling``: one run per instance count (progress as lines, no bar); exit codes as a
+    normal run's."""
+    import json
+
+    from genwire.settings import CommonSettings
+    from genwire_bench.scaling import (
+        current_instances,
+        render_scaling,
+        run_scaling,
+        scaling_json,
+        settle_groups,
+        stack_scaler,
+    )
+
+    def say(line: str) -> None:
+        print(f"genwire bench: {line}", file=sys.stderr, flush=True)
+
+    bootstrap = CommonSettings().kafka_bootstrap_servers
+    try:
+        report = run_scaling(
+            cfg,
+            args.scaling,
+            tokenize,
+            scale=stack_scaler(say),
+            settle=lambda n: asyncio.run(settle_groups(bootstrap, n)),
+            restore=current_instances(),
+            out=say,
+        )
+    except Exception as exc:  # StackError, a group that never settled: one line, not a trace
+        print(f"genwire bench --scaling: error: {exc}", file=sys.stderr)
+        return 1
+    print(render_scaling(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(scaling_json(report), indent=2) + "\n", encoding="utf-8")
+        print(f"\nJSON report: {args.json}")
+    summaries = [x for step in report.steps for x in step.summaries]
+    if not summaries:
+        return 1
+    return 2 if any(x.errors for x in summaries) else 0
 
 
 def _gateway_address() -> str:

@@ -236,15 +236,16 @@ def _resources(report: BenchReport) -> list[str]:
     ]
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """Dataclasses, loads, paths and containers as plain JSON data."""
     if isinstance(value, Load):
         return {"mode": value.mode, "value": value.value, "label": value.label}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     return value
@@ -252,7 +253,7 @@ def _jsonable(value: Any) -> Any:
 
 def to_json(report: BenchReport) -> dict[str, Any]:
     """The report as plain JSON data (every record included, times in perf_counter seconds)."""
-    data: dict[str, Any] = _jsonable(report)
+    data: dict[str, Any] = jsonable(report)
     return data
 
 

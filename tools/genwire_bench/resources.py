@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -89,6 +90,10 @@ class Usage:
     cpu_peak_percent: float
     rss_peak_mb: float
     rss_mean_mb: float
+    cpu_s: float = 0.0
+    """CPU seconds the tree used over the phase (user + system)."""
+    instances: int = 1
+    """How many instances (``preprocess``, ``preprocess-2``…) :func:`by_service` summed."""
 
 
 @dataclass
@@ -175,8 +180,42 @@ class ResourceSampler:
                 cpu_peak_percent=max(tree.peaks, default=0.0),
                 rss_peak_mb=max(tree.rss),
                 rss_mean_mb=sum(tree.rss) / len(tree.rss),
+                cpu_s=tree.cpu_used(),
             )
         return out
+
+
+_INSTANCE = re.compile(r"^(?P<service>.+)-(?P<index>[0-9]+)$")
+
+
+def service_of(name: str) -> str:
+    """The service an instance's name belongs to: ``preprocess-2`` → ``preprocess``."""
+    match = _INSTANCE.match(name)
+    return match["service"] if match else name
+
+
+def by_service(usage: Mapping[str, Usage]) -> dict[str, Usage]:
+    """Instances of one service (``gateway``, ``gateway-2``… or ``kafka-1``…) as one entry.
+
+    CPU (mean, peak and seconds) is summed over the instances: what the service costs in all.
+    RSS stays per process tree: the largest instance's peak and mean, so the per-service memory
+    target still reads per process.
+    """
+    groups: dict[str, list[Usage]] = {}
+    for name, one in usage.items():
+        groups.setdefault(service_of(name), []).append(one)
+    return {
+        name: Usage(
+            pids=tuple(sorted(p for u in items for p in u.pids)),
+            cpu_percent=sum(u.cpu_percent for u in items),
+            cpu_peak_percent=sum(u.cpu_peak_percent for u in items),
+            rss_peak_mb=max(u.rss_peak_mb for u in items),
+            rss_mean_mb=max(u.rss_mean_mb for u in items),
+            cpu_s=sum(u.cpu_s for u in items),
+            instances=sum(u.instances for u in items),
+        )
+        for name, items in groups.items()
+    }
 
 
 def own_process() -> psutil.Process:

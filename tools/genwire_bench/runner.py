@@ -16,7 +16,7 @@ from genwire_bench.drivers.base import Driver, new_trace
 from genwire_bench.load import closed_loop, open_loop
 from genwire_bench.prompts import Tokenize, build_requests
 from genwire_bench.records import BenchRequest, RequestRecord, SamplingSpec
-from genwire_bench.resources import ResourceSampler, Usage, discover, own_process
+from genwire_bench.resources import ResourceSampler, Usage, by_service, discover, own_process
 from genwire_bench.stats import Load, Overhead, Summary, compare, summarize
 from genwire_bench.traces import Breakdown, JaegerClient, breakdown
 
@@ -134,6 +134,8 @@ def merge_usage(phase: Phase) -> dict[str, Usage]:
             cpu_peak_percent=max(u.cpu_peak_percent for u, _ in items),
             rss_peak_mb=max(u.rss_peak_mb for u, _ in items),
             rss_mean_mb=sum(u.rss_mean_mb * w for u, w in items) / total,
+            cpu_s=sum(u.cpu_s for u, _ in items),
+            instances=max(u.instances for u, _ in items),
         )
     return out
 
@@ -232,7 +234,8 @@ class Runner:
             records = await open_loop(send, requests, load.value, seed)
         phase.walls.append(time.perf_counter() - t0)
         if sampler:
-            phase.usage.append(await sampler.stop())
+            # Instances of a scaled service (gateway-2…) count as that service.
+            phase.usage.append(by_service(await sampler.stop()))
         for rec in records:
             rec.extra["round"] = float(round_no)
         phase.records.extend(records)
@@ -317,7 +320,7 @@ class Runner:
         }
         return BenchReport(
             run_id=self.run_id,
-            config=_config_dict(self.cfg),
+            config=config_dict(self.cfg),
             environment=environment,
             summaries=list(summaries.values()),
             overheads=overheads,
@@ -348,7 +351,8 @@ def _split(requests: Sequence[BenchRequest], rounds: int) -> list[list[BenchRequ
     return out
 
 
-def _config_dict(cfg: BenchConfig) -> dict[str, Any]:
+def config_dict(cfg: BenchConfig) -> dict[str, Any]:
+    """``cfg`` as JSON data, with its loads' labels."""
     from dataclasses import asdict
 
     data = asdict(cfg)

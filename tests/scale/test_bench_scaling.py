@@ -1,0 +1,214 @@
+"""``genwire bench --scaling``: the steps, the spread over gateways, the CPU sums and the
+gateway's line, with fake drivers and a fake scaler (pure logic, no stack)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from genwire_bench.drivers.base import Driver, TraceContext
+from genwire_bench.records import BenchRequest, RequestRecord, SamplingSpec
+from genwire_bench.resources import Usage, by_service, service_of
+from genwire_bench.runner import BenchConfig
+from genwire_bench.scaling import (
+    STAGE_GROUPS,
+    ScalingReport,
+    ScalingStep,
+    flatness,
+    gateway_addresses,
+    gateway_costs,
+    render_scaling,
+    run_scaling,
+    scaling_json,
+    settled,
+)
+from genwire_bench.stats import Load, Summary
+
+
+class Instance(Driver):
+    """A gateway instance's client: answers at once and remembers what it was sent."""
+
+    def __init__(self, name: str, address: str) -> None:
+        super().__init__(timeout_s=5)
+        self.name = name
+        self.address = address
+        self.sent: list[str] = []
+
+    async def _send(self, req: BenchRequest, record: RequestRecord, trace: TraceContext) -> None:
+        self.sent.append(record.request_id)
+        record.end = record.start + 0.01
+        record.output_tokens = req.sampling.max_tokens
+
+
+def _cfg(**kw: Any) -> BenchConfig:
+    return BenchConfig(
+        targets=["grpc"],
+        requests=12,
+        warmup=0,
+        rounds=2,
+        sampling=SamplingSpec(max_tokens=4),
+        traces=False,
+        resources=False,
+        gateway_address="127.0.0.1:50051",
+        **kw,
+    )
+
+
+def test_each_step_scales_first_spreads_over_every_gateway_and_the_layout_is_restored() -> None:
+    events: list[Any] = []
+    made: list[Instance] = []
+
+    def factory(name: str, cfg: BenchConfig, shared: dict[str, Any]) -> Driver:
+        made.append(Instance(name, cfg.gateway_address))
+        return made[-1]
+
+    def scale(counts: Mapping[str, int]) -> None:
+        events.append(dict(counts))
+
+    def settle(n: int) -> float:
+        events.append(("settle", n))
+        return 0.5
+
+    report = run_scaling(
+        _cfg(),
+        [1, 2, 3],
+        lambda text: [1, 2],
+        scale=scale,
+        settle=settle,
+        restore=dict.fromkeys(("gateway", "preprocess", "inference", "postprocess"), 1),
+        base_factory=factory,
+    )
+    every = ("gateway", "preprocess", "inference", "postprocess")
+    assert events == [
+        dict.fromkeys(every, 1),
+        ("settle", 1),
+        dict.fromkeys(every, 2),
+        ("settle", 2),
+        dict.fromkeys(every, 3),
+        ("settle", 3),
+        dict.fromkeys(every, 1),
+    ]
+    assert [s.instances for s in report.steps] == [1, 2, 3]
+    assert [a.address for a in made] == gateway_addresses("127.0.0.1:50051", 1) + (
+        gateway_addresses("127.0.0.1:50051", 2) + gateway_addresses("127.0.0.1:50051", 3)
+    )
+    # Step 3's twelve requests: four through each of the three gateways.
+    assert [len(a.sent) for a in made[3:]] == [4, 4, 4]
+    assert all(x.requests == 12 and x.errors == 0 for s in report.steps for x in s.summaries)
+    assert report.restored == "gateway=1, preprocess=1, inference=1, postprocess=1"
+
+
+def test_the_layout_is_restored_when_a_step_fails() -> None:
+    scaled: list[dict[str, int]] = []
+
+    def settle(n: int) -> float:
+        if n == 2:
+            raise RuntimeError("the consumer groups did not settle")
+        return 0.0
+
+    with pytest.raises(RuntimeError, match="did not settle"):
+        run_scaling(
+            _cfg(),
+            [1, 2],
+            lambda text: [1],
+            scale=lambda counts: scaled.append(dict(counts)),
+            settle=settle,
+            restore={"gateway": 1, "preprocess": 1},
+            base_factory=lambda name, cfg, shared: Instance(name, cfg.gateway_address),
+        )
+    assert scaled[-1] == {"gateway": 1, "preprocess": 1}
+
+
+def test_gateway_addresses_follow_the_instance_ports() -> None:
+    assert gateway_addresses("127.0.0.1:50051", 3) == [
+        "127.0.0.1:50051",
+        "127.0.0.1:50151",
+        "127.0.0.1:50251",
+    ]
+
+
+def test_instances_sum_their_cpu_and_keep_the_largest_rss() -> None:
+    usage = {
+        "gateway": Usage((1,), 10.0, 30.0, 90.0, 80.0, cpu_s=2.0),
+        "gateway-2": Usage((2,), 15.0, 20.0, 95.0, 70.0, cpu_s=3.0),
+        "kafka": Usage((3,), 5.0, 9.0, 900.0, 800.0, cpu_s=1.0),
+    }
+    merged = by_service(usage)
+    assert set(merged) == {"gateway", "kafka"}
+    gw = merged["gateway"]
+    assert (gw.cpu_percent, gw.cpu_s, gw.cpu_peak_percent) == (25.0, 5.0, 50.0)
+    assert (gw.rss_peak_mb, gw.rss_mean_mb, gw.instances, gw.pids) == (95.0, 80.0, 2, (1, 2))
+    assert merged["kafka"] == usage["kafka"]
+    assert [service_of(n) for n in ("preprocess-3", "kafka-1", "monitor")] == [
+        "preprocess",
+        "kafka",
+        "monitor",
+    ]
+
+
+def test_a_group_settles_when_its_members_split_every_partition_once() -> None:
+    topic = STAGE_GROUPS["genwire-preprocess"]
+    assert settled([{topic: [0, 1, 2]}], topic, 1)
+    assert not settled([{topic: [0, 1, 2]}], topic, 2)  # the new member has not joined yet
+    assert settled([{topic: [0, 2]}, {topic: [1]}], topic, 2)
+    assert not settled([{topic: [0, 1]}, {topic: [1, 2]}], topic, 2)  # overlap
+    assert settled([{topic: [0]}, {topic: [1]}, {topic: [2]}], topic, 3)
+    # More instances than partitions: three members own one each, the fourth idles.
+    assert settled([{topic: [0]}, {topic: [1]}, {topic: [2]}, {}], topic, 4)
+
+
+def _summary(ok: int) -> Summary:
+    return Summary("grpc", Load("closed", 4), ok, 0, 10.0, ok / 10.0, 0.0, None, None, None)
+
+
+def _step(n: int, gateway_cpu_s: float, ok: int = 100) -> ScalingStep:
+    usage = {
+        "gateway": Usage((1,), 0.0, 0.0, 90.0, 80.0, cpu_s=gateway_cpu_s, instances=n),
+        "inference": Usage((2,), 0.0, 0.0, 90.0, 80.0, cpu_s=4.0, instances=n),
+    }
+    return ScalingStep(n, [_summary(ok)], {"grpc c=4": usage}, {}, 1.0)
+
+
+def _report(*steps: ScalingStep) -> ScalingReport:
+    return ScalingReport(
+        run_id="r",
+        config={
+            "model": "m",
+            "requests": 100,
+            "rounds": 2,
+            "warmup": 5,
+            "sampling": {"max_tokens": 32},
+            "scaled": ["gateway"],
+        },
+        environment={
+            "cpus": 2,
+            "loadavg_before": (1.0, 1.0, 1.0),
+            "loadavg_after": (1.0, 1.0, 1.0),
+            "started_at": "now",
+            "duration_s": 1.0,
+        },
+        steps=list(steps),
+        restored="gateway=1",
+    )
+
+
+def test_the_gateway_line_says_whether_its_cpu_per_request_stays_flat() -> None:
+    flat = _report(_step(1, 0.30), _step(2, 0.33), _step(3, 0.35))
+    assert gateway_costs(flat) == {"grpc c=4": [(1, 3.0), (2, 3.3), (3, 3.5)]}
+    assert flatness(gateway_costs(flat)["grpc c=4"]) == pytest.approx(0.1667, abs=1e-3)
+    text = render_scaling(flat)
+    assert "gateway CPU per request, grpc c=4: 1 → 3.00 ms, 2 → 3.30 ms, 3 → 3.50 ms" in text
+    assert "3 vs 1: +17% (flat within 20%)" in text
+    # The table: CPU ms per request per service (inference 4 s over 100 requests = 40 ms).
+    assert "40.00" in text
+    growing = _report(_step(1, 0.30), _step(3, 0.60))
+    assert "3 vs 1: +100% (NOT flat within 20%)" in render_scaling(growing)
+    data = scaling_json(growing)
+    assert data["gateway_cpu_ms_per_request"]["grpc c=4"][1] == {"instances": 3, "cpu_ms": 6.0}
+    assert data["steps"][1]["resources"]["grpc c=4"]["gateway"]["instances"] == 3
+
+
+def test_no_flatness_without_two_steps_or_requests() -> None:
+    assert flatness([(1, 3.0)]) is None
+    assert gateway_costs(_report(_step(1, 0.3, ok=0))) == {}
