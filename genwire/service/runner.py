@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from fastapi import APIRouter, FastAPI
+from fastapi.telemetry import TelemetryConfig
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from genwire.service.http import health_router, serve
@@ -42,6 +43,12 @@ Running = AbstractAsyncContextManager[None]
 
 Setup = Callable[[S, ServiceRuntime, FastAPI], AbstractAsyncContextManager[Running | None]]
 """A service's own wiring: an async context manager (build, then ``yield``, then close)."""
+
+
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+"""FastAPI's native OpenTelemetry, switched off: it would open its own SERVER span per HTTP
+request on the global tracer provider (ours), a second trace beside genwire's (whose root is
+the gateway's own SERVER span, ``genwire_gateway.telemetry``), and count every request twice."""
 
 
 def no_routers(settings: ServiceSettings) -> Sequence[APIRouter]:
@@ -92,7 +99,7 @@ class ServiceSpec(Generic[S]):
                 finally:
                     await runtime.stop()
 
-        app = FastAPI(title=f"genwire-{self.stage}", lifespan=lifespan)
+        app = FastAPI(title=f"genwire-{self.stage}", lifespan=lifespan, telemetry=NO_TELEMETRY)
         app.include_router(health_router())
         for router in self.routers(cfg):
             app.include_router(router)

@@ -48,6 +48,11 @@ STAGE = "genwire.stage"
 REQUEST_ID = "genwire.request_id"
 MODEL_VERSION = "genwire.model.version"
 TIME_TO_FIRST_TOKEN_MS = "genwire.time_to_first_token_ms"
+"""The inference stage's own TTFT: from its Triton call (or the model's receive) to the first
+token. Not what the caller waits: the monitor's ``ttft`` SLI is from the entry point."""
+FIRST_TOKEN_UNIX_MS = "genwire.first_token_unix_ms"
+"""When the first token was generated (ms since the epoch, the inference host's clock): the
+monitor's caller-side TTFT is this minus the request's entry time."""
 TIME_PER_OUTPUT_TOKEN_MS = "genwire.time_per_output_token_ms"
 QUEUE_MS = "genwire.triton.queue_ms"
 COMPUTE_MS = "genwire.triton.compute_ms"
@@ -56,6 +61,9 @@ FILTER_HITS = "genwire.filter.hits"
 ERROR_CODE = "genwire.error.code"
 DLQ_REASON = "genwire.dlq.reason"
 ENTRYPOINT = "genwire.entrypoint"
+"""On the root span of genwire's trace of a request: the gateway's SERVER span (``http`` or
+``grpc``); a Kafka client's request has none, its root is the process span of
+``genwire.requests``."""
 WAIT_MS = "genwire.kafka.wait_ms"
 
 # Stage names (values of STAGE and span-name prefixes)

@@ -34,7 +34,7 @@ from genwire.events import (
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import inject
-from genwire_inference.backend import TRITON, ModelBackend, ModelError
+from genwire_inference.backend import TRITON, ModelBackend, ModelError, ModelStep
 from genwire_inference.control import (
     FINISH_CANCELLED,
     FINISH_DEADLINE,
@@ -214,6 +214,7 @@ class Inference:
                             sc.TIME_TO_FIRST_TOKEN_MS,
                             timings.first_token - (timings.inference_start or 0.0),
                         )
+                        span.set_attribute(sc.FIRST_TOKEN_UNIX_MS, timings.first_token)
                     generated.extend(step.token_ids)
                     logprob_sum += sum(step.logprobs)
                     logprob_n += len(step.logprobs)
@@ -283,6 +284,7 @@ class Inference:
             # Unstreamed: every token arrives at the end, so the model's own clock says when
             # the first one was sampled.
             span.set_attribute(sc.TIME_TO_FIRST_TOKEN_MS, final_step.ttft_ms)
+            span.set_attribute(sc.FIRST_TOKEN_UNIX_MS, first_token_unix_ms(timings, final_step))
         if len(generated) > 1 and timings.first_token is not None:
             tpot = (timings.inference_end - timings.first_token) / (len(generated) - 1)
             span.set_attribute(sc.TIME_PER_OUTPUT_TOKEN_MS, tpot)
@@ -368,6 +370,18 @@ class Inference:
             timings=timings,
             output_ids=list(generated),
         )
+
+
+def first_token_unix_ms(timings: Timings, final: ModelStep) -> float:
+    """When an unstreamed generation's first token was sampled, on this host's clock.
+
+    The model's own TTFT runs from when it received the call, so a stall before that (Triton
+    paused, its queue full) would not show in it; counting back from the end of the call by
+    what the model spent after its first token does show it.
+    """
+    end = timings.inference_end or now_ms()
+    after_first = (final.queue_ms or 0.0) + (final.compute_ms or 0.0) - (final.ttft_ms or 0.0)
+    return max(timings.inference_start or 0.0, end - max(0.0, after_first))
 
 
 def failure_chunk(

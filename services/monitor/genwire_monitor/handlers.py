@@ -141,11 +141,14 @@ class MonitorEngine:
         self.counts.errors += rec.error
         self.counts.client_errors += rec.client_error
         t = rec.end_ns / 1e9
-        values: dict[str, float] = {END_TO_END: rec.e2e_ms}
+        values: dict[str, float] = {END_TO_END: rec.e2e_ms}  # from the entry time
         for stage, attr in REQUEST_STAGES.items():
             raw = rec.attrs.get(attr) if attr else None
             if isinstance(raw, int | float) and not isinstance(raw, bool):
                 values[stage] = float(raw)
+        ttft = rec.ttft_ms  # caller-side: from the entry time to the first token
+        if ttft is not None:
+            values[TTFT] = ttft
         for stage, ms in values.items():
             self._observe(stage, ms, t, now)
         for slo in self.slos:

@@ -37,8 +37,10 @@ WANTED: frozenset[str] = frozenset(
         sc.MEAN_LOGPROB,
         sc.FILTER_HITS,
         sc.TIME_TO_FIRST_TOKEN_MS,
+        sc.FIRST_TOKEN_UNIX_MS,
         sc.TIME_PER_OUTPUT_TOKEN_MS,
         sc.ERROR_CODE,
+        sc.ENTRYPOINT,
     }
 )
 

@@ -4,6 +4,11 @@ Spans of one request come from several services, in separate Kafka messages, in 
 A trace is complete once no span of it has arrived for ``idle_s``; the table of open traces is
 bounded (the oldest is completed early when full), and late spans of a trace completed
 recently are dropped rather than counted as a new request.
+
+A trace is a request only if it holds genwire's root span (``is_entry``): a trace some
+framework opened beside ours (FastAPI's own telemetry did, one per HTTP request) is not
+counted. Caller-side figures start at the entry time: the gateway's receive (its SERVER span's
+start) or, for a Kafka client, the timestamp of its record on ``genwire.requests``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass, field
 
 from genwire.request import ERROR_HTTP_STATUS
 from genwire.telemetry import semconv as sc
+from genwire.topics import Topic
 from genwire_monitor.spans import AttrValue, SpanView
 
 # Attributes gathered per request (the latest span carrying each one wins).
@@ -23,11 +29,32 @@ REQUEST_ATTRS: tuple[str, ...] = (
     sc.MEAN_LOGPROB,
     sc.FILTER_HITS,
     sc.TIME_TO_FIRST_TOKEN_MS,
+    sc.FIRST_TOKEN_UNIX_MS,
     sc.TIME_PER_OUTPUT_TOKEN_MS,
     sc.GEN_AI_RESPONSE_MODEL,
     sc.GEN_AI_REQUEST_MODEL,
     sc.MODEL_VERSION,
 )
+
+
+def is_entry(span: SpanView) -> bool:
+    """The root span of genwire's trace of a request: the gateway's SERVER span (it carries
+    ``genwire.entrypoint``) or, for a Kafka client, the process span of ``genwire.requests``."""
+    if sc.ENTRYPOINT in span.attrs:
+        return True
+    return (
+        span.attrs.get(sc.MESSAGING_DESTINATION) == Topic.REQUESTS.value
+        and span.attrs.get(sc.MESSAGING_OPERATION_TYPE) == "process"
+    )
+
+
+def entry_ns(span: SpanView) -> int:
+    """The earliest time this span knows the request existed: its start, or for a Kafka process
+    span the record's timestamp (its start minus ``genwire.kafka.wait_ms``)."""
+    wait = span.attrs.get(sc.WAIT_MS)
+    if isinstance(wait, int | float) and not isinstance(wait, bool) and wait > 0:
+        return span.start_ns - int(wait * 1e6)
+    return span.start_ns
 
 
 def is_client_error(span: SpanView) -> bool:
@@ -47,6 +74,7 @@ class RequestRecord:
     spans: int
     attrs: dict[str, AttrValue] = field(default_factory=dict)
     client_error: bool = False  # the caller's mistake (a 4xx-class code): not our failure
+    entry_ns: int = 0  # when the entry point received it (0: not known yet)
 
     @property
     def trace_hex(self) -> str:
@@ -55,8 +83,22 @@ class RequestRecord:
 
     @property
     def e2e_ms(self) -> float:
-        """First span's start to last span's end."""
-        return max(0, self.end_ns - self.start_ns) / 1e6
+        """From the entry time (else the first span's start) to the last span's end."""
+        first = min(self.start_ns, self.entry_ns or self.start_ns)
+        return max(0, self.end_ns - first) / 1e6
+
+    @property
+    def ttft_ms(self) -> float | None:
+        """Time to first token as the caller waits it: from the entry time to the first token
+        (``genwire.first_token_unix_ms``); else the inference stage's own TTFT; else None."""
+        first_token = self.attrs.get(sc.FIRST_TOKEN_UNIX_MS)
+        if isinstance(first_token, int | float) and not isinstance(first_token, bool):
+            entry_ms = min(self.start_ns, self.entry_ns or self.start_ns) / 1e6
+            return max(0.0, float(first_token) - entry_ms)
+        own = self.attrs.get(sc.TIME_TO_FIRST_TOKEN_MS)
+        if isinstance(own, int | float) and not isinstance(own, bool):
+            return float(own)
+        return None
 
     @property
     def model(self) -> str:
@@ -79,7 +121,7 @@ class _Open:
     record: RequestRecord
     stamps: dict[str, int]  # end time of the span each attribute came from
     last_seen: float
-    counted: bool  # has a span of a serving stage (not only the monitor's own)
+    counted: bool  # holds genwire's root span (``is_entry``): a request
 
 
 class TraceAssembler:
@@ -117,7 +159,8 @@ class TraceAssembler:
                 rec.client_error = True
             else:
                 rec.error = True
-        entry.counted = entry.counted or span.stage != sc.STAGE_MONITOR
+        entry.counted = entry.counted or is_entry(span)
+        rec.entry_ns = min(rec.entry_ns or rec.start_ns, entry_ns(span))
         if span.attrs:
             for key in REQUEST_ATTRS:
                 value = span.attrs.get(key)
