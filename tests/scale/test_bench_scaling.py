@@ -212,3 +212,27 @@ def test_the_gateway_line_says_whether_its_cpu_per_request_stays_flat() -> None:
 def test_no_flatness_without_two_steps_or_requests() -> None:
     assert flatness([(1, 3.0)]) is None
     assert gateway_costs(_report(_step(1, 0.3, ok=0))) == {}
+
+
+async def test_the_bench_counts_itself_alone_not_the_instances_it_started() -> None:
+    import asyncio
+    import os
+    import sys
+
+    from genwire_bench.resources import OWN, ResourceSampler, own_process
+
+    # A service instance the scaling run starts is the bench's child until the bench exits.
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(30)"
+    )
+    try:
+        sampler = ResourceSampler({OWN: own_process(), "tree": own_process()}, interval_s=0.05)
+        sampler.start()
+        sum(i * i for i in range(200_000))
+        usage = await sampler.stop()
+    finally:
+        child.kill()
+        await child.wait()
+    assert usage[OWN].pids == (os.getpid(),)
+    assert child.pid in usage["tree"].pids
+    assert usage[OWN].cpu_s > 0

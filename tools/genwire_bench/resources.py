@@ -104,8 +104,11 @@ class _Tree:
     rss: list[float] = field(default_factory=list)
     peaks: list[float] = field(default_factory=list)
     pids: set[int] = field(default_factory=set)
+    recursive: bool = True
 
     def members(self) -> list[psutil.Process]:
+        if not self.recursive:
+            return [self.root]
         try:
             return [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
@@ -132,11 +135,16 @@ class _Tree:
         return sum(self.cpu_last[p] - self.cpu_first[p] for p in self.cpu_last)
 
 
+OWN = "bench"
+"""The benchmark client's entry: its process alone. Services it starts (``--scaling`` scales the
+stack) are its children but are counted as themselves, through their pid files."""
+
+
 class ResourceSampler:
     """Samples the given process trees every ``interval_s`` between ``start`` and ``stop``."""
 
     def __init__(self, processes: Mapping[str, psutil.Process], interval_s: float = 0.5) -> None:
-        self._trees = {name: _Tree(proc) for name, proc in processes.items()}
+        self._trees = {name: _Tree(proc, recursive=name != OWN) for name, proc in processes.items()}
         self._interval = interval_s
         self._task: asyncio.Task[None] | None = None
         self._t0 = 0.0

@@ -16,7 +16,14 @@ from genwire_bench.drivers.base import Driver, new_trace
 from genwire_bench.load import closed_loop, open_loop
 from genwire_bench.prompts import Tokenize, build_requests
 from genwire_bench.records import BenchRequest, RequestRecord, SamplingSpec
-from genwire_bench.resources import ResourceSampler, Usage, by_service, discover, own_process
+from genwire_bench.resources import (
+    OWN,
+    ResourceSampler,
+    Usage,
+    by_service,
+    discover,
+    own_process,
+)
 from genwire_bench.stats import Load, Overhead, Summary, compare, summarize
 from genwire_bench.traces import Breakdown, JaegerClient, breakdown
 
@@ -200,7 +207,7 @@ class Runner:
             await closed_loop(self._sender(driver, "warmup"), warm, min(2, max(cfg.warmup, 1)))
         processes = discover(cfg.run_dir) if cfg.resources else {}
         if cfg.resources:
-            processes["bench"] = own_process()
+            processes[OWN] = own_process()
         requests = build_requests(cfg.requests, cfg.sampling, self.tokenize, 0, stops)
         rounds = _split(requests, cfg.rounds)
         phases = {(d.name, load): Phase(d.name, load) for d in drivers for load in cfg.loads()}
