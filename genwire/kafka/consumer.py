@@ -410,7 +410,9 @@ class EventConsumer(Generic[InT]):
         if tp not in self._assigned:  # fenced: a revoked partition publishes nothing more
             raise Fenced
         if isinstance(out, RawRecord):
-            return await self._producer.send(out.topic, out.value, key=out.key, headers=out.headers)
+            return await self._producer.send(
+                out.topic, out.value, key=out.key, headers=out.headers, partition=out.partition
+            )
         return await self._producer.publish(out)
 
     async def _commit_loop(self) -> None:

@@ -36,10 +36,12 @@ class RawRecord:
     value: bytes
     key: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    partition: int | None = None
+    """This partition of ``topic`` (a direct reply); None: the key's."""
 
 
 Output = Event | RawRecord
-FailureEvents = Callable[[ConsumerRecord[bytes, bytes], GenwireError], Sequence[Event]]
+FailureEvents = Callable[[ConsumerRecord[bytes, bytes], GenwireError], Sequence[Output]]
 Publish = Callable[[TopicPartition, Output], Awaitable[asyncio.Future[object]]]
 
 

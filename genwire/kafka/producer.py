@@ -52,7 +52,7 @@ FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
 KAFKA = "kafka"
 """The dependency name of the broker in readiness reasons, logs and metrics."""
 
-FORWARDED_HEADERS = frozenset({sc.HEADER_ORIGIN, sc.HEADER_KEEP})
+FORWARDED_HEADERS = frozenset({sc.HEADER_ORIGIN, sc.HEADER_KEEP, sc.HEADER_REPLY_TO})
 """Headers that follow a request from hop to hop, like ``traceparent``: set on a consumed
 record, they are added to every record published while handling it."""
 _forwarded: ContextVar[tuple[tuple[str, bytes], ...]] = ContextVar("genwire_forwarded", default=())
@@ -63,6 +63,15 @@ def forward_headers(
 ) -> Token[tuple[tuple[str, bytes], ...]]:
     """Make the forwarded headers of a consumed record apply to what this task publishes."""
     return _forwarded.set(tuple((k, v) for k, v in headers or () if k in FORWARDED_HEADERS))
+
+
+def forwarded(name: str) -> bytes | None:
+    """The value of forwarded header ``name`` on the record this task handles (None: absent)."""
+    found = None
+    for key, value in _forwarded.get():
+        if key == name:
+            found = value
+    return found
 
 
 def publish_error(exc: BaseException) -> GenwireError:
@@ -197,16 +206,18 @@ class EventProducer:
         key: bytes | None = None,
         headers: Sequence[tuple[str, bytes]] = (),
         traced: bool = True,
+        partition: int | None = None,
     ) -> asyncio.Future[object]:
         """Queue one record inside a ``<topic> publish`` span; await the result to confirm it.
 
         ``traced=False``: no span and no trace headers (heartbeats: no trace is about them).
+        ``partition``: this partition (it must exist: see ``partitions``), not the key's.
         Raises (or the future fails with) ``KafkaError``; see ``publish_error``.
         """
         if self._started and self._dead():
             await self.reset(self._generation, "its sender task stopped")
         if not traced:
-            return await self._send(topic, value, key, list(headers))
+            return await self._send(topic, value, key, list(headers), partition)
         with self._tracer.start_as_current_span(
             sc.publish_span_name(topic),
             kind=SpanKind.PRODUCER,
@@ -217,27 +228,49 @@ class EventProducer:
                 sc.MESSAGING_OPERATION_NAME: "publish",
                 sc.MESSAGING_BODY_SIZE: len(value),
                 **({sc.MESSAGING_MESSAGE_KEY: key.decode("utf-8", "replace")} if key else {}),
+                **({sc.MESSAGING_PARTITION: str(partition)} if partition is not None else {}),
             },
         ):
             record_headers: KafkaHeaders = list(headers)
             present = {k for k, _ in record_headers}
             record_headers += [(k, v) for k, v in _forwarded.get() if k not in present]
             inject(record_headers)
-            return await self._send(topic, value, key, record_headers)
+            return await self._send(topic, value, key, record_headers, partition)
 
     async def _send(
-        self, topic: str, value: bytes, key: bytes | None, headers: KafkaHeaders
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: KafkaHeaders,
+        partition: int | None = None,
     ) -> asyncio.Future[object]:
         generation = self._generation
         try:
             fut: asyncio.Future[object] = await self._producer.send(
-                topic, value, key=key, headers=headers
+                topic, value, key=key, headers=headers, partition=partition
             )
         except FATAL_PRODUCER_ERRORS as exc:
             await self._reset_quietly(generation, exc)
             raise
         self._watch(fut, generation)
         return fut
+
+    def partitions(self, topic: str) -> frozenset[int] | None:
+        """The partitions of ``topic`` in the client's metadata (None: not known yet)."""
+        known = self._producer.client.cluster.partitions_for_topic(topic)
+        return frozenset(known) if known is not None else None
+
+    async def refresh_partitions(self, topic: str, timeout_s: float = 5.0) -> frozenset[int]:
+        """Ask the broker for ``topic``'s partitions (empty when it has none or does not answer
+        within ``timeout_s``: the caller decides what a missing topic means)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._producer.client.force_metadata_update()
+                return frozenset(await self._producer.partitions_for(topic))
+        except (TimeoutError, KafkaError) as exc:
+            log.debug("no partitions of %s: %r", topic, exc)
+            return frozenset()
 
     async def publish(self, event: Event, *, traced: bool = True) -> asyncio.Future[object]:
         """Queue ``event`` to its topic, keyed by request id."""
@@ -261,5 +294,6 @@ __all__ = [
     "EventProducer",
     "KafkaError",
     "forward_headers",
+    "forwarded",
     "publish_error",
 ]

@@ -30,6 +30,21 @@ async def requests_topic(infra: CommonSettings) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="module")
+async def reply_topic(infra: CommonSettings) -> AsyncIterator[str]:
+    """A reply topic only this module's gateways read (their own group: the stack's gateways
+    never rebalance because of a test)."""
+    topic = f"test.gateway.replies.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(infra.kafka_bootstrap_servers, [TopicSpec(topic, 6, HOUR_MS)])
+    yield topic
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="module")
 async def pipeline(infra: CommonSettings, requests_topic: str) -> AsyncIterator[FakePipeline]:
     """The stand-in pipeline, answering with its default script unless a test sets one."""
     fake = FakePipeline(infra, requests_topic)
@@ -49,11 +64,13 @@ def _default_script(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(scope="module")
 async def gateways(
-    infra: CommonSettings, requests_topic: str, pipeline: FakePipeline
+    infra: CommonSettings, requests_topic: str, reply_topic: str, pipeline: FakePipeline
 ) -> AsyncIterator[tuple[GatewayInstance, GatewayInstance]]:
-    """Two gateway instances in this process, on different ports, sharing the broker."""
-    first = await start_gateway(infra, requests_topic)
-    second = await start_gateway(infra, requests_topic)
+    """Two gateway instances in this process, on different ports, sharing the broker and one
+    reply group."""
+    group = f"{reply_topic}.group"
+    first = await start_gateway(infra, requests_topic, reply_topic, group)
+    second = await start_gateway(infra, requests_topic, reply_topic, group)
     yield first, second
     await stop_gateway(second)
     await stop_gateway(first)

@@ -1,9 +1,10 @@
 """Test harness: gateways run in-process (uvicorn + gRPC) and a scripted stand-in pipeline.
 
 The stand-in reads the gateway's requests from a private topic (so a running pipeline never
-sees them) and answers on the real ``genwire.tokens`` / ``genwire.results`` topics and the real
-Redis result key, exactly as postprocess does; request ids are unique per test, so nothing
-else reacts to them.
+sees them) and answers on the real ``genwire.tokens`` / ``genwire.results`` topics, the reply
+partition the request names (``genwire_reply_to``: the test gateways' private reply topic) and
+the real Redis result key, exactly as postprocess does; request ids are unique per test, so
+nothing else reacts to them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 import uvicorn
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import RecordMetadata
 from fastapi import FastAPI
 from genwire_gateway.app import create_app
 from genwire_gateway.config import GatewaySettings
@@ -24,13 +26,14 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 
-from genwire.events import ControlEvent, ErrorInfo, GenerationResult, TokenEvent, Usage
+from genwire.events import ControlEvent, ErrorInfo, GenerationResult, TokenEvent, Usage, dump
 from genwire.kafka import EventProducer
 from genwire.request import GenerationRequest
 from genwire.results import result_key
 from genwire.settings import CommonSettings
+from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import extract
-from genwire.topics import Topic
+from genwire.topics import ReplyTo, Topic
 
 
 def free_port() -> int:
@@ -53,7 +56,7 @@ class Script:
     silent: bool = False
     """Answer nothing (a lost or very slow request)."""
     redis_only: bool = False
-    """Store the result in Redis without publishing it (the fan-out reader never sees it)."""
+    """Store the result in Redis without publishing it (no reply reaches the gateway)."""
     duplicate_tokens: bool = False
     """Publish every token twice (an at-least-once redelivery)."""
 
@@ -64,6 +67,11 @@ class Seen:
 
     request: GenerationRequest
     headers: dict[str, bytes]
+
+    @property
+    def reply_to(self) -> ReplyTo | None:
+        raw = self.headers.get(sc.HEADER_REPLY_TO)
+        return ReplyTo.parse(raw) if raw is not None else None
 
 
 class FakePipeline:
@@ -76,6 +84,7 @@ class FakePipeline:
         self.seen: list[Seen] = []
         self.cancels: list[ControlEvent] = []
         self.finished: dict[str, float] = {}  # request id → loop time its result was published
+        self.replied: dict[str, RecordMetadata] = {}  # request id → where its result reply went
         self._producer = EventProducer(settings.kafka_bootstrap_servers)
         self._redis: Redis[bytes] = Redis.from_url(settings.redis_url)
         self._requests = AIOKafkaConsumer(
@@ -147,12 +156,32 @@ class FakePipeline:
             return
         # Continue the caller's trace, as the real stages do through the consumer wrapper.
         token = otel_context.attach(extract(list(headers.items())))
+        raw = headers.get(sc.HEADER_REPLY_TO)
+        reply = ReplyTo.parse(raw) if raw is not None else None
         try:
-            await self._reply(request, script)
+            await self._reply(request, script, reply)
         finally:
             otel_context.detach(token)
 
-    async def _reply(self, request: GenerationRequest, script: Script) -> None:
+    async def _publish(self, event: TokenEvent | GenerationResult, reply: ReplyTo | None) -> None:
+        """Like postprocess: the reply partition first, then the topic Kafka clients read."""
+        if reply is not None:
+            ack = await self._producer.send(
+                reply.topic,
+                dump(event),
+                key=event.key(),
+                headers=[(sc.HEADER_EVENT_TYPE, type(event).__name__.encode())],
+                partition=reply.partition,
+            )
+            metadata = await ack
+            if isinstance(event, GenerationResult):
+                assert isinstance(metadata, RecordMetadata)
+                self.replied[event.request_id] = metadata
+        await self._producer.publish_and_wait(event)
+
+    async def _reply(
+        self, request: GenerationRequest, script: Script, reply: ReplyTo | None
+    ) -> None:
         if script.delay_s:
             await asyncio.sleep(script.delay_s)
         rid = request.request_id
@@ -170,7 +199,7 @@ class FakePipeline:
                     finish_reason=script.finish_reason if final else None,
                 )
                 for _ in range(2 if script.duplicate_tokens else 1):
-                    await self._producer.publish_and_wait(token)
+                    await self._publish(token, reply)
                 text += chunk
                 if script.chunk_delay_s:
                     await asyncio.sleep(script.chunk_delay_s)
@@ -188,7 +217,7 @@ class FakePipeline:
             )
         await self._redis.set(result_key(rid), result.model_dump_json(), nx=True, ex=300)
         if not script.redis_only:
-            await self._producer.publish_and_wait(result)
+            await self._publish(result, reply)
         self.finished[rid] = asyncio.get_running_loop().time()
 
 
@@ -211,8 +240,11 @@ class GatewayInstance:
         return f"http://127.0.0.1:{self.settings.port}"
 
 
-async def start_gateway(settings: CommonSettings, requests_topic: str) -> GatewayInstance:
-    """Start a gateway on free ports, publishing to ``requests_topic``; wait until it serves."""
+async def start_gateway(
+    settings: CommonSettings, requests_topic: str, reply_topic: str, reply_group: str
+) -> GatewayInstance:
+    """Start a gateway on free ports, publishing to ``requests_topic``, its reply reader in
+    ``reply_group`` on ``reply_topic``; wait until it serves."""
     cfg = GatewaySettings(
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
         redis_url=settings.redis_url,
@@ -222,8 +254,9 @@ async def start_gateway(settings: CommonSettings, requests_topic: str) -> Gatewa
         grpc_port=free_port(),
         requests_topic=requests_topic,
         request_timeout_s=20.0,
-        # Long enough that results reach waiters through the fan-out reader, not the poll.
-        result_poll_s=2.0,
+        reply_topic=reply_topic,
+        reply_group=reply_group,
+        result_poll_s=1.0,
         shutdown_timeout_s=3.0,
     )
     spans = InMemorySpanExporter()

@@ -41,10 +41,10 @@ async def _eventually(check: object, timeout_s: float = 15.0) -> None:
             await asyncio.sleep(0.05)
 
 
-def _fanned_out(instance: GatewayInstance, request_id: str) -> bool:
-    """Whether the instance's fan-out reader handed a result of ``request_id`` to a waiter."""
+def _replied(instance: GatewayInstance, request_id: str) -> bool:
+    """Whether the instance's reply reader handed a result of ``request_id`` to a waiter."""
     return any(
-        s.name == "genwire.results process"
+        s.name == sc.process_span_name(instance.settings.reply_topic)
         and (s.attributes or {}).get(sc.MESSAGING_MESSAGE_KEY) == request_id
         for s in instance.spans.get_finished_spans()
     )
@@ -61,7 +61,7 @@ async def test_generate_on_either_instance(gateways: Gateways, pipeline: FakePip
         assert seen.prompt == "hi" and seen.max_tokens == 8 and seen.stream is False
         assert seen.deadline_ms is not None and seen.received_ms is not None
         assert seen.deadline_ms > seen.received_ms
-        await _eventually(lambda: _fanned_out(instance, result.request_id), timeout_s=5)  # noqa: B023
+        await _eventually(lambda: _replied(instance, result.request_id), timeout_s=5)  # noqa: B023
 
 
 async def test_a_repeat_on_the_other_instance_gets_the_first_result(
@@ -84,7 +84,10 @@ async def test_a_repeat_on_the_other_instance_gets_the_first_result(
             await a.generate("another prompt", request_id=rid)
         assert info.value.status == "ALREADY_EXISTS"
     assert len(pipeline.requests_for(rid)) == 1
-    await _eventually(lambda: _fanned_out(second_gw, rid), timeout_s=5)
+    # The reply went to the first instance, the one that published; the second found the
+    # result in Redis (its reader never sees another instance's replies).
+    await _eventually(lambda: _replied(first_gw, rid), timeout_s=5)
+    assert not _replied(second_gw, rid)
 
 
 async def test_claims_live_for_the_deadline_then_as_long_as_results(
@@ -228,13 +231,16 @@ async def test_submit_then_get_result_from_the_other_instance(
     await _eventually(lambda: rid in {c.request_id for c in pipeline.cancels})
 
 
-async def test_a_result_seen_only_in_redis_completes_the_wait(
+async def test_a_reply_that_never_comes_is_found_in_redis_at_the_deadline(
     gateways: Gateways, pipeline: FakePipeline
 ) -> None:
+    # No reply on the instance's partition (lost): no polling meanwhile, but the wait's last
+    # look in Redis at its deadline finds the stored result instead of failing.
     pipeline.script = lambda _: Script(redis_only=True)
-    async with GenwireClient(gateways[0].grpc_target) as client:
-        result = await client.generate("hi", timeout_s=10.0)
+    gateway = gateways[0].app.state.gateway
+    result = await gateway.generate(gateway.prepare({"prompt": "hi"}, timeout_s=2.0))
     assert result.text == "Hello, world"
+    assert not _replied(gateways[0], result.request_id)
 
 
 async def test_openai_http_endpoints(gateways: Gateways, pipeline: FakePipeline) -> None:
@@ -401,7 +407,7 @@ async def test_the_trace_starts_at_the_gateway_and_crosses_kafka(
     assert seen.headers["traceparent"].decode().split("-")[1] == trace_id
     # Spans are exported in batches: wait for each one read below, not just for one of them.
     wanted = {
-        "genwire.results process",
+        sc.process_span_name(instance.settings.reply_topic),
         f"{SERVICE_NAME}/Generate",
         f"{instance.settings.requests_topic} publish",
     }
@@ -433,7 +439,7 @@ async def test_the_trace_starts_at_the_gateway_and_crosses_kafka(
     assert publish.attributes is not None
     assert publish.attributes[sc.MESSAGING_SYSTEM] == "kafka"
     assert publish.attributes[sc.MESSAGING_OPERATION_NAME] == "publish"
-    assert by_name["genwire.results process"].kind == SpanKind.CONSUMER
+    assert by_name[sc.process_span_name(instance.settings.reply_topic)].kind == SpanKind.CONSUMER
     for span in spans:
         for value in (span.attributes or {}).values():
             assert secret not in str(value)

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import GatewayError
-from genwire_gateway.fanout import WaiterRegistry
 from genwire_gateway.handlers import Gateway, ResultStatus
+from genwire_gateway.replies import WaiterRegistry
 
 from genwire.errors import PermanentError
 from genwire.events import ControlEvent, Event, GenerationResult, TokenEvent, Usage, now_ms

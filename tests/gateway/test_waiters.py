@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from genwire_gateway.errors import GatewayError
-from genwire_gateway.fanout import Failure, WaiterRegistry
+from genwire_gateway.replies import Failure, WaiterRegistry
 
 from genwire.events import GenerationResult, TokenEvent
 

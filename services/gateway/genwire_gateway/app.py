@@ -17,11 +17,11 @@ from genwire.service import Running, ServiceRuntime, ServiceSpec
 from genwire.telemetry import semconv as sc
 from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import GatewayError
-from genwire_gateway.fanout import FanoutReader, WaiterRegistry
 from genwire_gateway.grpc_service import GenerationServicer, build_server, set_serving
 from genwire_gateway.handlers import Gateway
 from genwire_gateway.http_api import openai_router
 from genwire_gateway.models import ModelCatalog
+from genwire_gateway.replies import ReplyMetrics, ReplyReader, WaiterRegistry
 from genwire_gateway.telemetry import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -31,21 +31,27 @@ log = logging.getLogger(__name__)
 async def setup(
     cfg: GatewaySettings, runtime: ServiceRuntime, app: FastAPI
 ) -> AsyncIterator[Running]:
-    """Redis, the fan-out reader, the model catalogue, the gRPC server; the gateway core.
+    """Redis, the reply reader, the model catalogue, the gRPC server; the gateway core.
 
-    Yields ``serving``: once the runtime has started, the fan-out reader, the heartbeat and
-    the gRPC server start; before it stops, they stop taking calls and end the waits left.
+    Yields ``serving``: once the runtime has started, the reply reader (with its first reply
+    partitions), the heartbeat and the gRPC server start; before it stops, they stop taking
+    calls and end the waits left.
     """
     registry = WaiterRegistry()
     redis = connect(cfg.redis_url, timeout_s=cfg.redis_timeout_s)
-    fanout = FanoutReader(
+    replies = ReplyReader(
         cfg.kafka_bootstrap_servers,
         registry,
         runtime.tracer,
-        client_id=f"{cfg.service_name}-fanout",
+        topic=cfg.reply_topic,
+        group_id=cfg.reply_group,
+        client_id=f"{cfg.service_name}-replies",
+        metrics=ReplyMetrics(runtime.registry),
+        session_timeout_ms=cfg.kafka_session_timeout_ms,
     )
+    runtime.add_check(replies.reasons)
     store = ResultStore(redis, ttl_s=cfg.claim_ttl_s)
-    gateway = Gateway(cfg, runtime.producer, store, registry)
+    gateway = Gateway(cfg, runtime.producer, store, registry, replies)
     metrics = GatewayMetrics(runtime.registry)
     catalog = ModelCatalog(
         cfg.triton_http_url,
@@ -54,6 +60,7 @@ async def setup(
         default_model=cfg.default_model,
     )
     app.state.gateway = gateway
+    app.state.replies = replies
     app.state.gateway_metrics = metrics
     app.state.models = catalog
     server, health = build_server(cfg, GenerationServicer(gateway, runtime.tracer, metrics))
@@ -62,8 +69,8 @@ async def setup(
     @asynccontextmanager
     async def serving() -> AsyncIterator[None]:
         try:
-            await fanout.start(cfg.fanout_ready_timeout_s)
-            runtime.supervise(fanout.run(), "fanout")
+            await replies.start(cfg.replies_ready_timeout_s)
+            runtime.supervise(replies.run(), "replies")
             runtime.supervise(gateway.heartbeat(), "heartbeat")
             await redis.ping()  # fail fast when Redis is not there
             await server.start()
@@ -86,7 +93,7 @@ async def setup(
     try:
         yield serving()
     finally:  # after the runtime stopped
-        await fanout.stop()
+        await replies.stop()
         with contextlib.suppress(Exception):
             await redis.aclose()  # type: ignore[attr-defined]  # (types-redis predates aclose)
         await catalog.close()

@@ -47,11 +47,22 @@ class GatewaySettings(ServiceSettings):
     result_poll_s: float = Field(
         1.0,
         gt=0,
-        description="While waiting, how often Redis is checked for a result the fan-out reader "
-        "could have missed (a result stored by another instance's request, a reconnect).",
+        description="How often a wait whose replies do not come to this instance looks in "
+        "Redis: a repeat of a request another call published, get_result, a waiter whose reply "
+        "partition moved in a rebalance. A request this instance published is never polled.",
     )
-    fanout_ready_timeout_s: float = Field(
-        30.0, gt=0, description="How long start-up waits for the results/tokens reader."
+    reply_topic: str = Field(
+        Topic.REPLIES.value,
+        description="Topic of the direct replies; this instance names one of its partitions "
+        "in each request (genwire_reply_to). Postprocess publishes only to its own reply_topic.",
+    )
+    reply_group: str = Field(
+        "genwire-gateway-replies",
+        description="Consumer group of the gateways' reply readers: Kafka shares the reply "
+        "partitions among the live instances (the same group for every gateway of a stack).",
+    )
+    replies_ready_timeout_s: float = Field(
+        30.0, gt=0, description="How long start-up waits for the first reply partitions."
     )
     models_cache_s: float = Field(
         5.0, ge=0, description="How long GET /v1/models reuses Triton's repository index."

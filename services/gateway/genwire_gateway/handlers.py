@@ -2,12 +2,19 @@
 
 The gateway consumes no stage's events of its own: these are its handlers of caller requests,
 with no transport imports. ``grpc_service`` and ``http_api`` (with ``openai``, the OpenAI
-bodies) are the thin transports; ``fanout`` hands results and tokens to the local waiters.
+bodies) are the thin transports; ``replies`` hands results and tokens to the local waiters.
 
 Hot path of an anonymous request: validate, register a local waiter, publish to
-``genwire.requests`` and wait for the fan-out reader to hand over the result. No Redis round
-trip, no per-request consumer. Named requests (caller-chosen id) add one pipelined Redis round
-trip for the idempotency claim.
+``genwire.requests`` naming this instance's reply partition (``genwire_reply_to``) and wait
+for the reply reader to hand over the result. No Redis round trip, no per-request consumer,
+no polling. Named requests (caller-chosen id) add one pipelined Redis round trip for the
+idempotency claim.
+
+Redis is read only off that path: a request another call published (a repeat of a named
+request, ``get_result``) is looked up right after its waiter registers and then every
+``result_poll_s``, since its replies go to whichever instance published it; a waiter whose
+reply partition moved to another instance (a rebalance) does the same from then on; and every
+wait has a last look at its deadline.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from genwire.errors import PermanentError
 from genwire.events import ControlEvent, GenerationResult, TokenEvent, Usage, now_ms
@@ -27,9 +34,10 @@ from genwire.kafka import EventProducer
 from genwire.request import ErrorCode, GenerationRequest, validate_request
 from genwire.results import ClaimOutcome, ResultStore
 from genwire.telemetry import semconv as sc
+from genwire.topics import ReplyTo
 from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import CANCELLED, IDEMPOTENCY_CONFLICT, GatewayError
-from genwire_gateway.fanout import Failure, Waiter, WaiterRegistry
+from genwire_gateway.replies import Failure, Moved, StreamItem, Waiter, WaiterRegistry
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,12 @@ class Prepared:
         return self.request.request_id
 
 
+class ReplyRoute(Protocol):
+    """Names the reply partition of a request (``replies.ReplyReader``)."""
+
+    def reply_to(self, request_id: str) -> ReplyTo | None: ...
+
+
 def new_request_id() -> str:
     """An id for a request whose caller named none."""
     return uuid.uuid4().hex
@@ -95,11 +109,14 @@ class Gateway:
         producer: EventProducer,
         store: ResultStore,
         registry: WaiterRegistry,
+        replies: ReplyRoute | None = None,
     ) -> None:
         self.settings = settings
         self.producer = producer
         self.store = store
         self.registry = registry
+        self.replies = replies
+        """None: no direct replies (every wait looks in Redis)."""
         self._background: set[asyncio.Task[None]] = set()
         self.instance_id = uuid.uuid4().hex[:16]
         """Names this instance in the requests it publishes and in its heartbeats."""
@@ -143,9 +160,10 @@ class Gateway:
         claim = await self._claim(prepared)
         if claim.result is not None:
             return raise_for_error(claim.result)
-        with self.registry.waiting(rid) as waiter:
+        reply = self._reply_to(rid) if claim.owner else None
+        with self.registry.waiting(rid, reply_partition=_partition(reply)) as waiter:
             if claim.owner:
-                await self._publish(prepared, waiter)
+                await self._publish(prepared, waiter, reply)
             else:  # another call owns it (maybe on another instance): wait for its result
                 stored = await self._stored(rid)
                 if stored is not None:
@@ -158,29 +176,50 @@ class Gateway:
     async def _wait(
         self, waiter: Waiter, deadline: float, *, owner: bool, keep: bool = False
     ) -> GenerationResult:
-        """Wait for the fan-out reader, checking Redis now and then; cancel on expiry.
+        """Wait for the result (``_result``); cancel on expiry.
 
         A caller who leaves cancels the work, unless it is ``keep`` (named: the caller's retry
         collects it) — the same rule inference applies when a whole gateway dies.
         """
         rid = waiter.request_id
         try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise self._expired(rid, owner)
-                done, _ = await asyncio.wait(
-                    (waiter.result,), timeout=min(remaining, self.settings.result_poll_s)
-                )
-                if done:
-                    return waiter.result.result()
-                stored = await self._stored(rid)
-                if stored is not None:
-                    return stored
+            result = await self._result(waiter, deadline)
+            if result is None:
+                raise self._expired(rid, owner)
+            return result
         except asyncio.CancelledError:  # the caller went away: stop the work downstream
             if owner and not keep:
                 self.cancel_soon(rid, "caller cancelled")
             raise
+
+    async def _result(self, waiter: Waiter, deadline: float) -> GenerationResult | None:
+        """The waiter's result, or None at the deadline.
+
+        A direct waiter waits for its reply, no Redis read; any other (or one whose reply
+        partition moved) looks in Redis at once and then every ``result_poll_s``. Either takes
+        a last look in Redis at the deadline.
+        """
+        rid = waiter.request_id
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return await self._stored(rid)
+            if waiter.direct:
+                await asyncio.wait(
+                    (waiter.result, waiter.moved),
+                    timeout=remaining,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            else:
+                await asyncio.wait(
+                    (waiter.result,), timeout=min(remaining, self.settings.result_poll_s)
+                )
+            if waiter.result.done():
+                return waiter.result.result()
+            if not waiter.direct:  # polled, or moved just now
+                stored = await self._stored(rid)
+                if stored is not None:
+                    return stored
 
     def _expired(self, request_id: str, owner: bool) -> GatewayError:
         if owner:
@@ -209,8 +248,9 @@ class Gateway:
                 result = stored or await self._wait(waiter, deadline, owner=False)
             yield _whole(raise_for_error(result))
             return
-        with self.registry.waiting(rid, stream=True) as waiter:
-            await self._publish(prepared, waiter)
+        reply = self._reply_to(rid)
+        with self.registry.waiting(rid, stream=True, reply_partition=_partition(reply)) as waiter:
+            await self._publish(prepared, waiter, reply)
             finished = False
             try:
                 async with contextlib.aclosing(self._chunks(waiter, deadline)) as chunks:
@@ -226,25 +266,41 @@ class Gateway:
                     self.cancel_soon(rid, "stream abandoned")
 
     async def _chunks(self, waiter: Waiter, deadline: float) -> AsyncGenerator[Chunk, None]:
-        """Chunks from the waiter's queue, deduplicated by character offset."""
+        """Chunks from the waiter's queue, deduplicated by character offset.
+
+        Direct: no Redis read until the deadline. Once its reply partition moved, the rest
+        comes from Redis (the result: its text past what was yielded is the final chunk).
+        """
         assert waiter.chunks is not None
         held = 0  # characters of text already yielded
         index = 0
         while True:
             remaining = deadline - time.monotonic()
+            item: StreamItem | None
             if remaining <= 0:
-                raise GatewayError(
-                    f"{waiter.request_id} did not finish before the deadline",
-                    code=ErrorCode.DEADLINE_EXCEEDED,
-                )
-            try:
-                async with asyncio.timeout(min(remaining, self.settings.result_poll_s)):
-                    item = await waiter.chunks.get()
-            except TimeoutError:
-                stored = await self._stored(waiter.request_id)
+                stored = await self._stored(waiter.request_id)  # a last look
                 if stored is None:
-                    continue
+                    raise GatewayError(
+                        f"{waiter.request_id} did not finish before the deadline",
+                        code=ErrorCode.DEADLINE_EXCEEDED,
+                    )
                 item = stored
+            else:
+                try:
+                    wait = (
+                        remaining if waiter.direct else min(remaining, self.settings.result_poll_s)
+                    )
+                    async with asyncio.timeout(wait):
+                        item = await waiter.chunks.get()
+                except TimeoutError:
+                    item = None
+                if item is None or isinstance(item, Moved):
+                    if waiter.direct:
+                        continue  # a direct wait timed out: the deadline; the loop looks last
+                    stored = await self._stored(waiter.request_id)
+                    if stored is None:
+                        continue
+                    item = stored
             if isinstance(item, Failure):
                 raise item.exc
             if isinstance(item, TokenEvent):
@@ -254,6 +310,7 @@ class Gateway:
                     yield Chunk(index=index, text=new)
                     index += 1
                 continue
+            assert isinstance(item, GenerationResult)
             result = raise_for_error(item)
             yield Chunk(
                 index=index,
@@ -288,11 +345,11 @@ class Gateway:
         """(status, result) of a request; waits up to ``wait_s`` for a pending one."""
         stored = await self._stored(request_id)
         if stored is None and wait_s > 0:
+            deadline = time.monotonic() + wait_s
             with self.registry.waiting(request_id) as waiter:
                 stored = await self._stored(request_id)
                 if stored is None:
-                    done, _ = await asyncio.wait((waiter.result,), timeout=wait_s)
-                    stored = waiter.result.result() if done else await self._stored(request_id)
+                    stored = await self._result(waiter, deadline)
         if stored is not None:
             return (ResultStatus.FAILED if stored.error else ResultStatus.DONE), stored
         known = await self.store.known(request_id)
@@ -362,11 +419,19 @@ class Gateway:
             log.warning("Redis lookup of %s failed: %s", request_id, exc)
             return None
 
-    async def _send(self, prepared: Prepared) -> asyncio.Future[object]:
+    def _reply_to(self, request_id: str) -> ReplyTo | None:
+        return self.replies.reply_to(request_id) if self.replies is not None else None
+
+    async def _send(
+        self, prepared: Prepared, reply: ReplyTo | None = None
+    ) -> asyncio.Future[object]:
         key = prepared.request_id.encode()
         topic = self.settings.requests_topic
-        # Who waits, and whether the work outlives this instance (named: a retry collects it).
+        # Who waits, whether the work outlives this instance (named: a retry collects it), and
+        # where its replies go.
         headers = [_EVENT_TYPE, self._origin, (sc.HEADER_KEEP, b"1" if prepared.named else b"0")]
+        if reply is not None:
+            headers.append((sc.HEADER_REPLY_TO, reply.encode()))
         return await self.producer.send(topic, prepared.value, key=key, headers=headers)
 
     async def heartbeat(self) -> None:
@@ -379,10 +444,10 @@ class Gateway:
                 log.debug("heartbeat not published: %s", exc)
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
-    async def _publish(self, prepared: Prepared, waiter: Waiter) -> None:
+    async def _publish(self, prepared: Prepared, waiter: Waiter, reply: ReplyTo | None) -> None:
         """Queue the request; a failed delivery ends the wait with UNAVAILABLE."""
         try:
-            ack = await self._send(prepared)
+            ack = await self._send(prepared, reply)
         except Exception as exc:
             if prepared.named:
                 await self._release(prepared)
@@ -397,6 +462,10 @@ class Gateway:
         # Not awaited: the result takes longer than the acknowledgement, and awaiting would
         # add the acknowledgement's round trip to the latency for nothing.
         ack.add_done_callback(_delivered)
+
+
+def _partition(reply: ReplyTo | None) -> int | None:
+    return reply.partition if reply is not None else None
 
 
 def _new_text(token: TokenEvent, held: int) -> str:

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from genwire.errors import GenwireError
 from genwire.events import Event, GenerationChunk
 from genwire.filters import ContentFilter
+from genwire.kafka.failures import Output
 from genwire.results import ResultStore
 from genwire.service import ServiceRuntime, ServiceSpec
 from genwire.telemetry import semconv as sc
@@ -20,13 +21,14 @@ from genwire.topics import Topic
 from genwire_postprocess.config import PostprocessSettings
 from genwire_postprocess.handlers import Postprocessor, failure_result
 from genwire_postprocess.metrics import ResultMetrics
+from genwire_postprocess.replies import ReplyRouter
 
 
 @asynccontextmanager
 async def setup(
     cfg: PostprocessSettings, runtime: ServiceRuntime, app: FastAPI
 ) -> AsyncIterator[None]:
-    """The Redis result store; the consumer of generation chunks."""
+    """The Redis result store; the consumer of generation chunks; the direct replies."""
     store = ResultStore.connect(
         cfg.redis_url, ttl_s=cfg.result_ttl_s, timeout_s=cfg.redis_timeout_s
     )
@@ -41,22 +43,32 @@ async def setup(
         on_result=ResultMetrics(runtime.registry).observe,
     )
     app.state.postprocessor = post
+    replies = ReplyRouter(runtime.producer, cfg.reply_topic, runtime.registry)
+    app.state.replies = replies
 
-    def failure_events(record: ConsumerRecord[bytes, bytes], err: GenwireError) -> Sequence[Event]:
-        try:
-            chunk = GenerationChunk.model_validate_json(record.value or b"")
-        except ValueError:
-            key = record.key.decode("utf-8", "replace") if record.key else None
-            return failure_result(key, err, stream=False)
-        # Only a final chunk owes the caller an answer; a lost streamed piece is made up
-        # by the final one.
-        return failure_result(chunk.request_id, err, chunk.stream) if chunk.final else []
+    async def handle(chunk: GenerationChunk) -> list[Output]:
+        return await replies.with_replies(await post.handle(chunk))
 
-    runtime.consumer(Topic.GENERATIONS, GenerationChunk, post.handle, failure_events=failure_events)
+    def failure_events(record: ConsumerRecord[bytes, bytes], err: GenwireError) -> Sequence[Output]:
+        return replies.with_replies_now(failure_outputs(record, err), record.headers or ())
+
+    runtime.consumer(Topic.GENERATIONS, GenerationChunk, handle, failure_events=failure_events)
     try:
         yield
     finally:
         await store.close()
+
+
+def failure_outputs(record: ConsumerRecord[bytes, bytes], err: GenwireError) -> list[Event]:
+    """The error result a chunk that cannot be handled owes its caller."""
+    try:
+        chunk = GenerationChunk.model_validate_json(record.value or b"")
+    except ValueError:
+        key = record.key.decode("utf-8", "replace") if record.key else None
+        return failure_result(key, err, stream=False)
+    # Only a final chunk owes the caller an answer; a lost streamed piece is made up by the
+    # final one.
+    return failure_result(chunk.request_id, err, chunk.stream) if chunk.final else []
 
 
 SERVICE = ServiceSpec(stage=sc.STAGE_POSTPROCESS, settings=PostprocessSettings, setup=setup)

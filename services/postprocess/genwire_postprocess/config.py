@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from genwire.settings import ServiceSettings
+from genwire.topics import Topic
 
 
 class PostprocessSettings(ServiceSettings):
@@ -39,4 +40,10 @@ class PostprocessSettings(ServiceSettings):
     )
     default_context_length: int = Field(
         1024, gt=0, description="Context length of a model whose files do not state one."
+    )
+    reply_topic: str = Field(
+        Topic.REPLIES.value,
+        description="The only topic a request's genwire_reply_to header may name: its chunks "
+        "and result are also published to the partition named there (a header naming any "
+        "other topic is counted and ignored).",
     )
