@@ -18,6 +18,8 @@ from genwire.errors import PermanentError
 from genwire.events import ControlEvent, Event, GenerationResult, TokenEvent, Usage, now_ms
 from genwire.request import GenerationRequest, fingerprint, parse_request
 from genwire.results import ClaimOutcome
+from genwire.telemetry import semconv as sc
+from genwire.topics import ReplyTo
 
 Reply = Callable[[GenerationRequest, WaiterRegistry], None]
 
@@ -30,11 +32,15 @@ class FakeProducer:
         self.reply = reply
         self.requests: list[GenerationRequest] = []
         self.events: list[Event] = []
+        self.headers: list[dict[str, bytes]] = []
         self.fail_delivery = False
 
-    async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[object]:
+    async def send(
+        self, topic: str, value: bytes, headers: Any = (), **_: Any
+    ) -> asyncio.Future[object]:
         request = GenerationRequest.model_validate_json(value)
         self.requests.append(request)
+        self.headers.append(dict(headers))
         fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         if self.fail_delivery:
             fut.set_exception(ConnectionError("broker down"))
@@ -59,8 +65,10 @@ class FakeStore:
         self.claims: dict[str, str] = {}
         self.ttls: list[float] = []
         self.kept: list[str] = []
+        self.gets = 0
 
     async def get(self, request_id: str) -> GenerationResult | None:
+        self.gets += 1
         return self.results.get(request_id)
 
     async def claim(self, request: GenerationRequest, ttl_s: float) -> ClaimOutcome:
@@ -371,3 +379,67 @@ def test_prepare_refuses_a_request_larger_than_preprocess_takes() -> None:
     assert info.value.code == "request_too_large"
     prepared = gateway.prepare({"messages": big[:10]})
     assert prepared.value == prepared.request.to_kafka()[1]  # what is published
+
+
+class Route:
+    """This instance owns partition 3 of the reply topic."""
+
+    def reply_to(self, request_id: str) -> ReplyTo | None:
+        return ReplyTo("genwire.replies", 3)
+
+
+def _direct(reply: Reply | None) -> tuple[Gateway, FakeProducer, FakeStore]:
+    gateway, producer, store = _gateway(reply)
+    gateway.replies = Route()
+    return gateway, producer, store
+
+
+async def test_a_published_request_names_its_reply_partition_and_never_polls_redis() -> None:
+    gateway, producer, store = _direct(_echo)
+    result = await gateway.generate(gateway.prepare({"prompt": "hi"}, timeout_s=30.0))
+    assert result.text == "echo:hi"
+    assert producer.headers[0][sc.HEADER_REPLY_TO] == b"genwire.replies:3"
+    assert store.gets == 0  # the reply came to the reader: not a single Redis read
+
+
+async def test_a_waiter_whose_partition_moved_gets_its_result_from_redis() -> None:
+    def store_only(request: GenerationRequest, registry: WaiterRegistry) -> None:
+        assert request.request_id is not None
+        store.results[request.request_id] = GenerationResult(
+            request_id=request.request_id, text="from redis"
+        )
+
+    gateway, _, store = _direct(store_only)
+    call = asyncio.create_task(gateway.generate(gateway.prepare({"prompt": "hi"}, timeout_s=60)))
+    await asyncio.sleep(0.05)
+    assert not call.done() and store.gets == 0  # direct: waits for its reply, no polling
+    assert gateway.registry.move({3}) == 1  # a rebalance took partition 3 away
+    # Woken at once (the deadline is a minute away): the result is in Redis.
+    assert (await asyncio.wait_for(call, 10)).text == "from redis"
+
+
+async def test_a_moved_stream_ends_with_the_rest_of_the_text_from_redis() -> None:
+    def first_piece(request: GenerationRequest, registry: WaiterRegistry) -> None:
+        assert request.request_id is not None
+        registry.push(TokenEvent(request_id=request.request_id, index=0, text="ab"))
+        store.results[request.request_id] = GenerationResult(
+            request_id=request.request_id, text="abcd", finish_reason="length"
+        )
+
+    gateway, _, store = _direct(first_piece)
+    chunks = gateway.stream(gateway.prepare({"prompt": "hi"}, stream=True, timeout_s=60))
+    first = await anext(chunks)
+    assert first.text == "ab"
+    gateway.registry.move({3})
+    last = await asyncio.wait_for(anext(chunks), 10)
+    assert last.final and last.text == "cd"
+
+
+async def test_a_reply_that_never_comes_gets_one_last_look_at_the_deadline() -> None:
+    def store_only(request: GenerationRequest, registry: WaiterRegistry) -> None:
+        assert request.request_id is not None
+        store.results[request.request_id] = GenerationResult(request_id=request.request_id)
+
+    gateway, _, store = _direct(store_only)
+    await gateway.generate(gateway.prepare({"prompt": "hi"}, timeout_s=0.3))
+    assert store.gets == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from genwire_gateway.errors import GatewayError
-from genwire_gateway.replies import Failure, WaiterRegistry
+from genwire_gateway.replies import Failure, Moved, WaiterRegistry
 
 from genwire.events import GenerationResult, TokenEvent
 
@@ -54,3 +54,17 @@ async def test_fail_all_ends_plain_and_streaming_waits() -> None:
     assert streaming.chunks is not None
     item = streaming.chunks.get_nowait()
     assert isinstance(item, Failure) and isinstance(item.exc, GatewayError)
+
+
+async def test_move_wakes_only_the_waiters_of_the_lost_partitions() -> None:
+    registry = WaiterRegistry()
+    lost = registry.register("a", reply_partition=1)
+    lost_stream = registry.register("b", stream=True, reply_partition=1)
+    kept = registry.register("c", reply_partition=2)
+    polled = registry.register("d")  # not direct: nothing to move
+    assert registry.move({1}) == 2
+    assert lost.moved.done() and not lost.direct
+    assert lost_stream.chunks is not None and isinstance(lost_stream.chunks.get_nowait(), Moved)
+    assert kept.direct and not kept.moved.done()
+    assert not polled.moved.done()
+    assert registry.move({1}) == 0  # already moved
