@@ -5,7 +5,9 @@ decode only, and decode + aggregate (stage sketches, trace assembly, SLO counter
 windows) + completing the traces; rounds repeat it to show memory staying flat.
 ``--quality``: simulated traffic on a simulated clock (windows scaled 1/360) for time to
 detect a latency incident and a drift, time to resolve, and false alarms over many scaled
-hours of steady traffic. Prints figures; asserts nothing.
+hours of steady traffic. ``--detection``: time to page with a full long window of good
+traffic first, per objective and bad share, beside the Workbook (``detection.py``). Prints
+figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ def _rss_mb() -> float:
 
 def run_bench(args: argparse.Namespace) -> None:
     """Run the benchmark (or ``--quality``) and print its figures."""
+    if args.detection:
+        from genwire_bench.monitor.detection import detection
+
+        detection(args.scale, args.steady_h)
+        return
     if args.quality:
         quality(args.seeds, args.steady_s)
         return

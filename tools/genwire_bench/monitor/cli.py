@@ -33,6 +33,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quality", action="store_true", help="also measure detection and false alarms"
     )
     parser.add_argument(
+        "--detection",
+        action="store_true",
+        help="time to page with a full long window of good traffic first, per objective and "
+        "bad share, beside the SRE Workbook's arithmetic; false alarms over a long steady run; "
+        "fire/resolve pairs through an intermittent stall (docs/monitor.md, Detection times)",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1 / 60,
+        help="--detection: window scale of the simulated monitor (default: 1/60)",
+    )
+    parser.add_argument(
+        "--steady-h",
+        type=float,
+        default=12.0,
+        help="--detection: production hours of the steady run, per objective "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--seeds", type=int, default=3, help="--quality: repetitions (default: %(default)s)"
     )
     parser.add_argument(
