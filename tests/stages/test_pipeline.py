@@ -342,3 +342,49 @@ async def test_one_trace_across_the_stages(pipeline: Pipeline) -> None:
     assert tags[sc.GEN_AI_REQUEST_MODEL] == "genwire-gpt"
     assert tags[sc.GEN_AI_SYSTEM] == "triton"
     assert sc.GEN_AI_PROMPT not in tags  # no content unless trace_content
+
+
+async def test_replies_go_to_the_named_partition_too(pipeline: Pipeline) -> None:
+    tp = TopicPartition(Topic.REPLIES, 23)
+    replies = AIOKafkaConsumer(
+        bootstrap_servers=pipeline.settings.kafka_bootstrap_servers, group_id=None
+    )
+    await replies.start()
+    try:
+        replies.assign([tp])
+        await replies.seek_to_end(tp)
+        await replies.position(tp)
+        rid = await pipeline.send(
+            GenerationRequest(request_id=_rid("reply"), prompt="Once upon a time", stream=True),
+            headers=[(sc.HEADER_REPLY_TO, b"genwire.replies:23")],
+        )
+        seen = await pipeline.wait(rid, final_token=True)
+        kinds: list[bytes] = []
+        async with asyncio.timeout(WAIT_S):
+            while b"GenerationResult" not in kinds:
+                for record in (await replies.getmany(tp, timeout_ms=200)).get(tp, []):
+                    if record.key == rid.encode():
+                        kinds.append(dict(record.headers)[sc.HEADER_EVENT_TYPE])
+                        if kinds[-1] == b"GenerationResult":
+                            reply = GenerationResult.model_validate_json(record.value or b"")
+    finally:
+        await replies.stop()
+    # The same records as genwire.tokens/genwire.results carry (which still get everything).
+    assert kinds == [b"TokenEvent"] * len(seen.tokens) + [b"GenerationResult"]
+    assert reply == seen.results[0]
+
+
+@pytest.mark.parametrize(
+    "address",
+    [b"genwire.requests:0", b"not an address", b"genwire.replies:999", b"\xff:1"],
+)
+async def test_a_bad_reply_address_does_not_stop_the_result(
+    pipeline: Pipeline, address: bytes
+) -> None:
+    rid = await pipeline.send(
+        GenerationRequest(request_id=_rid("badreply"), prompt="Once upon a time", max_tokens=8),
+        headers=[(sc.HEADER_REPLY_TO, address)],
+    )
+    (result,) = (await pipeline.wait(rid)).results
+    _ok(result, 8)
+    assert await pipeline.stored(rid) == result
