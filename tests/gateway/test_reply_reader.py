@@ -1,0 +1,73 @@
+"""The reply reader's rebalance bookkeeping, with a stand-in for the Kafka consumer."""
+
+from __future__ import annotations
+
+from aiokafka import TopicPartition
+from genwire_gateway.replies import ReplyReader, WaiterRegistry
+from opentelemetry.trace import NoOpTracer
+
+from genwire.topics import ReplyTo
+
+TOPIC = "genwire.replies"
+
+
+class FakeConsumer:
+    """Positions: a new partition's end is 100; ``seek`` is recorded."""
+
+    def __init__(self) -> None:
+        self.seeks: dict[int, int] = {}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks[tp.partition] = offset
+
+    async def position(self, tp: TopicPartition) -> int:
+        return 100
+
+
+def _tps(*partitions: int) -> list[TopicPartition]:
+    return [TopicPartition(TOPIC, p) for p in partitions]
+
+
+def _reader() -> tuple[ReplyReader, WaiterRegistry, FakeConsumer]:
+    registry = WaiterRegistry()
+    reader = ReplyReader("127.0.0.1:1", registry, NoOpTracer(), topic=TOPIC)
+    fake = FakeConsumer()
+    reader._consumer = fake  # type: ignore[assignment]
+    return reader, registry, fake
+
+
+async def test_a_request_names_a_partition_this_instance_owns() -> None:
+    reader, _, _ = _reader()
+    assert reader.reply_to("r") is None  # nothing assigned yet
+    await reader.on_partitions_revoked([])
+    await reader.on_partitions_assigned(_tps(4, 7))
+    assert reader.partitions == (4, 7)
+    named = {reader.reply_to(f"r{i}") for i in range(50)}
+    assert named == {ReplyTo(TOPIC, 4), ReplyTo(TOPIC, 7)}
+    assert reader.reasons() == []
+
+
+async def test_a_rebalance_moves_the_waiters_of_lost_partitions_only() -> None:
+    reader, registry, fake = _reader()
+    await reader.on_partitions_assigned(_tps(1, 2))
+    reader._next[1] = 42  # read up to here before the rebalance
+    kept = registry.register("a", reply_partition=1)
+    lost = registry.register("b", reply_partition=2)
+    await reader.on_partitions_revoked(_tps(1, 2))
+    # During the rebalance requests go on naming the partitions owned so far.
+    assert reader.reply_to("c") in {ReplyTo(TOPIC, 1), ReplyTo(TOPIC, 2)}
+    during = registry.register("c", reply_partition=2)
+    await reader.on_partitions_assigned(_tps(1, 3))
+    assert fake.seeks == {1: 42}  # a partition that came back: read on from where we were
+    assert reader._next[3] == 100  # a new one: from its end, pinned
+    assert kept.direct and not kept.moved.done()
+    assert not lost.direct and lost.moved.done()
+    assert during.moved.done()
+    assert reader.metrics.moved._value.get() == 2
+
+
+async def test_no_partition_makes_the_instance_unready_but_it_still_serves() -> None:
+    reader, _, _ = _reader()
+    await reader.on_partitions_assigned([])  # more instances than partitions
+    assert reader.reply_to("r") is None  # its waiters look in Redis
+    assert reader.reasons() and "no partition of genwire.replies" in reader.reasons()[0]
