@@ -156,6 +156,10 @@ def test_a_group_settles_when_its_members_split_every_partition_once() -> None:
     assert settled([{topic: [0]}, {topic: [1]}, {topic: [2]}], topic, 3)
     # More instances than partitions: three members own one each, the fourth idles.
     assert settled([{topic: [0]}, {topic: [1]}, {topic: [2]}, {}], topic, 4)
+    replies = STAGE_GROUPS["genwire-gateway-replies"]  # 24 partitions, one member per gateway
+    halves = [{replies: list(range(0, 24, 2))}, {replies: list(range(1, 24, 2))}]
+    assert settled(halves, replies, 2)
+    assert not settled(halves[:1], replies, 2)
 
 
 def _summary(ok: int) -> Summary:

@@ -4,8 +4,9 @@ Scales gateway, preprocess, inference and postprocess to two instances each (the
 remembered in the run dir, as ``genwire up --scale`` does), sends requests through *both*
 gateways over gRPC (unary and streaming, ``GenwireClient``) and HTTP (``/v1/completions``), and
 checks that every one completes with the text the one-of-each stack gives for the same greedy
-request; that each stage's consumer group has two members sharing its input topic's partitions
-(admin describe groups); and that every instance of every stage handled records. The request ids
+request; that each stage's consumer group, and the gateways' reply group, has two members
+sharing its topic's partitions (admin describe groups); and that every instance of every stage
+handled records. The request ids
 are chosen so that their keys land on every partition, so each member gets work by construction.
 The previous layout (one of each) is restored in a ``finally``.
 """
@@ -30,6 +31,7 @@ from genwire_stack.paths import StackPaths
 from genwire_stack.process import port_free, read_record
 
 from genwire.settings import CommonSettings
+from genwire.topics import TOPIC_SPECS
 
 INSTANCES = 2
 PARTITIONS = 3
@@ -40,6 +42,12 @@ STAGE_INPUTS = {
     "postprocess": "genwire.generations",
 }
 """Each consumer stage: its consumer group is ``genwire-<stage>``, reading this topic."""
+GROUPS = {
+    **{f"genwire-{stage}": topic for stage, topic in STAGE_INPUTS.items()},
+    "genwire-gateway-replies": "genwire.replies",
+}
+"""Every consumer group the scaled services share, and its topic (the gateways' reply readers
+share the reply partitions, docs/architecture.md "Direct replies")."""
 PROMPTS = ("The little robot", "Once upon a time", "In the morning the cat")
 PARAMS: dict[str, Any] = {"max_tokens": 12, "temperature": 0.0, "seed": 11}
 TRANSPORTS = ("grpc", "grpc-stream", "http")
@@ -77,20 +85,24 @@ async def _assignments(bootstrap: str, group: str) -> list[list[tuple[str, list[
         await admin.close()
 
 
+def _partitions(topic: str) -> int:
+    return next(spec.partitions for spec in TOPIC_SPECS if spec.name == topic)
+
+
 def _shares(members: list[list[tuple[str, list[int]]]], topic: str) -> bool:
     """Whether ≥ 2 members each own part of ``topic`` and together all of it, without overlap."""
     owned = [sorted(p for t, parts in m for p in parts if t == topic) for m in members]
     owned = [o for o in owned if o]
     flat = sorted(p for o in owned for p in o)
-    return len(owned) >= INSTANCES and flat == list(range(PARTITIONS))
+    return len(owned) >= INSTANCES and flat == list(range(_partitions(topic)))
 
 
 async def _await_sharing(bootstrap: str, timeout_s: float = 60.0) -> None:
-    """Wait until every stage's group has settled on ≥ 2 members sharing its partitions."""
+    """Wait until every group has settled on ≥ 2 members sharing its partitions."""
     async with asyncio.timeout(timeout_s):
-        for stage, topic in STAGE_INPUTS.items():
+        for group, topic in GROUPS.items():
             # The group rebalances after the new instance joins: there is no event to wait on.
-            while not _shares(await _assignments(bootstrap, f"genwire-{stage}"), topic):  # noqa: ASYNC110
+            while not _shares(await _assignments(bootstrap, group), topic):  # noqa: ASYNC110
                 await asyncio.sleep(0.5)
 
 
@@ -184,9 +196,9 @@ async def test_two_of_every_stage_serve_both_gateways(stack: CommonSettings) -> 
             assert not wrong, f"texts differ from the one-of-each stack's: {wrong}"
 
             # Still shared after the traffic (no member left or took everything over).
-            for stage, topic in STAGE_INPUTS.items():
-                members = await _assignments(stack.kafka_bootstrap_servers, f"genwire-{stage}")
-                assert _shares(members, topic), (stage, members)
+            for group, topic in GROUPS.items():
+                members = await _assignments(stack.kafka_bootstrap_servers, group)
+                assert _shares(members, topic), (group, members)
             handled_after = await _counts(http)
             idle = [k for k, v in handled_after.items() if v <= handled_before[k]]
             assert not idle, f"instances that handled none of the requests: {idle}"

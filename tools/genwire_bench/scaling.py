@@ -38,8 +38,10 @@ STAGE_GROUPS: dict[str, str] = {
     "genwire-preprocess": Topic.REQUESTS,
     "genwire-inference": Topic.PREPARED,
     "genwire-postprocess": Topic.GENERATIONS,
+    "genwire-gateway-replies": Topic.REPLIES,
 }
-"""Each consumer stage's group (its service name) and the topic whose partitions it shares."""
+"""Each consumer stage's group (its service name) and the topic whose partitions it shares;
+the gateways' reply readers share the reply partitions in one group."""
 GATEWAY_TARGETS = ("grpc", "grpc-stream")
 """Targets that enter through a gateway: spread over every gateway instance."""
 SCALING_TARGETS = ("grpc", "grpc-stream", "kafka", "kafka-stream")
