@@ -20,8 +20,9 @@ LAYOUT_FILE = "layout.json"
 BROKER_COUNTS = (1, 3)
 """A single node, or a three-node KRaft cluster (three controller voters, RF 3, min ISR 2)."""
 SCALABLE = ("preprocess", "inference", "postprocess", "gateway")
-"""Services that may run several instances: the consumer stages share their consumer group; each
-gateway reads every result itself. The monitor may not: its SLO windows need every span."""
+"""Services that may run several instances: the consumer stages share their consumer group, the
+gateways the reply partitions (group ``genwire-gateway-replies``). All share the one Triton
+(README: why Triton is not scaled). The monitor may not: its SLO windows need every span."""
 MAX_INSTANCES = 9
 INSTANCE_PORT_STEP = 100
 """Instance ``n`` of a service listens on its base ports + 100·(n−1): preprocess-2 on 8191."""
