@@ -200,9 +200,11 @@ def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> N
 class _Producer:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
+        self.topics: list[str] = []
 
     async def send(self, topic: str, value: bytes, *, key: bytes | None = None) -> Any:
         self.sent.append(value)
+        self.topics.append(topic)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         fut.set_result(None)
         return fut
@@ -224,8 +226,15 @@ async def test_the_worker_carries_verdicts_to_the_engine_and_the_alert_out() -> 
             tr.observe(G, [_s(1, 4)], t)
             await worker.partitions(tr.snapshot())
             await worker.evaluate_once()
-        (event,) = [parse_alert(v) for v in producer.sent]
+        cfg = worker.settings
+        sent = list(zip(producer.topics, producer.sent, strict=True))
+        by_topic = {
+            topic: [parse_alert(v) for t, v in sent if t == topic]
+            for topic in (cfg.alerts_topic, cfg.alert_state_topic)
+        }
+        (event,) = by_topic[cfg.alerts_topic]
         assert event.kind == "partition_stalled" and event.status == "firing"
+        assert by_topic[cfg.alert_state_topic] == [event]  # the same event, for a restart
         status = await worker.status()
         assert status["partitions"] == [
             {

@@ -52,8 +52,11 @@ async def test_unsent_alerts_are_retried_in_order() -> None:
         assert producer.sent == []  # everything failed so far...
         producer.down = False
         await worker.evaluate_once()  # ...and goes out with the next evaluation
-        ids = [parse_alert(v).id for _, v, _ in producer.sent]
+        cfg = worker.settings
+        ids = [parse_alert(v).id for t, v, _ in producer.sent if t == cfg.alerts_topic]
         assert "latency:e2e:page" in ids
         assert len(ids) == len(set(ids))  # each transition once
+        state = [(k, parse_alert(v).id) for t, v, k in producer.sent if t == cfg.alert_state_topic]
+        assert state == [(i.encode(), i) for i in ids]  # mirrored, keyed by alert id
     finally:
         await worker.close()

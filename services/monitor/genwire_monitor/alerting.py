@@ -4,6 +4,11 @@ Each alert id goes inactive → pending → firing → (resolved) → inactive. 
 for ``for_s`` and ``for_evaluations`` before firing; once firing, the alert stays firing until
 its *clear* condition (stricter than "not firing": hysteresis) has held for ``keep_firing_s``.
 Only the transitions to firing and to resolved produce events.
+
+A firing alert remembers the rule that raised it (``raised_by``) and the rule whose verdict
+holds it now (``held_by``: the latest to fire). ``Level.HOLD`` keeps whatever state the alert
+is in; a rule says it when its data cannot tell (``no_data``: too few events), so sparse data
+never resolves an alert. ``restore`` puts back alerts that were firing before a restart.
 """
 
 from __future__ import annotations
@@ -40,6 +45,13 @@ class AlertEvent(BaseModel):
     title: str
     summary: str
     rule: str = Field(description="What fired, in words (windows, factor, test, threshold).")
+    raised_by: str = Field("", description="The rule that raised the alert (fired first).")
+    held_by: str = Field(
+        "", description="The rule whose verdict holds the alert now (the latest to fire)."
+    )
+    no_data: bool = Field(
+        False, description="Its rules see too few events to tell: state kept, not resolved."
+    )
     figures: dict[str, Figure] = Field(default_factory=dict)
     window: dict[str, float] = Field(default_factory=dict, description="Window lengths, s.")
     model: str | None = None
@@ -67,6 +79,25 @@ class Draft:
     model_version: str | None = None
     examples: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
+    rule_id: str = ""  # the rule's short name (raised_by, held_by); "" : the rule text
+
+
+def draft_of(event: AlertEvent) -> Draft:
+    """The draft an event was made from (to restore a firing alert after a restart)."""
+    return Draft(
+        kind=event.kind,
+        severity=event.severity,
+        title=event.title,
+        summary=event.summary,
+        rule=event.rule,
+        figures=dict(event.figures),
+        window=dict(event.window),
+        model=event.model,
+        model_version=event.model_version,
+        examples=list(event.example_trace_ids),
+        labels=dict(event.labels),
+        rule_id=event.held_by or event.raised_by,
+    )
 
 
 @dataclass(frozen=True)
@@ -86,6 +117,13 @@ class _State:
     fired_at: float = 0.0
     clear_since: float | None = None
     draft: Draft | None = None
+    raised_by: str = ""
+    held_by: str = ""
+    no_data: bool = False
+
+
+def _rule_name(draft: Draft) -> str:
+    return draft.rule_id or draft.rule
 
 
 def _ts(t: float) -> datetime:
@@ -102,12 +140,25 @@ class AlertBook:
         self.history: list[AlertEvent] = []  # recent transitions, newest last (bounded)
 
     def observe(
-        self, alert_id: str, level: Level, draft: Draft | None, policy: Policy, now: float
+        self,
+        alert_id: str,
+        level: Level,
+        draft: Draft | None,
+        policy: Policy,
+        now: float,
+        *,
+        no_data: bool = False,
     ) -> AlertEvent | None:
-        """Feed one verdict; returns an event when the alert fires or resolves."""
+        """Feed one verdict; returns an event when the alert fires or resolves.
+
+        ``no_data`` (with ``Level.HOLD``): the rule has too few events to tell; shown on the
+        alert while it lasts."""
         st = self._states.setdefault(alert_id, _State())
         if draft is not None and (level is Level.FIRE or st.draft is None or st.status == "firing"):
             st.draft = draft
+        if level is Level.FIRE and st.draft is not None:
+            st.held_by = _rule_name(st.draft)
+        st.no_data = no_data
         if st.status == "firing":
             if level is Level.CLEAR:
                 st.clear_since = now if st.clear_since is None else st.clear_since
@@ -127,8 +178,33 @@ class AlertBook:
         st.pending_count += 1
         if now - st.pending_since >= policy.for_s and st.pending_count >= policy.for_evaluations:
             st.status, st.fired_at, st.clear_since = "firing", now, None
+            st.raised_by = st.held_by
             return self._event(alert_id, st, "firing", now)
         return None
+
+    def restore(self, event: AlertEvent) -> bool:
+        """Put back an alert that was firing before a restart (its last ``firing`` event).
+
+        It keeps its id, start, ``raised_by`` and figures and is not published again; the
+        rules then hold it (no data yet) or resolve it (with a ``resolved`` event) as usual.
+        Returns False (and changes nothing) if the alert is already known."""
+        if event.status != "firing" or event.id in self._states:
+            return False
+        draft = draft_of(event)
+        self._states[event.id] = _State(
+            status="firing",
+            fired_at=event.started_at.timestamp(),
+            draft=draft,
+            raised_by=event.raised_by or _rule_name(draft),
+            held_by=event.held_by or event.raised_by or _rule_name(draft),
+            no_data=True,  # nothing seen since the restart yet
+        )
+        return True
+
+    def draft(self, alert_id: str) -> Draft | None:
+        """The latest draft of a pending or firing alert."""
+        st = self._states.get(alert_id)
+        return None if st is None else st.draft
 
     def active(self, now: float) -> list[AlertEvent]:
         """Alerts firing now, with their latest figures."""
@@ -168,6 +244,9 @@ class AlertBook:
             example_trace_ids=examples,
             trace_links=[self._trace_url(t) for t in examples],
             labels=d.labels,
+            raised_by=st.raised_by,
+            held_by=st.held_by,
+            no_data=st.no_data and status == "firing",
             started_at=_ts(st.fired_at),
             resolved_at=_ts(now) if status == "resolved" else None,
         )

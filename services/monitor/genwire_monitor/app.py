@@ -77,6 +77,7 @@ async def setup(
 
     @asynccontextmanager
     async def consuming() -> AsyncIterator[None]:
+        await worker.restore()  # the firing alerts, before the first evaluation
         await source.start()
         runtime.supervise(source.run(), "consume:spans")
         runtime.supervise(worker.run(), "evaluate")

@@ -9,9 +9,20 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from enum import Enum
+
+from ddsketch import DDSketch
 
 from genwire_monitor.config import BurnRule
-from genwire_monitor.windows import CounterRing
+from genwire_monitor.windows import CounterRing, TimeRing, merged, new_sketch
+
+
+class Verdict(Enum):
+    """What one rule can say about its windows now."""
+
+    FIRE = "fire"  # enough events in the short window, both windows burn >= the factor
+    CLEAR = "clear"  # a window with enough events burns below the factor: cannot fire now
+    NO_DATA = "no data"  # too few events to tell: keeps the alert's state
 
 
 @dataclass
@@ -23,7 +34,27 @@ class SLOState:
     objective: float
     threshold_ms: float | None  # None: the error SLO
     ring: CounterRing
+    sketches: TimeRing[DDSketch] | None = None  # the counted values (latency SLOs), for figures
+    model: str | None = None  # None: all traffic; else this model version's requests only
+    version: str | None = None
     bad_examples: deque[str] = field(default_factory=lambda: deque(maxlen=10))
+
+    def count(self, t: float, now: float, good: bool, trace: str, ms: float | None) -> None:
+        """Count one event at ``t`` (and keep its value for the alert's percentiles)."""
+        if not self.ring.add(t, now, good):
+            return
+        if not good:
+            self.bad_examples.append(trace)
+        if ms is not None and self.sketches is not None:
+            sketch = self.sketches.at(t, now)
+            if sketch is not None:
+                sketch.add(ms)
+
+    def sketch(self, now: float, window_s: float) -> DDSketch:
+        """The values counted inside ``(now - window_s, now]``: the events a rule judged."""
+        if self.sketches is None:
+            return new_sketch()
+        return merged(self.sketches.window(now, window_s))
 
 
 @dataclass(frozen=True)
@@ -57,7 +88,17 @@ class BurnResult:
     long: WindowFigures
     short: WindowFigures
     objective: float
-    firing: bool
+    verdict: Verdict
+
+    @property
+    def firing(self) -> bool:
+        """Whether the rule fires now."""
+        return self.verdict is Verdict.FIRE
+
+    @property
+    def rule_id(self) -> str:
+        """The rule, named by its production windows: ``page 1h/5m 14.4x``."""
+        return rule_id(self.rule)
 
     @property
     def long_burn(self) -> float:
@@ -83,13 +124,40 @@ def evaluate(
     for rule in rules:
         long = WindowFigures(rule.long_s * scale, *ring.window(now, rule.long_s * scale))
         short = WindowFigures(rule.short_s * scale, *ring.window(now, rule.short_s * scale))
-        firing = (
-            short.total >= min_events
-            and long.burn(objective) >= rule.factor
-            and short.burn(objective) >= rule.factor
+        results.append(
+            BurnResult(
+                rule, long, short, objective, verdict(rule, long, short, objective, min_events)
+            )
         )
-        results.append(BurnResult(rule, long, short, objective, firing))
     return results
+
+
+def verdict(
+    rule: BurnRule, long: WindowFigures, short: WindowFigures, objective: float, min_events: int
+) -> Verdict:
+    """FIRE needs ``min_events`` in the short window and both windows burning; CLEAR needs a
+    window with ``min_events`` that burns below the factor (a rule needs both windows to fire,
+    so either one proves it cannot); anything else is NO_DATA, never good news."""
+    if short.total >= min_events and short.burn(objective) < rule.factor:
+        return Verdict.CLEAR
+    if long.total >= min_events and long.burn(objective) < rule.factor:
+        return Verdict.CLEAR
+    if short.total >= min_events:
+        return Verdict.FIRE  # both burn at or above the factor
+    return Verdict.NO_DATA
+
+
+def _dur(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
+def rule_id(rule: BurnRule) -> str:
+    """A burn rule's name in alerts (``raised_by``, ``held_by``): ``page 1h/5m 14.4x``."""
+    return f"{rule.severity} {_dur(rule.long_s)}/{_dur(rule.short_s)} {rule.factor:g}x"
 
 
 def ring_for(rules: list[BurnRule], scale: float) -> CounterRing:
@@ -97,3 +165,11 @@ def ring_for(rules: list[BurnRule], scale: float) -> CounterRing:
     longest = max(r.long_s for r in rules) * scale
     shortest = min(r.short_s for r in rules) * scale
     return CounterRing(width_s=shortest / 10, span_s=longest)
+
+
+def sketch_ring_for(rules: list[BurnRule], scale: float) -> TimeRing[DDSketch]:
+    """Sketches of the counted values over the longest *short* window (the alert's percentiles
+    are over the short window of the rule that fired), in buckets of half the shortest one."""
+    longest = max(r.short_s for r in rules) * scale
+    shortest = min(r.short_s for r in rules) * scale
+    return TimeRing(shortest / 2, longest + shortest, new_sketch)

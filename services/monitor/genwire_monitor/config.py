@@ -22,6 +22,7 @@ from genwire.topics import Topic
 END_TO_END = "end_to_end"
 TTFT = "ttft"
 TPOT = "tpot"
+OTHER_MODEL = "other"  # the one series every model version beyond ``max_models`` shares
 
 
 class LatencySLO(BaseModel):
@@ -123,6 +124,15 @@ class MonitorSettings(ServiceSettings):
     group_id: str = Field("genwire-monitor", description="Consumer group on the spans topic.")
     spans_topic: str = Field(Topic.SPANS.value, description="Topic of OTLP protobuf spans.")
     alerts_topic: str = Field(Topic.ALERTS.value, description="Topic alert events go to.")
+    alert_state_topic: str = Field(
+        Topic.ALERT_STATE.value,
+        description="Compacted topic of the firing alerts (key: alert id; value: the latest "
+        "firing event; a tombstone once resolved), read back on start to rebuild them; '' "
+        "turns it off.",
+    )
+    restore_timeout_s: float = Field(
+        30.0, gt=0, description="How long reading back the alert state may take at start."
+    )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "latest", description="Where a NEW group starts; a known group resumes from commits."
     )
@@ -151,6 +161,19 @@ class MonitorSettings(ServiceSettings):
     )
     alert_keep_firing_s: float = Field(
         300.0, ge=0, description="Minimum hold: a clear condition must last this long."
+    )
+    min_hold_s: float = Field(
+        5.0,
+        ge=0,
+        description="Floor, in real (unscaled) seconds, of every non-zero hold: the keep-firing "
+        "hold and the for-time before firing (burn rate and drift), whatever window_scale is.",
+    )
+    max_models: int = Field(
+        8,
+        ge=1,
+        description="Model versions (name + version) with their own SLO, error, drift and "
+        "log-probability series; later ones, and requests no model version served (unknown or "
+        "rejected names), share one 'other' series.",
     )
     drift: DriftSettings = Field(default_factory=DriftSettings)
     drift_hold_evaluations: int = Field(
@@ -181,3 +204,7 @@ class MonitorSettings(ServiceSettings):
     def scaled(self, seconds: float) -> float:
         """A production duration in this deployment's time scale."""
         return seconds * self.window_scale
+
+    def hold_s(self, seconds: float) -> float:
+        """A hold time: scaled, but never under ``min_hold_s`` real seconds (0 stays 0)."""
+        return 0.0 if seconds <= 0 else max(self.scaled(seconds), self.min_hold_s)

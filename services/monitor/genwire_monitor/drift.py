@@ -105,9 +105,10 @@ class DriftMonitor:
     def _new_bucket(self) -> FeatureBucket:
         return FeatureBucket(self.cfg.samples_per_bucket, self._rng)
 
-    def add(self, record: RequestRecord, now: float) -> None:
-        """Record a completed request's features under its model version."""
-        key = (record.model, record.version)
+    def add(self, record: RequestRecord, now: float, key: ModelKey | None = None) -> None:
+        """Record a completed request's features under its model version (or ``key``: the
+        engine's bounded series, ``other`` for everything beyond ``max_models``)."""
+        key = key or (record.model, record.version)
         series = self._series.get(key)
         if series is None:
             width = self.current_s / 4

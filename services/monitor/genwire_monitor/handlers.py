@@ -5,7 +5,13 @@
 SLO counters (``burnrate``), and assembles requests (``traces``) for the request-level series
 and drift windows (``drift``); ``tick`` evaluates every rule (``rules``) through the alert book
 (``alerting``) and returns the transitions. ``alert_record`` and ``parse_alert`` are the
-``genwire.alerts`` record those transitions travel in.
+``genwire.alerts`` record those transitions travel in; ``state_record`` / ``restore`` are the
+compacted alert-state record that lets a restarted monitor rebuild its firing alerts.
+
+Per model version (``ModelSeries``): every SLO and the error SLO have their own counters, the
+drift windows and the mean token log-probability are kept per version; at most
+``max_models`` versions get a series, everything else (later versions, requests no model
+version served: unknown or rejected names) shares one ``other`` series.
 
 Not thread-safe by design: the app runs every call on one worker thread, so the event loop
 never blocks on decoding and nothing needs a lock.
@@ -15,15 +21,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ddsketch import DDSketch
 
 from genwire.telemetry import semconv as sc
 from genwire_monitor import rules
 from genwire_monitor.alerting import AlertBook, AlertEvent
-from genwire_monitor.burnrate import SLOState, ring_for
-from genwire_monitor.config import END_TO_END, TPOT, TTFT, MonitorSettings
+from genwire_monitor.burnrate import SLOState, ring_for, sketch_ring_for
+from genwire_monitor.config import END_TO_END, OTHER_MODEL, TPOT, TTFT, MonitorSettings
 from genwire_monitor.drift import DriftMonitor, SeriesResult
 from genwire_monitor.histogram import Histogram
 from genwire_monitor.history import History
@@ -41,6 +47,38 @@ REQUEST_STAGES = {  # request-level series and where their value comes from
     TTFT: sc.TIME_TO_FIRST_TOKEN_MS,
     TPOT: sc.TIME_PER_OUTPUT_TOKEN_MS,
 }
+
+
+ModelKey = tuple[str, str]
+OTHER_KEY: ModelKey = (OTHER_MODEL, OTHER_MODEL)
+
+
+@dataclass
+class Mean:
+    """Sum and count of one time bucket."""
+
+    total: float = 0.0
+    n: int = 0
+
+
+@dataclass
+class ModelSeries:
+    """One model version's SLO counters (the latency SLOs, then the error SLO), requests and
+    mean token log-probability per time bucket."""
+
+    model: str
+    version: str
+    slos: list[SLOState]
+    logprob: TimeRing[Mean]
+    requests: int = 0
+    errors: int = 0
+    seen: int = field(default=0)  # order of first appearance
+
+    def mean_logprob(self, now: float, window_s: float) -> float | None:
+        """Mean of ``genwire.mean_logprob`` over the window (None: no value)."""
+        buckets = self.logprob.window(now, window_s)
+        n = sum(b.n for b in buckets)
+        return sum(b.total for b in buckets) / n if n else None
 
 
 @dataclass
@@ -68,19 +106,9 @@ class MonitorEngine:
         self.traces = TraceAssembler(settings.trace_idle_s, settings.max_open_traces)
         self._stages: dict[str, TimeRing[DDSketch]] = {}
         self._histograms: dict[str, Histogram] = {}  # the same observations, since start
-        self.slos: list[SLOState] = [
-            SLOState(
-                s.name, s.stage, s.objective, s.threshold_ms, ring_for(settings.burn_rules, scale)
-            )
-            for s in settings.slos
-        ]
-        self.error_slo = SLOState(
-            settings.error_slo.name,
-            END_TO_END,
-            settings.error_slo.objective,
-            None,
-            ring_for(settings.burn_rules, scale),
-        )
+        self.slos: list[SLOState] = self._new_slos(None, None)
+        self.error_slo = self.slos.pop()
+        self.models: dict[ModelKey, ModelSeries] = {}
         self._span_slos: dict[str, list[SLOState]] = {}
         for slo in self.slos:
             if slo.stage not in REQUEST_STAGES:
@@ -90,6 +118,66 @@ class MonitorEngine:
         self.book = AlertBook(settings.trace_url, settings.examples_per_alert)
         self.history = History(settings.history_points)
         self.partitions: dict[Key, PartitionStatus] = {}  # latest broker reading, stall watch
+        self.partitions_read = False  # has the stall watch read the broker since start?
+
+    def _new_slos(self, model: str | None, version: str | None) -> list[SLOState]:
+        """Every latency SLO, then the error SLO, for all traffic or one model version."""
+        s = self.settings
+        scale = s.window_scale
+        out = [
+            SLOState(
+                slo.name,
+                slo.stage,
+                slo.objective,
+                slo.threshold_ms,
+                ring_for(s.burn_rules, scale),
+                sketch_ring_for(s.burn_rules, scale),
+                model,
+                version,
+            )
+            for slo in s.slos
+        ]
+        out.append(
+            SLOState(
+                s.error_slo.name,
+                END_TO_END,
+                s.error_slo.objective,
+                None,
+                ring_for(s.burn_rules, scale),
+                None,
+                model,
+                version,
+            )
+        )
+        return out
+
+    def model_key(self, rec: RequestRecord) -> ModelKey | None:
+        """The series a request counts in: its model version's, ``other``, or None (no model
+        named at all: counted in the all-traffic figures only)."""
+        if not any(rec.attrs.get(k) for k in (sc.GEN_AI_RESPONSE_MODEL, sc.GEN_AI_REQUEST_MODEL)):
+            return None
+        served = rec.attrs.get(sc.MODEL_VERSION) not in (None, "")
+        key = (rec.model, rec.version)
+        if not served or rec.client_error or key == OTHER_KEY:
+            return OTHER_KEY  # no model version served it: unknown or rejected names
+        if key in self.models or len(self.models) - (OTHER_KEY in self.models) < (
+            self.settings.max_models
+        ):
+            return key
+        return OTHER_KEY
+
+    def _series(self, key: ModelKey) -> ModelSeries:
+        series = self.models.get(key)
+        if series is None:
+            width = self.page_window_s / 10
+            series = self.models[key] = ModelSeries(
+                key[0],
+                key[1],
+                self._new_slos(*key),
+                TimeRing(width, self.page_window_s, Mean),
+                seen=len(self.models),
+            )
+        return series
 
     # ---- ingest -------------------------------------------------------------------------
 
@@ -112,7 +200,7 @@ class MonitorEngine:
         for stage, ms in observations(span):
             self._observe(stage, ms, t, now)
             for slo in self._span_slos.get(stage, ()):
-                self._count(slo, t, now, ms <= (slo.threshold_ms or 0), span.trace_id)
+                slo.count(t, now, ms <= (slo.threshold_ms or 0), span.trace_id.hex(), ms)
         for record in self.traces.add(span, now):
             self._request(record, now)
 
@@ -132,10 +220,6 @@ class MonitorEngine:
         else:
             sketch.add(ms)
 
-    def _count(self, slo: SLOState, t: float, now: float, good: bool, trace: bytes) -> None:
-        if slo.ring.add(t, now, good) and not good:
-            slo.bad_examples.append(trace.hex())
-
     def _request(self, rec: RequestRecord, now: float) -> None:
         self.counts.requests += 1
         self.counts.errors += rec.error
@@ -151,11 +235,27 @@ class MonitorEngine:
             values[TTFT] = ttft
         for stage, ms in values.items():
             self._observe(stage, ms, t, now)
-        for slo in self.slos:
-            if slo.stage in values and slo.threshold_ms is not None:
-                self._count(slo, t, now, values[slo.stage] <= slo.threshold_ms, rec.trace_id)
-        self._count(self.error_slo, t, now, not rec.error, rec.trace_id)
-        self.drift.add(rec, now)
+        key = self.model_key(rec)
+        series = None if key is None else self._series(key)
+        groups = [[*self.slos, self.error_slo]] + ([series.slos] if series else [])
+        trace = rec.trace_hex
+        for slos in groups:
+            for slo in slos:
+                if slo.threshold_ms is None:
+                    slo.count(t, now, not rec.error, trace, None)
+                elif slo.stage in values:
+                    ms = values[slo.stage]
+                    slo.count(t, now, ms <= slo.threshold_ms, trace, ms)
+        if series is not None and key is not None:
+            series.requests += 1
+            series.errors += rec.error
+            logprob = rec.attrs.get(sc.MEAN_LOGPROB)
+            if isinstance(logprob, int | float) and not isinstance(logprob, bool):
+                bucket = series.logprob.at(t, now)
+                if bucket is not None:
+                    bucket.total += float(logprob)
+                    bucket.n += 1
+            self.drift.add(rec, now, key)
 
     def complete(self, now: float) -> int:
         """Record every trace idle long enough to be complete; returns how many."""
@@ -168,6 +268,58 @@ class MonitorEngine:
     def set_partitions(self, statuses: Iterable[PartitionStatus]) -> None:
         """Replace the stall watch's verdicts with its latest complete set."""
         self.partitions = {s.key: s for s in statuses}
+        self.partitions_read = True
+
+    def all_slos(self) -> list[SLOState]:
+        """The all-traffic SLOs (error SLO last), then each model version's."""
+        out = [*self.slos, self.error_slo]
+        for series in self.models.values():
+            out += series.slos
+        return out
+
+    def model_figures(self, now: float) -> list[dict[str, object]]:
+        """Per model version, over the page window: requests, error ratio, mean token
+        log-probability, and per SLO its good ratio and p50/p95/p99 (ms); plus the totals since
+        start. Ordered by first appearance (``other`` wherever it appeared)."""
+        out: list[dict[str, object]] = []
+        w = self.page_window_s
+        for series in sorted(self.models.values(), key=lambda m: m.seen):
+            slos: dict[str, dict[str, float | None]] = {}
+            error_ratio: float | None = None
+            for slo in series.slos:
+                good, total = slo.ring.window(now, w)
+                if slo.threshold_ms is None:
+                    error_ratio = (total - good) / total if total else None
+                    continue
+                sketch = slo.sketch(now, w)
+                slos[slo.name] = {
+                    "good_ratio": good / total if total else None,
+                    "count": float(total),
+                    **{
+                        f"p{round(q * 100)}_ms": (
+                            float(sketch.get_quantile_value(q) or 0.0) if sketch.count else None
+                        )
+                        for q in (0.5, 0.95, 0.99)
+                    },
+                }
+            _, requests = series.slos[-1].ring.window(now, w)
+            out.append(
+                {
+                    "model": series.model,
+                    "version": series.version,
+                    "requests": requests,
+                    "error_ratio": error_ratio,
+                    "mean_logprob": series.mean_logprob(now, w),
+                    "slos": slos,
+                    "requests_total": series.requests,
+                    "errors_total": series.errors,
+                }
+            )
+        return out
+
+    def restore(self, events: Iterable[AlertEvent]) -> list[str]:
+        """Put back the alerts that were firing before a restart; returns their ids."""
+        return [e.id for e in events if self.book.restore(e)]
 
     # ---- evaluation ---------------------------------------------------------------------
 
@@ -178,10 +330,9 @@ class MonitorEngine:
         events = rules.evaluate_all(
             self.settings,
             self.book,
-            [*self.slos, self.error_slo],
+            self.all_slos(),
             self.drift_results,
-            list(self.partitions.values()),
-            self.sketch,
+            list(self.partitions.values()) if self.partitions_read else None,
             now,
         )
         self.history.record(now, self.percentiles(now), self.drift_results)
@@ -228,3 +379,32 @@ def alert_record(event: AlertEvent) -> tuple[bytes, bytes]:
 def parse_alert(value: bytes) -> AlertEvent:
     """An alert event read back from ``genwire.alerts``."""
     return AlertEvent.model_validate_json(value)
+
+
+def state_record(event: AlertEvent) -> tuple[bytes, bytes]:
+    """The alert-state record of a transition, keyed by the alert id: the topic is compacted,
+    so the latest event of every id is kept (firing: rebuilt on start; resolved: not). Alert
+    ids are bounded (SLOs x severities x model series, drift features, watched partitions),
+    so resolved ones are kept as such rather than deleted by tombstones."""
+    return alert_record(event)
+
+
+def firing_from_state(records: Iterable[tuple[bytes | None, bytes | None]]) -> list[AlertEvent]:
+    """The alerts firing according to an alert-state topic read from its start (the latest
+    record per key wins; tombstones and unreadable values drop the key)."""
+    latest: dict[bytes, bytes | None] = {}
+    for key, value in records:
+        if key is not None:
+            latest[key] = value
+    out = []
+    for value in latest.values():
+        if value is None:
+            continue
+        try:
+            event = parse_alert(value)
+        except ValueError:
+            log.warning("skipping an unreadable alert-state record")
+            continue
+        if event.status == "firing":
+            out.append(event)
+    return out

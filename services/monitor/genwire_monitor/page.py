@@ -61,6 +61,7 @@ class PageData:
     open_traces: int = 0
     notes: list[str] = field(default_factory=list)
     partitions: list[PartitionStatus] = field(default_factory=list)
+    models: list[dict[str, object]] = field(default_factory=list)
 
 
 def snapshot(engine: MonitorEngine, now: float) -> PageData:
@@ -106,6 +107,7 @@ def snapshot(engine: MonitorEngine, now: float) -> PageData:
         psi_threshold=s.drift.psi_threshold,
         open_traces=len(engine.traces),
         partitions=[engine.partitions[k] for k in sorted(engine.partitions)],
+        models=engine.model_figures(now),
     )
 
 
@@ -118,10 +120,18 @@ def _alert(a: AlertEvent) -> str:
         for t, u in zip(a.example_trace_ids, a.trace_links, strict=False)
     )
     model = f" · model {escape(a.model)} {escape(a.model_version or '')}" if a.model else ""
+    no_data = (
+        ' · <span class="bad no-data">no data</span> (too few events to tell: held, not resolved)'
+        if a.no_data
+        else ""
+    )
+    held = f" · held by {escape(a.held_by)}" if a.held_by and a.held_by != a.raised_by else ""
     return (
         f'<div class="alert {escape(a.severity)}" data-alert-id="{escape(a.id)}">'
         f'<span class="sev">{escape(a.severity)}</span> · {escape(a.kind)}{model}'
         f'<h3 class="alert-title">{escape(a.title)}</h3><p>{escape(a.summary)}</p>'
+        f'<p class="raised-by">raised by <b>{escape(a.raised_by or a.rule)}</b>{held}{no_data}'
+        f"</p>"
         f'<p class="muted">rule: {escape(a.rule)} · since {a.started_at:%H:%M:%S} UTC</p>'
         f"<details><summary>figures</summary><table>{figures}</table></details>"
         f"<p>example traces: {links or '<span class=muted>none</span>'}</p></div>"
@@ -184,6 +194,35 @@ def _drift(d: PageData) -> str:
     return "".join(out) or '<p class="muted">no model traffic with drift features yet</p>'
 
 
+def _fmt(value: object, spec: str) -> str:
+    return "–" if not isinstance(value, int | float) else format(value, spec)
+
+
+def _models(d: PageData) -> str:
+    if not d.models:
+        return '<p class="muted">no model traffic yet</p>'
+    names = sorted({n for m in d.models for n in m["slos"]})  # type: ignore[attr-defined]
+    head = "".join(f"<th>{escape(n)} good</th><th>{escape(n)} p99 ms</th>" for n in names)
+    rows = ""
+    for m in d.models:
+        slos: dict[str, dict[str, object]] = m["slos"]  # type: ignore[assignment]
+        cells = "".join(
+            f"<td>{_fmt(slos.get(n, {}).get('good_ratio'), '.2%')}</td>"
+            f"<td>{_fmt(slos.get(n, {}).get('p99_ms'), '.1f')}</td>"
+            for n in names
+        )
+        rows += (
+            f'<tr class="model-row"><td>{escape(str(m["model"]))}</td>'
+            f'<td class="l">{escape(str(m["version"]))}</td><td>{m["requests"]}</td>'
+            f"<td>{_fmt(m['error_ratio'], '.2%')}</td><td>{_fmt(m['mean_logprob'], '.3f')}</td>"
+            f"{cells}</tr>"
+        )
+    return (
+        '<table id="models"><tr><th>model</th><th>version</th><th>requests</th><th>errors</th>'
+        f"<th>mean logprob</th>{head}</tr>{rows}</table>"
+    )
+
+
 def _partitions(d: PageData) -> str:
     if not d.partitions:
         return '<p class="muted">no broker offsets read yet (or no groups watched)</p>'
@@ -228,6 +267,7 @@ def render(d: PageData, refresh_s: int = 5) -> str:
         f'<h2 id="alerts">Active alerts ({len(d.active)})</h2>{active}'
         f"<h2>Latency per stage, last {d.window_s:.0f}s</h2>{_latency_table(d)}{chart}"
         f"<h2>SLO burn rates</h2>{_slo_table(d)}"
+        f'<h2 id="model-versions">Per model version, last {d.window_s:.0f}s</h2>{_models(d)}'
         f'<h2 id="drift">Drift</h2>{_drift(d)}'
         f'<h2 id="consumers">Consumer groups (broker offsets)</h2>{_partitions(d)}'
         f"<h2>Recent alert events</h2><table><tr><th>time</th><th>status</th>"

@@ -29,6 +29,12 @@ from genwire_monitor import burnrate
 from genwire_monitor.handlers import MonitorEngine
 from genwire_monitor.histogram import Histogram
 
+# Per model version (bounded: ``max_models`` series plus ``other``).
+METRIC_MODEL_REQUESTS = "genwire_monitor_model_requests_total"
+METRIC_MODEL_ERROR_RATIO = "genwire_monitor_model_error_ratio"
+METRIC_MODEL_LOGPROB = "genwire_monitor_model_mean_logprob"
+METRIC_MODEL_BURN_RATE = "genwire_monitor_model_slo_burn_rate"
+
 
 def label(value: str) -> str:
     """A label value Prometheus tooling handles well: whitespace runs become ``_``."""
@@ -55,6 +61,10 @@ class Figures:
     drift: list[tuple[str, str, str, str, float]] = field(default_factory=list)
     alerts: list[tuple[str, str, str]] = field(default_factory=list)
     partitions: list[tuple[str, str, str, int, float]] = field(default_factory=list)
+    models: list[tuple[str, str, int, int, float | None, float | None]] = field(
+        default_factory=list
+    )  # model, version, requests, errors (since start), error ratio, mean logprob (window)
+    model_burn: list[tuple[str, str, str, str, str, float]] = field(default_factory=list)
 
 
 def figures(engine: MonitorEngine, now: float) -> Figures:
@@ -63,13 +73,29 @@ def figures(engine: MonitorEngine, now: float) -> Figures:
     c = engine.counts
     out = Figures(c.records, c.malformed, c.spans, c.requests, c.errors, len(engine.traces))
     out.latency = engine.histograms()
-    for slo in [*engine.slos, engine.error_slo]:
+    for slo in engine.all_slos():
         for r in burnrate.evaluate(
             slo.ring, slo.objective, s.burn_rules, now, s.window_scale, s.min_events
         ):
             rule = f"{r.rule.severity}:{r.rule.long_s:g}s/{r.rule.short_s:g}s"
-            out.burn.append((slo.name, rule, "long", r.long_burn))
-            out.burn.append((slo.name, rule, "short", r.short_burn))
+            for window, burn in (("long", r.long_burn), ("short", r.short_burn)):
+                if slo.model is None:
+                    out.burn.append((slo.name, rule, window, burn))
+                else:
+                    where = (slo.model, slo.version or "")
+                    out.model_burn.append((*where, slo.name, rule, window, burn))
+    for m in engine.model_figures(now):
+        ratio, logprob = m["error_ratio"], m["mean_logprob"]
+        out.models.append(
+            (
+                str(m["model"]),
+                str(m["version"]),
+                int(m["requests_total"]),  # type: ignore[call-overload]
+                int(m["errors_total"]),  # type: ignore[call-overload]
+                ratio if isinstance(ratio, float) else None,
+                logprob if isinstance(logprob, float) else None,
+            )
+        )
     for series in engine.drift_results:
         for score in series.scores:
             for test, value in (("psi", score.psi), ("js", score.js), ("p_value", score.p_value)):
@@ -160,6 +186,41 @@ class MonitorCollector(Collector):
             stalled.add_metric(where, stalled_s)
         yield lag
         yield stalled
+        yield from _model_metrics(f)
+
+
+def _model_metrics(f: Figures) -> Iterator[Metric]:
+    where = ["model", "version"]
+    requests = CounterMetricFamily(
+        METRIC_MODEL_REQUESTS, "Requests per model version since start.", labels=[*where, "outcome"]
+    )
+    ratio = GaugeMetricFamily(
+        METRIC_MODEL_ERROR_RATIO, "Failed share of requests over the page window.", labels=where
+    )
+    logprob = GaugeMetricFamily(
+        METRIC_MODEL_LOGPROB,
+        "Mean of genwire.mean_logprob over the page window.",
+        labels=where,
+    )
+    for model, version, total, errors, error_ratio, mean in f.models:
+        at = [label(model), label(version)]
+        requests.add_metric([*at, "ok"], total - errors)
+        requests.add_metric([*at, "error"], errors)
+        if error_ratio is not None:
+            ratio.add_metric(at, error_ratio)
+        if mean is not None:
+            logprob.add_metric(at, mean)
+    burn = GaugeMetricFamily(
+        METRIC_MODEL_BURN_RATE,
+        "SLO error-budget burn rate per model version, rule and window.",
+        labels=[*where, "slo", "rule", "window"],
+    )
+    for model, version, slo, rule, window, value in f.model_burn:
+        burn.add_metric([label(model), label(version), label(slo), label(rule), window], value)
+    yield requests
+    yield ratio
+    yield logprob
+    yield burn
 
 
 def register(registry: CollectorRegistry) -> MonitorCollector:

@@ -3,21 +3,31 @@ partitions per (group, topic, partition)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-
-from ddsketch import DDSketch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from genwire_monitor import burnrate
 from genwire_monitor.alerting import AlertBook, AlertEvent, Draft, Level, Policy
-from genwire_monitor.burnrate import SLOState
-from genwire_monitor.config import MonitorSettings
+from genwire_monitor.burnrate import SLOState, Verdict
+from genwire_monitor.config import OTHER_MODEL, MonitorSettings
 from genwire_monitor.drift import SeriesResult
 from genwire_monitor.drift_stats import FeatureScore
 from genwire_monitor.features import BY_ATTR
 from genwire_monitor.stalls import PartitionStatus
 
-SketchOf = Callable[[str, float, float], DDSketch]
-"""A stage's merged sketch: ``(stage, now, window_s)`` (the engine's ``sketch``)."""
+
+@dataclass
+class SeverityVerdict:
+    """The rules of one severity of one SLO, together: FIRE if any fires (with the draft of
+    the first that does), CLEAR only if every one can tell it does not, else HOLD (no data)."""
+
+    level: Level
+    draft: Draft | None = None
+
+    @property
+    def no_data(self) -> bool:
+        """Too few events to tell: the alert keeps its state."""
+        return self.level is Level.HOLD
 
 
 def _fmt_s(seconds: float) -> str:
@@ -28,58 +38,80 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds:.3g}s"
 
 
-def burn_drafts(
-    s: MonitorSettings, slo: SLOState, sketch_of: SketchOf, now: float
-) -> dict[str, Draft | None]:
-    """One verdict per severity: a draft if any rule of that severity fires, else None."""
+def burn_id(slo: SLOState, severity: str) -> str:
+    """``latency:<slo>:<severity>`` (all traffic) or ``…:<model>:<version>`` (one version)."""
+    prefix = "latency" if slo.threshold_ms is not None else "errors"
+    base = f"{prefix}:{slo.name}:{severity}"
+    return base if slo.model is None else f"{base}:{slo.model}:{slo.version}"
+
+
+def burn_verdicts(s: MonitorSettings, slo: SLOState, now: float) -> dict[str, SeverityVerdict]:
+    """One verdict per severity of ``slo``'s rules."""
     results = burnrate.evaluate(
         slo.ring, slo.objective, s.burn_rules, now, s.window_scale, s.min_events
     )
-    out: dict[str, Draft | None] = {r.rule.severity: None for r in results}
+    out: dict[str, SeverityVerdict] = {}
     for r in results:
-        if not r.firing or out[r.rule.severity] is not None:
+        v = out.setdefault(r.rule.severity, SeverityVerdict(Level.CLEAR))
+        if v.level is Level.FIRE:
             continue
-        latency = slo.threshold_ms is not None
-        what = f"{slo.stage} over {slo.threshold_ms:g} ms" if latency else "requests with an error"
-        figures: dict[str, float | int | str] = {
-            "burn_rate_long": round(r.long_burn, 3),
-            "burn_rate_short": round(r.short_burn, 3),
-            "bad_ratio_long": round(r.long.error_ratio, 5),
-            "bad_ratio_short": round(r.short.error_ratio, 5),
-            "bad_long": r.long.bad,
-            "total_long": r.long.total,
-            "total_short": r.short.total,
-            "objective": slo.objective,
-            "burn_factor": r.rule.factor,
-        }
-        if latency:
-            figures["threshold_ms"] = slo.threshold_ms or 0.0
-            sketch = sketch_of(slo.stage, now, r.rule.short_s * s.window_scale)
-            for q in (0.5, 0.95, 0.99):
-                value = sketch.get_quantile_value(q) if sketch.count else None
-                if value is not None:
-                    figures[f"p{round(q * 100)}_ms"] = round(value, 1)
-        rule = (
-            f"burn rate >= {r.rule.factor:g}x over {_fmt_s(r.rule.long_s)} and "
-            f"{_fmt_s(r.rule.short_s)} (x{s.window_scale:g}: {_fmt_s(r.long.seconds)} and "
-            f"{_fmt_s(r.short.seconds)})"
-        )
-        out[r.rule.severity] = Draft(
-            kind="latency_burn" if latency else "error_burn",
-            severity=r.rule.severity,
-            title=f"SLO {slo.name}: {what} burning budget {r.long_burn:.1f}x",
-            summary=(
-                f"{r.long.error_ratio:.1%} of {r.long.total} {what} in the last "
-                f"{_fmt_s(r.long.seconds)} ({r.short.error_ratio:.1%} in the last "
-                f"{_fmt_s(r.short.seconds)}); objective {slo.objective:.2%} good."
-            ),
-            rule=rule,
-            figures=figures,
-            window={"long_s": r.long.seconds, "short_s": r.short.seconds},
-            examples=list(reversed(slo.bad_examples)),
-            labels={"slo": slo.name, "stage": slo.stage},
-        )
+        if r.verdict is Verdict.FIRE:
+            out[r.rule.severity] = SeverityVerdict(Level.FIRE, burn_draft(s, slo, r, now))
+        elif r.verdict is Verdict.NO_DATA:
+            v.level = Level.HOLD
     return out
+
+
+def burn_draft(s: MonitorSettings, slo: SLOState, r: burnrate.BurnResult, now: float) -> Draft:
+    """The alert text of a firing burn rule, with the figures of the events it judged."""
+    latency = slo.threshold_ms is not None
+    what = f"{slo.stage} over {slo.threshold_ms:g} ms" if latency else "requests with an error"
+    figures: dict[str, float | int | str] = {
+        "burn_rate_long": round(r.long_burn, 3),
+        "burn_rate_short": round(r.short_burn, 3),
+        "bad_ratio_long": round(r.long.error_ratio, 5),
+        "bad_ratio_short": round(r.short.error_ratio, 5),
+        "bad_long": r.long.bad,
+        "total_long": r.long.total,
+        "total_short": r.short.total,
+        "objective": slo.objective,
+        "burn_factor": r.rule.factor,
+    }
+    if latency:
+        figures["threshold_ms"] = slo.threshold_ms or 0.0
+        # The values the rule counted in its short window (the SLO's own sketches, filled with
+        # its counts): never empty when the rule fires, whatever the scale.
+        sketch = slo.sketch(now, r.short.seconds)
+        for q in (0.5, 0.95, 0.99):
+            value = sketch.get_quantile_value(q) if sketch.count else None
+            figures[f"p{round(q * 100)}_ms"] = round(value, 1) if value is not None else -1.0
+    rule = (
+        f"burn rate >= {r.rule.factor:g}x over {_fmt_s(r.rule.long_s)} and "
+        f"{_fmt_s(r.rule.short_s)} (x{s.window_scale:g}: {_fmt_s(r.long.seconds)} and "
+        f"{_fmt_s(r.short.seconds)})"
+    )
+    whose = "" if slo.model is None else f" of {slo.model} {slo.version}"
+    labels = {"slo": slo.name, "stage": slo.stage}
+    if slo.model is not None:
+        labels |= {"model": slo.model, "version": slo.version or ""}
+    return Draft(
+        kind="latency_burn" if latency else "error_burn",
+        severity=r.rule.severity,
+        title=f"SLO {slo.name}{whose}: {what} burning budget {r.long_burn:.1f}x",
+        summary=(
+            f"{r.long.error_ratio:.1%} of {r.long.total} {what}{whose} in the last "
+            f"{_fmt_s(r.long.seconds)} ({r.short.error_ratio:.1%} in the last "
+            f"{_fmt_s(r.short.seconds)}); objective {slo.objective:.2%} good."
+        ),
+        rule=rule,
+        figures=figures,
+        window={"long_s": r.long.seconds, "short_s": r.short.seconds},
+        model=slo.model,
+        model_version=slo.version,
+        examples=list(reversed(slo.bad_examples)),
+        labels=labels,
+        rule_id=r.rule_id,
+    )
 
 
 def drift_draft(model: str, version: str, score: FeatureScore, examples: list[str]) -> Draft:
@@ -87,6 +119,7 @@ def drift_draft(model: str, version: str, score: FeatureScore, examples: list[st
     label = BY_ATTR[score.feature].label
     test = "KS" if score.kind == "numeric" else "chi-square"
     return Draft(
+        rule_id="drift psi+ks" if score.kind == "numeric" else "drift js+chi2",
         kind="drift",
         severity="ticket",
         title=f"Drift in {label} ({score.feature}) of {model} {version}",
@@ -145,6 +178,7 @@ def stall_draft(p: PartitionStatus, threshold_s: float, interval_s: float) -> Dr
     else:
         state = f"{p.lag} records waiting, commits moving ({p.stalled_s:.0f}s since the last)."
     return Draft(
+        rule_id=f"stall {_fmt_s(threshold_s)}",
         kind="partition_stalled",
         severity="page",
         title=f"{p.group} stalled on {p.topic} partition {p.partition}",
@@ -167,16 +201,38 @@ def stall_draft(p: PartitionStatus, threshold_s: float, interval_s: float) -> Dr
     )
 
 
+def _stall_level(book: AlertBook, aid: str, p: PartitionStatus) -> Level:
+    """FIRE when stalled; HOLD while a firing alert's partition still lags at the offset it
+    fired on (the tracker's clock restarted, e.g. after a monitor restart, but nothing moved);
+    else CLEAR (lag gone or the commit moved)."""
+    if p.stalled:
+        return Level.FIRE
+    fired = book.draft(aid) if book.is_firing(aid) else None
+    if fired is not None and p.lag > 0:
+        was = fired.figures.get("committed")
+        if was == (-1 if p.committed is None else p.committed):
+            return Level.HOLD
+    return Level.CLEAR
+
+
 def stall_events(
-    s: MonitorSettings, book: AlertBook, partitions: Iterable[PartitionStatus], now: float
+    s: MonitorSettings,
+    book: AlertBook,
+    partitions: Iterable[PartitionStatus] | None,
+    now: float,
 ) -> list[AlertEvent]:
-    """``partition_stalled`` per watched partition; partitions no longer reported clear."""
+    """``partition_stalled`` per watched partition; partitions no longer reported clear.
+
+    ``partitions`` None: the broker has not been read yet (since start): no verdict, every
+    stall alert keeps its state (unless no group is watched at all)."""
     events: list[AlertEvent] = []
+    if partitions is None and s.watched_groups:
+        return events
     seen: set[str] = set()
-    for p in partitions:
+    for p in partitions or ():
         aid = stall_id(p.group, p.topic, p.partition)
         seen.add(aid)
-        level = Level.FIRE if p.stalled else Level.CLEAR
+        level = _stall_level(book, aid, p)
         draft = stall_draft(p, s.stall_alert_s, s.stall_check_interval_s)
         ev = book.observe(aid, level, draft, STALL_POLICY, now)
         events += [ev] if ev else []
@@ -192,24 +248,26 @@ def evaluate_all(
     book: AlertBook,
     slos: Sequence[SLOState],
     drift_results: Sequence[SeriesResult],
-    partitions: Iterable[PartitionStatus],
-    sketch_of: SketchOf,
+    partitions: Iterable[PartitionStatus] | None,
     now: float,
 ) -> list[AlertEvent]:
-    """Every rule's verdict through the alert book; returns the transitions."""
+    """Every rule's verdict through the alert book; returns the transitions.
+
+    ``partitions`` None: the stall watch has not read the broker yet."""
     events: list[AlertEvent] = []
-    burn_policy = Policy(s.scaled(s.alert_for_s), 1, s.scaled(s.alert_keep_firing_s))
+    burn_policy = Policy(s.hold_s(s.alert_for_s), 1, s.hold_s(s.alert_keep_firing_s))
     for slo in slos:
-        prefix = "latency" if slo.threshold_ms is not None else "errors"
-        for severity, draft in burn_drafts(s, slo, sketch_of, now).items():
-            level = Level.FIRE if draft else Level.CLEAR
-            ev = book.observe(f"{prefix}:{slo.name}:{severity}", level, draft, burn_policy, now)
+        for severity, v in burn_verdicts(s, slo, now).items():
+            aid = burn_id(slo, severity)
+            ev = book.observe(aid, v.level, v.draft, burn_policy, now, no_data=v.no_data)
             events += [ev] if ev else []
     drift_policy = Policy(
-        s.scaled(s.drift_for_s), s.drift_hold_evaluations, s.scaled(s.alert_keep_firing_s)
+        s.hold_s(s.drift_for_s), s.drift_hold_evaluations, s.hold_s(s.alert_keep_firing_s)
     )
     seen: set[str] = set()
     for series in drift_results:
+        if series.model == OTHER_MODEL:  # a mix of whatever did not get its own series
+            continue
         for score in series.scores:
             aid = f"drift:{series.model}:{series.version}:{score.feature}"
             seen.add(aid)
@@ -219,9 +277,9 @@ def evaluate_all(
             )
             ev = book.observe(aid, level, draft, drift_policy, now)
             events += [ev] if ev else []
-    for aid in book.known():  # too few samples now, or the version went away: not drifted
+    for aid in book.known():  # too few samples now, no reference (yet), or no traffic
         if aid.startswith("drift:") and aid not in seen:
-            ev = book.observe(aid, Level.CLEAR, None, drift_policy, now)
+            ev = book.observe(aid, Level.HOLD, None, drift_policy, now, no_data=True)
             events += [ev] if ev else []
     events += stall_events(s, book, partitions, now)
     return events

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from genwire.kafka import EventProducer
-from genwire_monitor import handlers, page, promexport
+from genwire_monitor import alertstate, handlers, page, promexport
 from genwire_monitor.alerting import AlertEvent
 from genwire_monitor.config import MonitorSettings
 from genwire_monitor.handlers import MonitorEngine
@@ -48,6 +48,8 @@ class EngineWorker:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="genwire-monitor-engine")
         self.published: list[AlertEvent] = []  # recent events sent (bounded), for the API
         self._unsent: list[AlertEvent] = []
+        self._unsent_state: list[AlertEvent] = []  # for the alert-state topic (retried apart)
+        self.restored: list[str] = []  # ids of the alerts rebuilt from the state at start
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -55,6 +57,20 @@ class EngineWorker:
     async def ingest(self, values: list[bytes]) -> None:
         """Decode and aggregate a batch of Kafka values."""
         await self._call(self.engine.ingest, values, self._clock())
+
+    async def restore(self) -> list[str]:
+        """Rebuild the alerts the alert-state topic says are firing (before the first
+        evaluation); returns their ids."""
+        topic = self.settings.alert_state_topic
+        if not topic:
+            return []
+        events = await alertstate.firing_alerts(
+            self.settings.kafka_bootstrap_servers, topic, self.settings.restore_timeout_s
+        )
+        self.restored = await self._call(self.engine.restore, events)
+        if self.restored:
+            log.info("rebuilt %d firing alerts: %s", len(self.restored), ", ".join(self.restored))
+        return self.restored
 
     async def partitions(self, statuses: list[PartitionStatus]) -> None:
         """Hand the stall watch's latest verdicts to the engine (evaluated with the rules)."""
@@ -70,6 +86,8 @@ class EngineWorker:
         self._unsent = (self._unsent + events)[-MAX_UNSENT:]
         if self._unsent:
             await self._publish()
+        elif self._unsent_state:
+            await self._publish_state()
         return events
 
     async def run(self) -> None:
@@ -98,8 +116,27 @@ class EngineWorker:
             return
         self._unsent = self._unsent[len(events) :]
         self.published = (self.published + events)[-100:]
+        if self.settings.alert_state_topic:
+            self._unsent_state = (self._unsent_state + events)[-MAX_UNSENT:]
+            await self._publish_state()
         if self._webhook is not None:
             await self._webhook.post(events)
+
+    async def _publish_state(self) -> None:
+        """Write the transitions to the compacted alert-state topic; a failure is logged and
+        retried with the next events, never holding back ``genwire.alerts``."""
+        events = list(self._unsent_state)
+        try:
+            pending = []
+            for event in events:
+                key, value = handlers.state_record(event)
+                topic = self.settings.alert_state_topic
+                pending.append(await self._producer.send(topic, value, key=key))
+            await asyncio.gather(*pending)
+        except Exception as exc:
+            log.warning("writing %d alert-state records failed, will retry: %s", len(events), exc)
+            return
+        self._unsent_state = self._unsent_state[len(events) :]
 
     async def page(self) -> str:
         """The status page, rendered on the engine's thread."""
@@ -116,6 +153,7 @@ class EngineWorker:
                 "percentiles": self.engine.percentiles(now),
                 "counts": vars(self.engine.counts).copy(),
                 "partitions": [vars(p).copy() for p in self.engine.partitions.values()],
+                "models": self.engine.model_figures(now),
                 "drift": [
                     {
                         "model": r.model,
