@@ -15,6 +15,7 @@ import asyncio
 import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from genwire_monitor.alerting import AlertEvent
 from genwire_monitor.handlers import firing_from_state
@@ -27,6 +28,7 @@ Record = tuple[bytes | None, bytes | None]
 async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float) -> list[Record]:
     """Every ``(key, value)`` of ``topic`` up to its end offsets now, in offset order per
     partition. Raises ``LookupError`` if the topic does not exist, ``TimeoutError``."""
+    parts = await _partitions(bootstrap_servers, topic, timeout_s)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=None,
@@ -37,9 +39,6 @@ async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float) -> li
     async with asyncio.timeout(timeout_s):
         await consumer.start()
         try:
-            if topic not in await consumer.topics():
-                raise LookupError(f"topic {topic!r} does not exist")
-            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
             ends = await consumer.end_offsets(parts)
@@ -51,6 +50,21 @@ async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float) -> li
             return out
         finally:
             await consumer.stop()
+
+
+async def _partitions(bootstrap_servers: str, topic: str, timeout_s: float) -> list[TopicPartition]:
+    """The topic's partitions, from the broker (the consumer's own metadata only covers what
+    it is assigned)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="genwire-monitor")
+    async with asyncio.timeout(timeout_s):
+        await admin.start()
+        try:
+            (described,) = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+    if described["error_code"] or not described["partitions"]:
+        raise LookupError(f"topic {topic!r}: error code {described['error_code']}")
+    return [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
 
 
 async def firing_alerts(bootstrap_servers: str, topic: str, timeout_s: float) -> list[AlertEvent]:
