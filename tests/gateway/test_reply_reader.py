@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 from aiokafka import TopicPartition
 from genwire_gateway.replies import ReplyReader, WaiterRegistry
 from opentelemetry.trace import NoOpTracer
@@ -30,9 +32,9 @@ def _tps(*partitions: int) -> list[TopicPartition]:
 
 def _reader() -> tuple[ReplyReader, WaiterRegistry, FakeConsumer]:
     registry = WaiterRegistry()
-    reader = ReplyReader("127.0.0.1:1", registry, NoOpTracer(), topic=TOPIC)
     fake = FakeConsumer()
-    reader._consumer = fake  # type: ignore[assignment]
+    with mock.patch("genwire_gateway.replies.AIOKafkaConsumer", lambda **_: fake):
+        reader = ReplyReader("127.0.0.1:1", registry, NoOpTracer(), topic=TOPIC)
     return reader, registry, fake
 
 
