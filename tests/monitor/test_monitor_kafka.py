@@ -7,6 +7,7 @@ Figures (time to detect, to resolve, false alarms) are printed: run with ``-s`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import replace
@@ -99,8 +100,14 @@ async def test_latency_breach_alerts_within_the_short_window_and_resolves(
 
             await slow
             ended = time.monotonic()
-            await feed.run(REFERENCE, 2.0, RATE)
-            await _wait_for(lambda: alerts.of("latency:e2e:page", "resolved"), 30)
+            # Healthy traffic proves it clear (silence would not: no data holds an alert).
+            healthy = asyncio.create_task(feed.run(REFERENCE, 30.0, RATE))
+            try:
+                await _wait_for(lambda: alerts.of("latency:e2e:page", "resolved"), 30)
+            finally:
+                healthy.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await healthy
             print(
                 f"latency page alert: resolved {time.monotonic() - ended:.2f}s after the "
                 f"incident ended (incident lasted {ended - incident:.1f}s)"
