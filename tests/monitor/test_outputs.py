@@ -49,6 +49,7 @@ def test_alertmanager_body_has_the_v2_shape() -> None:
     assert body["annotations"]["summary"] == firing.title
     link = fast_settings().trace_url(firing.example_trace_ids[0])  # the configured template
     assert body["annotations"]["example_trace"] == link
+    assert body["annotations"]["raised_by"] == firing.raised_by != ""
     assert "endsAt" not in body
     assert to_alertmanager(resolved, "g")["endsAt"] == resolved.resolved_at.isoformat()  # type: ignore[union-attr]
 

@@ -214,7 +214,7 @@ async def test_the_worker_carries_verdicts_to_the_engine_and_the_alert_out() -> 
     producer = _Producer()
     now = [T0]
     worker = EngineWorker(
-        fast_settings(stall_alert_s=30),
+        fast_settings(stall_alert_s=30, alert_state_topic="test.alert-state"),
         producer,  # type: ignore[arg-type]
         promexport.MonitorCollector(),
         clock=lambda: now[0],

@@ -37,7 +37,7 @@ async def test_unsent_alerts_are_retried_in_order() -> None:
     producer = FlakyProducer()
     now = [T0]
     worker = EngineWorker(
-        fast_settings(),
+        fast_settings(alert_state_topic="test.alert-state"),  # a fake producer: no broker
         producer,
         promexport.MonitorCollector(),
         clock=lambda: now[0],  # type: ignore[arg-type]

@@ -36,6 +36,8 @@ def to_alertmanager(event: AlertEvent, generator_url: str) -> dict[str, Any]:
         "description": event.summary,
         "rule": event.rule,
         "figures": ", ".join(f"{k}={v}" for k, v in event.figures.items()),
+        "raised_by": event.raised_by,
+        "held_by": event.held_by,
     }
     if event.trace_links:
         annotations["example_trace"] = event.trace_links[0]
