@@ -122,6 +122,7 @@ def slis() -> list[SLI]:
                 bad,
                 total,
                 ("stage",),
+                extra=(("stage", stage),),
                 doc=f"99 % of {stage} records processed <= {le} s",
             )
         )
@@ -218,6 +219,7 @@ def render() -> str:
                     "        labels:",
                     f"          slo: {s.slo}",
                     f"          sli: {s.sli}",
+                    *(f"          {k}: {v}" for k, v in s.extra),
                 ]
     out += ["  - name: genwire-slo-alerts", "    rules:"]
     for name, sli, severity, pairs, word in ALERTS:
@@ -233,8 +235,9 @@ def render() -> str:
             + _q(f"{word} SLO {{{{ $labels.slo }}}} burns its error budget too fast"),
             "          description: "
             + _q(
-                f"The {word} SLO {{{{ $labels.slo }}}} "
-                "{{ $labels.entrypoint }}{{ $labels.stage }} "
+                f"The {word} SLO {{{{ $labels.slo }}}}"
+                "{{ if $labels.entrypoint }} ({{ $labels.entrypoint }}){{ end }}"
+                "{{ if $labels.stage }} ({{ $labels.stage }}){{ end }} "
                 f"spends its 30-day budget at {windows} (bad ratio over the long window: "
                 "{{ $value | humanizePercentage }})."
             ),

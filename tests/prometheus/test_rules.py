@@ -31,8 +31,9 @@ RULES = sorted((PROM / "rules").glob("*.rules.yml"))
 UNIT_TESTS = sorted((PROM / "tests").glob("*.yml"))
 K8S_COMPONENT = ROOT / "deploy" / "kubernetes" / "components" / "monitoring"
 
-# A cold `go install` of promtool takes ~6-10 minutes on two cores; warm runs take seconds.
-BUILD_TIMEOUT = pytest.mark.timeout(1200)
+# A cold `go install` of promtool: measured 29 min on two cores shared with another Go build
+# (11 min of CPU); a warm run finds the cached binary in under a second.
+BUILD_TIMEOUT = pytest.mark.timeout(2400)
 
 
 def load(path: Path) -> ModuleType:
@@ -57,7 +58,7 @@ def promtool() -> Path:
         capture_output=True,
         text=True,
         check=False,
-        timeout=1150,
+        timeout=2350,
     )
     assert proc.returncode == 0, f"building promtool failed:\n{proc.stderr[-3000:]}"
     return Path(proc.stdout.strip().splitlines()[-1])
@@ -135,13 +136,14 @@ def test_promtool_rule_unit_tests_pass(promtool: Path) -> None:
 @BUILD_TIMEOUT
 @pytest.mark.slow
 def test_a_broken_expectation_fails_the_unit_tests(promtool: Path, tmp_path: Path) -> None:
-    """The unit tests can fail: flip the stage alert's expectation and promtool must say so."""
+    """The unit tests can fail: expect silence where the e2e page fires and promtool says so."""
     case = yaml.safe_load((PROM / "tests" / "slo_test.yml").read_text())
     case["rule_files"] = [str(p) for p in RULES]
+    case["tests"] = case["tests"][:1]  # the 50x e2e burn, which pages
     for test in case["tests"]:
         for alert in test.get("alert_rule_test", []):
-            if alert["exp_alerts"]:
-                alert["exp_alerts"] = []
+            assert alert["alertname"] != "GenwireLatencySLOBurnPage" or alert["exp_alerts"]
+            alert["exp_alerts"] = []
     path = tmp_path / "broken_test.yml"
     path.write_text(yaml.safe_dump(case))
     proc = subprocess.run(
@@ -341,7 +343,7 @@ def test_dashboard_panels_use_the_provisioned_datasource() -> None:
 
 
 def render_with_component(tmp_path: Path) -> list[dict[str, Any]]:
-    """deploy/kubernetes/overlays/cpu plus the monitoring component, rendered by kustomize."""
+    """deploy/kubernetes/base plus the monitoring component, rendered by kustomize."""
     import os
     import shutil
 
@@ -351,7 +353,8 @@ def render_with_component(tmp_path: Path) -> list[dict[str, Any]]:
     rel = os.path.relpath(ROOT, tmp_path)
     (tmp_path / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources:\n  - {rel}/deploy/kubernetes/overlays/cpu\n"
+        "namespace: genwire\n"
+        f"resources:\n  - {rel}/deploy/kubernetes/base\n"
         f"components:\n  - {rel}/deploy/kubernetes/components/monitoring\n"
     )
     proc = subprocess.run(
