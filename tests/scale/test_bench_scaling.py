@@ -240,3 +240,23 @@ async def test_the_bench_counts_itself_alone_not_the_instances_it_started() -> N
     assert usage[OWN].pids == (os.getpid(),)
     assert child.pid in usage["tree"].pids
     assert usage[OWN].cpu_s > 0
+
+
+def test_net_cost_takes_each_instance_s_idle_rate_off() -> None:
+    from genwire_bench.scaling import net_cpu_ms_per_request
+
+    # Three gateways idle at 0.02 CPU-s per second each (0.06 together); a 10 s phase of
+    # 100 requests used 1.6 CPU-s: 0.6 of it idle work, 1.0 the requests: 10 ms each.
+    idle = Usage((1,), 0.0, 0.0, 90.0, 80.0, cpu_s=0.3, instances=3, wall_s=5.0)
+    usage = Usage((1,), 0.0, 0.0, 90.0, 80.0, cpu_s=1.6, instances=3, wall_s=10.0)
+    assert net_cpu_ms_per_request(usage, idle, _summary(100)) == pytest.approx(10.0)
+    assert net_cpu_ms_per_request(usage, None, _summary(100)) is None
+    step = ScalingStep(3, [_summary(100)], {"grpc c=4": {"gateway": usage}}, {}, 1.0, {})
+    assert gateway_costs(_report(step), net=True) == {}  # no idle baseline measured
+    step = ScalingStep(
+        3, [_summary(100)], {"grpc c=4": {"gateway": usage}}, {}, 1.0, {"gateway": idle}
+    )
+    assert gateway_costs(_report(step), net=True) == {"grpc c=4": [(3, pytest.approx(10.0))]}
+    text = render_scaling(_report(step))
+    assert "gateway CPU per request above idle, grpc c=4: 3 → 10.00 ms" in text
+    assert "Idle: CPU ms per second" in text and "60.0" in text

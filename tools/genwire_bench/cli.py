@@ -77,6 +77,14 @@ def register(subparsers: Any) -> None:
         "(e.g. 1,2,3); scales the running stack itself and restores its layout afterwards",
     )
     p.add_argument(
+        "--idle",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="with --scaling: seconds each step measures the services with no requests, the "
+        "baseline of the CPU per request above idle (default 5)",
+    )
+    p.add_argument(
         "--concurrency",
         "-c",
         type=_ints,
@@ -257,6 +265,7 @@ def _scaling(args: argparse.Namespace, cfg: Any, tokenize: Any) -> int:
     from genwire.settings import CommonSettings
     from genwire_bench.scaling import (
         current_instances,
+        measure_idle,
         render_scaling,
         run_scaling,
         scaling_json,
@@ -277,6 +286,7 @@ def _scaling(args: argparse.Namespace, cfg: Any, tokenize: Any) -> int:
             settle=lambda n: asyncio.run(settle_groups(bootstrap, n)),
             restore=current_instances(),
             out=say,
+            idle=lambda: asyncio.run(measure_idle(cfg.run_dir, args.idle)),
         )
     except Exception as exc:  # StackError, a group that never settled: one line, not a trace
         print(f"genwire bench --scaling: error: {exc}", file=sys.stderr)

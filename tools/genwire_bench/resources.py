@@ -94,6 +94,8 @@ class Usage:
     """CPU seconds the tree used over the phase (user + system)."""
     instances: int = 1
     """How many instances (``preprocess``, ``preprocess-2``…) :func:`by_service` summed."""
+    wall_s: float = 0.0
+    """Seconds the phase's sampling covered."""
 
 
 @dataclass
@@ -189,6 +191,7 @@ class ResourceSampler:
                 rss_peak_mb=max(tree.rss),
                 rss_mean_mb=sum(tree.rss) / len(tree.rss),
                 cpu_s=tree.cpu_used(),
+                wall_s=wall,
             )
         return out
 
@@ -221,6 +224,7 @@ def by_service(usage: Mapping[str, Usage]) -> dict[str, Usage]:
             rss_mean_mb=max(u.rss_mean_mb for u in items),
             cpu_s=sum(u.cpu_s for u in items),
             instances=sum(u.instances for u in items),
+            wall_s=max(u.wall_s for u in items),
         )
         for name, items in groups.items()
     }

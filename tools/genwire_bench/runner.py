@@ -143,6 +143,7 @@ def merge_usage(phase: Phase) -> dict[str, Usage]:
             rss_mean_mb=sum(u.rss_mean_mb * w for u, w in items) / total,
             cpu_s=sum(u.cpu_s for u, _ in items),
             instances=max(u.instances for u, _ in items),
+            wall_s=sum(u.wall_s for u, _ in items),
         )
     return out
 

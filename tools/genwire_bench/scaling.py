@@ -22,7 +22,8 @@ import platform
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from genwire.topics import TOPIC_SPECS, Topic
@@ -201,6 +202,8 @@ class ScalingStep:
     """Per ``"<target> <load>"``: each service's usage, summed over its instances."""
     skipped: dict[str, str]
     settle_s: float
+    idle: dict[str, Usage] = field(default_factory=dict)
+    """Each service with no requests, just before the load (its background work)."""
 
 
 @dataclass
@@ -220,14 +223,37 @@ def cpu_ms_per_request(usage: Usage, summary: Summary) -> float | None:
     return usage.cpu_s * 1000.0 / ok if ok > 0 else None
 
 
-def gateway_costs(report: ScalingReport) -> dict[str, list[tuple[int, float]]]:
-    """Per ``"<target> <load>"``: (gateways, the gateways' CPU ms per request) of each step."""
+def net_cpu_ms_per_request(usage: Usage, idle: Usage | None, summary: Summary) -> float | None:
+    """CPU ms per request above the service's idle rate: what the requests themselves cost.
+
+    The idle rate (CPU seconds per second with no requests: heartbeats, metrics, span export,
+    Kafka's fetch loops) of every instance is taken off over the phase's wall time, so a fixed
+    cost per instance does not read as a cost per request.
+    """
+    ok = summary.requests - summary.errors
+    if ok <= 0 or idle is None or idle.wall_s <= 0:
+        return None
+    busy = usage.cpu_s - idle.cpu_s / idle.wall_s * usage.wall_s
+    return busy * 1000.0 / ok
+
+
+def gateway_costs(
+    report: ScalingReport, *, net: bool = False
+) -> dict[str, list[tuple[int, float]]]:
+    """Per ``"<target> <load>"``: (gateways, the gateways' CPU ms per request) of each step;
+    ``net``: above their idle rate (steps measured without an idle baseline are left out)."""
     out: dict[str, list[tuple[int, float]]] = {}
     for step in report.steps:
         for summary in step.summaries:
             key = f"{summary.target} {summary.load.label}"
             usage = step.resources.get(key, {}).get("gateway")
-            cost = None if usage is None else cpu_ms_per_request(usage, summary)
+            if usage is None:
+                continue
+            cost = (
+                net_cpu_ms_per_request(usage, step.idle.get("gateway"), summary)
+                if net
+                else cpu_ms_per_request(usage, summary)
+            )
             if cost is not None:
                 out.setdefault(key, []).append((step.instances, cost))
     return out
@@ -244,6 +270,17 @@ def flatness(costs: Sequence[tuple[int, float]]) -> float | None:
 
 Scale = Callable[[Mapping[str, int]], None]
 Settle = Callable[[int], float]
+Idle = Callable[[], dict[str, Usage]]
+
+
+async def measure_idle(run_dir: Path | None, seconds: float) -> dict[str, Usage]:
+    """Each service's CPU over ``seconds`` with no requests (instances summed)."""
+    from genwire_bench.resources import ResourceSampler, by_service, discover
+
+    sampler = ResourceSampler(discover(run_dir))
+    sampler.start()
+    await asyncio.sleep(seconds)
+    return by_service(await sampler.stop())
 
 
 def stack_scaler(out: Out) -> Scale:
@@ -275,8 +312,12 @@ def run_scaling(
     progress: Callable[[str, RequestRecord | None], None] | None = None,
     base_factory: DriverFactory = make_driver,
     out: Out = lambda _line: None,
+    idle: Idle | None = None,
 ) -> ScalingReport:
-    """Run ``cfg``'s load once per instance count in ``counts``; ``restore`` the layout after."""
+    """Run ``cfg``'s load once per instance count in ``counts``; ``restore`` the layout after.
+
+    ``idle`` (when given) measures every service with no requests after each step settled:
+    the baseline the net CPU per request is taken against."""
     run_id = secrets.token_hex(4)
     started = time.time()
     load_before = os.getloadavg()
@@ -287,10 +328,13 @@ def run_scaling(
             scale(dict.fromkeys(SCALED_SERVICES, n))
             settle_s = settle(n)
             out(f"consumer groups settled on {n} instance(s) in {settle_s:.1f} s")
+            baseline = idle() if idle is not None else {}
             runner = Runner(cfg, tokenize, progress, driver_factory=spread_factory(n, base_factory))
             report = asyncio.run(runner.run())
             steps.append(
-                ScalingStep(n, report.summaries, report.resources, report.skipped, settle_s)
+                ScalingStep(
+                    n, report.summaries, report.resources, report.skipped, settle_s, baseline
+                )
             )
     finally:
         out(f"restoring {', '.join(f'{s}={c}' for s, c in restore.items())}")
@@ -366,18 +410,41 @@ def render_scaling(report: ScalingReport) -> str:
             left=3,
         )
     )
-    for key, costs in gateway_costs(report).items():
-        rise = flatness(costs)
-        steps = ", ".join(f"{n} → {c:.2f} ms" for n, c in costs)
-        verdict = ""
-        if rise is not None:
-            flat = abs(rise) <= FLAT_WITHIN
-            verdict = (
-                f"; {costs[-1][0]} vs {costs[0][0]}: {rise:+.0%} "
-                f"({'flat' if flat else 'NOT flat'} within {FLAT_WITHIN:.0%})"
-            )
-        out.append(f"gateway CPU per request, {key}: {steps}{verdict}")
+    idle_rows = [
+        [str(step.instances), *(_idle_ms(step.idle.get(s)) for s in services)]
+        for step in report.steps
+        if step.idle
+    ]
+    if idle_rows:
+        out += [
+            "",
+            "Idle: CPU ms per second of each service with no requests (instances summed)",
+            table(["instances", *services], idle_rows),
+        ]
+    out.append("")
+    for net in (False, True):
+        label = "gateway CPU per request above idle" if net else "gateway CPU per request"
+        for key, costs in gateway_costs(report, net=net).items():
+            out.append(f"{label}, {key}: {_gateway_line(costs)}")
     return "\n".join(out)
+
+
+def _idle_ms(usage: Usage | None) -> str:
+    if usage is None or usage.wall_s <= 0:
+        return "-"
+    return f"{usage.cpu_s * 1000.0 / usage.wall_s:.1f}"
+
+
+def _gateway_line(costs: Sequence[tuple[int, float]]) -> str:
+    steps = ", ".join(f"{n} → {c:.2f} ms" for n, c in costs)
+    rise = flatness(costs)
+    if rise is None:
+        return steps
+    flat = abs(rise) <= FLAT_WITHIN
+    return (
+        f"{steps}; {costs[-1][0]} vs {costs[0][0]}: {rise:+.0%} "
+        f"({'flat' if flat else 'NOT flat'} within {FLAT_WITHIN:.0%})"
+    )
 
 
 def scaling_json(report: ScalingReport) -> dict[str, Any]:
@@ -385,8 +452,12 @@ def scaling_json(report: ScalingReport) -> dict[str, Any]:
     from genwire_bench.report import jsonable
 
     data: dict[str, Any] = jsonable(report)
-    data["gateway_cpu_ms_per_request"] = {
-        key: [{"instances": n, "cpu_ms": c} for n, c in costs]
-        for key, costs in gateway_costs(report).items()
-    }
+    for net, name in (
+        (False, "gateway_cpu_ms_per_request"),
+        (True, "gateway_net_cpu_ms_per_request"),
+    ):
+        data[name] = {
+            key: [{"instances": n, "cpu_ms": c} for n, c in costs]
+            for key, costs in gateway_costs(report, net=net).items()
+        }
     return data
