@@ -423,3 +423,12 @@ def test_the_running_services_expose_every_metric_the_rules_read(stack: object) 
                 exposed.add(f"{name}_total")
     raw = {n for n in used_names() if ":" not in n and n != "up"}
     assert raw - exposed == set(), "the rules read metrics the running services do not expose"
+
+
+def test_slo_objectives_are_the_monitors_defaults() -> None:
+    """The rules page on the same objectives as the monitor (one alerting story, two engines)."""
+    from genwire_monitor.config import default_slos
+
+    rules = {(s.slo, s.sli): s.objective for s in slo_gen.slis()}
+    for slo in default_slos():
+        assert rules[(slo.name, "latency")] == slo.objective, slo.name
