@@ -86,7 +86,7 @@ def slis() -> list[SLI]:
     out: list[SLI] = []
     bad, total = _latency("genwire_request_duration_seconds", 'entrypoint=""', "10.0", ())
     out.append(
-        SLI("e2e", "latency", 0.999, bad, total, doc="99.9 % of requests: receipt -> result <= 10 s")
+        SLI("e2e", "latency", 0.999, bad, total, doc="99.9 % of requests: receipt -> result <= 10s")
     )
     bad, total = _latency("genwire_time_to_first_token_seconds", 'model!=""', "1.0", ())
     out.append(SLI("ttft", "latency", 0.99, bad, total, doc="99 % of first tokens <= 1 s"))
