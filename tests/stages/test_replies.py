@@ -141,3 +141,29 @@ async def test_no_header_no_copies() -> None:
     forward_headers([])
     assert await router.with_replies(_outputs()) == _outputs()
     assert sum(_count(registry, o) for o in ("routed", "malformed")) == 0
+
+
+async def test_a_cold_instance_routes_every_reply_while_its_metadata_loads() -> None:
+    # A freshly started postprocess knows no partitions yet; records handled concurrently
+    # while the first metadata refresh is in flight must wait for it, not give up their reply
+    # (seen when scaling out: a lost unary reply, a stream missing its first piece).
+    class Cold(FakeProducer):
+        async def refresh_partitions(self, topic: str, timeout_s: float = 5.0) -> frozenset[int]:
+            self.refreshes += 1
+            await asyncio.sleep(0.05)
+            self.known = {topic: frozenset(range(24))}
+            return self.known[topic]
+
+    producer = Cold({})
+    registry = CollectorRegistry()
+    router = ReplyRouter(producer, Topic.REPLIES.value, registry)  # type: ignore[arg-type]
+
+    async def one(partition: int) -> list[object]:
+        forward_headers([(sc.HEADER_REPLY_TO, f"genwire.replies:{partition}".encode())])
+        return list(await router.with_replies(_outputs()))
+
+    outs = await asyncio.gather(*(one(p) for p in range(5)))
+    for partition, out in enumerate(outs):
+        assert [o.partition for o in out if isinstance(o, RawRecord)] == [partition] * 2
+    assert _count(registry, "routed") == 5 and _count(registry, "unknown_partition") == 0
+    assert producer.refreshes == 1

@@ -11,6 +11,7 @@ the caller's gateway finds them in Redis.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -62,6 +63,7 @@ class ReplyRouter:
         for outcome in OUTCOMES:
             self.counts.labels(outcome)
         self._refreshed = -float("inf")
+        self._refreshing: asyncio.Future[frozenset[int]] | None = None
         self._logged: dict[str, float] = {}
 
     async def with_replies(self, outputs: Sequence[Event]) -> list[Output]:
@@ -127,11 +129,17 @@ class ReplyRouter:
         return known is not None and address.partition in known
 
     async def _refresh(self) -> None:
-        now = time.monotonic()
-        if now - self._refreshed < self.refresh_interval_s:
-            return
-        self._refreshed = now
-        await self.producer.refresh_partitions(self.topic)
+        # Concurrent records share one refresh: one that found the rate limit while the
+        # first refresh was still in flight would otherwise skip a reply it could have routed.
+        if self._refreshing is None or self._refreshing.done():
+            now = time.monotonic()
+            if now - self._refreshed < self.refresh_interval_s:
+                return
+            self._refreshed = now
+            self._refreshing = asyncio.ensure_future(
+                self.producer.refresh_partitions(self.topic)
+            )
+        await asyncio.shield(self._refreshing)
 
     def _skip(self, outcome: str, raw: bytes, why: str) -> None:
         self.counts.labels(outcome).inc()
