@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from unittest import mock
 
+import pytest
 from aiokafka import TopicPartition
 from genwire_gateway.replies import ReplyReader, WaiterRegistry
 from opentelemetry.trace import NoOpTracer
@@ -73,3 +74,51 @@ async def test_no_partition_makes_the_instance_unready_but_it_still_serves() -> 
     await reader.on_partitions_assigned([])  # more instances than partitions
     assert reader.reply_to("r") is None  # its waiters look in Redis
     assert reader.reasons() and "no partition of genwire.replies" in reader.reasons()[0]
+
+
+async def test_kept_partitions_are_read_while_new_ones_are_positioned() -> None:
+    # aiokafka fetches while the assignment callback awaits a new partition's position: a kept
+    # partition must already be owned then, or the replies fetched meanwhile are skipped for
+    # good and their callers wait out their deadline.
+    reader, registry, fake = _reader()
+    await reader.on_partitions_assigned(_tps(1))
+    reader._next[1] = 42
+    waiter = registry.register("a", reply_partition=1)
+    await reader.on_partitions_revoked(_tps(1))
+    owned_while_positioning: list[tuple[int, ...]] = []
+
+    async def position(tp: TopicPartition) -> int:
+        owned_while_positioning.append(reader.partitions)
+        return 100
+
+    fake.position = position  # type: ignore[method-assign]
+    await reader.on_partitions_assigned(_tps(1, 5))
+    assert owned_while_positioning == [(1,)]
+    assert reader.partitions == (1, 5) and fake.seeks == {1: 42}
+    assert not waiter.moved.done()
+
+
+async def test_a_partition_that_cannot_be_positioned_is_never_named() -> None:
+    reader, _, fake = _reader()
+
+    async def position(tp: TopicPartition) -> int:
+        raise RuntimeError("the consumer is stopping")
+
+    fake.position = position  # type: ignore[method-assign]
+    await reader.on_partitions_assigned(_tps(2, 3))
+    assert reader.partitions == ()
+    assert reader.reply_to("r") is None  # its callers look in Redis, never hang
+
+
+async def test_a_dying_reader_sends_every_waiter_to_redis() -> None:
+    reader, registry, _ = _reader()
+    await reader.on_partitions_assigned(_tps(1, 2))
+    waiters = [registry.register(f"r{p}", reply_partition=p) for p in (1, 2)]
+
+    async def broken(timeout_ms: int) -> None:
+        raise RuntimeError("fetch failed")
+
+    reader._fetch_once = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="fetch failed"):
+        await reader.run()
+    assert all(w.moved.done() for w in waiters)

@@ -309,12 +309,22 @@ class ReplyReader(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         mine = {tp.partition for tp in assigned if tp.topic == self.topic}
-        for p in mine:
-            tp = TopicPartition(self.topic, p)
-            if p in self._kept:  # ours before the rebalance: read on from where we were
-                self._consumer.seek(tp, self._kept[p])
-            else:  # new to us: from its end, pinned before any request names it
-                self._next[p] = await self._consumer.position(tp)
+        # The consumer fetches while this runs: partitions we keep are read again from where we
+        # were, and owned, before the first await, or the replies that arrived during the
+        # rebalance would be fetched and skipped for good.
+        kept = sorted(p for p in mine if p in self._kept)
+        for p in kept:
+            self._consumer.seek(TopicPartition(self.topic, p), self._kept[p])
+        self._owned = tuple(kept)
+        ready = set(kept)
+        for p in sorted(mine - ready):  # new to us: from its end, pinned before it is named
+            try:
+                self._next[p] = await self._consumer.position(TopicPartition(self.topic, p))
+            except Exception as exc:  # stopping, or Kafka: leave it unnamed (never a hang)
+                log.warning("reply partition %s-%s not positioned: %r", self.topic, p, exc)
+                continue
+            ready.add(p)
+        mine = ready
         lost = (set(self._named) | set(self._kept)) - mine
         for p in set(self._next) - mine:
             del self._next[p]
@@ -357,7 +367,19 @@ class ReplyReader(ConsumerRebalanceListener):  # type: ignore[misc]
             except ConsumerStoppedError:
                 if self._stopping:
                     return
+                self._orphan_waiters()
                 raise
+            except BaseException:
+                self._orphan_waiters()
+                raise
+
+    def _orphan_waiters(self) -> None:
+        """The reader is dying: nothing reads this instance's partitions any more, so every
+        waiter looks in Redis instead of waiting for its deadline."""
+        everything = set(self._owned) | set(self._named)
+        moved = self._registry.move(everything) if everything else 0
+        if moved:
+            self.metrics.moved.inc(moved)
 
     async def _fetch_once(self, timeout_ms: int) -> None:
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=1000)

@@ -139,7 +139,8 @@ class ReplyRouter:
             self._refreshing = asyncio.ensure_future(
                 self.producer.refresh_partitions(self.topic)
             )
-        await asyncio.shield(self._refreshing)
+        if not await asyncio.shield(self._refreshing):
+            self._refreshed = -float("inf")  # it failed: the next record asks again
 
     def _skip(self, outcome: str, raw: bytes, why: str) -> None:
         self.counts.labels(outcome).inc()
