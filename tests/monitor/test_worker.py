@@ -60,3 +60,35 @@ async def test_unsent_alerts_are_retried_in_order() -> None:
         assert state == [(i.encode(), i) for i in ids]  # mirrored, keyed by alert id
     finally:
         await worker.close()
+
+
+def test_the_state_retry_queue_keeps_the_latest_event_of_every_alert() -> None:
+    # The compacted alert-state topic needs only each alert's latest transition; a queue that
+    # truncated by count during a long outage could drop a "resolved" whose "firing" was
+    # already written, and the alert would be rebuilt as firing on the next start.
+    from datetime import UTC, datetime
+
+    from genwire_monitor.alerting import AlertEvent
+    from genwire_monitor.worker import MAX_UNSENT, latest_per_alert
+
+    def event(alert: str, status: str) -> AlertEvent:
+        return AlertEvent(
+            id=alert,
+            status=status,  # type: ignore[arg-type]
+            kind="latency_burn",
+            severity="page",
+            title=alert,
+            summary="",
+            rule="",
+            started_at=datetime.now(UTC),
+        )
+
+    noisy = [event(f"a{i % 3}", "firing") for i in range(MAX_UNSENT * 2)]
+    queue = latest_per_alert([event("x", "firing"), *noisy, event("x", "resolved")])
+    assert {e.id: e.status for e in queue} == {
+        "a0": "firing",
+        "a1": "firing",
+        "a2": "firing",
+        "x": "resolved",
+    }
+    assert len(queue) == 4 and queue[-1].status == "resolved"  # in the order they happened

@@ -126,9 +126,8 @@ class MonitorSettings(ServiceSettings):
     alerts_topic: str = Field(Topic.ALERTS.value, description="Topic alert events go to.")
     alert_state_topic: str = Field(
         Topic.ALERT_STATE.value,
-        description="Compacted topic of the firing alerts (key: alert id; value: the latest "
-        "firing event; a tombstone once resolved), read back on start to rebuild them; '' "
-        "turns it off.",
+        description="Compacted topic of alert state (key: alert id; value: its latest event, "
+        "firing or resolved), read back on start to rebuild the firing ones; '' turns it off.",
     )
     restore_timeout_s: float = Field(
         30.0, gt=0, description="How long reading back the alert state may take at start."

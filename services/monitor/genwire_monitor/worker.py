@@ -117,7 +117,7 @@ class EngineWorker:
         self._unsent = self._unsent[len(events) :]
         self.published = (self.published + events)[-100:]
         if self.settings.alert_state_topic:
-            self._unsent_state = (self._unsent_state + events)[-MAX_UNSENT:]
+            self._unsent_state = latest_per_alert(self._unsent_state + events)
             await self._publish_state()
         if self._webhook is not None:
             await self._webhook.post(events)
@@ -172,3 +172,14 @@ class EngineWorker:
         await asyncio.to_thread(self._executor.shutdown)  # it joins the thread: not on the loop
         if self._webhook is not None:
             await self._webhook.close()
+
+
+def latest_per_alert(events: list[AlertEvent]) -> list[AlertEvent]:
+    """What the compacted alert-state topic still needs: the latest transition of each alert
+    (bounded by the alert ids, so a long outage cannot grow it, and a "resolved" is never
+    dropped while the "firing" before it was written)."""
+    latest: dict[str, AlertEvent] = {}
+    for event in events:
+        latest.pop(event.id, None)
+        latest[event.id] = event
+    return list(latest.values())
