@@ -91,12 +91,18 @@ class ServiceSpec(Generic[S]):
                 cfg, self.stage, span_exporter=span_exporter, set_global_tracer=global_tracer
             )
             app.state.runtime = runtime
-            async with self.setup(cfg, runtime, app) as running:
-                try:
-                    await runtime.start()
-                    async with running if running is not None else contextlib.nullcontext():
-                        yield
-                finally:
+            stopped = False
+            try:
+                async with self.setup(cfg, runtime, app) as running:
+                    try:
+                        await runtime.start()
+                        async with running if running is not None else contextlib.nullcontext():
+                            yield
+                    finally:
+                        stopped = True
+                        await runtime.stop()  # before the setup's cleanup: nothing in flight
+            finally:
+                if not stopped:  # the setup failed before it yielded: the runtime still stops
                     await runtime.stop()
 
         app = FastAPI(title=f"genwire-{self.stage}", lifespan=lifespan, telemetry=NO_TELEMETRY)
