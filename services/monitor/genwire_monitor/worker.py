@@ -104,15 +104,7 @@ class EngineWorker:
     async def _publish(self) -> None:
         """Send unsent events in order; on failure keep them for the next evaluation."""
         events = list(self._unsent)
-        try:
-            pending = []
-            for event in events:
-                key, value = handlers.alert_record(event)
-                topic = self.settings.alerts_topic
-                pending.append(await self._producer.send(topic, value, key=key))
-            await asyncio.gather(*pending)
-        except Exception as exc:
-            log.warning("publishing %d alert events failed, will retry: %s", len(events), exc)
+        if not await self._send(self.settings.alerts_topic, events, handlers.alert_record):
             return
         self._unsent = self._unsent[len(events) :]
         self.published = (self.published + events)[-100:]
@@ -126,17 +118,27 @@ class EngineWorker:
         """Write the transitions to the compacted alert-state topic; a failure is logged and
         retried with the next events, never holding back ``genwire.alerts``."""
         events = list(self._unsent_state)
+        if await self._send(self.settings.alert_state_topic, events, handlers.state_record):
+            self._unsent_state = self._unsent_state[len(events) :]
+
+    async def _send(
+        self,
+        topic: str,
+        events: list[AlertEvent],
+        record: Callable[[AlertEvent], tuple[bytes, bytes]],
+    ) -> bool:
+        """Send ``events`` to ``topic`` in order and wait for the broker; False (logged) when
+        any failed: the caller keeps them for the next evaluation."""
         try:
             pending = []
             for event in events:
-                key, value = handlers.state_record(event)
-                topic = self.settings.alert_state_topic
+                key, value = record(event)
                 pending.append(await self._producer.send(topic, value, key=key))
             await asyncio.gather(*pending)
         except Exception as exc:
-            log.warning("writing %d alert-state records failed, will retry: %s", len(events), exc)
-            return
-        self._unsent_state = self._unsent_state[len(events) :]
+            log.warning("sending %d records to %s failed, will retry: %s", len(events), topic, exc)
+            return False
+        return True
 
     async def page(self) -> str:
         """The status page, rendered on the engine's thread."""
