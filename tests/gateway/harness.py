@@ -215,10 +215,12 @@ class FakePipeline:
                 finish_reason=script.finish_reason,
                 usage=Usage(prompt_tokens=2, completion_tokens=len(script.chunks)),
             )
+        # Stamped before the result goes out: a direct reply can reach the caller (and the test
+        # read this) before the publish returns here.
+        self.finished[rid] = asyncio.get_running_loop().time()
         await self._redis.set(result_key(rid), result.model_dump_json(), nx=True, ex=300)
         if not script.redis_only:
             await self._publish(result, reply)
-        self.finished[rid] = asyncio.get_running_loop().time()
 
 
 @dataclass
