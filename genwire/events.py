@@ -36,6 +36,22 @@ class ChatMessage(BaseModel):
     content: str
 
 
+class Guided(BaseModel):
+    """A structured-output constraint (OpenAI ``response_format``, vLLM's ``guided_*``)."""
+
+    kind: Literal["json_object", "json_schema", "regex", "choice", "grammar"]
+    spec: str = ""
+    """JSON schema text, a regex, a JSON list of choices, or a grammar; empty for json_object."""
+
+
+class TokenLogprob(BaseModel):
+    """One generated token's log-probability and its most likely alternatives (token ids)."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = Field(default_factory=list)
+
+
 class Sampling(BaseModel):
     """Sampling parameters after validation (ranges are enforced by preprocess)."""
 
@@ -46,6 +62,22 @@ class Sampling(BaseModel):
     seed: int = 0
     stop: list[str] = Field(default_factory=list)
     stop_token_ids: list[int] = Field(default_factory=list)
+    # Decode-loop options (issue 12): the model honours each one or preprocess refuses it.
+    n: int = 1
+    """Choices per request, sharing one prefill."""
+    logprobs: bool = False
+    """Return the chosen token's log-probability per generated token."""
+    top_logprobs: int = 0
+    """Also the ``top_logprobs`` most likely alternatives per token (0-20)."""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_p: float = 0.0
+    logit_bias: dict[int, float] = Field(default_factory=dict)
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    guided: Guided | None = None
+    """Structured output: the decode loop only samples tokens the grammar allows."""
 
 
 class ErrorInfo(BaseModel):
@@ -86,6 +118,13 @@ class PreparedRequest(Event):
     """The gateway instance waiting for it (header ``genwire_origin``; empty: a Kafka client)."""
     keep: bool = False
     """The caller named it (idempotency key): finish it even if its gateway dies."""
+    arm: str = ""
+    """The policy arm that chose ``model_version`` (an alias such as ``champion``/``canary``,
+    or ``pinned`` when the caller named the version); set once by preprocess."""
+    shadow: bool = False
+    """A shadow copy: its result goes to ``genwire.shadow`` only, never to a caller."""
+    principal: str = ""
+    """Who sent it: the API key's name (gateway) or the Kafka principal; for usage."""
 
 
 class GenerationChunk(Event):
@@ -111,6 +150,13 @@ class GenerationChunk(Event):
     output_ids: list[int] | None = None
     """Final chunk only: every generated token id, so the result never depends on having seen
     every intermediate chunk (redelivery, a postprocess restart)."""
+    choice: int = 0
+    """Which of the request's ``n`` choices these tokens belong to."""
+    logprobs: list[TokenLogprob] | None = None
+    """Per token of ``token_ids`` (or of ``output_ids`` on the final chunk) when asked for."""
+    arm: str = ""
+    shadow: bool = False
+    principal: str = ""
 
 
 class TokenEvent(Event):
@@ -121,6 +167,8 @@ class TokenEvent(Event):
     text: str
     final: bool = False
     finish_reason: str | None = None
+    choice: int = 0
+    """Which of the request's ``n`` choices this text belongs to."""
     text_offset: int = 0
     """Character offset of ``text`` in the full result text: a reader that already holds N
     characters appends ``text[N - text_offset:]`` (exact dedupe after any redelivery)."""
@@ -155,6 +203,8 @@ class GenerationResult(Event):
     timings: Timings = Field(default_factory=Timings)
     error: ErrorInfo | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    arm: str = ""
+    """The policy arm that served it (see ``PreparedRequest.arm``)."""
 
 
 class ControlEvent(Event):

@@ -74,6 +74,8 @@ class ErrorCode(StrEnum):
     """Prompt tokens + max_tokens exceed the model's context length."""
     MODEL_NOT_FOUND = "model_not_found"
     """No such model (or version) in the model repository."""
+    MODEL_NOT_LOADED = "model_not_loaded"
+    """The model (version) exists in the repository but Triton is not serving it."""
     CONTENT_FILTERED = "content_filtered"
     """The input filter rejected the prompt (the message names the rule)."""
     DEADLINE_EXCEEDED = "deadline_exceeded"
@@ -98,6 +100,7 @@ ERROR_HTTP_STATUS: dict[str, int] = {
     ErrorCode.UNSUPPORTED_SCHEMA_VERSION: 400,
     ErrorCode.CONTEXT_LENGTH_EXCEEDED: 400,
     ErrorCode.MODEL_NOT_FOUND: 404,
+    ErrorCode.MODEL_NOT_LOADED: 503,
     ErrorCode.CONTENT_FILTERED: 422,
     ErrorCode.DEADLINE_EXCEEDED: 504,
     ErrorCode.IDEMPOTENCY_CONFLICT: 409,

@@ -36,6 +36,16 @@ class Topic(StrEnum):
     ALERT_STATE = "genwire.alert-state"
     """Compacted: the monitor's firing alerts keyed by alert id (a tombstone once resolved),
     read back when it starts."""
+    CONFIG = "genwire.config"
+    """Compacted: each model's serving policy (aliases, routing weights, sticky key, shadow),
+    keyed by model name (``genwire.policy.ModelPolicy``); every stage follows it live."""
+    SHADOW = "genwire.shadow"
+    """Results of shadow copies of requests (same request id), kept apart from
+    ``genwire.results``: they never reach a caller."""
+    FEEDBACK = "genwire.feedback"
+    """Caller feedback (rating, label, correction) keyed by request id."""
+    USAGE = "genwire.usage"
+    """One usage event per completed request (key name, model, version, tokens, latency)."""
     SPANS = "otlp_spans"
     """OTLP ``ExportTraceServiceRequest`` protobufs (the OTel Collector kafka exporter's format)."""
 
@@ -72,6 +82,10 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.RETRY, 3, 7 * DAY_MS),
     TopicSpec(Topic.ALERTS, 1, 30 * DAY_MS),
     TopicSpec(Topic.ALERT_STATE, 1, 30 * DAY_MS, compact=True),
+    TopicSpec(Topic.CONFIG, 1, 3650 * DAY_MS, compact=True),
+    TopicSpec(Topic.SHADOW, 3, 7 * DAY_MS),
+    TopicSpec(Topic.FEEDBACK, 3, 90 * DAY_MS),
+    TopicSpec(Topic.USAGE, 3, 90 * DAY_MS),
     TopicSpec(Topic.SPANS, 3, DAY_MS),
 )
 
