@@ -28,8 +28,7 @@ Out = Callable[[str], None]
 REQUEST_PATH = (Topic.REQUESTS, Topic.PREPARED, Topic.GENERATIONS, Topic.RESULTS)
 
 
-async def busiest_broker(bootstrap: str) -> tuple[int, dict[int, int]]:
-    """The node id leading the most request-path partitions, and the count per node."""
+async def _describe(bootstrap: str) -> list[Any]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
     await admin.start()
     try:
@@ -37,6 +36,45 @@ async def busiest_broker(bootstrap: str) -> tuple[int, dict[int, int]]:
     finally:
         with contextlib.suppress(Exception):
             await admin.close()
+    return described
+
+
+def _settled(described: list[Any], replicas: int) -> bool:
+    """Every request-path partition has a leader and all ``replicas`` in sync."""
+    partitions = [p for topic in described for p in topic.get("partitions", ())]
+    return bool(partitions) and all(
+        isinstance(p.get("leader"), int)
+        and p["leader"] >= 0
+        and len(p.get("isr") or ()) >= replicas
+        for p in partitions
+    )
+
+
+async def busiest_broker(
+    bootstrap: str, replicas: int = 3, timeout_s: float = 120.0
+) -> tuple[int, dict[int, int]]:
+    """The node id leading the most request-path partitions, and the count per node.
+
+    Waits first until the cluster has settled (every partition led, all replicas in sync): a
+    broker that has just registered can still refuse requests (aiokafka's NodeNotReadyError),
+    and killing one before the others caught up would test an under-replicated cluster.
+    """
+    deadline = time.monotonic() + timeout_s
+    described: list[Any] = []
+    last = "no answer"
+    while True:
+        try:
+            described = await _describe(bootstrap)
+            if _settled(described, replicas):
+                break
+            last = "partitions without a leader or with replicas out of sync"
+        except Exception as exc:  # any Kafka error here is "not settled yet"
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() > deadline:
+            raise FaultError(
+                f"the {replicas}-broker cluster did not settle in {timeout_s:.0f} s: {last}"
+            )
+        await asyncio.sleep(1.0)
     leaders: Counter[int] = Counter()
     for topic in described:
         for partition in topic.get("partitions", ()):
