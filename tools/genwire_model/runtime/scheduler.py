@@ -64,6 +64,22 @@ class Sink(Protocol):
         """Whether the client gave up on this request."""
 
 
+class RowConstraint(Protocol):
+    """Per-choice hook of constrained decoding (structured output, stop strings).
+
+    Built per request (one per choice) outside the decode thread, by
+    ``constraints.ConstraintCompiler.build``; the decode loop calls ``allowed`` before each
+    sample of the row and ``advance`` with every token sampled for it (eos included).
+    """
+
+    def allowed(self) -> Array | None:
+        """Tokens that may be sampled next: bool [vocab] (True = allowed), or None (any)."""
+
+    def advance(self, token: int) -> str | None:
+        """Record the sampled token; a finish reason (``"stop"``) ends the sequence now, the
+        token included in the completion. None: go on."""
+
+
 @dataclasses.dataclass
 class Request:
     """One generation request, already decoded from Triton tensors."""
@@ -77,6 +93,23 @@ class Request:
     stop_ids: frozenset[int]
     stream: bool
     sink: Sink
+    n: int = 1
+    """Choices, sharing one prefill; each has its own random stream (seed, choice)."""
+    top_logprobs: int = 0
+    """Alternatives (most likely first) returned with every token's log-probability (0-20)."""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_p: float = 0.0
+    logit_bias: dict[int, float] = dataclasses.field(default_factory=dict)
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    guided: str = ""
+    """Structured output as received (the JSON of genwire.events.Guided), "" for none."""
+    stop: tuple[str, ...] = ()
+    """Stop strings (matched while decoding by the constraint hook)."""
+    constraints: list[RowConstraint] | None = None
+    """One per choice (``n``), from ``ConstraintCompiler.build``; None: unconstrained."""
     received: float = dataclasses.field(default_factory=time.monotonic)
 
 
