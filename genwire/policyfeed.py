@@ -1,0 +1,236 @@
+"""Following ``genwire.config`` live: every stage instance holds every model's policy.
+
+``PolicyFeed`` reads the compacted topic from its beginning with no consumer group (every
+instance reads every record; nothing is left on the broker when it stops), then keeps polling
+with a short fetch wait, so a change published by ``genwire model route/promote/rollback`` or
+by the monitor is in force on every instance within about ``poll_ms`` plus a broker round
+trip. A corrupt record (not JSON, invalid, key ≠ model name) is logged, counted
+(``genwire_policy_records_total{outcome="skipped"}``) and skipped: the policy in force stays.
+
+The CLI side (``read_policies``, ``publish_policy``) reads the topic to its end once and
+publishes a new revision, refusing when someone else changed the policy meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from genwire.policy import ModelPolicy, PolicyError, parse
+from genwire.topics import Topic
+
+log = logging.getLogger(__name__)
+
+
+class PolicyStore:
+    """The policies in force, by model name, with what each record did to them."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.policies: dict[str, ModelPolicy] = {}
+        self.applied = 0
+        self.skipped = 0
+        self.last_error = ""
+        self._listeners: list[Callable[[str, ModelPolicy | None], None]] = []
+        self._records: Counter | None = None
+        self._revision: Gauge | None = None
+        if registry is not None:
+            self._records = Counter(
+                "genwire_policy_records",
+                "genwire.config records read, by outcome (applied, skipped: corrupt)",
+                ["outcome"],
+                registry=registry,
+            )
+            self._revision = Gauge(
+                "genwire_policy_revision",
+                "Revision of each model's policy in force on this instance",
+                ["model"],
+                registry=registry,
+            )
+
+    def get(self, model: str) -> ModelPolicy | None:
+        """The policy of ``model`` (None: it has none)."""
+        return self.policies.get(model)
+
+    def on_change(self, listener: Callable[[str, ModelPolicy | None], None]) -> None:
+        """Call ``listener(model, policy or None)`` after each applied record."""
+        self._listeners.append(listener)
+
+    def apply(self, key: bytes | None, value: bytes | None) -> bool:
+        """Apply one record; False (logged and counted) when it is corrupt."""
+        try:
+            if key is None:
+                raise PolicyError("record without a key (the model name)")
+            policy = parse(key, value)
+        except PolicyError as exc:
+            self.skipped += 1
+            self.last_error = str(exc)
+            if self._records is not None:
+                self._records.labels("skipped").inc()
+            log.warning("skipped a corrupt genwire.config record (key %r): %s", key, exc)
+            return False
+        model = key.decode("utf-8", "replace")
+        if policy is None:
+            self.policies.pop(model, None)
+            if self._revision is not None:
+                with contextlib.suppress(KeyError):
+                    self._revision.remove(model)
+        else:
+            self.policies[model] = policy
+            if self._revision is not None:
+                self._revision.labels(model).set(policy.revision)
+        self.applied += 1
+        if self._records is not None:
+            self._records.labels("applied").inc()
+        for listener in self._listeners:
+            try:
+                listener(model, policy)
+            except Exception:  # a listener's bug must not stop the feed
+                log.exception("policy listener failed for %s", model)
+        return True
+
+
+class PolicyFeed:
+    """A live view of ``genwire.config`` (run ``run()`` as a supervised task)."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        store: PolicyStore | None = None,
+        registry: CollectorRegistry | None = None,
+        topic: str = Topic.CONFIG,
+        poll_ms: int = 100,
+        client_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.store = store or PolicyStore(registry)
+        self.topic = topic
+        self._poll_ms = poll_ms
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=poll_ms,
+            **(client_kwargs or {}),
+        )
+        self.caught_up = asyncio.Event()
+        """Set once every record that existed at start has been read."""
+
+    def get(self, model: str) -> ModelPolicy | None:
+        """The policy of ``model`` in force here."""
+        return self.store.get(model)
+
+    def not_ready(self) -> list[str]:
+        """A readiness check: why this feed is not ready (it has not caught up yet)."""
+        return [] if self.caught_up.is_set() else [f"{self.topic}: not read to its end yet"]
+
+    async def start(self) -> None:
+        """Connect and assign every partition from its beginning."""
+        await self._consumer.start()
+        partitions = None
+        for _ in range(50):  # the stack creates the topic; wait for its metadata
+            if self.topic in await self._consumer.topics():
+                partitions = self._consumer.partitions_for_topic(self.topic)
+                if partitions:
+                    break
+            await asyncio.sleep(0.2)
+        if not partitions:
+            raise RuntimeError(f"topic {self.topic} does not exist")
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        self._targets = await self._consumer.end_offsets(tps)
+
+    async def run(self) -> None:
+        """Apply records as they come, forever."""
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=self._poll_ms)
+            for records in batches.values():
+                for record in records:
+                    self.store.apply(record.key, record.value)
+            if not self.caught_up.is_set():
+                done = True
+                for tp, end in self._targets.items():
+                    if await self._consumer.position(tp) < end:
+                        done = False
+                if done:
+                    self.caught_up.set()
+
+    async def stop(self) -> None:
+        """Disconnect."""
+        await self._consumer.stop()
+
+
+async def read_policies(
+    bootstrap_servers: str,
+    *,
+    topic: str = Topic.CONFIG,
+    timeout_s: float = 10.0,
+    client_kwargs: dict[str, Any] | None = None,
+) -> PolicyStore:
+    """Read ``genwire.config`` to its end once (for a command)."""
+    feed = PolicyFeed(bootstrap_servers, topic=topic, client_kwargs=client_kwargs)
+    await asyncio.wait_for(feed.start(), timeout_s)
+    task = asyncio.create_task(feed.run())
+    try:
+        await asyncio.wait_for(feed.caught_up.wait(), timeout_s)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        await feed.stop()
+    return feed.store
+
+
+async def publish_policy(
+    bootstrap_servers: str,
+    policy: ModelPolicy,
+    *,
+    expect_revision: int | None = None,
+    topic: str = Topic.CONFIG,
+    client_kwargs: dict[str, Any] | None = None,
+) -> ModelPolicy:
+    """Publish ``policy`` as its model's record, after checking (when ``expect_revision`` is
+    given) that the policy in force still has that revision; raises ``PolicyError`` if not."""
+    if expect_revision is not None:
+        current = (
+            await read_policies(bootstrap_servers, topic=topic, client_kwargs=client_kwargs)
+        ).get(policy.model)
+        found = current.revision if current is not None else -1
+        if found != expect_revision:
+            raise PolicyError(
+                f"the policy of {policy.model} changed meanwhile (revision {found}, expected "
+                f"{expect_revision}): run the command again"
+            )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, acks="all", **(client_kwargs or {})
+    )
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, policy.value(), key=policy.key())
+    finally:
+        await producer.stop()
+    return policy
+
+
+async def delete_policy(
+    bootstrap_servers: str,
+    model: str,
+    *,
+    topic: str = Topic.CONFIG,
+    client_kwargs: dict[str, Any] | None = None,
+) -> None:
+    """Publish a tombstone: ``model`` has no policy any more (Triton's default serves it)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, acks="all", **(client_kwargs or {})
+    )
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, None, key=model.encode())
+    finally:
+        await producer.stop()
