@@ -22,11 +22,13 @@ class GenwireError(Exception):
     dead_letter = True
     """Whether the record goes to the DLQ (poison input or a bug) besides the error result."""
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        self.param = param
+        """The request field at fault, when one is (OpenAI's ``error.param``)."""
 
 
 class RetryableError(GenwireError):

@@ -45,11 +45,59 @@ class Guided(BaseModel):
 
 
 class TokenLogprob(BaseModel):
-    """One generated token's log-probability and its most likely alternatives (token ids)."""
+    """One generated token's log-probability and its most likely alternatives (token ids).
+
+    Inference → postprocess (``GenerationChunk.logprobs``): ids only; postprocess turns them
+    into ``OutputLogprob`` (token text) for callers.
+    """
 
     token_id: int
     logprob: float
     top: list[tuple[int, float]] = Field(default_factory=list)
+    """The ``top_logprobs`` most likely tokens at this step, most likely first (may include
+    the chosen one, as OpenAI's do)."""
+
+
+class ChoiceOutput(BaseModel):
+    """Final chunk of a request with ``n > 1``: one choice's whole output."""
+
+    index: int
+    output_ids: list[int] = Field(default_factory=list)
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+    """Per token of ``output_ids`` when the request asked for logprobs."""
+
+
+class TopLogprob(BaseModel):
+    """One alternative of a generated token, as callers see it."""
+
+    token: str
+    token_id: int
+    logprob: float
+    bytes: list[int] | None = None
+    """The token's UTF-8 bytes (OpenAI's ``bytes``)."""
+
+
+class OutputLogprob(BaseModel):
+    """A generated token's log-probability as callers see it (postprocess decodes the ids)."""
+
+    token: str
+    token_id: int
+    logprob: float
+    bytes: list[int] | None = None
+    top: list[TopLogprob] = Field(default_factory=list)
+    text_offset: int = 0
+    """Character offset of the token in its choice's text (OpenAI completions' ``text_offset``)."""
+
+
+class ResultChoice(BaseModel):
+    """One choice of a result (``GenerationResult.choices``)."""
+
+    index: int
+    text: str = ""
+    finish_reason: str | None = None
+    logprobs: list[OutputLogprob] | None = None
+    completion_tokens: int = 0
 
 
 class Sampling(BaseModel):
@@ -85,6 +133,8 @@ class ErrorInfo(BaseModel):
 
     code: str
     message: str
+    param: str | None = None
+    """The request field at fault, when one is (OpenAI's ``error.param``)."""
 
 
 class Timings(BaseModel):
@@ -151,9 +201,14 @@ class GenerationChunk(Event):
     """Final chunk only: every generated token id, so the result never depends on having seen
     every intermediate chunk (redelivery, a postprocess restart)."""
     choice: int = 0
-    """Which of the request's ``n`` choices these tokens belong to."""
+    """Which of the request's ``n`` choices these tokens belong to. With ``n > 1`` every choice
+    is its own ordered stream of chunks: ``index`` and ``offset`` count per choice."""
     logprobs: list[TokenLogprob] | None = None
     """Per token of ``token_ids`` (or of ``output_ids`` on the final chunk) when asked for."""
+    choices: list[ChoiceOutput] | None = None
+    """Final chunk of a request with ``n > 1``: every choice's whole output (``output_ids``,
+    ``logprobs`` and ``finish_reason`` of the chunk itself are then choice 0's, and
+    ``completion_tokens`` counts the tokens of every choice). One final chunk per request."""
     arm: str = ""
     shadow: bool = False
     principal: str = ""
@@ -172,6 +227,11 @@ class TokenEvent(Event):
     text_offset: int = 0
     """Character offset of ``text`` in the full result text: a reader that already holds N
     characters appends ``text[N - text_offset:]`` (exact dedupe after any redelivery)."""
+    logprobs: list[OutputLogprob] | None = None
+    """When asked for: the logprobs of the tokens this event completes (token-aligned: a
+    piece held back for a stop string may carry the logprobs of tokens shown later)."""
+    logprob_offset: int = 0
+    """Index of ``logprobs[0]`` in the choice's list of logprobs (dedupe like ``text_offset``)."""
 
 
 class Usage(BaseModel):
@@ -205,6 +265,25 @@ class GenerationResult(Event):
     metadata: dict[str, str] = Field(default_factory=dict)
     arm: str = ""
     """The policy arm that served it (see ``PreparedRequest.arm``)."""
+    logprobs: list[OutputLogprob] | None = None
+    """Choice 0's token logprobs, when the request asked for them."""
+    choices: list[ResultChoice] = Field(default_factory=list)
+    """Every choice when the request asked for ``n > 1`` (empty otherwise: ``text``,
+    ``finish_reason`` and ``logprobs`` are the one choice). ``text`` is choice 0's."""
+
+    def all_choices(self) -> list[ResultChoice]:
+        """The choices, the single-choice case included."""
+        if self.choices:
+            return self.choices
+        return [
+            ResultChoice(
+                index=0,
+                text=self.text,
+                finish_reason=self.finish_reason,
+                logprobs=self.logprobs,
+                completion_tokens=self.usage.completion_tokens,
+            )
+        ]
 
 
 class ControlEvent(Event):

@@ -1,9 +1,15 @@
-"""The user request on ``genwire.requests`` (schema v1) and its error codes.
+"""The user request on ``genwire.requests`` (schema v2; v1 still read) and its error codes.
 
 This is the contract between every entry point (gateway gRPC/HTTP/CLI, or anyone producing to
 Kafka) and the pipeline: the Kafka value is this model's JSON, the Kafka key is the request id.
-The JSON Schema in ``genwire/schemas/request.v1.json`` is generated from it
-(``python -m genwire.request > genwire/schemas/request.v1.json``) and a test keeps the two equal.
+The JSON Schema in ``genwire/schemas/request.v2.json`` is generated from it
+(``python -m genwire.request > genwire/schemas/request.v2.json``) and a test keeps the two equal.
+
+Versions: v2 added the decode-loop options (``n``, ``logprobs``, penalties, ``logit_bias``,
+``guided``...) and ``prompt_token_ids``. A v1 record (``schema_version`` 1, or none and no v2
+field) is read as before; a record that says 1 and uses a v2 field is refused. Writers stamp
+the lowest version that holds what they wrote, so a v1 reader still takes a plain request.
+Whether the served model honours an option is checked by preprocess (``MODEL_OPTIONS``).
 
 Field names follow OpenAI's completions/chat API. Limits that depend on the model (the context
 length) are checked by preprocess, not here.
@@ -31,10 +37,12 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from genwire.errors import PermanentError, describe_validation
-from genwire.events import ChatMessage
+from genwire.events import ChatMessage, Guided
 
-SCHEMA_VERSION = 1
-"""The version this module reads and writes; bump only with a new ``request.vN.json``."""
+SCHEMA_VERSION = 2
+"""The newest version this module reads and writes; bump only with a new ``request.vN.json``."""
+SCHEMA_VERSIONS = (1, 2)
+"""Every version this module reads."""
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 """Request ids: safe in Kafka keys, Redis keys, URLs and log lines."""
@@ -52,6 +60,51 @@ MAX_TOKENS_CEILING = 32_768
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 """Default ceiling on a request's JSON (the Kafka value) in bytes."""
 
+MAX_N = 16
+"""Most choices per request (``n``)."""
+MAX_TOP_LOGPROBS = 20
+"""Most alternatives per token (``top_logprobs``), as OpenAI allows."""
+MAX_LOGIT_BIAS = 300
+"""Most entries in ``logit_bias`` (OpenAI's limit)."""
+MAX_STOP_TOKEN_IDS = 64
+MAX_GUIDED_CHARS = 64 * 1024
+"""Ceiling on a structured-output spec (a JSON schema, regex, grammar or choice list)."""
+MAX_TOKEN_ID = 2**31 - 1
+
+MODEL_OPTIONS: dict[str, str] = {
+    "n": "several choices per request (n > 1)",
+    "logprobs": "per-token log-probabilities",
+    "top_logprobs": "the most likely alternatives per token (top_logprobs > 0)",
+    "presence_penalty": "presence penalty",
+    "frequency_penalty": "frequency penalty",
+    "repetition_penalty": "repetition penalty",
+    "min_p": "min-p sampling",
+    "logit_bias": "logit bias",
+    "min_tokens": "a minimum number of tokens",
+    "ignore_eos": "generating past the end-of-sequence token",
+    "guided": "structured output (response_format, guided_*)",
+}
+"""Decode-loop options a model version must declare (``manifest.json`` ``"options"``) before
+preprocess lets a request use them; a request using another is refused (unsupported_parameter)
+naming the field, so an option is never silently ignored."""
+
+V2_FIELDS = (
+    "prompt_token_ids",
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "min_p",
+    "logit_bias",
+    "min_tokens",
+    "ignore_eos",
+    "stop_token_ids",
+    "guided",
+)
+"""Fields added by schema v2."""
+
 
 class ErrorCode(StrEnum):
     """Stable codes of ``GenerationResult.error.code`` (and of the DLQ's reason header)."""
@@ -67,7 +120,11 @@ class ErrorCode(StrEnum):
     MISSING_PROMPT = "missing_prompt"
     """Neither ``prompt`` nor ``messages`` (or both, or empty)."""
     OUT_OF_RANGE = "out_of_range"
-    """A parameter outside its range (max_tokens, temperature, top_p, top_k, seed, stop)."""
+    """A parameter outside its range (max_tokens, temperature, top_p, top_k, seed, stop, n,
+    top_logprobs, penalties, min_p, logit_bias, min_tokens; n × max_tokens over the budget)."""
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
+    """A parameter genwire (or the served model version) does not honour: refused, never
+    ignored; the message and ``param`` name it."""
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
     """``schema_version`` is not one this deployment reads."""
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
@@ -97,6 +154,7 @@ ERROR_HTTP_STATUS: dict[str, int] = {
     ErrorCode.INVALID_REQUEST: 400,
     ErrorCode.MISSING_PROMPT: 400,
     ErrorCode.OUT_OF_RANGE: 400,
+    ErrorCode.UNSUPPORTED_PARAMETER: 400,
     ErrorCode.UNSUPPORTED_SCHEMA_VERSION: 400,
     ErrorCode.CONTEXT_LENGTH_EXCEEDED: 400,
     ErrorCode.MODEL_NOT_FOUND: 404,
@@ -114,6 +172,9 @@ RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
+BiasKey = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")]
+Bias = Annotated[float, Field(ge=-100.0, le=100.0)]
 
 
 class GenerationRequest(BaseModel):
@@ -122,11 +183,15 @@ class GenerationRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,  # "64" is not 64: wrong types are errors, not guesses
-        json_schema_extra={"$id": "https://genwire.dev/schemas/request.v1.json"},
-        title="genwire request v1",
+        json_schema_extra={"$id": "https://genwire.dev/schemas/request.v2.json"},
+        title="genwire request v2",
     )
 
-    schema_version: Literal[1] = Field(1, description="Version of this schema.")
+    schema_version: Literal[1, 2] = Field(
+        2,
+        description="Version of this schema (1 is still read: no v2 field may be set). "
+        "Omitted: 2 if a v2 field is set, else 1.",
+    )
     request_id: RequestId | None = Field(
         None,
         description="Caller's id (also the Kafka key); assigned by preprocess when missing.",
@@ -144,6 +209,12 @@ class GenerationRequest(BaseModel):
     )
     prompt: str | None = Field(
         None, min_length=1, max_length=MAX_PROMPT_CHARS, description="Completion prompt."
+    )
+    prompt_token_ids: list[TokenId] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_TOKENS_CEILING * 4,
+        description="v2. A completion prompt given as token ids (instead of ``prompt``).",
     )
     messages: list[ChatMessage] | None = Field(
         None,
@@ -182,18 +253,131 @@ class GenerationRequest(BaseModel):
     received_ms: float | None = Field(
         None, gt=0, description="When the entry point received it (ms since the epoch)."
     )
+    # -- v2: decode-loop options (honoured by the model, or refused by preprocess) ------------
+    n: int = Field(1, ge=1, le=MAX_N, description="v2. Choices to generate (sharing a prefill).")
+    logprobs: bool = Field(False, description="v2. Return each generated token's logprob.")
+    top_logprobs: int = Field(
+        0,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="v2. Also the most likely alternatives per token (needs ``logprobs``).",
+    )
+    presence_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="v2. Penalise tokens already generated (once each)."
+    )
+    frequency_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="v2. Penalise tokens by how often they were generated."
+    )
+    repetition_penalty: float = Field(
+        1.0,
+        gt=0.0,
+        le=10.0,
+        description="v2. Divide (multiply, if negative) the logits of tokens of the prompt or "
+        "output; 1 disables it.",
+    )
+    min_p: float = Field(
+        0.0, ge=0.0, le=1.0, description="v2. Drop tokens below min_p × the top token's prob."
+    )
+    logit_bias: dict[BiasKey, Bias] = Field(
+        default_factory=dict,
+        max_length=MAX_LOGIT_BIAS,
+        description="v2. Token id (a decimal string) → bias added to its logit (-100..100).",
+    )
+    min_tokens: int = Field(
+        0,
+        ge=0,
+        le=MAX_TOKENS_CEILING,
+        description="v2. Generate at least this many tokens before any stop (≤ max_tokens).",
+    )
+    ignore_eos: bool = Field(False, description="v2. Keep generating past end-of-sequence.")
+    stop_token_ids: list[TokenId] = Field(
+        default_factory=list,
+        max_length=MAX_STOP_TOKEN_IDS,
+        description="v2. Token ids that end the generation (besides the model's own EOS).",
+    )
+    guided: Guided | None = Field(
+        None,
+        description="v2. Structured output: only text the constraint allows is generated.",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerationRequest:
-        if (self.prompt is None) == (self.messages is None):
+        inputs = [self.prompt, self.messages, self.prompt_token_ids]
+        if sum(i is not None for i in inputs) != 1:
             raise PydanticCustomError(
-                ErrorCode.MISSING_PROMPT.value, "exactly one of 'prompt' or 'messages' is required"
+                ErrorCode.MISSING_PROMPT.value,
+                "exactly one of 'prompt', 'prompt_token_ids' or 'messages' is required",
             )
         if isinstance(self.stop, list) and len(self.stop) > MAX_STOP:
             raise PydanticCustomError(
                 ErrorCode.OUT_OF_RANGE.value, "'stop' takes at most {n} strings", {"n": MAX_STOP}
             )
+        used = self.v2_fields_used()
+        if "schema_version" not in self.model_fields_set:
+            self.schema_version = 2 if used else 1
+        elif self.schema_version == 1 and used:
+            raise PydanticCustomError(
+                ErrorCode.INVALID_REQUEST.value,
+                "'{field}' needs schema_version 2 (this record says 1)",
+                {"field": used[0]},
+            )
+        if self.top_logprobs and not self.logprobs:
+            raise PydanticCustomError(
+                ErrorCode.OUT_OF_RANGE.value, "'top_logprobs' needs 'logprobs' to be true"
+            )
+        if self.min_tokens > self.max_tokens:
+            raise PydanticCustomError(
+                ErrorCode.OUT_OF_RANGE.value,
+                "'min_tokens' ({min}) exceeds 'max_tokens' ({max})",
+                {"min": self.min_tokens, "max": self.max_tokens},
+            )
+        if self.guided is not None and len(self.guided.spec) > MAX_GUIDED_CHARS:
+            raise PydanticCustomError(
+                ErrorCode.OUT_OF_RANGE.value,
+                "'guided.spec' is {n} characters; the limit is {limit}",
+                {"n": len(self.guided.spec), "limit": MAX_GUIDED_CHARS},
+            )
         return self
+
+    def v2_fields_used(self) -> list[str]:
+        """The v2 fields set to something other than their default."""
+        defaults = GenerationRequest.model_fields
+        return [
+            name
+            for name in V2_FIELDS
+            if getattr(self, name) != defaults[name].get_default(call_default_factory=True)
+        ]
+
+    def model_options(self) -> list[str]:
+        """The ``MODEL_OPTIONS`` this request uses (the model version must declare each)."""
+        used = []
+        if self.n > 1:
+            used.append("n")
+        if self.logprobs:
+            used.append("logprobs")
+        if self.top_logprobs > 0:
+            used.append("top_logprobs")
+        if self.presence_penalty != 0.0:
+            used.append("presence_penalty")
+        if self.frequency_penalty != 0.0:
+            used.append("frequency_penalty")
+        if self.repetition_penalty != 1.0:
+            used.append("repetition_penalty")
+        if self.min_p > 0.0:
+            used.append("min_p")
+        if self.logit_bias:
+            used.append("logit_bias")
+        if self.min_tokens > 0:
+            used.append("min_tokens")
+        if self.ignore_eos:
+            used.append("ignore_eos")
+        if self.guided is not None:
+            used.append("guided")
+        return used
+
+    def logit_bias_ids(self) -> dict[int, float]:
+        """``logit_bias`` with integer token ids."""
+        return {int(k): v for k, v in self.logit_bias.items()}
 
     def stop_list(self) -> list[str]:
         """``stop`` as a list (OpenAI accepts one string or a list)."""
@@ -205,7 +389,9 @@ class GenerationRequest(BaseModel):
         """(key, value) to produce on ``genwire.requests``; needs ``request_id`` set."""
         if self.request_id is None:
             raise ValueError("set request_id before producing (it is the Kafka key)")
-        value = self.model_dump_json(exclude_none=True, exclude_defaults=False)
+        # v2 fields left at their defaults are left out: a plain request stays a v1 record.
+        unused = set(V2_FIELDS) - set(self.v2_fields_used())
+        value = self.model_dump_json(exclude_none=True, exclude_defaults=False, exclude=unused)
         return self.request_id.encode(), value.encode()
 
 
@@ -221,27 +407,56 @@ _RANGE_ERRORS = frozenset(
         "string_too_short",
     }
 )
-_SAMPLING_FIELDS = frozenset({"max_tokens", "temperature", "top_p", "top_k", "seed", "stop"})
+_SAMPLING_FIELDS = frozenset(
+    {
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "stop",
+        "n",
+        "top_logprobs",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "min_p",
+        "logit_bias",
+        "min_tokens",
+        "stop_token_ids",
+    }
+)
 
 
 # Fields that do not change what is generated: a repeat may differ in them.
-_NOT_FINGERPRINTED = {"request_id", "stream", "deadline_ms", "received_ms", "metadata"}
+_NOT_FINGERPRINTED = {
+    "request_id",
+    "stream",
+    "deadline_ms",
+    "received_ms",
+    "metadata",
+    "schema_version",
+}
 
 
 def fingerprint(request: GenerationRequest) -> str:
     """A digest of what the request asks for (its id, timing, streaming and metadata left out).
 
     The gateway and preprocess compare it under ``genwire.results.claim_key``: one rule for every
-    entry point.
+    entry point. v2 fields left at their defaults are left out, so a v1 request keeps the
+    fingerprint it had before v2.
     """
-    canonical = request.model_dump_json(exclude=_NOT_FINGERPRINTED)
+    unused = set(V2_FIELDS) - set(request.v2_fields_used())
+    canonical = request.model_dump_json(exclude=_NOT_FINGERPRINTED | unused)
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def _classify(exc: ValidationError) -> tuple[ErrorCode, str]:
-    """The most specific code for a validation failure, and one readable line per problem."""
+def _classify(exc: ValidationError) -> tuple[ErrorCode, str, str | None]:
+    """The most specific code for a validation failure, one readable line per problem, and the
+    field of the first problem (OpenAI's ``param``)."""
     errors = exc.errors(include_url=False, include_input=False)
     codes: list[ErrorCode] = []
+    param = _param_of(errors[0]) if errors else None
     for e in errors:
         loc = tuple(str(p) for p in e["loc"])
         kind = e["type"]
@@ -252,6 +467,8 @@ def _classify(exc: ValidationError) -> tuple[ErrorCode, str]:
             codes.append(ErrorCode(kind))
         elif field == "schema_version" and kind == "literal_error":
             codes.append(ErrorCode.UNSUPPORTED_SCHEMA_VERSION)
+        elif field in ("prompt_token_ids", "stop_token_ids") and kind in _RANGE_ERRORS:
+            codes.append(ErrorCode.OUT_OF_RANGE)
         elif field in ("prompt", "messages") and kind in ("too_short", "string_too_short"):
             codes.append(ErrorCode.MISSING_PROMPT)
         elif field in ("prompt", "messages") and kind in ("too_long", "string_too_long"):
@@ -262,7 +479,20 @@ def _classify(exc: ValidationError) -> tuple[ErrorCode, str]:
             codes.append(ErrorCode.INVALID_REQUEST)
     # One code for the caller: the first specific one (invalid_request only when nothing else).
     code = next((c for c in codes if c != ErrorCode.INVALID_REQUEST), ErrorCode.INVALID_REQUEST)
-    return code, describe_validation(exc, subject="request")
+    return code, describe_validation(exc, subject="request"), param
+
+
+_NAMED_IN_MESSAGE = re.compile(r"'([a-z_.]+)'")
+
+
+def _param_of(error: Any) -> str | None:
+    """The field a validation problem is about: its location, or the field its message names
+    (a whole-request check such as ``top_logprobs`` without ``logprobs``)."""
+    loc = [str(p) for p in error["loc"] if not isinstance(p, int)]
+    if loc:
+        return loc[0]
+    named = _NAMED_IN_MESSAGE.search(str(error.get("msg", "")))
+    return named.group(1) if named else None
 
 
 def request_id_hint(raw: bytes, key: bytes | None) -> str | None:
@@ -308,8 +538,8 @@ def parse_request(
     try:
         request = GenerationRequest.model_validate_json(raw)
     except ValidationError as exc:
-        code, message = _classify(exc)
-        raise PermanentError(message, code=code) from None
+        code, message, param = _classify(exc)
+        raise PermanentError(message, code=code, param=param) from None
     if key:
         try:
             key_id = key.decode("utf-8")
@@ -340,8 +570,8 @@ def validate_request(
     try:
         request = GenerationRequest.model_validate(fields)
     except ValidationError as exc:
-        code, message = _classify(exc)
-        raise PermanentError(message, code=code) from None
+        code, message, param = _classify(exc)
+        raise PermanentError(message, code=code, param=param) from None
     _, value = request.to_kafka()
     if len(value) > max_bytes:
         raise PermanentError(
@@ -352,15 +582,16 @@ def validate_request(
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of ``GenerationRequest`` (what ``request.v1.json`` holds)."""
+    """The JSON Schema of ``GenerationRequest`` (what ``request.v2.json`` holds)."""
     schema = GenerationRequest.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
 
 
-def packaged_schema() -> dict[str, Any]:
-    """The packaged ``genwire/schemas/request.v1.json``."""
-    text = resources.files("genwire").joinpath("schemas/request.v1.json").read_text("utf-8")
+def packaged_schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """The packaged ``genwire/schemas/request.v{version}.json``."""
+    path = f"schemas/request.v{version}.json"
+    text = resources.files("genwire").joinpath(path).read_text("utf-8")
     loaded: dict[str, Any] = json.loads(text)
     return loaded
 

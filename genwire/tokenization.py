@@ -79,7 +79,16 @@ class ModelAssets:
     bos_token: str | None = None
     eos_token: str | None = None
     eos_token_ids: list[int] = field(default_factory=list)
+    options: frozenset[str] = frozenset()
+    """Decode-loop options this model version honours (``manifest.json`` ``"options"``, names
+    of ``genwire.request.MODEL_OPTIONS``); preprocess refuses a request using any other."""
     _template: Template | None = field(default=None, repr=False)
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids are below this (prompt token ids, logit_bias keys are checked against it)."""
+        size: int = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        return size
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         """The prompt text of a chat, rendered with the model's template (sandboxed jinja2)."""
@@ -136,6 +145,7 @@ def load_assets(version_dir: Path, name: str, default_context_length: int) -> Mo
     )
     context_length = 0
     manifest_eos = _read_json(version_dir / "manifest.json").get("eos_token_ids")
+    manifest_options = _read_json(version_dir / "manifest.json").get("options")
     for manifest in (
         version_dir / "manifest.json",
         version_dir / "genwire.json",
@@ -174,6 +184,9 @@ def load_assets(version_dir: Path, name: str, default_context_length: int) -> Mo
         bos_token=bos,
         eos_token=eos,
         eos_token_ids=eos_ids,
+        options=frozenset(
+            str(o) for o in (manifest_options if isinstance(manifest_options, list) else [])
+        ),
     )
 
 

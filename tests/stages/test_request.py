@@ -17,7 +17,7 @@ from genwire.results import result_key
 
 
 def test_packaged_schema_is_the_models() -> None:
-    # Regenerate with: python -m genwire.request > genwire/schemas/request.v1.json
+    # Regenerate with: python -m genwire.request > genwire/schemas/request.v2.json
     assert packaged_schema() == json_schema()
     props = packaged_schema()["properties"]
     assert (props["temperature"]["minimum"], props["temperature"]["maximum"]) == (0.0, 2.0)
@@ -48,7 +48,7 @@ def test_packaged_schema_is_the_models() -> None:
         (b'{"prompt": "a", "seed": -3}', ErrorCode.OUT_OF_RANGE),
         (b'{"prompt": "a", "stop": ["1", "2", "3", "4", "5"]}', ErrorCode.OUT_OF_RANGE),
         (b'{"prompt": "a", "stop": [""]}', ErrorCode.OUT_OF_RANGE),
-        (b'{"prompt": "a", "schema_version": 2}', ErrorCode.UNSUPPORTED_SCHEMA_VERSION),
+        (b'{"prompt": "a", "schema_version": 3}', ErrorCode.UNSUPPORTED_SCHEMA_VERSION),
     ],
 )
 def test_bad_input_gets_its_code(raw: bytes, code: str) -> None:

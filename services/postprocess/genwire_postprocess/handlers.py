@@ -306,7 +306,7 @@ def failure_result(request_id: str | None, err: GenwireError, stream: bool) -> l
         GenerationResult(
             request_id=request_id,
             finish_reason="error",
-            error=ErrorInfo(code=err.code, message=err.message),
+            error=ErrorInfo(code=err.code, message=err.message, param=err.param),
         )
     )
     return out

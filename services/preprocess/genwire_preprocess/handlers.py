@@ -179,7 +179,7 @@ def error_chunk(raw: bytes, key: bytes | None, err: GenwireError) -> list[Genera
             stream=stream,
             model=model[:128],
             finish_reason="error",
-            error=ErrorInfo(code=err.code, message=err.message),
+            error=ErrorInfo(code=err.code, message=err.message, param=err.param),
             timings=Timings(received=now_ms()),
         )
     ]
