@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,7 +23,36 @@ class CommonSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, comma separated."
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis connection URL.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How every Kafka client of this process connects: PLAINTEXT (the default "
+        "native stack), SSL, SASL_PLAINTEXT or SASL_SSL (`genwire up --secure`).",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism when the protocol is SASL_*."
+    )
+    kafka_sasl_username: str = Field(
+        "", description="SASL user (one per service in the secure stack: its ACLs follow it)."
+    )
+    kafka_sasl_password: SecretStr = Field(
+        SecretStr(""), description="SASL password of kafka_sasl_username (never logged)."
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None,
+        description="CA certificate (PEM) the brokers' certificates are checked against "
+        "(SSL/SASL_SSL); unset: the system's trust store.",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) for brokers that ask for one (SSL)."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="Private key (PEM) of kafka_ssl_certfile."
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis connection URL. TLS and a password go in the URL: "
+        "rediss://:PASSWORD@HOST:PORT/0?ssl_ca_certs=/path/ca.pem (the secure stack's form).",
+    )
     triton_grpc_url: str = Field("127.0.0.1:8001", description="Triton gRPC host:port.")
     triton_http_url: str = Field("127.0.0.1:8000", description="Triton HTTP host:port.")
     jaeger_ui_url: str = Field(
@@ -119,3 +149,22 @@ class ServiceSettings(CommonSettings):
         2.0, gt=0, description="Timeout of one Redis command (connection errors are retried)."
     )
     shutdown_timeout_s: float = Field(20.0, gt=0, description="How long stop waits for work.")
+    tls_certfile: Path | None = Field(
+        None,
+        description="Certificate chain (PEM): when set, the service's HTTP port (and the "
+        "gateway's gRPC port) serve TLS only.",
+    )
+    tls_keyfile: Path | None = Field(None, description="Private key (PEM) of tls_certfile.")
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="mTLS: when set (with tls_certfile), every client must present a certificate "
+        "signed by this CA (PEM); a client without one is refused during the handshake.",
+    )
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> ServiceSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile go together: set both or neither")
+        if self.tls_client_ca_file is not None and self.tls_certfile is None:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_certfile and tls_keyfile")
+        return self

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from genwire.kafka.security import client_options
+from genwire.settings import CommonSettings
 from genwire.topics import TOPIC_SPECS, TopicSpec
 
 
@@ -18,13 +20,17 @@ async def ensure_topics(
     *,
     replication_factor: int = 1,
     min_insync_replicas: int | None = None,
+    settings: CommonSettings | None = None,
 ) -> list[str]:
     """Create the topics that are missing; returns the names it created.
 
     A cluster of three brokers uses ``replication_factor=3, min_insync_replicas=2``: with
-    ``acks=all`` a write then survives the loss of any one broker.
+    ``acks=all`` a write then survives the loss of any one broker. ``settings``: whose Kafka
+    security to connect with (default: the process's, :mod:`genwire.kafka.security`).
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, **client_options(settings), request_timeout_ms=10000
+    )
     await asyncio.wait_for(admin.start(), timeout_s)
     try:
         existing = set(await admin.list_topics())

@@ -53,6 +53,7 @@ from genwire.kafka.failures import (
 )
 from genwire.kafka.offsets import PartitionOffsets
 from genwire.kafka.producer import KAFKA, EventProducer, forward_headers, publish_error
+from genwire.kafka.security import client_options
 from genwire.metrics import ConsumerMetrics
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import extract
@@ -152,6 +153,7 @@ class EventConsumer(Generic[InT]):
         self._stopping = False
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,
+            **client_options(),
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset=auto_offset_reset if group_id is not None else "latest",

@@ -34,6 +34,7 @@ from opentelemetry.trace import SpanKind, Tracer
 
 from genwire.errors import GenwireError, PermanentError, RetryableError
 from genwire.events import Event, dump
+from genwire.kafka.security import client_options
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import KafkaHeaders, inject
 
@@ -109,6 +110,7 @@ class EventProducer:
     def _new_client(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,
+            **client_options(),
             client_id=self._client_id,
             acks="all",
             enable_idempotence=True,

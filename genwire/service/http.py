@@ -4,6 +4,7 @@ uvicorn on the service's port, exiting with ``EXIT_FAILED`` when the runtime gav
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -41,6 +42,23 @@ EXIT_FAILED = 3
 """Exit status of a service that stopped because it could not make progress (``fail``)."""
 
 
+def tls_options(settings: ServiceSettings) -> dict[str, Any]:
+    """uvicorn's TLS arguments: none unless ``tls_certfile`` is set; with ``tls_client_ca_file``
+    a client certificate signed by that CA is required (mTLS)."""
+    if settings.tls_certfile is None:
+        return {}
+    options: dict[str, Any] = {
+        "ssl_certfile": str(settings.tls_certfile),
+        "ssl_keyfile": str(settings.tls_keyfile),
+    }
+    if settings.tls_client_ca_file is not None:
+        options |= {
+            "ssl_ca_certs": str(settings.tls_client_ca_file),
+            "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        }
+    return options
+
+
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
     """Run ``app`` under uvicorn on the service's health/metrics port.
 
@@ -50,7 +68,12 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
     import uvicorn
 
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        **tls_options(settings),
     )
     server = uvicorn.Server(config)
 

@@ -31,6 +31,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.telemetry import TelemetryConfig
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from genwire.kafka import security as kafka_security
 from genwire.service.http import health_router, serve
 from genwire.service.runtime import ServiceRuntime
 from genwire.settings import ServiceSettings
@@ -117,4 +118,5 @@ def run(spec: ServiceSpec[S]) -> None:
     logging and serve until SIGTERM (exit status ``EXIT_FAILED`` after ``runtime.fail``)."""
     settings = spec.settings()
     configure_logging(settings.log_level, settings.log_json)
+    kafka_security.use(settings)  # every Kafka client of this process connects as this service
     serve(spec.app(settings), settings)

@@ -18,6 +18,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from genwire.kafka.security import client_options
 from genwire.topics import Topic
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,11 @@ class KafkaSpanExporter(SpanExporter):
     async def _send(self, payloads: list[bytes]) -> None:
         if self._producer is None:
             producer = AIOKafkaProducer(
-                bootstrap_servers=self._bootstrap, acks=1, linger_ms=5, request_timeout_ms=10000
+                bootstrap_servers=self._bootstrap,
+                acks=1,
+                linger_ms=5,
+                request_timeout_ms=10000,
+                **client_options(),
             )
             try:
                 await producer.start()

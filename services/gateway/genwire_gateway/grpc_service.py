@@ -329,7 +329,18 @@ def build_server(
             server,
         )
     address = f"{settings.grpc_host}:{settings.grpc_port}"
-    if server.add_insecure_port(address) == 0:
+    if settings.tls_certfile is not None and settings.tls_keyfile is not None:
+        # TLS (and mTLS with tls_client_ca_file): the same certificate as the HTTP port.
+        ca = settings.tls_client_ca_file
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls_keyfile.read_bytes(), settings.tls_certfile.read_bytes())],
+            root_certificates=ca.read_bytes() if ca is not None else None,
+            require_client_auth=ca is not None,
+        )
+        bound = server.add_secure_port(address, credentials)
+    else:
+        bound = server.add_insecure_port(address)
+    if bound == 0:
         raise OSError(f"cannot bind gRPC to {address}")
     return server, health
 

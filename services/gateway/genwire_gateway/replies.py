@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from genwire.events import GenerationResult, TokenEvent
+from genwire.kafka.security import client_options
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import extract
@@ -261,6 +262,7 @@ class ReplyReader(ConsumerRebalanceListener):  # type: ignore[misc]
         self._kept: dict[int, int] = {}
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,
+            **client_options(),
             client_id=client_id,
             group_id=group_id,
             enable_auto_commit=False,

@@ -17,6 +17,7 @@ import logging
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from genwire.kafka.security import client_options
 from genwire_monitor.alerting import AlertEvent
 from genwire_monitor.handlers import firing_from_state
 
@@ -31,6 +32,7 @@ async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float) -> li
     parts = await _partitions(bootstrap_servers, topic, timeout_s)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
+        **client_options(),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -55,7 +57,9 @@ async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float) -> li
 async def _partitions(bootstrap_servers: str, topic: str, timeout_s: float) -> list[TopicPartition]:
     """The topic's partitions, from the broker (the consumer's own metadata only covers what
     it is assigned)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="genwire-monitor")
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, **client_options(), client_id="genwire-monitor"
+    )
     async with asyncio.timeout(timeout_s):
         await admin.start()
         try:

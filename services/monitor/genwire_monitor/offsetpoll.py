@@ -23,6 +23,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from genwire.kafka.security import client_options
 from genwire_monitor.stalls import PartitionSample, PartitionStatus, StallTracker
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,13 @@ class OffsetPoller:
         request_ms = max(1000, int(self.timeout_s * 1000))
         admin = AIOKafkaAdminClient(
             bootstrap_servers=self._bootstrap,
+            **client_options(),
             client_id=f"{self._client_id}-admin",
             request_timeout_ms=request_ms,
         )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
+            **client_options(),
             client_id=self._client_id,
             group_id=None,
             enable_auto_commit=False,

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
+from genwire.kafka.security import client_options
+
 log = logging.getLogger(__name__)
 
 Sink = Callable[[list[bytes]], Awaitable[None]]
@@ -56,6 +58,7 @@ class SpanSource:
         self._commit_interval = commit_interval_s
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,
+            **client_options(),
             group_id=group_id,
             client_id=f"{group_id}-spans",
             enable_auto_commit=False,

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import ValidationError
 
 from genwire.events import ErrorInfo, GenerationResult, TokenEvent
+from genwire.kafka.security import client_options
 from genwire.request import GenerationRequest
 from genwire.topics import Topic
 from genwire_bench.drivers.base import Driver, RequestFailed, TraceContext
@@ -77,6 +78,7 @@ class KafkaDriver(Driver):
         self._reader = reader or KafkaReader(bootstrap_servers)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
+            **client_options(),
             client_id="genwire-bench",
             acks="all",
             enable_idempotence=True,
@@ -140,6 +142,7 @@ class KafkaReader:
             Topic.RESULTS,
             Topic.TOKENS,
             bootstrap_servers=self._bootstrap,
+            **client_options(),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="latest",
