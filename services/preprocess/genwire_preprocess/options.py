@@ -1,0 +1,77 @@
+"""The checks of a request's decode-loop options that need the model (pure logic).
+
+``genwire.request`` checks shapes and ranges; what depends on the model version is checked
+here, before anything reaches Triton: an option the version does not declare
+(``ModelAssets.options``) is refused naming the field (``unsupported_parameter``), token ids
+(prompt, ``logit_bias``, ``stop_token_ids``) must be in its vocabulary, and ``n × max_tokens``
+must fit the configured budget.
+"""
+
+from __future__ import annotations
+
+from genwire.errors import PermanentError
+from genwire.events import Sampling
+from genwire.request import MODEL_OPTIONS, ErrorCode, GenerationRequest
+from genwire.tokenization import ModelAssets
+
+
+def check_options(
+    request: GenerationRequest, assets: ModelAssets, *, max_generation_tokens: int
+) -> None:
+    """Raise ``PermanentError`` (naming the field) for an option this model version cannot take."""
+    for option in request.model_options():
+        if option not in assets.options:
+            raise PermanentError(
+                f"'{option}' ({MODEL_OPTIONS[option]}) is not supported by "
+                f"{assets.name} version {assets.version}",
+                code=ErrorCode.UNSUPPORTED_PARAMETER,
+                param=option,
+            )
+    total = request.n * request.max_tokens
+    if total > max_generation_tokens:
+        raise PermanentError(
+            f"n ({request.n}) × max_tokens ({request.max_tokens}) = {total} tokens exceeds the "
+            f"budget of {max_generation_tokens} tokens per request",
+            code=ErrorCode.OUT_OF_RANGE,
+            param="n" if request.n > 1 else "max_tokens",
+        )
+    vocab = assets.vocab_size
+    for field, ids in (
+        ("prompt_token_ids", request.prompt_token_ids or []),
+        ("logit_bias", list(request.logit_bias_ids())),
+        ("stop_token_ids", request.stop_token_ids),
+    ):
+        unknown = [i for i in ids if i >= vocab]
+        if unknown:
+            raise PermanentError(
+                f"'{field}' names token id {unknown[0]}, not in the vocabulary of "
+                f"{assets.name} (ids 0..{vocab - 1})",
+                code=ErrorCode.OUT_OF_RANGE,
+                param=field,
+            )
+
+
+def sampling_of(request: GenerationRequest, assets: ModelAssets, seed: int) -> Sampling:
+    """The ``Sampling`` of a validated request: every option carried to the model."""
+    stop_ids = list(assets.eos_token_ids)
+    stop_ids += [i for i in request.stop_token_ids if i not in stop_ids]
+    return Sampling(
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        top_k=request.top_k,
+        seed=seed,
+        stop=request.stop_list(),
+        stop_token_ids=stop_ids,
+        n=request.n,
+        logprobs=request.logprobs,
+        top_logprobs=request.top_logprobs,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        repetition_penalty=request.repetition_penalty,
+        min_p=request.min_p,
+        logit_bias=request.logit_bias_ids(),
+        min_tokens=request.min_tokens,
+        ignore_eos=request.ignore_eos,
+        guided=request.guided,
+    )
