@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from genwire_bench.monitor.synth import REFERENCE, Profile, encode, request_spans
 from genwire_monitor import page, promexport
+from genwire_monitor.alerting import AlertEvent
 from genwire_monitor.handlers import MonitorEngine
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import CollectorRegistry, generate_latest
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from .simulate import fast_settings, run
 
 T0 = 1_800_000_000.0
+OTHER = ("other", "other")
 
 
 def _requests(profiles: list[Profile], t: float, rng: random.Random) -> bytes:
@@ -26,7 +28,7 @@ def _requests(profiles: list[Profile], t: float, rng: random.Random) -> bytes:
 
 
 def test_ten_thousand_model_names_make_a_bounded_number_of_series() -> None:
-    engine = MonitorEngine(fast_settings(max_models=8))
+    engine = MonitorEngine(fast_settings(max_models=8, model_idle_s=7200))  # no eviction here
     rng = random.Random(31)
     t = T0
     for batch in range(100):  # 10,000 distinct names, served (a version) or rejected (none)
@@ -37,7 +39,8 @@ def test_ten_thousand_model_names_make_a_bounded_number_of_series() -> None:
         ]
         engine.ingest([_requests(profiles, t, rng)], t)
         engine.tick(t)
-    engine.tick(t + 1)
+        assert len(engine.models) <= 9
+    engine.tick(t + 0.5)  # (within model_idle_s: nothing evicted yet)
     assert engine.counts.requests == 10_000
     keys = set(engine.models)
     assert len(keys) == 9 and ("other", "other") in keys  # 8 of their own, then one "other"
@@ -47,7 +50,7 @@ def test_ten_thousand_model_names_make_a_bounded_number_of_series() -> None:
     assert {(r.model, r.version) for r in engine.drift_results} <= keys
     models = {(m["model"], m["version"]) for m in engine.model_figures(t)}
     assert models == keys
-    figures = promexport.figures(engine, t + 1)
+    figures = promexport.figures(engine, t + 0.5)
     assert {(m, v) for m, v, *_ in figures.drift} <= keys
     registry = CollectorRegistry()
     promexport.register(registry).latest = figures
@@ -60,7 +63,7 @@ def test_ten_thousand_model_names_make_a_bounded_number_of_series() -> None:
         and ',outcome="ok"' in line
     }
     assert len(series) == 9 and 'model="other",version="other"' in series
-    html = page.render(page.snapshot(engine, t + 1))
+    html = page.render(page.snapshot(engine, t + 0.5))
     assert html.count('class="model-row"') == 9 and "made-up-99" not in html
 
 
@@ -90,3 +93,68 @@ def test_each_version_has_its_own_slos_error_ratio_and_logprob() -> None:
     e2e_one, e2e_two = one["slos"]["e2e"], two["slos"]["e2e"]  # type: ignore[index]
     assert e2e_one["p99_ms"] < 1000 < e2e_two["p99_ms"]
     assert e2e_one["good_ratio"] == 1.0 and e2e_two["good_ratio"] < 0.1
+
+
+def test_idle_versions_are_evicted_their_alerts_resolve_and_their_slot_is_freed() -> None:
+    settings = fast_settings(max_models=2)
+    engine = MonitorEngine(settings)
+    rng = random.Random(33)
+    v1 = REFERENCE
+    v2 = replace(REFERENCE, version="2", slow_ms=1500)
+    t, _ = run(engine, v1, T0, 12.0, 100, rng)
+    events: list[tuple[float, AlertEvent]] = []
+    for _ in range(3):
+        t, more = run(engine, v2, t, 1.0, 60, rng)
+        events += more
+        t, more = run(engine, v1, t, 1.0, 60, rng)
+        events += more
+    v2_page = "latency:e2e:page:genwire-gpt:2"
+    assert [e.status for _, e in events if e.id == v2_page] == ["firing"]
+    assert set(engine.models) == {("genwire-gpt", "1"), ("genwire-gpt", "2")}
+    # v2 is no longer served: only v1 traffic from now on; after model_idle_s (3600 s x SCALE
+    # = 10 s) its series is gone and its alerts resolve, saying why.
+    idle_s = settings.scaled(settings.model_idle_s)
+    t, events = run(engine, v1, t, idle_s + 2, 60, rng)
+    resolved = [e for _, e in events if e.id == v2_page]
+    assert [e.status for e in resolved] == ["resolved"]
+    assert "no longer served" in resolved[0].summary
+    assert ("genwire-gpt", "2") not in engine.models and engine.evicted == 1
+    assert not [a for a in engine.book.active(t) if a.model_version == "2"]
+    # its slot is free: a new version gets its own series (max_models=2), not "other"
+    t, _ = run(engine, replace(REFERENCE, version="3"), t, 1.0, 60, rng)
+    assert ("genwire-gpt", "3") in engine.models and OTHER not in engine.models
+
+
+def test_a_rebuilt_alert_of_a_version_that_never_comes_back_resolves() -> None:
+    settings = fast_settings()
+    engine = MonitorEngine(settings)
+    rng = random.Random(34)
+    t, _ = run(engine, REFERENCE, T0, 12.0, 100, rng)
+    t, events = run(engine, replace(REFERENCE, version="2", slow_ms=1500), t, 3.0, 100, rng)
+    (fired,) = [
+        e for _, e in events if e.id == "latency:e2e:page:genwire-gpt:2" and e.status == "firing"
+    ]
+    fresh = MonitorEngine(settings)  # restarted; version 2 was unloaded meanwhile
+    assert fresh.restore([fired]) == [fired.id]
+    idle_s = settings.scaled(settings.model_idle_s)
+    t, events = run(fresh, REFERENCE, t + 5, idle_s / 2, 50, rng)
+    assert events == [] and fresh.book.is_firing(fired.id)  # held: it may come back
+    t, events = run(fresh, REFERENCE, t, idle_s / 2 + 1, 50, rng)
+    assert [(e.id, e.status) for _, e in events] == [(fired.id, "resolved")]
+    assert fresh.book.active(t) == []
+
+
+def test_a_rebuilt_alert_of_a_version_that_comes_back_is_judged_on_its_traffic() -> None:
+    settings = fast_settings()
+    rng = random.Random(35)
+    engine = MonitorEngine(settings)
+    t, _ = run(engine, REFERENCE, T0, 12.0, 100, rng)
+    t, events = run(engine, replace(REFERENCE, version="2", slow_ms=1500), t, 3.0, 100, rng)
+    (fired,) = [
+        e for _, e in events if e.id == "latency:e2e:page:genwire-gpt:2" and e.status == "firing"
+    ]
+    fresh = MonitorEngine(settings)
+    fresh.restore([fired])
+    t, events = run(fresh, replace(REFERENCE, version="2"), t + 5, 30.0, 100, rng)
+    assert [(e.id, e.status) for _, e in events] == [(fired.id, "resolved")]
+    assert "no longer served" not in events[0][1].summary  # resolved by healthy traffic

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Literal
@@ -200,6 +200,20 @@ class AlertBook:
             no_data=True,  # nothing seen since the restart yet
         )
         return True
+
+    def resolve(self, alert_id: str, now: float, why: str) -> AlertEvent | None:
+        """End an alert whose series is gone (evicted, or rebuilt after a restart for a model
+        version that never came back): a firing one resolves now with ``why`` appended to its
+        summary, a pending one is forgotten. No hold: nothing can prove it clear any more."""
+        st = self._states.get(alert_id)
+        if st is None:
+            return None
+        self._states.pop(alert_id)
+        if st.status != "firing" or st.draft is None:
+            return None
+        st.draft = replace(st.draft, summary=f"{st.draft.summary} Resolved: {why}")
+        st.no_data = False
+        return self._event(alert_id, st, "resolved", now)
 
     def draft(self, alert_id: str) -> Draft | None:
         """The latest draft of a pending or firing alert."""

@@ -174,6 +174,13 @@ class MonitorSettings(ServiceSettings):
         "log-probability series; later ones, and requests no model version served (unknown or "
         "rejected names), share one 'other' series.",
     )
+    model_idle_s: float = Field(
+        3600.0,
+        gt=0,
+        description="A model version series with no request for this long (production s, "
+        "scaled) is evicted, freeing its slot; its alerts resolve. Alerts rebuilt after a "
+        "restart for a version with no request for this long resolve too.",
+    )
     drift: DriftSettings = Field(default_factory=DriftSettings)
     drift_hold_evaluations: int = Field(
         2, ge=1, description="Drifted evaluations (at least) before a drift alert fires."

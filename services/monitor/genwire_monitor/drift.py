@@ -122,6 +122,10 @@ class DriftMonitor:
         if bucket is not None:
             bucket.add(record.attrs, record.trace_hex)
 
+    def drop(self, key: ModelKey) -> None:
+        """Forget a model version's windows and reference (its series was evicted)."""
+        self._series.pop(key, None)
+
     def evaluate(self, now: float) -> list[SeriesResult]:
         """Every tracked model version's drift now."""
         return [self._evaluate(key, s, now) for key, s in self._series.items()]

@@ -73,6 +73,7 @@ class ModelSeries:
     requests: int = 0
     errors: int = 0
     seen: int = field(default=0)  # order of first appearance
+    last_seen: float = 0.0  # clock time of its latest request (eviction when idle)
 
     def mean_logprob(self, now: float, window_s: float) -> float | None:
         """Mean of ``genwire.mean_logprob`` over the window (None: no value)."""
@@ -118,6 +119,10 @@ class MonitorEngine:
         self.book = AlertBook(settings.trace_url, settings.examples_per_alert)
         self.history = History(settings.history_points)
         self.partitions: dict[Key, PartitionStatus] = {}  # latest broker reading, stall watch
+        self.model_idle_s = settings.scaled(settings.model_idle_s)
+        self._vanished: dict[ModelKey, float] = {}  # series with alerts but no series: since
+        self.evicted = 0  # model version series evicted since start
+        self._order = 0  # first-appearance counter of series
         self.partitions_read = False  # has the stall watch read the broker since start?
 
     def _new_slos(self, model: str | None, version: str | None) -> list[SLOState]:
@@ -175,8 +180,10 @@ class MonitorEngine:
                 key[1],
                 self._new_slos(*key),
                 TimeRing(width, self.page_window_s, Mean),
-                seen=len(self.models),
+                seen=self._order,
             )
+            self._order += 1
+            self._vanished.pop(key, None)
         return series
 
     # ---- ingest -------------------------------------------------------------------------
@@ -247,6 +254,7 @@ class MonitorEngine:
                     ms = values[slo.stage]
                     slo.count(t, now, ms <= slo.threshold_ms, trace, ms)
         if series is not None and key is not None:
+            series.last_seen = max(series.last_seen, now)
             series.requests += 1
             series.errors += rec.error
             logprob = rec.attrs.get(sc.MEAN_LOGPROB)
@@ -324,8 +332,10 @@ class MonitorEngine:
     # ---- evaluation ---------------------------------------------------------------------
 
     def tick(self, now: float) -> list[AlertEvent]:
-        """Complete idle traces, evaluate every rule, record history; returns transitions."""
+        """Complete idle traces, evict idle model versions, evaluate every rule, resolve the
+        alerts of series that are gone, record history; returns transitions."""
         self.complete(now)
+        self.evict(now)
         self.drift_results = self.drift.evaluate(now)
         events = rules.evaluate_all(
             self.settings,
@@ -335,7 +345,47 @@ class MonitorEngine:
             list(self.partitions.values()) if self.partitions_read else None,
             now,
         )
+        events += self._resolve_vanished(now)
         self.history.record(now, self.percentiles(now), self.drift_results)
+        return events
+
+    def evict(self, now: float) -> list[ModelKey]:
+        """Drop every model version series (SLO counters, log-probabilities, drift windows)
+        with no request for ``model_idle_s``: a version no longer served frees its slot, so
+        the series stay bounded by ``max_models`` + 1 *at a time*, not since start. Their
+        alerts resolve (``_resolve_vanished``)."""
+        gone = [k for k, m in self.models.items() if now - m.last_seen >= self.model_idle_s]
+        for key in gone:
+            self._vanished[key] = self.models.pop(key).last_seen
+            self.drift.drop(key)
+            self.evicted += 1
+        return gone
+
+    def _resolve_vanished(self, now: float) -> list[AlertEvent]:
+        """Resolve the per-version alerts whose series is gone: evicted (idle for
+        ``model_idle_s``), or rebuilt after a restart for a version that has had no request
+        for ``model_idle_s`` since. Without this they would be held (no data) for ever."""
+        events: list[AlertEvent] = []
+        alive: set[ModelKey] = set()
+        for aid in self.book.known():
+            d = self.book.draft(aid)
+            if d is None or d.model is None or d.model_version is None:
+                continue
+            key = (d.model, d.model_version)
+            if key in self.models:
+                continue
+            since = self._vanished.setdefault(key, now)  # a restored alert: from now
+            if now - since < self.model_idle_s:
+                alive.add(key)
+                continue
+            why = (
+                f"no request of {key[0]} {key[1]} for {now - since:.0f}s: the version is no "
+                f"longer served and its series was evicted."
+            )
+            ev = self.book.resolve(aid, now, why)
+            events += [ev] if ev else []
+        for key in [k for k in self._vanished if k not in alive]:
+            del self._vanished[key]  # nothing left to resolve for it (bounded by alert ids)
         return events
 
     def stages(self) -> list[str]:
