@@ -43,6 +43,10 @@ DEFAULT_ARM = "default"
 """The arm of a request for a model without a policy (Triton's default version serves it)."""
 SHADOW_ARM = "shadow"
 """The arm of a shadow copy."""
+ARM_ATTRIBUTE = "genwire.model.arm"
+"""Span attribute: the arm that served a request (next to ``genwire.model.version``)."""
+SHADOW_ATTRIBUTE = "genwire.shadow"
+"""Span attribute: true on the spans of a shadow copy."""
 WEIGHT_TOTAL = 100
 """Weights add up to this (percent)."""
 

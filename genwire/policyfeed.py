@@ -16,14 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from genwire.policy import ModelPolicy, PolicyError, parse
 from genwire.topics import Topic
+
+if TYPE_CHECKING:
+    from genwire.service import ServiceRuntime
 
 log = logging.getLogger(__name__)
 
@@ -234,3 +237,22 @@ async def delete_policy(
         await producer.send_and_wait(topic, None, key=model.encode())
     finally:
         await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def followed(runtime: ServiceRuntime, *, wait_s: float = 10.0) -> AsyncIterator[PolicyFeed]:
+    """A service's live view of ``genwire.config`` for the length of its setup: started,
+    read to its end (up to ``wait_s``; a readiness check says so until it is), followed by a
+    supervised task, stopped at the end. Its metrics go to the service's registry."""
+    feed = PolicyFeed(runtime.settings.kafka_bootstrap_servers, registry=runtime.registry)
+    await feed.start()
+    try:
+        runtime.supervise(feed.run(), "follow-policies")
+        runtime.add_check(feed.not_ready)
+        try:
+            await asyncio.wait_for(feed.caught_up.wait(), wait_s)
+        except TimeoutError:
+            log.warning("%s not read to its end within %.0f s: going on", feed.topic, wait_s)
+        yield feed
+    finally:
+        await feed.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from genwire.errors import GenwireError
 from genwire.events import Event
 from genwire.filters import ContentFilter
+from genwire.policyfeed import followed
 from genwire.request import GenerationRequest, parse_request
 from genwire.service import ServiceRuntime, ServiceSpec
 from genwire.telemetry import semconv as sc
@@ -42,6 +43,12 @@ async def setup(
         else None
     )
     versions = TritonVersions(cfg.triton_http_url) if cfg.pin_served_version else None
+    policies = AsyncExitStack()  # genwire.config, followed live (model routing)
+    feed = (
+        await policies.enter_async_context(followed(runtime, wait_s=cfg.policy_wait_s))
+        if cfg.follow_policies
+        else None
+    )
     pre = Preprocessor(
         assets,
         default_model=cfg.default_model,
@@ -50,6 +57,7 @@ async def setup(
         inline_tokenize_chars=cfg.inline_tokenize_chars,
         claims=claims,
         versions=versions,
+        policies=feed.get if feed is not None else None,
     )
     app.state.preprocessor = pre
 
@@ -69,13 +77,14 @@ async def setup(
     runtime.consumer(
         Topic.REQUESTS,
         GenerationRequest,
-        pre.handle,
+        pre.handle_routed,
         decoder=decode,
         failure_events=failure_events,
     )
     try:
         yield
     finally:
+        await policies.aclose()
         if claims is not None:
             await claims.close()
         if versions is not None:

@@ -51,6 +51,17 @@ class PreprocessSettings(ServiceSettings):
     check_idempotency: bool = Field(
         True, description="Refuse request ids reused for a different request (needs Redis)."
     )
+    follow_policies: bool = Field(
+        True,
+        description="Follow genwire.config (each model's serving policy: aliases, weights, "
+        "sticky key, shadow) and route each request by it (docs/lifecycle.md).",
+    )
+    policy_wait_s: float = Field(
+        10.0,
+        ge=0,
+        description="At start, wait up to this long to read genwire.config to its end before "
+        "taking requests (not ready until it has).",
+    )
     pin_served_version: bool = Field(
         True,
         description="Pin requests that name no version to the one Triton serves now (else the "

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
+from contextvars import ContextVar
 
 from opentelemetry import trace
 
@@ -27,10 +29,15 @@ from genwire.events import (
     now_ms,
 )
 from genwire.filters import ContentFilter
+from genwire.policy import ARM_ATTRIBUTE, SHADOW_ARM
 from genwire.request import ErrorCode, GenerationRequest, fingerprint, request_id_hint
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore, ModelAssets
+from genwire_preprocess.routing import PolicyLookup, Route, Router
 from genwire_preprocess.stores import Claims, ServedVersions
+
+log = logging.getLogger(__name__)
+_route: ContextVar[Route | None] = ContextVar("genwire_preprocess_route", default=None)
 
 SEED_MASK = 2**63 - 1
 
@@ -54,8 +61,12 @@ class Preprocessor:
         inline_tokenize_chars: int = 4096,
         claims: Claims | None = None,
         versions: ServedVersions | None = None,
+        policies: PolicyLookup | None = None,
     ) -> None:
         self.assets = assets
+        self.router = Router(assets, policies=policies, versions=versions)
+        self.shadows_skipped = 0
+        """Shadow copies not made (the shadow version cannot take the request): logged."""
         self.claims = claims
         self.versions = versions
         self.default_model = default_model
@@ -89,11 +100,17 @@ class Preprocessor:
                 )
         # Pinned: a retry or redelivery regenerates on the same version (and its tokenizer),
         # even if another version is served by then.
-        version = request.model_version
-        if not version and self.versions is not None:
-            self.assets.resolve(model)  # an unknown model is model_not_found, asked of nobody
-            version = await self.versions.served(model)
-        assets = await self.assets.aget(model, version)
+        # Routing (genwire.config's policy, else the served version) decides the version
+        # once: a retry or redelivery regenerates on it, whatever is served by then.
+        route = await self.router.route(
+            model, request_id, dict(request.metadata), request.model_version or ""
+        )
+        _route.set(route)
+        model = route.model
+        span.set_attribute(sc.GEN_AI_REQUEST_MODEL, model)
+        span.set_attribute(ARM_ATTRIBUTE, route.arm)
+        assets = await self.assets.aget(model, route.version or None)
+        span.set_attribute(sc.MODEL_VERSION, assets.version)
 
         if request.messages is not None:
             chat = [m.model_dump() for m in request.messages]
@@ -119,6 +136,7 @@ class Preprocessor:
             request_id=request_id,
             model=model,
             model_version=assets.version,
+            arm=route.arm,
             input_ids=input_ids,
             sampling=Sampling(
                 max_tokens=request.max_tokens,
@@ -133,6 +151,59 @@ class Preprocessor:
             deadline_ms=deadline,
             metadata=dict(request.metadata),
             timings=Timings(received=received, prepared=now_ms()),
+        )
+
+    async def handle_routed(self, request: GenerationRequest) -> list[PreparedRequest]:
+        """``handle``, plus a shadow copy when the model's policy names a shadow version:
+        same request id, ``shadow=True``, arm ``shadow``; its result goes to
+        ``genwire.shadow`` only. A shadow copy that cannot be made (the version is missing,
+        the prompt too long for it) is skipped and logged: the caller's request goes on."""
+        token = _route.set(None)
+        try:
+            prepared = await self.handle(request)
+            route = _route.get()
+        finally:
+            _route.reset(token)
+        if route is None or not route.shadow:
+            return [prepared]
+        try:
+            shadow = await self._shadow_copy(request, prepared, route.shadow)
+        except GenwireError as exc:
+            self.shadows_skipped += 1
+            log.warning(
+                "no shadow copy of %s on %s version %s: %s",
+                prepared.request_id,
+                prepared.model,
+                route.shadow,
+                exc.message,
+            )
+            return [prepared]
+        return [prepared, shadow]
+
+    async def _shadow_copy(
+        self, request: GenerationRequest, prepared: PreparedRequest, version: str
+    ) -> PreparedRequest:
+        assets = await self.assets.aget(prepared.model, version)
+        if request.messages is not None:
+            text = assets.render_chat([m.model_dump() for m in request.messages])
+            input_ids = await self._encode(assets, text, False)
+        else:
+            input_ids = await self._encode(assets, request.prompt or "", True)
+        if len(input_ids) + prepared.sampling.max_tokens > assets.context_length:
+            raise PermanentError(
+                f"prompt + max_tokens exceed version {version}'s context length",
+                code=ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+            )
+        return prepared.model_copy(
+            update={
+                "model_version": assets.version,
+                "input_ids": input_ids,
+                "arm": SHADOW_ARM,
+                "shadow": True,
+                "sampling": prepared.sampling.model_copy(
+                    update={"stop_token_ids": assets.eos_token_ids}
+                ),
+            }
         )
 
     def _filter(self, text: str, span: trace.Span) -> None:

@@ -1,0 +1,95 @@
+"""Which version serves a request: resolved once here, written into the prepared event.
+
+The model's policy (``genwire.config``, followed live by ``genwire.policyfeed``) decides:
+a caller's pin (``model_version``, or ``model: NAME:VERSION`` / ``NAME:ALIAS``), else the
+policy's weights (sticky by a request field), else its champion, else the version Triton
+serves now. Everything downstream — inference, its retries, a redelivery — uses that version,
+so a request never changes version half-way. The shadow version (if any) gets a copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from genwire.errors import PermanentError
+from genwire.policy import (
+    DEFAULT_ARM,
+    ModelPolicy,
+    PolicyError,
+    resolve,
+    shadow_of,
+)
+from genwire.request import ErrorCode
+from genwire.tokenization import AssetStore
+from genwire_preprocess.stores import ServedVersions
+
+PolicyLookup = Callable[[str], ModelPolicy | None]
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one request goes."""
+
+    model: str
+    version: str
+    """The version to serve it ("" only when nothing can tell: the repository's newest)."""
+    arm: str
+    """The policy arm (an alias, ``v<N>``, ``pinned``, ``default``)."""
+    shadow: str = ""
+    """A version that also gets a copy ("" : none)."""
+    revision: int = -1
+    """The policy revision that decided (-1: no policy)."""
+
+
+def split_model(model: str) -> tuple[str, str]:
+    """``NAME:PIN`` → (NAME, PIN); a plain name → (name, "")."""
+    name, sep, pin = model.rpartition(":")
+    if sep and name and pin:
+        return name, pin
+    return model, ""
+
+
+class Router:
+    """Resolves requests against the policies in force (``policies``) and Triton."""
+
+    def __init__(
+        self,
+        assets: AssetStore,
+        *,
+        policies: PolicyLookup | None = None,
+        versions: ServedVersions | None = None,
+    ) -> None:
+        self.assets = assets
+        self.policies = policies or (lambda _model: None)
+        self.versions = versions
+
+    async def route(
+        self, model: str, request_id: str, metadata: dict[str, str], pinned: str = ""
+    ) -> Route:
+        """The route of one request; ``PermanentError(model_not_found)`` for an unknown
+        model, version or alias."""
+        name, pin = split_model(model)
+        if pin and pinned and pin != pinned:
+            raise PermanentError(
+                f"model {model!r} names version/alias {pin!r} but model_version is {pinned!r}",
+                code=ErrorCode.INVALID_REQUEST,
+            )
+        pin = pin or pinned
+        self.assets.resolve(name)  # an unknown model is model_not_found, asked of nobody
+        policy = self.policies(name)
+        try:
+            version, arm = resolve(policy, request_id, metadata, pin)
+        except PolicyError as exc:
+            raise PermanentError(str(exc), code=ErrorCode.MODEL_NOT_FOUND) from None
+        if not version and self.versions is not None:
+            # No policy: the version Triton serves now (pinned from here on).
+            version = await self.versions.served(name) or ""
+            arm = DEFAULT_ARM
+        return Route(
+            model=name,
+            version=version,
+            arm=arm,
+            shadow=shadow_of(policy, version) if version else "",
+            revision=policy.revision if policy is not None else -1,
+        )
