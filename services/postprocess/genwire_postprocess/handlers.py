@@ -11,6 +11,11 @@ The result is built from the final chunk alone (it carries every generated token
 never depends on having seen the intermediate chunks: a restart loses at most the streamed
 pieces, never the answer. The first result stored in Redis wins; a redelivered request gets
 that same result again.
+
+``n > 1``: every choice is its own stream (state keyed by request id and choice); the final
+chunk carries every choice (``GenerationChunk.choices``) and each choice's stream ends with its
+own final TokenEvent. Logprobs (when asked for) are turned from token ids into token text and
+offsets here (``logprobs.py``), cut where the text is cut, and streamed with the text.
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ from opentelemetry import trace
 
 from genwire.errors import GenwireError
 from genwire.events import (
+    ChoiceOutput,
     ControlEvent,
     ErrorInfo,
     Event,
     GenerationChunk,
     GenerationResult,
+    OutputLogprob,
+    ResultChoice,
     TokenEvent,
     Usage,
     now_ms,
@@ -38,6 +46,7 @@ from genwire.filters import ContentFilter
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore
+from genwire_postprocess.logprobs import LogprobTracker, output_logprobs
 from genwire_postprocess.text import (
     IncrementalDetokenizer,
     find_stop,
@@ -71,6 +80,14 @@ class _Stream:
     stream: bool = True  # False: chunks only to catch stop sequences early (no TokenEvents)
     ended: bool = False  # a stop sequence or filter hit: nothing more is streamed
     touched: float = field(default_factory=time.monotonic)
+    choice: int = 0
+    logprobs: LogprobTracker | None = None  # when the request asked for logprobs
+    n: int = 1
+
+
+def _key(request_id: str, choice: int) -> str:
+    """The streaming state's key: the request id (choice 0) or the id and the choice."""
+    return request_id if choice == 0 else f"{request_id}\x00{choice}"
 
 
 class Postprocessor:
@@ -108,7 +125,7 @@ class Postprocessor:
     # -- streaming --------------------------------------------------------------------------
 
     async def _stream(self, chunk: GenerationChunk) -> list[Event]:
-        rid = chunk.request_id
+        rid = _key(chunk.request_id, chunk.choice)
         state = self.streams.get(rid)
         if state is None:
             if chunk.index != 0 or rid in self._blind:
@@ -133,9 +150,18 @@ class Postprocessor:
         while state.next_index in state.pending:
             c = state.pending.pop(state.next_index)
             state.next_index += 1
-            new_text += state.detok.feed(c.token_ids)
+            if state.logprobs is not None:  # token by token: each token's text offset
+                for i, token_id in enumerate(c.token_ids):
+                    state.logprobs.add(
+                        token_id,
+                        c.logprobs[i] if c.logprobs and i < len(c.logprobs) else None,
+                        len(state.text) + len(new_text),
+                    )
+                    new_text += state.detok.feed([token_id])
+            else:
+                new_text += state.detok.feed(c.token_ids)
         state.text += new_text
-        return self._emit(rid, state, final=False)
+        return self._emit(chunk.request_id, state, final=False)
 
     async def _new_stream(self, chunk: GenerationChunk) -> list[Event]:
         """Start the state of a request at its chunk 0, then apply that chunk.
@@ -144,9 +170,11 @@ class Postprocessor:
         thread): chunks handled concurrently meanwhile queue in it instead of finding no state
         and giving up streaming the request.
         """
-        rid = chunk.request_id
+        rid = _key(chunk.request_id, chunk.choice)
         stops = list(chunk.sampling.stop) if chunk.sampling else []
-        state = _Stream(None, stops, stream=chunk.stream)
+        state = _Stream(None, stops, stream=chunk.stream, choice=chunk.choice)
+        if chunk.sampling is not None:
+            state.n = chunk.sampling.n
         self.streams[rid] = state
         self._evict()
         try:
@@ -158,6 +186,8 @@ class Postprocessor:
         if self.streams.get(rid) is not state:
             return []  # the final chunk (or eviction) came first
         state.detok = IncrementalDetokenizer(assets.decode)
+        if chunk.sampling is not None and chunk.sampling.logprobs:
+            state.logprobs = LogprobTracker(assets.decode)
         return await self._stream(chunk)
 
     def _emit(self, rid: str, state: _Stream, *, final: bool) -> list[Event]:
@@ -176,7 +206,7 @@ class Postprocessor:
         hit = self.output_filter.check(state.text[:end]) if self.output_filter else None
         if hit is not None:
             end, state.ended = min(end, hit.start), True
-        if state.ended:
+        if state.ended and state.n == 1:  # (n > 1: the other choices go on; the result cuts)
             reason = "stop sequence" if hit is None else "output filter"
             out.append(ControlEvent(request_id=rid, action="cancel", reason=reason))
         elif not final:
@@ -186,6 +216,7 @@ class Postprocessor:
             return out
         if state.stream:
             piece = state.text[state.emitted : end]
+            lps, lp_offset = state.logprobs.take(end) if state.logprobs else (None, 0)
             out.insert(
                 0,
                 TokenEvent(
@@ -193,6 +224,9 @@ class Postprocessor:
                     index=state.next_token_index,
                     text=piece,
                     text_offset=state.emitted,
+                    choice=state.choice,
+                    logprobs=lps,
+                    logprob_offset=lp_offset,
                 ),
             )
             state.next_token_index += 1
@@ -215,8 +249,10 @@ class Postprocessor:
 
     async def _final(self, chunk: GenerationChunk) -> list[Event]:
         rid = chunk.request_id
-        state = self.streams.pop(rid, None)
-        self._blind.pop(rid, None)
+        n = len(chunk.choices) if chunk.choices else 1
+        states = [self.streams.pop(_key(rid, c), None) for c in range(n)]
+        for c in range(n):
+            self._blind.pop(_key(rid, c), None)
         result = await self.build_result(chunk)
         conflict = chunk.error is not None and chunk.error.code == ErrorCode.IDEMPOTENCY_CONFLICT
         if conflict:
@@ -238,45 +274,63 @@ class Postprocessor:
             span.set_attribute(sc.GEN_AI_COMPLETION, stored.text)
         out: list[Event] = []
         if chunk.stream and not conflict:
-            out.append(self._final_token(chunk, stored, state))
+            choices = stored.all_choices() if stored.error is None else [ResultChoice(index=0)]
+            for choice in choices:
+                state = states[choice.index] if choice.index < len(states) else None
+                reason = stored.finish_reason if stored.error is not None else choice.finish_reason
+                out.append(self._final_token(chunk, choice, reason, state))
         out.append(stored)
         return out
 
     def _final_token(
-        self, chunk: GenerationChunk, result: GenerationResult, state: _Stream | None
+        self,
+        chunk: GenerationChunk,
+        choice: ResultChoice,
+        finish_reason: str | None,
+        state: _Stream | None,
     ) -> TokenEvent:
-        """The last TokenEvent: the rest of the text, so the pieces add up to the result."""
-        text, offset, index = result.text, 0, chunk.index
+        """A choice's last TokenEvent: the rest of its text (and logprobs), so the pieces add
+        up to the result."""
+        text, offset, index = choice.text, 0, chunk.index if choice.index == 0 else 0
+        lps, lp_offset = choice.logprobs, 0
         if state is not None:
             index = state.next_token_index  # contiguous after the streamed ones
             sent = state.text[: state.emitted]
-            if result.text.startswith(sent):
-                text, offset = result.text[state.emitted :], state.emitted
+            if choice.text.startswith(sent):
+                text, offset = choice.text[state.emitted :], state.emitted
+                if lps is not None and state.logprobs is not None:
+                    lp_offset = min(state.logprobs.given, len(lps))
+                    lps = lps[lp_offset:]
         return TokenEvent(
             request_id=chunk.request_id,
             index=index,
             text=text,
             text_offset=offset,
             final=True,
-            finish_reason=result.finish_reason,
+            finish_reason=finish_reason,
+            choice=choice.index,
+            logprobs=lps,
+            logprob_offset=lp_offset,
         )
 
     async def build_result(self, chunk: GenerationChunk) -> GenerationResult:
-        """The result of a final chunk: full text, stop sequences and filter applied."""
-        text, reason = "", chunk.finish_reason
+        """The result of a final chunk: full text, stop sequences and filter applied (to
+        every choice), logprobs as token text."""
+        outputs = chunk.choices or [
+            ChoiceOutput(
+                index=0,
+                output_ids=chunk.output_ids if chunk.output_ids is not None else chunk.token_ids,
+                finish_reason=chunk.finish_reason,
+                logprobs=chunk.logprobs,
+            )
+        ]
+        choices: list[ResultChoice] = []
         if chunk.error is None:
-            ids = chunk.output_ids if chunk.output_ids is not None else chunk.token_ids
-            if ids:
-                assets = await self.assets.aget(chunk.model, chunk.model_version or None)
-                text = assets.decode(list(ids))
-            stops = list(chunk.sampling.stop) if chunk.sampling else []
-            text, stopped = truncate_at_stop(text, stops)
-            if stopped:
-                reason = FINISH_STOP
-            hit = self.output_filter.check(text) if self.output_filter else None
-            if hit is not None:
-                text, reason = text[: hit.start], FINISH_CONTENT_FILTER
-                trace.get_current_span().set_attribute(sc.FILTER_HITS, 1)
+            for output in outputs:
+                choices.append(await self._choice(chunk, output))
+        text = choices[0].text if choices else ""
+        reason = choices[0].finish_reason if choices else chunk.finish_reason
+        logprobs = choices[0].logprobs if choices else None
         timings = chunk.timings.model_copy(update={"completed": now_ms()})
         return GenerationResult(
             request_id=chunk.request_id,
@@ -284,6 +338,8 @@ class Postprocessor:
             model_version=chunk.model_version,
             text=text,
             finish_reason=reason,
+            logprobs=logprobs,
+            choices=choices if chunk.choices else [],
             usage=Usage(
                 prompt_tokens=chunk.prompt_tokens,
                 completion_tokens=chunk.completion_tokens,
@@ -292,6 +348,35 @@ class Postprocessor:
             timings=timings,
             error=chunk.error,
             metadata=chunk.metadata,
+        )
+
+    async def _choice(self, chunk: GenerationChunk, output: ChoiceOutput) -> ResultChoice:
+        """One choice of a result: decoded, cut at a stop sequence or a filter hit."""
+        text, reason = "", output.finish_reason
+        ids = list(output.output_ids)
+        logprobs: list[OutputLogprob] | None = None
+        assets = None
+        if ids:
+            assets = await self.assets.aget(chunk.model, chunk.model_version or None)
+            text = assets.decode(ids)
+        stops = list(chunk.sampling.stop) if chunk.sampling else []
+        text, stopped = truncate_at_stop(text, stops)
+        if stopped:
+            reason = FINISH_STOP
+        hit = self.output_filter.check(text) if self.output_filter else None
+        if hit is not None:
+            text, reason = text[: hit.start], FINISH_CONTENT_FILTER
+            trace.get_current_span().set_attribute(sc.FILTER_HITS, 1)
+        if chunk.sampling is not None and chunk.sampling.logprobs:
+            logprobs = []
+            if assets is not None:
+                logprobs = output_logprobs(assets.decode, ids, output.logprobs or [], len(text))
+        return ResultChoice(
+            index=output.index,
+            text=text,
+            finish_reason=reason,
+            logprobs=logprobs,
+            completion_tokens=len(ids),
         )
 
 
