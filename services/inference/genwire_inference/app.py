@@ -38,6 +38,7 @@ async def setup(
         origin_timeout_s=cfg.origin_timeout_s,
         kafka_down=lambda: runtime.dependencies.down_for(KAFKA) is not None,
         on_final=InferenceMetrics(runtime.registry).observe,
+        model_state=backend.model_state,
     )
     app.state.inference = inference
 

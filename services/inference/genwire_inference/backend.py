@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -100,6 +100,12 @@ class ModelStream(Protocol):
     def __aiter__(self) -> AsyncIterator[ModelStep]: ...
 
     def cancel(self) -> None: ...
+
+
+ModelStateLookup = Callable[[str, str], Awaitable[str | None]]
+"""(model, version) → Triton's state of that version in its repository index: ``READY``,
+``LOADING``, ``UNLOADING``, ``UNAVAILABLE``, ``""`` (listed, never loaded); None when it cannot
+be told (Triton down, or the model not listed)."""
 
 
 class ModelBackend(Protocol):
@@ -264,6 +270,25 @@ class TritonBackend:
         except InferenceServerException as exc:
             raise classify_status(status_of(exc), str(exc.message())) from None
         return TritonStream(responses, done)
+
+    async def model_state(self, model: str, version: str) -> str | None:
+        """The state of ``model`` (``version``; "": its best one) in Triton's repository index
+        (``ModelStateLookup``)."""
+        try:
+            index = await self.client.get_model_repository_index(as_json=True, client_timeout=2.0)
+        except InferenceServerException:
+            return None
+        states = [
+            str(m.get("state", ""))
+            for m in index.get("models", [])
+            if m.get("name") == model and (not version or m.get("version", version) == version)
+        ]
+        if not states:
+            return None
+        for best in ("READY", "LOADING", "UNLOADING", "UNAVAILABLE"):
+            if best in states:
+                return best
+        return ""
 
     async def server_ready(self) -> bool:
         """Whether Triton itself answers and is ready (whatever its models)."""

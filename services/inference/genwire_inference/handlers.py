@@ -34,7 +34,13 @@ from genwire.events import (
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import inject
-from genwire_inference.backend import TRITON, ModelBackend, ModelError, ModelStep
+from genwire_inference.backend import (
+    TRITON,
+    ModelBackend,
+    ModelError,
+    ModelStateLookup,
+    ModelStep,
+)
 from genwire_inference.control import (
     FINISH_CANCELLED,
     FINISH_DEADLINE,
@@ -88,8 +94,10 @@ class Inference:
         origin_timeout_s: float = 15.0,
         kafka_down: Callable[[], bool] = lambda: False,
         on_final: Callable[[GenerationChunk], None] | None = None,
+        model_state: ModelStateLookup | None = None,
     ) -> None:
         self.backend = backend
+        self.model_state = model_state
         self.tracer = tracer or trace.get_tracer("genwire.inference")
         self.chunk_max_tokens = chunk_max_tokens
         self.chunk_interval_s = chunk_interval_ms / 1000.0
@@ -126,7 +134,8 @@ class Inference:
 
     async def handle(self, request: PreparedRequest) -> AsyncIterator[GenerationChunk]:
         """Generate ``request``; yield streamed chunks, then the final chunk."""
-        rid = request.request_id
+        # A shadow copy shares its request's id: tracked apart, so neither drops the other.
+        rid = request.request_id + SHADOW_RUN_SUFFIX if request.shadow else request.request_id
         if rid in self.inflight:  # a duplicate of a generation still running here
             return
         start = now_ms()
@@ -236,6 +245,9 @@ class Inference:
                         model=request.model,
                         model_version=request.model_version,
                         sampling=s if index == 0 else None,
+                        arm=request.arm,
+                        shadow=request.shadow,
+                        principal=request.principal,
                     )
         except RetryableError as exc:
             span.set_status(Status(StatusCode.ERROR, exc.message))
@@ -324,6 +336,20 @@ class Inference:
         if await self.backend.wait_ready(request.model, request.model_version, 0.0):
             # The model is there and refused this request: it never will take it.
             return PermanentError(f"triton: {exc.message}", code=ErrorCode.INFERENCE_FAILED)
+        state = (
+            await self.model_state(request.model, request.model_version)
+            if self.model_state is not None
+            else None
+        )
+        if state is not None and state not in WAIT_STATES:
+            # In the repository but not loaded (never, or unloaded): nothing will load it by
+            # itself, so say so now instead of waiting for it (docs/lifecycle.md).
+            return Rejection(
+                f"model {what} is not loaded on Triton (state {state or 'never loaded'}): "
+                f"serve it with `genwire model load {request.model}"
+                f"{':' + request.model_version if request.model_version else ''}`",
+                code=ErrorCode.MODEL_NOT_LOADED,
+            )
         if await self._wait_for_model(request):  # it was loading: retry now
             return RetryableError(f"triton: {exc.message}", dependency=TRITON)
         if await self.backend.server_ready():
@@ -369,7 +395,16 @@ class Inference:
             metadata=request.metadata,
             timings=timings,
             output_ids=list(generated),
+            arm=request.arm,
+            shadow=request.shadow,
+            principal=request.principal,
         )
+
+
+SHADOW_RUN_SUFFIX = "~shadow"
+"""The in-flight key of a shadow copy: its request id plus this."""
+WAIT_STATES = frozenset({"READY", "LOADING"})
+"""Triton model states worth waiting for (loading: it will be ready soon)."""
 
 
 def first_token_unix_ms(timings: Timings, final: ModelStep) -> float:
@@ -403,5 +438,8 @@ def failure_chunk(
             error=ErrorInfo(code=err.code, message=err.message),
             metadata=request.metadata if request is not None else {},
             timings=request.timings if request is not None else Timings(),
+            arm=request.arm if request is not None else "",
+            shadow=request.shadow if request is not None else False,
+            principal=request.principal if request is not None else "",
         )
     ]

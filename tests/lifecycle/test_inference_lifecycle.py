@@ -1,0 +1,53 @@
+"""Inference: a version that is not loaded is answered at once (model_not_loaded); shadow
+copies run beside their request and carry arm/shadow to their chunks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from genwire_inference.handlers import Inference
+from stages.test_inference import ErrorBackend, FakeBackend, _collect, _req
+
+from genwire.errors import Rejection, RetryableError
+from genwire.request import ErrorCode
+
+
+@pytest.mark.parametrize("state", ["UNAVAILABLE", "", "UNLOADING"])
+async def test_a_version_that_is_not_loaded_is_answered_at_once(state: str) -> None:
+    asked: list[tuple[str, str]] = []
+
+    async def model_state(model: str, version: str) -> str | None:
+        asked.append((model, version))
+        return state
+
+    backend = ErrorBackend([False, False], server_ready=True)
+    inf = Inference(backend, triton_wait_s=30.0, model_state=model_state)
+    request = _req().model_copy(update={"model_version": "2"})
+    with pytest.raises(Rejection) as caught:
+        await asyncio.wait_for(_collect(inf, request), 5.0)
+    assert caught.value.code == ErrorCode.MODEL_NOT_LOADED
+    assert "genwire model load genwire-gpt:2" in caught.value.message
+    assert asked == [("genwire-gpt", "2")]
+    assert backend.waited == [0.0]  # never waited for it
+
+
+async def test_a_loading_version_is_waited_for() -> None:
+    async def model_state(model: str, version: str) -> str | None:
+        return "LOADING"
+
+    backend = ErrorBackend([False, True], server_ready=True)
+    inf = Inference(backend, triton_wait_s=0.01, model_state=model_state)
+    with pytest.raises(RetryableError):
+        await _collect(inf, _req())
+
+
+async def test_shadow_copy_runs_beside_its_request() -> None:
+    inf = Inference(FakeBackend(n=6, delay_s=0.01), chunk_max_tokens=100)
+    primary = _req("same").model_copy(update={"arm": "champion", "model_version": "1"})
+    shadow = _req("same").model_copy(update={"arm": "shadow", "shadow": True, "model_version": "2"})
+    a, b = await asyncio.gather(_collect(inf, primary), _collect(inf, shadow))
+    assert a and b  # neither was dropped as a duplicate of the other
+    assert all(c.arm == "champion" and not c.shadow for c in a)
+    assert all(c.arm == "shadow" and c.shadow and c.model_version == "2" for c in b)
+    assert a[-1].final and b[-1].final
