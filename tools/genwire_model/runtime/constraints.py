@@ -49,6 +49,10 @@ JSON_OPTIONS: dict[str, Any] = {
     "key_separator": ": ",
 }
 ANY_JSON_OBJECT = {"type": "object"}
+MAX_GRAMMAR_SIZE = 200_000
+"""Most symbols a compiled grammar may have (llguidance ``max_grammar_size``)."""
+LEXER_FUEL = 1_000_000
+"""Most work building a grammar's lexer (llguidance ``initial_lexer_fuel``, ~20 ms of it)."""
 # Threads computing a batch's masks: the decode loop shares the cores with the model.
 MASK_THREADS = max(1, min(4, os.cpu_count() or 1))
 
@@ -83,7 +87,11 @@ def grammar_text(kind: str, spec: str) -> str:
             schema = json.loads(spec)
         except json.JSONDecodeError as exc:
             raise ConstraintError(f"the JSON schema is not valid JSON: {exc}") from None
-        if not isinstance(schema, (dict, bool)):
+        if schema is True:
+            schema = {}  # any JSON value
+        if schema is False:
+            raise ConstraintError("the JSON schema is false: no output can match it")
+        if not isinstance(schema, dict):
             raise ConstraintError(
                 f"a JSON schema is an object (or true/false), got {type(schema).__name__}"
             )
@@ -120,7 +128,9 @@ def grammar_text(kind: str, spec: str) -> str:
     raise ConstraintError(f"unknown structured-output kind {kind!r}: one of {', '.join(KINDS)}")
 
 
-def parser_limits(max_grammar_size: int = 200_000, initial_lexer_fuel: int = 1_000_000) -> Any:
+def parser_limits(
+    max_grammar_size: int = MAX_GRAMMAR_SIZE, initial_lexer_fuel: int = LEXER_FUEL
+) -> Any:
     """Bounds on compiling a grammar (symbols, lexer work): a huge schema fails, not hangs."""
     llguidance = _import_llguidance()
     return llguidance.LLParserLimits(
@@ -133,7 +143,14 @@ def parser_limits(max_grammar_size: int = 200_000, initial_lexer_fuel: int = 1_0
 class Vocabulary:
     """A model's tokenizer as the constraints see it: llguidance's, and each token's bytes."""
 
-    def __init__(self, tokenizer_json: str, vocab_size: int, eos_ids: Sequence[int]) -> None:
+    def __init__(
+        self,
+        tokenizer_json: str,
+        vocab_size: int,
+        eos_ids: Sequence[int],
+        max_grammar_size: int = MAX_GRAMMAR_SIZE,
+        lexer_fuel: int = LEXER_FUEL,
+    ) -> None:
         llguidance = _import_llguidance()
         self.vocab_size = int(vocab_size)
         """The model's vocabulary: the width of its logits and of every mask."""
@@ -151,15 +168,17 @@ class Vocabulary:
             else:
                 table.append(bytes(self.tokenizer.decode_bytes([token])))
         self.token_bytes = table
-        self.limits = parser_limits()
+        self.limits = parser_limits(max_grammar_size, lexer_fuel)
         self._executor: Any = None
         self._templates: collections.OrderedDict[tuple[str, str], Any] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
-    def from_file(cls, path: Path, vocab_size: int, eos_ids: Sequence[int]) -> Vocabulary:
+    def from_file(
+        cls, path: Path, vocab_size: int, eos_ids: Sequence[int], **limits: int
+    ) -> Vocabulary:
         """From a Hugging Face ``tokenizer.json`` (what every model version carries)."""
-        return cls(Path(path).read_text(encoding="utf-8"), vocab_size, eos_ids)
+        return cls(Path(path).read_text(encoding="utf-8"), vocab_size, eos_ids, **limits)
 
     @property
     def executor(self) -> Any:
@@ -337,8 +356,12 @@ class ConstraintCompiler:
     Triton's ``execute`` thread, so compiling a grammar never stalls the batch.
     """
 
-    def __init__(self, version_dir: Path, vocab_size: int, eos_ids: Sequence[int]) -> None:
-        self.vocab = Vocabulary.from_file(Path(version_dir) / "tokenizer.json", vocab_size, eos_ids)
+    def __init__(
+        self, version_dir: Path, vocab_size: int, eos_ids: Sequence[int], **limits: int
+    ) -> None:
+        self.vocab = Vocabulary.from_file(
+            Path(version_dir) / "tokenizer.json", vocab_size, eos_ids, **limits
+        )
 
     def build(self, guided: str, stop: Sequence[str], n: int = 1) -> list[RowConstraint] | None:
         """One independent constraint per choice, or None when there is nothing to enforce.

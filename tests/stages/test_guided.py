@@ -1,0 +1,116 @@
+"""preprocess's structured-output check (genwire_preprocess.guided): refuse before Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from genwire_model import DEFAULT_MODEL_NAME
+from genwire_model.runtime import constraints
+from genwire_preprocess import guided as check
+from genwire_preprocess.guided import GuidedChecker
+
+from genwire.errors import PermanentError
+from genwire.events import Guided
+from genwire.request import ERROR_HTTP_STATUS, ErrorCode
+from genwire.settings import CommonSettings
+from genwire.tokenization import ModelAssets, load_assets
+
+SPECS = [
+    ("json_object", ""),
+    ("json_schema", '{"type": "object", "properties": {"a": {"type": "integer"}}}'),
+    ("json_schema", "true"),
+    (
+        "json_schema",
+        '{"$defs": {"n": {"type": "array", "items": {"$ref": "#/$defs/n"}}}, "$ref": "#/$defs/n"}',
+    ),
+    ("regex", r"[0-9]{2,3}-\w+"),
+    ("choice", '["yes", "no", "naïve \\"quoted\\""]'),
+    ("grammar", 'start: "a" b\nb: /[0-9]+/'),
+    ("grammar", 'root ::= "x" | "y"'),
+]
+
+
+@pytest.fixture(scope="module")
+def assets(request: pytest.FixtureRequest) -> ModelAssets:
+    """The default model's assets (what `genwire up` serves), else the tiny test model's."""
+    versions = sorted(
+        (p for p in (CommonSettings().repository / DEFAULT_MODEL_NAME).glob("*/tokenizer.json")),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1,
+    )
+    if versions:
+        return load_assets(versions[-1].parent, DEFAULT_MODEL_NAME, 256)
+    checkpoint: Path = request.getfixturevalue("tiny_checkpoint")
+    return load_assets(checkpoint, "tiny", 64)
+
+
+@pytest.mark.parametrize(("kind", "spec"), SPECS)
+def test_same_grammar_as_the_model(kind: str, spec: str) -> None:
+    """preprocess checks exactly what the model's decode loop will enforce."""
+    assert check.grammar_text(kind, spec) == constraints.grammar_text(kind, spec)
+    assert check.JSON_OPTIONS == constraints.JSON_OPTIONS
+    assert (check.MAX_GRAMMAR_SIZE, check.LEXER_FUEL) == (
+        constraints.MAX_GRAMMAR_SIZE,
+        constraints.LEXER_FUEL,
+    )
+
+
+@pytest.mark.parametrize(("kind", "spec"), SPECS)
+def test_good_specs_pass(assets: ModelAssets, kind: str, spec: str) -> None:
+    GuidedChecker().check_sync(Guided(kind=kind, spec=spec), assets)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec", "param", "message"),
+    [
+        ("json_schema", '{"type": "integr"}', "response_format", "Invalid type: integr"),
+        ("json_schema", '{"type": "array", "uniqueItems": true}', "response_format", "uniqueItems"),
+        (
+            "json_schema",
+            '{"format": "no-such-format", "type": "string"}',
+            "response_format",
+            "Unknown format",
+        ),
+        ("json_schema", "[1, 2]", "response_format", "got list"),
+        (
+            "json_schema",
+            '{"type": "integer", "minimum": 5, "maximum": 1}',
+            "response_format",
+            "Unsatisfiable",
+        ),
+        ("regex", "a(?=b)", "guided_regex", "look-around"),
+        ("choice", "yes", "guided_choice", "not a JSON list"),
+        ("grammar", "start: nowhere", "guided_grammar", "unknown name"),
+    ],
+)
+def test_bad_specs_are_invalid_request_naming_the_field(
+    assets: ModelAssets, kind: str, spec: str, param: str, message: str
+) -> None:
+    with pytest.raises(PermanentError) as info:
+        GuidedChecker().check_sync(Guided(kind=kind, spec=spec), assets)  # type: ignore[arg-type]
+    err = info.value
+    assert err.code == ErrorCode.INVALID_REQUEST and ERROR_HTTP_STATUS[err.code] == 400
+    assert err.param == param
+    assert err.message.startswith(f"{param}: ") and message in err.message
+
+
+def test_size_limits(assets: ModelAssets) -> None:
+    props = {f"f{i}": {"enum": [f"v{j}" for j in range(10)]} for i in range(20)}
+    schema = Guided(kind="json_schema", spec=json.dumps({"properties": props}))
+    GuidedChecker().check_sync(schema, assets)
+    with pytest.raises(PermanentError, match=r"grammar size .* too big"):
+        GuidedChecker(max_grammar_size=100).check_sync(schema, assets)
+    with pytest.raises(PermanentError, match="too big"):
+        GuidedChecker(lexer_fuel=1000).check_sync(schema, assets)
+
+
+def test_async_check_and_tokenizer_cache(assets: ModelAssets) -> None:
+    checker = GuidedChecker(tokenizers=1)
+    asyncio.run(checker.check(None, assets))
+    asyncio.run(checker.check(Guided(kind="regex", spec="[a-z]+"), assets))
+    first = checker.tokenizer(assets)
+    assert checker.tokenizer(assets) is first
+    with pytest.raises(PermanentError, match="guided_regex"):
+        asyncio.run(checker.check(Guided(kind="regex", spec="("), assets))
