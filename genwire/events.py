@@ -286,6 +286,13 @@ class GenerationResult(Event):
         ]
 
 
+class ShadowResult(GenerationResult):
+    """The result of a shadow copy (``PreparedRequest.shadow``): published on
+    ``genwire.shadow`` only (same request id), never stored, never sent to a caller."""
+
+    TOPIC: ClassVar[Topic] = Topic.SHADOW
+
+
 class ControlEvent(Event):
     """A command every inference instance reads: cancel a request, or a gateway's heartbeat.
 

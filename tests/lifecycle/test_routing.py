@@ -114,9 +114,7 @@ async def test_pins_by_version_and_alias(repo: Path) -> None:
 
 
 async def test_shadow_copy_goes_with_the_request(repo: Path) -> None:
-    policy = ModelPolicy(
-        model=MODEL, aliases={"champion": "1"}, weights={"1": 100}, shadow="2"
-    )
+    policy = ModelPolicy(model=MODEL, aliases={"champion": "1"}, weights={"1": 100}, shadow="2")
     p = pre(repo, {MODEL: policy})
     primary, shadow = await p.handle_routed(req("s", stream=True))
     assert (primary.model_version, primary.arm, primary.shadow) == ("1", "champion", False)

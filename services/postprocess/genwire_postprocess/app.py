@@ -47,6 +47,8 @@ async def setup(
     app.state.replies = replies
 
     async def handle(chunk: GenerationChunk) -> list[Output]:
+        if chunk.shadow:  # its result goes to genwire.shadow only: no replies to anyone
+            return list(await post.handle(chunk))
         return await replies.with_replies(await post.handle(chunk))
 
     def failure_events(record: ConsumerRecord[bytes, bytes], err: GenwireError) -> Sequence[Output]:
@@ -67,7 +69,9 @@ def failure_outputs(record: ConsumerRecord[bytes, bytes], err: GenwireError) -> 
         key = record.key.decode("utf-8", "replace") if record.key else None
         return failure_result(key, err, stream=False)
     # Only a final chunk owes the caller an answer; a lost streamed piece is made up by the
-    # final one.
+    # final one. A shadow copy owes nobody: its failure is the DLQ record alone.
+    if chunk.shadow:
+        return []
     return failure_result(chunk.request_id, err, chunk.stream) if chunk.final else []
 
 

@@ -38,11 +38,13 @@ from genwire.events import (
     GenerationResult,
     OutputLogprob,
     ResultChoice,
+    ShadowResult,
     TokenEvent,
     Usage,
     now_ms,
 )
 from genwire.filters import ContentFilter
+from genwire.policy import SHADOW_ATTRIBUTE
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore
@@ -118,6 +120,8 @@ class Postprocessor:
 
     async def handle(self, chunk: GenerationChunk) -> list[Event]:
         """Apply one chunk; return the TokenEvents (and on the final chunk, the result)."""
+        if chunk.shadow:
+            return await self._shadow(chunk)
         if chunk.final:
             return await self._final(chunk)
         return await self._stream(chunk)
@@ -245,6 +249,17 @@ class Postprocessor:
         ):
             self._blind.popitem(last=False)
 
+    async def _shadow(self, chunk: GenerationChunk) -> list[Event]:
+        """A shadow copy's chunk: nothing streamed, nothing stored; its final chunk becomes a
+        ``ShadowResult`` on ``genwire.shadow`` (docs/lifecycle.md)."""
+        if not chunk.final:
+            return []
+        result = await self.build_result(chunk)
+        span = trace.get_current_span()
+        span.set_attribute(sc.REQUEST_ID, chunk.request_id)
+        span.set_attribute(SHADOW_ATTRIBUTE, True)
+        return [ShadowResult.model_validate(result.model_dump())]
+
     # -- final ------------------------------------------------------------------------------
 
     async def _final(self, chunk: GenerationChunk) -> list[Event]:
@@ -348,6 +363,7 @@ class Postprocessor:
             timings=timings,
             error=chunk.error,
             metadata=chunk.metadata,
+            arm=chunk.arm,
         )
 
     async def _choice(self, chunk: GenerationChunk, output: ChoiceOutput) -> ResultChoice:
