@@ -22,7 +22,9 @@ examples:
   genwire up --only kafka,redis           just Kafka and Redis
   genwire up --no-model --no-demo         the stack without the default model
   genwire up --brokers 3                  a three-broker Kafka cluster (after `genwire down`)
-  genwire up --scale preprocess=3,inference=2"""
+  genwire up --scale preprocess=3,inference=2
+  genwire up --secure                     TLS + SASL/SCRAM + ACLs (after `genwire down`)
+  genwire up --secure mtls                the same, and the gateway requires client certificates"""
 
 
 def _names(value: str) -> list[str]:
@@ -76,6 +78,20 @@ def register(subparsers: Any) -> None:
         help="instances per service (preprocess, inference, postprocess, gateway), e.g. "
         "preprocess=3,inference=3; remembered; =1 stops the extra ones (default: as last time, "
         "else 1 each)",
+    )
+    up.add_argument(
+        "--secure",
+        nargs="?",
+        const="tls",
+        choices=("tls", "mtls", "off"),
+        default=None,
+        metavar="MODE",
+        help="encryption and authentication on every hop: a local CA and certificates, Kafka "
+        "with SASL_SSL (SCRAM-SHA-512, one user per service, ACLs), Redis with TLS and a "
+        "password, the gateway's HTTP and gRPC over TLS; `mtls` also requires client "
+        "certificates at the gateway; `off` goes back to plaintext; remembered; changing it "
+        "needs `genwire down` first (default: as last time, else off). Material: "
+        "<GENWIRE_HOME>/secure (docs/security.md)",
     )
     up.add_argument(
         "--no-model",
@@ -165,7 +181,14 @@ def _up(args: argparse.Namespace) -> int:
     began = time.monotonic()
     try:
         scale = parse_scale(args.scale) if args.scale else None
-        rows = ensure_up(args.only, model=args.model, out=_say, brokers=args.brokers, scale=scale)
+        rows = ensure_up(
+            args.only,
+            model=args.model,
+            out=_say,
+            brokers=args.brokers,
+            scale=scale,
+            secure=args.secure,
+        )
     except StackError as exc:
         print(f"genwire up: error: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -174,12 +197,30 @@ def _up(args: argparse.Namespace) -> int:
         return 130
     print(format_table(rows))
     print(f"genwire: stack up in {time.monotonic() - began:.0f} s")
+    from genwire_stack import current_layout
+
+    if current_layout().secure:
+        _say_secure(current_layout().secure)
+        return 0
     if args.demo and args.only is None and args.model is not False:
         # A newcomer sees it work at once: one request through every stage, and its trace.
         from genwire_gateway.demo import run_demo
 
         return run_demo()
     return 0
+
+
+def _say_secure(mode: str) -> None:
+    """Where the secure stack's material is and how a client reaches it (no demo: the demo
+    client speaks plain HTTP)."""
+    from genwire.settings import CommonSettings
+    from genwire_stack.paths import StackPaths
+
+    root = StackPaths.from_settings(CommonSettings()).home / "secure"
+    cert = f" --cert {root}/client.pem --key {root}/client-key.pem" if mode == "mtls" else ""
+    _say(f"secure stack ({mode}): CA, certificates and passwords in {root} (mode 0700)")
+    _say(f"try: curl --cacert {root}/ca.pem{cert} https://127.0.0.1:8080/v1/models")
+    _say(f"Kafka clients (bench, CLI): set -a; . {root}/env/bench.env (or admin.env); set +a")
 
 
 def _down(args: argparse.Namespace) -> int:

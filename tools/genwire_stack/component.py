@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,10 +105,11 @@ class Component(ABC):
         return None
 
 
-def readyz(url: str, timeout_s: float = 2.0) -> Readiness:
-    """A service's ``/readyz`` verdict, with the first reason it gives when not ready."""
+def readyz(url: str, timeout_s: float = 2.0, verify: ssl.SSLContext | bool = True) -> Readiness:
+    """A service's ``/readyz`` verdict, with the first reason it gives when not ready.
+    ``verify``: the TLS context of an ``https`` URL (the secure stack's CA, client cert)."""
     try:
-        with httpx.Client(timeout=timeout_s, trust_env=False) as client:
+        with httpx.Client(timeout=timeout_s, trust_env=False, verify=verify) as client:
             response = client.get(url)
     except httpx.HTTPError:
         return Readiness(False, answered=False)

@@ -43,6 +43,7 @@ from genwire_stack.errors import StackError
 from genwire_stack.kafka_node import Kafka, kafka_nodes
 from genwire_stack.layout import StackLayout, instance_port, read_layout
 from genwire_stack.paths import StackPaths
+from genwire_stack.secure import SecureStack
 from genwire_stack.servers import Jaeger, Redis, Service, Triton
 
 
@@ -55,13 +56,15 @@ def build_components(
     how many Kafka nodes and service instances there are.
     """
     shape = layout if layout is not None else read_layout(paths.run)
-    nodes = kafka_nodes(paths, settings, shape.brokers)
+    security = SecureStack(paths, shape.secure) if shape.secure else None
+    nodes = kafka_nodes(paths, settings, shape.brokers, security=security)
     bootstrap = nodes[0].bootstrap
+    redis = Redis(paths, settings, security=security)
     components: list[Component] = [
         *nodes,
-        Redis(paths, settings),
+        redis,
         Triton(paths, settings),
-        Jaeger(paths, settings, kafka_bootstrap=bootstrap),
+        Jaeger(paths, settings, kafka_bootstrap=bootstrap, security=security),
     ]
     for short, port in SERVICE_PORTS.items():
         for index in range(1, shape.instances(short) + 1):
@@ -77,6 +80,8 @@ def build_components(
                     extra,
                     index=index,
                     kafka_bootstrap=bootstrap,
+                    security=security,
+                    redis_url=redis.url if security is not None else None,
                 )
             )
     return {c.name: c for c in components}

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from genwire.kafka.security import client_options
 from genwire.settings import CommonSettings
 from genwire_stack import bootstrap
 from genwire_stack.catalog import KAFKA_CONTROLLER_PORT, KAFKA_PORT, KAFKA_VERSION
@@ -19,6 +20,7 @@ from genwire_stack.errors import StackError
 from genwire_stack.health import run_coro, tcp_open
 from genwire_stack.layout import instance_port
 from genwire_stack.paths import StackPaths
+from genwire_stack.secure import ADMIN, SecureStack, acl_bindings, create_acls
 
 
 class Kafka(Component):
@@ -43,9 +45,11 @@ class Kafka(Component):
         node_id: int = 1,
         cluster: Sequence[tuple[int, int]] | None = None,
         heap: str = "1g",
+        security: SecureStack | None = None,
     ) -> None:
         """``cluster``: (broker port, controller port) of every node, this one included, in
-        node-id order; None: a single node."""
+        node-id order; None: a single node. ``security``: SASL_SSL with SCRAM users and ACLs
+        (``genwire up --secure``), its KRaft storage apart from the plaintext one's."""
         super().__init__(paths, settings)
         self.port = port
         self.controller_port = controller_port
@@ -53,6 +57,7 @@ class Kafka(Component):
         self.node_id = node_id
         self.cluster = list(cluster) if cluster else [(port, controller_port)]
         self.heap = heap
+        self.security = security
         self.group = "kafka"
         if len(self.cluster) > 1:
             self.name = f"kafka-{node_id}"
@@ -86,7 +91,14 @@ class Kafka(Component):
 
     @property
     def data_dir(self) -> Path:
-        return self.paths.data / self.name
+        # A secure node has its own storage: its SCRAM users are made when it is formatted.
+        return self.paths.data / (f"{self.name}-secure" if self.security else self.name)
+
+    def admin_settings(self) -> CommonSettings | None:
+        """How the stack's own admin client connects (None: plaintext, as everyone)."""
+        if self.security is None:
+            return None
+        return self.security.kafka_settings(ADMIN, self.bootstrap)
 
     @property
     def config_file(self) -> Path:
@@ -145,8 +157,15 @@ class Kafka(Component):
             replication_factor=self.replication_factor,
             min_insync_replicas=self.min_insync_replicas,
         )
+        if self.security is not None:
+            self.security.ensure()
+            text += self.security.kafka_properties(self.port, self.controller_port)
         self.config_file.parent.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(text)
+        # 0600: a secure node's file holds its private key and the admin password.
+        fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(self.config_file, 0o600)
         if not (self.data_dir / "meta.properties").exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
             cluster_id = self._cluster_id()
@@ -162,6 +181,7 @@ class Kafka(Component):
                     cluster_id,
                     "-c",
                     str(self.config_file),
+                    *(self.security.scram_arguments() if self.security else []),
                 ],
                 what="formatting Kafka's KRaft storage",
                 log=self.log,
@@ -190,16 +210,20 @@ class Kafka(Component):
     def healthy(self) -> bool:
         if not tcp_open(self.port):
             return False
-        return run_coro(_kafka_answers(f"127.0.0.1:{self.port}"))
+        return run_coro(_kafka_answers(f"127.0.0.1:{self.port}", self.admin_settings()))
 
     def after_ready(self) -> None:
         from genwire.kafka import ensure_topics
 
         # Auto-create is off: every topic of genwire.topics.TOPIC_SPECS is created here.
         if self.size == 1:
-            run_coro(ensure_topics(f"127.0.0.1:{self.port}"))
+            run_coro(ensure_topics(f"127.0.0.1:{self.port}", settings=self.admin_settings()))
         else:
             run_coro(self._ensure_cluster_topics(timeout_s=120.0))
+        admin = self.admin_settings()
+        if admin is not None:
+            # Each service's user may read and write its own topics only (idempotent).
+            run_coro(create_acls(admin, acl_bindings()))
 
     async def _ensure_cluster_topics(self, timeout_s: float) -> None:
         """Once every broker has registered (RF 3 needs three), create the missing topics."""
@@ -211,7 +235,11 @@ class Kafka(Component):
         deadline = time.monotonic() + timeout_s
         brokers = 0
         while True:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=self.bootstrap,
+                request_timeout_ms=5000,
+                **client_options(self.admin_settings()),
+            )
             try:
                 await admin.start()
                 if {s.name for s in TOPIC_SPECS} <= set(await admin.list_topics()):
@@ -235,14 +263,17 @@ class Kafka(Component):
             timeout_s=timeout_s,
             replication_factor=self.replication_factor,
             min_insync_replicas=self.min_insync_replicas,
+            settings=self.admin_settings(),
         )
 
 
-async def _kafka_answers(bootstrap_servers: str) -> bool:
+async def _kafka_answers(bootstrap_servers: str, settings: CommonSettings | None = None) -> bool:
     """True once the broker answers a metadata request (the controller quorum is up)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=3000, **client_options(settings)
+    )
     try:
         await admin.start()
         await admin.list_topics()
@@ -258,6 +289,7 @@ def kafka_nodes(
     settings: CommonSettings,
     brokers: int = 1,
     ports: Sequence[tuple[int, int]] | None = None,
+    security: SecureStack | None = None,
 ) -> list[Kafka]:
     """The Kafka node(s) of a stack: ``kafka`` alone, or ``kafka-1``… of a KRaft cluster.
 
@@ -273,9 +305,18 @@ def kafka_nodes(
         ]
     )
     if len(chosen) == 1:
-        return [Kafka(paths, settings, chosen[0][0], chosen[0][1])]
+        return [Kafka(paths, settings, chosen[0][0], chosen[0][1], security=security)]
     # Three JVMs on a small machine: a smaller heap each.
     return [
-        Kafka(paths, settings, broker, controller, node_id=n, cluster=chosen, heap="512m")
+        Kafka(
+            paths,
+            settings,
+            broker,
+            controller,
+            node_id=n,
+            cluster=chosen,
+            heap="512m",
+            security=security,
+        )
         for n, (broker, controller) in enumerate(chosen, start=1)
     ]

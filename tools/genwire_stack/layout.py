@@ -13,9 +13,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, cast
 
 from genwire_stack.errors import StackError
 
+SecureMode = Literal["", "tls", "mtls"]
+SECURE_MODES: tuple[str, ...] = ("tls", "mtls")
+"""``tls``: TLS + SASL/SCRAM + ACLs on Kafka, TLS + password on Redis, TLS on the gateway;
+``mtls``: the same, and the gateway also requires a client certificate signed by the local CA."""
 LAYOUT_FILE = "layout.json"
 BROKER_COUNTS = (1, 3)
 """A single node, or a three-node KRaft cluster (three controller voters, RF 3, min ISR 2)."""
@@ -35,6 +40,8 @@ class StackLayout:
     brokers: int = 1
     scale: Mapping[str, int] = field(default_factory=dict)
     """Instances per scalable service, only those above 1."""
+    secure: SecureMode = ""
+    """``genwire up --secure``: "" plaintext, ``tls`` or ``mtls`` (genwire_stack.secure)."""
 
     def instances(self, service: str) -> int:
         """How many instances of ``service`` run (1 unless scaled)."""
@@ -49,9 +56,13 @@ class StackLayout:
         return 2 if self.brokers >= 3 else 1
 
     def changed(
-        self, brokers: int | None = None, scale: Mapping[str, int] | None = None
+        self,
+        brokers: int | None = None,
+        scale: Mapping[str, int] | None = None,
+        secure: str | None = None,
     ) -> StackLayout:
-        """This layout with ``brokers`` and the services of ``scale`` replaced (validated)."""
+        """This layout with ``brokers``, the services of ``scale`` and ``secure`` ("off":
+        plaintext) replaced (validated)."""
         new_brokers = self.brokers if brokers is None else brokers
         if new_brokers not in BROKER_COUNTS:
             raise StackError(
@@ -67,12 +78,21 @@ class StackLayout:
             if not 1 <= count <= MAX_INSTANCES:
                 raise StackError(f"--scale {service}={count}: choose 1 to {MAX_INSTANCES}")
             merged[service] = count
-        return StackLayout(new_brokers, {k: v for k, v in sorted(merged.items()) if v > 1})
+        new_secure = self.secure if secure is None else ("" if secure == "off" else secure)
+        if new_secure not in ("", *SECURE_MODES):
+            raise StackError(f"--secure {secure}: choose tls, mtls or off")
+        return StackLayout(
+            new_brokers,
+            {k: v for k, v in sorted(merged.items()) if v > 1},
+            cast(SecureMode, new_secure),
+        )
 
     def describe(self) -> str:
         """``1 broker`` / ``3 brokers, preprocess×3``: for messages."""
         parts = [f"{self.brokers} broker{'s' if self.brokers > 1 else ''}"]
         parts += [f"{svc}×{n}" for svc, n in self.scale.items()]
+        if self.secure:
+            parts.append(f"secure ({self.secure})")
         return ", ".join(parts)
 
 
@@ -82,11 +102,16 @@ def read_layout(run_dir: Path) -> StackLayout:
         raw = json.loads((run_dir / LAYOUT_FILE).read_text())
         brokers = int(raw.get("brokers", 1))
         scale = {str(k): int(v) for k, v in dict(raw.get("scale", {})).items()}
+        secure = str(raw.get("secure", ""))
     except (OSError, ValueError, TypeError, AttributeError):
         return StackLayout()
     if brokers not in BROKER_COUNTS:
         brokers = 1
-    return StackLayout(brokers, {k: v for k, v in scale.items() if k in SCALABLE and v > 1})
+    return StackLayout(
+        brokers,
+        {k: v for k, v in scale.items() if k in SCALABLE and v > 1},
+        cast(SecureMode, secure if secure in SECURE_MODES else ""),
+    )
 
 
 def write_layout(run_dir: Path, layout: StackLayout) -> None:
@@ -94,7 +119,10 @@ def write_layout(run_dir: Path, layout: StackLayout) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LAYOUT_FILE
     tmp = path.with_name(f".{LAYOUT_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"brokers": layout.brokers, "scale": dict(layout.scale)}))
+    record: dict[str, object] = {"brokers": layout.brokers, "scale": dict(layout.scale)}
+    if layout.secure:
+        record["secure"] = layout.secure
+    tmp.write_text(json.dumps(record))
     tmp.replace(path)
 
 

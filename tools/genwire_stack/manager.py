@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from genwire.settings import CommonSettings
+from genwire_stack.adminkey import ensure_admin_key
 from genwire_stack.components import (
     INFRA,
     SERVICES,
@@ -100,6 +101,7 @@ def ensure_up(
     catalog: Mapping[str, Component] | None = None,
     brokers: int | None = None,
     scale: Mapping[str, int] | None = None,
+    secure: str | None = None,
 ) -> list[ComponentStatus]:
     """Make ``components`` (default: all) run and answer; returns their status rows.
 
@@ -108,14 +110,16 @@ def ensure_up(
     standard components (tests use it for instances on other ports). ``brokers`` (1 or 3) and
     ``scale`` (instances per service, e.g. ``{"preprocess": 3}``) change the recorded layout
     first: extra instances beyond a smaller scale are stopped; a different broker count needs the
-    Kafka-dependent components stopped (``down()``) first.
+    Kafka-dependent components stopped (``down()``) first. ``secure`` (``tls``, ``mtls``,
+    ``off``) switches the recorded security mode (:mod:`genwire_stack.secure`); like a broker
+    count, only while nothing of the stack runs.
     """
     cfg = settings or CommonSettings()
     paths = StackPaths.from_settings(cfg)
     started: list[tuple[PidRecord, Component]] = []
     try:
         with locked(paths.run):
-            everything = _catalog_for_up(paths, cfg, catalog, brokers, scale, out)
+            everything = _catalog_for_up(paths, cfg, catalog, brokers, scale, out, secure)
             chosen = select_components(everything, components)
             if model is None:
                 # The services need the model, and a (re)started Triton has none loaded.
@@ -124,6 +128,9 @@ def ensure_up(
             # stranger anywhere stops the run right here.
             _plan(chosen, paths, out)
             _bring_up([c for c in chosen if c.phase < MODEL_PHASE], paths, started, out)
+            if any(c.name == "redis" for c in chosen) and catalog is None:
+                # Auth is on by default: the first start creates (and saves) an admin key.
+                ensure_admin_key(cfg, out)
         if model:
             # Outside the lock: building the model may take minutes (its package has its own
             # lock), and other sessions that only need the infrastructure must not wait on it.
@@ -148,14 +155,26 @@ def _catalog_for_up(
     brokers: int | None,
     scale: Mapping[str, int] | None,
     out: Out,
+    secure: str | None = None,
 ) -> dict[str, Component]:
     """The components to work with; applies a new layout (under the stack lock)."""
     if catalog is not None:
-        if brokers is not None or scale:
-            raise StackError("brokers and scale shape the standard stack, not a test catalog")
+        if brokers is not None or scale or secure is not None:
+            raise StackError(
+                "brokers, scale and secure shape the standard stack, not a test catalog"
+            )
         return dict(catalog)
     current = read_layout(paths.run)
-    wanted = current.changed(brokers, scale)
+    wanted = current.changed(brokers, scale, secure)
+    if wanted.secure != current.secure:
+        running = sorted(_live_names(paths))
+        if running:
+            was = current.secure or "plaintext"
+            now = wanted.secure or "plaintext"
+            raise StackError(
+                f"the stack runs {was} ({', '.join(running)} running); to switch to {now}, stop "
+                f"it first: `genwire down`, then `genwire up --secure {wanted.secure or 'off'}`"
+            )
     if wanted.brokers != current.brokers:
         live = _live_names(paths)
         blocking = [

@@ -33,6 +33,7 @@ from genwire_stack.errors import StackError
 from genwire_stack.health import http_status, redis_ping
 from genwire_stack.layout import instance_name
 from genwire_stack.paths import StackPaths, site_packages
+from genwire_stack.secure import SecureStack, secure_redis_ping
 
 
 class Redis(Component):
@@ -44,9 +45,28 @@ class Redis(Component):
     start_timeout_s = 30.0
     adoptable = True
 
-    def __init__(self, paths: StackPaths, settings: CommonSettings, port: int = REDIS_PORT) -> None:
+    def __init__(
+        self,
+        paths: StackPaths,
+        settings: CommonSettings,
+        port: int = REDIS_PORT,
+        *,
+        security: SecureStack | None = None,
+    ) -> None:
         super().__init__(paths, settings)
         self.port = port
+        self.security = security
+        if security is not None:
+            # TLS only, with a password; a stranger's plaintext Redis is never reused.
+            self.title = "Redis (TLS, password)"
+            self.adoptable = False
+
+    @property
+    def url(self) -> str:
+        """What the services connect to."""
+        if self.security is not None:
+            return self.security.redis_url(self.port)
+        return f"redis://127.0.0.1:{self.port}/0"
 
     def ports(self) -> dict[str, int]:
         return {"redis": self.port}
@@ -67,13 +87,27 @@ class Redis(Component):
         """The RDB dump and the append-only files (``appendonlydir/``)."""
         return self.paths.data / "redis"
 
+    @property
+    def config_file(self) -> Path:
+        """The secure Redis's redis.conf (0600: it holds the password)."""
+        return self.paths.conf / "redis.conf"
+
     def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.security is not None:
+            self.security.ensure()
+            self.config_file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(self.security.redis_config(self.port, self.data_dir))
 
     def command(self) -> list[str]:
         binary = self._binary()
         if binary is None:
             raise StackError("redis-server not found: apt-get install redis-server")
+        if self.security is not None:
+            # The password stays out of argv (ps shows argv to every user).
+            return [binary, str(self.config_file)]
         return [
             binary,
             "--bind",
@@ -97,6 +131,8 @@ class Redis(Component):
         ]
 
     def healthy(self) -> bool:
+        if self.security is not None:
+            return secure_redis_ping(self.port, self.security)
         return redis_ping(self.port)
 
 
@@ -240,8 +276,11 @@ class Jaeger(Component):
         kafka_port: int = KAFKA_PORT,
         kafka_bootstrap: str | None = None,
         initial_offset: str = "earliest",
+        security: SecureStack | None = None,
     ) -> None:
         super().__init__(paths, settings)
+        self.security = security
+        """Secure stack: its kafka receiver reads as the SCRAM user ``jaeger`` over SASL_SSL."""
         self.initial_offset = initial_offset
         """Where a new consumer group starts on ``otlp_spans``: ``earliest`` (every retained
         span) or ``latest`` (a throwaway instance that must not read a day of backlog)."""
@@ -308,10 +347,22 @@ class Jaeger(Component):
             "JAEGER_OTLP_HTTP_PORT": str(self._ports["otlp-http"]),
             "JAEGER_HEALTH_PORT": str(self._ports["health"]),
             "JAEGER_METRICS_PORT": str(self._ports["metrics"]),
+            **(
+                {
+                    "JAEGER_KAFKA_USERNAME": "jaeger",
+                    "JAEGER_KAFKA_PASSWORD": self.security.password("jaeger"),
+                    "JAEGER_KAFKA_CA_FILE": str(self.security.ca),
+                }
+                if self.security is not None
+                else {}
+            ),
         }
 
     def command(self) -> list[str]:
-        return [str(self.binary), "--config", str(self.paths.deploy / "jaeger" / "config.yaml")]
+        configs = [self.paths.deploy / "jaeger" / "config.yaml"]
+        if self.security is not None:
+            configs.append(self.paths.deploy / "jaeger" / "kafka-secure.yaml")
+        return [str(self.binary), *(arg for c in configs for arg in ("--config", str(c)))]
 
     def healthy(self) -> bool:
         return http_status(f"http://127.0.0.1:{self.ui_port}/api/services") == 200
@@ -339,7 +390,11 @@ class Service(Component):
         *,
         index: int = 1,
         kafka_bootstrap: str | None = None,
+        security: SecureStack | None = None,
+        redis_url: str | None = None,
     ) -> None:
+        """``security``: connect as its own SCRAM user over SASL_SSL, to Redis over TLS with
+        the password (``redis_url``), and (the gateway) serve HTTP and gRPC over TLS."""
         super().__init__(paths, settings)
         self.short = short
         self.index = index
@@ -351,13 +406,24 @@ class Service(Component):
         self.port = port
         self.extra_ports = extra_ports or {}
         self.kafka_bootstrap = kafka_bootstrap
+        self.security = security
+        self.redis_url = redis_url
+
+    @property
+    def tls(self) -> bool:
+        """Whether its HTTP port serves TLS (the gateway of a secure stack)."""
+        return self.security is not None and self.short == "gateway"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     def ports(self) -> dict[str, int]:
         return {"http": self.port, **self.extra_ports}
 
     def endpoints(self) -> str:
         extra = " ".join(f"{role}:{port}" for role, port in self.extra_ports.items())
-        return f"http://127.0.0.1:{self.port}/readyz {extra}".strip()
+        return f"{self.scheme}://127.0.0.1:{self.port}/readyz {extra}".strip()
 
     def environment(self) -> dict[str, str]:
         # Services read GENWIRE_HOME like the stack, so both agree on the model repository.
@@ -372,6 +438,18 @@ class Service(Component):
             # Every broker: a client that knows one only cannot start while that one is down.
             env["GENWIRE_KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap
             env[f"{prefix}KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap
+        if self.redis_url is not None:
+            env["GENWIRE_REDIS_URL"] = self.redis_url
+            env[f"{prefix}REDIS_URL"] = self.redis_url
+        if self.settings.model_repository is not None:
+            env["GENWIRE_MODEL_REPOSITORY"] = str(self.settings.model_repository)
+            env[f"{prefix}MODEL_REPOSITORY"] = str(self.settings.model_repository)
+        if self.security is not None:
+            # Its own SCRAM user: the ACLs of genwire_stack.secure.ACCESS[short] apply.
+            for env_prefix in ("GENWIRE_", prefix):
+                env |= self.security.kafka_env(self.short, env_prefix)
+            if self.tls:
+                env |= self.security.gateway_env(prefix)
         return env
 
     def command(self) -> list[str]:
@@ -382,9 +460,17 @@ class Service(Component):
 
     def readiness(self) -> Readiness:
         """``/readyz``: 200 ready; 503 with ``{"ready", "failed", "reasons"}`` says why not."""
+        if self.tls and self.security is not None:
+            # The stack's probe is a client like any other: the CA, and a certificate (mTLS).
+            return readyz(
+                f"https://127.0.0.1:{self.port}/readyz",
+                verify=self.security.client_context(certificate=self.security.mtls),
+            )
         return readyz(f"http://127.0.0.1:{self.port}/readyz")
 
     def unready_restart(self) -> tuple[str, float] | None:
+        if self.tls:
+            return None  # the supervisor's stdlib probe speaks plain HTTP only
         # A service gives up and exits by itself after its outage budget (default 300 s); one
         # that stays not-ready twice as long is stuck, and a restart is what is left to try.
         return f"http://127.0.0.1:{self.port}/readyz", self.unready_restart_s
