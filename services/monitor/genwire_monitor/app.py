@@ -3,8 +3,11 @@ the watched groups → stall verdicts → the same engine thread (the runner doe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,6 +16,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from genwire.kafka.security import client_options
+from genwire.policyfeed import PolicyFeed, PolicyStore
 from genwire.service import Running, ServiceRuntime, ServiceSpec
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
@@ -23,6 +28,8 @@ from genwire_monitor.source import SpanSource
 from genwire_monitor.traceroutes import trace_router
 from genwire_monitor.webhook import AlertmanagerClient
 from genwire_monitor.worker import EngineWorker
+
+log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
@@ -46,7 +53,8 @@ async def setup(
         else None
     )
     extra: dict[str, Any] = {"clock": clock} if clock else {}
-    worker = EngineWorker(cfg, runtime.producer, collector, webhook, **extra)
+    store = PolicyStore(runtime.registry) if cfg.config_topic else None
+    worker = EngineWorker(cfg, runtime.producer, collector, webhook, policies=store, **extra)
     source = SpanSource(
         topic=cfg.spans_topic,
         group_id=cfg.group_id,
@@ -83,6 +91,8 @@ async def setup(
         runtime.supervise(worker.run(), "evaluate")
         if poller is not None:  # it connects on its first reading: a broker down cannot stop us
             runtime.supervise(poller.run(), "watch-offsets")
+        if store is not None:
+            runtime.supervise(follow_policies(cfg, store), "follow-policies")
         try:
             yield
         finally:
@@ -94,6 +104,30 @@ async def setup(
         if poller is not None:
             await poller.stop()
         await worker.close()
+
+
+async def follow_policies(cfg: MonitorSettings, store: PolicyStore, retry_s: float = 5.0) -> None:
+    """Follow ``cfg.config_topic`` into ``store`` for ever; a feed that cannot start (broker
+    down, topic missing) or fails is logged and started again: the monitor keeps monitoring,
+    without rollbacks, meanwhile."""
+    while True:
+        feed = PolicyFeed(
+            cfg.kafka_bootstrap_servers,
+            store=store,
+            topic=cfg.config_topic,
+            client_kwargs=client_options(cfg),
+        )
+        try:
+            await feed.start()
+            await feed.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("following %s failed (%s); again in %.0fs", cfg.config_topic, exc, retry_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await feed.stop()
+        await asyncio.sleep(retry_s)
 
 
 def status_router() -> APIRouter:

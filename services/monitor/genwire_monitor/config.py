@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from genwire.settings import ServiceSettings
+from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 
 END_TO_END = "end_to_end"
@@ -182,6 +183,43 @@ class MonitorSettings(ServiceSettings):
         "restart for a version with no request for this long resolve too.",
     )
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    config_topic: str = Field(
+        Topic.CONFIG.value,
+        description="Compacted topic of the models' serving policies (genwire.policy), "
+        "followed live: which version is the champion and which are canaries; automatic "
+        "rollbacks are published there. '' turns following (and rollback) off.",
+    )
+    auto_rollback: bool = Field(
+        True,
+        description="Publish a rollback of a model's policy when a canary version's alerts "
+        "fire while its champion's do not.",
+    )
+    rollback_kinds: list[str] = Field(
+        default_factory=lambda: ["latency_burn", "error_burn", "canary"],
+        description="Alert kinds of a canary version that trigger its rollback (a canary's "
+        "own drift, against its own first hour, is left to people).",
+    )
+    rollback_severities: list[str] = Field(
+        default_factory=lambda: ["page"], description="Alert severities that trigger one."
+    )
+    canary_features: list[str] = Field(
+        default_factory=lambda: [
+            sc.GEN_AI_OUTPUT_TOKENS,
+            sc.GEN_AI_FINISH_REASONS,
+            sc.MEAN_LOGPROB,
+        ],
+        description="Features a canary is compared on against its champion (current windows, "
+        "the drift tests and thresholds): what the model produces, not what callers send.",
+    )
+    canary_min_samples: int = Field(
+        50, ge=10, description="Requests on each side before a canary is compared."
+    )
+    canary_for_s: float = Field(
+        60.0,
+        ge=0,
+        description="How long a canary must differ from its champion before its 'canary' "
+        "alert fires (production s, scaled, at least min_hold_s).",
+    )
     drift_hold_evaluations: int = Field(
         2, ge=1, description="Drifted evaluations (at least) before a drift alert fires."
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -126,6 +127,25 @@ class DriftMonitor:
         """Forget a model version's windows and reference (its series was evicted)."""
         self._series.pop(key, None)
 
+    def compare(
+        self,
+        baseline: ModelKey,
+        key: ModelKey,
+        now: float,
+        min_samples: int,
+        attrs: Collection[str],
+    ) -> SeriesResult | None:
+        """A canary against its champion: ``key``'s current window tested against
+        ``baseline``'s current window (the same time span, the same traffic mix), for each
+        feature in ``attrs`` with at least ``min_samples`` on both sides. None: a series is
+        not tracked."""
+        base, cur_series = self._series.get(baseline), self._series.get(key)
+        if base is None or cur_series is None:
+            return None
+        ref = merge(base.ring.window(now, self.current_s), None, self._rng)
+        cur = merge(cur_series.ring.window(now, self.current_s), None, self._rng)
+        return self._score(SeriesResult(key[0], key[1], "ok"), ref, cur, min_samples, attrs)
+
     def evaluate(self, now: float) -> list[SeriesResult]:
         """Every tracked model version's drift now."""
         return [self._evaluate(key, s, now) for key, s in self._series.items()]
@@ -150,8 +170,21 @@ class DriftMonitor:
             result.state = "warming up"
             return result
         cur = merge(series.ring.window(now, self.current_s), None, self._rng)
-        n = self.cfg.min_samples
+        return self._score(result, ref, cur, self.cfg.min_samples)
+
+    def _score(
+        self,
+        result: SeriesResult,
+        ref: Window,
+        cur: Window,
+        n: int,
+        attrs: Collection[str] | None = None,
+    ) -> SeriesResult:
+        """Every feature (of ``attrs``) with at least ``n`` values on both sides, scored into
+        ``result``."""
         for feature in FEATURES:
+            if attrs is not None and feature.attr not in attrs:
+                continue
             if feature.kind == "numeric":
                 r, c = ref.values.get(feature.attr), cur.values.get(feature.attr)
                 if r is None or c is None or r[0].size < n or c[0].size < n:

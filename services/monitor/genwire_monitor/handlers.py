@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from ddsketch import DDSketch
 
+from genwire.policy import ModelPolicy
 from genwire.telemetry import semconv as sc
 from genwire_monitor import rules
 from genwire_monitor.alerting import AlertBook, AlertEvent
@@ -33,6 +34,8 @@ from genwire_monitor.config import END_TO_END, OTHER_MODEL, TPOT, TTFT, MonitorS
 from genwire_monitor.drift import DriftMonitor, SeriesResult
 from genwire_monitor.histogram import Histogram
 from genwire_monitor.history import History
+from genwire_monitor.rollback import Decision, RollbackController
+from genwire_monitor.rules import CANARY_PREFIX, CanaryResult
 from genwire_monitor.spans import MalformedPayload, SpanView, decode
 from genwire_monitor.stages import observations
 from genwire_monitor.stalls import Key, PartitionStatus
@@ -123,6 +126,10 @@ class MonitorEngine:
         self._vanished: dict[ModelKey, float] = {}  # series with alerts but no series: since
         self.evicted = 0  # model version series evicted since start
         self._order = 0  # first-appearance counter of series
+        self.policies: dict[str, ModelPolicy] = {}  # in force (genwire.config), by model
+        self.canary_results: list[CanaryResult] = []
+        self.rollback = RollbackController(settings)
+        self.due: list[Decision] = []  # rollbacks decided at the last tick, to publish
         self.partitions_read = False  # has the stall watch read the broker since start?
 
     def _new_slos(self, model: str | None, version: str | None) -> list[SLOState]:
@@ -337,6 +344,7 @@ class MonitorEngine:
         self.complete(now)
         self.evict(now)
         self.drift_results = self.drift.evaluate(now)
+        self.canary_results = self._compare_canaries(now)
         events = rules.evaluate_all(
             self.settings,
             self.book,
@@ -344,9 +352,58 @@ class MonitorEngine:
             self.drift_results,
             list(self.partitions.values()) if self.partitions_read else None,
             now,
+            self.canary_results,
         )
         events += self._resolve_vanished(now)
+        events += self._resolve_retired(now)
+        self.due = self.rollback.decide(self.policies, self.book.active(now), now)
         self.history.record(now, self.percentiles(now), self.drift_results)
+        return events
+
+    def set_policies(self, policies: dict[str, ModelPolicy]) -> None:
+        """The policies in force now (a copy of the feed's, handed to the engine thread)."""
+        self.policies = policies
+
+    def _compare_canaries(self, now: float) -> list[CanaryResult]:
+        """Each canary of each policy against its champion, both with their own series."""
+        s = self.settings
+        out: list[CanaryResult] = []
+        for model, policy in self.policies.items():
+            champion = policy.champion
+            if not champion or (model, champion) not in self.models:
+                continue
+            for version in sorted(policy.canaries()):
+                if (model, version) not in self.models:
+                    continue
+                result = self.drift.compare(
+                    (model, champion),
+                    (model, version),
+                    now,
+                    s.canary_min_samples,
+                    s.canary_features,
+                )
+                if result is not None:
+                    out.append(CanaryResult(champion, result))
+        return out
+
+    def _resolve_retired(self, now: float) -> list[AlertEvent]:
+        """A ``canary`` alert of a version that is no longer a canary (rolled back, promoted,
+        or its model's policy deleted) resolves: there is nothing left to compare."""
+        events: list[AlertEvent] = []
+        for aid in self.book.known():
+            if not aid.startswith(CANARY_PREFIX):
+                continue
+            d = self.book.draft(aid)
+            if d is None or d.model is None:
+                continue
+            policy = self.policies.get(d.model)
+            if policy is not None and d.model_version in policy.canaries():
+                continue
+            why = f"version {d.model_version} of {d.model} no longer takes canary traffic" + (
+                f" (policy revision {policy.revision})." if policy else " (no policy)."
+            )
+            ev = self.book.resolve(aid, now, why)
+            events += [ev] if ev else []
         return events
 
     def evict(self, now: float) -> list[ModelKey]:

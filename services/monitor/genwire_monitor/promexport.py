@@ -34,6 +34,8 @@ METRIC_MODEL_REQUESTS = "genwire_monitor_model_requests_total"
 METRIC_MODEL_ERROR_RATIO = "genwire_monitor_model_error_ratio"
 METRIC_MODEL_LOGPROB = "genwire_monitor_model_mean_logprob"
 METRIC_MODEL_BURN_RATE = "genwire_monitor_model_slo_burn_rate"
+METRIC_ROLLBACKS = "genwire_monitor_rollbacks_total"
+METRIC_FEEDBACK = "genwire_monitor_model_feedback_total"
 
 
 def label(value: str) -> str:
@@ -65,6 +67,7 @@ class Figures:
         default_factory=list
     )  # model, version, requests, errors (since start), error ratio, mean logprob (window)
     model_burn: list[tuple[str, str, str, str, str, float]] = field(default_factory=list)
+    rollbacks: dict[str, int] = field(default_factory=dict)  # model -> rollbacks published
 
 
 def figures(engine: MonitorEngine, now: float) -> Figures:
@@ -101,6 +104,7 @@ def figures(engine: MonitorEngine, now: float) -> Figures:
             for test, value in (("psi", score.psi), ("js", score.js), ("p_value", score.p_value)):
                 out.drift.append((series.model, series.version, score.feature, test, value))
     out.alerts = [(a.id, a.kind, a.severity) for a in engine.book.active(now)]
+    out.rollbacks = dict(engine.rollback.published_total)
     out.partitions = [
         (p.group, p.topic, str(p.partition), p.lag, p.stalled_s) for p in engine.partitions.values()
     ]
@@ -221,6 +225,14 @@ def _model_metrics(f: Figures) -> Iterator[Metric]:
     yield ratio
     yield logprob
     yield burn
+    rollbacks = CounterMetricFamily(
+        METRIC_ROLLBACKS,
+        "Automatic rollbacks published on genwire.config, per model (models with a policy).",
+        labels=["model"],
+    )
+    for model, n in f.rollbacks.items():
+        rollbacks.add_metric([label(model)], n)
+    yield rollbacks
 
 
 def register(registry: CollectorRegistry) -> MonitorCollector:

@@ -152,6 +152,64 @@ def drift_draft(model: str, version: str, score: FeatureScore, examples: list[st
     )
 
 
+CANARY_PREFIX = "canary:"
+
+
+@dataclass(frozen=True)
+class CanaryResult:
+    """A canary version's output compared with its champion's (current windows)."""
+
+    champion: str
+    result: SeriesResult
+
+
+def canary_id(model: str, version: str, feature: str) -> str:
+    """``canary:<model>:<version>:<feature>``."""
+    return f"{CANARY_PREFIX}{model}:{version}:{feature}"
+
+
+def canary_draft(c: CanaryResult, score: FeatureScore) -> Draft:
+    """The alert text of a canary whose output differs from its champion's."""
+    r = c.result
+    d = drift_draft(r.model, r.version, score, r.examples.get(score.feature, []))
+    label = BY_ATTR[score.feature].label
+    d.kind, d.severity = "canary", "page"
+    d.rule_id = "canary psi+ks" if score.kind == "numeric" else "canary js+chi2"
+    d.title = (
+        f"Canary {r.model} {r.version} differs from champion {c.champion} in {label} "
+        f"({score.feature})"
+    )
+    d.summary = (
+        f"{label}: champion {c.champion} {score.ref_summary} (n={score.n_ref}) vs canary "
+        f"{r.version} {score.cur_summary} (n={score.n_cur}) over the same window; "
+        + d.summary.split("; ", 1)[1]
+    )
+    d.labels = {"feature": score.feature, "champion": c.champion}
+    return d
+
+
+def canary_events(
+    s: MonitorSettings, book: AlertBook, canaries: Sequence[CanaryResult], now: float
+) -> list[AlertEvent]:
+    """One ``canary`` alert per compared feature of each canary; a feature no longer compared
+    (too few samples now) holds its alert (no data)."""
+    events: list[AlertEvent] = []
+    policy = Policy(s.hold_s(s.canary_for_s), 2, s.hold_s(s.alert_keep_firing_s))
+    seen: set[str] = set()
+    for c in canaries:
+        for score in c.result.scores:
+            aid = canary_id(c.result.model, c.result.version, score.feature)
+            seen.add(aid)
+            level = Level.FIRE if score.drifted else Level.CLEAR if score.clear else Level.HOLD
+            ev = book.observe(aid, level, canary_draft(c, score), policy, now)
+            events += [ev] if ev else []
+    for aid in book.known():
+        if aid.startswith(CANARY_PREFIX) and aid not in seen:
+            ev = book.observe(aid, Level.HOLD, None, policy, now, no_data=True)
+            events += [ev] if ev else []
+    return events
+
+
 STALL_PREFIX = "stall:"
 STALL_POLICY = Policy(for_s=0.0, for_evaluations=1, keep_firing_s=0.0)
 """The tracker already waited ``stall_alert_s``: fire on the first stalled verdict, resolve on
@@ -250,10 +308,12 @@ def evaluate_all(
     drift_results: Sequence[SeriesResult],
     partitions: Iterable[PartitionStatus] | None,
     now: float,
+    canaries: Sequence[CanaryResult] = (),
 ) -> list[AlertEvent]:
     """Every rule's verdict through the alert book; returns the transitions.
 
-    ``partitions`` None: the stall watch has not read the broker yet."""
+    ``partitions`` None: the stall watch has not read the broker yet. ``canaries``: each
+    canary version compared with its champion."""
     events: list[AlertEvent] = []
     burn_policy = Policy(s.hold_s(s.alert_for_s), 1, s.hold_s(s.alert_keep_firing_s))
     for slo in slos:
@@ -281,5 +341,6 @@ def evaluate_all(
         if aid.startswith("drift:") and aid not in seen:
             ev = book.observe(aid, Level.HOLD, None, drift_policy, now, no_data=True)
             events += [ev] if ev else []
+    events += canary_events(s, book, canaries, now)
     events += stall_events(s, book, partitions, now)
     return events

@@ -14,10 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from genwire.kafka import EventProducer
+from genwire.policy import ModelPolicy
+from genwire.policyfeed import PolicyStore
 from genwire_monitor import alertstate, handlers, page, promexport
 from genwire_monitor.alerting import AlertEvent
 from genwire_monitor.config import MonitorSettings
 from genwire_monitor.handlers import MonitorEngine
+from genwire_monitor.rollback import Decision
 from genwire_monitor.stalls import PartitionStatus
 from genwire_monitor.webhook import AlertmanagerClient
 
@@ -38,8 +41,10 @@ class EngineWorker:
         collector: promexport.MonitorCollector,
         webhook: AlertmanagerClient | None = None,
         clock: Callable[[], float] = time.time,
+        policies: PolicyStore | None = None,
     ) -> None:
         self.settings = settings
+        self.policies = policies  # genwire.config followed live (None: no rollback)
         self.engine = MonitorEngine(settings)
         self._producer = producer
         self._collector = collector
@@ -79,7 +84,10 @@ class EngineWorker:
     async def evaluate_once(self) -> list[AlertEvent]:
         """One evaluation: transitions published (and acknowledged), figures refreshed."""
         now = self._clock()
-        events = await self._call(self.engine.tick, now)
+        policies = dict(self.policies.policies) if self.policies is not None else {}
+        events, due = await self._call(self._tick, now, policies)
+        for decision in due:
+            await self._publish_rollback(decision)
         self._collector.latest = await self._call(promexport.figures, self.engine, now)
         for event in events:
             log.info("alert %s %s: %s", event.status, event.id, event.title)
@@ -89,6 +97,28 @@ class EngineWorker:
         elif self._unsent_state:
             await self._publish_state()
         return events
+
+    def _tick(
+        self, now: float, policies: dict[str, ModelPolicy]
+    ) -> tuple[list[AlertEvent], list[Decision]]:
+        self.engine.set_policies(policies)
+        events = self.engine.tick(now)
+        return events, list(self.engine.due)
+
+    async def _publish_rollback(self, decision: Decision) -> None:
+        """Publish a rollback's policy on ``genwire.config`` (acknowledged by the broker);
+        a failure is logged and decided again at the next evaluation."""
+        policy = decision.policy
+        try:
+            sent = await self._producer.send(
+                self.settings.config_topic, policy.value(), key=policy.key()
+            )
+            await sent
+        except Exception as exc:
+            log.warning("publishing the rollback of %s failed, will retry: %s", policy.model, exc)
+            await self._call(self.engine.rollback.failed, decision, str(exc))
+            return
+        await self._call(self.engine.rollback.published, decision, self._clock())
 
     async def run(self) -> None:
         """Evaluate every ``eval_interval_s`` (scaled, at least 0.1 s) until cancelled."""
@@ -156,6 +186,12 @@ class EngineWorker:
                 "counts": vars(self.engine.counts).copy(),
                 "partitions": [vars(p).copy() for p in self.engine.partitions.values()],
                 "models": self.engine.model_figures(now),
+                "rollbacks": [d.summary() for d in self.engine.rollback.decisions],
+                "rollbacks_held": dict(self.engine.rollback.held),
+                "policies": {
+                    m: p.model_dump(mode="json", exclude={"alert"})
+                    for m, p in self.engine.policies.items()
+                },
                 "drift": [
                     {
                         "model": r.model,

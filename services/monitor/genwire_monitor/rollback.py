@@ -1,0 +1,178 @@
+"""Automatic rollback: a canary whose alerts fire while its champion's do not goes back to the
+champion, by a new revision of the model's policy on ``genwire.config``.
+
+Pure: the engine thread calls :meth:`RollbackController.decide` after each evaluation with the
+policies in force (followed live from ``genwire.config``) and the active alerts; the worker
+publishes each decision's policy and reports back (:meth:`published` / :meth:`failed`).
+
+A version is a *canary* when the policy gives it traffic and it is not the champion
+(``ModelPolicy.canaries``). Its alerts are the per-version alerts that name it
+(``model``/``model_version``) of the kinds and severities configured (``rollback_kinds``,
+``rollback_severities``): burn-rate pages of its latency and error SLOs, and ``canary``
+alerts (its output compared with the champion's). When the champion has such an alert too the
+problem is not the canary's (a shared dependency, the load): nothing is rolled back, and the
+decision is recorded as *held* on the page.
+
+A rollback is decided once per (model, policy revision): until the new revision comes back
+through the feed, the same policy is never rolled back twice; a failed publish is retried at
+the next evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from genwire.policy import ModelPolicy, PolicyError, rollback
+from genwire_monitor.alerting import AlertEvent
+from genwire_monitor.config import MonitorSettings
+
+log = logging.getLogger(__name__)
+
+BY = "monitor"
+
+
+@dataclass
+class Decision:
+    """One rollback: the policy to publish and why."""
+
+    model: str
+    canary: str
+    champion: str
+    from_revision: int
+    policy: ModelPolicy
+    alert: AlertEvent
+    decided_at: float
+    published_at: float | None = None
+    error: str = ""
+
+    def summary(self) -> dict[str, object]:
+        """JSON-ready, for ``/api/status`` and the page."""
+        return {
+            "model": self.model,
+            "canary": self.canary,
+            "champion": self.champion,
+            "from_revision": self.from_revision,
+            "revision": self.policy.revision,
+            "reason": self.policy.reason,
+            "alert_id": self.alert.id,
+            "decided_at": _iso(self.decided_at),
+            "published_at": None if self.published_at is None else _iso(self.published_at),
+            "error": self.error,
+        }
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat()
+
+
+def alert_payload(alert: AlertEvent) -> dict[str, object]:
+    """What the policy record keeps of the alert: id, kind, severity, title, summary, the
+    rules, figures, window, example traces (``ModelPolicy.alert``)."""
+    return alert.model_dump(
+        mode="json",
+        include={
+            "id",
+            "kind",
+            "severity",
+            "title",
+            "summary",
+            "rule",
+            "raised_by",
+            "held_by",
+            "figures",
+            "window",
+            "model",
+            "model_version",
+            "example_trace_ids",
+            "trace_links",
+            "started_at",
+        },
+    )
+
+
+@dataclass
+class RollbackController:
+    """Decides rollbacks; remembers what it decided (bounded)."""
+
+    settings: MonitorSettings
+    decisions: list[Decision] = field(default_factory=list)  # newest last, bounded
+    held: dict[str, str] = field(default_factory=dict)  # model -> why nothing was done now
+    published_total: dict[str, int] = field(default_factory=dict)  # model -> rollbacks
+    _pending: dict[tuple[str, int], Decision] = field(default_factory=dict)
+
+    def _triggers(self, alert: AlertEvent) -> bool:
+        s = self.settings
+        return alert.kind in s.rollback_kinds and alert.severity in s.rollback_severities
+
+    def decide(
+        self, policies: Mapping[str, ModelPolicy], active: Sequence[AlertEvent], now: float
+    ) -> list[Decision]:
+        """The rollbacks to publish now (each model at most one; each revision once)."""
+        if not self.settings.auto_rollback:
+            return []
+        firing: dict[tuple[str, str], list[AlertEvent]] = {}
+        for alert in active:
+            if alert.model is not None and alert.model_version and self._triggers(alert):
+                firing.setdefault((alert.model, alert.model_version), []).append(alert)
+        self.held = {}
+        out: list[Decision] = []
+        for model, policy in policies.items():
+            champion = policy.champion
+            if not champion:
+                continue
+            bad = sorted(v for v in policy.canaries() if (model, v) in firing)
+            if not bad:
+                continue
+            if (model, champion) in firing:
+                ids = ", ".join(a.id for a in firing[(model, champion)])
+                self.held[model] = (
+                    f"canary {', '.join(bad)} and champion {champion} both alerting ({ids}): "
+                    f"not the canary's doing, nothing rolled back"
+                )
+                continue
+            pending = self._pending.get((model, policy.revision))
+            if pending is not None and pending.published_at is not None:
+                continue  # published; the new revision has not come back through the feed yet
+            canary = bad[0]
+            alert = min(firing[(model, canary)], key=lambda a: a.started_at)
+            reason = (
+                f"automatic rollback of {model} version {canary} to champion {champion}: "
+                f"{alert.title} ({alert.id}, raised by {alert.raised_by or alert.rule}); "
+                f"champion {champion} has no such alert"
+            )
+            try:
+                new = rollback(policy, reason, alert_payload(alert), by=BY)
+            except PolicyError as exc:
+                self.held[model] = f"rollback of {model} refused: {exc}"
+                continue
+            decision = Decision(model, canary, champion, policy.revision, new, alert, now)
+            self._pending[(model, policy.revision)] = decision
+            out.append(decision)
+        live = {(m, p.revision) for m, p in policies.items()}
+        for key in [k for k in self._pending if k not in live]:
+            del self._pending[key]  # the policy moved on: bounded by the models
+        return out
+
+    def published(self, decision: Decision, now: float) -> None:
+        """The broker acknowledged the decision's policy."""
+        decision.published_at = now
+        decision.error = ""
+        self.decisions = [*self.decisions, decision][-50:]
+        self.published_total[decision.model] = self.published_total.get(decision.model, 0) + 1
+        log.warning(
+            "rolled back %s: version %s -> champion %s (revision %d -> %d): %s",
+            decision.model,
+            decision.canary,
+            decision.champion,
+            decision.from_revision,
+            decision.policy.revision,
+            decision.alert.id,
+        )
+
+    def failed(self, decision: Decision, error: str) -> None:
+        """Publishing failed: decided again (and retried) at the next evaluation."""
+        decision.error = error
+        self._pending.pop((decision.model, decision.from_revision), None)

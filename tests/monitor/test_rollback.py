@@ -1,0 +1,157 @@
+"""Automatic rollback on a simulated clock: a bad canary (slow, failing or drifting) is rolled
+back to its champion, with the time from its first bad request to the decision printed (run
+with ``-s``; figures in docs/monitor.md, "Automatic rollback"); a healthy canary over a long
+steady run is not; a champion that alerts too holds the rollback back."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+from genwire_bench.monitor.synth import REFERENCE, Profile
+from genwire_monitor.alerting import AlertEvent
+from genwire_monitor.handlers import MonitorEngine
+from genwire_monitor.rollback import Decision
+
+from genwire.policy import ModelPolicy
+
+from .simulate import SCALE, fast_settings, traffic
+
+T0 = 1_800_000_000.0
+MODEL = REFERENCE.model
+CANARY = replace(REFERENCE, version="2")
+POLICY = ModelPolicy(
+    model=MODEL,
+    aliases={"champion": "1", "challenger": "2"},
+    weights={"1": 75, "2": 25},
+    revision=4,
+)
+
+
+def _mixed(
+    engine: MonitorEngine,
+    champion: Profile,
+    canary: Profile,
+    start: float,
+    seconds: float,
+    rng: random.Random,
+    rate: float = 120.0,
+    share: float = 0.25,
+) -> tuple[float, list[tuple[float, AlertEvent]], list[tuple[float, Decision]]]:
+    """Both versions' traffic at once, ticking every step; each decided rollback is
+    "published" and comes back as the policy in force (as the feed would bring it)."""
+    events: list[tuple[float, AlertEvent]] = []
+    decisions: list[tuple[float, Decision]] = []
+    t = start
+    champ = traffic(champion, start, seconds, rate * (1 - share), rng)
+    cand = traffic(canary, start, seconds, rate * share, rng)
+    for (t, a), (_, b) in zip(champ, cand, strict=True):
+        engine.ingest([a, b], t)
+        events += [(t, e) for e in engine.tick(t)]
+        for d in engine.due:
+            decisions.append((t, d))
+            engine.rollback.published(d, t)
+            engine.set_policies({d.model: d.policy})
+    return t, events, decisions
+
+
+def _engine() -> MonitorEngine:
+    engine = MonitorEngine(fast_settings(canary_min_samples=50))
+    engine.set_policies({MODEL: POLICY})
+    return engine
+
+
+@pytest.mark.parametrize(
+    ("bad", "kind"),
+    [
+        (replace(CANARY, slow_ms=1500), "latency_burn"),
+        (replace(CANARY, error_share=0.5), "error_burn"),
+        (replace(CANARY, mean_logprob=-4.0), "canary"),
+    ],
+    ids=["slow", "failing", "drifting"],
+)
+def test_a_bad_canary_is_rolled_back_to_its_champion(bad: Profile, kind: str) -> None:
+    engine = _engine()
+    rng = random.Random(41)
+    t, events, decisions = _mixed(engine, REFERENCE, CANARY, T0, 12.0, rng)
+    assert decisions == [] and not [e for _, e in events if e.status == "firing"]
+    bad_from = t  # the canary's first bad request ends in the next step
+    t, events, decisions = _mixed(engine, REFERENCE, bad, t, 15.0, rng)
+    assert len(decisions) == 1, "one rollback, published once"
+    at, d = decisions[0]
+    s = engine.settings
+    short_s = min(r.short_s for r in s.burn_rules) * SCALE
+    print(
+        f"\n{kind}: rolled back {at - bad_from:.2f}s after the canary's first bad request "
+        f"(short window {short_s:.2f}s, trace completion {s.trace_idle_s}s, "
+        f"hold floor {s.min_hold_s}s)"
+    )
+    assert (d.model, d.canary, d.champion, d.from_revision) == (MODEL, "2", "1", 4)
+    new = d.policy
+    assert new.weights == {"1": 100} and new.revision == 5 and new.updated_by == "monitor"
+    assert new.aliases == POLICY.aliases  # the canary keeps its alias: it can be tried again
+    assert new.alert is not None and new.alert["kind"] == kind
+    assert new.alert["model_version"] == "2" and new.alert["figures"]
+    assert "version 2" in new.reason and "champion 1" in new.reason
+    assert d.alert.kind == kind and d.alert.model_version == "2"
+    fired = {e.id for _, e in events if e.status == "firing"}
+    assert not [i for i in fired if ":genwire-gpt:1" in i], "the champion stayed healthy"
+    # Traffic is back on the champion: nothing more is decided.
+    t, _, more = _mixed(engine, REFERENCE, bad, t, 3.0, rng, share=0.0001)
+    assert more == []
+
+
+def test_a_canary_alert_resolves_once_the_version_no_longer_takes_canary_traffic() -> None:
+    engine = _engine()
+    rng = random.Random(42)
+    t, _, _ = _mixed(engine, REFERENCE, CANARY, T0, 12.0, rng)
+    t, events, _decisions = _mixed(
+        engine, REFERENCE, replace(CANARY, mean_logprob=-4.0), t, 15.0, rng
+    )
+    (fired,) = [e for _, e in events if e.kind == "canary" and e.status == "firing"]
+    assert fired.id == "canary:genwire-gpt:2:genwire.mean_logprob"
+    assert fired.labels["champion"] == "1" and "champion 1" in fired.title
+    resolved = [e for _, e in events if e.id == fired.id and e.status == "resolved"]
+    assert resolved and "no longer takes canary traffic" in resolved[0].summary
+
+
+def test_a_healthy_canary_is_not_rolled_back_over_a_long_steady_run() -> None:
+    engine = _engine()
+    rng = random.Random(43)
+    # 12 production hours (120 s at 1/360), 120 requests/s, a quarter on the canary.
+    _t, events, decisions = _mixed(engine, REFERENCE, CANARY, T0, 120.0, rng)
+    assert decisions == []
+    assert [e.id for _, e in events if e.status == "firing"] == []
+    assert {c.result.version for c in engine.canary_results} == {"2"}  # it was compared
+    assert engine.rollback.published_total == {}
+
+
+def test_no_rollback_when_the_champion_alerts_too() -> None:
+    engine = _engine()
+    rng = random.Random(44)
+    t, _, _ = _mixed(engine, REFERENCE, CANARY, T0, 12.0, rng)
+    slow = 1500.0  # a shared dependency: both versions slow
+    t, events, decisions = _mixed(
+        engine, replace(REFERENCE, slow_ms=slow), replace(CANARY, slow_ms=slow), t, 6.0, rng
+    )
+    fired = {e.id for _, e in events if e.status == "firing"}
+    assert "latency:e2e:page:genwire-gpt:1" in fired and "latency:e2e:page:genwire-gpt:2" in fired
+    assert decisions == []
+    assert "both alerting" in engine.rollback.held[MODEL]
+
+
+def test_no_rollback_without_a_policy_or_when_disabled() -> None:
+    for engine in (
+        MonitorEngine(fast_settings()),  # no policy: nothing is a canary
+        MonitorEngine(fast_settings(auto_rollback=False)),
+    ):
+        if engine.settings.auto_rollback is False:
+            engine.set_policies({MODEL: POLICY})
+        rng = random.Random(45)
+        t, _, _ = _mixed(engine, REFERENCE, CANARY, T0, 12.0, rng)
+        t, events, decisions = _mixed(
+            engine, REFERENCE, replace(CANARY, error_share=0.5), t, 6.0, rng
+        )
+        assert "errors:errors:page:genwire-gpt:2" in {e.id for _, e in events}
+        assert decisions == []
