@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 
+from genwire.apikeys import auth_headers
 from genwire.events import ErrorInfo
 from genwire.request import GenerationRequest
 from genwire.results import claim_key
@@ -177,7 +178,9 @@ async def test_pipeline_errors_map_to_statuses(
         with pytest.raises(GenwireClientError) as info:
             await client.generate("hi")
     assert info.value.status == status and code in info.value.message
-    async with httpx.AsyncClient(base_url=gateways[1].http_url, timeout=20) as http_client:
+    async with httpx.AsyncClient(
+        base_url=gateways[1].http_url, timeout=20, headers=auth_headers()
+    ) as http_client:
         response = await http_client.post("/v1/completions", json={"prompt": "hi"})
     assert response.status_code == http
     assert response.json()["error"]["code"] == code
@@ -244,7 +247,9 @@ async def test_a_reply_that_never_comes_is_found_in_redis_at_the_deadline(
 
 
 async def test_openai_http_endpoints(gateways: Gateways, pipeline: FakePipeline) -> None:
-    async with httpx.AsyncClient(base_url=gateways[0].http_url, timeout=20) as http:
+    async with httpx.AsyncClient(
+        base_url=gateways[0].http_url, timeout=20, headers=auth_headers()
+    ) as http:
         completion = await http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 4})
         assert completion.status_code == 200, completion.text
         body = completion.json()
@@ -277,7 +282,9 @@ async def test_openai_sse_stream(gateways: Gateways, pipeline: FakePipeline) -> 
         "stream_options": {"include_usage": True},
     }
     async with (
-        httpx.AsyncClient(base_url=gateways[1].http_url, timeout=20) as http,
+        httpx.AsyncClient(
+            base_url=gateways[1].http_url, timeout=20, headers=auth_headers()
+        ) as http,
         http.stream("POST", "/v1/chat/completions", json=body) as response,
     ):
         assert response.status_code == 200
@@ -300,7 +307,9 @@ async def test_http_idempotency_key_across_instances(
     key = _rid("http")
     answers = []
     for instance in gateways:
-        async with httpx.AsyncClient(base_url=instance.http_url, timeout=20) as http:
+        async with httpx.AsyncClient(
+            base_url=instance.http_url, timeout=20, headers=auth_headers()
+        ) as http:
             response = await http.post(
                 "/v1/completions", json={"prompt": "once"}, headers={"Idempotency-Key": key}
             )
@@ -316,7 +325,9 @@ async def test_an_http_client_hanging_up_cancels_the_generation(
     """Unnamed work nobody can collect is cancelled; named work finishes for the retry."""
     pipeline.script = lambda _: Script(silent=True)
     prompt, named = f"hi {uuid.uuid4().hex}", _rid("kept")
-    async with httpx.AsyncClient(base_url=gateways[0].http_url, timeout=1.0) as http:
+    async with httpx.AsyncClient(
+        base_url=gateways[0].http_url, timeout=1.0, headers=auth_headers()
+    ) as http:
         for headers in ({}, {"Idempotency-Key": named}):
             with pytest.raises(httpx.ReadTimeout):
                 await http.post("/v1/completions", json={"prompt": prompt}, headers=headers)
@@ -332,7 +343,9 @@ async def test_an_sse_client_hanging_up_cancels_the_generation(
     pipeline.script = lambda _: Script(chunks=["x"] * 30, chunk_delay_s=0.3)
     prompt, named = f"hi {uuid.uuid4().hex}", _rid("sse-kept")
     body = {"prompt": prompt, "stream": True}
-    async with httpx.AsyncClient(base_url=gateways[1].http_url, timeout=20) as http:
+    async with httpx.AsyncClient(
+        base_url=gateways[1].http_url, timeout=20, headers=auth_headers()
+    ) as http:
         for headers in ({}, {"Idempotency-Key": named}):
             async with http.stream(
                 "POST", "/v1/completions", json=body, headers=headers
@@ -377,7 +390,9 @@ async def test_reflection_lists_the_services(gateways: Gateways) -> None:
 
 async def test_health_readiness_metrics_and_models(gateways: Gateways) -> None:
     instance = gateways[0]
-    async with httpx.AsyncClient(base_url=instance.http_url, timeout=20) as http:
+    async with httpx.AsyncClient(
+        base_url=instance.http_url, timeout=20, headers=auth_headers()
+    ) as http:
         assert (await http.get("/healthz")).status_code == 200
         ready = await http.get("/readyz")
         assert ready.status_code == 200 and ready.json()["ready"] is True

@@ -16,6 +16,7 @@ import pytest
 from genwire_gateway.client import GenwireClient
 from genwire_gateway.config import GatewaySettings
 
+from genwire.apikeys import auth_headers
 from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
 
@@ -62,7 +63,7 @@ async def _via_grpc(settings: GatewaySettings, prompt: str) -> tuple[str, str]:
 
 async def _via_http(settings: GatewaySettings, prompt: str) -> tuple[str, str]:
     async with httpx.AsyncClient(
-        base_url=f"http://{settings.host}:{settings.port}", timeout=60
+        base_url=f"http://{settings.host}:{settings.port}", timeout=60, headers=auth_headers()
     ) as http:
         response = await http.post("/v1/completions", json={"prompt": prompt, "max_tokens": 8})
     assert response.status_code == 200, response.text

@@ -30,6 +30,7 @@ from genwire_stack.layout import instance_name, instance_port
 from genwire_stack.paths import StackPaths
 from genwire_stack.process import port_free, read_record
 
+from genwire.apikeys import auth_headers
 from genwire.settings import CommonSettings
 from genwire.topics import TOPIC_SPECS
 
@@ -137,7 +138,7 @@ async def _call(
         response = await http.post(
             f"http://127.0.0.1:{port}/v1/completions",
             json={"prompt": prompt, **PARAMS},
-            headers={"idempotency-key": rid},
+            headers={"idempotency-key": rid, **auth_headers()},
         )
         assert response.status_code == 200, response.text
         assert response.headers["x-request-id"] == rid

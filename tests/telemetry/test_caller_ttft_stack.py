@@ -21,6 +21,7 @@ from genwire_monitor.config import LatencySLO
 from genwire_monitor.handlers import MonitorEngine
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from genwire.apikeys import auth_headers
 from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
@@ -65,7 +66,10 @@ async def test_a_frozen_triton_shows_in_the_monitors_ttft(stack: CommonSettings)
             await consumer.position(tp)
         gateway = GatewaySettings()
         async with httpx.AsyncClient(
-            base_url=f"http://{gateway.host}:{gateway.port}", timeout=60, trust_env=False
+            base_url=f"http://{gateway.host}:{gateway.port}",
+            timeout=60,
+            trust_env=False,
+            headers=auth_headers(),
         ) as http:
             group = await asyncio.to_thread(control.freeze, "triton")
             try:

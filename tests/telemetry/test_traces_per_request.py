@@ -23,6 +23,7 @@ from genwire_gateway.config import GatewaySettings
 from genwire_monitor.handlers import MonitorEngine
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from genwire.apikeys import auth_headers
 from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
@@ -51,7 +52,10 @@ def _spans(payload: bytes) -> Iterator[tuple[str, str, str, int, dict[str, str]]
 
 async def _via_http(settings: GatewaySettings) -> str:
     async with httpx.AsyncClient(
-        base_url=f"http://{settings.host}:{settings.port}", timeout=60, trust_env=False
+        base_url=f"http://{settings.host}:{settings.port}",
+        timeout=60,
+        trust_env=False,
+        headers=auth_headers(),
     ) as http:
         response = await http.post(
             "/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 4}

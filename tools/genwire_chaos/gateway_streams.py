@@ -46,10 +46,12 @@ async def _grpc_stream(stream: Stream, target: str, max_tokens: int, timeout_s: 
     from genwire.proto.v1 import generation_pb2 as pb
     from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
 
-    metadata: tuple[tuple[str, str], ...] = ()
+    from genwire.apikeys import auth_metadata
+
+    metadata: tuple[tuple[str, str], ...] = auth_metadata()
     if stream.named:
         stream.request_id = f"chaos-gw-{uuid.uuid4().hex[:12]}"
-        metadata = (("idempotency-key", stream.request_id),)
+        metadata = (*metadata, ("idempotency-key", stream.request_id))
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.GenerationServiceStub(channel)  # type: ignore[no-untyped-call]
         request = pb.GenerateRequest(
@@ -83,7 +85,9 @@ async def _grpc_stream(stream: Stream, target: str, max_tokens: int, timeout_s: 
 async def _http_stream(stream: Stream, base: str, max_tokens: int, timeout_s: float) -> None:
     import httpx
 
-    headers = {}
+    from genwire.apikeys import auth_headers
+
+    headers = auth_headers()
     if stream.named:
         stream.request_id = f"chaos-gw-{uuid.uuid4().hex[:12]}"
         headers["Idempotency-Key"] = stream.request_id

@@ -25,6 +25,8 @@ COMMAND_MODULES = (
     "genwire_bench.monitor.cli",
     "genwire_chaos.cli",
     "genwire_cli.dlq_cli",
+    "genwire_cli.keys_cli",
+    "genwire_cli.usage_cli",
 )
 
 DESCRIPTION = (
@@ -38,7 +40,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("send requests", ("generate", "demo")),
     ("the model", ("model", "default-model")),
     ("measure", ("bench", "monitor-bench")),
-    ("operate", ("chaos", "dlq")),
+    ("operate", ("chaos", "dlq", "keys", "usage")),
 )
 """The top-level help's sections; a command in none of them is listed under "other"."""
 

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from genwire.apikeys import auth_metadata
 from genwire.proto.v1 import generation_pb2 as pb
 from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
 
@@ -143,7 +144,10 @@ class GenwireClient:
         *,
         timeout_s: float | None = 60.0,
         channel: grpc.aio.Channel | None = None,
+        api_key: str | None = None,
     ) -> None:
+        """``api_key``: default ``GENWIRE_API_KEY``, else the key ``genwire up`` saved."""
+        self._auth = auth_metadata(api_key)
         self._channel = channel or grpc.aio.insecure_channel(target)
         self._stub = pb_grpc.GenerationServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -167,9 +171,8 @@ class GenwireClient:
     def _timeout(self, timeout_s: float | None) -> float | None:
         return self._timeout_s if timeout_s is None else timeout_s
 
-    @staticmethod
-    def _metadata(traceparent: str | None) -> tuple[tuple[str, str], ...]:
-        return (("traceparent", traceparent),) if traceparent else ()
+    def _metadata(self, traceparent: str | None = None) -> tuple[tuple[str, str], ...]:
+        return self._auth + ((("traceparent", traceparent),) if traceparent else ())
 
     async def generate(
         self,
@@ -225,7 +228,9 @@ class GenwireClient:
         """Queue a request; returns its id at once (fetch the result with ``get_result``)."""
         try:
             response = await self._stub.Submit(
-                build_request(prompt, **params), timeout=self._timeout(timeout_s)
+                build_request(prompt, **params),
+                timeout=self._timeout(timeout_s),
+                metadata=self._metadata(),
             )
         except grpc.aio.AioRpcError as exc:
             raise _error(exc) from None
@@ -238,6 +243,7 @@ class GenwireClient:
             r = await self._stub.GetResult(
                 pb.GetResultRequest(request_id=request_id, wait_ms=int(wait_s * 1000)),
                 timeout=timeout,
+                metadata=self._metadata(),
             )
         except grpc.aio.AioRpcError as exc:
             raise _error(exc) from None
@@ -253,7 +259,9 @@ class GenwireClient:
         """Ask the pipeline to stop generating ``request_id``."""
         try:
             r = await self._stub.Cancel(
-                pb.CancelRequest(request_id=request_id, reason=reason), timeout=10.0
+                pb.CancelRequest(request_id=request_id, reason=reason),
+                timeout=10.0,
+                metadata=self._metadata(),
             )
         except grpc.aio.AioRpcError as exc:
             raise _error(exc) from None

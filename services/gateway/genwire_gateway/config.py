@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from genwire.redaction import DEFAULT_PATTERNS
 from genwire.settings import ServiceSettings
 from genwire.topics import Topic
 
@@ -83,4 +84,46 @@ class GatewaySettings(ServiceSettings):
         description="How often this instance says it is alive on genwire.control; inference "
         "cancels the unnamed requests of an instance whose heartbeats stop (a named request, "
         "one with an idempotency key, finishes for the caller's retry).",
+    )
+    # -- API keys, limits, usage (docs/security.md) -----------------------------------------
+    auth_enabled: bool = Field(
+        True,
+        description="Require an API key on every /v1 route and genwire.* gRPC method (off: "
+        "anyone who reaches the ports may generate; for isolated development only).",
+    )
+    auth_cache_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a key's record is checked from memory before Redis is read "
+        "again (revocations do not wait for it: they arrive with the change poll).",
+    )
+    auth_poll_s: float = Field(
+        0.25,
+        gt=0,
+        description="How often the key-change counter in Redis is read; a revoked key stops "
+        "working on this instance within about this long.",
+    )
+    auth_stale_s: float = Field(
+        300.0,
+        ge=0,
+        description="Redis unreachable: how long after its record was last read a cached key "
+        "is still accepted (unknown keys are refused at once: fail closed).",
+    )
+    auth_cache_max: int = Field(
+        10_000, ge=1, description="Most keys (and recently refused unknown keys) cached."
+    )
+    usage_max_keys: int = Field(
+        1000,
+        ge=1,
+        description="Most distinct key names labelled in /metrics; later ones count as 'other'.",
+    )
+    redact_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PATTERNS),
+        description="JSON list of name=regex masked in content captured for keys that opted "
+        "in (default: e-mail addresses and Luhn-valid card numbers).",
+    )
+    redaction_hook: str = Field(
+        "",
+        description="module:function (str -> str) applied after the patterns to captured "
+        "content; empty: none.",
     )

@@ -19,6 +19,15 @@ CANCELLED = "cancelled"
 """The request was cancelled."""
 NOT_FOUND = "not_found"
 """No such request id (or its result expired)."""
+# Keys and limits (auth.py, limits.py; docs/security.md).
+INVALID_API_KEY = "invalid_api_key"
+"""No API key, or a malformed, unknown or revoked one (401)."""
+PERMISSION_DENIED = "permission_denied"
+"""A valid key without the scope the route needs (403)."""
+RATE_LIMITED = "rate_limit_exceeded"
+"""The key's requests or tokens per minute are used up (429, ``Retry-After``)."""
+QUOTA_EXCEEDED = "insufficient_quota"
+"""The key's tokens per day are used up (429, ``Retry-After``)."""
 
 
 class GatewayError(GenwireError):
@@ -34,12 +43,20 @@ _GRPC: dict[str, grpc.StatusCode] = {
     IDEMPOTENCY_CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
     CANCELLED: grpc.StatusCode.CANCELLED,
     NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    INVALID_API_KEY: grpc.StatusCode.UNAUTHENTICATED,
+    PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    QUOTA_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 _HTTP: dict[str, int] = {
     **ERROR_HTTP_STATUS,
     CANCELLED: 499,
     NOT_FOUND: 404,
+    INVALID_API_KEY: 401,
+    PERMISSION_DENIED: 403,
+    RATE_LIMITED: 429,
+    QUOTA_EXCEEDED: 429,
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -303,16 +303,19 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
 
 
 def build_server(
-    settings: GatewaySettings, servicer: GenerationServicer
+    settings: GatewaySettings,
+    servicer: GenerationServicer,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, HealthServicer]:
     """The gRPC server with GenerationService, health and (optionally) reflection; not started."""
     limit = settings.grpc_max_message_bytes
     server = grpc.aio.server(
+        interceptors=list(interceptors),
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),  # a second instance on the same port must fail loudly
-        ]
+        ],
     )
     pb_grpc.add_GenerationServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health = HealthServicer()

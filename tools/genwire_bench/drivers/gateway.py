@@ -7,6 +7,7 @@ import time
 
 import grpc
 
+from genwire.apikeys import auth_metadata
 from genwire.proto.v1 import generation_pb2 as pb
 from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
 from genwire_bench.drivers.base import Driver, RequestFailed, TraceContext
@@ -59,7 +60,7 @@ class GatewayDriver(Driver):
     async def _send(self, req: BenchRequest, record: RequestRecord, trace: TraceContext) -> None:
         assert self._stub is not None, "start() first"
         message = to_proto(req, record.request_id, self._model)
-        metadata = (("traceparent", trace.traceparent),)
+        metadata = (*auth_metadata(), ("traceparent", trace.traceparent))
         try:
             if self.streaming:
                 await self._stream(message, metadata, record)

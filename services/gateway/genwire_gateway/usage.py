@@ -1,0 +1,365 @@
+"""Per-key limits at admission, usage on completion: the gateway core wrapped per caller.
+
+``MeteredGateway`` is the ``Gateway`` both transports call. For a request whose caller was
+authenticated (``auth.PRINCIPAL``) it:
+
+1. admits it against the key's limits (``limits.Limiter``; refused: 429 / RESOURCE_EXHAUSTED
+   with the wait, nothing published);
+2. runs it (the plain ``Gateway``);
+3. on completion, in the background: corrects the token charge to the real usage, counts the
+   key's tokens in ``/metrics`` (``genwire_gateway_key_tokens_total{key, kind}``) and publishes
+   a ``UsageEvent`` on ``genwire.usage``;
+4. when the key opted in (``capture_content``), records the prompt and completion text on the
+   request's SERVER span, after redaction.
+
+Why the gateway emits usage and not postprocess: the gateway is where the key was checked and
+where its token charge must be corrected, so one place holds the key, the charge and the
+result; the key name never has to travel through three stages (nor be trusted from a Kafka
+header). What it does not see: requests produced straight to ``genwire.requests`` (their
+producers are authorised by Kafka ACLs, docs/security.md) and the completion of a request
+whose caller left (its charge stays at the admission estimate; no event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from typing import Any, cast
+
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter
+from pydantic import Field
+
+from genwire.apikeys import KeyRecord
+from genwire.events import Event, GenerationResult, now_ms
+from genwire.request import ErrorCode
+from genwire.telemetry import semconv as sc
+from genwire.topics import Topic
+from genwire_gateway.auth import Principal, current_principal
+from genwire_gateway.errors import GatewayError
+from genwire_gateway.handlers import Chunk, Gateway, Prepared
+from genwire_gateway.limits import Limiter, LimitExceeded, Ticket, TooLarge, prompt_estimate
+
+log = logging.getLogger(__name__)
+
+METRIC_KEY_TOKENS = "genwire_gateway_key_tokens_total"
+METRIC_KEY_REQUESTS = "genwire_gateway_key_requests_total"
+OTHER_KEYS = "other"
+"""Label of every key name past ``max_keys`` distinct ones."""
+
+
+class UsageEvent(Event):
+    """One completed request's usage, on ``genwire.usage`` (keyed by request id)."""
+
+    TOPIC = Topic.USAGE
+    key_name: str
+    """The API key's name (never the key): who to attribute the cost to."""
+    key_id: str = ""
+    model: str = ""
+    model_version: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    latency_ms: float = 0.0
+    """From the gateway receiving the request to its result."""
+    finish_reason: str = ""
+    """``stop``, ``length``, ... or ``error`` (then ``error_code`` says which)."""
+    error_code: str = ""
+    stream: bool = False
+    charged_tokens: int = 0
+    """What the key's token limits were charged in the end (0: the key has none)."""
+    completed_ms: float = Field(default_factory=now_ms)
+
+
+class UsageMetrics:
+    """Tokens and requests per key name; at most ``max_keys`` names, the rest ``other``."""
+
+    def __init__(self, registry: CollectorRegistry, max_keys: int = 1000) -> None:
+        self.max_keys = max_keys
+        self._names: set[str] = set()
+        self.tokens = Counter(
+            METRIC_KEY_TOKENS,
+            "Tokens used per API key name (kind: prompt or completion); names past the "
+            "configured number fold into 'other'.",
+            ["key", "kind"],
+            registry=registry,
+        )
+        self.requests = Counter(
+            METRIC_KEY_REQUESTS,
+            "Requests per API key name by outcome: ok, error (a pipeline error result), "
+            "rate_limited, quota_exceeded, too_large.",
+            ["key", "outcome"],
+            registry=registry,
+        )
+
+    def label(self, name: str) -> str:
+        """``name``, or ``other`` once ``max_keys`` names have been seen."""
+        if name in self._names:
+            return name
+        if len(self._names) >= self.max_keys:
+            return OTHER_KEYS
+        self._names.add(name)
+        return name
+
+    def count(self, name: str, outcome: str) -> None:
+        self.requests.labels(self.label(name), outcome).inc()
+
+    def add_tokens(self, name: str, prompt: int, completion: int) -> None:
+        label = self.label(name)
+        self.tokens.labels(label, "prompt").inc(prompt)
+        self.tokens.labels(label, "completion").inc(completion)
+
+
+def budget(prepared: Prepared) -> int:
+    """Tokens charged at admission: the prompt's estimate plus ``max_tokens`` × ``n``."""
+    request = prepared.request
+    ids = getattr(request, "prompt_token_ids", None)
+    prompt = len(ids) if ids else prompt_estimate(request.prompt, request.messages)
+    return prompt + request.max_tokens * getattr(request, "n", 1)
+
+
+class MeteredGateway(Gateway):
+    """``Gateway`` plus per-key limits, usage events, key metrics and opted-in content."""
+
+    def __init__(
+        self,
+        *args: Any,
+        limiter: Limiter | None = None,
+        usage_metrics: UsageMetrics | None = None,
+        redact: Callable[[str], str] | None = None,
+        usage_topic: str = Topic.USAGE.value,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.limiter = limiter
+        self.usage_metrics = usage_metrics
+        self.redact = redact
+        self.usage_topic = usage_topic
+        self._settling: set[asyncio.Task[None]] = set()
+
+    # -- the three ways in ----------------------------------------------------------------------
+
+    async def generate(self, prepared: Prepared) -> GenerationResult:
+        principal = current_principal()
+        if principal is None:
+            return await super().generate(prepared)
+        ticket = await self._admit(principal, prepared)
+        started = time.monotonic()
+        self._capture_prompt(principal.record, prepared)
+        try:
+            result = await super().generate(prepared)
+        except GatewayError as exc:
+            self._settle(principal, prepared, ticket, started, None, exc)
+            raise
+        self._capture_completion(principal.record, result.text)
+        self._settle(principal, prepared, ticket, started, result, None)
+        return result
+
+    async def stream(self, prepared: Prepared) -> AsyncIterator[Chunk]:
+        principal = current_principal()
+        if principal is None:
+            async with contextlib.aclosing(_generator(super().stream(prepared))) as plain:
+                async for chunk in plain:
+                    yield chunk
+            return
+        ticket = await self._admit(principal, prepared)
+        started = time.monotonic()
+        self._capture_prompt(principal.record, prepared)
+        try:
+            async with contextlib.aclosing(_generator(super().stream(prepared))) as chunks:
+                async for chunk in chunks:
+                    if chunk.final:
+                        if chunk.result is not None:
+                            self._capture_completion(principal.record, chunk.result.text)
+                        self._settle(principal, prepared, ticket, started, chunk.result, None)
+                    yield chunk
+        except GatewayError as exc:
+            self._settle(principal, prepared, ticket, started, None, exc)
+            raise
+
+    async def submit(self, prepared: Prepared) -> str:
+        principal = current_principal()
+        if principal is None:
+            return await super().submit(prepared)
+        ticket = await self._admit(principal, prepared)
+        started = time.monotonic()
+        try:
+            request_id = await super().submit(prepared)
+        except GatewayError as exc:
+            self._settle(principal, prepared, ticket, started, None, exc)
+            raise
+        # The caller does not wait: this instance waits for the result in the background
+        # (polling Redis) to correct the charge and publish the usage.
+        self._in_background(self._follow(principal, prepared, ticket, started))
+        return request_id
+
+    # -- admission ------------------------------------------------------------------------------
+
+    async def _admit(self, principal: Principal, prepared: Prepared) -> Ticket | None:
+        record = principal.record
+        if self.limiter is None or not record.limited:
+            return None
+        try:
+            return await self.limiter.admit(record, budget(prepared))
+        except LimitExceeded as exc:
+            per_day = exc.limit == "tokens_per_day"
+            self._count(record.name, "quota_exceeded" if per_day else "rate_limited")
+            principal.retry_after_s = exc.retry_after_s
+            if principal.grpc_context is not None and exc.retry_after_s is not None:
+                with contextlib.suppress(Exception):
+                    principal.grpc_context.set_trailing_metadata(
+                        (("retry-after", str(max(1, round(exc.retry_after_s + 0.499)))),)
+                    )
+            raise GatewayError(exc.message, code=exc.code) from None
+        except TooLarge as exc:
+            self._count(record.name, "too_large")
+            raise GatewayError(str(exc), code=ErrorCode.INVALID_REQUEST) from None
+        except Exception as exc:
+            # Redis unreachable: the limits cannot be counted. The key was authenticated (from
+            # the cache, for a bounded time): serve it, unlimited, rather than fail everyone.
+            log.warning("rate limits not checked for %s (Redis): %s", record.name, exc)
+            return None
+
+    # -- completion -----------------------------------------------------------------------------
+
+    def _count(self, name: str, outcome: str) -> None:
+        if self.usage_metrics is not None:
+            self.usage_metrics.count(name, outcome)
+
+    def _settle(
+        self,
+        principal: Principal,
+        prepared: Prepared,
+        ticket: Ticket | None,
+        started: float,
+        result: GenerationResult | None,
+        error: GatewayError | None,
+    ) -> None:
+        """Correct the charge, count and publish the usage of a finished request (background)."""
+        latency_ms = (time.monotonic() - started) * 1000.0
+        self._in_background(
+            self._record_usage(principal.record, prepared, ticket, latency_ms, result, error)
+        )
+
+    async def _record_usage(
+        self,
+        record: KeyRecord,
+        prepared: Prepared,
+        ticket: Ticket | None,
+        latency_ms: float,
+        result: GenerationResult | None,
+        error: GatewayError | None,
+    ) -> None:
+        counts = result.usage.counts() if result is not None else None
+        if result is None and error is not None and error.code in _NOT_RUN:
+            counts = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        charged = ticket.tokens if ticket is not None else 0
+        if ticket is not None and counts is not None:
+            charged = counts["total_tokens"]
+            try:
+                assert self.limiter is not None
+                await self.limiter.adjust(ticket, charged)
+            except Exception as exc:
+                log.warning("token charge of %s not corrected: %s", prepared.request_id, exc)
+        if counts is None:  # cancelled, deadline, unavailable: what ran is unknown here
+            self._count(record.name, "error")
+            return
+        failed = error is not None or (result is not None and result.error is not None)
+        self._count(record.name, "error" if failed else "ok")
+        if self.usage_metrics is not None:
+            self.usage_metrics.add_tokens(
+                record.name, counts["prompt_tokens"], counts["completion_tokens"]
+            )
+        event = UsageEvent(
+            request_id=prepared.request_id,
+            key_name=record.name,
+            key_id=record.id,
+            model=(result.model if result is not None else "") or (prepared.request.model or ""),
+            model_version=result.model_version if result is not None else "",
+            prompt_tokens=counts["prompt_tokens"],
+            completion_tokens=counts["completion_tokens"],
+            total_tokens=counts["total_tokens"],
+            latency_ms=round(latency_ms, 3),
+            finish_reason=(result.finish_reason or "") if result is not None else "error",
+            error_code=error.code if error is not None else "",
+            stream=prepared.request.stream,
+            charged_tokens=charged,
+        )
+        try:
+            await self.producer.publish(event)
+        except Exception as exc:
+            log.warning("usage of %s not published: %s", prepared.request_id, exc)
+
+    async def _follow(
+        self, principal: Principal, prepared: Prepared, ticket: Ticket | None, started: float
+    ) -> None:
+        """Wait for a submitted request's result, then settle it like a waited one."""
+        try:
+            _, result = await self.get_result(prepared.request_id, self.settings.max_timeout_s)
+        except Exception as exc:
+            log.debug("no result to meter for %s: %s", prepared.request_id, exc)
+            return
+        if result is None:
+            return
+        error = GatewayError(result.error.message, code=result.error.code) if result.error else None
+        await self._record_usage(
+            principal.record,
+            prepared,
+            ticket,
+            (time.monotonic() - started) * 1000.0,
+            result,
+            error,
+        )
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Also let the usage of finished requests reach the broker before the producer stops."""
+        await super().drain(timeout_s)
+        followers = {t for t in self._settling if not t.done()}
+        if followers:
+            await asyncio.wait(followers, timeout=timeout_s)
+            for task in followers:
+                task.cancel()
+
+    # -- content (opted in per key) -------------------------------------------------------------
+
+    def _capture_prompt(self, record: KeyRecord, prepared: Prepared) -> None:
+        if not record.capture_content:
+            return
+        request = prepared.request
+        text = request.prompt or "\n".join(f"{m.role}: {m.content}" for m in request.messages or ())
+        if text:
+            trace.get_current_span().set_attribute(sc.GEN_AI_PROMPT, self._redacted(text))
+
+    def _capture_completion(self, record: KeyRecord, text: str) -> None:
+        if record.capture_content and text:
+            trace.get_current_span().set_attribute(sc.GEN_AI_COMPLETION, self._redacted(text))
+
+    def _redacted(self, text: str) -> str:
+        return self.redact(text) if self.redact is not None else text
+
+
+def _generator(chunks: AsyncIterator[Chunk]) -> AsyncGenerator[Chunk, None]:
+    """``Gateway.stream`` is an async generator (it has ``aclose``): closed when we are."""
+    return cast(AsyncGenerator[Chunk, None], chunks)
+
+
+_NOT_RUN = frozenset(
+    {
+        ErrorCode.INVALID_REQUEST,
+        ErrorCode.MISSING_PROMPT,
+        ErrorCode.OUT_OF_RANGE,
+        ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+        ErrorCode.MODEL_NOT_FOUND,
+        ErrorCode.IDEMPOTENCY_CONFLICT,
+        ErrorCode.INVALID_JSON,
+    }
+)
+"""Errors raised before any generation ran: the whole charge is given back."""

@@ -1,0 +1,244 @@
+"""API-key checks without the stack: the cache, revocation, Redis down, scopes, the HTTP
+middleware's answers (OpenAI error shape, Retry-After) and the routes' scopes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from genwire_gateway.auth import (
+    ANY_SCOPE,
+    Authenticator,
+    AuthError,
+    AuthMiddleware,
+    current_principal,
+    grpc_scope,
+    http_scope,
+)
+
+from genwire.apikeys import (
+    SCOPE_ADMIN,
+    SCOPE_FEEDBACK,
+    SCOPE_GENERATE,
+    KeyRecord,
+    auth_headers,
+    hash_key,
+    new_key,
+    resolve_api_key,
+    save_key,
+    saved_key_path,
+    well_formed,
+)
+
+
+class FakeStore:
+    """``KeyStore``'s read side in memory; ``down`` makes every call fail like Redis would."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, KeyRecord] = {}
+        self.reads = 0
+        self.down = False
+        self._seq = 0
+        self._changes: list[tuple[int, str]] = []
+
+    def add(self, scopes: list[str], name: str = "team") -> tuple[str, KeyRecord]:
+        key = new_key()
+        record = KeyRecord(name=name, hash=hash_key(key), scopes=scopes)
+        self.records[record.hash] = record
+        self._change(record.hash)
+        return key, record
+
+    def revoke(self, record: KeyRecord) -> None:
+        self.records[record.hash] = record.model_copy(update={"revoked_ms": 1.0})
+        self._change(record.hash)
+
+    def _change(self, key_hash: str) -> None:
+        self._seq += 1
+        self._changes.append((self._seq, key_hash))
+
+    async def get(self, key_hash: str) -> KeyRecord | None:
+        if self.down:
+            raise ConnectionError("redis down")
+        self.reads += 1
+        return self.records.get(key_hash)
+
+    async def seq(self) -> int:
+        if self.down:
+            raise ConnectionError("redis down")
+        return self._seq
+
+    async def changes_since(self, seq: int) -> tuple[list[str], bool]:
+        return [h for s, h in self._changes if s > seq], True
+
+
+def _auth(store: FakeStore, **kwargs: Any) -> Authenticator:
+    return Authenticator(store, **kwargs)  # type: ignore[arg-type]
+
+
+async def _refusal(auth: Authenticator, header: str | None, scope: str) -> AuthError:
+    with pytest.raises(AuthError) as info:
+        await auth.authenticate(header, scope)
+    return info.value
+
+
+async def test_each_refusal_says_which() -> None:
+    store = FakeStore()
+    key, record = store.add([SCOPE_FEEDBACK])
+    auth = _auth(store)
+    missing = await _refusal(auth, None, SCOPE_GENERATE)
+    assert (missing.status, missing.code) == (401, "invalid_api_key")
+    assert "missing" in missing.message
+    assert "malformed" in (await _refusal(auth, "Bearer sk-123", SCOPE_GENERATE)).message
+    assert "malformed" in (await _refusal(auth, "Basic abc", SCOPE_GENERATE)).message
+    assert "unknown" in (await _refusal(auth, f"Bearer {new_key()}", SCOPE_GENERATE)).message
+    forbidden = await _refusal(auth, f"Bearer {key}", SCOPE_GENERATE)
+    assert (forbidden.status, forbidden.code) == (403, "permission_denied")
+    assert "'generate'" in forbidden.message and "feedback" in forbidden.message
+    assert (await auth.authenticate(f"Bearer {key}", SCOPE_FEEDBACK)).name == "team"
+    store.revoke(record)
+    auth.forget()
+    revoked = await _refusal(auth, f"Bearer {key}", SCOPE_FEEDBACK)
+    assert revoked.status == 401 and "revoked" in revoked.message
+
+
+async def test_admin_covers_every_scope_and_any_scope_takes_any_key() -> None:
+    store = FakeStore()
+    admin, _ = store.add([SCOPE_ADMIN])
+    feedback, _ = store.add([SCOPE_FEEDBACK])
+    auth = _auth(store)
+    for scope in (SCOPE_GENERATE, SCOPE_FEEDBACK, SCOPE_ADMIN):
+        await auth.authenticate(f"Bearer {admin}", scope)
+    await auth.authenticate(f"Bearer {feedback}", ANY_SCOPE)
+    assert (await _refusal(auth, f"Bearer {feedback}", SCOPE_ADMIN)).status == 403
+
+
+async def test_a_cached_key_costs_no_redis_read() -> None:
+    store = FakeStore()
+    key, _ = store.add([SCOPE_GENERATE])
+    auth = _auth(store)
+    for _ in range(20):
+        await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
+    assert store.reads == 1
+
+
+async def test_a_revocation_reaches_the_cache_through_the_change_poll() -> None:
+    store = FakeStore()
+    key, record = store.add([SCOPE_GENERATE])
+    auth = _auth(store, cache_s=3600)
+    await auth.poll_once()  # the first read only notes where the counter is
+    await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
+    store.revoke(record)
+    await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)  # cached: not seen yet
+    await auth.poll_once()
+    assert "revoked" in (await _refusal(auth, f"Bearer {key}", SCOPE_GENERATE)).message
+
+
+async def test_redis_down_serves_cached_keys_for_a_bounded_time_and_fails_closed() -> None:
+    store = FakeStore()
+    key, _ = store.add([SCOPE_GENERATE])
+    auth = _auth(store, cache_s=0.0, stale_s=3600)
+    await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
+    store.down = True
+    # Cached: still served (its record is past cache_s, Redis cannot be read, within stale_s).
+    assert (await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)).name == "team"
+    unknown = await _refusal(auth, f"Bearer {new_key()}", SCOPE_GENERATE)
+    assert (unknown.status, unknown.code) == (503, "unavailable")
+    bounded = _auth(store, cache_s=0.0, stale_s=0.0)
+    store.down = False
+    await bounded.authenticate(f"Bearer {key}", SCOPE_GENERATE)
+    store.down = True
+    assert (await _refusal(bounded, f"Bearer {key}", SCOPE_GENERATE)).status == 503
+
+
+def test_routes_and_methods_need_their_scopes() -> None:
+    assert http_scope("POST", "/v1/completions") == SCOPE_GENERATE
+    assert http_scope("POST", "/v1/chat/completions") == SCOPE_GENERATE
+    assert http_scope("POST", "/v1/feedback") == SCOPE_FEEDBACK
+    assert http_scope("GET", "/v1/models") == ANY_SCOPE
+    assert http_scope("POST", "/v1/models/x/load") == SCOPE_ADMIN
+    assert http_scope("GET", "/v1/unknown") == SCOPE_GENERATE
+    for open_path in ("/healthz", "/readyz", "/metrics"):
+        assert http_scope("GET", open_path) is None
+    assert grpc_scope("/genwire.v1.GenerationService/Generate") == SCOPE_GENERATE
+    assert grpc_scope("/genwire.v1.GenerationService/Feedback") == SCOPE_FEEDBACK
+    assert grpc_scope("/grpc.health.v1.Health/Check") is None
+    assert grpc_scope("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo") is None
+
+
+def _app(auth: Authenticator | None) -> FastAPI:
+    app = FastAPI()
+    app.state.auth = auth
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> JSONResponse:
+        principal = current_principal()
+        assert principal is not None
+        if (await request.json()).get("limited"):
+            principal.retry_after_s = 2.2
+            return JSONResponse({"error": {"code": "rate_limit_exceeded"}}, 429)
+        return JSONResponse({"key": principal.name})
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    app.add_middleware(AuthMiddleware)
+    return app
+
+
+async def test_the_middleware_answers_in_the_openai_shape_and_adds_retry_after() -> None:
+    store = FakeStore()
+    key, _ = store.add([SCOPE_GENERATE], name="search")
+    transport = httpx.ASGITransport(app=_app(_auth(store)))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+        refused = await http.post("/v1/completions", json={})
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        error = refused.json()["error"]
+        assert error["code"] == "invalid_api_key" and "missing" in error["message"]
+        assert set(error) == {"message", "type", "param", "code"}
+        ok = await http.post("/v1/completions", json={}, headers=auth_headers(key))
+        assert ok.status_code == 200 and ok.json() == {"key": "search"}
+        limited = await http.post("/v1/completions", json={"limited": 1}, headers=auth_headers(key))
+        assert limited.status_code == 429 and limited.headers["retry-after"] == "3"
+        assert (await http.get("/healthz")).status_code == 200  # open
+
+
+async def test_auth_off_lets_everything_through() -> None:
+    transport = httpx.ASGITransport(app=_app(None))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+        # The route itself asserts a principal: with auth off there is none, so it fails;
+        # what matters is that the middleware did not answer 401.
+        with pytest.raises(AssertionError):
+            await http.post("/v1/completions", json={})
+
+
+def test_clients_find_the_key_in_the_environment_then_the_saved_file(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENWIRE_HOME", str(tmp_path))
+    monkeypatch.delenv("GENWIRE_API_KEY", raising=False)
+    assert resolve_api_key() is None and auth_headers() == {}
+    saved = new_key()
+    path = save_key(saved)
+    assert path == saved_key_path() and (path.stat().st_mode & 0o777) == 0o600
+    assert resolve_api_key() == saved
+    env = new_key()
+    monkeypatch.setenv("GENWIRE_API_KEY", env)
+    assert auth_headers() == {"authorization": f"Bearer {env}"}
+    assert resolve_api_key("explicit") == "explicit"
+    assert well_formed(saved) and not well_formed(saved + "x")
+
+
+async def test_concurrent_checks_of_one_cold_key_all_succeed() -> None:
+    store = FakeStore()
+    key, _ = store.add([SCOPE_GENERATE])
+    auth = _auth(store)
+    names = await asyncio.gather(
+        *(auth.authenticate(f"Bearer {key}", SCOPE_GENERATE) for _ in range(16))
+    )
+    assert {p.name for p in names} == {"team"}

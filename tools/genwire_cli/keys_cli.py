@@ -1,0 +1,179 @@
+"""``genwire keys create|list|revoke``: API keys in Redis (docs/security.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+from genwire.apikeys import SCOPES, ApiKeyError, KeyRecord, KeyStore
+from genwire.redisconn import connect
+from genwire.settings import CommonSettings
+
+EPILOG = """\
+examples:
+  genwire keys create --name team-search --scopes generate --rpm 600 --tpm 200000
+  genwire keys create --name labelling --scopes generate,feedback --tokens-per-day 5000000
+  genwire keys list                   the live keys: name, id, scopes, limits
+  genwire keys revoke team-search     every live key of that name (or give a key's id)"""
+
+
+def register(subparsers: Any) -> None:
+    """Add ``genwire keys``."""
+    keys = subparsers.add_parser(
+        "keys",
+        help="create, list or revoke the API keys callers send to the gateway",
+        description="API keys authenticate every call to the gateway (HTTP 'Authorization: "
+        "Bearer KEY', gRPC 'authorization' metadata). Redis keeps only a hash of each key; "
+        "its name is what usage and metrics are attributed to, and its scopes and limits say "
+        "what it may do. A revoked key stops working on every gateway within a second.",
+        epilog=EPILOG,
+    )
+    verbs = keys.add_subparsers(dest="verb", required=True, metavar="{create,list,revoke}")
+    create = verbs.add_parser(
+        "create",
+        help="create a key and print it once",
+        description="Create a key and print it once, on its own line (it cannot be shown "
+        "again: only its hash is stored). Details go to standard error.",
+        epilog=EPILOG,
+    )
+    create.add_argument("--name", required=True, help="who holds it: a team or service name")
+    create.add_argument(
+        "--scopes",
+        default="generate",
+        help=f"comma-separated, among {', '.join(SCOPES)}; admin covers every other scope "
+        "(default: generate)",
+    )
+    create.add_argument(
+        "--rpm", type=int, default=None, help="requests per minute (default: no limit)"
+    )
+    create.add_argument(
+        "--tpm",
+        type=int,
+        default=None,
+        help="tokens (prompt + completion) per minute (default: no limit)",
+    )
+    create.add_argument(
+        "--tokens-per-day",
+        type=int,
+        default=None,
+        help="tokens per UTC day (default: no limit)",
+    )
+    create.add_argument(
+        "--capture-content",
+        action="store_true",
+        help="record this key's prompts and completions (redacted) in the gateway's traces",
+    )
+    create.set_defaults(func=_create)
+    listing = verbs.add_parser(
+        "list",
+        help="show the keys: name, id, scopes, limits, when created",
+        description="Show every live key (with --all, revoked ones too). Keys themselves are "
+        "never shown: they are not stored.",
+        epilog=EPILOG,
+    )
+    listing.add_argument("--all", action="store_true", help="include revoked keys")
+    listing.set_defaults(func=_list)
+    revoke = verbs.add_parser(
+        "revoke",
+        help="revoke keys by name or id",
+        description="Revoke every live key with this name, or the key with this id (from "
+        "`genwire keys list`). Callers using it get 401 from every gateway within a second.",
+        epilog=EPILOG,
+    )
+    revoke.add_argument("target", metavar="NAME_OR_ID", help="a key name or a key id")
+    revoke.set_defaults(func=_revoke)
+    for p in (create, listing, revoke):
+        p.add_argument(
+            "--redis-url",
+            default=None,
+            metavar="URL",
+            help="Redis holding the keys (default: GENWIRE_REDIS_URL)",
+        )
+
+
+async def _with_store(url: str | None, work: Any) -> Any:
+    redis = connect(url or CommonSettings().redis_url)
+    try:
+        return await work(KeyStore(redis))
+    finally:
+        await redis.aclose()  # type: ignore[attr-defined]
+
+
+def _limits(record: KeyRecord) -> str:
+    parts = [
+        f"rpm={record.rpm}" if record.rpm else "",
+        f"tpm={record.tpm}" if record.tpm else "",
+        f"tokens/day={record.tokens_per_day}" if record.tokens_per_day else "",
+    ]
+    return " ".join(p for p in parts if p) or "unlimited"
+
+
+def _when(ms: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ms / 1000.0)) if ms else "-"
+
+
+def _create(args: argparse.Namespace) -> int:
+    async def work(store: KeyStore) -> tuple[str, KeyRecord]:
+        return await store.create(
+            args.name,
+            args.scopes.split(","),
+            rpm=args.rpm,
+            tpm=args.tpm,
+            tokens_per_day=args.tokens_per_day,
+            capture_content=args.capture_content,
+        )
+
+    try:
+        key, record = asyncio.run(_with_store(args.redis_url, work))
+    except ApiKeyError as exc:
+        print(f"genwire keys create: error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"created key {record.id} for {record.name!r}: scopes {','.join(record.scopes)}, "
+        f"{_limits(record)}{', content captured' if record.capture_content else ''}. "
+        "Save it now: it is shown only once.",
+        file=sys.stderr,
+    )
+    print(key, flush=True)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    async def work(store: KeyStore) -> list[KeyRecord]:
+        return await store.records(include_revoked=args.all)
+
+    records = asyncio.run(_with_store(args.redis_url, work))
+    rows = [("NAME", "ID", "SCOPES", "LIMITS", "CONTENT", "CREATED", "REVOKED")]
+    for r in records:
+        rows.append(
+            (
+                r.name,
+                r.id,
+                ",".join(r.scopes),
+                _limits(r),
+                "captured" if r.capture_content else "-",
+                _when(r.created_ms),
+                _when(r.revoked_ms),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    async def work(store: KeyStore) -> list[KeyRecord]:
+        return await store.revoke(args.target)
+
+    try:
+        revoked = asyncio.run(_with_store(args.redis_url, work))
+    except ApiKeyError as exc:
+        print(f"genwire keys revoke: error: {exc}", file=sys.stderr)
+        return 1
+    for r in revoked:
+        print(f"revoked key {r.id} ({r.name})")
+    return 0

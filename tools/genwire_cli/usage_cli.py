@@ -1,0 +1,170 @@
+"""``genwire usage --since 1h``: tokens per key and model, read from ``genwire.usage``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from genwire_gateway.usage import UsageEvent
+from pydantic import ValidationError
+
+from genwire.settings import CommonSettings
+from genwire.topics import Topic
+
+EPILOG = """\
+examples:
+  genwire usage                      the last hour, one row per key and model
+  genwire usage --since 24h --key team-search"""
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str) -> float:
+    """Seconds in ``30s``, ``15m``, ``1h``, ``7d``; ValueError otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if match is None:
+        raise ValueError(f"--since {text!r}: a number and a unit, s, m, h or d (e.g. 1h)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclass
+class Row:
+    """The totals of one key and model."""
+
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+
+    def add(self, event: UsageEvent) -> None:
+        self.requests += 1
+        self.errors += 1 if event.finish_reason == "error" else 0
+        self.prompt_tokens += event.prompt_tokens
+        self.completion_tokens += event.completion_tokens
+        self.latency_ms += event.latency_ms
+
+
+def summarise(events: Iterable[UsageEvent]) -> dict[tuple[str, str], Row]:
+    """Totals per (key name, model)."""
+    rows: dict[tuple[str, str], Row] = {}
+    for event in events:
+        model = event.model + (f"/{event.model_version}" if event.model_version else "")
+        rows.setdefault((event.key_name, model), Row()).add(event)
+    return rows
+
+
+def table(rows: dict[tuple[str, str], Row]) -> str:
+    """The rows as an aligned table, biggest token users first, with a total line."""
+    header = ("KEY", "MODEL", "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "TOTAL", "MEAN MS")
+    lines: list[tuple[str, ...]] = [header]
+    total = Row()
+    for (key, model), r in sorted(
+        rows.items(), key=lambda kv: -(kv[1].prompt_tokens + kv[1].completion_tokens)
+    ):
+        lines.append(_cells(key, model, r))
+        total.requests += r.requests
+        total.errors += r.errors
+        total.prompt_tokens += r.prompt_tokens
+        total.completion_tokens += r.completion_tokens
+        total.latency_ms += r.latency_ms
+    lines.append(_cells("all", "", total))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            c.rjust(w) if i >= 2 else c.ljust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
+        for line in lines
+    )
+
+
+def _cells(key: str, model: str, r: Row) -> tuple[str, ...]:
+    mean = r.latency_ms / r.requests if r.requests else 0.0
+    return (
+        key,
+        model,
+        str(r.requests),
+        str(r.errors),
+        str(r.prompt_tokens),
+        str(r.completion_tokens),
+        str(r.prompt_tokens + r.completion_tokens),
+        f"{mean:.0f}",
+    )
+
+
+async def read_usage(
+    bootstrap_servers: str, since_ms: float, topic: str = Topic.USAGE.value
+) -> list[UsageEvent]:
+    """Every usage event published since ``since_ms`` (epoch ms) up to the topic's end now."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        known = await consumer._client._wait_on_metadata(topic) or ()  # as genwire dlq does
+        parts = [TopicPartition(topic, p) for p in known]
+        if not parts:
+            return []
+        consumer.assign(parts)
+        starts = await consumer.offsets_for_times({tp: int(since_ms) for tp in parts})
+        ends = await consumer.end_offsets(parts)
+        for tp in parts:
+            found = starts.get(tp)
+            consumer.seek(tp, found.offset if found is not None else ends[tp])
+        out: list[UsageEvent] = []
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            batches = await consumer.getmany(timeout_ms=500)
+            for tp, records in batches.items():
+                for record in records:
+                    if record.offset >= ends[tp] or record.value is None:
+                        continue
+                    try:
+                        out.append(UsageEvent.model_validate_json(record.value))
+                    except ValidationError:
+                        continue  # not a usage event: nothing to add up
+        return out
+    finally:
+        await consumer.stop()
+
+
+def register(subparsers: Any) -> None:
+    """Add ``genwire usage``."""
+    p = subparsers.add_parser(
+        "usage",
+        help="tokens and requests per API key and model over a recent period",
+        description="Add up the usage events the gateways published on genwire.usage (one per "
+        "completed request: key name, model, version, tokens, latency, finish reason) and "
+        "print one row per key and model.",
+        epilog=EPILOG,
+    )
+    p.add_argument("--since", default="1h", help="how far back: 30m, 1h, 7d... (default: 1h)")
+    p.add_argument("--key", action="append", default=[], help="only this key name (repeatable)")
+    p.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        metavar="HOST:PORT,...",
+        help="Kafka brokers (default: GENWIRE_KAFKA_BOOTSTRAP_SERVERS)",
+    )
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        seconds = parse_since(args.since)
+    except ValueError as exc:
+        print(f"genwire usage: error: {exc}")
+        return 2
+    bootstrap = args.bootstrap_servers or CommonSettings().kafka_bootstrap_servers
+    events = asyncio.run(read_usage(bootstrap, (time.time() - seconds) * 1000.0))
+    if args.key:
+        events = [e for e in events if e.key_name in set(args.key)]
+    print(f"usage since {args.since} ago: {len(events)} request(s)")
+    print(table(summarise(events)))
+    return 0
