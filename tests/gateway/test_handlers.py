@@ -356,7 +356,7 @@ def test_request_json_is_what_preprocess_parses() -> None:
         {"messages": [{"role": "robot", "content": "hi"}]},
         {"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]},
         {"prompt": "", "metadata": {"k": "v" * 600}},
-        {"prompt": "hi", "frequency_penalty": 1.0},
+        {"prompt": "hi", "frequency_penalty": 3.0},
     ],
 )
 def test_prepare_answers_what_preprocess_answers(fields: dict[str, Any]) -> None:

@@ -29,10 +29,12 @@ def test_completion_body_maps_to_request_fields() -> None:
         ).encode(),
     )
     fields = body.fields()
-    assert fields["prompt"] == "hello"
+    assert body.prompts() == [{"prompt": "hello"}]
     assert (fields["max_tokens"], fields["temperature"], fields["stop"]) == (5, 0, "\n")
     assert (fields["seed"], fields["top_k"], fields["model"]) == (3, 4, "m")
-    assert fields["top_p"] is None  # unset: the pipeline's default applies
+    assert "top_p" not in fields  # unset: the pipeline's default applies
+    assert fields["metadata"] == {"user": "ignored"}  # carried to the result, not dropped
+    assert fields["presence_penalty"] == 0
 
 
 def test_chat_body_maps_roles_parts_and_max_completion_tokens() -> None:
@@ -71,15 +73,66 @@ def test_chat_body_maps_roles_parts_and_max_completion_tokens() -> None:
         (b"not json", "invalid_json"),
         (b'{"prompt": 5}', "invalid_request"),
         (b'{"prompt": "x", "max_tokens": "5"}', "invalid_request"),
-        (b'{"prompt": ["a", "b"]}', "invalid_request"),
-        (b'{"prompt": "x", "echo": true}', "invalid_request"),
-        (b'{"prompt": "x", "n": 2}', "out_of_range"),
+        (b'{"prompt": []}', "missing_prompt"),
+        (b'{"prompt": "x", "suffix": "y"}', "unsupported_parameter"),
+        (b'{"prompt": "x", "best_of": 3}', "unsupported_parameter"),
+        (b'{"prompt": "x", "echo": true, "logprobs": 1}', "unsupported_parameter"),
+        (b'{"prompt": [1, 2], "echo": true}', "unsupported_parameter"),
+        (b'{"prompt": "x", "logprobs": 21}', "out_of_range"),
+        (b'{"prompt": "x", "colour": "red"}', "unsupported_parameter"),
+        (b'{"prompt": "x", "guided_regex": "a", "guided_choice": ["a"]}', "invalid_request"),
+        (b'{"prompt": "x", "stream_options": {"include_usage": true}}', "invalid_request"),
     ],
 )
 def test_malformed_completion_bodies_are_rejected_with_a_code(raw: bytes, code: str) -> None:
     with pytest.raises(GatewayError) as info:
-        openai.parse_body(openai.CompletionRequest, raw).fields()
+        body = openai.parse_body(openai.CompletionRequest, raw)
+        body.fields()
+        body.prompts()
     assert info.value.code == code
+
+
+def test_batches_token_ids_echo_logprobs_and_guided_map_to_fields() -> None:
+    body = openai.parse_body(
+        openai.CompletionRequest,
+        b'{"prompt": ["a", "b"], "n": 2, "logprobs": 3, "best_of": 2,'
+        b' "response_format": {"type": "json_object"}}',
+    )
+    fields = body.fields()
+    assert body.prompts() == [{"prompt": "a"}, {"prompt": "b"}]
+    assert (fields["n"], fields["logprobs"], fields["top_logprobs"]) == (2, True, 3)
+    assert fields["guided"] == {"kind": "json_object", "spec": ""}
+    ids = openai.parse_body(openai.CompletionRequest, b'{"prompt": [[1, 2], [3]]}')
+    assert ids.prompts() == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}]
+    one = openai.parse_body(openai.CompletionRequest, b'{"prompt": [5, 6]}')
+    assert one.prompts() == [{"prompt_token_ids": [5, 6]}]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"store": True}, "store"),
+        ({"reasoning_effort": "low"}, "reasoning_effort"),
+        ({"service_tier": "flex"}, "service_tier"),
+        ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
+        ({"web_search_options": {}}, "web_search_options"),
+        ({"parallel_tool_calls": True}, "parallel_tool_calls"),
+        ({"some_future_parameter": 1}, "some_future_parameter"),
+    ],
+)
+def test_chat_parameters_genwire_cannot_honour_are_refused_by_name(
+    extra: dict[str, object], param: str
+) -> None:
+    raw = json.dumps({"messages": [{"role": "user", "content": "x"}], **extra}).encode()
+    with pytest.raises(GatewayError) as info:
+        openai.parse_body(openai.ChatCompletionRequest, raw).fields()
+    assert info.value.code == "unsupported_parameter"
+    assert info.value.param == param and param in info.value.message
 
 
 def test_chat_rejects_unknown_roles() -> None:

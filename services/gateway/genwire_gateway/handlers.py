@@ -29,7 +29,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from genwire.errors import PermanentError
-from genwire.events import ControlEvent, GenerationResult, TokenEvent, Usage, now_ms
+from genwire.events import (
+    ControlEvent,
+    GenerationResult,
+    OutputLogprob,
+    TokenEvent,
+    Usage,
+    now_ms,
+)
 from genwire.kafka import EventProducer
 from genwire.request import ErrorCode, GenerationRequest, validate_request
 from genwire.results import ClaimOutcome, ResultStore
@@ -55,7 +62,11 @@ class ResultStatus:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One piece of a streamed answer; the last has ``final`` set and carries the result."""
+    """One piece of a streamed answer; the last has ``final`` set and carries the result.
+
+    With ``n > 1`` pieces of the choices interleave (``choice``); a choice's last piece has
+    its ``finish_reason``; the request's very last piece is ``final``.
+    """
 
     index: int
     text: str
@@ -63,6 +74,9 @@ class Chunk:
     finish_reason: str | None = None
     usage: Usage | None = None
     result: GenerationResult | None = None
+    choice: int = 0
+    logprobs: list[OutputLogprob] | None = None
+    """The logprobs of the tokens of this piece (when the request asked for them)."""
 
 
 @dataclass(frozen=True)
@@ -240,13 +254,15 @@ class Gateway:
         rid = prepared.request_id
         claim = await self._claim(prepared)
         if claim.result is not None:
-            yield _whole(raise_for_error(claim.result))
+            for chunk in _tails(raise_for_error(claim.result), {}, {}, 0):
+                yield chunk
             return
         if not claim.owner:
             with self.registry.waiting(rid) as waiter:
                 stored = await self._stored(rid)
                 result = stored or await self._wait(waiter, deadline, owner=False)
-            yield _whole(raise_for_error(result))
+            for chunk in _tails(raise_for_error(result), {}, {}, 0):
+                yield chunk
             return
         reply = self._reply_to(rid)
         with self.registry.waiting(rid, stream=True, reply_partition=_partition(reply)) as waiter:
@@ -272,7 +288,8 @@ class Gateway:
         comes from Redis (the result: its text past what was yielded is the final chunk).
         """
         assert waiter.chunks is not None
-        held = 0  # characters of text already yielded
+        held: dict[int, int] = {}  # characters of text already yielded, by choice
+        held_lps: dict[int, int] = {}  # logprobs already yielded, by choice
         index = 0
         while True:
             remaining = deadline - time.monotonic()
@@ -304,22 +321,19 @@ class Gateway:
             if isinstance(item, Failure):
                 raise item.exc
             if isinstance(item, TokenEvent):
-                new = _new_text(item, held)
-                if new:
-                    held += len(new)
-                    yield Chunk(index=index, text=new)
+                c = item.choice
+                new = _new_text(item, held.get(c, 0))
+                lps = _new_logprobs(item, held_lps.get(c, 0))
+                if new or lps:
+                    held[c] = held.get(c, 0) + len(new)
+                    if lps:
+                        held_lps[c] = held_lps.get(c, 0) + len(lps)
+                    yield Chunk(index=index, text=new, choice=c, logprobs=lps)
                     index += 1
                 continue
             assert isinstance(item, GenerationResult)
-            result = raise_for_error(item)
-            yield Chunk(
-                index=index,
-                text=result.text[held:],
-                final=True,
-                finish_reason=result.finish_reason,
-                usage=result.usage,
-                result=result,
-            )
+            for chunk in _tails(raise_for_error(item), held, held_lps, index):
+                yield chunk
             return
 
     # -- asynchronous -------------------------------------------------------------------------
@@ -476,15 +490,37 @@ def _new_text(token: TokenEvent, held: int) -> str:
     return token.text[skip:]
 
 
-def _whole(result: GenerationResult) -> Chunk:
-    return Chunk(
-        index=0,
-        text=result.text,
-        final=True,
-        finish_reason=result.finish_reason,
-        usage=result.usage,
-        result=result,
-    )
+def _new_logprobs(token: TokenEvent, held: int) -> list[OutputLogprob] | None:
+    """The logprobs of ``token`` not yet yielded, given ``held`` were."""
+    if not token.logprobs:
+        return None
+    return token.logprobs[max(0, held - token.logprob_offset) :] or None
+
+
+def _tails(
+    result: GenerationResult, held: dict[int, int], held_lps: dict[int, int], index: int
+) -> list[Chunk]:
+    """The last piece of every choice (the text and logprobs past what was yielded, and its
+    finish reason); the request's last piece is ``final`` and carries the result."""
+    choices = result.all_choices()
+    out = []
+    for k, choice in enumerate(choices):
+        c = choice.index
+        lps = choice.logprobs[held_lps.get(c, 0) :] if choice.logprobs is not None else None
+        last = k == len(choices) - 1
+        out.append(
+            Chunk(
+                index=index + k,
+                text=choice.text[held.get(c, 0) :],
+                final=last,
+                finish_reason=choice.finish_reason,
+                usage=result.usage if last else None,
+                result=result if last else None,
+                choice=c,
+                logprobs=lps,
+            )
+        )
+    return out
 
 
 def _conflict(request_id: str) -> GatewayError:

@@ -3,7 +3,10 @@
 Thin: OpenAI bodies in and out (``openai``), ``Gateway`` does the work. A client that hangs
 up cancels the generation downstream, streamed or not. A streamed answer starts only once its
 first chunk (or its error) is known, so errors found before any text still get a real HTTP
-status instead of an error event inside a 200 stream.
+status instead of an error event inside a 200 stream. A batch of prompts (``/v1/completions``)
+is one pipeline request per prompt (ids ``<id>-<i>``), answered together; streamed, their
+chunks interleave. Every error, unknown routes and wrong methods included, has OpenAI's shape
+(``install_error_handlers``).
 """
 
 from __future__ import annotations
@@ -11,23 +14,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from opentelemetry import trace
 from opentelemetry.trace import Span
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from genwire.events import GenerationResult
+from genwire.events import GenerationResult, Usage
+from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire_gateway import openai
 from genwire_gateway.errors import CANCELLED, GatewayError, http_status
-from genwire_gateway.handlers import Chunk, Gateway
+from genwire_gateway.handlers import Chunk, Gateway, Prepared
 from genwire_gateway.models import ModelCatalog
 from genwire_gateway.telemetry import (
     ENTRYPOINT_HTTP,
     GatewayMetrics,
+    RequestClock,
     carrier_of,
     mark_error,
     start_server_span,
@@ -38,13 +45,49 @@ IDEMPOTENCY_HEADER = "idempotency-key"
 REQUEST_ID_HEADER = "x-request-id"
 TRACE_ID_HEADER = "x-trace-id"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+METHOD_NOT_ALLOWED = "method_not_allowed"
+"""Error code of a known route called with another method (405)."""
 
 T = TypeVar("T")
 
 
 def _error_response(exc: GatewayError, headers: dict[str, str]) -> JSONResponse:
     status = http_status(exc.code)
-    return JSONResponse(openai.error_body(exc.code, exc.message, status), status, headers)
+    body = openai.error_body(exc.code, exc.message, status, getattr(exc, "param", None))
+    return JSONResponse(body, status, headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """OpenAI's error shape for what FastAPI answers itself: unknown routes (404), wrong
+    methods (405), bodies FastAPI refuses, and any other HTTP error."""
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        status = exc.status_code
+        if status == 404:
+            code, message = "not_found", f"no route {request.method} {request.url.path}"
+        elif status == 405:
+            allowed = (exc.headers or {}).get("allow", "")
+            code = METHOD_NOT_ALLOWED
+            message = f"{request.method} is not allowed on {request.url.path}" + (
+                f" (allowed: {allowed})" if allowed else ""
+            )
+        else:
+            code, message = "http_error", str(exc.detail)
+        return JSONResponse(
+            openai.error_body(code, message, status), status, headers=dict(exc.headers or {})
+        )
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query"))
+        message = "; ".join(str(e.get("msg", "")) for e in exc.errors()[:5]) or "invalid request"
+        body = openai.error_body(ErrorCode.INVALID_REQUEST, message, 400, param or None)
+        return JSONResponse(body, 400)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
 
 
 async def _until_disconnected(request: Request) -> None:
@@ -71,6 +114,71 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
+async def _all(works: Sequence[Awaitable[T]]) -> list[T]:
+    """Await every one; the first failure cancels the others (which cancels them downstream)."""
+    tasks = [asyncio.ensure_future(w) for w in works]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _merge(streams: Sequence[AsyncIterator[Chunk]]) -> AsyncIterator[tuple[int, Chunk]]:
+    """The chunks of several streams as they come, each with its stream's position."""
+    if len(streams) == 1:
+        async with _closing(streams[0]) as only:
+            async for chunk in only:
+                yield 0, chunk
+        return
+    queue: asyncio.Queue[tuple[int, Chunk | Exception | None]] = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncIterator[Chunk]) -> None:
+        try:
+            async with _closing(stream) as chunks:
+                async for chunk in chunks:
+                    await queue.put((i, chunk))
+            await queue.put((i, None))
+        except Exception as exc:
+            await queue.put((i, exc))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    remaining = len(streams)
+    try:
+        while remaining:
+            i, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def _closing(stream: AsyncIterator[Chunk]) -> AsyncIterator[AsyncIterator[Chunk]]:
+    """``stream``, closed (its ``finally`` run: a cancel downstream) when left early."""
+    try:
+        yield stream
+    finally:
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _sub_id(key: str | None, i: int, count: int) -> str | None:
+    """The request id of prompt ``i`` of a batch named ``key`` (one prompt: ``key``)."""
+    if key is None or count == 1:
+        return key
+    return f"{key}-{i}"
+
+
 class _Handler:
     """One completions endpoint (plain or chat)."""
 
@@ -93,32 +201,48 @@ class _Handler:
         headers = {TRACE_ID_HEADER: trace_id_of(span)}
         code = "ok"
         streaming = False
+        clocks: list[RequestClock] = []
         try:
             with trace.use_span(span, end_on_exit=False, record_exception=False):
                 body = openai.parse_body(self.body_model, await request.body())
-                prepared = gateway.prepare(
-                    body.fields(),
-                    request_id=request.headers.get(IDEMPOTENCY_HEADER) or None,
-                    stream=body.stream,
-                )
-                span.set_attribute(sc.REQUEST_ID, prepared.request_id)
-                headers[REQUEST_ID_HEADER] = prepared.request_id
+                fields = body.fields()
+                prompts: list[dict[str, Any]] = body.prompts() if not self.chat else [{}]
+                key = request.headers.get(IDEMPOTENCY_HEADER) or None
+                stream = bool(body.stream)
+                batch = [
+                    gateway.prepare(
+                        {**fields, **p},
+                        request_id=_sub_id(key, i, len(prompts)),
+                        stream=stream,
+                    )
+                    for i, p in enumerate(prompts)
+                ]
+                span.set_attribute(sc.REQUEST_ID, batch[0].request_id)
+                headers[REQUEST_ID_HEADER] = batch[0].request_id
                 model = body.model or gateway.settings.default_model
                 created = int(time.time())
-                if not body.stream:
-                    result = await _unless_disconnected(request, gateway.generate(prepared))
-                    payload = self._response(result, created=created, model=model)
+                echo = (
+                    [p.get("prompt", "") for p in prompts] if getattr(body, "echo", False) else []
+                )
+                clocks = [metrics.clock(ENTRYPOINT_HTTP) for _ in batch]
+                if not stream:
+                    results = await _unless_disconnected(
+                        request, _all([gateway.generate(p) for p in batch])
+                    )
+                    for clock, result in zip(clocks, results, strict=True):
+                        clock.finish(result, unary=True)
+                    payload = self._response(
+                        results, created=created, model=model, echo=echo, body=body
+                    )
                     span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, 200)
                     return JSONResponse(payload, headers=headers)
-                chunks = gateway.stream(prepared).__aiter__()
+                chunks = _merge([gateway.stream(p) for p in batch]).__aiter__()
                 first = await _unless_disconnected(request, anext(chunks))
             streaming = True
-            events = self._events(
-                first, chunks, span, prepared.request_id, created, model, body.include_usage
-            )
+            events = self._events(first, chunks, span, batch, created, model, body, echo, clocks)
             span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, 200)
             return StreamingResponse(
-                self._finish(events, span, metrics, started),
+                self._finish(events, span, metrics, started, clocks),
                 media_type="text/event-stream",
                 headers={**headers, **SSE_HEADERS},
             )
@@ -132,74 +256,163 @@ class _Handler:
             raise
         finally:
             if not streaming:
+                for clock in clocks:
+                    clock.finish(None)
                 span.end()
                 metrics.observe(ENTRYPOINT_HTTP, self.route, code, time.perf_counter() - started)
 
-    def _response(self, result: GenerationResult, *, created: int, model: str) -> dict[str, Any]:
+    def _response(
+        self,
+        results: list[GenerationResult],
+        *,
+        created: int,
+        model: str,
+        echo: list[str],
+        body: Any,
+    ) -> dict[str, Any]:
         if self.chat:
-            return openai.chat_response(result, created=created, model=model)
-        return openai.completion_response(result, created=created, model=model)
+            return openai.chat_response(
+                results[0], created=created, model=model, logprobs=body.wants_logprobs
+            )
+        return openai.completion_response(
+            results, created=created, model=model, echo=echo, logprobs=body.wants_logprobs
+        )
+
+    def _piece(
+        self,
+        request_id: str,
+        *,
+        created: int,
+        model: str,
+        index: int,
+        text: str,
+        chunk: Chunk | None,
+        shift: int,
+        wants_logprobs: bool,
+        role: bool = False,
+    ) -> list[bytes]:
+        """The SSE events of one piece of one choice."""
+        lps = chunk.logprobs if chunk is not None else None
+        reason = chunk.finish_reason if chunk is not None else None
+        if not self.chat:
+            logprobs = openai.completion_logprobs(lps or [], shift) if wants_logprobs else None
+            return [
+                openai.sse(
+                    openai.completion_chunk(
+                        request_id,
+                        created=created,
+                        model=model,
+                        text=text,
+                        finish_reason=reason,
+                        index=index,
+                        logprobs=logprobs,
+                    )
+                )
+            ]
+        out = []
+        if text or role or lps:
+            delta = {"content": text}
+            if role:
+                delta["role"] = "assistant"
+            logprobs = openai.chat_logprobs(lps or []) if wants_logprobs else None
+            out.append(
+                openai.sse(
+                    openai.chat_chunk(
+                        request_id,
+                        created=created,
+                        model=model,
+                        delta=delta,
+                        index=index,
+                        logprobs=logprobs,
+                    )
+                )
+            )
+        if reason is not None:
+            out.append(
+                openai.sse(
+                    openai.chat_chunk(
+                        request_id,
+                        created=created,
+                        model=model,
+                        delta={},
+                        finish_reason=reason,
+                        index=index,
+                    )
+                )
+            )
+        return out
 
     async def _events(
         self,
-        first: Chunk,
-        rest: AsyncIterator[Chunk],
+        first: tuple[int, Chunk],
+        rest: AsyncIterator[tuple[int, Chunk]],
         span: Span,
-        request_id: str,
+        batch: list[Prepared],
         created: int,
         model: str,
-        include_usage: bool,
+        body: Any,
+        echo: list[str],
+        clocks: list[RequestClock],
     ) -> AsyncIterator[bytes]:
-        """SSE bytes: OpenAI chunks, an optional usage chunk, then ``[DONE]``."""
-        chunk: Chunk | None = first
-        role_sent = False
+        """SSE bytes: OpenAI chunks (echoed prompts first), an optional usage chunk, then
+        ``[DONE]``."""
+        request_id = batch[0].request_id
+        n = body.choices_per_prompt
+        wants = body.wants_logprobs
+        role_sent: set[int] = set()
+        usage = Usage()
+        item: tuple[int, Chunk] | None = first
         try:
-            while chunk is not None:
-                if self.chat:
-                    if chunk.text or not role_sent:
-                        delta = {"content": chunk.text}
-                        if not role_sent:
-                            delta["role"] = "assistant"
-                            role_sent = True
-                        yield openai.sse(
-                            openai.chat_chunk(request_id, created=created, model=model, delta=delta)
-                        )
-                    if chunk.final:
-                        yield openai.sse(
-                            openai.chat_chunk(
-                                request_id,
-                                created=created,
-                                model=model,
-                                delta={},
-                                finish_reason=chunk.finish_reason,
-                            )
-                        )
-                else:
-                    yield openai.sse(
-                        openai.completion_chunk(
-                            request_id,
-                            created=created,
-                            model=model,
-                            text=chunk.text,
-                            finish_reason=chunk.finish_reason if chunk.final else None,
-                        )
-                    )
+            for p, prompt in enumerate(echo):  # echo: the prompt is each choice's first text
+                for c in range(n):
+                    for event in self._piece(
+                        request_id,
+                        created=created,
+                        model=model,
+                        index=p * n + c,
+                        text=prompt,
+                        chunk=None,
+                        shift=0,
+                        wants_logprobs=wants,
+                    ):
+                        yield event
+            while item is not None:
+                p, chunk = item
+                index = p * n + chunk.choice
+                if chunk.text or chunk.logprobs:
+                    clocks[p].piece(len(chunk.logprobs) if chunk.logprobs else 1)
+                role = self.chat and index not in role_sent
+                role_sent.add(index)
+                for event in self._piece(
+                    request_id,
+                    created=created,
+                    model=model,
+                    index=index,
+                    text=chunk.text,
+                    chunk=chunk,
+                    shift=len(echo[p]) if p < len(echo) else 0,
+                    wants_logprobs=wants,
+                    role=role,
+                ):
+                    yield event
                 if chunk.final:
-                    if include_usage and chunk.usage is not None:
-                        yield openai.sse(
-                            openai.usage_chunk(
-                                request_id,
-                                chat=self.chat,
-                                created=created,
-                                model=model,
-                                usage=chunk.usage,
-                            )
-                        )
-                    break
-                chunk = await anext(rest, None)
+                    clocks[p].finish(chunk.result)
+                    if chunk.usage is not None:
+                        counts = chunk.usage.counts()
+                        usage.prompt_tokens += counts["prompt_tokens"]
+                        usage.completion_tokens += counts["completion_tokens"]
+                        usage.total_tokens += counts["total_tokens"]
+                item = await anext(rest, None)
+            if body.include_usage:
+                yield openai.sse(
+                    openai.usage_chunk(
+                        request_id, chat=self.chat, created=created, model=model, usage=usage
+                    )
+                )
         except GatewayError as exc:  # the stream has started: the error becomes an event
             mark_error(span, exc.code, exc.message)
-            yield openai.sse(openai.error_body(exc.code, exc.message, http_status(exc.code)))
+            status = http_status(exc.code)
+            yield openai.sse(openai.error_body(exc.code, exc.message, status, exc.param))
         yield openai.SSE_DONE
 
     async def _finish(
@@ -208,6 +421,7 @@ class _Handler:
         span: Span,
         metrics: GatewayMetrics,
         started: float,
+        clocks: list[RequestClock],
     ) -> AsyncIterator[bytes]:
         """Relay ``events``; end the span and count the request when the stream ends."""
         code = "ok"
@@ -218,6 +432,8 @@ class _Handler:
             code = "cancelled"
             raise
         finally:
+            for clock in clocks:
+                clock.finish(None)
             span.end()
             metrics.observe(ENTRYPOINT_HTTP, self.route, code, time.perf_counter() - started)
 

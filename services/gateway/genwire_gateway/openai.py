@@ -1,57 +1,204 @@
 """OpenAI-compatible bodies: requests in, responses, stream chunks and errors out. Pure logic.
 
-Only the shape is checked here (OpenAI's field forms and the parameters genwire cannot honour);
-ranges and limits are checked by ``genwire.request``, exactly as preprocess checks them.
+Every request field is honoured or refused: a field genwire does not know, or knows and cannot
+honour, is a 400 ``unsupported_parameter`` naming it (``error.param``), never ignored. Only the
+shape is checked here (OpenAI's field forms); ranges and limits are checked by
+``genwire.request`` exactly as preprocess checks them, and whether the served model version
+honours a decode-loop option by preprocess (``genwire.request.MODEL_OPTIONS``). docs/api.md
+lists every field and what becomes of it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genwire.errors import describe_validation
-from genwire.events import GenerationResult, Usage
+from genwire.events import GenerationResult, OutputLogprob, ResultChoice, Usage
 from genwire.request import ErrorCode
 from genwire_gateway.errors import GatewayError, openai_error_type
 
 COMPLETION_PREFIX = "cmpl-"
 CHAT_PREFIX = "chatcmpl-"
 SSE_DONE = b"data: [DONE]\n\n"
+MAX_PROMPTS = 64
+"""Most prompts in one ``/v1/completions`` batch."""
+MAX_COMPLETION_LOGPROBS = 20
+"""``logprobs`` of ``/v1/completions`` (OpenAI allows 5; vLLM and genwire 20)."""
+
+
+def unsupported(param: str, why: str = "") -> GatewayError:
+    """The 400 for a parameter genwire does not honour."""
+    message = f"unsupported parameter '{param}'" + (f": {why}" if why else "")
+    return GatewayError(message, code=ErrorCode.UNSUPPORTED_PARAMETER, param=param)
 
 
 class StreamOptions(BaseModel):
     """``stream_options``: ask for a last chunk with the usage."""
 
-    model_config = ConfigDict(extra="ignore")
-    include_usage: bool = False
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool | None = False
+    include_obfuscation: bool | None = None
+    """Honoured as ``False`` only: genwire adds no obfuscation padding."""
+
+
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: text, JSON mode or a JSON schema (enforced while decoding)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+# Fields genwire honours only at their "off" value (anything else: unsupported_parameter).
+_OFF_ONLY: dict[str, tuple[tuple[Any, ...], str]] = {
+    "suffix": ((None,), "insertion (suffix) is not supported"),
+    "audio": ((None,), "audio output is not supported"),
+    "functions": ((None, []), "function calling is not supported yet"),
+    "function_call": ((None, "none"), "function calling is not supported yet"),
+    "tools": ((None, []), "tool calling is not supported yet"),
+    "tool_choice": ((None, "none"), "tool calling is not supported yet"),
+    "parallel_tool_calls": ((None,), "tool calling is not supported yet"),
+    "modalities": ((None, ["text"]), "only text output is supported"),
+    "prediction": ((None,), "predicted outputs are not supported"),
+    "reasoning_effort": ((None,), "the served models do not reason"),
+    "verbosity": ((None,), "the served models do not reason"),
+    "web_search_options": ((None,), "web search is not supported"),
+    "store": ((None, False), "stored completions are not supported"),
+    "service_tier": ((None, "auto", "default"), "only the default service tier exists"),
+    "prompt_cache_key": ((None,), "there is no prompt cache to route by"),
+    "prompt_cache_options": ((None,), "there is no prompt cache"),
+    "prompt_cache_retention": ((None,), "there is no prompt cache"),
+    "moderation": ((None,), "moderation is configured by the operator (input/output filters)"),
+}
 
 
 class _Common(BaseModel):
-    """Parameters shared by completions and chat completions."""
+    """Parameters shared by completions and chat completions (OpenAI's, and vLLM's extras)."""
 
-    # Unknown OpenAI parameters are ignored, like vLLM does; wrong types are errors.
-    model_config = ConfigDict(extra="ignore", strict=True)
+    # Unknown fields are refused (unsupported_parameter), never ignored; wrong types are errors.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
-    top_k: int | None = Field(None, description="Extension (vLLM's name): top-k sampling.")
     seed: int | None = None
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int = 1
-    metadata: dict[str, str] | None = None
+    n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
     user: str | None = None
+    metadata: dict[str, str] | None = None
+    """Caller's labels carried to the result (OpenAI's chat ``metadata``; also accepted by
+    completions)."""
+    response_format: ResponseFormat | None = None
+    # vLLM's extra sampling parameters (``extra_body``).
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int | None = None
+    ignore_eos: bool | None = None
+    stop_token_ids: list[int] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    # Known, honoured only when off (``_OFF_ONLY``).
+    suffix: Any = None
+    audio: Any = None
+    functions: Any = None
+    function_call: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    web_search_options: Any = None
+    store: Any = None
+    service_tier: Any = None
+    prompt_cache_key: Any = None
+    prompt_cache_options: Any = None
+    prompt_cache_retention: Any = None
+    moderation: Any = None
+
+    def check_off(self) -> None:
+        """Refuse the known parameters genwire cannot honour (naming the first one given)."""
+        for name, (allowed, why) in _OFF_ONLY.items():
+            if getattr(self, name) not in allowed:
+                raise unsupported(name, why)
+        if self.stream_options is not None:
+            if self.stream_options.include_obfuscation:
+                raise unsupported("stream_options.include_obfuscation", "no obfuscation padding")
+            if not self.stream:
+                raise GatewayError(
+                    "'stream_options' is only allowed with 'stream': true",
+                    code=ErrorCode.INVALID_REQUEST,
+                    param="stream_options",
+                )
+
+    def guided(self) -> dict[str, str] | None:
+        """The structured-output constraint (``response_format`` or one ``guided_*``)."""
+        given: list[tuple[str, dict[str, str]]] = []
+        fmt = self.response_format
+        if fmt is not None and fmt.type == "json_object":
+            given.append(("response_format", {"kind": "json_object", "spec": ""}))
+        elif fmt is not None and fmt.type == "json_schema":
+            if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+                raise GatewayError(
+                    "response_format json_schema needs 'json_schema.schema'",
+                    code=ErrorCode.INVALID_REQUEST,
+                    param="response_format",
+                )
+            spec = json.dumps(fmt.json_schema.schema_)
+            given.append(("response_format", {"kind": "json_schema", "spec": spec}))
+        if self.guided_json is not None:
+            spec = (
+                self.guided_json
+                if isinstance(self.guided_json, str)
+                else json.dumps(self.guided_json)
+            )
+            given.append(("guided_json", {"kind": "json_schema", "spec": spec}))
+        if self.guided_regex is not None:
+            given.append(("guided_regex", {"kind": "regex", "spec": self.guided_regex}))
+        if self.guided_choice is not None:
+            spec = json.dumps(self.guided_choice)
+            given.append(("guided_choice", {"kind": "choice", "spec": spec}))
+        if self.guided_grammar is not None:
+            given.append(("guided_grammar", {"kind": "grammar", "spec": self.guided_grammar}))
+        if len(given) > 1:
+            raise GatewayError(
+                f"give one structured-output constraint, not {', '.join(n for n, _ in given)}",
+                code=ErrorCode.INVALID_REQUEST,
+                param=given[1][0],
+            )
+        return given[0][1] if given else None
 
     def sampling(self) -> dict[str, Any]:
-        """genwire request fields (None: not given, the pipeline's default applies)."""
-        if self.n != 1:
-            raise GatewayError("only n=1 is supported", code=ErrorCode.OUT_OF_RANGE)
-        return {
+        """genwire request fields (left out when not given: the pipeline's default applies)."""
+        self.check_off()
+        metadata = dict(self.metadata_fields())
+        if self.user is not None:
+            metadata["user"] = self.user
+        fields: dict[str, Any] = {
             "model": self.model,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
@@ -59,57 +206,92 @@ class _Common(BaseModel):
             "top_k": self.top_k,
             "seed": self.seed,
             "stop": self.stop,
-            "metadata": self.metadata,
+            "n": self.n,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "repetition_penalty": self.repetition_penalty,
+            "min_p": self.min_p,
+            "logit_bias": self.logit_bias,
+            "min_tokens": self.min_tokens,
+            "ignore_eos": self.ignore_eos,
+            "stop_token_ids": self.stop_token_ids,
+            "guided": self.guided(),
+            "metadata": metadata or None,
         }
+        return {k: v for k, v in fields.items() if v is not None}
+
+    def metadata_fields(self) -> dict[str, str]:
+        """The caller's labels carried to the result."""
+        return dict(self.metadata or {})
 
     @property
     def include_usage(self) -> bool:
         """Whether a streamed answer ends with a usage-only chunk."""
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def choices_per_prompt(self) -> int:
+        """``n``."""
+        return self.n or 1
+
 
 class CompletionRequest(_Common):
-    """``POST /v1/completions``."""
+    """``POST /v1/completions``: one prompt or a batch (strings or token-id lists)."""
 
-    prompt: str | list[str]
-    echo: bool = False
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool | None = False
     logprobs: int | None = None
-    suffix: str | None = None
     best_of: int | None = None
 
-    def fields(self) -> dict[str, Any]:
-        """The genwire request fields of this body."""
-        if isinstance(self.prompt, list):
-            if len(self.prompt) != 1:
-                raise GatewayError(
-                    "prompt must be one string (batches of prompts are not supported)",
-                    code=ErrorCode.INVALID_REQUEST,
-                )
-            prompt = self.prompt[0]
-        else:
-            prompt = self.prompt
-        unsupported = [
-            name
-            for name, given in (
-                ("echo", self.echo),
-                ("logprobs", self.logprobs is not None),
-                ("suffix", self.suffix is not None),
-                ("best_of", self.best_of not in (None, 1)),
-            )
-            if given
-        ]
-        if unsupported:
+    def prompts(self) -> list[dict[str, Any]]:
+        """One dict of prompt fields per prompt of the batch."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [{"prompt": p}]
+        if not p:
             raise GatewayError(
-                f"unsupported parameter(s): {', '.join(unsupported)}",
-                code=ErrorCode.INVALID_REQUEST,
+                "prompt is an empty list", code=ErrorCode.MISSING_PROMPT, param="prompt"
             )
-        return {**self.sampling(), "prompt": prompt}
+        if all(isinstance(x, int) for x in p):
+            return [{"prompt_token_ids": p}]
+        if len(p) > MAX_PROMPTS:
+            raise GatewayError(
+                f"a batch holds at most {MAX_PROMPTS} prompts, not {len(p)}",
+                code=ErrorCode.OUT_OF_RANGE,
+                param="prompt",
+            )
+        return [{"prompt": x} if isinstance(x, str) else {"prompt_token_ids": x} for x in p]
+
+    def fields(self) -> dict[str, Any]:
+        """The genwire request fields of this body (without the prompt)."""
+        if self.best_of is not None and self.best_of != self.choices_per_prompt:
+            raise unsupported("best_of", "best_of is supported only equal to n")
+        if self.echo and self.logprobs is not None:
+            raise unsupported("echo", "echo with logprobs (prompt logprobs) is not supported")
+        if self.echo and any("prompt_token_ids" in p for p in self.prompts()):
+            raise unsupported("echo", "echo needs text prompts (not token ids)")
+        fields = self.sampling()
+        if self.logprobs is not None:
+            if not 0 <= self.logprobs <= MAX_COMPLETION_LOGPROBS:
+                raise GatewayError(
+                    f"logprobs must be 0..{MAX_COMPLETION_LOGPROBS}",
+                    code=ErrorCode.OUT_OF_RANGE,
+                    param="logprobs",
+                )
+            fields["logprobs"] = True
+            fields["top_logprobs"] = self.logprobs
+        return fields
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """Whether choices carry logprobs."""
+        return self.logprobs is not None
 
 
 class ContentPart(BaseModel):
     """A text part of a chat message's content."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["text"]
     text: str
 
@@ -117,7 +299,7 @@ class ContentPart(BaseModel):
 class Message(BaseModel):
     """A chat message; ``developer`` is OpenAI's newer name for ``system``."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart]
 
@@ -136,21 +318,37 @@ class ChatCompletionRequest(_Common):
 
     messages: list[Message]
     max_completion_tokens: int | None = None
-    logprobs: bool = False
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    safety_identifier: str | None = None
+
+    def metadata_fields(self) -> dict[str, str]:
+        labels = super().metadata_fields()
+        if self.safety_identifier is not None:
+            labels["safety_identifier"] = self.safety_identifier
+        return labels
 
     def fields(self) -> dict[str, Any]:
         """The genwire request fields of this body."""
-        if self.logprobs:
-            raise GatewayError("unsupported parameter(s): logprobs", code=ErrorCode.INVALID_REQUEST)
         fields = self.sampling()
         if self.max_completion_tokens is not None:
             fields["max_tokens"] = self.max_completion_tokens
+        if self.logprobs is not None:
+            fields["logprobs"] = self.logprobs
+        if self.top_logprobs is not None:
+            fields["top_logprobs"] = self.top_logprobs
         fields["messages"] = [m.plain() for m in self.messages]
         return fields
 
+    @property
+    def wants_logprobs(self) -> bool:
+        """Whether choices carry logprobs."""
+        return bool(self.logprobs)
+
 
 def parse_body(model: type[CompletionRequest] | type[ChatCompletionRequest], raw: bytes) -> Any:
-    """Parse an HTTP body; raise ``GatewayError`` with a readable message when it is malformed."""
+    """Parse an HTTP body; raise ``GatewayError`` with a readable message when it is malformed
+    (an unknown field: ``unsupported_parameter`` naming it)."""
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -158,31 +356,110 @@ def parse_body(model: type[CompletionRequest] | type[ChatCompletionRequest], raw
         if any(e["type"] in ("json_invalid", "json_type") for e in errors):
             message = "the body is not a JSON object"
             raise GatewayError(message, code=ErrorCode.INVALID_JSON) from None
+        first = errors[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        extra = [e for e in errors if e["type"] == "extra_forbidden"]
+        if extra:
+            name = ".".join(str(p) for p in extra[0]["loc"])
+            raise unsupported(name, "genwire does not know this parameter (docs/api.md)") from None
         message = describe_validation(exc, subject="body")
-        raise GatewayError(message, code=ErrorCode.INVALID_REQUEST) from None
+        raise GatewayError(message, code=ErrorCode.INVALID_REQUEST, param=param) from None
 
 
-def completion_response(result: GenerationResult, *, created: int, model: str) -> dict[str, Any]:
-    """The ``text_completion`` object of a finished request."""
+# -- logprobs in OpenAI's shapes --------------------------------------------------------------
+
+
+def completion_logprobs(
+    logprobs: Sequence[OutputLogprob] | None, text_shift: int = 0
+) -> dict[str, Any] | None:
+    """``/v1/completions`` logprobs: parallel lists (``text_offset`` from the choice's text,
+    shifted by an echoed prompt)."""
+    if logprobs is None:
+        return None
     return {
-        "id": COMPLETION_PREFIX + result.request_id,
-        "object": "text_completion",
-        "created": created,
-        "model": result.model or model,
-        "choices": [
-            {
-                "index": 0,
-                "text": result.text,
-                "logprobs": None,
-                "finish_reason": result.finish_reason,
-            }
-        ],
-        "usage": result.usage.counts(),
+        "tokens": [lp.token for lp in logprobs],
+        "token_logprobs": [lp.logprob for lp in logprobs],
+        "top_logprobs": [{alt.token: alt.logprob for alt in lp.top} for lp in logprobs],
+        "text_offset": [lp.text_offset + text_shift for lp in logprobs],
     }
 
 
-def chat_response(result: GenerationResult, *, created: int, model: str) -> dict[str, Any]:
+def chat_logprobs(logprobs: Sequence[OutputLogprob] | None) -> dict[str, Any] | None:
+    """``/v1/chat/completions`` logprobs: ``content``, one entry per token."""
+    if logprobs is None:
+        return None
+    return {
+        "content": [
+            {
+                "token": lp.token,
+                "logprob": lp.logprob,
+                "bytes": lp.bytes,
+                "top_logprobs": [
+                    {"token": alt.token, "logprob": alt.logprob, "bytes": alt.bytes}
+                    for alt in lp.top
+                ],
+            }
+            for lp in logprobs
+        ],
+        "refusal": None,
+    }
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+def _usage(results: Sequence[GenerationResult]) -> dict[str, int]:
+    total = Usage()
+    for r in results:
+        counts = r.usage.counts()
+        total.prompt_tokens += counts["prompt_tokens"]
+        total.completion_tokens += counts["completion_tokens"]
+        total.total_tokens += counts["total_tokens"]
+    return total.counts()
+
+
+def completion_response(
+    results: GenerationResult | Sequence[GenerationResult],
+    *,
+    created: int,
+    model: str,
+    echo: Sequence[str] = (),
+    logprobs: bool = False,
+) -> dict[str, Any]:
+    """The ``text_completion`` object of finished requests (one per prompt of a batch; the
+    choices of prompt ``p`` are numbered from ``p × n``)."""
+    results = [results] if isinstance(results, GenerationResult) else list(results)
+    choices = []
+    index = 0
+    for p, result in enumerate(results):
+        prefix = echo[p] if p < len(echo) else ""
+        for choice in result.all_choices():
+            choices.append(
+                {
+                    "index": index,
+                    "text": prefix + choice.text,
+                    "logprobs": completion_logprobs(choice.logprobs, len(prefix))
+                    if logprobs
+                    else None,
+                    "finish_reason": choice.finish_reason,
+                }
+            )
+            index += 1
+    return {
+        "id": COMPLETION_PREFIX + results[0].request_id,
+        "object": "text_completion",
+        "created": created,
+        "model": results[0].model or model,
+        "choices": choices,
+        "usage": _usage(results),
+    }
+
+
+def chat_response(
+    result: GenerationResult, *, created: int, model: str, logprobs: bool = False
+) -> dict[str, Any]:
     """The ``chat.completion`` object of a finished request."""
+    choices: list[ResultChoice] = result.all_choices()
     return {
         "id": CHAT_PREFIX + result.request_id,
         "object": "chat.completion",
@@ -190,11 +467,12 @@ def chat_response(result: GenerationResult, *, created: int, model: str) -> dict
         "model": result.model or model,
         "choices": [
             {
-                "index": 0,
-                "message": {"role": "assistant", "content": result.text},
-                "logprobs": None,
-                "finish_reason": result.finish_reason,
+                "index": c.index,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": chat_logprobs(c.logprobs) if logprobs else None,
+                "finish_reason": c.finish_reason,
             }
+            for c in choices
         ],
         "usage": result.usage.counts(),
     }
@@ -207,6 +485,8 @@ def completion_chunk(
     model: str,
     text: str,
     finish_reason: str | None = None,
+    index: int = 0,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One streamed ``text_completion`` chunk."""
     return {
@@ -214,7 +494,9 @@ def completion_chunk(
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [
+            {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+        ],
     }
 
 
@@ -225,6 +507,8 @@ def chat_chunk(
     model: str,
     delta: dict[str, str],
     finish_reason: str | None = None,
+    index: int = 0,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One streamed ``chat.completion.chunk``."""
     return {
@@ -232,7 +516,9 @@ def chat_chunk(
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [
+            {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        ],
     }
 
 
@@ -250,13 +536,13 @@ def usage_chunk(
     }
 
 
-def error_body(code: str, message: str, status: int) -> dict[str, Any]:
+def error_body(code: str, message: str, status: int, param: str | None = None) -> dict[str, Any]:
     """OpenAI's error object."""
     return {
         "error": {
             "message": message,
             "type": openai_error_type(status),
-            "param": None,
+            "param": param,
             "code": code,
         }
     }
