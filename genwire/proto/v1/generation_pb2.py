@@ -22,9 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgenwire/v1/generation.proto\x12\ngenwire.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x95\x03\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12)\n\x08messages\x18\x03 \x03(\x0b\x32\x17.genwire.v1.ChatMessage\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x07 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12\r\n\x05model\x18\n \x01(\t\x12;\n\x08metadata\x18\x0b \x03(\x0b\x32).genwire.v1.GenerateRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\x85\x01\n\x07Timings\x12\x10\n\x08received\x18\x01 \x01(\x01\x12\x10\n\x08prepared\x18\x02 \x01(\x01\x12\x17\n\x0finference_start\x18\x03 \x01(\x01\x12\x13\n\x0b\x66irst_token\x18\x04 \x01(\x01\x12\x15\n\rinference_end\x18\x05 \x01(\x01\x12\x11\n\tcompleted\x18\x06 \x01(\x01\"\xcb\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12 \n\x05usage\x18\x04 \x01(\x0b\x32\x11.genwire.v1.Usage\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12$\n\x07timings\x18\x07 \x01(\x0b\x32\x13.genwire.v1.Timings\x12\x10\n\x08trace_id\x18\x08 \x01(\t\"\xa3\x01\n\x16GenerateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.genwire.v1.Usage\x12\x10\n\x08trace_id\x18\x07 \x01(\t\"6\n\x0eSubmitResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08trace_id\x18\x02 \x01(\t\"7\n\x10GetResultRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"\x92\x02\n\x11GetResultResponse\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.genwire.v1.GetResultResponse.Status\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1c.genwire.v1.GenerateResponse\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\"n\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_PENDING\x10\x01\x12\x0f\n\x0bSTATUS_DONE\x10\x02\x12\x14\n\x10STATUS_NOT_FOUND\x10\x03\x12\x11\n\rSTATUS_FAILED\x10\x04\"3\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x0e\x43\x61ncelResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x32\xfd\x02\n\x11GenerationService\x12\x45\n\x08Generate\x12\x1b.genwire.v1.GenerateRequest\x1a\x1c.genwire.v1.GenerateResponse\x12S\n\x0eGenerateStream\x12\x1b.genwire.v1.GenerateRequest\x1a\".genwire.v1.GenerateStreamResponse0\x01\x12\x41\n\x06Submit\x12\x1b.genwire.v1.GenerateRequest\x1a\x1a.genwire.v1.SubmitResponse\x12H\n\tGetResult\x12\x1c.genwire.v1.GetResultRequest\x1a\x1d.genwire.v1.GetResultResponse\x12?\n\x06\x43\x61ncel\x12\x19.genwire.v1.CancelRequest\x1a\x1a.genwire.v1.CancelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgenwire/v1/generation.proto\x12\ngenwire.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xba\x01\n\x06Guided\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.genwire.v1.Guided.Kind\x12\x0c\n\x04spec\x18\x02 \x01(\t\"{\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10KIND_JSON_OBJECT\x10\x01\x12\x14\n\x10KIND_JSON_SCHEMA\x10\x02\x12\x0e\n\nKIND_REGEX\x10\x03\x12\x0f\n\x0bKIND_CHOICE\x10\x04\x12\x10\n\x0cKIND_GRAMMAR\x10\x05\"\xc4\x07\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12)\n\x08messages\x18\x03 \x03(\x0b\x32\x17.genwire.v1.ChatMessage\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x07 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12\r\n\x05model\x18\n \x01(\t\x12;\n\x08metadata\x18\x0b \x03(\x0b\x32).genwire.v1.GenerateRequest.MetadataEntry\x12\x0e\n\x01n\x18\x0c \x01(\x05H\x05\x88\x01\x01\x12\x10\n\x08logprobs\x18\r \x01(\x08\x12\x19\n\x0ctop_logprobs\x18\x0e \x01(\x05H\x06\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x0f \x01(\x01H\x07\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x10 \x01(\x01H\x08\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x11 \x01(\x01H\t\x88\x01\x01\x12\x12\n\x05min_p\x18\x12 \x01(\x01H\n\x88\x01\x01\x12>\n\nlogit_bias\x18\x13 \x03(\x0b\x32*.genwire.v1.GenerateRequest.LogitBiasEntry\x12\x17\n\nmin_tokens\x18\x14 \x01(\x05H\x0b\x88\x01\x01\x12\x12\n\nignore_eos\x18\x15 \x01(\x08\x12\x16\n\x0estop_token_ids\x18\x16 \x03(\x05\x12\x18\n\x10prompt_token_ids\x18\x17 \x03(\x05\x12\"\n\x06guided\x18\x18 \x01(\x0b\x32\x12.genwire.v1.Guided\x12\x15\n\rmodel_version\x18\x19 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x04\n\x02_nB\x0f\n\r_top_logprobsB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x08\n\x06_min_pB\r\n\x0b_min_tokens\"M\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\x12\r\n\x05\x62ytes\x18\x04 \x01(\x0c\"\x92\x01\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\x12\r\n\x05\x62ytes\x18\x04 \x01(\x0c\x12,\n\x0ctop_logprobs\x18\x05 \x03(\x0b\x32\x16.genwire.v1.TopLogprob\x12\x13\n\x0btext_offset\x18\x06 \x01(\x05\"h\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12*\n\x08logprobs\x18\x04 \x03(\x0b\x32\x18.genwire.v1.TokenLogprob\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\xf9\x03\n\x07Timings\x12,\n\x08received\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08prepared\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0finference_start\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66irst_token\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rinference_end\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tcompleted\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x13time_to_first_token\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05total\x18\x0e \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0ctriton_queue\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0etriton_compute\x18\x10 \x01(\x0b\x32\x19.google.protobuf.DurationJ\x04\x08\x01\x10\x07\"\x9c\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12 \n\x05usage\x18\x04 \x01(\x0b\x32\x11.genwire.v1.Usage\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12$\n\x07timings\x18\x07 \x01(\x0b\x32\x13.genwire.v1.Timings\x12\x10\n\x08trace_id\x18\x08 \x01(\t\x12#\n\x07\x63hoices\x18\t \x03(\x0b\x32\x12.genwire.v1.Choice\x12*\n\x08logprobs\x18\n \x03(\x0b\x32\x18.genwire.v1.TokenLogprob\"\xdf\x01\n\x16GenerateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.genwire.v1.Usage\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12\x0e\n\x06\x63hoice\x18\x08 \x01(\r\x12*\n\x08logprobs\x18\t \x03(\x0b\x32\x18.genwire.v1.TokenLogprob\"6\n\x0eSubmitResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08trace_id\x18\x02 \x01(\t\"7\n\x10GetResultRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"\x92\x02\n\x11GetResultResponse\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.genwire.v1.GetResultResponse.Status\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1c.genwire.v1.GenerateResponse\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\"n\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_PENDING\x10\x01\x12\x0f\n\x0bSTATUS_DONE\x10\x02\x12\x14\n\x10STATUS_NOT_FOUND\x10\x03\x12\x11\n\rSTATUS_FAILED\x10\x04\"3\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x0e\x43\x61ncelResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\r\n\x05known\x18\x02 \x01(\x08\x32\xfd\x02\n\x11GenerationService\x12\x45\n\x08Generate\x12\x1b.genwire.v1.GenerateRequest\x1a\x1c.genwire.v1.GenerateResponse\x12S\n\x0eGenerateStream\x12\x1b.genwire.v1.GenerateRequest\x1a\".genwire.v1.GenerateStreamResponse0\x01\x12\x41\n\x06Submit\x12\x1b.genwire.v1.GenerateRequest\x1a\x1a.genwire.v1.SubmitResponse\x12H\n\tGetResult\x12\x1c.genwire.v1.GetResultRequest\x1a\x1d.genwire.v1.GetResultResponse\x12?\n\x06\x43\x61ncel\x12\x19.genwire.v1.CancelRequest\x1a\x1a.genwire.v1.CancelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,32 +35,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_GENERATEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_CHATMESSAGE']._serialized_start=43
-  _globals['_CHATMESSAGE']._serialized_end=87
-  _globals['_GENERATEREQUEST']._serialized_start=90
-  _globals['_GENERATEREQUEST']._serialized_end=495
-  _globals['_GENERATEREQUEST_METADATAENTRY']._serialized_start=388
-  _globals['_GENERATEREQUEST_METADATAENTRY']._serialized_end=435
-  _globals['_USAGE']._serialized_start=497
-  _globals['_USAGE']._serialized_end=576
-  _globals['_TIMINGS']._serialized_start=579
-  _globals['_TIMINGS']._serialized_end=712
-  _globals['_GENERATERESPONSE']._serialized_start=715
-  _globals['_GENERATERESPONSE']._serialized_end=918
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=921
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1084
-  _globals['_SUBMITRESPONSE']._serialized_start=1086
-  _globals['_SUBMITRESPONSE']._serialized_end=1140
-  _globals['_GETRESULTREQUEST']._serialized_start=1142
-  _globals['_GETRESULTREQUEST']._serialized_end=1197
-  _globals['_GETRESULTRESPONSE']._serialized_start=1200
-  _globals['_GETRESULTRESPONSE']._serialized_end=1474
-  _globals['_GETRESULTRESPONSE_STATUS']._serialized_start=1364
-  _globals['_GETRESULTRESPONSE_STATUS']._serialized_end=1474
-  _globals['_CANCELREQUEST']._serialized_start=1476
-  _globals['_CANCELREQUEST']._serialized_end=1527
-  _globals['_CANCELRESPONSE']._serialized_start=1529
-  _globals['_CANCELRESPONSE']._serialized_end=1563
-  _globals['_GENERATIONSERVICE']._serialized_start=1566
-  _globals['_GENERATIONSERVICE']._serialized_end=1947
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._loaded_options = None
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_CHATMESSAGE']._serialized_start=108
+  _globals['_CHATMESSAGE']._serialized_end=152
+  _globals['_GUIDED']._serialized_start=155
+  _globals['_GUIDED']._serialized_end=341
+  _globals['_GUIDED_KIND']._serialized_start=218
+  _globals['_GUIDED_KIND']._serialized_end=341
+  _globals['_GENERATEREQUEST']._serialized_start=344
+  _globals['_GENERATEREQUEST']._serialized_end=1308
+  _globals['_GENERATEREQUEST_METADATAENTRY']._serialized_start=1037
+  _globals['_GENERATEREQUEST_METADATAENTRY']._serialized_end=1084
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_start=1086
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_end=1134
+  _globals['_TOPLOGPROB']._serialized_start=1310
+  _globals['_TOPLOGPROB']._serialized_end=1387
+  _globals['_TOKENLOGPROB']._serialized_start=1390
+  _globals['_TOKENLOGPROB']._serialized_end=1536
+  _globals['_CHOICE']._serialized_start=1538
+  _globals['_CHOICE']._serialized_end=1642
+  _globals['_USAGE']._serialized_start=1644
+  _globals['_USAGE']._serialized_end=1723
+  _globals['_TIMINGS']._serialized_start=1726
+  _globals['_TIMINGS']._serialized_end=2231
+  _globals['_GENERATERESPONSE']._serialized_start=2234
+  _globals['_GENERATERESPONSE']._serialized_end=2518
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=2521
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=2744
+  _globals['_SUBMITRESPONSE']._serialized_start=2746
+  _globals['_SUBMITRESPONSE']._serialized_end=2800
+  _globals['_GETRESULTREQUEST']._serialized_start=2802
+  _globals['_GETRESULTREQUEST']._serialized_end=2857
+  _globals['_GETRESULTRESPONSE']._serialized_start=2860
+  _globals['_GETRESULTRESPONSE']._serialized_end=3134
+  _globals['_GETRESULTRESPONSE_STATUS']._serialized_start=3024
+  _globals['_GETRESULTRESPONSE_STATUS']._serialized_end=3134
+  _globals['_CANCELREQUEST']._serialized_start=3136
+  _globals['_CANCELREQUEST']._serialized_end=3187
+  _globals['_CANCELRESPONSE']._serialized_start=3189
+  _globals['_CANCELRESPONSE']._serialized_end=3238
+  _globals['_GENERATIONSERVICE']._serialized_start=3241
+  _globals['_GENERATIONSERVICE']._serialized_end=3622
 # @@protoc_insertion_point(module_scope)

@@ -99,7 +99,7 @@ class GenerationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Cancel(self, request, context):
-        """Ask the pipeline to stop generating a request.
+        """Ask the pipeline to stop generating a request; says whether the id was known.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

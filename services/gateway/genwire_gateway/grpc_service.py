@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from genwire.events import GenerationResult, Timings, Usage
+from genwire.events import GenerationResult, OutputLogprob, Timings, Usage
 from genwire.proto.v1 import generation_pb2 as pb
 from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
 from genwire.request import ErrorCode
@@ -43,30 +45,116 @@ UNEXPECTED = "unknown"
 T = TypeVar("T")
 
 
+_GUIDED_KINDS = {
+    pb.Guided.KIND_JSON_OBJECT: "json_object",
+    pb.Guided.KIND_JSON_SCHEMA: "json_schema",
+    pb.Guided.KIND_REGEX: "regex",
+    pb.Guided.KIND_CHOICE: "choice",
+    pb.Guided.KIND_GRAMMAR: "grammar",
+}
+_OPTIONAL = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "n",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "min_p",
+    "min_tokens",
+)
+
+
 def request_fields(message: pb.GenerateRequest) -> dict[str, Any]:
     """The genwire request fields of a proto request (unset optionals left to defaults)."""
     fields: dict[str, Any] = {
         "prompt": message.prompt or None,
+        "prompt_token_ids": list(message.prompt_token_ids) or None,
         "messages": [{"role": m.role, "content": m.content} for m in message.messages] or None,
         "stop": list(message.stop) or None,
         "model": message.model or None,
+        "model_version": message.model_version or None,
         "metadata": dict(message.metadata) or None,
+        "logprobs": message.logprobs or None,
+        "ignore_eos": message.ignore_eos or None,
+        "stop_token_ids": list(message.stop_token_ids) or None,
+        "logit_bias": {str(k): v for k, v in message.logit_bias.items()} or None,
     }
-    for name in ("max_tokens", "temperature", "top_p", "top_k", "seed"):
+    for name in _OPTIONAL:
         if message.HasField(name):
             fields[name] = getattr(message, name)
+    if message.HasField("guided"):
+        kind = _GUIDED_KINDS.get(message.guided.kind)
+        if kind is None:
+            raise GatewayError(
+                "guided.kind must be set (JSON_OBJECT, JSON_SCHEMA, REGEX, CHOICE, GRAMMAR)",
+                code=ErrorCode.INVALID_REQUEST,
+                param="guided",
+            )
+        fields["guided"] = {"kind": kind, "spec": message.guided.spec}
     return fields
 
 
-def _timings(t: Timings) -> pb.Timings:
+def _timestamp(ms: float | None) -> Timestamp | None:
+    if not ms:
+        return None
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(ms * 1_000_000))
+    return stamp
+
+
+def _duration(ms: float | None) -> Duration | None:
+    if ms is None or ms < 0:
+        return None
+    duration = Duration()
+    duration.FromNanoseconds(int(ms * 1_000_000))
+    return duration
+
+
+def _between(start: float | None, end: float | None) -> Duration | None:
+    return _duration(end - start) if start and end else None
+
+
+def timings_message(t: Timings) -> pb.Timings:
+    """A result's timings as Timestamps, with the durations a caller asks about."""
     return pb.Timings(
-        received=t.received or 0.0,
-        prepared=t.prepared or 0.0,
-        inference_start=t.inference_start or 0.0,
-        first_token=t.first_token or 0.0,
-        inference_end=t.inference_end or 0.0,
-        completed=t.completed or 0.0,
+        received=_timestamp(t.received),
+        prepared=_timestamp(t.prepared),
+        inference_start=_timestamp(t.inference_start),
+        first_token=_timestamp(t.first_token),
+        inference_end=_timestamp(t.inference_end),
+        completed=_timestamp(t.completed),
+        time_to_first_token=_between(t.received, t.first_token),
+        total=_between(t.received, t.completed),
+        triton_queue=_duration(t.triton_queue_ms),
+        triton_compute=_duration(t.triton_compute_ms),
     )
+
+
+def logprobs_message(logprobs: Sequence[OutputLogprob] | None) -> list[pb.TokenLogprob]:
+    """Token logprobs as proto messages."""
+    return [
+        pb.TokenLogprob(
+            token=lp.token,
+            token_id=lp.token_id,
+            logprob=lp.logprob,
+            bytes=bytes(lp.bytes or b""),
+            top_logprobs=[
+                pb.TopLogprob(
+                    token=alt.token,
+                    token_id=alt.token_id,
+                    logprob=alt.logprob,
+                    bytes=bytes(alt.bytes or b""),
+                )
+                for alt in lp.top
+            ],
+            text_offset=lp.text_offset,
+        )
+        for lp in logprobs or []
+    ]
 
 
 def to_response(result: GenerationResult, *, model: str, trace_id: str) -> pb.GenerateResponse:
@@ -78,8 +166,18 @@ def to_response(result: GenerationResult, *, model: str, trace_id: str) -> pb.Ge
         usage=pb.Usage(**result.usage.counts()),
         model=result.model or model,
         model_version=result.model_version,
-        timings=_timings(result.timings),
+        timings=timings_message(result.timings),
         trace_id=trace_id,
+        choices=[
+            pb.Choice(
+                index=c.index,
+                text=c.text,
+                finish_reason=c.finish_reason or "",
+                logprobs=logprobs_message(c.logprobs),
+            )
+            for c in result.choices
+        ],
+        logprobs=logprobs_message(result.logprobs),
     )
 
 
@@ -93,6 +191,8 @@ def to_stream_response(chunk: Chunk, request_id: str, trace_id: str) -> pb.Gener
         finish_reason=chunk.finish_reason or "",
         usage=pb.Usage(**(chunk.usage or Usage()).counts()) if chunk.final else None,
         trace_id=trace_id,
+        choice=chunk.choice,
+        logprobs=logprobs_message(chunk.logprobs),
     )
 
 
@@ -273,8 +373,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
 
         async def work(span: Span) -> pb.CancelResponse:
             _require_request_id(request.request_id, span)
+            known = await self._gateway.known(request.request_id)
             await self._gateway.cancel(request.request_id, request.reason or "cancelled by caller")
-            return pb.CancelResponse(accepted=True)
+            return pb.CancelResponse(accepted=True, known=known)
 
         return await self._call("Cancel", context, work)
 

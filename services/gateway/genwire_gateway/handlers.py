@@ -369,6 +369,20 @@ class Gateway:
         known = await self.store.known(request_id)
         return (ResultStatus.PENDING if known else ResultStatus.NOT_FOUND), None
 
+    async def known(self, request_id: str) -> bool:
+        """Whether ``request_id`` names a request: waited for here, claimed by the pipeline
+        (preprocess claims every id it accepts), or with a stored result. A request still in
+        ``genwire.requests`` and sent by another instance is not known yet."""
+        if self.registry.wants(request_id):
+            return True
+        try:
+            if await self.store.known(request_id):
+                return True
+            return await self.store.get(request_id) is not None
+        except Exception as exc:  # Redis down: say what is known here only
+            log.warning("Redis lookup of %s failed: %s", request_id, exc)
+            return False
+
     async def cancel(self, request_id: str, reason: str = "") -> None:
         """Publish a cancel for ``request_id`` and wait for the broker's acknowledgement."""
         event = ControlEvent(request_id=request_id, action="cancel", reason=reason)
