@@ -5,12 +5,16 @@ from __future__ import annotations
 import fcntl
 import logging
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from genwire.settings import CommonSettings
 from genwire_model import DEFAULT_MODEL_NAME
 from genwire_model.build import BuildOptions, build_version, runtime_digest
 from genwire_model.checkpoint import inspect_checkpoint
 from genwire_model.repository import ModelRepository
+from genwire_model.runtime.runners import tensorrt_usable
+from genwire_model.runtime.tensorrt_engine import current_key, find_engine, key_name
 from genwire_model.train import ensure_checkpoint
 
 log = logging.getLogger(__name__)
@@ -22,12 +26,31 @@ def _print(message: str) -> None:
     print(f"model: {message}", flush=True)
 
 
+def engine_key() -> dict[str, str] | None:
+    """TensorRT version and GPU compute capability here; None where TensorRT cannot run."""
+    if tensorrt_usable() is not None:
+        return None
+    try:
+        return current_key()
+    except Exception:  # a GPU that cannot be queried: serve with ONNX Runtime, build no engine
+        log.warning("could not read the TensorRT version or the GPU", exc_info=True)
+        return None
+
+
+def _has_engine(path: Path, manifest: dict[str, Any], engine: dict[str, str]) -> bool:
+    """An engine for ``engine``'s key is there, or building one here already failed once."""
+    tried = manifest.get("build", {}).get("tensorrt", {}).get("attempted_key")
+    return find_engine(path, engine) is not None or tried == key_name(engine)
+
+
 def ensure_default_model(settings: CommonSettings, progress: Callable[[str], None] = _print) -> str:
     """The version of ``genwire-gpt`` built from the current default checkpoint.
 
     Trains the checkpoint when its inputs (corpus, hyperparameters, code version) changed and
     builds a new repository version when no existing version was built from it with the
-    current serving code (model.py and its runtime).
+    current serving code (model.py and its runtime) and, where TensorRT runs here, with an
+    engine for this TensorRT version and GPU compute capability: a `pip install -U tensorrt`,
+    another GPU, or a repository first built without one gets a version with a fitting engine.
     """
     result = ensure_checkpoint(settings.home, progress=progress)
     if result.trained:
@@ -44,14 +67,20 @@ def ensure_default_model(settings: CommonSettings, progress: Callable[[str], Non
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             runtime = runtime_digest()
+            engine = engine_key()
             for version in reversed(repository.versions(DEFAULT_MODEL_NAME)):
-                manifest = repository.get(DEFAULT_MODEL_NAME, version).manifest
-                # Same weights and same serving code: nothing to rebuild.
+                found = repository.get(DEFAULT_MODEL_NAME, version)
+                manifest = found.manifest
+                # Same weights, same serving code and (where TensorRT runs here) an engine
+                # for this TensorRT version and GPU: nothing to rebuild.
                 if (
                     manifest.get("source", {}).get("checkpoint_sha256") == digest
                     and manifest.get("build", {}).get("runtime_sha256") == runtime
+                    and (engine is None or _has_engine(found.path, manifest, engine))
                 ):
                     return str(version)
+            if engine is not None:
+                progress(f"building an engine for {key_name(engine)} ({engine.get('gpu', '')})")
             built = build_version(
                 result.path,
                 DEFAULT_MODEL_NAME,

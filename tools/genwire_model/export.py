@@ -24,6 +24,11 @@ import numpy.typing as npt
 from genwire_model.checkpoint import CheckpointInfo
 
 INPUT_NAMES = ["input_ids", "attention_mask", "position_ids", "past_keys", "past_values"]
+# The additive attention mask's "masked" value: finite in FP16 (largest 65504), where float32's
+# minimum (-3.4e38, what transformers uses) overflows to -inf and turns a fully masked row
+# (padding in a left-padded batched prefill) into NaN under a TensorRT FP16 engine. exp(-1e4)
+# is exactly 0 in FP32 and FP16, so attention over valid positions is unchanged.
+MASK_VALUE = -1.0e4
 OUTPUT_NAMES = ["logits", "present_keys", "present_values"]
 OPSET = 17
 # fp32 graph vs fp32 torch: anything above this is an export bug, not rounding.
@@ -46,6 +51,23 @@ def load_model(info: CheckpointInfo) -> Any:
     )
     model.eval()
     return model
+
+
+def additive_mask(attention_mask: Any, new_tokens: Any) -> Any:
+    """The 4D float mask [B, 1, S, P+S] the model adds to its attention scores.
+
+    Built here rather than by transformers (a 4D mask is used as given): causal over the whole
+    cache plus the padding of ``attention_mask`` [B, P+S] (1 = attend), 0 where attended and
+    the FP16-safe ``MASK_VALUE`` elsewhere. Sizes stay symbolic under the ONNX tracer.
+    """
+    import torch
+
+    total = attention_mask.shape[1]
+    keys = torch.arange(total)
+    queries = torch.arange(new_tokens) + (total - new_tokens)  # query i sits at column P+i
+    causal = keys[None, :] <= queries[:, None]  # [S, P+S]
+    allowed = causal[None, None, :, :] & (attention_mask[:, None, None, :] > 0)
+    return torch.where(allowed, 0.0, MASK_VALUE).to(torch.float32)
 
 
 def _wrapper(model: Any, num_layers: int) -> Any:
@@ -72,7 +94,7 @@ def _wrapper(model: Any, num_layers: int) -> Any:
                 cache.update(past_keys[layer], past_values[layer], layer)
             out = self.model(
                 input_ids=input_ids,
-                attention_mask=attention_mask,
+                attention_mask=additive_mask(attention_mask, input_ids.shape[1]),
                 position_ids=position_ids,
                 past_key_values=cache,
                 use_cache=True,
@@ -186,6 +208,7 @@ def validate_onnx(info: CheckpointInfo, model: Any, onnx_path: Path) -> Validati
         # Only the valid cache columns matter: padded ones are masked out downstream.
         present_diff = float(np.abs(got[1][..., -new:, :] - want[1][..., -new:, :].numpy()).max())
         cases[name] = max(diff, present_diff)
+    cases["native_mask_vs_exported"] = _native_mask_diff(info, model, session)
     cases["merged_batch_vs_single"] = _merged_batch_diff(info, session)
     cases["padded_prefill_vs_single"] = _padded_prefill_diff(info, session)
     worst = max(cases.values())
@@ -291,3 +314,26 @@ def _padded_prefill_diff(info: CheckpointInfo, session: Any) -> float:
     if not (np.isfinite(keys).all() and np.isfinite(values).all()):
         return float("inf")  # NaN at padded positions would poison every later step
     return float(max(np.abs(logits[i] - singles[i]).max() for i in range(rows)))
+
+
+def _native_mask_diff(info: CheckpointInfo, model: Any, session: Any) -> float:
+    """The exported graph (its own FP16-safe mask) against the model's native masking."""
+    import torch
+
+    rng = np.random.default_rng(5)
+    n = min(12, info.context)
+    prompt = rng.integers(0, info.vocab_size, (1, n), dtype=np.int64)
+    empty = np.zeros((info.num_layers, 1, info.num_kv_heads, 0, info.head_dim), np.float32)
+    logits, _, _ = session.run(
+        OUTPUT_NAMES,
+        {
+            "input_ids": prompt,
+            "attention_mask": np.ones((1, n), dtype=np.int64),
+            "position_ids": np.arange(n, dtype=np.int64)[None, :],
+            "past_keys": empty,
+            "past_values": empty,
+        },
+    )
+    with torch.no_grad():
+        native = model(input_ids=torch.from_numpy(prompt), use_cache=False).logits[0, -1]
+    return float(np.abs(logits[0] - native.numpy()).max())

@@ -1,141 +1,117 @@
-"""Build a TensorRT engine from the KV-cache ONNX graph (GPU machines only).
+"""The TensorRT engine of a version at build time (GPU machines only).
 
-Precision depends on the TensorRT major version:
-
-- TensorRT 10: the network is weakly typed by default, so the ``FP16`` builder flag lets
-  TensorRT pick FP16 kernels where the GPU has fast FP16.
-- TensorRT 11 removed the precision builder flags: networks are always strongly typed and run
-  in the precisions the ONNX graph itself declares. Reduced precision therefore means an FP16
-  graph: Model Optimizer's AutoCast (``modelopt.onnx.autocast``) converts a copy, keeping FP32
-  inputs and outputs so the runner's KV tensors are unchanged. Without ModelOpt the engine is
-  built in FP32 and the manifest says so.
-
-The TensorRT version, precision and profiles are recorded in ``tensorrt.json`` beside the
-engine: an engine only deserializes with the TensorRT version (and GPU) that built it.
+The engine itself is built by ``runtime/tensorrt_engine.py`` (shared with the runner, which
+builds one at load time for a GPU or TensorRT version the repository has none for); here the
+build-time steps around it: the engine goes under ``engines/<key>/`` of the version being
+assembled, is run once on validation prompts against ONNX Runtime (a left-padded multi-row
+prefill and a greedy decode), and its agreement goes into the manifest. In ``auto`` mode any
+failure (build, load or run) leaves the version without an engine (ONNX Runtime serves it)
+and the manifest says why; ``on`` turns the failure into a build error.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from genwire_model.checkpoint import CheckpointInfo
+from genwire_model.runtime.tensorrt_engine import (
+    PLAN,
+    TensorRTBuildError,
+    agreement,
+    build_engine,
+    current_key,
+    engine_dir,
+    key_name,
+    prefill_rows,
+    profile_shapes,
+)
 
 log = logging.getLogger(__name__)
 
-WORKSPACE_BYTES = 1 << 30
+# The engine runs FP16 kernels: greedy tokens may part from FP32 ONNX Runtime's after a near
+# tie, but the first prefill's choice and the logits must stay close.
+MAX_ENGINE_LOGIT_DIFF = 0.5
+
+__all__ = [
+    "MAX_ENGINE_LOGIT_DIFF",
+    "TensorRTBuildError",
+    "build_for_version",
+    "prefill_rows",
+    "profile_shapes",
+]
 
 
-class TensorRTBuildError(RuntimeError):
-    """TensorRT could not parse or build the graph; the message carries its errors."""
-
-
-def _fp16_graph(onnx_path: Path, out: Path, progress: Callable[[str], None]) -> str | None:
-    """Write an FP16 copy of the graph (FP32 I/O) for strongly typed TensorRT; how, or None."""
-    try:
-        import onnx
-        from modelopt.onnx.autocast import (  # type: ignore[import-not-found]
-            convert_to_mixed_precision,
-        )
-    except ImportError:
-        progress("TensorRT >= 11 without nvidia-modelopt: building the engine in FP32")
-        return None
-    converted = convert_to_mixed_precision(
-        onnx_path=str(onnx_path), low_precision_type="fp16", keep_io_types=True
-    )
-    onnx.save(converted, str(out))
-    return "fp16 (strongly typed graph converted by modelopt.onnx.autocast)"
-
-
-def profile_shapes(
-    info: CheckpointInfo, max_batch: int, context: int
-) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-    """min/opt/max shapes per input: decode-sized opt, the whole context as max.
-
-    The runner prefills with one masked past column (``min_past = 1``), so no tensor is ever
-    zero-sized; the cache can be one column wider than the context for the same reason.
-    """
-    layers, heads, dim = info.num_layers, info.num_kv_heads, info.head_dim
-    opt_batch = min(8, max_batch)
-    opt_past = min(128, context)
+def _shape(info: CheckpointInfo) -> dict[str, int]:
     return {
-        "input_ids": ((1, 1), (opt_batch, 1), (max_batch, context)),
-        "position_ids": ((1, 1), (opt_batch, 1), (max_batch, context)),
-        "attention_mask": ((1, 2), (opt_batch, opt_past + 1), (max_batch, context + 2)),
-        "past_keys": (
-            (layers, 1, heads, 1, dim),
-            (layers, opt_batch, heads, opt_past, dim),
-            (layers, max_batch, heads, context + 1, dim),
-        ),
-        "past_values": (
-            (layers, 1, heads, 1, dim),
-            (layers, opt_batch, heads, opt_past, dim),
-            (layers, max_batch, heads, context + 1, dim),
-        ),
+        "num_layers": info.num_layers,
+        "num_kv_heads": info.num_kv_heads,
+        "head_dim": info.head_dim,
+        "vocab_size": info.vocab_size,
     }
 
 
-def build_engine(
+def build_for_version(
     info: CheckpointInfo,
     onnx_path: Path,
-    out_dir: Path,
+    out: Path,
     max_batch: int,
     context: int,
+    mode: str,
+    reason: str | None,
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
-    """Write ``model.plan`` and ``tensorrt.json`` into ``out_dir``; returns the record."""
-    import tensorrt as trt
+    """The manifest's ``build.tensorrt`` record for a version being assembled in ``out``.
 
-    major = int(trt.__version__.split(".")[0])
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    source, precision = onnx_path, "fp32"
-    if major >= 11:
-        fp16_path = out_dir / "model.fp16.onnx"
-        how = _fp16_graph(onnx_path, fp16_path, progress)
-        if how:
-            source, precision = fp16_path, how
-    # No creation flags: explicit batch is the only mode since 10.0, and 11.x networks are
-    # always strongly typed.
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(source)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise TensorRTBuildError(f"TensorRT could not parse {source.name}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    # platform_has_fast_fp16 is deprecated in 10.x; treat its absence as "yes".
-    if major < 11 and getattr(builder, "platform_has_fast_fp16", True):
-        config.set_flag(trt.BuilderFlag.FP16)
-        precision = "fp16 (builder flag, weakly typed network)"
-    profile = builder.create_optimization_profile()
-    shapes = profile_shapes(info, max_batch, context)
-    for name, (low, opt, high) in shapes.items():
-        profile.set_shape(name, low, opt, high)
-    config.add_optimization_profile(profile)
-    progress(f"building the TensorRT {trt.__version__} engine ({precision})")
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise TensorRTBuildError("TensorRT failed to build the engine; see its log above")
-    (out_dir / "model.plan").write_bytes(bytes(serialized))
-    if source != onnx_path:
-        source.unlink(missing_ok=True)  # the FP16 copy only fed the builder
-    record: dict[str, Any] = {
-        "tensorrt_version": trt.__version__,
-        "precision": precision,
-        "max_batch": max_batch,
-        "context": context,
-        "profiles": [{k: [list(s) for s in v] for k, v in shapes.items()}],
-    }
+    ``reason`` is why TensorRT cannot run here (None: it can). Raises TensorRTBuildError only
+    when ``mode`` is "on" and no working engine could be made.
+    """
+    if reason is not None:
+        if mode == "on":
+            raise TensorRTBuildError(f"--tensorrt on, but {reason}")
+        progress(f"TensorRT engine skipped: {reason}")
+        return {"built": False, "reason": reason}
+    stage = "build"
+    folder: Path | None = None
+    attempted = ""
     try:
-        import torch
+        key = current_key()
+        attempted = key_name(key)
+        folder = engine_dir(out, key)
+        record = build_engine(onnx_path, folder, _shape(info), max_batch, context, progress)
+        stage = "run"
+        record["agreement"] = verify(out, folder / PLAN, _shape(info), context)
+        figures = record["agreement"]
+        if not figures["finite"] or figures["max_abs_logit_diff"] > MAX_ENGINE_LOGIT_DIFF:
+            raise TensorRTBuildError(f"the engine disagrees with ONNX Runtime: {figures}")
+        progress(
+            f"TensorRT vs ONNX Runtime: largest logit difference "
+            f"{figures['max_abs_logit_diff']:.3g}, greedy agreement "
+            f"{figures['greedy_token_agreement']:.0%} over {figures['cases']['decode_steps']} "
+            "decode steps"
+        )
+        return {"built": True, "path": str(folder.relative_to(out)), **record}
+    except Exception as exc:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        message = f"TensorRT {stage} failed: {type(exc).__name__}: {exc}"
+        if mode == "on":
+            raise TensorRTBuildError(message) from exc
+        log.warning("%s; the version is served with ONNX Runtime", message, exc_info=True)
+        progress(f"{message}; ONNX Runtime will serve this version")
+        # The key tried: `genwire up` does not rebuild the default model for it again.
+        return {"built": False, "reason": message[:2000], "attempted_key": attempted}
 
-        record["gpu"] = torch.cuda.get_device_name(0)
-        record["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
-    except Exception:  # the record is informative; a missing GPU name is not an error
-        log.debug("could not read the GPU name", exc_info=True)
-    (out_dir / "tensorrt.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-    return record
+
+def verify(version_dir: Path, plan: Path, shape: dict[str, int], context: int) -> dict[str, Any]:
+    """Run the engine and ONNX Runtime side by side on validation prompts (see agreement)."""
+    from genwire_model.runtime.runners import OnnxRuntimeRunner, TensorRTRunner
+
+    # What the runners read of a version's manifest (it is written after this step).
+    manifest: dict[str, Any] = {"shape": shape, "context_length": context, "eos_token_ids": []}
+    engine = TensorRTRunner(plan, manifest)
+    reference = OnnxRuntimeRunner(version_dir / "model.onnx", manifest)
+    return agreement(engine, reference, int(shape["vocab_size"]), context)

@@ -9,6 +9,9 @@ device it lives on.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -130,10 +133,21 @@ class OnnxRuntimeRunner:
 
 
 class TensorRTRunner:
-    """A serialized TensorRT engine of the same graph; the cache lives in CUDA memory (torch)."""
+    """A serialized TensorRT engine of the same graph; the cache lives in CUDA memory (torch).
+
+    Two execution contexts, one per optimization profile (``prefill`` and ``decode``, see
+    tensorrt_engine.py): a pass uses the decode context when it feeds one token per row and
+    the cache fits it. Inputs are staged in pinned host buffers and copied without blocking on
+    the engine's stream; the logits come back through a pinned buffer, and that copy's event is
+    the only synchronization per pass. Every TensorRT call that can fail is checked: a shape
+    outside the profiles raises ``ValueError`` naming the limit, a failed execution
+    ``RuntimeError`` (create_runner's wrapper then falls back to ONNX Runtime).
+    """
 
     backend = "tensorrt"
     min_past = 1  # the engine's profiles start at one past column: no zero-sized tensors
+    # False: forward returns the logits as a CUDA tensor, for sample_on_device (no host copy).
+    host_logits = True
 
     def __init__(self, engine_path: Path, manifest: dict[str, Any], device: int = 0) -> None:
         import tensorrt as trt
@@ -145,14 +159,32 @@ class TensorRTRunner:
         torch.cuda.set_device(self.device)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
+        if self.runtime is None:
+            raise RuntimeError("trt.Runtime could not be created (CUDA driver?)")
         self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
             raise RuntimeError(
                 f"TensorRT {trt.__version__} could not deserialize {engine_path} "
                 "(built with another TensorRT version or for another GPU?)"
             )
-        self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream(device=self.device)
+        self.profiles: list[dict[str, Any]] = []
+        for index in range(int(self.engine.num_optimization_profiles)):
+            context = self.engine.create_execution_context()
+            if context is None:
+                raise RuntimeError(
+                    "TensorRT could not create an execution context (out of GPU memory?)"
+                )
+            if not context.set_optimization_profile_async(index, self.stream.cuda_stream):
+                raise RuntimeError(f"TensorRT refused optimization profile {index}")
+            limits = {
+                name: [tuple(s) for s in self.engine.get_tensor_profile_shape(name, index)]
+                for name in INPUT_NAMES
+            }
+            self.profiles.append({"index": index, "context": context, "limits": limits})
+        self.stream.synchronize()
+        if not self.profiles:
+            raise RuntimeError(f"{engine_path} has no optimization profile")
         to_torch = {
             trt.DataType.FLOAT: torch.float32,
             trt.DataType.HALF: torch.float16,
@@ -161,43 +193,130 @@ class TensorRTRunner:
         }
         if hasattr(trt.DataType, "BF16"):
             to_torch[trt.DataType.BF16] = torch.bfloat16
-        self.dtypes = {
-            name: to_torch[self.engine.get_tensor_dtype(name)]
-            for name in (*INPUT_NAMES, *OUTPUT_NAMES)
-        }
+        self.dtypes = {}
+        for name in (*INPUT_NAMES, *OUTPUT_NAMES):
+            kind = self.engine.get_tensor_dtype(name)
+            if kind not in to_torch:
+                raise RuntimeError(f"engine tensor {name} has unsupported type {kind}")
+            self.dtypes[name] = to_torch[kind]
         shape = manifest["shape"]
         self.layers = int(shape["num_layers"])
         self.heads = int(shape["num_kv_heads"])
         self.head_dim = int(shape["head_dim"])
         self.vocab_size = int(shape["vocab_size"])
+        self.max_rows = max(p["limits"]["input_ids"][2][0] for p in self.profiles)
+        widest = max(p["limits"]["attention_mask"][2][1] for p in self.profiles)
+        pin = torch.cuda.is_available()
+        self._host = {
+            name: torch.empty((self.max_rows, widest), dtype=torch.int64, pin_memory=pin)
+            for name in ("input_ids", "attention_mask", "position_ids")
+        }
+        self._logits = torch.empty(
+            (self.max_rows, self.vocab_size), dtype=torch.float32, pin_memory=pin
+        )
+        self._copied = torch.cuda.Event()
+        self.device_logits: Any = None
+
+    def _profile(self, rows: int, seq: int, past: int) -> dict[str, Any]:
+        """The profile a pass runs in: decode when it fits, else the first one that does."""
+        fits = []
+        for profile in self.profiles:
+            ids, kv = profile["limits"]["input_ids"], profile["limits"]["past_keys"]
+            if ids[0][1] <= seq <= ids[2][1] and kv[0][3] <= past <= kv[2][3]:
+                fits.append(profile)
+        if not fits:
+            ranges = [
+                f"profile {p['index']}: tokens {p['limits']['input_ids'][0][1]}.."
+                f"{p['limits']['input_ids'][2][1]}, cache {p['limits']['past_keys'][0][3]}.."
+                f"{p['limits']['past_keys'][2][3]}"
+                for p in self.profiles
+            ]
+            raise ValueError(
+                f"no TensorRT profile takes {seq} new tokens over a {past}-column cache "
+                f"({'; '.join(ranges)}); rebuild with a larger --max-context"
+            )
+        # Most rows first: a pass is split only when no profile holds all its rows.
+        return max(fits, key=lambda p: p["limits"]["input_ids"][2][0])
 
     def forward(
         self, input_ids: Array, attention_mask: Array, position_ids: Array, kv: KV
     ) -> tuple[Array, KV]:
         """One pass on the GPU; only the logits come back to the host."""
-        torch = self.torch
+        rows, seq = input_ids.shape
+        profile = self._profile(rows, seq, int(kv[0].shape[3]))
+        limit = profile["limits"]["input_ids"][2][0]
+        if rows <= limit:
+            return self._run(profile, input_ids, attention_mask, position_ids, kv)
+        # More rows than the profile holds (a big prefill): run them in slices.
+        logits, keys, values = [], [], []
+        for start in range(0, rows, limit):
+            part = slice(start, start + limit)
+            got, (k, v) = self._run(
+                profile,
+                input_ids[part],
+                attention_mask[part],
+                position_ids[part],
+                (kv[0][:, part], kv[1][:, part]),
+            )
+            logits.append(got)
+            keys.append(k)
+            values.append(v)
+        with self.torch.cuda.stream(self.stream):
+            merged = (self.torch.cat(keys, dim=1), self.torch.cat(values, dim=1))
+        return np.concatenate(logits, axis=0), merged
+
+    def _run(
+        self,
+        profile: dict[str, Any],
+        input_ids: Array,
+        attention_mask: Array,
+        position_ids: Array,
+        kv: KV,
+    ) -> tuple[Array, KV]:
+        torch, context = self.torch, profile["context"]
+        rows = input_ids.shape[0]
         with torch.cuda.stream(self.stream):
+            tensors: dict[str, Any] = {}
             feeds = {
-                "input_ids": torch.from_numpy(input_ids),
-                "attention_mask": torch.from_numpy(attention_mask),
-                "position_ids": torch.from_numpy(position_ids),
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "position_ids": position_ids,
             }
-            tensors: dict[str, Any] = {
-                name: t.to(self.device, self.dtypes[name], non_blocking=False)
-                for name, t in feeds.items()
-            }
+            for name, array in feeds.items():
+                staged = self._host[name][: array.shape[0], : array.shape[1]]
+                staged.numpy()[...] = array  # pinned: the copy below does not block
+                device = staged.to(self.device, non_blocking=True)
+                tensors[name] = device.to(self.dtypes[name]).contiguous()
             tensors["past_keys"] = kv[0].to(self.dtypes["past_keys"]).contiguous()
             tensors["past_values"] = kv[1].to(self.dtypes["past_values"]).contiguous()
             for name in INPUT_NAMES:
-                self.context.set_input_shape(name, tuple(tensors[name].shape))
-                self.context.set_tensor_address(name, tensors[name].data_ptr())
+                shape = tuple(int(d) for d in tensors[name].shape)
+                if not context.set_input_shape(name, shape):
+                    low, _, high = profile["limits"][name]
+                    raise ValueError(
+                        f"TensorRT refused {name} of shape {shape} (profile {profile['index']}: "
+                        f"{low}..{high})"
+                    )
+                if not context.set_tensor_address(name, tensors[name].data_ptr()):
+                    raise RuntimeError(f"TensorRT refused the address of {name}")
             for name in OUTPUT_NAMES:
-                shape = tuple(self.context.get_tensor_shape(name))
+                shape = tuple(int(d) for d in context.get_tensor_shape(name))
+                if any(d < 0 for d in shape):
+                    raise RuntimeError(f"TensorRT could not infer the shape of {name}: {shape}")
                 tensors[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
-                self.context.set_tensor_address(name, tensors[name].data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError("TensorRT execution failed")
-            logits = tensors["logits"].float().cpu().numpy()  # synchronizes the stream
+                if not context.set_tensor_address(name, tensors[name].data_ptr()):
+                    raise RuntimeError(f"TensorRT refused the address of {name}")
+            if not context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed (execute_async_v3 returned False)")
+            self.device_logits = tensors["logits"]
+            if not self.host_logits:
+                # The caller samples on the GPU (sample_on_device): no copy, no wait.
+                return tensors["logits"], (tensors["present_keys"], tensors["present_values"])
+            out = self._logits[:rows]
+            out.copy_(tensors["logits"].float(), non_blocking=True)
+            self._copied.record(self.stream)
+        self._copied.synchronize()  # the one wait per pass: the logits are on the host
+        logits = out.numpy().copy()  # the pinned buffer is reused by the next pass
         return logits, (tensors["present_keys"], tensors["present_values"])
 
     def empty(self, batch: int, width: int) -> KV:
@@ -236,37 +355,283 @@ class TensorRTRunner:
         with self.torch.cuda.stream(self.stream):
             return kv[0][:, :, :, columns:].contiguous(), kv[1][:, :, :, columns:].contiguous()
 
+    def sample_on_device(
+        self, logits: Any, temperature: Array, top_p: Array, top_k: Array, draws: Array
+    ) -> tuple[Array, Array]:
+        """Tokens and their log-probabilities sampled on the GPU from logits [B, V].
+
+        ``logits`` None means the last pass's, still on the device.
+        The same rule as sampling.sample_batch (temperature 0 or top_k 1: greedy; top-k and
+        top-p keep every token reaching the cut-off; the pick is the first token whose
+        cumulative mass exceeds ``draws[i]`` x the kept mass), with the uniform draws made on
+        the host by each request's own generator, so a seed gives the same text batched or
+        not. Only B floats go up and 2 x B values come back.
+        """
+        torch = self.torch
+        with torch.cuda.stream(self.stream):
+            source = self.device_logits if logits is None else logits
+            logits = torch.as_tensor(source, device=self.device).float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            temp = torch.as_tensor(temperature, dtype=torch.float32, device=self.device)
+            k = torch.as_tensor(top_k, dtype=torch.int64, device=self.device)
+            p = torch.as_tensor(top_p, dtype=torch.float32, device=self.device)
+            u = torch.as_tensor(draws, dtype=torch.float64, device=self.device)
+            greedy = logprobs.argmax(dim=-1)
+            sampled = (temp > 0) & (k != 1)
+            scaled = logprobs / torch.where(sampled, temp, torch.ones_like(temp))[:, None]
+            probs = torch.exp(scaled - scaled.max(dim=-1, keepdim=True).values)
+            vocab = probs.shape[1]
+            kk = torch.where((k > 0) & (k < vocab), k, torch.full_like(k, vocab))
+            ordered = probs.sort(dim=-1, descending=True).values
+            kth = ordered.gather(1, (kk - 1)[:, None])
+            # Top-p over what top-k kept (ties at the k-th value included), as on the CPU.
+            kept = torch.where(ordered >= kth, ordered, torch.zeros_like(ordered))
+            cumulative = kept.cumsum(dim=-1)
+            limit = p[:, None] * kept.sum(dim=-1, keepdim=True)
+            cut = (cumulative < limit).sum(dim=-1, keepdim=True).clamp(max=vocab - 1)
+            nucleus = torch.where(p[:, None] < 1.0, kept.gather(1, cut), kth)
+            threshold = torch.maximum(kth, nucleus)
+            probs = torch.where(probs >= threshold, probs, torch.zeros_like(probs))
+            cdf = probs.double().cumsum(dim=-1)
+            picks = (cdf <= (u * cdf[:, -1])[:, None]).sum(dim=-1).clamp(max=vocab - 1)
+            tokens = torch.where(sampled, picks, greedy)
+            chosen = logprobs.gather(1, tokens[:, None])[:, 0]
+            out = torch.stack([tokens.double(), chosen.double()]).cpu()  # synchronizes
+        return out[0].numpy().astype(np.int64), out[1].numpy().astype(np.float32)
+
 
 def tensorrt_usable() -> str | None:
     """None when a CUDA GPU and the tensorrt package are present, else the reason why not."""
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return "the tensorrt package is not installed"
+        return "the tensorrt package is not installed (pip install 'genwire[gpu]')"
+    except Exception as exc:  # a broken install (missing CUDA libraries) is not a crash
+        return f"the tensorrt package does not load: {type(exc).__name__}: {exc}"
     try:
         import torch
     except ImportError:
         return "torch is not installed (the TensorRT runner keeps the KV cache in torch tensors)"
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible"
+    try:
+        if not torch.cuda.is_available():
+            return "no CUDA GPU is visible"
+    except Exception as exc:
+        return f"CUDA is not usable: {type(exc).__name__}: {exc}"
     return None
+
+
+STATUS_FILE = "runtime-status.json"
+BUILD_ON_LOAD_ENV = "GENWIRE_TENSORRT_BUILD_ON_LOAD"
+
+log = logging.getLogger(__name__)
+
+
+class _Fallback:
+    """Where a runner's fall back to ONNX Runtime is reported: log, Triton metric, status file.
+
+    The status file (``runtime-status.json`` in the version folder) says which backend serves
+    the version and, after a fallback, at which stage (build, deserialize, run) and why;
+    ``genwire model list`` prints it. The metric ``genwire_tensorrt_fallback_total`` (labels
+    model, version, stage) appears on Triton's metrics port when running inside Triton.
+    """
+
+    def __init__(self, version_dir: Path) -> None:
+        self.version_dir = version_dir
+        self.model = version_dir.parent.name
+        self.version = version_dir.name
+        self.events: list[dict[str, str]] = []
+        self._family: Any = None
+
+    def status(self, backend: str, engine: str = "") -> None:
+        """Record the backend now serving (and every fallback so far)."""
+        record = {
+            "backend": backend,
+            "engine": engine,
+            "fallbacks": self.events,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        path = self.version_dir / STATUS_FILE
+        try:
+            tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}")
+            tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:  # a read-only repository: the log and the metric still say it
+            log.debug("could not write %s", path, exc_info=True)
+
+    def report(self, stage: str, reason: str) -> None:
+        """A fallback at ``stage`` (build, deserialize, run): warn, count, record."""
+        log.warning(
+            "%s version %s: TensorRT %s failed, serving with ONNX Runtime instead: %s",
+            self.model,
+            self.version,
+            stage,
+            reason,
+        )
+        self.events.append({"stage": stage, "reason": reason[:2000]})
+        self._count(stage)
+        self.status("onnxruntime")
+
+    def _count(self, stage: str) -> None:
+        try:
+            import triton_python_backend_utils as pb_utils  # only inside Triton's stub
+        except ImportError:
+            return
+        try:
+            if self._family is None:
+                self._family = pb_utils.MetricFamily(
+                    name="genwire_tensorrt_fallback_total",
+                    description="TensorRT failures that made a model version fall back to "
+                    "ONNX Runtime, by stage (build, deserialize, run)",
+                    kind=pb_utils.MetricFamily.COUNTER,
+                )
+            labels = {"model": self.model, "version": self.version, "stage": stage}
+            self._family.Metric(labels=labels).increment(1)
+        except Exception:  # metrics are best effort; serving goes on
+            log.debug("could not count the fallback", exc_info=True)
+
+
+def _to_host(kv: KV) -> KV:
+    """A cache as float32 numpy arrays (from torch CUDA tensors when TensorRT made it)."""
+    if isinstance(kv[0], np.ndarray):
+        return kv
+    return (
+        np.ascontiguousarray(kv[0].float().cpu().numpy()),
+        np.ascontiguousarray(kv[1].float().cpu().numpy()),
+    )
+
+
+class FallbackRunner:
+    """TensorRT until it fails, ONNX Runtime from then on, without dropping the batch.
+
+    A pass TensorRT cannot run is rerun by ONNX Runtime on the same inputs (the cache is copied
+    to the host once); every later pass and cache operation goes to ONNX Runtime. The cache's
+    masked dummy column of TensorRT's prefills stays harmless: ONNX Runtime masks it too.
+    Other attributes (``backend``, ``min_past``, ``vocab_size``, anything a runner adds) are
+    the active runner's.
+    """
+
+    def __init__(self, primary: Any, make_fallback: Any, fallback: _Fallback) -> None:
+        self.active = primary
+        self._make_fallback = make_fallback
+        self._report = fallback
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["active"], name)
+
+    def _switch(self, exc: BaseException) -> None:
+        self._report.report("run", f"{type(exc).__name__}: {exc}")
+        self.active = self._make_fallback()
+        self.failed = True
+
+    def forward(
+        self, input_ids: Array, attention_mask: Array, position_ids: Array, kv: KV
+    ) -> tuple[Array, KV]:
+        """TensorRT's pass, or ONNX Runtime's when TensorRT fails."""
+        if not self.failed:
+            try:
+                result: tuple[Array, KV] = self.active.forward(
+                    input_ids, attention_mask, position_ids, kv
+                )
+                return result
+            except Exception as exc:
+                log.exception("TensorRT pass failed")
+                self._switch(exc)
+        result = self.active.forward(input_ids, attention_mask, position_ids, _to_host(kv))
+        return result
+
+    def empty(self, batch: int, width: int) -> KV:
+        """A zero cache of the active runner."""
+        kv: KV = self.active.empty(batch, width)
+        return kv
+
+    def pad_left(self, kv: KV, columns: int) -> KV:
+        """Zero columns in front (on the active runner's side)."""
+        out: KV = self.active.pad_left(self._own(kv), columns)
+        return out
+
+    def concat(self, parts: list[KV]) -> KV:
+        """Batch concatenation."""
+        out: KV = self.active.concat([self._own(p) for p in parts])
+        return out
+
+    def take(self, kv: KV, rows: list[int]) -> KV:
+        """Row selection."""
+        out: KV = self.active.take(self._own(kv), rows)
+        return out
+
+    def trim_left(self, kv: KV, columns: int) -> KV:
+        """Column trim."""
+        out: KV = self.active.trim_left(self._own(kv), columns)
+        return out
+
+    def _own(self, kv: KV) -> KV:
+        return _to_host(kv) if self.failed else kv
+
+
+def _build_on_load(version_dir: Path, manifest: dict[str, Any], key: dict[str, str]) -> Path:
+    """Build the engine for this GPU and TensorRT into the version folder (load time)."""
+    from .tensorrt_engine import PLAN, build_engine, engine_dir
+
+    options = manifest.get("build", {}).get("options", {})
+    out = engine_dir(version_dir, key)
+    build_engine(
+        version_dir / "model.onnx",
+        out,
+        manifest["shape"],
+        int(options.get("max_batch", 32)),
+        int(manifest["context_length"]),
+        progress=log.info,
+    )
+    return out / PLAN
 
 
 def create_runner(
     version_dir: Path, threads: int = 2, prefer: str = "auto", allow_spinning: bool = False
 ) -> Runner:
-    """The runner for a version folder: its TensorRT engine on a GPU if both exist, else ORT.
+    """The runner for a version folder: TensorRT on a GPU when it works, else ONNX Runtime.
 
-    ``prefer`` is "auto", "onnxruntime" or "tensorrt" (the latter fails without a GPU).
+    ``prefer`` is "auto", "onnxruntime" or "tensorrt". "auto" uses the engine built for this
+    TensorRT version and GPU (``engines/<key>/``), building it now if the version has none
+    (unless ``GENWIRE_TENSORRT_BUILD_ON_LOAD=0``), and falls back to ONNX Runtime, with a
+    warning, the ``genwire_tensorrt_fallback_total`` metric and the reason in the version's
+    ``runtime-status.json``, whenever the engine cannot be built, deserialized or run.
+    "tensorrt" raises instead of falling back at load.
     """
+    version_dir = Path(version_dir)
     manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
-    engine = version_dir / "model.plan"
-    if prefer in ("auto", "tensorrt") and engine.is_file():
-        reason = tensorrt_usable()
-        if reason is None:
-            return TensorRTRunner(engine, manifest)
+    report = _Fallback(version_dir)
+
+    def onnxruntime() -> Runner:
+        return OnnxRuntimeRunner(version_dir / "model.onnx", manifest, threads, allow_spinning)
+
+    if prefer not in ("auto", "tensorrt"):
+        report.status("onnxruntime")
+        return onnxruntime()
+    reason = tensorrt_usable()
+    if reason is not None:
         if prefer == "tensorrt":
             raise RuntimeError(f"TensorRT backend requested but {reason}")
-    elif prefer == "tensorrt":
-        raise RuntimeError(f"TensorRT backend requested but {version_dir} has no model.plan")
-    return OnnxRuntimeRunner(version_dir / "model.onnx", manifest, threads, allow_spinning)
+        report.status("onnxruntime")
+        return onnxruntime()
+    from .tensorrt_engine import current_key, find_engine, key_name
+
+    key = current_key()
+    stage, engine = "deserialize", find_engine(version_dir, key)
+    try:
+        if engine is None:
+            if prefer == "auto" and os.environ.get(BUILD_ON_LOAD_ENV, "1") == "0":
+                report.status("onnxruntime")
+                return onnxruntime()
+            stage = "build"
+            engine = _build_on_load(version_dir, manifest, key)
+            stage = "deserialize"
+        runner = TensorRTRunner(engine, manifest)
+    except Exception as exc:
+        if prefer == "tensorrt":
+            raise
+        log.exception("TensorRT %s failed", stage)
+        report.report(stage, f"{type(exc).__name__}: {exc}")
+        return onnxruntime()
+    report.status("tensorrt", key_name(key))
+    return FallbackRunner(runner, onnxruntime, report)  # type: ignore[return-value]

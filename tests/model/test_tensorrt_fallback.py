@@ -1,0 +1,198 @@
+"""TensorRT's failures fall back to ONNX Runtime, with the reason recorded (no GPU needed).
+
+A version folder is made from the tiny checkpoint's exported graph; TensorRT's presence is
+simulated (``tensorrt_usable`` says yes, ``current_key`` names a GPU), so every TensorRT step
+that is then attempted fails for real (no tensorrt package, no CUDA): the runner must be ONNX
+Runtime, the status file must say at which stage and why, and engines must be looked up by
+TensorRT version and compute capability.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from genwire_model import export, tensorrt_build
+from genwire_model.checkpoint import inspect_checkpoint
+from genwire_model.runtime import runners, tensorrt_engine
+
+KEY = {"tensorrt_version": "10.13.3.9", "compute_capability": "9.0", "gpu": "NVIDIA H200"}
+
+
+@pytest.fixture(scope="module")
+def version_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    info = inspect_checkpoint(tiny_checkpoint)
+    out = tmp_path_factory.mktemp("repo") / "tiny" / "1"
+    out.mkdir(parents=True)
+    export.export_onnx(info, export.load_model(info), out / "model.onnx")
+    manifest = {
+        "context_length": info.context,
+        "eos_token_ids": [],
+        "shape": {
+            "num_layers": info.num_layers,
+            "num_kv_heads": info.num_kv_heads,
+            "head_dim": info.head_dim,
+            "vocab_size": info.vocab_size,
+        },
+        "build": {"options": {"max_batch": 4}},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture
+def gpu_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend TensorRT and a GPU are present: what follows fails like a broken install."""
+    monkeypatch.setattr(runners, "tensorrt_usable", lambda: None)
+    monkeypatch.setattr(tensorrt_engine, "current_key", lambda: dict(KEY))
+    monkeypatch.setattr(tensorrt_build, "current_key", lambda: dict(KEY))
+
+
+def status(version_dir: Path) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads((version_dir / runners.STATUS_FILE).read_text())
+    return record
+
+
+def test_key_names_the_tensorrt_version_and_compute_capability() -> None:
+    assert tensorrt_engine.key_name(KEY) == "trt10.13.3.9-sm90"
+    other_gpu = {**KEY, "compute_capability": "8.9"}
+    assert tensorrt_engine.key_name(other_gpu) != tensorrt_engine.key_name(KEY)
+
+
+def test_engine_is_found_only_for_its_own_key(tmp_path: Path) -> None:
+    folder = tensorrt_engine.engine_dir(tmp_path, KEY)
+    folder.mkdir(parents=True)
+    (folder / "model.plan").write_bytes(b"plan")
+    (folder / "tensorrt.json").write_text(json.dumps(KEY))
+    assert tensorrt_engine.find_engine(tmp_path, KEY) == folder / "model.plan"
+    assert tensorrt_engine.find_engine(tmp_path, {**KEY, "tensorrt_version": "11.4.1"}) is None
+    assert tensorrt_engine.find_engine(tmp_path, {**KEY, "compute_capability": "8.0"}) is None
+    # A version from before engines/ existed: its top-level plan counts for its recorded key.
+    (tmp_path / "model.plan").write_bytes(b"legacy")
+    (tmp_path / "tensorrt.json").write_text(json.dumps({**KEY, "tensorrt_version": "10.0.1"}))
+    legacy = {**KEY, "tensorrt_version": "10.0.1"}
+    assert tensorrt_engine.find_engine(tmp_path, legacy) == tmp_path / "model.plan"
+
+
+def test_without_tensorrt_the_runner_is_onnx_runtime_and_says_so(version_dir: Path) -> None:
+    if runners.tensorrt_usable() is None:
+        pytest.skip("TensorRT is usable here: the GPU tests cover this machine")
+    runner = runners.create_runner(version_dir, prefer="auto")
+    assert runner.backend == "onnxruntime"
+    assert status(version_dir)["backend"] == "onnxruntime"
+    with pytest.raises(RuntimeError, match="TensorRT backend requested but"):
+        runners.create_runner(version_dir, prefer="tensorrt")
+
+
+def test_an_engine_that_cannot_load_falls_back_with_the_reason(
+    version_dir: Path, gpu_here: None
+) -> None:
+    folder = tensorrt_engine.engine_dir(version_dir, KEY)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.plan").write_bytes(b"not an engine")
+    (folder / "tensorrt.json").write_text(json.dumps(KEY))
+    try:
+        runner = runners.create_runner(version_dir, prefer="auto")
+        assert runner.backend == "onnxruntime"
+        record = status(version_dir)
+        assert record["backend"] == "onnxruntime"
+        assert record["fallbacks"][-1]["stage"] == "deserialize"
+        assert record["fallbacks"][-1]["reason"]
+        with pytest.raises(Exception):  # noqa: B017 - "tensorrt" never falls back
+            runners.create_runner(version_dir, prefer="tensorrt")
+    finally:
+        import shutil
+
+        shutil.rmtree(version_dir / tensorrt_engine.ENGINES_DIR)
+
+
+def test_a_version_without_an_engine_builds_one_at_load_or_falls_back(
+    version_dir: Path, gpu_here: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = runners.create_runner(version_dir, prefer="auto")
+    assert runner.backend == "onnxruntime"
+    assert status(version_dir)["fallbacks"][-1]["stage"] == "build"
+    # Building at load can be switched off: then ONNX Runtime without a fallback event.
+    monkeypatch.setenv(runners.BUILD_ON_LOAD_ENV, "0")
+    (version_dir / runners.STATUS_FILE).unlink()
+    runner = runners.create_runner(version_dir, prefer="auto")
+    assert runner.backend == "onnxruntime"
+    assert status(version_dir)["fallbacks"] == []
+
+
+class _Failing:
+    backend, min_past, vocab_size = "tensorrt", 1, 0
+
+    def forward(self, *args: Any) -> Any:
+        raise RuntimeError("TensorRT execution failed (execute_async_v3 returned False)")
+
+    def empty(self, batch: int, width: int) -> Any:
+        raise AssertionError("not used")
+
+
+def test_a_failing_pass_is_rerun_on_onnx_runtime_and_later_ones_stay_there(
+    version_dir: Path,
+) -> None:
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+
+    def onnxruntime() -> Any:
+        return runners.OnnxRuntimeRunner(version_dir / "model.onnx", manifest)
+
+    reference = onnxruntime()
+    report = runners._Fallback(version_dir)
+    runner = runners.FallbackRunner(_Failing(), onnxruntime, report)
+    assert runner.backend == "tensorrt"
+    ids = np.array([[5, 6, 7]], np.int64)
+    positions = np.arange(3, dtype=np.int64)[None, :]
+    mask = np.array([[0, 1, 1, 1]], np.int64)  # TensorRT's masked dummy past column
+    kv = reference.empty(1, 1)
+    got, got_kv = runner.forward(ids, mask, positions, kv)
+    want, _ = reference.forward(ids, mask, positions, kv)
+    assert np.allclose(got, want)
+    assert runner.backend == "onnxruntime"
+    assert status(version_dir)["fallbacks"][-1]["stage"] == "run"
+    # The cache made before the switch keeps working with the ONNX Runtime runner.
+    step, _ = runner.forward(
+        np.array([[8]], np.int64), np.array([[0, 1, 1, 1, 1]]), np.array([[3]]), got_kv
+    )
+    assert np.isfinite(step).all()
+
+
+def test_build_in_auto_mode_records_why_there_is_no_engine(
+    version_dir: Path, tiny_checkpoint: Path, gpu_here: None
+) -> None:
+    info = inspect_checkpoint(tiny_checkpoint)
+    onnx_path = version_dir / "model.onnx"
+    record = tensorrt_build.build_for_version(
+        info, onnx_path, version_dir, 4, info.context, "auto", None, lambda _: None
+    )
+    assert record["built"] is False and "build failed" in record["reason"]
+    assert record["attempted_key"] == tensorrt_engine.key_name(KEY)
+    assert not (version_dir / tensorrt_engine.ENGINES_DIR).exists()
+    with pytest.raises(tensorrt_build.TensorRTBuildError):
+        tensorrt_build.build_for_version(
+            info, onnx_path, version_dir, 4, info.context, "on", None, lambda _: None
+        )
+    skipped = tensorrt_build.build_for_version(
+        info, onnx_path, version_dir, 4, info.context, "auto", "no CUDA GPU is visible"
+    )
+    assert skipped == {"built": False, "reason": "no CUDA GPU is visible"}
+
+
+def test_profiles_split_prefill_and_decode_and_bound_prefill_memory() -> None:
+    shapes = tensorrt_engine.profile_shapes(2, 4, 16, max_batch=32, context=4096)
+    prefill, decode = shapes["prefill"], shapes["decode"]
+    # Decode: one token per row, every row, the whole context of cache.
+    assert decode["input_ids"][2] == (32, 1)
+    assert decode["past_keys"][2][1] == 32 and decode["past_keys"][2][3] == 4097
+    # Prefill: whole prompts, but few rows at a long context (memory ~ rows x context²).
+    rows = tensorrt_engine.prefill_rows(32, 4096)
+    assert prefill["input_ids"][2] == (rows, 4096) and rows * 4096 <= 8192
+    assert prefill["past_keys"][2][3] == 1  # over the one masked dummy column
+    for profile in shapes.values():
+        for low, opt, high in profile.values():
+            assert all(a <= b <= c for a, b, c in zip(low, opt, high, strict=True))
+    assert tensorrt_engine.prefill_rows(32, 64) == 32
