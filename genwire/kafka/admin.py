@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from genwire.kafka.security import client_options
+from genwire.kafka_security import client_options
 from genwire.settings import CommonSettings
 from genwire.topics import TOPIC_SPECS, TopicSpec
 
@@ -26,7 +26,7 @@ async def ensure_topics(
 
     A cluster of three brokers uses ``replication_factor=3, min_insync_replicas=2``: with
     ``acks=all`` a write then survives the loss of any one broker. ``settings``: whose Kafka
-    security to connect with (default: the process's, :mod:`genwire.kafka.security`).
+    security to connect with (default: the process's, :mod:`genwire.kafka_security`).
     """
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers, **client_options(settings), request_timeout_ms=10000

@@ -53,7 +53,7 @@ from genwire.kafka.failures import (
 )
 from genwire.kafka.offsets import PartitionOffsets
 from genwire.kafka.producer import KAFKA, EventProducer, forward_headers, publish_error
-from genwire.kafka.security import client_options
+from genwire.kafka_security import client_options
 from genwire.metrics import ConsumerMetrics
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import extract

@@ -34,7 +34,7 @@ from opentelemetry.trace import SpanKind, Tracer
 
 from genwire.errors import GenwireError, PermanentError, RetryableError
 from genwire.events import Event, dump
-from genwire.kafka.security import client_options
+from genwire.kafka_security import client_options
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import KafkaHeaders, inject
 

@@ -31,7 +31,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.telemetry import TelemetryConfig
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from genwire.kafka import security as kafka_security
+from genwire import kafka_security
 from genwire.service.http import health_router, serve
 from genwire.service.runtime import ServiceRuntime
 from genwire.settings import ServiceSettings

@@ -18,7 +18,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from genwire.kafka.security import client_options
+from genwire.kafka_security import client_options
 from genwire.topics import Topic
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from genwire.kafka.security import client_options
+from genwire.kafka_security import client_options
 from genwire.settings import CommonSettings
 from genwire_stack import bootstrap
 from genwire_stack.catalog import KAFKA_CONTROLLER_PORT, KAFKA_PORT, KAFKA_VERSION

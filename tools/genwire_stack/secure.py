@@ -362,7 +362,7 @@ async def create_acls(
     from aiokafka.protocol.admin import CreateAclsRequest_v1
     from aiokafka.protocol.api import Request
 
-    from genwire.kafka.security import client_options
+    from genwire.kafka_security import client_options
 
     creations = [
         (rtype, name, pattern, principal, "*", operation, _ALLOW)

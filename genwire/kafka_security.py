@@ -1,0 +1,84 @@
+"""How every Kafka client of a process connects: plaintext, or TLS and SASL/SCRAM.
+
+One place turns the ``kafka_*`` settings (``GENWIRE_KAFKA_SECURITY_PROTOCOL``,
+``..._SASL_USERNAME``, ``..._SASL_PASSWORD``, ``..._SSL_CAFILE``…, docs/security.md) into the
+keyword arguments every ``AIOKafkaProducer``, ``AIOKafkaConsumer`` and ``AIOKafkaAdminClient``
+takes::
+
+    AIOKafkaConsumer(topic, bootstrap_servers=servers, **client_options())
+
+A service's runner calls :func:`use` once with the service's own settings (its env prefix,
+``GENWIRE_GATEWAY_KAFKA_SASL_USERNAME``…), so every client the process builds afterwards, deep
+in the library or in the service, connects as that service. Elsewhere (tools, the bench, tests)
+the plain ``GENWIRE_KAFKA_*`` variables apply. The default, ``PLAINTEXT``, adds nothing.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from genwire.settings import CommonSettings
+
+_process: dict[str, CommonSettings] = {}
+"""The settings :func:`use` set for this process (key ``"settings"``), if any."""
+
+
+class KafkaSecurityError(ValueError):
+    """The Kafka security settings are incomplete (a SASL protocol without a user…)."""
+
+
+def use(settings: CommonSettings | None) -> None:
+    """Make ``settings`` the process's Kafka security (``None``: back to the environment)."""
+    if settings is None:
+        _process.pop("settings", None)
+    else:
+        _process["settings"] = settings
+
+
+def client_options(settings: CommonSettings | None = None) -> dict[str, Any]:
+    """aiokafka keyword arguments for ``settings`` (default: what :func:`use` set, else the
+    ``GENWIRE_KAFKA_*`` environment); ``{}`` for PLAINTEXT."""
+    cfg = settings or _process.get("settings") or CommonSettings()
+    protocol = cfg.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol.startswith("SASL_"):
+        password = cfg.kafka_sasl_password.get_secret_value()
+        if not cfg.kafka_sasl_username or not password:
+            raise KafkaSecurityError(
+                f"kafka_security_protocol {protocol} needs kafka_sasl_username and "
+                "kafka_sasl_password (GENWIRE_KAFKA_SASL_USERNAME / _PASSWORD)"
+            )
+        options |= {
+            "sasl_mechanism": cfg.kafka_sasl_mechanism,
+            "sasl_plain_username": cfg.kafka_sasl_username,
+            "sasl_plain_password": password,
+        }
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl_context(cfg)
+    return options
+
+
+def ssl_context(cfg: CommonSettings) -> ssl.SSLContext:
+    """A client TLS context: the broker's certificate checked against ``kafka_ssl_cafile`` (or
+    the system's CAs) with its host name; ``kafka_ssl_certfile`` presented when set."""
+    if (cfg.kafka_ssl_certfile is None) != (cfg.kafka_ssl_keyfile is None):
+        raise KafkaSecurityError("kafka_ssl_certfile and kafka_ssl_keyfile go together")
+    context = ssl.create_default_context(
+        cafile=str(cfg.kafka_ssl_cafile) if cfg.kafka_ssl_cafile is not None else None
+    )
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cfg.kafka_ssl_certfile is not None and cfg.kafka_ssl_keyfile is not None:
+        context.load_cert_chain(str(cfg.kafka_ssl_certfile), str(cfg.kafka_ssl_keyfile))
+    return context
+
+
+def describe(settings: CommonSettings | None = None) -> str:
+    """``SASL_SSL as preprocess (SCRAM-SHA-512)`` / ``PLAINTEXT``: for logs, never a secret."""
+    cfg = settings or _process.get("settings") or CommonSettings()
+    protocol = cfg.kafka_security_protocol
+    if protocol.startswith("SASL_"):
+        return f"{protocol} as {cfg.kafka_sasl_username or '?'} ({cfg.kafka_sasl_mechanism})"
+    return protocol
