@@ -84,9 +84,9 @@ MODEL_OPTIONS: dict[str, str] = {
     "ignore_eos": "generating past the end-of-sequence token",
     "guided": "structured output (response_format, guided_*)",
 }
-"""Decode-loop options a model version must declare (``manifest.json`` ``"options"``) before
-preprocess lets a request use them; a request using another is refused (unsupported_parameter)
-naming the field, so an option is never silently ignored."""
+"""Decode-loop options a model version must declare (``manifest.json`` ``"request_options"``)
+before preprocess lets a request use them; a request using another is refused
+(unsupported_parameter) naming the field, so an option is never silently ignored."""
 
 V2_FIELDS = (
     "prompt_token_ids",

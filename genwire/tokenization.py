@@ -80,8 +80,8 @@ class ModelAssets:
     eos_token: str | None = None
     eos_token_ids: list[int] = field(default_factory=list)
     options: frozenset[str] = frozenset()
-    """Decode-loop options this model version honours (``manifest.json`` ``"options"``, names
-    of ``genwire.request.MODEL_OPTIONS``); preprocess refuses a request using any other."""
+    """Decode-loop options this model version honours (``manifest.json`` ``"request_options"``:
+    names of ``genwire.request.MODEL_OPTIONS``); preprocess refuses a request using another."""
     _template: Template | None = field(default=None, repr=False)
 
     @property
@@ -145,7 +145,7 @@ def load_assets(version_dir: Path, name: str, default_context_length: int) -> Mo
     )
     context_length = 0
     manifest_eos = _read_json(version_dir / "manifest.json").get("eos_token_ids")
-    manifest_options = _read_json(version_dir / "manifest.json").get("options")
+    manifest_options = _read_json(version_dir / "manifest.json").get("request_options")
     for manifest in (
         version_dir / "manifest.json",
         version_dir / "genwire.json",

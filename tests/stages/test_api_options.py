@@ -115,7 +115,9 @@ def repo_with_options(model_repo: Path, tmp_path: Path) -> AssetStore:
     v3 = repo / MODEL / "3"
     shutil.copytree(repo / MODEL / "2", v3)
     manifest = json.loads((v3 / "manifest.json").read_text())
-    (v3 / "manifest.json").write_text(json.dumps({**manifest, "options": list(MODEL_OPTIONS)}))
+    (v3 / "manifest.json").write_text(
+        json.dumps({**manifest, "request_options": list(MODEL_OPTIONS)})
+    )
     return AssetStore(repo)
 
 
