@@ -397,3 +397,18 @@ def test_a_too_large_grammar_is_refused(tokenizer_file: Path, hf: Tokenizer) -> 
     tight = ConstraintCompiler(tokenizer_file.parent, size, (EOS,), lexer_fuel=1000)
     with pytest.raises(ConstraintError, match="too big"):
         tight.build(spec, [])
+
+
+def test_model_vocabulary_wider_than_the_tokenizer(tokenizer_file: Path, hf: Tokenizer) -> None:
+    """Logits padded past the tokenizer's ids (common for GPU-friendly sizes): never allowed."""
+    size = hf.get_vocab_size()
+    wide = Vocabulary.from_file(tokenizer_file, size + 40, [EOS])
+    row = wide.constraint(("json_object", ""), stop=["}"])
+    assert row is not None
+    allowed = row.allowed()
+    assert allowed is not None and allowed.shape == (size + 40,)
+    assert not allowed[size:].any() and allowed[:size].any()
+    masks = fill_masks([row], size + 40)
+    assert masks is not None and masks[1].shape == (1, size + 40)
+    stops = wide.constraint(stop=["x"])
+    assert stops is not None and stops.advance(size + 5) is None  # a padded id has no text
