@@ -455,6 +455,18 @@ def openai_router() -> APIRouter:
     @router.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
         catalog: ModelCatalog = request.app.state.models
-        return openai.models_list(await catalog.names())
+        return {"object": "list", "data": await catalog.served()}  # models.py (lifecycle)
+
+    @router.get("/v1/models/{model_id:path}", response_model=None)
+    async def get_model(request: Request, model_id: str) -> dict[str, Any] | JSONResponse:
+        catalog: ModelCatalog = request.app.state.models
+        found = await catalog.find(model_id)
+        if found is None:
+            missing = GatewayError(
+                f"the model {model_id!r} is not served (see GET /v1/models)",
+                code=ErrorCode.MODEL_NOT_FOUND,
+            )
+            return _error_response(missing, {})
+        return found
 
     return router

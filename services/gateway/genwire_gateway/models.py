@@ -1,10 +1,19 @@
-"""The models ``GET /v1/models`` lists: those Triton reports READY, else the repository's."""
+"""The models ``GET /v1/models`` lists: those Triton reports READY, else the repository's.
+
+Each served model is listed by its name (its newest served version answers it, or the one its
+policy routes to) and by ``NAME:VERSION`` for every version Triton serves, in OpenAI's shape
+(``id``, ``object``, ``created``, ``owned_by``) plus ``root``, ``parent`` and
+``max_model_len`` as vLLM adds them. ``GET /v1/models/{id}`` answers one of them.
+"""
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -37,6 +46,7 @@ class ModelCatalog:
         self._default = default_model
         self._client = client or httpx.AsyncClient(timeout=2.0)
         self._cached: tuple[float, list[str]] | None = None
+        self._served: tuple[float, list[dict[str, Any]]] | None = None
 
     async def names(self) -> list[str]:
         """Names of the models that can serve now (READY in Triton)."""
@@ -60,6 +70,71 @@ class ModelCatalog:
                 names = [self._default]
         self._cached = (now, names)
         return names
+
+    async def served(self) -> list[dict[str, Any]]:
+        """``/v1/models`` entries: each model with a READY version, then each READY version
+        as ``NAME:VERSION`` (Triton unreachable: the repository's models, by name only)."""
+        now = time.monotonic()
+        if self._served is not None and now - self._served[0] < self._cache_s:
+            return self._served[1]
+        try:
+            response = await self._client.post(self._index_url, json={"ready": True})
+            response.raise_for_status()
+            ready: dict[str, list[str]] = {}
+            for entry in response.json():
+                # Asked for ready ones only; a version without a state is Triton's answer to
+                # that filter, a name without a version was never loaded.
+                version = str(entry.get("version", ""))
+                if entry.get("state", "READY") == "READY" and "name" in entry and version:
+                    ready.setdefault(str(entry["name"]), []).append(version)
+        except (httpx.HTTPError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("Triton's repository index is unavailable (%s); reading the folder", exc)
+            names = repository_models(self._repository) or (
+                [self._default] if self._default else []
+            )
+            entries = [self._entry(name, None) for name in names]
+        else:
+            entries = []
+            for name in sorted(ready):
+                versions = sorted(ready[name], key=lambda v: (len(v), v))
+                entries.append(self._entry(name, versions[-1] if versions else None, alias=True))
+                entries.extend(self._entry(name, v) for v in versions)
+        self._served = (now, entries)
+        return entries
+
+    async def find(self, model_id: str) -> dict[str, Any] | None:
+        """The ``/v1/models`` entry named ``model_id`` (None: not served)."""
+        for entry in await self.served():
+            if entry["id"] == model_id:
+                return entry
+        return None
+
+    def _entry(self, name: str, version: str | None, *, alias: bool = False) -> dict[str, Any]:
+        manifest = self._manifest(name, version) if version else {}
+        created = manifest.get("created")
+        try:
+            stamp = int(datetime.datetime.fromisoformat(created).timestamp()) if created else 0
+        except (TypeError, ValueError):
+            stamp = 0
+        entry: dict[str, Any] = {
+            "id": name if alias or version is None else f"{name}:{version}",
+            "object": "model",
+            "created": stamp,
+            "owned_by": "genwire",
+            "root": name,
+            "parent": None if alias or version is None else name,
+        }
+        if manifest.get("context_length"):
+            entry["max_model_len"] = int(manifest["context_length"])
+        return entry
+
+    def _manifest(self, name: str, version: str) -> dict[str, Any]:
+        path = self._repository / name / version / "manifest.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
     async def close(self) -> None:
         """Close the HTTP client."""
