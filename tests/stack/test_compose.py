@@ -1,14 +1,22 @@
 """deploy/compose agrees with the native stack: versions, ports, topics and settings variables.
 
-Docker cannot run here, so this parses the files and compares them with the native definitions
-(genwire_stack.components, genwire.topics, each service's settings class): a mismatch fails.
+No Docker engine runs here, so this parses the files and compares them with the native
+definitions (genwire_stack.components, genwire.topics, each service's settings class), and runs
+the real compose CLI's ``config`` (built from the Go module proxy by deploy/compose/
+build_compose.py, cached under the genwire home) on compose.yaml alone and with the GPU
+override: a mismatch or an invalid file fails.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -304,11 +312,17 @@ def test_triton_runs_with_the_native_flags(
         assert f"--{role}-port={ports[role]}" in services["triton"]["command"]
 
 
-def test_gpu_override_only_adds_a_gpu_to_triton() -> None:
+def test_gpu_override_runs_triton_on_the_gpu_image_with_a_gpu() -> None:
     gpu = yaml.safe_load((COMPOSE_DIR / "compose.gpu.yaml").read_text())
     assert set(gpu["services"]) == {"triton"}
-    devices = gpu["services"]["triton"]["deploy"]["resources"]["reservations"]["devices"]
+    triton = gpu["services"]["triton"]
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
+    # Not the CPU image: the GPU target carries TensorRT and CUDA torch.
+    assert triton["build"]["target"] == "triton-gpu"
+    stage = dockerfile_stages()["triton-gpu"]
+    assert "tensorrt-cu12==" in stage and "+cu126" in stage and "--index-url" in stage
+    assert triton["environment"]["GENWIRE_TENSORRT_BUILD_ON_LOAD"] == "1"
 
 
 LONG_RUNNING = ("kafka", "redis", "triton", "jaeger", *SERVICE_PORTS)
@@ -352,3 +366,154 @@ def test_kafka_init_creates_every_project_topic(services: dict[str, dict[str, An
     names = {spec.name for spec in TOPIC_SPECS}
     if hasattr(Topic, "RETRY"):
         assert Topic.RETRY.value in names
+
+
+# -- the real compose CLI ------------------------------------------------------------------------
+
+BUILD_TIMEOUT = pytest.mark.timeout(2400)
+
+
+@pytest.fixture(scope="session")
+def compose_cli() -> Path:
+    """The cached compose CLI, built from the Go module proxy first when missing."""
+    if shutil.which("go") is None and not (Path.home() / ".cache" / "genwire" / "opt").is_dir():
+        pytest.skip("the Go toolchain is missing: the compose CLI cannot be built")
+    proc = subprocess.run(
+        [sys.executable, str(COMPOSE_DIR / "build_compose.py")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=2350,
+    )
+    assert proc.returncode == 0, f"building the compose CLI failed:\n{proc.stderr[-3000:]}"
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def compose_config(cli: Path, *files: str) -> dict[str, Any]:
+    args = [str(cli)]
+    for name in files:
+        args += ["-f", str(COMPOSE_DIR / name)]
+    proc = subprocess.run(
+        [*args, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        cwd=COMPOSE_DIR,
+    )
+    assert proc.returncode == 0, f"compose config {files} failed:\n{proc.stderr}"
+    rendered: dict[str, Any] = json.loads(proc.stdout)
+    return rendered
+
+
+@BUILD_TIMEOUT
+@pytest.mark.parametrize("files", [("compose.yaml",), ("compose.yaml", "compose.gpu.yaml")])
+def test_compose_cli_accepts_the_files(compose_cli: Path, files: tuple[str, ...]) -> None:
+    rendered = compose_config(compose_cli, *files)
+    services = rendered["services"]
+    assert {"kafka", "redis", "triton", "model-init", *SERVICE_PORTS} <= set(services)
+    triton = services["triton"]
+    if "compose.gpu.yaml" in files:
+        assert triton["build"]["target"] == "triton-gpu"
+        device = triton["deploy"]["resources"]["reservations"]["devices"][0]
+        assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
+    else:
+        assert triton["build"]["target"] == "triton"
+        assert "deploy" not in triton
+    # What compose itself resolved: restarts, durable volumes, the model-init's home.
+    for name in LONG_RUNNING:
+        assert services[name]["restart"] == "unless-stopped", name
+    mounts = {
+        name: {(v["source"], v["target"]) for v in s.get("volumes", []) if v["type"] == "volume"}
+        for name, s in services.items()
+    }
+    assert ("redis-data", "/data") in mounts["redis"]
+    assert ("kafka-data", "/var/lib/kafka/data") in mounts["kafka"]
+    assert ("genwire-home", "/var/lib/genwire") in mounts["model-init"]
+    assert ("models", "/models") in mounts["triton"]
+
+
+# The executables each image is known to ship: the base image's own tools and what its
+# Dockerfile stage installs. A healthcheck naming anything else would never turn healthy.
+IMAGE_BINARIES = {
+    "apache/kafka": {"/opt/kafka/bin/kafka-broker-api-versions.sh"},  # the Kafka distribution
+    "redis": {"redis-cli", "redis-server"},
+    "prom/prometheus": {"wget", "prometheus", "promtool"},  # busybox base
+    "python": {"python", "python3", "pip"},  # python:3.11-slim, every genwire image's base
+    "nvcr.io/nvidia/tritonserver": {"python3", "pip", "tritonserver"},  # the Python backend's
+}
+
+
+def image_of(name: str, service: dict[str, Any]) -> str:
+    target = service.get("build", {}).get("target")
+    if target:  # ours: the base image of the target's stage
+        text = (COMPOSE_DIR / "Dockerfile").read_text()
+        base = re.search(rf"^FROM\s+(\S+)\s+AS\s+{re.escape(target)}\s*$", text, re.M)
+        assert base, f"{name}: no Dockerfile stage {target}"
+        origin = base.group(1)
+        if origin == "source":  # every genwire image builds on the Python base
+            origin = "${PYTHON_IMAGE}"
+        arg = re.search(rf"^ARG {origin.strip('${}')}=(\S+)$", text, re.M)
+        return arg.group(1) if arg else origin
+    image: str = service["image"]
+    return image
+
+
+def test_every_healthcheck_runs_a_binary_its_image_has(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    gpu = yaml.safe_load((COMPOSE_DIR / "compose.gpu.yaml").read_text())["services"]
+    checked = 0
+    for name, service in [
+        *services.items(),
+        *(("gpu " + k, {**services[k], **v}) for k, v in gpu.items()),
+    ]:
+        test = service.get("healthcheck", {}).get("test")
+        if not test:
+            continue
+        kind, *argv = test
+        binary = argv[0].split()[0] if kind == "CMD-SHELL" else argv[0]
+        image = image_of(name, service).split(":")[0]
+        known = IMAGE_BINARIES.get(image)
+        assert known is not None, f"{name}: no binary list for image {image}"
+        assert binary in known, f"{name}: {binary} is not in {image} ({sorted(known)})"
+        checked += 1
+    assert checked >= 10
+
+
+def test_every_genwire_image_runs_as_a_user() -> None:
+    stages = dockerfile_stages()
+    for stage in (*SERVICE_PORTS, "model", "triton", "triton-gpu"):
+        users = re.findall(r"^USER (\S+)$", stages[stage], flags=re.MULTILINE)
+        assert users and users[-1] not in ("root", "0"), f"stage {stage} runs as root"
+
+
+def load_script(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_images_install_their_fresh_locks_without_resolving() -> None:
+    lock = load_script(COMPOSE_DIR / "lock.py")
+    assert lock.main(["--check"]) == 0, "a lock is stale: run deploy/compose/lock.py"
+    stages = dockerfile_stages()
+    heavy = re.compile(r"^(torch|transformers|onnx|onnxruntime|tensorrt.*|nvidia-.*|triton)==")
+    for target in lock.TARGETS:
+        stage = stages[target]
+        assert f"pip install --no-deps -r requirements/{target}.txt" in stage, target
+        assert re.search(r"pip install (?!--no-deps)", stage) is None, f"{target} resolves"
+        pinned = (COMPOSE_DIR / "requirements" / f"{target}.txt").read_text().splitlines()
+        pins = [p for p in pinned if p and not p.startswith("#")]
+        assert all(re.match(r"^[a-z0-9._-]+==\S+$", p) for p in pins), target
+        if target != "model":
+            assert not [p for p in pins if heavy.match(p)], f"{target} would install {pins}"
+    # CPU torch from the CPU index only, the release the lock (and the tests) used.
+    model = stages["model"]
+    assert "--extra-index-url" not in model and '--index-url "${TORCH_INDEX}"' in model
+    assert f"ARG TORCH_VERSION={lock.torch_version()}" in model
+    model_pins = (COMPOSE_DIR / "requirements" / "model.txt").read_text().splitlines()
+    cuda = [p for p in model_pins if p.startswith(("torch==", "nvidia-", "triton=="))]
+    assert not cuda, f"the model lock would install CUDA torch: {cuda}"
