@@ -1,71 +1,207 @@
-"""Sampling: greedy, filters, per-request seeds."""
+"""Sampling: the fast path (no full sort) against the full-sort reference, filter boundaries,
+the distribution (chi-squared), per-request seeds."""
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
-from genwire_model.runtime.sampling import log_softmax, sample_batch
+import numpy.typing as npt
+import pytest
+from genwire_model.runtime.sampling import (
+    Sampler,
+    log_softmax,
+    logsumexp,
+    sample_reference,
+    top_logprobs,
+    walk,
+)
 
 
-def _logprobs(rows: int = 4, vocab: int = 50, seed: int = 0) -> np.ndarray:
+Array = npt.NDArray[Any]
+
+
+def _logits(rows: int = 4, vocab: int = 50, seed: int = 0, scale: float = 3.0) -> Array:
     rng = np.random.default_rng(seed)
-    return log_softmax(rng.standard_normal((rows, vocab)).astype(np.float32) * 3)
+    return (rng.standard_normal((rows, vocab)) * scale).astype(np.float32)
 
 
-def _sample(lp: np.ndarray, t: float, p: float, k: int, seeds: list[int]) -> np.ndarray:
-    n = lp.shape[0]
-    return sample_batch(
-        lp,
-        np.full(n, t),
-        np.full(n, p),
-        np.full(n, k, dtype=np.int64),
-        [np.random.default_rng(s) for s in seeds],
+def _params(
+    rows: int, t: float = 1.0, p: float = 1.0, k: int = 0, m: float = 0.0
+) -> tuple[Array, Array, Array, Array]:
+    return (
+        np.full(rows, t),
+        np.full(rows, p),
+        np.full(rows, k, dtype=np.int64),
+        np.full(rows, m),
     )
 
 
-def test_log_softmax_rows_sum_to_one() -> None:
-    lp = _logprobs()
-    np.testing.assert_allclose(np.exp(lp).sum(axis=1), 1.0, rtol=1e-5)
+def _fast(logits: Array, draws: Array, **kw: Any) -> Array:
+    t, p, k, m = _params(len(logits), **kw)
+    return Sampler(logits.shape[1]).sample(logits.copy(), t, p, k, m, draws)
+
+
+def _kept_probabilities(logits: Array, t: float, p: float, k: int, m: float) -> Array:
+    """The definition written out on one row with a full sort: the sampling distribution."""
+    z = logits.astype(np.float64) / t
+    probs = np.exp(z - z.max())
+    order = np.lexsort((np.arange(len(probs)), -probs))
+    ranked = probs[order]
+    keep = int(((ranked >= m) & (ranked > 0)).sum())
+    if 0 < k < keep:
+        keep = k
+    if p < 1.0:
+        cumulative = np.cumsum(ranked[:keep])
+        keep = min(int((cumulative < p * cumulative[-1]).sum()) + 1, keep)
+    out = np.zeros_like(probs)
+    out[order[:keep]] = probs[order[:keep]]
+    result: Array = out / out.sum()
+    return result
+
+
+def test_log_softmax_and_logsumexp_agree() -> None:
+    logits = _logits()
+    np.testing.assert_allclose(np.exp(log_softmax(logits)).sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(
+        logits - logsumexp(logits)[:, None], log_softmax(logits), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_top_logprobs_are_the_most_likely_in_order() -> None:
+    logits = _logits(rows=3, vocab=40)
+    logits[0, 5] = logits[0, 7] = 20.0  # a tie: the lower id first
+    ids, lps = top_logprobs(logits, logsumexp(logits), 4)
+    lp = log_softmax(logits)
+    for row in range(3):
+        expected = np.lexsort((np.arange(40), -lp[row]))[:4]
+        assert ids[row].tolist() == expected.tolist()
+        np.testing.assert_allclose(lps[row], lp[row, expected], rtol=1e-5, atol=1e-6)
+    assert ids[0, :2].tolist() == [5, 7]
 
 
 def test_temperature_zero_and_top_k_one_are_greedy() -> None:
-    lp = _logprobs()
-    expected = lp.argmax(axis=1)
-    np.testing.assert_array_equal(_sample(lp, 0.0, 1.0, 0, [1, 2, 3, 4]), expected)
-    np.testing.assert_array_equal(_sample(lp, 1.5, 1.0, 1, [1, 2, 3, 4]), expected)
+    logits = _logits()
+    expected = logits.argmax(axis=1)
+    draws = np.full(4, 0.99)
+    np.testing.assert_array_equal(_fast(logits, draws, t=0.0), expected)
+    np.testing.assert_array_equal(_fast(logits, draws, t=1.5, k=1), expected)
 
 
-def test_same_seed_same_tokens_regardless_of_batch_neighbours() -> None:
-    lp = _logprobs(rows=4)
-    together = _sample(lp, 1.0, 0.9, 20, [7, 8, 9, 10])
-    alone = [int(_sample(lp[i : i + 1], 1.0, 0.9, 20, [7 + i])[0]) for i in range(4)]
-    assert together.tolist() == alone
+@pytest.mark.parametrize("vocab", [50, 512, 4096])
+def test_fast_path_equals_the_full_sort_reference(vocab: int) -> None:
+    """Same draws, same tokens: random filters, ties, masked (-inf) tokens, mixed rows."""
+    rng = np.random.default_rng(vocab)
+    sampler = Sampler(vocab)
+    for trial in range(120):
+        rows = int(rng.integers(1, 9))
+        logits = (rng.standard_normal((rows, vocab)) * rng.uniform(0.5, 5)).astype(np.float32)
+        if trial % 3 == 0:
+            logits = np.round(logits)  # many exact ties
+        if trial % 5 == 0:
+            logits[:, rng.integers(0, vocab, vocab // 5)] = -np.inf
+        t = rng.choice([0.0, 0.5, 1.0, 1.7], rows)
+        p = rng.choice([1.0, 0.9, 0.5, 0.99, 0.1], rows)
+        k = rng.choice([0, 1, 5, 40, 64, 100, vocab - 1, vocab], rows)
+        m = rng.choice([0.0, 0.0, 0.05, 0.3, 0.001], rows)
+        for _ in range(3):
+            draws = rng.random(rows)
+            fast = sampler.sample(logits.copy(), t, p, k, m, draws)
+            np.testing.assert_array_equal(fast, sample_reference(logits, t, p, k, m, draws))
+    assert sampler.ties > 0  # the tie path was exercised
 
 
-def test_different_seeds_explore() -> None:
-    lp = _logprobs(rows=1)
-    tokens = {int(_sample(lp, 1.0, 1.0, 0, [s])[0]) for s in range(200)}
-    assert len(tokens) > 5
-
-
-def test_top_k_keeps_only_the_k_most_likely() -> None:
-    lp = _logprobs(rows=1, vocab=100)
-    allowed = set(np.argsort(-lp[0])[:3].tolist())
-    picked = {int(_sample(lp, 2.0, 1.0, 3, [s])[0]) for s in range(300)}
-    assert picked <= allowed
-    assert len(picked) == 3
-
-
-def test_top_p_keeps_the_smallest_nucleus() -> None:
-    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], dtype=np.float32))
-    lp = log_softmax(logits)
-    # 0.5 + 0.3 = 0.8 >= 0.75: the nucleus is tokens 0 and 1.
-    picked = {int(_sample(lp, 1.0, 0.75, 0, [s])[0]) for s in range(300)}
+def test_top_k_boundary_with_ties_keeps_the_lower_ids() -> None:
+    # Tokens 1, 2, 3 tie for second place: top_k 2 keeps token 0 and token 1 only.
+    logits = np.log(np.array([[0.4, 0.15, 0.15, 0.15, 0.15]], dtype=np.float32))
+    draws = np.linspace(0, 0.999, 200)
+    picked = {int(_fast(logits, np.array([u]), k=2)[0]) for u in draws}
     assert picked == {0, 1}
+
+
+def test_top_p_boundary_is_exact() -> None:
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], dtype=np.float32))
+    draws = np.linspace(0, 0.999, 300)
+    # 0.5 + 0.3 = 0.8 >= 0.75: the nucleus is tokens 0 and 1 ...
+    assert {int(_fast(logits, np.array([u]), p=0.75)[0]) for u in draws} == {0, 1}
+    # ... just above 0.8 it needs token 2, and 0.96 needs all four.
+    assert {int(_fast(logits, np.array([u]), p=0.81)[0]) for u in draws} == {0, 1, 2}
+    assert {int(_fast(logits, np.array([u]), p=0.96)[0]) for u in draws} == {0, 1, 2, 3}
     # A tiny top_p keeps only the most likely token.
-    assert {int(_sample(lp, 1.0, 0.01, 0, [s])[0]) for s in range(50)} == {0}
+    assert {int(_fast(logits, np.array([u]), p=0.01)[0]) for u in draws} == {0}
 
 
-def test_sampling_follows_the_distribution() -> None:
-    lp = log_softmax(np.log(np.array([[0.7, 0.2, 0.1]], dtype=np.float32)))
-    counts = np.bincount([int(_sample(lp, 1.0, 1.0, 0, [s])[0]) for s in range(3000)], minlength=3)
-    np.testing.assert_allclose(counts / 3000, [0.7, 0.2, 0.1], atol=0.04)
+def test_min_p_keeps_tokens_at_least_that_fraction_of_the_best() -> None:
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], dtype=np.float32))
+    draws = np.linspace(0, 0.999, 300)
+    # 0.3 / 0.5 = 0.6 >= 0.5 kept, 0.15 / 0.5 = 0.3 dropped (kept at 0.29).
+    assert {int(_fast(logits, np.array([u]), m=0.5)[0]) for u in draws} == {0, 1}
+    assert {int(_fast(logits, np.array([u]), m=0.29)[0]) for u in draws} == {0, 1, 2}
+
+
+def test_masked_tokens_are_never_sampled() -> None:
+    logits = _logits(rows=2, vocab=64)
+    logits[:, ::2] = -np.inf
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        tokens = _fast(logits, rng.random(2), t=2.0)
+        assert (tokens % 2 == 1).all()
+
+
+def test_walk_picks_by_cumulative_weight_in_id_order() -> None:
+    weights = np.zeros((1, 200), np.float32)
+    weights[0, [3, 70, 199]] = [1.0, 2.0, 1.0]
+    picks = [int(walk(weights, np.array([u]))[0]) for u in (0.0, 0.24, 0.26, 0.74, 0.76, 0.9999)]
+    assert picks == [3, 3, 70, 70, 199, 199]
+
+
+def _chi_squared_critical(dof: int, z: float = 3.719) -> float:
+    """Upper critical value of chi-squared (Wilson-Hilferty; z 3.719 = p 1e-4)."""
+    h = 2.0 / (9.0 * dof)
+    return float(dof * (1.0 - h + z * math.sqrt(h)) ** 3)
+
+
+@pytest.mark.parametrize(
+    ("t", "p", "k", "m"),
+    [(1.0, 1.0, 0, 0.0), (0.8, 0.95, 0, 0.0), (1.3, 0.9, 20, 0.0), (1.0, 1.0, 0, 0.05)],
+)
+def test_frequencies_follow_the_definition(t: float, p: float, k: int, m: float) -> None:
+    """A chi-squared test of 40,000 draws against the kept, renormalised distribution."""
+    logits = _logits(rows=1, vocab=200, seed=11, scale=1.5)
+    expected = _kept_probabilities(logits[0], t, p, k, m)
+    rng = np.random.default_rng(5)
+    draws = rng.random(40_000)
+    rows = np.repeat(logits, len(draws), axis=0)
+    sampler = Sampler(200)
+    ts, ps, ks, ms = _params(len(draws), t=t, p=p, k=k, m=m)
+    tokens = sampler.sample(rows, ts, ps, ks, ms, draws)
+    observed = np.bincount(tokens, minlength=200)
+    assert observed[expected == 0].sum() == 0  # nothing outside the kept set
+    kept = expected > 0
+    want = expected[kept] * len(draws)
+    statistic = float((((observed[kept] - want) ** 2) / want).sum())
+    dof = int(kept.sum()) - 1
+    assert statistic < _chi_squared_critical(dof), (statistic, dof)
+
+
+def test_same_draws_same_tokens_regardless_of_batch_neighbours() -> None:
+    logits = _logits(rows=6, vocab=300)
+    t, p, k, m = np.full(6, 1.0), np.full(6, 0.9), np.full(6, 20), np.zeros(6)
+    t[2], p[4], k[5] = 0.0, 1.0, 0  # greedy and unfiltered neighbours
+    draws = np.random.default_rng(7).random(6)
+    together = Sampler(300).sample(logits.copy(), t, p, k, m, draws)
+    alone = [
+        int(
+            Sampler(300).sample(
+                logits[i : i + 1].copy(),
+                t[i : i + 1],
+                p[i : i + 1],
+                k[i : i + 1],
+                m[i : i + 1],
+                draws[i : i + 1],
+            )[0]
+        )
+        for i in range(6)
+    ]
+    assert together.tolist() == alone

@@ -55,7 +55,15 @@ class Runner(Protocol):
 
 
 class OnnxRuntimeRunner:
-    """The ONNX graph on ONNX Runtime's CPU execution provider."""
+    """The ONNX graph on ONNX Runtime's CPU execution provider.
+
+    Decode steps (``step``) run with I/O binding into two preallocated cache arenas (``reserve``):
+    a step reads the batch's cache from one arena and ONNX Runtime writes the grown cache into
+    the other, and the logits into a preallocated buffer, so a step allocates nothing (no
+    megabytes of fresh pages per token). ``gather`` re-forms the batch (rows leaving, rows
+    joining, the width trimmed) in one copy into the arena the batch is not in. Prefills use
+    ``forward`` (ONNX Runtime allocates their small outputs).
+    """
 
     backend = "onnxruntime"
     min_past = 0
@@ -86,6 +94,85 @@ class OnnxRuntimeRunner:
         self.heads = int(shape["num_kv_heads"])
         self.head_dim = int(shape["head_dim"])
         self.vocab_size = int(shape["vocab_size"])
+        self._arenas: list[tuple[Array, Array]] = []
+        self._logits = np.zeros(0, np.float32)
+        self._binding: Any = None
+
+    def reserve(self, batch: int, width: int) -> None:
+        """Preallocate the two cache arenas (``batch`` rows x ``width`` columns each) and the
+        logits buffer used by ``step`` and ``gather``."""
+        size = self.layers * batch * self.heads * width * self.head_dim
+        self._arenas = [(np.zeros(size, np.float32), np.zeros(size, np.float32)) for _ in "ab"]
+        self._logits = np.zeros(batch * self.vocab_size, np.float32)
+        self._binding = self.session.io_binding()
+
+    def _arena_of(self, kv: KV) -> int:
+        """Which arena holds ``kv`` (-1: none)."""
+        if not isinstance(kv[0], np.ndarray) or not kv[0].size:
+            return -1
+        address = kv[0].ctypes.data
+        for index, (keys, _) in enumerate(self._arenas):
+            if address == keys.ctypes.data:
+                return index
+        return -1
+
+    def _views(self, arena: int, shape: tuple[int, ...]) -> KV | None:
+        """Contiguous views of ``shape`` at the start of an arena (None: it does not fit)."""
+        size = int(np.prod(shape))
+        keys, values = self._arenas[arena]
+        if size > keys.size:
+            return None
+        return keys[:size].reshape(shape), values[:size].reshape(shape)
+
+    def step(
+        self, input_ids: Array, attention_mask: Array, position_ids: Array, kv: KV
+    ) -> tuple[Array, KV]:
+        """A decode pass written into the other arena (``forward`` when there is none)."""
+        if not self._arenas:
+            return self.forward(input_ids, attention_mask, position_ids, kv)
+        rows = int(input_ids.shape[0])
+        width = int(kv[0].shape[3]) + int(input_ids.shape[1])
+        shape = (self.layers, rows, self.heads, width, self.head_dim)
+        target = 1 if self._arena_of(kv) == 0 else 0
+        out = self._views(target, shape)
+        if out is None or rows * self.vocab_size > self._logits.size:
+            return self.forward(input_ids, attention_mask, position_ids, kv)
+        logits = self._logits[: rows * self.vocab_size].reshape(rows, self.vocab_size)
+        binding = self._binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids))
+        binding.bind_cpu_input("past_keys", np.ascontiguousarray(kv[0]))
+        binding.bind_cpu_input("past_values", np.ascontiguousarray(kv[1]))
+        outputs = (("logits", logits), ("present_keys", out[0]), ("present_values", out[1]))
+        for name, array in outputs:
+            binding.bind_output(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return logits, out
+
+    def gather(self, parts: list[tuple[KV, list[int]]], width: int) -> KV:
+        """A cache of ``width`` columns whose rows are, in order, the listed rows of each part,
+        right-aligned (their last ``width`` columns, zeros in front of shorter ones)."""
+        rows = sum(len(r) for _, r in parts)
+        shape = (self.layers, rows, self.heads, width, self.head_dim)
+        busy = {self._arena_of(kv) for kv, _ in parts}
+        target = next((i for i in range(len(self._arenas)) if i not in busy), -1)
+        out = self._views(target, shape) if target >= 0 else None
+        if out is None:
+            out = (np.empty(shape, np.float32), np.empty(shape, np.float32))
+        row = 0
+        for kv, picks in parts:
+            have = int(kv[0].shape[3])
+            keep = min(have, width)
+            for source in picks:
+                for dst, src in zip(out, kv, strict=True):
+                    dst[:, row, :, width - keep :] = src[:, source, :, have - keep :]
+                    if keep < width:
+                        dst[:, row, :, : width - keep] = 0.0
+                row += 1
+        return out
 
     def forward(
         self, input_ids: Array, attention_mask: Array, position_ids: Array, kv: KV

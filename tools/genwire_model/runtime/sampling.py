@@ -1,10 +1,28 @@
-"""Token sampling on CPU with numpy, vectorized over the batch.
+"""Token sampling on CPU with numpy, vectorised over the batch, with a partial sort.
 
-Temperature, top-k and top-p are applied per row; each request owns its
-``numpy.random.Generator``, so the same seed gives the same tokens whether the request runs
-alone or batched with others. Filters keep every token whose probability reaches the cut-off
-(ties included) and sampling walks the kept probabilities in token-id order, so no sort of
-token ids is needed (only a sort of the values, for top-p).
+Definition (the reference, ``sample_reference``, computes it with a full sort per row):
+
+1. ``z = logits / temperature`` (float32), ``e = exp(z - max z)``: unnormalised probabilities,
+   the most likely token at 1.0; a logit of -inf (masked) has probability 0.
+2. Tokens are ranked by (probability descending, token id ascending): a total order, so ties
+   are broken the same way everywhere.
+3. ``min_p`` keeps the tokens with ``e >= min_p`` (``p >= min_p * p_max``); ``top_k`` keeps the
+   first k of those; ``top_p`` keeps the shortest prefix of the rest whose mass reaches
+   ``top_p`` times their mass. Each filter is a prefix of the ranking.
+4. One uniform draw ``u`` per sampled row (from the request's own generator) picks the first
+   kept token, walking the kept tokens in token-id order, whose cumulative mass exceeds
+   ``u`` times the kept mass.
+
+The fast path (``Sampler.sample``) never sorts a row. It buckets every token by its
+log-probability (``BUCKETS`` buckets of ``1 / BUCKET_SCALE`` nats below the most likely
+token; one histogram pass, ``numpy.bincount``, gives each bucket's count and mass), finds the
+bucket where the min_p / top-k / top-p cut falls, and sorts only that bucket's tokens, so the
+cut is exact by construction (a partial sort: the buckets above are kept whole, the ones below
+dropped whole). Walking the kept tokens in id order uses block sums (64 tokens a block) and
+one block's cumulative sum, not a cumulative sum over the vocabulary. The reference and the
+fast path share the walk, so the same draws give the same tokens (tested, and a chi-squared
+test holds the frequencies to the definition). Temperature 0 or top_k 1 is greedy (the first
+maximum).
 """
 
 from __future__ import annotations
@@ -14,9 +32,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-TOP_P_HEAD = 1024  # values sorted for top-p before falling back to a full sort
-
 Array = npt.NDArray[Any]
+
+MIN_CANDIDATES = 16
+START_CANDIDATES = 64
 
 
 def log_softmax(logits: Array) -> Array:
@@ -26,50 +45,207 @@ def log_softmax(logits: Array) -> Array:
     return result
 
 
-def sample_batch(
-    logprobs: Array,
+def logsumexp(logits: Array) -> Array:
+    """Row-wise log of the sum of exponentials of a [B, V] float32 array (float32 [B])."""
+    top = logits.max(axis=1)
+    result: Array = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+    return result
+
+
+def top_logprobs(logits: Array, lse: Array, k: int) -> tuple[Array, Array]:
+    """The ``k`` most likely tokens per row (ids int64 [B, k], log-probabilities float32
+    [B, k]), most likely first, ties by lower id."""
+    rows, vocab = logits.shape
+    k = min(k, vocab)
+    if k < vocab:
+        idx = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    else:
+        idx = np.broadcast_to(np.arange(vocab), (rows, vocab))
+    vals = np.take_along_axis(logits, idx, axis=1)
+    order = np.lexsort((idx, -vals), axis=1)
+    idx = np.take_along_axis(idx, order, axis=1)
+    lps = np.take_along_axis(vals, order, axis=1) - lse[:, None]
+    return idx.astype(np.int64), lps.astype(np.float32)
+
+
+def _probabilities(logits: Array, temperature: Array) -> Array:
+    """Unnormalised probabilities [R, V] float32 after temperature, the most likely at 1:
+    ``exp((logits - max) / temperature)`` (three passes, one buffer)."""
+    result: Array = np.subtract(logits, logits.max(axis=1, keepdims=True))
+    np.multiply(result, (1.0 / temperature).astype(np.float32)[:, None], out=result)
+    np.exp(result, out=result)
+    return result
+
+
+BLOCK = 64
+
+
+def walk(weights: Array, draws: Array) -> Array:
+    """Per row, the first token (id order) whose cumulative weight exceeds ``draw`` times the
+    row's total weight (weights >= 0, float32 [R, V]; a zero-weight token is never picked)."""
+    rows, vocab = weights.shape
+    if vocab % BLOCK:
+        weights = np.pad(weights, ((0, 0), (0, BLOCK - vocab % BLOCK)))
+    blocks = weights.reshape(rows, -1, BLOCK)
+    block_mass = np.cumsum(blocks.sum(axis=2), axis=1, dtype=np.float64)
+    target = draws * block_mass[:, -1]
+    block = np.minimum((block_mass <= target[:, None]).sum(axis=1), blocks.shape[1] - 1)
+    positions = np.arange(rows)
+    before = np.where(block > 0, block_mass[positions, block - 1], 0.0)
+    inner = np.cumsum(blocks[positions, block].astype(np.float64), axis=1) + before[:, None]
+    offset = np.minimum((inner <= target[:, None]).sum(axis=1), BLOCK - 1)
+    token = block * BLOCK + offset
+    # Rounding at the very end of a row must not land on a zero-weight token (or padding).
+    bad = np.flatnonzero((token >= vocab) | (weights[positions, np.minimum(token, vocab - 1)] <= 0))
+    for i in bad:
+        token[i] = int(np.flatnonzero(weights[i, :vocab] > 0)[-1])
+    result: Array = token.astype(np.int64)
+    return result
+
+
+def _kept_count(ranked: Array, mass: float, min_p: Any, top_k: int, top_p: float) -> int:
+    """How many of the ranked (descending) probabilities the filters keep; ``mass`` is the
+    mass of the row's tokens that pass min_p."""
+    count = int(((ranked >= min_p) & (ranked > 0.0)).sum())
+    cumulative = np.cumsum(ranked[:count].astype(np.float64))
+    if 0 < top_k < count:
+        count = top_k
+        mass = float(cumulative[count - 1])
+    if top_p < 1.0:
+        limit = top_p * mass
+        count = min(int((cumulative[:count] < limit).sum()) + 1, count)
+    return max(count, 1)
+
+
+def sample_reference(
+    logits: Array,
     temperature: Array,
     top_p: Array,
     top_k: Array,
-    rngs: list[np.random.Generator],
+    min_p: Array,
+    draws: Array,
 ) -> Array:
-    """One token per row of ``logprobs`` [B, V] (the model's log-softmax).
-
-    temperature 0 (or top_k 1) is greedy; top_k 0 and top_p 1 switch those filters off.
-    """
-    vocab = logprobs.shape[1]
-    tokens: Array = np.argmax(logprobs, axis=1)
-    sampled = np.flatnonzero((temperature > 0.0) & (top_k != 1))
-    if sampled.size == 0:
-        return tokens
-    scaled = logprobs[sampled] / temperature[sampled, None].astype(np.float32)
-    probs = np.exp(scaled - scaled.max(axis=1, keepdims=True))
-    ks = top_k[sampled]
-    for i in np.flatnonzero((ks > 0) & (ks < vocab)):
-        kth = np.partition(probs[i], vocab - ks[i])[vocab - ks[i]]
-        probs[i][probs[i] < kth] = 0.0
-    ps = top_p[sampled]
-    nucleus = np.flatnonzero(ps < 1.0)
-    if nucleus.size:
-        rows = probs[nucleus]
-        limit = ps[nucleus] * rows.sum(axis=1)
-        # Sorting only the largest few values is enough when they hold the nucleus' mass
-        # (the usual case); rows where they do not fall back to a full sort.
-        head = min(vocab, TOP_P_HEAD)
-        ordered = -np.sort(-np.partition(rows, vocab - head, axis=1)[:, vocab - head :], axis=1)
-        cumulative = np.cumsum(ordered, axis=1)
-        short = np.flatnonzero(cumulative[:, -1] < limit)
-        # Smallest prefix of the sorted probabilities whose mass reaches top_p.
-        keep = np.minimum((cumulative < limit[:, None]).sum(axis=1), head - 1)
-        threshold = ordered[np.arange(len(nucleus)), keep]
-        for i in short:
-            values = -np.sort(-rows[i])
-            threshold[i] = values[min(int((np.cumsum(values) < limit[i]).sum()), vocab - 1)]
-        rows[rows < threshold[:, None]] = 0.0
-        probs[nucleus] = rows
-    cdf = np.cumsum(probs, axis=1)
-    draws = np.fromiter((rngs[i].random() for i in sampled), np.float64, sampled.size)
-    # First index whose cumulative mass exceeds the draw: never a zero-probability token.
-    picks = (cdf <= (draws * cdf[:, -1])[:, None]).sum(axis=1)
-    tokens[sampled] = np.minimum(picks, vocab - 1)
+    """The definition, one full sort per row (for tests)."""
+    rows, vocab = logits.shape
+    tokens: Array = np.argmax(logits, axis=1).astype(np.int64)
+    ids = np.arange(vocab)
+    for i in range(rows):
+        if temperature[i] <= 0.0 or top_k[i] == 1:
+            continue
+        e = _probabilities(logits[i : i + 1], temperature[i : i + 1])[0]
+        order = np.lexsort((ids, -e))
+        floor = np.float32(min_p[i])  # compared in float32, as the fast path does
+        passing = (e >= floor) & (e > 0.0)
+        mass = float(np.where(passing, e, np.float32(0.0)).sum(dtype=np.float64))
+        k = int(top_k[i]) if 0 < int(top_k[i]) < vocab else 0
+        count = _kept_count(e[order], mass, floor, k, float(top_p[i]))
+        weights = np.zeros(vocab, np.float32)
+        kept = order[:count]
+        weights[kept] = e[kept]
+        tokens[i] = walk(weights[None, :], draws[i : i + 1])[0]
     return tokens
+
+
+HEAD = 256  # ranked probabilities summed for top-p before looking further
+
+
+class Sampler:
+    """The fast path; remembers how far down the ranking recent nuclei reached."""
+
+    def __init__(self, vocab: int) -> None:
+        self.vocab = vocab
+        self.head = min(vocab, HEAD)
+        self.ties = 0  # rows whose cut fell inside a run of equal probabilities (tests)
+
+    def sample(
+        self,
+        logits: Array,
+        temperature: Array,
+        top_p: Array,
+        top_k: Array,
+        min_p: Array,
+        draws: Array,
+    ) -> Array:
+        """One token per row of ``logits`` [R, V] (float32, -inf = masked).
+
+        ``draws``: one uniform [0, 1) per row (used only by sampled rows).
+        """
+        vocab = self.vocab
+        tokens: Array = np.argmax(logits, axis=1).astype(np.int64)
+        sampled = np.flatnonzero((temperature > 0.0) & (top_k != 1))
+        if sampled.size == 0:
+            return tokens
+        every = sampled.size == len(tokens)  # all rows sampled: slices, not copies
+        probs = _probabilities(
+            logits if every else logits[sampled], temperature if every else temperature[sampled]
+        )
+        ks = np.where((top_k > 0) & (top_k < vocab), top_k, 0)
+        ps, mps, us = top_p, min_p, draws
+        if not every:
+            ks, ps, mps, us = ks[sampled], ps[sampled], mps[sampled], us[sampled]
+        rows = np.flatnonzero((ks > 0) | (ps < 1.0) | (mps > 0.0))
+        if rows.size == len(probs):
+            self._keep(probs, ks, ps, mps)
+        elif rows.size:
+            part = probs[rows]
+            self._keep(part, ks[rows], ps[rows], mps[rows])
+            probs[rows] = part
+        chosen = walk(probs, us)
+        if every:
+            return chosen
+        tokens[sampled] = chosen
+        return tokens
+
+    def _keep(self, kept: Array, ks: Array, ps: Array, mps: Array) -> None:
+        """Set to 0, in place, the probability of every token the filters drop."""
+        rows = kept.shape[0]
+        if mps.max() > 0.0:
+            np.multiply(kept, kept >= mps.astype(np.float32)[:, None], out=kept)
+        # Values only, most likely first (negated: ascending sort, contiguous): numpy's
+        # vectorised float32 sort beats introselect (np.partition) on these rows, and no
+        # token ids are sorted.
+        ranked = np.sort(np.negative(kept), axis=1)
+        count = np.count_nonzero(kept, axis=1)
+        cut_rows = np.flatnonzero(((ks > 0) & (ks < count)) | (ps < 1.0))
+        if cut_rows.size == 0:
+            return  # min_p alone
+        if cut_rows.size < rows:
+            part = kept[cut_rows]
+            self._cut(part, ranked[cut_rows], count[cut_rows], ks[cut_rows], ps[cut_rows])
+            kept[cut_rows] = part
+        else:
+            self._cut(kept, ranked, count, ks, ps)
+
+    def _cut(self, kept: Array, ranked: Array, count: Array, ks: Array, ps: Array) -> None:
+        """Top-k / top-p on rows that min_p already filtered (``ranked``: their values,
+        negated, ascending; ``count``: how many are above 0)."""
+        vocab = kept.shape[1]
+        truncated = (ks > 0) & (ks < count)
+        count = np.where(truncated, ks, count)
+        mass = kept.sum(axis=1, dtype=np.float64)  # passing mass, id order (as the reference)
+        n = np.arange(len(kept))
+        head = min(vocab, max(self.head, int(ks.max())))
+        # -cumsum(-x) == cumsum(x) exactly: negation is exact.
+        cumulative = -np.cumsum(ranked[:, :head], axis=1, dtype=np.float64)
+        mass = np.where(truncated, cumulative[n, np.minimum(count, head) - 1], mass)
+        limit = ps * mass
+        # Prefix (within the head) whose mass stays below the limit: the nucleus ends after it.
+        nucleus = (cumulative < limit[:, None]).sum(axis=1) + 1
+        for i in np.flatnonzero((ps < 1.0) & (nucleus > head) & (count > head)):
+            # This nucleus reaches past the head: sum further down this row's ranking.
+            more = cumulative[i, -1] - np.cumsum(ranked[i, head:], dtype=np.float64)
+            nucleus[i] = head + int((more < limit[i]).sum()) + 1
+        nucleus = np.minimum(nucleus, count)
+        cut = np.maximum(np.where(ps < 1.0, nucleus, count), 1)
+        if ps.min() < 1.0:  # the head follows what three rows in four needed recently
+            wanted = int(np.sort(cut)[(3 * (cut.size - 1)) // 4])
+            self.head = min(vocab, max(HEAD, 1 << max(0, wanted - 1).bit_length()))
+        threshold = -ranked[n, cut - 1]
+        # A run of equal probabilities across the cut: keep its lower ids only.
+        follow = np.minimum(cut, vocab - 1)
+        for i in np.flatnonzero((cut < vocab) & (-ranked[n, follow] == threshold)):
+            self.ties += 1
+            equal = np.flatnonzero(kept[i] == threshold[i])
+            above = int((kept[i] > threshold[i]).sum())
+            kept[i, equal[cut[i] - above :]] = 0.0
+        np.multiply(kept, kept >= threshold[:, None], out=kept)

@@ -1,11 +1,26 @@
 """Continuous batching: one thread steps every active sequence together, one token per step.
 
-New requests are prefilled together (left-padded, in groups of bounded padded size) and then
-join the running batch; finished or cancelled
-ones leave it at once, freeing their slot. The batch's KV cache is left-padded: every row ends
-at the same column (so the graph appends each step's keys and values at one index for all
-rows) and the attention mask hides each row's padding. Leading columns that every row masks
-are trimmed, so the cache is never wider than the longest live sequence.
+Each iteration (``run_once``):
+
+1. waiting requests are admitted into free slots (a request with ``n`` choices takes ``n``)
+   and prefilled together, left-padded, in groups of bounded padded size; a request's prompt is
+   prefilled once whatever its ``n``, and every choice samples its own first token;
+2. the batch is re-formed once: rows that ended (or were cancelled) leave and the new rows
+   join, every row right-aligned in one cache ``runner.gather`` builds (one copy, into the
+   runner's preallocated arena when it has one), no wider than the longest live row;
+3. one decode step feeds every row's last token together. Rows end at the same column, so the
+   graph appends the new keys and values at one index for all of them; the attention mask
+   (rebuilt from the rows' lengths) hides each row's padding; ``position_ids`` carry each
+   row's true position;
+4. the logits are turned into tokens for the whole batch at once: log-probabilities (and the
+   ``top_logprobs`` alternatives) of the model's own distribution, then per-row options
+   (logit_bias, min_tokens / ignore_eos, penalties, the constraint hook's mask), then
+   ``sampling.Sampler`` (temperature, min_p, top-k, top-p);
+5. the responses due are handed over together (``publish``), once per step.
+
+Usage: ``completion_tokens`` counts every token the model generated for a choice, including
+an end-of-sequence or stop token it sampled (which ends the choice and is not sent, having no
+text), as vLLM counts.
 """
 
 from __future__ import annotations
@@ -15,17 +30,29 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from .runners import KV, Runner
-from .sampling import log_softmax, sample_batch
+from .sampling import Sampler, logsumexp, top_logprobs
+
+_fill_masks: Any
+try:  # the constraint hook's batched masks (llguidance); optional
+    from .constraints import fill_masks as _fill_masks
+except ImportError:  # pragma: no cover - constraints.py ships with the runtime
+    _fill_masks = None
 
 log = logging.getLogger(__name__)
 
 MAX_TEMPERATURE = 10.0
+MAX_N = 16
+MAX_TOP_LOGPROBS = 20
+MAX_PENALTY = 2.0  # presence / frequency: [-2, 2] as OpenAI
+MAX_REPETITION_PENALTY = 10.0
+MAX_LOGIT_BIAS = 100.0
 
 Array = npt.NDArray[Any]
 
@@ -36,11 +63,12 @@ class RequestError(ValueError):
 
 @dataclasses.dataclass
 class Update:
-    """What one response carries (the new tokens since the previous response)."""
+    """What one response carries (the new tokens of one choice since its previous response)."""
 
     token_ids: list[int]
     logprobs: list[float]
     finished: bool
+    """This choice ended (its last response)."""
     finish_reason: str  # "" until final, then "stop" | "length" | "cancelled"
     prompt_tokens: int
     completion_tokens: int
@@ -49,13 +77,19 @@ class Update:
     compute_ms: float
     ttft_ms: float = 0.0
     """From the request's arrival to its first sampled token (0 before there is one)."""
+    choice: int = 0
+    top_ids: list[list[int]] = dataclasses.field(default_factory=list)
+    """Per token of ``token_ids`` (when ``top_logprobs`` > 0): the most likely alternatives."""
+    top_logprobs: list[list[float]] = dataclasses.field(default_factory=list)
+    last: bool = False
+    """The request's last response: every choice has ended (Triton's final flag)."""
 
 
 class Sink(Protocol):
     """Where a request's responses go (Triton's response sender, or a test's list)."""
 
     def send(self, update: Update) -> None:
-        """Deliver one response; the final one has ``finished`` set."""
+        """Deliver one response; the request's last one has ``last`` set."""
 
     def fail(self, message: str) -> None:
         """Deliver a final error response."""
@@ -113,6 +147,11 @@ class Request:
     received: float = dataclasses.field(default_factory=time.monotonic)
 
 
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not np.isfinite(value) or not low <= value <= high:
+        raise RequestError(f"{name} must be in [{low:g}, {high:g}], got {value}")
+
+
 def validate(request: Request, vocab_size: int, context: int) -> None:
     """Raise RequestError naming the first parameter out of range."""
     n = len(request.prompt)
@@ -139,35 +178,144 @@ def validate(request: Request, vocab_size: int, context: int) -> None:
     bad = [t for t in request.stop_ids if not 0 <= t < vocab_size]
     if bad:
         raise RequestError(f"stop_token_ids out of range [0, {vocab_size}): {sorted(bad)[:5]}")
+    if not 1 <= request.n <= MAX_N:
+        raise RequestError(f"n must be in [1, {MAX_N}], got {request.n}")
+    if not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise RequestError(
+            f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {request.top_logprobs}"
+        )
+    _check_range("presence_penalty", request.presence_penalty, -MAX_PENALTY, MAX_PENALTY)
+    _check_range("frequency_penalty", request.frequency_penalty, -MAX_PENALTY, MAX_PENALTY)
+    if not np.isfinite(request.repetition_penalty) or not (
+        0.0 < request.repetition_penalty <= MAX_REPETITION_PENALTY
+    ):
+        raise RequestError(
+            f"repetition_penalty must be in (0, {MAX_REPETITION_PENALTY:g}], "
+            f"got {request.repetition_penalty}"
+        )
+    _check_range("min_p", request.min_p, 0.0, 1.0)
+    for token, bias in request.logit_bias.items():
+        if not 0 <= token < vocab_size:
+            raise RequestError(f"logit_bias token id {token} out of range [0, {vocab_size})")
+        _check_range(f"logit_bias[{token}]", bias, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS)
+    if request.min_tokens < 0:
+        raise RequestError(f"min_tokens must be >= 0, got {request.min_tokens}")
+    if request.min_tokens > request.max_tokens:
+        raise RequestError(
+            f"min_tokens ({request.min_tokens}) must not exceed max_tokens ({request.max_tokens})"
+        )
+    if request.constraints is not None and len(request.constraints) != request.n:
+        raise RequestError(
+            f"{len(request.constraints)} constraints for {request.n} choices (one per choice)"
+        )
 
 
-class _Sequence:
-    """A request being generated, and where it stands."""
+def _rng(seed: int, choice: int) -> np.random.Generator:
+    """Choice 0 draws what a single-choice request with this seed draws."""
+    if seed < 0:
+        return np.random.default_rng()
+    return np.random.default_rng(seed if choice == 0 else [seed, choice])
 
-    __slots__ = (
-        "admitted",
-        "finish_reason",
-        "first_token_at",
-        "length",
-        "logprobs",
-        "next_token",
-        "request",
-        "rng",
-        "sent",
-        "tokens",
-    )
+
+class _Group:
+    """What the choices of one request share: its last response waits for all of them."""
+
+    __slots__ = ("admitted", "failed", "open", "request")
 
     def __init__(self, request: Request) -> None:
         self.request = request
-        self.rng = np.random.default_rng(request.seed if request.seed >= 0 else None)
+        self.open = request.n
+        self.admitted = time.monotonic()
+        self.failed = False
+
+
+class _Sequence:
+    """One choice of a request being generated, and where it stands."""
+
+    __slots__ = (
+        "bias_ids",
+        "bias_values",
+        "choice",
+        "constraint",
+        "counts",
+        "finish_reason",
+        "first_token_at",
+        "generated",
+        "group",
+        "last_sent",
+        "length",
+        "logprobs",
+        "next_token",
+        "processed",
+        "prompt_seen",
+        "request",
+        "rng",
+        "sent",
+        "suppress",
+        "tokens",
+        "top_ids",
+        "top_lps",
+    )
+
+    def __init__(self, group: _Group, choice: int, vocab: int, eos: frozenset[int]) -> None:
+        request = group.request
+        self.group = group
+        self.request = request
+        self.choice = choice
+        self.rng = _rng(request.seed, choice)
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
+        self.top_ids: list[list[int]] = []
+        self.top_lps: list[list[float]] = []
+        self.generated = 0  # every sampled token, an ending eos/stop token included
         self.sent = 0
+        self.last_sent = 0.0
         self.length = 0  # tokens whose keys and values are in the cache
         self.next_token = -1  # sampled, not yet fed to the model
-        self.admitted = time.monotonic()
         self.first_token_at: float | None = None
         self.finish_reason = ""
+        self.constraint = request.constraints[choice] if request.constraints else None
+        self.bias_ids: Array | None = None
+        self.bias_values: Array | None = None
+        if request.logit_bias:
+            self.bias_ids = np.fromiter(request.logit_bias, np.int64)
+            self.bias_values = np.fromiter(request.logit_bias.values(), np.float32)
+        penalised = (
+            request.presence_penalty != 0.0
+            or request.frequency_penalty != 0.0
+            or request.repetition_penalty != 1.0
+        )
+        self.counts: Array | None = np.zeros(vocab, np.int32) if penalised else None
+        self.prompt_seen: Array | None = None
+        if request.repetition_penalty != 1.0:
+            self.prompt_seen = np.zeros(vocab, np.bool_)
+            self.prompt_seen[request.prompt] = True
+        # Tokens that may not be sampled before min_tokens (eos and the stop ids, as vLLM).
+        self.suppress: Array | None = None
+        if request.min_tokens > 0:
+            self.suppress = np.fromiter(sorted(eos | request.stop_ids), np.int64)
+        self.processed = (
+            self.bias_ids is not None or self.counts is not None or self.suppress is not None
+        )
+
+    def process(self, row: Array) -> None:
+        """The request's options on its row of logits (in place): bias, min_tokens, penalties."""
+        request = self.request
+        if self.bias_ids is not None and self.bias_values is not None:
+            row[self.bias_ids] += self.bias_values
+        if self.suppress is not None and self.generated < request.min_tokens:
+            row[self.suppress] = -np.inf
+        if self.counts is not None:
+            if request.repetition_penalty != 1.0:
+                seen = self.counts > 0
+                if self.prompt_seen is not None:
+                    seen |= self.prompt_seen
+                factor = np.float32(request.repetition_penalty)
+                row[seen] = np.where(row[seen] > 0, row[seen] / factor, row[seen] * factor)
+            if request.frequency_penalty != 0.0:
+                row -= np.float32(request.frequency_penalty) * self.counts
+            if request.presence_penalty != 0.0:
+                row -= np.float32(request.presence_penalty) * (self.counts > 0)
 
 
 class Scheduler:
@@ -183,6 +331,7 @@ class Scheduler:
         cancel_check_interval: int = 4,
         chunk_batch: int = 16,
         prefill_tokens: int = 1024,
+        publish: Callable[[list[tuple[Sink, Update]]], None] | None = None,
     ) -> None:
         self.runner = runner
         self.context = context
@@ -192,11 +341,23 @@ class Scheduler:
         self.chunk_batch = max(1, chunk_batch)
         self.prefill_tokens = max(1, prefill_tokens)
         self.cancel_check_interval = max(1, cancel_check_interval)
+        self.publish = publish or _send_each
         self.pending: queue.Queue[Request] = queue.Queue()
+        self.waiting: list[Request] = []  # taken from the queue, no room for all choices yet
         self.active: list[_Sequence] = []
+        self.leaving: set[int] = set()  # rows of ``active`` that ended: gone at the next re-form
         self.kv: KV | None = None
-        self.mask = np.zeros((0, 0), dtype=np.int64)
+        self.width = 0  # cache columns
+        self.lengths = np.zeros(0, np.int64)
         self.steps = 0
+        self.sampler = Sampler(runner.vocab_size)
+        self.outgoing: list[tuple[Sink, Update]] = []
+        # Optional runner operations (ONNX Runtime has them; others use the basic ones).
+        self._step_pass = getattr(runner, "step", None) or runner.forward
+        self._gather = getattr(runner, "gather", None)
+        reserve = getattr(runner, "reserve", None)
+        if reserve is not None:
+            reserve(max_batch, context + 1)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -213,15 +374,22 @@ class Scheduler:
             # No timeout: touching ``active`` while the thread still steps would race it, and
             # a request finished after the outbox closed would never get its final flag.
             self._thread.join()
-        for seq in self.active:
-            self._finish(seq, "cancelled")
-        self.active = []
+        for row, seq in enumerate(self.active):
+            if row not in self.leaving:
+                self._finish(seq, "cancelled")
+        self.active, self.leaving = [], set()
+        waiting = list(self.waiting)
+        self.waiting = []
         while True:
             try:
-                request = self.pending.get_nowait()
+                waiting.append(self.pending.get_nowait())
             except queue.Empty:
                 break
-            self._finish(_Sequence(request), "cancelled")
+        for request in waiting:
+            group = _Group(request)
+            for choice in range(request.n):
+                self._finish(self._sequence(group, choice), "cancelled")
+        self._flush()
 
     def submit(self, request: Request) -> None:
         """Queue a validated request (thread-safe)."""
@@ -231,7 +399,7 @@ class Scheduler:
         while not self._stop.is_set():
             try:
                 first = None
-                if not self.active:
+                if not self.active and not self.waiting:
                     try:
                         first = self.pending.get(timeout=0.05)
                     except queue.Empty:
@@ -243,201 +411,325 @@ class Scheduler:
 
     # -- one iteration ---------------------------------------------------------------------
     def run_once(self, first: Request | None = None) -> None:
-        """Admit waiting requests into free slots, then decode one token for the batch."""
-        waiting = [first] if first is not None else []
-        while len(self.active) + len(waiting) < self.max_batch:
+        """Admit waiting requests into free slots, re-form the batch, decode one token."""
+        if first is not None:
+            self.waiting.append(first)
+        while True:
             try:
-                waiting.append(self.pending.get_nowait())
+                self.waiting.append(self.pending.get_nowait())
             except queue.Empty:
                 break
-        if waiting:
-            self._admit(waiting)
+        self.steps += 1
+        if self.steps % self.cancel_check_interval == 0:
+            for row, seq in enumerate(self.active):
+                if row not in self.leaving and seq.request.sink.is_cancelled():
+                    self._end(row, "cancelled")
+        joining: list[tuple[KV, list[int], list[_Sequence]]] = []
+        if self.waiting:
+            joining = self._admit()
+        if self.leaving or joining:
+            self._reform(joining)
         if self.active:
             self._step()
+        self._flush()
 
-    def _admit(self, requests: list[Request]) -> None:
-        """Prefill new requests, several per pass when their padded size stays small."""
-        seqs = []
-        for request in requests:
-            seq = _Sequence(request)
+    def _sequence(self, group: _Group, choice: int) -> _Sequence:
+        return _Sequence(group, choice, self.runner.vocab_size, self.eos_ids)
+
+    def _admit(self) -> list[tuple[KV, list[int], list[_Sequence]]]:
+        """Prefill the waiting requests that fit, several per pass when their padded size
+        stays small; their choices join at the next re-form."""
+        free = self.max_batch - (len(self.active) - len(self.leaving))
+        admitted: list[_Group] = []
+        while self.waiting and self.waiting[0].n <= free:
+            request = self.waiting.pop(0)
+            group = _Group(request)
             if request.sink.is_cancelled():
-                self._finish(seq, "cancelled")
-            else:
-                seqs.append(seq)
-        seqs.sort(key=lambda s: len(s.request.prompt))
-        group: list[_Sequence] = []
-        for seq in seqs:
+                for choice in range(request.n):
+                    self._finish(self._sequence(group, choice), "cancelled")
+                continue
+            admitted.append(group)
+            free -= request.n
+        admitted.sort(key=lambda g: len(g.request.prompt))
+        joining = []
+        batch: list[_Group] = []
+        for group in admitted:
             # Sorted by length, so the newest is the longest: padded size = count x its length.
-            if group and (len(group) + 1) * len(seq.request.prompt) > self.prefill_tokens:
-                self._prefill(group)
-                group = []
-            group.append(seq)
-        if group:
-            self._prefill(group)
+            if batch and (len(batch) + 1) * len(group.request.prompt) > self.prefill_tokens:
+                joining.extend(self._prefill(batch))
+                batch = []
+            batch.append(group)
+        if batch:
+            joining.extend(self._prefill(batch))
+        return joining
 
-    def _prefill(self, group: list[_Sequence]) -> None:
+    def _prefill(self, groups: list[_Group]) -> list[tuple[KV, list[int], list[_Sequence]]]:
         try:
-            self._prefill_group(group)
-        except Exception as exc:  # this group fails; the running batch goes on
+            return self._prefill_groups(groups)
+        except Exception as exc:  # these requests fail; the running batch goes on
             log.exception("prefill failed")
-            for seq in group:
-                seq.request.sink.fail(f"prefill failed: {exc}")
+            for group in groups:
+                group.failed = True
+                group.request.sink.fail(f"prefill failed: {exc}")
+            return []
 
-    def _prefill_group(self, group: list[_Sequence]) -> None:
-        lengths = [len(s.request.prompt) for s in group]
-        rows, width, pad = len(group), max(lengths), self.runner.min_past
+    def _prefill_groups(self, groups: list[_Group]) -> list[tuple[KV, list[int], list[_Sequence]]]:
+        lengths = [len(g.request.prompt) for g in groups]
+        rows, width, pad = len(groups), max(lengths), self.runner.min_past
         ids = np.zeros((rows, width), np.int64)
         positions = np.zeros((rows, width), np.int64)
         mask = np.zeros((rows, pad + width), np.int64)
-        for row, (seq, n) in enumerate(zip(group, lengths, strict=True)):
+        for row, (group, n) in enumerate(zip(groups, lengths, strict=True)):
             # Left padding: every prompt ends at the last column, where the logits are read.
-            ids[row, width - n :] = seq.request.prompt
+            ids[row, width - n :] = group.request.prompt
             positions[row, width - n :] = np.arange(n)
             mask[row, pad + width - n :] = 1
         logits, kv = self.runner.forward(ids, mask, positions, self.runner.empty(rows, pad))
-        logprobs = log_softmax(logits)
-        tokens = self._sample(group, logprobs)
-        keep = []
-        for row, seq in enumerate(group):
-            seq.length = lengths[row]
-            token = int(tokens[row])
-            if not self._accept(seq, token, float(logprobs[row, token])):
-                keep.append(row)
-        if not keep:
-            return
-        if len(keep) < rows:
-            kv, mask = self.runner.take(kv, keep), mask[keep]
-        joined = [group[row] for row in keep]
-        self._join(joined, kv, mask)
-        for seq in joined:
-            self._emit(seq)
+        # Every choice of a request samples from its prompt's logits row.
+        seqs, source = [], []
+        for row, group in enumerate(groups):
+            for choice in range(group.request.n):
+                seq = self._sequence(group, choice)
+                seq.length = lengths[row]
+                seqs.append(seq)
+                source.append(row)
+        rows_logits = (
+            logits[source] if len(source) != rows or source != list(range(rows)) else logits
+        )
+        tokens = self._tokens(seqs, np.array(rows_logits, dtype=np.float32, copy=True))
+        keep_rows, keep = [], []
+        for i, seq in enumerate(seqs):
+            if not self._accept(seq, tokens[i]):
+                keep_rows.append(source[i])
+                keep.append(seq)
+        return [(kv, keep_rows, keep)] if keep else []
 
-    def _join(self, seqs: list[_Sequence], kv: KV, mask: Array) -> None:
-        if self.kv is None or not self.active:
-            self.kv, self.mask, self.active = kv, mask, list(seqs)
+    def _reform(self, joining: list[tuple[KV, list[int], list[_Sequence]]]) -> None:
+        """One copy: the rows still running, then the new ones, right-aligned."""
+        stay = [row for row in range(len(self.active)) if row not in self.leaving]
+        seqs = [self.active[row] for row in stay]
+        parts: list[tuple[KV, list[int]]] = []
+        if stay and self.kv is not None:
+            parts.append((self.kv, stay))
+        for kv, rows, new in joining:
+            parts.append((kv, rows))
+            seqs.extend(new)
+        self.leaving = set()
+        self.active = seqs
+        if not seqs:
+            self.kv, self.width, self.lengths = None, 0, np.zeros(0, np.int64)
             return
-        width, new_width = self.mask.shape[1], mask.shape[1]
-        if new_width < width:
-            kv = self.runner.pad_left(kv, width - new_width)
-            mask = np.pad(mask, ((0, 0), (width - new_width, 0)))
-        elif new_width > width:
-            self.kv = self.runner.pad_left(self.kv, new_width - width)
-            self.mask = np.pad(self.mask, ((0, 0), (new_width - width, 0)))
-        self.kv = self.runner.concat([self.kv, kv])
-        self.mask = np.concatenate([self.mask, mask], axis=0)
-        self.active.extend(seqs)
+        lengths = np.fromiter((s.length for s in seqs), np.int64, len(seqs))
+        width = int(lengths.max())
+        self.kv = self._gather_parts(parts, width)
+        self.width, self.lengths = width, lengths
+
+    def _gather_parts(self, parts: list[tuple[KV, list[int]]], width: int) -> KV:
+        if self._gather is not None:
+            gathered: KV = self._gather(parts, width)
+            return gathered
+        runner, pieces = self.runner, []
+        for cache, rows in parts:  # the basic cache operations (TensorRT's runner)
+            piece = runner.take(cache, rows)
+            have = int(piece[0].shape[3])
+            if have > width:
+                piece = runner.trim_left(piece, have - width)
+            elif have < width:
+                piece = runner.pad_left(piece, width - have)
+            pieces.append(piece)
+        return pieces[0] if len(pieces) == 1 else runner.concat(pieces)
 
     def _step(self) -> None:
         assert self.kv is not None
-        self.steps += 1
-        if self.steps % self.cancel_check_interval == 0:
-            self._drop(
-                [i for i, s in enumerate(self.active) if s.request.sink.is_cancelled()], "cancelled"
-            )
-            if not self.active:
-                return
-        batch = len(self.active)
+        batch, width = len(self.active), self.width
         ids = np.fromiter((s.next_token for s in self.active), np.int64, batch)[:, None]
-        positions = np.fromiter((s.length for s in self.active), np.int64, batch)[:, None]
-        mask = np.concatenate([self.mask, np.ones((batch, 1), np.int64)], axis=1)
-        logits, self.kv = self.runner.forward(ids, mask, positions, self.kv)
-        self.mask = mask
-        logprobs = log_softmax(logits)
-        tokens = self._sample(self.active, logprobs)
-        done: list[int] = []
-        for row, seq in enumerate(self.active):
+        positions = self.lengths[:, None]
+        # Row i's cache holds its last lengths[i] columns; the new token is the last column.
+        columns = np.arange(width + 1)
+        mask = (columns[None, :] >= (width - self.lengths)[:, None]).astype(np.int64)
+        logits, self.kv = self._step_pass(ids, mask, positions, self.kv)
+        self.width = width + 1
+        self.lengths = self.lengths + 1
+        for seq in self.active:
             seq.length += 1
-            token = int(tokens[row])
-            if self._accept(seq, token, float(logprobs[row, token])):
-                done.append(row)
-            else:
-                self._emit(seq)
-        self._drop(done, None)
+        tokens = self._tokens(self.active, logits)
+        for row, seq in enumerate(self.active):
+            if self._accept(seq, tokens[row]):
+                self.leaving.add(row)
+        if len(self.leaving) == len(self.active):
+            self._reform([])  # every row ended: free the cache now
 
-    @staticmethod
-    def _sample(seqs: list[_Sequence], logprobs: Array) -> Array:
-        n = len(seqs)
-        return sample_batch(
-            logprobs,
+    # -- tokens ----------------------------------------------------------------------------
+    def _tokens(self, seqs: list[_Sequence], logits: Array) -> list[tuple[int, float, Any]]:
+        """Sample one token per row; (token, its log-probability, top alternatives or None).
+
+        ``logits`` [B, V] float32 is modified in place (the options are applied to it).
+        """
+        rows = len(seqs)
+        lse = logsumexp(logits)
+        tops: list[Any] = [None] * rows
+        wanted = [i for i, s in enumerate(seqs) if s.request.top_logprobs > 0]
+        if wanted:
+            k = max(seqs[i].request.top_logprobs for i in wanted)
+            ids, lps = top_logprobs(logits[wanted], lse[wanted], k)
+            for j, i in enumerate(wanted):
+                kk = seqs[i].request.top_logprobs
+                tops[i] = (ids[j, :kk].tolist(), lps[j, :kk].tolist())
+        raw = None
+        processed = [i for i, s in enumerate(seqs) if s.processed]
+        constrained = [i for i, s in enumerate(seqs) if s.constraint is not None]
+        if processed or constrained:
+            # The log-probabilities reported are the model's: keep what the options change.
+            raw = logits.copy()
+            for i in processed:
+                seqs[i].process(logits[i])
+            if constrained:
+                self._mask(seqs, constrained, logits, raw)
+        n = rows
+        draws = np.fromiter(
+            (
+                s.rng.random() if s.request.temperature > 0.0 and s.request.top_k != 1 else 0.0
+                for s in seqs
+            ),
+            np.float64,
+            n,
+        )
+        chosen = self.sampler.sample(
+            logits,
             np.fromiter((s.request.temperature for s in seqs), np.float64, n),
             np.fromiter((s.request.top_p for s in seqs), np.float64, n),
             np.fromiter((s.request.top_k for s in seqs), np.int64, n),
-            [s.rng for s in seqs],
+            np.fromiter((s.request.min_p for s in seqs), np.float64, n),
+            draws,
         )
+        source = raw if raw is not None else logits
+        token_lps = source[np.arange(rows), chosen] - lse
+        return [(int(chosen[i]), float(token_lps[i]), tops[i]) for i in range(rows)]
 
-    def _accept(self, seq: _Sequence, token: int, logprob: float) -> bool:
-        """Record a sampled token; True (and the final response sent) if the sequence ended."""
+    def _mask(self, seqs: list[_Sequence], rows: list[int], logits: Array, raw: Array) -> None:
+        """The constraint hook: disallowed tokens to -inf. Where that and min_tokens leave
+        nothing, the constraint's mask alone applies."""
+        masks: dict[int, Array] = {}
+        batched = None
+        if _fill_masks is not None and all(hasattr(seqs[i].constraint, "matcher") for i in rows):
+            batched = _fill_masks([seqs[i].constraint for i in rows], logits.shape[1])
+        if batched is not None:
+            for j, allowed in zip(batched[0].tolist(), batched[1], strict=True):
+                masks[rows[j]] = allowed
+        else:
+            for i in rows:
+                constraint = seqs[i].constraint
+                assert constraint is not None
+                allowed = constraint.allowed()
+                if allowed is not None:
+                    masks[i] = allowed
+        vocab = logits.shape[1]
+        for i, mask in masks.items():
+            allowed = mask[:vocab]
+            row = logits[i]
+            row[~allowed] = -np.inf
+            if not np.isfinite(row).any():  # min_tokens forbade all the grammar allows
+                row[allowed] = raw[i][allowed]
+
+    def _accept(self, seq: _Sequence, sample: tuple[int, float, Any]) -> bool:
+        """Record a sampled token; True (and the final response queued) if the choice ended."""
+        token, logprob, top = sample
         r = seq.request
         if seq.first_token_at is None:
             seq.first_token_at = time.monotonic()
-        if token in self.eos_ids or token in r.stop_ids:
-            self._finish(seq, "stop")  # the stop token itself is not part of the completion
+        seq.generated += 1
+        reason = None
+        if seq.constraint is not None:
+            try:
+                reason = seq.constraint.advance(token)
+            except Exception as exc:  # the grammar refused the token: the request cannot go on
+                log.warning("constraint failed: %s", exc)
+                self._fail(seq, f"constrained decoding failed: {exc}")
+                return True
+        if (token in self.eos_ids and not r.ignore_eos) or token in r.stop_ids:
+            # The stop token is counted (generated) but not part of the text.
+            self._finish(seq, "stop")
             return True
         seq.tokens.append(token)
         seq.logprobs.append(logprob)
+        if top is not None:
+            seq.top_ids.append(top[0])
+            seq.top_lps.append(top[1])
+        if seq.counts is not None:
+            seq.counts[token] += 1
         seq.next_token = token
+        if reason is not None:
+            self._finish(seq, reason)
+            return True
         if len(seq.tokens) >= r.max_tokens or seq.length >= self.context:
             self._finish(seq, "length")
             return True
+        self._emit(seq)
         return False
 
-    def _drop(self, rows: list[int], reason: str | None) -> None:
-        """Remove rows from the batch (finishing them with ``reason`` if given)."""
-        if not rows:
-            return
-        gone = set(rows)
-        if reason is not None:
-            for row in rows:
-                self._finish(self.active[row], reason)
-        keep = [i for i in range(len(self.active)) if i not in gone]
-        self.active = [self.active[i] for i in keep]
-        if not keep:
-            self.kv, self.mask = None, np.zeros((0, 0), dtype=np.int64)
-            return
-        assert self.kv is not None
-        self.kv = self.runner.take(self.kv, keep)
-        self.mask = self.mask[keep]
-        used = self.mask.any(axis=0)
-        first = int(np.argmax(used))
-        if first > 0:
-            self.kv = self.runner.trim_left(self.kv, first)
-            self.mask = np.ascontiguousarray(self.mask[:, first:])
+    def _end(self, row: int, reason: str) -> None:
+        self._finish(self.active[row], reason)
+        self.leaving.add(row)
 
     def _fail_all(self, message: str) -> None:
-        for seq in self.active:
-            try:
-                seq.request.sink.fail(message)
-            except Exception:
-                log.exception("could not deliver an error response")
-        self.active, self.kv = [], None
-        self.mask = np.zeros((0, 0), dtype=np.int64)
+        failed: set[int] = set()
+        for row, seq in enumerate(self.active):
+            if row in self.leaving or id(seq.group) in failed:
+                continue
+            failed.add(id(seq.group))
+            self._fail(seq, message)
+        self.outgoing = []
+        self.active, self.leaving, self.kv = [], set(), None
+        self.width, self.lengths = 0, np.zeros(0, np.int64)
+
+    def _fail(self, seq: _Sequence, message: str) -> None:
+        group = seq.group
+        if group.failed:
+            return
+        group.failed = True
+        # Its other choices leave at the next re-form; nothing more is sent for them.
+        for row, other in enumerate(self.active):
+            if other.group is group:
+                self.leaving.add(row)
+        try:
+            group.request.sink.fail(message)
+        except Exception:
+            log.exception("could not deliver an error response")
 
     # -- responses -------------------------------------------------------------------------
     def _update(self, seq: _Sequence, final: bool) -> Update:
         now = time.monotonic()
-        new = seq.tokens[seq.sent :]
-        lps = seq.logprobs[seq.sent :]
+        start = seq.sent
         seq.sent = len(seq.tokens)
+        seq.last_sent = now
         mean = float(np.mean(seq.logprobs)) if seq.logprobs else 0.0
+        last = False
+        if final:
+            seq.group.open -= 1
+            last = seq.group.open <= 0
         return Update(
-            token_ids=new,
-            logprobs=lps,
+            token_ids=seq.tokens[start:],
+            logprobs=seq.logprobs[start:],
             finished=final,
             finish_reason=seq.finish_reason if final else "",
             prompt_tokens=len(seq.request.prompt),
-            completion_tokens=len(seq.tokens),
+            completion_tokens=seq.generated,
             mean_logprob=mean,
-            queue_ms=(seq.admitted - seq.request.received) * 1e3,
-            compute_ms=(now - seq.admitted) * 1e3,
+            queue_ms=(seq.group.admitted - seq.request.received) * 1e3,
+            compute_ms=(now - seq.group.admitted) * 1e3,
             ttft_ms=(
                 (seq.first_token_at - seq.request.received) * 1e3
                 if seq.first_token_at is not None
                 else 0.0
             ),
+            choice=seq.choice,
+            top_ids=seq.top_ids[start:] if seq.top_ids else [],
+            top_logprobs=seq.top_lps[start:] if seq.top_lps else [],
+            last=last,
         )
 
     def _emit(self, seq: _Sequence) -> None:
-        if not seq.request.stream:
+        if not seq.request.stream or seq.group.failed:
             return
         # The first token goes out at once (time to first token); later ones in chunks that
         # grow with the batch, since each response costs the backend about as much as a
@@ -445,15 +737,25 @@ class Scheduler:
         interval = max(self.stream_interval, len(self.active) // self.chunk_batch)
         if seq.sent and len(seq.tokens) - seq.sent < interval:
             return
-        try:
-            seq.request.sink.send(self._update(seq, final=False))
-        except Exception:
-            # The client is gone (stream closed): the next cancel check frees the slot.
-            log.debug("streaming response not delivered", exc_info=True)
+        self.outgoing.append((seq.request.sink, self._update(seq, final=False)))
 
     def _finish(self, seq: _Sequence, reason: str) -> None:
+        if seq.group.failed:
+            return
         seq.finish_reason = reason
+        self.outgoing.append((seq.request.sink, self._update(seq, final=True)))
+
+    def _flush(self) -> None:
+        """Hand this step's responses over, all at once."""
+        if self.outgoing:
+            out, self.outgoing = self.outgoing, []
+            self.publish(out)
+
+
+def _send_each(updates: list[tuple[Sink, Update]]) -> None:
+    for sink, update in updates:
         try:
-            seq.request.sink.send(self._update(seq, final=True))
+            sink.send(update)
         except Exception:
-            log.debug("final response not delivered", exc_info=True)
+            # The client is gone (stream closed): the next cancel check frees the slot.
+            log.debug("response not delivered", exc_info=True)
