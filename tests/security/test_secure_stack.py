@@ -1,0 +1,337 @@
+"""``genwire up --secure mtls`` on the real broker: every hop encrypted and authenticated.
+
+A throwaway secure stack (own GENWIRE_HOME, free ports, the Kafka jars the shared stack
+installed) built from the same components as ``genwire up --secure mtls``: Kafka with SASL_SSL,
+SCRAM-SHA-512 users per service and ACLs; Redis over TLS with a password; the gateway, preprocess,
+inference and postprocess services connecting as their own users; the gateway serving HTTPS and
+gRPC over TLS that require a client certificate. Inference uses the shared stack's Triton (on
+127.0.0.1, read only: the default model it already serves).
+
+Shown here: a request goes through every hop and comes back; a plaintext client, a client with
+the wrong password and a service with the wrong password are refused by Kafka; a service's user
+cannot touch another service's topics; Redis refuses plaintext and a wrong password; a caller
+without a client certificate is refused by the gateway (HTTP and gRPC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from genwire_stack import DEFAULT_MODEL, down, ensure_up
+from genwire_stack.component import Component
+from genwire_stack.kafka_node import Kafka
+from genwire_stack.paths import StackPaths
+from genwire_stack.secure import SecureStack
+from genwire_stack.servers import Redis, Service, Triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import SecretStr
+
+from genwire.kafka_security import client_options
+from genwire.settings import CommonSettings
+from genwire.topics import Topic
+from tests.stack.support import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+SERVICES = ("preprocess", "inference", "postprocess", "gateway")
+
+
+@dataclass
+class SecureRun:
+    settings: CommonSettings
+    security: SecureStack
+    kafka: Kafka
+    redis: Redis
+    services: dict[str, Service]
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka.bootstrap
+
+    @property
+    def gateway(self) -> Service:
+        return self.services["gateway"]
+
+    def kafka_as(self, user: str, password: str | None = None) -> dict[str, Any]:
+        cfg = self.security.kafka_settings(user, self.bootstrap)
+        if password is not None:
+            cfg = cfg.model_copy(update={"kafka_sasl_password": SecretStr(password)})
+        return client_options(cfg)
+
+
+def _ports(count: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+API_KEYS_OFF = {"GENWIRE_GATEWAY_AUTH_ENABLED": "false"}
+"""The secure gateway checks API keys like any other; this test is about the transport, so its
+throwaway gateway runs with them off (API keys have their own tests in tests/security/)."""
+
+
+@pytest.fixture(scope="module")
+def shared_triton() -> CommonSettings:
+    """The shared stack's Triton with the default model loaded (started by ``make up``): the
+    secure stack's inference calls it. Not started here (that may rebuild the model)."""
+    stack = CommonSettings()
+    url = f"http://{stack.triton_http_url}/v2/models/{DEFAULT_MODEL}/ready"
+    try:
+        with httpx.Client(timeout=5, trust_env=False) as http:
+            ready = http.get(url).status_code == 200
+    except httpx.HTTPError:
+        ready = False
+    if not ready:
+        pytest.fail(f"{DEFAULT_MODEL} is not ready in Triton ({url}): run `make up` first")
+    return stack
+
+
+@pytest.fixture(scope="module")
+def secure(
+    shared_triton: CommonSettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SecureRun]:
+    stack = shared_triton
+    home = tmp_path_factory.mktemp("secure-home")
+    shared = StackPaths.from_settings(stack)
+    settings = CommonSettings(home=home, model_repository=stack.repository)
+    paths = StackPaths.from_settings(settings)
+    security = SecureStack(paths, "mtls")
+    broker, controller, redis_port, *service_ports = _ports(8)
+    kafka = Kafka(paths, settings, broker, controller, heap="512m", security=security)
+    kafka.dest.parent.mkdir(parents=True)
+    kafka.dest.symlink_to(Kafka(shared, stack).dest)  # the installed jars; no second download
+    redis = Redis(paths, settings, redis_port, security=security)
+    services = {
+        short: Service(
+            paths,
+            settings,
+            short,
+            service_ports[i],
+            {"grpc": service_ports[-1]} if short == "gateway" else None,
+            kafka_bootstrap=kafka.bootstrap,
+            security=security,
+            redis_url=redis.url,
+        )
+        for i, short in enumerate(SERVICES)
+    }
+    catalog: dict[str, Component] = {"kafka": kafka, "redis": redis, **services}
+    saved = dict(os.environ)
+    os.environ.update(API_KEYS_OFF)
+    try:
+        ensure_up(settings=settings, catalog=catalog, model=False)
+        yield SecureRun(settings, security, kafka, redis, services)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        down(settings=settings, catalog=catalog)
+
+
+# ---- the request path ---------------------------------------------------------------------
+
+
+def test_a_request_goes_through_every_hop_encrypted(secure: SecureRun) -> None:
+    gateway = secure.gateway
+    context = secure.security.client_context(certificate=True)
+    with httpx.Client(verify=context, timeout=60, trust_env=False) as http:
+        response = http.post(
+            f"https://127.0.0.1:{gateway.port}/v1/completions",
+            json={"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0},
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["usage"]["completion_tokens"] >= 1
+    assert isinstance(body["choices"][0]["text"], str)
+    # Every hop of it was secure: the services can only have used SASL_SSL (the broker has no
+    # other listener) and TLS Redis (no plain port).
+    config = secure.kafka.config_file.read_text()
+    assert f"listeners=SASL_SSL://127.0.0.1:{secure.kafka.port}," in config
+    assert "PLAINTEXT://" not in config.split("# --- genwire up --secure")[1]
+    assert oct(secure.kafka.config_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_grpc_over_tls_with_a_client_certificate(secure: SecureRun) -> None:
+    status = asyncio.run(_grpc_health(secure, certificate=True))
+    assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+# ---- refused ------------------------------------------------------------------------------
+
+
+def test_a_client_without_a_certificate_is_refused_by_the_gateway(secure: SecureRun) -> None:
+    port = secure.gateway.port
+    no_cert = secure.security.client_context(certificate=False)
+    with (
+        httpx.Client(verify=no_cert, timeout=10, trust_env=False) as http,
+        pytest.raises(httpx.HTTPError),
+    ):
+        http.get(f"https://127.0.0.1:{port}/v1/models").raise_for_status()
+    with (
+        httpx.Client(timeout=10, trust_env=False) as http,
+        pytest.raises(httpx.HTTPError),
+    ):
+        http.get(f"http://127.0.0.1:{port}/v1/models").raise_for_status()  # plaintext
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        asyncio.run(_grpc_health(secure, certificate=False))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_kafka_refuses_plaintext_and_wrong_passwords(secure: SecureRun) -> None:
+    assert asyncio.run(_produce(secure.bootstrap, {}, Topic.REQUESTS)) == "refused"
+    wrong = secure.kafka_as("gateway", password="not-the-password")
+    assert asyncio.run(_produce(secure.bootstrap, wrong, Topic.REQUESTS)) == "refused"
+    right = secure.kafka_as("gateway")
+    assert asyncio.run(_produce(secure.bootstrap, right, Topic.REQUESTS)) == "ok"
+
+
+def test_each_service_reaches_only_its_own_topics(secure: SecureRun) -> None:
+    inference = secure.kafka_as("inference")
+    # inference writes generations, but neither requests (the gateway's) nor the DLQ's readers'
+    assert asyncio.run(_produce(secure.bootstrap, inference, Topic.GENERATIONS)) == "ok"
+    assert asyncio.run(_produce(secure.bootstrap, inference, Topic.REQUESTS)) == "not authorized"
+    # the gateway may not read what preprocess reads, nor anyone but admin the DLQ
+    gateway = secure.kafka_as("gateway")
+    assert asyncio.run(_consume(secure.bootstrap, gateway, Topic.REQUESTS)) == "not authorized"
+    assert asyncio.run(_consume(secure.bootstrap, gateway, Topic.DLQ)) == "not authorized"
+    assert asyncio.run(_consume(secure.bootstrap, gateway, Topic.REPLIES)) == "ok"
+
+
+def test_a_service_with_the_wrong_password_is_refused(secure: SecureRun) -> None:
+    """A real preprocess process whose password is wrong never gets in: Kafka fails its
+    authentication (its log says so) and it never becomes ready."""
+    service = secure.services["preprocess"]
+    port = free_port()
+    env = {
+        **os.environ,
+        **service.environment(),
+        "GENWIRE_PREPROCESS_PORT": str(port),
+        "GENWIRE_PREPROCESS_KAFKA_SASL_PASSWORD": "not-the-password",
+        "GENWIRE_KAFKA_SASL_PASSWORD": "not-the-password",
+    }
+    log = secure.settings.home / "logs" / "preprocess-wrong-password.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "genwire_preprocess"], env=env, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 90
+        refused = False
+        while time.monotonic() < deadline and not refused:
+            text = log.read_text(errors="replace")
+            refused = "Authentication failed" in text or "SaslAuthenticationFailed" in text
+            time.sleep(0.5)
+        assert refused, f"no authentication failure in {log}: {log.read_text()[-2000:]}"
+        with httpx.Client(timeout=2, trust_env=False) as http:
+            try:
+                ready = http.get(f"http://127.0.0.1:{port}/readyz").status_code
+            except httpx.HTTPError:
+                ready = None  # not serving at all, or already exited: not ready either way
+        assert ready != 200
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_redis_refuses_plaintext_and_a_wrong_password(secure: SecureRun) -> None:
+    port = secure.redis.port
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        sock.sendall(b"PING\r\n")
+        try:
+            answer = sock.recv(64)
+        except OSError:
+            answer = b""
+    assert not answer.startswith(b"+PONG")
+    context = secure.security.client_context(certificate=False)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=3) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(b"AUTH wrong-password\r\nPING\r\n")
+        time.sleep(0.2)
+        answer = tls.recv(256)
+    assert answer.startswith(b"-WRONGPASS"), answer
+    assert b"+PONG" not in answer
+
+
+def test_triton_listens_on_loopback_only_and_the_gateway_does_not_proxy_it(
+    secure: SecureRun,
+) -> None:
+    argv = Triton(StackPaths.from_settings(secure.settings), secure.settings).command()
+    for flag in ("--http-address", "--grpc-address", "--metrics-address"):
+        assert argv[argv.index(flag) + 1] == "127.0.0.1"
+    context = secure.security.client_context(certificate=True)
+    with httpx.Client(verify=context, timeout=10, trust_env=False) as http:
+        base = f"https://127.0.0.1:{secure.gateway.port}"
+        for path in ("/v2/repository/index", "/v2/repository/models/genwire/load"):
+            assert http.post(base + path).status_code in (401, 404, 405)
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+async def _grpc_health(secure: SecureRun, *, certificate: bool) -> int:
+    files = secure.security
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=files.ca.read_bytes(),
+        private_key=files.file("client-key.pem").read_bytes() if certificate else None,
+        certificate_chain=files.file("client.pem").read_bytes() if certificate else None,
+    )
+    port = secure.gateway.extra_ports["grpc"]
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        return int(response.status)
+
+
+async def _produce(bootstrap: str, options: dict[str, Any], topic: str) -> str:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=5000, **options)
+    try:
+        try:
+            await asyncio.wait_for(producer.start(), 20)
+        except (KafkaError, ssl.SSLError, OSError, TimeoutError):
+            return "refused"
+        try:
+            await asyncio.wait_for(producer.send_and_wait(topic, b"secure-test"), 20)
+        except KafkaError as exc:
+            return "not authorized" if "Authorization" in type(exc).__name__ else repr(exc)
+        return "ok"
+    finally:
+        await producer.stop()
+
+
+async def _consume(bootstrap: str, options: dict[str, Any], topic: str) -> str:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="latest",
+        request_timeout_ms=5000,
+        **options,
+    )
+    try:
+        await asyncio.wait_for(consumer.start(), 20)
+        await consumer.getmany(timeout_ms=1000)
+        return "ok"
+    except KafkaError as exc:
+        return "not authorized" if "Authorization" in type(exc).__name__ else repr(exc)
+    finally:
+        await consumer.stop()
