@@ -318,10 +318,17 @@ class MonitorEngine:
                     },
                 }
             _, requests = series.slos[-1].ring.window(now, w)
+            policy = self.policies.get(series.model)
+            role = ""
+            if policy is not None and series.version in policy.versions():
+                role = policy.arm_of(series.version)
+                if series.version in policy.canaries():
+                    role = f"{role} (canary {policy.weights.get(series.version, 0)}%)"
             out.append(
                 {
                     "model": series.model,
                     "version": series.version,
+                    "role": role,
                     "requests": requests,
                     "error_ratio": error_ratio,
                     "mean_logprob": series.mean_logprob(now, w),

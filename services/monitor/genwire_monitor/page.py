@@ -62,6 +62,8 @@ class PageData:
     notes: list[str] = field(default_factory=list)
     partitions: list[PartitionStatus] = field(default_factory=list)
     models: list[dict[str, object]] = field(default_factory=list)
+    rollbacks: list[dict[str, object]] = field(default_factory=list)
+    rollbacks_held: dict[str, str] = field(default_factory=dict)
 
 
 def snapshot(engine: MonitorEngine, now: float) -> PageData:
@@ -108,6 +110,8 @@ def snapshot(engine: MonitorEngine, now: float) -> PageData:
         open_traces=len(engine.traces),
         partitions=[engine.partitions[k] for k in sorted(engine.partitions)],
         models=engine.model_figures(now),
+        rollbacks=[r.summary() for r in engine.rollback.decisions],
+        rollbacks_held=dict(engine.rollback.held),
     )
 
 
@@ -213,13 +217,35 @@ def _models(d: PageData) -> str:
         )
         rows += (
             f'<tr class="model-row"><td>{escape(str(m["model"]))}</td>'
-            f'<td class="l">{escape(str(m["version"]))}</td><td>{m["requests"]}</td>'
+            f'<td class="l">{escape(str(m["version"]))}</td>'
+            f'<td class="l">{escape(str(m.get("role") or ""))}</td><td>{m["requests"]}</td>'
             f"<td>{_fmt(m['error_ratio'], '.2%')}</td><td>{_fmt(m['mean_logprob'], '.3f')}</td>"
             f"{cells}</tr>"
         )
     return (
-        '<table id="models"><tr><th>model</th><th>version</th><th>requests</th><th>errors</th>'
+        '<table id="models"><tr><th>model</th><th>version</th><th>role</th><th>requests</th>'
+        "<th>errors</th>"
         f"<th>mean logprob</th>{head}</tr>{rows}</table>"
+    )
+
+
+def _rollbacks(d: PageData) -> str:
+    held = "".join(
+        f'<p class="bad">{escape(m)}: {escape(why)}</p>' for m, why in d.rollbacks_held.items()
+    )
+    if not d.rollbacks:
+        return held + '<p class="muted">none since start</p>'
+    rows = "".join(
+        f'<tr class="rollback-row"><td>{escape(str(r["published_at"] or r["decided_at"]))}</td>'
+        f'<td class="l">{escape(str(r["model"]))}</td><td>{escape(str(r["canary"]))}</td>'
+        f"<td>{escape(str(r['champion']))}</td><td>{r['from_revision']} → {r['revision']}</td>"
+        f'<td class="l">{escape(str(r["alert_id"]))}</td>'
+        f'<td class="l">{escape(str(r["error"] or "published"))}</td></tr>'
+        for r in reversed(d.rollbacks)
+    )
+    return held + (
+        '<table id="rollbacks"><tr><th>time</th><th>model</th><th>canary</th><th>to champion</th>'
+        f"<th>revision</th><th>alert</th><th></th></tr>{rows}</table>"
     )
 
 
@@ -268,6 +294,7 @@ def render(d: PageData, refresh_s: int = 5) -> str:
         f"<h2>Latency per stage, last {d.window_s:.0f}s</h2>{_latency_table(d)}{chart}"
         f"<h2>SLO burn rates</h2>{_slo_table(d)}"
         f'<h2 id="model-versions">Per model version, last {d.window_s:.0f}s</h2>{_models(d)}'
+        f'<h2 id="rollbacks-section">Automatic rollbacks</h2>{_rollbacks(d)}'
         f'<h2 id="drift">Drift</h2>{_drift(d)}'
         f'<h2 id="consumers">Consumer groups (broker offsets)</h2>{_partitions(d)}'
         f"<h2>Recent alert events</h2><table><tr><th>time</th><th>status</th>"
