@@ -10,16 +10,20 @@ CHAOS_ARGS ?=
 # Instances per service, passed to `genwire up --scale` (e.g. SCALE=gateway=2,preprocess=2);
 # empty: the layout of the last run (one of each on a fresh home).
 SCALE ?=
+# GPU=1: also install the gpu extra (TensorRT; ModelOpt for TensorRT 11's FP16), so the default
+# model gets a TensorRT engine for this GPU (docs/model.md, "GPU").
+GPU ?=
+GPU_EXTRAS := all,dev,gpu
 
-.PHONY: help venv up down status test lint proto proto-check bench chaos
+.PHONY: help venv up down status test lint proto proto-check bench chaos gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-venv: ## create or refresh the virtualenv (fast when up to date)
-	@deploy/native/bootstrap.sh
+venv: ## create or refresh the virtualenv (fast when up to date; GPU=1 adds TensorRT)
+	@$(if $(filter 1,$(GPU)),GENWIRE_EXTRAS="$${GENWIRE_EXTRAS:-$(GPU_EXTRAS)}" )deploy/native/bootstrap.sh
 
-up: venv ## install what is missing, start Kafka, Redis, Triton, Jaeger and the services (SCALE=gateway=2,...)
+up: venv ## install what is missing, start Kafka, Redis, Triton, Jaeger and the services (SCALE=gateway=2,..., GPU=1)
 	@$(BIN)/genwire up $(if $(SCALE),--scale $(SCALE))
 
 down: ## stop what `make up` started
@@ -51,3 +55,6 @@ bench: venv ## pipeline vs direct Triton on the running stack (BENCH_ARGS="-c 1,
 chaos: venv ## fault suite on the stack (CHAOS_ARGS="--profile full --json c.json"; docs/reliability.md)
 	@$(BIN)/genwire up --no-demo
 	$(BIN)/genwire chaos $(CHAOS_ARGS)
+
+gpu-check: ## on an NVIDIA GPU: build the engine, GPU tests, TensorRT vs ONNX Runtime figures
+	@deploy/gpu/gpu_check.sh

@@ -51,6 +51,12 @@ def gpu_here(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tensorrt_build, "current_key", lambda: dict(KEY))
 
 
+REAL_TENSORRT = runners.tensorrt_usable() is None
+needs_broken_tensorrt = pytest.mark.skipif(
+    REAL_TENSORRT, reason="TensorRT really works here: an engine build would succeed"
+)
+
+
 def status(version_dir: Path) -> dict[str, Any]:
     record: dict[str, Any] = json.loads((version_dir / runners.STATUS_FILE).read_text())
     return record
@@ -109,6 +115,7 @@ def test_an_engine_that_cannot_load_falls_back_with_the_reason(
         shutil.rmtree(version_dir / tensorrt_engine.ENGINES_DIR)
 
 
+@needs_broken_tensorrt
 def test_a_version_without_an_engine_builds_one_at_load_or_falls_back(
     version_dir: Path, gpu_here: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -161,6 +168,7 @@ def test_a_failing_pass_is_rerun_on_onnx_runtime_and_later_ones_stay_there(
     assert np.isfinite(step).all()
 
 
+@needs_broken_tensorrt
 def test_build_in_auto_mode_records_why_there_is_no_engine(
     version_dir: Path, tiny_checkpoint: Path, gpu_here: None
 ) -> None:
@@ -196,3 +204,17 @@ def test_profiles_split_prefill_and_decode_and_bound_prefill_memory() -> None:
         for low, opt, high in profile.values():
             assert all(a <= b <= c for a, b, c in zip(low, opt, high, strict=True))
     assert tensorrt_engine.prefill_rows(32, 64) == 32
+
+
+def test_the_environment_can_force_onnx_runtime(
+    version_dir: Path, gpu_here: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(runners.BACKEND_ENV, "onnxruntime")
+    runner = runners.create_runner(version_dir, prefer="tensorrt")  # the override wins
+    assert runner.backend == "onnxruntime"
+    assert status(version_dir) | {"updated": ""} == {
+        "backend": "onnxruntime",
+        "engine": "",
+        "fallbacks": [],
+        "updated": "",
+    }

@@ -509,6 +509,7 @@ def tensorrt_usable() -> str | None:
 
 STATUS_FILE = "runtime-status.json"
 BUILD_ON_LOAD_ENV = "GENWIRE_TENSORRT_BUILD_ON_LOAD"
+BACKEND_ENV = "GENWIRE_MODEL_BACKEND"  # overrides config.pbtxt's backend: auto|onnxruntime|tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -683,11 +684,14 @@ def create_runner(
     (unless ``GENWIRE_TENSORRT_BUILD_ON_LOAD=0``), and falls back to ONNX Runtime, with a
     warning, the ``genwire_tensorrt_fallback_total`` metric and the reason in the version's
     ``runtime-status.json``, whenever the engine cannot be built, deserialized or run.
-    "tensorrt" raises instead of falling back at load.
+    "tensorrt" raises instead of falling back at load. ``GENWIRE_MODEL_BACKEND`` in the
+    environment overrides ``prefer``.
     """
     version_dir = Path(version_dir)
     manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
     report = _Fallback(version_dir)
+    # An operator's override for every model of this process (e.g. to compare backends).
+    prefer = os.environ.get(BACKEND_ENV) or prefer
 
     def onnxruntime() -> Runner:
         return OnnxRuntimeRunner(version_dir / "model.onnx", manifest, threads, allow_spinning)

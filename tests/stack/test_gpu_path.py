@@ -1,0 +1,37 @@
+"""`make up GPU=1` installs the gpu extra; `make gpu-check` refuses clearly without a GPU."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from genwire_stack.paths import repo_root
+
+
+def make_dry_run(*args: str) -> str:
+    proc = subprocess.run(
+        ["make", "-n", *args], cwd=repo_root(), capture_output=True, text=True, check=True
+    )
+    return proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_gpu_flag_adds_the_gpu_extra_to_the_virtualenv() -> None:
+    assert "all,dev,gpu" in make_dry_run("venv", "GPU=1")
+    assert "all,dev,gpu" in make_dry_run("up", "GPU=1")
+    assert "gpu" not in make_dry_run("venv")
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU may be here")
+def test_gpu_check_says_there_is_no_gpu_and_exits_2() -> None:
+    proc = subprocess.run(
+        ["deploy/gpu/gpu_check.sh"],
+        cwd=repo_root(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "no NVIDIA GPU" in proc.stderr
