@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from genwire.kafka.security import client_options
 from genwire.policy import ModelPolicy, PolicyError, parse
-from genwire.topics import Topic
+from genwire.topics import TOPIC_SPECS, Topic
 
 if TYPE_CHECKING:
     from genwire.service import ServiceRuntime
@@ -119,8 +120,11 @@ class PolicyFeed:
             group_id=None,
             enable_auto_commit=False,
             fetch_max_wait_ms=poll_ms,
-            **(client_kwargs or {}),
+            **(client_options() if client_kwargs is None else client_kwargs),
         )
+        self._bootstrap = bootstrap_servers
+        self._assigned = False
+        self._targets: dict[TopicPartition, int] = {}
         self.caught_up = asyncio.Event()
         """Set once every record that existed at start has been read."""
 
@@ -133,24 +137,43 @@ class PolicyFeed:
         return [] if self.caught_up.is_set() else [f"{self.topic}: not read to its end yet"]
 
     async def start(self) -> None:
-        """Connect and assign every partition from its beginning."""
+        """Connect and assign every partition from its beginning (a missing topic is created,
+        as ``genwire up`` would; if that is refused, the feed keeps trying in ``run``)."""
         await self._consumer.start()
+        self._assigned = await self._assign(create=True)
+        if not self._assigned:
+            log.warning("%s does not exist yet: no model policies until it does", self.topic)
+            self.caught_up.set()
+
+    async def _assign(self, *, create: bool) -> bool:
         partitions = None
-        for _ in range(50):  # the stack creates the topic; wait for its metadata
-            if self.topic in await self._consumer.topics():
-                partitions = self._consumer.partitions_for_topic(self.topic)
-                if partitions:
-                    break
+        for attempt in range(10):
+            # (``partitions_for_topic`` reads the consumer's own metadata, which holds only
+            # subscribed topics: always None here. The full fetch knows every topic.)
+            cluster = await self._consumer._client.fetch_all_metadata()
+            partitions = cluster.partitions_for_topic(self.topic)
+            if partitions:
+                break
+            if attempt == 0 and create:
+                with contextlib.suppress(Exception):
+                    from genwire.kafka.admin import ensure_topics
+
+                    specs = [s for s in TOPIC_SPECS if s.name == self.topic]
+                    await ensure_topics(self._bootstrap, specs, timeout_s=5.0)
             await asyncio.sleep(0.2)
         if not partitions:
-            raise RuntimeError(f"topic {self.topic} does not exist")
+            return False
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
         self._targets = await self._consumer.end_offsets(tps)
+        return True
 
     async def run(self) -> None:
         """Apply records as they come, forever."""
+        while not self._assigned:
+            await asyncio.sleep(5.0)
+            self._assigned = await self._assign(create=False)
         while True:
             batches = await self._consumer.getmany(timeout_ms=self._poll_ms)
             for records in batches.values():
@@ -178,14 +201,20 @@ async def read_policies(
 ) -> PolicyStore:
     """Read ``genwire.config`` to its end once (for a command)."""
     feed = PolicyFeed(bootstrap_servers, topic=topic, client_kwargs=client_kwargs)
-    await asyncio.wait_for(feed.start(), timeout_s)
-    task = asyncio.create_task(feed.run())
+    task: asyncio.Task[None] | None = None
     try:
+        await asyncio.wait_for(feed.start(), timeout_s)
+        task = asyncio.create_task(feed.run())
         await asyncio.wait_for(feed.caught_up.wait(), timeout_s)
+    except TimeoutError:
+        raise PolicyError(
+            f"{topic} could not be read within {timeout_s:.0f} s at {bootstrap_servers}"
+        ) from None
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await feed.stop()
     return feed.store
 
@@ -211,7 +240,9 @@ async def publish_policy(
                 f"{expect_revision}): run the command again"
             )
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers, acks="all", **(client_kwargs or {})
+        bootstrap_servers=bootstrap_servers,
+        acks="all",
+        **(client_options() if client_kwargs is None else client_kwargs),
     )
     await producer.start()
     try:
@@ -230,7 +261,9 @@ async def delete_policy(
 ) -> None:
     """Publish a tombstone: ``model`` has no policy any more (Triton's default serves it)."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers, acks="all", **(client_kwargs or {})
+        bootstrap_servers=bootstrap_servers,
+        acks="all",
+        **(client_options() if client_kwargs is None else client_kwargs),
     )
     await producer.start()
     try:

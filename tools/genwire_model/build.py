@@ -45,6 +45,7 @@ class BuildOptions:
     tensorrt: str = "auto"  # "auto": build an engine when a GPU and tensorrt exist; "off"; "on"
     intra_op_threads: int = 2
     stream_interval: int = 1  # tokens per streamed response
+    quantize: str = "off"  # "int8": ONNX Runtime dynamic INT8 weights (genwire_model.quantize)
 
     def to_json(self) -> dict[str, Any]:
         """For the manifest."""
@@ -236,6 +237,8 @@ def build_version(
     opts = options or BuildOptions()
     if opts.tensorrt not in ("auto", "on", "off"):
         raise BuildError(f"tensorrt must be auto, on or off, got {opts.tensorrt!r}")
+    if opts.quantize not in ("off", "int8"):
+        raise BuildError(f"quantize must be off or int8, got {opts.quantize!r}")
     if opts.max_batch < 1:
         raise BuildError(f"max_batch must be >= 1, got {opts.max_batch}")
     info = inspect_checkpoint(Path(checkpoint))  # raises CheckpointError naming the problem
@@ -288,10 +291,20 @@ def _assemble(
         f"over {len(validation.cases)} cases"
     )
     del model
+    quantization = None
+    if opts.quantize != "off":
+        from genwire_model.quantize import QuantizeError, quantize_version
+
+        try:
+            quantization = quantize_version(info, onnx_path, opts.quantize, progress)
+        except QuantizeError as exc:
+            raise BuildError(str(exc)) from exc
     eos_ids, tokenizer_summary = _tokenizer_files(info, out)
     _copy_runtime(out)
     tensorrt: dict[str, Any]
     reason = tensorrt_usable() if opts.tensorrt != "off" else "disabled (--tensorrt off)"
+    if quantization is not None and reason is None:
+        reason = "the INT8 ONNX graph (--quantize int8) runs on ONNX Runtime"
     if reason is None:
         from genwire_model.tensorrt_build import build_engine
 
@@ -331,6 +344,7 @@ def _assemble(
             ),
         },
         "validation": validation.to_json(),
+        **({"quantization": quantization} if quantization is not None else {}),
         "files": {"model.onnx": _sha256(onnx_path)},
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")

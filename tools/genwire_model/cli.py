@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -21,10 +20,13 @@ def register(subparsers: Any) -> None:
         help="train, build and benchmark the model",
         description="Make the models Triton serves: train the small default model, build a "
         "repository version from a Hugging Face checkpoint (ONNX, and a TensorRT engine where a "
-        "GPU allows), list the versions, and measure one straight against Triton.",
+        "GPU allows), serve versions and route traffic between them (docs/lifecycle.md), and "
+        "measure one straight against Triton.",
     )
     sub = model.add_subparsers(
-        dest="model_command", required=True, metavar="{train,build,ensure,list,bench}"
+        dest="model_command",
+        required=True,
+        metavar="{train,build,ensure,load,unload,list,show,route,promote,rollback,policy,bench}",
     )
 
     train = sub.add_parser(
@@ -66,6 +68,16 @@ def register(subparsers: Any) -> None:
     build.add_argument(
         "--stream-interval", type=int, default=1, help="tokens per streamed response (default: 1)"
     )
+    build.add_argument(
+        "--quantize",
+        choices=["off", "int8"],
+        default="off",
+        help="int8: also quantize the ONNX model (ONNX Runtime dynamic INT8) and print size, "
+        "speed and held-out loss against the FP32 one (default: off)",
+    )
+    build.add_argument(
+        "--load", action="store_true", help="then serve it (as `genwire model load`)"
+    )
     build.set_defaults(func=_build)
 
     ensure = sub.add_parser(
@@ -76,18 +88,9 @@ def register(subparsers: Any) -> None:
     )
     ensure.set_defaults(func=_ensure)
 
-    show = sub.add_parser(
-        "list",
-        help="versions in the repository and their manifests",
-        description="Print one JSON line per version of a model in the repository: when and "
-        "from what it was built, its context length, whether it has a TensorRT engine and how "
-        "far its logits are from the checkpoint's.",
-    )
-    show.add_argument(
-        "--name", default=DEFAULT_MODEL_NAME, help=f"model name (default: {DEFAULT_MODEL_NAME})"
-    )
-    show.add_argument("--repository", type=Path, help="default: the settings' repository")
-    show.set_defaults(func=_list)
+    from genwire_model import lifecycle_cli
+
+    lifecycle_cli.register(sub)  # load, unload, list, show, route, promote, rollback, policy
 
     bench = sub.add_parser(
         "bench",
@@ -153,6 +156,7 @@ def _build(args: argparse.Namespace) -> int:
         context=args.context,
         tensorrt=args.tensorrt,
         stream_interval=args.stream_interval,
+        quantize=args.quantize,
     )
     try:
         version = build_version(args.checkpoint, args.name, repository, options, _progress)
@@ -160,6 +164,10 @@ def _build(args: argparse.Namespace) -> int:
         print(f"genwire model build: {exc}", file=sys.stderr)
         return 2
     print(f"{args.name} version {version.version} at {version.path}")
+    if args.load:
+        from genwire_model.lifecycle_cli import load_built
+
+        return load_built(args, args.name, str(version.version))
     return 0
 
 
@@ -167,24 +175,6 @@ def _ensure(args: argparse.Namespace) -> int:
     from genwire_model.default import ensure_default_model
 
     print(f"{DEFAULT_MODEL_NAME} version {ensure_default_model(_settings(), _progress)}")
-    return 0
-
-
-def _list(args: argparse.Namespace) -> int:
-    from genwire_model.repository import ModelRepository
-
-    repository = ModelRepository(args.repository or _settings().repository)
-    for number in repository.versions(args.name):
-        manifest = repository.get(args.name, number).manifest
-        summary = {
-            "version": number,
-            "created": manifest.get("created"),
-            "source": manifest.get("source", {}).get("checkpoint"),
-            "context_length": manifest.get("context_length"),
-            "tensorrt": manifest.get("build", {}).get("tensorrt", {}).get("built"),
-            "max_abs_logit_diff": manifest.get("validation", {}).get("max_abs_logit_diff"),
-        }
-        print(json.dumps(summary))
     return 0
 
 

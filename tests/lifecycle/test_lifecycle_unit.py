@@ -1,0 +1,98 @@
+"""genwire model lifecycle pieces that need no stack: config.pbtxt version policy, checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from genwire_model.build import BuildOptions, render_config
+from genwire_model.lifecycle import (
+    Lifecycle,
+    LifecycleError,
+    TritonControl,
+    configured_versions,
+    with_versions,
+)
+from genwire_model.lifecycle_cli import _table, split_target
+
+from genwire.policy import ModelPolicy
+
+
+def test_version_policy_is_rewritten_in_place() -> None:
+    config = render_config("m", BuildOptions())
+    assert configured_versions(config) is None  # a fresh build serves the newest
+    two = with_versions(config, ["2", "1", "2"])
+    assert configured_versions(two) == ["1", "2"]
+    assert two.count("version_policy") == 1
+    assert configured_versions(with_versions(two, ["3"])) == ["3"]
+    assert with_versions(two, ["3"]).count("version_policy") == 1
+    bare = 'name: "m"\nbackend: "python"\n'
+    assert configured_versions(with_versions(bare, ["4"])) == ["4"]
+
+
+class StubTriton(TritonControl):
+    def __init__(self, served: list[str]) -> None:
+        self._served = served
+        self.loads = 0
+
+    def served(self, name: str) -> list[str]:
+        return list(self._served)
+
+    def load(self, name: str) -> None:
+        self.loads += 1
+        raise LifecycleError("Triton could not load m: boom")
+
+    def states(self, name: str) -> dict[str, str]:
+        return {v: "READY" for v in self._served}
+
+
+def _repo(tmp_path: Path, versions: list[str]) -> Path:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.pbtxt").write_text(render_config("m", BuildOptions()))
+    for v in versions:
+        (tmp_path / "m" / v).mkdir()
+        (tmp_path / "m" / v / "manifest.json").write_text(json.dumps({"context_length": 8}))
+    return tmp_path
+
+
+def test_a_failed_load_puts_the_config_back(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, ["1", "2"])
+    before = (repo / "m" / "config.pbtxt").read_text()
+    life = Lifecycle(repository=repo, triton=StubTriton(["1"]), bootstrap_servers="x:1")
+    with pytest.raises(LifecycleError, match="boom"):
+        life.serve("m", ["1", "2"])
+    assert (repo / "m" / "config.pbtxt").read_text() == before
+
+
+def test_unknown_versions_and_busy_unloads_are_refused(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, ["1", "2"])
+    life = Lifecycle(repository=repo, triton=StubTriton(["1", "2"]), bootstrap_servers="x:1")
+    with pytest.raises(LifecycleError, match="no version 7"):
+        life.check_versions("m", ["1", "7"])
+    with pytest.raises(LifecycleError, match="no model 'other'"):
+        life.check_versions("other", ["1"])
+    policy = ModelPolicy(model="m", aliases={"champion": "1"}, weights={"1": 80, "2": 20})
+    with pytest.raises(LifecycleError, match="named by its policy"):
+        life.unload("m", "2", policy=policy)
+    with pytest.raises(LifecycleError, match="not served"):
+        life.unload("m", "3")
+
+
+def test_publish_refuses_traffic_to_a_version_not_served(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, ["1", "2"])
+    life = Lifecycle(repository=repo, triton=StubTriton(["1"]), bootstrap_servers="x:1")
+    policy = ModelPolicy(model="m", aliases={"champion": "1"}, weights={"1": 90, "2": 10})
+    with pytest.raises(LifecycleError, match="version 2 would take traffic but is not served"):
+        life.publish(policy, None)
+
+
+def test_targets_and_table() -> None:
+    assert split_target("m") == ("m", None)
+    assert split_target("m:3") == ("m", "3")
+    with pytest.raises(SystemExit):
+        split_target("m:champion")
+    table = _table([{"name": "m", "version": "1", "state": "READY", "heldout_loss": 5.1234}])
+    header, row = table.splitlines()
+    assert header.split()[:3] == ["NAME", "VERSION", "STATE"]
+    assert row.split()[:3] == ["m", "1", "READY"] and "5.12" in row

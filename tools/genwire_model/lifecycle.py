@@ -1,0 +1,571 @@
+"""Serving model versions: load/unload in Triton, the policy on ``genwire.config``, blue-green.
+
+Which versions Triton serves is the ``version_policy`` of the model's ``config.pbtxt``
+(``specific { versions: [...] }`` once a version was loaded with ``genwire model load``);
+the model is then (re)loaded through Triton's repository API, which swaps without a gap:
+versions already served keep serving, a version that fails to load leaves the served ones
+as they were (and the file is put back). Which version takes which request is the model's
+policy (``genwire.policy``), published on ``genwire.config`` and followed live by every stage.
+
+``blue_green`` (``genwire model promote``): load the new version, check it answers, publish the
+policy that sends it all traffic, wait until every stage follows it, wait until every request
+already prepared for the old version has been generated (the inference group's committed
+offsets on ``genwire.prepared`` pass the ends seen after the switch), then unload the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from genwire.policy import (
+    CHAMPION,
+    WEIGHT_TOTAL,
+    ModelPolicy,
+    PolicyError,
+    promote,
+    rollback,
+)
+from genwire.topics import Topic
+from genwire_model.repository import ModelRepository
+
+CONFIG = "config.pbtxt"
+_POLICY_RE = re.compile(r"^version_policy\s*:?\s*\{.*\}\s*$", re.MULTILINE)
+INFERENCE_GROUP = "genwire-inference"
+"""The inference stage's consumer group (its ``service_name``)."""
+
+Progress = Callable[[str], None]
+
+
+class LifecycleError(RuntimeError):
+    """A lifecycle command cannot do what was asked; nothing changed (the message says why)."""
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+# -- Triton -----------------------------------------------------------------------------------
+
+
+class TritonControl:
+    """Triton's repository API and readiness over HTTP."""
+
+    def __init__(self, http_url: str, timeout_s: float = 600.0) -> None:
+        base = http_url if "://" in http_url else f"http://{http_url}"
+        self.base = base
+        self._client = httpx.Client(base_url=base, timeout=timeout_s, trust_env=False)
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self._client.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            return self._client.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise LifecycleError(f"Triton at {self.base} does not answer: {exc}") from None
+
+    def index(self) -> list[dict[str, Any]]:
+        """The repository index: every model (and version) Triton knows, with its state."""
+        response = self._call("POST", "/v2/repository/index", json={})
+        if response.status_code != 200:
+            raise LifecycleError(f"Triton's repository index: HTTP {response.status_code}")
+        data = response.json()
+        return data if isinstance(data, list) else []
+
+    def states(self, name: str) -> dict[str, str]:
+        """Version → state (READY, LOADING, UNAVAILABLE, ...) of the versions Triton lists."""
+        return {
+            str(m["version"]): str(m.get("state", ""))
+            for m in self.index()
+            if m.get("name") == name and m.get("version")
+        }
+
+    def served(self, name: str) -> list[str]:
+        """The versions of ``name`` Triton serves now (READY), ascending."""
+        ready = [v for v, s in self.states(name).items() if s == "READY"]
+        return sorted(ready, key=int)
+
+    def load(self, name: str) -> None:
+        """(Re)load ``name`` from its config.pbtxt; raises ``LifecycleError`` with Triton's
+        reason when it fails (the versions served before stay served)."""
+        response = self._call("POST", f"/v2/repository/models/{quote(name, safe='')}/load")
+        if response.status_code != 200:
+            raise LifecycleError(
+                f"Triton could not load {name}: {_error_text(response)} (see Triton's log)"
+            )
+
+    def unload(self, name: str) -> None:
+        """Unload every version of ``name`` (in-flight requests finish first)."""
+        response = self._call("POST", f"/v2/repository/models/{quote(name, safe='')}/unload")
+        if response.status_code != 200:
+            raise LifecycleError(f"Triton could not unload {name}: {_error_text(response)}")
+
+    def ready(self, name: str, version: str) -> bool:
+        """Whether ``name`` version ``version`` is ready."""
+        response = self._call("GET", f"/v2/models/{quote(name, safe='')}/versions/{version}/ready")
+        return response.status_code == 200
+
+    def inference_count(self, name: str, version: str) -> int | None:
+        """Requests ``name`` version ``version`` has executed (Triton's statistics)."""
+        response = self._call("GET", f"/v2/models/{quote(name, safe='')}/versions/{version}/stats")
+        if response.status_code != 200:
+            return None
+        for stat in response.json().get("model_stats", []):
+            return int(stat.get("inference_count", 0))
+        return None
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error") or response.text)[:500]
+    except ValueError:
+        return response.text[:500] or f"HTTP {response.status_code}"
+
+
+# -- which versions Triton serves (config.pbtxt) ----------------------------------------------
+
+
+def version_policy_line(versions: Iterable[str]) -> str:
+    """The ``version_policy`` of a model serving exactly ``versions``."""
+    listed = ", ".join(sorted({str(v) for v in versions}, key=int))
+    return f"version_policy: {{ specific: {{ versions: [ {listed} ] }} }}"
+
+
+def configured_versions(config_text: str) -> list[str] | None:
+    """The versions a ``specific`` version policy names (None: another policy)."""
+    match = re.search(r"specific\s*:?\s*\{\s*versions\s*:\s*\[([^\]]*)\]", config_text)
+    if match is None:
+        return None
+    return [v.strip() for v in match.group(1).split(",") if v.strip()]
+
+
+def with_versions(config_text: str, versions: Iterable[str]) -> str:
+    """``config_text`` with its version policy replaced by one serving ``versions``."""
+    line = version_policy_line(versions)
+    if _POLICY_RE.search(config_text):
+        return _POLICY_RE.sub(line, config_text, count=1)
+    return config_text.rstrip("\n") + "\n" + line + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class Lifecycle:
+    """The model lifecycle against one repository, one Triton and one broker."""
+
+    repository: Path
+    triton: TritonControl
+    bootstrap_servers: str
+    triton_grpc_url: str = "127.0.0.1:8001"
+    progress: Progress = _quiet
+    kafka_options: dict[str, Any] | None = None
+
+    # -- repository ---------------------------------------------------------------------------
+
+    def versions(self, name: str) -> list[str]:
+        """Complete versions of ``name`` in the repository (ascending)."""
+        return [str(v) for v in ModelRepository(self.repository).versions(name)]
+
+    def check_versions(self, name: str, versions: Iterable[str]) -> None:
+        """``LifecycleError`` unless every one of ``versions`` is in the repository."""
+        built = self.versions(name)
+        if not built:
+            raise LifecycleError(
+                f"no model {name!r} in {self.repository}: build one with "
+                f"`genwire model build --name {name} --checkpoint DIR`"
+            )
+        missing = sorted({str(v) for v in versions} - set(built), key=_num)
+        if missing:
+            raise LifecycleError(
+                f"{name} has no version {', '.join(missing)} in the repository "
+                f"(built: {', '.join(built)})"
+            )
+
+    # -- Triton -------------------------------------------------------------------------------
+
+    def serve(self, name: str, versions: Iterable[str]) -> list[str]:
+        """Make Triton serve exactly ``versions`` of ``name`` (empty: unload the model).
+
+        Raises ``LifecycleError`` (config.pbtxt put back, served versions unchanged) when a
+        version fails to load.
+        """
+        wanted = sorted({str(v) for v in versions}, key=int)
+        config = self.repository / name / CONFIG
+        if not config.is_file():
+            raise LifecycleError(f"{name} has no {CONFIG} in {self.repository}")
+        if not wanted:
+            self.progress(f"unloading {name}")
+            self.triton.unload(name)
+            return []
+        self.check_versions(name, wanted)
+        before = config.read_text(encoding="utf-8")
+        _write_atomic(config, with_versions(before, wanted))
+        self.progress(f"loading {name} versions {', '.join(wanted)} into Triton")
+        try:
+            self.triton.load(name)
+            not_ready = [v for v in wanted if not self.triton.ready(name, v)]
+            if not_ready:
+                states = self.triton.states(name)
+                raise LifecycleError(
+                    f"{name} version {', '.join(not_ready)} did not become ready "
+                    f"(state: {', '.join(states.get(v, '?') for v in not_ready)}); see Triton's log"
+                )
+        except LifecycleError:
+            _write_atomic(config, before)
+            with contextlib.suppress(LifecycleError):
+                served = self.triton.served(name)
+                if served:  # put Triton back on what the file says again
+                    self.triton.load(name)
+            raise
+        return wanted
+
+    def load(self, name: str, version: str | None = None) -> str:
+        """Serve ``version`` (default: the newest built) beside what is served; returns it."""
+        target = version or (self.versions(name) or [""])[-1]
+        if not target:
+            self.check_versions(name, [])
+        self.check_versions(name, [target])
+        served = self.triton.served(name)
+        if target in served:
+            self.progress(f"{name} version {target} is already served")
+            return target
+        self.serve(name, [*served, target])
+        self.probe(name, target)
+        return target
+
+    def unload(
+        self, name: str, version: str | None = None, *, policy: ModelPolicy | None = None
+    ) -> list[str]:
+        """Stop serving ``version`` (default: every version); refused while ``policy`` routes
+        to it. Returns the versions still served."""
+        served = self.triton.served(name)
+        going = [version] if version else served
+        if policy is not None:
+            named = policy.versions() if version is None else {version} & policy.versions()
+            busy = sorted(set(going) & named, key=_num)
+            if busy:
+                raise LifecycleError(
+                    f"{name} version {', '.join(busy)} is named by its policy "
+                    f"(revision {policy.revision}): route traffic away first "
+                    f"(`genwire model route/promote`), or pass --force"
+                )
+        if version is not None and version not in served:
+            raise LifecycleError(f"{name} version {version} is not served (served: {served})")
+        keep = [v for v in served if v not in going]
+        return self.serve(name, keep)
+
+    def probe(self, name: str, version: str, timeout_s: float = 60.0) -> None:
+        """One short greedy generation on ``name`` version ``version`` straight to Triton:
+        ``LifecycleError`` unless it answers with tokens."""
+        from genwire_model.repository import ModelRepository as Repo
+
+        try:
+            manifest = Repo(self.repository).get(name, int(version)).manifest
+        except (LookupError, ValueError) as exc:
+            raise LifecycleError(str(exc)) from None
+        vocab = int(manifest.get("shape", {}).get("vocab_size", 2) or 2)
+        prompt = [1 % vocab, 2 % vocab, 3 % vocab]
+        try:
+            tokens = asyncio.run(
+                asyncio.wait_for(_probe(self.triton_grpc_url, name, version, prompt), timeout_s)
+            )
+        except Exception as exc:
+            raise LifecycleError(f"{name} version {version} does not answer: {exc!r}") from None
+        if tokens < 1:
+            raise LifecycleError(f"{name} version {version} answered with no tokens")
+        self.progress(f"{name} version {version} answers ({tokens} tokens)")
+
+    # -- policy -------------------------------------------------------------------------------
+
+    def policies(self) -> dict[str, ModelPolicy]:
+        """Every model's policy in force (``genwire.config`` read to its end)."""
+        from genwire.policyfeed import read_policies
+
+        try:
+            store = asyncio.run(
+                read_policies(self.bootstrap_servers, client_kwargs=self.kafka_options)
+            )
+        except (PolicyError, OSError) as exc:
+            raise LifecycleError(f"{Topic.CONFIG}: {exc}") from None
+        return dict(store.policies)
+
+    def policy(self, name: str) -> ModelPolicy | None:
+        """``name``'s policy in force (None: it has none)."""
+        return self.policies().get(name)
+
+    def publish(self, policy: ModelPolicy, expect_revision: int | None) -> ModelPolicy:
+        """Publish a checked policy: every version it names is built and served."""
+        self.check_versions(policy.model, policy.versions())
+        served = set(self.triton.served(policy.model))
+        live = {v for v, w in policy.weights.items() if w > 0} | (
+            {policy.shadow} if policy.shadow else set()
+        )
+        if not policy.weights and policy.champion:
+            live.add(policy.champion)
+        missing = sorted(live - served, key=_num)
+        if missing:
+            raise LifecycleError(
+                f"{policy.model} version {', '.join(missing)} would take traffic but is not "
+                f"served: `genwire model load {policy.model}:{missing[0]}` first"
+            )
+        from genwire.policyfeed import publish_policy
+
+        try:
+            asyncio.run(
+                publish_policy(
+                    self.bootstrap_servers,
+                    policy,
+                    expect_revision=expect_revision,
+                    client_kwargs=self.kafka_options,
+                )
+            )
+        except PolicyError as exc:
+            raise LifecycleError(str(exc)) from None
+        self.progress(
+            f"{policy.model}: policy revision {policy.revision} published on {Topic.CONFIG}"
+        )
+        return policy
+
+    def route(
+        self,
+        name: str,
+        *,
+        weights: dict[str, int] | None = None,
+        sticky: str | None = None,
+        shadow: str | None = None,
+        aliases: dict[str, str] | None = None,
+        by: str,
+        reason: str = "",
+    ) -> ModelPolicy:
+        """Change ``name``'s routing (what is None stays as it was)."""
+        current = self.policy(name)
+        base = current or self._initial(name)
+        fields: dict[str, Any] = {}
+        if weights is not None:
+            fields["weights"] = weights
+        if sticky is not None:
+            fields["sticky"] = sticky
+        if shadow is not None:
+            fields["shadow"] = shadow
+        if aliases is not None:
+            merged = {**base.aliases, **{a: v for a, v in aliases.items() if v}}
+            fields["aliases"] = {a: v for a, v in merged.items() if aliases.get(a, v)}
+        try:
+            new = base.changed(by=by, reason=reason or "route", **fields)
+        except PolicyError as exc:
+            raise LifecycleError(f"{name}: {exc}") from None
+        return self.publish(new, current.revision if current else -1)
+
+    def _initial(self, name: str) -> ModelPolicy:
+        """The policy a model starts from: its served version (else newest) as champion."""
+        served = self.triton.served(name)
+        versions = served or self.versions(name)
+        if not versions:
+            self.check_versions(name, [])
+        champion = versions[-1]
+        return ModelPolicy(
+            model=name,
+            aliases={CHAMPION: champion},
+            weights={champion: WEIGHT_TOTAL},
+            revision=-1,
+        )
+
+    # -- promotion and rollback ----------------------------------------------------------------
+
+    def promote(
+        self,
+        name: str,
+        version: str,
+        *,
+        by: str,
+        unload_old: bool = True,
+        settle_s: float = 2.0,
+        drain_timeout_s: float = 300.0,
+    ) -> ModelPolicy:
+        """Blue-green: ``version`` serves every request from now on, the old one finishes
+        what it has and is unloaded."""
+        self.check_versions(name, [version])
+        current = self.policy(name)
+        base = current or self._initial(name)
+        old = (base.live_versions() | ({base.shadow} if base.shadow else set())) - {version}
+        self.load(name, version)  # loaded and answering before it takes a request
+        try:
+            new = promote(base, version, by=by)
+        except PolicyError as exc:
+            raise LifecycleError(str(exc)) from None
+        self.publish(new, current.revision if current else -1)
+        self._switch_over(name, old if unload_old else set(), settle_s, drain_timeout_s)
+        return new
+
+    def rollback(
+        self, name: str, *, by: str, reason: str = "", settle_s: float = 2.0
+    ) -> ModelPolicy:
+        """Undo the last change (``genwire.policy.rollback``); a version it returns to that is
+        no longer served is loaded first."""
+        current = self.policy(name)
+        if current is None:
+            raise LifecycleError(f"{name} has no policy on {Topic.CONFIG}: nothing to roll back")
+        try:
+            new = rollback(current, reason or "manual rollback", by=by)
+        except PolicyError as exc:
+            raise LifecycleError(str(exc)) from None
+        for version in sorted(new.live_versions() - set(self.triton.served(name)), key=_num):
+            self.load(name, version)
+        return self.publish(new, current.revision)
+
+    def _switch_over(
+        self, name: str, old: set[str], settle_s: float, drain_timeout_s: float
+    ) -> None:
+        # Every stage instance follows genwire.config within a poll (100 ms) and a broker round
+        # trip; after settle_s nothing new is routed to the old version.
+        time.sleep(settle_s)
+        if not old:
+            return
+        self.progress(f"waiting for requests prepared for version {', '.join(sorted(old))}")
+        drained = asyncio.run(
+            wait_drained(self.bootstrap_servers, drain_timeout_s, self.kafka_options)
+        )
+        if not drained:
+            self.progress(
+                f"requests still in flight after {drain_timeout_s:.0f} s: "
+                f"version {', '.join(sorted(old))} stays loaded"
+            )
+            return
+        served = self.triton.served(name)
+        keep = [v for v in served if v not in old]
+        if keep and keep != served:
+            self.serve(name, keep)
+            self.progress(f"unloaded {name} version {', '.join(sorted(old, key=_num))}")
+
+
+def _num(version: str) -> int:
+    return int(version) if version.isdigit() else 1 << 62
+
+
+async def _probe(url: str, name: str, version: str, prompt: list[int]) -> int:
+    from tritonclient.grpc.aio import InferenceServerClient
+
+    from genwire.triton_io import Output, infer_inputs
+
+    client = InferenceServerClient(url)
+    done = asyncio.Event()
+    inputs = infer_inputs(
+        prompt, max_tokens=2, temperature=0.0, top_p=1.0, top_k=0, seed=0, stream=False
+    )
+
+    async def requests() -> Any:
+        yield {"model_name": name, "model_version": version, "inputs": inputs}
+        await done.wait()
+
+    tokens = 0
+    try:
+        async for result, error in client.stream_infer(requests()):
+            if error is not None:
+                raise RuntimeError(str(error))
+            ids = result.as_numpy(Output.TOKEN_IDS)
+            tokens += 0 if ids is None else int(ids.size)
+            finished = result.as_numpy(Output.FINISHED)
+            if finished is not None and bool(finished.reshape(-1)[0]):
+                break
+    finally:
+        done.set()
+        await client.close()
+    return tokens
+
+
+async def wait_drained(
+    bootstrap_servers: str,
+    timeout_s: float,
+    kafka_options: dict[str, Any] | None = None,
+    *,
+    group: str = INFERENCE_GROUP,
+    topic: str = Topic.PREPARED,
+) -> bool:
+    """Wait until ``group`` has committed past every record on ``topic`` now: every request
+    prepared so far has been generated (its outputs acknowledged). False on timeout."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from genwire.kafka.security import client_options
+
+    options = client_options() if kafka_options is None else kafka_options
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, **options)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **options)
+    await consumer.start()
+    await admin.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer.topics()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+            # A partition the group never committed on has nothing of it in flight either.
+            behind = {
+                tp: end
+                for tp, end in ends.items()
+                if committed.get(tp) is not None and 0 <= committed[tp].offset < end
+            }
+            if not behind:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+        await consumer.stop()
+
+
+def describe(repository: Path, triton: TritonControl, name: str) -> list[dict[str, Any]]:
+    """One row per version of ``name``: repository facts and Triton's state."""
+    repo = ModelRepository(repository)
+    try:
+        states = triton.states(name)
+    except LifecycleError:
+        states = {}
+    rows = []
+    for number in repo.versions(name):
+        manifest = repo.get(name, number).manifest
+        validation = manifest.get("validation", {})
+        quant = manifest.get("quantization") or {}
+        rows.append(
+            {
+                "name": name,
+                "version": str(number),
+                "state": states.get(str(number), "") or "not loaded",
+                "created": manifest.get("created"),
+                "source": manifest.get("source", {}).get("checkpoint"),
+                "context_length": manifest.get("context_length"),
+                "tensorrt": manifest.get("build", {}).get("tensorrt", {}).get("built"),
+                "max_abs_logit_diff": validation.get("max_abs_logit_diff"),
+                "heldout_loss": validation.get("heldout_loss"),
+                "quantized": quant.get("mode"),
+            }
+        )
+    return rows
+
+
+def to_json(rows: list[dict[str, Any]]) -> str:
+    """JSON lines (for ``--json``)."""
+    return "\n".join(json.dumps(r) for r in rows)
