@@ -36,7 +36,7 @@ from genwire_stack.component import Component
 from genwire_stack.kafka_node import Kafka
 from genwire_stack.paths import StackPaths
 from genwire_stack.secure import SecureStack
-from genwire_stack.servers import Redis, Service, Triton
+from genwire_stack.servers import Jaeger, Redis, Service, Triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
@@ -47,7 +47,8 @@ from tests.stack.support import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-SERVICES = ("preprocess", "inference", "postprocess", "gateway")
+SERVICES = ("preprocess", "inference", "postprocess", "monitor", "gateway")
+JAEGER_ROLES = ("ui+query", "query-grpc", "otlp-grpc", "otlp-http", "health", "metrics")
 
 
 @dataclass
@@ -56,7 +57,9 @@ class SecureRun:
     security: SecureStack
     kafka: Kafka
     redis: Redis
+    jaeger: Jaeger
     services: dict[str, Service]
+    api_key: str | None
 
     @property
     def bootstrap(self) -> str:
@@ -82,9 +85,21 @@ def _ports(count: int) -> list[int]:
     return ports
 
 
-API_KEYS_OFF = {"GENWIRE_GATEWAY_AUTH_ENABLED": "false"}
-"""The secure gateway checks API keys like any other; this test is about the transport, so its
-throwaway gateway runs with them off (API keys have their own tests in tests/security/)."""
+async def _create_api_key(redis_url: str) -> str | None:
+    """A ``generate`` key in the secure Redis (over TLS, with its password), as ``genwire keys
+    create`` makes one; None where the gateway has no API keys."""
+    try:
+        from genwire.apikeys import KeyStore
+    except ImportError:
+        return None
+    from genwire.redisconn import connect
+
+    redis = connect(redis_url)
+    try:
+        key, _ = await KeyStore(redis).create("secure-test", ["generate"])
+        return key
+    finally:
+        await redis.aclose()  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +128,22 @@ def secure(
     settings = CommonSettings(home=home, model_repository=stack.repository)
     paths = StackPaths.from_settings(settings)
     security = SecureStack(paths, "mtls")
-    broker, controller, redis_port, *service_ports = _ports(8)
+    broker, controller, redis_port, *service_ports = _ports(3 + len(SERVICES) + 1)
+    jaeger_ports = dict(zip(JAEGER_ROLES, _ports(len(JAEGER_ROLES) + 12)[12:], strict=True))
     kafka = Kafka(paths, settings, broker, controller, heap="512m", security=security)
     kafka.dest.parent.mkdir(parents=True)
     kafka.dest.symlink_to(Kafka(shared, stack).dest)  # the installed jars; no second download
     redis = Redis(paths, settings, redis_port, security=security)
+    jaeger = Jaeger(
+        paths,
+        settings,
+        jaeger_ports,
+        group="jaeger-secure-test",
+        kafka_bootstrap=kafka.bootstrap,
+        initial_offset="latest",
+        security=security,
+    )
+    jaeger.dest.symlink_to(Jaeger(shared, stack).dest)
     services = {
         short: Service(
             paths,
@@ -131,15 +157,12 @@ def secure(
         )
         for i, short in enumerate(SERVICES)
     }
-    catalog: dict[str, Component] = {"kafka": kafka, "redis": redis, **services}
-    saved = dict(os.environ)
-    os.environ.update(API_KEYS_OFF)
+    catalog: dict[str, Component] = {"kafka": kafka, "redis": redis, "jaeger": jaeger, **services}
     try:
         ensure_up(settings=settings, catalog=catalog, model=False)
-        yield SecureRun(settings, security, kafka, redis, services)
+        api_key = asyncio.run(_create_api_key(redis.url))
+        yield SecureRun(settings, security, kafka, redis, jaeger, services, api_key)
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
         down(settings=settings, catalog=catalog)
 
 
@@ -149,7 +172,8 @@ def secure(
 def test_a_request_goes_through_every_hop_encrypted(secure: SecureRun) -> None:
     gateway = secure.gateway
     context = secure.security.client_context(certificate=True)
-    with httpx.Client(verify=context, timeout=60, trust_env=False) as http:
+    headers = {"Authorization": f"Bearer {secure.api_key}"} if secure.api_key else {}
+    with httpx.Client(verify=context, timeout=60, trust_env=False, headers=headers) as http:
         response = http.post(
             f"https://127.0.0.1:{gateway.port}/v1/completions",
             json={"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0},
@@ -164,6 +188,26 @@ def test_a_request_goes_through_every_hop_encrypted(secure: SecureRun) -> None:
     assert f"listeners=SASL_SSL://127.0.0.1:{secure.kafka.port}," in config
     assert "PLAINTEXT://" not in config.split("# --- genwire up --secure")[1]
     assert oct(secure.kafka.config_file.stat().st_mode & 0o777) == "0o600"
+    # The services' spans went to otlp_spans over SASL_SSL and the secure Jaeger (user
+    # `jaeger`, read-only on that topic) read them back.
+    deadline = time.monotonic() + 90
+    seen: list[str] = []
+    with httpx.Client(timeout=5, trust_env=False) as http:
+        while "genwire-gateway" not in seen and time.monotonic() < deadline:
+            answer = http.get(f"http://127.0.0.1:{secure.jaeger.ui_port}/api/services")
+            seen = list(answer.json().get("data") or []) if answer.status_code == 200 else []
+            time.sleep(1.0)
+    assert "genwire-gateway" in seen, seen
+
+
+def test_no_service_was_refused_by_an_acl(secure: SecureRun) -> None:
+    """Each service's ACLs cover every topic and group it really uses (monitor included)."""
+    test_a_request_goes_through_every_hop_encrypted(secure)
+    for service in secure.services.values():
+        assert service.readiness().ready, service.name
+        text = service.log.read_text(errors="replace")
+        assert "AuthorizationFailed" not in text, f"{service.name}: {service.log}"
+        assert "AuthenticationFailed" not in text, f"{service.name}: {service.log}"
 
 
 def test_grpc_over_tls_with_a_client_certificate(secure: SecureRun) -> None:
