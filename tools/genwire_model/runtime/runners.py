@@ -302,6 +302,7 @@ class TensorRTRunner:
             (self.max_rows, self.vocab_size), dtype=torch.float32, pin_memory=pin
         )
         self._copied = torch.cuda.Event()
+        self._staged = torch.cuda.Event()
         self.device_logits: Any = None
 
     def _profile(self, rows: int, seq: int, past: int) -> dict[str, Any]:
@@ -350,6 +351,9 @@ class TensorRTRunner:
             values.append(v)
         with self.torch.cuda.stream(self.stream):
             merged = (self.torch.cat(keys, dim=1), self.torch.cat(values, dim=1))
+            if not self.host_logits:
+                self.device_logits = self.torch.cat(logits, dim=0)
+                return self.device_logits, merged
         return np.concatenate(logits, axis=0), merged
 
     def _run(
@@ -369,11 +373,16 @@ class TensorRTRunner:
                 "attention_mask": attention_mask,
                 "position_ids": position_ids,
             }
+            # The previous pass's uploads must have left the pinned buffers before they are
+            # overwritten (without a host copy of the logits nothing else waited for them).
+            self._staged.synchronize()
             for name, array in feeds.items():
-                staged = self._host[name][: array.shape[0], : array.shape[1]]
-                staged.numpy()[...] = array  # pinned: the copy below does not block
+                # A contiguous [rows, cols] view of the flat pinned buffer: one DMA, no temp.
+                staged = self._host[name].view(-1)[: array.size].view(array.shape)
+                staged.numpy()[...] = array
                 device = staged.to(self.device, non_blocking=True)
                 tensors[name] = device.to(self.dtypes[name]).contiguous()
+            self._staged.record(self.stream)
             tensors["past_keys"] = kv[0].to(self.dtypes["past_keys"]).contiguous()
             tensors["past_values"] = kv[1].to(self.dtypes["past_values"]).contiguous()
             for name in INPUT_NAMES:
@@ -595,7 +604,9 @@ class FallbackRunner:
     to the host once); every later pass and cache operation goes to ONNX Runtime. The cache's
     masked dummy column of TensorRT's prefills stays harmless: ONNX Runtime masks it too.
     Other attributes (``backend``, ``min_past``, ``vocab_size``, anything a runner adds) are
-    the active runner's.
+    the active runner's, read and written. A caller using TensorRT-only features
+    (``host_logits = False``, ``sample_on_device``) checks ``backend == "tensorrt"`` per pass:
+    after a fallback the logits are numpy again.
     """
 
     def __init__(self, primary: Any, make_fallback: Any, fallback: _Fallback) -> None:
@@ -604,8 +615,17 @@ class FallbackRunner:
         self._report = fallback
         self.failed = False
 
+    _OWN = frozenset({"active", "_make_fallback", "_report", "failed"})
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["active"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Settings such as ``host_logits`` reach the runner doing the work.
+        if name in self._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.active, name, value)
 
     def _switch(self, exc: BaseException) -> None:
         self._report.report("run", f"{type(exc).__name__}: {exc}")
