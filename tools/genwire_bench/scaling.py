@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from genwire.kafka_security import client_options
 from genwire.topics import TOPIC_SPECS, Topic
 from genwire_bench.drivers.base import Driver, TraceContext
 from genwire_bench.records import BenchRequest, RequestRecord
@@ -137,7 +138,7 @@ async def group_assignments(bootstrap: str, group: str) -> list[dict[str, list[i
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options())
     await admin.start()
     try:
         # One group per call: aiokafka 0.14 fails to decode a multi-group answer.

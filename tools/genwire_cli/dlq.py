@@ -20,6 +20,7 @@ from aiokafka.structs import ConsumerRecord
 
 from genwire.kafka import EventProducer
 from genwire.kafka.failures import header
+from genwire.kafka_security import client_options
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 
@@ -90,7 +91,10 @@ class Selection:
 async def read_letters(bootstrap_servers: str, topic: str, selection: Selection) -> list[Letter]:
     """Every selected record of ``topic`` up to its end now (no group: nothing is committed)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        **client_options(),
     )
     await consumer.start()
     try:

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from genwire_gateway.usage import UsageEvent
 from pydantic import ValidationError
 
+from genwire.kafka_security import client_options
 from genwire.settings import CommonSettings
 from genwire.topics import Topic
 
@@ -104,7 +105,10 @@ async def read_usage(
 ) -> list[UsageEvent]:
     """Every usage event published since ``since_ms`` (epoch ms) up to the topic's end now."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        **client_options(),
     )
     await consumer.start()
     try:
