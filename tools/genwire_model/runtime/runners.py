@@ -725,11 +725,13 @@ def create_runner(
             raise RuntimeError(f"TensorRT backend requested but {reason}")
         report.status("onnxruntime")
         return onnxruntime()
-    from .tensorrt_engine import current_key, find_engine, key_name
-
-    key = current_key()
-    stage, engine = "deserialize", find_engine(version_dir, key)
+    stage, key_label = "deserialize", ""
     try:
+        from .tensorrt_engine import current_key, find_engine, key_name
+
+        key = current_key()
+        key_label = key_name(key)
+        engine = find_engine(version_dir, key)
         if engine is None:
             if prefer == "auto" and os.environ.get(BUILD_ON_LOAD_ENV, "1") == "0":
                 report.status("onnxruntime")
@@ -744,5 +746,5 @@ def create_runner(
         log.exception("TensorRT %s failed", stage)
         report.report(stage, f"{type(exc).__name__}: {exc}")
         return onnxruntime()
-    report.status("tensorrt", key_name(key))
+    report.status("tensorrt", key_label)
     return FallbackRunner(runner, onnxruntime, report)  # type: ignore[return-value]
