@@ -179,6 +179,19 @@ def test_a_secure_layout_wires_every_component(tmp_path: Path) -> None:
     conf = redis.config_file.read_text()
     assert "port 0\n" in conf and f"tls-port {redis.port}" in conf
     assert redis.command()[1:] == [str(redis.config_file)]  # no password in argv
+    # A shell reads the admin's file back as it was meant (the URL has & and ? in it).
+    admin_env = stack.root / "env" / "admin.env"
+    shell = subprocess.run(
+        [
+            "sh",
+            "-c",
+            f'set -a; . "{admin_env}"; echo "$GENWIRE_REDIS_URL $GENWIRE_KAFKA_SASL_USERNAME"',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shell.stdout.split() == [redis.url, "admin"]
     for name in ("preprocess", "inference", "postprocess", "monitor", "gateway"):
         service = components[name]
         assert isinstance(service, Service)

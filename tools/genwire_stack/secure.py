@@ -12,7 +12,8 @@ Everything lives in ``<GENWIRE_HOME>/secure`` (mode 0700, files 0600), made once
   of a gateway that requires one (``--secure mtls``) and the stack's own probes;
 - ``credentials.json``: the SCRAM password of every Kafka principal and the Redis password;
 - ``env/<principal>.env``: the ``GENWIRE_KAFKA_*`` variables of each principal (``set -a; .
-  env/bench.env`` before ``genwire bench`` against a secure stack).
+  env/bench.env`` before ``genwire bench`` against a secure stack); ``admin.env`` also has
+  ``GENWIRE_REDIS_URL`` (``genwire keys``, ``genwire dlq``, ``genwire model``).
 
 The broker runs SASL_SSL with SCRAM-SHA-512 and the StandardAuthorizer: every service has its
 own user, and :data:`ACCESS` lists what each may read and write; ``admin`` (the stack itself:
@@ -26,6 +27,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shlex
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -196,11 +198,18 @@ class SecureStack:
                 f"secure Kafka data ({self.paths.data}/kafka*-secure), then `genwire up --secure`"
             )
         self._credentials = creds
+        for user in PRINCIPALS:
+            self.write_env(user)
+
+    def write_env(self, user: str, extra: Mapping[str, str] | None = None) -> Path:
+        """``env/<user>.env``: the ``GENWIRE_KAFKA_*`` variables of ``user`` (and ``extra``)."""
         env_dir = self.root / "env"
         env_dir.mkdir(mode=0o700, exist_ok=True)
-        for user in PRINCIPALS:
-            lines = [f"{k}={v}" for k, v in self.kafka_env(user).items()]
-            _write_private(env_dir / f"{user}.env", "\n".join(lines) + "\n")
+        path = env_dir / f"{user}.env"
+        values = {**self.kafka_env(user), **(extra or {})}
+        # Shell syntax (``set -a; . admin.env``): the Redis URL has ``&`` and ``?`` in it.
+        _write_private(path, "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items()))
+        return path
 
     def _creds(self) -> dict[str, Any]:
         if not self._credentials:

@@ -100,6 +100,8 @@ class Redis(Component):
             fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(self.security.redis_config(self.port, self.data_dir))
+            # The admin tools (genwire keys, dlq, model) reach this Redis with these.
+            self.security.write_env("admin", {"GENWIRE_REDIS_URL": self.url})
 
     def command(self) -> list[str]:
         binary = self._binary()
