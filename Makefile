@@ -10,6 +10,10 @@ CHAOS_ARGS ?=
 # Instances per service, passed to `genwire up --scale` (e.g. SCALE=gateway=2,preprocess=2);
 # empty: the layout of the last run (one of each on a fresh home).
 SCALE ?=
+# SECURE=1 (or tls): `genwire up --secure` — TLS + SASL/SCRAM + ACLs on Kafka, TLS + password on
+# Redis, TLS on the gateway; SECURE=mtls also requires client certificates; SECURE=off: plaintext
+# again (docs/security.md). Empty: the mode of the last run. Switching needs `make down` first.
+SECURE ?=
 # GPU=1: also install the gpu extra (TensorRT; ModelOpt for TensorRT 11's FP16), so the default
 # model gets a TensorRT engine for this GPU (docs/model.md, "GPU").
 GPU ?=
@@ -24,7 +28,7 @@ venv: ## create or refresh the virtualenv (fast when up to date; GPU=1 adds Tens
 	@$(if $(filter 1,$(GPU)),GENWIRE_EXTRAS="$${GENWIRE_EXTRAS:-$(GPU_EXTRAS)}" )deploy/native/bootstrap.sh
 
 up: venv ## install what is missing, start Kafka, Redis, Triton, Jaeger and the services (SCALE=gateway=2,..., GPU=1)
-	@$(BIN)/genwire up $(if $(SCALE),--scale $(SCALE))
+	@$(BIN)/genwire up $(if $(SCALE),--scale $(SCALE)) $(if $(SECURE),--secure $(if $(filter 1,$(SECURE)),tls,$(SECURE)))
 
 down: ## stop what `make up` started
 	@if [ -x $(BIN)/genwire ]; then $(BIN)/genwire down; else echo "genwire: nothing to stop"; fi
