@@ -158,3 +158,46 @@ def test_a_rebuilt_alert_of_a_version_that_comes_back_is_judged_on_its_traffic()
     t, events = run(fresh, replace(REFERENCE, version="2"), t + 5, 30.0, 100, rng)
     assert [(e.id, e.status) for _, e in events] == [(fired.id, "resolved")]
     assert "no longer served" not in events[0][1].summary  # resolved by healthy traffic
+
+
+def test_feedback_is_counted_per_served_version_and_unknown_ids_make_no_series() -> None:
+    from genwire.feedback import FeedbackEvent
+
+    engine = MonitorEngine(fast_settings())
+    t, _ = run(engine, REFERENCE, T0, 2.0, 50, random.Random(36))
+    fb = [
+        FeedbackEvent(request_id="a", known=True, model="genwire-gpt", model_version="1", rating=1),
+        FeedbackEvent(
+            request_id="b",
+            known=True,
+            model="genwire-gpt",
+            model_version="1",
+            rating=0,
+            label="wrong",
+            correction="x",
+        ),
+        FeedbackEvent(request_id="c", known=False, rating=1),  # unknown request id
+        *[
+            FeedbackEvent(
+                request_id=f"d{i}",
+                known=True,
+                model=f"made-up-{i}",
+                model_version="1",
+                label=f"l{i}",
+            )
+            for i in range(100)
+        ],
+    ]
+    engine.add_feedback([e.model_dump_json().encode() for e in fb] + [b"not json"], t)
+    assert set(engine.models) == {("genwire-gpt", "1")}
+    (m,) = engine.model_figures(t)
+    assert m["feedback"] == {
+        "count": 2,
+        "mean_rating": 0.5,
+        "corrections": 1,
+        "labels": {"wrong": 1},
+    }
+    assert (engine.counts.feedback, engine.counts.feedback_unmatched) == (103, 101)
+    assert engine.counts.feedback_malformed == 1
+    html = page.render(page.snapshot(engine, t))
+    assert '<span class="feedback">2, 0.50; wrong 1</span>' in html

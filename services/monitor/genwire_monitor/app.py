@@ -69,6 +69,19 @@ async def setup(
         return [] if source.ready else [f"the span source has no partitions of {Topic.SPANS} yet"]
 
     runtime.add_check(source_ready)
+    feedback = (
+        SpanSource(
+            topic=cfg.feedback_topic,
+            group_id=f"{cfg.group_id}-feedback",
+            bootstrap_servers=cfg.kafka_bootstrap_servers,
+            sink=worker.feedback,
+            max_records=cfg.max_batch_records,
+            commit_interval_s=cfg.commit_interval_s,
+            auto_offset_reset=cfg.auto_offset_reset,
+        )
+        if cfg.feedback_topic
+        else None
+    )
     poller = (
         OffsetPoller(
             bootstrap_servers=cfg.kafka_bootstrap_servers,
@@ -93,9 +106,14 @@ async def setup(
             runtime.supervise(poller.run(), "watch-offsets")
         if store is not None:
             runtime.supervise(follow_policies(cfg, store), "follow-policies")
+        if feedback is not None:
+            await feedback.start()
+            runtime.supervise(feedback.run(), "consume:feedback")
         try:
             yield
         finally:
+            if feedback is not None:
+                await feedback.stop()
             await source.stop()
 
     try:

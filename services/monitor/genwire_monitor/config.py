@@ -189,6 +189,11 @@ class MonitorSettings(ServiceSettings):
         "followed live: which version is the champion and which are canaries; automatic "
         "rollbacks are published there. '' turns following (and rollback) off.",
     )
+    feedback_topic: str = Field(
+        Topic.FEEDBACK.value,
+        description="Topic of caller feedback (genwire.feedback), counted per model version "
+        "on the status page; '' turns it off.",
+    )
     auto_rollback: bool = Field(
         True,
         description="Publish a rollback of a model's policy when a canary version's alerts "

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from ddsketch import DDSketch
 
+from genwire.feedback import FeedbackEvent
 from genwire.policy import ModelPolicy
 from genwire.telemetry import semconv as sc
 from genwire_monitor import rules
@@ -64,6 +65,41 @@ class Mean:
     n: int = 0
 
 
+MAX_FEEDBACK_LABELS = 16  # distinct labels counted per series; more count as "other"
+
+
+@dataclass
+class FeedbackTally:
+    """Feedback received for one model version since start."""
+
+    count: int = 0
+    rated: int = 0
+    rating_sum: float = 0.0
+    corrections: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+
+    def add(self, rating: float | None, label: str | None, correction: bool) -> None:
+        """Count one piece of feedback."""
+        self.count += 1
+        if rating is not None:
+            self.rated += 1
+            self.rating_sum += rating
+        self.corrections += correction
+        if label:
+            if label not in self.labels and len(self.labels) >= MAX_FEEDBACK_LABELS:
+                label = "other"
+            self.labels[label] = self.labels.get(label, 0) + 1
+
+    def figures(self) -> dict[str, object]:
+        """JSON-ready: count, mean rating, corrections, labels."""
+        return {
+            "count": self.count,
+            "mean_rating": self.rating_sum / self.rated if self.rated else None,
+            "corrections": self.corrections,
+            "labels": dict(self.labels),
+        }
+
+
 @dataclass
 class ModelSeries:
     """One model version's SLO counters (the latency SLOs, then the error SLO), requests and
@@ -77,6 +113,7 @@ class ModelSeries:
     errors: int = 0
     seen: int = field(default=0)  # order of first appearance
     last_seen: float = 0.0  # clock time of its latest request (eviction when idle)
+    feedback: FeedbackTally = field(default_factory=FeedbackTally)
 
     def mean_logprob(self, now: float, window_s: float) -> float | None:
         """Mean of ``genwire.mean_logprob`` over the window (None: no value)."""
@@ -97,6 +134,9 @@ class Counts:
     client_errors: int = 0
     late_spans: int = 0
     too_old: int = 0
+    feedback: int = 0  # genwire.feedback records read
+    feedback_unmatched: int = 0  # about a request no served version is known for
+    feedback_malformed: int = 0
 
 
 class MonitorEngine:
@@ -272,6 +312,23 @@ class MonitorEngine:
                     bucket.n += 1
             self.drift.add(rec, now, key)
 
+    def add_feedback(self, values: Iterable[bytes], now: float) -> None:
+        """Count ``genwire.feedback`` records under the version that served their request
+        (a version with a series); the rest (unknown request ids, versions without a series)
+        are counted as unmatched, never as a new series."""
+        for value in values:
+            try:
+                event = FeedbackEvent.model_validate_json(value)
+            except ValueError:
+                self.counts.feedback_malformed += 1
+                continue
+            self.counts.feedback += 1
+            series = self.models.get((event.model, event.model_version)) if event.known else None
+            if series is None:
+                self.counts.feedback_unmatched += 1
+                continue
+            series.feedback.add(event.rating, event.label, event.correction is not None)
+
     def complete(self, now: float) -> int:
         """Record every trace idle long enough to be complete; returns how many."""
         records = self.traces.expire(now)
@@ -334,6 +391,7 @@ class MonitorEngine:
                     "mean_logprob": series.mean_logprob(now, w),
                     "slos": slos,
                     "requests_total": series.requests,
+                    "feedback": series.feedback.figures(),
                     "errors_total": series.errors,
                 }
             )

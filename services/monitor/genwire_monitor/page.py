@@ -220,12 +220,23 @@ def _models(d: PageData) -> str:
             f'<td class="l">{escape(str(m["version"]))}</td>'
             f'<td class="l">{escape(str(m.get("role") or ""))}</td><td>{m["requests"]}</td>'
             f"<td>{_fmt(m['error_ratio'], '.2%')}</td><td>{_fmt(m['mean_logprob'], '.3f')}</td>"
+            f"<td>{_feedback(m.get('feedback'))}</td>"
             f"{cells}</tr>"
         )
     return (
         '<table id="models"><tr><th>model</th><th>version</th><th>role</th><th>requests</th>'
         "<th>errors</th>"
-        f"<th>mean logprob</th>{head}</tr>{rows}</table>"
+        f"<th>mean logprob</th><th>feedback (n, mean rating, labels)</th>{head}</tr>{rows}</table>"
+    )
+
+
+def _feedback(f: object) -> str:
+    if not isinstance(f, dict) or not f.get("count"):
+        return '<span class="muted">none</span>'
+    labels = ", ".join(f"{escape(k)} {v}" for k, v in sorted(f["labels"].items()))
+    return (
+        f'<span class="feedback">{f["count"]}, {_fmt(f["mean_rating"], ".2f")}'
+        f"{'; ' + labels if labels else ''}</span>"
     )
 
 

@@ -63,6 +63,10 @@ class EngineWorker:
         """Decode and aggregate a batch of Kafka values."""
         await self._call(self.engine.ingest, values, self._clock())
 
+    async def feedback(self, values: list[bytes]) -> None:
+        """Count a batch of ``genwire.feedback`` values per model version."""
+        await self._call(self.engine.add_feedback, values, self._clock())
+
     async def restore(self) -> list[str]:
         """Rebuild the alerts the alert-state topic says are firing (before the first
         evaluation); returns their ids."""
