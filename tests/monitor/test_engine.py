@@ -80,7 +80,7 @@ def test_length_stops_drift_the_finish_reason_mix() -> None:
 
 
 def test_each_model_version_has_its_own_reference() -> None:
-    engine = MonitorEngine(fast_settings())
+    engine = MonitorEngine(fast_settings(model_idle_s=7200))  # v1 idles 14 s: not evicted
     rng = random.Random(6)
     t, _ = run(engine, REFERENCE, T0, 14.0, 100, rng)
     v2 = replace(LONG_PROMPTS, version="2")  # a new version with its own (long) normal
