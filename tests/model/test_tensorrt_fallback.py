@@ -218,3 +218,26 @@ def test_the_environment_can_force_onnx_runtime(
         "fallbacks": [],
         "updated": "",
     }
+
+
+def test_default_model_reuse_is_keyed_on_tensorrt_version_and_gpu(tmp_path: Path) -> None:
+    from genwire_model import default
+
+    no_engine: dict[str, Any] = {"build": {"tensorrt": {"built": False, "reason": "no GPU"}}}
+    # A version built without a GPU has no engine for this GPU: not reusable here.
+    assert not default._has_engine(tmp_path, no_engine, KEY)
+    folder = tensorrt_engine.engine_dir(tmp_path, KEY)
+    folder.mkdir(parents=True)
+    (folder / "model.plan").write_bytes(b"plan")
+    (folder / "tensorrt.json").write_text(json.dumps(KEY))
+    assert default._has_engine(tmp_path, no_engine, KEY)
+    # Another TensorRT release or another GPU architecture: a new version is built.
+    assert not default._has_engine(tmp_path, no_engine, {**KEY, "tensorrt_version": "11.4.0"})
+    assert not default._has_engine(tmp_path, no_engine, {**KEY, "compute_capability": "8.6"})
+    # A build for this key that already failed is not retried on every `genwire up`.
+    tried = {"build": {"tensorrt": {"built": False, "attempted_key": "trt11.4.0-sm86"}}}
+    assert default._has_engine(
+        tmp_path, tried, {"tensorrt_version": "11.4.0", "compute_capability": "8.6"}
+    )
+    if not REAL_TENSORRT:
+        assert default.engine_key() is None  # no TensorRT here: any version is reusable
