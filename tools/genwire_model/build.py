@@ -32,7 +32,13 @@ from genwire_model.repository import MANIFEST, ModelRepository, ModelVersion
 log = logging.getLogger(__name__)
 
 RUNTIME_DIR = Path(__file__).parent / "runtime"
-RUNTIME_MODULES = ("__init__.py", "runners.py", "sampling.py", "scheduler.py")
+RUNTIME_MODULES = (
+    "__init__.py",
+    "runners.py",
+    "sampling.py",
+    "scheduler.py",
+    "tensorrt_engine.py",
+)
 MANIFEST_FORMAT = 1
 
 
@@ -301,22 +307,18 @@ def _assemble(
             raise BuildError(str(exc)) from exc
     eos_ids, tokenizer_summary = _tokenizer_files(info, out)
     _copy_runtime(out)
-    tensorrt: dict[str, Any]
+    from genwire_model.tensorrt_build import TensorRTBuildError, build_for_version
+
     reason = tensorrt_usable() if opts.tensorrt != "off" else "disabled (--tensorrt off)"
     if quantization is not None and reason is None:
         reason = "the INT8 ONNX graph (--quantize int8) runs on ONNX Runtime"
-    if reason is None:
-        from genwire_model.tensorrt_build import build_engine
-
-        tensorrt = {
-            "built": True,
-            **build_engine(info, onnx_path, out, opts.max_batch, context, progress),
-        }
-    elif opts.tensorrt == "on":
-        raise BuildError(f"--tensorrt on, but {reason}")
-    else:
-        tensorrt = {"built": False, "reason": reason}
-        progress(f"TensorRT engine skipped: {reason}")
+    try:
+        # auto: any engine failure leaves the version to ONNX Runtime, with the reason.
+        tensorrt = build_for_version(
+            info, onnx_path, out, opts.max_batch, context, opts.tensorrt, reason, progress
+        )
+    except TensorRTBuildError as exc:
+        raise BuildError(str(exc)) from exc
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "source": {
