@@ -203,6 +203,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
         ("weight", "WEIGHT"),
         ("created", "CREATED"),
         ("source", "SOURCE"),
+        ("backend", "BACKEND"),
         ("max_abs_logit_diff", "LOGIT DIFF"),
         ("heldout_loss", "LOSS"),
         ("quantized", "QUANT"),
