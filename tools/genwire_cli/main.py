@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "genwire_cli.dlq_cli",
     "genwire_cli.keys_cli",
     "genwire_cli.usage_cli",
+    "genwire_cli.feedback_cli",
 )
 
 DESCRIPTION = (
@@ -40,7 +41,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("send requests", ("generate", "demo")),
     ("the model", ("model", "default-model")),
     ("measure", ("bench", "monitor-bench")),
-    ("operate", ("chaos", "dlq", "keys", "usage")),
+    ("operate", ("chaos", "dlq", "keys", "usage", "feedback")),
 )
 """The top-level help's sections; a command in none of them is listed under "other"."""
 
