@@ -83,7 +83,7 @@ def build_for_version(
         folder = engine_dir(out, key)
         record = build_engine(onnx_path, folder, _shape(info), max_batch, context, progress)
         stage = "run"
-        record["agreement"] = verify(out, folder / PLAN, _shape(info), context)
+        record["agreement"] = verify(out, folder / PLAN, _shape(info), context, max_batch)
         figures = record["agreement"]
         if not figures["finite"] or figures["max_abs_logit_diff"] > MAX_ENGINE_LOGIT_DIFF:
             raise TensorRTBuildError(f"the engine disagrees with ONNX Runtime: {figures}")
@@ -106,12 +106,19 @@ def build_for_version(
         return {"built": False, "reason": message[:2000], "attempted_key": attempted}
 
 
-def verify(version_dir: Path, plan: Path, shape: dict[str, int], context: int) -> dict[str, Any]:
+def verify(
+    version_dir: Path, plan: Path, shape: dict[str, int], context: int, max_batch: int = 8
+) -> dict[str, Any]:
     """Run the engine and ONNX Runtime side by side on validation prompts (see agreement)."""
     from genwire_model.runtime.runners import OnnxRuntimeRunner, TensorRTRunner
 
     # What the runners read of a version's manifest (it is written after this step).
-    manifest: dict[str, Any] = {"shape": shape, "context_length": context, "eos_token_ids": []}
+    manifest: dict[str, Any] = {
+        "shape": shape,
+        "context_length": context,
+        "eos_token_ids": [],
+        "build": {"options": {"max_batch": max_batch}},
+    }
     engine = TensorRTRunner(plan, manifest)
     reference = OnnxRuntimeRunner(version_dir / "model.onnx", manifest)
     return agreement(engine, reference, int(shape["vocab_size"]), context)
