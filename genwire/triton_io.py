@@ -12,8 +12,8 @@ and the running totals; the last one has ``finished`` set and the finish reason.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,25 @@ class Input:
     STREAM = "stream"
     """True: a response per decode step; False: one final response with every token
     (optional; default True)."""
+    N = "n"
+    """Choices sharing one prefill (optional; default 1; 1-16)."""
+    TOP_LOGPROBS = "top_logprobs"
+    """Alternatives returned per generated token, most likely first (optional; 0-20)."""
+    PRESENCE_PENALTY = "presence_penalty"
+    FREQUENCY_PENALTY = "frequency_penalty"
+    REPETITION_PENALTY = "repetition_penalty"
+    MIN_P = "min_p"
+    LOGIT_BIAS_IDS = "logit_bias_ids"
+    """Token ids whose logits get the matching ``logit_bias_values`` added (optional)."""
+    LOGIT_BIAS_VALUES = "logit_bias_values"
+    MIN_TOKENS = "min_tokens"
+    """No end-of-sequence or stop token before this many tokens (optional)."""
+    IGNORE_EOS = "ignore_eos"
+    """End-of-sequence tokens do not end the generation (optional)."""
+    GUIDED = "guided"
+    """Structured output: the JSON of ``genwire.events.Guided`` (optional)."""
+    STOP = "stop"
+    """Stop strings, matched on the text while decoding (optional)."""
 
 
 class Output:
@@ -53,6 +72,26 @@ class Output:
     COMPUTE_MS = "compute_ms"
     TTFT_MS = "ttft_ms"
     """Measured inside the model: arrival to the first sampled token."""
+    CHOICE = "choice"
+    """Which of the request's ``n`` choices this response's tokens belong to."""
+    TOP_TOKEN_IDS = "top_token_ids"
+    """With ``top_logprobs`` k > 0: k alternatives per token of ``token_ids``, flattened
+    (token-major: [tokens x k])."""
+    TOP_TOKEN_LOGPROBS = "top_token_logprobs"
+    """Their log-probabilities, in the same order."""
+
+
+FINAL_ONLY_OUTPUTS = (
+    Output.FINISH_REASON,
+    Output.PROMPT_TOKENS,
+    Output.COMPLETION_TOKENS,
+    Output.MEAN_LOGPROB,
+    Output.QUEUE_MS,
+    Output.COMPUTE_MS,
+    Output.TTFT_MS,
+)
+"""Outputs only a choice's final response carries (intermediate responses carry the new
+tokens, their log-probabilities, ``finished``, ``choice`` and the alternatives)."""
 
 
 _NUMPY: dict[str, type[Any]] = {
@@ -95,6 +134,18 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec(Input.SEED, "INT64", 1),
     TensorSpec(Input.STOP_TOKEN_IDS, "INT32", -1, optional=True),
     TensorSpec(Input.STREAM, "BOOL", 1, optional=True),
+    TensorSpec(Input.N, "INT32", 1, optional=True),
+    TensorSpec(Input.TOP_LOGPROBS, "INT32", 1, optional=True),
+    TensorSpec(Input.PRESENCE_PENALTY, "FP32", 1, optional=True),
+    TensorSpec(Input.FREQUENCY_PENALTY, "FP32", 1, optional=True),
+    TensorSpec(Input.REPETITION_PENALTY, "FP32", 1, optional=True),
+    TensorSpec(Input.MIN_P, "FP32", 1, optional=True),
+    TensorSpec(Input.LOGIT_BIAS_IDS, "INT32", -1, optional=True),
+    TensorSpec(Input.LOGIT_BIAS_VALUES, "FP32", -1, optional=True),
+    TensorSpec(Input.MIN_TOKENS, "INT32", 1, optional=True),
+    TensorSpec(Input.IGNORE_EOS, "BOOL", 1, optional=True),
+    TensorSpec(Input.GUIDED, "BYTES", 1, optional=True),
+    TensorSpec(Input.STOP, "BYTES", -1, optional=True),
 )
 """Request tensors, in config.pbtxt's order."""
 
@@ -109,10 +160,56 @@ OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec(Output.QUEUE_MS, "FP32", 1),
     TensorSpec(Output.COMPUTE_MS, "FP32", 1),
     TensorSpec(Output.TTFT_MS, "FP32", 1),
+    TensorSpec(Output.CHOICE, "INT32", 1),
+    TensorSpec(Output.TOP_TOKEN_IDS, "INT32", -1),
+    TensorSpec(Output.TOP_TOKEN_LOGPROBS, "FP32", -1),
 )
 """Response tensors, in config.pbtxt's order."""
 
 _INPUT_SPECS = {spec.name: spec for spec in INPUTS}
+
+
+@dataclass(frozen=True)
+class Options:
+    """The decode-loop options beyond the basic sampling ones; defaults change nothing (and
+    their tensors are left out of the request)."""
+
+    n: int = 1
+    top_logprobs: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_p: float = 0.0
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    guided: str = ""
+    """The JSON of ``genwire.events.Guided``; "" for none."""
+    stop: Sequence[str] = ()
+
+    def values(self) -> list[tuple[str, Sequence[Any]]]:
+        """(input name, values) of every option that differs from its default."""
+        out: list[tuple[str, Sequence[Any]]] = []
+        for name, value, default in (
+            (Input.N, self.n, 1),
+            (Input.TOP_LOGPROBS, self.top_logprobs, 0),
+            (Input.PRESENCE_PENALTY, self.presence_penalty, 0.0),
+            (Input.FREQUENCY_PENALTY, self.frequency_penalty, 0.0),
+            (Input.REPETITION_PENALTY, self.repetition_penalty, 1.0),
+            (Input.MIN_P, self.min_p, 0.0),
+            (Input.MIN_TOKENS, self.min_tokens, 0),
+            (Input.IGNORE_EOS, self.ignore_eos, False),
+        ):
+            if value != default:
+                out.append((name, [value]))
+        if self.logit_bias:
+            out.append((Input.LOGIT_BIAS_IDS, [int(k) for k in self.logit_bias]))
+            out.append((Input.LOGIT_BIAS_VALUES, [float(v) for v in self.logit_bias.values()]))
+        if self.guided:
+            out.append((Input.GUIDED, [self.guided.encode("utf-8")]))
+        if self.stop:
+            out.append((Input.STOP, [s.encode("utf-8") for s in self.stop]))
+        return out
 
 
 def input_arrays(
@@ -126,10 +223,11 @@ def input_arrays(
     stream: bool,
     stop_token_ids: Sequence[int] = (),
     batched: bool = False,
+    options: Options | None = None,
 ) -> list[tuple[TensorSpec, npt.NDArray[Any]]]:
-    """The request's tensors as numpy arrays of the contract's types; ``stop_token_ids`` only
-    when there are some. ``batched`` (a model with ``max_batch_size > 0``) gives every tensor
-    a leading batch dimension of 1."""
+    """The request's tensors as numpy arrays of the contract's types; ``stop_token_ids`` and the
+    ``options`` only when they are set. ``batched`` (a model with ``max_batch_size > 0``) gives
+    every tensor a leading batch dimension of 1."""
     values: list[tuple[str, Sequence[Any]]] = [
         (Input.INPUT_IDS, input_ids),
         (Input.MAX_TOKENS, [max_tokens]),
@@ -141,6 +239,8 @@ def input_arrays(
     ]
     if stop_token_ids:
         values.append((Input.STOP_TOKEN_IDS, stop_token_ids))
+    if options is not None:
+        values.extend(options.values())
     arrays = []
     for name, value in values:
         spec = _INPUT_SPECS[name]
@@ -160,6 +260,7 @@ def infer_inputs(
     stream: bool,
     stop_token_ids: Sequence[int] = (),
     batched: bool = False,
+    options: Options | None = None,
 ) -> list[Any]:
     """The request's tensors as tritonclient ``InferInput``s (see ``input_arrays``)."""
     from tritonclient.grpc import InferInput  # only Triton's callers install tritonclient
@@ -175,11 +276,25 @@ def infer_inputs(
         stream=stream,
         stop_token_ids=stop_token_ids,
         batched=batched,
+        options=options,
     ):
         tensor = InferInput(spec.name, list(array.shape), spec.datatype)
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
     return inputs
+
+
+def top_alternatives(result: Any, tokens: int) -> list[list[tuple[int, float]]]:
+    """Per token of a response, its alternatives ``[(token id, logprob)]`` (empty lists when
+    the request asked for none)."""
+    ids = result.as_numpy(Output.TOP_TOKEN_IDS)
+    lps = result.as_numpy(Output.TOP_TOKEN_LOGPROBS)
+    if ids is None or lps is None or ids.size == 0 or tokens == 0:
+        return [[] for _ in range(tokens)]
+    k = ids.size // tokens
+    ids = ids.reshape(tokens, k).astype(np.int64).tolist()
+    lps = lps.reshape(tokens, k).astype(np.float64).tolist()
+    return [list(zip(i, v, strict=True)) for i, v in zip(ids, lps, strict=True)]
 
 
 def scalar(result: Any, name: str) -> Any:

@@ -18,7 +18,6 @@ from genwire_model.runtime.sampling import (
     walk,
 )
 
-
 Array = npt.NDArray[Any]
 
 

@@ -380,3 +380,101 @@ async def test_no_gateway_is_taken_as_dead_while_our_own_kafka_link_is_down() ->
     await asyncio.sleep(0.15)
     assert inf.cancel_orphans() == ["r"]
     assert (await asyncio.wait_for(run, 5))[-1].finish_reason == "cancelled"
+
+
+class ChoicesBackend(FakeBackend):
+    """Two choices interleaved, with logprobs and alternatives; choice 1 ended by an eos the
+    model counted (completion_tokens one more than the tokens it sent)."""
+
+    async def open(
+        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+    ) -> FakeStream:
+        self.opened.append((request, dict(headers)))
+        steps = []
+        for i in range(3):
+            for choice in (0, 1):
+                if choice == 1 and i == 2:
+                    continue
+                steps.append(
+                    ModelStep(
+                        token_ids=[10 * choice + i],
+                        logprobs=[-0.25 * (i + 1)],
+                        choice=choice,
+                        top_logprobs=[[(10 * choice + i, -0.25 * (i + 1)), (99, -3.0)]],
+                    )
+                )
+        end0 = ModelStep(token_ids=[], logprobs=[], choice=0, finished=True)
+        end0.finish_reason, end0.completion_tokens, end0.prompt_tokens = "length", 3, 3
+        end1 = ModelStep(token_ids=[], logprobs=[], choice=1, finished=True)
+        end1.finish_reason, end1.completion_tokens, end1.prompt_tokens = "stop", 3, 3
+        stream_ = FakeStream([*steps, end1, end0], 0.0, None)
+        self.streams.append(stream_)
+        return stream_
+
+
+async def test_n_choices_logprobs_and_the_models_token_count() -> None:
+    inf = Inference(ChoicesBackend(), chunk_max_tokens=1, chunk_interval_ms=1e6)
+    req = _req(stop=())
+    req.sampling.n, req.sampling.logprobs, req.sampling.top_logprobs = 2, True, 2
+    chunks = await _collect(inf, req)
+    *mid, final = chunks
+    by_choice = {c: [m for m in mid if m.choice == c] for c in (0, 1)}
+    # Every choice is its own stream: index and offset count per choice.
+    assert [m.index for m in by_choice[1]] == [0, 1] and [m.offset for m in by_choice[1]] == [0, 1]
+    assert [t for m in by_choice[1] for t in m.token_ids] == [10, 11]
+    assert all(m.logprobs is not None and len(m.logprobs) == len(m.token_ids) for m in mid)
+    assert by_choice[1][1].logprobs is not None
+    assert by_choice[1][1].logprobs[0].top == [(11, -0.5), (99, -3.0)]
+    assert final.final and final.choices is not None and len(final.choices) == 2
+    assert final.choices[1].output_ids == [10, 11] and final.choices[1].finish_reason == "stop"
+    assert final.choices[0].output_ids == [0, 1, 2] and final.choices[0].finish_reason == "length"
+    assert final.output_ids == [0, 1, 2] and final.finish_reason == "length"
+    assert final.logprobs is not None and [lp.token_id for lp in final.logprobs] == [0, 1, 2]
+    # Usage: the model's counts, the eos that ended choice 1 included (3 + 3, not 3 + 2).
+    assert final.completion_tokens == 6
+
+
+async def test_without_logprobs_the_chunks_carry_none() -> None:
+    inf = Inference(FakeBackend(n=3), chunk_max_tokens=1, chunk_interval_ms=1e6)
+    chunks = await _collect(inf, _req(stop=()))
+    assert all(c.logprobs is None for c in chunks) and chunks[-1].choices is None
+
+
+def test_parse_response_reads_choice_and_alternatives() -> None:
+    from genwire_inference.backend import parse_response
+
+    step = parse_response(
+        _Result(
+            {
+                "token_ids": [5, 6],
+                "logprobs": [-0.1, -0.2],
+                "finished": [False],
+                "choice": [2],
+                "top_token_ids": [5, 1, 6, 1],
+                "top_token_logprobs": [-0.1, -2.0, -0.2, -3.0],
+            }
+        )
+    )
+    assert step.choice == 2
+    assert step.top_logprobs == [
+        [(5, pytest.approx(-0.1)), (1, -2.0)],
+        [(6, pytest.approx(-0.2)), (1, -3.0)],
+    ]
+
+
+def test_the_backend_sends_only_the_options_that_are_set() -> None:
+    from genwire_inference.backend import options_of
+
+    from genwire.events import Guided
+    from genwire.triton_io import Input
+
+    plain = options_of(_req())
+    assert {name for name, _ in plain.values()} == {Input.STOP}  # the request's "\n"
+    req = _req(stop=())
+    req.sampling.n, req.sampling.top_logprobs, req.sampling.min_p = 2, 3, 0.1
+    req.sampling.logit_bias = {5: 1.5}
+    req.sampling.guided = Guided(kind="regex", spec="[a-z]+")
+    sent = dict(options_of(req).values())
+    assert sent[Input.N] == [2] and sent[Input.TOP_LOGPROBS] == [3] and sent[Input.MIN_P] == [0.1]
+    assert sent[Input.LOGIT_BIAS_IDS] == [5] and sent[Input.LOGIT_BIAS_VALUES] == [1.5]
+    assert b'"regex"' in sent[Input.GUIDED][0]

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from genwire.triton_io import Output, infer_inputs
+from genwire.triton_io import Options, Output, infer_inputs, scalar, top_alternatives
 
 
 class GenerationError(RuntimeError):
@@ -36,6 +36,9 @@ class Generation:
     first_token_s: float | None = None  # time to the first response carrying tokens
     finished_s: float = 0.0
     arrivals: list[tuple[float, int]] = dataclasses.field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = dataclasses.field(default_factory=list)
+    choices: dict[int, Generation] = dataclasses.field(default_factory=dict)
+    """With ``n`` > 1: every choice's own figures (choice 0 is also this object's own)."""
 
 
 async def generate(
@@ -53,6 +56,7 @@ async def generate(
     request_id: str = "",
     cancel_after_tokens: int | None = None,
     on_response: Callable[[Generation], None] | None = None,
+    options: Options | None = None,
 ) -> Generation:
     """Run one request over a bidirectional gRPC stream and collect its responses.
 
@@ -69,21 +73,33 @@ async def generate(
         seed=seed,
         stream=stream,
         stop_token_ids=stop_token_ids or (),
+        options=options,
     )
+    choices = options.n if options is not None else 1
 
     async def requests() -> AsyncIterator[dict[str, Any]]:
         yield {"model_name": model, "inputs": inputs, "request_id": request_id}
 
     out = Generation(started=time.perf_counter())
+    out.choices[0] = out
+    open_choices = choices
     responses = client.stream_infer(inputs_iterator=requests())
     try:
         async for result, error in responses:
             if error is not None:
                 raise GenerationError(str(error))
-            final = _absorb(out, result, time.perf_counter() - out.started)
+            now = time.perf_counter() - out.started
+            choice = scalar(result, Output.CHOICE)
+            index = int(choice) if choice is not None else 0
+            target = out.choices.setdefault(index, Generation(started=out.started))
+            out.responses += 1 if target is not out else 0
+            if _absorb(target, result, now):
+                open_choices -= 1
             if on_response is not None:
                 on_response(out)
-            if final:
+            if open_choices <= 0:
+                if out.finished_s == 0.0:
+                    out.finished_s = now
                 break
             if cancel_after_tokens is not None and len(out.token_ids) >= cancel_after_tokens:
                 out.finish_reason = "cancelled"
@@ -97,7 +113,7 @@ async def generate(
 
 
 def _absorb(out: Generation, result: Any, now: float) -> bool:
-    """Add one response to ``out``; True when it was the final one."""
+    """Add one response to ``out``; True when it was the final one (of its choice)."""
     out.responses += 1
     tokens = result.as_numpy(Output.TOKEN_IDS).tolist()
     if tokens:
@@ -106,15 +122,22 @@ def _absorb(out: Generation, result: Any, now: float) -> bool:
         out.arrivals.append((now, len(tokens)))
     out.token_ids.extend(int(t) for t in tokens)
     out.logprobs.extend(float(x) for x in result.as_numpy(Output.LOGPROBS).tolist())
-    out.prompt_tokens = int(result.as_numpy(Output.PROMPT_TOKENS)[0])
-    out.completion_tokens = int(result.as_numpy(Output.COMPLETION_TOKENS)[0])
-    out.mean_logprob = float(result.as_numpy(Output.MEAN_LOGPROB)[0])
-    out.queue_ms = float(result.as_numpy(Output.QUEUE_MS)[0])
-    out.compute_ms = float(result.as_numpy(Output.COMPUTE_MS)[0])
-    out.ttft_ms = float(result.as_numpy(Output.TTFT_MS)[0])
-    if not bool(result.as_numpy(Output.FINISHED)[0]):
+    out.top_logprobs.extend(top_alternatives(result, len(tokens)))
+    # The totals ride on a choice's final response (older versions send them every time).
+    for name, attr, cast in (
+        (Output.PROMPT_TOKENS, "prompt_tokens", int),
+        (Output.COMPLETION_TOKENS, "completion_tokens", int),
+        (Output.MEAN_LOGPROB, "mean_logprob", float),
+        (Output.QUEUE_MS, "queue_ms", float),
+        (Output.COMPUTE_MS, "compute_ms", float),
+        (Output.TTFT_MS, "ttft_ms", float),
+    ):
+        value = scalar(result, name)
+        if value is not None:
+            setattr(out, attr, cast(value))
+    if not bool(scalar(result, Output.FINISHED)):
         return False
-    reason = result.as_numpy(Output.FINISH_REASON)[0]
-    out.finish_reason = reason.decode() if isinstance(reason, bytes) else str(reason)
+    reason = scalar(result, Output.FINISH_REASON)
+    out.finish_reason = reason.decode() if isinstance(reason, bytes) else str(reason or "")
     out.finished_s = now
     return True

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
@@ -27,7 +27,7 @@ from tritonclient.utils import InferenceServerException
 from genwire.errors import PermanentError, RetryableError
 from genwire.events import PreparedRequest
 from genwire.request import ErrorCode
-from genwire.triton_io import Output, infer_inputs, scalar
+from genwire.triton_io import Options, Output, infer_inputs, scalar, top_alternatives
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,12 @@ class ModelStep:
     """Measured inside the model: arrival to first sampled token (absent on older versions)."""
     model_version: str = ""
     """The version that served the request (Triton's response says)."""
+    choice: int = 0
+    """Which of the request's ``n`` choices the tokens belong to; ``finished`` ends that
+    choice (the stream ends once every choice has)."""
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    """Per token (when the request asked for ``top_logprobs``): the most likely alternatives,
+    ``(token id, logprob)``, most likely first."""
 
 
 class ModelStream(Protocol):
@@ -143,8 +149,10 @@ def parse_response(result: Any) -> ModelStep:
     ttft = scalar(result, Output.TTFT_MS)
     prompt = scalar(result, Output.PROMPT_TOKENS)
     completion = scalar(result, Output.COMPLETION_TOKENS)
+    choice = scalar(result, Output.CHOICE)
+    tokens = [] if ids is None else ids.reshape(-1).astype(np.int64).tolist()
     return ModelStep(
-        token_ids=[] if ids is None else ids.reshape(-1).astype(np.int64).tolist(),
+        token_ids=tokens,
         logprobs=[] if lps is None else lps.reshape(-1).astype(np.float64).tolist(),
         finished=bool(finished) if finished is not None else False,
         finish_reason=str(reason or ""),
@@ -155,16 +163,37 @@ def parse_response(result: Any) -> ModelStep:
         compute_ms=float(compute) if compute is not None else None,
         ttft_ms=float(ttft) if ttft is not None else None,
         model_version=str(getattr(result.get_response(), "model_version", "") or ""),
+        choice=int(choice) if choice is not None else 0,
+        top_logprobs=top_alternatives(result, len(tokens)),
+    )
+
+
+def options_of(request: PreparedRequest) -> Options:
+    """The decode-loop options of a request, as the model's optional inputs."""
+    s = request.sampling
+    return Options(
+        n=s.n,
+        top_logprobs=s.top_logprobs,
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        repetition_penalty=s.repetition_penalty,
+        min_p=s.min_p,
+        logit_bias=dict(s.logit_bias),
+        min_tokens=s.min_tokens,
+        ignore_eos=s.ignore_eos,
+        guided=s.guided.model_dump_json() if s.guided is not None else "",
+        stop=tuple(s.stop),
     )
 
 
 class TritonStream:
     """One ``ModelStreamInfer`` call; iterating yields steps until the final one."""
 
-    def __init__(self, responses: Any, done: asyncio.Event) -> None:
+    def __init__(self, responses: Any, done: asyncio.Event, choices: int = 1) -> None:
         self._responses = responses
         self._done = done
         self._cancelled = False
+        self._open = max(1, choices)  # choices not finished yet
 
     def __aiter__(self) -> AsyncIterator[ModelStep]:
         return self._iterate()
@@ -198,7 +227,9 @@ class TritonStream:
                 step = parse_response(result)
                 yield step
                 if step.finished:
-                    return
+                    self._open -= 1
+                    if self._open <= 0:
+                        return
         finally:
             self._done.set()  # ends the request side, so the call completes
 
@@ -251,6 +282,7 @@ class TritonBackend:
             stream=stream,
             stop_token_ids=s.stop_token_ids,
             batched=batched,
+            options=options_of(request),
         )
         done = asyncio.Event()
 
@@ -269,7 +301,7 @@ class TritonBackend:
             responses = self.client.stream_infer(requests(), headers=dict(headers))
         except InferenceServerException as exc:
             raise classify_status(status_of(exc), str(exc.message())) from None
-        return TritonStream(responses, done)
+        return TritonStream(responses, done, choices=s.n)
 
     async def model_state(self, model: str, version: str) -> str | None:
         """The state of ``model`` (``version``; "": its best one) in Triton's repository index

@@ -24,11 +24,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from genwire.errors import GenwireError, PermanentError, Rejection, RetryableError
 from genwire.events import (
+    ChoiceOutput,
     ControlEvent,
     ErrorInfo,
     GenerationChunk,
     PreparedRequest,
     Timings,
+    TokenLogprob,
     now_ms,
 )
 from genwire.request import ErrorCode
@@ -75,6 +77,45 @@ class _Chunker:
         self.sent_tokens += len(ids)
         self.last_flush = now
         return index, offset, ids
+
+
+@dataclass
+class _Choice:
+    """One of a request's ``n`` choices as the model streams it: its own chunks (index and
+    offset count per choice), tokens, log-probabilities and final step."""
+
+    chunker: _Chunker
+    generated: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    pending: list[TokenLogprob] = field(default_factory=list)  # those of chunker.buffer
+    logprob_sum: float = 0.0
+    final: ModelStep | None = None
+
+    def add(self, step: ModelStep, keep_logprobs: bool, chunked: bool) -> None:
+        self.generated.extend(step.token_ids)
+        self.logprob_sum += sum(step.logprobs)
+        if chunked:
+            self.chunker.buffer.extend(step.token_ids)
+        if keep_logprobs:
+            tops = step.top_logprobs or [[] for _ in step.token_ids]
+            lps = [
+                TokenLogprob(token_id=t, logprob=lp, top=top)
+                for t, lp, top in zip(step.token_ids, step.logprobs, tops, strict=False)
+            ]
+            self.logprobs.extend(lps)
+            if chunked:
+                self.pending.extend(lps)
+
+    def take(self, now: float) -> tuple[int, int, list[int], list[TokenLogprob]]:
+        index, offset, ids = self.chunker.take(now)
+        lps, self.pending = self.pending, []
+        return index, offset, ids, lps
+
+    @property
+    def completion_tokens(self) -> int:
+        """The model's count (an ending end-of-sequence token included), else the tokens."""
+        model = self.final.completion_tokens if self.final is not None else 0
+        return max(model, len(self.generated))
 
 
 class Inference:
@@ -192,14 +233,15 @@ class Inference:
         span = self.tracer.start_span(
             sc.SPAN_TRITON_GENERATE, kind=SpanKind.CLIENT, attributes=attributes
         )
-        chunker = _Chunker(self.chunk_max_tokens, self.chunk_interval_s)
+        choices = [
+            _Choice(_Chunker(self.chunk_max_tokens, self.chunk_interval_s))
+            for _ in range(max(1, s.n))
+        ]
+        keep_logprobs = s.logprobs or s.top_logprobs > 0
         # Intermediate chunks serve streaming, and also stop sequences: postprocess sees the
         # text early and cancels the generation at a stop instead of waiting for max_tokens.
         chunked = request.stream or bool(s.stop)
-        generated: list[int] = []
-        logprob_sum = 0.0
-        logprob_n = 0
-        final_step = None
+        any_token = False
         try:
             headers: list[tuple[str, bytes]] = []
             inject(headers, trace.set_span_in_context(span))  # Triton's own trace joins ours
@@ -216,26 +258,24 @@ class Inference:
                 if step.model_version and not request.model_version:
                     request = request.model_copy(update={"model_version": step.model_version})
                     span.set_attribute(sc.MODEL_VERSION, step.model_version)
+                choice = choices[step.choice] if 0 <= step.choice < len(choices) else choices[0]
                 if step.token_ids:
-                    if not generated and chunked:  # unstreamed: every token comes at the end
+                    if not any_token and chunked:  # unstreamed: every token comes at the end
                         timings.first_token = now_ms()
                         span.set_attribute(
                             sc.TIME_TO_FIRST_TOKEN_MS,
                             timings.first_token - (timings.inference_start or 0.0),
                         )
                         span.set_attribute(sc.FIRST_TOKEN_UNIX_MS, timings.first_token)
-                    generated.extend(step.token_ids)
-                    logprob_sum += sum(step.logprobs)
-                    logprob_n += len(step.logprobs)
-                    if chunked:
-                        chunker.buffer.extend(step.token_ids)
+                    any_token = True
+                    choice.add(step, keep_logprobs, chunked)
                 if step.finished:
-                    final_step = step
+                    choice.final = step
                     # Not ``break``: the stream ends by itself after the final response, which
                     # also closes our side of the call at once (no reliance on GC).
                     continue
-                if chunked and chunker.due(now):
-                    index, offset, ids = chunker.take(now)
+                if chunked and choice.chunker.due(now):
+                    index, offset, ids, lps = choice.take(now)
                     yield GenerationChunk(
                         request_id=request.request_id,
                         index=index,
@@ -244,7 +284,9 @@ class Inference:
                         stream=request.stream,
                         model=request.model,
                         model_version=request.model_version,
-                        sampling=s if index == 0 else None,
+                        sampling=s if index == 0 and step.choice == 0 else None,
+                        choice=step.choice,
+                        logprobs=lps if keep_logprobs else None,
                         arm=request.arm,
                         shadow=request.shadow,
                         principal=request.principal,
@@ -253,6 +295,9 @@ class Inference:
             span.set_status(Status(StatusCode.ERROR, exc.message))
             span.set_attribute(sc.ERROR_CODE, exc.code)
             span.end()
+            not_loaded = await self._not_loaded(request)  # unloaded: no outage to wait out
+            if not_loaded is not None:
+                raise not_loaded from None
             # Triton restarting or the model reloading: wait for it here (bounded), then let
             # the consumer retry; the same seed regenerates the same tokens and chunk indices.
             await self._wait_for_model(request)
@@ -273,19 +318,22 @@ class Inference:
             raise
 
         timings.inference_end = now_ms()
-        if final_step is None and run.stop_reason is None:  # should not happen: be explicit
-            run.stop_reason = FINISH_ERROR
+        first = choices[0]
+        final_step = first.final
+        if any(c.final is None for c in choices) and run.stop_reason is None:
+            run.stop_reason = FINISH_ERROR  # should not happen: be explicit
         reason = run.stop_reason or (final_step.finish_reason if final_step else "") or "stop"
         if final_step is not None:
             timings.triton_queue_ms = final_step.queue_ms
             timings.triton_compute_ms = final_step.compute_ms
+        generated = first.generated
         mean = (
             final_step.mean_logprob
             if final_step and final_step.mean_logprob is not None
-            else (logprob_sum / logprob_n if logprob_n else None)
+            else (first.logprob_sum / len(generated) if generated else None)
         )
         span.set_attribute(sc.GEN_AI_FINISH_REASONS, [reason])
-        span.set_attribute(sc.GEN_AI_OUTPUT_TOKENS, len(generated))
+        span.set_attribute(sc.GEN_AI_OUTPUT_TOKENS, sum(c.completion_tokens for c in choices))
         if mean is not None:
             span.set_attribute(sc.MEAN_LOGPROB, mean)
         if timings.triton_queue_ms is not None:
@@ -306,9 +354,9 @@ class Inference:
             generated,
             reason,
             timings,
-            index=chunker.sent_chunks,
-            offset=chunker.sent_tokens,
-            tail=chunker.buffer if chunked else generated,
+            index=first.chunker.sent_chunks,
+            offset=first.chunker.sent_tokens,
+            tail=first.chunker.buffer if chunked else generated,
             prompt_tokens=(final_step.prompt_tokens if final_step else 0) or len(request.input_ids),
             mean_logprob=mean,
             error=(
@@ -319,10 +367,43 @@ class Inference:
                 if reason == FINISH_ERROR
                 else None
             ),
+            completion_tokens=sum(c.completion_tokens for c in choices),
+            logprobs=first.logprobs if keep_logprobs else None,
+            choices=(
+                [
+                    ChoiceOutput(
+                        index=i,
+                        output_ids=list(c.generated),
+                        finish_reason=run.stop_reason
+                        or (c.final.finish_reason if c.final else "")
+                        or "stop",
+                        logprobs=c.logprobs if keep_logprobs else None,
+                    )
+                    for i, c in enumerate(choices)
+                ]
+                if len(choices) > 1
+                else None
+            ),
         )
         if self.on_final is not None:
             self.on_final(final)
         yield final
+
+    async def _not_loaded(self, request: PreparedRequest) -> Rejection | None:
+        """``model_not_loaded`` when Triton lists the version but neither serves nor loads it:
+        nothing will load it by itself, so say so now instead of waiting (docs/lifecycle.md)."""
+        if self.model_state is None:
+            return None
+        state = await self.model_state(request.model, request.model_version)
+        if state is None or state in WAIT_STATES:
+            return None
+        what = f"{request.model} version {request.model_version or '(current)'}"
+        return Rejection(
+            f"model {what} is not loaded on Triton (state {state or 'never loaded'}): "
+            f"serve it with `genwire model load {request.model}"
+            f"{':' + request.model_version if request.model_version else ''}`",
+            code=ErrorCode.MODEL_NOT_LOADED,
+        )
 
     async def _wait_for_model(self, request: PreparedRequest) -> bool:
         wait = self.triton_wait_s
@@ -336,20 +417,9 @@ class Inference:
         if await self.backend.wait_ready(request.model, request.model_version, 0.0):
             # The model is there and refused this request: it never will take it.
             return PermanentError(f"triton: {exc.message}", code=ErrorCode.INFERENCE_FAILED)
-        state = (
-            await self.model_state(request.model, request.model_version)
-            if self.model_state is not None
-            else None
-        )
-        if state is not None and state not in WAIT_STATES:
-            # In the repository but not loaded (never, or unloaded): nothing will load it by
-            # itself, so say so now instead of waiting for it (docs/lifecycle.md).
-            return Rejection(
-                f"model {what} is not loaded on Triton (state {state or 'never loaded'}): "
-                f"serve it with `genwire model load {request.model}"
-                f"{':' + request.model_version if request.model_version else ''}`",
-                code=ErrorCode.MODEL_NOT_LOADED,
-            )
+        not_loaded = await self._not_loaded(request)
+        if not_loaded is not None:
+            return not_loaded
         if await self._wait_for_model(request):  # it was loading: retry now
             return RetryableError(f"triton: {exc.message}", dependency=TRITON)
         if await self.backend.server_ready():
@@ -374,6 +444,9 @@ class Inference:
         prompt_tokens: int | None = None,
         mean_logprob: float | None = None,
         error: ErrorInfo | None = None,
+        completion_tokens: int | None = None,
+        logprobs: list[TokenLogprob] | None = None,
+        choices: list[ChoiceOutput] | None = None,
     ) -> GenerationChunk:
         if timings.inference_end is None:
             timings.inference_end = now_ms()
@@ -388,13 +461,15 @@ class Inference:
             model_version=request.model_version,
             finish_reason=reason,
             prompt_tokens=len(request.input_ids) if prompt_tokens is None else prompt_tokens,
-            completion_tokens=len(generated),
+            completion_tokens=len(generated) if completion_tokens is None else completion_tokens,
             mean_logprob=mean_logprob,
             sampling=request.sampling,
             error=error,
             metadata=request.metadata,
             timings=timings,
             output_ids=list(generated),
+            logprobs=logprobs,
+            choices=choices,
             arm=request.arm,
             shadow=request.shadow,
             principal=request.principal,

@@ -56,6 +56,23 @@ MAX_LOGIT_BIAS = 100.0
 
 Array = npt.NDArray[Any]
 
+REQUEST_OPTIONS = (
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "min_p",
+    "logit_bias",
+    "min_tokens",
+    "ignore_eos",
+    "guided",
+)
+"""The request options (``genwire.request.MODEL_OPTIONS`` names) this decode loop honours: a
+version's ``manifest.json`` lists them as ``request_options`` (``guided`` when the version
+can compile constraints), and preprocess refuses the others by name."""
+
 
 class RequestError(ValueError):
     """A request the model refuses; the message names the problem."""

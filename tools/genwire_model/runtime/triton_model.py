@@ -1,9 +1,12 @@
 """Triton Python-backend model: the decode loop next to the model (copied as ``N/model.py``).
 
-Decoupled: ``execute`` validates and queues each request and returns at once; the scheduler
-thread prefills, batches every active sequence into one forward pass per token, and sends a
-response per token (or per ``stream_interval`` tokens) and a final one with finish reason,
-token counts and the mean token log-probability. The KV cache never leaves this process.
+Decoupled: ``execute`` validates and queues each request (and compiles its structured-output
+grammar or stop strings, ``constraints.py``) and returns at once; the scheduler thread
+prefills, batches every active sequence into one forward pass per token, and hands each step's
+responses to the outbox thread in one piece: a response per choice per token (or per chunk of
+tokens), then a final one per choice with finish reason, token counts and the mean token
+log-probability; the request's last response carries Triton's final flag. The KV cache never
+leaves this process.
 
 It runs in Triton's Python stub (the system's libpython3.11), not in genwire's virtualenv, so
 the first thing it does is put that virtualenv's site-packages (written beside it at build
@@ -53,9 +56,17 @@ from genwire_runtime.scheduler import (  # type: ignore[import-not-found]
     Request,
     RequestError,
     Scheduler,
+    Sink,
     Update,
     validate,
 )
+
+try:
+    from genwire_runtime.constraints import (  # type: ignore[import-not-found]
+        ConstraintCompiler,
+    )
+except ImportError:  # a runtime without constrained decoding
+    ConstraintCompiler = None
 
 log = logging.getLogger("genwire.model")
 
@@ -72,19 +83,29 @@ def _scalar(request: Any, name: str, default: Any = None) -> Any:
     return array.reshape(-1)[0]
 
 
+def _vector(request: Any, name: str) -> Any:
+    """An optional input's values (None when absent)."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy().reshape(-1)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 class _Outbox:
     """The one thread that talks to Triton about requests: sends and cancellation checks.
 
     A send is an IPC round trip to the Triton process (about half a millisecond); done here,
-    it overlaps the next decode step. One thread keeps each request's responses in order and
-    makes every response-sender call (sends and cancellation checks), so the decode loop never
-    waits on IPC. A cancelled request still gets the final flag, as the Python backend requires.
+    it overlaps the next decode step. The scheduler hands over each step's responses in one
+    queue item (``publish``); this thread builds their tensors and sends them, in order, so the
+    decode loop never waits on IPC nor builds a response. It also makes every other
+    response-sender call (cancellation checks). A cancelled request still gets the final
+    flag, as the Python backend requires.
     """
 
     def __init__(self, poll_s: float = 0.1) -> None:
-        self.queue: queue.SimpleQueue[tuple[_TritonSink, Any | None, int] | None] = (
-            queue.SimpleQueue()
-        )
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.live: dict[int, _TritonSink] = {}
         self.live_lock = threading.Lock()
         self.poll_s = poll_s
@@ -96,20 +117,23 @@ class _Outbox:
         with self.live_lock:
             self.live[id(sink)] = sink
 
-    def put(self, sink: _TritonSink, response: Any, flags: int) -> None:
-        self.queue.put((sink, response, flags))
+    def publish(self, updates: list[tuple[Sink, Update]]) -> None:
+        """A step's responses (the scheduler's ``publish``): one queue item."""
+        self.queue.put(updates)
+
+    def put_error(self, sink: _TritonSink, message: str) -> None:
+        self.queue.put((sink, message))
 
     def _run(self) -> None:
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         next_poll = time.monotonic() + self.poll_s
         while True:
             try:
                 item = self.queue.get(timeout=self.poll_s)
                 if item is None:
-                    self._drain(final)
+                    self._drain()
                     return
-                self._deliver(*item, final=final)
-                # Drop every reference to the request at once: a live response sender keeps
+                self._handle(item)
+                # Drop every reference to the requests at once: a live response sender keeps
                 # the model instance alive, and an unload would wait for it forever.
                 del item
             except queue.Empty:
@@ -120,7 +144,25 @@ class _Outbox:
                 self._poll_cancelled()
                 next_poll = time.monotonic() + self.poll_s
 
-    def _drain(self, final: int) -> None:
+    def _handle(self, item: Any) -> None:
+        if isinstance(item, tuple):
+            sink, message = item
+            sink.deliver_error(message)
+            self._forget(sink)
+            return
+        for sink, update in item:
+            try:
+                sink.deliver(update)
+            except Exception:
+                log.exception("response delivery failed")
+            if update.last:
+                self._forget(sink)
+
+    def _forget(self, sink: Any) -> None:
+        with self.live_lock:
+            self.live.pop(id(sink), None)
+
+    def _drain(self) -> None:
         """Deliver what was queued before the stop marker: final flags among it."""
         while True:
             try:
@@ -129,7 +171,7 @@ class _Outbox:
                 return
             if item is not None:
                 try:
-                    self._deliver(*item, final=final)
+                    self._handle(item)
                 except Exception:
                     log.exception("response delivery failed")
 
@@ -146,36 +188,13 @@ class _Outbox:
             except Exception:
                 log.debug("cancellation check failed", exc_info=True)
 
-    def _deliver(self, sink: _TritonSink, response: Any | None, flags: int, final: int) -> None:
-        sender = sink.sender
-        if sender is None:
-            return
-        try:
-            if response is None:
-                sender.send(flags=flags)
-            else:
-                sender.send(response, flags=flags)
-        except Exception:
-            sink.cancelled = True  # the stream is gone; the next check frees the slot
-            log.debug("response not delivered", exc_info=True)
-            if flags & final and response is not None:
-                # Triton keeps a request in flight until it sees the final flag.
-                try:
-                    sender.send(flags=final)
-                except Exception:
-                    log.debug("request already completed", exc_info=True)
-        if flags & final:
-            sink.release()
-            with self.live_lock:
-                self.live.pop(id(sink), None)
-
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join(timeout=5.0)
 
 
 class _TritonSink:
-    """Turns updates into responses for one request; the outbox sends them."""
+    """One request's response sender; the outbox thread builds and sends its responses."""
 
     def __init__(self, request: Any, outbox: _Outbox) -> None:
         self.outbox = outbox
@@ -183,7 +202,6 @@ class _TritonSink:
         self.request = request
         self.cancelled = False
         self.closed = False
-        self._lock = threading.Lock()
         outbox.register(self)
 
     def release(self) -> None:
@@ -191,11 +209,27 @@ class _TritonSink:
         self.sender = None
         self.request = None
 
-    def _tensors(self, update: Update) -> list[Any]:
-        return [
+    @staticmethod
+    def _tensors(update: Update) -> list[Any]:
+        tensors = [
             pb_utils.Tensor("token_ids", np.asarray(update.token_ids, dtype=np.int32)),
             pb_utils.Tensor("logprobs", np.asarray(update.logprobs, dtype=np.float32)),
             pb_utils.Tensor("finished", np.asarray([update.finished], dtype=np.bool_)),
+            pb_utils.Tensor("choice", np.asarray([update.choice], dtype=np.int32)),
+        ]
+        if update.top_ids:
+            tensors.append(
+                pb_utils.Tensor("top_token_ids", np.asarray(update.top_ids, dtype=np.int32))
+            )
+            tensors.append(
+                pb_utils.Tensor(
+                    "top_token_logprobs", np.asarray(update.top_logprobs, dtype=np.float32)
+                )
+            )
+        if not update.finished:
+            return tensors  # the totals ride on the final response only
+        return [
+            *tensors,
             pb_utils.Tensor(
                 "finish_reason", np.asarray([update.finish_reason.encode()], dtype=np.object_)
             ),
@@ -209,30 +243,55 @@ class _TritonSink:
             pb_utils.Tensor("ttft_ms", np.asarray([update.ttft_ms], dtype=np.float32)),
         ]
 
-    def send(self, update: Update) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if update.finished else 0
-            self.closed = update.finished
+    def deliver(self, update: Update) -> None:
+        """Build and send one response (outbox thread)."""
+        sender = self.sender
+        if self.closed or sender is None:
+            return
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        flags = final if update.last else 0
+        self.closed = update.last
+        try:
             if self.cancelled:
                 # Nobody listens any more: only complete the request (a final flag alone).
-                if update.finished:
-                    self.outbox.put(self, None, flags)
-                return
-            response = pb_utils.InferenceResponse(output_tensors=self._tensors(update))
-            self.outbox.put(self, response, flags)
+                if update.last:
+                    sender.send(flags=final)
+            else:
+                response = pb_utils.InferenceResponse(output_tensors=self._tensors(update))
+                sender.send(response, flags=flags)
+        except Exception:
+            self.cancelled = True  # the stream is gone; the next check frees the slot
+            log.debug("response not delivered", exc_info=True)
+            if update.last:
+                # Triton keeps a request in flight until it sees the final flag.
+                try:
+                    sender.send(flags=final)
+                except Exception:
+                    log.debug("request already completed", exc_info=True)
+        if update.last:
+            self.release()
+
+    def deliver_error(self, message: str) -> None:
+        """Send a final error response (outbox thread)."""
+        sender = self.sender
+        if self.closed or sender is None:
+            return
+        self.closed = True
+        try:
+            sender.send(
+                pb_utils.InferenceResponse(error=pb_utils.TritonError(message)),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+            )
+        except Exception:
+            log.debug("error response not delivered", exc_info=True)
+        self.release()
+
+    # -- the scheduler's Sink (tests and in-process use send; Triton goes through publish) --
+    def send(self, update: Update) -> None:
+        self.outbox.publish([(self, update)])
 
     def fail(self, message: str) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-            self.outbox.put(
-                self,
-                pb_utils.InferenceResponse(error=pb_utils.TritonError(message)),
-                pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-            )
+        self.outbox.put_error(self, message)
 
     def is_cancelled(self) -> bool:
         # Set by the outbox thread (a failed send or its periodic check): no IPC here.
@@ -256,6 +315,7 @@ class TritonPythonModel:
         shape = self.manifest["shape"]
         self.vocab_size = int(shape["vocab_size"])
         self.context = int(self.manifest["context_length"])
+        self.outbox = _Outbox()
         self.scheduler = Scheduler(
             self.runner,
             context=self.context,
@@ -264,8 +324,16 @@ class TritonPythonModel:
             stream_interval=int(params.get("stream_interval", "1")),
             cancel_check_interval=int(params.get("cancel_check_interval", "4")),
             chunk_batch=int(params.get("stream_chunk_batch", "16")),
+            publish=self.outbox.publish,
         )
-        self.outbox = _Outbox()
+        self.constraints: Any = None
+        if ConstraintCompiler is not None:
+            try:
+                self.constraints = ConstraintCompiler(
+                    version_dir, self.vocab_size, tuple(self.manifest["eos_token_ids"])
+                )
+            except Exception:  # structured output refused per request, the model serves
+                log.exception("constrained decoding unavailable")
         self.scheduler.start()
         log.info(
             "genwire model %s version %s ready on %s",
@@ -282,6 +350,14 @@ class TritonPythonModel:
         stop_ids: frozenset[int] = frozenset()
         if stop is not None:
             stop_ids = frozenset(int(t) for t in stop.as_numpy().reshape(-1))
+        bias_ids = _vector(request, "logit_bias_ids")
+        bias_values = _vector(request, "logit_bias_values")
+        if (bias_ids is None) != (bias_values is None) or (
+            bias_ids is not None and len(bias_ids) != len(bias_values)
+        ):
+            raise RequestError("logit_bias_ids and logit_bias_values must have the same length")
+        guided = _vector(request, "guided")
+        stops = _vector(request, "stop")
         return Request(
             prompt=ids.as_numpy().reshape(-1).astype(np.int64),
             max_tokens=int(_scalar(request, "max_tokens")),
@@ -292,6 +368,21 @@ class TritonPythonModel:
             stop_ids=stop_ids,
             stream=bool(_scalar(request, "stream", True)),
             sink=sink,
+            n=int(_scalar(request, "n", 1)),
+            top_logprobs=int(_scalar(request, "top_logprobs", 0)),
+            presence_penalty=float(_scalar(request, "presence_penalty", 0.0)),
+            frequency_penalty=float(_scalar(request, "frequency_penalty", 0.0)),
+            repetition_penalty=float(_scalar(request, "repetition_penalty", 1.0)),
+            min_p=float(_scalar(request, "min_p", 0.0)),
+            logit_bias=(
+                {int(t): float(v) for t, v in zip(bias_ids, bias_values, strict=True)}
+                if bias_ids is not None
+                else {}
+            ),
+            min_tokens=int(_scalar(request, "min_tokens", 0)),
+            ignore_eos=bool(_scalar(request, "ignore_eos", False)),
+            guided=_text(guided[0]) if guided is not None and len(guided) else "",
+            stop=tuple(_text(s) for s in stops) if stops is not None else (),
         )
 
     def execute(self, requests: list[Any]) -> None:
@@ -300,6 +391,12 @@ class TritonPythonModel:
             try:
                 decoded = self._decode(request, sink)
                 validate(decoded, self.vocab_size, self.context)
+                if decoded.guided or decoded.stop:
+                    if self.constraints is None:
+                        raise RequestError("this model version cannot enforce guided or stop")
+                    decoded.constraints = self.constraints.build(
+                        decoded.guided, decoded.stop, decoded.n
+                    )
             except (RequestError, ValueError, TypeError) as exc:
                 sink.fail(f"genwire-gpt: {exc}")
                 continue
