@@ -26,7 +26,17 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 
-from genwire.events import ControlEvent, ErrorInfo, GenerationResult, TokenEvent, Usage, dump
+from genwire.events import (
+    ControlEvent,
+    ErrorInfo,
+    GenerationResult,
+    OutputLogprob,
+    ResultChoice,
+    TokenEvent,
+    TopLogprob,
+    Usage,
+    dump,
+)
 from genwire.kafka import EventProducer
 from genwire.request import GenerationRequest
 from genwire.results import result_key
@@ -59,6 +69,10 @@ class Script:
     """Store the result in Redis without publishing it (no reply reaches the gateway)."""
     duplicate_tokens: bool = False
     """Publish every token twice (an at-least-once redelivery)."""
+    choices: int = 1
+    """Answer this many choices (choice ``c``'s pieces are ``chunks`` suffixed with ``c``)."""
+    logprobs: bool = False
+    """Give each piece a logprob (one "token" per piece), as postprocess would."""
 
 
 @dataclass
@@ -186,34 +200,54 @@ class FakePipeline:
             await asyncio.sleep(script.delay_s)
         rid = request.request_id
         assert rid is not None
-        text = ""
+        pieces = [
+            [chunk if c == 0 else f"{chunk}{c}" for chunk in script.chunks]
+            for c in range(script.choices)
+        ]
         if script.error is None and request.stream and not script.redis_only:
-            for i, chunk in enumerate(script.chunks):
-                final = i == len(script.chunks) - 1
-                token = TokenEvent(
-                    request_id=rid,
-                    index=i,
-                    text=chunk,
-                    text_offset=len(text),
-                    final=final,
-                    finish_reason=script.finish_reason if final else None,
-                )
-                for _ in range(2 if script.duplicate_tokens else 1):
-                    await self._publish(token, reply)
-                text += chunk
+            for i in range(len(script.chunks)):
+                for c in range(script.choices):
+                    final = i == len(script.chunks) - 1
+                    before = pieces[c][:i]
+                    token = TokenEvent(
+                        request_id=rid,
+                        index=i,
+                        text=pieces[c][i],
+                        text_offset=sum(len(p) for p in before),
+                        final=final,
+                        finish_reason=script.finish_reason if final else None,
+                        choice=c,
+                        logprobs=[_logprob(pieces[c], i)] if script.logprobs else None,
+                        logprob_offset=i,
+                    )
+                    for _ in range(2 if script.duplicate_tokens else 1):
+                        await self._publish(token, reply)
                 if script.chunk_delay_s:
                     await asyncio.sleep(script.chunk_delay_s)
         if script.error is not None:
             result = GenerationResult(request_id=rid, model="fake", error=script.error)
         else:
-            text = "".join(script.chunks)
+            choices = [
+                ResultChoice(
+                    index=c,
+                    text="".join(pieces[c]),
+                    finish_reason=script.finish_reason,
+                    logprobs=[_logprob(pieces[c], i) for i in range(len(pieces[c]))]
+                    if script.logprobs
+                    else None,
+                    completion_tokens=len(pieces[c]),
+                )
+                for c in range(script.choices)
+            ]
             result = GenerationResult(
                 request_id=rid,
                 model="fake",
                 model_version="1",
-                text=text,
+                text=choices[0].text,
                 finish_reason=script.finish_reason,
-                usage=Usage(prompt_tokens=2, completion_tokens=len(script.chunks)),
+                usage=Usage(prompt_tokens=2, completion_tokens=len(script.chunks) * script.choices),
+                logprobs=choices[0].logprobs,
+                choices=choices if script.choices > 1 else [],
             )
         # Stamped before the result goes out: a direct reply can reach the caller (and the test
         # read this) before the publish returns here.
@@ -221,6 +255,19 @@ class FakePipeline:
         await self._redis.set(result_key(rid), result.model_dump_json(), nx=True, ex=300)
         if not script.redis_only:
             await self._publish(result, reply)
+
+
+def _logprob(pieces: list[str], i: int) -> OutputLogprob:
+    """A made-up logprob of piece ``i`` (as one token), with one alternative."""
+    alt = TopLogprob(token="?", token_id=1, logprob=-5.0, bytes=[63])
+    return OutputLogprob(
+        token=pieces[i],
+        token_id=100 + i,
+        logprob=-0.5 * (i + 1),
+        bytes=list(pieces[i].encode()),
+        top=[alt],
+        text_offset=sum(len(p) for p in pieces[:i]),
+    )
 
 
 @dataclass

@@ -110,7 +110,7 @@ def new_request_id() -> str:
 def raise_for_error(result: GenerationResult) -> GenerationResult:
     """Return ``result``, or raise its error as a ``GatewayError``."""
     if result.error is not None:
-        raise GatewayError(result.error.message, code=result.error.code)
+        raise GatewayError(result.error.message, code=result.error.code, param=result.error.param)
     return result
 
 
@@ -162,7 +162,7 @@ class Gateway:
         try:
             request, value = validate_request(body)
         except PermanentError as exc:
-            raise GatewayError(exc.message, code=exc.code) from None
+            raise GatewayError(exc.message, code=exc.code, param=exc.param) from None
         return Prepared(request, value, named=request_id is not None, timeout_s=timeout)
 
     # -- unary --------------------------------------------------------------------------------

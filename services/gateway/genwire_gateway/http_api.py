@@ -67,7 +67,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if status == 404:
             code, message = "not_found", f"no route {request.method} {request.url.path}"
         elif status == 405:
-            allowed = (exc.headers or {}).get("allow", "")
+            allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
             code = METHOD_NOT_ALLOWED
             message = f"{request.method} is not allowed on {request.url.path}" + (
                 f" (allowed: {allowed})" if allowed else ""
