@@ -284,7 +284,7 @@ class Inference:
                         stream=request.stream,
                         model=request.model,
                         model_version=request.model_version,
-                        sampling=s if index == 0 and step.choice == 0 else None,
+                        sampling=s if index == 0 else None,  # every choice's first: postprocess
                         choice=step.choice,
                         logprobs=lps if keep_logprobs else None,
                         arm=request.arm,
