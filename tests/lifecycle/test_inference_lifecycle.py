@@ -51,3 +51,33 @@ async def test_shadow_copy_runs_beside_its_request() -> None:
     assert all(c.arm == "champion" and not c.shadow for c in a)
     assert all(c.arm == "shadow" and c.shadow and c.model_version == "2" for c in b)
     assert a[-1].final and b[-1].final
+
+
+class UnavailableBackend(ErrorBackend):
+    """Triton refusing the call with UNAVAILABLE (a version it lists but does not serve)."""
+
+    async def open(self, request: object, headers: object, *, stream: bool = True) -> object:
+        raise RetryableError("triton: UNAVAILABLE: not at ready state", dependency="triton")
+
+
+async def test_an_unloaded_version_refused_with_unavailable_is_not_waited_for() -> None:
+    async def model_state(model: str, version: str) -> str | None:
+        return "UNAVAILABLE"
+
+    backend = UnavailableBackend([False], server_ready=True)
+    inf = Inference(backend, triton_wait_s=30.0, model_state=model_state)
+    with pytest.raises(Rejection) as caught:
+        await asyncio.wait_for(_collect(inf, _req()), 5.0)
+    assert caught.value.code == ErrorCode.MODEL_NOT_LOADED
+    assert backend.waited == []
+
+
+async def test_triton_down_is_still_waited_out() -> None:
+    async def model_state(model: str, version: str) -> str | None:
+        return None  # the index cannot be read
+
+    backend = UnavailableBackend([False], server_ready=False)
+    inf = Inference(backend, triton_wait_s=0.01, model_state=model_state)
+    with pytest.raises(RetryableError):
+        await _collect(inf, _req())
+    assert backend.waited  # it waited for the model

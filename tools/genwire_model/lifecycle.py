@@ -247,6 +247,13 @@ class Lifecycle:
         if target in served:
             self.progress(f"{name} version {target} is already served")
             return target
+        if served and self.policy(name) is None:
+            # Without a policy the newest served version takes the traffic: pin the one
+            # serving now as champion first, so loading another shifts nothing.
+            pinned = self._initial(name).changed(
+                by="cli:load", reason=f"pin version {served[-1]} before loading {target}"
+            )
+            self.publish(pinned, -1)
         self.serve(name, [*served, target])
         self.probe(name, target)
         return target
@@ -512,10 +519,9 @@ async def wait_drained(
     await consumer.start()
     await admin.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic) or set()
+        # A consumer's own metadata only holds subscribed topics: ask for every topic's.
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = cluster.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         ends = await consumer.end_offsets(tps)
         deadline = time.monotonic() + timeout_s
@@ -537,6 +543,17 @@ async def wait_drained(
         await consumer.stop()
 
 
+def runtime_status(version_dir: Path) -> dict[str, Any]:
+    """What the runner recorded at its last load: backend, TensorRT fallbacks (or {})."""
+    from genwire_model.runtime.runners import STATUS_FILE
+
+    try:
+        status: dict[str, Any] = json.loads((version_dir / STATUS_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return status
+
+
 def describe(repository: Path, triton: TritonControl, name: str) -> list[dict[str, Any]]:
     """One row per version of ``name``: repository facts and Triton's state."""
     repo = ModelRepository(repository)
@@ -546,9 +563,11 @@ def describe(repository: Path, triton: TritonControl, name: str) -> list[dict[st
         states = {}
     rows = []
     for number in repo.versions(name):
-        manifest = repo.get(name, number).manifest
+        found = repo.get(name, number)
+        manifest = found.manifest
         validation = manifest.get("validation", {})
         quant = manifest.get("quantization") or {}
+        runtime = runtime_status(found.path)  # written by the runner at load (H-gpu)
         rows.append(
             {
                 "name": name,
@@ -558,6 +577,8 @@ def describe(repository: Path, triton: TritonControl, name: str) -> list[dict[st
                 "source": manifest.get("source", {}).get("checkpoint"),
                 "context_length": manifest.get("context_length"),
                 "tensorrt": manifest.get("build", {}).get("tensorrt", {}).get("built"),
+                "backend": runtime.get("backend"),
+                "fallback": (runtime.get("fallbacks") or [{}])[-1].get("reason"),
                 "max_abs_logit_diff": validation.get("max_abs_logit_diff"),
                 "heldout_loss": validation.get("heldout_loss"),
                 "quantized": quant.get("mode"),

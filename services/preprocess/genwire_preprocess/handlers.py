@@ -184,7 +184,9 @@ class Preprocessor:
         self, request: GenerationRequest, prepared: PreparedRequest, version: str
     ) -> PreparedRequest:
         assets = await self.assets.aget(prepared.model, version)
-        if request.messages is not None:
+        if request.prompt_token_ids is not None:
+            input_ids = list(prepared.input_ids)  # token ids: the same for every version
+        elif request.messages is not None:
             text = assets.render_chat([m.model_dump() for m in request.messages])
             input_ids = await self._encode(assets, text, False)
         else:

@@ -1,0 +1,348 @@
+"""The model lifecycle on the REAL broker, Redis and Triton (the ``stack`` fixture).
+
+A test model (``gwtest-life``: two versions copied from the default model's served one) is
+built into the shared repository, loaded, routed, shadowed, rolled back and promoted blue-green
+under steady load; at the end it is unloaded, its policy tombstoned and its folder removed, so
+the default model is served as before. Run under the stack lock (``flock /tmp/gw/stack.lock``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from genwire_model.lifecycle import Lifecycle, LifecycleError, TritonControl
+
+from genwire.events import GenerationResult, ShadowResult, now_ms
+from genwire.kafka.security import client_options
+from genwire.policy import ModelPolicy
+from genwire.policyfeed import delete_policy
+from genwire.request import ErrorCode, GenerationRequest
+from genwire.settings import CommonSettings
+from genwire.topics import Topic
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+MODEL = "gwtest-life"
+DEFAULT = "genwire-gpt"
+WAIT_S = 60.0
+
+
+def _copy_version(src: Path, dst: Path, version: str) -> None:
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"), copy_function=link)
+    manifest = json.loads((src / "manifest.json").read_text())
+    manifest.update(name=MODEL, version=int(version))
+    (dst / "manifest.json").unlink()
+    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+@pytest.fixture(scope="module")
+def life(stack: CommonSettings) -> Iterator[Lifecycle]:
+    """``gwtest-life`` versions 1 and 2 in the repository (not loaded); removed afterwards."""
+    triton = TritonControl(stack.triton_http_url)
+    lifecycle = Lifecycle(
+        repository=stack.repository,
+        triton=triton,
+        bootstrap_servers=stack.kafka_bootstrap_servers,
+        triton_grpc_url=stack.triton_grpc_url,
+    )
+    served = triton.served(DEFAULT)
+    assert served, "the default model is not served"
+    source = stack.repository / DEFAULT / served[-1]
+    model_dir = stack.repository / MODEL
+    shutil.rmtree(model_dir, ignore_errors=True)
+    model_dir.mkdir()
+    config = (stack.repository / DEFAULT / "config.pbtxt").read_text()
+    (model_dir / "config.pbtxt").write_text(
+        config.replace(f'name: "{DEFAULT}"', f'name: "{MODEL}"')
+    )
+    for version in ("1", "2"):
+        _copy_version(source, model_dir / version, version)
+    try:
+        yield lifecycle
+    finally:
+        with contextlib.suppress(LifecycleError):
+            triton.unload(MODEL)
+        asyncio.run(delete_policy(stack.kafka_bootstrap_servers, MODEL))
+        shutil.rmtree(model_dir, ignore_errors=True)
+        assert DEFAULT in [m["name"] for m in triton.index() if m.get("state") == "READY"]
+        triton.close()
+
+
+class Client:
+    """Produces requests; reads genwire.results and genwire.shadow from now on."""
+
+    def __init__(self, settings: CommonSettings) -> None:
+        boot = settings.kafka_bootstrap_servers
+        self.producer = AIOKafkaProducer(bootstrap_servers=boot, **client_options())
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=boot, **client_options())
+        self.results: dict[str, GenerationResult] = {}
+        self.shadows: dict[str, ShadowResult] = {}
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.producer.start()
+        await self.consumer.start()
+        tps = [
+            TopicPartition(topic, p)
+            for topic in (Topic.RESULTS, Topic.SHADOW)
+            for p in await self.producer.partitions_for(topic)
+        ]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_end(*tps)
+        for tp in tps:
+            await self.consumer.position(tp)
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=200)
+            for tp, records in batches.items():
+                for record in records:
+                    if tp.topic == Topic.SHADOW:
+                        shadow = ShadowResult.model_validate_json(record.value or b"")
+                        self.shadows.setdefault(shadow.request_id, shadow)
+                    else:
+                        result = GenerationResult.model_validate_json(record.value or b"")
+                        self.results.setdefault(result.request_id, result)
+            if batches:
+                self._arrived.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.consumer.stop()
+        await self.producer.stop()
+
+    async def send(self, model: str = MODEL, **fields: Any) -> str:
+        rid = f"life-{uuid.uuid4().hex[:12]}"
+        request = GenerationRequest.model_validate(
+            {
+                "request_id": rid,
+                "model": model,
+                "prompt": "The quick brown fox",
+                "max_tokens": 4,
+                "temperature": 0.0,
+                "received_ms": now_ms(),
+                **fields,
+            }
+        )
+        key, value = request.to_kafka()
+        await self.producer.send_and_wait(Topic.REQUESTS, value, key=key)
+        return rid
+
+    async def result(self, rid: str, timeout_s: float = WAIT_S) -> GenerationResult | None:
+        async def wait() -> GenerationResult:
+            while rid not in self.results:
+                self._arrived.clear()
+                await self._arrived.wait()
+            return self.results[rid]
+
+        try:
+            return await asyncio.wait_for(wait(), timeout_s)
+        except TimeoutError:
+            return None
+
+    async def ask(self, **fields: Any) -> GenerationResult:
+        found = await self.result(await self.send(**fields))
+        assert found is not None, f"no result for {fields}"
+        return found
+
+
+@pytest.fixture
+async def client(stack: CommonSettings) -> AsyncIterator[Client]:
+    c = Client(stack)
+    await c.start()
+    try:
+        yield c
+    finally:
+        await c.stop()
+
+
+async def _until(check: Any, timeout_s: float = 10.0) -> None:
+    """Poll ``check()`` until true (policies reach every stage within about a second)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "the policy was not followed"
+        await asyncio.sleep(0.2)
+
+
+def _api_key() -> dict[str, str]:
+    key = os.environ.get("GENWIRE_API_KEY")
+    path = CommonSettings().home / "api-key"
+    if not key and path.is_file():
+        key = path.read_text().strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _gateway_url() -> str:
+    from genwire_gateway.config import GatewaySettings
+
+    cfg = GatewaySettings()
+    return f"http://127.0.0.1:{cfg.port}"
+
+
+async def test_a_model_that_is_not_loaded_is_answered_at_once(
+    life: Lifecycle, client: Client
+) -> None:
+    assert life.triton.served(MODEL) == []
+    result = await client.ask(deadline_ms=now_ms() + 50_000)
+    assert result.error is not None
+    assert result.error.code == ErrorCode.MODEL_NOT_LOADED, result.error
+    assert f"genwire model load {MODEL}" in result.error.message
+
+
+async def test_load_serves_a_version_and_lists_it(life: Lifecycle, client: Client) -> None:
+    assert await asyncio.to_thread(life.load, MODEL, "1") == "1"
+    assert life.triton.served(MODEL) == ["1"]
+    result = await client.ask()
+    assert result.error is None, result.error
+    assert (result.model_version, result.arm) == ("1", "default")
+    async with httpx.AsyncClient(base_url=_gateway_url(), headers=_api_key()) as http:
+        listing = (await http.get("/v1/models")).json()
+        ids = {m["id"] for m in listing["data"]}
+        assert {MODEL, f"{MODEL}:1", DEFAULT} <= ids and f"{MODEL}:2" not in ids
+        one = await http.get(f"/v1/models/{MODEL}:1")
+        assert one.status_code == 200 and one.json()["root"] == MODEL
+        missing = await http.get(f"/v1/models/{MODEL}:2")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "model_not_found"
+
+
+async def test_weights_sticky_users_and_arms(life: Lifecycle, client: Client) -> None:
+    with pytest.raises(LifecycleError, match="not served"):
+        await asyncio.to_thread(life.route, MODEL, weights={"1": 50, "2": 50}, by="test")
+    await asyncio.to_thread(life.load, MODEL, "2")
+    policy = await asyncio.to_thread(
+        life.route,
+        MODEL,
+        weights={"1": 50, "2": 50},
+        sticky="user",
+        aliases={"challenger": "2"},
+        by="test",
+    )
+    assert policy.champion == "1" and policy.revision >= 1
+
+    async def both_arms() -> bool:
+        seen = {(await client.ask(metadata={"user": f"u{i}"})).arm for i in range(8)}
+        return seen == {"champion", "challenger"}
+
+    await _until(both_arms, 20.0)
+    by_user: dict[str, set[str]] = {}
+    results = await asyncio.gather(
+        *(client.ask(metadata={"user": f"user{i % 6}"}) for i in range(24))
+    )
+    for i, result in enumerate(results):
+        assert result.error is None, result.error
+        assert result.arm == {"1": "champion", "2": "challenger"}[result.model_version]
+        by_user.setdefault(f"user{i % 6}", set()).add(result.model_version)
+    assert all(len(v) == 1 for v in by_user.values())  # one user, one arm
+    pinned = await client.ask(model=f"{MODEL}:challenger")
+    assert (pinned.model_version, pinned.arm) == ("2", "challenger")
+
+
+async def test_shadow_results_are_kept_apart(life: Lifecycle, client: Client) -> None:
+    await asyncio.to_thread(life.route, MODEL, weights={"1": 100}, shadow="2", by="test")
+
+    async def shadowed() -> bool:
+        rid = await client.send()
+        for _ in range(50):
+            if rid in client.shadows:
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    await _until(shadowed, 20.0)
+    rid = await client.send()
+    result = await client.result(rid)
+    assert result is not None and result.error is None
+    assert (result.model_version, result.arm) == ("1", "champion")
+    for _ in range(100):
+        if rid in client.shadows:
+            break
+        await asyncio.sleep(0.1)
+    shadow = client.shadows[rid]
+    assert (shadow.model_version, shadow.arm) == ("2", "shadow")
+    assert client.results[rid].arm == "champion"  # the caller's result is the champion's
+
+
+async def test_a_corrupt_config_record_keeps_the_policy_in_force(
+    life: Lifecycle, client: Client, stack: CommonSettings
+) -> None:
+    before = await asyncio.to_thread(life.route, MODEL, weights={"2": 100}, shadow="", by="test")
+    assert before.weights == {"2": 100}
+    await _until(lambda: _served_by(client, "2"))
+    await client.producer.send_and_wait(Topic.CONFIG, b"{not json", key=MODEL.encode())
+    await client.producer.send_and_wait(
+        Topic.CONFIG, b'{"model": "gwtest-life", "weights": {"1": 7}}', key=MODEL.encode()
+    )
+    await asyncio.sleep(1.5)
+    results = await asyncio.gather(*(client.ask() for _ in range(6)))
+    assert {r.model_version for r in results} == {"2"}
+    assert await asyncio.to_thread(life.policy, MODEL) == before  # corrupt ones skipped
+
+
+async def _served_by(client: Client, version: str) -> bool:
+    return (await client.ask()).model_version == version
+
+
+async def test_rollback_returns_traffic_to_the_champion(life: Lifecycle, client: Client) -> None:
+    await asyncio.to_thread(life.route, MODEL, weights={"1": 20, "2": 80}, by="test")
+    back: ModelPolicy = await asyncio.to_thread(life.rollback, MODEL, by="test", reason="test")
+    assert back.weights == {"1": 100} and back.reason == "test"
+
+    async def all_on_champion() -> bool:
+        results = await asyncio.gather(*(client.ask() for _ in range(6)))
+        return {r.model_version for r in results} == {"1"}
+
+    await _until(all_on_champion)
+
+
+async def test_blue_green_promotion_under_steady_load(life: Lifecycle, client: Client) -> None:
+    """Steady load through `promote 2`: every request answered without error, none lost."""
+    stop = asyncio.Event()
+    sent: list[str] = []
+
+    async def worker(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            sent.append(await client.send(metadata={"user": f"w{n}-{i}"}))
+            await client.result(sent[-1])
+            i += 1
+
+    workers = [asyncio.create_task(worker(n)) for n in range(4)]
+    await asyncio.sleep(2.0)
+    policy = await asyncio.to_thread(life.promote, MODEL, "2", by="test", settle_s=2.0)
+    await asyncio.sleep(3.0)  # load keeps flowing after the old version is gone
+    stop.set()
+    await asyncio.gather(*workers)
+    results = [await client.result(rid, timeout_s=WAIT_S) for rid in sent]
+    lost = [rid for rid, r in zip(sent, results, strict=True) if r is None]
+    failed = [r for r in results if r is not None and r.error is not None]
+    versions = Counter(r.model_version for r in results if r is not None)
+    assert policy.champion == "2" and policy.aliases["previous"] == "1"
+    assert lost == [], f"{len(lost)} of {len(sent)} requests lost"
+    assert failed == [], f"{len(failed)} of {len(sent)} failed: {failed[0].error}"
+    assert set(versions) == {"1", "2"}, versions  # the switch happened under load
+    assert life.triton.served(MODEL) == ["2"]  # the old version drained and was unloaded
+    print(f"blue-green: {len(sent)} requests, {dict(versions)}, 0 failed, 0 lost")
