@@ -22,6 +22,7 @@ and its routers); its ``__main__.py`` calls ``run(SPEC)``. What is the same for 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -119,4 +120,5 @@ def run(spec: ServiceSpec[S]) -> None:
     settings = spec.settings()
     configure_logging(settings.log_level, settings.log_json)
     kafka_security.use(settings)  # every Kafka client of this process connects as this service
+    logging.getLogger(__name__).info("kafka: %s", kafka_security.describe(settings))
     serve(spec.app(settings), settings)
