@@ -64,7 +64,13 @@ def register(subparsers: Any) -> None:
     build.add_argument(
         "--max-batch", type=int, default=32, help="sequences decoded together (default: 32)"
     )
-    build.add_argument("--context", type=int, help="context window (default: the model's)")
+    build.add_argument(
+        "--max-context",
+        "--context",
+        dest="context",
+        type=int,
+        help="cap the context window (default: the model's); bounds the TensorRT profiles' memory",
+    )
     build.add_argument(
         "--stream-interval", type=int, default=1, help="tokens per streamed response (default: 1)"
     )
@@ -116,6 +122,12 @@ def register(subparsers: Any) -> None:
     )
     bench.add_argument("--requests", type=int, help="requests per level (default 4 x conc)")
     bench.add_argument("--out", type=Path, help="also write the figures as JSON")
+    bench.add_argument(
+        "--in-process",
+        action="store_true",
+        help="first run the same graph, scheduler and sampler in this process (the ceiling: "
+        "no Triton, no gRPC) and print Triton's figures as a share of it",
+    )
     bench.set_defaults(func=_bench)
 
 
@@ -190,5 +202,6 @@ def _bench(args: argparse.Namespace) -> int:
         args.max_tokens,
         args.requests,
         args.out,
+        in_process=args.in_process,
     )
     return 0
