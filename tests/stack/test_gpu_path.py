@@ -35,3 +35,14 @@ def test_gpu_check_says_there_is_no_gpu_and_exits_2() -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert "no NVIDIA GPU" in proc.stderr
+
+
+def test_build_takes_a_context_cap() -> None:
+    from genwire_cli.main import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["model", "build", "--checkpoint", "ckpt", "--max-context", "128"])
+    assert args.context == 128
+    legacy = parser.parse_args(["model", "build", "--checkpoint", "ckpt", "--context", "64"])
+    assert legacy.context == 64
+    assert parser.parse_args(["model", "build", "--checkpoint", "ckpt"]).context is None
