@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,15 @@ from genwire_model import DEFAULT_MODEL_NAME
 from genwire_model.runtime import constraints
 from genwire_preprocess import guided as check
 from genwire_preprocess.guided import GuidedChecker
+from genwire_preprocess.handlers import Preprocessor
 
 from genwire.errors import PermanentError
 from genwire.events import Guided
-from genwire.request import ERROR_HTTP_STATUS, ErrorCode
+from genwire.request import ERROR_HTTP_STATUS, ErrorCode, GenerationRequest
 from genwire.settings import CommonSettings
-from genwire.tokenization import ModelAssets, load_assets
+from genwire.tokenization import AssetStore, ModelAssets, load_assets
+
+from .conftest import MODEL as STAGES_MODEL
 
 SPECS = [
     ("json_object", ""),
@@ -114,3 +118,35 @@ def test_async_check_and_tokenizer_cache(assets: ModelAssets) -> None:
     assert checker.tokenizer(assets) is first
     with pytest.raises(PermanentError, match="guided_regex"):
         asyncio.run(checker.check(Guided(kind="regex", spec="("), assets))
+
+
+@pytest.fixture
+def repo_with_guided(model_repo: Path, tmp_path: Path) -> AssetStore:
+    """The stages' test repository, version 1 declaring the ``guided`` option."""
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repo, repo)
+    v1 = repo / STAGES_MODEL / "1"
+    manifest = json.loads((v1 / "manifest.json").read_text())
+    (v1 / "manifest.json").write_text(json.dumps({**manifest, "request_options": ["guided"]}))
+    return AssetStore(repo)
+
+
+def test_preprocess_refuses_a_schema_that_cannot_compile(repo_with_guided: AssetStore) -> None:
+    pre = Preprocessor(repo_with_guided, default_model=STAGES_MODEL)
+
+    def request(spec: str) -> GenerationRequest:
+        return GenerationRequest.model_validate(
+            {
+                "request_id": "g1",
+                "prompt": "The quick",
+                "model_version": "1",
+                "guided": {"kind": "json_schema", "spec": spec},
+            }
+        )
+
+    good = asyncio.run(pre.handle(request('{"type": "object"}')))
+    assert good.sampling.guided == Guided(kind="json_schema", spec='{"type": "object"}')
+    with pytest.raises(PermanentError) as info:
+        asyncio.run(pre.handle(request('{"type": "object", "not": {}}')))
+    assert info.value.code == ErrorCode.INVALID_REQUEST
+    assert info.value.param == "response_format" and '"not"' in info.value.message
