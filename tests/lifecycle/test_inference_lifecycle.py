@@ -81,3 +81,24 @@ async def test_triton_down_is_still_waited_out() -> None:
     with pytest.raises(RetryableError):
         await _collect(inf, _req())
     assert backend.waited  # it waited for the model
+
+
+async def test_the_generate_span_names_version_and_arm() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from genwire.policy import ARM_ATTRIBUTE, SHADOW_ATTRIBUTE
+    from genwire.telemetry import semconv as sc
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    inf = Inference(FakeBackend(n=3), tracer=provider.get_tracer("t"))
+    request = _req().model_copy(update={"model_version": "2", "arm": "challenger"})
+    await _collect(inf, request)
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == sc.SPAN_TRITON_GENERATE]
+    assert span.attributes is not None
+    assert span.attributes[sc.MODEL_VERSION] == "2"
+    assert span.attributes[ARM_ATTRIBUTE] == "challenger"
+    assert span.attributes[SHADOW_ATTRIBUTE] is False

@@ -33,6 +33,7 @@ from genwire.events import (
     TokenLogprob,
     now_ms,
 )
+from genwire.policy import ARM_ATTRIBUTE, SHADOW_ATTRIBUTE
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import inject
@@ -220,6 +221,8 @@ class Inference:
             sc.GEN_AI_OPERATION: "text_completion",
             sc.GEN_AI_REQUEST_MODEL: request.model,
             sc.MODEL_VERSION: request.model_version,
+            ARM_ATTRIBUTE: request.arm,
+            SHADOW_ATTRIBUTE: request.shadow,
             sc.GEN_AI_REQUEST_MAX_TOKENS: s.max_tokens,
             sc.GEN_AI_REQUEST_TEMPERATURE: s.temperature,
             sc.GEN_AI_REQUEST_TOP_P: s.top_p,

@@ -44,7 +44,7 @@ from genwire.events import (
     now_ms,
 )
 from genwire.filters import ContentFilter
-from genwire.policy import SHADOW_ATTRIBUTE
+from genwire.policy import ARM_ATTRIBUTE, SHADOW_ATTRIBUTE
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore
@@ -258,6 +258,8 @@ class Postprocessor:
         span = trace.get_current_span()
         span.set_attribute(sc.REQUEST_ID, chunk.request_id)
         span.set_attribute(SHADOW_ATTRIBUTE, True)
+        span.set_attribute(sc.MODEL_VERSION, result.model_version)
+        span.set_attribute(ARM_ATTRIBUTE, result.arm)
         return [ShadowResult.model_validate(result.model_dump())]
 
     # -- final ------------------------------------------------------------------------------
@@ -280,6 +282,8 @@ class Postprocessor:
             self.on_result(stored)
         span = trace.get_current_span()
         span.set_attribute(sc.REQUEST_ID, rid)
+        span.set_attribute(sc.MODEL_VERSION, stored.model_version)
+        span.set_attribute(ARM_ATTRIBUTE, stored.arm)
         if stored.finish_reason:
             span.set_attribute(sc.GEN_AI_FINISH_REASONS, [stored.finish_reason])
         span.set_attribute(sc.GEN_AI_OUTPUT_TOKENS, stored.usage.completion_tokens)
