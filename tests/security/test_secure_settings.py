@@ -19,12 +19,13 @@ from genwire_stack import StackError, StackLayout, ensure_up
 from genwire_stack.cli import register
 from genwire_stack.components import Jaeger, Kafka, Redis, Service, build_components
 from genwire_stack.layout import read_layout, write_layout
+from genwire_stack.manager import _redis_settings
 from genwire_stack.paths import StackPaths
 from genwire_stack.process import PidRecord, start_ticks, write_record
 from genwire_stack.secure import ACCESS, ADMIN, BROKER_CN, PRINCIPALS, SecureStack, acl_bindings
 from pydantic import ValidationError
 
-from genwire.kafka_security import KafkaSecurityError, client_options
+from genwire.kafka_security import KafkaSecurityError, client_options, describe
 from genwire.service.http import tls_options
 from genwire.settings import CommonSettings, ServiceSettings
 from genwire.topics import TOPIC_SPECS, Topic
@@ -202,6 +203,8 @@ def test_a_secure_layout_wires_every_component(tmp_path: Path) -> None:
         assert env["GENWIRE_KAFKA_SASL_USERNAME"] == name
         assert env[f"{prefix}REDIS_URL"] == redis.url
         assert (f"{prefix}TLS_CERTFILE" in env) == (name == "gateway")
+    # The admin API key of a first `genwire up --secure` goes to this Redis, over TLS.
+    assert _redis_settings(settings, components).redis_url == redis.url
     gateway = components["gateway"]
     assert isinstance(gateway, Service)
     assert gateway.environment()["GENWIRE_GATEWAY_TLS_CLIENT_CA_FILE"] == str(stack.ca)
@@ -220,6 +223,16 @@ def test_a_plain_layout_is_unchanged(tmp_path: Path) -> None:
     env = gateway.environment()
     assert not any("SASL" in k or "TLS" in k or "REDIS_URL" in k for k in env)
     assert not (tmp_path / "secure").exists()
+    settings = CommonSettings(home=tmp_path)
+    assert _redis_settings(settings, components) is settings
+
+
+def test_a_service_logs_how_it_connects_never_the_password(tmp_path: Path) -> None:
+    _, _, stack = _secure(tmp_path)
+    cfg = stack.kafka_settings("preprocess", "127.0.0.1:1")
+    assert describe(cfg) == "SASL_SSL as preprocess (SCRAM-SHA-512)"
+    assert stack.password("preprocess") not in describe(cfg) + repr(cfg)
+    assert describe(CommonSettings()) == "PLAINTEXT"
 
 
 def test_the_secure_mode_is_remembered_and_switching_needs_a_stopped_stack(

@@ -32,8 +32,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from genwire_stack import DEFAULT_MODEL, down, ensure_up
+from genwire_stack.adminkey import ensure_admin_key
 from genwire_stack.component import Component
 from genwire_stack.kafka_node import Kafka
+from genwire_stack.manager import _redis_settings
 from genwire_stack.paths import StackPaths
 from genwire_stack.secure import SecureStack
 from genwire_stack.servers import Jaeger, Redis, Service, Triton
@@ -59,7 +61,7 @@ class SecureRun:
     redis: Redis
     jaeger: Jaeger
     services: dict[str, Service]
-    api_key: str | None
+    api_key: str
 
     @property
     def bootstrap(self) -> str:
@@ -83,23 +85,6 @@ def _ports(count: int) -> list[int]:
         if port not in ports:
             ports.append(port)
     return ports
-
-
-async def _create_api_key(redis_url: str) -> str | None:
-    """A ``generate`` key in the secure Redis (over TLS, with its password), as ``genwire keys
-    create`` makes one; None where the gateway has no API keys."""
-    try:
-        from genwire.apikeys import KeyStore
-    except ImportError:
-        return None
-    from genwire.redisconn import connect
-
-    redis = connect(redis_url)
-    try:
-        key, _ = await KeyStore(redis).create("secure-test", ["generate"])
-        return key
-    finally:
-        await redis.aclose()  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +145,9 @@ def secure(
     catalog: dict[str, Component] = {"kafka": kafka, "redis": redis, "jaeger": jaeger, **services}
     try:
         ensure_up(settings=settings, catalog=catalog, model=False)
-        api_key = asyncio.run(_create_api_key(redis.url))
+        # What `genwire up --secure` does on a first start: the admin API key, registered in
+        # the TLS Redis with its password, saved under the home.
+        api_key = ensure_admin_key(_redis_settings(settings, catalog)).read_text().strip()
         yield SecureRun(settings, security, kafka, redis, jaeger, services, api_key)
     finally:
         down(settings=settings, catalog=catalog)
@@ -172,7 +159,7 @@ def secure(
 def test_a_request_goes_through_every_hop_encrypted(secure: SecureRun) -> None:
     gateway = secure.gateway
     context = secure.security.client_context(certificate=True)
-    headers = {"Authorization": f"Bearer {secure.api_key}"} if secure.api_key else {}
+    headers = {"Authorization": f"Bearer {secure.api_key}"}
     with httpx.Client(verify=context, timeout=60, trust_env=False, headers=headers) as http:
         response = http.post(
             f"https://127.0.0.1:{gateway.port}/v1/completions",

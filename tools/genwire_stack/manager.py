@@ -36,6 +36,7 @@ from genwire_stack.components import (
     SERVICES,
     Component,
     Readiness,
+    Redis,
     Service,
     Triton,
     build_components,
@@ -130,7 +131,7 @@ def ensure_up(
             _bring_up([c for c in chosen if c.phase < MODEL_PHASE], paths, started, out)
             if any(c.name == "redis" for c in chosen) and catalog is None:
                 # Auth is on by default: the first start creates (and saves) an admin key.
-                ensure_admin_key(cfg, out)
+                ensure_admin_key(_redis_settings(cfg, everything), out)
         if model:
             # Outside the lock: building the model may take minutes (its package has its own
             # lock), and other sessions that only need the infrastructure must not wait on it.
@@ -146,6 +147,14 @@ def ensure_up(
             _stop_record(paths, record, component.stop_timeout_s)
         raise
     return [status_of(c, paths) for c in chosen]
+
+
+def _redis_settings(cfg: CommonSettings, everything: Mapping[str, Component]) -> CommonSettings:
+    """``cfg`` pointing at the stack's Redis: over TLS with its password when it is secure."""
+    redis = everything.get("redis")
+    if isinstance(redis, Redis) and redis.security is not None:
+        return cfg.model_copy(update={"redis_url": redis.url})
+    return cfg
 
 
 def _catalog_for_up(
