@@ -70,3 +70,13 @@ def test_triton_down_lists_the_repository(tmp_path: Path) -> None:
 
     http = _app(tmp_path, down)
     assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["m"]
+
+
+def test_model_not_loaded_maps_to_503_and_unavailable() -> None:
+    import grpc
+    from genwire_gateway.errors import grpc_status, http_status
+
+    from genwire.request import ErrorCode
+
+    assert http_status(ErrorCode.MODEL_NOT_LOADED) == 503
+    assert grpc_status(ErrorCode.MODEL_NOT_LOADED) == grpc.StatusCode.UNAVAILABLE

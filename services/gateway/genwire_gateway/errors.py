@@ -38,6 +38,7 @@ _GRPC: dict[str, grpc.StatusCode] = {
     ErrorCode.MODEL_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.MODEL_NOT_LOADED: grpc.StatusCode.UNAVAILABLE,
     ErrorCode.INFERENCE_FAILED: grpc.StatusCode.INTERNAL,
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
     IDEMPOTENCY_CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
