@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ class Collect:
 
     @property
     def done(self) -> bool:
-        return bool(self.errors) or bool(self.updates and self.updates[-1].finished)
+        return bool(self.errors) or bool(self.updates and self.updates[-1].last)
 
     @property
     def tokens(self) -> list[int]:
@@ -220,3 +221,202 @@ def test_out_of_range_parameters_are_named(change: dict[str, object], message: s
     prompt = change.pop("prompt", [1, 2, 3])
     with pytest.raises(RequestError, match=message):
         validate(request(Collect(), prompt, **change), vocab_size=512, context=64)  # type: ignore[arg-type]
+
+
+# -- decode-loop options (issue 12 item 1) ---------------------------------------------------
+
+
+def _greedy(make: Callable[..., Scheduler], prompt: list[int], **kw: object) -> Collect:
+    sink, scheduler = Collect(), make(**{k: kw.pop(k) for k in ("eos",) if k in kw})
+    kw.setdefault("temperature", 0.0)
+    scheduler.submit(request(sink, prompt, **kw))
+    run(scheduler, [sink])
+    return sink
+
+
+def test_usage_counts_the_eos_token_that_ended_the_completion(
+    make: Callable[..., Scheduler],
+) -> None:
+    free = _greedy(make, [5, 6, 7], max_tokens=10)
+    eos = free.tokens[2]
+    k = free.tokens.index(eos)
+    stopped = _greedy(make, [5, 6, 7], max_tokens=10, eos=(eos,))
+    final = stopped.updates[-1]
+    assert stopped.tokens == free.tokens[:k] and final.finish_reason == "stop"
+    assert final.completion_tokens == k + 1  # the tokens of text + the eos it generated
+    # An eos sampled first: nothing to send, one token generated (usage is not 0).
+    first = _greedy(make, [5, 6, 7], max_tokens=10, eos=(free.tokens[0],))
+    assert first.tokens == [] and first.updates[-1].completion_tokens == 1
+
+
+def test_n_choices_share_one_prefill_and_choice_zero_is_the_single_request(
+    make: Callable[..., Scheduler], tiny_version: ModelVersion
+) -> None:
+    single = Collect()
+    s1 = make()
+    s1.submit(request(single, PROMPTS[1], seed=21, max_tokens=10))
+    run(s1, [single])
+    runner = create_runner(tiny_version.path)
+    prefills: list[int] = []
+    forward = runner.forward
+
+    def counting(ids: np.ndarray[Any, Any], *rest: object) -> object:
+        prefills.append(int(ids.shape[0]))
+        return forward(ids, *rest)  # type: ignore[arg-type]
+
+    runner.forward = counting  # type: ignore[method-assign,assignment]
+    scheduler = Scheduler(runner, context=64, eos_ids=(), max_batch=8)
+    sink = Collect()
+    scheduler.submit(request(sink, PROMPTS[1], seed=21, max_tokens=10, n=3))
+    run(scheduler, [sink])
+    assert prefills == [1]  # one prompt row for three choices
+    by_choice = {
+        c: [t for u in sink.updates if u.choice == c for t in u.token_ids] for c in range(3)
+    }
+    assert by_choice[0] == single.tokens
+    assert by_choice[1] != by_choice[0] or by_choice[2] != by_choice[0]
+    finals = [u for u in sink.updates if u.finished]
+    assert sorted(u.choice for u in finals) == [0, 1, 2]
+    assert [u.last for u in sink.updates].count(True) == 1 and sink.updates[-1].last
+
+
+def test_top_logprobs_are_the_models_most_likely_tokens(make: Callable[..., Scheduler]) -> None:
+    sink = _greedy(make, [5, 6, 7], max_tokens=6, top_logprobs=4)
+    tops = [t for u in sink.updates for t in u.top_ids]
+    values = [v for u in sink.updates for v in u.top_logprobs]
+    lps = [lp for u in sink.updates for lp in u.logprobs]
+    assert len(tops) == len(sink.tokens) == 6 and all(len(t) == 4 for t in tops)
+    for token, lp, ids, top in zip(sink.tokens, lps, tops, values, strict=True):
+        assert ids[0] == token  # greedy: the chosen token is the most likely one
+        assert top == sorted(top, reverse=True) and top[0] == pytest.approx(lp, abs=1e-5)
+
+
+def test_logit_bias_steers_sampling_but_logprobs_stay_the_models(
+    make: Callable[..., Scheduler],
+) -> None:
+    free = _greedy(make, [5, 6, 7], max_tokens=5)
+    target = (free.tokens[0] + 1) % 512
+    biased = _greedy(make, [5, 6, 7], max_tokens=5, logit_bias={target: 100.0})
+    assert biased.tokens == [target] * 5
+    assert all(lp < -0.01 for u in biased.updates for lp in u.logprobs)  # unbiased figures
+    banned = _greedy(make, [5, 6, 7], max_tokens=5, logit_bias={free.tokens[0]: -100.0})
+    assert banned.tokens[0] != free.tokens[0]
+
+
+def test_min_tokens_and_ignore_eos(make: Callable[..., Scheduler]) -> None:
+    free = _greedy(make, [5, 6, 7], max_tokens=8)
+    eos = free.tokens[0]
+    assert _greedy(make, [5, 6, 7], max_tokens=8, eos=(eos,)).tokens == []
+    held = _greedy(make, [5, 6, 7], max_tokens=8, eos=(eos,), min_tokens=3)
+    assert len(held.tokens) >= 3 and eos not in held.tokens[:3]
+    ignored = _greedy(make, [5, 6, 7], max_tokens=8, eos=(eos,), ignore_eos=True)
+    assert ignored.tokens == free.tokens and ignored.updates[-1].finish_reason == "length"
+
+
+def test_penalties_on_a_row_of_logits() -> None:
+    from genwire_model.runtime.scheduler import _Group, _Sequence
+
+    sink = Collect()
+    req = request(
+        sink,
+        [1, 2],
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
+        repetition_penalty=2.0,
+    )
+    seq = _Sequence(_Group(req), 0, 6, frozenset())
+    assert seq.counts is not None
+    seq.counts[3] = 2  # token 3 generated twice
+    row = np.array([1.0, 4.0, -4.0, 6.0, 2.0, -2.0], np.float32)
+    seq.process(row)
+    # 1, 2: in the prompt (repetition only: 4 / 2, -4 * 2); 3: 6 / 2 - 0.25 * 2 - 0.5.
+    np.testing.assert_allclose(row, [1.0, 2.0, -8.0, 3.0 - 0.5 - 0.5, 2.0, -2.0])
+
+
+def test_frequency_penalty_reduces_repetition(make: Callable[..., Scheduler]) -> None:
+    plain = _greedy(make, [5, 6, 7], max_tokens=30)
+    penalised = _greedy(make, [5, 6, 7], max_tokens=30, frequency_penalty=2.0)
+    assert len(set(penalised.tokens)) > len(set(plain.tokens))
+
+
+class _Only:
+    """A constraint allowing a fixed set of tokens and ending the choice after ``stop_after``."""
+
+    def __init__(self, allowed: set[int], vocab: int, stop_after: int) -> None:
+        self.mask = np.zeros(vocab, np.bool_)
+        self.mask[list(allowed)] = True
+        self.seen: list[int] = []
+        self.stop_after = stop_after
+
+    def allowed(self) -> np.ndarray[Any, Any]:
+        return self.mask
+
+    def advance(self, token: int) -> str | None:
+        self.seen.append(token)
+        return "stop" if len(self.seen) >= self.stop_after else None
+
+
+def test_the_constraint_hook_masks_and_ends_the_choice(make: Callable[..., Scheduler]) -> None:
+    sink, scheduler = Collect(), make()
+    only = [_Only({40, 41, 42}, 512, 4), _Only({7}, 512, 2)]
+    req = request(sink, [5, 6, 7], max_tokens=10, n=2, temperature=1.0)
+    req.constraints = list(only)
+    scheduler.submit(req)
+    run(scheduler, [sink])
+    by_choice = {c: [t for u in sink.updates if u.choice == c for t in u.token_ids] for c in (0, 1)}
+    assert len(by_choice[0]) == 4 and set(by_choice[0]) <= {40, 41, 42}
+    assert by_choice[1] == [7, 7]  # the token that ended it is part of the completion
+    finals = {u.choice: u for u in sink.updates if u.finished}
+    assert finals[0].finish_reason == finals[1].finish_reason == "stop"
+    assert finals[0].completion_tokens == 4 and only[0].seen == by_choice[0]
+
+
+def test_options_do_not_change_neighbours_text(make: Callable[..., Scheduler]) -> None:
+    options: list[dict[str, object]] = [
+        {"n": 2},
+        {"presence_penalty": 1.0, "min_p": 0.05},
+        {"top_logprobs": 3, "logit_bias": {9: 5.0}},
+        {"repetition_penalty": 1.3, "top_k": 20},
+        {},
+    ]
+    alone = []
+    for i, (prompt, kw) in enumerate(zip(PROMPTS, options, strict=True)):
+        sink, scheduler = Collect(), make()
+        scheduler.submit(request(sink, prompt, seed=50 + i, max_tokens=9, **kw))
+        run(scheduler, [sink])
+        alone.append([(u.choice, u.token_ids) for u in sink.updates])
+    scheduler = make()
+    sinks = [Collect() for _ in PROMPTS]
+    for i, (prompt, kw, sink) in enumerate(zip(PROMPTS, options, sinks, strict=True)):
+        scheduler.submit(request(sink, prompt, seed=50 + i, max_tokens=9, **kw))
+    run(scheduler, sinks)
+
+    def text(pairs: list[tuple[int, list[int]]]) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for choice, ids in pairs:
+            out.setdefault(choice, []).extend(ids)
+        return out
+
+    assert [text([(u.choice, u.token_ids) for u in s.updates]) for s in sinks] == [
+        text(a) for a in alone
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"n": 0}, "n must be"),
+        ({"n": 17}, "n must be"),
+        ({"top_logprobs": 21}, "top_logprobs must be"),
+        ({"presence_penalty": 2.5}, "presence_penalty must be"),
+        ({"frequency_penalty": float("nan")}, "frequency_penalty must be"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty must be"),
+        ({"min_p": 1.5}, "min_p must be"),
+        ({"logit_bias": {600: 1.0}}, "logit_bias token id 600"),
+        ({"logit_bias": {5: 500.0}}, r"logit_bias\[5\] must be"),
+        ({"min_tokens": 20}, "min_tokens .* must not exceed"),
+    ],
+)
+def test_out_of_range_options_are_named(change: dict[str, object], message: str) -> None:
+    with pytest.raises(RequestError, match=message):
+        validate(request(Collect(), [1, 2, 3], **change), vocab_size=512, context=64)  # type: ignore[arg-type]
