@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,6 +47,7 @@ from genwire.apikeys import (
 )
 from genwire.request import ErrorCode
 from genwire_gateway.errors import INVALID_API_KEY, PERMISSION_DENIED
+from genwire_gateway.openai import error_body
 
 log = logging.getLogger(__name__)
 
@@ -304,18 +306,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def _error_json(code: str, status: int, message: str) -> bytes:
-    # The OpenAI error shape (genwire_gateway.openai.error_body, without importing the
-    # transport here).
-    kind = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
-    body = {
-        "error": {
-            "message": message,
-            "type": kind.get(status, "service_unavailable_error"),
-            "param": None,
-            "code": code,
-        }
-    }
-    return json.dumps(body).encode()
+    """The OpenAI error shape, as every other route answers it."""
+    return json.dumps(error_body(code, message, status)).encode()
 
 
 class AuthMiddleware:
@@ -345,6 +337,11 @@ class AuthMiddleware:
         except AuthError as exc:
             await _send_error(send, exc)
             return
+        refusal = _early_refusal(app, principal, needed)
+        if refusal is not None:
+            code, message, wait = refusal
+            await _send_error(send, AuthError(code, 429, message), retry_after_s=wait)
+            return
         token = PRINCIPAL.set(principal)
 
         async def send_with_retry_after(message: dict[str, Any]) -> None:
@@ -354,8 +351,7 @@ class AuthMiddleware:
                 and principal.retry_after_s is not None
             ):
                 headers = list(message.get("headers", []))
-                seconds = str(max(1, round(principal.retry_after_s + 0.499)))
-                headers.append((b"retry-after", seconds.encode()))
+                headers.append((b"retry-after", retry_after(principal.retry_after_s).encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -372,11 +368,30 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _send_error(send: Send, exc: AuthError) -> None:
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, rounded up, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def _early_refusal(app: Any, principal: Principal, needed: str) -> tuple[str, str, float] | None:
+    """(code, message, wait) when the gateway already knows the key is over its rpm."""
+    if needed != SCOPE_GENERATE:
+        return None
+    gateway = getattr(getattr(app, "state", None), "gateway", None)
+    check = getattr(gateway, "early_refusal", None)
+    refusal = check(principal) if check is not None else None
+    if refusal is None:
+        return None
+    return refusal.code, refusal.message, refusal.retry_after_s or 1.0
+
+
+async def _send_error(send: Send, exc: AuthError, retry_after_s: float | None = None) -> None:
     body = _error_json(exc.code, exc.status, exc.message)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if exc.status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="genwire"'))
+    if retry_after_s is not None:
+        headers.append((b"retry-after", retry_after(retry_after_s).encode()))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -391,8 +406,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     the server is built before the gateway's clients exist.
     """
 
-    def __init__(self, auth: Callable[[], Authenticator | None]) -> None:
+    def __init__(
+        self,
+        auth: Callable[[], Authenticator | None],
+        early_refusal: Callable[[Principal], Any] | None = None,
+    ) -> None:
         self._auth = auth
+        self._early_refusal = early_refusal
 
     async def intercept_service(
         self,
@@ -426,6 +446,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             await context.abort(exc.grpc_code, f"{exc.code}: {exc.message}")
             raise AssertionError("unreachable: abort raises") from None
         principal.grpc_context = context
+        refusal = (
+            self._early_refusal(principal)
+            if self._early_refusal is not None and needed == SCOPE_GENERATE
+            else None
+        )
+        if refusal is not None:
+            wait = retry_after(refusal.retry_after_s or 1.0)
+            context.set_trailing_metadata((("retry-after", wait),))
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{refusal.code}: {refusal.message}"
+            )
         return principal
 
     def _unary(self, behavior: Any, needed: str) -> Any:

@@ -27,6 +27,7 @@ completes (the caller left) keeps its estimate.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,8 @@ from genwire_gateway.errors import QUOTA_EXCEEDED, RATE_LIMITED
 WINDOW_MS = 60_000
 BUCKET_MS = 1_000
 KEY_PREFIX = "genwire:limit:"
+MAX_BLOCKED = 10_000
+"""Most keys remembered as over their requests per minute (then the memory starts over)."""
 
 
 _ADMIT = """
@@ -200,6 +203,24 @@ class Limiter:
         self.bucket_ms = bucket_ms
         self._admit = redis.register_script(_ADMIT)
         self._adjust = redis.register_script(_ADJUST)
+        self._blocked: dict[str, tuple[float, LimitExceeded]] = {}
+        """key id -> (monotonic time, refusal): a key over its requests per minute is refused
+        here, without Redis, until the wait Redis gave has passed. Exact for rpm: only time
+        frees request slots (token charges are also given back at completion, so tpm and
+        per-day refusals always ask Redis)."""
+
+    def refusal(self, record: KeyRecord) -> LimitExceeded | None:
+        """The remembered rpm refusal of ``record`` (its wait updated), if it still holds."""
+        held = self._blocked.get(record.id)
+        if held is None:
+            return None
+        until, refusal = held
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._blocked[record.id]
+            return None
+        refusal.retry_after_s = left
+        return refusal
 
     async def admit(self, record: KeyRecord, tokens: int) -> Ticket | None:
         """Charge one request of ``tokens`` to ``record``'s limits; None when it has none.
@@ -208,6 +229,9 @@ class Limiter:
         """
         if not record.limited:
             return None
+        held = self.refusal(record)
+        if held is not None:
+            raise held
         rpm, tpm, tpd = record.rpm or 0, record.tpm or 0, record.tokens_per_day or 0
         raw = await self._admit(
             keys=limit_keys(record.id),
@@ -229,13 +253,16 @@ class Limiter:
             )
         wait = a / 1000.0
         if which == "rpm":
-            raise LimitExceeded(
+            refusal = LimitExceeded(
                 RATE_LIMITED,
                 "rpm",
-                f"rate limit reached for the key {name!r}: {rpm} requests per minute "
-                f"({b} used); retry after {wait:.1f} s",
+                f"rate limit reached for the key {name!r}: {rpm} requests per minute",
                 wait,
             )
+            if len(self._blocked) >= MAX_BLOCKED:
+                self._blocked.clear()
+            self._blocked[record.id] = (time.monotonic() + wait, refusal)
+            raise refusal
         if which == "tpm":
             raise LimitExceeded(
                 RATE_LIMITED,

@@ -38,7 +38,7 @@ from genwire.events import Event, GenerationResult, now_ms
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
-from genwire_gateway.auth import Principal, current_principal
+from genwire_gateway.auth import Principal, current_principal, retry_after
 from genwire_gateway.errors import GatewayError
 from genwire_gateway.handlers import Chunk, Gateway, Prepared
 from genwire_gateway.limits import Limiter, LimitExceeded, Ticket, TooLarge, prompt_estimate
@@ -198,6 +198,16 @@ class MeteredGateway(Gateway):
 
     # -- admission ------------------------------------------------------------------------------
 
+    def early_refusal(self, principal: Principal) -> LimitExceeded | None:
+        """A refusal known without Redis (a key still over its requests per minute): the
+        transports answer it before reading the body (a flood costs as little as possible)."""
+        if self.limiter is None or not principal.record.rpm:
+            return None
+        refusal = self.limiter.refusal(principal.record)
+        if refusal is not None:
+            self._count(principal.name, "rate_limited")
+        return refusal
+
     async def _admit(self, principal: Principal, prepared: Prepared) -> Ticket | None:
         record = principal.record
         if self.limiter is None or not record.limited:
@@ -211,7 +221,7 @@ class MeteredGateway(Gateway):
             if principal.grpc_context is not None and exc.retry_after_s is not None:
                 with contextlib.suppress(Exception):
                     principal.grpc_context.set_trailing_metadata(
-                        (("retry-after", str(max(1, round(exc.retry_after_s + 0.499)))),)
+                        (("retry-after", retry_after(exc.retry_after_s)),)
                     )
             raise GatewayError(exc.message, code=exc.code) from None
         except TooLarge as exc:
