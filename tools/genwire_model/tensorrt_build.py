@@ -19,22 +19,21 @@ from typing import Any
 
 from genwire_model.checkpoint import CheckpointInfo
 from genwire_model.runtime.tensorrt_engine import (
+    MAX_ENGINE_LOGIT_DIFF,
     PLAN,
     TensorRTBuildError,
     agreement,
     build_engine,
+    check_agreement,
     current_key,
     engine_dir,
     key_name,
     prefill_rows,
     profile_shapes,
+    record_agreement,
 )
 
 log = logging.getLogger(__name__)
-
-# The engine runs FP16 kernels: greedy tokens may part from FP32 ONNX Runtime's after a near
-# tie, but the first prefill's choice and the logits must stay close.
-MAX_ENGINE_LOGIT_DIFF = 0.5
 
 __all__ = [
     "MAX_ENGINE_LOGIT_DIFF",
@@ -85,8 +84,8 @@ def build_for_version(
         stage = "run"
         record["agreement"] = verify(out, folder / PLAN, _shape(info), context, max_batch)
         figures = record["agreement"]
-        if not figures["finite"] or figures["max_abs_logit_diff"] > MAX_ENGINE_LOGIT_DIFF:
-            raise TensorRTBuildError(f"the engine disagrees with ONNX Runtime: {figures}")
+        check_agreement(figures)
+        record_agreement(folder / PLAN, figures)
         progress(
             f"TensorRT vs ONNX Runtime: largest logit difference "
             f"{figures['max_abs_logit_diff']:.3g}, greedy agreement "

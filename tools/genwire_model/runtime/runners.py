@@ -732,6 +732,7 @@ def create_runner(
         key = current_key()
         key_label = key_name(key)
         engine = find_engine(version_dir, key)
+        built_now = engine is None
         if engine is None:
             if prefer == "auto" and os.environ.get(BUILD_ON_LOAD_ENV, "1") == "0":
                 report.status("onnxruntime")
@@ -740,6 +741,15 @@ def create_runner(
             engine = _build_on_load(version_dir, manifest, key)
             stage = "deserialize"
         runner = TensorRTRunner(engine, manifest)
+        if built_now:
+            # As at build time: run the new engine against ONNX Runtime once, keep the figures.
+            from .tensorrt_engine import agreement, check_agreement, record_agreement
+
+            stage = "run"
+            context = int(manifest["context_length"])
+            figures = agreement(runner, onnxruntime(), runner.vocab_size, context)
+            record_agreement(engine, figures)
+            check_agreement(figures)
     except Exception as exc:
         if prefer == "tensorrt":
             raise

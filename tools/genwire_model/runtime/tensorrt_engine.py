@@ -43,6 +43,9 @@ WORKSPACE_BYTES = 1 << 30
 # Padded tokens of the prefill profile's largest corner (rows x context): bounds its memory.
 PREFILL_TOKEN_BUDGET = 8192
 PROFILE_NAMES = ("prefill", "decode")
+# The engine runs FP16 kernels: greedy tokens may part from FP32 ONNX Runtime's after a near
+# tie, but the logits must stay close; above this the engine is not used.
+MAX_ENGINE_LOGIT_DIFF = 0.5
 
 Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
@@ -356,3 +359,17 @@ def agreement(
         # Tokens that match before the first divergence of each row, over all tokens.
         "greedy_token_agreement": round(sum(same) / max(1, total), 4),
     }
+
+
+def check_agreement(figures: dict[str, Any]) -> None:
+    """Raise TensorRTBuildError when the engine's figures rule it out."""
+    if not figures["finite"] or figures["max_abs_logit_diff"] > MAX_ENGINE_LOGIT_DIFF:
+        raise TensorRTBuildError(f"the engine disagrees with ONNX Runtime: {figures}")
+
+
+def record_agreement(plan: Path, figures: dict[str, Any]) -> None:
+    """Add the agreement figures to the engine's ``tensorrt.json``."""
+    path = plan.parent / RECORD
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record["agreement"] = figures
+    _write_atomic(path, json.dumps(record, indent=2).encode())
