@@ -11,18 +11,24 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from genwire.apikeys import KeyStore
+from genwire.redaction import Redactor, load_hook
 from genwire.redisconn import connect
 from genwire.results import ResultStore
 from genwire.service import Running, ServiceRuntime, ServiceSpec
 from genwire.telemetry import semconv as sc
+from genwire_gateway.auth import Authenticator, AuthInterceptor, AuthMetrics, AuthMiddleware
 from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import GatewayError
+from genwire_gateway.feedback import add_to_server as add_feedback_service
+from genwire_gateway.feedback import feedback_router
 from genwire_gateway.grpc_service import GenerationServicer, build_server, set_serving
-from genwire_gateway.handlers import Gateway
-from genwire_gateway.http_api import openai_router
+from genwire_gateway.http_api import install_error_handlers, openai_router
+from genwire_gateway.limits import Limiter
 from genwire_gateway.models import ModelCatalog
 from genwire_gateway.replies import ReplyMetrics, ReplyReader, WaiterRegistry
 from genwire_gateway.telemetry import GatewayMetrics
+from genwire_gateway.usage import MeteredGateway, UsageMetrics
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +57,29 @@ async def setup(
     )
     runtime.add_check(replies.reasons)
     store = ResultStore(redis, ttl_s=cfg.claim_ttl_s)
-    gateway = Gateway(cfg, runtime.producer, store, registry, replies)
+    auth = (
+        Authenticator(
+            KeyStore(redis),
+            cache_s=cfg.auth_cache_s,
+            stale_s=cfg.auth_stale_s,
+            poll_s=cfg.auth_poll_s,
+            max_entries=cfg.auth_cache_max,
+            metrics=AuthMetrics(runtime.registry),
+        )
+        if cfg.auth_enabled
+        else None
+    )
+    app.state.auth = auth
+    gateway = MeteredGateway(
+        cfg,
+        runtime.producer,
+        store,
+        registry,
+        replies,
+        limiter=Limiter(redis),
+        usage_metrics=UsageMetrics(runtime.registry, cfg.usage_max_keys),
+        redact=Redactor(cfg.redact_patterns, load_hook(cfg.redaction_hook)),
+    )
     metrics = GatewayMetrics(runtime.registry)
     catalog = ModelCatalog(
         cfg.triton_http_url,
@@ -63,8 +91,15 @@ async def setup(
     app.state.replies = replies
     app.state.gateway_metrics = metrics
     app.state.models = catalog
-    server, health = build_server(cfg, GenerationServicer(gateway, runtime.tracer, metrics))
+    server, health = build_server(
+        cfg,
+        GenerationServicer(gateway, runtime.tracer, metrics),
+        interceptors=[
+            AuthInterceptor(lambda: getattr(app.state, "auth", None), gateway.early_refusal)
+        ],
+    )
     app.state.grpc_server = server
+    add_feedback_service(server, gateway)  # feedback.py (H-monitor)
 
     @asynccontextmanager
     async def serving() -> AsyncIterator[None]:
@@ -72,6 +107,8 @@ async def setup(
             await replies.start(cfg.replies_ready_timeout_s)
             runtime.supervise(replies.run(), "replies")
             runtime.supervise(gateway.heartbeat(), "heartbeat")
+            if auth is not None:
+                runtime.supervise(auth.run(), "key-changes")
             await redis.ping()  # fail fast when Redis is not there
             await server.start()
             await set_serving(health, True)
@@ -101,10 +138,28 @@ async def setup(
 
 def routers(cfg: GatewaySettings) -> Sequence[APIRouter]:
     """The OpenAI-compatible HTTP API (``/v1/...``)."""
-    return [openai_router()]
+    return [openai_router(), feedback_router()]
 
 
-SERVICE = ServiceSpec(
+class _GatewaySpec(ServiceSpec[GatewaySettings]):
+    """The gateway's spec: its app also checks API keys (``auth.AuthMiddleware``)."""
+
+    def app(
+        self,
+        settings: GatewaySettings | None = None,
+        *,
+        span_exporter: SpanExporter | None = None,
+        set_global_tracer: bool | None = None,
+    ) -> FastAPI:
+        app = super().app(
+            settings, span_exporter=span_exporter, set_global_tracer=set_global_tracer
+        )
+        app.add_middleware(AuthMiddleware)
+        install_error_handlers(app)  # OpenAI's error shape on every route (H-api)
+        return app
+
+
+SERVICE = _GatewaySpec(
     stage=sc.STAGE_GATEWAY, settings=GatewaySettings, setup=setup, routers=routers
 )
 
