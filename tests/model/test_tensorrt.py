@@ -117,3 +117,19 @@ def test_create_runner_uses_the_engine_and_records_it(trt_version: ModelVersion)
     assert runner.backend == "tensorrt"
     status = json.loads((trt_version.path / STATUS_FILE).read_text())
     assert status["backend"] == "tensorrt" and status["engine"]
+
+
+def test_a_version_without_an_engine_gets_one_at_load(
+    trt_version: ModelVersion, tmp_path: Path
+) -> None:
+    import shutil
+
+    copy = tmp_path / "trt" / "1"
+    shutil.copytree(trt_version.path, copy)
+    shutil.rmtree(copy / tensorrt_engine.ENGINES_DIR)  # as if built on a CPU machine
+    runner = create_runner(copy, prefer="auto")
+    assert runner.backend == "tensorrt"
+    plan = tensorrt_engine.find_engine(copy, tensorrt_engine.current_key())
+    assert plan is not None
+    record = json.loads((plan.parent / "tensorrt.json").read_text())
+    assert record["agreement"]["finite"] and record["agreement"]["prefill_greedy_agree"]
