@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ examples:
 
 targets: triton and triton-stream go straight to Triton (the baseline); grpc and grpc-stream
 call the gateway over gRPC; kafka and kafka-stream produce to genwire.requests and read the
-results. Exits 1 when no target could run, 2 when a request failed.
+results; openai-http and openai-http-stream POST /v1/completions (SSE when streamed), what an
+OpenAI client sees. Exits 1 when no target could run, 2 when a request failed.
 
 --scaling: for each count, `genwire up --scale` gateway, preprocess, inference and postprocess to
 that many instances (Triton stays shared), wait for the consumer groups to rebalance, run the
@@ -207,6 +209,7 @@ def main(args: argparse.Namespace) -> int:
         stop_token_ids=inputs.stop_token_ids,
         triton_url=settings.triton_grpc_url,
         gateway_address=_gateway_address(),
+        gateway_http_url=os.environ.get("GENWIRE_BENCH_GATEWAY_HTTP", "http://127.0.0.1:8080"),
         kafka_bootstrap=settings.kafka_bootstrap_servers,
         jaeger_url=settings.jaeger_ui_url,
         run_dir=settings.home.expanduser() / "run",

@@ -27,7 +27,16 @@ from genwire_bench.resources import (
 from genwire_bench.stats import Load, Overhead, Summary, compare, summarize
 from genwire_bench.traces import Breakdown, JaegerClient, breakdown
 
-TARGETS = ("triton", "triton-stream", "grpc", "grpc-stream", "kafka", "kafka-stream")
+TARGETS = (
+    "triton",
+    "triton-stream",
+    "grpc",
+    "grpc-stream",
+    "kafka",
+    "kafka-stream",
+    "openai-http",
+    "openai-http-stream",
+)
 """Every target, baselines first."""
 
 
@@ -50,6 +59,8 @@ class BenchConfig:
     """The model's end-of-sequence ids, sent to Triton directly as preprocess sends them."""
     triton_url: str = "127.0.0.1:8001"
     gateway_address: str = "127.0.0.1:50051"
+    gateway_http_url: str = "http://127.0.0.1:8080"
+    """The gateway's OpenAI-compatible HTTP API (targets openai-http, openai-http-stream)."""
     kafka_bootstrap: str = "127.0.0.1:9092"
     jaeger_url: str = "http://127.0.0.1:16686"
     run_dir: Path | None = None
@@ -113,6 +124,15 @@ def make_driver(name: str, cfg: BenchConfig, shared: dict[str, Any]) -> Driver:
 
         return GatewayDriver(
             cfg.gateway_address, cfg.model, stream=name == "grpc-stream", timeout_s=cfg.timeout_s
+        )
+    if name in ("openai-http", "openai-http-stream"):
+        from genwire_bench.drivers.openai_http import OpenAIHttpDriver
+
+        return OpenAIHttpDriver(
+            cfg.gateway_http_url,
+            cfg.model,
+            stream=name == "openai-http-stream",
+            timeout_s=cfg.timeout_s,
         )
     if name in ("kafka", "kafka-stream"):
         from genwire_bench.drivers.kafka import KafkaDriver, KafkaReader
