@@ -194,3 +194,10 @@ def test_helpers_of_the_bench() -> None:
     assert figures["tokens_generated_stopped_after"] == 5
     assert figures["same_text"] == 3
     assert figures["tokens_saved_fraction"] == pytest.approx(1 - 5 / 18)
+
+
+def test_a_built_version_carries_the_constraints(tiny_version: ModelVersion) -> None:
+    """constraints.py is copied into the version and the manifest declares ``guided``, so
+    preprocess lets structured output through to a model that can enforce it."""
+    assert (tiny_version.path / "genwire_runtime" / "constraints.py").is_file()
+    assert "guided" in tiny_version.manifest["request_options"]

@@ -28,6 +28,7 @@ from genwire import triton_io
 from genwire.triton_io import TensorSpec
 from genwire_model.checkpoint import CheckpointInfo, inspect_checkpoint
 from genwire_model.repository import MANIFEST, ModelRepository, ModelVersion
+from genwire_model.runtime.scheduler import REQUEST_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ RUNTIME_MODULES = (
     "sampling.py",
     "scheduler.py",
     "tensorrt_engine.py",
+    "constraints.py",
 )
 MANIFEST_FORMAT = 1
 
@@ -329,6 +331,8 @@ def _assemble(
         },
         "context_length": context,
         "eos_token_ids": eos_ids,
+        # The request options the runtime honours: preprocess refuses the others by name.
+        "request_options": list(REQUEST_OPTIONS),
         "shape": {
             "num_layers": info.num_layers,
             "num_kv_heads": info.num_kv_heads,
