@@ -219,6 +219,14 @@ def _explain(exc: ValidationError) -> str:
     )
 
 
+def checked(**fields: Any) -> ModelPolicy:
+    """A policy from ``fields``; ``PolicyError`` naming every problem when it is invalid."""
+    try:
+        return ModelPolicy.model_validate(fields)
+    except ValidationError as exc:
+        raise PolicyError(_explain(exc)) from None
+
+
 def parse(key: bytes | None, value: bytes | None) -> ModelPolicy | None:
     """Read one ``genwire.config`` record: the policy, or ``None`` for a tombstone.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,35 @@ def test_targets_and_table() -> None:
     header, row = table.splitlines()
     assert header.split()[:3] == ["NAME", "VERSION", "STATE"]
     assert row.split()[:3] == ["m", "1", "READY"] and "5.12" in row
+
+
+def test_commands_refuse_bad_input_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from genwire_cli.main import main
+
+    repo = _repo(tmp_path, ["1"])
+    assert main(["model", "route", "m", "--weights", "1=90,2=20", "--repository", str(repo)]) == 2
+    assert "add up to 110" in capsys.readouterr().err
+    assert main(["model", "route", "m", "--weights", "1:90"]) == 2
+    assert "VERSION=WEIGHT" in capsys.readouterr().err
+    assert main(["model", "load", "m:7", "--repository", str(repo)]) == 2
+    assert "m has no version 7 in the repository (built: 1)" in capsys.readouterr().err
+    assert main(["model", "load", "nope", "--repository", str(repo)]) == 2
+    assert "no model 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["model", "load", "m:champion"])
+
+
+def test_route_checks_the_policy_before_asking_anyone(capsys: pytest.CaptureFixture[str]) -> None:
+    from genwire_cli.main import main
+
+    # An unreachable broker: the checks answer first, so nothing waits for it.
+    os.environ["GENWIRE_KAFKA_BOOTSTRAP_SERVERS"] = "127.0.0.1:1"
+    try:
+        assert main(["model", "route", "m", "--weights", "1=50,2=50", "--shadow", "2"]) == 2
+        assert "take traffic and be the shadow" in capsys.readouterr().err
+        assert main(["model", "route", "m", "--sticky", "cookie"]) == 2
+        assert "sticky is" in capsys.readouterr().err
+    finally:
+        del os.environ["GENWIRE_KAFKA_BOOTSTRAP_SERVERS"]

@@ -289,10 +289,17 @@ def _parse_aliases(items: list[str]) -> dict[str, str] | None:
 
 
 def _route(args: argparse.Namespace) -> int:
-    from genwire.policy import PolicyError, parse_weights
+    from genwire.policy import PolicyError, checked, parse_weights
 
     try:
         weights = parse_weights(args.weights) if args.weights else None
+        # Checked here too, before anything is asked of the broker or Triton.
+        checked(
+            model=args.name,
+            weights=weights or {},
+            sticky=args.sticky or "",
+            shadow=args.shadow or "",
+        )
     except PolicyError as exc:
         print(f"genwire model route: {exc}", file=sys.stderr)
         return 2
