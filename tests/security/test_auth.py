@@ -164,7 +164,7 @@ def test_routes_and_methods_need_their_scopes() -> None:
     for open_path in ("/healthz", "/readyz", "/metrics"):
         assert http_scope("GET", open_path) is None
     assert grpc_scope("/genwire.v1.GenerationService/Generate") == SCOPE_GENERATE
-    assert grpc_scope("/genwire.v1.GenerationService/Feedback") == SCOPE_FEEDBACK
+    assert grpc_scope("/genwire.v1.FeedbackService/Feedback") == SCOPE_FEEDBACK
     assert grpc_scope("/grpc.health.v1.Health/Check") is None
     assert grpc_scope("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo") is None
 

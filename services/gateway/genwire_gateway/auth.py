@@ -292,7 +292,7 @@ def grpc_scope(full_method: str) -> str | None:
     """The scope a gRPC method needs (None: open: health, reflection)."""
     if not full_method.startswith("/genwire."):
         return None
-    if full_method.endswith("/Feedback"):
+    if ".FeedbackService/" in full_method or full_method.endswith("/Feedback"):
         return SCOPE_FEEDBACK
     return SCOPE_GENERATE
 
