@@ -197,6 +197,33 @@ def test_no_service_was_refused_by_an_acl(secure: SecureRun) -> None:
         assert "AuthenticationFailed" not in text, f"{service.name}: {service.log}"
 
 
+def test_the_bench_produces_straight_to_kafka_as_its_own_user(
+    secure: SecureRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``set -a; . secure/env/bench.env``, then the bench's Kafka target: its user may write
+    requests and read results and tokens, which is all a request over Kafka needs."""
+    from genwire_bench.drivers.base import TraceContext
+    from genwire_bench.drivers.kafka import KafkaDriver
+    from genwire_bench.records import BenchRequest, SamplingSpec
+
+    for line in (secure.security.root / "env" / "bench.env").read_text().splitlines():
+        name, _, value = line.partition("=")
+        monkeypatch.setenv(name, value.strip("'"))
+    request = BenchRequest(0, "Once upon a time", (), SamplingSpec(max_tokens=4))
+
+    async def one() -> str | None:
+        driver = KafkaDriver(secure.bootstrap, DEFAULT_MODEL, stream=True, timeout_s=60)
+        await driver.start()
+        try:
+            trace = TraceContext("1" * 32, "2" * 16)
+            record = await driver.send(request, f"secure-bench-{time.time_ns()}", trace)
+            return record.error if record.error else None
+        finally:
+            await driver.close()
+
+    assert asyncio.run(one()) is None
+
+
 def test_grpc_over_tls_with_a_client_certificate(secure: SecureRun) -> None:
     status = asyncio.run(_grpc_health(secure, certificate=True))
     assert status == health_pb2.HealthCheckResponse.SERVING
