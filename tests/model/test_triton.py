@@ -11,6 +11,7 @@ from genwire_model.client import Generation, GenerationError, generate
 from tritonclient.grpc.aio import InferenceServerClient
 
 from genwire.settings import CommonSettings
+from genwire.triton_io import Options
 
 PROMPT = [5, 6, 7, 8, 9]
 
@@ -74,6 +75,39 @@ async def test_stop_token_and_max_tokens(
     assert short.finish_reason == "length" and short.token_ids == free.token_ids[:3]
 
 
+async def test_usage_counts_the_stop_token_the_model_generated(
+    client: InferenceServerClient, served_model: tuple[str, str]
+) -> None:
+    name = served_model[1]
+    free = await gen(client, name, temperature=0.0, max_tokens=10)
+    stop = free.token_ids[3]
+    stopped = await gen(client, name, temperature=0.0, max_tokens=10, stop_token_ids=[stop])
+    assert stopped.completion_tokens == len(stopped.token_ids) + 1
+
+
+async def test_n_choices_and_top_logprobs_over_grpc(
+    client: InferenceServerClient, served_model: tuple[str, str]
+) -> None:
+    name = served_model[1]
+    single = await gen(client, name, seed=5, max_tokens=8)
+    many = await gen(client, name, seed=5, max_tokens=8, options=Options(n=3, top_logprobs=2))
+    assert sorted(many.choices) == [0, 1, 2]
+    assert many.token_ids == single.token_ids  # choice 0 = the single request
+    for choice in many.choices.values():
+        assert choice.finish_reason == "length" and choice.completion_tokens == 8
+        assert len(choice.top_logprobs) == len(choice.token_ids) == 8
+        assert all(len(top) == 2 and top[0][1] >= top[1][1] for top in choice.top_logprobs)
+    assert len({tuple(c.token_ids) for c in many.choices.values()}) > 1
+    biased = await gen(
+        client,
+        name,
+        temperature=0.0,
+        max_tokens=4,
+        options=Options(logit_bias={33: 100.0}, presence_penalty=0.1, min_p=0.05),
+    )
+    assert biased.token_ids == [33] * 4
+
+
 async def test_concurrent_requests_match_one_at_a_time(
     client: InferenceServerClient, served_model: tuple[str, str]
 ) -> None:
@@ -98,6 +132,9 @@ async def test_concurrent_requests_match_one_at_a_time(
         ({"top_k": -3}, "top_k must be"),
         ({"max_tokens": 0}, "max_tokens must be"),
         ({"prompt": [100000]}, "input_ids out of range"),
+        ({"options": Options(n=17)}, "n must be"),
+        ({"options": Options(top_logprobs=30)}, "top_logprobs must be"),
+        ({"options": Options(logit_bias={9999: 1.0})}, "logit_bias token id 9999"),
     ],
 )
 async def test_bad_requests_get_a_clear_error_and_the_model_keeps_serving(
