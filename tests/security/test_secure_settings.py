@@ -7,6 +7,7 @@ The real broker, Redis and services run in test_secure_stack.py.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 import stat
 import subprocess
@@ -273,3 +274,21 @@ def test_the_cli_takes_secure_modes() -> None:
     assert parser.parse_args(["up"]).secure is None
     with pytest.raises(SystemExit):
         parser.parse_args(["up", "--secure", "ssl"])
+
+
+def test_the_documented_acls_are_the_ones_created() -> None:
+    """docs/security.md's table of users and ACLs says what ``ACCESS`` grants, row by row."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    section = doc.split("### Kafka users and ACLs", 1)[1].split("\n### ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            names = [[n for n in re.findall(r"`([^`]+)`", c) if "*" not in n] for c in cells]
+            rows[names[0][0]] = (set(names[1]), set(names[2]), set(names[3]))
+    assert set(rows) == set(ACCESS)
+    for user, access in ACCESS.items():
+        reads, writes, groups = rows[user]
+        assert reads == set(map(str, access.reads)), user
+        assert writes == set(map(str, access.writes)), user
+        assert groups == set(access.groups), user

@@ -216,10 +216,12 @@ def _say_secure(mode: str) -> None:
     from genwire.settings import CommonSettings
     from genwire_stack.paths import StackPaths
 
-    root = StackPaths.from_settings(CommonSettings()).home / "secure"
+    home = StackPaths.from_settings(CommonSettings()).home
+    root = home / "secure"
     cert = f" --cert {root}/client.pem --key {root}/client-key.pem" if mode == "mtls" else ""
+    key = f' -H "Authorization: Bearer $(cat {home}/api-key)"'
     _say(f"secure stack ({mode}): CA, certificates and passwords in {root} (mode 0700)")
-    _say(f"try: curl --cacert {root}/ca.pem{cert} https://127.0.0.1:8080/v1/models")
+    _say(f"try: curl --cacert {root}/ca.pem{cert}{key} https://127.0.0.1:8080/v1/models")
     _say(f"Kafka clients (bench, CLI): set -a; . {root}/env/bench.env (or admin.env); set +a")
 
 
