@@ -391,12 +391,13 @@ class TritonPythonModel:
             try:
                 decoded = self._decode(request, sink)
                 validate(decoded, self.vocab_size, self.context)
-                if decoded.guided or decoded.stop:
-                    if self.constraints is None:
-                        raise RequestError("this model version cannot enforce guided or stop")
+                if decoded.guided and self.constraints is None:
+                    raise RequestError("this model version cannot enforce structured output")
+                if self.constraints is not None and (decoded.guided or decoded.stop):
                     decoded.constraints = self.constraints.build(
                         decoded.guided, decoded.stop, decoded.n
                     )
+                # (Stop strings without a compiler: postprocess still cuts the text at them.)
             except (RequestError, ValueError, TypeError) as exc:
                 sink.fail(f"genwire-gpt: {exc}")
                 continue
