@@ -183,6 +183,7 @@ def test_a_secure_layout_wires_every_component(tmp_path: Path) -> None:
     assert redis.command()[1:] == [str(redis.config_file)]  # no password in argv
     # A shell reads the admin's file back as it was meant (the URL has & and ? in it).
     admin_env = stack.root / "env" / "admin.env"
+    SecureStack(paths, "mtls").ensure()  # another look at the material (`genwire status`)
     shell = subprocess.run(
         [
             "sh",

@@ -184,7 +184,8 @@ class SecureStack:
         os.chmod(self.root, 0o700)
         _ensure_certificates(self.root)
         path = self.file("credentials.json")
-        if not path.exists():
+        fresh = not path.exists()
+        if fresh:
             creds = {
                 "kafka": {user: secrets.token_hex(24) for user in PRINCIPALS},
                 "redis": secrets.token_hex(24),
@@ -199,7 +200,8 @@ class SecureStack:
             )
         self._credentials = creds
         for user in PRINCIPALS:
-            self.write_env(user)
+            if fresh or not (self.root / "env" / f"{user}.env").exists():
+                self.write_env(user)  # (Redis's start adds its URL to admin.env: kept)
 
     def write_env(self, user: str, extra: Mapping[str, str] | None = None) -> Path:
         """``env/<user>.env``: the ``GENWIRE_KAFKA_*`` variables of ``user`` (and ``extra``)."""
