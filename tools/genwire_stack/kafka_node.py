@@ -64,6 +64,8 @@ class Kafka(Component):
             self.title = f"Apache Kafka {version} (KRaft node {node_id} of {len(self.cluster)})"
         else:
             self.aliases = ("kafka-1",)
+        if security is not None:
+            self.title += ", SASL_SSL"
 
     @property
     def size(self) -> int:
