@@ -133,3 +133,16 @@ def test_a_version_without_an_engine_gets_one_at_load(
     assert plan is not None
     record = json.loads((plan.parent / "tensorrt.json").read_text())
     assert record["agreement"]["finite"] and record["agreement"]["prefill_greedy_agree"]
+
+
+def test_gather_on_the_gpu_matches_onnx_runtime(trt_version: ModelVersion) -> None:
+    engine, reference = runners_of(trt_version)
+    rng = np.random.default_rng(4)
+    shape = (engine.layers, 3, engine.heads, 5, engine.head_dim)
+    host = (rng.standard_normal(shape, np.float32), rng.standard_normal(shape, np.float32))
+    kind = engine.dtypes["past_keys"]
+    device = tuple(engine.torch.from_numpy(a).to(engine.device, kind) for a in host)
+    for width in (3, 5, 8):
+        got = engine.gather([(device, [2, 0]), (device, [1])], width)
+        want = reference.gather([(host, [2, 0]), (host, [1])], width)
+        assert np.allclose(got[0].float().cpu().numpy(), want[0], atol=1e-2)

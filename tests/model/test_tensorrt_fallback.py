@@ -166,6 +166,15 @@ def test_a_failing_pass_is_rerun_on_onnx_runtime_and_later_ones_stay_there(
         np.array([[8]], np.int64), np.array([[0, 1, 1, 1, 1]]), np.array([[3]]), got_kv
     )
     assert np.isfinite(step).all()
+    # A cache TensorRT made (torch tensors) is copied to the host for ONNX Runtime's gather.
+    import torch
+
+    made_by_tensorrt = (torch.from_numpy(got_kv[0]), torch.from_numpy(got_kv[1]))
+    width = int(got_kv[0].shape[3]) + 2
+    gathered = runner.gather([(made_by_tensorrt, [0]), (got_kv, [0])], width)
+    assert isinstance(gathered[0], np.ndarray) and gathered[0].shape[1] == 2
+    assert np.array_equal(gathered[0][:, 0, :, 2:], got_kv[0][:, 0])
+    assert not gathered[0][:, :, :, :2].any()  # right-aligned: zeros in front
 
 
 @needs_broken_tensorrt

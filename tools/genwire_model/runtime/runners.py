@@ -451,6 +451,30 @@ class TensorRTRunner:
         with self.torch.cuda.stream(self.stream):
             return kv[0][:, :, :, columns:].contiguous(), kv[1][:, :, :, columns:].contiguous()
 
+    def gather(self, parts: list[tuple[KV, list[int]]], width: int) -> KV:
+        """A cache of ``width`` columns whose rows are, in order, the listed rows of each part,
+        right-aligned (their last ``width`` columns, zeros in front of shorter ones): one copy
+        per part on the GPU instead of take/trim/pad/concat."""
+        torch = self.torch
+        rows = sum(len(r) for _, r in parts)
+        shape = (self.layers, rows, self.heads, width, self.head_dim)
+        dtype = self.dtypes["past_keys"]
+        with torch.cuda.stream(self.stream):
+            out = (
+                torch.zeros(shape, dtype=dtype, device=self.device),
+                torch.zeros(shape, dtype=dtype, device=self.device),
+            )
+            row = 0
+            for kv, picks in parts:
+                have = int(kv[0].shape[3])
+                keep = min(have, width)
+                index = torch.tensor(picks, device=self.device)
+                for dst, src in zip(out, kv, strict=True):
+                    chosen = src.index_select(1, index)[:, :, :, have - keep :]
+                    dst[:, row : row + len(picks), :, width - keep :] = chosen
+                row += len(picks)
+        return out
+
     def sample_on_device(
         self, logits: Any, temperature: Array, top_p: Array, top_k: Array, draws: Array
     ) -> tuple[Array, Array]:
@@ -671,6 +695,23 @@ class FallbackRunner:
     def trim_left(self, kv: KV, columns: int) -> KV:
         """Column trim."""
         out: KV = self.active.trim_left(self._own(kv), columns)
+        return out
+
+    def gather(self, parts: list[tuple[KV, list[int]]], width: int) -> KV:
+        """Row selection and right-alignment in one copy (both runners have it)."""
+        gather = getattr(self.active, "gather", None)
+        if gather is None:  # a runner without it: the basic operations
+            pieces = []
+            for kv, rows in parts:
+                piece = self.take(kv, rows)
+                have = int(piece[0].shape[3])
+                if have > width:
+                    piece = self.trim_left(piece, have - width)
+                elif have < width:
+                    piece = self.pad_left(piece, width - have)
+                pieces.append(piece)
+            return pieces[0] if len(pieces) == 1 else self.concat(pieces)
+        out: KV = gather([(self._own(kv), rows) for kv, rows in parts], width)
         return out
 
     def _own(self, kv: KV) -> KV:
