@@ -287,7 +287,9 @@ class MeteredGateway(Gateway):
             request_id=prepared.request_id,
             key_name=record.name,
             key_id=record.id,
-            model=(result.model if result is not None else "") or (prepared.request.model or ""),
+            model=(result.model if result is not None else "")
+            or prepared.request.model
+            or self.settings.default_model,
             model_version=result.model_version if result is not None else "",
             prompt_tokens=counts["prompt_tokens"],
             completion_tokens=counts["completion_tokens"],

@@ -1,0 +1,131 @@
+"""`genwire keys`, `genwire usage` and the admin key of `genwire up`, on the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from genwire_cli.usage_cli import parse_since, summarise, table
+from genwire_gateway.usage import UsageEvent
+from genwire_stack.adminkey import ensure_admin_key
+
+from genwire.apikeys import KeyStore, hash_key, well_formed
+from genwire.redisconn import connect
+from genwire.settings import CommonSettings
+
+
+def _genwire(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "genwire_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_create_prints_the_key_alone_list_shows_it_revoke_ends_it(infra: CommonSettings) -> None:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    made = _genwire(
+        "keys", "create", "--name", name, "--scopes", "generate,feedback", "--rpm", "60"
+    )
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert well_formed(key) and made.stdout == key + "\n"
+    assert "shown only once" in made.stderr
+    listed = _genwire("keys", "list").stdout
+    row = next(line for line in listed.splitlines() if line.startswith(name))
+    assert hash_key(key)[:12] in row and "feedback,generate" in row and "rpm=60" in row
+    assert key not in listed
+    revoked = _genwire("keys", "revoke", name)
+    assert revoked.returncode == 0 and name in revoked.stdout
+    assert name not in _genwire("keys", "list").stdout
+    assert name in _genwire("keys", "list", "--all").stdout
+    again = _genwire("keys", "revoke", name)
+    assert again.returncode == 1 and "no live key" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--name", "bad name!"),
+        ("--name", "ok", "--scopes", "root"),
+        ("--name", "ok", "--rpm", "0"),
+    ],
+)
+def test_create_refuses_bad_input(infra: CommonSettings, args: tuple[str, ...]) -> None:
+    made = _genwire("keys", "create", *args)
+    assert made.returncode == 2 and made.stdout == "" and "error" in made.stderr
+
+
+def test_the_admin_key_is_created_once_saved_0600_and_never_resurrected(
+    infra: CommonSettings, tmp_path: Path
+) -> None:
+    cfg = CommonSettings(home=tmp_path, redis_url=infra.redis_url)
+    said: list[str] = []
+    path = ensure_admin_key(cfg, said.append)
+    key = path.read_text().strip()
+    assert well_formed(key) and (path.stat().st_mode & 0o777) == 0o600
+    assert str(path) in said[0]
+    said.clear()
+    assert ensure_admin_key(cfg, said.append) == path and said == []  # nothing new
+    assert path.read_text().strip() == key
+
+    async def revoke_then_forget() -> Any:
+        redis = connect(infra.redis_url)
+        try:
+            store = KeyStore(redis)
+            record = await store.get(hash_key(key))
+            assert record is not None and record.scopes == ["admin"]
+            await store.revoke(record.id)
+            return record
+        finally:
+            await redis.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(revoke_then_forget())
+    ensure_admin_key(cfg, said.append)
+    assert "was revoked" in said[0]
+
+
+def test_usage_table_adds_up_per_key_and_model() -> None:
+    events = [
+        UsageEvent(
+            request_id="a",
+            key_name="search",
+            model="m",
+            model_version="2",
+            prompt_tokens=3,
+            completion_tokens=5,
+            latency_ms=10,
+        ),
+        UsageEvent(
+            request_id="b",
+            key_name="search",
+            model="m",
+            model_version="2",
+            prompt_tokens=1,
+            completion_tokens=1,
+            latency_ms=30,
+        ),
+        UsageEvent(
+            request_id="c", key_name="ads", model="m", model_version="2", finish_reason="error"
+        ),
+    ]
+    rows = summarise(events)
+    assert rows[("search", "m/2")].requests == 2
+    assert rows[("search", "m/2")].prompt_tokens + rows[("search", "m/2")].completion_tokens == 10
+    assert rows[("ads", "m/2")].errors == 1
+    text = table(rows).splitlines()
+    assert text[0].split()[:3] == ["KEY", "MODEL", "REQUESTS"]
+    assert text[1].split() == ["search", "m/2", "2", "0", "4", "6", "10", "20"]
+    assert text[-1].split() == ["all", "3", "1", "4", "6", "10", "13"]
+    assert parse_since("90m") == 5400 and parse_since("1h") == 3600
+    with pytest.raises(ValueError):
+        parse_since("yesterday")
