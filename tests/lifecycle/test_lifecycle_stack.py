@@ -261,6 +261,47 @@ async def test_weights_sticky_users_and_arms(life: Lifecycle, client: Client) ->
     assert (pinned.model_version, pinned.arm) == ("2", "challenger")
 
 
+async def _revisions(http: httpx.AsyncClient, url: str) -> float | None:
+    try:
+        text = (await http.get(url)).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("genwire_policy_revision{") and f'model="{MODEL}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_every_stage_follows_a_change_live(life: Lifecycle, client: Client) -> None:
+    """Every instance that follows genwire.config (preprocess, the monitor) shows the new
+    revision on its /metrics; the time it took is printed (docs/lifecycle.md)."""
+    from genwire_monitor.config import MonitorSettings
+    from genwire_preprocess.config import PreprocessSettings
+
+    urls = [f"http://127.0.0.1:{PreprocessSettings().port}/metrics"]
+    monitor = f"http://127.0.0.1:{MonitorSettings().port}/metrics"
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        with contextlib.suppress(httpx.HTTPError):
+            if "genwire_policy_records_total" in (await http.get(monitor)).text:
+                urls.append(monitor)  # a monitor that follows genwire.config
+    policy = await asyncio.to_thread(
+        life.route, MODEL, weights={"1": 50, "2": 50}, reason="propagation", by="test"
+    )
+    started = asyncio.get_running_loop().time()
+    followed: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while len(followed) < len(urls):
+            for url in urls:
+                if url not in followed and await _revisions(http, url) == policy.revision:
+                    followed[url] = asyncio.get_running_loop().time() - started
+            assert asyncio.get_running_loop().time() - started < 30, followed
+            await asyncio.sleep(0.02)
+    print(
+        f"revision {policy.revision} followed: "
+        + ", ".join(f"{u}: {t:.2f} s" for u, t in followed.items())
+    )
+
+
 async def test_shadow_results_are_kept_apart(life: Lifecycle, client: Client) -> None:
     await asyncio.to_thread(life.route, MODEL, weights={"1": 100}, shadow="2", by="test")
 
