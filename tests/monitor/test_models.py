@@ -201,3 +201,35 @@ def test_feedback_is_counted_per_served_version_and_unknown_ids_make_no_series()
     assert engine.counts.feedback_malformed == 1
     html = page.render(page.snapshot(engine, t))
     assert '<span class="feedback">2, 0.50; wrong 1</span>' in html
+
+
+def test_spans_of_a_shadow_copy_count_for_nothing() -> None:
+    """A shadow copy shares its request's trace: its inference span (another version, here
+    failing and late) must not make the request another version's, an error or slower."""
+    from genwire_bench.monitor.synth import _attr
+
+    from genwire.policy import SHADOW_ATTRIBUTE
+
+    engine = MonitorEngine(fast_settings())
+    rng = random.Random(37)
+    by_service = request_spans(REFERENCE, rng, int(T0 * 1e9))
+    inference = by_service["genwire-inference"][0]
+    shadow = Span()
+    shadow.CopyFrom(inference)
+    shadow.span_id = b"shadow01"
+    shadow.end_time_unix_nano += int(5e9)
+    shadow.status.code = shadow.status.STATUS_CODE_ERROR
+    del shadow.attributes[:]
+    shadow.attributes.extend(
+        [
+            _attr("genwire.model.version", "3"),
+            _attr(SHADOW_ATTRIBUTE, True),
+            _attr("genwire.stage", "inference"),
+        ]
+    )
+    by_service["genwire-inference"].append(shadow)
+    engine.ingest([encode(by_service)], T0)
+    engine.tick(T0 + 1)
+    assert engine.counts.shadow_spans == 1 and engine.counts.requests == 1
+    assert engine.counts.errors == 0
+    assert set(engine.models) == {("genwire-gpt", "1")}

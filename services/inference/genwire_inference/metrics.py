@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from genwire.events import GenerationChunk
+from genwire.labels import BoundedLabel
 from genwire.metrics import LATENCY_BUCKETS
 from genwire.telemetry import semconv as sc
 
@@ -30,13 +31,19 @@ class InferenceMetrics:
         self.tokens = Counter(
             sc.METRIC_TOKENS, "Tokens generated.", ["model", "finish_reason"], registry=registry
         )
+        # Preprocess lets only served model names through; bounded all the same (a record
+        # produced to genwire.prepared directly names whatever it likes).
+        self.models = BoundedLabel()
+        self.reasons = BoundedLabel(16)
 
     def observe(self, final: GenerationChunk) -> None:
         """Record one finished generation (its final chunk)."""
         t = final.timings
+        model = self.models(final.model)
         if t.first_token is not None and t.inference_start is not None:
-            self.ttft.labels(final.model).observe(max(0.0, t.first_token - t.inference_start) / 1e3)
+            self.ttft.labels(model).observe(max(0.0, t.first_token - t.inference_start) / 1e3)
             if t.inference_end is not None and final.completion_tokens > 1:
                 per = (t.inference_end - t.first_token) / (final.completion_tokens - 1)
-                self.tpot.labels(final.model).observe(max(0.0, per) / 1e3)
-        self.tokens.labels(final.model, final.finish_reason or "").inc(final.completion_tokens)
+                self.tpot.labels(model).observe(max(0.0, per) / 1e3)
+        reason = self.reasons(final.finish_reason or "")
+        self.tokens.labels(model, reason).inc(final.completion_tokens)

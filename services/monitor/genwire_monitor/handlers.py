@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from ddsketch import DDSketch
 
 from genwire.feedback import FeedbackEvent
-from genwire.policy import ModelPolicy
+from genwire.policy import SHADOW_ATTRIBUTE, ModelPolicy
 from genwire.telemetry import semconv as sc
 from genwire_monitor import rules
 from genwire_monitor.alerting import AlertBook, AlertEvent
@@ -134,6 +134,7 @@ class Counts:
     client_errors: int = 0
     late_spans: int = 0
     too_old: int = 0
+    shadow_spans: int = 0  # spans of shadow copies: not the caller's request, skipped
     feedback: int = 0  # genwire.feedback records read
     feedback_unmatched: int = 0  # about a request no served version is known for
     feedback_malformed: int = 0
@@ -250,6 +251,11 @@ class MonitorEngine:
 
     def _span(self, span: SpanView, now: float) -> None:
         self.counts.spans += 1
+        if span.attrs.get(SHADOW_ATTRIBUTE) is True:
+            # A shadow copy shares its request's trace; its version, latency and errors are
+            # not the caller's (its result never reaches one): kept out of every figure.
+            self.counts.shadow_spans += 1
+            return
         t = span.end_ns / 1e9
         for stage, ms in observations(span):
             self._observe(stage, ms, t, now)

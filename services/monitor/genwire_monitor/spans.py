@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from genwire.policy import SHADOW_ATTRIBUTE
 from genwire.telemetry import semconv as sc
 
 STATUS_ERROR = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
@@ -41,6 +42,7 @@ WANTED: frozenset[str] = frozenset(
         sc.TIME_PER_OUTPUT_TOKEN_MS,
         sc.ERROR_CODE,
         sc.ENTRYPOINT,
+        SHADOW_ATTRIBUTE,
     }
 )
 

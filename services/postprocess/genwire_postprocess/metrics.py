@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from genwire.events import GenerationResult
+from genwire.labels import BoundedLabel, model_label
 from genwire.metrics import LATENCY_BUCKETS
 from genwire.telemetry import semconv as sc
 
@@ -26,11 +27,14 @@ class ResultMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.models = BoundedLabel()  # model names come from callers: bounded
+        self.outcomes = BoundedLabel(64)  # finish reasons and error codes: bounded sets anyway
 
     def observe(self, result: GenerationResult) -> None:
         """Record one result as it is stored and published."""
         outcome = result.error.code if result.error else (result.finish_reason or "")
-        self.requests.labels(result.model, outcome).inc()
+        model = model_label(self.models, result.model, result.model_version)
+        self.requests.labels(model, self.outcomes(outcome)).inc()
         t = result.timings
         if t.received is not None and t.completed is not None:
-            self.duration.labels(result.model).observe(max(0.0, t.completed - t.received) / 1e3)
+            self.duration.labels(model).observe(max(0.0, t.completed - t.received) / 1e3)
