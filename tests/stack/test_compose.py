@@ -517,3 +517,29 @@ def test_images_install_their_fresh_locks_without_resolving() -> None:
     model_pins = (COMPOSE_DIR / "requirements" / "model.txt").read_text().splitlines()
     cuda = [p for p in model_pins if p.startswith(("torch==", "nvidia-", "triton=="))]
     assert not cuda, f"the model lock would install CUDA torch: {cuda}"
+
+
+def test_triton_images_carry_what_the_models_runtime_imports() -> None:
+    """Every third-party module genwire's Triton model imports (tools/genwire_model/runtime/,
+    which runs in the stub's own Python) is installed in the Triton images; the GPU image also
+    has what the TensorRT runner needs. modelopt and onnx only build TensorRT 11 FP16 graphs."""
+    import ast
+
+    runtime = repo_root() / "tools" / "genwire_model" / "runtime"
+    imported: set[str] = set()
+    for path in runtime.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    provided = {"triton_python_backend_utils", "genwire_runtime", "__future__"}
+    optional = {"modelopt", "onnx"}  # TensorRT 11's AutoCast only; the GPU image runs 10
+    gpu_only = {"tensorrt": "tensorrt-cu12", "torch": "torch"}
+    third_party = {m for m in imported if m not in sys.stdlib_module_names} - provided - optional
+    stages = dockerfile_stages()
+    for module in sorted(third_party):
+        dist = gpu_only.get(module, module)
+        assert f"{dist}==" in stages["triton-gpu"] or f'"{dist}==' in stages["triton-gpu"], module
+        if module not in gpu_only:
+            assert f"{dist}==" in stages["triton"], f"the triton image lacks {dist}"
