@@ -129,3 +129,38 @@ def test_route_checks_the_policy_before_asking_anyone(capsys: pytest.CaptureFixt
         assert "sticky is" in capsys.readouterr().err
     finally:
         del os.environ["GENWIRE_KAFKA_BOOTSTRAP_SERVERS"]
+
+
+class LoadingTriton(StubTriton):
+    def __init__(self, served: dict[str, list[str]]) -> None:
+        self._by_model = served
+        self.loaded: list[str] = []
+
+    def served(self, name: str) -> list[str]:
+        return list(self._by_model.get(name, []))
+
+    def load(self, name: str) -> None:
+        self.loaded.append(name)
+        if name == "broken":
+            raise LifecycleError("Triton could not load broken: boom")
+
+    def unload(self, name: str) -> None:
+        self._by_model[name] = []
+
+
+def test_restore_loads_what_load_served_and_full_unload_forgets_it(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, ["1", "2"])
+    config = repo / "m" / "config.pbtxt"
+    config.write_text(with_versions(config.read_text(), ["1", "2"]))
+    for name in ("plain", "broken"):
+        (repo / name).mkdir()
+        text = render_config(name, BuildOptions())
+        (repo / name / "config.pbtxt").write_text(
+            with_versions(text, ["1"]) if name == "broken" else text
+        )
+    triton = LoadingTriton({})
+    life = Lifecycle(repository=repo, triton=triton, bootstrap_servers="x:1")
+    assert set(life.restore()) == {"m"}
+    assert sorted(triton.loaded) == ["broken", "m"]  # "plain" serves by the build's policy
+    assert life.serve("m", []) == []
+    assert configured_versions(config.read_text()) is None  # nothing to restore any more

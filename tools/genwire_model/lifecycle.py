@@ -139,6 +139,10 @@ def _error_text(response: httpx.Response) -> str:
 # -- which versions Triton serves (config.pbtxt) ----------------------------------------------
 
 
+LATEST_POLICY = "version_policy: { latest: { num_versions: 1 } }"
+"""What ``genwire model build`` writes: the newest version serves."""
+
+
 def version_policy_line(versions: Iterable[str]) -> str:
     """The ``version_policy`` of a model serving exactly ``versions``."""
     listed = ", ".join(sorted({str(v) for v in versions}, key=int))
@@ -214,6 +218,9 @@ class Lifecycle:
         if not wanted:
             self.progress(f"unloading {name}")
             self.triton.unload(name)
+            # Back to the build's policy: nothing for `restore` to bring back after a restart.
+            text = config.read_text(encoding="utf-8")
+            _write_atomic(config, _POLICY_RE.sub(LATEST_POLICY, text, count=1))
             return []
         self.check_versions(name, wanted)
         before = config.read_text(encoding="utf-8")
@@ -278,6 +285,25 @@ class Lifecycle:
             raise LifecycleError(f"{name} version {version} is not served (served: {served})")
         keep = [v for v in served if v not in going]
         return self.serve(name, keep)
+
+    def restore(self, skip: Iterable[str] = ()) -> dict[str, list[str]]:
+        """After a Triton restart (explicit mode serves nothing until asked): load every model
+        whose config.pbtxt names ``specific`` versions (those ``load`` served), except
+        ``skip``; returns what was loaded. A model that fails is reported and skipped."""
+        loaded: dict[str, list[str]] = {}
+        for config in sorted(Path(self.repository).glob(f"*/{CONFIG}")):
+            name = config.parent.name
+            versions = configured_versions(config.read_text(encoding="utf-8"))
+            if name in set(skip) or not versions:
+                continue
+            try:
+                if self.triton.served(name) != sorted(versions, key=_num):
+                    self.progress(f"restoring {name} versions {', '.join(versions)}")
+                    self.triton.load(name)
+                loaded[name] = self.triton.served(name)
+            except LifecycleError as exc:
+                self.progress(f"could not restore {name}: {exc}")
+        return loaded
 
     def probe(self, name: str, version: str, timeout_s: float = 60.0) -> None:
         """One short greedy generation on ``name`` version ``version`` straight to Triton:

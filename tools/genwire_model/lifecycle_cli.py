@@ -28,7 +28,13 @@ def register(sub: Any) -> None:
         "It takes traffic only when the model's policy routes some to it (route/promote), or "
         "when the model has no policy and it is the newest served version.",
     )
-    load.add_argument("target", help="NAME[:VERSION]")
+    load.add_argument("target", nargs="?", help="NAME[:VERSION]")
+    load.add_argument(
+        "--restore",
+        action="store_true",
+        help="instead: load every model whose config.pbtxt names specific versions (what "
+        "`load` served), as after a Triton restart",
+    )
     common(load)
     load.set_defaults(func=_load)
 
@@ -174,6 +180,15 @@ def _run(args: argparse.Namespace, action: Any) -> int:
 
 
 def _load(args: argparse.Namespace) -> int:
+    if args.restore:
+
+        def restore(life: Any) -> None:
+            for model, versions in life.restore().items():
+                print(f"{model}: served versions {', '.join(versions) or 'none'}")
+
+        return _run(args, restore)
+    if not args.target:
+        raise SystemExit("genwire model load: NAME[:VERSION] (or --restore)")
     name, version = split_target(args.target)
 
     def act(life: Any) -> None:
