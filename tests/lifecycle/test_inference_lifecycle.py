@@ -4,12 +4,14 @@ copies run beside their request and carry arm/shadow to their chunks."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 import pytest
 from genwire_inference.handlers import Inference
-from stages.test_inference import ErrorBackend, FakeBackend, _collect, _req
+from stages.test_inference import ErrorBackend, FakeBackend, FakeStream, _collect, _req
 
 from genwire.errors import Rejection, RetryableError
+from genwire.events import PreparedRequest
 from genwire.request import ErrorCode
 
 
@@ -56,7 +58,9 @@ async def test_shadow_copy_runs_beside_its_request() -> None:
 class UnavailableBackend(ErrorBackend):
     """Triton refusing the call with UNAVAILABLE (a version it lists but does not serve)."""
 
-    async def open(self, request: object, headers: object, *, stream: bool = True) -> object:
+    async def open(
+        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+    ) -> FakeStream:
         raise RetryableError("triton: UNAVAILABLE: not at ready state", dependency="triton")
 
 
