@@ -15,6 +15,11 @@ come in; they are left out of the lock.
 
     ~/.cache/genwire/venv/bin/python deploy/compose/lock.py          # rewrite the locks
     ~/.cache/genwire/venv/bin/python deploy/compose/lock.py --check  # fail if one is stale
+
+``--check`` fails when a lock's set of distributions differs from what the extras pull in (a
+dependency added or dropped in pyproject.toml without relocking). A version that differs from
+this virtualenv is only reported: a fresh clone's venv resolves today's releases, and a lock is
+the images' record of a tested set, not a mirror of whatever venv runs the check.
 """
 
 from __future__ import annotations
@@ -112,6 +117,28 @@ def torch_version() -> str:
     return md.version("torch").split("+")[0]
 
 
+TORCH_LINE = re.compile(r"^# torch==(\S+) comes from the CPU wheel index")
+
+
+def locked_torch_version() -> str | None:
+    """The torch release the model lock records (the Dockerfile's ``TORCH_VERSION``)."""
+    path = OUT / "model.txt"
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        m = TORCH_LINE.match(line)
+        if m:
+            return m.group(1)
+    return None
+
+
+def _pins(text: str) -> dict[str, str]:
+    pins = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name] = version
+    return pins
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if a lock is out of date")
@@ -121,8 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     for target in TARGETS:
         path, text = OUT / f"{target}.txt", render(target)
         if args.check:
-            if not path.is_file() or path.read_text() != text:
+            have = _pins(path.read_text()) if path.is_file() else {}
+            want = _pins(text)
+            if not path.is_file() or set(have) != set(want):
                 stale.append(path.name)
+            moved = sorted(f"{n} {have[n]}->{want[n]}" for n in want if have.get(n) != want[n])
+            if moved and set(have) == set(want):
+                print(f"lock: {path.name}: this venv differs from the lock: {moved}")
         else:
             path.write_text(text)
     if stale:

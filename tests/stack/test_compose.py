@@ -513,7 +513,7 @@ def test_images_install_their_fresh_locks_without_resolving() -> None:
     # CPU torch from the CPU index only, the release the lock (and the tests) used.
     model = stages["model"]
     assert "--extra-index-url" not in model and '--index-url "${TORCH_INDEX}"' in model
-    assert f"ARG TORCH_VERSION={lock.torch_version()}" in model
+    assert f"ARG TORCH_VERSION={lock.locked_torch_version()}" in model
     model_pins = (COMPOSE_DIR / "requirements" / "model.txt").read_text().splitlines()
     cuda = [p for p in model_pins if p.startswith(("torch==", "nvidia-", "triton=="))]
     assert not cuda, f"the model lock would install CUDA torch: {cuda}"
