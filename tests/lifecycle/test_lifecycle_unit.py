@@ -164,3 +164,22 @@ def test_restore_loads_what_load_served_and_full_unload_forgets_it(tmp_path: Pat
     assert sorted(triton.loaded) == ["broken", "m"]  # "plain" serves by the build's policy
     assert life.serve("m", []) == []
     assert configured_versions(config.read_text()) is None  # nothing to restore any more
+
+
+def test_list_rows_show_state_and_quantization(tmp_path: Path) -> None:
+    from genwire_model.lifecycle import describe
+
+    repo = _repo(tmp_path, ["1", "2"])
+    manifest = repo / "m" / "2" / "manifest.json"
+    manifest.write_text(
+        json.dumps(
+            {
+                "context_length": 8,
+                "created": "2026-01-01T00:00:00+00:00",
+                "quantization": {"mode": "int8", "heldout_loss": {"fp32": 5.3, "int8": 5.31}},
+            }
+        )
+    )
+    rows = describe(repo, StubTriton(["1"]), "m")
+    assert [(r["version"], r["state"]) for r in rows] == [("1", "READY"), ("2", "not loaded")]
+    assert (rows[1]["quantized"], rows[1]["heldout_loss"]) == ("int8", 5.31)

@@ -606,7 +606,8 @@ def describe(repository: Path, triton: TritonControl, name: str) -> list[dict[st
                 "backend": runtime.get("backend"),
                 "fallback": (runtime.get("fallbacks") or [{}])[-1].get("reason"),
                 "max_abs_logit_diff": validation.get("max_abs_logit_diff"),
-                "heldout_loss": validation.get("heldout_loss"),
+                "heldout_loss": validation.get("heldout_loss")
+                or (quant.get("heldout_loss") or {}).get(quant.get("mode", "")),
                 "quantized": quant.get("mode"),
             }
         )
