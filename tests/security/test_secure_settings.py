@@ -217,6 +217,15 @@ def test_a_secure_layout_wires_every_component(tmp_path: Path) -> None:
     assert jaeger.environment()["JAEGER_KAFKA_USERNAME"] == "jaeger"
 
 
+def test_tls_mode_serves_tls_without_asking_for_client_certificates(tmp_path: Path) -> None:
+    paths, settings, stack = _secure(tmp_path, "tls")
+    gateway = build_components(paths, settings, StackLayout(secure="tls"))["gateway"]
+    assert isinstance(gateway, Service)
+    env = gateway.environment()
+    assert env["GENWIRE_GATEWAY_TLS_CERTFILE"] == str(stack.file("server.pem"))
+    assert "GENWIRE_GATEWAY_TLS_CLIENT_CA_FILE" not in env
+
+
 def test_a_plain_layout_is_unchanged(tmp_path: Path) -> None:
     paths = StackPaths(tmp_path)
     components = build_components(paths, CommonSettings(home=tmp_path), StackLayout())
