@@ -136,6 +136,34 @@ def test_requests_joining_a_running_batch_match_too(make: Callable[..., Schedule
     assert late.tokens == solo.tokens
 
 
+def test_rows_join_in_place_of_rows_that_ended(make: Callable[..., Scheduler]) -> None:
+    """A closed loop: every request that ends is replaced at once; the new rows go into the
+    rows that ended (no batch copy), and the text is what each request gives alone."""
+    jobs = [(PROMPTS[i % len(PROMPTS)], i, 3 + (i * 5) % 9) for i in range(14)]
+    alone = []
+    for prompt, seed, max_tokens in jobs:
+        sink, single = Collect(), make()
+        single.submit(request(sink, prompt, seed=seed, max_tokens=max_tokens))
+        run(single, [sink])
+        alone.append(sink.tokens)
+    scheduler = make(max_batch=4)
+    sinks = [Collect() for _ in jobs]
+    started = 0
+    for _ in range(10_000):
+        running = sum(1 for s in sinks[:started] if not s.done)
+        while started < len(jobs) and running < 4:
+            prompt, seed, max_tokens = jobs[started]
+            scheduler.submit(request(sinks[started], prompt, seed=seed, max_tokens=max_tokens))
+            started += 1
+            running += 1
+        if all(s.done for s in sinks):
+            break
+        scheduler.run_once()
+    assert [s.tokens for s in sinks] == alone
+    assert scheduler.reforms_in_place > 0
+    assert not scheduler.active and scheduler.kv is None
+
+
 def test_streaming_sends_a_response_per_token_then_a_final_one(
     make: Callable[..., Scheduler],
 ) -> None:

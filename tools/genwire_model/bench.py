@@ -188,7 +188,7 @@ def _config_params(version_dir: Path) -> dict[str, str]:
     return dict(re.findall(pattern, text))
 
 
-def _scheduler(version_dir: Path) -> Any:
+def _scheduler(version_dir: Path, stop_at_eos: bool = True) -> Any:
     from genwire_model.runtime.runners import create_runner
     from genwire_model.runtime.scheduler import Scheduler
 
@@ -203,7 +203,7 @@ def _scheduler(version_dir: Path) -> Any:
     return Scheduler(
         runner,
         context=int(manifest["context_length"]),
-        eos_ids=tuple(manifest["eos_token_ids"]),
+        eos_ids=tuple(manifest["eos_token_ids"]) if stop_at_eos else (),
         max_batch=int(params.get("max_batch", "32")),
         stream_interval=int(params.get("stream_interval", "1")),
         cancel_check_interval=int(params.get("cancel_check_interval", "4")),
@@ -270,13 +270,14 @@ def run_in_process_level(
 def run_static(
     scheduler: Any, prompts: list[list[int]], batch: int, max_tokens: int
 ) -> StaticResult:
-    """``batch`` requests prefilled together, each generating exactly ``max_tokens``."""
+    """``batch`` requests prefilled together, each generating exactly ``max_tokens`` (the
+    scheduler is made without end-of-sequence ids)."""
     finished = threading.Semaphore(0)
     sinks = [_InProcessSink(0.0, lambda _: finished.release()) for _ in range(batch)]
     started = time.perf_counter()
     for i, sink in enumerate(sinks):
         sink.result.started = started
-        scheduler.submit(_request(prompts[i % len(prompts)], max_tokens, i, sink, ignore_eos=True))
+        scheduler.submit(_request(prompts[i % len(prompts)], max_tokens, i, sink))
     for _ in sinks:
         finished.acquire()
     seconds = time.perf_counter() - started
@@ -298,11 +299,16 @@ def run_in_process(
     requests_per_level: int | None,
 ) -> tuple[list[LevelResult], list[StaticResult]]:
     """The ceiling: the closed-loop levels and a static batch per level, in this process."""
+    static = _scheduler(version_dir, stop_at_eos=False)
+    static.start()
+    try:
+        run_static(static, prompts, 1, 4)  # warm-up
+        statics = [run_static(static, prompts, level, max_tokens) for level in levels]
+    finally:
+        static.stop()
     scheduler = _scheduler(version_dir)
     scheduler.start()
     try:
-        run_static(scheduler, prompts, 1, 4)  # warm-up
-        statics = [run_static(scheduler, prompts, level, max_tokens) for level in levels]
         loops = [
             run_in_process_level(
                 scheduler, prompts, level, requests_per_level or max(16, 4 * level), max_tokens

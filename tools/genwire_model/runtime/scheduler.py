@@ -366,6 +366,10 @@ class Scheduler:
         self.kv: KV | None = None
         self.width = 0  # cache columns
         self.lengths = np.zeros(0, np.int64)
+        self.width_slack = 16
+        self._dead = 0
+        self.reforms_in_place = 0
+        self.rebuilds = 0
         self.steps = 0
         self.sampler = Sampler(runner.vocab_size)
         self.outgoing: list[tuple[Sink, Update]] = []
@@ -444,8 +448,9 @@ class Scheduler:
         joining: list[tuple[KV, list[int], list[_Sequence]]] = []
         if self.waiting:
             joining = self._admit()
-        if self.leaving or joining:
+        if joining or len(self.leaving) > self._dead:
             self._reform(joining)
+        self._dead = len(self.leaving)  # rows left free after it (fed, not sampled)
         if self.active:
             self._step()
         self._flush()
@@ -522,7 +527,56 @@ class Scheduler:
         return [(kv, keep_rows, keep)] if keep else []
 
     def _reform(self, joining: list[tuple[KV, list[int], list[_Sequence]]]) -> None:
+        """Rows that ended leave and new rows join: in place when the new rows fit the free
+        rows (each copied into one), else one copy of the whole batch (``_rebuild``)."""
+        if self._in_place(joining):
+            return
+        self._rebuild(joining)
+
+    def _in_place(self, joining: list[tuple[KV, list[int], list[_Sequence]]]) -> bool:
+        """Put the new rows into rows that ended, in the cache the batch already has.
+
+        Rows left free stay in the batch ("dead": fed, never sampled) until too many are, or
+        the cache is ``width_slack`` columns wider than the longest live row: then the whole
+        batch is rebuilt (trimmed) in one copy. Only for runners with ``gather`` (their cache is
+        writable host memory).
+        """
+        if self._gather is None or self.kv is None or not self.active:
+            return False
+        new = [
+            (kv, row, seq)
+            for kv, rows, seqs in joining
+            for row, seq in zip(rows, seqs, strict=True)
+        ]
+        free = sorted(self.leaving)
+        if len(new) > len(free) or any(seq.length > self.width for _, _, seq in new):
+            return False
+        live = [row for row in range(len(self.active)) if row not in self.leaving]
+        dead = len(free) - len(new)
+        if dead > max(1, len(self.active) // 8):
+            return False
+        longest = max(
+            [int(self.lengths[row]) for row in live] + [seq.length for _, _, seq in new],
+            default=0,
+        )
+        if self.width - longest > self.width_slack:
+            return False
+        width = self.width
+        for (kv, source, seq), row in zip(new, free, strict=False):
+            have = int(kv[0].shape[3])
+            n = seq.length
+            for dst, src in zip(self.kv, kv, strict=True):
+                # Right-aligned; the columns before it are masked (their stale values unused).
+                dst[:, row, :, width - n :] = src[:, source, :, have - n :]
+            self.active[row] = seq
+            self.lengths[row] = n
+            self.leaving.discard(row)
+        self.reforms_in_place += 1
+        return True
+
+    def _rebuild(self, joining: list[tuple[KV, list[int], list[_Sequence]]]) -> None:
         """One copy: the rows still running, then the new ones, right-aligned."""
+        self.rebuilds += 1
         stay = [row for row in range(len(self.active)) if row not in self.leaving]
         seqs = [self.active[row] for row in stay]
         parts: list[tuple[KV, list[int]]] = []
@@ -569,12 +623,18 @@ class Scheduler:
         self.lengths = self.lengths + 1
         for seq in self.active:
             seq.length += 1
-        tokens = self._tokens(self.active, logits)
-        for row, seq in enumerate(self.active):
-            if self._accept(seq, tokens[row]):
+        if self.leaving:  # rows that ended earlier are fed, not sampled
+            rows = [row for row in range(batch) if row not in self.leaving]
+            tokens = self._tokens([self.active[row] for row in rows], logits[rows])
+        else:
+            rows = list(range(batch))
+            tokens = self._tokens(self.active, logits)
+        for i, row in enumerate(rows):
+            if self._accept(self.active[row], tokens[i]):
                 self.leaving.add(row)
         if len(self.leaving) == len(self.active):
-            self._reform([])  # every row ended: free the cache now
+            self._rebuild([])  # every row ended: free the cache now
+            self._dead = 0
 
     # -- tokens ----------------------------------------------------------------------------
     def _tokens(self, seqs: list[_Sequence], logits: Array) -> list[tuple[int, float, Any]]:
@@ -697,7 +757,7 @@ class Scheduler:
             self._fail(seq, message)
         self.outgoing = []
         self.active, self.leaving, self.kv = [], set(), None
-        self.width, self.lengths = 0, np.zeros(0, np.int64)
+        self.width, self.lengths, self._dead = 0, np.zeros(0, np.int64), 0
 
     def _fail(self, seq: _Sequence, message: str) -> None:
         group = seq.group
@@ -751,7 +811,8 @@ class Scheduler:
         # The first token goes out at once (time to first token); later ones in chunks that
         # grow with the batch, since each response costs the backend about as much as a
         # sequence's share of a decode step.
-        interval = max(self.stream_interval, len(self.active) // self.chunk_batch)
+        live = len(self.active) - len(self.leaving)
+        interval = max(self.stream_interval, -(-live // self.chunk_batch))
         if seq.sent and len(seq.tokens) - seq.sent < interval:
             return
         self.outgoing.append((seq.request.sink, self._update(seq, final=False)))
