@@ -387,3 +387,38 @@ async def test_blue_green_promotion_under_steady_load(life: Lifecycle, client: C
     assert set(versions) == {"1", "2"}, versions  # the switch happened under load
     assert life.triton.served(MODEL) == ["2"]  # the old version drained and was unloaded
     print(f"blue-green: {len(sent)} requests, {dict(versions)}, 0 failed, 0 lost")
+
+
+async def test_an_int8_version_serves_like_any_other(
+    life: Lifecycle, client: Client, stack: CommonSettings
+) -> None:
+    """The natural canary: version 3 is version 2's graph quantized to INT8 (ONNX Runtime's
+    tooling, as `build --quantize int8` does); loaded and routed like any version."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = stack.repository / MODEL / "2"
+    target = stack.repository / MODEL / "3"
+    _copy_version(source, target, "3")
+    (target / "model.onnx").unlink()  # a hard link to version 2's graph: never write through it
+    await asyncio.to_thread(
+        quantize_dynamic,
+        str(source / "model.onnx"),
+        str(target / "model.onnx"),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Gemm"],
+    )
+    assert (target / "model.onnx").stat().st_size < (source / "model.onnx").stat().st_size
+    await asyncio.to_thread(life.load, MODEL, "3")
+    await asyncio.to_thread(
+        life.route, MODEL, weights={"2": 50, "3": 50}, aliases={"challenger": "3"}, by="test"
+    )
+
+    async def both() -> bool:
+        results = await asyncio.gather(*(client.ask() for _ in range(10)))
+        assert all(r.error is None for r in results), [r.error for r in results]
+        return {r.model_version for r in results} == {"2", "3"}
+
+    await _until(both, 20.0)
+    int8 = await client.ask(model=f"{MODEL}:challenger")
+    assert int8.error is None and int8.model_version == "3" and int8.usage.completion_tokens > 0
