@@ -1,0 +1,87 @@
+"""The gRPC API against the real stack: options honoured or refused by name (INVALID_ARGUMENT),
+Timestamp/Duration timings, and Cancel saying whether the id was known."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from genwire.apikeys import auth_metadata
+from genwire.proto.v1 import generation_pb2 as pb
+from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
+from genwire.settings import CommonSettings
+
+from .conftest import GATEWAY_GRPC, MODEL, Served
+
+
+@pytest.fixture
+async def stub(stack: CommonSettings) -> AsyncIterator[pb_grpc.GenerationServiceStub]:
+    async with grpc.aio.insecure_channel(GATEWAY_GRPC) as channel:
+        yield pb_grpc.GenerationServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+def _meta() -> tuple[tuple[str, str], ...]:
+    return tuple(auth_metadata())
+
+
+async def test_timings_are_timestamps_and_durations(
+    stub: pb_grpc.GenerationServiceStub,
+) -> None:
+    response = await stub.Generate(
+        pb.GenerateRequest(prompt="Once upon a time", max_tokens=4, model=MODEL),
+        metadata=_meta(),
+        timeout=30,
+    )
+    t = response.timings
+    assert t.HasField("received") and t.HasField("completed")
+    assert t.completed.ToNanoseconds() >= t.received.ToNanoseconds() > 0
+    spent = t.completed.ToNanoseconds() - t.received.ToNanoseconds()
+    assert abs(t.total.ToNanoseconds() - spent) < 10_000  # (epoch ms as doubles: µs rounding)
+    assert t.HasField("time_to_first_token") and t.time_to_first_token.ToNanoseconds() > 0
+
+
+async def test_options_are_honoured_or_refused_by_name(
+    stub: pb_grpc.GenerationServiceStub, served: Served
+) -> None:
+    request = pb.GenerateRequest(
+        prompt="Once upon a time", max_tokens=6, model=MODEL, logprobs=True, top_logprobs=2
+    )
+    expect = served.expect("logprobs", "top_logprobs")
+    try:
+        response = await stub.Generate(request, metadata=_meta(), timeout=30)
+    except grpc.aio.AioRpcError as exc:
+        assert expect is not True, exc.details()
+        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "unsupported_parameter" in str(exc.details()) and "'logprobs'" in str(exc.details())
+        return
+    assert expect is not False, "logprobs must be refused by this model version"
+    assert response.logprobs and all(lp.logprob <= 0 for lp in response.logprobs)
+    assert all(0 < len(lp.top_logprobs) <= 2 for lp in response.logprobs)
+
+
+async def test_bad_options_are_invalid_argument(stub: pb_grpc.GenerationServiceStub) -> None:
+    for request in (
+        pb.GenerateRequest(prompt="x", n=99),
+        pb.GenerateRequest(prompt="x", presence_penalty=5.0),
+        pb.GenerateRequest(prompt="x", top_logprobs=3),  # without logprobs
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Generate(request, metadata=_meta(), timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_cancel_says_whether_the_id_was_known(stub: pb_grpc.GenerationServiceStub) -> None:
+    unknown = await stub.Cancel(
+        pb.CancelRequest(request_id=f"never-{uuid.uuid4().hex}"), metadata=_meta(), timeout=10
+    )
+    assert unknown.accepted and not unknown.known
+    done = await stub.Generate(
+        pb.GenerateRequest(prompt="Hi", max_tokens=2, model=MODEL), metadata=_meta(), timeout=30
+    )
+    known = await stub.Cancel(
+        pb.CancelRequest(request_id=done.request_id), metadata=_meta(), timeout=10
+    )
+    assert known.accepted and known.known
