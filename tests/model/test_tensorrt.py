@@ -146,3 +146,14 @@ def test_gather_on_the_gpu_matches_onnx_runtime(trt_version: ModelVersion) -> No
         got = engine.gather([(device, [2, 0]), (device, [1])], width)
         want = reference.gather([(host, [2, 0]), (host, [1])], width)
         assert np.allclose(got[0].float().cpu().numpy(), want[0], atol=1e-2)
+
+
+def test_the_driving_thread_works_on_the_engines_stream(trt_version: ModelVersion) -> None:
+    """The scheduler writes rows into the cache in place with plain torch indexing: after a
+    pass, the calling thread's current stream must be the engine's, so those writes are
+    ordered with TensorRT's reads and writes of the same tensors."""
+    engine, _ = runners_of(trt_version)
+    engine.forward(
+        np.array([[5, 6]]), np.array([[0, 1, 1]]), np.arange(2)[None, :], engine.empty(1, 1)
+    )
+    assert engine.torch.cuda.current_stream(engine.device) == engine.stream

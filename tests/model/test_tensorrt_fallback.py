@@ -115,6 +115,32 @@ def test_an_engine_that_cannot_load_falls_back_with_the_reason(
         shutil.rmtree(version_dir / tensorrt_engine.ENGINES_DIR)
 
 
+def test_an_engine_recorded_as_disagreeing_is_never_served(
+    version_dir: Path, gpu_here: None
+) -> None:
+    """An engine built at load that failed its agreement check stays on disk with its figures:
+    every later load refuses it before deserializing (the plan here is not even an engine)."""
+    folder = tensorrt_engine.engine_dir(version_dir, KEY)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.plan").write_bytes(b"not an engine")
+    figures = {"finite": False, "max_abs_logit_diff": 7.5, "greedy_token_agreement": 0.1}
+    (folder / "tensorrt.json").write_text(json.dumps({**KEY, "agreement": figures}))
+    try:
+        runner = runners.create_runner(version_dir, prefer="auto")
+        assert runner.backend == "onnxruntime"
+        last = status(version_dir)["fallbacks"][-1]
+        assert last["stage"] == "run" and "disagrees with ONNX Runtime" in last["reason"]
+        # Figures that pass do not stop the load: it goes on to deserialize (and fails there).
+        passing = {"finite": True, "max_abs_logit_diff": 0.01, "greedy_token_agreement": 1.0}
+        (folder / "tensorrt.json").write_text(json.dumps({**KEY, "agreement": passing}))
+        runners.create_runner(version_dir, prefer="auto")
+        assert status(version_dir)["fallbacks"][-1]["stage"] == "deserialize"
+    finally:
+        import shutil
+
+        shutil.rmtree(version_dir / tensorrt_engine.ENGINES_DIR)
+
+
 @needs_broken_tensorrt
 def test_a_version_without_an_engine_builds_one_at_load_or_falls_back(
     version_dir: Path, gpu_here: None, monkeypatch: pytest.MonkeyPatch

@@ -330,6 +330,11 @@ class TensorRTRunner:
         self, input_ids: Array, attention_mask: Array, position_ids: Array, kv: KV
     ) -> tuple[Array, KV]:
         """One pass on the GPU; only the logits come back to the host."""
+        # Every torch operation of the thread driving this runner goes to the engine's stream,
+        # the scheduler's own writes into the cache too (its in-place re-form indexes these
+        # tensors): on another stream they could run before TensorRT finished writing the
+        # cache or after it started reading it, and freed blocks could be reused under them.
+        self.torch.cuda.set_stream(self.stream)
         rows, seq = input_ids.shape
         profile = self._profile(rows, seq, int(kv[0].shape[3]))
         limit = profile["limits"]["input_ids"][2][0]
@@ -718,6 +723,18 @@ class FallbackRunner:
         return _to_host(kv) if self.failed else kv
 
 
+def _recorded_agreement(plan: Path) -> dict[str, Any] | None:
+    """The agreement figures in an engine's ``tensorrt.json`` (None: none recorded)."""
+    from .tensorrt_engine import RECORD
+
+    try:
+        record = json.loads((plan.parent / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    figures = record.get("agreement") if isinstance(record, dict) else None
+    return figures if isinstance(figures, dict) else None
+
+
 def _build_on_load(version_dir: Path, manifest: dict[str, Any], key: dict[str, str]) -> Path:
     """Build the engine for this GPU and TensorRT into the version folder (load time)."""
     from .tensorrt_engine import PLAN, build_engine, engine_dir
@@ -774,6 +791,15 @@ def create_runner(
         key_label = key_name(key)
         engine = find_engine(version_dir, key)
         built_now = engine is None
+        recorded = _recorded_agreement(engine) if engine is not None else None
+        if recorded is not None:
+            # An engine built at load that disagreed with ONNX Runtime stays on disk with its
+            # figures (a rebuild would disagree the same way): it is never served.
+            from .tensorrt_engine import check_agreement
+
+            stage = "run"
+            check_agreement(recorded)
+            stage = "deserialize"
         if engine is None:
             if prefer == "auto" and os.environ.get(BUILD_ON_LOAD_ENV, "1") == "0":
                 report.status("onnxruntime")
