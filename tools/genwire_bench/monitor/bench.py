@@ -47,6 +47,19 @@ def _rss_mb() -> float:
 
 def run_bench(args: argparse.Namespace) -> None:
     """Run the benchmark (or ``--quality``) and print its figures."""
+    if getattr(args, "live", False):
+        from genwire_bench.monitor.live import live_detection
+
+        live_detection(
+            args.scale,
+            tuple(float(x) for x in args.live_objectives.split(",")),
+            tuple(float(x) for x in args.live_shares.split(",")),
+            args.live_rate,
+            args.good_tokens,
+            args.bad_tokens,
+            args.live_warm_h,
+        )
+        return
     if args.detection:
         from genwire_bench.monitor.detection import detection
 

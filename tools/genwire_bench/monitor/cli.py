@@ -53,6 +53,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--live",
+        action="store_true",
+        help="time to page with real load through the running stack: a monitor started here "
+        "reads the real spans; good (short) and bad (long) generations through the gateway "
+        "after a full long window of good traffic (docs/monitor.md, Detection times)",
+    )
+    parser.add_argument(
+        "--live-rate", type=float, default=6.0, help="--live: requests/s (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--live-objectives",
+        default="0.99,0.999",
+        help="--live: comma-separated objectives (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--live-shares",
+        default="1,0.5,0.1",
+        help="--live: comma-separated bad shares (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--live-warm-h",
+        type=float,
+        default=6.0,
+        help="--live: production hours of good traffic first (default: %(default)s, the "
+        "longest page window)",
+    )
+    parser.add_argument(
+        "--good-tokens", type=int, default=4, help="--live: tokens of a good request"
+    )
+    parser.add_argument(
+        "--bad-tokens", type=int, default=96, help="--live: tokens of a bad (slow) request"
+    )
+    parser.add_argument(
         "--seeds", type=int, default=3, help="--quality: repetitions (default: %(default)s)"
     )
     parser.add_argument(
