@@ -276,3 +276,93 @@ def test_default_model_reuse_is_keyed_on_tensorrt_version_and_gpu(tmp_path: Path
     )
     if not REAL_TENSORRT:
         assert default.engine_key() is None  # no TensorRT here: any version is reusable
+
+
+def fake_autocast(monkeypatch: pytest.MonkeyPatch, fails: int, seen: list[Any]) -> None:
+    """ModelOpt's AutoCast stand-in: fails its first ``fails`` calls, then returns the graph."""
+    import sys
+    import types
+
+    import onnx
+
+    def convert_to_mixed_precision(**kwargs: Any) -> Any:
+        data = kwargs["calibration_data"]
+        seen.append(dict(np.load(data)) if data else None)
+        if len(seen) <= fails:
+            raise ValueError(f"AutoCast refused try {len(seen)}")
+        return onnx.load(kwargs["onnx_path"])
+
+    autocast = types.ModuleType("modelopt.onnx.autocast")
+    autocast.convert_to_mixed_precision = convert_to_mixed_precision  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "modelopt", types.ModuleType("modelopt"))
+    monkeypatch.setitem(sys.modules, "modelopt.onnx", types.ModuleType("modelopt.onnx"))
+    monkeypatch.setitem(sys.modules, "modelopt.onnx.autocast", autocast)
+
+
+@pytest.mark.parametrize(
+    ("fails", "how"), [(0, "calibrated on a real prefill"), (1, "uncalibrated"), (2, None)]
+)
+def test_autocast_tries_calibrated_then_uncalibrated_then_gives_fp32(
+    version_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fails: int,
+    how: str | None,
+) -> None:
+    """TensorRT 11's FP16 route: any AutoCast failure means an FP32 engine, never a failed
+    build; the FP16 graph keeps its weights in a data file beside it (no 2 GB protobuf
+    limit), and nothing is left behind."""
+    import onnx
+
+    seen: list[Any] = []
+    fake_autocast(monkeypatch, fails, seen)
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    feeds = tensorrt_engine.calibration_feeds(manifest["shape"], manifest["context_length"])
+    out = tmp_path / "model.fp16.onnx"
+    made, note = tensorrt_engine._autocast(version_dir / "model.onnx", out, feeds, lambda _: None)
+    # The calibration data is a left-padded prefill like the scheduler's.
+    assert seen[0] is not None and set(seen[0]) == set(feeds)
+    assert (seen[0]["attention_mask"][:, 0] == 0).all()
+    if how is None:
+        assert made is None and note.count("AutoCast refused") == 2
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+        return
+    assert made == out and how in note
+    assert len(seen) == fails + 1 and (fails == 0 or seen[-1] is None)
+    assert tensorrt_engine.external_data(out).is_file()
+    graph = onnx.load(str(out))  # loads its weights from the data file beside it
+    assert {i.name for i in graph.graph.input} == set(export.INPUT_NAMES)
+    assert not list(tmp_path.glob("*.npz"))
+
+
+def test_agreement_of_a_runner_with_itself_and_a_poisoned_one(version_dir: Path) -> None:
+    """The build/load-time check on CPU: identical runners agree fully; NaN logits are
+    refused however close the rest is."""
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    reference = runners.OnnxRuntimeRunner(version_dir / "model.onnx", manifest)
+    vocab, context = int(manifest["shape"]["vocab_size"]), int(manifest["context_length"])
+    figures = tensorrt_engine.agreement(reference, reference, vocab, context, decode_steps=4)
+    assert figures["max_abs_logit_diff"] == 0.0 and figures["finite"]
+    assert figures["greedy_token_agreement"] == 1.0
+    assert figures["cases"]["left_padded_prefill_rows"][-1] == 1
+    tensorrt_engine.check_agreement(figures)
+
+    class Poisoned:
+        min_past = 1
+
+        def __init__(self) -> None:
+            self.inner = runners.OnnxRuntimeRunner(version_dir / "model.onnx", manifest)
+
+        def empty(self, batch: int, width: int) -> Any:
+            return self.inner.empty(batch, width)
+
+        def forward(self, *args: Any) -> Any:
+            logits, kv = self.inner.forward(*args)
+            logits = logits.copy()
+            logits[-1, 0] = np.nan  # the one-token row: a fully padded prefill row gone bad
+            return logits, kv
+
+    bad = tensorrt_engine.agreement(Poisoned(), reference, vocab, context, decode_steps=4)
+    assert not bad["finite"]
+    with pytest.raises(tensorrt_engine.TensorRTBuildError, match="disagrees"):
+        tensorrt_engine.check_agreement(bad)

@@ -175,6 +175,11 @@ def calibration_feeds(shape: dict[str, Any], context: int, rows: int = 2) -> dic
     }
 
 
+def external_data(graph: Path) -> Path:
+    """The file beside an AutoCast graph that holds its weights."""
+    return graph.with_name(graph.name + ".data")
+
+
 def _autocast(
     onnx_path: Path, out: Path, feeds: dict[str, Any], progress: Callable[[str], None]
 ) -> tuple[Path | None, str]:
@@ -188,25 +193,37 @@ def _autocast(
         return None, f"nvidia-modelopt is not installed ({exc})"
     calibration = out.with_suffix(".calibration.npz")
     np.savez(calibration, **feeds)
+    data = external_data(out)
     failures = []
     # Calibrated first (real magnitudes decide which nodes stay FP32); some ModelOpt releases
     # refuse calibration data for dynamic shapes, so once more with its random data.
-    for data in (str(calibration), None):
+    for source in (str(calibration), None):
         try:
             converted = convert_to_mixed_precision(
                 onnx_path=str(onnx_path),
                 low_precision_type="fp16",
                 keep_io_types=True,
-                calibration_data=data,
+                calibration_data=source,
             )
-            onnx.save(converted, str(out))
+            # Weights beside the graph: a protobuf holds at most 2 GB (a 1B model in FP16 is
+            # more). onnx appends to an existing data file, so a failed try's is removed first.
+            data.unlink(missing_ok=True)
+            onnx.save(
+                converted,
+                str(out),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data.name,
+            )
             calibration.unlink(missing_ok=True)
-            how = "calibrated on a real prefill" if data else "uncalibrated"
+            how = "calibrated on a real prefill" if source else "uncalibrated"
             return out, f"fp16 (strongly typed graph from modelopt.onnx.autocast, {how})"
         except Exception as exc:  # any AutoCast failure: try the next way, then FP32
             failures.append(f"{type(exc).__name__}: {exc}")
             progress(f"AutoCast failed ({failures[-1][:200]})")
     calibration.unlink(missing_ok=True)
+    out.unlink(missing_ok=True)
+    data.unlink(missing_ok=True)
     return None, "AutoCast failed: " + " | ".join(f[:300] for f in failures)
 
 
@@ -271,6 +288,7 @@ def build_engine(
     finally:
         if source != onnx_path:
             source.unlink(missing_ok=True)  # the FP16 copy only fed the builder
+            external_data(source).unlink(missing_ok=True)
     record: dict[str, Any] = {
         "tensorrt_version": str(trt.__version__),
         "precision": precision,
