@@ -35,8 +35,13 @@ log = logging.getLogger(__name__)
 class PolicyStore:
     """The policies in force, by model name, with what each record did to them."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, log_skipped: bool = True
+    ) -> None:
         self.policies: dict[str, ModelPolicy] = {}
+        self.corrupt_latest: dict[str, str] = {}
+        """Keys whose latest record was corrupt (superseded ones are forgotten): why."""
+        self._log_skipped = log_skipped
         self.applied = 0
         self.skipped = 0
         self.last_error = ""
@@ -74,11 +79,19 @@ class PolicyStore:
         except PolicyError as exc:
             self.skipped += 1
             self.last_error = str(exc)
+            if key is not None:
+                self.corrupt_latest[key.decode("utf-8", "replace")] = str(exc)
             if self._records is not None:
                 self._records.labels("skipped").inc()
-            log.warning("skipped a corrupt genwire.config record (key %r): %s", key, exc)
+            log.log(
+                logging.WARNING if self._log_skipped else logging.DEBUG,
+                "skipped a corrupt genwire.config record (key %r): %s",
+                key,
+                exc,
+            )
             return False
         model = key.decode("utf-8", "replace")
+        self.corrupt_latest.pop(model, None)
         if policy is None:
             self.policies.pop(model, None)
             if self._revision is not None:
@@ -112,7 +125,7 @@ class PolicyFeed:
         poll_ms: int = 100,
         client_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        self.store = store or PolicyStore(registry)
+        self.store = store if store is not None else PolicyStore(registry)
         self.topic = topic
         self._poll_ms = poll_ms
         self._consumer = AIOKafkaConsumer(
@@ -200,7 +213,14 @@ async def read_policies(
     client_kwargs: dict[str, Any] | None = None,
 ) -> PolicyStore:
     """Read ``genwire.config`` to its end once (for a command)."""
-    feed = PolicyFeed(bootstrap_servers, topic=topic, client_kwargs=client_kwargs)
+    # The whole history is read: a corrupt record a later one replaced is no news, so only
+    # ``corrupt_latest`` (a key whose last record is corrupt) is worth telling.
+    feed = PolicyFeed(
+        bootstrap_servers,
+        store=PolicyStore(log_skipped=False),
+        topic=topic,
+        client_kwargs=client_kwargs,
+    )
     task: asyncio.Task[None] | None = None
     try:
         await asyncio.wait_for(feed.start(), timeout_s)

@@ -34,3 +34,14 @@ def test_records_apply_and_corrupt_ones_keep_the_policy_in_force() -> None:
     assert store.get("m") is None
     assert registry.get_sample_value("genwire_policy_revision", {"model": "m"}) is None
     assert seen == [("m", 1), ("m", 2), ("m", None)]
+
+
+def test_only_a_corrupt_latest_record_is_news() -> None:
+    store = PolicyStore(log_skipped=False)
+    good = ModelPolicy(model="m", aliases={"champion": "1"})
+    store.apply(b"m", b"{bad")
+    assert "m" in store.corrupt_latest
+    store.apply(b"m", good.value())
+    assert store.corrupt_latest == {} and store.get("m") == good
+    store.apply(b"m", b"{bad")
+    assert "not JSON" in store.corrupt_latest["m"] and store.get("m") == good

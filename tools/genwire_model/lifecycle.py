@@ -338,6 +338,8 @@ class Lifecycle:
             )
         except (PolicyError, OSError) as exc:
             raise LifecycleError(f"{Topic.CONFIG}: {exc}") from None
+        for model, why in store.corrupt_latest.items():
+            self.progress(f"{Topic.CONFIG}: the latest record of {model} is corrupt ({why})")
         return dict(store.policies)
 
     def policy(self, name: str) -> ModelPolicy | None:
