@@ -269,3 +269,24 @@ async def test_the_client_sends_the_saved_key_and_reports_refusals(
         with pytest.raises(GenwireClientError) as info:
             await client.generate(_prompt(), max_tokens=4)
     assert info.value.status == "UNAUTHENTICATED"
+
+
+async def test_a_submitted_request_is_metered_when_its_result_lands(
+    two_gateways: Gateways, infra: CommonSettings, make_key: MakeKey
+) -> None:
+    key, record = await make_key(tpm=1000)
+    since = time.time() * 1000.0 - 1000
+    async with GenwireClient(two_gateways[0].grpc_target, api_key=key) as client:
+        rid = await client.submit(_prompt(), max_tokens=40)
+        assert (await client.get_result(rid, wait_s=10)).status == "done"
+    events: list[UsageEvent] = []
+    async with asyncio.timeout(20):
+        while not events:
+            found = await read_usage(infra.kafka_bootstrap_servers, since)
+            events = [e for e in found if e.request_id == rid]
+            await asyncio.sleep(0.2)
+    assert events[0].key_name == record.name and events[0].total_tokens == 5
+    assert events[0].charged_tokens == 5  # the budget (prompt estimate + 40) corrected
+    async with asyncio.timeout(10):
+        while await _tpm_used(infra, record.id) != 5:  # noqa: ASYNC110  (Redis)
+            await asyncio.sleep(0.05)
