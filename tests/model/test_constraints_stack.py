@@ -1,0 +1,184 @@
+"""Structured output and stop strings through the real stack, driven by the official openai SDK.
+
+Gateway → Kafka → preprocess (compile check) → inference → Triton (the decode loop's
+constraints) → postprocess. The output of every constrained request that ends by itself parses
+and validates; a schema the grammar library cannot compile is a 400 naming the field, and
+never reaches Triton; a stop string ends the generation in the model (fewer tokens generated).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]
+import openai
+import pytest
+from genwire_gateway.config import GatewaySettings
+from genwire_model import DEFAULT_MODEL_NAME
+from tokenizers import Tokenizer
+
+from genwire.apikeys import resolve_api_key
+from genwire.settings import CommonSettings
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 16},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "role": {"enum": ["admin", "user", "guest"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "maxItems": 3},
+        "active": {"type": "boolean"},
+    },
+    "required": ["name", "age", "role", "tags", "active"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def client(stack: CommonSettings) -> openai.OpenAI:
+    gateway = GatewaySettings()
+    return openai.OpenAI(
+        base_url=f"http://{gateway.host}:{gateway.port}/v1",
+        api_key=resolve_api_key(None) or "none",
+        timeout=60,
+        max_retries=0,
+    )
+
+
+def chat(client: openai.OpenAI, content: str, **options: Any) -> Any:
+    return client.chat.completions.create(
+        model=DEFAULT_MODEL_NAME,
+        messages=[{"role": "user", "content": content}],
+        max_completion_tokens=options.pop("max_completion_tokens", 160),
+        **options,
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_json_schema_strict_parses_and_validates(client: openai.OpenAI, seed: int) -> None:
+    response = chat(
+        client,
+        "Describe a user of the system as JSON.",
+        seed=seed,
+        temperature=0.8,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": PERSON, "strict": True},
+        },
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    value = json.loads(choice.message.content or "")
+    jsonschema.validate(value, PERSON)
+
+
+def test_json_object_mode(client: openai.OpenAI) -> None:
+    """Any JSON object. The small default model, trained on docstrings, writes prose inside a
+    key's string without end; a logit_bias on the tokens holding '"' or '}' (an OpenAI
+    parameter, applied before the grammar's mask) lets it close strings and the object."""
+    tokenizer = Tokenizer.from_file(str(served_tokenizer()))
+    closing = {
+        str(i): 8
+        for i in range(tokenizer.get_vocab_size())
+        if any(c in tokenizer.decode([i]) for c in '"}')
+    }
+    ended = 0
+    for seed in range(4):
+        response = chat(
+            client,
+            "Reply with a JSON object.",
+            seed=seed,
+            temperature=0.7,
+            logit_bias=closing,
+            response_format={"type": "json_object"},
+        )
+        choice = response.choices[0]
+        if choice.finish_reason == "stop":
+            ended += 1
+            assert isinstance(json.loads(choice.message.content or ""), dict)
+        else:
+            assert choice.finish_reason == "length"
+    assert ended > 0
+
+
+def served_tokenizer() -> Path:
+    """The newest default-model version's tokenizer (every version shares the checkpoint's)."""
+    versions = [
+        p for p in (CommonSettings().repository / DEFAULT_MODEL_NAME).iterdir() if p.name.isdigit()
+    ]
+    return max(versions, key=lambda p: int(p.name)) / "tokenizer.json"
+
+
+def test_guided_choice_and_regex(client: openai.OpenAI) -> None:
+    choices = ["positive", "negative", "neutral"]
+    for seed in range(3):
+        response = chat(
+            client, "Sentiment of: great docs!", seed=seed, extra_body={"guided_choice": choices}
+        )
+        assert response.choices[0].message.content in choices
+        assert response.choices[0].finish_reason == "stop"
+    regex = r"[0-9]{3}-[0-9]{4}"
+    response = chat(client, "A phone number:", seed=5, extra_body={"guided_regex": regex})
+    assert re.fullmatch(regex, response.choices[0].message.content or "")
+
+
+@pytest.mark.parametrize(
+    ("options", "param", "needle"),
+    [
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "integr"}},
+                }
+            },
+            "response_format",
+            "integr",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}},
+                }
+            },
+            "response_format",
+            "uniqueItems",
+        ),
+        ({"extra_body": {"guided_regex": "a(?=b)"}}, "guided_regex", "look-around"),
+    ],
+)
+def test_a_schema_that_cannot_compile_is_a_400_naming_it(
+    client: openai.OpenAI, options: dict[str, Any], param: str, needle: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        chat(client, "x", **options)
+    error = info.value
+    assert error.status_code == 400
+    assert needle in str(error.message)
+    assert error.param == param
+
+
+def test_stop_string_ends_generation_in_the_model(client: openai.OpenAI) -> None:
+    """Same greedy request with and without a stop string: same text up to it, fewer tokens."""
+    prompt = "This module provides"
+    free = client.completions.create(
+        model=DEFAULT_MODEL_NAME, prompt=prompt, max_tokens=120, temperature=0, seed=1
+    )
+    text = free.choices[0].text
+    stop = next((s for s in (".", ",", " the") if s in text[1:]), None)
+    assert stop is not None, text
+    cut = text.index(stop, 1)
+    stopped = client.completions.create(
+        model=DEFAULT_MODEL_NAME, prompt=prompt, max_tokens=120, temperature=0, seed=1, stop=[stop]
+    )
+    assert stopped.choices[0].text == text[:cut]
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.usage is not None and free.usage is not None
+    # Generation ended on the token that completed the stop string: far fewer than the free run
+    # (which went on to end of sequence or max_tokens), and at least the tokens of the text.
+    assert stopped.usage.completion_tokens < free.usage.completion_tokens
+    assert stopped.usage.completion_tokens >= 1
