@@ -26,6 +26,25 @@ cd "$ROOT"
 
 step() { printf '\n== gpu-check: %s\n' "$*"; }
 
+# Fails unless Triton's newest default-model version says (runtime-status.json) it serves
+# with $1: a bench of the wrong backend would print plausible figures for the wrong thing.
+serving() {
+  "$BIN/python" - "$1" <<'EOF'
+import json
+import sys
+
+from genwire.settings import CommonSettings
+from genwire_model.repository import ModelRepository
+
+repo = ModelRepository(CommonSettings().repository)
+version = repo.get("genwire-gpt", repo.versions("genwire-gpt")[-1])
+status = json.loads((version.path / "runtime-status.json").read_text())
+print(json.dumps(status, indent=2))
+if status["backend"] != sys.argv[1]:
+    raise SystemExit(f"gpu-check: Triton serves with {status['backend']}, not {sys.argv[1]}")
+EOF
+}
+
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
   echo "gpu-check: no NVIDIA GPU here (nvidia-smi -L failed); nothing to check" >&2
   exit 2
@@ -65,12 +84,15 @@ step "TensorRT vs ONNX Runtime, runner against runner"
 step "genwire bench with the engine"
 "$BIN/genwire" up --no-demo
 "$BIN/genwire" restart --only triton
+serving tensorrt | tee "$OUT/status-tensorrt.json"
 "$BIN/genwire" bench --targets triton-stream,grpc-stream -c 1,8 -n "$BENCH_N" \
   --json "$OUT/bench-tensorrt.json" | tee "$OUT/bench-tensorrt.txt"
 
 step "genwire bench with ONNX Runtime"
-GENWIRE_MODEL_BACKEND=onnxruntime "$BIN/genwire" restart --only triton
+# Whatever happens next, Triton ends up serving with the engine again.
 trap '"$BIN/genwire" restart --only triton >/dev/null 2>&1 || true' EXIT
+GENWIRE_MODEL_BACKEND=onnxruntime "$BIN/genwire" restart --only triton
+serving onnxruntime | tee "$OUT/status-onnxruntime.json"
 "$BIN/genwire" bench --targets triton-stream,grpc-stream -c 1,8 -n "$BENCH_N" \
   --json "$OUT/bench-onnxruntime.json" | tee "$OUT/bench-onnxruntime.txt"
 
