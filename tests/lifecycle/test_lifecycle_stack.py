@@ -389,6 +389,25 @@ async def test_blue_green_promotion_under_steady_load(life: Lifecycle, client: C
     print(f"blue-green: {len(sent)} requests, {dict(versions)}, 0 failed, 0 lost")
 
 
+async def test_a_version_that_fails_to_load_changes_nothing(
+    life: Lifecycle, client: Client, stack: CommonSettings
+) -> None:
+    broken = stack.repository / MODEL / "4"
+    _copy_version(stack.repository / MODEL / "2", broken, "4")
+    (broken / "model.onnx").unlink()  # a hard link: never write through it
+    (broken / "model.onnx").write_bytes(b"not an onnx graph")
+    config = (stack.repository / MODEL / "config.pbtxt").read_text()
+    served = life.triton.served(MODEL)
+    try:
+        with pytest.raises(LifecycleError, match=r"could not load|did not become ready"):
+            await asyncio.to_thread(life.load, MODEL, "4")
+        assert life.triton.served(MODEL) == served
+        assert (stack.repository / MODEL / "config.pbtxt").read_text() == config
+        assert (await client.ask()).error is None  # still serving
+    finally:
+        shutil.rmtree(broken, ignore_errors=True)
+
+
 async def test_an_int8_version_serves_like_any_other(
     life: Lifecycle, client: Client, stack: CommonSettings
 ) -> None:
