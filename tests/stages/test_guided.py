@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from genwire_model import DEFAULT_MODEL_NAME
@@ -150,3 +151,31 @@ def test_preprocess_refuses_a_schema_that_cannot_compile(repo_with_guided: Asset
         asyncio.run(pre.handle(request('{"type": "object", "not": {}}')))
     assert info.value.code == ErrorCode.INVALID_REQUEST
     assert info.value.param == "response_format" and '"not"' in info.value.message
+
+
+class CountingChecker(GuidedChecker):
+    """Counts compilations (each one asks for the version's tokenizer)."""
+
+    compiles = 0
+
+    def tokenizer(self, assets: ModelAssets) -> Any:
+        self.compiles += 1
+        return super().tokenizer(assets)
+
+
+def test_a_constraint_that_compiled_is_not_compiled_again(assets: ModelAssets) -> None:
+    checker = CountingChecker(passed=2)
+    specs = [Guided(kind="regex", spec=f"[a-z]{{{i}}}") for i in range(1, 4)]
+    checker.check_sync(specs[0], assets)
+    asyncio.run(checker.check(specs[0], assets))
+    checker.check_sync(specs[0], assets)
+    assert checker.compiles == 1
+    checker.check_sync(specs[1], assets)
+    checker.check_sync(specs[2], assets)  # at most 2 kept: specs[0] is forgotten
+    checker.check_sync(specs[0], assets)
+    assert checker.compiles == 4
+    bad = Guided(kind="regex", spec="(")
+    for _ in range(2):  # a failure is never remembered as passed
+        with pytest.raises(PermanentError):
+            checker.check_sync(bad, assets)
+    assert checker.compiles == 6

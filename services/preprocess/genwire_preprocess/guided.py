@@ -114,6 +114,7 @@ class GuidedChecker:
         max_grammar_size: int = MAX_GRAMMAR_SIZE,
         lexer_fuel: int = LEXER_FUEL,
         tokenizers: int = 8,
+        passed: int = 256,
     ) -> None:
         self.limits = llguidance.LLParserLimits(
             max_grammar_size=max_grammar_size,
@@ -122,6 +123,11 @@ class GuidedChecker:
         )
         self._tokenizers: collections.OrderedDict[tuple[str, str], Any] = collections.OrderedDict()
         self._max_tokenizers = tokenizers
+        self._passed: collections.OrderedDict[tuple[str, str, str, str], None] = (
+            collections.OrderedDict()
+        )
+        """Constraints that compiled (per model version), most recent last: not compiled again."""
+        self._max_passed = passed
         self._lock = threading.Lock()
 
     def tokenizer(self, assets: ModelAssets) -> Any:
@@ -143,7 +149,7 @@ class GuidedChecker:
 
     def check_sync(self, guided: Guided | None, assets: ModelAssets) -> None:
         """Raise ``PermanentError`` (invalid_request, naming the field) if it cannot compile."""
-        if guided is None:
+        if guided is None or self._known(guided, assets):
             return
         param = PARAMS.get(guided.kind, "guided")
         try:
@@ -155,9 +161,22 @@ class GuidedChecker:
             raise PermanentError(
                 f"{param}: {exc}", code=ErrorCode.INVALID_REQUEST, param=param
             ) from None
+        with self._lock:
+            self._passed[(assets.name, assets.version, guided.kind, guided.spec)] = None
+            while len(self._passed) > self._max_passed:
+                self._passed.popitem(last=False)
+
+    def _known(self, guided: Guided, assets: ModelAssets) -> bool:
+        """Whether this constraint already compiled for this model version (refreshes it)."""
+        key = (assets.name, assets.version, guided.kind, guided.spec)
+        with self._lock:
+            if key in self._passed:
+                self._passed.move_to_end(key)
+                return True
+        return False
 
     async def check(self, guided: Guided | None, assets: ModelAssets) -> None:
         """``check_sync`` off the event loop (a large schema compiles in tens of ms)."""
-        if guided is None:
-            return
+        if guided is None or self._known(guided, assets):
+            return  # the same schema again (the usual case): no compile, no thread hop
         await asyncio.to_thread(self.check_sync, guided, assets)
