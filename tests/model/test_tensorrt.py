@@ -113,7 +113,7 @@ def test_sampling_on_the_device_is_greedy_at_temperature_zero(trt_version: Model
 
 
 def test_create_runner_uses_the_engine_and_records_it(trt_version: ModelVersion) -> None:
-    runner = create_runner(trt_version.path, prefer="auto")
+    runner = create_runner(trt_version.path, prefer="auto", record_status=True)
     assert runner.backend == "tensorrt"
     status = json.loads((trt_version.path / STATUS_FILE).read_text())
     assert status["backend"] == "tensorrt" and status["engine"]
@@ -127,7 +127,7 @@ def test_a_version_without_an_engine_gets_one_at_load(
     copy = tmp_path / "trt" / "1"
     shutil.copytree(trt_version.path, copy)
     shutil.rmtree(copy / tensorrt_engine.ENGINES_DIR)  # as if built on a CPU machine
-    runner = create_runner(copy, prefer="auto")
+    runner = create_runner(copy, prefer="auto", record_status=True)
     assert runner.backend == "tensorrt"
     plan = tensorrt_engine.find_engine(copy, tensorrt_engine.current_key())
     assert plan is not None

@@ -86,7 +86,7 @@ def test_engine_is_found_only_for_its_own_key(tmp_path: Path) -> None:
 def test_without_tensorrt_the_runner_is_onnx_runtime_and_says_so(version_dir: Path) -> None:
     if runners.tensorrt_usable() is None:
         pytest.skip("TensorRT is usable here: the GPU tests cover this machine")
-    runner = runners.create_runner(version_dir, prefer="auto")
+    runner = runners.create_runner(version_dir, prefer="auto", record_status=True)
     assert runner.backend == "onnxruntime"
     assert status(version_dir)["backend"] == "onnxruntime"
     with pytest.raises(RuntimeError, match="TensorRT backend requested but"):
@@ -101,7 +101,7 @@ def test_an_engine_that_cannot_load_falls_back_with_the_reason(
     (folder / "model.plan").write_bytes(b"not an engine")
     (folder / "tensorrt.json").write_text(json.dumps(KEY))
     try:
-        runner = runners.create_runner(version_dir, prefer="auto")
+        runner = runners.create_runner(version_dir, prefer="auto", record_status=True)
         assert runner.backend == "onnxruntime"
         record = status(version_dir)
         assert record["backend"] == "onnxruntime"
@@ -126,14 +126,14 @@ def test_an_engine_recorded_as_disagreeing_is_never_served(
     figures = {"finite": False, "max_abs_logit_diff": 7.5, "greedy_token_agreement": 0.1}
     (folder / "tensorrt.json").write_text(json.dumps({**KEY, "agreement": figures}))
     try:
-        runner = runners.create_runner(version_dir, prefer="auto")
+        runner = runners.create_runner(version_dir, prefer="auto", record_status=True)
         assert runner.backend == "onnxruntime"
         last = status(version_dir)["fallbacks"][-1]
         assert last["stage"] == "run" and "disagrees with ONNX Runtime" in last["reason"]
         # Figures that pass do not stop the load: it goes on to deserialize (and fails there).
         passing = {"finite": True, "max_abs_logit_diff": 0.01, "greedy_token_agreement": 1.0}
         (folder / "tensorrt.json").write_text(json.dumps({**KEY, "agreement": passing}))
-        runners.create_runner(version_dir, prefer="auto")
+        runners.create_runner(version_dir, prefer="auto", record_status=True)
         assert status(version_dir)["fallbacks"][-1]["stage"] == "deserialize"
     finally:
         import shutil
@@ -145,13 +145,13 @@ def test_an_engine_recorded_as_disagreeing_is_never_served(
 def test_a_version_without_an_engine_builds_one_at_load_or_falls_back(
     version_dir: Path, gpu_here: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runner = runners.create_runner(version_dir, prefer="auto")
+    runner = runners.create_runner(version_dir, prefer="auto", record_status=True)
     assert runner.backend == "onnxruntime"
     assert status(version_dir)["fallbacks"][-1]["stage"] == "build"
     # Building at load can be switched off: then ONNX Runtime without a fallback event.
     monkeypatch.setenv(runners.BUILD_ON_LOAD_ENV, "0")
     (version_dir / runners.STATUS_FILE).unlink()
-    runner = runners.create_runner(version_dir, prefer="auto")
+    runner = runners.create_runner(version_dir, prefer="auto", record_status=True)
     assert runner.backend == "onnxruntime"
     assert status(version_dir)["fallbacks"] == []
 
@@ -245,7 +245,9 @@ def test_the_environment_can_force_onnx_runtime(
     version_dir: Path, gpu_here: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(runners.BACKEND_ENV, "onnxruntime")
-    runner = runners.create_runner(version_dir, prefer="tensorrt")  # the override wins
+    runner = runners.create_runner(
+        version_dir, prefer="tensorrt", record_status=True
+    )  # override wins
     assert runner.backend == "onnxruntime"
     assert status(version_dir) | {"updated": ""} == {
         "backend": "onnxruntime",
@@ -366,3 +368,22 @@ def test_agreement_of_a_runner_with_itself_and_a_poisoned_one(version_dir: Path)
     assert not bad["finite"]
     with pytest.raises(tensorrt_engine.TensorRTBuildError, match="disagrees"):
         tensorrt_engine.check_agreement(bad)
+
+
+def test_only_the_serving_process_writes_the_status_file(
+    version_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build's smoke test, a benchmark or a backend comparison on a served version's folder
+    must not overwrite what Triton's runner recorded there."""
+    import sys
+    import types
+
+    path = version_dir / runners.STATUS_FILE
+    served = {"backend": "tensorrt", "engine": "trt10.13.3.9-sm90", "fallbacks": []}
+    path.write_text(json.dumps(served))
+    runner = runners.create_runner(version_dir, prefer="onnxruntime")  # outside Triton
+    assert runner.backend == "onnxruntime" and json.loads(path.read_text()) == served
+    stub = types.ModuleType("triton_python_backend_utils")
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub)
+    runners.create_runner(version_dir, prefer="onnxruntime")  # inside Triton's stub
+    assert status(version_dir)["backend"] == "onnxruntime"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -561,8 +562,9 @@ class _Fallback:
     model, version, stage) appears on Triton's metrics port when running inside Triton.
     """
 
-    def __init__(self, version_dir: Path) -> None:
+    def __init__(self, version_dir: Path, record: bool = True) -> None:
         self.version_dir = version_dir
+        self.record = record  # False: log and metric only, the status file is left alone
         self.model = version_dir.parent.name
         self.version = version_dir.name
         self.events: list[dict[str, str]] = []
@@ -570,6 +572,8 @@ class _Fallback:
 
     def status(self, backend: str, engine: str = "") -> None:
         """Record the backend now serving (and every fallback so far)."""
+        if not self.record:
+            return
         record = {
             "backend": backend,
             "engine": engine,
@@ -753,7 +757,11 @@ def _build_on_load(version_dir: Path, manifest: dict[str, Any], key: dict[str, s
 
 
 def create_runner(
-    version_dir: Path, threads: int = 2, prefer: str = "auto", allow_spinning: bool = False
+    version_dir: Path,
+    threads: int = 2,
+    prefer: str = "auto",
+    allow_spinning: bool = False,
+    record_status: bool | None = None,
 ) -> Runner:
     """The runner for a version folder: TensorRT on a GPU when it works, else ONNX Runtime.
 
@@ -764,10 +772,16 @@ def create_runner(
     ``runtime-status.json``, whenever the engine cannot be built, deserialized or run.
     "tensorrt" raises instead of falling back at load. ``GENWIRE_MODEL_BACKEND`` in the
     environment overrides ``prefer``.
+
+    ``record_status`` None writes ``runtime-status.json`` only inside Triton's stub: the file
+    says what the served version runs on, so a build's smoke test, a benchmark or a backend
+    comparison on the same folder must not overwrite it.
     """
     version_dir = Path(version_dir)
     manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
-    report = _Fallback(version_dir)
+    if record_status is None:
+        record_status = "triton_python_backend_utils" in sys.modules
+    report = _Fallback(version_dir, record_status)
     # An operator's override for every model of this process (e.g. to compare backends).
     prefer = os.environ.get(BACKEND_ENV) or prefer
 
