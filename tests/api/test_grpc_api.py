@@ -40,7 +40,9 @@ async def test_timings_are_timestamps_and_durations(
     assert t.completed.ToNanoseconds() >= t.received.ToNanoseconds() > 0
     spent = t.completed.ToNanoseconds() - t.received.ToNanoseconds()
     assert abs(t.total.ToNanoseconds() - spent) < 10_000  # (epoch ms as doubles: µs rounding)
-    assert t.HasField("time_to_first_token") and t.time_to_first_token.ToNanoseconds() > 0
+    # Derived exactly when the pipeline stamped the first token (streamed generations).
+    assert t.HasField("time_to_first_token") == t.HasField("first_token")
+    assert t.HasField("triton_compute") and t.triton_compute.ToNanoseconds() > 0
 
 
 async def test_options_are_honoured_or_refused_by_name(
