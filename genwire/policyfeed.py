@@ -70,8 +70,9 @@ class PolicyStore:
         """Call ``listener(model, policy or None)`` after each applied record."""
         self._listeners.append(listener)
 
-    def apply(self, key: bytes | None, value: bytes | None) -> bool:
-        """Apply one record; False (logged and counted) when it is corrupt."""
+    def apply(self, key: bytes | None, value: bytes | None, *, quiet: bool = False) -> bool:
+        """Apply one record; False (logged and counted) when it is corrupt (``quiet``: logged
+        at debug level, e.g. while reading history a later record may have replaced)."""
         try:
             if key is None:
                 raise PolicyError("record without a key (the model name)")
@@ -84,7 +85,7 @@ class PolicyStore:
             if self._records is not None:
                 self._records.labels("skipped").inc()
             log.log(
-                logging.WARNING if self._log_skipped else logging.DEBUG,
+                logging.WARNING if self._log_skipped and not quiet else logging.DEBUG,
                 "skipped a corrupt genwire.config record (key %r): %s",
                 key,
                 exc,
@@ -189,16 +190,25 @@ class PolicyFeed:
             self._assigned = await self._assign(create=False)
         while True:
             batches = await self._consumer.getmany(timeout_ms=self._poll_ms)
+            history = not self.caught_up.is_set()
             for records in batches.values():
                 for record in records:
-                    self.store.apply(record.key, record.value)
-            if not self.caught_up.is_set():
+                    self.store.apply(record.key, record.value, quiet=history)
+            if history:
                 done = True
                 for tp, end in self._targets.items():
                     if await self._consumer.position(tp) < end:
                         done = False
                 if done:
                     self.caught_up.set()
+                    for model, why in self.store.corrupt_latest.items():
+                        log.warning(
+                            "the latest %s record of %s is corrupt (%s): its last good "
+                            "policy stays in force",
+                            self.topic,
+                            model,
+                            why,
+                        )
 
     async def stop(self) -> None:
         """Disconnect."""

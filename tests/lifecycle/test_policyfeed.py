@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from prometheus_client import CollectorRegistry
 
 from genwire.policy import ModelPolicy
@@ -45,3 +48,13 @@ def test_only_a_corrupt_latest_record_is_news() -> None:
     assert store.corrupt_latest == {} and store.get("m") == good
     store.apply(b"m", b"{bad")
     assert "not JSON" in store.corrupt_latest["m"] and store.get("m") == good
+
+
+def test_history_is_read_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    store = PolicyStore()
+    with caplog.at_level(logging.DEBUG, logger="genwire.policyfeed"):
+        store.apply(b"m", b"{bad", quiet=True)
+        assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+        store.apply(b"m", b"{bad")
+        assert caplog.records[-1].levelno == logging.WARNING
+    assert store.skipped == 2
