@@ -257,8 +257,16 @@ class TensorRTRunner:
             )
         self.stream = torch.cuda.Stream(device=self.device)
         self.profiles: list[dict[str, Any]] = []
+        # STATIC (the default) gives every context scratch memory for the largest profile, so
+        # the decode context would hold the prefill's rows x context² too; ON_PROFILE_CHANGE
+        # sizes each context for the one profile it selects below (TensorRT 10 and 11).
+        strategies = getattr(trt, "ExecutionContextAllocationStrategy", None)
+        per_profile = getattr(strategies, "ON_PROFILE_CHANGE", None)
         for index in range(int(self.engine.num_optimization_profiles)):
-            context = self.engine.create_execution_context()
+            if per_profile is not None:
+                context = self.engine.create_execution_context(per_profile)
+            else:
+                context = self.engine.create_execution_context()
             if context is None:
                 raise RuntimeError(
                     "TensorRT could not create an execution context (out of GPU memory?)"
