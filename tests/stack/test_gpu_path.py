@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from genwire_stack.paths import repo_root
@@ -46,3 +47,12 @@ def test_build_takes_a_context_cap() -> None:
     legacy = parser.parse_args(["model", "build", "--checkpoint", "ckpt", "--context", "64"])
     assert legacy.context == 64
     assert parser.parse_args(["model", "build", "--checkpoint", "ckpt"]).context is None
+
+
+def test_a_context_cap_below_two_tokens_is_refused(tmp_path: Path) -> None:
+    """0 would otherwise fall through to the checkpoint's full context, unnoticed."""
+    from genwire_model.build import BuildError, BuildOptions, build_version
+
+    for cap in (0, 1, -8):
+        with pytest.raises(BuildError, match="max context must be >= 2"):
+            build_version(tmp_path / "no-checkpoint", "m", tmp_path, BuildOptions(context=cap))

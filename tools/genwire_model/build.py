@@ -249,6 +249,11 @@ def build_version(
         raise BuildError(f"quantize must be off or int8, got {opts.quantize!r}")
     if opts.max_batch < 1:
         raise BuildError(f"max_batch must be >= 1, got {opts.max_batch}")
+    if opts.context is not None and opts.context < 2:
+        # 0 would mean "the checkpoint's own context" below: refused rather than ignored.
+        raise BuildError(
+            f"max context must be >= 2 tokens (a prompt and one more), got {opts.context}"
+        )
     info = inspect_checkpoint(Path(checkpoint))  # raises CheckpointError naming the problem
     context = min(info.context, opts.context or info.context)
     model_dir = Path(repository) / name
