@@ -53,6 +53,28 @@ class CommonSettings(BaseSettings):
         description="Redis connection URL. TLS and a password go in the URL: "
         "rediss://:PASSWORD@HOST:PORT/0?ssl_ca_certs=/path/ca.pem (the secure stack's form).",
     )
+    gateway_tls: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="How a client (genwire CLI, bench, demo, GenwireClient) reaches the gateway: "
+        "auto (TLS when a CA or client certificate below is set, else when the stack of "
+        "GENWIRE_HOME is secure: its secure/ca.pem, and secure/client.pem with mtls), on (TLS; "
+        "no CA file: the system's trust store) or off (plaintext).",
+    )
+    gateway_ca_file: Path | None = Field(
+        None, description="CA (PEM) a client checks the gateway's certificate against."
+    )
+    gateway_client_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) a client presents to an mTLS gateway."
+    )
+    gateway_client_keyfile: Path | None = Field(
+        None, description="Private key (PEM) of gateway_client_certfile."
+    )
+    triton_admin_key: SecretStr = Field(
+        SecretStr(""),
+        description="Secret sent (header genwire-triton-admin) with Triton's repository and "
+        "model-config calls; a secure stack's Triton refuses them without it. Unset: "
+        "<home>/secure/triton-admin-key if present, else nothing is sent.",
+    )
     triton_grpc_url: str = Field("127.0.0.1:8001", description="Triton gRPC host:port.")
     triton_http_url: str = Field("127.0.0.1:8000", description="Triton HTTP host:port.")
     jaeger_ui_url: str = Field(

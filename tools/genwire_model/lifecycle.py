@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 import httpx
 
+from genwire import triton_admin
 from genwire.policy import (
     CHAMPION,
     WEIGHT_TOTAL,
@@ -66,7 +67,12 @@ class TritonControl:
     def __init__(self, http_url: str, timeout_s: float = 600.0) -> None:
         base = http_url if "://" in http_url else f"http://{http_url}"
         self.base = base
-        self._client = httpx.Client(base_url=base, timeout=timeout_s, trust_env=False)
+        self._client = httpx.Client(
+            base_url=base,
+            timeout=timeout_s,
+            trust_env=False,
+            headers=triton_admin.headers(),  # a secure stack's Triton restricts the repository
+        )
 
     def close(self) -> None:
         """Close the HTTP client."""

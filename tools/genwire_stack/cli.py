@@ -201,7 +201,6 @@ def _up(args: argparse.Namespace) -> int:
 
     if current_layout().secure:
         _say_secure(current_layout().secure)
-        return 0
     if args.demo and args.only is None and args.model is not False:
         # A newcomer sees it work at once: one request through every stage, and its trace.
         from genwire_gateway.demo import run_demo
@@ -211,8 +210,8 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _say_secure(mode: str) -> None:
-    """Where the secure stack's material is and how a client reaches it (no demo: the demo
-    client speaks plain HTTP)."""
+    """Where the secure stack's material is and how a client reaches it (the demo, the
+    ``genwire`` CLI and the bench find it by themselves: genwire.gateway_tls)."""
     from genwire.settings import CommonSettings
     from genwire_stack.paths import StackPaths
 

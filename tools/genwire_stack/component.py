@@ -104,6 +104,11 @@ class Component(ABC):
         answered 200 for that long (None: never for being unready)."""
         return None
 
+    def probe_tls(self) -> tuple[str, str | None, str | None] | None:
+        """(CA, client certificate, key) its supervisor's unready probe uses when the URL is
+        ``https`` (None: plain HTTP)."""
+        return None
+
 
 def readyz(url: str, timeout_s: float = 2.0, verify: ssl.SSLContext | bool = True) -> Readiness:
     """A service's ``/readyz`` verdict, with the first reason it gives when not ready.

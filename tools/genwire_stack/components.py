@@ -63,7 +63,7 @@ def build_components(
     components: list[Component] = [
         *nodes,
         redis,
-        Triton(paths, settings),
+        Triton(paths, settings, security=security),
         Jaeger(paths, settings, kafka_bootstrap=bootstrap, security=security),
     ]
     for short, port in SERVICE_PORTS.items():

@@ -6,6 +6,7 @@ import importlib
 import time
 from collections.abc import Callable
 
+from genwire import triton_admin
 from genwire.settings import CommonSettings
 from genwire_stack.errors import StackError
 from genwire_stack.health import http_status, wait_until
@@ -53,7 +54,11 @@ def ensure_model_loaded(
     if http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/{version}/ready") == 200:
         return version
     out(f"loading {DEFAULT_MODEL} (version {version}) into Triton at {base}")
-    status, detail = _post(f"{base}/v2/repository/models/{DEFAULT_MODEL}/load", timeout_s=600.0)
+    status, detail = _post(
+        f"{base}/v2/repository/models/{DEFAULT_MODEL}/load",
+        timeout_s=600.0,
+        headers=triton_admin.headers(cfg),  # a secure stack's Triton restricts the load
+    )
     if status != 200:
         raise StackError(
             f"Triton refused to load {DEFAULT_MODEL} version {version} (HTTP {status}: "
@@ -68,12 +73,14 @@ def ensure_model_loaded(
     return version
 
 
-def _post(url: str, timeout_s: float) -> tuple[int | None, str]:
+def _post(
+    url: str, timeout_s: float, headers: dict[str, str] | None = None
+) -> tuple[int | None, str]:
     import httpx
 
     try:
         with httpx.Client(timeout=timeout_s, trust_env=False) as client:
-            response = client.post(url)
+            response = client.post(url, headers=headers)
             return response.status_code, response.text
     except httpx.HTTPError as exc:
         return None, str(exc)

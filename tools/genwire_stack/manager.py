@@ -270,6 +270,7 @@ def _launch(component: Component, paths: StackPaths) -> PidRecord:
             ready_url=hook[0] if hook else None,
             after_ready=hook[1] if hook else None,
             unready=component.unready_restart(),
+            probe_tls=component.probe_tls(),
         )
     env = {**os.environ, **component.environment()}
     record = spawn(

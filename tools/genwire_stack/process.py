@@ -218,8 +218,10 @@ def supervised_argv(
     ready_url: str | None = None,
     after_ready: Sequence[str] | None = None,
     unready: tuple[str, float] | None = None,
+    probe_tls: tuple[str, str | None, str | None] | None = None,
 ) -> list[str]:
-    """The argv that runs ``argv`` under :mod:`genwire_stack.supervise`."""
+    """The argv that runs ``argv`` under :mod:`genwire_stack.supervise`. ``probe_tls``: (CA,
+    client certificate, key) of an ``https`` unready URL (None: plain HTTP)."""
     command = [
         python,
         "-m",
@@ -237,6 +239,11 @@ def supervised_argv(
         command += ["--after-ready-json", json.dumps(list(after_ready))]
     if unready is not None:
         command += ["--unready-url", unready[0], "--unready-restart", f"{unready[1]:g}"]
+        if probe_tls is not None:
+            ca, cert, key = probe_tls
+            command += ["--probe-ca", ca]
+            if cert is not None and key is not None:
+                command += ["--probe-cert", cert, "--probe-key", key]
     return [*command, "--", *argv]
 
 

@@ -11,6 +11,8 @@ Everything lives in ``<GENWIRE_HOME>/secure`` (mode 0700, files 0600), made once
 - ``client.pem`` / ``client-key.pem``: a client certificate (``CN=genwire-client``) for callers
   of a gateway that requires one (``--secure mtls``) and the stack's own probes;
 - ``credentials.json``: the SCRAM password of every Kafka principal and the Redis password;
+- ``triton-admin-key``: the secret header value that opens Triton's repository and model-config
+  APIs (genwire.triton_admin; Triton refuses those calls without it);
 - ``env/<principal>.env``: the ``GENWIRE_KAFKA_*`` variables of each principal (``set -a; .
   env/bench.env`` before ``genwire bench`` against a secure stack); ``admin.env`` also has
   ``GENWIRE_REDIS_URL`` (``genwire keys``, ``genwire dlq``, ``genwire model``).
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genwire import triton_admin
 from genwire.settings import CommonSettings
 from genwire.topics import Topic
 from genwire_stack.errors import StackError
@@ -199,6 +202,9 @@ class SecureStack:
                 f"secure Kafka data ({self.paths.data}/kafka*-secure), then `genwire up --secure`"
             )
         self._credentials = creds
+        triton_key = triton_admin.key_path(self.paths.home)
+        if not triton_key.exists():  # (material made before Triton was restricted gets one)
+            _write_private(triton_key, secrets.token_hex(24) + "\n")
         for user in PRINCIPALS:
             if fresh or not (self.root / "env" / f"{user}.env").exists():
                 self.write_env(user)  # (Redis's start adds its URL to admin.env: kept)
@@ -221,6 +227,18 @@ class SecureStack:
     def password(self, user: str) -> str:
         """The SCRAM password of Kafka principal ``user``."""
         return str(self._creds()["kafka"][user])
+
+    @property
+    def triton_admin_key(self) -> str:
+        """The value of Triton's admin header (genwire.triton_admin.HEADER)."""
+        path = triton_admin.key_path(self.paths.home)
+        if not path.exists():
+            self.ensure()
+        return path.read_text().strip()
+
+    def triton_env(self, prefix: str = "GENWIRE_") -> dict[str, str]:
+        """``<prefix>TRITON_ADMIN_KEY``: what a caller of Triton's repository API sends."""
+        return {f"{prefix}TRITON_ADMIN_KEY": self.triton_admin_key}
 
     @property
     def redis_password(self) -> str:

@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from genwire import triton_admin
 from genwire.settings import CommonSettings
 from genwire_stack import bootstrap
 from genwire_stack.catalog import (
@@ -138,6 +139,11 @@ class Redis(Component):
         return redis_ping(self.port)
 
 
+TRITON_ADMIN_CALLERS = ("gateway", "inference")
+"""Services that call Triton's restricted APIs (the model list; model configs and states):
+only they get the admin header's secret in a secure stack."""
+
+
 class Triton(Component):
     """Triton Inference Server (from the nvidia-pytriton wheel), CPU, Python backend."""
 
@@ -152,8 +158,11 @@ class Triton(Component):
         http_port: int = TRITON_HTTP_PORT,
         grpc_port: int = TRITON_GRPC_PORT,
         metrics_port: int = TRITON_METRICS_PORT,
+        security: SecureStack | None = None,
     ) -> None:
         super().__init__(paths, settings)
+        self.security = security
+        """Secure stack: the repository and model-config APIs need the admin header."""
         self.http_port = http_port
         self.grpc_port = grpc_port
         self.metrics_port = metrics_port
@@ -194,6 +203,8 @@ class Triton(Component):
         }
         if self.settings.model_repository is not None:
             env["GENWIRE_MODEL_REPOSITORY"] = str(self.settings.model_repository)
+        if self.security is not None:
+            env |= self.security.triton_env()  # the after-restart load sends the header
         return env
 
     def after_restart(self) -> tuple[str, list[str]] | None:
@@ -256,6 +267,14 @@ class Triton(Component):
             "false",
             "--log-verbose",
             "0",
+            # Secure stack: loading, unloading and model configs need the admin header (only
+            # the stack's own callers have it: genwire.triton_admin). The secret is in argv
+            # (tritonserver reads no config file): docs/security.md says what that covers.
+            *(
+                triton_admin.restriction_arguments(self.security.triton_admin_key)
+                if self.security is not None
+                else []
+            ),
         ]
 
     def healthy(self) -> bool:
@@ -450,6 +469,8 @@ class Service(Component):
             # Its own SCRAM user: the ACLs of genwire_stack.secure.ACCESS[short] apply.
             for env_prefix in ("GENWIRE_", prefix):
                 env |= self.security.kafka_env(self.short, env_prefix)
+                if self.short in TRITON_ADMIN_CALLERS:
+                    env |= self.security.triton_env(env_prefix)
             if self.tls:
                 env |= self.security.gateway_env(prefix)
         return env
@@ -471,8 +492,15 @@ class Service(Component):
         return readyz(f"http://127.0.0.1:{self.port}/readyz")
 
     def unready_restart(self) -> tuple[str, float] | None:
-        if self.tls:
-            return None  # the supervisor's stdlib probe speaks plain HTTP only
         # A service gives up and exits by itself after its outage budget (default 300 s); one
         # that stays not-ready twice as long is stuck, and a restart is what is left to try.
-        return f"http://127.0.0.1:{self.port}/readyz", self.unready_restart_s
+        return f"{self.scheme}://127.0.0.1:{self.port}/readyz", self.unready_restart_s
+
+    def probe_tls(self) -> tuple[str, str | None, str | None] | None:
+        if not self.tls or self.security is None:
+            return None
+        # The supervisor is a client like any other: the local CA, and (mTLS) the client cert.
+        if self.security.mtls:
+            files = self.security
+            return str(files.ca), str(files.file("client.pem")), str(files.file("client-key.pem"))
+        return str(self.security.ca), None, None

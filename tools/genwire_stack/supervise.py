@@ -25,7 +25,10 @@ load the default model into a restarted Triton.
 
 With ``--unready-url`` and ``--unready-restart S`` (services: 600 s, twice the default outage
 budget), a child whose ``/readyz`` has not answered 200 for S seconds is stopped and restarted:
-the last resort for a service stuck not-ready that never exits by itself.
+the last resort for a service stuck not-ready that never exits by itself. An ``https`` URL is
+probed over TLS: ``--probe-ca`` is the CA its certificate is checked against, and ``--probe-cert``
+/ ``--probe-key`` the client certificate an mTLS server (the gateway of ``--secure mtls``) asks
+for.
 
 Only the standard library is imported here: a supervisor costs a few MB and no startup time.
 """
@@ -38,6 +41,7 @@ import ctypes
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -130,8 +134,11 @@ class Supervisor:
         healthy_after_s: float = HEALTHY_RESET_S,
         unready_url: str | None = None,
         unready_restart_s: float | None = None,
+        probe_context: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
+        self.probe_context = probe_context
+        """TLS of an ``https`` ``unready_url`` (its CA, a client certificate for mTLS)."""
         self.backoff_first_s = backoff_first_s
         self.backoff_max_s = backoff_max_s
         self.healthy_after_s = healthy_after_s
@@ -283,7 +290,7 @@ class Supervisor:
         if now < self.next_probe:
             return
         self.next_probe = now + min(UNREADY_PROBE_S, max(0.5, self.unready_restart_s / 5))
-        ready, reason = _probe(self.unready_url)
+        ready, reason = _probe(self.unready_url, self.probe_context)
         if ready:
             self.unready_since = None
             return
@@ -371,10 +378,24 @@ class Supervisor:
                 os.kill(pid, sig)
 
 
-def _probe(url: str) -> tuple[bool, str]:
-    """(ready, first reason) from a ``/readyz``-style URL: 200, or 503 with JSON reasons."""
+def probe_context(
+    ca: str | None, cert: str | None = None, key: str | None = None
+) -> ssl.SSLContext | None:
+    """The client TLS context of the probe: ``ca`` trusted (host name checked), ``cert`` and
+    ``key`` presented; None when no file is given (the system's CAs for an https URL)."""
+    if ca is None and cert is None:
+        return None
+    context = ssl.create_default_context(cafile=ca)
+    if cert is not None:
+        context.load_cert_chain(cert, key)
+    return context
+
+
+def _probe(url: str, context: ssl.SSLContext | None = None) -> tuple[bool, str]:
+    """(ready, first reason) from a ``/readyz``-style URL: 200, or 503 with JSON reasons;
+    ``context``: the TLS of an ``https`` URL."""
     try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
+        with urllib.request.urlopen(url, timeout=2.0, context=context) as response:
             return int(response.status) == 200, ""
     except urllib.error.HTTPError as exc:
         try:
@@ -424,8 +445,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="S",
         help="restart the child once --unready-url has not answered 200 for S seconds",
     )
+    parser.add_argument("--probe-ca", default=None, help="CA of an https --unready-url")
+    parser.add_argument("--probe-cert", default=None, help="client certificate for it (mTLS)")
+    parser.add_argument("--probe-key", default=None, help="private key of --probe-cert")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if (args.probe_cert is None) != (args.probe_key is None):
+        parser.error("--probe-cert and --probe-key go together")
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
@@ -444,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         healthy_after_s=args.healthy_after,
         unready_url=args.unready_url,
         unready_restart_s=args.unready_restart,
+        probe_context=probe_context(args.probe_ca, args.probe_cert, args.probe_key),
     )
     return supervisor.run()
 

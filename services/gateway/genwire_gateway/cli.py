@@ -84,9 +84,11 @@ def _generate(args: argparse.Namespace) -> int:
             print(json.dumps(asdict(result), indent=2) if args.json else result.text)
             return 0
 
+    from genwire.gateway_tls import GatewayTLSError
+
     try:
         return asyncio.run(run())
-    except GenwireClientError as exc:
+    except (GenwireClientError, GatewayTLSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

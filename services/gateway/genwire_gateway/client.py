@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from genwire.apikeys import auth_metadata
+from genwire.gateway_tls import GatewayTLS, grpc_channel
+from genwire.gateway_tls import resolve as resolve_tls
 from genwire.proto.v1 import generation_pb2 as pb
 from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
 
@@ -145,10 +147,16 @@ class GenwireClient:
         timeout_s: float | None = 60.0,
         channel: grpc.aio.Channel | None = None,
         api_key: str | None = None,
+        tls: GatewayTLS | Literal[False] | None = None,
     ) -> None:
-        """``api_key``: default ``GENWIRE_API_KEY``, else the key ``genwire up`` saved."""
+        """``api_key``: default ``GENWIRE_API_KEY``, else the key ``genwire up`` saved.
+        ``tls``: default from the ``GENWIRE_GATEWAY_*`` client settings, else the secure stack
+        of ``GENWIRE_HOME`` (genwire.gateway_tls); ``False``: plaintext."""
         self._auth = auth_metadata(api_key)
-        self._channel = channel or grpc.aio.insecure_channel(target)
+        if channel is None:
+            chosen = resolve_tls() if tls is None else (tls or None)
+            channel = grpc_channel(target, chosen)
+        self._channel = channel
         self._stub = pb_grpc.GenerationServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._timeout_s = timeout_s

@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from genwire import triton_admin
+
 log = logging.getLogger(__name__)
 
 
@@ -41,6 +43,7 @@ class ModelCatalog:
     ) -> None:
         base = triton_http_url if "://" in triton_http_url else f"http://{triton_http_url}"
         self._index_url = f"{base.rstrip('/')}/v2/repository/index"
+        self._admin = triton_admin.headers()  # a secure stack's Triton restricts the index
         self._repository = repository
         self._cache_s = cache_s
         self._default = default_model
@@ -54,7 +57,9 @@ class ModelCatalog:
         if self._cached is not None and now - self._cached[0] < self._cache_s:
             return self._cached[1]
         try:
-            response = await self._client.post(self._index_url, json={"ready": True})
+            response = await self._client.post(
+                self._index_url, json={"ready": True}, headers=self._admin
+            )
             response.raise_for_status()
             names = sorted(
                 {
@@ -78,7 +83,9 @@ class ModelCatalog:
         if self._served is not None and now - self._served[0] < self._cache_s:
             return self._served[1]
         try:
-            response = await self._client.post(self._index_url, json={"ready": True})
+            response = await self._client.post(
+                self._index_url, json={"ready": True}, headers=self._admin
+            )
             response.raise_for_status()
             ready: dict[str, list[str]] = {}
             for entry in response.json():

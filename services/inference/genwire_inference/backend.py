@@ -24,6 +24,7 @@ import numpy as np
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
+from genwire import triton_admin
 from genwire.errors import PermanentError, RetryableError
 from genwire.events import PreparedRequest
 from genwire.request import ErrorCode
@@ -247,6 +248,7 @@ class TritonBackend:
     def __init__(self, url: str) -> None:
         self.url = url
         self.client = InferenceServerClient(url)
+        self._admin = triton_admin.headers(grpc=True)  # secure stack: restricted config/index
         self._batched: dict[tuple[str, str], bool] = {}
 
     async def close(self) -> None:
@@ -258,7 +260,9 @@ class TritonBackend:
         key = (model, version)
         if key not in self._batched:
             try:
-                cfg = await self.client.get_model_config(model, version, as_json=True)
+                cfg = await self.client.get_model_config(
+                    model, version, headers=self._admin, as_json=True
+                )
             except InferenceServerException as exc:
                 if status_of(exc) in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                     raise ModelError(str(exc.message())) from None  # unknown or not loaded
@@ -307,7 +311,9 @@ class TritonBackend:
         """The state of ``model`` (``version``; "": its best one) in Triton's repository index
         (``ModelStateLookup``)."""
         try:
-            index = await self.client.get_model_repository_index(as_json=True, client_timeout=2.0)
+            index = await self.client.get_model_repository_index(
+                headers=self._admin, as_json=True, client_timeout=2.0
+            )
         except InferenceServerException:
             return None
         states = [

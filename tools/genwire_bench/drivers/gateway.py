@@ -8,6 +8,8 @@ import time
 import grpc
 
 from genwire.apikeys import auth_metadata
+from genwire.gateway_tls import grpc_channel
+from genwire.gateway_tls import resolve as resolve_tls
 from genwire.proto.v1 import generation_pb2 as pb
 from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
 from genwire_bench.drivers.base import Driver, RequestFailed, TraceContext
@@ -43,8 +45,9 @@ class GatewayDriver(Driver):
         self._stub: pb_grpc.GenerationServiceStub | None = None
 
     async def start(self) -> None:
-        """Open the channel and wait (briefly) until it is connected."""
-        self._channel = grpc.aio.insecure_channel(self._address)
+        """Open the channel (TLS when the gateway serves it: genwire.gateway_tls) and wait
+        (briefly) until it is connected."""
+        self._channel = grpc_channel(self._address, resolve_tls())
         try:
             async with asyncio.timeout(10):
                 await self._channel.channel_ready()

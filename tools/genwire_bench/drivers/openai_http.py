@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 
 from genwire.apikeys import auth_headers, resolve_api_key
+from genwire.gateway_tls import http_url
+from genwire.gateway_tls import resolve as resolve_tls
 from genwire_bench.drivers.base import Driver, RequestFailed, TraceContext
 from genwire_bench.records import BenchRequest, RequestRecord
 
@@ -49,9 +51,13 @@ class OpenAIHttpDriver(Driver):
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        """Open the pool and check the gateway answers ``GET /v1/models``."""
+        """Open the pool and check the gateway answers ``GET /v1/models`` (over TLS, with the
+        client certificate of an mTLS gateway, when genwire.gateway_tls says so)."""
+        tls = resolve_tls()
+        self._url = http_url(self._url, tls)
         self._client = httpx.AsyncClient(
             base_url=self._url,
+            verify=tls.ssl_context() if tls is not None else True,
             headers=auth_headers(resolve_api_key()),
             timeout=httpx.Timeout(self.timeout_s, connect=10.0),
             limits=httpx.Limits(max_connections=1024, max_keepalive_connections=1024),

@@ -13,6 +13,7 @@ from typing import Any
 
 from tritonclient.grpc import aio as grpcaio
 
+from genwire import triton_admin
 from genwire.triton_io import Output, infer_inputs, scalar
 from genwire_bench.drivers.base import Driver, RequestFailed, TraceContext
 from genwire_bench.records import BenchRequest, RequestRecord
@@ -47,7 +48,9 @@ class TritonDriver(Driver):
                 f"Triton at {self._url} has no ready model {self._model!r} "
                 f"(version {self._version or 'latest'})"
             )
-        config = await self._client.get_model_config(self._model, self._version, as_json=True)
+        config = await self._client.get_model_config(
+            self._model, self._version, headers=triton_admin.headers(grpc=True), as_json=True
+        )
         self._batched = int(config.get("config", {}).get("max_batch_size", 0) or 0) > 0
 
     async def close(self) -> None:
