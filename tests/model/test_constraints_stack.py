@@ -182,3 +182,30 @@ def test_stop_string_ends_generation_in_the_model(client: openai.OpenAI) -> None
     # (which went on to end of sequence or max_tokens), and at least the tokens of the text.
     assert stopped.usage.completion_tokens < free.usage.completion_tokens
     assert stopped.usage.completion_tokens >= 1
+
+
+def test_streamed_and_several_choices_each_validate(client: openai.OpenAI) -> None:
+    """n choices share one prefill but each has its own grammar state; streamed deltas add up
+    to the same valid JSON."""
+    format_ = {
+        "type": "json_schema",
+        "json_schema": {"name": "person", "schema": PERSON, "strict": True},
+    }
+    response = chat(
+        client, "Two users as JSON.", n=3, seed=4, temperature=1.0, response_format=format_
+    )
+    assert len(response.choices) == 3
+    for choice in response.choices:
+        assert choice.finish_reason == "stop"
+        jsonschema.validate(json.loads(choice.message.content or ""), PERSON)
+    stream = chat(
+        client, "A user as JSON.", seed=6, temperature=1.0, response_format=format_, stream=True
+    )
+    text, reasons = "", []
+    for chunk in stream:
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            if choice.finish_reason:
+                reasons.append(choice.finish_reason)
+    assert reasons == ["stop"]
+    jsonschema.validate(json.loads(text), PERSON)
