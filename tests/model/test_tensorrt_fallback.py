@@ -387,3 +387,38 @@ def test_only_the_serving_process_writes_the_status_file(
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub)
     runners.create_runner(version_dir, prefer="onnxruntime")  # inside Triton's stub
     assert status(version_dir)["backend"] == "onnxruntime"
+
+
+def test_a_build_that_failed_for_this_key_is_not_retried_at_load(
+    version_dir: Path, gpu_here: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest says the build for this TensorRT and GPU failed: loading (every Triton
+    restart) does not spend minutes failing it again; another key still builds at load."""
+    path = version_dir / "manifest.json"
+    original = path.read_text()
+    manifest = json.loads(original)
+    manifest["build"]["tensorrt"] = {
+        "built": False,
+        "reason": "TensorRT build failed: out of memory",
+        "attempted_key": tensorrt_engine.key_name(KEY),
+    }
+    path.write_text(json.dumps(manifest))
+    built: list[str] = []
+
+    def build_on_load(*args: Any) -> Path:
+        built.append("x")
+        raise RuntimeError("no TensorRT here")
+
+    monkeypatch.setattr(runners, "_build_on_load", build_on_load)
+    try:
+        runner = runners.create_runner(version_dir, prefer="auto", record_status=True)
+        assert runner.backend == "onnxruntime" and built == []
+        last = status(version_dir)["fallbacks"][-1]
+        assert last["stage"] == "build" and "not retried at load" in last["reason"]
+        assert "out of memory" in last["reason"]
+        other = {**KEY, "compute_capability": "8.9"}
+        monkeypatch.setattr(tensorrt_engine, "current_key", lambda: dict(other))
+        runners.create_runner(version_dir, prefer="auto", record_status=True)
+        assert built == ["x"]  # another GPU: tried (and failed here)
+    finally:
+        path.write_text(original)

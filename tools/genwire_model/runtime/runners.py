@@ -807,7 +807,7 @@ def create_runner(
         return onnxruntime()
     stage, key_label = "deserialize", ""
     try:
-        from .tensorrt_engine import current_key, find_engine, key_name
+        from .tensorrt_engine import TensorRTBuildError, current_key, find_engine, key_name
 
         key = current_key()
         key_label = key_name(key)
@@ -827,6 +827,14 @@ def create_runner(
                 report.status("onnxruntime")
                 return onnxruntime()
             stage = "build"
+            tried = manifest.get("build", {}).get("tensorrt", {})
+            if prefer == "auto" and tried.get("attempted_key") == key_label:
+                # The version's build already failed for this TensorRT and GPU with the same
+                # graph and code: every load (every Triton restart) would fail it again.
+                raise TensorRTBuildError(
+                    f"not retried at load: the build for {key_label} failed "
+                    f"({tried.get('reason', 'no reason recorded')})"
+                )
             engine = _build_on_load(version_dir, manifest, key)
             stage = "deserialize"
         runner = TensorRTRunner(engine, manifest)
