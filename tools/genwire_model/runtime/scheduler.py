@@ -451,6 +451,8 @@ class Scheduler:
         if joining or len(self.leaving) > self._dead:
             self._reform(joining)
         self._dead = len(self.leaving)  # rows left free after it (fed, not sampled)
+        if joining:
+            self._flush()  # the new requests' first tokens go out before the step
         if self.active:
             self._step()
         self._flush()

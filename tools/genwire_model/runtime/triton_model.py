@@ -304,6 +304,10 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        # Three threads share the GIL here (Triton's execute, the decode loop, the outbox): with
+        # Python's default 5 ms switch interval a new request or a response waits up to 5 ms
+        # for the decode thread to let go of it, whatever the step costs.
+        sys.setswitchinterval(float(params.get("gil_switch_interval_us", "500")) * 1e-6)
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
         self.runner = create_runner(
