@@ -422,3 +422,49 @@ def test_a_build_that_failed_for_this_key_is_not_retried_at_load(
         assert built == ["x"]  # another GPU: tried (and failed here)
     finally:
         path.write_text(original)
+
+
+def test_the_fallback_counter_exists_at_zero_from_the_load_on(
+    version_dir: Path, gpu_here: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside Triton (a stand-in for its Python backend's metrics API): every stage's series
+    is created at 0 when TensorRT is tried, and the fallback then adds 1 to its stage, so the
+    one increase a version ever makes is visible to Prometheus."""
+    import sys
+    import types
+
+    values: dict[str, float] = {}
+
+    class Metric:
+        def __init__(self, labels: dict[str, str]) -> None:
+            assert labels["model"] == "tiny" and labels["version"] == "1"
+            self.stage = labels["stage"]
+            values[self.stage] = 0.0
+
+        def increment(self, value: float) -> None:
+            values[self.stage] += value
+
+    class MetricFamily:
+        COUNTER = "counter"
+
+        def __init__(self, name: str, description: str, kind: str) -> None:
+            assert name == "genwire_tensorrt_fallback_total" and kind == "counter"
+
+        def Metric(self, labels: dict[str, str]) -> Any:  # Triton's method name
+            return Metric(labels)
+
+    stub = types.ModuleType("triton_python_backend_utils")
+    stub.MetricFamily = MetricFamily  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub)
+    folder = tensorrt_engine.engine_dir(version_dir, KEY)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.plan").write_bytes(b"not an engine")
+    (folder / "tensorrt.json").write_text(json.dumps(KEY))
+    try:
+        runner = runners.create_runner(version_dir, prefer="auto")
+    finally:
+        import shutil
+
+        shutil.rmtree(version_dir / tensorrt_engine.ENGINES_DIR)
+    assert runner.backend == "onnxruntime"
+    assert values == {"build": 0.0, "deserialize": 1.0, "run": 0.0}

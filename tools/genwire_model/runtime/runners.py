@@ -557,6 +557,7 @@ def tensorrt_usable() -> str | None:
 STATUS_FILE = "runtime-status.json"
 BUILD_ON_LOAD_ENV = "GENWIRE_TENSORRT_BUILD_ON_LOAD"
 BACKEND_ENV = "GENWIRE_MODEL_BACKEND"  # overrides config.pbtxt's backend: auto|onnxruntime|tensorrt
+FALLBACK_STAGES = ("build", "deserialize", "run")
 
 log = logging.getLogger(__name__)
 
@@ -577,6 +578,7 @@ class _Fallback:
         self.version = version_dir.name
         self.events: list[dict[str, str]] = []
         self._family: Any = None
+        self._metrics: dict[str, Any] = {}
 
     def status(self, backend: str, engine: str = "") -> None:
         """Record the backend now serving (and every fallback so far)."""
@@ -609,11 +611,29 @@ class _Fallback:
         self._count(stage)
         self.status("onnxruntime")
 
+    def open_metrics(self) -> None:
+        """Inside Triton: the counter at 0 for every stage from the load on. A version falls
+        back at most once, so a series born at 1 would be an increase Prometheus never sees."""
+        for stage in FALLBACK_STAGES:
+            self._metric(stage)
+
     def _count(self, stage: str) -> None:
+        metric = self._metric(stage)
+        if metric is None:
+            return
+        try:
+            metric.increment(1)
+        except Exception:  # metrics are best effort; serving goes on
+            log.debug("could not count the fallback", exc_info=True)
+
+    def _metric(self, stage: str) -> Any:
+        """The counter of ``stage`` (None outside Triton's stub or when metrics fail)."""
+        if stage in self._metrics:
+            return self._metrics[stage]
         try:
             import triton_python_backend_utils as pb_utils  # only inside Triton's stub
         except ImportError:
-            return
+            return None
         try:
             if self._family is None:
                 self._family = pb_utils.MetricFamily(
@@ -623,9 +643,11 @@ class _Fallback:
                     kind=pb_utils.MetricFamily.COUNTER,
                 )
             labels = {"model": self.model, "version": self.version, "stage": stage}
-            self._family.Metric(labels=labels).increment(1)
+            self._metrics[stage] = self._family.Metric(labels=labels)
         except Exception:  # metrics are best effort; serving goes on
-            log.debug("could not count the fallback", exc_info=True)
+            log.debug("could not create the fallback counter", exc_info=True)
+            return None
+        return self._metrics[stage]
 
 
 def _to_host(kv: KV) -> KV:
@@ -805,6 +827,7 @@ def create_runner(
             raise RuntimeError(f"TensorRT backend requested but {reason}")
         report.status("onnxruntime")
         return onnxruntime()
+    report.open_metrics()
     stage, key_label = "deserialize", ""
     try:
         from .tensorrt_engine import TensorRTBuildError, current_key, find_engine, key_name
