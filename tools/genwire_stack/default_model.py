@@ -52,6 +52,7 @@ def ensure_model_loaded(
             "`make up` again"
         ) from exc
     if http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/{version}/ready") == 200:
+        restore_loaded_models(cfg, base, out)
         return version
     out(f"loading {DEFAULT_MODEL} (version {version}) into Triton at {base}")
     status, detail = _post(
@@ -70,7 +71,32 @@ def ensure_model_loaded(
         timeout_s=120.0,
     )
     out(f"{DEFAULT_MODEL} version {version} ready after {time.monotonic() - began:.1f} s")
+    restore_loaded_models(cfg, base, out)
     return version
+
+
+def restore_loaded_models(cfg: CommonSettings, triton_http: str, out: Out = quiet) -> None:
+    """Load again what ``genwire model load`` served: a restarted Triton (explicit model
+    control) serves nothing until asked, and this runs after every start of Triton (``genwire
+    up`` and the supervisor's after-ready hook). Best effort: a model that fails is reported,
+    the default model stays served."""
+    try:
+        from genwire_model.lifecycle import Lifecycle, LifecycleError, TritonControl
+    except ModuleNotFoundError as exc:
+        out(f"models loaded by `genwire model load`: not restored ({exc})")
+        return
+    life = Lifecycle(
+        repository=cfg.repository,
+        triton=TritonControl(triton_http),
+        bootstrap_servers=cfg.kafka_bootstrap_servers,
+        triton_grpc_url=cfg.triton_grpc_url,
+        progress=out,
+    )
+    try:
+        for model, versions in life.restore(skip=[DEFAULT_MODEL]).items():
+            out(f"{model}: served versions {', '.join(versions) or 'none'}")
+    except (LifecycleError, OSError) as exc:
+        out(f"models loaded by `genwire model load`: restore failed ({exc})")
 
 
 def _post(
