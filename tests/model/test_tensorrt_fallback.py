@@ -468,3 +468,6 @@ def test_the_fallback_counter_exists_at_zero_from_the_load_on(
         shutil.rmtree(version_dir / tensorrt_engine.ENGINES_DIR)
     assert runner.backend == "onnxruntime"
     assert values == {"build": 0.0, "deserialize": 1.0, "run": 0.0}
+    # The runner that fell back at load does not hold the reporter: the process does, or
+    # Triton would drop the collected family's series.
+    assert runners._REPORTS[str(version_dir)]._metrics.keys() == values.keys()

@@ -558,6 +558,9 @@ STATUS_FILE = "runtime-status.json"
 BUILD_ON_LOAD_ENV = "GENWIRE_TENSORRT_BUILD_ON_LOAD"
 BACKEND_ENV = "GENWIRE_MODEL_BACKEND"  # overrides config.pbtxt's backend: auto|onnxruntime|tensorrt
 FALLBACK_STAGES = ("build", "deserialize", "run")
+# Each version's reporter lives as long as the process: Triton drops a metric family whose
+# Python object is collected, and a runner that fell back at load does not hold its reporter.
+_REPORTS: dict[str, Any] = {}
 
 log = logging.getLogger(__name__)
 
@@ -811,7 +814,7 @@ def create_runner(
     manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
     if record_status is None:
         record_status = "triton_python_backend_utils" in sys.modules
-    report = _Fallback(version_dir, record_status)
+    report = _REPORTS[str(version_dir)] = _Fallback(version_dir, record_status)
     # An operator's override for every model of this process (e.g. to compare backends).
     prefer = os.environ.get(BACKEND_ENV) or prefer
 
