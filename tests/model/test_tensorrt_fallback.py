@@ -471,3 +471,28 @@ def test_the_fallback_counter_exists_at_zero_from_the_load_on(
     # The runner that fell back at load does not hold the reporter: the process does, or
     # Triton would drop the collected family's series.
     assert runners._REPORTS[str(version_dir)]._metrics.keys() == values.keys()
+
+
+def test_an_int8_version_never_tries_tensorrt(
+    version_dir: Path, gpu_here: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--quantize int8 leaves ONNX Runtime's INT8 graph as model.onnx: no engine is built for
+    it at load (that build would fail, at every load, counted as a fallback)."""
+    path = version_dir / "manifest.json"
+    original = path.read_text()
+    manifest = json.loads(original)
+    manifest["quantization"] = {"mode": "int8"}
+    path.write_text(json.dumps(manifest))
+
+    def build_on_load(*args: Any) -> Path:
+        raise AssertionError("an INT8 version must not be built by TensorRT")
+
+    monkeypatch.setattr(runners, "_build_on_load", build_on_load)
+    try:
+        runner = runners.create_runner(version_dir, prefer="auto", record_status=True)
+        assert runner.backend == "onnxruntime"
+        assert status(version_dir)["fallbacks"] == []
+        with pytest.raises(RuntimeError, match="INT8"):
+            runners.create_runner(version_dir, prefer="tensorrt")
+    finally:
+        path.write_text(original)

@@ -824,6 +824,16 @@ def create_runner(
     if prefer not in ("auto", "tensorrt"):
         report.status("onnxruntime")
         return onnxruntime()
+    if manifest.get("quantization"):
+        # ONNX Runtime's INT8 graph (--quantize int8: MatMulInteger, DynamicQuantizeLinear) is
+        # not TensorRT's to build: no engine is tried, so no failing build at every load.
+        if prefer == "tensorrt":
+            raise RuntimeError(
+                "TensorRT backend requested but this version's graph is ONNX Runtime's INT8 "
+                "(--quantize int8)"
+            )
+        report.status("onnxruntime")
+        return onnxruntime()
     reason = tensorrt_usable()
     if reason is not None:
         if prefer == "tensorrt":
