@@ -345,6 +345,7 @@ def test_agreement_of_a_runner_with_itself_and_a_poisoned_one(version_dir: Path)
     vocab, context = int(manifest["shape"]["vocab_size"]), int(manifest["context_length"])
     figures = tensorrt_engine.agreement(reference, reference, vocab, context, decode_steps=4)
     assert figures["max_abs_logit_diff"] == 0.0 and figures["finite"]
+    assert figures["max_abs_logprob_diff"] == 0.0
     assert figures["greedy_token_agreement"] == 1.0
     assert figures["cases"]["left_padded_prefill_rows"][-1] == 1
     tensorrt_engine.check_agreement(figures)
@@ -368,6 +369,28 @@ def test_agreement_of_a_runner_with_itself_and_a_poisoned_one(version_dir: Path)
     assert not bad["finite"]
     with pytest.raises(tensorrt_engine.TensorRTBuildError, match="disagrees"):
         tensorrt_engine.check_agreement(bad)
+
+
+def test_agreement_is_judged_on_log_probabilities() -> None:
+    """A shift common to a row's logits changes no probability: not a disagreement. A change
+    in one token's log-probability above the bound is; so is a record without figures."""
+    rng = np.random.default_rng(2)
+    want = rng.standard_normal((3, 50)) * 5 - 100.0  # GPT-2-like magnitudes
+    shifted = want + np.array([[0.9], [-0.7], [0.6]])  # each row moved as a whole
+    lp = tensorrt_engine.log_softmax
+    assert np.abs(lp(shifted) - lp(want)).max() < 1e-9
+    bound = tensorrt_engine.MAX_ENGINE_LOGPROB_DIFF
+    close = {"finite": True, "max_abs_logit_diff": 0.9, "max_abs_logprob_diff": 1e-9}
+    tensorrt_engine.check_agreement(close)
+    far = {**close, "max_abs_logprob_diff": bound * 1.5}
+    with pytest.raises(tensorrt_engine.TensorRTBuildError):
+        tensorrt_engine.check_agreement(far)
+    # A record from before the log-probability figure: judged on its logits.
+    tensorrt_engine.check_agreement({"finite": True, "max_abs_logit_diff": bound / 2})
+    with pytest.raises(tensorrt_engine.TensorRTBuildError):
+        tensorrt_engine.check_agreement({"finite": True, "max_abs_logit_diff": bound * 2})
+    with pytest.raises(tensorrt_engine.TensorRTBuildError):
+        tensorrt_engine.check_agreement({"finite": True})
 
 
 def test_only_the_serving_process_writes_the_status_file(

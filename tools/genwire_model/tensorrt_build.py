@@ -20,6 +20,7 @@ from typing import Any
 from genwire_model.checkpoint import CheckpointInfo
 from genwire_model.runtime.tensorrt_engine import (
     MAX_ENGINE_LOGIT_DIFF,
+    MAX_ENGINE_LOGPROB_DIFF,
     PLAN,
     TensorRTBuildError,
     agreement,
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_ENGINE_LOGIT_DIFF",
+    "MAX_ENGINE_LOGPROB_DIFF",
     "TensorRTBuildError",
     "build_for_version",
     "prefill_rows",
@@ -87,8 +89,8 @@ def build_for_version(
         check_agreement(figures)
         record_agreement(folder / PLAN, figures)
         progress(
-            f"TensorRT vs ONNX Runtime: largest logit difference "
-            f"{figures['max_abs_logit_diff']:.3g}, greedy agreement "
+            f"TensorRT vs ONNX Runtime: largest log-probability difference "
+            f"{figures['max_abs_logprob_diff']:.3g}, greedy agreement "
             f"{figures['greedy_token_agreement']:.0%} over {figures['cases']['decode_steps']} "
             "decode steps"
         )
