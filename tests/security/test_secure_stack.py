@@ -10,12 +10,17 @@ gRPC over TLS that require a client certificate. Inference uses the shared stack
 Shown here: a request goes through every hop and comes back; a plaintext client, a client with
 the wrong password and a service with the wrong password are refused by Kafka; a service's user
 cannot touch another service's topics; Redis refuses plaintext and a wrong password; a caller
-without a client certificate is refused by the gateway (HTTP and gRPC).
+without a client certificate is refused by the gateway (HTTP and gRPC). The clients find the
+secure gateway by themselves: ``genwire generate`` and the bench's gRPC and OpenAI-HTTP drivers
+from the home's secure material (mtls), or from ``GENWIRE_GATEWAY_CA_FILE`` alone against a
+second gateway in ``tls`` mode; the supervisor's unready probe reads the gateway's ``/readyz``
+over mTLS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import ssl
@@ -35,10 +40,12 @@ from genwire_stack import DEFAULT_MODEL, down, ensure_up
 from genwire_stack.adminkey import ensure_admin_key
 from genwire_stack.component import Component
 from genwire_stack.kafka_node import Kafka
+from genwire_stack.layout import StackLayout, write_layout
 from genwire_stack.manager import _redis_settings
 from genwire_stack.paths import StackPaths
 from genwire_stack.secure import SecureStack
 from genwire_stack.servers import Jaeger, Redis, Service, Triton
+from genwire_stack.supervise import _probe, probe_context
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
@@ -148,6 +155,8 @@ def secure(
         # What `genwire up --secure` does on a first start: the admin API key, registered in
         # the TLS Redis with its password, saved under the home.
         api_key = ensure_admin_key(_redis_settings(settings, catalog)).read_text().strip()
+        # And what it records: the clients (genwire.gateway_tls) find the secure mode there.
+        write_layout(paths.run, StackLayout(secure="mtls"))
         yield SecureRun(settings, security, kafka, redis, jaeger, services, api_key)
     finally:
         down(settings=settings, catalog=catalog)
@@ -343,7 +352,150 @@ def test_triton_listens_on_loopback_only_and_the_gateway_does_not_proxy_it(
             assert http.post(base + path).status_code in (401, 404, 405)
 
 
+# ---- the clients of a secure gateway -------------------------------------------------------
+
+
+def _client_env(secure: SecureRun, **extra: str) -> dict[str, str]:
+    """A shell of the secure stack's user: its GENWIRE_HOME, its API key, no gateway settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENWIRE_GATEWAY_")}
+    env |= {"GENWIRE_HOME": str(secure.settings.home), "GENWIRE_API_KEY": secure.api_key}
+    return env | extra
+
+
+def _cli_generate(env: dict[str, str], grpc_port: int, *flags: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "genwire_cli", "generate", "Once upon a time"]
+    argv += ["--max-tokens", "4", "--temperature", "0", "--json", "--timeout", "60"]
+    argv += ["--target", f"127.0.0.1:{grpc_port}", *flags]
+    return subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _cli_result(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+def test_genwire_generate_reaches_an_mtls_gateway_from_the_home(secure: SecureRun) -> None:
+    grpc_port = secure.gateway.extra_ports["grpc"]
+    code, out, err = _cli_result(_cli_generate(_client_env(secure), grpc_port))
+    assert code == 0, err
+    assert json.loads(out)["completion_tokens"] >= 1
+    code, out, err = _cli_result(_cli_generate(_client_env(secure), grpc_port, "--stream"))
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["final"] is True
+    # Plaintext (told so) is refused by the TLS port.
+    plain = _client_env(secure, GENWIRE_GATEWAY_TLS="off")
+    code, _, err = _cli_result(_cli_generate(plain, grpc_port))
+    assert code == 1 and "UNAVAILABLE" in err
+
+
+def test_the_bench_gateway_drivers_reach_an_mtls_gateway(
+    secure: SecureRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in _client_env(secure).items():
+        if name.startswith("GENWIRE_"):
+            monkeypatch.setenv(name, value)
+    for name in [n for n in os.environ if n.startswith("GENWIRE_GATEWAY_")]:
+        monkeypatch.delenv(name)
+    from genwire_bench.drivers.gateway import GatewayDriver
+    from genwire_bench.drivers.openai_http import OpenAIHttpDriver
+
+    http = f"http://127.0.0.1:{secure.gateway.port}"  # upgraded to https by the driver
+    grpc_target = f"127.0.0.1:{secure.gateway.extra_ports['grpc']}"
+    drivers = [
+        GatewayDriver(grpc_target, DEFAULT_MODEL, stream=True),
+        GatewayDriver(grpc_target, DEFAULT_MODEL, stream=False),
+        OpenAIHttpDriver(http, DEFAULT_MODEL, stream=True),
+        OpenAIHttpDriver(http, DEFAULT_MODEL, stream=False),
+    ]
+    for driver in drivers:
+        assert asyncio.run(_bench_one(driver)) == (None, True), driver.name
+
+
+def test_a_tls_gateway_is_reached_with_the_ca_alone(secure: SecureRun) -> None:
+    """A second gateway in ``--secure tls`` mode (no client certificates asked): the CLI and
+    the bench reach it with ``GENWIRE_GATEWAY_CA_FILE`` and nothing else (explicit settings win
+    over the home, whose layout says mtls: no certificate is presented)."""
+    paths = StackPaths.from_settings(secure.settings)
+    http_port, grpc_port = _ports(2)
+    gateway = Service(
+        paths,
+        secure.settings,
+        "gateway",
+        http_port,
+        {"grpc": grpc_port},
+        kafka_bootstrap=secure.bootstrap,
+        security=SecureStack(paths, "tls"),
+        redis_url=secure.redis.url,
+    )
+    env = {**os.environ, **gateway.environment()}
+    assert "GENWIRE_GATEWAY_TLS_CLIENT_CA_FILE" not in env
+    log = secure.settings.home / "logs" / "gateway-tls-mode.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "genwire_gateway"], env=env, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while not gateway.readiness().ready:  # over TLS, without a client certificate
+            assert proc.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+        ca_only = _client_env(secure, GENWIRE_GATEWAY_CA_FILE=str(secure.security.ca))
+        code, out_text, err = _cli_result(_cli_generate(ca_only, grpc_port))
+        assert code == 0, err
+        assert json.loads(out_text)["completion_tokens"] >= 1
+        # The same CA-only settings against the mTLS gateway: refused (no certificate).
+        code, _, err = _cli_result(_cli_generate(ca_only, secure.gateway.extra_ports["grpc"]))
+        assert code == 1 and "UNAVAILABLE" in err
+        from genwire_bench.drivers.openai_http import OpenAIHttpDriver
+
+        driver = OpenAIHttpDriver(f"http://127.0.0.1:{http_port}", DEFAULT_MODEL, stream=True)
+        old = {k: os.environ.get(k) for k in ca_only if k.startswith("GENWIRE_")}
+        os.environ.update({k: v for k, v in ca_only.items() if k.startswith("GENWIRE_")})
+        try:
+            assert asyncio.run(_bench_one(driver)) == (None, True)
+        finally:
+            for name, value in old.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_the_supervisors_probe_reads_the_gateways_readyz_over_mtls(secure: SecureRun) -> None:
+    gateway = secure.gateway
+    unready = gateway.unready_restart()
+    probe = gateway.probe_tls()
+    assert unready is not None and probe is not None
+    assert unready[0] == f"https://127.0.0.1:{gateway.port}/readyz"
+    assert _probe(unready[0], probe_context(*probe)) == (True, "")
+    assert _probe(unready[0], probe_context(probe[0])) == (False, "no answer")  # no certificate
+
+
 # ---- helpers --------------------------------------------------------------------------------
+
+
+async def _bench_one(driver: Any) -> tuple[str | None, bool]:
+    """(error, whether tokens came back) of one bench request through ``driver``."""
+    from genwire_bench.drivers.base import TraceContext
+    from genwire_bench.records import BenchRequest, SamplingSpec
+
+    request = BenchRequest(0, "Once upon a time", (), SamplingSpec(max_tokens=4))
+    await driver.start()
+    try:
+        trace = TraceContext("3" * 32, "4" * 16)
+        record = await driver.send(request, f"secure-bench-{time.time_ns()}", trace)
+        return (record.error or None), (record.output_tokens or 0) >= 1
+    finally:
+        await driver.close()
 
 
 async def _grpc_health(secure: SecureRun, *, certificate: bool) -> int:
