@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -147,6 +148,17 @@ def _quantiles(values: list[float]) -> dict[str, float]:
     }
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pids: list[int]) -> float:
+    return sum(process_cpu_s(p) for p in pids)
+
+
 async def _phase(
     http: httpx.AsyncClient, args: argparse.Namespace, calm: str, noisy: str, flooding: bool
 ) -> dict[str, Any]:
@@ -172,8 +184,11 @@ async def _phase(
     work = [trickle()]
     if flooding:
         work += [flooder(i) for i in range(args.flood_clients)]
+    cpu_before = _cpu(args.gateway_pid)
     await asyncio.gather(*work)
+    cpu_s = _cpu(args.gateway_pid) - cpu_before
     return {
+        "gateway_cpu_s": round(cpu_s, 3),
         "calm": _quantiles([s.latency_s for s in calm_sent if s.status == 200]),
         "calm_failed": sum(s.status != 200 for s in calm_sent),
         "flood_sent": len(flood_sent),
@@ -236,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood-rpm", type=int, default=60, help="flood: the noisy key's rpm")
     parser.add_argument("--flood-clients", type=int, default=16, help="flood: noisy clients")
     parser.add_argument("--calm-rate", type=float, default=2.0, help="flood: calm requests/s")
+    parser.add_argument(
+        "--gateway-pid",
+        type=int,
+        action="append",
+        default=[],
+        help="flood: a gateway process on this machine whose CPU time to report (repeatable)",
+    )
     parser.add_argument("--redis-url", default=None, help="default: GENWIRE_REDIS_URL")
     args = parser.parse_args(argv)
     args.gateway = [g.rstrip("/") for g in args.gateway] or ["http://127.0.0.1:8080"]
