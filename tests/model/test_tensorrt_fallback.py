@@ -89,6 +89,7 @@ def test_without_tensorrt_the_runner_is_onnx_runtime_and_says_so(version_dir: Pa
     runner = runners.create_runner(version_dir, prefer="auto", record_status=True)
     assert runner.backend == "onnxruntime"
     assert status(version_dir)["backend"] == "onnxruntime"
+    assert status(version_dir)["reason"] == runners.tensorrt_usable()  # why not TensorRT
     with pytest.raises(RuntimeError, match="TensorRT backend requested but"):
         runners.create_runner(version_dir, prefer="tensorrt")
 
@@ -154,6 +155,7 @@ def test_a_version_without_an_engine_builds_one_at_load_or_falls_back(
     runner = runners.create_runner(version_dir, prefer="auto", record_status=True)
     assert runner.backend == "onnxruntime"
     assert status(version_dir)["fallbacks"] == []
+    assert status(version_dir)["reason"].endswith(f"{runners.BUILD_ON_LOAD_ENV}=0")
 
 
 class _Failing:
@@ -254,6 +256,7 @@ def test_the_environment_can_force_onnx_runtime(
         "engine": "",
         "fallbacks": [],
         "updated": "",
+        "reason": f"backend onnxruntime ({runners.BACKEND_ENV}=onnxruntime)",
     }
 
 

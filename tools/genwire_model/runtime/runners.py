@@ -583,8 +583,9 @@ class _Fallback:
         self._family: Any = None
         self._metrics: dict[str, Any] = {}
 
-    def status(self, backend: str, engine: str = "") -> None:
-        """Record the backend now serving (and every fallback so far)."""
+    def status(self, backend: str, engine: str = "", reason: str = "") -> None:
+        """Record the backend now serving (and every fallback so far); ``reason``: why ONNX
+        Runtime serves when TensorRT was not even tried."""
         if not self.record:
             return
         record = {
@@ -593,6 +594,8 @@ class _Fallback:
             "fallbacks": self.events,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if reason:
+            record["reason"] = reason
         path = self.version_dir / STATUS_FILE
         try:
             tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}")
@@ -816,13 +819,14 @@ def create_runner(
         record_status = "triton_python_backend_utils" in sys.modules
     report = _REPORTS[str(version_dir)] = _Fallback(version_dir, record_status)
     # An operator's override for every model of this process (e.g. to compare backends).
+    chosen = f"{BACKEND_ENV}={os.environ[BACKEND_ENV]}" if os.environ.get(BACKEND_ENV) else ""
     prefer = os.environ.get(BACKEND_ENV) or prefer
 
     def onnxruntime() -> Runner:
         return OnnxRuntimeRunner(version_dir / "model.onnx", manifest, threads, allow_spinning)
 
     if prefer not in ("auto", "tensorrt"):
-        report.status("onnxruntime")
+        report.status("onnxruntime", reason=f"backend {prefer} ({chosen or 'configured'})")
         return onnxruntime()
     if manifest.get("quantization"):
         # ONNX Runtime's INT8 graph (--quantize int8: MatMulInteger, DynamicQuantizeLinear) is
@@ -832,13 +836,17 @@ def create_runner(
                 "TensorRT backend requested but this version's graph is ONNX Runtime's INT8 "
                 "(--quantize int8)"
             )
-        report.status("onnxruntime")
+        report.status("onnxruntime", reason="INT8 graph (--quantize int8): ONNX Runtime's")
         return onnxruntime()
     reason = tensorrt_usable()
     if reason is not None:
         if prefer == "tensorrt":
             raise RuntimeError(f"TensorRT backend requested but {reason}")
-        report.status("onnxruntime")
+        if "tensorrt package is not installed" not in reason:
+            # Installed but unusable (a broken install, no GPU in the container): an operator
+            # who installed TensorRT expects it, so this is said, not only recorded.
+            log.warning("%s: TensorRT not used, ONNX Runtime serves: %s", version_dir, reason)
+        report.status("onnxruntime", reason=reason)
         return onnxruntime()
     report.open_metrics()
     stage, key_label = "deserialize", ""
@@ -860,7 +868,9 @@ def create_runner(
             stage = "deserialize"
         if engine is None:
             if prefer == "auto" and os.environ.get(BUILD_ON_LOAD_ENV, "1") == "0":
-                report.status("onnxruntime")
+                report.status(
+                    "onnxruntime", reason=f"no engine for {key_label}, {BUILD_ON_LOAD_ENV}=0"
+                )
                 return onnxruntime()
             stage = "build"
             tried = manifest.get("build", {}).get("tensorrt", {})
