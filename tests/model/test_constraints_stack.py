@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import grpc
 import jsonschema  # type: ignore[import-untyped]
 import openai
 import pytest
@@ -20,7 +21,11 @@ from genwire_gateway.config import GatewaySettings
 from genwire_model import DEFAULT_MODEL_NAME
 from tokenizers import Tokenizer
 
-from genwire.apikeys import resolve_api_key
+from genwire.apikeys import auth_metadata, resolve_api_key
+from genwire.gateway_tls import grpc_channel
+from genwire.gateway_tls import resolve as resolve_tls
+from genwire.proto.v1 import generation_pb2 as pb
+from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
 from genwire.settings import CommonSettings
 
 PERSON = {
@@ -209,3 +214,40 @@ def test_streamed_and_several_choices_each_validate(client: openai.OpenAI) -> No
                 reasons.append(choice.finish_reason)
     assert reasons == ["stop"]
     jsonschema.validate(json.loads(text), PERSON)
+
+
+async def test_over_grpc_guided_validates_and_a_bad_schema_is_invalid_argument(
+    stack: CommonSettings,
+) -> None:
+    gateway = GatewaySettings()
+    channel = grpc_channel(f"{gateway.grpc_host}:{gateway.grpc_port}", resolve_tls())
+    stub = pb_grpc.GenerationServiceStub(channel)  # type: ignore[no-untyped-call]
+    auth = auth_metadata()
+    try:
+        ok = await stub.Generate(
+            pb.GenerateRequest(
+                prompt="A user as JSON:",
+                model=DEFAULT_MODEL_NAME,
+                max_tokens=160,
+                seed=3,
+                guided=pb.Guided(kind=pb.Guided.KIND_JSON_SCHEMA, spec=json.dumps(PERSON)),
+            ),
+            metadata=auth,
+            timeout=60,
+        )
+        assert ok.finish_reason == "stop"
+        jsonschema.validate(json.loads(ok.text), PERSON)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Generate(
+                pb.GenerateRequest(
+                    prompt="x",
+                    model=DEFAULT_MODEL_NAME,
+                    guided=pb.Guided(kind=pb.Guided.KIND_REGEX, spec="a(?=b)"),
+                ),
+                metadata=auth,
+                timeout=60,
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "look-around" in (info.value.details() or "")
+    finally:
+        await channel.close()
