@@ -221,6 +221,7 @@ def _say_secure(mode: str) -> None:
     key = f' -H "Authorization: Bearer $(cat {home}/api-key)"'
     _say(f"secure stack ({mode}): CA, certificates and passwords in {root} (mode 0700)")
     _say(f"try: curl --cacert {root}/ca.pem{cert}{key} https://127.0.0.1:8080/v1/models")
+    _say("genwire generate, the demo and genwire bench's gateway targets use TLS by themselves")
     _say(f"Kafka clients (bench, CLI): set -a; . {root}/env/bench.env (or admin.env); set +a")
 
 
