@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from genwire_stack.catalog import GATEWAY_GRPC_PORT, SERVICE_PORTS
 
+from genwire.gateway_tls import grpc_channel, resolve
+
 PROMPT = "Once upon a time"
 LABEL = "chaos_stream"
 """Metadata key carrying each stream's label to its result."""
@@ -43,16 +45,15 @@ class Stream:
 async def _grpc_stream(stream: Stream, target: str, max_tokens: int, timeout_s: float) -> None:
     import grpc
 
+    from genwire.apikeys import auth_metadata
     from genwire.proto.v1 import generation_pb2 as pb
     from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
-
-    from genwire.apikeys import auth_metadata
 
     metadata: tuple[tuple[str, str], ...] = auth_metadata()
     if stream.named:
         stream.request_id = f"chaos-gw-{uuid.uuid4().hex[:12]}"
         metadata = (*metadata, ("idempotency-key", stream.request_id))
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with grpc_channel(target, resolve()) as channel:
         stub = pb_grpc.GenerationServiceStub(channel)  # type: ignore[no-untyped-call]
         request = pb.GenerateRequest(
             prompt=PROMPT,
