@@ -522,3 +522,37 @@ def test_an_int8_version_never_tries_tensorrt(
             runners.create_runner(version_dir, prefer="tensorrt")
     finally:
         path.write_text(original)
+
+
+def test_execution_contexts_are_sized_per_profile_where_the_release_allows() -> None:
+    """ON_PROFILE_CHANGE through a runtime config (10.11+, 11), else as the strategy argument
+    (10.x), else TensorRT's default: never a failed load over a missing overload."""
+    import types
+
+    strategy = types.SimpleNamespace(ON_PROFILE_CHANGE="per-profile")
+    trt = types.SimpleNamespace(ExecutionContextAllocationStrategy=strategy)
+
+    class Config:
+        def set_execution_context_allocation_strategy(self, value: str) -> None:
+            self.value = value
+
+    class Engine:
+        def __init__(self, accepts: set[str]) -> None:
+            self.accepts = accepts
+
+        def create_runtime_config(self) -> Config:
+            if "config" not in self.accepts:
+                raise AttributeError("no runtime config here")
+            return Config()
+
+        def create_execution_context(self, arg: Any = None) -> Any:
+            kind = "default" if arg is None else "config" if isinstance(arg, Config) else "strategy"
+            if kind not in self.accepts:
+                raise TypeError(f"incompatible function arguments: {arg!r}")
+            return kind, getattr(arg, "value", arg)
+
+    make = runners._execution_context
+    assert make(trt, Engine({"config", "strategy", "default"})) == ("config", "per-profile")
+    assert make(trt, Engine({"strategy", "default"})) == ("strategy", "per-profile")
+    assert make(trt, Engine({"default"})) == ("default", None)
+    assert make(types.SimpleNamespace(), Engine({"default"})) == ("default", None)

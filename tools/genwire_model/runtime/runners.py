@@ -257,16 +257,8 @@ class TensorRTRunner:
             )
         self.stream = torch.cuda.Stream(device=self.device)
         self.profiles: list[dict[str, Any]] = []
-        # STATIC (the default) gives every context scratch memory for the largest profile, so
-        # the decode context would hold the prefill's rows x context² too; ON_PROFILE_CHANGE
-        # sizes each context for the one profile it selects below (TensorRT 10 and 11).
-        strategies = getattr(trt, "ExecutionContextAllocationStrategy", None)
-        per_profile = getattr(strategies, "ON_PROFILE_CHANGE", None)
         for index in range(int(self.engine.num_optimization_profiles)):
-            if per_profile is not None:
-                context = self.engine.create_execution_context(per_profile)
-            else:
-                context = self.engine.create_execution_context()
+            context = _execution_context(trt, self.engine)
             if context is None:
                 raise RuntimeError(
                     "TensorRT could not create an execution context (out of GPU memory?)"
@@ -532,6 +524,32 @@ class TensorRTRunner:
             chosen = logprobs.gather(1, tokens[:, None])[:, 0]
             out = torch.stack([tokens.double(), chosen.double()]).cpu()  # synchronizes
         return out[0].numpy().astype(np.int64), out[1].numpy().astype(np.float32)
+
+
+def _execution_context(trt: Any, engine: Any) -> Any:
+    """An execution context whose scratch memory fits the one profile it selects.
+
+    STATIC (the default) gives every context memory for the largest profile, so the decode
+    context would hold the prefill's rows x context² too. ON_PROFILE_CHANGE sizes it for the
+    selected profile: through a runtime config where the engine has one (10.11+, 11), else as
+    the strategy argument (10.x); where neither is accepted, the default.
+    """
+    strategies = getattr(trt, "ExecutionContextAllocationStrategy", None)
+    per_profile = getattr(strategies, "ON_PROFILE_CHANGE", None)
+    if per_profile is not None:
+        make_config = getattr(engine, "create_runtime_config", None)
+        if make_config is not None:
+            try:
+                config = make_config()
+                config.set_execution_context_allocation_strategy(per_profile)
+                return engine.create_execution_context(config)
+            except (TypeError, AttributeError):  # an overload or method this release lacks
+                log.debug("no runtime-config execution context", exc_info=True)
+        try:
+            return engine.create_execution_context(per_profile)
+        except TypeError:
+            log.debug("no allocation-strategy execution context", exc_info=True)
+    return engine.create_execution_context()
 
 
 def tensorrt_usable() -> str | None:
