@@ -348,7 +348,7 @@ class Scheduler:
         cancel_check_interval: int = 4,
         chunk_batch: int = 16,
         prefill_tokens: int = 1024,
-        publish: Callable[[list[tuple[Sink, Update]]], None] | None = None,
+        publish: Callable[..., None] | None = None,
     ) -> None:
         self.runner = runner
         self.context = context
@@ -445,6 +445,7 @@ class Scheduler:
             for row, seq in enumerate(self.active):
                 if row not in self.leaving and seq.request.sink.is_cancelled():
                     self._end(row, "cancelled")
+            self._flush()  # (in order: only new requests' responses may overtake)
         joining: list[tuple[KV, list[int], list[_Sequence]]] = []
         if self.waiting:
             joining = self._admit()
@@ -452,7 +453,7 @@ class Scheduler:
             self._reform(joining)
         self._dead = len(self.leaving)  # rows left free after it (fed, not sampled)
         if joining:
-            self._flush()  # the new requests' first tokens go out before the step
+            self._flush(urgent=True)  # the new requests' first tokens go out before the step
         if self.active:
             self._step()
         self._flush()
@@ -825,14 +826,15 @@ class Scheduler:
         seq.finish_reason = reason
         self.outgoing.append((seq.request.sink, self._update(seq, final=True)))
 
-    def _flush(self) -> None:
-        """Hand this step's responses over, all at once."""
+    def _flush(self, urgent: bool = False) -> None:
+        """Hand this step's responses over, all at once (``urgent``: only new requests' first
+        responses, which may overtake what was handed over before)."""
         if self.outgoing:
             out, self.outgoing = self.outgoing, []
-            self.publish(out)
+            self.publish(out, urgent=urgent)
 
 
-def _send_each(updates: list[tuple[Sink, Update]]) -> None:
+def _send_each(updates: list[tuple[Sink, Update]], urgent: bool = False) -> None:
     for sink, update in updates:
         try:
             sink.send(update)

@@ -42,6 +42,7 @@ def _setup_paths() -> None:
 
 _setup_paths()
 
+import collections
 import logging
 import queue
 import threading
@@ -83,6 +84,9 @@ def _scalar(request: Any, name: str, default: Any = None) -> Any:
     return array.reshape(-1)[0]
 
 
+_WAKE = object()  # a queue item that only wakes the outbox (urgent responses are waiting)
+
+
 def _vector(request: Any, name: str) -> Any:
     """An optional input's values (None when absent)."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -106,6 +110,10 @@ class _Outbox:
 
     def __init__(self, poll_s: float = 0.1) -> None:
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # New requests' first tokens, sent before anything already queued (between two sends
+        # of a step's responses, too): they are those requests' first responses, so no order
+        # within a request changes, and time to first token does not wait for a step's sends.
+        self.urgent: collections.deque[list[tuple[Sink, Update]]] = collections.deque()
         self.live: dict[int, _TritonSink] = {}
         self.live_lock = threading.Lock()
         self.poll_s = poll_s
@@ -117,9 +125,14 @@ class _Outbox:
         with self.live_lock:
             self.live[id(sink)] = sink
 
-    def publish(self, updates: list[tuple[Sink, Update]]) -> None:
-        """A step's responses (the scheduler's ``publish``): one queue item."""
-        self.queue.put(updates)
+    def publish(self, updates: list[tuple[Sink, Update]], urgent: bool = False) -> None:
+        """A step's responses (the scheduler's ``publish``): one queue item; ``urgent``: the
+        first tokens of requests just admitted."""
+        if urgent:
+            self.urgent.append(updates)
+            self.queue.put(_WAKE)
+        else:
+            self.queue.put(updates)
 
     def put_error(self, sink: _TritonSink, message: str) -> None:
         self.queue.put((sink, message))
@@ -132,7 +145,9 @@ class _Outbox:
                 if item is None:
                     self._drain()
                     return
-                self._handle(item)
+                self._send_urgent()
+                if item is not _WAKE:
+                    self._handle(item)
                 # Drop every reference to the requests at once: a live response sender keeps
                 # the model instance alive, and an unload would wait for it forever.
                 del item
@@ -151,6 +166,8 @@ class _Outbox:
             self._forget(sink)
             return
         for sink, update in item:
+            if self.urgent:
+                self._send_urgent()
             try:
                 sink.deliver(update)
             except Exception:
@@ -158,18 +175,29 @@ class _Outbox:
             if update.last:
                 self._forget(sink)
 
+    def _send_urgent(self) -> None:
+        while self.urgent:
+            for sink, update in self.urgent.popleft():
+                try:
+                    sink.deliver(update)
+                except Exception:
+                    log.exception("response delivery failed")
+                if update.last:
+                    self._forget(sink)
+
     def _forget(self, sink: Any) -> None:
         with self.live_lock:
             self.live.pop(id(sink), None)
 
     def _drain(self) -> None:
         """Deliver what was queued before the stop marker: final flags among it."""
+        self._send_urgent()
         while True:
             try:
                 item = self.queue.get_nowait()
             except queue.Empty:
                 return
-            if item is not None:
+            if item is not None and item is not _WAKE:
                 try:
                     self._handle(item)
                 except Exception:
