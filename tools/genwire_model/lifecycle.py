@@ -46,6 +46,8 @@ CONFIG = "config.pbtxt"
 _POLICY_RE = re.compile(r"^version_policy\s*:?\s*\{.*\}\s*$", re.MULTILINE)
 INFERENCE_GROUP = "genwire-inference"
 """The inference stage's consumer group (its ``service_name``)."""
+INFERENCE_RETRY_GROUP = f"{INFERENCE_GROUP}-retry"
+"""Inference's replayer of parked records (``ServiceRuntime``: ``<service_name>-retry``)."""
 
 Progress = Callable[[str], None]
 
@@ -539,9 +541,18 @@ async def wait_drained(
     *,
     group: str = INFERENCE_GROUP,
     topic: str = Topic.PREPARED,
+    retry_group: str = INFERENCE_RETRY_GROUP,
+    retry_topic: str = Topic.RETRY,
 ) -> bool:
-    """Wait until ``group`` has committed past every record on ``topic`` now: every request
-    prepared so far has been generated (its outputs acknowledged). False on timeout."""
+    """Wait until every request prepared so far has been generated (its outputs
+    acknowledged); False on timeout.
+
+    A round waits until ``retry_group`` (inference's replayer) has committed past every record
+    on ``retry_topic`` now — records inference parked during an outage are replayed onto
+    ``topic`` when due — then until ``group`` has committed past every record on ``topic``
+    now; rounds repeat until one finds nothing newly parked. A partition a group never
+    committed on counts from its first record (the group reads from the earliest offset).
+    """
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -552,29 +563,49 @@ async def wait_drained(
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **options)
     await consumer.start()
     await admin.start()
-    try:
+    deadline = time.monotonic() + timeout_s
+
+    async def partitions(name: str) -> list[TopicPartition]:
         # A consumer's own metadata only holds subscribed topics: ask for every topic's.
         cluster = await consumer._client.fetch_all_metadata()
-        partitions = cluster.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        ends = await consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout_s
+        return [TopicPartition(name, p) for p in sorted(cluster.partitions_for_topic(name) or ())]
+
+    async def caught_up(
+        group_id: str, tps: list[TopicPartition]
+    ) -> dict[TopicPartition, int] | None:
+        """The end offsets of ``tps`` now, once ``group_id`` committed past them (None: the
+        deadline passed first)."""
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+        starts = await consumer.beginning_offsets(tps)
         while True:
-            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-            # A partition the group never committed on has nothing of it in flight either.
-            behind = {
-                tp: end
+            committed = await admin.list_consumer_group_offsets(group_id, partitions=tps)
+            behind = [
+                tp
                 for tp, end in ends.items()
-                if committed.get(tp) is not None and 0 <= committed[tp].offset < end
-            }
+                if max(_committed(committed.get(tp)), starts[tp]) < end
+            ]
             if not behind:
-                return True
+                return ends
             if time.monotonic() >= deadline:
-                return False
+                return None
             await asyncio.sleep(0.2)
+
+    try:
+        prepared, parked = await partitions(topic), await partitions(retry_topic)
+        while True:
+            replayed = await caught_up(retry_group, parked)
+            if replayed is None or await caught_up(group, prepared) is None:
+                return False
+            if await consumer.end_offsets(parked) == replayed:
+                return True  # nothing was parked meanwhile
     finally:
         await admin.close()
         await consumer.stop()
+
+
+def _committed(found: Any) -> int:
+    """A committed offset (-1: none)."""
+    return int(found.offset) if found is not None else -1
 
 
 def runtime_status(version_dir: Path) -> dict[str, Any]:
