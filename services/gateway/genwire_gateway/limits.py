@@ -11,11 +11,11 @@ a hit), the wait it reports must be exact (``Retry-After``), and the clock must 
 (``TIME``) so gateways whose clocks differ agree. That is ~60 lines of Lua run atomically by
 Redis; the library would still need a script around it.
 
-Windows: per minute is a sliding window of 60 one-second buckets (a Redis hash per key and
-limit: bucket start → count); a request is admitted when the buckets of the last 60 s plus its
-cost stay within the limit, so it never admits more than the limit in any 60 s span measured
-on bucket edges (at most one bucket's share, 1/60, over it on arbitrary edges). Per day is a
-counter per UTC day.
+Windows: per minute is a sliding window of one-second buckets (a Redis hash per key and limit:
+bucket start → count); a request is admitted when the current bucket and the 60 before it plus
+its cost stay within the limit. A charge thus counts for 60 to 61 s: no span of 60 s, wherever
+it starts, ever holds more than the limit, and a client that keeps asking gets the limit every
+60.5 s on average (under 1/60 below the nominal rate). Per day is a counter per UTC day.
 
 Token charge: at admission, the prompt's estimated tokens (its UTF-8 bytes / 3, rounded up:
 above what the tokenizer counts for English text) plus ``max_tokens`` × ``n``; at completion
@@ -51,7 +51,7 @@ local tpm = tonumber(ARGV[4])
 local tpd = tonumber(ARGV[5])
 local cost = tonumber(ARGV[6])
 local cur = now - (now % bucket)
-local oldest = cur - window + bucket
+local oldest = cur - window
 local day = math.floor(now / 86400000)
 local day_key = KEYS[3] .. day
 
@@ -80,7 +80,7 @@ local function wait_ms(items, total, need, limit)
   local freed = 0
   for _, it in ipairs(items) do
     freed = freed + it[2]
-    if freed >= excess then return it[1] + window - now end
+    if freed >= excess then return it[1] + bucket + window - now end
   end
   return window
 end
@@ -101,11 +101,11 @@ if tpd > 0 then
 end
 if rpm > 0 then
   redis.call('HINCRBY', KEYS[1], cur, 1)
-  redis.call('PEXPIRE', KEYS[1], window + bucket)
+  redis.call('PEXPIRE', KEYS[1], window + 2 * bucket)
 end
 if tpm > 0 then
   redis.call('HINCRBY', KEYS[2], cur, cost)
-  redis.call('PEXPIRE', KEYS[2], window + bucket)
+  redis.call('PEXPIRE', KEYS[2], window + 2 * bucket)
 end
 if tpd > 0 then
   redis.call('INCRBY', day_key, cost)
@@ -127,11 +127,11 @@ local use_tpd = tonumber(ARGV[7])
 local cur = now - (now % bucket)
 if use_tpm > 0 then
   local field = at
-  if at < cur - window + bucket then field = cur end
+  if at < cur - window then field = cur end
   if field == at or delta > 0 then
     local left = redis.call('HINCRBY', KEYS[1], field, delta)
     if left < 0 then redis.call('HSET', KEYS[1], field, 0) end
-    redis.call('PEXPIRE', KEYS[1], window + bucket)
+    redis.call('PEXPIRE', KEYS[1], window + 2 * bucket)
   end
 end
 if use_tpd > 0 then
