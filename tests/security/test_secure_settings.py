@@ -17,12 +17,13 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from genwire_stack import StackError, StackLayout, ensure_up
+from genwire_stack.bootstrap import run_step
 from genwire_stack.cli import register
 from genwire_stack.components import Jaeger, Kafka, Redis, Service, build_components
 from genwire_stack.layout import read_layout, write_layout
 from genwire_stack.manager import _redis_settings
 from genwire_stack.paths import StackPaths
-from genwire_stack.process import PidRecord, start_ticks, write_record
+from genwire_stack.process import PidRecord, spawn, start_ticks, write_record
 from genwire_stack.secure import ACCESS, ADMIN, BROKER_CN, PRINCIPALS, SecureStack, acl_bindings
 from pydantic import ValidationError
 
@@ -30,6 +31,7 @@ from genwire.kafka_security import KafkaSecurityError, client_options, describe
 from genwire.service.http import tls_options
 from genwire.settings import CommonSettings, ServiceSettings
 from genwire.topics import TOPIC_SPECS, Topic
+from genwire.triton_admin import HEADER, restriction_arguments
 
 
 def _secure(tmp_path: Path, mode: str = "tls") -> tuple[StackPaths, CommonSettings, SecureStack]:
@@ -302,3 +304,21 @@ def test_the_documented_acls_are_the_ones_created() -> None:
         assert reads == set(map(str, access.reads)), user
         assert writes == set(map(str, access.writes)), user
         assert groups == set(access.groups), user
+
+
+def test_command_lines_in_logs_and_pid_records_mask_the_secrets(tmp_path: Path) -> None:
+    """Kafka's storage format gets every SCRAM password and Triton the admin header's value
+    in argv: the stack's logs and pid records (not private files) keep them masked."""
+    _, _, stack = _secure(tmp_path)
+    secrets_ = [stack.password(user) for user in PRINCIPALS] + [stack.triton_admin_key]
+    argv = ["true", *stack.scram_arguments(), *restriction_arguments(stack.triton_admin_key)]
+    log = tmp_path / "logs" / "step.log"
+    run_step(argv, what="a step", log=log, hint="")
+    record = spawn("fake-triton", argv, log_path=tmp_path / "logs" / "t.log", env={}, cwd=tmp_path)
+    write_record(tmp_path / "run", record)
+    kept = [log.read_text(), (tmp_path / "logs" / "t.log").read_text()]
+    kept.append((tmp_path / "run" / "fake-triton.pid").read_text())
+    for text in kept:
+        assert "password=***" in text or f"{HEADER}=***" in text
+        assert not [s for s in secrets_ if s in text]
+    assert f"{HEADER}=***" in kept[1] and "password=***" in kept[0]

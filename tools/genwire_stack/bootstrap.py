@@ -19,6 +19,7 @@ from pathlib import Path
 
 from genwire_stack.errors import StackError
 from genwire_stack.health import log_tail
+from genwire_stack.process import shown
 
 JAVA_HINT = "install a JDK or JRE 17+ (Debian: apt-get install openjdk-17-jre-headless)"
 
@@ -46,7 +47,7 @@ def run_step(
     """Run an install step with its output in ``log``; returns stdout (stderr goes to the log)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as handle:
-        handle.write(f"\n=== genwire: {what}: {' '.join(argv)}\n".encode())
+        handle.write(f"\n=== genwire: {what}: {' '.join(shown(argv))}\n".encode())
         handle.flush()
         try:
             proc = subprocess.run(

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from genwire import triton_admin
 from genwire_stack.errors import StackError
 from genwire_stack.statefile import SupervisorState, read_state, state_file
 
@@ -41,6 +43,17 @@ class PidRecord:
     def alive(self) -> bool:
         """The pid runs (not a zombie) and is still the process we started."""
         return pid_alive(self.pid) and start_ticks(self.pid) == self.start_ticks
+
+
+_SECRET_ARGUMENT = re.compile(rf"((?:password|{re.escape(triton_admin.HEADER)})=)[^\s,;\]]+")
+"""A secret inside an argument: SCRAM passwords (``kafka-storage format --add-scram``) and the
+value of Triton's admin header (``--http-restricted-api``)."""
+
+
+def shown(argv: Sequence[str]) -> list[str]:
+    """``argv`` with its secrets masked: what logs and pid records keep of a command line
+    (they are not private files; the secrets stay in the secure home, 0600)."""
+    return [_SECRET_ARGUMENT.sub(r"\1***", str(arg)) for arg in argv]
 
 
 def pid_file(run_dir: Path, name: str) -> Path:
@@ -182,7 +195,7 @@ def spawn(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        log.write(f"\n=== genwire: starting {name} at {stamp}: {' '.join(argv)}\n".encode())
+        log.write(f"\n=== genwire: starting {name} at {stamp}: {' '.join(shown(argv))}\n".encode())
         log.flush()
         try:
             proc = subprocess.Popen(
@@ -200,7 +213,7 @@ def spawn(
     return PidRecord(
         name,
         proc.pid,
-        list(argv),
+        shown(argv),
         str(log_path),
         time.time(),
         start_ticks(proc.pid),
