@@ -155,3 +155,13 @@ def test_no_rollback_without_a_policy_or_when_disabled() -> None:
         )
         assert "errors:errors:page:genwire-gpt:2" in {e.id for _, e in events}
         assert decisions == []
+
+
+def test_a_canary_gets_its_own_series_even_when_the_cap_is_reached() -> None:
+    engine = MonitorEngine(fast_settings(max_models=1))
+    rng = random.Random(46)
+    t, _, _ = _mixed(engine, REFERENCE, replace(REFERENCE, model="someone-else"), T0, 2.0, rng)
+    assert ("someone-else", "1") not in engine.models or ("genwire-gpt", "1") not in engine.models
+    engine.set_policies({MODEL: POLICY})  # names versions 1 and 2 of genwire-gpt
+    t, _, _ = _mixed(engine, REFERENCE, CANARY, t, 2.0, rng)
+    assert {("genwire-gpt", "1"), ("genwire-gpt", "2")} <= set(engine.models)

@@ -178,6 +178,15 @@ class Inference:
         """Generate ``request``; yield streamed chunks, then the final chunk."""
         # A shadow copy shares its request's id: tracked apart, so neither drops the other.
         rid = request.request_id + SHADOW_RUN_SUFFIX if request.shadow else request.request_id
+        # The process span (current here) names the version: a request that fails before
+        # generating (not loaded, deadline) still counts for its version in the monitor, and a
+        # shadow copy's span says it is one (the monitor keeps it out of every figure).
+        process = trace.get_current_span()
+        if request.model_version:
+            process.set_attribute(sc.MODEL_VERSION, request.model_version)
+            process.set_attribute(sc.GEN_AI_REQUEST_MODEL, request.model)
+        if request.shadow:
+            process.set_attribute(SHADOW_ATTRIBUTE, True)
         if rid in self.inflight:  # a duplicate of a generation still running here
             return
         start = now_ms()

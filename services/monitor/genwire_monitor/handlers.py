@@ -213,11 +213,18 @@ class MonitorEngine:
         key = (rec.model, rec.version)
         if not served or rec.client_error or key == OTHER_KEY:
             return OTHER_KEY  # no model version served it: unknown or rejected names
-        if key in self.models or len(self.models) - (OTHER_KEY in self.models) < (
-            self.settings.max_models
-        ):
+        if key in self.models or self._named(key):
+            return key
+        if len(self.models) - (OTHER_KEY in self.models) < self.settings.max_models:
             return key
         return OTHER_KEY
+
+    def _named(self, key: ModelKey) -> bool:
+        """Whether a policy in force names this version (champion, canary, alias, shadow): it
+        always gets its own series, cap or not — a canary must never be judged inside
+        ``other``. Bounded by the policies (written by operators, not by callers)."""
+        policy = self.policies.get(key[0])
+        return policy is not None and key[1] in policy.versions()
 
     def _series(self, key: ModelKey) -> ModelSeries:
         series = self.models.get(key)
