@@ -1,7 +1,8 @@
 """The models ``GET /v1/models`` lists: those Triton reports READY, else the repository's.
 
-Each served model is listed by its name (its newest served version answers it, or the one its
-policy routes to) and by ``NAME:VERSION`` for every version Triton serves, in OpenAI's shape
+Each served model is listed by its name (what a request naming it gets: the version its
+policy routes to, else the newest served one; the entry describes the newest) and by
+``NAME:VERSION`` for every version Triton serves, in OpenAI's shape
 (``id``, ``object``, ``created``, ``owned_by``) plus ``root``, ``parent`` and
 ``max_model_len`` as vLLM adds them. ``GET /v1/models/{id}`` answers one of them.
 """
@@ -48,33 +49,11 @@ class ModelCatalog:
         self._cache_s = cache_s
         self._default = default_model
         self._client = client or httpx.AsyncClient(timeout=2.0)
-        self._cached: tuple[float, list[str]] | None = None
         self._served: tuple[float, list[dict[str, Any]]] | None = None
 
     async def names(self) -> list[str]:
-        """Names of the models that can serve now (READY in Triton)."""
-        now = time.monotonic()
-        if self._cached is not None and now - self._cached[0] < self._cache_s:
-            return self._cached[1]
-        try:
-            response = await self._client.post(
-                self._index_url, json={"ready": True}, headers=self._admin
-            )
-            response.raise_for_status()
-            names = sorted(
-                {
-                    entry["name"]
-                    for entry in response.json()
-                    if entry.get("state", "READY") == "READY" and "name" in entry
-                }
-            )
-        except (httpx.HTTPError, ValueError, TypeError, KeyError) as exc:
-            log.warning("Triton's repository index is unavailable (%s); reading the folder", exc)
-            names = repository_models(self._repository)
-            if not names and self._default:
-                names = [self._default]
-        self._cached = (now, names)
-        return names
+        """Names of the models that can serve now (READY in Triton; else the repository's)."""
+        return sorted({str(entry["root"]) for entry in await self.served()})
 
     async def served(self) -> list[dict[str, Any]]:
         """``/v1/models`` entries: each model with a READY version, then each READY version
