@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from genwire.settings import CommonSettings
+from genwire.tls import client_context
 
 if TYPE_CHECKING:
     import grpc
@@ -64,13 +65,7 @@ class GatewayTLS:
     def ssl_context(self) -> ssl.SSLContext:
         """A client context: the gateway's certificate and host name checked, TLS 1.2+, the
         client certificate loaded when there is one (httpx ``verify=``, urllib ``context=``)."""
-        context = ssl.create_default_context(
-            cafile=str(self.ca_file) if self.ca_file is not None else None
-        )
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if self.cert_file is not None and self.key_file is not None:
-            context.load_cert_chain(str(self.cert_file), str(self.key_file))
-        return context
+        return client_context(self.ca_file, self.cert_file, self.key_file)
 
     def grpc_credentials(self) -> grpc.ChannelCredentials:
         """gRPC channel credentials with the same files."""

@@ -19,6 +19,7 @@ import ssl
 from typing import Any
 
 from genwire.settings import CommonSettings
+from genwire.tls import client_context
 
 _process: dict[str, CommonSettings] = {}
 """The settings :func:`use` set for this process (key ``"settings"``), if any."""
@@ -66,13 +67,7 @@ def ssl_context(cfg: CommonSettings) -> ssl.SSLContext:
     the system's CAs) with its host name; ``kafka_ssl_certfile`` presented when set."""
     if (cfg.kafka_ssl_certfile is None) != (cfg.kafka_ssl_keyfile is None):
         raise KafkaSecurityError("kafka_ssl_certfile and kafka_ssl_keyfile go together")
-    context = ssl.create_default_context(
-        cafile=str(cfg.kafka_ssl_cafile) if cfg.kafka_ssl_cafile is not None else None
-    )
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cfg.kafka_ssl_certfile is not None and cfg.kafka_ssl_keyfile is not None:
-        context.load_cert_chain(str(cfg.kafka_ssl_certfile), str(cfg.kafka_ssl_keyfile))
-    return context
+    return client_context(cfg.kafka_ssl_cafile, cfg.kafka_ssl_certfile, cfg.kafka_ssl_keyfile)
 
 
 def describe(settings: CommonSettings | None = None) -> str:

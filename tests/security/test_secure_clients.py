@@ -30,7 +30,7 @@ from genwire_stack.statefile import read_state, state_file
 from genwire_stack.supervise import _probe, probe_context
 from pydantic import SecretStr
 
-from genwire import gateway_tls, triton_admin
+from genwire import gateway_tls, kafka_security, triton_admin
 from genwire.settings import CommonSettings
 
 
@@ -292,3 +292,29 @@ def test_a_supervisor_restarts_a_child_its_tls_probe_finds_unready(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_every_client_context_verifies_and_refuses_old_tls(tmp_path: Path) -> None:
+    """The gateway's callers, Kafka clients, the supervisor's probe and the stack's own checks
+    build one context (genwire.tls): certificate and host name checked, TLS 1.2 at least."""
+    settings, stack = _secure_home(tmp_path, "mtls")
+    client, key = stack.file("client.pem"), stack.file("client-key.pem")
+    kafka = CommonSettings(
+        kafka_security_protocol="SSL",
+        kafka_ssl_cafile=stack.ca,
+        kafka_ssl_certfile=client,
+        kafka_ssl_keyfile=key,
+    )
+    tls = gateway_tls.resolve(settings)
+    assert tls is not None
+    contexts = [
+        tls.ssl_context(),
+        kafka_security.ssl_context(kafka),
+        probe_context(str(stack.ca), str(client), str(key)),
+        stack.client_context(),
+        stack.client_context(certificate=False),
+    ]
+    for context in contexts:
+        assert context is not None
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+        assert context.minimum_version == ssl.TLSVersion.TLSv1_2

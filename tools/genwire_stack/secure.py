@@ -38,6 +38,7 @@ from typing import Any
 
 from genwire import triton_admin
 from genwire.settings import CommonSettings
+from genwire.tls import client_context
 from genwire.topics import Topic
 from genwire_stack.errors import StackError
 from genwire_stack.layout import SecureMode
@@ -277,10 +278,9 @@ class SecureStack:
 
     def client_context(self, certificate: bool = True) -> ssl.SSLContext:
         """A client TLS context trusting the local CA (presenting ``client.pem`` if asked)."""
-        context = ssl.create_default_context(cafile=str(self.ca))
         if certificate:
-            context.load_cert_chain(str(self.file("client.pem")), str(self.file("client-key.pem")))
-        return context
+            return client_context(self.ca, self.file("client.pem"), self.file("client-key.pem"))
+        return client_context(self.ca)
 
     def gateway_env(self, prefix: str) -> dict[str, str]:
         """TLS on the gateway's HTTP and gRPC ports; with ``mtls`` client certificates too."""

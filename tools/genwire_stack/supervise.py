@@ -51,6 +51,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from genwire.tls import client_context
 from genwire_stack.statefile import (
     BACKOFF_FIRST_S,
     SupervisorState,
@@ -385,10 +386,7 @@ def probe_context(
     ``key`` presented; None when no file is given (the system's CAs for an https URL)."""
     if ca is None and cert is None:
         return None
-    context = ssl.create_default_context(cafile=ca)
-    if cert is not None:
-        context.load_cert_chain(cert, key)
-    return context
+    return client_context(ca, cert, key)
 
 
 def _probe(url: str, context: ssl.SSLContext | None = None) -> tuple[bool, str]:
