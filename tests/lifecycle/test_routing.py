@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 from genwire_preprocess.handlers import Preprocessor
 from genwire_preprocess.routing import split_model
@@ -151,3 +152,34 @@ def test_split_model() -> None:
     assert split_model("m:2") == ("m", "2")
     assert split_model("m:champion") == ("m", "champion")
     assert split_model(":x") == (":x", "")
+
+
+async def test_the_served_version_outlives_a_triton_restart() -> None:
+    """While Triton restarts (refused, then the model not loaded yet), requests stay on the
+    version it served last, not the repository's newest (maybe built but never served)."""
+    from genwire_preprocess.stores import TritonVersions
+
+    answers: list[httpx.Response | Exception] = [
+        httpx.Response(200, json={"name": "m", "versions": ["3"]}),
+        httpx.ConnectError("refused"),
+        httpx.Response(400, json={"error": "Request for unknown model: 'm' is not found"}),
+        httpx.Response(200, json={"name": "m", "versions": ["4"]}),
+    ]
+
+    def triton(request: httpx.Request) -> httpx.Response:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    versions = TritonVersions("127.0.0.1:1", cache_s=0.0)
+    versions._client = httpx.AsyncClient(
+        base_url="http://127.0.0.1:1", transport=httpx.MockTransport(triton)
+    )
+    never = TritonVersions("127.0.0.1:1", timeout_s=0.2)
+    try:
+        assert [await versions.served("m") for _ in range(4)] == ["3", "3", "3", "4"]
+        assert await never.served("m") is None  # never told: the repository decides
+    finally:
+        await versions.close()
+        await never.close()

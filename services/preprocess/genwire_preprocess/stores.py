@@ -61,8 +61,8 @@ class RedisClaims:
 class TritonVersions:
     """Triton's model metadata (``GET /v2/models/<model>``), cached for ``cache_s``.
 
-    Unreachable Triton or an unloaded model: None (the repository's newest version is used and
-    inference waits for the model like for any outage).
+    Triton unreachable, restarting or not serving the model now: the version it served last;
+    None when it never told (the repository's newest version is used).
     """
 
     def __init__(self, http_url: str, cache_s: float = 2.0, timeout_s: float = 1.0) -> None:
@@ -77,14 +77,16 @@ class TritonVersions:
         hit = self._cache.get(model)
         if hit is not None and now - hit[0] < self._cache_s:
             return hit[1]
-        version: str | None = None
+        # Triton unreachable, restarting or reloading the model: the version it served last,
+        # not None (the repository's newest may be built but never served: it would fail).
+        version = hit[1] if hit is not None else None
         try:
             response = await self._client.get(f"/v2/models/{quote(model, safe='')}")
             if response.status_code == 200:
                 listed = [v for v in response.json().get("versions") or [] if str(v).isdigit()]
-                version = str(max(listed, key=int)) if listed else None
+                version = str(max(listed, key=int)) if listed else version
         except (httpx.HTTPError, httpx.InvalidURL, ValueError):
-            version = None
+            pass
         self._cache[model] = (now, version)
         return version
 
