@@ -83,7 +83,9 @@ class ModelPolicy(BaseModel):
     shadow: str = ""
     """A version that also receives a copy of each request (results on ``genwire.shadow``)."""
     revision: int = 0
-    """Increases by one with every change; a stage ignores a record older than the one it holds."""
+    """Increases by one with every change (a command refuses to publish over a revision it did
+    not read). Stages apply records in the topic's order, never by revision: after compaction a
+    restarted instance sees only the latest record, and every instance must agree with it."""
     updated_ms: float = 0.0
     """When this revision was written (ms since the epoch)."""
     updated_by: str = ""
