@@ -10,7 +10,7 @@ class Topic(StrEnum):
     """Every Kafka topic genwire uses. Values are the names on the broker."""
 
     REQUESTS = "genwire.requests"
-    """User requests (JSON, schema in ``schemas/request.v1.json``), keyed by request id."""
+    """User requests (JSON, schema ``schemas/request.v2.json``; v1 read), keyed by request id."""
     PREPARED = "genwire.prepared"
     """Validated, tokenized requests: preprocess → inference."""
     GENERATIONS = "genwire.generations"
