@@ -136,9 +136,7 @@ class ReplyRouter:
             if now - self._refreshed < self.refresh_interval_s:
                 return
             self._refreshed = now
-            self._refreshing = asyncio.ensure_future(
-                self.producer.refresh_partitions(self.topic)
-            )
+            self._refreshing = asyncio.ensure_future(self.producer.refresh_partitions(self.topic))
         if not await asyncio.shield(self._refreshing):
             self._refreshed = -float("inf")  # it failed: the next record asks again
 
