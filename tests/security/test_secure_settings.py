@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from genwire_inference.handlers import failure_chunk
+from genwire_preprocess.handlers import error_chunk
 from genwire_stack import StackError, StackLayout, ensure_up
 from genwire_stack.bootstrap import run_step
 from genwire_stack.cli import register
@@ -27,7 +29,16 @@ from genwire_stack.process import PidRecord, spawn, start_ticks, write_record
 from genwire_stack.secure import ACCESS, ADMIN, BROKER_CN, PRINCIPALS, SecureStack, acl_bindings
 from pydantic import ValidationError
 
+from genwire.errors import PermanentError
+from genwire.events import (
+    GenerationChunk,
+    GenerationResult,
+    PreparedRequest,
+    ShadowResult,
+    TokenEvent,
+)
 from genwire.kafka_security import KafkaSecurityError, client_options, describe
+from genwire.request import ErrorCode
 from genwire.service.http import tls_options
 from genwire.settings import CommonSettings, ServiceSettings
 from genwire.topics import TOPIC_SPECS, Topic
@@ -322,3 +333,28 @@ def test_command_lines_in_logs_and_pid_records_mask_the_secrets(tmp_path: Path) 
         assert "password=***" in text or f"{HEADER}=***" in text
         assert not [s for s in secrets_ if s in text]
     assert f"{HEADER}=***" in kept[1] and "password=***" in kept[0]
+
+
+def test_each_stage_may_write_what_it_produces() -> None:
+    """Each stage's ACLs are what its code produces and reads, no more: its events, the error
+    chunk of a failure, a replay onto its own input topic, parking, dead letters, spans."""
+    err = PermanentError("bad", code=ErrorCode.INVALID_REQUEST)
+    raw = b'{"request_id": "r", "prompt": "x"}'
+    failed_request = {type(e).TOPIC for e in error_chunk(raw, b"r", err)}
+    failed_generation = {type(e).TOPIC for e in failure_chunk(None, "r", err)}
+    everyone = {Topic.RETRY, Topic.DLQ, Topic.SPANS}
+    produced = {  # input topic (replays) | outputs | failures
+        "preprocess": {Topic.REQUESTS, PreparedRequest.TOPIC} | failed_request,
+        "inference": {Topic.PREPARED, GenerationChunk.TOPIC} | failed_generation,
+        "postprocess": {Topic.GENERATIONS, TokenEvent.TOPIC, GenerationResult.TOPIC}
+        | {ShadowResult.TOPIC, Topic.REPLIES},
+    }
+    consumed = {
+        "preprocess": {Topic.REQUESTS, Topic.CONFIG},  # the policies, followed live
+        "inference": {Topic.PREPARED, Topic.CONTROL},  # cancellations
+        "postprocess": {Topic.GENERATIONS},
+    }
+    for stage, topics in produced.items():
+        assert set(ACCESS[stage].writes) == topics | everyone, stage
+        assert set(ACCESS[stage].reads) == consumed[stage] | {Topic.RETRY}, stage
+    assert set(ACCESS["gateway"].reads) == {Topic.REPLIES}

@@ -199,6 +199,16 @@ def test_a_request_goes_through_every_hop_encrypted(secure: SecureRun) -> None:
 def test_no_service_was_refused_by_an_acl(secure: SecureRun) -> None:
     """Each service's ACLs cover every topic and group it really uses (monitor included)."""
     test_a_request_goes_through_every_hop_encrypted(secure)
+    # A request preprocess refuses: its error chunk goes to postprocess over genwire.generations.
+    context = secure.security.client_context(certificate=True)
+    headers = {"Authorization": f"Bearer {secure.api_key}"}
+    with httpx.Client(verify=context, timeout=60, trust_env=False, headers=headers) as http:
+        refused = http.post(
+            f"https://127.0.0.1:{secure.gateway.port}/v1/completions",
+            json={"model": "no-such-model", "prompt": "Once", "max_tokens": 2},
+        )
+    assert refused.status_code == 404, refused.text
+    assert refused.json()["error"]["code"] == "model_not_found"
     for service in secure.services.values():
         assert service.readiness().ready, service.name
         text = service.log.read_text(errors="replace")

@@ -64,46 +64,40 @@ class Access:
 
 _STAGE_FAILURES = (Topic.RETRY, Topic.DLQ)
 """Every consuming stage parks records on genwire.retry (and reads them back) and
-dead-letters poison on genwire.dlq; nobody but admin reads the DLQ."""
+dead-letters poison on genwire.dlq; nobody but admin reads the DLQ. Its replayer republishes a
+parked record onto the stage's own input topic, so each stage also writes the topic it reads."""
 
 ACCESS: dict[str, Access] = {
     "gateway": Access(
-        reads=(Topic.REPLIES, Topic.CONFIG),
+        reads=(Topic.REPLIES,),
         writes=(Topic.REQUESTS, Topic.CONTROL, Topic.FEEDBACK, Topic.USAGE, Topic.SPANS),
         groups=("genwire-gateway",),
     ),
     "preprocess": Access(
         reads=(Topic.REQUESTS, Topic.RETRY, Topic.CONFIG),
+        # A rejected request's error chunk goes to postprocess like any final chunk.
         writes=(
             Topic.PREPARED,
-            Topic.RESULTS,
-            Topic.REPLIES,
-            Topic.TOKENS,
+            Topic.GENERATIONS,
+            Topic.REQUESTS,
             *_STAGE_FAILURES,
             Topic.SPANS,
         ),
         groups=("genwire-preprocess",),
     ),
     "inference": Access(
-        reads=(Topic.PREPARED, Topic.CONTROL, Topic.RETRY, Topic.CONFIG),
-        writes=(
-            Topic.GENERATIONS,
-            Topic.RESULTS,
-            Topic.REPLIES,
-            Topic.TOKENS,
-            *_STAGE_FAILURES,
-            Topic.SPANS,
-        ),
+        reads=(Topic.PREPARED, Topic.CONTROL, Topic.RETRY),
+        writes=(Topic.GENERATIONS, Topic.PREPARED, *_STAGE_FAILURES, Topic.SPANS),
         groups=("genwire-inference",),
     ),
     "postprocess": Access(
-        reads=(Topic.GENERATIONS, Topic.RETRY, Topic.CONFIG),
+        reads=(Topic.GENERATIONS, Topic.RETRY),
         writes=(
             Topic.TOKENS,
             Topic.RESULTS,
             Topic.REPLIES,
             Topic.SHADOW,
-            Topic.USAGE,
+            Topic.GENERATIONS,
             *_STAGE_FAILURES,
             Topic.SPANS,
         ),
