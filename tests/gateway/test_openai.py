@@ -190,3 +190,70 @@ def test_error_body_is_openai_shaped() -> None:
             "code": "out_of_range",
         }
     }
+
+
+def test_unknown_routes_and_wrong_methods_answer_in_openai_shape() -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from genwire_gateway.http_api import install_error_handlers
+
+    app = FastAPI()
+
+    @app.post("/v1/completions")
+    async def completions() -> dict[str, str]:
+        return {}
+
+    install_error_handlers(app)
+    client = TestClient(app)
+    missing = client.get("/v1/nothing")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    assert missing.json()["error"]["type"] == "not_found_error"
+    wrong = client.get("/v1/completions")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    error = wrong.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == "method_not_allowed" and "POST" in error["message"]
+
+
+def test_the_request_clock_counts_once_and_moves_between_gauges() -> None:
+    from genwire_gateway.telemetry import GatewayMetrics
+    from prometheus_client import CollectorRegistry
+
+    from genwire.events import Timings
+
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+
+    def value(name: str, **labels: str) -> float:
+        got = registry.get_sample_value(name, {"entrypoint": "http", **labels})
+        return got or 0.0
+
+    clock = metrics.clock("http")
+    assert value("genwire_gateway_num_requests_waiting") == 1
+    clock.piece()
+    assert value("genwire_gateway_num_requests_waiting") == 0
+    assert value("genwire_gateway_num_requests_running") == 1
+    clock.piece(4)
+    result = GenerationResult(
+        request_id="r", finish_reason="stop", usage=Usage(prompt_tokens=3, completion_tokens=5)
+    )
+    clock.finish(result)
+    clock.finish(None)  # a second end (the stream's finally) changes nothing
+    assert value("genwire_gateway_num_requests_running") == 0
+    assert value("genwire_gateway_time_to_first_token_seconds_count") == 1
+    assert value("genwire_gateway_inter_token_latency_seconds_count") == 1
+    assert value("genwire_gateway_generation_tokens_total") == 5
+    assert value("genwire_gateway_request_success_total", finished_reason="stop") == 1
+    unary = metrics.clock("http")
+    timed = result.model_copy(
+        update={"timings": Timings(received=1000.0, first_token=1250.0), "finish_reason": "odd"}
+    )
+    unary.finish(timed, unary=True)
+    assert value("genwire_gateway_time_to_first_token_seconds_count") == 2
+    assert value("genwire_gateway_time_to_first_token_seconds_sum") >= 0.25
+    assert value("genwire_gateway_request_success_total", finished_reason="other") == 1
+    failed = metrics.clock("http")
+    failed.finish(None)
+    assert value("genwire_gateway_num_requests_waiting") == 0
+    assert value("genwire_gateway_e2e_request_latency_seconds_count") == 2
