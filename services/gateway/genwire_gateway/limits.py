@@ -219,8 +219,8 @@ class Limiter:
         if left <= 0:
             del self._blocked[record.id]
             return None
-        refusal.retry_after_s = left
-        return refusal
+        # A new exception each time: re-raising one object would grow its traceback forever.
+        return LimitExceeded(refusal.code, refusal.limit, refusal.message, left)
 
     async def admit(self, record: KeyRecord, tokens: int) -> Ticket | None:
         """Charge one request of ``tokens`` to ``record``'s limits; None when it has none.
