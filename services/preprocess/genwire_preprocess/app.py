@@ -55,6 +55,7 @@ async def setup(
         input_filter=ContentFilter(cfg.input_deny),
         default_timeout_ms=cfg.default_timeout_ms,
         inline_tokenize_chars=cfg.inline_tokenize_chars,
+        max_generation_tokens=cfg.max_generation_tokens,
         claims=claims,
         versions=versions,
         policies=feed.get if feed is not None else None,

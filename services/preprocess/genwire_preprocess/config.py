@@ -22,6 +22,12 @@ class PreprocessSettings(ServiceSettings):
     default_context_length: int = Field(
         1024, gt=0, description="Context length of a model whose files do not state one."
     )
+    max_generation_tokens: int = Field(
+        32_768,
+        gt=0,
+        description="Budget of generated tokens per request: n × max_tokens above it is refused "
+        "(out_of_range, naming n).",
+    )
     input_deny: list[str] = Field(
         default_factory=list,
         description="Input filter: deny rules 'name=regex' (JSON list); a match rejects the "

@@ -24,7 +24,6 @@ from genwire.events import (
     ErrorInfo,
     GenerationChunk,
     PreparedRequest,
-    Sampling,
     Timings,
     now_ms,
 )
@@ -33,6 +32,7 @@ from genwire.policy import ARM_ATTRIBUTE, SHADOW_ARM
 from genwire.request import ErrorCode, GenerationRequest, fingerprint, request_id_hint
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore, ModelAssets
+from genwire_preprocess.options import check_options, sampling_of
 from genwire_preprocess.routing import PolicyLookup, Route, Router
 from genwire_preprocess.stores import Claims, ServedVersions
 
@@ -62,8 +62,11 @@ class Preprocessor:
         claims: Claims | None = None,
         versions: ServedVersions | None = None,
         policies: PolicyLookup | None = None,
+        max_generation_tokens: int = 32_768,
     ) -> None:
         self.assets = assets
+        self.max_generation_tokens = max_generation_tokens
+        """Budget of n × max_tokens per request (out_of_range beyond it)."""
         self.router = Router(assets, policies=policies, versions=versions)
         self.shadows_skipped = 0
         """Shadow copies not made (the shadow version cannot take the request): logged."""
@@ -112,16 +115,19 @@ class Preprocessor:
         assets = await self.assets.aget(model, route.version or None)
         span.set_attribute(sc.MODEL_VERSION, assets.version)
 
-        if request.messages is not None:
+        check_options(request, assets, max_generation_tokens=self.max_generation_tokens)
+        if request.prompt_token_ids is not None:  # the filter still reads what they say
+            self._filter(assets.decode(list(request.prompt_token_ids)), span)
+            input_ids = list(request.prompt_token_ids)
+        elif request.messages is not None:
             chat = [m.model_dump() for m in request.messages]
             self._filter(" \n".join(m["content"] for m in chat), span)
             text = assets.render_chat(chat)
-            special = False  # the template writes any special tokens itself
+            input_ids = await self._encode(assets, text, False)  # the template writes specials
         else:
             text = request.prompt or ""
             self._filter(text, span)
-            special = True
-        input_ids = await self._encode(assets, text, special)
+            input_ids = await self._encode(assets, text, True)
         if not input_ids:
             raise PermanentError("the prompt encodes to no tokens", code=ErrorCode.MISSING_PROMPT)
         if len(input_ids) + request.max_tokens > assets.context_length:
@@ -138,15 +144,7 @@ class Preprocessor:
             model_version=assets.version,
             arm=route.arm,
             input_ids=input_ids,
-            sampling=Sampling(
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                top_p=request.top_p,
-                top_k=request.top_k,
-                seed=seed,
-                stop=request.stop_list(),
-                stop_token_ids=assets.eos_token_ids,
-            ),
+            sampling=sampling_of(request, assets, seed),
             stream=request.stream,
             deadline_ms=deadline,
             metadata=dict(request.metadata),
