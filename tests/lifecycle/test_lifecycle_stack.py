@@ -330,17 +330,36 @@ async def test_shadow_results_are_kept_apart(life: Lifecycle, client: Client) ->
 async def test_a_corrupt_config_record_keeps_the_policy_in_force(
     life: Lifecycle, client: Client, stack: CommonSettings
 ) -> None:
-    before = await asyncio.to_thread(life.route, MODEL, weights={"2": 100}, shadow="", by="test")
-    assert before.weights == {"2": 100}
-    await _until(lambda: _served_by(client, "2"))
-    await client.producer.send_and_wait(Topic.CONFIG, b"{not json", key=MODEL.encode())
-    await client.producer.send_and_wait(
-        Topic.CONFIG, b'{"model": "gwtest-life", "weights": {"1": 7}}', key=MODEL.encode()
-    )
-    await asyncio.sleep(1.5)
+    from genwire_preprocess.config import PreprocessSettings
+
+    # Version 1, not the newest served: a preprocess that dropped the policy would serve 2.
+    before = await asyncio.to_thread(life.route, MODEL, weights={"1": 100}, shadow="", by="test")
+    assert before.weights == {"1": 100}
+    await _until(lambda: _served_by(client, "1"))
+    metrics = f"http://127.0.0.1:{PreprocessSettings().port}/metrics"
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        skipped = await _skipped(http, metrics)
+        await client.producer.send_and_wait(Topic.CONFIG, b"{not json", key=MODEL.encode())
+        await client.producer.send_and_wait(
+            Topic.CONFIG, b'{"model": "gwtest-life", "weights": {"1": 7}}', key=MODEL.encode()
+        )
+        for _ in range(300):  # preprocess read both, counted and skipped them
+            if await _skipped(http, metrics) >= skipped + 2:
+                break
+            await asyncio.sleep(0.1)
+        assert await _skipped(http, metrics) >= skipped + 2
+        assert await _revisions(http, metrics) == before.revision
     results = await asyncio.gather(*(client.ask() for _ in range(6)))
-    assert {r.model_version for r in results} == {"2"}
+    assert {r.model_version for r in results} == {"1"}
     assert await asyncio.to_thread(life.policy, MODEL) == before  # corrupt ones skipped
+
+
+async def _skipped(http: httpx.AsyncClient, url: str) -> float:
+    text = (await http.get(url)).text
+    for line in text.splitlines():
+        if line.startswith('genwire_policy_records_total{outcome="skipped"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 async def _served_by(client: Client, version: str) -> bool:
