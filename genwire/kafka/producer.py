@@ -53,7 +53,9 @@ FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
 KAFKA = "kafka"
 """The dependency name of the broker in readiness reasons, logs and metrics."""
 
-FORWARDED_HEADERS = frozenset({sc.HEADER_ORIGIN, sc.HEADER_KEEP, sc.HEADER_REPLY_TO})
+FORWARDED_HEADERS = frozenset(
+    {sc.HEADER_ORIGIN, sc.HEADER_KEEP, sc.HEADER_REPLY_TO, sc.HEADER_PRINCIPAL}
+)
 """Headers that follow a request from hop to hop, like ``traceparent``: set on a consumed
 record, they are added to every record published while handling it."""
 _forwarded: ContextVar[tuple[tuple[str, bytes], ...]] = ContextVar("genwire_forwarded", default=())

@@ -143,6 +143,10 @@ HEADER_ORIGIN = "genwire_origin"
 """The gateway instance that waits for a request (its heartbeats say whether it lives)."""
 HEADER_KEEP = "genwire_keep"
 """``1``: the caller named the request (idempotency key): finish it even if its gateway dies."""
+HEADER_PRINCIPAL = "genwire_principal"
+"""Who sent the request: the API key's name (set by the gateway, forwarded hop to hop; becomes
+``PreparedRequest.principal`` / ``GenerationChunk.principal``). On a record produced straight to
+``genwire.requests`` it is the producer's claim, as trustworthy as that topic's ACLs."""
 HEADER_REPLY_TO = "genwire_reply_to"
 """``<topic>:<partition>``: where postprocess also publishes the request's chunks and result
 (a partition of ``genwire.replies`` that the waiting gateway instance reads)."""

@@ -290,3 +290,14 @@ async def test_a_submitted_request_is_metered_when_its_result_lands(
     async with asyncio.timeout(10):
         while await _tpm_used(infra, record.id) != 5:  # noqa: ASYNC110  (Redis)
             await asyncio.sleep(0.05)
+
+
+async def test_the_published_request_names_the_key_never_the_key_itself(
+    two_gateways: Gateways, security_pipeline: FakePipeline, make_key: MakeKey
+) -> None:
+    key, record = await make_key()
+    prompt = _prompt()
+    assert (await _post(two_gateways[1], key, prompt=prompt)).status_code == 200
+    seen = next(s for s in security_pipeline.seen if s.request.prompt == prompt)
+    assert seen.headers[sc.HEADER_PRINCIPAL] == record.name.encode()
+    assert all(key.encode() not in value for value in seen.headers.values())

@@ -460,7 +460,12 @@ class Gateway:
         headers = [_EVENT_TYPE, self._origin, (sc.HEADER_KEEP, b"1" if prepared.named else b"0")]
         if reply is not None:
             headers.append((sc.HEADER_REPLY_TO, reply.encode()))
+        headers.extend(self.request_headers(prepared))
         return await self.producer.send(topic, prepared.value, key=key, headers=headers)
+
+    def request_headers(self, prepared: Prepared) -> list[tuple[str, bytes]]:
+        """More headers for a published request (``usage.MeteredGateway``: who sent it)."""
+        return []
 
     async def heartbeat(self) -> None:
         """Say this instance lives, every ``heartbeat_interval_s``, until cancelled."""

@@ -140,6 +140,11 @@ class MeteredGateway(Gateway):
         self.usage_topic = usage_topic
         self._settling: set[asyncio.Task[None]] = set()
 
+    def request_headers(self, prepared: Prepared) -> list[tuple[str, bytes]]:
+        """Name the caller's key on the published request (``genwire_principal``)."""
+        principal = current_principal()
+        return [(sc.HEADER_PRINCIPAL, principal.name.encode())] if principal is not None else []
+
     # -- the three ways in ----------------------------------------------------------------------
 
     async def generate(self, prepared: Prepared) -> GenerationResult:

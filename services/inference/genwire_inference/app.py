@@ -60,6 +60,9 @@ async def setup(
         if origin:
             request.origin = origin.decode("utf-8", "replace")
             request.keep = header(record, sc.HEADER_KEEP) == b"1"
+        principal = header(record, sc.HEADER_PRINCIPAL)  # the API key's name (gateway)
+        if principal:
+            request.principal = principal.decode("utf-8", "replace")
         return request
 
     # Concurrency = streams in flight to Triton at once (its scheduler batches them).
