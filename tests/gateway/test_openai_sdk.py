@@ -205,3 +205,39 @@ async def test_caller_side_metrics(gateways: Gateways, pipeline: FakePipeline) -
     )
     assert _metric(after, "genwire_gateway_num_requests_running") == 0
     assert _metric(after, "genwire_gateway_num_requests_waiting") == 0
+
+
+async def test_caller_side_metrics_over_grpc(gateways: Gateways, pipeline: FakePipeline) -> None:
+    import grpc
+
+    from genwire.apikeys import auth_metadata
+    from genwire.proto.v1 import generation_pb2 as pb
+    from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
+
+    pipeline.script = lambda _: Script(chunk_delay_s=0.01)
+    instance = gateways[0]
+
+    def grpc_metric(text: str, name: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name) and 'entrypoint="grpc"' in line
+        )
+
+    async with httpx.AsyncClient(base_url=instance.http_url) as http:
+        before = (await http.get("/metrics")).text
+    async with grpc.aio.insecure_channel(instance.grpc_target) as channel:
+        stub = pb_grpc.GenerationServiceStub(channel)  # type: ignore[no-untyped-call]
+        async for _ in stub.GenerateStream(
+            pb.GenerateRequest(prompt="x"), metadata=auth_metadata(), timeout=20
+        ):
+            pass
+        await stub.Generate(pb.GenerateRequest(prompt="x"), metadata=auth_metadata(), timeout=20)
+    async with httpx.AsyncClient(base_url=instance.http_url) as http:
+        after = (await http.get("/metrics")).text
+    ttft = "genwire_gateway_time_to_first_token_seconds_count"
+    assert grpc_metric(after, ttft) - grpc_metric(before, ttft) >= 1
+    e2e = "genwire_gateway_e2e_request_latency_seconds_count"
+    assert grpc_metric(after, e2e) - grpc_metric(before, e2e) == 2
+    assert grpc_metric(after, "genwire_gateway_num_requests_running") == 0
+    assert grpc_metric(after, "genwire_gateway_num_requests_waiting") == 0

@@ -31,6 +31,7 @@ from genwire_gateway.handlers import Chunk, Gateway, Prepared, ResultStatus
 from genwire_gateway.telemetry import (
     ENTRYPOINT_GRPC,
     GatewayMetrics,
+    RequestClock,
     carrier_of,
     mark_error,
     start_server_span,
@@ -298,7 +299,12 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
             prepared = self._prepare(request, context, stream=False)
             span.set_attribute(sc.REQUEST_ID, prepared.request_id)
             trace_id = trace_id_of(span)
-            result = await self._gateway.generate(prepared)
+            clock = self._metrics.clock(ENTRYPOINT_GRPC)
+            try:
+                result = await self._gateway.generate(prepared)
+                clock.finish(result, unary=True)
+            finally:
+                clock.finish(None)  # (no-op after a result)
             return to_response(result, model=self._default_model, trace_id=trace_id)
 
         return await self._call("Generate", context, work)
@@ -310,13 +316,19 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
         started = time.perf_counter()
         span = self._span("GenerateStream", context)
         code = "ok"
+        clock: RequestClock | None = None
         try:
             with trace.use_span(span, end_on_exit=False, record_exception=False):
                 prepared = self._prepare(request, context, stream=True)
                 span.set_attribute(sc.REQUEST_ID, prepared.request_id)
                 trace_id = trace_id_of(span)
+                clock = self._metrics.clock(ENTRYPOINT_GRPC)
                 chunks = self._gateway.stream(prepared)
                 async for chunk in chunks:
+                    if chunk.text or chunk.logprobs:
+                        clock.piece(len(chunk.logprobs) if chunk.logprobs else 1)
+                    if chunk.final:
+                        clock.finish(chunk.result)
                     yield to_stream_response(chunk, prepared.request_id, trace_id)
         except GatewayError as exc:
             code = exc.code
@@ -329,6 +341,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
             mark_error(span, code, repr(exc))
             raise
         finally:
+            if clock is not None:
+                clock.finish(None)  # (no-op after the final chunk)
             span.set_attribute(sc.RPC_GRPC_STATUS_CODE, _status(code).value[0])
             span.end()
             elapsed = time.perf_counter() - started
