@@ -8,11 +8,13 @@ import json
 import time
 import uuid
 
+import grpc
 import httpx
 from genwire_cli.feedback import captured_ids, completions, export, join, prompts
 
-from genwire.apikeys import auth_headers
+from genwire.apikeys import auth_headers, auth_metadata
 from genwire.feedback import FeedbackEvent
+from genwire.proto.v1 import feedback_pb2, feedback_pb2_grpc
 from genwire.redaction import Redactor
 from genwire.settings import CommonSettings
 
@@ -73,6 +75,16 @@ def test_the_join_exports_text_only_where_allowed_and_redacts_it() -> None:
     assert all(r["content"] == "omitted" for r in join(feedback, requests, results, "none"))
 
 
+async def _grpc_feedback(rid: str) -> feedback_pb2.FeedbackReply:
+    async with grpc.aio.insecure_channel("127.0.0.1:50051") as channel:
+        stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
+        reply: feedback_pb2.FeedbackReply = await stub.Feedback(
+            feedback_pb2.FeedbackRequest(request_id=rid, rating=-1, label="via-grpc"),
+            metadata=auth_metadata(),
+        )
+        return reply
+
+
 def test_export_end_to_end_through_the_gateway(stack: CommonSettings) -> None:
     since_ms = time.time() * 1000 - 5000
     prompt = f"Feedback test {uuid.uuid4().hex[:6]}:"
@@ -91,8 +103,12 @@ def test_export_end_to_end_through_the_gateway(stack: CommonSettings) -> None:
         assert unknown.status_code == 200 and unknown.json()["known"] is False
         bad = client.post("/v1/feedback", json={"request_id": rid})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
+    over_grpc = asyncio.run(_grpc_feedback(rid))
+    assert over_grpc.known and over_grpc.model_version == fb.json()["model_version"]
     rows, _ = asyncio.run(export(stack.kafka_bootstrap_servers, since_ms, "all"))
-    mine = {r["request_id"]: r for r in rows if rid in r["request_id"]}
+    grpc_rows = [r for r in rows if r["request_id"] == rid and r["label"] == "via-grpc"]
+    assert len(grpc_rows) == 1 and grpc_rows[0]["principal"]  # the key's name
+    mine = {r["request_id"]: r for r in rows if rid in r["request_id"] and r not in grpc_rows}
     row = mine[rid]
     assert row["prompt"] == prompt and row["completion"] == answer["choices"][0]["text"]
     assert (row["rating"], row["label"], row["correction"]) == (5.0, "good", "better")
