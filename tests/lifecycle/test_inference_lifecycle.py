@@ -106,3 +106,42 @@ async def test_the_generate_span_names_version_and_arm() -> None:
     assert span.attributes[sc.MODEL_VERSION] == "2"
     assert span.attributes[ARM_ATTRIBUTE] == "challenger"
     assert span.attributes[SHADOW_ATTRIBUTE] is False
+
+
+class RestartingBackend(FakeBackend):
+    """Serves, then Triton restarts: refused with UNAVAILABLE until the stack loads it again."""
+
+    def __init__(self) -> None:
+        super().__init__(n=3)
+        self.restarted = False
+
+    async def open(
+        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+    ) -> FakeStream:
+        if self.restarted:
+            raise RetryableError("triton: UNAVAILABLE: not at ready state", dependency="triton")
+        return await super().open(request, headers, stream=stream)
+
+    async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
+        self.waited.append(timeout_s)
+        return False
+
+
+async def test_a_version_served_here_and_lost_by_a_triton_restart_is_waited_for() -> None:
+    """After a restart Triton lists the version with no state until it is loaded again: a
+    version this process served is waited for (retried), one it never served is not."""
+
+    async def model_state(model: str, version: str) -> str | None:
+        return ""  # listed, never loaded since Triton started
+
+    backend = RestartingBackend()
+    inf = Inference(backend, triton_wait_s=0.01, model_state=model_state)
+    served = _req("a").model_copy(update={"model_version": "2"})
+    assert (await _collect(inf, served))[-1].final
+    backend.restarted = True
+    with pytest.raises(RetryableError):
+        await _collect(inf, _req("b").model_copy(update={"model_version": "2"}))
+    assert backend.waited == [0.01]
+    with pytest.raises(Rejection) as caught:  # never served here: nobody will load it
+        await _collect(inf, _req("c").model_copy(update={"model_version": "3"}))
+    assert caught.value.code == ErrorCode.MODEL_NOT_LOADED

@@ -140,6 +140,9 @@ class Inference:
     ) -> None:
         self.backend = backend
         self.model_state = model_state
+        self.served_here: set[tuple[str, str]] = set()
+        """(model, version) pairs this process generated with: one Triton later lists with no
+        state was not unloaded but lost by a Triton restart, and is waited for."""
         self.tracer = tracer or trace.get_tracer("genwire.inference")
         self.chunk_max_tokens = chunk_max_tokens
         self.chunk_interval_s = chunk_interval_ms / 1000.0
@@ -361,6 +364,7 @@ class Inference:
             tpot = (timings.inference_end - timings.first_token) / (len(generated) - 1)
             span.set_attribute(sc.TIME_PER_OUTPUT_TOKEN_MS, tpot)
         span.end()
+        self.served_here.add((request.model, request.model_version))
         final = self._final(
             request,
             generated,
@@ -408,6 +412,10 @@ class Inference:
             return None
         state = await self.model_state(request.model, request.model_version)
         if state is None or state in WAIT_STATES:
+            return None
+        if not state and (request.model, request.model_version) in self.served_here:
+            # No state: Triton (re)started and has not loaded it yet (the stack loads again
+            # what it served); an unloaded version says UNAVAILABLE.
             return None
         what = f"{request.model} version {request.model_version or '(current)'}"
         return Rejection(
