@@ -14,8 +14,9 @@ authenticated (``auth.PRINCIPAL``) it:
 
 Why the gateway emits usage and not postprocess: the gateway is where the key was checked and
 where its token charge must be corrected, so one place holds the key, the charge and the
-result; the key name never has to travel through three stages (nor be trusted from a Kafka
-header). What it does not see: requests produced straight to ``genwire.requests`` (their
+result, and usage never depends on a Kafka header any producer could set (the key's name does
+go downstream, header ``genwire_principal``, for the stages' own use). What it does not see:
+requests produced straight to ``genwire.requests`` (their
 producers are authorised by Kafka ACLs, docs/security.md) and the completion of a request
 whose caller left (its charge stays at the admission estimate; no event).
 """
