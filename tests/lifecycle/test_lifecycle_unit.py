@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,63 @@ def test_list_rows_show_state_and_quantization(tmp_path: Path) -> None:
     rows = describe(repo, StubTriton(["1"]), "m")
     assert [(r["version"], r["state"]) for r in rows] == [("1", "READY"), ("2", "not loaded")]
     assert (rows[1]["quantized"], rows[1]["heldout_loss"]) == ("int8", 5.31)
+
+
+class ServingTriton(StubTriton):
+    def load(self, name: str) -> None:
+        self.loads += 1
+
+
+@dataclasses.dataclass
+class InMemory(Lifecycle):
+    """The policy topic in memory (publish checks the revision as publish_policy does);
+    Triton serves what it is told; the drain is recorded, not waited for."""
+
+    records: dict[str, ModelPolicy] = dataclasses.field(default_factory=dict)
+    drained: list[set[str]] = dataclasses.field(default_factory=list)
+
+    def policy(self, name: str) -> ModelPolicy | None:
+        return self.records.get(name)
+
+    def publish(self, policy: ModelPolicy, expect_revision: int | None) -> ModelPolicy:
+        found = self.records[policy.model].revision if policy.model in self.records else -1
+        if expect_revision is not None and found != expect_revision:
+            raise LifecycleError(f"changed meanwhile ({found}, expected {expect_revision})")
+        self.records[policy.model] = policy
+        return policy
+
+    def serve(self, name: str, versions: Iterable[str]) -> list[str]:
+        assert isinstance(self.triton, StubTriton)
+        self.triton._served = sorted(set(versions), key=int)
+        return self.triton._served
+
+    def probe(self, name: str, version: str, timeout_s: float = 60.0) -> None:
+        return None
+
+    def _switch_over(self, name: str, old: set[str], settle_s: float, drain_s: float) -> None:
+        self.drained.append(old)
+
+
+def test_promote_a_model_without_a_policy_in_one_go(tmp_path: Path) -> None:
+    """Loading beside a model without a policy publishes one: promote reads it afterwards
+    (it used to publish over it and stop with 'changed meanwhile')."""
+    life = InMemory(
+        repository=_repo(tmp_path, ["1", "2"]), triton=ServingTriton(["1"]), bootstrap_servers="x:1"
+    )
+    new = life.promote("m", "2", by="test")
+    assert (new.champion, new.aliases["previous"], new.weights) == ("2", "1", {"2": 100})
+    assert life.records["m"] == new and life.drained == [{"1"}]
+
+
+def test_promote_keeps_the_shadow_it_keeps_routing_to(tmp_path: Path) -> None:
+    life = InMemory(
+        repository=_repo(tmp_path, ["1", "2", "3"]),
+        triton=ServingTriton(["1", "2", "3"]),
+        bootstrap_servers="x:1",
+    )
+    life.records["m"] = ModelPolicy(
+        model="m", aliases={"champion": "1"}, weights={"1": 100}, shadow="3", revision=4
+    )
+    new = life.promote("m", "2", by="test")
+    assert new.shadow == "3" and new.revision == 5
+    assert life.drained == [{"1"}]  # the shadow version stays loaded: copies still go to it

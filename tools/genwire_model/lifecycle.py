@@ -446,15 +446,19 @@ class Lifecycle:
         """Blue-green: ``version`` serves every request from now on, the old one finishes
         what it has and is unloaded."""
         self.check_versions(name, [version])
+        self.load(name, version)  # loaded and answering before it takes a request
+        # Read after the load: loading beside a model without a policy publishes one.
         current = self.policy(name)
         base = current or self._initial(name)
-        old = (base.live_versions() | ({base.shadow} if base.shadow else set())) - {version}
-        self.load(name, version)  # loaded and answering before it takes a request
         try:
             new = promote(base, version, by=by)
         except PolicyError as exc:
             raise LifecycleError(str(exc)) from None
         self.publish(new, current.revision if current else -1)
+        # What took traffic (or a shadow copy) before and takes none now: a shadow the new
+        # policy keeps stays loaded.
+        routed = new.live_versions() | ({new.shadow} if new.shadow else set())
+        old = (base.live_versions() | ({base.shadow} if base.shadow else set())) - routed
         self._switch_over(name, old if unload_old else set(), settle_s, drain_timeout_s)
         return new
 
