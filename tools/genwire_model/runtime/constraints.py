@@ -226,7 +226,7 @@ class Vocabulary:
 class RowConstraint:
     """What one sequence may generate next, and whether its last token ended it."""
 
-    __slots__ = ("_tail", "generated", "matcher", "stops", "vocab", "window")
+    __slots__ = ("_tail", "generated", "matcher", "min_tokens", "stops", "vocab", "window")
 
     def __init__(self, vocab: Vocabulary, matcher: Any | None, stops: list[bytes]) -> None:
         self.vocab = vocab
@@ -237,6 +237,9 @@ class RowConstraint:
         self.window = max((len(s) for s in stops), default=1) - 1
         self._tail = b""
         self.generated = 0
+        # Stop strings count from this many tokens on (the request's min_tokens, set by the
+        # decode loop): one completed earlier does not end the sequence (as vLLM).
+        self.min_tokens = 0
 
     @property
     def guided(self) -> bool:
@@ -249,6 +252,7 @@ class RowConstraint:
             self.vocab, self.matcher.deep_copy() if self.matcher is not None else None, self.stops
         )
         twin._tail, twin.generated = self._tail, self.generated
+        twin.min_tokens = self.min_tokens
         return twin
 
     def fill_mask(self, out: Array) -> None:
@@ -290,11 +294,13 @@ class RowConstraint:
             new = table[token] if 0 <= token < len(table) else b""
             if new:
                 text = self._tail + new
-                for stop in self.stops:
-                    # Only a match that ends inside the new bytes is new.
-                    if stop in text[max(0, len(self._tail) - len(stop) + 1) :]:
-                        return FINISH_STOP
+                tail = len(self._tail)
                 self._tail = text[-self.window :] if self.window else b""
+                if self.generated >= self.min_tokens:
+                    for stop in self.stops:
+                        # Only a match that ends inside the new bytes is new.
+                        if stop in text[max(0, tail - len(stop) + 1) :]:
+                            return FINISH_STOP
         if self.matcher is not None and self.matcher.is_stopped():
             return FINISH_STOP
         return None

@@ -62,6 +62,12 @@ def top_logprobs(logits: Array, lse: Array, k: int) -> tuple[Array, Array]:
     else:
         idx = np.broadcast_to(np.arange(vocab), (rows, vocab))
     vals = np.take_along_axis(logits, idx, axis=1)
+    if k < vocab:
+        # argpartition picks any of the tokens tied at the k-th value: keep the lower ids.
+        kth = vals.min(axis=1)
+        for i in np.flatnonzero((logits >= kth[:, None]).sum(axis=1) > k):
+            idx[i] = np.lexsort((np.arange(vocab), -logits[i]))[:k]
+            vals[i] = logits[i, idx[i]]
     order = np.lexsort((idx, -vals), axis=1)
     idx = np.take_along_axis(idx, order, axis=1)
     lps = np.take_along_axis(vals, order, axis=1) - lse[:, None]

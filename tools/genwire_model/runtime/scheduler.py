@@ -292,6 +292,9 @@ class _Sequence:
         self.first_token_at: float | None = None
         self.finish_reason = ""
         self.constraint = request.constraints[choice] if request.constraints else None
+        if request.min_tokens and hasattr(self.constraint, "min_tokens"):
+            # No stop string ends the choice before min_tokens tokens (as vLLM).
+            setattr(self.constraint, "min_tokens", request.min_tokens)  # noqa: B010
         self.bias_ids: Array | None = None
         self.bias_values: Array | None = None
         if request.logit_bias:
@@ -376,6 +379,10 @@ class Scheduler:
         # Optional runner operations (ONNX Runtime has them; others use the basic ones).
         self._step_pass = getattr(runner, "step", None) or runner.forward
         self._gather = getattr(runner, "gather", None)
+        # TensorRT keeps the logits on the GPU and the loop samples them there
+        # (sampling_torch); after a fallback to ONNX Runtime they are numpy again.
+        if getattr(runner, "backend", "") == "tensorrt" and hasattr(runner, "host_logits"):
+            runner.host_logits = False
         reserve = getattr(runner, "reserve", None)
         if reserve is not None:
             reserve(max_batch, context + 1)
@@ -521,7 +528,11 @@ class Scheduler:
         rows_logits = (
             logits[source] if len(source) != rows or source != list(range(rows)) else logits
         )
-        tokens = self._tokens(seqs, np.array(rows_logits, dtype=np.float32, copy=True))
+        if isinstance(rows_logits, np.ndarray):
+            rows_logits = np.array(rows_logits, dtype=np.float32, copy=True)
+        else:  # a torch tensor on the GPU (TensorRT): sampled there
+            rows_logits = rows_logits.float().clone()
+        tokens = self._tokens(seqs, rows_logits)
         keep_rows, keep = [], []
         for i, seq in enumerate(seqs):
             if not self._accept(seq, tokens[i]):
@@ -643,8 +654,12 @@ class Scheduler:
     def _tokens(self, seqs: list[_Sequence], logits: Array) -> list[tuple[int, float, Any]]:
         """Sample one token per row; (token, its log-probability, top alternatives or None).
 
-        ``logits`` [B, V] float32 is modified in place (the options are applied to it).
+        ``logits`` [B, V] float32 is modified in place (the options are applied to it). A
+        torch tensor (the TensorRT runner's logits, still on the GPU) is sampled where it is,
+        by ``sampling_torch`` (the same rule).
         """
+        if not isinstance(logits, np.ndarray):
+            return self._tokens_on_device(seqs, logits)
         rows = len(seqs)
         lse = logsumexp(logits)
         tops: list[Any] = [None] * rows
@@ -686,13 +701,129 @@ class Scheduler:
         token_lps = source[np.arange(rows), chosen] - lse
         return [(int(chosen[i]), float(token_lps[i]), tops[i]) for i in range(rows)]
 
+    def _options(self, seqs: list[_Sequence]) -> tuple[Array, Array, Array, Array, Array]:
+        """Per row: temperature, top_p, top_k, min_p and the uniform draw (from the request's
+        own generator, only for sampled rows)."""
+        n = len(seqs)
+        draws = np.fromiter(
+            (
+                s.rng.random() if s.request.temperature > 0.0 and s.request.top_k != 1 else 0.0
+                for s in seqs
+            ),
+            np.float64,
+            n,
+        )
+        return (
+            np.fromiter((s.request.temperature for s in seqs), np.float64, n),
+            np.fromiter((s.request.top_p for s in seqs), np.float64, n),
+            np.fromiter((s.request.top_k for s in seqs), np.int64, n),
+            np.fromiter((s.request.min_p for s in seqs), np.float64, n),
+            draws,
+        )
+
+    def _tokens_on_device(self, seqs: list[_Sequence], logits: Any) -> list[tuple[int, float, Any]]:
+        """``_tokens`` on a torch tensor, on its device: the options and the draws go up, the
+        chosen ids and their log-probabilities (and the ``top_logprobs`` rows asked) come back
+        in one copy; the logits stay where they are."""
+        from . import sampling_torch as st
+
+        logits = logits.float()
+        rows = len(seqs)
+        lse = st.logsumexp(logits)
+        tops: list[Any] = [None] * rows
+        wanted = [i for i, s in enumerate(seqs) if s.request.top_logprobs > 0]
+        if wanted:
+            k = max(seqs[i].request.top_logprobs for i in wanted)
+            index = st._torch().tensor(wanted, device=logits.device)
+            ids, lps = st.top_logprobs(logits[index], lse[index], k)
+            ids_host, lps_host = ids.cpu().numpy(), lps.cpu().numpy()
+            for j, i in enumerate(wanted):
+                kk = seqs[i].request.top_logprobs
+                tops[i] = (ids_host[j, :kk].tolist(), lps_host[j, :kk].tolist())
+        raw = None
+        processed = [i for i, s in enumerate(seqs) if s.processed]
+        constrained = [i for i, s in enumerate(seqs) if s.constraint is not None]
+        if processed or constrained:
+            raw = logits.clone()  # the log-probabilities reported are the model's
+            self._process_on_device(seqs, processed, logits)
+            if constrained:
+                masks = self._allowed(seqs, constrained, int(logits.shape[1]))
+                if masks:
+                    vocab = int(logits.shape[1])
+                    st.apply_masks(
+                        logits,
+                        raw,
+                        np.fromiter(masks, np.int64, len(masks)),
+                        np.stack([m[:vocab] for m in masks.values()]),
+                    )
+        chosen = st.sample(logits, *self._options(seqs))
+        source = raw if raw is not None else logits
+        token_lps = source.gather(1, chosen[:, None])[:, 0] - lse
+        both = st._torch().stack([chosen.double(), token_lps.double()]).cpu().numpy()
+        return [(int(both[0, i]), float(np.float32(both[1, i])), tops[i]) for i in range(rows)]
+
+    def _process_on_device(self, seqs: list[_Sequence], rows: list[int], logits: Any) -> None:
+        """``_Sequence.process`` for every listed row at once, on the logits' device."""
+        from . import sampling_torch as st
+
+        bias_rows, bias_ids, bias_values, sup_rows, sup_ids, pen = [], [], [], [], [], []
+        for i in rows:
+            seq = seqs[i]
+            if seq.bias_ids is not None and seq.bias_values is not None:
+                bias_rows.append(np.full(len(seq.bias_ids), i, np.int64))
+                bias_ids.append(seq.bias_ids)
+                bias_values.append(seq.bias_values)
+            if seq.suppress is not None and seq.generated < seq.request.min_tokens:
+                sup_rows.append(np.full(len(seq.suppress), i, np.int64))
+                sup_ids.append(seq.suppress)
+            if seq.counts is not None:
+                pen.append(i)
+        if bias_rows:
+            st.add_bias(
+                logits,
+                np.concatenate(bias_rows),
+                np.concatenate(bias_ids),
+                np.concatenate(bias_values),
+            )
+        if sup_rows:
+            st.suppress(logits, np.concatenate(sup_rows), np.concatenate(sup_ids))
+        if pen:
+            counts = np.stack([seqs[i].counts for i in pen])  # type: ignore[misc]
+            seen = np.zeros(counts.shape, np.bool_)
+            for j, i in enumerate(pen):
+                if seqs[i].request.repetition_penalty != 1.0:
+                    seen[j] = counts[j] > 0
+                    prompt = seqs[i].prompt_seen
+                    if prompt is not None:
+                        seen[j] |= prompt
+            st.penalise(
+                logits,
+                np.asarray(pen, np.int64),
+                counts,
+                seen,
+                np.array([seqs[i].request.repetition_penalty for i in pen], np.float64),
+                np.array([seqs[i].request.frequency_penalty for i in pen], np.float64),
+                np.array([seqs[i].request.presence_penalty for i in pen], np.float64),
+            )
+
     def _mask(self, seqs: list[_Sequence], rows: list[int], logits: Array, raw: Array) -> None:
         """The constraint hook: disallowed tokens to -inf. Where that and min_tokens leave
         nothing, the constraint's mask alone applies."""
+        vocab = logits.shape[1]
+        for i, mask in self._allowed(seqs, rows, vocab).items():
+            allowed = mask[:vocab]
+            row = logits[i]
+            row[~allowed] = -np.inf
+            if not np.isfinite(row).any():  # min_tokens forbade all the grammar allows
+                row[allowed] = raw[i][allowed]
+
+    def _allowed(self, seqs: list[_Sequence], rows: list[int], vocab: int) -> dict[int, Array]:
+        """The constraint hook's allowed tokens (bool, True = allowed) of the rows that have a
+        mask now (a row whose constraint allows everything has none)."""
         masks: dict[int, Array] = {}
         batched = None
         if _fill_masks is not None and all(hasattr(seqs[i].constraint, "matcher") for i in rows):
-            batched = _fill_masks([seqs[i].constraint for i in rows], logits.shape[1])
+            batched = _fill_masks([seqs[i].constraint for i in rows], vocab)
         if batched is not None:
             for j, allowed in zip(batched[0].tolist(), batched[1], strict=True):
                 masks[rows[j]] = allowed
@@ -703,13 +834,7 @@ class Scheduler:
                 allowed = constraint.allowed()
                 if allowed is not None:
                     masks[i] = allowed
-        vocab = logits.shape[1]
-        for i, mask in masks.items():
-            allowed = mask[:vocab]
-            row = logits[i]
-            row[~allowed] = -np.inf
-            if not np.isfinite(row).any():  # min_tokens forbade all the grammar allows
-                row[allowed] = raw[i][allowed]
+        return masks
 
     def _accept(self, seq: _Sequence, sample: tuple[int, float, Any]) -> bool:
         """Record a sampled token; True (and the final response queued) if the choice ended."""
@@ -726,7 +851,11 @@ class Scheduler:
                 log.warning("constraint failed: %s", exc)
                 self._fail(seq, f"constrained decoding failed: {exc}")
                 return True
-        if (token in self.eos_ids and not r.ignore_eos) or token in r.stop_ids:
+        stop_token = (token in self.eos_ids and not r.ignore_eos) or token in r.stop_ids
+        # Before min_tokens nothing stops a choice (as vLLM): eos and the stop ids are masked
+        # then, and a stop string is not looked for (``RowConstraint.min_tokens``). Only a
+        # grammar that is complete (its constraint's reason) ends it earlier.
+        if stop_token and (seq.generated > r.min_tokens or reason is not None):
             # The stop token is counted (generated) but not part of the text.
             self._finish(seq, "stop")
             return True
