@@ -12,6 +12,9 @@ its idempotency claim (set by the gateway and by preprocess).
   refused. Preprocess claims every request the same way, so a Kafka client that reuses an id
   is refused like a gateway caller. Anonymous gateway requests skip the claim here: nothing can
   repeat them.
+- ``genwire:owner:<request_id>`` → the name of the API key whose caller sent the request (SET
+  NX, by the gateway, before it publishes). ``GetResult`` and ``Cancel`` of a request another
+  key owns are refused unless the caller has the ``admin`` scope (docs/security.md).
 """
 
 from __future__ import annotations
@@ -34,6 +37,15 @@ RESULT_KEY_PREFIX = "genwire:result:"
 CLAIM_KEY_PREFIX = "genwire:claim:"
 """``genwire:claim:<request_id>`` → the fingerprint of the first request with that id (SET NX):
 a later request with the same id and another fingerprint is an ``idempotency_conflict``."""
+
+
+OWNER_KEY_PREFIX = "genwire:owner:"
+"""``genwire:owner:<request_id>`` → the name of the API key that sent the request (SET NX)."""
+
+
+def owner_key(request_id: str) -> str:
+    """The Redis key of a request id's owning API key name."""
+    return f"{OWNER_KEY_PREFIX}{request_id}"
 
 
 def result_key(request_id: str) -> str:
@@ -143,6 +155,22 @@ class ResultStore:
     async def release(self, request_id: str) -> None:
         """Drop a claim whose request was never published, so a retry may publish it."""
         await self.redis.delete(claim_key(request_id))
+
+    # -- owners (the API key that sent a request; the gateway) -------------------------------
+
+    async def own(self, request_id: str, name: str, ttl_s: float) -> str:
+        """Record ``name`` as the owner of ``request_id`` unless one is recorded; returns the
+        owner (``name``, or the earlier one). Kept ``ttl_s`` (the result's TTL and then some)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(owner_key(request_id), name, nx=True, ex=max(1, math.ceil(ttl_s)))
+        pipe.get(owner_key(request_id))
+        _, holder = await pipe.execute()
+        return name if holder is None else holder.decode()
+
+    async def owner(self, request_id: str) -> str | None:
+        """The name of the API key that sent ``request_id`` (None: none recorded)."""
+        raw = await self.redis.get(owner_key(request_id))
+        return None if raw is None else raw.decode()
 
     async def known(self, request_id: str) -> bool:
         """Whether the id was claimed (accepted here and not expired)."""

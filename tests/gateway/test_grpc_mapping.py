@@ -112,6 +112,9 @@ async def test_cancel_says_whether_the_id_was_known() -> None:
         def __init__(self) -> None:
             self.cancelled: list[str] = []
 
+        async def authorize(self, request_id: str) -> None:
+            """No keys here: anyone may cancel (ownership: tests/security)."""
+
         async def known(self, request_id: str) -> bool:
             return request_id == "exists"
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from genwire_gateway.usage import UsageEvent
 from pydantic import ValidationError
 
 from genwire.kafka_security import client_options
 from genwire.settings import CommonSettings
 from genwire.topics import Topic
+from genwire.usage import UsageEvent, first_per_request
 
 EPILOG = """\
 examples:
@@ -143,9 +143,10 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "usage",
         help="tokens and requests per API key and model over a recent period",
-        description="Add up the usage events the gateways published on genwire.usage (one per "
-        "completed request: key name, model, version, tokens, latency, finish reason) and "
-        "print one row per key and model.",
+        description="Add up the usage events on genwire.usage (one per completed request, "
+        "published by the gateway for API-key callers and by postprocess for requests produced "
+        "straight to Kafka: key name, model, version, tokens, latency, finish reason; the first "
+        "event of a request id counts) and print one row per key and model.",
         epilog=EPILOG,
     )
     p.add_argument("--since", default="1h", help="how far back: 30m, 1h, 7d... (default: 1h)")
@@ -166,7 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"genwire usage: error: {exc}")
         return 2
     bootstrap = args.bootstrap_servers or CommonSettings().kafka_bootstrap_servers
-    events = asyncio.run(read_usage(bootstrap, (time.time() - seconds) * 1000.0))
+    events = first_per_request(asyncio.run(read_usage(bootstrap, (time.time() - seconds) * 1000.0)))
     if args.key:
         events = [e for e in events if e.key_name in set(args.key)]
     print(f"usage since {args.since} ago: {len(events)} request(s)")

@@ -371,6 +371,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
 
         async def work(span: Span) -> pb.GetResultResponse:
             _require_request_id(request.request_id, span)
+            await self._gateway.authorize(request.request_id)  # its owner's key or an admin
             wait_s = request.wait_ms / 1000.0
             remaining = context.time_remaining()
             if remaining is not None:
@@ -387,6 +388,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
 
         async def work(span: Span) -> pb.CancelResponse:
             _require_request_id(request.request_id, span)
+            await self._gateway.authorize(request.request_id)  # its owner's key or an admin
             known = await self._gateway.known(request.request_id)
             await self._gateway.cancel(request.request_id, request.reason or "cancelled by caller")
             return pb.CancelResponse(accepted=True, known=known)

@@ -32,15 +32,15 @@ from typing import Any, cast
 
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter
-from pydantic import Field
 
-from genwire.apikeys import KeyRecord
-from genwire.events import Event, GenerationResult, now_ms
+from genwire.apikeys import SCOPE_ADMIN, KeyRecord
+from genwire.events import GenerationResult
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
+from genwire.usage import SOURCE_GATEWAY, UsageEvent
 from genwire_gateway.auth import Principal, current_principal, retry_after
-from genwire_gateway.errors import GatewayError
+from genwire_gateway.errors import PERMISSION_DENIED, GatewayError
 from genwire_gateway.handlers import Chunk, Gateway, Prepared
 from genwire_gateway.limits import Limiter, LimitExceeded, Ticket, TooLarge, prompt_estimate
 
@@ -50,29 +50,6 @@ METRIC_KEY_TOKENS = "genwire_gateway_key_tokens_total"
 METRIC_KEY_REQUESTS = "genwire_gateway_key_requests_total"
 OTHER_KEYS = "other"
 """Label of every key name past ``max_keys`` distinct ones."""
-
-
-class UsageEvent(Event):
-    """One completed request's usage, on ``genwire.usage`` (keyed by request id)."""
-
-    TOPIC = Topic.USAGE
-    key_name: str
-    """The API key's name (never the key): who to attribute the cost to."""
-    key_id: str = ""
-    model: str = ""
-    model_version: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    latency_ms: float = 0.0
-    """From the gateway receiving the request to its result."""
-    finish_reason: str = ""
-    """``stop``, ``length``, ... or ``error`` (then ``error_code`` says which)."""
-    error_code: str = ""
-    stream: bool = False
-    charged_tokens: int = 0
-    """What the key's token limits were charged in the end (0: the key has none)."""
-    completed_ms: float = Field(default_factory=now_ms)
 
 
 class UsageMetrics:
@@ -91,7 +68,7 @@ class UsageMetrics:
         self.requests = Counter(
             METRIC_KEY_REQUESTS,
             "Requests per API key name by outcome: ok, error (a pipeline error result), "
-            "rate_limited, quota_exceeded, too_large.",
+            "rate_limited, quota_exceeded, too_large, forbidden (another key's request id).",
             ["key", "outcome"],
             registry=registry,
         )
@@ -153,6 +130,7 @@ class MeteredGateway(Gateway):
         if principal is None:
             return await super().generate(prepared)
         ticket = await self._admit(principal, prepared)
+        await self._own(principal, prepared, ticket)
         started = time.monotonic()
         self._capture_prompt(principal.record, prepared)
         try:
@@ -172,6 +150,7 @@ class MeteredGateway(Gateway):
                     yield chunk
             return
         ticket = await self._admit(principal, prepared)
+        await self._own(principal, prepared, ticket)
         started = time.monotonic()
         self._capture_prompt(principal.record, prepared)
         try:
@@ -191,6 +170,7 @@ class MeteredGateway(Gateway):
         if principal is None:
             return await super().submit(prepared)
         ticket = await self._admit(principal, prepared)
+        await self._own(principal, prepared, ticket, wait=True)
         started = time.monotonic()
         try:
             request_id = await super().submit(prepared)
@@ -201,6 +181,65 @@ class MeteredGateway(Gateway):
         # (polling Redis) to correct the charge and publish the usage.
         self._in_background(self._follow(principal, prepared, ticket, started))
         return request_id
+
+    # -- ownership (GetResult and Cancel of another key's request) -----------------------------
+
+    def _owner_ttl_s(self) -> float:
+        return self.store.ttl_s + self.settings.max_timeout_s + self.settings.claim_grace_s
+
+    async def _own(
+        self, principal: Principal, prepared: Prepared, ticket: Ticket | None, wait: bool = False
+    ) -> None:
+        """Record the caller's key as the request's owner before it is published.
+
+        A named request (or a submitted one: its id is answered at once) waits for the record:
+        an id another key owns is refused (403) unless the caller is an admin. An anonymous
+        request's id is new and only known to its caller once it runs, so the record is
+        written off the hot path.
+        """
+        if not (wait or prepared.named):
+            self._in_background(self._own_quietly(prepared.request_id, principal.name))
+            return
+        try:
+            owner = await self.store.own(prepared.request_id, principal.name, self._owner_ttl_s())
+        except Exception as exc:  # the claim needs Redis too: it answers unavailable
+            log.warning("owner of %s not recorded (Redis): %s", prepared.request_id, exc)
+            return
+        if owner != principal.name and not principal.record.allows(SCOPE_ADMIN):
+            if ticket is not None and self.limiter is not None:
+                with contextlib.suppress(Exception):
+                    await self.limiter.adjust(ticket, 0)
+            self._count(principal.name, "forbidden")
+            raise GatewayError(_not_yours(prepared.request_id), code=PERMISSION_DENIED)
+
+    async def _own_quietly(self, request_id: str, name: str) -> None:
+        try:
+            await self.store.own(request_id, name, self._owner_ttl_s())
+        except Exception as exc:
+            log.warning("owner of %s not recorded (Redis): %s", request_id, exc)
+
+    async def authorize(self, request_id: str) -> None:
+        """``GetResult``/``Cancel``: the caller's key must own ``request_id``, or be an admin.
+
+        A request no key owns (produced straight to Kafka, or sent while auth was off) is an
+        admin's to read; an id nobody knows passes (the caller is told ``not_found``).
+        """
+        principal = current_principal()
+        if principal is None or principal.record.allows(SCOPE_ADMIN):
+            return
+        try:
+            owner = await self.store.owner(request_id)
+            if owner == principal.name:
+                return
+            if owner is None and not await self.known(request_id):
+                return
+        except Exception as exc:
+            raise GatewayError(
+                f"the owner of {request_id!r} cannot be checked: {exc}",
+                code=ErrorCode.UNAVAILABLE,
+            ) from exc
+        self._count(principal.name, "forbidden")
+        raise GatewayError(_not_yours(request_id), code=PERMISSION_DENIED)
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -293,6 +332,7 @@ class MeteredGateway(Gateway):
             request_id=prepared.request_id,
             key_name=record.name,
             key_id=record.id,
+            source=SOURCE_GATEWAY,
             model=(result.model if result is not None else "")
             or prepared.request.model
             or self.settings.default_model,
@@ -362,6 +402,13 @@ class MeteredGateway(Gateway):
 
     def _redacted(self, text: str) -> str:
         return self.redact(text) if self.redact is not None else text
+
+
+def _not_yours(request_id: str) -> str:
+    return (
+        f"request {request_id!r} was not sent with this API key (only its owner's keys or "
+        "an admin key may read or cancel it)"
+    )
 
 
 def _generator(chunks: AsyncIterator[Chunk]) -> AsyncGenerator[Chunk, None]:

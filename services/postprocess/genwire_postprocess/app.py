@@ -3,25 +3,31 @@ rest)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 
+from genwire.apikeys import NAME_PATTERN
 from genwire.errors import GenwireError
 from genwire.events import Event, GenerationChunk
 from genwire.filters import ContentFilter
 from genwire.kafka.failures import Output
+from genwire.kafka.producer import forwarded
 from genwire.results import ResultStore
 from genwire.service import ServiceRuntime, ServiceSpec
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore
 from genwire.topics import Topic
+from genwire.usage import KAFKA_PRINCIPAL
 from genwire_postprocess.config import PostprocessSettings
 from genwire_postprocess.handlers import Postprocessor, failure_result
 from genwire_postprocess.metrics import ResultMetrics
 from genwire_postprocess.replies import ReplyRouter
+
+log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
@@ -49,7 +55,8 @@ async def setup(
     async def handle(chunk: GenerationChunk) -> list[Output]:
         if chunk.shadow:  # its result goes to genwire.shadow only: no replies to anyone
             return list(await post.handle(chunk))
-        return await replies.with_replies(await post.handle(chunk))
+        usage_of = usage_principal(chunk) if cfg.kafka_usage else None
+        return await replies.with_replies(await post.handle(chunk, usage_of=usage_of))
 
     def failure_events(record: ConsumerRecord[bytes, bytes], err: GenwireError) -> Sequence[Output]:
         return replies.with_replies_now(failure_outputs(record, err), record.headers or ())
@@ -59,6 +66,27 @@ async def setup(
         yield
     finally:
         await store.close()
+
+
+def usage_principal(chunk: GenerationChunk) -> str | None:
+    """Whom to attribute a request's usage to here: None for a gateway's request (header
+    ``genwire_origin``: the gateway meters it); for a Kafka client's, the ``genwire_principal``
+    header it set (a claim, as trustworthy as the topic's ACLs), else ``kafka``."""
+    if forwarded(sc.HEADER_ORIGIN) is not None:
+        return None
+    raw = forwarded(sc.HEADER_PRINCIPAL)
+    name = raw.decode("utf-8", "replace") if raw is not None else chunk.principal
+    if not name:
+        return KAFKA_PRINCIPAL
+    if NAME_PATTERN.fullmatch(name) is None:
+        log.warning(
+            "request %s: genwire_principal %r is no key name; usage goes to %r",
+            chunk.request_id,
+            name[:80],
+            KAFKA_PRINCIPAL,
+        )
+        return KAFKA_PRINCIPAL
+    return name
 
 
 def failure_outputs(record: ConsumerRecord[bytes, bytes], err: GenwireError) -> list[Event]:

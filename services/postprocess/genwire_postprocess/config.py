@@ -41,6 +41,12 @@ class PostprocessSettings(ServiceSettings):
     default_context_length: int = Field(
         1024, gt=0, description="Context length of a model whose files do not state one."
     )
+    kafka_usage: bool = Field(
+        True,
+        description="Publish a UsageEvent on genwire.usage for each request produced straight "
+        "to genwire.requests (no genwire_origin header; the gateway meters its own), "
+        "attributed to its genwire_principal header, else 'kafka'; once per request id.",
+    )
     reply_topic: str = Field(
         Topic.REPLIES.value,
         description="The only topic a request's genwire_reply_to header may name: its chunks "

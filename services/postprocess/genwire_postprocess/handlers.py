@@ -48,6 +48,7 @@ from genwire.policy import ARM_ATTRIBUTE, SHADOW_ATTRIBUTE
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore
+from genwire.usage import SOURCE_KAFKA, UsageEvent
 from genwire_postprocess.logprobs import LogprobTracker, output_logprobs
 from genwire_postprocess.text import (
     IncrementalDetokenizer,
@@ -118,12 +119,16 @@ class Postprocessor:
         self.streams: OrderedDict[str, _Stream] = OrderedDict()
         self._blind: OrderedDict[str, float] = OrderedDict()  # joined mid-stream: wait for final
 
-    async def handle(self, chunk: GenerationChunk) -> list[Event]:
-        """Apply one chunk; return the TokenEvents (and on the final chunk, the result)."""
+    async def handle(self, chunk: GenerationChunk, *, usage_of: str | None = None) -> list[Event]:
+        """Apply one chunk; return the TokenEvents (and on the final chunk, the result).
+
+        ``usage_of``: a request no gateway meters (a Kafka client's): its final chunk also
+        returns a ``UsageEvent`` attributed to that name, once per request id (docs/security.md).
+        """
         if chunk.shadow:
-            return await self._shadow(chunk)
+            return await self._shadow(chunk)  # a shadow copy is never metered
         if chunk.final:
-            return await self._final(chunk)
+            return await self._final(chunk, usage_of)
         return await self._stream(chunk)
 
     # -- streaming --------------------------------------------------------------------------
@@ -264,7 +269,7 @@ class Postprocessor:
 
     # -- final ------------------------------------------------------------------------------
 
-    async def _final(self, chunk: GenerationChunk) -> list[Event]:
+    async def _final(self, chunk: GenerationChunk, usage_of: str | None = None) -> list[Event]:
         rid = chunk.request_id
         n = len(chunk.choices) if chunk.choices else 1
         states = [self.streams.pop(_key(rid, c), None) for c in range(n)]
@@ -299,6 +304,11 @@ class Postprocessor:
                 reason = stored.finish_reason if stored.error is not None else choice.finish_reason
                 out.append(self._final_token(chunk, choice, reason, state))
         out.append(stored)
+        # Once per request: only the first result stored for the id (a redelivery finds it
+        # stored); an ``unavailable`` error is no answer (a replay's result replaces it, and is
+        # metered then); a conflict is another request's id.
+        if usage_of is not None and stored is result and not conflict and not _no_answer(result):
+            out.append(_usage(result, chunk, usage_of))
         return out
 
     def _final_token(
@@ -398,6 +408,35 @@ class Postprocessor:
             logprobs=logprobs,
             completion_tokens=len(ids),
         )
+
+
+def _no_answer(result: GenerationResult) -> bool:
+    return result.error is not None and result.error.code == ErrorCode.UNAVAILABLE
+
+
+def _usage(result: GenerationResult, chunk: GenerationChunk, principal: str) -> UsageEvent:
+    """The usage of a Kafka client's request (``charged_tokens`` 0: limits are the gateway's)."""
+    counts = result.usage.counts()
+    timings = result.timings
+    latency = (
+        timings.completed - timings.received
+        if timings.completed is not None and timings.received is not None
+        else 0.0
+    )
+    return UsageEvent(
+        request_id=result.request_id,
+        key_name=principal,
+        source=SOURCE_KAFKA,
+        model=result.model,
+        model_version=result.model_version,
+        prompt_tokens=counts["prompt_tokens"],
+        completion_tokens=counts["completion_tokens"],
+        total_tokens=counts["total_tokens"],
+        latency_ms=round(max(0.0, latency), 3),
+        finish_reason=(result.finish_reason or "") if result.error is None else "error",
+        error_code=result.error.code if result.error is not None else "",
+        stream=chunk.stream,
+    )
 
 
 def failure_result(request_id: str | None, err: GenwireError, stream: bool) -> list[Event]:
