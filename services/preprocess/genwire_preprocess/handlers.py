@@ -32,6 +32,7 @@ from genwire.policy import ARM_ATTRIBUTE, SHADOW_ARM
 from genwire.request import ErrorCode, GenerationRequest, fingerprint, request_id_hint
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore, ModelAssets
+from genwire_preprocess.guided import GuidedChecker
 from genwire_preprocess.options import check_options, sampling_of
 from genwire_preprocess.routing import PolicyLookup, Route, Router
 from genwire_preprocess.stores import Claims, ServedVersions
@@ -67,6 +68,8 @@ class Preprocessor:
         self.assets = assets
         self.max_generation_tokens = max_generation_tokens
         """Budget of n × max_tokens per request (out_of_range beyond it)."""
+        self.guided = GuidedChecker()
+        """Compiles structured-output constraints: one that cannot compile never reaches Triton."""
         self.router = Router(assets, policies=policies, versions=versions)
         self.shadows_skipped = 0
         """Shadow copies not made (the shadow version cannot take the request): logged."""
@@ -116,6 +119,7 @@ class Preprocessor:
         span.set_attribute(sc.MODEL_VERSION, assets.version)
 
         check_options(request, assets, max_generation_tokens=self.max_generation_tokens)
+        await self.guided.check(request.guided, assets)
         if request.prompt_token_ids is not None:  # the filter still reads what they say
             self._filter(assets.decode(list(request.prompt_token_ids)), span)
             input_ids = list(request.prompt_token_ids)
