@@ -82,6 +82,7 @@ EOF
 
 step "GPU tests"
 "$BIN/pytest" -q -p no:cacheprovider tests/model/test_tensorrt.py tests/model/test_export_mask.py \
+  tests/model/test_sampling_torch.py \
   tests/model/test_tensorrt_fallback.py 2>&1 | tee "$OUT/pytest.txt"
 
 step "TensorRT vs ONNX Runtime, runner against runner"

@@ -12,6 +12,7 @@ otherwise, saying so).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -399,3 +400,8 @@ def test_after_a_fallback_the_loop_samples_numpy_logits_again(
     runner.backend = "onnxruntime"  # what a FallbackRunner reports after switching
     _scheduler_run(runner, REQUESTS[:2])
     assert runner.host_logits is True and called
+
+
+def test_a_built_version_carries_the_device_sampler(tiny_version: Any) -> None:
+    package = tiny_version.path / "genwire_runtime"
+    assert (package / "sampling_torch.py").read_bytes() == (Path(st.__file__).read_bytes())

@@ -37,6 +37,7 @@ RUNTIME_MODULES = (
     "__init__.py",
     "runners.py",
     "sampling.py",
+    "sampling_torch.py",
     "scheduler.py",
     "tensorrt_engine.py",
     "constraints.py",

@@ -234,7 +234,8 @@ class TensorRTRunner:
 
     backend = "tensorrt"
     min_past = 1  # the engine's profiles start at one past column: no zero-sized tensors
-    # False: forward returns the logits as a CUDA tensor, for sample_on_device (no host copy).
+    # False: forward returns the logits as a CUDA tensor (no host copy); the decode loop sets
+    # it and samples them there (sampling_torch).
     host_logits = True
 
     def __init__(self, engine_path: Path, manifest: dict[str, Any], device: int = 0) -> None:
@@ -412,7 +413,7 @@ class TensorRTRunner:
                 raise RuntimeError("TensorRT execution failed (execute_async_v3 returned False)")
             self.device_logits = tensors["logits"]
             if not self.host_logits:
-                # The caller samples on the GPU (sample_on_device): no copy, no wait.
+                # The decode loop samples on the GPU (sampling_torch): no copy, no wait.
                 return tensors["logits"], (tensors["present_keys"], tensors["present_values"])
             out = self._logits[:rows]
             out.copy_(tensors["logits"].float(), non_blocking=True)
@@ -482,47 +483,32 @@ class TensorRTRunner:
         return out
 
     def sample_on_device(
-        self, logits: Any, temperature: Array, top_p: Array, top_k: Array, draws: Array
+        self,
+        logits: Any,
+        temperature: Array,
+        top_p: Array,
+        top_k: Array,
+        draws: Array,
+        min_p: Array | None = None,
     ) -> tuple[Array, Array]:
         """Tokens and their log-probabilities sampled on the GPU from logits [B, V].
 
-        ``logits`` None means the last pass's, still on the device.
-        The same rule as sampling.sample_batch (temperature 0 or top_k 1: greedy; top-k and
-        top-p keep every token reaching the cut-off; the pick is the first token whose
-        cumulative mass exceeds ``draws[i]`` x the kept mass), with the uniform draws made on
-        the host by each request's own generator, so a seed gives the same text batched or
-        not. Only B floats go up and 2 x B values come back.
+        ``logits`` None means the last pass's, still on the device. ``sampling_torch``'s rule,
+        which is ``sampling.py``'s (the decode loop calls it directly, with the per-request
+        options; this is the bare form for checks). Only the B ids and log-probabilities
+        come back.
         """
+        from . import sampling_torch
+
         torch = self.torch
         with torch.cuda.stream(self.stream):
             source = self.device_logits if logits is None else logits
-            logits = torch.as_tensor(source, device=self.device).float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            temp = torch.as_tensor(temperature, dtype=torch.float32, device=self.device)
-            k = torch.as_tensor(top_k, dtype=torch.int64, device=self.device)
-            p = torch.as_tensor(top_p, dtype=torch.float32, device=self.device)
-            u = torch.as_tensor(draws, dtype=torch.float64, device=self.device)
-            greedy = logprobs.argmax(dim=-1)
-            sampled = (temp > 0) & (k != 1)
-            scaled = logprobs / torch.where(sampled, temp, torch.ones_like(temp))[:, None]
-            probs = torch.exp(scaled - scaled.max(dim=-1, keepdim=True).values)
-            vocab = probs.shape[1]
-            kk = torch.where((k > 0) & (k < vocab), k, torch.full_like(k, vocab))
-            ordered = probs.sort(dim=-1, descending=True).values
-            kth = ordered.gather(1, (kk - 1)[:, None])
-            # Top-p over what top-k kept (ties at the k-th value included), as on the CPU.
-            kept = torch.where(ordered >= kth, ordered, torch.zeros_like(ordered))
-            cumulative = kept.cumsum(dim=-1)
-            limit = p[:, None] * kept.sum(dim=-1, keepdim=True)
-            cut = (cumulative < limit).sum(dim=-1, keepdim=True).clamp(max=vocab - 1)
-            nucleus = torch.where(p[:, None] < 1.0, kept.gather(1, cut), kth)
-            threshold = torch.maximum(kth, nucleus)
-            probs = torch.where(probs >= threshold, probs, torch.zeros_like(probs))
-            cdf = probs.double().cumsum(dim=-1)
-            picks = (cdf <= (u * cdf[:, -1])[:, None]).sum(dim=-1).clamp(max=vocab - 1)
-            tokens = torch.where(sampled, picks, greedy)
-            chosen = logprobs.gather(1, tokens[:, None])[:, 0]
-            out = torch.stack([tokens.double(), chosen.double()]).cpu()  # synchronizes
+            values = torch.as_tensor(source, device=self.device).float()
+            lse = sampling_torch.logsumexp(values)
+            floor = np.zeros(len(temperature)) if min_p is None else min_p
+            chosen = sampling_torch.sample(values.clone(), temperature, top_p, top_k, floor, draws)
+            logprobs = values.gather(1, chosen[:, None])[:, 0] - lse
+            out = torch.stack([chosen.double(), logprobs.double()]).cpu()  # synchronizes
         return out[0].numpy().astype(np.int64), out[1].numpy().astype(np.float32)
 
 
@@ -691,9 +677,9 @@ class FallbackRunner:
     to the host once); every later pass and cache operation goes to ONNX Runtime. The cache's
     masked dummy column of TensorRT's prefills stays harmless: ONNX Runtime masks it too.
     Other attributes (``backend``, ``min_past``, ``vocab_size``, anything a runner adds) are
-    the active runner's, read and written. A caller using TensorRT-only features
-    (``host_logits = False``, ``sample_on_device``) checks ``backend == "tensorrt"`` per pass:
-    after a fallback the logits are numpy again.
+    the active runner's, read and written. After a fallback the logits are numpy again: the
+    decode loop, which set ``host_logits = False``, picks its sampler by the logits' type per
+    pass (torch tensor: ``sampling_torch`` on the device; numpy: ``sampling``).
     """
 
     def __init__(self, primary: Any, make_fallback: Any, fallback: _Fallback) -> None:
