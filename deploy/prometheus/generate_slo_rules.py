@@ -36,7 +36,14 @@ PAGE = (("1h", "5m", 14.4), ("6h", "30m", 6.0))
 TICKET = (("1d", "2h", 3.0), ("3d", "6h", 1.0))
 """10 % of the budget in 1 d (sloth's extra row), 10 % in 3 d."""
 
-SERVER_ERROR_CODES = ("unknown", "internal", "unavailable", "inference_failed", "deadline_exceeded")
+SERVER_ERROR_CODES = (
+    "unknown",
+    "internal",
+    "unavailable",
+    "model_not_loaded",
+    "inference_failed",
+    "deadline_exceeded",
+)
 """Outcome codes that are the service's fault: every genwire.request.ErrorCode whose HTTP status
 is 5xx, plus the gateway's ``unknown`` (an exception no code was mapped to). Input problems
 (4xx) and cancellations spend no budget. tests/prometheus checks this list against the code."""
