@@ -61,6 +61,7 @@ class FakeBackend:
             step = ModelStep(token_ids=ids, logprobs=[-0.5] * self.n, model_version="3")
             step.finished, step.finish_reason = True, "length"
             step.prompt_tokens, step.completion_tokens = 3, self.n
+            step.queue_ms, step.compute_ms, step.ttft_ms = 1.0, 10.0, 4.0
             fake = FakeStream([step], self.delay_s, self.fail_after)
             self.streams.append(fake)
             return fake
@@ -156,7 +157,11 @@ async def test_non_streaming_sends_only_the_final() -> None:
     assert final.final and final.index == 0 and final.token_ids == final.output_ids
     assert final.output_ids == [100, 101, 102, 103, 104]
     assert backend.stream_flags == [False]  # one response from the model, not one per token
-    assert final.timings.first_token is None  # no time to first token without streaming
+    # The model's own clock says when the first token was sampled: 10 - 4 + 1 = 7 ms of the
+    # call came after it, so the caller-side TTFT of a unary request is known too.
+    t = final.timings
+    assert t.first_token is not None and t.inference_end is not None
+    assert t.first_token == max(t.inference_start or 0.0, t.inference_end - 7.0)
 
 
 async def test_stop_sequences_get_chunks_even_without_streaming() -> None:

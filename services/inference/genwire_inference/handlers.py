@@ -358,8 +358,9 @@ class Inference:
         if not chunked and final_step is not None and final_step.ttft_ms:
             # Unstreamed: every token arrives at the end, so the model's own clock says when
             # the first one was sampled.
+            timings.first_token = first_token_unix_ms(timings, final_step)
             span.set_attribute(sc.TIME_TO_FIRST_TOKEN_MS, final_step.ttft_ms)
-            span.set_attribute(sc.FIRST_TOKEN_UNIX_MS, first_token_unix_ms(timings, final_step))
+            span.set_attribute(sc.FIRST_TOKEN_UNIX_MS, timings.first_token)
         if len(generated) > 1 and timings.first_token is not None:
             tpot = (timings.inference_end - timings.first_token) / (len(generated) - 1)
             span.set_attribute(sc.TIME_PER_OUTPUT_TOKEN_MS, tpot)
