@@ -337,9 +337,11 @@ def _scheduler_run(runner: Any, requests: list[dict[str, Any]]) -> list[Any]:
         scheduler.run_once()
     return [
         sorted(
-            (u.choice, t, lp)
+            (u.choice, t, lp, tuple(top))
             for u in s.updates
-            for t, lp in zip(u.token_ids, u.logprobs, strict=True)
+            for t, lp, top in zip(
+                u.token_ids, u.logprobs, u.top_ids or [[]] * len(u.token_ids), strict=True
+            )
         )
         for s in sinks
     ]
@@ -378,9 +380,10 @@ def test_the_decode_loop_on_a_device_writes_the_numpy_loops_text(
     on_device = _scheduler_run(runner, REQUESTS)
     assert runner.host_logits is False and runner.passes > 0  # the loop asked for device logits
     for host, dev in zip(on_host, on_device, strict=True):
-        assert [(c, t) for c, t, _ in dev] == [(c, t) for c, t, _ in host]
-        np.testing.assert_allclose([lp for *_, lp in dev], [lp for *_, lp in host], atol=1e-4)
+        assert [(c, t, top) for c, t, _, top in dev] == [(c, t, top) for c, t, _, top in host]
+        np.testing.assert_allclose([x[2] for x in dev], [x[2] for x in host], atol=1e-4)
     assert sum(len(x) for x in on_host) > 30
+    assert any(top for x in on_host for *_, top in x)  # top_logprobs compared too
 
 
 def test_after_a_fallback_the_loop_samples_numpy_logits_again(

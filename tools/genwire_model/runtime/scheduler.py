@@ -730,16 +730,16 @@ class Scheduler:
         logits = logits.float()
         rows = len(seqs)
         lse = st.logsumexp(logits)
+        torch = st._torch()
         tops: list[Any] = [None] * rows
         wanted = [i for i, s in enumerate(seqs) if s.request.top_logprobs > 0]
+        k = max((seqs[i].request.top_logprobs for i in wanted), default=0)
+        alternatives = []  # copied back with the chosen ids, once
         if wanted:
-            k = max(seqs[i].request.top_logprobs for i in wanted)
-            index = st._torch().tensor(wanted, device=logits.device)
+            index = torch.tensor(wanted, device=logits.device)
             ids, lps = st.top_logprobs(logits[index], lse[index], k)
-            ids_host, lps_host = ids.cpu().numpy(), lps.cpu().numpy()
-            for j, i in enumerate(wanted):
-                kk = seqs[i].request.top_logprobs
-                tops[i] = (ids_host[j, :kk].tolist(), lps_host[j, :kk].tolist())
+            k = int(ids.shape[1])
+            alternatives = [ids.double().reshape(-1), lps.double().reshape(-1)]
         raw = None
         processed = [i for i, s in enumerate(seqs) if s.processed]
         constrained = [i for i, s in enumerate(seqs) if s.constraint is not None]
@@ -759,8 +759,17 @@ class Scheduler:
         chosen = st.sample(logits, *self._options(seqs))
         source = raw if raw is not None else logits
         token_lps = source.gather(1, chosen[:, None])[:, 0] - lse
-        both = st._torch().stack([chosen.double(), token_lps.double()]).cpu().numpy()
-        return [(int(both[0, i]), float(np.float32(both[1, i])), tops[i]) for i in range(rows)]
+        out = torch.cat([chosen.double(), token_lps.double(), *alternatives]).cpu().numpy()
+        if wanted:
+            width = len(wanted) * k
+            ids_host = out[2 * rows : 2 * rows + width].reshape(len(wanted), k).astype(np.int64)
+            lps_host = out[2 * rows + width :].reshape(len(wanted), k).astype(np.float32)
+            for j, i in enumerate(wanted):
+                kk = seqs[i].request.top_logprobs
+                tops[i] = (ids_host[j, :kk].tolist(), lps_host[j, :kk].tolist())
+        token_ids = out[:rows].astype(np.int64)
+        logprobs = out[rows : 2 * rows].astype(np.float32)
+        return [(int(token_ids[i]), float(logprobs[i]), tops[i]) for i in range(rows)]
 
     def _process_on_device(self, seqs: list[_Sequence], rows: list[int], logits: Any) -> None:
         """``_Sequence.process`` for every listed row at once, on the logits' device."""
