@@ -175,6 +175,22 @@ async def test_every_option_reaches_the_sampling(repo_with_options: AssetStore) 
     assert s.stop_token_ids[-1] == 9 and s.stop_token_ids[0] == 0  # the EOS id stays first
 
 
+async def test_ignore_eos_leaves_the_eos_ids_out_of_the_stop_ids(
+    repo_with_options: AssetStore,
+) -> None:
+    """The model stops on every id in stop_token_ids: with ignore_eos the EOS id must not be
+    among them (only the caller's), or ignore_eos would change nothing."""
+    pre = Preprocessor(repo_with_options, default_model=MODEL)
+    plain = await pre.handle(_request(model_version="3", stop_token_ids=[9]))
+    eos = [i for i in plain.sampling.stop_token_ids if i != 9]
+    assert eos  # the model's EOS id is there without ignore_eos
+    prepared = await pre.handle(
+        _request(model_version="3", ignore_eos=True, stop_token_ids=[9], max_tokens=8)
+    )
+    assert prepared.sampling.ignore_eos
+    assert prepared.sampling.stop_token_ids == [9]
+
+
 async def test_token_ids_outside_the_vocabulary_and_the_budget(
     repo_with_options: AssetStore, tokenizer: Tokenizer
 ) -> None:

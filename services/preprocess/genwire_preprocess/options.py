@@ -52,8 +52,12 @@ def check_options(
 
 
 def sampling_of(request: GenerationRequest, assets: ModelAssets, seed: int) -> Sampling:
-    """The ``Sampling`` of a validated request: every option carried to the model."""
-    stop_ids = list(assets.eos_token_ids)
+    """The ``Sampling`` of a validated request: every option carried to the model.
+
+    ``stop_token_ids`` are the model's EOS ids and the caller's; with ``ignore_eos`` only the
+    caller's (the model stops on any id it is given, so an EOS id there would end the text).
+    """
+    stop_ids = [] if request.ignore_eos else list(assets.eos_token_ids)
     stop_ids += [i for i in request.stop_token_ids if i not in stop_ids]
     return Sampling(
         max_tokens=request.max_tokens,
