@@ -15,7 +15,9 @@ Each iteration (``run_once``):
 4. the logits are turned into tokens for the whole batch at once: log-probabilities (and the
    ``top_logprobs`` alternatives) of the model's own distribution, then per-row options
    (logit_bias, min_tokens / ignore_eos, penalties, the constraint hook's mask), then
-   ``sampling.Sampler`` (temperature, min_p, top-k, top-p);
+   ``sampling.Sampler`` (temperature, min_p, top-k, top-p). When the runner is TensorRT the
+   logits stay on the GPU (``host_logits = False``) and ``sampling_torch`` does all of this
+   there with the same rule; only the chosen ids and log-probabilities come back;
 5. the responses due are handed over together (``publish``), once per step.
 
 Usage: ``completion_tokens`` counts every token the model generated for a choice, including
