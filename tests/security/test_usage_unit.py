@@ -3,6 +3,7 @@ without a broker (the real stack: test_usage_stack.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def _final(rid: str, **fields: object) -> GenerationChunk:
     return GenerationChunk.model_validate(values)
 
 
-def _usage(events: list[object]) -> list[UsageEvent]:
+def _usage(events: Sequence[object]) -> list[UsageEvent]:
     return [e for e in events if isinstance(e, UsageEvent)]
 
 
