@@ -353,3 +353,81 @@ def test_each_parameter_is_honoured_or_refused_by_name(
     assert expect is not False, f"{name} must be refused (it was answered)"
     assert case.check is not None
     case.check(client, response, kwargs)
+
+
+# -- vLLM's extra sampling parameters (``extra_body``): not in the SDK's signatures ----------
+
+
+def _eos(stack: CommonSettings) -> int:
+    versions = sorted(
+        (stack.repository / MODEL).glob("[0-9]*/manifest.json"), key=lambda p: int(p.parent.name)
+    )
+    return int(json.loads(versions[-1].read_text())["eos_token_ids"][0])
+
+
+def _completion(client: openai.OpenAI, max_tokens: int, **extra: Any) -> Any:
+    return client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=max_tokens, temperature=1.0, seed=7, extra_body=extra
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("ignore_eos", ("ignore_eos", "logit_bias")),
+        ("min_tokens", ("min_tokens", "logit_bias")),
+        ("stop_token_ids", ("logit_bias",)),
+        ("top_k", ()),
+        ("min_p", ("min_p",)),
+        ("repetition_penalty", ("repetition_penalty",)),
+    ],
+)
+def test_each_vllm_extra_is_honoured(
+    client: openai.OpenAI,
+    served: Served,
+    stack: CommonSettings,
+    tokenizer: Tokenizer,
+    name: str,
+    options: tuple[str, ...],
+) -> None:
+    """Each extra changes what is generated as it says (an EOS made certain by logit_bias shows
+    ignore_eos and min_tokens; a forced token shows stop_token_ids)."""
+    if options and served.expect(*options) is not True:
+        pytest.skip(f"the served version does not declare {options} (refusal: the table tests)")
+    eos = _eos(stack)
+    forced = {str(eos): 100}
+    if name == "ignore_eos":
+        assert _completion(client, 6, logit_bias=forced).usage.completion_tokens == 1
+        kept = _completion(client, 6, logit_bias=forced, ignore_eos=True)
+        assert kept.usage.completion_tokens == 6 and kept.choices[0].finish_reason == "length"
+    elif name == "min_tokens":
+        held = _completion(client, 8, logit_bias=forced, min_tokens=4)
+        assert held.usage.completion_tokens == 5 and held.choices[0].finish_reason == "stop"
+    elif name == "stop_token_ids":
+        token_id = tokenizer.encode(_BIAS_TOKEN).ids[0]
+        stopped = _completion(client, 8, logit_bias={str(token_id): 100}, stop_token_ids=[token_id])
+        assert stopped.usage.completion_tokens == 1 and stopped.choices[0].finish_reason == "stop"
+        assert stopped.choices[0].text == ""
+    elif name in ("top_k", "min_p"):  # top_k 1 and min_p 1 keep only the likeliest token
+        greedy = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0)
+        value = 1 if name == "top_k" else 1.0
+        for seed in (1, 2, 3):
+            sampled = client.completions.create(
+                model=MODEL,
+                prompt=PROMPT,
+                max_tokens=12,
+                temperature=1.0,
+                seed=seed,
+                extra_body={name: value},
+            )
+            assert sampled.choices[0].text == greedy.choices[0].text
+    else:
+        for seed in range(1, 6):
+            kwargs: dict[str, Any] = dict(
+                model=MODEL, prompt=PROMPT, max_tokens=24, temperature=1.0, seed=seed
+            )
+            plain = client.completions.create(**kwargs).choices[0].text
+            kwargs["extra_body"] = {name: 2.0}
+            if client.completions.create(**kwargs).choices[0].text != plain:
+                return
+        pytest.fail(f"{name} changed nothing over 5 seeds")
