@@ -360,7 +360,7 @@ class _Handler:
         n = body.choices_per_prompt
         wants = body.wants_logprobs
         role_sent: set[int] = set()
-        usage = Usage()
+        usages: list[Usage] = []
         item: tuple[int, Chunk] | None = first
         try:
             for p, prompt in enumerate(echo):  # echo: the prompt is each choice's first text
@@ -398,15 +398,16 @@ class _Handler:
                 if chunk.final:
                     clocks[p].finish(chunk.result)
                     if chunk.usage is not None:
-                        counts = chunk.usage.counts()
-                        usage.prompt_tokens += counts["prompt_tokens"]
-                        usage.completion_tokens += counts["completion_tokens"]
-                        usage.total_tokens += counts["total_tokens"]
+                        usages.append(chunk.usage)
                 item = await anext(rest, None)
             if body.include_usage:
                 yield openai.sse(
                     openai.usage_chunk(
-                        request_id, chat=self.chat, created=created, model=model, usage=usage
+                        request_id,
+                        chat=self.chat,
+                        created=created,
+                        model=model,
+                        usage=openai.total_usage(usages),
                     )
                 )
         except GatewayError as exc:  # the stream has started: the error becomes an event

@@ -11,7 +11,7 @@ lists every field and what becomes of it.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -408,14 +408,15 @@ def chat_logprobs(logprobs: Sequence[OutputLogprob] | None) -> dict[str, Any] | 
 # -- responses ---------------------------------------------------------------------------------
 
 
-def _usage(results: Sequence[GenerationResult]) -> dict[str, int]:
+def total_usage(usages: Iterable[Usage]) -> Usage:
+    """The usage of several requests (the prompts of a batch) added up."""
     total = Usage()
-    for r in results:
-        counts = r.usage.counts()
+    for usage in usages:
+        counts = usage.counts()
         total.prompt_tokens += counts["prompt_tokens"]
         total.completion_tokens += counts["completion_tokens"]
         total.total_tokens += counts["total_tokens"]
-    return total.counts()
+    return total
 
 
 def completion_response(
@@ -451,7 +452,7 @@ def completion_response(
         "created": created,
         "model": results[0].model or model,
         "choices": choices,
-        "usage": _usage(results),
+        "usage": total_usage(r.usage for r in results).counts(),
     }
 
 
@@ -551,14 +552,3 @@ def error_body(code: str, message: str, status: int, param: str | None = None) -
 def sse(data: dict[str, Any]) -> bytes:
     """One server-sent event carrying ``data`` as compact JSON."""
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
-
-
-def models_list(names: list[str], *, created: int = 0) -> dict[str, Any]:
-    """``GET /v1/models``."""
-    return {
-        "object": "list",
-        "data": [
-            {"id": name, "object": "model", "created": created, "owned_by": "genwire"}
-            for name in names
-        ],
-    }
