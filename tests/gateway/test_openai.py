@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from genwire_gateway import openai
 from genwire_gateway.errors import GatewayError
 
 from genwire.events import GenerationResult, Usage
+from genwire.request import MAX_GUIDED_CHARS, ErrorCode
 
 
 def test_completion_body_maps_to_request_fields() -> None:
@@ -106,6 +108,35 @@ def test_batches_token_ids_echo_logprobs_and_guided_map_to_fields() -> None:
     assert ids.prompts() == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}]
     one = openai.parse_body(openai.CompletionRequest, b'{"prompt": [5, 6]}')
     assert one.prompts() == [{"prompt_token_ids": [5, 6]}]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "s"}}}, "schema"),
+        ({"guided_json": {}}, "guided_json"),
+        ({"guided_regex": ""}, "guided_regex"),
+    ],
+)
+def test_a_too_large_structured_output_spec_names_the_field_the_caller_gave(
+    extra: dict[str, Any], param: str
+) -> None:
+    big = {f"p{i}": {"type": "string", "description": "x" * 64} for i in range(1200)}
+    if param == "schema":
+        extra["response_format"]["json_schema"]["schema"] = {"properties": big}
+        param = "response_format"
+    elif param == "guided_json":
+        extra[param] = {"properties": big}
+    else:
+        extra[param] = "a" * (MAX_GUIDED_CHARS + 1)
+    body = openai.parse_body(
+        openai.ChatCompletionRequest,
+        json.dumps({"messages": [{"role": "user", "content": "hi"}], **extra}).encode(),
+    )
+    with pytest.raises(GatewayError) as info:
+        body.fields()
+    assert info.value.code == ErrorCode.OUT_OF_RANGE and info.value.param == param
+    assert f"'{param}'" in info.value.message and str(MAX_GUIDED_CHARS) in info.value.message
 
 
 @pytest.mark.parametrize(

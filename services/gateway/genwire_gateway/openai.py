@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genwire.errors import describe_validation
 from genwire.events import GenerationResult, OutputLogprob, ResultChoice, Usage
-from genwire.request import ErrorCode
+from genwire.request import MAX_GUIDED_CHARS, ErrorCode
 from genwire_gateway.errors import GatewayError, openai_error_type
 
 COMPLETION_PREFIX = "cmpl-"
@@ -190,7 +190,17 @@ class _Common(BaseModel):
                 code=ErrorCode.INVALID_REQUEST,
                 param=given[1][0],
             )
-        return given[0][1] if given else None
+        if not given:
+            return None
+        name, guided = given[0]
+        if len(guided["spec"]) > MAX_GUIDED_CHARS:  # named as the caller gave it, not guided.spec
+            raise GatewayError(
+                f"'{name}' is {len(guided['spec'])} characters (as JSON); the limit is "
+                f"{MAX_GUIDED_CHARS}",
+                code=ErrorCode.OUT_OF_RANGE,
+                param=name,
+            )
+        return guided
 
     def sampling(self) -> dict[str, Any]:
         """genwire request fields (left out when not given: the pipeline's default applies)."""
