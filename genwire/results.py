@@ -12,6 +12,9 @@ its idempotency claim (set by the gateway and by preprocess).
   refused. Preprocess claims every request the same way, so a Kafka client that reuses an id
   is refused like a gateway caller. Anonymous gateway requests skip the claim here: nothing can
   repeat them.
+- ``genwire:route:<request_id>`` → the route (version, arm, shadow, policy revision) preprocess
+  resolved first (SET NX in the claim's round trip, same TTL): a redelivery or a repeat is
+  prepared for that version even if the policy changed in between.
 - ``genwire:owner:<request_id>`` → the name of the API key whose caller sent the request (SET
   NX, by the gateway, before it publishes). ``GetResult`` and ``Cancel`` of a request another
   key owns are refused unless the caller has the ``admin`` scope (docs/security.md).
@@ -39,6 +42,12 @@ CLAIM_KEY_PREFIX = "genwire:claim:"
 a later request with the same id and another fingerprint is an ``idempotency_conflict``."""
 
 
+ROUTE_KEY_PREFIX = "genwire:route:"
+"""``genwire:route:<request_id>`` → the route preprocess resolved first for the request (model
+version, arm, shadow, policy revision; SET NX beside the claim, in the same round trip): a
+redelivery reuses it, whatever the policy says by then."""
+
+
 OWNER_KEY_PREFIX = "genwire:owner:"
 """``genwire:owner:<request_id>`` → the name of the API key that sent the request (SET NX)."""
 
@@ -56,6 +65,11 @@ def result_key(request_id: str) -> str:
 def claim_key(request_id: str) -> str:
     """The Redis key of a request id's idempotency claim."""
     return f"{CLAIM_KEY_PREFIX}{request_id}"
+
+
+def route_key(request_id: str) -> str:
+    """The Redis key of the route preprocess resolved first for ``request_id``."""
+    return f"{ROUTE_KEY_PREFIX}{request_id}"
 
 
 def claimed_fingerprint(value: bytes | str) -> str:

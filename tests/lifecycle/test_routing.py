@@ -147,6 +147,55 @@ async def test_policy_changes_apply_to_the_next_request(repo: Path) -> None:
     assert (await p.handle(req("x"))).model_version == "2"
 
 
+class RouteClaims:
+    """Redis's claim + route keys, both SET NX (``RedisClaims.claim_routed``)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, str] = {}
+        self.routes: dict[str, str] = {}
+
+    async def claim(self, request_id: str, fingerprint: str) -> str:
+        return self.held.setdefault(request_id, fingerprint)
+
+    async def claim_routed(
+        self, request_id: str, fingerprint: str, route: str
+    ) -> tuple[str, str | None]:
+        return self.held.setdefault(request_id, fingerprint), self.routes.setdefault(
+            request_id, route
+        )
+
+
+async def test_a_redelivery_after_a_policy_change_keeps_its_first_route(repo: Path) -> None:
+    policies: dict[str, ModelPolicy] = {
+        MODEL: ModelPolicy(model=MODEL, aliases={"champion": "1"}, weights={"1": 100}, shadow="2")
+    }
+    claims = RouteClaims()
+    p = Preprocessor(
+        AssetStore(repo),
+        default_model=MODEL,
+        versions=ServedStub("1"),
+        policies=policies.get,
+        claims=claims,
+    )
+    first, shadow = await p.handle_routed(req("x"))
+    assert (first.model_version, first.arm, shadow.model_version) == ("1", "champion", "2")
+    policies[MODEL] = ModelPolicy(
+        model=MODEL, aliases={"champion": "2", "previous": "1"}, weights={"2": 100}, revision=1
+    )
+    again = await p.handle_routed(req("x"))  # the same id and body, redelivered
+    assert [(e.model_version, e.arm, e.shadow) for e in again] == [
+        ("1", "champion", False),
+        ("2", "shadow", True),
+    ]
+    assert p.routes_reused == 1
+    assert (await p.handle(req("y"))).model_version == "2"  # a new request: the new policy
+    claims.routes["z"] = "not a route"  # unusable: resolved again
+    assert (await p.handle(req("z"))).model_version == "2"
+    with pytest.raises(PermanentError) as info:  # another body under a used id
+        await p.handle(req("x", prompt="another prompt"))
+    assert info.value.code == ErrorCode.IDEMPOTENCY_CONFLICT
+
+
 def test_split_model() -> None:
     assert split_model("m") == ("m", "")
     assert split_model("m:2") == ("m", "2")

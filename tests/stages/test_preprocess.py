@@ -131,6 +131,11 @@ class FakeClaims:
     async def claim(self, request_id: str, fingerprint: str) -> str:
         return self.held.setdefault(request_id, fingerprint)
 
+    async def claim_routed(
+        self, request_id: str, fingerprint: str, route: str
+    ) -> tuple[str, str | None]:
+        return await self.claim(request_id, fingerprint), None
+
 
 class FakeVersions:
     def __init__(self, version: str | None) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sysconfig
 import time
@@ -106,6 +107,23 @@ instance_group [ {{ count: 1 kind: KIND_CPU }} ]
 version_policy: {{ latest: {{ num_versions: 1 }} }}
 {parameters}
 """
+
+
+_SPECIFIC_RE = re.compile(r"^version_policy\s*:?\s*\{\s*specific\b.*\}\s*$", re.MULTILINE)
+_POLICY_LINE_RE = re.compile(r"^version_policy\s*:?\s*\{.*\}\s*$", re.MULTILINE)
+
+
+def _keep_served(config: Path, rendered: str) -> str:
+    """``rendered`` with the ``specific`` version policy of the config it replaces, if any:
+    the versions ``genwire model load`` serves stay what Triton serves on its next (re)load
+    (a new build is served by ``load``, or by the default model's bring-up)."""
+    try:
+        match = _SPECIFIC_RE.search(config.read_text(encoding="utf-8"))
+    except OSError:
+        return rendered
+    if match is None:
+        return rendered
+    return _POLICY_LINE_RE.sub(lambda _m: match.group(0).strip(), rendered, count=1)
 
 
 def _sha256(path: Path) -> str:
@@ -276,7 +294,10 @@ def build_version(
             )
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
             backend = "auto"
-            _write_atomic(model_dir / "config.pbtxt", render_config(name, opts, backend))
+            _write_atomic(
+                model_dir / "config.pbtxt",
+                _keep_served(model_dir / "config.pbtxt", render_config(name, opts, backend)),
+            )
             tmp.rename(model_dir / str(version))  # the version appears whole, or not at all
     finally:
         if tmp.exists():

@@ -51,6 +51,24 @@ INFERENCE_RETRY_GROUP = f"{INFERENCE_GROUP}-retry"
 
 Progress = Callable[[str], None]
 
+LOAD_PIN_BY = "cli:load"
+"""``updated_by`` of the policy ``load`` publishes first on a model without one (the pin)."""
+UP_PIN_BY = "genwire-up"
+"""``updated_by`` of that pin once the default model's bring-up moved it to a new build."""
+
+
+def is_load_pin(policy: ModelPolicy) -> bool:
+    """``policy`` is still the automatic pin ``load`` made: it names its champion and nothing
+    else (no other alias, weight, shadow), and nobody changed it since."""
+    champion = policy.champion
+    return (
+        policy.updated_by in (LOAD_PIN_BY, UP_PIN_BY)
+        and bool(champion)
+        and policy.versions() == {champion}
+        and set(policy.aliases) == {CHAMPION}
+        and not policy.shadow
+    )
+
 
 class LifecycleError(RuntimeError):
     """A lifecycle command cannot do what was asked; nothing changed (the message says why)."""
@@ -266,7 +284,7 @@ class Lifecycle:
             # Without a policy the newest served version takes the traffic: pin the one
             # serving now as champion first, so loading another shifts nothing.
             pinned = self._initial(name).changed(
-                by="cli:load", reason=f"pin version {served[-1]} before loading {target}"
+                by=LOAD_PIN_BY, reason=f"pin version {served[-1]} before loading {target}"
             )
             self.publish(pinned, -1)
         self.serve(name, [*served, target])

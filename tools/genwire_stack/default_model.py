@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from genwire import triton_admin
+from genwire.policy import ModelPolicy, PolicyError
 from genwire.settings import CommonSettings
 from genwire_stack.errors import StackError
 from genwire_stack.health import http_status, wait_until
@@ -51,28 +52,147 @@ def ensure_model_loaded(
             f"building the default model failed: {exc!r}; see the output above, fix, then "
             "`make up` again"
         ) from exc
-    if http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/{version}/ready") == 200:
-        restore_loaded_models(cfg, base, out)
-        return version
-    out(f"loading {DEFAULT_MODEL} (version {version}) into Triton at {base}")
-    status, detail = _post(
-        f"{base}/v2/repository/models/{DEFAULT_MODEL}/load",
-        timeout_s=600.0,
-        headers=triton_admin.headers(cfg),  # a secure stack's Triton restricts the load
-    )
-    if status != 200:
-        raise StackError(
-            f"Triton refused to load {DEFAULT_MODEL} version {version} (HTTP {status}: "
-            f"{detail[:200]}); see Triton's log"
-        )
-    wait_until(
-        lambda: http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/{version}/ready") == 200,
-        what=f"model {DEFAULT_MODEL} version {version}",
-        timeout_s=120.0,
-    )
-    out(f"{DEFAULT_MODEL} version {version} ready after {time.monotonic() - began:.1f} s")
+    serve_version(cfg, base, DEFAULT_MODEL, version, out, began=began)
     restore_loaded_models(cfg, base, out)
     return version
+
+
+def serve_version(
+    cfg: CommonSettings,
+    base: str,
+    model: str,
+    version: str,
+    out: Out = quiet,
+    *,
+    began: float | None = None,
+) -> None:
+    """Serve ``version`` of ``model`` (the default model's bring-up): what the model's policy
+    names keeps being served beside it, and the pin that ``load`` made alone follows it
+    (``keep_policy_versions``). ``base``: Triton's HTTP URL."""
+    began = time.monotonic() if began is None else began
+    pin, reconfigured = keep_policy_versions(cfg, base, version, out, model=model)
+    ready = http_status(f"{base}/v2/models/{model}/versions/{version}/ready") == 200
+    if not ready or reconfigured:
+        out(f"loading {model} (version {version}) into Triton at {base}")
+        status, detail = _post(
+            f"{base}/v2/repository/models/{model}/load",
+            timeout_s=600.0,
+            headers=triton_admin.headers(cfg),  # a secure stack's Triton restricts the load
+        )
+        if status != 200:
+            raise StackError(
+                f"Triton refused to load {model} version {version} (HTTP {status}: "
+                f"{detail[:200]}); see Triton's log"
+            )
+        wait_until(
+            lambda: http_status(f"{base}/v2/models/{model}/versions/{version}/ready") == 200,
+            what=f"model {model} version {version}",
+            timeout_s=120.0,
+        )
+        out(f"{model} version {version} ready after {time.monotonic() - began:.1f} s")
+    _move_pin(cfg, base, pin, version, out)
+
+
+def keep_policy_versions(
+    cfg: CommonSettings,
+    triton_http: str,
+    version: str,
+    out: Out = quiet,
+    *,
+    model: str = DEFAULT_MODEL,
+) -> tuple[ModelPolicy | None, bool]:
+    """Before (re)loading the default model at ``version``: make its ``config.pbtxt`` serve
+    ``version`` and every version its policy on ``genwire.config`` names, beside the versions
+    it serves already (``specific``), so no request routed by the policy meets a version that
+    is gone. Returns the policy when it is the pin ``load`` made and must follow ``version``
+    (moved once ``version`` is ready), and whether the file changed. No policy and the build's
+    ``latest`` line: nothing to keep (the new version takes the traffic, as always). The
+    broker unreadable: the file's ``specific`` versions are kept, the policy is not moved."""
+    try:
+        from genwire_model.lifecycle import (
+            CONFIG,
+            Lifecycle,
+            LifecycleError,
+            TritonControl,
+            configured_versions,
+            is_load_pin,
+            with_versions,
+        )
+    except ModuleNotFoundError:
+        return None, False
+    config = cfg.repository / model / CONFIG
+    try:
+        text = config.read_text(encoding="utf-8")
+    except OSError:
+        return None, False
+    specific = configured_versions(text)
+    life = Lifecycle(
+        repository=cfg.repository,
+        triton=TritonControl(triton_http),
+        bootstrap_servers=cfg.kafka_bootstrap_servers,
+        progress=out,
+    )
+    try:
+        policy = life.policy(model)
+    except LifecycleError as exc:
+        out(f"{model}: its policy could not be read ({exc}); served versions kept")
+        policy = None
+    finally:
+        life.triton.close()
+    if policy is None and specific is None:
+        return None, False
+    built = set(life.versions(model))
+    named = policy.versions() if policy is not None else set()
+    pin = policy if policy is not None and is_load_pin(policy) else None
+    wanted = set(specific or ()) | (named & built) | {version}
+    for gone in sorted(named - built):
+        out(f"{model}: version {gone} is named by its policy but not built")
+    if policy is not None and version not in named and pin is None:
+        out(
+            f"{model}: version {version} is served beside the versions its policy "
+            f"(revision {policy.revision}) routes to; it takes no traffic until "
+            f"`genwire model route/promote {model} {version}`"
+        )
+    if specific is not None and set(specific) == wanted:
+        return pin, False
+    new = with_versions(text, wanted)
+    tmp = config.with_name(f".{config.name}.up")
+    tmp.write_text(new, encoding="utf-8")
+    tmp.replace(config)
+    out(f"{model}: serving versions {', '.join(sorted(wanted, key=int))}")
+    return pin, True
+
+
+def _move_pin(
+    cfg: CommonSettings, triton_http: str, pin: ModelPolicy | None, version: str, out: Out
+) -> None:
+    """The pin ``load`` made follows the default model's new version (best effort)."""
+    model = pin.model if pin is not None else DEFAULT_MODEL
+    if pin is None or pin.champion == version:
+        return
+    from genwire_model.lifecycle import UP_PIN_BY, Lifecycle, LifecycleError, TritonControl
+
+    from genwire.policy import CHAMPION, WEIGHT_TOTAL
+
+    life = Lifecycle(
+        repository=cfg.repository,
+        triton=TritonControl(triton_http),
+        bootstrap_servers=cfg.kafka_bootstrap_servers,
+        progress=out,
+    )
+    try:
+        moved = pin.changed(
+            by=UP_PIN_BY,
+            reason=f"the default model was rebuilt: version {version} replaces {pin.champion} "
+            "as the champion of the pin `load` made",
+            aliases={CHAMPION: version},
+            weights={version: WEIGHT_TOTAL},
+        )
+        life.publish(moved, pin.revision)
+    except (LifecycleError, PolicyError) as exc:
+        out(f"{model}: the pin on version {pin.champion} was not moved ({exc})")
+    finally:
+        life.triton.close()
 
 
 def restore_loaded_models(cfg: CommonSettings, triton_http: str, out: Out = quiet) -> None:

@@ -74,6 +74,8 @@ class Preprocessor:
         self.shadows_skipped = 0
         """Shadow copies not made (the shadow version cannot take the request): logged."""
         self.claims = claims
+        self.routes_reused = 0
+        """Redelivered requests prepared on their first route though it now resolves elsewhere."""
         self.versions = versions
         self.default_model = default_model
         self.input_filter = input_filter or ContentFilter([])
@@ -97,20 +99,22 @@ class Preprocessor:
         span = trace.get_current_span()
         span.set_attribute(sc.REQUEST_ID, request_id)
         span.set_attribute(sc.GEN_AI_REQUEST_MODEL, model)
+        # Routing (genwire.config's policy, else the served version) decides the version
+        # once: a retry or redelivery regenerates on it, whatever is served by then. The first
+        # route is stored beside the claim (one round trip): a redelivery after a policy
+        # change reuses it instead of resolving again.
+        route = await self.router.route(
+            model, request_id, dict(request.metadata), request.model_version or ""
+        )
         if self.claims is not None:
             mine = fingerprint(request)
-            if await self.claims.claim(request_id, mine) != mine:
+            held, stored = await self.claims.claim_routed(request_id, mine, route.encode())
+            if held != mine:
                 raise PermanentError(
                     f"request id {request_id!r} was already used for a different request",
                     code=ErrorCode.IDEMPOTENCY_CONFLICT,
                 )
-        # Pinned: a retry or redelivery regenerates on the same version (and its tokenizer),
-        # even if another version is served by then.
-        # Routing (genwire.config's policy, else the served version) decides the version
-        # once: a retry or redelivery regenerates on it, whatever is served by then.
-        route = await self.router.route(
-            model, request_id, dict(request.metadata), request.model_version or ""
-        )
+            route = self._first_route(request_id, route, stored)
         _route.set(route)
         model = route.model
         span.set_attribute(sc.GEN_AI_REQUEST_MODEL, model)
@@ -154,6 +158,26 @@ class Preprocessor:
             metadata=dict(request.metadata),
             timings=Timings(received=received, prepared=now_ms()),
         )
+
+    def _first_route(self, request_id: str, route: Route, stored: str | None) -> Route:
+        """The route stored for ``request_id`` first, when it differs from ``route``."""
+        if stored is None or stored == route.encode():
+            return route
+        first = Route.decode(stored)
+        if first is None or first.model != route.model:
+            log.warning("request %s: unusable stored route %r, resolved again", request_id, stored)
+            return route
+        self.routes_reused += 1
+        log.info(
+            "request %s: redelivered after a policy change, prepared for version %s (%s) as "
+            "first resolved, not %s (%s)",
+            request_id,
+            first.version,
+            first.arm,
+            route.version,
+            route.arm,
+        )
+        return first
 
     async def handle_routed(self, request: GenerationRequest) -> list[PreparedRequest]:
         """``handle``, plus a shadow copy when the model's policy names a shadow version:

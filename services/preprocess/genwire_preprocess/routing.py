@@ -5,10 +5,13 @@ a caller's pin (``model_version``, or ``model: NAME:VERSION`` / ``NAME:ALIAS``),
 policy's weights (sticky by a request field), else its champion, else the version Triton
 serves now. Everything downstream — inference, its retries, a redelivery — uses that version,
 so a request never changes version half-way. The shadow version (if any) gets a copy.
+The first route of a request id is stored beside its idempotency claim (``Route.encode``,
+``genwire:route:<id>``): a redelivery or a repeat reuses it even after the policy changed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +43,35 @@ class Route:
     """A version that also gets a copy ("" : none)."""
     revision: int = -1
     """The policy revision that decided (-1: no policy)."""
+
+    def encode(self) -> str:
+        """The route as stored beside the request's claim (``genwire:route:<id>``)."""
+        return json.dumps(
+            {
+                "model": self.model,
+                "version": self.version,
+                "arm": self.arm,
+                "shadow": self.shadow,
+                "revision": self.revision,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def decode(cls, text: str) -> Route | None:
+        """A stored route (None: not one: it is then resolved again, and logged)."""
+        try:
+            data = json.loads(text)
+            route = cls(
+                model=str(data["model"]),
+                version=str(data["version"]),
+                arm=str(data["arm"]),
+                shadow=str(data.get("shadow", "")),
+                revision=int(data.get("revision", -1)),
+            )
+        except (ValueError, TypeError, KeyError, RecursionError):
+            return None
+        return route
 
 
 def split_model(model: str) -> tuple[str, str]:

@@ -1,4 +1,5 @@
-"""What preprocess asks of others: Redis (idempotency claims) and Triton (the served version).
+"""What preprocess asks of others: Redis (idempotency claims and the first route of each
+request) and Triton (the served version).
 
 Both are behind small protocols so the handlers stay pure and their unit tests need neither.
 """
@@ -15,7 +16,7 @@ from redis.exceptions import RedisError
 
 from genwire.errors import RetryableError
 from genwire.redisconn import REDIS, connect
-from genwire.results import claim_key, claimed_fingerprint
+from genwire.results import claim_key, claimed_fingerprint, route_key
 
 
 class Claims(Protocol):
@@ -23,6 +24,14 @@ class Claims(Protocol):
 
     async def claim(self, request_id: str, fingerprint: str) -> str:
         """Store ``fingerprint`` unless the id has one; return the one that is stored."""
+        ...
+
+    async def claim_routed(
+        self, request_id: str, fingerprint: str, route: str
+    ) -> tuple[str, str | None]:
+        """``claim``, and store ``route`` (an encoded ``Route``) unless the id has one, in the
+        same round trip; returns the stored fingerprint and the stored route (None: the route
+        key expired or could not be stored)."""
         ...
 
 
@@ -35,7 +44,8 @@ class ServedVersions(Protocol):
 
 
 class RedisClaims:
-    """``genwire:claim:<request_id>`` → fingerprint, ``SET NX EX ttl`` (shared with the gateway)."""
+    """``genwire:claim:<request_id>`` → fingerprint, ``SET NX EX ttl`` (shared with the gateway);
+    ``genwire:route:<request_id>`` → the first route (preprocess only), same TTL."""
 
     def __init__(self, url: str, ttl_s: int, timeout_s: float = 2.0) -> None:
         self.redis: Redis[bytes] = connect(url, timeout_s=timeout_s)
@@ -52,6 +62,23 @@ class RedisClaims:
         except RedisError as exc:  # the consumer waits the outage out
             raise RetryableError(f"redis: {exc}", dependency=REDIS) from None
         return fingerprint if holder is None else claimed_fingerprint(bytes(holder))
+
+    async def claim_routed(
+        self, request_id: str, fingerprint: str, route: str
+    ) -> tuple[str, str | None]:
+        """One round trip: claim the id and record its route (both ``SET NX``), read both."""
+        key, rkey = claim_key(request_id), route_key(request_id)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(key, fingerprint, nx=True, ex=self.ttl_s)
+            pipe.get(key)
+            pipe.set(rkey, route, nx=True, ex=self.ttl_s)
+            pipe.get(rkey)
+            _, holder, _, stored = await pipe.execute()
+        except RedisError as exc:  # the consumer waits the outage out
+            raise RetryableError(f"redis: {exc}", dependency=REDIS) from None
+        held = fingerprint if holder is None else claimed_fingerprint(bytes(holder))
+        return held, None if stored is None else bytes(stored).decode()
 
     async def close(self) -> None:
         """Close the connection pool."""
