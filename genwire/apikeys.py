@@ -60,6 +60,15 @@ CHANGES_KEPT = 10_000
 its whole cache)."""
 
 
+_CHANGED = """
+local seq = redis.call('INCR', KEYS[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[2], seq, ARGV[i]) end
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[1]) - 1)
+return seq
+"""
+"""Bump the change counter and list the changed hashes under it, atomically."""
+
+
 class ApiKeyError(ValueError):
     """A key operation the caller asked for cannot be done (bad name, unknown key...)."""
 
@@ -294,11 +303,10 @@ class KeyStore:
         return revoked
 
     async def _changed(self, hashes: list[str]) -> None:
-        seq = int(await self.redis.incr(SEQ_KEY))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(CHANGES_KEY, {h: seq for h in hashes})
-            pipe.zremrangebyrank(CHANGES_KEY, 0, -CHANGES_KEPT - 1)
-            await pipe.execute()
+        # One script: a poller that read the new counter before the changes were listed
+        # would move past them and keep the changed keys cached (a revocation then waited
+        # for the cache to expire, not for the next poll).
+        await self.redis.eval(_CHANGED, 2, SEQ_KEY, CHANGES_KEY, CHANGES_KEPT, *hashes)
 
     async def seq(self) -> int:
         """The change counter (0: nothing ever changed)."""

@@ -1,0 +1,58 @@
+"""The key store's change list on the real Redis, against the gateway's change poll."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from genwire_gateway.auth import Authenticator, AuthError
+
+from genwire.apikeys import SCOPE_GENERATE, KeyStore
+from genwire.redisconn import connect
+from genwire.settings import CommonSettings
+
+
+class _PollAfterWrites:
+    """The real client; after each command that can bump the change counter, a gateway polls
+    (the worst moment: between the bump and anything the store does next)."""
+
+    def __init__(self, redis: Any, auth: list[Authenticator]) -> None:
+        self._redis = redis
+        self._auth = auth
+        self.polls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._redis, name)
+        if name not in ("incr", "eval", "evalsha"):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            result = await attr(*args, **kwargs)
+            for auth in self._auth:
+                await auth.poll_once()
+                self.polls += 1
+            return result
+
+        return call
+
+
+async def test_a_poll_at_any_moment_of_a_revocation_drops_the_cached_key(
+    infra: CommonSettings,
+) -> None:
+    redis = connect(infra.redis_url)
+    try:
+        store = KeyStore(redis)
+        key, record = await store.create(f"poll-{uuid.uuid4().hex[:8]}", [SCOPE_GENERATE])
+        auth = Authenticator(store, cache_s=3600.0)
+        await auth.poll_once()  # notes where the counter is
+        assert (await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)).name == record.name
+        watched = _PollAfterWrites(redis, [auth])
+        await KeyStore(watched).revoke(record.name)
+        assert watched.polls > 0  # the poll did run inside the revocation
+        await auth.poll_once()  # and the gateway keeps polling afterwards, as it does
+        with pytest.raises(AuthError) as info:
+            await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
+        assert "revoked" in info.value.message
+    finally:
+        await redis.aclose()  # type: ignore[attr-defined]
