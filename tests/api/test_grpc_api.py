@@ -69,6 +69,14 @@ async def test_bad_options_are_invalid_argument(stub: pb_grpc.GenerationServiceS
         pb.GenerateRequest(prompt="x", n=99),
         pb.GenerateRequest(prompt="x", presence_penalty=5.0),
         pb.GenerateRequest(prompt="x", top_logprobs=3),  # without logprobs
+        # Checked by preprocess (against the model version), answered as an error result:
+        pb.GenerateRequest(prompt="x", model=MODEL, logit_bias={2_000_000_000: 1.0}),
+        pb.GenerateRequest(prompt="x", model=MODEL, n=16, max_tokens=32_000),
+        pb.GenerateRequest(
+            prompt="x",
+            model=MODEL,
+            guided=pb.Guided(kind=pb.Guided.KIND_JSON_SCHEMA, spec='{"type": "strng"}'),
+        ),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Generate(request, metadata=_meta(), timeout=30)
