@@ -146,7 +146,7 @@ def installed_extras(stage: str) -> set[str]:
     return set(found[0].split(","))
 
 
-ONE_SHOTS = ("kafka-init", "model-init")
+ONE_SHOTS = ("kafka-init", "model-init", "keys-init")
 
 
 def test_each_genwire_service_has_its_own_image_and_runs_like_natively(
@@ -333,7 +333,7 @@ def test_compose_restarts_what_gives_up_like_the_native_supervisor(
 ) -> None:
     for name in LONG_RUNNING:
         assert services[name].get("restart") == "unless-stopped", f"{name}: no supervisor"
-    for name in ("kafka-init", "model-init"):
+    for name in ONE_SHOTS:
         assert services[name]["restart"] == "no", f"{name} is a one-shot"
     # A restarted Triton container loads what model-init put into the repository.
     assert "--load-model=*" in services["triton"]["command"]
@@ -431,6 +431,16 @@ def test_compose_cli_accepts_the_files(compose_cli: Path, files: tuple[str, ...]
     assert ("kafka-data", "/var/lib/kafka/data") in mounts["kafka"]
     assert ("genwire-home", "/var/lib/genwire") in mounts["model-init"]
     assert ("models", "/models") in mounts["triton"]
+    # Auth is on by default: keys-init saves the admin key in the same home volume, and every
+    # genwire service starts after it (docs/security.md).
+    keys_init = services["keys-init"]
+    assert keys_init["command"] == ["genwire", "keys", "ensure-admin"]
+    assert ("genwire-home", "/var/lib/genwire") in mounts["keys-init"]
+    assert keys_init["environment"]["GENWIRE_HOME"] == "/var/lib/genwire"
+    assert keys_init["environment"]["GENWIRE_REDIS_URL"] == "redis://redis:6379/0"
+    for name in SERVICE_PORTS:
+        wait = services[name]["depends_on"]["keys-init"]["condition"]
+        assert wait == "service_completed_successfully", name
 
 
 # The executables each image is known to ship: the base image's own tools and what its

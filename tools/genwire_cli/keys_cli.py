@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from typing import Any
 
-from genwire.apikeys import SCOPES, ApiKeyError, KeyRecord, KeyStore
+from genwire.apikeys import (
+    ENV_API_KEY,
+    SCOPES,
+    ApiKeyError,
+    KeyRecord,
+    KeyStore,
+    hash_key,
+    new_key,
+)
 from genwire.redisconn import connect
 from genwire.settings import CommonSettings
 
@@ -17,7 +26,11 @@ examples:
   genwire keys create --name team-search --scopes generate --rpm 600 --tpm 200000
   genwire keys create --name labelling --scopes generate,feedback --tokens-per-day 5000000
   genwire keys list                   the live keys: name, id, scopes, limits
-  genwire keys revoke team-search     every live key of that name (or give a key's id)"""
+  genwire keys revoke team-search     every live key of that name (or give a key's id)
+  genwire keys ensure-admin           the saved admin key of GENWIRE_HOME, created if missing
+                                      (compose's keys-init runs it)
+  GENWIRE_API_KEY=... genwire keys ensure-admin --from-env
+                                      register a key from a Secret (the Kubernetes Job)"""
 
 
 def register(subparsers: Any) -> None:
@@ -31,7 +44,9 @@ def register(subparsers: Any) -> None:
         "what it may do. A revoked key stops working on every gateway within a second.",
         epilog=EPILOG,
     )
-    verbs = keys.add_subparsers(dest="verb", required=True, metavar="{create,list,revoke}")
+    verbs = keys.add_subparsers(
+        dest="verb", required=True, metavar="{create,list,revoke,ensure-admin,generate}"
+    )
     create = verbs.add_parser(
         "create",
         help="create a key and print it once",
@@ -85,7 +100,30 @@ def register(subparsers: Any) -> None:
     )
     revoke.add_argument("target", metavar="NAME_OR_ID", help="a key name or a key id")
     revoke.set_defaults(func=_revoke)
-    for p in (create, listing, revoke):
+    ensure = verbs.add_parser(
+        "ensure-admin",
+        help="make sure an admin key exists (deployments' init step)",
+        description="Idempotent. By default: the admin key saved under GENWIRE_HOME (mode "
+        "0600), created if missing, registered in Redis if Redis does not know it (what `genwire "
+        "up` does natively; compose's keys-init one-shot runs it). With --from-env: register "
+        "the key in GENWIRE_API_KEY (a Kubernetes Secret) as an admin key named 'admin', "
+        "saving nothing. Never prints the key.",
+        epilog=EPILOG,
+    )
+    ensure.add_argument(
+        "--from-env",
+        action="store_true",
+        help="register the key in GENWIRE_API_KEY instead of the saved one",
+    )
+    ensure.set_defaults(func=_ensure_admin)
+    generate = verbs.add_parser(
+        "generate",
+        help="print a new well-formed key, stored nowhere (for a Secret)",
+        description="Print a new random key on its own line. Nothing is stored: register it "
+        "with `genwire keys ensure-admin --from-env` (the Kubernetes Job does).",
+    )
+    generate.set_defaults(func=_generate)
+    for p in (create, listing, revoke, ensure):
         p.add_argument(
             "--redis-url",
             default=None,
@@ -176,4 +214,37 @@ def _revoke(args: argparse.Namespace) -> int:
         return 1
     for r in revoked:
         print(f"revoked key {r.id} ({r.name})")
+    return 0
+
+
+def _ensure_admin(args: argparse.Namespace) -> int:
+    from genwire_stack.adminkey import ensure_admin_key, register_admin_key
+    from genwire_stack.errors import StackError
+
+    settings = CommonSettings()
+    if args.redis_url:
+        settings = settings.model_copy(update={"redis_url": args.redis_url})
+    try:
+        if args.from_env:
+            key = os.environ.get(ENV_API_KEY, "").strip()
+            if not key:
+                print(
+                    f"genwire keys ensure-admin: error: {ENV_API_KEY} is not set", file=sys.stderr
+                )
+                return 2
+            outcome = register_admin_key(key, settings)
+            print(
+                f"the admin key from {ENV_API_KEY} is {outcome} in Redis (id {hash_key(key)[:12]})"
+            )
+        else:
+            path = ensure_admin_key(settings, out=print)
+            print(f"admin key: {path}")
+    except StackError as exc:
+        print(f"genwire keys ensure-admin: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    print(new_key(), flush=True)
     return 0

@@ -1,5 +1,7 @@
-"""The admin API key of a native stack: created on the first ``genwire up``, saved (mode
-0600) under ``GENWIRE_HOME``, registered again if Redis lost it (docs/security.md)."""
+"""The admin API key of a stack: created on the first ``genwire up`` (natively) or by the
+compose ``keys-init`` one-shot (``genwire keys ensure-admin``), saved (mode 0600) under
+``GENWIRE_HOME``, registered again if Redis lost it; on Kubernetes a key from a Secret is
+registered by a Job (``genwire keys ensure-admin --from-env``; docs/security.md)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from genwire.apikeys import (
     read_saved_key,
     save_key,
     saved_key_path,
+    well_formed,
 )
 from genwire.redisconn import connect
 from genwire.settings import CommonSettings
@@ -59,3 +62,24 @@ def ensure_admin_key(settings: CommonSettings | None = None, out: Out = quiet) -
             "admin key, or delete that file and run genwire up again for a new one"
         )
     return path
+
+
+def register_admin_key(key: str, settings: CommonSettings | None = None) -> str:
+    """Register ``key`` (e.g. from a Kubernetes Secret) as an admin key in Redis; saves no
+    file. Returns ``registered`` or ``known``; a malformed or revoked key is a StackError."""
+    cfg = settings or CommonSettings()
+    if not well_formed(key):
+        raise StackError(
+            "the key is malformed: gw- and 43 URL-safe characters (genwire keys "
+            "generate prints one)"
+        )
+    try:
+        added, revoked = asyncio.run(_register(cfg.redis_url, key))
+    except Exception as exc:
+        raise StackError(f"could not register the admin API key in Redis: {exc}") from exc
+    if revoked:
+        raise StackError(
+            "that key was revoked: put a new one in the Secret (genwire keys "
+            "generate) and run the Job again"
+        )
+    return "registered" if added else "known"
