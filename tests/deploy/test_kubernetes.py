@@ -402,3 +402,21 @@ def test_triton_redis_and_jaeger_as_in_compose(
         "deploy/kubernetes/base/jaeger/config.yaml must be a copy of "
         "deploy/native/jaeger/config.yaml"
     )
+
+
+def test_the_admin_key_job_registers_a_key_from_a_secret(rendered: dict[str, list[Any]]) -> None:
+    """Auth is on by default: a Job registers the admin key, taken from a Secret the operator
+    creates (never a key in this tree), as compose's keys-init does (docs/security.md)."""
+    for name, docs in rendered.items():
+        job = objects(docs, "Job")["keys-init"]
+        c = container(job)
+        assert c["image"] == "genwire/model:0.1.0", name
+        assert c["command"] == ["genwire", "keys", "ensure-admin", "--from-env"], name
+        (key_env,) = [e for e in c["env"] if e["name"] == "GENWIRE_API_KEY"]
+        assert key_env["valueFrom"]["secretKeyRef"] == {
+            "name": "genwire-admin-key",
+            "key": "api-key",
+        }, name
+        assert {"configMapRef": {"name": "genwire-common"}} in c["envFrom"], name
+        assert job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+        assert not any(d["kind"] == "Secret" for d in docs), f"{name}: a key in the tree"
