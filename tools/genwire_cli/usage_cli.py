@@ -10,13 +10,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from genwire.kafka_security import client_options
 from genwire.settings import CommonSettings
 from genwire.topics import Topic
 from genwire.usage import UsageEvent, first_per_request
+from genwire_cli.feedback import read_since
 
 EPILOG = """\
 examples:
@@ -104,38 +103,15 @@ async def read_usage(
     bootstrap_servers: str, since_ms: float, topic: str = Topic.USAGE.value
 ) -> list[UsageEvent]:
     """Every usage event published since ``since_ms`` (epoch ms) up to the topic's end now."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        **client_options(),
-    )
-    await consumer.start()
-    try:
-        known = await consumer._client._wait_on_metadata(topic) or ()  # as genwire dlq does
-        parts = [TopicPartition(topic, p) for p in known]
-        if not parts:
-            return []
-        consumer.assign(parts)
-        starts = await consumer.offsets_for_times({tp: int(since_ms) for tp in parts})
-        ends = await consumer.end_offsets(parts)
-        for tp in parts:
-            found = starts.get(tp)
-            consumer.seek(tp, found.offset if found is not None else ends[tp])
-        out: list[UsageEvent] = []
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            batches = await consumer.getmany(timeout_ms=500)
-            for tp, records in batches.items():
-                for record in records:
-                    if record.offset >= ends[tp] or record.value is None:
-                        continue
-                    try:
-                        out.append(UsageEvent.model_validate_json(record.value))
-                    except ValidationError:
-                        continue  # not a usage event: nothing to add up
-        return out
-    finally:
-        await consumer.stop()
+    out: list[UsageEvent] = []
+    for _, value in await read_since(bootstrap_servers, topic, since_ms):
+        if value is None:
+            continue
+        try:
+            out.append(UsageEvent.model_validate_json(value))
+        except ValidationError:
+            continue  # not a usage event: nothing to add up
+    return out
 
 
 def register(subparsers: Any) -> None:
