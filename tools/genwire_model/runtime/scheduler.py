@@ -682,23 +682,7 @@ class Scheduler:
                 seqs[i].process(logits[i])
             if constrained:
                 self._mask(seqs, constrained, logits, raw)
-        n = rows
-        draws = np.fromiter(
-            (
-                s.rng.random() if s.request.temperature > 0.0 and s.request.top_k != 1 else 0.0
-                for s in seqs
-            ),
-            np.float64,
-            n,
-        )
-        chosen = self.sampler.sample(
-            logits,
-            np.fromiter((s.request.temperature for s in seqs), np.float64, n),
-            np.fromiter((s.request.top_p for s in seqs), np.float64, n),
-            np.fromiter((s.request.top_k for s in seqs), np.int64, n),
-            np.fromiter((s.request.min_p for s in seqs), np.float64, n),
-            draws,
-        )
+        chosen = self.sampler.sample(logits, *self._options(seqs))
         source = raw if raw is not None else logits
         token_lps = source[np.arange(rows), chosen] - lse
         return [(int(chosen[i]), float(token_lps[i]), tops[i]) for i in range(rows)]
