@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from genwire_model.build import _keep_served
@@ -288,3 +289,43 @@ async def test_a_repeat_after_a_policy_change_keeps_its_first_version(
     await client.until(lambda: len(client.prepared.get(rid, [])) >= 2)
     versions = [(p.model_version, p.arm) for p in client.prepared[rid] if not p.shadow]
     assert versions == [("2", "challenger"), ("2", "challenger")]
+
+
+def _preprocess_metrics_url() -> str:
+    from genwire_preprocess.config import PreprocessSettings
+
+    return f"http://127.0.0.1:{PreprocessSettings().port}/metrics"
+
+
+async def test_a_champion_that_is_not_served_falls_back_and_says_so(
+    trap: Trap, client: Client
+) -> None:
+    life = trap.life
+    policy = await asyncio.to_thread(life.policy, MODEL)
+    assert policy is not None and policy.live_versions() == {"3"} and policy.champion == "3"
+    # Version 3 stops being served behind the policy's back (an unload --force, a restore
+    # that failed): requests go to the newest served version the policy names, arm fallback.
+    await asyncio.to_thread(life.serve, MODEL, ["1", "2", "4"])
+
+    async def fell_back() -> bool:
+        result = await client.ask()
+        assert result.error is None, result.error
+        return (result.model_version, result.arm) == ("2", "fallback")
+
+    await _until(fell_back)
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        text = (await http.get(_preprocess_metrics_url())).text
+    line = next(
+        (
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("genwire_preprocess_route_fallbacks_total{")
+            and f'model="{MODEL}"' in ln
+            and 'wanted="3"' in ln
+        ),
+        "",
+    )
+    assert line and float(line.rsplit(" ", 1)[1]) >= 1, text[-2000:]
+    # A caller's pin is never replaced: the version it names is not served.
+    pinned = await client.ask(model_version="3")
+    assert pinned.error is not None and pinned.error.code == "model_not_loaded"

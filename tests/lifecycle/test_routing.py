@@ -196,6 +196,67 @@ async def test_a_redelivery_after_a_policy_change_keeps_its_first_route(repo: Pa
     assert info.value.code == ErrorCode.IDEMPOTENCY_CONFLICT
 
 
+class ListedStub:
+    """Triton serving ``versions`` (ascending) of every model."""
+
+    def __init__(self, *versions: str) -> None:
+        self.versions = list(versions)
+
+    async def served(self, model: str) -> str | None:
+        return self.versions[-1] if self.versions else None
+
+    async def listed(self, model: str) -> list[str] | None:
+        return list(self.versions) or None
+
+
+async def test_a_policy_whose_versions_are_gone_falls_back_and_says_so(repo: Path) -> None:
+    """The champion is not served (a rebuild, an unload --force, a failed restore) but other
+    versions are: served by the newest one the policy names, else the newest, arm fallback."""
+    policies: dict[str, ModelPolicy] = {
+        MODEL: ModelPolicy(model=MODEL, aliases={"champion": "1"}, weights={"1": 100})
+    }
+    served = ListedStub("3")
+    seen: list[tuple[str, str, str]] = []
+    p = Preprocessor(
+        AssetStore(repo),
+        default_model=MODEL,
+        versions=served,
+        policies=policies.get,
+        on_fallback=lambda *a: seen.append(a),
+    )
+    out = await p.handle(req("a"))
+    assert (out.model_version, out.arm) == ("3", "fallback")
+    assert seen == [(MODEL, "1", "3")] and p.router.fallbacks == 1
+    # A caller's pin is never replaced (model_not_loaded comes from inference).
+    assert (await p.handle(req("b", model_version="1"))).model_version == "1"
+    # Served again: as the policy says.
+    served.versions = ["1", "3"]
+    assert (await p.handle(req("c"))).arm == "champion"
+    # A canary that is not served beside a served champion stays routed (it fails; the
+    # monitor rolls it back).
+    policies[MODEL] = ModelPolicy(
+        model=MODEL, aliases={"champion": "1", "challenger": "2"}, weights={"1": 50, "2": 50}
+    )
+    arms = {(await p.handle(req(f"d{i}"))).arm for i in range(40)}
+    assert arms == {"champion", "challenger"}
+    # Neither served: the newest served version the policy names, not just the newest.
+    served.versions = ["2", "3"]
+    outs = {((o := await p.handle(req(f"e{i}"))).model_version, o.arm) for i in range(40)}
+    assert outs == {("2", "challenger"), ("2", "fallback")}
+    # Triton serving nothing (restarting): as the policy says, nothing to fall back to.
+    served.versions = []
+    assert (await p.handle(req("f", metadata={}))).model_version in {"1", "2"}
+    # Off: as the policy says.
+    strict = Preprocessor(
+        AssetStore(repo),
+        default_model=MODEL,
+        versions=ListedStub("3"),
+        policies={MODEL: ModelPolicy(model=MODEL, aliases={"champion": "1"})}.get,
+        route_fallback=False,
+    )
+    assert (await strict.handle(req("g"))).model_version == "1"
+
+
 def test_split_model() -> None:
     assert split_model("m") == ("m", "")
     assert split_model("m:2") == ("m", "2")

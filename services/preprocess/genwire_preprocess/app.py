@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
+from prometheus_client import Counter
 
 from genwire.errors import GenwireError
 from genwire.events import Event
@@ -59,6 +60,8 @@ async def setup(
         claims=claims,
         versions=versions,
         policies=feed.get if feed is not None else None,
+        route_fallback=cfg.route_fallback,
+        on_fallback=_fallback_counter(runtime),
     )
     app.state.preprocessor = pre
 
@@ -90,6 +93,22 @@ async def setup(
             await claims.close()
         if versions is not None:
             await versions.close()
+
+
+def _fallback_counter(runtime: ServiceRuntime) -> Callable[[str, str, str], None]:
+    """Counts requests served by another version than their policy named (not served)."""
+    counter = Counter(
+        "genwire_preprocess_route_fallbacks",
+        "Requests the model's policy routed to a version Triton does not serve, served by the "
+        "champion (else the newest served version) instead, by model and the version named",
+        ["model", "wanted"],
+        registry=runtime.registry,
+    )
+
+    def count(model: str, wanted: str, _instead: str) -> None:
+        counter.labels(model=model, wanted=wanted).inc()
+
+    return count
 
 
 SERVICE = ServiceSpec(stage=sc.STAGE_PREPROCESS, settings=PreprocessSettings, setup=setup)

@@ -68,6 +68,15 @@ class PreprocessSettings(ServiceSettings):
         description="At start, wait up to this long to read genwire.config to its end before "
         "taking requests (not ready until it has).",
     )
+    route_fallback: bool = Field(
+        True,
+        description="A version the model's policy routes to that Triton does not serve, while "
+        "the champion is not served either but another version of the model is: serve the "
+        "newest served version the policy names (else the newest served) instead, arm "
+        "'fallback', a warning and genwire_preprocess_route_fallbacks_total{model,wanted}; "
+        "false: such requests get model_not_loaded. A canary not served beside a served "
+        "champion always gets model_not_loaded (the monitor rolls it back; docs/lifecycle.md).",
+    )
     pin_served_version: bool = Field(
         True,
         description="Pin requests that name no version to the one Triton serves now (else the "

@@ -34,7 +34,7 @@ from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore, ModelAssets
 from genwire_preprocess.guided import GuidedChecker
 from genwire_preprocess.options import check_options, sampling_of
-from genwire_preprocess.routing import PolicyLookup, Route, Router
+from genwire_preprocess.routing import FallbackHook, PolicyLookup, Route, Router
 from genwire_preprocess.stores import Claims, ServedVersions
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,21 @@ class Preprocessor:
         versions: ServedVersions | None = None,
         policies: PolicyLookup | None = None,
         max_generation_tokens: int = 32_768,
+        route_fallback: bool = True,
+        on_fallback: FallbackHook | None = None,
     ) -> None:
         self.assets = assets
         self.max_generation_tokens = max_generation_tokens
         """Budget of n × max_tokens per request (out_of_range beyond it)."""
         self.guided = GuidedChecker()
         """Compiles structured-output constraints: one that cannot compile never reaches Triton."""
-        self.router = Router(assets, policies=policies, versions=versions)
+        self.router = Router(
+            assets,
+            policies=policies,
+            versions=versions,
+            fallback=route_fallback,
+            on_fallback=on_fallback,
+        )
         self.shadows_skipped = 0
         """Shadow copies not made (the shadow version cannot take the request): logged."""
         self.claims = claims

@@ -12,12 +12,15 @@ The first route of a request id is stored beside its idempotency claim (``Route.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from genwire.errors import PermanentError
 from genwire.policy import (
     DEFAULT_ARM,
+    FALLBACK_ARM,
     ModelPolicy,
     PolicyError,
     resolve,
@@ -27,7 +30,12 @@ from genwire.request import ErrorCode
 from genwire.tokenization import AssetStore
 from genwire_preprocess.stores import ServedVersions
 
+log = logging.getLogger(__name__)
 PolicyLookup = Callable[[str], ModelPolicy | None]
+FallbackHook = Callable[[str, str, str], None]
+"""Called with (model, the version the policy named, the version that serves instead)."""
+FALLBACK_LOG_S = 60.0
+"""One warning per model and version the policy names but Triton does not serve, per this."""
 
 
 @dataclass(frozen=True)
@@ -91,10 +99,20 @@ class Router:
         *,
         policies: PolicyLookup | None = None,
         versions: ServedVersions | None = None,
+        fallback: bool = True,
+        on_fallback: FallbackHook | None = None,
     ) -> None:
         self.assets = assets
         self.policies = policies or (lambda _model: None)
         self.versions = versions
+        self.fallback = fallback
+        """A version the policy routes to that Triton does not serve (while it serves another
+        of the model): serve the champion (else the newest served) instead, arm ``fallback``;
+        False: route as the policy says (``model_not_loaded``)."""
+        self.on_fallback = on_fallback
+        self.fallbacks = 0
+        """Requests served by another version than the policy named (it was not served)."""
+        self._warned: dict[tuple[str, str], float] = {}
 
     async def route(
         self, model: str, request_id: str, metadata: dict[str, str], pinned: str = ""
@@ -118,6 +136,8 @@ class Router:
             # No policy: the version Triton serves now (pinned from here on).
             version = await self.versions.served(name) or ""
             arm = DEFAULT_ARM
+        elif version and policy is not None and not pin and self.fallback:
+            version, arm = await self._served_instead(policy, version, arm)
         return Route(
             model=name,
             version=version,
@@ -125,3 +145,39 @@ class Router:
             shadow=shadow_of(policy, version) if version else "",
             revision=policy.revision if policy is not None else -1,
         )
+
+    async def _served_instead(self, policy: ModelPolicy, version: str, arm: str) -> tuple[str, str]:
+        """``(version, arm)``, or another served version with arm ``fallback`` when Triton
+        serves versions of the model but neither ``version`` nor the champion (they were
+        unloaded, or not restored, while the policy still routes to them): the newest served
+        version the policy names, else the newest served. A canary that is not served while
+        the champion is stays as routed (``model_not_loaded``: it fails like any broken canary,
+        and the monitor's rollback returns its traffic to the champion). A caller's pin is
+        never replaced; Triton serving nothing of the model (restarting) changes nothing."""
+        listed = getattr(self.versions, "listed", None)
+        served = await listed(policy.model) if listed is not None else None
+        if not served or version in served:
+            return version, arm
+        if policy.champion and policy.champion in served:
+            return version, arm
+        named = [v for v in served if v in policy.versions()]
+        instead = (named or served)[-1]
+        self.fallbacks += 1
+        if self.on_fallback is not None:
+            self.on_fallback(policy.model, version, instead)
+        now = time.monotonic()
+        if now - self._warned.get((policy.model, version), -FALLBACK_LOG_S) >= FALLBACK_LOG_S:
+            self._warned[(policy.model, version)] = now
+            log.warning(
+                "%s: policy revision %d routes to version %s (%s), which Triton does not serve "
+                "(served: %s): served by version %s instead (arm %s); fix the policy or load "
+                "the version",
+                policy.model,
+                policy.revision,
+                version,
+                arm,
+                ", ".join(served),
+                instead,
+                FALLBACK_ARM,
+            )
+        return instead, FALLBACK_ARM

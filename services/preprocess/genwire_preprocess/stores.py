@@ -96,26 +96,32 @@ class TritonVersions:
         base = http_url if "://" in http_url else f"http://{http_url}"
         self._client = httpx.AsyncClient(base_url=base, timeout=timeout_s, trust_env=False)
         self._cache_s = cache_s
-        self._cache: dict[str, tuple[float, str | None]] = {}
+        self._cache: dict[str, tuple[float, list[str] | None]] = {}
 
     async def served(self, model: str) -> str | None:
         """The highest version Triton lists for ``model``."""
+        listed = await self.listed(model)
+        return listed[-1] if listed else None
+
+    async def listed(self, model: str) -> list[str] | None:
+        """Every version Triton serves of ``model``, ascending (None: it never told)."""
         now = time.monotonic()
         hit = self._cache.get(model)
         if hit is not None and now - hit[0] < self._cache_s:
             return hit[1]
-        # Triton unreachable, restarting or reloading the model: the version it served last,
+        # Triton unreachable, restarting or reloading the model: the versions it served last,
         # not None (the repository's newest may be built but never served: it would fail).
-        version = hit[1] if hit is not None else None
+        versions = hit[1] if hit is not None else None
         try:
             response = await self._client.get(f"/v2/models/{quote(model, safe='')}")
             if response.status_code == 200:
-                listed = [v for v in response.json().get("versions") or [] if str(v).isdigit()]
-                version = str(max(listed, key=int)) if listed else version
+                listed = [str(v) for v in response.json().get("versions") or []]
+                listed = sorted((v for v in listed if v.isdigit()), key=int)
+                versions = listed or versions
         except (httpx.HTTPError, httpx.InvalidURL, ValueError):
             pass
-        self._cache[model] = (now, version)
-        return version
+        self._cache[model] = (now, versions)
+        return versions
 
     async def close(self) -> None:
         """Close the HTTP client."""
