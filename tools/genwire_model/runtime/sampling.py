@@ -13,16 +13,16 @@ Definition (the reference, ``sample_reference``, computes it with a full sort pe
    kept token, walking the kept tokens in token-id order, whose cumulative mass exceeds
    ``u`` times the kept mass.
 
-The fast path (``Sampler.sample``) never sorts a row. It buckets every token by its
-log-probability (``BUCKETS`` buckets of ``1 / BUCKET_SCALE`` nats below the most likely
-token; one histogram pass, ``numpy.bincount``, gives each bucket's count and mass), finds the
-bucket where the min_p / top-k / top-p cut falls, and sorts only that bucket's tokens, so the
-cut is exact by construction (a partial sort: the buckets above are kept whole, the ones below
-dropped whole). Walking the kept tokens in id order uses block sums (64 tokens a block) and
+The fast path (``Sampler.sample``) sorts no token ids: it sorts each filtered row's
+probability *values* (numpy's vectorised float32 sort), sums a head of them for top-p (further
+only when a nucleus reaches past it), takes the value at the cut as a threshold on the row and
+resolves a run of equal values across the cut by lower ids, so the cut is exact by
+construction. Walking the kept tokens in id order uses block sums (64 tokens a block) and
 one block's cumulative sum, not a cumulative sum over the vocabulary. The reference and the
 fast path share the walk, so the same draws give the same tokens (tested, and a chi-squared
-test holds the frequencies to the definition). Temperature 0 or top_k 1 is greedy (the first
-maximum).
+test holds the frequencies to the definition). The order of the filters is vLLM V1's (min_p
+after temperature, then top-k / top-p over what min_p kept). Temperature 0 or top_k 1 is
+greedy (the first maximum).
 """
 
 from __future__ import annotations
@@ -33,9 +33,6 @@ import numpy as np
 import numpy.typing as npt
 
 Array = npt.NDArray[Any]
-
-MIN_CANDIDATES = 16
-START_CANDIDATES = 64
 
 
 def log_softmax(logits: Array) -> Array:
