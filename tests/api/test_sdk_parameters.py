@@ -18,10 +18,13 @@ from typing import Any
 
 import openai
 import pytest
+import redis
 from openai.resources.chat.completions import Completions as ChatCompletions
 from openai.resources.completions import Completions
 from tokenizers import Tokenizer
 
+from genwire.events import GenerationResult
+from genwire.results import result_key
 from genwire.settings import CommonSettings
 
 from .conftest import MODEL, Served
@@ -179,6 +182,21 @@ def _answered(client: openai.OpenAI, response: Any, kwargs: dict[str, Any]) -> N
     assert response.usage.prompt_tokens > 0 and response.choices
 
 
+def _labelled(**labels: str) -> Check:
+    """The labels reached the stored result's metadata (OpenAI's response has no place for
+    them: read it from Redis by the response's request id)."""
+
+    def check(client: openai.OpenAI, response: Any, kwargs: dict[str, Any]) -> None:
+        assert response.choices
+        request_id = response.id.split("-", 1)[1]
+        raw = redis.Redis.from_url(CommonSettings().redis_url).get(result_key(request_id))
+        assert raw is not None, f"no stored result for {request_id}"
+        stored = GenerationResult.model_validate_json(raw)
+        assert labels.items() <= stored.metadata.items(), stored.metadata
+
+    return check
+
+
 def _biased(client: openai.OpenAI, response: Any, kwargs: dict[str, Any]) -> None:
     chat = _is_chat(response)
     (token_id,) = [int(k) for k in kwargs["logit_bias"]]
@@ -221,7 +239,7 @@ def _completions() -> dict[str, Case]:
         "suffix": Case({"suffix": "The end."}, refused=True),
         "temperature": Case({"temperature": 0.0, "seed": 1}, check=_greedy_ignores_seed),
         "top_p": Case({"top_p": 1e-9, "temperature": 1.0, "seed": 9}, check=_tiny_top_p_is_greedy),
-        "user": Case({"user": "alice"}, check=_answered),
+        "user": Case({"user": "alice"}, check=_labelled(user="alice")),
     }
 
 
@@ -249,7 +267,7 @@ def _chat() -> dict[str, Case]:
             {"max_completion_tokens": 3, "temperature": 1.0, "seed": 3}, check=_at_most(3)
         ),
         "max_tokens": Case({"max_tokens": 3, "temperature": 1.0, "seed": 3}, check=_at_most(3)),
-        "metadata": Case({"metadata": {"team": "api"}}, check=_answered),
+        "metadata": Case({"metadata": {"team": "api"}}, check=_labelled(team="api")),
         "modalities": Case({"modalities": ["text", "audio"]}, refused=True),
         "moderation": Case({"moderation": {"model": "omni-moderation-latest"}}, refused=True),
         "n": Case({"n": 2, "temperature": 1.0}, options=("n",), check=_n_choices),
@@ -264,7 +282,9 @@ def _chat() -> dict[str, Case]:
             options=("guided",),
             check=_json,
         ),
-        "safety_identifier": Case({"safety_identifier": "u-1"}, check=_answered),
+        "safety_identifier": Case(
+            {"safety_identifier": "u-1"}, check=_labelled(safety_identifier="u-1")
+        ),
         "seed": Case({"seed": 11, "temperature": 1.0}, check=_same_seed_same_text),
         "service_tier": Case({"service_tier": "flex"}, refused=True),
         "stop": Case({"stop": ["STOP"]}, check=_stop_cuts),
@@ -280,7 +300,7 @@ def _chat() -> dict[str, Case]:
             refused=True,
         ),
         "top_p": Case({"top_p": 1e-9, "temperature": 1.0, "seed": 9}, check=_tiny_top_p_is_greedy),
-        "user": Case({"user": "alice"}, check=_answered),
+        "user": Case({"user": "alice"}, check=_labelled(user="alice")),
         "verbosity": Case({"verbosity": "low"}, refused=True),
         "web_search_options": Case({"web_search_options": {}}, refused=True),
     }
