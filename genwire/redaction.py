@@ -81,7 +81,27 @@ class Redactor:
     @staticmethod
     def _mask(match: re.Match[str], name: str) -> str:
         if name == "card":
-            digits = re.sub(r"\D", "", match.group(0))
-            if not luhn_ok(digits):
-                return match.group(0)
+            return _mask_card(match.group(0))
         return f"[REDACTED:{name}]"
+
+
+def _mask_card(text: str) -> str:
+    """``text`` (digits in groups) with the card number in it masked: the whole run when it
+    passes the Luhn check, else the longest run of whole groups, 13 to 19 digits, that does
+    (the pattern is greedy: a card followed by its expiry, ``4111 1111 1111 1111 12/25``,
+    matches with the ``12``)."""
+    if luhn_ok(re.sub(r"\D", "", text)):
+        return "[REDACTED:card]"
+    groups = [(m.start(), m.end()) for m in re.finditer(r"\d+", text)]
+    best: tuple[int, int] | None = None
+    for i in range(len(groups)):
+        for j in range(len(groups) - 1, i - 1, -1):
+            start, end = groups[i][0], groups[j][1]
+            digits = re.sub(r"\D", "", text[start:end])
+            if 13 <= len(digits) <= 19 and luhn_ok(digits):
+                if best is None or end - start > best[1] - best[0]:
+                    best = (start, end)
+                break
+    if best is None:
+        return text
+    return f"{text[: best[0]]}[REDACTED:card]{text[best[1] :]}"

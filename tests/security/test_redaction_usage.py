@@ -22,6 +22,10 @@ def test_default_patterns_mask_emails_and_real_card_numbers_only() -> None:
     assert redact("card 5500 0000 0000 0004") == "card [REDACTED:card]"
     assert redact("order 1234 5678 9012 3456") == "order 1234 5678 9012 3456"  # not Luhn-valid
     assert redact("year 2024, 3 apples") == "year 2024, 3 apples"
+    # The pattern is greedy: digits next to a card join its match, which then fails Luhn.
+    assert redact("card 4111 1111 1111 1111 12/25") == "card [REDACTED:card] 12/25"
+    assert redact("ref 12 4111 1111 1111 1111") == "ref 12 [REDACTED:card]"
+    assert redact("4111111111111111 5") == "[REDACTED:card] 5"
     assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
 
 
