@@ -245,3 +245,33 @@ def test_promote_keeps_the_shadow_it_keeps_routing_to(tmp_path: Path) -> None:
     new = life.promote("m", "2", by="test")
     assert new.shadow == "3" and new.revision == 5
     assert life.drained == [{"1"}]  # the shadow version stays loaded: copies still go to it
+
+
+def test_a_build_keeps_the_versions_load_serves(tmp_path: Path) -> None:
+    from genwire_model.build import _keep_served
+
+    config = tmp_path / "config.pbtxt"
+    fresh = render_config("m", BuildOptions())
+    assert _keep_served(config, fresh) == fresh  # no config yet
+    config.write_text(fresh)
+    assert _keep_served(config, fresh) == fresh  # `latest` stays `latest`
+    config.write_text(with_versions(fresh, ["1", "3"]))
+    kept = _keep_served(config, fresh)
+    assert configured_versions(kept) == ["1", "3"] and kept.count("version_policy") == 1
+
+
+def test_only_the_pin_load_made_is_a_pin() -> None:
+    from genwire_model.lifecycle import LOAD_PIN_BY, UP_PIN_BY, is_load_pin
+
+    pin = ModelPolicy(model="m", aliases={"champion": "1"}, weights={"1": 100}).changed(
+        by=LOAD_PIN_BY
+    )
+    assert is_load_pin(pin)
+    moved = pin.changed(by=UP_PIN_BY, aliases={"champion": "3"}, weights={"3": 100})
+    assert is_load_pin(moved)  # still a pin for the next rebuild
+    assert not is_load_pin(pin.changed(by="cli:ann"))  # an operator took it over
+    assert not is_load_pin(pin.changed(by=LOAD_PIN_BY, weights={"1": 90, "2": 10}))
+    assert not is_load_pin(pin.changed(by=LOAD_PIN_BY, shadow="2"))
+    assert not is_load_pin(
+        pin.changed(by=LOAD_PIN_BY, aliases={"champion": "1", "challenger": "2"})
+    )
