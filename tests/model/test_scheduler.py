@@ -448,3 +448,24 @@ def test_options_do_not_change_neighbours_text(make: Callable[..., Scheduler]) -
 def test_out_of_range_options_are_named(change: dict[str, object], message: str) -> None:
     with pytest.raises(RequestError, match=message):
         validate(request(Collect(), [1, 2, 3], **change), vocab_size=512, context=64)  # type: ignore[arg-type]
+
+
+def test_the_basic_cache_operations_give_the_same_text(make: Callable[..., Scheduler]) -> None:
+    """A runner without ``gather`` (TensorRT's) re-forms the batch with take / trim / pad /
+    concat (``runners.gather_basic``): rows leaving and joining, the same text."""
+    texts = []
+    for basic in (False, True):
+        scheduler = make()
+        if basic:
+            scheduler._gather = None
+        sinks = [Collect() for _ in PROMPTS]
+        for i, (prompt, sink) in enumerate(zip(PROMPTS[:2], sinks[:2], strict=True)):
+            scheduler.submit(request(sink, prompt, seed=i, max_tokens=4 + 6 * i))
+        for _ in range(6):
+            scheduler.run_once()
+        for i, (prompt, sink) in enumerate(zip(PROMPTS[2:], sinks[2:], strict=True)):
+            scheduler.submit(request(sink, prompt, seed=10 + i, max_tokens=5 + i))
+        run(scheduler, sinks)
+        assert scheduler.rebuilds > 0
+        texts.append([s.tokens for s in sinks])
+    assert texts[0] == texts[1]

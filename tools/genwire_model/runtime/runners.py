@@ -55,6 +55,21 @@ class Runner(Protocol):
         """Drop the first ``columns`` columns."""
 
 
+def gather_basic(runner: Runner, parts: list[tuple[KV, list[int]]], width: int) -> KV:
+    """``gather`` from the basic cache operations (for a runner without it): the ``rows`` of
+    each cache, trimmed or padded on the left to ``width`` columns, stacked in order."""
+    pieces = []
+    for kv, rows in parts:
+        piece = runner.take(kv, rows)
+        have = int(piece[0].shape[3])
+        if have > width:
+            piece = runner.trim_left(piece, have - width)
+        elif have < width:
+            piece = runner.pad_left(piece, width - have)
+        pieces.append(piece)
+    return pieces[0] if len(pieces) == 1 else runner.concat(pieces)
+
+
 class OnnxRuntimeRunner:
     """The ONNX graph on ONNX Runtime's CPU execution provider.
 
@@ -750,16 +765,7 @@ class FallbackRunner:
         """Row selection and right-alignment in one copy (both runners have it)."""
         gather = getattr(self.active, "gather", None)
         if gather is None:  # a runner without it: the basic operations
-            pieces = []
-            for kv, rows in parts:
-                piece = self.take(kv, rows)
-                have = int(piece[0].shape[3])
-                if have > width:
-                    piece = self.trim_left(piece, have - width)
-                elif have < width:
-                    piece = self.pad_left(piece, width - have)
-                pieces.append(piece)
-            return pieces[0] if len(pieces) == 1 else self.concat(pieces)
+            return gather_basic(self, parts, width)
         out: KV = gather([(self._own(kv), rows) for kv, rows in parts], width)
         return out
 

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .runners import KV, Runner
+from .runners import KV, Runner, gather_basic
 from .sampling import Sampler, logsumexp, top_logprobs
 
 _fill_masks: Any
@@ -615,16 +615,7 @@ class Scheduler:
         if self._gather is not None:
             gathered: KV = self._gather(parts, width)
             return gathered
-        runner, pieces = self.runner, []
-        for cache, rows in parts:  # the basic cache operations (TensorRT's runner)
-            piece = runner.take(cache, rows)
-            have = int(piece[0].shape[3])
-            if have > width:
-                piece = runner.trim_left(piece, have - width)
-            elif have < width:
-                piece = runner.pad_left(piece, width - have)
-            pieces.append(piece)
-        return pieces[0] if len(pieces) == 1 else runner.concat(pieces)
+        return gather_basic(self.runner, parts, width)  # TensorRT's runner
 
     def _step(self) -> None:
         assert self.kv is not None
