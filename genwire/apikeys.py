@@ -184,9 +184,9 @@ def save_key(key: str, home: Path | None = None) -> Path:
     path = saved_key_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file with wider rights: narrowed before the key is in it
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
-    os.chmod(path, 0o600)  # an older file with wider rights
     return path
 
 

@@ -226,6 +226,9 @@ def test_clients_find_the_key_in_the_environment_then_the_saved_file(
     saved = new_key()
     path = save_key(saved)
     assert path == saved_key_path() and (path.stat().st_mode & 0o777) == 0o600
+    path.chmod(0o644)  # an older file others could read: narrowed when a key is saved again
+    save_key(saved)
+    assert (path.stat().st_mode & 0o777) == 0o600
     assert resolve_api_key() == saved
     env = new_key()
     monkeypatch.setenv("GENWIRE_API_KEY", env)
