@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 from genwire_cli.usage_cli import parse_since, summarise, table
-from genwire_gateway.usage import UsageEvent
 from genwire_stack.adminkey import ensure_admin_key
 
 from genwire.apikeys import KeyStore, hash_key, well_formed
 from genwire.redisconn import connect
 from genwire.settings import CommonSettings
+from genwire.usage import UsageEvent
 
 
 def _genwire(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -129,3 +129,45 @@ def test_usage_table_adds_up_per_key_and_model() -> None:
     assert parse_since("90m") == 5400 and parse_since("1h") == 3600
     with pytest.raises(ValueError):
         parse_since("yesterday")
+
+
+def test_ensure_admin_saves_once_and_adds_a_secrets_key(
+    infra: CommonSettings, tmp_path: Path
+) -> None:
+    """compose's keys-init (saved key under GENWIRE_HOME) and the Kubernetes Job (--from-env)."""
+    env = {"GENWIRE_HOME": str(tmp_path), "GENWIRE_API_KEY": ""}
+    first = _genwire("keys", "ensure-admin", env=env)
+    assert first.returncode == 0, first.stderr
+    saved = (tmp_path / "api-key").read_text().strip()
+    assert well_formed(saved) and saved not in first.stdout
+    assert (tmp_path / "api-key").stat().st_mode & 0o777 == 0o600
+    again = _genwire("keys", "ensure-admin", env=env)
+    assert again.returncode == 0 and (tmp_path / "api-key").read_text().strip() == saved
+    generated = _genwire("keys", "generate").stdout.strip()
+    assert well_formed(generated)
+    from_env = _genwire(
+        "keys", "ensure-admin", "--from-env", env={**env, "GENWIRE_API_KEY": generated}
+    )
+    assert from_env.returncode == 0, from_env.stderr
+    assert "registered" in from_env.stdout and generated not in from_env.stdout
+    known = _genwire(
+        "keys", "ensure-admin", "--from-env", env={**env, "GENWIRE_API_KEY": generated}
+    )
+    assert "known" in known.stdout
+    bad = _genwire("keys", "ensure-admin", "--from-env", env={**env, "GENWIRE_API_KEY": "gw-x"})
+    assert bad.returncode == 1 and "malformed" in bad.stderr
+
+    async def records() -> list[Any]:
+        redis = connect(infra.redis_url)
+        try:
+            store = KeyStore(redis)
+            found = [await store.get(hash_key(k)) for k in (saved, generated)]
+            for record in found:  # leave no admin key behind
+                if record is not None:
+                    await store.revoke(record.id)
+            return found
+        finally:
+            await redis.aclose()  # type: ignore[attr-defined]
+
+    found = asyncio.run(records())
+    assert all(r is not None and r.scopes == ["admin"] for r in found)

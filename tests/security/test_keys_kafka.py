@@ -14,7 +14,7 @@ import pytest
 from genwire_cli.usage_cli import read_usage
 from genwire_gateway.client import GenwireClient, GenwireClientError
 from genwire_gateway.limits import limit_keys
-from genwire_gateway.usage import METRIC_KEY_TOKENS, UsageEvent
+from genwire_gateway.usage import METRIC_KEY_TOKENS
 
 from genwire.apikeys import KeyStore, auth_headers, new_key
 from genwire.proto.v1 import generation_pb2 as pb
@@ -22,6 +22,7 @@ from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
 from genwire.redisconn import connect
 from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
+from genwire.usage import UsageEvent
 from tests.gateway.harness import FakePipeline, GatewayInstance, Script
 
 from .conftest import MakeKey

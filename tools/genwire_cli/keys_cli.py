@@ -30,7 +30,7 @@ examples:
   genwire keys ensure-admin           the saved admin key of GENWIRE_HOME, created if missing
                                       (compose's keys-init runs it)
   GENWIRE_API_KEY=... genwire keys ensure-admin --from-env
-                                      register a key from a Secret (the Kubernetes Job)"""
+                                      add a key from a Secret to Redis (the Kubernetes Job)"""
 
 
 def register(subparsers: Any) -> None:
@@ -104,8 +104,8 @@ def register(subparsers: Any) -> None:
         "ensure-admin",
         help="make sure an admin key exists (deployments' init step)",
         description="Idempotent. By default: the admin key saved under GENWIRE_HOME (mode "
-        "0600), created if missing, registered in Redis if Redis does not know it (what `genwire "
-        "up` does natively; compose's keys-init one-shot runs it). With --from-env: register "
+        "0600), created if missing, and added to Redis if Redis does not know it (what `genwire "
+        "up` does natively; compose's keys-init one-shot runs it). With --from-env: add "
         "the key in GENWIRE_API_KEY (a Kubernetes Secret) as an admin key named 'admin', "
         "saving nothing. Never prints the key.",
         epilog=EPILOG,
@@ -113,14 +113,14 @@ def register(subparsers: Any) -> None:
     ensure.add_argument(
         "--from-env",
         action="store_true",
-        help="register the key in GENWIRE_API_KEY instead of the saved one",
+        help="add the key in GENWIRE_API_KEY to Redis instead of the saved one",
     )
     ensure.set_defaults(func=_ensure_admin)
     generate = verbs.add_parser(
         "generate",
         help="print a new well-formed key, stored nowhere (for a Secret)",
-        description="Print a new random key on its own line. Nothing is stored: register it "
-        "with `genwire keys ensure-admin --from-env` (the Kubernetes Job does).",
+        description="Print a new random key on its own line. Nothing is stored: add it to "
+        "Redis with `genwire keys ensure-admin --from-env` (the Kubernetes Job does).",
     )
     generate.set_defaults(func=_generate)
     for p in (create, listing, revoke, ensure):
