@@ -111,6 +111,31 @@ def test_batches_token_ids_echo_logprobs_and_guided_map_to_fields() -> None:
 
 
 @pytest.mark.parametrize(
+    ("extra", "ours", "param"),
+    [
+        ({"response_format": {"type": "json_object"}}, "guided", "response_format"),
+        ({"guided_json": {"type": "object"}}, "response_format", "guided_json"),
+        ({"guided_choice": ["a", "b"]}, "guided_choice", "guided_choice"),
+        ({"guided_regex": "[a-z]+"}, "guided", "guided_regex"),
+        ({"max_completion_tokens": 9}, "max_tokens", "max_completion_tokens"),
+        ({"max_tokens": 9}, "max_tokens", "max_tokens"),
+        ({}, "presence_penalty", "presence_penalty"),
+    ],
+)
+def test_an_error_names_the_field_the_caller_sent(
+    extra: dict[str, Any], ours: str, param: str
+) -> None:
+    """The pipeline names its own fields (guided, max_tokens; preprocess the OpenAI name of
+    the constraint's kind): the HTTP caller gets the field it sent."""
+    body = openai.parse_body(
+        openai.ChatCompletionRequest,
+        json.dumps({"messages": [{"role": "user", "content": "hi"}], **extra}).encode(),
+    )
+    assert body.caller_param(ours) == param
+    assert body.caller_param(None) is None
+
+
+@pytest.mark.parametrize(
     ("extra", "param"),
     [
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "s"}}}, "schema"),

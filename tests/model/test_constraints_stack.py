@@ -154,6 +154,7 @@ def test_guided_choice_and_regex(client: openai.OpenAI) -> None:
             "uniqueItems",
         ),
         ({"extra_body": {"guided_regex": "a(?=b)"}}, "guided_regex", "look-around"),
+        ({"extra_body": {"guided_json": {"type": "integr"}}}, "guided_json", "integr"),
     ],
 )
 def test_a_schema_that_cannot_compile_is_a_400_naming_it(

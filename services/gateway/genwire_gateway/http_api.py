@@ -202,6 +202,7 @@ class _Handler:
         code = "ok"
         streaming = False
         clocks: list[RequestClock] = []
+        body: Any = None
         try:
             with trace.use_span(span, end_on_exit=False, record_exception=False):
                 body = openai.parse_body(self.body_model, await request.body())
@@ -248,6 +249,8 @@ class _Handler:
             )
         except GatewayError as exc:
             code = exc.code
+            if body is not None:
+                exc.param = body.caller_param(exc.param)
             mark_error(span, exc.code, exc.message)
             span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, http_status(exc.code))
             return _error_response(exc, headers)
@@ -413,7 +416,8 @@ class _Handler:
         except GatewayError as exc:  # the stream has started: the error becomes an event
             mark_error(span, exc.code, exc.message)
             status = http_status(exc.code)
-            yield openai.sse(openai.error_body(exc.code, exc.message, status, exc.param))
+            param = body.caller_param(exc.param)
+            yield openai.sse(openai.error_body(exc.code, exc.message, status, param))
         yield openai.SSE_DONE
 
     async def _finish(

@@ -86,6 +86,18 @@ _OFF_ONLY: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 
 
+_GUIDED_PARAMS = (
+    "guided",
+    "response_format",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+)
+"""Names an error about the structured-output constraint may carry (preprocess names the
+OpenAI field of the constraint's kind, genwire's request the ``guided`` field)."""
+
+
 class _Common(BaseModel):
     """Parameters shared by completions and chat completions (OpenAI's, and vLLM's extras)."""
 
@@ -234,6 +246,17 @@ class _Common(BaseModel):
         """The caller's labels carried to the result."""
         return dict(self.metadata or {})
 
+    def caller_param(self, param: str | None) -> str | None:
+        """The field of this body an error about genwire's field ``param`` is about: the
+        pipeline names its own fields (``guided``, ``max_tokens``); the caller gets the one it
+        sent (``response_format`` or ``guided_json``..., ``max_completion_tokens``)."""
+        if param is not None and (param in _GUIDED_PARAMS or param.startswith("guided.")):
+            fmt = self.response_format
+            if fmt is not None and fmt.type != "text":
+                return "response_format"
+            return next((n for n in _GUIDED_PARAMS[2:] if getattr(self, n) is not None), param)
+        return param
+
     @property
     def include_usage(self) -> bool:
         """Whether a streamed answer ends with a usage-only chunk."""
@@ -354,6 +377,11 @@ class ChatCompletionRequest(_Common):
     def wants_logprobs(self) -> bool:
         """Whether choices carry logprobs."""
         return bool(self.logprobs)
+
+    def caller_param(self, param: str | None) -> str | None:
+        if param == "max_tokens" and self.max_completion_tokens is not None:
+            return "max_completion_tokens"
+        return super().caller_param(param)
 
 
 def parse_body(model: type[CompletionRequest] | type[ChatCompletionRequest], raw: bytes) -> Any:
