@@ -30,20 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from genwire_model.bench import PROMPTS
 from genwire_model.runtime.constraints import ConstraintCompiler
 from genwire_model.runtime.runners import create_runner
 from genwire_model.runtime.scheduler import Request, Scheduler, Update
-
-PROMPTS = (
-    "Return the number of",
-    "Create a new",
-    "This module provides",
-    "Raise an exception if the",
-    "The default value is",
-    "Convert a string to",
-    "Read and return",
-    "If the file does not exist,",
-)
 
 
 class _Collect:
