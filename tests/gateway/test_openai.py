@@ -313,3 +313,9 @@ def test_the_request_clock_counts_once_and_moves_between_gauges() -> None:
     failed.finish(None)
     assert value("genwire_gateway_num_requests_waiting") == 0
     assert value("genwire_gateway_e2e_request_latency_seconds_count") == 2
+    # n > 1: the first piece of any choice is the first token; only choice 0's gaps count.
+    choices = metrics.clock("http")
+    for choice in (1, 0, 2, 1, 0, 2):
+        choices.piece(1, choice)
+    assert value("genwire_gateway_time_to_first_token_seconds_count") == 3
+    assert value("genwire_gateway_inter_token_latency_seconds_count") == 3  # 2 before: +1

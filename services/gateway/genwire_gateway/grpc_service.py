@@ -326,7 +326,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
                 chunks = self._gateway.stream(prepared)
                 async for chunk in chunks:
                     if chunk.text or chunk.logprobs:
-                        clock.piece(len(chunk.logprobs) if chunk.logprobs else 1)
+                        clock.piece(len(chunk.logprobs) if chunk.logprobs else 1, chunk.choice)
                     if chunk.final:
                         clock.finish(chunk.result)
                     yield to_stream_response(chunk, prepared.request_id, trace_id)

@@ -383,7 +383,7 @@ class _Handler:
                 p, chunk = item
                 index = p * n + chunk.choice
                 if chunk.text or chunk.logprobs:
-                    clocks[p].piece(len(chunk.logprobs) if chunk.logprobs else 1)
+                    clocks[p].piece(len(chunk.logprobs) if chunk.logprobs else 1, chunk.choice)
                 role = self.chat and index not in role_sent
                 role_sent.add(index)
                 for event in self._piece(

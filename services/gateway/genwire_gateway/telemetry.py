@@ -189,8 +189,12 @@ class RequestClock:
         self.done = False
         self.m.waiting.labels(entrypoint).inc()
 
-    def piece(self, tokens: int = 1) -> None:
-        """A streamed piece (of about ``tokens`` tokens) left for the caller."""
+    def piece(self, tokens: int = 1, choice: int = 0) -> None:
+        """A streamed piece (of about ``tokens`` tokens) of ``choice`` left for the caller.
+
+        The first piece of any choice is the first token; the inter-token gaps are choice 0's
+        (with ``n > 1`` the choices' pieces interleave: a gap between two choices is none).
+        """
         now = time.perf_counter()
         e = self.entrypoint
         if self.first is None:
@@ -199,11 +203,14 @@ class RequestClock:
             self.m.otel_ttft.labels(e).observe(now - self.started)
             self.m.waiting.labels(e).dec()
             self.m.running.labels(e).inc()
+        elif choice != 0:
+            return
         elif self.last is not None:
             gap = (now - self.last) / max(1, tokens)
             self.m.itl.labels(e).observe(gap)
             self.m.otel_tpot.labels(e).observe(gap)
-        self.last = now
+        if choice == 0:
+            self.last = now
 
     def finish(self, result: GenerationResult | None, *, unary: bool = False) -> None:
         """The request ended (``result``: with a result, else an error or the caller left)."""
