@@ -245,3 +245,30 @@ async def test_concurrent_checks_of_one_cold_key_all_succeed() -> None:
         *(auth.authenticate(f"Bearer {key}", SCOPE_GENERATE) for _ in range(16))
     )
     assert {p.name for p in names} == {"team"}
+
+
+async def test_a_read_the_revocation_overtook_is_not_cached() -> None:
+    """Redis answers the old record, the revocation and the poll land before the gateway takes
+    the answer: the answer serves that one request but is not cached for ``cache_s``."""
+    store = FakeStore()
+    key, record = store.add([SCOPE_GENERATE])
+    auth = _auth(store, cache_s=3600)
+    await auth.poll_once()
+    read = store.get
+    answered, resume = asyncio.Event(), asyncio.Event()
+
+    async def slow_get(key_hash: str) -> KeyRecord | None:
+        found = await read(key_hash)
+        answered.set()
+        await resume.wait()
+        return found
+
+    store.get = slow_get  # type: ignore[method-assign]
+    first = asyncio.create_task(auth.authenticate(f"Bearer {key}", SCOPE_GENERATE))
+    await answered.wait()
+    store.revoke(record)
+    await auth.poll_once()
+    resume.set()
+    assert (await first).name == "team"  # valid when Redis answered
+    store.get = read  # type: ignore[method-assign]
+    assert "revoked" in (await _refusal(auth, f"Bearer {key}", SCOPE_GENERATE)).message

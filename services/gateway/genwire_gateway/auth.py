@@ -145,6 +145,7 @@ class Authenticator:
         self.metrics = metrics
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._seq: int | None = None
+        self._forgets = 0  # bumped by every forget: a read that spans one is not cached
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
@@ -201,6 +202,7 @@ class Authenticator:
             if now - entry.read_at < fresh_for:
                 self._cache.move_to_end(key_hash)
                 return entry.record, False
+        forgets = self._forgets
         try:
             record = await self.store.get(key_hash)
         except Exception as exc:
@@ -217,7 +219,8 @@ class Authenticator:
                 503,
                 "cannot check the API key: the key store (Redis) is unreachable",
             ) from None
-        self._remember(key_hash, record)
+        if forgets == self._forgets:  # else the key may have changed since Redis answered
+            self._remember(key_hash, record)
         return record, False
 
     def _remember(self, key_hash: str, record: KeyRecord | None) -> None:
@@ -228,6 +231,7 @@ class Authenticator:
 
     def forget(self, hashes: list[str] | None = None) -> None:
         """Drop ``hashes`` (None: every key) from the cache."""
+        self._forgets += 1
         if hashes is None:
             self._cache.clear()
             return
