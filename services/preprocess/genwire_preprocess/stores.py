@@ -120,7 +120,8 @@ class TritonVersions:
                 versions = listed or versions
         except (httpx.HTTPError, httpx.InvalidURL, ValueError):
             pass
-        self._cache[model] = (now, versions)
+        if versions is not None:  # "never told" is asked again: a load may follow at once
+            self._cache[model] = (now, versions)
         return versions
 
     async def close(self) -> None:
