@@ -407,7 +407,7 @@ class MeteredGateway(Gateway):
 def _not_yours(request_id: str) -> str:
     return (
         f"request {request_id!r} was not sent with this API key (only its owner's keys or "
-        "an admin key may read or cancel it)"
+        "an admin key may read, cancel or repeat it)"
     )
 
 
