@@ -75,8 +75,8 @@ class OnnxRuntimeRunner:
 
     Decode steps (``step``) run with I/O binding into two preallocated cache arenas (``reserve``):
     a step reads the batch's cache from one arena and ONNX Runtime writes the grown cache into
-    the other, and the logits into a preallocated buffer, so a step allocates nothing (no
-    megabytes of fresh pages per token). ``gather`` re-forms the batch (rows leaving, rows
+    the other, and the logits into a preallocated buffer, so a step allocates no cache memory
+    (no megabytes of fresh pages per token). ``gather`` re-forms the batch (rows leaving, rows
     joining, the width trimmed) in one copy into the arena the batch is not in. Prefills use
     ``forward`` (ONNX Runtime allocates their small outputs).
     """
