@@ -90,6 +90,12 @@ async def test_a_v1_record_is_still_answered(kafka: Results) -> None:
         ({"logit_bias": {"99999999": 5}}, "out_of_range", "logit_bias"),
         ({"n": 16, "max_tokens": 32000}, "out_of_range", "n"),
         ({"suffix": "x"}, "invalid_request", "suffix"),
+        (
+            {"guided": {"kind": "json_schema", "spec": '{"type": "integr"}'}},
+            "invalid_request",
+            "guided",
+        ),
+        ({"guided": {"kind": "regex", "spec": "a" * 70_000}}, "out_of_range", "guided.spec"),
     ],
 )
 async def test_bad_options_get_an_error_result_naming_the_field(

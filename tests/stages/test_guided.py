@@ -97,8 +97,8 @@ def test_bad_specs_are_invalid_request_naming_the_field(
         GuidedChecker().check_sync(Guided(kind=kind, spec=spec), assets)  # type: ignore[arg-type]
     err = info.value
     assert err.code == ErrorCode.INVALID_REQUEST and ERROR_HTTP_STATUS[err.code] == 400
-    assert err.param == param
-    assert err.message.startswith(f"{param}: ") and message in err.message
+    assert err.param == "guided"  # the request's field (HTTP names the one its caller sent)
+    assert err.message.startswith(f"guided ({kind}): ") and message in err.message
 
 
 def test_size_limits(assets: ModelAssets) -> None:
@@ -117,7 +117,7 @@ def test_async_check_and_tokenizer_cache(assets: ModelAssets) -> None:
     asyncio.run(checker.check(Guided(kind="regex", spec="[a-z]+"), assets))
     first = checker.tokenizer(assets)
     assert checker.tokenizer(assets) is first
-    with pytest.raises(PermanentError, match="guided_regex"):
+    with pytest.raises(PermanentError, match=r"guided \(regex\)"):
         asyncio.run(checker.check(Guided(kind="regex", spec="("), assets))
 
 
@@ -150,7 +150,7 @@ def test_preprocess_refuses_a_schema_that_cannot_compile(repo_with_guided: Asset
     with pytest.raises(PermanentError) as info:
         asyncio.run(pre.handle(request('{"type": "object", "not": {}}')))
     assert info.value.code == ErrorCode.INVALID_REQUEST
-    assert info.value.param == "response_format" and '"not"' in info.value.message
+    assert info.value.param == "guided" and '"not"' in info.value.message
 
 
 class CountingChecker(GuidedChecker):

@@ -45,14 +45,9 @@ MAX_GRAMMAR_SIZE = 200_000
 LEXER_FUEL = 1_000_000
 """Most work building a grammar's lexer (llguidance ``initial_lexer_fuel``, ~20 ms of it)."""
 
-PARAMS = {
-    "json_object": "response_format",
-    "json_schema": "response_format",
-    "regex": "guided_regex",
-    "choice": "guided_choice",
-    "grammar": "guided_grammar",
-}
-"""The OpenAI/vLLM request field each kind comes from: the ``param`` of the error."""
+PARAM = "guided"
+"""The ``param`` of the error: the request's field (the HTTP gateway names the field its caller
+sent instead: ``response_format``, ``guided_json``, ``guided_regex``...)."""
 
 
 class GuidedError(ValueError):
@@ -151,7 +146,6 @@ class GuidedChecker:
         """Raise ``PermanentError`` (invalid_request, naming the field) if it cannot compile."""
         if guided is None or self._known(guided, assets):
             return
-        param = PARAMS.get(guided.kind, "guided")
         try:
             grammar = grammar_text(guided.kind, guided.spec)
             matcher = LLMatcher(self.tokenizer(assets), grammar, log_level=0, limits=self.limits)
@@ -159,7 +153,7 @@ class GuidedChecker:
                 raise GuidedError(f"the {guided.kind} cannot be compiled: {matcher.get_error()}")
         except GuidedError as exc:
             raise PermanentError(
-                f"{param}: {exc}", code=ErrorCode.INVALID_REQUEST, param=param
+                f"{PARAM} ({guided.kind}): {exc}", code=ErrorCode.INVALID_REQUEST, param=PARAM
             ) from None
         with self._lock:
             self._passed[(assets.name, assets.version, guided.kind, guided.spec)] = None
