@@ -266,10 +266,13 @@ class KeyStore:
         the saved key again, while a key an operator revoked stays revoked.
         """
         key_hash = hash_key(key)
-        if await self.redis.exists(record_key(key_hash)):
-            return None
         record = KeyRecord(name=check_name(name), hash=key_hash, scopes=check_scopes(scopes))
-        await self.put(record)
+        # SET NX, not "exists, then set": a revocation between the two would be overwritten
+        # and the revoked key would work again.
+        if not await self.redis.set(record_key(key_hash), record.model_dump_json(), nx=True):
+            return None
+        await self.redis.hset(INDEX_KEY, key_hash, record.name)
+        await self._changed([key_hash])
         return record
 
     async def records(self, *, include_revoked: bool = False) -> list[KeyRecord]:

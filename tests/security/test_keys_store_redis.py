@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from genwire_gateway.auth import Authenticator, AuthError
 
-from genwire.apikeys import SCOPE_GENERATE, KeyStore
+from genwire.apikeys import SCOPE_GENERATE, KeyStore, new_key
 from genwire.redisconn import connect
 from genwire.settings import CommonSettings
 
@@ -51,6 +51,28 @@ async def test_a_poll_at_any_moment_of_a_revocation_drops_the_cached_key(
         await KeyStore(watched).revoke(record.name)
         assert watched.polls > 0  # the poll did run inside the revocation
         await auth.poll_once()  # and the gateway keeps polling afterwards, as it does
+        with pytest.raises(AuthError) as info:
+            await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
+        assert "revoked" in info.value.message
+    finally:
+        await redis.aclose()  # type: ignore[attr-defined]
+
+
+async def test_registering_a_known_key_never_brings_a_revoked_one_back(
+    infra: CommonSettings,
+) -> None:
+    """``genwire up`` re-registers the saved admin key: one Redis lost is accepted again, one an
+    operator revoked stays revoked (SET NX: no window between a check and the write)."""
+    redis = connect(infra.redis_url)
+    try:
+        store = KeyStore(redis)
+        key, name = new_key(), f"reg-{uuid.uuid4().hex[:8]}"
+        first = await store.register(key, name, [SCOPE_GENERATE])
+        assert first is not None and first.name == name
+        assert await store.register(key, name, [SCOPE_GENERATE]) is None  # known: untouched
+        await store.revoke(name)
+        assert await store.register(key, name, [SCOPE_GENERATE]) is None
+        auth = Authenticator(store, cache_s=3600.0)
         with pytest.raises(AuthError) as info:
             await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
         assert "revoked" in info.value.message
