@@ -66,6 +66,9 @@ class ChoiceOutput(BaseModel):
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None
     """Per token of ``output_ids`` when the request asked for logprobs."""
+    completion_tokens: int | None = None
+    """The model's count of this choice's tokens (an ending EOS or stop token included, which
+    ``output_ids`` leaves out); None: ``len(output_ids)``."""
 
 
 class TopLogprob(BaseModel):

@@ -282,8 +282,14 @@ async def test_n_choices_stream_separately_and_end_in_one_result(
                 sampling=sampling,
             )
         )
-    outputs = [
-        ChoiceOutput(index=c, output_ids=i, finish_reason="length", logprobs=_lps(i))
+    outputs = [  # choice 1 ended on an EOS the model counted (not in output_ids)
+        ChoiceOutput(
+            index=c,
+            output_ids=i,
+            finish_reason="length",
+            logprobs=_lps(i),
+            completion_tokens=len(i) + (c == 1),
+        )
         for c, i in enumerate(ids)
     ]
     chunks.append(
@@ -296,7 +302,7 @@ async def test_n_choices_stream_separately_and_end_in_one_result(
             model_version="2",
             finish_reason="length",
             prompt_tokens=3,
-            completion_tokens=sum(len(i) for i in ids),
+            completion_tokens=sum(len(i) for i in ids) + 1,
             sampling=sampling,
             output_ids=ids[0],
             logprobs=_lps(ids[0]),
@@ -308,7 +314,8 @@ async def test_n_choices_stream_separately_and_end_in_one_result(
     choices = result.all_choices()
     assert [c.text for c in choices] == [TEXT, texts[1], "Kafka carries requests; "]
     assert [c.finish_reason for c in choices] == ["length", "length", "stop"]
-    assert result.text == TEXT and result.usage.completion_tokens == sum(len(i) for i in ids)
+    assert result.text == TEXT and result.usage.completion_tokens == sum(len(i) for i in ids) + 1
+    assert sum(c.completion_tokens for c in choices) == result.usage.completion_tokens
     tokens = [e for e in events if isinstance(e, TokenEvent)]
     for c, choice in enumerate(choices):
         mine = [t for t in tokens if t.choice == c]

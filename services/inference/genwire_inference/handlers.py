@@ -395,6 +395,7 @@ class Inference:
                         or (c.final.finish_reason if c.final else "")
                         or "stop",
                         logprobs=c.logprobs if keep_logprobs else None,
+                        completion_tokens=c.completion_tokens,
                     )
                     for i, c in enumerate(choices)
                 ]

@@ -406,7 +406,9 @@ class Postprocessor:
             text=text,
             finish_reason=reason,
             logprobs=logprobs,
-            completion_tokens=len(ids),
+            completion_tokens=(
+                len(ids) if output.completion_tokens is None else output.completion_tokens
+            ),
         )
 
 
