@@ -11,6 +11,7 @@ import pytest
 from genwire_postprocess.handlers import Postprocessor
 from genwire_postprocess.logprobs import output_logprobs
 from genwire_preprocess.handlers import Preprocessor
+from genwire_preprocess.options import shadow_sampling
 from tokenizers import Tokenizer
 
 from genwire.errors import PermanentError
@@ -189,6 +190,29 @@ async def test_ignore_eos_leaves_the_eos_ids_out_of_the_stop_ids(
     )
     assert prepared.sampling.ignore_eos
     assert prepared.sampling.stop_token_ids == [9]
+
+
+async def test_a_shadow_copy_keeps_the_options_or_is_not_made(
+    repo_with_options: AssetStore,
+) -> None:
+    """A shadow version gets the caller's stop ids (its own EOS ids, none under ignore_eos), and
+    one that does not declare an option cannot take the copy (silently ignored there, it would
+    skew the comparison)."""
+    pre = Preprocessor(repo_with_options, default_model=MODEL)
+    request = _request(model_version="3", ignore_eos=True, stop_token_ids=[9], max_tokens=8)
+    prepared = await pre.handle(request)
+    declared = await repo_with_options.aget(MODEL, "3")
+    copy = shadow_sampling(request, declared, prepared.sampling, max_generation_tokens=100)
+    assert copy.stop_token_ids == [9] and copy.ignore_eos
+    plain = _request(model_version="3", stop_token_ids=[9])
+    copy = shadow_sampling(
+        plain, declared, (await pre.handle(plain)).sampling, max_generation_tokens=100
+    )
+    assert copy.stop_token_ids == [*declared.eos_token_ids, 9]
+    older = await repo_with_options.aget(MODEL, "2")
+    with pytest.raises(PermanentError) as info:
+        shadow_sampling(request, older, prepared.sampling, max_generation_tokens=100)
+    assert info.value.param == "ignore_eos"
 
 
 async def test_token_ids_outside_the_vocabulary_and_the_budget(

@@ -51,6 +51,21 @@ def check_options(
             )
 
 
+def shadow_sampling(
+    request: GenerationRequest,
+    assets: ModelAssets,
+    sampling: Sampling,
+    *,
+    max_generation_tokens: int,
+) -> Sampling:
+    """The ``Sampling`` of a shadow copy on another version (``assets``): the same options,
+    checked against that version (``PermanentError`` when it cannot take them: no copy), with
+    its EOS ids and the caller's stop ids as ``sampling_of`` makes them."""
+    check_options(request, assets, max_generation_tokens=max_generation_tokens)
+    stop_ids = sampling_of(request, assets, sampling.seed or 0).stop_token_ids
+    return sampling.model_copy(update={"stop_token_ids": stop_ids})
+
+
 def sampling_of(request: GenerationRequest, assets: ModelAssets, seed: int) -> Sampling:
     """The ``Sampling`` of a validated request: every option carried to the model.
 
