@@ -43,6 +43,7 @@ from genwire.service.http import tls_options
 from genwire.settings import CommonSettings, ServiceSettings
 from genwire.topics import TOPIC_SPECS, Topic
 from genwire.triton_admin import HEADER, restriction_arguments
+from genwire.usage import UsageEvent
 
 
 def _secure(tmp_path: Path, mode: str = "tls") -> tuple[StackPaths, CommonSettings, SecureStack]:
@@ -347,7 +348,7 @@ def test_each_stage_may_write_what_it_produces() -> None:
         "preprocess": {Topic.REQUESTS, PreparedRequest.TOPIC} | failed_request,
         "inference": {Topic.PREPARED, GenerationChunk.TOPIC} | failed_generation,
         "postprocess": {Topic.GENERATIONS, TokenEvent.TOPIC, GenerationResult.TOPIC}
-        | {ShadowResult.TOPIC, Topic.REPLIES},
+        | {ShadowResult.TOPIC, Topic.REPLIES, UsageEvent.TOPIC},  # Kafka clients' usage
     }
     consumed = {
         "preprocess": {Topic.REQUESTS, Topic.CONFIG},  # the policies, followed live

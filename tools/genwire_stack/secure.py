@@ -97,6 +97,7 @@ ACCESS: dict[str, Access] = {
             Topic.RESULTS,
             Topic.REPLIES,
             Topic.SHADOW,
+            Topic.USAGE,  # the usage of requests produced straight to Kafka (docs/security.md)
             Topic.GENERATIONS,
             *_STAGE_FAILURES,
             Topic.SPANS,
