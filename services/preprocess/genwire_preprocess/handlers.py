@@ -33,7 +33,7 @@ from genwire.request import ErrorCode, GenerationRequest, fingerprint, request_i
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore, ModelAssets
 from genwire_preprocess.guided import GuidedChecker
-from genwire_preprocess.options import check_options, sampling_of
+from genwire_preprocess.options import check_options, sampling_of, shadow_sampling
 from genwire_preprocess.routing import FallbackHook, PolicyLookup, Route, Router
 from genwire_preprocess.stores import Claims, ServedVersions
 
@@ -218,6 +218,11 @@ class Preprocessor:
         self, request: GenerationRequest, prepared: PreparedRequest, version: str
     ) -> PreparedRequest:
         assets = await self.assets.aget(prepared.model, version)
+        # The same options, or no copy: one the shadow version ignored would skew the comparison.
+        sampling = shadow_sampling(
+            request, assets, prepared.sampling, max_generation_tokens=self.max_generation_tokens
+        )
+        await self.guided.check(request.guided, assets)
         if request.prompt_token_ids is not None:
             input_ids = list(prepared.input_ids)  # token ids: the same for every version
         elif request.messages is not None:
@@ -236,9 +241,7 @@ class Preprocessor:
                 "input_ids": input_ids,
                 "arm": SHADOW_ARM,
                 "shadow": True,
-                "sampling": prepared.sampling.model_copy(
-                    update={"stop_token_ids": assets.eos_token_ids}
-                ),
+                "sampling": sampling,
             }
         )
 
