@@ -35,6 +35,6 @@ def test_int8_build_records_size_speed_and_loss_of_both(
 
 
 def test_unknown_quantization_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    with pytest.raises(BuildError, match="quantize must be off or int8"):
+    with pytest.raises(BuildError, match="quantize must be off, int8 or fp8"):
         build_version(tiny_checkpoint, "q", tmp_path, BuildOptions(quantize="int4"))
     assert not (tmp_path / "q").exists() or not any((tmp_path / "q").iterdir())

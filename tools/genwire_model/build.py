@@ -55,7 +55,9 @@ class BuildOptions:
     tensorrt: str = "auto"  # "auto": build an engine when a GPU and tensorrt exist; "off"; "on"
     intra_op_threads: int = 2
     stream_interval: int = 1  # tokens per streamed response
-    quantize: str = "off"  # "int8": ONNX Runtime dynamic INT8 weights (genwire_model.quantize)
+    # "int8": ONNX Runtime dynamic INT8 weights (genwire_model.quantize) and, on a GPU, a
+    # TensorRT INT8 engine; "fp8": a TensorRT FP8 engine (genwire_model.quantize_trt)
+    quantize: str = "off"
 
     def to_json(self) -> dict[str, Any]:
         """For the manifest."""
@@ -236,6 +238,74 @@ def smoke_test(version_dir: Path, context: int, eos_ids: list[int]) -> dict[str,
     }
 
 
+def _quantize(
+    info: CheckpointInfo,
+    onnx_path: Path,
+    out: Path,
+    context: int,
+    opts: BuildOptions,
+    reason: str | None,
+    progress: Callable[[str], None],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """--quantize: the manifest's ``quantization`` and ``build.tensorrt`` records.
+
+    ``quantize_trt.plan_quantization`` decides: ONNX Runtime's INT8 graph as ``model.onnx``
+    (int8; fp8 keeps the FP32 one: no CPU FP8) and, where TensorRT and ModelOpt run, an
+    INT8/FP8 engine from ModelOpt's Q/DQ graph, measured against ONNX Runtime FP32.
+    """
+    from genwire_model import quantize_trt
+    from genwire_model.quantize import QuantizeError, eval_ids, quantize_version
+
+    capability = None
+    if reason is None and opts.tensorrt != "off":
+        from genwire_model.runtime.tensorrt_engine import current_key
+
+        capability = current_key()["compute_capability"]
+    missing = quantize_trt.modelopt_missing() if reason is None else None
+    try:
+        plan = quantize_trt.plan_quantization(
+            opts.quantize, opts.tensorrt, reason, capability, missing
+        )
+    except quantize_trt.QuantizePlanError as exc:
+        raise BuildError(str(exc)) from exc
+    if plan.reason:
+        progress(f"--quantize {plan.requested}: {plan.reason}")
+    reference = onnx_path.with_name(".model.fp32-reference.onnx")
+    try:
+        if plan.engine:
+            shutil.copy2(onnx_path, reference)  # the engine's FP32 reference
+        if plan.cpu_int8:
+            quantization = quantize_version(info, onnx_path, "int8", progress)
+        else:
+            quantization = {
+                "mode": plan.requested,
+                "cpu_graph": "fp32 (ONNX Runtime has no FP8 path: the FP32 graph is the fallback)",
+            }
+        quantization["plan"] = plan.to_json()
+        if not plan.engine:
+            return quantization, {"built": False, "reason": plan.reason}
+        heldout = eval_ids(info)
+        record, figures = quantize_trt.build_quantized_engine(
+            info,
+            reference,
+            out,
+            plan,
+            opts.max_batch,
+            context,
+            opts.tensorrt,
+            progress,
+            heldout,
+            quantize_trt.speed_prompts(heldout),
+        )
+        if figures is not None:
+            quantization["tensorrt"] = figures
+        return quantization, record
+    except (QuantizeError, quantize_trt.QuantizePlanError) as exc:
+        raise BuildError(str(exc)) from exc
+    finally:
+        reference.unlink(missing_ok=True)
+
+
 @contextmanager
 def _locked(model_dir: Path) -> Iterator[None]:
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -264,8 +334,8 @@ def build_version(
     opts = options or BuildOptions()
     if opts.tensorrt not in ("auto", "on", "off"):
         raise BuildError(f"tensorrt must be auto, on or off, got {opts.tensorrt!r}")
-    if opts.quantize not in ("off", "int8"):
-        raise BuildError(f"quantize must be off or int8, got {opts.quantize!r}")
+    if opts.quantize not in ("off", "int8", "fp8"):
+        raise BuildError(f"quantize must be off, int8 or fp8, got {opts.quantize!r}")
     if opts.max_batch < 1:
         raise BuildError(f"max_batch must be >= 1, got {opts.max_batch}")
     if opts.context is not None and opts.context < 2:
@@ -326,26 +396,21 @@ def _assemble(
         f"over {len(validation.cases)} cases"
     )
     del model
+    reason = tensorrt_usable() if opts.tensorrt != "off" else "disabled (--tensorrt off)"
     quantization = None
+    tensorrt: dict[str, Any] | None = None
     if opts.quantize != "off":
-        from genwire_model.quantize import QuantizeError, quantize_version
-
-        try:
-            quantization = quantize_version(info, onnx_path, opts.quantize, progress)
-        except QuantizeError as exc:
-            raise BuildError(str(exc)) from exc
+        quantization, tensorrt = _quantize(info, onnx_path, out, context, opts, reason, progress)
     eos_ids, tokenizer_summary = _tokenizer_files(info, out)
     _copy_runtime(out)
     from genwire_model.tensorrt_build import TensorRTBuildError, build_for_version
 
-    reason = tensorrt_usable() if opts.tensorrt != "off" else "disabled (--tensorrt off)"
-    if quantization is not None and reason is None:
-        reason = "the INT8 ONNX graph (--quantize int8) runs on ONNX Runtime"
     try:
         # auto: any engine failure leaves the version to ONNX Runtime, with the reason.
-        tensorrt = build_for_version(
-            info, onnx_path, out, opts.max_batch, context, opts.tensorrt, reason, progress
-        )
+        if tensorrt is None:
+            tensorrt = build_for_version(
+                info, onnx_path, out, opts.max_batch, context, opts.tensorrt, reason, progress
+            )
     except TensorRTBuildError as exc:
         raise BuildError(str(exc)) from exc
     manifest: dict[str, Any] = {
@@ -378,7 +443,10 @@ def _assemble(
         },
         "validation": validation.to_json(),
         **({"quantization": quantization} if quantization is not None else {}),
-        "files": {"model.onnx": _sha256(onnx_path)},
+        "files": {
+            "model.onnx": _sha256(onnx_path),
+            **{p.name: _sha256(p) for p in sorted(out.glob("model.qdq.onnx*"))},
+        },
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     manifest["validation"]["smoke"] = smoke_test(out, context, eos_ids)

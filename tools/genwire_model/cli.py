@@ -76,10 +76,12 @@ def register(subparsers: Any) -> None:
     )
     build.add_argument(
         "--quantize",
-        choices=["off", "int8"],
+        choices=["off", "int8", "fp8"],
         default="off",
-        help="int8: also quantize the ONNX model (ONNX Runtime dynamic INT8) and print size, "
-        "speed and held-out loss against the FP32 one (default: off)",
+        help="int8: quantize the ONNX model (ONNX Runtime dynamic INT8) and, on a GPU with "
+        "TensorRT and nvidia-modelopt, build a TensorRT INT8 engine; fp8: a TensorRT FP8 "
+        "engine (GPU of compute capability >= 8.9). Prints size, speed and held-out loss "
+        "against the FP32 graph (default: off)",
     )
     build.add_argument(
         "--load", action="store_true", help="then serve it (as `genwire model load`)"

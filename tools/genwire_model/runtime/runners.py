@@ -787,17 +787,20 @@ def _recorded_agreement(plan: Path) -> dict[str, Any] | None:
 
 def _build_on_load(version_dir: Path, manifest: dict[str, Any], key: dict[str, str]) -> Path:
     """Build the engine for this GPU and TensorRT into the version folder (load time)."""
-    from .tensorrt_engine import PLAN, build_engine, engine_dir
+    from .tensorrt_engine import PLAN, build_engine, engine_dir, quantized_graph
 
     options = manifest.get("build", {}).get("options", {})
     out = engine_dir(version_dir, key)
+    # A quantized version's engine comes from its Q/DQ graph (--quantize int8|fp8).
+    quantized = quantized_graph(manifest)
     build_engine(
-        version_dir / "model.onnx",
+        version_dir / (quantized[1] if quantized else "model.onnx"),
         out,
         manifest["shape"],
         int(options.get("max_batch", 32)),
         int(manifest["context_length"]),
         progress=log.info,
+        quantized=quantized[0] if quantized else "",
     )
     return out / PLAN
 
@@ -838,9 +841,13 @@ def create_runner(
     if prefer not in ("auto", "tensorrt"):
         report.status("onnxruntime", reason=f"backend {prefer} ({chosen or 'configured'})")
         return onnxruntime()
-    if manifest.get("quantization"):
+    from .tensorrt_engine import quantized_graph
+
+    quantized = quantized_graph(manifest)
+    if manifest.get("quantization") and quantized is None:
         # ONNX Runtime's INT8 graph (--quantize int8: MatMulInteger, DynamicQuantizeLinear) is
-        # not TensorRT's to build: no engine is tried, so no failing build at every load.
+        # not TensorRT's to build: no engine is tried, so no failing build at every load. A
+        # version built on a GPU also has ModelOpt's Q/DQ graph (quantized): TensorRT's.
         if prefer == "tensorrt":
             raise RuntimeError(
                 "TensorRT backend requested but this version's graph is ONNX Runtime's INT8 "
@@ -865,6 +872,13 @@ def create_runner(
 
         key = current_key()
         key_label = key_name(key)
+        if quantized is not None and quantized[0] == "fp8":
+            from .tensorrt_engine import fp8_unsupported
+
+            unsupported = fp8_unsupported(key["compute_capability"])
+            if unsupported is not None:
+                stage = "build"
+                raise TensorRTBuildError(f"the FP8 engine cannot run here: {unsupported}")
         engine = find_engine(version_dir, key)
         built_now = engine is None
         recorded = _recorded_agreement(engine) if engine is not None else None
@@ -901,6 +915,8 @@ def create_runner(
             stage = "run"
             context = int(manifest["context_length"])
             figures = agreement(runner, onnxruntime(), runner.vocab_size, context)
+            if quantized is not None:
+                figures["quantized"] = quantized[0]  # judged on its KL (check_agreement)
             record_agreement(engine, figures)
             check_agreement(figures)
     except Exception as exc:

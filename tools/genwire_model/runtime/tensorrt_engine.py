@@ -50,6 +50,11 @@ PROFILE_NAMES = ("prefill", "decode")
 # sit near -100), which would refuse sound engines.
 MAX_ENGINE_LOGPROB_DIFF = 0.5
 MAX_ENGINE_LOGIT_DIFF = MAX_ENGINE_LOGPROB_DIFF  # its former name
+# A quantized engine (--quantize int8|fp8) is judged on distributions, not on the largest
+# log-probability difference: mean KL from the FP32 reference over the check's prefill rows,
+# and (at build) the held-out loss increase, nats/token.
+MAX_QUANTIZED_KL = 0.25
+MAX_QUANTIZED_LOSS_INCREASE = 0.25
 
 Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
@@ -110,6 +115,35 @@ def recorded_keys(manifest: dict[str, Any]) -> list[str]:
     if not record.get("built"):
         return []
     return [key_name(record)]
+
+
+# -- quantized versions (--quantize int8|fp8) --------------------------------------------------
+
+QDQ_GRAPH = "model.qdq.onnx"
+FP8_MIN_CC = (8, 9)  # FP8 tensor cores: Ada (8.9), Hopper (9.0) and newer
+
+
+def fp8_unsupported(compute_capability: str) -> str | None:
+    """None when a GPU of ``compute_capability`` ("9.0") runs FP8 engines, else why not."""
+    try:
+        major, minor = (int(part) for part in str(compute_capability).split(".")[:2])
+    except ValueError:
+        return f"unknown compute capability {compute_capability!r}"
+    if (major, minor) >= FP8_MIN_CC:
+        return None
+    return (
+        f"FP8 needs compute capability >= {FP8_MIN_CC[0]}.{FP8_MIN_CC[1]} (Ada, Hopper or "
+        f"newer); this GPU is {major}.{minor}"
+    )
+
+
+def quantized_graph(manifest: dict[str, Any]) -> tuple[str, str] | None:
+    """(mode, file) of the version's Q/DQ graph for TensorRT, or None when it has none."""
+    record = manifest.get("quantization") or {}
+    engine = record.get("tensorrt") if isinstance(record, dict) else None
+    if not isinstance(engine, dict) or not engine.get("graph"):
+        return None
+    return str(engine.get("mode", "int8")), str(engine["graph"])
 
 
 # -- profiles ---------------------------------------------------------------------------------
@@ -238,8 +272,13 @@ def build_engine(
     max_batch: int,
     context: int,
     progress: Callable[[str], None] = log.info,
+    quantized: str = "",
 ) -> dict[str, Any]:
     """Write ``model.plan`` and ``tensorrt.json`` into ``out_dir``; returns the record.
+
+    ``quantized`` ("int8" or "fp8") says ``onnx_path`` is a Q/DQ graph (ModelOpt's ONNX PTQ,
+    ``genwire model build --quantize``): it is built as it stands, strongly typed (the flag is
+    required on TensorRT 10, ignored on 11), with no FP16 flag and no AutoCast.
 
     Raises TensorRTBuildError when TensorRT cannot parse or build the graph; every TensorRT
     call whose result can signal failure is checked.
@@ -254,9 +293,15 @@ def build_engine(
     builder = trt.Builder(logger)
     if builder is None:
         raise TensorRTBuildError("trt.Builder failed (no CUDA device or driver?)")
-    weak_fp16 = hasattr(trt.BuilderFlag, "FP16")  # TensorRT 10; removed in 11
+    weak_fp16 = hasattr(trt.BuilderFlag, "FP16") and not quantized  # TensorRT 10; gone in 11
     source, precision, note = onnx_path, "fp32", ""
-    if not weak_fp16:
+    flags = 0
+    if quantized:
+        precision = f"{quantized} (ModelOpt Q/DQ graph, strongly typed network)"
+        strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        if strongly is not None:
+            flags = 1 << int(strongly)
+    elif not weak_fp16:
         fp16_path = out_dir / "model.fp16.onnx"
         made, how = _autocast(onnx_path, fp16_path, calibration_feeds(shape, context), progress)
         if made is not None:
@@ -265,9 +310,9 @@ def build_engine(
             note = how
             progress(f"building an FP32 engine: {how}")
     try:
-        # No creation flags: explicit batch is the only mode since 10.0, and 11.x networks are
-        # always strongly typed.
-        network = builder.create_network(0)
+        # Explicit batch is the only mode since 10.0, and 11.x networks are always strongly
+        # typed; a Q/DQ graph asks for strong typing on 10.x too (flags).
+        network = builder.create_network(flags)
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(source)):
             errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -296,6 +341,7 @@ def build_engine(
     record: dict[str, Any] = {
         "tensorrt_version": str(trt.__version__),
         "precision": precision,
+        **({"quantized": quantized} if quantized else {}),
         "max_batch": max_batch,
         "prefill_rows": prefill_rows(max_batch, context),
         "context": context,
@@ -378,6 +424,9 @@ def agreement(
         "max_abs_logit_diff": float(np.abs(got - want).max()),
         "max_abs_logprob_diff": float(np.abs(log_softmax(got) - log_softmax(want)).max()),
         "finite": bool(np.isfinite(got).all()),
+        # Mean KL(ONNX Runtime || engine) over the prefill rows, nats: scale-free, what judges
+        # a quantized engine (whose tail log-probabilities move more than FP16's).
+        "mean_kl_vs_reference": mean_kl(want, got),
         "prefill_greedy_agree": bool((got.argmax(axis=1) == want.argmax(axis=1)).all()),
         # Tokens that match before the first divergence of each row, over all tokens.
         "greedy_token_agreement": round(sum(same) / max(1, total), 4),
@@ -391,9 +440,32 @@ def log_softmax(logits: Any) -> Any:
     return values - top - np.log(np.exp(values - top).sum(axis=-1, keepdims=True))
 
 
+def mean_kl(reference: Any, other: Any) -> float:
+    """Mean over rows of KL(softmax(reference) || softmax(other)), nats (NaN stays NaN)."""
+    want, got = log_softmax(reference), log_softmax(other)
+    return float((np.exp(want) * (want - got)).sum(axis=-1).mean())
+
+
 def check_agreement(figures: dict[str, Any]) -> None:
     """Raise TensorRTBuildError when the engine's figures rule it out (records made before
-    the log-probability figure existed are judged on their logits)."""
+    the log-probability figure existed are judged on their logits).
+
+    A quantized engine's figures (``quantized`` set) are judged on the mean KL divergence
+    from the reference and, where measured (at build), the held-out loss increase."""
+    if figures.get("quantized"):
+        kl = figures.get("mean_kl_vs_reference", np.inf)
+        rise = figures.get("heldout_loss_increase", 0.0)
+        if (
+            not figures.get("finite")
+            or not kl <= MAX_QUANTIZED_KL
+            or not rise <= MAX_QUANTIZED_LOSS_INCREASE
+        ):
+            raise TensorRTBuildError(
+                f"the quantized engine is too far from the FP32 reference (mean KL <= "
+                f"{MAX_QUANTIZED_KL}, held-out loss increase <= {MAX_QUANTIZED_LOSS_INCREASE} "
+                f"nats/token): {figures}"
+            )
+        return
     diff = figures.get("max_abs_logprob_diff", figures.get("max_abs_logit_diff", np.inf))
     if not figures.get("finite") or not diff <= MAX_ENGINE_LOGPROB_DIFF:
         raise TensorRTBuildError(f"the engine disagrees with ONNX Runtime: {figures}")
