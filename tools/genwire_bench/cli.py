@@ -144,6 +144,22 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--no-resources", action="store_true", help="skip CPU/RSS sampling")
     p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="attach py-spy to every genwire service (and the model's Triton stub) during each "
+        "target's load; write a flame graph (SVG), speedscope file and collapsed stacks per "
+        "service and target under DIR and print where the time goes (needs ptrace rights)",
+    )
+    p.add_argument(
+        "--profile-rate",
+        type=int,
+        default=100,
+        metavar="HZ",
+        help="with --profile: samples per second (default 100)",
+    )
+    p.add_argument(
         "--json", type=Path, default=None, metavar="PATH", help="write the full report as JSON"
     )
     p.add_argument(
@@ -180,6 +196,19 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.profile is not None:
+        from genwire_bench.profile import py_spy
+
+        if args.scaling:
+            print("--profile works with a normal run, not --scaling", file=sys.stderr)
+            return 1
+        if py_spy() is None:
+            print("--profile needs py-spy (pip install py-spy)", file=sys.stderr)
+            return 1
+        if args.profile_rate < 1:
+            print("--profile-rate must be ≥ 1", file=sys.stderr)
+            return 1
+        args.profile.mkdir(parents=True, exist_ok=True)
     settings = CommonSettings()
     model = args.model or "genwire-gpt"
     try:
@@ -218,6 +247,8 @@ def main(args: argparse.Namespace) -> int:
         trace_sample=args.trace_sample,
         resources=not args.no_resources,
         progress=not args.quiet,
+        profile_dir=args.profile,
+        profile_rate=args.profile_rate,
     )
 
     bar: Any = None
@@ -249,6 +280,14 @@ def main(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     print(render(report))
+    if report.profiles:
+        from genwire_bench.profile import render_profiles
+
+        print(
+            render_profiles(
+                report.profiles["phases"], report.profiles["missing"], report.profiles["root"]
+            )
+        )
     if args.json is not None:
         write_json(report, args.json)
         print(f"\nJSON report: {args.json}")

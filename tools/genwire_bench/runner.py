@@ -70,6 +70,10 @@ class BenchConfig:
     trace_sample: int = 30
     resources: bool = True
     progress: bool = True
+    profile_dir: Path | None = None
+    """``--profile``: py-spy on every genwire service during each phase (genwire_bench.profile)."""
+    profile_rate: int = 100
+    """py-spy samples per second with ``profile_dir``."""
 
     def loads(self) -> list[Load]:
         """The phases' loads, in order."""
@@ -87,6 +91,8 @@ class Phase:
     records: list[RequestRecord] = field(default_factory=list)
     usage: list[dict[str, Usage]] = field(default_factory=list)
     walls: list[float] = field(default_factory=list)
+    profiles: list[dict[str, Any]] = field(default_factory=list)
+    """Per round, each profiled service's raw py-spy file (or why there is none)."""
 
 
 @dataclass
@@ -102,6 +108,8 @@ class BenchReport:
     resources: dict[str, dict[str, Usage]]
     skipped: dict[str, str]
     records: list[RequestRecord]
+    profiles: dict[str, Any] = field(default_factory=dict)
+    """``--profile``: per phase, the services' profiles and those not profiled (``profile``)."""
 
 
 DriverFactory = Callable[[str, "BenchConfig", dict[str, Any]], Driver]
@@ -250,6 +258,18 @@ class Runner:
         phase: Phase,
         processes: dict[str, Any],
     ) -> None:
+        profiler = None
+        if self.cfg.profile_dir is not None:
+            from genwire_bench import profile
+
+            label = f"{driver.name} {load.label}"
+            profiler = profile.PhaseProfiler(
+                profile.py_spy() or "py-spy",
+                profile.profile_targets(self.cfg.run_dir, self.cfg.model, self.cfg.model_version),
+                profile.phase_folder(self.cfg.profile_dir, label) / f"round{round_no}",
+                self.cfg.profile_rate,
+            )
+            await profiler.start()
         sampler = ResourceSampler(processes) if processes else None
         if sampler:
             sampler.start()
@@ -264,6 +284,8 @@ class Runner:
         if sampler:
             # Instances of a scaled service (gateway-2…) count as that service.
             phase.usage.append(by_service(await sampler.stop()))
+        if profiler is not None:
+            phase.profiles.append(await profiler.stop())
         for rec in records:
             rec.extra["round"] = float(round_no)
         phase.records.extend(records)
@@ -346,6 +368,12 @@ class Runner:
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "duration_s": round(time.time() - started, 1),
         }
+        resources = {f"{p.target} {p.load.label}": merge_usage(p) for p in phases}
+        profiles = {}
+        if self.cfg.profile_dir is not None:
+            from genwire_bench.profile import summarise_run
+
+            profiles = summarise_run(self.cfg.profile_dir, phases, resources, self.cfg.profile_rate)
         return BenchReport(
             run_id=self.run_id,
             config=config_dict(self.cfg),
@@ -353,9 +381,10 @@ class Runner:
             summaries=list(summaries.values()),
             overheads=overheads,
             breakdowns=breakdowns,
-            resources={f"{p.target} {p.load.label}": merge_usage(p) for p in phases},
+            resources=resources,
             skipped=skipped,
             records=[r for p in phases for r in p.records],
+            profiles=profiles,
         )
 
 
