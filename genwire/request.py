@@ -447,6 +447,10 @@ def fingerprint(request: GenerationRequest) -> str:
     fingerprint it had before v2.
     """
     unused = set(V2_FIELDS) - set(request.v2_fields_used())
+    if request.logit_bias:
+        # A mapping: the same biases sent in another key order are the same request.
+        ordered = dict(sorted(request.logit_bias.items(), key=lambda kv: int(kv[0])))
+        request = request.model_copy(update={"logit_bias": ordered})
     canonical = request.model_dump_json(exclude=_NOT_FINGERPRINTED | unused)
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 

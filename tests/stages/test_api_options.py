@@ -79,6 +79,13 @@ def test_the_fingerprint_of_a_v1_request_ignores_v2_defaults() -> None:
     assert fingerprint(a) == fingerprint(b) != fingerprint(c)
 
 
+def test_the_fingerprint_of_logit_bias_ignores_its_key_order() -> None:
+    a = parse_request(b'{"prompt": "hi", "logit_bias": {"5": 1.0, "12": -2.0}}', key=b"r1")
+    b = parse_request(b'{"prompt": "hi", "logit_bias": {"12": -2.0, "5": 1.0}}', key=b"r1")
+    c = parse_request(b'{"prompt": "hi", "logit_bias": {"12": -2.0, "5": 1.5}}', key=b"r1")
+    assert fingerprint(a) == fingerprint(b) != fingerprint(c)
+
+
 @pytest.mark.parametrize(
     ("body", "code", "param"),
     [
