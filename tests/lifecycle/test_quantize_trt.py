@@ -268,6 +268,14 @@ def test_int8_on_a_gpu_records_engine_and_cpu_graph_figures(
     printed = [line for line in lines if line.startswith("TensorRT INT8 vs ONNX Runtime FP32")]
     assert printed and "tokens/s" in printed[0] and "held-out loss" in printed[0]
     assert not list(version.path.glob(".model.fp32*"))  # the reference copy is gone
+    # `genwire model list`: the engine's loss (nothing loaded yet, or the engine serving).
+    from genwire_model.lifecycle import describe
+
+    from lifecycle.test_lifecycle_unit import StubTriton
+
+    (row,) = describe(tmp_path, StubTriton([]), "q")
+    assert row["quantized"] == "int8/trt-int8"
+    assert row["heldout_loss"] == engine["heldout_loss"]["int8"]
 
     # Served: the engine for this key is found, its recorded agreement judged as quantized.
     runner = runners.create_runner(version.path, prefer="auto", record_status=True)

@@ -654,6 +654,7 @@ def describe(repository: Path, triton: TritonControl, name: str) -> list[dict[st
         manifest = found.manifest
         validation = manifest.get("validation", {})
         quant = manifest.get("quantization") or {}
+        engine = quant.get("tensorrt") or {}
         runtime = runtime_status(found.path)  # written by the runner at load (H-gpu)
         rows.append(
             {
@@ -668,11 +669,25 @@ def describe(repository: Path, triton: TritonControl, name: str) -> list[dict[st
                 "fallback": (runtime.get("fallbacks") or [{}])[-1].get("reason"),
                 "max_abs_logit_diff": validation.get("max_abs_logit_diff"),
                 "heldout_loss": validation.get("heldout_loss")
-                or (quant.get("heldout_loss") or {}).get(quant.get("mode", "")),
-                "quantized": quant.get("mode"),
+                or _quantized_loss(quant, runtime.get("backend")),
+                # "int8/trt-int8": a TensorRT engine of the quantized model too (quantize_trt)
+                "quantized": quant.get("mode")
+                and "/trt-".join(filter(None, [quant["mode"], engine.get("mode")])),
             }
         )
     return rows
+
+
+def _quantized_loss(quant: dict[str, Any], backend: str | None) -> float | None:
+    """Held-out loss of what serves a quantized version: the TensorRT engine's when it is
+    serving (or nothing has loaded it yet), else ONNX Runtime's graph's."""
+    engine = quant.get("tensorrt") or {}
+    if engine and backend in (None, "tensorrt"):
+        loss = (engine.get("heldout_loss") or {}).get(engine.get("mode", ""))
+        if loss is not None:
+            return float(loss)
+    value = (quant.get("heldout_loss") or {}).get(quant.get("mode", ""))
+    return None if value is None else float(value)
 
 
 def to_json(rows: list[dict[str, Any]]) -> str:
