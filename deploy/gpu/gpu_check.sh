@@ -10,6 +10,10 @@
 #   4. compares TensorRT with ONNX Runtime runner against runner (TTFT, decode tokens/s);
 #   5. runs `genwire bench` on the stack with the engine, then with ONNX Runtime
 #      (GENWIRE_MODEL_BACKEND=onnxruntime on a restarted Triton), and restores the engine.
+#   6. builds a TensorRT INT8 version of the default checkpoint (ModelOpt Q/DQ graph, strongly
+#      typed engine) in a scratch repository and compares its held-out loss, tokens/s and size
+#      with the FP16 engine and ONNX Runtime FP32 (deploy/gpu/compare_quantized.py), then runs
+#      the quantized GPU tests (FP8 too where the GPU has compute capability >= 8.9).
 #
 # Figures land in $GPU_CHECK_OUT (default: $GENWIRE_HOME/gpu-check). Exit status: 0 when every
 # step passed, 2 without a GPU, else the first failing step's.
@@ -87,6 +91,12 @@ step "GPU tests"
 
 step "TensorRT vs ONNX Runtime, runner against runner"
 "$BIN/python" deploy/gpu/compare_backends.py --json "$OUT/compare.json" | tee "$OUT/compare.txt"
+
+step "TensorRT INT8 engine vs the FP16 engine and FP32"
+"$BIN/python" deploy/gpu/compare_quantized.py --mode int8 --json "$OUT/quantized-int8.json" \
+  | tee "$OUT/quantized-int8.txt"
+"$BIN/pytest" -q -p no:cacheprovider -rs tests/model/test_tensorrt_quant.py 2>&1 \
+  | tee "$OUT/pytest-quantized.txt"
 
 step "genwire bench with the engine"
 "$BIN/genwire" up --no-demo
