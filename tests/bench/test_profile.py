@@ -175,6 +175,10 @@ def test_files_and_summary(tmp_path: Path) -> None:
     assert [p.service for p in profiles] == ["gateway"]
     assert profiles[0].samples == 4 * sum(stacks.values())
     assert profiles[0].measured_core_ms_per_request == 3.5
+    # The measured core-ms per request is split between the buckets by their shares.
+    per_bucket = [b.core_ms_per_request for b in profiles[0].buckets]
+    assert all(x is not None for x in per_bucket)
+    assert abs(sum(x for x in per_bucket if x is not None) - 3.5) < 1e-9
     assert missing == {"monitor": "Error: Permission denied"}
     assert (tmp_path / "grpc_c8" / "gateway.svg").exists()
     table = render_profiles({"grpc c=8": profiles}, {"grpc c=8": missing}, tmp_path)

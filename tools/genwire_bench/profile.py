@@ -212,6 +212,8 @@ _BOUNDARY = (
 )
 """Where a task or thread's own frames end (the walk from the leaf stops there)."""
 
+_TASK_START = ("Handle._run (", "Thread.run (")
+
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<path>.*?)(?::(?P<line>\d+))?\)$")
 _STDLIB = re.compile(r".*/lib/python3\.\d+/(?:(?:site|dist)-packages/)?")
 _MODEL = re.compile(r".*/models?/repository/[^/]+/[0-9]+/")
@@ -318,14 +320,11 @@ class ServiceProfile:
 
     @property
     def profiled_core_ms_per_request(self) -> float | None:
-        """Samples ÷ rate, per request: the Python CPU time py-spy saw (GIL held)."""
+        """Samples ÷ rate, per request: the Python CPU time py-spy saw (GIL held). Not the
+        figure to quote: on an idle-ish event loop py-spy over-counts (module docstring)."""
         if not self.requests:
             return None
         return self.samples / self.rate_hz * 1000.0 / self.requests
-
-
-def _per_request(samples: int, rate_hz: int, requests: int) -> float | None:
-    return samples / rate_hz * 1000.0 / requests if requests else None
 
 
 def aggregate(
@@ -349,12 +348,22 @@ def aggregate(
         self_time[frame_name(stack[-1])] += n
         # A recursive frame counts once; the event loop's and threads' own frames, on nearly
         # every stack, would only crowd the table.
-        for name in {frame_name(f) for f in stack if not _structural(f)}:
+        # Frames below a task's or a thread's start (``asyncio.run`` and what called it, e.g.
+        # genwire's runner) are on every stack of their thread: left out too.
+        start = next((i for i, f in enumerate(stack) if f.startswith(_TASK_START)), 0)
+        for name in {frame_name(f) for f in stack[start:] if not _structural(f)}:
             total_time[name] += n
 
     def shares(counter: Counter[str], limit: int | None) -> list[Share]:
         return [
-            Share(name, n, n / total if total else 0.0, _per_request(n, rate_hz, requests))
+            Share(
+                name,
+                n,
+                n / total if total else 0.0,
+                n / total * measured_core_ms_per_request
+                if total and measured_core_ms_per_request is not None
+                else None,
+            )
             for name, n in counter.most_common(limit)
         ]
 
@@ -709,12 +718,13 @@ def render_profiles(
     missing: Mapping[str, Mapping[str, str]],
     root: Path | str,
 ) -> str:
-    """The overview per phase (service, core-ms per request measured and profiled, top three
-    buckets), then per service its buckets and top frames by self and total time."""
+    """The overview per phase (service, samples, core-ms per request from the resources table,
+    top three buckets), then per service its buckets (share of the samples, and that share of
+    the measured core-ms per request) and top frames by self and total time."""
     lines = [
         "",
-        f"Profile (py-spy; files under {root}): core-ms per request measured by the "
-        "resources table and seen by the profiler (GIL-holding samples ÷ rate), top buckets",
+        f"Profile (py-spy --gil; files under {root}): per service the samples, the core-ms per "
+        "request the resources table measured, and the buckets' shares of the samples",
     ]
     for phase, items in profiles.items():
         rows = [
@@ -722,22 +732,20 @@ def render_profiles(
                 p.service,
                 str(p.samples),
                 _ms(p.measured_core_ms_per_request),
-                _ms(p.profiled_core_ms_per_request),
                 ", ".join(f"{b.name.split(' (')[0]} {_pct(b.share)}" for b in p.buckets[:3]),
             ]
             for p in items
         ]
         rows += [
-            [name, "-", "-", "-", f"not profiled: {why}"]
-            for name, why in missing.get(phase, {}).items()
+            [name, "-", "-", f"not profiled: {why}"] for name, why in missing.get(phase, {}).items()
         ]
         lines += [
             "",
             f"{phase}:",
             table(
-                ["service", "samples", "core-ms/req", "profiled", "top buckets"],
+                ["service", "samples", "core-ms/req", "top buckets (share of samples)"],
                 rows,
-                left=(0, 4),
+                left=(0, 3),
             ),
         ]
     for phase, items in profiles.items():
