@@ -6,6 +6,8 @@ The inference service has its own client; this one exists to exercise the model 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
@@ -84,9 +86,11 @@ async def generate(
     out.choices[0] = out
     open_choices = choices
     responses = client.stream_infer(inputs_iterator=requests())
+    ended = False  # the server sent the request's last response (final or error)
     try:
         async for result, error in responses:
             if error is not None:
+                ended = True
                 raise GenerationError(str(error))
             now = time.perf_counter() - out.started
             choice = scalar(result, Output.CHOICE)
@@ -100,16 +104,32 @@ async def generate(
             if open_choices <= 0:
                 if out.finished_s == 0.0:
                     out.finished_s = now
+                ended = True
                 break
             if cancel_after_tokens is not None and len(out.token_ids) >= cancel_after_tokens:
                 out.finish_reason = "cancelled"
                 out.finished_s = time.perf_counter() - out.started
                 break
     finally:
-        # Ends the gRPC call: after the final response it is a no-op for the server; before
-        # it, it is the client-side cancellation the model watches for.
-        responses.cancel()
+        await _end_call(responses, cancel=not ended)
     return out
+
+
+async def _end_call(responses: Any, *, cancel: bool, timeout_s: float = 5.0) -> None:
+    """End the gRPC call: cancel it when stopping early (the cancellation the model watches
+    for); after the request's last response, let it complete instead.
+
+    Cancelling a stream Triton already answered in full is not a no-op: Triton 2.51's gRPC
+    frontend then "issues a cancellation" for the finished request, waits for a callback that
+    never comes and keeps the stream's state, which pins the model version: once unloaded it
+    stays UNLOADING and its Python stub never ends (tests/model/test_unload.py)."""
+    if not cancel:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(timeout_s):
+                async for _ in responses:  # nothing is left but the call's status
+                    pass
+                return
+    responses.cancel()
 
 
 def _absorb(out: Generation, result: Any, now: float) -> bool:
