@@ -111,11 +111,11 @@ async def generate(
                 out.finished_s = time.perf_counter() - out.started
                 break
     finally:
-        await _end_call(responses, cancel=not ended)
+        await end_call(responses, cancel=not ended)
     return out
 
 
-async def _end_call(responses: Any, *, cancel: bool, timeout_s: float = 5.0) -> None:
+async def end_call(responses: Any, *, cancel: bool, timeout_s: float = 5.0) -> None:
     """End the gRPC call: cancel it when stopping early (the cancellation the model watches
     for); after the request's last response, let it complete instead.
 

@@ -529,6 +529,7 @@ async def _probe(url: str, name: str, version: str, prompt: list[int]) -> int:
     from tritonclient.grpc.aio import InferenceServerClient
 
     from genwire.triton_io import Output, infer_inputs
+    from genwire_model.client import end_call
 
     client = InferenceServerClient(url)
     done = asyncio.Event()
@@ -541,17 +542,24 @@ async def _probe(url: str, name: str, version: str, prompt: list[int]) -> int:
         await done.wait()
 
     tokens = 0
+    ended = False  # the version sent its last response: the call must end by itself
+    responses = client.stream_infer(requests())
     try:
-        async for result, error in client.stream_infer(requests()):
+        async for result, error in responses:
             if error is not None:
+                ended = True
                 raise RuntimeError(str(error))
             ids = result.as_numpy(Output.TOKEN_IDS)
             tokens += 0 if ids is None else int(ids.size)
             finished = result.as_numpy(Output.FINISHED)
             if finished is not None and bool(finished.reshape(-1)[0]):
+                ended = True
                 break
     finally:
         done.set()
+        # Closing the channel on an answered, unfinished call cancels it, and Triton then
+        # pins the probed version (it would never unload): see genwire_model.client.end_call.
+        await end_call(responses, cancel=not ended)
         await client.close()
     return tokens
 
