@@ -7,6 +7,7 @@ The request tensors are the inference service's own (``genwire.triton_io.infer_i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -85,9 +86,11 @@ class TritonDriver(Driver):
         responses = self._client.stream_infer(
             requests(), headers={"traceparent": trace.traceparent}
         )
+        ended = False  # Triton sent the request's last response (final or error)
         try:
             async for result, error in responses:
                 if error is not None:
+                    ended = True
                     raise RequestFailed("triton", str(error))
                 ids = result.as_numpy(Output.TOKEN_IDS)
                 n = 0 if ids is None else int(ids.size)
@@ -104,6 +107,7 @@ class TritonDriver(Driver):
                     record.prompt_tokens = int(prompt)
                 if bool(scalar(result, Output.FINISHED)):
                     record.end = time.perf_counter()
+                    ended = True
                     break
             else:
                 raise RequestFailed(
@@ -111,4 +115,11 @@ class TritonDriver(Driver):
                 )
         finally:
             done.set()
-            responses.cancel()
+            if ended:
+                # Let the answered call complete: cancelling it pins the model version in
+                # Triton 2.51 (it never unloads; see genwire_model.client.end_call).
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5.0):
+                        async for _ in responses:
+                            pass
+            responses.cancel()  # a no-op once the call completed
