@@ -194,6 +194,7 @@ class TritonStream:
         self._responses = responses
         self._done = done
         self._cancelled = False
+        self._answered = False  # Triton sent the last response (every final, or an error)
         self._open = max(1, choices)  # choices not finished yet
 
     def __aiter__(self) -> AsyncIterator[ModelStep]:
@@ -224,18 +225,30 @@ class TritonStream:
                 if error is not None:
                     if self._cancelled:
                         return
+                    self._answered = True
                     raise ModelError(str(error.message()))
                 step = parse_response(result)
                 yield step
                 if step.finished:
                     self._open -= 1
                     if self._open <= 0:
+                        self._answered = True
                         return
         finally:
             self._done.set()  # ends the request side, so the call completes
+            if self._answered:
+                # Wait for the call's status: a call dropped before it is cancelled (grpc.aio
+                # cancels unfinished calls it collects), and Triton 2.51 pins a model version
+                # whose answered stream is cancelled (it then never unloads).
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5.0):
+                        async for _ in self._responses:
+                            pass
 
     def cancel(self) -> None:
         """Cancel the call: Triton marks the request cancelled and the model stops."""
+        if self._answered:
+            return  # nothing to stop; cancelling an answered stream pins the version in Triton
         self._cancelled = True
         self._done.set()
         with contextlib.suppress(Exception):
