@@ -74,7 +74,7 @@ def main() -> int:
         print(json.dumps(quantized.manifest["build"]["tensorrt"], indent=2))
         return 1
     arms[f"{args.mode} engine"] = (TensorRTRunner(engine, quantized.manifest), engine)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for label, (runner, path) in arms.items():
         rows.append(
             {

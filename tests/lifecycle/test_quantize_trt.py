@@ -342,3 +342,19 @@ def test_a_failing_int8_engine_leaves_the_cpu_graph_and_fp8_fails_the_build(
             tmp_path,
             BuildOptions(max_batch=4, quantize="int8", tensorrt="on"),
         )
+
+
+def test_a_gpu_that_cannot_be_queried_leaves_the_int8_cpu_graph(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> dict[str, str]:
+        raise RuntimeError("CUDA driver version is insufficient")
+
+    monkeypatch.setattr(runners, "tensorrt_usable", lambda: None)
+    monkeypatch.setattr(tensorrt_engine, "current_key", broken)
+    options = BuildOptions(max_batch=4, quantize="int8", context=64)
+    version = build_version(tiny_checkpoint, "q", tmp_path, options, lambda _: None)
+    record = version.manifest["build"]["tensorrt"]
+    assert record["built"] is False and "could not be queried" in record["reason"]
+    assert "CUDA driver version is insufficient" in record["reason"]
+    assert "quantize_dynamic" in version.manifest["quantization"]["method"]

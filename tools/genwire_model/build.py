@@ -257,10 +257,13 @@ def _quantize(
     from genwire_model.quantize import QuantizeError, eval_ids, quantize_version
 
     capability = None
-    if reason is None and opts.tensorrt != "off":
+    if reason is None:
         from genwire_model.runtime.tensorrt_engine import current_key
 
-        capability = current_key()["compute_capability"]
+        try:
+            capability = current_key()["compute_capability"]
+        except Exception as exc:  # a GPU that cannot be queried is a reason, not a crash
+            reason = f"the GPU could not be queried: {type(exc).__name__}: {exc}"
     missing = quantize_trt.modelopt_missing() if reason is None else None
     try:
         plan = quantize_trt.plan_quantization(
