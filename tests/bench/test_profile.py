@@ -55,8 +55,18 @@ def test_aggregation_of_the_recording() -> None:
     stacks = _stacks()
     total = sum(stacks.values())
     profile = aggregate(stacks, "toy", "toy c=1", rate_hz=100, requests=10)
-    assert profile.samples == total
-    assert sum(b.samples for b in profile.buckets) == total
+    # py-spy --idle samples both threads; the background thread's waits (leaf Condition.wait)
+    # and the event loop's (leaf EpollSelector.select) are counted apart; the rest is busy.
+    waits = sum(
+        n
+        for s, n in stacks.items()
+        if s[-1].startswith(("Condition.wait (", "Event.wait (", "EpollSelector.select ("))
+    )
+    assert waits > 0
+    assert profile.waiting == waits
+    assert profile.samples == total - waits
+    busy = profile.samples
+    assert sum(b.samples for b in profile.buckets) == busy
     assert [b.samples for b in profile.buckets] == sorted(
         (b.samples for b in profile.buckets), reverse=True
     )
@@ -79,10 +89,10 @@ def test_aggregation_of_the_recording() -> None:
     self_of = {f.name: f.samples for f in profile.top_self}
     totals = {f.name: f.samples for f in profile.top_total}
     assert totals["handle (profile_toy.py)"] >= self_of["spin (profile_toy.py)"]
-    assert all(n <= total for n in totals.values())
+    assert all(n <= busy for n in totals.values())
     assert not any(name.startswith(("<module>", "Handle._run")) for name in totals)
     # 100 Hz: a sample is 10 ms of CPU; per request over 10 requests.
-    assert profile.profiled_core_ms_per_request == total * 10.0 / 10
+    assert profile.profiled_core_ms_per_request == busy * 10.0 / 10
 
 
 def test_module_paths() -> None:
@@ -173,7 +183,7 @@ def test_files_and_summary(tmp_path: Path) -> None:
         "grpc c=8", rounds, tmp_path / "grpc_c8", 100, 20, {"gateway": 3.5}
     )
     assert [p.service for p in profiles] == ["gateway"]
-    assert profiles[0].samples == 4 * sum(stacks.values())
+    assert profiles[0].samples + profiles[0].waiting == 4 * sum(stacks.values())
     assert profiles[0].measured_core_ms_per_request == 3.5
     # The measured core-ms per request is split between the buckets by their shares.
     per_bucket = [b.core_ms_per_request for b in profiles[0].buckets]

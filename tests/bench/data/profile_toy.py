@@ -1,11 +1,12 @@
 """The toy process tests/bench/data/profile_toy.collapsed.txt was recorded from.
 
     python tests/bench/data/profile_toy.py &
-    py-spy record --pid $! --format raw --rate 100 --duration 4 --gil --full-filenames \\
+    py-spy record --pid $! --format raw --rate 100 --duration 4 --idle --full-filenames \\
         -o tests/bench/data/profile_toy.collapsed.txt
 
 An asyncio service in miniature: tasks that validate and encode records with pydantic and
-JSON, log, and hand work to a thread; the test checks the aggregation and the buckets.
+JSON and log, while a thread decodes JSON and waits; the test checks the aggregation, the
+waits left out, and the buckets.
 """
 
 import asyncio
@@ -50,9 +51,10 @@ async def worker(n: int) -> None:
 
 
 def background() -> None:
+    tick = threading.Event()
     while True:
         json.loads(json.dumps({"x": list(range(2000))}))
-        time.sleep(0.01)
+        tick.wait(0.01)
 
 
 async def main() -> None:
