@@ -229,9 +229,15 @@ WAITS: frozenset[str] = frozenset(
         "Thread._wait_for_tstate_lock (threading.py)",
         "_worker (concurrent/futures/thread.py)",
         "Queue.get (queue.py)",
+        # A thread whose target is a C function (grpc's completion-queue poller) shows as
+        # Thread.run alone; it blocks in C (py-spy dump marks it idle).
+        "Thread.run (threading.py)",
+        # The model's outbox thread blocks on a queue in C at one line of its loop.
+        "_Outbox._run (model/model.py)",
     }
 )
-"""Leaf frames of a thread that waits (a blocking call in C below them): not CPU."""
+"""Leaf frames of a thread that waits (a blocking call in C below them): not CPU. A busy C call
+at the same leaf (rare: these frames only call the blocking function) is counted as waiting."""
 
 _LOOP_START = ("asyncio/", "threading.py")
 
