@@ -20,6 +20,9 @@ examples:
                                              a concurrency sweep, latency against throughput
   genwire bench --rate 2,5 -n 100            open loop: Poisson arrivals at 2 and 5 requests/s
   genwire bench --json report.json -q        the full report as JSON, no progress bar
+  genwire bench --targets kafka,grpc -c 8 --profile prof/
+                                             py-spy on every service during each target's load:
+                                             flame graphs and where the time goes (per service)
   genwire bench --scaling 1,2,3 -c 4 -n 120  the same load against 1, 2 and 3 instances of
                                              every stage (scales the stack, restores it after)
 
