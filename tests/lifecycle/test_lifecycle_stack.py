@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,26 +29,13 @@ from genwire.policyfeed import delete_policy
 from genwire.request import ErrorCode, GenerationRequest
 from genwire.settings import CommonSettings
 from genwire.topics import Topic
+from tests.common.models import copy_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MODEL = "gwtest-life"
 DEFAULT = "genwire-gpt"
 WAIT_S = 60.0
-
-
-def _copy_version(src: Path, dst: Path, version: str) -> None:
-    def link(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"), copy_function=link)
-    manifest = json.loads((src / "manifest.json").read_text())
-    manifest.update(name=MODEL, version=int(version))
-    (dst / "manifest.json").unlink()
-    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +59,7 @@ def life(stack: CommonSettings) -> Iterator[Lifecycle]:
         config.replace(f'name: "{DEFAULT}"', f'name: "{MODEL}"')
     )
     for version in ("1", "2"):
-        _copy_version(source, model_dir / version, version)
+        copy_version(source, model_dir / version, MODEL, version)
     try:
         yield lifecycle
     finally:
@@ -412,7 +397,7 @@ async def test_a_version_that_fails_to_load_changes_nothing(
     life: Lifecycle, client: Client, stack: CommonSettings
 ) -> None:
     broken = stack.repository / MODEL / "4"
-    _copy_version(stack.repository / MODEL / "2", broken, "4")
+    copy_version(stack.repository / MODEL / "2", broken, MODEL, "4")
     (broken / "model.onnx").unlink()  # a hard link: never write through it
     (broken / "model.onnx").write_bytes(b"not an onnx graph")
     config = (stack.repository / MODEL / "config.pbtxt").read_text()
@@ -436,7 +421,7 @@ async def test_an_int8_version_serves_like_any_other(
 
     source = stack.repository / MODEL / "2"
     target = stack.repository / MODEL / "3"
-    _copy_version(source, target, "3")
+    copy_version(source, target, MODEL, "3")
     (target / "model.onnx").unlink()  # a hard link to version 2's graph: never write through it
     await asyncio.to_thread(
         quantize_dynamic,

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import re
 import shutil
 import uuid
@@ -46,6 +44,7 @@ from genwire.policyfeed import delete_policy
 from genwire.request import GenerationRequest
 from genwire.settings import CommonSettings
 from genwire.topics import Topic
+from tests.common.models import copy_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -53,20 +52,6 @@ MODEL = "gwtest-trap"
 DEFAULT = "genwire-gpt"
 WAIT_S = 60.0
 _POLICY_LINE = re.compile(r"^version_policy\s*:?\s*\{.*\}\s*$", re.MULTILINE)
-
-
-def _copy_version(src: Path, dst: Path, version: str) -> None:
-    def link(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"), copy_function=link)
-    manifest = json.loads((src / "manifest.json").read_text())
-    manifest.update(name=MODEL, version=int(version))
-    (dst / "manifest.json").unlink()
-    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
 class Trap:
@@ -79,7 +64,7 @@ class Trap:
     def build(self, version: str) -> None:
         """What ``genwire model build`` does to the model folder: a new version, and the
         config rendered again with the build's ``latest`` line (kept ``specific`` if it was)."""
-        _copy_version(self.source, self.dir / version, version)
+        copy_version(self.source, self.dir / version, MODEL, version)
         config = self.dir / CONFIG
         rendered = _POLICY_LINE.sub(LATEST_POLICY, config.read_text(), count=1)
         config.write_text(_keep_served(config, rendered))
@@ -109,7 +94,7 @@ def trap(stack: CommonSettings) -> Iterator[Trap]:
     config = config.replace(f'name: "{DEFAULT}"', f'name: "{MODEL}"')
     (model_dir / CONFIG).write_text(_POLICY_LINE.sub(LATEST_POLICY, config, count=1))
     for version in ("1", "2"):
-        _copy_version(source, model_dir / version, version)
+        copy_version(source, model_dir / version, MODEL, version)
     try:
         yield Trap(stack, life, source)
     finally:

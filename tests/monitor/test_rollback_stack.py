@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -29,6 +26,7 @@ from genwire.policy import ModelPolicy, parse
 from genwire.policyfeed import delete_policy, publish_policy, read_policies
 from genwire.settings import CommonSettings
 from genwire.topics import Topic
+from tests.common.models import copy_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -36,20 +34,6 @@ MODEL = "gwtest-canary"
 DEFAULT = "genwire-gpt"
 GATEWAY = "http://127.0.0.1:8080"
 MONITOR = "http://127.0.0.1:8090"
-
-
-def _copy_version(src: Path, dst: Path, version: str) -> None:
-    def link(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"), copy_function=link)
-    manifest = json.loads((src / "manifest.json").read_text())
-    manifest.update(name=MODEL, version=int(version))
-    (dst / "manifest.json").unlink()
-    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
 @pytest.fixture
@@ -72,7 +56,7 @@ def canary_model(stack: CommonSettings) -> Iterator[Lifecycle]:
         config.replace(f'name: "{DEFAULT}"', f'name: "{MODEL}"')
     )
     for version in ("1", "2"):
-        _copy_version(stack.repository / DEFAULT / served[-1], model_dir / version, version)
+        copy_version(stack.repository / DEFAULT / served[-1], model_dir / version, MODEL, version)
     try:
         assert life.load(MODEL, "1") == "1"
         yield life
