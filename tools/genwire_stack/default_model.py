@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 from genwire import triton_admin
 from genwire.policy import ModelPolicy, PolicyError
@@ -19,6 +20,16 @@ Out = Callable[[str], None]
 
 def quiet(_: str) -> None:
     return None
+
+
+def _lifecycle_module() -> Any | None:
+    """``genwire_model.lifecycle``, or None without the model toolchain. Imported by name, like
+    the default model's builder above: the ``tools`` extra does not carry the toolchain (torch,
+    transformers), and the stack runs the infrastructure without it."""
+    try:
+        return importlib.import_module("genwire_model.lifecycle")
+    except ModuleNotFoundError:
+        return None
 
 
 def ensure_model_loaded(
@@ -108,18 +119,20 @@ def keep_policy_versions(
     (moved once ``version`` is ready), and whether the file changed. No policy and the build's
     ``latest`` line: nothing to keep (the new version takes the traffic, as always). The
     broker unreadable: the file's ``specific`` versions are kept, the policy is not moved."""
-    try:
-        from genwire_model.lifecycle import (
-            CONFIG,
-            Lifecycle,
-            LifecycleError,
-            TritonControl,
-            configured_versions,
-            is_load_pin,
-            with_versions,
-        )
-    except ModuleNotFoundError:
+    lc = _lifecycle_module()
+    if lc is None:
         return None, False
+    CONFIG, Lifecycle, LifecycleError, TritonControl = (
+        lc.CONFIG,
+        lc.Lifecycle,
+        lc.LifecycleError,
+        lc.TritonControl,
+    )
+    configured_versions, is_load_pin, with_versions = (
+        lc.configured_versions,
+        lc.is_load_pin,
+        lc.with_versions,
+    )
     config = cfg.repository / model / CONFIG
     try:
         text = config.read_text(encoding="utf-8")
@@ -170,8 +183,15 @@ def _move_pin(
     model = pin.model if pin is not None else DEFAULT_MODEL
     if pin is None or pin.champion == version:
         return
-    from genwire_model.lifecycle import UP_PIN_BY, Lifecycle, LifecycleError, TritonControl
-
+    lc = _lifecycle_module()
+    if lc is None:
+        return
+    UP_PIN_BY, Lifecycle, LifecycleError, TritonControl = (
+        lc.UP_PIN_BY,
+        lc.Lifecycle,
+        lc.LifecycleError,
+        lc.TritonControl,
+    )
     from genwire.policy import CHAMPION, WEIGHT_TOTAL
 
     life = Lifecycle(
@@ -200,11 +220,11 @@ def restore_loaded_models(cfg: CommonSettings, triton_http: str, out: Out = quie
     control) serves nothing until asked, and this runs after every start of Triton (``genwire
     up`` and the supervisor's after-ready hook). Best effort: a model that fails is reported,
     the default model stays served."""
-    try:
-        from genwire_model.lifecycle import Lifecycle, LifecycleError, TritonControl
-    except ModuleNotFoundError as exc:
-        out(f"models loaded by `genwire model load`: not restored ({exc})")
+    lc = _lifecycle_module()
+    if lc is None:
+        out("models loaded by `genwire model load`: not restored (no genwire_model.lifecycle)")
         return
+    Lifecycle, LifecycleError, TritonControl = lc.Lifecycle, lc.LifecycleError, lc.TritonControl
     life = Lifecycle(
         repository=cfg.repository,
         triton=TritonControl(triton_http),
