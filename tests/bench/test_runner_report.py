@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from genwire_bench.drivers.base import Driver, TraceContext
+from genwire_bench.load import poisson_arrivals
 from genwire_bench.records import BenchRequest, RequestRecord, SamplingSpec
 from genwire_bench.report import render, table, to_json, write_json, write_plot
 from genwire_bench.runner import BenchConfig, BenchReport, Runner
@@ -96,8 +97,29 @@ async def test_open_loop_phase_and_the_rendered_report(tmp_path: Path) -> None:
     pipe = FakeDriver("kafka-stream", 26.0, "triton-stream")
     report, _ = await run({"triton-stream": base, "kafka-stream": pipe}, rates=[200.0])
     assert [x.load.label for x in report.summaries] == ["r=200/s", "r=200/s"]
+    # An open loop: each round's requests are due at the seeded Poisson arrival times (the same
+    # for both targets), none is sent before it is due, and latency counts from the due time:
+    # the fake's stamped TTFT (latency / 4) plus however late the request went out.
+    for driver in (base, pipe):
+        records = [r for r in report.records if r.target == driver.name]
+        assert len(records) == 12
+        for round_no in range(3):
+            due = sorted(r.scheduled or 0.0 for r in records if r.extra["round"] == round_no)
+            offsets = poisson_arrivals(len(due), 200.0, seed=10 + round_no)
+            assert [d - due[0] for d in due] == pytest.approx(offsets, abs=1e-9)
+        for r in records:
+            assert r.scheduled is not None and r.origin == r.scheduled
+            assert r.first_token is not None and r.start >= r.scheduled - 1e-6
+            late_ms = (r.start - r.scheduled) * 1000
+            assert r.ttft_ms == pytest.approx(driver.latency_ms / 4 + late_ms)
+    # The TTFT overhead is the difference of the two targets' medians.
+    triton, kafka = (
+        next(x for x in report.summaries if x.target == t) for t in (base.name, pipe.name)
+    )
+    assert triton.ttft is not None and kafka.ttft is not None
     (o,) = report.overheads
-    assert o.ttft_p50_ms == pytest.approx(1.5, abs=0.5)
+    assert (o.target, o.baseline) == ("kafka-stream", "triton-stream")
+    assert o.ttft_p50_ms == pytest.approx(kafka.ttft.p50 - triton.ttft.p50)
     text = render(report)
     assert "kafka-stream" in text and "Pipeline overhead" in text and "r=200/s" in text
     data = to_json(report)
