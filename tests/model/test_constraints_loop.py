@@ -7,108 +7,51 @@ tokens generated, and structured output from the real model always parses and va
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
-import numpy as np
 import pytest
 from genwire_model.repository import ModelVersion
-from genwire_model.runtime.constraints import ConstraintCompiler
-from genwire_model.runtime.runners import create_runner
-from genwire_model.runtime.scheduler import Request, Scheduler, Update
-from tokenizers import Tokenizer
 
-
-class Collect:
-    """A sink keeping every update."""
-
-    def __init__(self) -> None:
-        self.updates: list[Update] = []
-        self.errors: list[str] = []
-
-    def send(self, update: Update) -> None:
-        self.updates.append(update)
-
-    def fail(self, message: str) -> None:
-        self.errors.append(message)
-
-    def is_cancelled(self) -> bool:
-        return False
-
-    @property
-    def done(self) -> bool:
-        return bool(self.errors) or bool(self.updates and self.updates[-1].finished)
-
-    @property
-    def tokens(self) -> list[int]:
-        return [t for u in self.updates for t in u.token_ids]
-
-    @property
-    def final(self) -> Update:
-        assert not self.errors, self.errors
-        return self.updates[-1]
+from tests.model.decode import Collect, Model, decode
 
 
 @pytest.fixture(scope="module")
-def model(tiny_version: ModelVersion) -> dict[str, Any]:
-    manifest = tiny_version.manifest
-    eos = tuple(int(t) for t in manifest["eos_token_ids"])
-    return {
-        "runner": create_runner(tiny_version.path),
-        "context": int(manifest["context_length"]),
-        "eos": eos,
-        "compiler": ConstraintCompiler(
-            tiny_version.path, int(manifest["shape"]["vocab_size"]), eos
-        ),
-        "tokenizer": Tokenizer.from_file(str(tiny_version.path / "tokenizer.json")),
-    }
+def model(tiny_version: ModelVersion) -> Model:
+    return Model.load(tiny_version)
 
 
-def generate(model: dict[str, Any], prompt: list[int], **kw: Any) -> Collect:
-    scheduler = Scheduler(model["runner"], context=model["context"], eos_ids=model["eos"])
-    sink = Collect()
-    guided, stop = kw.pop("guided", ""), tuple(kw.pop("stop", ()))
-    args: dict[str, Any] = {
-        "max_tokens": 40,
-        "temperature": 0.0,
-        "top_p": 1.0,
-        "top_k": 0,
-        "seed": 1,
-        "stop_ids": frozenset(),
-        "stream": True,
-    }
-    args.update(kw)
-    req = Request(np.asarray(prompt, dtype=np.int64), sink=sink, **args)
-    req.guided, req.stop = guided, stop
-    built = model["compiler"].build(guided, stop, 1)
-    req.constraints = [c for c in built] if built is not None else None
-    scheduler.submit(req)
-    for _ in range(10_000):
-        if sink.done:
-            return sink
-        scheduler.run_once()
-    raise AssertionError("generation did not finish")
+def generate(
+    model: Model, prompt: list[int], guided: str = "", stop: Sequence[str] = (), **kw: Any
+) -> Collect:
+    """With the model's eos ids, and the constraints the compiler builds for ``guided`` and
+    ``stop``, as the served model does."""
+    built = model.compiler.build(guided, tuple(stop), 1)
+    return decode(
+        model,
+        prompt,
+        model.eos,
+        guided=guided,
+        stop=tuple(stop),
+        constraints=list(built) if built is not None else None,
+        **{"max_tokens": 40, "temperature": 0.0, **kw},
+    )
 
 
-def text(model: dict[str, Any], ids: list[int]) -> str:
-    return str(model["tokenizer"].decode(ids, skip_special_tokens=True))
-
-
-def first_completing(model: dict[str, Any], ids: list[int], stop: str) -> int | None:
+def first_completing(model: Model, ids: list[int], stop: str) -> int | None:
     """Index of the token whose text first completes ``stop``."""
     for i in range(len(ids)):
-        if stop in text(model, ids[: i + 1]):
+        if stop in model.text(ids[: i + 1]):
             return i
     return None
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_stop_string_ends_on_its_token_and_usage_counts_exactly(
-    model: dict[str, Any], seed: int
-) -> None:
-    prompt = model["tokenizer"].encode("Return the number of").ids
+def test_stop_string_ends_on_its_token_and_usage_counts_exactly(model: Model, seed: int) -> None:
+    prompt = model.tokenizer.encode("Return the number of").ids
     free = generate(model, prompt, temperature=0.9, seed=seed, max_tokens=40)
-    free_text = text(model, free.tokens)
+    free_text = model.text(free.tokens)
     # A stop string that occurs in the free text, past its first token.
     candidates = [free_text[i : i + 2] for i in range(len(free_text) // 2, len(free_text) - 2)]
     stop = next((c for c in candidates if c.strip()), None)
@@ -138,24 +81,24 @@ SCHEMA = {
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_real_model_json_output_parses_and_validates(model: dict[str, Any], seed: int) -> None:
-    prompt = model["tokenizer"].encode("The default value is").ids
+def test_real_model_json_output_parses_and_validates(model: Model, seed: int) -> None:
+    prompt = model.tokenizer.encode("The default value is").ids
     guided = json.dumps({"kind": "json_schema", "spec": json.dumps(SCHEMA)})
     out = generate(model, prompt, temperature=1.0, seed=seed, max_tokens=56, guided=guided)
-    assert out.final.finish_reason == "stop", text(model, out.tokens)
-    value = json.loads(text(model, out.tokens))
+    assert out.final.finish_reason == "stop", model.text(out.tokens)
+    value = json.loads(model.text(out.tokens))
     jsonschema.validate(value, SCHEMA)
     assert out.final.completion_tokens >= len(out.tokens)
 
 
-def test_real_model_choice(model: dict[str, Any]) -> None:
-    prompt = model["tokenizer"].encode("Create a new").ids
+def test_real_model_choice(model: Model) -> None:
+    prompt = model.tokenizer.encode("Create a new").ids
     choices = ["alpha", "beta gamma", "delta"]
     guided = json.dumps({"kind": "choice", "spec": json.dumps(choices)})
     for seed in range(3):
         out = generate(model, prompt, temperature=1.0, seed=seed, guided=guided)
         assert out.final.finish_reason == "stop"
-        assert text(model, out.tokens) in choices
+        assert model.text(out.tokens) in choices
 
 
 def test_stopbench_runs_and_saves_tokens(

@@ -9,96 +9,34 @@ from typing import Any
 import numpy as np
 import pytest
 from genwire_model.repository import ModelVersion
-from genwire_model.runtime.constraints import ConstraintCompiler
-from genwire_model.runtime.runners import create_runner
-from genwire_model.runtime.scheduler import Request, Scheduler, Update
-from tokenizers import Tokenizer
 
-
-class Collect:
-    def __init__(self) -> None:
-        self.updates: list[Update] = []
-        self.errors: list[str] = []
-
-    def send(self, update: Update) -> None:
-        self.updates.append(update)
-
-    def fail(self, message: str) -> None:
-        self.errors.append(message)
-
-    def is_cancelled(self) -> bool:
-        return False
-
-    @property
-    def tokens(self) -> list[int]:
-        return [t for u in self.updates for t in u.token_ids]
-
-    @property
-    def final(self) -> Update:
-        assert not self.errors, self.errors
-        return self.updates[-1]
+from tests.model.decode import Collect, Model, decode
 
 
 @pytest.fixture(scope="module")
-def model(tiny_version: ModelVersion) -> dict[str, Any]:
-    manifest = tiny_version.manifest
-    eos = tuple(int(t) for t in manifest["eos_token_ids"])
-    return {
-        "runner": create_runner(tiny_version.path),
-        "context": int(manifest["context_length"]),
-        "compiler": ConstraintCompiler(
-            tiny_version.path, int(manifest["shape"]["vocab_size"]), eos
-        ),
-        "tokenizer": Tokenizer.from_file(str(tiny_version.path / "tokenizer.json")),
-    }
+def model(tiny_version: ModelVersion) -> Model:
+    return Model.load(tiny_version)
 
 
-def generate(
-    model: dict[str, Any], prompt: list[int], constraints: Any = None, **kw: Any
-) -> Collect:
+def generate(model: Model, prompt: list[int], **kw: Any) -> Collect:
     # No eos ids: min_tokens then masks nothing, so the text is the free text token for token.
-    scheduler = Scheduler(model["runner"], context=model["context"], eos_ids=())
-    sink = Collect()
-    args: dict[str, Any] = {
-        "max_tokens": 30,
-        "temperature": 0.9,
-        "top_p": 1.0,
-        "top_k": 0,
-        "seed": 1,
-        "stop_ids": frozenset(),
-        "stream": True,
-    }
-    args.update(kw)
-    req = Request(np.asarray(prompt, dtype=np.int64), sink=sink, **args)
-    req.constraints = constraints
-    scheduler.submit(req)
-    for _ in range(10_000):
-        if sink.errors or (sink.updates and sink.updates[-1].finished):
-            return sink
-        scheduler.run_once()
-    raise AssertionError("generation did not finish")
-
-
-def text(model: dict[str, Any], ids: list[int]) -> str:
-    return str(model["tokenizer"].decode(ids, skip_special_tokens=True))
+    return decode(model, prompt, (), **{"max_tokens": 30, "temperature": 0.9, **kw})
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_a_stop_string_before_min_tokens_does_not_end_the_choice(
-    model: dict[str, Any], seed: int
-) -> None:
-    prompt = model["tokenizer"].encode("Return the number of").ids
+def test_a_stop_string_before_min_tokens_does_not_end_the_choice(model: Model, seed: int) -> None:
+    prompt = model.tokenizer.encode("Return the number of").ids
     free = generate(model, prompt, seed=seed)
     assert len(free.tokens) == 30  # no eos: the free text runs to max_tokens
 
     def completes(j: int, stop: str) -> bool:  # token j ends a new occurrence of stop
-        before = text(model, free.tokens[:j]).count(stop)
-        return text(model, free.tokens[: j + 1]).count(stop) > before
+        before = model.text(free.tokens[:j]).count(stop)
+        return model.text(free.tokens[: j + 1]).count(stop) > before
 
     # A one-character stop string first completed early, at token k.
-    stop = next(c for c in text(model, free.tokens[:8]) if c.strip())
+    stop = next(c for c in model.text(free.tokens[:8]) if c.strip())
     k = next(j for j in range(30) if completes(j, stop))
-    early = generate(model, prompt, seed=seed, constraints=model["compiler"].build("", [stop]))
+    early = generate(model, prompt, seed=seed, constraints=model.compiler.build("", [stop]))
     assert early.tokens == free.tokens[: k + 1]  # without min_tokens it ends there
     min_tokens = k + 3
     held = generate(
@@ -106,7 +44,7 @@ def test_a_stop_string_before_min_tokens_does_not_end_the_choice(
         prompt,
         seed=seed,
         min_tokens=min_tokens,
-        constraints=model["compiler"].build("", [stop]),
+        constraints=model.compiler.build("", [stop]),
     )
     # It ends at the first completion at or after min_tokens tokens, else at max_tokens.
     end = next((j for j in range(min_tokens - 1, 30) if completes(j, stop)), None)
@@ -118,15 +56,15 @@ def test_a_stop_string_before_min_tokens_does_not_end_the_choice(
     assert held.final.completion_tokens == len(held.tokens)
 
 
-def test_the_row_constraint_ignores_stop_strings_until_min_tokens(model: dict[str, Any]) -> None:
-    tokenizer = model["tokenizer"]
+def test_the_row_constraint_ignores_stop_strings_until_min_tokens(model: Model) -> None:
+    tokenizer = model.tokenizer
     ids = tokenizer.encode("ab ab ab").ids
-    built = model["compiler"].build("", ["ab"])
+    built = model.compiler.build("", ["ab"])
     assert built is not None
     plain = built[0]
     reasons = [plain.advance(t) for t in ids]
     first = reasons.index("stop")
-    held = model["compiler"].build("", ["ab"])[0]
+    held = model.compiler.build("", ["ab"])[0]
     held.min_tokens = first + 2
     later = [held.advance(t) for t in ids]
     assert all(r is None for r in later[: first + 1])
@@ -149,8 +87,8 @@ class _OnlyStopId:
         return None
 
 
-def test_a_stop_id_forced_before_min_tokens_is_text_until_then(model: dict[str, Any]) -> None:
-    vocab = int(model["runner"].vocab_size)
+def test_a_stop_id_forced_before_min_tokens_is_text_until_then(model: Model) -> None:
+    vocab = int(model.runner.vocab_size)
     free = generate(model, [5, 6, 7], stop_ids=frozenset({7}), constraints=[_OnlyStopId(7, vocab)])
     assert free.tokens == [] and free.final.finish_reason == "stop"  # the stop id ends it
     held = generate(
