@@ -4,8 +4,8 @@
 N concurrent clients spread over the given gateways; reports the most requests (tokens)
 admitted in any 60 s window, against the limit.
 
-``flood``: one key floods (far over its limit) while another key sends a steady trickle;
-reports the trickle's latency without and with the flood.
+``flood``: one key floods (far over its limit, from a process of its own) while another key
+sends a steady trickle; reports the trickle's latency without and with the flood.
 
     python -m genwire_bench.limits accuracy --gateway http://127.0.0.1:8080 \\
         --gateway http://127.0.0.1:8081 --clients 8 --rpm 120 --duration 150
@@ -159,6 +159,50 @@ def _cpu(pids: list[int]) -> float:
     return sum(process_cpu_s(p) for p in pids)
 
 
+async def _flood_clients(
+    http: httpx.AsyncClient,
+    gateways: list[str],
+    key: str,
+    clients: int,
+    max_tokens: int,
+    until: float,
+) -> list[Sent]:
+    """``clients`` loops sending as fast as the gateways answer until ``until`` (monotonic)."""
+    sent: list[Sent] = []
+    started = time.monotonic()
+
+    async def flooder(i: int) -> None:
+        url = gateways[i % len(gateways)]
+        while time.monotonic() < until:
+            sent.append(await _one(http, url, key, max_tokens, started))
+
+    await asyncio.gather(*(flooder(i) for i in range(clients)))
+    return sent
+
+
+def _flood_worker(args: argparse.Namespace) -> int:
+    """The flood in a process of its own (``_flood-worker``): prints what it sent as JSON.
+
+    Its own process, so that the trickle's latency measures the gateways, not a client event
+    loop shared with 16 flooders; with ``--flood-nice`` it also yields the cores to the gateways
+    and the trickle, which is what a flood from another host does.
+    """
+    if args.flood_nice:
+        os.nice(args.flood_nice)
+    key = os.environ.pop("GENWIRE_BENCH_FLOOD_KEY")
+
+    async def run() -> list[Sent]:
+        async with httpx.AsyncClient(timeout=120, trust_env=False) as http:
+            until = time.monotonic() + args.duration
+            return await _flood_clients(
+                http, args.gateway, key, args.flood_clients, args.max_tokens, until
+            )
+
+    sent = asyncio.run(run())
+    print(json.dumps([[s.status, s.latency_s] for s in sent]))
+    return 0
+
+
 async def _phase(
     http: httpx.AsyncClient, args: argparse.Namespace, calm: str, noisy: str, flooding: bool
 ) -> dict[str, Any]:
@@ -176,14 +220,35 @@ async def _phase(
             i += 1
             await asyncio.sleep(1.0 / args.calm_rate)
 
-    async def flooder(i: int) -> None:
-        url = args.gateway[i % len(args.gateway)]
-        while time.monotonic() < stop:
-            flood_sent.append(await _one(http, url, noisy, args.max_tokens, started))
+    async def flood_process() -> None:
+        argv = [sys.executable, "-m", "genwire_bench.limits", "_flood-worker"]
+        argv += [f"--gateway={g}" for g in args.gateway]
+        argv += [
+            f"--flood-clients={args.flood_clients}",
+            f"--max-tokens={args.max_tokens}",
+            f"--duration={stop - time.monotonic()}",
+            f"--flood-nice={args.flood_nice}",
+        ]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "GENWIRE_BENCH_FLOOD_KEY": noisy},
+        )
+        out, _ = await proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"the flood process failed (exit {proc.returncode})")
+        flood_sent.extend(Sent(0.0, status, 0, latency) for status, latency in json.loads(out))
+
+    async def flood_here() -> None:
+        flood_sent.extend(
+            await _flood_clients(
+                http, args.gateway, noisy, args.flood_clients, args.max_tokens, stop
+            )
+        )
 
     work = [trickle()]
     if flooding:
-        work += [flooder(i) for i in range(args.flood_clients)]
+        work.append(flood_here() if args.flood_in_process else flood_process())
     cpu_before = _cpu(args.gateway_pid)
     await asyncio.gather(*work)
     cpu_s = _cpu(args.gateway_pid) - cpu_before
@@ -231,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m genwire_bench.limits", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("mode", choices=("accuracy", "flood"))
+    parser.add_argument("mode", choices=("accuracy", "flood", "_flood-worker"))
     parser.add_argument(
         "--gateway",
         action="append",
@@ -252,6 +317,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood-clients", type=int, default=16, help="flood: noisy clients")
     parser.add_argument("--calm-rate", type=float, default=2.0, help="flood: calm requests/s")
     parser.add_argument(
+        "--flood-nice",
+        type=int,
+        default=0,
+        help="flood: niceness of the flooding process (e.g. 19 on a machine shared with the "
+        "gateways, to stand in for a flood from another host)",
+    )
+    parser.add_argument(
+        "--flood-in-process",
+        action="store_true",
+        help="flood: run the flood in the measuring process (its event loop then delays the "
+        "trickle too)",
+    )
+    parser.add_argument(
         "--gateway-pid",
         type=int,
         action="append",
@@ -261,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default=None, help="default: GENWIRE_REDIS_URL")
     args = parser.parse_args(argv)
     args.gateway = [g.rstrip("/") for g in args.gateway] or ["http://127.0.0.1:8080"]
+    if args.mode == "_flood-worker":
+        return _flood_worker(args)
     return asyncio.run(_main(args))
 
 

@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--live-objectives",
-        default="0.99,0.999",
+        default="0.99,0.995,0.999",
         help="--live: comma-separated objectives (default: %(default)s)",
     )
     parser.add_argument(

@@ -6,8 +6,9 @@ exports its spans to ``otlp_spans`` as in production, and a monitor app started 
 consumer group from the latest offset, windows scaled, publishing to a private alerts topic so
 nothing reaches ``genwire.alerts``) judges them.
 
-Per case (objective ``o``, bad share ``p``): a fresh monitor, then ``warm`` production seconds
-of good traffic (by default the longest page rule's long window, 6 h, so the page must outweigh
+Per bad share ``p``: a fresh monitor per objective ``o`` (the objectives change only the
+monitor's configuration, so they share the traffic), then ``warm`` production seconds of good
+traffic (by default the longest page rule's long window, 6 h, so the page must outweigh
 a *full* long window), then a share ``p`` of bad requests until ``latency:e2e:page`` fires (or
 ``timeout_factor`` × the Workbook's time has passed). A bad request is a long generation
 (``--bad-tokens``, with ``min_tokens`` so that it cannot stop early), a good one short; the SLO's
@@ -26,8 +27,12 @@ import statistics
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    import uvicorn
 
 from genwire.apikeys import auth_headers
 from genwire.settings import CommonSettings
@@ -104,17 +109,22 @@ async def calibrate(good_tokens: int, bad_tokens: int) -> tuple[float, float]:
     return good, bad
 
 
-async def one_case(
-    objective: float,
-    bad: float,
-    *,
-    scale: float,
-    threshold_ms: float,
-    load: Load,
-    warm_s: float,
-    timeout_factor: float,
-) -> tuple[float | None, float | None, int]:
-    """(time to page in production s or None, the Workbook's, false alarms while warming)."""
+@dataclass
+class Monitor:
+    """One monitor app judging the shared load at one objective."""
+
+    objective: float
+    url: str
+    server: uvicorn.Server
+    serving: asyncio.Task[None]
+    workbook: float | None
+    fired: float | None = None
+    false_alarms: int = 0
+
+
+async def _start_monitor(
+    objective: float, bad: float, scale: float, threshold_ms: float
+) -> Monitor:
     import uvicorn
     from genwire_monitor.app import create_app
     from genwire_monitor.config import LatencySLO, MonitorSettings
@@ -149,48 +159,78 @@ async def one_case(
     server = uvicorn.Server(
         uvicorn.Config(create_app(cfg), host="127.0.0.1", port=cfg.port, log_config=None)
     )
-    serving = asyncio.create_task(server.serve())
-    url = f"http://127.0.0.1:{cfg.port}"
+    return Monitor(
+        objective=objective,
+        url=f"http://127.0.0.1:{cfg.port}",
+        server=server,
+        serving=asyncio.create_task(server.serve()),
+        workbook=workbook_s(cfg.burn_rules, objective, bad),
+    )
+
+
+async def one_case(
+    objectives: tuple[float, ...],
+    bad: float,
+    *,
+    scale: float,
+    threshold_ms: float,
+    load: Load,
+    warm_s: float,
+    timeout_factor: float,
+) -> list[Monitor]:
+    """One bad share judged by a fresh monitor per objective, all fed the same load.
+
+    The objectives only change the monitor's configuration, not the traffic, so they share one
+    warm phase and one incident: each monitor's ``fired`` is its time to page in production
+    seconds (None: no page within ``timeout_factor`` × the Workbook's time), ``false_alarms``
+    the page polls that found it firing while warming.
+    """
+    monitors = [await _start_monitor(o, bad, scale, threshold_ms) for o in objectives]
     stop = asyncio.Event()
-    workbook = workbook_s(cfg.burn_rules, objective, bad)
     try:
         async with (
             httpx.AsyncClient(timeout=5) as mon,
             httpx.AsyncClient(base_url=GATEWAY, timeout=120, headers=auth_headers()) as gw,
         ):
-            for _ in range(300):
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await mon.get(url + "/readyz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.2)
+            for m in monitors:
+                for _ in range(300):
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await mon.get(m.url + "/readyz")).status_code == 200:
+                            break
+                    await asyncio.sleep(0.2)
 
-            async def paging() -> bool:
-                status = (await mon.get(url + "/api/status")).json()
+            async def paging(m: Monitor) -> bool:
+                status = (await mon.get(m.url + "/api/status")).json()
                 return any(a["id"] == PAGE for a in status["active"])
 
             load.bad = 0.0
             driving = asyncio.create_task(load.run(gw, stop, seed=7))
-            false_alarms = 0
             deadline = time.monotonic() + warm_s * scale
             while time.monotonic() < deadline:
-                false_alarms += await paging()
+                for m in monitors:
+                    m.false_alarms += await paging(m)
                 await asyncio.sleep(0.5)
             load.bad = bad
             began = time.monotonic()
-            limit = (workbook or warm_s) * timeout_factor * scale
-            fired: float | None = None
-            while time.monotonic() - began < limit:
-                if await paging():
-                    fired = (time.monotonic() - began) / scale
-                    break
+            limits = {id(m): (m.workbook or warm_s) * timeout_factor * scale for m in monitors}
+            waiting = list(monitors)
+            while waiting:
+                elapsed = time.monotonic() - began
+                for m in list(waiting):
+                    if await paging(m):
+                        m.fired = (time.monotonic() - began) / scale
+                        waiting.remove(m)
+                    elif elapsed >= limits[id(m)]:
+                        waiting.remove(m)
                 await asyncio.sleep(0.1)
             stop.set()
             await driving
-            return fired, workbook, false_alarms
+            return monitors
     finally:
         stop.set()
-        server.should_exit = True
-        await asyncio.wait_for(serving, 60)
+        for m in monitors:
+            m.server.should_exit = True
+        await asyncio.wait_for(asyncio.gather(*(m.serving for m in monitors)), 60)
 
 
 def live_detection(
@@ -213,23 +253,24 @@ def live_detection(
         print("bad requests are not slower than good ones: raise --bad-tokens")
         return
     print("objective  bad share  time to page (live)  Workbook  false alarms while warm")
-    for objective in objectives:
-        for share in shares:
-            load = Load(rate, good_tokens, bad_tokens)
-            fired, book, false_alarms = asyncio.run(
-                one_case(
-                    objective,
-                    share,
-                    scale=scale,
-                    threshold_ms=threshold,
-                    load=load,
-                    warm_s=warm_h * 3600,
-                    timeout_factor=3.0,
-                )
+    for share in shares:
+        load = Load(rate, good_tokens, bad_tokens)
+        monitors = asyncio.run(
+            one_case(
+                objectives,
+                share,
+                scale=scale,
+                threshold_ms=threshold,
+                load=load,
+                warm_s=warm_h * 3600,
+                timeout_factor=3.0,
             )
-            live = "no page" if fired is None else f"{fired / 60:.1f} min"
-            wb = "never" if book is None else f"{book / 60:.1f} min"
+        )
+        for m in monitors:
+            live = "no page" if m.fired is None else f"{m.fired / 60:.1f} min"
+            wb = "never" if m.workbook is None else f"{m.workbook / 60:.1f} min"
             print(
-                f"{objective:<10g} {share:<10.0%} {live:<20} {wb:<9} {false_alarms}"
-                f"   ({load.sent} requests, {load.failed} failed)"
+                f"{m.objective:<10g} {share:<10.0%} {live:<20} {wb:<9} {m.false_alarms}"
+                f"   ({load.sent} requests, {load.failed} failed)",
+                flush=True,
             )
