@@ -10,174 +10,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from genwire_model.lifecycle import Lifecycle, LifecycleError, TritonControl
+from genwire_model.lifecycle import Lifecycle, LifecycleError
 
-from genwire.events import GenerationResult, ShadowResult, now_ms
-from genwire.kafka.security import client_options
+from genwire.apikeys import auth_headers
+from genwire.events import ShadowResult, now_ms
 from genwire.policy import ModelPolicy
-from genwire.policyfeed import delete_policy
-from genwire.request import ErrorCode, GenerationRequest
+from genwire.request import ErrorCode
 from genwire.settings import CommonSettings
 from genwire.topics import Topic
-from tests.common.models import copy_version
+from tests.common.models import copy_version, throwaway_model
+from tests.common.traffic import WAIT_S, Traffic, eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MODEL = "gwtest-life"
 DEFAULT = "genwire-gpt"
-WAIT_S = 60.0
+
+Client = Traffic[ShadowResult]
+"""Requests for the test model; reads genwire.results and genwire.shadow."""
 
 
 @pytest.fixture(scope="module")
 def life(stack: CommonSettings) -> Iterator[Lifecycle]:
     """``gwtest-life`` versions 1 and 2 in the repository (not loaded); removed afterwards."""
-    triton = TritonControl(stack.triton_http_url)
-    lifecycle = Lifecycle(
-        repository=stack.repository,
-        triton=triton,
-        bootstrap_servers=stack.kafka_bootstrap_servers,
-        triton_grpc_url=stack.triton_grpc_url,
-    )
-    served = triton.served(DEFAULT)
-    assert served, "the default model is not served"
-    source = stack.repository / DEFAULT / served[-1]
-    model_dir = stack.repository / MODEL
-    shutil.rmtree(model_dir, ignore_errors=True)
-    model_dir.mkdir()
-    config = (stack.repository / DEFAULT / "config.pbtxt").read_text()
-    (model_dir / "config.pbtxt").write_text(
-        config.replace(f'name: "{DEFAULT}"', f'name: "{MODEL}"')
-    )
-    for version in ("1", "2"):
-        copy_version(source, model_dir / version, MODEL, version)
-    try:
+    with throwaway_model(stack, MODEL) as (lifecycle, _):
         yield lifecycle
-    finally:
-        with contextlib.suppress(LifecycleError):
-            triton.unload(MODEL)
-        asyncio.run(delete_policy(stack.kafka_bootstrap_servers, MODEL))
-        shutil.rmtree(model_dir, ignore_errors=True)
-        assert DEFAULT in [m["name"] for m in triton.index() if m.get("state") == "READY"]
-        triton.close()
-
-
-class Client:
-    """Produces requests; reads genwire.results and genwire.shadow from now on."""
-
-    def __init__(self, settings: CommonSettings) -> None:
-        boot = settings.kafka_bootstrap_servers
-        self.producer = AIOKafkaProducer(bootstrap_servers=boot, **client_options())
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=boot, **client_options())
-        self.results: dict[str, GenerationResult] = {}
-        self.shadows: dict[str, ShadowResult] = {}
-        self._arrived = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self.producer.start()
-        await self.consumer.start()
-        tps = [
-            TopicPartition(topic, p)
-            for topic in (Topic.RESULTS, Topic.SHADOW)
-            for p in await self.producer.partitions_for(topic)
-        ]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_end(*tps)
-        for tp in tps:
-            await self.consumer.position(tp)
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            batches = await self.consumer.getmany(timeout_ms=200)
-            for tp, records in batches.items():
-                for record in records:
-                    if tp.topic == Topic.SHADOW:
-                        shadow = ShadowResult.model_validate_json(record.value or b"")
-                        self.shadows.setdefault(shadow.request_id, shadow)
-                    else:
-                        result = GenerationResult.model_validate_json(record.value or b"")
-                        self.results.setdefault(result.request_id, result)
-            if batches:
-                self._arrived.set()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.consumer.stop()
-        await self.producer.stop()
-
-    async def send(self, model: str = MODEL, **fields: Any) -> str:
-        rid = f"life-{uuid.uuid4().hex[:12]}"
-        request = GenerationRequest.model_validate(
-            {
-                "request_id": rid,
-                "model": model,
-                "prompt": "The quick brown fox",
-                "max_tokens": 4,
-                "temperature": 0.0,
-                "received_ms": now_ms(),
-                **fields,
-            }
-        )
-        key, value = request.to_kafka()
-        await self.producer.send_and_wait(Topic.REQUESTS, value, key=key)
-        return rid
-
-    async def result(self, rid: str, timeout_s: float = WAIT_S) -> GenerationResult | None:
-        async def wait() -> GenerationResult:
-            while rid not in self.results:
-                self._arrived.clear()
-                await self._arrived.wait()
-            return self.results[rid]
-
-        try:
-            return await asyncio.wait_for(wait(), timeout_s)
-        except TimeoutError:
-            return None
-
-    async def ask(self, **fields: Any) -> GenerationResult:
-        found = await self.result(await self.send(**fields))
-        assert found is not None, f"no result for {fields}"
-        return found
 
 
 @pytest.fixture
 async def client(stack: CommonSettings) -> AsyncIterator[Client]:
-    c = Client(stack)
-    await c.start()
-    try:
+    async with Client(stack, MODEL, "life", (Topic.SHADOW, ShadowResult)) as c:
         yield c
-    finally:
-        await c.stop()
-
-
-async def _until(check: Any, timeout_s: float = 10.0) -> None:
-    """Poll ``check()`` until true (policies reach every stage within about a second)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "the policy was not followed"
-        await asyncio.sleep(0.2)
-
-
-def _api_key() -> dict[str, str]:
-    key = os.environ.get("GENWIRE_API_KEY")
-    path = CommonSettings().home / "api-key"
-    if not key and path.is_file():
-        key = path.read_text().strip()
-    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def _gateway_url() -> str:
@@ -203,7 +72,7 @@ async def test_load_serves_a_version_and_lists_it(life: Lifecycle, client: Clien
     result = await client.ask()
     assert result.error is None, result.error
     assert (result.model_version, result.arm) == ("1", "default")
-    async with httpx.AsyncClient(base_url=_gateway_url(), headers=_api_key()) as http:
+    async with httpx.AsyncClient(base_url=_gateway_url(), headers=auth_headers()) as http:
         listing = (await http.get("/v1/models")).json()
         ids = {m["id"] for m in listing["data"]}
         assert {MODEL, f"{MODEL}:1", DEFAULT} <= ids and f"{MODEL}:2" not in ids
@@ -232,7 +101,7 @@ async def test_weights_sticky_users_and_arms(life: Lifecycle, client: Client) ->
         seen = {(await client.ask(metadata={"user": f"u{i}"})).arm for i in range(8)}
         return seen == {"champion", "challenger"}
 
-    await _until(both_arms, 20.0)
+    await eventually(both_arms, 20.0)
     by_user: dict[str, set[str]] = {}
     results = await asyncio.gather(
         *(client.ask(metadata={"user": f"user{i % 6}"}) for i in range(24))
@@ -291,23 +160,23 @@ async def test_shadow_results_are_kept_apart(life: Lifecycle, client: Client) ->
     await asyncio.to_thread(life.route, MODEL, weights={"1": 100}, shadow="2", by="test")
 
     async def shadowed() -> bool:
-        rid = await client.send()
+        rid = await client.send(client.request())
         for _ in range(50):
-            if rid in client.shadows:
+            if rid in client.watched:
                 return True
             await asyncio.sleep(0.1)
         return False
 
-    await _until(shadowed, 20.0)
-    rid = await client.send()
+    await eventually(shadowed, 20.0)
+    rid = await client.send(client.request())
     result = await client.result(rid)
     assert result is not None and result.error is None
     assert (result.model_version, result.arm) == ("1", "champion")
     for _ in range(100):
-        if rid in client.shadows:
+        if rid in client.watched:
             break
         await asyncio.sleep(0.1)
-    shadow = client.shadows[rid]
+    shadow = client.watched[rid][0]
     assert (shadow.model_version, shadow.arm) == ("2", "shadow")
     assert client.results[rid].arm == "champion"  # the caller's result is the champion's
 
@@ -320,7 +189,7 @@ async def test_a_corrupt_config_record_keeps_the_policy_in_force(
     # Version 1, not the newest served: a preprocess that dropped the policy would serve 2.
     before = await asyncio.to_thread(life.route, MODEL, weights={"1": 100}, shadow="", by="test")
     assert before.weights == {"1": 100}
-    await _until(lambda: _served_by(client, "1"))
+    await eventually(lambda: _served_by(client, "1"))
     metrics = f"http://127.0.0.1:{PreprocessSettings().port}/metrics"
     async with httpx.AsyncClient(timeout=2.0) as http:
         skipped = await _skipped(http, metrics)
@@ -360,7 +229,7 @@ async def test_rollback_returns_traffic_to_the_champion(life: Lifecycle, client:
         results = await asyncio.gather(*(client.ask() for _ in range(6)))
         return {r.model_version for r in results} == {"1"}
 
-    await _until(all_on_champion)
+    await eventually(all_on_champion)
 
 
 async def test_blue_green_promotion_under_steady_load(life: Lifecycle, client: Client) -> None:
@@ -371,7 +240,7 @@ async def test_blue_green_promotion_under_steady_load(life: Lifecycle, client: C
     async def worker(n: int) -> None:
         i = 0
         while not stop.is_set():
-            sent.append(await client.send(metadata={"user": f"w{n}-{i}"}))
+            sent.append(await client.send(client.request(metadata={"user": f"w{n}-{i}"})))
             await client.result(sent[-1])
             i += 1
 
@@ -442,6 +311,6 @@ async def test_an_int8_version_serves_like_any_other(
         assert all(r.error is None for r in results), [r.error for r in results]
         return {r.model_version for r in results} == {"2", "3"}
 
-    await _until(both, 20.0)
+    await eventually(both, 20.0)
     int8 = await client.ask(model=f"{MODEL}:challenger")
     assert int8.error is None and int8.model_version == "3" and int8.usage.completion_tokens > 0

@@ -14,17 +14,12 @@ at the end, its policy tombstoned. Run under the stack lock (``flock /tmp/gw/sta
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import shutil
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from genwire_model.build import _keep_served
 from genwire_model.lifecycle import (
     CONFIG,
@@ -32,26 +27,29 @@ from genwire_model.lifecycle import (
     LOAD_PIN_BY,
     UP_PIN_BY,
     Lifecycle,
-    LifecycleError,
-    TritonControl,
     configured_versions,
 )
 from genwire_stack.default_model import serve_version
 
-from genwire.events import GenerationResult, PreparedRequest, now_ms
-from genwire.kafka.security import client_options
-from genwire.policyfeed import delete_policy
-from genwire.request import GenerationRequest
+from genwire.events import PreparedRequest
 from genwire.settings import CommonSettings
 from genwire.topics import Topic
-from tests.common.models import copy_version
+from tests.common.models import copy_version, throwaway_model
+from tests.common.traffic import Traffic, eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MODEL = "gwtest-trap"
-DEFAULT = "genwire-gpt"
-WAIT_S = 60.0
 _POLICY_LINE = re.compile(r"^version_policy\s*:?\s*\{.*\}\s*$", re.MULTILINE)
+
+
+def _latest(config: str) -> str:
+    """``config`` with the build's ``latest`` version policy."""
+    return _POLICY_LINE.sub(LATEST_POLICY, config, count=1)
+
+
+Client = Traffic[PreparedRequest]
+"""Requests for the test model; reads genwire.results and genwire.prepared."""
 
 
 class Trap:
@@ -66,8 +64,7 @@ class Trap:
         config rendered again with the build's ``latest`` line (kept ``specific`` if it was)."""
         copy_version(self.source, self.dir / version, MODEL, version)
         config = self.dir / CONFIG
-        rendered = _POLICY_LINE.sub(LATEST_POLICY, config.read_text(), count=1)
-        config.write_text(_keep_served(config, rendered))
+        config.write_text(_keep_served(config, _latest(config.read_text())))
 
     def serve(self, version: str) -> None:
         """The default model's bring-up of a new version (``genwire up``/``default-model``)."""
@@ -77,132 +74,14 @@ class Trap:
 
 @pytest.fixture(scope="module")
 def trap(stack: CommonSettings) -> Iterator[Trap]:
-    triton = TritonControl(stack.triton_http_url)
-    life = Lifecycle(
-        repository=stack.repository,
-        triton=triton,
-        bootstrap_servers=stack.kafka_bootstrap_servers,
-        triton_grpc_url=stack.triton_grpc_url,
-    )
-    served = triton.served(DEFAULT)
-    assert served, "the default model is not served"
-    source = stack.repository / DEFAULT / served[-1]
-    model_dir = stack.repository / MODEL
-    shutil.rmtree(model_dir, ignore_errors=True)
-    model_dir.mkdir()
-    config = (stack.repository / DEFAULT / CONFIG).read_text()
-    config = config.replace(f'name: "{DEFAULT}"', f'name: "{MODEL}"')
-    (model_dir / CONFIG).write_text(_POLICY_LINE.sub(LATEST_POLICY, config, count=1))
-    for version in ("1", "2"):
-        copy_version(source, model_dir / version, MODEL, version)
-    try:
+    with throwaway_model(stack, MODEL, _latest) as (life, source):
         yield Trap(stack, life, source)
-    finally:
-        with contextlib.suppress(LifecycleError):
-            triton.unload(MODEL)
-        asyncio.run(delete_policy(stack.kafka_bootstrap_servers, MODEL))
-        shutil.rmtree(model_dir, ignore_errors=True)
-        assert DEFAULT in [m["name"] for m in triton.index() if m.get("state") == "READY"]
-        triton.close()
-
-
-class Client:
-    """Produces requests; reads genwire.results and genwire.prepared from now on."""
-
-    def __init__(self, settings: CommonSettings) -> None:
-        boot = settings.kafka_bootstrap_servers
-        self.producer = AIOKafkaProducer(bootstrap_servers=boot, **client_options())
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=boot, **client_options())
-        self.results: dict[str, GenerationResult] = {}
-        self.prepared: dict[str, list[PreparedRequest]] = {}
-        self._arrived = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self.producer.start()
-        await self.consumer.start()
-        tps = [
-            TopicPartition(topic, p)
-            for topic in (Topic.RESULTS, Topic.PREPARED)
-            for p in await self.producer.partitions_for(topic)
-        ]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_end(*tps)
-        for tp in tps:
-            await self.consumer.position(tp)
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            batches = await self.consumer.getmany(timeout_ms=200)
-            for tp, records in batches.items():
-                for record in records:
-                    if tp.topic == Topic.PREPARED:
-                        prepared = PreparedRequest.model_validate_json(record.value or b"")
-                        self.prepared.setdefault(prepared.request_id, []).append(prepared)
-                    else:
-                        result = GenerationResult.model_validate_json(record.value or b"")
-                        self.results.setdefault(result.request_id, result)
-            if batches:
-                self._arrived.set()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.consumer.stop()
-        await self.producer.stop()
-
-    async def send(self, request: GenerationRequest) -> None:
-        key, value = request.to_kafka()
-        await self.producer.send_and_wait(Topic.REQUESTS, value, key=key)
-
-    async def until(self, check: Any, timeout_s: float = WAIT_S) -> None:
-        async def wait() -> None:
-            while not check():
-                self._arrived.clear()
-                await self._arrived.wait()
-
-        await asyncio.wait_for(wait(), timeout_s)
-
-    async def ask(self, **fields: Any) -> GenerationResult:
-        request = _request(**fields)
-        await self.send(request)
-        rid = request.request_id or ""
-        await self.until(lambda: rid in self.results)
-        return self.results[rid]
-
-
-def _request(**fields: Any) -> GenerationRequest:
-    return GenerationRequest.model_validate(
-        {
-            "request_id": f"trap-{uuid.uuid4().hex[:12]}",
-            "model": MODEL,
-            "prompt": "The quick brown fox",
-            "max_tokens": 4,
-            "temperature": 0.0,
-            "received_ms": now_ms(),
-            **fields,
-        }
-    )
 
 
 @pytest.fixture
 async def client(stack: CommonSettings) -> AsyncIterator[Client]:
-    c = Client(stack)
-    await c.start()
-    try:
+    async with Client(stack, MODEL, "trap", (Topic.PREPARED, PreparedRequest)) as c:
         yield c
-    finally:
-        await c.stop()
-
-
-async def _until(check: Any, timeout_s: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "the policy was not followed"
-        await asyncio.sleep(0.2)
 
 
 async def test_a_rebuild_keeps_serving_what_the_policy_names(trap: Trap, client: Client) -> None:
@@ -229,7 +108,7 @@ async def test_a_rebuild_keeps_serving_what_the_policy_names(trap: Trap, client:
         assert result.error is None, result.error
         return (result.model_version, result.arm) == ("3", "champion")
 
-    await _until(on_three)
+    await eventually(on_three)
 
     # An operator's routing is never moved: the next build is served beside, no traffic.
     routed = await asyncio.to_thread(
@@ -257,10 +136,9 @@ async def test_a_repeat_after_a_policy_change_keeps_its_first_version(
     async def on_two() -> bool:
         return (await client.ask()).model_version == "2"
 
-    await _until(on_two)
-    request = _request()
-    rid = request.request_id or ""
-    await client.send(request)
+    await eventually(on_two)
+    request = client.request()
+    rid = await client.send(request)
     await client.until(lambda: rid in client.results)
     assert client.results[rid].model_version == "2"
 
@@ -269,10 +147,10 @@ async def test_a_repeat_after_a_policy_change_keeps_its_first_version(
     async def on_three() -> bool:
         return (await client.ask()).model_version == "3"
 
-    await _until(on_three)
+    await eventually(on_three)
     await client.send(request)  # the same id and body: prepared again, as a redelivery is
-    await client.until(lambda: len(client.prepared.get(rid, [])) >= 2)
-    versions = [(p.model_version, p.arm) for p in client.prepared[rid] if not p.shadow]
+    await client.until(lambda: len(client.watched.get(rid, [])) >= 2)
+    versions = [(p.model_version, p.arm) for p in client.watched[rid] if not p.shadow]
     assert versions == [("2", "challenger"), ("2", "challenger")]
 
 
@@ -297,7 +175,7 @@ async def test_a_champion_that_is_not_served_falls_back_and_says_so(
         assert result.error is None, result.error
         return (result.model_version, result.arm) == ("2", "fallback")
 
-    await _until(fell_back)
+    await eventually(fell_back)
     async with httpx.AsyncClient(timeout=5.0) as http:
         text = (await http.get(_preprocess_metrics_url())).text
     line = next(
