@@ -16,10 +16,6 @@ LIFECYCLE_COMMANDS = ("load", "unload", "list", "show", "route", "promote", "rol
 
 def register(sub: Any) -> None:
     """Add the lifecycle subcommands to ``genwire model``."""
-
-    def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--repository", type=Path, help="default: the settings' repository")
-
     load = sub.add_parser(
         "load",
         help="serve a version (Triton loads it beside the ones served)",
@@ -35,7 +31,6 @@ def register(sub: Any) -> None:
         help="instead: load every model whose config.pbtxt names specific versions (what "
         "`load` served), as after a Triton restart",
     )
-    common(load)
     load.set_defaults(func=_load)
 
     unload = sub.add_parser(
@@ -46,7 +41,6 @@ def register(sub: Any) -> None:
     )
     unload.add_argument("target", help="NAME[:VERSION]")
     unload.add_argument("--force", action="store_true", help="even if the policy names it")
-    common(unload)
     unload.set_defaults(func=_unload)
 
     listing = sub.add_parser(
@@ -61,7 +55,6 @@ def register(sub: Any) -> None:
         "--name", default=DEFAULT_MODEL_NAME, help=f"model name (default: {DEFAULT_MODEL_NAME})"
     )
     listing.add_argument("--json", action="store_true", help="JSON lines instead of a table")
-    common(listing)
     listing.set_defaults(func=_list)
 
     show = sub.add_parser(
@@ -71,7 +64,6 @@ def register(sub: Any) -> None:
         "state in Triton and its aliases and weight in the policy, as JSON.",
     )
     show.add_argument("target", help="NAME[:VERSION] (default version: the newest)")
-    common(show)
     show.set_defaults(func=_show)
 
     route = sub.add_parser(
@@ -97,7 +89,6 @@ def register(sub: Any) -> None:
         help="set an alias (ALIAS= removes it); repeatable",
     )
     route.add_argument("--reason", default="", help="recorded in the policy")
-    common(route)
     route.set_defaults(func=_route)
 
     promote = sub.add_parser(
@@ -114,7 +105,6 @@ def register(sub: Any) -> None:
     promote.add_argument(
         "--drain-timeout", type=float, default=300.0, help="most seconds to wait (default: 300)"
     )
-    common(promote)
     promote.set_defaults(func=_promote)
 
     back = sub.add_parser(
@@ -125,7 +115,6 @@ def register(sub: Any) -> None:
     )
     back.add_argument("name", help="model name")
     back.add_argument("--reason", default="", help="recorded in the policy")
-    common(back)
     back.set_defaults(func=_rollback)
 
     policy = sub.add_parser(
@@ -135,6 +124,9 @@ def register(sub: Any) -> None:
     )
     policy.add_argument("name", nargs="?", help="one model")
     policy.set_defaults(func=_policy)
+
+    for parser in (load, unload, listing, show, route, promote, back):  # not policy
+        parser.add_argument("--repository", type=Path, help="default: the settings' repository")
 
 
 def split_target(target: str) -> tuple[str, str | None]:
