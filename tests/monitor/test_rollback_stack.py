@@ -11,27 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from genwire_model.lifecycle import Lifecycle, LifecycleError, TritonControl
+from genwire_model.lifecycle import Lifecycle
 
 from genwire.apikeys import auth_headers
 from genwire.kafka.security import client_options
 from genwire.policy import ModelPolicy, parse
-from genwire.policyfeed import delete_policy, publish_policy, read_policies
+from genwire.policyfeed import publish_policy, read_policies
 from genwire.settings import CommonSettings
 from genwire.topics import Topic
-from tests.common.models import copy_version
+from tests.common.models import throwaway_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MODEL = "gwtest-canary"
-DEFAULT = "genwire-gpt"
 GATEWAY = "http://127.0.0.1:8080"
 MONITOR = "http://127.0.0.1:8090"
 
@@ -39,33 +37,9 @@ MONITOR = "http://127.0.0.1:8090"
 @pytest.fixture
 def canary_model(stack: CommonSettings) -> Iterator[Lifecycle]:
     """``gwtest-canary`` versions 1 (loaded) and 2 (not loaded); removed afterwards."""
-    triton = TritonControl(stack.triton_http_url)
-    life = Lifecycle(
-        repository=stack.repository,
-        triton=triton,
-        bootstrap_servers=stack.kafka_bootstrap_servers,
-        triton_grpc_url=stack.triton_grpc_url,
-    )
-    served = triton.served(DEFAULT)
-    assert served, "the default model is not served"
-    model_dir = stack.repository / MODEL
-    shutil.rmtree(model_dir, ignore_errors=True)
-    model_dir.mkdir()
-    config = (stack.repository / DEFAULT / "config.pbtxt").read_text()
-    (model_dir / "config.pbtxt").write_text(
-        config.replace(f'name: "{DEFAULT}"', f'name: "{MODEL}"')
-    )
-    for version in ("1", "2"):
-        copy_version(stack.repository / DEFAULT / served[-1], model_dir / version, MODEL, version)
-    try:
+    with throwaway_model(stack, MODEL) as (life, _):
         assert life.load(MODEL, "1") == "1"
         yield life
-    finally:
-        with contextlib.suppress(LifecycleError):
-            triton.unload(MODEL)
-        asyncio.run(delete_policy(stack.kafka_bootstrap_servers, MODEL))
-        shutil.rmtree(model_dir, ignore_errors=True)
-        triton.close()
 
 
 async def _ask(client: httpx.AsyncClient) -> tuple[float, int]:
