@@ -201,6 +201,7 @@ def test_the_decode_loop_samples_on_the_gpu(trt_version: ModelVersion) -> None:
     engine, reference = runners_of(trt_version)
     greedy = run(engine)
     assert engine.host_logits is False
+    assert engine.steps_in_place > 0  # decode steps ran in the reserved buffers
     want = run(reference)
     assert greedy[0].token_ids[:4] == want[0].token_ids[:4]  # FP16 may part ways later
     sampled = run(
@@ -220,3 +221,48 @@ def test_the_decode_loop_samples_on_the_gpu(trt_version: ModelVersion) -> None:
     assert len(finals) == 2 and all(u.completion_tokens >= 4 for u in finals)
     assert all(len(u.top_ids) == len(u.token_ids) for u in sampled)
     assert all(lp <= 0.0 for u in sampled for lp in u.logprobs)
+
+
+def test_decode_steps_swap_two_device_buffers_and_allocate_nothing(
+    trt_version: ModelVersion,
+) -> None:
+    """``reserve`` then steps: each step writes the grown cache into the other buffer, the
+    caching allocator sees no allocation from the second step on (logits on the device or
+    copied to the host), and the logits are ``forward``'s on the same inputs."""
+    torch = pytest.importorskip("torch")
+    engine, _ = runners_of(trt_version)
+    plain, _ = runners_of(trt_version)
+    engine.reserve(4, 65)
+    bases = [int(pair[0].data_ptr()) for pair in engine._arenas]
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [20]]
+    rows, width = len(prompts), max(len(p) for p in prompts)
+    ids = np.zeros((rows, width), np.int64)
+    positions = np.zeros((rows, width), np.int64)
+    mask = np.zeros((rows, width + 1), np.int64)
+    for row, prompt in enumerate(prompts):
+        n = len(prompt)
+        ids[row, width - n :] = prompt
+        positions[row, width - n :] = np.arange(n)
+        mask[row, 1 + width - n :] = 1
+    logits, kv = engine.forward(ids, mask, positions, engine.empty(rows, 1))
+    lengths = np.array([len(p) for p in prompts])
+    kv = engine.gather([(kv, [0, 1, 2])], width)
+    other = kv
+    tokens = logits.argmax(axis=1)
+    allocated = []  # the caching allocator's allocations during each step
+    for n in range(8):
+        engine.host_logits = n % 2 == 0
+        step_ids = tokens[:, None].astype(np.int64)
+        step_mask = (np.arange(width + 1)[None, :] >= (width - lengths)[:, None]).astype(np.int64)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_stats().get("allocation.all.allocated", 0)
+        got, kv = engine.step(step_ids, step_mask, lengths[:, None], kv)
+        torch.cuda.synchronize()
+        allocated.append(torch.cuda.memory_stats().get("allocation.all.allocated", 0) - before)
+        want, other = plain.forward(step_ids, step_mask, lengths[:, None], other)
+        assert int(kv[0].data_ptr()) == bases[(n + 1) % 2]
+        host = got if isinstance(got, np.ndarray) else got.float().cpu().numpy()
+        assert np.allclose(host, want, atol=1e-3)
+        tokens, width, lengths = host.argmax(axis=1), width + 1, lengths + 1
+    assert engine.steps_in_place == 8
+    assert allocated[1:] == [0] * 7, allocated

@@ -8,6 +8,7 @@ device it lives on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -236,15 +237,25 @@ class OnnxRuntimeRunner:
 
 
 class TensorRTRunner:
-    """A serialized TensorRT engine of the same graph; the cache lives in CUDA memory (torch).
+    """A serialized TensorRT engine of the same graph; the cache lives in device memory (torch).
 
     Two execution contexts, one per optimization profile (``prefill`` and ``decode``, see
     tensorrt_engine.py): a pass uses the decode context when it feeds one token per row and
-    the cache fits it. Inputs are staged in pinned host buffers and copied without blocking on
-    the engine's stream; the logits come back through a pinned buffer, and that copy's event is
-    the only synchronization per pass. Every TensorRT call that can fail is checked: a shape
-    outside the profiles raises ``ValueError`` naming the limit, a failed execution
-    ``RuntimeError`` (create_runner's wrapper then falls back to ONNX Runtime).
+    the cache fits it. Every TensorRT call that can fail is checked: a shape outside the
+    profiles raises ``ValueError`` naming the limit, a failed execution ``RuntimeError``
+    (create_runner's wrapper then falls back to ONNX Runtime).
+
+    The decode loop is the ONNX Runtime runner's (``step``, ``reserve``, ``gather``, rows
+    written in place). ``reserve`` preallocates on the device two buffers per cache (keys,
+    values: ``max_batch`` x ``context + 1`` columns each), a step's logits and its inputs; a
+    step binds ``past_*`` to the buffer the batch is in and ``present_*`` to the other one
+    (``set_tensor_address``), so it allocates no device memory and the cache never leaves the
+    device. Per step one copy goes up (3 x B int64 from a pinned buffer: each row's token, its
+    position and its first unmasked column, from which the attention mask is rebuilt on the
+    device) and, with ``host_logits`` off, nothing comes back but what the sampler returns.
+    ``gather`` re-forms the batch into the free buffer. ``forward`` (prefills, and any pass
+    ``step`` cannot take) stages its inputs in pinned host buffers, copies them without
+    blocking on the engine's stream and lets torch allocate its outputs.
     """
 
     backend = "tensorrt"
@@ -258,36 +269,31 @@ class TensorRTRunner:
         import torch as torch_module
 
         torch: Any = torch_module
-        self.torch = torch
-        self.device = torch.device("cuda", device)
-        torch.cuda.set_device(self.device)
+        where = torch.device("cuda", device)
+        torch.cuda.set_device(where)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         if self.runtime is None:
             raise RuntimeError("trt.Runtime could not be created (CUDA driver?)")
-        self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
-        if self.engine is None:
+        engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if engine is None:
             raise RuntimeError(
                 f"TensorRT {trt.__version__} could not deserialize {engine_path} "
                 "(built with another TensorRT version or for another GPU?)"
             )
-        self.stream = torch.cuda.Stream(device=self.device)
-        self.profiles: list[dict[str, Any]] = []
-        for index in range(int(self.engine.num_optimization_profiles)):
-            context = _execution_context(trt, self.engine)
+        stream = torch.cuda.Stream(device=where)
+        contexts = []
+        for index in range(int(engine.num_optimization_profiles)):
+            context = _execution_context(trt, engine)
             if context is None:
                 raise RuntimeError(
                     "TensorRT could not create an execution context (out of GPU memory?)"
                 )
-            if not context.set_optimization_profile_async(index, self.stream.cuda_stream):
+            if not context.set_optimization_profile_async(index, stream.cuda_stream):
                 raise RuntimeError(f"TensorRT refused optimization profile {index}")
-            limits = {
-                name: [tuple(s) for s in self.engine.get_tensor_profile_shape(name, index)]
-                for name in INPUT_NAMES
-            }
-            self.profiles.append({"index": index, "context": context, "limits": limits})
-        self.stream.synchronize()
-        if not self.profiles:
+            contexts.append(context)
+        stream.synchronize()
+        if not contexts:
             raise RuntimeError(f"{engine_path} has no optimization profile")
         to_torch = {
             trt.DataType.FLOAT: torch.float32,
@@ -297,9 +303,55 @@ class TensorRTRunner:
         }
         if hasattr(trt.DataType, "BF16"):
             to_torch[trt.DataType.BF16] = torch.bfloat16
-        self.dtypes = {}
+        self._setup(torch, where, engine, contexts, manifest, stream, to_torch)
+
+    @classmethod
+    def on_engine(
+        cls,
+        engine: Any,
+        contexts: list[Any],
+        manifest: dict[str, Any],
+        torch: Any,
+        device: Any,
+        to_torch: dict[Any, Any],
+        stream: Any = None,
+    ) -> TensorRTRunner:
+        """A runner over an engine and its execution contexts (one per profile, in order).
+
+        ``stream`` None means no CUDA: no stream, events or pinned memory. That is for the
+        runner's own tests, which drive its bookkeeping (buffers, ping-pong, bindings, row
+        writes) on CPU tensors with a stand-in engine; a GPU always has a stream.
+        """
+        runner = cls.__new__(cls)
+        runner._setup(torch, device, engine, contexts, manifest, stream, to_torch)
+        return runner
+
+    def _setup(
+        self,
+        torch: Any,
+        device: Any,
+        engine: Any,
+        contexts: list[Any],
+        manifest: dict[str, Any],
+        stream: Any,
+        to_torch: dict[Any, Any],
+    ) -> None:
+        self.torch = torch
+        self.device = device
+        self.engine = engine
+        self.stream = stream
+        self.profiles: list[dict[str, Any]] = []
+        for index, context in enumerate(contexts):
+            limits = {
+                name: [
+                    tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(name, index)
+                ]
+                for name in INPUT_NAMES
+            }
+            self.profiles.append({"index": index, "context": context, "limits": limits})
+        self.dtypes: dict[str, Any] = {}
         for name in (*INPUT_NAMES, *OUTPUT_NAMES):
-            kind = self.engine.get_tensor_dtype(name)
+            kind = engine.get_tensor_dtype(name)
             if kind not in to_torch:
                 raise RuntimeError(f"engine tensor {name} has unsupported type {kind}")
             self.dtypes[name] = to_torch[kind]
@@ -309,18 +361,250 @@ class TensorRTRunner:
         self.head_dim = int(shape["head_dim"])
         self.vocab_size = int(shape["vocab_size"])
         self.max_rows = max(p["limits"]["input_ids"][2][0] for p in self.profiles)
-        widest = max(p["limits"]["attention_mask"][2][1] for p in self.profiles)
-        pin = torch.cuda.is_available()
+        self.widest = max(p["limits"]["attention_mask"][2][1] for p in self.profiles)
+        pin = stream is not None
         self._host = {
-            name: torch.empty((self.max_rows, widest), dtype=torch.int64, pin_memory=pin)
+            name: torch.empty((self.max_rows, self.widest), dtype=torch.int64, pin_memory=pin)
             for name in ("input_ids", "attention_mask", "position_ids")
         }
         self._logits = torch.empty(
             (self.max_rows, self.vocab_size), dtype=torch.float32, pin_memory=pin
         )
-        self._copied = torch.cuda.Event()
-        self._staged = torch.cuda.Event()
+        self._copied = torch.cuda.Event() if pin else None
+        self._staged = torch.cuda.Event() if pin else None
         self.device_logits: Any = None
+        self._arenas: list[KV] = []  # reserve: two buffers per cache
+        self._plan: dict[str, Any] = {}  # reserve: the step's other buffers
+        self.steps_in_place = 0  # decode passes ``step`` ran into its buffers
+
+    # -- the engine's stream (nothing without CUDA: the tests' CPU tensors) -------------------
+    def _on_stream(self) -> Any:
+        """The engine's stream as the current one inside a ``with`` block."""
+        if self.stream is None:
+            return contextlib.nullcontext()
+        return self.torch.cuda.stream(self.stream)
+
+    def _drive_on_stream(self) -> None:
+        # Every torch operation of the thread driving this runner goes to the engine's stream,
+        # the scheduler's own writes into the cache too (its in-place re-form indexes these
+        # tensors): on another stream they could run before TensorRT finished writing the
+        # cache or after it started reading it, and freed blocks could be reused under them.
+        if self.stream is not None:
+            self.torch.cuda.set_stream(self.stream)
+
+    def _handle(self) -> int:
+        return 0 if self.stream is None else int(self.stream.cuda_stream)
+
+    def _record(self, event: Any) -> None:
+        if event is not None:
+            event.record(self.stream)
+
+    @staticmethod
+    def _wait(event: Any) -> None:
+        if event is not None:
+            event.synchronize()
+
+    def _buffer(self, count: int, dtype: Any) -> Any:
+        """``count`` zeros of ``dtype`` on the device, starting on a 256-byte boundary (what
+        ``set_tensor_address`` requires; zeros so masked columns never hold NaN patterns)."""
+        torch = self.torch
+        item = int(torch.empty(0, dtype=dtype).element_size())
+        raw = torch.zeros(count + ADDRESS_ALIGNMENT // item, dtype=dtype, device=self.device)
+        skip = (-int(raw.data_ptr()) % ADDRESS_ALIGNMENT) // item
+        return raw[skip : skip + count]
+
+    # -- the decode loop's buffers --------------------------------------------------------
+    def reserve(self, batch: int, width: int) -> None:
+        """Preallocate on the device what ``step`` and ``gather`` use: two buffers per cache
+        (``batch`` rows x ``width`` columns each), a step's logits, its inputs (3 x ``batch``
+        int64, one copy up from a pinned buffer) and its attention mask (``batch`` x the
+        widest profile's columns), each on a 256-byte boundary. An engine whose past and
+        present caches differ in type cannot swap them: it gets no buffers (``step`` is then
+        ``forward``), with a warning."""
+        torch = self.torch
+        kind = self.dtypes["present_keys"]
+        names = ("past_keys", "past_values", "present_values")
+        if any(self.dtypes[name] != kind for name in names):
+            log.warning(
+                "TensorRT engine caches of different types (%s): decode steps allocate",
+                {name: str(self.dtypes[name]) for name in (*names, "present_keys")},
+            )
+            self._arenas, self._plan = [], {}
+            return
+        size = self.layers * batch * self.heads * width * self.head_dim
+        stride = -(-batch // (ADDRESS_ALIGNMENT // 8)) * (ADDRESS_ALIGNMENT // 8)
+        with self._on_stream():
+            self._arenas = [(self._buffer(size, kind), self._buffer(size, kind)) for _ in "ab"]
+            plan: dict[str, Any] = {
+                "rows": batch,
+                "stride": stride,  # elements between the three inputs: 256-byte multiples
+                "host": torch.zeros(3 * stride, dtype=torch.int64, pin_memory=self._pinned()),
+                "inputs": self._buffer(3 * stride, torch.int64),
+                "logits": self._buffer(batch * self.vocab_size, self.dtypes["logits"]),
+                "mask": self._buffer(batch * self.widest, self.dtypes["attention_mask"]),
+                # The comparison's own result type: no cast temporary inside torch.ge.
+                "ones": self._buffer(batch * self.widest, torch.bool),
+                "columns": torch.arange(self.widest, dtype=torch.int64, device=self.device),
+            }
+            for name in ("input_ids", "position_ids"):  # an engine taking int32 indices
+                if self.dtypes[name] != torch.int64:
+                    plan[name] = self._buffer(batch, self.dtypes[name])
+        self._plan = plan
+
+    def _pinned(self) -> bool:
+        return self.stream is not None
+
+    def _arena_of(self, kv: KV) -> int:
+        """Which buffer pair holds ``kv`` (-1: none)."""
+        if not self._arenas or not hasattr(kv[0], "data_ptr") or not hasattr(kv[1], "data_ptr"):
+            return -1
+        keys, values = int(kv[0].data_ptr()), int(kv[1].data_ptr())
+        for index, (k, v) in enumerate(self._arenas):
+            if keys == int(k.data_ptr()) and values == int(v.data_ptr()):
+                return index
+        return -1
+
+    def _views(self, arena: int, shape: tuple[int, ...]) -> KV | None:
+        """Contiguous views of ``shape`` at the start of a buffer pair (None: it does not fit)."""
+        size = int(np.prod(shape))
+        keys, values = self._arenas[arena]
+        if size > keys.numel():
+            return None
+        return keys[:size].view(shape), values[:size].view(shape)
+
+    def step(
+        self, input_ids: Array, attention_mask: Array, position_ids: Array, kv: KV
+    ) -> tuple[Array, KV]:
+        """A decode pass whose grown cache TensorRT writes into the other buffer (``forward``
+        when there are no buffers, the pass is not one token per row, or it does not fit)."""
+        plan = self._plan
+        rows, seq = (int(d) for d in input_ids.shape)
+        past = int(kv[0].shape[3])
+        columns = int(attention_mask.shape[1])
+        if columns != past + seq:
+            raise ValueError(
+                f"attention_mask has {columns} columns for a {past}-column cache and {seq} "
+                "new tokens"
+            )
+        if not self._arenas or seq != 1 or rows > plan["rows"] or columns > self.widest:
+            return self.forward(input_ids, attention_mask, position_ids, kv)
+        profile = self._profile(rows, seq, past)  # raises the named error outside them all
+        if rows > profile["limits"]["input_ids"][2][0]:
+            return self.forward(input_ids, attention_mask, position_ids, kv)  # split there
+        source = self._arena_of(kv)
+        shape = (self.layers, rows, self.heads, past + seq, self.head_dim)
+        out = self._views(1 if source == 0 else 0, shape)
+        if out is None:
+            return self.forward(input_ids, attention_mask, position_ids, kv)
+        self._drive_on_stream()
+        with self._on_stream():
+            cache = kv if source >= 0 else self._bindable(kv)
+            ids, positions, mask = self._stage_step(input_ids, attention_mask, position_ids)
+            logits = plan["logits"][: rows * self.vocab_size].view(rows, self.vocab_size)
+            context = profile["context"]
+            feeds = {
+                "input_ids": ids,
+                "attention_mask": mask,
+                "position_ids": positions,
+                "past_keys": cache[0],
+                "past_values": cache[1],
+            }
+            self._bind_inputs(profile, feeds)
+            outputs = {"logits": logits, "present_keys": out[0], "present_values": out[1]}
+            for name, tensor in outputs.items():
+                inferred = tuple(int(d) for d in context.get_tensor_shape(name))
+                if inferred != tuple(tensor.shape):
+                    raise RuntimeError(
+                        f"TensorRT infers {name} of shape {inferred}; the step's buffer is "
+                        f"{tuple(tensor.shape)}"
+                    )
+                if not context.set_tensor_address(name, int(tensor.data_ptr())):
+                    raise RuntimeError(f"TensorRT refused the address of {name}")
+            if not context.execute_async_v3(self._handle()):
+                raise RuntimeError("TensorRT execution failed (execute_async_v3 returned False)")
+            self.device_logits = logits
+            self.steps_in_place += 1
+            if not self.host_logits:
+                return logits, out
+            host = self._logits[:rows]
+            host.copy_(logits, non_blocking=True)
+            self._record(self._copied)
+        self._wait(self._copied)  # the one wait per pass: the logits are on the host
+        return host.numpy().copy(), out
+
+    def _bindable(self, kv: KV) -> KV:
+        """A cache outside the buffers as TensorRT can read it: the engine's type, contiguous,
+        on a 256-byte boundary (copied only when it is not)."""
+        kind = self.dtypes["past_keys"]
+        made = []
+        for tensor in kv:
+            moved = self.torch.as_tensor(tensor).to(device=self.device, dtype=kind)
+            if not moved.is_contiguous() or int(moved.data_ptr()) % ADDRESS_ALIGNMENT:
+                copy = self._buffer(int(moved.numel()), kind).view(tuple(moved.shape))
+                copy.copy_(moved)
+                moved = copy
+            made.append(moved)
+        return made[0], made[1]
+
+    def _stage_step(
+        self, input_ids: Array, attention_mask: Array, position_ids: Array
+    ) -> tuple[Any, Any, Any]:
+        """The step's inputs on the device, in the reserved buffers: ids and positions [B, 1]
+        and the attention mask [B, C]. A mask of the loop's form (each row: zeros, then ones to
+        the end) goes up as each row's first one and is rebuilt on the device (one comparison
+        with the column numbers); any other mask is copied up whole."""
+        torch, plan = self.torch, self._plan
+        rows, columns = (int(d) for d in attention_mask.shape)
+        stride = plan["stride"]
+        mask_host = np.asarray(attention_mask)
+        suffix = bool(
+            mask_host.min() >= 0
+            and mask_host.max() <= 1
+            and (mask_host[:, 1:] >= mask_host[:, :-1]).all()
+        )
+        self._wait(self._staged)  # the previous upload has left the pinned buffers
+        host = plan["host"].numpy()
+        host[:rows] = input_ids[:, 0]
+        host[stride : stride + rows] = position_ids[:, 0]
+        used = stride + rows
+        if suffix:
+            host[2 * stride : 2 * stride + rows] = columns - mask_host.sum(axis=1)
+            used = 2 * stride + rows
+        device = plan["inputs"]
+        device[:used].copy_(plan["host"][:used], non_blocking=True)
+        mask = plan["mask"][: rows * columns].view(rows, columns)
+        if not suffix:
+            staged = self._host["attention_mask"].view(-1)[: rows * columns].view(rows, columns)
+            staged.numpy()[...] = mask_host
+            mask.copy_(staged, non_blocking=True)
+        self._record(self._staged)
+        ids = device[:rows].view(rows, 1)
+        positions = device[stride : stride + rows].view(rows, 1)
+        if suffix:
+            first = device[2 * stride : 2 * stride + rows].view(rows, 1)
+            ones = plan["ones"][: rows * columns].view(rows, columns)
+            torch.ge(plan["columns"][:columns].expand(rows, columns), first, out=ones)
+            mask.copy_(ones)
+        if "input_ids" in plan:
+            plan["input_ids"][:rows].copy_(ids[:, 0])
+            ids = plan["input_ids"][:rows].view(rows, 1)
+        if "position_ids" in plan:
+            plan["position_ids"][:rows].copy_(positions[:, 0])
+            positions = plan["position_ids"][:rows].view(rows, 1)
+        return ids, positions, mask
+
+    def _bind_inputs(self, profile: dict[str, Any], tensors: dict[str, Any]) -> None:
+        context = profile["context"]
+        for name in INPUT_NAMES:
+            shape = tuple(int(d) for d in tensors[name].shape)
+            if not context.set_input_shape(name, shape):
+                low, _, high = profile["limits"][name]
+                raise ValueError(
+                    f"TensorRT refused {name} of shape {shape} (profile {profile['index']}: "
+                    f"{low}..{high})"
+                )
+            if not context.set_tensor_address(name, int(tensors[name].data_ptr())):
+                raise RuntimeError(f"TensorRT refused the address of {name}")
 
     def _profile(self, rows: int, seq: int, past: int) -> dict[str, Any]:
         """The profile a pass runs in: decode when it fits, else the first one that does."""
@@ -347,11 +631,7 @@ class TensorRTRunner:
         self, input_ids: Array, attention_mask: Array, position_ids: Array, kv: KV
     ) -> tuple[Array, KV]:
         """One pass on the GPU; only the logits come back to the host."""
-        # Every torch operation of the thread driving this runner goes to the engine's stream,
-        # the scheduler's own writes into the cache too (its in-place re-form indexes these
-        # tensors): on another stream they could run before TensorRT finished writing the
-        # cache or after it started reading it, and freed blocks could be reused under them.
-        self.torch.cuda.set_stream(self.stream)
+        self._drive_on_stream()
         rows, seq = input_ids.shape
         profile = self._profile(rows, seq, int(kv[0].shape[3]))
         limit = profile["limits"]["input_ids"][2][0]
@@ -371,7 +651,7 @@ class TensorRTRunner:
             logits.append(got)
             keys.append(k)
             values.append(v)
-        with self.torch.cuda.stream(self.stream):
+        with self._on_stream():
             merged = (self.torch.cat(keys, dim=1), self.torch.cat(values, dim=1))
             if not self.host_logits:
                 self.device_logits = self.torch.cat(logits, dim=0)
@@ -388,7 +668,7 @@ class TensorRTRunner:
     ) -> tuple[Array, KV]:
         torch, context = self.torch, profile["context"]
         rows = input_ids.shape[0]
-        with torch.cuda.stream(self.stream):
+        with self._on_stream():
             tensors: dict[str, Any] = {}
             feeds = {
                 "input_ids": input_ids,
@@ -397,34 +677,25 @@ class TensorRTRunner:
             }
             # The previous pass's uploads must have left the pinned buffers before they are
             # overwritten (without a host copy of the logits nothing else waited for them).
-            self._staged.synchronize()
+            self._wait(self._staged)
             for name, array in feeds.items():
                 # A contiguous [rows, cols] view of the flat pinned buffer: one DMA, no temp.
                 staged = self._host[name].view(-1)[: array.size].view(array.shape)
                 staged.numpy()[...] = array
                 device = staged.to(self.device, non_blocking=True)
                 tensors[name] = device.to(self.dtypes[name]).contiguous()
-            self._staged.record(self.stream)
+            self._record(self._staged)
             tensors["past_keys"] = kv[0].to(self.dtypes["past_keys"]).contiguous()
             tensors["past_values"] = kv[1].to(self.dtypes["past_values"]).contiguous()
-            for name in INPUT_NAMES:
-                shape = tuple(int(d) for d in tensors[name].shape)
-                if not context.set_input_shape(name, shape):
-                    low, _, high = profile["limits"][name]
-                    raise ValueError(
-                        f"TensorRT refused {name} of shape {shape} (profile {profile['index']}: "
-                        f"{low}..{high})"
-                    )
-                if not context.set_tensor_address(name, tensors[name].data_ptr()):
-                    raise RuntimeError(f"TensorRT refused the address of {name}")
+            self._bind_inputs(profile, tensors)
             for name in OUTPUT_NAMES:
                 shape = tuple(int(d) for d in context.get_tensor_shape(name))
                 if any(d < 0 for d in shape):
                     raise RuntimeError(f"TensorRT could not infer the shape of {name}: {shape}")
                 tensors[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
-                if not context.set_tensor_address(name, tensors[name].data_ptr()):
+                if not context.set_tensor_address(name, int(tensors[name].data_ptr())):
                     raise RuntimeError(f"TensorRT refused the address of {name}")
-            if not context.execute_async_v3(self.stream.cuda_stream):
+            if not context.execute_async_v3(self._handle()):
                 raise RuntimeError("TensorRT execution failed (execute_async_v3 returned False)")
             self.device_logits = tensors["logits"]
             if not self.host_logits:
@@ -432,8 +703,8 @@ class TensorRTRunner:
                 return tensors["logits"], (tensors["present_keys"], tensors["present_values"])
             out = self._logits[:rows]
             out.copy_(tensors["logits"].float(), non_blocking=True)
-            self._copied.record(self.stream)
-        self._copied.synchronize()  # the one wait per pass: the logits are on the host
+            self._record(self._copied)
+        self._wait(self._copied)  # the one wait per pass: the logits are on the host
         logits = out.numpy().copy()  # the pinned buffer is reused by the next pass
         return logits, (tensors["present_keys"], tensors["present_values"])
 
@@ -442,7 +713,7 @@ class TensorRTRunner:
         shape = (self.layers, batch, self.heads, width, self.head_dim)
         dtype = self.dtypes["past_keys"]
         make = self.torch.zeros
-        with self.torch.cuda.stream(self.stream):
+        with self._on_stream():
             return make(shape, dtype=dtype, device=self.device), make(
                 shape, dtype=dtype, device=self.device
             )
@@ -453,48 +724,56 @@ class TensorRTRunner:
     def pad_left(self, kv: KV, columns: int) -> KV:
         """Zero columns in front."""
         pad = self.torch.nn.functional.pad
-        with self.torch.cuda.stream(self.stream):
+        with self._on_stream():
             return pad(kv[0], (0, 0, columns, 0)), pad(kv[1], (0, 0, columns, 0))
 
     def concat(self, parts: list[KV]) -> KV:
         """Batch concatenation."""
         cat = self.torch.cat
-        with self.torch.cuda.stream(self.stream):
+        with self._on_stream():
             return cat([p[0] for p in parts], dim=1), cat([p[1] for p in parts], dim=1)
 
     def take(self, kv: KV, rows: list[int]) -> KV:
         """Row selection."""
-        with self.torch.cuda.stream(self.stream):
+        with self._on_stream():
             index = self.torch.tensor(rows, device=self.device)
             return kv[0].index_select(1, index), kv[1].index_select(1, index)
 
     def trim_left(self, kv: KV, columns: int) -> KV:
         """Column trim."""
-        with self.torch.cuda.stream(self.stream):
+        with self._on_stream():
             return kv[0][:, :, :, columns:].contiguous(), kv[1][:, :, :, columns:].contiguous()
 
     def gather(self, parts: list[tuple[KV, list[int]]], width: int) -> KV:
         """A cache of ``width`` columns whose rows are, in order, the listed rows of each part,
-        right-aligned (their last ``width`` columns, zeros in front of shorter ones): one copy
-        per part on the GPU instead of take/trim/pad/concat."""
+        right-aligned (their last ``width`` columns, zeros in front of shorter ones), written
+        into the buffer pair the batch is not in (fresh tensors when none is free or it does
+        not fit): one device copy per run of consecutive rows, no index tensor."""
         torch = self.torch
         rows = sum(len(r) for _, r in parts)
         shape = (self.layers, rows, self.heads, width, self.head_dim)
-        dtype = self.dtypes["past_keys"]
-        with torch.cuda.stream(self.stream):
-            out = (
-                torch.zeros(shape, dtype=dtype, device=self.device),
-                torch.zeros(shape, dtype=dtype, device=self.device),
-            )
+        busy = {self._arena_of(kv) for kv, _ in parts}
+        target = next((i for i in range(len(self._arenas)) if i not in busy), -1)
+        with self._on_stream():
+            out = self._views(target, shape) if target >= 0 else None
+            if out is None:
+                dtype = self.dtypes["past_keys"]
+                out = (
+                    torch.empty(shape, dtype=dtype, device=self.device),
+                    torch.empty(shape, dtype=dtype, device=self.device),
+                )
             row = 0
             for kv, picks in parts:
                 have = int(kv[0].shape[3])
                 keep = min(have, width)
-                index = torch.tensor(picks, device=self.device)
-                for dst, src in zip(out, kv, strict=True):
-                    chosen = src.index_select(1, index)[:, :, :, have - keep :]
-                    dst[:, row : row + len(picks), :, width - keep :] = chosen
-                row += len(picks)
+                for first, count in _runs(picks):
+                    rows_out = slice(row, row + count)
+                    rows_in = slice(first, first + count)
+                    for dst, src in zip(out, kv, strict=True):
+                        dst[:, rows_out, :, width - keep :] = src[:, rows_in, :, have - keep :]
+                        if keep < width:
+                            dst[:, rows_out, :, : width - keep].zero_()
+                    row += count
         return out
 
     def sample_on_device(
@@ -516,7 +795,7 @@ class TensorRTRunner:
         from . import sampling_torch
 
         torch = self.torch
-        with torch.cuda.stream(self.stream):
+        with self._on_stream():
             source = self.device_logits if logits is None else logits
             values = torch.as_tensor(source, device=self.device).float()
             lse = sampling_torch.logsumexp(values)
@@ -525,6 +804,21 @@ class TensorRTRunner:
             logprobs = values.gather(1, chosen[:, None])[:, 0] - lse
             out = torch.stack([chosen.double(), logprobs.double()]).cpu()  # synchronizes
         return out[0].numpy().astype(np.int64), out[1].numpy().astype(np.float32)
+
+
+# set_tensor_address: "the pointer must have at least 256-byte alignment" (NvInferRuntime.h).
+ADDRESS_ALIGNMENT = 256
+
+
+def _runs(picks: list[int]) -> list[tuple[int, int]]:
+    """``picks`` as runs of consecutive rows: (first row, count) each, in order."""
+    runs: list[tuple[int, int]] = []
+    for pick in picks:
+        if runs and runs[-1][0] + runs[-1][1] == pick:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((int(pick), 1))
+    return runs
 
 
 def _execution_context(trt: Any, engine: Any) -> Any:
@@ -702,8 +996,9 @@ class FallbackRunner:
         self._make_fallback = make_fallback
         self._report = fallback
         self.failed = False
+        self._reserved: tuple[int, int] | None = None
 
-    _OWN = frozenset({"active", "_make_fallback", "_report", "failed"})
+    _OWN = frozenset({"active", "_make_fallback", "_report", "failed", "_reserved"})
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["active"], name)
@@ -719,6 +1014,34 @@ class FallbackRunner:
         self._report.report("run", f"{type(exc).__name__}: {exc}")
         self.active = self._make_fallback()
         self.failed = True
+        if self._reserved is not None:  # the decode loop's buffers, on the new side
+            reserve = getattr(self.active, "reserve", None)
+            if reserve is not None:
+                reserve(*self._reserved)
+
+    def reserve(self, batch: int, width: int) -> None:
+        """The active runner's step buffers (and ONNX Runtime's after a fallback)."""
+        self._reserved = (batch, width)
+        reserve = getattr(self.active, "reserve", None)
+        if reserve is not None:
+            reserve(batch, width)
+
+    def step(
+        self, input_ids: Array, attention_mask: Array, position_ids: Array, kv: KV
+    ) -> tuple[Array, KV]:
+        """TensorRT's decode step, or ONNX Runtime's when TensorRT fails (the scheduler binds
+        this method once: the step must fall back here, not by re-reading the attribute)."""
+        if not self.failed:
+            try:
+                step = getattr(self.active, "step", self.active.forward)
+                result: tuple[Array, KV] = step(input_ids, attention_mask, position_ids, kv)
+                return result
+            except Exception as exc:
+                log.exception("TensorRT step failed")
+                self._switch(exc)
+        step = getattr(self.active, "step", self.active.forward)
+        result = step(input_ids, attention_mask, position_ids, _to_host(kv))
+        return result
 
     def forward(
         self, input_ids: Array, attention_mask: Array, position_ids: Array, kv: KV

@@ -1,0 +1,435 @@
+"""The TensorRT runner's decode loop, without a GPU: buffers, ping-pong, bindings, row writes.
+
+The runner runs here on torch CPU tensors over a stand-in for TensorRT's engine (``FakeEngine``,
+``FakeContext``) that behaves as TensorRT does where the runner depends on it: the profiles are
+the build's own (``tensorrt_engine.profile_shapes``), ``set_input_shape`` refuses a shape outside
+its profile, ``get_tensor_shape`` infers the outputs from the input shapes, and
+``execute_async_v3`` reads every input and writes every output only through the addresses
+bound with ``set_tensor_address``, computing the pass with ONNX Runtime on the tiny model. So a
+wrong address, shape or buffer swap gives wrong tokens here, as it would on a GPU. The stand-in
+is for these tests of logic only; tests/model/test_tensorrt.py runs the real engine on a GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+from genwire_model.repository import ModelVersion
+from genwire_model.runtime import runners, tensorrt_engine
+from genwire_model.runtime.runners import (
+    ADDRESS_ALIGNMENT,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    FallbackRunner,
+    OnnxRuntimeRunner,
+    TensorRTRunner,
+)
+from genwire_model.runtime.scheduler import Request, Scheduler, Update
+
+torch = pytest.importorskip("torch", reason="the TensorRT runner keeps its cache in torch tensors")
+
+CONTEXT = 64  # the tiny model's
+NUMPY = {"FLOAT": np.float32, "INT64": np.int64}
+TO_TORCH = {"FLOAT": torch.float32, "INT64": torch.int64}
+
+
+def _array(address: int, shape: tuple[int, ...], kind: Any) -> Any:
+    """The memory at ``address`` as a writable numpy array (no copy)."""
+    count = int(np.prod(shape)) * np.dtype(kind).itemsize
+    raw = (ctypes.c_uint8 * count).from_address(address)
+    return np.ctypeslib.as_array(raw).view(kind).reshape(shape)
+
+
+class FakeEngine:
+    """The engine as the runner reads it: two profiles and each tensor's type."""
+
+    def __init__(self, manifest: dict[str, Any], max_batch: int) -> None:
+        shape = manifest["shape"]
+        self.shapes = tensorrt_engine.profile_shapes(
+            int(shape["num_layers"]),
+            int(shape["num_kv_heads"]),
+            int(shape["head_dim"]),
+            max_batch,
+            CONTEXT,
+        )
+        ints = ("input_ids", "attention_mask", "position_ids")
+        self.types = {name: "INT64" if name in ints else "FLOAT" for name in INPUT_NAMES}
+        self.types.update({name: "FLOAT" for name in OUTPUT_NAMES})
+
+    def get_tensor_profile_shape(self, name: str, index: int) -> Any:
+        return self.shapes[tensorrt_engine.PROFILE_NAMES[index]][name]
+
+    def get_tensor_dtype(self, name: str) -> str:
+        return self.types[name]
+
+
+class FakeContext:
+    """An execution context that reads and writes only through the bound addresses."""
+
+    def __init__(self, engine: FakeEngine, index: int, session: Any, vocab: int) -> None:
+        self.engine = engine
+        self.limits = engine.shapes[tensorrt_engine.PROFILE_NAMES[index]]
+        self.session = session
+        self.vocab = vocab
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+        self.passes: list[dict[str, tuple[int, int]]] = []  # name: (address, bytes)
+        self.seen: list[dict[str, Any]] = []  # the inputs of each pass, as read
+        self.fail_after: int | None = None
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        low, _, high = self.limits[name]
+        fits = len(shape) == len(low) and all(
+            lo <= d <= hi for lo, d, hi in zip(low, shape, high, strict=True)
+        )
+        if fits:
+            self.shapes[name] = tuple(int(d) for d in shape)
+        return fits
+
+    def set_tensor_address(self, name: str, address: int) -> bool:
+        self.addresses[name] = int(address)
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        ids, past = self.shapes["input_ids"], self.shapes["past_keys"]
+        if name == "logits":
+            return (ids[0], self.vocab)
+        return (past[0], past[1], past[2], past[3] + ids[1], past[4])
+
+    def execute_async_v3(self, stream: int) -> bool:
+        if self.fail_after is not None and len(self.passes) >= self.fail_after:
+            return False
+        shapes = {**self.shapes, **{n: self.get_tensor_shape(n) for n in OUTPUT_NAMES}}
+        spans = {}
+        for name in (*INPUT_NAMES, *OUTPUT_NAMES):
+            kind = NUMPY[self.engine.types[name]]
+            spans[name] = (
+                self.addresses[name],
+                int(np.prod(shapes[name])) * np.dtype(kind).itemsize,
+            )
+        for out in OUTPUT_NAMES:  # TensorRT's outputs must not overlap what it reads
+            start, size = spans[out]
+            for name in INPUT_NAMES:
+                other, length = spans[name]
+                assert start + size <= other or other + length <= start, (out, name)
+        feeds = {
+            name: _array(self.addresses[name], shapes[name], NUMPY[self.engine.types[name]]).copy()
+            for name in INPUT_NAMES
+        }
+        self.passes.append(spans)
+        self.seen.append(feeds)
+        for name, value in zip(
+            OUTPUT_NAMES, self.session.run(list(OUTPUT_NAMES), feeds), strict=True
+        ):
+            assert value.shape == shapes[name], (name, value.shape, shapes[name])
+            _array(self.addresses[name], shapes[name], NUMPY[self.engine.types[name]])[...] = value
+        return True
+
+
+def engine_runner(version: ModelVersion, max_batch: int = 8, cls: type = TensorRTRunner) -> Any:
+    """The TensorRT runner over the stand-in engine, on CPU tensors."""
+    import onnxruntime as ort
+
+    manifest = version.manifest
+    session = ort.InferenceSession(
+        str(version.path / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    engine = FakeEngine(manifest, max_batch)
+    vocab = int(manifest["shape"]["vocab_size"])
+    contexts = [FakeContext(engine, i, session, vocab) for i in range(2)]
+    return cls.on_engine(engine, contexts, manifest, torch, torch.device("cpu"), TO_TORCH)
+
+
+def reference_runner(version: ModelVersion) -> OnnxRuntimeRunner:
+    return OnnxRuntimeRunner(version.path / "model.onnx", version.manifest, threads=1)
+
+
+def reserved(runner: Any) -> list[tuple[int, int]]:
+    """(start, end) of every buffer ``reserve`` made."""
+    spans = [
+        (int(t.data_ptr()), int(t.data_ptr()) + t.numel() * t.element_size())
+        for pair in runner._arenas
+        for t in pair
+    ]
+    for name in ("inputs", "logits", "mask", "input_ids", "position_ids"):
+        if name in runner._plan:
+            t = runner._plan[name]
+            spans.append((int(t.data_ptr()), int(t.data_ptr()) + t.numel() * t.element_size()))
+    return spans
+
+
+def prefill(runner: Any, prompts: list[list[int]]) -> tuple[Any, Any, list[int]]:
+    """A left-padded prefill like the scheduler's; (logits, cache, lengths)."""
+    rows, width, pad = len(prompts), max(len(p) for p in prompts), runner.min_past
+    ids = np.zeros((rows, width), np.int64)
+    positions = np.zeros((rows, width), np.int64)
+    mask = np.zeros((rows, pad + width), np.int64)
+    for row, prompt in enumerate(prompts):
+        n = len(prompt)
+        ids[row, width - n :] = prompt
+        positions[row, width - n :] = np.arange(n)
+        mask[row, pad + width - n :] = 1
+    logits, kv = runner.forward(ids, mask, positions, runner.empty(rows, pad))
+    return logits, kv, [len(p) for p in prompts]
+
+
+def step_inputs(tokens: Any, lengths: Any, width: int) -> tuple[Any, Any, Any]:
+    """The scheduler's step inputs: each row's cache is its last lengths[i] columns."""
+    ids = np.asarray(tokens, np.int64)[:, None]
+    lengths = np.asarray(lengths, np.int64)
+    mask = (np.arange(width + 1)[None, :] >= (width - lengths)[:, None]).astype(np.int64)
+    return ids, mask, lengths[:, None]
+
+
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15], [20], [30, 31, 32, 33, 34], [40, 41]]
+
+
+def test_reserve_plans_two_aligned_buffers_per_cache(tiny_version: ModelVersion) -> None:
+    runner = engine_runner(tiny_version)
+    runner.reserve(4, CONTEXT + 1)
+    shape = tiny_version.manifest["shape"]
+    size = (
+        int(shape["num_layers"])
+        * 4
+        * int(shape["num_kv_heads"])
+        * (CONTEXT + 1)
+        * int(shape["head_dim"])
+    )
+    assert len(runner._arenas) == 2
+    assert all(
+        t.numel() == size and t.dtype == torch.float32 for pair in runner._arenas for t in pair
+    )
+    spans = reserved(runner)
+    assert all(start % ADDRESS_ALIGNMENT == 0 for start, _ in spans)
+    ordered = sorted(spans)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ordered)), "buffers overlap"
+    assert runner._plan["stride"] * 8 % ADDRESS_ALIGNMENT == 0  # each input on a boundary
+    # The mask buffer holds the widest mask the profiles allow, for every row.
+    assert runner._plan["mask"].numel() == 4 * (CONTEXT + 2)
+
+
+def test_steps_ping_pong_and_bind_only_reserved_memory(tiny_version: ModelVersion) -> None:
+    """Every step reads the cache from one buffer and writes the grown one into the other;
+    every address it binds lies in what ``reserve`` made (no allocation per step), and its
+    logits and cache equal those of ``forward`` (which allocates) on the same inputs."""
+    runner = engine_runner(tiny_version)
+    plain = engine_runner(tiny_version)  # no reserve: forward only
+    runner.reserve(4, CONTEXT + 1)
+    decode = runner.profiles[1]["context"]
+    prompts = PROMPTS[:3]
+    logits, kv, lengths = prefill(runner, prompts)
+    width = max(lengths)
+    kv = runner.gather([(kv, [0, 1, 2])], width)  # the batch enters the buffers
+    assert runner._arena_of(kv) == 0
+    other = kv
+    expect_logits, _, _ = prefill(plain, prompts)
+    assert np.array_equal(logits, expect_logits)
+    tokens = np.asarray(logits).argmax(axis=1)
+    lengths_now = np.array(lengths)
+    spans = reserved(runner)
+    bases = [int(pair[0].data_ptr()) for pair in runner._arenas]
+    for n in range(6):
+        ids, mask, positions = step_inputs(tokens, lengths_now, width)
+        before = len(decode.passes)
+        got, kv_next = runner.step(ids, mask, positions, kv)
+        want, other = plain.forward(ids, mask, positions, other)
+        assert len(decode.passes) == before + 1 and runner.steps_in_place == n + 1
+        bound = decode.passes[-1]
+        assert (
+            bound["past_keys"][0] == bases[n % 2] and bound["present_keys"][0] == bases[(n + 1) % 2]
+        )
+        for name, (address, size) in bound.items():
+            assert address % ADDRESS_ALIGNMENT == 0, name
+            assert any(lo <= address and address + size <= hi for lo, hi in spans), name
+        assert np.array_equal(got, want)
+        assert torch.equal(kv_next[0], other[0]) and torch.equal(kv_next[1], other[1])
+        assert np.array_equal(decode.seen[-1]["attention_mask"], mask)  # rebuilt on the device
+        kv, width = kv_next, width + 1
+        tokens, lengths_now = got.argmax(axis=1), lengths_now + 1
+
+
+def test_logits_stay_on_the_device_and_any_mask_is_taken(tiny_version: ModelVersion) -> None:
+    runner = engine_runner(tiny_version)
+    runner.reserve(4, CONTEXT + 1)
+    runner.host_logits = False
+    _, kv, lengths = prefill(runner, PROMPTS[:2])
+    kv = runner.gather([(kv, [0, 1])], max(lengths))
+    ids, mask, positions = step_inputs([3, 4], lengths, max(lengths))
+    logits, _ = runner.step(ids, mask, positions, kv)
+    assert isinstance(logits, torch.Tensor) and logits is runner.device_logits
+    assert int(logits.data_ptr()) == int(runner._plan["logits"].data_ptr())
+    # A mask that is not zeros-then-ones is copied up whole, not rebuilt.
+    odd = mask.copy()
+    odd[0, -2] = 0
+    runner.step(ids, odd, positions, kv)
+    assert np.array_equal(runner.profiles[1]["context"].seen[-1]["attention_mask"], odd)
+    with pytest.raises(ValueError, match="columns"):
+        runner.step(ids, mask[:, :-1], positions, kv)
+
+
+def test_a_pass_the_buffers_cannot_take_goes_to_forward(tiny_version: ModelVersion) -> None:
+    runner = engine_runner(tiny_version)
+    runner.reserve(2, 8)
+    _, kv, lengths = prefill(runner, PROMPTS[:3])  # 3 rows > the 2 reserved
+    ids, mask, positions = step_inputs([1, 2, 3], lengths, int(kv[0].shape[3]))
+    runner.step(ids, mask, positions, kv)
+    assert runner.steps_in_place == 0
+    with pytest.raises(ValueError, match="profile"):  # past the profiles: named, as forward
+        wide = runner.empty(1, CONTEXT + 5)
+        runner.step(np.array([[1]]), np.ones((1, CONTEXT + 6), np.int64), np.array([[3]]), wide)
+
+
+def test_gather_writes_into_the_free_buffer_like_onnx_runtime(tiny_version: ModelVersion) -> None:
+    runner, reference = engine_runner(tiny_version), reference_runner(tiny_version)
+    runner.reserve(8, CONTEXT + 1)
+    reference.reserve(8, CONTEXT + 1)
+    rng = np.random.default_rng(4)
+    shape = (runner.layers, 5, runner.heads, 7, runner.head_dim)
+    host = (rng.standard_normal(shape, np.float32), rng.standard_normal(shape, np.float32))
+    small = tuple(a[:, :2, :, :3].copy() for a in host)
+    device = tuple(torch.from_numpy(a.copy()) for a in host)
+    device_small = tuple(torch.from_numpy(a.copy()) for a in small)
+    batch = runner.gather([(device, [0, 1, 2, 3, 4])], 7)
+    assert runner._arena_of(batch) == 0
+    for width in (3, 7, 9):
+        parts = [(batch, [4, 0, 1, 3]), (device_small, [1, 0])]
+        got = runner.gather(parts, width)
+        want = reference.gather([(host, [4, 0, 1, 3]), (small, [1, 0])], width)
+        assert runner._arena_of(got) == 1  # the buffer the batch is not in
+        assert np.array_equal(got[0].numpy(), want[0]) and np.array_equal(got[1].numpy(), want[1])
+    assert runners._runs([4, 0, 1, 3, 4, 5]) == [(4, 1), (0, 2), (3, 3)]
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.updates: list[Update] = []
+
+    def send(self, update: Update) -> None:
+        self.updates.append(update)
+
+    def fail(self, message: str) -> None:
+        raise AssertionError(message)
+
+    def is_cancelled(self) -> bool:
+        return False
+
+    @property
+    def done(self) -> bool:
+        return bool(self.updates and self.updates[-1].last)
+
+    @property
+    def tokens(self) -> list[int]:
+        return [t for u in self.updates for t in u.token_ids]
+
+
+def closed_loop(runner: Any, temperature: float) -> tuple[list[list[int]], Scheduler]:
+    """Fourteen requests through four rows: every one that ends is replaced at once, so rows
+    leave, join in place and the batch is rebuilt as the loop goes."""
+    jobs = [(PROMPTS[i % len(PROMPTS)], i, 3 + (i * 5) % 9) for i in range(14)]
+    scheduler = Scheduler(runner, context=CONTEXT, eos_ids=(), max_batch=4)
+    sinks = [Collect() for _ in jobs]
+    started = 0
+    for _ in range(10_000):
+        running = sum(1 for s in sinks[:started] if not s.done)
+        while started < len(jobs) and running < 4:
+            prompt, seed, max_tokens = jobs[started]
+            scheduler.submit(
+                Request(
+                    np.asarray(prompt, np.int64),
+                    sink=sinks[started],
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    top_p=0.95,
+                    top_k=0,
+                    seed=seed,
+                    stop_ids=frozenset(),
+                    stream=True,
+                )
+            )
+            started += 1
+            running += 1
+        if all(s.done for s in sinks):
+            break
+        scheduler.run_once()
+    assert all(s.done for s in sinks)
+    return [s.tokens for s in sinks], scheduler
+
+
+class ForwardOnly(TensorRTRunner):
+    """The runner before the decode loop's buffers: every pass allocates its outputs."""
+
+    def reserve(self, batch: int, width: int) -> None:
+        return None
+
+
+def test_the_loop_on_the_engine_writes_onnx_runtime_text_through_joins_and_leaves(
+    tiny_version: ModelVersion,
+) -> None:
+    runner = engine_runner(tiny_version)
+    text, scheduler = closed_loop(runner, 0.0)
+    want, _reference = closed_loop(reference_runner(tiny_version), 0.0)
+    assert text == want
+    assert runner.host_logits is False  # the loop sampled where the logits are
+    assert scheduler.reforms_in_place > 0 and scheduler.rebuilds > 0
+    assert runner.steps_in_place > 0
+    # Every decode pass went through the buffers: none fell back to forward's allocations.
+    decode = runner.profiles[1]["context"]
+    bases = {int(pair[0].data_ptr()) for pair in runner._arenas}
+    assert {p["present_keys"][0] for p in decode.passes} == bases
+    # The same seeds and sampling give the same text as the allocating runner.
+    sampled, _ = closed_loop(engine_runner(tiny_version), 0.8)
+    before, _ = closed_loop(engine_runner(tiny_version, cls=ForwardOnly), 0.8)
+    assert sampled == before
+
+
+class FailingContext:
+    """The decode context of an engine that fails from its first step on."""
+
+    def __init__(self, inner: FakeContext) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def execute_async_v3(self, stream: int) -> bool:
+        return False
+
+
+def test_a_failing_step_moves_the_loop_to_onnx_runtime_and_its_buffers(
+    tiny_version: ModelVersion,
+) -> None:
+    """The scheduler binds ``step`` once: through ``FallbackRunner`` a failing step is rerun
+    on ONNX Runtime (the cache copied to the host once), whose own buffers serve from then on;
+    the text is ONNX Runtime's throughout."""
+    engine = engine_runner(tiny_version)
+    engine.profiles[1]["context"] = FailingContext(engine.profiles[1]["context"])
+    made: list[OnnxRuntimeRunner] = []
+
+    def onnxruntime() -> OnnxRuntimeRunner:
+        made.append(reference_runner(tiny_version))
+        return made[-1]
+
+    report = runners._Fallback(tiny_version.path, record=False)
+    wrapped = FallbackRunner(engine, onnxruntime, report)
+    text, scheduler = closed_loop(wrapped, 0.0)
+    want, _ = closed_loop(reference_runner(tiny_version), 0.0)
+    assert text == want
+    assert wrapped.failed and wrapped.backend == "onnxruntime"
+    assert report.events and report.events[0]["stage"] == "run"
+    assert "execute_async_v3" in report.events[0]["reason"]
+    assert len(made) == 1 and made[0]._arenas  # reserve reached the new runner
+    assert scheduler.rebuilds > 0
+
+
+def test_the_stand_in_refuses_shapes_outside_the_profiles(tiny_version: ModelVersion) -> None:
+    """The stand-in refuses what TensorRT refuses (else the tests above could not fail)."""
+    runner = engine_runner(tiny_version)
+    prefill_context = runner.profiles[0]["context"]
+    kv = (runner.layers, 1, runner.heads, 2, runner.head_dim)
+    assert not prefill_context.set_input_shape("past_keys", kv)  # prefill: one past column
+    assert prefill_context.set_input_shape("past_keys", (*kv[:3], 1, *kv[4:]))
+    assert not runner.profiles[1]["context"].set_input_shape("input_ids", (1, 2))
