@@ -180,6 +180,51 @@ def test_streaming_sends_a_response_per_token_then_a_final_one(
     assert all(lp <= 0 for lp in lps)
 
 
+def test_the_response_budget_chunks_by_time_first_and_final_at_once(
+    tiny_version: ModelVersion, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``responses_per_s``: a choice's next response waits live rows / budget seconds after
+    its previous one (the first token and the final response go at once); the text is the
+    same as with a response per token."""
+    import time
+
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # the scheduler's clock
+
+    class Timed(Collect):
+        def __init__(self) -> None:
+            super().__init__()
+            self.times: list[float] = []
+
+        def send(self, update: Update) -> None:
+            self.times.append(clock[0])
+            super().send(update)
+
+    runner = create_runner(tiny_version.path)
+    texts = []
+    for budget in (0.0, 100.0):  # two rows: a response every 20 ms per row at most
+        scheduler = Scheduler(runner, context=64, eos_ids=(), responses_per_s=budget)
+        sinks = [Timed(), Timed()]
+        for i, sink in enumerate(sinks):
+            scheduler.submit(request(sink, [5 + i, 6], max_tokens=20, seed=i))
+        while not all(s.done for s in sinks):
+            scheduler.run_once()
+            clock[0] += 0.003  # a 3 ms step
+        texts.append([s.tokens for s in sinks])
+        for sink in sinks:
+            sizes = [len(u.token_ids) for u in sink.updates]
+            assert sum(sizes) == 20 and sink.updates[-1].finished
+            if not budget:
+                assert sizes == [1] * 20  # a response per token, the last one final
+                continue
+            gaps = np.diff(sink.times[:-1])  # the final response does not wait
+            # 2 rows / 100 per s = 20 ms: sent at the first 3 ms step after that (the first
+            # iteration prefills and steps at one time: 8 tokens in the second response).
+            assert all(0.020 - 1e-9 <= g < 0.023 for g in gaps), gaps
+            assert sizes == [1, 8, 7, 4]
+    assert texts[0] == texts[1]
+
+
 def test_non_streaming_sends_one_response(make: Callable[..., Scheduler]) -> None:
     streamed, single = Collect(), Collect()
     for sink, stream in ((streamed, True), (single, False)):

@@ -40,8 +40,11 @@ async def test_streaming_and_single_response_agree(
     streamed = await gen(client, name, max_tokens=10)
     single = await gen(client, name, max_tokens=10, stream=False)
     assert streamed.token_ids == single.token_ids
-    # One response per token; the final one carries the last token (finish "length").
-    assert streamed.responses == len(streamed.token_ids)
+    # The first token alone at once, then chunks (the response budget,
+    # stream_responses_per_s), every token once and in order; the final one carries the last.
+    assert 2 <= streamed.responses <= len(streamed.token_ids)
+    assert streamed.arrivals[0][1] == 1
+    assert sum(count for _, count in streamed.arrivals) == 10
     assert single.responses == 1
     assert streamed.finish_reason == single.finish_reason == "length"
     assert streamed.completion_tokens == 10 and streamed.prompt_tokens == len(PROMPT)

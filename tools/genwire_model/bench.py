@@ -190,7 +190,7 @@ def _config_params(version_dir: Path) -> dict[str, str]:
 
 def _scheduler(version_dir: Path, stop_at_eos: bool = True) -> Any:
     from genwire_model.runtime.runners import create_runner
-    from genwire_model.runtime.scheduler import Scheduler
+    from genwire_model.runtime.scheduler import STREAM_RESPONSES_PER_S, Scheduler
 
     params = _config_params(version_dir)
     manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
@@ -208,6 +208,7 @@ def _scheduler(version_dir: Path, stop_at_eos: bool = True) -> Any:
         stream_interval=int(params.get("stream_interval", "1")),
         cancel_check_interval=int(params.get("cancel_check_interval", "4")),
         chunk_batch=int(params.get("stream_chunk_batch", "16")),
+        responses_per_s=float(params.get("stream_responses_per_s", str(STREAM_RESPONSES_PER_S))),
     )
 
 

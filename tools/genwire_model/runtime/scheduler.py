@@ -58,6 +58,10 @@ MAX_LOGIT_BIAS = 100.0
 
 Array = npt.NDArray[Any]
 
+STREAM_RESPONSES_PER_S = 200.0
+"""The served default of config parameter ``stream_responses_per_s`` (the response budget,
+``Scheduler(responses_per_s=...)``): a version's config.pbtxt may set another; 0 = off."""
+
 REQUEST_OPTIONS = (
     "n",
     "logprobs",
@@ -354,6 +358,7 @@ class Scheduler:
         chunk_batch: int = 16,
         prefill_tokens: int = 1024,
         publish: Callable[..., None] | None = None,
+        responses_per_s: float = 0.0,
     ) -> None:
         self.runner = runner
         self.context = context
@@ -361,6 +366,12 @@ class Scheduler:
         self.max_batch = max_batch
         self.stream_interval = max(1, stream_interval)
         self.chunk_batch = max(1, chunk_batch)
+        # The response budget: a streamed choice's next response waits ``live rows / budget``
+        # seconds after its previous one (0: no time rule), so the model sends at most about
+        # that many responses per second whatever the batch (first tokens and final responses
+        # aside). Each response costs the Triton path about half a core-millisecond (the
+        # stub's send, the server, the client), which the decode step would otherwise lose.
+        self.response_gap_s = 1.0 / responses_per_s if responses_per_s > 0 else 0.0
         self.prefill_tokens = max(1, prefill_tokens)
         self.cancel_check_interval = max(1, cancel_check_interval)
         self.publish = publish or _send_each
@@ -927,12 +938,19 @@ class Scheduler:
         if not seq.request.stream or seq.group.failed:
             return
         # The first token goes out at once (time to first token); later ones in chunks that
-        # grow with the batch, since each response costs the backend about as much as a
-        # sequence's share of a decode step.
+        # grow with the batch (at most ``chunk_batch`` responses per step) and, with a
+        # response budget, no sooner than live rows / budget seconds after the previous one:
+        # a response costs the Triton path about as much as a token of the decode step.
         live = len(self.active) - len(self.leaving)
-        interval = max(self.stream_interval, -(-live // self.chunk_batch))
-        if seq.sent and len(seq.tokens) - seq.sent < interval:
-            return
+        if seq.sent:
+            interval = max(self.stream_interval, -(-live // self.chunk_batch))
+            if len(seq.tokens) - seq.sent < interval:
+                return
+            if (
+                self.response_gap_s
+                and time.monotonic() - seq.last_sent < live * self.response_gap_s
+            ):
+                return
         self.outgoing.append((seq.request.sink, self._update(seq, final=False)))
 
     def _finish(self, seq: _Sequence, reason: str) -> None:

@@ -54,6 +54,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from genwire_runtime.runners import create_runner  # type: ignore[import-not-found]
 from genwire_runtime.scheduler import (  # type: ignore[import-not-found]
+    STREAM_RESPONSES_PER_S,
     Request,
     RequestError,
     Scheduler,
@@ -357,6 +358,9 @@ class TritonPythonModel:
             cancel_check_interval=int(params.get("cancel_check_interval", "4")),
             chunk_batch=int(params.get("stream_chunk_batch", "16")),
             publish=self.outbox.publish,
+            responses_per_s=float(
+                params.get("stream_responses_per_s", str(STREAM_RESPONSES_PER_S))
+            ),
         )
         self.constraints: Any = None
         if ConstraintCompiler is not None:
