@@ -11,13 +11,21 @@ its idempotency claim (set by the gateway and by preprocess).
   stored result, or waits for the one in flight; a different request under the same id is
   refused. Preprocess claims every request the same way, so a Kafka client that reuses an id
   is refused like a gateway caller. Anonymous gateway requests skip the claim here: nothing can
-  repeat them.
+  repeat them. While in flight a gateway's claim lives for the caller's deadline and a grace
+  (a gateway that dies before publishing frees the id); storing the result (``put_first``)
+  extends the claim to the result's TTL in the same round trip, so an id's fingerprint lives
+  at least as long as its answer whoever (or whatever gateway) waits for it.
 - ``genwire:route:<request_id>`` → the route (version, arm, shadow, policy revision) preprocess
   resolved first (SET NX in the claim's round trip, same TTL): a redelivery or a repeat is
   prepared for that version even if the policy changed in between.
 - ``genwire:owner:<request_id>`` → the name of the API key whose caller sent the request (SET
-  NX, by the gateway, before it publishes). ``GetResult`` and ``Cancel`` of a request another
-  key owns are refused unless the caller has the ``admin`` scope (docs/security.md).
+  NX, by the gateway, before it publishes; for a named request in the claim's own round trip).
+  ``GetResult`` and ``Cancel`` of a request another key owns are refused unless the caller has
+  the ``admin`` scope (docs/security.md).
+
+Every command a request's happy path needs is one round trip: the gateway's claim (owner,
+result, claim: one Lua script) and postprocess's ``put_first`` (result, claim's lifetime,
+the earlier result: one Lua script).
 """
 
 from __future__ import annotations
@@ -50,6 +58,37 @@ redelivery reuses it, whatever the policy says by then."""
 
 OWNER_KEY_PREFIX = "genwire:owner:"
 """``genwire:owner:<request_id>`` → the name of the API key that sent the request (SET NX)."""
+
+
+_CLAIM = """
+-- KEYS: result, claim, owner. ARGV: claim value, claim TTL, owner name ('' none), owner TTL,
+-- '1' when the caller may use another key's id (admin).
+local owner = false
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[3], ARGV[3], 'NX', 'EX', ARGV[4])
+  owner = redis.call('GET', KEYS[3])
+  if owner and owner ~= ARGV[3] and ARGV[5] ~= '1' then
+    return {false, false, owner}
+  end
+end
+local stored = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2])
+return {stored, redis.call('GET', KEYS[2]), owner}
+"""
+"""A named request's claim in one round trip: its owner (SET NX; another key's id is refused
+before anything is claimed), its stored result, its claim (SET NX) and who holds it."""
+
+_PUT_FIRST = """
+-- KEYS: result, claim. ARGV: result value, TTL. Returns the earlier result (nil: stored).
+local set = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
+local ttl = tonumber(ARGV[2])
+local left = redis.call('TTL', KEYS[2])
+if left >= 0 and left < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
+if set then return false end
+return redis.call('GET', KEYS[1])
+"""
+"""Store a result unless one is stored, keep the id's claim (if any, and expiring sooner) as
+long as the result, and return the earlier result: one round trip."""
 
 
 def owner_key(request_id: str) -> str:
@@ -89,18 +128,26 @@ class ClaimOutcome:
     """The id already has a stored result: answer with it."""
     conflict: bool = False
     """The id was claimed by a different request."""
+    key_owner: str | None = None
+    """The API key name recorded as the id's owner (when the claim named one)."""
+    foreign: bool = False
+    """The id is another key's and the caller may not use it: nothing was claimed."""
 
 
 class ResultStore:
     """Results (and the gateway's claims) in one Redis database.
 
-    ``ttl_s`` is how long a result is kept (postprocess), and how long the claim of a finished
-    named request is kept (gateway): as long as its result, so a repeat is answered with it.
+    ``ttl_s`` is how long a result is kept (postprocess), and with it the claim of its id
+    (``put_first`` extends it), so a repeat is answered with the result and a reuse of the id
+    for another request is refused as long as the result lives. The gateway's ``ttl_s`` sizes
+    the owner records it writes.
     """
 
     def __init__(self, redis: Redis[bytes], *, ttl_s: int) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
+        self._claim = redis.register_script(_CLAIM)
+        self._put_first = redis.register_script(_PUT_FIRST)
 
     @classmethod
     def connect(cls, url: str, *, ttl_s: int, timeout_s: float = 2.0) -> ResultStore:
@@ -125,13 +172,12 @@ class ResultStore:
         was never an answer, so a real result of a later replay (``genwire dlq replay``)
         replaces it. A Redis failure is a ``RetryableError`` (the consumer waits it out).
         """
-        key = result_key(result.request_id)
+        rid = result.request_id
+        key = result_key(rid)
         value = result.model_dump_json(exclude_none=True)
         try:
-            if await self.redis.set(key, value, nx=True, ex=self.ttl_s):
-                return result
-            existing = await self.redis.get(key)
-            if existing is None:  # expired in between: ours is as good
+            existing = await self._put_first(keys=[key, claim_key(rid)], args=[value, self.ttl_s])
+            if existing is None:  # stored (the claim lives as long now)
                 return result
             stored = GenerationResult.model_validate_json(existing)
             if _replaceable(stored) and result.error is None:
@@ -143,28 +189,49 @@ class ResultStore:
 
     # -- claims of named requests (the gateway) ----------------------------------------------
 
-    async def claim(self, request: GenerationRequest, ttl_s: float) -> ClaimOutcome:
-        """Claim a request for ``ttl_s`` in one round trip: result?, claim it, whose is it?"""
+    async def claim(
+        self,
+        request: GenerationRequest,
+        ttl_s: float,
+        *,
+        key_owner: str | None = None,
+        owner_ttl_s: float = 0.0,
+        any_owner: bool = False,
+    ) -> ClaimOutcome:
+        """Claim a request for ``ttl_s`` in one round trip: result?, claim it, whose is it?
+
+        With ``key_owner`` (the caller's API key name) the same round trip first records it as
+        the id's owner for ``owner_ttl_s`` unless one is recorded (``own``); an id another key
+        owns is ``foreign`` and not claimed, unless ``any_owner`` (an admin). The claim's TTL
+        covers the request in flight: storing its result extends it (``put_first``).
+        """
         assert request.request_id is not None
         rid = request.request_id
         mine = fingerprint(request)
         # A token of this call: the Redis client retries a command that timed out, so a SET NX
         # that succeeded but answered late fails on the retry; the token still says we won.
         value = f"{mine}:{uuid.uuid4().hex[:16]}"
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.get(result_key(rid))
-        pipe.set(claim_key(rid), value, nx=True, ex=max(1, math.ceil(ttl_s)))
-        pipe.get(claim_key(rid))
-        stored, _, holder = await pipe.execute()
-        if holder is not None and claimed_fingerprint(holder) != mine:
-            return ClaimOutcome(owner=False, conflict=True)
+        stored, holder, owner = await self._claim(
+            keys=[result_key(rid), claim_key(rid), owner_key(rid)],
+            args=[
+                value,
+                max(1, math.ceil(ttl_s)),
+                key_owner or "",
+                max(1, math.ceil(owner_ttl_s)),
+                "1" if any_owner else "0",
+            ],
+        )
+        named = None if owner is None else bytes(owner).decode()
+        if key_owner and named is not None and named != key_owner and not any_owner:
+            return ClaimOutcome(owner=False, key_owner=named, foreign=True)
+        if holder is not None and claimed_fingerprint(bytes(holder)) != mine:
+            return ClaimOutcome(owner=False, conflict=True, key_owner=named)
         if stored is not None:
-            return ClaimOutcome(owner=False, result=GenerationResult.model_validate_json(stored))
-        return ClaimOutcome(owner=holder is not None and holder.decode() == value)
-
-    async def keep(self, request_id: str) -> None:
-        """The request finished: keep its claim (its fingerprint) as long as results are kept."""
-        await self.redis.expire(claim_key(request_id), self.ttl_s)
+            result = GenerationResult.model_validate_json(stored)
+            return ClaimOutcome(owner=False, result=result, key_owner=named)
+        return ClaimOutcome(
+            owner=holder is not None and bytes(holder).decode() == value, key_owner=named
+        )
 
     async def release(self, request_id: str) -> None:
         """Drop a claim whose request was never published, so a retry may publish it."""
@@ -180,6 +247,16 @@ class ResultStore:
         pipe.get(owner_key(request_id))
         _, holder = await pipe.execute()
         return name if holder is None else holder.decode()
+
+    async def own_all(self, owners: list[tuple[str, str]], ttl_s: float) -> None:
+        """``own`` for many (request id, key name) pairs in one round trip, reading nothing
+        back (the anonymous requests' ids are new: nobody else can own them)."""
+        if not owners:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for request_id, name in owners:
+            pipe.set(owner_key(request_id), name, nx=True, ex=max(1, math.ceil(ttl_s)))
+        await pipe.execute()
 
     async def owner(self, request_id: str) -> str | None:
         """The name of the API key that sent ``request_id`` (None: none recorded)."""

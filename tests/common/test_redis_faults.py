@@ -41,8 +41,9 @@ async def test_connections_killed_by_a_restart_cost_no_command(infra: CommonSett
 
 @contextlib.asynccontextmanager
 async def _late_proxy(target: str, delay_s: float) -> AsyncIterator[str]:
-    """A TCP proxy to Redis that holds back the reply to the first SET ... NX for ``delay_s``
-    (Redis executed it: only the answer is late, as in an fsync stall)."""
+    """A TCP proxy to Redis that holds back the reply to the first SET ... NX (or claim
+    script) for ``delay_s`` (Redis executed it: only the answer is late, as in an fsync
+    stall)."""
     url = urlparse(target)
     delayed = asyncio.Event()
 
@@ -52,7 +53,9 @@ async def _late_proxy(target: str, delay_s: float) -> AsyncIterator[str]:
 
         async def up() -> None:
             while data := await client_r.read(65536):
-                if b"NX" in data.upper() and not delayed.is_set():
+                # A SET NX, or the gateway's claim script (it names the claim key).
+                claims = b"NX" in data.upper() or b"genwire:claim:" in data
+                if claims and not delayed.is_set():
                     saw_nx.set()
                 server_w.write(data)
                 await server_w.drain()

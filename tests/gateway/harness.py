@@ -39,7 +39,7 @@ from genwire.events import (
 )
 from genwire.kafka import EventProducer
 from genwire.request import GenerationRequest
-from genwire.results import result_key
+from genwire.results import ResultStore
 from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import extract
@@ -101,6 +101,7 @@ class FakePipeline:
         self.replied: dict[str, RecordMetadata] = {}  # request id → where its result reply went
         self._producer = EventProducer(settings.kafka_bootstrap_servers)
         self._redis: Redis[bytes] = Redis.from_url(settings.redis_url)
+        self._results = ResultStore(self._redis, ttl_s=300)
         self._requests = AIOKafkaConsumer(
             topic,
             bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -252,7 +253,8 @@ class FakePipeline:
         # Stamped before the result goes out: a direct reply can reach the caller (and the test
         # read this) before the publish returns here.
         self.finished[rid] = asyncio.get_running_loop().time()
-        await self._redis.set(result_key(rid), result.model_dump_json(), nx=True, ex=300)
+        # As postprocess stores it: first result wins, the id's claim kept as long.
+        await self._results.put_first(result)
         if not script.redis_only:
             await self._publish(result, reply)
 

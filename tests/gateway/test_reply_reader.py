@@ -15,10 +15,18 @@ TOPIC = "genwire.replies"
 
 
 class FakeConsumer:
-    """Positions: a new partition's end is 100; ``seek`` is recorded."""
+    """Positions: a new partition's end is 100; ``seek`` is recorded, and which partitions
+    are paused."""
 
     def __init__(self) -> None:
         self.seeks: dict[int, int] = {}
+        self.paused: set[int] = set()
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused |= {tp.partition for tp in tps}
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused -= {tp.partition for tp in tps}
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks[tp.partition] = offset
@@ -31,23 +39,60 @@ def _tps(*partitions: int) -> list[TopicPartition]:
     return [TopicPartition(TOPIC, p) for p in partitions]
 
 
-def _reader() -> tuple[ReplyReader, WaiterRegistry, FakeConsumer]:
+def _reader(read: int = 24) -> tuple[ReplyReader, WaiterRegistry, FakeConsumer]:
     registry = WaiterRegistry()
     fake = FakeConsumer()
     with mock.patch("genwire_gateway.replies.AIOKafkaConsumer", lambda **_: fake):
-        reader = ReplyReader("127.0.0.1:1", registry, NoOpTracer(), topic=TOPIC)
+        reader = ReplyReader(
+            "127.0.0.1:1", registry, NoOpTracer(), topic=TOPIC, read_partitions=read
+        )
     return reader, registry, fake
 
 
+async def _rebalance(
+    reader: ReplyReader, fake: FakeConsumer, old: list[TopicPartition], new: list[TopicPartition]
+) -> None:
+    await reader.on_partitions_revoked(old)
+    fake.paused.clear()  # aiokafka: a new assignment starts with nothing paused
+    await reader.on_partitions_assigned(new)
+
+
 async def test_a_request_names_a_partition_this_instance_owns() -> None:
-    reader, _, _ = _reader()
+    reader, _, fake = _reader()
     assert reader.reply_to("r") is None  # nothing assigned yet
     await reader.on_partitions_revoked([])
     await reader.on_partitions_assigned(_tps(4, 7))
     assert reader.partitions == (4, 7)
     named = {reader.reply_to(f"r{i}") for i in range(50)}
     assert named == {ReplyTo(TOPIC, 4), ReplyTo(TOPIC, 7)}
-    assert reader.reasons() == []
+    assert reader.reasons() == [] and fake.paused == set()
+
+
+async def test_an_instance_reads_only_the_partitions_it_names_the_same_ones_after_a_rebalance() -> (
+    None
+):
+    reader, registry, fake = _reader(read=1)
+    await reader.on_partitions_assigned(_tps(*range(24)))  # alone: all 24 are its own
+    assert reader.partitions == tuple(range(24))
+    assert {reader.reply_to(f"r{i}") for i in range(50)} == {ReplyTo(TOPIC, 0)}
+    assert fake.paused == set(range(1, 24))  # never fetched: nobody names them
+    waiter = registry.register("a", reply_partition=0)
+    # A second instance joins: the sticky assignment keeps 0 here; 0 stays the named one.
+    await _rebalance(reader, fake, _tps(*range(24)), _tps(0, 2, 5, 9))
+    assert reader.reply_to("b") == ReplyTo(TOPIC, 0)
+    assert fake.paused == {2, 5, 9} and not waiter.moved.done()
+    # 0 goes to another instance: its waiter looks in Redis, another partition is named.
+    await _rebalance(reader, fake, _tps(0, 2, 5, 9), _tps(2, 5))
+    assert waiter.moved.done()
+    assert reader.reply_to("b") == ReplyTo(TOPIC, 2) and fake.paused == {5}
+
+
+async def test_a_partition_a_waiter_names_is_never_paused() -> None:
+    reader, registry, fake = _reader(read=1)
+    await reader.on_partitions_assigned(_tps(3, 4))
+    waiter = registry.register("a", reply_partition=4)  # e.g. named before a restart of read
+    await _rebalance(reader, fake, _tps(3, 4), _tps(3, 4))
+    assert 4 not in fake.paused and not waiter.moved.done()
 
 
 async def test_a_rebalance_moves_the_waiters_of_lost_partitions_only() -> None:

@@ -54,6 +54,7 @@ async def setup(
         client_id=f"{cfg.service_name}-replies",
         metrics=ReplyMetrics(runtime.registry),
         session_timeout_ms=cfg.kafka_session_timeout_ms,
+        read_partitions=cfg.reply_partitions_read,
     )
     runtime.add_check(replies.reasons)
     store = ResultStore(redis, ttl_s=cfg.claim_ttl_s)

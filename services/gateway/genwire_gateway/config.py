@@ -36,8 +36,10 @@ class GatewaySettings(ServiceSettings):
     claim_ttl_s: int = Field(
         86_400,
         ge=1,
-        description="How long a named request's idempotency claim (and its fingerprint) is kept "
-        "once its result arrived: repeats within it are checked against the first request.",
+        description="How long results are kept (postprocess result_ttl_s): the record of which "
+        "API key sent a request lives this long plus max_timeout_s and claim_grace_s. (A "
+        "finished request's idempotency claim lives as long as its result: postprocess keeps "
+        "it when it stores the result.)",
     )
     claim_grace_s: float = Field(
         30.0,
@@ -61,6 +63,14 @@ class GatewaySettings(ServiceSettings):
         "genwire-gateway-replies",
         description="Consumer group of the gateways' reply readers: Kafka shares the reply "
         "partitions among the live instances (the same group for every gateway of a stack).",
+    )
+    reply_partitions_read: int = Field(
+        1,
+        ge=1,
+        description="How many of the reply partitions this instance owns it names in its "
+        "requests and reads; the others stay assigned to it, paused (each fetch costs the "
+        "client per partition it asks for, so reading all it owns costs more per reply the "
+        "fewer instances there are, for no throughput).",
     )
     replies_ready_timeout_s: float = Field(
         30.0, gt=0, description="How long start-up waits for the first reply partitions."

@@ -7,8 +7,9 @@ bodies) are the thin transports; ``replies`` hands results and tokens to the loc
 Hot path of an anonymous request: validate, register a local waiter, publish to
 ``genwire.requests`` naming this instance's reply partition (``genwire_reply_to``) and wait
 for the reply reader to hand over the result. No Redis round trip, no per-request consumer,
-no polling. Named requests (caller-chosen id) add one pipelined Redis round trip for the
-idempotency claim.
+no polling. Named requests (caller-chosen id) add one Redis round trip for the idempotency
+claim (one script: with an API key, the id's owner is recorded in it too); nothing after the
+result (postprocess keeps the claim as long as the result when it stores it).
 
 Redis is read only off that path: a request another call published (a repeat of a named
 request, ``get_result``) is looked up right after its waiter registers and then every
@@ -183,8 +184,6 @@ class Gateway:
                 if stored is not None:
                     return raise_for_error(stored)
             result = await self._wait(waiter, deadline, owner=claim.owner, keep=prepared.named)
-        if claim.owner and prepared.named:
-            self._background_task(self._keep(prepared.request_id))
         return raise_for_error(result)
 
     async def _wait(
@@ -272,8 +271,6 @@ class Gateway:
                 async with contextlib.aclosing(self._chunks(waiter, deadline)) as chunks:
                     async for chunk in chunks:
                         finished = chunk.final
-                        if finished and prepared.named:
-                            self._background_task(self._keep(rid))
                         yield chunk
             finally:
                 # The caller left, or the wait failed before any result: stop generating,
@@ -303,14 +300,10 @@ class Gateway:
                     )
                 item = stored
             else:
-                try:
-                    wait = (
-                        remaining if waiter.direct else min(remaining, self.settings.result_poll_s)
-                    )
-                    async with asyncio.timeout(wait):
-                        item = await waiter.chunks.get()
-                except TimeoutError:
-                    item = None
+                try:  # what is queued already needs no timer (one per piece adds up)
+                    item = waiter.chunks.get_nowait()
+                except asyncio.QueueEmpty:
+                    item = await self._next_item(waiter, remaining)
                 if item is None or isinstance(item, Moved):
                     if waiter.direct:
                         continue  # a direct wait timed out: the deadline; the loop looks last
@@ -335,6 +328,17 @@ class Gateway:
             for chunk in _tails(raise_for_error(item), held, held_lps, index):
                 yield chunk
             return
+
+    async def _next_item(self, waiter: Waiter, remaining: float) -> StreamItem | None:
+        """The waiter's next queued item, or None when the wait (direct: the deadline; else
+        ``result_poll_s``) ends first."""
+        assert waiter.chunks is not None
+        wait = remaining if waiter.direct else min(remaining, self.settings.result_poll_s)
+        try:
+            async with asyncio.timeout(wait):
+                return await waiter.chunks.get()
+        except TimeoutError:
+            return None
 
     # -- asynchronous -------------------------------------------------------------------------
 
@@ -405,12 +409,6 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _keep(self, request_id: str) -> None:
-        try:
-            await self.store.keep(request_id)
-        except Exception as exc:
-            log.warning("could not keep the claim of %s: %s", request_id, exc)
-
     async def _cancel_quietly(self, request_id: str, reason: str) -> None:
         try:
             await self.cancel(request_id, reason)
@@ -428,15 +426,22 @@ class Gateway:
         if not prepared.named:
             return ClaimOutcome(owner=True)
         try:
-            claim = await self.store.claim(
-                prepared.request, prepared.timeout_s + self.settings.claim_grace_s
-            )
+            claim = await self.claim_named(prepared)
+        except GatewayError:
+            raise
         except Exception as exc:
             log.warning("idempotency claim of %s failed (Redis): %s", prepared.request_id, exc)
             raise _unavailable(exc) from exc
         if claim.conflict:
             raise _conflict(prepared.request_id)
         return claim
+
+    async def claim_named(self, prepared: Prepared) -> ClaimOutcome:
+        """The claim's round trip (``usage.MeteredGateway`` also records the caller's key as
+        the id's owner in it, and refuses another key's id)."""
+        return await self.store.claim(
+            prepared.request, prepared.timeout_s + self.settings.claim_grace_s
+        )
 
     async def _release(self, prepared: Prepared) -> None:
         try:

@@ -116,6 +116,8 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 async def _all(works: Sequence[Awaitable[T]]) -> list[T]:
     """Await every one; the first failure cancels the others (which cancels them downstream)."""
+    if len(works) == 1:  # one prompt (nearly every call): no task of its own, no gather
+        return [await works[0]]
     tasks = [asyncio.ensure_future(w) for w in works]
     try:
         return list(await asyncio.gather(*tasks))

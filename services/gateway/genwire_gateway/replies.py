@@ -11,6 +11,12 @@ one of them in ``genwire_reply_to``; postprocess publishes the request's chunks 
 there (besides ``genwire.tokens``/``genwire.results``), so an instance reads only its own
 replies: its cost per request does not grow with the number of gateways.
 
+An instance names (and reads) only ``read_partitions`` of the partitions it owns (one by
+default), the same ones from one rebalance to the next where it can; the others stay assigned
+to it, paused: nobody names them, and a fetch costs its client per partition it asks for (the
+fetch response's entries are parsed in Python), so an instance's cost per reply does not
+depend on how many partitions it happens to own (24 alone, 8 with three instances).
+
 A rebalance (an instance starting or stopping) can move a partition away while replies for
 its waiters are still to come: those waiters are *moved*: they check Redis at once, then now
 and then until their result is there (the new owner drops the replies, it waits for none of
@@ -174,6 +180,15 @@ class WaiterRegistry:
                 count += 1
         return count
 
+    def partitions(self) -> set[int]:
+        """The reply partitions the direct waiters' replies come on."""
+        return {
+            w.reply_partition
+            for waiters in self._waiters.values()
+            for w in waiters
+            if w.reply_partition is not None
+        }
+
     def move(self, partitions: Set[int]) -> int:
         """Move the waiters whose replies come on ``partitions`` (gone to another instance);
         returns how many."""
@@ -245,8 +260,10 @@ class ReplyReader(ConsumerRebalanceListener):  # type: ignore[misc]
         client_id: str = "genwire-gateway-replies",
         metrics: ReplyMetrics | None = None,
         session_timeout_ms: int = 10_000,
+        read_partitions: int = 1,
     ) -> None:
         self.topic = topic
+        self.read_partitions = max(1, read_partitions)
         self.group_id = group_id
         self._registry = registry
         self._tracer = tracer
@@ -254,9 +271,11 @@ class ReplyReader(ConsumerRebalanceListener):  # type: ignore[misc]
         self._stopping = False
         self._joined = asyncio.Event()
         self._owned: tuple[int, ...] = ()
-        """Partitions owned and positioned: the ones a request may name."""
+        """Partitions owned and positioned (read when fetched)."""
+        self._reading: tuple[int, ...] = ()
+        """The owned partitions requests name and the consumer fetches (the rest are paused)."""
         self._named: tuple[int, ...] = ()
-        """What requests name during a rebalance: the last partitions owned."""
+        """What requests name during a rebalance: the last partitions read."""
         self._next: dict[int, int] = {}
         """Next offset to read of each partition owned (read on from there if it comes back)."""
         self._kept: dict[int, int] = {}
@@ -285,7 +304,7 @@ class ReplyReader(ConsumerRebalanceListener):  # type: ignore[misc]
     def reply_to(self, request_id: str) -> ReplyTo | None:
         """Where the replies of ``request_id`` should go; None: no partition (more gateway
         instances than partitions): the request's waiter looks in Redis."""
-        named = self._owned or self._named
+        named = self._reading or self._named
         if not named:
             return None
         return ReplyTo(self.topic, named[zlib.crc32(request_id.encode()) % len(named)])
@@ -305,8 +324,9 @@ class ReplyReader(ConsumerRebalanceListener):  # type: ignore[misc]
         # Eager rebalancing: everything is revoked, then (mostly) given back. Until the new
         # assignment, requests go on naming the partitions owned so far.
         mine = sorted(tp.partition for tp in revoked if tp.topic == self.topic)
-        self._named = tuple(mine) or self._named
+        self._named = tuple(p for p in self._reading if p in mine) or self._named
         self._owned = ()
+        self._reading = ()
         self._kept = {p: self._next[p] for p in mine if p in self._next}
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -332,18 +352,44 @@ class ReplyReader(ConsumerRebalanceListener):  # type: ignore[misc]
             del self._next[p]
         self._kept = {}
         self._owned = tuple(sorted(mine))
-        self._named = self._owned
+        self._reading = self._choose(mine, lost, assigned)
+        self._named = self._reading
         self.metrics.partitions.set(len(mine))
         moved = self._registry.move(lost) if lost else 0
         if moved:
             self.metrics.moved.inc(moved)
         log.info(
-            "reply partitions of %s now %s%s",
+            "reply partitions of %s now %s, named and read %s%s",
             self.topic,
             list(self._owned),
+            list(self._reading),
             f"; {moved} waiters of partitions {sorted(lost)} look in Redis" if moved else "",
         )
         self._joined.set()
+
+    def _choose(
+        self, mine: set[int], lost: set[int], assigned: list[TopicPartition]
+    ) -> tuple[int, ...]:
+        """The partitions to name and read: the ones read before that are still ours (their
+        waiters' replies come there), then others up to ``read_partitions``; pause the rest
+        of ``assigned`` (one that could not be positioned too). A partition some waiter names
+        is never paused."""
+        chosen = self._registry.partitions() & mine
+        for p in [*(p for p in self._named if p not in lost), *sorted(mine)]:
+            if len(chosen) >= self.read_partitions:
+                break
+            if p in mine:
+                chosen.add(p)
+        paused = [tp for tp in assigned if tp.topic == self.topic and tp.partition not in chosen]
+        reading = [TopicPartition(self.topic, p) for p in sorted(chosen)]
+        try:
+            if reading:
+                self._consumer.resume(*reading)
+            if paused:
+                self._consumer.pause(*paused)
+        except Exception as exc:  # stopping: nothing is fetched any more anyway
+            log.warning("reply partitions of %s not paused: %r", self.topic, exc)
+        return tuple(sorted(chosen))
 
     async def start(self, timeout_s: float = 30.0) -> None:
         """Join the group and wait for the first assignment (maybe none: more instances than

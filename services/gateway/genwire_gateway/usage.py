@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry, Counter
 from genwire.apikeys import SCOPE_ADMIN, KeyRecord
 from genwire.events import GenerationResult
 from genwire.request import ErrorCode
+from genwire.results import ClaimOutcome, ResultStore
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 from genwire.usage import SOURCE_GATEWAY, UsageEvent
@@ -117,6 +118,7 @@ class MeteredGateway(Gateway):
         self.redact = redact
         self.usage_topic = usage_topic
         self._settling: set[asyncio.Task[None]] = set()
+        self._owners = OwnerWriter(self.store, self._owner_ttl_s)
 
     def request_headers(self, prepared: Prepared) -> list[tuple[str, bytes]]:
         """Name the caller's key on the published request (``genwire_principal``)."""
@@ -136,7 +138,7 @@ class MeteredGateway(Gateway):
         try:
             result = await super().generate(prepared)
         except GatewayError as exc:
-            self._settle(principal, prepared, ticket, started, None, exc)
+            self._failed(principal, prepared, ticket, started, exc)
             raise
         self._capture_completion(principal.record, result.text)
         self._settle(principal, prepared, ticket, started, result, None)
@@ -162,7 +164,7 @@ class MeteredGateway(Gateway):
                         self._settle(principal, prepared, ticket, started, chunk.result, None)
                     yield chunk
         except GatewayError as exc:
-            self._settle(principal, prepared, ticket, started, None, exc)
+            self._failed(principal, prepared, ticket, started, exc)
             raise
 
     async def submit(self, prepared: Prepared) -> str:
@@ -192,13 +194,16 @@ class MeteredGateway(Gateway):
     ) -> None:
         """Record the caller's key as the request's owner before it is published.
 
-        A named request (or a submitted one: its id is answered at once) waits for the record:
-        an id another key owns is refused (403) unless the caller is an admin. An anonymous
-        request's id is new and only known to its caller once it runs, so the record is
-        written off the hot path.
+        A submitted request (its id is answered at once) waits for the record: an id another
+        key owns is refused (403) unless the caller is an admin. A named one that is waited
+        for gets the same check in its claim's round trip (``claim_named``). An anonymous
+        request's id is new and only known to its caller once it runs, so its record is
+        written off the hot path, with those of the other anonymous requests of the moment
+        (``_owners``: one round trip).
         """
-        if not (wait or prepared.named):
-            self._in_background(self._own_quietly(prepared.request_id, principal.name))
+        if not wait:
+            if not prepared.named:
+                self._owners.add(prepared.request_id, principal.name)
             return
         try:
             owner = await self.store.own(prepared.request_id, principal.name, self._owner_ttl_s())
@@ -212,11 +217,23 @@ class MeteredGateway(Gateway):
             self._count(principal.name, "forbidden")
             raise GatewayError(_not_yours(prepared.request_id), code=PERMISSION_DENIED)
 
-    async def _own_quietly(self, request_id: str, name: str) -> None:
-        try:
-            await self.store.own(request_id, name, self._owner_ttl_s())
-        except Exception as exc:
-            log.warning("owner of %s not recorded (Redis): %s", request_id, exc)
+    async def claim_named(self, prepared: Prepared) -> ClaimOutcome:
+        """The claim, recording the caller's key as the id's owner in the same round trip; an
+        id another key owns is refused (403) before anything is claimed, unless the caller
+        is an admin."""
+        principal = current_principal()
+        if principal is None:
+            return await super().claim_named(prepared)
+        claim = await self.store.claim(
+            prepared.request,
+            prepared.timeout_s + self.settings.claim_grace_s,
+            key_owner=principal.name,
+            owner_ttl_s=self._owner_ttl_s(),
+            any_owner=principal.record.allows(SCOPE_ADMIN),
+        )
+        if claim.foreign:
+            raise _Forbidden(_not_yours(prepared.request_id), code=PERMISSION_DENIED)
+        return claim
 
     async def authorize(self, request_id: str) -> None:
         """``GetResult``/``Cancel``: the caller's key must own ``request_id``, or be an admin.
@@ -283,6 +300,28 @@ class MeteredGateway(Gateway):
     def _count(self, name: str, outcome: str) -> None:
         if self.usage_metrics is not None:
             self.usage_metrics.count(name, outcome)
+
+    def _failed(
+        self,
+        principal: Principal,
+        prepared: Prepared,
+        ticket: Ticket | None,
+        started: float,
+        exc: GatewayError,
+    ) -> None:
+        """A waited request failed: refused as another key's (its charge given back, counted
+        ``forbidden``, no usage), or settled like any failure."""
+        if not isinstance(exc, _Forbidden):
+            self._settle(principal, prepared, ticket, started, None, exc)
+            return
+        self._count(principal.name, "forbidden")
+        if ticket is not None and self.limiter is not None:
+            self._in_background(self._give_back(ticket))
+
+    async def _give_back(self, ticket: Ticket) -> None:
+        assert self.limiter is not None
+        with contextlib.suppress(Exception):
+            await self.limiter.adjust(ticket, 0)
 
     def _settle(
         self,
@@ -378,8 +417,10 @@ class MeteredGateway(Gateway):
         task.add_done_callback(self._settling.discard)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
-        """Also let the usage of finished requests reach the broker before the producer stops."""
+        """Also let the usage of finished requests reach the broker before the producer stops,
+        and the owner records queued reach Redis."""
         await super().drain(timeout_s)
+        await self._owners.flushed(timeout_s)
         followers = {t for t in self._settling if not t.done()}
         if followers:
             await asyncio.wait(followers, timeout=timeout_s)
@@ -402,6 +443,41 @@ class MeteredGateway(Gateway):
 
     def _redacted(self, text: str) -> str:
         return self.redact(text) if self.redact is not None else text
+
+
+class _Forbidden(GatewayError):
+    """Another key's request id (``claim_named``): 403, counted ``forbidden``."""
+
+
+class OwnerWriter:
+    """Owner records of anonymous requests, off the hot path: the ones queued while a write
+    is in flight go together in the next one (one pipelined round trip), so their cost per
+    request falls as the load grows and no request waits for them."""
+
+    def __init__(self, store: ResultStore, ttl_s: Callable[[], float]) -> None:
+        self._store = store
+        self._ttl_s = ttl_s
+        self._pending: list[tuple[str, str]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, request_id: str, name: str) -> None:
+        """Queue ``name`` as the owner of ``request_id`` (written at the next write)."""
+        self._pending.append((request_id, name))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._store.own_all(batch, self._ttl_s())
+            except Exception as exc:
+                log.warning("owners of %d requests not recorded (Redis): %s", len(batch), exc)
+
+    async def flushed(self, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) for the queued records to be written."""
+        if self._task is not None and not self._task.done():
+            await asyncio.wait({self._task}, timeout=timeout_s)
 
 
 def _not_yours(request_id: str) -> str:
