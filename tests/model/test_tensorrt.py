@@ -262,7 +262,7 @@ def test_decode_steps_swap_two_device_buffers_and_allocate_nothing(
         want, other = plain.forward(step_ids, step_mask, lengths[:, None], other)
         assert int(kv[0].data_ptr()) == bases[(n + 1) % 2]
         host = got if isinstance(got, np.ndarray) else got.float().cpu().numpy()
-        assert np.allclose(host, want, atol=1e-3)
+        assert np.allclose(host, want, rtol=1e-3, atol=1e-3)  # one engine, one profile
         tokens, width, lengths = host.argmax(axis=1), width + 1, lengths + 1
     assert engine.steps_in_place == 8
     assert allocated[1:] == [0] * 7, allocated
