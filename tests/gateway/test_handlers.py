@@ -446,3 +446,26 @@ async def test_a_reply_that_never_comes_gets_one_last_look_at_the_deadline() -> 
     gateway, _, store = _direct(store_only)
     await gateway.generate(gateway.prepare({"prompt": "hi"}, timeout_s=0.3))
     assert store.gets == 1
+
+
+def test_preparing_a_request_asks_pydantic_for_no_field_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The v2 fields' defaults are computed once: pydantic's ``get_default`` inspects a default
+    factory's signature on every call (~0.2 ms each, three times per request here)."""
+    from pydantic.fields import FieldInfo
+
+    gateway, _, _ = _gateway(None)
+    gateway.prepare({"prompt": "warm"}, request_id="warm")
+    calls: list[object] = []
+    original = FieldInfo.get_default
+
+    def counted(self: FieldInfo, *args: Any, **kwargs: Any) -> Any:
+        calls.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FieldInfo, "get_default", counted)
+    prepared = gateway.prepare({"prompt": "hi", "min_tokens": 2}, request_id="job-d")
+    assert fingerprint(prepared.request)
+    assert prepared.request.v2_fields_used() == ["min_tokens"]
+    assert calls == []
