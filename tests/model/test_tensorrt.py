@@ -54,6 +54,9 @@ def test_build_records_the_key_profiles_and_agreement(trt_version: ModelVersion)
     agreement = record["agreement"]
     assert agreement["finite"] and agreement["prefill_greedy_agree"]
     assert agreement["max_abs_logprob_diff"] < tensorrt_engine.MAX_ENGINE_LOGPROB_DIFF
+    # The greedy decode ran in the runner's two device buffers (reserve, step): FP16 may part
+    # from ONNX Runtime after a near tie, a wrong buffer swap from the first step.
+    assert agreement["greedy_token_agreement"] >= 0.9
     on_disk = json.loads((trt_version.path / record["path"] / "tensorrt.json").read_text())
     assert on_disk["key"] == record["key"]
 

@@ -433,3 +433,17 @@ def test_the_stand_in_refuses_shapes_outside_the_profiles(tiny_version: ModelVer
     assert not prefill_context.set_input_shape("past_keys", kv)  # prefill: one past column
     assert prefill_context.set_input_shape("past_keys", (*kv[:3], 1, *kv[4:]))
     assert not runner.profiles[1]["context"].set_input_shape("input_ids", (1, 2))
+
+
+def test_the_build_and_load_check_runs_the_steps_in_the_buffers(
+    tiny_version: ModelVersion,
+) -> None:
+    """``agreement`` (at build and at load) reserves and steps like the decode loop, so an
+    engine whose buffer swap went wrong would show in its greedy agreement."""
+    runner = engine_runner(tiny_version)
+    vocab = int(tiny_version.manifest["shape"]["vocab_size"])
+    figures = tensorrt_engine.agreement(runner, reference_runner(tiny_version), vocab, CONTEXT, 8)
+    assert runner.steps_in_place == figures["cases"]["decode_steps"] == 8
+    assert figures["finite"] and figures["greedy_token_agreement"] == 1.0
+    assert figures["max_abs_logprob_diff"] < 1e-3  # the same graph, one masked column more
+    tensorrt_engine.check_agreement(figures)

@@ -375,7 +375,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def greedy(runner: Any, prompts: list[Any], steps: int) -> tuple[Any, list[list[int]]]:
     """Left-padded batched prefill then ``steps`` greedy decode steps, like the scheduler.
 
-    Returns the prefill logits [rows, vocab] and each row's greedy tokens.
+    The steps go through the runner's ``step`` where it has one (into the buffers its
+    ``reserve`` made, the decode loop's path; ``forward`` without them). Returns the prefill
+    logits [rows, vocab] and each row's greedy tokens.
     """
     rows, width, pad = len(prompts), max(len(p) for p in prompts), int(runner.min_past)
     ids = np.zeros((rows, width), np.int64)
@@ -391,12 +393,13 @@ def greedy(runner: Any, prompts: list[Any], steps: int) -> tuple[Any, list[list[
     lengths = [len(p) for p in prompts]
     tokens: list[list[int]] = [[] for _ in prompts]
     nxt = logits.argmax(axis=1)
+    step = getattr(runner, "step", None) or runner.forward
     for _ in range(steps):
         for row in range(rows):
             tokens[row].append(int(nxt[row]))
         mask = np.concatenate([mask, np.ones((rows, 1), np.int64)], axis=1)
         step_pos = np.array([[n] for n in lengths], np.int64)
-        logits, kv = runner.forward(nxt[:, None].astype(np.int64), mask, step_pos, kv)
+        logits, kv = step(nxt[:, None].astype(np.int64), mask, step_pos, kv)
         lengths = [n + 1 for n in lengths]
         nxt = logits.argmax(axis=1)
     return first, tokens
@@ -412,6 +415,11 @@ def agreement(
     lengths = [longest, max(1, longest // 2), 1]
     prompts = [rng.integers(0, vocab, n, dtype=np.int64) for n in lengths]
     steps = max(1, min(decode_steps, context - longest - 1))
+    for runner in (engine_runner, reference):
+        # The decode steps in the runners' own buffers, as the decode loop runs them.
+        reserve = getattr(runner, "reserve", None)
+        if reserve is not None:
+            reserve(len(prompts), int(runner.min_past) + longest + steps)
     got, got_tokens = greedy(engine_runner, prompts, steps)
     want, want_tokens = greedy(reference, prompts, steps)
     same = [
