@@ -79,7 +79,6 @@ class FakeContext:
         self.addresses: dict[str, int] = {}
         self.passes: list[dict[str, tuple[int, int]]] = []  # name: (address, bytes)
         self.seen: list[dict[str, Any]] = []  # the inputs of each pass, as read
-        self.fail_after: int | None = None
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
         low, _, high = self.limits[name]
@@ -101,8 +100,6 @@ class FakeContext:
         return (past[0], past[1], past[2], past[3] + ids[1], past[4])
 
     def execute_async_v3(self, stream: int) -> bool:
-        if self.fail_after is not None and len(self.passes) >= self.fail_after:
-            return False
         shapes = {**self.shapes, **{n: self.get_tensor_shape(n) for n in OUTPUT_NAMES}}
         spans = {}
         for name in (*INPUT_NAMES, *OUTPUT_NAMES):
@@ -135,8 +132,10 @@ def engine_runner(version: ModelVersion, max_batch: int = 8, cls: type = TensorR
     import onnxruntime as ort
 
     manifest = version.manifest
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # a shared 2-core machine
     session = ort.InferenceSession(
-        str(version.path / "model.onnx"), providers=["CPUExecutionProvider"]
+        str(version.path / "model.onnx"), options, providers=["CPUExecutionProvider"]
     )
     engine = FakeEngine(manifest, max_batch)
     vocab = int(manifest["shape"]["vocab_size"])
