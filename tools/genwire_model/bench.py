@@ -10,6 +10,15 @@ top-p 0.95, seed = request number), token limit and closed-loop concurrency, the
 stopping at end-of-sequence as they do through Triton; and a static batch (``concurrency``
 requests prefilled together, every one running to ``max_tokens``: the decode step's own cost,
 ms per step). It prints Triton's figures as a share of the in-process ones.
+
+Every level also reports the CPU it cost per output token (core-ms: this process, plus, when
+Triton runs on this machine, the tritonserver process and the model's Python stubs, read from
+/proc): a figure that other work on a shared machine disturbs much less than tokens/s.
+
+``--floor`` measures what Triton's decoupled gRPC streaming costs with no model at all: an echo
+model (``floor_echo.py``: the same contract, execute path, outbox and response sender as the
+real model, one token per response) in a throwaway version, the same client and levels:
+responses/s, time to first response and core-ms per response and per request.
 """
 
 from __future__ import annotations
@@ -17,9 +26,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import re
+import shutil
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +67,9 @@ class LevelResult:
     tpot_ms_p50: float
     tpot_ms_p99: float
     errors: int
+    core_ms_per_token: dict[str, float] = dataclasses.field(default_factory=dict)
+    """CPU per output token by process (``client``: this process; ``server``, ``stub``: Triton's
+    processes when they run here; ``total``)."""
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -85,6 +100,67 @@ def summarize(
         tpot_ms_p99=round(_pct(tpot, 99), 3),
         errors=errors,
     )
+
+
+_CLOCK_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICK
+
+
+def triton_processes(model: str, proc: Path = Path("/proc")) -> dict[str, list[int]]:
+    """``model``'s Python stubs on this machine (instance ``<model>_N_M`` in their arguments)
+    and the tritonserver processes that run them, by pid; empty when Triton runs elsewhere."""
+    found: dict[str, list[int]] = {"server": [], "stub": []}
+    for entry in proc.iterdir() if proc.is_dir() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = [
+                a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0")
+            ]
+            if os.path.basename(argv[0]) != "triton_python_backend_stub" or not any(
+                re.fullmatch(rf"{re.escape(model)}_\d+_\d+", a) for a in argv
+            ):
+                continue
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        found["stub"].append(int(entry.name))
+        if parent not in found["server"]:
+            found["server"].append(parent)
+    return found
+
+
+class CpuMeter:
+    """CPU seconds spent by this process and Triton's (server, the model's stubs) over a span."""
+
+    def __init__(self, model: str | None) -> None:
+        self.pids = triton_processes(model) if model else {"server": [], "stub": []}
+
+    def sample(self) -> dict[str, float]:
+        out = {name: sum(_cpu_s(pid) for pid in pids) for name, pids in self.pids.items()}
+        out["client"] = time.process_time()
+        return out
+
+    @staticmethod
+    def per_unit(start: dict[str, float], end: dict[str, float], units: float) -> dict[str, float]:
+        """Core-ms per unit (token, response, request) by process, and their total; a process
+        not found here is left out."""
+        out: dict[str, float] = {
+            name: round((end[name] - start[name]) * 1e3 / max(units, 1.0), 3)
+            for name in ("server", "stub", "client")
+            if name in start and (name == "client" or end[name] > 0)
+        }
+        out["total"] = round(sum(out.values()), 3)
+        return out
 
 
 async def run_level(
@@ -132,12 +208,19 @@ async def run_level(
     try:
         # One warm-up request so connection set-up is not measured.
         await generate(client, model, prompts[0], 4)
+        meter = CpuMeter(model)
+        cpu = meter.sample()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - started
+        used = meter.sample()
     finally:
         await client.close()
-    return summarize(concurrency, results, seconds, errors)
+    result = summarize(concurrency, results, seconds, errors)
+    result.core_ms_per_token = CpuMeter.per_unit(
+        cpu, used, sum(r.completion_tokens for r in results)
+    )
+    return result
 
 
 @dataclasses.dataclass
@@ -260,12 +343,17 @@ def run_in_process_level(
             elif submitted < requests:
                 submit()
 
+    cpu = CpuMeter(None).sample()
     started = time.perf_counter()
     with lock:
         for _ in range(min(concurrency, requests)):
             submit()
     finished.wait()
-    return summarize(concurrency, results, time.perf_counter() - started, errors)
+    result = summarize(concurrency, results, time.perf_counter() - started, errors)
+    result.core_ms_per_token = CpuMeter.per_unit(
+        cpu, CpuMeter(None).sample(), sum(r.completion_tokens for r in results)
+    )
+    return result
 
 
 def run_static(
@@ -326,8 +414,14 @@ def _row(r: LevelResult) -> str:
         f"{r.concurrency:>4} {r.requests:>5} {r.requests_per_s:>8.2f} "
         f"{r.output_tokens_per_s:>10.1f} {r.mean_output_tokens:>8.1f} "
         f"{r.ttft_ms_p50:>7.1f}ms {r.ttft_ms_p99:>7.1f}ms {r.tpot_ms_p50:>7.2f}ms "
-        f"{r.tpot_ms_p99:>7.2f}ms {r.errors:>4}"
+        f"{r.tpot_ms_p99:>7.2f}ms {r.errors:>4} {_cpu_text(r.core_ms_per_token)}"
     )
+
+
+def _cpu_text(cpu: dict[str, float]) -> str:
+    """``total (server + stub + client)`` core-ms, the parts that were measured."""
+    parts = " + ".join(f"{cpu[k]:.3f} {k}" for k in ("server", "stub", "client") if k in cpu)
+    return f"{cpu.get('total', float('nan')):>6.3f} ({parts})" if cpu else ""
 
 
 def run(
@@ -347,7 +441,8 @@ def run(
     prompts = [tokenizer.encode(p).ids for p in PROMPTS]
     header = (
         f"{'conc':>4} {'reqs':>5} {'req/s':>8} {'out tok/s':>10} {'tok/req':>8} "
-        f"{'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'TPOT p99':>9} {'err':>4}"
+        f"{'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'TPOT p99':>9} {'err':>4} "
+        "core-ms/token"
     )
     payload: dict[str, Any] = {
         "model": model,
@@ -356,6 +451,7 @@ def run(
         "max_tokens": max_tokens,
     }
     ceiling: list[LevelResult] = []
+    statics: list[StaticResult] = []
     if in_process:
         print(
             f"in-process: {model} version {version.version} (runner, scheduler and sampler in "
@@ -388,14 +484,120 @@ def run(
         print(_row(r), flush=True)
     payload["levels"] = [dataclasses.asdict(r) for r in results]
     if ceiling:
-        print("Triton as a share of in-process (closed loop): output tokens/s, TPOT p50 ratio")
+        print(
+            "Triton against in-process: share of output tokens/s; TPOT p50 / in-process TPOT "
+            "p50 and / the static batch's ms per step; TTFT p50 minus in-process TTFT p50; "
+            "core-ms per token / in-process"
+        )
         shares = []
-        for triton, local in zip(results, ceiling, strict=True):
+        for triton, local, st in zip(results, ceiling, statics, strict=True):
             share = triton.output_tokens_per_s / local.output_tokens_per_s
             tpot = triton.tpot_ms_p50 / local.tpot_ms_p50 if local.tpot_ms_p50 else float("nan")
-            shares.append({"concurrency": triton.concurrency, "share": share, "tpot_x": tpot})
-            print(f"{triton.concurrency:>4} {share:>7.0%} {tpot:>7.2f}x")
+            step = triton.tpot_ms_p50 / st.ms_per_step if st.ms_per_step else float("nan")
+            ttft = triton.ttft_ms_p50 - local.ttft_ms_p50
+            cpu = triton.core_ms_per_token.get("total", float("nan")) / local.core_ms_per_token.get(
+                "total", float("nan")
+            )
+            shares.append(
+                {
+                    "concurrency": triton.concurrency,
+                    "share": share,
+                    "tpot_x": tpot,
+                    "tpot_step_x": step,
+                    "ttft_extra_ms": ttft,
+                    "cpu_x": cpu,
+                }
+            )
+            print(
+                f"{triton.concurrency:>4} {share:>7.0%} {tpot:>7.2f}x {step:>7.2f}x "
+                f"{ttft:>+7.1f}ms {cpu:>7.2f}x"
+            )
         payload["share"] = shares
     if out is not None:
         out.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     return results
+
+
+FLOOR_MODEL = "genwire-floor-echo"
+"""Name prefix of the throwaway echo model ``--floor`` loads (a random suffix is added)."""
+
+
+def write_echo_model(repository: Path, name: str) -> Path:
+    """A throwaway model folder in ``repository``: the genwire model's config.pbtxt, and a
+    version 1 whose ``model.py`` is ``floor_echo.py`` beside the real ``triton_model.py`` and
+    ``genwire_runtime`` (so its execute path, outbox and response sender are the real ones)."""
+    from genwire_model.build import BuildOptions, _copy_runtime, render_config
+
+    model_dir = repository / name
+    version = model_dir / "1"
+    version.mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(render_config(name, BuildOptions()), encoding="utf-8")
+    _copy_runtime(version)  # model.py (triton_model.py), genwire_runtime/, genwire_env.json
+    shutil.move(version / "model.py", version / "triton_model.py")
+    shutil.copy2(Path(__file__).with_name("floor_echo.py"), version / "model.py")
+    return model_dir
+
+
+def run_floor(
+    url: str,
+    http_url: str,
+    repository: Path,
+    levels: list[int],
+    max_tokens: int,
+    requests_per_level: int | None,
+    out: Path | None,
+    headers: dict[str, str] | None = None,
+) -> tuple[list[LevelResult], list[LevelResult]]:
+    """Triton's streaming cost with no model: an echo model loaded for the run (then unloaded
+    and removed), the same client and levels as the model bench. Returns the per-response
+    levels (``max_tokens`` one-token responses per request) and the per-request levels (one
+    response per request)."""
+    import httpx
+
+    name = f"{FLOOR_MODEL}-{uuid.uuid4().hex[:6]}"
+    model_dir = write_echo_model(repository, name)
+    base = f"http://{http_url}"
+    try:
+        loaded = httpx.post(
+            f"{base}/v2/repository/models/{name}/load", headers=headers or {}, timeout=120.0
+        )
+        if loaded.status_code != 200:
+            raise RuntimeError(f"could not load the echo model {name}: {loaded.text}")
+        try:
+            header = (
+                f"{'conc':>4} {'reqs':>5} {'req/s':>8} {'resp/s':>10} {'resp/req':>8} "
+                f"{'TTFT p50':>9} {'TTFT p99':>9} {'gap p50':>9} {'gap p99':>9} {'err':>4} "
+            )
+            prompt = [[5, 6, 7]]
+            tables: list[list[LevelResult]] = []
+            for tokens, unit in ((max_tokens, "response"), (1, "request")):
+                print(
+                    f"floor: echo model {name} at {url}, no model work: {tokens} one-token "
+                    f"response(s) per request; core-ms per {unit}"
+                )
+                print(header + f"core-ms/{unit}")
+                table = []
+                for level in levels:
+                    n = requests_per_level or max(16, 4 * level)
+                    if tokens == 1:
+                        n *= 4  # requests are short: more of them for a steady figure
+                    r = asyncio.run(run_level(url, name, prompt, level, n, tokens, None))
+                    table.append(r)
+                    print(_row(r), flush=True)
+                tables.append(table)
+        finally:
+            httpx.post(
+                f"{base}/v2/repository/models/{name}/unload", headers=headers or {}, timeout=60.0
+            )
+    finally:
+        shutil.rmtree(model_dir, ignore_errors=True)
+    if out is not None:
+        payload = {
+            "model": name,
+            "url": url,
+            "max_tokens": max_tokens,
+            "per_response": [dataclasses.asdict(r) for r in tables[0]],
+            "per_request": [dataclasses.asdict(r) for r in tables[1]],
+        }
+        out.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    return tables[0], tables[1]

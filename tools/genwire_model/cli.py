@@ -130,6 +130,13 @@ def register(subparsers: Any) -> None:
         help="first run the same graph, scheduler and sampler in this process (the ceiling: "
         "no Triton, no gRPC) and print Triton's figures as a share of it",
     )
+    bench.add_argument(
+        "--floor",
+        action="store_true",
+        help="instead, measure Triton's streaming cost with no model: a throwaway echo model "
+        "(the model's response path, one token per response), the same client and levels; "
+        "responses/s, TTFT and core-ms per response and per request",
+    )
     bench.set_defaults(func=_bench)
 
 
@@ -193,9 +200,23 @@ def _ensure(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from genwire_model.bench import run
+    from genwire_model.bench import run, run_floor
 
     settings = _settings()
+    if args.floor:
+        from genwire import triton_admin
+
+        run_floor(
+            args.url or settings.triton_grpc_url,
+            settings.triton_http_url,
+            args.repository or settings.repository,
+            args.concurrency,
+            args.max_tokens,
+            args.requests,
+            args.out,
+            headers=triton_admin.headers(settings),
+        )
+        return 0
     run(
         args.url or settings.triton_grpc_url,
         args.name,
