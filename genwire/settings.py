@@ -167,6 +167,27 @@ class ServiceSettings(CommonSettings):
         description="Consumer group session timeout: how long a crashed instance keeps its "
         "partitions before the group moves them.",
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        500,
+        ge=0,
+        le=60_000,
+        description="How long the broker holds a consumer's fetch that finds no record "
+        "(fetch.min.bytes is 1, so a fetch returns at the first record: this sets only how "
+        "often an idle consumer polls).",
+    )
+    kafka_commit_interval_ms: int = Field(
+        50,
+        ge=0,
+        le=10_000,
+        description="Finished records' offsets are committed at most this often (each only "
+        "after all its outputs are acknowledged; longer: fewer commit round trips, more "
+        "records redelivered after a crash).",
+    )
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto",
+        description="The service's event loop: uvloop (C), asyncio (the standard library's), "
+        "or auto: uvloop when it is installed, else asyncio.",
+    )
     redis_timeout_s: float = Field(
         2.0, gt=0, description="Timeout of one Redis command (connection errors are retried)."
     )

@@ -69,6 +69,43 @@ Handler = Callable[[InT], Awaitable[HandlerResult] | AsyncIterator[Output]]
 Decoder = Callable[[ConsumerRecord[bytes, bytes]], InT]
 
 
+COMMIT_INTERVAL_S = 0.05
+"""Finished records are committed at most this often (every record still only after all of its
+outputs are acknowledged: a longer interval only means more redelivery after a crash)."""
+
+FETCH_MAX_WAIT_MS = 500
+"""How long the broker holds a fetch that finds no record (Kafka's own default). ``fetch.min.bytes``
+is 1, so a fetch returns at the first record: this sets only how often an idle consumer polls
+(each poll is a fetch request and response parsed in Python, and work for the broker). One
+fetch per broker is in flight at a time, so partitions resumed after a pause (a full worker
+pool, an outage) wait for it: up to this long, at saturation only."""
+
+
+def consumer_options(
+    bootstrap_servers: str,
+    *,
+    group_id: str | None,
+    auto_offset_reset: str = "earliest",
+    max_partition_fetch_bytes: int = 16 * 1024 * 1024,
+    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+    session_timeout_ms: int = 10_000,
+    heartbeat_interval_ms: int = 3_000,
+) -> dict[str, Any]:
+    """The ``AIOKafkaConsumer`` keyword arguments of every ``EventConsumer`` (and of the
+    one-hop floor benchmark, ``genwire_bench.floor``, which must measure the same client)."""
+    return {
+        "bootstrap_servers": bootstrap_servers,
+        **client_options(),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": auto_offset_reset if group_id is not None else "latest",
+        "max_partition_fetch_bytes": max_partition_fetch_bytes,
+        "fetch_max_wait_ms": fetch_max_wait_ms,
+        "session_timeout_ms": session_timeout_ms,
+        "heartbeat_interval_ms": heartbeat_interval_ms,
+    }
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: EventConsumer[Any]) -> None:
         self._owner = owner
@@ -115,8 +152,11 @@ class EventConsumer(Generic[InT]):
         max_partition_fetch_bytes: int = 16 * 1024 * 1024,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
+        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+        commit_interval_s: float = COMMIT_INTERVAL_S,
     ) -> None:
         self.topic = topic
+        self._commit_interval_s = commit_interval_s
         self.group_id = group_id
         self._model = model
         self._handler = handler
@@ -152,15 +192,15 @@ class EventConsumer(Generic[InT]):
         self._joined = False  # the group gave this member its share (maybe none: more members)
         self._stopping = False
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            **client_options(),
-            group_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset=auto_offset_reset if group_id is not None else "latest",
-            max_partition_fetch_bytes=max_partition_fetch_bytes,
-            fetch_max_wait_ms=100,
-            session_timeout_ms=session_timeout_ms,
-            heartbeat_interval_ms=heartbeat_interval_ms,
+            **consumer_options(
+                bootstrap_servers,
+                group_id=group_id,
+                auto_offset_reset=auto_offset_reset,
+                max_partition_fetch_bytes=max_partition_fetch_bytes,
+                fetch_max_wait_ms=fetch_max_wait_ms,
+                session_timeout_ms=session_timeout_ms,
+                heartbeat_interval_ms=heartbeat_interval_ms,
+            )
         )
 
     @property
@@ -429,7 +469,9 @@ class EventConsumer(Generic[InT]):
                 self._deps.failed(KAFKA, f"commit failed: {exc!r}")
                 self._dirty.set()  # try again: a finished record must not wait for another
                 await asyncio.sleep(1.0)
-            await asyncio.sleep(0.05)  # coalesce commits of records finishing together
+            # Coalesce the commits of records finishing together: one OffsetCommit round trip
+            # (and one __consumer_offsets append on the broker) per interval, not per record.
+            await asyncio.sleep(self._commit_interval_s)
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit what finished: of the assigned partitions, or of ``only`` (revoked ones)."""

@@ -5,7 +5,8 @@
 - ``runtime``: ``ServiceRuntime`` (telemetry, producer, consumers, supervised tasks, readiness),
   one per app, on ``app.state.runtime``;
 - ``http``: ``health_router`` (``/healthz``, ``/readyz``, ``/metrics``) and ``serve`` (uvicorn;
-  exit status ``EXIT_FAILED`` after ``ServiceRuntime.fail``).
+  exit status ``EXIT_FAILED`` after ``ServiceRuntime.fail``);
+- ``loop``: the event loop a service runs on (``event_loop``: uvloop when installed).
 """
 
 from genwire.service.http import EXIT_FAILED, health_router, serve

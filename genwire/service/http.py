@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from genwire.service import loop
 from genwire.service.runtime import ServiceRuntime
 from genwire.settings import ServiceSettings
 
@@ -94,6 +95,6 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         finally:
             watcher.cancel()
 
-    asyncio.run(run())
+    loop.run(run(), settings.event_loop)
     if failed():
         raise SystemExit(EXIT_FAILED)

@@ -3,7 +3,8 @@
 A service's ``app.py`` declares a ``ServiceSpec`` (its settings class, its stage, its ``setup``
 and its routers); its ``__main__.py`` calls ``run(SPEC)``. What is the same for all of them:
 
-- ``run``: read the settings from the environment, configure logging, ``serve`` the app
+- ``run``: read the settings from the environment, configure logging, ``serve`` the app on the
+  event loop ``event_loop`` names (``genwire.service.loop``: uvloop when installed)
   (uvicorn on the service's port until SIGTERM; exit status ``EXIT_FAILED`` after
   ``ServiceRuntime.fail``);
 - ``ServiceSpec.app``: the FastAPI app with ``/healthz``, ``/readyz``, ``/metrics`` and the
@@ -33,6 +34,7 @@ from fastapi.telemetry import TelemetryConfig
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from genwire import kafka_security
+from genwire.service import loop
 from genwire.service.http import health_router, serve
 from genwire.service.runtime import ServiceRuntime
 from genwire.settings import ServiceSettings
@@ -121,4 +123,10 @@ def run(spec: ServiceSpec[S]) -> None:
     configure_logging(settings.log_level, settings.log_json)
     kafka_security.use(settings)  # every Kafka client of this process connects as this service
     logging.getLogger(__name__).info("kafka: %s", kafka_security.describe(settings))
+    factory = loop.loop_factory(settings.event_loop)  # uvloop asked for and missing: fail now
+    logging.getLogger(__name__).info(
+        "event loop: %s (event_loop=%s)",
+        "asyncio" if factory is None else "uvloop",
+        settings.event_loop,
+    )
     serve(spec.app(settings), settings)

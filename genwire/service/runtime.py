@@ -132,6 +132,8 @@ class ServiceRuntime:
             dependencies=self.dependencies,
             on_fatal=self.fail,
             session_timeout_ms=s.kafka_session_timeout_ms,
+            fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
+            commit_interval_s=s.kafka_commit_interval_ms / 1000.0,
         )
 
     def _add_replayer(self) -> None:

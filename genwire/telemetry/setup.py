@@ -18,6 +18,9 @@ from genwire import __version__
 from genwire.settings import CommonSettings
 from genwire.telemetry.kafka_exporter import KafkaSpanExporter
 
+SCHEDULE_DELAY_MS = 250
+"""How long finished spans wait to be exported together, unless OTEL_BSP_SCHEDULE_DELAY says."""
+
 
 def build_exporter(settings: CommonSettings) -> SpanExporter | None:
     """The exporter named by the standard ``OTEL_TRACES_EXPORTER`` (default ``kafka``).
@@ -58,8 +61,11 @@ def configure_tracing(
     )
     chosen = exporter if exporter is not None else build_exporter(settings)
     if chosen is not None:
-        # A short delay keeps traces visible in Jaeger within a second of the request.
-        provider.add_span_processor(BatchSpanProcessor(chosen, schedule_delay_millis=250))
+        # A short delay keeps traces visible in Jaeger within a second of the request; the
+        # standard OTEL_BSP_SCHEDULE_DELAY (ms) changes it (each export is one Kafka record per
+        # up to 256 spans, sent by the exporter's own thread: docs/benchmarks.md).
+        delay = None if os.environ.get("OTEL_BSP_SCHEDULE_DELAY") else SCHEDULE_DELAY_MS
+        provider.add_span_processor(BatchSpanProcessor(chosen, schedule_delay_millis=delay))
     if set_global:
         trace.set_tracer_provider(provider)
     return provider

@@ -1,0 +1,110 @@
+"""The Kafka client settings every service's consumer gets (``consumer_options``), and the
+settings that reach them (``kafka_fetch_max_wait_ms``). No broker: clients are built, not
+started."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from genwire.kafka import EventConsumer, EventProducer
+from genwire.kafka.consumer import FETCH_MAX_WAIT_MS, consumer_options
+from genwire.service.runtime import ServiceRuntime
+from genwire.settings import ServiceSettings
+
+
+class Rec(BaseModel):
+    request_id: str
+
+
+async def _nothing(event: Rec) -> None:
+    return None
+
+
+def test_offsets_are_committed_by_us_only() -> None:
+    """At-least-once rests on this: no auto-commit, in a group or not."""
+    for group in ("g", None):
+        assert consumer_options("k:9092", group_id=group)["enable_auto_commit"] is False
+
+
+def test_a_group_less_consumer_starts_at_the_end_a_group_where_it_is_told() -> None:
+    assert consumer_options("k:9092", group_id=None)["auto_offset_reset"] == "latest"
+    assert consumer_options("k:9092", group_id="g")["auto_offset_reset"] == "earliest"
+
+
+def test_the_default_fetch_wait_is_the_settings_default() -> None:
+    assert ServiceSettings().kafka_fetch_max_wait_ms == FETCH_MAX_WAIT_MS
+    assert consumer_options("k:9092", group_id="g")["fetch_max_wait_ms"] == FETCH_MAX_WAIT_MS
+
+
+async def test_the_setting_reaches_every_consumer_of_a_service() -> None:
+    settings = ServiceSettings(
+        kafka_fetch_max_wait_ms=250, kafka_commit_interval_ms=400, service_name="t"
+    )
+    runtime = ServiceRuntime(settings, "test", set_global_tracer=False)
+    try:
+        grouped = runtime.consumer("genwire.requests", Rec, _nothing)
+        groupless = runtime.consumer("genwire.control", Rec, _nothing, group=False)
+        runtime._add_replayer()
+        consumers: list[EventConsumer[Any]] = [grouped, groupless, runtime._replayer]  # type: ignore[list-item]
+        for consumer in consumers:
+            assert consumer._consumer._fetch_max_wait_ms == 250
+            assert consumer._commit_interval_s == 0.4
+            assert consumer._consumer._enable_auto_commit is False
+    finally:
+        runtime.tracer_provider.shutdown()
+
+
+def test_fetch_wait_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError):
+        ServiceSettings(kafka_fetch_max_wait_ms=-1)
+
+
+async def test_the_producer_is_idempotent_with_acks_all_and_no_linger() -> None:
+    """The durability the services state (docs/stages.md): every in-sync replica has a record
+    before it counts as published, and retries do not duplicate it."""
+    producer = EventProducer("k:9092")
+    client = producer._producer
+    assert client._txn_manager is not None  # idempotence: aiokafka keeps sequence numbers
+    assert client._sender._acks == -1  # "all"
+    assert client._message_accumulator._linger_time == 0
+
+
+async def test_records_finishing_within_the_interval_share_one_commit() -> None:
+    """Each finished record marks the consumer dirty; the commit loop commits once, then waits
+    the interval before the next commit, whatever finished meanwhile."""
+    import asyncio
+
+    producer = EventProducer("k:9092")
+    consumer = EventConsumer(
+        topic="t",
+        group_id="g",
+        model=Rec,
+        handler=_nothing,
+        producer=producer,
+        bootstrap_servers="k:9092",
+        stage="test",
+        commit_interval_s=3600.0,
+    )
+    commits = 0
+
+    async def commit(only: object = None) -> None:
+        nonlocal commits
+        commits += 1
+
+    consumer._commit = commit  # type: ignore[method-assign]
+    loop_task = asyncio.create_task(consumer._commit_loop())
+    try:
+        consumer._dirty.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert commits == 1
+        for _ in range(4):  # more records finish during the interval
+            consumer._dirty.set()
+            await asyncio.sleep(0)
+        assert commits == 1
+        assert consumer._dirty.is_set()  # committed once the interval is over
+    finally:
+        loop_task.cancel()

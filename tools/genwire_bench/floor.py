@@ -1,0 +1,538 @@
+"""``python -m genwire_bench.floor``: what one Kafka hop costs at the least, with genwire's clients.
+
+Two measurements, each against two private topics it creates (and deletes afterwards):
+
+- ``bare`` — the floor: an ``EventProducer`` (the services' producer: idempotent, ``acks=all``,
+  ``linger_ms`` 0) publishes a record and a consumer with ``EventConsumer``'s client settings
+  (``genwire.kafka.consumer.consumer_options``) sees it. Latency is publish → seen; core-ms per
+  record is this process's CPU (producer and consumer, like a service) and the broker's.
+- ``hop`` — one pipeline hop: the record goes to a relay process built like a service
+  (``ServiceRuntime``: tracer provider, producer, an ``EventConsumer`` that decodes the record
+  with pydantic and publishes it on, awaits the acknowledgement, commits; the retry replayer), and
+  the reader sees what it published. ``hop`` − ``bare`` is what a hop through a stage costs
+  beyond the floor when the stage's own work is nothing; the relay's CPU per record is that
+  stage's runtime cost.
+
+Closed loop: ``-c`` workers each publish a record and wait until it is seen. Figures are
+printed (and kept with ``--json``); nothing is asserted. Measure on a quiet machine: on two
+shared cores a busy neighbour shows up in every latency (the CPU figures are steadier).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psutil
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import BaseModel
+
+from genwire.kafka import EventProducer, ensure_topics
+from genwire.kafka.consumer import COMMIT_INTERVAL_S, FETCH_MAX_WAIT_MS, consumer_options
+from genwire.kafka.failures import RawRecord
+from genwire.kafka_security import client_options
+from genwire.service import loop as event_loop
+from genwire.topics import TOPIC_SPECS, Topic, TopicSpec
+from genwire_bench.stats import distribution
+
+PARTITIONS = 3  # as the request path's topics (genwire.topics.TOPIC_SPECS)
+READY = "ready"
+
+
+class FloorRecord(BaseModel):
+    """What the relay decodes: a request id and a body (a stand-in for an event)."""
+
+    request_id: str
+    body: str
+
+
+@dataclass
+class Phase:
+    """One measured phase: latency (ms) and CPU (core-ms per record)."""
+
+    mode: str
+    concurrency: int
+    records: int
+    seconds: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+    client_core_ms: float | None
+    """The measuring process (its producer and its consumer) per record."""
+    relay_core_ms: float | None
+    """The relay process per record (``hop``; ``idle``: per second)."""
+    broker_core_ms: float | None
+    """The broker's process per record (``idle``: per second; None: not found here)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _topics(run: str) -> tuple[str, str]:
+    return f"genwire.floor.{run}.in", f"genwire.floor.{run}.out"
+
+
+def broker_process(bootstrap_servers: str) -> psutil.Process | None:
+    """The local process listening on the first bootstrap address's port, if any."""
+    port = int(bootstrap_servers.split(",", maxsplit=1)[0].rsplit(":", 1)[-1])
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections(kind="tcp"):
+            addr = conn.laddr
+            if conn.status == psutil.CONN_LISTEN and conn.pid and addr and addr[1] == port:
+                return psutil.Process(conn.pid)
+    return None
+
+
+def _cpu_s(proc: psutil.Process | None) -> float | None:
+    if proc is None:
+        return None
+    try:
+        times = proc.cpu_times()
+        total = times.user + times.system
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                ct = child.cpu_times()
+                total += ct.user + ct.system
+        return total
+    except psutil.Error:
+        return None
+
+
+class Reader:
+    """A group-less consumer of ``topic`` with the services' client settings."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, fetch_max_wait_ms: int) -> None:
+        self.topic = topic
+        self._consumer = AIOKafkaConsumer(
+            **consumer_options(
+                bootstrap_servers, group_id=None, fetch_max_wait_ms=fetch_max_wait_ms
+            ),
+            client_id="genwire-floor-reader",
+        )
+        self._waiters: dict[bytes, asyncio.Future[float]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        parts = [TopicPartition(self.topic, p) for p in range(PARTITIONS)]
+        self._consumer.assign(parts)
+        await self._consumer.seek_to_end(*parts)
+        for tp in parts:  # resolve the end offsets now, before the first record is sent
+            await self._consumer.position(tp)
+        self._task = asyncio.create_task(self._read())
+
+    def expect(self, key: bytes) -> asyncio.Future[float]:
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiters[key] = fut
+        return fut
+
+    async def _read(self) -> None:
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            now = time.perf_counter()
+            for records in batches.values():
+                for rec in records:
+                    fut = self._waiters.pop(rec.key or b"", None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(now)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()
+
+
+async def _drive(
+    producer: EventProducer,
+    reader: Reader,
+    topic: str,
+    *,
+    count: int,
+    concurrency: int,
+    size: int,
+    tag: str,
+) -> list[float]:
+    """``count`` records through, ``concurrency`` at a time; each one's publish → seen (ms)."""
+    latencies: list[float] = []
+    next_index = 0
+    body = "x" * max(0, size - 60)
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < count:
+            i = next_index
+            next_index += 1
+            rid = f"{tag}-{i}"
+            value = FloorRecord(request_id=rid, body=body).model_dump_json().encode()
+            seen = reader.expect(rid.encode())
+            start = time.perf_counter()
+            ack = await producer.send(topic, value, key=rid.encode(), traced=False)
+            at = await asyncio.wait_for(seen, 30.0)
+            await ack
+            latencies.append((at - start) * 1000.0)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+class Relay:
+    """The relay process (``hop``): a ServiceRuntime that forwards in → out."""
+
+    def __init__(self, args: argparse.Namespace, topic_in: str, topic_out: str, run: str) -> None:
+        env = dict(os.environ)
+        env["OTEL_TRACES_EXPORTER"] = "kafka" if args.tracing else "none"
+        cmd = [
+            sys.executable,
+            "-m",
+            "genwire_bench.floor",
+            "--relay",
+            topic_in,
+            topic_out,
+            "--bootstrap-servers",
+            args.bootstrap_servers,
+            "--loop",
+            args.loop,
+            "--fetch-max-wait-ms",
+            str(args.fetch_max_wait_ms),
+            "--commit-interval-ms",
+            str(args.commit_interval_ms),
+            "--group",
+            f"genwire-floor-{run}",
+        ]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.ps = psutil.Process(self.proc.pid)
+
+    async def ready(self, timeout_s: float = 60.0) -> None:
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), timeout_s)
+        if line.decode().strip() != READY:
+            raise RuntimeError(f"the relay did not start: {line!r}")
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def measure(args: argparse.Namespace) -> list[Phase]:
+    """Run the phases ``args`` asks for; returns them in order."""
+    run = uuid.uuid4().hex[:8]
+    topic_in, topic_out = _topics(run)
+    specs = [s for s in TOPIC_SPECS if s.name in (Topic.RETRY, Topic.SPANS)]
+    specs += [TopicSpec(t, PARTITIONS, 3_600_000) for t in (topic_in, topic_out)]
+    await ensure_topics(args.bootstrap_servers, specs)
+    broker = broker_process(args.bootstrap_servers)
+    producer = EventProducer(args.bootstrap_servers, client_id="genwire-floor")
+    await producer.start()
+    phases: list[Phase] = []
+    try:
+        for mode in args.modes:
+            if mode == "idle":
+                phases.append(await _idle(args, broker, topic_in, topic_out, run))
+                continue
+            for c in args.concurrency:
+                phases.append(
+                    await _phase(args, mode, c, producer, broker, topic_in, topic_out, run)
+                )
+    finally:
+        await producer.stop()
+        await _delete_topics(args.bootstrap_servers, [topic_in, topic_out], f"genwire-floor-{run}")
+    return phases
+
+
+async def _phase(
+    args: argparse.Namespace,
+    mode: str,
+    concurrency: int,
+    producer: EventProducer,
+    broker: psutil.Process | None,
+    topic_in: str,
+    topic_out: str,
+    run: str,
+) -> Phase:
+    relay = Relay(args, topic_in, topic_out, run) if mode == "hop" else None
+    reader = Reader(
+        args.bootstrap_servers, topic_out if relay else topic_in, args.fetch_max_wait_ms
+    )
+    try:
+        if relay is not None:
+            await relay.ready()
+        await reader.start()
+        tag = f"{mode}-c{concurrency}-{uuid.uuid4().hex[:6]}"
+        send = topic_in
+        await _drive(
+            producer,
+            reader,
+            send,
+            count=args.warmup,
+            concurrency=concurrency,
+            size=args.size,
+            tag=f"{tag}-w",
+        )
+        cpu0, b0 = time.process_time(), _cpu_s(broker)
+        r0 = _cpu_s(relay.ps) if relay else None
+        t0 = time.perf_counter()
+        lat = await _drive(
+            producer,
+            reader,
+            send,
+            count=args.records,
+            concurrency=concurrency,
+            size=args.size,
+            tag=tag,
+        )
+        seconds = time.perf_counter() - t0
+        cpu1, b1 = time.process_time(), _cpu_s(broker)
+        r1 = _cpu_s(relay.ps) if relay else None
+    finally:
+        await reader.stop()
+        if relay is not None:
+            relay.stop()
+    dist = distribution(lat)
+    assert dist is not None
+    n = len(lat)
+
+    def per_record(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else (b - a) * 1000.0 / n
+
+    return Phase(
+        mode=mode,
+        concurrency=concurrency,
+        records=n,
+        seconds=seconds,
+        p50_ms=dist.p50,
+        p95_ms=dist.p95,
+        p99_ms=dist.p99,
+        mean_ms=dist.mean,
+        client_core_ms=(cpu1 - cpu0) * 1000.0 / n,
+        relay_core_ms=per_record(r0, r1),
+        broker_core_ms=per_record(b0, b1),
+        extra={
+            "loop": event_loop.describe(),
+            "relay_loop": args.loop if relay else None,
+            "tracing": bool(args.tracing) if relay else None,
+            "fetch_max_wait_ms": args.fetch_max_wait_ms,
+            "commit_interval_ms": args.commit_interval_ms,
+        },
+    )
+
+
+async def _idle(
+    args: argparse.Namespace,
+    broker: psutil.Process | None,
+    topic_in: str,
+    topic_out: str,
+    run: str,
+) -> Phase:
+    """The relay with nothing to do for ``--idle-s``: what its polling and timers cost."""
+    relay = Relay(args, topic_in, topic_out, run)
+    try:
+        await relay.ready()
+        await asyncio.sleep(2.0)  # let the joining settle
+        r0, b0, t0 = _cpu_s(relay.ps), _cpu_s(broker), time.perf_counter()
+        await asyncio.sleep(args.idle_s)
+        r1, b1, seconds = _cpu_s(relay.ps), _cpu_s(broker), time.perf_counter() - t0
+    finally:
+        relay.stop()
+
+    def per_s(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else (b - a) * 1000.0 / seconds
+
+    return Phase(
+        mode="idle",
+        concurrency=0,
+        records=0,
+        seconds=seconds,
+        p50_ms=None,
+        p95_ms=None,
+        p99_ms=None,
+        mean_ms=None,
+        client_core_ms=None,
+        relay_core_ms=per_s(r0, r1),
+        broker_core_ms=per_s(b0, b1),
+        extra={
+            "relay_loop": args.loop,
+            "tracing": bool(args.tracing),
+            "fetch_max_wait_ms": args.fetch_max_wait_ms,
+            "commit_interval_ms": args.commit_interval_ms,
+        },
+    )
+
+
+async def _delete_topics(bootstrap_servers: str, topics: list[str], group: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options())
+    try:
+        await admin.start()
+        with contextlib.suppress(Exception):
+            await admin.delete_topics(topics)
+        with contextlib.suppress(Exception):
+            await admin.delete_consumer_groups([group])
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+# --- the relay process -----------------------------------------------------------------------
+
+
+async def relay_main(args: argparse.Namespace) -> None:
+    """Forward every record of ``in`` to ``out`` through a ServiceRuntime, until stdin closes."""
+    from genwire.service.runtime import ServiceRuntime
+    from genwire.settings import ServiceSettings
+
+    topic_in, topic_out = args.relay
+    settings = ServiceSettings(
+        kafka_bootstrap_servers=args.bootstrap_servers,
+        service_name=args.group,
+        kafka_fetch_max_wait_ms=args.fetch_max_wait_ms,
+        kafka_commit_interval_ms=args.commit_interval_ms,
+        event_loop=args.loop,
+    )
+    runtime = ServiceRuntime(settings, "floor", set_global_tracer=False)
+
+    async def forward(record: FloorRecord) -> RawRecord:
+        return RawRecord(topic_out, record.model_dump_json().encode(), record.request_id.encode())
+
+    consumer = runtime.consumer(topic_in, FloorRecord, forward)
+    await runtime.start()
+    for _ in range(1200):  # joined: the group's callback sets it (no event to wait on)
+        if consumer.ready:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise RuntimeError(f"the relay's consumer did not join its group on {topic_in}")
+    print(READY, flush=True)
+    await asyncio.to_thread(sys.stdin.read)  # until the measuring process closes our stdin
+    await runtime.stop()
+    runtime.tracer_provider.shutdown()
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m genwire_bench.floor",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  python -m genwire_bench.floor                       bare and hop, c=1 and 8\n"
+            "  python -m genwire_bench.floor --modes bare -n 2000  the floor alone\n"
+            "  python -m genwire_bench.floor --loop asyncio --no-tracing   the levers"
+        ),
+    )
+    p.add_argument(
+        "--bootstrap-servers",
+        default=os.environ.get("GENWIRE_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+    )
+    p.add_argument(
+        "--modes",
+        type=lambda s: s.split(","),
+        default=["bare", "hop"],
+        help="bare (the floor), hop (through a relay built like a service), idle (the relay's "
+        "CPU per second with nothing to do)",
+    )
+    p.add_argument("-c", "--concurrency", type=_ints, default=[1, 8])
+    p.add_argument("-n", "--records", type=int, default=500, help="measured records per phase")
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--idle-s", type=float, default=10.0, help="length of the idle phase")
+    p.add_argument("--size", type=int, default=200, help="record value bytes (about)")
+    p.add_argument("--loop", choices=event_loop.EVENT_LOOPS, default="auto")
+    p.add_argument("--fetch-max-wait-ms", type=int, default=FETCH_MAX_WAIT_MS)
+    p.add_argument(
+        "--commit-interval-ms",
+        type=int,
+        default=int(COMMIT_INTERVAL_S * 1000),
+        help="the relay's kafka_commit_interval_ms",
+    )
+    p.add_argument(
+        "--tracing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the relay exports its spans to Kafka, as the services do (default on)",
+    )
+    p.add_argument("--json", dest="json_path", help="write the phases as JSON here")
+    p.add_argument("--relay", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--group", help=argparse.SUPPRESS)
+    return p
+
+
+def render(phases: list[Phase]) -> str:
+    """The phases as a table."""
+    lines = [
+        "| mode | c | records | rec/s | p50 ms | p95 | p99 | client core-ms/rec "
+        "| relay core-ms/rec | broker core-ms/rec |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(x: float | None) -> str:
+        return "–" if x is None else f"{x:.2f}"
+
+    for ph in phases:
+        if ph.mode == "idle":
+            lines.append(
+                f"| idle ({ph.seconds:.0f} s) | – | – | – | – | – | – | – "
+                f"| {f(ph.relay_core_ms)} per s | {f(ph.broker_core_ms)} per s |"
+            )
+            continue
+        lines.append(
+            f"| {ph.mode} | {ph.concurrency} | {ph.records} | {ph.records / ph.seconds:.0f} "
+            f"| {f(ph.p50_ms)} | {f(ph.p95_ms)} | {f(ph.p99_ms)} | {f(ph.client_core_ms)} "
+            f"| {f(ph.relay_core_ms)} | {f(ph.broker_core_ms)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.relay:
+        event_loop.run(relay_main(args), args.loop)
+        return 0
+    load0 = os.getloadavg()
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    phases = event_loop.run(measure(args), args.loop)
+    load1 = os.getloadavg()
+    print(
+        f"floor: {started}, broker {args.bootstrap_servers}, loop {args.loop}, "
+        f"tracing {'on' if args.tracing else 'off'} (relay), fetch_max_wait_ms "
+        f"{args.fetch_max_wait_ms}, load average {load0[0]:.2f} → {load1[0]:.2f}"
+    )
+    print(render(phases))
+    if args.json_path:
+        with open(args.json_path, "w") as handle:
+            json.dump(
+                {
+                    "started": started,
+                    "load": [load0[0], load1[0]],
+                    "args": {k: v for k, v in vars(args).items() if k not in ("relay", "group")},
+                    "phases": [asdict(p) for p in phases],
+                },
+                handle,
+                indent=2,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
