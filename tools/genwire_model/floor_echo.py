@@ -83,8 +83,9 @@ class TritonPythonModel:
         for request in requests:
             sink = _model._TritonSink(request, self.outbox)
             try:
-                tokens = int(_model._scalar(request, "max_tokens"))
-                ids = _model._vector(request, "input_ids")
+                inputs = _model._inputs(request)
+                tokens = int(_model._scalar(inputs, "max_tokens"))
+                ids = _model._vector(inputs, "input_ids")
                 if tokens < 1 or ids is None or len(ids) == 0:
                     raise _model.RequestError("needs input_ids and max_tokens >= 1")
             except (_model.RequestError, ValueError) as exc:

@@ -73,8 +73,14 @@ except ImportError:  # a runtime without constrained decoding
 log = logging.getLogger("genwire.model")
 
 
-def _scalar(request: Any, name: str, default: Any = None) -> Any:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
+def _inputs(request: Any) -> dict[str, Any]:
+    """The request's input tensors by name, listed once (``pb_utils.get_input_tensor_by_name``
+    lists every input of the request again for each name it looks up)."""
+    return {tensor.name(): tensor for tensor in request.inputs()}
+
+
+def _scalar(inputs: dict[str, Any], name: str, default: Any = None) -> Any:
+    tensor = inputs.get(name)
     if tensor is None:
         if default is None:
             raise RequestError(f"required input {name!r} is missing")
@@ -88,9 +94,9 @@ def _scalar(request: Any, name: str, default: Any = None) -> Any:
 _WAKE = object()  # a queue item that only wakes the outbox (urgent responses are waiting)
 
 
-def _vector(request: Any, name: str) -> Any:
+def _vector(inputs: dict[str, Any], name: str) -> Any:
     """An optional input's values (None when absent)."""
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    tensor = inputs.get(name)
     return None if tensor is None else tensor.as_numpy().reshape(-1)
 
 
@@ -379,44 +385,45 @@ class TritonPythonModel:
         )
 
     def _decode(self, request: Any, sink: _TritonSink) -> Request:
-        ids = pb_utils.get_input_tensor_by_name(request, "input_ids")
+        inputs = _inputs(request)
+        ids = _vector(inputs, "input_ids")
         if ids is None:
             raise RequestError("required input 'input_ids' is missing")
-        stop = pb_utils.get_input_tensor_by_name(request, "stop_token_ids")
+        stop = _vector(inputs, "stop_token_ids")
         stop_ids: frozenset[int] = frozenset()
         if stop is not None:
-            stop_ids = frozenset(int(t) for t in stop.as_numpy().reshape(-1))
-        bias_ids = _vector(request, "logit_bias_ids")
-        bias_values = _vector(request, "logit_bias_values")
+            stop_ids = frozenset(int(t) for t in stop)
+        bias_ids = _vector(inputs, "logit_bias_ids")
+        bias_values = _vector(inputs, "logit_bias_values")
         if (bias_ids is None) != (bias_values is None) or (
             bias_ids is not None and len(bias_ids) != len(bias_values)
         ):
             raise RequestError("logit_bias_ids and logit_bias_values must have the same length")
-        guided = _vector(request, "guided")
-        stops = _vector(request, "stop")
+        guided = _vector(inputs, "guided")
+        stops = _vector(inputs, "stop")
         return Request(
-            prompt=ids.as_numpy().reshape(-1).astype(np.int64),
-            max_tokens=int(_scalar(request, "max_tokens")),
-            temperature=float(_scalar(request, "temperature", 1.0)),
-            top_p=float(_scalar(request, "top_p", 1.0)),
-            top_k=int(_scalar(request, "top_k", 0)),
-            seed=int(_scalar(request, "seed", -1)),
+            prompt=ids.astype(np.int64),
+            max_tokens=int(_scalar(inputs, "max_tokens")),
+            temperature=float(_scalar(inputs, "temperature", 1.0)),
+            top_p=float(_scalar(inputs, "top_p", 1.0)),
+            top_k=int(_scalar(inputs, "top_k", 0)),
+            seed=int(_scalar(inputs, "seed", -1)),
             stop_ids=stop_ids,
-            stream=bool(_scalar(request, "stream", True)),
+            stream=bool(_scalar(inputs, "stream", True)),
             sink=sink,
-            n=int(_scalar(request, "n", 1)),
-            top_logprobs=int(_scalar(request, "top_logprobs", 0)),
-            presence_penalty=float(_scalar(request, "presence_penalty", 0.0)),
-            frequency_penalty=float(_scalar(request, "frequency_penalty", 0.0)),
-            repetition_penalty=float(_scalar(request, "repetition_penalty", 1.0)),
-            min_p=float(_scalar(request, "min_p", 0.0)),
+            n=int(_scalar(inputs, "n", 1)),
+            top_logprobs=int(_scalar(inputs, "top_logprobs", 0)),
+            presence_penalty=float(_scalar(inputs, "presence_penalty", 0.0)),
+            frequency_penalty=float(_scalar(inputs, "frequency_penalty", 0.0)),
+            repetition_penalty=float(_scalar(inputs, "repetition_penalty", 1.0)),
+            min_p=float(_scalar(inputs, "min_p", 0.0)),
             logit_bias=(
                 {int(t): float(v) for t, v in zip(bias_ids, bias_values, strict=True)}
                 if bias_ids is not None
                 else {}
             ),
-            min_tokens=int(_scalar(request, "min_tokens", 0)),
-            ignore_eos=bool(_scalar(request, "ignore_eos", False)),
+            min_tokens=int(_scalar(inputs, "min_tokens", 0)),
+            ignore_eos=bool(_scalar(inputs, "ignore_eos", False)),
             guided=_text(guided[0]) if guided is not None and len(guided) else "",
             stop=tuple(_text(s) for s in stops) if stops is not None else (),
         )
