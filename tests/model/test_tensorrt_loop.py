@@ -446,3 +446,51 @@ def test_the_build_and_load_check_runs_the_steps_in_the_buffers(
     assert figures["finite"] and figures["greedy_token_agreement"] == 1.0
     assert figures["max_abs_logprob_diff"] < 1e-3  # the same graph, one masked column more
     tensorrt_engine.check_agreement(figures)
+
+
+def test_rows_that_reach_the_context_leave_the_cache_within_the_profile(
+    tiny_version: ModelVersion,
+) -> None:
+    """A row that ends at the context stays in the batch (fed, not sampled) while a shorter
+    one runs on: the cache is trimmed once it is as wide as the context, so no row is fed a
+    position past the graph's and no step's cache outgrows the decode profile (context + 1
+    columns) or the buffers. Before, the batch failed on both runners (position 64 of 64)."""
+
+    def run(runner: Any) -> tuple[list[Collect], Scheduler]:
+        scheduler = Scheduler(runner, context=CONTEXT, eos_ids=(), max_batch=4)
+        sinks = [Collect(), Collect()]
+        for length, sink in zip((50, 46), sinks, strict=True):
+            scheduler.submit(
+                Request(
+                    np.arange(1, length + 1, dtype=np.int64),
+                    sink=sink,
+                    max_tokens=100,
+                    temperature=0.0,
+                    top_p=1.0,
+                    top_k=0,
+                    seed=1,
+                    stop_ids=frozenset(),
+                    stream=True,
+                )
+            )
+        for _ in range(200):
+            if all(s.done for s in sinks):
+                break
+            scheduler.run_once()
+            assert scheduler.width <= CONTEXT
+        return sinks, scheduler
+
+    runner = engine_runner(tiny_version)
+    got, scheduler = run(runner)
+    want, _ = run(reference_runner(tiny_version))
+    assert [s.tokens for s in got] == [s.tokens for s in want]
+    # Both ran to the context (the last token is sampled, never fed): the first ended while
+    # the second still had tokens to make.
+    assert [len(s.tokens) for s in got] == [CONTEXT - 50 + 1, CONTEXT - 46 + 1]
+    assert all(s.updates[-1].finish_reason == "length" for s in got)
+    decode = runner.profiles[1]["context"]
+    widths = [feeds["past_keys"].shape[3] for feeds in decode.seen]
+    assert max(widths) <= CONTEXT + 1
+    assert max(p for feeds in decode.seen for p in feeds["position_ids"].ravel()) < CONTEXT
+    assert runner.steps_in_place == len(decode.seen)  # every decode pass in the buffers
+    assert scheduler.rebuilds >= 2  # the batch's first form, and the trim at the context

@@ -469,7 +469,11 @@ class Scheduler:
         joining: list[tuple[KV, list[int], list[_Sequence]]] = []
         if self.waiting:
             joining = self._admit()
-        if joining or len(self.leaving) > self._dead:
+        # A cache as wide as the context is trimmed before the next step: rows that ended stay
+        # (fed, at their length's position) and the width outgrows the longest live row, and
+        # the graph's positions and the runners' buffers (TensorRT's profile) end at the
+        # context (+ 1 column).
+        if joining or len(self.leaving) > self._dead or self.width >= self.context:
             self._reform(joining)
         self._dead = len(self.leaving)  # rows left free after it (fed, not sampled)
         if joining:
@@ -586,7 +590,7 @@ class Scheduler:
             [int(self.lengths[row]) for row in live] + [seq.length for _, _, seq in new],
             default=0,
         )
-        if self.width - longest > self.width_slack:
+        if self.width - longest > self.width_slack or self.width >= self.context:
             return False
         width = self.width
         for (kv, source, seq), row in zip(new, free, strict=False):
