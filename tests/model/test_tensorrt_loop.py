@@ -494,3 +494,32 @@ def test_rows_that_reach_the_context_leave_the_cache_within_the_profile(
     assert max(p for feeds in decode.seen for p in feeds["position_ids"].ravel()) < CONTEXT
     assert runner.steps_in_place == len(decode.seen)  # every decode pass in the buffers
     assert scheduler.rebuilds >= 2  # the batch's first form, and the trim at the context
+
+
+def test_buffers_that_do_not_fit_leave_the_steps_allocating(
+    tiny_version: ModelVersion, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``reserve`` asks for four buffers of the largest batch at the full context; where the
+    GPU has not that much free, the model still loads (the scheduler reserves in its
+    constructor): a warning, no buffers (the old ones released first), steps go to
+    ``forward``."""
+    runner = engine_runner(tiny_version)
+    runner.reserve(2, 8)
+    assert runner._arenas
+    make = runner._buffer
+
+    def short(count: int, dtype: Any) -> Any:
+        if count > 4096:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (stand-in)")
+        return make(count, dtype)
+
+    monkeypatch.setattr(runner, "_buffer", short)
+    with caplog.at_level("WARNING", logger=runners.__name__):
+        runner.reserve(4, CONTEXT + 1)
+    assert runner._arenas == [] and runner._plan == {}
+    assert "decode buffers for 4 rows" in caplog.text and "out of memory" in caplog.text
+    _, kv, lengths = prefill(runner, PROMPTS[:2])
+    ids, mask, positions = step_inputs([3, 4], lengths, int(kv[0].shape[3]))
+    got, _ = runner.step(ids, mask, positions, kv)
+    want, _ = engine_runner(tiny_version).forward(ids, mask, positions, kv)
+    assert runner.steps_in_place == 0 and np.array_equal(got, want)

@@ -433,23 +433,37 @@ class TensorRTRunner:
             return
         size = self.layers * batch * self.heads * width * self.head_dim
         stride = -(-batch // (ADDRESS_ALIGNMENT // 8)) * (ADDRESS_ALIGNMENT // 8)
-        with self._on_stream():
-            self._arenas = [(self._buffer(size, kind), self._buffer(size, kind)) for _ in "ab"]
-            plan: dict[str, Any] = {
-                "rows": batch,
-                "stride": stride,  # elements between the three inputs: 256-byte multiples
-                "host": torch.zeros(3 * stride, dtype=torch.int64, pin_memory=self._pinned()),
-                "inputs": self._buffer(3 * stride, torch.int64),
-                "logits": self._buffer(batch * self.vocab_size, self.dtypes["logits"]),
-                "mask": self._buffer(batch * self.widest, self.dtypes["attention_mask"]),
-                # The comparison's own result type: no cast temporary inside torch.ge.
-                "ones": self._buffer(batch * self.widest, torch.bool),
-                "columns": torch.arange(self.widest, dtype=torch.int64, device=self.device),
-            }
-            for name in ("input_ids", "position_ids"):  # an engine taking int32 indices
-                if self.dtypes[name] != torch.int64:
-                    plan[name] = self._buffer(batch, self.dtypes[name])
-        self._plan = plan
+        self._arenas, self._plan = [], {}  # the old buffers go before the new ones are made
+        try:
+            with self._on_stream():
+                arenas = [(self._buffer(size, kind), self._buffer(size, kind)) for _ in "ab"]
+                plan: dict[str, Any] = {
+                    "rows": batch,
+                    "stride": stride,  # elements between the three inputs: 256-byte multiples
+                    "host": torch.zeros(3 * stride, dtype=torch.int64, pin_memory=self._pinned()),
+                    "inputs": self._buffer(3 * stride, torch.int64),
+                    "logits": self._buffer(batch * self.vocab_size, self.dtypes["logits"]),
+                    "mask": self._buffer(batch * self.widest, self.dtypes["attention_mask"]),
+                    # The comparison's own result type: no cast temporary inside torch.ge.
+                    "ones": self._buffer(batch * self.widest, torch.bool),
+                    "columns": torch.arange(self.widest, dtype=torch.int64, device=self.device),
+                }
+                for name in ("input_ids", "position_ids"):  # an engine taking int32 indices
+                    if self.dtypes[name] != torch.int64:
+                        plan[name] = self._buffer(batch, self.dtypes[name])
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
+            # Four buffers of the largest batch at the full context; the loop without them
+            # holds only the live batch's width. Serving goes on, each step allocating.
+            log.warning(
+                "TensorRT decode buffers for %d rows x %d columns (4 x %.1f MiB) could not be "
+                "made, decode steps allocate their outputs: %s",
+                batch,
+                width,
+                size * int(torch.empty(0, dtype=kind).element_size()) / 2**20,
+                exc,
+            )
+            return
+        self._arenas, self._plan = arenas, plan
 
     def _pinned(self) -> bool:
         return self.stream is not None
