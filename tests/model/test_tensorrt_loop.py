@@ -523,3 +523,42 @@ def test_buffers_that_do_not_fit_leave_the_steps_allocating(
     got, _ = runner.step(ids, mask, positions, kv)
     want, _ = engine_runner(tiny_version).forward(ids, mask, positions, kv)
     assert runner.steps_in_place == 0 and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_compare_backends_refuses_figures_of_a_fallen_back_engine(
+    tiny_version: ModelVersion,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fails: bool,
+) -> None:
+    """``deploy/gpu/compare_backends.py`` on the stand-in engine: the decode through the
+    buffers agrees with ONNX Runtime; an engine whose steps fail (``FallbackRunner`` moves to
+    ONNX Runtime) gives no "tensorrt" figures, which would be ONNX Runtime's."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "deploy" / "gpu" / "compare_backends.py"
+    spec = importlib.util.spec_from_file_location("compare_backends", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def create_runner(path: Any, prefer: str = "auto", **_: Any) -> Any:
+        if prefer == "onnxruntime":
+            return reference_runner(tiny_version)
+        engine = engine_runner(tiny_version)
+        if fails:
+            engine.profiles[1]["context"] = FailingContext(engine.profiles[1]["context"])
+        report = runners._Fallback(tiny_version.path, record=False)
+        return FallbackRunner(engine, lambda: reference_runner(tiny_version), report)
+
+    monkeypatch.setattr(runners, "create_runner", create_runner)
+    args = ["--repository", str(tiny_version.path.parents[1]), "--name", tiny_version.name]
+    args += ["--batch", "2", "--steps", "4", "--prompt-tokens", "6"]
+    code = module.main(args)
+    out = capsys.readouterr()
+    if fails:
+        assert code == 1 and "TensorRT failed at batch 2" in out.err
+    else:
+        assert code == 0 and "tensorrt" in out.out and "100%" in out.out
