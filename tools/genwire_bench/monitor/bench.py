@@ -58,6 +58,7 @@ def run_bench(args: argparse.Namespace) -> None:
             args.good_tokens,
             args.bad_tokens,
             args.live_warm_h,
+            args.live_threshold_ms,
         )
         return
     if args.detection:

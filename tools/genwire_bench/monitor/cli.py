@@ -86,6 +86,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bad-tokens", type=int, default=96, help="--live: tokens of a bad (slow) request"
     )
     parser.add_argument(
+        "--live-threshold-ms",
+        type=float,
+        default=0.0,
+        help="--live: the SLO's threshold (default: the geometric mean of the calibrated good "
+        "and bad latencies)",
+    )
+    parser.add_argument(
         "--seeds", type=int, default=3, help="--quality: repetitions (default: %(default)s)"
     )
     parser.add_argument(

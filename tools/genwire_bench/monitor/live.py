@@ -40,6 +40,8 @@ from genwire_bench.monitor.detection import workbook_s
 
 GATEWAY = "http://127.0.0.1:8080"
 PAGE = "latency:e2e:page"
+FIXED_ALLOWANCE_S = 15 * 60.0
+"""Production seconds added to every case's time limit (see ``one_case``)."""
 
 
 def _free_port() -> int:
@@ -212,7 +214,13 @@ async def one_case(
                 await asyncio.sleep(0.5)
             load.bad = bad
             began = time.monotonic()
-            limits = {id(m): (m.workbook or warm_s) * timeout_factor * scale for m in monitors}
+            # The fixed real delays (trace completion, export batching, the bad request's own
+            # duration: ~2 s) are ~2 production minutes at 1/60: a limit of a few Workbook
+            # times alone would give up on the 0.999 rows before their page could arrive.
+            limits = {
+                id(m): ((m.workbook or warm_s) * timeout_factor + FIXED_ALLOWANCE_S) * scale
+                for m in monitors
+            }
             waiting = list(monitors)
             while waiting:
                 elapsed = time.monotonic() - began
@@ -241,10 +249,13 @@ def live_detection(
     good_tokens: int,
     bad_tokens: int,
     warm_h: float,
+    threshold_ms: float = 0.0,
 ) -> None:
     """Print the table (see the module's docstring)."""
     good_ms, bad_ms = asyncio.run(calibrate(good_tokens, bad_tokens))
-    threshold = (good_ms * bad_ms) ** 0.5  # between the two, geometrically
+    # Between the two, geometrically, unless given: on a shared machine good requests' tail
+    # reaches the geometric mean, and a threshold near the bad ones keeps them good.
+    threshold = threshold_ms or (good_ms * bad_ms) ** 0.5
     print(
         f"calibration: good {good_ms:.0f} ms, bad {bad_ms:.0f} ms -> SLO e2e under "
         f"{threshold:.0f} ms; scale {scale:g}, {rate:g} requests/s, warm {warm_h:g} h"
