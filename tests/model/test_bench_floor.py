@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import httpx
+import pytest
 from genwire_model import bench
 from genwire_model.client import generate
 from tritonclient.grpc.aio import InferenceServerClient
@@ -50,6 +51,18 @@ def test_core_ms_per_unit_leaves_out_what_was_not_measured() -> None:
     after = meter.sample()
     assert after["client"] > before["client"]
     assert set(bench.CpuMeter.per_unit(before, after, 1)) == {"client", "total"}
+
+
+def test_a_process_that_ends_keeps_its_last_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    readings: dict[int, float | None] = {1: 5.0, 2: 1.0}
+    monkeypatch.setattr(bench, "_cpu_s", lambda pid: readings[pid])
+    meter = bench.CpuMeter(None)
+    meter.pids = {"server": [1], "stub": [2]}
+    before = meter.sample()
+    readings.update({1: 5.5, 2: None})  # the stub of a replaced version ended
+    after = meter.sample()
+    assert after["server"] - before["server"] == 0.5
+    assert after["stub"] == before["stub"] == 1.0  # not a negative CPU time
 
 
 def test_the_echo_model_runs_beside_the_real_response_path(tmp_path: Path) -> None:

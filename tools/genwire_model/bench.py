@@ -105,13 +105,13 @@ def summarize(
 _CLOCK_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (0 when it is gone)."""
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process (None when it is gone)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
+        return None
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICK
 
 
@@ -144,9 +144,17 @@ class CpuMeter:
 
     def __init__(self, model: str | None) -> None:
         self.pids = triton_processes(model) if model else {"server": [], "stub": []}
+        self._last: dict[int, float] = {}
+
+    def _read(self, pid: int) -> float:
+        # A process that ended (a replaced version's stub) keeps its last reading.
+        value = _cpu_s(pid)
+        if value is not None:
+            self._last[pid] = value
+        return self._last.get(pid, 0.0)
 
     def sample(self) -> dict[str, float]:
-        out = {name: sum(_cpu_s(pid) for pid in pids) for name, pids in self.pids.items()}
+        out = {name: sum(self._read(pid) for pid in pids) for name, pids in self.pids.items()}
         out["client"] = time.process_time()
         return out
 
