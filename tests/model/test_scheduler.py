@@ -514,3 +514,74 @@ def test_the_basic_cache_operations_give_the_same_text(make: Callable[..., Sched
         assert scheduler.rebuilds > 0
         texts.append([s.tokens for s in sinks])
     assert texts[0] == texts[1]
+
+
+def test_the_response_budget_keeps_every_token_logprob_and_alternative_in_place(
+    tiny_version: ModelVersion, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokens the budget holds back go out later, once and in order, with their own
+    log-probabilities and alternatives (several tokens per response), for ``n`` choices, a stop
+    token after ``min_tokens``, a request that ends while tokens are held and one cancelled
+    while they are: what the client gets is what it gets with a response per token."""
+    import time
+
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    runner = create_runner(tiny_version.path)
+
+    def generate(budget: float, stop: frozenset[int], cancel: int | None = 7) -> list[Collect]:
+        scheduler = Scheduler(runner, context=64, eos_ids=(), responses_per_s=budget)
+        sinks = [Collect(), Collect(), Collect(cancel_after=cancel)]
+        scheduler.submit(request(sinks[0], [5, 6], max_tokens=24, n=2, top_logprobs=3, seed=3))
+        scheduler.submit(request(sinks[1], [8, 9], max_tokens=24, stop_ids=stop, min_tokens=4))
+        scheduler.submit(request(sinks[2], [7], max_tokens=40, top_logprobs=2, seed=5))
+        for _ in range(1000):
+            if all(s.done for s in sinks):
+                break
+            scheduler.run_once()
+            clock[0] += 0.003
+        assert all(s.done and not s.errors for s in sinks)
+        return sinks
+
+    def choices(sink: Collect) -> dict[int, list[tuple[int, float, list[int], list[float]]]]:
+        out: dict[int, list[tuple[int, float, list[int], list[float]]]] = {}
+        for u in sink.updates:
+            assert len(u.logprobs) == len(u.token_ids)
+            if u.top_ids or u.top_logprobs:
+                assert len(u.top_ids) == len(u.top_logprobs) == len(u.token_ids)
+            tops = u.top_ids or [[]] * len(u.token_ids)
+            top_lps = u.top_logprobs or [[]] * len(u.token_ids)
+            out.setdefault(u.choice, []).extend(
+                zip(u.token_ids, u.logprobs, tops, top_lps, strict=True)
+            )
+        return out
+
+    first = generate(0.0, frozenset(), cancel=None)  # request 2 runs to its max_tokens
+    stop = frozenset({first[1].tokens[6]})  # a token request 1 samples after min_tokens
+    plain, budgeted = generate(0.0, stop), generate(50.0, stop)
+    for a, b in zip(plain[:2], budgeted[:2], strict=True):
+        assert choices(b) == choices(a)  # every token once, in order, with its own figures
+        assert [u.finish_reason for u in b.updates if u.finished] == [
+            u.finish_reason for u in a.updates if u.finished
+        ]
+        assert len(b.updates) < len(a.updates)  # the budget held tokens back
+        for c in choices(b):  # each choice's first token alone, at once
+            assert len(next(u for u in b.updates if u.choice == c).token_ids) == 1
+    assert plain[1].updates[-1].finish_reason == "stop"  # ended by the stop token (not sent)
+    assert len(plain[1].tokens) >= 4 and not stop & set(plain[1].tokens)
+    # Cancelled while tokens were held: its final response carries them, nothing twice.
+    cancelled, reference = budgeted[2], first[2]
+    assert cancelled.updates[-1].finish_reason == "cancelled"
+    assert 7 <= len(cancelled.tokens) < len(reference.tokens) == 40
+    assert cancelled.tokens == reference.tokens[: len(cancelled.tokens)]
+    assert cancelled.updates[-1].token_ids  # the held tokens rode on the final response
+    assert choices(cancelled)[0] == choices(reference)[0][: len(cancelled.tokens)]
+
+
+@pytest.mark.parametrize("budget", [-1.0, float("nan"), float("inf")])
+def test_a_response_budget_out_of_range_is_refused(
+    tiny_version: ModelVersion, budget: float
+) -> None:
+    runner = create_runner(tiny_version.path)
+    with pytest.raises(ValueError, match="stream_responses_per_s"):
+        Scheduler(runner, context=64, eos_ids=(), responses_per_s=budget)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import queue
 import threading
 import time
@@ -371,6 +372,11 @@ class Scheduler:
         # that many responses per second whatever the batch (first tokens and final responses
         # aside). Each response costs the Triton path about half a core-millisecond (the
         # stub's send, the server, the client), which the decode step would otherwise lose.
+        if not math.isfinite(responses_per_s) or responses_per_s < 0:
+            raise ValueError(
+                "stream_responses_per_s must be a finite number >= 0 (0 = off), "
+                f"got {responses_per_s}"
+            )
         self.response_gap_s = 1.0 / responses_per_s if responses_per_s > 0 else 0.0
         self.prefill_tokens = max(1, prefill_tokens)
         self.cancel_check_interval = max(1, cancel_check_interval)
