@@ -130,3 +130,34 @@ def test_bench_rows_print_the_cpu_per_token() -> None:
     assert bench._row(r).rstrip().endswith(" 3")  # nothing measured: no CPU column
     r.core_ms_per_token = {"server": 0.5, "client": 0.25, "total": 0.75}
     assert bench._row(r).endswith("0.750 (0.500 server + 0.250 client)")
+
+
+def test_a_floor_run_that_fails_leaves_no_echo_model_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused load (unloaded all the same: it may have started) and a version written in
+    part both leave the repository as it was."""
+    calls: list[str] = []
+
+    def post(url: str, **_: object) -> httpx.Response:
+        calls.append(url.rsplit("/", 1)[1])
+        return httpx.Response(400 if url.endswith("/load") else 200, text="no")
+
+    monkeypatch.setattr(httpx, "post", post)
+    with pytest.raises(RuntimeError, match="could not load the echo model"):
+        bench.run_floor("g:1", "h:2", tmp_path, [1], 2, 1, None)
+    assert calls == ["load", "unload"]
+    assert list(tmp_path.iterdir()) == []
+
+    import genwire_model.build
+
+    def broken(version: Path) -> None:
+        (version / "model.py").write_text("partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(genwire_model.build, "_copy_runtime", broken)
+    calls.clear()
+    with pytest.raises(OSError, match="disk full"):
+        bench.run_floor("g:1", "h:2", tmp_path, [1], 2, 1, None)
+    assert calls == []  # nothing was loaded
+    assert list(tmp_path.iterdir()) == []

@@ -563,9 +563,12 @@ def run_floor(
     import httpx
 
     name = f"{FLOOR_MODEL}-{uuid.uuid4().hex[:6]}"
-    model_dir = write_echo_model(repository, name)
+    model_dir = repository / name
     base = f"http://{http_url}"
+    loading = False
     try:
+        write_echo_model(repository, name)  # (a part written is removed too)
+        loading = True
         loaded = httpx.post(
             f"{base}/v2/repository/models/{name}/load", headers=headers or {}, timeout=120.0
         )
@@ -594,10 +597,20 @@ def run_floor(
                     print(_row(r), flush=True)
                 tables.append(table)
         finally:
+            loading = False
             httpx.post(
                 f"{base}/v2/repository/models/{name}/unload", headers=headers or {}, timeout=60.0
             )
     finally:
+        if loading:  # a load refused or timed out may still have started the model
+            try:
+                httpx.post(
+                    f"{base}/v2/repository/models/{name}/unload",
+                    headers=headers or {},
+                    timeout=60.0,
+                )
+            except httpx.HTTPError as exc:
+                print(f"floor: could not unload the echo model {name}: {exc}", flush=True)
         shutil.rmtree(model_dir, ignore_errors=True)
     if out is not None:
         payload = {
