@@ -14,7 +14,7 @@ from genwire_preprocess.stores import RedisClaims
 
 from genwire.redisconn import connect
 from genwire.request import GenerationRequest, fingerprint
-from genwire.results import ResultStore
+from genwire.results import _CLAIM, ResultStore
 from genwire.settings import CommonSettings
 
 
@@ -85,6 +85,13 @@ async def test_a_claim_whose_answer_came_too_late_is_still_ours(infra: CommonSet
     """The client retries the timed-out claim; its SET NX then fails because the first one
     did succeed. The gateway must still know it owns the request (or nobody publishes it)."""
     request = GenerationRequest(request_id=f"late-{uuid.uuid4().hex[:8]}", prompt="hi")
+    # The claim script cached first: else the delayed answer is EVALSHA's NOSCRIPT (nothing
+    # ran, no late success to recover from) and the test passes without testing it.
+    direct = connect(infra.redis_url)
+    try:
+        await direct.script_load(_CLAIM)
+    finally:
+        await direct.aclose()  # type: ignore[attr-defined]
     async with _late_proxy(infra.redis_url, delay_s=2.0) as url:
         redis = connect(url, timeout_s=0.5)
         try:
