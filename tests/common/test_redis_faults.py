@@ -89,7 +89,7 @@ async def test_a_claim_whose_answer_came_too_late_is_still_ours(infra: CommonSet
     # ran, no late success to recover from) and the test passes without testing it.
     direct = connect(infra.redis_url)
     try:
-        await direct.script_load(_CLAIM)
+        await direct.script_load(_CLAIM)  # type: ignore[no-untyped-call]
     finally:
         await direct.aclose()  # type: ignore[attr-defined]
     async with _late_proxy(infra.redis_url, delay_s=2.0) as url:
