@@ -12,6 +12,7 @@ from genwire_bench.load import poisson_arrivals
 from genwire_bench.records import BenchRequest, RequestRecord, SamplingSpec
 from genwire_bench.report import render, table, to_json, write_json, write_plot
 from genwire_bench.runner import BenchConfig, BenchReport, Runner
+from genwire_bench.stats import Load
 
 
 class FakeDriver(Driver):
@@ -193,3 +194,52 @@ def test_an_open_loop_is_not_judged_on_throughput() -> None:
         records=[],
     )
     assert not any("throughput" in goal for goal, _, _ in target_checks(report))
+
+
+def test_pipeline_cost_per_request_comes_from_the_resources_table() -> None:
+    from genwire_bench.report import _costs, pipeline_costs, target_checks
+    from genwire_bench.resources import Usage
+    from genwire_bench.stats import Summary
+
+    def summary(target: str, rps: float) -> Summary:
+        return Summary(target, Load("closed", 8), 96, 0, 1.0, rps, rps * 32, None, None, None)
+
+    def usage(cpu: float) -> Usage:
+        return Usage((1,), cpu, cpu, 100.0, 90.0)
+
+    report = BenchReport(
+        run_id="x",
+        config={},
+        environment={},
+        summaries=[summary("triton", 50.0), summary("kafka", 20.0), summary("grpc", 20.0)],
+        overheads=[],
+        breakdowns={},
+        resources={
+            "triton c=8": {"kafka": usage(10.0), "triton": usage(100.0)},
+            # 20 req/s: 1 % of a core is 0.5 core-ms per request
+            "kafka c=8": {
+                "gateway": usage(1.0),
+                "kafka": usage(4.0),
+                "bench": usage(50.0),
+                "triton": usage(80.0),
+            },
+            "grpc c=8": {
+                "gateway": usage(5.0),
+                "kafka": usage(4.0),
+                "jaeger": usage(2.0),
+                "triton": usage(80.0),
+            },
+        },
+        skipped={},
+        records=[],
+    )
+    costs = {c.target: c for c in pipeline_costs(report)}
+    assert set(costs) == {"kafka", "grpc"}  # direct Triton has no pipeline
+    assert costs["kafka"].pipeline_core_ms == pytest.approx(2.5)  # not the bench, not Triton
+    assert costs["kafka"].triton_core_ms == pytest.approx(40.0)
+    assert costs["grpc"].pipeline_core_ms == pytest.approx(5.5)
+    checks = {goal: (got, ok) for goal, got, ok in target_checks(report)}
+    assert checks["kafka c=8 pipeline CPU ≤ 3 core-ms/request"] == ("2.50", True)
+    assert checks["grpc c=8 pipeline CPU ≤ 3 core-ms/request"] == ("5.50", False)
+    assert checks["grpc c=8 ≤ kafka + 1 core-ms/request"] == ("+3.00", False)
+    assert "+3.00" in "\n".join(_costs(report))
