@@ -187,6 +187,8 @@ class EventConsumer(Generic[InT]):
         # In-flight record tasks and their partitions (a task leaves when it is done).
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._waiting = 0  # records backing off for a dependency: take no new ones meanwhile
+        self._room = asyncio.Event()  # a record finished or stopped waiting: maybe resume
+        self._hold_poll_s = 0.2  # while held, poll at least this often (the group's liveness)
         self._dirty = asyncio.Event()
         self._assigned: set[TopicPartition] = set()
         self._joined = False  # the group gave this member its share (maybe none: more members)
@@ -246,9 +248,16 @@ class EventConsumer(Generic[InT]):
         try:
             while not self._stopping:
                 free = self._concurrency - len(self._tasks)
-                self._throttle(free <= 0 or self._waiting > 0)
+                hold = free <= 0 or self._waiting > 0
+                self._throttle(hold)
+                if hold:
+                    self._room.clear()
                 try:
-                    batches = await self._consumer.getmany(timeout_ms=200, max_records=max(1, free))
+                    # Held: the poll still counts for the group, but nothing waits on a fetch of
+                    # paused partitions; the wait for room below ends when a record finishes.
+                    batches = await self._consumer.getmany(
+                        timeout_ms=0 if hold else 200, max_records=max(1, free)
+                    )
                 except ConsumerStoppedError:
                     if self._stopping:  # stop() closed the client under a pending fetch
                         return
@@ -264,10 +273,19 @@ class EventConsumer(Generic[InT]):
                         task = asyncio.create_task(self._process(tp, record, tracker))
                         self._tasks[task] = tp
                         task.add_done_callback(self._tasks.pop)
+                        task.add_done_callback(self._wake)  # after pop: room counts it gone
+                if hold and not self._stopping:
+                    # Resume as soon as there is room, not at the next 200 ms poll: a full pool
+                    # of fast records would otherwise take ``concurrency`` records per poll.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._room.wait(), self._hold_poll_s)
         finally:
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
+
+    def _wake(self, _: object = None) -> None:
+        self._room.set()
 
     def _throttle(self, hold: bool) -> None:
         """Pause every assigned partition while full or waiting out an outage; else resume."""
@@ -422,6 +440,7 @@ class EventConsumer(Generic[InT]):
         finally:
             if first_failure is not None:
                 self._waiting -= 1
+                self._wake()
 
     async def _run_handler(self, tp: TopicPartition, event: InT) -> None:
         result = self._handler(event)

@@ -1,0 +1,112 @@
+"""A full worker pool pauses the partitions; the consumer resumes when a record finishes, not at
+its next poll. No broker: a stand-in for the aiokafka consumer whose fetch of paused partitions
+holds for as long as it is asked to (scaled up, so waiting on it never ends within the test)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+from pydantic import BaseModel
+
+from genwire.kafka import EventConsumer, EventProducer
+
+TP = TopicPartition("t", 0)
+
+
+class Rec(BaseModel):
+    request_id: str
+
+
+class PausingConsumer:
+    """Hands out ``records`` ``max_records`` at a time; nothing while paused, after holding the
+    fetch ``timeout_ms`` seconds (a thousand times what it is asked: a poll that waits on
+    it outlasts the test)."""
+
+    def __init__(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        self.records = records
+        self._paused: set[TopicPartition] = set()
+        self.held_polls = 0
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TP}
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self._paused.update(tps)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self._paused.difference_update(tps)
+
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        if TP in self._paused or not self.records:
+            self.held_polls += 1
+            await asyncio.sleep(timeout_ms)  # ms taken as seconds
+            return {}
+        n = max_records or len(self.records)
+        taken, self.records = self.records[:n], self.records[n:]
+        return {TP: taken}
+
+
+def _record(offset: int) -> ConsumerRecord[bytes, bytes]:
+    rid = f"r{offset}"
+    return ConsumerRecord(
+        topic=TP.topic,
+        partition=TP.partition,
+        offset=offset,
+        timestamp=int(time.time() * 1000),
+        timestamp_type=0,
+        key=rid.encode(),
+        value=Rec(request_id=rid).model_dump_json().encode(),
+        checksum=None,
+        serialized_key_size=len(rid),
+        serialized_value_size=0,
+        headers=[],
+    )
+
+
+async def test_a_full_pool_resumes_when_a_record_finishes() -> None:
+    done: list[str] = []
+    all_done = asyncio.Event()
+
+    async def handler(event: Rec) -> None:
+        await asyncio.sleep(0)
+        done.append(event.request_id)
+        if len(done) == 20:
+            all_done.set()
+
+    consumer: EventConsumer[Any] = EventConsumer(
+        topic=TP.topic,
+        group_id="g",
+        model=Rec,
+        handler=handler,
+        producer=EventProducer("k:9092"),
+        bootstrap_servers="k:9092",
+        stage="test",
+        concurrency=2,
+    )
+    fake = PausingConsumer([_record(i) for i in range(20)])
+    consumer._consumer = fake  # type: ignore[assignment]
+    consumer._assigned = {TP}
+    consumer._hold_poll_s = 3600.0  # only a finished record may end the wait for room
+
+    async def commit(only: object = None) -> None:
+        return None
+
+    consumer._commit = commit  # type: ignore[method-assign]
+    runner = asyncio.create_task(consumer.run())
+    try:
+        async with asyncio.timeout(30):  # a hang guard: every record is done in far less
+            await all_done.wait()
+    finally:
+        consumer._stopping = True
+        runner.cancel()
+    assert done == [f"r{i}" for i in range(20)]
+    assert fake.held_polls >= 1  # the pool did fill: the partition was paused and polled
