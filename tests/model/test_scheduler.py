@@ -585,3 +585,31 @@ def test_a_response_budget_out_of_range_is_refused(
     runner = create_runner(tiny_version.path)
     with pytest.raises(ValueError, match="stream_responses_per_s"):
         Scheduler(runner, context=64, eos_ids=(), responses_per_s=budget)
+
+
+def test_a_failed_step_answers_every_request_it_holds(make: Callable[..., Scheduler]) -> None:
+    """A step that fails after new requests were prefilled (their first responses queued, not
+    yet handed over): each request gets its last response or an error, none is left waiting —
+    the running one, one that ended at its first token, one that was joining."""
+    scheduler = make()
+    running, ended, joining = Collect(), Collect(), Collect()
+    scheduler.submit(request(running, [5, 6], max_tokens=20))
+    scheduler.run_once()
+    scheduler.run_once()
+    scheduler.submit(request(ended, [7, 8], max_tokens=1, n=2))
+    scheduler.submit(request(joining, [9], max_tokens=20, n=2))
+
+    def broken(joining: object) -> None:
+        raise RuntimeError("gather failed")
+
+    scheduler._reform = broken  # type: ignore[method-assign]
+    try:
+        scheduler.run_once()
+    except RuntimeError as exc:  # as the scheduling thread does
+        scheduler._fail_all(f"generation failed: {exc}")
+    assert running.errors == ["generation failed: gather failed"]
+    assert ended.done and not ended.errors
+    assert sorted(u.choice for u in ended.updates if u.finish_reason == "length") == [0, 1]
+    assert joining.errors == ["generation failed: gather failed"]
+    assert all(not u.finished for u in joining.updates)
+    assert not scheduler.active and not scheduler.outgoing

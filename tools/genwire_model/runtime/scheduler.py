@@ -894,7 +894,26 @@ class Scheduler:
                 continue
             failed.add(id(seq.group))
             self._fail(seq, message)
-        self.outgoing = []
+        # Responses of this step not handed over yet: those of the requests failed are
+        # dropped; a request prefilled this step (not in the batch yet) gets its responses if
+        # every choice of it ended, else the error (it would otherwise wait for ever).
+        out, self.outgoing = self.outgoing, []
+        failed_sinks = {id(seq.request.sink) for seq in self.active if seq.group.failed}
+        ended = {id(sink) for sink, update in out if update.last}
+        keep = []
+        for sink, update in out:
+            if id(sink) in failed_sinks:
+                continue
+            if id(sink) in ended:  # every choice of it ended: its responses, in order
+                keep.append((sink, update))
+                continue
+            failed_sinks.add(id(sink))
+            try:
+                sink.fail(message)
+            except Exception:
+                log.exception("could not deliver an error response")
+        self.outgoing = keep
+        self._flush()
         self.active, self.leaving, self.kv = [], set(), None
         self.width, self.lengths, self._dead = 0, np.zeros(0, np.int64), 0
 
