@@ -163,17 +163,8 @@ def reserved(runner: Any) -> list[tuple[int, int]]:
 
 def prefill(runner: Any, prompts: list[list[int]]) -> tuple[Any, Any, list[int]]:
     """A left-padded prefill like the scheduler's; (logits, cache, lengths)."""
-    rows, width, pad = len(prompts), max(len(p) for p in prompts), runner.min_past
-    ids = np.zeros((rows, width), np.int64)
-    positions = np.zeros((rows, width), np.int64)
-    mask = np.zeros((rows, pad + width), np.int64)
-    for row, prompt in enumerate(prompts):
-        n = len(prompt)
-        ids[row, width - n :] = prompt
-        positions[row, width - n :] = np.arange(n)
-        mask[row, pad + width - n :] = 1
-    logits, kv = runner.forward(ids, mask, positions, runner.empty(rows, pad))
-    return logits, kv, [len(p) for p in prompts]
+    logits, kv, _, lengths = tensorrt_engine.prefill(runner, prompts)
+    return logits, kv, lengths
 
 
 def step_inputs(tokens: Any, lengths: Any, width: int) -> tuple[Any, Any, Any]:

@@ -372,13 +372,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 # -- agreement with ONNX Runtime --------------------------------------------------------------
 
 
-def greedy(runner: Any, prompts: list[Any], steps: int) -> tuple[Any, list[list[int]]]:
-    """Left-padded batched prefill then ``steps`` greedy decode steps, like the scheduler.
-
-    The steps go through the runner's ``step`` where it has one (into the buffers its
-    ``reserve`` made, the decode loop's path; ``forward`` without them). Returns the prefill
-    logits [rows, vocab] and each row's greedy tokens.
-    """
+def prefill(runner: Any, prompts: list[Any]) -> tuple[Any, Any, Any, list[int]]:
+    """A left-padded batched prefill like the scheduler's: (logits, cache, mask, lengths)."""
     rows, width, pad = len(prompts), max(len(p) for p in prompts), int(runner.min_past)
     ids = np.zeros((rows, width), np.int64)
     positions = np.zeros((rows, width), np.int64)
@@ -389,8 +384,19 @@ def greedy(runner: Any, prompts: list[Any], steps: int) -> tuple[Any, list[list[
         positions[row, width - n :] = np.arange(n)
         mask[row, pad + width - n :] = 1
     logits, kv = runner.forward(ids, mask, positions, runner.empty(rows, pad))
+    return logits, kv, mask, [len(p) for p in prompts]
+
+
+def greedy(runner: Any, prompts: list[Any], steps: int) -> tuple[Any, list[list[int]]]:
+    """Left-padded batched prefill then ``steps`` greedy decode steps, like the scheduler.
+
+    The steps go through the runner's ``step`` where it has one (into the buffers its
+    ``reserve`` made, the decode loop's path; ``forward`` without them). Returns the prefill
+    logits [rows, vocab] and each row's greedy tokens.
+    """
+    logits, kv, mask, lengths = prefill(runner, prompts)
+    rows = len(prompts)
     first = np.array(logits, dtype=np.float32, copy=True)
-    lengths = [len(p) for p in prompts]
     tokens: list[list[int]] = [[] for _ in prompts]
     nxt = logits.argmax(axis=1)
     step = getattr(runner, "step", None) or runner.forward
