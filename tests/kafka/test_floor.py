@@ -83,3 +83,22 @@ def test_floor_and_a_hop_through_a_relay_on_the_broker(
     assert bare["records"] == hop["records"] == 40
     assert 0 < bare["p50_ms"] <= bare["p99_ms"]
     assert bare["relay_core_ms"] is None and hop["relay_core_ms"] > 0
+    # The relay's groups (its own and its retry replayer's on genwire.retry) are not genwire's:
+    # the fault suite's stuck-partition check reads every genwire-… group.
+    assert not [g for g in _groups(infra.kafka_bootstrap_servers) if g.startswith("genwire-floor")]
+
+
+def _groups(bootstrap: str) -> list[str]:
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def names() -> list[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            return [str(g[0]) for g in await admin.list_consumer_groups()]
+        finally:
+            await admin.close()
+
+    return asyncio.run(names())
