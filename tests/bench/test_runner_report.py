@@ -243,3 +243,12 @@ def test_pipeline_cost_per_request_comes_from_the_resources_table() -> None:
     assert checks["grpc c=8 pipeline CPU ≤ 3 core-ms/request"] == ("5.50", False)
     assert checks["grpc c=8 ≤ kafka + 1 core-ms/request"] == ("+3.00", False)
     assert "+3.00" in "\n".join(_costs(report))
+
+
+async def test_unsampled_runs_send_unsampled_trace_contexts_and_say_so() -> None:
+    pipe = FakeDriver("kafka", 14.0, None)
+    report, _ = await run({"kafka": pipe}, sampled=False)
+    assert pipe.sent and all(tp.endswith("-00") for _, _, tp in pipe.sent)
+    assert "requests sent unsampled" in render(report)
+    sampled, _ = await run({"kafka": FakeDriver("kafka", 14.0, None)})
+    assert "requests sent unsampled" not in render(sampled)

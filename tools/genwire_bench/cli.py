@@ -140,6 +140,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--no-traces", action="store_true", help="skip the per-hop breakdown")
     p.add_argument(
+        "--unsampled",
+        action="store_true",
+        help="send every request with an unsampled trace context: the services honour the "
+        "parent's decision and record no spans, so the run measures the pipeline without "
+        "tracing's cost (implies --no-traces)",
+    )
+    p.add_argument(
         "--trace-sample",
         type=int,
         default=30,
@@ -246,8 +253,9 @@ def main(args: argparse.Namespace) -> int:
         jaeger_url=settings.jaeger_ui_url,
         run_dir=settings.home.expanduser() / "run",
         timeout_s=args.timeout,
-        traces=not args.no_traces and not args.scaling,
+        traces=not args.no_traces and not args.scaling and not args.unsampled,
         trace_sample=args.trace_sample,
+        sampled=not args.unsampled,
         resources=not args.no_resources,
         progress=not args.quiet,
         profile_dir=args.profile,

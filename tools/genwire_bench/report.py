@@ -47,6 +47,8 @@ def render(report: BenchReport) -> str:
         f"took {env['duration_s']} s",
         "",
     ]
+    if not cfg.get("sampled", True):
+        out[2:2] = ["requests sent unsampled: the pipeline recorded no spans (tracing's cost off)"]
     for name, reason in report.skipped.items():
         out.append(f"skipped {name}: {reason}")
     if report.skipped:

@@ -68,6 +68,9 @@ class BenchConfig:
     timeout_s: float = 60.0
     traces: bool = True
     trace_sample: int = 30
+    sampled: bool = True
+    """``--unsampled`` turns it off: requests carry an unsampled trace context, so the pipeline
+    records, exports and ingests no span for them (what tracing costs; no per-hop breakdown)."""
     resources: bool = True
     progress: bool = True
     profile_dir: Path | None = None
@@ -296,7 +299,7 @@ class Runner:
 
         async def send(req: BenchRequest) -> RequestRecord:
             request_id = f"bench-{self.run_id}-{driver.name}-{phase_no}-{req.index}"
-            record = await driver.send(req, request_id, new_trace())
+            record = await driver.send(req, request_id, new_trace(self.cfg.sampled))
             self._progress(label, record)
             return record
 

@@ -17,11 +17,13 @@ class TraceContext:
 
     trace_id: str
     span_id: str
+    sampled: bool = True
+    """The W3C sampled flag: off, every service honours it (parent-based) and records no span."""
 
     @property
     def traceparent(self) -> str:
-        """The ``traceparent`` header value (sampled)."""
-        return f"00-{self.trace_id}-{self.span_id}-01"
+        """The ``traceparent`` header value."""
+        return f"00-{self.trace_id}-{self.span_id}-{'01' if self.sampled else '00'}"
 
 
 class RequestFailed(Exception):
@@ -33,9 +35,11 @@ class RequestFailed(Exception):
         self.message = message
 
 
-def new_trace() -> TraceContext:
+def new_trace(sampled: bool = True) -> TraceContext:
     """A fresh random trace id and parent span id."""
-    return TraceContext(trace_id=secrets.token_hex(16), span_id=secrets.token_hex(8))
+    return TraceContext(
+        trace_id=secrets.token_hex(16), span_id=secrets.token_hex(8), sampled=sampled
+    )
 
 
 class Driver(ABC):
