@@ -12,6 +12,9 @@ Two measurements, each against two private topics it creates (and deletes afterw
   the reader sees what it published. ``hop`` − ``bare`` is what a hop through a stage costs
   beyond the floor when the stage's own work is nothing; the relay's CPU per record is that
   stage's runtime cost.
+- ``chain`` — the pipeline's floor: ``--stages`` relays (default 3, the request path's stages)
+  in a chain over private topics ``floor-<run>-0`` → … → ``floor-<run>-N``; latency end to end,
+  CPU per record of the client, every relay and the broker (``genwire_bench.floor_chain``).
 
 Closed loop: ``-c`` workers each publish a record and wait until it is seen. Figures are
 printed (and kept with ``--json``); nothing is asserted. Measure on a quiet machine: on two
@@ -43,9 +46,20 @@ from genwire.kafka.failures import RawRecord
 from genwire.kafka_security import client_options
 from genwire.service import loop as event_loop
 from genwire.topics import TOPIC_SPECS, Topic, TopicSpec
+from genwire_bench.floor_chain import (
+    DEFAULT_STAGES,
+    ChainCost,
+    ChainRow,
+    chain_group,
+    chain_groups,
+    chain_topics,
+    per_record,
+    render_chain,
+)
 from genwire_bench.stats import distribution
 
 PARTITIONS = 3  # as the request path's topics (genwire.topics.TOPIC_SPECS)
+MODES = ("bare", "hop", "idle", "chain")
 READY = "ready"
 
 
@@ -187,9 +201,9 @@ async def _drive(
 
 
 class Relay:
-    """The relay process (``hop``): a ServiceRuntime that forwards in → out."""
+    """A relay process (``hop``, ``chain``): a ServiceRuntime that forwards in → out."""
 
-    def __init__(self, args: argparse.Namespace, topic_in: str, topic_out: str, run: str) -> None:
+    def __init__(self, args: argparse.Namespace, topic_in: str, topic_out: str, group: str) -> None:
         env = dict(os.environ)
         env["OTEL_TRACES_EXPORTER"] = "kafka" if args.tracing else "none"
         cmd = [
@@ -208,8 +222,10 @@ class Relay:
             "--commit-interval-ms",
             str(args.commit_interval_ms),
             "--group",
-            relay_group(run),
+            group,
         ]
+        if args.relay_concurrency is not None:
+            cmd += ["--relay-concurrency", str(args.relay_concurrency)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self.ps = psutil.Process(self.proc.pid)
 
@@ -219,10 +235,14 @@ class Relay:
         if line.decode().strip() != READY:
             raise RuntimeError(f"the relay did not start: {line!r}")
 
-    def stop(self) -> None:
+    def close(self) -> None:
+        """Tell the relay to stop (it stops when its stdin closes)."""
         if self.proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
+
+    def stop(self) -> None:
+        self.close()
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -246,14 +266,165 @@ async def measure(args: argparse.Namespace) -> list[Phase]:
             if mode == "idle":
                 phases.append(await _idle(args, broker, topic_in, topic_out, run))
                 continue
+            if mode == "chain":
+                phases += await _chain(args, producer, broker, run)
+                continue
             for c in args.concurrency:
                 phases.append(
                     await _phase(args, mode, c, producer, broker, topic_in, topic_out, run)
                 )
     finally:
         await producer.stop()
-        await _delete_topics(args.bootstrap_servers, [topic_in, topic_out])
+        # the chain's too: deleted before the producer stops, its metadata refresh complains
+        chain = chain_topics(run, args.stages) if "chain" in args.modes else []
+        await _delete_topics(args.bootstrap_servers, [topic_in, topic_out, *chain])
+        if {"hop", "idle"} & set(args.modes):
+            group = relay_group(run)
+            await _delete_groups(args.bootstrap_servers, [group, f"{group}-retry"])
     return phases
+
+
+async def _chain(
+    args: argparse.Namespace,
+    producer: EventProducer,
+    broker: psutil.Process | None,
+    run: str,
+) -> list[Phase]:
+    """``--stages`` relays in a chain, started once and measured at each concurrency.
+
+    Before the first phase, ``--chain-idle-s`` with the chain up and nothing sent: the CPU per
+    second the chain's processes burn anyway (polling, timers, and the broker serving the rest
+    of the stack), so each phase can say what it cost above that.
+    """
+    topics = chain_topics(run, args.stages)
+    await ensure_topics(
+        args.bootstrap_servers, [TopicSpec(t, PARTITIONS, 3_600_000) for t in topics]
+    )
+    relays: list[Relay] = []
+    reader = Reader(args.bootstrap_servers, topics[-1], args.fetch_max_wait_ms)
+    phases: list[Phase] = []
+    try:
+        for i in range(args.stages):
+            relays.append(Relay(args, topics[i], topics[i + 1], chain_group(run, i)))
+        await asyncio.gather(*(r.ready() for r in relays))
+        await reader.start()
+        idle = await _chain_idle(args.chain_idle_s, broker, relays)
+        for c in args.concurrency:
+            tag = f"chain-c{c}-{uuid.uuid4().hex[:6]}"
+            drive = {"concurrency": c, "size": args.size}
+            await _drive(producer, reader, topics[0], count=args.warmup, tag=f"{tag}-w", **drive)
+            cpu0, b0 = time.process_time(), _cpu_s(broker)
+            r0 = [_cpu_s(r.ps) for r in relays]
+            t0 = time.perf_counter()
+            lat = await _drive(producer, reader, topics[0], count=args.records, tag=tag, **drive)
+            seconds = time.perf_counter() - t0
+            cpu1, b1 = time.process_time(), _cpu_s(broker)
+            r1 = [_cpu_s(r.ps) for r in relays]
+            phase = _chain_phase(args, c, lat, seconds, (cpu0, cpu1), (b0, b1), r0, r1, idle)
+            phase.extra |= {"topics": topics, "groups": chain_groups(run, args.stages)}
+            phases.append(phase)
+    finally:
+        await reader.stop()
+        for r in relays:
+            r.close()
+        for r in relays:
+            r.stop()
+        await _delete_groups(args.bootstrap_servers, chain_groups(run, args.stages))
+    return phases
+
+
+async def _chain_idle(
+    seconds: float, broker: psutil.Process | None, relays: list[Relay]
+) -> float | None:
+    """Core-ms per second of this process, the relays and the broker with nothing sent."""
+    if seconds <= 0:
+        return None
+    await asyncio.sleep(1.0)  # the relays' replayers catch up with genwire.retry first
+    c0, b0, r0 = time.process_time(), _cpu_s(broker), [_cpu_s(r.ps) for r in relays]
+    t0 = time.perf_counter()
+    await asyncio.sleep(seconds)
+    c1, b1, r1 = time.process_time(), _cpu_s(broker), [_cpu_s(r.ps) for r in relays]
+    elapsed = time.perf_counter() - t0
+    readings = [(c0, c1), (b0, b1), *zip(r0, r1, strict=True)]
+    if any(a is None or b is None for a, b in readings):
+        return None
+    return sum(b - a for a, b in readings if a is not None and b is not None) * 1000.0 / elapsed
+
+
+def _chain_phase(
+    args: argparse.Namespace,
+    concurrency: int,
+    lat: list[float],
+    seconds: float,
+    client: tuple[float, float],
+    broker: tuple[float | None, float | None],
+    relays0: list[float | None],
+    relays1: list[float | None],
+    idle_per_s: float | None = None,
+) -> Phase:
+    n = len(lat)
+    dist = distribution(lat)
+    assert dist is not None
+    cost = ChainCost(
+        client=per_record(*client, n),
+        relays=[per_record(a, b, n) for a, b in zip(relays0, relays1, strict=True)],
+        broker=per_record(*broker, n),
+        idle=None if idle_per_s is None else idle_per_s * seconds / n,
+    )
+    return Phase(
+        mode="chain",
+        concurrency=concurrency,
+        records=n,
+        seconds=seconds,
+        p50_ms=dist.p50,
+        p95_ms=dist.p95,
+        p99_ms=dist.p99,
+        mean_ms=dist.mean,
+        client_core_ms=cost.client,
+        relay_core_ms=cost.relays_sum,
+        broker_core_ms=cost.broker,
+        extra={
+            "stages": args.stages,
+            "relays_core_ms": list(cost.relays),
+            "total_core_ms": cost.total,
+            "idle_core_ms_per_s": idle_per_s,
+            "total_above_idle_core_ms": cost.above_idle,
+            "size": args.size,
+            "loop": event_loop.describe(),
+            "relay_loop": args.loop,
+            "tracing": bool(args.tracing),
+            "relay_concurrency": args.relay_concurrency,
+            "fetch_max_wait_ms": args.fetch_max_wait_ms,
+            "commit_interval_ms": args.commit_interval_ms,
+        },
+    )
+
+
+def _idle_per_record(phase: Phase) -> float | None:
+    rate = phase.extra.get("idle_core_ms_per_s")
+    return None if rate is None or phase.records <= 0 else rate * phase.seconds / phase.records
+
+
+def chain_row(phase: Phase) -> ChainRow:
+    """A ``chain`` phase as the chain table's row."""
+    extra = phase.extra
+    return ChainRow(
+        stages=int(extra["stages"]),
+        concurrency=phase.concurrency,
+        records=phase.records,
+        seconds=phase.seconds,
+        p50_ms=phase.p50_ms,
+        p95_ms=phase.p95_ms,
+        p99_ms=phase.p99_ms,
+        cost=ChainCost(
+            client=phase.client_core_ms,
+            relays=list(extra["relays_core_ms"]),
+            broker=phase.broker_core_ms,
+            idle=_idle_per_record(phase),
+        ),
+        tracing=bool(extra["tracing"]),
+        size=int(extra["size"]),
+    )
 
 
 async def _phase(
@@ -266,7 +437,7 @@ async def _phase(
     topic_out: str,
     run: str,
 ) -> Phase:
-    relay = Relay(args, topic_in, topic_out, run) if mode == "hop" else None
+    relay = Relay(args, topic_in, topic_out, relay_group(run)) if mode == "hop" else None
     reader = Reader(
         args.bootstrap_servers, topic_out if relay else topic_in, args.fetch_max_wait_ms
     )
@@ -308,8 +479,8 @@ async def _phase(
     assert dist is not None
     n = len(lat)
 
-    def per_record(a: float | None, b: float | None) -> float | None:
-        return None if a is None or b is None else (b - a) * 1000.0 / n
+    def per_rec(a: float | None, b: float | None) -> float | None:
+        return per_record(a, b, n)
 
     return Phase(
         mode=mode,
@@ -321,8 +492,8 @@ async def _phase(
         p99_ms=dist.p99,
         mean_ms=dist.mean,
         client_core_ms=(cpu1 - cpu0) * 1000.0 / n,
-        relay_core_ms=per_record(r0, r1),
-        broker_core_ms=per_record(b0, b1),
+        relay_core_ms=per_rec(r0, r1),
+        broker_core_ms=per_rec(b0, b1),
         extra={
             "loop": event_loop.describe(),
             "relay_loop": args.loop if relay else None,
@@ -341,7 +512,7 @@ async def _idle(
     run: str,
 ) -> Phase:
     """The relay with nothing to do for ``--idle-s``: what its polling and timers cost."""
-    relay = Relay(args, topic_in, topic_out, run)
+    relay = Relay(args, topic_in, topic_out, relay_group(run))
     try:
         await relay.ready()
         await asyncio.sleep(2.0)  # let the joining settle
@@ -378,11 +549,41 @@ async def _idle(
 def relay_group(run: str) -> str:
     """The relay's consumer group (its retry replayer's is this + ``-retry``, on genwire.retry).
 
-    Not ``genwire-``: aiokafka's admin client cannot delete groups, so they stay on the broker
-    like the tests' ``test-…`` groups, and the fault suite's stuck-partition check (genwire's
-    groups) must not take the replayer's for a stage that stopped reading genwire.retry.
+    Not ``genwire-``: the fault suite's stuck-partition check (genwire's groups) must not take
+    the replayer's for a stage that stopped reading genwire.retry. Deleted at the end
+    (``_delete_groups``); one that cannot be is reported and stays like the tests' ``test-…``.
     """
     return f"floor-{run}"
+
+
+async def _delete_groups(bootstrap_servers: str, groups: list[str]) -> list[str]:
+    """Delete the (stopped, so empty) consumer groups; says on stderr which could not be.
+
+    aiokafka's admin client has no call for it, so this sends Kafka's DeleteGroups request
+    (API 42) to the groups' coordinator itself. Returns the groups left behind.
+    """
+    from aiokafka.protocol.admin import DeleteGroupsRequest
+
+    left: list[str] = []
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options())
+    try:
+        await admin.start()
+        by_node: dict[int, list[str]] = {}
+        for group in groups:
+            by_node.setdefault(await admin.find_coordinator(group), []).append(group)
+        for node, names in by_node.items():
+            response = await admin._send_request(DeleteGroupsRequest(names), node)
+            # 0: deleted; 69 (GROUP_ID_NOT_FOUND): never created (e.g. a run that failed early)
+            left += [str(g) for g, code in response.results if code not in (0, 69)]
+    except Exception as exc:  # reported, not raised: the figures stand
+        print(f"floor: could not delete the groups {groups}: {exc!r}", file=sys.stderr)
+        return groups
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    if left:
+        print(f"floor: these groups are left on the broker: {left}", file=sys.stderr)
+    return left
 
 
 async def _delete_topics(bootstrap_servers: str, topics: list[str]) -> None:
@@ -412,6 +613,8 @@ async def relay_main(args: argparse.Namespace) -> None:
         kafka_commit_interval_ms=args.commit_interval_ms,
         event_loop=args.loop,
     )
+    if args.relay_concurrency is not None:
+        settings = settings.model_copy(update={"concurrency": args.relay_concurrency})
     runtime = ServiceRuntime(settings, "floor", set_global_tracer=False)
 
     async def forward(record: FloorRecord) -> RawRecord:
@@ -447,7 +650,8 @@ def parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  python -m genwire_bench.floor                       bare and hop, c=1 and 8\n"
             "  python -m genwire_bench.floor --modes bare -n 2000  the floor alone\n"
-            "  python -m genwire_bench.floor --loop asyncio --no-tracing   the levers"
+            "  python -m genwire_bench.floor --loop asyncio --no-tracing   the levers\n"
+            "  python -m genwire_bench.floor --modes chain -n 500 -c 1,8   the pipeline's floor"
         ),
     )
     p.add_argument(
@@ -459,7 +663,14 @@ def parser() -> argparse.ArgumentParser:
         type=lambda s: s.split(","),
         default=["bare", "hop"],
         help="bare (the floor), hop (through a relay built like a service), idle (the relay's "
-        "CPU per second with nothing to do)",
+        "CPU per second with nothing to do), chain (--stages relays in a chain: the pipeline's "
+        "floor)",
+    )
+    p.add_argument(
+        "--stages",
+        type=int,
+        default=DEFAULT_STAGES,
+        help=f"relays in the chain (default {DEFAULT_STAGES}: preprocess, inference, postprocess)",
     )
     p.add_argument("-c", "--concurrency", type=_ints, default=[1, 8])
     p.add_argument("-n", "--records", type=int, default=500, help="measured records per phase")
@@ -480,6 +691,20 @@ def parser() -> argparse.ArgumentParser:
         default=True,
         help="the relay exports its spans to Kafka, as the services do (default on)",
     )
+    p.add_argument(
+        "--chain-idle-s",
+        type=float,
+        default=3.0,
+        help="chain: seconds of its CPU with nothing sent, before the first phase (the "
+        "'above idle' column; 0: not measured)",
+    )
+    p.add_argument(
+        "--relay-concurrency",
+        type=int,
+        default=None,
+        help="each relay's records in flight (its consumer's CONCURRENCY; default: the "
+        "services' default)",
+    )
     p.add_argument("--json", dest="json_path", help="write the phases as JSON here")
     p.add_argument("--relay", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     p.add_argument("--group", help=argparse.SUPPRESS)
@@ -487,7 +712,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def render(phases: list[Phase]) -> str:
-    """The phases as a table."""
+    """The phases as a table (``chain`` phases in a table of their own, after it)."""
+    chain = [ph for ph in phases if ph.mode == "chain"]
+    others = [ph for ph in phases if ph.mode != "chain"]
+    tables = [_render_phases(others)] if others or not chain else []
+    if chain:
+        tables.append(render_chain([chain_row(ph) for ph in chain]))
+    return "\n\n".join(tables)
+
+
+def _render_phases(phases: list[Phase]) -> str:
     lines = [
         "| mode | c | records | rec/s | p50 ms | p95 | p99 | client core-ms/rec "
         "| relay core-ms/rec | broker core-ms/rec |",
@@ -514,6 +748,15 @@ def render(phases: list[Phase]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    unknown = set(args.modes) - set(MODES)
+    if unknown:
+        parser().error(
+            f"--modes: unknown {', '.join(sorted(unknown))} (expected {', '.join(MODES)})"
+        )
+    if args.stages < 1:
+        parser().error("--stages: at least 1")
+    if args.relay_concurrency is not None and args.relay_concurrency < 1:
+        parser().error("--relay-concurrency: at least 1")
     if args.relay:
         event_loop.run(relay_main(args), args.loop)
         return 0

@@ -1,0 +1,202 @@
+"""``python -m genwire_bench.floor --modes chain``: N do-nothing stages in a chain (the
+pipeline's floor). Names, costs and the report are pure logic; one test runs the chain on the
+stack's broker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from genwire_bench import floor
+from genwire_bench.floor_chain import (
+    ChainCost,
+    chain_group,
+    chain_groups,
+    chain_topics,
+    per_record,
+)
+
+from genwire.settings import CommonSettings
+
+
+def test_the_chain_has_one_topic_more_than_stages_each_relay_reading_the_previous_ones() -> None:
+    assert chain_topics("ab12", 3) == [
+        "floor-ab12-0",
+        "floor-ab12-1",
+        "floor-ab12-2",
+        "floor-ab12-3",
+    ]
+    assert chain_topics("r", 1) == ["floor-r-0", "floor-r-1"]
+    with pytest.raises(ValueError, match="at least one stage"):
+        chain_topics("r", 0)
+
+
+def test_every_relay_group_and_its_replayers_is_private_to_the_run_and_not_genwires() -> None:
+    groups = chain_groups("ab12", 3)
+    assert groups == [
+        "floor-ab12-stage0",
+        "floor-ab12-stage0-retry",
+        "floor-ab12-stage1",
+        "floor-ab12-stage1-retry",
+        "floor-ab12-stage2",
+        "floor-ab12-stage2-retry",
+    ]
+    assert chain_group("ab12", 1) in groups
+    assert len(set(groups)) == len(groups)
+    assert not [g for g in groups if g.startswith("genwire")]
+
+
+def test_cpu_per_record_and_the_total_say_when_a_part_was_not_measured() -> None:
+    assert per_record(1.0, 1.5, 250) == pytest.approx(2.0)
+    assert per_record(None, 1.5, 250) is None and per_record(1.0, 1.5, 0) is None
+    cost = ChainCost(client=0.5, relays=[1.0, 1.25, 1.5], broker=2.0)
+    assert cost.relays_sum == pytest.approx(3.75)
+    assert cost.total == pytest.approx(6.25)
+    no_broker = ChainCost(client=0.5, relays=[1.0, 1.0], broker=None)
+    assert no_broker.relays_sum == pytest.approx(2.0) and no_broker.total is None
+    one_relay_lost = ChainCost(client=0.5, relays=[1.0, None], broker=2.0)
+    assert one_relay_lost.relays_sum is None and one_relay_lost.total is None
+    assert cost.above_idle is None  # the idle rate was not measured
+    with_idle = ChainCost(client=0.5, relays=[1.0, 1.25, 1.5], broker=2.0, idle=1.25)
+    assert with_idle.above_idle == pytest.approx(5.0)
+    assert ChainCost(client=0.5, relays=[1.0], broker=None, idle=1.0).above_idle is None
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    return floor.parser().parse_args(list(argv))
+
+
+async def test_a_chain_phase_sums_the_relays_and_keeps_each_one() -> None:
+    args = _args("--modes", "chain", "--stages", "2", "--no-tracing", "--size", "1000")
+    lat = [float(x) for x in range(1, 101)]  # 1..100 ms
+    phase = floor._chain_phase(
+        args, 8, lat, 2.0, (10.0, 10.05), (100.0, 100.2), [1.0, 2.0], [1.1, 2.15], 20.0
+    )
+    assert (phase.mode, phase.concurrency, phase.records) == ("chain", 8, 100)
+    assert phase.p50_ms == pytest.approx(50.5)
+    assert phase.client_core_ms == pytest.approx(0.5)
+    assert phase.extra["relays_core_ms"] == pytest.approx([1.0, 1.5])
+    assert phase.relay_core_ms == pytest.approx(2.5)
+    assert phase.broker_core_ms == pytest.approx(2.0)
+    assert phase.extra["total_core_ms"] == pytest.approx(5.0)
+    # 20 core-ms per second idle, over the phase's 2 s, is 0.4 core-ms for each of 100 records
+    assert phase.extra["total_above_idle_core_ms"] == pytest.approx(4.6)
+    assert floor.chain_row(phase).cost.above_idle == pytest.approx(4.6)
+    assert phase.extra["stages"] == 2 and phase.extra["size"] == 1000
+    assert phase.extra["tracing"] is False
+
+
+def _chain_phase(concurrency: int, relays: list[float | None]) -> floor.Phase:
+    return floor.Phase(
+        mode="chain",
+        concurrency=concurrency,
+        records=100,
+        seconds=0.5,
+        p50_ms=8.0,
+        p95_ms=12.0,
+        p99_ms=20.5,
+        mean_ms=9.0,
+        client_core_ms=0.75,
+        relay_core_ms=None,
+        broker_core_ms=None if concurrency == 8 else 1.5,
+        extra={
+            "stages": len(relays),
+            "relays_core_ms": relays,
+            "tracing": True,
+            "size": 200,
+            "idle_core_ms_per_s": 100.0,  # 0.5 ms per record over 0.5 s and 100 records
+        },
+    )
+
+
+def test_the_chain_table_shows_each_relay_the_sum_the_total_and_the_p50_per_hop() -> None:
+    text = floor.render([_chain_phase(1, [1.0, 1.25, 1.5]), _chain_phase(8, [0.5, 0.5, 0.5])])
+    assert "| mode |" not in text  # only chain phases: no empty one-hop table
+    rows = [r for r in text.splitlines() if r.startswith("| ") and "---" not in r]
+    assert rows[0].startswith("| chain | c |")
+    # 4 hops for 3 stages: 8 ms end to end is 2 ms per hop; 0.75 + 3.75 + 1.5 core-ms
+    assert rows[1] == (
+        "| 3 stages, 200 B, tracing on | 1 | 100 | 200 | 8.00 | 12.00 | 20.50 | 2.00 | 0.75 "
+        "| 1.00 / 1.25 / 1.50 | 3.75 | 1.50 | 6.00 | 5.50 |"
+    )
+    assert rows[2].endswith("| 0.50 / 0.50 / 0.50 | 1.50 | – | – | – |")
+
+
+def test_other_modes_keep_their_table_and_the_chain_follows_it() -> None:
+    bare = floor.Phase("bare", 1, 100, 2.0, 1.5, 3.0, 4.25, 1.7, 0.8, None, 0.5)
+    text = floor.render([bare, _chain_phase(1, [1.0, 1.0, 1.0])])
+    tables = text.split("\n\n")
+    assert len(tables) == 2
+    assert tables[0].splitlines()[0].startswith("| mode |") and "| bare | 1 |" in tables[0]
+    assert tables[1].splitlines()[0].startswith("| chain |") and "chain" not in tables[0]
+
+
+def test_the_chain_options_and_what_is_refused() -> None:
+    args = _args("--modes", "chain", "--stages", "5", "--relay-concurrency", "4")
+    assert args.modes == ["chain"] and args.stages == 5 and args.relay_concurrency == 4
+    defaults = _args()
+    assert defaults.stages == 3 and defaults.relay_concurrency is None and defaults.tracing
+    for bad in (["--modes", "chian"], ["--modes", "chain", "--stages", "0"]):
+        with pytest.raises(SystemExit):
+            floor.main([*bad, "--bootstrap-servers", "unused:1"])
+    with pytest.raises(SystemExit):
+        floor.main(["--relay-concurrency", "0", "--bootstrap-servers", "unused:1"])
+
+
+def test_three_stages_in_a_chain_on_the_broker(infra: CommonSettings, tmp_path: Path) -> None:
+    """A handful of records through three relays at c=1 and c=2: every record arrives, each
+    relay's CPU is measured, and the run's topics and groups are gone afterwards."""
+    out = tmp_path / "chain.json"
+    code = floor.main(
+        [
+            "--bootstrap-servers",
+            infra.kafka_bootstrap_servers,
+            "--modes",
+            "chain",
+            "-n",
+            "20",
+            "--warmup",
+            "3",
+            "-c",
+            "1,2",
+            "--relay-concurrency",
+            "4",
+            "--chain-idle-s",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    phases = json.loads(out.read_text())["phases"]
+    assert [(p["mode"], p["concurrency"], p["records"]) for p in phases] == [
+        ("chain", 1, 20),
+        ("chain", 2, 20),
+    ]
+    for p in phases:
+        assert 0 < p["p50_ms"] <= p["p99_ms"]
+        assert len(p["extra"]["relays_core_ms"]) == 3
+        assert all(r > 0 for r in p["extra"]["relays_core_ms"])
+        assert p["extra"]["relay_concurrency"] == 4 and p["extra"]["tracing"] is True
+        assert p["extra"]["idle_core_ms_per_s"] > 0
+    topics, groups = phases[0]["extra"]["topics"], phases[0]["extra"]["groups"]
+    assert len(topics) == 4 and len(groups) == 6
+    left_topics, left_groups = asyncio.run(_on_broker(infra.kafka_bootstrap_servers))
+    assert not set(topics) & left_topics
+    assert not set(groups) & left_groups
+
+
+async def _on_broker(bootstrap: str) -> tuple[set[str], set[str]]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        topics = set(await admin.list_topics())
+        groups = {str(g[0]) for g in await admin.list_consumer_groups()}
+        return topics, groups
+    finally:
+        await admin.close()

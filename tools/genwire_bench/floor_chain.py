@@ -1,0 +1,125 @@
+"""``python -m genwire_bench.floor --modes chain``: the pipeline's floor, N do-nothing stages.
+
+The request path is three stages joined by four Kafka hops (client → preprocess → inference →
+postprocess → client). ``chain`` builds the same shape with relays whose handler does nothing
+(each one built like a service, ``genwire_bench.floor.Relay``): the client publishes on topic
+``floor-<run>-0``, relay ``i`` forwards ``floor-<run>-i`` → ``floor-<run>-(i+1)``, and the
+client reads ``floor-<run>-N``. Its end-to-end latency is the least the architecture can cost
+per request on this machine, and client + relays + broker CPU per record the least it can
+burn; the pipeline's overhead and CPU per request are judged against it (docs/benchmarks.md,
+*The pipeline's floor*).
+
+This module is the pure part (names, the report); floor.py runs the processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+DEFAULT_STAGES = 3  # preprocess, inference, postprocess
+
+
+def chain_topics(run: str, stages: int) -> list[str]:
+    """The chain's topics in order: the client's, then each relay's output (``stages + 1``)."""
+    if stages < 1:
+        raise ValueError(f"a chain needs at least one stage, got {stages}")
+    return [f"floor-{run}-{i}" for i in range(stages + 1)]
+
+
+def chain_group(run: str, stage: int) -> str:
+    """Relay ``stage``'s consumer group (its retry replayer's: this + ``-retry``).
+
+    ``floor-…``, never ``genwire-…``: the fault suite's stuck-partition check reads every
+    ``genwire…`` group, and a relay's replayer reads the shared ``genwire.retry``.
+    """
+    return f"floor-{run}-stage{stage}"
+
+
+def chain_groups(run: str, stages: int) -> list[str]:
+    """Every group the chain's relays join: each stage's own and its retry replayer's."""
+    names: list[str] = []
+    for i in range(stages):
+        names += [chain_group(run, i), f"{chain_group(run, i)}-retry"]
+    return names
+
+
+def per_record(before: float | None, after: float | None, records: int) -> float | None:
+    """CPU milliseconds per record between two readings in seconds (None: not measured)."""
+    if before is None or after is None or records <= 0:
+        return None
+    return (after - before) * 1000.0 / records
+
+
+@dataclass(frozen=True)
+class ChainCost:
+    """Core-ms per record of one chain phase, by process."""
+
+    client: float | None
+    relays: Sequence[float | None]
+    broker: float | None
+    idle: float | None = None
+    """What the same processes burn with nothing sent, over the phase's time, per record."""
+
+    @property
+    def relays_sum(self) -> float | None:
+        """All relays together (None when any one was not measured)."""
+        if not self.relays or any(r is None for r in self.relays):
+            return None
+        return sum(r for r in self.relays if r is not None)
+
+    @property
+    def total(self) -> float | None:
+        """Client + relays + broker: the architecture's CPU per request (None: a part missing)."""
+        parts = [self.client, self.relays_sum, self.broker]
+        if any(p is None for p in parts):
+            return None
+        return sum(p for p in parts if p is not None)
+
+    @property
+    def above_idle(self) -> float | None:
+        """``total`` less ``idle``: what the records themselves cost (None: either missing)."""
+        total = self.total
+        return None if total is None or self.idle is None else total - self.idle
+
+
+@dataclass(frozen=True)
+class ChainRow:
+    """What the chain table shows for one phase."""
+
+    stages: int
+    concurrency: int
+    records: int
+    seconds: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    cost: ChainCost
+    tracing: bool
+    size: int
+
+
+def _f(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def render_chain(rows: Sequence[ChainRow]) -> str:
+    """The chain phases as a table: latency end to end, and CPU per record by process."""
+    lines = [
+        "| chain | c | records | rec/s | p50 ms | p95 | p99 | p50 per hop | client core-ms/rec "
+        "| relays core-ms/rec (each) | relays sum | broker | total core-ms/rec | above idle |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        hops = r.stages + 1
+        per_hop = None if r.p50_ms is None else r.p50_ms / hops
+        each = " / ".join(_f(x) for x in r.cost.relays)
+        rate = r.records / r.seconds if r.seconds > 0 else 0.0
+        label = f"{r.stages} stages, {r.size} B, tracing {'on' if r.tracing else 'off'}"
+        lines.append(
+            f"| {label} | {r.concurrency} | {r.records} | {rate:.0f} | {_f(r.p50_ms)} "
+            f"| {_f(r.p95_ms)} | {_f(r.p99_ms)} | {_f(per_hop)} | {_f(r.cost.client)} "
+            f"| {each} | {_f(r.cost.relays_sum)} | {_f(r.cost.broker)} | {_f(r.cost.total)} "
+            f"| {_f(r.cost.above_idle)} |"
+        )
+    return "\n".join(lines)
