@@ -1,10 +1,11 @@
 """Following ``genwire.config`` live: every stage instance holds every model's policy.
 
 ``PolicyFeed`` reads the compacted topic from its beginning with no consumer group (every
-instance reads every record; nothing is left on the broker when it stops), then keeps polling
-with a short fetch wait, so a change published by ``genwire model route/promote/rollback`` or
-by the monitor is in force on every instance within about ``poll_ms`` plus a broker round
-trip. A corrupt record (not JSON, invalid, key ≠ model name) is logged, counted
+instance reads every record; nothing is left on the broker when it stops), then keeps a fetch
+waiting on the broker, so a change published by ``genwire model route/promote/rollback`` or by
+the monitor is in force on every instance about one broker round trip after it is written (a
+waiting fetch returns at the first record; ``poll_ms`` only sets how often an idle feed asks).
+A corrupt record (not JSON, invalid, key ≠ model name) is logged, counted
 (``genwire_policy_records_total{outcome="skipped"}``) and skipped: the policy in force stays.
 
 The CLI side (``read_policies``, ``publish_policy``) reads the topic to its end once and
@@ -123,7 +124,7 @@ class PolicyFeed:
         store: PolicyStore | None = None,
         registry: CollectorRegistry | None = None,
         topic: str = Topic.CONFIG,
-        poll_ms: int = 100,
+        poll_ms: int = 500,
         client_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.store = store if store is not None else PolicyStore(registry)
@@ -229,6 +230,7 @@ async def read_policies(
         bootstrap_servers,
         store=PolicyStore(log_skipped=False),
         topic=topic,
+        poll_ms=100,  # a command waits one empty poll at the end of the topic: keep it short
         client_kwargs=client_kwargs,
     )
     task: asyncio.Task[None] | None = None
