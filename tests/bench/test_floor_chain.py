@@ -129,9 +129,21 @@ def test_other_modes_keep_their_table_and_the_chain_follows_it() -> None:
     bare = floor.Phase("bare", 1, 100, 2.0, 1.5, 3.0, 4.25, 1.7, 0.8, None, 0.5)
     text = floor.render([bare, _chain_phase(1, [1.0, 1.0, 1.0])])
     tables = text.split("\n\n")
-    assert len(tables) == 2
+    assert len(tables) == 3  # the one-hop table, the chain's, and what it adds beyond the floor
     assert tables[0].splitlines()[0].startswith("| mode |") and "| bare | 1 |" in tables[0]
     assert tables[1].splitlines()[0].startswith("| chain |") and "chain" not in tables[0]
+    # 8 ms end to end less four bare hops of 1.5 ms: 2 ms for three stages
+    assert tables[2] == (
+        "c=1: chain p50 8.00 ms − 4 × bare p50 1.50 ms = 2.00 ms, 0.67 ms per stage beyond "
+        "the one-hop floor"
+    )
+
+
+def test_without_a_bare_phase_at_its_concurrency_the_chain_says_nothing_beyond_the_floor() -> None:
+    bare_c8 = floor.Phase("bare", 8, 100, 2.0, 1.5, 3.0, 4.25, 1.7, 0.8, None, 0.5)
+    text = floor.render([bare_c8, _chain_phase(1, [1.0, 1.0, 1.0])])
+    assert "beyond the one-hop floor" not in text
+    assert text.split("\n\n")[1].splitlines()[-1].startswith("| 3 stages")
 
 
 def test_the_chain_options_and_what_is_refused() -> None:

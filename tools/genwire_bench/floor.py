@@ -50,6 +50,7 @@ from genwire_bench.floor_chain import (
     DEFAULT_STAGES,
     ChainCost,
     ChainRow,
+    beyond_floor,
     chain_group,
     chain_groups,
     chain_topics,
@@ -717,7 +718,9 @@ def render(phases: list[Phase]) -> str:
     others = [ph for ph in phases if ph.mode != "chain"]
     tables = [_render_phases(others)] if others or not chain else []
     if chain:
-        tables.append(render_chain([chain_row(ph) for ph in chain]))
+        rows = [chain_row(ph) for ph in chain]
+        bare = {ph.concurrency: ph.p50_ms for ph in others if ph.mode == "bare" and ph.p50_ms}
+        tables.append("\n".join([render_chain(rows), "", *beyond_floor(rows, bare)]).rstrip())
     return "\n\n".join(tables)
 
 

@@ -123,3 +123,21 @@ def render_chain(rows: Sequence[ChainRow]) -> str:
             f"| {_f(r.cost.above_idle)} |"
         )
     return "\n".join(lines)
+
+
+def beyond_floor(rows: Sequence[ChainRow], bare_p50: dict[int, float]) -> list[str]:
+    """For each chain phase with a ``bare`` phase at its concurrency in the same run: the p50
+    end to end less ``stages + 1`` bare hops' p50, and that per stage (what a stage that does
+    nothing adds to a hop)."""
+    lines: list[str] = []
+    for r in rows:
+        bare = bare_p50.get(r.concurrency)
+        if bare is None or r.p50_ms is None:
+            continue
+        hops = r.stages + 1
+        extra = r.p50_ms - hops * bare
+        lines.append(
+            f"c={r.concurrency}: chain p50 {r.p50_ms:.2f} ms − {hops} × bare p50 {bare:.2f} ms "
+            f"= {extra:.2f} ms, {extra / r.stages:.2f} ms per stage beyond the one-hop floor"
+        )
+    return lines
