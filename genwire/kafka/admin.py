@@ -66,3 +66,15 @@ async def ensure_topics(
         return [s.name for s in wanted]
     finally:
         await admin.close()
+
+
+async def delete_topics(
+    bootstrap_servers: str, topics: Iterable[str], *, settings: CommonSettings | None = None
+) -> None:
+    """Delete ``topics`` (a tool's or a test's own: their committed offsets go with them)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options(settings))
+    await admin.start()
+    try:
+        await admin.delete_topics(list(topics))
+    finally:
+        await admin.close()

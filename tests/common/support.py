@@ -12,6 +12,7 @@ from aiokafka.structs import ConsumerRecord
 
 from genwire.events import PreparedRequest, Sampling
 from genwire.kafka import EventProducer, ensure_topics
+from genwire.kafka.admin import delete_topics
 from genwire.settings import CommonSettings
 from genwire.topics import TopicSpec
 
@@ -48,6 +49,7 @@ async def env(infra: CommonSettings) -> AsyncIterator[tuple[str, str, EventProdu
     await producer.start()
     yield infra.kafka_bootstrap_servers, topic, producer
     await producer.stop()
+    await delete_topics(infra.kafka_bootstrap_servers, [topic])  # none left behind on the broker
 
 
 async def _committed(bootstrap: str, group: str, topic: str) -> int:

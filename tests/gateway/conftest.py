@@ -6,9 +6,9 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from genwire.kafka import ensure_topics
+from genwire.kafka.admin import delete_topics
 from genwire.settings import CommonSettings
 from genwire.topics import HOUR_MS, TopicSpec
 
@@ -21,12 +21,7 @@ async def requests_topic(infra: CommonSettings) -> AsyncIterator[str]:
     topic = f"test.gateway.requests.{uuid.uuid4().hex[:8]}"
     await ensure_topics(infra.kafka_bootstrap_servers, [TopicSpec(topic, 3, HOUR_MS)])
     yield topic
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.delete_topics([topic])
-    finally:
-        await admin.close()
+    await delete_topics(infra.kafka_bootstrap_servers, [topic])
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +31,7 @@ async def reply_topic(infra: CommonSettings) -> AsyncIterator[str]:
     topic = f"test.gateway.replies.{uuid.uuid4().hex[:8]}"
     await ensure_topics(infra.kafka_bootstrap_servers, [TopicSpec(topic, 6, HOUR_MS)])
     yield topic
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.delete_topics([topic])
-    finally:
-        await admin.close()
+    await delete_topics(infra.kafka_bootstrap_servers, [topic])
 
 
 @pytest.fixture(scope="module")

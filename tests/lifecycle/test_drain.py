@@ -9,10 +9,9 @@ from __future__ import annotations
 import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from genwire_model.lifecycle import wait_drained
 
-from genwire.kafka.admin import ensure_topics
+from genwire.kafka.admin import delete_topics, ensure_topics
 from genwire.kafka.security import client_options
 from genwire.settings import CommonSettings
 from genwire.topics import HOUR_MS, TopicSpec
@@ -50,12 +49,7 @@ async def test_the_drain_waits_for_uncommitted_and_parked_records(infra: CommonS
     try:
         await _drain_steps(servers, prepared, retry, group, retry_group)
     finally:
-        admin = AIOKafkaAdminClient(bootstrap_servers=servers, **client_options())
-        await admin.start()
-        try:
-            await admin.delete_topics([prepared, retry])
-        finally:
-            await admin.close()
+        await delete_topics(servers, [prepared, retry])
 
 
 async def _drain_steps(

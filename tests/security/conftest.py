@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from genwire.apikeys import KeyRecord, KeyStore
 from genwire.kafka import ensure_topics
+from genwire.kafka.admin import delete_topics
 from genwire.redisconn import connect
 from genwire.settings import CommonSettings
 from genwire.topics import HOUR_MS, TopicSpec
@@ -32,12 +32,7 @@ async def _topic(infra: CommonSettings, kind: str, partitions: int) -> str:
 
 
 async def _delete(infra: CommonSettings, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.delete_topics([topic])
-    finally:
-        await admin.close()
+    await delete_topics(infra.kafka_bootstrap_servers, [topic])
 
 
 @pytest.fixture(scope="module")

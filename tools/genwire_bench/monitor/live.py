@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import uvicorn
 
 from genwire.apikeys import auth_headers
+from genwire.kafka.admin import delete_topics
 from genwire.settings import CommonSettings
 from genwire_bench.monitor.detection import workbook_s
 
@@ -120,6 +121,7 @@ class Monitor:
     server: uvicorn.Server
     serving: asyncio.Task[None]
     workbook: float | None
+    alerts_topic: str
     fired: float | None = None
     false_alarms: int = 0
 
@@ -167,6 +169,7 @@ async def _start_monitor(
         server=server,
         serving=asyncio.create_task(server.serve()),
         workbook=workbook_s(cfg.burn_rules, objective, bad),
+        alerts_topic=alerts,
     )
 
 
@@ -239,6 +242,10 @@ async def one_case(
         for m in monitors:
             m.server.should_exit = True
         await asyncio.wait_for(asyncio.gather(*(m.serving for m in monitors)), 60)
+        with contextlib.suppress(Exception):  # each monitor's own alerts topic, not left behind
+            await delete_topics(
+                CommonSettings().kafka_bootstrap_servers, [m.alerts_topic for m in monitors]
+            )
 
 
 def live_detection(
