@@ -6,7 +6,10 @@ Both are behind small protocols so the handlers stay pure and their unit tests n
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import quote
 
@@ -17,6 +20,8 @@ from redis.exceptions import RedisError
 from genwire.errors import RetryableError
 from genwire.redisconn import REDIS, connect
 from genwire.results import claim_key, claimed_fingerprint, route_key
+
+log = logging.getLogger(__name__)
 
 
 class Claims(Protocol):
@@ -43,6 +48,17 @@ class ServedVersions(Protocol):
         ...
 
 
+_CLAIM_ROUTED = """
+-- KEYS: claim, route. ARGV: fingerprint, route, TTL. Returns {claim's value, stored route}.
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ARGV[3])
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}
+"""
+"""``claim_routed`` as one command (EVALSHA): the same four commands as a pipeline, parsed as one
+reply (0.1 ms less per request through redis-py; docs/benchmarks.md, *A stage's critical
+path*), and atomic."""
+
+
 class RedisClaims:
     """``genwire:claim:<request_id>`` → fingerprint, ``SET NX EX ttl`` (shared with the gateway);
     ``genwire:route:<request_id>`` → the first route (preprocess only), same TTL."""
@@ -50,6 +66,7 @@ class RedisClaims:
     def __init__(self, url: str, ttl_s: int, timeout_s: float = 2.0) -> None:
         self.redis: Redis[bytes] = connect(url, timeout_s=timeout_s)
         self.ttl_s = ttl_s
+        self._claim_routed = self.redis.register_script(_CLAIM_ROUTED)
 
     async def claim(self, request_id: str, fingerprint: str) -> str:
         """One round trip: set if absent, then read what is there."""
@@ -67,14 +84,11 @@ class RedisClaims:
         self, request_id: str, fingerprint: str, route: str
     ) -> tuple[str, str | None]:
         """One round trip: claim the id and record its route (both ``SET NX``), read both."""
-        key, rkey = claim_key(request_id), route_key(request_id)
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.set(key, fingerprint, nx=True, ex=self.ttl_s)
-            pipe.get(key)
-            pipe.set(rkey, route, nx=True, ex=self.ttl_s)
-            pipe.get(rkey)
-            _, holder, _, stored = await pipe.execute()
+            holder, stored = await self._claim_routed(
+                keys=[claim_key(request_id), route_key(request_id)],
+                args=[fingerprint, route, self.ttl_s],
+            )
         except RedisError as exc:  # the consumer waits the outage out
             raise RetryableError(f"redis: {exc}", dependency=REDIS) from None
         held = fingerprint if holder is None else claimed_fingerprint(bytes(holder))
@@ -90,6 +104,12 @@ class TritonVersions:
 
     Triton unreachable, restarting or not serving the model now: the version it served last;
     None when it never told (the repository's newest version is used).
+
+    A request never waits for a refresh while traffic flows: an answer older than half of
+    ``cache_s`` is still used and refreshed in the background (one refresh per model at a
+    time), so it is never used once older than ``cache_s`` — the same staleness bound as an
+    inline refresh. Only an answer past ``cache_s`` (no request for that long) is refreshed
+    inline, as is the first one.
     """
 
     def __init__(self, http_url: str, cache_s: float = 2.0, timeout_s: float = 1.0) -> None:
@@ -97,6 +117,8 @@ class TritonVersions:
         self._client = httpx.AsyncClient(base_url=base, timeout=timeout_s, trust_env=False)
         self._cache_s = cache_s
         self._cache: dict[str, tuple[float, list[str] | None]] = {}
+        self._refreshing: dict[str, asyncio.Task[list[str] | None]] = {}
+        self.clock: Callable[[], float] = time.monotonic
 
     async def served(self, model: str) -> str | None:
         """The highest version Triton lists for ``model``."""
@@ -105,10 +127,31 @@ class TritonVersions:
 
     async def listed(self, model: str) -> list[str] | None:
         """Every version Triton serves of ``model``, ascending (None: it never told)."""
-        now = time.monotonic()
         hit = self._cache.get(model)
-        if hit is not None and now - hit[0] < self._cache_s:
-            return hit[1]
+        if hit is not None:
+            age = self.clock() - hit[0]
+            if age < self._cache_s:
+                if age >= self._cache_s / 2 and model not in self._refreshing:
+                    task = asyncio.create_task(self._ask(model))
+                    self._refreshing[model] = task
+                    task.add_done_callback(self._refreshed)
+                return hit[1]
+        running = self._refreshing.get(model)
+        if running is not None:
+            return await asyncio.shield(running)
+        return await self._ask(model)
+
+    def _refreshed(self, task: asyncio.Task[list[str] | None]) -> None:
+        for model, running in list(self._refreshing.items()):
+            if running is task:
+                del self._refreshing[model]
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("refreshing Triton's served versions failed: %r", task.exception())
+
+    async def _ask(self, model: str) -> list[str] | None:
+        """Ask Triton now and cache the answer."""
+        now = self.clock()
+        hit = self._cache.get(model)
         # Triton unreachable, restarting or reloading the model: the versions it served last,
         # not None (the repository's newest may be built but never served: it would fail).
         versions = hit[1] if hit is not None else None
@@ -125,5 +168,7 @@ class TritonVersions:
         return versions
 
     async def close(self) -> None:
-        """Close the HTTP client."""
+        """Close the HTTP client (a refresh in flight is cancelled)."""
+        for task in list(self._refreshing.values()):
+            task.cancel()
         await self._client.aclose()
