@@ -16,8 +16,12 @@ from genwire_bench.floor_chain import (
     chain_group,
     chain_groups,
     chain_topics,
+    hop_rows,
     per_record,
+    render_hops,
 )
+from genwire_bench.stats import distribution
+from genwire_bench.traces import Breakdown, HopStats
 
 from genwire.settings import CommonSettings
 
@@ -146,6 +150,35 @@ def test_without_a_bare_phase_at_its_concurrency_the_chain_says_nothing_beyond_t
     assert text.split("\n\n")[1].splitlines()[-1].startswith("| 3 stages")
 
 
+def test_the_per_hop_table_names_hops_without_the_runs_prefix() -> None:
+    def stats(hop: str, at: float, values: list[float]) -> HopStats:
+        dist = distribution(values)
+        assert dist is not None
+        return HopStats(hop, 1.0, at, dist)
+
+    result = Breakdown(
+        traces_found=2,
+        traces_wanted=3,
+        trace_span=None,
+        hops=[
+            stats("floor-ab12-0 wait (attr)", 0.0, [1.0, 3.0]),
+            stats("floor: process floor-ab12-0", 0.0, [1.25, 1.25]),
+            stats("last publish → client", 3.5, [1.5, 2.5]),
+        ],
+    )
+    rows = hop_rows(result, "ab12")
+    assert [r["hop"] for r in rows] == [
+        "floor-…-0 wait (attr)",
+        "floor: process floor-…-0",
+        "last publish → client",
+    ]
+    text = render_hops(1, {"found": 2, "wanted": 3, "hops": rows})
+    lines = text.splitlines()
+    assert lines[0] == "Per hop, c=1 (2/3 traces):"
+    assert lines[4] == "| floor-…-0 wait (attr) | 1.0 | 0.00 | 2.00 | 2.90 |"
+    assert lines[-1] == "| last publish → client | 1.0 | 3.50 | 2.00 | 2.45 |"
+
+
 def test_the_chain_options_and_what_is_refused() -> None:
     args = _args("--modes", "chain", "--stages", "5", "--relay-concurrency", "4")
     assert args.modes == ["chain"] and args.stages == 5 and args.relay_concurrency == 4
@@ -156,11 +189,14 @@ def test_the_chain_options_and_what_is_refused() -> None:
             floor.main([*bad, "--bootstrap-servers", "unused:1"])
     with pytest.raises(SystemExit):
         floor.main(["--relay-concurrency", "0", "--bootstrap-servers", "unused:1"])
+    with pytest.raises(SystemExit):  # no spans to read back
+        floor.main(["--hop-traces", "5", "--no-tracing", "--bootstrap-servers", "unused:1"])
 
 
 def test_three_stages_in_a_chain_on_the_broker(infra: CommonSettings, tmp_path: Path) -> None:
     """A handful of records through three relays at c=1 and c=2: every record arrives, each
-    relay's CPU is measured, and the run's topics and groups are gone afterwards."""
+    relay's CPU is measured, the traced records' traces pass all three relays, and the run's
+    topics and groups are gone afterwards."""
     out = tmp_path / "chain.json"
     code = floor.main(
         [
@@ -178,6 +214,8 @@ def test_three_stages_in_a_chain_on_the_broker(infra: CommonSettings, tmp_path: 
             "4",
             "--chain-idle-s",
             "1",
+            "--hop-traces",
+            "4",
             "--json",
             str(out),
         ]
@@ -194,6 +232,12 @@ def test_three_stages_in_a_chain_on_the_broker(infra: CommonSettings, tmp_path: 
         assert all(r > 0 for r in p["extra"]["relays_core_ms"])
         assert p["extra"]["relay_concurrency"] == 4 and p["extra"]["tracing"] is True
         assert p["extra"]["idle_core_ms_per_s"] > 0
+    # the traced records' spans came back from Jaeger: one trace through all three relays
+    hops = phases[0]["extra"]["hops"]
+    assert hops["found"] == hops["wanted"] == 4
+    names = {h["hop"] for h in hops["hops"]}
+    assert {f"floor: process floor-…-{i}" for i in range(3)} <= names
+    assert {"client → first span", "last publish → client"} <= names
     topics, groups = phases[0]["extra"]["topics"], phases[0]["extra"]["groups"]
     assert len(topics) == 4 and len(groups) == 6
     left_topics, left_groups = asyncio.run(_on_broker(infra.kafka_bootstrap_servers))

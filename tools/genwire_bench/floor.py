@@ -46,18 +46,23 @@ from genwire.kafka.failures import RawRecord
 from genwire.kafka_security import client_options
 from genwire.service import loop as event_loop
 from genwire.topics import TOPIC_SPECS, Topic, TopicSpec
+from genwire_bench.drivers.base import new_trace
 from genwire_bench.floor_chain import (
     DEFAULT_STAGES,
     ChainCost,
     ChainRow,
+    TracedRecord,
     beyond_floor,
     chain_group,
     chain_groups,
     chain_topics,
+    hop_rows,
     per_record,
     render_chain,
+    render_hops,
 )
 from genwire_bench.stats import distribution
+from genwire_bench.traces import JaegerClient, breakdown
 
 PARTITIONS = 3  # as the request path's topics (genwire.topics.TOPIC_SPECS)
 MODES = ("bare", "hop", "idle", "chain")
@@ -177,8 +182,14 @@ async def _drive(
     concurrency: int,
     size: int,
     tag: str,
+    traced: list[TracedRecord] | None = None,
+    traced_first: int = 0,
 ) -> list[float]:
-    """``count`` records through, ``concurrency`` at a time; each one's publish → seen (ms)."""
+    """``count`` records through, ``concurrency`` at a time; each one's publish → seen (ms).
+
+    The first ``traced_first`` records carry a ``traceparent`` of ours (and are kept in
+    ``traced``), so the relays' spans of exactly those records can be found in Jaeger.
+    """
     latencies: list[float] = []
     next_index = 0
     body = "x" * max(0, size - 60)
@@ -191,11 +202,16 @@ async def _drive(
             rid = f"{tag}-{i}"
             value = FloorRecord(request_id=rid, body=body).model_dump_json().encode()
             seen = reader.expect(rid.encode())
+            trace = new_trace() if traced is not None and i < traced_first else None
+            headers = [("traceparent", trace.traceparent.encode())] if trace else []
+            wall_ms = time.time() * 1000.0
             start = time.perf_counter()
-            ack = await producer.send(topic, value, key=rid.encode(), traced=False)
+            ack = await producer.send(topic, value, key=rid.encode(), headers=headers, traced=False)
             at = await asyncio.wait_for(seen, 30.0)
             await ack
             latencies.append((at - start) * 1000.0)
+            if trace is not None and traced is not None:
+                traced.append(TracedRecord(trace.trace_id, wall_ms, wall_ms + latencies[-1]))
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies
@@ -316,13 +332,26 @@ async def _chain(
             await _drive(producer, reader, topics[0], count=args.warmup, tag=f"{tag}-w", **drive)
             cpu0, b0 = time.process_time(), _cpu_s(broker)
             r0 = [_cpu_s(r.ps) for r in relays]
+            traced: list[TracedRecord] = []
+            first = args.hop_traces if args.tracing else 0
             t0 = time.perf_counter()
-            lat = await _drive(producer, reader, topics[0], count=args.records, tag=tag, **drive)
+            lat = await _drive(
+                producer,
+                reader,
+                topics[0],
+                count=args.records,
+                tag=tag,
+                traced=traced,
+                traced_first=first,
+                **drive,
+            )
             seconds = time.perf_counter() - t0
             cpu1, b1 = time.process_time(), _cpu_s(broker)
             r1 = [_cpu_s(r.ps) for r in relays]
             phase = _chain_phase(args, c, lat, seconds, (cpu0, cpu1), (b0, b1), r0, r1, idle)
             phase.extra |= {"topics": topics, "groups": chain_groups(run, args.stages)}
+            if traced:  # after the CPU readings: fetching is not the chain's cost
+                phase.extra["hops"] = await _hops(args, run, traced)
             phases.append(phase)
     finally:
         await reader.stop()
@@ -332,6 +361,29 @@ async def _chain(
             r.stop()
         await _delete_groups(args.bootstrap_servers, chain_groups(run, args.stages))
     return phases
+
+
+async def _hops(args: argparse.Namespace, run: str, traced: list[TracedRecord]) -> dict[str, Any]:
+    """The traced records' per-hop breakdown from Jaeger (``genwire_bench.traces``)."""
+    jaeger = JaegerClient(args.jaeger_url)
+    try:
+        if not await jaeger.reachable():
+            print(
+                f"floor: Jaeger not reachable at {args.jaeger_url}: no per-hop figures",
+                file=sys.stderr,
+            )
+            return {"found": 0, "wanted": len(traced), "hops": []}
+        fetched = await jaeger.fetch_many(
+            [t.trace_id for t in traced], min_spans=2 * args.stages, settle_s=2.0
+        )
+    finally:
+        await jaeger.close()
+    result = breakdown(
+        [fetched.get(t.trace_id, []) for t in traced],
+        len(traced),
+        [(t.sent_ms, t.seen_ms) for t in traced],
+    )
+    return {"found": result.traces_found, "wanted": len(traced), "hops": hop_rows(result, run)}
 
 
 async def _chain_idle(
@@ -700,6 +752,18 @@ def parser() -> argparse.ArgumentParser:
         "'above idle' column; 0: not measured)",
     )
     p.add_argument(
+        "--hop-traces",
+        type=int,
+        default=0,
+        help="chain, tracing on: the first N measured records of each phase carry our trace "
+        "context, and their traces are read back from Jaeger for a per-hop table (0: none)",
+    )
+    p.add_argument(
+        "--jaeger-url",
+        default=os.environ.get("GENWIRE_JAEGER_UI_URL", "http://127.0.0.1:16686"),
+        help="Jaeger's query API, for --hop-traces",
+    )
+    p.add_argument(
         "--relay-concurrency",
         type=int,
         default=None,
@@ -721,6 +785,11 @@ def render(phases: list[Phase]) -> str:
         rows = [chain_row(ph) for ph in chain]
         bare = {ph.concurrency: ph.p50_ms for ph in others if ph.mode == "bare" and ph.p50_ms}
         tables.append("\n".join([render_chain(rows), "", *beyond_floor(rows, bare)]).rstrip())
+        tables += [
+            render_hops(ph.concurrency, ph.extra["hops"])
+            for ph in chain
+            if ph.extra.get("hops", {}).get("hops")
+        ]
     return "\n\n".join(tables)
 
 
@@ -760,6 +829,8 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--stages: at least 1")
     if args.relay_concurrency is not None and args.relay_concurrency < 1:
         parser().error("--relay-concurrency: at least 1")
+    if args.hop_traces and not args.tracing:
+        parser().error("--hop-traces needs the relays' spans: not with --no-tracing")
     if args.relay:
         event_loop.run(relay_main(args), args.loop)
         return 0

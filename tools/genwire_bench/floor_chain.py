@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from genwire_bench.traces import Breakdown
 
 DEFAULT_STAGES = 3  # preprocess, inference, postprocess
 
@@ -141,3 +144,43 @@ def beyond_floor(rows: Sequence[ChainRow], bare_p50: dict[int, float]) -> list[s
             f"= {extra:.2f} ms, {extra / r.stages:.2f} ms per stage beyond the one-hop floor"
         )
     return lines
+
+
+@dataclass(frozen=True)
+class TracedRecord:
+    """A measured record that carried our trace context: its trace and its wall times (ms)."""
+
+    trace_id: str
+    sent_ms: float
+    seen_ms: float
+
+
+def hop_rows(result: Breakdown, run: str) -> list[dict[str, Any]]:
+    """The breakdown's hops as plain rows, the run's topic prefix shortened to ``floor-…-``."""
+    prefix = f"floor-{run}-"
+    return [
+        {
+            "hop": h.hop.replace(prefix, "floor-…-"),
+            "per_trace": h.per_trace,
+            "at_ms": h.offset_p50_ms,
+            "p50_ms": h.ms.p50,
+            "p95_ms": h.ms.p95,
+        }
+        for h in result.hops
+    ]
+
+
+def render_hops(concurrency: int, hops: dict[str, Any]) -> str:
+    """One phase's per-hop table (from ``hop_rows``, with how many traces were found)."""
+    lines = [
+        f"Per hop, c={concurrency} ({hops['found']}/{hops['wanted']} traces):",
+        "",
+        "| hop | per trace | at p50 ms | p50 ms | p95 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for h in hops["hops"]:
+        lines.append(
+            f"| {h['hop']} | {h['per_trace']:.1f} | {h['at_ms']:.2f} | {h['p50_ms']:.2f} "
+            f"| {h['p95_ms']:.2f} |"
+        )
+    return "\n".join(lines)
