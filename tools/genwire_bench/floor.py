@@ -292,7 +292,7 @@ async def measure(args: argparse.Namespace) -> list[Phase]:
                 )
     finally:
         await producer.stop()
-        # the chain's too: deleted before the producer stops, its metadata refresh complains
+        # the chain's too, here: deleted while the producer runs, its metadata refresh complains
         chain = chain_topics(run, args.stages) if "chain" in args.modes else []
         await _delete_topics(args.bootstrap_servers, [topic_in, topic_out, *chain])
         if {"hop", "idle"} & set(args.modes):
