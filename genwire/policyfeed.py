@@ -4,7 +4,7 @@
 instance reads every record; nothing is left on the broker when it stops), then keeps a fetch
 waiting on the broker, so a change published by ``genwire model route/promote/rollback`` or by
 the monitor is in force on every instance about one broker round trip after it is written (a
-waiting fetch returns at the first record; ``poll_ms`` only sets how often an idle feed asks).
+waiting fetch returns at the first record; ``poll_ms`` sets how often an idle feed asks).
 A corrupt record (not JSON, invalid, key ≠ model name) is logged, counted
 (``genwire_policy_records_total{outcome="skipped"}``) and skipped: the policy in force stays.
 
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from genwire.kafka.consumer import FETCH_MAX_WAIT_MS
 from genwire.kafka.security import client_options
 from genwire.policy import ModelPolicy, PolicyError, parse
 from genwire.topics import TOPIC_SPECS, Topic
@@ -124,7 +125,7 @@ class PolicyFeed:
         store: PolicyStore | None = None,
         registry: CollectorRegistry | None = None,
         topic: str = Topic.CONFIG,
-        poll_ms: int = 500,
+        poll_ms: int = FETCH_MAX_WAIT_MS,
         client_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.store = store if store is not None else PolicyStore(registry)
@@ -179,9 +180,11 @@ class PolicyFeed:
         if not partitions:
             return False
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        # The ends first: asked after the assignment, they waited for the consumer's first
+        # fetch to come back (the whole fetch wait on an empty topic).
+        self._targets = await self._consumer.end_offsets(tps)
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
-        self._targets = await self._consumer.end_offsets(tps)
         return True
 
     async def run(self) -> None:
@@ -189,6 +192,7 @@ class PolicyFeed:
         while not self._assigned:
             await asyncio.sleep(5.0)
             self._assigned = await self._assign(create=False)
+        await self._check_caught_up()  # an empty topic: caught up without waiting a poll
         while True:
             batches = await self._consumer.getmany(timeout_ms=self._poll_ms)
             history = not self.caught_up.is_set()
@@ -196,20 +200,21 @@ class PolicyFeed:
                 for record in records:
                     self.store.apply(record.key, record.value, quiet=history)
             if history:
-                done = True
-                for tp, end in self._targets.items():
-                    if await self._consumer.position(tp) < end:
-                        done = False
-                if done:
-                    self.caught_up.set()
-                    for model, why in self.store.corrupt_latest.items():
-                        log.warning(
-                            "the latest %s record of %s is corrupt (%s): its last good "
-                            "policy stays in force",
-                            self.topic,
-                            model,
-                            why,
-                        )
+                await self._check_caught_up()
+
+    async def _check_caught_up(self) -> None:
+        """Set ``caught_up`` once every partition's position reached its end at start."""
+        for tp, end in self._targets.items():
+            if await self._consumer.position(tp) < end:
+                return
+        self.caught_up.set()
+        for model, why in self.store.corrupt_latest.items():
+            log.warning(
+                "the latest %s record of %s is corrupt (%s): its last good policy stays in force",
+                self.topic,
+                model,
+                why,
+            )
 
     async def stop(self) -> None:
         """Disconnect."""
@@ -230,7 +235,6 @@ async def read_policies(
         bootstrap_servers,
         store=PolicyStore(log_skipped=False),
         topic=topic,
-        poll_ms=100,  # a command waits one empty poll at the end of the topic: keep it short
         client_kwargs=client_kwargs,
     )
     task: asyncio.Task[None] | None = None

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
 
 from genwire.kafka_security import client_options
 from genwire.settings import CommonSettings
@@ -75,6 +75,10 @@ async def delete_topics(
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options(settings))
     await admin.start()
     try:
-        await admin.delete_topics(list(topics))
+        response = await admin.delete_topics(list(topics))
     finally:
         await admin.close()
+    # The broker answers per topic (delete_topics does not raise): say what was left behind.
+    for name, code, *_ in response.topic_error_codes:
+        if code not in (0, UnknownTopicOrPartitionError.errno):
+            raise for_code(code)(f"deleting topic {name!r} failed")

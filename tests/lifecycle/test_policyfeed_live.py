@@ -10,9 +10,11 @@ import uuid
 import pytest
 from prometheus_client import CollectorRegistry
 
+from genwire.kafka.admin import delete_topics, ensure_topics
 from genwire.policy import ModelPolicy
 from genwire.policyfeed import PolicyFeed, PolicyStore, delete_policy, publish_policy
 from genwire.settings import CommonSettings
+from genwire.topics import HOUR_MS, TopicSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -22,9 +24,9 @@ async def test_a_change_arrives_at_once_not_at_the_next_poll(infra: CommonSettin
     model = f"feedtest-{uuid.uuid4().hex[:8]}"  # its own key on the real genwire.config
     first = ModelPolicy(model=model, aliases={"champion": "1"}, revision=1)
     await publish_policy(bootstrap, first)
-    # A minute between polls: only a fetch that returns at the first record brings the change
-    # within the bound below.
-    feed = PolicyFeed(bootstrap, store=PolicyStore(CollectorRegistry()), poll_ms=60_000)
+    # 30 s between polls (under the client's 40 s request timeout): only a fetch that returns
+    # at the first record brings the change within the bound below.
+    feed = PolicyFeed(bootstrap, store=PolicyStore(CollectorRegistry()), poll_ms=30_000)
     await feed.start()
     task = asyncio.create_task(feed.run())
     try:
@@ -33,7 +35,7 @@ async def test_a_change_arrives_at_once_not_at_the_next_poll(infra: CommonSettin
         await asyncio.sleep(1.0)  # the feed's next fetch is now waiting on the broker
         second = first.changed(by="test", weights={"1": 100})
         await publish_policy(bootstrap, second)
-        for _ in range(200):  # 10 s at most, against the 60 s the poll would take
+        for _ in range(200):  # 10 s at most, against the 30 s the poll would take
             if feed.get(model) == second:
                 break
             await asyncio.sleep(0.05)
@@ -44,3 +46,25 @@ async def test_a_change_arrives_at_once_not_at_the_next_poll(infra: CommonSettin
             await task
         await feed.stop()
         await delete_policy(bootstrap, model)
+
+
+async def test_an_empty_topic_is_caught_up_without_waiting_a_poll(infra: CommonSettings) -> None:
+    bootstrap = infra.kafka_bootstrap_servers
+    topic = f"test.policyfeed.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap, [TopicSpec(topic, 1, HOUR_MS)])
+    feed = PolicyFeed(
+        bootstrap, store=PolicyStore(CollectorRegistry()), topic=topic, poll_ms=30_000
+    )
+    try:
+        # Nothing to read: started and ready at once, not after a (30 s) fetch came back empty.
+        await asyncio.wait_for(feed.start(), 10)
+        task = asyncio.create_task(feed.run())
+        try:
+            await asyncio.wait_for(feed.caught_up.wait(), 10)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await feed.stop()
+        await delete_topics(bootstrap, [topic])

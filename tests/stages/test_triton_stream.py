@@ -7,6 +7,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
+from genwire_inference import backend as backend_module
 from genwire_inference.backend import TritonBackend, TritonStream
 
 from genwire.triton_io import Output
@@ -36,6 +38,7 @@ class _Call:
         self.status = asyncio.Event()
         self.sent = False
         self.completed = False
+        self.cancelled = False
 
     def __aiter__(self) -> _Call:
         return self
@@ -49,20 +52,37 @@ class _Call:
         raise StopAsyncIteration
 
     def cancel(self) -> None:
-        raise AssertionError("an answered call must complete, not be cancelled")
+        self.cancelled = True  # an answered call must complete instead
 
 
 async def test_the_final_step_does_not_wait_for_the_calls_status() -> None:
     backend = TritonBackend("127.0.0.1:1")  # no call is made: the channel connects lazily
     call, done = _Call(), asyncio.Event()
     stream = TritonStream(call, done, settle=backend._settle)
-    steps = [step async for step in stream]  # would hang here if the status were awaited inline
+    async with asyncio.timeout(2.0):  # fails here if the status were awaited inline
+        steps = [step async for step in stream]
     assert [s.token_ids for s in steps] == [[5, 6, 7]] and steps[0].finished
     assert done.is_set()  # our side of the call is closed
     assert not call.completed and len(backend._settling) == 1  # its status is read behind us
     call.status.set()
     await backend.close()  # waits for the answered call to complete
-    assert call.completed and not backend._settling
+    assert call.completed and not call.cancelled and not backend._settling
+
+
+async def test_beyond_the_bound_a_caller_waits_for_its_calls_status(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(backend_module, "SETTLING_MAX", 1)
+    backend = TritonBackend("127.0.0.1:1")
+    first, second = _Call(), _Call()
+    assert [s.finished async for s in TritonStream(first, asyncio.Event(), settle=backend._settle)]
+    assert not first.completed and len(backend._settling) == 1  # in the background
+    asyncio.get_running_loop().call_later(0.05, second.status.set)
+    assert [s.finished async for s in TritonStream(second, asyncio.Event(), settle=backend._settle)]
+    assert second.completed and len(backend._settling) == 1  # read inline: the bound was full
+    first.status.set()
+    await backend.close()
+    assert first.completed and not backend._settling
 
 
 async def test_without_settle_the_status_is_read_inline() -> None:

@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 TRITON = "triton"
 """The dependency name of the model server in readiness reasons, logs and metrics."""
 
+SETTLING_MAX = 64
+"""Answered calls whose status is read in the background at most (each for at most 5 s):
+beyond it a caller waits for its call's status before going on, so calls open on the channel
+stay bounded by the stage's concurrency plus this."""
+
 # gRPC status codes (of the call, or of Triton's own answers) that mean "not now", not "never":
 # the server restarting, overloaded, or the call cut off.
 _RETRYABLE_CODES = frozenset(
@@ -195,11 +200,11 @@ class TritonStream:
         responses: Any,
         done: asyncio.Event,
         choices: int = 1,
-        settle: Callable[[Awaitable[None]], None] | None = None,
+        settle: Callable[[Callable[[], Awaitable[None]]], bool] | None = None,
     ) -> None:
         self._responses = responses
         self._done = done
-        self._settle = settle  # runs the answered call's completion off the caller's path
+        self._settle = settle  # takes the answered call's completion off the caller's path
         self._cancelled = False
         self._answered = False  # Triton sent the last response (every final, or an error)
         self._open = max(1, choices)  # choices not finished yet
@@ -243,16 +248,13 @@ class TritonStream:
                         return
         finally:
             self._done.set()  # ends the request side, so the call completes
-            if self._answered:
-                # The call's status must still be read: a call dropped before it is cancelled
-                # (grpc.aio cancels unfinished calls it collects), and Triton 2.51 pins a model
-                # version whose answered stream is cancelled (it then never unloads). With a
-                # ``settle`` it is read in the background: the caller has every response and
-                # publishes the result now instead of after the server's close (0.6–1.8 ms).
-                if self._settle is not None:
-                    self._settle(self._complete())
-                else:
-                    await self._complete()
+            # An answered call's status must still be read: a call dropped before it is
+            # cancelled (grpc.aio cancels unfinished calls it collects), and Triton 2.51 pins a
+            # model version whose answered stream is cancelled (it then never unloads). With a
+            # ``settle`` it is read in the background: the caller has every response and
+            # publishes the result now instead of after the server's close (0.6–1.8 ms).
+            if self._answered and (self._settle is None or not self._settle(self._complete)):
+                await self._complete()
 
     async def _complete(self) -> None:
         """Read the answered call to its end (its status), for at most 5 s."""
@@ -284,13 +286,20 @@ class TritonBackend:
     async def close(self) -> None:
         """Let answered calls complete (each is bounded by 5 s), then close the channel."""
         if self._settling:
-            await asyncio.wait(set(self._settling), timeout=6.0)
+            _, pending = await asyncio.wait(set(self._settling), timeout=6.0)
+            if pending:
+                log.warning("%d answered Triton calls had not completed at close", len(pending))
         await self.client.close()
 
-    def _settle(self, completion: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(completion)
+    def _settle(self, complete: Callable[[], Awaitable[None]]) -> bool:
+        """Complete an answered call in the background; False (the caller completes it) when
+        ``SETTLING_MAX`` already are: a slow server then slows callers, as before."""
+        if len(self._settling) >= SETTLING_MAX:
+            return False
+        task = asyncio.ensure_future(complete())
         self._settling.add(task)  # a reference, so the task is not collected mid-call
         task.add_done_callback(self._settling.discard)
+        return True
 
     async def _is_batched(self, model: str, version: str) -> bool:
         # With max_batch_size > 0 every tensor carries a leading batch dimension.

@@ -241,11 +241,13 @@ async def one_case(
         stop.set()
         for m in monitors:
             m.server.should_exit = True
-        await asyncio.wait_for(asyncio.gather(*(m.serving for m in monitors)), 60)
-        with contextlib.suppress(Exception):  # each monitor's own alerts topic, not left behind
-            await delete_topics(
-                CommonSettings().kafka_bootstrap_servers, [m.alerts_topic for m in monitors]
-            )
+        try:
+            await asyncio.wait_for(asyncio.gather(*(m.serving for m in monitors)), 60)
+        finally:
+            with contextlib.suppress(Exception):  # each monitor's own alerts topic
+                await delete_topics(
+                    CommonSettings().kafka_bootstrap_servers, [m.alerts_topic for m in monitors]
+                )
 
 
 def live_detection(
