@@ -18,10 +18,11 @@ from genwire_bench.floor_chain import (
     chain_topics,
     hop_rows,
     per_record,
+    publish_split,
     render_hops,
 )
 from genwire_bench.stats import distribution
-from genwire_bench.traces import Breakdown, HopStats
+from genwire_bench.traces import Breakdown, HopStats, Span
 
 from genwire.settings import CommonSettings
 
@@ -143,6 +144,19 @@ def test_other_modes_keep_their_table_and_the_chain_follows_it() -> None:
     )
 
 
+def test_the_clients_acknowledgement_times_close_the_report_when_measured() -> None:
+    bare = floor.Phase("bare", 1, 100, 2.0, 1.5, 3.0, 4.25, 1.7, 0.8, None, 0.5)
+    assert "acknowledgement" not in floor.render([bare])
+    bare.extra = {"client_ack_p50_ms": 0.5, "client_ack_p95_ms": 1.25}
+    chain = _chain_phase(8, [1.0, 1.0, 1.0])
+    chain.extra |= {"client_ack_p50_ms": 2.0, "client_ack_p95_ms": 4.0}
+    last = floor.render([bare, chain]).split("\n\n")[-1]
+    assert last == (
+        "The client's publish → acknowledgement (acks=all), p50 / p95 ms: "
+        "bare c=1 0.50 / 1.25, chain c=8 2.00 / 4.00"
+    )
+
+
 def test_without_a_bare_phase_at_its_concurrency_the_chain_says_nothing_beyond_the_floor() -> None:
     bare_c8 = floor.Phase("bare", 8, 100, 2.0, 1.5, 3.0, 4.25, 1.7, 0.8, None, 0.5)
     text = floor.render([bare_c8, _chain_phase(1, [1.0, 1.0, 1.0])])
@@ -177,6 +191,37 @@ def test_the_per_hop_table_names_hops_without_the_runs_prefix() -> None:
     assert lines[0] == "Per hop, c=1 (2/3 traces):"
     assert lines[4] == "| floor-…-0 wait (attr) | 1.0 | 0.00 | 2.00 | 2.90 |"
     assert lines[-1] == "| last publish → client | 1.0 | 3.50 | 2.00 | 2.45 |"
+
+
+def _span(sid: str, parent: str | None, name: str, start_us: int, dur_us: int) -> Span:
+    return Span(sid, parent, name, "floor-ab12-stage0", start_us, dur_us, {})
+
+
+def test_a_relays_process_span_is_cut_at_its_publish() -> None:
+    """Before the publish: the relay's own path; after it: the acknowledgement's wait."""
+    traces = [
+        [
+            _span("p0", None, "floor-ab12-0 process", 1_000, 3_000),
+            _span("u0", "p0", "floor-ab12-1 publish", 2_000, 20),  # 1 ms in, 2 ms to the end
+            _span("p1", "u0", "floor-ab12-1 process", 5_000, 1_000),  # no publish: not cut
+        ],
+        [
+            _span("p0", None, "floor-ab12-0 process", 0, 2_000),
+            _span("u0", "p0", "floor-ab12-1 publish", 500, 20),  # 0.5 ms in, 1.5 to the end
+            _span("x", "p0", "decode", 100, 50),  # not a publish
+        ],
+        [],  # a trace Jaeger did not have
+    ]
+    rows = {r["hop"]: r for r in publish_split(traces, "ab12")}
+    assert set(rows) == {
+        "floor-…-0 process: before its publish",
+        "floor-…-0 process: publish → end (acknowledgement)",
+    }
+    before = rows["floor-…-0 process: before its publish"]
+    after = rows["floor-…-0 process: publish → end (acknowledgement)"]
+    assert before["p50_ms"] == pytest.approx(0.75) and after["p50_ms"] == pytest.approx(1.75)
+    assert before["per_trace"] == after["per_trace"] == 1.0
+    assert before["at_ms"] == pytest.approx(0.0) and after["at_ms"] == pytest.approx(0.75)
 
 
 def test_the_chain_options_and_what_is_refused() -> None:
@@ -232,12 +277,14 @@ def test_three_stages_in_a_chain_on_the_broker(infra: CommonSettings, tmp_path: 
         assert all(r > 0 for r in p["extra"]["relays_core_ms"])
         assert p["extra"]["relay_concurrency"] == 4 and p["extra"]["tracing"] is True
         assert p["extra"]["idle_core_ms_per_s"] > 0
+        assert 0 < p["extra"]["client_ack_p50_ms"] <= p["extra"]["client_ack_p95_ms"]
     # the traced records' spans came back from Jaeger: one trace through all three relays
     hops = phases[0]["extra"]["hops"]
     assert hops["found"] == hops["wanted"] == 4
     names = {h["hop"] for h in hops["hops"]}
     assert {f"floor: process floor-…-{i}" for i in range(3)} <= names
     assert {"client → first span", "last publish → client"} <= names
+    assert {f"floor-…-{i} process: before its publish" for i in range(3)} <= names
     topics, groups = phases[0]["extra"]["topics"], phases[0]["extra"]["groups"]
     assert len(topics) == 4 and len(groups) == 6
     left_topics, left_groups = asyncio.run(_on_broker(infra.kafka_bootstrap_servers))

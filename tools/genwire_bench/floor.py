@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -58,6 +59,7 @@ from genwire_bench.floor_chain import (
     chain_topics,
     hop_rows,
     per_record,
+    publish_split,
     render_chain,
     render_hops,
 )
@@ -184,11 +186,13 @@ async def _drive(
     tag: str,
     traced: list[TracedRecord] | None = None,
     traced_first: int = 0,
+    acks: list[float] | None = None,
 ) -> list[float]:
     """``count`` records through, ``concurrency`` at a time; each one's publish → seen (ms).
 
     The first ``traced_first`` records carry a ``traceparent`` of ours (and are kept in
     ``traced``), so the relays' spans of exactly those records can be found in Jaeger.
+    ``acks`` gets each record's publish → acknowledgement (ms).
     """
     latencies: list[float] = []
     next_index = 0
@@ -207,6 +211,8 @@ async def _drive(
             wall_ms = time.time() * 1000.0
             start = time.perf_counter()
             ack = await producer.send(topic, value, key=rid.encode(), headers=headers, traced=False)
+            if acks is not None:
+                ack.add_done_callback(_ack_timer(acks, start))
             at = await asyncio.wait_for(seen, 30.0)
             await ack
             latencies.append((at - start) * 1000.0)
@@ -215,6 +221,21 @@ async def _drive(
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies
+
+
+def _ack_timer(sink: list[float], start: float) -> Callable[[asyncio.Future[object]], None]:
+    def done(_: asyncio.Future[object]) -> None:
+        sink.append((time.perf_counter() - start) * 1000.0)
+
+    return done
+
+
+def _ack_extra(acks: list[float]) -> dict[str, float | None]:
+    dist = distribution(acks)
+    return {
+        "client_ack_p50_ms": dist.p50 if dist else None,
+        "client_ack_p95_ms": dist.p95 if dist else None,
+    }
 
 
 class Relay:
@@ -333,6 +354,7 @@ async def _chain(
             cpu0, b0 = time.process_time(), _cpu_s(broker)
             r0 = [_cpu_s(r.ps) for r in relays]
             traced: list[TracedRecord] = []
+            acks: list[float] = []
             first = args.hop_traces if args.tracing else 0
             t0 = time.perf_counter()
             lat = await _drive(
@@ -343,6 +365,7 @@ async def _chain(
                 tag=tag,
                 traced=traced,
                 traced_first=first,
+                acks=acks,
                 **drive,
             )
             seconds = time.perf_counter() - t0
@@ -350,6 +373,7 @@ async def _chain(
             r1 = [_cpu_s(r.ps) for r in relays]
             phase = _chain_phase(args, c, lat, seconds, (cpu0, cpu1), (b0, b1), r0, r1, idle)
             phase.extra |= {"topics": topics, "groups": chain_groups(run, args.stages)}
+            phase.extra |= _ack_extra(acks)
             if traced:  # after the CPU readings: fetching is not the chain's cost
                 phase.extra["hops"] = await _hops(args, run, traced)
             phases.append(phase)
@@ -378,12 +402,11 @@ async def _hops(args: argparse.Namespace, run: str, traced: list[TracedRecord]) 
         )
     finally:
         await jaeger.close()
-    result = breakdown(
-        [fetched.get(t.trace_id, []) for t in traced],
-        len(traced),
-        [(t.sent_ms, t.seen_ms) for t in traced],
-    )
-    return {"found": result.traces_found, "wanted": len(traced), "hops": hop_rows(result, run)}
+    traces = [fetched.get(t.trace_id, []) for t in traced]
+    result = breakdown(traces, len(traced), [(t.sent_ms, t.seen_ms) for t in traced])
+    rows = hop_rows(result, run) + publish_split(traces, run)
+    rows.sort(key=lambda r: float(r["at_ms"]))  # stable: a process span's own row first
+    return {"found": result.traces_found, "wanted": len(traced), "hops": rows}
 
 
 async def _chain_idle(
@@ -511,6 +534,7 @@ async def _phase(
         )
         cpu0, b0 = time.process_time(), _cpu_s(broker)
         r0 = _cpu_s(relay.ps) if relay else None
+        acks: list[float] = []
         t0 = time.perf_counter()
         lat = await _drive(
             producer,
@@ -520,6 +544,7 @@ async def _phase(
             concurrency=concurrency,
             size=args.size,
             tag=tag,
+            acks=acks,
         )
         seconds = time.perf_counter() - t0
         cpu1, b1 = time.process_time(), _cpu_s(broker)
@@ -553,6 +578,7 @@ async def _phase(
             "tracing": bool(args.tracing) if relay else None,
             "fetch_max_wait_ms": args.fetch_max_wait_ms,
             "commit_interval_ms": args.commit_interval_ms,
+            **_ack_extra(acks),
         },
     )
 
@@ -790,6 +816,16 @@ def render(phases: list[Phase]) -> str:
             for ph in chain
             if ph.extra.get("hops", {}).get("hops")
         ]
+    acked = [ph for ph in phases if ph.extra.get("client_ack_p50_ms") is not None]
+    if acked:
+        tables.append(
+            "The client's publish → acknowledgement (acks=all), p50 / p95 ms: "
+            + ", ".join(
+                f"{ph.mode} c={ph.concurrency} {ph.extra['client_ack_p50_ms']:.2f} / "
+                f"{ph.extra['client_ack_p95_ms']:.2f}"
+                for ph in acked
+            )
+        )
     return "\n\n".join(tables)
 
 

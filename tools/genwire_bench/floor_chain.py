@@ -14,11 +14,13 @@ This module is the pure part (names, the report); floor.py runs the processes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from statistics import median
 from typing import Any
 
-from genwire_bench.traces import Breakdown
+from genwire_bench.stats import distribution
+from genwire_bench.traces import PROCESS_SUFFIX, PUBLISH_SUFFIX, Breakdown, Span
 
 DEFAULT_STAGES = 3  # preprocess, inference, postprocess
 
@@ -168,6 +170,51 @@ def hop_rows(result: Breakdown, run: str) -> list[dict[str, Any]]:
         }
         for h in result.hops
     ]
+
+
+def publish_split(traces: Iterable[Sequence[Span]], run: str) -> list[dict[str, Any]]:
+    """Each relay's process span cut at its publish, as rows like ``hop_rows``'.
+
+    ``before its publish``: from the span's start (the record fetched, handed to a task) to the
+    ``<topic> publish`` span it parents (decoded, handled); ``publish → end``: from there to the
+    span's end, which is the wait for the ``acks=all`` acknowledgement.
+    """
+    prefix = f"floor-{run}-"
+    samples: dict[str, tuple[list[float], list[float]]] = {}
+    found = 0
+    for spans in traces:
+        if not spans:
+            continue
+        found += 1
+        t0 = min(s.start_us for s in spans)
+        publishes: dict[str, list[Span]] = {}
+        for span in spans:
+            if span.name.endswith(PUBLISH_SUFFIX) and span.parent_id:
+                publishes.setdefault(span.parent_id, []).append(span)
+        for span in spans:
+            children = publishes.get(span.span_id)
+            if not span.name.endswith(PROCESS_SUFFIX) or not children:
+                continue
+            at = min(c.start_us for c in children)
+            name = span.name.replace(prefix, "floor-…-")
+            values, offsets = samples.setdefault(name, ([], []))
+            values += [(at - span.start_us) / 1000.0, (span.start_us + span.duration_us - at) / 1e3]
+            offsets += [(span.start_us - t0) / 1000.0, (at - t0) / 1000.0]
+    rows: list[dict[str, Any]] = []
+    for name, (values, offsets) in samples.items():
+        for part, label in ((0, "before its publish"), (1, "publish → end (acknowledgement)")):
+            dist = distribution(values[part::2])
+            assert dist is not None
+            rows.append(
+                {
+                    "hop": f"{name}: {label}",
+                    "per_trace": len(values[part::2]) / found,
+                    "at_ms": float(median(offsets[part::2])),
+                    "p50_ms": dist.p50,
+                    "p95_ms": dist.p95,
+                }
+            )
+    return rows
 
 
 def render_hops(concurrency: int, hops: dict[str, Any]) -> str:
