@@ -164,6 +164,14 @@ def test_without_a_bare_phase_at_its_concurrency_the_chain_says_nothing_beyond_t
     assert text.split("\n\n")[1].splitlines()[-1].startswith("| 3 stages")
 
 
+def test_the_traced_records_are_spread_over_the_phase() -> None:
+    picked = [i for i in range(500) if floor._traced(i, 500, 60)]
+    assert len(picked) == 60 and picked[:3] == [0, 8, 16] and picked[-1] == 472
+    assert [i for i in range(20) if floor._traced(i, 20, 4)] == [0, 5, 10, 15]
+    assert [i for i in range(3) if floor._traced(i, 3, 10)] == [0, 1, 2]  # more wanted than sent
+    assert not [i for i in range(10) if floor._traced(i, 10, 0)]
+
+
 def test_the_per_hop_table_names_hops_without_the_runs_prefix() -> None:
     def stats(hop: str, at: float, values: list[float]) -> HopStats:
         dist = distribution(values)

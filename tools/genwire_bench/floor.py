@@ -185,13 +185,14 @@ async def _drive(
     size: int,
     tag: str,
     traced: list[TracedRecord] | None = None,
-    traced_first: int = 0,
+    traced_count: int = 0,
     acks: list[float] | None = None,
 ) -> list[float]:
     """``count`` records through, ``concurrency`` at a time; each one's publish → seen (ms).
 
-    The first ``traced_first`` records carry a ``traceparent`` of ours (and are kept in
-    ``traced``), so the relays' spans of exactly those records can be found in Jaeger.
+    ``traced_count`` records, spread evenly over the ``count`` (every ``count // traced_count``-th
+    from the first), carry a ``traceparent`` of ours and are kept in ``traced``, so the relays'
+    spans of exactly those records can be found in Jaeger.
     ``acks`` gets each record's publish → acknowledgement (ms).
     """
     latencies: list[float] = []
@@ -206,7 +207,7 @@ async def _drive(
             rid = f"{tag}-{i}"
             value = FloorRecord(request_id=rid, body=body).model_dump_json().encode()
             seen = reader.expect(rid.encode())
-            trace = new_trace() if traced is not None and i < traced_first else None
+            trace = new_trace() if traced is not None and _traced(i, count, traced_count) else None
             headers = [("traceparent", trace.traceparent.encode())] if trace else []
             wall_ms = time.time() * 1000.0
             start = time.perf_counter()
@@ -221,6 +222,14 @@ async def _drive(
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies
+
+
+def _traced(index: int, count: int, traced_count: int) -> bool:
+    """Whether record ``index`` of ``count`` is one of ``traced_count`` spread evenly."""
+    if traced_count <= 0:
+        return False
+    step = max(1, count // traced_count)
+    return index % step == 0 and index // step < traced_count
 
 
 def _ack_timer(sink: list[float], start: float) -> Callable[[asyncio.Future[object]], None]:
@@ -355,7 +364,7 @@ async def _chain(
             r0 = [_cpu_s(r.ps) for r in relays]
             traced: list[TracedRecord] = []
             acks: list[float] = []
-            first = args.hop_traces if args.tracing else 0
+            n_traced = args.hop_traces if args.tracing else 0
             t0 = time.perf_counter()
             lat = await _drive(
                 producer,
@@ -364,7 +373,7 @@ async def _chain(
                 count=args.records,
                 tag=tag,
                 traced=traced,
-                traced_first=first,
+                traced_count=n_traced,
                 acks=acks,
                 **drive,
             )
@@ -781,8 +790,9 @@ def parser() -> argparse.ArgumentParser:
         "--hop-traces",
         type=int,
         default=0,
-        help="chain, tracing on: the first N measured records of each phase carry our trace "
-        "context, and their traces are read back from Jaeger for a per-hop table (0: none)",
+        help="chain, tracing on: N measured records of each phase, spread evenly over it, "
+        "carry our trace context, and their traces are read back from Jaeger for a per-hop "
+        "table (0: none)",
     )
     p.add_argument(
         "--jaeger-url",
