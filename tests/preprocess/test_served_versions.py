@@ -105,3 +105,23 @@ async def test_close_cancels_a_refresh_in_flight() -> None:
     await versions.close()
     await asyncio.sleep(0)
     assert task.cancelled()
+
+
+async def test_requests_arriving_together_share_one_question() -> None:
+    triton = Triton(["3"])
+    versions, now = versions_of(triton)
+    try:
+        triton.hold = asyncio.Event()
+        first = [asyncio.ensure_future(versions.served("m")) for _ in range(5)]
+        await asyncio.sleep(0)
+        triton.hold.set()
+        assert await asyncio.gather(*first) == ["3"] * 5 and triton.asked == 1
+        now[0] += 5.0  # expired (no traffic for a while): the next burst asks once, and waits
+        triton.versions, triton.hold = ["4"], asyncio.Event()
+        burst = [asyncio.ensure_future(versions.served("m")) for _ in range(5)]
+        await asyncio.sleep(0)
+        burst[0].cancel()  # a request cancelled meanwhile leaves the question to the others
+        triton.hold.set()
+        assert await asyncio.gather(*burst[1:]) == ["4"] * 4 and triton.asked == 2
+    finally:
+        await versions.close()

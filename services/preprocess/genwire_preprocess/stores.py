@@ -106,10 +106,10 @@ class TritonVersions:
     None when it never told (the repository's newest version is used).
 
     A request never waits for a refresh while traffic flows: an answer older than half of
-    ``cache_s`` is still used and refreshed in the background (one refresh per model at a
-    time), so it is never used once older than ``cache_s`` — the same staleness bound as an
-    inline refresh. Only an answer past ``cache_s`` (no request for that long) is refreshed
-    inline, as is the first one.
+    ``cache_s`` is still used and refreshed in the background, so it is never used once older
+    than ``cache_s`` — the same staleness bound as an inline refresh. Only an answer past
+    ``cache_s`` (no request for that long) is waited for, as is the first one. One question
+    per model at a time, however many requests need the answer.
     """
 
     def __init__(self, http_url: str, cache_s: float = 2.0, timeout_s: float = 1.0) -> None:
@@ -131,15 +131,20 @@ class TritonVersions:
         if hit is not None:
             age = self.clock() - hit[0]
             if age < self._cache_s:
-                if age >= self._cache_s / 2 and model not in self._refreshing:
-                    task = asyncio.create_task(self._ask(model))
-                    self._refreshing[model] = task
-                    task.add_done_callback(self._refreshed)
+                if age >= self._cache_s / 2:
+                    self._refresh(model)
                 return hit[1]
-        running = self._refreshing.get(model)
-        if running is not None:
-            return await asyncio.shield(running)
-        return await self._ask(model)
+        # Requests arriving together share one question (a cancelled one leaves it running).
+        return await asyncio.shield(self._refresh(model))
+
+    def _refresh(self, model: str) -> asyncio.Task[list[str] | None]:
+        """The refresh of ``model`` in flight, else a new one."""
+        task = self._refreshing.get(model)
+        if task is None:
+            task = asyncio.create_task(self._ask(model))
+            self._refreshing[model] = task
+            task.add_done_callback(self._refreshed)
+        return task
 
     def _refreshed(self, task: asyncio.Task[list[str] | None]) -> None:
         for model, running in list(self._refreshing.items()):
