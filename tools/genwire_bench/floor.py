@@ -38,13 +38,12 @@ from typing import Any
 
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import BaseModel
 
 from genwire.kafka import EventProducer, ensure_topics
+from genwire.kafka.admin import delete_groups, delete_topics
 from genwire.kafka.consumer import COMMIT_INTERVAL_S, FETCH_MAX_WAIT_MS, consumer_options
 from genwire.kafka.failures import RawRecord
-from genwire.kafka_security import client_options
 from genwire.service import loop as event_loop
 from genwire.topics import TOPIC_SPECS, Topic, TopicSpec
 from genwire_bench.drivers.base import new_trace
@@ -645,44 +644,20 @@ def relay_group(run: str) -> str:
 
 
 async def _delete_groups(bootstrap_servers: str, groups: list[str]) -> list[str]:
-    """Delete the (stopped, so empty) consumer groups; says on stderr which could not be.
-
-    aiokafka's admin client has no call for it, so this sends Kafka's DeleteGroups request
-    (API 42) to the groups' coordinator itself. Returns the groups left behind.
-    """
-    from aiokafka.protocol.admin import DeleteGroupsRequest
-
-    left: list[str] = []
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options())
+    """Delete the (stopped, so empty) groups; says on stderr which could not be."""
     try:
-        await admin.start()
-        by_node: dict[int, list[str]] = {}
-        for group in groups:
-            by_node.setdefault(await admin.find_coordinator(group), []).append(group)
-        for node, names in by_node.items():
-            response = await admin._send_request(DeleteGroupsRequest(names), node)
-            # 0: deleted; 69 (GROUP_ID_NOT_FOUND): never created (e.g. a run that failed early)
-            left += [str(g) for g, code in response.results if code not in (0, 69)]
+        left = await delete_groups(bootstrap_servers, groups)
     except Exception as exc:  # reported, not raised: the figures stand
         print(f"floor: could not delete the groups {groups}: {exc!r}", file=sys.stderr)
         return groups
-    finally:
-        with contextlib.suppress(Exception):
-            await admin.close()
     if left:
         print(f"floor: these groups are left on the broker: {left}", file=sys.stderr)
     return left
 
 
 async def _delete_topics(bootstrap_servers: str, topics: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options())
-    try:
-        await admin.start()
-        with contextlib.suppress(Exception):
-            await admin.delete_topics(topics)
-    finally:
-        with contextlib.suppress(Exception):
-            await admin.close()
+    with contextlib.suppress(Exception):  # a private topic left behind costs nothing here
+        await delete_topics(bootstrap_servers, topics)
 
 
 # --- the relay process -----------------------------------------------------------------------

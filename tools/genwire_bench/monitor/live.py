@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import uvicorn
 
 from genwire.apikeys import auth_headers
-from genwire.kafka.admin import delete_topics
+from genwire.kafka.admin import delete_groups, delete_topics
 from genwire.settings import CommonSettings
 from genwire_bench.monitor.detection import workbook_s
 
@@ -122,6 +122,7 @@ class Monitor:
     serving: asyncio.Task[None]
     workbook: float | None
     alerts_topic: str
+    group: str
     fired: float | None = None
     false_alarms: int = 0
 
@@ -170,6 +171,7 @@ async def _start_monitor(
         serving=asyncio.create_task(server.serve()),
         workbook=workbook_s(cfg.burn_rules, objective, bad),
         alerts_topic=alerts,
+        group=cfg.group_id,
     )
 
 
@@ -244,10 +246,10 @@ async def one_case(
         try:
             await asyncio.wait_for(asyncio.gather(*(m.serving for m in monitors)), 60)
         finally:
-            with contextlib.suppress(Exception):  # each monitor's own alerts topic
-                await delete_topics(
-                    CommonSettings().kafka_bootstrap_servers, [m.alerts_topic for m in monitors]
-                )
+            with contextlib.suppress(Exception):  # each monitor's own topic and group
+                bootstrap = CommonSettings().kafka_bootstrap_servers
+                await delete_topics(bootstrap, [m.alerts_topic for m in monitors])
+                await delete_groups(bootstrap, [m.group for m in monitors])
 
 
 def live_detection(
