@@ -3,6 +3,8 @@ fails, and the readiness it serves. No broker: the runtime's start is replaced b
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -11,7 +13,7 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from genwire.service import Running, ServiceRuntime, ServiceSpec
+from genwire.service import Running, ServiceRuntime, ServiceSpec, runner
 from genwire.settings import ServiceSettings
 
 
@@ -167,3 +169,42 @@ async def test_readyz_says_why_including_the_services_own_checks(recorder: Recor
         assert (await client.get("/healthz")).json()["service"] == "genwire"
         assert (await client.get("/port")).json() == 18123  # the service's own router
         assert (await client.get("/metrics")).status_code == 200
+
+
+async def test_a_services_own_process_freezes_its_start_up_heap_before_serving(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "freeze_startup_heap", lambda: recorder.step("heap frozen"))
+    settings = ServiceSettings(port=18123, kafka_bootstrap_servers="127.0.0.1:1")
+    app = _spec(recorder).app(
+        settings, span_exporter=InMemorySpanExporter(), set_global_tracer=False, freeze_heap=True
+    )
+    async with app.router.lifespan_context(app):
+        assert recorder.events[-2:] == ["running entered", "heap frozen"]
+    shared = _app(_spec(Recorder()))  # tests' apps share a process: never frozen by default
+    async with shared.router.lifespan_context(shared):
+        pass
+    assert recorder.events.count("heap frozen") == 1
+
+
+class Node:
+    def __init__(self) -> None:
+        self.me = self  # a cycle: only the cyclic collector frees it
+
+
+def test_the_start_up_heap_is_collected_then_frozen() -> None:
+    gc.unfreeze()
+    garbage = Node()
+    gone = weakref.ref(garbage)
+    del garbage
+    kept = Node()
+    try:
+        runner.freeze_startup_heap()
+        assert gone() is None  # collected, not frozen with the rest
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        gc.collect()
+        assert gc.get_freeze_count() == frozen  # later collections leave it alone
+        assert kept.me is kept
+    finally:
+        gc.unfreeze()

@@ -3,7 +3,6 @@ rest)."""
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -63,7 +62,6 @@ async def setup(
         return replies.with_replies_now(failure_outputs(record, err), record.headers or ())
 
     runtime.consumer(Topic.GENERATIONS, GenerationChunk, handle, failure_events=failure_events)
-    freeze_startup_heap()
     try:
         yield
     finally:
@@ -103,15 +101,6 @@ def failure_outputs(record: ConsumerRecord[bytes, bytes], err: GenwireError) -> 
     if chunk.shadow:
         return []
     return failure_result(chunk.request_id, err, chunk.stream) if chunk.final else []
-
-
-def freeze_startup_heap() -> None:
-    """Collect start-up's garbage once, then leave every object alive now out of all later
-    collections (``gc.freeze``): a full collection then scans only what requests allocated,
-    a few ms instead of the ~70-110 ms pause it was on the request path (docs/benchmarks.md,
-    *A stage's critical path*)."""
-    gc.collect()
-    gc.freeze()
 
 
 SERVICE = ServiceSpec(stage=sc.STAGE_POSTPROCESS, settings=PostprocessSettings, setup=setup)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -86,7 +85,6 @@ async def setup(
         decoder=decode,
         failure_events=failure_events,
     )
-    freeze_startup_heap()
     try:
         yield
     finally:
@@ -111,15 +109,6 @@ def _fallback_counter(runtime: ServiceRuntime) -> Callable[[str, str, str], None
         counter.labels(model=model, wanted=wanted).inc()
 
     return count
-
-
-def freeze_startup_heap() -> None:
-    """Collect start-up's garbage once, then leave every object alive now out of all later
-    collections (``gc.freeze``): a full collection then scans only what requests allocated,
-    a few ms instead of the ~70-110 ms pause it was on the request path (docs/benchmarks.md,
-    *A stage's critical path*)."""
-    gc.collect()
-    gc.freeze()
 
 
 SERVICE = ServiceSpec(stage=sc.STAGE_PREPROCESS, settings=PreprocessSettings, setup=setup)
