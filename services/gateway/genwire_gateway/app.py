@@ -151,9 +151,13 @@ class _GatewaySpec(ServiceSpec[GatewaySettings]):
         *,
         span_exporter: SpanExporter | None = None,
         set_global_tracer: bool | None = None,
+        freeze_heap: bool = False,
     ) -> FastAPI:
         app = super().app(
-            settings, span_exporter=span_exporter, set_global_tracer=set_global_tracer
+            settings,
+            span_exporter=span_exporter,
+            set_global_tracer=set_global_tracer,
+            freeze_heap=freeze_heap,
         )
         app.add_middleware(AuthMiddleware)
         install_error_handlers(app)  # OpenAI's error shape on every route (H-api)
