@@ -144,6 +144,7 @@ def freeze_startup_heap() -> None:
     collections (``gc.freeze``): a full collection then scans only what requests allocated —
     1.5–2.8 ms instead of 110–119 ms for a stage's ~99 k start-up objects, a pause that landed
     on the request path (docs/benchmarks.md, *A stage's critical path*). A cycle among start-up
-    objects that becomes garbage later is never collected (start-up builds what lives)."""
+    objects that becomes garbage later is never collected (start-up builds what lives); the
+    consumers already run then, so a few first requests' objects may be frozen too, once."""
     gc.collect()
     gc.freeze()

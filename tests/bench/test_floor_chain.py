@@ -235,15 +235,18 @@ def test_a_relays_process_span_is_cut_at_its_publish() -> None:
 def test_the_chain_options_and_what_is_refused() -> None:
     args = _args("--modes", "chain", "--stages", "5", "--relay-concurrency", "4")
     assert args.modes == ["chain"] and args.stages == 5 and args.relay_concurrency == 4
-    defaults = _args()
-    assert defaults.stages == 3 and defaults.relay_concurrency is None and defaults.tracing
-    for bad in (["--modes", "chian"], ["--modes", "chain", "--stages", "0"]):
+    defaults = _args()  # the chain's own options are unset unless given (main resolves them)
+    assert defaults.stages is None and defaults.relay_concurrency is None and defaults.tracing
+    for bad in (
+        ["--modes", "chian"],
+        ["--modes", "chain", "--stages", "0"],
+        ["--relay-concurrency", "0"],
+        ["--modes", "chain", "--hop-traces", "5", "--no-tracing"],  # no spans to read back
+        *(["--modes", "bare,hop", flag, "2"] for flag in ("--stages", "--hop-traces")),
+        ["--chain-idle-s", "1"],  # not silently ignored without a chain
+    ):
         with pytest.raises(SystemExit):
             floor.main([*bad, "--bootstrap-servers", "unused:1"])
-    with pytest.raises(SystemExit):
-        floor.main(["--relay-concurrency", "0", "--bootstrap-servers", "unused:1"])
-    with pytest.raises(SystemExit):  # no spans to read back
-        floor.main(["--hop-traces", "5", "--no-tracing", "--bootstrap-servers", "unused:1"])
 
 
 def test_three_stages_in_a_chain_on_the_broker(infra: CommonSettings, tmp_path: Path) -> None:
@@ -303,7 +306,9 @@ def test_three_stages_in_a_chain_on_the_broker(infra: CommonSettings, tmp_path: 
 async def _on_broker(bootstrap: str) -> tuple[set[str], set[str]]:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    from genwire.kafka_security import client_options
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options())
     await admin.start()
     try:
         topics = set(await admin.list_topics())

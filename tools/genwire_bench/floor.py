@@ -692,9 +692,11 @@ async def relay_main(args: argparse.Namespace) -> None:
     else:
         raise RuntimeError(f"the relay's consumer did not join its group on {topic_in}")
     print(READY, flush=True)
-    await asyncio.to_thread(sys.stdin.read)  # until the measuring process closes our stdin
-    await runtime.stop()
-    runtime.tracer_provider.shutdown()
+    try:
+        await asyncio.to_thread(sys.stdin.read)  # until the measuring process closes our stdin
+    finally:  # also when interrupted (Ctrl-C reaches the relays too): leave the group now
+        await runtime.stop()
+        runtime.tracer_provider.shutdown()
 
 
 # --- CLI ---------------------------------------------------------------------------------------
@@ -732,7 +734,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stages",
         type=int,
-        default=DEFAULT_STAGES,
+        default=None,
         help=f"relays in the chain (default {DEFAULT_STAGES}: preprocess, inference, postprocess)",
     )
     p.add_argument("-c", "--concurrency", type=_ints, default=[1, 8])
@@ -757,14 +759,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--chain-idle-s",
         type=float,
-        default=3.0,
+        default=None,
         help="chain: seconds of its CPU with nothing sent, before the first phase (the "
         "'above idle' column; 0: not measured)",
     )
     p.add_argument(
         "--hop-traces",
         type=int,
-        default=0,
+        default=None,
         help="chain, tracing on: N measured records of each phase, spread evenly over it, "
         "carry our trace context, and their traces are read back from Jaeger for a per-hop "
         "table (0: none)",
@@ -846,6 +848,20 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(
             f"--modes: unknown {', '.join(sorted(unknown))} (expected {', '.join(MODES)})"
         )
+    chain_only = [
+        f
+        for f, v in (
+            ("--stages", args.stages),
+            ("--chain-idle-s", args.chain_idle_s),
+            ("--hop-traces", args.hop_traces),
+        )
+        if v is not None
+    ]
+    if chain_only and "chain" not in args.modes and not args.relay:
+        parser().error(f"{', '.join(chain_only)}: only with --modes chain")
+    args.stages = DEFAULT_STAGES if args.stages is None else args.stages
+    args.chain_idle_s = 3.0 if args.chain_idle_s is None else args.chain_idle_s
+    args.hop_traces = 0 if args.hop_traces is None else args.hop_traces
     if args.stages < 1:
         parser().error("--stages: at least 1")
     if args.relay_concurrency is not None and args.relay_concurrency < 1:

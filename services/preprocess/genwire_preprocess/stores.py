@@ -35,8 +35,8 @@ class Claims(Protocol):
         self, request_id: str, fingerprint: str, route: str
     ) -> tuple[str, str | None]:
         """``claim``, and store ``route`` (an encoded ``Route``) unless the id has one, in the
-        same round trip; returns the stored fingerprint and the stored route (None: the route
-        key expired or could not be stored)."""
+        same round trip; returns the stored fingerprint and the stored route (None only from a
+        store that cannot keep routes)."""
         ...
 
 
@@ -173,7 +173,9 @@ class TritonVersions:
         return versions
 
     async def close(self) -> None:
-        """Close the HTTP client (a refresh in flight is cancelled)."""
-        for task in list(self._refreshing.values()):
+        """Close the HTTP client (a refresh in flight is cancelled first)."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._client.aclose()

@@ -24,6 +24,7 @@ import contextlib
 import random
 import socket
 import statistics
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -246,10 +247,22 @@ async def one_case(
         try:
             await asyncio.wait_for(asyncio.gather(*(m.serving for m in monitors)), 60)
         finally:
-            with contextlib.suppress(Exception):  # each monitor's own topic and group
-                bootstrap = CommonSettings().kafka_bootstrap_servers
-                await delete_topics(bootstrap, [m.alerts_topic for m in monitors])
-                await delete_groups(bootstrap, [m.group for m in monitors])
+            await _clean_up(monitors)
+
+
+async def _clean_up(monitors: list[Monitor]) -> None:
+    """Delete each monitor's own alerts topic and group; say what is left behind."""
+    bootstrap = CommonSettings().kafka_bootstrap_servers
+    try:
+        await delete_topics(bootstrap, [m.alerts_topic for m in monitors])
+    except Exception as exc:
+        print(f"monitor-bench: alerts topics left on the broker: {exc!r}", file=sys.stderr)
+    try:
+        left = await delete_groups(bootstrap, [m.group for m in monitors])
+    except Exception as exc:
+        left = [f"{m.group} ({exc!r})" for m in monitors]
+    if left:
+        print(f"monitor-bench: groups left on the broker: {left}", file=sys.stderr)
 
 
 def live_detection(
