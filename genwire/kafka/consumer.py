@@ -123,6 +123,9 @@ class EventConsumer(Generic[InT]):
 
     ``group_id=None``: no group; every partition is read from its end (e.g. cancels, which
     every instance must see from now on) and nothing is committed or left on the broker.
+    ``root_spans=False``: a record without a trace context gets no process span (a gateway's
+    heartbeat every second would otherwise start a trace of its own, forever); one that
+    carries a context (a cancel from a request's trace) is traced as always.
     """
 
     def __init__(
@@ -154,8 +157,10 @@ class EventConsumer(Generic[InT]):
         heartbeat_interval_ms: int = 3_000,
         fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
         commit_interval_s: float = COMMIT_INTERVAL_S,
+        root_spans: bool = True,
     ) -> None:
         self.topic = topic
+        self._root_spans = root_spans
         self._commit_interval_s = commit_interval_s
         self.group_id = group_id
         self._model = model
@@ -369,12 +374,16 @@ class EventConsumer(Generic[InT]):
             attributes[sc.MESSAGING_CONSUMER_GROUP] = self.group_id
         if record.key:
             attributes[sc.MESSAGING_MESSAGE_KEY] = record.key.decode("utf-8", "replace")
-        with self._tracer.start_as_current_span(
-            sc.process_span_name(self.topic),
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-        ) as span:
+        if self._root_spans or trace.get_current_span(parent).get_span_context().is_valid:
+            scope = self._tracer.start_as_current_span(
+                sc.process_span_name(self.topic),
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes=attributes,
+            )
+        else:  # untraced: the handler still runs inside a (non-recording) current span
+            scope = trace.use_span(trace.INVALID_SPAN, end_on_exit=False)
+        with scope as span:
             try:
                 if self._decoder is not None:
                     event = self._decoder(record)

@@ -79,11 +79,13 @@ class ServiceRuntime:
         failure_events: FailureEvents | None = None,
         decoder: Decoder[InT] | None = None,
         concurrency: int | None = None,
+        root_spans: bool = True,
     ) -> EventConsumer[InT]:
         """Create (not start) a consumer with this service's settings and telemetry.
 
         ``group=False``: no consumer group; every partition from its end (every instance sees
         every record from now on, and nothing is left on the broker when it stops).
+        ``root_spans=False``: records without a trace context are processed untraced.
         """
         s = self.settings
         consumer = self._new_consumer(
@@ -94,6 +96,7 @@ class ServiceRuntime:
             concurrency=concurrency or s.concurrency,
             failure_events=failure_events,
             decoder=decoder,
+            root_spans=root_spans,
         )
         self.consumers.append(consumer)
         return consumer
@@ -108,6 +111,7 @@ class ServiceRuntime:
         concurrency: int,
         failure_events: FailureEvents | None = None,
         decoder: Decoder[InT] | None = None,
+        root_spans: bool = True,
     ) -> EventConsumer[InT]:
         s = self.settings
         return EventConsumer(
@@ -128,6 +132,7 @@ class ServiceRuntime:
             failure_events=failure_events,
             decoder=decoder,
             tracer=self.tracer,
+            root_spans=root_spans,
             metrics=self.consumer_metrics,
             dependencies=self.dependencies,
             on_fatal=self.fail,

@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 from aiokafka.structs import ConsumerRecord
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from genwire.errors import GenwireError, RetryableError
 from genwire.events import Event, GenerationResult, PreparedRequest, dump
@@ -132,3 +135,55 @@ async def test_a_record_stopped_mid_handling_is_redelivered(
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert await _committed(bootstrap, group, topic) == 1
+
+
+async def test_without_root_spans_only_records_with_a_trace_context_are_traced(
+    env: tuple[str, str, EventProducer],
+) -> None:
+    bootstrap, topic, producer = env
+    run = uuid.uuid4().hex[:8]
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    handled: list[str] = []
+
+    async def handler(event: PreparedRequest) -> None:
+        handled.append(event.request_id)
+
+    parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    plain, traced = f"{run}-heartbeat", f"{run}-cancel"
+    # As heartbeats go (traced=False: no span, no trace headers), and one with a context.
+    await (await producer.send(topic, dump(_prepared(plain)), key=plain.encode(), traced=False))
+    await (
+        await producer.send(
+            topic,
+            dump(_prepared(traced)),
+            key=traced.encode(),
+            headers=[("traceparent", parent.encode())],
+            traced=False,
+        )
+    )
+    consumer = _consumer(
+        bootstrap,
+        topic,
+        producer,
+        handler,
+        f"test-{run}",
+        tracer=provider.get_tracer("test"),
+        root_spans=False,
+    )
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        async with asyncio.timeout(30):
+            while len(handled) < 2:  # noqa: ASYNC110  # the handler's list, no event to wait on
+                await asyncio.sleep(0.05)
+    finally:
+        await consumer.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert sorted(handled) == sorted([plain, traced])  # both handled, one traced
+    spans = exporter.get_finished_spans()
+    assert [(s.attributes or {}).get(sc.MESSAGING_MESSAGE_KEY) for s in spans] == [traced]
+    assert f"{spans[0].context.trace_id:032x}" == "ab" * 16
