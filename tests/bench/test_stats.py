@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from genwire_bench import stats
 from genwire_bench.records import RequestRecord
 from genwire_bench.stats import Load, compare, distribution, summarize, wall_duration
 
@@ -109,3 +110,18 @@ def test_compare_without_successes_gives_no_numbers() -> None:
 def test_load_labels() -> None:
     assert Load("closed", 4).label == "c=4"
     assert Load("open", 2.5).label == "r=2.5/s"
+
+
+def test_laps_time_each_piece_of_a_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([0.0, 1.0, 1.002, 1.010, 2.0, 2.001, 2.005])
+    monkeypatch.setattr(stats.time, "perf_counter", lambda: next(clock))
+    laps = stats.Laps()  # 0.0
+    for _ in range(2):
+        laps.start()  # 1.0, then 2.0
+        laps.lap("claim")  # 2 ms, then 1 ms
+        laps.lap("tokenize")  # 8 ms, then 4 ms
+    assert laps.ms == pytest.approx({"claim": [2.0, 1.0], "tokenize": [8.0, 4.0]})
+    text = laps.report("pieces")
+    assert text.splitlines()[0].startswith("pieces  (load average ")
+    assert [line.split()[0] for line in text.splitlines()[2:]] == ["claim", "tokenize"]
+    assert text.splitlines()[2].split()[1:] == ["1.500", "1.950", "1.500"]

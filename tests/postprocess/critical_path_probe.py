@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import statistics
-import time
 import uuid
-from collections import defaultdict
 
+from genwire_bench.stats import Laps
 from genwire_postprocess.handlers import Postprocessor
 from genwire_postprocess.text import truncate_at_stop
 
@@ -36,30 +33,6 @@ TEXT = (
     "Once upon a time there was a small robot who lived by the sea, and every night it "
     "counted the waves until the sun came up again over the quiet town."
 )
-
-
-class Laps:
-    """Milliseconds per named piece, over many requests."""
-
-    def __init__(self) -> None:
-        self.ms: dict[str, list[float]] = defaultdict(list)
-        self._t = time.perf_counter()
-
-    def start(self) -> None:
-        self._t = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.ms[name].append((now - self._t) * 1000)
-        self._t = now
-
-    def report(self, title: str) -> None:
-        print(f"{title}  (load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
-        print(f"{'piece':38s} {'p50 ms':>8s} {'p95 ms':>8s} {'mean ms':>8s}")
-        for name, laps in self.ms.items():
-            xs = sorted(laps)
-            p50, p95, mean = statistics.median(xs), xs[int(0.95 * len(xs))], statistics.fmean(xs)
-            print(f"{name:38s} {p50:8.3f} {p95:8.3f} {mean:8.3f}")
 
 
 def final_chunk(rid: str, ids: list[int], version: str, stream: bool) -> bytes:
@@ -150,9 +123,9 @@ async def main() -> None:
         for start in range(0, len(keys), 500):
             await store.redis.delete(*keys[start : start + 500])
         await store.close()
-    laps.report(f"postprocess pieces (final chunk, stream=false), {args.n} requests")
-    whole.report("postprocess handler, final chunk")
-    streamed.report("postprocess, a streamed request (4 chunks of 8 ids, then the final)")
+    print(laps.report(f"postprocess pieces (final chunk, stream=false), {args.n} requests"))
+    print(whole.report("postprocess handler, final chunk"))
+    print(streamed.report("postprocess, a streamed request (4 chunks of 8 ids, then the final)"))
 
 
 if __name__ == "__main__":

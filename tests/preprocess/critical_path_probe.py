@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import statistics
 import time
 import uuid
-from collections import defaultdict
 
+from genwire_bench.stats import Laps
 from genwire_preprocess.handlers import Preprocessor, derive_seed
 from genwire_preprocess.options import check_options, sampling_of
 from genwire_preprocess.stores import RedisClaims, TritonVersions
@@ -38,30 +36,6 @@ PROMPTS = (
     "Dear team, thank you for all the hard work this quarter. As we plan the next",
     "Question: what is the capital of Australia? Answer:",
 )
-
-
-class Laps:
-    """Milliseconds per named piece, over many requests."""
-
-    def __init__(self) -> None:
-        self.ms: dict[str, list[float]] = defaultdict(list)
-        self._t = time.perf_counter()
-
-    def start(self) -> None:
-        self._t = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.ms[name].append((now - self._t) * 1000)
-        self._t = now
-
-    def report(self, title: str) -> None:
-        print(f"{title}  (load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
-        print(f"{'piece':38s} {'p50 ms':>8s} {'p95 ms':>8s} {'mean ms':>8s}")
-        for name, laps in self.ms.items():
-            xs = sorted(laps)
-            p50, p95, mean = statistics.median(xs), xs[int(0.95 * len(xs))], statistics.fmean(xs)
-            print(f"{name:38s} {p50:8.3f} {p95:8.3f} {mean:8.3f}")
 
 
 def raw_request(run: str, i: int, stream: bool) -> tuple[bytes, bytes]:
@@ -181,7 +155,7 @@ async def main() -> None:
             await claims.redis.delete(*keys[start : start + 500])
         await claims.close()
         await versions.close()
-    laps.report(f"preprocess pieces, {args.n} requests")
+    print(laps.report(f"preprocess pieces, {args.n} requests"))
     # router.route when Triton's version answer is old: past cache_s (2 s) it is asked again
     # inline (every request did, once per 2 s, before); past half of it, in the background.
     refresh = Laps()
@@ -203,8 +177,8 @@ async def main() -> None:
                 await asyncio.sleep(0.02)  # the background refresh ends
     finally:
         await versions.close()
-    refresh.report("router.route when its cached version answer ages (alternating)")
-    whole.report("preprocess handler, before and after (alternating, fresh ids)")
+    print(refresh.report("router.route when its cached version answer ages (alternating)"))
+    print(whole.report("preprocess handler, before and after (alternating, fresh ids)"))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -172,3 +174,34 @@ def _pairs(
         for r in a
         if r.ok and (r.index, r.extra.get("round", 0)) in keyed
     ]
+
+
+class Laps:
+    """Milliseconds per named piece of a path, over many passes (the critical-path probes)."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, list[float]] = {}
+        self._t = time.perf_counter()
+
+    def start(self) -> None:
+        """A pass begins: the next lap counts from now."""
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        """The piece ``name`` ended now."""
+        now = time.perf_counter()
+        self.ms.setdefault(name, []).append((now - self._t) * 1000)
+        self._t = now
+
+    def report(self, title: str) -> str:
+        """A table of each piece's p50, p95 and mean, with the load average now."""
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        lines = [
+            f"{title}  (load average {load})",
+            f"{'piece':38s} {'p50 ms':>8s} {'p95 ms':>8s} {'mean ms':>8s}",
+        ]
+        for name, laps in self.ms.items():
+            d = distribution(laps)
+            assert d is not None  # a piece has at least one lap
+            lines.append(f"{name:38s} {d.p50:8.3f} {d.p95:8.3f} {d.mean:8.3f}")
+        return "\n".join(lines)
