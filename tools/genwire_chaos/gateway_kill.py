@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 import uuid
@@ -50,8 +51,15 @@ class _Results:
     def __init__(self) -> None:
         self.by_id: dict[str, list[GenerationResult]] = {}
         self.by_label: dict[str, list[GenerationResult]] = {}
+        self.published: set[str] = set()  # stream labels seen on genwire.requests
 
     def sink(self, record: ConsumerRecord[bytes, bytes], _: float) -> None:
+        if record.topic == Topic.REQUESTS:
+            with contextlib.suppress(ValueError, AttributeError):
+                label = (json.loads(record.value or b"").get("metadata") or {}).get(LABEL)
+                if label:
+                    self.published.add(label)
+            return
         try:
             result = GenerationResult.model_validate_json(record.value or b"")
         except ValueError:
@@ -72,6 +80,15 @@ class _Results:
             if all(i in self.by_id for i in ids):
                 return
             await asyncio.sleep(0.2)
+
+    async def wait_published(self, streams: list[Stream], timeout_s: float) -> list[Stream]:
+        """Wait until the gateway has published every stream's request; those it has not."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(s.label in self.published for s in streams):
+                return []
+            await asyncio.sleep(0.1)
+        return [s for s in streams if s.label not in self.published]
 
     async def wait_streams(self, streams: list[Stream], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -165,7 +182,9 @@ async def run_gateway_kill(
         return report
     before = await asyncio.to_thread(control.states)
     results = _Results()
-    tail = TopicTail(bootstrap, [Topic.RESULTS], results.sink, name="gateway-results")
+    tail = TopicTail(
+        bootstrap, [Topic.RESULTS, Topic.REQUESTS], results.sink, name="gateway-results"
+    )
     await tail.start()
     streams: list[Stream] = []
     tasks: list[asyncio.Task[None]] = []
@@ -186,7 +205,12 @@ async def run_gateway_kill(
         queued = make_streams("queued", queued_per_kind, seeds)
         tasks += open_streams(queued, max_tokens)
         streams = streaming + queued
-        await asyncio.sleep(2.0)  # the gateway has published them
+        # Kill only once the gateway has published every queued request: on two saturated
+        # cores that took more than the 2 s this once waited, and a request the gateway never
+        # published is one its caller saw fail (no result is owed), not this rule's subject.
+        unpublished = await results.wait_published(queued, 60.0)
+        for s in unpublished:
+            report.failures.append(f"{s.kind} {s.label}: not published by the gateway in 60 s")
         killed_ms = time.time() * 1000.0
         window = FaultWindow("SIGKILL gateway", round(time.monotonic() - opened, 2))
         report.faults.append(window)

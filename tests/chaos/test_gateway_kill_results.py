@@ -1,0 +1,35 @@
+"""The gateway-kill scenario's bookkeeping (pure logic): a stream's request counts as published
+once it is seen on genwire.requests, and its result is found by id or by its label."""
+
+from __future__ import annotations
+
+from aiokafka.structs import ConsumerRecord
+from genwire_chaos.gateway_kill import _Results
+from genwire_chaos.gateway_streams import LABEL, Stream
+
+from genwire.events import GenerationResult, Usage
+from genwire.request import GenerationRequest
+from genwire.topics import Topic
+
+
+def _record(topic: str, value: bytes) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(topic, 0, 0, 0, 0, None, value, None, 0, len(value), [])
+
+
+async def test_published_streams_and_their_results() -> None:
+    results = _Results()
+    seen, unseen = (Stream("grpc", True, 1, "queued") for _ in range(2))
+    _, value = GenerationRequest(
+        request_id="r1", prompt="hi", metadata={LABEL: seen.label}
+    ).to_kafka()
+    results.sink(_record(Topic.REQUESTS, value), 0.0)
+    results.sink(_record(Topic.REQUESTS, b"{not json"), 0.0)  # ignored, not fatal
+    assert await results.wait_published([seen], 1.0) == []
+    assert await results.wait_published([seen, unseen], 0.3) == [unseen]
+    result = GenerationResult(
+        request_id="r1",
+        usage=Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3),
+        metadata={LABEL: seen.label},
+    )
+    results.sink(_record(Topic.RESULTS, result.model_dump_json().encode()), 0.0)
+    assert [r.request_id for r in results.of(seen)] == ["r1"] and not results.of(unseen)
