@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
@@ -118,14 +119,29 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._owner._joined = True
 
 
+def _unsampled_span() -> trace.Span:
+    """A valid, not sampled, non-recording span: made current, its children are not recorded
+    (the samplers are parent-based) and what is published under it carries ``traceparent``
+    flags 00, where an invalid one would let each child start a sampled trace of its own."""
+    return trace.NonRecordingSpan(
+        trace.SpanContext(
+            trace_id=random.getrandbits(128) or 1,
+            span_id=random.getrandbits(64) or 1,
+            is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),
+        )
+    )
+
+
 class EventConsumer(Generic[InT]):
     """Runs ``handler`` on every record of ``topic`` as consumer group ``group_id``.
 
     ``group_id=None``: no group; every partition is read from its end (e.g. cancels, which
     every instance must see from now on) and nothing is committed or left on the broker.
     ``root_spans=False``: a record without a trace context gets no process span (a gateway's
-    heartbeat every second would otherwise start a trace of its own, forever); one that
-    carries a context (a cancel from a request's trace) is traced as always.
+    heartbeat every second would otherwise start a trace of its own, forever), and nothing the
+    handler or a failure path publishes for it is traced either (an unsampled context); one
+    that carries a context (a cancel from a request's trace) is traced as always.
     """
 
     def __init__(
@@ -381,8 +397,8 @@ class EventConsumer(Generic[InT]):
                 kind=SpanKind.CONSUMER,
                 attributes=attributes,
             )
-        else:  # untraced: the handler still runs inside a (non-recording) current span
-            scope = trace.use_span(trace.INVALID_SPAN, end_on_exit=False)
+        else:  # untraced, and so is what it publishes (a DLQ record, say): not sampled
+            scope = trace.use_span(_unsampled_span(), end_on_exit=False)
         with scope as span:
             try:
                 if self._decoder is not None:
