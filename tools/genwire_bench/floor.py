@@ -98,6 +98,19 @@ class Phase:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _latency(lat: list[float]) -> dict[str, Any]:
+    """A phase's record count and latency fields from its measured latencies (ms)."""
+    dist = distribution(lat)
+    assert dist is not None
+    return {
+        "records": len(lat),
+        "p50_ms": dist.p50,
+        "p95_ms": dist.p95,
+        "p99_ms": dist.p99,
+        "mean_ms": dist.mean,
+    }
+
+
 def _topics(run: str) -> tuple[str, str]:
     return f"genwire.floor.{run}.in", f"genwire.floor.{run}.out"
 
@@ -447,8 +460,6 @@ def _chain_phase(
     idle_per_s: float | None = None,
 ) -> Phase:
     n = len(lat)
-    dist = distribution(lat)
-    assert dist is not None
     cost = ChainCost(
         client=per_record(*client, n),
         relays=[per_record(a, b, n) for a, b in zip(relays0, relays1, strict=True)],
@@ -458,12 +469,8 @@ def _chain_phase(
     return Phase(
         mode="chain",
         concurrency=concurrency,
-        records=n,
         seconds=seconds,
-        p50_ms=dist.p50,
-        p95_ms=dist.p95,
-        p99_ms=dist.p99,
-        mean_ms=dist.mean,
+        **_latency(lat),
         client_core_ms=cost.client,
         relay_core_ms=cost.relays_sum,
         broker_core_ms=cost.broker,
@@ -561,8 +568,6 @@ async def _phase(
         await reader.stop()
         if relay is not None:
             relay.stop()
-    dist = distribution(lat)
-    assert dist is not None
     n = len(lat)
 
     def per_rec(a: float | None, b: float | None) -> float | None:
@@ -571,12 +576,8 @@ async def _phase(
     return Phase(
         mode=mode,
         concurrency=concurrency,
-        records=n,
         seconds=seconds,
-        p50_ms=dist.p50,
-        p95_ms=dist.p95,
-        p99_ms=dist.p99,
-        mean_ms=dist.mean,
+        **_latency(lat),
         client_core_ms=(cpu1 - cpu0) * 1000.0 / n,
         relay_core_ms=per_rec(r0, r1),
         broker_core_ms=per_rec(b0, b1),
