@@ -94,6 +94,20 @@ FINAL_ONLY_OUTPUTS = (
 tokens, their log-probabilities, ``finished``, ``choice`` and the alternatives)."""
 
 
+CANCEL_PARAMETER = "genwire_cancel"
+"""A request parameter (string): this request is not a generation but a cancel of the request
+with that Triton request id, sent on the same gRPC stream. Several requests share one stream
+(the inference service multiplexes them), so cancelling the call would stop all of them. The
+model answers a cancel with one empty final response (only when the request also sets
+``triton_enable_empty_final_response``, which gRPC clients must ask for) and never generates
+for it; a cancel of an id not running (finished, or unknown) does nothing. Model versions built
+before this existed generate for it instead: ``CANCEL_ACK_PROBE`` tells them apart."""
+
+CANCEL_ACK_PROBE = "genwire-cancel-probe"
+"""The id a client cancels to learn whether a model version understands ``CANCEL_PARAMETER``:
+an empty final response says yes; a generation (one token) or an error says no."""
+
+
 _NUMPY: dict[str, type[Any]] = {
     "INT32": np.int32,
     "INT64": np.int64,

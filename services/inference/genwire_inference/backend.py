@@ -1,7 +1,9 @@
 """The model server behind the inference stage: Triton over gRPC streaming (decoupled model).
 
-``TritonBackend.open`` starts one bidirectional ``ModelStreamInfer`` call per request (many at
-once, so Triton's scheduler batches them) and yields ``ModelStep``s as responses arrive.
+``TritonBackend.open`` sends a request on a ``ModelStreamInfer`` call that many requests share
+(``shared_stream``; model versions that cannot be cancelled there get a call each, as does
+every request when sharing is off) and yields ``ModelStep``s as responses arrive; many run at
+once, so Triton's scheduler batches them.
 Failures are classified by gRPC status code (``classify_status``): "not now" codes become
 ``RetryableError``, the others ``PermanentError``. Errors Triton sends inside the stream carry
 no status; they surface as ``ModelError`` and the handler classifies them by asking Triton
@@ -29,6 +31,14 @@ from genwire.errors import PermanentError, RetryableError
 from genwire.events import PreparedRequest
 from genwire.request import ErrorCode
 from genwire.triton_io import Options, Output, infer_inputs, scalar, top_alternatives
+from genwire_inference.shared_stream import (
+    Call,
+    SharedStreams,
+    StreamClosed,
+    build_request,
+    cancel_request,
+    result_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -273,18 +283,87 @@ class TritonStream:
             self._responses.cancel()
 
 
+_WAKE = object()  # queued by ``cancel`` so that the iteration returns at once
+
+
+class SharedTritonStream:
+    """One request on a shared call (``shared_stream``); iterating yields steps until the
+    final one. ``cancel`` sends a cancel message for it on the same call."""
+
+    def __init__(
+        self,
+        call: Call,
+        responses: asyncio.Queue[Any],
+        triton_id: str,
+        model: str,
+        version: str,
+        choices: int = 1,
+    ) -> None:
+        self._call = call
+        self._responses = responses
+        self._id = triton_id
+        self._model, self._version = model, version
+        self._cancelled = False
+        self._answered = False
+        self._open = max(1, choices)
+
+    def __aiter__(self) -> AsyncIterator[ModelStep]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[ModelStep]:
+        try:
+            while True:
+                item = await self._responses.get()
+                if self._cancelled:
+                    return
+                if isinstance(item, StreamClosed):
+                    raise item.error
+                if item.error_message:
+                    self._answered = True
+                    raise ModelError(str(item.error_message))
+                step = parse_response(result_of(item))
+                yield step
+                if step.finished:
+                    self._open -= 1
+                    if self._open <= 0:
+                        self._answered = True
+                        return
+        finally:
+            self._call.forget(self._id)  # later responses (after a cancel) are dropped
+
+    def cancel(self) -> None:
+        """Stop the model generating for this request; the other requests go on."""
+        if self._answered or self._cancelled:
+            return
+        self._cancelled = True
+        if not self._call.ended:
+            self._call.send_only(
+                cancel_request(self._model, self._version, self._id, f"{self._id}~cancel")
+            )
+        self._responses.put_nowait(_WAKE)
+        self._call.forget(self._id)  # also when nobody iterates: the call must not wait for it
+
+
 class TritonBackend:
     """Triton over ``tritonclient.grpc.aio``: one client (one HTTP/2 channel) for every call."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, shared_stream_s: float = 1.0) -> None:
         self.url = url
         self.client = InferenceServerClient(url)
         self._admin = triton_admin.headers(grpc=True)  # secure stack: restricted config/index
         self._batched: dict[tuple[str, str], bool] = {}
         self._settling: set[asyncio.Task[None]] = set()  # answered calls being completed
+        self.shared: SharedStreams | None = None
+        if shared_stream_s > 0:
+            # Private in tritonclient, see shared_stream's docstring for why.
+            stub = self.client._client_stub
+            self.shared = SharedStreams(stub.ModelStreamInfer, shared_stream_s)
+        self._cancels: dict[tuple[str, str], asyncio.Future[bool]] = {}
 
     async def close(self) -> None:
         """Let answered calls complete (each is bounded by 5 s), then close the channel."""
+        if self.shared is not None:
+            await self.shared.close(6.0)
         if self._settling:
             _, pending = await asyncio.wait(set(self._settling), timeout=6.0)
             if pending:
@@ -316,10 +395,26 @@ class TritonBackend:
             self._batched[key] = int(cfg.get("config", {}).get("max_batch_size", 0) or 0) > 0
         return self._batched[key]
 
+    async def _understands_cancels(self, model: str, version: str) -> bool:
+        """Whether requests of this version can share a call (probed once per version; a
+        request without a version asks for whichever is best: never shared)."""
+        if self.shared is None or not version:
+            return False
+        key = (model, version)
+        known = self._cancels.get(key)
+        if known is None or (known.done() and known.exception() is not None):
+            known = asyncio.ensure_future(self.shared.probe(model, version))
+            self._cancels[key] = known  # concurrent first requests wait for one probe
+        return await asyncio.shield(known)
+
     async def open(
         self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
-    ) -> TritonStream:
-        """Start a generation of ``request``; per-token responses when ``stream``."""
+    ) -> TritonStream | SharedTritonStream:
+        """Start a generation of ``request``; per-token responses when ``stream``.
+
+        ``headers`` (the trace context) go with a call of its own only: a shared call's
+        metadata is the first request's (Triton's own spans, when Triton traces, join the
+        request's trace with ``shared_stream_s`` 0)."""
         batched = await self._is_batched(request.model, request.model_version)
         s = request.sampling
         inputs = infer_inputs(
@@ -334,6 +429,20 @@ class TritonBackend:
             batched=batched,
             options=options_of(request),
         )
+        if self.shared is not None and await self._understands_cancels(
+            request.model, request.model_version
+        ):
+            triton_id = self.shared.next_id(request.request_id)
+            call = self.shared.call()
+            message = build_request(request.model, request.model_version, inputs, triton_id)
+            return SharedTritonStream(
+                call,
+                call.send(message, triton_id),
+                triton_id,
+                request.model,
+                request.model_version,
+                choices=s.n,
+            )
         done = asyncio.Event()
 
         async def requests() -> AsyncIterator[dict[str, Any]]:
@@ -389,6 +498,7 @@ class TritonBackend:
             try:
                 if await self.client.is_model_ready(model, version, client_timeout=2.0):
                     self._batched.pop((model, version), None)  # it may have been reloaded
+                    self._cancels.pop((model, version), None)
                     return True
             except InferenceServerException:
                 pass

@@ -30,6 +30,16 @@ class InferenceSettings(ServiceSettings):
         description="When Triton is unavailable, wait up to this long for it (per attempt) "
         "before the consumer's retry; Triton restarts take seconds, failing fast loses work.",
     )
+    triton_shared_stream_s: float = Field(
+        1.0,
+        ge=0,
+        description="Requests share one gRPC stream to Triton (a call set-up and tear-down "
+        "less per request; cancelled by a message on the stream) for this long, then a new "
+        "one takes new requests and the old one ends with its last request: an unload of a "
+        "model version waits up to this long beyond its requests in flight. Versions that do "
+        "not understand the cancel message get a stream per request. 0: a stream per request "
+        "for every version (then, when Triton traces, its spans join each request's trace).",
+    )
     cancelled_memory_s: float = Field(
         600.0,
         gt=0,

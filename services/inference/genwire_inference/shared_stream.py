@@ -1,0 +1,293 @@
+"""Many generations on one Triton gRPC stream (``ModelStreamInfer``), responses routed by id.
+
+A stream per request costs Triton, the model's stub and this client a call set-up and
+tear-down each (1.2–2.5 core-ms per request at the echo model's floor, and a millisecond of
+time to first token): here requests share one call. Three things make that safe:
+
+- **Cancelling one request**: cancelling the call would stop every request on it, so a
+  request is cancelled by a cancel message on the same stream (``CANCEL_PARAMETER``), which
+  only model versions that understand it receive: each (model, version) is probed once
+  (``CANCEL_ACK_PROBE``: an empty final response says yes); the others keep one call each.
+- **Unloading**: Triton 2.51 keeps a model version UNLOADING while a stream that carried its
+  requests stays open, so a call takes new requests for ``rotate_s`` only (busy or idle);
+  then a new call takes them and the old one is half-closed once its last request ends. An
+  unload therefore waits ``rotate_s`` at most beyond the requests in flight (as it always
+  waits for those).
+- **Failures**: a call that fails (Triton restarting) fails every request on it with the
+  call's status (retryable, like a failed call of their own); the next request opens a new one.
+
+The public ``stream_infer`` of tritonclient's asyncio client drops a failed response's request
+id, which routing needs: calls go through the client's gRPC stub with the request built by
+tritonclient's own helper (``_get_inference_request``; tritonclient is pinned in pyproject).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from tritonclient.grpc import InferResult
+from tritonclient.grpc._utils import _get_inference_request
+
+from genwire.errors import RetryableError
+from genwire.request import ErrorCode
+from genwire.triton_io import CANCEL_ACK_PROBE, CANCEL_PARAMETER, infer_inputs
+
+log = logging.getLogger(__name__)
+
+TRITON = "triton"
+PROBE_TIMEOUT_S = 10.0
+"""How long a version's cancel probe may take before the request is retried."""
+DRAIN_TIMEOUT_S = 30.0
+"""A half-closed call still open this long after its last request (a model that never sends
+its final flag) is cancelled."""
+
+_FINAL = "triton_final_response"
+_EMPTY_FINAL = "triton_enable_empty_final_response"  # reserved prefix: set on the message
+
+
+class StreamClosed(Exception):
+    """The shared call ended before this request's last response (carries the cause)."""
+
+    def __init__(self, error: RetryableError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def build_request(
+    model: str,
+    version: str,
+    inputs: list[Any],
+    request_id: str,
+    parameters: dict[str, str] | None = None,
+    *,
+    empty_final: bool = False,
+) -> Any:
+    """A ``ModelInferRequest`` message (tritonclient's own builder)."""
+    message = _get_inference_request(
+        model_name=model,
+        inputs=inputs,
+        model_version=version,
+        request_id=request_id,
+        outputs=None,
+        sequence_id=0,
+        sequence_start=False,
+        sequence_end=False,
+        priority=0,
+        timeout=None,
+        parameters=parameters,
+    )
+    if empty_final:
+        message.parameters[_EMPTY_FINAL].bool_param = True
+    return message
+
+
+def cancel_request(model: str, version: str, target: str, request_id: str) -> Any:
+    """The message that cancels ``target`` on its stream (a minimal valid request, which a
+    model that understands ``CANCEL_PARAMETER`` never generates for)."""
+    inputs = infer_inputs(
+        [0], max_tokens=1, temperature=0.0, top_p=1.0, top_k=0, seed=0, stream=False
+    )
+    return build_request(
+        model, version, inputs, request_id, {CANCEL_PARAMETER: target}, empty_final=True
+    )
+
+
+def is_final(response: Any) -> bool:
+    """Whether a stream response is its request's last (Triton's decoupled final flag)."""
+    flag = response.infer_response.parameters.get(_FINAL)
+    return bool(flag is not None and flag.bool_param)
+
+
+class Call:
+    """One ``ModelStreamInfer`` call shared by many requests."""
+
+    def __init__(self, start: Callable[[AsyncIterator[Any]], Any], on_end: Callable[[Call], None]):
+        self._outgoing: asyncio.Queue[Any] = asyncio.Queue()  # None: half-close
+        self.waiters: dict[str, asyncio.Queue[Any]] = {}
+        self.opened = time.monotonic()
+        self.retired = False
+        self.ended = False
+        self._on_end = on_end
+        self._drainer: asyncio.Future[None] | None = None
+        self._grpc = start(self._requests())
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _requests(self) -> AsyncIterator[Any]:
+        while (message := await self._outgoing.get()) is not None:
+            yield message
+
+    def send(self, message: Any, request_id: str) -> asyncio.Queue[Any]:
+        """Send a request; its responses (and a ``StreamClosed`` at a failure) come on the
+        returned queue."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.waiters[request_id] = queue
+        self._outgoing.put_nowait(message)
+        return queue
+
+    def send_only(self, message: Any) -> None:
+        """Send a message whose responses nobody reads (a cancel)."""
+        self._outgoing.put_nowait(message)
+
+    def forget(self, request_id: str) -> None:
+        """The request's caller is done with it: later responses are dropped."""
+        self.waiters.pop(request_id, None)
+        self._close_if_done()
+
+    def retire(self) -> None:
+        """Take no new requests; half-close once the last one is done."""
+        self.retired = True
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self.retired and not self.waiters and not self.ended:
+            self.ended = True
+            self._outgoing.put_nowait(None)
+            self._drainer = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        # Triton completes the call once every request on it sent its final flag.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self.reader), DRAIN_TIMEOUT_S)
+        if not self.reader.done():
+            log.warning("a drained Triton stream did not end in %.0f s: cancelled", DRAIN_TIMEOUT_S)
+            self._grpc.cancel()
+
+    async def _read(self) -> None:
+        error: RetryableError | None = None
+        try:
+            async for response in self._grpc:
+                queue = self.waiters.get(response.infer_response.id)
+                if queue is not None:
+                    queue.put_nowait(response)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            error = RetryableError(
+                f"triton: {code.name}: {exc.details()}",
+                code=ErrorCode.UNAVAILABLE,
+                dependency=TRITON,
+            )
+        except asyncio.CancelledError:
+            error = RetryableError(
+                "triton stream cancelled", code=ErrorCode.UNAVAILABLE, dependency=TRITON
+            )
+        except Exception as exc:  # the channel itself failed: every request retries
+            error = RetryableError(
+                f"triton stream failed: {exc}", code=ErrorCode.UNAVAILABLE, dependency=TRITON
+            )
+        finally:
+            self.ended = True
+            closed = StreamClosed(
+                error
+                or RetryableError(
+                    "triton closed the stream before the final response",
+                    code=ErrorCode.UNAVAILABLE,
+                    dependency=TRITON,
+                )
+            )
+            for queue in self.waiters.values():
+                queue.put_nowait(closed)
+            self.waiters.clear()
+            self._on_end(self)
+
+    def cancel(self) -> None:
+        """End the call now (shutdown): its requests fail as retryable."""
+        self.ended = True
+        self._grpc.cancel()
+
+
+class SharedStreams:
+    """The current shared call, rotated every ``rotate_s``; the retired ones until they end."""
+
+    def __init__(self, start: Callable[[AsyncIterator[Any]], Any], rotate_s: float) -> None:
+        self._start = start
+        self.rotate_s = rotate_s
+        self._current: Call | None = None
+        self.calls: set[Call] = set()
+        self._ids = itertools.count()
+
+    def next_id(self, request_id: str) -> str:
+        """A Triton request id unique on the stream (a redelivered request may run twice)."""
+        return f"{request_id}#{next(self._ids)}"
+
+    def call(self) -> Call:
+        """The call that takes a new request now."""
+        current = self._current
+        if current is not None and (
+            current.ended or time.monotonic() - current.opened >= self.rotate_s
+        ):
+            current.retire()
+            current = None
+        if current is None:
+            current = Call(self._start, self._ended)
+            self._current = current
+            self.calls.add(current)
+            # Retired on time even when no request comes after it: an idle call that carried
+            # a version's requests would keep that version from unloading.
+            asyncio.get_running_loop().call_later(self.rotate_s, self._retire, current)
+        return current
+
+    def _retire(self, call: Call) -> None:
+        if self._current is call:
+            self._current = None
+        call.retire()
+
+    def _ended(self, call: Call) -> None:
+        self.calls.discard(call)
+        if self._current is call:
+            self._current = None
+
+    async def probe(self, model: str, version: str) -> bool:
+        """Whether ``version`` of ``model`` understands cancel messages (see module doc)."""
+        call = self.call()
+        probe_id = f"{CANCEL_ACK_PROBE}#{next(self._ids)}"
+        queue = call.send(cancel_request(model, version, CANCEL_ACK_PROBE, probe_id), probe_id)
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                while True:
+                    response = await queue.get()
+                    if isinstance(response, StreamClosed):
+                        raise response.error
+                    if response.error_message:
+                        return False  # refused as a request: an older model's validation
+                    if len(response.infer_response.outputs) > 0:
+                        # An older model generated for it: wait for its end, then say no.
+                        if is_final(response):
+                            return False
+                        continue
+                    if is_final(response):
+                        return True
+        except TimeoutError:
+            raise RetryableError(
+                f"triton: no answer to the cancel probe of {model} {version} in "
+                f"{PROBE_TIMEOUT_S:.0f} s",
+                code=ErrorCode.UNAVAILABLE,
+                dependency=TRITON,
+            ) from None
+        finally:
+            call.forget(probe_id)
+
+    async def close(self, timeout_s: float) -> None:
+        """Half-close every call; cancel the ones still open after ``timeout_s``."""
+        for call in list(self.calls):
+            call.retire()
+        self._current = None
+        readers = [call.reader for call in self.calls]
+        if readers:
+            _, pending = await asyncio.wait(readers, timeout=timeout_s)
+            if pending:
+                log.warning("%d shared Triton streams had not ended at close", len(pending))
+                for call in list(self.calls):
+                    call.cancel()
+                await asyncio.wait(pending, timeout=1.0)
+
+
+def result_of(response: Any) -> InferResult:
+    """The response as tritonclient's ``InferResult`` (what ``parse_response`` reads)."""
+    return InferResult(response.infer_response)

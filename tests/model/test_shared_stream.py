@@ -1,0 +1,160 @@
+"""The inference service's shared Triton stream against the real Triton and the tiny model:
+requests multiplexed on one call, cancelled one at a time, rotated so that a version unloads,
+and kept on calls of their own for a version that does not understand cancel messages."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from genwire_inference.backend import ModelStep, SharedTritonStream, TritonBackend, TritonStream
+from genwire_model.bench import write_echo_model
+from genwire_model.build import BuildOptions, build_version
+
+from genwire.events import PreparedRequest, Sampling
+from genwire.settings import CommonSettings
+
+
+def _request(model: str, rid: str, *, max_tokens: int = 12, seed: int = 0) -> PreparedRequest:
+    return PreparedRequest(
+        request_id=rid,
+        model=model,
+        model_version="1",
+        input_ids=[5, 6, 7],
+        sampling=Sampling(max_tokens=max_tokens, temperature=0.0, seed=seed),
+        stream=True,
+    )
+
+
+async def _tokens(backend: TritonBackend, request: PreparedRequest) -> list[int]:
+    stream = await backend.open(request, {})
+    return [t async for step in stream for t in step.token_ids]
+
+
+@pytest.fixture
+async def shared(served_model: tuple[str, str]) -> AsyncIterator[TritonBackend]:
+    backend = TritonBackend(served_model[0], shared_stream_s=5.0)
+    yield backend
+    await backend.close()
+
+
+async def test_requests_share_one_call_and_get_what_calls_of_their_own_get(
+    served_model: tuple[str, str], shared: TritonBackend
+) -> None:
+    url, name = served_model
+    own = TritonBackend(url, shared_stream_s=0)
+    try:
+        alone = await asyncio.gather(*(_tokens(own, _request(name, f"a{i}")) for i in range(4)))
+    finally:
+        await own.close()
+    streams = [await shared.open(_request(name, f"s{i}"), {}) for i in range(4)]
+    assert all(isinstance(s, SharedTritonStream) for s in streams)
+
+    async def read(stream: TritonStream | SharedTritonStream) -> list[int]:
+        return [t async for step in stream for t in step.token_ids]
+
+    together = await asyncio.gather(*(read(s) for s in streams))
+    assert together == alone and all(len(t) == 12 for t in together)
+    assert shared.shared is not None and len(shared.shared.calls) == 1  # one call carried all
+
+
+async def test_a_cancel_stops_its_request_and_not_the_others_on_the_call(
+    served_model: tuple[str, str], shared: TritonBackend
+) -> None:
+    _, name = served_model
+    first = await shared.open(_request(name, "cancelled", max_tokens=50), {})
+    other = await shared.open(_request(name, "other", max_tokens=40), {})
+    assert isinstance(first, SharedTritonStream) and isinstance(other, SharedTritonStream)
+    seen: list[ModelStep] = []
+    async for step in first:
+        seen.append(step)
+        if step.token_ids:
+            first.cancel()
+    assert seen and not any(s.finished for s in seen)  # it ended at our cancel, not at its own
+    steps = [s async for s in other]
+    assert steps[-1].finished and sum(len(s.token_ids) for s in steps) == 40
+    assert len(await _tokens(shared, _request(name, "after"))) == 12  # the call still serves
+
+
+@pytest.fixture
+def spare_model(infra: CommonSettings, tiny_checkpoint: Path) -> Iterator[str]:
+    """A second tiny model, loaded here and unloaded by the test itself."""
+    name = f"genwire-test-spare-{uuid.uuid4().hex[:6]}"
+    build_version(tiny_checkpoint, name, infra.repository, BuildOptions(max_batch=8))
+    base = f"http://{infra.triton_http_url}"
+    response = httpx.post(f"{base}/v2/repository/models/{name}/load", timeout=120.0)
+    assert response.status_code == 200, response.text
+    try:
+        yield name
+    finally:
+        httpx.post(f"{base}/v2/repository/models/{name}/unload", timeout=60.0)
+        shutil.rmtree(infra.repository / name, ignore_errors=True)
+
+
+async def _state_within(infra: CommonSettings, name: str, state: str, seconds: float) -> str:
+    """The version's state once it is ``state``, or after ``seconds``."""
+    now = ""
+    async with httpx.AsyncClient(base_url=f"http://{infra.triton_http_url}") as http:
+        for _ in range(max(1, int(seconds / 0.2))):
+            index = (await http.post("/v2/repository/index", json={})).json()
+            now = next((m.get("state", "") for m in index if m["name"] == name), "")
+            if now == state:
+                break
+            await asyncio.sleep(0.2)
+    return now
+
+
+async def test_a_call_that_stays_open_holds_an_unload_and_rotation_releases_it(
+    infra: CommonSettings, spare_model: str
+) -> None:
+    base = f"http://{infra.triton_http_url}"
+    # Triton's behaviour the rotation exists for: an open call that carried the version's
+    # requests keeps it UNLOADING.
+    held = TritonBackend(infra.triton_grpc_url, shared_stream_s=600.0)
+    rotated = TritonBackend(infra.triton_grpc_url, shared_stream_s=0.3)
+    try:
+        assert len(await _tokens(held, _request(spare_model, "held"))) == 12
+        assert len(await _tokens(rotated, _request(spare_model, "rotated"))) == 12
+        async with httpx.AsyncClient() as http:
+            await http.post(f"{base}/v2/repository/models/{spare_model}/unload", timeout=60.0)
+        assert await _state_within(infra, spare_model, "UNAVAILABLE", 3.0) == "UNLOADING"
+        await held.close()  # its call half-closed: the unload completes
+        assert await _state_within(infra, spare_model, "UNAVAILABLE", 15.0) == "UNAVAILABLE"
+        assert rotated.shared is not None and not rotated.shared.calls  # ended by itself
+    finally:
+        await held.close()
+        await rotated.close()
+
+
+@pytest.fixture
+def echo_model(infra: CommonSettings) -> Iterator[str]:
+    """A model whose code predates cancel messages (the bench's echo model)."""
+    name = f"genwire-test-echo-{uuid.uuid4().hex[:6]}"
+    write_echo_model(infra.repository, name)
+    base = f"http://{infra.triton_http_url}"
+    response = httpx.post(f"{base}/v2/repository/models/{name}/load", timeout=120.0)
+    assert response.status_code == 200, response.text
+    try:
+        yield name
+    finally:
+        httpx.post(f"{base}/v2/repository/models/{name}/unload", timeout=60.0)
+        shutil.rmtree(infra.repository / name, ignore_errors=True)
+
+
+async def test_a_version_without_cancel_messages_gets_a_call_per_request(
+    served_model: tuple[str, str], shared: TritonBackend, echo_model: str
+) -> None:
+    _, name = served_model
+    stream = await shared.open(_request(echo_model, "old", max_tokens=3), {})
+    assert isinstance(stream, TritonStream)  # the probe said no: the per-request path
+    assert [s.finished async for s in stream] == [False, False, True]
+    assert isinstance(
+        await shared.open(_request(name, "new", max_tokens=2), {}), SharedTritonStream
+    )
+    assert shared._cancels[(echo_model, "1")].result() is False
+    assert shared._cancels[(name, "1")].result() is True
