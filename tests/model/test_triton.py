@@ -1,17 +1,25 @@
-"""The model in the real Triton, through tritonclient gRPC: streaming, batching, errors."""
+"""The model in the real Triton, through tritonclient gRPC: streaming, batching, errors,
+cancellation (of the stream, and by a cancel request on a stream shared by many requests)."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
-from collections.abc import AsyncIterator
+import dataclasses
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
+from genwire_model.build import RUNTIME_DIR
 from genwire_model.client import Generation, GenerationError, generate
+from tritonclient.grpc import InferResult
+from tritonclient.grpc._utils import _get_inference_request
 from tritonclient.grpc.aio import InferenceServerClient
 
 from genwire.settings import CommonSettings
-from genwire.triton_io import Options
+from genwire.triton_io import CANCEL_ACK_PROBE, CANCEL_PARAMETER, Options, Output, infer_inputs
 
 PROMPT = [5, 6, 7, 8, 9]
 
@@ -163,3 +171,231 @@ async def test_cancelled_stream_stops_and_the_model_keeps_serving(
     async with httpx.AsyncClient(timeout=5.0) as http:
         ready = await http.get(f"http://{infra.triton_http_url}/v2/models/{name}/ready")
     assert ready.status_code == 200
+
+
+# -- cancel requests on one shared stream (genwire.triton_io.CANCEL_PARAMETER) --
+
+# The tiny model's context is 64 tokens: a 5-token prompt ends with `length` after 60 tokens.
+FULL = 60
+
+
+def test_the_triton_model_uses_the_contracts_cancel_parameter() -> None:
+    tree = ast.parse((RUNTIME_DIR / "triton_model.py").read_text(encoding="utf-8"))
+    literals = [
+        node.value.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "_CANCEL_PARAMETER" for t in node.targets)
+        and isinstance(node.value, ast.Constant)
+    ]
+    assert literals == [CANCEL_PARAMETER]
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """One response on the stream, as a multiplexing client sees it."""
+
+    outputs: int
+    tokens: int
+    final: bool
+    error: str
+    finish_reason: str
+
+
+def _reply(response: Any) -> Reply:
+    infer = response.infer_response
+    tokens, reason = 0, ""
+    if infer.outputs:
+        result = InferResult(infer)
+        tokens = len(result.as_numpy(Output.TOKEN_IDS))
+        if Output.FINISH_REASON in {o.name for o in infer.outputs}:
+            reason = result.as_numpy(Output.FINISH_REASON).reshape(-1)[0].decode()
+    return Reply(
+        outputs=len(infer.outputs),
+        tokens=tokens,
+        final=infer.parameters["triton_final_response"].bool_param,
+        error=response.error_message,
+        finish_reason=reason,
+    )
+
+
+class SharedStream:
+    """One ModelStreamInfer call carrying many requests (the raw stub: response ids show)."""
+
+    def __init__(self, client: InferenceServerClient, model: str) -> None:
+        self.model = model
+        self.done = asyncio.Event()
+        self.outgoing: asyncio.Queue[Any] = asyncio.Queue()
+        self.replies: dict[str, list[Reply]] = defaultdict(list)
+        self.arrivals: list[str] = []  # the request id of every response, in stream order
+        self.changed = asyncio.Condition()
+        self.call = client._client_stub.ModelStreamInfer(self._requests())
+        self.reader = asyncio.create_task(self._read())
+
+    async def _requests(self) -> AsyncIterator[Any]:
+        # Open until the test is done: closing it would end the call for every request.
+        while not self.done.is_set():
+            getter = asyncio.ensure_future(self.outgoing.get())
+            closer = asyncio.ensure_future(self.done.wait())
+            await asyncio.wait({getter, closer}, return_when=asyncio.FIRST_COMPLETED)
+            closer.cancel()
+            if getter.done():
+                yield getter.result()
+            else:
+                getter.cancel()
+
+    async def _read(self) -> None:
+        async for response in self.call:
+            reply = _reply(response)
+            async with self.changed:
+                self.replies[response.infer_response.id].append(reply)
+                self.arrivals.append(response.infer_response.id)
+                self.changed.notify_all()
+
+    def send(
+        self, request_id: str, max_tokens: int, cancel: str | None = None, **options: Any
+    ) -> None:
+        """A generation (ignoring eos, so it runs to ``max_tokens`` or the context), or with
+        ``cancel`` a cancel request of that id (with a valid minimal generation's inputs)."""
+        parameters = {CANCEL_PARAMETER: cancel} if cancel is not None else None
+        request = _get_inference_request(
+            model_name=self.model,
+            inputs=infer_inputs(
+                PROMPT,
+                max_tokens=max_tokens,
+                temperature=0.9,
+                top_p=0.95,
+                top_k=0,
+                seed=11,
+                stream=True,
+                options=Options(ignore_eos=True, **options),
+            ),
+            model_version="",
+            request_id=request_id,
+            outputs=None,
+            sequence_id=0,
+            sequence_start=False,
+            sequence_end=False,
+            priority=0,
+            timeout=None,
+            parameters=parameters,
+        )
+        # tritonclient refuses triton_* parameters; a multiplexing client needs this one to
+        # see the completion of a request whose last send is the final flag alone (cancelled).
+        request.parameters["triton_enable_empty_final_response"].bool_param = True
+        self.outgoing.put_nowait(request)
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(condition), 30.0)
+
+    def ended(self, request_id: str) -> bool:
+        replies = self.replies.get(request_id, [])
+        return bool(replies) and (replies[-1].final or bool(replies[-1].error))
+
+    def tokens(self, request_id: str) -> int:
+        return sum(reply.tokens for reply in self.replies.get(request_id, []))
+
+    async def close(self) -> None:
+        self.done.set()
+        await asyncio.wait_for(self.reader, 30.0)
+
+
+@pytest.fixture
+async def shared(
+    client: InferenceServerClient, served_model: tuple[str, str]
+) -> AsyncIterator[SharedStream]:
+    stream = SharedStream(client, served_model[1])
+    try:
+        yield stream
+    finally:
+        await stream.close()
+
+
+def assert_acknowledged(stream: SharedStream, cancel_id: str) -> None:
+    """The cancel got one response: empty (no outputs, no error) and final."""
+    assert stream.replies[cancel_id] == [
+        Reply(outputs=0, tokens=0, final=True, error="", finish_reason="")
+    ]
+
+
+def assert_completed(stream: SharedStream, request_id: str, tokens: int) -> None:
+    replies = stream.replies[request_id]
+    assert not any(reply.error for reply in replies)
+    assert stream.tokens(request_id) == tokens
+    assert replies[-1].final and replies[-1].finish_reason == "length"
+    assert not any(reply.final for reply in replies[:-1])
+
+
+async def cancel_after_first_token(stream: SharedStream, target: str) -> bool:
+    """Start ``target``, cancel it once its first token arrived; False when it ended on its own
+    before the cancel reached the model (its last response came before the cancel's: this
+    client saw the first token ~100 ms late, starved of CPU), which proves nothing either way."""
+    stream.send(target, max_tokens=200)
+    await stream.until(lambda: stream.tokens(target) > 0)
+    stream.send(f"cancel-{target}", max_tokens=1, cancel=target)
+    await stream.until(lambda: stream.ended(target) and stream.ended(f"cancel-{target}"))
+    assert_acknowledged(stream, f"cancel-{target}")
+    last = len(stream.arrivals) - 1 - stream.arrivals[::-1].index(target)
+    return not (
+        stream.replies[target][-1].finish_reason
+        and last < stream.arrivals.index(f"cancel-{target}")
+    )
+
+
+async def test_a_cancel_request_stops_its_target_and_the_stream_keeps_serving(
+    shared: SharedStream,
+) -> None:
+    tried: list[str] = []
+    for attempt in ("A", "A2", "A3"):
+        tried.append(attempt)
+        if await cancel_after_first_token(shared, attempt):
+            break
+    a = shared.replies[attempt]
+    # Stopped before the context's 60 tokens (a dozen or two here: the cancel lands within a
+    # few steps), ended by the final flag alone: a natural end would carry finish_reason.
+    assert shared.tokens(attempt) < FULL, shared.tokens(attempt)
+    assert a[-1] == Reply(outputs=0, tokens=0, final=True, error="", finish_reason="")
+    assert not any(reply.final or reply.error for reply in a[:-1])
+    # The same stream still serves.
+    shared.send("B", max_tokens=8)
+    await shared.until(lambda: shared.ended("B"))
+    assert_completed(shared, "B", 8)
+    assert set(shared.replies) == {"B", *tried, *(f"cancel-{t}" for t in tried)}
+
+
+async def test_the_cancel_ack_probe_gets_one_empty_final_response(shared: SharedStream) -> None:
+    shared.send("probe", max_tokens=1, cancel=CANCEL_ACK_PROBE)
+    await shared.until(lambda: shared.ended("probe"))
+    assert_acknowledged(shared, "probe")
+    # Unknown, finished, or no id at all: nothing to cancel, the same acknowledgement.
+    shared.send("done", max_tokens=2)
+    await shared.until(lambda: shared.ended("done"))
+    shared.send("late", max_tokens=1, cancel="done")
+    shared.send("nobody", max_tokens=1, cancel="")
+    await shared.until(lambda: shared.ended("late") and shared.ended("nobody"))
+    assert_acknowledged(shared, "late")
+    assert_acknowledged(shared, "nobody")
+    assert_completed(shared, "done", 2)
+
+
+async def test_a_cancel_stops_only_the_requests_with_its_id(shared: SharedStream) -> None:
+    shared.send("C", max_tokens=200)
+    shared.send("", max_tokens=200)  # no id: no cancel request can name it
+    await shared.until(lambda: shared.tokens("C") > 0 and shared.tokens("") > 0)
+    # Two live requests with one id: a cancel of it stops both. Sent right behind them on the
+    # stream, so it reaches the model within a step or two whatever this client's delays.
+    shared.send("D", max_tokens=200)
+    shared.send("D", max_tokens=200)
+    shared.send("cancel-D", max_tokens=1, cancel="D")
+    shared.send("cancel-none", max_tokens=1, cancel="")
+    await shared.until(lambda: all(shared.ended(i) for i in ("C", "", "cancel-D", "cancel-none")))
+    await shared.until(lambda: sum(r.final for r in shared.replies["D"]) == 2)
+    assert_acknowledged(shared, "cancel-D")
+    assert_acknowledged(shared, "cancel-none")
+    assert_completed(shared, "C", FULL)
+    assert_completed(shared, "", FULL)
+    d = shared.replies["D"]
+    assert [r for r in d if r.final] == [Reply(0, 0, True, "", "")] * 2
+    assert shared.tokens("D") < FULL, shared.tokens("D")
+    assert not any(reply.error or reply.finish_reason for reply in d)

@@ -8,6 +8,11 @@ tokens), then a final one per choice with finish reason, token counts and the me
 log-probability; the request's last response carries Triton's final flag. The KV cache never
 leaves this process.
 
+A request with the ``genwire_cancel`` parameter is no generation but a cancel of the request
+with that id (``genwire.triton_io.CANCEL_PARAMETER``): clients that share one gRPC stream among
+many requests cannot cancel the call. ``execute`` flags the target, as the cancellation poll
+does, and answers the cancel with one empty final response.
+
 It runs in Triton's Python stub (the system's libpython3.11), not in genwire's virtualenv, so
 the first thing it does is put that virtualenv's site-packages (written beside it at build
 time, in ``genwire_env.json``) on ``sys.path``.
@@ -72,6 +77,32 @@ except ImportError:  # a runtime without constrained decoding
 
 log = logging.getLogger("genwire.model")
 
+# genwire.triton_io.CANCEL_PARAMETER (this code cannot import genwire; a test holds them equal):
+# a request carrying it cancels the request with that Triton request id on the same stream.
+_CANCEL_PARAMETER = "genwire_cancel"
+
+
+def _cancel_target(request: Any) -> str | None:
+    """The request id a cancel request targets; None for a generation request.
+
+    A present parameter that is not a string still makes a cancel (of nothing): generating for
+    a request that meant to cancel would be worse than ignoring it.
+    """
+    try:
+        raw = request.parameters()
+    except Exception:  # a backend without request parameters: no cancel requests either
+        return None
+    if not raw or _CANCEL_PARAMETER not in raw:  # the common case, without parsing JSON
+        return None
+    try:
+        params = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(params, dict) or _CANCEL_PARAMETER not in params:
+        return None
+    target = params[_CANCEL_PARAMETER]
+    return target if isinstance(target, str) else ""
+
 
 def _inputs(request: Any) -> dict[str, Any]:
     """The request's input tensors by name, listed once (``pb_utils.get_input_tensor_by_name``
@@ -112,7 +143,8 @@ class _Outbox:
     queue item (``publish``); this thread builds their tensors and sends them, in order, so the
     decode loop never waits on IPC nor builds a response. It also makes every other
     response-sender call (cancellation checks). A cancelled request still gets the final
-    flag, as the Python backend requires.
+    flag, as the Python backend requires. (A cancel request's own empty final response is sent
+    by ``execute``: that sender is nobody else's.)
     """
 
     def __init__(self, poll_s: float = 0.1) -> None:
@@ -122,6 +154,9 @@ class _Outbox:
         # within a request changes, and time to first token does not wait for a step's sends.
         self.urgent: collections.deque[list[tuple[Sink, Update]]] = collections.deque()
         self.live: dict[int, _TritonSink] = {}
+        # The live requests by Triton request id, for cancel requests (execute's thread);
+        # clients may reuse an id, so each id maps to every live sink that carries it.
+        self.by_request_id: dict[str, dict[int, _TritonSink]] = {}
         self.live_lock = threading.Lock()
         self.poll_s = poll_s
         self.thread = threading.Thread(target=self._run, name="genwire-outbox", daemon=True)
@@ -131,6 +166,20 @@ class _Outbox:
         """Watch a new request for cancellation until its final response."""
         with self.live_lock:
             self.live[id(sink)] = sink
+            if sink.request_id:  # "" (a client that sets no id) is nobody's id
+                self.by_request_id.setdefault(sink.request_id, {})[id(sink)] = sink
+
+    def cancel(self, request_id: str) -> int:
+        """Mark every live request with that id cancelled, as the poll does (any thread: only
+        the flag; the scheduler frees the slot at its next check, the outbox sends the final
+        flag alone). Returns how many there were."""
+        if not request_id:
+            return 0
+        with self.live_lock:
+            sinks = list(self.by_request_id.get(request_id, {}).values())
+        for sink in sinks:
+            sink.cancelled = True
+        return len(sinks)
 
     def publish(self, updates: list[tuple[Sink, Update]], urgent: bool = False) -> None:
         """A step's responses (the scheduler's ``publish``): one queue item; ``urgent``: the
@@ -195,6 +244,11 @@ class _Outbox:
     def _forget(self, sink: Any) -> None:
         with self.live_lock:
             self.live.pop(id(sink), None)
+            same_id = self.by_request_id.get(sink.request_id)
+            if same_id is not None:
+                same_id.pop(id(sink), None)
+                if not same_id:
+                    del self.by_request_id[sink.request_id]
 
     def _drain(self) -> None:
         """Deliver what was queued before the stop marker: final flags among it."""
@@ -235,6 +289,7 @@ class _TritonSink:
         self.outbox = outbox
         self.sender = request.get_response_sender()
         self.request = request
+        self.request_id: str = request.request_id()
         self.cancelled = False
         self.closed = False
         outbox.register(self)
@@ -428,8 +483,22 @@ class TritonPythonModel:
             stop=tuple(_text(s) for s in stops) if stops is not None else (),
         )
 
+    def _cancel(self, request: Any, target: str) -> None:
+        """A cancel request: flag the target's sinks, answer with one empty final response."""
+        cancelled = self.outbox.cancel(target)
+        log.debug("cancel of request %r: %d live", target, cancelled)
+        try:
+            # Its own sender, used only here; the targets' senders stay the outbox's.
+            request.get_response_sender().send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception:  # the client is gone: nothing else depends on this response
+            log.debug("cancel response not delivered", exc_info=True)
+
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
+            target = _cancel_target(request)
+            if target is not None:
+                self._cancel(request, target)
+                continue
             sink = _TritonSink(request, self.outbox)
             try:
                 decoded = self._decode(request, sink)
