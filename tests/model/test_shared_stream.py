@@ -158,3 +158,28 @@ async def test_a_version_without_cancel_messages_gets_a_call_per_request(
     )
     assert shared._cancels[(echo_model, "1")].result() is False
     assert shared._cancels[(name, "1")].result() is True
+
+
+async def test_a_model_with_two_instances_refuses_cancels_and_gets_a_call_per_request(
+    infra: CommonSettings, tiny_checkpoint: Path, served_model: tuple[str, str]
+) -> None:
+    # A cancel would reach one instance while its target runs in the other.
+    name = f"genwire-test-two-{uuid.uuid4().hex[:6]}"
+    build_version(tiny_checkpoint, name, infra.repository, BuildOptions(max_batch=8))
+    config = infra.repository / name / "config.pbtxt"
+    text = config.read_text(encoding="utf-8")
+    assert "count: 1 kind: KIND_CPU" in text
+    config.write_text(text.replace("count: 1 kind", "count: 2 kind"), encoding="utf-8")
+    base = f"http://{infra.triton_http_url}"
+    backend = TritonBackend(served_model[0], shared_stream_s=5.0)
+    async with httpx.AsyncClient(base_url=base, timeout=120.0) as http:
+        loaded = await http.post(f"/v2/repository/models/{name}/load")
+        assert loaded.status_code == 200, loaded.text
+        try:
+            stream = await backend.open(_request(name, "two", max_tokens=3), {})
+            assert isinstance(stream, TritonStream)
+            assert [s.finished async for s in stream][-1]
+        finally:
+            await backend.close()
+            await http.post(f"/v2/repository/models/{name}/unload")
+            shutil.rmtree(infra.repository / name, ignore_errors=True)

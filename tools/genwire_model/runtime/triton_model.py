@@ -394,6 +394,10 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        # A cancel request reaches one instance, its target may run in another: with several
+        # instances cancels are refused (an error), so clients keep a call per request.
+        instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+        self.cancel_messages = instances == 1
         # Three threads share the GIL here (Triton's execute, the decode loop, the outbox): with
         # Python's default 5 ms switch interval a new request or a response waits up to 5 ms
         # for the decode thread to let go of it, whatever the step costs.
@@ -485,6 +489,11 @@ class TritonPythonModel:
 
     def _cancel(self, request: Any, target: str) -> None:
         """A cancel request: flag the target's sinks, answer with one empty final response."""
+        if not self.cancel_messages:
+            _TritonSink(request, self.outbox).fail(
+                "genwire-gpt: cancel requests need a single model instance"
+            )
+            return
         cancelled = self.outbox.cancel(target)
         log.debug("cancel of request %r: %d live", target, cancelled)
         try:
