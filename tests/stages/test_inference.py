@@ -299,8 +299,10 @@ def test_parse_response_reads_the_model_contract() -> None:
 
 def test_triton_failures_are_classified_by_status_code() -> None:
     import grpc
-    from genwire_inference.backend import TRITON, classify_status, status_of
+    from genwire_inference.backend import classify_status, status_of
     from tritonclient.utils import InferenceServerException
+
+    from genwire.triton_stream import TRITON
 
     for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, None):
         err = classify_status(code, "x")

@@ -10,9 +10,9 @@ from typing import Any
 
 import grpc
 import pytest
-from genwire_inference.shared_stream import SharedStreams, StreamClosed, is_final
 
 from genwire.errors import RetryableError
+from genwire.triton_stream import SharedStreams, StreamClosed, is_final
 
 
 def _response(rid: str, final: bool) -> Any:

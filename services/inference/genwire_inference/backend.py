@@ -1,7 +1,7 @@
 """The model server behind the inference stage: Triton over gRPC streaming (decoupled model).
 
 ``TritonBackend.open`` sends a request on a ``ModelStreamInfer`` call that many requests share
-(``shared_stream``; model versions that cannot be cancelled there get a call each, as does
+(``genwire.triton_stream``; model versions that cannot be cancelled there get a call each, as does
 every request when sharing is off) and yields ``ModelStep``s as responses arrive; many run at
 once, so Triton's scheduler batches them.
 Failures are classified by gRPC status code (``classify_status``): "not now" codes become
@@ -31,7 +31,8 @@ from genwire.errors import PermanentError, RetryableError
 from genwire.events import PreparedRequest
 from genwire.request import ErrorCode
 from genwire.triton_io import Options, Output, infer_inputs, scalar, top_alternatives
-from genwire_inference.shared_stream import (
+from genwire.triton_stream import (
+    TRITON,
     Call,
     SharedStreams,
     StreamClosed,
@@ -42,8 +43,6 @@ from genwire_inference.shared_stream import (
 
 log = logging.getLogger(__name__)
 
-TRITON = "triton"
-"""The dependency name of the model server in readiness reasons, logs and metrics."""
 
 SETTLING_MAX = 64
 """Answered calls whose status is read in the background at most (each for at most 5 s):
@@ -287,7 +286,7 @@ _WAKE = object()  # queued by ``cancel`` so that the iteration returns at once
 
 
 class SharedTritonStream:
-    """One request on a shared call (``shared_stream``); iterating yields steps until the
+    """One request on a shared call (``genwire.triton_stream``); iterating yields steps until the
     final one. ``cancel`` sends a cancel message for it on the same call."""
 
     def __init__(
@@ -355,7 +354,7 @@ class TritonBackend:
         self._settling: set[asyncio.Task[None]] = set()  # answered calls being completed
         self.shared: SharedStreams | None = None
         if shared_stream_s > 0:
-            # Private in tritonclient, see shared_stream's docstring for why.
+            # Private in tritonclient: see genwire.triton_stream's docstring for why.
             stub = self.client._client_stub
             self.shared = SharedStreams(stub.ModelStreamInfer, shared_stream_s)
         self._cancels: dict[tuple[str, str], asyncio.Future[bool]] = {}

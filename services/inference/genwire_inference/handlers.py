@@ -37,8 +37,8 @@ from genwire.policy import ARM_ATTRIBUTE, SHADOW_ATTRIBUTE
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import inject
+from genwire.triton_stream import TRITON
 from genwire_inference.backend import (
-    TRITON,
     ModelBackend,
     ModelError,
     ModelStateLookup,

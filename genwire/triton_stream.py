@@ -1,5 +1,8 @@
 """Many generations on one Triton gRPC stream (``ModelStreamInfer``), responses routed by id.
 
+Used by the inference service's backend and by ``genwire model bench --shared-stream`` (the
+way the service talks to Triton); only Triton's callers import it (it needs tritonclient).
+
 A stream per request costs Triton, the model's stub and this client a call set-up and
 tear-down each (1.2–2.5 core-ms per request at the echo model's floor, and a millisecond of
 time to first token): here requests share one call. Three things make that safe:
@@ -42,6 +45,7 @@ from genwire.triton_io import CANCEL_ACK_PROBE, CANCEL_PARAMETER, infer_inputs
 log = logging.getLogger(__name__)
 
 TRITON = "triton"
+"""The dependency name of the model server in readiness reasons, logs and metrics."""
 PROBE_TIMEOUT_S = 10.0
 """How long a version's cancel probe may take before the request is retried."""
 DRAIN_TIMEOUT_S = 30.0
