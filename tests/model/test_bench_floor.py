@@ -4,6 +4,7 @@ cost with no model, through the real model's response path)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from pathlib import Path
@@ -78,9 +79,13 @@ def test_the_echo_model_runs_beside_the_real_response_path(tmp_path: Path) -> No
     assert (version / "genwire_env.json").exists()
 
 
-async def test_floor_echo_in_the_real_triton(infra: CommonSettings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["stream-per-request", "shared-stream"])
+async def test_floor_echo_in_the_real_triton(
+    infra: CommonSettings, tmp_path: Path, shared: bool
+) -> None:
     """The echo serves the model's contract: max_tokens one-token responses, the last one
-    final with the counts; the run leaves nothing loaded nor in the repository."""
+    final with the counts, on a stream per request or on one for all (``--shared-stream``);
+    the run leaves nothing loaded nor in the repository."""
     out = tmp_path / "floor.json"
     per_response, per_request = await asyncio.to_thread(
         bench.run_floor,
@@ -92,6 +97,7 @@ async def test_floor_echo_in_the_real_triton(infra: CommonSettings, tmp_path: Pa
         4,
         out,
         triton_admin.headers(infra),
+        shared,
     )
     for level, r in zip([1, 2], per_response, strict=True):
         assert r.concurrency == level and r.requests == 4 and r.errors == 0
@@ -99,7 +105,7 @@ async def test_floor_echo_in_the_real_triton(infra: CommonSettings, tmp_path: Pa
         assert r.core_ms_per_token["client"] > 0 and "total" in r.core_ms_per_token
     assert [r.requests for r in per_request] == [16, 16]
     assert all(r.mean_output_tokens == 1 and r.errors == 0 for r in per_request)
-    assert out.exists()
+    assert json.loads(out.read_text())["shared_stream"] is shared
     assert not [p for p in os.listdir(infra.repository) if p.startswith(bench.FLOOR_MODEL)]
 
 

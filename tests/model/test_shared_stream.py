@@ -183,3 +183,30 @@ async def test_a_model_with_two_instances_refuses_cancels_and_gets_a_call_per_re
             await backend.close()
             await http.post(f"/v2/repository/models/{name}/unload")
             shutil.rmtree(infra.repository / name, ignore_errors=True)
+
+
+async def test_the_bench_on_one_stream_gets_what_it_gets_on_a_stream_each(
+    served_model: tuple[str, str],
+) -> None:
+    from genwire_model.client import generate, generate_shared
+    from tritonclient.grpc.aio import InferenceServerClient
+
+    from genwire.triton_stream import SharedStreams
+
+    url, name = served_model
+    client = InferenceServerClient(url)
+    streams = SharedStreams(client._client_stub.ModelStreamInfer, 1.0)
+    try:
+        own = [await generate(client, name, [5, 6, 7], 9, temperature=0.8, seed=s) for s in (1, 2)]
+        one = await asyncio.gather(
+            *(generate_shared(streams, name, [5, 6, 7], 9, temperature=0.8, seed=s) for s in (1, 2))
+        )
+        assert [g.token_ids for g in one] == [g.token_ids for g in own]
+        assert all(
+            g.finish_reason == o.finish_reason and g.first_token_s
+            for g, o in zip(one, own, strict=True)
+        )
+        assert len(streams.calls) == 1
+    finally:
+        await streams.close(5.0)
+        await client.close()

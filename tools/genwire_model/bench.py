@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from genwire_model.client import Generation, generate
+from genwire_model.client import Generation, generate, generate_shared
 from genwire_model.repository import ModelRepository, load_tokenizer
 
 PROMPTS = (
@@ -179,11 +179,43 @@ async def run_level(
     requests: int,
     max_tokens: int,
     stop_ids: list[int] | None,
+    shared: bool = False,
 ) -> LevelResult:
-    """``requests`` requests, ``concurrency`` at a time, each on its own gRPC stream."""
+    """``requests`` requests, ``concurrency`` at a time, each on its own gRPC stream, or with
+    ``shared`` all on one (rotated every second, as the inference service does)."""
     from tritonclient.grpc.aio import InferenceServerClient
 
+    from genwire.triton_stream import SharedStreams
+
     client = InferenceServerClient(url)
+    streams = SharedStreams(client._client_stub.ModelStreamInfer, 1.0) if shared else None
+
+    async def one(
+        prompt: list[int], tokens: int, seed: int = 0, sampled: bool = True
+    ) -> Generation:
+        temperature, top_p = (0.8, 0.95) if sampled else (0.0, 1.0)
+        if streams is not None:
+            return await generate_shared(
+                streams,
+                model,
+                prompt,
+                tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                stop_token_ids=stop_ids if sampled else None,
+            )
+        return await generate(
+            client,
+            model,
+            prompt,
+            tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop_token_ids=stop_ids if sampled else None,
+        )
+
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(requests):
         queue.put_nowait(i)
@@ -198,24 +230,13 @@ async def run_level(
             except asyncio.QueueEmpty:
                 return
             try:
-                results.append(
-                    await generate(
-                        client,
-                        model,
-                        prompts[i % len(prompts)],
-                        max_tokens,
-                        temperature=0.8,
-                        top_p=0.95,
-                        seed=i,
-                        stop_token_ids=stop_ids,
-                    )
-                )
+                results.append(await one(prompts[i % len(prompts)], max_tokens, seed=i))
             except Exception:
                 errors += 1
 
     try:
         # One warm-up request so connection set-up is not measured.
-        await generate(client, model, prompts[0], 4)
+        await one(prompts[0], 4, sampled=False)
         meter = CpuMeter(model)
         cpu = meter.sample()
         started = time.perf_counter()
@@ -223,6 +244,8 @@ async def run_level(
         seconds = time.perf_counter() - started
         used = meter.sample()
     finally:
+        if streams is not None:
+            await streams.close(5.0)
         await client.close()
     result = summarize(concurrency, results, seconds, errors)
     result.core_ms_per_token = CpuMeter.per_unit(
@@ -417,6 +440,10 @@ def run_in_process(
     return loops, statics
 
 
+def _streams(shared: bool) -> str:
+    return "one gRPC stream for all requests" if shared else "a gRPC stream per request"
+
+
 def _row(r: LevelResult) -> str:
     return (
         f"{r.concurrency:>4} {r.requests:>5} {r.requests_per_s:>8.2f} "
@@ -441,9 +468,12 @@ def run(
     requests_per_level: int | None,
     out: Path | None,
     in_process: bool = False,
+    shared_stream: bool = False,
 ) -> list[LevelResult]:
     """Benchmark every level and print a table (and JSON to ``out`` if given); with
-    ``in_process``, the in-process ceiling first and Triton's share of it."""
+    ``in_process``, the in-process ceiling first and Triton's share of it; with
+    ``shared_stream``, every request of a level on one gRPC stream (the inference service's
+    way) instead of one stream each."""
     version = ModelRepository(repository).latest(model)
     tokenizer = load_tokenizer(version)
     prompts = [tokenizer.encode(p).ids for p in PROMPTS]
@@ -457,6 +487,7 @@ def run(
         "version": version.version,
         "url": url,
         "max_tokens": max_tokens,
+        "shared_stream": shared_stream,
     }
     ceiling: list[LevelResult] = []
     statics: list[StaticResult] = []
@@ -481,13 +512,15 @@ def run(
         payload["static"] = [dataclasses.asdict(st) for st in statics]
     print(
         f"model {model} version {version.version} at {url}: max_tokens {max_tokens}, "
-        "temperature 0.8, top_p 0.95, streaming"
+        f"temperature 0.8, top_p 0.95, streaming, {_streams(shared_stream)}"
     )
     print(header)
     results = []
     for level in levels:
         n = requests_per_level or max(16, 4 * level)
-        r = asyncio.run(run_level(url, model, prompts, level, n, max_tokens, None))
+        r = asyncio.run(
+            run_level(url, model, prompts, level, n, max_tokens, None, shared=shared_stream)
+        )
         results.append(r)
         print(_row(r), flush=True)
     payload["levels"] = [dataclasses.asdict(r) for r in results]
@@ -555,6 +588,7 @@ def run_floor(
     requests_per_level: int | None,
     out: Path | None,
     headers: dict[str, str] | None = None,
+    shared_stream: bool = False,
 ) -> tuple[list[LevelResult], list[LevelResult]]:
     """Triton's streaming cost with no model: an echo model loaded for the run (then unloaded
     and removed), the same client and levels as the model bench. Returns the per-response
@@ -584,7 +618,7 @@ def run_floor(
             for tokens, unit in ((max_tokens, "response"), (1, "request")):
                 print(
                     f"floor: echo model {name} at {url}, no model work: {tokens} one-token "
-                    f"response(s) per request; core-ms per {unit}"
+                    f"response(s) per request, {_streams(shared_stream)}; core-ms per {unit}"
                 )
                 print(header + f"core-ms/{unit}")
                 table = []
@@ -592,7 +626,9 @@ def run_floor(
                     n = requests_per_level or max(16, 4 * level)
                     if tokens == 1:
                         n *= 4  # requests are short: more of them for a steady figure
-                    r = asyncio.run(run_level(url, name, prompt, level, n, tokens, None))
+                    r = asyncio.run(
+                        run_level(url, name, prompt, level, n, tokens, None, shared=shared_stream)
+                    )
                     table.append(r)
                     print(_row(r), flush=True)
                 tables.append(table)
@@ -617,6 +653,7 @@ def run_floor(
             "model": name,
             "url": url,
             "max_tokens": max_tokens,
+            "shared_stream": shared_stream,
             "per_response": [dataclasses.asdict(r) for r in tables[0]],
             "per_request": [dataclasses.asdict(r) for r in tables[1]],
         }

@@ -137,6 +137,12 @@ def register(subparsers: Any) -> None:
         "(the model's response path, one token per response), the same client and levels; "
         "responses/s, TTFT and core-ms per response and per request",
     )
+    bench.add_argument(
+        "--shared-stream",
+        action="store_true",
+        help="send every request of a level on one gRPC stream, rotated every second (how "
+        "the inference service talks to Triton) instead of one stream per request",
+    )
     bench.set_defaults(func=_bench)
 
 
@@ -215,6 +221,7 @@ def _bench(args: argparse.Namespace) -> int:
             args.requests,
             args.out,
             headers=triton_admin.headers(settings),
+            shared_stream=args.shared_stream,
         )
         return 0
     run(
@@ -226,5 +233,6 @@ def _bench(args: argparse.Namespace) -> int:
         args.requests,
         args.out,
         in_process=args.in_process,
+        shared_stream=args.shared_stream,
     )
     return 0

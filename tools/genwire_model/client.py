@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from genwire.triton_io import Options, Output, infer_inputs, scalar, top_alternatives
+from genwire.triton_stream import SharedStreams, StreamClosed, build_request, result_of
 
 
 class GenerationError(RuntimeError):
@@ -92,18 +93,13 @@ async def generate(
             if error is not None:
                 ended = True
                 raise GenerationError(str(error))
-            now = time.perf_counter() - out.started
-            choice = scalar(result, Output.CHOICE)
-            index = int(choice) if choice is not None else 0
-            target = out.choices.setdefault(index, Generation(started=out.started))
-            out.responses += 1 if target is not out else 0
-            if _absorb(target, result, now):
+            if _take(out, result):
                 open_choices -= 1
             if on_response is not None:
                 on_response(out)
             if open_choices <= 0:
                 if out.finished_s == 0.0:
-                    out.finished_s = now
+                    out.finished_s = time.perf_counter() - out.started
                 ended = True
                 break
             if cancel_after_tokens is not None and len(out.token_ids) >= cancel_after_tokens:
@@ -113,6 +109,57 @@ async def generate(
     finally:
         await end_call(responses, cancel=not ended)
     return out
+
+
+async def generate_shared(
+    streams: SharedStreams,
+    model: str,
+    input_ids: list[int],
+    max_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    stop_token_ids: list[int] | None = None,
+) -> Generation:
+    """Run one request on a gRPC stream shared with others (``genwire.triton_stream``: how the
+    inference service talks to Triton) and collect its responses."""
+    inputs = infer_inputs(
+        input_ids,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=0,
+        seed=seed,
+        stream=True,
+        stop_token_ids=stop_token_ids or (),
+    )
+    out = Generation(started=time.perf_counter())
+    out.choices[0] = out
+    triton_id = streams.next_id("bench")
+    call = streams.call()
+    responses = call.send(build_request(model, "", inputs, triton_id), triton_id)
+    try:
+        while True:
+            response = await responses.get()
+            if isinstance(response, StreamClosed):
+                raise GenerationError(response.error.message)
+            if response.error_message:
+                raise GenerationError(str(response.error_message))
+            if _take(out, result_of(response)):
+                return out
+    finally:
+        call.forget(triton_id)
+
+
+def _take(out: Generation, result: Any) -> bool:
+    """Add one response to its choice of ``out``; True when it ended that choice."""
+    now = time.perf_counter() - out.started
+    choice = scalar(result, Output.CHOICE)
+    index = int(choice) if choice is not None else 0
+    target = out.choices.setdefault(index, Generation(started=out.started))
+    out.responses += 1 if target is not out else 0
+    return _absorb(target, result, now)
 
 
 async def end_call(responses: Any, *, cancel: bool, timeout_s: float = 5.0) -> None:
