@@ -14,7 +14,8 @@ Two measurements, each against two private topics it creates (and deletes afterw
   stage's runtime cost.
 - ``chain`` — the pipeline's floor: ``--stages`` relays (default 3, the request path's stages)
   in a chain over private topics ``floor-<run>-0`` → … → ``floor-<run>-N``; latency end to end,
-  CPU per record of the client, every relay and the broker (``genwire_bench.floor_chain``).
+  CPU per record of the client, every relay and the broker (``genwire_bench.floor_chain``);
+  ``--front none,grpc``: also behind a do-nothing gRPC front (``genwire_bench.floor_front``).
 
 Closed loop: ``-c`` workers each publish a record and wait until it is seen. Figures are
 printed (and kept with ``--json``); nothing is asserted. Measure on a quiet machine: on two
@@ -32,13 +33,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from pydantic import BaseModel
 
 from genwire.kafka import EventProducer, ensure_topics
 from genwire.kafka.admin import delete_groups, delete_topics
@@ -51,6 +51,7 @@ from genwire_bench.floor_chain import (
     DEFAULT_STAGES,
     ChainCost,
     ChainRow,
+    FloorRecord,
     TracedRecord,
     beyond_floor,
     chain_group,
@@ -62,19 +63,19 @@ from genwire_bench.floor_chain import (
     render_chain,
     render_hops,
 )
+from genwire_bench.floor_front import (
+    FRONT_PARTITION,
+    FrontClient,
+    front_difference,
+    parse_fronts,
+    serving,
+)
 from genwire_bench.stats import distribution
 from genwire_bench.traces import JaegerClient, breakdown
 
 PARTITIONS = 3  # as the request path's topics (genwire.topics.TOPIC_SPECS)
 MODES = ("bare", "hop", "idle", "chain")
 READY = "ready"
-
-
-class FloorRecord(BaseModel):
-    """What the relay decodes: a request id and a body (a stand-in for an event)."""
-
-    request_id: str
-    body: str
 
 
 @dataclass
@@ -142,10 +143,18 @@ def _cpu_s(proc: psutil.Process | None) -> float | None:
 
 
 class Reader:
-    """A group-less consumer of ``topic`` with the services' client settings."""
+    """A group-less consumer of ``topic`` (its ``partitions``: all of the run's by default)
+    with the services' client settings."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, fetch_max_wait_ms: int) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        fetch_max_wait_ms: int,
+        partitions: Sequence[int] = tuple(range(PARTITIONS)),
+    ) -> None:
         self.topic = topic
+        self.partitions = tuple(partitions)
         self._consumer = AIOKafkaConsumer(
             **consumer_options(
                 bootstrap_servers, group_id=None, fetch_max_wait_ms=fetch_max_wait_ms
@@ -157,12 +166,25 @@ class Reader:
 
     async def start(self) -> None:
         await self._consumer.start()
-        parts = [TopicPartition(self.topic, p) for p in range(PARTITIONS)]
-        self._consumer.assign(parts)
+        self._consumer.assign([TopicPartition(self.topic, p) for p in self.partitions])
+        await self._from_end()
+        self._task = asyncio.create_task(self._read())
+
+    async def fetching(self, on: bool) -> None:
+        """Pause fetching (a phase through the front: replies go there, not here), or go on
+        from the partitions' ends."""
+        parts = [TopicPartition(self.topic, p) for p in self.partitions]
+        if not on:
+            self._consumer.pause(*parts)
+            return
+        await self._from_end()
+        self._consumer.resume(*parts)
+
+    async def _from_end(self) -> None:
+        parts = [TopicPartition(self.topic, p) for p in self.partitions]
         await self._consumer.seek_to_end(*parts)
         for tp in parts:  # resolve the end offsets now, before the first record is sent
             await self._consumer.position(tp)
-        self._task = asyncio.create_task(self._read())
 
     def expect(self, key: bytes) -> asyncio.Future[float]:
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
@@ -199,13 +221,15 @@ async def _drive(
     traced: list[TracedRecord] | None = None,
     traced_count: int = 0,
     acks: list[float] | None = None,
+    front: FrontClient | None = None,
 ) -> list[float]:
     """``count`` records through, ``concurrency`` at a time; each one's publish → seen (ms).
 
     ``traced_count`` records, spread evenly over the ``count`` (every ``count // traced_count``-th
     from the first), carry a ``traceparent`` of ours and are kept in ``traced``, so the relays'
     spans of exactly those records can be found in Jaeger.
-    ``acks`` gets each record's publish → acknowledgement (ms).
+    ``acks`` gets each record's publish → acknowledgement (ms). ``front``: each record is a
+    call to the gRPC front instead (``--front grpc``), call → answer; nothing traced.
     """
     latencies: list[float] = []
     next_index = 0
@@ -217,7 +241,11 @@ async def _drive(
             i = next_index
             next_index += 1
             rid = f"{tag}-{i}"
-            value = FloorRecord(request_id=rid, body=body).model_dump_json().encode()
+            record = FloorRecord(request_id=rid, body=body)
+            value = record.model_dump_json(exclude_none=True).encode()
+            if front is not None:  # the front publishes, and answers once the record is seen
+                latencies.append(await front.call(value))
+                continue
             seen = reader.expect(rid.encode())
             trace = new_trace() if traced is not None and _traced(i, count, traced_count) else None
             headers = [("traceparent", trace.traceparent.encode())] if trace else []
@@ -260,16 +288,24 @@ def _ack_extra(acks: list[float]) -> dict[str, float | None]:
 
 
 class Relay:
-    """A relay process (``hop``, ``chain``): a ServiceRuntime that forwards in → out."""
+    """A relay process (``hop``, ``chain``): a ServiceRuntime that forwards in → out; with
+    ``role="--front-serve"`` the gRPC front (publishes on in, reads out) instead."""
 
-    def __init__(self, args: argparse.Namespace, topic_in: str, topic_out: str, group: str) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        topic_in: str,
+        topic_out: str,
+        group: str,
+        role: str = "--relay",
+    ) -> None:
         env = dict(os.environ)
         env["OTEL_TRACES_EXPORTER"] = "kafka" if args.tracing else "none"
         cmd = [
             sys.executable,
             "-m",
             "genwire_bench.floor",
-            "--relay",
+            role,
             topic_in,
             topic_out,
             "--bootstrap-servers",
@@ -288,11 +324,14 @@ class Relay:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self.ps = psutil.Process(self.proc.pid)
 
-    async def ready(self, timeout_s: float = 60.0) -> None:
+    async def ready(self, timeout_s: float = 60.0) -> list[str]:
+        """Wait for its ready line; returns what follows ``ready`` on it (the front's port)."""
         assert self.proc.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), timeout_s)
-        if line.decode().strip() != READY:
+        words = line.decode().split()
+        if not words or words[0] != READY:
             raise RuntimeError(f"the relay did not start: {line!r}")
+        return words[1:]
 
     def close(self) -> None:
         """Tell the relay to stop (it stops when its stdin closes)."""
@@ -354,29 +393,47 @@ async def _chain(
     Before the first phase, ``--chain-idle-s`` with the chain up and nothing sent: the CPU per
     second the chain's processes burn anyway (polling, timers, and the broker serving the rest
     of the stack), so each phase can say what it cost above that.
+
+    ``--front``: at each concurrency, a phase per front in its order (``none``: the client
+    publishes; ``grpc``: it calls the front process, started with the relays and measured
+    like them: ``genwire_bench.floor_front``).
     """
     topics = chain_topics(run, args.stages)
     await ensure_topics(
         args.bootstrap_servers, [TopicSpec(t, PARTITIONS, 3_600_000) for t in topics]
     )
     relays: list[Relay] = []
+    fronts: list[Relay] = []  # the gRPC front's process (--front grpc): stopped with the relays
+    client: FrontClient | None = None
     reader = Reader(args.bootstrap_servers, topics[-1], args.fetch_max_wait_ms)
     phases: list[Phase] = []
     try:
         for i in range(args.stages):
             relays.append(Relay(args, topics[i], topics[i + 1], chain_group(run, i)))
-        await asyncio.gather(*(r.ready() for r in relays))
+        if "grpc" in args.front:
+            fronts.append(Relay(args, topics[0], topics[-1], f"floor-{run}-front", "--front-serve"))
+        front = fronts[0] if fronts else None
+        started = await asyncio.gather(*(r.ready() for r in [*relays, *fronts]))
+        if front is not None:
+            client = FrontClient(int(started[-1][0]))
+            await client.ready()
         await reader.start()
-        idle = await _chain_idle(args.chain_idle_s, broker, relays)
-        for c in args.concurrency:
+        idle, front_idle = await _chain_idle(args.chain_idle_s, broker, relays, front)
+        for c, via in ((c, f) for c in args.concurrency for f in args.front):
             tag = f"chain-c{c}-{uuid.uuid4().hex[:6]}"
-            drive = {"concurrency": c, "size": args.size}
+            drive = {
+                "concurrency": c,
+                "size": args.size,
+                "front": client if via == "grpc" else None,
+            }
+            fproc = front if via == "grpc" else None
+            await reader.fetching(fproc is None)
             await _drive(producer, reader, topics[0], count=args.warmup, tag=f"{tag}-w", **drive)
-            cpu0, b0 = time.process_time(), _cpu_s(broker)
+            cpu0, b0, f0 = time.process_time(), _cpu_s(broker), _cpu_s(fproc.ps if fproc else None)
             r0 = [_cpu_s(r.ps) for r in relays]
             traced: list[TracedRecord] = []
             acks: list[float] = []
-            n_traced = args.hop_traces if args.tracing else 0
+            n_traced = args.hop_traces if args.tracing and fproc is None else 0
             t0 = time.perf_counter()
             lat = await _drive(
                 producer,
@@ -390,19 +447,23 @@ async def _chain(
                 **drive,
             )
             seconds = time.perf_counter() - t0
-            cpu1, b1 = time.process_time(), _cpu_s(broker)
+            cpu1, b1, f1 = time.process_time(), _cpu_s(broker), _cpu_s(fproc.ps if fproc else None)
             r1 = [_cpu_s(r.ps) for r in relays]
             phase = _chain_phase(args, c, lat, seconds, (cpu0, cpu1), (b0, b1), r0, r1, idle)
+            if fproc is not None:
+                phase = _fronted(phase, (f0, f1), front_idle)
             phase.extra |= {"topics": topics, "groups": chain_groups(run, args.stages)}
             phase.extra |= _ack_extra(acks)
             if traced:  # after the CPU readings: fetching is not the chain's cost
                 phase.extra["hops"] = await _hops(args, run, traced)
             phases.append(phase)
     finally:
+        if client is not None:
+            await client.close()
         await reader.stop()
-        for r in relays:
+        for r in [*relays, *fronts]:
             r.close()
-        for r in relays:
+        for r in [*relays, *fronts]:
             r.stop()
         await _delete_groups(args.bootstrap_servers, chain_groups(run, args.stages))
     return phases
@@ -431,21 +492,24 @@ async def _hops(args: argparse.Namespace, run: str, traced: list[TracedRecord]) 
 
 
 async def _chain_idle(
-    seconds: float, broker: psutil.Process | None, relays: list[Relay]
-) -> float | None:
-    """Core-ms per second of this process, the relays and the broker with nothing sent."""
+    seconds: float, broker: psutil.Process | None, relays: list[Relay], front: Relay | None = None
+) -> tuple[float | None, float | None]:
+    """Core-ms per second of this process, the relays and the broker with nothing sent; and
+    of the front apart (None: no front), since only the phases through it count it."""
     if seconds <= 0:
-        return None
+        return None, None
     await asyncio.sleep(1.0)  # the relays' replayers catch up with genwire.retry first
     c0, b0, r0 = time.process_time(), _cpu_s(broker), [_cpu_s(r.ps) for r in relays]
-    t0 = time.perf_counter()
+    f0, t0 = _cpu_s(front.ps if front else None), time.perf_counter()
     await asyncio.sleep(seconds)
     c1, b1, r1 = time.process_time(), _cpu_s(broker), [_cpu_s(r.ps) for r in relays]
-    elapsed = time.perf_counter() - t0
+    f1, elapsed = _cpu_s(front.ps if front else None), time.perf_counter() - t0
     readings = [(c0, c1), (b0, b1), *zip(r0, r1, strict=True)]
+    front_rate = None if f0 is None or f1 is None else (f1 - f0) * 1000.0 / elapsed
     if any(a is None or b is None for a, b in readings):
-        return None
-    return sum(b - a for a, b in readings if a is not None and b is not None) * 1000.0 / elapsed
+        return None, front_rate
+    total = sum(b - a for a, b in readings if a is not None and b is not None)
+    return total * 1000.0 / elapsed, front_rate
 
 
 def _chain_phase(
@@ -476,6 +540,7 @@ def _chain_phase(
         broker_core_ms=cost.broker,
         extra={
             "stages": args.stages,
+            "front": "none",
             "relays_core_ms": list(cost.relays),
             "total_core_ms": cost.total,
             "idle_core_ms_per_s": idle_per_s,
@@ -489,6 +554,24 @@ def _chain_phase(
             "commit_interval_ms": args.commit_interval_ms,
         },
     )
+
+
+def _fronted(
+    phase: Phase, front: tuple[float | None, float | None], front_idle_per_s: float | None
+) -> Phase:
+    """A chain phase that went through the front: its CPU in the total, its idle in the idle."""
+    rate = phase.extra["idle_core_ms_per_s"]
+    phase.extra |= {
+        "front": "grpc",
+        "front_core_ms": per_record(*front, phase.records),
+        "front_idle_core_ms_per_s": front_idle_per_s,
+        "idle_core_ms_per_s": None
+        if rate is None or front_idle_per_s is None
+        else rate + front_idle_per_s,
+    }
+    cost = chain_row(phase).cost
+    phase.extra |= {"total_core_ms": cost.total, "total_above_idle_core_ms": cost.above_idle}
+    return phase
 
 
 def _idle_per_record(phase: Phase) -> float | None:
@@ -512,6 +595,8 @@ def chain_row(phase: Phase) -> ChainRow:
             relays=list(extra["relays_core_ms"]),
             broker=phase.broker_core_ms,
             idle=_idle_per_record(phase),
+            front=extra.get("front_core_ms"),
+            fronted=extra.get("front", "none") != "none",
         ),
         tracing=bool(extra["tracing"]),
         size=int(extra["size"]),
@@ -682,7 +767,10 @@ async def relay_main(args: argparse.Namespace) -> None:
     runtime = ServiceRuntime(settings, "floor", set_global_tracer=False)
 
     async def forward(record: FloorRecord) -> RawRecord:
-        return RawRecord(topic_out, record.model_dump_json().encode(), record.request_id.encode())
+        value = record.model_dump_json(exclude_none=True).encode()
+        return RawRecord(
+            topic_out, value, record.request_id.encode(), partition=record.partition_on(topic_out)
+        )
 
     consumer = runtime.consumer(topic_in, FloorRecord, forward)
     await runtime.start()
@@ -698,6 +786,16 @@ async def relay_main(args: argparse.Namespace) -> None:
     finally:  # also when interrupted (Ctrl-C reaches the relays too): leave the group now
         await runtime.stop()
         runtime.tracer_provider.shutdown()
+
+
+async def front_main(args: argparse.Namespace) -> None:
+    """The gRPC front (``genwire_bench.floor_front``) until stdin closes; its reply reader
+    reads the one partition of ``out`` the last relay publishes its replies on."""
+    topic_in, topic_out = args.front_serve
+    replies = Reader(args.bootstrap_servers, topic_out, args.fetch_max_wait_ms, (FRONT_PARTITION,))
+    async with serving(args, replies, topic_in, topic_out) as port:
+        print(f"{READY} {port}", flush=True)
+        await asyncio.to_thread(sys.stdin.read)
 
 
 # --- CLI ---------------------------------------------------------------------------------------
@@ -717,7 +815,8 @@ def parser() -> argparse.ArgumentParser:
             "  python -m genwire_bench.floor                       bare and hop, c=1 and 8\n"
             "  python -m genwire_bench.floor --modes bare -n 2000  the floor alone\n"
             "  python -m genwire_bench.floor --loop asyncio --no-tracing   the levers\n"
-            "  python -m genwire_bench.floor --modes chain -n 500 -c 1,8   the pipeline's floor"
+            "  python -m genwire_bench.floor --modes chain -n 500 -c 1,8   the pipeline's floor\n"
+            "  python -m genwire_bench.floor --modes chain --front none,grpc   and its gRPC front's"
         ),
     )
     p.add_argument(
@@ -784,8 +883,17 @@ def parser() -> argparse.ArgumentParser:
         help="each relay's records in flight (its consumer's CONCURRENCY; default: the "
         "services' default)",
     )
+    p.add_argument(
+        "--front",
+        type=parse_fronts,
+        default=None,
+        help="chain: none (the client publishes and reads, the Kafka path; default), grpc (it "
+        "calls a do-nothing gRPC front that does), or both, e.g. none,grpc: a phase of each "
+        "at every concurrency, and what the front adds per request",
+    )
     p.add_argument("--json", dest="json_path", help="write the phases as JSON here")
     p.add_argument("--relay", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--front-serve", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     p.add_argument("--group", help=argparse.SUPPRESS)
     return p
 
@@ -798,7 +906,8 @@ def render(phases: list[Phase]) -> str:
     if chain:
         rows = [chain_row(ph) for ph in chain]
         bare = {ph.concurrency: ph.p50_ms for ph in others if ph.mode == "bare" and ph.p50_ms}
-        tables.append("\n".join([render_chain(rows), "", *beyond_floor(rows, bare)]).rstrip())
+        below = [*beyond_floor(rows, bare), *front_difference(rows)]
+        tables.append("\n".join([render_chain(rows), "", *below]).rstrip())
         tables += [
             render_hops(ph.concurrency, ph.extra["hops"])
             for ph in chain
@@ -855,6 +964,7 @@ def main(argv: list[str] | None = None) -> int:
             ("--stages", args.stages),
             ("--chain-idle-s", args.chain_idle_s),
             ("--hop-traces", args.hop_traces),
+            ("--front", args.front),
         )
         if v is not None
     ]
@@ -863,6 +973,7 @@ def main(argv: list[str] | None = None) -> int:
     args.stages = DEFAULT_STAGES if args.stages is None else args.stages
     args.chain_idle_s = 3.0 if args.chain_idle_s is None else args.chain_idle_s
     args.hop_traces = 0 if args.hop_traces is None else args.hop_traces
+    args.front = ["none"] if args.front is None else args.front
     if args.stages < 1:
         parser().error("--stages: at least 1")
     if args.relay_concurrency is not None and args.relay_concurrency < 1:
@@ -871,6 +982,9 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--hop-traces needs the relays' spans: not with --no-tracing")
     if args.relay:
         event_loop.run(relay_main(args), args.loop)
+        return 0
+    if args.front_serve:
+        event_loop.run(front_main(args), args.loop)
         return 0
     load0 = os.getloadavg()
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
@@ -888,7 +1002,11 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "started": started,
                     "load": [load0[0], load1[0]],
-                    "args": {k: v for k, v in vars(args).items() if k not in ("relay", "group")},
+                    "args": {
+                        k: v
+                        for k, v in vars(args).items()
+                        if k not in ("relay", "front_serve", "group")
+                    },
                     "phases": [asdict(p) for p in phases],
                 },
                 handle,

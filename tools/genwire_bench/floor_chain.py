@@ -19,10 +19,31 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Any
 
+from pydantic import BaseModel
+
+from genwire.topics import ReplyTo
 from genwire_bench.stats import distribution
 from genwire_bench.traces import PROCESS_SUFFIX, PUBLISH_SUFFIX, Breakdown, Span
 
 DEFAULT_STAGES = 3  # preprocess, inference, postprocess
+
+
+class FloorRecord(BaseModel):
+    """What the relay decodes: a request id and a body (a stand-in for an event)."""
+
+    request_id: str
+    body: str
+    reply_to: str | None = None
+    """``<topic>:<partition>`` (``genwire.topics.ReplyTo``), set by a front (``--front grpc``):
+    the relay publishing on that topic names that partition, as postprocess does a request's
+    ``genwire_reply_to``; None (left out of the JSON): the key's partition."""
+
+    def partition_on(self, topic: str) -> int | None:
+        """The partition to publish on ``topic``: the reply's if it goes there, else the key's."""
+        if self.reply_to is None:
+            return None
+        reply = ReplyTo.parse(self.reply_to.encode())
+        return reply.partition if reply.topic == topic else None
 
 
 def chain_topics(run: str, stages: int) -> list[str]:
@@ -65,6 +86,10 @@ class ChainCost:
     broker: float | None
     idle: float | None = None
     """What the same processes burn with nothing sent, over the phase's time, per record."""
+    front: float | None = None
+    """The gRPC front's process (``--front grpc``; None: not measured)."""
+    fronted: bool = False
+    """Whether the phase went through a front (its CPU then belongs in the total)."""
 
     @property
     def relays_sum(self) -> float | None:
@@ -75,8 +100,9 @@ class ChainCost:
 
     @property
     def total(self) -> float | None:
-        """Client + relays + broker: the architecture's CPU per request (None: a part missing)."""
-        parts = [self.client, self.relays_sum, self.broker]
+        """Client (+ front) + relays + broker: the architecture's CPU per request (None: a part
+        missing)."""
+        parts = [self.client, self.relays_sum, self.broker, *([self.front] if self.fronted else [])]
         if any(p is None for p in parts):
             return None
         return sum(p for p in parts if p is not None)
@@ -109,11 +135,16 @@ def _f(x: float | None) -> str:
 
 
 def render_chain(rows: Sequence[ChainRow]) -> str:
-    """The chain phases as a table: latency end to end, and CPU per record by process."""
+    """The chain phases as a table: latency end to end, and CPU per record by process (the
+    front's column only when a phase went through one)."""
+    fronted = any(r.cost.fronted for r in rows)
     lines = [
         "| chain | c | records | rec/s | p50 ms | p95 | p99 | p50 per hop | client core-ms/rec "
-        "| relays core-ms/rec (each) | relays sum | broker | total core-ms/rec | above idle |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        + ("| front " if fronted else "")
+        + "| relays core-ms/rec (each) | relays sum | broker | total core-ms/rec | above idle |",
+        "|---|---|---|---|---|---|---|---|---|"
+        + ("---|" if fronted else "")
+        + "---|---|---|---|---|",
     ]
     for r in rows:
         hops = r.stages + 1
@@ -121,10 +152,12 @@ def render_chain(rows: Sequence[ChainRow]) -> str:
         each = " / ".join(_f(x) for x in r.cost.relays)
         rate = r.records / r.seconds if r.seconds > 0 else 0.0
         label = f"{r.stages} stages, {r.size} B, tracing {'on' if r.tracing else 'off'}"
+        label += ", gRPC front" if r.cost.fronted else ""
+        front = f"| {_f(r.cost.front) if r.cost.fronted else '–'} " if fronted else ""
         lines.append(
             f"| {label} | {r.concurrency} | {r.records} | {rate:.0f} | {_f(r.p50_ms)} "
             f"| {_f(r.p95_ms)} | {_f(r.p99_ms)} | {_f(per_hop)} | {_f(r.cost.client)} "
-            f"| {each} | {_f(r.cost.relays_sum)} | {_f(r.cost.broker)} | {_f(r.cost.total)} "
+            f"{front}| {each} | {_f(r.cost.relays_sum)} | {_f(r.cost.broker)} | {_f(r.cost.total)} "
             f"| {_f(r.cost.above_idle)} |"
         )
     return "\n".join(lines)
@@ -137,7 +170,7 @@ def beyond_floor(rows: Sequence[ChainRow], bare_p50: dict[int, float]) -> list[s
     lines: list[str] = []
     for r in rows:
         bare = bare_p50.get(r.concurrency)
-        if bare is None or r.p50_ms is None:
+        if bare is None or r.p50_ms is None or r.cost.fronted:  # a front's hop is no Kafka hop
             continue
         hops = r.stages + 1
         extra = r.p50_ms - hops * bare
