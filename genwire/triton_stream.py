@@ -12,16 +12,19 @@ time to first token): here requests share one call. Three things make that safe:
   only model versions that understand it receive: each (model, version) is probed once
   (``CANCEL_ACK_PROBE``: an empty final response says yes); the others keep one call each.
 - **Unloading**: Triton 2.51 keeps a model version UNLOADING while a stream that carried its
-  requests stays open, so a call takes new requests for ``rotate_s`` only (busy or idle);
-  then a new call takes them and the old one is half-closed once its last request ends. An
-  unload therefore waits ``rotate_s`` at most beyond the requests in flight (as it always
-  waits for those).
+  requests stays open, so each version has its own call, which takes new requests for
+  ``rotate_s`` only (busy or idle); then a new call takes them and the old one is half-closed
+  once its last request ends. An unload therefore waits ``rotate_s`` at most beyond the
+  version's own requests in flight (as it always waits for those).
 - **Failures**: a call that fails (Triton restarting) fails every request on it with the
   call's status (retryable, like a failed call of their own); the next request opens a new one.
+  Every request asks for an empty final response, so a request the model ends with the final
+  flag alone (a send that failed) is seen ending, instead of waiting for ever.
 
 The public ``stream_infer`` of tritonclient's asyncio client drops a failed response's request
 id, which routing needs: calls go through the client's gRPC stub with the request built by
-tritonclient's own helper (``_get_inference_request``; tritonclient is pinned in pyproject).
+tritonclient's own helper (``_get_inference_request``; pyproject pins tritonclient's minor
+version for these two private names, and the tests exercise both).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import contextlib
 import itertools
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -207,51 +211,62 @@ class Call:
 
 
 class SharedStreams:
-    """The current shared call, rotated every ``rotate_s``; the retired ones until they end."""
+    """The current shared call of each (model, version), rotated every ``rotate_s``; the
+    retired ones until they end. One call per version: a retired call stays open until its
+    last request ends, which must not hold up another version's unload."""
 
     def __init__(self, start: Callable[[AsyncIterator[Any]], Any], rotate_s: float) -> None:
         self._start = start
         self.rotate_s = rotate_s
-        self._current: Call | None = None
+        self._current: dict[tuple[str, str], Call] = {}
         self.calls: set[Call] = set()
         self._ids = itertools.count()
+        # Triton's request ids must differ between processes too: the model cancels by id
+        # whoever sent it, and a redelivered request may run in two instances at once.
+        self._prefix = uuid.uuid4().hex[:8]
 
     def next_id(self, request_id: str) -> str:
-        """A Triton request id unique on the stream (a redelivered request may run twice)."""
-        return f"{request_id}#{next(self._ids)}"
+        """A Triton request id unique to this process and request (a redelivered request may
+        run twice, here or in another instance)."""
+        return f"{request_id}#{self._prefix}.{next(self._ids)}"
 
-    def call(self) -> Call:
-        """The call that takes a new request now."""
-        current = self._current
+    def call(self, model: str, version: str) -> Call:
+        """The call that takes a new request of ``model`` ``version`` now."""
+        key = (model, version)
+        current = self._current.get(key)
         if current is not None and (
             current.ended or time.monotonic() - current.opened >= self.rotate_s
         ):
-            current.retire()
+            self._retire(key, current)
             current = None
         if current is None:
             current = Call(self._start, self._ended)
-            self._current = current
+            self._current[key] = current
             self.calls.add(current)
             # Retired on time even when no request comes after it: an idle call that carried
             # a version's requests would keep that version from unloading.
-            asyncio.get_running_loop().call_later(self.rotate_s, self._retire, current)
+            asyncio.get_running_loop().call_later(self.rotate_s, self._retire, key, current)
         return current
 
-    def _retire(self, call: Call) -> None:
-        if self._current is call:
-            self._current = None
+    def _retire(self, key: tuple[str, str], call: Call) -> None:
+        if self._current.get(key) is call:
+            del self._current[key]
         call.retire()
 
     def _ended(self, call: Call) -> None:
         self.calls.discard(call)
-        if self._current is call:
-            self._current = None
+        for key, current in list(self._current.items()):
+            if current is call:
+                del self._current[key]
 
-    async def probe(self, model: str, version: str) -> bool:
-        """Whether ``version`` of ``model`` understands cancel messages (see module doc)."""
-        call = self.call()
-        probe_id = f"{CANCEL_ACK_PROBE}#{next(self._ids)}"
+    async def probe(self, model: str, version: str) -> bool | None:
+        """Whether ``version`` of ``model`` understands cancel messages (see module doc): an
+        empty final response says yes, a generation says no; None when it refused the probe
+        with an error (which may be passing: the version loading, say)."""
+        call = self.call(model, version)
+        probe_id = self.next_id(CANCEL_ACK_PROBE)
         queue = call.send(cancel_request(model, version, CANCEL_ACK_PROBE, probe_id), probe_id)
+        generated = False
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 while True:
@@ -259,14 +274,12 @@ class SharedStreams:
                     if isinstance(response, StreamClosed):
                         raise response.error
                     if response.error_message:
-                        return False  # refused as a request: an older model's validation
-                    if len(response.infer_response.outputs) > 0:
-                        # An older model generated for it: wait for its end, then say no.
-                        if is_final(response):
-                            return False
-                        continue
+                        return None
+                    # An older model generates for it (its final flag on the token's response
+                    # or alone after it): no.
+                    generated = generated or len(response.infer_response.outputs) > 0
                     if is_final(response):
-                        return True
+                        return not generated
         except TimeoutError:
             raise RetryableError(
                 f"triton: no answer to the cancel probe of {model} {version} in "
@@ -281,7 +294,7 @@ class SharedStreams:
         """Half-close every call; cancel the ones still open after ``timeout_s``."""
         for call in list(self.calls):
             call.retire()
-        self._current = None
+        self._current.clear()
         readers = [call.reader for call in self.calls]
         if readers:
             _, pending = await asyncio.wait(readers, timeout=timeout_s)

@@ -9,6 +9,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,7 +27,7 @@ def _request(model: str, rid: str, *, max_tokens: int = 12, seed: int = 0) -> Pr
         model=model,
         model_version="1",
         input_ids=[5, 6, 7],
-        sampling=Sampling(max_tokens=max_tokens, temperature=0.0, seed=seed),
+        sampling=Sampling(max_tokens=max_tokens, temperature=0.0, seed=seed, ignore_eos=True),
         stream=True,
     )
 
@@ -156,8 +157,8 @@ async def test_a_version_without_cancel_messages_gets_a_call_per_request(
     assert isinstance(
         await shared.open(_request(name, "new", max_tokens=2), {}), SharedTritonStream
     )
-    assert shared._cancels[(echo_model, "1")].result() is False
-    assert shared._cancels[(name, "1")].result() is True
+    assert shared._cancels[(echo_model, "1")][0].result() is False
+    assert shared._cancels[(name, "1")][0].result() is True
 
 
 async def test_a_model_with_two_instances_refuses_cancels_and_gets_a_call_per_request(
@@ -210,3 +211,78 @@ async def test_the_bench_on_one_stream_gets_what_it_gets_on_a_stream_each(
     finally:
         await streams.close(5.0)
         await client.close()
+
+
+def _runtime_function(name: str) -> Any:
+    """A function of the Triton model's module (which imports Triton's stub-only module, so
+    it is taken from the source)."""
+    import ast
+
+    path = Path(__file__).parents[2] / "tools/genwire_model/runtime/triton_model.py"
+    source = path.read_text(encoding="utf-8")
+    node = next(
+        n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == name
+    )
+    namespace: dict[str, Any] = {"Any": Any}
+    exec(compile(ast.Module([node], []), str(path), "exec"), namespace)
+    return namespace[name]
+
+
+@pytest.mark.parametrize(
+    ("groups", "instances"),
+    [
+        ([{"count": 1, "kind": "KIND_CPU"}], 1),  # what genwire model build writes
+        ([], 1),  # Triton's default: one instance
+        ([{"count": 2, "kind": "KIND_CPU"}], 2),
+        ([{"count": 1, "kind": "KIND_CPU"}, {"count": 1, "kind": "KIND_CPU"}], 2),
+        ([{"count": 1, "kind": "KIND_GPU", "gpus": [0]}], 1),
+        ([{"count": 1, "kind": "KIND_GPU", "gpus": [0, 1]}], 2),
+        ([{"count": 1, "kind": "KIND_GPU"}], None),  # one on every GPU: unknown here
+    ],
+)
+def test_the_model_counts_its_instances_for_cancel_requests(
+    groups: list[dict[str, Any]], instances: int | None
+) -> None:
+    assert _runtime_function("_instances")({"instance_group": groups}) == instances
+
+
+async def test_a_cancel_in_one_instance_leaves_the_same_request_in_another_alone(
+    served_model: tuple[str, str],
+) -> None:
+    # Redelivered after a rebalance: two inference instances run the same request at once.
+    url, name = served_model
+    a = TritonBackend(url, shared_stream_s=30.0)
+    b = TritonBackend(url, shared_stream_s=30.0)
+    try:
+        first = await a.open(_request(name, "dup", max_tokens=50), {})
+        second = await b.open(_request(name, "dup", max_tokens=50), {})
+        assert isinstance(first, SharedTritonStream) and isinstance(second, SharedTritonStream)
+        async for step in first:
+            if step.token_ids:
+                first.cancel()
+        async with asyncio.timeout(15):
+            steps = [s async for s in second]
+        assert steps[-1].finished and sum(len(s.token_ids) for s in steps) == 50
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_an_unload_does_not_wait_for_another_models_requests(
+    infra: CommonSettings, served_model: tuple[str, str], spare_model: str
+) -> None:
+    url, other = served_model
+    backend = TritonBackend(url, shared_stream_s=0.3)
+    try:
+        assert len(await _tokens(backend, _request(spare_model, "v"))) == 12
+        running = await backend.open(_request(other, "long", max_tokens=40), {})
+        async with httpx.AsyncClient() as http:
+            await http.post(
+                f"http://{infra.triton_http_url}/v2/repository/models/{spare_model}/unload",
+                timeout=60.0,
+            )
+        state = await _state_within(infra, spare_model, "UNAVAILABLE", 5.0)
+        assert [s async for s in running][-1].finished  # read only now: it was in flight
+        assert state == "UNAVAILABLE"
+    finally:
+        await backend.close()

@@ -137,7 +137,7 @@ async def generate_shared(
     out = Generation(started=time.perf_counter())
     out.choices[0] = out
     triton_id = streams.next_id("bench")
-    call = streams.call()
+    call = streams.call(model, "")
     responses = call.send(build_request(model, "", inputs, triton_id), triton_id)
     try:
         while True:

@@ -38,11 +38,16 @@ from genwire.triton_stream import (
     StreamClosed,
     build_request,
     cancel_request,
+    is_final,
     result_of,
 )
 
 log = logging.getLogger(__name__)
 
+
+PROBE_RETRY_S = 30.0
+"""A version that refused the cancel probe with an error (loading, say) is asked again after
+this long; meanwhile its requests get a call each."""
 
 SETTLING_MAX = 64
 """Answered calls whose status is read in the background at most (each for at most 5 s):
@@ -320,6 +325,16 @@ class SharedTritonStream:
                 if item.error_message:
                     self._answered = True
                     raise ModelError(str(item.error_message))
+                if is_final(item) and not item.infer_response.outputs:
+                    # The final flag alone, with choices still open: the model stopped it
+                    # without a result (a send of it failed). Another attempt, as when a
+                    # call of its own closed early.
+                    self._answered = True
+                    raise RetryableError(
+                        "triton ended the request without its final response",
+                        code=ErrorCode.UNAVAILABLE,
+                        dependency=TRITON,
+                    )
                 step = parse_response(result_of(item))
                 yield step
                 if step.finished:
@@ -328,18 +343,19 @@ class SharedTritonStream:
                         self._answered = True
                         return
         finally:
-            self._call.forget(self._id)  # later responses (after a cancel) are dropped
+            # Left early (the task cancelled, an error here): the model must stop too. Sent
+            # before the request is forgotten, which may half-close a retired call.
+            self.cancel()
 
     def cancel(self) -> None:
         """Stop the model generating for this request; the other requests go on."""
-        if self._answered or self._cancelled:
-            return
-        self._cancelled = True
-        if not self._call.ended:
-            self._call.send_only(
-                cancel_request(self._model, self._version, self._id, f"{self._id}~cancel")
-            )
-        self._responses.put_nowait(_WAKE)
+        if not self._answered and not self._cancelled:
+            self._cancelled = True
+            if not self._call.ended:
+                self._call.send_only(
+                    cancel_request(self._model, self._version, self._id, f"{self._id}~cancel")
+                )
+            self._responses.put_nowait(_WAKE)
         self._call.forget(self._id)  # also when nobody iterates: the call must not wait for it
 
 
@@ -357,7 +373,7 @@ class TritonBackend:
             # Private in tritonclient: see genwire.triton_stream's docstring for why.
             stub = self.client._client_stub
             self.shared = SharedStreams(stub.ModelStreamInfer, shared_stream_s)
-        self._cancels: dict[tuple[str, str], asyncio.Future[bool]] = {}
+        self._cancels: dict[tuple[str, str], tuple[asyncio.Future[bool | None], float]] = {}
 
     async def close(self) -> None:
         """Let answered calls complete (each is bounded by 5 s), then close the channel."""
@@ -395,25 +411,32 @@ class TritonBackend:
         return self._batched[key]
 
     async def _understands_cancels(self, model: str, version: str) -> bool:
-        """Whether requests of this version can share a call (probed once per version; a
-        request without a version asks for whichever is best: never shared)."""
+        """Whether requests of this version can share a call: probed once per version (a
+        version's code never changes under its number); a probe refused with an error is
+        asked again after ``PROBE_RETRY_S``; a request without a version asks for whichever
+        is best: never shared."""
         if self.shared is None or not version:
             return False
         key = (model, version)
         known = self._cancels.get(key)
-        if known is None or (known.done() and known.exception() is not None):
-            known = asyncio.ensure_future(self.shared.probe(model, version))
+        now = time.monotonic()
+        if (
+            known is None
+            or (known[0].done() and known[0].exception() is not None)
+            or (known[0].done() and known[0].result() is None and now - known[1] > PROBE_RETRY_S)
+        ):
+            known = (asyncio.ensure_future(self.shared.probe(model, version)), now)
             self._cancels[key] = known  # concurrent first requests wait for one probe
-        return await asyncio.shield(known)
+        return bool(await asyncio.shield(known[0]))
 
     async def open(
         self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
     ) -> TritonStream | SharedTritonStream:
         """Start a generation of ``request``; per-token responses when ``stream``.
 
-        ``headers`` (the trace context) go with a call of its own only: a shared call's
-        metadata is the first request's (Triton's own spans, when Triton traces, join the
-        request's trace with ``shared_stream_s`` 0)."""
+        ``headers`` (the trace context) go with a call of its own only: a shared call has no
+        metadata of a request's (Triton's own spans, when Triton traces, join the request's
+        trace with ``shared_stream_s`` 0)."""
         batched = await self._is_batched(request.model, request.model_version)
         s = request.sampling
         inputs = infer_inputs(
@@ -432,8 +455,10 @@ class TritonBackend:
             request.model, request.model_version
         ):
             triton_id = self.shared.next_id(request.request_id)
-            call = self.shared.call()
-            message = build_request(request.model, request.model_version, inputs, triton_id)
+            call = self.shared.call(request.model, request.model_version)
+            message = build_request(
+                request.model, request.model_version, inputs, triton_id, empty_final=True
+            )
             return SharedTritonStream(
                 call,
                 call.send(message, triton_id),
@@ -497,7 +522,6 @@ class TritonBackend:
             try:
                 if await self.client.is_model_ready(model, version, client_timeout=2.0):
                     self._batched.pop((model, version), None)  # it may have been reloaded
-                    self._cancels.pop((model, version), None)
                     return True
             except InferenceServerException:
                 pass

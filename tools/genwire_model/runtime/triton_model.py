@@ -104,6 +104,18 @@ def _cancel_target(request: Any) -> str | None:
     return target if isinstance(target, str) else ""
 
 
+def _instances(config: dict[str, Any]) -> int | None:
+    """How many instances of the model Triton runs (None: cannot be told here — a GPU group
+    without its GPUs listed has ``count`` on every GPU of the machine)."""
+    total = 0
+    for group in config.get("instance_group", []) or [{}]:
+        gpus = group.get("gpus") or []
+        if str(group.get("kind", "")) == "KIND_GPU" and not gpus:
+            return None
+        total += int(group.get("count", 1)) * max(1, len(gpus))
+    return total
+
+
 def _inputs(request: Any) -> dict[str, Any]:
     """The request's input tensors by name, listed once (``pb_utils.get_input_tensor_by_name``
     lists every input of the request again for each name it looks up)."""
@@ -396,8 +408,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         # A cancel request reaches one instance, its target may run in another: with several
         # instances cancels are refused (an error), so clients keep a call per request.
-        instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
-        self.cancel_messages = instances == 1
+        self.cancel_messages = _instances(config) == 1
         # Three threads share the GIL here (Triton's execute, the decode loop, the outbox): with
         # Python's default 5 ms switch interval a new request or a response waits up to 5 ms
         # for the decode thread to let go of it, whatever the step costs.
