@@ -225,7 +225,8 @@ def test_the_chain_behind_the_grpc_front_on_the_broker(
     plain, fronted = phases
     assert "front_core_ms" not in plain["extra"]
     assert fronted["extra"]["front_core_ms"] > 0
-    assert fronted["extra"]["front_idle_core_ms_per_s"] > 0
+    # Read (psutil counts 10 ms ticks: a one-second idle window of a quiet front may hold none).
+    assert fronted["extra"]["front_idle_core_ms_per_s"] is not None
     row = floor.chain_row(floor.Phase(**fronted))
     assert row.cost.fronted and row.cost.total == pytest.approx(fronted["extra"]["total_core_ms"])
     assert (

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
-from genwire_inference.backend import SharedTritonStream
+from genwire_inference import backend as backend_module
+from genwire_inference.backend import ModelStep, SharedTritonStream, TritonBackend, TritonStream
 
 from genwire.errors import RetryableError
-from genwire.triton_io import CANCEL_PARAMETER, infer_inputs
+from genwire.events import PreparedRequest, Sampling
+from genwire.triton_io import CANCEL_ACK_PROBE, CANCEL_PARAMETER, infer_inputs
 from genwire.triton_stream import SharedStreams, StreamClosed, build_request, is_final
 
 
@@ -254,3 +256,70 @@ async def test_the_probe_says_no_to_a_generation_whatever_carries_its_final_flag
     streams = SharedStreams(_OldModelCall, rotate_s=5.0)
     assert await streams.probe("old", "1") is False
     await streams.close(1.0)
+
+
+def _with_tokens(rid: str, final: bool) -> Any:
+    response = _response(rid, final=final)
+    response.infer_response.outputs = [object()]
+    return response
+
+
+@pytest.fixture
+def plain_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Responses read as steps without tritonclient (a final response: a finished step)."""
+    monkeypatch.setattr(backend_module, "result_of", lambda response: response)
+    monkeypatch.setattr(
+        backend_module,
+        "parse_response",
+        lambda r: ModelStep(token_ids=[1], logprobs=[], finished=is_final(r)),
+    )
+
+
+@pytest.mark.usefixtures("plain_steps")
+async def test_a_caller_that_stops_at_the_last_step_sends_no_cancel() -> None:
+    streams, calls = _silent_streams(5.0)
+    stream = _open(streams, "r1")
+    calls[0].answers.put_nowait(_with_tokens(stream._id, final=True))
+    steps = cast(AsyncGenerator[ModelStep, None], stream.__aiter__())
+    async with asyncio.timeout(2):
+        assert (await anext(steps)).finished
+    await steps.aclose()  # ``async for ...: if step.finished: break``
+    await asyncio.sleep(0.05)
+    assert calls[0].cancels() == []  # the model had ended it: nothing to cancel
+    await streams.close(1.0)
+
+
+class _RefusingModel(_SilentCall):
+    """Acknowledges the probe; then (reloaded with two instances, say) refuses cancels."""
+
+    async def _read(self, requests: AsyncIterator[Any]) -> None:
+        async for message in requests:
+            self.sent.append(message)
+            if CANCEL_PARAMETER not in message.parameters:
+                continue  # a generation: goes on
+            answer = _response(message.id, final=True)
+            if message.parameters[CANCEL_PARAMETER].string_param != CANCEL_ACK_PROBE:
+                answer.error_message = "genwire-gpt: cancel requests need a single model instance"
+            self.answers.put_nowait(answer)
+        self.half_closed.set()
+
+
+async def test_a_refused_cancel_stops_the_version_sharing_calls() -> None:
+    backend = TritonBackend("127.0.0.1:1", shared_stream_s=5.0)  # the channel is never used
+    backend.shared = SharedStreams(_RefusingModel, 5.0)
+    backend._batched[("m", "1")] = False  # no config lookup
+    request = PreparedRequest(
+        request_id="a", model="m", model_version="1", input_ids=[5], sampling=Sampling()
+    )
+    try:
+        first = await backend.open(request, {})
+        assert isinstance(first, SharedTritonStream)
+        first.cancel()  # refused: the model goes on generating it
+        async with asyncio.timeout(2):
+            await asyncio.gather(*backend._watching)  # the cancel's answer was read
+        second = await backend.open(request.model_copy(update={"request_id": "b"}), {})
+        assert isinstance(second, TritonStream)  # a call of its own: its cancel will work
+        second.cancel()
+    finally:
+        await backend.shared.close(0.5)
+        await backend.client.close()

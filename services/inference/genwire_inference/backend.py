@@ -32,6 +32,7 @@ from genwire.events import PreparedRequest
 from genwire.request import ErrorCode
 from genwire.triton_io import Options, Output, infer_inputs, scalar, top_alternatives
 from genwire.triton_stream import (
+    PROBE_TIMEOUT_S,
     TRITON,
     Call,
     SharedStreams,
@@ -302,11 +303,13 @@ class SharedTritonStream:
         model: str,
         version: str,
         choices: int = 1,
+        watch_cancel: Callable[[Call, asyncio.Queue[Any], str], None] | None = None,
     ) -> None:
         self._call = call
         self._responses = responses
         self._id = triton_id
         self._model, self._version = model, version
+        self._watch_cancel = watch_cancel  # learns whether the model refused our cancel
         self._cancelled = False
         self._answered = False
         self._open = max(1, choices)
@@ -336,12 +339,13 @@ class SharedTritonStream:
                         dependency=TRITON,
                     )
                 step = parse_response(result_of(item))
-                yield step
                 if step.finished:
                     self._open -= 1
-                    if self._open <= 0:
-                        self._answered = True
-                        return
+                    # Before the yield: a caller that stops at the last step must not cancel.
+                    self._answered = self._open <= 0
+                yield step
+                if self._answered:
+                    return
         finally:
             # Left early (the task cancelled, an error here): the model must stop too. Sent
             # before the request is forgotten, which may half-close a retired call.
@@ -352,9 +356,12 @@ class SharedTritonStream:
         if not self._answered and not self._cancelled:
             self._cancelled = True
             if not self._call.ended:
-                self._call.send_only(
-                    cancel_request(self._model, self._version, self._id, f"{self._id}~cancel")
-                )
+                cancel_id = f"{self._id}~cancel"
+                message = cancel_request(self._model, self._version, self._id, cancel_id)
+                if self._watch_cancel is None:
+                    self._call.send_only(message)
+                else:
+                    self._watch_cancel(self._call, self._call.send(message, cancel_id), cancel_id)
             self._responses.put_nowait(_WAKE)
         self._call.forget(self._id)  # also when nobody iterates: the call must not wait for it
 
@@ -374,6 +381,7 @@ class TritonBackend:
             stub = self.client._client_stub
             self.shared = SharedStreams(stub.ModelStreamInfer, shared_stream_s)
         self._cancels: dict[tuple[str, str], tuple[asyncio.Future[bool | None], float]] = {}
+        self._watching: set[asyncio.Task[None]] = set()  # cancels waiting for their answer
 
     async def close(self) -> None:
         """Let answered calls complete (each is bounded by 5 s), then close the channel."""
@@ -429,6 +437,36 @@ class TritonBackend:
             self._cancels[key] = known  # concurrent first requests wait for one probe
         return bool(await asyncio.shield(known[0]))
 
+    def _watcher(self, model: str, version: str) -> Callable[[Call, asyncio.Queue[Any], str], None]:
+        """What reads a cancel's answer: a refusal (the version's config changed to several
+        instances since its probe, say) stops the version sharing calls from then on."""
+
+        async def watch(call: Call, answers: asyncio.Queue[Any], cancel_id: str) -> None:
+            try:
+                async with asyncio.timeout(PROBE_TIMEOUT_S):
+                    answer = await answers.get()
+                if not isinstance(answer, StreamClosed) and answer.error_message:
+                    log.warning(
+                        "%s version %s refused a cancel (%s): a call per request from now on",
+                        model,
+                        version,
+                        answer.error_message,
+                    )
+                    refused: asyncio.Future[bool | None] = asyncio.Future()
+                    refused.set_result(False)
+                    self._cancels[(model, version)] = (refused, time.monotonic())
+            except TimeoutError:
+                pass
+            finally:
+                call.forget(cancel_id)
+
+        def start(call: Call, answers: asyncio.Queue[Any], cancel_id: str) -> None:
+            task = asyncio.ensure_future(watch(call, answers, cancel_id))
+            self._watching.add(task)
+            task.add_done_callback(self._watching.discard)
+
+        return start
+
     async def open(
         self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
     ) -> TritonStream | SharedTritonStream:
@@ -466,6 +504,7 @@ class TritonBackend:
                 request.model,
                 request.model_version,
                 choices=s.n,
+                watch_cancel=self._watcher(request.model, request.model_version),
             )
         done = asyncio.Event()
 
