@@ -82,19 +82,24 @@ async def test_a_cancel_stops_its_request_and_not_the_others_on_the_call(
     assert len(await _tokens(shared, _request(name, "after"))) == 12  # the call still serves
 
 
+def _loaded(infra: CommonSettings, name: str) -> Iterator[str]:
+    """Load the model folder ``name`` of the repository; afterwards unload and remove it."""
+    base = f"http://{infra.triton_http_url}"
+    try:
+        response = httpx.post(f"{base}/v2/repository/models/{name}/load", timeout=120.0)
+        assert response.status_code == 200, response.text
+        yield name
+    finally:
+        httpx.post(f"{base}/v2/repository/models/{name}/unload", timeout=60.0)
+        shutil.rmtree(infra.repository / name, ignore_errors=True)
+
+
 @pytest.fixture
 def spare_model(infra: CommonSettings, tiny_checkpoint: Path) -> Iterator[str]:
     """A second tiny model, loaded here and unloaded by the test itself."""
     name = f"genwire-test-spare-{uuid.uuid4().hex[:6]}"
     build_version(tiny_checkpoint, name, infra.repository, BuildOptions(max_batch=8))
-    base = f"http://{infra.triton_http_url}"
-    response = httpx.post(f"{base}/v2/repository/models/{name}/load", timeout=120.0)
-    assert response.status_code == 200, response.text
-    try:
-        yield name
-    finally:
-        httpx.post(f"{base}/v2/repository/models/{name}/unload", timeout=60.0)
-        shutil.rmtree(infra.repository / name, ignore_errors=True)
+    yield from _loaded(infra, name)
 
 
 async def _state_within(infra: CommonSettings, name: str, state: str, seconds: float) -> str:
@@ -137,14 +142,7 @@ def echo_model(infra: CommonSettings) -> Iterator[str]:
     """A model whose code predates cancel messages (the bench's echo model)."""
     name = f"genwire-test-echo-{uuid.uuid4().hex[:6]}"
     write_echo_model(infra.repository, name)
-    base = f"http://{infra.triton_http_url}"
-    response = httpx.post(f"{base}/v2/repository/models/{name}/load", timeout=120.0)
-    assert response.status_code == 200, response.text
-    try:
-        yield name
-    finally:
-        httpx.post(f"{base}/v2/repository/models/{name}/unload", timeout=60.0)
-        shutil.rmtree(infra.repository / name, ignore_errors=True)
+    yield from _loaded(infra, name)
 
 
 async def test_a_version_without_cancel_messages_gets_a_call_per_request(

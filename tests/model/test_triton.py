@@ -15,11 +15,11 @@ import pytest
 from genwire_model.build import RUNTIME_DIR
 from genwire_model.client import Generation, GenerationError, generate
 from tritonclient.grpc import InferResult
-from tritonclient.grpc._utils import _get_inference_request
 from tritonclient.grpc.aio import InferenceServerClient
 
 from genwire.settings import CommonSettings
 from genwire.triton_io import CANCEL_ACK_PROBE, CANCEL_PARAMETER, Options, Output, infer_inputs
+from genwire.triton_stream import build_request
 
 PROMPT = [5, 6, 7, 8, 9]
 
@@ -258,9 +258,12 @@ class SharedStream:
         """A generation (ignoring eos, so it runs to ``max_tokens`` or the context), or with
         ``cancel`` a cancel request of that id (with a valid minimal generation's inputs)."""
         parameters = {CANCEL_PARAMETER: cancel} if cancel is not None else None
-        request = _get_inference_request(
-            model_name=self.model,
-            inputs=infer_inputs(
+        # With empty final responses: a multiplexing client sees the completion of a request
+        # whose last send is the final flag alone (cancelled).
+        request = build_request(
+            self.model,
+            "",
+            infer_inputs(
                 PROMPT,
                 max_tokens=max_tokens,
                 temperature=0.9,
@@ -270,19 +273,10 @@ class SharedStream:
                 stream=True,
                 options=Options(ignore_eos=True, **options),
             ),
-            model_version="",
-            request_id=request_id,
-            outputs=None,
-            sequence_id=0,
-            sequence_start=False,
-            sequence_end=False,
-            priority=0,
-            timeout=None,
-            parameters=parameters,
+            request_id,
+            parameters,
+            empty_final=True,
         )
-        # tritonclient refuses triton_* parameters; a multiplexing client needs this one to
-        # see the completion of a request whose last send is the final flag alone (cancelled).
-        request.parameters["triton_enable_empty_final_response"].bool_param = True
         self.outgoing.put_nowait(request)
 
     async def until(self, condition: Callable[[], bool]) -> None:

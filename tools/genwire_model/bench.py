@@ -193,28 +193,11 @@ async def run_level(
     async def one(
         prompt: list[int], tokens: int, seed: int = 0, sampled: bool = True
     ) -> Generation:
-        temperature, top_p = (0.8, 0.95) if sampled else (0.0, 1.0)
+        sampling: dict[str, Any] = {"temperature": 0.8, "top_p": 0.95} if sampled else {}
+        sampling.update(seed=seed, stop_token_ids=stop_ids if sampled else None)
         if streams is not None:
-            return await generate_shared(
-                streams,
-                model,
-                prompt,
-                tokens,
-                temperature=temperature,
-                top_p=top_p,
-                seed=seed,
-                stop_token_ids=stop_ids if sampled else None,
-            )
-        return await generate(
-            client,
-            model,
-            prompt,
-            tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-            stop_token_ids=stop_ids if sampled else None,
-        )
+            return await generate_shared(streams, model, prompt, tokens, **sampling)
+        return await generate(client, model, prompt, tokens, **sampling)
 
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(requests):
