@@ -14,10 +14,17 @@ from genwire.settings import CommonSettings
 MAX_TOKENS = 200
 
 
-async def _first_chunk_then_leave(client: GenwireClient, seed: int, rid: str = "") -> str:
+async def _first_chunk_then_leave(
+    client: GenwireClient, seed: int, rid: str = "", ignore_eos: bool | None = None
+) -> str:
     """Stream, hang up after the first chunk; returns the request id (the gateway's if unnamed)."""
     stream = client.stream(
-        "Return a list of", request_id=rid, max_tokens=MAX_TOKENS, seed=seed, temperature=1.0
+        "Return a list of",
+        request_id=rid,
+        max_tokens=MAX_TOKENS,
+        seed=seed,
+        temperature=1.0,
+        ignore_eos=ignore_eos,
     )
     async for chunk in stream:
         rid = chunk.request_id
@@ -29,19 +36,21 @@ async def _first_chunk_then_leave(client: GenwireClient, seed: int, rid: str = "
 async def test_leaving_a_stream_stops_the_generation_in_the_model(stack: CommonSettings) -> None:
     settings = GatewaySettings()
     async with GenwireClient(f"{settings.grpc_host}:{settings.grpc_port}") as client:
-        rids = await asyncio.gather(*(_first_chunk_then_leave(client, seed) for seed in range(8)))
+        # No end of sequence: each generation runs until its cancel (or max_tokens). With eos
+        # most of these prompts ended by themselves within 3–72 tokens, and the two that did
+        # not could outrun their cancels right after an inference restart (first chunks then
+        # take 250–450 ms, not 100–200).
+        leaving = (_first_chunk_then_leave(client, seed, ignore_eos=True) for seed in range(8))
+        rids = await asyncio.gather(*leaving)
         infos = [await client.get_result(rid, wait_s=20) for rid in rids]
     results = [info.result for info in infos]
     assert all(r is not None for r in results), [i.status for i in infos]
+    reasons = [(r.finish_reason, r.completion_tokens) for r in results if r]
     cancelled = [r for r in results if r is not None and r.finish_reason == "cancelled"]
-    # Without cancellation every long generation would run on to eos or max_tokens.
-    assert cancelled, [(r.finish_reason, r.completion_tokens) for r in results if r]
-    for r in results:
-        assert r is not None
-        if r.finish_reason == "cancelled":
-            assert r.completion_tokens < MAX_TOKENS
-        else:  # it met eos (no stop strings were given) before the cancel arrived
-            assert r.finish_reason == "stop", r  # never "length": that would mean no cancel
+    # Without cancellation every generation would run on to max_tokens.
+    assert len(cancelled) >= len(results) // 2, reasons
+    assert all(r.completion_tokens < MAX_TOKENS for r in cancelled), reasons
+    assert all(reason in ("cancelled", "length") for reason, _ in reasons), reasons
 
 
 async def test_leaving_a_named_stream_lets_it_finish_for_the_retry(stack: CommonSettings) -> None:

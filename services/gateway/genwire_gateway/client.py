@@ -113,6 +113,7 @@ def build_request(
     model: str = "",
     metadata: Mapping[str, str] | None = None,
     request_id: str = "",
+    ignore_eos: bool | None = None,
 ) -> pb.GenerateRequest:
     """A ``GenerateRequest``; unset sampling fields take the pipeline's defaults."""
     optional: dict[str, Any] = {
@@ -123,6 +124,7 @@ def build_request(
             ("top_p", top_p),
             ("top_k", top_k),
             ("seed", seed),
+            ("ignore_eos", ignore_eos),
         )
         if v is not None
     }
