@@ -70,6 +70,10 @@ class LevelResult:
     core_ms_per_token: dict[str, float] = dataclasses.field(default_factory=dict)
     """CPU per output token by process (``client``: this process; ``server``, ``stub``: Triton's
     processes when they run here; ``total``)."""
+    steal_pct: float | None = None
+    """Share of the machine's CPU time the hypervisor took from it during the level (``steal``
+    in /proc/stat), in percent; None where it cannot be read. Runs that differ in it are not
+    comparable: the same work takes longer."""
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -113,6 +117,25 @@ def _cpu_s(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICK
+
+
+def cpu_times(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
+    """The machine's (steal, total) CPU time in clock ticks, all CPUs (None where unreadable)."""
+    try:
+        fields = stat.read_text(encoding="ascii").split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    ticks = [int(f) for f in fields[1:9]]  # user … steal; guest time is inside user already
+    return ticks[7], sum(ticks)
+
+
+def stolen_pct(start: tuple[int, int] | None, end: tuple[int, int] | None) -> float | None:
+    """Percent of the CPU time between two ``cpu_times`` readings that was stolen."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return round(100.0 * (end[0] - start[0]) / (end[1] - start[1]), 1)
 
 
 def triton_processes(model: str, proc: Path = Path("/proc")) -> dict[str, list[int]]:
@@ -222,10 +245,12 @@ async def run_level(
         await one(prompts[0], 4, sampled=False)
         meter = CpuMeter(model)
         cpu = meter.sample()
+        machine = cpu_times()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - started
         used = meter.sample()
+        stolen = stolen_pct(machine, cpu_times())
     finally:
         if streams is not None:
             await streams.close(5.0)
@@ -234,6 +259,7 @@ async def run_level(
     result.core_ms_per_token = CpuMeter.per_unit(
         cpu, used, sum(r.completion_tokens for r in results)
     )
+    result.steal_pct = stolen
     return result
 
 
@@ -358,6 +384,7 @@ def run_in_process_level(
                 submit()
 
     cpu = CpuMeter(None).sample()
+    machine = cpu_times()
     started = time.perf_counter()
     with lock:
         for _ in range(min(concurrency, requests)):
@@ -367,6 +394,7 @@ def run_in_process_level(
     result.core_ms_per_token = CpuMeter.per_unit(
         cpu, CpuMeter(None).sample(), sum(r.completion_tokens for r in results)
     )
+    result.steal_pct = stolen_pct(machine, cpu_times())
     return result
 
 
@@ -421,6 +449,22 @@ def run_in_process(
     finally:
         scheduler.stop()
     return loops, statics
+
+
+def compare(triton: LevelResult, local: LevelResult, static: StaticResult) -> dict[str, Any]:
+    """Triton's level against the in-process one: share of output tokens/s, TPOT p50 over
+    the in-process TPOT p50 and over the static batch's ms per step, TTFT p50 minus the
+    in-process TTFT p50, CPU per token over the in-process CPU per token."""
+    nan = float("nan")
+    return {
+        "concurrency": triton.concurrency,
+        "share": triton.output_tokens_per_s / local.output_tokens_per_s,
+        "tpot_x": triton.tpot_ms_p50 / local.tpot_ms_p50 if local.tpot_ms_p50 else nan,
+        "tpot_step_x": triton.tpot_ms_p50 / static.ms_per_step if static.ms_per_step else nan,
+        "ttft_extra_ms": triton.ttft_ms_p50 - local.ttft_ms_p50,
+        "cpu_x": triton.core_ms_per_token.get("total", nan)
+        / local.core_ms_per_token.get("total", nan),
+    }
 
 
 def _streams(shared: bool) -> str:
@@ -515,26 +559,11 @@ def run(
         )
         shares = []
         for triton, local, st in zip(results, ceiling, statics, strict=True):
-            share = triton.output_tokens_per_s / local.output_tokens_per_s
-            tpot = triton.tpot_ms_p50 / local.tpot_ms_p50 if local.tpot_ms_p50 else float("nan")
-            step = triton.tpot_ms_p50 / st.ms_per_step if st.ms_per_step else float("nan")
-            ttft = triton.ttft_ms_p50 - local.ttft_ms_p50
-            cpu = triton.core_ms_per_token.get("total", float("nan")) / local.core_ms_per_token.get(
-                "total", float("nan")
-            )
-            shares.append(
-                {
-                    "concurrency": triton.concurrency,
-                    "share": share,
-                    "tpot_x": tpot,
-                    "tpot_step_x": step,
-                    "ttft_extra_ms": ttft,
-                    "cpu_x": cpu,
-                }
-            )
+            c = compare(triton, local, st)
+            shares.append(c)
             print(
-                f"{triton.concurrency:>4} {share:>7.0%} {tpot:>7.2f}x {step:>7.2f}x "
-                f"{ttft:>+7.1f}ms {cpu:>7.2f}x"
+                f"{triton.concurrency:>4} {c['share']:>7.0%} {c['tpot_x']:>7.2f}x "
+                f"{c['tpot_step_x']:>7.2f}x {c['ttft_extra_ms']:>+7.1f}ms {c['cpu_x']:>7.2f}x"
             )
         payload["share"] = shares
     if out is not None:

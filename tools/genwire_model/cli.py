@@ -143,6 +143,14 @@ def register(subparsers: Any) -> None:
         help="send every request of a level on one gRPC stream, rotated every second (how "
         "the inference service talks to Triton) instead of one stream per request",
     )
+    bench.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --in-process: measure the ceiling and Triton back to back, level by level, "
+        "this many times (the side that goes first alternates) and print each ratio's median "
+        "and range over the rounds, with the hypervisor's steal (default: 1, one pass each)",
+    )
     bench.set_defaults(func=_bench)
 
 
@@ -208,7 +216,29 @@ def _ensure(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from genwire_model.bench import run, run_floor
 
+    if args.rounds < 1:
+        raise SystemExit("genwire model bench: --rounds must be at least 1")
+    if args.rounds > 1 and (args.floor or not args.in_process):
+        raise SystemExit(
+            "genwire model bench: --rounds alternates the in-process ceiling and Triton: it "
+            "needs --in-process and does not apply to --floor"
+        )
     settings = _settings()
+    if args.rounds > 1:
+        from genwire_model.bench_rounds import run_rounds
+
+        run_rounds(
+            args.url or settings.triton_grpc_url,
+            args.name,
+            args.repository or settings.repository,
+            args.concurrency,
+            args.max_tokens,
+            args.requests,
+            args.out,
+            args.rounds,
+            shared_stream=args.shared_stream,
+        )
+        return 0
     if args.floor:
         from genwire import triton_admin
 

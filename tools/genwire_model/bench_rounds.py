@@ -1,0 +1,195 @@
+"""``genwire model bench --in-process --rounds N``: Triton against the in-process ceiling in
+alternated rounds.
+
+On a shared or virtual machine the ceiling and Triton's figure each move by tens of percent
+between runs minutes apart (other work; the hypervisor's steal, 0.5–10 % of the CPU time on the
+development machine), so one run's share lands either side of a goal. Here each round measures,
+per level, the static batch, the in-process closed loop and Triton back to back, in-process
+first in odd rounds and Triton first in even ones (a drift of the machine does not always
+favour the same side), and the summary gives each ratio's median and range over the rounds,
+with the steal each side saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from genwire_model.bench import (
+    PROMPTS,
+    LevelResult,
+    StaticResult,
+    _scheduler,
+    _streams,
+    compare,
+    run_in_process_level,
+    run_level,
+    run_static,
+)
+from genwire_model.repository import ModelRepository, load_tokenizer
+
+RATIOS = ("share", "tpot_step_x", "tpot_x", "ttft_extra_ms", "cpu_x")
+"""The per-round comparisons summarised (``bench.compare``'s keys)."""
+
+
+def _present(values: list[float]) -> list[float]:
+    return [v for v in values if not math.isnan(v)]  # NaN: nothing to divide by
+
+
+def _median(values: list[float]) -> float:
+    present = _present(values)
+    return statistics.median(present) if present else float("nan")
+
+
+def summarize_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per concurrency level, in the order first seen: the number of rounds, each ratio's
+    median, minimum and maximum, and the median steal of each side (None where unread)."""
+    levels: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        levels.setdefault(row["concurrency"], []).append(row)
+    out = []
+    for concurrency, group in levels.items():
+        entry: dict[str, Any] = {"concurrency": concurrency, "rounds": len(group)}
+        for key in RATIOS:
+            values = [r[key] for r in group]
+            present = _present(values)
+            entry[key] = {
+                "median": _median(values),
+                "min": min(present) if present else float("nan"),
+                "max": max(present) if present else float("nan"),
+            }
+        for side in ("in_process", "triton"):
+            steals = [r[f"steal_{side}"] for r in group if r[f"steal_{side}"] is not None]
+            entry[f"steal_{side}"] = round(statistics.median(steals), 1) if steals else None
+        out.append(entry)
+    return out
+
+
+def _steal(value: float | None) -> str:
+    return "  – " if value is None else f"{value:>4.1f}"
+
+
+def _print_summary(summary: list[dict[str, Any]]) -> None:
+    print(
+        "median over the rounds (min–max): share of in-process output tokens/s; TPOT p50 / "
+        "the static batch's ms per step; TPOT p50 / in-process TPOT p50; TTFT p50 minus "
+        "in-process; core-ms per token / in-process; steal % (in-process, Triton)"
+    )
+    for e in summary:
+        s, st, tp, tt, cx = (e[k] for k in RATIOS)
+        print(
+            f"{e['concurrency']:>4} x{e['rounds']:<3} share {s['median']:>5.0%} "
+            f"({s['min']:.0%}–{s['max']:.0%})  step {st['median']:.2f}x "
+            f"({st['min']:.2f}–{st['max']:.2f})  TPOT {tp['median']:.2f}x  "
+            f"TTFT {tt['median']:+.1f}ms ({tt['min']:+.1f}–{tt['max']:+.1f})  "
+            f"cpu {cx['median']:.2f}x  steal {_steal(e['steal_in_process'])}/"
+            f"{_steal(e['steal_triton'])}",
+            flush=True,
+        )
+
+
+def run_rounds(
+    url: str,
+    model: str,
+    repository: Path,
+    levels: list[int],
+    max_tokens: int,
+    requests_per_level: int | None,
+    out: Path | None,
+    rounds: int,
+    shared_stream: bool = False,
+) -> list[dict[str, Any]]:
+    """``rounds`` alternated rounds of every level (see the module's docstring); prints each
+    round's comparison and the summary, writes both to ``out`` as JSON; returns the summary."""
+    if rounds < 1:
+        raise ValueError("rounds must be at least 1")
+    version = ModelRepository(repository).latest(model)
+    tokenizer = load_tokenizer(version)
+    prompts = [tokenizer.encode(p).ids for p in PROMPTS]
+    print(
+        f"{model} version {version.version}: in-process (this process) against Triton at "
+        f"{url} ({_streams(shared_stream)}), {rounds} rounds, max_tokens {max_tokens}, "
+        "temperature 0.8, top_p 0.95, streaming"
+    )
+    print(
+        "round conc first     in-proc tok/s  Triton tok/s  share  TPOT/step  TTFT+     cpu x  "
+        "steal %"
+    )
+    static = _scheduler(version.path, stop_at_eos=False)
+    loop = _scheduler(version.path)
+    static.start()
+    loop.start()
+    rows: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
+    try:
+        run_static(static, prompts, 1, 4)  # warm-up
+        for number in range(1, rounds + 1):
+            local_first = number % 2 == 1
+            for level in levels:
+                n = requests_per_level or max(16, 4 * level)
+
+                def local(level: int = level, n: int = n) -> tuple[StaticResult, LevelResult]:
+                    st = run_static(static, prompts, level, max_tokens)
+                    return st, run_in_process_level(loop, prompts, level, n, max_tokens)
+
+                def remote(level: int = level, n: int = n) -> LevelResult:
+                    return asyncio.run(
+                        run_level(
+                            url, model, prompts, level, n, max_tokens, None, shared=shared_stream
+                        )
+                    )
+
+                if local_first:
+                    st, mine = local()
+                    theirs = remote()
+                else:
+                    theirs = remote()
+                    st, mine = local()
+                row = compare(theirs, mine, st)
+                row.update(
+                    round=number,
+                    first="in-process" if local_first else "triton",
+                    steal_in_process=mine.steal_pct,
+                    steal_triton=theirs.steal_pct,
+                    errors=theirs.errors + mine.errors,
+                )
+                rows.append(row)
+                records.append(
+                    {
+                        **row,
+                        "in_process": dataclasses.asdict(mine),
+                        "static": dataclasses.asdict(st),
+                        "triton": dataclasses.asdict(theirs),
+                    }
+                )
+                print(
+                    f"{number:>5} {level:>4} {row['first']:<10} "
+                    f"{mine.output_tokens_per_s:>12.1f} {theirs.output_tokens_per_s:>13.1f} "
+                    f"{row['share']:>6.0%} {row['tpot_step_x']:>9.2f}x "
+                    f"{row['ttft_extra_ms']:>+7.1f}ms {row['cpu_x']:>6.2f}x  "
+                    f"{_steal(mine.steal_pct)}/{_steal(theirs.steal_pct)}"
+                    + (f"  errors {row['errors']}" if row["errors"] else ""),
+                    flush=True,
+                )
+    finally:
+        static.stop()
+        loop.stop()
+    summary = summarize_rounds(rows)
+    _print_summary(summary)
+    if out is not None:
+        payload = {
+            "model": model,
+            "version": version.version,
+            "url": url,
+            "max_tokens": max_tokens,
+            "shared_stream": shared_stream,
+            "rounds": records,
+            "summary": summary,
+        }
+        out.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    return summary
