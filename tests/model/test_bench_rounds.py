@@ -8,6 +8,7 @@ import asyncio
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from genwire_model import bench, bench_rounds, cli
@@ -76,9 +77,12 @@ def test_the_summary_gives_each_ratios_median_and_range_per_level() -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--rounds", "3"], "needs --in-process"),
-        (["--rounds", "3", "--in-process", "--floor"], "does not apply to --floor"),
+        (["--rounds", "3"], "need --in-process"),
+        (["--rounds", "3", "--in-process", "--floor"], "do not apply to --floor"),
         (["--rounds", "0", "--in-process"], "at least 1"),
+        (["--max-steal", "5"], "need --in-process"),
+        (["--max-steal", "5", "--floor"], "need --in-process"),
+        (["--max-steal", "150", "--in-process"], "a percentage"),
     ],
 )
 def test_rounds_are_refused_where_they_cannot_apply(flags: list[str], message: str) -> None:
@@ -87,6 +91,67 @@ def test_rounds_are_refused_where_they_cannot_apply(flags: list[str], message: s
     args = parser.parse_args(["model", "bench", *flags])
     with pytest.raises(SystemExit, match=message):
         args.func(args)
+
+
+def test_a_side_is_stolen_when_its_steal_is_above_the_limit() -> None:
+    assert not bench_rounds.stolen((50.0, 50.0), None)  # no limit: every pair kept
+    assert not bench_rounds.stolen((5.0, None), 5.0)
+    assert bench_rounds.stolen((5.1, 0.0), 5.0)
+    assert bench_rounds.stolen((None, 9.0), 5.0)
+
+
+def _level(concurrency: int, steal: float | None, tokens_per_s: float) -> bench.LevelResult:
+    result = bench.summarize(concurrency, [], 1.0, 0)
+    result.output_tokens_per_s = tokens_per_s
+    result.steal_pct = steal
+    return result
+
+
+def test_a_stolen_pair_is_measured_again_and_the_last_try_is_kept_marked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 1's pair is stolen once (measured again, the retry kept); round 2's every time
+    (kept after three tries, marked and counted); the retries are in the JSON."""
+    triton_steals = iter([20.0, 1.0, 30.0, 30.0, 30.0])
+    calls: list[str] = []
+
+    version = SimpleNamespace(version=7, path=tmp_path)
+    repository = SimpleNamespace(latest=lambda model: version)
+    tokenizer = SimpleNamespace(encode=lambda prompt: SimpleNamespace(ids=[1]))
+    scheduler = SimpleNamespace(start=lambda: None, stop=lambda: None)
+
+    async def remote(*args: object, **kw: object) -> bench.LevelResult:
+        calls.append("triton")
+        return _level(8, next(triton_steals), 80.0)
+
+    def local_level(*args: object) -> bench.LevelResult:
+        calls.append("in-process")
+        return _level(8, 0.5, 100.0)
+
+    monkeypatch.setattr(bench_rounds, "ModelRepository", lambda _: repository)
+    monkeypatch.setattr(bench_rounds, "load_tokenizer", lambda _: tokenizer)
+    monkeypatch.setattr(bench_rounds, "_scheduler", lambda *a, **k: scheduler)
+    monkeypatch.setattr(
+        bench_rounds, "run_static", lambda *a: bench.StaticResult(8, 8, 1.0, 8.0, 2.0)
+    )
+    monkeypatch.setattr(bench_rounds, "run_in_process_level", local_level)
+    monkeypatch.setattr(bench_rounds, "run_level", remote)
+    out = tmp_path / "rounds.json"
+    summary = bench_rounds.run_rounds("url", "m", tmp_path, [8], 4, 4, out, 2, max_steal=10.0)
+    assert calls == ["in-process", "triton"] * 2 + ["triton", "in-process"] * 3
+    payload = json.loads(out.read_text())
+    kept = payload["rounds"]
+    assert [(r["round"], r["steal_triton"], r["stolen"]) for r in kept] == [
+        (1, 1.0, False),
+        (2, 30.0, True),
+    ]
+    assert [(r["round"], r["steal_triton"]) for r in payload["discarded"]] == [
+        (1, 20.0),
+        (2, 30.0),
+        (2, 30.0),
+    ]
+    assert summary[0]["rounds"] == 2 and summary[0]["stolen"] == 1
+    assert summary[0]["share"]["median"] == pytest.approx(0.8)
 
 
 async def test_rounds_alternate_the_ceiling_and_triton_against_the_real_triton(

@@ -151,6 +151,15 @@ def register(subparsers: Any) -> None:
         "this many times (the side that goes first alternates) and print each ratio's median "
         "and range over the rounds, with the hypervisor's steal (default: 1, one pass each)",
     )
+    bench.add_argument(
+        "--max-steal",
+        type=float,
+        metavar="PERCENT",
+        help="with --in-process: measure a level's pair again (at most 3 tries) when the "
+        "hypervisor took more than this share of the CPU time during either side (steal in "
+        "/proc/stat); the pairs measured again are in the JSON, the summary counts the ones "
+        "kept above it",
+    )
     bench.set_defaults(func=_bench)
 
 
@@ -218,13 +227,16 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.rounds < 1:
         raise SystemExit("genwire model bench: --rounds must be at least 1")
-    if args.rounds > 1 and (args.floor or not args.in_process):
+    rounds = args.rounds > 1 or args.max_steal is not None
+    if rounds and (args.floor or not args.in_process):
         raise SystemExit(
-            "genwire model bench: --rounds alternates the in-process ceiling and Triton: it "
-            "needs --in-process and does not apply to --floor"
+            "genwire model bench: --rounds and --max-steal compare the in-process ceiling "
+            "with Triton: they need --in-process and do not apply to --floor"
         )
+    if args.max_steal is not None and not 0 <= args.max_steal < 100:
+        raise SystemExit("genwire model bench: --max-steal is a percentage, 0 to 100")
     settings = _settings()
-    if args.rounds > 1:
+    if rounds:
         from genwire_model.bench_rounds import run_rounds
 
         run_rounds(
@@ -237,6 +249,7 @@ def _bench(args: argparse.Namespace) -> int:
             args.out,
             args.rounds,
             shared_stream=args.shared_stream,
+            max_steal=args.max_steal,
         )
         return 0
     if args.floor:
