@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import psutil
+from genwire_bench import resources
 from genwire_bench.resources import ResourceSampler, discover, from_pid_files, own_process
 
 
@@ -51,3 +52,25 @@ async def test_sampler_reports_cpu_and_peak_rss() -> None:
     assert 0.5 * rss_mb < usage.rss_peak_mb < 2 * rss_mb
     assert usage.rss_mean_mb <= usage.rss_peak_mb
     assert usage.cpu_percent > 10.0
+
+
+def _stat(tmp_path: Path, steal: int, total_rest: int) -> Path:
+    path = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    path.write_text(
+        f"cpu  {total_rest} 0 0 0 0 0 0 {steal} 7 7\ncpu0 1 2 3 4 5 6 7 8 0 0\n", encoding="ascii"
+    )
+    return path
+
+
+def test_steal_is_the_stolen_share_of_the_cpu_time_between_two_readings(tmp_path: Path) -> None:
+    before = resources.cpu_times(_stat(tmp_path, 100, 900))
+    after = resources.cpu_times(_stat(tmp_path, 150, 1350))
+    assert before == (100, 1000)  # guest time is inside user already: not added twice
+    assert after == (150, 1500)
+    assert resources.stolen_pct(before, after) == 10.0
+    assert resources.stolen_pct(after, after) is None  # no time passed
+    assert resources.stolen_pct(None, after) is None
+    assert resources.cpu_times(tmp_path / "missing") is None
+    (tmp_path / "odd").write_text("intr 1 2 3\n", encoding="ascii")
+    assert resources.cpu_times(tmp_path / "odd") is None

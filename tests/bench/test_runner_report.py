@@ -252,3 +252,49 @@ async def test_unsampled_runs_send_unsampled_trace_contexts_and_say_so() -> None
     assert "requests sent unsampled" in render(report)
     sampled, _ = await run({"kafka": FakeDriver("kafka", 14.0, None)})
     assert "requests sent unsampled" not in render(sampled)
+
+
+def test_a_phases_steal_is_the_hypervisors_share_over_its_rounds() -> None:
+    from genwire_bench.runner import Phase, phase_steal
+
+    phase = Phase("kafka", Load("closed", 8))
+    assert phase_steal(phase) is None  # nothing read
+    phase.cpu_ticks = [(10, 100), None, (30, 300)]  # one round unreadable: left out
+    assert phase_steal(phase) == 10.0
+
+
+def test_the_resources_table_shows_each_phases_steal() -> None:
+    from genwire_bench.report import _resources
+    from genwire_bench.resources import Usage
+
+    report = BenchReport(
+        run_id="x",
+        config={},
+        environment={},
+        summaries=[],
+        overheads=[],
+        breakdowns={},
+        resources={
+            "kafka c=8": {"kafka": Usage((1,), 40.0, 60.0, 900.0, 800.0)},
+            "grpc c=8": {"kafka": Usage((1,), 50.0, 70.0, 900.0, 800.0)},
+        },
+        skipped={},
+        records=[],
+        steal={"kafka c=8": 12.5, "grpc c=8": None},
+    )
+    lines = "\n".join(_resources(report)).splitlines()
+    header = next(line for line in lines if line.startswith("phase"))
+    assert header.split()[:3] == ["phase", "steal", "%"]
+    assert next(line for line in lines if line.startswith("kafka c=8")).split()[2:4] == [
+        "12.5",
+        "40",
+    ]
+    assert next(line for line in lines if line.startswith("grpc c=8")).split()[2:4] == ["-", "50"]
+
+
+async def test_a_run_reads_the_steal_of_every_phase() -> None:
+    report, _ = await run({"kafka": FakeDriver("kafka", 14.0, None)})
+    assert report.steal and all(
+        value is None or 0.0 <= value <= 100.0 for value in report.steal.values()
+    )
+    assert set(report.steal) == {f"{s.target} {s.load.label}" for s in report.summaries}

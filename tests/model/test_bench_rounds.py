@@ -16,28 +16,6 @@ from genwire_model import bench, bench_rounds, cli
 from genwire.settings import CommonSettings
 
 
-def _stat(tmp_path: Path, steal: int, total_rest: int) -> Path:
-    path = tmp_path / "stat"
-    # user nice system idle iowait irq softirq steal guest guest_nice
-    path.write_text(
-        f"cpu  {total_rest} 0 0 0 0 0 0 {steal} 7 7\ncpu0 1 2 3 4 5 6 7 8 0 0\n", encoding="ascii"
-    )
-    return path
-
-
-def test_steal_is_the_stolen_share_of_the_cpu_time_between_two_readings(tmp_path: Path) -> None:
-    before = bench.cpu_times(_stat(tmp_path, 100, 900))
-    after = bench.cpu_times(_stat(tmp_path, 150, 1350))
-    assert before == (100, 1000)  # guest time is inside user already: not added twice
-    assert after == (150, 1500)
-    assert bench.stolen_pct(before, after) == 10.0
-    assert bench.stolen_pct(after, after) is None  # no time passed
-    assert bench.stolen_pct(None, after) is None
-    assert bench.cpu_times(tmp_path / "missing") is None
-    (tmp_path / "odd").write_text("intr 1 2 3\n", encoding="ascii")
-    assert bench.cpu_times(tmp_path / "odd") is None
-
-
 def _row(concurrency: int, share: float, **kw: object) -> dict[str, object]:
     row: dict[str, object] = {
         "concurrency": concurrency,

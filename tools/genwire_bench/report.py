@@ -303,9 +303,11 @@ def _resources(report: BenchReport) -> list[str]:
         return []
     rows = []
     for phase, usage in report.resources.items():
+        steal = report.steal.get(phase)
         rows.append(
             [
                 phase,
+                "-" if steal is None else f"{steal:.1f}",
                 *("-" if svc not in usage else f"{usage[svc].cpu_percent:.0f}" for svc in services),
             ]
         )
@@ -313,12 +315,13 @@ def _resources(report: BenchReport) -> list[str]:
         max((u[svc].rss_peak_mb for u in report.resources.values() if svc in u), default=0.0)
         for svc in services
     ]
-    rows.append(["RSS peak (MB)", *(f"{p:.0f}" for p in peaks)])
+    rows.append(["RSS peak (MB)", "", *(f"{p:.0f}" for p in peaks)])
     return [
         "",
         "Resources: mean CPU % of one core per service (process tree) during each phase; "
-        "last row: peak RSS over the run",
-        table(["phase", *services], rows),
+        "steal: % of the machine's CPU time the hypervisor took during the phase (a phase that "
+        "lost more ran slower, whatever the code); last row: peak RSS over the run",
+        table(["phase", "steal %", *services], rows),
     ]
 
 

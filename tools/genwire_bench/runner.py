@@ -21,8 +21,10 @@ from genwire_bench.resources import (
     ResourceSampler,
     Usage,
     by_service,
+    cpu_times,
     discover,
     own_process,
+    stolen_pct,
 )
 from genwire_bench.stats import Load, Overhead, Summary, compare, summarize
 from genwire_bench.traces import Breakdown, JaegerClient, breakdown
@@ -96,6 +98,8 @@ class Phase:
     walls: list[float] = field(default_factory=list)
     profiles: list[dict[str, Any]] = field(default_factory=list)
     """Per round, each profiled service's raw py-spy file (or why there is none)."""
+    cpu_ticks: list[tuple[int, int] | None] = field(default_factory=list)
+    """Per round, the machine's (steal, total) CPU ticks over the phase (None: unreadable)."""
 
 
 @dataclass
@@ -113,6 +117,9 @@ class BenchReport:
     records: list[RequestRecord]
     profiles: dict[str, Any] = field(default_factory=dict)
     """``--profile``: per phase, the services' profiles and those not profiled (``profile``)."""
+    steal: dict[str, float | None] = field(default_factory=dict)
+    """Per phase (as ``resources``): the percentage of the machine's CPU time the hypervisor
+    took during it (``steal`` in /proc/stat), over its rounds; None where unreadable."""
 
 
 DriverFactory = Callable[[str, "BenchConfig", dict[str, Any]], Driver]
@@ -157,6 +164,14 @@ def make_driver(name: str, cfg: BenchConfig, shared: dict[str, Any]) -> Driver:
             reader=reader,
         )
     raise ValueError(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
+
+
+def phase_steal(phase: Phase) -> float | None:
+    """The hypervisor's share of the machine's CPU time over a phase's rounds, in percent."""
+    ticks = [t for t in phase.cpu_ticks if t is not None]
+    if not ticks:
+        return None
+    return stolen_pct((0, 0), (sum(s for s, _ in ticks), sum(total for _, total in ticks)))
 
 
 def merge_usage(phase: Phase) -> dict[str, Usage]:
@@ -276,6 +291,7 @@ class Runner:
         sampler = ResourceSampler(processes) if processes else None
         if sampler:
             sampler.start()
+        machine = cpu_times()
         t0 = time.perf_counter()
         send = self._sender(driver, f"{driver.name} {load.label}")
         if load.mode == "closed":
@@ -284,6 +300,10 @@ class Runner:
             seed = self.cfg.sampling.seed + round_no
             records = await open_loop(send, requests, load.value, seed)
         phase.walls.append(time.perf_counter() - t0)
+        after = cpu_times()
+        phase.cpu_ticks.append(
+            (after[0] - machine[0], after[1] - machine[1]) if machine and after else None
+        )
         if sampler:
             # Instances of a scaled service (gateway-2…) count as that service.
             phase.usage.append(by_service(await sampler.stop()))
@@ -372,6 +392,7 @@ class Runner:
             "duration_s": round(time.time() - started, 1),
         }
         resources = {f"{p.target} {p.load.label}": merge_usage(p) for p in phases}
+        steal = {f"{p.target} {p.load.label}": phase_steal(p) for p in phases}
         profiles = {}
         if self.cfg.profile_dir is not None:
             from genwire_bench.profile import summarise_run
@@ -388,6 +409,7 @@ class Runner:
             skipped=skipped,
             records=[r for p in phases for r in p.records],
             profiles=profiles,
+            steal=steal,
         )
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from genwire_bench.resources import cpu_times, stolen_pct
 
 from genwire_model.client import Generation, generate, generate_shared
 from genwire_model.repository import ModelRepository, load_tokenizer
@@ -117,25 +118,6 @@ def _cpu_s(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICK
-
-
-def cpu_times(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
-    """The machine's (steal, total) CPU time in clock ticks, all CPUs (None where unreadable)."""
-    try:
-        fields = stat.read_text(encoding="ascii").split("\n", 1)[0].split()
-    except OSError:
-        return None
-    if not fields or fields[0] != "cpu" or len(fields) < 9:
-        return None
-    ticks = [int(f) for f in fields[1:9]]  # user … steal; guest time is inside user already
-    return ticks[7], sum(ticks)
-
-
-def stolen_pct(start: tuple[int, int] | None, end: tuple[int, int] | None) -> float | None:
-    """Percent of the CPU time between two ``cpu_times`` readings that was stolen."""
-    if start is None or end is None or end[1] <= start[1]:
-        return None
-    return round(100.0 * (end[0] - start[0]) / (end[1] - start[1]), 1)
 
 
 def triton_processes(model: str, proc: Path = Path("/proc")) -> dict[str, list[int]]:
