@@ -1,13 +1,11 @@
 """``MeteredGateway``'s Redis round trips per request, with in-memory fakes: a named request's
 owner record rides in its claim (one round trip, nothing after the result), another key's id
 is refused in that same round trip, and the owner records of anonymous requests are written
-together off the hot path. Usage events wait ``usage_linger_ms`` and leave together, each in
-its request's trace; draining publishes them at once."""
+together off the hot path."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import pytest
@@ -16,29 +14,18 @@ from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import PERMISSION_DENIED, GatewayError
 from genwire_gateway.replies import WaiterRegistry
 from genwire_gateway.usage import METRIC_KEY_REQUESTS, MeteredGateway, UsageMetrics
-from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import CollectorRegistry
 
 from genwire.apikeys import SCOPE_ADMIN, SCOPE_GENERATE, KeyRecord
 from genwire.events import Event
 from genwire.request import GenerationRequest
 from genwire.results import ClaimOutcome
-from genwire.usage import UsageEvent
 
 from .test_handlers import FakeProducer, FakeStore, _echo
 
 
 class Producer(FakeProducer):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.trace_ids: list[int] = []  # the current trace at each publish
-        self.fail_for: set[str] = set()  # request ids whose usage publish raises
-
     async def publish(self, event: Event, **_: Any) -> None:
-        self.trace_ids.append(trace.get_current_span().get_span_context().trace_id)
-        if event.request_id in self.fail_for:
-            raise ConnectionError("broker down")
         self.events.append(event)
 
 
@@ -86,15 +73,13 @@ class Store(FakeStore):
             self.owners.setdefault(rid, name)
 
 
-def _metered(
-    linger_ms: float = 200.0,
-) -> tuple[MeteredGateway, Producer, Store, CollectorRegistry]:
+def _metered() -> tuple[MeteredGateway, Producer, Store, CollectorRegistry]:
     registry = WaiterRegistry()
     producer = Producer(registry, _echo)
     store = Store()
     metrics = CollectorRegistry()
     gateway = MeteredGateway(
-        GatewaySettings(result_poll_s=0.05, usage_linger_ms=linger_ms),
+        GatewaySettings(result_poll_s=0.05),
         producer,
         store,
         registry,
@@ -163,74 +148,3 @@ async def test_owners_of_anonymous_requests_are_written_together() -> None:
     assert sorted(rid for batch in store.owner_batches for rid in batch) == sorted(ids)
     assert len(store.owner_batches) < len(ids)  # together, not one round trip each
     assert {store.owners[rid] for rid in ids} == {"team-a"}
-
-
-def _span(trace_id: int) -> NonRecordingSpan:
-    return NonRecordingSpan(
-        SpanContext(trace_id=trace_id, span_id=trace_id, is_remote=False, trace_flags=TraceFlags(1))
-    )
-
-
-async def test_usage_events_wait_for_the_linger_and_leave_together_on_drain() -> None:
-    gateway, producer, _, _ = _metered(linger_ms=10_000)  # longer than the test: only drain
-    _as("team-a")
-
-    async def one(i: int) -> str:
-        with trace.use_span(_span(1000 + i)):
-            prepared = gateway.prepare({"prompt": f"hi {i}"}, request_id=f"u-{i}")
-            await gateway.generate(prepared)
-        return prepared.request_id
-
-    ids = await asyncio.gather(*(one(i) for i in range(3)))
-    await asyncio.sleep(0)
-    assert producer.events == []  # answered; their usage waits for the others
-    await gateway.drain()  # does not wait out the linger
-    usage = [e for e in producer.events if isinstance(e, UsageEvent)]
-    assert sorted(e.request_id for e in usage) == sorted(ids)
-    assert {e.key_name for e in usage} == {"team-a"}
-    # each published in its own request's trace, as when it was published at once
-    assert sorted(producer.trace_ids) == [1000, 1001, 1002]
-
-
-async def test_usage_events_go_at_once_without_a_linger() -> None:
-    gateway, producer, _, _ = _metered(linger_ms=0)
-    _as("team-a")
-    with trace.use_span(_span(7)):
-        await gateway.generate(gateway.prepare({"prompt": "hi"}, request_id="u-now"))
-    for _ in range(3):
-        await asyncio.sleep(0)
-    assert [e.request_id for e in producer.events] == ["u-now"]
-    assert producer.trace_ids == [7]
-
-
-async def test_a_failed_usage_publish_is_logged_and_the_others_still_go(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    gateway, producer, _, _ = _metered(linger_ms=10_000)
-    producer.fail_for = {"u-bad"}
-    _as("team-a")
-    for rid in ("u-bad", "u-good"):
-        await gateway.generate(gateway.prepare({"prompt": "hi"}, request_id=rid))
-    with caplog.at_level(logging.WARNING):
-        await gateway.drain()
-    assert [e.request_id for e in producer.events] == ["u-good"]
-    assert "usage of u-bad not published" in caplog.text
-
-
-async def test_usage_queued_after_a_flush_is_published_by_the_next_one() -> None:
-    gateway, producer, _, _ = _metered(linger_ms=10_000)
-    _as("team-a")
-    await gateway.generate(gateway.prepare({"prompt": "hi"}, request_id="u-1"))
-    await gateway.drain()
-    await gateway.generate(gateway.prepare({"prompt": "hi"}, request_id="u-2"))
-    await gateway.drain()
-    assert [e.request_id for e in producer.events] == ["u-1", "u-2"]
-
-
-def test_the_usage_linger_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert GatewaySettings().usage_linger_ms == 200.0
-    monkeypatch.setenv("GENWIRE_GATEWAY_USAGE_LINGER_MS", "0")
-    assert GatewaySettings().usage_linger_ms == 0.0
-    for bad in (-1.0, 10_001.0):
-        with pytest.raises(ValueError):
-            GatewaySettings(usage_linger_ms=bad)

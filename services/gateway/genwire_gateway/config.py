@@ -127,14 +127,6 @@ class GatewaySettings(ServiceSettings):
         ge=1,
         description="Most distinct key names labelled in /metrics; later ones count as 'other'.",
     )
-    usage_linger_ms: float = Field(
-        200.0,
-        ge=0,
-        le=10_000,
-        description="How long a finished request's usage event waits for others before they "
-        "are published together (one produce request for all; 0: each at once). The events of "
-        "the last linger are published when the gateway drains.",
-    )
     redact_patterns: list[str] = Field(
         default_factory=lambda: list(DEFAULT_PATTERNS),
         description="JSON list of name=regex masked in content captured for keys that opted "

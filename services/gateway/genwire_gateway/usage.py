@@ -8,8 +8,7 @@ authenticated (``auth.PRINCIPAL``) it:
 2. runs it (the plain ``Gateway``);
 3. on completion, in the background: corrects the token charge to the real usage, counts the
    key's tokens in ``/metrics`` (``genwire_gateway_key_tokens_total{key, kind}``) and publishes
-   a ``UsageEvent`` on ``genwire.usage`` (``UsagePublisher``: the events of ``usage_linger_ms``
-   leave together, one produce request instead of one per request);
+   a ``UsageEvent`` on ``genwire.usage``;
 4. when the key opted in (``capture_content``), records the prompt and completion text on the
    request's SERVER span, after redaction.
 
@@ -31,7 +30,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from typing import Any, cast
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter
 
@@ -119,7 +117,6 @@ class MeteredGateway(Gateway):
         self.usage_metrics = usage_metrics
         self.redact = redact
         self.usage_topic = usage_topic
-        self._usage = UsagePublisher(self.producer, self.settings.usage_linger_ms / 1000.0)
         self._settling: set[asyncio.Task[None]] = set()
         self._owners = OwnerWriter(self.store, self._owner_ttl_s)
 
@@ -337,12 +334,6 @@ class MeteredGateway(Gateway):
     ) -> None:
         """Correct the charge, count and publish the usage of a finished request (background)."""
         latency_ms = (time.monotonic() - started) * 1000.0
-        if ticket is None:  # no charge to correct (no Redis round trip): no task either
-            try:
-                self._emit_usage(principal.record, prepared, None, latency_ms, result, error)
-            except Exception:  # never the request's failure (it was a task's before)
-                log.exception("usage of %s not recorded", prepared.request_id)
-            return
         self._in_background(
             self._record_usage(principal.record, prepared, ticket, latency_ms, result, error)
         )
@@ -356,29 +347,17 @@ class MeteredGateway(Gateway):
         result: GenerationResult | None,
         error: GatewayError | None,
     ) -> None:
-        counts = _counts(result, error)
-        if ticket is not None and counts is not None:
-            try:
-                assert self.limiter is not None
-                await self.limiter.adjust(ticket, counts["total_tokens"])
-            except Exception as exc:
-                log.warning("token charge of %s not corrected: %s", prepared.request_id, exc)
-        self._emit_usage(record, prepared, ticket, latency_ms, result, error)
-
-    def _emit_usage(
-        self,
-        record: KeyRecord,
-        prepared: Prepared,
-        ticket: Ticket | None,
-        latency_ms: float,
-        result: GenerationResult | None,
-        error: GatewayError | None,
-    ) -> None:
-        """Count a finished request and queue its ``UsageEvent`` (the charge already corrected)."""
-        counts = _counts(result, error)
+        counts = result.usage.counts() if result is not None else None
+        if result is None and error is not None and error.code in _NOT_RUN:
+            counts = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         charged = ticket.tokens if ticket is not None else 0
         if ticket is not None and counts is not None:
             charged = counts["total_tokens"]
+            try:
+                assert self.limiter is not None
+                await self.limiter.adjust(ticket, charged)
+            except Exception as exc:
+                log.warning("token charge of %s not corrected: %s", prepared.request_id, exc)
         if counts is None:  # cancelled, deadline, unavailable: what ran is unknown here
             self._count(record.name, "error")
             return
@@ -406,7 +385,10 @@ class MeteredGateway(Gateway):
             stream=prepared.request.stream,
             charged_tokens=charged,
         )
-        self._usage.add(event)
+        try:
+            await self.producer.publish(event)
+        except Exception as exc:
+            log.warning("usage of %s not published: %s", prepared.request_id, exc)
 
     async def _follow(
         self, principal: Principal, prepared: Prepared, ticket: Ticket | None, started: float
@@ -444,7 +426,6 @@ class MeteredGateway(Gateway):
             await asyncio.wait(followers, timeout=timeout_s)
             for task in followers:
                 task.cancel()
-        await self._usage.flushed(timeout_s)  # now, not after the linger
 
     # -- content (opted in per key) -------------------------------------------------------------
 
@@ -497,81 +478,6 @@ class OwnerWriter:
         """Wait (up to ``timeout_s``) for the queued records to be written."""
         if self._task is not None and not self._task.done():
             await asyncio.wait({self._task}, timeout=timeout_s)
-
-
-class UsagePublisher:
-    """Usage events, published together: the first one queued waits ``linger_s`` for those
-    that end meanwhile, then all are handed to the producer in one turn of the loop, so they
-    leave in one produce request (the gateway's producer has no linger of its own: each event
-    was a produce request, a response and its handling, as many as the requests themselves).
-    Each event keeps its request's trace: its ``publish`` span is a child of the request's
-    span and its record carries that context, as when it was published at once. Nobody waits
-    for an event (a failed publish is logged, as before); ``flushed`` publishes what is
-    queued without waiting for the linger (drain). ``linger_s`` 0: each at once."""
-
-    def __init__(self, producer: Any, linger_s: float) -> None:
-        self._producer = producer
-        self.linger_s = linger_s
-        self._pending: list[tuple[UsageEvent, otel_context.Context]] = []
-        self._task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Future[None] | None = None
-        self._hurry = False  # draining: no linger
-
-    def add(self, event: UsageEvent) -> None:
-        """Queue ``event`` in the current trace context (published within ``linger_s``)."""
-        self._pending.append((event, otel_context.get_current()))
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        while self._pending:
-            if self.linger_s > 0 and not self._hurry:
-                await self._linger()
-            batch, self._pending = self._pending, []
-            for event, ctx in batch:
-                token = otel_context.attach(ctx)
-                try:
-                    await self._producer.publish(event)
-                except Exception as exc:
-                    log.warning("usage of %s not published: %s", event.request_id, exc)
-                finally:
-                    otel_context.detach(token)
-
-    async def _linger(self) -> None:
-        loop = asyncio.get_running_loop()
-        wake: asyncio.Future[None] = loop.create_future()
-        self._wake = wake
-        timer = loop.call_later(self.linger_s, _wake_up, wake)
-        try:
-            await wake
-        finally:
-            timer.cancel()
-            self._wake = None
-
-    async def flushed(self, timeout_s: float) -> None:
-        """Publish what is queued now and wait (up to ``timeout_s``) until it is handed over."""
-        self._hurry = True
-        try:
-            if self._wake is not None:
-                _wake_up(self._wake)
-            if self._task is not None and not self._task.done():
-                await asyncio.wait({self._task}, timeout=timeout_s)
-        finally:
-            self._hurry = False
-
-
-def _wake_up(wake: asyncio.Future[None]) -> None:
-    if not wake.done():
-        wake.set_result(None)
-
-
-def _counts(result: GenerationResult | None, error: GatewayError | None) -> dict[str, int] | None:
-    """The tokens a finished request used (None: unknown here, e.g. cancelled)."""
-    if result is not None:
-        return result.usage.counts()
-    if error is not None and error.code in _NOT_RUN:
-        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    return None
 
 
 def _not_yours(request_id: str) -> str:
