@@ -292,9 +292,20 @@ def test_the_resources_table_shows_each_phases_steal() -> None:
     assert next(line for line in lines if line.startswith("grpc c=8")).split()[2:4] == ["-", "50"]
 
 
-async def test_a_run_reads_the_steal_of_every_phase() -> None:
+async def test_a_run_reads_the_steal_of_every_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    import itertools
+
+    from genwire_bench import runner
+
+    ticks = itertools.count()  # every reading 1 tick of steal and 10 in all after the last
+
+    def reading() -> tuple[int, int]:
+        n = next(ticks)
+        return n, 10 * n
+
+    monkeypatch.setattr(runner, "cpu_times", reading)
+    report, _ = await run({"kafka": FakeDriver("kafka", 14.0, None)}, concurrency=[1, 2])
+    assert report.steal == {"kafka c=1": 10.0, "kafka c=2": 10.0}
+    monkeypatch.setattr(runner, "cpu_times", lambda: None)  # /proc/stat unreadable
     report, _ = await run({"kafka": FakeDriver("kafka", 14.0, None)})
-    assert report.steal and all(
-        value is None or 0.0 <= value <= 100.0 for value in report.steal.values()
-    )
-    assert set(report.steal) == {f"{s.target} {s.load.label}" for s in report.summaries}
+    assert report.steal == {"kafka c=1": None}

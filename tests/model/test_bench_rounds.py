@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from genwire_model import bench, bench_rounds, cli
@@ -60,7 +61,11 @@ def test_the_summary_gives_each_ratios_median_and_range_per_level() -> None:
         (["--rounds", "0", "--in-process"], "at least 1"),
         (["--max-steal", "5"], "need --in-process"),
         (["--max-steal", "5", "--floor"], "need --in-process"),
-        (["--max-steal", "150", "--in-process"], "a percentage"),
+        (["--max-steal", "100.5", "--in-process"], "a percentage"),
+        (["--floor", "--in-process"], "do not apply to it"),
+        (["--floor", "--name", "genwire-gpt"], "do not apply to it"),
+        (["--concurrency", "8", "0"], "at least 1"),
+        (["--requests", "0"], "at least 1"),
     ],
 )
 def test_rounds_are_refused_where_they_cannot_apply(flags: list[str], message: str) -> None:
@@ -85,51 +90,102 @@ def _level(concurrency: int, steal: float | None, tokens_per_s: float) -> bench.
     return result
 
 
-def test_a_stolen_pair_is_measured_again_and_the_last_try_is_kept_marked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Round 1's pair is stolen once (measured again, the retry kept); round 2's every time
-    (kept after three tries, marked and counted); the retries are in the JSON."""
-    triton_steals = iter([20.0, 1.0, 30.0, 30.0, 30.0])
-    calls: list[str] = []
-
+@pytest.fixture
+def fake_sides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """``run_rounds`` with both sides faked: ``triton_steals`` (an iterator) gives each Triton
+    level's steal, ``in_process_errors`` each in-process level's failed requests, ``calls`` the
+    order of the sides. The machine's steal reader reads nothing (the in-process side: None)."""
     version = SimpleNamespace(version=7, path=tmp_path)
     repository = SimpleNamespace(latest=lambda model: version)
     tokenizer = SimpleNamespace(encode=lambda prompt: SimpleNamespace(ids=[1]))
     scheduler = SimpleNamespace(start=lambda: None, stop=lambda: None)
+    state: dict[str, Any] = {"triton_steals": iter(()), "in_process_errors": 0, "calls": []}
 
     async def remote(*args: object, **kw: object) -> bench.LevelResult:
-        calls.append("triton")
-        return _level(8, next(triton_steals), 80.0)
+        state["calls"].append("triton")
+        return _level(8, next(state["triton_steals"]), 80.0)
 
     def local_level(*args: object) -> bench.LevelResult:
-        calls.append("in-process")
-        return _level(8, 0.5, 100.0)
+        state["calls"].append("in-process")
+        result = _level(8, 0.5, 100.0)
+        result.errors = state["in_process_errors"]
+        return result
 
     monkeypatch.setattr(bench_rounds, "ModelRepository", lambda _: repository)
     monkeypatch.setattr(bench_rounds, "load_tokenizer", lambda _: tokenizer)
     monkeypatch.setattr(bench_rounds, "_scheduler", lambda *a, **k: scheduler)
+    monkeypatch.setattr(bench_rounds, "cpu_times", lambda: None)
     monkeypatch.setattr(
         bench_rounds, "run_static", lambda *a: bench.StaticResult(8, 8, 1.0, 8.0, 2.0)
     )
     monkeypatch.setattr(bench_rounds, "run_in_process_level", local_level)
     monkeypatch.setattr(bench_rounds, "run_level", remote)
+    return state
+
+
+def test_a_stolen_pair_is_measured_again_and_the_least_stolen_try_is_kept(
+    tmp_path: Path, fake_sides: dict[str, Any]
+) -> None:
+    """Round 1's pair is stolen once (measured again, the retry kept); round 2's every time
+    (the try that lost least kept, marked and counted); the others are in the JSON."""
+    fake_sides["triton_steals"] = iter([20.0, 1.0, 30.0, 25.0, 40.0])
     out = tmp_path / "rounds.json"
     summary = bench_rounds.run_rounds("url", "m", tmp_path, [8], 4, 4, out, 2, max_steal=10.0)
-    assert calls == ["in-process", "triton"] * 2 + ["triton", "in-process"] * 3
+    assert fake_sides["calls"] == ["in-process", "triton"] * 2 + ["triton", "in-process"] * 3
     payload = json.loads(out.read_text())
-    kept = payload["rounds"]
+    kept = payload["pairs"]
     assert [(r["round"], r["steal_triton"], r["stolen"]) for r in kept] == [
         (1, 1.0, False),
-        (2, 30.0, True),
+        (2, 25.0, True),
     ]
     assert [(r["round"], r["steal_triton"]) for r in payload["discarded"]] == [
         (1, 20.0),
         (2, 30.0),
-        (2, 30.0),
+        (2, 40.0),
     ]
-    assert summary[0]["rounds"] == 2 and summary[0]["stolen"] == 1
+    assert payload["complete"] is True and payload["rounds"] == 2 and payload["attempts"] == 3
+    assert summary[0]["rounds"] == 2 and summary[0]["stolen"] == 1 and summary[0]["errors"] == 0
     assert summary[0]["share"]["median"] == pytest.approx(0.8)
+
+
+def test_failed_requests_are_counted_and_a_run_that_stops_keeps_its_pairs(
+    tmp_path: Path, fake_sides: dict[str, Any]
+) -> None:
+    fake_sides["triton_steals"] = iter([1.0])  # the second round's Triton side then fails
+    fake_sides["in_process_errors"] = 2
+    out = tmp_path / "rounds.json"
+    with pytest.raises(RuntimeError):
+        bench_rounds.run_rounds("url", "m", tmp_path, [8], 4, 4, out, 2)
+    payload = json.loads(out.read_text())
+    assert payload["complete"] is False
+    assert [(r["round"], r["errors"]) for r in payload["pairs"]] == [(1, 2)]
+    assert payload["summary"][0]["errors"] == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--in-process", "--max-steal", "5"], ("rounds", 1, 5.0)),
+        (["--in-process", "--rounds", "4"], ("rounds", 4, None)),
+        (["--in-process"], ("run", True)),
+        ([], ("run", False)),
+    ],
+)
+def test_the_bench_goes_to_the_rounds_only_when_asked(
+    flags: list[str], expected: tuple[object, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[object, ...]] = []
+    monkeypatch.setattr(
+        bench_rounds,
+        "run_rounds",
+        lambda *a, **kw: seen.append(("rounds", a[7], kw["max_steal"])),
+    )
+    monkeypatch.setattr(bench, "run", lambda *a, **kw: seen.append(("run", kw["in_process"])))
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["model", "bench", *flags])
+    assert args.func(args) == 0
+    assert seen == [expected]
 
 
 async def test_rounds_alternate_the_ceiling_and_triton_against_the_real_triton(
@@ -152,7 +208,7 @@ async def test_rounds_alternate_the_ceiling_and_triton_against_the_real_triton(
     assert [(e["concurrency"], e["rounds"]) for e in summary] == [(1, 2), (2, 2)]
     payload = json.loads(out.read_text())
     assert payload["shared_stream"] is True and payload["summary"] == summary
-    rounds = payload["rounds"]
+    rounds = payload["pairs"]
     assert [(r["round"], r["concurrency"], r["first"]) for r in rounds] == [
         (1, 1, "in-process"),
         (1, 2, "in-process"),

@@ -106,7 +106,10 @@ def cpu_times(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
         return None
     if not fields or fields[0] != "cpu" or len(fields) < 9:
         return None
-    ticks = [int(f) for f in fields[1:9]]  # user … steal; guest time is inside user already
+    try:
+        ticks = [int(f) for f in fields[1:9]]  # user … steal; guest is inside user already
+    except ValueError:
+        return None
     return ticks[7], sum(ticks)
 
 

@@ -24,7 +24,6 @@ from genwire_bench.resources import (
     cpu_times,
     discover,
     own_process,
-    stolen_pct,
 )
 from genwire_bench.stats import Load, Overhead, Summary, compare, summarize
 from genwire_bench.traces import Breakdown, JaegerClient, breakdown
@@ -169,9 +168,8 @@ def make_driver(name: str, cfg: BenchConfig, shared: dict[str, Any]) -> Driver:
 def phase_steal(phase: Phase) -> float | None:
     """The hypervisor's share of the machine's CPU time over a phase's rounds, in percent."""
     ticks = [t for t in phase.cpu_ticks if t is not None]
-    if not ticks:
-        return None
-    return stolen_pct((0, 0), (sum(s for s, _ in ticks), sum(total for _, total in ticks)))
+    total = sum(t for _, t in ticks)
+    return round(100.0 * sum(s for s, _ in ticks) / total, 1) if total > 0 else None
 
 
 def merge_usage(phase: Phase) -> dict[str, Usage]:

@@ -440,7 +440,9 @@ def compare(triton: LevelResult, local: LevelResult, static: StaticResult) -> di
     nan = float("nan")
     return {
         "concurrency": triton.concurrency,
-        "share": triton.output_tokens_per_s / local.output_tokens_per_s,
+        "share": triton.output_tokens_per_s / local.output_tokens_per_s
+        if local.output_tokens_per_s
+        else nan,
         "tpot_x": triton.tpot_ms_p50 / local.tpot_ms_p50 if local.tpot_ms_p50 else nan,
         "tpot_step_x": triton.tpot_ms_p50 / static.ms_per_step if static.ms_per_step else nan,
         "ttft_extra_ms": triton.ttft_ms_p50 - local.ttft_ms_p50,

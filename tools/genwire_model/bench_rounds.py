@@ -20,6 +20,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from genwire_bench.resources import cpu_times, stolen_pct
+
 from genwire_model.bench import (
     PROMPTS,
     LevelResult,
@@ -51,8 +53,8 @@ def _median(values: list[float]) -> float:
 
 def summarize_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per concurrency level, in the order first seen: the number of rounds (and of those kept
-    with a steal above the limit), each ratio's median, minimum and maximum, and the median
-    steal of each side (None where unread)."""
+    with a steal above the limit), the failed requests of its pairs, each ratio's median,
+    minimum and maximum, and the median steal of each side (None where unread)."""
     levels: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
         levels.setdefault(row["concurrency"], []).append(row)
@@ -62,6 +64,7 @@ def summarize_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "concurrency": concurrency,
             "rounds": len(group),
             "stolen": sum(1 for r in group if r.get("stolen")),
+            "errors": sum(r.get("errors", 0) for r in group),
         }
         for key in RATIOS:
             values = [r[key] for r in group]
@@ -104,9 +107,26 @@ def _print_summary(summary: list[dict[str, Any]]) -> None:
             f"TTFT {tt['median']:+.1f}ms ({tt['min']:+.1f}–{tt['max']:+.1f})  "
             f"cpu {cx['median']:.2f}x  steal {_steal(e['steal_in_process'])}/"
             f"{_steal(e['steal_triton'])}"
-            + (f"  ({e['stolen']} kept above the steal limit)" if e["stolen"] else ""),
+            + (f"  ({e['stolen']} kept above the steal limit)" if e["stolen"] else "")
+            + (f"  errors {e['errors']}" if e["errors"] else ""),
             flush=True,
         )
+
+
+def _pair_line(row: dict[str, Any], mine: LevelResult, theirs: LevelResult) -> str:
+    return (
+        f"{row['round']:>5} {row['concurrency']:>4} {row['first']:<10} "
+        f"{mine.output_tokens_per_s:>12.1f} {theirs.output_tokens_per_s:>13.1f} "
+        f"{row['share']:>6.0%} {row['tpot_step_x']:>9.2f}x "
+        f"{row['ttft_extra_ms']:>+7.1f}ms {row['cpu_x']:>6.2f}x  "
+        f"{_steal(mine.steal_pct)}/{_steal(theirs.steal_pct)}"
+        + (f"  errors {row['errors']}" if row["errors"] else "")
+        + ("  stolen" if row["stolen"] else "")
+    )
+
+
+def _worst_steal(row: dict[str, Any]) -> float:
+    return max(v for v in (row["steal_in_process"], row["steal_triton"], 0.0) if v is not None)
 
 
 def run_rounds(
@@ -122,10 +142,11 @@ def run_rounds(
     max_steal: float | None = None,
 ) -> list[dict[str, Any]]:
     """``rounds`` alternated rounds of every level (see the module's docstring); prints each
-    round's comparison and the summary, writes both to ``out`` as JSON; returns the summary.
-    With ``max_steal``, a pair whose either side lost more than that percentage of the CPU
-    time to the hypervisor is measured again (at most ``ATTEMPTS`` tries; the last is kept,
-    marked ``stolen``; the ones measured again are in the JSON's ``discarded``)."""
+    pair's comparison and the summary, writes both to ``out`` as JSON (also when the run stops
+    part-way: ``complete`` false); returns the summary. With ``max_steal``, a pair whose either
+    side lost more than that percentage of the CPU time to the hypervisor is measured again (at
+    most ``ATTEMPTS`` tries); if every try is over, the one whose larger steal is the lowest is
+    kept, marked ``stolen``; the others are in the JSON's ``discarded``."""
     if rounds < 1:
         raise ValueError("rounds must be at least 1")
     version = ModelRepository(repository).latest(model)
@@ -145,8 +166,9 @@ def run_rounds(
     static.start()
     loop.start()
     rows: list[dict[str, Any]] = []
-    records: list[dict[str, Any]] = []
+    pairs: list[dict[str, Any]] = []
     discarded: list[dict[str, Any]] = []
+    complete = False
     try:
         run_static(static, prompts, 1, 4)  # warm-up
         for number in range(1, rounds + 1):
@@ -155,8 +177,11 @@ def run_rounds(
                 n = requests_per_level or max(16, 4 * level)
 
                 def local(level: int = level, n: int = n) -> tuple[StaticResult, LevelResult]:
+                    machine = cpu_times()  # the static batch's steal counts too
                     st = run_static(static, prompts, level, max_tokens)
-                    return st, run_in_process_level(loop, prompts, level, n, max_tokens)
+                    mine = run_in_process_level(loop, prompts, level, n, max_tokens)
+                    mine.steal_pct = stolen_pct(machine, cpu_times())
+                    return st, mine
 
                 def remote(level: int = level, n: int = n) -> LevelResult:
                     return asyncio.run(
@@ -165,14 +190,14 @@ def run_rounds(
                         )
                     )
 
-                for attempt in range(1, ATTEMPTS + 1):
+                tries: list[tuple[dict[str, Any], dict[str, Any]]] = []
+                for _ in range(ATTEMPTS):
                     if local_first:
                         st, mine = local()
                         theirs = remote()
                     else:
                         theirs = remote()
                         st, mine = local()
-                    steals = (mine.steal_pct, theirs.steal_pct)
                     row = compare(theirs, mine, st)
                     row.update(
                         round=number,
@@ -180,52 +205,52 @@ def run_rounds(
                         steal_in_process=mine.steal_pct,
                         steal_triton=theirs.steal_pct,
                         errors=theirs.errors + mine.errors,
-                        stolen=stolen(steals, max_steal),
+                        stolen=stolen((mine.steal_pct, theirs.steal_pct), max_steal),
                     )
-                    again = row["stolen"] and attempt < ATTEMPTS
                     record = {
                         **row,
                         "in_process": dataclasses.asdict(mine),
                         "static": dataclasses.asdict(st),
                         "triton": dataclasses.asdict(theirs),
                     }
-                    print(
-                        f"{number:>5} {level:>4} {row['first']:<10} "
-                        f"{mine.output_tokens_per_s:>12.1f} {theirs.output_tokens_per_s:>13.1f} "
-                        f"{row['share']:>6.0%} {row['tpot_step_x']:>9.2f}x "
-                        f"{row['ttft_extra_ms']:>+7.1f}ms {row['cpu_x']:>6.2f}x  "
-                        f"{_steal(steals[0])}/{_steal(steals[1])}"
-                        + (f"  errors {row['errors']}" if row["errors"] else "")
-                        + ("  stolen: measured again" if again else "")
-                        + (
-                            f"  stolen: kept after {ATTEMPTS} tries"
-                            if row["stolen"] and not again
-                            else ""
-                        ),
-                        flush=True,
-                    )
-                    if again:
+                    print(_pair_line(row, mine, theirs), flush=True)
+                    tries.append((row, record))
+                    if not row["stolen"]:
+                        break
+                kept = min(
+                    range(len(tries)),
+                    key=lambda i: (tries[i][0]["stolen"], _worst_steal(tries[i][0])),
+                )
+                if len(tries) > 1:
+                    print(f"{'':>5} {level:>4} kept try {kept + 1} of {len(tries)}", flush=True)
+                for i, (row, record) in enumerate(tries):
+                    if i == kept:
+                        rows.append(row)
+                        pairs.append(record)
+                    else:
                         discarded.append(record)
-                        continue
-                    rows.append(row)
-                    records.append(record)
-                    break
+        complete = True
     finally:
         static.stop()
         loop.stop()
-    summary = summarize_rounds(rows)
+        summary = summarize_rounds(rows)
+        if out is not None:
+            payload = {
+                "model": model,
+                "version": version.version,
+                "url": url,
+                "max_tokens": max_tokens,
+                "levels": levels,
+                "requests_per_level": requests_per_level,
+                "shared_stream": shared_stream,
+                "rounds": rounds,
+                "max_steal": max_steal,
+                "attempts": ATTEMPTS,
+                "complete": complete,
+                "pairs": pairs,
+                "discarded": discarded,
+                "summary": summary,
+            }
+            out.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     _print_summary(summary)
-    if out is not None:
-        payload = {
-            "model": model,
-            "version": version.version,
-            "url": url,
-            "max_tokens": max_tokens,
-            "shared_stream": shared_stream,
-            "max_steal": max_steal,
-            "rounds": records,
-            "discarded": discarded,
-            "summary": summary,
-        }
-        out.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     return summary

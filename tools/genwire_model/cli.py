@@ -109,7 +109,9 @@ def register(subparsers: Any) -> None:
     )
     bench.add_argument("--url", help="Triton gRPC host:port (default: the settings')")
     bench.add_argument(
-        "--name", default=DEFAULT_MODEL_NAME, help=f"model name (default: {DEFAULT_MODEL_NAME})"
+        "--name",
+        help=f"model name (default: {DEFAULT_MODEL_NAME}; not with --floor, whose echo model "
+        "is its own)",
     )
     bench.add_argument("--repository", type=Path, help="default: the settings' repository")
     bench.add_argument(
@@ -148,8 +150,9 @@ def register(subparsers: Any) -> None:
         type=int,
         default=1,
         help="with --in-process: measure the ceiling and Triton back to back, level by level, "
-        "this many times (the side that goes first alternates) and print each ratio's median "
-        "and range over the rounds, with the hypervisor's steal (default: 1, one pass each)",
+        "this many times (the side that goes first alternates: an even number balances it) and "
+        "print each ratio's median and range over the rounds, with the hypervisor's steal "
+        "(default: 1, one pass each)",
     )
     bench.add_argument(
         "--max-steal",
@@ -233,15 +236,23 @@ def _bench(args: argparse.Namespace) -> int:
             "genwire model bench: --rounds and --max-steal compare the in-process ceiling "
             "with Triton: they need --in-process and do not apply to --floor"
         )
-    if args.max_steal is not None and not 0 <= args.max_steal < 100:
+    if args.max_steal is not None and not 0 <= args.max_steal <= 100:
         raise SystemExit("genwire model bench: --max-steal is a percentage, 0 to 100")
+    if args.floor and (args.in_process or args.name is not None):
+        raise SystemExit(
+            "genwire model bench: --floor measures a throwaway echo model alone: --in-process "
+            "and --name do not apply to it"
+        )
+    if min(args.concurrency) < 1 or (args.requests is not None and args.requests < 1):
+        raise SystemExit("genwire model bench: --concurrency and --requests must be at least 1")
+    name = args.name or DEFAULT_MODEL_NAME
     settings = _settings()
     if rounds:
         from genwire_model.bench_rounds import run_rounds
 
         run_rounds(
             args.url or settings.triton_grpc_url,
-            args.name,
+            name,
             args.repository or settings.repository,
             args.concurrency,
             args.max_tokens,
@@ -269,7 +280,7 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     run(
         args.url or settings.triton_grpc_url,
-        args.name,
+        name,
         args.repository or settings.repository,
         args.concurrency,
         args.max_tokens,
