@@ -89,3 +89,15 @@ def test_serve_runs_the_service_on_the_configured_loop(monkeypatch: pytest.Monke
     for name, expected in (("asyncio", "asyncio"), ("uvloop", "uvloop")):
         http.serve(FastAPI(), ServiceSettings(event_loop=name))  # type: ignore[arg-type]
         assert asked.pop() == expected
+
+
+def test_every_service_parses_http_with_httptools() -> None:
+    """The C parser is installed and chosen (h11 would be uvicorn's silent fallback)."""
+    from fastapi import FastAPI
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from genwire.service import http
+
+    config = http.uvicorn_config(FastAPI(), ServiceSettings())
+    config.load()
+    assert config.http_protocol_class is HttpToolsProtocol
