@@ -373,3 +373,43 @@ def test_a_killed_triton_comes_back_with_the_default_model_loaded(stack: CommonS
     # The services find it again (inference calls Triton on every request).
     ready = f"http://127.0.0.1:{SERVICE_PORTS['inference']}/readyz"
     wait_until(lambda: http_status(ready) == 200, what="inference ready", timeout_s=60)
+
+
+def _nice_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_the_child_runs_below_the_supervisors_priority_with_nice(
+    tmp_path: Path, supervised: list[Supervised]
+) -> None:
+    sup = Supervised(tmp_path, SLEEPER, "--nice", "5")
+    supervised.append(sup)
+    child = sup.child()
+    expected = min(19, _nice_of(sup.proc.pid) + 5)  # nice values stop at 19
+    assert _nice_of(child) == expected
+    autogroup = Path(f"/proc/{child}/autogroup")
+    if autogroup.exists():  # the kernel groups sessions: the child's group runs at 5 too
+        assert autogroup.read_text().split()[-1] == "5"
+    os.kill(child, signal.SIGKILL)  # a restarted child is lowered again, not twice
+    sup.wait("the restart", lambda: sup.state().child_pid not in (None, child))
+    again = sup.child()
+    assert _nice_of(again) == expected
+
+
+def test_triton_is_supervised_below_the_other_components(
+    home: tuple[StackPaths, CommonSettings],
+) -> None:
+    from genwire_stack.process import supervised_argv
+    from genwire_stack.servers import Triton
+
+    paths, settings = home
+    assert Triton(paths, settings).nice() == 10  # the default
+    assert Triton(paths, CommonSettings(home=paths.home, triton_nice=0)).nice() == 0
+    argv = supervised_argv(
+        "triton", ["tritonserver"], paths.run, python="py", stop_timeout_s=5, nice=10
+    )
+    assert argv[argv.index("--nice") + 1] == "10" and argv[-2:] == ["--", "tritonserver"]
+    plain = supervised_argv("x", ["x"], paths.run, python="py", stop_timeout_s=5)
+    assert "--nice" not in plain
+    with pytest.raises(ValueError):
+        CommonSettings(triton_nice=20)

@@ -109,6 +109,10 @@ class Component(ABC):
         ``https`` (None: plain HTTP)."""
         return None
 
+    def nice(self) -> int:
+        """How far below the other components' CPU priority it runs (supervised ones)."""
+        return 0
+
 
 def readyz(url: str, timeout_s: float = 2.0, verify: ssl.SSLContext | bool = True) -> Readiness:
     """A service's ``/readyz`` verdict, with the first reason it gives when not ready.

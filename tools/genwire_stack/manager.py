@@ -271,6 +271,7 @@ def _launch(component: Component, paths: StackPaths) -> PidRecord:
             after_ready=hook[1] if hook else None,
             unready=component.unready_restart(),
             probe_tls=component.probe_tls(),
+            nice=component.nice(),
         )
     env = {**os.environ, **component.environment()}
     record = spawn(

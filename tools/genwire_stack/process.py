@@ -232,9 +232,11 @@ def supervised_argv(
     after_ready: Sequence[str] | None = None,
     unready: tuple[str, float] | None = None,
     probe_tls: tuple[str, str | None, str | None] | None = None,
+    nice: int = 0,
 ) -> list[str]:
     """The argv that runs ``argv`` under :mod:`genwire_stack.supervise`. ``probe_tls``: (CA,
-    client certificate, key) of an ``https`` unready URL (None: plain HTTP)."""
+    client certificate, key) of an ``https`` unready URL (None: plain HTTP); ``nice``: how far
+    below the other components' CPU priority the child runs."""
     command = [
         python,
         "-m",
@@ -257,6 +259,8 @@ def supervised_argv(
             command += ["--probe-ca", ca]
             if cert is not None and key is not None:
                 command += ["--probe-cert", cert, "--probe-key", key]
+    if nice:
+        command += ["--nice", str(nice)]
     return [*command, "--", *argv]
 
 

@@ -207,6 +207,9 @@ class Triton(Component):
             env |= self.security.triton_env()  # the after-restart load sends the header
         return env
 
+    def nice(self) -> int:
+        return self.settings.triton_nice
+
     def after_restart(self) -> tuple[str, list[str]] | None:
         # A restarted Triton (explicit model control) serves no model until it is loaded again.
         return (

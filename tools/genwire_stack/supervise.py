@@ -87,6 +87,26 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+AUTOGROUP = Path("/proc/self/autogroup")
+
+
+def lower_priority(nice: int, autogroup: Path = AUTOGROUP) -> None:
+    """In the forked child, before exec: run ``nice`` below the caller's CPU priority. Both
+    the process's nice value and, where the kernel schedules sessions as groups (autogroups:
+    a desktop or a VM's default), its session's group, whose weight is what competes with the
+    other components' sessions; no autogroup file: the nice value alone does it."""
+    if nice <= 0:
+        return
+    os.nice(nice)
+    with contextlib.suppress(OSError):  # no autogroups here (disabled; a container)
+        autogroup.write_text(str(nice), encoding="ascii")
+
+
+def _prepare_child(parent: int, nice: int) -> None:
+    _die_with_parent(parent)
+    lower_priority(nice)
+
+
 def _group_members(pgid: int) -> list[int]:
     """Pids of the processes in process group ``pgid`` (except the calling process)."""
     members: list[int] = []
@@ -136,8 +156,11 @@ class Supervisor:
         unready_url: str | None = None,
         unready_restart_s: float | None = None,
         probe_context: ssl.SSLContext | None = None,
+        nice: int = 0,
     ) -> None:
         self.name = name
+        self.nice = nice
+        """How far below the supervisor's CPU priority the child runs (``lower_priority``)."""
         self.probe_context = probe_context
         """TLS of an ``https`` ``unready_url`` (its CA, a client certificate for mTLS)."""
         self.backoff_first_s = backoff_first_s
@@ -212,7 +235,8 @@ class Supervisor:
                 self.argv,
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
-                preexec_fn=lambda: _die_with_parent(me),  # noqa: PLW1509 (single-threaded)
+                # Single-threaded here: preexec_fn is safe.
+                preexec_fn=lambda: _prepare_child(me, self.nice),  # noqa: PLW1509
             )
         except OSError as exc:
             self.say(f"cannot run {self.argv[0]}: {exc.strerror}; giving up")
@@ -446,6 +470,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--probe-ca", default=None, help="CA of an https --unready-url")
     parser.add_argument("--probe-cert", default=None, help="client certificate for it (mTLS)")
     parser.add_argument("--probe-key", default=None, help="private key of --probe-cert")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        choices=range(20),
+        metavar="0-19",
+        help="run the child this far below the supervisor's CPU priority (default 0)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if (args.probe_cert is None) != (args.probe_key is None):
@@ -469,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unready_url=args.unready_url,
         unready_restart_s=args.unready_restart,
         probe_context=probe_context(args.probe_ca, args.probe_cert, args.probe_key),
+        nice=args.nice,
     )
     return supervisor.run()
 
