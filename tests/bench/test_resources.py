@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import psutil
-from genwire_bench import resources
+from genwire_bench import steal
 from genwire_bench.resources import ResourceSampler, discover, from_pid_files, own_process
 
 
@@ -64,13 +64,13 @@ def _stat(tmp_path: Path, steal: int, total_rest: int) -> Path:
 
 
 def test_steal_is_the_stolen_share_of_the_cpu_time_between_two_readings(tmp_path: Path) -> None:
-    before = resources.cpu_times(_stat(tmp_path, 100, 900))
-    after = resources.cpu_times(_stat(tmp_path, 150, 1350))
+    before = steal.cpu_times(_stat(tmp_path, 100, 900))
+    after = steal.cpu_times(_stat(tmp_path, 150, 1350))
     assert before == (100, 1000)  # guest time is inside user already: not added twice
     assert after == (150, 1500)
-    assert resources.stolen_pct(before, after) == 10.0
-    assert resources.stolen_pct(after, after) is None  # no time passed
-    assert resources.stolen_pct(None, after) is None
-    assert resources.cpu_times(tmp_path / "missing") is None
+    assert steal.stolen_pct(before, after) == 10.0
+    assert steal.stolen_pct(after, after) is None  # no time passed
+    assert steal.stolen_pct(None, after) is None
+    assert steal.cpu_times(tmp_path / "missing") is None
     (tmp_path / "odd").write_text("intr 1 2 3\n", encoding="ascii")
-    assert resources.cpu_times(tmp_path / "odd") is None
+    assert steal.cpu_times(tmp_path / "odd") is None

@@ -33,9 +33,26 @@ async def _first_chunk_then_leave(
     return rid
 
 
+async def _until_a_cancel_lands(client: GenwireClient, within_s: float = 60.0) -> None:
+    """One caller at a time leaves until its generation ends cancelled: within seconds of an
+    inference restart (the chaos tests before this file kill it) a cancel can still arrive
+    after a 200-token generation ended (seen about one run in three); this test is about
+    cancels stopping generations, not about that warm-up."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    seed = 100
+    while True:
+        rid = await _first_chunk_then_leave(client, seed, ignore_eos=True)
+        info = await client.get_result(rid, wait_s=20)
+        if info.result is not None and info.result.finish_reason == "cancelled":
+            return
+        assert asyncio.get_running_loop().time() < deadline, "no cancel stopped a generation"
+        seed += 1
+
+
 async def test_leaving_a_stream_stops_the_generation_in_the_model(stack: CommonSettings) -> None:
     settings = GatewaySettings()
     async with GenwireClient(f"{settings.grpc_host}:{settings.grpc_port}") as client:
+        await _until_a_cancel_lands(client)
         # No end of sequence: each generation runs until its cancel (or max_tokens). With eos
         # most of these prompts ended by themselves within 3–72 tokens, and the two that did
         # not could outrun their cancels right after an inference restart (first chunks then

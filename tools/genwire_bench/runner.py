@@ -21,11 +21,11 @@ from genwire_bench.resources import (
     ResourceSampler,
     Usage,
     by_service,
-    cpu_times,
     discover,
     own_process,
 )
 from genwire_bench.stats import Load, Overhead, Summary, compare, summarize
+from genwire_bench.steal import cpu_times
 from genwire_bench.traces import Breakdown, JaegerClient, breakdown
 
 TARGETS = (

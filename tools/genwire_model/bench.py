@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from genwire_bench.resources import cpu_times, stolen_pct
+from genwire_bench.steal import cpu_times, stolen_pct
 
 from genwire_model.client import Generation, generate, generate_shared
 from genwire_model.repository import ModelRepository, load_tokenizer

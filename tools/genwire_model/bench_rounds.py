@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from genwire_bench.resources import cpu_times, stolen_pct
+from genwire_bench.steal import cpu_times, stolen_pct
 
 from genwire_model.bench import (
     PROMPTS,
