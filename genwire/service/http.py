@@ -60,13 +60,16 @@ def tls_options(settings: ServiceSettings) -> dict[str, Any]:
     return options
 
 
-HTTP_PARSER = "httptools"
-"""uvicorn's HTTP/1.1 implementation: httptools parses in C; uvicorn's default without it, h11,
-parses in Python and costs ~0.2–0.3 core-ms more per request (docs/benchmarks.md, *Round 8*)."""
+HTTP_PARSER = "h11"
+"""uvicorn's HTTP/1.1 implementation, named so that an installed httptools never replaces it:
+h11 refuses a request whose headers outgrow its buffer (uvicorn's 16 KiB); httptools parses in
+C, 0.2–0.3 core-ms less per request, but under uvicorn it bounds no header (a 50 MB header was
+answered 200 and cost the process ~48 MB): not for a public port (docs/benchmarks.md,
+*Round 8: the HTTP parser*)."""
 
 
 def uvicorn_config(app: FastAPI, settings: ServiceSettings) -> Any:
-    """The service's uvicorn configuration (its port, TLS, no access log, httptools)."""
+    """The service's uvicorn configuration (its port, TLS, no access log, h11)."""
     import uvicorn
 
     return uvicorn.Config(

@@ -91,13 +91,14 @@ def test_serve_runs_the_service_on_the_configured_loop(monkeypatch: pytest.Monke
         assert asked.pop() == expected
 
 
-def test_every_service_parses_http_with_httptools() -> None:
-    """The C parser is installed and chosen (h11 would be uvicorn's silent fallback)."""
+def test_every_service_parses_http_with_h11_whatever_else_is_installed() -> None:
+    """h11 bounds a request's headers; httptools, uvicorn's choice whenever it is installed,
+    bounds none (docs/benchmarks.md, Round 8)."""
     from fastapi import FastAPI
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
     from genwire.service import http
 
     config = http.uvicorn_config(FastAPI(), ServiceSettings())
     config.load()
-    assert config.http_protocol_class is HttpToolsProtocol
+    assert config.http_protocol_class is H11Protocol
