@@ -34,10 +34,11 @@ async def _first_chunk_then_leave(
 
 
 async def _until_a_cancel_lands(client: GenwireClient, within_s: float = 60.0) -> None:
-    """One caller at a time leaves until its generation ends cancelled: within seconds of an
-    inference restart (the chaos tests before this file kill it) a cancel can still arrive
-    after a 200-token generation ended (seen about one run in three); this test is about
-    cancels stopping generations, not about that warm-up."""
+    """One caller at a time leaves until its generation ends cancelled (the chaos tests before
+    this file restart the stages and Triton, and the first requests after a restart are slow):
+    this test is about cancels stopping generations, not about a stack still warming up. (The
+    bursts that made a leaving caller late at concurrency are gone since Triton runs below
+    the pipeline's CPU priority: docs/benchmarks.md, Round 8.)"""
     deadline = asyncio.get_running_loop().time() + within_s
     seed = 100
     while True:

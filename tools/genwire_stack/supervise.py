@@ -90,16 +90,33 @@ def _die_with_parent(parent: int) -> None:
 AUTOGROUP = Path("/proc/self/autogroup")
 
 
-def lower_priority(nice: int, autogroup: Path = AUTOGROUP) -> None:
-    """In the forked child, before exec: run ``nice`` below the caller's CPU priority. Both
-    the process's nice value and, where the kernel schedules sessions as groups (autogroups:
-    a desktop or a VM's default), its session's group, whose weight is what competes with the
-    other components' sessions; no autogroup file: the nice value alone does it."""
-    if nice <= 0:
-        return
-    os.nice(nice)
-    with contextlib.suppress(OSError):  # no autogroups here (disabled; a container)
-        autogroup.write_text(str(nice), encoding="ascii")
+def lower_priority(nice: int) -> None:
+    """In the forked child, before exec: run ``nice`` below the supervisor's nice value (a
+    refusal leaves it where it is; the supervisor's group setting still applies)."""
+    if nice > 0:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+
+
+def lower_session_group(nice: int, autogroup: Path = AUTOGROUP) -> str | None:
+    """Where the kernel schedules sessions as groups (autogroups), the group's weight is what
+    competes with the other components' sessions: set this session's group to ``nice``. Only
+    a session leader does it (``genwire up`` starts every supervisor in a session of its own),
+    so a supervisor started by hand never lowers its caller's terminal session. Returns why it
+    was not applied (None: applied, or no autogroups here, where the nice value does it)."""
+    if nice <= 0 or not autogroup.exists():
+        return None
+    if os.getsid(0) != os.getpid():
+        return "not a session leader: the session's group is left as it is"
+    for attempt in range(3):  # unprivileged writes are rate-limited system-wide
+        try:
+            autogroup.write_text(str(nice), encoding="ascii")
+            return None
+        except OSError as exc:
+            if attempt == 2:
+                return f"the session's group was not lowered: {exc.strerror or exc}"
+            time.sleep(0.2)
+    return None
 
 
 def _prepare_child(parent: int, nice: int) -> None:
@@ -214,6 +231,9 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_stop)
+        refused = lower_session_group(self.nice)  # the group outlives the child's restarts
+        if refused:
+            self.say(f"--nice {self.nice}: {refused}")
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
         first = True
         while not self.stopping:
@@ -238,10 +258,11 @@ class Supervisor:
                 # Single-threaded here: preexec_fn is safe.
                 preexec_fn=lambda: _prepare_child(me, self.nice),  # noqa: PLW1509
             )
-        except OSError as exc:
-            self.say(f"cannot run {self.argv[0]}: {exc.strerror}; giving up")
+        except (OSError, subprocess.SubprocessError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            self.say(f"cannot run {self.argv[0]}: {reason}; giving up")
             self.state.phase = "stopped"
-            self.state.last_exit = f"cannot run: {exc.strerror}"
+            self.state.last_exit = f"cannot run: {reason}"
             self.save()
             return False
         self.state.phase = "running"
@@ -476,7 +497,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         choices=range(20),
         metavar="0-19",
-        help="run the child this far below the supervisor's CPU priority (default 0)",
+        help="run the child this far below the other components' CPU priority: its nice value, "
+        "and its session's group (shared with this supervisor) where the kernel has autogroups "
+        "(default 0)",
     )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
