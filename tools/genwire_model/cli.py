@@ -247,21 +247,20 @@ def _bench(args: argparse.Namespace) -> int:
         raise SystemExit("genwire model bench: --concurrency and --requests must be at least 1")
     name = args.name or DEFAULT_MODEL_NAME
     settings = _settings()
+    # What the model bench and its rounds both take: where, which model, levels and output.
+    target = (
+        args.url or settings.triton_grpc_url,
+        name,
+        args.repository or settings.repository,
+        args.concurrency,
+        args.max_tokens,
+        args.requests,
+        args.out,
+    )
     if rounds:
         from genwire_model.bench_rounds import run_rounds
 
-        run_rounds(
-            args.url or settings.triton_grpc_url,
-            name,
-            args.repository or settings.repository,
-            args.concurrency,
-            args.max_tokens,
-            args.requests,
-            args.out,
-            args.rounds,
-            shared_stream=args.shared_stream,
-            max_steal=args.max_steal,
-        )
+        run_rounds(*target, args.rounds, shared_stream=args.shared_stream, max_steal=args.max_steal)
         return 0
     if args.floor:
         from genwire import triton_admin
@@ -278,15 +277,5 @@ def _bench(args: argparse.Namespace) -> int:
             shared_stream=args.shared_stream,
         )
         return 0
-    run(
-        args.url or settings.triton_grpc_url,
-        name,
-        args.repository or settings.repository,
-        args.concurrency,
-        args.max_tokens,
-        args.requests,
-        args.out,
-        in_process=args.in_process,
-        shared_stream=args.shared_stream,
-    )
+    run(*target, in_process=args.in_process, shared_stream=args.shared_stream)
     return 0

@@ -108,15 +108,15 @@ def lower_session_group(nice: int, autogroup: Path = AUTOGROUP) -> str | None:
         return None
     if os.getsid(0) != os.getpid():
         return "not a session leader: the session's group is left as it is"
-    for attempt in range(3):  # unprivileged writes are rate-limited system-wide
+    reason = ""
+    for _ in range(3):  # unprivileged writes are rate-limited system-wide
         try:
             autogroup.write_text(str(nice), encoding="ascii")
             return None
         except OSError as exc:
-            if attempt == 2:
-                return f"the session's group was not lowered: {exc.strerror or exc}"
+            reason = exc.strerror or str(exc)
             time.sleep(0.2)
-    return None
+    return f"the session's group was not lowered: {reason}"
 
 
 def _prepare_child(parent: int, nice: int) -> None:
