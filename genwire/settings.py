@@ -202,6 +202,14 @@ class ServiceSettings(CommonSettings):
         2.0, gt=0, description="Timeout of one Redis command (connection errors are retried)."
     )
     shutdown_timeout_s: float = Field(20.0, gt=0, description="How long stop waits for work.")
+    http_keep_alive_s: int = Field(
+        75,
+        ge=1,
+        description="How long the HTTP port keeps an idle keep-alive connection open. Longer "
+        "than clients' pools hold one (httpx and the OpenAI SDK: 5 s, proxies 60 s): a server "
+        "that closes first races the client's next request on that connection, which then "
+        "fails with a reset (uvicorn's own default is 5 s).",
+    )
     tls_certfile: Path | None = Field(
         None,
         description="Certificate chain (PEM): when set, the service's HTTP port (and the "

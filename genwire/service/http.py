@@ -69,7 +69,7 @@ answered 200 and cost the process ~48 MB): not for a public port (docs/benchmark
 
 
 def uvicorn_config(app: FastAPI, settings: ServiceSettings) -> Any:
-    """The service's uvicorn configuration (its port, TLS, no access log, h11)."""
+    """The service's uvicorn configuration (its port, TLS, no access log, h11, keep-alive)."""
     import uvicorn
 
     return uvicorn.Config(
@@ -79,6 +79,7 @@ def uvicorn_config(app: FastAPI, settings: ServiceSettings) -> Any:
         log_config=None,
         access_log=False,
         http=HTTP_PARSER,
+        timeout_keep_alive=settings.http_keep_alive_s,
         **tls_options(settings),
     )
 
