@@ -206,7 +206,7 @@ class ServiceSettings(CommonSettings):
         75,
         ge=1,
         description="How long the HTTP port keeps an idle keep-alive connection open. Longer "
-        "than clients' pools hold one (httpx and the OpenAI SDK: 5 s, proxies 60 s): a server "
+        "than httpx's and the OpenAI SDK's pools (5 s) and common proxies' (60 s): a server "
         "that closes first races the client's next request on that connection, which then "
         "fails with a reset (uvicorn's own default is 5 s).",
     )

@@ -40,6 +40,7 @@ from genwire.events import (
 from genwire.kafka import EventProducer
 from genwire.request import GenerationRequest
 from genwire.results import ResultStore
+from genwire.service.http import uvicorn_config
 from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import extract
@@ -312,9 +313,8 @@ async def start_gateway(
     )
     spans = InMemorySpanExporter()
     app = create_app(cfg, span_exporter=spans, set_global_tracer=False)
-    config = uvicorn.Config(
-        app, host=cfg.host, port=cfg.port, log_config=None, access_log=False, lifespan="on"
-    )
+    config = uvicorn_config(app, cfg)  # the production server's settings
+    config.lifespan = "on"  # a start-up failure raises here rather than being logged
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(60):
