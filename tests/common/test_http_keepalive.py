@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from genwire.service import http
 from genwire.settings import ServiceSettings
-from tests.stack.support import free_port
+from tests.stack.support import free_port, serve_in_task
 
 REQUEST = b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -32,14 +32,8 @@ async def _answered_after_idle(settings: ServiceSettings, idle_s: float) -> bool
     """Whether a second request on one connection, sent ``idle_s`` after the first answer,
     is answered (rather than met by a closed connection)."""
     server = uvicorn.Server(http.uvicorn_config(_app(), settings))
-    task = asyncio.create_task(server.serve())
+    task = await serve_in_task(server, 30)
     try:
-        async with asyncio.timeout(30):
-            while not server.started:  # uvicorn offers no "listening" event
-                if task.done():
-                    task.result()  # raise the start-up failure
-                    raise RuntimeError("the server exited during start-up")
-                await asyncio.sleep(0.02)
         reader, writer = await asyncio.open_connection(settings.host, settings.port)
         try:
             for attempt in range(2):

@@ -45,6 +45,7 @@ from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import extract
 from genwire.topics import ReplyTo, Topic
+from tests.stack.support import serve_in_task
 
 
 def free_port() -> int:
@@ -314,15 +315,9 @@ async def start_gateway(
     spans = InMemorySpanExporter()
     app = create_app(cfg, span_exporter=spans, set_global_tracer=False)
     config = uvicorn_config(app, cfg)  # the production server's settings
-    config.lifespan = "on"  # a start-up failure raises here rather than being logged
+    config.lifespan = "on"  # as before: an exception escaping the app's start-up stops the server
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(60):
-        while not server.started:
-            if task.done():
-                task.result()  # raise the start-up failure
-                raise RuntimeError("the gateway exited during start-up")
-            await asyncio.sleep(0.05)
+    task = await serve_in_task(server)
     return GatewayInstance(cfg, app, spans, server, task)
 
 

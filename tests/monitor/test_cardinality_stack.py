@@ -74,7 +74,7 @@ def test_ten_thousand_made_up_model_names_leave_metrics_and_memory_flat(
     tag = uuid.uuid4().hex[:6]
     # A first few rejections create the series any traffic creates (per stage, window and
     # partition: bounded), so that "before" counts them on a stack that has served nothing yet.
-    asyncio.run(_flood(f"warm-{tag}", 100))
+    asyncio.run(_flood(f"{tag}-warm", 100))  # "made-up-{tag}": leak-checked too
     time.sleep(15)  # the monitor completes traces after 3 s and evaluates every 10 s
     with httpx.Client(timeout=30) as client:
         before, rss_before = _scrape(client), _rss()

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import sys
 import textwrap
 from pathlib import Path
 
+import uvicorn
 from genwire_stack.components import Component, Service
 from genwire_stack.health import http_status
 from genwire_stack.paths import StackPaths
 
 from genwire.settings import CommonSettings
+
+
+async def serve_in_task(server: uvicorn.Server, timeout_s: float = 60.0) -> asyncio.Task[None]:
+    """Run ``server`` in a task and return it once the server listens; a server that exits
+    during start-up raises its error here (uvicorn offers no "listening" event to await)."""
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(timeout_s):
+        while not server.started:
+            if task.done():
+                task.result()  # raise the start-up failure
+                raise RuntimeError("the server exited during start-up")
+            await asyncio.sleep(0.02)
+    return task
 
 
 def free_port() -> int:
