@@ -47,6 +47,22 @@ class Broken(Driver):
         raise AssertionError("never sent")
 
 
+def _report(**fields: Any) -> BenchReport:
+    """A report with nothing in it but ``fields``."""
+    empty: dict[str, Any] = {
+        "run_id": "x",
+        "config": {},
+        "environment": {},
+        "summaries": [],
+        "overheads": [],
+        "breakdowns": {},
+        "resources": {},
+        "skipped": {},
+        "records": [],
+    }
+    return BenchReport(**(empty | fields))
+
+
 def factory(drivers: dict[str, Driver]) -> Any:
     return lambda name, cfg, shared: drivers[name]
 
@@ -150,24 +166,17 @@ def test_target_checks_judge_the_measured_figures() -> None:
     def overhead(load: Load, p50: float, p99: float, tput: float) -> Overhead:
         return Overhead("kafka", "triton", load, p50, p99, p99, 1.2, p50, None, tput, 0)
 
-    report = BenchReport(
-        run_id="x",
-        config={},
-        environment={},
-        summaries=[],
+    report = _report(
         overheads=[
             overhead(Load("closed", 1), 4.0, 16.0, 0.99),
             overhead(Load("closed", 8), 30.0, 60.0, 0.85),
         ],
-        breakdowns={},
         resources={
             "kafka c=1": {
                 "gateway": Usage((1,), 5, 9, 120.0, 110.0),
                 "kafka": Usage((2,), 5, 9, 900.0, 800.0),
             }
         },
-        skipped={},
-        records=[],
     )
     checks = {goal: (got, ok) for goal, got, ok in target_checks(report)}
     assert checks["kafka c=1 +p50 ≤ 5 ms"] == ("+4.0 ms", True)
@@ -182,16 +191,8 @@ def test_an_open_loop_is_not_judged_on_throughput() -> None:
     from genwire_bench.report import target_checks
     from genwire_bench.stats import Load, Overhead
 
-    report = BenchReport(
-        run_id="x",
-        config={},
-        environment={},
-        summaries=[],
+    report = _report(
         overheads=[Overhead("kafka", "triton", Load("open", 5), 50, 60, 70, 2, 50, None, 0.5, 0)],
-        breakdowns={},
-        resources={},
-        skipped={},
-        records=[],
     )
     assert not any("throughput" in goal for goal, _, _ in target_checks(report))
 
@@ -207,13 +208,8 @@ def test_pipeline_cost_per_request_comes_from_the_resources_table() -> None:
     def usage(cpu: float) -> Usage:
         return Usage((1,), cpu, cpu, 100.0, 90.0)
 
-    report = BenchReport(
-        run_id="x",
-        config={},
-        environment={},
+    report = _report(
         summaries=[summary("triton", 50.0), summary("kafka", 20.0), summary("grpc", 20.0)],
-        overheads=[],
-        breakdowns={},
         resources={
             "triton c=8": {"kafka": usage(10.0), "triton": usage(100.0)},
             # 20 req/s: 1 % of a core is 0.5 core-ms per request
@@ -230,8 +226,6 @@ def test_pipeline_cost_per_request_comes_from_the_resources_table() -> None:
                 "triton": usage(80.0),
             },
         },
-        skipped={},
-        records=[],
     )
     costs = {c.target: c for c in pipeline_costs(report)}
     assert set(costs) == {"kafka", "grpc"}  # direct Triton has no pipeline
@@ -267,19 +261,11 @@ def test_the_resources_table_shows_each_phases_steal() -> None:
     from genwire_bench.report import _resources
     from genwire_bench.resources import Usage
 
-    report = BenchReport(
-        run_id="x",
-        config={},
-        environment={},
-        summaries=[],
-        overheads=[],
-        breakdowns={},
+    report = _report(
         resources={
             "kafka c=8": {"kafka": Usage((1,), 40.0, 60.0, 900.0, 800.0)},
             "grpc c=8": {"kafka": Usage((1,), 50.0, 70.0, 900.0, 800.0)},
         },
-        skipped={},
-        records=[],
         steal={"kafka c=8": 12.5, "grpc c=8": None},
     )
     lines = "\n".join(_resources(report)).splitlines()
