@@ -61,6 +61,11 @@ def run_bench(args: argparse.Namespace) -> None:
             args.live_threshold_ms,
         )
         return
+    if getattr(args, "drift_stats", False):
+        from genwire_bench.monitor.stats_cost import drift_stats_cost
+
+        drift_stats_cost()
+        return
     if args.detection:
         from genwire_bench.monitor.detection import detection
 

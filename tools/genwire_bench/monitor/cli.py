@@ -93,6 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and bad latencies)",
     )
     parser.add_argument(
+        "--drift-stats",
+        action="store_true",
+        help="the drift tests' cost: the exact KS test's time beside scipy's at the monitor's "
+        "window sizes, and the import RSS it saves (docs/monitor.md, Drift)",
+    )
+    parser.add_argument(
         "--seeds", type=int, default=3, help="--quality: repetitions (default: %(default)s)"
     )
     parser.add_argument(
