@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from genwire_monitor import drift_stats as ds
+from genwire_monitor.features import numeric
 
 
 def test_quantile_edges_collapse_ties_so_integers_work() -> None:
@@ -66,3 +67,12 @@ def test_categorical_verdict() -> None:
     moved = ds.categorical_score("f", ref, {"stop": 20, "length": 180}, th)
     assert moved.drifted
     assert moved.cur_summary.startswith("length 90%")
+
+
+def test_non_finite_attribute_values_are_not_features() -> None:
+    """One NaN (a mean log-probability of no tokens) would make a window's quantiles, PSI and
+    KS meaningless: it is no value, like a missing attribute."""
+    assert numeric(3) == 3.0
+    assert numeric(-2.5) == -2.5
+    for bad in (float("nan"), float("inf"), -float("inf"), True, "3", None):
+        assert numeric(bad) is None

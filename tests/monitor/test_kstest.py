@@ -19,6 +19,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, ks_2samp
 
 PATHS = ["extended", "logs"]
+TOLERANCE = 1e-12 if kstest._EXTENDED else 1e-9  # the log path's absolute accuracy
 
 
 @pytest.fixture(params=PATHS)
@@ -72,15 +73,15 @@ def test_statistic_and_pvalue_match_scipy_exact(m: int, n: int, shift: float) ->
         want = ks_2samp(ref, cur, method="exact")
         d, p = kstest.ks_2samp(ref, cur)
         assert d == pytest.approx(want.statistic, abs=1e-12)
-        assert p == pytest.approx(want.pvalue, abs=1e-12, rel=1e-7)
+        assert p == pytest.approx(want.pvalue, abs=TOLERANCE, rel=1e-7)
 
 
 @pytest.mark.parametrize(("m", "n", "shift"), [(512, 2048, 0.3), (2048, 5000, 0.0), (7, 9, 0.5)])
 def test_the_log_path_agrees_with_scipy(
     monkeypatch: pytest.MonkeyPatch, m: int, n: int, shift: float
 ) -> None:
-    """Platforms without extended precision, and sizes above EXTENDED_MAX_VALUES."""
-    monkeypatch.setattr(kstest, "EXTENDED_MAX_VALUES", 0)
+    """Platforms whose long double is a double sum logarithms."""
+    monkeypatch.setattr(kstest, "_EXTENDED", False)
     rng = np.random.default_rng(m * n)
     ref, cur = rng.normal(0, 1, m), rng.normal(shift, 1, n)
     want = ks_2samp(ref, cur, method="exact")
@@ -94,6 +95,39 @@ def test_stays_exact_above_scipys_auto_limit() -> None:
     ref, cur = rng.normal(0, 1, 12_288), rng.normal(0.05, 1, 2_048)
     want = ks_2samp(ref, cur, method="exact")
     assert kstest.ks_2samp(ref, cur)[1] == pytest.approx(want.pvalue, abs=1e-12, rel=1e-7)
+
+
+def test_tiny_pvalues_keep_their_digits(path: str) -> None:
+    """p is computed as the share outside, not 1 - a float64 share (which gives 0 below 1e-16):
+    the extended path keeps relative accuracy down to ~1e-17, the log path its own ~1e-11."""
+    m, n = 30, 40
+    tiny = 1e-17 if path == "extended" else 1e-9
+    for k in range(1, 121):  # lcm 120
+        want = brute_pvalue(m, n, k / 120)
+        if want > tiny:
+            assert kstest.exact_pvalue(m, n, k / 120) == pytest.approx(want, rel=1e-6)
+
+
+def test_above_the_exact_limit_the_asymptotic_distribution_is_close() -> None:
+    """Beyond EXACT_MAX_VALUES in all the exact count's cost (m * n * d) is not paid: the
+    corrected limit distribution is within a few percent of the exact value there."""
+    rng = np.random.default_rng(6)
+    for m, n, shift in [(16_384, 2_048, 0.0), (16_384, 2_048, 0.06), (30_000, 3_000, 0.1)]:
+        ref, cur = rng.normal(0, 1, m), rng.normal(shift, 1, n)
+        d, p = kstest.ks_2samp(ref, cur)
+        assert p == kstest.asymptotic_pvalue(m, n, d)
+        want = ks_2samp(ref, cur, method="exact").pvalue
+        assert p == pytest.approx(want, rel=0.03 if want > 1e-3 else 0.1)
+    assert kstest.pvalue(8_000, 8_000, 0.02) == kstest.exact_pvalue(8_000, 8_000, 0.02)
+
+
+def test_non_finite_values_are_refused() -> None:
+    """scipy returns NaN for both; here a caller that let a NaN through hears of it."""
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="finite values only"):
+            kstest.ks_2samp([1.0, 2.0, bad], [1.0, 2.0])
+        with pytest.raises(ValueError, match="finite values only"):
+            kstest.ks_2samp([1.0, 2.0], [bad, 3.0])
 
 
 def test_identical_and_disjoint_samples() -> None:
@@ -122,6 +156,15 @@ def test_chi_square_and_js_match_scipy() -> None:
             shares = ds._shares(ref), ds._shares(cur)
             want = jensenshannon(*shares, base=2)
             assert ds.js_distance(ref, cur) == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_chi_square_drops_categories_neither_window_saw() -> None:
+    """A category with no count on either side has no expected count: it is left out (scipy
+    refuses a zero expected frequency), so the degrees of freedom are the categories seen."""
+    ref, cur = np.array([80.0, 0.0, 20.0, 0.0]), np.array([60.0, 0.0, 40.0, 0.0])
+    stat, p, dof, _ = chi2_contingency(np.array([[80.0, 20.0], [60.0, 40.0]]), correction=False)
+    assert dof == 1
+    assert ds.chi_square(ref, cur) == pytest.approx((stat, p), rel=1e-12)
 
 
 def test_the_monitor_does_not_import_scipy_stats() -> None:

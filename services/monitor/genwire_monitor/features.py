@@ -6,6 +6,7 @@ each with a few example trace ids, so windows merge cheaply and memory stays bou
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -36,10 +37,11 @@ MAX_CATEGORIES = 32  # beyond this, new values count as "other": bounded memory
 
 
 def numeric(value: AttrValue | None) -> float | None:
-    """A number, or None for a missing or non-numeric attribute."""
+    """A finite number, or None for a missing, non-numeric, NaN or infinite attribute (one
+    NaN would make a window's quantiles, PSI and KS meaningless)."""
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and math.isfinite(value):
         return float(value)
     return None
 
