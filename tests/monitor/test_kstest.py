@@ -109,15 +109,24 @@ def test_tiny_pvalues_keep_their_digits(path: str) -> None:
 
 
 def test_above_the_exact_limit_the_asymptotic_distribution_is_close() -> None:
-    """Beyond EXACT_MAX_VALUES in all the exact count's cost (m * n * d) is not paid: the
-    corrected limit distribution is within a few percent of the exact value there."""
-    rng = np.random.default_rng(6)
-    for m, n, shift in [(16_384, 2_048, 0.0), (16_384, 2_048, 0.06), (30_000, 3_000, 0.1)]:
+    """Beyond EXACT_MAX_VALUES in all the exact count's cost (m * n * D) is not paid: the
+    corrected limit distribution is within ~1 % of the exact value at p > 0.01 and 2 % down to
+    1e-3 here (Kolmogorov's limit without Stephens' correction is 2.0 % and 2.2 % off in the
+    last two cases)."""
+    cases = [
+        (14_000, 2_048, 0.0),
+        (16_384, 2_048, 0.0),
+        (16_384, 2_048, 0.06),
+        (30_000, 3_000, 0.1),
+    ]
+    for m, n, shift in cases:
+        rng = np.random.default_rng(1)
         ref, cur = rng.normal(0, 1, m), rng.normal(shift, 1, n)
         d, p = kstest.ks_2samp(ref, cur)
         assert p == kstest.asymptotic_pvalue(m, n, d)
         want = ks_2samp(ref, cur, method="exact").pvalue
-        assert p == pytest.approx(want, rel=0.03 if want > 1e-3 else 0.1)
+        assert want > 1e-3
+        assert p == pytest.approx(want, rel=0.01 if want > 0.01 else 0.02)
     assert kstest.pvalue(8_000, 8_000, 0.02) == kstest.exact_pvalue(8_000, 8_000, 0.02)
 
 
