@@ -9,9 +9,12 @@ from dataclasses import replace
 from genwire_bench.monitor.synth import REFERENCE, Profile, encode, request_spans
 from genwire_monitor import page, promexport
 from genwire_monitor.alerting import AlertEvent
+from genwire_monitor.config import END_TO_END, TPOT, TTFT
 from genwire_monitor.handlers import MonitorEngine
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import CollectorRegistry, generate_latest
+
+from genwire.telemetry import semconv as sc
 
 from .simulate import fast_settings, run
 
@@ -233,3 +236,43 @@ def test_spans_of_a_shadow_copy_count_for_nothing() -> None:
     assert engine.counts.shadow_spans == 1 and engine.counts.requests == 1
     assert engine.counts.errors == 0
     assert set(engine.models) == {("genwire-gpt", "1")}
+
+
+def test_a_non_finite_mean_logprob_is_no_value() -> None:
+    """A NaN mean log-probability (a broken model, a stray producer) is left out like a missing
+    attribute: the version's mean stays what its finite values say, every request is counted."""
+    engine = MonitorEngine(fast_settings())
+    rng = random.Random(33)
+    t, _ = run(engine, replace(REFERENCE, mean_logprob=-1.0), T0, 4.0, 50, rng)
+    before = engine.counts.requests
+    t, _ = run(engine, replace(REFERENCE, mean_logprob=float("nan")), t, 4.0, 50, rng)
+    (figures,) = engine.model_figures(t)
+    assert engine.counts.requests - before >= 190  # (the last few traces are still open)
+    assert figures["requests"] == engine.counts.requests
+    assert abs(figures["mean_logprob"] + 1.0) < 0.1  # type: ignore[operator]
+
+
+def test_a_non_finite_latency_attribute_is_no_value() -> None:
+    """An infinite TPOT or a NaN TTFT attribute on the inference span: the request is counted
+    with its other figures, the evaluation goes on (an infinite value made the sketch raise
+    inside tick)."""
+    engine = MonitorEngine(fast_settings())
+    rng = random.Random(34)
+    t = T0
+    by_service = request_spans(REFERENCE, rng, int(t * 1e9))
+    bad = {sc.TIME_PER_OUTPUT_TOKEN_MS: float("inf"), sc.TIME_TO_FIRST_TOKEN_MS: float("nan")}
+    hits = 0
+    for spans in by_service.values():
+        for span in spans:
+            for kv in span.attributes:
+                if kv.key in bad:
+                    kv.value.double_value = bad[kv.key]
+                    hits += 1
+    assert hits == 2
+    engine.ingest([encode(by_service)], t)
+    engine.tick(t + 5)  # the trace is complete (trace_idle_s), its values inside every window
+    assert engine.counts.requests == 1 and engine.counts.malformed == 0
+    assert engine.counts.too_old == 0
+    assert engine.models[("genwire-gpt", "1")].requests == 1
+    assert engine.sketch(END_TO_END, t + 5).count == 1  # its other figures are there
+    assert engine.sketch(TTFT, t + 5).count == engine.sketch(TPOT, t + 5).count == 0

@@ -33,6 +33,7 @@ from genwire_monitor.alerting import AlertBook, AlertEvent
 from genwire_monitor.burnrate import SLOState, ring_for, sketch_ring_for
 from genwire_monitor.config import END_TO_END, OTHER_MODEL, TPOT, TTFT, MonitorSettings
 from genwire_monitor.drift import DriftMonitor, SeriesResult
+from genwire_monitor.features import numeric
 from genwire_monitor.histogram import Histogram
 from genwire_monitor.history import History
 from genwire_monitor.rollback import Decision, RollbackController
@@ -294,9 +295,9 @@ class MonitorEngine:
         t = rec.end_ns / 1e9
         values: dict[str, float] = {END_TO_END: rec.e2e_ms}  # from the entry time
         for stage, attr in REQUEST_STAGES.items():
-            raw = rec.attrs.get(attr) if attr else None
-            if isinstance(raw, int | float) and not isinstance(raw, bool):
-                values[stage] = float(raw)
+            value = numeric(rec.attrs.get(attr)) if attr else None
+            if value is not None:  # NaN or inf would poison a sketch (inf: OverflowError)
+                values[stage] = value
         ttft = rec.ttft_ms  # caller-side: from the entry time to the first token
         if ttft is not None:
             values[TTFT] = ttft
@@ -317,11 +318,11 @@ class MonitorEngine:
             series.last_seen = max(series.last_seen, now)
             series.requests += 1
             series.errors += rec.error
-            logprob = rec.attrs.get(sc.MEAN_LOGPROB)
-            if isinstance(logprob, int | float) and not isinstance(logprob, bool):
+            logprob = numeric(rec.attrs.get(sc.MEAN_LOGPROB))  # one NaN would poison the mean
+            if logprob is not None:
                 bucket = series.logprob.at(t, now)
                 if bucket is not None:
-                    bucket.total += float(logprob)
+                    bucket.total += logprob
                     bucket.n += 1
             self.drift.add(rec, now, key)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from genwire.request import ERROR_HTTP_STATUS
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
+from genwire_monitor.features import numeric
 from genwire_monitor.spans import AttrValue, SpanView
 
 # Attributes gathered per request (the latest span carrying each one wins).
@@ -91,14 +92,11 @@ class RequestRecord:
     def ttft_ms(self) -> float | None:
         """Time to first token as the caller waits it: from the entry time to the first token
         (``genwire.first_token_unix_ms``); else the inference stage's own TTFT; else None."""
-        first_token = self.attrs.get(sc.FIRST_TOKEN_UNIX_MS)
-        if isinstance(first_token, int | float) and not isinstance(first_token, bool):
+        first_token = numeric(self.attrs.get(sc.FIRST_TOKEN_UNIX_MS))
+        if first_token is not None:
             entry_ms = min(self.start_ns, self.entry_ns or self.start_ns) / 1e6
-            return max(0.0, float(first_token) - entry_ms)
-        own = self.attrs.get(sc.TIME_TO_FIRST_TOKEN_MS)
-        if isinstance(own, int | float) and not isinstance(own, bool):
-            return float(own)
-        return None
+            return max(0.0, first_token - entry_ms)
+        return numeric(self.attrs.get(sc.TIME_TO_FIRST_TOKEN_MS))  # NaN/inf: no value
 
     @property
     def model(self) -> str:
