@@ -96,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--drift-stats",
         action="store_true",
         help="the drift tests' cost: the exact KS test's time beside scipy's at the monitor's "
-        "window sizes, and the import RSS it saves (docs/monitor.md, Drift)",
+        "window sizes, and the memory (RSS) scipy.stats would add (docs/monitor.md, Drift)",
     )
     parser.add_argument(
         "--seeds", type=int, default=3, help="--quality: repetitions (default: %(default)s)"
