@@ -158,7 +158,7 @@ def ks_2samp(
     b = np.sort(np.asarray(current, dtype=np.float64))
     if a.size == 0 or b.size == 0:
         raise ValueError("the KS test needs at least one value on each side")
-    if not (np.isfinite(a[-1]) and np.isfinite(b[-1]) and np.isfinite(a[0]) and np.isfinite(b[0])):
+    if not (np.isfinite(a[[0, -1]]).all() and np.isfinite(b[[0, -1]]).all()):  # sorted: ends
         raise ValueError(
             "the KS test takes finite values only (NaN and infinities have no CDF here)"
         )
