@@ -90,6 +90,21 @@ class CommonSettings(BaseSettings):
     jaeger_ui_url: str = Field(
         "http://127.0.0.1:16686", description="Jaeger UI and query API base URL."
     )
+    jaeger_memory_limit: str = Field(
+        "1GiB",
+        pattern=r"^(off|[0-9]+(B|KiB|MiB|GiB|TiB)?)$",
+        description="Soft memory limit of the stack's Jaeger (Go's GOMEMLIMIT: bytes, or a "
+        "number with B, KiB, MiB, GiB or TiB; off: none). Near it, its garbage collector runs "
+        "more often instead of letting the heap double; it does not cap data that is live. "
+        "Takes effect at Jaeger's next start (`genwire restart --only jaeger`).",
+    )
+    jaeger_span_ttl: str = Field(
+        "72h",
+        pattern=r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$",
+        description="How long the stack's Jaeger keeps a span (Badger's TTL, a Go duration: "
+        "72h, 24h, 90m). Jaeger's disk and its in-memory table indexes grow with what it "
+        "keeps. Takes effect for spans written after Jaeger's next start.",
+    )
     trace_url_template: str = Field(
         "http://127.0.0.1:8090/traces/{trace_id}",
         description="Where trace links point; {trace_id} is replaced. Default: the monitor's "
@@ -106,6 +121,14 @@ class CommonSettings(BaseSettings):
     traces_sample_ratio: float = Field(
         1.0, ge=0.0, le=1.0, description="Head sampling ratio for new traces."
     )
+
+    @field_validator("jaeger_span_ttl")
+    @classmethod
+    def _positive_ttl(cls, value: str) -> str:
+        # The pattern admits "0s"; Badger would then expire every span as it is written.
+        if not any(c in "123456789" for c in value):
+            raise ValueError("jaeger_span_ttl must be longer than zero")
+        return value
 
     @field_validator("trace_url_template")
     @classmethod

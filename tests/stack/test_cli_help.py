@@ -142,3 +142,18 @@ def test_component_names_are_those_of_the_stack(tmp_path: Path) -> None:
     assert {n for n in known if is_component_name(n)} == known
     candidates = {f"{g}-{i}" for g in COMPONENT_GROUPS for i in range(MAX_INSTANCES + 2)}
     assert {n for n in candidates if is_component_name(n)} <= known
+
+
+def test_a_refused_setting_is_named_with_its_variable_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from genwire_cli.main import main
+
+    monkeypatch.setenv("GENWIRE_JAEGER_MEMORY_LIMIT", "1GB")  # Go's runtime would abort on it
+    monkeypatch.setenv("GENWIRE_TRITON_NICE", "30")
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert "2 invalid setting(s)" in err
+    assert "GENWIRE_JAEGER_MEMORY_LIMIT='1GB'" in err
+    assert "GENWIRE_TRITON_NICE='30'" in err
+    assert "Traceback" not in err

@@ -6,12 +6,17 @@ import asyncio
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from genwire_stack import down, ensure_up
-from genwire_stack.components import Jaeger
+from genwire_stack import child_pid, down, ensure_up
+from genwire_stack.components import Component, Jaeger
 from genwire_stack.paths import StackPaths
 
 from genwire.service import ServiceRuntime
@@ -81,13 +86,21 @@ async def test_a_service_span_reaches_jaeger_through_kafka(infra: CommonSettings
     assert service in services
 
 
-async def test_a_jaeger_restart_loses_no_span(infra: CommonSettings, tmp_path: Path) -> None:
-    """A second Jaeger (own ports, data and consumer group) is stopped and started again.
+@dataclass
+class PrivateJaeger:
+    """A second Jaeger (own ports, data and consumer group) beside the stack's."""
 
-    Spans exported while it is down arrive after the restart (its Kafka offsets were committed),
-    and spans stored before it are still there (Badger keeps them on disk).
-    """
-    settings = CommonSettings(home=tmp_path)
+    settings: CommonSettings
+    catalog: dict[str, Component]
+    base: str
+
+
+@asynccontextmanager
+async def private_jaeger(
+    infra: CommonSettings, home: Path, **overrides: Any
+) -> AsyncIterator[PrivateJaeger]:
+    """Start one; it reads ``otlp_spans`` from now on, and is stopped on the way out."""
+    settings = CommonSettings(home=home, **overrides)
     paths = StackPaths.from_settings(settings)
     real = Jaeger(StackPaths.from_settings(infra), infra)
     ports = {role: free_port() for role in real.ports()}
@@ -98,27 +111,65 @@ async def test_a_jaeger_restart_loses_no_span(infra: CommonSettings, tmp_path: P
     jaeger = Jaeger(paths, settings, ports=ports, group=group, initial_offset="latest")
     jaeger.dest.parent.mkdir(parents=True)
     jaeger.dest.symlink_to(real.dest)  # the binary the stack built; no second build
-    catalog = {"jaeger": jaeger}
-    base = f"http://127.0.0.1:{jaeger.ui_port}"
-    service = f"genwire-stack-restart-{uuid.uuid4().hex[:8]}"
+    catalog: dict[str, Component] = {"jaeger": jaeger}
     try:
         ensure_up(["jaeger"], settings=settings, catalog=catalog, model=False)
-        # Healthy is not yet in its group: a span sent before it joins is behind "latest".
-        before = ""
-        for _ in range(12):
-            before = await emit_span(service, "before-restart")
-            if await _find_trace(base, before, timeout_s=5):
-                break
-        assert await _find_trace(base, before, timeout_s=1), "first span never arrived"
-
-        down(["jaeger"], settings=settings, catalog=catalog)
-        during = await emit_span(service, "while-jaeger-was-down")
-        ensure_up(["jaeger"], settings=settings, catalog=catalog, model=False)
-
-        assert await _find_trace(base, during, timeout_s=30), "span sent during the outage lost"
-        assert await _find_trace(base, before, timeout_s=5), "stored span lost by the restart"
+        yield PrivateJaeger(settings, catalog, f"http://127.0.0.1:{jaeger.ui_port}")
     finally:
         down(settings=settings, catalog=catalog)
+
+
+async def _first_stored_span(jaeger: PrivateJaeger, service: str, name: str) -> str:
+    """Healthy is not yet in its group: a span sent before it joins is behind "latest"."""
+    for _ in range(12):
+        trace_id = await emit_span(service, name)
+        if await _find_trace(jaeger.base, trace_id, timeout_s=5):
+            return trace_id
+    raise AssertionError("no span reached the private Jaeger")
+
+
+async def test_a_jaeger_restart_loses_no_span(infra: CommonSettings, tmp_path: Path) -> None:
+    """A private Jaeger is stopped and started again.
+
+    Spans exported while it is down arrive after the restart (its Kafka offsets were committed),
+    and spans stored before it are still there (Badger keeps them on disk).
+    """
+    service = f"genwire-stack-restart-{uuid.uuid4().hex[:8]}"
+    async with private_jaeger(infra, tmp_path) as jaeger:
+        before = await _first_stored_span(jaeger, service, "before-restart")
+
+        down(["jaeger"], settings=jaeger.settings, catalog=jaeger.catalog)
+        during = await emit_span(service, "while-jaeger-was-down")
+        ensure_up(["jaeger"], settings=jaeger.settings, catalog=jaeger.catalog, model=False)
+
+        base = jaeger.base
+        assert await _find_trace(base, during, timeout_s=30), "span sent during the outage lost"
+        assert await _find_trace(base, before, timeout_s=5), "stored span lost by the restart"
+
+
+async def test_jaeger_runs_with_the_memory_limit_and_span_ttl_of_its_settings(
+    infra: CommonSettings, tmp_path: Path
+) -> None:
+    """GENWIRE_JAEGER_MEMORY_LIMIT reaches the Go runtime; GENWIRE_JAEGER_SPAN_TTL expires spans."""
+    service = f"genwire-stack-ttl-{uuid.uuid4().hex[:8]}"
+    ttl_s = 6
+    async with private_jaeger(
+        infra, tmp_path, jaeger_memory_limit="300MiB", jaeger_span_ttl=f"{ttl_s}s"
+    ) as jaeger:
+        pid = child_pid("jaeger", jaeger.settings)
+        assert pid is not None
+        environ = psutil.Process(pid).environ()
+        assert environ["GOMEMLIMIT"] == "300MiB"
+        assert environ["JAEGER_SPAN_TTL"] == "6s"
+
+        stored = await _first_stored_span(jaeger, service, "short-lived")
+        found_at = time.monotonic()
+        while await _find_trace(jaeger.base, stored, timeout_s=0.5):
+            # Written a moment before it was found: gone within the TTL plus the polling.
+            assert time.monotonic() - found_at < ttl_s + 10, "span outlived its TTL"
+            await asyncio.sleep(0.5)
+        # Gone by expiry, not by a store that lost its data: a new span is still stored.
+        assert await _first_stored_span(jaeger, service, "after-expiry")
 
 
 async def test_jaeger_trace_links_lead_to_the_monitors_trace_view(infra: CommonSettings) -> None:

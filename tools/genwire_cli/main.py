@@ -14,6 +14,8 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from genwire_cli.help import HelpFormatter, all_parsers
 
 # Modules exposing ``register(subparsers)``; each adds its subcommands with ``func`` defaults.
@@ -117,10 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings_error(exc: ValidationError) -> str:
+    """What a user reads when a ``GENWIRE_*`` variable holds a value the settings refuse."""
+    lines = [f"genwire: {exc.error_count()} invalid setting(s) in the environment:"]
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        name = f"GENWIRE_{field.upper()}" if exc.title == "CommonSettings" else field
+        lines.append(f"  {name}={error.get('input')!r}: {error['msg']}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse and run; subcommands return an exit status."""
+    """Parse and run; subcommands return an exit status (2: the settings were refused)."""
     args = build_parser().parse_args(argv)
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except ValidationError as exc:
+        if not exc.title.endswith("Settings"):
+            raise  # a defect in a model of ours, not the user's environment: keep the trace
+        print(settings_error(exc), file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

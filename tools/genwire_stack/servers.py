@@ -371,6 +371,9 @@ class Jaeger(Component):
             "JAEGER_OTLP_HTTP_PORT": str(self._ports["otlp-http"]),
             "JAEGER_HEALTH_PORT": str(self._ports["health"]),
             "JAEGER_METRICS_PORT": str(self._ports["metrics"]),
+            "JAEGER_SPAN_TTL": self.settings.jaeger_span_ttl,
+            # The Go runtime's own variable: a soft limit its garbage collector paces against.
+            "GOMEMLIMIT": self.settings.jaeger_memory_limit,
             **(
                 {
                     "JAEGER_KAFKA_USERNAME": "jaeger",
