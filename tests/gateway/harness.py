@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from aiokafka.structs import RecordMetadata
 from fastapi import FastAPI
 from genwire_gateway.app import create_app
 from genwire_gateway.config import GatewaySettings
+from genwire_stack.health import free_port
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
@@ -46,13 +46,6 @@ from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import extract
 from genwire.topics import ReplyTo, Topic
 from tests.stack.support import serve_in_task
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,14 +23,6 @@ from genwire.kafka import ensure_topics
 from genwire.topics import TopicSpec
 
 HOUR_MS = 3_600_000
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def fresh_topics(bootstrap: str) -> tuple[str, str]:

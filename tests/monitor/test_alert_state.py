@@ -15,12 +15,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from genwire_bench.monitor.synth import REFERENCE
 from genwire_monitor.alerting import AlertEvent
 from genwire_monitor.handlers import MonitorEngine, firing_from_state, parse_alert, state_record
+from genwire_stack.health import free_port
 
 from genwire.kafka import ensure_topics
 from genwire.settings import CommonSettings
 from genwire.topics import TopicSpec
 
-from .harness import HOUR_MS, SpanFeed, free_port, fresh_topics, read_alerts, serve_monitor
+from .harness import HOUR_MS, SpanFeed, fresh_topics, read_alerts, serve_monitor
 from .simulate import SCALE, fast_settings, run
 
 T0 = 1_800_000_000.0

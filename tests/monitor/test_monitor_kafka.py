@@ -15,12 +15,13 @@ from dataclasses import replace
 import pytest
 from genwire_bench.monitor.synth import LENGTH_STOPS, LONG_PROMPTS, REFERENCE
 from genwire_monitor.config import MonitorSettings
+from genwire_stack.health import free_port
 
 from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
 
 from .chromium import dump_dom
-from .harness import SpanFeed, free_port, fresh_topics, read_alerts, serve_monitor
+from .harness import SpanFeed, fresh_topics, read_alerts, serve_monitor
 from .simulate import SCALE, fast_settings
 from .webhook_receiver import receiver
 

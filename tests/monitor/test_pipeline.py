@@ -14,13 +14,14 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaProducer
 from genwire_monitor.config import LatencySLO
+from genwire_stack.health import free_port
 
 from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 
 from .chromium import dump_dom
-from .harness import free_port, read_alerts, serve_monitor
+from .harness import read_alerts, serve_monitor
 from .simulate import fast_settings
 
 pytestmark = pytest.mark.slow

@@ -14,13 +14,14 @@ from dataclasses import replace
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from genwire_bench.monitor.synth import REFERENCE
+from genwire_stack.health import free_port
 
 from genwire.kafka import ensure_topics
 from genwire.policy import ModelPolicy, parse
 from genwire.settings import CommonSettings
 from genwire.topics import TopicSpec
 
-from .harness import HOUR_MS, SpanFeed, free_port, fresh_topics, serve_monitor
+from .harness import HOUR_MS, SpanFeed, fresh_topics, serve_monitor
 from .simulate import SCALE, fast_settings
 
 pytestmark = pytest.mark.integration

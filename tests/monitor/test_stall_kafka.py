@@ -17,12 +17,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from genwire_monitor.offsetpoll import OffsetPoller
 from genwire_monitor.rules import stall_id
 from genwire_monitor.stalls import PartitionStatus
+from genwire_stack.health import free_port
 
 from genwire.kafka import ensure_topics
 from genwire.settings import CommonSettings
 from genwire.topics import TopicSpec
 
-from .harness import free_port, fresh_topics, read_alerts, serve_monitor
+from .harness import fresh_topics, read_alerts, serve_monitor
 from .simulate import fast_settings
 
 HOUR_MS = 3_600_000

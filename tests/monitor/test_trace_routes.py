@@ -14,11 +14,10 @@ from genwire_gateway.client import GenwireClient
 from genwire_gateway.config import GatewaySettings
 from genwire_monitor.config import MonitorSettings
 from genwire_monitor.traceroutes import trace_router
+from genwire_stack.health import free_port
 
 from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
-
-from .harness import free_port
 
 SERVICES = ("genwire-gateway", "genwire-preprocess", "genwire-inference", "genwire-postprocess")
 

@@ -10,8 +10,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-
-from .harness import free_port
+from genwire_stack.health import free_port
 
 
 @dataclass

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import textwrap
 from pathlib import Path
 
 import uvicorn
 from genwire_stack.components import Component, Service
-from genwire_stack.health import http_status
+from genwire_stack.health import free_port, http_status
 from genwire_stack.paths import StackPaths
 
 from genwire.settings import CommonSettings
@@ -28,14 +27,6 @@ async def serve_in_task(server: uvicorn.Server, timeout_s: float = 60.0) -> asyn
                 raise RuntimeError("the server exited during start-up")
             await asyncio.sleep(0.02)
     return task
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the kernel picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class HttpServer(Component):

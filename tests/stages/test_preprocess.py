@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from genwire_preprocess.handlers import Preprocessor, derive_seed, error_chunk
+from genwire_stack import health
 from tokenizers import Tokenizer
 
 from genwire.errors import PermanentError, Rejection
@@ -226,8 +227,4 @@ async def test_served_versions_survive_any_model_name(free_port: int) -> None:
 
 @pytest.fixture
 def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return health.free_port()

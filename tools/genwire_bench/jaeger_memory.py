@@ -31,8 +31,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from genwire_stack import child_pid, down, ensure_up
 from genwire_stack.components import Jaeger
+from genwire_stack.health import free_port
 from genwire_stack.paths import StackPaths
 
+from genwire.kafka.admin import delete_groups
 from genwire.settings import CommonSettings
 from genwire.topics import TOPIC_SPECS, Topic
 
@@ -50,15 +52,6 @@ class Result:
     end_rss_mb: float
     peak_heap_mb: float
     store_mb: float
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def _backlog(bootstrap: str) -> tuple[int, dict[int, int]]:
@@ -80,6 +73,15 @@ async def _committed(admin: AIOKafkaAdminClient, group: str) -> dict[int, int]:
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == Topic.SPANS}
 
 
+async def _forget_group(bootstrap: str, group: str, infra: CommonSettings) -> None:
+    """Delete the private Jaeger's group: Kafka refuses while its member has not left yet."""
+    for _ in range(20):
+        if not await delete_groups(bootstrap, [group], settings=infra):
+            return
+        await asyncio.sleep(1.0)
+    print(f"consumer group {group} left behind (Kafka expires it in a week)", file=sys.stderr)
+
+
 def _dir_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
@@ -92,7 +94,7 @@ async def measure(limit: str, infra: CommonSettings, timeout_s: float, interval_
     with tempfile.TemporaryDirectory(prefix="genwire-jaeger-memory-") as tmp:
         settings = CommonSettings(home=Path(tmp), jaeger_memory_limit=limit)
         paths = StackPaths.from_settings(settings)
-        ports = {role: _free_port() for role in real.ports()}
+        ports = {role: free_port() for role in real.ports()}
         group = f"bench-jaeger-memory-{uuid.uuid4().hex[:8]}"
         jaeger = Jaeger(
             paths,
@@ -136,9 +138,9 @@ async def measure(limit: str, infra: CommonSettings, timeout_s: float, interval_
                     await asyncio.sleep(interval_s)
             store = _dir_mb(paths.data / "jaeger")
         finally:
-            # The group is left behind: Kafka expires an empty group's offsets on its own.
             await admin.close()
             await asyncio.to_thread(down, settings=settings, catalog=catalog)
+            await _forget_group(bootstrap, group, infra)
     return Result(limit, records, caught_up, peak_rss, end_rss, peak_heap, store)
 
 

@@ -19,6 +19,14 @@ from genwire_stack.supervise import LOG_PREFIX
 T = TypeVar("T")
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel picks it; it is free until used)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def tcp_open(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> bool:
     """True if something accepts connections on ``host:port``."""
     try:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
 import statistics
 import sys
 import time
@@ -35,6 +34,8 @@ import httpx
 if TYPE_CHECKING:
     import uvicorn
 
+from genwire_stack.health import free_port
+
 from genwire.apikeys import auth_headers
 from genwire.kafka.admin import delete_groups, delete_topics
 from genwire.settings import CommonSettings
@@ -44,13 +45,6 @@ GATEWAY = "http://127.0.0.1:8080"
 PAGE = "latency:e2e:page"
 FIXED_ALLOWANCE_S = 15 * 60.0
 """Production seconds added to every case's time limit (see ``one_case``)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -159,7 +153,7 @@ async def _start_monitor(
             "alerts_topic": alerts,
             "group_id": f"bench-monitor-{tag}",
             "auto_offset_reset": "latest",
-            "port": _free_port(),
+            "port": free_port(),
         }
     )
     server = uvicorn.Server(
