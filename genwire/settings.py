@@ -8,6 +8,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from genwire import gosyntax
+
+JAEGER_MEMORY_LIMIT_FLOOR = 256 * 2**20
+"""The least ``jaeger_memory_limit`` accepted: 157 MiB of Jaeger's heap was live at rest
+(docs/benchmarks.md); at a limit near that, its collector would run without pause."""
+
 
 def default_home() -> Path:
     """Where genwire keeps downloads, builds, models, logs and state: outside any clone."""
@@ -92,18 +98,16 @@ class CommonSettings(BaseSettings):
     )
     jaeger_memory_limit: str = Field(
         "1GiB",
-        pattern=r"^(off|[0-9]+(B|KiB|MiB|GiB|TiB)?)$",
         description="Soft memory limit of the stack's Jaeger (Go's GOMEMLIMIT: bytes, or a "
-        "number with B, KiB, MiB, GiB or TiB; off: none). Near it, its garbage collector runs "
-        "more often instead of letting the heap double; it does not cap data that is live. "
-        "Takes effect at Jaeger's next start (`genwire restart --only jaeger`).",
+        "number with B, KiB, MiB, GiB or TiB, at least 256MiB; off: none). Near it, its garbage "
+        "collector runs more often instead of letting the heap double; it does not cap data "
+        "that is live. Takes effect at Jaeger's next start (`genwire restart --only jaeger`).",
     )
     jaeger_span_ttl: str = Field(
         "72h",
-        pattern=r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$",
-        description="How long the stack's Jaeger keeps a span (Badger's TTL, a Go duration: "
-        "72h, 24h, 90m). Jaeger's disk and its in-memory table indexes grow with what it "
-        "keeps. Takes effect for spans written after Jaeger's next start.",
+        description="How long the stack's Jaeger keeps a span (Badger's TTL, a Go duration of "
+        "at least 1s: 72h, 24h, 90m). Jaeger's disk grows with what it keeps. Applies to spans "
+        "written after Jaeger's next start; those stored before keep the TTL they had.",
     )
     trace_url_template: str = Field(
         "http://127.0.0.1:8090/traces/{trace_id}",
@@ -122,12 +126,20 @@ class CommonSettings(BaseSettings):
         1.0, ge=0.0, le=1.0, description="Head sampling ratio for new traces."
     )
 
+    @field_validator("jaeger_memory_limit")
+    @classmethod
+    def _go_memory_limit(cls, value: str) -> str:
+        # Go aborts at start on a malformed value; a tiny one makes its collector run nonstop.
+        if value != "off" and gosyntax.byte_count(value) < JAEGER_MEMORY_LIMIT_FLOOR:
+            raise ValueError("jaeger_memory_limit must be at least 256MiB (or off)")
+        return value
+
     @field_validator("jaeger_span_ttl")
     @classmethod
-    def _positive_ttl(cls, value: str) -> str:
-        # The pattern admits "0s"; Badger would then expire every span as it is written.
-        if not any(c in "123456789" for c in value):
-            raise ValueError("jaeger_span_ttl must be longer than zero")
+    def _go_span_ttl(cls, value: str) -> str:
+        # Badger expires a span TTL after its write: under a second, spans vanish as written.
+        if gosyntax.duration_ns(value) < 10**9:
+            raise ValueError("jaeger_span_ttl must be at least 1s")
         return value
 
     @field_validator("trace_url_template")

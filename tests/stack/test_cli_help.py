@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -149,6 +150,8 @@ def test_a_refused_setting_is_named_with_its_variable_not_a_traceback(
 ) -> None:
     from genwire_cli.main import main
 
+    for name in [n for n in os.environ if n.startswith("GENWIRE_")]:
+        monkeypatch.delenv(name)  # only the two below are wrong
     monkeypatch.setenv("GENWIRE_JAEGER_MEMORY_LIMIT", "1GB")  # Go's runtime would abort on it
     monkeypatch.setenv("GENWIRE_TRITON_NICE", "30")
     assert main(["status"]) == 2

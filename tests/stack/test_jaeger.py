@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from genwire_bench.jaeger_memory import HEAP
 from genwire_stack import child_pid, down, ensure_up
 from genwire_stack.components import Component, Jaeger
 from genwire_stack.paths import StackPaths
@@ -161,13 +162,21 @@ async def test_jaeger_runs_with_the_memory_limit_and_span_ttl_of_its_settings(
         environ = psutil.Process(pid).environ()
         assert environ["GOMEMLIMIT"] == "300MiB"
         assert environ["JAEGER_SPAN_TTL"] == "6s"
+        # The heap reading of `python -m genwire_bench.jaeger_memory` matches this Jaeger's own.
+        port = jaeger.catalog["jaeger"].ports()["metrics"]
+        async with httpx.AsyncClient(timeout=5, trust_env=False) as http:
+            metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        heap = HEAP.search(metrics)
+        assert heap is not None and float(heap.group(1)) > 0
 
         stored = await _first_stored_span(jaeger, service, "short-lived")
         found_at = time.monotonic()
-        while await _find_trace(jaeger.base, stored, timeout_s=0.5):
-            # Written a moment before it was found: gone within the TTL plus the polling.
-            assert time.monotonic() - found_at < ttl_s + 10, "span outlived its TTL"
-            await asyncio.sleep(0.5)
+        async with httpx.AsyncClient(base_url=jaeger.base, timeout=5, trust_env=False) as http:
+            while (status := (await http.get(f"/api/traces/{stored}")).status_code) == 200:
+                # Written a moment before it was found: gone within the TTL plus the polling.
+                assert time.monotonic() - found_at < ttl_s + 10, "span outlived its TTL"
+                await asyncio.sleep(0.5)
+        assert status == 404, f"Jaeger answered {status}, not 'no such trace'"
         # Gone by expiry, not by a store that lost its data: a new span is still stored.
         assert await _first_stored_span(jaeger, service, "after-expiry")
 

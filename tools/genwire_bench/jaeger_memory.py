@@ -48,14 +48,17 @@ class Result:
     limit: str
     records: int
     caught_up_s: float | None
-    peak_rss_mb: float
-    end_rss_mb: float
-    peak_heap_mb: float
-    store_mb: float
+    peak_rss_mib: float
+    end_rss_mib: float
+    peak_heap_mib: float | None
+    """None: the collector's heap metric was never read."""
+    store_mib: float
+    """Badger's files once Jaeger stopped, as allocated on disk (its value log is sparse)."""
 
 
 async def _backlog(bootstrap: str) -> tuple[int, dict[int, int]]:
-    """Records ``otlp_spans`` holds now, and its end offset per partition."""
+    """Records ``otlp_spans`` holds now, and the end offset of each partition that holds any
+    (an empty one never gets a committed offset: nothing there to wait for)."""
     spec = next(s for s in TOPIC_SPECS if s.name == Topic.SPANS)
     parts = [TopicPartition(Topic.SPANS, p) for p in range(spec.partitions)]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -65,7 +68,8 @@ async def _backlog(bootstrap: str) -> tuple[int, dict[int, int]]:
         starts = await consumer.beginning_offsets(parts)
     finally:
         await consumer.stop()
-    return sum(ends[tp] - starts[tp] for tp in parts), {tp.partition: ends[tp] for tp in parts}
+    held = {tp.partition: ends[tp] for tp in parts if ends[tp] > starts[tp]}
+    return sum(ends[tp] - starts[tp] for tp in parts), held
 
 
 async def _committed(admin: AIOKafkaAdminClient, group: str) -> dict[int, int]:
@@ -82,8 +86,9 @@ async def _forget_group(bootstrap: str, group: str, infra: CommonSettings) -> No
     print(f"consumer group {group} left behind (Kafka expires it in a week)", file=sys.stderr)
 
 
-def _dir_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+def _allocated_mib(path: Path) -> float:
+    # st_size would count the value log Badger preallocates (2 GiB, nearly all holes).
+    return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file()) / 2**20
 
 
 async def measure(limit: str, infra: CommonSettings, timeout_s: float, interval_s: float) -> Result:
@@ -109,7 +114,8 @@ async def measure(limit: str, infra: CommonSettings, timeout_s: float, interval_
         catalog = {"jaeger": jaeger}
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
-        peak_rss = end_rss = peak_heap = 0.0
+        peak_rss = end_rss = 0.0
+        peak_heap: float | None = None
         caught_up: float | None = None
         try:
             t0 = time.monotonic()
@@ -128,33 +134,36 @@ async def measure(limit: str, infra: CommonSettings, timeout_s: float, interval_
                     try:
                         match = HEAP.search((await http.get(metrics)).text)
                         if match:
-                            peak_heap = max(peak_heap, float(match.group(1)) / 2**20)
+                            heap = float(match.group(1)) / 2**20
+                            peak_heap = max(peak_heap or 0.0, heap)
                     except httpx.HTTPError:
                         pass
                     done = await _committed(admin, group)
-                    if done and all(done.get(p, -1) >= end for p, end in ends.items()):
+                    if all(done.get(p, -1) >= end for p, end in ends.items()):
                         caught_up = time.monotonic() - t0
                         break
                     await asyncio.sleep(interval_s)
-            store = _dir_mb(paths.data / "jaeger")
         finally:
             await admin.close()
             await asyncio.to_thread(down, settings=settings, catalog=catalog)
             await _forget_group(bootstrap, group, infra)
+        store = _allocated_mib(paths.data / "jaeger")  # stopped: its memtables are flushed
     return Result(limit, records, caught_up, peak_rss, end_rss, peak_heap, store)
 
 
 def render(results: list[Result]) -> str:
-    """The table the docs quote."""
+    """The table the docs quote; "caught up" counts from the start command, Jaeger's start
+    included."""
     lines = [
         "| GOMEMLIMIT | records | caught up | peak RSS | RSS at end | peak Go heap | Badger |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         took = f"{r.caught_up_s:.1f} s" if r.caught_up_s is not None else "not in time"
+        heap = f"{r.peak_heap_mib:,.0f} MiB" if r.peak_heap_mib is not None else "not read"
         lines.append(
-            f"| {r.limit} | {r.records:,} | {took} | {r.peak_rss_mb:.0f} MB | "
-            f"{r.end_rss_mb:.0f} MB | {r.peak_heap_mb:.0f} MB | {r.store_mb:.0f} MB |"
+            f"| {r.limit} | {r.records:,} | {took} | {r.peak_rss_mib:,.0f} MiB | "
+            f"{r.end_rss_mib:,.0f} MiB | {heap} | {r.store_mib:,.0f} MiB |"
         )
     return "\n".join(lines)
 
@@ -182,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             CommonSettings(jaeger_memory_limit=limit)
         except ValueError as exc:
-            print(f"--limits: {limit!r} is not a GOMEMLIMIT value: {exc}", file=sys.stderr)
-            return 1
+            parser.error(f"--limits: {limit!r} is not a GOMEMLIMIT value: {exc}")
     results = []
     for limit in limits:
         result = asyncio.run(measure(limit, infra, args.timeout, args.interval))

@@ -14,8 +14,9 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
+from genwire.settings import CommonSettings
 from genwire_cli.help import HelpFormatter, all_parsers
 
 # Modules exposing ``register(subparsers)``; each adds its subcommands with ``func`` defaults.
@@ -123,22 +124,27 @@ def settings_error(exc: ValidationError) -> str:
     """What a user reads when a ``GENWIRE_*`` variable holds a value the settings refuse."""
     lines = [f"genwire: {exc.error_count()} invalid setting(s) in the environment:"]
     for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"])
-        name = f"GENWIRE_{field.upper()}" if exc.title == "CommonSettings" else field
-        lines.append(f"  {name}={error.get('input')!r}: {error['msg']}")
+        if not error["loc"]:  # a rule across fields: its message names them
+            lines.append(f"  {error['msg']}")
+            continue
+        field = str(error["loc"][0])
+        info = CommonSettings.model_fields.get(field)
+        secret = info is not None and info.annotation in (SecretStr, SecretStr | None)
+        shown = "<hidden>" if secret else repr(error.get("input"))
+        lines.append(f"  GENWIRE_{field.upper()}={shown}: {error['msg']}")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse and run; subcommands return an exit status (2: the settings were refused)."""
+    """Parse and run; subcommands return an exit status (2: the environment's settings were
+    refused, before the command ran)."""
     args = build_parser().parse_args(argv)
     try:
-        result = args.func(args)
+        CommonSettings()  # what every command reads, from GENWIRE_* only
     except ValidationError as exc:
-        if not exc.title.endswith("Settings"):
-            raise  # a defect in a model of ours, not the user's environment: keep the trace
         print(settings_error(exc), file=sys.stderr)
         return 2
+    result = args.func(args)
     return int(result or 0)
 
 
