@@ -129,6 +129,8 @@ class CommonSettings(BaseSettings):
     @field_validator("jaeger_memory_limit")
     @classmethod
     def _go_memory_limit(cls, value: str) -> str:
+        if value == "":  # set but empty: the default, as compose's ${VAR:-default} reads it
+            return str(cls.model_fields["jaeger_memory_limit"].default)
         # Go aborts at start on a malformed value; a tiny one makes its collector run nonstop.
         if value != "off" and gosyntax.byte_count(value) < JAEGER_MEMORY_LIMIT_FLOOR:
             raise ValueError("jaeger_memory_limit must be at least 256MiB (or off)")
@@ -137,6 +139,8 @@ class CommonSettings(BaseSettings):
     @field_validator("jaeger_span_ttl")
     @classmethod
     def _go_span_ttl(cls, value: str) -> str:
+        if value == "":  # set but empty: the default, as compose's ${VAR:-default} reads it
+            return str(cls.model_fields["jaeger_span_ttl"].default)
         # Badger expires a span TTL after its write: under a second, spans vanish as written.
         if gosyntax.duration_ns(value) < 10**9:
             raise ValueError("jaeger_span_ttl must be at least 1s")

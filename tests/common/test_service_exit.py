@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from genwire_stack.health import free_port
 
 from genwire.service import EXIT_FAILED
 
@@ -38,15 +38,9 @@ PROGRAM = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_service_that_gives_up_exits_with_a_failure_status() -> None:
     done = subprocess.run(
-        [sys.executable, "-c", PROGRAM, str(_free_port())],
+        [sys.executable, "-c", PROGRAM, str(free_port())],
         capture_output=True,
         text=True,
         timeout=60,
@@ -97,7 +91,7 @@ def test_the_runner_exits_with_a_failure_status_after_cleaning_up(case: str) -> 
     """``fail``: the runtime gave up while serving; ``no-broker``: it could not start."""
     env = {
         **os.environ,
-        "GENWIRE_RUNNERTEST_PORT": str(_free_port()),
+        "GENWIRE_RUNNERTEST_PORT": str(free_port()),
         "GENWIRE_RUNNERTEST_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
         "OTEL_TRACES_EXPORTER": "none",
     }

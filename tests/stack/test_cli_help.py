@@ -160,3 +160,15 @@ def test_a_refused_setting_is_named_with_its_variable_not_a_traceback(
     assert "GENWIRE_JAEGER_MEMORY_LIMIT='1GB'" in err
     assert "GENWIRE_TRITON_NICE='30'" in err
     assert "Traceback" not in err
+
+
+def test_a_command_that_reads_no_settings_runs_whatever_the_environment_holds(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from genwire_cli.main import main
+
+    # `kubectl create secret … --from-literal=api-key="$(genwire keys generate)"` must not get
+    # an empty key because of a variable keys generate never reads.
+    monkeypatch.setenv("GENWIRE_JAEGER_MEMORY_LIMIT", "1GB")
+    assert main(["keys", "generate"]) == 0
+    assert capsys.readouterr().out.strip()

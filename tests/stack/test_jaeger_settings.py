@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -19,9 +20,9 @@ DEFAULTS = CommonSettings.model_fields
 
 
 @pytest.fixture(autouse=True)
-def _no_jaeger_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("GENWIRE_JAEGER_MEMORY_LIMIT", raising=False)
-    monkeypatch.delenv("GENWIRE_JAEGER_SPAN_TTL", raising=False)
+def _no_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("GENWIRE_")]:
+        monkeypatch.delenv(name)
 
 
 def _jaeger(tmp_path: Path, **overrides: str) -> Jaeger:
@@ -30,7 +31,7 @@ def _jaeger(tmp_path: Path, **overrides: str) -> Jaeger:
 
 
 @pytest.mark.parametrize(
-    "value", ["off", "1GiB", "512MiB", "256MiB", "2TiB", "268435456B", "536870912"]
+    "value", ["off", "1GiB", "512MiB", "256MiB", "2TiB", "268435456B", "536870912", "+1GiB"]
 )
 def test_memory_limits_in_gos_syntax_are_accepted(value: str) -> None:
     assert CommonSettings(jaeger_memory_limit=value).jaeger_memory_limit == value
@@ -40,7 +41,7 @@ def test_memory_limits_in_gos_syntax_are_accepted(value: str) -> None:
 # fail here instead; 0 and other tiny limits Go takes, but its collector then never rests.
 @pytest.mark.parametrize(
     "value",
-    ["1GB", "1gib", "1.5GiB", "-1", "1 GiB", "none", "GiB", "", "99999999999999999999",
+    ["1GB", "1gib", "1.5GiB", "-1", "1 GiB", "none", "GiB", "99999999999999999999",
      "8388608TiB", "0", "0B", "64MiB", "255MiB"],
 )  # fmt: skip
 def test_a_memory_limit_go_would_refuse_or_starve_on_is_refused(value: str) -> None:
@@ -49,7 +50,21 @@ def test_a_memory_limit_go_would_refuse_or_starve_on_is_refused(value: str) -> N
 
 
 @pytest.mark.parametrize(
-    "value", ["72h", "24h", "90m", "1h30m", "1.5h", "1.h", ".5h", "1s", "2562047h"]
+    "value",
+    [
+        "72h",
+        "24h",
+        "90m",
+        "1h30m",
+        "1.5h",
+        "1.h",
+        ".5h",
+        "1s",
+        "+72h",
+        "2562047h",
+        "0.999999999999999999s",
+        "2562047h47m16.8547758079s",
+    ],
 )
 def test_span_ttls_in_gos_duration_syntax_are_accepted(value: str) -> None:
     assert CommonSettings(jaeger_span_ttl=value).jaeger_span_ttl == value
@@ -59,7 +74,22 @@ def test_span_ttls_in_gos_duration_syntax_are_accepted(value: str) -> None:
 # under a second expires spans as they are written.
 @pytest.mark.parametrize(
     "value",
-    ["0s", "0h0m", "72", "3d", "3 days", "h", "-1h", "", "2562048h", "500ms", "0.5ns", "1\u03bcs"],
+    [
+        "0",
+        "0s",
+        "0h0m",
+        "72",
+        "3d",
+        "3 days",
+        "h",
+        "1hm",
+        "-1h",
+        "2562048h",
+        "500ms",
+        "0.5ns",
+        "1\u03bcs",
+        "2562047h47m16.854775808s",
+    ],
 )
 def test_a_span_ttl_go_would_refuse_or_that_is_under_a_second_is_refused(value: str) -> None:
     with pytest.raises(ValidationError, match="jaeger_span_ttl"):
@@ -73,6 +103,21 @@ def test_gos_duration_units_and_fractions_are_read_as_go_reads_them() -> None:
     # Both spellings of micro: U+00B5 (micro sign) and U+03BC (Greek mu).
     assert gosyntax.duration_ns("3\u00b5s") == gosyntax.duration_ns("3\u03bcs") == 3000
     assert gosyntax.byte_count("1GiB") == 2**30 == gosyntax.byte_count("1073741824")
+    # A fraction goes through float64, per term, as in time.ParseDuration: just under a
+    # second reads as one second, and the largest duration is exactly int64's maximum.
+    assert gosyntax.duration_ns("0.999999999999999999s") == 10**9
+    assert gosyntax.duration_ns("2562047h47m16.8547758079s") == 2**63 - 1
+    assert gosyntax.duration_ns("0") == 0 and gosyntax.duration_ns("-1h") == -3600 * 10**9
+
+
+def test_a_set_but_empty_variable_means_the_default_as_in_compose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENWIRE_JAEGER_MEMORY_LIMIT", "")
+    monkeypatch.setenv("GENWIRE_JAEGER_SPAN_TTL", "")
+    settings = CommonSettings()
+    assert settings.jaeger_memory_limit == "1GiB"
+    assert settings.jaeger_span_ttl == "72h"
 
 
 def test_the_environment_variables_reach_jaegers_process(
@@ -108,8 +153,8 @@ def test_compose_passes_the_same_settings_with_the_same_defaults() -> None:
 
 
 def _bytes(quantity: str) -> int:
-    """A Kubernetes binary quantity or a GOMEMLIMIT value (they share the Ki/Mi/Gi units)."""
-    match = re.fullmatch(r"([0-9]+)(Ki|Mi|Gi|Ti)?B?", quantity)
+    """A Kubernetes binary quantity (Ki, Mi, Gi, Ti)."""
+    match = re.fullmatch(r"([0-9]+)(Ki|Mi|Gi|Ti)?", quantity)
     assert match, quantity
     power = {None: 0, "Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4}[match.group(2)]
     return int(match.group(1)) * 1024**power
@@ -126,7 +171,8 @@ def test_kubernetes_sets_the_measured_soft_limit_with_room_below_the_containers_
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
     resources = container["resources"]
-    assert _bytes(env["GOMEMLIMIT"]) == 2**30  # the limit the peak below was measured at
+    # Go's syntax, not Kubernetes' (1Gi would crash-loop Jaeger); the peak was measured at it.
+    assert gosyntax.byte_count(env["GOMEMLIMIT"]) == 2**30
     assert _bytes(resources["limits"]["memory"]) >= 1.25 * MEASURED_PEAK_RSS_AT_1GIB
     # Scheduled where the soft limit fits, not only a quarter of it.
     assert _bytes(resources["requests"]["memory"]) >= 2**30

@@ -9,8 +9,9 @@ ports, data directory and consumer group, reading the running stack's ``otlp_spa
 oldest record up to the end offsets taken at its start. It prints, per limit, the time to catch
 up, the peak and final resident memory of the Jaeger process and its peak Go heap.
 
-Needs the running stack's Kafka and the Jaeger binary ``genwire up`` built; the stack's own
-Jaeger is not touched.
+Needs the running stack's Kafka (plaintext: the private Jaeger has no credentials of a
+``--secure`` stack) and the Jaeger binary ``genwire up`` built; the stack's own Jaeger is not
+touched.
 """
 
 from __future__ import annotations
@@ -186,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     infra = CommonSettings()
+    if infra.kafka_security_protocol != "PLAINTEXT":
+        parser.error(
+            "a plaintext stack only: the private Jaeger holds no secure stack's credentials"
+        )
     limits = [x.strip() for x in args.limits.split(",") if x.strip()]
     for limit in limits:  # all of them before the first Jaeger starts
         try:

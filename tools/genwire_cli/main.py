@@ -136,15 +136,19 @@ def settings_error(exc: ValidationError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse and run; subcommands return an exit status (2: the environment's settings were
-    refused, before the command ran)."""
+    """Parse and run; subcommands return an exit status (2: a command that reads the settings
+    found a ``GENWIRE_*`` value they refuse). A command that reads none (``keys generate``)
+    runs whatever the environment holds."""
     args = build_parser().parse_args(argv)
     try:
-        CommonSettings()  # what every command reads, from GENWIRE_* only
+        result = args.func(args)
     except ValidationError as exc:
+        # Commands build CommonSettings from the environment alone; another model's error
+        # (a service's settings, a defect of ours) keeps its traceback.
+        if exc.title != CommonSettings.__name__:
+            raise
         print(settings_error(exc), file=sys.stderr)
         return 2
-    result = args.func(args)
     return int(result or 0)
 
 
