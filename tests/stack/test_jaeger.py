@@ -18,12 +18,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from genwire_bench.jaeger_memory import HEAP
 from genwire_stack import child_pid, down, ensure_up
 from genwire_stack.components import Component, Jaeger
-from genwire_stack.paths import StackPaths
 
 from genwire.service import ServiceRuntime
 from genwire.settings import CommonSettings, ServiceSettings
 from genwire.topics import TOPIC_SPECS, Topic
-from tests.stack.support import free_port
 
 
 async def _find_trace(base: str, trace_id: str, timeout_s: float) -> dict[str, object] | None:
@@ -102,16 +100,11 @@ async def private_jaeger(
 ) -> AsyncIterator[PrivateJaeger]:
     """Start one; it reads ``otlp_spans`` from now on, and is stopped on the way out."""
     settings = CommonSettings(home=home, **overrides)
-    paths = StackPaths.from_settings(settings)
-    real = Jaeger(StackPaths.from_settings(infra), infra)
-    ports = {role: free_port() for role in real.ports()}
     # From the newest offset: the shared otlp_spans may hold a day of spans (hundreds of MB
     # after a chaos run), which a new group starting at the oldest would read for minutes.
     group = f"test-jaeger-{uuid.uuid4().hex[:8]}"
     await _commit_group_at_end(infra.kafka_bootstrap_servers, group)
-    jaeger = Jaeger(paths, settings, ports=ports, group=group, initial_offset="latest")
-    jaeger.dest.parent.mkdir(parents=True)
-    jaeger.dest.symlink_to(real.dest)  # the binary the stack built; no second build
+    jaeger = Jaeger.beside(infra, settings, group=group, initial_offset="latest")
     catalog: dict[str, Component] = {"jaeger": jaeger}
     try:
         ensure_up(["jaeger"], settings=settings, catalog=catalog, model=False)

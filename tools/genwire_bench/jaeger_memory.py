@@ -32,7 +32,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from genwire_stack import child_pid, down, ensure_up
 from genwire_stack.components import Jaeger
-from genwire_stack.health import free_port
 from genwire_stack.paths import StackPaths
 
 from genwire.kafka.admin import delete_groups
@@ -96,22 +95,11 @@ async def measure(limit: str, infra: CommonSettings, timeout_s: float, interval_
     """Start a private Jaeger at ``limit``, sample it until it caught up or ``timeout_s``."""
     bootstrap = infra.kafka_bootstrap_servers
     records, ends = await _backlog(bootstrap)
-    real = Jaeger(StackPaths.from_settings(infra), infra)
     with tempfile.TemporaryDirectory(prefix="genwire-jaeger-memory-") as tmp:
         settings = CommonSettings(home=Path(tmp), jaeger_memory_limit=limit)
         paths = StackPaths.from_settings(settings)
-        ports = {role: free_port() for role in real.ports()}
         group = f"bench-jaeger-memory-{uuid.uuid4().hex[:8]}"
-        jaeger = Jaeger(
-            paths,
-            settings,
-            ports=ports,
-            group=group,
-            kafka_bootstrap=bootstrap,
-            initial_offset="earliest",
-        )
-        jaeger.dest.parent.mkdir(parents=True)
-        jaeger.dest.symlink_to(real.dest)  # the binary the stack built; no second build
+        jaeger = Jaeger.beside(infra, settings, group=group, initial_offset="earliest")
         catalog = {"jaeger": jaeger}
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
@@ -127,7 +115,7 @@ async def measure(limit: str, infra: CommonSettings, timeout_s: float, interval_
             if pid is None:
                 raise RuntimeError("the private Jaeger did not start")
             proc = psutil.Process(pid)
-            metrics = f"http://127.0.0.1:{ports['metrics']}/metrics"
+            metrics = f"http://127.0.0.1:{jaeger.ports()['metrics']}/metrics"
             async with httpx.AsyncClient(timeout=2, trust_env=False) as http:
                 while time.monotonic() - t0 < timeout_s:
                     end_rss = proc.memory_info().rss / 2**20

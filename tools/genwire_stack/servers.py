@@ -31,7 +31,7 @@ from genwire_stack.catalog import (
 )
 from genwire_stack.component import Component, Readiness, readyz
 from genwire_stack.errors import StackError
-from genwire_stack.health import http_status, redis_ping
+from genwire_stack.health import free_port, http_status, redis_ping
 from genwire_stack.layout import instance_name
 from genwire_stack.paths import StackPaths, site_packages
 from genwire_stack.secure import SecureStack, secure_redis_ping
@@ -320,6 +320,26 @@ class Jaeger(Component):
         self.consumer_group = group
         self.kafka_bootstrap = kafka_bootstrap or f"127.0.0.1:{kafka_port}"
         """Every broker, comma separated (the config's ``brokers`` splits the list)."""
+
+    @classmethod
+    def beside(
+        cls, stack: CommonSettings, settings: CommonSettings, *, group: str, initial_offset: str
+    ) -> Jaeger:
+        """A second Jaeger next to the stack's (tests, measurements): free ports, the data of
+        ``settings.home``, its own consumer group on the stack's Kafka, and the binary the
+        stack built (a link: no second build)."""
+        real = cls(StackPaths.from_settings(stack), stack)
+        jaeger = cls(
+            StackPaths.from_settings(settings),
+            settings,
+            ports={role: free_port() for role in real.ports()},
+            group=group,
+            kafka_bootstrap=stack.kafka_bootstrap_servers,
+            initial_offset=initial_offset,
+        )
+        jaeger.dest.parent.mkdir(parents=True, exist_ok=True)
+        jaeger.dest.symlink_to(real.dest)
+        return jaeger
 
     @property
     def dest(self) -> Path:
