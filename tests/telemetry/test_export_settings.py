@@ -9,6 +9,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from genwire.settings import ServiceSettings
+from genwire.telemetry.propagation import extract, inject
 from genwire.telemetry.setup import SCHEDULE_DELAY_MS, configure_tracing
 
 
@@ -34,5 +35,43 @@ def test_otel_bsp_schedule_delay_overrides_it(monkeypatch: pytest.MonkeyPatch) -
     provider = configure_tracing(ServiceSettings(), "t", InMemorySpanExporter(), set_global=False)
     try:
         assert _delay_ms(provider) == 1000
+    finally:
+        provider.shutdown()
+
+
+PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_with_no_exporter_spans_are_still_made_and_only_not_exported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``OTEL_TRACES_EXPORTER=none`` keeps the SDK: every record still pays for its spans (the
+    floor measured 0.15–0.3 core-ms per record per stage, docs/benchmarks.md)."""
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    provider = configure_tracing(ServiceSettings(), "t", set_global=False)
+    try:
+        with provider.get_tracer("t").start_as_current_span("s") as span:
+            assert span.is_recording()
+    finally:
+        provider.shutdown()
+
+
+def test_a_disabled_sdk_makes_no_spans_and_passes_the_trace_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``OTEL_SDK_DISABLED=true``: no span is made, and what the stage publishes carries the
+    upstream ``traceparent`` unchanged, so the stages after it still join the request's trace."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    exporter = InMemorySpanExporter()
+    provider = configure_tracing(ServiceSettings(), "t", exporter, set_global=False)
+    try:
+        parent = extract([("traceparent", PARENT.encode())])
+        with provider.get_tracer("t").start_as_current_span("s", context=parent) as span:
+            assert not span.is_recording()
+            headers = dict(inject([]))
+        assert headers["traceparent"].decode() == PARENT
+        provider.force_flush()
+        assert exporter.get_finished_spans() == ()
     finally:
         provider.shutdown()

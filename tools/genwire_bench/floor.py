@@ -44,8 +44,10 @@ from genwire.kafka import EventProducer, ensure_topics
 from genwire.kafka.admin import delete_groups, delete_topics
 from genwire.kafka.consumer import COMMIT_INTERVAL_S, FETCH_MAX_WAIT_MS, consumer_options
 from genwire.kafka.failures import RawRecord
+from genwire.kafka_security import client_options
 from genwire.service import loop as event_loop
 from genwire.topics import TOPIC_SPECS, Topic, TopicSpec
+from genwire_bench import floor_clients
 from genwire_bench.drivers.base import new_trace
 from genwire_bench.floor_chain import (
     DEFAULT_STAGES,
@@ -63,6 +65,7 @@ from genwire_bench.floor_chain import (
     render_chain,
     render_hops,
 )
+from genwire_bench.floor_clients import CLIENTS, SIDES, PlainProducer, RdProducer, RdReader
 from genwire_bench.floor_front import (
     FRONT_PARTITION,
     FrontClient,
@@ -74,6 +77,7 @@ from genwire_bench.stats import distribution
 from genwire_bench.traces import JaegerClient, breakdown
 
 PARTITIONS = 3  # as the request path's topics (genwire.topics.TOPIC_SPECS)
+FloorProducer = EventProducer | PlainProducer | RdProducer  # by --client
 MODES = ("bare", "hop", "idle", "chain")
 READY = "ready"
 
@@ -209,9 +213,28 @@ class Reader:
         await self._consumer.stop()
 
 
+def reader_for(
+    args: argparse.Namespace, topic: str, partitions: Sequence[int] = tuple(range(PARTITIONS))
+) -> Reader | RdReader:
+    """The measuring client's consumer of ``topic`` on ``--client``'s library."""
+    if SIDES[args.client][0] == "librdkafka":
+        return RdReader(args.bootstrap_servers, topic, args.fetch_max_wait_ms, partitions)
+    return Reader(args.bootstrap_servers, topic, args.fetch_max_wait_ms, partitions)
+
+
+def producer_for(args: argparse.Namespace) -> FloorProducer:
+    """The measuring client's producer on ``--client``'s library."""
+    if args.client == "aiokafka":
+        return EventProducer(args.bootstrap_servers, client_id="genwire-floor")
+    producer: PlainProducer | RdProducer = floor_clients.new_producer(
+        SIDES[args.client][1], args.bootstrap_servers, "genwire-floor"
+    )
+    return producer
+
+
 async def _drive(
-    producer: EventProducer,
-    reader: Reader,
+    producer: FloorProducer,
+    reader: Reader | RdReader,
     topic: str,
     *,
     count: int,
@@ -318,6 +341,8 @@ class Relay:
             str(args.commit_interval_ms),
             "--group",
             group,
+            "--client",
+            args.client,
         ]
         if args.relay_concurrency is not None:
             cmd += ["--relay-concurrency", str(args.relay_concurrency)]
@@ -356,7 +381,7 @@ async def measure(args: argparse.Namespace) -> list[Phase]:
     specs += [TopicSpec(t, PARTITIONS, 3_600_000) for t in (topic_in, topic_out)]
     await ensure_topics(args.bootstrap_servers, specs)
     broker = broker_process(args.bootstrap_servers)
-    producer = EventProducer(args.bootstrap_servers, client_id="genwire-floor")
+    producer = producer_for(args)
     await producer.start()
     phases: list[Phase] = []
     try:
@@ -384,7 +409,7 @@ async def measure(args: argparse.Namespace) -> list[Phase]:
 
 async def _chain(
     args: argparse.Namespace,
-    producer: EventProducer,
+    producer: FloorProducer,
     broker: psutil.Process | None,
     run: str,
 ) -> list[Phase]:
@@ -405,7 +430,7 @@ async def _chain(
     relays: list[Relay] = []
     fronts: list[Relay] = []  # the gRPC front's process (--front grpc): stopped with the relays
     client: FrontClient | None = None
-    reader = Reader(args.bootstrap_servers, topics[-1], args.fetch_max_wait_ms)
+    reader = reader_for(args, topics[-1])
     phases: list[Phase] = []
     try:
         for i in range(args.stages):
@@ -546,6 +571,7 @@ def _chain_phase(
             "idle_core_ms_per_s": idle_per_s,
             "total_above_idle_core_ms": cost.above_idle,
             "size": args.size,
+            "client": args.client,
             "loop": event_loop.describe(),
             "relay_loop": args.loop,
             "tracing": bool(args.tracing),
@@ -607,16 +633,14 @@ async def _phase(
     args: argparse.Namespace,
     mode: str,
     concurrency: int,
-    producer: EventProducer,
+    producer: FloorProducer,
     broker: psutil.Process | None,
     topic_in: str,
     topic_out: str,
     run: str,
 ) -> Phase:
     relay = Relay(args, topic_in, topic_out, relay_group(run)) if mode == "hop" else None
-    reader = Reader(
-        args.bootstrap_servers, topic_out if relay else topic_in, args.fetch_max_wait_ms
-    )
+    reader = reader_for(args, topic_out if relay else topic_in)
     try:
         if relay is not None:
             await relay.ready()
@@ -667,6 +691,7 @@ async def _phase(
         relay_core_ms=per_rec(r0, r1),
         broker_core_ms=per_rec(b0, b1),
         extra={
+            "client": args.client,
             "loop": event_loop.describe(),
             "relay_loop": args.loop if relay else None,
             "tracing": bool(args.tracing) if relay else None,
@@ -891,6 +916,15 @@ def parser() -> argparse.ArgumentParser:
         "calls a do-nothing gRPC front that does), or both, e.g. none,grpc: a phase of each "
         "at every concurrency, and what the front adds per request",
     )
+    p.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="aiokafka",
+        help="the Kafka clients of the measuring process and the relays: aiokafka (the "
+        "services' runtime), plain-aiokafka (bare aiokafka clients, no genwire wrapper), mixed "
+        "(aiokafka's consumer, librdkafka's producer), librdkafka (confluent-kafka); the same "
+        "settings and semantics; all but aiokafka need --no-tracing (genwire_bench.floor_clients)",
+    )
     p.add_argument("--json", dest="json_path", help="write the phases as JSON here")
     p.add_argument("--relay", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     p.add_argument("--front-serve", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
@@ -980,6 +1014,19 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--relay-concurrency: at least 1")
     if args.hop_traces and not args.tracing:
         parser().error("--hop-traces needs the relays' spans: not with --no-tracing")
+    # (a relay's tracing comes in its environment, OTEL_TRACES_EXPORTER, not in --tracing)
+    if args.client != "aiokafka" and args.tracing and not args.relay:
+        parser().error(f"--client {args.client}: its relays export no spans, add --no-tracing")
+    if args.client != "aiokafka" and args.front != ["none"]:
+        parser().error(f"--client {args.client}: no gRPC front on this client (--front none)")
+    if SIDES[args.client][1] == "librdkafka" and client_options():
+        parser().error(
+            f"--client {args.client}: librdkafka is not given the broker's TLS/SASL settings "
+            "here; measure it on a PLAINTEXT broker"
+        )
+    if args.relay and args.client != "aiokafka":
+        event_loop.run(floor_clients.relay_main(args, READY), args.loop)
+        return 0
     if args.relay:
         event_loop.run(relay_main(args), args.loop)
         return 0
@@ -991,7 +1038,8 @@ def main(argv: list[str] | None = None) -> int:
     phases = event_loop.run(measure(args), args.loop)
     load1 = os.getloadavg()
     print(
-        f"floor: {started}, broker {args.bootstrap_servers}, loop {args.loop}, "
+        f"floor: {started}, broker {args.bootstrap_servers}, client {args.client}, "
+        f"loop {args.loop}, "
         f"tracing {'on' if args.tracing else 'off'} (relay), fetch_max_wait_ms "
         f"{args.fetch_max_wait_ms}, load average {load0[0]:.2f} → {load1[0]:.2f}"
     )

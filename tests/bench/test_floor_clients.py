@@ -1,0 +1,202 @@
+"""``floor --client``: the floor on bare aiokafka, on librdkafka, or on both (floor_clients).
+
+The pure parts (offset bookkeeping, the clients' settings, what is refused) run anywhere; the
+relays run against the stack's broker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from genwire_bench import floor
+from genwire_bench.floor_clients import (
+    SIDES,
+    OffsetTracker,
+    RdProducer,
+    consumer_config,
+    producer_config,
+)
+
+from genwire.kafka import ensure_topics
+from genwire.kafka.admin import delete_groups, delete_topics
+from genwire.settings import CommonSettings
+from genwire.topics import TopicSpec
+
+
+def test_an_offset_is_stored_only_once_it_and_every_earlier_record_are_done() -> None:
+    t = OffsetTracker()
+    for offset in (10, 11, 12):
+        t.started(0, offset)
+    t.started(1, 5)
+    assert t.finished(0, 12) is None  # 10 and 11 still in flight
+    assert t.finished(0, 11) is None
+    assert t.finished(1, 5) == 6  # partitions are independent
+    assert t.finished(0, 10) == 13  # 10 done: 10, 11, 12 all are, store one past 12
+    assert t.in_flight() == 0
+    t.started(0, 13)
+    t.started(0, 14)
+    assert t.finished(0, 13) == 14
+    assert t.in_flight() == 1
+
+
+def test_the_clients_settings_are_the_services_in_librdkafkas_words() -> None:
+    p = producer_config("b:1", "me")
+    assert p["acks"] == "all" and p["enable.idempotence"] is True and p["linger.ms"] == 0
+    assert p["partitioner"] == "murmur2_random"  # aiokafka's and Java's: same key, same partition
+    assert p["socket.nagle.disable"] is True
+    c = consumer_config("b:1", "g", fetch_max_wait_ms=123, commit_interval_ms=45)
+    assert c["group.id"] == "g" and c["fetch.wait.max.ms"] == 123 and c["fetch.min.bytes"] == 1
+    # offsets are stored by the relay after the acknowledgement, committed by librdkafka's timer
+    assert c["enable.auto.offset.store"] is False and c["auto.commit.interval.ms"] == 45
+    assert c["auto.offset.reset"] == "earliest"
+
+
+def test_each_client_names_its_consumer_and_producer_library() -> None:
+    assert set(SIDES) == set(floor.CLIENTS)
+    assert SIDES["mixed"] == ("aiokafka", "librdkafka")
+    assert all(lib in ("aiokafka", "librdkafka") for sides in SIDES.values() for lib in sides)
+
+
+@pytest.mark.parametrize("client", ["plain-aiokafka", "mixed", "librdkafka"])
+def test_what_the_other_clients_refuse(client: str) -> None:
+    for bad in (
+        [],  # tracing is on by default: these relays export no spans
+        ["--no-tracing", "--modes", "chain", "--front", "grpc"],
+    ):
+        with pytest.raises(SystemExit):
+            floor.main(["--client", client, *bad, "--bootstrap-servers", "unused:1"])
+    with pytest.raises(SystemExit):
+        floor.main(["--client", "kafka-python", "--no-tracing"])
+
+
+def test_librdkafka_is_refused_on_a_secure_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It is not given the TLS/SASL settings, so it would fail or, worse, measure nothing."""
+    monkeypatch.setenv("GENWIRE_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("GENWIRE_KAFKA_SASL_USERNAME", "u")
+    monkeypatch.setenv("GENWIRE_KAFKA_SASL_PASSWORD", "p")
+    for client in ("mixed", "librdkafka"):
+        with pytest.raises(SystemExit):
+            floor.main(["--client", client, "--no-tracing", "--bootstrap-servers", "unused:1"])
+
+
+@pytest.mark.parametrize("client", ["plain-aiokafka", "mixed", "librdkafka"])
+def test_the_floor_and_a_chain_on_each_client(
+    client: str, infra: CommonSettings, tmp_path: Path
+) -> None:
+    out = tmp_path / "floor.json"
+    code = floor.main(
+        [
+            "--bootstrap-servers",
+            infra.kafka_bootstrap_servers,
+            "--client",
+            client,
+            "--no-tracing",
+            "--modes",
+            "bare,hop,chain",
+            "-n",
+            "20",
+            "--warmup",
+            "3",
+            "-c",
+            "1,2",
+            "--relay-concurrency",
+            "2",
+            "--chain-idle-s",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    phases = json.loads(out.read_text())["phases"]
+    assert [(p["mode"], p["concurrency"], p["records"]) for p in phases] == [
+        (mode, c, 20) for mode in ("bare", "hop", "chain") for c in (1, 2)
+    ]
+    for p in phases:
+        assert 0 < p["p50_ms"] <= p["p99_ms"]
+        assert p["extra"]["client"] == client
+    # every relay process was found and measured (20 records can take less than psutil's tick)
+    for p in phases[2:4]:
+        assert p["relay_core_ms"] is not None and p["relay_core_ms"] >= 0
+    for p in phases[4:]:
+        assert len(p["extra"]["relays_core_ms"]) == 3
+        assert all(r is not None and r >= 0 for r in p["extra"]["relays_core_ms"])
+
+
+@pytest.mark.parametrize("client", ["plain-aiokafka", "librdkafka"])
+def test_a_relay_commits_what_it_forwarded_when_it_stops(
+    client: str, infra: CommonSettings
+) -> None:
+    """At-least-once as the services: every forwarded record's offset is committed by the time
+    the relay has left its group, so a successor starts after them."""
+    bootstrap = infra.kafka_bootstrap_servers
+    run = uuid.uuid4().hex[:8]
+    topic_in, topic_out, group = f"floor-{run}-in", f"floor-{run}-out", f"floor-{run}-relay"
+    args = floor.parser().parse_args(
+        ["--bootstrap-servers", bootstrap, "--client", client, "--no-tracing"]
+    )
+    asyncio.run(_relay_round_trip(args, topic_in, topic_out, group, records=12))
+
+
+async def _relay_round_trip(
+    args: argparse.Namespace, topic_in: str, topic_out: str, group: str, records: int
+) -> None:
+    bootstrap = args.bootstrap_servers
+    await ensure_topics(bootstrap, [TopicSpec(t, 3, 3_600_000) for t in (topic_in, topic_out)])
+    relay = floor.Relay(args, topic_in, topic_out, group)
+    out = AIOKafkaConsumer(topic_out, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    producer = RdProducer(bootstrap, "test-floor-clients")
+    try:
+        await relay.ready()
+        await out.start()
+        await producer.start()
+        acks = [
+            producer.produce(
+                topic_in,
+                json.dumps({"request_id": f"r{i}", "body": "x"}).encode(),
+                f"r{i}".encode(),
+            )
+            for i in range(records)
+        ]
+        await asyncio.gather(*acks)
+        seen: set[bytes] = set()
+        async with asyncio.timeout(30):
+            while len(seen) < records:
+                for batch in (await out.getmany(timeout_ms=500)).values():
+                    seen |= {r.key or b"" for r in batch}
+        assert seen == {f"r{i}".encode() for i in range(records)}
+        relay.close()
+        assert await asyncio.to_thread(relay.proc.wait, 30) == 0
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(group)
+            ends = await out_ends(bootstrap, topic_in)
+        finally:
+            await admin.close()
+        assert {tp.partition: meta.offset for tp, meta in committed.items()} == {
+            p: end for p, end in ends.items() if end > 0
+        }
+    finally:
+        relay.stop()
+        await producer.stop()
+        await out.stop()
+        await delete_groups(bootstrap, [group])
+        await delete_topics(bootstrap, [topic_in, topic_out])
+
+
+async def out_ends(bootstrap: str, topic: str) -> dict[int, int]:
+    """Each partition's end offset."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(3)]
+        return {tp.partition: end for tp, end in (await consumer.end_offsets(parts)).items()}
+    finally:
+        await consumer.stop()
