@@ -60,10 +60,11 @@ def test_the_clients_settings_are_the_services_in_librdkafkas_words() -> None:
 def test_each_client_names_its_consumer_and_producer_library() -> None:
     assert set(SIDES) == set(floor.CLIENTS)
     assert SIDES["mixed"] == ("aiokafka", "librdkafka")
+    assert SIDES["mixed-consumer"] == ("librdkafka", "aiokafka")
     assert all(lib in ("aiokafka", "librdkafka") for sides in SIDES.values() for lib in sides)
 
 
-@pytest.mark.parametrize("client", ["plain-aiokafka", "mixed", "librdkafka"])
+@pytest.mark.parametrize("client", ["plain-aiokafka", "mixed", "mixed-consumer", "librdkafka"])
 def test_what_the_other_clients_refuse(client: str) -> None:
     for bad in (
         [],  # tracing is on by default: these relays export no spans
@@ -80,12 +81,12 @@ def test_librdkafka_is_refused_on_a_secure_broker(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("GENWIRE_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
     monkeypatch.setenv("GENWIRE_KAFKA_SASL_USERNAME", "u")
     monkeypatch.setenv("GENWIRE_KAFKA_SASL_PASSWORD", "p")
-    for client in ("mixed", "librdkafka"):
+    for client in ("mixed", "mixed-consumer", "librdkafka"):
         with pytest.raises(SystemExit):
             floor.main(["--client", client, "--no-tracing", "--bootstrap-servers", "unused:1"])
 
 
-@pytest.mark.parametrize("client", ["plain-aiokafka", "mixed", "librdkafka"])
+@pytest.mark.parametrize("client", ["plain-aiokafka", "mixed", "mixed-consumer", "librdkafka"])
 def test_the_floor_and_a_chain_on_each_client(
     client: str, infra: CommonSettings, tmp_path: Path
 ) -> None:

@@ -922,7 +922,8 @@ def parser() -> argparse.ArgumentParser:
         default="aiokafka",
         help="the Kafka clients of the measuring process and the relays: aiokafka (the "
         "services' runtime), plain-aiokafka (bare aiokafka clients, no genwire wrapper), mixed "
-        "(aiokafka's consumer, librdkafka's producer), librdkafka (confluent-kafka); the same "
+        "(aiokafka's consumer, librdkafka's producer), mixed-consumer (the other way round), "
+        "librdkafka (confluent-kafka); the same "
         "settings and semantics; all but aiokafka need --no-tracing (genwire_bench.floor_clients)",
     )
     p.add_argument("--json", dest="json_path", help="write the phases as JSON here")
@@ -1019,7 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(f"--client {args.client}: its relays export no spans, add --no-tracing")
     if args.client != "aiokafka" and args.front != ["none"]:
         parser().error(f"--client {args.client}: no gRPC front on this client (--front none)")
-    if SIDES[args.client][1] == "librdkafka" and client_options():
+    if "librdkafka" in SIDES[args.client] and client_options():
         parser().error(
             f"--client {args.client}: librdkafka is not given the broker's TLS/SASL settings "
             "here; measure it on a PLAINTEXT broker"

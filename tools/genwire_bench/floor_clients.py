@@ -10,6 +10,8 @@ clients and the ``hop``/``chain``/``idle`` relays:
 - ``plain-aiokafka``: this module's relay on bare aiokafka clients: what genwire's wrappers add.
 - ``mixed``: this module's relay with aiokafka's consumer and librdkafka's producer (the client
   likewise): what a producer-only swap would give.
+- ``mixed-consumer``: the other way round, librdkafka's consumer and aiokafka's producer: what a
+  consumer-only swap would give.
 - ``librdkafka``: this module's relay and client on librdkafka alone.
 
 Every variant keeps the services' settings and semantics:
@@ -47,7 +49,7 @@ from genwire.kafka.consumer import consumer_options
 from genwire.kafka_security import client_options
 from genwire_bench.floor_chain import FloorRecord
 
-CLIENTS = ("aiokafka", "plain-aiokafka", "mixed", "librdkafka")
+CLIENTS = ("aiokafka", "plain-aiokafka", "mixed", "mixed-consumer", "librdkafka")
 POLL_S = 0.1
 """How long a poller or consumer thread blocks in C before it looks at its stop flag."""
 BATCH = 64
@@ -326,6 +328,7 @@ SIDES: dict[str, Sides] = {
     "aiokafka": ("aiokafka", "aiokafka"),  # the runtime's relay (genwire_bench.floor), not Relay
     "plain-aiokafka": ("aiokafka", "aiokafka"),
     "mixed": ("aiokafka", "librdkafka"),
+    "mixed-consumer": ("librdkafka", "aiokafka"),
     "librdkafka": ("librdkafka", "librdkafka"),
 }
 
