@@ -22,6 +22,12 @@ SCHEDULE_DELAY_MS = 250
 """How long finished spans wait to be exported together, unless OTEL_BSP_SCHEDULE_DELAY says."""
 
 
+def sdk_disabled() -> bool:
+    """The standard ``OTEL_SDK_DISABLED=true``: the SDK's tracers are no-ops (no span is made; a
+    record's upstream ``traceparent`` is passed on unchanged), so there is nothing to export."""
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+
+
 def build_exporter(settings: CommonSettings) -> SpanExporter | None:
     """The exporter named by the standard ``OTEL_TRACES_EXPORTER`` (default ``kafka``).
 
@@ -59,7 +65,10 @@ def configure_tracing(
         resource=resource,
         sampler=ParentBased(TraceIdRatioBased(settings.traces_sample_ratio)),
     )
-    chosen = exporter if exporter is not None else build_exporter(settings)
+    # Disabled: no exporter either (the Kafka one would hold a producer and a thread for nothing)
+    chosen = (
+        None if sdk_disabled() else (exporter if exporter is not None else build_exporter(settings))
+    )
     if chosen is not None:
         # A short delay keeps traces visible in Jaeger within a second of the request; the
         # standard OTEL_BSP_SCHEDULE_DELAY (ms) changes it (each export is one Kafka record per

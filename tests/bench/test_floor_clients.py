@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from genwire_bench import floor
+from genwire_bench import floor, floor_clients
 from genwire_bench.floor_clients import (
-    SIDES,
     OffsetTracker,
     RdProducer,
     consumer_config,
@@ -57,33 +58,88 @@ def test_the_clients_settings_are_the_services_in_librdkafkas_words() -> None:
     assert c["auto.offset.reset"] == "earliest"
 
 
-def test_each_client_names_its_consumer_and_producer_library() -> None:
-    assert set(SIDES) == set(floor.CLIENTS)
-    assert SIDES["mixed"] == ("aiokafka", "librdkafka")
-    assert SIDES["mixed-consumer"] == ("librdkafka", "aiokafka")
-    assert all(lib in ("aiokafka", "librdkafka") for sides in SIDES.values() for lib in sides)
+@pytest.mark.parametrize(
+    ("client", "producer", "reader"),
+    [
+        ("aiokafka", "EventProducer", "Reader"),
+        ("plain-aiokafka", "PlainProducer", "Reader"),
+        ("mixed", "RdProducer", "Reader"),
+        ("mixed-consumer", "PlainProducer", "RdReader"),
+        ("librdkafka", "RdProducer", "RdReader"),
+    ],
+)
+def test_each_client_measures_on_its_libraries(
+    client: str, producer: str, reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The measuring process's producer and reader are the ones ``--client`` names, and its
+    relays are told the client (nothing connects: the classes are recorded, not built)."""
+    built: list[str] = []
+
+    def recorder(name: str) -> Callable[..., str]:
+        def build(*_args: object, **_kwargs: object) -> str:
+            built.append(name)
+            return name
+
+        return build
+
+    for name in ("EventProducer", "Reader"):
+        monkeypatch.setattr(floor, name, recorder(name))
+    for name in ("PlainProducer", "RdProducer", "RdReader"):
+        monkeypatch.setattr(floor_clients, name, recorder(name))
+    args = floor.parser().parse_args(["--client", client, "--bootstrap-servers", "b:1"])
+    assert floor.producer_for(args) == producer
+    assert floor.reader_for(args, "t") == reader
+    assert built == [producer, reader]
+    launched: list[list[str]] = []
+
+    def popen(cmd: list[str], **_: object) -> object:
+        launched.append(cmd)
+        return argparse.Namespace(pid=0)
+
+    monkeypatch.setattr(floor.subprocess, "Popen", popen)
+    monkeypatch.setattr(floor.psutil, "Process", lambda pid: pid)
+    floor.Relay(args, "in", "out", "g")
+    (cmd,) = launched
+    assert cmd[cmd.index("--client") + 1] == client
 
 
 @pytest.mark.parametrize("client", ["plain-aiokafka", "mixed", "mixed-consumer", "librdkafka"])
-def test_what_the_other_clients_refuse(client: str) -> None:
-    for bad in (
-        [],  # tracing is on by default: these relays export no spans
-        ["--no-tracing", "--modes", "chain", "--front", "grpc"],
+def test_what_the_other_clients_refuse(client: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for bad, why in (
+        ([], "add --no-tracing"),  # tracing is on by default: these relays export no spans
+        (["--no-tracing", "--modes", "chain", "--front", "grpc"], "no gRPC front"),
     ):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as exit_:
             floor.main(["--client", client, *bad, "--bootstrap-servers", "unused:1"])
-    with pytest.raises(SystemExit):
+        assert exit_.value.code == 2
+        assert why in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
         floor.main(["--client", "kafka-python", "--no-tracing"])
+    assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
-def test_librdkafka_is_refused_on_a_secure_broker(monkeypatch: pytest.MonkeyPatch) -> None:
-    """It is not given the TLS/SASL settings, so it would fail or, worse, measure nothing."""
+def test_librdkafka_is_refused_on_a_secure_broker(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It is not given the TLS/SASL settings, so it would fail or, worse, measure nothing;
+    bare aiokafka is (``client_options``), so ``plain-aiokafka`` goes on to measure."""
     monkeypatch.setenv("GENWIRE_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
     monkeypatch.setenv("GENWIRE_KAFKA_SASL_USERNAME", "u")
     monkeypatch.setenv("GENWIRE_KAFKA_SASL_PASSWORD", "p")
     for client in ("mixed", "mixed-consumer", "librdkafka"):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as exit_:
             floor.main(["--client", client, "--no-tracing", "--bootstrap-servers", "unused:1"])
+        assert exit_.value.code == 2 and "PLAINTEXT broker" in capsys.readouterr().err
+    measured: list[str] = []
+
+    def run(main: object, _loop: str) -> list[object]:
+        measured.append("measured")
+        main.close()  # type: ignore[attr-defined]  # the coroutine, never started
+        return []
+
+    monkeypatch.setattr(floor.event_loop, "run", run)
+    floor.main(["--client", "plain-aiokafka", "--no-tracing", "--bootstrap-servers", "unused:1"])
+    assert measured == ["measured"]
 
 
 @pytest.mark.parametrize("client", ["plain-aiokafka", "mixed", "mixed-consumer", "librdkafka"])
@@ -130,17 +186,26 @@ def test_the_floor_and_a_chain_on_each_client(
         assert all(r is not None and r >= 0 for r in p["extra"]["relays_core_ms"])
 
 
-@pytest.mark.parametrize("client", ["plain-aiokafka", "librdkafka"])
+@pytest.mark.parametrize("client", ["plain-aiokafka", "mixed", "librdkafka"])
 def test_a_relay_commits_what_it_forwarded_when_it_stops(
     client: str, infra: CommonSettings
 ) -> None:
     """At-least-once as the services: every forwarded record's offset is committed by the time
-    the relay has left its group, so a successor starts after them."""
+    the relay has left its group, so a successor starts after them. The commit interval is an
+    hour: only the stop can have committed them."""
     bootstrap = infra.kafka_bootstrap_servers
     run = uuid.uuid4().hex[:8]
     topic_in, topic_out, group = f"floor-{run}-in", f"floor-{run}-out", f"floor-{run}-relay"
     args = floor.parser().parse_args(
-        ["--bootstrap-servers", bootstrap, "--client", client, "--no-tracing"]
+        [
+            "--bootstrap-servers",
+            bootstrap,
+            "--client",
+            client,
+            "--no-tracing",
+            "--commit-interval-ms",
+            "3600000",
+        ]
     )
     asyncio.run(_relay_round_trip(args, topic_in, topic_out, group, records=12))
 
@@ -150,13 +215,19 @@ async def _relay_round_trip(
 ) -> None:
     bootstrap = args.bootstrap_servers
     await ensure_topics(bootstrap, [TopicSpec(t, 3, 3_600_000) for t in (topic_in, topic_out)])
-    relay = floor.Relay(args, topic_in, topic_out, group)
-    out = AIOKafkaConsumer(topic_out, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    producer = RdProducer(bootstrap, "test-floor-clients")
-    try:
+    # each cleanup step runs whatever the one before did: nothing is left on the broker
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.push_async_callback(delete_topics, bootstrap, [topic_in, topic_out])
+        cleanup.push_async_callback(delete_groups, bootstrap, [group])
+        relay = floor.Relay(args, topic_in, topic_out, group)
+        cleanup.callback(relay.stop)
+        out = AIOKafkaConsumer(topic_out, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        producer = RdProducer(bootstrap, "test-floor-clients")
         await relay.ready()
         await out.start()
+        cleanup.push_async_callback(out.stop)
         await producer.start()
+        cleanup.push_async_callback(producer.stop)
         acks = [
             producer.produce(
                 topic_in,
@@ -184,12 +255,6 @@ async def _relay_round_trip(
         assert {tp.partition: meta.offset for tp, meta in committed.items()} == {
             p: end for p, end in ends.items() if end > 0
         }
-    finally:
-        relay.stop()
-        await producer.stop()
-        await out.stop()
-        await delete_groups(bootstrap, [group])
-        await delete_topics(bootstrap, [topic_in, topic_out])
 
 
 async def out_ends(bootstrap: str, topic: str) -> dict[int, int]:

@@ -17,6 +17,9 @@ Two measurements, each against two private topics it creates (and deletes afterw
   CPU per record of the client, every relay and the broker (``genwire_bench.floor_chain``);
   ``--front none,grpc``: also behind a do-nothing gRPC front (``genwire_bench.floor_front``).
 
+``--client`` (default ``aiokafka``: genwire's own clients and runtime, as above): the same
+phases on bare aiokafka, on librdkafka, or on one of each (``genwire_bench.floor_clients``).
+
 Closed loop: ``-c`` workers each publish a record and wait until it is seen. Figures are
 printed (and kept with ``--json``); nothing is asserted. Measure on a quiet machine: on two
 shared cores a busy neighbour shows up in every latency (the CPU figures are steadier).
@@ -35,7 +38,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -47,10 +50,11 @@ from genwire.kafka.failures import RawRecord
 from genwire.kafka_security import client_options
 from genwire.service import loop as event_loop
 from genwire.topics import TOPIC_SPECS, Topic, TopicSpec
-from genwire_bench import floor_clients
 from genwire_bench.drivers.base import new_trace
 from genwire_bench.floor_chain import (
+    CLIENTS,
     DEFAULT_STAGES,
+    SIDES,
     ChainCost,
     ChainRow,
     FloorRecord,
@@ -65,7 +69,6 @@ from genwire_bench.floor_chain import (
     render_chain,
     render_hops,
 )
-from genwire_bench.floor_clients import CLIENTS, SIDES, PlainProducer, RdProducer, RdReader
 from genwire_bench.floor_front import (
     FRONT_PARTITION,
     FrontClient,
@@ -77,7 +80,10 @@ from genwire_bench.stats import distribution
 from genwire_bench.traces import JaegerClient, breakdown
 
 PARTITIONS = 3  # as the request path's topics (genwire.topics.TOPIC_SPECS)
-FloorProducer = EventProducer | PlainProducer | RdProducer  # by --client
+if TYPE_CHECKING:  # floor_clients imports confluent-kafka: only for the other --client
+    from genwire_bench.floor_clients import PlainProducer, RdProducer, RdReader
+
+    FloorProducer = EventProducer | PlainProducer | RdProducer  # by --client
 MODES = ("bare", "hop", "idle", "chain")
 READY = "ready"
 
@@ -218,6 +224,8 @@ def reader_for(
 ) -> Reader | RdReader:
     """The measuring client's consumer of ``topic`` on ``--client``'s library."""
     if SIDES[args.client][0] == "librdkafka":
+        from genwire_bench.floor_clients import RdReader
+
         return RdReader(args.bootstrap_servers, topic, args.fetch_max_wait_ms, partitions)
     return Reader(args.bootstrap_servers, topic, args.fetch_max_wait_ms, partitions)
 
@@ -226,10 +234,9 @@ def producer_for(args: argparse.Namespace) -> FloorProducer:
     """The measuring client's producer on ``--client``'s library."""
     if args.client == "aiokafka":
         return EventProducer(args.bootstrap_servers, client_id="genwire-floor")
-    producer: PlainProducer | RdProducer = floor_clients.new_producer(
-        SIDES[args.client][1], args.bootstrap_servers, "genwire-floor"
-    )
-    return producer
+    from genwire_bench.floor_clients import new_producer
+
+    return new_producer(SIDES[args.client][1], args.bootstrap_servers, "genwire-floor")
 
 
 async def _drive(
@@ -736,6 +743,7 @@ async def _idle(
         relay_core_ms=per_s(r0, r1),
         broker_core_ms=per_s(b0, b1),
         extra={
+            "client": args.client,
             "relay_loop": args.loop,
             "tracing": bool(args.tracing),
             "fetch_max_wait_ms": args.fetch_max_wait_ms,
@@ -1026,6 +1034,8 @@ def main(argv: list[str] | None = None) -> int:
             "here; measure it on a PLAINTEXT broker"
         )
     if args.relay and args.client != "aiokafka":
+        from genwire_bench import floor_clients
+
         event_loop.run(floor_clients.relay_main(args, READY), args.loop)
         return 0
     if args.relay:

@@ -27,6 +27,19 @@ from genwire_bench.traces import PROCESS_SUFFIX, PUBLISH_SUFFIX, Breakdown, Span
 
 DEFAULT_STAGES = 3  # preprocess, inference, postprocess
 
+Sides = tuple[str, str]
+"""A ``--client``'s (consumer, producer) libraries: ``aiokafka`` or ``librdkafka``."""
+SIDES: dict[str, Sides] = {
+    "aiokafka": ("aiokafka", "aiokafka"),  # the services' runtime (floor.relay_main)
+    "plain-aiokafka": ("aiokafka", "aiokafka"),  # the others: floor_clients.Relay
+    "mixed": ("aiokafka", "librdkafka"),
+    "mixed-consumer": ("librdkafka", "aiokafka"),
+    "librdkafka": ("librdkafka", "librdkafka"),
+}
+CLIENTS = tuple(SIDES)
+"""``floor --client``; every one but ``aiokafka`` is built in ``floor_clients``, which imports
+confluent-kafka (so the default needs none)."""
+
 
 class FloorRecord(BaseModel):
     """What the relay decodes: a request id and a body (a stand-in for an event)."""

@@ -41,15 +41,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError as KafkaError_
+from aiokafka.errors import KafkaError as AIOKafkaError
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka import TopicPartition as RdPartition
 
 from genwire.kafka.consumer import consumer_options
 from genwire.kafka_security import client_options
-from genwire_bench.floor_chain import FloorRecord
+from genwire.settings import ServiceSettings
+from genwire_bench.floor_chain import SIDES, FloorRecord, Sides
 
-CLIENTS = ("aiokafka", "plain-aiokafka", "mixed", "mixed-consumer", "librdkafka")
 POLL_S = 0.1
 """How long a poller or consumer thread blocks in C before it looks at its stop flag."""
 BATCH = 64
@@ -93,6 +93,7 @@ def consumer_config(
         "auto.offset.reset": "earliest",  # as consumer_options with a group
         "fetch.wait.max.ms": fetch_max_wait_ms,
         "fetch.min.bytes": 1,
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 3_000,
         "socket.nagle.disable": True,
@@ -163,7 +164,8 @@ class RdProducer:
     async def stop(self) -> None:
         await asyncio.to_thread(self._producer.flush, 10.0)
         self._stopping.set()
-        await asyncio.to_thread(self._thread.join)
+        if self._thread.ident is not None:  # started
+            await asyncio.to_thread(self._thread.join)
 
 
 def _settle(fut: asyncio.Future[object], err: KafkaError | None, msg: Message) -> None:
@@ -185,10 +187,12 @@ class RdReader:
     ) -> None:
         self.topic = topic
         self._partitions = tuple(partitions)
-        config = consumer_config(bootstrap_servers, f"genwire-floor-reader-{id(self)}", 500, 5000)
+        # assign() only, nothing committed: the group id is never created on the broker
+        config = consumer_config(bootstrap_servers, f"floor-reader-{id(self)}", 500, 5000)
         config |= {"enable.auto.commit": False, "fetch.wait.max.ms": fetch_max_wait_ms}
         self._consumer = Consumer(config)
         self._waiters: dict[bytes, asyncio.Future[float]] = {}
+        self._failure: Exception | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -214,14 +218,27 @@ class RdReader:
 
     def expect(self, key: bytes) -> asyncio.Future[float]:
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._waiters[key] = fut
+        if self._failure is not None:
+            fut.set_exception(self._failure)
+        else:
+            self._waiters[key] = fut
         return fut
 
     def _read(self, loop: asyncio.AbstractEventLoop) -> None:
-        while not self._stopping.is_set():
-            keys = [m.key() or b"" for m in take(self._consumer)]
-            if keys:
-                loop.call_soon_threadsafe(self._seen, keys)
+        try:
+            while not self._stopping.is_set():
+                keys = [m.key() or b"" for m in take(self._consumer)]
+                if keys:
+                    loop.call_soon_threadsafe(self._seen, keys)
+        except Exception as exc:  # a fatal consumer error: every waiter hears it, not a timeout
+            loop.call_soon_threadsafe(self._failed, exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self._failure = exc
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._waiters.clear()
 
     def _seen(self, keys: list[bytes]) -> None:
         now = time.perf_counter()
@@ -239,7 +256,9 @@ class RdReader:
 
 class OffsetTracker:
     """Per partition, the offset to store: one past the highest record whose output is delivered
-    and whose every predecessor (of those handed out) is too. Pure; the relay's loop drives it."""
+    and whose every predecessor (of those handed out) is too. Pure; the relay's loop drives it.
+    Not reset when a partition is revoked, as ``EventConsumer``'s is: the floor's groups have one
+    member each."""
 
     def __init__(self) -> None:
         self._pending: dict[int, deque[int]] = {}
@@ -276,6 +295,8 @@ class PlainProducer:
             acks="all",
             enable_idempotence=True,
             linger_ms=0,
+            max_request_size=16 * 1024 * 1024,
+            request_timeout_ms=30_000,
         )
 
     async def start(self) -> None:
@@ -322,19 +343,10 @@ class PlainProducer:
         await self._producer.stop()
 
 
-Sides = tuple[str, str]
-"""A relay's (consumer, producer) libraries: ``aiokafka`` or ``librdkafka``."""
-SIDES: dict[str, Sides] = {
-    "aiokafka": ("aiokafka", "aiokafka"),  # the runtime's relay (genwire_bench.floor), not Relay
-    "plain-aiokafka": ("aiokafka", "aiokafka"),
-    "mixed": ("aiokafka", "librdkafka"),
-    "mixed-consumer": ("librdkafka", "aiokafka"),
-    "librdkafka": ("librdkafka", "librdkafka"),
-}
-
-
-def new_producer(library: str, bootstrap_servers: str, client_id: str) -> Any:
-    """A ``RdProducer`` or ``PlainProducer`` (``produce``, ``send``, ``start``, ``stop``)."""
+def new_producer(
+    library: str, bootstrap_servers: str, client_id: str
+) -> RdProducer | PlainProducer:
+    """The producer of ``library`` (``produce``, ``send``, ``start``, ``stop``)."""
     if library == "librdkafka":
         return RdProducer(bootstrap_servers, client_id)
     return PlainProducer(bootstrap_servers, client_id)
@@ -368,12 +380,13 @@ class Relay:
         self._producer = new_producer(sides[1], args.bootstrap_servers, f"{args.group}-out")
         self._tracker = OffsetTracker()
         self._stored: deque[tuple[int, int]] = deque()  # (partition, offset) to store/commit
-        self._limit = args.relay_concurrency or 64
-        self._permits = threading.Semaphore(self._limit)  # librdkafka's consumer thread waits
+        self._limit = args.relay_concurrency or ServiceSettings().concurrency
+        self._permits = threading.BoundedSemaphore(self._limit)  # librdkafka's thread waits
         self._free = asyncio.Semaphore(self._limit)  # aiokafka's reading task waits
         self._stopping = threading.Event()
         self._assigned = threading.Event()
         self._loop = asyncio.get_running_loop()
+        self._crashed: asyncio.Future[None] = self._loop.create_future()  # a thread's failure
 
     def forward(self, partition: int, offset: int, value: bytes | None) -> None:  # on the loop
         self._tracker.started(partition, offset)
@@ -389,29 +402,51 @@ class Relay:
             print(f"relay: record {partition}/{offset} not forwarded: {exc!r}", file=sys.stderr)
             self._finished(partition, offset)
             return
-        ack.add_done_callback(lambda _f: self._finished(partition, offset))
+        ack.add_done_callback(lambda f: self._acked(partition, offset, f))
 
-    def _finished(self, partition: int, offset: int) -> None:  # on the loop
+    def _acked(self, partition: int, offset: int, ack: asyncio.Future[object]) -> None:
+        """A publish that failed leaves its offset pending (the partition stops committing, as
+        ``EventConsumer``'s would); its room is given back either way."""
+        failure = None if ack.cancelled() else ack.exception()
+        if ack.cancelled() or failure is not None:
+            print(f"relay: record {partition}/{offset} not published: {failure!r}", file=sys.stderr)
+            self._release()
+            return
+        self._finished(partition, offset)
+
+    def _release(self) -> None:
         if self._consumer_lib == "librdkafka":
             self._permits.release()
         else:
             self._free.release()
+
+    def _finished(self, partition: int, offset: int) -> None:  # on the loop
+        self._release()
         store = self._tracker.finished(partition, offset)
         if store is not None:
             self._stored.append((partition, store))
 
-    # --- librdkafka's consumer: every call on it is made by its own thread ---
+    # --- librdkafka's consumer: while its thread runs, every call on it is made there ---
 
     def _rd_consume(self, consumer: Consumer) -> None:
-        while not self._stopping.is_set():
+        try:
+            while not self._stopping.is_set():
+                self._rd_store(consumer)
+                for m in take(consumer):
+                    partition, offset = m.partition(), m.offset()
+                    if partition is None or offset is None:  # only error events lack them
+                        continue
+                    while not self._permits.acquire(timeout=POLL_S):
+                        if self._stopping.is_set():
+                            return  # not forwarded, not stored: redelivered
+                    self._loop.call_soon_threadsafe(self.forward, partition, offset, m.value())
             self._rd_store(consumer)
-            for m in take(consumer):
-                partition, offset = m.partition(), m.offset()
-                if partition is None or offset is None:  # only error events lack them
-                    continue
-                self._permits.acquire()
-                self._loop.call_soon_threadsafe(self.forward, partition, offset, m.value())
-        self._rd_store(consumer)
+        except Exception as exc:  # fatal: the relay stops and says why
+            self._loop.call_soon_threadsafe(self._crash, exc)
+
+    def _crash(self, exc: Exception) -> None:
+        if not self._crashed.done():
+            self._crashed.set_exception(exc)
 
     def _rd_store(self, consumer: Consumer) -> None:
         while self._stored:
@@ -437,7 +472,7 @@ class Relay:
             if not await asyncio.to_thread(self._assigned.wait, 60.0):
                 raise RuntimeError(f"no partition of {self.topic_in} was assigned")
             serving.set_result(None)
-            await asyncio.Event().wait()  # until cancelled
+            await self._crashed  # until cancelled, or the consumer's thread failed
         finally:
             self._stopping.set()
             await asyncio.to_thread(thread.join)
@@ -465,7 +500,7 @@ class Relay:
             await asyncio.wait_for(joined.wait(), 60.0)
             serving.set_result(None)
             while True:
-                batches = await consumer.getmany(timeout_ms=POLL_S * 1000)
+                batches = await consumer.getmany(timeout_ms=200)  # EventConsumer's
                 for records in batches.values():
                     for rec in records:
                         await self._free.acquire()
@@ -479,6 +514,8 @@ class Relay:
             await consumer.stop()
 
     async def _commit_every(self, consumer: AIOKafkaConsumer) -> None:
+        # Wakes every interval even with nothing stored (EventConsumer waits for a finished
+        # record): a timer 20 times a second, in the idle figures only.
         while True:
             await asyncio.sleep(self._args.commit_interval_ms / 1000.0)
             await self._commit(consumer)
@@ -489,7 +526,7 @@ class Relay:
             partition, offset = self._stored.popleft()
             offsets[TopicPartition(self.topic_in, partition)] = offset
         if offsets:
-            with contextlib.suppress(KafkaError_):  # revoked meanwhile: redelivered
+            with contextlib.suppress(AIOKafkaError):  # revoked meanwhile: redelivered
                 await consumer.commit(offsets)
 
     async def run(self, serving: asyncio.Future[None]) -> None:
