@@ -58,6 +58,52 @@ def test_the_clients_settings_are_the_services_in_librdkafkas_words() -> None:
     assert c["auto.offset.reset"] == "earliest"
 
 
+class _Publisher:
+    """A relay's producer whose publishes fail (``fail``), raise at once (``raise``) or succeed."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[str] = []
+
+    def produce(self, *_args: object, **_kwargs: object) -> asyncio.Future[object]:
+        outcome = self.outcomes.pop(0)
+        if outcome == "raise":
+            raise BufferError("local queue full")
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        if outcome == "fail":
+            fut.set_exception(RuntimeError("not acknowledged"))
+        else:
+            fut.set_result(0)
+        return fut
+
+
+async def test_a_publish_that_fails_leaves_its_offset_and_every_later_one_unstored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At-least-once: a failed acknowledgement or a publish refused at once is not progress, so
+    nothing from that offset on is stored (redelivered after a restart); a record that cannot be
+    decoded is passed, as ``EventConsumer`` dead-letters it."""
+    publisher = _Publisher()
+    monkeypatch.setattr(floor_clients, "new_producer", lambda *_a: publisher)
+    args = floor.parser().parse_args(
+        ["--client", "librdkafka", "--no-tracing", "--relay", "in", "out", "--group", "g"]
+    )
+    relay = floor_clients.Relay(args, ("librdkafka", "librdkafka"))
+    good = json.dumps({"request_id": "r", "body": "x"}).encode()
+    publisher.outcomes = ["ok", "fail", "ok"]
+    for offset in (10, 11, 12):
+        relay._permits.acquire()  # as the consumer's thread does before handing one over
+        relay.forward(0, offset, good)
+    publisher.outcomes = ["ok", "raise", "ok"]
+    for offset in (20, 21, 22):
+        relay._permits.acquire()
+        relay.forward(1, offset, good)
+    relay._permits.acquire()
+    relay.forward(2, 30, b"not json")  # undecodable: passed
+    await relay._settled()
+    assert sorted(relay._stored) == [(0, 11), (1, 21), (2, 31)]
+    assert relay._permits._value == 64  # every record gave its room back  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     ("client", "producer", "reader"),
     [

@@ -57,12 +57,21 @@ BATCH = 64
 
 
 def take(consumer: Consumer) -> list[Message]:
-    """The next records: waits up to ``POLL_S`` for one, then takes what else is already here."""
+    """The next records: waits up to ``POLL_S`` for one, then takes what else is already here.
+
+    Error events are not records: a fatal one raises (the caller's thread reports it), the others
+    (a partition's end, a broker down for a while) are librdkafka's to recover from."""
     first = consumer.poll(POLL_S)
     if first is None:
         return []
-    msgs = [first, *consumer.consume(BATCH, 0)]
-    return [m for m in msgs if m.error() is None]
+    records = []
+    for m in [first, *consumer.consume(BATCH, 0)]:
+        err = m.error()
+        if err is None:
+            records.append(m)
+        elif err.fatal():
+            raise KafkaException(err)
+    return records
 
 
 def producer_config(bootstrap_servers: str, client_id: str) -> dict[str, Any]:
@@ -380,9 +389,10 @@ class Relay:
         self._producer = new_producer(sides[1], args.bootstrap_servers, f"{args.group}-out")
         self._tracker = OffsetTracker()
         self._stored: deque[tuple[int, int]] = deque()  # (partition, offset) to store/commit
-        self._limit = args.relay_concurrency or ServiceSettings().concurrency
-        self._permits = threading.BoundedSemaphore(self._limit)  # librdkafka's thread waits
-        self._free = asyncio.Semaphore(self._limit)  # aiokafka's reading task waits
+        self._pending: set[asyncio.Future[object]] = set()  # publishes not yet acknowledged
+        limit = args.relay_concurrency or ServiceSettings().concurrency
+        self._permits = threading.BoundedSemaphore(limit)  # librdkafka's thread waits
+        self._free = asyncio.Semaphore(limit)  # aiokafka's reading task waits
         self._stopping = threading.Event()
         self._assigned = threading.Event()
         self._loop = asyncio.get_running_loop()
@@ -392,17 +402,29 @@ class Relay:
         self._tracker.started(partition, offset)
         try:
             record = FloorRecord.model_validate_json(value or b"")
+        except ValueError as exc:  # a record no relay can forward: said, and passed
+            print(f"relay: record {partition}/{offset} not forwarded: {exc!r}", file=sys.stderr)
+            self._finished(partition, offset)
+            return
+        try:
             ack = self._producer.produce(
                 self.topic_out,
                 record.model_dump_json(exclude_none=True).encode(),
                 record.request_id.encode(),
                 partition=record.partition_on(self.topic_out),
             )
-        except Exception as exc:  # a record this relay cannot forward: said, and passed
-            print(f"relay: record {partition}/{offset} not forwarded: {exc!r}", file=sys.stderr)
-            self._finished(partition, offset)
-            return
+        except Exception as exc:  # not published: its offset stays pending, as a failed ack's
+            ack = asyncio.get_running_loop().create_future()
+            ack.set_exception(exc)
+        self._pending.add(ack)
+        ack.add_done_callback(self._pending.discard)
         ack.add_done_callback(lambda f: self._acked(partition, offset, f))
+
+    async def _settled(self) -> None:
+        """Every publish's outcome recorded (its offset queued to store, or left pending)."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=10.0)
+        await asyncio.sleep(0)  # the done callbacks queued by the last of them
 
     def _acked(self, partition: int, offset: int, ack: asyncio.Future[object]) -> None:
         """A publish that failed leaves its offset pending (the partition stops committing, as
@@ -475,9 +497,10 @@ class Relay:
             await self._crashed  # until cancelled, or the consumer's thread failed
         finally:
             self._stopping.set()
+            self._assigned.set()  # a wait for the assignment still running ends now
             await asyncio.to_thread(thread.join)
-            await self._producer.stop()  # every acknowledgement in, the last offsets queued
-            await asyncio.sleep(0)
+            await self._producer.stop()  # every acknowledgement in
+            await self._settled()  # and its offset queued
             self._rd_store(consumer)
             await asyncio.to_thread(consumer.close)  # commits what is stored, leaves the group
 
@@ -507,6 +530,7 @@ class Relay:
                         self.forward(rec.partition, rec.offset, rec.value)
         finally:
             await self._producer.stop()
+            await self._settled()
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
@@ -537,11 +561,18 @@ class Relay:
             await self._run_aiokafka(serving)
 
 
+def _said(task: asyncio.Task[None]) -> None:
+    """A relay that fails while serving says so at once (the measuring side sees timeouts)."""
+    if not task.cancelled() and task.exception() is not None:
+        print(f"relay: failed: {task.exception()!r}", file=sys.stderr, flush=True)
+
+
 async def relay_main(args: argparse.Namespace, ready: str) -> None:
     """A relay of ``args.client``'s sides until stdin closes."""
     relay = Relay(args, SIDES[args.client])
     serving: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(relay.run(serving))
+    task.add_done_callback(_said)
     await asyncio.wait([serving, task], return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         task.result()  # it failed before serving: raise that
