@@ -109,7 +109,36 @@ def consumer_config(
     }
 
 
-class RdProducer:
+class _Untraced:
+    """``EventProducer.send``'s shape over a ``produce`` that returns the acknowledgement's
+    future; ``traced`` is refused (these clients make no spans)."""
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
+    ) -> asyncio.Future[object]:
+        raise NotImplementedError
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        traced: bool = True,
+        partition: int | None = None,
+    ) -> asyncio.Future[object]:
+        if traced:
+            raise ValueError(f"{type(self).__name__} publishes untraced records only")
+        return self.produce(topic, value, key, headers, partition)
+
+
+class RdProducer(_Untraced):
     """An asyncio face on one librdkafka producer: ``send`` returns a future the delivery report
     settles (what ``EventProducer.send`` returns), served by a poller thread."""
 
@@ -154,21 +183,6 @@ class RdProducer:
             self._producer.poll(0)
             self._producer.produce(topic, value, **kwargs)
         return fut
-
-    async def send(
-        self,
-        topic: str,
-        value: bytes,
-        *,
-        key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
-        traced: bool = True,
-        partition: int | None = None,
-    ) -> asyncio.Future[object]:
-        """``EventProducer.send``'s shape (``traced`` refused: no spans on this client)."""
-        if traced:
-            raise ValueError("the librdkafka floor client publishes untraced records only")
-        return self.produce(topic, value, key, headers, partition)
 
     async def stop(self) -> None:
         await asyncio.to_thread(self._producer.flush, 10.0)
@@ -292,7 +306,7 @@ class OffsetTracker:
         return sum(len(p) for p in self._pending.values())
 
 
-class PlainProducer:
+class PlainProducer(_Untraced):
     """``RdProducer``'s face on a bare ``AIOKafkaProducer`` with ``EventProducer``'s settings
     (``plain-aiokafka``): no span, no reset logic, no wrapper."""
 
@@ -333,20 +347,6 @@ class PlainProducer:
             topic, value, key=key, headers=headers or None, partition=partition
         )
         return await ack
-
-    async def send(
-        self,
-        topic: str,
-        value: bytes,
-        *,
-        key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
-        traced: bool = True,
-        partition: int | None = None,
-    ) -> asyncio.Future[object]:
-        if traced:
-            raise ValueError("the plain floor client publishes untraced records only")
-        return self.produce(topic, value, key, headers, partition)
 
     async def stop(self) -> None:
         await self._producer.stop()
