@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             want = _pins(text)
             if not path.is_file() or set(have) != set(want):
                 stale.append(path.name)
-            moved = sorted(f"{n} {have[n]}->{want[n]}" for n in want if have.get(n) != want[n])
+            moved = sorted(
+                f"{n} {have[n]}->{want[n]}" for n in want if n in have and have[n] != want[n]
+            )
             if moved and set(have) == set(want):
                 print(f"lock: {path.name}: this venv differs from the lock: {moved}")
         else:

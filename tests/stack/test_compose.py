@@ -506,6 +506,23 @@ def load_script(path: Path) -> Any:
     return module
 
 
+def test_a_dependency_added_without_relocking_is_reported_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lock that lacks a distribution the extras now pull in fails the check by name (it
+    once crashed with a KeyError instead)."""
+    lock = load_script(COMPOSE_DIR / "lock.py")
+    for target in lock.TARGETS:
+        shutil.copy(lock.OUT / f"{target}.txt", tmp_path / f"{target}.txt")
+    model = tmp_path / "model.txt"
+    lines = model.read_text().splitlines()
+    pinned = [i for i, line in enumerate(lines) if line and not line.startswith("#")]
+    model.write_text("\n".join(lines[: pinned[-1]] + lines[pinned[-1] + 1 :]) + "\n")
+    monkeypatch.setattr(lock, "OUT", tmp_path)
+    assert lock.main(["--check"]) == 1
+    assert "stale ['model.txt']" in capsys.readouterr().err
+
+
 def test_images_install_their_fresh_locks_without_resolving() -> None:
     lock = load_script(COMPOSE_DIR / "lock.py")
     assert lock.main(["--check"]) == 0, "a lock is stale: run deploy/compose/lock.py"
