@@ -76,6 +76,34 @@ class _Publisher:
         return fut
 
 
+class _LeaderLater:
+    """A librdkafka consumer's watermark call on a topic whose leader is not known yet."""
+
+    def __init__(self, first: list[int]) -> None:
+        self.errors = list(first)
+        self.calls = 0
+
+    def get_watermark_offsets(self, tp: object, timeout: float) -> tuple[int, int]:
+        self.calls += 1
+        if self.errors:
+            raise floor_clients.KafkaException(floor_clients.KafkaError(self.errors.pop(0)))
+        return 0, 42
+
+
+def test_the_readers_start_waits_out_a_new_topics_leader_election() -> None:
+    reader = floor_clients.RdReader("127.0.0.1:1", "t", 10, [0])
+    err = floor_clients.KafkaError
+    reader._consumer = _LeaderLater([err.NOT_LEADER_FOR_PARTITION, err.LEADER_NOT_AVAILABLE])  # type: ignore[assignment]
+    assert reader._high(0) == 42  # asked again, not raised (the CI failure of 2026-12-01)
+    assert reader._consumer.calls == 3
+    reader._consumer = _LeaderLater([err.TOPIC_AUTHORIZATION_FAILED])  # type: ignore[assignment]
+    with pytest.raises(floor_clients.KafkaException):  # not a wait-and-see error: raised at once
+        reader._high(0)
+    reader._consumer = _LeaderLater([err.NOT_LEADER_FOR_PARTITION] * 100)  # type: ignore[assignment]
+    with pytest.raises(floor_clients.KafkaException):  # and not forever
+        reader._high(0, timeout_s=0.3)
+
+
 async def test_a_publish_that_fails_leaves_its_offset_and_every_later_one_unstored(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

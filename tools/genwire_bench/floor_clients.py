@@ -200,6 +200,16 @@ def _settle(fut: asyncio.Future[object], err: KafkaError | None, msg: Message) -
         fut.set_result(msg.offset())
 
 
+_NO_LEADER_YET = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+    }
+)
+
+
 class RdReader:
     """``floor.Reader`` on librdkafka: assigned the topic's partitions at their ends, no group
     (nothing is committed), each record's key settles the future ``expect`` gave for it, timed
@@ -228,11 +238,22 @@ class RdReader:
         self._thread = threading.Thread(target=self._read, args=(loop,), daemon=True)
         self._thread.start()
 
-    def _high(self, partition: int) -> int:
-        _, high = self._consumer.get_watermark_offsets(
-            RdPartition(self.topic, partition), timeout=10.0
-        )
-        return int(high)
+    def _high(self, partition: int, timeout_s: float = 30.0) -> int:
+        # A topic created a moment ago may have no leader known to this broker yet
+        # (NOT_LEADER_FOR_PARTITION and kin): asked again until the deadline, as aiokafka's
+        # seek_to_end does; anything else is raised at once. The codes are listed because
+        # confluent-kafka marks none of this call's errors retriable().
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    RdPartition(self.topic, partition), timeout=10.0
+                )
+                return int(high)
+            except KafkaException as exc:
+                if exc.args[0].code() not in _NO_LEADER_YET or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.1)
 
     async def fetching(self, on: bool) -> None:
         """Only on: the records nobody waits for are dropped (no front reads for this client)."""
