@@ -1,4 +1,5 @@
-"""How every Kafka client of a process connects: plaintext, or TLS and SASL/SCRAM.
+"""How every Kafka client of a process connects: plaintext, or TLS and SASL/SCRAM (and, for the
+data path, on which client: :func:`client_kind`).
 
 One place turns the ``kafka_*`` settings (``GENWIRE_KAFKA_SECURITY_PROTOCOL``,
 ``..._SASL_USERNAME``, ``..._SASL_PASSWORD``, ``..._SSL_CAFILE``…, docs/security.md) into the
@@ -60,6 +61,48 @@ def client_options(settings: CommonSettings | None = None) -> dict[str, Any]:
     if protocol in ("SSL", "SASL_SSL"):
         options["ssl_context"] = ssl_context(cfg)
     return options
+
+
+def rdkafka_options(settings: CommonSettings | None = None) -> dict[str, Any]:
+    """The same security as :func:`client_options`, as librdkafka configuration properties
+    (``GENWIRE_KAFKA_CLIENT=librdkafka``, genwire.kafka.rdkafka); ``{}`` for PLAINTEXT."""
+    cfg = settings or _process.get("settings") or CommonSettings()
+    protocol = cfg.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    options: dict[str, Any] = {"security.protocol": protocol.lower()}
+    if protocol.startswith("SASL_"):
+        password = cfg.kafka_sasl_password.get_secret_value()
+        if not cfg.kafka_sasl_username or not password:
+            raise KafkaSecurityError(
+                f"kafka_security_protocol {protocol} needs kafka_sasl_username and "
+                "kafka_sasl_password (GENWIRE_KAFKA_SASL_USERNAME / _PASSWORD)"
+            )
+        options |= {
+            "sasl.mechanisms": cfg.kafka_sasl_mechanism,
+            "sasl.username": cfg.kafka_sasl_username,
+            "sasl.password": password,
+        }
+    if protocol in ("SSL", "SASL_SSL"):
+        if (cfg.kafka_ssl_certfile is None) != (cfg.kafka_ssl_keyfile is None):
+            raise KafkaSecurityError("kafka_ssl_certfile and kafka_ssl_keyfile go together")
+        # The broker's certificate and host name are checked, as ssl_context() does;
+        # without a CA file, librdkafka looks for the system's trust store ("probe").
+        options["ssl.endpoint.identification.algorithm"] = "https"
+        options["ssl.ca.location"] = (
+            str(cfg.kafka_ssl_cafile) if cfg.kafka_ssl_cafile is not None else "probe"
+        )
+        if cfg.kafka_ssl_certfile is not None and cfg.kafka_ssl_keyfile is not None:
+            options["ssl.certificate.location"] = str(cfg.kafka_ssl_certfile)
+            options["ssl.key.location"] = str(cfg.kafka_ssl_keyfile)
+    return options
+
+
+def client_kind(settings: CommonSettings | None = None) -> str:
+    """``aiokafka`` or ``librdkafka``: the client of the data path (``kafka_client``; default:
+    what :func:`use` set, else ``GENWIRE_KAFKA_CLIENT``)."""
+    cfg = settings or _process.get("settings") or CommonSettings()
+    return cfg.kafka_client
 
 
 def ssl_context(cfg: CommonSettings) -> ssl.SSLContext:

@@ -54,6 +54,13 @@ class CommonSettings(BaseSettings):
     kafka_ssl_keyfile: Path | None = Field(
         None, description="Private key (PEM) of kafka_ssl_certfile."
     )
+    kafka_client: Literal["aiokafka", "librdkafka"] = Field(
+        "aiokafka",
+        description="The Kafka client of the data path: every stage's consumer group and every "
+        "service's event producer. aiokafka (pure Python, the default) or librdkafka "
+        "(confluent-kafka; less CPU per record, docs/benchmarks.md). Other readers (the "
+        "gateway's replies, the monitor, the span exporter) stay on aiokafka.",
+    )
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
         description="Redis connection URL. TLS and a password go in the URL: "

@@ -10,6 +10,7 @@ fixture are marked ``integration`` automatically (``pytest -m "not integration"`
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pytest
 from genwire_stack import INFRA, StackError, ensure_up
@@ -47,3 +48,32 @@ def infra() -> CommonSettings:
 def stack(infra: CommonSettings) -> CommonSettings:
     """The whole stack: ``infra`` plus the default model loaded and the five services ready."""
     return _bring_up(None, model=True)
+
+
+def _on_client(monkeypatch: pytest.MonkeyPatch, name: str) -> Iterator[str]:
+    from genwire import kafka_security
+
+    monkeypatch.setenv("GENWIRE_KAFKA_CLIENT", name)
+    previous = kafka_security._process.get("settings")
+    kafka_security.use(None)  # the environment applies, not a service's settings left behind
+    assert kafka_security.client_kind() == name
+    yield name
+    kafka_security.use(previous)
+
+
+@pytest.fixture(params=["aiokafka", "librdkafka"])
+def kafka_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each test that uses it runs on both clients of the data path (``kafka_client``)."""
+    yield from _on_client(monkeypatch, request.param)
+
+
+@pytest.fixture
+def on_aiokafka(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The test reads aiokafka's own attributes: aiokafka, whatever the environment says."""
+    yield from _on_client(monkeypatch, "aiokafka")
+
+
+@pytest.fixture
+def on_librdkafka(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The test is about librdkafka's client, whatever the environment says."""
+    yield from _on_client(monkeypatch, "librdkafka")

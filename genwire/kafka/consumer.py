@@ -54,7 +54,7 @@ from genwire.kafka.failures import (
 )
 from genwire.kafka.offsets import PartitionOffsets
 from genwire.kafka.producer import KAFKA, EventProducer, forward_headers, publish_error
-from genwire.kafka_security import client_options
+from genwire.kafka_security import client_kind, client_options
 from genwire.metrics import ConsumerMetrics
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import extract
@@ -214,9 +214,12 @@ class EventConsumer(Generic[InT]):
         self._assigned: set[TopicPartition] = set()
         self._joined = False  # the group gave this member its share (maybe none: more members)
         self._stopping = False
-        self._consumer = AIOKafkaConsumer(
-            **consumer_options(
-                bootstrap_servers,
+        self._consumer: AIOKafkaConsumer
+        if group_id is not None and client_kind() == "librdkafka":
+            from genwire.kafka.rdkafka import RdConsumer  # confluent-kafka only when chosen
+
+            self._consumer = RdConsumer(  # type: ignore[assignment]  # AIOKafkaConsumer's face
+                bootstrap_servers=bootstrap_servers,
                 group_id=group_id,
                 auto_offset_reset=auto_offset_reset,
                 max_partition_fetch_bytes=max_partition_fetch_bytes,
@@ -224,7 +227,18 @@ class EventConsumer(Generic[InT]):
                 session_timeout_ms=session_timeout_ms,
                 heartbeat_interval_ms=heartbeat_interval_ms,
             )
-        )
+        else:  # aiokafka, and always without a group (assigned partitions read from the end)
+            self._consumer = AIOKafkaConsumer(
+                **consumer_options(
+                    bootstrap_servers,
+                    group_id=group_id,
+                    auto_offset_reset=auto_offset_reset,
+                    max_partition_fetch_bytes=max_partition_fetch_bytes,
+                    fetch_max_wait_ms=fetch_max_wait_ms,
+                    session_timeout_ms=session_timeout_ms,
+                    heartbeat_interval_ms=heartbeat_interval_ms,
+                )
+            )
 
     @property
     def ready(self) -> bool:

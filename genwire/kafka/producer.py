@@ -34,7 +34,7 @@ from opentelemetry.trace import SpanKind, Tracer
 
 from genwire.errors import GenwireError, PermanentError, RetryableError
 from genwire.events import Event, dump
-from genwire.kafka_security import client_options
+from genwire.kafka_security import client_kind, client_options
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import KafkaHeaders, inject
 
@@ -49,6 +49,9 @@ FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
     IllegalStateError,
 )
 """Errors after which this client never publishes again: replace it."""
+
+MAX_REQUEST_SIZE = 16 * 1024 * 1024
+"""The largest produce request (and so record): the topics allow 16 MiB (long prompts)."""
 
 KAFKA = "kafka"
 """The dependency name of the broker in readiness reasons, logs and metrics."""
@@ -110,6 +113,16 @@ class EventProducer:
         self._tracer = tracer or trace.get_tracer("genwire.kafka")
 
     def _new_client(self) -> AIOKafkaProducer:
+        if client_kind() == "librdkafka":
+            from genwire.kafka.rdkafka import RdProducer  # confluent-kafka only when chosen
+
+            return RdProducer(  # type: ignore[return-value]  # AIOKafkaProducer's face
+                bootstrap_servers=self._bootstrap,
+                client_id=self._client_id,
+                linger_ms=self._linger_ms,
+                max_request_size=MAX_REQUEST_SIZE,
+                request_timeout_ms=self._request_timeout_ms,
+            )
         return AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,
             **client_options(),
@@ -121,7 +134,7 @@ class EventProducer:
             # batch, because aiokafka drains a partition only while no request to its broker
             # is in flight.
             linger_ms=self._linger_ms,
-            max_request_size=16 * 1024 * 1024,
+            max_request_size=MAX_REQUEST_SIZE,
             # One produce request's timeout. An idempotent producer keeps retrying a batch whose
             # leader is known (it never expires it), so callers bound their wait for the
             # acknowledgement themselves (``ack_timeout_s``).
@@ -152,6 +165,8 @@ class EventProducer:
                 await task
 
     def _dead(self) -> bool:
+        if not isinstance(self._producer, AIOKafkaProducer):  # librdkafka's: a fatal error seen
+            return bool(getattr(self._producer, "dead", False))
         sender = getattr(self._producer, "_sender", None)
         task = getattr(sender, "sender_task", None)
         return task is not None and task.done()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -62,6 +63,20 @@ async def _committed(bootstrap: str, group: str, topic: str) -> int:
         return total
     finally:
         await probe.stop()
+
+
+async def _committed_soon(
+    bootstrap: str, group: str, topic: str, expected: int, timeout_s: float = 10.0
+) -> int:
+    """The group's committed total once it is ``expected`` (else the last one read, after
+    ``timeout_s``): a running consumer commits on its own clock (``KAFKA_COMMIT_INTERVAL_MS``,
+    and on librdkafka at its thread's next poll), not when its output is acknowledged."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        total = await _committed(bootstrap, group, topic)
+        if total == expected or time.monotonic() >= deadline:
+            return total
+        await asyncio.sleep(0.05)
 
 
 async def _partitions(probe: AIOKafkaConsumer, topic: str) -> set[int]:

@@ -22,7 +22,8 @@ from genwire.topics import Topic
 
 from .support import _committed, _prepared, _read
 
-pytestmark = pytest.mark.integration
+# Each test runs on both clients of the data path (``kafka_client``, tests/conftest.py).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka_client")]
 
 
 def _consumer(
@@ -51,7 +52,7 @@ def _consumer(
 
 
 async def test_outputs_published_then_committed_and_bad_input_dead_lettered(
-    env: tuple[str, str, EventProducer],
+    env: tuple[str, str, EventProducer], kafka_client: str
 ) -> None:
     bootstrap, topic, producer = env
     run = uuid.uuid4().hex[:8]
@@ -73,6 +74,13 @@ async def test_outputs_published_then_committed_and_bad_input_dead_lettered(
     await (await producer.send(topic, b"{not json", key=bad.encode()))
     group = f"test-{run}"
     consumer = _consumer(bootstrap, topic, producer, handler, group, failure_events)
+    clients = {
+        "aiokafka": ("AIOKafkaConsumer", "AIOKafkaProducer"),
+        "librdkafka": ("RdConsumer", "RdProducer"),
+    }
+    assert (type(consumer._consumer).__name__, type(producer._producer).__name__) == clients[
+        kafka_client
+    ]
     await consumer.start()
     task = asyncio.create_task(consumer.run())
     try:

@@ -24,9 +24,10 @@ from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 
-from .support import _committed, _prepared, _read, eventually
+from .support import _committed, _committed_soon, _prepared, _read, eventually
 
-pytestmark = pytest.mark.integration
+# Each test runs on both clients of the data path (``kafka_client``, tests/conftest.py).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka_client")]
 
 Env = tuple[str, str, EventProducer]
 
@@ -132,7 +133,7 @@ async def test_past_the_budget_a_record_is_parked_then_replayed(env: Env) -> Non
         assert headers[sc.HEADER_RETRY_CODE] == b"unavailable"
         assert int(headers[sc.HEADER_RETRY_NOT_BEFORE]) > time.time() * 1000
         assert "traceparent" in headers  # the replay continues the request's trace
-        assert await _committed(bootstrap, consumer.group_id or "", topic) == 1
+        assert await _committed_soon(bootstrap, consumer.group_id or "", topic, 1) == 1
         healthy.set()
         async with _running(replayer):
             (result,) = await _read(bootstrap, Topic.RESULTS, {rid.encode()}, timeout_s=60)

@@ -39,6 +39,7 @@ def test_the_default_fetch_wait_is_the_settings_default() -> None:
     assert consumer_options("k:9092", group_id="g")["fetch_max_wait_ms"] == FETCH_MAX_WAIT_MS
 
 
+@pytest.mark.usefixtures("on_aiokafka")
 async def test_the_setting_reaches_every_consumer_of_a_service() -> None:
     settings = ServiceSettings(
         kafka_fetch_max_wait_ms=250, kafka_commit_interval_ms=400, service_name="t"
@@ -62,6 +63,7 @@ def test_fetch_wait_out_of_range_is_refused() -> None:
         ServiceSettings(kafka_fetch_max_wait_ms=-1)
 
 
+@pytest.mark.usefixtures("on_aiokafka")
 async def test_the_producer_is_idempotent_with_acks_all_and_no_linger() -> None:
     """The durability the services state (docs/stages.md): every in-sync replica has a record
     before it counts as published, and retries do not duplicate it."""

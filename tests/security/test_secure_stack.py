@@ -5,7 +5,8 @@ installed) built from the same components as ``genwire up --secure mtls``: Kafka
 SCRAM-SHA-512 users per service and ACLs; Redis over TLS with a password; the gateway, preprocess,
 inference and postprocess services connecting as their own users; the gateway serving HTTPS and
 gRPC over TLS that require a client certificate. Inference uses the shared stack's Triton (on
-127.0.0.1, read only: the default model it already serves).
+127.0.0.1, read only: the default model it already serves). The services' data path runs on
+librdkafka (``KAFKA_CLIENT``), so its TLS, SASL and ACLs are shown too.
 
 Shown here: a request goes through every hop and comes back; a plaintext client, a client with
 the wrong password and a service with the wrong password are refused by Kafka; a service's user
@@ -29,6 +30,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -117,7 +119,11 @@ def secure(
     stack = shared_triton
     home = tmp_path_factory.mktemp("secure-home")
     shared = StackPaths.from_settings(stack)
-    settings = CommonSettings(home=home, model_repository=stack.repository)
+    # The services' data path on librdkafka (KAFKA_CLIENT): its TLS, SASL and ACLs are shown
+    # here; aiokafka's (the default) by every other reader of the stack and by _produce/_consume.
+    settings = CommonSettings(
+        home=home, model_repository=stack.repository, kafka_client="librdkafka"
+    )
     paths = StackPaths.from_settings(settings)
     security = SecureStack(paths, "mtls")
     broker, controller, redis_port, *service_ports = _ports(3 + len(SERVICES) + 1)
@@ -214,6 +220,29 @@ def test_no_service_was_refused_by_an_acl(secure: SecureRun) -> None:
         text = service.log.read_text(errors="replace")
         assert "AuthorizationFailed" not in text, f"{service.name}: {service.log}"
         assert "AuthenticationFailed" not in text, f"{service.name}: {service.log}"
+        # librdkafka's words for the same ("Broker: Topic authorization failed")
+        assert "authorization failed" not in text.lower(), f"{service.name}: {service.log}"
+        assert "authentication failed" not in text.lower(), f"{service.name}: {service.log}"
+
+
+def test_the_services_data_path_ran_on_librdkafka(secure: SecureRun) -> None:
+    """What the two tests above showed, they showed on librdkafka: each service process of
+    this stack runs librdkafka's threads (``rdk:main``, one per client)."""
+    home = f"GENWIRE_HOME={secure.settings.home}".encode()
+    found: dict[str, bool] = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            if home not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            threads = {(t / "comm").read_text().strip() for t in (proc / "task").iterdir()}
+        except (OSError, ValueError):
+            continue  # not ours to read, or gone
+        for short in SERVICES:
+            if b"-m" in cmdline and f"genwire_{short}".encode() in cmdline:
+                found[short] = "rdk:main" in threads
+    assert {"gateway", "preprocess", "inference", "postprocess"} <= set(found), found
+    assert all(found[s] for s in ("gateway", "preprocess", "inference", "postprocess")), found
 
 
 def test_the_bench_produces_straight_to_kafka_as_its_own_user(

@@ -194,3 +194,26 @@ def test_make_up_passes_scale_to_genwire_up_and_defaults_to_the_remembered_layou
         "gateway=2,preprocess=2,inference=2,postprocess=2",
     ]
     assert up_line().split("genwire up", 1)[1].split() == []
+
+
+def test_the_stacks_kafka_client_reaches_every_service_unless_a_service_says_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``GENWIRE_KAFKA_CLIENT=librdkafka make up``: each service gets it under its own prefix
+    (a service reads only ``GENWIRE_<SERVICE>_*``); a service's own variable wins."""
+    monkeypatch.delenv("GENWIRE_KAFKA_CLIENT", raising=False)
+    paths = StackPaths.from_settings(CommonSettings(home=tmp_path))
+    settings = CommonSettings(home=tmp_path, kafka_client="librdkafka")
+    components = build_components(paths, settings)
+    services = [c for c in components.values() if isinstance(c, Service)]
+    assert {c.short for c in services} >= {"gateway", "preprocess", "inference", "postprocess"}
+    monkeypatch.setenv("GENWIRE_INFERENCE_KAFKA_CLIENT", "aiokafka")
+    for c in services:
+        env = c.environment()
+        key = f"GENWIRE_{c.short.upper()}_KAFKA_CLIENT"
+        if c.short == "inference":
+            assert key not in env  # the service's own, inherited from the environment
+        else:
+            assert env[key] == "librdkafka"
+    default = build_components(paths, CommonSettings(home=tmp_path))["preprocess"]
+    assert default.environment()["GENWIRE_PREPROCESS_KAFKA_CLIENT"] == "aiokafka"

@@ -491,6 +491,9 @@ class Service(Component):
         if self.settings.model_repository is not None:
             env["GENWIRE_MODEL_REPOSITORY"] = str(self.settings.model_repository)
             env[f"{prefix}MODEL_REPOSITORY"] = str(self.settings.model_repository)
+        if f"{prefix}KAFKA_CLIENT" not in os.environ:  # a service's own variable wins
+            # GENWIRE_KAFKA_CLIENT=librdkafka `genwire up`: every service's data path on it
+            env[f"{prefix}KAFKA_CLIENT"] = self.settings.kafka_client
         if self.security is not None:
             # Its own SCRAM user: the ACLs of genwire_stack.secure.ACCESS[short] apply.
             for env_prefix in ("GENWIRE_", prefix):

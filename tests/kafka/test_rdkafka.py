@@ -1,0 +1,164 @@
+"""``kafka_client=librdkafka``: which client each consumer and producer gets, librdkafka's
+settings (the services' durability, in its words), the security mapping, and what its errors
+mean to ``EventProducer``. Clients are built, not started, except where a test takes ``infra``
+(the real broker). The consumer's behaviour on the broker (commits, dead letters, redelivery,
+rebalances, outages) runs on both clients in tests/common/test_consumer_kafka.py and
+test_reliability_kafka.py."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import IllegalStateError, KafkaError, MessageSizeTooLargeError
+from confluent_kafka import KafkaError as RdError
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from genwire import kafka_security
+from genwire.errors import PermanentError, RetryableError
+from genwire.kafka import EventConsumer, EventProducer, ensure_topics
+from genwire.kafka.admin import delete_topics
+from genwire.kafka.producer import FATAL_PRODUCER_ERRORS, MAX_REQUEST_SIZE, publish_error
+from genwire.kafka.rdkafka import RdConsumer, RdProducer, _error
+from genwire.kafka_security import KafkaSecurityError, rdkafka_options
+from genwire.service.runtime import ServiceRuntime
+from genwire.settings import CommonSettings, ServiceSettings
+from genwire.topics import TopicSpec
+
+
+class Rec(BaseModel):
+    request_id: str
+
+
+async def _nothing(event: Rec) -> None:
+    return None
+
+
+def test_an_unknown_client_is_refused() -> None:
+    with pytest.raises(ValidationError, match="kafka_client"):
+        CommonSettings(kafka_client="kafka-python")  # type: ignore[arg-type]
+    assert CommonSettings().kafka_client == "aiokafka"  # the default
+
+
+async def test_each_consumer_and_producer_gets_the_chosen_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A service's own setting decides (its runner calls kafka_security.use), not the shell's
+    GENWIRE_KAFKA_CLIENT; a group-less consumer stays on aiokafka."""
+    monkeypatch.setenv("GENWIRE_KAFKA_CLIENT", "aiokafka")
+    for name, consumer_type, producer_type in (
+        ("librdkafka", RdConsumer, RdProducer),
+        ("aiokafka", AIOKafkaConsumer, AIOKafkaProducer),
+    ):
+        settings = ServiceSettings(kafka_client=name, kafka_fetch_max_wait_ms=250)
+        kafka_security.use(settings)
+        runtime = ServiceRuntime(settings, "test", set_global_tracer=False)
+        try:
+            grouped = runtime.consumer("genwire.requests", Rec, _nothing)
+            groupless = runtime.consumer("genwire.control", Rec, _nothing, group=False)
+            assert isinstance(grouped._consumer, consumer_type)
+            assert isinstance(groupless._consumer, AIOKafkaConsumer)
+            assert isinstance(runtime.producer._producer, producer_type)
+            if name == "librdkafka":
+                assert grouped._consumer._config["fetch.wait.max.ms"] == 250  # type: ignore[attr-defined]
+        finally:
+            kafka_security.use(None)
+            runtime.tracer_provider.shutdown()
+
+
+@pytest.mark.usefixtures("on_librdkafka")
+def test_librdkafkas_settings_are_the_services() -> None:
+    """The durability docs/stages.md states, in librdkafka's words."""
+    producer = EventProducer("k:9092", client_id="me", request_timeout_ms=7000)
+    config = producer._producer._config  # type: ignore[attr-defined]
+    assert config["acks"] == "all" and config["enable.idempotence"] is True
+    assert config["linger.ms"] == 0 and config["request.timeout.ms"] == 7000
+    assert config["message.max.bytes"] == MAX_REQUEST_SIZE
+    assert config["partitioner"] == "murmur2_random"  # a key's partition, as with aiokafka
+    consumer = EventConsumer(
+        topic="t",
+        group_id="g",
+        model=Rec,
+        handler=_nothing,
+        producer=producer,
+        bootstrap_servers="k:9092",
+        stage="test",
+        fetch_max_wait_ms=123,
+        session_timeout_ms=12_000,
+    )
+    c = consumer._consumer._config  # type: ignore[attr-defined]
+    assert c["enable.auto.commit"] is False  # EventConsumer commits, after the outputs' acks
+    assert c["group.id"] == "g" and c["auto.offset.reset"] == "earliest"
+    assert c["fetch.wait.max.ms"] == 123 and c["fetch.min.bytes"] == 1
+    assert c["session.timeout.ms"] == 12_000 and c["heartbeat.interval.ms"] == 3_000
+
+
+def test_the_security_settings_in_librdkafkas_words(tmp_path: Path) -> None:
+    assert rdkafka_options(CommonSettings()) == {}
+    ca = tmp_path / "ca.pem"
+    sasl = CommonSettings(
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_username="preprocess",
+        kafka_sasl_password=SecretStr("s3cret"),
+        kafka_ssl_cafile=ca,
+    )
+    assert rdkafka_options(sasl) == {
+        "security.protocol": "sasl_ssl",
+        "sasl.mechanisms": "SCRAM-SHA-512",
+        "sasl.username": "preprocess",
+        "sasl.password": "s3cret",
+        "ssl.endpoint.identification.algorithm": "https",  # the host name is checked
+        "ssl.ca.location": str(ca),
+    }
+    mtls = CommonSettings(
+        kafka_security_protocol="SSL",
+        kafka_ssl_certfile=tmp_path / "c.pem",
+        kafka_ssl_keyfile=tmp_path / "k.pem",
+    )
+    options = rdkafka_options(mtls)
+    assert options["ssl.ca.location"] == "probe"  # no CA file: the system's trust store
+    assert options["ssl.certificate.location"] == str(tmp_path / "c.pem")
+    assert options["ssl.key.location"] == str(tmp_path / "k.pem")
+    assert "sasl.username" not in options
+    with pytest.raises(KafkaSecurityError, match="kafka_sasl_username"):
+        rdkafka_options(CommonSettings(kafka_security_protocol="SASL_PLAINTEXT"))
+    with pytest.raises(KafkaSecurityError, match="go together"):
+        rdkafka_options(
+            CommonSettings(kafka_security_protocol="SSL", kafka_ssl_certfile=tmp_path / "c.pem")
+        )
+
+
+def test_what_librdkafkas_errors_mean_to_a_publish() -> None:
+    fatal = _error(RdError(RdError._FATAL, "idempotence: gap in sequence", fatal=True))
+    assert isinstance(fatal, IllegalStateError) and isinstance(fatal, FATAL_PRODUCER_ERRORS)
+    too_large = _error(RdError(RdError.MSG_SIZE_TOO_LARGE))
+    assert isinstance(too_large, MessageSizeTooLargeError)
+    assert isinstance(publish_error(too_large), PermanentError)  # never retried
+    down = _error(RdError(RdError._ALL_BROKERS_DOWN))
+    assert type(down) is KafkaError and not isinstance(down, FATAL_PRODUCER_ERRORS)
+    assert isinstance(publish_error(down), RetryableError)  # waited out
+
+
+@pytest.mark.usefixtures("on_librdkafka")
+async def test_a_fatal_librdkafka_error_replaces_the_producer(infra: CommonSettings) -> None:
+    """After librdkafka reports a fatal error (an idempotence gap, say) the client never
+    publishes again: the next publish replaces it and goes out on the new one."""
+    topic = f"test.rdkafka.{uuid.uuid4().hex[:8]}"
+    bootstrap = infra.kafka_bootstrap_servers
+    await ensure_topics(bootstrap, [TopicSpec(topic, partitions=1, retention_ms=3_600_000)])
+    producer = EventProducer(bootstrap, client_id="test-rdkafka")
+    await producer.start()
+    try:
+        assert await asyncio.wait_for(await producer.send(topic, b"one"), 10) == 0
+        old = producer._producer
+        old._fatal.append(RdError(RdError._FATAL, "injected", fatal=True))  # type: ignore[attr-defined]
+        with pytest.raises(IllegalStateError):  # the old client refuses at once...
+            await old.send(topic, b"refused")
+        assert await asyncio.wait_for(await producer.send(topic, b"two"), 10) == 1
+        assert producer.resets == 1 and producer._producer is not old  # ...and is replaced
+    finally:
+        await producer.stop()
+        await delete_topics(bootstrap, [topic])
