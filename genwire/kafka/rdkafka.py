@@ -48,9 +48,23 @@ POLL_S = 0.05
 from the loop (a commit, a pause) waits for it, and how soon a stop is seen."""
 BATCH = 500
 """Records taken from librdkafka's queue at once after a poll returns one."""
-RECONNECT = {"reconnect.backoff.ms": 50, "reconnect.backoff.max.ms": 1000}
-"""librdkafka's backoff between connection attempts grows to 10 s by default; aiokafka's stays
-near 50 ms. Capped at 1 s so a broker that is back is seen within a second."""
+RECONNECT = {
+    "reconnect.backoff.ms": 50,
+    "reconnect.backoff.max.ms": 1000,
+    "metadata.recovery.strategy": "none",
+}
+"""After a broker outage. librdkafka's backoff between connection attempts grows to 10 s by
+default (aiokafka's stays near 50 ms): capped at 1 s. Its default recovery strategy,
+``rebootstrap``, cycles back to ``bootstrap.servers`` while no broker answers and, after the
+return, asked for metadata a second late; ``none`` keeps the brokers it knows (genwire's are
+fixed: the first record relayed after an outage came 0.5 s after the return instead of 1.2–1.7 s,
+docs/benchmarks.md). The cost: a client whose every known broker changed address never finds the
+new ones; restart it."""
+COMMIT_TIMEOUT_S = 10.0
+"""How long a commit waits for the coordinator's answer before it counts as failed (its offsets
+are committed again later): during an outage there is none, and the commit loop must say so."""
+STOP_TIMEOUT_S = 30.0
+"""How long a stop waits for the consumer's thread to leave the group."""
 
 
 def _error(err: RdError) -> KafkaError:
@@ -242,9 +256,12 @@ class RdConsumer:
             "heartbeat.interval.ms": heartbeat_interval_ms,
             "socket.nagle.disable": True,
             "error_cb": _on_error(group_id, self._fatal),
+            "on_commit": self._on_commit,
             "logger": log,
             **RECONNECT,
         }
+        self._commits: deque[tuple[_CommitKey, concurrent.futures.Future[None]]] = deque()
+        self._rebalance: str | None = None  # in a rebalance callback: revoke, lost or assign
         self._topics: list[str] = []
         self._listener: ConsumerRebalanceListener | None = None
         self._commands: deque[tuple[Callable[[Consumer], Any], concurrent.futures.Future[Any]]]
@@ -278,7 +295,12 @@ class RdConsumer:
     def _run(self, started: concurrent.futures.Future[None]) -> None:
         try:
             consumer = Consumer(self._config)
-            consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+            consumer.subscribe(
+                self._topics,
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
         except BaseException as exc:
             started.set_exception(exc)
             return
@@ -323,6 +345,21 @@ class RdConsumer:
         while self._commands:
             _, done = self._commands.popleft()
             done.set_exception(ConsumerStoppedError())
+        while self._commits:
+            _, answer = self._commits.popleft()
+            _answer(answer, ConsumerStoppedError())
+
+    def _on_commit(self, err: RdError | None, parts: list[RdPartition]) -> None:
+        """An asynchronous commit's answer (served by a poll): settles the commit it answers,
+        found by its offsets (the same offsets twice: the older first, as they were sent)."""
+        key = _commit_key(parts)
+        entry = next((e for e in self._commits if e[0] == key), None)
+        if entry is None:  # not one of ours: never guessed, a wrong match could lie
+            log.debug("kafka consumer: an answer to no pending commit: %s", parts)
+            return
+        self._commits.remove(entry)
+        failed = err or next((p.error for p in parts if p.error is not None), None)
+        _answer(entry[1], None if failed is None else KafkaError(f"commit failed: {failed}"))
 
     def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         assert self._loop is not None
@@ -335,27 +372,41 @@ class RdConsumer:
         self._listen(consumer, "on_partitions_assigned", tps)
 
     def _on_revoke(self, consumer: Consumer, parts: list[RdPartition]) -> None:
+        self._revoked(consumer, parts, "revoke")
+
+    def _on_lost(self, consumer: Consumer, parts: list[RdPartition]) -> None:
+        # The session expired (a broker outage, say): the partitions may be someone else's
+        # already. Drained like a revoke, but nothing of theirs can be committed any more.
+        self._revoked(consumer, parts, "lost")
+
+    def _revoked(self, consumer: Consumer, parts: list[RdPartition], why: str) -> None:
         tps = {TopicPartition(p.topic, p.partition) for p in parts}
-        self._listen(consumer, "on_partitions_revoked", tps)
+        self._listen(consumer, "on_partitions_revoked", tps, why)
         self._assignment = frozenset(self._assignment - tps)
         self._call_soon(self._drop, tps)
 
-    def _listen(self, consumer: Consumer, what: str, tps: set[TopicPartition]) -> None:
+    def _listen(
+        self, consumer: Consumer, what: str, tps: set[TopicPartition], why: str = "assign"
+    ) -> None:
         """Run the listener on the loop, serving its commands (its drain's commit) meanwhile;
         librdkafka completes the rebalance only when this returns, as aiokafka does."""
         if self._listener is None or self._loop is None or self._loop.is_closed():
             return
         call = getattr(self._listener, what)(tps)
         done = asyncio.run_coroutine_threadsafe(call, self._loop)
-        while True:
-            try:
-                done.result(timeout=0.01)
-                return
-            except concurrent.futures.TimeoutError:
-                self._serve(consumer)
-            except Exception as exc:  # the listener's own failure: logged, the group goes on
-                log.warning("rebalance listener %s failed: %s", what, exc)
-                return
+        self._rebalance = why
+        try:
+            while True:
+                try:
+                    done.result(timeout=0.01)
+                    return
+                except concurrent.futures.TimeoutError:
+                    self._serve(consumer)
+                except Exception as exc:  # the listener's own failure: logged, the group goes on
+                    log.warning("rebalance listener %s failed: %s", what, exc)
+                    return
+        finally:
+            self._rebalance = None
 
     # --- on the loop ---
 
@@ -432,22 +483,67 @@ class RdConsumer:
             self._arrived.set()
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Commit synchronously on the consumer's thread (at its next poll: ≤ ``POLL_S``)."""
+        """Commit ``offsets``; returns once the coordinator accepted them, raises otherwise.
+
+        Sent by the consumer's thread at its next poll (≤ ``POLL_S``). Asynchronously, so the
+        thread goes on polling while the answer is awaited: a synchronous commit held it for a
+        whole broker outage. Inside a rebalance callback (a drain's commit) no poll can serve
+        an answer, so it is synchronous there, as librdkafka's own examples commit on revoke;
+        partitions lost with the session are not committed at all.
+        """
         parts = [RdPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
+        answer: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def send(consumer: Consumer) -> None:
+            if self._rebalance == "lost":
+                raise KafkaError("the partitions were lost with the group session")
+            if self._rebalance is not None:
+                consumer.commit(offsets=parts, asynchronous=False)
+                _answer(answer, None)
+                return
+            consumer.commit(offsets=parts, asynchronous=True)
+            self._commits.append((_commit_key(parts), answer))
+
         try:
-            await self._command(lambda c: c.commit(offsets=parts, asynchronous=False))
-        except ConsumerStoppedError:
+            await self._command(send)
+            await asyncio.wait_for(asyncio.wrap_future(answer), COMMIT_TIMEOUT_S)
+        except (ConsumerStoppedError, KafkaError):
             raise
+        except TimeoutError as exc:
+            raise KafkaError(f"commit: no answer within {COMMIT_TIMEOUT_S:.0f} s") from exc
         except Exception as exc:
             raise KafkaError(f"librdkafka commit: {exc}") from exc
 
     async def stop(self) -> None:
-        """Leave the group (the revoke's listener runs first) and stop the thread."""
+        """Leave the group (the revoke's listener runs first) and stop the thread; bounded,
+        because leaving needs a coordinator (what is uncommitted is redelivered)."""
         self._stopping.set()
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+            await asyncio.to_thread(self._thread.join, STOP_TIMEOUT_S)
+            if self._thread.is_alive():
+                log.warning(
+                    "kafka consumer %s: not closed after %.0f s",
+                    self._config["group.id"],
+                    STOP_TIMEOUT_S,
+                )
         self._stopped = True
         self._arrived.set()
+
+
+_CommitKey = frozenset[tuple[str, int, int]]
+
+
+def _commit_key(parts: Sequence[RdPartition]) -> _CommitKey:
+    return frozenset((p.topic, p.partition, p.offset) for p in parts)
+
+
+def _answer(answer: concurrent.futures.Future[None], exc: BaseException | None) -> None:
+    """Settle a commit's answer from the consumer's thread, unless the loop gave up on it."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled: timed out
+        if exc is None:
+            answer.set_result(None)
+        else:
+            answer.set_exception(exc)
 
 
 def _record(m: Message) -> ConsumerRecord[bytes, bytes]:

@@ -8,13 +8,16 @@ test_reliability_kafka.py."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError, MessageSizeTooLargeError
 from confluent_kafka import KafkaError as RdError
+from confluent_kafka import TopicPartition as RdPartition
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from genwire import kafka_security
@@ -22,7 +25,7 @@ from genwire.errors import PermanentError, RetryableError
 from genwire.kafka import EventConsumer, EventProducer, ensure_topics
 from genwire.kafka.admin import delete_topics
 from genwire.kafka.producer import FATAL_PRODUCER_ERRORS, MAX_REQUEST_SIZE, publish_error
-from genwire.kafka.rdkafka import RdConsumer, RdProducer, _error
+from genwire.kafka.rdkafka import RdConsumer, RdProducer, _commit_key, _error
 from genwire.kafka_security import KafkaSecurityError, rdkafka_options
 from genwire.service.runtime import ServiceRuntime
 from genwire.settings import CommonSettings, ServiceSettings
@@ -162,3 +165,69 @@ async def test_a_fatal_librdkafka_error_replaces_the_producer(infra: CommonSetti
     finally:
         await producer.stop()
         await delete_topics(bootstrap, [topic])
+
+
+def _consumer() -> RdConsumer:
+    return RdConsumer(
+        bootstrap_servers="k:9092",
+        group_id="g",
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=1 << 20,
+        fetch_max_wait_ms=500,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=3_000,
+    )
+
+
+def test_an_asynchronous_commits_answer_settles_that_commit_only() -> None:
+    """Commits are sent asynchronously (the thread polls on through an outage) and each answer
+    settles the commit with the same offsets, never another one."""
+    consumer = _consumer()
+    first, second = concurrent.futures.Future[None](), concurrent.futures.Future[None]()
+    a = [RdPartition("t", 0, 10), RdPartition("t", 1, 4)]
+    b = [RdPartition("t", 0, 12)]
+    consumer._commits.extend([(_commit_key(a), first), (_commit_key(b), second)])
+    consumer._on_commit(None, [RdPartition("t", 0, 12)])
+    assert second.result(0) is None and not first.done()  # matched by offsets, not by order
+    consumer._on_commit(None, [RdPartition("t", 9, 9)])  # no such commit: nothing settled
+    assert not first.done()
+    # one partition refused (librdkafka sets .error, read-only from Python: a stand-in)
+    failed = SimpleNamespace(
+        topic="t", partition=1, offset=4, error=RdError(RdError.ILLEGAL_GENERATION)
+    )
+    consumer._on_commit(None, [RdPartition("t", 0, 10), failed])  # type: ignore[list-item]
+    with pytest.raises(KafkaError, match="commit failed"):
+        first.result(0)
+    assert not consumer._commits
+    late = concurrent.futures.Future[None]()
+    late.cancel()  # the loop gave up waiting (COMMIT_TIMEOUT_S): the answer is dropped quietly
+    consumer._commits.append((_commit_key(b), late))
+    consumer._on_commit(RdError(RdError._TRANSPORT), b)
+    assert not consumer._commits
+
+
+async def test_a_commit_in_a_lost_partitions_drain_fails_at_once() -> None:
+    """Partitions lost with the session may be someone else's: their drain commits nothing
+    (and waits for no coordinator), where a revoke's drain commits synchronously."""
+    consumer = _consumer()
+    consumer._loop = asyncio.get_running_loop()
+    calls: list[bool] = []
+
+    class Client:
+        def commit(self, offsets: list[RdPartition], asynchronous: bool) -> None:
+            calls.append(asynchronous)
+
+    async def commit_while(state: str | None) -> None:
+        consumer._rebalance = state
+        pending = asyncio.ensure_future(consumer.commit({TopicPartition("t", 0): 5}))
+        await asyncio.sleep(0.01)
+        consumer._serve(Client())  # type: ignore[arg-type]  # the consumer's thread's turn
+        if state is None:  # asynchronous: answered by the next poll's callback
+            consumer._on_commit(None, [RdPartition("t", 0, 5)])
+        await asyncio.wait_for(pending, 5)
+
+    with pytest.raises(KafkaError, match="lost"):
+        await commit_while("lost")
+    await commit_while("revoke")
+    await commit_while(None)
+    assert calls == [False, True]  # synchronous in the revoke, asynchronous otherwise
