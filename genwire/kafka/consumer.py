@@ -216,7 +216,7 @@ class EventConsumer(Generic[InT]):
         self._stopping = False
         self._consumer: AIOKafkaConsumer
         if group_id is not None and client_kind() == "librdkafka":
-            from genwire.kafka.rdkafka import RdConsumer  # confluent-kafka only when chosen
+            from genwire.kafka.rdkafka_consumer import RdConsumer  # confluent-kafka only if chosen
 
             self._consumer = RdConsumer(  # type: ignore[assignment]  # AIOKafkaConsumer's face
                 bootstrap_servers=bootstrap_servers,

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from genwire_bench.floor_clients import (
     producer_config,
 )
 
+from genwire import kafka_security
 from genwire.kafka import ensure_topics
 from genwire.kafka.admin import delete_groups, delete_topics
 from genwire.settings import CommonSettings
@@ -340,3 +342,22 @@ async def out_ends(bootstrap: str, topic: str) -> dict[int, int]:
         return {tp.partition: end for tp, end in (await consumer.end_offsets(parts)).items()}
     finally:
         await consumer.stop()
+
+
+def test_the_aiokafka_floor_is_genwires_runtime_on_aiokafka_whatever_the_shell_exports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`GENWIRE_KAFKA_CLIENT=librdkafka` exported for `make up` must not turn the default
+    client's figures into librdkafka's: the tool, and the relays it starts, are on aiokafka."""
+    monkeypatch.setenv("GENWIRE_KAFKA_CLIENT", "librdkafka")
+    seen: list[str] = []
+
+    def run(main: object, _loop: str) -> list[object]:
+        seen.append(kafka_security.client_kind())  # what EventProducer and the relays follow
+        main.close()  # type: ignore[attr-defined]  # the coroutine, never started
+        return []
+
+    monkeypatch.setattr(floor.event_loop, "run", run)
+    floor.main(["--no-tracing", "--bootstrap-servers", "unused:1"])
+    assert os.environ["GENWIRE_KAFKA_CLIENT"] == "aiokafka"  # what its relays inherit
+    assert seen == ["aiokafka"]

@@ -15,7 +15,14 @@ from types import SimpleNamespace
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import IllegalStateError, KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import (
+    IllegalStateError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    ProducerClosed,
+)
+from aiokafka.structs import ConsumerRecord
 from confluent_kafka import KafkaError as RdError
 from confluent_kafka import TopicPartition as RdPartition
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -25,7 +32,8 @@ from genwire.errors import PermanentError, RetryableError
 from genwire.kafka import EventConsumer, EventProducer, ensure_topics
 from genwire.kafka.admin import delete_topics
 from genwire.kafka.producer import FATAL_PRODUCER_ERRORS, MAX_REQUEST_SIZE, publish_error
-from genwire.kafka.rdkafka import RdConsumer, RdProducer, _commit_key, _error
+from genwire.kafka.rdkafka import RdProducer, _error
+from genwire.kafka.rdkafka_consumer import MAX_HANDED, RdConsumer, _commit_key
 from genwire.kafka_security import KafkaSecurityError, rdkafka_options
 from genwire.service.runtime import ServiceRuntime
 from genwire.settings import CommonSettings, ServiceSettings
@@ -52,6 +60,7 @@ async def test_each_consumer_and_producer_gets_the_chosen_client(
     """A service's own setting decides (its runner calls kafka_security.use), not the shell's
     GENWIRE_KAFKA_CLIENT; a group-less consumer stays on aiokafka."""
     monkeypatch.setenv("GENWIRE_KAFKA_CLIENT", "aiokafka")
+    previous = kafka_security._process.get("settings")
     for name, consumer_type, producer_type in (
         ("librdkafka", RdConsumer, RdProducer),
         ("aiokafka", AIOKafkaConsumer, AIOKafkaProducer),
@@ -68,7 +77,7 @@ async def test_each_consumer_and_producer_gets_the_chosen_client(
             if name == "librdkafka":
                 assert grouped._consumer._config["fetch.wait.max.ms"] == 250  # type: ignore[attr-defined]
         finally:
-            kafka_security.use(None)
+            kafka_security.use(previous)
             runtime.tracer_provider.shutdown()
 
 
@@ -211,6 +220,7 @@ async def test_a_commit_in_a_lost_partitions_drain_fails_at_once() -> None:
     (and waits for no coordinator), where a revoke's drain commits synchronously."""
     consumer = _consumer()
     consumer._loop = asyncio.get_running_loop()
+    consumer._assignment = frozenset({TopicPartition("t", 0)})
     calls: list[bool] = []
 
     class Client:
@@ -231,3 +241,132 @@ async def test_a_commit_in_a_lost_partitions_drain_fails_at_once() -> None:
     await commit_while("revoke")
     await commit_while(None)
     assert calls == [False, True]  # synchronous in the revoke, asynchronous otherwise
+
+
+async def test_a_commit_the_loop_gave_up_on_is_skipped_not_fatal() -> None:
+    """A commit cancelled while queued (the committer cancelled at stop) is not sent, and the
+    thread goes on serving (a settled future used to kill it); one for a partition no longer
+    assigned is refused, not sent (another member's offset could move back)."""
+    consumer = _consumer()
+    consumer._loop = asyncio.get_running_loop()
+    consumer._assignment = frozenset({TopicPartition("t", 0)})
+    sent: list[list[RdPartition]] = []
+
+    class Client:
+        def commit(self, offsets: list[RdPartition], asynchronous: bool) -> None:
+            sent.append(offsets)
+
+    cancelled = asyncio.ensure_future(consumer.commit({TopicPartition("t", 0): 1}))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    other = asyncio.ensure_future(consumer.commit({TopicPartition("t", 1): 7}))
+    await asyncio.sleep(0.01)
+    consumer._serve(Client())  # type: ignore[arg-type]  # must not raise
+    with pytest.raises(KafkaError, match="not assigned"):
+        await other
+    assert sent == []
+
+
+class _Pauses:
+    def __init__(self) -> None:
+        self.paused: set[tuple[str, int]] = set()
+
+    def pause(self, parts: list[RdPartition]) -> None:
+        self.paused |= {(p.topic, p.partition) for p in parts}
+
+    def resume(self, parts: list[RdPartition]) -> None:
+        self.paused -= {(p.topic, p.partition) for p in parts}
+
+
+def test_a_pause_never_outlives_a_rebalance() -> None:
+    """librdkafka keeps an application's pause across unassign and reassign: the thread makes
+    its pauses what the loop wants for what is assigned now, and clears them on a revoke."""
+    consumer = _consumer()
+    client = _Pauses()
+    p0, p1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    consumer._assignment = frozenset({p0, p1})
+    consumer.pause(p0, p1)  # the pool is full
+    consumer._apply_pauses(client)  # type: ignore[arg-type]
+    assert client.paused == {("t", 0), ("t", 1)}
+    consumer._revoked(client, [RdPartition("t", 0), RdPartition("t", 1)], "revoke")  # type: ignore[arg-type]
+    assert client.paused == set()  # cleared with the revoke, in librdkafka too
+    consumer._drop({p0, p1})  # the loop's turn: it forgets them
+    consumer._on_assign(client, [RdPartition("t", 0)])  # type: ignore[arg-type]
+    consumer._apply_pauses(client)  # type: ignore[arg-type]
+    assert client.paused == set() and consumer.paused() == set()  # back, and fetched
+    consumer.pause(p0)
+    consumer._apply_pauses(client)  # type: ignore[arg-type]
+    consumer.resume(p0)
+    consumer._apply_pauses(client)  # type: ignore[arg-type]
+    assert client.paused == set()
+
+
+def test_the_thread_pauses_everything_while_the_loop_is_behind() -> None:
+    consumer = _consumer()
+    client = _Pauses()
+    consumer._assignment = frozenset({TopicPartition("t", 0), TopicPartition("t", 1)})
+    consumer._handed = MAX_HANDED
+    consumer._apply_pauses(client)  # type: ignore[arg-type]
+    assert client.paused == {("t", 0), ("t", 1)}
+    consumer._taken = 1  # the loop took one: below the mark again
+    consumer._apply_pauses(client)  # type: ignore[arg-type]
+    assert client.paused == set()
+
+
+def _records(partition: int, n: int) -> list[ConsumerRecord[bytes, bytes]]:
+    return [ConsumerRecord("t", partition, i, 0, 0, None, b"v", None, -1, 1, []) for i in range(n)]
+
+
+async def test_partitions_take_turns() -> None:
+    """One partition's backlog does not starve the others when the pool takes one at a time."""
+    consumer = _consumer()
+    consumer._assignment = frozenset({TopicPartition("t", 0), TopicPartition("t", 1)})
+    consumer._add(_records(0, 100) + _records(1, 3))
+    seen = []
+    for _ in range(4):
+        batch = await consumer.getmany(max_records=1)
+        seen += [tp.partition for tp in batch]
+    assert seen == [0, 1, 0, 1]
+    assert consumer._taken == 4
+
+
+def test_a_refused_fetch_or_authentication_ends_the_consumer() -> None:
+    """aiokafka raises these from getmany (the service exits, its supervisor restarts it):
+    never a member that is ready with nothing it may read."""
+    consumer = _consumer()
+    on_error = consumer._config["error_cb"]
+    on_error(RdError(RdError._TRANSPORT))  # a broker down: librdkafka retries it
+    assert consumer._broken == []
+    on_error(RdError(RdError.SASL_AUTHENTICATION_FAILED))
+    on_error(RdError(RdError.TOPIC_AUTHORIZATION_FAILED))
+    assert [e.code() for e in consumer._broken] == [
+        RdError.SASL_AUTHENTICATION_FAILED,
+        RdError.TOPIC_AUTHORIZATION_FAILED,
+    ]
+
+
+@pytest.mark.usefixtures("on_librdkafka")
+async def test_a_full_local_queue_is_a_retryable_failure_and_a_stopped_producer_refuses() -> None:
+    producer = RdProducer(
+        bootstrap_servers="k:9092",
+        client_id="t",
+        linger_ms=0,
+        max_request_size=1 << 20,
+        request_timeout_ms=1000,
+    )
+
+    class Full:
+        def produce(self, *args: object, **kwargs: object) -> None:
+            raise BufferError("Local: Queue full")
+
+    producer._loop = asyncio.get_running_loop()
+    producer._producer = Full()  # type: ignore[assignment]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("genwire.kafka.rdkafka.QUEUE_FULL_WAIT_S", 0.2)
+        with pytest.raises(KafkaTimeoutError):  # aiokafka's: a retry, not a dead letter
+            await producer.send("t", b"v")
+    assert isinstance(publish_error(KafkaTimeoutError()), RetryableError)
+    producer._producer = None
+    await producer.stop()
+    with pytest.raises(ProducerClosed):
+        await producer.send("t", b"v")

@@ -30,7 +30,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -45,13 +44,13 @@ from genwire_stack.kafka_node import Kafka
 from genwire_stack.layout import StackLayout, write_layout
 from genwire_stack.manager import _redis_settings
 from genwire_stack.paths import StackPaths
-from genwire_stack.secure import SecureStack
+from genwire_stack.secure import ADMIN, SecureStack
 from genwire_stack.servers import Jaeger, Redis, Service, Triton
 from genwire_stack.supervise import _probe, probe_context
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
-from genwire.kafka_security import client_options
+from genwire.kafka_security import client_options, rdkafka_options
 from genwire.settings import CommonSettings
 from genwire.topics import Topic
 from tests.stack.support import free_port
@@ -59,6 +58,7 @@ from tests.stack.support import free_port
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 SERVICES = ("preprocess", "inference", "postprocess", "monitor", "gateway")
+STAGES = ("preprocess", "inference", "postprocess")
 JAEGER_ROLES = ("ui+query", "query-grpc", "otlp-grpc", "otlp-http", "health", "metrics")
 
 
@@ -226,23 +226,19 @@ def test_no_service_was_refused_by_an_acl(secure: SecureRun) -> None:
 
 
 def test_the_services_data_path_ran_on_librdkafka(secure: SecureRun) -> None:
-    """What the two tests above showed, they showed on librdkafka: each service process of
-    this stack runs librdkafka's threads (``rdk:main``, one per client)."""
-    home = f"GENWIRE_HOME={secure.settings.home}".encode()
-    found: dict[str, bool] = {}
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            if home not in (proc / "environ").read_bytes().split(b"\0"):
-                continue
-            threads = {(t / "comm").read_text().strip() for t in (proc / "task").iterdir()}
-        except (OSError, ValueError):
-            continue  # not ours to read, or gone
-        for short in SERVICES:
-            if b"-m" in cmdline and f"genwire_{short}".encode() in cmdline:
-                found[short] = "rdk:main" in threads
-    assert {"gateway", "preprocess", "inference", "postprocess"} <= set(found), found
-    assert all(found[s] for s in ("gateway", "preprocess", "inference", "postprocess")), found
+    """What the two tests above showed, they showed on librdkafka: every member of the stages'
+    consumer groups (and their retry replayers') is an RdConsumer, whose client id is its group
+    (aiokafka's is ``aiokafka-<version>``), asked of the broker as the stack's admin."""
+    from confluent_kafka.admin import AdminClient
+
+    admin_settings = secure.security.kafka_settings(ADMIN, secure.bootstrap)
+    admin = AdminClient({"bootstrap.servers": secure.bootstrap, **rdkafka_options(admin_settings)})
+    groups = [f"genwire-{s}{suffix}" for s in STAGES for suffix in ("", "-retry")]
+    described = admin.describe_consumer_groups(groups, request_timeout=15)
+    for group, future in described.items():
+        members = future.result(timeout=30).members
+        assert members, f"{group}: no member"
+        assert {m.client_id for m in members} == {group}, (group, [m.client_id for m in members])
 
 
 def test_the_bench_produces_straight_to_kafka_as_its_own_user(

@@ -1033,6 +1033,10 @@ def main(argv: list[str] | None = None) -> int:
             f"--client {args.client}: librdkafka is not given the broker's TLS/SASL settings "
             "here; measure it on a PLAINTEXT broker"
         )
+    if args.client == "aiokafka":
+        # genwire's runtime on aiokafka, as named, whatever KAFKA_CLIENT the shell exports (for
+        # `make up`, say); its relays inherit this environment.
+        os.environ["GENWIRE_KAFKA_CLIENT"] = "aiokafka"
     if args.relay and args.client != "aiokafka":
         from genwire_bench import floor_clients
 
