@@ -107,11 +107,12 @@ class _Client:
         self.cluster = _Cluster()
 
     async def force_metadata_update(self) -> None:
-        """Raises ``KafkaConnectionError`` (aiokafka's) when no broker answers in 10 s."""
+        """Raises ``KafkaConnectionError`` (aiokafka's) when no broker answers in 10 s, or the
+        client is closed."""
         producer = self._owner._client()
         try:
             meta = await asyncio.to_thread(producer.list_topics, None, 10.0)
-        except KafkaException as exc:
+        except (KafkaException, RuntimeError) as exc:  # RuntimeError: closed by stop()
             raise KafkaConnectionError(f"librdkafka: no metadata: {exc}") from exc
         self.cluster.topics = {
             name: frozenset(t.partitions) for name, t in meta.topics.items() if t.error is None
@@ -186,22 +187,23 @@ class RdProducer:
 
     async def stop(self) -> None:
         """Wait (up to 5 s) for what is queued, then stop; what is left fails its futures, as
-        aiokafka's stop does. Bounded below ``EventProducer``'s 10 s for a retired client."""
+        aiokafka's stop does. Bounded below ``EventProducer``'s 10 s for a retired client; a
+        second call does nothing."""
+        if self._stopped:
+            return
         self._stopped = True
         producer = self._producer
-        try:
-            if producer is not None and self._thread.ident is not None:
-                await asyncio.to_thread(producer.flush, 5.0)
-        finally:
-            self._stopping.set()
-            if self._thread.ident is not None:
-                await asyncio.to_thread(self._thread.join, 5.0)
-            if producer is not None:
-                # Records still queued or in flight fail now (their futures hear of it)...
-                await asyncio.to_thread(producer.purge)
-                await asyncio.to_thread(producer.poll, 0)
-                # ...and the handle's threads and connections go with it, not at GC.
-                await asyncio.to_thread(producer.close)
+        if producer is not None and self._thread.ident is not None:
+            await _quietly(producer.flush, 5.0)
+        self._stopping.set()
+        if self._thread.ident is not None:
+            await asyncio.to_thread(self._thread.join, 5.0)
+        if producer is not None:
+            # Records still queued or in flight fail now (their futures hear of it)...
+            await _quietly(producer.purge)
+            await _quietly(producer.poll, 0)
+            # ...and the handle's threads and connections go with it, not at GC.
+            await _quietly(producer.close)
 
     async def send(
         self,
@@ -243,12 +245,27 @@ class RdProducer:
                 if loop.time() >= deadline:
                     raise KafkaTimeoutError(f"librdkafka's local queue is full: {exc}") from exc
                 await asyncio.sleep(0.05)
+                if self._stopped:  # retired meanwhile (replaced, or the service stops)
+                    raise ProducerClosed() from exc
+                if self._fatal:
+                    raise _error(self._fatal[0]) from exc
             except KafkaException as exc:
                 raise _error(exc.args[0]) from exc
+            except RuntimeError as exc:  # "Producer has been closed": stopped under us
+                raise ProducerClosed() from exc
 
     async def partitions_for(self, topic: str) -> frozenset[int]:
         await self.client.force_metadata_update()
         return self.client.cluster.topics.get(topic, frozenset())
+
+
+async def _quietly(call: Callable[..., Any], *args: Any) -> None:
+    """One step of a stop, in a thread; its failure (a closed handle, say) is logged and the
+    next step still runs."""
+    try:
+        await asyncio.to_thread(call, *args)
+    except Exception as exc:
+        log.warning("kafka producer: %s failed at stop: %s", getattr(call, "__name__", call), exc)
 
 
 def _settle(fut: asyncio.Future[object], err: RdError | None, msg: Message) -> None:

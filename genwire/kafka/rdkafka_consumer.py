@@ -8,9 +8,10 @@ the loop wants, and hands batches of records to the loop. A rebalance callback r
 poll: the thread runs the listener (``EventConsumer``'s drain) on the loop and serves its
 commits until it returns, as aiokafka completes a rebalance only after its listener.
 
-What is whose: ``_records``, ``_paused`` and ``_failure`` are the loop's; ``_want_paused`` is
-replaced whole by the loop and read by the thread; ``_assignment``, ``_commits`` and
-``_applied_pause`` are the thread's; the command queue is shared behind a lock.
+What is whose: ``_records``, ``_paused`` and ``_taken`` are written by the loop only;
+``_assignment``, ``_commits``, ``_applied_pause``, ``_throttled``, ``_handed`` and ``_failure``
+by the thread only (each side reads the other's whole values, safe under the GIL); the command
+queue and ``_stopped`` are shared behind a lock.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ BATCH = 500
 """Records taken from librdkafka's queue at once after a poll returns one."""
 MAX_HANDED = 4 * BATCH
 """Records handed to the loop and not yet taken, past which the thread pauses every partition
-in librdkafka (it polls on): what is not fetched yet waits on the broker."""
+in librdkafka (it polls on) until the loop is down to half: what is not fetched yet waits on the
+broker. The loop's own pauses (a full pool, an outage wait) stay in ``getmany``: pausing
+librdkafka discards what it prefetched, so it is done only for this bound."""
 QUEUED_KBYTES = 16 * 1024
 """librdkafka's prefetch queue per consumer (``queued.max.messages.kbytes``; its default is
 64 MiB)."""
@@ -102,13 +105,13 @@ class RdConsumer:
         # the loop's
         self._records: dict[TopicPartition, deque[ConsumerRecord[bytes, bytes]]] = {}
         self._paused: set[TopicPartition] = set()
-        self._want_paused: frozenset[TopicPartition] = frozenset()  # read by the thread
         self._taken = 0
         self._arrived = asyncio.Event()
         self._failure: BaseException | None = None
         # the thread's
         self._assignment: frozenset[TopicPartition] = frozenset()  # read by the loop
         self._applied_pause: set[TopicPartition] = set()
+        self._throttled = False  # the loop is MAX_HANDED behind: librdkafka paused
         self._commits: deque[tuple[_CommitKey, concurrent.futures.Future[None]]] = deque()
         self._rebalance: str | None = None  # inside a rebalance callback: revoke, lost, assign
         self._handed = 0
@@ -144,21 +147,28 @@ class RdConsumer:
             return
         started.set_result(None)
         try:
-            try:
-                while not self._stopping.is_set():
-                    self._serve(consumer)
-                    self._apply_pauses(consumer)
-                    if self._broken:
-                        raise KafkaException(self._broken[0])
-                    self._fetch(consumer)  # polls even when all is paused: callbacks run
+            while not self._stopping.is_set():
                 self._serve(consumer)
-            finally:
+                self._apply_pauses(consumer)
+                if self._broken:
+                    raise KafkaException(self._broken[0])
+                self._fetch(consumer)  # polls even when all is paused: callbacks run
+            self._serve(consumer)
+        except BaseException as exc:  # told at once: the loop's next getmany raises it
+            self._failed(exc)
+        finally:
+            try:
                 consumer.close()  # leaves the group (its revoke runs the listener: drained)
-        except BaseException as exc:  # the loop's next getmany raises it
+            except BaseException as exc:
+                self._failed(exc)
+            finally:
+                self._shut()
+                self._call_soon(self._arrived.set)
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._failure is None:
             self._failure = exc
             log.error("kafka consumer %s stopped: %s", self._group, exc)
-        finally:
-            self._shut()
             self._call_soon(self._arrived.set)
 
     def _fetch(self, consumer: Consumer) -> None:
@@ -194,14 +204,16 @@ class RdConsumer:
                 done.set_result(result)
 
     def _apply_pauses(self, consumer: Consumer) -> None:
-        """Make librdkafka's pauses what the loop wants, for the partitions assigned now (so a
-        pause asked for before a rebalance never lands on what the rebalance brought); and all
-        of them while the loop has ``MAX_HANDED`` records not taken yet. The thread polls on
+        """Pause every assigned partition in librdkafka while the loop has ``MAX_HANDED``
+        records not taken yet, and resume them once it is down to half. The thread polls on
         either way: rebalances and commits are served in a poll, and librdkafka leaves the
         group of a consumer that does not poll for ``max.poll.interval.ms``."""
-        want: frozenset[TopicPartition] = self._assignment
-        if self._handed - self._taken < MAX_HANDED:
-            want = self._want_paused & self._assignment
+        behind = self._handed - self._taken
+        if behind >= MAX_HANDED:
+            self._throttled = True
+        elif behind <= MAX_HANDED // 2:
+            self._throttled = False
+        want = self._assignment if self._throttled else frozenset()
         pause = want - self._applied_pause
         resume = self._applied_pause - want
         if pause:
@@ -232,7 +244,8 @@ class RdConsumer:
         found by its offsets (the same offsets twice: the older first, as they were sent)."""
         key = _commit_key(parts)
         entry = next((e for e in self._commits if e[0] == key), None)
-        if entry is None:  # a synchronous commit's, or not ours: never guessed (it could lie)
+        if entry is None:  # not ours: never guessed (a wrong match could lie)
+            log.debug("kafka consumer %s: an answer to no pending commit: %s", self._group, parts)
             return
         self._commits.remove(entry)
         failed = err or next((p.error for p in parts if p.error is not None), None)
@@ -249,6 +262,9 @@ class RdConsumer:
     def _on_lost(self, consumer: Consumer, parts: list[RdPartition]) -> None:
         # The session expired (a broker outage, say): the partitions may be someone else's
         # already. Drained like a revoke, but nothing of theirs can be committed any more.
+        # (Commits librdkafka holds from before, for a coordinator that did not answer, may
+        # still go out after the rejoin: acknowledged positions, so at worst an offset moves
+        # back and records are delivered again, never skipped.)
         self._revoked(consumer, parts, "lost")
 
     def _revoked(self, consumer: Consumer, parts: list[RdPartition], why: str) -> None:
@@ -267,7 +283,12 @@ class RdConsumer:
         loop = self._loop
         if self._listener is None or loop is None or loop.is_closed():
             return
-        done = asyncio.run_coroutine_threadsafe(getattr(self._listener, what)(tps), loop)
+        call = getattr(self._listener, what)(tps)
+        try:
+            done = asyncio.run_coroutine_threadsafe(call, loop)
+        except RuntimeError:  # the loop closed meanwhile: nobody is left to listen
+            call.close()
+            return
         self._rebalance = why
         try:
             while not loop.is_closed():
@@ -300,7 +321,6 @@ class RdConsumer:
         for tp in tps:
             self._taken += len(self._records.pop(tp, ()))
         self._paused -= tps
-        self._want_paused = frozenset(self._paused)
 
     def _command(self, command: Callable[[Consumer], Any]) -> asyncio.Future[Any]:
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -356,15 +376,13 @@ class RdConsumer:
         return set(self._paused)
 
     def pause(self, *tps: TopicPartition) -> None:
-        """Records already handed over wait here; librdkafka stops fetching at the thread's
-        next turn (≤ ``POLL_S``)."""
+        """``getmany`` hands out nothing of these; what is fetched meanwhile waits here (up to
+        ``MAX_HANDED`` records, then the thread pauses librdkafka too)."""
         self._paused |= set(tps)
-        self._want_paused = frozenset(self._paused)
 
     def resume(self, *tps: TopicPartition) -> None:
         if self._paused & set(tps):
             self._paused -= set(tps)
-            self._want_paused = frozenset(self._paused)
             self._arrived.set()
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -385,9 +403,15 @@ class RdConsumer:
             gone = {tp for tp in offsets if tp not in self._assignment}
             if gone:  # another member's now: a late commit could move its offset back
                 raise KafkaError(f"not assigned any more: {sorted(gone)}")
+            if self._rebalance is not None and self._stopping.is_set():
+                # The revoke of a stop: EventConsumer.stop committed just before, so this is
+                # what that commit could not (a broker outage); a synchronous one would hold
+                # the stop until the broker returns. Redelivered instead.
+                raise KafkaError("not committed while leaving the group")
             if self._rebalance is not None:
-                consumer.commit(offsets=parts, asynchronous=False)
-                _answer(answer, None)
+                done = consumer.commit(offsets=parts, asynchronous=False) or []
+                refused = [p for p in done if p.error is not None]
+                _answer(answer, KafkaError(f"commit failed: {refused}") if refused else None)
                 return
             consumer.commit(offsets=parts, asynchronous=True)
             self._commits.append((_commit_key(parts), answer))

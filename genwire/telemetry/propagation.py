@@ -20,7 +20,8 @@ def inject(headers: KafkaHeaders, ctx: otel_context.Context | None = None) -> Ka
     return headers
 
 
-def extract(headers: Sequence[tuple[str, bytes]] | None) -> otel_context.Context:
-    """The remote context carried by a record's headers (empty context when none)."""
-    carrier = {k: v.decode("latin-1") for k, v in headers or ()}
+def extract(headers: Sequence[tuple[str, bytes | None]] | None) -> otel_context.Context:
+    """The remote context carried by a record's headers (empty context when none); a header
+    without a value (Kafka allows it) carries nothing."""
+    carrier = {k: v.decode("latin-1") for k, v in headers or () if v is not None}
     return otel_extract(carrier)

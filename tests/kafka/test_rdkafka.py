@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
+    ConsumerStoppedError,
     IllegalStateError,
+    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
@@ -24,7 +29,9 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import ConsumerRecord
 from confluent_kafka import KafkaError as RdError
+from confluent_kafka import KafkaException
 from confluent_kafka import TopicPartition as RdPartition
+from opentelemetry import trace
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from genwire import kafka_security
@@ -33,10 +40,11 @@ from genwire.kafka import EventConsumer, EventProducer, ensure_topics
 from genwire.kafka.admin import delete_topics
 from genwire.kafka.producer import FATAL_PRODUCER_ERRORS, MAX_REQUEST_SIZE, publish_error
 from genwire.kafka.rdkafka import RdProducer, _error
-from genwire.kafka.rdkafka_consumer import MAX_HANDED, RdConsumer, _commit_key
+from genwire.kafka.rdkafka_consumer import MAX_HANDED, RdConsumer, _commit_key, _record
 from genwire.kafka_security import KafkaSecurityError, rdkafka_options
 from genwire.service.runtime import ServiceRuntime
 from genwire.settings import CommonSettings, ServiceSettings
+from genwire.telemetry.propagation import extract
 from genwire.topics import TopicSpec
 
 
@@ -279,36 +287,40 @@ class _Pauses:
 
 
 def test_a_pause_never_outlives_a_rebalance() -> None:
-    """librdkafka keeps an application's pause across unassign and reassign: the thread makes
-    its pauses what the loop wants for what is assigned now, and clears them on a revoke."""
+    """librdkafka keeps a pause across unassign and reassign: the thread's pause (the loop
+    too far behind) is cleared with a revoke, so what comes back is fetched; the loop's own
+    pauses (a full pool) stay in getmany and never reach librdkafka (a pause there discards
+    its prefetch)."""
     consumer = _consumer()
     client = _Pauses()
     p0, p1 = TopicPartition("t", 0), TopicPartition("t", 1)
     consumer._assignment = frozenset({p0, p1})
     consumer.pause(p0, p1)  # the pool is full
     consumer._apply_pauses(client)  # type: ignore[arg-type]
+    assert client.paused == set() and consumer.paused() == {p0, p1}
+    consumer._handed = MAX_HANDED  # and the loop is behind
+    consumer._apply_pauses(client)  # type: ignore[arg-type]
     assert client.paused == {("t", 0), ("t", 1)}
     consumer._revoked(client, [RdPartition("t", 0), RdPartition("t", 1)], "revoke")  # type: ignore[arg-type]
     assert client.paused == set()  # cleared with the revoke, in librdkafka too
-    consumer._drop({p0, p1})  # the loop's turn: it forgets them
+    consumer._drop({p0, p1})  # the loop's turn: it forgets them and their records
+    consumer._taken = MAX_HANDED
     consumer._on_assign(client, [RdPartition("t", 0)])  # type: ignore[arg-type]
     consumer._apply_pauses(client)  # type: ignore[arg-type]
     assert client.paused == set() and consumer.paused() == set()  # back, and fetched
-    consumer.pause(p0)
-    consumer._apply_pauses(client)  # type: ignore[arg-type]
-    consumer.resume(p0)
-    consumer._apply_pauses(client)  # type: ignore[arg-type]
-    assert client.paused == set()
 
 
-def test_the_thread_pauses_everything_while_the_loop_is_behind() -> None:
+def test_the_thread_pauses_everything_while_the_loop_is_behind_until_it_is_down_to_half() -> None:
     consumer = _consumer()
     client = _Pauses()
     consumer._assignment = frozenset({TopicPartition("t", 0), TopicPartition("t", 1)})
     consumer._handed = MAX_HANDED
     consumer._apply_pauses(client)  # type: ignore[arg-type]
     assert client.paused == {("t", 0), ("t", 1)}
-    consumer._taken = 1  # the loop took one: below the mark again
+    consumer._taken = 1  # below the mark, not yet down to half: no resume-pause churn
+    consumer._apply_pauses(client)  # type: ignore[arg-type]
+    assert client.paused == {("t", 0), ("t", 1)}
+    consumer._taken = MAX_HANDED // 2
     consumer._apply_pauses(client)  # type: ignore[arg-type]
     assert client.paused == set()
 
@@ -370,3 +382,184 @@ async def test_a_full_local_queue_is_a_retryable_failure_and_a_stopped_producer_
     await producer.stop()
     with pytest.raises(ProducerClosed):
         await producer.send("t", b"v")
+
+
+class _Message:
+    def __init__(self, err: RdError | None = None, headers: list[Any] | None = None) -> None:
+        self._err, self._headers = err, headers
+
+    def error(self) -> RdError | None:
+        return self._err
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return b"v"
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, 1000
+
+    def headers(self) -> list[Any] | None:
+        return self._headers
+
+    def topic(self) -> str:
+        return "t"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return 7
+
+
+class _FakeConsumer:
+    """confluent_kafka.Consumer as RdConsumer's thread uses it, without a broker."""
+
+    def __init__(self, messages: list[_Message], close_raises: bool) -> None:
+        self.messages, self.close_raises = messages, close_raises
+
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+        pass
+
+    def poll(self, timeout: float) -> _Message | None:
+        time.sleep(0.005)
+        return self.messages.pop(0) if self.messages else None
+
+    def consume(self, n: int, timeout: float) -> list[_Message]:
+        return []
+
+    def close(self) -> None:
+        if self.close_raises:
+            raise RuntimeError("close failed")
+
+
+def _running_consumer(
+    monkeypatch: pytest.MonkeyPatch, messages: tuple[_Message, ...] = (), close_raises: bool = False
+) -> RdConsumer:
+    fake = _FakeConsumer(list(messages), close_raises)
+    monkeypatch.setattr("genwire.kafka.rdkafka_consumer.Consumer", lambda config: fake)
+    consumer = _consumer()
+    consumer.subscribe(["t"], listener=None)  # type: ignore[arg-type]
+    return consumer
+
+
+async def test_a_consumer_refused_by_the_broker_fails_its_next_fetch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refused authentication (an error event) or a topic it may not read (a fetch error) ends
+    the consumer's run at once, as aiokafka's getmany raises them: never ready and idle."""
+    for broken in ("event", "fetch"):
+        denied = RdError(RdError.TOPIC_AUTHORIZATION_FAILED)
+        consumer = _running_consumer(monkeypatch, (_Message(denied),) if broken == "fetch" else ())
+        await consumer.start()
+        if broken == "event":
+            consumer._config["error_cb"](RdError(RdError.SASL_AUTHENTICATION_FAILED))
+        with pytest.raises(KafkaError, match="librdkafka consumer"):
+            await consumer.getmany(timeout_ms=5000)
+        await consumer.stop()
+
+
+async def test_a_close_that_fails_still_shuts_the_command_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    consumer = _running_consumer(monkeypatch, close_raises=True)
+    await consumer.start()
+    await consumer.stop()
+    assert isinstance(consumer._failure, RuntimeError)  # told, not swallowed
+    with pytest.raises(ConsumerStoppedError):  # and nothing waits on a dead thread
+        await consumer.commit({TopicPartition("t", 0): 1})
+
+
+def test_a_header_without_a_value_is_kept_and_carries_no_trace() -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    record = _record(_Message(headers=[("h", None), ("traceparent", parent.encode())]))  # type: ignore[arg-type]
+    assert record.headers == [("h", None), ("traceparent", parent.encode())]  # as aiokafka's
+    context = extract(record.headers)  # type: ignore[arg-type]
+    assert format(trace.get_current_span(context).get_span_context().trace_id, "032x") == (
+        "0af7651916cd43dd8448eb211c80319c"
+    )
+
+
+async def test_a_revokes_commit_reports_refused_partitions_and_a_stops_revoke_commits_none() -> (
+    None
+):
+    consumer = _consumer()
+    consumer._loop = asyncio.get_running_loop()
+    consumer._assignment = frozenset({TopicPartition("t", 0)})
+
+    class Client:
+        def commit(self, offsets: list[RdPartition], asynchronous: bool) -> list[Any]:
+            return [SimpleNamespace(topic="t", partition=0, offset=5, error=RdError(25))]
+
+    async def commit_in_revoke() -> None:
+        consumer._rebalance = "revoke"
+        pending = asyncio.ensure_future(consumer.commit({TopicPartition("t", 0): 5}))
+        await asyncio.sleep(0.01)
+        consumer._serve(Client())  # type: ignore[arg-type]
+        await asyncio.wait_for(pending, 5)
+
+    with pytest.raises(KafkaError, match="commit failed"):  # not marked committed
+        await commit_in_revoke()
+    consumer._stopping.set()
+    with pytest.raises(KafkaError, match="leaving"):  # no wait for a broker that is down
+        await commit_in_revoke()
+
+
+def _producer() -> RdProducer:
+    return RdProducer(
+        bootstrap_servers="k:9092",
+        client_id="t",
+        linger_ms=0,
+        max_request_size=1 << 20,
+        request_timeout_ms=1000,
+    )
+
+
+async def test_the_producer_opens_nothing_before_start_and_stops_once() -> None:
+    producer = _producer()
+    assert producer._producer is None  # as aiokafka's: no connection before start
+    calls: list[str] = []
+
+    class Handle:
+        def __getattr__(self, name: str) -> Callable[..., None]:
+            return lambda *args: calls.append(name)
+
+    producer._producer = Handle()  # type: ignore[assignment]
+    await producer.stop()
+    await producer.stop()  # a second stop does nothing (the handle is closed)
+    assert calls == ["purge", "poll", "close"]  # the poller never started: nothing to flush
+
+
+async def test_no_metadata_and_a_dead_poller_are_told_as_aiokafkas() -> None:
+    producer = _producer()
+
+    class NoBroker:
+        def list_topics(self, *args: object) -> None:
+            raise KafkaException(RdError(RdError._TRANSPORT))
+
+        def poll(self, timeout: float) -> None:
+            raise ValueError("a callback failed")
+
+    producer._producer = NoBroker()  # type: ignore[assignment]
+    with pytest.raises(KafkaConnectionError):  # what EventProducer.refresh_partitions expects
+        await producer.client.force_metadata_update()
+    producer._poll()  # returns: no more delivery reports from this client...
+    assert producer.dead  # ...so EventProducer replaces it
+
+
+async def test_a_publish_waiting_for_room_hears_of_a_stop() -> None:
+    producer = _producer()
+
+    class Full:
+        def produce(self, *args: object, **kwargs: object) -> None:
+            raise BufferError("Local: Queue full")
+
+    producer._loop = asyncio.get_running_loop()
+    producer._producer = Full()  # type: ignore[assignment]
+    waiting = asyncio.ensure_future(producer.send("t", b"v"))
+    await asyncio.sleep(0.1)
+    producer._stopped = True  # retired by EventProducer.reset meanwhile
+    with pytest.raises(ProducerClosed):  # in FATAL_PRODUCER_ERRORS: published again, not lost
+        await asyncio.wait_for(waiting, 2)
+    assert isinstance(ProducerClosed(), FATAL_PRODUCER_ERRORS)
