@@ -47,15 +47,10 @@ def client_options(settings: CommonSettings | None = None) -> dict[str, Any]:
         return {}
     options: dict[str, Any] = {"security_protocol": protocol}
     if protocol.startswith("SASL_"):
-        password = cfg.kafka_sasl_password.get_secret_value()
-        if not cfg.kafka_sasl_username or not password:
-            raise KafkaSecurityError(
-                f"kafka_security_protocol {protocol} needs kafka_sasl_username and "
-                "kafka_sasl_password (GENWIRE_KAFKA_SASL_USERNAME / _PASSWORD)"
-            )
+        user, password = _sasl_credentials(cfg)
         options |= {
             "sasl_mechanism": cfg.kafka_sasl_mechanism,
-            "sasl_plain_username": cfg.kafka_sasl_username,
+            "sasl_plain_username": user,
             "sasl_plain_password": password,
         }
     if protocol in ("SSL", "SASL_SSL"):
@@ -72,20 +67,14 @@ def rdkafka_options(settings: CommonSettings | None = None) -> dict[str, Any]:
         return {}
     options: dict[str, Any] = {"security.protocol": protocol.lower()}
     if protocol.startswith("SASL_"):
-        password = cfg.kafka_sasl_password.get_secret_value()
-        if not cfg.kafka_sasl_username or not password:
-            raise KafkaSecurityError(
-                f"kafka_security_protocol {protocol} needs kafka_sasl_username and "
-                "kafka_sasl_password (GENWIRE_KAFKA_SASL_USERNAME / _PASSWORD)"
-            )
+        user, password = _sasl_credentials(cfg)
         options |= {
             "sasl.mechanisms": cfg.kafka_sasl_mechanism,
-            "sasl.username": cfg.kafka_sasl_username,
+            "sasl.username": user,
             "sasl.password": password,
         }
     if protocol in ("SSL", "SASL_SSL"):
-        if (cfg.kafka_ssl_certfile is None) != (cfg.kafka_ssl_keyfile is None):
-            raise KafkaSecurityError("kafka_ssl_certfile and kafka_ssl_keyfile go together")
+        _check_certificate_pair(cfg)
         # The broker's certificate and host name are checked, as ssl_context() does;
         # without a CA file, librdkafka looks for the system's trust store ("probe").
         options["ssl.endpoint.identification.algorithm"] = "https"
@@ -105,11 +94,25 @@ def client_kind(settings: CommonSettings | None = None) -> str:
     return cfg.kafka_client
 
 
+def _sasl_credentials(cfg: CommonSettings) -> tuple[str, str]:
+    password = cfg.kafka_sasl_password.get_secret_value()
+    if not cfg.kafka_sasl_username or not password:
+        raise KafkaSecurityError(
+            f"kafka_security_protocol {cfg.kafka_security_protocol} needs kafka_sasl_username "
+            "and kafka_sasl_password (GENWIRE_KAFKA_SASL_USERNAME / _PASSWORD)"
+        )
+    return cfg.kafka_sasl_username, password
+
+
+def _check_certificate_pair(cfg: CommonSettings) -> None:
+    if (cfg.kafka_ssl_certfile is None) != (cfg.kafka_ssl_keyfile is None):
+        raise KafkaSecurityError("kafka_ssl_certfile and kafka_ssl_keyfile go together")
+
+
 def ssl_context(cfg: CommonSettings) -> ssl.SSLContext:
     """A client TLS context: the broker's certificate checked against ``kafka_ssl_cafile`` (or
     the system's CAs) with its host name; ``kafka_ssl_certfile`` presented when set."""
-    if (cfg.kafka_ssl_certfile is None) != (cfg.kafka_ssl_keyfile is None):
-        raise KafkaSecurityError("kafka_ssl_certfile and kafka_ssl_keyfile go together")
+    _check_certificate_pair(cfg)
     return client_context(cfg.kafka_ssl_cafile, cfg.kafka_ssl_certfile, cfg.kafka_ssl_keyfile)
 
 
