@@ -5,8 +5,8 @@ With ``GENWIRE_<SERVICE>_KAFKA_CLIENT=librdkafka`` a grouped ``EventConsumer`` a
 ``RdConsumer`` (genwire.kafka.rdkafka_consumer). They offer the part of aiokafka's API those two
 classes use, so every rule of theirs (offsets committed after the outputs' acknowledgements,
 drains on a rebalance, failure paths, spans) stays theirs, on both clients. Measured: 2.2–2.4
-core-ms less per request in the three stages at c=8 (docs/benchmarks.md, *The pipeline on
-librdkafka*).
+core-ms less per request in the three stages at c=8 on the spike, 0.8 and 2.6 in two short pairs
+on these adapters (docs/benchmarks.md, *The pipeline on librdkafka*).
 
 Here: what both share (settings after an outage, what librdkafka's errors mean to a publish),
 and the producer, whose delivery reports a poller thread serves, settling futures on the loop.
@@ -45,9 +45,9 @@ RECONNECT = {
 default (aiokafka's stays near 50 ms): capped at 1 s. Its default recovery strategy,
 ``rebootstrap``, cycles back to ``bootstrap.servers`` while no broker answers and, after the
 return, asked for metadata a second late; ``none`` keeps the brokers it knows (genwire's are
-fixed: the first record relayed after an outage came 0.5 s after the return instead of 1.2–1.7 s,
-docs/benchmarks.md). The cost: a client whose every known broker changed address never finds the
-new ones; restart it."""
+fixed: the relay's first acknowledged record after an outage came 0.48 s after the return
+instead of 1.16–1.72 s, with static membership; docs/benchmarks.md). The cost: a client whose
+every known broker changed address never finds the new ones; restart it."""
 QUEUE_FULL_WAIT_S = 5.0
 """How long a publish waits for room in librdkafka's local queue before it fails (retryable)."""
 
