@@ -14,11 +14,11 @@ import threading
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from genwire.kafka_security import client_options
+from genwire.telemetry.otlp_wire import encode_spans
 from genwire.topics import Topic
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class KafkaSpanExporter(SpanExporter):
         if self._closed or not spans:
             return SpanExportResult.SUCCESS
         payloads = [
-            encode_spans(spans[i : i + MAX_SPANS_PER_MESSAGE]).SerializeToString()
+            encode_spans(spans[i : i + MAX_SPANS_PER_MESSAGE])
             for i in range(0, len(spans), MAX_SPANS_PER_MESSAGE)
         ]
         future = asyncio.run_coroutine_threadsafe(self._send(payloads), self._loop)

@@ -127,10 +127,26 @@ class SpanSource:
                     del self._positions[tp]
 
     async def stop(self, timeout_s: float = 10.0) -> None:
-        """Finish the batch in hand, commit it, leave the group."""
+        """Finish the batch in hand, commit it, leave the group: each step within ``timeout_s``.
+
+        aiokafka retries a commit, and a group's leave, for as long as the coordinator answers
+        with a retryable error; a monitor asked to stop must stop. A step cut short is logged:
+        the spans since the last commit are read again by the next member.
+        """
         self._stopping = True
         if self._running:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._done.wait(), timeout_s)
-        await self._safe_commit()
-        await self._consumer.stop()
+        for step, action in (
+            ("the last commit", self._safe_commit),
+            ("leaving the group", self._consumer.stop),
+        ):
+            try:
+                await asyncio.wait_for(action(), timeout_s)
+            except TimeoutError:
+                log.warning(
+                    "stopping the %s source: %s took over %.0fs, cut short",
+                    self.topic,
+                    step,
+                    timeout_s,
+                )
