@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.kafka_exporter import MAX_SPANS_PER_MESSAGE
@@ -39,7 +40,7 @@ def make_spans(records: int) -> tuple[list[ReadableSpan], float]:
     tracer = provider.get_tracer("genwire.kafka")
     started = time.process_time()
     for offset in range(records):
-        consumed = {
+        consumed: dict[str, AttributeValue] = {
             sc.MESSAGING_SYSTEM: "kafka",
             sc.MESSAGING_DESTINATION: Topic.PREPARED,
             sc.MESSAGING_OPERATION_TYPE: "process",
