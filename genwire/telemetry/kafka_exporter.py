@@ -68,10 +68,14 @@ class KafkaSpanExporter(SpanExporter):
         """Encode and send; failures are logged and reported, never raised."""
         if self._closed or not spans:
             return SpanExportResult.SUCCESS
-        payloads = [
-            encode_spans(spans[i : i + MAX_SPANS_PER_MESSAGE])
-            for i in range(0, len(spans), MAX_SPANS_PER_MESSAGE)
-        ]
+        try:
+            payloads = [
+                encode_spans(spans[i : i + MAX_SPANS_PER_MESSAGE])
+                for i in range(0, len(spans), MAX_SPANS_PER_MESSAGE)
+            ]
+        except Exception as exc:  # the encoder leaves bad spans out; this is a last resort
+            log.warning("encoding %d spans failed: %s", len(spans), exc)
+            return SpanExportResult.FAILURE
         future = asyncio.run_coroutine_threadsafe(self._send(payloads), self._loop)
         try:
             future.result(self._timeout_s)

@@ -65,10 +65,12 @@ def _key(key: str) -> bytes:
     return _len_field(0x0A, key.encode("utf-8"))
 
 
-MAX_NESTING = 31
-"""Lists and maps nested deeper than this are left out: a few levels more and the message is
-deeper than protobuf parsers accept (upb's limit is 100 messages), which would lose the whole
-batch, not one attribute. The SDK's encoder writes up to about 47 levels, then drops them."""
+MAX_NESTING = 24
+"""An attribute whose lists or maps nest deeper than this is left out. A map level is three
+messages (AnyValue, KeyValueList, KeyValue), and a link's attribute already sits six deep in the
+request, so 31 levels of maps is the most protobuf parsers accept (upb stops at 100): past it
+the whole batch would be refused, not one attribute. The SDK's encoder writes up to ~47 levels
+of lists (then drops them), parseable or not."""
 
 
 def _any_value(value: Any, depth: int = 0) -> bytes:
@@ -118,7 +120,9 @@ def _attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
 
 def _attribute(tag: int, key: str, value: Any) -> bytes:
     # The common short scalars with single-byte lengths, in one concatenation; a str subclass
-    # (a StrEnum topic name) encodes as its text, as the SDK's does.
+    # (a StrEnum topic name) encodes as its text, as the SDK's does. Each bound keeps every
+    # length below 128 (one varint byte): the KeyValue is len(k) + 4 + n for a string,
+    # len(k) + 11 for a double, at most len(k) + 12 for an int64 (a 9-byte varint).
     if isinstance(value, str):
         k = _key(key)
         v: bytes = value.encode("utf-8")
@@ -251,6 +255,18 @@ def _grouped(
     return groups
 
 
+def _spans(spans: Iterable[ReadableSpan]) -> bytes:
+    """Each span as a ScopeSpans.spans field; one that cannot be encoded (a name or status
+    text that is not valid Unicode) is left out and logged, and the others go out."""
+    parts = []
+    for span in spans:
+        try:
+            parts.append(_len_field(0x12, _span(span)))
+        except Exception as exc:  # the SDK's encoder would lose the whole export
+            log.warning("span %r not exported: %s", span.name, exc)
+    return b"".join(parts)
+
+
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     """The serialised ``ExportTraceServiceRequest`` of ``spans``, grouped by resource, then by
     instrumentation scope."""
@@ -267,9 +283,7 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
                 if scope is not None
                 else b""
             )
-            body = _len_field(0x0A, scope_fields) + b"".join(
-                _len_field(0x12, _span(s)) for s in scoped
-            )
+            body = _len_field(0x0A, scope_fields) + _spans(scoped)
             body += _string(0x1A, scope.schema_url if scope is not None else None)
             scope_spans.append(_len_field(0x12, body))
         resource_body = (

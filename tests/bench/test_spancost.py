@@ -36,3 +36,10 @@ def test_an_encoder_that_differs_from_the_sdk_is_reported(
     monkeypatch.setattr(spancost, "encode_spans", drops_the_last_span)
     assert spancost.main(["-n", "5", "--repeat", "1"]) == 1
     assert "differ" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["-n", "0"], ["--repeat", "0"]])
+def test_nothing_to_measure_is_refused(args: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        spancost.main(args)
+    assert exit_.value.code == 2

@@ -191,6 +191,43 @@ def test_nesting_too_deep_for_a_parser_leaves_that_attribute_out() -> None:
     assert [kv.key for kv in attributes] == ["kept", "after"]
 
 
+def test_maps_nested_to_the_limit_in_a_link_still_parse_and_one_more_is_left_out() -> None:
+    exporter = InMemorySpanExporter()
+    provider = _provider(exporter, "maps")
+    at_limit: object = "leaf"
+    for _ in range(MAX_NESTING):
+        at_limit = {"m": at_limit}
+    over = {"m": at_limit}
+    link = Link(
+        SpanContext(1, 2, is_remote=True),
+        {"at.limit": at_limit, "over": over},  # type: ignore[dict-item]
+    )
+    with provider.get_tracer("t").start_as_current_span("s", links=[link]):
+        pass
+    spans = exporter.get_finished_spans()
+    # Links are the deepest place an attribute sits: this must still parse.
+    written = _parsed(encode_spans(spans)).resource_spans[0].scope_spans[0].spans[0]
+    assert [kv.key for kv in written.links[0].attributes] == ["at.limit"]
+
+
+def test_a_span_that_cannot_be_encoded_is_left_out_and_the_others_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exporter = InMemorySpanExporter()
+    tracer = _provider(exporter, "bad").get_tracer("t")
+    with tracer.start_as_current_span("before"):
+        pass
+    with tracer.start_as_current_span("failing") as span:
+        span.set_status(Status(StatusCode.ERROR, "bad text \udcff from an error message"))
+    with tracer.start_as_current_span("after"):
+        pass
+    with caplog.at_level(logging.WARNING, logger="genwire.telemetry.otlp_wire"):
+        written = _parsed(encode_spans(exporter.get_finished_spans()))
+    names = [s.name for s in written.resource_spans[0].scope_spans[0].spans]
+    assert names == ["before", "after"]
+    assert any("'failing' not exported" in r.getMessage() for r in caplog.records)
+
+
 def test_a_str_enum_value_is_its_text() -> None:
     exporter = InMemorySpanExporter()
     with (

@@ -106,10 +106,19 @@ def same_message(spans: Sequence[ReadableSpan]) -> bool:
     )
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genwire_bench.spancost", description=__doc__)
-    parser.add_argument("-n", "--records", type=int, default=2000, help="records (2 spans each)")
-    parser.add_argument("--repeat", type=int, default=5, help="rounds; the best is printed")
+    parser.add_argument(
+        "-n", "--records", type=_positive, default=2000, help="records (2 spans each)"
+    )
+    parser.add_argument("--repeat", type=_positive, default=5, help="rounds; the best is printed")
     args = parser.parse_args(argv)
     making = float("inf")
     for _ in range(args.repeat):

@@ -23,6 +23,9 @@ from genwire.kafka.security import client_options
 
 log = logging.getLogger(__name__)
 
+LEAVE_FLOOR_S = 1.0
+"""The least a stop leaves for leaving the group, however long the steps before it took."""
+
 Sink = Callable[[list[bytes]], Awaitable[None]]
 
 
@@ -127,26 +130,31 @@ class SpanSource:
                     del self._positions[tp]
 
     async def stop(self, timeout_s: float = 10.0) -> None:
-        """Finish the batch in hand, commit it, leave the group: each step within ``timeout_s``.
+        """Finish the batch in hand, commit it, leave the group: within ``timeout_s`` in all.
 
-        aiokafka retries a commit, and a group's leave, for as long as the coordinator answers
-        with a retryable error; a monitor asked to stop must stop. A step cut short is logged:
-        the spans since the last commit are read again by the next member.
+        aiokafka retries a commit for as long as the coordinator answers with a retryable
+        error, and a monitor asked to stop must stop. A step cut short is logged: the spans
+        since the last commit are read again by the next member, and a consumer whose stop
+        was cut short may keep its partitions until its session times out. The leave gets
+        ``LEAVE_FLOOR_S`` even when the steps before it used the budget.
         """
         self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         if self._running:
-            with contextlib.suppress(asyncio.TimeoutError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._done.wait(), timeout_s)
-        for step, action in (
-            ("the last commit", self._safe_commit),
-            ("leaving the group", self._consumer.stop),
+        for step, action, floor in (
+            ("the last commit", self._safe_commit, 0.0),
+            ("leaving the group", self._consumer.stop, LEAVE_FLOOR_S),
         ):
+            budget = max(deadline - loop.time(), floor)
             try:
-                await asyncio.wait_for(action(), timeout_s)
+                await asyncio.wait_for(action(), budget)
             except TimeoutError:
                 log.warning(
-                    "stopping the %s source: %s took over %.0fs, cut short",
+                    "stopping the %s source: %s took over %.1fs, cut short",
                     self.topic,
                     step,
-                    timeout_s,
+                    budget,
                 )
