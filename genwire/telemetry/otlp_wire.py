@@ -3,10 +3,11 @@
 Why not the SDK's ``encode_spans`` (which this replaces in the Kafka exporter): it builds a
 message object for every span, attribute and value, then serialises them, and groups spans by
 hashing each span's ``Resource`` (a JSON dump per span) — about as much CPU as making the span
-(docs/benchmarks.md, *The span encoder*). Here the fixed part of a span is one ``struct.pack``,
-a key's bytes are made once per key, and the resource and scope once per batch. The bytes
-parse to the same message as ``encode_spans``'s (tests/telemetry/test_otlp_wire.py compares
-them field by field, for every attribute type, events, links and status).
+(docs/benchmarks.md, *Tracing's cost, component by component, and the span encoder*). Here the
+fixed part of a span is one ``struct.pack``, a key's bytes are made once per key, and the
+resource and scope once per batch. The bytes parse to the same message as ``encode_spans``'s
+(tests/telemetry/test_otlp_wire.py compares them field by field, for every attribute type,
+events, links and status).
 
 Field numbers are those of opentelemetry-proto's ``trace.proto`` and ``common.proto`` (v1).
 """
