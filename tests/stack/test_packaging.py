@@ -241,17 +241,17 @@ import importlib, json, sys
 direct = {}
 
 class Recorder:
-    # Notes the first import of each top-level module and which of our modules asked for it.
+    # Notes the first import of each module that one of our modules asked for, and which one
+    # asked (submodules too: a namespace package such as google is known by what is below it).
     def find_spec(self, fullname, path=None, target=None):
-        top = fullname.split(".")[0]
-        if top in direct or fullname != top or top in OURS:
+        if fullname in direct or fullname.split(".")[0] in OURS:
             return None
         frame = sys._getframe(1)
         while frame and frame.f_globals.get("__name__", "").startswith(("importlib", "_frozen")):
             frame = frame.f_back
         importer = frame.f_globals.get("__name__", "") if frame else ""
         if importer.split(".")[0] in OURS:
-            direct[top] = importer
+            direct[fullname] = importer
         return None
 
 OURS = set(sys.argv[2].split(","))
@@ -295,10 +295,19 @@ def test_a_service_loads_nothing_outside_its_extra(svc: str) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout.splitlines()[-1])
     allowed = service_closure(svc)
+    names: dict[str, str] = report["direct"]
+    resolved = {
+        name: module_distribution(name)
+        for name in names
+        if name.split(".")[0] not in sys.stdlib_module_names
+    }
+    # A namespace package (google, opentelemetry.sdk) belongs to no one distribution: it is
+    # judged by the modules below it, and stands for itself only if none of them resolved.
     direct = {
-        top: (module_distribution(top), importer)
-        for top, importer in report["direct"].items()
-        if top not in sys.stdlib_module_names
+        name: (dist, names[name])
+        for name, dist in resolved.items()
+        if dist is not None
+        or not any(d is not None and other.startswith(f"{name}.") for other, d in resolved.items())
     }
     outside = {top: v for top, v in direct.items() if v[0] not in allowed}
     assert not outside, f"genwire_{svc} imports outside genwire[{svc}]: {outside}"
