@@ -151,6 +151,67 @@ async def test_time_based_chunking() -> None:
     assert [len(c.token_ids) for c in chunks[:-1]] == [1] * 5  # interval 0: every response
 
 
+class _StepClock:
+    """``time`` for the handlers module: every reading is one model response later (1/64 s,
+    exact in binary), so the chunk budget's arithmetic is deterministic."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def perf_counter(self) -> float:
+        self.t += 1 / 64
+        return self.t
+
+
+@pytest.mark.parametrize(("budget", "sizes"), [(0.0, [1] * 9), (16.0, [1, 4, 4])])
+async def test_the_chunk_budget_makes_each_chunk_carry_more(
+    monkeypatch: pytest.MonkeyPatch, budget: float, sizes: list[int]
+) -> None:
+    from genwire_inference import handlers
+
+    monkeypatch.setattr(handlers, "time", _StepClock())
+    inf = Inference(
+        FakeBackend(n=10), chunk_max_tokens=1, chunk_interval_ms=0, stream_chunks_per_s=budget
+    )
+    *mid, final = await _collect(inf, _req(stop=()))
+    # One stream alone gets the whole budget: 16 per second = 4 responses of 1/64 s apart.
+    # The first token still goes at once; nothing is lost (the final carries the rest).
+    assert [len(c.token_ids) for c in mid] == sizes
+    assert [t for c in [*mid, final] for t in c.token_ids] == final.output_ids
+    assert [c.index for c in [*mid, final]] == list(range(len(mid) + 1))
+
+
+async def test_the_live_streams_share_the_chunk_budget() -> None:
+    inf = Inference(FakeBackend(n=200, delay_s=0.002), stream_chunks_per_s=50)
+    assert inf.chunk_gap_s() == 0.0
+    first_chunks: list[asyncio.Event] = [asyncio.Event() for _ in range(3)]
+
+    async def run(i: int, req: PreparedRequest) -> None:
+        async for _ in inf.handle(req):
+            first_chunks[i].set()
+
+    two = _req("two", stop=())
+    two.sampling.n = 2  # each choice is a stream of its own
+    tasks = [
+        asyncio.create_task(run(0, _req("one", stop=()))),
+        asyncio.create_task(run(1, two)),
+        asyncio.create_task(run(2, _req("unstreamed", stream=False, stop=()))),
+    ]
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in first_chunks[:2])), 5)
+    assert inf.live_streams == 3  # not the unstreamed request: it publishes one final chunk
+    assert inf.chunk_gap_s() == pytest.approx(3 / 50)
+    await inf.control(ControlEvent(request_id="one", action="cancel"))
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert inf.live_streams == 0 and inf.chunk_gap_s() == 0.0
+
+
+async def test_a_failed_stream_leaves_the_budget() -> None:
+    inf = Inference(FakeBackend(n=5, fail_after=2), triton_wait_s=0, stream_chunks_per_s=50)
+    with pytest.raises(RetryableError):
+        await _collect(inf, _req("u"))
+    assert inf.live_streams == 0
+
+
 async def test_non_streaming_sends_only_the_final() -> None:
     backend = FakeBackend(n=5)
     (final,) = await _collect(Inference(backend), _req(stream=False, stop=()))

@@ -32,6 +32,7 @@ async def setup(
         tracer=runtime.tracer,
         chunk_max_tokens=cfg.chunk_max_tokens,
         chunk_interval_ms=cfg.chunk_interval_ms,
+        stream_chunks_per_s=cfg.stream_chunks_per_s,
         triton_wait_s=cfg.triton_wait_s,
         cancelled_memory_s=cfg.cancelled_memory_s,
         max_remembered_cancels=cfg.max_remembered_cancels,

@@ -24,6 +24,16 @@ class InferenceSettings(ServiceSettings):
         description="...or once this long has passed since the last one (the first token is "
         "always published at once, for a low time to first token).",
     )
+    stream_chunks_per_s: float = Field(
+        100.0,
+        ge=0,
+        description="Budget of streamed chunk records per second for all the streams "
+        "generating here: with N live, a stream's chunks (after its first, which goes at once) "
+        "are at least N / budget seconds apart, so under load each record carries more tokens "
+        "instead of the records multiplying (each costs the stages and the broker about as much "
+        "as a whole unstreamed request's hop). Below the chunk interval it changes nothing "
+        "(at 100: up to 2 streams). 0: no budget.",
+    )
     triton_wait_s: float = Field(
         30.0,
         ge=0,

@@ -2,7 +2,8 @@
 
 PreparedRequest → GenerationChunk*: drive the model (``ModelBackend``), publish streamed
 chunks (the first token at once, then every ``chunk_max_tokens`` tokens or
-``chunk_interval_ms``), and always end with one final chunk carrying every generated token id,
+``chunk_interval_ms``, no closer together than the instance's chunk budget allows when many
+streams share it), and always end with one final chunk carrying every generated token id,
 so postprocess never depends on having seen the intermediate ones. Cancels (ControlEvent) and
 deadlines stop the model's stream; the final chunk then says "cancelled" / "deadline". Which
 generations run here, the cancels that came first and the gateways' heartbeats are kept in
@@ -53,6 +54,13 @@ from genwire_inference.control import (
 )
 
 
+def _chunked(request: PreparedRequest) -> bool:
+    """Whether a generation publishes intermediate chunks: for streaming, and also for stop
+    sequences (postprocess sees the text early and cancels the generation at a stop instead
+    of waiting for max_tokens)."""
+    return request.stream or bool(request.sampling.stop)
+
+
 @dataclass
 class _Chunker:
     """Decides when buffered tokens become a published chunk."""
@@ -64,12 +72,18 @@ class _Chunker:
     sent_tokens: int = 0
     last_flush: float = 0.0
 
-    def due(self, now: float) -> bool:
+    def due(self, now: float, min_gap_s: float = 0.0) -> bool:
+        """Whether to publish the buffer now; ``min_gap_s``: the instance's chunk budget's
+        share for this stream (``Inference.stream_chunks_per_s``), which holds back a chunk
+        that its size or the interval would otherwise make due."""
         if not self.buffer:
             return False
         if self.sent_chunks == 0:  # first token(s): at once, for time to first token
             return True
-        return len(self.buffer) >= self.max_tokens or now - self.last_flush >= self.interval_s
+        elapsed = now - self.last_flush
+        if elapsed < min_gap_s:
+            return False
+        return len(self.buffer) >= self.max_tokens or elapsed >= self.interval_s
 
     def take(self, now: float) -> tuple[int, int, list[int]]:
         index, offset, ids = self.sent_chunks, self.sent_tokens, self.buffer
@@ -130,6 +144,7 @@ class Inference:
         tracer: Tracer | None = None,
         chunk_max_tokens: int = 8,
         chunk_interval_ms: float = 20.0,
+        stream_chunks_per_s: float = 0.0,
         triton_wait_s: float = 30.0,
         cancelled_memory_s: float = 600.0,
         max_remembered_cancels: int = 10_000,
@@ -146,6 +161,10 @@ class Inference:
         self.tracer = tracer or trace.get_tracer("genwire.inference")
         self.chunk_max_tokens = chunk_max_tokens
         self.chunk_interval_s = chunk_interval_ms / 1000.0
+        self.stream_chunks_per_s = stream_chunks_per_s
+        self.live_streams = 0
+        """Chunked streams generating here now (a request's choices each count): what the
+        chunk budget is shared by."""
         self.triton_wait_s = triton_wait_s
         self.on_final = on_final
         self.tracking = InFlight(
@@ -215,10 +234,13 @@ class Inference:
         if request.deadline_ms is not None:
             delay = (request.deadline_ms - start) / 1000.0
             run.timer = asyncio.get_running_loop().call_later(delay, run.stop, FINISH_DEADLINE)
+        streams = max(1, request.sampling.n) if _chunked(request) else 0
+        self.live_streams += streams
         try:
             async for chunk in self._generate(request, run, timings):
                 yield chunk
         finally:
+            self.live_streams -= streams
             if run.timer is not None:
                 run.timer.cancel()
             if self.inflight.get(rid) is run:
@@ -253,9 +275,7 @@ class Inference:
             for _ in range(max(1, s.n))
         ]
         keep_logprobs = s.logprobs or s.top_logprobs > 0
-        # Intermediate chunks serve streaming, and also stop sequences: postprocess sees the
-        # text early and cancels the generation at a stop instead of waiting for max_tokens.
-        chunked = request.stream or bool(s.stop)
+        chunked = _chunked(request)
         any_token = False
         try:
             headers: list[tuple[str, bytes]] = []
@@ -289,7 +309,7 @@ class Inference:
                     # Not ``break``: the stream ends by itself after the final response, which
                     # also closes our side of the call at once (no reliance on GC).
                     continue
-                if chunked and choice.chunker.due(now):
+                if chunked and choice.chunker.due(now, self.chunk_gap_s()):
                     index, offset, ids, lps = choice.take(now)
                     yield GenerationChunk(
                         request_id=request.request_id,
@@ -406,6 +426,14 @@ class Inference:
         if self.on_final is not None:
             self.on_final(final)
         yield final
+
+    def chunk_gap_s(self) -> float:
+        """The least time between two chunks of one stream under the chunk budget: the live
+        streams share ``stream_chunks_per_s`` (0: no budget). Below ``chunk_interval_ms`` it
+        changes nothing; under load it makes each record carry more tokens."""
+        if self.stream_chunks_per_s <= 0:
+            return 0.0
+        return self.live_streams / self.stream_chunks_per_s
 
     async def _not_loaded(self, request: PreparedRequest) -> Rejection | None:
         """``model_not_loaded`` when Triton lists the version but neither serves nor loads it:
