@@ -6,10 +6,17 @@ dependency: readiness names it once it has been down longer than a short grace, 
 ``genwire_dependency_up`` gauge says 0, and the log gets one line when it goes down, one line per
 interval while it stays down (with the count of failed attempts), and one when it is back —
 never a line per failed attempt.
+
+Records waiting for the same dependency do not all find out on their own when it is back: one
+of them (the *prober*, ``claim_probe``) retries at least every probe interval, and its success
+(``recovered``) wakes the others (``wait_back``) at once, instead of each sleeping out a backoff
+that has grown to ``retry_backoff_max_s``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -69,6 +76,8 @@ class Dependencies:
         parked, or succeeded without saying so. (Waiting records retry at least every
         ``retry_backoff_max_s``, so a real outage keeps reporting.)"""
         self._down: dict[str, _Outage] = {}
+        self._back: dict[str, asyncio.Event] = {}  # set (and dropped) when the name is back
+        self._probers: dict[str, object] = {}  # the waiting record that retries most often
         self._gauge = (
             Gauge(
                 sc.METRIC_DEPENDENCY_UP,
@@ -109,7 +118,10 @@ class Dependencies:
             outage.logged_failures = outage.failures
 
     def recovered(self, name: str) -> None:
-        """``name`` answered again."""
+        """``name`` answered again: every record waiting for it (``wait_back``) retries now."""
+        back = self._back.pop(name, None)
+        if back is not None:
+            back.set()
         outage = self._down.pop(name, None)
         if self._gauge is not None:
             self._gauge.labels(name, self.stage).set(1)
@@ -120,6 +132,24 @@ class Dependencies:
                 time.monotonic() - outage.since,
                 outage.failures,
             )
+
+    async def wait_back(self, name: str, timeout_s: float) -> None:
+        """Wait ``timeout_s`` (a retry's backoff), or less if ``name`` is reported back."""
+        back = self._back.get(name)
+        if back is None:
+            back = self._back[name] = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(back.wait(), timeout_s)
+
+    def claim_probe(self, name: str, who: object) -> bool:
+        """Whether ``who`` (a waiting record) is the one that probes ``name``: the first to ask
+        while none does, until ``release_probe``."""
+        return self._probers.setdefault(name, who) is who
+
+    def release_probe(self, who: object) -> None:
+        """``who`` stops waiting: the next record to ask probes in its place."""
+        for name in [n for n, w in self._probers.items() if w is who]:
+            del self._probers[name]
 
     def _forget_quiet(self, now: float) -> None:
         for name in [

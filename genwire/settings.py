@@ -188,6 +188,13 @@ class ServiceSettings(CommonSettings):
         0.2, gt=0, description="First retry delay; doubles each time up to retry_backoff_max_s."
     )
     retry_backoff_max_s: float = Field(10.0, gt=0, description="Longest delay between retries.")
+    retry_probe_s: float = Field(
+        1.0,
+        gt=0,
+        description="While records wait for a dependency, one of them retries at least this "
+        "often; when it succeeds, every record waiting for that dependency retries at once "
+        "(the others' backoff may have grown to retry_backoff_max_s).",
+    )
     replay_delay_s: float = Field(
         60.0,
         ge=0,

@@ -158,6 +158,7 @@ class EventConsumer(Generic[InT]):
         outage_budget_s: float = 300.0,
         retry_backoff_s: float = 0.2,
         retry_backoff_max_s: float = 10.0,
+        retry_probe_s: float = 1.0,
         max_replays: int = 3,
         replay_delay_s: float = 60.0,
         drain_timeout_s: float = 15.0,
@@ -185,6 +186,7 @@ class EventConsumer(Generic[InT]):
         self._stage = stage
         self._budget_s = outage_budget_s
         self._backoff = Backoff(retry_backoff_s, retry_backoff_max_s)
+        self._probe_s = retry_probe_s
         self._drain_timeout_s = drain_timeout_s
         self._decoder = decoder
         self._tracer = tracer or trace.get_tracer("genwire.kafka")
@@ -436,6 +438,7 @@ class EventConsumer(Generic[InT]):
         first_failure: float | None = None
         failed: set[str] = set()  # every dependency this record waited for
         attempt = 0
+        me = object()  # this attempt to handle the record, as a dependency's prober
         try:
             while True:
                 try:
@@ -472,11 +475,17 @@ class EventConsumer(Generic[InT]):
                     return "parked"
                 if self._metrics:
                     self._metrics.retries.labels(self._stage).inc()
-                await asyncio.sleep(self._backoff.delay(attempt))
+                # One waiting record probes the dependency at least every retry_probe_s; its
+                # success wakes the others, whose backoff may have grown to its cap.
+                delay = self._backoff.delay(attempt)
+                if self._deps.claim_probe(err.dependency, me):
+                    delay = min(delay, self._probe_s)
+                await self._deps.wait_back(err.dependency, delay)
                 attempt += 1
                 if tp not in self._assigned:
                     return "revoked"
         finally:
+            self._deps.release_probe(me)
             if first_failure is not None:
                 self._waiting -= 1
                 self._wake()

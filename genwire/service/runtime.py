@@ -126,6 +126,7 @@ class ServiceRuntime:
             outage_budget_s=s.outage_budget_s,
             retry_backoff_s=s.retry_backoff_s,
             retry_backoff_max_s=s.retry_backoff_max_s,
+            retry_probe_s=s.retry_probe_s,
             max_replays=s.max_replays,
             replay_delay_s=s.replay_delay_s,
             drain_timeout_s=s.drain_timeout_s,

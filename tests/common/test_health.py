@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -98,3 +99,38 @@ def test_an_outage_nobody_reports_any_more_is_over() -> None:
     assert deps.reasons()
     time.sleep(0.06)
     assert deps.reasons() == [] and deps.down_for("triton") is None
+
+
+async def test_waiting_records_wake_when_their_dependency_is_back() -> None:
+    deps = Dependencies("post")
+    woke: list[str] = []
+
+    async def wait(name: str) -> None:
+        await deps.wait_back(name, 30.0)  # a backoff grown long
+        woke.append(name)
+
+    waiters = [asyncio.create_task(wait(n)) for n in ("redis", "redis", "triton")]
+    await asyncio.sleep(0.01)
+    deps.failed("redis", "refused")
+    deps.recovered("redis")
+    await asyncio.wait_for(asyncio.gather(*waiters[:2]), 1.0)
+    assert woke == ["redis", "redis"]  # not the one waiting for another dependency
+    assert not waiters[2].done()
+    deps.recovered("triton")
+    await asyncio.wait_for(waiters[2], 1.0)
+    # A backoff still ends by itself when nobody reports the dependency back.
+    start = time.monotonic()
+    await deps.wait_back("redis", 0.05)
+    assert time.monotonic() - start >= 0.05
+
+
+def test_one_waiting_record_probes_each_dependency() -> None:
+    deps = Dependencies("post")
+    a, b = object(), object()
+    assert deps.claim_probe("redis", a) and deps.claim_probe("redis", a)
+    assert not deps.claim_probe("redis", b)
+    assert deps.claim_probe("triton", b)  # per dependency
+    deps.release_probe(a)
+    assert deps.claim_probe("redis", b)  # the next to ask takes over
+    deps.release_probe(b)
+    assert deps.claim_probe("redis", a) and deps.claim_probe("triton", a)

@@ -101,6 +101,46 @@ async def test_an_outage_is_waited_out_and_new_records_wait_meanwhile(env: Env) 
     assert deps.reasons() == [] and deps.down_for("redis") is None
 
 
+async def test_waiting_records_resume_together_soon_after_the_dependency_is_back(
+    env: Env,
+) -> None:
+    """Records whose backoff has grown long (first delay 20 s here) do not sleep it out: one
+    of them probes the dependency every retry_probe_s, and its success wakes the others."""
+    bootstrap, topic, producer = env
+    run = uuid.uuid4().hex[:8]
+    up = asyncio.Event()
+    tried: set[str] = set()
+    done: set[str] = set()
+
+    async def handler(event: PreparedRequest) -> Event:
+        if not up.is_set():
+            tried.add(event.request_id)
+            raise RetryableError("redis: connection refused", dependency="redis")
+        done.add(event.request_id)
+        return GenerationResult(request_id=event.request_id, text="done")
+
+    rids = [f"{run}-{i}" for i in range(4)]
+    for rid in rids:  # one partition, one fetch: all four are taken before any waits
+        await (await producer.send(topic, dump(_prepared(rid)), key=b"same"))
+    consumer = _make(
+        bootstrap,
+        topic,
+        producer,
+        handler,
+        outage_budget_s=60.0,
+        retry_backoff_s=20.0,
+        retry_backoff_max_s=20.0,
+        retry_probe_s=0.1,
+    )
+    async with _running(consumer):
+        await eventually(lambda: len(tried) == len(rids), timeout_s=15)
+        up.set()
+        # Each record's own backoff is 10-20 s: all four answered well within it.
+        results = await _read(bootstrap, Topic.RESULTS, {r.encode() for r in rids}, timeout_s=8)
+    assert done == set(rids)
+    assert all(GenerationResult.model_validate_json(r.value).error is None for r in results)
+
+
 async def test_past_the_budget_a_record_is_parked_then_replayed(env: Env) -> None:
     """Budget exhausted: the record goes to genwire.retry (not the DLQ, no error result), and
     the stage's replayer brings it back after the delay, when the dependency is up again."""

@@ -42,7 +42,10 @@ def test_the_default_fetch_wait_is_the_settings_default() -> None:
 @pytest.mark.usefixtures("on_aiokafka")
 async def test_the_setting_reaches_every_consumer_of_a_service() -> None:
     settings = ServiceSettings(
-        kafka_fetch_max_wait_ms=250, kafka_commit_interval_ms=400, service_name="t"
+        kafka_fetch_max_wait_ms=250,
+        kafka_commit_interval_ms=400,
+        retry_probe_s=0.3,
+        service_name="t",
     )
     runtime = ServiceRuntime(settings, "test", set_global_tracer=False)
     try:
@@ -53,6 +56,7 @@ async def test_the_setting_reaches_every_consumer_of_a_service() -> None:
         for consumer in consumers:
             assert consumer._consumer._fetch_max_wait_ms == 250
             assert consumer._commit_interval_s == 0.4
+            assert consumer._probe_s == 0.3
             assert consumer._consumer._enable_auto_commit is False
     finally:
         runtime.tracer_provider.shutdown()
@@ -61,6 +65,11 @@ async def test_the_setting_reaches_every_consumer_of_a_service() -> None:
 def test_fetch_wait_out_of_range_is_refused() -> None:
     with pytest.raises(ValueError):
         ServiceSettings(kafka_fetch_max_wait_ms=-1)
+
+
+def test_a_probe_interval_of_zero_is_refused() -> None:
+    with pytest.raises(ValueError):
+        ServiceSettings(retry_probe_s=0)
 
 
 @pytest.mark.usefixtures("on_aiokafka")

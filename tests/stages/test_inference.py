@@ -181,6 +181,17 @@ async def test_the_chunk_budget_makes_each_chunk_carry_more(
     assert [c.index for c in [*mid, final]] == list(range(len(mid) + 1))
 
 
+def test_the_chunk_budget_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from genwire_inference.config import InferenceSettings
+
+    assert InferenceSettings().stream_chunks_per_s == 100.0
+    monkeypatch.setenv("GENWIRE_INFERENCE_STREAM_CHUNKS_PER_S", "0")
+    assert InferenceSettings().stream_chunks_per_s == 0.0  # off
+    monkeypatch.setenv("GENWIRE_INFERENCE_STREAM_CHUNKS_PER_S", "-1")
+    with pytest.raises(ValueError):
+        InferenceSettings()
+
+
 async def test_the_live_streams_share_the_chunk_budget() -> None:
     inf = Inference(FakeBackend(n=200, delay_s=0.002), stream_chunks_per_s=50)
     assert inf.chunk_gap_s() == 0.0
