@@ -16,7 +16,6 @@ that has grown to ``retry_backoff_max_s``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -33,8 +32,10 @@ log = logging.getLogger("genwire.health")
 class Backoff:
     """Capped exponential backoff with "equal jitter": half fixed, half random.
 
-    The fixed half keeps retries from hammering a dependency that just came back; the random
-    half spreads many waiting records (and instances) apart.
+    The random half spreads many waiting records (and instances) apart while the dependency is
+    down. When it is back, the records waiting for it in a service retry together
+    (``Dependencies.recovered``): at most the service's consumer concurrency at once, the load
+    it takes anyway.
     """
 
     first_s: float = 0.2
@@ -133,18 +134,36 @@ class Dependencies:
                 outage.failures,
             )
 
-    async def wait_back(self, name: str, timeout_s: float) -> None:
-        """Wait ``timeout_s`` (a retry's backoff), or less if ``name`` is reported back."""
-        back = self._back.get(name)
-        if back is None:
-            back = self._back[name] = asyncio.Event()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(back.wait(), timeout_s)
+    async def wait_back(
+        self, name: str, timeout_s: float, who: object = None, probe_s: float | None = None
+    ) -> None:
+        """Wait out a retry's backoff (``timeout_s``) for ``name``; less when it is reported
+        back. With ``who`` and ``probe_s``: every ``probe_s`` the waiter asks to be the one
+        that probes ``name`` (``claim_probe``) and returns to retry if it is, so the prober
+        retries every ``probe_s`` and another waiter takes over when it leaves."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (remaining := deadline - loop.time()) > 0:
+            back = self._back.get(name)
+            if back is None:
+                back = self._back[name] = asyncio.Event()
+            try:
+                await asyncio.wait_for(back.wait(), min(remaining, probe_s or remaining))
+                return
+            except TimeoutError:
+                pass
+            if who is not None and probe_s and self.claim_probe(name, who):
+                return
 
     def claim_probe(self, name: str, who: object) -> bool:
         """Whether ``who`` (a waiting record) is the one that probes ``name``: the first to ask
-        while none does, until ``release_probe``."""
-        return self._probers.setdefault(name, who) is who
+        while none does, until ``release_probe``. A record waits for one dependency at a time:
+        claiming one lets go of any other it probed."""
+        if self._probers.setdefault(name, who) is not who:
+            return False
+        for other in [n for n, w in self._probers.items() if w is who and n != name]:
+            del self._probers[other]
+        return True
 
     def release_probe(self, who: object) -> None:
         """``who`` stops waiting: the next record to ask probes in its place."""

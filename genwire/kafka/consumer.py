@@ -438,7 +438,7 @@ class EventConsumer(Generic[InT]):
         first_failure: float | None = None
         failed: set[str] = set()  # every dependency this record waited for
         attempt = 0
-        me = object()  # this attempt to handle the record, as a dependency's prober
+        me = object()  # this record's retries, as the prober of a dependency
         try:
             while True:
                 try:
@@ -475,12 +475,11 @@ class EventConsumer(Generic[InT]):
                     return "parked"
                 if self._metrics:
                     self._metrics.retries.labels(self._stage).inc()
-                # One waiting record probes the dependency at least every retry_probe_s; its
-                # success wakes the others, whose backoff may have grown to its cap.
-                delay = self._backoff.delay(attempt)
-                if self._deps.claim_probe(err.dependency, me):
-                    delay = min(delay, self._probe_s)
-                await self._deps.wait_back(err.dependency, delay)
+                # One waiting record probes the dependency every retry_probe_s; its success
+                # wakes the others, whose backoff may have grown to its cap.
+                await self._deps.wait_back(
+                    err.dependency, self._backoff.delay(attempt), me, self._probe_s
+                )
                 attempt += 1
                 if tp not in self._assigned:
                     return "revoked"

@@ -131,6 +131,24 @@ def test_one_waiting_record_probes_each_dependency() -> None:
     assert not deps.claim_probe("redis", b)
     assert deps.claim_probe("triton", b)  # per dependency
     deps.release_probe(a)
-    assert deps.claim_probe("redis", b)  # the next to ask takes over
+    # The next to ask takes over; a record probes one dependency at a time, so b lets
+    # triton go (it now waits for redis).
+    assert deps.claim_probe("redis", b)
+    assert deps.claim_probe("triton", a)
     deps.release_probe(b)
-    assert deps.claim_probe("redis", a) and deps.claim_probe("triton", a)
+    assert deps.claim_probe("redis", a)
+    assert deps.claim_probe("triton", b)  # a let triton go when it claimed redis
+
+
+async def test_the_prober_retries_each_probe_interval_and_a_waiter_takes_over() -> None:
+    deps = Dependencies("post")
+    prober, waiter = object(), object()
+    assert deps.claim_probe("redis", prober)
+    # The prober's backoff has grown to 30 s: it retries after one probe interval anyway.
+    await asyncio.wait_for(deps.wait_back("redis", 30.0, prober, 0.02), 1.0)
+    waiting = asyncio.create_task(deps.wait_back("redis", 30.0, waiter, 0.02))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()  # the prober still probes: the others wait
+    deps.release_probe(prober)  # it was parked, revoked, or succeeded without a word
+    await asyncio.wait_for(waiting, 1.0)  # the waiter's next interval: it probes now
+    assert not deps.claim_probe("redis", prober)

@@ -163,9 +163,18 @@ class _StepClock:
         return self.t
 
 
-@pytest.mark.parametrize(("budget", "sizes"), [(0.0, [1] * 9), (16.0, [1, 4, 4])])
+@pytest.mark.parametrize(
+    ("budget", "stream", "sizes"),
+    [
+        (0.0, True, [1] * 9),
+        (16.0, True, [1, 4, 4]),
+        # Unstreamed, chunked for its stop sequence only: never held (the stop is found
+        # sooner, and the model cancelled sooner).
+        (16.0, False, [1] * 9),
+    ],
+)
 async def test_the_chunk_budget_makes_each_chunk_carry_more(
-    monkeypatch: pytest.MonkeyPatch, budget: float, sizes: list[int]
+    monkeypatch: pytest.MonkeyPatch, budget: float, stream: bool, sizes: list[int]
 ) -> None:
     from genwire_inference import handlers
 
@@ -173,7 +182,7 @@ async def test_the_chunk_budget_makes_each_chunk_carry_more(
     inf = Inference(
         FakeBackend(n=10), chunk_max_tokens=1, chunk_interval_ms=0, stream_chunks_per_s=budget
     )
-    *mid, final = await _collect(inf, _req(stop=()))
+    *mid, final = await _collect(inf, _req(stream=stream, stop=("x",)))
     # One stream alone gets the whole budget: 16 per second = 4 responses of 1/64 s apart.
     # The first token still goes at once; nothing is lost (the final carries the rest).
     assert [len(c.token_ids) for c in mid] == sizes
@@ -195,25 +204,35 @@ def test_the_chunk_budget_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_the_live_streams_share_the_chunk_budget() -> None:
     inf = Inference(FakeBackend(n=200, delay_s=0.002), stream_chunks_per_s=50)
     assert inf.chunk_gap_s() == 0.0
-    first_chunks: list[asyncio.Event] = [asyncio.Event() for _ in range(3)]
+    chunks = {rid: asyncio.Event() for rid in ("one", "two", "stops", "plain")}
 
-    async def run(i: int, req: PreparedRequest) -> None:
+    async def run(req: PreparedRequest) -> None:
         async for _ in inf.handle(req):
-            first_chunks[i].set()
+            chunks[req.request_id].set()
 
-    two = _req("two", stop=())
-    two.sampling.n = 2  # each choice is a stream of its own
     tasks = [
-        asyncio.create_task(run(0, _req("one", stop=()))),
-        asyncio.create_task(run(1, two)),
-        asyncio.create_task(run(2, _req("unstreamed", stream=False, stop=()))),
+        asyncio.create_task(run(_req("one", stop=()))),
+        asyncio.create_task(run(_req("two", stop=()))),
+        asyncio.create_task(run(_req("stops", stream=False, stop=("x",)))),  # chunked
+        asyncio.create_task(run(_req("plain", stream=False, stop=()))),  # one final chunk
     ]
-    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in first_chunks[:2])), 5)
-    assert inf.live_streams == 3  # not the unstreamed request: it publishes one final chunk
-    assert inf.chunk_gap_s() == pytest.approx(3 / 50)
+    await asyncio.wait_for(asyncio.gather(*(chunks[r].wait() for r in ("one", "two"))), 5)
+    await asyncio.wait_for(chunks["stops"].wait(), 5)
+    assert inf.live_streams == 2  # the streamed ones: what the budget spaces
+    assert inf.chunk_gap_s() == pytest.approx(2 / 50)
     await inf.control(ControlEvent(request_id="one", action="cancel"))
     await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert inf.live_streams == 0 and inf.chunk_gap_s() == 0.0
+
+
+async def test_a_stream_closed_early_leaves_the_budget() -> None:
+    """The consumer closes the generator when a publish fails or its partition is revoked."""
+    inf = Inference(FakeBackend(n=200, delay_s=0.002), stream_chunks_per_s=50)
+    gen = inf.handle(_req("closed", stop=()))
+    first = await anext(gen)
+    assert first.index == 0 and inf.live_streams == 1
+    await gen.aclose()  # type: ignore[attr-defined]
+    assert inf.live_streams == 0 and "closed" not in inf.inflight
 
 
 async def test_a_failed_stream_leaves_the_budget() -> None:

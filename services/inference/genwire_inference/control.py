@@ -31,6 +31,8 @@ class Run:
     timer: asyncio.TimerHandle | None = None
     origin: str = ""
     keep: bool = False
+    streams: int = 0
+    """Its choices counted in ``Inference.live_streams`` (each from its first chunk)."""
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:

@@ -163,7 +163,8 @@ class Inference:
         self.chunk_interval_s = chunk_interval_ms / 1000.0
         self.stream_chunks_per_s = stream_chunks_per_s
         self.live_streams = 0
-        """Chunked streams generating here now (a request's choices each count): what the
+        """Streams generating here now, each counted from its first chunk to its end (a
+        request's choices each count; one waiting in Triton's queue does not): what the
         chunk budget is shared by."""
         self.triton_wait_s = triton_wait_s
         self.on_final = on_final
@@ -234,13 +235,11 @@ class Inference:
         if request.deadline_ms is not None:
             delay = (request.deadline_ms - start) / 1000.0
             run.timer = asyncio.get_running_loop().call_later(delay, run.stop, FINISH_DEADLINE)
-        streams = max(1, request.sampling.n) if _chunked(request) else 0
-        self.live_streams += streams
         try:
             async for chunk in self._generate(request, run, timings):
                 yield chunk
         finally:
-            self.live_streams -= streams
+            self.live_streams -= run.streams
             if run.timer is not None:
                 run.timer.cancel()
             if self.inflight.get(rid) is run:
@@ -276,6 +275,9 @@ class Inference:
         ]
         keep_logprobs = s.logprobs or s.top_logprobs > 0
         chunked = _chunked(request)
+        # The budget spaces streamed chunks only: a request chunked for its stop sequences
+        # alone needs them early (postprocess cancels at the stop).
+        budgeted = request.stream
         any_token = False
         try:
             headers: list[tuple[str, bytes]] = []
@@ -309,8 +311,12 @@ class Inference:
                     # Not ``break``: the stream ends by itself after the final response, which
                     # also closes our side of the call at once (no reliance on GC).
                     continue
-                if chunked and choice.chunker.due(now, self.chunk_gap_s()):
+                gap = self.chunk_gap_s() if budgeted else 0.0
+                if chunked and choice.chunker.due(now, gap):
                     index, offset, ids, lps = choice.take(now)
+                    if index == 0 and budgeted:  # generating now: it shares the budget
+                        run.streams += 1
+                        self.live_streams += 1
                     yield GenerationChunk(
                         request_id=request.request_id,
                         index=index,
