@@ -141,6 +141,8 @@ class Dependencies:
         back. With ``who`` and ``probe_s``: every ``probe_s`` the waiter asks to be the one
         that probes ``name`` (``claim_probe``) and returns to retry if it is, so the prober
         retries every ``probe_s`` and another waiter takes over when it leaves."""
+        if who is not None:
+            self._let_go(who, name)  # it waits for this dependency now, not for another
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while (remaining := deadline - loop.time()) > 0:
@@ -159,11 +161,12 @@ class Dependencies:
         """Whether ``who`` (a waiting record) is the one that probes ``name``: the first to ask
         while none does, until ``release_probe``. A record waits for one dependency at a time:
         claiming one lets go of any other it probed."""
-        if self._probers.setdefault(name, who) is not who:
-            return False
-        for other in [n for n, w in self._probers.items() if w is who and n != name]:
-            del self._probers[other]
-        return True
+        self._let_go(who, name)
+        return self._probers.setdefault(name, who) is who
+
+    def _let_go(self, who: object, keep: str) -> None:
+        for name in [n for n, w in self._probers.items() if w is who and n != keep]:
+            del self._probers[name]
 
     def release_probe(self, who: object) -> None:
         """``who`` stops waiting: the next record to ask probes in its place."""

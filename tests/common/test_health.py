@@ -138,6 +138,21 @@ def test_one_waiting_record_probes_each_dependency() -> None:
     deps.release_probe(b)
     assert deps.claim_probe("redis", a)
     assert deps.claim_probe("triton", b)  # a let triton go when it claimed redis
+    # A claim that fails lets go too: a, probing redis, now waits for triton (b probes it),
+    # so redis is free for the records still waiting for it.
+    assert not deps.claim_probe("triton", a)
+    assert deps.claim_probe("redis", object())
+
+
+async def test_waiting_for_another_dependency_frees_the_probe_of_the_first() -> None:
+    deps = Dependencies("post")
+    x, y, w = object(), object(), object()
+    assert deps.claim_probe("redis", x) and deps.claim_probe("kafka", y)
+    waiting = asyncio.create_task(deps.wait_back("kafka", 30.0, x, 0.02))  # x: past redis
+    await asyncio.sleep(0.01)
+    assert deps.claim_probe("redis", w)  # w, still waiting for redis, probes it now
+    deps.recovered("kafka")
+    await asyncio.wait_for(waiting, 1.0)
 
 
 async def test_the_prober_retries_each_probe_interval_and_a_waiter_takes_over() -> None:

@@ -45,7 +45,8 @@ async def test_a_loading_version_is_waited_for() -> None:
 
 
 async def test_shadow_copy_runs_beside_its_request() -> None:
-    inf = Inference(FakeBackend(n=6, delay_s=0.01), chunk_max_tokens=100)
+    backend = FakeBackend(n=6, delay_s=0.01)
+    inf = Inference(backend, chunk_max_tokens=1)
     primary = _req("same").model_copy(update={"arm": "champion", "model_version": "1"})
     shadow = _req("same").model_copy(update={"arm": "shadow", "shadow": True, "model_version": "2"})
     a, b = await asyncio.gather(_collect(inf, primary), _collect(inf, shadow))
@@ -53,6 +54,10 @@ async def test_shadow_copy_runs_beside_its_request() -> None:
     assert all(c.arm == "champion" and not c.shadow for c in a)
     assert all(c.arm == "shadow" and c.shadow and c.model_version == "2" for c in b)
     assert a[-1].final and b[-1].final
+    # The caller's request streams; its shadow copy is one final chunk from one model response
+    # (postprocess reads nothing else of it), with every token.
+    assert len(a) > 1 and len(b) == 1 and b[0].output_ids == a[-1].output_ids
+    assert sorted(backend.stream_flags) == [False, True]
 
 
 class UnavailableBackend(ErrorBackend):

@@ -225,6 +225,30 @@ async def test_the_live_streams_share_the_chunk_budget() -> None:
     assert inf.live_streams == 0 and inf.chunk_gap_s() == 0.0
 
 
+async def test_each_choice_counts_from_its_first_chunk() -> None:
+    inf = Inference(SlowFirstBackend(), stream_chunks_per_s=50)
+    req = _req("n2", stop=())
+    req.sampling.n = 2
+    gen = inf.handle(req)
+    first = await anext(gen)
+    assert first.choice == 0 and inf.live_streams == 1  # choice 1 has no token yet
+    second = await anext(gen)
+    assert second.choice == 1 and inf.live_streams == 2
+    await gen.aclose()  # type: ignore[attr-defined]
+    assert inf.live_streams == 0
+
+
+async def test_a_request_waiting_for_its_first_token_is_not_counted() -> None:
+    backend = FakeBackend(n=3, delay_s=30.0)  # no token until it is cancelled
+    inf = Inference(backend, stream_chunks_per_s=50)
+    task = asyncio.create_task(_collect(inf, _req("queued", stop=())))
+    await asyncio.sleep(0.1)
+    assert backend.opened and inf.live_streams == 0  # in Triton's queue, not generating
+    await inf.control(ControlEvent(request_id="queued", action="cancel"))
+    (final,) = await asyncio.wait_for(task, 5)
+    assert final.finish_reason == "cancelled" and inf.live_streams == 0
+
+
 async def test_a_stream_closed_early_leaves_the_budget() -> None:
     """The consumer closes the generator when a publish fails or its partition is revoked."""
     inf = Inference(FakeBackend(n=200, delay_s=0.002), stream_chunks_per_s=50)
@@ -506,6 +530,23 @@ class ChoicesBackend(FakeBackend):
         end1 = ModelStep(token_ids=[], logprobs=[], choice=1, finished=True)
         end1.finish_reason, end1.completion_tokens, end1.prompt_tokens = "stop", 3, 3
         stream_ = FakeStream([*steps, end1, end0], 0.0, None)
+        self.streams.append(stream_)
+        return stream_
+
+
+class SlowFirstBackend(FakeBackend):
+    """Two choices: choice 0's first token, then choice 1's, then both end."""
+
+    async def open(
+        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+    ) -> FakeStream:
+        steps = [
+            ModelStep(token_ids=[1], logprobs=[-0.5], choice=0),
+            ModelStep(token_ids=[2], logprobs=[-0.5], choice=1),
+            ModelStep(token_ids=[], logprobs=[], choice=1, finished=True),
+            ModelStep(token_ids=[], logprobs=[], choice=0, finished=True),
+        ]
+        stream_ = FakeStream(steps, 0.0, None)
         self.streams.append(stream_)
         return stream_
 

@@ -57,8 +57,9 @@ from genwire_inference.control import (
 def _chunked(request: PreparedRequest) -> bool:
     """Whether a generation publishes intermediate chunks: for streaming, and also for stop
     sequences (postprocess sees the text early and cancels the generation at a stop instead
-    of waiting for max_tokens)."""
-    return request.stream or bool(request.sampling.stop)
+    of waiting for max_tokens). Never for a shadow copy: postprocess reads only its final
+    chunk (docs/lifecycle.md)."""
+    return not request.shadow and (request.stream or bool(request.sampling.stop))
 
 
 @dataclass
@@ -341,6 +342,9 @@ class Inference:
                 raise not_loaded from None
             # Triton restarting or the model reloading: wait for it here (bounded), then let
             # the consumer retry; the same seed regenerates the same tokens and chunk indices.
+            # Not generating meanwhile: its streams leave the chunk budget to the others.
+            self.live_streams -= run.streams
+            run.streams = 0
             await self._wait_for_model(request)
             raise
         except ModelError as exc:
