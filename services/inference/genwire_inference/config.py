@@ -31,8 +31,9 @@ class InferenceSettings(ServiceSettings):
         "generating here: with N live, a stream's chunks (after its first, which goes at once) "
         "are at least N / budget seconds apart, so under load each record carries more tokens "
         "instead of the records multiplying (each costs the stages and the broker about as much "
-        "as a whole unstreamed request's hop). Below the chunk interval it changes nothing "
-        "(at 100: up to 2 streams). 0: no budget.",
+        "as a whole unstreamed request's hop). With 1 or 2 streams (at 100) the spacing, "
+        "10-20 ms, is within the chunk interval. Streamed requests only: one chunked for its "
+        "stop sequences alone is never held. 0: no budget.",
     )
     triton_wait_s: float = Field(
         30.0,

@@ -439,8 +439,8 @@ class Inference:
 
     def chunk_gap_s(self) -> float:
         """The least time between two chunks of one stream under the chunk budget: the live
-        streams share ``stream_chunks_per_s`` (0: no budget). Below ``chunk_interval_ms`` it
-        changes nothing; under load it makes each record carry more tokens."""
+        streams share ``stream_chunks_per_s`` (0: no budget). With few streams it is within
+        ``chunk_interval_ms``; under load it makes each record carry more tokens."""
         if self.stream_chunks_per_s <= 0:
             return 0.0
         return self.live_streams / self.stream_chunks_per_s
