@@ -249,6 +249,22 @@ async def test_a_request_waiting_for_its_first_token_is_not_counted() -> None:
     assert final.finish_reason == "cancelled" and inf.live_streams == 0
 
 
+async def test_a_stream_waiting_for_its_model_leaves_the_budget() -> None:
+    """Triton restarting mid-stream: the generation waits for the model (up to triton_wait_s)
+    before its retry, and is not one of the streams the budget is shared by meanwhile."""
+    seen: list[int] = []
+
+    class Restarting(FakeBackend):
+        async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
+            seen.append(inf.live_streams)
+            return True
+
+    inf = Inference(Restarting(n=5, fail_after=2), chunk_max_tokens=1, stream_chunks_per_s=50)
+    with pytest.raises(RetryableError):
+        await _collect(inf, _req("restart", stop=()))
+    assert seen == [0] and inf.live_streams == 0
+
+
 async def test_a_stream_closed_early_leaves_the_budget() -> None:
     """The consumer closes the generator when a publish fails or its partition is revoked."""
     inf = Inference(FakeBackend(n=200, delay_s=0.002), stream_chunks_per_s=50)
