@@ -150,7 +150,8 @@ class Dependencies:
             if back is None:
                 back = self._back[name] = asyncio.Event()
             try:
-                await asyncio.wait_for(back.wait(), min(remaining, probe_s or remaining))
+                async with asyncio.timeout(min(remaining, probe_s or remaining)):
+                    await back.wait()
                 return
             except TimeoutError:
                 pass

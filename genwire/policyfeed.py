@@ -239,9 +239,11 @@ async def read_policies(
     )
     task: asyncio.Task[None] | None = None
     try:
-        await asyncio.wait_for(feed.start(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await feed.start()
         task = asyncio.create_task(feed.run())
-        await asyncio.wait_for(feed.caught_up.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await feed.caught_up.wait()
     except TimeoutError:
         raise PolicyError(
             f"{topic} could not be read within {timeout_s:.0f} s at {bootstrap_servers}"
@@ -319,7 +321,8 @@ async def followed(runtime: ServiceRuntime, *, wait_s: float = 10.0) -> AsyncIte
         runtime.supervise(feed.run(), "follow-policies")
         runtime.add_check(feed.not_ready)
         try:
-            await asyncio.wait_for(feed.caught_up.wait(), wait_s)
+            async with asyncio.timeout(wait_s):
+                await feed.caught_up.wait()
         except TimeoutError:
             log.warning("%s not read to its end within %.0f s: going on", feed.topic, wait_s)
         yield feed

@@ -162,7 +162,8 @@ class Call:
     async def _drain(self) -> None:
         # Triton completes the call once every request on it sent its final flag.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(self.reader), DRAIN_TIMEOUT_S)
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                await asyncio.shield(self.reader)
         if not self.reader.done():
             log.warning("a drained Triton stream did not end in %.0f s: cancelled", DRAIN_TIMEOUT_S)
             self._grpc.cancel()

@@ -31,7 +31,8 @@ async def ensure_topics(
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers, **client_options(settings), request_timeout_ms=10000
     )
-    await asyncio.wait_for(admin.start(), timeout_s)
+    async with asyncio.timeout(timeout_s):
+        await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = [s for s in specs if s.name not in existing]

@@ -315,7 +315,8 @@ class EventConsumer(Generic[InT]):
                     # Resume as soon as there is room, not at the next 200 ms poll: a full pool
                     # of fast records would otherwise take ``concurrency`` records per poll.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._room.wait(), self._hold_poll_s)
+                        async with asyncio.timeout(self._hold_poll_s):
+                            await self._room.wait()
         finally:
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

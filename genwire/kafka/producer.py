@@ -197,7 +197,8 @@ class EventProducer:
         # Its pending batches fail (their records are retried by their consumers); bounded,
         # because a dead sender can leave stop() waiting on nothing.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(old.stop(), 10.0)
+            async with asyncio.timeout(10.0):
+                await old.stop()
 
     def _watch(self, fut: asyncio.Future[object], generation: int) -> None:
         def done(f: asyncio.Future[object]) -> None:

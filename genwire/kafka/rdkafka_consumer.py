@@ -340,7 +340,8 @@ class RdConsumer:
             self._arrived.clear()
             if timeout_ms > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._arrived.wait(), timeout_ms / 1000.0)
+                    async with asyncio.timeout(timeout_ms / 1000.0):
+                        await self._arrived.wait()
         if self._failure is not None:
             raise KafkaError(f"librdkafka consumer: {self._failure}") from self._failure
         if self._stopped:
@@ -418,7 +419,8 @@ class RdConsumer:
 
         try:
             await self._command(send)
-            await asyncio.wait_for(asyncio.wrap_future(answer), COMMIT_TIMEOUT_S)
+            async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                await asyncio.wrap_future(answer)
         except (ConsumerStoppedError, KafkaError):
             raise
         except TimeoutError as exc:

@@ -30,6 +30,9 @@ from genwire.topics import Topic
 
 log = logging.getLogger(__name__)
 
+TASKS_STOP_S = 5.0
+"""How long a stop waits for its cancelled background tasks (they end at once when well)."""
+
 
 class ServiceRuntime:
     """Owns a service's long-lived clients and background tasks, and their orderly stop."""
@@ -250,17 +253,38 @@ class ServiceRuntime:
             shown = now
             await asyncio.sleep(interval_s)
 
+    async def _end_tasks(self, timeout_s: float) -> None:
+        """Cancel the supervised tasks and wait for them to end, within ``timeout_s``.
+
+        A task still running half the bound after its cancel either lost the cancel (a library
+        caught it, as ``asyncio.wait_for`` can on Python 3.11) or cleans up slowly: it is
+        cancelled once more, and logged. One still running at the bound is logged and left:
+        a stop never hangs on a task.
+        """
+        pending = {t for t in self._tasks if not t.done()}
+        for attempt in ("cancelled again", "left running"):
+            for task in pending:
+                task.cancel()
+            if pending:
+                _, pending = await asyncio.wait(pending, timeout=timeout_s / 2)
+            if pending:
+                log.warning(
+                    "stopping: %s still running %.1f s after its cancel; %s",
+                    ", ".join(sorted(t.get_name() for t in pending)),
+                    timeout_s / 2,
+                    attempt,
+                )
+        for task in self._tasks:  # retrieved: no "exception was never retrieved" later
+            if task.done() and not task.cancelled():
+                task.exception()
+
     async def stop(self) -> None:
         """Stop consuming, drain, flush the producer, flush and close telemetry."""
         timeout = self.settings.shutdown_timeout_s
         for consumer in self._all_consumers():
             with contextlib.suppress(Exception):
                 await consumer.stop(timeout)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._end_tasks(TASKS_STOP_S)
         with contextlib.suppress(Exception):
             await self.producer.stop()
         # Flushing joins the exporter's thread: keep it off the event loop.

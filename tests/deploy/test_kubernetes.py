@@ -28,6 +28,7 @@ from genwire_stack.catalog import (
     TRITON_NGC_TAG,
 )
 
+from genwire.service.runtime import TASKS_STOP_S
 from genwire.settings import CommonSettings, ServiceSettings
 from genwire.topics import TOPIC_SPECS, Topic
 from tests.deploy.k8scheck import KUBE_DIR, REPO, Built, ensure_checker, run_checker
@@ -283,8 +284,9 @@ def test_grace_period_outlasts_the_drain(rendered: dict[str, list[Any]]) -> None
     """terminationGracePeriodSeconds > preStop + each consumer's bounded stop + flushes.
 
     ServiceRuntime.stop stops the stage's consumer and its retry replayer one after the other,
-    each waiting up to shutdown_timeout_s for in-flight records and 5 s for cancelled ones; the
-    rebalance drain (drain_timeout_s) runs on the instances that stay, within the same window.
+    each waiting up to shutdown_timeout_s for in-flight records and 5 s for cancelled ones, then
+    cancels its background tasks (TASKS_STOP_S at most); the rebalance drain (drain_timeout_s)
+    runs on the instances that stay, within the same window.
     """
     defaults = ServiceSettings()
     consumer_stop = defaults.shutdown_timeout_s + 5
@@ -293,7 +295,7 @@ def test_grace_period_outlasts_the_drain(rendered: dict[str, list[Any]]) -> None
         pre_stop = container({"spec": {"template": {"spec": spec}}})["lifecycle"]["preStop"][
             "sleep"
         ]["seconds"]
-        needed = pre_stop + 2 * consumer_stop
+        needed = pre_stop + 2 * consumer_stop + TASKS_STOP_S
         assert spec["terminationGracePeriodSeconds"] > needed, short
         assert spec["terminationGracePeriodSeconds"] > defaults.drain_timeout_s + pre_stop
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sys
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -75,7 +77,20 @@ async def serve_monitor(settings: MonitorSettings, ready_s: float = 60.0) -> Asy
         yield served
     finally:
         server.should_exit = True
-        await asyncio.wait_for(task, 60)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 60)
+        except TimeoutError:
+            _dump_stacks()
+            raise
+
+
+def _dump_stacks() -> None:
+    """Print where every task and thread is: a stop that hangs says where it hangs."""
+    for t in asyncio.all_tasks():
+        t.print_stack(file=sys.stdout)
+    for ident, frame in sys._current_frames().items():
+        print(f"--- thread {ident}")
+        traceback.print_stack(frame, file=sys.stdout)
 
 
 @dataclass

@@ -284,7 +284,8 @@ async def _drive(
             ack = await producer.send(topic, value, key=rid.encode(), headers=headers, traced=False)
             if acks is not None:
                 ack.add_done_callback(_ack_timer(acks, start))
-            at = await asyncio.wait_for(seen, 30.0)
+            async with asyncio.timeout(30.0):
+                at = await seen
             await ack
             latencies.append((at - start) * 1000.0)
             if trace is not None and traced is not None:
@@ -359,7 +360,8 @@ class Relay:
     async def ready(self, timeout_s: float = 60.0) -> list[str]:
         """Wait for its ready line; returns what follows ``ready`` on it (the front's port)."""
         assert self.proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            line = await asyncio.to_thread(self.proc.stdout.readline)
         words = line.decode().split()
         if not words or words[0] != READY:
             raise RuntimeError(f"the relay did not start: {line!r}")

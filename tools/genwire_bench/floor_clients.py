@@ -541,7 +541,8 @@ class Relay:
         await consumer.start()
         committer = asyncio.create_task(self._commit_every(consumer))
         try:
-            await asyncio.wait_for(joined.wait(), 60.0)
+            async with asyncio.timeout(60.0):
+                await joined.wait()
             serving.set_result(None)
             while True:
                 batches = await consumer.getmany(timeout_ms=200)  # EventConsumer's

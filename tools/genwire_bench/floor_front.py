@@ -91,7 +91,8 @@ class Front:
             named = record.model_copy(update={"reply_to": self._reply_to})
             value = named.model_dump_json(exclude_none=True).encode()
             await (await self._runtime.producer.send(self._topic, value, key=key))
-            await asyncio.wait_for(seen, CALL_TIMEOUT_S)
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                await seen
         return key
 
 
@@ -152,7 +153,8 @@ class FrontClient:
         self._call = self._channel.unary_unary(f"/{SERVICE}/{METHOD}")
 
     async def ready(self, timeout_s: float = 30.0) -> None:
-        await asyncio.wait_for(self._channel.channel_ready(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await self._channel.channel_ready()
 
     async def call(self, value: bytes) -> float:
         """One call with ``value`` as its request: call → answer, in ms."""

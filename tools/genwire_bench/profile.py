@@ -642,7 +642,8 @@ class PhaseProfiler:
             assert spy.proc.stderr is not None
             # Sampling has begun once py-spy says so; the load starts after that.
             while True:
-                line = await asyncio.wait_for(spy.proc.stderr.readline(), 15.0)
+                async with asyncio.timeout(15.0):
+                    line = await spy.proc.stderr.readline()
                 if not line:
                     await spy.proc.wait()
                     spy.error = f"py-spy exited {spy.proc.returncode} before sampling"
@@ -667,8 +668,10 @@ class PhaseProfiler:
             proc.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
         try:
             assert proc.stderr is not None
-            rest = await asyncio.wait_for(proc.stderr.read(), 20.0)
-            await asyncio.wait_for(proc.wait(), 5.0)
+            async with asyncio.timeout(20.0):
+                rest = await proc.stderr.read()
+            async with asyncio.timeout(5.0):
+                await proc.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

@@ -198,9 +198,8 @@ async def run_gateway_kill(
         streaming = make_streams("streaming", streams_per_kind, seeds)
         tasks += open_streams(streaming, max_tokens)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(*(s.started.wait() for s in streaming)), timeout=30.0
-            )
+            async with asyncio.timeout(30.0):
+                await asyncio.gather(*(s.started.wait() for s in streaming))
         await _backlog(bootstrap, seeds, backlog, max_tokens)
         queued = make_streams("queued", queued_per_kind, seeds)
         tasks += open_streams(queued, max_tokens)

@@ -158,7 +158,8 @@ class RequestLoad:
         """Disconnect."""
         if self._producer is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._producer.stop(), 30)
+                async with asyncio.timeout(30):
+                    await self._producer.stop()
             self._producer = None
 
     async def run(self) -> LoadStats:
@@ -251,7 +252,8 @@ class TopicTail:
             self._task = None
         if self._consumer is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._consumer.stop(), 30)
+                async with asyncio.timeout(30):
+                    await self._consumer.stop()
             self._consumer = None
 
     async def _read(self) -> None:

@@ -343,9 +343,7 @@ class Lifecycle:
         vocab = int(manifest.get("shape", {}).get("vocab_size", 2) or 2)
         prompt = [1 % vocab, 2 % vocab, 3 % vocab]
         try:
-            tokens = asyncio.run(
-                asyncio.wait_for(_probe(self.triton_grpc_url, name, version, prompt), timeout_s)
-            )
+            tokens = asyncio.run(_probe(self.triton_grpc_url, name, version, prompt, timeout_s))
         except Exception as exc:
             raise LifecycleError(f"{name} version {version} does not answer: {exc!r}") from None
         if tokens < 1:
@@ -525,7 +523,7 @@ def _num(version: str) -> int:
     return int(version) if version.isdigit() else 1 << 62
 
 
-async def _probe(url: str, name: str, version: str, prompt: list[int]) -> int:
+async def _probe(url: str, name: str, version: str, prompt: list[int], timeout_s: float) -> int:
     from tritonclient.grpc.aio import InferenceServerClient
 
     from genwire.triton_io import Output, infer_inputs
@@ -545,16 +543,17 @@ async def _probe(url: str, name: str, version: str, prompt: list[int]) -> int:
     ended = False  # the version sent its last response: the call must end by itself
     responses = client.stream_infer(requests())
     try:
-        async for result, error in responses:
-            if error is not None:
-                ended = True
-                raise RuntimeError(str(error))
-            ids = result.as_numpy(Output.TOKEN_IDS)
-            tokens += 0 if ids is None else int(ids.size)
-            finished = result.as_numpy(Output.FINISHED)
-            if finished is not None and bool(finished.reshape(-1)[0]):
-                ended = True
-                break
+        async with asyncio.timeout(timeout_s):  # the cleanup below is outside it
+            async for result, error in responses:
+                if error is not None:
+                    ended = True
+                    raise RuntimeError(str(error))
+                ids = result.as_numpy(Output.TOKEN_IDS)
+                tokens += 0 if ids is None else int(ids.size)
+                finished = result.as_numpy(Output.FINISHED)
+                if finished is not None and bool(finished.reshape(-1)[0]):
+                    ended = True
+                    break
     finally:
         done.set()
         # Closing the channel on an answered, unfinished call cancels it, and Triton then

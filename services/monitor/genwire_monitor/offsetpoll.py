@@ -83,8 +83,10 @@ class OffsetPoller:
             request_timeout_ms=request_ms,
         )
         try:
-            await asyncio.wait_for(admin.start(), self.timeout_s)
-            await asyncio.wait_for(consumer.start(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                await admin.start()
+            async with asyncio.timeout(self.timeout_s):
+                await consumer.start()
         except BaseException:
             await self._close(admin, consumer)
             raise
@@ -96,9 +98,8 @@ class OffsetPoller:
             if client is None:
                 continue
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    client.stop() if client is consumer else client.close(), CLOSE_TIMEOUT_S
-                )
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await (client.stop() if client is consumer else client.close())
 
     async def stop(self) -> None:
         """Close the clients (a later ``poll_once`` would open new ones)."""
@@ -173,7 +174,8 @@ class OffsetPoller:
         try:
             if self._admin is None:
                 await self._connect()
-            errors = await asyncio.wait_for(self._read(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                errors = await self._read()
             self._broken = 0
         except Exception as exc:  # broker down, timeout, protocol error: try next interval
             errors = [f"reading offsets: {exc!r}"]

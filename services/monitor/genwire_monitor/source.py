@@ -143,14 +143,16 @@ class SpanSource:
         deadline = loop.time() + timeout_s
         if self._running:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._done.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await self._done.wait()
         for step, action, floor in (
             ("the last commit", self._safe_commit, 0.0),
             ("leaving the group", self._consumer.stop, LEAVE_FLOOR_S),
         ):
             budget = max(deadline - loop.time(), floor)
             try:
-                await asyncio.wait_for(action(), budget)
+                async with asyncio.timeout(budget):
+                    await action()
             except TimeoutError:
                 log.warning(
                     "stopping the %s source: %s took over %.1fs, cut short",

@@ -239,7 +239,8 @@ async def one_case(
         for m in monitors:
             m.server.should_exit = True
         try:
-            await asyncio.wait_for(asyncio.gather(*(m.serving for m in monitors)), 60)
+            async with asyncio.timeout(60):
+                await asyncio.gather(*(m.serving for m in monitors))
         finally:
             await _clean_up(monitors)
 

@@ -1,0 +1,74 @@
+"""The runtime's stop ends its supervised tasks within ``TASKS_STOP_S``, and never hangs on one
+that will not end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from genwire.service import ServiceRuntime
+from genwire.service import runtime as runtime_module
+from genwire.settings import ServiceSettings
+
+
+@pytest.fixture(autouse=True)
+def _short_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime_module, "TASKS_STOP_S", 0.4)
+
+
+def _runtime() -> ServiceRuntime:
+    settings = ServiceSettings(kafka_bootstrap_servers="127.0.0.1:1")
+    return ServiceRuntime(
+        settings, "test", span_exporter=InMemorySpanExporter(), set_global_tracer=False
+    )
+
+
+async def _swallowing(cancels_to_swallow: int, seen: list[int]) -> None:
+    """Catches its first ``cancels_to_swallow`` cancels (a lost cancel), then stops on the next."""
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            seen.append(1)
+            if len(seen) > cancels_to_swallow:
+                raise
+
+
+async def test_a_task_that_lost_its_cancel_is_cancelled_again_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runtime = _runtime()
+    seen: list[int] = []
+    polite = runtime.supervise(asyncio.sleep(3600), "polite")
+    stubborn = runtime.supervise(_swallowing(1, seen), "stubborn")
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING, logger="genwire.service.runtime"):
+        async with asyncio.timeout(10):
+            await runtime.stop()
+    assert polite.cancelled() and stubborn.cancelled()
+    assert len(seen) == 2  # cancelled, lost it, cancelled again
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["stopping: stubborn still running 0.2 s after its cancel; cancelled again"]
+
+
+async def test_a_task_that_never_ends_is_left_and_the_stop_returns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runtime = _runtime()
+    seen: list[int] = []
+    deaf = runtime.supervise(_swallowing(2, seen), "deaf")
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING, logger="genwire.service.runtime"):
+        async with asyncio.timeout(10):
+            await runtime.stop()
+    assert not deaf.done() and len(seen) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "stopping: deaf still running 0.2 s after its cancel; cancelled again",
+        "stopping: deaf still running 0.2 s after its cancel; left running",
+    ]
+    deaf.cancel()  # the third cancel ends it (not left behind for the next test)
+    await asyncio.wait({deaf}, timeout=1)
+    assert deaf.cancelled()
