@@ -270,15 +270,18 @@ class Kafka(Component):
 
 
 async def _kafka_answers(bootstrap_servers: str, settings: CommonSettings | None = None) -> bool:
-    """True once the broker answers a metadata request (the controller quorum is up)."""
+    """True once the broker answers a metadata request itself (the controller quorum is up).
+
+    The bootstrap's request is the one sent to this broker; a later admin request may go to
+    another broker of a cluster, and one broker's death made the others look down.
+    """
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers, request_timeout_ms=3000, **client_options(settings)
     )
     try:
-        await admin.start()
-        await admin.list_topics()
+        await admin.start()  # raises unless this broker answered its metadata request
         return True
     except Exception:
         return False
