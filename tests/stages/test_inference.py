@@ -238,6 +238,18 @@ async def test_each_choice_counts_from_its_first_chunk() -> None:
     assert inf.live_streams == 0
 
 
+async def test_a_finished_choice_leaves_the_budget_before_its_request_ends() -> None:
+    inf = Inference(OneEndsFirstBackend(), stream_chunks_per_s=1e6, chunk_max_tokens=1)
+    req = _req("n2-end", stop=())
+    req.sampling.n = 2
+    gen = inf.handle(req)
+    chunks = [await anext(gen) for _ in range(3)]
+    assert [(c.choice, c.index) for c in chunks] == [(0, 0), (1, 0), (0, 1)]
+    assert inf.live_streams == 1  # choice 1 ended: only choice 0 still generates
+    rest = [c async for c in gen]
+    assert rest[-1].final and inf.live_streams == 0
+
+
 async def test_a_request_waiting_for_its_first_token_is_not_counted() -> None:
     backend = FakeBackend(n=3, delay_s=30.0)  # no token until it is cancelled
     inf = Inference(backend, stream_chunks_per_s=50)
@@ -560,6 +572,24 @@ class SlowFirstBackend(FakeBackend):
             ModelStep(token_ids=[1], logprobs=[-0.5], choice=0),
             ModelStep(token_ids=[2], logprobs=[-0.5], choice=1),
             ModelStep(token_ids=[], logprobs=[], choice=1, finished=True),
+            ModelStep(token_ids=[], logprobs=[], choice=0, finished=True),
+        ]
+        stream_ = FakeStream(steps, 0.0, None)
+        self.streams.append(stream_)
+        return stream_
+
+
+class OneEndsFirstBackend(FakeBackend):
+    """Two choices: both start, choice 1 ends, choice 0 goes on, then ends."""
+
+    async def open(
+        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+    ) -> FakeStream:
+        steps = [
+            ModelStep(token_ids=[1], logprobs=[-0.5], choice=0),
+            ModelStep(token_ids=[2], logprobs=[-0.5], choice=1),
+            ModelStep(token_ids=[], logprobs=[], choice=1, finished=True),
+            ModelStep(token_ids=[3], logprobs=[-0.5], choice=0),
             ModelStep(token_ids=[], logprobs=[], choice=0, finished=True),
         ]
         stream_ = FakeStream(steps, 0.0, None)

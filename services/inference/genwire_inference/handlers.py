@@ -106,6 +106,7 @@ class _Choice:
     pending: list[TokenLogprob] = field(default_factory=list)  # those of chunker.buffer
     logprob_sum: float = 0.0
     final: ModelStep | None = None
+    counted: bool = False  # in ``Inference.live_streams``: from its first chunk to its end
 
     def add(self, step: ModelStep, keep_logprobs: bool, chunked: bool) -> None:
         self.generated.extend(step.token_ids)
@@ -309,6 +310,10 @@ class Inference:
                     choice.add(step, keep_logprobs, chunked)
                 if step.finished:
                     choice.final = step
+                    if choice.counted:  # done generating: the others share the budget
+                        choice.counted = False
+                        run.streams -= 1
+                        self.live_streams -= 1
                     # Not ``break``: the stream ends by itself after the final response, which
                     # also closes our side of the call at once (no reliance on GC).
                     continue
@@ -316,6 +321,7 @@ class Inference:
                 if chunked and choice.chunker.due(now, gap):
                     index, offset, ids, lps = choice.take(now)
                     if index == 0 and budgeted:  # generating now: it shares the budget
+                        choice.counted = True
                         run.streams += 1
                         self.live_streams += 1
                     yield GenerationChunk(
