@@ -262,17 +262,18 @@ class ServiceRuntime:
         a stop never hangs on a task.
         """
         pending = {t for t in self._tasks if not t.done()}
-        for attempt in ("cancelled again", "left running"):
+        for cancel, then in (("its cancel", "cancelled again"), ("a second cancel", "left")):
             for task in pending:
                 task.cancel()
             if pending:
                 _, pending = await asyncio.wait(pending, timeout=timeout_s / 2)
             if pending:
                 log.warning(
-                    "stopping: %s still running %.1f s after its cancel; %s",
+                    "stopping: %s still running %.1f s after %s; %s",
                     ", ".join(sorted(t.get_name() for t in pending)),
                     timeout_s / 2,
-                    attempt,
+                    cancel,
+                    then,
                 )
         for task in self._tasks:  # retrieved: no "exception was never retrieved" later
             if task.done() and not task.cancelled():

@@ -67,7 +67,7 @@ async def test_a_task_that_never_ends_is_left_and_the_stop_returns(
     assert not deaf.done() and len(seen) == 2
     assert [r.getMessage() for r in caplog.records] == [
         "stopping: deaf still running 0.2 s after its cancel; cancelled again",
-        "stopping: deaf still running 0.2 s after its cancel; left running",
+        "stopping: deaf still running 0.2 s after a second cancel; left",
     ]
     deaf.cancel()  # the third cancel ends it (not left behind for the next test)
     await asyncio.wait({deaf}, timeout=1)

@@ -184,6 +184,7 @@ async def test_a_champion_that_is_not_served_falls_back_and_says_so(
         return (result.model_version, result.arm) == ("2", "fallback")
 
     await eventually(fell_back)
+    await asyncio.sleep(2.1)  # every preprocess instance's cache of Triton's versions is fresh
     for _ in range(5):  # from then on, every request is served by the fallback
         result = await client.ask()
         assert result.error is None, result.error

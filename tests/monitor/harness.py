@@ -81,6 +81,8 @@ async def serve_monitor(settings: MonitorSettings, ready_s: float = 60.0) -> Asy
             await asyncio.wait_for(asyncio.shield(task), 60)
         except TimeoutError:
             _dump_stacks()
+            task.cancel()  # its port and clients are not left to the next tests
+            await asyncio.wait({task}, timeout=10)
             raise
 
 

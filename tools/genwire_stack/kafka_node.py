@@ -212,7 +212,9 @@ class Kafka(Component):
     def healthy(self) -> bool:
         if not tcp_open(self.port):
             return False
-        return run_coro(_kafka_answers(f"127.0.0.1:{self.port}", self.admin_settings()))
+        return run_coro(
+            _kafka_answers(f"127.0.0.1:{self.port}", self.admin_settings(), self.node_id)
+        )
 
     def after_ready(self) -> None:
         from genwire.kafka import ensure_topics
@@ -269,8 +271,11 @@ class Kafka(Component):
         )
 
 
-async def _kafka_answers(bootstrap_servers: str, settings: CommonSettings | None = None) -> bool:
-    """True once the broker answers a metadata request itself (the controller quorum is up).
+async def _kafka_answers(
+    bootstrap_servers: str, settings: CommonSettings | None = None, node_id: int = 1
+) -> bool:
+    """True once the broker answers a metadata request itself, listing itself among the live
+    brokers (registered and unfenced: the controller quorum is up).
 
     The bootstrap's request is the one sent to this broker; a later admin request may go to
     another broker of a cluster, and one broker's death made the others look down.
@@ -282,7 +287,8 @@ async def _kafka_answers(bootstrap_servers: str, settings: CommonSettings | None
     )
     try:
         await admin.start()  # raises unless this broker answered its metadata request
-        return True
+        # The answer of this broker (the bootstrap's): aiokafka keeps it on its client.
+        return any(b.nodeId == node_id for b in admin._client.cluster.brokers())
     except Exception:
         return False
     finally:

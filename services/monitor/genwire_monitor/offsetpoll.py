@@ -102,10 +102,12 @@ class OffsetPoller:
                     await (client.stop() if client is consumer else client.close())
 
     async def stop(self) -> None:
-        """Close the clients (a later ``poll_once`` would open new ones)."""
+        """Close the clients (a later ``poll_once`` would open new ones); a stop cut short
+        (cancelled) leaves them for the next one."""
         admin, consumer = self._admin, self._consumer
-        self._admin = self._consumer = None
         await self._close(admin, consumer)
+        if self._admin is admin and self._consumer is consumer:
+            self._admin = self._consumer = None
 
     # ---- one reading --------------------------------------------------------------------
 
