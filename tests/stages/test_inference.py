@@ -226,7 +226,7 @@ async def test_the_live_streams_share_the_chunk_budget() -> None:
 
 
 async def test_each_choice_counts_from_its_first_chunk() -> None:
-    inf = Inference(SlowFirstBackend(), stream_chunks_per_s=50)
+    inf = Inference(slow_first(), stream_chunks_per_s=50)
     req = _req("n2", stop=())
     req.sampling.n = 2
     gen = inf.handle(req)
@@ -239,7 +239,7 @@ async def test_each_choice_counts_from_its_first_chunk() -> None:
 
 
 async def test_a_finished_choice_leaves_the_budget_before_its_request_ends() -> None:
-    inf = Inference(OneEndsFirstBackend(), stream_chunks_per_s=1e6, chunk_max_tokens=1)
+    inf = Inference(one_ends_first(), stream_chunks_per_s=1e6, chunk_max_tokens=1)
     req = _req("n2-end", stop=())
     req.sampling.n = 2
     gen = inf.handle(req)
@@ -562,39 +562,37 @@ class ChoicesBackend(FakeBackend):
         return stream_
 
 
-class SlowFirstBackend(FakeBackend):
+def _tok(choice: int, token: int) -> ModelStep:
+    return ModelStep(token_ids=[token], logprobs=[-0.5], choice=choice)
+
+
+def _end(choice: int) -> ModelStep:
+    return ModelStep(token_ids=[], logprobs=[], choice=choice, finished=True)
+
+
+class ScriptedBackend(FakeBackend):
+    """Sends ``steps`` as they are (choices interleaved as the test needs)."""
+
+    def __init__(self, steps: list[ModelStep]) -> None:
+        super().__init__()
+        self.steps = steps
+
+    async def open(
+        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+    ) -> FakeStream:
+        stream_ = FakeStream(list(self.steps), 0.0, None)
+        self.streams.append(stream_)
+        return stream_
+
+
+def slow_first() -> ScriptedBackend:
     """Two choices: choice 0's first token, then choice 1's, then both end."""
-
-    async def open(
-        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
-    ) -> FakeStream:
-        steps = [
-            ModelStep(token_ids=[1], logprobs=[-0.5], choice=0),
-            ModelStep(token_ids=[2], logprobs=[-0.5], choice=1),
-            ModelStep(token_ids=[], logprobs=[], choice=1, finished=True),
-            ModelStep(token_ids=[], logprobs=[], choice=0, finished=True),
-        ]
-        stream_ = FakeStream(steps, 0.0, None)
-        self.streams.append(stream_)
-        return stream_
+    return ScriptedBackend([_tok(0, 1), _tok(1, 2), _end(1), _end(0)])
 
 
-class OneEndsFirstBackend(FakeBackend):
+def one_ends_first() -> ScriptedBackend:
     """Two choices: both start, choice 1 ends, choice 0 goes on, then ends."""
-
-    async def open(
-        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
-    ) -> FakeStream:
-        steps = [
-            ModelStep(token_ids=[1], logprobs=[-0.5], choice=0),
-            ModelStep(token_ids=[2], logprobs=[-0.5], choice=1),
-            ModelStep(token_ids=[], logprobs=[], choice=1, finished=True),
-            ModelStep(token_ids=[3], logprobs=[-0.5], choice=0),
-            ModelStep(token_ids=[], logprobs=[], choice=0, finished=True),
-        ]
-        stream_ = FakeStream(steps, 0.0, None)
-        self.streams.append(stream_)
-        return stream_
+    return ScriptedBackend([_tok(0, 1), _tok(1, 2), _end(1), _tok(0, 3), _end(0)])
 
 
 async def test_n_choices_logprobs_and_the_models_token_count() -> None:
