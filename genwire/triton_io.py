@@ -103,6 +103,15 @@ model answers a cancel with one empty final response (only when the request also
 for it; a cancel of an id not running (finished, or unknown) does nothing. Model versions built
 before this existed generate for it instead: ``CANCEL_ACK_PROBE`` tells them apart."""
 
+RESPONSE_GAP_PARAMETER = "genwire_min_response_gap_ms"
+"""A request parameter (a number of milliseconds, as a string): the least time between two
+streamed responses of this request's choices, on top of the model's own response budget (the
+longer of the two applies; the first and the final response are never held). The inference
+service sets it to its chunk budget's spacing, so the model does not send responses that the
+service would only merge into its next chunk. Not a number, negative or not finite: the request
+fails with an error naming it. Model versions built before this existed ignore it (they send
+the responses the budget allows, as before)."""
+
 CANCEL_ACK_PROBE = "genwire-cancel-probe"
 """The id a client cancels to learn whether a model version understands ``CANCEL_PARAMETER``:
 an empty final response says yes; a generation (one token) or an error says no."""

@@ -70,6 +70,10 @@ Handler = Callable[[InT], Awaitable[HandlerResult] | AsyncIterator[Output]]
 Decoder = Callable[[ConsumerRecord[bytes, bytes]], InT]
 
 
+RECORDS_CANCEL_S = 5.0
+"""On stop, how long records still running at the drain bound get after their cancel before
+they are left (uncommitted: redelivered to whoever owns the partition next) and logged."""
+
 COMMIT_INTERVAL_S = 0.05
 """Finished records are committed at most this often (every record still only after all of its
 outputs are acknowledged: a longer interval only means more redelivery after a crash)."""
@@ -341,7 +345,20 @@ class EventConsumer(Generic[InT]):
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending, timeout=5.0)
+                _, pending = await asyncio.wait(pending, timeout=RECORDS_CANCEL_S)
+            if pending:
+                # Left running: uncommitted, so the group redelivers them. Named, because a
+                # record that ignores its cancel is a bug to find.
+                parts = sorted(
+                    {f"{tp.topic}-{tp.partition}" for tp in map(self._tasks.get, pending) if tp}
+                )
+                log.warning(
+                    "stopping: %d record(s) of %s still running %.1f s after their cancel; "
+                    "left uncommitted",
+                    len(pending),
+                    ", ".join(parts),
+                    RECORDS_CANCEL_S,
+                )
         with contextlib.suppress(Exception):
             await self._commit()
         await self._consumer.stop()

@@ -70,6 +70,7 @@ class ServiceRuntime:
         self._tasks: list[asyncio.Task[Any]] = []
         self._checks: list[Callable[[], list[str]]] = []
         self.failed: str | None = None
+        self._stopping = False
         self.started = False
 
     def consumer(
@@ -178,8 +179,14 @@ class ServiceRuntime:
             if t.cancelled() or self.failed:
                 return
             exc = t.exception()
-            if exc is not None:
-                self.fail(f"background task {name} died: {exc!r}")
+            if exc is None:
+                return
+            if self._stopping:
+                # Raised while being stopped (its clean-up failed): logged, not a failure, so
+                # a requested stop still exits 0 and no supervisor restarts us for it.
+                log.warning("stopping: %s ended with %r", name, exc)
+                return
+            self.fail(f"background task {name} died: {exc!r}")
 
         task.add_done_callback(_done)
         self._tasks.append(task)
@@ -282,6 +289,7 @@ class ServiceRuntime:
     async def stop(self) -> None:
         """Stop consuming, drain, flush the producer, flush and close telemetry."""
         timeout = self.settings.shutdown_timeout_s
+        self._stopping = True
         for consumer in self._all_consumers():
             with contextlib.suppress(Exception):
                 await consumer.stop(timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from genwire.errors import GenwireError, RetryableError
 from genwire.events import Event, GenerationResult, PreparedRequest, dump
 from genwire.kafka import EventConsumer, EventProducer
+from genwire.kafka import consumer as consumer_module
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 
@@ -143,6 +145,46 @@ async def test_a_record_stopped_mid_handling_is_redelivered(
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert await _committed(bootstrap, group, topic) == 1
+
+
+async def test_a_record_that_ignores_its_cancel_is_left_uncommitted_and_named(
+    env: tuple[str, str, EventProducer],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(consumer_module, "RECORDS_CANCEL_S", 0.2)
+    bootstrap, topic, producer = env
+    rid = f"deaf-{uuid.uuid4().hex[:8]}"
+    await (await producer.send(topic, dump(_prepared(rid)), key=rid.encode()))
+    seen, release = asyncio.Event(), asyncio.Event()
+
+    async def deaf(event: PreparedRequest) -> None:
+        seen.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await release.wait()  # a lost cancel: runs on
+
+    consumer = _consumer(bootstrap, topic, producer, deaf, f"test-{rid}")
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    await asyncio.wait_for(seen.wait(), 30)
+    left = set(consumer._tasks)
+    try:
+        with caplog.at_level(logging.WARNING, logger="genwire.kafka.consumer"):
+            async with asyncio.timeout(15):
+                await consumer.stop(timeout_s=0.2)
+    finally:
+        release.set()
+        await asyncio.wait(left, timeout=5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    messages = [r.getMessage() for r in caplog.records if "stopping" in r.getMessage()]
+    assert len(messages) == 1
+    assert messages[0].startswith(f"stopping: 1 record(s) of {topic}-")
+    assert messages[0].endswith("still running 0.2 s after their cancel; left uncommitted")
+    assert await _committed(bootstrap, f"test-{rid}", topic) == 0
 
 
 async def test_without_root_spans_only_records_with_a_trace_context_are_traced(

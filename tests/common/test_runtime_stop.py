@@ -72,3 +72,42 @@ async def test_a_task_that_never_ends_is_left_and_the_stop_returns(
     deaf.cancel()  # the third cancel ends it (not left behind for the next test)
     await asyncio.wait({deaf}, timeout=1)
     assert deaf.cancelled()
+
+
+async def _failing_on_cancel() -> None:
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        raise RuntimeError("clean-up failed") from None
+
+
+async def test_a_task_raising_on_the_stops_cancel_is_logged_not_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A requested stop exits 0 (``serve`` exits ``EXIT_FAILED`` only when ``failed`` is set)."""
+    runtime = _runtime()
+    task = runtime.supervise(_failing_on_cancel(), "clumsy")
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING, logger="genwire.service.runtime"):
+        async with asyncio.timeout(10):
+            await runtime.stop()
+    assert task.done() and isinstance(task.exception(), RuntimeError)
+    assert runtime.failed is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "stopping: clumsy ended with RuntimeError('clean-up failed')"
+    ]
+
+
+async def test_a_task_dying_before_the_stop_is_still_a_failure() -> None:
+    runtime = _runtime()
+
+    async def dies() -> None:
+        raise RuntimeError("broken")
+
+    task = runtime.supervise(dies(), "dies")
+    await asyncio.wait({task})
+    await asyncio.sleep(0)  # the done callback runs on the next turn of the loop
+    assert runtime.failed == "background task dies died: RuntimeError('broken')"
+    async with asyncio.timeout(10):
+        await runtime.stop()
+    assert runtime.failed == "background task dies died: RuntimeError('broken')"

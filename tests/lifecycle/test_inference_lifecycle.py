@@ -64,7 +64,12 @@ class UnavailableBackend(ErrorBackend):
     """Triton refusing the call with UNAVAILABLE (a version it lists but does not serve)."""
 
     async def open(
-        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+        self,
+        request: PreparedRequest,
+        headers: Mapping[str, str],
+        *,
+        stream: bool = True,
+        min_gap_s: float = 0.0,
     ) -> FakeStream:
         raise RetryableError("triton: UNAVAILABLE: not at ready state", dependency="triton")
 
@@ -121,7 +126,12 @@ class RestartingBackend(FakeBackend):
         self.restarted = False
 
     async def open(
-        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+        self,
+        request: PreparedRequest,
+        headers: Mapping[str, str],
+        *,
+        stream: bool = True,
+        min_gap_s: float = 0.0,
     ) -> FakeStream:
         if self.restarted:
             raise RetryableError("triton: UNAVAILABLE: not at ready state", dependency="triton")

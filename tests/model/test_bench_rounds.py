@@ -66,6 +66,10 @@ def test_the_summary_gives_each_ratios_median_and_range_per_level() -> None:
         (["--floor", "--name", "genwire-gpt"], "do not apply to it"),
         (["--concurrency", "8", "0"], "at least 1"),
         (["--requests", "0"], "at least 1"),
+        (["--response-gap-ms", "80", "--in-process"], "do not apply to it"),
+        (["--response-gap-ms", "80", "--floor"], "do not apply to it"),
+        (["--response-gap-ms", "-1"], "a finite number >= 0"),
+        (["--response-gap-ms", "nan"], "a finite number >= 0"),
     ],
 )
 def test_rounds_are_refused_where_they_cannot_apply(flags: list[str], message: str) -> None:

@@ -225,6 +225,46 @@ def test_the_response_budget_chunks_by_time_first_and_final_at_once(
     assert texts[0] == texts[1]
 
 
+@pytest.mark.parametrize("budget", [100.0, 0.0])
+def test_a_requests_least_gap_spaces_its_responses_only(
+    tiny_version: ModelVersion, monkeypatch: pytest.MonkeyPatch, budget: float
+) -> None:
+    """``Request.min_gap_s`` (parameter ``genwire_min_response_gap_ms``): that request's
+    responses at least that far apart when longer than the budget's spacing, with or without
+    a budget; the other row keeps the budget's; the first and final responses go at once."""
+    import time
+
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+
+    class Timed(Collect):
+        def __init__(self) -> None:
+            super().__init__()
+            self.times: list[float] = []
+
+        def send(self, update: Update) -> None:
+            self.times.append(clock[0])
+            super().send(update)
+
+    scheduler = Scheduler(
+        create_runner(tiny_version.path), context=64, eos_ids=(), responses_per_s=budget
+    )
+    spaced, other = Timed(), Timed()
+    scheduler.submit(request(spaced, [5, 6], max_tokens=30, seed=0, min_gap_s=0.05))
+    scheduler.submit(request(other, [6, 6], max_tokens=30, seed=1))
+    while not (spaced.done and other.done):
+        scheduler.run_once()
+        clock[0] += 0.003  # a 3 ms step
+    assert sum(len(u.token_ids) for u in spaced.updates) == 30 and spaced.updates[-1].finished
+    spaced_gaps = np.diff(spaced.times[:-1])
+    assert len(spaced_gaps) >= 1 and all(0.050 - 1e-9 <= g < 0.053 for g in spaced_gaps)
+    other_gaps = np.diff(other.times[:-1])
+    if budget:  # 2 rows / 100 per s = 20 ms
+        assert all(0.020 - 1e-9 <= g < 0.023 for g in other_gaps), other_gaps
+    else:  # a response per token
+        assert [len(u.token_ids) for u in other.updates] == [1] * 30
+
+
 def test_non_streaming_sends_one_response(make: Callable[..., Scheduler]) -> None:
     streamed, single = Collect(), Collect()
     for sink, stream in ((streamed, True), (single, False)):

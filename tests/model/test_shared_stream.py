@@ -64,6 +64,27 @@ async def test_requests_share_one_call_and_get_what_calls_of_their_own_get(
     assert shared.shared is not None and len(shared.shared.calls) == 1  # one call carried all
 
 
+@pytest.mark.parametrize("shared_stream_s", [5.0, 0.0])
+async def test_the_backend_asks_the_model_to_space_a_streams_responses(
+    served_model: tuple[str, str], shared_stream_s: float
+) -> None:
+    """``min_gap_s`` reaches the model on a shared call and on a call of its own: with a gap
+    longer than the generation, the first token and the final response only (60 tokens:
+    without it, several responses at the budget's 5 ms unless the steps take < 0.1 ms)."""
+    url, name = served_model
+    backend = TritonBackend(url, shared_stream_s=shared_stream_s)
+    try:
+        spaced = await backend.open(_request(name, "spaced", max_tokens=60), {}, min_gap_s=60.0)
+        assert isinstance(spaced, SharedTritonStream) == bool(shared_stream_s)
+        sizes = [len(step.token_ids) async for step in spaced]
+        plain = await backend.open(_request(name, "plain", max_tokens=60), {})
+        plain_sizes = [len(step.token_ids) async for step in plain]
+    finally:
+        await backend.close()
+    assert sizes == [1, 59]
+    assert sum(plain_sizes) == 60
+
+
 async def test_a_cancel_stops_its_request_and_not_the_others_on_the_call(
     served_model: tuple[str, str], shared: TritonBackend
 ) -> None:

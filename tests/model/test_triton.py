@@ -18,7 +18,14 @@ from tritonclient.grpc import InferResult
 from tritonclient.grpc.aio import InferenceServerClient
 
 from genwire.settings import CommonSettings
-from genwire.triton_io import CANCEL_ACK_PROBE, CANCEL_PARAMETER, Options, Output, infer_inputs
+from genwire.triton_io import (
+    CANCEL_ACK_PROBE,
+    CANCEL_PARAMETER,
+    RESPONSE_GAP_PARAMETER,
+    Options,
+    Output,
+    infer_inputs,
+)
 from genwire.triton_stream import build_request
 
 PROMPT = [5, 6, 7, 8, 9]
@@ -179,16 +186,20 @@ async def test_cancelled_stream_stops_and_the_model_keeps_serving(
 FULL = 60
 
 
-def test_the_triton_model_uses_the_contracts_cancel_parameter() -> None:
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("_CANCEL_PARAMETER", CANCEL_PARAMETER), ("_RESPONSE_GAP_PARAMETER", RESPONSE_GAP_PARAMETER)],
+)
+def test_the_triton_model_uses_the_contracts_parameters(name: str, value: str) -> None:
     tree = ast.parse((RUNTIME_DIR / "triton_model.py").read_text(encoding="utf-8"))
     literals = [
         node.value.value
         for node in ast.walk(tree)
         if isinstance(node, ast.Assign)
-        and any(isinstance(t, ast.Name) and t.id == "_CANCEL_PARAMETER" for t in node.targets)
+        and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
         and isinstance(node.value, ast.Constant)
     ]
-    assert literals == [CANCEL_PARAMETER]
+    assert literals == [value]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,11 +264,17 @@ class SharedStream:
                 self.changed.notify_all()
 
     def send(
-        self, request_id: str, max_tokens: int, cancel: str | None = None, **options: Any
+        self,
+        request_id: str,
+        max_tokens: int,
+        cancel: str | None = None,
+        parameters: dict[str, str] | None = None,
+        **options: Any,
     ) -> None:
         """A generation (ignoring eos, so it runs to ``max_tokens`` or the context), or with
         ``cancel`` a cancel request of that id (with a valid minimal generation's inputs)."""
-        parameters = {CANCEL_PARAMETER: cancel} if cancel is not None else None
+        if cancel is not None:
+            parameters = {**(parameters or {}), CANCEL_PARAMETER: cancel}
         # With empty final responses: a multiplexing client sees the completion of a request
         # whose last send is the final flag alone (cancelled).
         request = build_request(
@@ -356,6 +373,28 @@ async def test_a_cancel_request_stops_its_target_and_the_stream_keeps_serving(
     await shared.until(lambda: shared.ended("B"))
     assert_completed(shared, "B", 8)
     assert set(shared.replies) == {"B", *tried, *(f"cancel-{t}" for t in tried)}
+
+
+async def test_a_requests_least_response_gap_holds_its_streamed_responses(
+    shared: SharedStream,
+) -> None:
+    """``genwire_min_response_gap_ms``: with a gap longer than the generation, the first token
+    and the final response only; a value that is not a finite number >= 0 is an error naming
+    the parameter, and the stream keeps serving."""
+    shared.send("spaced", max_tokens=20, parameters={RESPONSE_GAP_PARAMETER: "60000"})
+    bad = {"word": "soon", "negative": "-1", "infinite": "inf"}
+    for rid, value in bad.items():
+        shared.send(rid, max_tokens=4, parameters={RESPONSE_GAP_PARAMETER: value})
+    await shared.until(lambda: all(shared.ended(r) for r in ("spaced", *bad)))
+    assert_completed(shared, "spaced", 20)
+    assert [reply.tokens for reply in shared.replies["spaced"]] == [1, 19]
+    for rid, value in bad.items():
+        (reply,) = shared.replies[rid]
+        assert f"parameter {RESPONSE_GAP_PARAMETER} must be a finite number" in reply.error
+        assert repr(value) in reply.error
+    shared.send("after", max_tokens=3, parameters={RESPONSE_GAP_PARAMETER: "0"})
+    await shared.until(lambda: shared.ended("after"))
+    assert_completed(shared, "after", 3)
 
 
 async def test_the_cancel_ack_probe_gets_one_empty_final_response(shared: SharedStream) -> None:

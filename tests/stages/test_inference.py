@@ -50,12 +50,19 @@ class FakeBackend:
         self.streams: list[FakeStream] = []
         self.waited: list[float] = []
         self.stream_flags: list[bool] = []
+        self.gaps: dict[str, float] = {}  # request id → the min_gap_s it was opened with
 
     async def open(
-        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+        self,
+        request: PreparedRequest,
+        headers: Mapping[str, str],
+        *,
+        stream: bool = True,
+        min_gap_s: float = 0.0,
     ) -> FakeStream:
         self.opened.append((request, dict(headers)))
         self.stream_flags.append(stream)
+        self.gaps[request.request_id] = min_gap_s
         if not stream:  # one final response with every token, like the real model
             ids = [100 + i for i in range(self.n)]
             step = ModelStep(token_ids=ids, logprobs=[-0.5] * self.n, model_version="3")
@@ -223,6 +230,37 @@ async def test_the_live_streams_share_the_chunk_budget() -> None:
     await inf.control(ControlEvent(request_id="one", action="cancel"))
     await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert inf.live_streams == 0 and inf.chunk_gap_s() == 0.0
+
+
+@pytest.mark.parametrize("budget", [50.0, 0.0])
+async def test_the_model_is_asked_to_space_a_streams_responses_as_the_budget_would(
+    budget: float,
+) -> None:
+    """Streamed: the spacing the budget gives with the new request's choices counted too (the
+    model would otherwise send responses merged here into one chunk); others: none asked."""
+    backend = FakeBackend(n=200, delay_s=0.002)
+    inf = Inference(backend, stream_chunks_per_s=budget)
+    first = asyncio.Event()
+
+    async def run(req: PreparedRequest) -> None:
+        async for _ in inf.handle(req):
+            first.set()
+
+    tasks = [asyncio.create_task(run(_req("one", stop=())))]
+    await asyncio.wait_for(first.wait(), 5)  # "one" generates: one live stream
+    two = _req("two", stop=())
+    two.sampling.n = 2
+    tasks += [
+        asyncio.create_task(run(two)),
+        asyncio.create_task(run(_req("stops", stream=False, stop=("x",)))),
+        asyncio.create_task(run(_req("plain", stream=False, stop=()))),
+    ]
+    await asyncio.sleep(0.05)
+    for rid in ("one", "two", "stops", "plain"):
+        await inf.control(ControlEvent(request_id=rid, action="cancel"))
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    expected = {"one": 1 / 50, "two": (1 + 2) / 50} if budget else {"one": 0.0, "two": 0.0}
+    assert backend.gaps == {**expected, "stops": 0.0, "plain": 0.0}
 
 
 async def test_each_choice_counts_from_its_first_chunk() -> None:
@@ -465,7 +503,12 @@ class ErrorBackend(FakeBackend):
         self.ready, self.server = list(ready), server_ready
 
     async def open(
-        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+        self,
+        request: PreparedRequest,
+        headers: Mapping[str, str],
+        *,
+        stream: bool = True,
+        min_gap_s: float = 0.0,
     ) -> FakeStream:
         from genwire_inference.backend import ModelError
 
@@ -537,7 +580,12 @@ class ChoicesBackend(FakeBackend):
     model counted (completion_tokens one more than the tokens it sent)."""
 
     async def open(
-        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+        self,
+        request: PreparedRequest,
+        headers: Mapping[str, str],
+        *,
+        stream: bool = True,
+        min_gap_s: float = 0.0,
     ) -> FakeStream:
         self.opened.append((request, dict(headers)))
         steps = []
@@ -578,7 +626,12 @@ class ScriptedBackend(FakeBackend):
         self.steps = steps
 
     async def open(
-        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+        self,
+        request: PreparedRequest,
+        headers: Mapping[str, str],
+        *,
+        stream: bool = True,
+        min_gap_s: float = 0.0,
     ) -> FakeStream:
         stream_ = FakeStream(list(self.steps), 0.0, None)
         self.streams.append(stream_)

@@ -53,7 +53,12 @@ class StalledBackend:
     """A model server that is paused for ``STALL_S`` when called, then answers at once."""
 
     async def open(
-        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+        self,
+        request: PreparedRequest,
+        headers: Mapping[str, str],
+        *,
+        stream: bool = True,
+        min_gap_s: float = 0.0,
     ) -> _Stream:
         await asyncio.sleep(STALL_S)
         if stream:

@@ -71,6 +71,8 @@ class LevelResult:
     core_ms_per_token: dict[str, float] = dataclasses.field(default_factory=dict)
     """CPU per output token by process (``client``: this process; ``server``, ``stub``: Triton's
     processes when they run here; ``total``)."""
+    responses_per_request: float = 0.0
+    """Streamed responses a request got, on average (its first, the final, and those between)."""
     steal_pct: float | None = None
     """Share of the machine's CPU time the hypervisor took from it during the level (``steal``
     in /proc/stat), in percent; None where it cannot be read. Runs that differ in it are not
@@ -104,6 +106,7 @@ def summarize(
         tpot_ms_p50=round(_pct(tpot, 50), 3),
         tpot_ms_p99=round(_pct(tpot, 99), 3),
         errors=errors,
+        responses_per_request=round(sum(r.responses for r in results) / max(1, len(results)), 2),
     )
 
 
@@ -185,9 +188,11 @@ async def run_level(
     max_tokens: int,
     stop_ids: list[int] | None,
     shared: bool = False,
+    min_gap_ms: float = 0.0,
 ) -> LevelResult:
     """``requests`` requests, ``concurrency`` at a time, each on its own gRPC stream, or with
-    ``shared`` all on one (rotated every second, as the inference service does)."""
+    ``shared`` all on one (rotated every second, as the inference service does); with
+    ``min_gap_ms``, each asks for its responses at least that far apart."""
     from tritonclient.grpc.aio import InferenceServerClient
 
     from genwire.triton_stream import SharedStreams
@@ -200,6 +205,7 @@ async def run_level(
     ) -> Generation:
         sampling: dict[str, Any] = {"temperature": 0.8, "top_p": 0.95} if sampled else {}
         sampling.update(seed=seed, stop_token_ids=stop_ids if sampled else None)
+        sampling.update(min_gap_ms=min_gap_ms)
         if streams is not None:
             return await generate_shared(streams, model, prompt, tokens, **sampling)
         return await generate(client, model, prompt, tokens, **sampling)
@@ -480,11 +486,13 @@ def run(
     out: Path | None,
     in_process: bool = False,
     shared_stream: bool = False,
+    min_gap_ms: float = 0.0,
 ) -> list[LevelResult]:
     """Benchmark every level and print a table (and JSON to ``out`` if given); with
     ``in_process``, the in-process ceiling first and Triton's share of it; with
     ``shared_stream``, every request of a level on one gRPC stream (the inference service's
-    way) instead of one stream each."""
+    way) instead of one stream each; with ``min_gap_ms``, every request asks for streamed
+    responses at least that far apart (what the inference service asks for)."""
     version = ModelRepository(repository).latest(model)
     tokenizer = load_tokenizer(version)
     prompts = [tokenizer.encode(p).ids for p in PROMPTS]
@@ -499,6 +507,7 @@ def run(
         "url": url,
         "max_tokens": max_tokens,
         "shared_stream": shared_stream,
+        "min_response_gap_ms": min_gap_ms,
     }
     ceiling: list[LevelResult] = []
     statics: list[StaticResult] = []
@@ -524,16 +533,31 @@ def run(
     print(
         f"model {model} version {version.version} at {url}: max_tokens {max_tokens}, "
         f"temperature 0.8, top_p 0.95, streaming, {_streams(shared_stream)}"
+        + (f", responses at least {min_gap_ms:g} ms apart" if min_gap_ms > 0 else "")
     )
     print(header)
     results = []
     for level in levels:
         n = requests_per_level or max(16, 4 * level)
         r = asyncio.run(
-            run_level(url, model, prompts, level, n, max_tokens, None, shared=shared_stream)
+            run_level(
+                url,
+                model,
+                prompts,
+                level,
+                n,
+                max_tokens,
+                None,
+                shared=shared_stream,
+                min_gap_ms=min_gap_ms,
+            )
         )
         results.append(r)
         print(_row(r), flush=True)
+    print(
+        "responses per request (the first, the final and those between): "
+        + ", ".join(f"conc {r.concurrency} {r.responses_per_request:.2f}" for r in results)
+    )
     payload["levels"] = [dataclasses.asdict(r) for r in results]
     if ceiling:
         print(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,16 @@ def register(subparsers: Any) -> None:
         "the inference service talks to Triton) instead of one stream per request",
     )
     bench.add_argument(
+        "--response-gap-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="every request asks for its streamed responses at least MS apart (request "
+        "parameter genwire_min_response_gap_ms, what the inference service sets from its chunk "
+        "budget); the table is followed by the responses per request (default: 0, not asked; "
+        "not with --in-process, --rounds or --floor)",
+    )
+    bench.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -243,6 +254,13 @@ def _bench(args: argparse.Namespace) -> int:
             "genwire model bench: --floor measures a throwaway echo model alone: --in-process "
             "and --name do not apply to it"
         )
+    if args.response_gap_ms != 0 and (args.in_process or rounds or args.floor):
+        raise SystemExit(
+            "genwire model bench: --response-gap-ms measures the served model's responses: "
+            "--in-process, --rounds, --max-steal and --floor do not apply to it"
+        )
+    if not math.isfinite(args.response_gap_ms) or args.response_gap_ms < 0:
+        raise SystemExit("genwire model bench: --response-gap-ms must be a finite number >= 0")
     if min(args.concurrency) < 1 or (args.requests is not None and args.requests < 1):
         raise SystemExit("genwire model bench: --concurrency and --requests must be at least 1")
     name = args.name or DEFAULT_MODEL_NAME
@@ -277,5 +295,10 @@ def _bench(args: argparse.Namespace) -> int:
             shared_stream=args.shared_stream,
         )
         return 0
-    run(*target, in_process=args.in_process, shared_stream=args.shared_stream)
+    run(
+        *target,
+        in_process=args.in_process,
+        shared_stream=args.shared_stream,
+        min_gap_ms=args.response_gap_ms,
+    )
     return 0

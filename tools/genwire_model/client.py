@@ -13,7 +13,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from genwire.triton_io import Options, Output, infer_inputs, scalar, top_alternatives
+from genwire.triton_io import (
+    RESPONSE_GAP_PARAMETER,
+    Options,
+    Output,
+    infer_inputs,
+    scalar,
+    top_alternatives,
+)
 from genwire.triton_stream import SharedStreams, StreamClosed, build_request, result_of
 
 
@@ -60,12 +67,14 @@ async def generate(
     cancel_after_tokens: int | None = None,
     on_response: Callable[[Generation], None] | None = None,
     options: Options | None = None,
+    min_gap_ms: float = 0.0,
 ) -> Generation:
     """Run one request over a bidirectional gRPC stream and collect its responses.
 
     ``client`` is a ``tritonclient.grpc.aio.InferenceServerClient``. With
     ``cancel_after_tokens`` the stream is cancelled once that many tokens arrived
-    (finish_reason is then "cancelled" on the client side).
+    (finish_reason is then "cancelled" on the client side); ``min_gap_ms`` > 0 asks for
+    streamed responses at least that far apart (``RESPONSE_GAP_PARAMETER``).
     """
     inputs = infer_inputs(
         input_ids,
@@ -80,8 +89,15 @@ async def generate(
     )
     choices = options.n if options is not None else 1
 
+    parameters = _gap_parameters(min_gap_ms)
+
     async def requests() -> AsyncIterator[dict[str, Any]]:
-        yield {"model_name": model, "inputs": inputs, "request_id": request_id}
+        yield {
+            "model_name": model,
+            "inputs": inputs,
+            "request_id": request_id,
+            "parameters": parameters,
+        }
 
     out = Generation(started=time.perf_counter())
     out.choices[0] = out
@@ -121,9 +137,11 @@ async def generate_shared(
     top_p: float = 1.0,
     seed: int = 0,
     stop_token_ids: list[int] | None = None,
+    min_gap_ms: float = 0.0,
 ) -> Generation:
     """Run one request on a gRPC stream shared with others (``genwire.triton_stream``: how the
-    inference service talks to Triton) and collect its responses."""
+    inference service talks to Triton) and collect its responses (``min_gap_ms``: as in
+    ``generate``)."""
     inputs = infer_inputs(
         input_ids,
         max_tokens=max_tokens,
@@ -138,7 +156,8 @@ async def generate_shared(
     out.choices[0] = out
     triton_id = streams.next_id("bench")
     call = streams.call(model, "")
-    responses = call.send(build_request(model, "", inputs, triton_id), triton_id)
+    message = build_request(model, "", inputs, triton_id, _gap_parameters(min_gap_ms))
+    responses = call.send(message, triton_id)
     try:
         while True:
             response = await responses.get()
@@ -150,6 +169,10 @@ async def generate_shared(
                 return out
     finally:
         call.forget(triton_id)
+
+
+def _gap_parameters(min_gap_ms: float) -> dict[str, str] | None:
+    return {RESPONSE_GAP_PARAMETER: f"{min_gap_ms:g}"} if min_gap_ms > 0 else None
 
 
 def _take(out: Generation, result: Any) -> bool:

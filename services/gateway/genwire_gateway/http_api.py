@@ -98,19 +98,29 @@ async def _until_disconnected(request: Request) -> None:
             return
 
 
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``; if the client hangs up first, cancel it (which cancels downstream)."""
     task = asyncio.ensure_future(work)
+    task.add_done_callback(_retrieved)  # a cancelled one may still end with an error: not logged
     watcher = asyncio.ensure_future(_until_disconnected(request))
     try:
         await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
+    except BaseException:
+        # Our own cancel (the server stopping): it ends the work too, and stays a cancel, not
+        # an answer that blames the client.
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            raise GatewayError("the client disconnected", code=CANCELLED)
+        task.cancel()
+        raise
+    watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.wait((task,))  # the cancel has reached downstream; a cancel of ours raises
+        raise GatewayError("the client disconnected", code=CANCELLED)
     return task.result()
 
 

@@ -30,7 +30,14 @@ from genwire import triton_admin
 from genwire.errors import PermanentError, RetryableError
 from genwire.events import PreparedRequest
 from genwire.request import ErrorCode
-from genwire.triton_io import Options, Output, infer_inputs, scalar, top_alternatives
+from genwire.triton_io import (
+    RESPONSE_GAP_PARAMETER,
+    Options,
+    Output,
+    infer_inputs,
+    scalar,
+    top_alternatives,
+)
 from genwire.triton_stream import (
     PROBE_TIMEOUT_S,
     TRITON,
@@ -139,11 +146,18 @@ class ModelBackend(Protocol):
     """What the inference handler needs from a model server."""
 
     async def open(
-        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+        self,
+        request: PreparedRequest,
+        headers: Mapping[str, str],
+        *,
+        stream: bool = True,
+        min_gap_s: float = 0.0,
     ) -> ModelStream:
         """Start generating ``request``; responses stream from the returned object.
 
-        ``stream=False`` asks for a single (final) response carrying every token.
+        ``stream=False`` asks for a single (final) response carrying every token;
+        ``min_gap_s`` > 0 asks for streamed responses at least that far apart
+        (``genwire.triton_io.RESPONSE_GAP_PARAMETER``).
         """
         ...
 
@@ -468,9 +482,15 @@ class TritonBackend:
         return start
 
     async def open(
-        self, request: PreparedRequest, headers: Mapping[str, str], *, stream: bool = True
+        self,
+        request: PreparedRequest,
+        headers: Mapping[str, str],
+        *,
+        stream: bool = True,
+        min_gap_s: float = 0.0,
     ) -> TritonStream | SharedTritonStream:
-        """Start a generation of ``request``; per-token responses when ``stream``.
+        """Start a generation of ``request``; per-token responses when ``stream``, at least
+        ``min_gap_s`` apart when > 0.
 
         ``headers`` (the trace context) go with a call of its own only: a shared call has no
         metadata of a request's (Triton's own spans, when Triton traces, join the request's
@@ -489,13 +509,23 @@ class TritonBackend:
             batched=batched,
             options=options_of(request),
         )
+        parameters = (
+            {RESPONSE_GAP_PARAMETER: f"{min_gap_s * 1000:.3f}"}
+            if stream and min_gap_s > 0
+            else None
+        )
         if self.shared is not None and await self._understands_cancels(
             request.model, request.model_version
         ):
             triton_id = self.shared.next_id(request.request_id)
             call = self.shared.call(request.model, request.model_version)
             message = build_request(
-                request.model, request.model_version, inputs, triton_id, empty_final=True
+                request.model,
+                request.model_version,
+                inputs,
+                triton_id,
+                parameters,
+                empty_final=True,
             )
             return SharedTritonStream(
                 call,
@@ -514,6 +544,7 @@ class TritonBackend:
                 "model_version": request.model_version,
                 "inputs": inputs,
                 "request_id": request.request_id,
+                "parameters": parameters,
             }
             # Keep our side open until the generation ends: some servers end the stream on
             # the client's half-close.

@@ -287,7 +287,10 @@ class Inference:
             # Unchunked requests ask the model for one response with every token: no per-token
             # responses to send, receive and parse (what direct Triton clients do, too).
             stream = await self.backend.open(
-                request, {k: v.decode("latin-1") for k, v in headers}, stream=chunked
+                request,
+                {k: v.decode("latin-1") for k, v in headers},
+                stream=chunked,
+                min_gap_s=self.opening_gap_s(s.n) if budgeted else 0.0,
             )
             run.stream = stream
             if run.stop_reason is not None:  # cancelled while the call was being set up
@@ -450,6 +453,16 @@ class Inference:
         if self.stream_chunks_per_s <= 0:
             return 0.0
         return self.live_streams / self.stream_chunks_per_s
+
+    def opening_gap_s(self, choices: int) -> float:
+        """The chunk budget's spacing with a new request's ``choices`` generating too: what the
+        model is asked to space that request's responses by (``min_gap_s``), so it does not
+        send responses this service would only merge into its next chunk. Taken when the
+        request starts (the model cannot see this instance's count): a stream that started
+        under load keeps that spacing, at most what the budget asked for then."""
+        if self.stream_chunks_per_s <= 0:
+            return 0.0
+        return (self.live_streams + max(1, choices)) / self.stream_chunks_per_s
 
     async def _not_loaded(self, request: PreparedRequest) -> Rejection | None:
         """``model_not_loaded`` when Triton lists the version but neither serves nor loads it:

@@ -168,6 +168,10 @@ class Request:
     """Stop strings (matched while decoding by the constraint hook)."""
     constraints: list[RowConstraint] | None = None
     """One per choice (``n``), from ``ConstraintCompiler.build``; None: unconstrained."""
+    min_gap_s: float = 0.0
+    """The least time between two streamed responses of a choice that the client asked for
+    (request parameter ``genwire_min_response_gap_ms``); the response budget's spacing applies
+    when it is longer."""
     received: float = dataclasses.field(default_factory=time.monotonic)
 
 
@@ -968,17 +972,16 @@ class Scheduler:
             return
         # The first token goes out at once (time to first token); later ones in chunks that
         # grow with the batch (at most ``chunk_batch`` responses per step) and, with a
-        # response budget, no sooner than live rows / budget seconds after the previous one:
-        # a response costs the Triton path about as much as a token of the decode step.
+        # response budget, no sooner than live rows / budget seconds after the previous one
+        # (or the request's own least gap, when longer): a response costs the Triton path
+        # about as much as a token of the decode step.
         live = len(self.active) - len(self.leaving)
         if seq.sent:
             interval = max(self.stream_interval, -(-live // self.chunk_batch))
             if len(seq.tokens) - seq.sent < interval:
                 return
-            if (
-                self.response_gap_s
-                and time.monotonic() - seq.last_sent < live * self.response_gap_s
-            ):
+            gap = max(live * self.response_gap_s, seq.request.min_gap_s)
+            if gap and time.monotonic() - seq.last_sent < gap:
                 return
         self.outgoing.append((seq.request.sink, self._update(seq, final=False)))
 

@@ -49,6 +49,7 @@ _setup_paths()
 
 import collections
 import logging
+import math
 import queue
 import threading
 import time
@@ -80,28 +81,52 @@ log = logging.getLogger("genwire.model")
 # genwire.triton_io.CANCEL_PARAMETER (this code cannot import genwire; a test holds them equal):
 # a request carrying it cancels the request with that Triton request id on the same stream.
 _CANCEL_PARAMETER = "genwire_cancel"
+# genwire.triton_io.RESPONSE_GAP_PARAMETER (held equal by the same test): milliseconds.
+_RESPONSE_GAP_PARAMETER = "genwire_min_response_gap_ms"
 
 
-def _cancel_target(request: Any) -> str | None:
+def _parameters(request: Any) -> dict[str, Any]:
+    """The request's genwire parameters (others, Triton's own, are not read here)."""
+    try:
+        raw = request.parameters()
+    except Exception:  # a backend without request parameters
+        return {}
+    if not raw or "genwire_" not in raw:  # the common case, without parsing JSON
+        return {}
+    try:
+        params = json.loads(raw)
+    except ValueError:
+        return {}
+    return params if isinstance(params, dict) else {}
+
+
+def _cancel_target(params: dict[str, Any]) -> str | None:
     """The request id a cancel request targets; None for a generation request.
 
     A present parameter that is not a string still makes a cancel (of nothing): generating for
     a request that meant to cancel would be worse than ignoring it.
     """
-    try:
-        raw = request.parameters()
-    except Exception:  # a backend without request parameters: no cancel requests either
-        return None
-    if not raw or _CANCEL_PARAMETER not in raw:  # the common case, without parsing JSON
-        return None
-    try:
-        params = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(params, dict) or _CANCEL_PARAMETER not in params:
+    if _CANCEL_PARAMETER not in params:
         return None
     target = params[_CANCEL_PARAMETER]
     return target if isinstance(target, str) else ""
+
+
+def _min_gap_s(params: dict[str, Any]) -> float:
+    """The request's least gap between streamed responses, in seconds (0: none asked)."""
+    value = params.get(_RESPONSE_GAP_PARAMETER)
+    if value is None:
+        return 0.0
+    try:
+        ms = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        ms = math.nan
+    if not math.isfinite(ms) or ms < 0:
+        raise RequestError(
+            f"parameter {_RESPONSE_GAP_PARAMETER} must be a finite number of milliseconds "
+            f">= 0, got {value!r}"
+        )
+    return ms / 1000.0
 
 
 def _instances(config: dict[str, Any]) -> int | None:
@@ -454,7 +479,7 @@ class TritonPythonModel:
             self.runner.backend,
         )
 
-    def _decode(self, request: Any, sink: _TritonSink) -> Request:
+    def _decode(self, request: Any, sink: _TritonSink, params: dict[str, Any]) -> Request:
         inputs = _inputs(request)
         ids = _vector(inputs, "input_ids")
         if ids is None:
@@ -496,6 +521,7 @@ class TritonPythonModel:
             ignore_eos=bool(_scalar(inputs, "ignore_eos", False)),
             guided=_text(guided[0]) if guided is not None and len(guided) else "",
             stop=tuple(_text(s) for s in stops) if stops is not None else (),
+            min_gap_s=_min_gap_s(params),
         )
 
     def _cancel(self, request: Any, target: str) -> None:
@@ -515,13 +541,14 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
-            target = _cancel_target(request)
+            params = _parameters(request)
+            target = _cancel_target(params)
             if target is not None:
                 self._cancel(request, target)
                 continue
             sink = _TritonSink(request, self.outbox)
             try:
-                decoded = self._decode(request, sink)
+                decoded = self._decode(request, sink, params)
                 validate(decoded, self.vocab_size, self.context)
                 if decoded.guided and self.constraints is None:
                     raise RequestError("this model version cannot enforce structured output")
