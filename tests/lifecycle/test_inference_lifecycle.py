@@ -135,7 +135,7 @@ class RestartingBackend(FakeBackend):
     ) -> FakeStream:
         if self.restarted:
             raise RetryableError("triton: UNAVAILABLE: not at ready state", dependency="triton")
-        return await super().open(request, headers, stream=stream)
+        return await super().open(request, headers, stream=stream, min_gap_s=min_gap_s)
 
     async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
         self.waited.append(timeout_s)

@@ -252,7 +252,9 @@ def test_a_requests_least_gap_spaces_its_responses_only(
     spaced, other = Timed(), Timed()
     scheduler.submit(request(spaced, [5, 6], max_tokens=30, seed=0, min_gap_s=0.05))
     scheduler.submit(request(other, [6, 6], max_tokens=30, seed=1))
-    while not (spaced.done and other.done):
+    for _ in range(10_000):
+        if spaced.done and other.done:
+            break
         scheduler.run_once()
         clock[0] += 0.003  # a 3 ms step
     assert sum(len(u.token_ids) for u in spaced.updates) == 30 and spaced.updates[-1].finished

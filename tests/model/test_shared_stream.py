@@ -82,7 +82,7 @@ async def test_the_backend_asks_the_model_to_space_a_streams_responses(
     finally:
         await backend.close()
     assert sizes == [1, 59]
-    assert sum(plain_sizes) == 60
+    assert sum(plain_sizes) == 60 and len(plain_sizes) > 2
 
 
 async def test_a_cancel_stops_its_request_and_not_the_others_on_the_call(

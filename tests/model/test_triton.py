@@ -381,13 +381,13 @@ async def test_a_requests_least_response_gap_holds_its_streamed_responses(
     """``genwire_min_response_gap_ms``: with a gap longer than the generation, the first token
     and the final response only; a value that is not a finite number >= 0 is an error naming
     the parameter, and the stream keeps serving."""
-    shared.send("spaced", max_tokens=20, parameters={RESPONSE_GAP_PARAMETER: "60000"})
+    shared.send("spaced", max_tokens=FULL, parameters={RESPONSE_GAP_PARAMETER: "60000"})
     bad = {"word": "soon", "negative": "-1", "infinite": "inf"}
     for rid, value in bad.items():
         shared.send(rid, max_tokens=4, parameters={RESPONSE_GAP_PARAMETER: value})
     await shared.until(lambda: all(shared.ended(r) for r in ("spaced", *bad)))
-    assert_completed(shared, "spaced", 20)
-    assert [reply.tokens for reply in shared.replies["spaced"]] == [1, 19]
+    assert_completed(shared, "spaced", FULL)
+    assert [reply.tokens for reply in shared.replies["spaced"]] == [1, FULL - 1]
     for rid, value in bad.items():
         (reply,) = shared.replies[rid]
         assert f"parameter {RESPONSE_GAP_PARAMETER} must be a finite number" in reply.error

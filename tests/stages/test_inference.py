@@ -498,9 +498,14 @@ def test_triton_failures_are_classified_by_status_code() -> None:
 class ErrorBackend(FakeBackend):
     """Triton answering with an in-stream error (no status code), model readiness scripted."""
 
-    def __init__(self, ready: list[bool], server_ready: bool) -> None:
+    def __init__(
+        self,
+        ready: list[bool],
+        server_ready: bool,
+        message: str = "Request for unknown model: 'genwire-gpt' version 7 is not found",
+    ) -> None:
         super().__init__()
-        self.ready, self.server = list(ready), server_ready
+        self.ready, self.server, self.message = list(ready), server_ready, message
 
     async def open(
         self,
@@ -512,7 +517,7 @@ class ErrorBackend(FakeBackend):
     ) -> FakeStream:
         from genwire_inference.backend import ModelError
 
-        raise ModelError("Request for unknown model: 'genwire-gpt' version 7 is not found")
+        raise ModelError(self.message)
 
     async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
         self.waited.append(timeout_s)
@@ -540,6 +545,26 @@ async def test_in_stream_errors_are_classified_by_model_readiness(
     assert type(caught.value) is kind
     if kind is not RetryableError:  # poison goes to the DLQ, an outcome does not
         assert caught.value.dead_letter == (kind is PermanentError)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Stub process 'genwire-gpt_0_0' is not healthy.",
+        "Stub process 'genwire-gpt_0_0' is unhealthy and it will be restarted.",
+    ],
+)
+async def test_a_failed_model_process_is_retried_though_the_model_looks_ready(
+    message: str,
+) -> None:
+    """Seen in the fault suite: the stub starved of CPU, Triton answering this while it still
+    listed the model as ready (then aborting)."""
+    backend = ErrorBackend([True], True, message)
+    inf = Inference(backend, triton_wait_s=0.01)
+    with pytest.raises(RetryableError) as caught:
+        await _collect(inf, _req())
+    assert caught.value.message == f"triton: {message}"
+    assert backend.waited == []  # not asked: readiness would have said "refused"
 
 
 async def test_a_dead_gateways_unnamed_requests_are_cancelled() -> None:

@@ -98,6 +98,10 @@ async def _until_disconnected(request: Request) -> None:
             return
 
 
+WORK_CANCEL_S = 1.0
+"""How long a cancelled request's handler waits for its work's clean-up before it goes on."""
+
+
 def _retrieved(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
@@ -111,10 +115,12 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     try:
         await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
     except BaseException:
-        # Our own cancel (the server stopping): it ends the work too, and stays a cancel, not
-        # an answer that blames the client.
+        # Our own cancel (the server stopping): it ends the work too (whose clean-up, the
+        # downstream cancels, comes first; bounded), and stays a cancel, not an answer that
+        # blames the client.
         watcher.cancel()
         task.cancel()
+        await asyncio.wait((task,), timeout=WORK_CANCEL_S)
         raise
     watcher.cancel()
     if not task.done():

@@ -62,6 +62,14 @@ def _chunked(request: PreparedRequest) -> bool:
     return not request.shadow and (request.stream or bool(request.sampling.stop))
 
 
+INSTANCE_FAILURES = ("is not healthy", "is unhealthy and it will be restarted")
+"""Parts of the errors Triton's Python backend answers with when the model's stub process
+failed or stopped answering (starved of CPU, crashed): the request is not at fault, and the
+model stays listed as ready meanwhile, so readiness cannot tell them from a refusal. Seen in
+the fault suite: ``Stub process 'genwire-gpt_0_0' is not healthy.`` just before Triton 2.51
+aborted (docs/reliability.md)."""
+
+
 @dataclass
 class _Chunker:
     """Decides when buffered tokens become a published chunk."""
@@ -493,6 +501,9 @@ class Inference:
     async def _classify(self, request: PreparedRequest, exc: ModelError) -> GenwireError:
         """An error Triton sent without a status code: whose fault is it?"""
         what = f"{request.model} version {request.model_version or '(current)'}"
+        if any(marker in exc.message for marker in INSTANCE_FAILURES):
+            # The model's process failed, not the request: Triton restarts it (or itself).
+            return RetryableError(f"triton: {exc.message}", dependency=TRITON)
         if await self.backend.wait_ready(request.model, request.model_version, 0.0):
             # The model is there and refused this request: it never will take it.
             return PermanentError(f"triton: {exc.message}", code=ErrorCode.INFERENCE_FAILED)

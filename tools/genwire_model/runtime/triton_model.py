@@ -119,7 +119,7 @@ def _min_gap_s(params: dict[str, Any]) -> float:
         return 0.0
     try:
         ms = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         ms = math.nan
     if not math.isfinite(ms) or ms < 0:
         raise RequestError(
