@@ -180,31 +180,41 @@ def test_streaming_sends_a_response_per_token_then_a_final_one(
     assert all(lp <= 0 for lp in lps)
 
 
+def _fake_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The scheduler's clock (``time.monotonic``), moved by hand: ``clock[0]``."""
+    import time
+
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    return clock
+
+
+class Timed(Collect):
+    """A ``Collect`` that also records the clock (``_fake_clock``) at each response."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__()
+        self.clock = clock
+        self.times: list[float] = []
+
+    def send(self, update: Update) -> None:
+        self.times.append(self.clock[0])
+        super().send(update)
+
+
 def test_the_response_budget_chunks_by_time_first_and_final_at_once(
     tiny_version: ModelVersion, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``responses_per_s``: a choice's next response waits live rows / budget seconds after
     its previous one (the first token and the final response go at once); the text is the
     same as with a response per token."""
-    import time
-
-    clock = [100.0]
-    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # the scheduler's clock
-
-    class Timed(Collect):
-        def __init__(self) -> None:
-            super().__init__()
-            self.times: list[float] = []
-
-        def send(self, update: Update) -> None:
-            self.times.append(clock[0])
-            super().send(update)
+    clock = _fake_clock(monkeypatch)
 
     runner = create_runner(tiny_version.path)
     texts = []
     for budget in (0.0, 100.0):  # two rows: a response every 20 ms per row at most
         scheduler = Scheduler(runner, context=64, eos_ids=(), responses_per_s=budget)
-        sinks = [Timed(), Timed()]
+        sinks = [Timed(clock), Timed(clock)]
         for i, sink in enumerate(sinks):
             scheduler.submit(request(sink, [5 + i, 6], max_tokens=20, seed=i))
         while not all(s.done for s in sinks):
@@ -232,24 +242,12 @@ def test_a_requests_least_gap_spaces_its_responses_only(
     """``Request.min_gap_s`` (parameter ``genwire_min_response_gap_ms``): that request's
     responses at least that far apart when longer than the budget's spacing, with or without
     a budget; the other row keeps the budget's; the first and final responses go at once."""
-    import time
-
-    clock = [100.0]
-    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
-
-    class Timed(Collect):
-        def __init__(self) -> None:
-            super().__init__()
-            self.times: list[float] = []
-
-        def send(self, update: Update) -> None:
-            self.times.append(clock[0])
-            super().send(update)
+    clock = _fake_clock(monkeypatch)
 
     scheduler = Scheduler(
         create_runner(tiny_version.path), context=64, eos_ids=(), responses_per_s=budget
     )
-    spaced, other = Timed(), Timed()
+    spaced, other = Timed(clock), Timed(clock)
     scheduler.submit(request(spaced, [5, 6], max_tokens=30, seed=0, min_gap_s=0.05))
     scheduler.submit(request(other, [6, 6], max_tokens=30, seed=1))
     for _ in range(10_000):
