@@ -11,6 +11,7 @@ from genwire_gateway.client import GenwireClient, GenwireClientError
 
 from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
+from tests.common.support import eventually
 
 from .harness import FakePipeline, GatewayInstance, Script, start_gateway, stop_gateway
 
@@ -34,7 +35,11 @@ async def test_a_reply_goes_to_the_publishing_instance_only(
         before_mine, before_other = _records(mine), _records(other)
         async with GenwireClient(mine.grpc_target) as client:
             result = await client.generate("hi")
-        reply = pipeline.replied[result.request_id]
+        # The stand-in records a reply once the broker acknowledged it, which can be after
+        # the gateway already read it and answered.
+        rid = result.request_id
+        await eventually(lambda rid=rid: rid in pipeline.replied, 10.0)  # type: ignore[misc]
+        reply = pipeline.replied[rid]
         assert reply.topic == mine.settings.reply_topic
         assert reply.partition in mine.app.state.replies.partitions
         assert reply.partition not in other.app.state.replies.partitions
