@@ -73,3 +73,30 @@ async def test_the_servers_cancel_stays_a_cancel_and_ends_the_work() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert work.cancelled  # ended before the handler's cancel went on
+
+
+async def test_a_hang_up_answers_though_the_works_clean_up_hangs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("genwire_gateway.http_api.WORK_CANCEL_S", 0.05)
+    client, released = _Client(), asyncio.Event()
+    started, cleaning = asyncio.Event(), asyncio.Event()
+
+    async def stuck_clean_up() -> str:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cleaning.set()
+            await released.wait()  # e.g. a downstream cancel waiting for a broker that is down
+            raise
+        return "never"
+
+    waiting = asyncio.create_task(_unless_disconnected(_request(client), stuck_clean_up()))
+    await started.wait()
+    client.gone.set()
+    with pytest.raises(GatewayError) as caught:
+        await asyncio.wait_for(waiting, timeout=5)
+    assert caught.value.code == CANCELLED
+    assert cleaning.is_set()
+    released.set()  # the clean-up goes on alone and ends

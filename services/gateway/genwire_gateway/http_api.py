@@ -125,7 +125,9 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     watcher.cancel()
     if not task.done():
         task.cancel()
-        await asyncio.wait((task,))  # the cancel has reached downstream; a cancel of ours raises
+        # Its clean-up (the downstream cancels) comes first, bounded as above: one that hangs
+        # (the broker down) goes on alone; the handler answers. A cancel of ours raises.
+        await asyncio.wait((task,), timeout=WORK_CANCEL_S)
         raise GatewayError("the client disconnected", code=CANCELLED)
     return task.result()
 
