@@ -175,6 +175,9 @@ class _StepClock:
     [
         (0.0, True, [1] * 9),
         (16.0, True, [1, 4, 4]),
+        # A response 5 % early (4 readings of a 4.2-reading spacing) is due: the model spaces
+        # them by its clock, and one a hair early must not wait a whole spacing more.
+        (64 / 4.2, True, [1, 4, 4]),
         # Unstreamed, chunked for its stop sequence only: never held (the stop is found
         # sooner, and the model cancelled sooner).
         (16.0, False, [1] * 9),
@@ -195,6 +198,27 @@ async def test_the_chunk_budget_makes_each_chunk_carry_more(
     assert [len(c.token_ids) for c in mid] == sizes
     assert [t for c in [*mid, final] for t in c.token_ids] == final.output_ids
     assert [c.index for c in [*mid, final]] == list(range(len(mid) + 1))
+
+
+async def test_a_stream_keeps_the_spacing_it_asked_the_model_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Opened alone (1/16 s: 4 responses apart), it still publishes every 4th response when
+    another stream joins (the budget's share is then 1/8 s): the model sends no more often,
+    so waiting for the share would merge every other response into the next chunk."""
+    from genwire_inference import handlers
+
+    monkeypatch.setattr(handlers, "time", _StepClock())
+    inf = Inference(
+        FakeBackend(n=14), chunk_max_tokens=1, chunk_interval_ms=0, stream_chunks_per_s=16
+    )
+    gen = inf.handle(_req(stop=("x",)))
+    first = await anext(gen)
+    inf.live_streams += 1  # another stream starts generating
+    assert inf.chunk_gap_s() == pytest.approx(2 / 16)
+    rest = [c async for c in gen]
+    assert [len(c.token_ids) for c in [first, *rest[:-1]]] == [1, 4, 4, 4]
+    assert rest[-1].final and rest[-1].output_ids == [100 + i for i in range(14)]
 
 
 def test_the_chunk_budget_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -382,9 +406,10 @@ async def test_cancel_before_the_request_arrives() -> None:
 
 
 async def test_deadline_stops_and_expired_never_starts() -> None:
+    # 1,000 tokens 2 ms apart outlast the deadline; 500 ms leaves room for a stall before the first.
     backend = FakeBackend(n=1000, delay_s=0.002)
     inf = Inference(backend)
-    chunks = await asyncio.wait_for(_collect(inf, _req("d", deadline_ms=now_ms() + 100)), 5)
+    chunks = await asyncio.wait_for(_collect(inf, _req("d", deadline_ms=now_ms() + 500)), 5)
     assert chunks[-1].finish_reason == "deadline" and 0 < chunks[-1].completion_tokens < 1000
     (expired,) = await _collect(inf, _req("e", deadline_ms=now_ms() - 1))
     assert expired.error is not None and expired.error.code == "deadline_exceeded"

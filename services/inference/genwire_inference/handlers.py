@@ -63,6 +63,11 @@ def _chunked(request: PreparedRequest) -> bool:
 
 
 INSTANCE_FAILURES = ("is not healthy", "is unhealthy and it will be restarted")
+
+CHUNK_GAP_SLACK = 0.1
+"""How much earlier than its spacing a streamed chunk is still due, as a share of it: the model
+spaces a stream's responses by its own clock and they arrive with some jitter; one a hair early
+would otherwise wait a whole spacing more."""
 """Parts of the errors Triton's Python backend answers with when the model's stub process
 failed or stopped answering (starved of CPU, crashed): the request is not at fault, and the
 model stays listed as ready meanwhile, so readiness cannot tell them from a refusal. Seen in
@@ -288,6 +293,7 @@ class Inference:
         # The budget spaces streamed chunks only: a request chunked for its stop sequences
         # alone needs them early (postprocess cancels at the stop).
         budgeted = request.stream
+        opened_gap_s = self.opening_gap_s(s.n) if budgeted else 0.0
         any_token = False
         try:
             headers: list[tuple[str, bytes]] = []
@@ -298,7 +304,7 @@ class Inference:
                 request,
                 {k: v.decode("latin-1") for k, v in headers},
                 stream=chunked,
-                min_gap_s=self.opening_gap_s(s.n) if budgeted else 0.0,
+                min_gap_s=opened_gap_s,
             )
             run.stream = stream
             if run.stop_reason is not None:  # cancelled while the call was being set up
@@ -328,7 +334,7 @@ class Inference:
                     # Not ``break``: the stream ends by itself after the final response, which
                     # also closes our side of the call at once (no reliance on GC).
                     continue
-                gap = self.chunk_gap_s() if budgeted else 0.0
+                gap = self.stream_gap_s(opened_gap_s) if budgeted else 0.0
                 if chunked and choice.chunker.due(now, gap):
                     index, offset, ids, lps = choice.take(now)
                     if index == 0 and budgeted:  # generating now: it shares the budget
@@ -461,6 +467,13 @@ class Inference:
         if self.stream_chunks_per_s <= 0:
             return 0.0
         return self.live_streams / self.stream_chunks_per_s
+
+    def stream_gap_s(self, opened_gap_s: float) -> float:
+        """The least time between two chunks of a stream that asked the model for
+        ``opened_gap_s`` (``opening_gap_s``): the budget's share now, but no longer than what
+        the model was asked for (its responses come that far apart, so a longer hold would
+        merge every other one into the next chunk), less ``CHUNK_GAP_SLACK`` for their jitter."""
+        return min(self.chunk_gap_s(), opened_gap_s) * (1 - CHUNK_GAP_SLACK)
 
     def opening_gap_s(self, choices: int) -> float:
         """The chunk budget's spacing with a new request's ``choices`` generating too: what the
