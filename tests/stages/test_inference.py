@@ -200,25 +200,42 @@ async def test_the_chunk_budget_makes_each_chunk_carry_more(
     assert [c.index for c in [*mid, final]] == list(range(len(mid) + 1))
 
 
-async def test_a_stream_keeps_the_spacing_it_asked_the_model_for(
+@pytest.mark.parametrize(
+    ("live_before", "joining", "budget", "tokens", "sizes"),
+    [
+        # Opened with 6 others generating (7/112 s: 4 responses apart), 8 streams later
+        # (share 8/112 s, 4.6 responses): each response is due, not every other one.
+        (6, 1, 112.0, 14, [1, 4, 4, 4]),
+        # Opened alone (1/64 s: every response), 8 streams later (share 8/64 s): held for 8
+        # responses, the share, not for the spacing asked when it started.
+        (0, 7, 64.0, 18, [1, 8, 8]),
+    ],
+)
+async def test_a_streams_chunks_keep_to_whole_spacings_of_its_model_responses(
     monkeypatch: pytest.MonkeyPatch,
+    live_before: int,
+    joining: int,
+    budget: float,
+    tokens: int,
+    sizes: list[int],
 ) -> None:
-    """Opened alone (1/16 s: 4 responses apart), it still publishes every 4th response when
-    another stream joins (the budget's share is then 1/8 s): the model sends no more often,
-    so waiting for the share would merge every other response into the next chunk."""
+    """The model spaces the responses by the gap asked when the request started; the budget's
+    share moves with the streams generating. A chunk waits for the whole number of those
+    spacings nearest the share (less the slack)."""
     from genwire_inference import handlers
 
     monkeypatch.setattr(handlers, "time", _StepClock())
     inf = Inference(
-        FakeBackend(n=14), chunk_max_tokens=1, chunk_interval_ms=0, stream_chunks_per_s=16
+        FakeBackend(n=tokens), chunk_max_tokens=1, chunk_interval_ms=0, stream_chunks_per_s=budget
     )
+    inf.live_streams = live_before  # other streams generating when it starts
     gen = inf.handle(_req(stop=("x",)))
     first = await anext(gen)
-    inf.live_streams += 1  # another stream starts generating
-    assert inf.chunk_gap_s() == pytest.approx(2 / 16)
+    inf.live_streams += joining  # more start generating
+    assert inf.chunk_gap_s() == pytest.approx((live_before + 1 + joining) / budget)
     rest = [c async for c in gen]
-    assert [len(c.token_ids) for c in [first, *rest[:-1]]] == [1, 4, 4, 4]
-    assert rest[-1].final and rest[-1].output_ids == [100 + i for i in range(14)]
+    assert [len(c.token_ids) for c in [first, *rest[:-1]]] == sizes
+    assert rest[-1].final and rest[-1].output_ids == [100 + i for i in range(tokens)]
 
 
 def test_the_chunk_budget_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -63,16 +63,16 @@ def _chunked(request: PreparedRequest) -> bool:
 
 
 INSTANCE_FAILURES = ("is not healthy", "is unhealthy and it will be restarted")
-
-CHUNK_GAP_SLACK = 0.1
-"""How much earlier than its spacing a streamed chunk is still due, as a share of it: the model
-spaces a stream's responses by its own clock and they arrive with some jitter; one a hair early
-would otherwise wait a whole spacing more."""
 """Parts of the errors Triton's Python backend answers with when the model's stub process
 failed or stopped answering (starved of CPU, crashed): the request is not at fault, and the
 model stays listed as ready meanwhile, so readiness cannot tell them from a refusal. Seen in
 the fault suite: ``Stub process 'genwire-gpt_0_0' is not healthy.`` just before Triton 2.51
 aborted (docs/reliability.md)."""
+
+CHUNK_GAP_SLACK = 0.1
+"""How much earlier than its spacing a streamed chunk is still due, as a share of it: the model
+spaces a stream's responses by its own clock and they arrive with some jitter; one a hair early
+would otherwise wait a whole spacing more."""
 
 
 @dataclass
@@ -469,11 +469,17 @@ class Inference:
         return self.live_streams / self.stream_chunks_per_s
 
     def stream_gap_s(self, opened_gap_s: float) -> float:
-        """The least time between two chunks of a stream that asked the model for
-        ``opened_gap_s`` (``opening_gap_s``): the budget's share now, but no longer than what
-        the model was asked for (its responses come that far apart, so a longer hold would
-        merge every other one into the next chunk), less ``CHUNK_GAP_SLACK`` for their jitter."""
-        return min(self.chunk_gap_s(), opened_gap_s) * (1 - CHUNK_GAP_SLACK)
+        """The least time between two chunks of a stream that asked the model for responses
+        ``opened_gap_s`` apart (``opening_gap_s``): the budget's share now, rounded to a whole
+        number of those spacings (the responses come that far apart: holding for 80 ms where
+        they come 70 ms apart would merge every other one and space the chunks 140 ms), less
+        ``CHUNK_GAP_SLACK`` for their jitter: 0.6–1.2× the share when more streams generate
+        than when it started; when fewer do, the model's spacing (it sends no more often)."""
+        share = self.chunk_gap_s()
+        if share <= 0 or opened_gap_s <= 0:
+            return share * (1 - CHUNK_GAP_SLACK)
+        spacings = max(1, round(share / opened_gap_s))
+        return spacings * opened_gap_s * (1 - CHUNK_GAP_SLACK)
 
     def opening_gap_s(self, choices: int) -> float:
         """The chunk budget's spacing with a new request's ``choices`` generating too: what the
