@@ -9,25 +9,18 @@ fixture are marked ``integration`` automatically (``pytest -m "not integration"`
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from genwire_stack import INFRA, StackError, ensure_up
 
-from genwire.kafka.admin import delete_topics
-from genwire.kafka_security import client_options
 from genwire.settings import CommonSettings
+from tests.common.support import deleting_new_test_topics
 
 log = logging.getLogger("genwire_stack.tests")
 
 STACK_FIXTURES = frozenset({"infra", "stack"})
-TEST_TOPIC_PREFIX = "test."
-"""How tests name the topics they make (``test.<area>.<random>``): the run deletes its own."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -46,48 +39,13 @@ def _bring_up(components: tuple[str, ...] | None, model: bool) -> CommonSettings
     return settings
 
 
-T = TypeVar("T")
-
-
-def _run(work: Coroutine[Any, Any, T]) -> T:
-    """Run ``work`` to its end on a loop in a thread of its own: the session's test loop (and
-    which loop is current here) stays untouched."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="genwire-test-topics") as pool:
-        return pool.submit(asyncio.run, work).result()
-
-
-async def _test_topics(settings: CommonSettings) -> set[str]:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers, **client_options(settings)
-    )
-    await admin.start()
-    try:
-        return {t for t in await admin.list_topics() if t.startswith(TEST_TOPIC_PREFIX)}
-    finally:
-        await admin.close()
-
-
-async def _delete_new_test_topics(settings: CommonSettings, before: set[str]) -> list[str]:
-    made = sorted(await _test_topics(settings) - before)
-    if made:
-        await delete_topics(settings.kafka_bootstrap_servers, made, settings=settings)
-    return made
-
-
 @pytest.fixture(scope="session")
 def infra() -> Iterator[CommonSettings]:
     """Kafka, Redis, Triton and Jaeger up and healthy; yields the settings that reach them.
-    At the end, the ``test.`` topics made during the run are deleted (those already there when
-    it started are not), so the broker does not collect them run by run."""
+    The ``test.`` topics made meanwhile are deleted at the end (``deleting_new_test_topics``)."""
     settings = _bring_up(INFRA, model=False)
-    before = _run(_test_topics(settings))
-    yield settings
-    try:
-        made = _run(_delete_new_test_topics(settings, before))
-    except Exception as exc:  # the broker stopped by a test and not back: say so, fail nothing
-        log.warning("the run's test topics were not deleted: %s", exc)
-    else:
-        log.info("deleted the run's %d test topics", len(made))
+    with deleting_new_test_topics(settings):
+        yield settings
 
 
 @pytest.fixture(scope="session")
