@@ -7,14 +7,13 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
+from genwire_stack.health import run_coro
 
 from genwire.events import PreparedRequest, Sampling
 from genwire.kafka import EventProducer, ensure_topics
@@ -100,15 +99,7 @@ async def eventually(condition: Callable[[], object], timeout_s: float = 30.0) -
 TEST_TOPIC_PREFIX = "test."
 """How tests name the topics they make (``test.<area>.<random>``)."""
 
-T = TypeVar("T")
 _log = logging.getLogger("genwire_stack.tests")
-
-
-def run_in_own_loop(work: Coroutine[Any, Any, T]) -> T:
-    """Run ``work`` to its end on a loop in a thread of its own, from sync code (a session
-    fixture): the session's test loop, and which loop is current here, stay untouched."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="genwire-test-loop") as pool:
-        return pool.submit(asyncio.run, work).result()
 
 
 async def listed_test_topics(settings: CommonSettings) -> set[str]:
@@ -134,10 +125,10 @@ def deleting_new_test_topics(settings: CommonSettings) -> Iterator[None]:
     """Around a session fixture's life: the ``test.`` topics made meanwhile are deleted at its
     end (those already there are not), so the broker does not collect them run by run. A
     failure (the broker stopped by a test and not back) is logged, never a test failure."""
-    before = run_in_own_loop(listed_test_topics(settings))
+    before = run_coro(listed_test_topics(settings))
     yield
     try:
-        made = run_in_own_loop(_delete_new(settings, before))
+        made = run_coro(_delete_new(settings, before))
     except Exception as exc:
         _log.warning("the run's test topics were not deleted: %s", exc)
     else:
