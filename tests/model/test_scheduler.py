@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from genwire_model.repository import ModelVersion
 from genwire_model.runtime.runners import create_runner
 from genwire_model.runtime.scheduler import (
+    INLINE_FIRST_RESPONSES,
     Request,
     RequestError,
     Scheduler,
@@ -313,6 +315,84 @@ def test_cancelled_request_frees_its_slot(make: Callable[..., Scheduler]) -> Non
     assert cancelled.updates[-1].finish_reason == "cancelled"
     assert len(cancelled.tokens) < 40
     assert other.updates[-1].finish_reason == "length" and len(other.tokens) == 20
+
+
+class Handovers:
+    """A ``publish`` that records each hand-over (updates, urgent, inline), then sends them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[tuple[Any, Update]], bool, bool]] = []
+
+    def __call__(
+        self, updates: list[tuple[Any, Update]], urgent: bool = False, inline: bool = False
+    ) -> None:
+        self.calls.append((updates, urgent, inline))
+        for sink, update in updates:
+            sink.send(update)
+
+    def first_responses(self) -> list[tuple[int, bool, bool]]:
+        """(responses, urgent, inline) of each hand-over of new requests' first tokens."""
+        return [(len(u), urgent, inline) for u, urgent, inline in self.calls if urgent]
+
+
+def test_first_tokens_go_out_inline_only_when_the_step_serves_nobody_else(
+    tiny_version: ModelVersion,
+) -> None:
+    """A request joining an empty batch gets its first token sent in the loop's thread before
+    the step (``inline``); one joining running rows, or a crowd joining at once, through the
+    publisher alongside the step (``urgent`` only). Same text either way."""
+    handovers = Handovers()
+    scheduler = Scheduler(
+        create_runner(tiny_version.path), context=64, eos_ids=(), publish=handovers
+    )
+    alone, joining = Collect(), Collect()
+    scheduler.submit(request(alone, [5, 6], max_tokens=10))
+    scheduler.run_once()
+    assert handovers.first_responses() == [(1, True, True)]
+    scheduler.run_once()
+    scheduler.submit(request(joining, [7, 8], max_tokens=4))
+    run(scheduler, [alone, joining])
+    assert handovers.first_responses() == [(1, True, True), (1, True, False)]
+    crowd = [Collect() for _ in range(INLINE_FIRST_RESPONSES + 1)]
+    for i, sink in enumerate(crowd):
+        scheduler.submit(request(sink, [9, 10 + i], max_tokens=3))
+    run(scheduler, crowd)
+    assert handovers.first_responses()[-1] == (len(crowd), True, False)
+    assert not any(inline for _, urgent, inline in handovers.calls if not urgent)
+
+    reference = Collect()  # the same request through the default publisher
+    plain = Scheduler(create_runner(tiny_version.path), context=64, eos_ids=())
+    plain.submit(request(reference, [5, 6], max_tokens=10))
+    run(plain, [reference])
+    assert alone.tokens == reference.tokens
+
+
+def test_submit_waits_for_an_idle_loop_to_take_the_request_only(
+    tiny_version: ModelVersion,
+) -> None:
+    """``submit(wait_s=...)`` returns once an idle loop has taken the request; with no loop
+    waiting (here: not started) it returns at once, the request queued."""
+    scheduler = Scheduler(create_runner(tiny_version.path), context=64, eos_ids=())
+    queued = Collect()
+    started = time.monotonic()
+    scheduler.submit(request(queued, [5, 6], max_tokens=2), wait_s=30.0)
+    assert time.monotonic() - started < 15.0  # not the 30 s wait
+    assert scheduler.pending.qsize() == 1
+    scheduler.run_once()  # the queued request runs; the loop is idle after it
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 10.0
+        while not (queued.done and scheduler._idle) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert scheduler._idle, "the loop never went idle"
+        taken = Collect()
+        scheduler.submit(request(taken, [7, 8], max_tokens=2), wait_s=30.0)
+        assert scheduler.pending.empty()  # the loop took it before submit returned
+        while not taken.done and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert taken.done and taken.updates[-1].finish_reason == "length"
+    finally:
+        scheduler.stop()
 
 
 @pytest.mark.parametrize(

@@ -161,6 +161,11 @@ def _scalar(inputs: dict[str, Any], name: str, default: Any = None) -> Any:
 
 _WAKE = object()  # a queue item that only wakes the outbox (urgent responses are waiting)
 
+# How long ``execute`` waits for an idle decode loop to take a new request: the stub keeps the
+# GIL after ``execute`` returns, for a round trip to the server, which would otherwise hold
+# the prefill back (Scheduler.submit).
+_HANDOFF_WAIT_S = 0.002
+
 
 def _vector(inputs: dict[str, Any], name: str) -> Any:
     """An optional input's values (None when absent)."""
@@ -173,15 +178,17 @@ def _text(value: Any) -> str:
 
 
 class _Outbox:
-    """The one thread that talks to Triton about requests: sends and cancellation checks.
+    """The thread that talks to Triton about requests: sends and cancellation checks.
 
     A send is an IPC round trip to the Triton process (about half a millisecond); done here,
     it overlaps the next decode step. The scheduler hands over each step's responses in one
     queue item (``publish``); this thread builds their tensors and sends them, in order, so the
-    decode loop never waits on IPC nor builds a response. It also makes every other
+    decode loop does not wait on IPC nor build a response. It also makes every other
     response-sender call (cancellation checks). A cancelled request still gets the final
-    flag, as the Python backend requires. (A cancel request's own empty final response is sent
-    by ``execute``: that sender is nobody else's.)
+    flag, as the Python backend requires. Two sends happen elsewhere: a cancel request's own
+    empty final response (``execute``: that sender is nobody else's), and new requests' first
+    responses when the decode loop's next step would serve only them (``inline``: the loop
+    sends them itself before that step, as nobody waits on it).
     """
 
     def __init__(self, poll_s: float = 0.1) -> None:
@@ -218,10 +225,16 @@ class _Outbox:
             sink.cancelled = True
         return len(sinks)
 
-    def publish(self, updates: list[tuple[Sink, Update]], urgent: bool = False) -> None:
+    def publish(
+        self, updates: list[tuple[Sink, Update]], urgent: bool = False, inline: bool = False
+    ) -> None:
         """A step's responses (the scheduler's ``publish``): one queue item; ``urgent``: the
-        first tokens of requests just admitted."""
-        if urgent:
+        first tokens of requests just admitted; ``inline``: such first tokens, sent now in the
+        caller's thread (the scheduler's, when its next step serves only these requests:
+        nothing else is queued for them, so no order changes)."""
+        if inline:
+            self._deliver_all(updates)
+        elif urgent:
             self.urgent.append(updates)
             self.queue.put(_WAKE)
         else:
@@ -270,13 +283,16 @@ class _Outbox:
 
     def _send_urgent(self) -> None:
         while self.urgent:
-            for sink, update in self.urgent.popleft():
-                try:
-                    sink.deliver(update)
-                except Exception:
-                    log.exception("response delivery failed")
-                if update.last:
-                    self._forget(sink)
+            self._deliver_all(self.urgent.popleft())
+
+    def _deliver_all(self, updates: list[tuple[Any, Update]]) -> None:
+        for sink, update in updates:
+            try:
+                sink.deliver(update)
+            except Exception:
+                log.exception("response delivery failed")
+            if update.last:
+                self._forget(sink)
 
     def _forget(self, sink: Any) -> None:
         with self.live_lock:
@@ -560,7 +576,7 @@ class TritonPythonModel:
             except (RequestError, ValueError, TypeError) as exc:
                 sink.fail(f"genwire-gpt: {exc}")
                 continue
-            self.scheduler.submit(decoded)
+            self.scheduler.submit(decoded, wait_s=_HANDOFF_WAIT_S)
 
     def finalize(self) -> None:
         self.scheduler.stop()  # sends the final "cancelled" responses through the outbox
