@@ -339,8 +339,8 @@ def test_first_tokens_go_out_inline_only_when_the_step_serves_nobody_else(
     tiny_version: ModelVersion,
 ) -> None:
     """A request joining an empty batch gets its first token sent in the loop's thread before
-    the step (``inline``); one joining running rows, or a crowd joining at once, through the
-    publisher alongside the step (``urgent`` only). Same text either way."""
+    the step (``inline``); one joining running rows, a crowd joining at once, or a request whose
+    first response is its last, through the publisher (``urgent`` only). Same text."""
     handovers = Handovers()
     scheduler = Scheduler(
         create_runner(tiny_version.path), context=64, eos_ids=(), publish=handovers
@@ -358,6 +358,13 @@ def test_first_tokens_go_out_inline_only_when_the_step_serves_nobody_else(
         scheduler.submit(request(sink, [9, 10 + i], max_tokens=3))
     run(scheduler, crowd)
     assert handovers.first_responses()[-1] == (len(crowd), True, False)
+    # Two joining an empty batch, one ending at its first token: its final response (the
+    # request's last) goes through the publisher with the other's first token.
+    ends, goes_on = Collect(), Collect()
+    scheduler.submit(request(ends, [11, 12], max_tokens=1))
+    scheduler.submit(request(goes_on, [13, 14], max_tokens=3))
+    run(scheduler, [ends, goes_on])
+    assert handovers.first_responses()[-1] == (2, True, False) and ends.updates[-1].last
     assert not any(inline for _, urgent, inline in handovers.calls if not urgent)
 
     reference = Collect()  # the same request through the default publisher
@@ -386,7 +393,9 @@ def test_submit_waits_for_an_idle_loop_to_take_the_request_only(
             time.sleep(0.005)
         assert scheduler._idle, "the loop never went idle"
         taken = Collect()
+        started = time.monotonic()
         scheduler.submit(request(taken, [7, 8], max_tokens=2), wait_s=30.0)
+        assert time.monotonic() - started < 15.0  # returned when taken, not at the timeout
         assert scheduler.pending.empty()  # the loop took it before submit returned
         while not taken.done and time.monotonic() < deadline:
             time.sleep(0.005)

@@ -20,8 +20,9 @@ Each iteration (``run_once``):
    there with the same rule; only the chosen ids and log-probabilities come back;
 5. the responses due are handed over together (``publish``), once per step. New requests'
    first responses go before the step (``urgent``), and in this thread (``inline``) when
-   the step would serve nobody else: then no one waits on the send, and the send does not
-   share the cores with the step (Triton: about a millisecond sooner at concurrency 1).
+   the step would serve nobody else and they are at most ``INLINE_FIRST_RESPONSES``, none a
+   request's last (``_inline_ok``): nobody else waits on the send, and it does not share the
+   cores with the step (Triton on CPU: about a millisecond sooner at concurrency 1).
 
 Usage: ``completion_tokens`` counts every token the model generated for a choice, including
 an end-of-sequence or stop token it sampled (which ends the choice and is not sent, having no
@@ -419,10 +420,13 @@ class Scheduler:
             reserve(max_batch, context + 1)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # The loop waits on ``pending`` (``_idle``) and has just taken a request (``_taken``):
-        # what ``submit(wait_s=...)`` waits for.
+        # ``submit(wait_s=...)``: the loop waits on an empty ``pending`` (``_idle``); requests
+        # put on ``pending`` and taken from it, counted under one lock (FIFO: the loop took a
+        # request once it has taken as many as had been put up to it).
         self._idle = False
-        self._taken = threading.Event()
+        self._handoff = threading.Condition()
+        self._put = 0
+        self._took = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -460,29 +464,38 @@ class Scheduler:
         ``wait_s``: when the loop is idle, return only once it has taken the request (at most
         that long). Triton's Python stub holds the GIL after ``execute`` returns, for a round
         trip to the server: waiting here lets the loop start the prefill first, so the round
-        trip overlaps it instead of delaying it (a quarter of a millisecond at concurrency 1).
-        A busy loop takes the request at its next step: no wait then.
+        trip overlaps it instead of delaying it (about 0.3 ms at concurrency 1). A busy loop
+        takes the request at its next iteration: no wait then.
         """
         wait = wait_s > 0 and self._idle
+        with self._handoff:
+            self.pending.put(request)
+            self._put += 1
+            mine = self._put
         if wait:
-            self._taken.clear()
-        self.pending.put(request)
-        if wait:
-            self._taken.wait(wait_s)
+            with self._handoff:
+                self._handoff.wait_for(lambda: self._took >= mine, wait_s)
+
+    def _take(self, block: bool) -> Request:
+        """The next pending request (blocking at most 50 ms, else ``queue.Empty`` at once),
+        counted as taken for ``submit``."""
+        request = self.pending.get(timeout=0.05) if block else self.pending.get_nowait()
+        with self._handoff:
+            self._took += 1
+            self._handoff.notify_all()
+        return request
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 first = None
                 if not self.active and not self.waiting:
-                    self._idle = True
+                    self._idle = True  # until a request comes (not between timeouts)
                     try:
-                        first = self.pending.get(timeout=0.05)
+                        first = self._take(block=True)
                     except queue.Empty:
                         continue
-                    finally:
-                        self._idle = False
-                    self._taken.set()
+                    self._idle = False
                 self.run_once(first)
             except Exception as exc:  # keep serving: fail the batch, not the model
                 log.exception("generation step failed")
@@ -495,7 +508,7 @@ class Scheduler:
             self.waiting.append(first)
         while True:
             try:
-                self.waiting.append(self.pending.get_nowait())
+                self.waiting.append(self._take(block=False))
             except queue.Empty:
                 break
         self.steps += 1
@@ -517,12 +530,24 @@ class Scheduler:
         self._dead = len(self.leaving)  # rows left free after it (fed, not sampled)
         if joining:
             # The new requests' first tokens go out before the step; in this thread when the
-            # step serves only them and they are few (each send is an IPC round trip).
-            alone = others == 0 and len(self.outgoing) <= INLINE_FIRST_RESPONSES
-            self._flush(urgent=True, inline=alone)
+            # step serves nobody else and they are few (each send is an IPC round trip).
+            self._flush(urgent=True, inline=others == 0 and self._inline_ok())
         if self.active:
             self._step()
         self._flush()
+
+    def _inline_ok(self) -> bool:
+        """Whether the new requests' first responses (``outgoing``) may be sent in this thread:
+        few, none of them a request's last (a final response releases the request, and the
+        outbox's cancellation checks must not race that), not while stopping, and not on
+        TensorRT: the gain is the send not sharing the CPU cores with a step on them; on a
+        GPU it would hold the step's launch back instead (not measured)."""
+        return (
+            len(self.outgoing) <= INLINE_FIRST_RESPONSES
+            and not any(update.last for _, update in self.outgoing)
+            and not self._stop.is_set()
+            and getattr(self.runner, "backend", "") != "tensorrt"
+        )
 
     def _sequence(self, group: _Group, choice: int) -> _Sequence:
         return _Sequence(group, choice, self.runner.vocab_size, self.eos_ids)

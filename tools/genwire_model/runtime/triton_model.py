@@ -1,12 +1,13 @@
 """Triton Python-backend model: the decode loop next to the model (copied as ``N/model.py``).
 
 Decoupled: ``execute`` validates and queues each request (and compiles its structured-output
-grammar or stop strings, ``constraints.py``) and returns at once; the scheduler thread
-prefills, batches every active sequence into one forward pass per token, and hands each step's
-responses to the outbox thread in one piece: a response per choice per token (or per chunk of
-tokens), then a final one per choice with finish reason, token counts and the mean token
-log-probability; the request's last response carries Triton's final flag. The KV cache never
-leaves this process.
+grammar or stop strings, ``constraints.py``) and returns (once an idle scheduler thread has
+taken it: ``_HANDOFF_WAIT_S``); the scheduler thread prefills, batches every active sequence
+into one forward pass per token, and hands each step's responses to the outbox thread in one
+piece (a lone new request's first ones it sends itself): a response per choice per token (or
+per chunk of tokens), then a final one per choice with finish reason, token counts and the
+mean token log-probability; the request's last response carries Triton's final flag. The KV
+cache never leaves this process.
 
 A request with the ``genwire_cancel`` parameter is no generation but a cancel of the request
 with that id (``genwire.triton_io.CANCEL_PARAMETER``): clients that share one gRPC stream among
@@ -336,7 +337,8 @@ class _Outbox:
 
 
 class _TritonSink:
-    """One request's response sender; the outbox thread builds and sends its responses."""
+    """One request's response sender; the outbox thread builds and sends its responses (the
+    decode thread its first ones, when it sends them inline)."""
 
     def __init__(self, request: Any, outbox: _Outbox) -> None:
         self.outbox = outbox
@@ -387,7 +389,7 @@ class _TritonSink:
         ]
 
     def deliver(self, update: Update) -> None:
-        """Build and send one response (outbox thread)."""
+        """Build and send one response (outbox thread; or decode thread, inline)."""
         sender = self.sender
         if self.closed or sender is None:
             return
@@ -437,7 +439,7 @@ class _TritonSink:
         self.outbox.put_error(self, message)
 
     def is_cancelled(self) -> bool:
-        # Set by the outbox thread (a failed send or its periodic check): no IPC here.
+        # Set by a failed send or the outbox's periodic check: no IPC here.
         return self.cancelled or self.sender is None
 
 

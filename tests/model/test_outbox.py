@@ -1,0 +1,127 @@
+"""The Triton model's outbox (``runtime/triton_model.py``) off the stack: who sends what.
+
+The module imports Triton's stub-only ``triton_python_backend_utils``; a stand-in takes its
+place here, and the module is loaded from a built version's folder as Triton loads it (its
+``genwire_runtime`` beside it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+import time
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from genwire_model.repository import ModelVersion
+
+
+@pytest.fixture
+def model_module(tiny_version: ModelVersion, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setitem(
+        sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils")
+    )
+    saved_path, saved_modules = list(sys.path), set(sys.modules)
+    spec = importlib.util.spec_from_file_location(
+        "genwire_test_triton_model", tiny_version.path / "model.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        yield module
+    finally:
+        sys.path[:] = saved_path
+        for name in set(sys.modules) - saved_modules:  # its genwire_runtime copy
+            del sys.modules[name]
+
+
+class Sink:
+    """What the outbox needs of a ``_TritonSink``: an id and ``deliver``; records the thread."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.sender = None
+        self.delivered: list[tuple[int, Any]] = []
+        self.done = threading.Event()
+
+    def deliver(self, update: Any) -> None:
+        self.delivered.append((threading.get_ident(), update))
+        if update.last:
+            self.done.set()
+
+
+def update(module: Any, *, last: bool) -> Any:
+    return module.Update(
+        token_ids=[7],
+        logprobs=[-0.5],
+        finished=last,
+        finish_reason="length" if last else "",
+        prompt_tokens=2,
+        completion_tokens=1,
+        mean_logprob=-0.5,
+        queue_ms=0.0,
+        compute_ms=0.0,
+        last=last,
+    )
+
+
+def test_inline_first_responses_go_out_in_the_callers_thread_and_others_in_the_outbox(
+    model_module: Any,
+) -> None:
+    outbox = model_module._Outbox(poll_s=10.0)
+    try:
+        inline, urgent, queued = Sink("a"), Sink("b"), Sink("c")
+        for sink in (inline, urgent, queued):
+            outbox.register(sink)
+        me = threading.get_ident()
+
+        outbox.publish([(inline, update(model_module, last=False))], urgent=True, inline=True)
+        assert [thread for thread, _ in inline.delivered] == [me]  # sent before publish returned
+        outbox.publish([(inline, update(model_module, last=True))])
+        outbox.publish([(urgent, update(model_module, last=True))], urgent=True)
+        outbox.publish([(queued, update(model_module, last=True))])
+        for sink in (inline, urgent, queued):
+            assert sink.done.wait(10.0)
+        assert inline.delivered[1][0] != me  # the outbox thread
+        assert urgent.delivered[0][0] != me and queued.delivered[0][0] != me
+
+        outbox.register(last := Sink("d"))
+        outbox.publish([(last, update(model_module, last=True))], urgent=True, inline=True)
+        assert last.delivered[0][0] == me
+        deadline = time.monotonic() + 10.0
+        while outbox.live and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not outbox.live and not outbox.by_request_id  # every final forgotten
+    finally:
+        outbox.close()
+
+
+def test_execute_hands_requests_to_the_loop_with_the_bounded_wait(model_module: Any) -> None:
+    """``execute`` submits with ``_HANDOFF_WAIT_S``: short, so a stalled loop cannot hold
+    Triton's request intake for long."""
+    calls: list[float] = []
+
+    class Scheduler:
+        def submit(self, request: Any, wait_s: float = 0.0) -> None:
+            calls.append(wait_s)
+
+    instance = model_module.TritonPythonModel.__new__(model_module.TritonPythonModel)
+    instance.scheduler = Scheduler()
+    instance.constraints = None
+    instance.vocab_size, instance.context = 512, 64
+    instance.outbox = model_module._Outbox(poll_s=10.0)
+    request = types.SimpleNamespace(request_id=lambda: "r", parameters=lambda: "{}")
+    decoded = types.SimpleNamespace(guided="", stop=())
+    try:
+        instance._decode = lambda req, sink, params: decoded
+        request.get_response_sender = lambda: None
+        model_module.validate = lambda *args: None
+        instance.execute([request])
+    finally:
+        instance.outbox.close()
+    assert calls == [model_module._HANDOFF_WAIT_S]
+    assert 0 < model_module._HANDOFF_WAIT_S <= 0.005
