@@ -275,12 +275,7 @@ class _Outbox:
         for sink, update in item:
             if self.urgent:
                 self._send_urgent()
-            try:
-                sink.deliver(update)
-            except Exception:
-                log.exception("response delivery failed")
-            if update.last:
-                self._forget(sink)
+            self._deliver(sink, update)
 
     def _send_urgent(self) -> None:
         while self.urgent:
@@ -288,12 +283,15 @@ class _Outbox:
 
     def _deliver_all(self, updates: list[tuple[Any, Update]]) -> None:
         for sink, update in updates:
-            try:
-                sink.deliver(update)
-            except Exception:
-                log.exception("response delivery failed")
-            if update.last:
-                self._forget(sink)
+            self._deliver(sink, update)
+
+    def _deliver(self, sink: Any, update: Update) -> None:
+        try:
+            sink.deliver(update)
+        except Exception:
+            log.exception("response delivery failed")
+        if update.last:
+            self._forget(sink)
 
     def _forget(self, sink: Any) -> None:
         with self.live_lock:
