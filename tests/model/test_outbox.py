@@ -24,7 +24,7 @@ def model_module(tiny_version: ModelVersion, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(
         sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils")
     )
-    saved_path, saved_modules = list(sys.path), set(sys.modules)
+    saved_path = list(sys.path)
     spec = importlib.util.spec_from_file_location(
         "genwire_test_triton_model", tiny_version.path / "model.py"
     )
@@ -35,8 +35,8 @@ def model_module(tiny_version: ModelVersion, monkeypatch: pytest.MonkeyPatch) ->
         yield module
     finally:
         sys.path[:] = saved_path
-        for name in set(sys.modules) - saved_modules:  # its genwire_runtime copy
-            del sys.modules[name]
+        for name in [n for n in sys.modules if n.split(".")[0] == "genwire_runtime"]:
+            del sys.modules[name]  # its runtime copy, imported from the version's folder
 
 
 class Sink:
@@ -101,8 +101,9 @@ def test_inline_first_responses_go_out_in_the_callers_thread_and_others_in_the_o
 
 
 def test_execute_hands_requests_to_the_loop_with_the_bounded_wait(model_module: Any) -> None:
-    """``execute`` submits with ``_HANDOFF_WAIT_S``: short, so a stalled loop cannot hold
-    Triton's request intake for long."""
+    """``execute`` submits the last request of its batch with ``_HANDOFF_WAIT_S`` (short, so a
+    stalled loop cannot hold Triton's request intake for long) and the others without a wait
+    (the loop then takes the batch together)."""
     calls: list[float] = []
 
     class Scheduler:
@@ -121,7 +122,10 @@ def test_execute_hands_requests_to_the_loop_with_the_bounded_wait(model_module: 
         request.get_response_sender = lambda: None
         model_module.validate = lambda *args: None
         instance.execute([request])
+        assert calls == [model_module._HANDOFF_WAIT_S]
+        calls.clear()
+        instance.execute([request, request, request])
     finally:
         instance.outbox.close()
-    assert calls == [model_module._HANDOFF_WAIT_S]
+    assert calls == [0.0, 0.0, model_module._HANDOFF_WAIT_S]
     assert 0 < model_module._HANDOFF_WAIT_S <= 0.005

@@ -367,6 +367,19 @@ def test_first_tokens_go_out_inline_only_when_the_step_serves_nobody_else(
     assert handovers.first_responses()[-1] == (2, True, False) and ends.updates[-1].last
     assert not any(inline for _, urgent, inline in handovers.calls if not urgent)
 
+    stopping = Collect()  # a loop told to stop sends nothing itself
+    scheduler._stop.set()
+    scheduler.submit(request(stopping, [5, 6], max_tokens=2))
+    scheduler.run_once()
+    assert handovers.first_responses()[-1] == (1, True, False)
+    scheduler._stop.clear()
+    run(scheduler, [stopping])
+    on_gpu = Collect()  # TensorRT: the send would delay the GPU step's launch instead
+    scheduler.runner.backend = "tensorrt"
+    scheduler.submit(request(on_gpu, [5, 6], max_tokens=2))
+    scheduler.run_once()
+    assert handovers.first_responses()[-1] == (1, True, False)
+
     reference = Collect()  # the same request through the default publisher
     plain = Scheduler(create_runner(tiny_version.path), context=64, eos_ids=())
     plain.submit(request(reference, [5, 6], max_tokens=10))

@@ -424,7 +424,7 @@ class Scheduler:
         # put on ``pending`` and taken from it, counted under one lock (FIFO: the loop took a
         # request once it has taken as many as had been put up to it).
         self._idle = False
-        self._handoff = threading.Condition()
+        self._handoff = threading.Condition(threading.Lock())
         self._put = 0
         self._took = 0
 
@@ -449,7 +449,7 @@ class Scheduler:
         self.waiting = []
         while True:
             try:
-                waiting.append(self.pending.get_nowait())
+                waiting.append(self._take(block=False))
             except queue.Empty:
                 break
         for request in waiting:
@@ -467,8 +467,8 @@ class Scheduler:
         trip overlaps it instead of delaying it (about 0.3 ms at concurrency 1). A busy loop
         takes the request at its next iteration: no wait then.
         """
-        wait = wait_s > 0 and self._idle
         with self._handoff:
+            wait = wait_s > 0 and self._idle
             self.pending.put(request)
             self._put += 1
             mine = self._put
@@ -482,24 +482,27 @@ class Scheduler:
         request = self.pending.get(timeout=0.05) if block else self.pending.get_nowait()
         with self._handoff:
             self._took += 1
+            self._idle = False  # busy from here: a submit now need not wait
             self._handoff.notify_all()
         return request
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                first = None
-                if not self.active and not self.waiting:
-                    self._idle = True  # until a request comes (not between timeouts)
-                    try:
-                        first = self._take(block=True)
-                    except queue.Empty:
-                        continue
-                    self._idle = False
-                self.run_once(first)
-            except Exception as exc:  # keep serving: fail the batch, not the model
-                log.exception("generation step failed")
-                self._fail_all(f"generation failed: {exc}")
+        try:
+            while not self._stop.is_set():
+                try:
+                    first = None
+                    if not self.active and not self.waiting:
+                        self._idle = True  # until a request comes (not between timeouts)
+                        try:
+                            first = self._take(block=True)
+                        except queue.Empty:
+                            continue
+                    self.run_once(first)
+                except Exception as exc:  # keep serving: fail the batch, not the model
+                    log.exception("generation step failed")
+                    self._fail_all(f"generation failed: {exc}")
+        finally:
+            self._idle = False
 
     # -- one iteration ---------------------------------------------------------------------
     def run_once(self, first: Request | None = None) -> None:

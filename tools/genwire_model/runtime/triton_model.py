@@ -556,7 +556,8 @@ class TritonPythonModel:
             log.debug("cancel response not delivered", exc_info=True)
 
     def execute(self, requests: list[Any]) -> None:
-        for request in requests:
+        last = len(requests) - 1
+        for index, request in enumerate(requests):
             params = _parameters(request)
             target = _cancel_target(params)
             if target is not None:
@@ -576,7 +577,8 @@ class TritonPythonModel:
             except (RequestError, ValueError, TypeError) as exc:
                 sink.fail(f"genwire-gpt: {exc}")
                 continue
-            self.scheduler.submit(decoded, wait_s=_HANDOFF_WAIT_S)
+            # Only the last waits: the loop then takes the whole batch together.
+            self.scheduler.submit(decoded, wait_s=_HANDOFF_WAIT_S if index == last else 0.0)
 
     def finalize(self) -> None:
         self.scheduler.stop()  # sends the final "cancelled" responses through the outbox
