@@ -192,6 +192,10 @@ class Call:
             )
         finally:
             self.ended = True
+            # Ends the request side: grpc.aio's task writing our requests would otherwise
+            # wait on this queue until the dead call is collected ("Task was destroyed but it
+            # is pending!", then an aclose() error for the generator), once per Triton failure.
+            self._outgoing.put_nowait(None)
             closed = StreamClosed(
                 error
                 or RetryableError(

@@ -9,8 +9,10 @@ came from, which proves the venv's packages reach Triton's Python stub.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,10 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from genwire_stack.paths import site_packages
+from genwire_stack.default_model import DEFAULT_MODEL
+from genwire_stack.health import free_port, http_status, wait_until
+from genwire_stack.paths import StackPaths, site_packages
+from genwire_stack.servers import Triton
 
 from genwire.settings import CommonSettings
 
@@ -108,3 +113,71 @@ def test_repository_index_lists_the_loaded_model(infra: CommonSettings, test_mod
         index = http.post(f"http://{infra.triton_http_url}/v2/repository/index").json()
     states = {entry["name"]: entry.get("state") for entry in index}
     assert states.get(test_model) == "READY"
+
+
+@contextlib.contextmanager
+def _serve_privately(infra: CommonSettings, repository: Path) -> Iterator[str]:
+    """The stack's Triton command line on a private repository and free ports: yields its HTTP
+    base URL once the server answers ready (nothing loaded through the repository API)."""
+    settings = infra.model_copy(update={"model_repository": repository})
+    triton = Triton(
+        StackPaths.from_settings(settings),
+        settings,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+    )
+    log = (repository.parent / "triton.log").open("wb")
+    server = subprocess.Popen(
+        triton.command(),
+        env={**os.environ, **triton.environment()},
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{triton.http_port}"
+    try:
+        wait_until(
+            lambda: server.poll() is not None or http_status(f"{base}/v2/health/ready") == 200,
+            what="a private Triton",
+            timeout_s=120.0,
+        )
+        assert server.poll() is None, (repository.parent / "triton.log").read_text()[-2000:]
+        yield base
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def test_a_started_triton_serves_the_default_model_before_it_answers_ready(
+    infra: CommonSettings, tmp_path: Path
+) -> None:
+    # What a restart relies on: the supervisor's after-restart step comes later (and takes
+    # seconds under load); the server loads the default model before it answers at all.
+    repository = tmp_path / "repository"
+    folder = repository / DEFAULT_MODEL
+    (folder / "1").mkdir(parents=True)
+    (folder / "config.pbtxt").write_text(CONFIG)
+    (folder / "1" / "model.py").write_text(MODEL_PY)
+    (repository / "other").mkdir()  # a model the server must not load by itself
+    (repository / "other" / "config.pbtxt").write_text(CONFIG)
+    with _serve_privately(infra, repository) as base:
+        assert http_status(f"{base}/v2/models/{DEFAULT_MODEL}/ready") == 200
+        assert http_status(f"{base}/v2/models/other/ready") != 200
+
+
+def test_a_triton_without_the_default_model_still_starts(
+    infra: CommonSettings, tmp_path: Path
+) -> None:
+    # The first `genwire up` starts Triton before the model is built; a broken model must not
+    # keep the server down either (`genwire up` and the after-restart step report it).
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    with _serve_privately(infra, repository) as base:
+        assert http_status(f"{base}/v2/models/{DEFAULT_MODEL}/ready") != 200
+        assert http_status(f"{base}/v2/health/live") == 200

@@ -106,6 +106,8 @@ async def test_a_failed_call_fails_every_request_on_it_retryably(
     assert all(isinstance(c, StreamClosed) for c in closed)
     assert all(isinstance(c.error, RetryableError) for c in closed)
     assert "UNAVAILABLE" in closed[0].error.message
+    async with asyncio.timeout(2):  # what writes the requests (grpc.aio's task) ends too
+        await calls[0]._pump
     assert streams.call("m", "1") is not call and len(calls) == 2  # the next request: a new call
 
 

@@ -217,9 +217,9 @@ def _move_pin(
 
 def restore_loaded_models(cfg: CommonSettings, triton_http: str, out: Out = quiet) -> None:
     """Load again what ``genwire model load`` served: a restarted Triton (explicit model
-    control) serves nothing until asked, and this runs after every start of Triton (``genwire
-    up`` and the supervisor's after-ready hook). Best effort: a model that fails is reported,
-    the default model stays served."""
+    control) serves only the default model until asked, and this runs after every start of
+    Triton (``genwire up`` and the supervisor's after-ready hook). Best effort: a model that
+    fails is reported, the default model stays served."""
     lc = _lifecycle_module()
     if lc is None:
         out("models loaded by `genwire model load`: not restored (no genwire_model.lifecycle)")

@@ -30,6 +30,7 @@ from genwire_stack.catalog import (
     TRITON_SERVER_VERSION,
 )
 from genwire_stack.component import Component, Readiness, readyz
+from genwire_stack.default_model import DEFAULT_MODEL
 from genwire_stack.errors import StackError
 from genwire_stack.health import free_port, http_status, redis_ping
 from genwire_stack.layout import instance_name
@@ -150,6 +151,7 @@ class Triton(Component):
     name = "triton"
     title = f"Triton Inference Server {TRITON_SERVER_VERSION}"
     phase = 1
+    start_timeout_s = 600.0  # it answers once the default model is loaded: as long as a load
 
     def __init__(
         self,
@@ -211,7 +213,9 @@ class Triton(Component):
         return self.settings.triton_nice
 
     def after_restart(self) -> tuple[str, list[str]] | None:
-        # A restarted Triton (explicit model control) serves no model until it is loaded again.
+        # A restarted Triton loads the default model itself (command()); this step builds a
+        # new version when the runtime changed, keeps the policy's versions served and loads
+        # again what `genwire model load` served (explicit model control forgets it).
         return (
             f"http://127.0.0.1:{self.http_port}/v2/health/ready",
             [
@@ -247,9 +251,19 @@ class Triton(Component):
             "--backend-directory",
             str(self.server_dir / "backends"),
             # Models are loaded and unloaded through the repository API (genwire up loads
-            # the default model), so a broken model never keeps the server from starting.
+            # the default model and `genwire model load` others).
             "--model-control-mode",
             "explicit",
+            # ...and the default model while the server starts, before it answers ready: a
+            # restarted Triton serves it again without waiting for the supervisor's
+            # after-restart step (its Python start-up and policy read took 3 s under load;
+            # the step still builds a new version, restores the policy's versions and the
+            # models `genwire model load` served). A model missing or broken at start-up
+            # does not stop the server (the step or `genwire up` reports it).
+            "--load-model",
+            DEFAULT_MODEL,
+            "--exit-on-error",
+            "false",
             "--http-address",
             "127.0.0.1",
             "--http-port",

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import grpc
 import numpy as np
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
@@ -56,6 +57,36 @@ log = logging.getLogger(__name__)
 PROBE_RETRY_S = 30.0
 """A version that refused the cancel probe with an error (loading, say) is asked again after
 this long; meanwhile its requests get a call each."""
+
+READY_POLL_S = 0.25
+"""How often a request waiting for its model asks Triton whether the model is ready again.
+The waiters of one model version share the "not yet" answers (``_ready_now``), so an outage
+costs a few questions per second whatever the number of records waiting."""
+
+RECONNECT_BACKOFF_MS = (100, 1000)
+"""The Triton channel's reconnect backoff, first and longest (gRPC's defaults: 1 s and 120 s).
+A channel that lost Triton fails every call at once until its next attempt to connect, so
+with the defaults a Triton back after a long outage stayed unreachable for up to two minutes
+(and for 1–3 s after a 4 s restart); one connection attempt a second to it costs nothing."""
+
+
+def channel_args() -> list[tuple[str, int]]:
+    """tritonclient's own channel arguments (message sizes, keepalive), with the reconnect
+    backoff above: passing any replaces all of tritonclient's. (Not gRPC's
+    ``min_reconnect_backoff_ms``: despite its name it is the least time a connection attempt
+    gets, 20 s, which a remote Triton's TLS handshake may need.)"""
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", int(keepalive.keepalive_permit_without_calls)),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
+    ]
+
 
 SETTLING_MAX = 64
 """Answered calls whose status is read in the background at most (each for at most 5 s):
@@ -385,9 +416,11 @@ class TritonBackend:
 
     def __init__(self, url: str, shared_stream_s: float = 1.0) -> None:
         self.url = url
-        self.client = InferenceServerClient(url)
+        self.client = InferenceServerClient(url, channel_args=channel_args())
         self._admin = triton_admin.headers(grpc=True)  # secure stack: restricted config/index
         self._batched: dict[tuple[str, str], bool] = {}
+        self._not_ready: dict[tuple[str, str], float] = {}  # when Triton last said "not yet"
+        self._asking: dict[tuple[str, str], asyncio.Future[bool]] = {}  # a question in flight
         self._settling: set[asyncio.Task[None]] = set()  # answered calls being completed
         self.shared: SharedStreams | None = None
         if shared_stream_s > 0:
@@ -585,18 +618,49 @@ class TritonBackend:
             return False
 
     async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
-        """Poll model readiness (1 s, growing to 2 s) for up to ``timeout_s``."""
+        """Poll model readiness every ``READY_POLL_S`` for up to ``timeout_s``. The first
+        question is always Triton's own answer (a caller decides on it whether the model
+        refused a request); the later ones share what another waiter heard just before."""
         deadline = time.monotonic() + timeout_s
-        delay = 1.0
+        shared = False
         while True:
-            try:
-                if await self.client.is_model_ready(model, version, client_timeout=2.0):
-                    self._batched.pop((model, version), None)  # it may have been reloaded
-                    return True
-            except InferenceServerException:
-                pass
+            if await self._ready_now(model, version, shared):
+                self._batched.pop((model, version), None)  # it may have been reloaded
+                return True
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 1.5, 2.0)
+            await asyncio.sleep(min(READY_POLL_S, left))
+            shared = True
+
+    async def _ready_now(self, model: str, version: str, shared: bool) -> bool:
+        """Whether Triton serves ``model`` ``version``. With ``shared``: the answer to a
+        question another waiter has in flight, or a "not yet" heard less than half a poll ago
+        (a "ready" is never kept)."""
+        key = (model, version)
+        if shared:
+            asking = self._asking.get(key)
+            if asking is not None:
+                return await asyncio.shield(asking)
+            if time.monotonic() - self._not_ready.get(key, -READY_POLL_S) < READY_POLL_S / 2:
+                return False
+        asking = asyncio.ensure_future(self._ask_ready(key))
+        self._asking[key] = asking
+        asking.add_done_callback(lambda done: self._asked(key, done))
+        return await asyncio.shield(asking)
+
+    def _asked(self, key: tuple[str, str], done: asyncio.Future[bool]) -> None:
+        if self._asking.get(key) is done:
+            del self._asking[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: a waiter that left must not leave it unread
+
+    async def _ask_ready(self, key: tuple[str, str]) -> bool:
+        try:
+            if await self.client.is_model_ready(*key, client_timeout=2.0):
+                self._not_ready.pop(key, None)
+                return True
+        except InferenceServerException:
+            pass
+        self._not_ready[key] = time.monotonic()
+        return False
