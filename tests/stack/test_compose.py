@@ -304,11 +304,7 @@ def test_triton_runs_with_the_native_flags(
 ) -> None:
     argv = native["triton"].command()
     native_flags = {f"{argv[i]}={argv[i + 1]}" for i in range(1, len(argv) - 1, 2)}
-    shared = {
-        "--model-control-mode=explicit",
-        "--strict-readiness=false",
-        "--exit-on-error=false",  # a model failing at start-up leaves the server serving
-    }
+    shared = {"--model-control-mode=explicit", "--strict-readiness=false"}
     assert shared <= native_flags
     assert shared <= set(services["triton"]["command"])
     ports = native["triton"].ports()

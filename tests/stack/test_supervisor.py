@@ -271,6 +271,27 @@ def test_after_a_restart_the_ready_step_runs_once_ready(
     assert any("after-restart step exited with code 0" in x for x in sup.restart_lines())
 
 
+def test_restart_arguments_are_added_on_restarts_only(
+    tmp_path: Path, supervised: list[Supervised]
+) -> None:
+    # Triton's restart loads the default model as it starts (`--load-model`); `genwire up`'s
+    # first start does not (it loads it itself, outside the stack's lock, when asked to).
+    seen = tmp_path / "argv"
+    child = [
+        sys.executable,
+        "-c",
+        f"import sys, time; open({str(seen)!r}, 'a').write(repr(sys.argv[1:]) + '\\n'); "
+        "time.sleep(600)",
+    ]
+    sup = Supervised(tmp_path, child, "--restart-args-json", json.dumps(["--load-model", "m"]))
+    supervised.append(sup)
+    first = sup.child()
+    sup.wait("the first start", lambda: seen.exists() and seen.read_text())
+    os.kill(first, signal.SIGKILL)
+    sup.wait("the restart", lambda: len(seen.read_text().splitlines()) == 2)
+    assert seen.read_text().splitlines() == ["[]", "['--load-model', 'm']"]
+
+
 def test_the_manager_runs_components_supervised(home: tuple[StackPaths, CommonSettings]) -> None:
     paths, settings = home
     web = HttpServer(paths, settings, "web", phase=1)

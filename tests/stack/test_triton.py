@@ -117,8 +117,9 @@ def test_repository_index_lists_the_loaded_model(infra: CommonSettings, test_mod
 
 @contextlib.contextmanager
 def _serve_privately(infra: CommonSettings, repository: Path) -> Iterator[str]:
-    """The stack's Triton command line on a private repository and free ports: yields its HTTP
-    base URL once the server answers ready (nothing loaded through the repository API)."""
+    """The command line the stack's supervisor restarts Triton with, on a private repository
+    and free ports: yields its HTTP base URL once the server answers ready (nothing loaded
+    through the repository API)."""
     settings = infra.model_copy(update={"model_repository": repository})
     triton = Triton(
         StackPaths.from_settings(settings),
@@ -129,7 +130,7 @@ def _serve_privately(infra: CommonSettings, repository: Path) -> Iterator[str]:
     )
     log = (repository.parent / "triton.log").open("wb")
     server = subprocess.Popen(
-        triton.command(),
+        [*triton.command(), *triton.restart_arguments()],  # as its supervisor restarts it
         env={**os.environ, **triton.environment()},
         stdin=subprocess.DEVNULL,
         stdout=log,
@@ -154,30 +155,45 @@ def _serve_privately(infra: CommonSettings, repository: Path) -> Iterator[str]:
         log.close()
 
 
-def test_a_started_triton_serves_the_default_model_before_it_answers_ready(
+def _model(repository: Path, name: str, code: str = MODEL_PY) -> None:
+    (repository / name / "1").mkdir(parents=True)
+    (repository / name / "config.pbtxt").write_text(CONFIG)
+    (repository / name / "1" / "model.py").write_text(code)
+
+
+def test_a_restarted_triton_serves_the_default_model_before_it_answers_ready(
     infra: CommonSettings, tmp_path: Path
 ) -> None:
-    # What a restart relies on: the supervisor's after-restart step comes later (and takes
-    # seconds under load); the server loads the default model before it answers at all.
+    # Requests flow again without waiting for the supervisor's after-restart step (seconds
+    # on busy cores): the server loads the default model before it answers at all.
     repository = tmp_path / "repository"
-    folder = repository / DEFAULT_MODEL
-    (folder / "1").mkdir(parents=True)
-    (folder / "config.pbtxt").write_text(CONFIG)
-    (folder / "1" / "model.py").write_text(MODEL_PY)
-    (repository / "other").mkdir()  # a model the server must not load by itself
-    (repository / "other" / "config.pbtxt").write_text(CONFIG)
+    _model(repository, DEFAULT_MODEL)
+    _model(repository, "other")  # a model the server must not load by itself
     with _serve_privately(infra, repository) as base:
         assert http_status(f"{base}/v2/models/{DEFAULT_MODEL}/ready") == 200
         assert http_status(f"{base}/v2/models/other/ready") != 200
 
 
-def test_a_triton_without_the_default_model_still_starts(
+BROKEN_PY = MODEL_PY + textwrap.dedent(
+    """
+    class TritonPythonModel(TritonPythonModel):
+        def initialize(self, args):
+            raise RuntimeError("this version cannot load")
+    """
+)
+
+
+def test_a_restarted_triton_serves_without_a_default_model_it_cannot_load(
     infra: CommonSettings, tmp_path: Path
 ) -> None:
-    # The first `genwire up` starts Triton before the model is built; a broken model must not
-    # keep the server down either (`genwire up` and the after-restart step report it).
+    # Missing (not built yet) or failing: the server still comes up, and the after-restart
+    # step (or `genwire up`) builds, loads or reports it.
     repository = tmp_path / "repository"
     repository.mkdir()
+    with _serve_privately(infra, repository) as base:
+        assert http_status(f"{base}/v2/models/{DEFAULT_MODEL}/ready") != 200
+        assert http_status(f"{base}/v2/health/live") == 200
+    _model(repository, DEFAULT_MODEL, BROKEN_PY)
     with _serve_privately(infra, repository) as base:
         assert http_status(f"{base}/v2/models/{DEFAULT_MODEL}/ready") != 200
         assert http_status(f"{base}/v2/health/live") == 200

@@ -313,7 +313,8 @@ class Lifecycle:
         return self.serve(name, keep)
 
     def restore(self, skip: Iterable[str] = ()) -> dict[str, list[str]]:
-        """After a Triton restart (explicit mode serves nothing until asked): load every model
+        """After a Triton restart (explicit mode: only the default model, which the restart
+        loads, until asked): load every model
         whose config.pbtxt names ``specific`` versions (those ``load`` served), except
         ``skip``; returns what was loaded. A model that fails is reported and skipped."""
         loaded: dict[str, list[str]] = {}

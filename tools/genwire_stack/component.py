@@ -99,6 +99,11 @@ class Component(ABC):
         ``(url, argv)`` (Triton: load the default model again), or None."""
         return None
 
+    def restart_arguments(self) -> list[str]:
+        """Arguments its supervisor adds to ``command()`` when it restarts it (not at the first
+        start): Triton loads the default model as it starts again."""
+        return []
+
     def unready_restart(self) -> tuple[str, float] | None:
         """``(readiness URL, seconds)``: its supervisor restarts it once the URL has not
         answered 200 for that long (None: never for being unready)."""

@@ -123,7 +123,7 @@ def ensure_up(
             everything = _catalog_for_up(paths, cfg, catalog, brokers, scale, out, secure)
             chosen = select_components(everything, components)
             if model is None:
-                # The services need the model, and a (re)started Triton has none loaded.
+                # The services need the model, and a started Triton has none loaded.
                 model = any(isinstance(c, (Service, Triton)) for c in chosen)
             # Pre-flight of everything before any download or start: a port held by a
             # stranger anywhere stops the run right here.
@@ -272,6 +272,7 @@ def _launch(component: Component, paths: StackPaths) -> PidRecord:
             unready=component.unready_restart(),
             probe_tls=component.probe_tls(),
             nice=component.nice(),
+            restart_args=component.restart_arguments(),
         )
     env = {**os.environ, **component.environment()}
     record = spawn(

@@ -233,10 +233,12 @@ def supervised_argv(
     unready: tuple[str, float] | None = None,
     probe_tls: tuple[str, str | None, str | None] | None = None,
     nice: int = 0,
+    restart_args: Sequence[str] = (),
 ) -> list[str]:
     """The argv that runs ``argv`` under :mod:`genwire_stack.supervise`. ``probe_tls``: (CA,
     client certificate, key) of an ``https`` unready URL (None: plain HTTP); ``nice``: how far
-    below the other components' CPU priority the child runs."""
+    below the other components' CPU priority the child runs; ``restart_args``: added to
+    ``argv`` when the supervisor restarts it."""
     command = [
         python,
         "-m",
@@ -261,6 +263,8 @@ def supervised_argv(
                 command += ["--probe-cert", cert, "--probe-key", key]
     if nice:
         command += ["--nice", str(nice)]
+    if restart_args:
+        command += ["--restart-args-json", json.dumps(list(restart_args))]
     return [*command, "--", *argv]
 
 

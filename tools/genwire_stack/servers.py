@@ -151,7 +151,6 @@ class Triton(Component):
     name = "triton"
     title = f"Triton Inference Server {TRITON_SERVER_VERSION}"
     phase = 1
-    start_timeout_s = 600.0  # it answers once the default model is loaded: as long as a load
 
     def __init__(
         self,
@@ -228,6 +227,15 @@ class Triton(Component):
             ],
         )
 
+    def restart_arguments(self) -> list[str]:
+        # A restart (not `genwire up`'s start, which loads the model outside the stack's lock
+        # and only when asked) loads the default model before the server answers: requests
+        # flow again without waiting for the step above, whose Python start-up and policy
+        # read took 3 s on two busy cores. It serves what config.pbtxt names, as before the
+        # crash; the step then builds a new version if the runtime changed. A model failing
+        # to load must not keep the server down (the step reports it).
+        return ["--load-model", DEFAULT_MODEL, "--exit-on-error", "false"]
+
     def prepare(self) -> None:
         self.repository.mkdir(parents=True, exist_ok=True)
         stub = self.server_dir / "backends" / "python" / "triton_python_backend_stub"
@@ -251,19 +259,9 @@ class Triton(Component):
             "--backend-directory",
             str(self.server_dir / "backends"),
             # Models are loaded and unloaded through the repository API (genwire up loads
-            # the default model and `genwire model load` others).
+            # the default model), so a broken model never keeps the server from starting.
             "--model-control-mode",
             "explicit",
-            # ...and the default model while the server starts, before it answers ready: a
-            # restarted Triton serves it again without waiting for the supervisor's
-            # after-restart step (its Python start-up and policy read took 3 s under load;
-            # the step still builds a new version, restores the policy's versions and the
-            # models `genwire model load` served). A model missing or broken at start-up
-            # does not stop the server (the step or `genwire up` reports it).
-            "--load-model",
-            DEFAULT_MODEL,
-            "--exit-on-error",
-            "false",
             "--http-address",
             "127.0.0.1",
             "--http-port",

@@ -21,7 +21,9 @@ The state file (JSON, replaced atomically on every change) says what runs now: t
 and start time, the restart count, the last exit; :mod:`genwire_stack.statefile` reads it. With
 ``--ready-url`` and ``--after-ready-json``, each *restart* (not the first start: ``genwire up``
 does that one itself) waits until the URL answers 200 and then runs the given argv once, e.g. to
-load the default model into a restarted Triton.
+bring back the models `genwire model load` served into a restarted Triton. ``--restart-args-json``
+adds arguments to the child's own argv on restarts only (Triton: load the default model as it
+starts).
 
 With ``--unready-url`` and ``--unready-restart S`` (services: 600 s, twice the default outage
 budget), a child whose ``/readyz`` has not answered 200 for S seconds is stopped and restarted:
@@ -174,8 +176,11 @@ class Supervisor:
         unready_restart_s: float | None = None,
         probe_context: ssl.SSLContext | None = None,
         nice: int = 0,
+        restart_args: Sequence[str] = (),
     ) -> None:
         self.name = name
+        self.restart_args = list(restart_args)
+        """Added to ``argv`` when the child is started again (not the first time)."""
         self.nice = nice
         """How far below the supervisor's CPU priority the child runs (``lower_priority``)."""
         self.probe_context = probe_context
@@ -252,7 +257,7 @@ class Supervisor:
         me = os.getpid()
         try:
             self.child = subprocess.Popen(
-                self.argv,
+                self.argv if first else [*self.argv, *self.restart_args],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
                 # Single-threaded here: preexec_fn is safe.
@@ -472,6 +477,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--after-ready-json", default=None, help="after a restart, once ready: run this argv"
     )
+    parser.add_argument(
+        "--restart-args-json", default=None, help="on a restart: add these to the command"
+    )
     parser.add_argument("--backoff-first", type=float, default=BACKOFF_FIRST_S)
     parser.add_argument("--backoff-max", type=float, default=BACKOFF_MAX_S)
     parser.add_argument(
@@ -525,6 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unready_restart_s=args.unready_restart,
         probe_context=probe_context(args.probe_ca, args.probe_cert, args.probe_key),
         nice=args.nice,
+        restart_args=[str(a) for a in json.loads(args.restart_args_json or "[]")],
     )
     return supervisor.run()
 

@@ -60,8 +60,9 @@ this long; meanwhile its requests get a call each."""
 
 READY_POLL_S = 0.25
 """How often a request waiting for its model asks Triton whether the model is ready again.
-The waiters of one model version share the "not yet" answers (``_ready_now``), so an outage
-costs a few questions per second whatever the number of records waiting."""
+After its own first question, a waiter shares the others' (a question in flight, a "not yet"
+heard less than half a poll ago: ``_ready_now``), so an outage costs at most about 8 questions
+a second per model version however many records wait."""
 
 RECONNECT_BACKOFF_MS = (100, 1000)
 """The Triton channel's reconnect backoff, first and longest (gRPC's defaults: 1 s and 120 s).
