@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -448,6 +449,52 @@ def test_lowering_the_priority_never_stops_the_child_from_starting(
     assert supervise.lower_session_group(5, tmp_path / "none") is None  # no autogroups here
     monkeypatch.setattr(supervise.time, "sleep", lambda s: None)
     assert "not lowered" in (supervise.lower_session_group(5, tmp_path) or "")  # a directory
+
+
+def test_the_stack_hands_triton_its_restart_arguments_through_the_supervisor(
+    home: tuple[StackPaths, CommonSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from genwire_stack import manager, supervise
+    from genwire_stack.servers import Redis, Triton
+
+    paths, settings = home
+    launched: dict[str, list[str]] = {}
+
+    def spawn(name: str, argv: list[str], **_: object) -> object:
+        launched[name] = list(argv)
+        raise _Launched
+
+    monkeypatch.setattr(manager, "spawn", spawn)
+    for component in (Triton(paths, settings), Redis(paths, settings)):
+        with pytest.raises(_Launched):
+            manager._launch(component, paths)
+    restart_args, command = _as_the_supervisor_reads_it(supervise, launched["triton"])
+    assert restart_args == ["--load-model", DEFAULT_MODEL, "--exit-on-error", "false"]
+    assert "--load-model" not in command  # the first start loads nothing (genwire up does)
+    assert _as_the_supervisor_reads_it(supervise, launched["redis"])[0] == []
+
+
+class _Launched(Exception):
+    """What the stubbed ``spawn`` raises: the argv is all the test needs."""
+
+
+def _as_the_supervisor_reads_it(module: Any, argv: list[str]) -> tuple[list[str], list[str]]:
+    """(restart arguments, child command) of ``python -m genwire_stack.supervise ...``, as
+    its own ``main`` parses them into a ``Supervisor``."""
+    seen: list[Any] = []
+
+    class Parsed(Exception):
+        pass
+
+    def run(self: Any) -> int:
+        seen.append(self)
+        raise Parsed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module.Supervisor, "run", run)
+        with pytest.raises(Parsed):
+            module.main(argv[argv.index("genwire_stack.supervise") + 1 :])
+    return seen[0].restart_args, seen[0].argv
 
 
 def test_triton_is_supervised_below_the_other_components(

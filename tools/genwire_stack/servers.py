@@ -212,9 +212,9 @@ class Triton(Component):
         return self.settings.triton_nice
 
     def after_restart(self) -> tuple[str, list[str]] | None:
-        # A restarted Triton loads the default model itself (command()); this step builds a
-        # new version when the runtime changed, keeps the policy's versions served and loads
-        # again what `genwire model load` served (explicit model control forgets it).
+        # A restarted Triton loads the default model itself (restart_arguments()); this step
+        # builds a new version when the runtime changed, keeps the policy's versions served
+        # and loads again what `genwire model load` served (explicit model control forgets it).
         return (
             f"http://127.0.0.1:{self.http_port}/v2/health/ready",
             [
@@ -258,8 +258,9 @@ class Triton(Component):
             str(self.repository),
             "--backend-directory",
             str(self.server_dir / "backends"),
-            # Models are loaded and unloaded through the repository API (genwire up loads
-            # the default model), so a broken model never keeps the server from starting.
+            # Models are loaded and unloaded through the repository API: the first start loads
+            # nothing (genwire up loads the default model), so a broken model never keeps the
+            # server from starting; a restart adds restart_arguments().
             "--model-control-mode",
             "explicit",
             "--http-address",
