@@ -21,6 +21,10 @@ after ``drain_timeout_s`` is cancelled; outputs are fenced (not published once t
 is gone), so the new owner's work is the only one published. The fetch loop never blocks on a
 full worker pool: it pauses the partitions and keeps polling, so the group never sees a member
 that stopped polling.
+
+Order: records run concurrently, except that a record starts only once the previous record of
+its partition with the same key has finished (``_after``): a request's records (its streamed
+chunks) are handled, and their outputs published, in the order they were written.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -213,6 +218,8 @@ class EventConsumer(Generic[InT]):
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         # In-flight record tasks and their partitions (a task leaves when it is done).
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
+        # The latest task of each (partition, key): the next record with that key waits for it.
+        self._last_of_key: dict[tuple[TopicPartition, bytes], asyncio.Task[None]] = {}
         self._waiting = 0  # records backing off for a dependency: take no new ones meanwhile
         self._room = asyncio.Event()  # a record finished or stopped waiting: maybe resume
         self._hold_poll_s = 0.2  # while held, poll at least this often (the group's liveness)
@@ -311,10 +318,15 @@ class EventConsumer(Generic[InT]):
                             return
                         tracker = self._offsets.setdefault(tp, PartitionOffsets())
                         tracker.started(record.offset)
-                        task = asyncio.create_task(self._process(tp, record, tracker))
+                        task = asyncio.create_task(
+                            self._process(tp, record, tracker, self._after(tp, record))
+                        )
                         self._tasks[task] = tp
                         task.add_done_callback(self._tasks.pop)
                         task.add_done_callback(self._wake)  # after pop: room counts it gone
+                        if record.key:
+                            self._last_of_key[(tp, record.key)] = task
+                            task.add_done_callback(partial(self._forget_key, (tp, record.key)))
                 if hold and not self._stopping:
                     # Resume as soon as there is room, not at the next 200 ms poll: a full pool
                     # of fast records would otherwise take ``concurrency`` records per poll.
@@ -328,6 +340,19 @@ class EventConsumer(Generic[InT]):
 
     def _wake(self, _: object = None) -> None:
         self._room.set()
+
+    def _after(
+        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]
+    ) -> asyncio.Task[None] | None:
+        """The unfinished task of the previous record with this key in this partition. Without
+        the wait a request's chunk whose handler paused (a tokenizer's first load, a metadata
+        refresh) published its outputs after the next chunk's: readers saw a stream's text
+        out of order (measured: tests/scale/test_replicas.py, two postprocess instances)."""
+        return self._last_of_key.get((tp, record.key)) if record.key else None
+
+    def _forget_key(self, key: tuple[TopicPartition, bytes], task: asyncio.Task[None]) -> None:
+        if self._last_of_key.get(key) is task:
+            del self._last_of_key[key]
 
     def _throttle(self, hold: bool) -> None:
         """Pause every assigned partition while full or waiting out an outage; else resume."""
@@ -368,7 +393,10 @@ class EventConsumer(Generic[InT]):
         tp: TopicPartition,
         record: ConsumerRecord[bytes, bytes],
         tracker: PartitionOffsets,
+        after: asyncio.Task[None] | None = None,
     ) -> None:
+        if after is not None:
+            await asyncio.wait({after})  # however it ended; a cancel of this task still ends it
         started = time.perf_counter()
         outcome = "ok"
         if self._metrics:

@@ -5,6 +5,7 @@ holds for as long as it is asked to (scaled up, so waiting on it never ends with
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -110,3 +111,67 @@ async def test_a_full_pool_resumes_when_a_record_finishes() -> None:
         runner.cancel()
     assert done == [f"r{i}" for i in range(20)]
     assert fake.held_polls >= 1  # the pool did fill: the partition was paused and polled
+
+
+def _keyed(offset: int, key: str) -> ConsumerRecord[bytes, bytes]:
+    return dataclasses.replace(_record(offset), key=key.encode())
+
+
+async def test_records_of_one_key_run_in_order_and_other_keys_do_not_wait() -> None:
+    # A request's streamed chunks: the first one's handler pauses (a tokenizer's first load);
+    # the next chunk must not run (and publish) before it, another request must not wait.
+    log: list[str] = []
+    released = asyncio.Event()
+    other_done = asyncio.Event()
+    finished = asyncio.Event()
+
+    async def handler(event: Rec) -> None:
+        log.append(f"start {event.request_id}")
+        if event.request_id == "r0":
+            await released.wait()
+        log.append(f"end {event.request_id}")
+        if event.request_id == "r2":
+            other_done.set()
+        if len([x for x in log if x.startswith("end")]) == 4:
+            finished.set()
+
+    consumer: EventConsumer[Any] = EventConsumer(
+        topic=TP.topic,
+        group_id="g",
+        model=Rec,
+        handler=handler,
+        producer=EventProducer("k:9092"),
+        bootstrap_servers="k:9092",
+        stage="test",
+        concurrency=8,
+    )
+    records = [_keyed(0, "a"), _keyed(1, "a"), _keyed(2, "b"), _keyed(3, "a")]
+    consumer._consumer = PausingConsumer(records)  # type: ignore[assignment]
+    consumer._assigned = {TP}
+
+    async def commit(only: object = None) -> None:
+        return None
+
+    consumer._commit = commit  # type: ignore[method-assign]
+    runner = asyncio.create_task(consumer.run())
+    try:
+        async with asyncio.timeout(30):
+            await other_done.wait()  # the other key went through meanwhile
+            await asyncio.sleep(0.05)  # time for a wrongly started r1 to show
+            assert "start r1" not in log and "start r3" not in log
+            released.set()
+            await finished.wait()
+            if consumer._tasks:  # their done callbacks have run once this returns
+                await asyncio.wait(set(consumer._tasks))
+    finally:
+        consumer._stopping = True
+        runner.cancel()
+    assert [x for x in log if x[-2:] in ("r0", "r1", "r3")] == [
+        "start r0",
+        "end r0",
+        "start r1",
+        "end r1",
+        "start r3",
+        "end r3",
+    ]
+    assert not consumer._last_of_key  # nothing kept once they are done
