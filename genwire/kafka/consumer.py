@@ -22,9 +22,10 @@ is gone), so the new owner's work is the only one published. The fetch loop neve
 full worker pool: it pauses the partitions and keeps polling, so the group never sees a member
 that stopped polling.
 
-Order: records run concurrently, except that a record starts only once the previous record of
-its partition with the same key has finished (``_after``): a request's records (its streamed
-chunks) are handled, and their outputs published, in the order they were written.
+Order: records run concurrently. With ``ordered_keys`` (postprocess: a request's streamed
+chunks) a record starts only once the previous record of its partition with the same key has
+finished (``_after``), so their outputs are published in the order the records were written
+(except after a parked record, which is replayed later).
 """
 
 from __future__ import annotations
@@ -147,6 +148,8 @@ class EventConsumer(Generic[InT]):
 
     ``group_id=None``: no group; every partition is read from its end (e.g. cancels, which
     every instance must see from now on) and nothing is committed or left on the broker.
+    ``ordered_keys``: records with the same key run one after another, in partition order (the
+    module's *Order*); off, a duplicate or a shadow copy of a request runs beside it.
     ``root_spans=False``: a record without a trace context gets no process span (a gateway's
     heartbeat every second would otherwise start a trace of its own, forever), and nothing the
     handler or a failure path publishes for it is traced either (an unsampled context); one
@@ -184,9 +187,11 @@ class EventConsumer(Generic[InT]):
         fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
         commit_interval_s: float = COMMIT_INTERVAL_S,
         root_spans: bool = True,
+        ordered_keys: bool = False,
     ) -> None:
         self.topic = topic
         self._root_spans = root_spans
+        self._ordered_keys = ordered_keys
         self._commit_interval_s = commit_interval_s
         self.group_id = group_id
         self._model = model
@@ -324,7 +329,7 @@ class EventConsumer(Generic[InT]):
                         self._tasks[task] = tp
                         task.add_done_callback(self._tasks.pop)
                         task.add_done_callback(self._wake)  # after pop: room counts it gone
-                        if record.key:
+                        if self._ordered_keys and record.key:
                             self._last_of_key[(tp, record.key)] = task
                             task.add_done_callback(partial(self._forget_key, (tp, record.key)))
                 if hold and not self._stopping:
@@ -344,11 +349,15 @@ class EventConsumer(Generic[InT]):
     def _after(
         self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]
     ) -> asyncio.Task[None] | None:
-        """The unfinished task of the previous record with this key in this partition. Without
-        the wait a request's chunk whose handler paused (a tokenizer's first load, a metadata
-        refresh) published its outputs after the next chunk's: readers saw a stream's text
-        out of order (measured: tests/scale/test_replicas.py, two postprocess instances)."""
-        return self._last_of_key.get((tp, record.key)) if record.key else None
+        """With ``ordered_keys``: the unfinished task of the previous record with this key in
+        this partition. Without the wait a request's chunk whose handler paused (a tokenizer's
+        first load, a metadata refresh) published its outputs after the next chunk's: readers
+        saw a stream's text out of order (tests/scale/test_replicas.py, two postprocess
+        instances). Not for every stage: on ``genwire.prepared`` a shadow copy and a
+        redelivered duplicate share the request's key and must not wait for it."""
+        if not self._ordered_keys or not record.key:
+            return None
+        return self._last_of_key.get((tp, record.key))
 
     def _forget_key(self, key: tuple[TopicPartition, bytes], task: asyncio.Task[None]) -> None:
         if self._last_of_key.get(key) is task:
@@ -396,7 +405,12 @@ class EventConsumer(Generic[InT]):
         after: asyncio.Task[None] | None = None,
     ) -> None:
         if after is not None:
-            await asyncio.wait({after})  # however it ended; a cancel of this task still ends it
+            try:
+                await asyncio.wait({after})  # however it ended
+            except asyncio.CancelledError:  # stopped or revoked while waiting: uncommitted
+                if self._metrics:
+                    self._metrics.messages.labels(self.topic, self._stage, "cancelled").inc()
+                raise
         started = time.perf_counter()
         outcome = "ok"
         if self._metrics:

@@ -84,12 +84,14 @@ class ServiceRuntime:
         decoder: Decoder[InT] | None = None,
         concurrency: int | None = None,
         root_spans: bool = True,
+        ordered_keys: bool = False,
     ) -> EventConsumer[InT]:
         """Create (not start) a consumer with this service's settings and telemetry.
 
         ``group=False``: no consumer group; every partition from its end (every instance sees
         every record from now on, and nothing is left on the broker when it stops).
         ``root_spans=False``: records without a trace context are processed untraced.
+        ``ordered_keys``: records with the same key run in partition order, one at a time.
         """
         s = self.settings
         consumer = self._new_consumer(
@@ -101,6 +103,7 @@ class ServiceRuntime:
             failure_events=failure_events,
             decoder=decoder,
             root_spans=root_spans,
+            ordered_keys=ordered_keys,
         )
         self.consumers.append(consumer)
         return consumer
@@ -116,6 +119,7 @@ class ServiceRuntime:
         failure_events: FailureEvents | None = None,
         decoder: Decoder[InT] | None = None,
         root_spans: bool = True,
+        ordered_keys: bool = False,
     ) -> EventConsumer[InT]:
         s = self.settings
         return EventConsumer(
@@ -144,6 +148,7 @@ class ServiceRuntime:
             session_timeout_ms=s.kafka_session_timeout_ms,
             fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
             commit_interval_s=s.kafka_commit_interval_ms / 1000.0,
+            ordered_keys=ordered_keys,
         )
 
     def _add_replayer(self) -> None:

@@ -144,6 +144,7 @@ async def test_records_of_one_key_run_in_order_and_other_keys_do_not_wait() -> N
         bootstrap_servers="k:9092",
         stage="test",
         concurrency=8,
+        ordered_keys=True,
     )
     records = [_keyed(0, "a"), _keyed(1, "a"), _keyed(2, "b"), _keyed(3, "a")]
     consumer._consumer = PausingConsumer(records)  # type: ignore[assignment]
@@ -175,3 +176,44 @@ async def test_records_of_one_key_run_in_order_and_other_keys_do_not_wait() -> N
         "end r3",
     ]
     assert not consumer._last_of_key  # nothing kept once they are done
+
+
+async def test_without_ordered_keys_a_records_copy_runs_beside_it() -> None:
+    # genwire.prepared: a shadow copy or a redelivered duplicate shares the request's key and
+    # must not wait for the whole generation (inference drops a duplicate that is running).
+    started: list[str] = []
+    both = asyncio.Event()
+    released = asyncio.Event()
+
+    async def handler(event: Rec) -> None:
+        started.append(event.request_id)
+        if len(started) == 2:
+            both.set()
+        await released.wait()
+
+    consumer: EventConsumer[Any] = EventConsumer(
+        topic=TP.topic,
+        group_id="g",
+        model=Rec,
+        handler=handler,
+        producer=EventProducer("k:9092"),
+        bootstrap_servers="k:9092",
+        stage="test",
+        concurrency=8,
+    )
+    consumer._consumer = PausingConsumer([_keyed(0, "a"), _keyed(1, "a")])  # type: ignore[assignment]
+    consumer._assigned = {TP}
+
+    async def commit(only: object = None) -> None:
+        return None
+
+    consumer._commit = commit  # type: ignore[method-assign]
+    runner = asyncio.create_task(consumer.run())
+    try:
+        async with asyncio.timeout(30):
+            await both.wait()  # the second started while the first still ran
+    finally:
+        released.set()
+        consumer._stopping = True
+        runner.cancel()
+    assert started == ["r0", "r1"] and not consumer._last_of_key

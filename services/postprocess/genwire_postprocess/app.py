@@ -61,7 +61,15 @@ async def setup(
     def failure_events(record: ConsumerRecord[bytes, bytes], err: GenwireError) -> Sequence[Output]:
         return replies.with_replies_now(failure_outputs(record, err), record.headers or ())
 
-    runtime.consumer(Topic.GENERATIONS, GenerationChunk, handle, failure_events=failure_events)
+    # A request's chunks one after another: their TokenEvents go out in order even when a
+    # chunk's handler pauses (a tokenizer's first load, the reply topic's metadata).
+    runtime.consumer(
+        Topic.GENERATIONS,
+        GenerationChunk,
+        handle,
+        failure_events=failure_events,
+        ordered_keys=True,
+    )
     try:
         yield
     finally:
