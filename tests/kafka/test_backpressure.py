@@ -73,6 +73,33 @@ def _record(offset: int) -> ConsumerRecord[bytes, bytes]:
     )
 
 
+async def _no_commit(only: object = None) -> None:
+    return None
+
+
+def _consuming(
+    handler: Any, records: list[ConsumerRecord[bytes, bytes]], concurrency: int, **options: Any
+) -> tuple[EventConsumer[Any], PausingConsumer]:
+    """An ``EventConsumer`` of ``TP`` reading ``records`` from the stand-in, committing
+    nothing (no broker)."""
+    consumer: EventConsumer[Any] = EventConsumer(
+        topic=TP.topic,
+        group_id="g",
+        model=Rec,
+        handler=handler,
+        producer=EventProducer("k:9092"),
+        bootstrap_servers="k:9092",
+        stage="test",
+        concurrency=concurrency,
+        **options,
+    )
+    fake = PausingConsumer(records)
+    consumer._consumer = fake  # type: ignore[assignment]
+    consumer._assigned = {TP}
+    consumer._commit = _no_commit  # type: ignore[method-assign]
+    return consumer, fake
+
+
 async def test_a_full_pool_resumes_when_a_record_finishes() -> None:
     done: list[str] = []
     all_done = asyncio.Event()
@@ -83,25 +110,8 @@ async def test_a_full_pool_resumes_when_a_record_finishes() -> None:
         if len(done) == 20:
             all_done.set()
 
-    consumer: EventConsumer[Any] = EventConsumer(
-        topic=TP.topic,
-        group_id="g",
-        model=Rec,
-        handler=handler,
-        producer=EventProducer("k:9092"),
-        bootstrap_servers="k:9092",
-        stage="test",
-        concurrency=2,
-    )
-    fake = PausingConsumer([_record(i) for i in range(20)])
-    consumer._consumer = fake  # type: ignore[assignment]
-    consumer._assigned = {TP}
+    consumer, fake = _consuming(handler, [_record(i) for i in range(20)], concurrency=2)
     consumer._hold_poll_s = 3600.0  # only a finished record may end the wait for room
-
-    async def commit(only: object = None) -> None:
-        return None
-
-    consumer._commit = commit  # type: ignore[method-assign]
     runner = asyncio.create_task(consumer.run())
     try:
         async with asyncio.timeout(30):  # a hang guard: every record is done in far less
@@ -135,25 +145,8 @@ async def test_records_of_one_key_run_in_order_and_other_keys_do_not_wait() -> N
         if len([x for x in log if x.startswith("end")]) == 4:
             finished.set()
 
-    consumer: EventConsumer[Any] = EventConsumer(
-        topic=TP.topic,
-        group_id="g",
-        model=Rec,
-        handler=handler,
-        producer=EventProducer("k:9092"),
-        bootstrap_servers="k:9092",
-        stage="test",
-        concurrency=8,
-        ordered_keys=True,
-    )
     records = [_keyed(0, "a"), _keyed(1, "a"), _keyed(2, "b"), _keyed(3, "a")]
-    consumer._consumer = PausingConsumer(records)  # type: ignore[assignment]
-    consumer._assigned = {TP}
-
-    async def commit(only: object = None) -> None:
-        return None
-
-    consumer._commit = commit  # type: ignore[method-assign]
+    consumer, _ = _consuming(handler, records, concurrency=8, ordered_keys=True)
     runner = asyncio.create_task(consumer.run())
     try:
         async with asyncio.timeout(30):
@@ -191,23 +184,7 @@ async def test_without_ordered_keys_a_records_copy_runs_beside_it() -> None:
             both.set()
         await released.wait()
 
-    consumer: EventConsumer[Any] = EventConsumer(
-        topic=TP.topic,
-        group_id="g",
-        model=Rec,
-        handler=handler,
-        producer=EventProducer("k:9092"),
-        bootstrap_servers="k:9092",
-        stage="test",
-        concurrency=8,
-    )
-    consumer._consumer = PausingConsumer([_keyed(0, "a"), _keyed(1, "a")])  # type: ignore[assignment]
-    consumer._assigned = {TP}
-
-    async def commit(only: object = None) -> None:
-        return None
-
-    consumer._commit = commit  # type: ignore[method-assign]
+    consumer, _ = _consuming(handler, [_keyed(0, "a"), _keyed(1, "a")], concurrency=8)
     runner = asyncio.create_task(consumer.run())
     try:
         async with asyncio.timeout(30):
