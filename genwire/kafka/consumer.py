@@ -223,7 +223,8 @@ class EventConsumer(Generic[InT]):
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         # In-flight record tasks and their partitions (a task leaves when it is done).
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
-        # The latest task of each (partition, key): the next record with that key waits for it.
+        # ``ordered_keys``: the latest task of each (partition, key), which the next record
+        # with that key waits for.
         self._last_of_key: dict[tuple[TopicPartition, bytes], asyncio.Task[None]] = {}
         self._waiting = 0  # records backing off for a dependency: take no new ones meanwhile
         self._room = asyncio.Event()  # a record finished or stopped waiting: maybe resume

@@ -314,9 +314,9 @@ class Lifecycle:
 
     def restore(self, skip: Iterable[str] = ()) -> dict[str, list[str]]:
         """After a Triton restart (explicit mode: only the default model, which the restart
-        loads, until asked): load every model
-        whose config.pbtxt names ``specific`` versions (those ``load`` served), except
-        ``skip``; returns what was loaded. A model that fails is reported and skipped."""
+        loads, until asked): load every model whose config.pbtxt names ``specific`` versions
+        (those ``load`` served), except ``skip``; returns what was loaded. A model that fails
+        is reported and skipped."""
         loaded: dict[str, list[str]] = {}
         for config in sorted(Path(self.repository).glob(f"*/{CONFIG}")):
             name = config.parent.name
