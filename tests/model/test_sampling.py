@@ -9,10 +9,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from genwire_model.runtime import sampling
 from genwire_model.runtime.sampling import (
+    HEAD,
     Sampler,
     log_softmax,
     logsumexp,
+    ranked_values,
     sample_reference,
     top_logprobs,
     walk,
@@ -88,11 +91,13 @@ def test_temperature_zero_and_top_k_one_are_greedy() -> None:
     np.testing.assert_array_equal(_fast(logits, draws, t=1.5, k=1), expected)
 
 
+@pytest.mark.parametrize("partial", [True, False], ids=["selection", "full-sort"])
 @pytest.mark.parametrize("vocab", [50, 512, 4096])
-def test_fast_path_equals_the_full_sort_reference(vocab: int) -> None:
-    """Same draws, same tokens: random filters, ties, masked (-inf) tokens, mixed rows."""
+def test_fast_path_equals_the_full_sort_reference(vocab: int, partial: bool) -> None:
+    """Same draws, same tokens: random filters, ties, masked (-inf) tokens, mixed rows, with
+    the head ranked by selection and by a full sort."""
     rng = np.random.default_rng(vocab)
-    sampler = Sampler(vocab)
+    sampler = Sampler(vocab, partial=partial)
     for trial in range(120):
         rows = int(rng.integers(1, 9))
         logits = (rng.standard_normal((rows, vocab)) * rng.uniform(0.5, 5)).astype(np.float32)
@@ -109,6 +114,26 @@ def test_fast_path_equals_the_full_sort_reference(vocab: int) -> None:
             fast = sampler.sample(logits.copy(), t, p, k, m, draws)
             np.testing.assert_array_equal(fast, sample_reference(logits, t, p, k, m, draws))
     assert sampler.ties > 0  # the tie path was exercised
+    if vocab > HEAD:
+        assert sampler.beyond > 0  # and nuclei that reach past the ranked head
+
+
+@pytest.mark.parametrize("width", [1, 2, 257, 4095, 4096, 5000])
+def test_ranked_values_by_selection_are_the_sorted_head(width: int) -> None:
+    """Exactly ``np.sort(-values)[:, :width]``, ties, zeros and -0.0 included."""
+    rng = np.random.default_rng(width)
+    values = np.round(rng.random((6, 4096), dtype=np.float32) * 50) / 50
+    values[:, rng.integers(0, 4096, 800)] = 0.0
+    expected = np.sort(np.negative(values), axis=1)[:, :width]
+    np.testing.assert_array_equal(ranked_values(values, width, partial=True)[:, :width], expected)
+    np.testing.assert_array_equal(ranked_values(values, width, partial=False)[:, :width], expected)
+    assert ranked_values(values, width, partial=True).shape[1] == min(width, 4096)
+
+
+def test_a_ranking_asked_for_is_the_one_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Sampler(4096, partial=True).partial and not Sampler(4096, partial=False).partial
+    monkeypatch.setattr(sampling, "partial_is_faster", lambda vocab: vocab == 4096)
+    assert Sampler(4096).partial and not Sampler(50).partial  # unasked: measured
 
 
 def test_top_k_boundary_with_ties_keeps_the_lower_ids() -> None:

@@ -13,20 +13,22 @@ Definition (the reference, ``sample_reference``, computes it with a full sort pe
    kept token, walking the kept tokens in token-id order, whose cumulative mass exceeds
    ``u`` times the kept mass.
 
-The fast path (``Sampler.sample``) sorts no token ids: it sorts each filtered row's
-probability *values* (numpy's vectorised float32 sort), sums a head of them for top-p (further
-only when a nucleus reaches past it), takes the value at the cut as a threshold on the row and
-resolves a run of equal values across the cut by lower ids, so the cut is exact by
-construction. Walking the kept tokens in id order uses block sums (64 tokens a block) and
-one block's cumulative sum, not a cumulative sum over the vocabulary. The reference and the
-fast path share the walk, so the same draws give the same tokens (tested, and a chi-squared
-test holds the frequencies to the definition). The order of the filters is vLLM V1's (min_p
-after temperature, then top-k / top-p over what min_p kept). Temperature 0 or top_k 1 is
+The fast path (``Sampler.sample``) sorts no token ids: it ranks each filtered row's probability
+*values* — the head only, selected with ``np.partition`` and then sorted, or the whole row
+sorted where numpy's SIMD sort is faster (``partial_is_faster``, measured at start) —, sums the
+head for top-p (further only when a nucleus reaches past it), takes the value at the cut as a
+threshold on the row and resolves a run of equal values across the cut by lower ids, so the cut
+is exact by construction. Walking the kept tokens in id order uses block sums (64 tokens a
+block) and one block's cumulative sum, not a cumulative sum over the vocabulary. The reference
+and the fast path share the walk, so the same draws give the same tokens (tested, and a chi-
+squared test holds the frequencies to the definition). The order of the filters is vLLM V1's
+(min_p after temperature, then top-k / top-p over what min_p kept). Temperature 0 or top_k 1 is
 greedy (the first maximum).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -152,13 +154,49 @@ def sample_reference(
 HEAD = 256  # ranked probabilities summed for top-p before looking further
 
 
-class Sampler:
-    """The fast path; remembers how far down the ranking recent nuclei reached."""
+def ranked_values(values: Array, width: int, partial: bool = True) -> Array:
+    """Each row's largest ``width`` values, negated, ascending: ``np.sort(-values)[:, :width]``
+    exactly. ``partial``: a selection (``np.partition``), then a sort of those ``width`` values;
+    otherwise the whole row sorted (every value, so wider than asked)."""
+    negated: Array = np.negative(values)
+    if not partial or width >= values.shape[1]:
+        negated.sort(axis=1)
+        return negated
+    head: Array = np.partition(negated, width - 1, axis=1)[:, :width]
+    head.sort(axis=1)
+    return head
 
-    def __init__(self, vocab: int) -> None:
+
+def partial_is_faster(vocab: int, rows: int = 8, tries: int = 5) -> bool:
+    """Whether a selection then a short sort beats a full sort of rows of ``vocab`` values on
+    this machine (best of ``tries`` each, a few milliseconds at start). The two give the same
+    values; which is faster depends on the CPU and numpy: numpy 1.26 sorts float32 rows with
+    SIMD only on AVX-512, where the full sort wins, and on an AVX2 machine a full sort of 4,096
+    values costs 11x the selection of 256 (docs/model.md *Round 12*)."""
+    values = np.random.default_rng(0).random((rows, vocab), dtype=np.float32)
+    width = min(vocab, HEAD + 1)
+    best: dict[bool, float] = {}
+    for _ in range(tries):
+        for partial in (True, False):
+            started = time.perf_counter()
+            ranked_values(values, width, partial)
+            spent = time.perf_counter() - started
+            best[partial] = min(spent, best.get(partial, spent))
+    return best[True] < best[False]
+
+
+class Sampler:
+    """The fast path; remembers how far down the ranking recent nuclei reached.
+
+    ``partial``: rank each row's head by selection (``ranked_values``); None measures which is
+    faster here (``partial_is_faster``). The tokens are the same either way."""
+
+    def __init__(self, vocab: int, partial: bool | None = None) -> None:
         self.vocab = vocab
         self.head = min(vocab, HEAD)
+        self.partial = partial_is_faster(vocab) if partial is None else partial
         self.ties = 0  # rows whose cut fell inside a run of equal probabilities (tests)
+        self.beyond = 0  # rows whose nucleus reached past the head (tests)
 
     def sample(
         self,
@@ -204,49 +242,57 @@ class Sampler:
         rows = kept.shape[0]
         if mps.max() > 0.0:
             np.multiply(kept, kept >= mps.astype(np.float32)[:, None], out=kept)
-        # Values only, most likely first (negated: ascending sort, contiguous): numpy's
-        # vectorised float32 sort beats introselect (np.partition) on these rows, and no
-        # token ids are sorted.
-        ranked = np.sort(np.negative(kept), axis=1)
         count = np.count_nonzero(kept, axis=1)
         cut_rows = np.flatnonzero(((ks > 0) & (ks < count)) | (ps < 1.0))
         if cut_rows.size == 0:
             return  # min_p alone
         if cut_rows.size < rows:
             part = kept[cut_rows]
-            self._cut(part, ranked[cut_rows], count[cut_rows], ks[cut_rows], ps[cut_rows])
+            self._cut(part, count[cut_rows], ks[cut_rows], ps[cut_rows])
             kept[cut_rows] = part
         else:
-            self._cut(kept, ranked, count, ks, ps)
+            self._cut(kept, count, ks, ps)
 
-    def _cut(self, kept: Array, ranked: Array, count: Array, ks: Array, ps: Array) -> None:
-        """Top-k / top-p on rows that min_p already filtered (``ranked``: their values,
-        negated, ascending; ``count``: how many are above 0)."""
+    def _cut(self, kept: Array, count: Array, ks: Array, ps: Array) -> None:
+        """Top-k / top-p on rows that min_p already filtered (``count``: how many of each row
+        are above 0)."""
         vocab = kept.shape[1]
         truncated = (ks > 0) & (ks < count)
         count = np.where(truncated, ks, count)
         mass = kept.sum(axis=1, dtype=np.float64)  # passing mass, id order (as the reference)
         n = np.arange(len(kept))
         head = min(vocab, max(self.head, int(ks.max())))
+        # Values only, most likely first (negated: ascending): the head, and the value after
+        # it for a cut at its end; no token ids are sorted.
+        ranked = ranked_values(kept, head + 1, self.partial)
         # -cumsum(-x) == cumsum(x) exactly: negation is exact.
         cumulative = -np.cumsum(ranked[:, :head], axis=1, dtype=np.float64)
         mass = np.where(truncated, cumulative[n, np.minimum(count, head) - 1], mass)
         limit = ps * mass
         # Prefix (within the head) whose mass stays below the limit: the nucleus ends after it.
         nucleus = (cumulative < limit[:, None]).sum(axis=1) + 1
+        beyond: dict[int, Array] = {}  # rows whose nucleus reaches past the head: all values
         for i in np.flatnonzero((ps < 1.0) & (nucleus > head) & (count > head)):
-            # This nucleus reaches past the head: sum further down this row's ranking.
-            more = cumulative[i, -1] - np.cumsum(ranked[i, head:], dtype=np.float64)
+            self.beyond += 1
+            full = ranked[i] if ranked.shape[1] == vocab else np.sort(np.negative(kept[i]))
+            more = cumulative[i, -1] - np.cumsum(full[head:], dtype=np.float64)
             nucleus[i] = head + int((more < limit[i]).sum()) + 1
+            beyond[int(i)] = full
         nucleus = np.minimum(nucleus, count)
         cut = np.maximum(np.where(ps < 1.0, nucleus, count), 1)
         if ps.min() < 1.0:  # the head follows what three rows in four needed recently
             wanted = int(np.sort(cut)[(3 * (cut.size - 1)) // 4])
             self.head = min(vocab, max(HEAD, 1 << max(0, wanted - 1).bit_length()))
-        threshold = -ranked[n, cut - 1]
-        # A run of equal probabilities across the cut: keep its lower ids only.
+        # The value at the cut and the one after it (the cut is inside the head unless the
+        # row is one of ``beyond``).
         follow = np.minimum(cut, vocab - 1)
-        for i in np.flatnonzero((cut < vocab) & (-ranked[n, follow] == threshold)):
+        last = ranked.shape[1] - 1
+        threshold = -ranked[n, np.minimum(cut - 1, last)]
+        after = -ranked[n, np.minimum(follow, last)]
+        for i, full in beyond.items():
+            threshold[i], after[i] = -full[cut[i] - 1], -full[follow[i]]
+        # A run of equal probabilities across the cut: keep its lower ids only.
+        for i in np.flatnonzero((cut < vocab) & (after == threshold)):
             self.ties += 1
             equal = np.flatnonzero(kept[i] == threshold[i])
             above = int((kept[i] > threshold[i]).sum())

@@ -407,6 +407,10 @@ class Scheduler:
         self.rebuilds = 0
         self.steps = 0
         self.sampler = Sampler(runner.vocab_size)
+        log.info(
+            "sampler: a row's head ranked by %s (the faster here)",
+            "selection" if self.sampler.partial else "a full sort",
+        )
         self.outgoing: list[tuple[Sink, Update]] = []
         # Optional runner operations (ONNX Runtime has them; others use the basic ones).
         self._step_pass = getattr(runner, "step", None) or runner.forward
