@@ -39,8 +39,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from tritonclient.grpc import InferResult
+import numpy as np
+import numpy.typing as npt
 from tritonclient.grpc._utils import _get_inference_request
+from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
 
 from genwire.errors import RetryableError
 from genwire.request import ErrorCode
@@ -310,6 +312,54 @@ class SharedStreams:
                 await asyncio.wait(pending, timeout=1.0)
 
 
-def result_of(response: Any) -> InferResult:
-    """The response as tritonclient's ``InferResult`` (what ``parse_response`` reads)."""
-    return InferResult(response.infer_response)
+class Result:
+    """One ``ModelInferResponse`` read as tritonclient's ``InferResult`` reads it
+    (``as_numpy`` by output name, ``get_response``), with the same arrays, for less.
+
+    ``InferResult.as_numpy`` walks the response's outputs to find each name, and a response
+    of the model contract is read for a dozen names (``parse_response``): indexed by name once
+    here, a response is parsed in 28 µs instead of 48 (docs/model.md *Round 12*)."""
+
+    __slots__ = ("_index", "_response")
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+        self._index = {output.name: i for i, output in enumerate(response.outputs)}
+
+    def get_response(self) -> Any:
+        """The ``ModelInferResponse`` itself (model name, version, id, parameters)."""
+        return self._response
+
+    def as_numpy(self, name: str) -> npt.NDArray[Any] | None:
+        """Output ``name`` as a numpy array of its shape; None when the response has none."""
+        i = self._index.get(name)
+        if i is None:
+            return None
+        output = self._response.outputs[i]
+        raw = self._response.raw_output_contents
+        array: npt.NDArray[Any]
+        if i < len(raw):  # Triton's gRPC frontend sends every output's data raw, in order
+            if output.datatype == "BYTES":
+                array = deserialize_bytes_tensor(raw[i])
+            else:
+                array = np.frombuffer(raw[i], dtype=_np_dtype(output.datatype))
+        elif len(output.contents.bytes_contents) != 0:
+            array = np.array(output.contents.bytes_contents)
+        else:
+            array = np.empty(0, dtype=_np_dtype(output.datatype))
+        return array.reshape(tuple(output.shape))
+
+
+_DTYPES: dict[str, Any] = {}
+
+
+def _np_dtype(datatype: str) -> Any:
+    dtype = _DTYPES.get(datatype)
+    if dtype is None:
+        dtype = _DTYPES[datatype] = triton_to_np_dtype(datatype)
+    return dtype
+
+
+def result_of(response: Any) -> Result:
+    """The response's ``ModelInferResponse`` as a ``Result`` (what ``parse_response`` reads)."""
+    return Result(response.infer_response)

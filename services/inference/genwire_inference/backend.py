@@ -203,7 +203,8 @@ class ModelBackend(Protocol):
 
 
 def parse_response(result: Any) -> ModelStep:
-    """A Triton ``InferResult`` of the model contract (``genwire.triton_io``) as a ``ModelStep``."""
+    """A response of the model contract (``genwire.triton_io``), read through ``as_numpy`` (a
+    ``genwire.triton_stream.Result`` or tritonclient's ``InferResult``), as a ``ModelStep``."""
     ids = result.as_numpy(Output.TOKEN_IDS)
     lps = result.as_numpy(Output.LOGPROBS)
     finished = scalar(result, Output.FINISHED)
