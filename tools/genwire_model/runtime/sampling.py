@@ -20,8 +20,8 @@ head for top-p (further only when a nucleus reaches past it), takes the value at
 threshold on the row and resolves a run of equal values across the cut by lower ids, so the cut
 is exact by construction. Walking the kept tokens in id order uses block sums (64 tokens a
 block) and one block's cumulative sum, not a cumulative sum over the vocabulary. The reference
-and the fast path share the walk, so the same draws give the same tokens (tested, and a chi-
-squared test holds the frequencies to the definition). The order of the filters is vLLM V1's
+and the fast path share the walk, so the same draws give the same tokens (tested, and a
+chi-squared test holds the frequencies to the definition). The order of the filters is vLLM V1's
 (min_p after temperature, then top-k / top-p over what min_p kept). Temperature 0 or top_k 1 is
 greedy (the first maximum).
 """
