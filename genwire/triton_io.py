@@ -321,7 +321,8 @@ def top_alternatives(result: Any, tokens: int) -> list[list[tuple[int, float]]]:
 
 
 def scalar(result: Any, name: str) -> Any:
-    """The one value of output ``name`` of a response (an ``InferResult``); None when absent."""
+    """The one value of output ``name`` of a response (anything with ``as_numpy``: tritonclient's
+    ``InferResult``, ``genwire.triton_stream.Result``); None when absent."""
     array = result.as_numpy(name)
     if array is None or array.size == 0:
         return None

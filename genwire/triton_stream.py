@@ -324,7 +324,9 @@ class Result:
 
     def __init__(self, response: Any) -> None:
         self._response = response
-        self._index = {output.name: i for i, output in enumerate(response.outputs)}
+        self._index: dict[str, int] = {}
+        for i, output in enumerate(response.outputs):
+            self._index.setdefault(output.name, i)  # the first of a name, as InferResult
 
     def get_response(self) -> Any:
         """The ``ModelInferResponse`` itself (model name, version, id, parameters)."""

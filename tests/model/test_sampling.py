@@ -93,11 +93,21 @@ def test_temperature_zero_and_top_k_one_are_greedy() -> None:
 
 @pytest.mark.parametrize("partial", [True, False], ids=["selection", "full-sort"])
 @pytest.mark.parametrize("vocab", [50, 512, 4096])
-def test_fast_path_equals_the_full_sort_reference(vocab: int, partial: bool) -> None:
+def test_fast_path_equals_the_full_sort_reference(
+    vocab: int, partial: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Same draws, same tokens: random filters, ties, masked (-inf) tokens, mixed rows, with
     the head ranked by selection and by a full sort."""
     rng = np.random.default_rng(vocab)
     sampler = Sampler(vocab, partial=partial)
+    asked: set[bool] = set()
+    ranked = sampling.ranked_values
+
+    def spy(values: Array, width: int, partial: bool = True) -> Array:
+        asked.add(partial)
+        return ranked(values, width, partial)
+
+    monkeypatch.setattr(sampling, "ranked_values", spy)
     for trial in range(120):
         rows = int(rng.integers(1, 9))
         logits = (rng.standard_normal((rows, vocab)) * rng.uniform(0.5, 5)).astype(np.float32)
@@ -114,13 +124,14 @@ def test_fast_path_equals_the_full_sort_reference(vocab: int, partial: bool) -> 
             fast = sampler.sample(logits.copy(), t, p, k, m, draws)
             np.testing.assert_array_equal(fast, sample_reference(logits, t, p, k, m, draws))
     assert sampler.ties > 0  # the tie path was exercised
+    assert asked == {partial}  # the ranking asked for is the one used
     if vocab > HEAD:
         assert sampler.beyond > 0  # and nuclei that reach past the ranked head
 
 
 @pytest.mark.parametrize("width", [1, 2, 257, 4095, 4096, 5000])
 def test_ranked_values_by_selection_are_the_sorted_head(width: int) -> None:
-    """Exactly ``np.sort(-values)[:, :width]``, ties, zeros and -0.0 included."""
+    """Exactly ``np.sort(-values)[:, :width]``, ties and zeros included."""
     rng = np.random.default_rng(width)
     values = np.round(rng.random((6, 4096), dtype=np.float32) * 50) / 50
     values[:, rng.integers(0, 4096, 800)] = 0.0

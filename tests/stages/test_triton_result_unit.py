@@ -102,3 +102,17 @@ def test_an_output_sent_without_raw_contents_still_reads() -> None:
         assert got.dtype == expected.dtype and got.shape == expected.shape
         np.testing.assert_array_equal(got, expected)
     assert parse_response(ours).finish_reason == "length"
+
+
+def test_a_name_sent_twice_reads_as_its_first_output() -> None:
+    """As ``InferResult`` (Triton never sends a name twice; the reader still agrees)."""
+    message = _response(_INTERMEDIATE)
+    message.outputs.add(name=Output.TOKEN_IDS, datatype="INT32", shape=[2])
+    message.raw_output_contents.append(np.array([5, 6], dtype=np.int32).tobytes())
+    got, expected = (
+        Result(message).as_numpy(Output.TOKEN_IDS),
+        InferResult(message).as_numpy(Output.TOKEN_IDS),
+    )
+    assert got is not None and expected is not None
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, [17])
