@@ -84,9 +84,10 @@ async def test_floor_echo_in_the_real_triton(
     infra: CommonSettings, tmp_path: Path, shared: bool
 ) -> None:
     """The echo serves the model's contract: max_tokens one-token responses, the last one
-    final with the counts, on a stream per request or on one for all (``--shared-stream``);
-    the run leaves nothing loaded nor in the repository."""
+    final with the counts, on a stream per request or on one for all (``--shared-stream``),
+    the client on the loop asked for; the run leaves nothing loaded nor in the repository."""
     out = tmp_path / "floor.json"
+    loop = "uvloop" if shared else "asyncio"
     per_response, per_request = await asyncio.to_thread(
         bench.run_floor,
         infra.triton_grpc_url,
@@ -98,14 +99,17 @@ async def test_floor_echo_in_the_real_triton(
         out,
         triton_admin.headers(infra),
         shared,
+        loop,
     )
     for level, r in zip([1, 2], per_response, strict=True):
         assert r.concurrency == level and r.requests == 4 and r.errors == 0
         assert r.mean_output_tokens == 5
         assert r.core_ms_per_token["client"] > 0 and "total" in r.core_ms_per_token
+        assert r.event_loop == loop
     assert [r.requests for r in per_request] == [16, 16]
     assert all(r.mean_output_tokens == 1 and r.errors == 0 for r in per_request)
     assert json.loads(out.read_text())["shared_stream"] is shared
+    assert json.loads(out.read_text())["event_loop"] == loop
     assert not [p for p in os.listdir(infra.repository) if p.startswith(bench.FLOOR_MODEL)]
 
 

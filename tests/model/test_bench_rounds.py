@@ -70,6 +70,7 @@ def test_the_summary_gives_each_ratios_median_and_range_per_level() -> None:
         (["--response-gap-ms", "80", "--floor"], "do not apply to it"),
         (["--response-gap-ms", "-1"], "a finite number >= 0"),
         (["--response-gap-ms", "nan"], "a finite number >= 0"),
+        (["--event-loop", "libuv"], "expected one of auto, asyncio, uvloop"),
     ],
 )
 def test_rounds_are_refused_where_they_cannot_apply(flags: list[str], message: str) -> None:
@@ -169,10 +170,13 @@ def test_failed_requests_are_counted_and_a_run_that_stops_keeps_its_pairs(
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        (["--in-process", "--max-steal", "5"], ("rounds", 1, 5.0)),
-        (["--in-process", "--rounds", "4"], ("rounds", 4, None)),
-        (["--in-process"], ("run", True)),
-        ([], ("run", False)),
+        (["--in-process", "--max-steal", "5"], ("rounds", 1, 5.0, "auto")),
+        (
+            ["--in-process", "--rounds", "4", "--event-loop", "asyncio"],
+            ("rounds", 4, None, "asyncio"),
+        ),
+        (["--in-process"], ("run", True, "auto")),
+        (["--event-loop", "uvloop"], ("run", False, "uvloop")),
     ],
 )
 def test_the_bench_goes_to_the_rounds_only_when_asked(
@@ -182,9 +186,11 @@ def test_the_bench_goes_to_the_rounds_only_when_asked(
     monkeypatch.setattr(
         bench_rounds,
         "run_rounds",
-        lambda *a, **kw: seen.append(("rounds", a[7], kw["max_steal"])),
+        lambda *a, **kw: seen.append(("rounds", a[7], kw["max_steal"], kw["event_loop"])),
     )
-    monkeypatch.setattr(bench, "run", lambda *a, **kw: seen.append(("run", kw["in_process"])))
+    monkeypatch.setattr(
+        bench, "run", lambda *a, **kw: seen.append(("run", kw["in_process"], kw["event_loop"]))
+    )
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
     args = parser.parse_args(["model", "bench", *flags])
@@ -208,10 +214,12 @@ async def test_rounds_alternate_the_ceiling_and_triton_against_the_real_triton(
         out,
         2,
         shared_stream=True,
+        event_loop="uvloop",
     )
     assert [(e["concurrency"], e["rounds"]) for e in summary] == [(1, 2), (2, 2)]
     payload = json.loads(out.read_text())
     assert payload["shared_stream"] is True and payload["summary"] == summary
+    assert payload["event_loop"] == "uvloop"
     rounds = payload["pairs"]
     assert [(r["round"], r["concurrency"], r["first"]) for r in rounds] == [
         (1, 1, "in-process"),
@@ -227,3 +235,5 @@ async def test_rounds_alternate_the_ceiling_and_triton_against_the_real_triton(
             r["triton"]["output_tokens_per_s"] / r["in_process"]["output_tokens_per_s"]
         )
         assert r["steal_triton"] == r["triton"]["steal_pct"]
+        assert r["triton"]["event_loop"] == "uvloop"  # what the client ran on
+        assert r["in_process"]["event_loop"] == ""

@@ -1,6 +1,10 @@
 """Baseline figures of the model alone: tritonclient gRPC (asyncio) straight to Triton, and the
 ceiling it is measured against.
 
+The client runs on the event loop the services run on (``--event-loop``, default ``auto``:
+uvloop when installed, as ``genwire.service.loop`` picks it for the inference service, whose
+way of talking to Triton this measures); each level records the loop it ran on.
+
 Reports, per concurrency level, requests/s, output tokens/s, time to first token and time per
 output token (p50, p99). These are the model's own figures: the Kafka pipeline adds to them.
 
@@ -38,6 +42,7 @@ from typing import Any
 import numpy as np
 from genwire_bench.steal import cpu_times, stolen_pct
 
+from genwire.service import loop as event_loops
 from genwire_model.client import Generation, generate, generate_shared
 from genwire_model.repository import ModelRepository, load_tokenizer
 
@@ -77,6 +82,8 @@ class LevelResult:
     """Share of the machine's CPU time the hypervisor took from it during the level (``steal``
     in /proc/stat), in percent; None where it cannot be read. Runs that differ in it are not
     comparable: the same work takes longer."""
+    event_loop: str = ""
+    """The client's event loop for the level (``uvloop`` or ``asyncio``; in-process: none)."""
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -248,6 +255,7 @@ async def run_level(
         cpu, used, sum(r.completion_tokens for r in results)
     )
     result.steal_pct = stolen
+    result.event_loop = event_loops.describe()
     return result
 
 
@@ -457,6 +465,12 @@ def compare(triton: LevelResult, local: LevelResult, static: StaticResult) -> di
     }
 
 
+def loop_label(event_loop: str) -> str:
+    """What ``event_loop`` (``auto``, ``asyncio``, ``uvloop``) runs on here: ``uvloop`` or
+    ``asyncio`` (an unknown name, or ``uvloop`` not installed, is an error)."""
+    return "asyncio" if event_loops.loop_factory(event_loop) is None else "uvloop"
+
+
 def _streams(shared: bool) -> str:
     return "one gRPC stream for all requests" if shared else "a gRPC stream per request"
 
@@ -487,12 +501,15 @@ def run(
     in_process: bool = False,
     shared_stream: bool = False,
     min_gap_ms: float = 0.0,
+    event_loop: str = "auto",
 ) -> list[LevelResult]:
     """Benchmark every level and print a table (and JSON to ``out`` if given); with
     ``in_process``, the in-process ceiling first and Triton's share of it; with
     ``shared_stream``, every request of a level on one gRPC stream (the inference service's
     way) instead of one stream each; with ``min_gap_ms``, every request asks for streamed
-    responses at least that far apart (what the inference service asks for)."""
+    responses at least that far apart (what the inference service asks for); the client runs
+    on ``event_loop`` (``genwire.service.loop``)."""
+    client_loop = loop_label(event_loop)
     version = ModelRepository(repository).latest(model)
     tokenizer = load_tokenizer(version)
     prompts = [tokenizer.encode(p).ids for p in PROMPTS]
@@ -508,6 +525,7 @@ def run(
         "max_tokens": max_tokens,
         "shared_stream": shared_stream,
         "min_response_gap_ms": min_gap_ms,
+        "event_loop": client_loop,
     }
     ceiling: list[LevelResult] = []
     statics: list[StaticResult] = []
@@ -532,14 +550,15 @@ def run(
         payload["static"] = [dataclasses.asdict(st) for st in statics]
     print(
         f"model {model} version {version.version} at {url}: max_tokens {max_tokens}, "
-        f"temperature 0.8, top_p 0.95, streaming, {_streams(shared_stream)}"
+        f"temperature 0.8, top_p 0.95, streaming, {_streams(shared_stream)}, client on "
+        f"{client_loop}"
         + (f", responses at least {min_gap_ms:g} ms apart" if min_gap_ms > 0 else "")
     )
     print(header)
     results = []
     for level in levels:
         n = requests_per_level or max(16, 4 * level)
-        r = asyncio.run(
+        r = event_loops.run(
             run_level(
                 url,
                 model,
@@ -550,7 +569,8 @@ def run(
                 None,
                 shared=shared_stream,
                 min_gap_ms=min_gap_ms,
-            )
+            ),
+            event_loop,
         )
         results.append(r)
         print(_row(r), flush=True)
@@ -609,12 +629,15 @@ def run_floor(
     out: Path | None,
     headers: dict[str, str] | None = None,
     shared_stream: bool = False,
+    event_loop: str = "auto",
 ) -> tuple[list[LevelResult], list[LevelResult]]:
     """Triton's streaming cost with no model: an echo model loaded for the run (then unloaded
     and removed), the same client and levels as the model bench. Returns the per-response
     levels (``max_tokens`` one-token responses per request) and the per-request levels (one
-    response per request)."""
+    response per request); the client runs on ``event_loop``."""
     import httpx
+
+    client_loop = loop_label(event_loop)
 
     name = f"{FLOOR_MODEL}-{uuid.uuid4().hex[:6]}"
     model_dir = repository / name
@@ -638,7 +661,8 @@ def run_floor(
             for tokens, unit in ((max_tokens, "response"), (1, "request")):
                 print(
                     f"floor: echo model {name} at {url}, no model work: {tokens} one-token "
-                    f"response(s) per request, {_streams(shared_stream)}; core-ms per {unit}"
+                    f"response(s) per request, {_streams(shared_stream)}, client on "
+                    f"{client_loop}; core-ms per {unit}"
                 )
                 print(header + f"core-ms/{unit}")
                 table = []
@@ -646,8 +670,9 @@ def run_floor(
                     n = requests_per_level or max(16, 4 * level)
                     if tokens == 1:
                         n *= 4  # requests are short: more of them for a steady figure
-                    r = asyncio.run(
-                        run_level(url, name, prompt, level, n, tokens, None, shared=shared_stream)
+                    r = event_loops.run(
+                        run_level(url, name, prompt, level, n, tokens, None, shared=shared_stream),
+                        event_loop,
                     )
                     table.append(r)
                     print(_row(r), flush=True)
@@ -674,6 +699,7 @@ def run_floor(
             "url": url,
             "max_tokens": max_tokens,
             "shared_stream": shared_stream,
+            "event_loop": client_loop,
             "per_response": [dataclasses.asdict(r) for r in tables[0]],
             "per_request": [dataclasses.asdict(r) for r in tables[1]],
         }

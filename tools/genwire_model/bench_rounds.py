@@ -12,7 +12,6 @@ with the steal each side saw.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import math
@@ -22,6 +21,7 @@ from typing import Any
 
 from genwire_bench.steal import cpu_times, stolen_pct
 
+from genwire.service import loop as event_loops
 from genwire_model.bench import (
     PROMPTS,
     LevelResult,
@@ -29,6 +29,7 @@ from genwire_model.bench import (
     _scheduler,
     _streams,
     compare,
+    loop_label,
     run_in_process_level,
     run_level,
     run_static,
@@ -140,6 +141,7 @@ def run_rounds(
     rounds: int,
     shared_stream: bool = False,
     max_steal: float | None = None,
+    event_loop: str = "auto",
 ) -> list[dict[str, Any]]:
     """``rounds`` alternated rounds of every level (see the module's docstring); prints each
     pair's comparison and the summary, writes both to ``out`` as JSON (also when the run stops
@@ -149,12 +151,14 @@ def run_rounds(
     kept, marked ``stolen``; the others are in the JSON's ``discarded``."""
     if rounds < 1:
         raise ValueError("rounds must be at least 1")
+    client_loop = loop_label(event_loop)  # Triton's client (``bench.run``)
     version = ModelRepository(repository).latest(model)
     tokenizer = load_tokenizer(version)
     prompts = [tokenizer.encode(p).ids for p in PROMPTS]
     print(
         f"{model} version {version.version}: in-process (this process) against Triton at "
-        f"{url} ({_streams(shared_stream)}), {rounds} rounds, max_tokens {max_tokens}, "
+        f"{url} ({_streams(shared_stream)}, client on {client_loop}), {rounds} rounds, "
+        f"max_tokens {max_tokens}, "
         "temperature 0.8, top_p 0.95, streaming"
     )
     print(
@@ -184,10 +188,11 @@ def run_rounds(
                     return st, mine
 
                 def remote(level: int = level, n: int = n) -> LevelResult:
-                    return asyncio.run(
+                    return event_loops.run(
                         run_level(
                             url, model, prompts, level, n, max_tokens, None, shared=shared_stream
-                        )
+                        ),
+                        event_loop,
                     )
 
                 tries: list[tuple[dict[str, Any], dict[str, Any]]] = []
@@ -243,6 +248,7 @@ def run_rounds(
                 "levels": levels,
                 "requests_per_level": requests_per_level,
                 "shared_stream": shared_stream,
+                "event_loop": client_loop,
                 "rounds": rounds,
                 "max_steal": max_steal,
                 "attempts": ATTEMPTS,

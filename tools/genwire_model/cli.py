@@ -147,6 +147,14 @@ def register(subparsers: Any) -> None:
         "the inference service talks to Triton) instead of one stream per request",
     )
     bench.add_argument(
+        "--event-loop",
+        default="auto",
+        metavar="LOOP",
+        help="the client's event loop: auto (uvloop when installed, as the services run), "
+        "asyncio or uvloop (default: auto; checked when the bench starts, as importing the "
+        "loop module is slow for every other command)",
+    )
+    bench.add_argument(
         "--response-gap-ms",
         type=float,
         default=0.0,
@@ -237,7 +245,7 @@ def _ensure(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from genwire_model.bench import run, run_floor
+    from genwire_model.bench import loop_label, run, run_floor
 
     if args.rounds < 1:
         raise SystemExit("genwire model bench: --rounds must be at least 1")
@@ -263,6 +271,10 @@ def _bench(args: argparse.Namespace) -> int:
         raise SystemExit("genwire model bench: --response-gap-ms must be a finite number >= 0")
     if min(args.concurrency) < 1 or (args.requests is not None and args.requests < 1):
         raise SystemExit("genwire model bench: --concurrency and --requests must be at least 1")
+    try:
+        loop_label(args.event_loop)
+    except (ValueError, RuntimeError) as exc:
+        raise SystemExit(f"genwire model bench: --event-loop: {exc}") from exc
     name = args.name or DEFAULT_MODEL_NAME
     settings = _settings()
     # What the model bench and its rounds both take: where, which model, levels and output.
@@ -278,7 +290,13 @@ def _bench(args: argparse.Namespace) -> int:
     if rounds:
         from genwire_model.bench_rounds import run_rounds
 
-        run_rounds(*target, args.rounds, shared_stream=args.shared_stream, max_steal=args.max_steal)
+        run_rounds(
+            *target,
+            args.rounds,
+            shared_stream=args.shared_stream,
+            max_steal=args.max_steal,
+            event_loop=args.event_loop,
+        )
         return 0
     if args.floor:
         from genwire import triton_admin
@@ -293,6 +311,7 @@ def _bench(args: argparse.Namespace) -> int:
             args.out,
             headers=triton_admin.headers(settings),
             shared_stream=args.shared_stream,
+            event_loop=args.event_loop,
         )
         return 0
     run(
@@ -300,5 +319,6 @@ def _bench(args: argparse.Namespace) -> int:
         in_process=args.in_process,
         shared_stream=args.shared_stream,
         min_gap_ms=args.response_gap_ms,
+        event_loop=args.event_loop,
     )
     return 0
