@@ -8,6 +8,7 @@ place here, and the module is loaded from a built version's folder as Triton loa
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 import threading
 import time
@@ -129,3 +130,53 @@ def test_execute_hands_requests_to_the_loop_with_the_bounded_wait(model_module: 
         instance.outbox.close()
     assert calls == [0.0, 0.0, model_module._HANDOFF_WAIT_S]
     assert 0 < model_module._HANDOFF_WAIT_S <= 0.005
+
+
+def test_the_models_and_the_runtimes_logs_go_to_tritons_log(model_module: Any) -> None:
+    """Records of ``genwire.model`` and ``genwire_runtime.*`` reach ``pb_utils.Logger`` at
+    their level, prefixed with the instance's model and version (the stub configures no
+    logging of its own: INFO went nowhere); DEBUG stays out."""
+    lines: list[tuple[str, str]] = []
+
+    class Logger:
+        @staticmethod
+        def log_info(message: str) -> None:
+            lines.append(("info", message))
+
+        @staticmethod
+        def log_warn(message: str) -> None:
+            lines.append(("warn", message))
+
+        @staticmethod
+        def log_error(message: str) -> None:
+            lines.append(("error", message))
+
+        @staticmethod
+        def log_verbose(message: str) -> None:
+            lines.append(("verbose", message))
+
+    model_module.pb_utils.Logger = Logger
+    loggers = [logging.getLogger(name) for name in model_module._LOGGERS]
+    saved = [(lg, list(lg.handlers), lg.level) for lg in loggers]
+    try:
+        model_module._log_to_triton("m version 3")
+        model_module._log_to_triton("m version 3")  # again: still one line per record
+        logging.getLogger("genwire_runtime.scheduler").info("sampler: %s", "selection")
+        logging.getLogger("genwire_runtime.runners").warning("fell back")
+        logging.getLogger("genwire_runtime.runners").debug("noise")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("genwire.model").exception("response delivery failed")
+    finally:
+        for lg, handlers, level in saved:
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+    assert lines[:2] == [
+        ("info", "m version 3: genwire_runtime.scheduler: sampler: selection"),
+        ("warn", "m version 3: genwire_runtime.runners: fell back"),
+    ]
+    level, message = lines[2]
+    assert level == "error" and message.startswith("m version 3: genwire.model: response")
+    assert "ValueError: boom" in message  # the traceback comes along
+    assert len(lines) == 3

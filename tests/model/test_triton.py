@@ -14,6 +14,7 @@ import httpx
 import pytest
 from genwire_model.build import RUNTIME_DIR
 from genwire_model.client import Generation, GenerationError, generate
+from genwire_stack.paths import StackPaths
 from tritonclient.grpc import InferResult
 from tritonclient.grpc.aio import InferenceServerClient
 
@@ -165,6 +166,24 @@ async def test_bad_requests_get_a_clear_error_and_the_model_keeps_serving(
     with pytest.raises(GenerationError, match=message):
         await gen(client, name, **change)
     assert (await gen(client, name, max_tokens=2)).finish_reason == "length"
+
+
+async def test_the_models_log_lines_are_in_tritons_log(served_model: tuple[str, str]) -> None:
+    """The model's INFO lines (ready, the sampler's ranking) reach the stack's Triton log
+    through ``pb_utils.Logger``, each naming the model and version that wrote it."""
+    name = served_model[1]
+    path = StackPaths.from_settings().logs / "triton.log"
+    wanted = [
+        f"{name} version 1: genwire.model: genwire model {name} version 1 ready on onnxruntime",
+        f"{name} version 1: genwire_runtime.scheduler: sampler: a row's head ranked by",
+    ]
+    text = ""
+    for _ in range(100):  # the stub's log lines reach Triton's log asynchronously
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if all(line in text for line in wanted):
+            break
+        await asyncio.sleep(0.1)
+    assert [line for line in wanted if line not in text] == []
 
 
 async def test_cancelled_stream_stops_and_the_model_keeps_serving(

@@ -78,6 +78,45 @@ except ImportError:  # a runtime without constrained decoding
     ConstraintCompiler = None
 
 log = logging.getLogger("genwire.model")
+# The loggers whose records go to Triton's log (``_log_to_triton``): this module's and the
+# runtime's (scheduler, runners, TensorRT engine).
+_LOGGERS = ("genwire.model", "genwire_runtime")
+
+
+class _TritonLog(logging.Handler):
+    """Python logging into Triton's own log (``pb_utils.Logger``), at the matching level.
+
+    The stub configures no logging: without this, INFO records (the model's "ready" line, the
+    sampler's ranking) went nowhere and warnings to the stub's stderr, outside Triton's log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            logger = pb_utils.Logger
+            if record.levelno >= logging.ERROR:
+                logger.log_error(message)
+            elif record.levelno >= logging.WARNING:
+                logger.log_warn(message)
+            elif record.levelno >= logging.INFO:
+                logger.log_info(message)
+            else:
+                logger.log_verbose(message)  # (Triton prints it with --log-verbose >= 1)
+        except Exception:
+            self.handleError(record)
+
+
+def _log_to_triton(origin: str, level: int = logging.INFO) -> None:
+    """Send ``_LOGGERS``' records at ``level`` and above to Triton's log, each line starting
+    with ``origin`` (the stub serves one model instance: its model and version)."""
+    handler = _TritonLog()
+    handler.setFormatter(logging.Formatter(f"{origin}: %(name)s: %(message)s"))
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if isinstance(h, _TritonLog)]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+
 
 # genwire.triton_io.CANCEL_PARAMETER (this code cannot import genwire; a test holds them equal):
 # a request carrying it cancels the request with that Triton request id on the same stream.
@@ -445,6 +484,7 @@ class TritonPythonModel:
     """genwire's generative model: continuous batching, streaming, cancellation."""
 
     def initialize(self, args: dict[str, str]) -> None:
+        _log_to_triton(f"{args['model_name']} version {args['model_version']}")
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         # A cancel request reaches one instance, its target may run in another: with several
