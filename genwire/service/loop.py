@@ -35,6 +35,11 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+def label(name: str) -> str:
+    """``uvloop`` or ``asyncio``: what ``name`` runs on here (``loop_factory``'s errors)."""
+    return "asyncio" if loop_factory(name) is None else "uvloop"
+
+
 def run(main: Coroutine[Any, Any, T], name: str = "auto") -> T:
     """``asyncio.run(main)`` on the loop ``name`` asks for."""
     with asyncio.Runner(loop_factory=loop_factory(name)) as runner:

@@ -130,12 +130,8 @@ def run(spec: ServiceSpec[S]) -> None:
     configure_logging(settings.log_level, settings.log_json)
     kafka_security.use(settings)  # every Kafka client of this process connects as this service
     logging.getLogger(__name__).info("kafka: %s", kafka_security.describe(settings))
-    factory = loop.loop_factory(settings.event_loop)  # uvloop asked for and missing: fail now
-    logging.getLogger(__name__).info(
-        "event loop: %s (event_loop=%s)",
-        "asyncio" if factory is None else "uvloop",
-        settings.event_loop,
-    )
+    runs_on = loop.label(settings.event_loop)  # uvloop asked for and missing: fail now
+    logging.getLogger(__name__).info("event loop: %s (event_loop=%s)", runs_on, settings.event_loop)
     serve(spec.app(settings, freeze_heap=True), settings)
 
 

@@ -20,9 +20,13 @@ async def _which() -> str:
 
 
 def test_auto_and_uvloop_run_on_uvloop_asyncio_on_asyncio() -> None:
-    assert loop.run(_which(), "auto") == "uvloop"
-    assert loop.run(_which(), "uvloop") == "uvloop"
-    assert loop.run(_which(), "asyncio") == "asyncio"
+    for name in ("auto", "uvloop", "asyncio"):
+        assert loop.run(_which(), name) == loop.label(name)  # the label says what runs
+    assert [loop.label(name) for name in ("auto", "uvloop", "asyncio")] == [
+        "uvloop",
+        "uvloop",
+        "asyncio",
+    ]
 
 
 def test_without_uvloop_auto_falls_back_and_uvloop_is_an_error(
@@ -30,9 +34,11 @@ def test_without_uvloop_auto_falls_back_and_uvloop_is_an_error(
 ) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
     assert loop.loop_factory("auto") is None
-    assert loop.run(_which(), "auto") == "asyncio"
+    assert loop.run(_which(), "auto") == "asyncio" == loop.label("auto")
     with pytest.raises(RuntimeError, match="uvloop is not installed"):
         loop.loop_factory("uvloop")
+    with pytest.raises(RuntimeError, match="uvloop is not installed"):
+        loop.label("uvloop")
 
 
 def test_an_unknown_loop_is_refused() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from genwire_model import bench, bench_rounds, cli
 
+from genwire.service.loop import EVENT_LOOPS
 from genwire.settings import CommonSettings
 
 
@@ -70,7 +71,6 @@ def test_the_summary_gives_each_ratios_median_and_range_per_level() -> None:
         (["--response-gap-ms", "80", "--floor"], "do not apply to it"),
         (["--response-gap-ms", "-1"], "a finite number >= 0"),
         (["--response-gap-ms", "nan"], "a finite number >= 0"),
-        (["--event-loop", "libuv"], "expected one of auto, asyncio, uvloop"),
     ],
 )
 def test_rounds_are_refused_where_they_cannot_apply(flags: list[str], message: str) -> None:
@@ -237,3 +237,12 @@ async def test_rounds_alternate_the_ceiling_and_triton_against_the_real_triton(
         assert r["steal_triton"] == r["triton"]["steal_pct"]
         assert r["triton"]["event_loop"] == "uvloop"  # what the client ran on
         assert r["in_process"]["event_loop"] == ""
+
+
+def test_the_bench_offers_the_services_event_loops(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.BENCH_EVENT_LOOPS == EVENT_LOOPS
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["model", "bench", "--event-loop", "libuv"])
+    assert "invalid choice: 'libuv'" in capsys.readouterr().err

@@ -465,12 +465,6 @@ def compare(triton: LevelResult, local: LevelResult, static: StaticResult) -> di
     }
 
 
-def loop_label(event_loop: str) -> str:
-    """What ``event_loop`` (``auto``, ``asyncio``, ``uvloop``) runs on here: ``uvloop`` or
-    ``asyncio`` (an unknown name, or ``uvloop`` not installed, is an error)."""
-    return "asyncio" if event_loops.loop_factory(event_loop) is None else "uvloop"
-
-
 def _streams(shared: bool) -> str:
     return "one gRPC stream for all requests" if shared else "a gRPC stream per request"
 
@@ -509,7 +503,7 @@ def run(
     way) instead of one stream each; with ``min_gap_ms``, every request asks for streamed
     responses at least that far apart (what the inference service asks for); the client runs
     on ``event_loop`` (``genwire.service.loop``)."""
-    client_loop = loop_label(event_loop)
+    client_loop = event_loops.label(event_loop)
     version = ModelRepository(repository).latest(model)
     tokenizer = load_tokenizer(version)
     prompts = [tokenizer.encode(p).ids for p in PROMPTS]
@@ -637,7 +631,7 @@ def run_floor(
     response per request); the client runs on ``event_loop``."""
     import httpx
 
-    client_loop = loop_label(event_loop)
+    client_loop = event_loops.label(event_loop)
 
     name = f"{FLOOR_MODEL}-{uuid.uuid4().hex[:6]}"
     model_dir = repository / name

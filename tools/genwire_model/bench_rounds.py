@@ -29,7 +29,6 @@ from genwire_model.bench import (
     _scheduler,
     _streams,
     compare,
-    loop_label,
     run_in_process_level,
     run_level,
     run_static,
@@ -151,7 +150,7 @@ def run_rounds(
     kept, marked ``stolen``; the others are in the JSON's ``discarded``."""
     if rounds < 1:
         raise ValueError("rounds must be at least 1")
-    client_loop = loop_label(event_loop)  # Triton's client (``bench.run``)
+    client_loop = event_loops.label(event_loop)  # Triton's client (``bench.run``)
     version = ModelRepository(repository).latest(model)
     tokenizer = load_tokenizer(version)
     prompts = [tokenizer.encode(p).ids for p in PROMPTS]

@@ -87,35 +87,34 @@ class _TritonLog(logging.Handler):
     """Python logging into Triton's own log (``pb_utils.Logger``), at the matching level.
 
     The stub configures no logging: without this, INFO records (the model's "ready" line, the
-    sampler's ranking) went nowhere and warnings to the stub's stderr, outside Triton's log."""
+    sampler's ranking) went nowhere and warnings reached Triton's log file through the stub's
+    stderr as the bare message (no level, time, logger or model)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = self.format(record)
-            logger = pb_utils.Logger
             if record.levelno >= logging.ERROR:
-                logger.log_error(message)
+                pb_utils.Logger.log_error(message)
             elif record.levelno >= logging.WARNING:
-                logger.log_warn(message)
-            elif record.levelno >= logging.INFO:
-                logger.log_info(message)
+                pb_utils.Logger.log_warn(message)
             else:
-                logger.log_verbose(message)  # (Triton prints it with --log-verbose >= 1)
+                pb_utils.Logger.log_info(message)
         except Exception:
             self.handleError(record)
 
 
-def _log_to_triton(origin: str, level: int = logging.INFO) -> None:
-    """Send ``_LOGGERS``' records at ``level`` and above to Triton's log, each line starting
-    with ``origin`` (the stub serves one model instance: its model and version)."""
+def _log_to_triton(origin: str) -> None:
+    """Send ``_LOGGERS``' records at INFO and above to Triton's log, each line starting with
+    ``origin`` (the instance this stub serves) and the logger's name and line (Triton's own
+    file:line is this handler's)."""
     handler = _TritonLog()
-    handler.setFormatter(logging.Formatter(f"{origin}: %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(f"{origin}: %(name)s:%(lineno)d: %(message)s"))
     for name in _LOGGERS:
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if isinstance(h, _TritonLog)]:
             logger.removeHandler(old)
         logger.addHandler(handler)
-        logger.setLevel(level)
+        logger.setLevel(logging.INFO)
 
 
 # genwire.triton_io.CANCEL_PARAMETER (this code cannot import genwire; a test holds them equal):
@@ -484,7 +483,7 @@ class TritonPythonModel:
     """genwire's generative model: continuous batching, streaming, cancellation."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        _log_to_triton(f"{args['model_name']} version {args['model_version']}")
+        _log_to_triton(f"{args['model_instance_name']} version {args['model_version']}")
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         # A cancel request reaches one instance, its target may run in another: with several
