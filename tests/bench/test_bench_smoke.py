@@ -14,6 +14,7 @@ from genwire_bench.runner import BenchConfig, Runner
 from genwire_bench.tokenizer import load_model_inputs
 
 from genwire.errors import PermanentError
+from genwire.service import loop as event_loops
 from genwire.settings import CommonSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -28,7 +29,9 @@ def _listening(address: str) -> bool:
         return False
 
 
-async def test_small_run_against_the_stack() -> None:
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_small_run_against_the_stack(loop_name: str) -> None:
+    """On either client loop (``--event-loop``; the CLI's default runs on uvloop)."""
     settings = CommonSettings()
     needed = {
         "Triton": settings.triton_grpc_url,
@@ -57,7 +60,8 @@ async def test_small_run_against_the_stack() -> None:
         trace_sample=2,
         timeout_s=30,
     )
-    report = await Runner(cfg, inputs.tokenize).run()
+    report = event_loops.run(Runner(cfg, inputs.tokenize).run(), loop_name)
+    assert report.environment["event_loop"] == loop_name
     assert report.skipped == {}
     for summary in report.summaries:
         assert summary.errors == 0, (summary.target, summary.error_kinds)

@@ -74,6 +74,14 @@ def _args(*argv: str) -> argparse.Namespace:
     return floor.parser().parse_args(list(argv))
 
 
+def test_the_floor_takes_the_benchs_event_loop_flag_and_its_older_spelling() -> None:
+    assert _args().loop == "auto"
+    assert _args("--event-loop", "asyncio").loop == "asyncio"
+    assert _args("--loop", "uvloop").loop == "uvloop"
+    with pytest.raises(SystemExit):
+        _args("--event-loop", "libuv")
+
+
 async def test_a_chain_phase_sums_the_relays_and_keeps_each_one() -> None:
     args = _args("--modes", "chain", "--stages", "2", "--no-tracing", "--size", "1000")
     lat = [float(x) for x in range(1, 101)]  # 1..100 ms

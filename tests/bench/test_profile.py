@@ -95,6 +95,23 @@ def test_aggregation_of_the_recording() -> None:
     assert profile.profiled_core_ms_per_request == busy * 10.0 / 10
 
 
+def test_a_thread_in_uvloops_c_loop_is_waiting() -> None:
+    """On uvloop the event loop is C below ``Runner.run``: a sample with no Python frame above
+    it is the loop waiting in epoll (py-spy without --native sees only ``Runner.run``), and a
+    callback the loop runs is busy, charged as usual."""
+    main = (
+        "<module> (/work/main/services/preprocess/genwire_preprocess/__main__.py:7)",
+        "run (/work/main/genwire/service/loop.py:46)",
+        f"Runner.run ({STDLIB}/asyncio/runners.py:118)",
+    )
+    handler = (*main, f"Fetcher._proc_fetch_request ({SITE}/aiokafka/consumer/fetcher.py:900)")
+    profile = aggregate(
+        Counter({main: 90, handler: 10}), "preprocess", "kafka c=8", rate_hz=100, requests=1
+    )
+    assert (profile.waiting, profile.samples) == (90, 10)
+    assert [(b.name, b.samples) for b in profile.buckets] == [("Kafka client (aiokafka)", 10)]
+
+
 def test_module_paths() -> None:
     assert module_path(f"{SITE}/aiokafka/consumer/fetcher.py") == "aiokafka/consumer/fetcher.py"
     assert module_path(f"{STDLIB}/asyncio/base_events.py") == "asyncio/base_events.py"

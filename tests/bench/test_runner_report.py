@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from genwire_bench.cli import register
 from genwire_bench.drivers.base import Driver, TraceContext
 from genwire_bench.load import poisson_arrivals
 from genwire_bench.records import BenchRequest, RequestRecord, SamplingSpec
 from genwire_bench.report import render, table, to_json, write_json, write_plot
 from genwire_bench.runner import BenchConfig, BenchReport, Runner
 from genwire_bench.stats import Load
+
+from genwire.service import loop as event_loops
 
 
 class FakeDriver(Driver):
@@ -246,6 +250,24 @@ async def test_unsampled_runs_send_unsampled_trace_contexts_and_say_so() -> None
     assert "requests sent unsampled" in render(report)
     sampled, _ = await run({"kafka": FakeDriver("kafka", 14.0, None)})
     assert "requests sent unsampled" not in render(sampled)
+
+
+def test_the_report_names_the_loop_the_client_ran_on() -> None:
+    for name in ("asyncio", "uvloop"):
+        pipe = FakeDriver("kafka", 14.0, None)
+        report, _ = event_loops.run(run({"kafka": pipe}), name)
+        assert report.environment["event_loop"] == name
+        assert f" CPUs, client on {name}, load average" in render(report)
+
+
+def test_the_cli_offers_the_services_event_loops(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["bench"])
+    assert args.event_loop == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--event-loop", "libuv"])
+    assert "invalid choice: 'libuv'" in capsys.readouterr().err
 
 
 def test_a_phases_steal_is_the_hypervisors_share_over_its_rounds() -> None:

@@ -168,3 +168,22 @@ def test_the_models_and_the_runtimes_logs_go_to_tritons_log(model_module: Any) -
     assert level == "error" and re.match(r"m_0_0 version 3: genwire\.model:\d+: response", message)
     assert "ValueError: boom" in message  # the traceback comes along
     assert len(lines) == 3
+
+
+def test_a_percent_sign_in_the_instance_name_is_logged_as_it_is(model_module: Any) -> None:
+    """Model names may hold ``%`` (Triton allows it): the prefix is text, not a format."""
+    lines: list[str] = []
+    model_module.pb_utils.Logger = types.SimpleNamespace(
+        log_info=lines.append, log_warn=lines.append, log_error=lines.append
+    )
+    loggers = [logging.getLogger(name) for name in model_module._LOGGERS]
+    saved = [(lg, list(lg.handlers), lg.level) for lg in loggers]
+    try:
+        model_module._log_to_triton("m%d_0 %(name)s version 1")
+        logging.getLogger("genwire.model").info("ready")
+    finally:
+        for lg, handlers, level in saved:
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+    assert len(lines) == 1
+    assert re.fullmatch(r"m%d_0 %\(name\)s version 1: genwire\.model:\d+: ready", lines[0])

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from genwire.service import loop as event_loops
 from genwire_bench.records import RequestRecord
 
 DEFAULT_TARGETS = "triton,triton-stream,grpc,grpc-stream,kafka,kafka-stream"
@@ -179,6 +180,13 @@ def register(subparsers: Any) -> None:
         metavar="PATH",
         help="write a PNG of latency against throughput (sweep -c for a curve)",
     )
+    p.add_argument(
+        "--event-loop",
+        choices=event_loops.EVENT_LOOPS,
+        default="auto",
+        help="the client's event loop: auto (uvloop when installed, as the services run), "
+        "asyncio or uvloop (default: auto); the report's header names the one it ran on",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
 
@@ -219,6 +227,11 @@ def main(args: argparse.Namespace) -> int:
             print("--profile-rate must be ≥ 1", file=sys.stderr)
             return 1
         args.profile.mkdir(parents=True, exist_ok=True)
+    try:
+        event_loops.label(args.event_loop)  # uvloop asked for and not installed
+    except RuntimeError as exc:
+        print(f"--event-loop: {exc}", file=sys.stderr)
+        return 1
     settings = CommonSettings()
     model = args.model or "genwire-gpt"
     try:
@@ -260,6 +273,7 @@ def main(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         profile_dir=args.profile,
         profile_rate=args.profile_rate,
+        event_loop=args.event_loop,
     )
 
     bar: Any = None
@@ -286,7 +300,7 @@ def main(args: argparse.Namespace) -> int:
 
     runner = Runner(cfg, inputs.tokenize, progress)
     try:
-        report = asyncio.run(runner.run())
+        report = event_loops.run(runner.run(), args.event_loop)
     finally:
         if bar is not None:
             bar.close()

@@ -341,7 +341,7 @@ class Relay:
             topic_out,
             "--bootstrap-servers",
             args.bootstrap_servers,
-            "--loop",
+            "--event-loop",
             args.loop,
             "--fetch-max-wait-ms",
             str(args.fetch_max_wait_ms),
@@ -849,7 +849,7 @@ def parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  python -m genwire_bench.floor                       bare and hop, c=1 and 8\n"
             "  python -m genwire_bench.floor --modes bare -n 2000  the floor alone\n"
-            "  python -m genwire_bench.floor --loop asyncio --no-tracing   the levers\n"
+            "  python -m genwire_bench.floor --event-loop asyncio --no-tracing   the levers\n"
             "  python -m genwire_bench.floor --modes chain -n 500 -c 1,8   the pipeline's floor\n"
             "  python -m genwire_bench.floor --modes chain --front none,grpc   and its gRPC front's"
         ),
@@ -877,7 +877,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--idle-s", type=float, default=10.0, help="length of the idle phase")
     p.add_argument("--size", type=int, default=200, help="record value bytes (about)")
-    p.add_argument("--loop", choices=event_loop.EVENT_LOOPS, default="auto")
+    p.add_argument(
+        "--event-loop",
+        "--loop",
+        dest="loop",
+        choices=event_loop.EVENT_LOOPS,
+        default="auto",
+        help="the event loop of every client and relay (as `genwire bench --event-loop`; "
+        "--loop is the older spelling)",
+    )
     p.add_argument("--fetch-max-wait-ms", type=int, default=FETCH_MAX_WAIT_MS)
     p.add_argument(
         "--commit-interval-ms",

@@ -234,6 +234,11 @@ WAITS: frozenset[str] = frozenset(
         "Thread.run (threading.py)",
         # The model's outbox thread blocks on a queue in C at one line of its loop.
         "_Outbox._run (model/model.py)",
+        # uvloop (the services' loop) runs in C below asyncio.Runner.run: with no Python frame
+        # above it, the thread is in uvloop's epoll_pwait, or, rarely, its own C scheduling
+        # (py-spy --native on preprocess under load: 899 of 907 such samples were epoll_pwait).
+        # On asyncio's own loop Runner.run is never the leaf: its loop is Python.
+        "Runner.run (asyncio/runners.py)",
     }
 )
 """Leaf frames of a thread that waits (a blocking call in C below them): not CPU. A busy C call

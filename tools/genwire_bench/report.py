@@ -42,7 +42,8 @@ def render(report: BenchReport) -> str:
         f"genwire bench — run {report.run_id}, model {cfg['model']}, {cfg['requests']} requests "
         f"per target and load ({cfg['rounds']} round(s), {cfg['warmup']} warm-up), "
         f"max_tokens {s['max_tokens']}, temperature {s['temperature']:g}, seed {s['seed']}",
-        f"{env['cpus']} CPUs, load average {env['loadavg_before'][0]:.2f} before, "
+        f"{env['cpus']} CPUs, client on {env.get('event_loop', 'asyncio')}, "
+        f"load average {env['loadavg_before'][0]:.2f} before, "
         f"{env['loadavg_after'][0]:.2f} after; started {env['started_at']}, "
         f"took {env['duration_s']} s",
         "",

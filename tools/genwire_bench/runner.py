@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genwire.service import loop as event_loops
 from genwire_bench.drivers.base import Driver, new_trace
 from genwire_bench.load import closed_loop, open_loop
 from genwire_bench.prompts import Tokenize, build_requests
@@ -78,6 +79,10 @@ class BenchConfig:
     """``--profile``: py-spy on every genwire service during each phase (genwire_bench.profile)."""
     profile_rate: int = 100
     """py-spy samples per second with ``profile_dir``."""
+    event_loop: str = "auto"
+    """``--event-loop``: the loop the CLI runs ``Runner.run`` on (``genwire.service.loop``; auto:
+    uvloop when installed, as the services run). The report's ``environment.event_loop`` is the
+    loop that actually ran (a caller of ``Runner`` picks its own)."""
 
     def loads(self) -> list[Load]:
         """The phases' loads, in order."""
@@ -384,6 +389,7 @@ class Runner:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "event_loop": event_loops.describe(),
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

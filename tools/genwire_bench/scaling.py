@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from genwire.kafka_security import client_options
+from genwire.service import loop as event_loops
 from genwire.topics import TOPIC_SPECS, Topic
 from genwire_bench.drivers.base import Driver, TraceContext
 from genwire_bench.records import BenchRequest, RequestRecord
@@ -331,7 +332,7 @@ def run_scaling(
             out(f"consumer groups settled on {n} instance(s) in {settle_s:.1f} s")
             baseline = idle() if idle is not None else {}
             runner = Runner(cfg, tokenize, progress, driver_factory=spread_factory(n, base_factory))
-            report = asyncio.run(runner.run())
+            report = event_loops.run(runner.run(), cfg.event_loop)
             steps.append(
                 ScalingStep(
                     n, report.summaries, report.resources, report.skipped, settle_s, baseline
@@ -347,6 +348,7 @@ def run_scaling(
             "host": platform.node(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            "event_loop": event_loops.label(cfg.event_loop),
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -371,7 +373,8 @@ def render_scaling(report: ScalingReport) -> str:
         f"{cfg['requests']} requests per step, target and load ({cfg['rounds']} round(s), "
         f"{cfg['warmup']} warm-up), max_tokens {cfg['sampling']['max_tokens']}; scaled: "
         f"{', '.join(cfg['scaled'])} (Triton shared)",
-        f"{env['cpus']} CPUs, load average {env['loadavg_before'][0]:.2f} before, "
+        f"{env['cpus']} CPUs, client on {env.get('event_loop', 'asyncio')}, "
+        f"load average {env['loadavg_before'][0]:.2f} before, "
         f"{env['loadavg_after'][0]:.2f} after; started {env['started_at']}, "
         f"took {env['duration_s']} s; restored {report.restored}",
         "",

@@ -9,11 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from genwire.service.loop import EVENT_LOOPS
 from genwire_model import DEFAULT_MODEL_NAME
-
-BENCH_EVENT_LOOPS = ("auto", "asyncio", "uvloop")
-"""``genwire.service.loop.EVENT_LOOPS`` (a test holds them equal): importing that package here
-would cost every genwire command ~0.6 s."""
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +149,7 @@ def register(subparsers: Any) -> None:
     )
     bench.add_argument(
         "--event-loop",
-        choices=BENCH_EVENT_LOOPS,
+        choices=EVENT_LOOPS,
         default="auto",
         help="the client's event loop: auto (uvloop when installed, as the services run), "
         "asyncio or uvloop (default: auto)",

@@ -108,7 +108,10 @@ def _log_to_triton(origin: str) -> None:
     ``origin`` (the instance this stub serves) and the logger's name and line (Triton's own
     file:line is this handler's)."""
     handler = _TritonLog()
-    handler.setFormatter(logging.Formatter(f"{origin}: %(name)s:%(lineno)d: %(message)s"))
+    # ``origin`` is a format string's literal part: a ``%`` in a model's name must not be read
+    # as a placeholder (every record would fail to format).
+    literal = origin.replace("%", "%%")
+    handler.setFormatter(logging.Formatter(f"{literal}: %(name)s:%(lineno)d: %(message)s"))
     for name in _LOGGERS:
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if isinstance(h, _TritonLog)]:
