@@ -217,6 +217,12 @@ def main(args: argparse.Namespace) -> int:
     if args.profile is not None:
         from genwire_bench.profile import py_spy
 
+        # py-spy is started from the client's loop while its gRPC calls run; uvloop spawns
+        # with fork(), so gRPC's fork handlers logged a line per py-spy ("Other threads are
+        # currently calling into gRPC, skipping fork() handlers"). The child execs at once:
+        # gRPC's advice for fork-then-exec is to turn the handlers off. Read at gRPC's start.
+        os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
         if args.scaling:
             print("--profile works with a normal run, not --scaling", file=sys.stderr)
             return 1
