@@ -33,3 +33,16 @@ async def test_published_streams_and_their_results() -> None:
     )
     results.sink(_record(Topic.RESULTS, result.model_dump_json().encode()), 0.0)
     assert [r.request_id for r in results.of(seen)] == ["r1"] and not results.of(unseen)
+
+
+def test_the_backlog_holds_triton_for_the_time_asked_at_the_measured_rate() -> None:
+    from genwire_chaos.gateway_kill import backlog_size
+
+    # 2,200 tokens/s (a full batch here), 28 s to hold, 240 tokens each: 1.5 × 61,600 tokens.
+    assert backlog_size(2_200.0, 28.0, 240) == 385
+    # A slower stack needs fewer requests for the same time, never fewer than the old 128.
+    assert backlog_size(1_000.0, 28.0, 240) == 175
+    assert backlog_size(100.0, 28.0, 240) == 128
+    assert backlog_size(0.0, 28.0, 240) == 128  # nothing measured: the old fixed count
+    # A mismeasured rate cannot queue an hour of work.
+    assert backlog_size(1e9, 28.0, 240) == 2_000

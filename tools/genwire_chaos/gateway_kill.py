@@ -17,7 +17,9 @@ not:
   cancelled) that keeps Triton busy past the origin timeout, so their generation can only start
   after the gateway is known dead: an unnamed one must end ``cancelled``, a named one must
   complete. Their ids (unknown to the caller before a first chunk) are found by a metadata
-  label the gateway carries to the result.
+  label the gateway carries to the result. The backlog is sized from the model's measured
+  throughput with a full batch (``backlog_size``): a fixed count held Triton for 18 s on one
+  machine and model and for 11 s once the decode loop got faster.
 
 A probe first finds sampling seeds whose generation runs to ``max_tokens`` (the output is fixed
 by the seed), so "it would have run on" is provable. The run fails if no unnamed stream gave a
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import time
 import uuid
@@ -126,15 +129,19 @@ async def _probe_seeds(
     return full or [s for _, s in lengths[:1]]
 
 
-async def _backlog(bootstrap: str, seeds: list[int], count: int, max_tokens: int) -> None:
-    """``count`` long Kafka requests (no gateway, so never cancelled) that keep Triton busy."""
+async def _backlog(
+    bootstrap: str, seeds: list[int], count: int, max_tokens: int, tag: str = "gwload"
+) -> list[str]:
+    """``count`` long Kafka requests (no gateway, so never cancelled) that keep Triton busy;
+    their ids."""
     run = uuid.uuid4().hex[:8]
+    ids = [f"chaos-{tag}-{run}-{i}" for i in range(count)]
     producer = new_producer(bootstrap, client_id="genwire-chaos-backlog")
     await producer.start()
     try:
-        for i in range(count):
+        for i, rid in enumerate(ids):
             key, value = GenerationRequest(
-                request_id=f"chaos-gwload-{run}-{i}",
+                request_id=rid,
                 prompt=PROMPT,
                 max_tokens=max_tokens,
                 temperature=1.0,
@@ -144,6 +151,38 @@ async def _backlog(bootstrap: str, seeds: list[int], count: int, max_tokens: int
         await producer.flush()
     finally:
         await producer.stop()
+    return ids
+
+
+async def _tokens_per_s(
+    bootstrap: str, results: _Results, seeds: list[int], max_tokens: int, count: int
+) -> float:
+    """Tokens per second the stack generates with ``count`` long requests at once (more than
+    a decode batch holds): what drains a backlog."""
+    began = time.monotonic()
+    ids = await _backlog(bootstrap, seeds, count, max_tokens, tag="gwcal")
+    await results.wait(ids, 120.0)
+    elapsed = time.monotonic() - began
+    tokens = sum(
+        got[0].usage.completion_tokens for i in ids if (got := results.by_id.get(i)) is not None
+    )
+    return tokens / elapsed if elapsed > 0 else 0.0
+
+
+def backlog_size(
+    tokens_per_s: float,
+    hold_s: float,
+    max_tokens: int,
+    *,
+    factor: float = 1.5,
+    least: int = 128,
+    most: int = 2_000,
+) -> int:
+    """Requests of ``max_tokens`` that keep a stack generating ``tokens_per_s`` busy for
+    ``factor`` × ``hold_s`` (at least ``least``, the old fixed count; at most ``most``, so a
+    mismeasured rate cannot queue an hour of work)."""
+    wanted = math.ceil(factor * tokens_per_s * hold_s / max_tokens) if max_tokens > 0 else 0
+    return max(least, min(most, wanted))
 
 
 async def run_gateway_kill(
@@ -153,12 +192,17 @@ async def run_gateway_kill(
     queued_per_kind: int = 2,
     max_tokens: int = 240,
     probe_tries: int = 12,
-    backlog: int = 128,
+    backlog: int | None = None,
+    calibration: int = 64,
     origin_timeout_s: float | None = None,
     result_wait_s: float = 150.0,
     out: Out = print,
 ) -> ScenarioReport:
-    """Open streams (gRPC and HTTP, named and not), SIGKILL the gateway, judge the results."""
+    """Open streams (gRPC and HTTP, named and not), SIGKILL the gateway, judge the results.
+
+    ``backlog`` None: sized by ``backlog_size`` from the throughput ``calibration`` long
+    requests measure, to hold Triton past the origin timeout, the judging margin and ~10 s
+    for the gateway to publish the queued requests."""
     control = control or StackControl(out=out)
     bootstrap = control.bootstrap()
     if origin_timeout_s is None:
@@ -194,6 +238,11 @@ async def run_gateway_kill(
         if not seeds:
             report.failures.append("probe: no generation came back")
             return report
+        if backlog is None:
+            rate = await _tokens_per_s(bootstrap, results, seeds, max_tokens, calibration)
+            backlog = backlog_size(rate, origin_timeout_s + 3.0 + 10.0, max_tokens)
+            report.params |= {"tokens_per_s": round(rate), "backlog": backlog}
+            out(f"gateway-kill: {rate:,.0f} tokens/s with {calibration} at once: backlog {backlog}")
         opened = time.monotonic()
         streaming = make_streams("streaming", streams_per_kind, seeds)
         tasks += open_streams(streaming, max_tokens)
