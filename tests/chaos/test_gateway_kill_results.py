@@ -46,3 +46,32 @@ def test_the_backlog_holds_triton_for_the_time_asked_at_the_measured_rate() -> N
     assert backlog_size(0.0, 28.0, 240) == 128  # nothing measured: the old fixed count
     # A mismeasured rate cannot queue an hour of work.
     assert backlog_size(1e9, 28.0, 240) == 2_000
+    # Requests that stop early hold Triton for less each: more of them.
+    assert backlog_size(2_200.0, 28.0, 120.0) == 770
+
+
+def test_the_rate_is_taken_over_the_generating_window_by_the_results_own_timings() -> None:
+    from genwire_chaos.gateway_kill import generation_rate
+
+    from genwire.events import Timings
+
+    def done(start_ms: float, end_ms: float | None, tokens: int) -> GenerationResult:
+        return GenerationResult(
+            request_id=f"r{start_ms}",
+            usage=Usage(prompt_tokens=1, completion_tokens=tokens, total_tokens=tokens + 1),
+            timings=Timings(inference_start=start_ms, inference_end=end_ms),
+        )
+
+    # Three requests generating from t=1,000 ms to t=3,000 ms: 600 tokens over 2 s, 200 each;
+    # one without an end (an error, say) does not count.
+    rate, each = generation_rate(
+        [
+            done(1_000, 2_500, 200),
+            done(1_200, 3_000, 240),
+            done(1_500, 2_900, 160),
+            done(0, None, 9),
+        ]
+    )
+    assert (rate, each) == (300.0, 200.0)
+    assert generation_rate([]) == (0.0, 0.0)
+    assert generation_rate([done(1_000, 1_000, 5)]) == (0.0, 5.0)

@@ -154,34 +154,47 @@ async def _backlog(
     return ids
 
 
-async def _tokens_per_s(
+async def _calibrate(
     bootstrap: str, results: _Results, seeds: list[int], max_tokens: int, count: int
-) -> float:
+) -> tuple[float, float]:
     """Tokens per second the stack generates with ``count`` long requests at once (more than
-    a decode batch holds): what drains a backlog."""
-    began = time.monotonic()
+    a decode batch holds: what drains a backlog), and the tokens of one such request."""
     ids = await _backlog(bootstrap, seeds, count, max_tokens, tag="gwcal")
     await results.wait(ids, 120.0)
-    elapsed = time.monotonic() - began
-    tokens = sum(
-        got[0].usage.completion_tokens for i in ids if (got := results.by_id.get(i)) is not None
-    )
-    return tokens / elapsed if elapsed > 0 else 0.0
+    done = [got[0] for i in ids if (got := results.by_id.get(i)) and got[0].error is None]
+    return generation_rate(done)
+
+
+def generation_rate(done: list[GenerationResult]) -> tuple[float, float]:
+    """Tokens per second over the generating window of ``done`` (first inference start to last
+    inference end, by the results' own timings: no producer start or pipeline hops in it) and
+    their mean tokens per request; (0, 0) when nothing can be measured."""
+    spans = [
+        (r.timings.inference_start, r.timings.inference_end, r.usage.completion_tokens)
+        for r in done
+        if r.timings.inference_start is not None and r.timings.inference_end is not None
+    ]
+    if not spans:
+        return 0.0, 0.0
+    window_s = (max(e for _, e, _ in spans) - min(s for s, _, _ in spans)) / 1000.0
+    tokens = sum(n for _, _, n in spans)
+    return (tokens / window_s if window_s > 0 else 0.0), tokens / len(spans)
 
 
 def backlog_size(
     tokens_per_s: float,
     hold_s: float,
-    max_tokens: int,
+    tokens_per_request: float,
     *,
     factor: float = 1.5,
     least: int = 128,
     most: int = 2_000,
 ) -> int:
-    """Requests of ``max_tokens`` that keep a stack generating ``tokens_per_s`` busy for
-    ``factor`` × ``hold_s`` (at least ``least``, the old fixed count; at most ``most``, so a
+    """Requests of ``tokens_per_request`` that keep a stack generating ``tokens_per_s`` busy
+    for ``factor`` × ``hold_s`` (at least ``least``, the old fixed count; at most ``most``, so a
     mismeasured rate cannot queue an hour of work)."""
-    wanted = math.ceil(factor * tokens_per_s * hold_s / max_tokens) if max_tokens > 0 else 0
+    work = factor * tokens_per_s * hold_s
+    wanted = math.ceil(work / tokens_per_request) if tokens_per_request > 0 else 0
     return max(least, min(most, wanted))
 
 
@@ -200,9 +213,9 @@ async def run_gateway_kill(
 ) -> ScenarioReport:
     """Open streams (gRPC and HTTP, named and not), SIGKILL the gateway, judge the results.
 
-    ``backlog`` None: sized by ``backlog_size`` from the throughput ``calibration`` long
-    requests measure, to hold Triton past the origin timeout, the judging margin and ~10 s
-    for the gateway to publish the queued requests."""
+    ``backlog`` None: sized by ``backlog_size`` from the rate ``calibration`` long requests
+    measure (``generation_rate``), to hold Triton past the origin timeout, the judging margin
+    and ~10 s for the gateway to publish the queued requests."""
     control = control or StackControl(out=out)
     bootstrap = control.bootstrap()
     if origin_timeout_s is None:
@@ -239,10 +252,13 @@ async def run_gateway_kill(
             report.failures.append("probe: no generation came back")
             return report
         if backlog is None:
-            rate = await _tokens_per_s(bootstrap, results, seeds, max_tokens, calibration)
-            backlog = backlog_size(rate, origin_timeout_s + 3.0 + 10.0, max_tokens)
+            rate, each = await _calibrate(bootstrap, results, seeds, max_tokens, calibration)
+            backlog = backlog_size(rate, origin_timeout_s + 3.0 + 10.0, each)
             report.params |= {"tokens_per_s": round(rate), "backlog": backlog}
-            out(f"gateway-kill: {rate:,.0f} tokens/s with {calibration} at once: backlog {backlog}")
+            out(
+                f"gateway-kill: {rate:,.0f} tokens/s generating {calibration} at once "
+                f"({each:.0f} tokens each): backlog {backlog}"
+            )
         opened = time.monotonic()
         streaming = make_streams("streaming", streams_per_kind, seeds)
         tasks += open_streams(streaming, max_tokens)
