@@ -423,11 +423,12 @@ async def test_cancel_before_the_request_arrives() -> None:
 
 
 async def test_deadline_stops_and_expired_never_starts() -> None:
-    # 1,000 tokens 2 ms apart outlast the deadline; 500 ms leaves room for a stall before the first.
-    backend = FakeBackend(n=1000, delay_s=0.002)
+    # 10,000 tokens 2 ms apart outlast the deadline; 2 s leaves room for a stall before the
+    # first (500 ms did not, once, in CI on two busy cores: the deadline passed before it).
+    backend = FakeBackend(n=10_000, delay_s=0.002)
     inf = Inference(backend)
-    chunks = await asyncio.wait_for(_collect(inf, _req("d", deadline_ms=now_ms() + 500)), 5)
-    assert chunks[-1].finish_reason == "deadline" and 0 < chunks[-1].completion_tokens < 1000
+    chunks = await asyncio.wait_for(_collect(inf, _req("d", deadline_ms=now_ms() + 2_000)), 20)
+    assert chunks[-1].finish_reason == "deadline" and 0 < chunks[-1].completion_tokens < 10_000
     (expired,) = await _collect(inf, _req("e", deadline_ms=now_ms() - 1))
     assert expired.error is not None and expired.error.code == "deadline_exceeded"
     assert len(backend.opened) == 1
