@@ -80,9 +80,11 @@ RECORDS_CANCEL_S = 5.0
 """On stop, how long records still running at the drain bound get after their cancel before
 they are left (uncommitted: redelivered to whoever owns the partition next) and logged."""
 
-COMMIT_INTERVAL_S = 0.05
+COMMIT_INTERVAL_S = 0.25
 """Finished records are committed at most this often (every record still only after all of its
-outputs are acknowledged: a longer interval only means more redelivery after a crash)."""
+outputs are acknowledged: a longer interval only means more redelivery after a crash). Each
+commit is an OffsetCommit request and a ``__consumer_offsets`` append on the broker: at 50 ms
+the three stages' commits were 18 % of the broker's requests at concurrency 1."""
 
 FETCH_MAX_WAIT_MS = 500
 """How long the broker holds a fetch that finds no record (Kafka's own default). ``fetch.min.bytes``

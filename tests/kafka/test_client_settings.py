@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from genwire.kafka import EventConsumer, EventProducer
-from genwire.kafka.consumer import FETCH_MAX_WAIT_MS, consumer_options
+from genwire.kafka.consumer import COMMIT_INTERVAL_S, FETCH_MAX_WAIT_MS, consumer_options
 from genwire.service.runtime import ServiceRuntime
 from genwire.settings import ServiceSettings
 
@@ -37,6 +37,10 @@ def test_a_group_less_consumer_starts_at_the_end_a_group_where_it_is_told() -> N
 def test_the_default_fetch_wait_is_the_settings_default() -> None:
     assert ServiceSettings().kafka_fetch_max_wait_ms == FETCH_MAX_WAIT_MS
     assert consumer_options("k:9092", group_id="g")["fetch_max_wait_ms"] == FETCH_MAX_WAIT_MS
+
+
+def test_the_default_commit_interval_is_the_settings_default() -> None:
+    assert ServiceSettings().kafka_commit_interval_ms == round(COMMIT_INTERVAL_S * 1000) == 250
 
 
 @pytest.mark.usefixtures("on_aiokafka")

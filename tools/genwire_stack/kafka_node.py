@@ -127,7 +127,9 @@ class Kafka(Component):
         return cluster_id
 
     def ports(self) -> dict[str, int]:
-        return {"broker": self.port, "controller": self.controller_port}
+        jmx = self.jmx_port
+        extra = {} if jmx is None else {"jmx": jmx}
+        return {"broker": self.port, "controller": self.controller_port, **extra}
 
     def installed(self) -> bool:
         return (self.dest / "libs" / f"kafka_2.13-{self.version}.jar").exists()
@@ -192,7 +194,36 @@ class Kafka(Component):
 
     def _java_opts(self) -> list[str]:
         log4j = self.paths.deploy / "kafka" / "log4j.properties"
-        return [f"-Dlog4j.configuration=file:{log4j}", "-Djava.awt.headless=true"]
+        return [
+            f"-Dlog4j.configuration=file:{log4j}",
+            "-Djava.awt.headless=true",
+            *self._jmx_opts(),
+        ]
+
+    @property
+    def jmx_port(self) -> int | None:
+        """This node's JMX port (``GENWIRE_KAFKA_JMX_PORT`` + node id − 1), None: off."""
+        base = self.settings.kafka_jmx_port
+        return None if base is None else base + self.node_id - 1
+
+    def _jmx_opts(self) -> list[str]:
+        port = self.jmx_port
+        if port is None:
+            return []
+        if self.security is not None:
+            # Unauthenticated JMX can read and change the broker: not beside SASL and ACLs.
+            raise StackError(
+                "GENWIRE_KAFKA_JMX_PORT serves JMX without authentication; "
+                "unset it for a secure stack (genwire up --secure)"
+            )
+        return [
+            f"-Dcom.sun.management.jmxremote.port={port}",
+            f"-Dcom.sun.management.jmxremote.rmi.port={port}",
+            "-Dcom.sun.management.jmxremote.host=127.0.0.1",
+            "-Djava.rmi.server.hostname=127.0.0.1",
+            "-Dcom.sun.management.jmxremote.authenticate=false",
+            "-Dcom.sun.management.jmxremote.ssl=false",
+        ]
 
     def command(self) -> list[str]:
         return [
