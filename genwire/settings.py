@@ -101,8 +101,8 @@ class CommonSettings(BaseSettings):
     )
     kafka_jmx_port: int | None = Field(
         None,
-        ge=1,
-        le=65535,
+        ge=1024,
+        le=65533,  # node 3 of a cluster takes this + 2
         description="The native stack's broker serves JMX on 127.0.0.1 at this port (node n of a "
         "cluster at this port + n − 1), without authentication: for measuring, e.g. "
         "`python -m genwire_bench.census` counting the broker's requests. Refused with a secure "
@@ -254,7 +254,7 @@ class ServiceSettings(CommonSettings):
         description="Finished records' offsets are committed at most this often (each only "
         "after all its outputs are acknowledged; longer: fewer commit round trips, more "
         "records redelivered after a crash; 250 rather than 50: a quarter of the commits, "
-        "0.2–0.9 core-ms less broker CPU per request, docs/benchmarks.md).",
+        "0.2–1.5 core-ms less broker CPU per request, docs/benchmarks.md).",
     )
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto",

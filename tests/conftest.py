@@ -10,6 +10,7 @@ fixture are marked ``integration`` automatically (``pytest -m "not integration"`
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +20,11 @@ from genwire.settings import CommonSettings
 from tests.common.support import deleting_new_test_topics
 
 log = logging.getLogger("genwire_stack.tests")
+
+# A JMX port exported for measuring (README) would reach every private broker the tests start
+# (their settings read the environment) and collide with the stack's broker or be refused on
+# the secure one; the tests that want JMX set it themselves.
+os.environ.pop("GENWIRE_KAFKA_JMX_PORT", None)
 
 STACK_FIXTURES = frozenset({"infra", "stack"})
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+from genwire_bench import census
 from genwire_bench.census import Counters, Report, difference, parse, render
 
 READING = (
@@ -32,12 +37,14 @@ def test_difference_keeps_what_moved_including_new_counters() -> None:
 
 
 def test_render_totals_each_request_once_and_divides_by_per() -> None:
+    requests = {"Produce": 8, "Fetch": 12, "FetchConsumer": 12}
     report = Report(
         seconds=10.0,
         per=4,
         broker_cpu_s=0.2,
-        requests={"Produce": 8, "Fetch": 12, "FetchConsumer": 12},
+        requests=requests,
         messages={"genwire.requests": 4},
+        total_requests=census.total_requests(requests),
     )
     out = render(report)
     assert "| Fetch | 12 | 1.2 | 3.00 |" in out
@@ -50,7 +57,66 @@ def test_render_totals_each_request_once_and_divides_by_per() -> None:
 
 
 def test_render_without_per_has_no_per_column() -> None:
-    report = Report(seconds=2.0, per=None, broker_cpu_s=None, requests={"Produce": 2}, messages={})
+    report = Report(
+        seconds=2.0,
+        per=None,
+        broker_cpu_s=None,
+        requests={"Produce": 2},
+        messages={},
+        total_requests=2,
+    )
     out = render(report)
     assert "| request | count | per second |\n" in out
     assert "broker CPU" not in out
+
+
+def test_a_counter_that_went_down_is_refused() -> None:
+    """A broker restarted between the readings starts its counters at zero again."""
+    before = parse(READING)
+    after = Counters(requests={"Produce": 3}, messages={"genwire.requests": 7})
+    with pytest.raises(ValueError, match="Produce"):
+        difference(before, after)
+
+
+@pytest.fixture
+def two_readings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``read_counters`` answers READING, then READING with 6 more produce requests; no JDK,
+    no broker (``has_compiler`` is true, the broker's process is not found)."""
+    later = Counters({"Produce": 16, "Fetch": 20, "FetchConsumer": 20}, {"genwire.requests": 10})
+    readings = [parse(READING), later]
+    calls: list[int] = []
+
+    def read(port: int, java: str = "java") -> Counters:
+        calls.append(port)
+        return readings[len(calls) - 1]
+
+    monkeypatch.setattr(census, "read_counters", read)
+    monkeypatch.setattr(census, "has_compiler", lambda java="java": True)
+    monkeypatch.setattr(census, "broker_process", lambda bootstrap: None)
+    return calls
+
+
+def test_main_runs_the_command_after_the_double_dash_and_keeps_its_exit_code(
+    two_readings: list[int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "census.json"
+    argv = ["--jmx-port", "12345", "--per", "3", "--json", str(out), "--", "sh", "-c", "exit 3"]
+    assert census.main(argv) == 3
+    assert two_readings == [12345, 12345]
+    printed = capsys.readouterr().out
+    assert "| Produce | 6 |" in printed and "2.00 |" in printed
+    data = json.loads(out.read_text())
+    assert data["requests"] == {"Produce": 6} and data["total_requests"] == 6
+    assert data["messages"] == {"genwire.requests": 3} and data["per"] == 3
+
+
+def test_main_reports_a_command_that_cannot_start(
+    two_readings: list[int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert census.main(["--", "/nonexistent/genwire-census-command"]) == 2
+    assert "census:" in capsys.readouterr().err
+
+
+def test_main_refuses_a_per_of_zero(two_readings: list[int]) -> None:
+    with pytest.raises(SystemExit):
+        census.main(["--per", "0", "--", "true"])

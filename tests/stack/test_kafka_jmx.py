@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from genwire_bench.census import difference, read_counters
+from genwire_bench.census import difference, has_compiler, read_counters
 from genwire_stack import down, ensure_up
 from genwire_stack.components import Kafka, kafka_nodes
 from genwire_stack.errors import StackError
@@ -39,6 +39,9 @@ def test_jmx_on_loopback_one_port_per_node(tmp_path: Path) -> None:
     assert "-Dcom.sun.management.jmxremote.port=9999" in command
     assert "-Dcom.sun.management.jmxremote.host=127.0.0.1" in command
     assert "-Dcom.sun.management.jmxremote.authenticate=false" in command
+    # RMI's second connection on the same port and address: nothing beyond loopback.
+    assert "-Dcom.sun.management.jmxremote.rmi.port=9999" in command
+    assert "-Djava.rmi.server.hostname=127.0.0.1" in command
     # The flags come before the main class, or the JVM would pass them to Kafka.
     assert command.index("-Dcom.sun.management.jmxremote.port=9999") < command.index("kafka.Kafka")
     assert single.ports()["jmx"] == 9999
@@ -52,11 +55,24 @@ def test_jmx_refused_on_a_secure_stack(tmp_path: Path) -> None:
     node = Kafka(paths, settings, security=SecureStack(paths))
     with pytest.raises(StackError, match="GENWIRE_KAFKA_JMX_PORT"):
         node.command()
+    assert "jmx" not in node.ports()  # not shown as if it would be served
+
+
+def test_the_storage_format_gets_no_jmx(tmp_path: Path) -> None:
+    """The format tool is a JVM too: given the flags, it would hold the broker's JMX port."""
+    settings = CommonSettings(home=tmp_path, kafka_jmx_port=9999)
+    node = Kafka(StackPaths.from_settings(settings), settings)
+    assert not [a for a in node._java_opts() if "jmxremote" in a]
 
 
 @pytest.fixture
 def jmx_broker(infra: CommonSettings, tmp_path: Path) -> Iterator[tuple[CommonSettings, Kafka]]:
-    jmx, port, controller = free_port(), free_port(), free_port()
+    ports: list[int] = []
+    while len(ports) < 3:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    jmx, port, controller = ports
     settings = CommonSettings(home=tmp_path, kafka_jmx_port=jmx)
     node = Kafka(StackPaths.from_settings(settings), settings, port, controller)
     real = Kafka(StackPaths.from_settings(infra), infra)
@@ -71,6 +87,8 @@ async def test_the_census_counts_what_the_broker_served(
     jmx_broker: tuple[CommonSettings, Kafka],
 ) -> None:
     settings, node = jmx_broker
+    if not has_compiler():
+        pytest.skip("the census launches KafkaCensus.java from source: needs a JDK, not a JRE")
     await asyncio.to_thread(ensure_up, settings=settings, catalog={node.name: node}, model=False)
     assert settings.kafka_jmx_port is not None
     before = await asyncio.to_thread(read_counters, settings.kafka_jmx_port)

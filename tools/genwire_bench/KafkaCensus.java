@@ -6,6 +6,7 @@
 //   messages  <topic>   records appended to that topic since the broker started
 import java.util.Map;
 import java.util.TreeMap;
+import javax.management.InstanceNotFoundException;
 import javax.management.MBeanServerConnection;
 import javax.management.ObjectName;
 import javax.management.remote.JMXConnector;
@@ -26,7 +27,11 @@ public class KafkaCensus {
       throws Exception {
     Map<String, Long> counts = new TreeMap<>();
     for (ObjectName name : server.queryNames(new ObjectName(pattern), null)) {
-      counts.merge(name.getKeyProperty(key), (Long) server.getAttribute(name, "Count"), Long::sum);
+      try {
+        counts.merge(name.getKeyProperty(key), (Long) server.getAttribute(name, "Count"), Long::sum);
+      } catch (InstanceNotFoundException gone) {
+        // A topic deleted between the query and the read: its meter went with it.
+      }
     }
     return counts;
   }

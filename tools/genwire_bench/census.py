@@ -8,14 +8,16 @@ between, with the broker's CPU from ``/proc``: divided by ``--per`` (the request
 sent) it says how many Kafka requests one pipeline request costs and what each cost the broker.
 
 Needs a broker that serves JMX: the native stack's with ``GENWIRE_KAFKA_JMX_PORT`` set at its
-start (``GENWIRE_KAFKA_JMX_PORT=9999 make up``, or ``genwire restart --only kafka``), and
-``java`` (the JDK's single-file launch runs ``KafkaCensus.java``). The counters are the
-broker's totals: everything that talks to it is counted, the stack's idle polling included
-(``--seconds`` alone measures that). Figures are printed (and kept with ``--json``); nothing is
-asserted.
+start (``GENWIRE_KAFKA_JMX_PORT=9999 make up``, or ``genwire restart --only kafka``), and a
+JDK (its single-file launch compiles and runs ``KafkaCensus.java``; a JRE cannot). The counters
+are one broker's totals (of a cluster, the node whose JMX port is given): everything that talks
+to it is counted, the stack's idle polling included (``--seconds`` alone measures that). The
+window is the command's (or the interval's): the two JMX readings fall outside it. Figures are
+printed (and kept with ``--json``); nothing is asserted.
 
-    python -m genwire_bench.census --per 408 -- genwire bench --targets kafka -c 8 -n 400 -q
-    python -m genwire_bench.census --seconds 30            # the idle stack
+    python -m genwire_bench.census --per 408 -- \
+        genwire bench --targets kafka -c 8 -n 400 --warmup 8 -q      # 400 + 8 requests
+    python -m genwire_bench.census --seconds 30                      # the idle stack
 """
 
 from __future__ import annotations
@@ -63,9 +65,17 @@ def parse(text: str) -> Counters:
 
 
 def difference(before: Counters, after: Counters) -> Counters:
-    """What each counter gained; counters that did not move are left out."""
+    """What each counter gained; counters that did not move are left out. A counter that went
+    down (or vanished) means the broker restarted, or a topic's meter was removed, between the
+    readings: a ``ValueError``, not a census."""
 
     def gained(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+        fell = sorted(k for k, v in a.items() if b.get(k, 0) < v)
+        if fell:
+            raise ValueError(
+                f"counters went down between the readings ({', '.join(fell)}): the broker "
+                "restarted or a topic was deleted meanwhile; count again"
+            )
         moved = {k: v - a.get(k, 0) for k, v in b.items()}
         return {k: v for k, v in moved.items() if v > 0}
 
@@ -84,13 +94,26 @@ def read_counters(jmx_port: int, java: str = "java") -> Counters:
         check=False,
     )
     if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        lines = done.stderr.strip().splitlines()
+        # The exception's own line says what failed; a stack trace's last line says nothing.
+        cause = next((ln.strip() for ln in lines if "Exception" in ln or "Error" in ln), None)
         raise RuntimeError(
-            f"no JMX answer on 127.0.0.1:{jmx_port} ({tail[0]}); start the broker with "
-            "GENWIRE_KAFKA_JMX_PORT set (e.g. GENWIRE_KAFKA_JMX_PORT=9999 genwire restart "
+            f"no JMX answer on 127.0.0.1:{jmx_port} ({cause or 'no output'}); start the broker "
+            "with GENWIRE_KAFKA_JMX_PORT set (e.g. GENWIRE_KAFKA_JMX_PORT=9999 genwire restart "
             "--only kafka)"
         )
     return parse(done.stdout)
+
+
+def has_compiler(java: str = "java") -> bool:
+    """Whether this ``java`` can launch a source file (a JDK: the ``jdk.compiler`` module)."""
+    try:
+        done = subprocess.run(
+            [java, "--list-modules"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return any(line.startswith("jdk.compiler@") for line in done.stdout.splitlines())
 
 
 @dataclass
@@ -102,21 +125,25 @@ class Report:
     broker_cpu_s: float | None
     requests: dict[str, int]
     messages: dict[str, int]
-
-    @property
-    def total_requests(self) -> int:
-        return sum(self.requests.values())
+    total_requests: int
+    """Requests served, each once (``SUBCOUNTS`` left out)."""
 
 
-# Sub-counts Kafka also reports under their own name: FetchConsumer and FetchFollower are the
-# Fetch requests of consumers and of replicas, so they are shown but not added to the total.
-SUBCOUNTS = frozenset({"FetchConsumer", "FetchFollower"})
+# Requests Kafka counts a second time under another name: FetchConsumer and FetchFollower are
+# the Fetch requests of consumers and of replicas, AddPartitionsToTxnVerification a kind of
+# AddPartitionsToTxn. They are shown but not added to the total.
+SUBCOUNTS = frozenset({"FetchConsumer", "FetchFollower", "AddPartitionsToTxnVerification"})
+
+
+def total_requests(requests: Mapping[str, int]) -> int:
+    """Requests served, each counted once."""
+    return sum(v for k, v in requests.items() if k not in SUBCOUNTS)
 
 
 def render(report: Report) -> str:
     """The census as Markdown tables."""
     per = report.per
-    total = sum(v for k, v in report.requests.items() if k not in SUBCOUNTS)
+    total = report.total_requests
     head = f"| request | count | per second |{f' per {per} |' if per else ''}"
     rule = "|---|---:|---:|" + ("---:|" if per else "")
 
@@ -153,22 +180,36 @@ def _cpu_s(proc: psutil.Process | None) -> float | None:
 
 
 def census(args: argparse.Namespace, command: Sequence[str]) -> tuple[Report, int]:
-    """Read, run the command (or wait), read again; the report and the command's exit code."""
+    """Read, run the command (or wait), read again; the report and the command's exit code.
+    CPU and time are taken between the readings, so the JMX reads' own cost (a JVM start and
+    an RMI session each) is outside the window; their requests are not Kafka requests."""
     broker = broker_process(args.bootstrap_servers)
-    before, cpu0, t0 = read_counters(args.jmx_port), _cpu_s(broker), time.monotonic()
-    rc = subprocess.call(list(command)) if command else 0
-    if not command:
+    before = read_counters(args.jmx_port)
+    cpu0, t0 = _cpu_s(broker), time.monotonic()
+    if command:
+        rc = subprocess.call(list(command))
+    else:
+        rc = 0
         time.sleep(args.seconds)
-    after, cpu1, t1 = read_counters(args.jmx_port), _cpu_s(broker), time.monotonic()
-    gained = difference(before, after)
+    cpu1, t1 = _cpu_s(broker), time.monotonic()
+    gained = difference(before, read_counters(args.jmx_port))
     report = Report(
         seconds=t1 - t0,
         per=args.per,
         broker_cpu_s=None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
         requests=dict(gained.requests),
         messages=dict(gained.messages),
+        total_requests=total_requests(gained.requests),
     )
     return report, rc
+
+
+def _default_jmx_port() -> int:
+    raw = os.environ.get("GENWIRE_KAFKA_JMX_PORT") or str(DEFAULT_JMX_PORT)
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"census: GENWIRE_KAFKA_JMX_PORT={raw!r} is not a port number") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -185,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--jmx-port",
         type=int,
-        default=int(os.environ.get("GENWIRE_KAFKA_JMX_PORT") or DEFAULT_JMX_PORT),
+        default=_default_jmx_port(),
         help="the broker's JMX port (default: GENWIRE_KAFKA_JMX_PORT, else 9999)",
     )
     p.add_argument(
@@ -203,11 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--per must be a positive number of requests")
     if not command and args.seconds <= 0:
         p.error("--seconds must be positive")
-    if shutil.which("java") is None:
-        p.error("java is not on PATH (the census reads JMX with the JDK's KafkaCensus.java)")
+    if shutil.which("java") is None or not has_compiler():
+        p.error(
+            "needs a JDK's java on PATH (it compiles and runs KafkaCensus.java; a JRE lacks "
+            "the jdk.compiler module): e.g. apt-get install openjdk-17-jdk-headless"
+        )
     try:
         report, rc = census(args, command)
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+    except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
         print(f"census: {exc}", file=sys.stderr)
         return 2
     print(render(report))

@@ -128,7 +128,7 @@ class Kafka(Component):
 
     def ports(self) -> dict[str, int]:
         jmx = self.jmx_port
-        extra = {} if jmx is None else {"jmx": jmx}
+        extra = {} if jmx is None or self.security is not None else {"jmx": jmx}
         return {"broker": self.port, "controller": self.controller_port, **extra}
 
     def installed(self) -> bool:
@@ -194,11 +194,7 @@ class Kafka(Component):
 
     def _java_opts(self) -> list[str]:
         log4j = self.paths.deploy / "kafka" / "log4j.properties"
-        return [
-            f"-Dlog4j.configuration=file:{log4j}",
-            "-Djava.awt.headless=true",
-            *self._jmx_opts(),
-        ]
+        return [f"-Dlog4j.configuration=file:{log4j}", "-Djava.awt.headless=true"]
 
     @property
     def jmx_port(self) -> int | None:
@@ -233,7 +229,11 @@ class Kafka(Component):
             f"-Xmx{self.heap}",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
+            # As Kafka's own start script: a System.gc() (JMX's RMI runs one hourly) is a
+            # concurrent cycle, not a full stop of the broker.
+            "-XX:+ExplicitGCInvokesConcurrent",
             *self._java_opts(),
+            *self._jmx_opts(),  # the broker only: not the storage format run by prepare()
             "-cp",
             str(self.dest / "libs" / "*"),
             "kafka.Kafka",
