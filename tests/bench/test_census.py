@@ -78,6 +78,18 @@ def test_a_counter_that_went_down_is_refused() -> None:
         difference(before, after)
 
 
+def test_a_topic_whose_meter_went_is_left_out_not_refused() -> None:
+    """A deleted topic's meter goes with it (and starts from zero if the topic comes back)."""
+    before = parse(READING)
+    after = Counters(
+        requests={"Produce": 12, "Fetch": 20, "FetchConsumer": 20},
+        messages={"otlp_spans": 2},
+    )
+    gained = difference(before, after)
+    assert gained.messages == {"otlp_spans": 2}
+    assert gained.requests == {"Produce": 2}
+
+
 @pytest.fixture
 def two_readings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """``read_counters`` answers READING, then READING with 6 more produce requests; no JDK,

@@ -33,9 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
-
-from genwire_bench.floor import broker_process
+from genwire_bench.floor import broker_process, tree_cpu_s
 
 HELPER = Path(__file__).with_name("KafkaCensus.java")
 DEFAULT_JMX_PORT = 9999
@@ -65,17 +63,19 @@ def parse(text: str) -> Counters:
 
 
 def difference(before: Counters, after: Counters) -> Counters:
-    """What each counter gained; counters that did not move are left out. A counter that went
-    down (or vanished) means the broker restarted, or a topic's meter was removed, between the
-    readings: a ``ValueError``, not a census."""
+    """What each counter gained; counters that did not move are left out.
+
+    A request counter that went down means the broker restarted between the readings: a
+    ``ValueError``, not a census. A topic's meter may go (the topic deleted, its leadership
+    moved to another node) and come back from zero: such a topic's records are left out."""
+    fell = sorted(k for k, v in before.requests.items() if after.requests.get(k, 0) < v)
+    if fell:
+        raise ValueError(
+            f"request counters went down between the readings ({', '.join(fell)}): the broker "
+            "restarted meanwhile; count again"
+        )
 
     def gained(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
-        fell = sorted(k for k, v in a.items() if b.get(k, 0) < v)
-        if fell:
-            raise ValueError(
-                f"counters went down between the readings ({', '.join(fell)}): the broker "
-                "restarted or a topic was deleted meanwhile; count again"
-            )
         moved = {k: v - a.get(k, 0) for k, v in b.items()}
         return {k: v for k, v in moved.items() if v > 0}
 
@@ -129,10 +129,14 @@ class Report:
     """Requests served, each once (``SUBCOUNTS`` left out)."""
 
 
-# Requests Kafka counts a second time under another name: FetchConsumer and FetchFollower are
-# the Fetch requests of consumers and of replicas, AddPartitionsToTxnVerification a kind of
-# AddPartitionsToTxn. They are shown but not added to the total.
-SUBCOUNTS = frozenset({"FetchConsumer", "FetchFollower", "AddPartitionsToTxnVerification"})
+# Requests Kafka counts a second time under another name, with the request they are part of:
+# FetchConsumer and FetchFollower are the Fetch requests of consumers and of replicas. They
+# are shown but not added to the total.
+SUBCOUNTS = {
+    "FetchConsumer": "Fetch",
+    "FetchFollower": "Fetch",
+    "AddPartitionsToTxnVerification": "AddPartitionsToTxn",
+}
 
 
 def total_requests(requests: Mapping[str, int]) -> int:
@@ -153,7 +157,8 @@ def render(report: Report) -> str:
 
     lines = [f"census over {report.seconds:.1f} s", "", head, rule]
     for name, count in sorted(report.requests.items(), key=lambda kv: (-kv[1], kv[0])):
-        lines.append(row(name + (" (of Fetch)" if name in SUBCOUNTS else ""), count))
+        part_of = SUBCOUNTS.get(name)
+        lines.append(row(f"{name} (of {part_of})" if part_of else name, count))
     lines.append(row("**all**", total))
     lines += ["", head.replace("request", "records appended to", 1), rule]
     for name, count in sorted(report.messages.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -169,29 +174,19 @@ def render(report: Report) -> str:
     return "\n".join(lines)
 
 
-def _cpu_s(proc: psutil.Process | None) -> float | None:
-    if proc is None:
-        return None
-    try:
-        t = proc.cpu_times()
-    except psutil.Error:
-        return None
-    return float(t.user + t.system)
-
-
 def census(args: argparse.Namespace, command: Sequence[str]) -> tuple[Report, int]:
     """Read, run the command (or wait), read again; the report and the command's exit code.
     CPU and time are taken between the readings, so the JMX reads' own cost (a JVM start and
     an RMI session each) is outside the window; their requests are not Kafka requests."""
     broker = broker_process(args.bootstrap_servers)
     before = read_counters(args.jmx_port)
-    cpu0, t0 = _cpu_s(broker), time.monotonic()
+    cpu0, t0 = tree_cpu_s(broker), time.monotonic()
     if command:
         rc = subprocess.call(list(command))
     else:
         rc = 0
         time.sleep(args.seconds)
-    cpu1, t1 = _cpu_s(broker), time.monotonic()
+    cpu1, t1 = tree_cpu_s(broker), time.monotonic()
     gained = difference(before, read_counters(args.jmx_port))
     report = Report(
         seconds=t1 - t0,

@@ -137,7 +137,8 @@ def broker_process(bootstrap_servers: str) -> psutil.Process | None:
     return None
 
 
-def _cpu_s(proc: psutil.Process | None) -> float | None:
+def tree_cpu_s(proc: psutil.Process | None) -> float | None:
+    """CPU seconds of a process and its children (None: no process, or it is gone)."""
     if proc is None:
         return None
     try:
@@ -463,8 +464,12 @@ async def _chain(
             fproc = front if via == "grpc" else None
             await reader.fetching(fproc is None)
             await _drive(producer, reader, topics[0], count=args.warmup, tag=f"{tag}-w", **drive)
-            cpu0, b0, f0 = time.process_time(), _cpu_s(broker), _cpu_s(fproc.ps if fproc else None)
-            r0 = [_cpu_s(r.ps) for r in relays]
+            cpu0, b0, f0 = (
+                time.process_time(),
+                tree_cpu_s(broker),
+                tree_cpu_s(fproc.ps if fproc else None),
+            )
+            r0 = [tree_cpu_s(r.ps) for r in relays]
             traced: list[TracedRecord] = []
             acks: list[float] = []
             n_traced = args.hop_traces if args.tracing and fproc is None else 0
@@ -481,8 +486,12 @@ async def _chain(
                 **drive,
             )
             seconds = time.perf_counter() - t0
-            cpu1, b1, f1 = time.process_time(), _cpu_s(broker), _cpu_s(fproc.ps if fproc else None)
-            r1 = [_cpu_s(r.ps) for r in relays]
+            cpu1, b1, f1 = (
+                time.process_time(),
+                tree_cpu_s(broker),
+                tree_cpu_s(fproc.ps if fproc else None),
+            )
+            r1 = [tree_cpu_s(r.ps) for r in relays]
             phase = _chain_phase(args, c, lat, seconds, (cpu0, cpu1), (b0, b1), r0, r1, idle)
             if fproc is not None:
                 phase = _fronted(phase, (f0, f1), front_idle)
@@ -533,11 +542,11 @@ async def _chain_idle(
     if seconds <= 0:
         return None, None
     await asyncio.sleep(1.0)  # the relays' replayers catch up with genwire.retry first
-    c0, b0, r0 = time.process_time(), _cpu_s(broker), [_cpu_s(r.ps) for r in relays]
-    f0, t0 = _cpu_s(front.ps if front else None), time.perf_counter()
+    c0, b0, r0 = time.process_time(), tree_cpu_s(broker), [tree_cpu_s(r.ps) for r in relays]
+    f0, t0 = tree_cpu_s(front.ps if front else None), time.perf_counter()
     await asyncio.sleep(seconds)
-    c1, b1, r1 = time.process_time(), _cpu_s(broker), [_cpu_s(r.ps) for r in relays]
-    f1, elapsed = _cpu_s(front.ps if front else None), time.perf_counter() - t0
+    c1, b1, r1 = time.process_time(), tree_cpu_s(broker), [tree_cpu_s(r.ps) for r in relays]
+    f1, elapsed = tree_cpu_s(front.ps if front else None), time.perf_counter() - t0
     readings = [(c0, c1), (b0, b1), *zip(r0, r1, strict=True)]
     front_rate = None if f0 is None or f1 is None else (f1 - f0) * 1000.0 / elapsed
     if any(a is None or b is None for a, b in readings):
@@ -665,8 +674,8 @@ async def _phase(
             size=args.size,
             tag=f"{tag}-w",
         )
-        cpu0, b0 = time.process_time(), _cpu_s(broker)
-        r0 = _cpu_s(relay.ps) if relay else None
+        cpu0, b0 = time.process_time(), tree_cpu_s(broker)
+        r0 = tree_cpu_s(relay.ps) if relay else None
         acks: list[float] = []
         t0 = time.perf_counter()
         lat = await _drive(
@@ -680,8 +689,8 @@ async def _phase(
             acks=acks,
         )
         seconds = time.perf_counter() - t0
-        cpu1, b1 = time.process_time(), _cpu_s(broker)
-        r1 = _cpu_s(relay.ps) if relay else None
+        cpu1, b1 = time.process_time(), tree_cpu_s(broker)
+        r1 = tree_cpu_s(relay.ps) if relay else None
     finally:
         await reader.stop()
         if relay is not None:
@@ -723,9 +732,9 @@ async def _idle(
     try:
         await relay.ready()
         await asyncio.sleep(2.0)  # let the joining settle
-        r0, b0, t0 = _cpu_s(relay.ps), _cpu_s(broker), time.perf_counter()
+        r0, b0, t0 = tree_cpu_s(relay.ps), tree_cpu_s(broker), time.perf_counter()
         await asyncio.sleep(args.idle_s)
-        r1, b1, seconds = _cpu_s(relay.ps), _cpu_s(broker), time.perf_counter() - t0
+        r1, b1, seconds = tree_cpu_s(relay.ps), tree_cpu_s(broker), time.perf_counter() - t0
     finally:
         relay.stop()
 
