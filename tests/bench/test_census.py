@@ -44,7 +44,6 @@ def test_render_totals_each_request_once_and_divides_by_per() -> None:
         broker_cpu_s=0.2,
         requests=requests,
         messages={"genwire.requests": 4},
-        total_requests=census.total_requests(requests),
     )
     out = render(report)
     assert "| Fetch | 12 | 1.2 | 3.00 |" in out
@@ -63,7 +62,6 @@ def test_render_without_per_has_no_per_column() -> None:
         broker_cpu_s=None,
         requests={"Produce": 2},
         messages={},
-        total_requests=2,
     )
     out = render(report)
     assert "| request | count | per second |\n" in out

@@ -125,8 +125,15 @@ class Report:
     broker_cpu_s: float | None
     requests: dict[str, int]
     messages: dict[str, int]
-    total_requests: int
-    """Requests served, each once (``SUBCOUNTS`` left out)."""
+
+    @property
+    def total_requests(self) -> int:
+        """Requests served, each once (``SUBCOUNTS`` left out)."""
+        return total_requests(self.requests)
+
+    def as_json(self) -> dict[str, object]:
+        """The report's fields and its total, for ``--json``."""
+        return {**asdict(self), "total_requests": self.total_requests}
 
 
 # Requests Kafka counts a second time under another name, with the request they are part of:
@@ -194,7 +201,6 @@ def census(args: argparse.Namespace, command: Sequence[str]) -> tuple[Report, in
         broker_cpu_s=None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
         requests=dict(gained.requests),
         messages=dict(gained.messages),
-        total_requests=total_requests(gained.requests),
     )
     return report, rc
 
@@ -251,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(render(report))
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(asdict(report), indent=2) + "\n")
+        Path(args.json_path).write_text(json.dumps(report.as_json(), indent=2) + "\n")
     return rc
 
 
