@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 from pathlib import Path
 
 import psutil
+import pytest
 from genwire_bench import steal
 from genwire_bench.resources import ResourceSampler, discover, from_pid_files, own_process
 
@@ -74,3 +76,68 @@ def test_steal_is_the_stolen_share_of_the_cpu_time_between_two_readings(tmp_path
     assert steal.cpu_times(tmp_path / "missing") is None
     (tmp_path / "odd").write_text("intr 1 2 3\n", encoding="ascii")
     assert steal.cpu_times(tmp_path / "odd") is None
+
+
+def _task(proc: Path, pid: int, tid: int, comm: str, utime: int, stime: int) -> None:
+    task = proc / str(pid) / "task" / str(tid)
+    task.mkdir(parents=True)
+    (task / "comm").write_text(comm + "\n")
+    # pid (comm) state ppid … utime stime: a ")" inside the name must not shift the fields
+    rest = " ".join(["S", *["0"] * 10, str(utime), str(stime), *["0"] * 5])
+    (task / "stat").write_text(f"{tid} ({comm}) {rest}\n")
+
+
+def test_jit_seconds_reads_the_compiler_threads_of_a_jvm(tmp_path: Path) -> None:
+    from genwire_bench.resources import _CLOCK_TICKS, jit_seconds
+
+    _task(tmp_path, 7, 7, "java", 900, 100)
+    _task(tmp_path, 7, 8, "C2 CompilerThre", 30, 20)
+    _task(tmp_path, 7, 9, "C1 CompilerThre", 4, 1)
+    _task(tmp_path, 7, 10, "odd) name", 5, 5)
+    (tmp_path / "7" / "task" / "11").mkdir()  # a thread gone between listing and reading
+    assert jit_seconds(7, tmp_path) == {8: 50 / _CLOCK_TICKS, 9: 5 / _CLOCK_TICKS}
+    assert jit_seconds(8, tmp_path) == {}  # no such process
+
+
+def test_compiler_threads_that_come_and_go_are_counted_for_the_time_they_ran(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from genwire_bench import resources
+
+    snapshots = iter([{1: 5.0}, {1: 6.0, 2: 0.5}, {2: 0.75}])
+    monkeypatch.setattr(resources, "jit_seconds", lambda pid: next(snapshots))
+    tree = resources._Tree(own_process(), recursive=False)
+    tree.jvms[os.getpid()] = True
+    for _ in range(3):
+        tree.sample()
+    # thread 1: 1.0 s after the first sample; thread 2 started later: all of its 0.75 s
+    assert tree.jit_used() == pytest.approx(1.75)
+    assert not resources._Tree(own_process())._is_jvm(own_process())  # python, not java
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="no java on PATH (the broker needs one)")
+async def test_a_jvms_jit_compiler_time_is_part_of_its_cpu(tmp_path: Path) -> None:
+    source = tmp_path / "Busy.java"
+    source.write_text(
+        "public class Busy { public static void main(String[] a) {"
+        " long end = System.nanoTime() + 3_000_000_000L; long x = 0;"
+        " while (System.nanoTime() < end) { for (int i = 0; i < 100_000; i++) x += i % 7;"
+        " x ^= java.util.Arrays.hashCode(new long[] {x, x >> 3}); }"
+        " System.out.println(x); } }\n"
+    )
+    # Single-file source launch: javac itself runs, and is compiled, inside this JVM.
+    proc = await asyncio.create_subprocess_exec(
+        "java", str(source), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        sampler = ResourceSampler({"jvm": psutil.Process(proc.pid)}, interval_s=0.1)
+        sampler.start()
+        await asyncio.sleep(2.0)
+        usage = (await sampler.stop())["jvm"]
+    finally:
+        _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert 0.0 < usage.jit_cpu_s < usage.cpu_s
+    me = ResourceSampler({"me": own_process()}, interval_s=0.05)
+    me.start()
+    assert (await me.stop())["me"].jit_cpu_s == 0.0

@@ -317,3 +317,29 @@ async def test_a_run_reads_the_steal_of_every_phase(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(runner, "cpu_times", lambda: None)  # /proc/stat unreadable
     report, _ = await run({"kafka": FakeDriver("kafka", 14.0, None)})
     assert report.steal == {"kafka c=1": None}
+
+
+async def test_the_report_shows_the_brokers_jit_share_and_warns_while_it_warms_up() -> None:
+    from genwire_bench.report import JIT_WARNING_SHARE, _jit, jit_shares
+    from genwire_bench.resources import Usage
+
+    def broker(cpu_s: float, jit_s: float) -> Usage:
+        return Usage((1,), 40.0, 60.0, 900.0, 800.0, cpu_s=cpu_s, jit_cpu_s=jit_s)
+
+    warm = _report(resources={"kafka c=8": {"kafka": broker(10.0, 1.2)}, "triton c=8": {}})
+    assert jit_shares(warm) == {"kafka c=8": pytest.approx(0.12)}  # no broker: no share
+    assert _jit(warm) == ["Kafka broker's JIT compiler, share of the broker's CPU: kafka c=8 12%"]
+    fresh = _report(
+        resources={
+            "kafka c=1": {"kafka": broker(4.0, 4.0 * (JIT_WARNING_SHARE + 0.01))},
+            "kafka c=8": {"kafka": broker(4.0, 4.0 * JIT_WARNING_SHARE)},
+        }
+    )
+    lines = _jit(fresh)
+    assert len(lines) == 2
+    assert lines[1].startswith("warning: the broker was still compiling its hot code in kafka c=1 ")
+    assert "kafka c=8" not in lines[1]
+    assert _jit(_report(resources={"kafka c=8": {"kafka": broker(0.0, 0.0)}})) == []
+    whole, _ = await run({"kafka": FakeDriver("kafka", 14.0, None)})
+    whole.resources = fresh.resources
+    assert lines[1] in render(whole).splitlines()

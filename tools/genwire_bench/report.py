@@ -155,6 +155,7 @@ def render(report: BenchReport) -> str:
                 )
             )
     out += _resources(report)
+    out += _jit(report)
     out += _costs(report)
     out += _targets(report)
     return "\n".join(out)
@@ -324,6 +325,39 @@ def _resources(report: BenchReport) -> list[str]:
         "lost more ran slower, whatever the code); last row: peak RSS over the run",
         table(["phase", "steal %", *services], rows),
     ]
+
+
+JIT_WARNING_SHARE = 0.3
+"""A Kafka broker whose JIT compiler took more of its CPU than this in a phase is still warming
+up. Warm, under load, its compiler took 7–20 % here; a fresh broker costs up to four times its
+warm figure per request for its first few thousand requests (docs/benchmarks.md, *The broker's
+side*)."""
+
+
+def jit_shares(report: BenchReport, service: str = "kafka") -> dict[str, float]:
+    """Per phase, the share of ``service``'s CPU its JVM's JIT compiler threads took."""
+    shares = {}
+    for phase, usage in report.resources.items():
+        one = usage.get(service)
+        if one is not None and one.cpu_s > 0:
+            shares[phase] = min(one.jit_cpu_s / one.cpu_s, 1.0)
+    return shares
+
+
+def _jit(report: BenchReport) -> list[str]:
+    shares = jit_shares(report)
+    if not shares:
+        return []
+    listed = ", ".join(f"{phase} {share:.0%}" for phase, share in shares.items())
+    out = [f"Kafka broker's JIT compiler, share of the broker's CPU: {listed}"]
+    warm = [phase for phase, share in shares.items() if share > JIT_WARNING_SHARE]
+    if warm:
+        out.append(
+            f"warning: the broker was still compiling its hot code in {', '.join(warm)} "
+            f"(over {JIT_WARNING_SHARE:.0%} of its CPU): its CPU per request and the pipeline's "
+            "latency read high there; warm it with a few thousand requests and measure again"
+        )
+    return out
 
 
 def jsonable(value: Any) -> Any:

@@ -96,6 +96,40 @@ class Usage:
     """How many instances (``preprocess``, ``preprocess-2``…) :func:`by_service` summed."""
     wall_s: float = 0.0
     """Seconds the phase's sampling covered."""
+    jit_cpu_s: float = 0.0
+    """Of ``cpu_s``, the seconds a JVM's JIT compiler threads used (the Kafka broker's; 0 for
+    anything that is not a JVM): a broker still compiling its hot code costs more per request
+    than a warm one (docs/benchmarks.md, *The broker's side*)."""
+
+
+JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
+"""HotSpot's compiler threads as /proc names them (``C2 CompilerThread0``, cut to 15 bytes)."""
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def jit_seconds(pid: int, proc: Path = Path("/proc")) -> dict[int, float]:
+    """CPU seconds of each JIT compiler thread of process ``pid`` (thread id → seconds).
+
+    HotSpot starts and stops compiler threads as its queue grows and shrinks
+    (``UseDynamicNumberOfCompilerThreads``), so a caller samples this often and keeps what it saw
+    of threads that have gone. Empty where ``pid`` has none or /proc is unreadable.
+    """
+    out: dict[int, float] = {}
+    try:
+        tasks = list((proc / str(pid) / "task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            if (task / "comm").read_text().strip() not in JIT_THREADS:
+                continue
+            # Fields after the command's closing parenthesis: utime and stime are 12th and 13th.
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
 
 
 @dataclass
@@ -107,6 +141,9 @@ class _Tree:
     peaks: list[float] = field(default_factory=list)
     pids: set[int] = field(default_factory=set)
     recursive: bool = True
+    jit_first: dict[int, float] = field(default_factory=dict)
+    jit_last: dict[int, float] = field(default_factory=dict)
+    jvms: dict[int, bool] = field(default_factory=dict)
 
     def members(self) -> list[psutil.Process]:
         if not self.recursive:
@@ -119,6 +156,7 @@ class _Tree:
     def sample(self) -> float:
         """Record RSS and CPU times of the tree; returns its CPU seconds so far."""
         rss = 0.0
+        first = not self.rss
         for proc in self.members():
             try:
                 with proc.oneshot():
@@ -130,11 +168,30 @@ class _Tree:
             self.cpu_first.setdefault(proc.pid, cpu)
             self.cpu_last[proc.pid] = cpu
             self.pids.add(proc.pid)
+            if self._is_jvm(proc):
+                for tid, seconds in jit_seconds(proc.pid).items():
+                    # A thread first seen after the first sample started since: all its time
+                    # is in the phase.
+                    self.jit_first.setdefault(tid, seconds if first else 0.0)
+                    self.jit_last[tid] = seconds
         self.rss.append(rss / 2**20)
         return self.cpu_used()
 
+    def _is_jvm(self, proc: psutil.Process) -> bool:
+        known = self.jvms.get(proc.pid)
+        if known is None:
+            try:
+                known = proc.name() == "java"
+            except psutil.Error:
+                known = False
+            self.jvms[proc.pid] = known
+        return known
+
     def cpu_used(self) -> float:
         return sum(self.cpu_last[p] - self.cpu_first[p] for p in self.cpu_last)
+
+    def jit_used(self) -> float:
+        return sum(self.jit_last[t] - self.jit_first[t] for t in self.jit_last)
 
 
 OWN = "bench"
@@ -192,6 +249,7 @@ class ResourceSampler:
                 rss_mean_mb=sum(tree.rss) / len(tree.rss),
                 cpu_s=tree.cpu_used(),
                 wall_s=wall,
+                jit_cpu_s=tree.jit_used(),
             )
         return out
 
@@ -225,6 +283,7 @@ def by_service(usage: Mapping[str, Usage]) -> dict[str, Usage]:
             cpu_s=sum(u.cpu_s for u in items),
             instances=sum(u.instances for u in items),
             wall_s=max(u.wall_s for u in items),
+            jit_cpu_s=sum(u.jit_cpu_s for u in items),
         )
         for name, items in groups.items()
     }

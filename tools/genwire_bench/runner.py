@@ -193,6 +193,7 @@ def merge_usage(phase: Phase) -> dict[str, Usage]:
             cpu_s=sum(u.cpu_s for u, _ in items),
             instances=max(u.instances for u, _ in items),
             wall_s=sum(u.wall_s for u, _ in items),
+            jit_cpu_s=sum(u.jit_cpu_s for u, _ in items),
         )
     return out
 
