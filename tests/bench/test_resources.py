@@ -82,9 +82,10 @@ def _task(proc: Path, pid: int, tid: int, comm: str, utime: int, stime: int) -> 
     task = proc / str(pid) / "task" / str(tid)
     task.mkdir(parents=True)
     (task / "comm").write_text(comm + "\n")
-    # pid (comm) state ppid … utime stime: a ")" inside the name must not shift the fields
+    # pid (name) state ppid … utime stime; the name in stat may hold ") ": fields count from
+    # the last ")"
     rest = " ".join(["S", *["0"] * 10, str(utime), str(stime), *["0"] * 5])
-    (task / "stat").write_text(f"{tid} ({comm}) {rest}\n")
+    (task / "stat").write_text(f"{tid} ({comm}) 1 2) {rest}\n")
 
 
 def test_jit_seconds_reads_the_compiler_threads_of_a_jvm(tmp_path: Path) -> None:
@@ -93,7 +94,7 @@ def test_jit_seconds_reads_the_compiler_threads_of_a_jvm(tmp_path: Path) -> None
     _task(tmp_path, 7, 7, "java", 900, 100)
     _task(tmp_path, 7, 8, "C2 CompilerThre", 30, 20)
     _task(tmp_path, 7, 9, "C1 CompilerThre", 4, 1)
-    _task(tmp_path, 7, 10, "odd) name", 5, 5)
+    _task(tmp_path, 7, 10, "VM Thread", 5, 5)
     (tmp_path / "7" / "task" / "11").mkdir()  # a thread gone between listing and reading
     assert jit_seconds(7, tmp_path) == {8: 50 / _CLOCK_TICKS, 9: 5 / _CLOCK_TICKS}
     assert jit_seconds(8, tmp_path) == {}  # no such process
@@ -113,6 +114,46 @@ def test_compiler_threads_that_come_and_go_are_counted_for_the_time_they_ran(
     # thread 1: 1.0 s after the first sample; thread 2 started later: all of its 0.75 s
     assert tree.jit_used() == pytest.approx(1.75)
     assert not resources._Tree(own_process())._is_jvm(own_process())  # python, not java
+
+
+def test_a_jvm_first_seen_mid_phase_counts_from_then(monkeypatch: pytest.MonkeyPatch) -> None:
+    from genwire_bench import resources
+
+    snapshots = iter([{1: 40.0}, {1: 41.0}])
+    monkeypatch.setattr(resources, "jit_seconds", lambda pid: next(snapshots))
+    tree = resources._Tree(own_process(), recursive=False)
+    tree.jvms[os.getpid()] = True
+    members = iter([[], [own_process()], [own_process()]])  # a broker restarted mid-phase
+    monkeypatch.setattr(tree, "members", lambda: next(members))
+    tree.sample()
+    assert tree.jit_used() is None  # no JVM seen yet: not measured, not 0
+    tree.sample()
+    tree.sample()
+    assert tree.jit_used() == pytest.approx(1.0)  # not the 40 s it compiled before
+
+
+def test_instances_and_rounds_keep_the_jit_time_and_the_worst_brokers_share() -> None:
+    from genwire_bench.report import jsonable
+    from genwire_bench.resources import Usage, by_service
+    from genwire_bench.runner import Phase, merge_usage
+    from genwire_bench.stats import Load
+
+    def broker(cpu_s: float, jit_s: float | None, share: float | None) -> Usage:
+        return Usage((1,), 10.0, 10.0, 500.0, 400.0, cpu_s, 1, 5.0, jit_s, share)
+
+    phase = Phase("kafka", Load("closed", 8))
+    phase.usage = [
+        by_service({"kafka-1": broker(3.0, 0.3, 0.1), "kafka-2": broker(1.0, 0.6, 0.6)}),
+        by_service({"kafka-1": broker(2.0, 0.2, 0.1), "kafka-2": broker(2.0, 0.2, 0.1)}),
+        by_service({"me": Usage((2,), 1.0, 1.0, 50.0, 40.0, cpu_s=1.0)}),
+    ]
+    phase.walls = [5.0, 5.0, 5.0]
+    merged = merge_usage(phase)
+    assert merged["kafka"].cpu_s == pytest.approx(8.0)
+    assert merged["kafka"].jit_cpu_s == pytest.approx(1.3)
+    assert merged["kafka"].jit_peak_share == pytest.approx(0.6)  # kafka-2 in the first round
+    assert merged["me"].jit_cpu_s is None and merged["me"].jit_peak_share is None
+    assert jsonable(merged["kafka"])["jit_peak_share"] == pytest.approx(0.6)  # the --json file
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="no java on PATH (the broker needs one)")
@@ -137,7 +178,8 @@ async def test_a_jvms_jit_compiler_time_is_part_of_its_cpu(tmp_path: Path) -> No
     finally:
         _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
+    assert usage.jit_cpu_s is not None
     assert 0.0 < usage.jit_cpu_s < usage.cpu_s
     me = ResourceSampler({"me": own_process()}, interval_s=0.05)
     me.start()
-    assert (await me.stop())["me"].jit_cpu_s == 0.0
+    assert (await me.stop())["me"].jit_cpu_s is None  # not a JVM: not measured

@@ -321,25 +321,36 @@ async def test_a_run_reads_the_steal_of_every_phase(monkeypatch: pytest.MonkeyPa
 
 async def test_the_report_shows_the_brokers_jit_share_and_warns_while_it_warms_up() -> None:
     from genwire_bench.report import JIT_WARNING_SHARE, _jit, jit_shares
-    from genwire_bench.resources import Usage
+    from genwire_bench.resources import JIT_MIN_CPU_S, Usage
 
-    def broker(cpu_s: float, jit_s: float) -> Usage:
-        return Usage((1,), 40.0, 60.0, 900.0, 800.0, cpu_s=cpu_s, jit_cpu_s=jit_s)
+    def broker(cpu_s: float, jit_s: float | None, peak: float | None = None) -> Usage:
+        return Usage((1,), 40.0, 60.0, 900.0, 800.0, cpu_s, 1, 5.0, jit_s, peak)
 
-    warm = _report(resources={"kafka c=8": {"kafka": broker(10.0, 1.2)}, "triton c=8": {}})
-    assert jit_shares(warm) == {"kafka c=8": pytest.approx(0.12)}  # no broker: no share
+    warm = _report(
+        resources={
+            "kafka c=8": {"kafka": broker(10.0, 1.2)},
+            "grpc c=8": {"kafka": broker(JIT_MIN_CPU_S / 2, JIT_MIN_CPU_S / 2)},  # too little
+            "grpc c=1": {"kafka": broker(10.0, None)},  # not read
+            "triton c=8": {},
+        }
+    )
+    assert jit_shares(warm) == {"kafka c=8": pytest.approx(0.12)}
     assert _jit(warm) == ["Kafka broker's JIT compiler, share of the broker's CPU: kafka c=8 12%"]
+    over = 4.0 * (JIT_WARNING_SHARE + 0.01)
     fresh = _report(
         resources={
-            "kafka c=1": {"kafka": broker(4.0, 4.0 * (JIT_WARNING_SHARE + 0.01))},
+            "triton c=8": {"kafka": broker(4.0, over)},  # direct Triton: no broker in its path
+            "kafka c=1": {"kafka": broker(4.0, over)},
             "kafka c=8": {"kafka": broker(4.0, 4.0 * JIT_WARNING_SHARE)},
+            "grpc c=8": {"kafka": broker(4.0, 0.4, peak=JIT_WARNING_SHARE + 0.01)},  # one broker
         }
     )
     lines = _jit(fresh)
     assert len(lines) == 2
-    assert lines[1].startswith("warning: the broker was still compiling its hot code in kafka c=1 ")
-    assert "kafka c=8" not in lines[1]
-    assert _jit(_report(resources={"kafka c=8": {"kafka": broker(0.0, 0.0)}})) == []
+    assert lines[0].endswith("triton c=8 31%, kafka c=1 31%, kafka c=8 30%, grpc c=8 10%")
+    assert lines[1].startswith(
+        "warning: a Kafka broker was still compiling its hot code in kafka c=1, grpc c=8 "
+    )
     whole, _ = await run({"kafka": FakeDriver("kafka", 14.0, None)})
     whole.resources = fresh.resources
     assert lines[1] in render(whole).splitlines()

@@ -8,7 +8,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,14 +96,22 @@ class Usage:
     """How many instances (``preprocess``, ``preprocess-2``…) :func:`by_service` summed."""
     wall_s: float = 0.0
     """Seconds the phase's sampling covered."""
-    jit_cpu_s: float = 0.0
-    """Of ``cpu_s``, the seconds a JVM's JIT compiler threads used (the Kafka broker's; 0 for
-    anything that is not a JVM): a broker still compiling its hot code costs more per request
-    than a warm one (docs/benchmarks.md, *The broker's side*)."""
+    jit_cpu_s: float | None = None
+    """Of ``cpu_s``, the seconds a JVM's JIT compiler threads used (the Kafka broker's; None:
+    no JVM in the tree): a broker still compiling its hot code costs more per request than a
+    warm one (docs/benchmarks.md, *The broker's side*)."""
+    jit_peak_share: float | None = None
+    """The largest share of one process tree's CPU its JIT took, over the instances and rounds
+    summed here (a restarted broker beside warm ones); trees that used under
+    ``JIT_MIN_CPU_S`` are left out (None: none measured)."""
 
 
 JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
 """HotSpot's compiler threads as /proc names them (``C2 CompilerThread0``, cut to 15 bytes)."""
+
+JIT_MIN_CPU_S = 0.5
+"""Below this much CPU in a phase a JIT share is not computed: thread times come in clock ticks
+(10 ms), so one tick of a nearly idle broker would read as a large share."""
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -144,6 +152,7 @@ class _Tree:
     jit_first: dict[int, float] = field(default_factory=dict)
     jit_last: dict[int, float] = field(default_factory=dict)
     jvms: dict[int, bool] = field(default_factory=dict)
+    saw_jvm: bool = False
 
     def members(self) -> list[psutil.Process]:
         if not self.recursive:
@@ -156,7 +165,6 @@ class _Tree:
     def sample(self) -> float:
         """Record RSS and CPU times of the tree; returns its CPU seconds so far."""
         rss = 0.0
-        first = not self.rss
         for proc in self.members():
             try:
                 with proc.oneshot():
@@ -165,14 +173,16 @@ class _Tree:
             except psutil.Error:
                 continue
             cpu = times.user + times.system
+            known = proc.pid in self.cpu_first
             self.cpu_first.setdefault(proc.pid, cpu)
             self.cpu_last[proc.pid] = cpu
             self.pids.add(proc.pid)
             if self._is_jvm(proc):
+                self.saw_jvm = True
                 for tid, seconds in jit_seconds(proc.pid).items():
-                    # A thread first seen after the first sample started since: all its time
-                    # is in the phase.
-                    self.jit_first.setdefault(tid, seconds if first else 0.0)
+                    # As the process's CPU: counted from when it was first seen. A new thread
+                    # of a process seen before started since: all of its time is in the phase.
+                    self.jit_first.setdefault(tid, 0.0 if known else seconds)
                     self.jit_last[tid] = seconds
         self.rss.append(rss / 2**20)
         return self.cpu_used()
@@ -190,8 +200,14 @@ class _Tree:
     def cpu_used(self) -> float:
         return sum(self.cpu_last[p] - self.cpu_first[p] for p in self.cpu_last)
 
-    def jit_used(self) -> float:
+    def jit_used(self) -> float | None:
+        if not self.saw_jvm:
+            return None
         return sum(self.jit_last[t] - self.jit_first[t] for t in self.jit_last)
+
+    def jit_share(self) -> float | None:
+        jit, cpu = self.jit_used(), self.cpu_used()
+        return None if jit is None or cpu < JIT_MIN_CPU_S else jit / cpu
 
 
 OWN = "bench"
@@ -250,6 +266,7 @@ class ResourceSampler:
                 cpu_s=tree.cpu_used(),
                 wall_s=wall,
                 jit_cpu_s=tree.jit_used(),
+                jit_peak_share=tree.jit_share(),
             )
         return out
 
@@ -261,6 +278,17 @@ def service_of(name: str) -> str:
     """The service an instance's name belongs to: ``preprocess-2`` → ``preprocess``."""
     match = _INSTANCE.match(name)
     return match["service"] if match else name
+
+
+def sum_known(values: Iterable[float | None]) -> float | None:
+    """The sum of the values that are not None (None when every one is)."""
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def max_known(values: Iterable[float | None]) -> float | None:
+    """The largest value that is not None (None when every one is)."""
+    return max((v for v in values if v is not None), default=None)
 
 
 def by_service(usage: Mapping[str, Usage]) -> dict[str, Usage]:
@@ -283,7 +311,8 @@ def by_service(usage: Mapping[str, Usage]) -> dict[str, Usage]:
             cpu_s=sum(u.cpu_s for u in items),
             instances=sum(u.instances for u in items),
             wall_s=max(u.wall_s for u in items),
-            jit_cpu_s=sum(u.jit_cpu_s for u in items),
+            jit_cpu_s=sum_known(u.jit_cpu_s for u in items),
+            jit_peak_share=max_known(u.jit_peak_share for u in items),
         )
         for name, items in groups.items()
     }

@@ -23,7 +23,9 @@ from genwire_bench.resources import (
     Usage,
     by_service,
     discover,
+    max_known,
     own_process,
+    sum_known,
 )
 from genwire_bench.stats import Load, Overhead, Summary, compare, summarize
 from genwire_bench.steal import cpu_times
@@ -193,7 +195,8 @@ def merge_usage(phase: Phase) -> dict[str, Usage]:
             cpu_s=sum(u.cpu_s for u, _ in items),
             instances=max(u.instances for u, _ in items),
             wall_s=sum(u.wall_s for u, _ in items),
-            jit_cpu_s=sum(u.jit_cpu_s for u, _ in items),
+            jit_cpu_s=sum_known(u.jit_cpu_s for u, _ in items),
+            jit_peak_share=max_known(u.jit_peak_share for u, _ in items),
         )
     return out
 
