@@ -119,6 +119,17 @@ class CommonSettings(BaseSettings):
         "collector runs more often instead of letting the heap double; it does not cap data "
         "that is live. Takes effect at Jaeger's next start (`genwire restart --only jaeger`).",
     )
+    jaeger_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="The native stack runs Jaeger this far below the pipeline's CPU priority (its "
+        "nice value and, where the kernel groups sessions, its session's group), level with "
+        "Triton's default. Storing spans is not on any request's path, and Badger's periodic "
+        "compactions take a core for several seconds: on 2 cores at the same priority one "
+        "halved the pipeline's throughput for the phase it fell in. Spans wait on "
+        "otlp_spans meanwhile. 0: the same priority. Takes effect at Jaeger's next start.",
+    )
     jaeger_span_ttl: str = Field(
         "72h",
         description="How long the stack's Jaeger keeps a span (Badger's TTL, a Go duration of "

@@ -176,3 +176,19 @@ def test_kubernetes_sets_the_measured_soft_limit_with_room_below_the_containers_
     assert _bytes(resources["limits"]["memory"]) >= 1.25 * MEASURED_PEAK_RSS_AT_1GIB
     # Scheduled where the soft limit fits, not only a quarter of it.
     assert _bytes(resources["requests"]["memory"]) >= 2**30
+
+
+def test_jaeger_runs_below_the_pipelines_priority_in_each_deploy(tmp_path: Path) -> None:
+    from genwire_stack.process import supervised_argv
+
+    assert _jaeger(tmp_path).nice() == DEFAULTS["jaeger_nice"].default == 10
+    assert _jaeger(tmp_path, jaeger_nice="0").nice() == 0  # the same priority
+    with pytest.raises(ValidationError, match="jaeger_nice"):
+        CommonSettings(jaeger_nice=20)
+    jaeger = _jaeger(tmp_path)
+    argv = supervised_argv(
+        "jaeger", jaeger.command(), tmp_path, python="py", stop_timeout_s=5, nice=jaeger.nice()
+    )
+    assert argv[argv.index("--nice") + 1] == "10"
+    compose = yaml.safe_load((REPO / "deploy" / "compose" / "compose.yaml").read_text())
+    assert compose["services"]["jaeger"]["cpu_shares"] == 512  # half the others' 1024

@@ -418,6 +418,9 @@ class Jaeger(Component):
             ),
         }
 
+    def nice(self) -> int:
+        return self.settings.jaeger_nice
+
     def command(self) -> list[str]:
         configs = [self.paths.deploy / "jaeger" / "config.yaml"]
         if self.security is not None:
