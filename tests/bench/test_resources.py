@@ -108,7 +108,8 @@ def test_compiler_threads_that_come_and_go_are_counted_for_the_time_they_ran(
     snapshots = iter([{1: 5.0}, {1: 6.0, 2: 0.5}, {2: 0.75}])
     monkeypatch.setattr(resources, "jit_seconds", lambda pid: next(snapshots))
     tree = resources._Tree(own_process(), recursive=False)
-    tree.jvms[os.getpid()] = True
+    # Taken for a JVM when sampled, as _is_jvm records a java process.
+    monkeypatch.setattr(tree, "_is_jvm", lambda proc: tree.jvms.setdefault(proc.pid, True))
     for _ in range(3):
         tree.sample()
     # thread 1: 1.0 s after the first sample; thread 2 started later: all of its 0.75 s
@@ -122,7 +123,8 @@ def test_a_jvm_first_seen_mid_phase_counts_from_then(monkeypatch: pytest.MonkeyP
     snapshots = iter([{1: 40.0}, {1: 41.0}])
     monkeypatch.setattr(resources, "jit_seconds", lambda pid: next(snapshots))
     tree = resources._Tree(own_process(), recursive=False)
-    tree.jvms[os.getpid()] = True
+    # Taken for a JVM when sampled, as _is_jvm records a java process.
+    monkeypatch.setattr(tree, "_is_jvm", lambda proc: tree.jvms.setdefault(proc.pid, True))
     members = iter([[], [own_process()], [own_process()]])  # a broker restarted mid-phase
     monkeypatch.setattr(tree, "members", lambda: next(members))
     tree.sample()

@@ -152,7 +152,6 @@ class _Tree:
     jit_first: dict[int, float] = field(default_factory=dict)
     jit_last: dict[int, float] = field(default_factory=dict)
     jvms: dict[int, bool] = field(default_factory=dict)
-    saw_jvm: bool = False
 
     def members(self) -> list[psutil.Process]:
         if not self.recursive:
@@ -178,7 +177,6 @@ class _Tree:
             self.cpu_last[proc.pid] = cpu
             self.pids.add(proc.pid)
             if self._is_jvm(proc):
-                self.saw_jvm = True
                 for tid, seconds in jit_seconds(proc.pid).items():
                     # As the process's CPU: counted from when it was first seen. A new thread
                     # of a process seen before started since: all of its time is in the phase.
@@ -201,7 +199,7 @@ class _Tree:
         return sum(self.cpu_last[p] - self.cpu_first[p] for p in self.cpu_last)
 
     def jit_used(self) -> float | None:
-        if not self.saw_jvm:
+        if not any(self.jvms.values()):  # no JVM sampled: not measured, not 0
             return None
         return sum(self.jit_last[t] - self.jit_first[t] for t in self.jit_last)
 
