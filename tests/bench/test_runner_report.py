@@ -354,3 +354,39 @@ async def test_the_report_shows_the_brokers_jit_share_and_warns_while_it_warms_u
     whole, _ = await run({"kafka": FakeDriver("kafka", 14.0, None)})
     whole.resources = fresh.resources
     assert lines[1] in render(whole).splitlines()
+
+
+async def test_the_report_warns_of_a_phase_where_jaeger_burst() -> None:
+    from genwire_bench.report import BURST_CORE_MS, BURST_MIN_PERCENT, _bursts, bursts
+    from genwire_bench.resources import Usage
+    from genwire_bench.stats import Summary
+
+    def jaeger(cpu: float) -> dict[str, Usage]:
+        return {"jaeger": Usage((1,), cpu, cpu, 700.0, 600.0)}
+
+    def rate(target: str, label: str, rps: float) -> Summary:
+        load = Load("closed", int(label[2:]))
+        return Summary(target, load, 100, 0, 1.0, rps, rps * 32, None, None, None)
+
+    over = BURST_MIN_PERCENT + 5  # % of a core
+    report = _report(
+        summaries=[
+            rate("kafka", "c=8", 90.0),
+            rate("grpc", "c=8", 60.0),
+            rate("kafka", "c=1", 25.0),
+        ],
+        resources={
+            "triton c=8": jaeger(over),  # direct Triton sends Jaeger nothing: a burst
+            "triton c=1": jaeger(BURST_MIN_PERCENT),  # not over the floor
+            "kafka c=8": jaeger(over),  # 3.3 core-ms per request at 90 req/s: its spans
+            "grpc c=8": jaeger(114.0),  # 19 core-ms per request: a compaction
+            "kafka c=1": jaeger(BURST_CORE_MS * 25.0 / 10 * 0.9),  # under the floor anyway
+        },
+    )
+    assert bursts(report) == {"triton c=8": over, "grpc c=8": 114.0}
+    lines = _bursts(report)
+    assert lines[1].startswith("warning: Jaeger took 114 % of a core in grpc c=8, more than")
+    whole, _ = await run({"kafka": FakeDriver("kafka", 14.0, None)})
+    whole.resources = report.resources
+    whole.summaries = report.summaries
+    assert lines[1] in render(whole).splitlines()

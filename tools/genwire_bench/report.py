@@ -157,6 +157,7 @@ def render(report: BenchReport) -> str:
             )
     out += _resources(report)
     out += _jit(report)
+    out += _bursts(report)
     out += _costs(report)
     out += _targets(report)
     return "\n".join(out)
@@ -378,6 +379,39 @@ def _jit(report: BenchReport) -> list[str]:
             "latency read high there; warm it with a few thousand requests and measure again"
         )
     return out
+
+
+BURST_MIN_PERCENT = 25.0
+BURST_CORE_MS = 4.0
+"""Jaeger bursts in a phase when it takes over ``BURST_MIN_PERCENT`` of a core and, in a
+pipeline target's phase, over ``BURST_CORE_MS`` per request (direct Triton's phases send it
+nothing to store). Calm, it took 1–16 % of a core here, 0.6–1.6 core-ms per request (up to 3.3
+at c=1); while Badger compacted, 30–114 % of a core and 4–28 core-ms per request
+(docs/benchmarks.md, *Jaeger's compactions and its CPU priority*)."""
+
+
+def bursts(report: BenchReport, service: str = "jaeger") -> dict[str, float]:
+    """Phases where ``service`` (Jaeger) burst: phase → its CPU % of a core."""
+    rates = {f"{x.target} {x.load.label}": x.requests_per_s for x in report.summaries}
+    found = {}
+    for phase, usage in report.resources.items():
+        one = usage.get(service)
+        if one is None or one.cpu_percent <= BURST_MIN_PERCENT:
+            continue
+        rate = rates.get(phase)
+        direct = phase.split(" ", 1)[0].startswith("triton")
+        if direct or (rate and one.cpu_percent * 10 / rate > BURST_CORE_MS):
+            found[phase] = one.cpu_percent
+    return found
+
+
+def _bursts(report: BenchReport) -> list[str]:
+    return [
+        f"warning: Jaeger took {cpu:.0f} % of a core in {phase}, more than its spans explain: "
+        "most likely one of Badger's compactions, which takes CPU from the model and the "
+        "stages; that phase's figures are disturbed, measure it again"
+        for phase, cpu in bursts(report).items()
+    ]
 
 
 def jsonable(value: Any) -> Any:
