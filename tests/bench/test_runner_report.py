@@ -380,10 +380,20 @@ async def test_the_report_warns_of_a_phase_where_jaeger_burst() -> None:
             "triton c=1": jaeger(BURST_MIN_PERCENT),  # not over the floor
             "kafka c=8": jaeger(over),  # 3.3 core-ms per request at 90 req/s: its spans
             "grpc c=8": jaeger(114.0),  # 19 core-ms per request: a compaction
-            "kafka c=1": jaeger(BURST_CORE_MS * 25.0 / 10 * 0.9),  # under the floor anyway
+            "kafka c=1": jaeger(over),  # 12 core-ms per request at 25 req/s: a compaction
+            "grpc c=1": jaeger(over),  # no successful request: no spans of its own
         },
     )
-    assert bursts(report) == {"triton c=8": over, "grpc c=8": 114.0}
+    assert over * 10 / 90.0 < BURST_CORE_MS  # kafka c=8's spans explain its CPU
+    assert bursts(report) == {
+        "triton c=8": over,
+        "grpc c=8": 114.0,
+        "kafka c=1": over,
+        "grpc c=1": over,
+    }
+    report.config["sampled"] = False  # --unsampled: no phase sends spans
+    assert set(bursts(report)) == set(report.resources) - {"triton c=1"}
+    report.config["sampled"] = True
     lines = _bursts(report)
     assert lines[1].startswith("warning: Jaeger took 114 % of a core in grpc c=8, more than")
     whole, _ = await run({"kafka": FakeDriver("kafka", 14.0, None)})

@@ -384,23 +384,26 @@ def _jit(report: BenchReport) -> list[str]:
 BURST_MIN_PERCENT = 25.0
 BURST_CORE_MS = 4.0
 """Jaeger bursts in a phase when it takes over ``BURST_MIN_PERCENT`` of a core and, in a
-pipeline target's phase, over ``BURST_CORE_MS`` per request (direct Triton's phases send it
-nothing to store). Calm, it took 1–16 % of a core here, 0.6–1.6 core-ms per request (up to 3.3
-at c=1); while Badger compacted, 30–114 % of a core and 4–28 core-ms per request
-(docs/benchmarks.md, *Jaeger's compactions and its CPU priority*)."""
+pipeline target's phase, over ``BURST_CORE_MS`` per request. In direct Triton's phases, in an
+``--unsampled`` run and in a phase with no successful request it gets no new spans (only what
+earlier phases left on ``otlp_spans``): the floor alone decides. Calm, it took 1–16 % of a
+core here, 0.6–1.6 core-ms per request (up to 3.3 at c=1); while Badger compacted, 30–114 % of
+a core and 4–28 core-ms per request (docs/benchmarks.md, *Jaeger's compactions and its CPU
+priority*)."""
 
 
 def bursts(report: BenchReport, service: str = "jaeger") -> dict[str, float]:
     """Phases where ``service`` (Jaeger) burst: phase → its CPU % of a core."""
     rates = {f"{x.target} {x.load.label}": x.requests_per_s for x in report.summaries}
+    traced = report.config.get("sampled", True)
     found = {}
     for phase, usage in report.resources.items():
         one = usage.get(service)
         if one is None or one.cpu_percent <= BURST_MIN_PERCENT:
             continue
-        rate = rates.get(phase)
-        direct = phase.split(" ", 1)[0].startswith("triton")
-        if direct or (rate and one.cpu_percent * 10 / rate > BURST_CORE_MS):
+        rate = rates.get(phase) or 0.0
+        spans = traced and rate > 0 and not phase.split(" ", 1)[0].startswith("triton")
+        if not spans or one.cpu_percent * 10 / rate > BURST_CORE_MS:
             found[phase] = one.cpu_percent
     return found
 
