@@ -320,7 +320,7 @@ async def test_a_run_reads_the_steal_of_every_phase(monkeypatch: pytest.MonkeyPa
 
 
 async def test_the_report_shows_the_brokers_jit_share_and_warns_while_it_warms_up() -> None:
-    from genwire_bench.report import JIT_WARNING_SHARE, _jit, jit_shares
+    from genwire_bench.report import JIT_WARNING_SHARE, jit_lines, jit_shares
     from genwire_bench.resources import JIT_MIN_CPU_S, Usage
 
     def broker(cpu_s: float, jit_s: float | None, peak: float | None = None) -> Usage:
@@ -335,7 +335,8 @@ async def test_the_report_shows_the_brokers_jit_share_and_warns_while_it_warms_u
         }
     )
     assert jit_shares(warm) == {"kafka c=8": pytest.approx(0.12)}
-    assert _jit(warm) == ["Kafka broker's JIT compiler, share of the broker's CPU: kafka c=8 12%"]
+    shares_line = "Kafka broker's JIT compiler, share of the broker's CPU: kafka c=8 12%"
+    assert jit_lines(warm) == [shares_line]
     over = 4.0 * (JIT_WARNING_SHARE + 0.01)
     fresh = _report(
         resources={
@@ -345,7 +346,7 @@ async def test_the_report_shows_the_brokers_jit_share_and_warns_while_it_warms_u
             "grpc c=8": {"kafka": broker(4.0, 0.4, peak=JIT_WARNING_SHARE + 0.01)},  # one broker
         }
     )
-    lines = _jit(fresh)
+    lines = jit_lines(fresh)
     assert len(lines) == 2
     assert lines[0].endswith("triton c=8 31%, kafka c=1 31%, kafka c=8 30%, grpc c=8 10%")
     assert lines[1].startswith(
@@ -357,7 +358,7 @@ async def test_the_report_shows_the_brokers_jit_share_and_warns_while_it_warms_u
 
 
 async def test_the_report_warns_of_a_phase_where_jaeger_burst() -> None:
-    from genwire_bench.report import BURST_CORE_MS, BURST_MIN_PERCENT, _bursts, bursts
+    from genwire_bench.report import BURST_CORE_MS, BURST_MIN_PERCENT, burst_lines, bursts
     from genwire_bench.resources import Usage
     from genwire_bench.stats import Summary
 
@@ -394,7 +395,7 @@ async def test_the_report_warns_of_a_phase_where_jaeger_burst() -> None:
     report.config["sampled"] = False  # --unsampled: no phase sends spans
     assert set(bursts(report)) == set(report.resources) - {"triton c=1"}
     report.config["sampled"] = True
-    lines = _bursts(report)
+    lines = burst_lines(report)
     assert lines[1].startswith("warning: Jaeger took 114 % of a core in grpc c=8, more than")
     whole, _ = await run({"kafka": FakeDriver("kafka", 14.0, None)})
     whole.resources = report.resources

@@ -10,11 +10,12 @@ import pytest
 from genwire_bench.drivers.base import Driver, TraceContext
 from genwire_bench.records import BenchRequest, RequestRecord, SamplingSpec
 from genwire_bench.resources import Usage, by_service, service_of
-from genwire_bench.runner import BenchConfig
+from genwire_bench.runner import BenchConfig, BenchReport
 from genwire_bench.scaling import (
     STAGE_GROUPS,
     ScalingReport,
     ScalingStep,
+    checked,
     flatness,
     gateway_addresses,
     gateway_costs,
@@ -265,3 +266,48 @@ def test_net_cost_takes_each_instance_s_idle_rate_off() -> None:
     text = render_scaling(_report(step))
     assert "gateway CPU per request above idle, grpc c=4: 3 → 10.00 ms" in text
     assert "Idle: CPU ms per second" in text and "60.0" in text
+
+
+def _run(kafka: Usage, jaeger: Usage) -> BenchReport:
+    """One step's run: ``grpc c=4`` at 10 requests/s with the broker and Jaeger given."""
+    return BenchReport(
+        run_id="s",
+        config={"sampled": True},
+        environment={},
+        summaries=[_summary(100)],
+        overheads=[],
+        breakdowns={},
+        resources={"grpc c=4": {"kafka": kafka, "jaeger": jaeger}},
+        skipped={},
+        records=[],
+    )
+
+
+def test_each_step_gets_the_jit_and_jaeger_checks_of_a_normal_run() -> None:
+    def broker(jit_s: float) -> Usage:
+        return Usage((1,), 40.0, 60.0, 900.0, 800.0, cpu_s=4.0, jit_cpu_s=jit_s)
+
+    def jaeger(cpu: float) -> Usage:
+        return Usage((2,), cpu, cpu, 700.0, 600.0, cpu_s=cpu / 10)
+
+    calm = checked(_run(broker(0.4), jaeger(5.0)), 1, 1.0, {})
+    assert calm.jit_shares == {"grpc c=4": pytest.approx(0.1)}
+    assert (calm.jit_warm, calm.bursts) == ([], {})
+    # A broker compiling half its CPU away; Jaeger at 114 % of a core, 114 core-ms a request.
+    disturbed = checked(_run(broker(2.0), jaeger(114.0)), 2, 1.0, {})
+    assert (disturbed.jit_warm, disturbed.bursts) == (["grpc c=4"], {"grpc c=4": 114.0})
+    text = render_scaling(_report(calm, disturbed)).splitlines()
+    assert (
+        "Kafka broker's JIT compiler, share of the broker's CPU: with 1 instance(s), grpc c=4 10%"
+        in text
+    )
+    warnings = [line for line in text if line.startswith("warning:")]
+    assert len(warnings) == 2  # the calm step warns of nothing
+    assert warnings[0].startswith(
+        "warning: a Kafka broker was still compiling its hot code with 2 instance(s), in grpc c=4"
+    )
+    assert warnings[1].startswith("warning: Jaeger took 114 % of a core with 2 instance(s), in")
+    data = scaling_json(_report(calm, disturbed))
+    assert data["steps"][1]["bursts"] == {"grpc c=4": 114.0}
+    assert data["steps"][1]["jit_warm"] == ["grpc c=4"]
+    assert data["steps"][1]["notes"][-1] == warnings[1]

@@ -156,8 +156,8 @@ def render(report: BenchReport) -> str:
                 )
             )
     out += _resources(report)
-    out += _jit(report)
-    out += _bursts(report)
+    out += jit_lines(report)
+    out += burst_lines(report)
     out += _costs(report)
     out += _targets(report)
     return "\n".join(out)
@@ -365,18 +365,21 @@ def jit_warnings(report: BenchReport, service: str = "kafka") -> list[str]:
     return warm
 
 
-def _jit(report: BenchReport) -> list[str]:
+def jit_lines(report: BenchReport, where: str = "") -> list[str]:
+    """The broker's JIT share per phase and, if it was still warming up, a warning; ``where``
+    (e.g. ``"with 2 instance(s), "``) goes before the phases named."""
     shares = jit_shares(report)
     if not shares:
         return []
     listed = ", ".join(f"{phase} {share:.0%}" for phase, share in shares.items())
-    out = [f"Kafka broker's JIT compiler, share of the broker's CPU: {listed}"]
+    out = [f"Kafka broker's JIT compiler, share of the broker's CPU: {where}{listed}"]
     warm = jit_warnings(report)
     if warm:
         out.append(
-            f"warning: a Kafka broker was still compiling its hot code in {', '.join(warm)} "
-            f"(over {JIT_WARNING_SHARE:.0%} of its CPU): its CPU per request and the pipeline's "
-            "latency read high there; warm it with a few thousand requests and measure again"
+            f"warning: a Kafka broker was still compiling its hot code {where}in "
+            f"{', '.join(warm)} (over {JIT_WARNING_SHARE:.0%} of its CPU): its CPU per request "
+            "and the pipeline's latency read high there; warm it with a few thousand requests "
+            "and measure again"
         )
     return out
 
@@ -408,9 +411,11 @@ def bursts(report: BenchReport, service: str = "jaeger") -> dict[str, float]:
     return found
 
 
-def _bursts(report: BenchReport) -> list[str]:
+def burst_lines(report: BenchReport, where: str = "") -> list[str]:
+    """A warning for each phase where Jaeger burst; ``where`` as in :func:`jit_lines`."""
     return [
-        f"warning: Jaeger took {cpu:.0f} % of a core in {phase}, more than its spans explain: "
+        f"warning: Jaeger took {cpu:.0f} % of a core {where}in {phase}, more than its spans "
+        "explain: "
         "most likely one of Badger's compactions, which takes CPU from the model and the "
         "stages; that phase's figures are disturbed, measure it again"
         for phase, cpu in bursts(report).items()

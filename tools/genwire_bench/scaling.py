@@ -31,8 +31,16 @@ from genwire.service import loop as event_loops
 from genwire.topics import TOPIC_SPECS, Topic
 from genwire_bench.drivers.base import Driver, TraceContext
 from genwire_bench.records import BenchRequest, RequestRecord
+from genwire_bench.report import burst_lines, bursts, jit_lines, jit_shares, jit_warnings
 from genwire_bench.resources import Usage
-from genwire_bench.runner import BenchConfig, DriverFactory, Runner, config_dict, make_driver
+from genwire_bench.runner import (
+    BenchConfig,
+    BenchReport,
+    DriverFactory,
+    Runner,
+    config_dict,
+    make_driver,
+)
 from genwire_bench.stats import Summary
 
 SCALED_SERVICES = ("gateway", "preprocess", "inference", "postprocess")
@@ -206,6 +214,15 @@ class ScalingStep:
     settle_s: float
     idle: dict[str, Usage] = field(default_factory=dict)
     """Each service with no requests, just before the load (its background work)."""
+    jit_shares: dict[str, float] = field(default_factory=dict)
+    """Per phase, the share of the Kafka broker's CPU its JIT compiler took (as a normal run's
+    report: :func:`genwire_bench.report.jit_shares`)."""
+    jit_warm: list[str] = field(default_factory=list)
+    """Phases whose broker was still compiling its hot code (``report.jit_warnings``)."""
+    bursts: dict[str, float] = field(default_factory=dict)
+    """Phases where Jaeger burst, with its % of a core (``report.bursts``)."""
+    notes: list[str] = field(default_factory=list)
+    """The lines a normal run prints for the above, naming this step's instance count."""
 
 
 @dataclass
@@ -333,11 +350,7 @@ def run_scaling(
             baseline = idle() if idle is not None else {}
             runner = Runner(cfg, tokenize, progress, driver_factory=spread_factory(n, base_factory))
             report = event_loops.run(runner.run(), cfg.event_loop)
-            steps.append(
-                ScalingStep(
-                    n, report.summaries, report.resources, report.skipped, settle_s, baseline
-                )
-            )
+            steps.append(checked(report, n, settle_s, baseline))
     finally:
         out(f"restoring {', '.join(f'{s}={c}' for s, c in restore.items())}")
         scale(restore)
@@ -356,6 +369,24 @@ def run_scaling(
         },
         steps=steps,
         restored=", ".join(f"{s}={c}" for s, c in restore.items()),
+    )
+
+
+def checked(report: BenchReport, n: int, settle_s: float, idle: dict[str, Usage]) -> ScalingStep:
+    """One step from its run's report, with the checks a normal run's report makes: the
+    broker's JIT warm-up and Jaeger's bursts disturb a step's figures as they do a run's."""
+    where = f"with {n} instance(s), "
+    return ScalingStep(
+        n,
+        report.summaries,
+        report.resources,
+        report.skipped,
+        settle_s,
+        idle,
+        jit_shares=jit_shares(report),
+        jit_warm=jit_warnings(report),
+        bursts=bursts(report),
+        notes=[*jit_lines(report, where), *burst_lines(report, where)],
     )
 
 
@@ -426,6 +457,9 @@ def render_scaling(report: ScalingReport) -> str:
             table(["instances", *services], idle_rows),
         ]
     out.append("")
+    notes = [line for step in report.steps for line in step.notes]
+    if notes:
+        out += [*notes, ""]
     for net in (False, True):
         label = "gateway CPU per request above idle" if net else "gateway CPU per request"
         for key, costs in gateway_costs(report, net=net).items():
