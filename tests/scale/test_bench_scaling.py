@@ -311,3 +311,39 @@ def test_each_step_gets_the_jit_and_jaeger_checks_of_a_normal_run() -> None:
     assert data["steps"][1]["bursts"] == {"grpc c=4": 114.0}
     assert data["steps"][1]["jit_warm"] == ["grpc c=4"]
     assert data["steps"][1]["notes"][-1] == warnings[1]
+
+
+def test_run_scaling_checks_each_step_s_own_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from genwire_bench import scaling
+
+    def broker(jit_s: float) -> Usage:
+        return Usage((1,), 40.0, 60.0, 900.0, 800.0, cpu_s=4.0, jit_cpu_s=jit_s)
+
+    def jaeger(cpu: float) -> Usage:
+        return Usage((2,), cpu, cpu, 700.0, 600.0, cpu_s=cpu / 10)
+
+    runs = iter([_run(broker(0.4), jaeger(5.0)), _run(broker(2.0), jaeger(114.0))])
+
+    class OneRun:
+        """Stands in for the bench's runner: each step's run is the next report."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.report = next(runs)
+
+        async def run(self) -> BenchReport:
+            return self.report
+
+    monkeypatch.setattr(scaling, "Runner", OneRun)
+    report = run_scaling(
+        _cfg(),
+        [1, 2],
+        lambda text: [1],
+        scale=lambda counts: None,
+        settle=lambda n: 0.0,
+        restore={"gateway": 1},
+    )
+    calm, disturbed = report.steps
+    assert (calm.jit_warm, calm.bursts, len(calm.notes)) == ([], {}, 1)  # the share line alone
+    assert (disturbed.jit_warm, disturbed.bursts) == (["grpc c=4"], {"grpc c=4": 114.0})
+    assert all("with 2 instance(s), " in line for line in disturbed.notes)
+    assert len(disturbed.notes) == 3
