@@ -415,9 +415,8 @@ def burst_lines(report: BenchReport, where: str = "") -> list[str]:
     """A warning for each phase where Jaeger burst; ``where`` as in :func:`jit_lines`."""
     return [
         f"warning: Jaeger took {cpu:.0f} % of a core {where}in {phase}, more than its spans "
-        "explain: "
-        "most likely one of Badger's compactions, which takes CPU from the model and the "
-        "stages; that phase's figures are disturbed, measure it again"
+        "explain: most likely one of Badger's compactions, which takes CPU from the model and "
+        "the stages; that phase's figures are disturbed, measure it again"
         for phase, cpu in bursts(report).items()
     ]
 
