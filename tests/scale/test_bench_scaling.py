@@ -283,13 +283,17 @@ def _run(kafka: Usage, jaeger: Usage) -> BenchReport:
     )
 
 
+def broker(jit_s: float) -> Usage:
+    """The Kafka broker over a phase: 4 CPU-seconds, ``jit_s`` of them its JIT compiler's."""
+    return Usage((1,), 40.0, 60.0, 900.0, 800.0, cpu_s=4.0, jit_cpu_s=jit_s)
+
+
+def jaeger(cpu: float) -> Usage:
+    """Jaeger over a 10 s phase at ``cpu`` % of a core."""
+    return Usage((2,), cpu, cpu, 700.0, 600.0, cpu_s=cpu / 10)
+
+
 def test_each_step_gets_the_jit_and_jaeger_checks_of_a_normal_run() -> None:
-    def broker(jit_s: float) -> Usage:
-        return Usage((1,), 40.0, 60.0, 900.0, 800.0, cpu_s=4.0, jit_cpu_s=jit_s)
-
-    def jaeger(cpu: float) -> Usage:
-        return Usage((2,), cpu, cpu, 700.0, 600.0, cpu_s=cpu / 10)
-
     calm = checked(_run(broker(0.4), jaeger(5.0)), 1, 1.0, {})
     assert calm.jit_shares == {"grpc c=4": pytest.approx(0.1)}
     assert (calm.jit_warm, calm.bursts) == ([], {})
@@ -315,12 +319,6 @@ def test_each_step_gets_the_jit_and_jaeger_checks_of_a_normal_run() -> None:
 
 def test_run_scaling_checks_each_step_s_own_run(monkeypatch: pytest.MonkeyPatch) -> None:
     from genwire_bench import scaling
-
-    def broker(jit_s: float) -> Usage:
-        return Usage((1,), 40.0, 60.0, 900.0, 800.0, cpu_s=4.0, jit_cpu_s=jit_s)
-
-    def jaeger(cpu: float) -> Usage:
-        return Usage((2,), cpu, cpu, 700.0, 600.0, cpu_s=cpu / 10)
 
     runs = iter([_run(broker(0.4), jaeger(5.0)), _run(broker(2.0), jaeger(114.0))])
 
