@@ -194,6 +194,7 @@ def test_a_secure_layout_wires_every_component(tmp_path: Path) -> None:
     redis.prepare()
     conf = redis.config_file.read_text()
     assert "port 0\n" in conf and f"tls-port {redis.port}" in conf
+    assert "appendonly yes\n" in conf and 'save ""\n' in conf  # durable as the plaintext one
     assert redis.command()[1:] == [str(redis.config_file)]  # no password in argv
     # A shell reads the admin's file back as it was meant (the URL has & and ? in it).
     admin_env = stack.root / "env" / "admin.env"

@@ -97,10 +97,12 @@ async def test_redis_set_and_get(infra: CommonSettings) -> None:
 
 
 async def test_redis_is_durable_append_only_fsynced_every_second(infra: CommonSettings) -> None:
+    """The append-only file and no snapshot schedule (each snapshot writes every live key)."""
     client = aioredis.from_url(infra.redis_url)
     try:
         assert await client.config_get("appendonly") == {"appendonly": "yes"}
         assert await client.config_get("appendfsync") == {"appendfsync": "everysec"}
+        assert await client.config_get("save") == {"save": ""}
         home = str(infra.home.expanduser())
         assert str((await client.config_get("dir"))["dir"]).startswith(home)
     finally:

@@ -343,7 +343,7 @@ class SecureStack:
                 f"requirepass {self.redis_password}",
                 f"dir {data_dir}",
                 "daemonize no",
-                "save 300 10",
+                'save ""',  # the append-only file alone, as the plaintext Redis
                 "appendonly yes",
                 "appendfsync everysec",
                 'logfile ""',

@@ -123,9 +123,11 @@ class Redis(Component):
             "--daemonize",
             "no",
             # Durable: every write goes to the append-only file, fsynced once a second, so a
-            # crash loses at most the last second; the RDB snapshot stays as a second copy.
+            # crash loses at most the last second. No RDB snapshot schedule: a restart reads
+            # the append-only file, and a snapshot every few minutes would write every live key
+            # again each time (docs/reliability.md, "Redis's persistence").
             "--save",
-            "300 10",
+            "",
             "--appendonly",
             "yes",
             "--appendfsync",
