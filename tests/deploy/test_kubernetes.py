@@ -85,6 +85,12 @@ def container(deployment: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity in binary units (``1Gi``, ``256Mi``) as bytes."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
 def env_of(c: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in c.get("env", [])}
 
@@ -396,7 +402,12 @@ def test_triton_redis_and_jaeger_as_in_compose(
         assert (gpus == 1) if overlay == "gpu" else gpus is None, overlay
         redis = container(objects(docs, "StatefulSet")["redis"])
         assert redis["image"] == compose["redis"]["image"]
-        assert redis["args"] == compose["redis"]["command"]
+        # Compose's durability, and writes refused below the container's hard memory limit.
+        assert redis["args"][:-4] == compose["redis"]["command"]
+        assert redis["args"][-4:-2] == ["--maxmemory", "640mb"]
+        assert redis["args"][-2:] == ["--maxmemory-policy", "noeviction"]
+        limit = _bytes(redis["resources"]["limits"]["memory"])
+        assert limit > 1.5 * 640 * 2**20  # room for fragmentation and copy-on-write
         jaeger = container(deployments["jaeger"])
         assert jaeger["image"] == f"jaegertracing/jaeger:{JAEGER_VERSION}"
     copy_ = (KUBE_DIR / "base" / "jaeger" / "config.yaml").read_text()

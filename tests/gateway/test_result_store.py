@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from genwire.errors import RetryableError
 from genwire.events import GenerationResult
+from genwire.redisconn import REDIS
 from genwire.request import GenerationRequest, fingerprint
 from genwire.results import ResultStore, claim_key, claimed_fingerprint, owner_key, result_key
 
@@ -134,3 +136,25 @@ async def test_owners_of_anonymous_requests_go_in_one_write(redis: Redis[bytes])
     await store.own_all([(rid, "team-a") for rid in ids], 900)
     assert [await store.owner(rid) for rid in ids] == ["earlier", "team-a", "team-a"]
     assert 0 < await redis.ttl(owner_key(ids[2])) <= 900
+
+
+async def test_a_full_redis_is_a_dependency_to_wait_for_not_an_answer(redis: Redis[bytes]) -> None:
+    """At ``maxmemory`` with no eviction (the Kubernetes manifest's Redis), a result that cannot
+    be stored is a ``RetryableError`` naming Redis: the record waits (and /readyz says why);
+    what is stored is still read."""
+    store = ResultStore(redis, ttl_s=600)
+    kept = f"rs-{uuid.uuid4().hex[:10]}"
+    await store.put_first(_result(kept))
+    await redis.config_set("maxmemory-policy", "noeviction")
+    await redis.config_set("maxmemory", "1")  # below what is used: every write refused
+    try:
+        late = f"rs-{uuid.uuid4().hex[:10]}"
+        with pytest.raises(RetryableError) as refused:
+            await store.put_first(_result(late))
+        assert refused.value.dependency == REDIS and "maxmemory" in str(refused.value)
+        assert await redis.exists(result_key(late)) == 0
+        stored = await store.get(kept)
+        assert stored is not None and stored.text == "done"
+    finally:
+        await redis.config_set("maxmemory", "0")
+    assert (await store.put_first(_result(late))).text == "done"  # room again: stored
