@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import psutil
@@ -185,3 +187,65 @@ async def test_a_jvms_jit_compiler_time_is_part_of_its_cpu(tmp_path: Path) -> No
     me = ResourceSampler({"me": own_process()}, interval_s=0.05)
     me.start()
     assert (await me.stop())["me"].jit_cpu_s is None  # not a JVM: not measured
+
+
+async def test_a_child_born_mid_phase_counts_all_of_its_cpu() -> None:
+    """A process started after the phase's first sample (as Redis forks a snapshot's child) ran
+    only in the phase: its CPU before it was first seen counts too."""
+    sampler = ResourceSampler({"svc": own_process()}, interval_s=3600)  # first and last only
+    sampler.start()
+    await asyncio.sleep(0.3)  # the loop's own first sample is taken: the next is stop()'s
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        burn + "print('burnt', flush=True)\ntime.sleep(30)\n",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None
+        assert await asyncio.wait_for(child.stdout.readline(), 30) == b"burnt\n"
+        usage = (await sampler.stop())["svc"]  # first seen here, after its 0.4 s
+    finally:
+        child.kill()
+        await child.wait()
+    assert child.pid in usage.pids
+    assert usage.cpu_s >= 0.35
+    assert usage.fork_cpu_s is None  # not one of Redis's children
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+async def test_a_redis_snapshot_in_a_phase_is_its_fork_cpu(tmp_path: Path) -> None:
+    from genwire_stack.health import free_port
+    from redis.asyncio import Redis
+
+    port = free_port()
+    argv = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    server = await asyncio.create_subprocess_exec(
+        "redis-server", *argv, "--dir", str(tmp_path), stdout=asyncio.subprocess.DEVNULL
+    )
+    client: Redis[bytes] = Redis(port=port)
+    try:
+        for _ in range(200):  # until it answers
+            with contextlib.suppress(Exception):
+                if await client.ping():
+                    break
+            await asyncio.sleep(0.05)
+        pipe = client.pipeline(transaction=False)
+        for n in range(200_000):
+            pipe.set(f"genwire:result:{n:032x}", "x" * 300)
+        await pipe.execute()
+        sampler = ResourceSampler({"redis": psutil.Process(server.pid)}, interval_s=0.02)
+        sampler.start()
+        await client.bgsave()
+        for _ in range(1500):  # until the snapshot is written
+            if not (await client.info("persistence"))["rdb_bgsave_in_progress"]:
+                break
+            await asyncio.sleep(0.02)
+        usage = (await sampler.stop())["redis"]
+    finally:
+        await client.aclose()  # type: ignore[attr-defined]
+        server.terminate()
+        await server.wait()
+    assert usage.fork_cpu_s is not None and 0 < usage.fork_cpu_s <= usage.cpu_s
+    assert len(usage.pids) == 2  # the server and its snapshot's child

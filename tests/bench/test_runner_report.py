@@ -401,3 +401,23 @@ async def test_the_report_warns_of_a_phase_where_jaeger_burst() -> None:
     whole.resources = report.resources
     whole.summaries = report.summaries
     assert lines[1] in render(whole).splitlines()
+
+
+async def test_the_report_warns_of_a_phase_where_redis_wrote_its_data_set() -> None:
+    from genwire_bench.report import fork_lines, forks
+    from genwire_bench.resources import Usage
+
+    def redis(fork_s: float | None) -> dict[str, Usage]:
+        return {"redis": Usage((1,), 20.0, 100.0, 500.0, 480.0, cpu_s=3.4, fork_cpu_s=fork_s)}
+
+    report = _report(resources={"kafka c=8": redis(3.1), "grpc c=8": redis(None)})
+    assert forks(report) == {"kafka c=8": 3.1}
+    lines = fork_lines(report)
+    assert lines == [
+        "warning: Redis wrote its whole data set in kafka c=8 (a snapshot or an append-only "
+        "file rewrite, 3.1 CPU-seconds in its forked child, counted in Redis's column): that "
+        "phase's figures are disturbed, measure it again"
+    ]
+    whole, _ = await run({"kafka": FakeDriver("kafka", 14.0, None)})
+    whole.resources = report.resources
+    assert lines[0] in render(whole).splitlines()

@@ -345,3 +345,15 @@ def test_run_scaling_checks_each_step_s_own_run(monkeypatch: pytest.MonkeyPatch)
     assert (disturbed.jit_warm, disturbed.bursts) == (["grpc c=4"], {"grpc c=4": 114.0})
     assert all("with 2 instance(s), " in line for line in disturbed.notes)
     assert len(disturbed.notes) == 3
+
+
+def test_a_step_where_redis_forked_says_so() -> None:
+    redis = Usage((3,), 30.0, 100.0, 500.0, 480.0, cpu_s=3.0, fork_cpu_s=2.5)
+    step = checked(_run(broker(0.4), jaeger(5.0)), 3, 1.0, {})
+    assert not any("Redis" in line for line in step.notes)
+    run = _run(broker(0.4), jaeger(5.0))
+    run.resources["grpc c=4"]["redis"] = redis
+    notes = checked(run, 3, 1.0, {}).notes
+    assert notes[-1].startswith(
+        "warning: Redis wrote its whole data set with 3 instance(s), in grpc c=4 (a snapshot"
+    )

@@ -158,6 +158,7 @@ def render(report: BenchReport) -> str:
     out += _resources(report)
     out += jit_lines(report)
     out += burst_lines(report)
+    out += fork_lines(report)
     out += _costs(report)
     out += _targets(report)
     return "\n".join(out)
@@ -418,6 +419,27 @@ def burst_lines(report: BenchReport, where: str = "") -> list[str]:
         "explain: most likely one of Badger's compactions, which takes CPU from the model and "
         "the stages; that phase's figures are disturbed, measure it again"
         for phase, cpu in bursts(report).items()
+    ]
+
+
+def forks(report: BenchReport) -> dict[str, float]:
+    """Phases where Redis forked a child to write its whole data set: phase → its CPU seconds."""
+    found = {}
+    for phase, usage in report.resources.items():
+        redis = usage.get("redis")
+        if redis is not None and redis.fork_cpu_s is not None:
+            found[phase] = redis.fork_cpu_s
+    return found
+
+
+def fork_lines(report: BenchReport, where: str = "") -> list[str]:
+    """A warning for each phase where Redis wrote its whole data set; ``where`` as in
+    :func:`jit_lines`."""
+    return [
+        f"warning: Redis wrote its whole data set {where}in {phase} (a snapshot or an "
+        f"append-only file rewrite, {seconds:.1f} CPU-seconds in its forked child, counted in "
+        "Redis's column): that phase's figures are disturbed, measure it again"
+        for phase, seconds in forks(report).items()
     ]
 
 

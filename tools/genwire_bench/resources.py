@@ -104,6 +104,19 @@ class Usage:
     """The largest share of one process tree's CPU its JIT took, over the instances and rounds
     summed here (a restarted broker beside warm ones); trees that used under
     ``JIT_MIN_CPU_S`` are left out (None: none measured)."""
+    fork_cpu_s: float | None = None
+    """Of ``cpu_s``, the seconds Redis's forked children used (``REDIS_CHILDREN``: a snapshot
+    or an append-only file rewrite, each writing the whole data set; None: none seen)."""
+
+
+REDIS_CHILDREN = ("redis-rdb-bgsave", "redis-aof-rewrite")
+"""The titles Redis gives its forked children (their command line's first word; the process
+name stays ``redis-server``): a snapshot (``BGSAVE``, a ``save`` schedule) or an AOF rewrite."""
+
+
+def is_redis_child(cmdline: list[str]) -> bool:
+    """Whether a process with this command line is one of Redis's forked children."""
+    return bool(cmdline) and cmdline[0].startswith(REDIS_CHILDREN)
 
 
 JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
@@ -152,6 +165,9 @@ class _Tree:
     jit_first: dict[int, float] = field(default_factory=dict)
     jit_last: dict[int, float] = field(default_factory=dict)
     jvms: dict[int, bool] = field(default_factory=dict)
+    started: float | None = None
+    """Wall-clock time of the first sample: a process created after it ran only in the phase."""
+    forks: set[int] = field(default_factory=set)
 
     def members(self) -> list[psutil.Process]:
         if not self.recursive:
@@ -163,17 +179,27 @@ class _Tree:
 
     def sample(self) -> float:
         """Record RSS and CPU times of the tree; returns its CPU seconds so far."""
+        first_sample = self.started is None
+        if self.started is None:
+            self.started = time.time()
         rss = 0.0
         for proc in self.members():
             try:
                 with proc.oneshot():
                     times = proc.cpu_times()
                     rss += proc.memory_info().rss
+                    known = proc.pid in self.cpu_first
+                    born = proc.create_time()
+                    forked = not known and is_redis_child(proc.cmdline())
             except psutil.Error:
                 continue
             cpu = times.user + times.system
-            known = proc.pid in self.cpu_first
-            self.cpu_first.setdefault(proc.pid, cpu)
+            # A child born since the first sample (a Redis fork) used all of its CPU in the
+            # phase, the part before it was first seen included.
+            new = not known and not first_sample and born >= self.started
+            self.cpu_first.setdefault(proc.pid, 0.0 if new else cpu)
+            if forked:
+                self.forks.add(proc.pid)
             self.cpu_last[proc.pid] = cpu
             self.pids.add(proc.pid)
             if self._is_jvm(proc):
@@ -197,6 +223,11 @@ class _Tree:
 
     def cpu_used(self) -> float:
         return sum(self.cpu_last[p] - self.cpu_first[p] for p in self.cpu_last)
+
+    def fork_used(self) -> float | None:
+        if not self.forks:
+            return None
+        return sum(self.cpu_last[p] - self.cpu_first[p] for p in self.forks)
 
     def jit_used(self) -> float | None:
         if not any(self.jvms.values()):  # no JVM sampled: not measured, not 0
@@ -265,6 +296,7 @@ class ResourceSampler:
                 wall_s=wall,
                 jit_cpu_s=tree.jit_used(),
                 jit_peak_share=tree.jit_share(),
+                fork_cpu_s=tree.fork_used(),
             )
         return out
 
@@ -311,6 +343,7 @@ def by_service(usage: Mapping[str, Usage]) -> dict[str, Usage]:
             wall_s=max(u.wall_s for u in items),
             jit_cpu_s=sum_known(u.jit_cpu_s for u in items),
             jit_peak_share=max_known(u.jit_peak_share for u in items),
+            fork_cpu_s=sum_known(u.fork_cpu_s for u in items),
         )
         for name, items in groups.items()
     }

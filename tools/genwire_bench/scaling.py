@@ -31,7 +31,14 @@ from genwire.service import loop as event_loops
 from genwire.topics import TOPIC_SPECS, Topic
 from genwire_bench.drivers.base import Driver, TraceContext
 from genwire_bench.records import BenchRequest, RequestRecord
-from genwire_bench.report import burst_lines, bursts, jit_lines, jit_shares, jit_warnings
+from genwire_bench.report import (
+    burst_lines,
+    bursts,
+    fork_lines,
+    jit_lines,
+    jit_shares,
+    jit_warnings,
+)
 from genwire_bench.resources import Usage
 from genwire_bench.runner import (
     BenchConfig,
@@ -386,7 +393,7 @@ def checked(report: BenchReport, n: int, settle_s: float, idle: dict[str, Usage]
         jit_shares=jit_shares(report),
         jit_warm=jit_warnings(report),
         bursts=bursts(report),
-        notes=[*jit_lines(report, where), *burst_lines(report, where)],
+        notes=[*jit_lines(report, where), *burst_lines(report, where), *fork_lines(report, where)],
     )
 
 
