@@ -204,9 +204,10 @@ class _Tree:
             self.pids.add(proc.pid)
             if self._is_jvm(proc):
                 for tid, seconds in jit_seconds(proc.pid).items():
-                    # As the process's CPU: counted from when it was first seen. A new thread
-                    # of a process seen before started since: all of its time is in the phase.
-                    self.jit_first.setdefault(tid, 0.0 if known else seconds)
+                    # As the process's CPU: counted from when it was first seen, or from its
+                    # start if that was in the phase. A new thread of a process seen before
+                    # started since: all of its time is in the phase too.
+                    self.jit_first.setdefault(tid, 0.0 if known or new else seconds)
                     self.jit_last[tid] = seconds
         self.rss.append(rss / 2**20)
         return self.cpu_used()
