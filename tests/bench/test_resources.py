@@ -136,6 +136,26 @@ def test_a_jvm_first_seen_mid_phase_counts_from_then(monkeypatch: pytest.MonkeyP
     assert tree.jit_used() == pytest.approx(1.0)  # not the 40 s it compiled before
 
 
+def test_a_jvm_started_mid_phase_counts_its_jit_from_its_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from genwire_bench import resources
+
+    snapshots = iter([{1: 4.0}, {1: 5.0}])
+    monkeypatch.setattr(resources, "jit_seconds", lambda pid: next(snapshots))
+    tree = resources._Tree(own_process(), recursive=False)
+    monkeypatch.setattr(tree, "_is_jvm", lambda proc: tree.jvms.setdefault(proc.pid, True))
+    members = iter([[], [own_process()], [own_process()]])  # a broker started mid-phase
+    monkeypatch.setattr(tree, "members", lambda: next(members))
+    tree.sample()
+    assert tree.started is not None
+    started = tree.started
+    monkeypatch.setattr(resources, "started_ticks", lambda pid: int(started) + 1)
+    tree.sample()
+    tree.sample()
+    assert tree.jit_used() == pytest.approx(5.0)  # all it compiled, from its start
+
+
 def test_instances_and_rounds_keep_the_jit_time_and_the_worst_brokers_share() -> None:
     from genwire_bench.report import jsonable
     from genwire_bench.resources import Usage, by_service
@@ -152,7 +172,11 @@ def test_instances_and_rounds_keep_the_jit_time_and_the_worst_brokers_share() ->
         by_service({"me": Usage((2,), 1.0, 1.0, 50.0, 40.0, cpu_s=1.0)}),
     ]
     phase.walls = [5.0, 5.0, 5.0]
+    phase.usage[0]["redis"] = Usage((3,), 40.0, 90.0, 480.0, 470.0, cpu_s=3.4, fork_cpu_s=3.1)
+    phase.usage[1]["redis"] = Usage((3,), 3.0, 3.0, 480.0, 470.0, cpu_s=0.2)
     merged = merge_usage(phase)
+    assert merged["redis"].fork_cpu_s == pytest.approx(3.1)  # the report warns of it
+    assert merged["kafka"].fork_cpu_s is None
     assert merged["kafka"].cpu_s == pytest.approx(8.0)
     assert merged["kafka"].jit_cpu_s == pytest.approx(1.3)
     assert merged["kafka"].jit_peak_share == pytest.approx(0.6)  # kafka-2 in the first round

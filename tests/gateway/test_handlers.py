@@ -13,6 +13,7 @@ from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import GatewayError
 from genwire_gateway.handlers import Gateway, ResultStatus
 from genwire_gateway.replies import WaiterRegistry
+from redis.exceptions import OutOfMemoryError
 
 from genwire.errors import PermanentError
 from genwire.events import ControlEvent, Event, GenerationResult, TokenEvent, Usage, now_ms
@@ -289,6 +290,26 @@ async def test_named_request_returns_the_stored_result_without_publishing() -> N
     ]
     assert [(c.text, c.final) for c in streamed] == [("echo:hi", True)]
     assert len(producer.requests) == 1
+
+
+@pytest.mark.parametrize("named", [False, True])
+async def test_a_claim_redis_refuses_is_unavailable_on_every_way_in(named: bool) -> None:
+    """Redis down, or full (``maxmemory``, no eviction: it refuses writes with an error)."""
+    gateway, producer, store = _gateway(_echo)
+
+    async def refused(request: GenerationRequest, ttl_s: float) -> ClaimOutcome:
+        raise OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+
+    store.claim = refused  # type: ignore[method-assign]
+    prepared = gateway.prepare({"prompt": "hi"}, request_id="job-9" if named else None)
+    with pytest.raises(GatewayError) as submitted:
+        await gateway.submit(prepared)
+    assert submitted.value.code == "unavailable" and "maxmemory" in submitted.value.message
+    if named:  # generate claims a named request only
+        with pytest.raises(GatewayError) as generated:
+            await gateway.generate(prepared)
+        assert generated.value.code == "unavailable"
+    assert producer.requests == []  # nothing published without its claim
 
 
 async def test_named_request_reused_for_another_prompt_is_refused() -> None:

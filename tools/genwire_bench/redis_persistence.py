@@ -223,7 +223,8 @@ def private_redis(binary: str, directory: Path) -> Iterator[tuple[Redis[bytes], 
     argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory)]
     argv += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
     argv += ["--auto-aof-rewrite-percentage", "0", "--logfile", str(directory / "redis.log")]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    errors = (directory / "stderr").open("wb")  # a bad argument is told here, not in the log
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors)
     client: Redis[bytes] = Redis(host="127.0.0.1", port=port, socket_timeout=60)
     try:
         deadline = time.monotonic() + 15
@@ -233,8 +234,11 @@ def private_redis(binary: str, directory: Path) -> Iterator[tuple[Redis[bytes], 
                 break
             except Exception as exc:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    log = directory / "redis.log"  # in a directory about to be removed
-                    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                    # Both in a directory about to be removed: their tails go in the message.
+                    told = [directory / "stderr", directory / "redis.log"]
+                    tail = "".join(
+                        p.read_text(errors="replace")[-2000:] for p in told if p.exists()
+                    )
                     raise RuntimeError(f"redis-server did not start:\n{tail}") from exc
                 time.sleep(0.05)
         yield client, psutil.Process(proc.pid)
@@ -246,6 +250,7 @@ def private_redis(binary: str, directory: Path) -> Iterator[tuple[Redis[bytes], 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+        errors.close()
 
 
 def _keys(text: str) -> tuple[str, ...]:

@@ -114,9 +114,31 @@ REDIS_CHILDREN = ("redis-rdb-bgsave", "redis-aof-rewrite")
 name stays ``redis-server``): a snapshot (``BGSAVE``, a ``save`` schedule) or an AOF rewrite."""
 
 
-def is_redis_child(cmdline: list[str]) -> bool:
-    """Whether a process with this command line is one of Redis's forked children."""
-    return bool(cmdline) and cmdline[0].startswith(REDIS_CHILDREN)
+def is_redis_child(proc: psutil.Process) -> bool:
+    """Whether ``proc`` is one of Redis's forked children: titled so, or (a Redis whose
+    ``set-proc-title`` is off) a ``redis-server`` whose parent is one."""
+    cmdline = proc.cmdline()
+    if cmdline and cmdline[0].startswith(REDIS_CHILDREN):
+        return True
+    if proc.name() != "redis-server":
+        return False
+    parent = proc.parent()
+    return parent is not None and parent.name() == "redis-server"
+
+
+def started_ticks(pid: int, proc: Path = Path("/proc")) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (/proc's own field, exact to a
+    tick; psutil's ``create_time`` adds it to a boot time rounded down to the second)."""
+    try:
+        fields = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19])  # starttime, the 22nd field of the whole line
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def now_ticks() -> float:
+    """Now, in clock ticks since boot (the clock ``started_ticks`` reads)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) * _CLOCK_TICKS
 
 
 JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
@@ -166,7 +188,8 @@ class _Tree:
     jit_last: dict[int, float] = field(default_factory=dict)
     jvms: dict[int, bool] = field(default_factory=dict)
     started: float | None = None
-    """Wall-clock time of the first sample: a process created after it ran only in the phase."""
+    """The first sample's time, in clock ticks since boot: a process started after it ran only
+    in the phase."""
     forks: set[int] = field(default_factory=set)
 
     def members(self) -> list[psutil.Process]:
@@ -181,22 +204,22 @@ class _Tree:
         """Record RSS and CPU times of the tree; returns its CPU seconds so far."""
         first_sample = self.started is None
         if self.started is None:
-            self.started = time.time()
+            self.started = now_ticks()
         rss = 0.0
         for proc in self.members():
+            known = proc.pid in self.cpu_first
+            born = None if known or first_sample else started_ticks(proc.pid)
             try:
                 with proc.oneshot():
                     times = proc.cpu_times()
                     rss += proc.memory_info().rss
-                    known = proc.pid in self.cpu_first
-                    born = proc.create_time()
-                    forked = not known and is_redis_child(proc.cmdline())
+                    forked = not known and is_redis_child(proc)
             except psutil.Error:
                 continue
             cpu = times.user + times.system
-            # A child born since the first sample (a Redis fork) used all of its CPU in the
+            # A child started since the first sample (a Redis fork) used all of its CPU in the
             # phase, the part before it was first seen included.
-            new = not known and not first_sample and born >= self.started
+            new = born is not None and born > self.started
             self.cpu_first.setdefault(proc.pid, 0.0 if new else cpu)
             if forked:
                 self.forks.add(proc.pid)

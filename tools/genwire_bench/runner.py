@@ -197,6 +197,7 @@ def merge_usage(phase: Phase) -> dict[str, Usage]:
             wall_s=sum(u.wall_s for u, _ in items),
             jit_cpu_s=sum_known(u.jit_cpu_s for u, _ in items),
             jit_peak_share=max_known(u.jit_peak_share for u, _ in items),
+            fork_cpu_s=sum_known(u.fork_cpu_s for u, _ in items),
         )
     return out
 

@@ -344,9 +344,13 @@ class Gateway:
 
     async def submit(self, prepared: Prepared) -> str:
         """Accept a request: published and acknowledged by the broker (or already known)."""
-        claim = await self.store.claim(
-            prepared.request, self.settings.max_timeout_s + self.settings.claim_grace_s
-        )
+        try:
+            claim = await self.store.claim(
+                prepared.request, self.settings.max_timeout_s + self.settings.claim_grace_s
+            )
+        except Exception as exc:  # Redis down or full: the caller may retry, as for generate
+            log.warning("idempotency claim of %s failed (Redis): %s", prepared.request_id, exc)
+            raise _unavailable(exc) from exc
         if claim.conflict:
             raise _conflict(prepared.request_id)
         if claim.owner:
