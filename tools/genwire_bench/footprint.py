@@ -1,0 +1,194 @@
+"""``python -m genwire_bench.footprint``: what each request leaves behind, and what a sustained
+rate needs in disk and memory.
+
+Runs ``genwire bench`` for each target on the running native stack and reads what grew: the
+Kafka broker's log segments per topic (the first broker's log directory; every broker holds a
+copy at replication 3), Redis's ``used_memory``, and, with ``--flush-jaeger``, Jaeger's Badger
+store (restarted before and after the run, so its in-memory table is on disk both times; its
+allocated size, which is what the volume holds). Then, per request/s sustained for the longest
+retention, it prints what each holds in the steady state: each topic's bytes × its retention
+(``genwire.topics.TOPIC_SPECS``), Redis's × ``--result-ttl``, Jaeger's × its span TTL
+(``GENWIRE_JAEGER_SPAN_TTL``).
+
+Needs the native stack (``make up``); it reads its data directory, so not compose's or a
+cluster's. Everything else on the stack writes too (heartbeats, the monitor): run it idle.
+Redis's figure adds back what keys expiring during the run held, at the mean key's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from genwire_stack import down, ensure_up
+from genwire_stack.paths import StackPaths
+from redis import Redis
+
+from genwire import gosyntax
+from genwire.settings import CommonSettings
+from genwire.topics import TOPIC_SPECS
+
+DAY_S = 86_400
+
+
+def topic_bytes(data: Path) -> dict[str, int]:
+    """Bytes of each topic's log segments in the first broker's log directory."""
+    logs = data / "kafka" if (data / "kafka").is_dir() else data / "kafka-1"
+    out: collections.Counter[str] = collections.Counter()
+    for partition in logs.glob("*-[0-9]*"):
+        topic = partition.name.rsplit("-", 1)[0]
+        out[topic] += sum(f.stat().st_size for f in partition.glob("*.log"))
+    return dict(out)
+
+
+def allocated_bytes(path: Path) -> int:
+    """Disk blocks a directory's files hold (Badger's files are sparse: their length is not)."""
+    return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes one request left, per place."""
+
+    target: str
+    requests: int
+    topics: dict[str, float]
+    redis: float
+    jaeger: float | None
+    """None: not measured (``--flush-jaeger`` not given)."""
+
+
+def steady_state(fp: Footprint, result_ttl_s: float, span_ttl_s: float) -> dict[str, float]:
+    """Bytes held per request/s sustained: each place's bytes per request × how long it keeps
+    them (a topic its retention, Redis the results' TTL, Jaeger the spans' TTL)."""
+    retention = {s.name: s.retention_ms / 1000 for s in TOPIC_SPECS}
+    held = {
+        f"Kafka {t}": b * retention[t] for t, b in fp.topics.items() if t in retention and b > 0
+    }
+    held["Redis (memory)"] = fp.redis * result_ttl_s
+    if fp.jaeger is not None:
+        held["Jaeger (Badger)"] = fp.jaeger * span_ttl_s
+    return held
+
+
+def measure(
+    target: str,
+    n: int,
+    settle_s: float,
+    paths: StackPaths,
+    redis: Redis[bytes],
+    flush_jaeger: Callable[[], None] | None,
+) -> Footprint:
+    """Run ``n`` requests of ``target`` and read what grew."""
+    if flush_jaeger is not None:
+        flush_jaeger()
+    jaeger0 = allocated_bytes(paths.data / "jaeger") if flush_jaeger else 0
+    topics0 = topic_bytes(paths.data)
+    memory0, expired0 = _redis_now(redis)
+    per_key = memory0 / max(1, int(redis.dbsize()))
+    bench = ["bench", "--targets", target, "-c", "8", "-n", str(n), "--warmup", "0"]
+    subprocess.run(
+        [sys.executable, "-m", "genwire_cli", *bench, "--no-traces", "-q"],
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
+    time.sleep(settle_s)  # the stages' and Jaeger's last records
+    topics1 = topic_bytes(paths.data)
+    memory1, expired1 = _redis_now(redis)
+    jaeger = None
+    if flush_jaeger is not None:
+        flush_jaeger()
+        jaeger = (allocated_bytes(paths.data / "jaeger") - jaeger0) / n
+    return Footprint(
+        target=target,
+        requests=n,
+        topics={t: (topics1.get(t, 0) - topics0.get(t, 0)) / n for t in topics1},
+        # Keys of earlier requests expire meanwhile (a day old, on a stack that ran then): what
+        # they held, at the mean key's size, is added back.
+        redis=(memory1 - memory0 + (expired1 - expired0) * per_key) / n,
+        jaeger=jaeger,
+    )
+
+
+def _redis_now(redis: Redis[bytes]) -> tuple[int, int]:
+    """Redis's ``used_memory`` and the count of keys it has expired so far."""
+    return int(redis.info("memory")["used_memory"]), int(redis.info("stats")["expired_keys"])
+
+
+def report(fp: Footprint, result_ttl_s: float, span_ttl_s: float) -> list[str]:
+    """The per-request bytes and the steady state per request/s, as lines."""
+    out = [f"{fp.target}: {fp.requests:,} requests, bytes per request"]
+    for topic, b in sorted(fp.topics.items(), key=lambda kv: -kv[1]):
+        if b >= 1:
+            out.append(f"  Kafka {topic:<22} {b:>8,.0f}")
+    out.append(f"  {'Redis (used_memory)':<28} {fp.redis:>8,.0f}")
+    jaeger = "not measured (--flush-jaeger)" if fp.jaeger is None else f"{fp.jaeger:>8,.0f}"
+    out.append(f"  {'Jaeger (Badger, allocated)':<28} {jaeger}")
+    held = steady_state(fp, result_ttl_s, span_ttl_s)
+    kafka = sum(v for k, v in held.items() if k.startswith("Kafka"))
+    out.append(f"  held per request/s sustained: Kafka {kafka / 2**30:,.2f} GiB per broker")
+    topics = [(k, v) for k, v in held.items() if k.startswith("Kafka")]
+    for place, b in sorted(topics, key=lambda kv: -kv[1])[:4]:  # the largest
+        out.append(f"    {place:<30} {b / 2**30:>8,.2f} GiB")
+    for place in ("Redis (memory)", "Jaeger (Badger)"):
+        if place in held:
+            out.append(f"  {place}: {held[place] / 2**30:,.3f} GiB per request/s")
+    return out
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m genwire_bench.footprint", description=__doc__)
+    parser.add_argument("--targets", default="kafka,grpc", help="comma list (default kafka,grpc)")
+    parser.add_argument("-n", "--requests", type=_positive, default=2000, help="per target")
+    parser.add_argument(
+        "--result-ttl", type=_positive, default=DAY_S, help="postprocess result_ttl_s (s)"
+    )
+    parser.add_argument("--settle", type=float, default=15.0, help="seconds after each run")
+    parser.add_argument(
+        "--flush-jaeger",
+        action="store_true",
+        help="restart Jaeger before and after each run to measure its store",
+    )
+    args = parser.parse_args(argv)
+    settings = CommonSettings()
+    paths = StackPaths.from_settings(settings)
+    if not (paths.data / "kafka").is_dir() and not (paths.data / "kafka-1").is_dir():
+        parser.error(f"no Kafka log directory under {paths.data}: is the native stack up?")
+    span_ttl_s = gosyntax.duration_ns(settings.jaeger_span_ttl) / 1e9
+
+    def flush() -> None:
+        down(["jaeger"], settings=settings)
+        ensure_up(["jaeger"], settings=settings, model=False)
+
+    redis: Redis[bytes] = Redis.from_url(settings.redis_url)
+    try:
+        for target in (t.strip() for t in args.targets.split(",") if t.strip()):
+            fp = measure(
+                target,
+                args.requests,
+                args.settle,
+                paths,
+                redis,
+                flush if args.flush_jaeger else None,
+            )
+            print("\n".join(report(fp, args.result_ttl, span_ttl_s)), flush=True)
+    finally:
+        redis.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
