@@ -33,6 +33,7 @@ from redis import Redis
 from genwire import gosyntax
 from genwire.settings import CommonSettings
 from genwire.topics import TOPIC_SPECS
+from genwire_bench.args import positive_int
 
 DAY_S = 86_400
 
@@ -142,19 +143,12 @@ def report(fp: Footprint, result_ttl_s: float, span_ttl_s: float) -> list[str]:
     return out
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genwire_bench.footprint", description=__doc__)
     parser.add_argument("--targets", default="kafka,grpc", help="comma list (default kafka,grpc)")
-    parser.add_argument("-n", "--requests", type=_positive, default=2000, help="per target")
+    parser.add_argument("-n", "--requests", type=positive_int, default=2000, help="per target")
     parser.add_argument(
-        "--result-ttl", type=_positive, default=DAY_S, help="postprocess result_ttl_s (s)"
+        "--result-ttl", type=positive_int, default=DAY_S, help="postprocess result_ttl_s (s)"
     )
     parser.add_argument("--settle", type=float, default=15.0, help="seconds after each run")
     parser.add_argument(

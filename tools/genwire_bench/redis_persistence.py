@@ -39,6 +39,7 @@ from redis import Redis
 from genwire.events import GenerationResult, Timings, Usage
 from genwire.request import GenerationRequest, fingerprint
 from genwire.results import claim_key, owner_key, result_key, route_key
+from genwire_bench.args import positive_float, positive_int
 
 KEYS = ("result", "claim", "route", "owner")
 """What a request can leave: ``owner`` only with an API key; the rest on every request."""
@@ -261,51 +262,39 @@ def _keys(text: str) -> tuple[str, ...]:
     return names
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be above 0")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m genwire_bench.redis_persistence", description=__doc__
     )
-    parser.add_argument("-n", "--requests", type=_positive, default=300_000, help="requests stored")
+    parser.add_argument(
+        "-n", "--requests", type=positive_int, default=300_000, help="requests stored"
+    )
     parser.add_argument(
         "--keys", type=_keys, default=KEYS, help="each request's keys (default: all four)"
     )
     parser.add_argument(
-        "--ttl", type=_positive, default=86_400, help="their TTL, s (postprocess result_ttl_s)"
+        "--ttl", type=positive_int, default=86_400, help="their TTL, s (postprocess result_ttl_s)"
     )
     parser.add_argument(
         "--interval",
-        type=_positive_float,
+        type=positive_float,
         default=300.0,
         help="the snapshot interval to price, s (`save 300 10` snapshots every 300 s under load)",
     )
     parser.add_argument(
         "--growth",
-        type=_positive_float,
+        type=positive_float,
         default=100.0,
         help="auto-aof-rewrite-percentage to price (Redis's default 100)",
     )
     parser.add_argument(
         "--rate",
-        type=_positive_float,
+        type=positive_float,
         default=80.0,
         help="requests/s for the projected data set and fork (the cost per request is the same "
         "at any rate)",
     )
-    parser.add_argument("--repeat", type=_positive, default=3, help="passes of each kind")
+    parser.add_argument("--repeat", type=positive_int, default=3, help="passes of each kind")
     args = parser.parse_args(argv)
     binary = redis_server_binary()
     with (

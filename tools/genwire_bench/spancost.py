@@ -28,6 +28,7 @@ from genwire.telemetry import semconv as sc
 from genwire.telemetry.kafka_exporter import MAX_SPANS_PER_MESSAGE
 from genwire.telemetry.otlp_wire import encode_spans
 from genwire.topics import Topic
+from genwire_bench.args import positive_int
 
 
 def make_spans(records: int) -> tuple[list[ReadableSpan], float]:
@@ -106,19 +107,14 @@ def same_message(spans: Sequence[ReadableSpan]) -> bool:
     )
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genwire_bench.spancost", description=__doc__)
     parser.add_argument(
-        "-n", "--records", type=_positive, default=2000, help="records (2 spans each)"
+        "-n", "--records", type=positive_int, default=2000, help="records (2 spans each)"
     )
-    parser.add_argument("--repeat", type=_positive, default=5, help="rounds; the best is printed")
+    parser.add_argument(
+        "--repeat", type=positive_int, default=5, help="rounds; the best is printed"
+    )
     args = parser.parse_args(argv)
     making = float("inf")
     for _ in range(args.repeat):
