@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 from genwire_bench import footprint
-from genwire_bench.footprint import Footprint, allocated_bytes, steady_state, topic_bytes
+from genwire_bench.footprint import (
+    Footprint,
+    allocated_bytes,
+    live_log_dir,
+    segment_sizes,
+    steady_state,
+    topic_growth,
+)
 from genwire_stack.paths import StackPaths
 from redis import Redis
 
@@ -37,17 +44,34 @@ def test_each_place_holds_its_bytes_for_its_retention() -> None:
     assert "Jaeger (Badger)" not in steady_state(unmeasured, 1, 1)
 
 
-def test_topic_and_allocated_bytes_read_the_files(tmp_path: Path) -> None:
-    for part, size in ((f"{Topic.SPANS}-0", 300), (f"{Topic.SPANS}-2", 200), ("genwire.x-1", 7)):
-        (tmp_path / "kafka" / part).mkdir(parents=True)
-        (tmp_path / "kafka" / part / "00000000000000000000.log").write_bytes(b"x" * size)
-        (tmp_path / "kafka" / part / "00000000000000000000.index").write_bytes(b"i" * 99)
-    assert topic_bytes(tmp_path) == {Topic.SPANS: 500, "genwire.x": 7}  # segments only
-    sparse = tmp_path / "jaeger" / "keys" / "00001.mem"
-    sparse.parent.mkdir(parents=True)
-    with sparse.open("wb") as f:
+def test_growth_per_topic_reads_the_segments_of_the_live_log_dir(tmp_path: Path) -> None:
+    def segment(logs: str, partition: str, name: str, size: int) -> Path:
+        path = tmp_path / logs / partition / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / logs / "meta.properties").touch()
+        path.write_bytes(b"x" * size)
+        return path
+
+    segment("kafka", f"{Topic.SPANS}-0", "00.log", 10)  # a layout's stale logs
+    old = segment("kafka-1", f"{Topic.SPANS}-0", "00.log", 300)
+    segment("kafka-1", "genwire.alert-state-0", "00.log", 5)
+    segment("kafka-1", f"{Topic.SPANS}-1.0a1b2c-delete", "00.log", 50)  # being deleted
+    logs = live_log_dir(tmp_path)
+    assert logs == tmp_path / "kafka-1"
+    before = segment_sizes(logs)
+    old.write_bytes(b"x" * 340)  # appended to
+    segment("kafka-1", f"{Topic.SPANS}-2", "00.log", 60)  # a new segment
+    segment("kafka-1", "genwire.alert-state-0", "00.log", 0).unlink()  # deleted: not -5
+    assert topic_growth(before, segment_sizes(logs)) == {Topic.SPANS: 100}
+    assert live_log_dir(tmp_path / "none") is None
+
+
+def test_allocated_bytes_counts_blocks_not_lengths(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    with (tmp_path / "keys" / "00001.mem").open("wb") as f:
         f.truncate(64 * 2**20)  # a preallocated, empty memtable: no blocks
-    assert allocated_bytes(tmp_path / "jaeger") < 2**20
+    (tmp_path / "keys" / "000001.sst").write_bytes(b"s" * 2**20)  # written: its blocks
+    assert 2**20 <= allocated_bytes(tmp_path) < 3 * 2**20
 
 
 @pytest.mark.integration

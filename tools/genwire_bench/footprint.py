@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 import subprocess
 import sys
 import time
@@ -32,19 +33,49 @@ from redis import Redis
 
 from genwire import gosyntax
 from genwire.settings import CommonSettings
-from genwire.topics import TOPIC_SPECS
-from genwire_bench.args import positive_int
+from genwire.topics import TOPIC_SPECS, Topic
+from genwire_bench.args import positive_float, positive_int
 
 DAY_S = 86_400
 
 
-def topic_bytes(data: Path) -> dict[str, int]:
-    """Bytes of each topic's log segments in the first broker's log directory."""
-    logs = data / "kafka" if (data / "kafka").is_dir() else data / "kafka-1"
+PARTITION_DIR = re.compile(r"^(?P<topic>.+)-(?P<partition>[0-9]+)$")
+"""A partition's log directory (not one Kafka is deleting, ``…-N.<id>-delete``, or a stray)."""
+
+LOG_DIRS = ("kafka", "kafka-1", "kafka-secure", "kafka-1-secure")
+"""Where the native stack's (first) broker keeps its logs, by layout."""
+
+
+def live_log_dir(data: Path) -> Path | None:
+    """The log directory written last: a layout's stale one (``kafka`` after ``--brokers 3``)
+    stays behind."""
+    found = []
+    for name in LOG_DIRS:
+        marker = data / name / "meta.properties"
+        if marker.is_file():
+            segments = list((data / name).glob("*-[0-9]*/*.log"))
+            found.append((max((f.stat().st_mtime for f in segments), default=0.0), data / name))
+    return max(found)[1] if found else None
+
+
+def segment_sizes(logs: Path) -> dict[Path, int]:
+    """The size of every log segment of every partition in ``logs``."""
+    return {
+        segment: segment.stat().st_size
+        for partition in logs.iterdir()
+        if PARTITION_DIR.match(partition.name)
+        for segment in partition.glob("*.log")
+    }
+
+
+def topic_growth(before: dict[Path, int], after: dict[Path, int]) -> dict[str, int]:
+    """Bytes appended to each topic between two readings: segments that grew or are new
+    (one that retention or compaction deleted meanwhile is not counted as shrinking)."""
     out: collections.Counter[str] = collections.Counter()
-    for partition in logs.glob("*-[0-9]*"):
-        topic = partition.name.rsplit("-", 1)[0]
-        out[topic] += sum(f.stat().st_size for f in partition.glob("*.log"))
+    for segment, size in after.items():
+        match = PARTITION_DIR.match(segment.parent.name)
+        if match is not None:
+            out[match["topic"]] += max(0, size - before.get(segment, 0))
     return dict(out)
 
 
@@ -89,18 +120,26 @@ def measure(
     """Run ``n`` requests of ``target`` and read what grew."""
     if flush_jaeger is not None:
         flush_jaeger()
+    logs = live_log_dir(paths.data)
+    if logs is None:
+        raise RuntimeError(f"no Kafka log directory under {paths.data}: is the native stack up?")
     jaeger0 = allocated_bytes(paths.data / "jaeger") if flush_jaeger else 0
-    topics0 = topic_bytes(paths.data)
+    segments0 = segment_sizes(logs)
     memory0, expired0 = _redis_now(redis)
-    per_key = memory0 / max(1, int(redis.dbsize()))
+    per_key = _dataset(redis) / max(1, int(redis.dbsize()))
     bench = ["bench", "--targets", target, "-c", "8", "-n", str(n), "--warmup", "0"]
-    subprocess.run(
+    run = subprocess.run(
         [sys.executable, "-m", "genwire_cli", *bench, "--no-traces", "-q"],
-        stdout=subprocess.DEVNULL,
-        check=True,
+        capture_output=True,
+        text=True,
+        check=False,
     )
+    if run.returncode != 0:
+        raise RuntimeError(f"genwire bench failed ({run.returncode}):\n{run.stdout}{run.stderr}")
     time.sleep(settle_s)  # the stages' and Jaeger's last records
-    topics1 = topic_bytes(paths.data)
+    topics = topic_growth(segments0, segment_sizes(logs))
+    if not topics.get(Topic.REQUESTS):
+        raise RuntimeError(f"nothing reached {Topic.REQUESTS} in {logs}: another broker's logs?")
     memory1, expired1 = _redis_now(redis)
     jaeger = None
     if flush_jaeger is not None:
@@ -109,12 +148,17 @@ def measure(
     return Footprint(
         target=target,
         requests=n,
-        topics={t: (topics1.get(t, 0) - topics0.get(t, 0)) / n for t in topics1},
+        topics={t: b / n for t, b in topics.items()},
         # Keys of earlier requests expire meanwhile (a day old, on a stack that ran then): what
-        # they held, at the mean key's size, is added back.
+        # they held, at the mean key's share of the data set, is added back.
         redis=(memory1 - memory0 + (expired1 - expired0) * per_key) / n,
         jaeger=jaeger,
     )
+
+
+def _dataset(redis: Redis[bytes]) -> int:
+    """Redis's memory for its keys (``used_memory`` less its own overhead)."""
+    return int(redis.info("memory")["used_memory_dataset"])
 
 
 def _redis_now(redis: Redis[bytes]) -> tuple[int, int]:
@@ -133,7 +177,10 @@ def report(fp: Footprint, result_ttl_s: float, span_ttl_s: float) -> list[str]:
     out.append(f"  {'Jaeger (Badger, allocated)':<28} {jaeger}")
     held = steady_state(fp, result_ttl_s, span_ttl_s)
     kafka = sum(v for k, v in held.items() if k.startswith("Kafka"))
-    out.append(f"  held per request/s sustained: Kafka {kafka / 2**30:,.2f} GiB per broker")
+    out.append(
+        f"  held per request/s sustained: Kafka {kafka / 2**30:,.2f} GiB per broker (retention "
+        "alone: a segment stays until its newest record expires, docs/kubernetes.md, Sizing)"
+    )
     topics = [(k, v) for k, v in held.items() if k.startswith("Kafka")]
     for place, b in sorted(topics, key=lambda kv: -kv[1])[:4]:  # the largest
         out.append(f"    {place:<30} {b / 2**30:>8,.2f} GiB")
@@ -150,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--result-ttl", type=positive_int, default=DAY_S, help="postprocess result_ttl_s (s)"
     )
-    parser.add_argument("--settle", type=float, default=15.0, help="seconds after each run")
+    parser.add_argument(
+        "--settle",
+        type=positive_float,
+        default=15.0,
+        help="seconds after each run for the last records and spans (Jaeger's included)",
+    )
     parser.add_argument(
         "--flush-jaeger",
         action="store_true",
@@ -159,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = CommonSettings()
     paths = StackPaths.from_settings(settings)
-    if not (paths.data / "kafka").is_dir() and not (paths.data / "kafka-1").is_dir():
+    if live_log_dir(paths.data) is None:
         parser.error(f"no Kafka log directory under {paths.data}: is the native stack up?")
     span_ttl_s = gosyntax.duration_ns(settings.jaeger_span_ttl) / 1e9
 
