@@ -64,6 +64,13 @@ def test_growth_per_topic_reads_the_segments_of_the_live_log_dir(tmp_path: Path)
     segment("kafka-1", "genwire.alert-state-0", "00.log", 0).unlink()  # deleted: not -5
     assert topic_growth(before, segment_sizes(logs)) == {Topic.SPANS: 100}
     assert live_log_dir(tmp_path / "none") is None
+    # A segment Kafka deletes between the listing and its stat (a deleted test topic's, found
+    # by CI) is left out, not an error: a link to nothing stands for it.
+    gone = tmp_path / "kafka-1" / "floor-d360d103-0-1"
+    gone.mkdir()
+    (gone / "00.log").symlink_to(tmp_path / "deleted.log")
+    assert live_log_dir(tmp_path) == logs
+    assert gone / "00.log" not in segment_sizes(logs)
 
 
 def test_allocated_bytes_counts_blocks_not_lengths(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
 import subprocess
 import sys
@@ -51,21 +52,34 @@ def live_log_dir(data: Path) -> Path | None:
     stays behind."""
     found = []
     for name in LOG_DIRS:
-        marker = data / name / "meta.properties"
-        if marker.is_file():
-            segments = list((data / name).glob("*-[0-9]*/*.log"))
-            found.append((max((f.stat().st_mtime for f in segments), default=0.0), data / name))
+        if (data / name / "meta.properties").is_file():
+            stats = (_stat(f) for f in (data / name).glob("*-[0-9]*/*.log"))
+            newest = max((s.st_mtime for s in stats if s is not None), default=0.0)
+            found.append((newest, data / name))
     return max(found)[1] if found else None
 
 
 def segment_sizes(logs: Path) -> dict[Path, int]:
-    """The size of every log segment of every partition in ``logs``."""
-    return {
-        segment: segment.stat().st_size
-        for partition in logs.iterdir()
-        if PARTITION_DIR.match(partition.name)
-        for segment in partition.glob("*.log")
-    }
+    """The size of every log segment of every partition in ``logs`` (a partition or segment
+    that Kafka deletes while this reads, a deleted topic's or one retention removed, is left
+    out)."""
+    out: dict[Path, int] = {}
+    for partition in logs.iterdir():
+        if PARTITION_DIR.match(partition.name):
+            for segment in partition.glob("*.log"):
+                stat = _stat(segment)
+                if stat is not None:
+                    out[segment] = stat.st_size
+    return out
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    """``path``'s stat, or None when it is gone (Kafka deletes segments and whole partitions
+    of deleted topics at any time)."""
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
 
 
 def topic_growth(before: dict[Path, int], after: dict[Path, int]) -> dict[str, int]:
