@@ -4,6 +4,7 @@ what a sustained rate holds in the steady state."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from genwire_bench import footprint
@@ -71,6 +72,28 @@ def test_growth_per_topic_reads_the_segments_of_the_live_log_dir(tmp_path: Path)
     (gone / "00.log").symlink_to(tmp_path / "deleted.log")
     assert live_log_dir(tmp_path) == logs
     assert gone / "00.log" not in segment_sizes(logs)
+
+
+def test_a_partition_deleted_while_it_is_listed_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kafka renames a deleted topic's partition, then removes it: a glob of its segments can
+    find the directory gone (found by CI, after the hop-floor tests deleted their topics)."""
+    logs = tmp_path / "kafka"
+    for partition in (f"{Topic.SPANS}-0", "floor-24c82415-0-1"):
+        (logs / partition).mkdir(parents=True)
+        (logs / partition / "00.log").write_bytes(b"x" * 8)
+    (logs / "meta.properties").touch()
+    glob = Path.glob
+
+    def vanishing(self: Path, pattern: str) -> Any:
+        if self.name.startswith("floor-"):
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        return glob(self, pattern)
+
+    monkeypatch.setattr(Path, "glob", vanishing)
+    assert live_log_dir(tmp_path) == logs
+    assert segment_sizes(logs) == {logs / f"{Topic.SPANS}-0" / "00.log": 8}
 
 
 def test_allocated_bytes_counts_blocks_not_lengths(tmp_path: Path) -> None:

@@ -53,10 +53,24 @@ def live_log_dir(data: Path) -> Path | None:
     found = []
     for name in LOG_DIRS:
         if (data / name / "meta.properties").is_file():
-            stats = (_stat(f) for f in (data / name).glob("*-[0-9]*/*.log"))
+            stats = (_stat(f) for p in _partitions(data / name) for f in _segments(p))
             newest = max((s.st_mtime for s in stats if s is not None), default=0.0)
             found.append((newest, data / name))
     return max(found)[1] if found else None
+
+
+def _partitions(logs: Path) -> list[Path]:
+    """The partition directories in ``logs``."""
+    return [p for p in logs.iterdir() if PARTITION_DIR.match(p.name)]
+
+
+def _segments(partition: Path) -> list[Path]:
+    """A partition's log segments (none once Kafka has deleted it: a deleted topic's partition
+    is renamed, then removed, at any time)."""
+    try:
+        return list(partition.glob("*.log"))
+    except FileNotFoundError:
+        return []
 
 
 def segment_sizes(logs: Path) -> dict[Path, int]:
@@ -64,12 +78,11 @@ def segment_sizes(logs: Path) -> dict[Path, int]:
     that Kafka deletes while this reads, a deleted topic's or one retention removed, is left
     out)."""
     out: dict[Path, int] = {}
-    for partition in logs.iterdir():
-        if PARTITION_DIR.match(partition.name):
-            for segment in partition.glob("*.log"):
-                stat = _stat(segment)
-                if stat is not None:
-                    out[segment] = stat.st_size
+    for partition in _partitions(logs):
+        for segment in _segments(partition):
+            stat = _stat(segment)
+            if stat is not None:
+                out[segment] = stat.st_size
     return out
 
 
