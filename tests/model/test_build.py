@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from genwire_model import cli
 from genwire_model.build import BuildOptions, build_version
 from genwire_model.export import MAX_ABS_LOGIT_DIFF
 from genwire_model.repository import (
@@ -141,3 +145,45 @@ def test_llama_family_checkpoint_builds_with_grouped_kv_heads(
     assert version.manifest["source"]["model_type"] == "llama"
     assert version.manifest["shape"]["num_kv_heads"] == 2
     assert version.manifest["validation"]["max_abs_logit_diff"] < MAX_ABS_LOGIT_DIFF
+
+
+def test_intra_op_threads_reach_the_config_and_the_runner(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from genwire_model.bench import _scheduler
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    base = ["model", "build", "--checkpoint", str(tiny_checkpoint), "--repository", str(tmp_path)]
+    args = parser.parse_args([*base, "--name", "t3", "--intra-op-threads", "3"])
+    assert args.func(args) == 0
+    version = ModelRepository(tmp_path).latest("t3")
+    config = (tmp_path / "t3" / "config.pbtxt").read_text(encoding="utf-8")
+    assert 'key: "intra_op_threads" value { string_value: "3" }' in config
+    assert version.manifest["build"]["options"]["intra_op_threads"] == 3
+    session = _scheduler(version.path).runner.session
+    assert session.get_session_options().intra_op_num_threads == 3
+    capsys.readouterr()
+
+    # Refused, not clamped: nothing is built.
+    args = parser.parse_args([*base, "--name", "t0", "--intra-op-threads", "0"])
+    assert args.func(args) == 2
+    assert "--intra-op-threads must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "t0").exists() or not ModelRepository(tmp_path).versions("t0")
+
+
+def test_the_default_is_one_thread_in_the_build_and_where_a_config_names_none(
+    tiny_version: ModelVersion, tmp_path: Path
+) -> None:
+    from genwire_model.bench import _scheduler
+    from genwire_model.runtime.runners import DEFAULT_INTRA_OP_THREADS
+
+    assert DEFAULT_INTRA_OP_THREADS == 1 == BuildOptions().intra_op_threads
+    # A config written before the parameter existed: the runner falls back to the default.
+    copy = tmp_path / "m" / "1"
+    shutil.copytree(tiny_version.path, copy)
+    config = (tiny_version.path.parent / "config.pbtxt").read_text(encoding="utf-8")
+    lines = [line for line in config.splitlines() if "intra_op_threads" not in line]
+    (tmp_path / "m" / "config.pbtxt").write_text("\n".join(lines), encoding="utf-8")
+    session = _scheduler(copy).runner.session
+    assert session.get_session_options().intra_op_num_threads == 1

@@ -28,6 +28,11 @@ class BenchRequest:
     """The model's end-of-sequence ids, as preprocess passes them to inference."""
 
 
+MODEL_MS = "model_ms"
+"""``RequestRecord.extra`` key: the answer's ``inference_start`` → ``inference_end`` (ms), the
+inference service's call to Triton for this request, where the entry point returns timings."""
+
+
 @dataclass
 class RequestRecord:
     """Timings (``time.perf_counter`` seconds) and outcome of one request to one target."""

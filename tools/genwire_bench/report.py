@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from genwire_bench.at_model import at_model
 from genwire_bench.resources import JIT_MIN_CPU_S
 from genwire_bench.runner import BenchReport
 from genwire_bench.stats import Dist, Load
@@ -132,6 +133,7 @@ def render(report: BenchReport) -> str:
                 left=3,
             )
         )
+    out += _at_model(report)
     for key, b in report.breakdowns.items():
         out += [
             "",
@@ -162,6 +164,39 @@ def render(report: BenchReport) -> str:
     out += _costs(report)
     out += _targets(report)
     return "\n".join(out)
+
+
+def _at_model(report: BenchReport) -> list[str]:
+    rows = at_model(report.summaries, {o.target: o.baseline for o in report.overheads})
+    if not rows:
+        return []
+
+    def share(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0%}"
+
+    return [
+        "",
+        "At the model (closed loop; Little's law over the inference service's time at Triton): "
+        "the requests Triton held, direct Triton's req/s with as many, that of its req/s at c "
+        "(the loss from time spent outside the model) and the pipeline's req/s of it (the rest)",
+        table(
+            ["target", "load", "req/s", "at model ms", "held", "direct at held", "held/c", "rest"],
+            [
+                [
+                    r.target,
+                    r.load.label,
+                    f"{r.requests_per_s:.1f}",
+                    f"{r.model_ms_mean:.1f}",
+                    f"{r.in_flight:.2f}",
+                    _fmt(r.direct_in_flight),
+                    share(r.held_share),
+                    share(r.rest_share),
+                ]
+                for r in rows
+            ],
+            left=2,
+        ),
+    ]
 
 
 PYTHON_SERVICES = ("gateway", "preprocess", "inference", "postprocess", "monitor")

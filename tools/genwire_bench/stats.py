@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from genwire_bench.records import RequestRecord
+from genwire_bench.records import MODEL_MS, RequestRecord
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,9 @@ class Summary:
     ttft: Dist | None
     tpot: Dist | None
     error_kinds: dict[str, int] = field(default_factory=dict)
+    at_model: Dist | None = None
+    """The inference service's time at the model per request (``MODEL_MS``), where answers
+    carry it: a pipeline target's time in Triton, for how many requests Triton held."""
 
 
 def wall_duration(records: Sequence[RequestRecord]) -> float:
@@ -103,6 +106,7 @@ def summarize(target: str, load: Load, records: Sequence[RequestRecord]) -> Summ
         ttft=distribution(r.ttft_ms for r in ok),
         tpot=distribution(r.tpot_ms for r in ok),
         error_kinds=dict(kinds),
+        at_model=distribution(r.extra.get(MODEL_MS) for r in ok),
     )
 
 

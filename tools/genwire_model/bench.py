@@ -308,14 +308,14 @@ def _config_params(version_dir: Path) -> dict[str, str]:
 
 
 def _scheduler(version_dir: Path, stop_at_eos: bool = True) -> Any:
-    from genwire_model.runtime.runners import create_runner
+    from genwire_model.runtime.runners import DEFAULT_INTRA_OP_THREADS, create_runner
     from genwire_model.runtime.scheduler import STREAM_RESPONSES_PER_S, Scheduler
 
     params = _config_params(version_dir)
     manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
     runner = create_runner(
         version_dir,
-        threads=int(params.get("intra_op_threads", "2")),
+        threads=int(params.get("intra_op_threads", DEFAULT_INTRA_OP_THREADS)),
         prefer=params.get("backend", "auto"),
         allow_spinning=params.get("ort_allow_spinning", "0") == "1",
     )

@@ -29,6 +29,7 @@ from genwire import triton_io
 from genwire.triton_io import TensorSpec
 from genwire_model.checkpoint import CheckpointInfo, inspect_checkpoint
 from genwire_model.repository import MANIFEST, ModelRepository, ModelVersion
+from genwire_model.runtime.runners import DEFAULT_INTRA_OP_THREADS
 from genwire_model.runtime.scheduler import REQUEST_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class BuildOptions:
     max_batch: int = 32  # sequences decoded together
     context: int | None = None  # default: the checkpoint's own context length
     tensorrt: str = "auto"  # "auto": build an engine when a GPU and tensorrt exist; "off"; "on"
-    intra_op_threads: int = 2
+    intra_op_threads: int = DEFAULT_INTRA_OP_THREADS  # ONNX Runtime; why one: runners
     stream_interval: int = 1  # tokens per streamed response
     # "int8": ONNX Runtime dynamic INT8 weights (genwire_model.quantize) and, on a GPU, a
     # TensorRT INT8 engine; "fp8": a TensorRT FP8 engine (genwire_model.quantize_trt)

@@ -77,6 +77,12 @@ def register(subparsers: Any) -> None:
         "--stream-interval", type=int, default=1, help="tokens per streamed response (default: 1)"
     )
     build.add_argument(
+        "--intra-op-threads",
+        type=int,
+        help="ONNX Runtime's threads per decode step (default: 1, the fastest on 2 vCPUs "
+        "shared with the services; more where the model has cores of its own)",
+    )
+    build.add_argument(
         "--quantize",
         choices=["off", "int8", "fp8"],
         default="off",
@@ -217,10 +223,17 @@ def _build(args: argparse.Namespace) -> int:
     from genwire_model.export import ExportError
 
     repository = args.repository or _settings().repository
+    threads = args.intra_op_threads
+    if threads is None:
+        threads = BuildOptions.intra_op_threads
+    if threads < 1:
+        print("genwire model build: --intra-op-threads must be at least 1", file=sys.stderr)
+        return 2
     options = BuildOptions(
         max_batch=args.max_batch,
         context=args.context,
         tensorrt=args.tensorrt,
+        intra_op_threads=threads,
         stream_interval=args.stream_interval,
         quantize=args.quantize,
     )

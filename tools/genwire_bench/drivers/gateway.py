@@ -13,7 +13,7 @@ from genwire.gateway_tls import resolve as resolve_tls
 from genwire.proto.v1 import generation_pb2 as pb
 from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
 from genwire_bench.drivers.base import Driver, RequestFailed, TraceContext
-from genwire_bench.records import BenchRequest, RequestRecord
+from genwire_bench.records import MODEL_MS, BenchRequest, RequestRecord
 
 
 def to_proto(req: BenchRequest, request_id: str, model: str) -> pb.GenerateRequest:
@@ -73,6 +73,10 @@ class GatewayDriver(Driver):
                 record.output_tokens = response.usage.completion_tokens
                 record.prompt_tokens = response.usage.prompt_tokens
                 record.trace_id = response.trace_id or record.trace_id
+                t = response.timings
+                if t.HasField("inference_start") and t.HasField("inference_end"):
+                    ns = t.inference_end.ToNanoseconds() - t.inference_start.ToNanoseconds()
+                    record.extra[MODEL_MS] = ns / 1e6
         except grpc.aio.AioRpcError as exc:
             raise RequestFailed(exc.code().name, str(exc.details())) from None
 

@@ -20,7 +20,7 @@ from genwire.kafka.security import client_options
 from genwire.request import GenerationRequest
 from genwire.topics import Topic
 from genwire_bench.drivers.base import Driver, RequestFailed, TraceContext
-from genwire_bench.records import BenchRequest, RequestRecord
+from genwire_bench.records import MODEL_MS, BenchRequest, RequestRecord
 
 
 def to_request(req: BenchRequest, request_id: str, model: str, stream: bool) -> GenerationRequest:
@@ -115,6 +115,9 @@ class KafkaDriver(Driver):
         record.output_tokens = result.usage.completion_tokens
         record.prompt_tokens = result.usage.prompt_tokens
         record.chunks = pending.chunks
+        t = result.timings
+        if t.inference_start is not None and t.inference_end is not None:
+            record.extra[MODEL_MS] = t.inference_end - t.inference_start
         if self.streaming:
             record.first_token = pending.first_token or pending.final_token
             record.end = pending.final_token or pending.result_at

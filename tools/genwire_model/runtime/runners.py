@@ -71,6 +71,15 @@ def gather_basic(runner: Runner, parts: list[tuple[KV, list[int]]], width: int) 
     return pieces[0] if len(pieces) == 1 else runner.concat(pieces)
 
 
+DEFAULT_INTRA_OP_THREADS = 1
+"""ONNX Runtime's intra-op threads for a version whose ``config.pbtxt`` names none (and the
+build's default). One: measured on the project's 2-vCPU machine, a decode step split over two
+threads waits for the second thread's wake-up on every operator, and the services want the
+other core; one thread served 5–21 % more tokens per second through Triton at batch 1, 8
+and 32, and 4–23 % in process (docs/model.md, *Round 14*). A node with cores to spare for
+the model sets more (``genwire model build --intra-op-threads``)."""
+
+
 class OnnxRuntimeRunner:
     """The ONNX graph on ONNX Runtime's CPU execution provider.
 
@@ -89,7 +98,7 @@ class OnnxRuntimeRunner:
         self,
         model_path: Path,
         manifest: dict[str, Any],
-        threads: int = 2,
+        threads: int = DEFAULT_INTRA_OP_THREADS,
         allow_spinning: bool = False,
     ) -> None:
         import onnxruntime as ort
@@ -1144,7 +1153,7 @@ def _build_on_load(version_dir: Path, manifest: dict[str, Any], key: dict[str, s
 
 def create_runner(
     version_dir: Path,
-    threads: int = 2,
+    threads: int = DEFAULT_INTRA_OP_THREADS,
     prefer: str = "auto",
     allow_spinning: bool = False,
     record_status: bool | None = None,

@@ -59,7 +59,10 @@ from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from genwire_runtime.runners import create_runner  # type: ignore[import-not-found]
+from genwire_runtime.runners import (  # type: ignore[import-not-found]
+    DEFAULT_INTRA_OP_THREADS,
+    create_runner,
+)
 from genwire_runtime.scheduler import (  # type: ignore[import-not-found]
     STREAM_RESPONSES_PER_S,
     Request,
@@ -500,7 +503,7 @@ class TritonPythonModel:
         self.manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
         self.runner = create_runner(
             version_dir,
-            threads=int(params.get("intra_op_threads", "2")),
+            threads=int(params.get("intra_op_threads", DEFAULT_INTRA_OP_THREADS)),
             prefer=params.get("backend", "auto"),
             allow_spinning=params.get("ort_allow_spinning", "0") == "1",
         )
