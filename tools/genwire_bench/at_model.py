@@ -1,15 +1,14 @@
 """How many requests a closed loop kept at the model, and what that alone costs in throughput.
 
-A closed loop at concurrency c keeps c requests in flight end to end. Direct Triton holds
-all c; through the pipeline each request also spends time in the Kafka hops and the stages,
-so Triton holds fewer, batches fewer and serves fewer per second — before any CPU the
-pipeline takes from the model. By Little's law the mean number of requests at the model is
-the phase's throughput times the mean time each spent there (the inference service's
-``inference_start`` → ``inference_end``, which includes its own call to Triton, so the figure
-is a little high). Direct Triton's throughput at that concurrency, interpolated from the
-run's own direct phases, is what the model serves with that many; the pipeline's throughput
-against it is what is left: the CPU the pipeline took from the model and its own overhead
-inside the call.
+A closed loop at concurrency c keeps c requests in flight end to end. Direct Triton's are at
+the model but for the client's share of each request; through the pipeline each request also
+spends time in the Kafka hops and the stages, so the model holds fewer, batches fewer and serves
+fewer per second — before any CPU the pipeline takes from the model. By Little's law the mean
+number of requests at the model is the phase's throughput times the mean time each spent there,
+read the same way on both sides: the model's own queue and compute time, which its final
+response reports. Direct Triton's throughput with as many held, interpolated between the run's
+own direct phases, is what the model serves with that many; the pipeline's throughput against
+it is what is left: the CPU the pipeline took from the model.
 """
 
 from __future__ import annotations
@@ -19,6 +18,19 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from genwire_bench.stats import Load, Summary
+
+WIDE = 2.0
+"""Direct phases further apart than this (in requests held) give only a rough reading between
+them: throughput bends with the batch size, and the line between two points runs under it."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A value read off a curve between two measured points."""
+
+    value: float
+    span: float
+    """How far apart the two points were (0: read at a point)."""
 
 
 @dataclass(frozen=True)
@@ -30,56 +42,79 @@ class AtModel:
     baseline: str
     requests_per_s: float
     model_ms_mean: float
-    in_flight: float
+    held: float
     """Mean requests at the model over the phase (throughput × mean time at the model)."""
+    direct_held: float | None
+    """The same for direct Triton at the phase's concurrency, where its responses had it."""
     direct_at_load: float | None
     """Direct Triton's requests/s at the phase's own concurrency."""
-    direct_in_flight: float | None
-    """Direct Triton's requests/s at ``in_flight``, interpolated; None outside the run's range."""
+    direct_at_held: Reading | None
+    """Direct Triton's requests/s with ``held`` at the model; None outside the run's range."""
 
     @property
     def held_share(self) -> float | None:
-        """What the model serves with ``in_flight`` requests, of what it serves with c."""
-        if self.direct_in_flight is None or not self.direct_at_load:
+        """What the model serves with ``held`` requests, of what it serves at the loop's c."""
+        if self.direct_at_held is None or not self.direct_at_load:
             return None
-        return self.direct_in_flight / self.direct_at_load
+        return self.direct_at_held.value / self.direct_at_load
 
     @property
     def rest_share(self) -> float | None:
         """The pipeline's throughput of what the model serves with as many requests held."""
-        if not self.direct_in_flight:
+        if self.direct_at_held is None or not self.direct_at_held.value:
             return None
-        return self.requests_per_s / self.direct_in_flight
+        return self.requests_per_s / self.direct_at_held.value
+
+    @property
+    def rough(self) -> bool:
+        """Read between direct phases more than ``WIDE`` apart."""
+        return self.direct_at_held is not None and self.direct_at_held.span > WIDE
 
 
-def interpolate(curve: Sequence[tuple[float, float]], x: float) -> float | None:
-    """Linear interpolation of (concurrency, req/s) points at ``x``; None outside them.
+def interpolate(curve: Sequence[tuple[float, float]], x: float) -> Reading | None:
+    """Linear interpolation of (requests held, req/s) points at ``x``; None outside them.
 
-    Below concurrency 1 a closed loop has its one request in flight part of the time, so its
-    throughput falls linearly to zero: with c=1 measured, (0, 0) is a point too. Above 1 the
-    curve bends (bigger batches, shared cores), so nothing is guessed beyond the points.
+    A model holding no request serves nothing, and below one held a closed loop at c=1 has its
+    request there part of the time, so (0, 0) is a point when a phase held one or less. Beyond
+    the points nothing is guessed.
     """
-    points = sorted(set(curve) | ({(0.0, 0.0)} if any(c == 1 for c, _ in curve) else set()))
+    points = sorted(set(curve) | ({(0.0, 0.0)} if any(h <= 1 for h, _ in curve) else set()))
     for (x0, y0), (x1, y1) in pairwise(points):
         if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+            value = y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+            return Reading(value, 0.0 if x in (x0, x1) else x1 - x0)
     return None
 
 
+def held(summary: Summary) -> float | None:
+    """Mean requests at the model during the phase, where its answers reported the model's time."""
+    if summary.at_model is None:
+        return None
+    return summary.requests_per_s * summary.at_model.mean / 1000.0
+
+
 def at_model(summaries: Sequence[Summary], baselines: dict[str, str]) -> list[AtModel]:
-    """Each closed-loop phase of a target in ``baselines`` whose answers carried timings."""
+    """Each closed-loop phase of a target in ``baselines`` whose answers carried the model's time.
+
+    The baseline's curve is its req/s against the requests it held; a direct phase whose
+    responses did not report the model's time counts its concurrency instead.
+    """
     curves: dict[str, list[tuple[float, float]]] = {}
+    direct: dict[tuple[str, float], tuple[float | None, float]] = {}
     for s in summaries:
         if s.load.mode == "closed" and s.requests_per_s > 0:
-            curves.setdefault(s.target, []).append((s.load.value, s.requests_per_s))
+            h = held(s)
+            curves.setdefault(s.target, []).append(
+                (s.load.value if h is None else h, s.requests_per_s)
+            )
+            direct[(s.target, s.load.value)] = (h, s.requests_per_s)
     rows = []
     for s in summaries:
         base = baselines.get(s.target)
-        if base is None or s.load.mode != "closed" or s.at_model is None:
+        h = held(s)
+        if base is None or s.load.mode != "closed" or h is None or s.at_model is None:
             continue
-        in_flight = s.requests_per_s * s.at_model.mean / 1000.0
-        curve = curves.get(base, [])
-        direct = dict(curve)
+        same = direct.get((base, s.load.value))
         rows.append(
             AtModel(
                 target=s.target,
@@ -87,9 +122,10 @@ def at_model(summaries: Sequence[Summary], baselines: dict[str, str]) -> list[At
                 baseline=base,
                 requests_per_s=s.requests_per_s,
                 model_ms_mean=s.at_model.mean,
-                in_flight=in_flight,
-                direct_at_load=direct.get(s.load.value),
-                direct_in_flight=interpolate(curve, in_flight) if curve else None,
+                held=h,
+                direct_held=None if same is None else same[0],
+                direct_at_load=None if same is None else same[1],
+                direct_at_held=interpolate(curves.get(base, []), h),
             )
         )
     return rows

@@ -29,8 +29,9 @@ class BenchRequest:
 
 
 MODEL_MS = "model_ms"
-"""``RequestRecord.extra`` key: the answer's ``inference_start`` → ``inference_end`` (ms), the
-inference service's call to Triton for this request, where the entry point returns timings."""
+"""``RequestRecord.extra`` key: the model's own time for the request (ms), from its arrival in
+the model to its last response (the final response's ``queue_ms`` + ``compute_ms``), where the
+answer carries them: direct Triton, and the Kafka and gRPC answers' ``timings``."""
 
 
 @dataclass

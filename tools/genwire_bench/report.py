@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from genwire_bench.at_model import at_model
+from genwire_bench.at_model import WIDE, AtModel, at_model
 from genwire_bench.resources import JIT_MIN_CPU_S
 from genwire_bench.runner import BenchReport
 from genwire_bench.stats import Dist, Load
@@ -174,21 +174,38 @@ def _at_model(report: BenchReport) -> list[str]:
     def share(v: float | None) -> str:
         return "-" if v is None else f"{v:.0%}"
 
-    return [
+    def reading(r: AtModel) -> str:
+        if r.direct_at_held is None:
+            return "-"
+        return ("~" if r.rough else "") + f"{r.direct_at_held.value:.1f}"
+
+    out = [
         "",
-        "At the model (closed loop; Little's law over the inference service's time at Triton): "
-        "the requests Triton held, direct Triton's req/s with as many, that of its req/s at c "
-        "(the loss from time spent outside the model) and the pipeline's req/s of it (the rest)",
+        "At the model (closed loop; Little's law over the model's own time per request): the "
+        "requests it held, and direct Triton's; direct Triton's req/s with as many held as the "
+        "pipeline's; that against direct at the same c (d(held)/d(c): lost to time away from "
+        "the model) and the pipeline's req/s against it (rest: the model slower beside it)",
         table(
-            ["target", "load", "req/s", "at model ms", "held", "direct at held", "held/c", "rest"],
+            [
+                "target",
+                "load",
+                "req/s",
+                "model ms",
+                "held",
+                "direct held",
+                "direct at held",
+                "d(held)/d(c)",
+                "rest",
+            ],
             [
                 [
                     r.target,
                     r.load.label,
                     f"{r.requests_per_s:.1f}",
                     f"{r.model_ms_mean:.1f}",
-                    f"{r.in_flight:.2f}",
-                    _fmt(r.direct_in_flight),
+                    f"{r.held:.2f}",
+                    _fmt(r.direct_held, 2),
+                    reading(r),
                     share(r.held_share),
                     share(r.rest_share),
                 ]
@@ -197,6 +214,12 @@ def _at_model(report: BenchReport) -> list[str]:
             left=2,
         ),
     ]
+    if any(r.rough for r in rows):
+        out.append(
+            f"  ~: read between direct phases more than {WIDE:g} held apart, on a straight line "
+            "under the bending curve (d(held)/d(c) reads low, rest high): sweep -c around it"
+        )
+    return out
 
 
 PYTHON_SERVICES = ("gateway", "preprocess", "inference", "postprocess", "monitor")

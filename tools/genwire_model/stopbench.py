@@ -32,7 +32,7 @@ import numpy as np
 
 from genwire_model.bench import PROMPTS
 from genwire_model.runtime.constraints import ConstraintCompiler
-from genwire_model.runtime.runners import create_runner
+from genwire_model.runtime.runners import DEFAULT_INTRA_OP_THREADS, create_runner
 from genwire_model.runtime.scheduler import Request, Scheduler, Update
 
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--stop", action="append", help="a stop string (repeat; default '.')")
     parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=DEFAULT_INTRA_OP_THREADS)
     parser.add_argument("--backend", default="onnxruntime", help="onnxruntime | tensorrt | auto")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)

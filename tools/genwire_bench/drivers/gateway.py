@@ -31,6 +31,14 @@ def to_proto(req: BenchRequest, request_id: str, model: str) -> pb.GenerateReque
     )
 
 
+def model_ms(timings: pb.Timings) -> float | None:
+    """The model's own time for the request (its queue and compute), when the reply has it."""
+    if not (timings.HasField("triton_queue") and timings.HasField("triton_compute")):
+        return None
+    ns = timings.triton_queue.ToNanoseconds() + timings.triton_compute.ToNanoseconds()
+    return ns / 1e6
+
+
 class GatewayDriver(Driver):
     """Calls the gateway over one shared gRPC channel, with ``traceparent`` in the metadata."""
 
@@ -73,10 +81,9 @@ class GatewayDriver(Driver):
                 record.output_tokens = response.usage.completion_tokens
                 record.prompt_tokens = response.usage.prompt_tokens
                 record.trace_id = response.trace_id or record.trace_id
-                t = response.timings
-                if t.HasField("inference_start") and t.HasField("inference_end"):
-                    ns = t.inference_end.ToNanoseconds() - t.inference_start.ToNanoseconds()
-                    record.extra[MODEL_MS] = ns / 1e6
+                at_model = model_ms(response.timings)
+                if at_model is not None:
+                    record.extra[MODEL_MS] = at_model
         except grpc.aio.AioRpcError as exc:
             raise RequestFailed(exc.code().name, str(exc.details())) from None
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import ValidationError
 
-from genwire.events import ErrorInfo, GenerationResult, TokenEvent
+from genwire.events import ErrorInfo, GenerationResult, Timings, TokenEvent
 from genwire.kafka.security import client_options
 from genwire.request import GenerationRequest
 from genwire.topics import Topic
@@ -37,6 +37,13 @@ def to_request(req: BenchRequest, request_id: str, model: str, stream: bool) -> 
         seed=s.seed,
         stream=stream,
     )
+
+
+def model_ms(timings: Timings) -> float | None:
+    """The model's own time for the request (its queue and compute), when the result has it."""
+    if timings.triton_queue_ms is None or timings.triton_compute_ms is None:
+        return None
+    return timings.triton_queue_ms + timings.triton_compute_ms
 
 
 @dataclass
@@ -115,9 +122,9 @@ class KafkaDriver(Driver):
         record.output_tokens = result.usage.completion_tokens
         record.prompt_tokens = result.usage.prompt_tokens
         record.chunks = pending.chunks
-        t = result.timings
-        if t.inference_start is not None and t.inference_end is not None:
-            record.extra[MODEL_MS] = t.inference_end - t.inference_start
+        at_model = model_ms(result.timings)
+        if at_model is not None:
+            record.extra[MODEL_MS] = at_model
         if self.streaming:
             record.first_token = pending.first_token or pending.final_token
             record.end = pending.final_token or pending.result_at

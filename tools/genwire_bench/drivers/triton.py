@@ -17,7 +17,15 @@ from tritonclient.grpc import aio as grpcaio
 from genwire import triton_admin
 from genwire.triton_io import Output, infer_inputs, scalar
 from genwire_bench.drivers.base import Driver, RequestFailed, TraceContext
-from genwire_bench.records import BenchRequest, RequestRecord
+from genwire_bench.records import MODEL_MS, BenchRequest, RequestRecord
+
+
+def model_ms(final: Any) -> float | None:
+    """The model's own time for the request (its queue and compute), from its final response."""
+    queue, compute = scalar(final, Output.QUEUE_MS), scalar(final, Output.COMPUTE_MS)
+    if queue is None or compute is None:
+        return None
+    return float(queue) + float(compute)
 
 
 class TritonDriver(Driver):
@@ -108,6 +116,9 @@ class TritonDriver(Driver):
                 if bool(scalar(result, Output.FINISHED)):
                     record.end = time.perf_counter()
                     ended = True
+                    at_model = model_ms(result)
+                    if at_model is not None:
+                        record.extra[MODEL_MS] = at_model
                     break
             else:
                 raise RequestFailed(
