@@ -72,25 +72,33 @@ def test_the_loss_splits_into_time_away_from_the_model_and_the_rest() -> None:
     assert top.direct_at_held is not None
     assert top.direct_at_held.value == pytest.approx(80.0 + 40.0 * 1.8 / 3.9)
     assert top.rough  # read between points 3.9 held apart
-    assert top.held_share == pytest.approx(top.direct_at_held.value / 120.0)
-    assert top.rest_share == pytest.approx(90.0 / top.direct_at_held.value)
-    # The two shares multiply back to the throughput against direct Triton at the same c.
-    assert top.held_share * top.rest_share == pytest.approx(90.0 / 120.0)
+    assert top.held_share == pytest.approx(98.46 / 120.0, rel=1e-3)
+    assert top.rest_share == pytest.approx(90.0 / 98.46, rel=1e-3)
     low = rows[1]
     assert low.held == pytest.approx(3.0) and low.direct_at_held is None
     assert low.held_share is None and low.rest_share is None and not low.rough
 
 
 def test_direct_phases_without_the_models_time_count_their_concurrency() -> None:
-    summaries = [
-        _summary("triton", 4, 80.0),
-        _summary("triton", 6, 100.0),
-        _summary("kafka", 6, 70.0, at_model_ms=70.0),  # 4.9 held
-    ]
-    (row,) = at_model(summaries, {"kafka": "triton"})
-    assert row.direct_held is None
-    assert row.direct_at_held is not None and row.direct_at_held.value == pytest.approx(89.0)
-    assert not row.rough
+    for d4 in (_summary("triton", 4, 80.0), _summary("triton", 4, 80.0, at_model_ms=45.0)):
+        # None of them reports it, or only some: one axis for all, the concurrency.
+        summaries = [d4, _summary("triton", 6, 100.0), _summary("kafka", 6, 70.0, 70.0)]
+        (row,) = at_model(summaries, {"kafka": "triton"})  # 4.9 held
+        assert row.direct_held is None
+        assert row.direct_at_held is not None
+        assert row.direct_at_held.value == pytest.approx(89.0)
+        assert not row.rough
+    d6, k6 = summaries[1], summaries[2]
+    rows, _ = _rows(_report(**_env(), summaries=summaries, overheads=[compare(k6, d6)]))
+    assert rows == [["kafka", "c=6", "70.0", "70.0", "4.90", "-", "89.0", "89%", "79%"]]
+
+
+def test_the_rough_mark_and_the_zero_point_at_their_boundaries() -> None:
+    exactly_two = interpolate([(3.0, 80.0), (5.0, 100.0)], 4.0)
+    assert exactly_two is not None and exactly_two.span == 2.0  # not past WIDE: not rough
+    one = interpolate([(1.0, 30.0), (3.0, 80.0)], 0.5)  # a phase that held exactly one
+    assert one is not None and one.value == pytest.approx(15.0)
+    assert interpolate([(1.01, 30.0), (3.0, 80.0)], 0.5) is None
 
 
 def test_summaries_average_the_models_time_over_the_answers_that_have_it() -> None:

@@ -1,14 +1,16 @@
 """How many requests a closed loop kept at the model, and what that alone costs in throughput.
 
 A closed loop at concurrency c keeps c requests in flight end to end. Direct Triton's are at
-the model but for the client's share of each request; through the pipeline each request also
-spends time in the Kafka hops and the stages, so the model holds fewer, batches fewer and serves
-fewer per second — before any CPU the pipeline takes from the model. By Little's law the mean
+the model but for the client's, Triton's frontend's and the hand-offs' share of each request;
+through the pipeline each request also spends time in the Kafka hops and the stages, so the
+model holds fewer, batches fewer and serves fewer per second — before any CPU the pipeline
+takes from the model. By Little's law the mean
 number of requests at the model is the phase's throughput times the mean time each spent there,
 read the same way on both sides: the model's own queue and compute time, which its final
 response reports. Direct Triton's throughput with as many held, interpolated between the run's
 own direct phases, is what the model serves with that many; the pipeline's throughput against
-it is what is left: the CPU the pipeline took from the model.
+it is what is left: mostly the CPU the pipeline took from the model, and batching lost to
+requests arriving unevenly (the wait for a place in the batch counts as held).
 """
 
 from __future__ import annotations
@@ -96,18 +98,20 @@ def held(summary: Summary) -> float | None:
 def at_model(summaries: Sequence[Summary], baselines: dict[str, str]) -> list[AtModel]:
     """Each closed-loop phase of a target in ``baselines`` whose answers carried the model's time.
 
-    The baseline's curve is its req/s against the requests it held; a direct phase whose
-    responses did not report the model's time counts its concurrency instead.
+    The baseline's curve is its req/s against the requests it held; where one of its phases did
+    not report the model's time, every phase of it counts its concurrency instead (one axis).
     """
+    closed = [s for s in summaries if s.load.mode == "closed" and s.requests_per_s > 0]
     curves: dict[str, list[tuple[float, float]]] = {}
     direct: dict[tuple[str, float], tuple[float | None, float]] = {}
-    for s in summaries:
-        if s.load.mode == "closed" and s.requests_per_s > 0:
-            h = held(s)
-            curves.setdefault(s.target, []).append(
-                (s.load.value if h is None else h, s.requests_per_s)
-            )
-            direct[(s.target, s.load.value)] = (h, s.requests_per_s)
+    for target in {s.target for s in closed}:
+        phases = [s for s in closed if s.target == target]
+        helds = [held(s) for s in phases]
+        complete = all(h is not None for h in helds)
+        for s, h in zip(phases, helds, strict=True):
+            x = h if complete and h is not None else s.load.value
+            curves.setdefault(target, []).append((x, s.requests_per_s))
+            direct[(target, s.load.value)] = (h, s.requests_per_s)
     rows = []
     for s in summaries:
         base = baselines.get(s.target)

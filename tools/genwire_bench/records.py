@@ -29,9 +29,10 @@ class BenchRequest:
 
 
 MODEL_MS = "model_ms"
-"""``RequestRecord.extra`` key: the model's own time for the request (ms), from its arrival in
-the model to its last response (the final response's ``queue_ms`` + ``compute_ms``), where the
-answer carries them: direct Triton, and the Kafka and gRPC answers' ``timings``."""
+"""``RequestRecord.extra`` key: the model's own time for the request (ms), from its Python code
+taking the request in to its decode loop producing the final response (the final response's
+``queue_ms`` + ``compute_ms``), where the answer carries them: direct Triton, and the Kafka and
+gRPC answers' ``timings``."""
 
 
 @dataclass

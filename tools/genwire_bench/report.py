@@ -183,7 +183,7 @@ def _at_model(report: BenchReport) -> list[str]:
         "",
         "At the model (closed loop; Little's law over the model's own time per request): the "
         "requests it held, and direct Triton's; direct Triton's req/s with as many held as the "
-        "pipeline's; that against direct at the same c (d(held)/d(c): lost to time away from "
+        "pipeline's; that against direct at the same c (at held/at c: lost to time away from "
         "the model) and the pipeline's req/s against it (rest: the model slower beside it)",
         table(
             [
@@ -194,7 +194,7 @@ def _at_model(report: BenchReport) -> list[str]:
                 "held",
                 "direct held",
                 "direct at held",
-                "d(held)/d(c)",
+                "at held/at c",
                 "rest",
             ],
             [
@@ -217,7 +217,7 @@ def _at_model(report: BenchReport) -> list[str]:
     if any(r.rough for r in rows):
         out.append(
             f"  ~: read between direct phases more than {WIDE:g} held apart, on a straight line "
-            "under the bending curve (d(held)/d(c) reads low, rest high): sweep -c around it"
+            "under the bending curve (at held/at c reads low, rest high): sweep -c around it"
         )
     return out
 
