@@ -4,13 +4,13 @@ A closed loop at concurrency c keeps c requests in flight end to end. Direct Tri
 the model but for the client's, Triton's frontend's and the hand-offs' share of each request;
 through the pipeline each request also spends time in the Kafka hops and the stages, so the
 model holds fewer, batches fewer and serves fewer per second — before any CPU the pipeline
-takes from the model. By Little's law the mean
-number of requests at the model is the phase's throughput times the mean time each spent there,
-read the same way on both sides: the model's own queue and compute time, which its final
-response reports. Direct Triton's throughput with as many held, interpolated between the run's
-own direct phases, is what the model serves with that many; the pipeline's throughput against
-it is what is left: mostly the CPU the pipeline took from the model, and batching lost to
-requests arriving unevenly (the wait for a place in the batch counts as held).
+takes from the model. By Little's law the mean number of requests at the model is the phase's
+throughput times the mean time each spent there, read the same way on both sides: the model's
+own queue and compute time, which its final response reports. Direct Triton's throughput with
+as many held, interpolated between the run's own direct phases, is what the model serves with
+that many; the pipeline's throughput against it is what is left: mostly the CPU the pipeline
+took from the model, and batching lost to requests arriving unevenly (the wait for a place in
+the batch counts as held).
 """
 
 from __future__ import annotations

@@ -72,8 +72,8 @@ class Summary:
     tpot: Dist | None
     error_kinds: dict[str, int] = field(default_factory=dict)
     at_model: Dist | None = None
-    """The inference service's time at the model per request (``MODEL_MS``), where answers
-    carry it: a pipeline target's time in Triton, for how many requests Triton held."""
+    """The model's own time per request (``MODEL_MS``), over the answers that carry it: how
+    many requests the model held (``genwire_bench.at_model``)."""
 
 
 def wall_duration(records: Sequence[RequestRecord]) -> float:

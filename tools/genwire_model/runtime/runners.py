@@ -73,9 +73,9 @@ def gather_basic(runner: Runner, parts: list[tuple[KV, list[int]]], width: int) 
 
 DEFAULT_INTRA_OP_THREADS = 1
 """ONNX Runtime's intra-op threads for a version whose ``config.pbtxt`` names none (and the
-build's default). One: measured on the project's 2-vCPU machine, a decode step split over two
-threads waits for the second thread's wake-up on every operator, and the services want the
-other core; one thread served 5–21 % more tokens per second through Triton at batch 1, 8
+build's default). One: on the project's 2-vCPU machine, where the services want the other
+core and a step split over two threads likely waits for the second one's wake-up on every
+operator, one thread served 5–21 % more tokens per second through Triton at batch 1, 8
 and 32, and 4–23 % in process (docs/model.md, *Round 14*). A node with cores to spare for
 the model sets more (``genwire model build --intra-op-threads``)."""
 
