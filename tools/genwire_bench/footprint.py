@@ -152,8 +152,8 @@ def measure(
         raise RuntimeError(f"no Kafka log directory under {paths.data}: is the native stack up?")
     jaeger0 = allocated_bytes(paths.data / "jaeger") if flush_jaeger else 0
     segments0 = segment_sizes(logs)
-    memory0, expired0 = _redis_now(redis)
-    per_key = _dataset(redis) / max(1, int(redis.dbsize()))
+    memory0, dataset0, expired0 = _redis_now(redis)
+    per_key = dataset0 / max(1, int(redis.dbsize()))
     bench = ["bench", "--targets", target, "-c", "8", "-n", str(n), "--warmup", "0"]
     run = subprocess.run(
         [sys.executable, "-m", "genwire_cli", *bench, "--no-traces", "-q"],
@@ -167,7 +167,7 @@ def measure(
     topics = topic_growth(segments0, segment_sizes(logs))
     if not topics.get(Topic.REQUESTS):
         raise RuntimeError(f"nothing reached {Topic.REQUESTS} in {logs}: another broker's logs?")
-    memory1, expired1 = _redis_now(redis)
+    memory1, _, expired1 = _redis_now(redis)
     jaeger = None
     if flush_jaeger is not None:
         flush_jaeger()
@@ -183,14 +183,12 @@ def measure(
     )
 
 
-def _dataset(redis: Redis[bytes]) -> int:
-    """Redis's memory for its keys (``used_memory`` less its own overhead)."""
-    return int(redis.info("memory")["used_memory_dataset"])
-
-
-def _redis_now(redis: Redis[bytes]) -> tuple[int, int]:
-    """Redis's ``used_memory`` and the count of keys it has expired so far."""
-    return int(redis.info("memory")["used_memory"]), int(redis.info("stats")["expired_keys"])
+def _redis_now(redis: Redis[bytes]) -> tuple[int, int, int]:
+    """Redis's ``used_memory``, the part of it its keys hold (``used_memory_dataset``) and the
+    count of keys it has expired so far: one reading of each section."""
+    memory = redis.info("memory")
+    expired = int(redis.info("stats")["expired_keys"])
+    return int(memory["used_memory"]), int(memory["used_memory_dataset"]), expired
 
 
 def report(fp: Footprint, result_ttl_s: float, span_ttl_s: float) -> list[str]:
