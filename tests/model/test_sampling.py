@@ -19,6 +19,7 @@ from genwire_model.runtime.sampling import (
     sample_reference,
     top_logprobs,
     walk,
+    walk_one,
 )
 
 Array = npt.NDArray[Any]
@@ -182,6 +183,57 @@ def test_masked_tokens_are_never_sampled() -> None:
     for _ in range(200):
         tokens = _fast(logits, rng.random(2), t=2.0)
         assert (tokens % 2 == 1).all()
+
+
+@pytest.mark.parametrize("partial", [True, False], ids=["selection", "full-sort"])
+@pytest.mark.parametrize("vocab", [50, 512, 4096, 4100])
+def test_one_row_path_equals_the_full_sort_reference(
+    vocab: int, partial: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of one takes its own path (``_sample_one``): same draws, same tokens as the
+    reference, through every filter, ties, masked tokens and nuclei past the head; the batch
+    path is not used for it."""
+    rng = np.random.default_rng(vocab + 7)
+    sampler = Sampler(vocab, partial=partial)
+
+    def batch_path(*args: Any) -> None:
+        raise AssertionError("a batch of one went through the batch path")
+
+    monkeypatch.setattr(sampler, "_keep", batch_path)
+    monkeypatch.setattr(sampler, "_cut", batch_path)
+    for trial in range(600):
+        logits = (rng.standard_normal((1, vocab)) * rng.uniform(0.5, 5)).astype(np.float32)
+        if trial % 3 == 0:
+            logits = np.round(logits)  # many exact ties
+        if trial % 5 == 0:
+            logits[:, rng.integers(0, vocab, vocab // 5)] = -np.inf
+        t = rng.choice([0.0, 0.5, 0.8, 1.0, 1.7], 1)
+        p = rng.choice([1.0, 0.9, 0.95, 0.5, 0.99, 0.1], 1)
+        k = rng.choice([0, 1, 5, 40, 64, 100, vocab - 1, vocab], 1)
+        m = rng.choice([0.0, 0.0, 0.05, 0.3, 0.001], 1)
+        draws = rng.random(1)
+        fast = sampler.sample(logits.copy(), t, p, k, m, draws)
+        assert fast.dtype == np.int64 and fast.shape == (1,)
+        np.testing.assert_array_equal(fast, sample_reference(logits, t, p, k, m, draws))
+    assert sampler.ties > 0
+    if vocab > HEAD:
+        assert sampler.beyond > 0
+
+
+@pytest.mark.parametrize("vocab", [7, 64, 200, 4096, 4100])
+def test_walk_one_equals_walk(vocab: int) -> None:
+    """The one-row walk picks what ``walk`` picks, draws at both ends and zero weights
+    (padding past a vocabulary that is not a multiple of the block) included."""
+    rng = np.random.default_rng(vocab)
+    for trial in range(400):
+        weights = rng.random((1, vocab)).astype(np.float32)
+        weights[0, rng.integers(0, vocab, vocab // 3)] = 0.0
+        if trial % 4 == 0:
+            weights[0, vocab // 2 :] = 0.0  # the mass ends early: rounding at the end
+        if not (weights > 0).any():
+            weights[0, 0] = 1.0
+        draw = [0.0, 0.9999999999, float(rng.random())][trial % 3]
+        assert walk_one(weights, draw) == int(walk(weights, np.array([draw]))[0])
 
 
 def test_walk_picks_by_cumulative_weight_in_id_order() -> None:

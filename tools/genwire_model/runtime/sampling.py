@@ -23,7 +23,9 @@ block) and one block's cumulative sum, not a cumulative sum over the vocabulary.
 and the fast path share the walk, so the same draws give the same tokens (tested, and a
 chi-squared test holds the frequencies to the definition). The order of the filters is vLLM V1's
 (min_p after temperature, then top-k / top-p over what min_p kept). Temperature 0 or top_k 1 is
-greedy (the first maximum).
+greedy (the first maximum). A batch of one row (every decode step at concurrency 1, and each
+lone prefill) takes the same steps with scalar bookkeeping (``Sampler._sample_one``,
+``walk_one``): half the time per step there.
 """
 
 from __future__ import annotations
@@ -106,6 +108,27 @@ def walk(weights: Array, draws: Array) -> Array:
         token[i] = int(np.flatnonzero(weights[i, :vocab] > 0)[-1])
     result: Array = token.astype(np.int64)
     return result
+
+
+def walk_one(weights: Array, draw: float) -> int:
+    """``walk`` on one row (``weights`` float32 [1, V]), with the same arithmetic in the same
+    order (so the same token), in a third of its numpy calls: at batch 1 each call's own
+    overhead, not the vocabulary, is most of a step's sampling."""
+    vocab = weights.shape[1]
+    row = weights[0]
+    if vocab % BLOCK:
+        row = np.pad(row, (0, BLOCK - vocab % BLOCK))
+    blocks = row.reshape(-1, BLOCK)
+    block_mass = np.cumsum(blocks.sum(axis=1), dtype=np.float64)
+    target = draw * float(block_mass[-1])
+    block = min(int(np.count_nonzero(block_mass <= target)), len(block_mass) - 1)
+    before = float(block_mass[block - 1]) if block > 0 else 0.0
+    inner = np.cumsum(blocks[block].astype(np.float64)) + before
+    token = block * BLOCK + min(int(np.count_nonzero(inner <= target)), BLOCK - 1)
+    # Rounding at the very end of a row must not land on a zero-weight token (or padding).
+    if token >= vocab or row[token] <= 0:
+        token = int(np.flatnonzero(row[:vocab] > 0)[-1])
+    return token
 
 
 def _kept_count(ranked: Array, mass: float, min_p: Any, top_k: int, top_p: float) -> int:
@@ -214,6 +237,10 @@ class Sampler:
         ``draws``: one uniform [0, 1) per row (used only by sampled rows).
         """
         vocab = self.vocab
+        if len(logits) == 1:
+            return np.array(
+                [self._sample_one(logits, temperature, top_p, top_k, min_p, draws)], np.int64
+            )
         tokens: Array = np.argmax(logits, axis=1).astype(np.int64)
         sampled = np.flatnonzero((temperature > 0.0) & (top_k != 1))
         if sampled.size == 0:
@@ -238,6 +265,70 @@ class Sampler:
             return chosen
         tokens[sampled] = chosen
         return tokens
+
+    def _sample_one(
+        self,
+        logits: Array,
+        temperature: Array,
+        top_p: Array,
+        top_k: Array,
+        min_p: Array,
+        draws: Array,
+    ) -> int:
+        """``sample`` on a batch of one row, the same steps with Python scalars for the
+        bookkeeping (the tests hold it to the reference): at batch 1 the batch path's ~60 numpy
+        calls cost about twice the row's own work (docs/model.md, *Round 15*)."""
+        t, k = float(temperature[0]), int(top_k[0])
+        if not (t > 0.0 and k != 1):
+            return int(np.argmax(logits[0]))
+        probs = _probabilities(logits, temperature[:1])
+        k = k if 0 < k < self.vocab else 0
+        p, m = float(top_p[0]), float(min_p[0])
+        if m > 0.0:
+            np.multiply(probs, probs >= np.float32(m), out=probs)
+        if k > 0 or p < 1.0:
+            count = int(np.count_nonzero(probs))
+            if 0 < k < count or p < 1.0:
+                self._cut_one(probs, count, k, p)
+        return walk_one(probs, float(draws[0]))
+
+    def _cut_one(self, kept: Array, count: int, k: int, p: float) -> None:
+        """``_cut`` on one row (``kept`` [1, V]), step for step."""
+        vocab = kept.shape[1]
+        truncated = 0 < k < count
+        if truncated:
+            count = k
+        head = min(vocab, max(self.head, k))
+        ranked = ranked_values(kept, head + 1, self.partial)[0]
+        cumulative = -np.cumsum(ranked[:head], dtype=np.float64)
+        mass = (
+            float(cumulative[min(count, head) - 1])
+            if truncated
+            else float(kept.sum(axis=1, dtype=np.float64)[0])
+        )
+        limit = p * mass
+        nucleus = int(np.count_nonzero(cumulative < limit)) + 1
+        full = None
+        if p < 1.0 and nucleus > head and count > head:
+            self.beyond += 1
+            full = ranked if len(ranked) == vocab else np.sort(np.negative(kept[0]))
+            more = cumulative[-1] - np.cumsum(full[head:], dtype=np.float64)
+            nucleus = head + int(np.count_nonzero(more < limit)) + 1
+        nucleus = min(nucleus, count)
+        cut = max(nucleus if p < 1.0 else count, 1)
+        if p < 1.0:
+            self.head = min(vocab, max(HEAD, 1 << max(0, cut - 1).bit_length()))
+        follow = min(cut, vocab - 1)
+        values = full if full is not None else ranked
+        last = len(values) - 1
+        threshold, after = -values[min(cut - 1, last)], -values[min(follow, last)]
+        row = kept[0]
+        if cut < vocab and after == threshold:  # a run of equal values across the cut
+            self.ties += 1
+            equal = np.flatnonzero(row == threshold)
+            above = int(np.count_nonzero(row > threshold))
+            row[equal[cut - above :]] = 0.0
+        np.multiply(row, row >= threshold, out=row)
 
     def _keep(self, kept: Array, ks: Array, ps: Array, mps: Array) -> None:
         """Set to 0, in place, the probability of every token the filters drop."""
