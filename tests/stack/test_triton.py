@@ -197,3 +197,74 @@ def test_a_restarted_triton_serves_without_a_default_model_it_cannot_load(
     with _serve_privately(infra, repository) as base:
         assert http_status(f"{base}/v2/models/{DEFAULT_MODEL}/ready") != 200
         assert http_status(f"{base}/v2/health/live") == 200
+
+
+def _no_build(*args: object, **kwargs: object) -> str:
+    raise AssertionError("the default model was built after a crash-restart")
+
+
+def test_a_crash_restart_serves_again_what_was_served_and_builds_nothing(
+    infra: CommonSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The supervisor's after-restart step (`genwire default-model --restore`): the restarted
+    # server loaded the default model as config.pbtxt names; the step keeps that version even
+    # when the runtime's code changed on disk (which would make `genwire up` build a new one).
+    import genwire_model
+    from genwire_stack import default_model
+
+    repository = tmp_path / "repository"
+    _model(repository, DEFAULT_MODEL)
+    monkeypatch.setattr(genwire_model, "ensure_default_model", _no_build)
+    restored: list[str] = []
+    monkeypatch.setattr(
+        default_model, "restore_loaded_models", lambda cfg, base, out: restored.append(base)
+    )
+    with _serve_privately(infra, repository) as base:
+        settings = infra.model_copy(update={"model_repository": repository})
+        host = base.removeprefix("http://")
+        assert default_model.served_versions(settings, base, DEFAULT_MODEL) == ["1"]
+        assert default_model.restore_after_restart(settings, host) == "1"
+        assert restored == [base]  # what `genwire model load` served comes back too
+        assert http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/1/ready") == 200
+
+
+def test_a_crash_restart_without_the_default_model_brings_it_up(
+    infra: CommonSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing served after the restart (its load failed, or nothing was built yet): the step
+    # brings the model up as `genwire up` does.
+    from genwire_stack import default_model
+
+    calls: list[str | None] = []
+
+    def bring_up(cfg: CommonSettings, triton_http: str | None = None, out: object = None) -> str:
+        calls.append(triton_http)
+        return "7"
+
+    monkeypatch.setattr(default_model, "ensure_model_loaded", bring_up)
+    nobody = f"127.0.0.1:{free_port()}"  # no server: no version served
+    assert default_model.served_versions(infra, f"http://{nobody}", DEFAULT_MODEL) == []
+    assert default_model.restore_after_restart(infra, nobody) == "7"
+    assert calls == [nobody]
+
+
+def test_the_supervisor_restores_the_model_and_genwire_up_builds_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Wiring: Triton's after-restart step asks for --restore; the command without it (compose's
+    # model-init, `genwire up`'s path) still builds what is missing.
+    from genwire_cli.main import main
+    from genwire_stack import default_model
+
+    step = Triton(StackPaths.from_settings(CommonSettings()), CommonSettings()).after_restart()
+    assert step is not None and step[1][3:5] == ["default-model", "--restore"]
+    called: list[str] = []
+    monkeypatch.setattr(
+        default_model, "restore_after_restart", lambda *a, **k: called.append("restore") or "1"
+    )
+    monkeypatch.setattr(
+        default_model, "ensure_model_loaded", lambda *a, **k: called.append("build") or "1"
+    )
+    assert main(["default-model", "--restore"]) == 0
+    assert main(["default-model"]) == 0
+    assert called == ["restore", "build"]

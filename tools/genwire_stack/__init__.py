@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from genwire_stack.components import INFRA, SERVICES
-    from genwire_stack.default_model import DEFAULT_MODEL, ensure_model_loaded
+    from genwire_stack.default_model import (
+        DEFAULT_MODEL,
+        ensure_model_loaded,
+        restore_after_restart,
+    )
     from genwire_stack.errors import StackError
     from genwire_stack.layout import SCALABLE, StackLayout
     from genwire_stack.manager import down, ensure_up
@@ -46,6 +50,7 @@ _WHERE = {
     "down": "genwire_stack.manager",
     "ensure_model_loaded": "genwire_stack.default_model",
     "ensure_up": "genwire_stack.manager",
+    "restore_after_restart": "genwire_stack.default_model",
     "format_table": "genwire_stack.observe",
     "kafka_bootstrap": "genwire_stack.observe",
     "current_layout": "genwire_stack.observe",
@@ -78,6 +83,7 @@ __all__ = [
     "format_table",
     "kafka_bootstrap",
     "restart_count",
+    "restore_after_restart",
     "status",
     "supervisor_state",
 ]

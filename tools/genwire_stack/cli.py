@@ -167,6 +167,12 @@ def register(subparsers: Any) -> None:
         metavar="HOST:PORT",
         help="Triton's HTTP endpoint (default: GENWIRE_TRITON_HTTP_URL)",
     )
+    model.add_argument(
+        "--restore",
+        action="store_true",
+        help="after a crash-restart of Triton (its supervisor's step): serve again what was "
+        "served and build nothing, even when the model's runtime code changed since",
+    )
     model.set_defaults(func=_default_model)
 
 
@@ -264,10 +270,11 @@ def _topics(args: argparse.Namespace) -> int:
 
 def _default_model(args: argparse.Namespace) -> int:
     from genwire.settings import CommonSettings
-    from genwire_stack import StackError, ensure_model_loaded
+    from genwire_stack import StackError, ensure_model_loaded, restore_after_restart
 
+    bring_up = restore_after_restart if args.restore else ensure_model_loaded
     try:
-        version = ensure_model_loaded(CommonSettings(), args.triton_http, out=_say)
+        version = bring_up(CommonSettings(), args.triton_http, out=_say)
     except StackError as exc:
         print(f"genwire default-model: error: {exc}", file=sys.stderr, flush=True)
         return 1

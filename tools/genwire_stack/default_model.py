@@ -68,6 +68,51 @@ def ensure_model_loaded(
     return version
 
 
+def restore_after_restart(
+    cfg: CommonSettings, triton_http: str | None = None, out: Out = quiet
+) -> str | None:
+    """After Triton crashed and its supervisor restarted it: serve again what was served,
+    build nothing. The restarted server loaded the default model itself, as its
+    ``config.pbtxt`` names (``Triton.restart_arguments``); building a version here when the
+    runtime's code changed on disk since would move the traffic to it, and requests pinned to
+    the served one would wait for it in vain (docs/reliability.md). A change of code is rolled
+    out by ``genwire up`` or ``genwire model build --load``, never by a crash. Returns the
+    newest version served; when none is (the load failed, or nothing was ever built), the
+    default model is brought up as ``genwire up`` does (``ensure_model_loaded``)."""
+    base = f"http://{triton_http or cfg.triton_http_url}"
+    served = served_versions(cfg, base, DEFAULT_MODEL)
+    if not served:
+        out(f"{DEFAULT_MODEL}: not served after the restart; bringing it up as `genwire up` does")
+        return ensure_model_loaded(cfg, triton_http, out)
+    out(f"{DEFAULT_MODEL}: version(s) {', '.join(served)} served again (nothing built)")
+    restore_loaded_models(cfg, base, out)
+    return served[-1]
+
+
+def served_versions(cfg: CommonSettings, base: str, model: str) -> list[str]:
+    """The versions of ``model`` Triton has ready (ascending; empty: none, or Triton did not
+    answer). ``base``: Triton's HTTP URL."""
+    import httpx
+
+    try:
+        with httpx.Client(timeout=5.0, trust_env=False) as client:
+            response = client.post(
+                f"{base}/v2/repository/index",
+                json={"ready": True},
+                headers=triton_admin.headers(cfg),  # the repository API is restricted
+            )
+    except httpx.HTTPError:
+        return []
+    if response.status_code != 200:
+        return []
+    ready = {
+        str(entry.get("version", ""))
+        for entry in response.json()
+        if entry.get("name") == model and entry.get("state") == "READY"
+    }
+    return sorted((v for v in ready if v.isdigit()), key=int)
+
+
 def serve_version(
     cfg: CommonSettings,
     base: str,

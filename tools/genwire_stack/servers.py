@@ -215,8 +215,8 @@ class Triton(Component):
 
     def after_restart(self) -> tuple[str, list[str]] | None:
         # A restarted Triton loads the default model itself (restart_arguments()); this step
-        # builds a new version when the runtime changed, keeps the policy's versions served
-        # and loads again what `genwire model load` served (explicit model control forgets it).
+        # builds nothing (a crash must not roll out runtime code changed on disk since) and
+        # loads again what `genwire model load` served (explicit model control forgets it).
         return (
             f"http://127.0.0.1:{self.http_port}/v2/health/ready",
             [
@@ -224,6 +224,7 @@ class Triton(Component):
                 "-m",
                 "genwire_cli",
                 "default-model",
+                "--restore",
                 "--triton-http",
                 f"127.0.0.1:{self.http_port}",
             ],
@@ -234,8 +235,8 @@ class Triton(Component):
         # and only when asked) loads the default model before the server answers: requests
         # flow again without waiting for the step above, whose Python start-up and policy
         # read took 3 s on two busy cores. It serves what config.pbtxt names, as before the
-        # crash; the step then builds a new version if the runtime changed. A model failing
-        # to load must not keep the server down (the step reports it).
+        # crash. A model failing to load must not keep the server down (the step then brings
+        # it up as `genwire up` does).
         return ["--load-model", DEFAULT_MODEL, "--exit-on-error", "false"]
 
     def prepare(self) -> None:
