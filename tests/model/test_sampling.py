@@ -11,6 +11,7 @@ import numpy.typing as npt
 import pytest
 from genwire_model.runtime import sampling
 from genwire_model.runtime.sampling import (
+    BLOCK,
     HEAD,
     Sampler,
     log_softmax,
@@ -44,6 +45,12 @@ def _params(
 def _fast(logits: Array, draws: Array, **kw: Any) -> Array:
     t, p, k, m = _params(len(logits), **kw)
     return Sampler(logits.shape[1]).sample(logits.copy(), t, p, k, m, draws)
+
+
+def _drawn(logits: Array, rows: int, draw: float, **kw: Any) -> list[int]:
+    """The tokens of ``rows`` copies of a one-row ``logits`` with the same draw (one row takes
+    the one-row path, more the batch path)."""
+    return _fast(np.repeat(logits, rows, axis=0), np.full(rows, draw), **kw).tolist()
 
 
 def _kept_probabilities(logits: Array, t: float, p: float, k: int, m: float) -> Array:
@@ -148,32 +155,35 @@ def test_a_ranking_asked_for_is_the_one_used(monkeypatch: pytest.MonkeyPatch) ->
     assert Sampler(4096).partial and not Sampler(50).partial  # unasked: measured
 
 
-def test_top_k_boundary_with_ties_keeps_the_lower_ids() -> None:
+@pytest.mark.parametrize("rows", [1, 2], ids=["one-row", "batch"])
+def test_top_k_boundary_with_ties_keeps_the_lower_ids(rows: int) -> None:
     # Tokens 1, 2, 3 tie for second place: top_k 2 keeps token 0 and token 1 only.
     logits = np.log(np.array([[0.4, 0.15, 0.15, 0.15, 0.15]], dtype=np.float32))
     draws = np.linspace(0, 0.999, 200)
-    picked = {int(_fast(logits, np.array([u]), k=2)[0]) for u in draws}
+    picked = {t for u in draws for t in _drawn(logits, rows, u, k=2)}
     assert picked == {0, 1}
 
 
-def test_top_p_boundary_is_exact() -> None:
+@pytest.mark.parametrize("rows", [1, 2], ids=["one-row", "batch"])
+def test_top_p_boundary_is_exact(rows: int) -> None:
     logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], dtype=np.float32))
     draws = np.linspace(0, 0.999, 300)
     # 0.5 + 0.3 = 0.8 >= 0.75: the nucleus is tokens 0 and 1 ...
-    assert {int(_fast(logits, np.array([u]), p=0.75)[0]) for u in draws} == {0, 1}
+    assert {t for u in draws for t in _drawn(logits, rows, u, p=0.75)} == {0, 1}
     # ... just above 0.8 it needs token 2, and 0.96 needs all four.
-    assert {int(_fast(logits, np.array([u]), p=0.81)[0]) for u in draws} == {0, 1, 2}
-    assert {int(_fast(logits, np.array([u]), p=0.96)[0]) for u in draws} == {0, 1, 2, 3}
+    assert {t for u in draws for t in _drawn(logits, rows, u, p=0.81)} == {0, 1, 2}
+    assert {t for u in draws for t in _drawn(logits, rows, u, p=0.96)} == {0, 1, 2, 3}
     # A tiny top_p keeps only the most likely token.
-    assert {int(_fast(logits, np.array([u]), p=0.01)[0]) for u in draws} == {0}
+    assert {t for u in draws for t in _drawn(logits, rows, u, p=0.01)} == {0}
 
 
-def test_min_p_keeps_tokens_at_least_that_fraction_of_the_best() -> None:
+@pytest.mark.parametrize("rows", [1, 2], ids=["one-row", "batch"])
+def test_min_p_keeps_tokens_at_least_that_fraction_of_the_best(rows: int) -> None:
     logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], dtype=np.float32))
     draws = np.linspace(0, 0.999, 300)
     # 0.3 / 0.5 = 0.6 >= 0.5 kept, 0.15 / 0.5 = 0.3 dropped (kept at 0.29).
-    assert {int(_fast(logits, np.array([u]), m=0.5)[0]) for u in draws} == {0, 1}
-    assert {int(_fast(logits, np.array([u]), m=0.29)[0]) for u in draws} == {0, 1, 2}
+    assert {t for u in draws for t in _drawn(logits, rows, u, m=0.5)} == {0, 1}
+    assert {t for u in draws for t in _drawn(logits, rows, u, m=0.29)} == {0, 1, 2}
 
 
 def test_masked_tokens_are_never_sampled() -> None:
@@ -195,6 +205,9 @@ def test_one_row_path_equals_the_full_sort_reference(
     path is not used for it."""
     rng = np.random.default_rng(vocab + 7)
     sampler = Sampler(vocab, partial=partial)
+    # The same row twice through the batch path: the same cut, so the same head after every
+    # call and twice the counters (the head decides how much the next step ranks).
+    pair = Sampler(vocab, partial=partial)
 
     def batch_path(*args: Any) -> None:
         raise AssertionError("a batch of one went through the batch path")
@@ -210,12 +223,22 @@ def test_one_row_path_equals_the_full_sort_reference(
         t = rng.choice([0.0, 0.5, 0.8, 1.0, 1.7], 1)
         p = rng.choice([1.0, 0.9, 0.95, 0.5, 0.99, 0.1], 1)
         k = rng.choice([0, 1, 5, 40, 64, 100, vocab - 1, vocab], 1)
-        m = rng.choice([0.0, 0.0, 0.05, 0.3, 0.001], 1)
+        m = rng.choice([0.0, 0.0, 0.05, 0.3, 0.001, 1.0], 1)
+        if trial % 7 == 0 and t[0] > 0:
+            # min_p exactly at a token's probability (kept: >=) and one step above (dropped).
+            e = sampling._probabilities(logits, t)[0]
+            at = float(e[rng.integers(0, vocab)])
+            m = np.array([at if trial % 2 else float(np.nextafter(np.float32(at), 2.0))])
         draws = rng.random(1)
         fast = sampler.sample(logits.copy(), t, p, k, m, draws)
         assert fast.dtype == np.int64 and fast.shape == (1,)
         np.testing.assert_array_equal(fast, sample_reference(logits, t, p, k, m, draws))
-    assert sampler.ties > 0
+        twice = [np.repeat(a, 2) for a in (t, p, k, m, draws)]
+        two = pair.sample(np.repeat(logits, 2, axis=0), *twice)
+        assert two.tolist() == [fast[0], fast[0]]
+        assert pair.head == sampler.head
+    assert sampler.ties > 0 and pair.ties == 2 * sampler.ties
+    assert pair.beyond == 2 * sampler.beyond
     if vocab > HEAD:
         assert sampler.beyond > 0
 
@@ -230,9 +253,13 @@ def test_walk_one_equals_walk(vocab: int) -> None:
         weights[0, rng.integers(0, vocab, vocab // 3)] = 0.0
         if trial % 4 == 0:
             weights[0, vocab // 2 :] = 0.0  # the mass ends early: rounding at the end
+        elif trial % 4 == 1 and vocab > BLOCK:
+            weights[0, : int(rng.integers(BLOCK, vocab))] = 0.0  # whole blocks of nothing first
         if not (weights > 0).any():
             weights[0, 0] = 1.0
         draw = [0.0, 0.9999999999, float(rng.random())][trial % 3]
+        if trial % 8 == 1:
+            draw = 0.0  # with the leading empty blocks: the first token that has weight
         assert walk_one(weights, draw) == int(walk(weights, np.array([draw]))[0])
 
 
@@ -273,6 +300,7 @@ def test_frequencies_follow_the_definition(t: float, p: float, k: int, m: float)
 
 
 def test_same_draws_same_tokens_regardless_of_batch_neighbours() -> None:
+    # Six rows take the batch path, each alone the one-row path: the two agree row by row.
     logits = _logits(rows=6, vocab=300)
     t, p, k, m = np.full(6, 1.0), np.full(6, 0.9), np.full(6, 20), np.zeros(6)
     t[2], p[4], k[5] = 0.0, 1.0, 0  # greedy and unfiltered neighbours
