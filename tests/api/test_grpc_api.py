@@ -1,5 +1,6 @@
 """The gRPC API against the real stack: options honoured or refused by name (INVALID_ARGUMENT),
-Timestamp/Duration timings, and Cancel saying whether the id was known."""
+Timestamp/Duration timings (unary, and on a stream's last message), and Cancel saying whether
+the id was known."""
 
 from __future__ import annotations
 
@@ -43,6 +44,25 @@ async def test_timings_are_timestamps_and_durations(
     # Derived exactly when the pipeline stamped the first token (streamed generations).
     assert t.HasField("time_to_first_token") == t.HasField("first_token")
     assert t.HasField("triton_compute") and t.triton_compute.ToNanoseconds() > 0
+
+
+async def test_a_stream_ends_with_the_requests_timings(
+    stub: pb_grpc.GenerationServiceStub,
+) -> None:
+    # The last message carries what a unary answer carries; the pieces before it carry none.
+    messages = [
+        m
+        async for m in stub.GenerateStream(
+            pb.GenerateRequest(prompt="Once upon a time", max_tokens=8, model=MODEL),
+            metadata=_meta(),
+            timeout=30,
+        )
+    ]
+    assert messages[-1].final and not any(m.final for m in messages[:-1])
+    assert not any(m.HasField("timings") for m in messages[:-1])
+    t = messages[-1].timings
+    assert t.HasField("received") and t.HasField("first_token") and t.HasField("completed")
+    assert t.HasField("triton_queue") and t.triton_compute.ToNanoseconds() > 0
 
 
 async def test_options_are_honoured_or_refused_by_name(

@@ -149,3 +149,20 @@ def test_stream_pieces_carry_their_choice_and_logprobs() -> None:
     message = to_stream_response(piece, "r1", "t")
     assert (message.choice, message.finish_reason, message.final) == (2, "stop", False)
     assert message.logprobs[0].token_id == 4 and not message.HasField("usage")
+    assert not message.HasField("timings")
+
+
+def test_a_streams_last_message_carries_the_results_timings() -> None:
+    from genwire_gateway.grpc_service import to_stream_response
+
+    result = GenerationResult(
+        request_id="r1",
+        text="ab",
+        usage=Usage(prompt_tokens=1, completion_tokens=2),
+        timings=Timings(received=1_700_000_000_000.0, triton_queue_ms=0.5, triton_compute_ms=30),
+    )
+    last = Chunk(index=4, text="", final=True, finish_reason="stop", result=result)
+    message = to_stream_response(last, "r1", "t")
+    assert message.timings.triton_compute.ToMilliseconds() == 30
+    assert message.timings.triton_queue.ToMicroseconds() == 500
+    assert message.timings.received.seconds == 1_700_000_000

@@ -183,7 +183,8 @@ def to_response(result: GenerationResult, *, model: str, trace_id: str) -> pb.Ge
 
 
 def to_stream_response(chunk: Chunk, request_id: str, trace_id: str) -> pb.GenerateStreamResponse:
-    """A streamed chunk as a proto message."""
+    """A streamed chunk as a proto message; the last one carries the result's timings."""
+    result = chunk.result if chunk.final else None
     return pb.GenerateStreamResponse(
         request_id=request_id,
         index=chunk.index,
@@ -194,6 +195,7 @@ def to_stream_response(chunk: Chunk, request_id: str, trace_id: str) -> pb.Gener
         trace_id=trace_id,
         choice=chunk.choice,
         logprobs=logprobs_message(chunk.logprobs),
+        timings=timings_message(result.timings) if result is not None else None,
     )
 
 

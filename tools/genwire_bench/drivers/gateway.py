@@ -106,6 +106,9 @@ class GatewayDriver(Driver):
                 record.end = now
                 record.output_tokens = chunk.usage.completion_tokens
                 record.prompt_tokens = chunk.usage.prompt_tokens
+                at_model = model_ms(chunk.timings) if chunk.HasField("timings") else None
+                if at_model is not None:
+                    record.extra[MODEL_MS] = at_model
                 if record.first_token is None:
                     record.first_token = now
                 return
