@@ -556,3 +556,41 @@ def test_execution_contexts_are_sized_per_profile_where_the_release_allows() -> 
     assert make(trt, Engine({"strategy", "default"})) == ("strategy", "per-profile")
     assert make(trt, Engine({"default"})) == ("default", None)
     assert make(types.SimpleNamespace(), Engine({"default"})) == ("default", None)
+
+
+def _version(repository: Path, version: int, checkpoint: str, runtime: str) -> None:
+    folder = repository / "genwire-gpt" / str(version)
+    folder.mkdir(parents=True)
+    manifest = {
+        "context_length": 256,
+        "source": {"checkpoint_sha256": checkpoint},
+        "build": {"runtime_sha256": runtime},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_default_model_reuses_an_older_version_only_where_config_names_versions(
+    tmp_path: Path,
+) -> None:
+    # Code checked out back to an earlier runtime: version 1 fits it, version 2 is newer. With
+    # the build's `latest` policy Triton serves 2 whatever is asked, so a new version is built
+    # (None); with `specific` versions the bring-up can serve 1 beside them.
+    from genwire_model import default
+    from genwire_model.lifecycle import version_policy_line
+    from genwire_model.repository import ModelRepository
+
+    repository = ModelRepository(tmp_path)
+    _version(tmp_path, 1, "ckpt", "old-runtime")
+    _version(tmp_path, 2, "ckpt", "new-runtime")
+    config = tmp_path / "genwire-gpt" / "config.pbtxt"
+    said: list[str] = []
+    config.write_text('name: "genwire-gpt"\nversion_policy: { latest: { num_versions: 1 } }\n')
+    assert default.reusable_version(repository, "ckpt", "new-runtime", None) == "2"
+    assert default.reusable_version(repository, "ckpt", "old-runtime", None, said.append) is None
+    assert "config.pbtxt serves the newest version (2)" in said[0]
+    assert default.reusable_version(repository, "ckpt", "other", None) is None
+    assert default.reusable_version(repository, "other-ckpt", "new-runtime", None) is None
+    config.write_text('name: "genwire-gpt"\n' + version_policy_line(["2"]) + "\n")
+    assert default.reusable_version(repository, "ckpt", "old-runtime", None) == "1"
+    config.unlink()  # no config yet: the build's default, the latest
+    assert default.reusable_version(repository, "ckpt", "old-runtime", None) is None

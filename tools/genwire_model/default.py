@@ -12,6 +12,7 @@ from genwire.settings import CommonSettings
 from genwire_model import DEFAULT_MODEL_NAME
 from genwire_model.build import BuildOptions, build_version, runtime_digest
 from genwire_model.checkpoint import inspect_checkpoint
+from genwire_model.lifecycle import CONFIG, configured_versions
 from genwire_model.repository import ModelRepository
 from genwire_model.runtime.runners import tensorrt_usable
 from genwire_model.runtime.tensorrt_engine import current_key, find_engine, key_name
@@ -43,6 +44,43 @@ def _has_engine(path: Path, manifest: dict[str, Any], engine: dict[str, str]) ->
     return find_engine(path, engine) is not None or tried == key_name(engine)
 
 
+def reusable_version(
+    repository: ModelRepository,
+    digest: str,
+    runtime: str,
+    engine: dict[str, str] | None,
+    progress: Callable[[str], None] = log.info,
+) -> str | None:
+    """The version of the default model to serve without building: the newest built from the
+    checkpoint ``digest`` with the serving code ``runtime`` and (where TensorRT runs here) an
+    engine for ``engine``'s key. One that is not the newest version counts only where
+    ``config.pbtxt`` names versions (``specific``): with its ``latest`` policy Triton serves
+    the newest whatever is asked, so the bring-up would wait in vain for the older one (code
+    checked out back to an earlier runtime did that for 120 s); a new version is built then."""
+    versions = repository.versions(DEFAULT_MODEL_NAME)
+    config = repository.root / DEFAULT_MODEL_NAME / CONFIG
+    text = config.read_text(encoding="utf-8") if config.is_file() else ""
+    latest_only = configured_versions(text) is None
+    for version in reversed(versions):
+        found = repository.get(DEFAULT_MODEL_NAME, version)
+        manifest = found.manifest
+        # Same weights, same serving code and (where TensorRT runs here) an engine
+        # for this TensorRT version and GPU: nothing to rebuild.
+        if (
+            manifest.get("source", {}).get("checkpoint_sha256") == digest
+            and manifest.get("build", {}).get("runtime_sha256") == runtime
+            and (engine is None or _has_engine(found.path, manifest, engine))
+        ):
+            if version == versions[-1] or not latest_only:
+                return str(version)
+            progress(
+                f"version {version} fits this checkpoint and code, but config.pbtxt serves the "
+                f"newest version ({versions[-1]}): building a new one"
+            )
+            return None
+    return None
+
+
 def ensure_default_model(settings: CommonSettings, progress: Callable[[str], None] = _print) -> str:
     """The version of ``genwire-gpt`` built from the current default checkpoint.
 
@@ -66,19 +104,10 @@ def ensure_default_model(settings: CommonSettings, progress: Callable[[str], Non
     with (model_dir / ".ensure.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            runtime = runtime_digest()
             engine = engine_key()
-            for version in reversed(repository.versions(DEFAULT_MODEL_NAME)):
-                found = repository.get(DEFAULT_MODEL_NAME, version)
-                manifest = found.manifest
-                # Same weights, same serving code and (where TensorRT runs here) an engine
-                # for this TensorRT version and GPU: nothing to rebuild.
-                if (
-                    manifest.get("source", {}).get("checkpoint_sha256") == digest
-                    and manifest.get("build", {}).get("runtime_sha256") == runtime
-                    and (engine is None or _has_engine(found.path, manifest, engine))
-                ):
-                    return str(version)
+            found = reusable_version(repository, digest, runtime_digest(), engine, progress)
+            if found is not None:
+                return found
             if engine is not None:
                 progress(f"building an engine for {key_name(engine)} ({engine.get('gpu', '')})")
             built = build_version(
