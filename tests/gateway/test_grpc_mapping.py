@@ -145,7 +145,10 @@ async def test_cancel_says_whether_the_id_was_known() -> None:
 def test_stream_pieces_carry_their_choice_and_logprobs() -> None:
     from genwire_gateway.grpc_service import to_stream_response
 
-    piece = Chunk(index=3, text="x", choice=2, finish_reason="stop", logprobs=[_lp("x", 4)])
+    result = GenerationResult(request_id="r1", text="x", timings=Timings(triton_compute_ms=3))
+    piece = Chunk(
+        index=3, text="x", choice=2, finish_reason="stop", logprobs=[_lp("x", 4)], result=result
+    )
     message = to_stream_response(piece, "r1", "t")
     assert (message.choice, message.finish_reason, message.final) == (2, "stop", False)
     assert message.logprobs[0].token_id == 4 and not message.HasField("usage")

@@ -203,49 +203,98 @@ def _no_build(*args: object, **kwargs: object) -> str:
     raise AssertionError("the default model was built after a crash-restart")
 
 
+def _restoring(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str | None]]:
+    """Spies for a restore on a private Triton: building fails the test; what restores the
+    models `genwire model load` served, and what brings the model up as `genwire up` does,
+    are recorded (the latter answers version "7")."""
+    import genwire_model
+    from genwire_stack import default_model
+
+    monkeypatch.setattr(genwire_model, "ensure_default_model", _no_build)
+    restored: list[str] = []
+    brought_up: list[str | None] = []
+    monkeypatch.setattr(
+        default_model, "restore_loaded_models", lambda cfg, base, out: restored.append(base)
+    )
+
+    def bring_up(cfg: CommonSettings, triton_http: str | None = None, out: object = None) -> str:
+        brought_up.append(triton_http)
+        return "7"
+
+    monkeypatch.setattr(default_model, "ensure_model_loaded", bring_up)
+    return restored, brought_up
+
+
 def test_a_crash_restart_serves_again_what_was_served_and_builds_nothing(
     infra: CommonSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The supervisor's after-restart step (`genwire default-model --restore`): the restarted
     # server loaded the default model as config.pbtxt names; the step keeps that version even
     # when the runtime's code changed on disk (which would make `genwire up` build a new one).
-    import genwire_model
     from genwire_stack import default_model
 
     repository = tmp_path / "repository"
     _model(repository, DEFAULT_MODEL)
-    monkeypatch.setattr(genwire_model, "ensure_default_model", _no_build)
-    restored: list[str] = []
-    monkeypatch.setattr(
-        default_model, "restore_loaded_models", lambda cfg, base, out: restored.append(base)
-    )
+    restored, brought_up = _restoring(monkeypatch)
     with _serve_privately(infra, repository) as base:
         settings = infra.model_copy(update={"model_repository": repository})
-        host = base.removeprefix("http://")
-        assert default_model.served_versions(settings, base, DEFAULT_MODEL) == ["1"]
-        assert default_model.restore_after_restart(settings, host) == "1"
+        assert default_model.restore_after_restart(settings, base.removeprefix("http://")) == "1"
         assert restored == [base]  # what `genwire model load` served comes back too
+        assert brought_up == []
         assert http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/1/ready") == 200
 
 
-def test_a_crash_restart_without_the_default_model_brings_it_up(
-    infra: CommonSettings, monkeypatch: pytest.MonkeyPatch
+def test_a_version_that_did_not_come_back_is_loaded_again_then_reported(
+    infra: CommonSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Nothing served after the restart (its load failed, or nothing was built yet): the step
-    # brings the model up as `genwire up` does.
+    # config.pbtxt names versions 1 and 2; 2 fails to load: 1 stays served, nothing is built,
+    # and the step fails naming 2 (the supervisor logs its exit code).
+    from genwire_stack import StackError, default_model
+
+    repository = tmp_path / "repository"
+    _model(repository, DEFAULT_MODEL)
+    (repository / DEFAULT_MODEL / "2").mkdir()
+    (repository / DEFAULT_MODEL / "2" / "model.py").write_text(BROKEN_PY)
+    config = repository / DEFAULT_MODEL / "config.pbtxt"
+    config.write_text(CONFIG + "version_policy: { specific: { versions: [ 1, 2 ] } }\n")
+    restored, brought_up = _restoring(monkeypatch)
+    said: list[str] = []
+    with _serve_privately(infra, repository) as base:
+        settings = infra.model_copy(update={"model_repository": repository})
+        with pytest.raises(StackError, match=r"version\(s\) 2 that config.pbtxt names"):
+            default_model.restore_after_restart(settings, base.removeprefix("http://"), said.append)
+        assert http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/1/ready") == 200
+    assert any("loading again" in line for line in said), said
+    assert restored == [base] and brought_up == []
+
+
+def test_a_crash_restart_without_the_default_model_brings_it_up(
+    infra: CommonSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Triton answers that no version is served, even after one more load (nothing was built
+    # yet): the step brings the model up as `genwire up` does.
     from genwire_stack import default_model
 
-    calls: list[str | None] = []
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    restored, brought_up = _restoring(monkeypatch)
+    with _serve_privately(infra, repository) as base:
+        settings = infra.model_copy(update={"model_repository": repository})
+        host = base.removeprefix("http://")
+        assert default_model.restore_after_restart(settings, host) == "7"
+    assert brought_up == [host] and restored == []
 
-    def bring_up(cfg: CommonSettings, triton_http: str | None = None, out: object = None) -> str:
-        calls.append(triton_http)
-        return "7"
 
-    monkeypatch.setattr(default_model, "ensure_model_loaded", bring_up)
-    nobody = f"127.0.0.1:{free_port()}"  # no server: no version served
-    assert default_model.served_versions(infra, f"http://{nobody}", DEFAULT_MODEL) == []
-    assert default_model.restore_after_restart(infra, nobody) == "7"
-    assert calls == [nobody]
+def test_a_crash_restart_that_cannot_reach_triton_builds_nothing(
+    infra: CommonSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No answer is not "nothing served": the step fails, it does not build on a guess.
+    from genwire_stack import StackError, default_model
+
+    restored, brought_up = _restoring(monkeypatch)
+    with pytest.raises(StackError, match="nothing built"):
+        default_model.restore_after_restart(infra, f"127.0.0.1:{free_port()}")
+    assert brought_up == [] and restored == []
 
 
 def test_the_supervisor_restores_the_model_and_genwire_up_builds_it(

@@ -58,8 +58,10 @@ def reusable_version(
     the newest whatever is asked, so the bring-up would wait in vain for the older one (code
     checked out back to an earlier runtime did that for 120 s); a new version is built then."""
     versions = repository.versions(DEFAULT_MODEL_NAME)
-    config = repository.root / DEFAULT_MODEL_NAME / CONFIG
-    text = config.read_text(encoding="utf-8") if config.is_file() else ""
+    try:
+        text = (repository.root / DEFAULT_MODEL_NAME / CONFIG).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):  # none yet (or unreadable): the build's latest
+        text = ""
     latest_only = configured_versions(text) is None
     for version in reversed(versions):
         found = repository.get(DEFAULT_MODEL_NAME, version)

@@ -170,8 +170,9 @@ def register(subparsers: Any) -> None:
     model.add_argument(
         "--restore",
         action="store_true",
-        help="after a crash-restart of Triton (its supervisor's step): serve again what was "
-        "served and build nothing, even when the model's runtime code changed since",
+        help="after a crash-restart of Triton (its supervisor's step): check that what "
+        "config.pbtxt names is served again and build nothing, even when the model's runtime "
+        "code changed since (only when no version is served is the model brought up)",
     )
     model.set_defaults(func=_default_model)
 

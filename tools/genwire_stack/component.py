@@ -96,8 +96,8 @@ class Component(ABC):
 
     def after_restart(self) -> tuple[str, list[str]] | None:
         """What its supervisor runs after each restart, once the URL answers 200:
-        ``(url, argv)`` (Triton: a new default-model version if the runtime changed, the
-        models ``genwire model load`` served), or None."""
+        ``(url, argv)`` (Triton: the default model's versions checked, nothing built, and the
+        models ``genwire model load`` served loaded again), or None."""
         return None
 
     def restart_arguments(self) -> list[str]:

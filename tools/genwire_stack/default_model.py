@@ -76,41 +76,61 @@ def restore_after_restart(
     ``config.pbtxt`` names (``Triton.restart_arguments``); building a version here when the
     runtime's code changed on disk since would move the traffic to it, and requests pinned to
     the served one would wait for it in vain (docs/reliability.md). A change of code is rolled
-    out by ``genwire up`` or ``genwire model build --load``, never by a crash. Returns the
-    newest version served; when none is (the load failed, or nothing was ever built), the
-    default model is brought up as ``genwire up`` does (``ensure_model_loaded``)."""
+    out by ``genwire up`` or ``genwire model build --load``, never by a crash.
+
+    Returns the newest version served. A version ``config.pbtxt`` names that did not come back
+    is loaded once more, then reported (``StackError``: the supervisor logs the step's exit).
+    Triton not answering is an error too: nothing is built on a guess. Only when Triton
+    answers that no version is served, even after one more load (nothing was ever built, or
+    every version fails), is the default model brought up as ``genwire up`` does."""
+    lc = _lifecycle_module()
+    if lc is None:
+        out("default model: not restored (no genwire_model.lifecycle)")
+        return None
     base = f"http://{triton_http or cfg.triton_http_url}"
-    served = served_versions(cfg, base, DEFAULT_MODEL)
+    control = lc.TritonControl(base, timeout_s=60.0)
+    named: list[str] = lc.configured_versions(_config_text(cfg)) or []
+    served: list[str] = []
+    try:
+        served = control.served(DEFAULT_MODEL)
+        if not served or set(named) - set(served):
+            out(f"{DEFAULT_MODEL}: {_described(served, named)} after the restart: loading again")
+            try:
+                control.load(DEFAULT_MODEL)
+            except lc.LifecycleError as exc:
+                out(f"{DEFAULT_MODEL}: {exc}")
+            served = control.served(DEFAULT_MODEL)
+    except lc.LifecycleError as exc:
+        raise StackError(f"after Triton's restart: {exc}; nothing built") from exc
+    finally:
+        control.close()
     if not served:
         out(f"{DEFAULT_MODEL}: not served after the restart; bringing it up as `genwire up` does")
         return ensure_model_loaded(cfg, triton_http, out)
     out(f"{DEFAULT_MODEL}: version(s) {', '.join(served)} served again (nothing built)")
     restore_loaded_models(cfg, base, out)
+    missing = sorted(set(named) - set(served), key=int)
+    if missing:
+        raise StackError(
+            f"{DEFAULT_MODEL}: version(s) {', '.join(missing)} that config.pbtxt names are not "
+            "served after Triton's restart (see Triton's log)"
+        )
     return served[-1]
 
 
-def served_versions(cfg: CommonSettings, base: str, model: str) -> list[str]:
-    """The versions of ``model`` Triton has ready (ascending; empty: none, or Triton did not
-    answer). ``base``: Triton's HTTP URL."""
-    import httpx
-
+def _config_text(cfg: CommonSettings) -> str:
+    """The default model's config.pbtxt ("" when it cannot be read: no versions named)."""
     try:
-        with httpx.Client(timeout=5.0, trust_env=False) as client:
-            response = client.post(
-                f"{base}/v2/repository/index",
-                json={"ready": True},
-                headers=triton_admin.headers(cfg),  # the repository API is restricted
-            )
-    except httpx.HTTPError:
-        return []
-    if response.status_code != 200:
-        return []
-    ready = {
-        str(entry.get("version", ""))
-        for entry in response.json()
-        if entry.get("name") == model and entry.get("state") == "READY"
-    }
-    return sorted((v for v in ready if v.isdigit()), key=int)
+        return (cfg.repository / DEFAULT_MODEL / "config.pbtxt").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _described(served: list[str], named: list[str]) -> str:
+    if not served:
+        return "no version served"
+    missing = sorted(set(named) - set(served), key=int)
+    return f"version(s) {', '.join(missing)} of {', '.join(named)} not served"
 
 
 def serve_version(
