@@ -244,12 +244,34 @@ def test_a_crash_restart_serves_again_what_was_served_and_builds_nothing(
         assert http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/1/ready") == 200
 
 
-def test_a_version_that_did_not_come_back_is_loaded_again_then_reported(
+def test_a_named_version_that_is_gone_is_loaded_again_then_reported(
     infra: CommonSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # config.pbtxt names versions 1 and 2; 2 fails to load: 1 stays served, nothing is built,
-    # and the step fails naming 2 (the supervisor logs its exit code).
+    # config.pbtxt names versions 1 and 3; 3's folder is gone (Triton serves 1 without it):
+    # 1 stays served, nothing is built, and the step fails naming 3 (the supervisor logs it).
     from genwire_stack import StackError, default_model
+
+    repository = tmp_path / "repository"
+    _model(repository, DEFAULT_MODEL)
+    config = repository / DEFAULT_MODEL / "config.pbtxt"
+    config.write_text(CONFIG + "version_policy: { specific: { versions: [ 1, 3 ] } }\n")
+    restored, brought_up = _restoring(monkeypatch)
+    said: list[str] = []
+    with _serve_privately(infra, repository) as base:
+        settings = infra.model_copy(update={"model_repository": repository})
+        with pytest.raises(StackError, match=r"version\(s\) 3 that config.pbtxt names"):
+            default_model.restore_after_restart(settings, base.removeprefix("http://"), said.append)
+        assert http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/1/ready") == 200
+    assert any("version(s) 3 of 1, 3 not served" in line for line in said), said
+    assert restored == [base] and brought_up == []
+
+
+def test_a_named_version_that_fails_takes_the_model_down_and_it_is_brought_up(
+    infra: CommonSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Triton serves none of a model's versions when one of them fails to load: the step loads
+    # once more (Triton's reason in its output), then brings the model up as `genwire up` does.
+    from genwire_stack import default_model
 
     repository = tmp_path / "repository"
     _model(repository, DEFAULT_MODEL)
@@ -261,11 +283,11 @@ def test_a_version_that_did_not_come_back_is_loaded_again_then_reported(
     said: list[str] = []
     with _serve_privately(infra, repository) as base:
         settings = infra.model_copy(update={"model_repository": repository})
-        with pytest.raises(StackError, match=r"version\(s\) 2 that config.pbtxt names"):
-            default_model.restore_after_restart(settings, base.removeprefix("http://"), said.append)
-        assert http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/1/ready") == 200
-    assert any("loading again" in line for line in said), said
-    assert restored == [base] and brought_up == []
+        host = base.removeprefix("http://")
+        assert default_model.restore_after_restart(settings, host, said.append) == "7"
+    assert said[0].endswith("no version served after the restart: loading again"), said
+    assert any("this version cannot load" in line for line in said), said
+    assert brought_up == [host] and restored == []
 
 
 def test_a_crash_restart_without_the_default_model_brings_it_up(
