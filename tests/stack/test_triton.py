@@ -225,6 +225,23 @@ def _restoring(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str | N
     return restored, brought_up
 
 
+@contextlib.contextmanager
+def _restarted(infra: CommonSettings, repository: Path) -> Iterator[tuple[CommonSettings, str]]:
+    """A private Triton started as its supervisor restarts it: the settings and ``host:port``
+    a restore step is given."""
+    with _serve_privately(infra, repository) as base:
+        yield (
+            infra.model_copy(update={"model_repository": repository}),
+            base.removeprefix("http://"),
+        )
+
+
+def _name_versions(repository: Path, versions: str) -> None:
+    """The default model's config.pbtxt names ``versions`` (a ``specific`` policy)."""
+    config = repository / DEFAULT_MODEL / "config.pbtxt"
+    config.write_text(CONFIG + f"version_policy: {{ specific: {{ versions: [ {versions} ] }} }}\n")
+
+
 def test_a_crash_restart_serves_again_what_was_served_and_builds_nothing(
     infra: CommonSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -236,12 +253,11 @@ def test_a_crash_restart_serves_again_what_was_served_and_builds_nothing(
     repository = tmp_path / "repository"
     _model(repository, DEFAULT_MODEL)
     restored, brought_up = _restoring(monkeypatch)
-    with _serve_privately(infra, repository) as base:
-        settings = infra.model_copy(update={"model_repository": repository})
-        assert default_model.restore_after_restart(settings, base.removeprefix("http://")) == "1"
-        assert restored == [base]  # what `genwire model load` served comes back too
+    with _restarted(infra, repository) as (settings, host):
+        assert default_model.restore_after_restart(settings, host) == "1"
+        assert restored == [f"http://{host}"]  # what `genwire model load` served comes back too
         assert brought_up == []
-        assert http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/1/ready") == 200
+        assert http_status(f"http://{host}/v2/models/{DEFAULT_MODEL}/versions/1/ready") == 200
 
 
 def test_a_named_version_that_is_gone_is_loaded_again_then_reported(
@@ -253,17 +269,15 @@ def test_a_named_version_that_is_gone_is_loaded_again_then_reported(
 
     repository = tmp_path / "repository"
     _model(repository, DEFAULT_MODEL)
-    config = repository / DEFAULT_MODEL / "config.pbtxt"
-    config.write_text(CONFIG + "version_policy: { specific: { versions: [ 1, 3 ] } }\n")
+    _name_versions(repository, "1, 3")
     restored, brought_up = _restoring(monkeypatch)
     said: list[str] = []
-    with _serve_privately(infra, repository) as base:
-        settings = infra.model_copy(update={"model_repository": repository})
+    with _restarted(infra, repository) as (settings, host):
         with pytest.raises(StackError, match=r"version\(s\) 3 that config.pbtxt names"):
-            default_model.restore_after_restart(settings, base.removeprefix("http://"), said.append)
-        assert http_status(f"{base}/v2/models/{DEFAULT_MODEL}/versions/1/ready") == 200
+            default_model.restore_after_restart(settings, host, said.append)
+        assert http_status(f"http://{host}/v2/models/{DEFAULT_MODEL}/versions/1/ready") == 200
     assert any("version(s) 3 of 1, 3 not served" in line for line in said), said
-    assert restored == [base] and brought_up == []
+    assert restored == [f"http://{host}"] and brought_up == []
 
 
 def test_a_named_version_that_fails_takes_the_model_down_and_it_is_brought_up(
@@ -277,13 +291,10 @@ def test_a_named_version_that_fails_takes_the_model_down_and_it_is_brought_up(
     _model(repository, DEFAULT_MODEL)
     (repository / DEFAULT_MODEL / "2").mkdir()
     (repository / DEFAULT_MODEL / "2" / "model.py").write_text(BROKEN_PY)
-    config = repository / DEFAULT_MODEL / "config.pbtxt"
-    config.write_text(CONFIG + "version_policy: { specific: { versions: [ 1, 2 ] } }\n")
+    _name_versions(repository, "1, 2")
     restored, brought_up = _restoring(monkeypatch)
     said: list[str] = []
-    with _serve_privately(infra, repository) as base:
-        settings = infra.model_copy(update={"model_repository": repository})
-        host = base.removeprefix("http://")
+    with _restarted(infra, repository) as (settings, host):
         assert default_model.restore_after_restart(settings, host, said.append) == "7"
     assert said[0].endswith("no version served after the restart: loading again"), said
     assert any("this version cannot load" in line for line in said), said
@@ -300,9 +311,7 @@ def test_a_crash_restart_without_the_default_model_brings_it_up(
     repository = tmp_path / "repository"
     repository.mkdir()
     restored, brought_up = _restoring(monkeypatch)
-    with _serve_privately(infra, repository) as base:
-        settings = infra.model_copy(update={"model_repository": repository})
-        host = base.removeprefix("http://")
+    with _restarted(infra, repository) as (settings, host):
         assert default_model.restore_after_restart(settings, host) == "7"
     assert brought_up == [host] and restored == []
 
