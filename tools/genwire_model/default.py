@@ -91,6 +91,8 @@ def ensure_default_model(settings: CommonSettings, progress: Callable[[str], Non
     current serving code (model.py and its runtime) and, where TensorRT runs here, with an
     engine for this TensorRT version and GPU compute capability: a `pip install -U tensorrt`,
     another GPU, or a repository first built without one gets a version with a fitting engine.
+    A fitting version older than the newest counts only where config.pbtxt names versions
+    (``reusable_version``).
     """
     result = ensure_checkpoint(settings.home, progress=progress)
     if result.trained:
