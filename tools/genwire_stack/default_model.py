@@ -89,7 +89,7 @@ def restore_after_restart(
         return None
     base = f"http://{triton_http or cfg.triton_http_url}"
     control = lc.TritonControl(base, timeout_s=60.0)
-    named: list[str] = lc.configured_versions(_config_text(cfg)) or []
+    named: list[str] = lc.configured_versions(_config_text(cfg, lc.CONFIG)) or []
     served: list[str] = []
     try:
         served = control.served(DEFAULT_MODEL)
@@ -118,10 +118,11 @@ def restore_after_restart(
     return served[-1]
 
 
-def _config_text(cfg: CommonSettings) -> str:
-    """The default model's config.pbtxt ("" when it cannot be read: no versions named)."""
+def _config_text(cfg: CommonSettings, name: str) -> str:
+    """The default model's config file ``name`` ("" when it cannot be read: no versions
+    named)."""
     try:
-        return (cfg.repository / DEFAULT_MODEL / "config.pbtxt").read_text(encoding="utf-8")
+        return (cfg.repository / DEFAULT_MODEL / name).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return ""
 

@@ -106,7 +106,7 @@ class GatewayDriver(Driver):
                 record.end = now
                 record.output_tokens = chunk.usage.completion_tokens
                 record.prompt_tokens = chunk.usage.prompt_tokens
-                at_model = model_ms(chunk.timings) if chunk.HasField("timings") else None
+                at_model = model_ms(chunk.timings)  # (None when the message has none)
                 if at_model is not None:
                     record.extra[MODEL_MS] = at_model
                 if record.first_token is None:
