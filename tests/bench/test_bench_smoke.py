@@ -12,6 +12,7 @@ import pytest
 from genwire_bench.at_model import at_model
 from genwire_bench.records import MODEL_MS, SamplingSpec
 from genwire_bench.runner import BenchConfig, Runner
+from genwire_bench.served import measured_version
 from genwire_bench.tokenizer import load_model_inputs
 
 from genwire.errors import PermanentError
@@ -42,12 +43,19 @@ def test_small_run_against_the_stack(loop_name: str) -> None:
     down = [name for name, address in needed.items() if not _listening(address)]
     if down:
         pytest.skip(f"the stack is not running ({', '.join(down)} down): start it with `make up`")
+    targets = ["triton", "triton-stream", "grpc", "grpc-stream", "kafka", "kafka-stream"]
+    measured = measured_version(
+        model="genwire-gpt",
+        targets=targets,
+        triton_url=settings.triton_grpc_url,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+    )
     try:
-        inputs = load_model_inputs(settings.repository, "genwire-gpt")
+        inputs = load_model_inputs(settings.repository, "genwire-gpt", measured.version or None)
     except PermanentError as exc:
         pytest.skip(f"no model in the repository yet: {exc.message}")
     cfg = BenchConfig(
-        targets=["triton", "triton-stream", "grpc", "grpc-stream", "kafka", "kafka-stream"],
+        targets=targets,
         requests=4,
         warmup=1,
         rounds=1,

@@ -100,7 +100,6 @@ def fake_sides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
     level's steal, ``in_process_errors`` each in-process level's failed requests, ``calls`` the
     order of the sides. The machine's steal reader reads nothing (the in-process side: None)."""
     version = SimpleNamespace(version=7, path=tmp_path)
-    repository = SimpleNamespace(latest=lambda model: version)
     tokenizer = SimpleNamespace(encode=lambda prompt: SimpleNamespace(ids=[1]))
     scheduler = SimpleNamespace(start=lambda: None, stop=lambda: None)
     state: dict[str, Any] = {"triton_steals": iter(()), "in_process_errors": 0, "calls": []}
@@ -115,7 +114,7 @@ def fake_sides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
         result.errors = state["in_process_errors"]
         return result
 
-    monkeypatch.setattr(bench_rounds, "ModelRepository", lambda _: repository)
+    monkeypatch.setattr(bench_rounds, "served_version", lambda *a: version)
     monkeypatch.setattr(bench_rounds, "load_tokenizer", lambda _: tokenizer)
     monkeypatch.setattr(bench_rounds, "_scheduler", lambda *a, **k: scheduler)
     monkeypatch.setattr(bench_rounds, "cpu_times", lambda: None)

@@ -201,6 +201,7 @@ def main(args: argparse.Namespace) -> int:
     from genwire_bench.report import render, write_json, write_plot
     from genwire_bench.runner import TARGETS, BenchConfig, Runner
     from genwire_bench.scaling import SCALING_TARGETS
+    from genwire_bench.served import measured_version
     from genwire_bench.tokenizer import load_model_inputs
 
     default = "grpc" if args.scaling else DEFAULT_TARGETS
@@ -240,8 +241,18 @@ def main(args: argparse.Namespace) -> int:
         return 1
     settings = CommonSettings()
     model = args.model or "genwire-gpt"
+    # The version the pipeline serves now (its policy, else Triton's newest), not the
+    # repository's newest: after a rollback the two differ, and direct Triton must match.
+    measured = measured_version(
+        model=model,
+        targets=targets,
+        triton_url=settings.triton_grpc_url,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+    )
+    if measured.note:
+        print(f"note: {measured.note}", file=sys.stderr)
     try:
-        inputs = load_model_inputs(settings.repository, model)
+        inputs = load_model_inputs(settings.repository, model, measured.version or None)
     except PermanentError as exc:
         print(
             f"cannot tokenize the prompts: {exc.message} (is the model built? `make up`)",

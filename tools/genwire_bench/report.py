@@ -41,7 +41,9 @@ def render(report: BenchReport) -> str:
     cfg, env = report.config, report.environment
     s = cfg["sampling"]
     out = [
-        f"genwire bench — run {report.run_id}, model {cfg['model']}, {cfg['requests']} requests "
+        f"genwire bench — run {report.run_id}, model {cfg['model']}"
+        + (f" version {cfg['model_version']}" if cfg.get("model_version") else "")
+        + f", {cfg['requests']} requests "
         f"per target and load ({cfg['rounds']} round(s), {cfg['warmup']} warm-up), "
         f"max_tokens {s['max_tokens']}, temperature {s['temperature']:g}, seed {s['seed']}",
         f"{env['cpus']} CPUs, client on {env.get('event_loop', 'asyncio')}, "

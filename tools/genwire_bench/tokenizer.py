@@ -16,7 +16,7 @@ class ModelInputs:
 
     @property
     def version(self) -> str:
-        """The model version the pipeline uses now (the newest in the repository)."""
+        """The model version these assets are of (``genwire_bench.served`` picks it)."""
         return self.assets.version
 
     @property

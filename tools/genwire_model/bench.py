@@ -40,11 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from genwire_bench.served import served_versions
 from genwire_bench.steal import cpu_times, stolen_pct
 
 from genwire.service import loop as event_loops
 from genwire_model.client import Generation, generate, generate_shared
-from genwire_model.repository import ModelRepository, load_tokenizer
+from genwire_model.repository import ModelRepository, ModelVersion, load_tokenizer
 
 PROMPTS = (
     "Return the number of",
@@ -484,6 +485,15 @@ def _cpu_text(cpu: dict[str, float]) -> str:
     return f"{cpu.get('total', float('nan')):>6.3f} ({parts})" if cpu else ""
 
 
+def served_version(url: str, model: str, repository: Path) -> ModelVersion:
+    """The version the requests reach (they name none: Triton's newest served), so the
+    tokenizer, the in-process ceiling and the label are of it; the repository's newest when
+    Triton serves none (the Triton phase then fails on its own)."""
+    served = asyncio.run(served_versions(url, model))
+    repo = ModelRepository(repository)
+    return repo.get(model, int(served[-1])) if served else repo.latest(model)
+
+
 def run(
     url: str,
     model: str,
@@ -504,7 +514,7 @@ def run(
     responses at least that far apart (what the inference service asks for); the client runs
     on ``event_loop`` (``genwire.service.loop``)."""
     client_loop = event_loops.label(event_loop)
-    version = ModelRepository(repository).latest(model)
+    version = served_version(url, model, repository)
     tokenizer = load_tokenizer(version)
     prompts = [tokenizer.encode(p).ids for p in PROMPTS]
     header = (

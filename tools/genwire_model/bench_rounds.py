@@ -32,8 +32,9 @@ from genwire_model.bench import (
     run_in_process_level,
     run_level,
     run_static,
+    served_version,
 )
-from genwire_model.repository import ModelRepository, load_tokenizer
+from genwire_model.repository import load_tokenizer
 
 ATTEMPTS = 3
 """Tries of one round's level when the hypervisor's steal is above ``max_steal``."""
@@ -151,7 +152,7 @@ def run_rounds(
     if rounds < 1:
         raise ValueError("rounds must be at least 1")
     client_loop = event_loops.label(event_loop)  # Triton's client (``bench.run``)
-    version = ModelRepository(repository).latest(model)
+    version = served_version(url, model, repository)  # the version Triton's requests reach
     tokenizer = load_tokenizer(version)
     prompts = [tokenizer.encode(p).ids for p in PROMPTS]
     print(

@@ -77,7 +77,7 @@ class ModelRepository:
         return ModelVersion(name, version, path, manifest)
 
     def latest(self, name: str) -> ModelVersion:
-        """The highest complete version (what Triton's default version policy serves)."""
+        """The highest complete version (what a build's ``latest`` version policy serves)."""
         versions = self.versions(name)
         if not versions:
             raise ModelNotFoundError(
