@@ -26,6 +26,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -305,6 +306,20 @@ def resolve(
     if policy.champion:
         return policy.champion, CHAMPION
     return "", DEFAULT_ARM
+
+
+def served_instead(policy: ModelPolicy, version: str, served: Sequence[str] | None) -> str:
+    """The version that serves a request ``policy`` routed to ``version`` while Triton serves
+    ``served`` (ascending; None or empty: it did not say, or serves nothing of the model now):
+    ``version`` itself when it is served, when Triton said nothing, or when the champion is
+    served (a canary that is not served fails like any broken canary); else the newest served
+    version the policy names, else the newest served (preprocess's ``route_fallback``)."""
+    if not served or version in served:
+        return version
+    if policy.champion and policy.champion in served:
+        return version
+    named = [v for v in served if v in policy.versions()]
+    return (named or list(served))[-1]
 
 
 def shadow_of(policy: ModelPolicy | None, served_version: str) -> str:

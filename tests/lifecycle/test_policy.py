@@ -17,6 +17,7 @@ from genwire.policy import (
     promote,
     resolve,
     rollback,
+    served_instead,
     shadow_of,
 )
 
@@ -155,3 +156,14 @@ def test_parse_weights() -> None:
     for bad in ("1:90", "a=1", "1=x", "1=50,1=50", ""):
         with pytest.raises(PolicyError):
             parse_weights(bad)
+
+
+def test_served_instead_moves_only_what_preprocess_would_move() -> None:
+    p = ModelPolicy(model="m", aliases={"champion": "5", "previous": "2"}, weights={"5": 100})
+    assert served_instead(p, "5", ["2", "5"]) == "5"  # served
+    assert served_instead(p, "5", None) == "5"  # Triton said nothing
+    assert served_instead(p, "5", []) == "5"  # Triton serves nothing of it (restarting)
+    assert served_instead(p, "5", ["2", "3"]) == "2"  # the newest served the policy names
+    assert served_instead(p, "5", ["3", "4"]) == "4"  # else the newest served
+    canary = ModelPolicy(model="m", aliases={"champion": "2"}, weights={"2": 90, "6": 10})
+    assert served_instead(canary, "6", ["2"]) == "6"  # the champion serves: the canary fails

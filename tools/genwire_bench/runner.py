@@ -27,6 +27,7 @@ from genwire_bench.resources import (
     own_process,
     sum_known,
 )
+from genwire_bench.served import DIRECT_TARGETS
 from genwire_bench.stats import Load, Overhead, Summary, compare, summarize
 from genwire_bench.steal import cpu_times
 from genwire_bench.traces import Breakdown, JaegerClient, breakdown
@@ -58,7 +59,8 @@ class BenchConfig:
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
     model: str = "genwire-gpt"
     model_version: str = ""
-    """Version the baseline asks Triton for: the one the pipeline resolves (newest)."""
+    """Version the baseline asks Triton for: the one the pipeline routes to
+    (``genwire_bench.served``); ``""``: Triton's default."""
     stop_token_ids: Sequence[int] = ()
     """The model's end-of-sequence ids, sent to Triton directly as preprocess sends them."""
     triton_url: str = "127.0.0.1:8001"
@@ -133,7 +135,7 @@ DriverFactory = Callable[[str, "BenchConfig", dict[str, Any]], Driver]
 
 def make_driver(name: str, cfg: BenchConfig, shared: dict[str, Any]) -> Driver:
     """The driver of a target name (imports stay lazy: each pulls in its client library)."""
-    if name in ("triton", "triton-stream"):
+    if name in DIRECT_TARGETS:
         from genwire_bench.drivers.triton import TritonDriver
 
         return TritonDriver(

@@ -13,61 +13,78 @@ from dataclasses import dataclass
 
 from aiokafka.errors import KafkaError
 
-from genwire.policy import ModelPolicy, PolicyError
+from genwire.policy import ModelPolicy, served_instead
 from genwire.policyfeed import read_policies
 
 DIRECT_TARGETS = frozenset({"triton", "triton-stream"})
+"""The targets that ask Triton straight, not through the pipeline."""
 
 
 @dataclass(frozen=True)
 class MeasuredVersion:
-    """The version to measure (``""``: none known, the repository's newest) and why not the
-    obvious one, when it is not."""
+    """The version to measure (``""``: none known, the repository's newest) and what the run's
+    reader should know about it (a split, a version not served)."""
 
     version: str
     note: str = ""
 
 
+def _by_weight(policy: ModelPolicy, served: list[str] | None) -> dict[str, int]:
+    """The share of requests (of 100) each version serves, as preprocess routes them with its
+    default ``route_fallback``: a live version Triton does not serve moves to the one serving
+    in its place, when there is one."""
+    live = policy.live_versions()
+    shares: dict[str, int] = {}
+    for version in live:
+        weight = policy.weights.get(version, 0) if policy.weights else 100
+        serving = served_instead(policy, version, served)
+        shares[serving] = shares.get(serving, 0) + weight
+    return shares
+
+
 def choose(model: str, policy: ModelPolicy | None, served: list[str] | None) -> MeasuredVersion:
-    """The version the pipeline sends ``model``'s requests to, as preprocess routes them.
+    """The version most of ``model``'s pipeline requests reach, as preprocess routes them.
 
-    ``served``: the versions Triton serves, ascending (None: Triton did not say). A policy's
-    live versions win (one of several: the champion, else the heaviest); without a policy,
-    the newest served version, as preprocess picks it.
+    ``served``: the versions Triton serves, ascending (None: Triton did not say). Without a
+    policy naming a live version, the newest served one. Otherwise each live version's weight
+    goes to the version serving it (preprocess's fallback for one Triton does not serve), and
+    the heaviest served one wins (a tie: the champion, else the newest).
     """
-    live = policy.live_versions() if policy is not None else set()
-    if not live:
+    if policy is None or not policy.live_versions():
         return MeasuredVersion(served[-1] if served else "")
-    assert policy is not None
-    if len(live) == 1:
-        version = next(iter(live))
-        note = ""
-    else:
-        weights = {v: policy.weights.get(v, 0) for v in live}
-        version = (
-            policy.champion
-            if policy.champion in live
-            else max(sorted(live), key=lambda v: weights[v])
+    shares = _by_weight(policy, served)
+    notes = [
+        f"the policy routes {shares[v]} % of {model}'s requests to version {v}, which Triton "
+        "does not serve: they fail (model_not_loaded)"
+        for v in sorted(shares, key=int)
+        if served is not None and v not in served
+    ]
+    candidates = [v for v in shares if served is None or v in served] or list(shares)
+    version = max(candidates, key=lambda v: (shares[v], v == policy.champion, int(v)))
+    moved = sorted(v for v in policy.live_versions() if served_instead(policy, v, served) != v)
+    if moved:
+        notes.insert(
+            0,
+            f"version {', '.join(moved)} of {model}, which its policy routes to, is not served: "
+            "preprocess serves those requests with another (route_fallback)",
         )
-        split = ", ".join(f"version {v} {weights[v]} %" for v in sorted(live, key=int))
-        note = (
-            f"the policy splits {model}'s requests ({split}): the pipeline's figures mix "
-            f"them, direct Triton is measured on version {version}"
+    if len(shares) > 1:
+        split = ", ".join(f"version {v} {shares[v]} %" for v in sorted(shares, key=int))
+        notes.append(
+            f"{model}'s requests are split ({split}): the pipeline's figures mix the versions, "
+            f"direct Triton is measured on version {version}"
         )
-    if served is not None and version not in served:
-        gap = f"the policy routes {model} to version {version}, which Triton does not serve"
-        note = f"{note}; {gap}" if note else gap
-    return MeasuredVersion(version, note)
+    return MeasuredVersion(version, "; ".join(notes))
 
 
-async def served_versions(triton_url: str, model: str) -> list[str] | None:
+async def served_versions(triton_url: str, model: str, timeout_s: float = 5.0) -> list[str] | None:
     """The versions Triton serves of ``model``, ascending (None: not reachable or not served)."""
     from tritonclient.grpc import aio as grpcaio
     from tritonclient.utils import InferenceServerException
 
     client = grpcaio.InferenceServerClient(triton_url)
     try:
-        metadata = await client.get_model_metadata(model)
+        metadata = await client.get_model_metadata(model, client_timeout=timeout_s)
     except InferenceServerException:
         return None
     finally:
@@ -93,16 +110,15 @@ def measured_version(
 
     A run of direct targets alone measures what Triton serves by default, the newest version.
     """
-    served = asyncio.run(served_versions(triton_url, model))
-    policy: ModelPolicy | None = None
-    unread = ""
-    if not set(targets) <= DIRECT_TARGETS:
-        try:
-            policy = asyncio.run(_policy(bootstrap_servers, model, timeout_s))
-        except (PolicyError, KafkaError, OSError) as exc:
-            unread = f"the model's policy was not read ({exc}): measuring the newest served version"
-    chosen = choose(model, policy, served)
-    if unread:
-        note = f"{unread}; {chosen.note}" if chosen.note else unread
-        return MeasuredVersion(chosen.version, note)
-    return chosen
+    served = asyncio.run(served_versions(triton_url, model, timeout_s))
+    if set(targets) <= DIRECT_TARGETS:
+        return choose(model, None, served)
+    try:
+        policy = asyncio.run(_policy(bootstrap_servers, model, timeout_s))
+    except (KafkaError, OSError, ValueError) as exc:  # ValueError: PolicyError, bad security
+        fallback = "the newest served version" if served else "the repository's newest version"
+        return MeasuredVersion(
+            served[-1] if served else "",
+            f"{model}'s policy was not read ({exc}): measuring {fallback}",
+        )
+    return choose(model, policy, served)

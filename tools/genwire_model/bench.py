@@ -491,7 +491,14 @@ def served_version(url: str, model: str, repository: Path) -> ModelVersion:
     Triton serves none (the Triton phase then fails on its own)."""
     served = asyncio.run(served_versions(url, model))
     repo = ModelRepository(repository)
-    return repo.get(model, int(served[-1])) if served else repo.latest(model)
+    if not served:
+        return repo.latest(model)
+    if int(served[-1]) not in repo.versions(model):
+        raise SystemExit(
+            f"genwire model bench: Triton at {url} serves {model} version {served[-1]}, which "
+            f"is not in {repository}: name Triton's model repository with --repository"
+        )
+    return repo.get(model, int(served[-1]))
 
 
 def run(

@@ -24,6 +24,7 @@ from genwire.policy import (
     ModelPolicy,
     PolicyError,
     resolve,
+    served_instead,
     shadow_of,
 )
 from genwire.request import ErrorCode
@@ -156,12 +157,9 @@ class Router:
         never replaced; Triton serving nothing of the model (restarting) changes nothing."""
         listed = getattr(self.versions, "listed", None)
         served = await listed(policy.model) if listed is not None else None
-        if not served or version in served:
+        instead = served_instead(policy, version, served)
+        if instead == version or not served:
             return version, arm
-        if policy.champion and policy.champion in served:
-            return version, arm
-        named = [v for v in served if v in policy.versions()]
-        instead = (named or served)[-1]
         self.fallbacks += 1
         if self.on_fallback is not None:
             self.on_fallback(policy.model, version, instead)
