@@ -76,6 +76,7 @@ from genwire_bench.floor_front import (
     parse_fronts,
     serving,
 )
+from genwire_bench.floor_model import ModelLoad, beside_model
 from genwire_bench.stats import distribution
 from genwire_bench.traces import JaegerClient, breakdown
 
@@ -953,6 +954,15 @@ def parser() -> argparse.ArgumentParser:
         "librdkafka (confluent-kafka); the same "
         "settings and semantics; all but aiokafka need --no-tracing (genwire_bench.floor_clients)",
     )
+    p.add_argument(
+        "--beside-model",
+        metavar="MODEL",
+        nargs="?",
+        const="genwire-gpt",
+        help="keep MODEL (default genwire-gpt) decoding on the stack's Triton throughout, "
+        "one direct request at a time, as the pipeline's c=1 keeps it busy "
+        "(genwire_bench.floor_model)",
+    )
     p.add_argument("--json", dest="json_path", help="write the phases as JSON here")
     p.add_argument("--relay", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     p.add_argument("--front-serve", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
@@ -1069,13 +1079,27 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     load0 = os.getloadavg()
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    phases = event_loop.run(measure(args), args.loop)
+    beside = ModelLoad("")
+    with contextlib.ExitStack() as stack:
+        if args.beside_model:
+            from genwire.settings import CommonSettings
+
+            beside = stack.enter_context(
+                beside_model(CommonSettings().triton_grpc_url, args.beside_model)
+            )
+        phases = event_loop.run(measure(args), args.loop)
     load1 = os.getloadavg()
     print(
         f"floor: {started}, broker {args.bootstrap_servers}, client {args.client}, "
         f"loop {args.loop}, "
         f"tracing {'on' if args.tracing else 'off'} (relay), fetch_max_wait_ms "
         f"{args.fetch_max_wait_ms}, load average {load0[0]:.2f} → {load1[0]:.2f}"
+        + (
+            f", beside {beside.model} decoding one request at a time ({beside.requests} "
+            "requests served meanwhile)"
+            if args.beside_model
+            else ""
+        )
     )
     print(render(phases))
     if args.json_path:
@@ -1090,6 +1114,7 @@ def main(argv: list[str] | None = None) -> int:
                         if k not in ("relay", "front_serve", "group")
                     },
                     "phases": [asdict(p) for p in phases],
+                    "beside_model": asdict(beside) if args.beside_model else None,
                 },
                 handle,
                 indent=2,
