@@ -26,7 +26,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -306,6 +306,11 @@ def resolve(
     if policy.champion:
         return policy.champion, CHAMPION
     return "", DEFAULT_ARM
+
+
+def numbered_versions(listed: Iterable[object]) -> list[str]:
+    """Version names as Triton lists them, numbered ones only, in ascending order."""
+    return sorted((str(v) for v in listed if str(v).isdigit()), key=int)
 
 
 def served_instead(policy: ModelPolicy, version: str, served: Sequence[str] | None) -> str:

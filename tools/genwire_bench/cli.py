@@ -254,10 +254,13 @@ def main(args: argparse.Namespace) -> int:
     try:
         inputs = load_model_inputs(settings.repository, model, measured.version or None)
     except PermanentError as exc:
-        print(
-            f"cannot tokenize the prompts: {exc.message} (is the model built? `make up`)",
-            file=sys.stderr,
+        hint = (
+            f"the pipeline serves version {measured.version}: is {settings.repository} "
+            "Triton's model repository? (GENWIRE_MODEL_REPOSITORY)"
+            if measured.version
+            else "is the model built? `make up`"
         )
+        print(f"cannot tokenize the prompts: {exc.message} ({hint})", file=sys.stderr)
         return 1
     cfg = BenchConfig(
         targets=targets,

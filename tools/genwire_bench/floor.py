@@ -76,7 +76,7 @@ from genwire_bench.floor_front import (
     parse_fronts,
     serving,
 )
-from genwire_bench.floor_model import ModelLoad, beside_model
+from genwire_bench.floor_model import READY, ModelLoad, beside_model
 from genwire_bench.stats import distribution
 from genwire_bench.traces import JaegerClient, breakdown
 
@@ -86,7 +86,6 @@ if TYPE_CHECKING:  # floor_clients imports confluent-kafka: only for the other -
 
     FloorProducer = EventProducer | PlainProducer | RdProducer  # by --client
 MODES = ("bare", "hop", "idle", "chain")
-READY = "ready"
 
 
 @dataclass
@@ -1079,7 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     load0 = os.getloadavg()
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    beside = ModelLoad("")
+    beside: ModelLoad | None = None
     with contextlib.ExitStack() as stack:
         if args.beside_model:
             from genwire.settings import CommonSettings
@@ -1097,7 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
         + (
             f", beside {beside.model} decoding one request at a time ({beside.requests} "
             "requests served meanwhile)"
-            if args.beside_model
+            if beside is not None
             else ""
         )
     )
@@ -1114,11 +1113,18 @@ def main(argv: list[str] | None = None) -> int:
                         if k not in ("relay", "front_serve", "group")
                     },
                     "phases": [asdict(p) for p in phases],
-                    "beside_model": asdict(beside) if args.beside_model else None,
+                    "beside_model": asdict(beside) if beside is not None else None,
                 },
                 handle,
                 indent=2,
             )
+    if beside is not None and beside.trouble():
+        print(
+            f"--beside-model: the model did not decode throughout ({beside.trouble()}): these "
+            "figures are not the floor beside a busy model",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

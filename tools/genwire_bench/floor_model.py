@@ -2,114 +2,159 @@
 
 At concurrency 1 the pipeline's hops and stages share the machine with a model decoding one
 request at a time; on two cores that takes one of them. The floor measured with the model idle
-leaves that out. This keeps the served model busy the same way, in its own process (so the
+leaves that out. This keeps the served model busy the same way, in a process of its own (so the
 floor's client CPU is not its): direct Triton requests one after another, greedy, a fixed
-32-token prompt, ``--max-tokens`` each, until it is told to stop.
+32-token prompt, 32 new tokens each (the child's third argument), until its stdin closes — as
+the floor's relays stop, so a floor that dies leaves no model load running behind it.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
+import json
 import select
-import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import IO
 
 from genwire.service import loop as event_loop
 
+READY = "ready"
+"""The line a floor child prints once it works (the relays, the front, the model load)."""
 PROMPT_IDS = list(range(10, 42))
 """Token ids every model with a vocabulary of 42 or more accepts; the text does not matter."""
-READY = "ready"
+REQUEST_TIMEOUT_S = 30.0
+RETRY_PAUSE_S = 0.5
 
 
 @dataclass
 class ModelLoad:
-    """What the background model served while the floor ran (filled in at the end)."""
+    """What the model load did while the floor ran (filled in once it stopped)."""
 
     model: str
     requests: int = 0
+    """Requests answered in full."""
+    failed: int = 0
+    """Requests that failed or timed out after the first answered one (each then retried)."""
+    error: str = ""
+    """The last failure, or why the child ended badly."""
+
+    def trouble(self) -> str:
+        """ "" when the model decoded throughout, else what went wrong (the floor's figures
+        then are not those beside a busy model)."""
+        if self.error or self.failed:
+            return f"{self.failed} request(s) failed, the last: {self.error}"
+        if not self.requests:
+            return "no request answered"
+        return ""
 
 
-async def _serve(url: str, model: str, max_tokens: int, stop: asyncio.Event) -> int:
+async def _serve(url: str, model: str, max_tokens: int, load: ModelLoad) -> None:
     from genwire_model.client import generate
     from tritonclient.grpc import aio as grpcaio
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    stdin = sys.stdin.fileno()
+
+    def closed() -> None:  # stdin is readable at EOF: the parent closed it
+        loop.remove_reader(stdin)  # once: it stays readable
+        stop.set()
+
+    loop.add_reader(stdin, closed)
     client = grpcaio.InferenceServerClient(url)
-    done = 0
     try:
         while not stop.is_set():
-            await generate(client, model, PROMPT_IDS, max_tokens)
-            done += 1
-            if done == 1:
+            try:
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    await generate(client, model, PROMPT_IDS, max_tokens)
+            except Exception as exc:
+                if not load.requests:
+                    raise  # never answered: the parent reports the reason
+                load.failed += 1
+                load.error = f"{type(exc).__name__}: {exc}"
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RETRY_PAUSE_S):
+                        await stop.wait()
+                continue
+            load.requests += 1
+            if load.requests == 1:
                 print(READY, flush=True)
     finally:
+        loop.remove_reader(stdin)
         await client.close()
-    return done
 
 
-async def _main(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    done = await _serve(args.url, args.model, args.max_tokens, stop)
-    print(done, flush=True)
+def child_main(argv: list[str]) -> int:
+    """``python -m genwire_bench.floor_model URL MODEL MAX_TOKENS``: the load, until stdin
+    closes; its last line of output is the ``ModelLoad`` as JSON."""
+    url, model, max_tokens = argv[0], argv[1], int(argv[2])
+    load = ModelLoad(model)
+    try:
+        event_loop.run(_serve(url, model, max_tokens, load), "auto")
+    finally:
+        print(json.dumps(asdict(load)), flush=True)
+    return 0
 
 
 @contextlib.contextmanager
 def beside_model(
     url: str, model: str, *, max_tokens: int = 32, start_timeout_s: float = 60.0
 ) -> Iterator[ModelLoad]:
-    """Run the model load for the block's length; its request count once the block ends.
+    """Run the model load for the block's length; what it did is filled in once the block
+    ends (``ModelLoad.trouble`` says whether it decoded throughout).
 
     Entered once the model has answered a first request (it is warm and decoding); a model
-    that cannot answer ends the run with ``RuntimeError``, the child's message included."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "genwire_bench.floor_model", url, model, str(max_tokens)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    load = ModelLoad(model)
-    try:
-        assert proc.stdout is not None
-        first = _readline(proc, start_timeout_s)
-        if first != READY:
-            proc.kill()
-            _, err = proc.communicate(timeout=10)
-            reason = (err.strip().splitlines() or ["no output"])[-1]  # the exception's line
-            raise RuntimeError(f"--beside-model: {model} at {url} did not answer: {reason}")
-        yield load
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
+    that cannot answer raises ``RuntimeError`` with the child's reason."""
+    # stderr to a file, not a pipe: a chatty child must never block on it
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "genwire_bench.floor_model", url, model, str(max_tokens)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        load = ModelLoad(model)
         try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        last = out.strip().splitlines()[-1:] if out else []
-        if last and last[0].isdigit():
-            load.requests = int(last[0])
+            readable, _, _ = select.select([proc.stdout], [], [], start_timeout_s)
+            if not readable or proc.stdout.readline().strip() != READY.encode():
+                proc.stdin.close()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(10)  # its traceback reaches stderr after its last stdout line
+                raise RuntimeError(
+                    f"--beside-model: {model} at {url} did not answer: {_last_line(errors)}"
+                )
+            yield load
+        finally:
+            proc.stdin.close()  # the child stops after the request in flight
+            try:
+                proc.wait(REQUEST_TIMEOUT_S + 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            lines = proc.stdout.read().decode(errors="replace").strip().splitlines()
+            with contextlib.suppress(ValueError, IndexError, TypeError, KeyError):
+                reported = json.loads(lines[-1])
+                load.requests, load.failed, load.error = (
+                    reported["requests"],
+                    reported["failed"],
+                    reported["error"],
+                )
+            if proc.returncode and not load.error:
+                load.error = f"exit status {proc.returncode}: {_last_line(errors)}"
 
 
-def _readline(proc: subprocess.Popen[str], timeout_s: float) -> str:
-    """The child's first line of output ("" when it ended or stayed silent that long)."""
-    assert proc.stdout is not None
-    readable, _, _ = select.select([proc.stdout], [], [], timeout_s)
-    return proc.stdout.readline().strip() if readable else ""
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("url", help="Triton's gRPC host:port")
-    p.add_argument("model")
-    p.add_argument("max_tokens", type=int)
-    event_loop.run(_main(p.parse_args(argv)), "auto")
-    return 0
+def _last_line(errors: IO[bytes]) -> str:
+    """The child's last line on stderr (a traceback's: the exception)."""
+    errors.seek(0)
+    lines = errors.read().decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "no output"
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(child_main(sys.argv[1:]))

@@ -12,6 +12,7 @@ import asyncio
 from dataclasses import dataclass
 
 from aiokafka.errors import KafkaError
+from genwire_model.client import served_versions
 
 from genwire.policy import ModelPolicy, served_instead
 from genwire.policyfeed import read_policies
@@ -29,17 +30,19 @@ class MeasuredVersion:
     note: str = ""
 
 
-def _by_weight(policy: ModelPolicy, served: list[str] | None) -> dict[str, int]:
+def _by_weight(policy: ModelPolicy, served: list[str] | None) -> tuple[dict[str, int], list[str]]:
     """The share of requests (of 100) each version serves, as preprocess routes them with its
-    default ``route_fallback``: a live version Triton does not serve moves to the one serving
-    in its place, when there is one."""
-    live = policy.live_versions()
+    default ``route_fallback`` (a live version Triton does not serve moves to the one serving
+    in its place, when there is one), and the live versions so moved, ascending."""
     shares: dict[str, int] = {}
-    for version in live:
+    moved: list[str] = []
+    for version in sorted(policy.live_versions(), key=int):
         weight = policy.weights.get(version, 0) if policy.weights else 100
         serving = served_instead(policy, version, served)
         shares[serving] = shares.get(serving, 0) + weight
-    return shares
+        if serving != version:
+            moved.append(version)
+    return shares, moved
 
 
 def choose(model: str, policy: ModelPolicy | None, served: list[str] | None) -> MeasuredVersion:
@@ -48,11 +51,12 @@ def choose(model: str, policy: ModelPolicy | None, served: list[str] | None) -> 
     ``served``: the versions Triton serves, ascending (None: Triton did not say). Without a
     policy naming a live version, the newest served one. Otherwise each live version's weight
     goes to the version serving it (preprocess's fallback for one Triton does not serve), and
-    the heaviest served one wins (a tie: the champion, else the newest).
+    the heaviest served one wins (a tie: the champion, else the newest; none served: the
+    heaviest, whose requests fail like the direct ones will).
     """
     if policy is None or not policy.live_versions():
         return MeasuredVersion(served[-1] if served else "")
-    shares = _by_weight(policy, served)
+    shares, moved = _by_weight(policy, served)
     notes = [
         f"the policy routes {shares[v]} % of {model}'s requests to version {v}, which Triton "
         "does not serve: they fail (model_not_loaded)"
@@ -61,7 +65,6 @@ def choose(model: str, policy: ModelPolicy | None, served: list[str] | None) -> 
     ]
     candidates = [v for v in shares if served is None or v in served] or list(shares)
     version = max(candidates, key=lambda v: (shares[v], v == policy.champion, int(v)))
-    moved = sorted(v for v in policy.live_versions() if served_instead(policy, v, served) != v)
     if moved:
         notes.insert(
             0,
@@ -75,22 +78,6 @@ def choose(model: str, policy: ModelPolicy | None, served: list[str] | None) -> 
             f"direct Triton is measured on version {version}"
         )
     return MeasuredVersion(version, "; ".join(notes))
-
-
-async def served_versions(triton_url: str, model: str, timeout_s: float = 5.0) -> list[str] | None:
-    """The versions Triton serves of ``model``, ascending (None: not reachable or not served)."""
-    from tritonclient.grpc import aio as grpcaio
-    from tritonclient.utils import InferenceServerException
-
-    client = grpcaio.InferenceServerClient(triton_url)
-    try:
-        metadata = await client.get_model_metadata(model, client_timeout=timeout_s)
-    except InferenceServerException:
-        return None
-    finally:
-        await client.close()
-    versions = sorted((str(v) for v in metadata.versions if str(v).isdigit()), key=int)
-    return versions or None
 
 
 async def _policy(bootstrap_servers: str, model: str, timeout_s: float) -> ModelPolicy | None:

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from genwire.errors import RetryableError
+from genwire.policy import numbered_versions
 from genwire.redisconn import REDIS, connect
 from genwire.results import claim_key, claimed_fingerprint, route_key
 
@@ -163,8 +164,7 @@ class TritonVersions:
         try:
             response = await self._client.get(f"/v2/models/{quote(model, safe='')}")
             if response.status_code == 200:
-                listed = [str(v) for v in response.json().get("versions") or []]
-                listed = sorted((v for v in listed if v.isdigit()), key=int)
+                listed = numbered_versions(response.json().get("versions") or [])
                 versions = listed or versions
         except (httpx.HTTPError, httpx.InvalidURL, ValueError):
             pass
