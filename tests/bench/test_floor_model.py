@@ -37,7 +37,7 @@ def test_a_model_triton_does_not_serve_stops_the_run_with_its_reason(
 ) -> None:
     with (
         pytest.raises(
-            RuntimeError, match=r"gwtest-no-such-model at \S+ did not answer: .*unknown model"
+            RuntimeError, match=r"gwtest-no-such-model at \S+ did not answer: .*no ready model"
         ),
         beside_model(stack.triton_grpc_url, "gwtest-no-such-model", start_timeout_s=30),
     ):

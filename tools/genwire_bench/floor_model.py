@@ -54,8 +54,10 @@ class ModelLoad:
 
 
 async def _serve(url: str, model: str, max_tokens: int, load: ModelLoad) -> None:
-    from genwire_model.client import generate
-    from tritonclient.grpc import aio as grpcaio
+    # The benchmark's own direct-Triton driver: the same request the `triton` target sends.
+    from genwire_bench.drivers.base import new_trace
+    from genwire_bench.drivers.triton import TritonDriver
+    from genwire_bench.records import BenchRequest, SamplingSpec
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -66,27 +68,33 @@ async def _serve(url: str, model: str, max_tokens: int, load: ModelLoad) -> None
         stop.set()
 
     loop.add_reader(stdin, closed)
-    client = grpcaio.InferenceServerClient(url)
+    driver = TritonDriver(url, model, stream=False, timeout_s=REQUEST_TIMEOUT_S)
+    request = BenchRequest(
+        index=0,
+        prompt="",
+        input_ids=tuple(PROMPT_IDS),
+        sampling=SamplingSpec(max_tokens=max_tokens, temperature=0.0),
+    )
     try:
+        await driver.start()  # a model Triton does not serve: its error, for the parent
         while not stop.is_set():
-            try:
-                async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                    await generate(client, model, PROMPT_IDS, max_tokens)
-            except Exception as exc:
-                if not load.requests:
-                    raise  # never answered: the parent reports the reason
-                load.failed += 1
-                load.error = f"{type(exc).__name__}: {exc}"
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(RETRY_PAUSE_S):
-                        await stop.wait()
+            sent = load.requests + load.failed
+            record = await driver.send(request, f"floor-model-{sent}", new_trace(sampled=False))
+            if record.error is None:
+                load.requests += 1
+                if load.requests == 1:
+                    print(READY, flush=True)
                 continue
-            load.requests += 1
-            if load.requests == 1:
-                print(READY, flush=True)
+            if not load.requests:
+                raise RuntimeError(record.error)  # never answered: the parent reports why
+            load.failed += 1
+            load.error = record.error
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RETRY_PAUSE_S):
+                    await stop.wait()
     finally:
         loop.remove_reader(stdin)
-        await client.close()
+        await driver.close()
 
 
 def child_main(argv: list[str]) -> int:

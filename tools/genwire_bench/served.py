@@ -12,9 +12,8 @@ import asyncio
 from dataclasses import dataclass
 
 from aiokafka.errors import KafkaError
-from genwire_model.client import served_versions
 
-from genwire.policy import ModelPolicy, served_instead
+from genwire.policy import ModelPolicy, numbered_versions, served_instead
 from genwire.policyfeed import read_policies
 
 DIRECT_TARGETS = frozenset({"triton", "triton-stream"})
@@ -78,6 +77,21 @@ def choose(model: str, policy: ModelPolicy | None, served: list[str] | None) -> 
             f"direct Triton is measured on version {version}"
         )
     return MeasuredVersion(version, "; ".join(notes))
+
+
+async def served_versions(triton_url: str, model: str, timeout_s: float = 5.0) -> list[str] | None:
+    """The versions Triton serves of ``model``, ascending (None: not reachable or not served)."""
+    from tritonclient.grpc import aio as grpcaio
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcaio.InferenceServerClient(triton_url)
+    try:
+        metadata = await client.get_model_metadata(model, client_timeout=timeout_s)
+    except InferenceServerException:
+        return None
+    finally:
+        await client.close()
+    return numbered_versions(metadata.versions) or None
 
 
 async def _policy(bootstrap_servers: str, model: str, timeout_s: float) -> ModelPolicy | None:

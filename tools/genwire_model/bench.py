@@ -40,10 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from genwire_bench.served import served_versions
 from genwire_bench.steal import cpu_times, stolen_pct
 
 from genwire.service import loop as event_loops
-from genwire_model.client import Generation, generate, generate_shared, served_versions
+from genwire_model.client import Generation, generate, generate_shared
 from genwire_model.repository import ModelRepository, ModelVersion, load_tokenizer
 
 PROMPTS = (

@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from genwire.policy import numbered_versions
 from genwire.triton_io import (
     RESPONSE_GAP_PARAMETER,
     Options,
@@ -23,21 +22,6 @@ from genwire.triton_io import (
     top_alternatives,
 )
 from genwire.triton_stream import SharedStreams, StreamClosed, build_request, result_of
-
-
-async def served_versions(triton_url: str, model: str, timeout_s: float = 5.0) -> list[str] | None:
-    """The versions Triton serves of ``model``, ascending (None: not reachable or not served)."""
-    from tritonclient.grpc import aio as grpcaio
-    from tritonclient.utils import InferenceServerException
-
-    client = grpcaio.InferenceServerClient(triton_url)
-    try:
-        metadata = await client.get_model_metadata(model, client_timeout=timeout_s)
-    except InferenceServerException:
-        return None
-    finally:
-        await client.close()
-    return numbered_versions(metadata.versions) or None
 
 
 class GenerationError(RuntimeError):
