@@ -44,8 +44,8 @@ class ModelLoad:
     """The last failure, or why the child ended badly."""
 
     def trouble(self) -> str:
-        """ "" when the model decoded throughout, else what went wrong (the floor's figures
-        then are not those beside a busy model)."""
+        """What went wrong, empty when the model decoded throughout (else the floor's
+        figures are not those beside a busy model)."""
         if self.error or self.failed:
             return f"{self.failed} request(s) failed, the last: {self.error}"
         if not self.requests:

@@ -158,7 +158,7 @@ class Router:
         listed = getattr(self.versions, "listed", None)
         served = await listed(policy.model) if listed is not None else None
         instead = served_instead(policy, version, served)
-        if instead == version or not served:
+        if instead == version or not served:  # (a move implies `served`: says so to mypy)
             return version, arm
         self.fallbacks += 1
         if self.on_fallback is not None:
