@@ -324,3 +324,14 @@ async def _on_broker(bootstrap: str) -> tuple[set[str], set[str]]:
         return topics, groups
     finally:
         await admin.close()
+
+
+def test_the_floor_warns_of_a_broker_still_compiling_its_hot_code() -> None:
+    """Over 30 % of the broker's CPU in its compiler threads during the run: a warning with the
+    share; a thread first seen at the end counts from zero; too little CPU says nothing."""
+    before = {11: 5.0, 12: 1.0}
+    assert floor.broker_jit_warning(before, {11: 5.5, 12: 1.0}, cpu_s=2.0) == ""  # 25 %
+    warning = floor.broker_jit_warning(before, {11: 5.5, 13: 0.4}, cpu_s=2.0)  # 0.9 of 2.0
+    assert warning.startswith("warning: the Kafka broker spent 45% of its CPU in this run")
+    assert floor.broker_jit_warning({}, {11: 0.4}, cpu_s=0.45) == ""  # under JIT_MIN_CPU_S
+    assert floor.broker_jit_warning(before, {11: 9.0}, cpu_s=None) == ""  # no broker here

@@ -77,6 +77,7 @@ from genwire_bench.floor_front import (
     serving,
 )
 from genwire_bench.floor_model import READY, ModelLoad, beside_model
+from genwire_bench.resources import JIT_MIN_CPU_S, JIT_WARNING_SHARE, jit_seconds
 from genwire_bench.stats import distribution
 from genwire_bench.traces import JaegerClient, breakdown
 
@@ -135,6 +136,25 @@ def broker_process(bootstrap_servers: str) -> psutil.Process | None:
             if conn.status == psutil.CONN_LISTEN and conn.pid and addr and addr[1] == port:
                 return psutil.Process(conn.pid)
     return None
+
+
+def broker_jit_warning(
+    jit_before: dict[int, float], jit_after: dict[int, float], cpu_s: float | None
+) -> str:
+    """A warning when the broker's JIT compiler threads (``resources.jit_seconds`` before and
+    after the run) took over ``JIT_WARNING_SHARE`` of the ``cpu_s`` it used meanwhile; "" when
+    not, or when it used too little to tell. A compiler thread HotSpot stopped between the
+    two readings is missed, so the share can read low, never high."""
+    if cpu_s is None or cpu_s < JIT_MIN_CPU_S:
+        return ""
+    used = sum(max(0.0, s - jit_before.get(tid, 0.0)) for tid, s in jit_after.items())
+    if used / cpu_s <= JIT_WARNING_SHARE:
+        return ""
+    return (
+        f"warning: the Kafka broker spent {used / cpu_s:.0%} of its CPU in this run compiling "
+        "its hot code: latencies and its CPU per record read high; warm it with a few thousand "
+        "pipeline requests (`genwire bench --targets kafka -c 8 -n 1500`) and measure again"
+    )
 
 
 def tree_cpu_s(proc: psutil.Process | None) -> float | None:
@@ -1078,6 +1098,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     load0 = os.getloadavg()
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    broker = broker_process(args.bootstrap_servers)
+    jit0, broker0 = (jit_seconds(broker.pid) if broker else {}), tree_cpu_s(broker)
     beside: ModelLoad | None = None
     with contextlib.ExitStack() as stack:
         if args.beside_model:
@@ -1087,6 +1109,12 @@ def main(argv: list[str] | None = None) -> int:
                 beside_model(CommonSettings().triton_grpc_url, args.beside_model)
             )
         phases = event_loop.run(measure(args), args.loop)
+    broker1 = tree_cpu_s(broker)
+    jit_warning = broker_jit_warning(
+        jit0,
+        jit_seconds(broker.pid) if broker else {},
+        broker1 - broker0 if broker0 is not None and broker1 is not None else None,
+    )
     load1 = os.getloadavg()
     print(
         f"floor: {started}, broker {args.bootstrap_servers}, client {args.client}, "
@@ -1101,6 +1129,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print(render(phases))
+    if jit_warning:
+        print(jit_warning, file=sys.stderr)
     if args.json_path:
         with open(args.json_path, "w") as handle:
             json.dump(

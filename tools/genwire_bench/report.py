@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from genwire_bench.at_model import WIDE, AtModel, at_model
-from genwire_bench.resources import JIT_MIN_CPU_S
+from genwire_bench.resources import JIT_MIN_CPU_S, JIT_WARNING_SHARE
 from genwire_bench.runner import BenchReport
 from genwire_bench.stats import Dist, Load
 
@@ -388,13 +388,6 @@ def _resources(report: BenchReport) -> list[str]:
         "lost more ran slower, whatever the code); last row: peak RSS over the run",
         table(["phase", "steal %", *services], rows),
     ]
-
-
-JIT_WARNING_SHARE = 0.3
-"""A Kafka broker whose JIT compiler took more of its CPU than this in a phase is still warming
-up. Warm, under load, its compiler took 4–26 % here; fresh, 47–69 %, and a fresh broker costs
-up to four times its warm figure per request for its first few thousand requests
-(docs/benchmarks.md, *The broker's side*)."""
 
 
 def jit_shares(report: BenchReport, service: str = "kafka") -> dict[str, float]:

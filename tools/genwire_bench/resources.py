@@ -148,6 +148,12 @@ JIT_MIN_CPU_S = 0.5
 """Below this much CPU in a phase a JIT share is not computed: thread times come in clock ticks
 (10 ms), so one tick of a nearly idle broker would read as a large share."""
 
+JIT_WARNING_SHARE = 0.3
+"""A Kafka broker whose JIT compiler took more of its CPU than this in a phase is still warming
+up. Warm, under load, its compiler took 4–26 % here; fresh, 47–69 %, and a fresh broker costs
+up to four times its warm figure per request for its first few thousand requests
+(docs/benchmarks.md, *The broker's side*)."""
+
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
