@@ -243,3 +243,36 @@ def test_the_bench_offers_the_services_event_loops(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         parser.parse_args(["model", "bench", "--event-loop", "libuv"])
     assert "invalid choice: 'libuv'" in capsys.readouterr().err
+
+
+def test_the_loop_times_print_static_beside_closed_per_level(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from genwire_model.runtime.scheduler import LoopTimes
+
+    closed = LoopTimes(iterations=4, total_s=0.040, admit_s=0.008, prefill_pass_s=0.006)
+    closed.steps, closed.pass_s, closed.sampling_s, closed.reform_s = 4, 0.020, 0.010, 0.001
+    closed.rows, closed.live_rows, closed.columns = 120, 116, 144
+    static = bench.StaticResult(8, 256, 1.0, 256.0, 3.9, loop={**closed.per_step(), "rows": 8.0})
+    level = bench.summarize(8, [], 1.0, 0)
+    level.loop = closed.per_step()
+    bench.print_loop_times([static], [level])
+    lines = capsys.readouterr().out.splitlines()
+    # One line per side; the closed loop's: 10 ms a step, 5 of them the pass, 1 "other".
+    assert lines[-2].split()[:3] == ["8", "static", "10.000"]
+    assert lines[-1].split() == (
+        [
+            "8",
+            "closed",
+            "10.000",
+            "5.000",
+            "2.500",
+            "2.000",
+            "1.500",
+            "0.250",
+            "0.250",
+            "30.0",
+            "29.0",
+            "36.0",
+        ]
+    )

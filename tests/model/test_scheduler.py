@@ -12,6 +12,7 @@ from genwire_model.repository import ModelVersion
 from genwire_model.runtime.runners import create_runner
 from genwire_model.runtime.scheduler import (
     INLINE_FIRST_RESPONSES,
+    LoopTimes,
     Request,
     RequestError,
     Scheduler,
@@ -164,6 +165,39 @@ def test_rows_join_in_place_of_rows_that_ended(make: Callable[..., Scheduler]) -
     assert [s.tokens for s in sinks] == alone
     assert scheduler.reforms_in_place > 0
     assert not scheduler.active and scheduler.kv is None
+
+
+def test_the_loop_times_count_its_steps_rows_and_width(make: Callable[..., Scheduler]) -> None:
+    """``Scheduler.times``: every decode step with the rows it fed and sampled and its cache
+    width; its parts within the iterations' whole; a request joining mid-way counted in the
+    admissions and prefill passes."""
+    scheduler = make()
+    scheduler.times = LoopTimes()
+    first, late = Collect(), Collect()
+    # Prompt of 3, 6 tokens: the first from the prefill, then 5 decode steps at widths 3..7.
+    scheduler.submit(request(first, PROMPTS[0], seed=1, max_tokens=6))
+    run(scheduler, [first])
+    times = scheduler.times
+    assert (times.steps, times.rows, times.live_rows, times.columns) == (5, 5, 5, 3 + 4 + 5 + 6 + 7)
+    assert times.iterations == 5  # the first iteration prefills, then steps
+    assert times.prefill_pass_s > 0 and times.pass_s > 0 and times.sampling_s > 0
+    parts = times.pass_s + times.sampling_s + times.admit_s + times.reform_s
+    assert times.prefill_pass_s <= times.admit_s and parts <= times.total_s
+    each = times.per_step()
+    assert each["rows"] == each["live_rows"] == 1.0 and each["width"] == 5.0
+    assert each["step_ms"] == pytest.approx(times.total_s * 1e3 / 5, abs=1e-3)
+    assert each["other_ms"] >= 0
+    # Two rows, the second joining after two steps of the first: rows fed and sampled per step.
+    scheduler.times = LoopTimes()
+    scheduler.submit(request(first, PROMPTS[0], seed=1, max_tokens=8))
+    scheduler.run_once()
+    scheduler.run_once()
+    scheduler.submit(request(late, PROMPTS[2], seed=2, max_tokens=3))
+    run(scheduler, [first, late])
+    times = scheduler.times
+    assert times.steps == 7 and times.rows > times.steps  # two rows for part of the steps
+    assert times.live_rows <= times.rows
+    assert LoopTimes().per_step()["step_ms"] == 0.0  # no step: no division by zero
 
 
 def test_streaming_sends_a_response_per_token_then_a_final_one(

@@ -85,6 +85,9 @@ class LevelResult:
     comparable: the same work takes longer."""
     event_loop: str = ""
     """The client's event loop for the level (``uvloop`` or ``asyncio``; in-process: none)."""
+    loop: dict[str, float] | None = None
+    """In-process only: where the loop thread's time went, per decode step
+    (``scheduler.LoopTimes.per_step``)."""
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -269,6 +272,8 @@ class StaticResult:
     seconds: float
     output_tokens_per_s: float
     ms_per_step: float
+    loop: dict[str, float] | None = None
+    """Where the loop thread's time went, per decode step (``scheduler.LoopTimes.per_step``)."""
 
 
 class _InProcessSink:
@@ -380,14 +385,18 @@ def run_in_process_level(
             elif submitted < requests:
                 submit()
 
+    from genwire_model.runtime.scheduler import LoopTimes
+
     cpu = CpuMeter(None).sample()
     machine = cpu_times()
+    scheduler.times = times = LoopTimes()  # (idle between levels: nobody writes the old one)
     started = time.perf_counter()
     with lock:
         for _ in range(min(concurrency, requests)):
             submit()
     finished.wait()
     result = summarize(concurrency, results, time.perf_counter() - started, errors)
+    result.loop = times.per_step()
     result.core_ms_per_token = CpuMeter.per_unit(
         cpu, CpuMeter(None).sample(), sum(r.completion_tokens for r in results)
     )
@@ -400,8 +409,11 @@ def run_static(
 ) -> StaticResult:
     """``batch`` requests prefilled together, each generating exactly ``max_tokens`` (the
     scheduler is made without end-of-sequence ids)."""
+    from genwire_model.runtime.scheduler import LoopTimes
+
     finished = threading.Semaphore(0)
     sinks = [_InProcessSink(0.0, lambda _: finished.release()) for _ in range(batch)]
+    scheduler.times = times = LoopTimes()  # (idle between batches: nobody writes the old one)
     started = time.perf_counter()
     for i, sink in enumerate(sinks):
         sink.result.started = started
@@ -416,7 +428,39 @@ def run_static(
         seconds=round(seconds, 4),
         output_tokens_per_s=round(tokens / seconds, 1),
         ms_per_step=round(seconds * 1e3 / max_tokens, 3),
+        loop=times.per_step(),
     )
+
+
+LOOP_PARTS = (
+    ("step_ms", "step"),
+    ("pass_ms", "pass"),
+    ("sampling_ms", "sampling"),
+    ("admit_ms", "admit"),
+    ("prefill_pass_ms", "(prefill)"),
+    ("reform_ms", "re-form"),
+    ("other_ms", "other"),
+)
+
+
+def print_loop_times(statics: list[StaticResult], loops: list[LevelResult]) -> None:
+    """The loop thread's time per decode step by part, the static batch beside the closed
+    loop at each level: what the closed loop's TPOT pays that the static step does not."""
+    print(
+        "where the loop's time goes, ms per decode step (pass: the decode pass; admit: new "
+        "requests' prefill passes and first tokens; rows fed / sampled; cache width):"
+    )
+    names = " ".join(f"{label:>9}" for _, label in LOOP_PARTS)
+    print(f"{'batch':>5} {'loop':>7} {names} {'rows':>6} {'sampled':>7} {'width':>6}")
+    for st, lv in zip(statics, loops, strict=True):
+        for kind, times in (("static", st.loop), ("closed", lv.loop)):
+            if not times:
+                continue
+            parts = " ".join(f"{times[key]:>9.3f}" for key, _ in LOOP_PARTS)
+            print(
+                f"{st.batch:>5} {kind:>7} {parts} {times['rows']:>6.1f} "
+                f"{times['live_rows']:>7.1f} {times['width']:>6.1f}"
+            )
 
 
 def run_in_process(
@@ -557,6 +601,7 @@ def run(
         print(header + "   (closed loop)")
         for r in ceiling:
             print(_row(r), flush=True)
+        print_loop_times(statics, ceiling)
         payload["in_process"] = [dataclasses.asdict(r) for r in ceiling]
         payload["static"] = [dataclasses.asdict(st) for st in statics]
     print(

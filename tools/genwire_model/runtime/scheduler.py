@@ -254,6 +254,47 @@ def _rng(seed: int, choice: int) -> np.random.Generator:
     return np.random.default_rng(seed if choice == 0 else [seed, choice])
 
 
+@dataclasses.dataclass
+class LoopTimes:
+    """Where the loop thread's time went since ``Scheduler.times`` was last replaced: seconds
+    by part (``perf_counter``, a few calls per iteration), and per decode step the rows fed,
+    the rows sampled and the cache's width. ``genwire model bench --in-process`` prints them
+    per level, for the static batch and the closed loop side by side (docs/model.md,
+    *Round 16*)."""
+
+    iterations: int = 0
+    total_s: float = 0.0  # run_once, whole
+    admit_s: float = 0.0  # new requests admitted: their prefill passes and first tokens
+    prefill_pass_s: float = 0.0  # of admit_s: the runner's prefill passes
+    reform_s: float = 0.0  # rows leaving and joining (in place or one copy)
+    steps: int = 0
+    pass_s: float = 0.0  # decode passes (the runner's step)
+    sampling_s: float = 0.0  # decode steps' tokens: options, sampler, bookkeeping, emits
+    rows: int = 0  # rows fed, summed over steps (ended rows still in the batch included)
+    live_rows: int = 0  # rows sampled, summed over steps
+    columns: int = 0  # the cache's width before the step, summed over steps
+
+    def per_step(self) -> dict[str, float]:
+        """Milliseconds per decode step by part (``other``: the iteration's remainder: taking
+        requests, cancellation checks, handing responses over), and the mean rows fed, rows
+        sampled and cache width per step."""
+        steps = max(self.steps, 1)
+        parts = {
+            "step_ms": self.total_s,
+            "pass_ms": self.pass_s,
+            "sampling_ms": self.sampling_s,
+            "admit_ms": self.admit_s,
+            "prefill_pass_ms": self.prefill_pass_s,
+            "reform_ms": self.reform_s,
+            "other_ms": self.total_s - self.pass_s - self.sampling_s - self.admit_s - self.reform_s,
+        }
+        out = {name: round(value * 1e3 / steps, 3) for name, value in parts.items()}
+        out["rows"] = round(self.rows / steps, 2)
+        out["live_rows"] = round(self.live_rows / steps, 2)
+        out["width"] = round(self.columns / steps, 1)
+        return out
+
+
 class _Group:
     """What the choices of one request share: its last response waits for all of them."""
 
@@ -406,6 +447,7 @@ class Scheduler:
         self.reforms_in_place = 0
         self.rebuilds = 0
         self.steps = 0
+        self.times = LoopTimes()  # replaced by whoever reads it (the in-process benchmark)
         self.sampler = Sampler(runner.vocab_size)
         log.info(
             "sampler: a row's head ranked by %s (the faster here)",
@@ -511,6 +553,9 @@ class Scheduler:
     # -- one iteration ---------------------------------------------------------------------
     def run_once(self, first: Request | None = None) -> None:
         """Admit waiting requests into free slots, re-form the batch, decode one token."""
+        started = time.perf_counter()
+        times = self.times
+        times.iterations += 1
         if first is not None:
             self.waiting.append(first)
         while True:
@@ -527,13 +572,17 @@ class Scheduler:
             self._flush()  # (in order: only new requests' responses may overtake)
         joining: list[tuple[KV, list[int], list[_Sequence]]] = []
         if self.waiting:
+            mark = time.perf_counter()
             joining = self._admit()
+            times.admit_s += time.perf_counter() - mark
         # A cache as wide as the context is trimmed before the next step: rows that ended stay
         # (fed, at their length's position) and the width outgrows the longest live row, and
         # the graph's positions and the runners' buffers (TensorRT's profile) end at the
         # context (+ 1 column).
         if joining or len(self.leaving) > self._dead or self.width >= self.context:
+            mark = time.perf_counter()
             self._reform(joining)
+            times.reform_s += time.perf_counter() - mark
         self._dead = len(self.leaving)  # rows left free after it (fed, not sampled)
         if joining:
             # The new requests' first tokens go out before the step; in this thread when the
@@ -542,6 +591,7 @@ class Scheduler:
         if self.active:
             self._step()
         self._flush()
+        times.total_s += time.perf_counter() - started
 
     def _inline_ok(self) -> bool:
         """Whether the new requests' first responses (``outgoing``) may be sent in this thread:
@@ -607,7 +657,9 @@ class Scheduler:
             ids[row, width - n :] = group.request.prompt
             positions[row, width - n :] = np.arange(n)
             mask[row, pad + width - n :] = 1
+        mark = time.perf_counter()
         logits, kv = self.runner.forward(ids, mask, positions, self.runner.empty(rows, pad))
+        self.times.prefill_pass_s += time.perf_counter() - mark
         # Every choice of a request samples from its prompt's logits row.
         seqs, source = [], []
         for row, group in enumerate(groups):
@@ -714,7 +766,15 @@ class Scheduler:
         # Row i's cache holds its last lengths[i] columns; the new token is the last column.
         columns = np.arange(width + 1)
         mask = (columns[None, :] >= (width - self.lengths)[:, None]).astype(np.int64)
+        times = self.times
+        mark = time.perf_counter()
         logits, self.kv = self._step_pass(ids, mask, positions, self.kv)
+        sampled = time.perf_counter()
+        times.pass_s += sampled - mark
+        times.steps += 1
+        times.rows += batch
+        times.live_rows += batch - len(self.leaving)
+        times.columns += width
         self.width = width + 1
         self.lengths = self.lengths + 1
         for seq in self.active:
@@ -728,6 +788,7 @@ class Scheduler:
         for i, row in enumerate(rows):
             if self._accept(self.active[row], tokens[i]):
                 self.leaving.add(row)
+        times.sampling_s += time.perf_counter() - sampled
         if len(self.leaving) == len(self.active):
             self._rebuild([])  # every row ended: free the cache now
             self._dead = 0
