@@ -7,8 +7,8 @@ import json
 
 import httpx
 from genwire_bench.drivers.base import new_trace
-from genwire_bench.drivers.openai_http import OpenAIHttpDriver, to_body
-from genwire_bench.records import BenchRequest, RequestRecord, SamplingSpec
+from genwire_bench.drivers.openai_http import OpenAIHttpDriver, model_ms, to_body
+from genwire_bench.records import MODEL_MS, BenchRequest, RequestRecord, SamplingSpec
 from genwire_gateway import openai
 
 REQ = BenchRequest(0, "Once upon a time", (1, 2), SamplingSpec(max_tokens=7, seed=42, top_k=3))
@@ -67,3 +67,25 @@ async def test_errors_are_recorded_with_their_code() -> None:
         httpx.MockTransport(lambda r: httpx.Response(200, content=midway)), stream=True
     )
     assert record.error == "out_of_range: n: too big"
+
+
+async def test_an_unstreamed_answer_gives_the_models_time_from_server_timing() -> None:
+    usage = {"usage": {"prompt_tokens": 4, "completion_tokens": 2}}
+    header = "model-queue;dur=0.250, model-compute;dur=31.5"
+    record = await _run(
+        httpx.MockTransport(
+            lambda r: httpx.Response(200, json=usage, headers={"server-timing": header})
+        ),
+        stream=False,
+    )
+    assert record.error is None and record.extra[MODEL_MS] == 31.75
+    # Without the header (or with only one of the two), the model's time is not known.
+    bare = await _run(httpx.MockTransport(lambda r: httpx.Response(200, json=usage)), stream=False)
+    assert MODEL_MS not in bare.extra
+
+
+def test_server_timing_is_parsed_as_the_w3c_header_is_written() -> None:
+    assert model_ms('model-queue;dur=1;desc="queue", model-compute;desc="x";dur=2.5') == 3.5
+    assert model_ms("cache;dur=9, model-compute;dur=2") is None  # no model-queue
+    assert model_ms("model-queue;dur=abc, model-compute;dur=2") is None  # malformed
+    assert model_ms("") is None

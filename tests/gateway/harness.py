@@ -32,6 +32,7 @@ from genwire.events import (
     GenerationResult,
     OutputLogprob,
     ResultChoice,
+    Timings,
     TokenEvent,
     TopLogprob,
     Usage,
@@ -244,6 +245,8 @@ class FakePipeline:
                 usage=Usage(prompt_tokens=2, completion_tokens=len(script.chunks) * script.choices),
                 logprobs=choices[0].logprobs,
                 choices=choices if script.choices > 1 else [],
+                # The model's own time, as inference records it from Triton's final response.
+                timings=Timings(triton_queue_ms=0.25, triton_compute_ms=12.5),
             )
         # Stamped before the result goes out: a direct reply can reach the caller (and the test
         # read this) before the publish returns here.

@@ -257,6 +257,10 @@ async def test_openai_http_endpoints(gateways: Gateways, pipeline: FakePipeline)
         assert body["choices"][0]["text"] == "Hello, world"
         assert body["usage"]["completion_tokens"] == 3
         assert len(completion.headers["x-trace-id"]) == 32
+        # The model's own time for it (the fake pipeline's result: 0.25 + 12.5 ms).
+        assert completion.headers["server-timing"] == (
+            "model-queue;dur=0.250, model-compute;dur=12.500"
+        )
         chat = await http.post(
             "/v1/chat/completions",
             json={"messages": [{"role": "user", "content": "hi"}], "temperature": 0},

@@ -9,7 +9,7 @@ import pytest
 from genwire_gateway import openai
 from genwire_gateway.errors import GatewayError
 
-from genwire.events import GenerationResult, Usage
+from genwire.events import GenerationResult, Timings, Usage
 from genwire.request import MAX_GUIDED_CHARS, ErrorCode
 
 
@@ -319,3 +319,18 @@ def test_the_request_clock_counts_once_and_moves_between_gauges() -> None:
         choices.piece(1, choice)
     assert value("genwire_gateway_time_to_first_token_seconds_count") == 3
     assert value("genwire_gateway_inter_token_latency_seconds_count") == 3  # 2 before: +1
+
+
+def test_server_timing_names_the_models_own_time_of_the_slowest_result() -> None:
+    from genwire_gateway.http_api import server_timing
+
+    def result(queue: float | None, compute: float | None) -> GenerationResult:
+        timings = Timings(triton_queue_ms=queue, triton_compute_ms=compute)
+        return GenerationResult(request_id="r", text="x", timings=timings)
+
+    assert server_timing([result(0.5, 30.0)]) == "model-queue;dur=0.500, model-compute;dur=30.000"
+    # A batch of prompts: the result that spent the longest at the model (2 + 40 > 9 + 30).
+    batch = [result(9.0, 30.0), result(2.0, 40.0), result(None, 90.0)]
+    assert server_timing(batch) == "model-queue;dur=2.000, model-compute;dur=40.000"
+    # No result with both (a model that does not report them): no header.
+    assert server_timing([result(None, 30.0), result(1.0, None)]) == ""

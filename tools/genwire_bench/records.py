@@ -31,8 +31,8 @@ class BenchRequest:
 MODEL_MS = "model_ms"
 """``RequestRecord.extra`` key: the model's own time for the request (ms), from its Python code
 taking the request in to its decode loop producing the final response (the final response's
-``queue_ms`` + ``compute_ms``), where the answer carries them: direct Triton, and the Kafka and
-gRPC answers' ``timings``."""
+``queue_ms`` + ``compute_ms``), where the answer carries them: direct Triton, the Kafka and
+gRPC answers' ``timings``, and the unstreamed HTTP answers' ``Server-Timing`` header."""
 
 
 @dataclass

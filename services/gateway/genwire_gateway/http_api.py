@@ -44,11 +44,29 @@ from genwire_gateway.telemetry import (
 IDEMPOTENCY_HEADER = "idempotency-key"
 REQUEST_ID_HEADER = "x-request-id"
 TRACE_ID_HEADER = "x-trace-id"
+SERVER_TIMING_HEADER = "server-timing"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 METHOD_NOT_ALLOWED = "method_not_allowed"
 """Error code of a known route called with another method (405)."""
 
 T = TypeVar("T")
+
+
+def server_timing(results: Sequence[GenerationResult]) -> str:
+    """A non-streamed answer's ``Server-Timing`` header (W3C): the model's own time for the
+    request, ``model-queue`` (waiting in Triton's queue) and ``model-compute`` (Triton's
+    compute), in milliseconds; of a batch of prompts, the result that spent the longest there
+    (the one the answer waited for). Empty when no result carries both (a model that does not
+    report them)."""
+    timed = [
+        (t.triton_queue_ms, t.triton_compute_ms)
+        for t in (r.timings for r in results)
+        if t.triton_queue_ms is not None and t.triton_compute_ms is not None
+    ]
+    if not timed:
+        return ""
+    queue, compute = max(timed, key=lambda pair: pair[0] + pair[1])
+    return f"model-queue;dur={queue:.3f}, model-compute;dur={compute:.3f}"
 
 
 def _error_response(exc: GatewayError, headers: dict[str, str]) -> JSONResponse:
@@ -256,6 +274,9 @@ class _Handler:
                         results, created=created, model=model, echo=echo, body=body
                     )
                     span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, 200)
+                    timing = server_timing(results)
+                    if timing:
+                        headers[SERVER_TIMING_HEADER] = timing
                     return JSONResponse(payload, headers=headers)
                 chunks = _merge([gateway.stream(p) for p in batch]).__aiter__()
                 first = await _unless_disconnected(request, anext(chunks))

@@ -6,6 +6,7 @@ measured path), one shared connection pool.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -16,7 +17,7 @@ from genwire.apikeys import auth_headers, resolve_api_key
 from genwire.gateway_tls import http_url
 from genwire.gateway_tls import resolve as resolve_tls
 from genwire_bench.drivers.base import Driver, RequestFailed, TraceContext
-from genwire_bench.records import BenchRequest, RequestRecord
+from genwire_bench.records import MODEL_MS, BenchRequest, RequestRecord
 
 
 def to_body(req: BenchRequest, model: str, *, stream: bool) -> dict[str, Any]:
@@ -84,6 +85,9 @@ class OpenAIHttpDriver(Driver):
             record.output_tokens = usage["completion_tokens"]
             record.prompt_tokens = usage["prompt_tokens"]
             record.trace_id = response.headers.get("x-trace-id") or record.trace_id
+            at_model = model_ms(response.headers.get("server-timing", ""))
+            if at_model is not None:
+                record.extra[MODEL_MS] = at_model
             return
         async with self._client.stream(
             "POST", "/v1/completions", json=body, headers=headers
@@ -113,6 +117,22 @@ class OpenAIHttpDriver(Driver):
                     if record.first_token is None:
                         record.first_token = now
         raise RequestFailed("incomplete", "the stream ended without [DONE]")
+
+
+def model_ms(server_timing: str) -> float | None:
+    """The model's own time for the request (ms) from the answer's ``Server-Timing`` header
+    (``model-queue`` + ``model-compute``; docs/api.md), None without both."""
+    durations: dict[str, float] = {}
+    for metric in server_timing.split(","):
+        name, _, params = metric.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur":
+                with contextlib.suppress(ValueError):  # a malformed value: as if absent
+                    durations[name.strip()] = float(value)
+    if "model-queue" not in durations or "model-compute" not in durations:
+        return None
+    return durations["model-queue"] + durations["model-compute"]
 
 
 def _raise_for_error(status: int, content: bytes) -> None:
