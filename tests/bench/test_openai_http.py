@@ -88,4 +88,7 @@ def test_server_timing_is_parsed_as_the_w3c_header_is_written() -> None:
     assert model_ms('model-queue;dur=1;desc="queue", model-compute;desc="x";dur=2.5') == 3.5
     assert model_ms("cache;dur=9, model-compute;dur=2") is None  # no model-queue
     assert model_ms("model-queue;dur=abc, model-compute;dur=2") is None  # malformed
+    assert model_ms("model-queue;dur=nan, model-compute;dur=2") is None  # not finite
+    assert model_ms("model-queue;dur=-1, model-compute;dur=2") is None  # negative
+    assert model_ms("model-queue;DUR=1;dur=7, model-compute;dur=2") == 3.0  # the first dur
     assert model_ms("") is None

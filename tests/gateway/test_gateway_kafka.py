@@ -267,6 +267,14 @@ async def test_openai_http_endpoints(gateways: Gateways, pipeline: FakePipeline)
         )
         assert chat.status_code == 200, chat.text
         assert chat.json()["choices"][0]["message"]["content"] == "Hello, world"
+        assert chat.headers["server-timing"] == completion.headers["server-timing"]
+        # A streamed answer's headers leave before the model has run: no Server-Timing.
+        async with http.stream(
+            "POST", "/v1/completions", json={"prompt": "hi", "max_tokens": 4, "stream": True}
+        ) as streamed:
+            assert streamed.status_code == 200
+            assert "server-timing" not in streamed.headers
+            assert b"[DONE]" in await streamed.aread()
         rid = chat.json()["id"].removeprefix("chatcmpl-")
         (seen,) = pipeline.requests_for(rid)
         assert seen.messages is not None and seen.messages[0].content == "hi"

@@ -258,7 +258,7 @@ def test_the_loop_times_print_static_beside_closed_per_level(
     level.loop = closed.per_step()
     bench.print_loop_times([static], [level])
     lines = capsys.readouterr().out.splitlines()
-    # One line per side; the closed loop's: 10 ms a step, 5 of them the pass, 1 "other".
+    # One line per side; the closed loop's: 10 ms a step, 5 of them the pass, 0.25 "other".
     assert lines[-2].split()[:3] == ["8", "static", "10.000"]
     assert lines[-1].split() == (
         [

@@ -389,13 +389,14 @@ def run_in_process_level(
 
     cpu = CpuMeter(None).sample()
     machine = cpu_times()
-    scheduler.times = times = LoopTimes()  # (idle between levels: nobody writes the old one)
+    scheduler.times = times = LoopTimes()  # (the loop is idle: the next iteration counts here)
     started = time.perf_counter()
     with lock:
         for _ in range(min(concurrency, requests)):
             submit()
     finished.wait()
     result = summarize(concurrency, results, time.perf_counter() - started, errors)
+    scheduler.wait_idle(1.0)  # the iteration that sent the last response counted in ``times``
     result.loop = times.per_step()
     result.core_ms_per_token = CpuMeter.per_unit(
         cpu, CpuMeter(None).sample(), sum(r.completion_tokens for r in results)
@@ -413,7 +414,7 @@ def run_static(
 
     finished = threading.Semaphore(0)
     sinks = [_InProcessSink(0.0, lambda _: finished.release()) for _ in range(batch)]
-    scheduler.times = times = LoopTimes()  # (idle between batches: nobody writes the old one)
+    scheduler.times = times = LoopTimes()  # (the loop is idle: the next iteration counts here)
     started = time.perf_counter()
     for i, sink in enumerate(sinks):
         sink.result.started = started
@@ -421,6 +422,7 @@ def run_static(
     for _ in sinks:
         finished.acquire()
     seconds = time.perf_counter() - started
+    scheduler.wait_idle(1.0)  # the iteration that sent the last response counted in ``times``
     tokens = sum(s.result.completion_tokens for s in sinks)
     return StaticResult(
         batch=batch,
@@ -448,7 +450,8 @@ def print_loop_times(statics: list[StaticResult], loops: list[LevelResult]) -> N
     loop at each level: what the closed loop's TPOT pays that the static step does not."""
     print(
         "where the loop's time goes, ms per decode step (pass: the decode pass; admit: new "
-        "requests' prefill passes and first tokens; rows fed / sampled; cache width):"
+        "requests' prefill passes and first tokens; rows fed / sampled; cache width; on "
+        "TensorRT a pass is its launch, the GPU's time shows in sampling):"
     )
     names = " ".join(f"{label:>9}" for _, label in LOOP_PARTS)
     print(f"{'batch':>5} {'loop':>7} {names} {'rows':>6} {'sampled':>7} {'width':>6}")

@@ -54,8 +54,8 @@ T = TypeVar("T")
 
 def server_timing(results: Sequence[GenerationResult]) -> str:
     """A non-streamed answer's ``Server-Timing`` header (W3C): the model's own time for the
-    request, ``model-queue`` (waiting in Triton's queue) and ``model-compute`` (Triton's
-    compute), in milliseconds; of a batch of prompts, the result that spent the longest there
+    request, ``model-queue`` (from the model taking it in to its decode loop admitting it) and
+    ``model-compute`` (from there to its final response), in milliseconds; of a batch of prompts, the result that spent the longest there
     (the one the answer waited for). Empty when no result carries both (a model that does not
     report them)."""
     timed = [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from typing import Any
 
@@ -121,15 +122,21 @@ class OpenAIHttpDriver(Driver):
 
 def model_ms(server_timing: str) -> float | None:
     """The model's own time for the request (ms) from the answer's ``Server-Timing`` header
-    (``model-queue`` + ``model-compute``; docs/api.md), None without both."""
+    (``model-queue`` + ``model-compute``; docs/api.md), None without both. A metric's first
+    ``dur`` counts (its name matched in any case, as the W3C header is read); a value that is
+    not a finite number >= 0 makes that metric missing."""
     durations: dict[str, float] = {}
     for metric in server_timing.split(","):
         name, _, params = metric.strip().partition(";")
         for param in params.split(";"):
             key, _, value = param.strip().partition("=")
-            if key == "dur":
-                with contextlib.suppress(ValueError):  # a malformed value: as if absent
-                    durations[name.strip()] = float(value)
+            if key.strip().lower() != "dur":
+                continue
+            with contextlib.suppress(ValueError):
+                number = float(value)
+                if math.isfinite(number) and number >= 0:
+                    durations.setdefault(name.strip(), number)
+            break
     if "model-queue" not in durations or "model-compute" not in durations:
         return None
     return durations["model-queue"] + durations["model-compute"]

@@ -260,7 +260,8 @@ class LoopTimes:
     by part (``perf_counter``, a few calls per iteration), and per decode step the rows fed,
     the rows sampled and the cache's width. ``genwire model bench --in-process`` prints them
     per level, for the static batch and the closed loop side by side (docs/model.md,
-    *Round 16*)."""
+    *Round 16*). On TensorRT a pass returns once launched: the GPU's time shows where its
+    results are first read (sampling, or admit for a prefill), not in ``pass_s``."""
 
     iterations: int = 0
     total_s: float = 0.0  # run_once, whole
@@ -276,8 +277,8 @@ class LoopTimes:
 
     def per_step(self) -> dict[str, float]:
         """Milliseconds per decode step by part (``other``: the iteration's remainder: taking
-        requests, cancellation checks, handing responses over), and the mean rows fed, rows
-        sampled and cache width per step."""
+        requests, cancellation checks, the step's inputs, handing responses over), and the
+        mean rows fed, rows sampled and cache width per step."""
         steps = max(self.steps, 1)
         parts = {
             "step_ms": self.total_s,
@@ -448,6 +449,7 @@ class Scheduler:
         self.rebuilds = 0
         self.steps = 0
         self.times = LoopTimes()  # replaced by whoever reads it (the in-process benchmark)
+        self._times = self.times  # the one the current iteration counts in
         self.sampler = Sampler(runner.vocab_size)
         log.info(
             "sampler: a row's head ranked by %s (the faster here)",
@@ -522,6 +524,17 @@ class Scheduler:
             with self._handoff:
                 self._handoff.wait_for(lambda: self._took >= mine, wait_s)
 
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until the loop thread has nothing to do, its last iteration over (``times``
+        complete): True, or False after ``timeout_s``. A request's last response is handed
+        over inside an iteration, so its caller can get it before the iteration ends."""
+        deadline = time.monotonic() + timeout_s
+        while not self._idle:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
     def _take(self, block: bool) -> Request:
         """The next pending request (blocking at most 50 ms, else ``queue.Empty`` at once),
         counted as taken for ``submit``."""
@@ -554,8 +567,14 @@ class Scheduler:
     def run_once(self, first: Request | None = None) -> None:
         """Admit waiting requests into free slots, re-form the batch, decode one token."""
         started = time.perf_counter()
-        times = self.times
+        self._times = times = self.times
         times.iterations += 1
+        try:
+            self._iterate(first, times)
+        finally:
+            times.total_s += time.perf_counter() - started
+
+    def _iterate(self, first: Request | None, times: LoopTimes) -> None:
         if first is not None:
             self.waiting.append(first)
         while True:
@@ -591,7 +610,6 @@ class Scheduler:
         if self.active:
             self._step()
         self._flush()
-        times.total_s += time.perf_counter() - started
 
     def _inline_ok(self) -> bool:
         """Whether the new requests' first responses (``outgoing``) may be sent in this thread:
@@ -658,8 +676,10 @@ class Scheduler:
             positions[row, width - n :] = np.arange(n)
             mask[row, pad + width - n :] = 1
         mark = time.perf_counter()
-        logits, kv = self.runner.forward(ids, mask, positions, self.runner.empty(rows, pad))
-        self.times.prefill_pass_s += time.perf_counter() - mark
+        try:
+            logits, kv = self.runner.forward(ids, mask, positions, self.runner.empty(rows, pad))
+        finally:
+            self._times.prefill_pass_s += time.perf_counter() - mark
         # Every choice of a request samples from its prompt's logits row.
         seqs, source = [], []
         for row, group in enumerate(groups):
@@ -766,7 +786,7 @@ class Scheduler:
         # Row i's cache holds its last lengths[i] columns; the new token is the last column.
         columns = np.arange(width + 1)
         mask = (columns[None, :] >= (width - self.lengths)[:, None]).astype(np.int64)
-        times = self.times
+        times = self._times
         mark = time.perf_counter()
         logits, self.kv = self._step_pass(ids, mask, positions, self.kv)
         sampled = time.perf_counter()
@@ -788,10 +808,12 @@ class Scheduler:
         for i, row in enumerate(rows):
             if self._accept(self.active[row], tokens[i]):
                 self.leaving.add(row)
-        times.sampling_s += time.perf_counter() - sampled
+        mark = time.perf_counter()
+        times.sampling_s += mark - sampled
         if len(self.leaving) == len(self.active):
             self._rebuild([])  # every row ended: free the cache now
             self._dead = 0
+            times.reform_s += time.perf_counter() - mark
 
     # -- tokens ----------------------------------------------------------------------------
     def _tokens(self, seqs: list[_Sequence], logits: Array) -> list[tuple[int, float, Any]]:
