@@ -421,3 +421,26 @@ async def test_the_report_warns_of_a_phase_where_redis_wrote_its_data_set() -> N
     whole, _ = await run({"kafka": FakeDriver("kafka", 14.0, None)})
     whole.resources = report.resources
     assert lines[0] in render(whole).splitlines()
+
+
+def test_the_report_reads_the_machines_speed_before_and_after_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from genwire_bench import runner as runner_module
+
+    readings = iter([12.5, 14.25])
+    monkeypatch.setattr(runner_module, "reference_ms", lambda: next(readings))
+    report, _ = event_loops.run(run({"kafka": FakeDriver("kafka", 14.0, None)}), "asyncio")
+    env = report.environment
+    assert (env["reference_ms_before"], env["reference_ms_after"]) == (12.5, 14.25)
+    assert "machine: reference workload 12.5 ms before, 14.2 after (best of 5" in render(report)
+    # A report saved before the reading existed renders without the line.
+    env.pop("reference_ms_before")
+    assert "machine: reference workload" not in render(report)
+
+
+def test_the_reference_workload_is_fixed_work_timed_at_its_best() -> None:
+    from genwire_bench import machine
+
+    assert machine.workload() == machine.workload() > 0  # the same work every time
+    assert 0 < machine.reference_ms(rounds=2) < 5_000

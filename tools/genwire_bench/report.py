@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from genwire_bench.at_model import WIDE, AtModel, at_model
+from genwire_bench.machine import ROUNDS
 from genwire_bench.resources import JIT_MIN_CPU_S, JIT_WARNING_SHARE
 from genwire_bench.runner import BenchReport
 from genwire_bench.stats import Dist, Load
@@ -50,6 +51,7 @@ def render(report: BenchReport) -> str:
         f"load average {env['loadavg_before'][0]:.2f} before, "
         f"{env['loadavg_after'][0]:.2f} after; started {env['started_at']}, "
         f"took {env['duration_s']} s",
+        *_machine(env),
         "",
     ]
     if not cfg.get("sampled", True):
@@ -166,6 +168,18 @@ def render(report: BenchReport) -> str:
     out += _costs(report)
     out += _targets(report)
     return "\n".join(out)
+
+
+def _machine(env: dict[str, Any]) -> list[str]:
+    """The machine's speed line (``genwire_bench.machine``); none for a report made before
+    the reference workload was read."""
+    before, after = env.get("reference_ms_before"), env.get("reference_ms_after")
+    if before is None or after is None:
+        return []
+    return [
+        f"machine: reference workload {before:.1f} ms before, {after:.1f} after (best of "
+        f"{ROUNDS}, one thread; runs whose reference differs ran on a faster or slower machine)"
+    ]
 
 
 def _at_model(report: BenchReport) -> list[str]:

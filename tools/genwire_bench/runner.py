@@ -15,6 +15,7 @@ from typing import Any
 from genwire.service import loop as event_loops
 from genwire_bench.drivers.base import Driver, new_trace
 from genwire_bench.load import closed_loop, open_loop
+from genwire_bench.machine import reference_ms
 from genwire_bench.prompts import Tokenize, build_requests
 from genwire_bench.records import BenchRequest, RequestRecord, SamplingSpec
 from genwire_bench.resources import (
@@ -222,6 +223,8 @@ class Runner:
         self._phase_no = 0
         self.active = len(cfg.targets)
         """How many targets are running (those that failed to start are skipped)."""
+        self.reference_before: float | None = None
+        """The machine's reference workload before the run (ms; ``genwire_bench.machine``)."""
 
     def total_requests(self, targets: int | None = None) -> int:
         """How many requests the run sends (progress-bar total)."""
@@ -233,6 +236,7 @@ class Runner:
         cfg = self.cfg
         started = time.time()
         load_before = os.getloadavg()
+        self.reference_before = reference_ms()
         shared: dict[str, Any] = {}
         drivers: list[Driver] = []
         skipped: dict[str, str] = {}
@@ -399,6 +403,8 @@ class Runner:
             "event_loop": event_loops.describe(),
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
+            "reference_ms_before": self.reference_before,
+            "reference_ms_after": reference_ms(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "duration_s": round(time.time() - started, 1),
         }

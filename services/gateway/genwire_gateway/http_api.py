@@ -55,9 +55,9 @@ T = TypeVar("T")
 def server_timing(results: Sequence[GenerationResult]) -> str:
     """A non-streamed answer's ``Server-Timing`` header (W3C): the model's own time for the
     request, ``model-queue`` (from the model taking it in to its decode loop admitting it) and
-    ``model-compute`` (from there to its final response), in milliseconds; of a batch of prompts, the result that spent the longest there
-    (the one the answer waited for). Empty when no result carries both (a model that does not
-    report them)."""
+    ``model-compute`` (from there to its final response), in milliseconds; of a batch of
+    prompts, the result that spent the longest there (the one the answer waited for). Empty
+    when no result carries both (a model that does not report them)."""
     timed = [
         (t.triton_queue_ms, t.triton_compute_ms)
         for t in (r.timings for r in results)
