@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import socket
 import threading
@@ -19,12 +20,52 @@ from genwire_stack.supervise import LOG_PREFIX
 T = TypeVar("T")
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10000
+_given: set[int] = set()  # ports this process handed out (two callers never get the same)
+_given_lock = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the kernel picks it; it is free until used)."""
+    """A TCP port nothing listens on right now, below the kernel's ephemeral range.
+
+    A port the kernel picks (bind to 0) is an ephemeral one: until the server that is given it
+    binds, any outgoing connection on the machine may take it as its source port, and the
+    server then fails with "address already in use" (seen: Jaeger's query port in a test
+    stack). Ports below the range are never given to outgoing connections; one is drawn at
+    random, checked free, and not handed out twice by this process. Where the range leaves no
+    room below it, the kernel picks."""
+    low = _ephemeral_low()
+    if low - _LOWEST_PORT >= 1000:
+        rng = random.Random()
+        for _ in range(200):
+            port = rng.randrange(_LOWEST_PORT, low)
+            with _given_lock:
+                if port in _given or not _bindable(host, port):
+                    continue
+                _given.add(port)
+            return port
     with socket.socket() as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        picked: int = sock.getsockname()[1]
+        return picked
+
+
+def _ephemeral_low() -> int:
+    """The lowest port of the kernel's ephemeral range (32768, Linux's default, if unread)."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def tcp_open(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> bool:
