@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-_LOWEST_PORT = 10000
+_LOWEST_PORT = 20000  # above every fixed port the stack uses (Jaeger's 16686, 13133, 10000)
 _given: set[int] = set()  # ports this process handed out (two callers never get the same)
 _given_lock = threading.Lock()
 
