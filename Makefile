@@ -24,7 +24,7 @@ GPU_EXTRAS := all,dev,gpu
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-venv: ## create or refresh the virtualenv (fast when up to date; GPU=1 adds TensorRT)
+venv: ## create or refresh the virtualenv at the tested versions (GENWIRE_UNLOCKED=1: today's; GPU=1 adds TensorRT)
 	@$(if $(filter 1,$(GPU)),GENWIRE_EXTRAS="$${GENWIRE_EXTRAS:-$(GPU_EXTRAS)}" )deploy/native/bootstrap.sh
 
 up: venv ## install what is missing, start Kafka, Redis, Triton, Jaeger and the services (SCALE=gateway=2,..., GPU=1)

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Creates or refreshes genwire's virtualenv (<GENWIRE_HOME>/venv): the one step before Python
 # takes over (`genwire up` installs and starts everything else). Fast when nothing changed: the
-# venv remembers a hash of pyproject.toml, the extras and the clone it was installed from.
+# venv remembers a hash of pyproject.toml and of the constraints, the extras and the clone it was
+# installed from.
+# Versions come from deploy/native/constraints.txt (pip -c: the set the suite last passed on,
+# written by deploy/compose/lock.py), so a fresh clone installs what was tested, not today's
+# releases. GENWIRE_UNLOCKED=1 installs without them (to try new releases; then `make test` and
+# relock); a distribution the constraints do not name (the gpu extra's) resolves freely.
 # The native stack runs every service, the model toolchain and the tools from this one venv, and
 # the tests need the dev tools: extras `all,dev` (GENWIRE_EXTRAS overrides; see docs/install.md
 # for one service's own install).
@@ -13,10 +18,17 @@ VENV="$GENWIRE_HOME/venv"
 STAMP="$VENV/.genwire-install"
 LOG="$GENWIRE_HOME/logs/bootstrap.log"
 EXTRAS="${GENWIRE_EXTRAS:-all,dev}"
+CONSTRAINTS="$ROOT/deploy/native/constraints.txt"
 
 fail() { echo "bootstrap: error: $*" >&2; exit 1; }
 
-want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $ROOT [$EXTRAS]"
+if [ "${GENWIRE_UNLOCKED:-}" = 1 ]; then
+  pins=() lock=unlocked
+else
+  [ -f "$CONSTRAINTS" ] || fail "$CONSTRAINTS is missing (GENWIRE_UNLOCKED=1 installs without it)"
+  pins=(-c "$CONSTRAINTS") lock="$(sha256sum "$CONSTRAINTS" | cut -d' ' -f1)"
+fi
+want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $lock $ROOT [$EXTRAS]"
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$STAMP" 2>/dev/null || true)" = "$want" ]; then
   exit 0
 fi
@@ -41,7 +53,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 echo "bootstrap: installing genwire and its dependencies into $VENV (first time: large downloads; log: $LOG)"
-if ! "$VENV/bin/python" -m pip install --progress-bar off -e "$ROOT[$EXTRAS]" >>"$LOG" 2>&1; then
+if ! "$VENV/bin/python" -m pip install --progress-bar off "${pins[@]}" -e "$ROOT[$EXTRAS]" >>"$LOG" 2>&1; then
   fail "pip install failed: $(grep -E '^(ERROR|error)' "$LOG" | tail -n 1) (full log: $LOG)"
 fi
 echo "$want" >"$STAMP"

@@ -511,16 +511,57 @@ def test_a_dependency_added_without_relocking_is_reported_stale(
 ) -> None:
     """A lock that lacks a distribution the extras now pull in fails the check by name (it
     once crashed with a KeyError instead)."""
-    lock = load_script(COMPOSE_DIR / "lock.py")
-    for target in lock.TARGETS:
-        shutil.copy(lock.OUT / f"{target}.txt", tmp_path / f"{target}.txt")
+    lock = copied_locks(tmp_path, monkeypatch)
     model = tmp_path / "model.txt"
     lines = model.read_text().splitlines()
     pinned = [i for i, line in enumerate(lines) if line and not line.startswith("#")]
+    dropped = lines[pinned[-1]].partition("==")[0]
     model.write_text("\n".join(lines[: pinned[-1]] + lines[pinned[-1] + 1 :]) + "\n")
-    monkeypatch.setattr(lock, "OUT", tmp_path)
     assert lock.main(["--check"]) == 1
-    assert "stale ['model.txt']" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"stale model.txt: added ['{dropped}']" in err
+    assert "constraints.txt" not in err and "gateway.txt" not in err
+
+
+def copied_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """lock.py with its image locks and the native constraints copied under ``tmp_path``."""
+    lock = load_script(COMPOSE_DIR / "lock.py")
+    for target in lock.TARGETS:
+        shutil.copy(lock.OUT / f"{target}.txt", tmp_path / f"{target}.txt")
+    shutil.copy(lock.NATIVE, tmp_path / "constraints.txt")
+    monkeypatch.setattr(lock, "OUT", tmp_path)
+    monkeypatch.setattr(lock, "NATIVE", tmp_path / "constraints.txt")
+    assert lock.main(["--check"]) == 0
+    return lock
+
+
+def test_a_venv_upgraded_without_relocking_fails_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The native venv is installed from the constraints, so a version that differs from them
+    is an upgrade nobody relocked (GENWIRE_UNLOCKED=1): stale, with the move named."""
+    lock = copied_locks(tmp_path, monkeypatch)
+    native = tmp_path / "constraints.txt"
+    text = native.read_text()
+    version = re.search(r"^aiokafka==(\S+)$", text, re.M)
+    assert version is not None
+    native.write_text(text.replace(f"aiokafka=={version[1]}", "aiokafka==0.0.1"))
+    assert lock.main(["--check"]) == 1
+    err = capsys.readouterr().err
+    assert f"stale constraints.txt: moved ['aiokafka 0.0.1->{version[1]}']" in err
+
+
+def test_the_native_constraints_pin_the_whole_venv_torch_included() -> None:
+    """Every distribution genwire[all,dev] pulls in is pinned, CUDA torch's companions too (PyPI's
+    torch for Linux pulls them in): an unpinned one would resolve to a new release on a fresh
+    clone. Local version tags are dropped (pip -c matches torch==X against X+cu...)."""
+    lock = load_script(COMPOSE_DIR / "lock.py")
+    pins = [p for p in lock.NATIVE.read_text().splitlines() if p and not p.startswith("#")]
+    assert all(re.match(r"^[a-z0-9._-]+==[^+\s]+$", p) for p in pins), pins
+    names = {p.partition("==")[0] for p in pins}
+    assert set(lock.closure(lock.NATIVE_EXTRAS)) == names
+    assert {"torch", "aiokafka", "pytest", "ruff", "tritonclient"} <= names
+    assert "genwire" not in names
 
 
 def test_images_install_their_fresh_locks_without_resolving() -> None:
