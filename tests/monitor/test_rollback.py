@@ -165,3 +165,62 @@ def test_a_canary_gets_its_own_series_even_when_the_cap_is_reached() -> None:
     engine.set_policies({MODEL: POLICY})  # names versions 1 and 2 of genwire-gpt
     t, _, _ = _mixed(engine, REFERENCE, CANARY, t, 2.0, rng)
     assert {("genwire-gpt", "1"), ("genwire-gpt", "2")} <= set(engine.models)
+
+
+def _failed_and_rolled_back(engine: MonitorEngine, rng: random.Random) -> tuple[float, Decision]:
+    t, _, _ = _mixed(engine, REFERENCE, CANARY, T0, 12.0, rng)
+    t, _, decisions = _mixed(engine, REFERENCE, replace(CANARY, error_share=0.5), t, 15.0, rng)
+    assert len(decisions) == 1
+    return t, decisions[0][1]
+
+
+PAGE = "errors:errors:page:genwire-gpt:2"
+
+
+def test_an_alert_from_an_earlier_policy_does_not_roll_back_the_canary_tried_again() -> None:
+    """Version 2 failed and was rolled back; tried again under a new revision while its error
+    page still fires (its slower rule's windows still hold the old failures). That verdict
+    judged requests from before the revision: the canary is not rolled back on it (the monitor
+    once did, at its first evaluation, before the canary's first request of the new revision);
+    healthy, it stays; failing again, its new requests roll it back."""
+    engine = _engine()
+    rng = random.Random(47)
+    t, first = _failed_and_rolled_back(engine, rng)
+    t, _, _ = _mixed(engine, REFERENCE, CANARY, t, 2.0, rng, share=0.0001)  # champion only
+    assert engine.book.is_firing(PAGE), "the page outlives the canary's traffic"
+    again = first.policy.model_copy(
+        update={
+            "weights": {"1": 75, "2": 25},
+            "revision": first.policy.revision + 1,
+            "updated_ms": t * 1000.0,  # written now, on the simulated clock
+        }
+    )
+    engine.set_policies({MODEL: again})
+    engine.tick(t + 0.05)
+    assert engine.due == []
+    held = engine.rollback.held[MODEL]
+    assert f"rest on requests from before revision {again.revision}" in held and PAGE in held
+    t, events, decisions = _mixed(engine, REFERENCE, CANARY, t + 0.05, 8.0, rng)
+    assert decisions == [], "a healthy canary is not rolled back on an earlier policy's alert"
+    assert [e for _, e in events if e.id == PAGE and e.status == "resolved"], (
+        "its traffic clears it"
+    )
+    t, _, decisions = _mixed(engine, REFERENCE, replace(CANARY, error_share=0.5), t, 15.0, rng)
+    assert [(d.canary, d.from_revision) for _, d in decisions] == [("2", again.revision)]
+
+
+def test_an_alert_rebuilt_after_a_restart_waits_for_the_canary_s_own_requests() -> None:
+    """After a restart the monitor rebuilds its firing alerts from ``genwire.alerts`` (held on
+    no data): a canary is rolled back only once its requests since say so."""
+    before = _engine()
+    t, first = _failed_and_rolled_back(before, rng := random.Random(48))
+    (page,) = [a for a in before.book.active(t) if a.id == PAGE]
+    engine = _engine()  # the restart: the policy in force names version 2 a canary
+    assert engine.restore([page.model_copy(update={"no_data": False})]) == [PAGE]
+    engine.tick(t)
+    assert engine.due == [] and PAGE in engine.rollback.held[MODEL]
+    t, _, decisions = _mixed(engine, REFERENCE, CANARY, t, 8.0, rng)
+    assert decisions == []
+    t, _, decisions = _mixed(engine, REFERENCE, replace(CANARY, error_share=0.5), t, 15.0, rng)
+    assert [(d.canary, d.from_revision) for _, d in decisions] == [("2", POLICY.revision)]
+    assert first.from_revision == POLICY.revision

@@ -123,6 +123,10 @@ async def _scenario(stack: CommonSettings) -> None:
             at, new = rolled[0]
             failed = sorted(t for t, code in answers if code != 200)
             assert failed, "the canary never failed"
+            # On this revision's failures, not an alert left from an earlier run of this test
+            # (rebuilt firing after a restart, or still in its windows): the monitor once rolled
+            # back here before the canary's first request.
+            assert at > failed[0], f"rolled back {failed[0] - at:.1f}s before the first failure"
             print(
                 f"\nfailing canary (30 %): rollback on genwire.config {at - failed[0]:.1f}s after "
                 f"its first failed request (production windows: short 5 min, trace "

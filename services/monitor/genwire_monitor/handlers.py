@@ -435,9 +435,26 @@ class MonitorEngine:
         )
         events += self._resolve_vanished(now)
         events += self._resolve_retired(now)
-        self.due = self.rollback.decide(self.policies, self.book.active(now), now)
+        self.due = self.rollback.decide(
+            self.policies, self.book.active(now), now, lambda a, since: self._served(a, since, now)
+        )
         self.history.record(now, self.percentiles(now), self.drift_results)
         return events
+
+    def _served(self, alert: AlertEvent, since: float, now: float) -> bool:
+        """Whether ``alert``'s version served, since ``since``, requests that bear on it: bad
+        ones of its SLO for a burn-rate alert (counted by request time, in the SLO's buckets),
+        any request for the others (the comparison with the champion judges a sample)."""
+        series = self.models.get((alert.model or "", alert.model_version or ""))
+        if series is None:
+            return False
+        if alert.kind not in ("latency_burn", "error_burn"):
+            return series.last_seen >= since
+        slo = next((x for x in series.slos if x.name == alert.labels.get("slo")), None)
+        if slo is None or now <= since:
+            return False
+        good, total = slo.ring.window(now, now - since)
+        return total > good
 
     def set_policies(self, policies: dict[str, ModelPolicy]) -> None:
         """The policies in force now (a copy of the feed's, handed to the engine thread)."""

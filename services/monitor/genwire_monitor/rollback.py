@@ -13,6 +13,15 @@ alerts (its output compared with the champion's). When the champion has such an 
 problem is not the canary's (a shared dependency, the load): nothing is rolled back, and the
 decision is recorded as *held* on the page.
 
+A canary is judged on what it served under the policy in force. An alert acts only when its
+verdict is current (not held on no data: ``AlertEvent.no_data``, its rules see too few events)
+and the version has served, since the policy's revision came into force (its ``updated_ms``, or
+when this monitor first saw it, whichever is earlier), requests that bear on it (``Evidence``:
+the engine counts the alert's SLO's bad requests in that time). An alert about requests from
+before — the same version rolled back an hour ago and tried again under a new revision, or an
+alert rebuilt after a restart from ``genwire.alerts`` — holds the canary (with the reason on
+the page) until its requests under this policy fire it again or clear it.
+
 A rollback is decided once per (model, policy revision): until the new revision comes back
 through the feed, the same policy is never rolled back twice; a failed publish is retried at
 the next evaluation.
@@ -21,7 +30,7 @@ the next evaluation.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -32,6 +41,9 @@ from genwire_monitor.config import MonitorSettings
 log = logging.getLogger(__name__)
 
 BY = "monitor"
+
+Evidence = Callable[[AlertEvent, float], bool]
+"""Whether the alert's version served, since the time given, requests that bear on the alert."""
 
 
 @dataclass
@@ -62,6 +74,13 @@ class Decision:
             "published_at": None if self.published_at is None else _iso(self.published_at),
             "error": self.error,
         }
+
+
+def _acting(
+    alerts: Sequence[AlertEvent], since: float, evidence: Evidence | None
+) -> list[AlertEvent]:
+    """The alerts that may act: a current verdict on requests served since ``since``."""
+    return [a for a in alerts if not a.no_data and (evidence is None or evidence(a, since))]
 
 
 def _iso(t: float) -> str:
@@ -102,32 +121,57 @@ class RollbackController:
     held: dict[str, str] = field(default_factory=dict)  # model -> why nothing was done now
     published_total: dict[str, int] = field(default_factory=dict)  # model -> rollbacks
     _pending: dict[tuple[str, int], Decision] = field(default_factory=dict)
+    _since: dict[tuple[str, int], float] = field(default_factory=dict)  # revision first seen
 
     def _triggers(self, alert: AlertEvent) -> bool:
         s = self.settings
         return alert.kind in s.rollback_kinds and alert.severity in s.rollback_severities
 
     def decide(
-        self, policies: Mapping[str, ModelPolicy], active: Sequence[AlertEvent], now: float
+        self,
+        policies: Mapping[str, ModelPolicy],
+        active: Sequence[AlertEvent],
+        now: float,
+        evidence: Evidence | None = None,
     ) -> list[Decision]:
-        """The rollbacks to publish now (each model at most one; each revision once)."""
+        """The rollbacks to publish now (each model at most one; each revision once).
+
+        ``evidence`` (None: every current alert counts) says whether an alert rests on
+        requests served since its policy's revision came into force."""
         if not self.settings.auto_rollback:
             return []
-        firing: dict[tuple[str, str], list[AlertEvent]] = {}
+        alerts: dict[tuple[str, str], list[AlertEvent]] = {}
         for alert in active:
             if alert.model is not None and alert.model_version and self._triggers(alert):
-                firing.setdefault((alert.model, alert.model_version), []).append(alert)
+                alerts.setdefault((alert.model, alert.model_version), []).append(alert)
         self.held = {}
         out: list[Decision] = []
         for model, policy in policies.items():
+            since = self._since.setdefault((model, policy.revision), now)
+            if policy.updated_ms > 0:
+                since = min(since, policy.updated_ms / 1000.0)
+
             champion = policy.champion
             if not champion:
                 continue
-            bad = sorted(v for v in policy.canaries() if (model, v) in firing)
-            if not bad:
+            firing = {
+                v: found
+                for v in policy.canaries()
+                if (found := _acting(alerts.get((model, v), ()), since, evidence))
+            }
+            if not firing:
+                old = [a.id for v in sorted(policy.canaries()) for a in alerts.get((model, v), ())]
+                if old:
+                    self.held[model] = (
+                        f"alerts of its canary ({', '.join(old)}) rest on requests from before "
+                        f"revision {policy.revision} or are held on no data: not acted on; "
+                        f"judged again on its requests under this revision"
+                    )
                 continue
-            if (model, champion) in firing:
-                ids = ", ".join(a.id for a in firing[(model, champion)])
+            bad = sorted(firing)
+            champion_alerts = _acting(alerts.get((model, champion), ()), since, evidence)
+            if champion_alerts:
+                ids = ", ".join(a.id for a in champion_alerts)
                 self.held[model] = (
                     f"canary {', '.join(bad)} and champion {champion} both alerting ({ids}): "
                     f"not the canary's doing, nothing rolled back"
@@ -137,7 +181,7 @@ class RollbackController:
             if pending is not None and pending.published_at is not None:
                 continue  # published; the new revision has not come back through the feed yet
             canary = bad[0]
-            alert = min(firing[(model, canary)], key=lambda a: a.started_at)
+            alert = min(firing[canary], key=lambda a: a.started_at)
             reason = (
                 f"automatic rollback of {model} version {canary} to champion {champion}: "
                 f"{alert.title} ({alert.id}, raised by {alert.raised_by or alert.rule}); "
@@ -154,6 +198,8 @@ class RollbackController:
         live = {(m, p.revision) for m, p in policies.items()}
         for key in [k for k in self._pending if k not in live]:
             del self._pending[key]  # the policy moved on: bounded by the models
+        for key in [k for k in self._since if k not in live]:
+            del self._since[key]
         return out
 
     def published(self, decision: Decision, now: float) -> None:
