@@ -5,8 +5,9 @@
 # installed from.
 # Versions come from deploy/native/constraints.txt (pip -c: the set the suite last passed on,
 # written by deploy/compose/lock.py), so a fresh clone installs what was tested, not today's
-# releases. GENWIRE_UNLOCKED=1 installs without them (to try new releases; then `make test` and
-# relock); a distribution the constraints do not name (the gpu extra's) resolves freely.
+# releases. GENWIRE_UNLOCKED=1 installs without them, upgrading everything to the newest
+# releases pyproject.toml allows (to try them: relock, then `make test`); a distribution the
+# constraints do not name (the gpu extra's) resolves freely.
 # The native stack runs every service, the model toolchain and the tools from this one venv, and
 # the tests need the dev tools: extras `all,dev` (GENWIRE_EXTRAS overrides; see docs/install.md
 # for one service's own install).
@@ -23,7 +24,9 @@ CONSTRAINTS="$ROOT/deploy/native/constraints.txt"
 fail() { echo "bootstrap: error: $*" >&2; exit 1; }
 
 if [ "${GENWIRE_UNLOCKED:-}" = 1 ]; then
-  pins=() lock=unlocked
+  # Every dependency to its newest allowed release (pip keeps what already satisfies a range
+  # otherwise), resolved again once a day.
+  pins=(--upgrade --upgrade-strategy eager) lock="unlocked-$(date -u +%F)"
 else
   [ -f "$CONSTRAINTS" ] || fail "$CONSTRAINTS is missing (GENWIRE_UNLOCKED=1 installs without it)"
   pins=(-c "$CONSTRAINTS") lock="$(sha256sum "$CONSTRAINTS" | cut -d' ' -f1)"

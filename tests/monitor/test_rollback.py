@@ -200,7 +200,10 @@ def test_an_alert_from_an_earlier_policy_does_not_roll_back_the_canary_tried_aga
     assert engine.due == []
     held = engine.rollback.held[MODEL]
     assert f"rest on requests from before revision {again.revision}" in held and PAGE in held
-    t, events, decisions = _mixed(engine, REFERENCE, CANARY, t + 0.05, 8.0, rng)
+    # Healthy, within its SLO (0.5 % errors against a 1 % budget): its few bad requests do not
+    # re-arm the old verdict.
+    healthy = replace(CANARY, error_share=0.005)
+    t, events, decisions = _mixed(engine, REFERENCE, healthy, t + 0.05, 8.0, rng)
     assert decisions == [], "a healthy canary is not rolled back on an earlier policy's alert"
     assert [e for _, e in events if e.id == PAGE and e.status == "resolved"], (
         "its traffic clears it"
@@ -211,16 +214,30 @@ def test_an_alert_from_an_earlier_policy_does_not_roll_back_the_canary_tried_aga
 
 def test_an_alert_rebuilt_after_a_restart_waits_for_the_canary_s_own_requests() -> None:
     """After a restart the monitor rebuilds its firing alerts from ``genwire.alerts`` (held on
-    no data): a canary is rolled back only once its requests since say so."""
+    no data) and may read spans again from before the policy's revision: neither rolls the
+    canary back; its requests under the revision do."""
     before = _engine()
-    t, first = _failed_and_rolled_back(before, rng := random.Random(48))
+    rng = random.Random(48)
+    t, first = _failed_and_rolled_back(before, rng)
     (page,) = [a for a in before.book.active(t) if a.id == PAGE]
-    engine = _engine()  # the restart: the policy in force names version 2 a canary
-    assert engine.restore([page.model_copy(update={"no_data": False})]) == [PAGE]
-    engine.tick(t)
-    assert engine.due == [] and PAGE in engine.rollback.held[MODEL]
+    assert first.from_revision == POLICY.revision
+    engine = MonitorEngine(fast_settings(canary_min_samples=50))  # the restart
+    again = POLICY.model_copy(update={"revision": 6, "updated_ms": (t + 3.0) * 1000.0})
+    engine.set_policies({MODEL: again})
+    assert engine.restore([page]) == [PAGE]
+    # The spans of failures from before the revision, read again after the restart (its
+    # consumer resumes from its last commit) and judged at t + 3.5 s...
+    failing = replace(CANARY, error_share=0.5)
+    late = t + 3.5
+    for _, payload in traffic(failing, t, 3.0, 60.0, rng):
+        engine.ingest([payload], late)
+    for step in (late, late + 0.5, late + 1.0):
+        engine.tick(step)
+        assert engine.due == [] and PAGE in engine.rollback.held[MODEL]
+    assert engine.book.active(late + 1.0)[0].no_data is False, "a current verdict, on old requests"
+    t = late + 1.0
+    # ...then the revision's own traffic: healthy stays, failing is rolled back.
     t, _, decisions = _mixed(engine, REFERENCE, CANARY, t, 8.0, rng)
     assert decisions == []
-    t, _, decisions = _mixed(engine, REFERENCE, replace(CANARY, error_share=0.5), t, 15.0, rng)
-    assert [(d.canary, d.from_revision) for _, d in decisions] == [("2", POLICY.revision)]
-    assert first.from_revision == POLICY.revision
+    t, _, decisions = _mixed(engine, REFERENCE, failing, t, 15.0, rng)
+    assert [(d.canary, d.from_revision) for _, d in decisions] == [("2", again.revision)]

@@ -114,6 +114,7 @@ class ModelSeries:
     errors: int = 0
     seen: int = field(default=0)  # order of first appearance
     last_seen: float = 0.0  # clock time of its latest request (eviction when idle)
+    last_request: float = 0.0  # end time of its latest request (the requests' own clock)
     feedback: FeedbackTally = field(default_factory=FeedbackTally)
 
     def mean_logprob(self, now: float, window_s: float) -> float | None:
@@ -316,6 +317,7 @@ class MonitorEngine:
                     slo.count(t, now, ms <= slo.threshold_ms, trace, ms)
         if series is not None and key is not None:
             series.last_seen = max(series.last_seen, now)
+            series.last_request = max(series.last_request, t)
             series.requests += 1
             series.errors += rec.error
             logprob = numeric(rec.attrs.get(sc.MEAN_LOGPROB))  # one NaN would poison the mean
@@ -442,19 +444,24 @@ class MonitorEngine:
         return events
 
     def _served(self, alert: AlertEvent, since: float, now: float) -> bool:
-        """Whether ``alert``'s version served, since ``since``, requests that bear on it: bad
-        ones of its SLO for a burn-rate alert (counted by request time, in the SLO's buckets),
-        any request for the others (the comparison with the champion judges a sample)."""
+        """Whether ``alert``'s version served, since ``since``, requests that bear on it. For a
+        burn-rate alert: its SLO's requests since then (by their end time, from the first
+        bucket after ``since``), at least ``min_events`` of them, burn the budget at the lowest
+        factor of the alert's severity (one bad request an SLO allows re-arms nothing); for
+        the others any request since then (the comparison with the champion judges a sample)."""
         series = self.models.get((alert.model or "", alert.model_version or ""))
         if series is None:
             return False
         if alert.kind not in ("latency_burn", "error_burn"):
-            return series.last_seen >= since
+            return series.last_request >= since
         slo = next((x for x in series.slos if x.name == alert.labels.get("slo")), None)
-        if slo is None or now <= since:
+        factors = [r.factor for r in self.settings.burn_rules if r.severity == alert.severity]
+        if slo is None or not factors:
             return False
-        good, total = slo.ring.window(now, now - since)
-        return total > good
+        good, total = slo.ring.since(since, now)
+        if total < self.settings.min_events:
+            return False
+        return (total - good) / total >= min(factors) * (1.0 - slo.objective)
 
     def set_policies(self, policies: dict[str, ModelPolicy]) -> None:
         """The policies in force now (a copy of the feed's, handed to the engine thread)."""

@@ -17,7 +17,9 @@ A canary is judged on what it served under the policy in force. An alert acts on
 verdict is current (not held on no data: ``AlertEvent.no_data``, its rules see too few events)
 and the version has served, since the policy's revision came into force (its ``updated_ms``, or
 when this monitor first saw it, whichever is earlier), requests that bear on it (``Evidence``:
-the engine counts the alert's SLO's bad requests in that time). An alert about requests from
+the engine asks that the alert's SLO, over those requests alone, burn at its severity's lowest
+factor with ``min_events`` of them). Any alert of the champion still holds the rollback back.
+An alert about requests from
 before — the same version rolled back an hour ago and tried again under a new revision, or an
 alert rebuilt after a restart from ``genwire.alerts`` — holds the canary (with the reason on
 the page) until its requests under this policy fire it again or clear it.
@@ -169,7 +171,9 @@ class RollbackController:
                     )
                 continue
             bad = sorted(firing)
-            champion_alerts = _acting(alerts.get((model, champion), ()), since, evidence)
+            # Cautious: any alert of the champion holds (restored, no data, or older than
+            # this revision: its traffic is the larger share and clears it soon enough).
+            champion_alerts = alerts.get((model, champion), [])
             if champion_alerts:
                 ids = ", ".join(a.id for a in champion_alerts)
                 self.held[model] = (

@@ -106,3 +106,11 @@ class CounterRing:
         first = last - max(1, math.ceil(length_s / self.width)) + 1
         mask = (self._index >= first) & (self._index <= last)
         return int(self._good[mask].sum()), int(self._total[mask].sum())
+
+    def since(self, start: float, now: float) -> tuple[int, int]:
+        """``(good, total)`` in the buckets from the first that begins at or after ``start`` to
+        the one holding ``now``: never an event from before ``start`` (the rest of its bucket
+        is left out instead), and the same buckets whatever ``now`` is."""
+        first, last = math.ceil(start / self.width), math.floor(now / self.width)
+        mask = (self._index >= first) & (self._index <= last)
+        return int(self._good[mask].sum()), int(self._total[mask].sum())
