@@ -75,6 +75,7 @@ async def _scenario(stack: CommonSettings) -> None:
             aliases={"champion": "1", "challenger": "2"},
             weights={"1": 70, "2": 30},
             revision=(current.revision + 1) if current is not None else 1,
+            updated_ms=time.time() * 1000.0,  # as `genwire model` writes it
             updated_by="test",
             reason="canary of a version that fails every request",
         )

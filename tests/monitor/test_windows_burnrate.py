@@ -86,16 +86,17 @@ def test_min_events_and_scale() -> None:
 
 
 def test_counts_since_a_time_take_no_event_from_before_it_and_keep_those_after() -> None:
-    """``CounterRing.since`` starts at the first bucket beginning at or after its start: no
-    event before the start counts (the rest of the start's own bucket is left out too), and an
-    event counted stays counted at every later ``now`` (a window of ``now - start`` would move
-    its first bucket as ``now`` moves within a bucket)."""
+    """``CounterRing.since``: no event before the start counts (the start's own bucket is left
+    out when it holds one: the events after the start there are missed), the start's bucket
+    counts whole when its events all came at or after the start, and an event counted stays
+    counted at every later ``now`` (a window of ``now - start`` would move its first bucket as
+    ``now`` moves within a bucket)."""
     ring = CounterRing(width_s=30.0, span_s=3600.0)
-    ring.add(40.0, 40.0, good=False)  # before the start (56), in its bucket [30, 60)
-    ring.add(57.0, 57.0, good=False)  # after the start, in the same bucket: left out
-    ring.add(61.0, 61.0, good=False)  # the first bucket after it: counted
+    ring.add(57.0, 57.0, good=False)  # after the start (56), in its bucket [30, 60)
+    ring.add(61.0, 61.0, good=True)  # the next bucket
     for now in (61.0, 80.0, 91.0, 100.0, 119.0, 121.0, 900.0):
-        assert ring.since(56.0, now) == (0, 1), now
-    ring.add(95.0, 121.0, good=True)
-    assert ring.since(56.0, 121.0) == (1, 2)
-    assert ring.since(60.0, 121.0) == (1, 2)  # a start on a boundary keeps its bucket
+        assert ring.since(56.0, now) == (1, 2), now  # the start's bucket is all after it
+    ring.add(40.0, 122.0, good=False)  # a late event from before the start, same bucket
+    assert ring.since(56.0, 122.0) == (1, 1)  # that bucket is left out now
+    assert ring.since(40.0, 122.0) == (1, 3)
+    assert ring.since(60.0, 122.0) == (1, 1)  # a start on a boundary: its bucket from there

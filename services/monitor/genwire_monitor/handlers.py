@@ -445,8 +445,8 @@ class MonitorEngine:
 
     def _served(self, alert: AlertEvent, since: float, now: float) -> bool:
         """Whether ``alert``'s version served, since ``since``, requests that bear on it. For a
-        burn-rate alert: its SLO's requests since then (by their end time, from the first
-        bucket after ``since``), at least ``min_events`` of them, burn the budget at the lowest
+        burn-rate alert: its SLO's requests since then (by their end time; ``CounterRing.since``),
+        at least ``min_events`` of them, burn the budget at the lowest
         factor of the alert's severity (one bad request an SLO allows re-arms nothing); for
         the others any request since then (the comparison with the champion judges a sample)."""
         series = self.models.get((alert.model or "", alert.model_version or ""))

@@ -82,10 +82,12 @@ class CounterRing:
         self._index = np.full(self.size, -1, dtype=np.int64)
         self._good = np.zeros(self.size, dtype=np.int64)
         self._total = np.zeros(self.size, dtype=np.int64)
+        self._earliest = np.full(self.size, math.inf)  # each bucket's earliest event (since)
 
     def add(self, t: float, now: float, good: bool) -> bool:
         """Count one event at ``t``; False if it is older than the ring holds."""
-        idx = math.floor(min(t, now) / self.width)
+        t = min(t, now)
+        idx = math.floor(t / self.width)
         if idx <= math.floor(now / self.width) - self.size:
             return False
         slot = idx % self.size
@@ -95,6 +97,8 @@ class CounterRing:
             self._index[slot] = idx
             self._good[slot] = 0
             self._total[slot] = 0
+            self._earliest[slot] = math.inf
+        self._earliest[slot] = min(self._earliest[slot], t)
         self._total[slot] += 1
         if good:
             self._good[slot] += 1
@@ -108,9 +112,13 @@ class CounterRing:
         return int(self._good[mask].sum()), int(self._total[mask].sum())
 
     def since(self, start: float, now: float) -> tuple[int, int]:
-        """``(good, total)`` in the buckets from the first that begins at or after ``start`` to
-        the one holding ``now``: never an event from before ``start`` (the rest of its bucket
-        is left out instead), and the same buckets whatever ``now`` is."""
-        first, last = math.ceil(start / self.width), math.floor(now / self.width)
+        """``(good, total)`` of the events at or after ``start``, to the bucket holding ``now``:
+        the bucket holding ``start`` counts whole when its earliest event is not before
+        ``start``, else it is left out (never an event from before ``start``; at worst the
+        rest of that bucket is missed); the same buckets whatever ``now`` is."""
+        first, last = math.floor(start / self.width), math.floor(now / self.width)
+        slot = first % self.size
+        if self._index[slot] == first and self._earliest[slot] < start:
+            first += 1
         mask = (self._index >= first) & (self._index <= last)
         return int(self._good[mask].sum()), int(self._total[mask].sum())
