@@ -200,10 +200,12 @@ def test_an_alert_from_an_earlier_policy_does_not_roll_back_the_canary_tried_aga
     assert engine.due == []
     held = engine.rollback.held[MODEL]
     assert f"rest on requests from before revision {again.revision}" in held and PAGE in held
-    # Healthy, within its SLO (0.5 % errors against a 1 % budget): its few bad requests do not
+    # Healthy, within its SLO (0.8 % errors against a 1 % budget): its few bad requests do not
     # re-arm the old verdict.
-    healthy = replace(CANARY, error_share=0.005)
+    healthy = replace(CANARY, error_share=0.008)
+    errors = engine.models[(MODEL, "2")].errors
     t, events, decisions = _mixed(engine, REFERENCE, healthy, t + 0.05, 8.0, rng)
+    assert engine.models[(MODEL, "2")].errors > errors, "it served bad requests meanwhile"
     assert decisions == [], "a healthy canary is not rolled back on an earlier policy's alert"
     assert [e for _, e in events if e.id == PAGE and e.status == "resolved"], (
         "its traffic clears it"
@@ -241,3 +243,23 @@ def test_an_alert_rebuilt_after_a_restart_waits_for_the_canary_s_own_requests() 
     assert decisions == []
     t, _, decisions = _mixed(engine, REFERENCE, failing, t, 15.0, rng)
     assert [(d.canary, d.from_revision) for _, d in decisions] == [("2", again.revision)]
+
+
+def test_a_canary_healthy_for_hours_then_failing_is_rolled_back_when_its_page_fires() -> None:
+    """The evidence is the alert's rules on the revision's requests, each window cut at the
+    revision: hours of good requests since it do not dilute a failure the rules see (judged
+    over everything since the revision, a day-old canary's failure waited 10x its page)."""
+    engine = _engine()
+    rng = random.Random(49)
+    # 8 production hours (80 s at 1/360) of a healthy canary under revision 4, then 20 % errors
+    t, _, decisions = _mixed(engine, REFERENCE, CANARY, T0, 80.0, rng)
+    assert decisions == []
+    bad_from = t
+    failing = replace(CANARY, error_share=0.2)
+    t, events, decisions = _mixed(engine, REFERENCE, failing, t, 10.0, rng)
+    assert [(d.canary, d.from_revision) for _, d in decisions] == [("2", POLICY.revision)]
+    (fired,) = [at for at, e in events if e.id == PAGE and e.status == "firing"]
+    at = decisions[0][0]
+    took = {"page": fired - bad_from, "rollback": at - bad_from}
+    print(f"\nday-old canary, 20 % errors: {', '.join(f'{k} {v:.2f}s' for k, v in took.items())}")
+    assert at == fired, "rolled back at the evaluation its page fired"

@@ -100,3 +100,13 @@ def test_counts_since_a_time_take_no_event_from_before_it_and_keep_those_after()
     assert ring.since(56.0, 122.0) == (1, 1)  # that bucket is left out now
     assert ring.since(40.0, 122.0) == (1, 3)
     assert ring.since(60.0, 122.0) == (1, 1)  # a start on a boundary: its bucket from there
+
+
+def test_a_reused_bucket_forgets_its_earliest_event_and_since_stays_inside_the_ring() -> None:
+    """A slot reused for a newer bucket starts a new earliest event (an old one would leave the
+    bucket out of every ``since``), and ``since`` never counts a slot older than the ring."""
+    ring = CounterRing(width_s=10.0, span_s=30.0)  # 4 slots
+    ring.add(1.0, 1.0, good=False)  # bucket 0, slot 0
+    ring.add(45.0, 45.0, good=True)  # bucket 4: slot 0 again
+    assert ring.since(41.0, 45.0) == (1, 1)  # from bucket 4: its earliest (45) is after 41
+    assert ring.since(0.0, 45.0) == (1, 1)  # bucket 0 is gone from the ring

@@ -132,6 +132,33 @@ def evaluate(
     return results
 
 
+def fires_since(
+    ring: CounterRing,
+    objective: float,
+    rules: list[BurnRule],
+    now: float,
+    scale: float,
+    min_events: int,
+    since: float,
+) -> bool:
+    """Whether one of ``rules`` fires on the events at or after ``since`` alone: each window
+    as ``evaluate`` has it, cut at ``since`` when it reaches further back
+    (``CounterRing.since``)."""
+
+    def figures(length: float) -> WindowFigures:
+        if now - length >= since:
+            return WindowFigures(length, *ring.window(now, length))
+        return WindowFigures(length, *ring.since(since, now))
+
+    return any(
+        verdict(
+            rule, figures(rule.long_s * scale), figures(rule.short_s * scale), objective, min_events
+        )
+        is Verdict.FIRE
+        for rule in rules
+    )
+
+
 def verdict(
     rule: BurnRule, long: WindowFigures, short: WindowFigures, objective: float, min_events: int
 ) -> Verdict:

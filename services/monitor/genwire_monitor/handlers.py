@@ -28,7 +28,7 @@ from ddsketch import DDSketch
 from genwire.feedback import FeedbackEvent
 from genwire.policy import SHADOW_ATTRIBUTE, ModelPolicy
 from genwire.telemetry import semconv as sc
-from genwire_monitor import rules
+from genwire_monitor import burnrate, rules
 from genwire_monitor.alerting import AlertBook, AlertEvent
 from genwire_monitor.burnrate import SLOState, ring_for, sketch_ring_for
 from genwire_monitor.config import END_TO_END, OTHER_MODEL, TPOT, TTFT, MonitorSettings
@@ -317,7 +317,7 @@ class MonitorEngine:
                     slo.count(t, now, ms <= slo.threshold_ms, trace, ms)
         if series is not None and key is not None:
             series.last_seen = max(series.last_seen, now)
-            series.last_request = max(series.last_request, t)
+            series.last_request = max(series.last_request, min(t, now))
             series.requests += 1
             series.errors += rec.error
             logprob = numeric(rec.attrs.get(sc.MEAN_LOGPROB))  # one NaN would poison the mean
@@ -445,23 +445,23 @@ class MonitorEngine:
 
     def _served(self, alert: AlertEvent, since: float, now: float) -> bool:
         """Whether ``alert``'s version served, since ``since``, requests that bear on it. For a
-        burn-rate alert: its SLO's requests since then (by their end time; ``CounterRing.since``),
-        at least ``min_events`` of them, burn the budget at the lowest
-        factor of the alert's severity (one bad request an SLO allows re-arms nothing); for
-        the others any request since then (the comparison with the champion judges a sample)."""
+        burn-rate alert: a rule of its severity fires on its SLO's requests since then alone
+        (each window cut at ``since``; by the requests' end times), so neither old failures
+        nor a diluted average since a revision days old decide; for the others any request
+        since then (the comparison with the champion judges a sample)."""
         series = self.models.get((alert.model or "", alert.model_version or ""))
         if series is None:
             return False
         if alert.kind not in ("latency_burn", "error_burn"):
             return series.last_request >= since
         slo = next((x for x in series.slos if x.name == alert.labels.get("slo")), None)
-        factors = [r.factor for r in self.settings.burn_rules if r.severity == alert.severity]
-        if slo is None or not factors:
+        if slo is None:
             return False
-        good, total = slo.ring.since(since, now)
-        if total < self.settings.min_events:
-            return False
-        return (total - good) / total >= min(factors) * (1.0 - slo.objective)
+        s = self.settings
+        rules = [r for r in s.burn_rules if r.severity == alert.severity]
+        return burnrate.fires_since(
+            slo.ring, slo.objective, rules, now, s.window_scale, s.min_events, since
+        )
 
     def set_policies(self, policies: dict[str, ModelPolicy]) -> None:
         """The policies in force now (a copy of the feed's, handed to the engine thread)."""

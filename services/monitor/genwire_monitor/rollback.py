@@ -17,8 +17,8 @@ A canary is judged on what it served under the policy in force. An alert acts on
 verdict is current (not held on no data: ``AlertEvent.no_data``, its rules see too few events)
 and the version has served, since the policy's revision came into force (its ``updated_ms``, or
 when this monitor first saw it, whichever is earlier), requests that bear on it (``Evidence``:
-the engine asks that the alert's SLO, over those requests alone, burn at its severity's lowest
-factor with ``min_events`` of them). Any alert of the champion still holds the rollback back.
+the engine asks that a rule of the alert's severity fire on its SLO's requests with each window
+cut at the revision). Any alert of the champion still holds the rollback back.
 An alert about requests from
 before — the same version rolled back an hour ago and tried again under a new revision, or an
 alert rebuilt after a restart from ``genwire.alerts`` — holds the canary (with the reason on

@@ -116,7 +116,8 @@ class CounterRing:
         the bucket holding ``start`` counts whole when its earliest event is not before
         ``start``, else it is left out (never an event from before ``start``; at worst the
         rest of that bucket is missed); the same buckets whatever ``now`` is."""
-        first, last = math.floor(start / self.width), math.floor(now / self.width)
+        last = math.floor(now / self.width)
+        first = max(math.floor(start / self.width), last - self.size + 1)  # what the ring holds
         slot = first % self.size
         if self._index[slot] == first and self._earliest[slot] < start:
             first += 1
