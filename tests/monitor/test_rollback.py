@@ -245,14 +245,19 @@ def test_an_alert_rebuilt_after_a_restart_waits_for_the_canary_s_own_requests() 
     assert [(d.canary, d.from_revision) for _, d in decisions] == [("2", again.revision)]
 
 
-def test_a_canary_healthy_for_hours_then_failing_is_rolled_back_when_its_page_fires() -> None:
+@pytest.mark.parametrize("healthy_s", [25.0, 80.0], ids=["2.5h", "8h"])
+def test_a_canary_healthy_for_hours_then_failing_is_rolled_back_when_its_page_fires(
+    healthy_s: float,
+) -> None:
     """The evidence is the alert's rules on the revision's requests, each window cut at the
     revision: hours of good requests since it do not dilute a failure the rules see (judged
-    over everything since the revision, a day-old canary's failure waited 10x its page)."""
+    over everything since the revision, an 8-hour-old canary's failure waited ~4x its page).
+    At 2.5 production hours the 6 h rule's windows are cut at the revision, the 1 h rule's
+    are whole; at 8 hours every window is whole."""
     engine = _engine()
     rng = random.Random(49)
-    # 8 production hours (80 s at 1/360) of a healthy canary under revision 4, then 20 % errors
-    t, _, decisions = _mixed(engine, REFERENCE, CANARY, T0, 80.0, rng)
+    # healthy_s at 1/360 (2.5 or 8 production hours) under revision 4, then 20 % errors
+    t, _, decisions = _mixed(engine, REFERENCE, CANARY, T0, healthy_s, rng)
     assert decisions == []
     bad_from = t
     failing = replace(CANARY, error_share=0.2)

@@ -109,4 +109,21 @@ def test_a_reused_bucket_forgets_its_earliest_event_and_since_stays_inside_the_r
     ring.add(1.0, 1.0, good=False)  # bucket 0, slot 0
     ring.add(45.0, 45.0, good=True)  # bucket 4: slot 0 again
     assert ring.since(41.0, 45.0) == (1, 1)  # from bucket 4: its earliest (45) is after 41
-    assert ring.since(0.0, 45.0) == (1, 1)  # bucket 0 is gone from the ring
+    stale = CounterRing(width_s=10.0, span_s=30.0)
+    stale.add(1.0, 1.0, good=False)  # bucket 0, never overwritten
+    assert stale.since(0.0, 45.0) == (0, 0)  # bucket 4 is now: bucket 0 is out of the ring
+
+
+def test_since_within_a_window_takes_the_window_s_buckets_cut_at_the_start() -> None:
+    """With a length, ``since`` is ``window``'s buckets with none from before the start: equal
+    to ``window`` when the start is older than the window, even for a window that is not a
+    whole number of buckets (``window`` then reaches a bucket further back than ``now - length``:
+    an event there from before the start must not count)."""
+    ring = CounterRing(width_s=42.0, span_s=7200.0)
+    now = 10_030.0  # 8 s before its bucket ends: window(1 h) starts at 6,426, now - 1 h is 6,430
+    ring.add(now - 3603.0, now, good=False)  # before now - 1 h, inside window()'s buckets
+    ring.add(now - 100.0, now, good=True)
+    assert ring.window(now, 3600.0) == (1, 2)
+    assert ring.since(now - 7200.0, now, 3600.0) == (1, 2)  # start older than the window
+    assert ring.since(now - 3600.0, now, 3600.0) == (1, 1)  # start inside: the early one out
+    assert ring.since(now - 50.0, now, 3600.0) == (0, 0)  # from the start's bucket: nothing

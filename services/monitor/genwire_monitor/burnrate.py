@@ -142,13 +142,10 @@ def fires_since(
     since: float,
 ) -> bool:
     """Whether one of ``rules`` fires on the events at or after ``since`` alone: each window
-    as ``evaluate`` has it, cut at ``since`` when it reaches further back
-    (``CounterRing.since``)."""
+    the buckets ``evaluate`` takes, cut at ``since`` (``CounterRing.since``)."""
 
     def figures(length: float) -> WindowFigures:
-        if now - length >= since:
-            return WindowFigures(length, *ring.window(now, length))
-        return WindowFigures(length, *ring.since(since, now))
+        return WindowFigures(length, *ring.since(since, now, length))
 
     return any(
         verdict(

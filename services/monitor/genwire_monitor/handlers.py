@@ -458,9 +458,9 @@ class MonitorEngine:
         if slo is None:
             return False
         s = self.settings
-        rules = [r for r in s.burn_rules if r.severity == alert.severity]
+        severity_rules = [r for r in s.burn_rules if r.severity == alert.severity]
         return burnrate.fires_since(
-            slo.ring, slo.objective, rules, now, s.window_scale, s.min_events, since
+            slo.ring, slo.objective, severity_rules, now, s.window_scale, s.min_events, since
         )
 
     def set_policies(self, policies: dict[str, ModelPolicy]) -> None:

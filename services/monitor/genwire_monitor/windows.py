@@ -111,15 +111,19 @@ class CounterRing:
         mask = (self._index >= first) & (self._index <= last)
         return int(self._good[mask].sum()), int(self._total[mask].sum())
 
-    def since(self, start: float, now: float) -> tuple[int, int]:
-        """``(good, total)`` of the events at or after ``start``, to the bucket holding ``now``:
-        the bucket holding ``start`` counts whole when its earliest event is not before
-        ``start``, else it is left out (never an event from before ``start``; at worst the
-        rest of that bucket is missed); the same buckets whatever ``now`` is."""
+    def since(self, start: float, now: float, length_s: float = math.inf) -> tuple[int, int]:
+        """``(good, total)`` of the events at or after ``start`` in the buckets ``window`` takes
+        for ``length_s`` (all the ring holds by default): the bucket holding ``start`` counts
+        whole when its earliest event is not before ``start``, else it is left out (never an
+        event from before ``start``; at worst the rest of that bucket is missed). The same
+        buckets whatever ``now`` is; with ``start`` before the window, exactly ``window``."""
         last = math.floor(now / self.width)
-        first = max(math.floor(start / self.width), last - self.size + 1)  # what the ring holds
-        slot = first % self.size
-        if self._index[slot] == first and self._earliest[slot] < start:
-            first += 1
-        mask = (self._index >= first) & (self._index <= last)
+        first = last - self.size + 1  # what the ring holds
+        if length_s != math.inf:
+            first = max(first, last - max(1, math.ceil(length_s / self.width)) + 1)
+        cut = math.floor(start / self.width)
+        slot = cut % self.size
+        if self._index[slot] == cut and self._earliest[slot] < start:
+            cut += 1
+        mask = (self._index >= max(first, cut)) & (self._index <= last)
         return int(self._good[mask].sum()), int(self._total[mask].sum())
