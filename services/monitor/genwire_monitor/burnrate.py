@@ -118,42 +118,26 @@ def evaluate(
     now: float,
     scale: float,
     min_events: int,
+    since: float | None = None,
 ) -> list[BurnResult]:
-    """Every rule against the ring's counts; windows multiplied by ``scale``."""
+    """Every rule against the ring's counts; windows multiplied by ``scale``. With ``since``,
+    on the events at or after it alone: each window's buckets cut there (``CounterRing.since``:
+    none from before it; a window that lies after it is whole)."""
+
+    def figures(length: float) -> WindowFigures:
+        if since is None:
+            return WindowFigures(length, *ring.window(now, length))
+        return WindowFigures(length, *ring.since(since, now, length))
+
     results = []
     for rule in rules:
-        long = WindowFigures(rule.long_s * scale, *ring.window(now, rule.long_s * scale))
-        short = WindowFigures(rule.short_s * scale, *ring.window(now, rule.short_s * scale))
+        long, short = figures(rule.long_s * scale), figures(rule.short_s * scale)
         results.append(
             BurnResult(
                 rule, long, short, objective, verdict(rule, long, short, objective, min_events)
             )
         )
     return results
-
-
-def fires_since(
-    ring: CounterRing,
-    objective: float,
-    rules: list[BurnRule],
-    now: float,
-    scale: float,
-    min_events: int,
-    since: float,
-) -> bool:
-    """Whether one of ``rules`` fires on the events at or after ``since`` alone: each window
-    the buckets ``evaluate`` takes, cut at ``since`` (``CounterRing.since``)."""
-
-    def figures(length: float) -> WindowFigures:
-        return WindowFigures(length, *ring.since(since, now, length))
-
-    return any(
-        verdict(
-            rule, figures(rule.long_s * scale), figures(rule.short_s * scale), objective, min_events
-        )
-        is Verdict.FIRE
-        for rule in rules
-    )
 
 
 def verdict(

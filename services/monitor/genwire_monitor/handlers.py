@@ -459,9 +459,10 @@ class MonitorEngine:
             return False
         s = self.settings
         severity_rules = [r for r in s.burn_rules if r.severity == alert.severity]
-        return burnrate.fires_since(
+        results = burnrate.evaluate(
             slo.ring, slo.objective, severity_rules, now, s.window_scale, s.min_events, since
         )
+        return any(r.verdict is burnrate.Verdict.FIRE for r in results)
 
     def set_policies(self, policies: dict[str, ModelPolicy]) -> None:
         """The policies in force now (a copy of the feed's, handed to the engine thread)."""
