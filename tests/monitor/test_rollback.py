@@ -199,7 +199,7 @@ def test_an_alert_from_an_earlier_policy_does_not_roll_back_the_canary_tried_aga
     engine.tick(t + 0.05)
     assert engine.due == []
     held = engine.rollback.held[MODEL]
-    assert f"rest on requests from before revision {again.revision}" in held and PAGE in held
+    assert f"not borne out by its requests since revision {again.revision}" in held and PAGE in held
     # Healthy, within its SLO (0.8 % errors against a 1 % budget): its few bad requests do not
     # re-arm the old verdict.
     healthy = replace(CANARY, error_share=0.008)

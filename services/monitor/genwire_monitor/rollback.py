@@ -18,11 +18,10 @@ verdict is current (not held on no data: ``AlertEvent.no_data``, its rules see t
 and the version has served, since the policy's revision came into force (its ``updated_ms``, or
 when this monitor first saw it, whichever is earlier), requests that bear on it (``Evidence``:
 the engine asks that a rule of the alert's severity fire on its SLO's requests with each window
-cut at the revision). Any alert of the champion still holds the rollback back.
-An alert about requests from
-before — the same version rolled back an hour ago and tried again under a new revision, or an
-alert rebuilt after a restart from ``genwire.alerts`` — holds the canary (with the reason on
-the page) until its requests under this policy fire it again or clear it.
+cut at the revision). Any alert of the champion still holds the rollback back. An alert about
+requests from before — the same version rolled back an hour ago and tried again under a new
+revision, or an alert rebuilt after a restart from ``genwire.alerts`` — holds the canary (with
+the reason on the page) until its requests under this policy fire it again or clear it.
 
 A rollback is decided once per (model, policy revision): until the new revision comes back
 through the feed, the same policy is never rolled back twice; a failed publish is retried at
@@ -165,9 +164,9 @@ class RollbackController:
                 old = [a.id for v in sorted(policy.canaries()) for a in alerts.get((model, v), ())]
                 if old:
                     self.held[model] = (
-                        f"alerts of its canary ({', '.join(old)}) rest on requests from before "
-                        f"revision {policy.revision} or are held on no data: not acted on; "
-                        f"judged again on its requests under this revision"
+                        f"alerts of its canary ({', '.join(old)}) are held on no data or not "
+                        f"borne out by its requests since revision {policy.revision}: not acted "
+                        f"on; judged on those requests alone"
                     )
                 continue
             bad = sorted(firing)
