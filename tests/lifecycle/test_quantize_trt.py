@@ -114,12 +114,20 @@ def test_fp8_build_without_a_gpu_fails_and_adds_nothing(
 
 def test_calibration_is_one_left_padded_prefill_of_training_text(tiny_checkpoint: Path) -> None:
     info = inspect_checkpoint(tiny_checkpoint)
-    shape = {"num_layers": 2, "num_kv_heads": 2, "head_dim": 8, "vocab_size": info.vocab_size}
+    shape = {
+        "num_layers": 2,
+        "num_kv_heads": 2,
+        "head_dim": 8,
+        "vocab_size": info.vocab_size,
+        "cache_io": "per_layer",
+    }
     ids = quantize_trt.calibration_ids(info, 8 * 64)
     assert len(ids) == 8 * 64 and max(ids) < info.vocab_size and len(set(ids)) > 50
     feeds = quantize_trt.calibration_feeds(shape, 128, ids)
     assert feeds["input_ids"].shape == (8, 64) and feeds["attention_mask"].shape == (8, 65)
-    assert feeds["past_keys"].shape == (2, 8, 2, 1, 8) and not feeds["past_keys"].any()
+    caches = ["past_key_0", "past_value_0", "past_key_1", "past_value_1"]
+    assert list(feeds) == ["input_ids", "attention_mask", "position_ids", *caches]
+    assert all(feeds[n].shape == (8, 2, 1, 8) and not feeds[n].any() for n in caches)
     lengths = feeds["attention_mask"].sum(axis=1)
     assert lengths[0] == 64 and lengths[-1] >= 32 and list(lengths) == sorted(lengths)[::-1]
     for row, n in enumerate(lengths):  # left padding: real tokens at the right, positions from 0
@@ -133,9 +141,9 @@ def test_calibration_is_one_left_padded_prefill_of_training_text(tiny_checkpoint
     assert ids[:64] != heldout[:64]
     spec = quantize_trt.shapes_spec(feeds)
     assert spec.startswith(
-        "input_ids:8x64,attention_mask:8x65,position_ids:8x64,past_keys:2x8x2x1x8"
+        "input_ids:8x64,attention_mask:8x65,position_ids:8x64,past_key_0:8x2x1x8,"
     )
-    # ModelOpt splits axis 0 by the spec's first dimension: one step, the cache's layers intact.
+    # ModelOpt splits axis 0 by the spec's first dimension: the whole batch is one step.
     assert feeds["input_ids"].shape[0] // int(spec.split(":")[1].split("x")[0]) == 1
 
 

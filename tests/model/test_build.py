@@ -64,7 +64,13 @@ def test_manifest_records_source_shape_and_validation(
     assert m["source"]["checkpoint"] == str(tiny_checkpoint)
     assert len(m["source"]["checkpoint_sha256"]) == 64
     assert m["context_length"] == 64
-    assert m["shape"] == {"num_layers": 2, "num_kv_heads": 2, "head_dim": 32, "vocab_size": 512}
+    assert m["shape"] == {
+        "num_layers": 2,
+        "num_kv_heads": 2,
+        "head_dim": 32,
+        "vocab_size": 512,
+        "cache_io": "per_layer",
+    }
     assert m["build"]["tensorrt"]["built"] is False and m["build"]["tensorrt"]["reason"]
     # ONNX Runtime matches torch on prefill, decode and left-padded batches.
     validation = m["validation"]

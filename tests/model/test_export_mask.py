@@ -95,30 +95,20 @@ def test_left_padded_multi_row_prefill_stays_finite_and_exact(exported: Exported
         positions[row, width - n :] = np.arange(n)
         mask[row, 1 + width - n :] = 1
     past = np.zeros((layers, rows, heads, 1, dim), np.float32)
-    logits, keys, values = session.run(
-        export.OUTPUT_NAMES,
-        {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "position_ids": positions,
-            "past_keys": past,
-            "past_values": past,
-        },
-    )
+    io = export.cache_io(info)
+    logits, keys, values = export.run_graph(session, io, ids, mask, positions, (past, past))
     assert np.isfinite(logits).all()
     assert np.isfinite(keys).all() and np.isfinite(values).all(), "padding poisoned the cache"
     for row, prompt in enumerate(prompts):
         n = len(prompt)
         empty = np.zeros((layers, 1, heads, 0, dim), np.float32)
-        single, _, _ = session.run(
-            export.OUTPUT_NAMES,
-            {
-                "input_ids": prompt[None, :],
-                "attention_mask": np.ones((1, n), np.int64),
-                "position_ids": np.arange(n, dtype=np.int64)[None, :],
-                "past_keys": empty,
-                "past_values": empty,
-            },
+        single, _, _ = export.run_graph(
+            session,
+            io,
+            prompt[None, :],
+            np.ones((1, n), np.int64),
+            np.arange(n, dtype=np.int64)[None, :],
+            (empty, empty),
         )
         assert np.abs(logits[row] - single[0]).max() < 1e-4, f"row {row} (length {n})"
 

@@ -144,7 +144,7 @@ def test_gather_on_the_gpu_matches_onnx_runtime(trt_version: ModelVersion) -> No
     rng = np.random.default_rng(4)
     shape = (engine.layers, 3, engine.heads, 5, engine.head_dim)
     host = (rng.standard_normal(shape, np.float32), rng.standard_normal(shape, np.float32))
-    kind = engine.dtypes["past_keys"]
+    kind = engine.cache_dtype
     device = tuple(engine.torch.from_numpy(a).to(engine.device, kind) for a in host)
     for width in (3, 5, 8):
         got = engine.gather([(device, [2, 0]), (device, [1])], width)

@@ -18,6 +18,7 @@ import pytest
 from genwire_model import export, tensorrt_build
 from genwire_model.checkpoint import inspect_checkpoint
 from genwire_model.runtime import runners, tensorrt_engine
+from genwire_model.runtime.cache_io import CacheIO
 
 KEY = {"tensorrt_version": "10.13.3.9", "compute_capability": "9.0", "gpu": "NVIDIA H200"}
 
@@ -36,6 +37,7 @@ def version_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
             "num_kv_heads": info.num_kv_heads,
             "head_dim": info.head_dim,
             "vocab_size": info.vocab_size,
+            "cache_io": export.cache_io(info).kind,
         },
         "build": {"options": {"max_batch": 4}},
     }
@@ -230,17 +232,24 @@ def test_build_in_auto_mode_records_why_there_is_no_engine(
 def test_profiles_split_prefill_and_decode_and_bound_prefill_memory() -> None:
     shapes = tensorrt_engine.profile_shapes(2, 4, 16, max_batch=32, context=4096)
     prefill, decode = shapes["prefill"], shapes["decode"]
+    # Every layer's cache tensors, [B, H, P, D] each.
+    names = {"past_key_0", "past_value_0", "past_key_1", "past_value_1"}
+    assert set(decode) == set(prefill) == {"input_ids", "attention_mask", "position_ids", *names}
     # Decode: one token per row, every row, the whole context of cache.
     assert decode["input_ids"][2] == (32, 1)
-    assert decode["past_keys"][2][1] == 32 and decode["past_keys"][2][3] == 4097
+    assert all(decode[name][2] == (32, 4, 4097, 16) for name in names)
     # Prefill: whole prompts, but few rows at a long context (memory ~ rows x context²).
     rows = tensorrt_engine.prefill_rows(32, 4096)
     assert prefill["input_ids"][2] == (rows, 4096) and rows * 4096 <= 8192
-    assert prefill["past_keys"][2][3] == 1  # over the one masked dummy column
+    assert prefill["past_value_1"][2] == (rows, 4, 1, 16)  # over the one masked dummy column
     for profile in shapes.values():
         for low, opt, high in profile.values():
             assert all(a <= b <= c for a, b, c in zip(low, opt, high, strict=True))
     assert tensorrt_engine.prefill_rows(32, 64) == 32
+    # A graph of an earlier version (the layers stacked) gets its engine's profiles too.
+    stacked = tensorrt_engine.profile_shapes(2, 4, 16, 32, 4096, CacheIO(2, stacked=True))
+    assert stacked["decode"]["past_keys"][2] == (2, 32, 4, 4097, 16)
+    assert stacked["prefill"]["past_values"][2] == (2, rows, 4, 1, 16)
 
 
 def test_the_environment_can_force_onnx_runtime(
@@ -336,7 +345,8 @@ def test_autocast_tries_calibrated_then_uncalibrated_then_gives_fp32(
     assert len(seen) == fails + 1 and (fails == 0 or seen[-1] is None)
     assert tensorrt_engine.external_data(out).is_file()
     graph = onnx.load(str(out))  # loads its weights from the data file beside it
-    assert {i.name for i in graph.graph.input} == set(export.INPUT_NAMES)
+    want = CacheIO.of_shape(manifest["shape"]).input_names
+    assert [i.name for i in graph.graph.input] == list(want)
     assert not list(tmp_path.glob("*.npz"))
 
 

@@ -20,10 +20,9 @@ import numpy as np
 import pytest
 from genwire_model.repository import ModelVersion
 from genwire_model.runtime import runners, tensorrt_engine
+from genwire_model.runtime.cache_io import CacheIO
 from genwire_model.runtime.runners import (
     ADDRESS_ALIGNMENT,
-    INPUT_NAMES,
-    OUTPUT_NAMES,
     FallbackRunner,
     OnnxRuntimeRunner,
     TensorRTRunner,
@@ -33,8 +32,8 @@ from genwire_model.runtime.scheduler import Request, Scheduler, Update
 torch = pytest.importorskip("torch", reason="the TensorRT runner keeps its cache in torch tensors")
 
 CONTEXT = 64  # the tiny model's
-NUMPY = {"FLOAT": np.float32, "INT64": np.int64}
-TO_TORCH = {"FLOAT": torch.float32, "INT64": torch.int64}
+NUMPY = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64}
+TO_TORCH = {"FLOAT": torch.float32, "HALF": torch.float16, "INT64": torch.int64}
 
 
 def _array(address: int, shape: tuple[int, ...], kind: Any) -> Any:
@@ -47,18 +46,21 @@ def _array(address: int, shape: tuple[int, ...], kind: Any) -> Any:
 class FakeEngine:
     """The engine as the runner reads it: two profiles and each tensor's type."""
 
-    def __init__(self, manifest: dict[str, Any], max_batch: int) -> None:
+    def __init__(self, manifest: dict[str, Any], max_batch: int, cache: str = "FLOAT") -> None:
         shape = manifest["shape"]
+        self.io = CacheIO.of_shape(shape)
         self.shapes = tensorrt_engine.profile_shapes(
             int(shape["num_layers"]),
             int(shape["num_kv_heads"]),
             int(shape["head_dim"]),
             max_batch,
             CONTEXT,
+            self.io,
         )
         ints = ("input_ids", "attention_mask", "position_ids")
-        self.types = {name: "INT64" if name in ints else "FLOAT" for name in INPUT_NAMES}
-        self.types.update({name: "FLOAT" for name in OUTPUT_NAMES})
+        self.types = {name: "INT64" if name in ints else cache for name in self.io.input_names}
+        self.types.update({name: cache for name in self.io.output_names})
+        self.types["logits"] = "FLOAT"
 
     def get_tensor_profile_shape(self, name: str, index: int) -> Any:
         return self.shapes[tensorrt_engine.PROFILE_NAMES[index]][name]
@@ -90,45 +92,53 @@ class FakeContext:
         return fits
 
     def set_tensor_address(self, name: str, address: int) -> bool:
+        io = self.engine.io
+        if name in (*io.past_names, *io.present_names) and address % ADDRESS_ALIGNMENT:
+            return False  # TensorRT wants 256-byte boundaries; every cache tensor has one
         self.addresses[name] = int(address)
         return True
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        ids, past = self.shapes["input_ids"], self.shapes["past_keys"]
+        io = self.engine.io
+        ids, past = self.shapes["input_ids"], list(self.shapes[io.past_names[0]])
         if name == "logits":
             return (ids[0], self.vocab)
-        return (past[0], past[1], past[2], past[3] + ids[1], past[4])
+        past[io.column_axis] += ids[1]
+        return tuple(past)
 
     def execute_async_v3(self, stream: int) -> bool:
-        shapes = {**self.shapes, **{n: self.get_tensor_shape(n) for n in OUTPUT_NAMES}}
+        io = self.engine.io
+        inputs, outputs = io.input_names, io.output_names
+        shapes = {**self.shapes, **{n: self.get_tensor_shape(n) for n in outputs}}
         spans = {}
-        for name in (*INPUT_NAMES, *OUTPUT_NAMES):
+        for name in (*inputs, *outputs):
             kind = NUMPY[self.engine.types[name]]
             spans[name] = (
                 self.addresses[name],
                 int(np.prod(shapes[name])) * np.dtype(kind).itemsize,
             )
-        for out in OUTPUT_NAMES:  # TensorRT's outputs must not overlap what it reads
+        for out in outputs:  # TensorRT's outputs must not overlap what it reads
             start, size = spans[out]
-            for name in INPUT_NAMES:
+            for name in inputs:
                 other, length = spans[name]
                 assert start + size <= other or other + length <= start, (out, name)
         feeds = {
             name: _array(self.addresses[name], shapes[name], NUMPY[self.engine.types[name]]).copy()
-            for name in INPUT_NAMES
+            for name in inputs
         }
         self.passes.append(spans)
         self.seen.append(feeds)
-        for name, value in zip(
-            OUTPUT_NAMES, self.session.run(list(OUTPUT_NAMES), feeds), strict=True
-        ):
+        for name, value in zip(outputs, self.session.run(list(outputs), feeds), strict=True):
             assert value.shape == shapes[name], (name, value.shape, shapes[name])
             _array(self.addresses[name], shapes[name], NUMPY[self.engine.types[name]])[...] = value
         return True
 
 
-def engine_runner(version: ModelVersion, max_batch: int = 8, cls: type = TensorRTRunner) -> Any:
-    """The TensorRT runner over the stand-in engine, on CPU tensors."""
+def engine_runner(
+    version: ModelVersion, max_batch: int = 8, cls: type = TensorRTRunner, cache: str = "FLOAT"
+) -> Any:
+    """The TensorRT runner over the stand-in engine, on CPU tensors (``cache`` "HALF": an
+    engine whose cache is FP16, for its buffers' layout only: the stand-in computes in FP32)."""
     import onnxruntime as ort
 
     manifest = version.manifest
@@ -137,7 +147,7 @@ def engine_runner(version: ModelVersion, max_batch: int = 8, cls: type = TensorR
     session = ort.InferenceSession(
         str(version.path / "model.onnx"), options, providers=["CPUExecutionProvider"]
     )
-    engine = FakeEngine(manifest, max_batch)
+    engine = FakeEngine(manifest, max_batch, cache)
     vocab = int(manifest["shape"]["vocab_size"])
     contexts = [FakeContext(engine, i, session, vocab) for i in range(2)]
     return cls.on_engine(engine, contexts, manifest, torch, torch.device("cpu"), TO_TORCH)
@@ -178,20 +188,22 @@ def step_inputs(tokens: Any, lengths: Any, width: int) -> tuple[Any, Any, Any]:
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15], [20], [30, 31, 32, 33, 34], [40, 41]]
 
 
-def test_reserve_plans_two_aligned_buffers_per_cache(tiny_version: ModelVersion) -> None:
-    runner = engine_runner(tiny_version)
+@pytest.mark.parametrize("cache", ["FLOAT", "HALF"])
+def test_reserve_plans_two_aligned_buffers_per_cache(
+    tiny_version: ModelVersion, cache: str
+) -> None:
+    """FP16: a column of the tiny model's layer is 128 bytes, so a layer of an odd number of
+    rows x columns ends off a boundary, and only the slabs' padding keeps the next on one."""
+    runner = engine_runner(tiny_version, cache=cache)
     runner.reserve(4, CONTEXT + 1)
     shape = tiny_version.manifest["shape"]
-    size = (
-        int(shape["num_layers"])
-        * 4
-        * int(shape["num_kv_heads"])
-        * (CONTEXT + 1)
-        * int(shape["head_dim"])
-    )
+    layer = 4 * int(shape["num_kv_heads"]) * (CONTEXT + 1) * int(shape["head_dim"])
+    unit = ADDRESS_ALIGNMENT // np.dtype(NUMPY[cache]).itemsize  # elements per boundary
+    assert shape["cache_io"] == "per_layer"  # each layer bound by itself: slabs on boundaries
+    size = int(shape["num_layers"]) * (-(-layer // unit) * unit)
     assert len(runner._arenas) == 2
     assert all(
-        t.numel() == size and t.dtype == torch.float32 for pair in runner._arenas for t in pair
+        t.numel() == size and t.dtype == TO_TORCH[cache] for pair in runner._arenas for t in pair
     )
     spans = reserved(runner)
     assert all(start % ADDRESS_ALIGNMENT == 0 for start, _ in spans)
@@ -200,6 +212,15 @@ def test_reserve_plans_two_aligned_buffers_per_cache(tiny_version: ModelVersion)
     assert runner._plan["stride"] * 8 % ADDRESS_ALIGNMENT == 0  # each input on a boundary
     # The mask buffer holds the widest mask the profiles allow, for every row.
     assert runner._plan["mask"].numel() == 4 * (CONTEXT + 2)
+    # Every layer of a batch of any size starts on a boundary of its own (TensorRT binds it).
+    for rows, width in ((3, 17), (1, 1), (4, CONTEXT + 1)):
+        cache_shape = (runner.layers, rows, runner.heads, width, runner.head_dim)
+        views = runner._views(0, cache_shape)
+        assert views is not None and tuple(views[0].shape) == cache_shape
+        for layer in range(runner.layers):
+            for view in views:
+                assert view[layer].is_contiguous()
+                assert int(view[layer].data_ptr()) % ADDRESS_ALIGNMENT == 0, (rows, width)
 
 
 def test_steps_ping_pong_and_bind_only_reserved_memory(tiny_version: ModelVersion) -> None:
@@ -229,9 +250,9 @@ def test_steps_ping_pong_and_bind_only_reserved_memory(tiny_version: ModelVersio
         want, other = plain.forward(ids, mask, positions, other)
         assert len(decode.passes) == before + 1 and runner.steps_in_place == n + 1
         bound = decode.passes[-1]
-        assert (
-            bound["past_keys"][0] == bases[n % 2] and bound["present_keys"][0] == bases[(n + 1) % 2]
-        )
+        io = runner.io
+        assert bound[io.past_names[0]][0] == bases[n % 2]
+        assert bound[io.present_names[0]][0] == bases[(n + 1) % 2]
         for name, (address, size) in bound.items():
             assert address % ADDRESS_ALIGNMENT == 0, name
             assert any(lo <= address and address + size <= hi for lo, hi in spans), name
@@ -369,7 +390,7 @@ def test_the_loop_on_the_engine_writes_onnx_runtime_text_through_joins_and_leave
     # Every decode pass went through the buffers: none fell back to forward's allocations.
     decode = runner.profiles[1]["context"]
     bases = {int(pair[0].data_ptr()) for pair in runner._arenas}
-    assert {p["present_keys"][0] for p in decode.passes} == bases
+    assert {p[runner.io.present_names[0]][0] for p in decode.passes} == bases
     # The same seeds and sampling give the same text as the allocating runner.
     sampled, _ = closed_loop(engine_runner(tiny_version), 0.8)
     before, _ = closed_loop(engine_runner(tiny_version, cls=ForwardOnly), 0.8)
@@ -419,9 +440,15 @@ def test_the_stand_in_refuses_shapes_outside_the_profiles(tiny_version: ModelVer
     """The stand-in refuses what TensorRT refuses (else the tests above could not fail)."""
     runner = engine_runner(tiny_version)
     prefill_context = runner.profiles[0]["context"]
-    kv = (runner.layers, 1, runner.heads, 2, runner.head_dim)
-    assert not prefill_context.set_input_shape("past_keys", kv)  # prefill: one past column
-    assert prefill_context.set_input_shape("past_keys", (*kv[:3], 1, *kv[4:]))
+    io = runner.io
+    first = io.past_names[0]
+    kv = io.tensor_shape(1, runner.heads, 2, runner.head_dim)
+    assert not prefill_context.set_input_shape(first, kv)  # prefill: one past column
+    assert prefill_context.set_input_shape(
+        first, io.tensor_shape(1, runner.heads, 1, runner.head_dim)
+    )
+    # Nor does it take a cache tensor off a 256-byte boundary (TensorRT's rule).
+    assert not prefill_context.set_tensor_address(io.present_names[-1], ADDRESS_ALIGNMENT + 64)
     assert not runner.profiles[1]["context"].set_input_shape("input_ids", (1, 2))
 
 
@@ -480,7 +507,8 @@ def test_rows_that_reach_the_context_leave_the_cache_within_the_profile(
     assert [len(s.tokens) for s in got] == [CONTEXT - 50 + 1, CONTEXT - 46 + 1]
     assert all(s.updates[-1].finish_reason == "length" for s in got)
     decode = runner.profiles[1]["context"]
-    widths = [feeds["past_keys"].shape[3] for feeds in decode.seen]
+    io = runner.io
+    widths = [feeds[io.past_names[0]].shape[io.column_axis] for feeds in decode.seen]
     assert max(widths) <= CONTEXT + 1
     assert max(p for feeds in decode.seen for p in feeds["position_ids"].ravel()) < CONTEXT
     assert runner.steps_in_place == len(decode.seen)  # every decode pass in the buffers

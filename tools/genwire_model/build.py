@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 RUNTIME_DIR = Path(__file__).parent / "runtime"
 RUNTIME_MODULES = (
     "__init__.py",
+    "cache_io.py",
     "runners.py",
     "sampling.py",
     "sampling_torch.py",
@@ -434,6 +435,9 @@ def _assemble(
             "num_kv_heads": info.num_kv_heads,
             "head_dim": info.head_dim,
             "vocab_size": info.vocab_size,
+            # The graph's cache tensors (runtime/cache_io.py); absent in earlier manifests,
+            # whose graphs take the layers stacked.
+            "cache_io": export.cache_io(info).kind,
         },
         "tokenizer": tokenizer_summary,
         "build": {

@@ -1,14 +1,17 @@
 """Export a causal LM with its KV cache to ONNX and check the graph against torch.
 
-Graph contract (all integer inputs INT64, float tensors FP32):
+Graph contract (all integer inputs INT64, float tensors FP32; ``runtime/cache_io.py``):
 
 - inputs ``input_ids`` [B, S], ``attention_mask`` [B, P+S] (0 = padding), ``position_ids`` [B, S],
-  ``past_keys`` and ``past_values`` [layers, B, kv_heads, P, head_dim];
-- outputs ``logits`` [B, vocab] (last position only: nothing else is needed to sample),
-  ``present_keys`` and ``present_values`` [layers, B, kv_heads, P+S, head_dim].
+  and per layer l ``past_key_<l>``, ``past_value_<l>`` [B, kv_heads, P, head_dim];
+- outputs ``logits`` [B, vocab] (last position only: nothing else is needed to sample), and per
+  layer ``present_key_<l>``, ``present_value_<l>`` [B, kv_heads, P+S, head_dim].
 
 B, S and P are dynamic. Rows of a batch may be left-padded (zeros at the start of their mask):
 that is how the Triton model batches sequences of different lengths, and validation checks it.
+One tensor per layer rather than the layers stacked: the graph then copies the cache once per
+pass (its concatenation with the new column, written into the output the runner binds), where
+stacked tensors cost a split and a stack besides (docs/model.md, *Round 17*).
 """
 
 from __future__ import annotations
@@ -22,14 +25,13 @@ import numpy as np
 import numpy.typing as npt
 
 from genwire_model.checkpoint import CheckpointInfo
+from genwire_model.runtime.cache_io import CacheIO
 
-INPUT_NAMES = ["input_ids", "attention_mask", "position_ids", "past_keys", "past_values"]
 # The additive attention mask's "masked" value: finite in FP16 (largest 65504), where float32's
 # minimum (-3.4e38, what transformers uses) overflows to -inf and turns a fully masked row
 # (padding in a left-padded batched prefill) into NaN under a TensorRT FP16 engine. exp(-1e4)
 # is exactly 0 in FP32 and FP16, so attention over valid positions is unchanged.
 MASK_VALUE = -1.0e4
-OUTPUT_NAMES = ["logits", "present_keys", "present_values"]
 OPSET = 17
 # fp32 graph vs fp32 torch: anything above this is an export bug, not rounding.
 MAX_ABS_LOGIT_DIFF = 1e-3
@@ -70,12 +72,17 @@ def additive_mask(attention_mask: Any, new_tokens: Any) -> Any:
     return torch.where(allowed, 0.0, MASK_VALUE).to(torch.float32)
 
 
+def cache_io(info: CheckpointInfo) -> CacheIO:
+    """The contract every graph exported here has (one tensor per layer)."""
+    return CacheIO(info.num_layers)
+
+
 def _wrapper(model: Any, num_layers: int) -> Any:
     import torch
     from transformers import DynamicCache
 
     class KVWrapper(torch.nn.Module):  # type: ignore[misc]
-        """Stacked past tensors in, last logits and stacked present tensors out."""
+        """Per-layer past tensors in, last logits and per-layer present tensors out."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -86,12 +93,11 @@ def _wrapper(model: Any, num_layers: int) -> Any:
             input_ids: torch.Tensor,
             attention_mask: torch.Tensor,
             position_ids: torch.Tensor,
-            past_keys: torch.Tensor,
-            past_values: torch.Tensor,
-        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            *past: torch.Tensor,
+        ) -> tuple[torch.Tensor, ...]:
             cache = DynamicCache(config=self.model.config)
             for layer in range(num_layers):
-                cache.update(past_keys[layer], past_values[layer], layer)
+                cache.update(past[2 * layer], past[2 * layer + 1], layer)
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=additive_mask(attention_mask, input_ids.shape[1]),
@@ -100,9 +106,10 @@ def _wrapper(model: Any, num_layers: int) -> Any:
                 use_cache=True,
             )
             present = out.past_key_values
-            keys = torch.stack([present.layers[i].keys for i in range(num_layers)])
-            values = torch.stack([present.layers[i].values for i in range(num_layers)])
-            return out.logits[:, -1, :], keys, values
+            tensors = [out.logits[:, -1, :]]
+            for layer in range(num_layers):
+                tensors += [present.layers[layer].keys, present.layers[layer].values]
+            return tuple(tensors)
 
     return KVWrapper().eval()
 
@@ -117,42 +124,56 @@ def _inputs(info: CheckpointInfo, lengths: list[int], new: int, seed: int = 0) -
         mask[row, width - length :] = 1
         positions[row] = np.arange(length, length + new)
     shape = (info.num_layers, batch, info.num_kv_heads, width, info.head_dim)
-    return {
-        "input_ids": rng.integers(0, info.vocab_size, (batch, new), dtype=np.int64),
-        "attention_mask": mask,
-        "position_ids": positions,
-        "past_keys": rng.standard_normal(shape).astype(np.float32),
-        "past_values": rng.standard_normal(shape).astype(np.float32),
-    }
+    kv = (
+        rng.standard_normal(shape).astype(np.float32),
+        rng.standard_normal(shape).astype(np.float32),
+    )
+    ids = rng.integers(0, info.vocab_size, (batch, new), dtype=np.int64)
+    return cache_io(info).feeds(ids, mask, positions, kv)
+
+
+def run_graph(
+    session: Any, io: CacheIO, ids: Array, mask: Array, positions: Array, kv: tuple[Array, Array]
+) -> tuple[Array, Array, Array]:
+    """One pass of an ONNX Runtime session over stacked ``kv``: logits, keys, values (stacked)."""
+    got = session.run(list(io.output_names), io.feeds(ids, mask, positions, kv))
+    keys, values = io.join(got[1:], np.stack)
+    return got[0], keys, values
+
+
+def _empty(info: CheckpointInfo, rows: int = 1) -> tuple[Array, Array]:
+    shape = (info.num_layers, rows, info.num_kv_heads, 0, info.head_dim)
+    return np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32)
 
 
 def export_onnx(info: CheckpointInfo, model: Any, out: Path) -> None:
     """Write the KV-cache graph of ``model`` to ``out`` (legacy tracer, opset 17)."""
     import torch
 
+    io = cache_io(info)
     wrapper = _wrapper(model, info.num_layers)
     sample = {k: torch.from_numpy(v) for k, v in _inputs(info, [5, 3], 2).items()}
     batch, seq, past, total = "batch", "sequence", "past_sequence", "total_sequence"
-    dynamic_axes = {
+    dynamic_axes: dict[str, dict[int, str]] = {
         "input_ids": {0: batch, 1: seq},
         "attention_mask": {0: batch, 1: total},
         "position_ids": {0: batch, 1: seq},
-        "past_keys": {1: batch, 3: past},
-        "past_values": {1: batch, 3: past},
         "logits": {0: batch},
-        "present_keys": {1: batch, 3: total},
-        "present_values": {1: batch, 3: total},
     }
+    for name in io.past_names:
+        dynamic_axes[name] = {0: batch, io.column_axis: past}
+    for name in io.present_names:
+        dynamic_axes[name] = {0: batch, io.column_axis: total}
     with warnings.catch_warnings(), torch.no_grad():
         # The tracer warns about branches frozen at trace time; validation below checks
         # every shape the server uses instead.
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper,
-            tuple(sample[name] for name in INPUT_NAMES),
+            tuple(sample[name] for name in io.input_names),
             str(out),
-            input_names=INPUT_NAMES,
-            output_names=OUTPUT_NAMES,
+            input_names=list(io.input_names),
+            output_names=list(io.output_names),
             dynamic_axes=dynamic_axes,
             opset_version=OPSET,
             dynamo=False,
@@ -197,16 +218,20 @@ def validate_onnx(info: CheckpointInfo, model: Any, onnx_path: Path) -> Validati
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    io = cache_io(info)
     wrapper = _wrapper(model, info.num_layers)
     cases: dict[str, float] = {}
     for name, (lengths, new) in CASES.items():
         feeds = _inputs(info, lengths, new, seed=len(name))
-        got = session.run(OUTPUT_NAMES, feeds)
+        got = session.run(list(io.output_names), feeds)
         with torch.no_grad():
-            want = wrapper(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))
+            want = wrapper(*(torch.from_numpy(feeds[n]) for n in io.input_names))
         diff = float(np.abs(got[0] - want[0].numpy()).max())
         # Only the valid cache columns matter: padded ones are masked out downstream.
-        present_diff = float(np.abs(got[1][..., -new:, :] - want[1][..., -new:, :].numpy()).max())
+        present_diff = max(
+            float(np.abs(mine[..., -new:, :] - theirs[..., -new:, :].numpy()).max())
+            for mine, theirs in zip(got[1:], want[1:], strict=True)
+        )
         cases[name] = max(diff, present_diff)
     cases["native_mask_vs_exported"] = _native_mask_diff(info, model, session)
     cases["merged_batch_vs_single"] = _merged_batch_diff(info, session)
@@ -221,33 +246,23 @@ def validate_onnx(info: CheckpointInfo, model: Any, onnx_path: Path) -> Validati
 
 
 def _merged_batch_diff(info: CheckpointInfo, session: Any) -> float:
+    io = cache_io(info)
     rng = np.random.default_rng(7)
     prompts = [rng.integers(0, info.vocab_size, n, dtype=np.int64) for n in (9, 4)]
-    shape = (info.num_layers, 1, info.num_kv_heads, 0, info.head_dim)
-    empty = np.zeros(shape, dtype=np.float32)
     singles, caches = [], []
     for prompt in prompts:
         n = len(prompt)
-        _, keys, values = session.run(
-            OUTPUT_NAMES,
-            {
-                "input_ids": prompt[None, :],
-                "attention_mask": np.ones((1, n), dtype=np.int64),
-                "position_ids": np.arange(n, dtype=np.int64)[None, :],
-                "past_keys": empty,
-                "past_values": empty,
-            },
+        ones = np.ones((1, n), dtype=np.int64)
+        _, keys, values = run_graph(
+            session, io, prompt[None, :], ones, np.arange(n, dtype=np.int64)[None, :], _empty(info)
         )
-        nxt = np.array([[3]], dtype=np.int64)
-        logits, _, _ = session.run(
-            OUTPUT_NAMES,
-            {
-                "input_ids": nxt,
-                "attention_mask": np.ones((1, n + 1), dtype=np.int64),
-                "position_ids": np.array([[n]], dtype=np.int64),
-                "past_keys": keys,
-                "past_values": values,
-            },
+        logits, _, _ = run_graph(
+            session,
+            io,
+            np.array([[3]], dtype=np.int64),
+            np.ones((1, n + 1), dtype=np.int64),
+            np.array([[n]], dtype=np.int64),
+            (keys, values),
         )
         singles.append(logits[0])
         caches.append((keys, values))
@@ -259,36 +274,36 @@ def _merged_batch_diff(info: CheckpointInfo, session: Any) -> float:
     mask = np.zeros((2, width + 1), dtype=np.int64)
     for row, prompt in enumerate(prompts):
         mask[row, width - len(prompt) :] = 1
-    logits, _, _ = session.run(
-        OUTPUT_NAMES,
-        {
-            "input_ids": np.array([[3], [3]], dtype=np.int64),
-            "attention_mask": mask,
-            "position_ids": np.array([[len(p)] for p in prompts], dtype=np.int64),
-            "past_keys": np.concatenate([k for k, _ in padded], axis=1),
-            "past_values": np.concatenate([v for _, v in padded], axis=1),
-        },
+    merged = (
+        np.concatenate([k for k, _ in padded], axis=1),
+        np.concatenate([v for _, v in padded], axis=1),
+    )
+    logits, _, _ = run_graph(
+        session,
+        io,
+        np.array([[3], [3]], dtype=np.int64),
+        mask,
+        np.array([[len(p)] for p in prompts], dtype=np.int64),
+        merged,
     )
     return float(max(np.abs(logits[i] - singles[i]).max() for i in range(2)))
 
 
 def _padded_prefill_diff(info: CheckpointInfo, session: Any) -> float:
+    io = cache_io(info)
     rng = np.random.default_rng(11)
     lengths = (9, 4, 1)
     prompts = [rng.integers(0, info.vocab_size, n, dtype=np.int64) for n in lengths]
-    shape = (info.num_layers, 1, info.num_kv_heads, 0, info.head_dim)
     singles = []
     for prompt in prompts:
         n = len(prompt)
-        logits, _, _ = session.run(
-            OUTPUT_NAMES,
-            {
-                "input_ids": prompt[None, :],
-                "attention_mask": np.ones((1, n), dtype=np.int64),
-                "position_ids": np.arange(n, dtype=np.int64)[None, :],
-                "past_keys": np.zeros(shape, dtype=np.float32),
-                "past_values": np.zeros(shape, dtype=np.float32),
-            },
+        logits, _, _ = run_graph(
+            session,
+            io,
+            prompt[None, :],
+            np.ones((1, n), dtype=np.int64),
+            np.arange(n, dtype=np.int64)[None, :],
+            _empty(info),
         )
         singles.append(logits[0])
     width, rows = max(lengths), len(lengths)
@@ -300,17 +315,7 @@ def _padded_prefill_diff(info: CheckpointInfo, session: Any) -> float:
         ids[row, width - n :] = prompt
         positions[row, width - n :] = np.arange(n)
         mask[row, width - n :] = 1
-    batch_shape = (info.num_layers, rows, info.num_kv_heads, 0, info.head_dim)
-    logits, keys, values = session.run(
-        OUTPUT_NAMES,
-        {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "position_ids": positions,
-            "past_keys": np.zeros(batch_shape, dtype=np.float32),
-            "past_values": np.zeros(batch_shape, dtype=np.float32),
-        },
-    )
+    logits, keys, values = run_graph(session, io, ids, mask, positions, _empty(info, rows))
     if not (np.isfinite(keys).all() and np.isfinite(values).all()):
         return float("inf")  # NaN at padded positions would poison every later step
     return float(max(np.abs(logits[i] - singles[i]).max() for i in range(rows)))
@@ -323,16 +328,13 @@ def _native_mask_diff(info: CheckpointInfo, model: Any, session: Any) -> float:
     rng = np.random.default_rng(5)
     n = min(12, info.context)
     prompt = rng.integers(0, info.vocab_size, (1, n), dtype=np.int64)
-    empty = np.zeros((info.num_layers, 1, info.num_kv_heads, 0, info.head_dim), np.float32)
-    logits, _, _ = session.run(
-        OUTPUT_NAMES,
-        {
-            "input_ids": prompt,
-            "attention_mask": np.ones((1, n), dtype=np.int64),
-            "position_ids": np.arange(n, dtype=np.int64)[None, :],
-            "past_keys": empty,
-            "past_values": empty,
-        },
+    logits, _, _ = run_graph(
+        session,
+        cache_io(info),
+        prompt,
+        np.ones((1, n), dtype=np.int64),
+        np.arange(n, dtype=np.int64)[None, :],
+        _empty(info),
     )
     with torch.no_grad():
         native = model(input_ids=torch.from_numpy(prompt), use_cache=False).logits[0, -1]

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from genwire_model.checkpoint import CheckpointInfo
+from genwire_model.runtime.cache_io import CacheIO
 
 EVAL_TOKENS = 1024
 """Held-out tokens scored per graph."""
@@ -58,17 +59,18 @@ def _empty_cache(info: CheckpointInfo) -> Any:
 
 
 def _step(session: Any, token: int, position: int, keys: Any, values: Any) -> tuple[Any, ...]:
-    logits, keys, values = session.run(
-        ["logits", "present_keys", "present_values"],
-        {
-            "input_ids": np.array([[token]], dtype=np.int64),
-            "attention_mask": np.ones((1, position + 1), dtype=np.int64),
-            "position_ids": np.array([[position]], dtype=np.int64),
-            "past_keys": keys,
-            "past_values": values,
-        },
+    io = CacheIO.of_names((i.name for i in session.get_inputs()), int(keys.shape[0]))
+    got = session.run(
+        list(io.output_names),
+        io.feeds(
+            np.array([[token]], dtype=np.int64),
+            np.ones((1, position + 1), dtype=np.int64),
+            np.array([[position]], dtype=np.int64),
+            (keys, values),
+        ),
     )
-    return logits[0], keys, values
+    keys, values = io.join(got[1:], np.stack)
+    return got[0][0], keys, values
 
 
 def _log_softmax(logits: Any) -> Any:

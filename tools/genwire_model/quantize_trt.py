@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from genwire_model.checkpoint import CheckpointInfo
+from genwire_model.runtime.cache_io import PER_LAYER, CacheIO
 
 MODES = ("int8", "fp8")
 CALIBRATION_ROWS = 8
@@ -148,20 +149,15 @@ def calibration_feeds(
         mask[row, 1 + width - n :] = 1
         positions[row, width - n :] = np.arange(n)
     past = np.zeros((layers, rows, heads, 1, dim), np.float32)
-    return {
-        "input_ids": tokens,
-        "attention_mask": mask,
-        "position_ids": positions,
-        "past_keys": past,
-        "past_values": past.copy(),
-    }
+    return CacheIO.of_shape(shape).feeds(tokens, mask, positions, (past, past.copy()))
 
 
 def shapes_spec(feeds: dict[str, Any]) -> str:
     """ModelOpt's ``calibration_shapes`` for the whole batch: one calibration step.
 
-    ModelOpt splits calibration data along axis 0 into steps of the given shape; the KV cache's
-    axis 0 is the layers, so the batch must go in as one step."""
+    ModelOpt splits calibration data along axis 0 into steps of the given shape; each input's
+    whole shape makes the batch one step (and a stacked cache's axis 0, the layers, is never
+    cut)."""
     return ",".join(
         f"{name}:{'x'.join(str(d) for d in array.shape)}" for name, array in feeds.items()
     )
@@ -338,6 +334,7 @@ def build_quantized_engine(
         "num_kv_heads": info.num_kv_heads,
         "head_dim": info.head_dim,
         "vocab_size": info.vocab_size,
+        "cache_io": PER_LAYER,  # the graph export.py writes
     }
     graph = out / QDQ_GRAPH
     folder: Path | None = None

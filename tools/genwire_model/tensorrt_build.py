@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from genwire_model.checkpoint import CheckpointInfo
+from genwire_model.runtime.cache_io import PER_LAYER
 from genwire_model.runtime.tensorrt_engine import (
     MAX_ENGINE_LOGIT_DIFF,
     MAX_ENGINE_LOGPROB_DIFF,
@@ -46,12 +47,13 @@ __all__ = [
 ]
 
 
-def _shape(info: CheckpointInfo) -> dict[str, int]:
+def _shape(info: CheckpointInfo) -> dict[str, Any]:
     return {
         "num_layers": info.num_layers,
         "num_kv_heads": info.num_kv_heads,
         "head_dim": info.head_dim,
         "vocab_size": info.vocab_size,
+        "cache_io": PER_LAYER,  # the graph export.py writes
     }
 
 

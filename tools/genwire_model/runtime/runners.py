@@ -20,8 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-INPUT_NAMES = ("input_ids", "attention_mask", "position_ids", "past_keys", "past_values")
-OUTPUT_NAMES = ("logits", "present_keys", "present_values")
+from .cache_io import CacheIO
 
 KV = tuple[Any, Any]
 
@@ -86,9 +85,11 @@ class OnnxRuntimeRunner:
     Decode steps (``step``) run with I/O binding into two preallocated cache arenas (``reserve``):
     a step reads the batch's cache from one arena and ONNX Runtime writes the grown cache into
     the other, and the logits into a preallocated buffer, so a step allocates no cache memory
-    (no megabytes of fresh pages per token). ``gather`` re-forms the batch (rows leaving, rows
-    joining, the width trimmed) in one copy into the arena the batch is not in. Prefills use
-    ``forward`` (ONNX Runtime allocates their small outputs).
+    (no megabytes of fresh pages per token). A per-layer graph (``cache_io``) reads and writes
+    per-layer views of the arenas: each layer's concatenation lands in place. ``gather``
+    re-forms the batch (rows leaving, rows joining, the width trimmed) in one copy into the
+    arena the batch is not in. Prefills use ``forward`` (ONNX Runtime allocates their small
+    outputs).
     """
 
     backend = "onnxruntime"
@@ -120,6 +121,8 @@ class OnnxRuntimeRunner:
         self.heads = int(shape["num_kv_heads"])
         self.head_dim = int(shape["head_dim"])
         self.vocab_size = int(shape["vocab_size"])
+        # From the graph itself: the in-process bench also reads versions built before it.
+        self.io = CacheIO.of_names((i.name for i in self.session.get_inputs()), self.layers)
         self._arenas: list[tuple[Array, Array]] = []
         self._logits = np.zeros(0, np.float32)
         self._binding: Any = None
@@ -167,13 +170,10 @@ class OnnxRuntimeRunner:
         binding = self._binding
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids))
-        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask))
-        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids))
-        binding.bind_cpu_input("past_keys", np.ascontiguousarray(kv[0]))
-        binding.bind_cpu_input("past_values", np.ascontiguousarray(kv[1]))
-        outputs = (("logits", logits), ("present_keys", out[0]), ("present_values", out[1]))
-        for name, array in outputs:
+        for name, array in self.io.feeds(input_ids, attention_mask, position_ids, kv).items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        for name, array in self.io.present(out).items():
             binding.bind_output(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
         self.session.run_with_iobinding(binding)
         return logits, out
@@ -203,18 +203,13 @@ class OnnxRuntimeRunner:
     def forward(
         self, input_ids: Array, attention_mask: Array, position_ids: Array, kv: KV
     ) -> tuple[Array, KV]:
-        """One pass; returns last-position logits and the grown cache."""
-        logits, keys, values = self.session.run(
-            list(OUTPUT_NAMES),
-            {
-                "input_ids": input_ids,
-                "attention_mask": attention_mask,
-                "position_ids": position_ids,
-                "past_keys": kv[0],
-                "past_values": kv[1],
-            },
+        """One pass; returns last-position logits and the grown cache (a per-layer graph's
+        outputs stacked: one copy, on prefills and passes ``step`` cannot take)."""
+        io = self.io
+        got = self.session.run(
+            list(io.output_names), io.feeds(input_ids, attention_mask, position_ids, kv)
         )
-        return logits, (keys, values)
+        return got[0], io.join(got[1:], np.stack)
 
     def empty(self, batch: int, width: int) -> KV:
         """Zero cache."""
@@ -262,7 +257,9 @@ class TensorRTRunner:
     device. Per step one copy goes up (3 x B int64 from a pinned buffer: each row's token, its
     position and its first unmasked column, from which the attention mask is rebuilt on the
     device) and, with ``host_logits`` off, nothing comes back but what the sampler returns.
-    ``gather`` re-forms the batch into the free buffer. ``forward`` (prefills, and any pass
+    ``gather`` re-forms the batch into the free buffer. With a per-layer graph (``cache_io``) each
+    buffer holds the layers as slabs that each start on a 256-byte boundary (a strided stack),
+    so every layer's view can be bound. ``forward`` (prefills, and any pass
     ``step`` cannot take) stages its inputs in pinned host buffers, copies them without
     blocking on the engine's stream and lets torch allocate its outputs.
     """
@@ -349,17 +346,18 @@ class TensorRTRunner:
         self.device = device
         self.engine = engine
         self.stream = stream
+        self.io = CacheIO.of_shape(manifest["shape"])
         self.profiles: list[dict[str, Any]] = []
         for index, context in enumerate(contexts):
             limits = {
                 name: [
                     tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(name, index)
                 ]
-                for name in INPUT_NAMES
+                for name in self.io.input_names
             }
             self.profiles.append({"index": index, "context": context, "limits": limits})
         self.dtypes: dict[str, Any] = {}
-        for name in (*INPUT_NAMES, *OUTPUT_NAMES):
+        for name in (*self.io.input_names, *self.io.output_names):
             kind = engine.get_tensor_dtype(name)
             if kind not in to_torch:
                 raise RuntimeError(f"engine tensor {name} has unsupported type {kind}")
@@ -431,16 +429,16 @@ class TensorRTRunner:
         present caches differ in type cannot swap them: it gets no buffers (``step`` is then
         ``forward``), with a warning."""
         torch = self.torch
-        kind = self.dtypes["present_keys"]
-        names = ("past_keys", "past_values", "present_values")
+        kind = self.cache_dtype
+        names = (*self.io.past_names, *self.io.present_names)
         if any(self.dtypes[name] != kind for name in names):
             log.warning(
                 "TensorRT engine caches of different types (%s): decode steps allocate",
-                {name: str(self.dtypes[name]) for name in (*names, "present_keys")},
+                {name: str(self.dtypes[name]) for name in names},
             )
             self._arenas, self._plan = [], {}
             return
-        size = self.layers * batch * self.heads * width * self.head_dim
+        size = self._cache_elements((self.layers, batch, self.heads, width, self.head_dim))
         stride = -(-batch // (ADDRESS_ALIGNMENT // 8)) * (ADDRESS_ALIGNMENT // 8)
         self._arenas, self._plan = [], {}  # the old buffers go before the new ones are made
         try:
@@ -477,6 +475,39 @@ class TensorRTRunner:
     def _pinned(self) -> bool:
         return self.stream is not None
 
+    @property
+    def cache_dtype(self) -> Any:
+        """The type of the engine's cache tensors."""
+        return self.dtypes[self.io.past_names[0]]
+
+    def _slab(self, shape: tuple[int, ...]) -> int:
+        """Elements between two layers of a cache of ``shape`` [L, B, H, W, D] in a buffer:
+        one layer's, rounded up to 256 bytes when the engine binds each layer by itself."""
+        layer = int(np.prod(shape[1:]))
+        if self.io.stacked:
+            return layer
+        unit = ADDRESS_ALIGNMENT // int(self.torch.empty(0, dtype=self.cache_dtype).element_size())
+        return -(-layer // unit) * unit
+
+    def _cache_elements(self, shape: tuple[int, ...]) -> int:
+        """A buffer's elements for a cache of ``shape``, its layers' padding included."""
+        return int(shape[0]) * self._slab(shape)
+
+    def _laid_out(self, flat: Any, shape: tuple[int, ...]) -> Any:
+        """A cache of ``shape`` over the start of the 1-D ``flat`` (on a 256-byte boundary):
+        contiguous when stacked, else each layer a contiguous block on its own boundary."""
+        if self.io.stacked:
+            return flat[: int(np.prod(shape))].view(shape)
+        inner = [int(np.prod(shape[axis + 1 :])) for axis in range(1, len(shape))]
+        return flat.as_strided(shape, (self._slab(shape), *inner))
+
+    def _bindable_layers(self, tensor: Any) -> bool:
+        """Every tensor the engine reads from a cache ``tensor`` is contiguous and aligned."""
+        parts = [tensor] if self.io.stacked else [tensor[layer] for layer in range(self.layers)]
+        return all(
+            part.is_contiguous() and int(part.data_ptr()) % ADDRESS_ALIGNMENT == 0 for part in parts
+        )
+
     def _arena_of(self, kv: KV) -> int:
         """Which buffer pair holds ``kv`` (-1: none)."""
         if not self._arenas or not hasattr(kv[0], "data_ptr") or not hasattr(kv[1], "data_ptr"):
@@ -488,12 +519,12 @@ class TensorRTRunner:
         return -1
 
     def _views(self, arena: int, shape: tuple[int, ...]) -> KV | None:
-        """Contiguous views of ``shape`` at the start of a buffer pair (None: it does not fit)."""
-        size = int(np.prod(shape))
+        """Views of ``shape`` at the start of a buffer pair, laid out for binding (``_laid_out``;
+        None: it does not fit)."""
         keys, values = self._arenas[arena]
-        if size > keys.numel():
+        if self._cache_elements(shape) > keys.numel():
             return None
-        return keys[:size].view(shape), values[:size].view(shape)
+        return self._laid_out(keys, shape), self._laid_out(values, shape)
 
     def step(
         self, input_ids: Array, attention_mask: Array, position_ids: Array, kv: KV
@@ -502,7 +533,7 @@ class TensorRTRunner:
         when there are no buffers, the pass is not one token per row, or it does not fit)."""
         plan = self._plan
         rows, seq = (int(d) for d in input_ids.shape)
-        past = int(kv[0].shape[3])
+        past = int(kv[0].shape[3])  # the runtime's caches are stacked [L, B, H, W, D]
         columns = int(attention_mask.shape[1])
         if columns != past + seq:
             raise ValueError(
@@ -525,15 +556,8 @@ class TensorRTRunner:
             ids, positions, mask = self._stage_step(input_ids, attention_mask, position_ids)
             logits = plan["logits"][: rows * self.vocab_size].view(rows, self.vocab_size)
             context = profile["context"]
-            feeds = {
-                "input_ids": ids,
-                "attention_mask": mask,
-                "position_ids": positions,
-                "past_keys": cache[0],
-                "past_values": cache[1],
-            }
-            self._bind_inputs(profile, feeds)
-            outputs = {"logits": logits, "present_keys": out[0], "present_values": out[1]}
+            self._bind_inputs(profile, self.io.feeds(ids, mask, positions, cache))
+            outputs = {"logits": logits, **self.io.present(out)}
             for name, tensor in outputs.items():
                 inferred = tuple(int(d) for d in context.get_tensor_shape(name))
                 if inferred != tuple(tensor.shape):
@@ -556,14 +580,15 @@ class TensorRTRunner:
         return host.numpy().copy(), out
 
     def _bindable(self, kv: KV) -> KV:
-        """A cache outside the buffers as TensorRT can read it: the engine's type, contiguous,
-        on a 256-byte boundary (copied only when it is not)."""
-        kind = self.dtypes["past_keys"]
+        """A cache outside the buffers as TensorRT can read it: the engine's type, each tensor
+        it binds contiguous and on a 256-byte boundary (copied only when it is not)."""
+        kind = self.cache_dtype
         made = []
         for tensor in kv:
             moved = self.torch.as_tensor(tensor).to(device=self.device, dtype=kind)
-            if not moved.is_contiguous() or int(moved.data_ptr()) % ADDRESS_ALIGNMENT:
-                copy = self._buffer(int(moved.numel()), kind).view(tuple(moved.shape))
+            if not self._bindable_layers(moved):
+                shape = tuple(int(d) for d in moved.shape)
+                copy = self._laid_out(self._buffer(self._cache_elements(shape), kind), shape)
                 copy.copy_(moved)
                 moved = copy
             made.append(moved)
@@ -618,7 +643,7 @@ class TensorRTRunner:
 
     def _bind_inputs(self, profile: dict[str, Any], tensors: dict[str, Any]) -> None:
         context = profile["context"]
-        for name in INPUT_NAMES:
+        for name in self.io.input_names:
             shape = tuple(int(d) for d in tensors[name].shape)
             if not context.set_input_shape(name, shape):
                 low, _, high = profile["limits"][name]
@@ -632,15 +657,16 @@ class TensorRTRunner:
     def _profile(self, rows: int, seq: int, past: int) -> dict[str, Any]:
         """The profile a pass runs in: decode when it fits, else the first one that does."""
         fits = []
+        first, axis = self.io.past_names[0], self.io.column_axis
         for profile in self.profiles:
-            ids, kv = profile["limits"]["input_ids"], profile["limits"]["past_keys"]
-            if ids[0][1] <= seq <= ids[2][1] and kv[0][3] <= past <= kv[2][3]:
+            ids, kv = profile["limits"]["input_ids"], profile["limits"][first]
+            if ids[0][1] <= seq <= ids[2][1] and kv[0][axis] <= past <= kv[2][axis]:
                 fits.append(profile)
         if not fits:
             ranges = [
                 f"profile {p['index']}: tokens {p['limits']['input_ids'][0][1]}.."
-                f"{p['limits']['input_ids'][2][1]}, cache {p['limits']['past_keys'][0][3]}.."
-                f"{p['limits']['past_keys'][2][3]}"
+                f"{p['limits']['input_ids'][2][1]}, cache {p['limits'][first][0][axis]}.."
+                f"{p['limits'][first][2][axis]}"
                 for p in self.profiles
             ]
             raise ValueError(
@@ -708,33 +734,37 @@ class TensorRTRunner:
                 device = staged.to(self.device, non_blocking=True)
                 tensors[name] = device.to(self.dtypes[name]).contiguous()
             self._record(self._staged)
-            tensors["past_keys"] = kv[0].to(self.dtypes["past_keys"]).contiguous()
-            tensors["past_values"] = kv[1].to(self.dtypes["past_values"]).contiguous()
+            tensors.update(self.io.past(self._bindable(kv)))
             self._bind_inputs(profile, tensors)
-            for name in OUTPUT_NAMES:
+            for name in self.io.output_names:
                 shape = tuple(int(d) for d in context.get_tensor_shape(name))
                 if any(d < 0 for d in shape):
                     raise RuntimeError(f"TensorRT could not infer the shape of {name}: {shape}")
-                tensors[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
+                # On a boundary whatever the allocator gives (CUDA's does; host memory not).
+                count = int(np.prod(shape))
+                tensors[name] = self._buffer(count, self.dtypes[name]).view(shape)
                 if not context.set_tensor_address(name, int(tensors[name].data_ptr())):
                     raise RuntimeError(f"TensorRT refused the address of {name}")
             if not context.execute_async_v3(self._handle()):
                 raise RuntimeError("TensorRT execution failed (execute_async_v3 returned False)")
             self.device_logits = tensors["logits"]
+            # A per-layer graph's outputs stacked: one device copy, on passes ``step`` cannot
+            # take (prefills).
+            present = self.io.join([tensors[n] for n in self.io.present_names], torch.stack)
             if not self.host_logits:
                 # The decode loop samples on the GPU (sampling_torch): no copy, no wait.
-                return tensors["logits"], (tensors["present_keys"], tensors["present_values"])
+                return tensors["logits"], present
             out = self._logits[:rows]
             out.copy_(tensors["logits"].float(), non_blocking=True)
             self._record(self._copied)
         self._wait(self._copied)  # the one wait per pass: the logits are on the host
         logits = out.numpy().copy()  # the pinned buffer is reused by the next pass
-        return logits, (tensors["present_keys"], tensors["present_values"])
+        return logits, present
 
     def empty(self, batch: int, width: int) -> KV:
         """Zero cache on the GPU."""
         shape = (self.layers, batch, self.heads, width, self.head_dim)
-        dtype = self.dtypes["past_keys"]
+        dtype = self.cache_dtype
         make = self.torch.zeros
         with self._on_stream():
             return make(shape, dtype=dtype, device=self.device), make(
@@ -780,7 +810,7 @@ class TensorRTRunner:
         with self._on_stream():
             out = self._views(target, shape) if target >= 0 else None
             if out is None:
-                dtype = self.dtypes["past_keys"]
+                dtype = self.cache_dtype
                 out = (
                     torch.empty(shape, dtype=dtype, device=self.device),
                     torch.empty(shape, dtype=dtype, device=self.device),

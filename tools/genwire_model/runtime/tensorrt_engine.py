@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .cache_io import CacheIO
+
 log = logging.getLogger(__name__)
 
 ENGINES_DIR = "engines"
@@ -155,34 +157,37 @@ def prefill_rows(max_batch: int, context: int, budget: int = PREFILL_TOKEN_BUDGE
 
 
 def profile_shapes(
-    layers: int, heads: int, dim: int, max_batch: int, context: int
+    layers: int, heads: int, dim: int, max_batch: int, context: int, io: CacheIO | None = None
 ) -> dict[str, Shapes]:
     """min/opt/max per input for the ``prefill`` and ``decode`` profiles.
 
+    ``io``: the graph's cache tensors (default: one per layer, what export.py writes).
     Prefill: S new tokens over one masked past column (the runner's ``min_past``: no tensor is
     ever zero-sized). Decode: one new token over a cache of up to ``context + 1`` columns (the
     prefill's dummy column stays until the batch's leading columns are trimmed).
     """
+    io = io or CacheIO(layers)
     rows = prefill_rows(max_batch, context)
     opt_rows, opt_seq = min(4, rows), min(64, context)
     opt_batch, opt_past = min(8, max_batch), min(128, context)
 
     def kv(low: tuple[int, int], opt: tuple[int, int], high: tuple[int, int]) -> Any:
-        return tuple((layers, b, heads, p, dim) for b, p in (low, opt, high))
+        return tuple(io.tensor_shape(b, heads, p, dim) for b, p in (low, opt, high))
 
     prefill: Shapes = {
         "input_ids": ((1, 1), (opt_rows, opt_seq), (rows, context)),
         "position_ids": ((1, 1), (opt_rows, opt_seq), (rows, context)),
         "attention_mask": ((1, 2), (opt_rows, opt_seq + 1), (rows, context + 1)),
-        "past_keys": kv((1, 1), (opt_rows, 1), (rows, 1)),
-        "past_values": kv((1, 1), (opt_rows, 1), (rows, 1)),
+        **{name: kv((1, 1), (opt_rows, 1), (rows, 1)) for name in io.past_names},
     }
     decode: Shapes = {
         "input_ids": ((1, 1), (opt_batch, 1), (max_batch, 1)),
         "position_ids": ((1, 1), (opt_batch, 1), (max_batch, 1)),
         "attention_mask": ((1, 2), (opt_batch, opt_past + 1), (max_batch, context + 2)),
-        "past_keys": kv((1, 1), (opt_batch, opt_past), (max_batch, context + 1)),
-        "past_values": kv((1, 1), (opt_batch, opt_past), (max_batch, context + 1)),
+        **{
+            name: kv((1, 1), (opt_batch, opt_past), (max_batch, context + 1))
+            for name in io.past_names
+        },
     }
     return {"prefill": prefill, "decode": decode}
 
@@ -204,13 +209,7 @@ def calibration_feeds(shape: dict[str, Any], context: int, rows: int = 2) -> dic
         mask[row, 1 + width - n :] = 1
         positions[row, width - n :] = np.arange(n)
     past = np.zeros((layers, rows, heads, 1, dim), np.float32)
-    return {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "position_ids": positions,
-        "past_keys": past,
-        "past_values": past.copy(),
-    }
+    return CacheIO.of_shape(shape).feeds(ids, mask, positions, (past, past.copy()))
 
 
 def external_data(graph: Path) -> Path:
@@ -322,7 +321,7 @@ def build_engine(
         if weak_fp16:
             config.set_flag(trt.BuilderFlag.FP16)
             precision = "fp16 (builder flag, weakly typed network)"
-        shapes = profile_shapes(layers, heads, dim, max_batch, context)
+        shapes = profile_shapes(layers, heads, dim, max_batch, context, CacheIO.of_shape(shape))
         for name in PROFILE_NAMES:
             profile = builder.create_optimization_profile()
             for tensor, (low, opt, high) in shapes[name].items():
