@@ -1,6 +1,6 @@
 """The model lifecycle on the REAL broker, Redis and Triton (the ``stack`` fixture).
 
-A test model (``gwtest-life``: two versions copied from the default model's served one) is
+A test model (``gwtest-life-<run>``: two versions copied from the default model's served one) is
 built into the shared repository, loaded, routed, shadowed, rolled back and promoted blue-green
 under steady load; at the end it is unloaded, its policy tombstoned and its folder removed, so
 the default model is served as before. Run under the stack lock (``flock /tmp/gw/stack.lock``).
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import secrets
 import shutil
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -29,7 +31,10 @@ from tests.common.traffic import WAIT_S, Traffic, eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-MODEL = "gwtest-life"
+# A name of its own per run: the stack's preprocess keeps routing a model that Triton stopped
+# serving to the versions it served last (so a Triton restart fails no request), and a second
+# run on the same stack would inherit the first run's (version 3, since deleted).
+MODEL = f"gwtest-life-{secrets.token_hex(3)}"
 DEFAULT = "genwire-gpt"
 
 Client = Traffic[ShadowResult]
@@ -38,7 +43,7 @@ Client = Traffic[ShadowResult]
 
 @pytest.fixture(scope="module")
 def life(stack: CommonSettings) -> Iterator[Lifecycle]:
-    """``gwtest-life`` versions 1 and 2 in the repository (not loaded); removed afterwards."""
+    """``MODEL`` versions 1 and 2 in the repository (not loaded); removed afterwards."""
     with throwaway_model(stack, MODEL) as (lifecycle, _):
         yield lifecycle
 
@@ -195,7 +200,9 @@ async def test_a_corrupt_config_record_keeps_the_policy_in_force(
         skipped = await _skipped(http, metrics)
         await client.producer.send_and_wait(Topic.CONFIG, b"{not json", key=MODEL.encode())
         await client.producer.send_and_wait(
-            Topic.CONFIG, b'{"model": "gwtest-life", "weights": {"1": 7}}', key=MODEL.encode()
+            Topic.CONFIG,
+            json.dumps({"model": MODEL, "weights": {"1": 7}}).encode(),
+            key=MODEL.encode(),
         )
         for _ in range(300):  # preprocess read both, counted and skipped them
             if await _skipped(http, metrics) >= skipped + 2:

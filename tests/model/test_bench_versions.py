@@ -30,7 +30,10 @@ def test_rounds_alternate_which_version_goes_first(
             for row in rows:
                 assert row["errors"] == 0 and row["output_tokens_per_s"] > 0
                 assert row["pass_ms"] > 0 and row["static_ms_per_step"] > 0
-    # Per level the two versions' schedulers in turn, the first one first in round 1 only.
+    # Each loop warmed up first (two requests); then per level the two versions' schedulers
+    # in turn, the first one first in round 1 only.
+    assert len(order) == 2 + 8 and order[0][1] is not order[1][1]
+    order = order[2:]
     first_round, second_round = order[:4], order[4:]
     assert [level for level, _ in order] == [1, 1, 2, 2, 1, 1, 2, 2]
     assert first_round[0][1] is not first_round[1][1]
@@ -53,3 +56,15 @@ def test_nonsense_is_refused(
     with pytest.raises(SystemExit):
         bench_versions.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_a_version_built_with_other_runtime_code_is_named(tiny_version: ModelVersion) -> None:
+    """Both versions run this checkout's runtime: the report says which were built with other
+    code (their own copy, which Triton runs, is not what is measured)."""
+    import dataclasses
+
+    assert bench_versions.runtime_notes({"now": tiny_version}) == {}
+    build = {**tiny_version.manifest["build"], "runtime_sha256": "0123456789abcdef"}
+    older = dataclasses.replace(tiny_version, manifest={**tiny_version.manifest, "build": build})
+    notes = bench_versions.runtime_notes({"now": tiny_version, "older": older})
+    assert list(notes) == ["older"] and "runtime_sha256 0123456789ab" in notes["older"]

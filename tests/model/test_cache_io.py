@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from genwire_model import export
-from genwire_model.checkpoint import inspect_checkpoint
 from genwire_model.repository import ModelVersion
 from genwire_model.runtime import tensorrt_engine
 from genwire_model.runtime.cache_io import CacheIO
 from genwire_model.runtime.runners import OnnxRuntimeRunner
+
+from tests.model.legacy import stacked_graph
 
 
 def test_names_shapes_and_the_round_trip_of_a_per_layer_cache() -> None:
@@ -71,78 +69,13 @@ def test_the_built_graph_takes_and_gives_one_tensor_per_layer(tiny_version: Mode
         assert producers[present] is consumers[0], present
 
 
-def _stacked_graph(checkpoint: Path, out: Path) -> None:
-    """The graph as versions built before the per-layer contract have it (export's wrapper
-    of the time): the layers' caches stacked in and out."""
-    import torch
-    from transformers import DynamicCache
-
-    info = inspect_checkpoint(checkpoint)
-    model = export.load_model(info)
-    layers = info.num_layers
-
-    class Stacked(torch.nn.Module):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, ids: Any, mask: Any, positions: Any, keys: Any, values: Any) -> Any:
-            cache = DynamicCache(config=self.model.config)
-            for layer in range(layers):
-                cache.update(keys[layer], values[layer], layer)
-            got = self.model(
-                input_ids=ids,
-                attention_mask=export.additive_mask(mask, ids.shape[1]),
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            present = got.past_key_values
-            return (
-                got.logits[:, -1, :],
-                torch.stack([present.layers[n].keys for n in range(layers)]),
-                torch.stack([present.layers[n].values for n in range(layers)]),
-            )
-
-    shape = (layers, 2, info.num_kv_heads, 3, info.head_dim)
-    sample = (
-        torch.zeros((2, 2), dtype=torch.int64),
-        torch.ones((2, 5), dtype=torch.int64),
-        torch.zeros((2, 2), dtype=torch.int64),
-        torch.zeros(shape),
-        torch.zeros(shape),
-    )
-    axes = {
-        "input_ids": {0: "b", 1: "s"},
-        "attention_mask": {0: "b", 1: "t"},
-        "position_ids": {0: "b", 1: "s"},
-        "past_keys": {1: "b", 3: "p"},
-        "past_values": {1: "b", 3: "p"},
-        "logits": {0: "b"},
-        "present_keys": {1: "b", 3: "t"},
-        "present_values": {1: "b", 3: "t"},
-    }
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            Stacked().eval(),
-            sample,
-            str(out),
-            input_names=["input_ids", "attention_mask", "position_ids", "past_keys", "past_values"],
-            output_names=["logits", "present_keys", "present_values"],
-            dynamic_axes=axes,
-            opset_version=export.OPSET,
-            dynamo=False,
-        )
-
-
 def test_a_version_built_before_still_runs_and_decodes_the_same(
     tiny_version: ModelVersion, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     """``genwire model bench --in-process`` and the fallback read earlier versions' graphs with
     today's runner: their stacked cache is fed and read back as it was, step for step."""
     old = tmp_path / "stacked.onnx"
-    _stacked_graph(tiny_checkpoint, old)
+    stacked_graph(tiny_checkpoint, old)
     manifest = {**tiny_version.manifest, "shape": dict(tiny_version.manifest["shape"])}
     del manifest["shape"]["cache_io"]
     legacy = OnnxRuntimeRunner(old, manifest, threads=1)

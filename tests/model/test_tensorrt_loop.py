@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -126,6 +127,9 @@ class FakeContext:
             name: _array(self.addresses[name], shapes[name], NUMPY[self.engine.types[name]]).copy()
             for name in inputs
         }
+        for name, value in feeds.items():  # an FP16 cache is computed in FP32, written back FP16
+            if value.dtype == np.float16:
+                feeds[name] = value.astype(np.float32)
         self.passes.append(spans)
         self.seen.append(feeds)
         for name, value in zip(outputs, self.session.run(list(outputs), feeds), strict=True):
@@ -135,17 +139,23 @@ class FakeContext:
 
 
 def engine_runner(
-    version: ModelVersion, max_batch: int = 8, cls: type = TensorRTRunner, cache: str = "FLOAT"
+    version: ModelVersion,
+    max_batch: int = 8,
+    cls: type = TensorRTRunner,
+    cache: str = "FLOAT",
+    graph: Path | None = None,
+    manifest: dict[str, Any] | None = None,
 ) -> Any:
     """The TensorRT runner over the stand-in engine, on CPU tensors (``cache`` "HALF": an
-    engine whose cache is FP16, for its buffers' layout only: the stand-in computes in FP32)."""
+    engine whose cache tensors are FP16, computed by the stand-in in FP32 and stored FP16;
+    ``graph`` and ``manifest``: another graph than the version's, e.g. a stacked one)."""
     import onnxruntime as ort
 
-    manifest = version.manifest
+    manifest = version.manifest if manifest is None else manifest
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # a shared 2-core machine
     session = ort.InferenceSession(
-        str(version.path / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        str(graph or version.path / "model.onnx"), options, providers=["CPUExecutionProvider"]
     )
     engine = FakeEngine(manifest, max_batch, cache)
     vocab = int(manifest["shape"]["vocab_size"])
@@ -527,10 +537,10 @@ def test_buffers_that_do_not_fit_leave_the_steps_allocating(
     assert runner._arenas
     make = runner._buffer
 
-    def short(count: int, dtype: Any) -> Any:
+    def short(count: int, dtype: Any, zero: bool = True) -> Any:
         if count > 4096:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (stand-in)")
-        return make(count, dtype)
+        return make(count, dtype, zero)
 
     monkeypatch.setattr(runner, "_buffer", short)
     with caplog.at_level("WARNING", logger=runners.__name__):
@@ -581,3 +591,91 @@ def test_compare_backends_refuses_figures_of_a_fallen_back_engine(
         assert code == 1 and "TensorRT failed at batch 2" in out.err
     else:
         assert code == 0 and "tensorrt" in out.out and "100%" in out.out
+
+
+# -- FP16 caches, whose layers are off a boundary unless laid out, and legacy stacked engines -----
+
+
+def watched(runner: Any) -> dict[str, int]:
+    """Counts the runner's steps, and those fed a stack that is not contiguous (laid out)."""
+    seen = {"steps": 0, "strided": 0}
+    real = runner.step
+
+    def step(ids: Any, mask: Any, positions: Any, kv: Any) -> Any:
+        seen["steps"] += 1
+        seen["strided"] += int(not kv[0].is_contiguous())
+        return real(ids, mask, positions, kv)
+
+    runner.step = step
+    return seen
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_an_fp16_cache_decodes_in_its_laid_out_buffers_what_allocating_passes_decode(
+    tiny_version: ModelVersion, temperature: float
+) -> None:
+    """An FP16 layer of the tiny model is 128 bytes per row and column: the buffers pad each
+    layer to a boundary (a strided stack), and the loop over them, rows joining in place and
+    the batch rebuilt, writes the text of passes that allocate every output."""
+    runner = engine_runner(tiny_version, cache="HALF")
+    seen = watched(runner)
+    text, scheduler = closed_loop(runner, temperature)
+    want, _ = closed_loop(engine_runner(tiny_version, cls=ForwardOnly, cache="HALF"), temperature)
+    assert text == want
+    assert runner.steps_in_place > 0 and seen["strided"] > 0  # padded stacks were stepped
+    assert scheduler.reforms_in_place > 0 and scheduler.rebuilds > 0
+
+
+def test_an_fp16_stack_whose_layers_are_off_a_boundary_is_laid_out_before_binding(
+    tiny_version: ModelVersion,
+) -> None:
+    """A contiguous FP16 stack that starts on a boundary (as device memory always does) but
+    whose layers do not (odd rows x columns): each layer is copied to one before it is bound,
+    by ``step`` and by ``forward`` (the stand-in refuses a cache address off a boundary)."""
+    runner = engine_runner(tiny_version, cache="HALF")
+    plain = engine_runner(tiny_version, cls=ForwardOnly, cache="HALF")
+    runner.reserve(4, CONTEXT + 1)
+    _, kv, lengths = prefill(plain, PROMPTS[:3])
+    shape = tuple(int(d) for d in kv[0].shape)
+    assert shape[1] * shape[3] % 2 == 1, shape  # 3 rows x an odd width: layer 1 is off
+    placed = []
+    for tensor in kv:
+        flat = runner._buffer(tensor.numel(), tensor.dtype)
+        placed.append(flat.view(shape))
+        placed[-1].copy_(tensor)
+    assert int(placed[0].data_ptr()) % ADDRESS_ALIGNMENT == 0
+    assert int(placed[0][1].data_ptr()) % ADDRESS_ALIGNMENT != 0
+    ids, mask, positions = step_inputs([1, 2, 3], lengths, shape[3])
+    want, _ = plain.forward(ids, mask, positions, kv)
+    got, _ = runner.step(ids, mask, positions, (placed[0], placed[1]))
+    assert np.array_equal(got, want) and runner.steps_in_place == 1
+    got, _ = runner.forward(ids, mask, positions, (placed[0], placed[1]))
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("cache", ["FLOAT", "HALF"])
+def test_an_engine_of_an_earlier_stacked_graph_still_runs_the_loop(
+    tiny_version: ModelVersion, tiny_checkpoint: Path, tmp_path: Path, cache: str
+) -> None:
+    """A version built before the per-layer contract (no ``shape.cache_io``): its engine's
+    ``past_keys`` / ``present_keys`` are bound whole, in the buffers, as before."""
+    from tests.model.legacy import stacked_graph
+
+    graph = tmp_path / "stacked.onnx"
+    stacked_graph(tiny_checkpoint, graph)
+    manifest = {**tiny_version.manifest, "shape": dict(tiny_version.manifest["shape"])}
+    del manifest["shape"]["cache_io"]
+    runner = engine_runner(tiny_version, cache=cache, graph=graph, manifest=manifest)
+    assert runner.io.stacked
+    text, _ = closed_loop(runner, 0.0)
+    if cache == "FLOAT":
+        want, _ = closed_loop(reference_runner(tiny_version), 0.0)  # today's per-layer graph
+    else:
+        plain = engine_runner(
+            tiny_version, cls=ForwardOnly, cache=cache, graph=graph, manifest=manifest
+        )
+        want, _ = closed_loop(plain, 0.0)
+    assert text == want
+    assert runner.steps_in_place > 0
+    bound = runner.profiles[1]["context"].passes[-1]
+    assert "past_keys" in bound and "present_values" in bound

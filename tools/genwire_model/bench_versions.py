@@ -1,13 +1,17 @@
 """Two versions' in-process decode loops against each other, in alternated rounds.
 
 ``python -m genwire_model.bench_versions --name genwire-gpt 3 4``: the before and after of a
-change to the graph or the runtime, without Triton (``genwire model bench --in-process`` gives
-one version's ceiling and Triton's share of it). Each version gets the scheduler it would get
-in Triton (its ``config.pbtxt``) and the bench's prompts and sampling; per round and level each
-runs a static batch (every request to ``--max-tokens``: the decode step's own cost) and the
-closed loop, one version first in odd rounds and the other in even ones, because a virtual
-machine's speed drifts between minutes by more than most changes (docs/model.md, *Round 8*).
-The table gives each version's median and range over the rounds and the steal each saw.
+change to a version's graph or its build options, without Triton (``genwire model bench
+--in-process`` gives one version's ceiling and Triton's share of it). Both versions run on
+*this checkout's* runtime (``genwire_model.runtime``), not the copy each carries for Triton, so
+a change to the runtime alone shows here only as the checkout before and after it; the report
+says when the versions were built with other runtime code than this one. Each version gets the
+scheduler settings it would get in Triton (its ``config.pbtxt``) and the bench's prompts and
+sampling; per round and level each runs a static batch (every request to ``--max-tokens``; its
+time per token includes the prefill) and the closed loop, one version first in odd rounds and
+the other in even ones, because a virtual machine's speed drifts between minutes by more than
+most changes (docs/model.md, *Round 8*). The table gives each version's median and range over
+the rounds and the steal each saw.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ def measure(
             loops[label].start()
             statics[label] = _scheduler(version.path, stop_at_eos=False)
             statics[label].start()
-            run_static(statics[label], prompts, 1, 4)  # warm-up
+            run_static(statics[label], prompts, 1, 4)  # warm-up, both loops
+            run_in_process_level(loops[label], prompts, 1, 2, 4)
         out: dict[str, dict[int, list[dict[str, Any]]]] = {
             label: {level: [] for level in levels} for label in versions
         }
@@ -81,6 +86,20 @@ def measure(
     finally:
         for scheduler in (*loops.values(), *statics.values()):
             scheduler.stop()
+
+
+def runtime_notes(versions: dict[str, ModelVersion]) -> dict[str, str]:
+    """Per version whose manifest's runtime digest is not this checkout's: which it has (the
+    comparison then runs this checkout's runtime over that version's graph, not its own)."""
+    from genwire_model.build import runtime_digest
+
+    here = runtime_digest()
+    notes = {}
+    for label, version in versions.items():
+        built = str(version.manifest.get("build", {}).get("runtime_sha256", ""))
+        if built != here:
+            notes[label] = f"runtime_sha256 {built[:12] or 'unrecorded'}, here {here[:12]}"
+    return notes
 
 
 def table(results: dict[str, dict[int, list[dict[str, Any]]]]) -> list[str]:
@@ -127,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         repository = CommonSettings().repository
     repo = ModelRepository(repository)
     versions = {f"v{v}": repo.get(args.name, v) for v in args.versions}
+    for label, note in runtime_notes(versions).items():
+        print(f"note: {label} was built with other runtime code than this checkout's ({note})")
     results = measure(versions, args.concurrency, args.rounds, args.requests, args.max_tokens)
     print(
         f"{args.name} versions {args.versions[0]} and {args.versions[1]} in process, "

@@ -110,7 +110,7 @@ def build_for_version(
 
 
 def verify(
-    version_dir: Path, plan: Path, shape: dict[str, int], context: int, max_batch: int = 8
+    version_dir: Path, plan: Path, shape: dict[str, Any], context: int, max_batch: int = 8
 ) -> dict[str, Any]:
     """Run the engine and ONNX Runtime side by side on validation prompts (see agreement)."""
     from genwire_model.runtime.runners import OnnxRuntimeRunner, TensorRTRunner

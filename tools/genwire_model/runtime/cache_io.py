@@ -55,7 +55,9 @@ class CacheIO:
         """The contract a version's manifest ``shape`` records (absent: the stacked one)."""
         kind = shape.get("cache_io", STACKED)
         if kind not in (STACKED, PER_LAYER):
-            raise ValueError(f"unknown cache_io {kind!r} in the manifest (want {PER_LAYER})")
+            raise ValueError(
+                f"unknown cache_io {kind!r} in the manifest (known: {PER_LAYER}, {STACKED})"
+            )
         return cls(int(shape["num_layers"]), stacked=kind == STACKED)
 
     @property

@@ -259,9 +259,13 @@ class TensorRTRunner:
     device) and, with ``host_logits`` off, nothing comes back but what the sampler returns.
     ``gather`` re-forms the batch into the free buffer. With a per-layer graph (``cache_io``) each
     buffer holds the layers as slabs that each start on a 256-byte boundary (a strided stack),
-    so every layer's view can be bound. ``forward`` (prefills, and any pass
+    so every layer's view can be bound; a layer whose size is not a multiple of 256 bytes
+    (kv_heads x head_dim x the cache type's size not a multiple of 256: FP32 caches of
+    kv_heads x head_dim a multiple of 64, the default model's 4 x 48 among them, never need
+    the padding) is the only case it changes anything. ``forward`` (prefills, and any pass
     ``step`` cannot take) stages its inputs in pinned host buffers, copies them without
-    blocking on the engine's stream and lets torch allocate its outputs.
+    blocking on the engine's stream and writes its outputs into fresh buffers of the same
+    layout (unzeroed: the engine writes them whole).
     """
 
     backend = "tensorrt"
@@ -411,12 +415,14 @@ class TensorRTRunner:
         if event is not None:
             event.synchronize()
 
-    def _buffer(self, count: int, dtype: Any) -> Any:
-        """``count`` zeros of ``dtype`` on the device, starting on a 256-byte boundary (what
-        ``set_tensor_address`` requires; zeros so masked columns never hold NaN patterns)."""
+    def _buffer(self, count: int, dtype: Any, zero: bool = True) -> Any:
+        """``count`` elements of ``dtype`` on the device, starting on a 256-byte boundary (what
+        ``set_tensor_address`` requires): zeros, so masked columns never hold NaN patterns,
+        unless ``zero`` is off (an output the engine writes whole)."""
         torch = self.torch
         item = int(torch.empty(0, dtype=dtype).element_size())
-        raw = torch.zeros(count + ADDRESS_ALIGNMENT // item, dtype=dtype, device=self.device)
+        make = torch.zeros if zero else torch.empty
+        raw = make(count + ADDRESS_ALIGNMENT // item, dtype=dtype, device=self.device)
         skip = (-int(raw.data_ptr()) % ADDRESS_ALIGNMENT) // item
         return raw[skip : skip + count]
 
@@ -715,7 +721,7 @@ class TensorRTRunner:
         position_ids: Array,
         kv: KV,
     ) -> tuple[Array, KV]:
-        torch, context = self.torch, profile["context"]
+        context = profile["context"]
         rows = input_ids.shape[0]
         with self._on_stream():
             tensors: dict[str, Any] = {}
@@ -736,30 +742,46 @@ class TensorRTRunner:
             self._record(self._staged)
             tensors.update(self.io.past(self._bindable(kv)))
             self._bind_inputs(profile, tensors)
+            shapes = {}
             for name in self.io.output_names:
                 shape = tuple(int(d) for d in context.get_tensor_shape(name))
                 if any(d < 0 for d in shape):
                     raise RuntimeError(f"TensorRT could not infer the shape of {name}: {shape}")
-                # On a boundary whatever the allocator gives (CUDA's does; host memory not).
-                count = int(np.prod(shape))
-                tensors[name] = self._buffer(count, self.dtypes[name]).view(shape)
+                shapes[name] = shape
+            # Outputs on boundaries whatever the allocator gives (CUDA's does; host memory
+            # not), left unzeroed (the engine writes them whole); a per-layer graph's cache
+            # outputs are the layers of one laid-out stack per kind, so nothing is stacked after.
+            logits = self._buffer(int(np.prod(shapes["logits"])), self.dtypes["logits"], False)
+            tensors["logits"] = logits.view(shapes["logits"])
+            layer = shapes[self.io.present_names[0]]
+            stacked = layer if self.io.stacked else (self.layers, *layer)
+            present = tuple(
+                self._laid_out(
+                    self._buffer(self._cache_elements(stacked), self.dtypes[name], False), stacked
+                )
+                for name in self.io.present_names[:2]  # the keys' and the values' types
+            )
+            tensors.update(self.io.present((present[0], present[1])))
+            for name in self.io.output_names:
+                if tuple(tensors[name].shape) != shapes[name]:
+                    raise RuntimeError(
+                        f"TensorRT infers {name} of shape {shapes[name]}; its buffer is "
+                        f"{tuple(tensors[name].shape)}"
+                    )
                 if not context.set_tensor_address(name, int(tensors[name].data_ptr())):
                     raise RuntimeError(f"TensorRT refused the address of {name}")
             if not context.execute_async_v3(self._handle()):
                 raise RuntimeError("TensorRT execution failed (execute_async_v3 returned False)")
             self.device_logits = tensors["logits"]
-            # A per-layer graph's outputs stacked: one device copy, on passes ``step`` cannot
-            # take (prefills).
-            present = self.io.join([tensors[n] for n in self.io.present_names], torch.stack)
             if not self.host_logits:
                 # The decode loop samples on the GPU (sampling_torch): no copy, no wait.
-                return tensors["logits"], present
+                return tensors["logits"], (present[0], present[1])
             out = self._logits[:rows]
             out.copy_(tensors["logits"].float(), non_blocking=True)
             self._record(self._copied)
         self._wait(self._copied)  # the one wait per pass: the logits are on the host
         logits = out.numpy().copy()  # the pinned buffer is reused by the next pass
-        return logits, present
+        return logits, (present[0], present[1])
 
     def empty(self, batch: int, width: int) -> KV:
         """Zero cache on the GPU."""
