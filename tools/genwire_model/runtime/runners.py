@@ -259,10 +259,9 @@ class TensorRTRunner:
     device) and, with ``host_logits`` off, nothing comes back but what the sampler returns.
     ``gather`` re-forms the batch into the free buffer. With a per-layer graph (``cache_io``) each
     buffer holds the layers as slabs that each start on a 256-byte boundary (a strided stack),
-    so every layer's view can be bound; a layer whose size is not a multiple of 256 bytes
-    (kv_heads x head_dim x the cache type's size not a multiple of 256: FP32 caches of
-    kv_heads x head_dim a multiple of 64, the default model's 4 x 48 among them, never need
-    the padding) is the only case it changes anything. ``forward`` (prefills, and any pass
+    so every layer's view can be bound. The padding only exists when kv_heads x head_dim x the
+    cache type's bytes is not a multiple of 256 (never for the default model's FP32 4 x 48).
+    ``forward`` (prefills, and any pass
     ``step`` cannot take) stages its inputs in pinned host buffers, copies them without
     blocking on the engine's stream and writes its outputs into fresh buffers of the same
     layout (unzeroed: the engine writes them whole).
