@@ -503,8 +503,9 @@ class TensorRTRunner:
         contiguous when stacked, else each layer a contiguous block on its own boundary."""
         if self.io.stacked:
             return flat[: int(np.prod(shape))].view(shape)
-        inner = [int(np.prod(shape[axis + 1 :])) for axis in range(1, len(shape))]
-        return flat.as_strided(shape, (self._slab(shape), *inner))
+        slab, layer = self._slab(shape), int(np.prod(shape[1:]))
+        # Views only (bounds-checked): [L, slab] rows, each cut to its layer and split.
+        return flat[: int(shape[0]) * slab].view(int(shape[0]), slab)[:, :layer].view(shape)
 
     def _bindable_layers(self, tensor: Any) -> bool:
         """Every tensor the engine reads from a cache ``tensor`` is contiguous and aligned."""
