@@ -58,8 +58,14 @@ def _empty_cache(info: CheckpointInfo) -> Any:
     return np.zeros(shape, dtype=np.float32)
 
 
-def _step(session: Any, token: int, position: int, keys: Any, values: Any) -> tuple[Any, ...]:
-    io = CacheIO.of_names((i.name for i in session.get_inputs()), int(keys.shape[0]))
+def _io(session: Any, info: CheckpointInfo) -> CacheIO:
+    """The cache contract of the session's graph (fp32 and quantized graphs share it)."""
+    return CacheIO.of_names((i.name for i in session.get_inputs()), info.num_layers)
+
+
+def _step(
+    session: Any, io: CacheIO, token: int, position: int, keys: Any, values: Any
+) -> tuple[Any, ...]:
     got = session.run(
         list(io.output_names),
         io.feeds(
@@ -81,6 +87,7 @@ def _log_softmax(logits: Any) -> Any:
 def heldout_loss(session: Any, info: CheckpointInfo, ids: list[int]) -> tuple[float, list[Any]]:
     """Mean NLL (nats/token) of ``ids`` teacher-forced in windows; also every step's logits."""
     window = max(2, min(WINDOW, info.context))
+    io = _io(session, info)
     total, count, logits_seen = 0.0, 0, []
     for start in range(0, len(ids) - 1, window):
         chunk = ids[start : start + window]
@@ -88,7 +95,7 @@ def heldout_loss(session: Any, info: CheckpointInfo, ids: list[int]) -> tuple[fl
             break
         keys, values = _empty_cache(info), _empty_cache(info)
         for position, token in enumerate(chunk[:-1]):
-            logits, keys, values = _step(session, token, position, keys, values)
+            logits, keys, values = _step(session, io, token, position, keys, values)
             total -= float(_log_softmax(logits.astype(np.float64))[chunk[position + 1]])
             count += 1
             logits_seen.append(logits)
@@ -100,16 +107,17 @@ def heldout_loss(session: Any, info: CheckpointInfo, ids: list[int]) -> tuple[fl
 def tokens_per_second(session: Any, info: CheckpointInfo, prompts: list[list[int]]) -> float:
     """Greedy decoding of ``prompts`` one after another: generated tokens per second."""
     generated = 0
+    io = _io(session, info)
     started = time.perf_counter()
     for prompt in prompts:
         keys, values = _empty_cache(info), _empty_cache(info)
         logits: Any = np.zeros(info.vocab_size, dtype=np.float32)
         for position, token in enumerate(prompt):
-            logits, keys, values = _step(session, token, position, keys, values)
+            logits, keys, values = _step(session, io, token, position, keys, values)
         position = len(prompt)
         for _ in range(min(SPEED_TOKENS, info.context - len(prompt) - 1)):
             token = int(np.argmax(logits))
-            logits, keys, values = _step(session, token, position, keys, values)
+            logits, keys, values = _step(session, io, token, position, keys, values)
             position += 1
             generated += 1
     return generated / max(time.perf_counter() - started, 1e-9)
