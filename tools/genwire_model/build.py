@@ -430,15 +430,7 @@ def _assemble(
         "eos_token_ids": eos_ids,
         # The request options the runtime honours: preprocess refuses the others by name.
         "request_options": list(REQUEST_OPTIONS),
-        "shape": {
-            "num_layers": info.num_layers,
-            "num_kv_heads": info.num_kv_heads,
-            "head_dim": info.head_dim,
-            "vocab_size": info.vocab_size,
-            # The graph's cache tensors (runtime/cache_io.py); absent in earlier manifests,
-            # whose graphs take the layers stacked.
-            "cache_io": export.cache_io(info).kind,
-        },
+        "shape": export.manifest_shape(info),
         "tokenizer": tokenizer_summary,
         "build": {
             "options": opts.to_json(),

@@ -77,6 +77,19 @@ def cache_io(info: CheckpointInfo) -> CacheIO:
     return CacheIO(info.num_layers)
 
 
+def manifest_shape(info: CheckpointInfo) -> dict[str, Any]:
+    """The manifest's ``shape`` of a graph exported here (what the runners size buffers and
+    read the cache contract from); ``cache_io`` is absent in earlier manifests, whose graphs
+    take the layers stacked."""
+    return {
+        "num_layers": info.num_layers,
+        "num_kv_heads": info.num_kv_heads,
+        "head_dim": info.head_dim,
+        "vocab_size": info.vocab_size,
+        "cache_io": cache_io(info).kind,
+    }
+
+
 def _wrapper(model: Any, num_layers: int) -> Any:
     import torch
     from transformers import DynamicCache

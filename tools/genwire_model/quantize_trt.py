@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from genwire_model.checkpoint import CheckpointInfo
-from genwire_model.runtime.cache_io import PER_LAYER, CacheIO
+from genwire_model.export import manifest_shape
+from genwire_model.runtime.cache_io import CacheIO
 
 MODES = ("int8", "fp8")
 CALIBRATION_ROWS = 8
@@ -329,13 +330,7 @@ def build_quantized_engine(
     from genwire_model.runtime.tensorrt_engine import agreement as agree
 
     mode = plan.engine
-    shape = {
-        "num_layers": info.num_layers,
-        "num_kv_heads": info.num_kv_heads,
-        "head_dim": info.head_dim,
-        "vocab_size": info.vocab_size,
-        "cache_io": PER_LAYER,  # the graph export.py writes
-    }
+    shape = manifest_shape(info)
     graph = out / QDQ_GRAPH
     folder: Path | None = None
     attempted, stage = "", "quantize"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from genwire_model.checkpoint import CheckpointInfo
-from genwire_model.runtime.cache_io import PER_LAYER
+from genwire_model.export import manifest_shape
 from genwire_model.runtime.tensorrt_engine import (
     MAX_ENGINE_LOGIT_DIFF,
     MAX_ENGINE_LOGPROB_DIFF,
@@ -45,16 +45,6 @@ __all__ = [
     "prefill_rows",
     "profile_shapes",
 ]
-
-
-def _shape(info: CheckpointInfo) -> dict[str, Any]:
-    return {
-        "num_layers": info.num_layers,
-        "num_kv_heads": info.num_kv_heads,
-        "head_dim": info.head_dim,
-        "vocab_size": info.vocab_size,
-        "cache_io": PER_LAYER,  # the graph export.py writes
-    }
 
 
 def build_for_version(
@@ -84,9 +74,9 @@ def build_for_version(
         key = current_key()
         attempted = key_name(key)
         folder = engine_dir(out, key)
-        record = build_engine(onnx_path, folder, _shape(info), max_batch, context, progress)
+        record = build_engine(onnx_path, folder, manifest_shape(info), max_batch, context, progress)
         stage = "run"
-        record["agreement"] = verify(out, folder / PLAN, _shape(info), context, max_batch)
+        record["agreement"] = verify(out, folder / PLAN, manifest_shape(info), context, max_batch)
         figures = record["agreement"]
         check_agreement(figures)
         record_agreement(folder / PLAN, figures)
