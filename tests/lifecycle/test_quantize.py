@@ -31,6 +31,12 @@ def test_int8_build_records_size_speed_and_loss_of_both(
     assert printed and "held-out loss" in printed[0] and "tokens/s" in printed[0]
     assert (version.path / "model.onnx").stat().st_size == quant["size_bytes"]["int8"]
     assert not list(version.path.glob("*.fp32.onnx"))
+    # ONNX Runtime serves the INT8 graph itself, not a fused copy of the FP32 one.
+    assert version.manifest["build"]["onnxruntime_graph"] == {
+        "file": None,
+        "reason": "--quantize int8: ONNX Runtime serves its INT8 graph",
+    }
+    assert not (version.path / "model.ort.onnx").exists()
     assert create_runner(version.path, prefer="onnxruntime").vocab_size > 0
 
 

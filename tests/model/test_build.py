@@ -151,6 +151,10 @@ def test_llama_family_checkpoint_builds_with_grouped_kv_heads(
     assert version.manifest["source"]["model_type"] == "llama"
     assert version.manifest["shape"]["num_kv_heads"] == 2
     assert version.manifest["validation"]["max_abs_logit_diff"] < MAX_ABS_LOGIT_DIFF
+    # The fused copy for ONNX Runtime is validated the same way (RMSNorm, SiLU, rotary).
+    fused = version.manifest["build"]["onnxruntime_graph"]
+    assert fused["file"] == "model.ort.onnx", fused
+    assert fused["validation"]["max_abs_logit_diff"] < MAX_ABS_LOGIT_DIFF
 
 
 def test_intra_op_threads_reach_the_config_and_the_runner(

@@ -60,6 +60,9 @@ class BuildOptions:
     # "int8": ONNX Runtime dynamic INT8 weights (genwire_model.quantize) and, on a GPU, a
     # TensorRT INT8 engine; "fp8": a TensorRT FP8 engine (genwire_model.quantize_trt)
     quantize: str = "off"
+    # "fused": ONNX Runtime serves a copy of the graph with the transformer fusions
+    # (genwire_model.ort_graph, model.ort.onnx); "portable": it serves model.onnx
+    onnxruntime_graph: str = "fused"
 
     def to_json(self) -> dict[str, Any]:
         """For the manifest."""
@@ -311,6 +314,38 @@ def _quantize(
         reference.unlink(missing_ok=True)
 
 
+def _onnxruntime_graph(
+    info: CheckpointInfo,
+    model: Any,
+    onnx_path: Path,
+    out: Path,
+    opts: BuildOptions,
+    quantization: dict[str, Any] | None,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """The manifest's ``build.onnxruntime_graph``: the fused copy ONNX Runtime serves, or why
+    it serves ``model.onnx``."""
+    from genwire_model import ort_graph
+
+    if opts.onnxruntime_graph == "portable":
+        return {"file": None, "reason": "--onnxruntime-graph portable"}
+    if quantization is not None and quantization.get("plan", {}).get("cpu_int8"):
+        # ONNX Runtime's INT8 graph is the one it serves; its fusions are the quantizer's.
+        return {"file": None, "reason": "--quantize int8: ONNX Runtime serves its INT8 graph"}
+    progress("fusing a copy of the graph for ONNX Runtime (onnxruntime.transformers)")
+    record = ort_graph.fuse(info, model, onnx_path, out)
+    if record["file"]:
+        nodes = record["nodes"]
+        progress(
+            f"ONNX Runtime's graph: {nodes[record['file']]} nodes instead of "
+            f"{nodes['model.onnx']}, largest logit difference against torch "
+            f"{record['validation']['max_abs_logit_diff']:.2e}"
+        )
+    else:
+        progress(f"ONNX Runtime serves the portable graph: {record['reason']}")
+    return record
+
+
 @contextmanager
 def _locked(model_dir: Path) -> Iterator[None]:
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -341,6 +376,10 @@ def build_version(
         raise BuildError(f"tensorrt must be auto, on or off, got {opts.tensorrt!r}")
     if opts.quantize not in ("off", "int8", "fp8"):
         raise BuildError(f"quantize must be off, int8 or fp8, got {opts.quantize!r}")
+    if opts.onnxruntime_graph not in ("fused", "portable"):
+        raise BuildError(
+            f"onnxruntime_graph must be fused or portable, got {opts.onnxruntime_graph!r}"
+        )
     if opts.max_batch < 1:
         raise BuildError(f"max_batch must be >= 1, got {opts.max_batch}")
     if opts.context is not None and opts.context < 2:
@@ -400,12 +439,13 @@ def _assemble(
         f"ONNX Runtime vs torch: largest logit difference {validation.max_abs_logit_diff:.2e} "
         f"over {len(validation.cases)} cases"
     )
-    del model
     reason = tensorrt_usable() if opts.tensorrt != "off" else "disabled (--tensorrt off)"
     quantization = None
     tensorrt: dict[str, Any] | None = None
     if opts.quantize != "off":
         quantization, tensorrt = _quantize(info, onnx_path, out, context, opts, reason, progress)
+    ort_graph = _onnxruntime_graph(info, model, onnx_path, out, opts, quantization, progress)
+    del model
     eos_ids, tokenizer_summary = _tokenizer_files(info, out)
     _copy_runtime(out)
     from genwire_model.tensorrt_build import TensorRTBuildError, build_for_version
@@ -437,6 +477,7 @@ def _assemble(
             "runtime_sha256": runtime_digest(),
             "onnx_opset": export.OPSET,
             "tensorrt": tensorrt,
+            "onnxruntime_graph": ort_graph,
             "packages": _versions_of(
                 "genwire", "torch", "transformers", "onnx", "onnxruntime", "tokenizers", "numpy"
             ),
@@ -446,6 +487,7 @@ def _assemble(
         "files": {
             "model.onnx": _sha256(onnx_path),
             **{p.name: _sha256(p) for p in sorted(out.glob("model.qdq.onnx*"))},
+            **({ort_graph["file"]: _sha256(out / ort_graph["file"])} if ort_graph["file"] else {}),
         },
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")

@@ -92,6 +92,15 @@ def register(subparsers: Any) -> None:
         "against the FP32 graph (default: off)",
     )
     build.add_argument(
+        "--onnxruntime-graph",
+        choices=["fused", "portable"],
+        default="fused",
+        help="fused: ONNX Runtime serves a copy of the graph with its transformer fusions "
+        "(layer norms, GELU, constant reshapes: model.ort.onnx, validated against the "
+        "checkpoint like model.onnx); portable: it serves model.onnx, the graph TensorRT "
+        "builds from (default: fused)",
+    )
+    build.add_argument(
         "--load", action="store_true", help="then serve it (as `genwire model load`)"
     )
     build.set_defaults(func=_build)
@@ -236,6 +245,7 @@ def _build(args: argparse.Namespace) -> int:
         intra_op_threads=threads,
         stream_interval=args.stream_interval,
         quantize=args.quantize,
+        onnxruntime_graph=args.onnxruntime_graph,
     )
     try:
         version = build_version(args.checkpoint, args.name, repository, options, _progress)

@@ -942,6 +942,26 @@ def tensorrt_usable() -> str | None:
     return None
 
 
+ORT_GRAPH_FILE = "model.ort.onnx"
+"""ONNX Runtime's copy of the graph with the transformer fusions (``genwire_model.ort_graph``),
+recorded in the manifest's ``build.onnxruntime_graph``; ``model.onnx`` stays the portable one."""
+
+
+def onnxruntime_graph(version_dir: Path, manifest: dict[str, Any]) -> Path:
+    """The graph ONNX Runtime serves for a version: its fused copy when the build made one (and
+    validated it), else ``model.onnx`` (versions built before it, ``--onnxruntime-graph
+    portable``, a fusion that failed, an INT8 graph)."""
+    record = manifest.get("build", {}).get("onnxruntime_graph") or {}
+    name = record.get("file")
+    if not name:
+        return version_dir / "model.onnx"
+    path = version_dir / str(name)
+    if not path.is_file():
+        # The manifest says it was built: a missing file is a damaged version, not a choice.
+        raise FileNotFoundError(f"{path}: the manifest's ONNX Runtime graph is missing")
+    return path
+
+
 STATUS_FILE = "runtime-status.json"
 BUILD_ON_LOAD_ENV = "GENWIRE_TENSORRT_BUILD_ON_LOAD"
 BACKEND_ENV = "GENWIRE_MODEL_BACKEND"  # overrides config.pbtxt's backend: auto|onnxruntime|tensorrt
@@ -1234,7 +1254,8 @@ def create_runner(
     prefer = os.environ.get(BACKEND_ENV) or prefer
 
     def onnxruntime() -> Runner:
-        return OnnxRuntimeRunner(version_dir / "model.onnx", manifest, threads, allow_spinning)
+        graph = onnxruntime_graph(version_dir, manifest)
+        return OnnxRuntimeRunner(graph, manifest, threads, allow_spinning)
 
     if prefer not in ("auto", "tensorrt"):
         report.status("onnxruntime", reason=f"backend {prefer} ({chosen or 'configured'})")
