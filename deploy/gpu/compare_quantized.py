@@ -34,7 +34,11 @@ def main() -> int:
         speed_prompts,
     )
     from genwire_model.repository import ModelRepository
-    from genwire_model.runtime.runners import OnnxRuntimeRunner, TensorRTRunner
+    from genwire_model.runtime.runners import (
+        OnnxRuntimeRunner,
+        TensorRTRunner,
+        onnxruntime_graph,
+    )
     from genwire_model.runtime.tensorrt_engine import (
         MAX_QUANTIZED_LOSS_INCREASE,
         current_key,
@@ -60,10 +64,9 @@ def main() -> int:
     key = current_key()
     arms: dict[str, tuple[Any, Path]] = {}
     context = int(default.manifest["context_length"])
-    arms["fp32 (ONNX Runtime)"] = (
-        OnnxRuntimeRunner(default.path / "model.onnx", default.manifest),
-        default.path / "model.onnx",
-    )
+    # The graph ONNX Runtime serves (the fused copy when the version has one).
+    served = onnxruntime_graph(default.path, default.manifest)
+    arms["fp32 (ONNX Runtime)"] = (OnnxRuntimeRunner(served, default.manifest), served)
     fp16 = find_engine(default.path, key)
     if fp16 is not None:
         arms["fp16 engine"] = (TensorRTRunner(fp16, default.manifest), fp16)

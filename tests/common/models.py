@@ -17,9 +17,14 @@ from genwire.policyfeed import delete_policy
 from genwire.settings import CommonSettings
 
 
-def copy_version(src: Path, dst: Path, name: str, version: str) -> None:
+def copy_version(
+    src: Path, dst: Path, name: str, version: str, portable_only: bool = False
+) -> None:
     """Copy the built version ``src`` to ``dst`` as model ``name`` version ``version`` (files
-    hard-linked where the file system allows; the manifest rewritten, never linked)."""
+    hard-linked where the file system allows; the manifest rewritten, never linked).
+
+    ``portable_only``: without ONNX Runtime's fused copy (``model.ort.onnx``), so ONNX Runtime
+    serves ``model.onnx``: for a test that replaces that graph and means it to be served."""
 
     def link(a: str, b: str) -> None:
         try:
@@ -30,6 +35,10 @@ def copy_version(src: Path, dst: Path, name: str, version: str) -> None:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"), copy_function=link)
     manifest = json.loads((src / "manifest.json").read_text())
     manifest.update(name=name, version=int(version))
+    if portable_only:
+        (dst / "model.ort.onnx").unlink(missing_ok=True)
+        manifest["build"]["onnxruntime_graph"] = {"file": None, "reason": "test: portable only"}
+        manifest["files"].pop("model.ort.onnx", None)
     (dst / "manifest.json").unlink()
     (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))
 

@@ -273,7 +273,7 @@ async def test_a_version_that_fails_to_load_changes_nothing(
     life: Lifecycle, client: Client, stack: CommonSettings
 ) -> None:
     broken = stack.repository / MODEL / "4"
-    copy_version(stack.repository / MODEL / "2", broken, MODEL, "4")
+    copy_version(stack.repository / MODEL / "2", broken, MODEL, "4", portable_only=True)
     (broken / "model.onnx").unlink()  # a hard link: never write through it
     (broken / "model.onnx").write_bytes(b"not an onnx graph")
     config = (stack.repository / MODEL / "config.pbtxt").read_text()
@@ -297,7 +297,7 @@ async def test_an_int8_version_serves_like_any_other(
 
     source = stack.repository / MODEL / "2"
     target = stack.repository / MODEL / "3"
-    copy_version(source, target, MODEL, "3")
+    copy_version(source, target, MODEL, "3", portable_only=True)
     (target / "model.onnx").unlink()  # a hard link to version 2's graph: never write through it
     await asyncio.to_thread(
         quantize_dynamic,
@@ -309,6 +309,9 @@ async def test_an_int8_version_serves_like_any_other(
     )
     assert (target / "model.onnx").stat().st_size < (source / "model.onnx").stat().st_size
     await asyncio.to_thread(life.load, MODEL, "3")
+    # ONNX Runtime serves the INT8 graph itself (no fused FP32 copy beside it).
+    status = json.loads((target / "runtime-status.json").read_text())
+    assert status["backend"] == "onnxruntime" and status["graph"] == "model.onnx", status
     await asyncio.to_thread(
         life.route, MODEL, weights={"2": 50, "3": 50}, aliases={"challenger": "3"}, by="test"
     )

@@ -5,7 +5,9 @@ leaves the version on ``model.onnx`` with the reason."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,10 @@ from genwire_model.repository import ModelRepository, ModelVersion
 from genwire_model.runtime import runners, tensorrt_engine
 from genwire_model.runtime.runners import ORT_GRAPH_FILE, OnnxRuntimeRunner, onnxruntime_graph
 from onnx import TensorProto, helper
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _decode(runner: OnnxRuntimeRunner, steps: int) -> tuple[list[np.ndarray], Any]:
@@ -44,7 +50,7 @@ def test_the_build_fuses_a_copy_for_onnx_runtime_and_validates_it(
 ) -> None:
     record = tiny_version.manifest["build"]["onnxruntime_graph"]
     assert record["file"] == ORT_GRAPH_FILE
-    assert "onnxruntime.transformers.optimizer" in record["optimizer"]
+    assert record["optimizer"].startswith("onnxruntime.transformers.optimizer 1.")
     # GPT-2's residual adds go into its layer norms and its GELU becomes one kernel.
     assert record["fusions"]["SkipLayerNormalization"] > 0 and record["fusions"]["FastGelu"] > 0
     fused = onnx.load(str(tiny_version.path / ORT_GRAPH_FILE))
@@ -64,7 +70,9 @@ def test_the_build_fuses_a_copy_for_onnx_runtime_and_validates_it(
     # The portable graph keeps standard ONNX only: TensorRT builds from it.
     assert {o.domain for o in portable.opset_import} <= {"", "ai.onnx"}
     assert "com.microsoft" in {o.domain for o in fused.opset_import}
-    assert tiny_version.manifest["files"][ORT_GRAPH_FILE]
+    assert tiny_version.manifest["files"][ORT_GRAPH_FILE] == _sha256(
+        tiny_version.path / ORT_GRAPH_FILE
+    )
 
 
 def test_onnx_runtime_serves_the_fused_graph_and_decodes_as_the_portable_one(
@@ -90,6 +98,21 @@ def test_onnx_runtime_serves_the_fused_graph_and_decodes_as_the_portable_one(
         assert np.abs(a - b).max() < 1e-4
         assert np.array_equal(a.argmax(axis=1), b.argmax(axis=1))
     assert all(np.abs(a - b).max() < 1e-4 for a, b in zip(fused_kv, portable_kv, strict=True))
+
+
+def test_the_runtime_status_names_the_graph_onnx_runtime_serves(
+    tiny_version: ModelVersion, tmp_path: Path
+) -> None:
+    copy = tmp_path / "1"
+    shutil.copytree(tiny_version.path, copy)
+    runners.create_runner(copy, threads=1, prefer="onnxruntime", record_status=True)
+    status = json.loads((copy / runners.STATUS_FILE).read_text())
+    assert status["backend"] == "onnxruntime" and status["graph"] == ORT_GRAPH_FILE
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["build"]["onnxruntime_graph"] = {"file": None, "reason": "test"}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    runners.create_runner(copy, threads=1, prefer="onnxruntime", record_status=True)
+    assert json.loads((copy / runners.STATUS_FILE).read_text())["graph"] == "model.onnx"
 
 
 def test_a_version_without_the_record_serves_model_onnx_and_a_missing_file_is_an_error(
@@ -147,6 +170,34 @@ def test_a_fused_graph_that_disagrees_with_the_checkpoint_is_not_kept(
     version = build_version(tiny_checkpoint, "t", tmp_path, BuildOptions(max_batch=4))
     record = version.manifest["build"]["onnxruntime_graph"]
     assert record["file"] is None and "disagrees with torch" in record["reason"]
+    assert not (version.path / ORT_GRAPH_FILE).exists()
+
+
+def test_a_fused_graph_that_breaks_the_cache_contract_is_not_kept(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = ort_graph._optimize
+
+    def copied_present(info: Any, portable: Path) -> Any:
+        model, fusions = real(info, portable)
+        # present_key_0 through an Identity: right values, but not the Concat the runner binds.
+        for node in model.graph.node:
+            for i, name in enumerate(node.output):
+                if name == "present_key_0":
+                    node.output[i] = "present_key_0_raw"
+        model.graph.node.append(
+            helper.make_node("Identity", ["present_key_0_raw"], ["present_key_0"])
+        )
+        return model, fusions
+
+    monkeypatch.setattr(ort_graph, "_optimize", copied_present)
+    version = build_version(tiny_checkpoint, "t", tmp_path, BuildOptions(max_batch=4))
+    record = version.manifest["build"]["onnxruntime_graph"]
+    assert record["file"] is None
+    assert record["reason"] == (
+        "ValueError: the fused graph breaks the cache contract: "
+        "present_key_0 is made by Identity, not a Concat of past_key_0"
+    )
     assert not (version.path / ORT_GRAPH_FILE).exists()
 
 

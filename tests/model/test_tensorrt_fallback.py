@@ -266,6 +266,7 @@ def test_the_environment_can_force_onnx_runtime(
         "fallbacks": [],
         "updated": "",
         "reason": f"backend onnxruntime ({runners.BACKEND_ENV}=onnxruntime)",
+        "graph": "model.onnx",
     }
 
 

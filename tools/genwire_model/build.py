@@ -320,18 +320,16 @@ def _onnxruntime_graph(
     onnx_path: Path,
     out: Path,
     opts: BuildOptions,
-    quantization: dict[str, Any] | None,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     """The manifest's ``build.onnxruntime_graph``: the fused copy ONNX Runtime serves, or why
-    it serves ``model.onnx``."""
+    it serves ``model.onnx``. Made from the FP32 graph before any quantization (the torch
+    model is not kept through it): ``_without_fused`` takes it back when ONNX Runtime is to
+    serve an INT8 graph."""
     from genwire_model import ort_graph
 
     if opts.onnxruntime_graph == "portable":
         return {"file": None, "reason": "--onnxruntime-graph portable"}
-    if quantization is not None and quantization.get("plan", {}).get("cpu_int8"):
-        # ONNX Runtime's INT8 graph is the one it serves; its fusions are the quantizer's.
-        return {"file": None, "reason": "--quantize int8: ONNX Runtime serves its INT8 graph"}
     progress("fusing a copy of the graph for ONNX Runtime (onnxruntime.transformers)")
     record = ort_graph.fuse(info, model, onnx_path, out)
     if record["file"]:
@@ -344,6 +342,20 @@ def _onnxruntime_graph(
     else:
         progress(f"ONNX Runtime serves the portable graph: {record['reason']}")
     return record
+
+
+def _without_fused(
+    record: dict[str, Any], out: Path, quantization: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``record``, unless ONNX Runtime is to serve the INT8 graph the quantization wrote as
+    ``model.onnx`` (its fusions are the quantizer's): then the fused FP32 copy goes."""
+    plan = (quantization or {}).get("plan", {})
+    if not plan.get("cpu_int8"):
+        return record
+    if record.get("file"):
+        (out / record["file"]).unlink(missing_ok=True)
+    requested = plan.get("requested", "int8")
+    return {"file": None, "reason": f"--quantize {requested}: ONNX Runtime serves its INT8 graph"}
 
 
 @contextmanager
@@ -439,13 +451,14 @@ def _assemble(
         f"ONNX Runtime vs torch: largest logit difference {validation.max_abs_logit_diff:.2e} "
         f"over {len(validation.cases)} cases"
     )
+    fused = _onnxruntime_graph(info, model, onnx_path, out, opts, progress)
+    del model
     reason = tensorrt_usable() if opts.tensorrt != "off" else "disabled (--tensorrt off)"
     quantization = None
     tensorrt: dict[str, Any] | None = None
     if opts.quantize != "off":
         quantization, tensorrt = _quantize(info, onnx_path, out, context, opts, reason, progress)
-    ort_graph = _onnxruntime_graph(info, model, onnx_path, out, opts, quantization, progress)
-    del model
+    fused = _without_fused(fused, out, quantization)
     eos_ids, tokenizer_summary = _tokenizer_files(info, out)
     _copy_runtime(out)
     from genwire_model.tensorrt_build import TensorRTBuildError, build_for_version
@@ -477,7 +490,7 @@ def _assemble(
             "runtime_sha256": runtime_digest(),
             "onnx_opset": export.OPSET,
             "tensorrt": tensorrt,
-            "onnxruntime_graph": ort_graph,
+            "onnxruntime_graph": fused,
             "packages": _versions_of(
                 "genwire", "torch", "transformers", "onnx", "onnxruntime", "tokenizers", "numpy"
             ),
@@ -487,7 +500,7 @@ def _assemble(
         "files": {
             "model.onnx": _sha256(onnx_path),
             **{p.name: _sha256(p) for p in sorted(out.glob("model.qdq.onnx*"))},
-            **({ort_graph["file"]: _sha256(out / ort_graph["file"])} if ort_graph["file"] else {}),
+            **({fused["file"]: _sha256(out / fused["file"])} if fused["file"] else {}),
         },
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")

@@ -26,7 +26,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from genwire_model.checkpoint import CheckpointInfo
+from genwire_model.checkpoint import CheckpointInfo, _first
 from genwire_model.runtime.runners import ORT_GRAPH_FILE as FILE
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,6 @@ log = logging.getLogger(__name__)
 # its bias) plus GPT-2's attention pattern, which the per-layer cache graph does not match; a
 # Llama-family graph gets the generic ones that match it. Validation decides either way.
 _OPTIMIZER_MODEL_TYPE = "gpt2"
-
-
-def _first(config: dict[str, Any], *keys: str) -> int:
-    for key in keys:
-        if config.get(key) is not None:
-            return int(config[key])
-    return 0
 
 
 def cache_concat_problem(graph: Any) -> str | None:
@@ -74,13 +67,16 @@ def fuse(info: CheckpointInfo, model: Any, portable: Path, out: Path) -> dict[st
     Never raises for a fusion that fails or disagrees: the record then has ``file`` None and
     the reason, the file is removed, and ONNX Runtime serves ``model.onnx``.
     """
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
     from genwire_model import export
 
     target = out / FILE
-    record: dict[str, Any] = {"file": None, "optimizer": _describe()}
+    record: dict[str, Any] = {"file": None}
     try:
+        # onnxruntime.transformers puts its own folder on sys.path when imported (it imports
+        # its modules by their bare names): a broken install is a reason, not a failed build.
+        from onnxruntime.transformers.onnx_model import OnnxModel
+
+        record["optimizer"] = _describe()
         fused, fusions = _optimize(info, portable)
         problem = cache_concat_problem(fused.graph)
         if problem is not None:
@@ -88,6 +84,7 @@ def fuse(info: CheckpointInfo, model: Any, portable: Path, out: Path) -> dict[st
         # Its save declares the contrib operators' domain (com.microsoft) in the opset imports.
         OnnxModel.save(fused, str(target))
         validation = export.validate_onnx(info, model, target)
+        nodes = {"model.onnx": _count(portable), FILE: len(fused.graph.node)}
     except Exception as exc:  # the portable graph is a working fallback, not a failed build
         target.unlink(missing_ok=True)
         record["reason"] = f"{type(exc).__name__}: {exc}"
@@ -96,7 +93,7 @@ def fuse(info: CheckpointInfo, model: Any, portable: Path, out: Path) -> dict[st
     record.update(
         file=FILE,
         fusions=fusions,
-        nodes={"model.onnx": _count(portable), FILE: len(fused.graph.node)},
+        nodes=nodes,
         validation=validation.to_json(),
     )
     return record
@@ -116,8 +113,9 @@ def _optimize(info: CheckpointInfo, portable: Path) -> tuple[Any, dict[str, int]
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
-    heads = _first(info.config, "num_attention_heads", "n_head")
-    hidden = _first(info.config, "hidden_size", "n_embd")
+    # Only its attention fusion reads these (0: it guesses): the checkpoint's own names.
+    heads = int(_first(info.config, "num_attention_heads", "n_head") or 0)
+    hidden = int(_first(info.config, "hidden_size", "n_embd") or 0)
     # opt_level 0: the Python rewrites only; ONNX Runtime applies its own (hardware-specific)
     # optimisations when the runner loads the file, as for the portable graph. The optimizer
     # prints its progress: kept out of the build's output, which says what matters.

@@ -3,7 +3,8 @@
 Layout of one model::
 
     <repository>/<name>/config.pbtxt
-    <repository>/<name>/<version>/model.py, genwire_runtime/, model.onnx [, model.plan],
+    <repository>/<name>/<version>/model.py, genwire_runtime/, model.onnx [, model.ort.onnx]
+                                  [, engines/<key>/model.plan],
                                   tokenizer.json, tokenizer_config.json, manifest.json
 
 Versions are whole folders that appear by an atomic rename, so a folder named by a number

@@ -988,6 +988,7 @@ class _Fallback:
         self.model = version_dir.parent.name
         self.version = version_dir.name
         self.events: list[dict[str, str]] = []
+        self.graph = ""  # the file ONNX Runtime serves (or falls back to) for this version
         self._family: Any = None
         self._metrics: dict[str, Any] = {}
 
@@ -1004,6 +1005,8 @@ class _Fallback:
         }
         if reason:
             record["reason"] = reason
+        if backend == "onnxruntime" and self.graph:
+            record["graph"] = self.graph
         path = self.version_dir / STATUS_FILE
         try:
             tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}")
@@ -1253,8 +1256,10 @@ def create_runner(
     chosen = f"{BACKEND_ENV}={os.environ[BACKEND_ENV]}" if os.environ.get(BACKEND_ENV) else ""
     prefer = os.environ.get(BACKEND_ENV) or prefer
 
+    graph = onnxruntime_graph(version_dir, manifest)
+    report.graph = graph.name
+
     def onnxruntime() -> Runner:
-        graph = onnxruntime_graph(version_dir, manifest)
         return OnnxRuntimeRunner(graph, manifest, threads, allow_spinning)
 
     if prefer not in ("auto", "tensorrt"):
@@ -1333,7 +1338,9 @@ def create_runner(
 
             stage = "run"
             context = int(manifest["context_length"])
-            figures = agreement(runner, onnxruntime(), runner.vocab_size, context)
+            # Against the portable graph, as the build's check: the graph TensorRT built from.
+            reference = OnnxRuntimeRunner(version_dir / "model.onnx", manifest, threads)
+            figures = agreement(runner, reference, runner.vocab_size, context)
             if quantized is not None:
                 figures["quantized"] = quantized[0]  # judged on its KL (check_agreement)
             record_agreement(engine, figures)
