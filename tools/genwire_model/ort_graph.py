@@ -5,8 +5,9 @@ load time too). ONNX Runtime's own graph optimisations at load fold constants an
 patterns, but leave most of the traced graph's per-op overhead: the shape arithmetic in front of
 every ``Reshape`` (``Shape`` → ``Gather`` → ``Unsqueeze`` → ``Concat``), the residual ``Add``
 before each ``LayerNormalization``. ``onnxruntime.transformers.optimizer`` (shipped with
-onnxruntime) rewrites those into ONNX Runtime's contrib operators (``SkipLayerNormalization``,
-``FastGelu``) and constant reshapes: the default model's decode pass runs 182 kernels instead of
+onnxruntime) rewrites those into ONNX Runtime's contrib ``SkipLayerNormalization`` and
+constant reshapes (the GELU is ``FastGelu`` after ONNX Runtime's own load-time pass either
+way): the default model's decode pass runs 182 kernels instead of
 344, which at a batch of one row, where each kernel's dispatch costs more than its arithmetic,
 is most of a pass (docs/model.md, *Round 18*). Contrib operators are ONNX Runtime's alone, so
 the result is a second file, ``model.ort.onnx``, that only ``OnnxRuntimeRunner`` reads.
