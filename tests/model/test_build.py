@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from genwire_model import cli
 from genwire_model.build import BuildOptions, build_version
@@ -19,6 +20,8 @@ from genwire_model.repository import (
     load_tokenizer,
     load_tokenizer_config,
 )
+
+from tests.model.profile import head_outputs
 
 
 def test_version_has_everything_triton_and_the_services_need(tiny_version: ModelVersion) -> None:
@@ -155,6 +158,10 @@ def test_llama_family_checkpoint_builds_with_grouped_kv_heads(
     fused = version.manifest["build"]["onnxruntime_graph"]
     assert fused["file"] == "model.ort.onnx", fused
     assert fused["validation"]["max_abs_logit_diff"] < MAX_ABS_LOGIT_DIFF
+    # The head on the last position only, as for GPT-2 (tests/model/test_cache_io.py).
+    for graph in ("model.onnx", "model.ort.onnx"):
+        products = head_outputs(version.path / graph, version.manifest["shape"], 2, 9, tmp_path)
+        assert products and all(int(np.prod(d)) == 2 * 512 for d in products), products
 
 
 def test_intra_op_threads_reach_the_config_and_the_runner(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from genwire_model.runtime.cache_io import CacheIO
 from genwire_model.runtime.runners import ORT_GRAPH_FILE, OnnxRuntimeRunner
 
 from tests.model.legacy import stacked_graph
+from tests.model.profile import head_outputs
 
 
 def test_names_shapes_and_the_round_trip_of_a_per_layer_cache() -> None:
@@ -76,41 +76,12 @@ def test_a_prefill_multiplies_only_the_last_position_by_the_head(
 ) -> None:
     """The logits out are the last position's; the vocabulary's matrix must not be applied to
     the others either (the prefill's largest product at short prompts). Read from ONNX Runtime's
-    profile of a 2-row, 9-token prefill: every kernel with a vocabulary-wide output."""
-    import onnxruntime as ort
-
-    assert (tiny_version.path / graph).is_file()
+    profile of a 2-row, 9-token prefill: the head's product has one position per row."""
     shape = tiny_version.manifest["shape"]
-    vocab, io = int(shape["vocab_size"]), CacheIO.of_shape(shape)
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    options.profile_file_prefix = str(tmp_path / "prefill")
-    session = ort.InferenceSession(
-        str(tiny_version.path / graph), options, providers=["CPUExecutionProvider"]
-    )
-    rows, new = 2, 9
-    empty = np.zeros((rows, int(shape["num_kv_heads"]), 1, int(shape["head_dim"])), np.float32)
-    feeds = {
-        "input_ids": np.ones((rows, new), np.int64),
-        "attention_mask": np.concatenate(
-            [np.zeros((rows, 1), np.int64), np.ones((rows, new), np.int64)], axis=1
-        ),
-        "position_ids": np.tile(np.arange(new), (rows, 1)),
-        **{name: empty for name in io.past_names},
-    }
-    (logits,) = session.run(["logits"], feeds)[:1]
-    assert logits.shape == (rows, vocab)
-    events = json.loads(Path(session.end_profiling()).read_text())
-    wide = [
-        (event["name"], dims)
-        for event in events
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
-        for output in event["args"].get("output_type_shape", [])
-        for dims in output.values()
-        if dims and dims[-1] == vocab
-    ]
-    assert wide, "no kernel with a vocabulary-wide output in the profile"
-    assert all(int(np.prod(dims)) == rows * vocab for _, dims in wide), wide
+    rows, vocab = 2, int(shape["vocab_size"])
+    products = head_outputs(tiny_version.path / graph, shape, rows, 9, tmp_path)
+    assert products, "no vocabulary-wide product in the profile"
+    assert all(int(np.prod(dims)) == rows * vocab for dims in products), products
 
 
 def test_a_version_built_before_still_runs_and_decodes_the_same(

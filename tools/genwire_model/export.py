@@ -5,8 +5,8 @@ Graph contract (all integer inputs INT64, float tensors FP32; ``runtime/cache_io
 - inputs ``input_ids`` [B, S], ``attention_mask`` [B, P+S] (0 = padding), ``position_ids`` [B, S],
   and per layer l ``past_key_<l>``, ``past_value_<l>`` [B, kv_heads, P, head_dim];
 - outputs ``logits`` [B, vocab] (last position only: nothing else is needed to sample, so the
-  head multiplies that position alone), and per
-  layer ``present_key_<l>``, ``present_value_<l>`` [B, kv_heads, P+S, head_dim].
+  head multiplies that position alone), and per layer ``present_key_<l>``,
+  ``present_value_<l>`` [B, kv_heads, P+S, head_dim].
 
 B, S and P are dynamic. Rows of a batch may be left-padded (zeros at the start of their mask):
 that is how the Triton model batches sequences of different lengths, and validation checks it.
