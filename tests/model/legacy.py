@@ -33,10 +33,10 @@ def stacked_graph(checkpoint: Path, out: Path) -> None:
                 input_ids=ids,
                 attention_mask=export.additive_mask(mask, ids.shape[1]),
                 position_ids=positions,
+                cache=cache,
                 use_cache=True,
-                **{export.forward_keywords(self.model)[0]: cache},
             )
-            present = export.returned_cache(got)
+            present = got.cache
             return (
                 got.logits[:, -1, :],
                 torch.stack([present.layers[n].keys for n in range(layers)]),

@@ -18,7 +18,6 @@ stacked tensors cost a split and a stack besides (docs/model.md, *Round 17*).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import warnings
 from pathlib import Path
 from typing import Any
@@ -92,29 +91,9 @@ def manifest_shape(info: CheckpointInfo) -> dict[str, Any]:
     }
 
 
-def forward_keywords(model: Any) -> tuple[str, dict[str, Any]]:
-    """How to call ``model`` for a pass over a cache: the cache's keyword (``cache`` in
-    transformers 5.x, where ``past_key_values`` is deprecated and goes in 5.40; earlier
-    versions know only the latter), and ``logits_to_keep=1`` where the model takes it: the
-    head on the last position only, since a prefill of S tokens otherwise multiplies all S
-    hidden states by the vocabulary's matrix to keep one row (docs/model.md, *Round 19*)."""
-    parameters = inspect.signature(model.forward).parameters
-    keyword = "cache" if "cache" in parameters else "past_key_values"
-    return keyword, ({"logits_to_keep": 1} if "logits_to_keep" in parameters else {})
-
-
-def returned_cache(output: Any) -> Any:
-    """The grown cache of a pass's output (``cache`` in transformers 5.x, else
-    ``past_key_values``)."""
-    found = getattr(output, "cache", None)
-    return found if found is not None else output.past_key_values
-
-
 def _wrapper(model: Any, num_layers: int) -> Any:
     import torch
     from transformers import DynamicCache
-
-    cache_keyword, last_only = forward_keywords(model)
 
     class KVWrapper(torch.nn.Module):  # type: ignore[misc]
         """Per-layer past tensors in, last logits and per-layer present tensors out."""
@@ -137,11 +116,14 @@ def _wrapper(model: Any, num_layers: int) -> Any:
                 input_ids=input_ids,
                 attention_mask=additive_mask(attention_mask, input_ids.shape[1]),
                 position_ids=position_ids,
+                cache=cache,
                 use_cache=True,
-                **{cache_keyword: cache},
-                **last_only,
+                # The head on the last position only: a prefill of S tokens otherwise
+                # multiplies all S hidden states by the vocabulary's matrix to keep one row
+                # (docs/model.md, *Round 19*).
+                logits_to_keep=1,
             )
-            present = returned_cache(out)
+            present = out.cache
             tensors = [out.logits[:, -1, :]]
             for layer in range(num_layers):
                 tensors += [present.layers[layer].keys, present.layers[layer].values]
