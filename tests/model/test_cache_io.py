@@ -12,7 +12,7 @@ from genwire_model.runtime.cache_io import CacheIO
 from genwire_model.runtime.runners import ORT_GRAPH_FILE, OnnxRuntimeRunner
 
 from tests.model.legacy import stacked_graph
-from tests.model.profile import head_outputs
+from tests.model.profile import assert_head_on_last_position
 
 
 def test_names_shapes_and_the_round_trip_of_a_per_layer_cache() -> None:
@@ -77,11 +77,9 @@ def test_a_prefill_multiplies_only_the_last_position_by_the_head(
     """The logits out are the last position's; the vocabulary's matrix must not be applied to
     the others either (the prefill's largest product at short prompts). Read from ONNX Runtime's
     profile of a 2-row, 9-token prefill: the head's product has one position per row."""
-    shape = tiny_version.manifest["shape"]
-    rows, vocab = 2, int(shape["vocab_size"])
-    products = head_outputs(tiny_version.path / graph, shape, rows, 9, tmp_path)
-    assert products, "no vocabulary-wide product in the profile"
-    assert all(int(np.prod(dims)) == rows * vocab for dims in products), products
+    assert_head_on_last_position(
+        tiny_version.path / graph, tiny_version.manifest["shape"], tmp_path
+    )
 
 
 def test_a_version_built_before_still_runs_and_decodes_the_same(
