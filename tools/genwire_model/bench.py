@@ -44,6 +44,7 @@ from genwire_bench.served import served_versions
 from genwire_bench.steal import cpu_times, stolen_pct
 
 from genwire.service import loop as event_loops
+from genwire_model import loop_thread
 from genwire_model.client import Generation, generate, generate_shared
 from genwire_model.repository import ModelRepository, ModelVersion, load_tokenizer
 
@@ -88,6 +89,10 @@ class LevelResult:
     loop: dict[str, float] | None = None
     """In-process only: where the loop thread's time went, per decode step
     (``scheduler.LoopTimes.per_step``)."""
+    loop_thread: dict[str, float] | None = None
+    """The decode loop's thread over the level (``loop_thread.busiest``: on a CPU, waiting for
+    one, asleep, in % of the wall time; its core-ms per output token); None where the kernel's
+    schedstat cannot be read (Triton on another machine)."""
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -245,9 +250,11 @@ async def run_level(
         meter = CpuMeter(model)
         cpu = meter.sample()
         machine = cpu_times()
+        threads = loop_thread.read(meter.pids["stub"])
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - started
+        threads_after = loop_thread.read(meter.pids["stub"])
         used = meter.sample()
         stolen = stolen_pct(machine, cpu_times())
     finally:
@@ -255,9 +262,9 @@ async def run_level(
             await streams.close(5.0)
         await client.close()
     result = summarize(concurrency, results, seconds, errors)
-    result.core_ms_per_token = CpuMeter.per_unit(
-        cpu, used, sum(r.completion_tokens for r in results)
-    )
+    tokens = sum(r.completion_tokens for r in results)
+    result.core_ms_per_token = CpuMeter.per_unit(cpu, used, tokens)
+    result.loop_thread = loop_thread.busiest(threads, threads_after, tokens)
     result.steal_pct = stolen
     result.event_loop = event_loops.describe()
     return result
@@ -389,6 +396,7 @@ def run_in_process_level(
 
     cpu = CpuMeter(None).sample()
     machine = cpu_times()
+    threads = loop_thread.read([os.getpid()])
     scheduler.times = times = LoopTimes()  # (the loop is idle: the next iteration counts here)
     started = time.perf_counter()
     with lock:
@@ -396,11 +404,12 @@ def run_in_process_level(
             submit()
     finished.wait()
     result = summarize(concurrency, results, time.perf_counter() - started, errors)
+    threads_after = loop_thread.read([os.getpid()])
     scheduler.wait_idle(1.0)  # the iteration that sent the last response counted in ``times``
     result.loop = times.per_step()
-    result.core_ms_per_token = CpuMeter.per_unit(
-        cpu, CpuMeter(None).sample(), sum(r.completion_tokens for r in results)
-    )
+    tokens = sum(r.completion_tokens for r in results)
+    result.core_ms_per_token = CpuMeter.per_unit(cpu, CpuMeter(None).sample(), tokens)
+    result.loop_thread = loop_thread.busiest(threads, threads_after, tokens)
     result.steal_pct = stolen_pct(machine, cpu_times())
     return result
 
@@ -495,10 +504,20 @@ def run_in_process(
     return loops, statics
 
 
+def _loop_ratio(triton: LevelResult, local: LevelResult, key: str) -> float:
+    mine, theirs = local.loop_thread, triton.loop_thread
+    if not mine or not theirs or not mine[key]:
+        return float("nan")
+    return theirs[key] / mine[key]
+
+
 def compare(triton: LevelResult, local: LevelResult, static: StaticResult) -> dict[str, Any]:
     """Triton's level against the in-process one: share of output tokens/s, TPOT p50 over
     the in-process TPOT p50 and over the static batch's ms per step, TTFT p50 minus the
-    in-process TTFT p50, CPU per token over the in-process CPU per token."""
+    in-process TTFT p50, CPU per token over the in-process CPU per token; and the share's two
+    factors (``loop_thread``): the decode thread's time on a CPU over the in-process one's
+    (``loop_on_cpu_x``) and its CPU per token over the in-process one's (``loop_cpu_x``): the
+    share is about the first divided by the second."""
     nan = float("nan")
     return {
         "concurrency": triton.concurrency,
@@ -510,7 +529,16 @@ def compare(triton: LevelResult, local: LevelResult, static: StaticResult) -> di
         "ttft_extra_ms": triton.ttft_ms_p50 - local.ttft_ms_p50,
         "cpu_x": triton.core_ms_per_token.get("total", nan)
         / local.core_ms_per_token.get("total", nan),
+        "loop_on_cpu_x": _loop_ratio(triton, local, "on_cpu_pct"),
+        "loop_cpu_x": _loop_ratio(triton, local, "core_ms_per_token"),
     }
+
+
+def loop_split(times: dict[str, float] | None) -> str:
+    """The decode thread's ``on CPU/waiting/asleep`` percentages, ``–`` where unread."""
+    if not times:
+        return "–"
+    return f"{times['on_cpu_pct']:.0f}/{times['waiting_pct']:.0f}/{times['asleep_pct']:.0f}"
 
 
 def _streams(shared: bool) -> str:
@@ -642,7 +670,9 @@ def run(
         print(
             "Triton against in-process: share of output tokens/s; TPOT p50 / in-process TPOT "
             "p50 and / the static batch's ms per step; TTFT p50 minus in-process TTFT p50; "
-            "core-ms per token / in-process"
+            "core-ms per token / in-process; the share's factors: the decode thread's time on a "
+            "CPU / in-process and its CPU per token / in-process, and its wall time on a CPU / "
+            "waiting for one / asleep, % (in-process; Triton)"
         )
         shares = []
         for triton, local, st in zip(results, ceiling, statics, strict=True):
@@ -650,7 +680,9 @@ def run(
             shares.append(c)
             print(
                 f"{triton.concurrency:>4} {c['share']:>7.0%} {c['tpot_x']:>7.2f}x "
-                f"{c['tpot_step_x']:>7.2f}x {c['ttft_extra_ms']:>+7.1f}ms {c['cpu_x']:>7.2f}x"
+                f"{c['tpot_step_x']:>7.2f}x {c['ttft_extra_ms']:>+7.1f}ms {c['cpu_x']:>7.2f}x "
+                f"{c['loop_on_cpu_x']:>7.2f}x {c['loop_cpu_x']:>7.2f}x  "
+                f"{loop_split(local.loop_thread)}; {loop_split(triton.loop_thread)}"
             )
         payload["share"] = shares
     if out is not None:

@@ -29,6 +29,7 @@ from genwire_model.bench import (
     _scheduler,
     _streams,
     compare,
+    loop_split,
     run_in_process_level,
     run_level,
     run_static,
@@ -39,8 +40,19 @@ from genwire_model.repository import load_tokenizer
 ATTEMPTS = 3
 """Tries of one round's level when the hypervisor's steal is above ``max_steal``."""
 
-RATIOS = ("share", "tpot_step_x", "tpot_x", "ttft_extra_ms", "cpu_x")
+RATIOS = (
+    "share",
+    "tpot_step_x",
+    "tpot_x",
+    "ttft_extra_ms",
+    "cpu_x",
+    "loop_on_cpu_x",
+    "loop_cpu_x",
+)
 """The per-round comparisons summarised (``bench.compare``'s keys)."""
+
+LOOP_TIMES = ("on_cpu_pct", "waiting_pct", "asleep_pct")
+"""The decode thread's split of each side's wall time (``loop_thread.busiest``), summarised."""
 
 
 def _present(values: list[float]) -> list[float]:
@@ -68,7 +80,7 @@ def summarize_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "errors": sum(r.get("errors", 0) for r in group),
         }
         for key in RATIOS:
-            values = [r[key] for r in group]
+            values = [r.get(key, math.nan) for r in group]
             present = _present(values)
             entry[key] = {
                 "median": _median(values),
@@ -78,6 +90,12 @@ def summarize_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for side in ("in_process", "triton"):
             steals = [r[f"steal_{side}"] for r in group if r[f"steal_{side}"] is not None]
             entry[f"steal_{side}"] = round(statistics.median(steals), 1) if steals else None
+            loops = [r[f"loop_{side}"] for r in group if r.get(f"loop_{side}")]
+            entry[f"loop_{side}"] = (
+                {k: round(statistics.median(t[k] for t in loops), 1) for k in LOOP_TIMES}
+                if loops
+                else None
+            )
         out.append(entry)
     return out
 
@@ -100,7 +118,7 @@ def _print_summary(summary: list[dict[str, Any]]) -> None:
         "in-process; core-ms per token / in-process; steal % (in-process, Triton)"
     )
     for e in summary:
-        s, st, tp, tt, cx = (e[k] for k in RATIOS)
+        s, st, tp, tt, cx = (e[k] for k in RATIOS[:5])
         print(
             f"{e['concurrency']:>4} x{e['rounds']:<3} share {s['median']:>5.0%} "
             f"({s['min']:.0%}–{s['max']:.0%})  step {st['median']:.2f}x "
@@ -112,6 +130,20 @@ def _print_summary(summary: list[dict[str, Any]]) -> None:
             + (f"  errors {e['errors']}" if e["errors"] else ""),
             flush=True,
         )
+    print(
+        "the share's two factors (median): the decode thread's time on a CPU / in-process, "
+        "and its CPU per token / in-process (share = the first / the second); its wall time "
+        "on a CPU / waiting for one / asleep, % (in-process; Triton)"
+    )
+    for e in summary:
+        on, lc = e["loop_on_cpu_x"], e["loop_cpu_x"]
+        print(
+            f"{e['concurrency']:>4} x{e['rounds']:<3} on CPU {on['median']:.2f}x "
+            f"({on['min']:.2f}–{on['max']:.2f})  CPU/token {lc['median']:.2f}x "
+            f"({lc['min']:.2f}–{lc['max']:.2f})  loop {loop_split(e['loop_in_process'])}; "
+            f"{loop_split(e['loop_triton'])}",
+            flush=True,
+        )
 
 
 def _pair_line(row: dict[str, Any], mine: LevelResult, theirs: LevelResult) -> str:
@@ -120,7 +152,8 @@ def _pair_line(row: dict[str, Any], mine: LevelResult, theirs: LevelResult) -> s
         f"{mine.output_tokens_per_s:>12.1f} {theirs.output_tokens_per_s:>13.1f} "
         f"{row['share']:>6.0%} {row['tpot_step_x']:>9.2f}x "
         f"{row['ttft_extra_ms']:>+7.1f}ms {row['cpu_x']:>6.2f}x  "
-        f"{_steal(mine.steal_pct)}/{_steal(theirs.steal_pct)}"
+        f"{_steal(mine.steal_pct)}/{_steal(theirs.steal_pct)}  "
+        f"{loop_split(mine.loop_thread):>8} {loop_split(theirs.loop_thread):>8}"
         + (f"  errors {row['errors']}" if row["errors"] else "")
         + ("  stolen" if row["stolen"] else "")
     )
@@ -163,7 +196,7 @@ def run_rounds(
     )
     print(
         "round conc first     in-proc tok/s  Triton tok/s  share  TPOT/step  TTFT+     cpu x  "
-        "steal %"
+        "steal %    decode thread on CPU/waiting/asleep % (in-proc, Triton)"
     )
     static = _scheduler(version.path, stop_at_eos=False)
     loop = _scheduler(version.path)
@@ -209,6 +242,8 @@ def run_rounds(
                         first="in-process" if local_first else "triton",
                         steal_in_process=mine.steal_pct,
                         steal_triton=theirs.steal_pct,
+                        loop_in_process=mine.loop_thread,
+                        loop_triton=theirs.loop_thread,
                         errors=theirs.errors + mine.errors,
                         stolen=stolen((mine.steal_pct, theirs.steal_pct), max_steal),
                     )
