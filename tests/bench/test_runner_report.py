@@ -444,3 +444,67 @@ def test_the_reference_workload_is_fixed_work_timed_at_its_best() -> None:
 
     assert machine.workload() == machine.workload() > 0  # the same work every time
     assert 0 < machine.reference_ms(rounds=2) < 5_000
+
+
+def test_a_phases_model_thread_is_weighted_by_its_rounds() -> None:
+    from genwire_bench.runner import Phase, phase_model_thread
+
+    phase = Phase("kafka", Load("closed", 8))
+    assert phase_model_thread(phase) is None  # nothing read
+    split = {"on_cpu_pct": 80.0, "waiting_pct": 10.0, "asleep_pct": 10.0}
+    phase.model_thread = [
+        {**split, "core_ms_per_token": 0.5},  # 800 ms on a CPU: 1,600 tokens
+        None,  # not read: left out
+        {"on_cpu_pct": 100.0, "waiting_pct": 0.0, "asleep_pct": 0.0, "core_ms_per_token": 1.0},
+    ]
+    phase.walls = [1.0, 5.0, 3.0]
+    assert phase_model_thread(phase) == {
+        "on_cpu_pct": 95.0,
+        "waiting_pct": 2.5,
+        "asleep_pct": 2.5,
+        "core_ms_per_token": round(3800 / 4600, 4),  # 3,800 ms for 4,600 tokens
+    }
+
+
+async def test_a_run_reads_the_models_decode_thread_in_every_phase(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import itertools
+
+    from genwire_bench import loop_thread, runner
+
+    readings = itertools.count()
+
+    def read(pids: list[int]) -> loop_thread.ThreadTimes:
+        # Between two readings: 1 s of wall time, 0.9 s on a CPU, 0.05 s waiting for one.
+        n = next(readings)
+        threads = {(pid, 7): (n * 900_000_000, n * 50_000_000, n) for pid in pids}
+        return loop_thread.ThreadTimes(n * 1_000_000_000, threads)
+
+    monkeypatch.setattr(runner.loop_thread, "read", read)
+    monkeypatch.setattr(runner.Runner, "_model_stub", lambda self: 4242)
+    targets = {
+        "triton": FakeDriver("triton", 10.0, None),
+        "kafka": FakeDriver("kafka", 14.0, "triton"),
+    }
+    report, _ = await run(targets, concurrency=[1, 2])
+    # 12 requests a load over 3 rounds of 4, 5 tokens each: 900 ms for 20 tokens a round.
+    expected = {
+        "on_cpu_pct": 90.0,
+        "waiting_pct": 5.0,
+        "asleep_pct": 5.0,
+        "core_ms_per_token": 45.0,
+    }
+    assert report.model_thread == {
+        key: expected for key in ("triton c=1", "triton c=2", "kafka c=1", "kafka c=2")
+    }
+    lines = render(report).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("The model's decode thread"))
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in lines[start + 3 : start + 7]}
+    assert rows[("kafka", "c=2")] == ["90", "5", "5", "45.000", "1.00x", "1.00x"]
+    assert rows[("triton", "c=1")] == ["90", "5", "5", "45.000", "-", "-"]  # the baseline
+    # Where the stub is not on this machine, nothing is read and the table is left out.
+    monkeypatch.setattr(runner.Runner, "_model_stub", lambda self: None)
+    report, _ = await run(targets)
+    assert report.model_thread == {"triton c=1": None, "kafka c=1": None}
+    assert "The model's decode thread" not in render(report)

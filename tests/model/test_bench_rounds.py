@@ -53,6 +53,40 @@ def test_the_summary_gives_each_ratios_median_and_range_per_level() -> None:
     assert math.isnan(nothing[0]["cpu_x"]["median"]) and nothing[0]["steal_triton"] is None
 
 
+def test_the_summary_gives_the_decode_threads_factors_and_splits() -> None:
+    def split(on: float, waiting: float) -> dict[str, float]:
+        return {"on_cpu_pct": on, "waiting_pct": waiting, "asleep_pct": 100 - on - waiting}
+
+    rows = [
+        _row(8, 0.80, loop_on_cpu_x=0.88, loop_cpu_x=1.10, loop_triton=split(88, 7)),
+        _row(8, 0.90, loop_on_cpu_x=0.90, loop_cpu_x=1.00, loop_triton=split(90, 5)),
+        _row(8, 0.86, loop_on_cpu_x=0.92, loop_cpu_x=1.07, loop_triton=None),  # unread
+    ]
+    for row in rows:
+        row["loop_in_process"] = split(100, 0)
+    (eight,) = bench_rounds.summarize_rounds(rows)
+    assert eight["loop_on_cpu_x"] == {"median": 0.90, "min": 0.88, "max": 0.92}
+    assert eight["loop_cpu_x"] == {"median": 1.07, "min": 1.00, "max": 1.10}
+    assert eight["loop_triton"] == {"on_cpu_pct": 89.0, "waiting_pct": 6.0, "asleep_pct": 5.0}
+    assert eight["loop_in_process"] == split(100, 0)
+    # Rounds from before the factors (or Triton elsewhere): none to summarise, printed as "–".
+    (old,) = bench_rounds.summarize_rounds([_row(8, 0.9)])
+    assert math.isnan(old["loop_on_cpu_x"]["median"]) and old["loop_triton"] is None
+    assert bench.times_x(old["loop_cpu_x"]["median"]) == "–" and bench.loop_split(None) == "–"
+    assert bench.loop_split(split(88, 7)) == "88/7/5"
+
+
+def test_the_factors_are_missing_where_a_side_has_no_decode_thread() -> None:
+    static = bench.StaticResult(8, 256, 1.0, 256.0, 4.0)
+    triton, local = bench.summarize(8, [], 1.0, 0), bench.summarize(8, [], 1.0, 0)
+    local.loop_thread = {"on_cpu_pct": 99.0, "core_ms_per_token": 0.5}
+    row = bench.compare(triton, local, static)  # Triton on another machine: nothing read
+    assert math.isnan(row["loop_on_cpu_x"]) and math.isnan(row["loop_cpu_x"])
+    triton.loop_thread = {"on_cpu_pct": 89.1, "core_ms_per_token": 0.55}
+    row = bench.compare(triton, local, static)
+    assert row["loop_on_cpu_x"] == pytest.approx(0.9) and row["loop_cpu_x"] == pytest.approx(1.1)
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -6,17 +6,21 @@ give Triton's share."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from genwire_model import bench, loop_thread
+from genwire_bench import loop_thread
+from genwire_model import bench
 
 from genwire.settings import CommonSettings
 
 SCHEDSTAT = Path(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/schedstat")
+# Kernels before 5.14 without schedstats or delay accounting have the file, all zeros.
+COUNTED = SCHEDSTAT.exists() and SCHEDSTAT.read_text().split()[:2] != ["0", "0"]
 
 
 def _fake_proc(root: Path, threads: dict[tuple[int, int], str]) -> Path:
@@ -70,10 +74,16 @@ def test_the_busiest_thread_splits_the_wall_time_and_prices_a_token() -> None:
     assert loop_thread.busiest(start, start, tokens=1) is None  # no wall time
     idle = loop_thread.ThreadTimes(3_000_000_000, end.threads)
     assert loop_thread.busiest(end, idle, tokens=1) is None  # nothing ran
-    assert loop_thread.busiest(start, loop_thread.ThreadTimes(2, {}), tokens=1) is None
+    assert loop_thread.busiest(start, loop_thread.ThreadTimes(3_000_000_000, {}), 1) is None
+    none = loop_thread.busiest(start, end, tokens=0)
+    assert none is not None and math.isnan(none["core_ms_per_token"])  # no tokens, no price
+    # A running thread's figures lag to its next tick: above 100 % is kept, asleep is then 0.
+    over = loop_thread.ThreadTimes(2_000_000_000, {(1, 2): (1_025_000_000, 1_000_000, 10)})
+    got = loop_thread.busiest(start, over, tokens=1)
+    assert got is not None and (got["on_cpu_pct"], got["asleep_pct"]) == (102.0, 0.0)
 
 
-@pytest.mark.skipif(not SCHEDSTAT.exists(), reason="this kernel has no per-thread schedstat")
+@pytest.mark.skipif(not COUNTED, reason="this kernel keeps no per-thread schedstat")
 def test_a_busy_thread_is_found_among_idle_ones() -> None:
     stop = threading.Event()
     busy_id: list[int] = []
@@ -98,8 +108,8 @@ def test_a_busy_thread_is_found_among_idle_ones() -> None:
         idle.join()
     got = loop_thread.busiest(start, end, tokens=10)
     assert got is not None and (got["pid"], got["tid"]) == (os.getpid(), busy_id[0])
-    assert got["on_cpu_pct"] > 0
-    assert got["on_cpu_pct"] + got["waiting_pct"] + got["asleep_pct"] == pytest.approx(100, abs=0.2)
+    # It spins holding the GIL that nobody else wants: on a CPU or waiting for one, not asleep.
+    assert got["on_cpu_pct"] > 0 and got["asleep_pct"] < 50
 
 
 def test_both_sides_measure_the_schedulers_decode_thread(
@@ -121,15 +131,15 @@ def test_both_sides_measure_the_schedulers_decode_thread(
     assert triton.loop_thread["pid"] in bench.triton_processes(name)["stub"]
     for side in (local, triton):
         times = side.loop_thread
-        assert times["on_cpu_pct"] + times["waiting_pct"] + times["asleep_pct"] == pytest.approx(
-            100, abs=0.2
-        )
-        # The loop's thread is part of its process's CPU, never more.
+        tokens = side.requests * side.mean_output_tokens
+        # The loop's thread is part of its process's CPU, never more (the process's CPU is
+        # counted in clock ticks: two of them of slack over the level).
         whole = side.core_ms_per_token["stub" if side is triton else "client"]
-        assert 0 < times["core_ms_per_token"] <= whole * 1.01
+        assert 0 < times["core_ms_per_token"] <= whole + 2e3 / os.sysconf("SC_CLK_TCK") / tokens
     factors = bench.compare(triton, local, bench.StaticResult(2, 12, 1.0, 12.0, 1.0))
     # Tokens per second are the loop's share of a CPU over its CPU per token on each side, so
-    # the two factors, read over the level's own window, multiply back to the share.
+    # the two factors, read over the level's own window, divide back into the share (the
+    # kernel updates a running thread's figures at its ticks: a few % on a level this short).
     assert factors["share"] == pytest.approx(
         factors["loop_on_cpu_x"] / factors["loop_cpu_x"], rel=0.15
     )

@@ -138,6 +138,7 @@ def render(report: BenchReport) -> str:
             )
         )
     out += _at_model(report)
+    out += _model_thread(report)
     for key, b in report.breakdowns.items():
         out += [
             "",
@@ -236,6 +237,61 @@ def _at_model(report: BenchReport) -> list[str]:
             "under the bending curve (at held/at c reads low, rest high): sweep -c around it"
         )
     return out
+
+
+def _model_thread(report: BenchReport) -> list[str]:
+    """Per phase, the model's decode thread: its wall time on a CPU, waiting for one and
+    asleep, its CPU per output token, and both against the baseline's phase at the same load
+    (the pipeline's throughput against direct Triton is about the first ratio over the
+    second, while the model is the bottleneck)."""
+    threads = report.model_thread
+    if not any(threads.values()):
+        return []
+    baselines = {o.target: o.baseline for o in report.overheads}
+    rows = []
+    for summary in report.summaries:
+        key = f"{summary.target} {summary.load.label}"
+        mine = threads.get(key)
+        if mine is None:
+            continue
+        base = baselines.get(summary.target)
+        theirs = threads.get(f"{base} {summary.load.label}") if base else None
+
+        def ratio(name: str, mine: dict[str, float] = mine, theirs: Any = theirs) -> str:
+            return "-" if not theirs or not theirs[name] else f"{mine[name] / theirs[name]:.2f}x"
+
+        rows.append(
+            [
+                summary.target,
+                summary.load.label,
+                f"{mine['on_cpu_pct']:.0f}",
+                f"{mine['waiting_pct']:.0f}",
+                f"{mine['asleep_pct']:.0f}",
+                f"{mine['core_ms_per_token']:.3f}",
+                ratio("on_cpu_pct"),
+                ratio("core_ms_per_token"),
+            ]
+        )
+    return [
+        "",
+        "The model's decode thread (the served version's Triton stub, its busiest thread; the "
+        "kernel's schedstat): % of the phase on a CPU, waiting for one, asleep; its core-ms per "
+        "output token; both against the baseline at the same load",
+        table(
+            [
+                "target",
+                "load",
+                "on CPU %",
+                "waiting %",
+                "asleep %",
+                "core-ms/token",
+                "on CPU vs base",
+                "CPU/token vs base",
+            ],
+            rows,
+            left=2,
+        ),
+    ]
 
 
 PYTHON_SERVICES = ("gateway", "preprocess", "inference", "postprocess", "monitor")

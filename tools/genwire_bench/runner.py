@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from genwire.service import loop as event_loops
+from genwire_bench import loop_thread
 from genwire_bench.drivers.base import Driver, new_trace
 from genwire_bench.load import closed_loop, open_loop
 from genwire_bench.machine import reference_ms
@@ -109,6 +110,9 @@ class Phase:
     """Per round, each profiled service's raw py-spy file (or why there is none)."""
     cpu_ticks: list[tuple[int, int] | None] = field(default_factory=list)
     """Per round, the machine's (steal, total) CPU ticks over the phase (None: unreadable)."""
+    model_thread: list[dict[str, float] | None] = field(default_factory=list)
+    """Per round, the model's decode thread over the phase (``loop_thread.busiest`` of the
+    served version's Triton stub; None where it was not found or not read)."""
 
 
 @dataclass
@@ -129,6 +133,9 @@ class BenchReport:
     steal: dict[str, float | None] = field(default_factory=dict)
     """Per phase (as ``resources``): the percentage of the machine's CPU time the hypervisor
     took during it (``steal`` in /proc/stat), over its rounds; None where unreadable."""
+    model_thread: dict[str, dict[str, float] | None] = field(default_factory=dict)
+    """Per phase (as ``resources``): the model's decode thread over its rounds
+    (``phase_model_thread``); None where the stub was not found on this machine."""
 
 
 DriverFactory = Callable[[str, "BenchConfig", dict[str, Any]], Driver]
@@ -182,6 +189,28 @@ def phase_steal(phase: Phase) -> float | None:
     return round(100.0 * sum(s for s, _ in ticks) / total, 1) if total > 0 else None
 
 
+def phase_model_thread(phase: Phase) -> dict[str, float] | None:
+    """The decode thread's split of a phase's wall time (on a CPU, waiting for one, asleep, %)
+    and its core-ms per output token, over the rounds that read it, each weighted by its wall
+    time (the CPU per token: by its tokens, through the time on a CPU)."""
+    rounds = [
+        (t, wall)
+        for t, wall in zip(phase.model_thread, phase.walls, strict=False)
+        if t is not None and wall > 0 and t["core_ms_per_token"] > 0
+    ]
+    if not rounds:
+        return None
+    walls = sum(wall for _, wall in rounds)
+    out = {
+        key: round(sum(t[key] * wall for t, wall in rounds) / walls, 1)
+        for key in ("on_cpu_pct", "waiting_pct", "asleep_pct")
+    }
+    cpu_ms = sum(t["on_cpu_pct"] / 100 * wall * 1e3 for t, wall in rounds)
+    tokens = sum(t["on_cpu_pct"] / 100 * wall * 1e3 / t["core_ms_per_token"] for t, wall in rounds)
+    out["core_ms_per_token"] = round(cpu_ms / tokens, 4) if tokens else 0.0
+    return out
+
+
 def merge_usage(phase: Phase) -> dict[str, Usage]:
     """Resources of a phase over its rounds: CPU weighted by wall time, peaks as maxima."""
     out: dict[str, Usage] = {}
@@ -225,6 +254,8 @@ class Runner:
         """How many targets are running (those that failed to start are skipped)."""
         self.reference_before: float | None = None
         """The machine's reference workload before the run (ms; ``genwire_bench.machine``)."""
+        self.model_stub: int | None = None
+        """The served version's Triton stub, whose decode thread each phase reads."""
 
     def total_requests(self, targets: int | None = None) -> int:
         """How many requests the run sends (progress-bar total)."""
@@ -269,6 +300,7 @@ class Runner:
         processes = discover(cfg.run_dir) if cfg.resources else {}
         if cfg.resources:
             processes[OWN] = own_process()
+        self.model_stub = self._model_stub()
         requests = build_requests(cfg.requests, cfg.sampling, self.tokenize, 0, stops)
         rounds = _split(requests, cfg.rounds)
         phases = {(d.name, load): Phase(d.name, load) for d in drivers for load in cfg.loads()}
@@ -280,6 +312,19 @@ class Runner:
                     phase = phases[(driver.name, load)]
                     await self._run_phase(driver, load, chunk, r, phase, processes)
         return list(phases.values())
+
+    def _model_stub(self) -> int | None:
+        """The served version's Triton stub on this machine (None: Triton runs elsewhere, or
+        the stack's run records are not here)."""
+        from genwire_bench import profile
+
+        try:
+            targets = profile.profile_targets(
+                self.cfg.run_dir, self.cfg.model, self.cfg.model_version
+            )
+        except Exception:  # psutil's or the run records' errors: the table is left out
+            return None
+        return targets.get(profile.MODEL_SERVICE)
 
     async def _run_phase(
         self,
@@ -306,6 +351,8 @@ class Runner:
         if sampler:
             sampler.start()
         machine = cpu_times()
+        stub = [self.model_stub] if self.model_stub is not None else []
+        threads = loop_thread.read(stub)
         t0 = time.perf_counter()
         send = self._sender(driver, f"{driver.name} {load.label}")
         if load.mode == "closed":
@@ -314,6 +361,8 @@ class Runner:
             seed = self.cfg.sampling.seed + round_no
             records = await open_loop(send, requests, load.value, seed)
         phase.walls.append(time.perf_counter() - t0)
+        tokens = sum(r.output_tokens for r in records if r.ok)
+        phase.model_thread.append(loop_thread.busiest(threads, loop_thread.read(stub), tokens))
         after = cpu_times()
         phase.cpu_ticks.append(
             (after[0] - machine[0], after[1] - machine[1]) if machine and after else None
@@ -410,6 +459,7 @@ class Runner:
         }
         resources = {f"{p.target} {p.load.label}": merge_usage(p) for p in phases}
         steal = {f"{p.target} {p.load.label}": phase_steal(p) for p in phases}
+        model_thread = {f"{p.target} {p.load.label}": phase_model_thread(p) for p in phases}
         profiles = {}
         if self.cfg.profile_dir is not None:
             from genwire_bench.profile import summarise_run
@@ -427,6 +477,7 @@ class Runner:
             records=[r for p in phases for r in p.records],
             profiles=profiles,
             steal=steal,
+            model_thread=model_thread,
         )
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -40,11 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from genwire_bench import loop_thread
 from genwire_bench.served import served_versions
 from genwire_bench.steal import cpu_times, stolen_pct
 
 from genwire.service import loop as event_loops
-from genwire_model import loop_thread
 from genwire_model.client import Generation, generate, generate_shared
 from genwire_model.repository import ModelRepository, ModelVersion, load_tokenizer
 
@@ -403,8 +404,9 @@ def run_in_process_level(
         for _ in range(min(concurrency, requests)):
             submit()
     finished.wait()
-    result = summarize(concurrency, results, time.perf_counter() - started, errors)
-    threads_after = loop_thread.read([os.getpid()])
+    seconds = time.perf_counter() - started
+    threads_after = loop_thread.read([os.getpid()])  # the same window as the tokens per second
+    result = summarize(concurrency, results, seconds, errors)
     scheduler.wait_idle(1.0)  # the iteration that sent the last response counted in ``times``
     result.loop = times.per_step()
     tokens = sum(r.completion_tokens for r in results)
@@ -505,9 +507,10 @@ def run_in_process(
 
 
 def _loop_ratio(triton: LevelResult, local: LevelResult, key: str) -> float:
+    """Triton's decode-thread figure over the in-process one (NaN where either is missing)."""
     mine, theirs = local.loop_thread, triton.loop_thread
-    if not mine or not theirs or not mine[key]:
-        return float("nan")
+    if not mine or not theirs or not mine[key] or math.isnan(mine[key]):
+        return math.nan
     return theirs[key] / mine[key]
 
 
@@ -532,6 +535,11 @@ def compare(triton: LevelResult, local: LevelResult, static: StaticResult) -> di
         "loop_on_cpu_x": _loop_ratio(triton, local, "on_cpu_pct"),
         "loop_cpu_x": _loop_ratio(triton, local, "core_ms_per_token"),
     }
+
+
+def times_x(value: float) -> str:
+    """A ratio as ``1.23x``, ``–`` where there is none (NaN)."""
+    return "–" if math.isnan(value) else f"{value:.2f}x"
 
 
 def loop_split(times: dict[str, float] | None) -> str:
@@ -681,7 +689,7 @@ def run(
             print(
                 f"{triton.concurrency:>4} {c['share']:>7.0%} {c['tpot_x']:>7.2f}x "
                 f"{c['tpot_step_x']:>7.2f}x {c['ttft_extra_ms']:>+7.1f}ms {c['cpu_x']:>7.2f}x "
-                f"{c['loop_on_cpu_x']:>7.2f}x {c['loop_cpu_x']:>7.2f}x  "
+                f"{times_x(c['loop_on_cpu_x']):>8} {times_x(c['loop_cpu_x']):>8}  "
                 f"{loop_split(local.loop_thread)}; {loop_split(triton.loop_thread)}"
             )
         payload["share"] = shares

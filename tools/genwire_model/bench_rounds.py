@@ -34,6 +34,7 @@ from genwire_model.bench import (
     run_level,
     run_static,
     served_version,
+    times_x,
 )
 from genwire_model.repository import load_tokenizer
 
@@ -138,10 +139,10 @@ def _print_summary(summary: list[dict[str, Any]]) -> None:
     for e in summary:
         on, lc = e["loop_on_cpu_x"], e["loop_cpu_x"]
         print(
-            f"{e['concurrency']:>4} x{e['rounds']:<3} on CPU {on['median']:.2f}x "
-            f"({on['min']:.2f}–{on['max']:.2f})  CPU/token {lc['median']:.2f}x "
-            f"({lc['min']:.2f}–{lc['max']:.2f})  loop {loop_split(e['loop_in_process'])}; "
-            f"{loop_split(e['loop_triton'])}",
+            f"{e['concurrency']:>4} x{e['rounds']:<3} on CPU {times_x(on['median'])} "
+            f"({times_x(on['min'])}–{times_x(on['max'])})  CPU/token {times_x(lc['median'])} "
+            f"({times_x(lc['min'])}–{times_x(lc['max'])})  loop "
+            f"{loop_split(e['loop_in_process'])}; {loop_split(e['loop_triton'])}",
             flush=True,
         )
 

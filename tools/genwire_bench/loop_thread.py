@@ -22,6 +22,7 @@ can have another thread busiest.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -58,8 +59,12 @@ def read(pids: Iterable[int], proc: Path = Path("/proc")) -> ThreadTimes:
 def busiest(start: ThreadTimes, end: ThreadTimes, tokens: int) -> dict[str, float] | None:
     """The thread with the most CPU time between the readings, as percentages of the wall time
     between them (``on_cpu_pct``, ``waiting_pct``: runnable, on a run queue; ``asleep_pct``: the
-    rest), its time slices per second, its CPU per output token (``core_ms_per_token``) and its
-    ids; None when no thread was read twice or nothing ran."""
+    rest), its time slices per second, its CPU per output token (``core_ms_per_token``; NaN
+    without tokens) and its ids; None when no thread was read twice or nothing ran.
+
+    The kernel brings a running thread's figures up to date at its ticks, so over a short span
+    on a CPU can read a little above 100 %: it is kept as read (tokens per second stay exactly
+    on a CPU over CPU per token), and asleep is then 0."""
     wall_ns = end.at_ns - start.at_ns
     deltas = [
         (after[0] - before[0], after[1] - before[1], after[2] - before[2], key)
@@ -71,14 +76,14 @@ def busiest(start: ThreadTimes, end: ThreadTimes, tokens: int) -> dict[str, floa
     run_ns, wait_ns, slices, (pid, tid) = max(deltas)
     if run_ns <= 0:
         return None
-    on_cpu = min(100.0, 100.0 * run_ns / wall_ns)
-    waiting = min(100.0 - on_cpu, 100.0 * wait_ns / wall_ns)
+    on_cpu = 100.0 * run_ns / wall_ns
+    waiting = 100.0 * wait_ns / wall_ns
     return {
         "on_cpu_pct": round(on_cpu, 1),
         "waiting_pct": round(waiting, 1),
-        "asleep_pct": round(100.0 - on_cpu - waiting, 1),
+        "asleep_pct": round(max(0.0, 100.0 - on_cpu - waiting), 1),
         "slices_per_s": round(slices * 1e9 / wall_ns, 1),
-        "core_ms_per_token": round(run_ns / 1e6 / max(tokens, 1), 4),
+        "core_ms_per_token": round(run_ns / 1e6 / tokens, 4) if tokens > 0 else math.nan,
         "pid": pid,
         "tid": tid,
     }
