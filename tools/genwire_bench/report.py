@@ -242,8 +242,8 @@ def _at_model(report: BenchReport) -> list[str]:
 def _model_thread(report: BenchReport) -> list[str]:
     """Per phase, the model's decode thread: its wall time on a CPU, waiting for one and
     asleep, its CPU per output token, and both against the baseline's phase at the same load
-    (the pipeline's throughput against direct Triton is about the first ratio over the
-    second, while the model is the bottleneck)."""
+    (the thread makes every token, so with the same requests the pipeline's throughput against
+    direct Triton is the first ratio over the second)."""
     threads = report.model_thread
     if not any(threads.values()):
         return []
