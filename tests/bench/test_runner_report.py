@@ -453,9 +453,16 @@ def test_a_phases_model_thread_is_weighted_by_its_rounds() -> None:
     assert phase_model_thread(phase) is None  # nothing read
     split = {"on_cpu_pct": 80.0, "waiting_pct": 10.0, "asleep_pct": 10.0}
     phase.model_thread = [
-        {**split, "core_ms_per_token": 0.5},  # 800 ms on a CPU: 1,600 tokens
+        {**split, "cpu_ms": 800.0, "tokens": 1600, "core_ms_per_token": 0.5},
         None,  # not read: left out
-        {"on_cpu_pct": 100.0, "waiting_pct": 0.0, "asleep_pct": 0.0, "core_ms_per_token": 1.0},
+        {
+            "on_cpu_pct": 100.0,
+            "waiting_pct": 0.0,
+            "asleep_pct": 0.0,
+            "cpu_ms": 3000.0,
+            "tokens": 3000,
+            "core_ms_per_token": 1.0,
+        },
     ]
     phase.walls = [1.0, 5.0, 3.0]
     assert phase_model_thread(phase) == {

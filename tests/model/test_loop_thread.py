@@ -67,6 +67,8 @@ def test_the_busiest_thread_splits_the_wall_time_and_prices_a_token() -> None:
         "waiting_pct": 5.0,
         "asleep_pct": 5.0,
         "slices_per_s": 700.0,
+        "cpu_ms": 900.0,
+        "tokens": 1800,
         "core_ms_per_token": 0.5,
         "pid": 1,
         "tid": 2,

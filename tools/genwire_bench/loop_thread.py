@@ -27,6 +27,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+SPLIT = ("on_cpu_pct", "waiting_pct", "asleep_pct")
+"""The keys of ``busiest``'s split of the wall time, in percent."""
+
 
 @dataclasses.dataclass(frozen=True)
 class ThreadTimes:
@@ -59,8 +62,9 @@ def read(pids: Iterable[int], proc: Path = Path("/proc")) -> ThreadTimes:
 def busiest(start: ThreadTimes, end: ThreadTimes, tokens: int) -> dict[str, float] | None:
     """The thread with the most CPU time between the readings, as percentages of the wall time
     between them (``on_cpu_pct``, ``waiting_pct``: runnable, on a run queue; ``asleep_pct``: the
-    rest), its time slices per second, its CPU per output token (``core_ms_per_token``; NaN
-    without tokens) and its ids; None when no thread was read twice or nothing ran.
+    rest), its time slices per second, its CPU time (``cpu_ms``), the tokens it is priced over
+    and its CPU per output token (``core_ms_per_token``; NaN without tokens), and its ids; None
+    when no thread was read twice or nothing ran.
 
     The kernel brings a running thread's figures up to date at its ticks, so over a short span
     on a CPU can read a little above 100 %: it is kept as read (tokens per second stay exactly
@@ -83,6 +87,8 @@ def busiest(start: ThreadTimes, end: ThreadTimes, tokens: int) -> dict[str, floa
         "waiting_pct": round(waiting, 1),
         "asleep_pct": round(max(0.0, 100.0 - on_cpu - waiting), 1),
         "slices_per_s": round(slices * 1e9 / wall_ns, 1),
+        "cpu_ms": run_ns / 1e6,
+        "tokens": tokens,
         "core_ms_per_token": round(run_ns / 1e6 / tokens, 4) if tokens > 0 else math.nan,
         "pid": pid,
         "tid": tid,

@@ -190,24 +190,22 @@ def phase_steal(phase: Phase) -> float | None:
 
 
 def phase_model_thread(phase: Phase) -> dict[str, float] | None:
-    """The decode thread's split of a phase's wall time (on a CPU, waiting for one, asleep, %)
-    and its core-ms per output token, over the rounds that read it, each weighted by its wall
-    time (the CPU per token: by its tokens, through the time on a CPU)."""
+    """The decode thread's split of a phase's wall time (on a CPU, waiting for one, asleep, %),
+    each round weighted by its wall time, and its core-ms per output token over the rounds that
+    read it and made tokens."""
     rounds = [
         (t, wall)
         for t, wall in zip(phase.model_thread, phase.walls, strict=False)
-        if t is not None and wall > 0 and t["core_ms_per_token"] > 0
+        if t is not None and wall > 0 and t["tokens"] > 0
     ]
     if not rounds:
         return None
     walls = sum(wall for _, wall in rounds)
     out = {
-        key: round(sum(t[key] * wall for t, wall in rounds) / walls, 1)
-        for key in ("on_cpu_pct", "waiting_pct", "asleep_pct")
+        key: round(sum(t[key] * wall for t, wall in rounds) / walls, 1) for key in loop_thread.SPLIT
     }
-    cpu_ms = sum(t["on_cpu_pct"] / 100 * wall * 1e3 for t, wall in rounds)
-    tokens = sum(t["on_cpu_pct"] / 100 * wall * 1e3 / t["core_ms_per_token"] for t, wall in rounds)
-    out["core_ms_per_token"] = round(cpu_ms / tokens, 4) if tokens else 0.0
+    tokens = sum(t["tokens"] for t, _ in rounds)
+    out["core_ms_per_token"] = round(sum(t["cpu_ms"] for t, _ in rounds) / tokens, 4)
     return out
 
 

@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from genwire_bench import loop_thread
 from genwire_bench.steal import cpu_times, stolen_pct
 
 from genwire.service import loop as event_loops
@@ -51,9 +52,6 @@ RATIOS = (
     "loop_cpu_x",
 )
 """The per-round comparisons summarised (``bench.compare``'s keys)."""
-
-LOOP_TIMES = ("on_cpu_pct", "waiting_pct", "asleep_pct")
-"""The decode thread's split of each side's wall time (``loop_thread.busiest``), summarised."""
 
 
 def _present(values: list[float]) -> list[float]:
@@ -93,7 +91,7 @@ def summarize_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry[f"steal_{side}"] = round(statistics.median(steals), 1) if steals else None
             loops = [r[f"loop_{side}"] for r in group if r.get(f"loop_{side}")]
             entry[f"loop_{side}"] = (
-                {k: round(statistics.median(t[k] for t in loops), 1) for k in LOOP_TIMES}
+                {k: round(statistics.median(t[k] for t in loops), 1) for k in loop_thread.SPLIT}
                 if loops
                 else None
             )
