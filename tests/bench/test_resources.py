@@ -7,7 +7,9 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -273,3 +275,36 @@ async def test_a_redis_snapshot_in_a_phase_is_its_fork_cpu(tmp_path: Path) -> No
         await server.wait()
     assert usage.fork_cpu_s is not None and 0 < usage.fork_cpu_s <= usage.cpu_s
     assert len(usage.pids) == 2  # the server and its snapshot's child
+
+
+def test_the_machines_busy_time_leaves_out_idle_iowait_and_steal(tmp_path: Path) -> None:
+    path = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice (clock ticks)
+    path.write_text("cpu  100 20 30 5000 400 5 6 700 9 9\n", encoding="ascii")
+    hz = os.sysconf("SC_CLK_TCK")
+    assert steal.busy_s(path) == pytest.approx((100 + 20 + 30 + 5 + 6) / hz)
+    assert steal.busy_s(tmp_path / "missing") is None
+    assert steal.rest_pct(10.0, 10.9, 0.3, 2.0) == 30.0  # 0.6 s of others over 2 s
+    assert steal.rest_pct(10.0, 10.1, 0.3, 2.0) == 0.0  # ticks' rounding: never below 0
+    assert steal.rest_pct(None, 10.9, 0.3, 2.0) is None
+    assert steal.rest_pct(10.0, 10.9, 0.3, 0.0) is None
+
+
+def test_a_busy_neighbour_is_the_rest_of_the_machine() -> None:
+    """A child process spinning beside this one, which measures only itself: the machine's
+    busy time less this process's CPU holds the child's (at least a third of a core even on a
+    loaded two-core machine; it spins a whole one when it can)."""
+    own = time.process_time()
+    busy = steal.busy_s()
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass",
+        ],
+        check=True,
+    )
+    seconds = time.perf_counter() - started
+    rest = steal.rest_pct(busy, steal.busy_s(), time.process_time() - own, seconds)
+    assert rest is not None and rest > 33.0

@@ -135,11 +135,12 @@ async def test_one_echo_request_is_the_models_contract(infra: CommonSettings) ->
             shutil.rmtree(model_dir, ignore_errors=True)
 
 
-def test_bench_rows_print_the_cpu_per_token() -> None:
+def test_bench_rows_print_the_rest_of_the_machine_and_the_cpu_per_token() -> None:
     r = bench.summarize(1, [], 1.0, 3)
-    assert bench._row(r).rstrip().endswith(" 3")  # nothing measured: no CPU column
+    assert bench._row(r).rstrip().endswith(" 3     –")  # nothing measured: no CPU column
+    r.rest_pct = 12.4
     r.core_ms_per_token = {"server": 0.5, "client": 0.25, "total": 0.75}
-    assert bench._row(r).endswith("0.750 (0.500 server + 0.250 client)")
+    assert bench._row(r).endswith(" 3   12%  0.750 (0.500 server + 0.250 client)")
 
 
 def test_a_floor_run_that_fails_leaves_no_echo_model_behind(

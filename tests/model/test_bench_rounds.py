@@ -53,6 +53,31 @@ def test_the_summary_gives_each_ratios_median_and_range_per_level() -> None:
     assert math.isnan(nothing[0]["cpu_x"]["median"]) and nothing[0]["steal_triton"] is None
 
 
+def test_the_summary_says_where_the_machine_was_not_quiet(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = [
+        _row(1, 0.9, rest_in_process=2.0, rest_triton=3.0),
+        _row(1, 0.9, rest_in_process=4.0, rest_triton=None),  # unread: left out
+        _row(8, 0.9, rest_in_process=1.0, rest_triton=6.0),
+        _row(8, 0.9, rest_in_process=1.0, rest_triton=8.0),
+        _row(32, 0.9),  # never read (an older JSON's rows): not counted as busy
+    ]
+    summary = bench_rounds.summarize_rounds(rows)
+    assert [(e["rest_in_process"], e["rest_triton"]) for e in summary] == [
+        (3.0, 3.0),
+        (1.0, 7.0),
+        (None, None),
+    ]
+    assert bench_rounds.not_quiet(summary) == [8]
+    bench_rounds._print_summary(summary)
+    out = capsys.readouterr().out
+    assert "rest 3%/3%" in out and "rest 1%/7%" in out and "rest –/–" in out
+    assert "the machine was not quiet at concurrency 8:" in out
+    bench_rounds._print_summary(summary[:1])
+    assert "not quiet" not in capsys.readouterr().out
+
+
 def test_the_summary_gives_the_decode_threads_factors_and_splits() -> None:
     def split(on: float, waiting: float) -> dict[str, float]:
         return {"on_cpu_pct": on, "waiting_pct": waiting, "asleep_pct": 100 - on - waiting}
@@ -125,6 +150,7 @@ def _level(concurrency: int, steal: float | None, tokens_per_s: float) -> bench.
     result = bench.summarize(concurrency, [], 1.0, 0)
     result.output_tokens_per_s = tokens_per_s
     result.steal_pct = steal
+    result.rest_pct = 20.0 if tokens_per_s < 100 else 1.0  # Triton's side beside a busy stack
     return result
 
 
@@ -183,6 +209,8 @@ def test_a_stolen_pair_is_measured_again_and_the_least_stolen_try_is_kept(
     assert payload["complete"] is True and payload["rounds"] == 2 and payload["attempts"] == 3
     assert summary[0]["rounds"] == 2 and summary[0]["stolen"] == 1 and summary[0]["errors"] == 0
     assert summary[0]["share"]["median"] == pytest.approx(0.8)
+    assert [(r["rest_in_process"], r["rest_triton"]) for r in kept] == [(1.0, 20.0)] * 2
+    assert (summary[0]["rest_in_process"], summary[0]["rest_triton"]) == (1.0, 20.0)
 
 
 def test_failed_requests_are_counted_and_a_run_that_stops_keeps_its_pairs(

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from genwire_bench import loop_thread
 from genwire_bench.served import served_versions
-from genwire_bench.steal import cpu_times, stolen_pct
+from genwire_bench.steal import busy_s, cpu_times, rest_pct, stolen_pct
 
 from genwire.service import loop as event_loops
 from genwire_model.client import Generation, generate, generate_shared
@@ -85,6 +85,13 @@ class LevelResult:
     """Share of the machine's CPU time the hypervisor took from it during the level (``steal``
     in /proc/stat), in percent; None where it cannot be read. Runs that differ in it are not
     comparable: the same work takes longer."""
+    rest_pct: float | None = None
+    """The CPU the rest of the machine used during the level, in % of one core: the machine's
+    busy time less this process's and, through Triton, less the server's and the model's stubs'
+    (``steal.rest_pct``; other processes, other models' stubs); None where /proc/stat cannot
+    be read. Issue 17's goals are for a quiet machine: beside an idle stack (~15 % of a core
+    on two cores) the decode thread gets less of a CPU through Triton (docs/model.md *Round
+    21*)."""
     event_loop: str = ""
     """The client's event loop for the level (``uvloop`` or ``asyncio``; in-process: none)."""
     loop: dict[str, float] | None = None
@@ -195,6 +202,11 @@ class CpuMeter:
         out["total"] = round(sum(out.values()), 3)
         return out
 
+    @staticmethod
+    def used_s(start: dict[str, float], end: dict[str, float]) -> float:
+        """CPU seconds the measured processes used between two samples, together."""
+        return sum(end[name] - start[name] for name in start)
+
 
 async def run_level(
     url: str,
@@ -250,14 +262,14 @@ async def run_level(
         await one(prompts[0], 4, sampled=False)
         meter = CpuMeter(model)
         cpu = meter.sample()
-        machine = cpu_times()
+        machine, busy = cpu_times(), busy_s()
         threads = loop_thread.read(meter.pids["stub"])
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - started
         threads_after = loop_thread.read(meter.pids["stub"])
         used = meter.sample()
-        stolen = stolen_pct(machine, cpu_times())
+        stolen, busy_after = stolen_pct(machine, cpu_times()), busy_s()
     finally:
         if streams is not None:
             await streams.close(5.0)
@@ -267,6 +279,7 @@ async def run_level(
     result.core_ms_per_token = CpuMeter.per_unit(cpu, used, tokens)
     result.loop_thread = loop_thread.busiest(threads, threads_after, tokens)
     result.steal_pct = stolen
+    result.rest_pct = rest_pct(busy, busy_after, CpuMeter.used_s(cpu, used), seconds)
     result.event_loop = event_loops.describe()
     return result
 
@@ -396,7 +409,7 @@ def run_in_process_level(
     from genwire_model.runtime.scheduler import LoopTimes
 
     cpu = CpuMeter(None).sample()
-    machine = cpu_times()
+    machine, busy = cpu_times(), busy_s()
     threads = loop_thread.read([os.getpid()])
     scheduler.times = times = LoopTimes()  # (the loop is idle: the next iteration counts here)
     started = time.perf_counter()
@@ -406,13 +419,15 @@ def run_in_process_level(
     finished.wait()
     seconds = time.perf_counter() - started
     threads_after = loop_thread.read([os.getpid()])  # the same window as the tokens per second
+    used, busy_after = CpuMeter(None).sample(), busy_s()
     result = summarize(concurrency, results, seconds, errors)
     scheduler.wait_idle(1.0)  # the iteration that sent the last response counted in ``times``
     result.loop = times.per_step()
     tokens = sum(r.completion_tokens for r in results)
-    result.core_ms_per_token = CpuMeter.per_unit(cpu, CpuMeter(None).sample(), tokens)
+    result.core_ms_per_token = CpuMeter.per_unit(cpu, used, tokens)
     result.loop_thread = loop_thread.busiest(threads, threads_after, tokens)
     result.steal_pct = stolen_pct(machine, cpu_times())
+    result.rest_pct = rest_pct(busy, busy_after, CpuMeter.used_s(cpu, used), seconds)
     return result
 
 
@@ -558,8 +573,14 @@ def _row(r: LevelResult) -> str:
         f"{r.concurrency:>4} {r.requests:>5} {r.requests_per_s:>8.2f} "
         f"{r.output_tokens_per_s:>10.1f} {r.mean_output_tokens:>8.1f} "
         f"{r.ttft_ms_p50:>7.1f}ms {r.ttft_ms_p99:>7.1f}ms {r.tpot_ms_p50:>7.2f}ms "
-        f"{r.tpot_ms_p99:>7.2f}ms {r.errors:>4} {_cpu_text(r.core_ms_per_token)}"
+        f"{r.tpot_ms_p99:>7.2f}ms {r.errors:>4} {rest_text(r.rest_pct):>5} "
+        f"{_cpu_text(r.core_ms_per_token)}"
     )
+
+
+def rest_text(value: float | None) -> str:
+    """The rest of the machine's CPU, ``12%`` of a core, ``–`` where unread."""
+    return "–" if value is None else f"{value:.0f}%"
 
 
 def _cpu_text(cpu: dict[str, float]) -> str:
@@ -610,7 +631,7 @@ def run(
     header = (
         f"{'conc':>4} {'reqs':>5} {'req/s':>8} {'out tok/s':>10} {'tok/req':>8} "
         f"{'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'TPOT p99':>9} {'err':>4} "
-        "core-ms/token"
+        f"{'rest':>5} core-ms/token"
     )
     payload: dict[str, Any] = {
         "model": model,
@@ -754,6 +775,7 @@ def run_floor(
             header = (
                 f"{'conc':>4} {'reqs':>5} {'req/s':>8} {'resp/s':>10} {'resp/req':>8} "
                 f"{'TTFT p50':>9} {'TTFT p99':>9} {'gap p50':>9} {'gap p99':>9} {'err':>4} "
+                f"{'rest':>5} "
             )
             prompt = [[5, 6, 7]]
             tables: list[list[LevelResult]] = []

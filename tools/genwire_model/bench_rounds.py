@@ -31,6 +31,7 @@ from genwire_model.bench import (
     _streams,
     compare,
     loop_split,
+    rest_text,
     run_in_process_level,
     run_level,
     run_static,
@@ -41,6 +42,12 @@ from genwire_model.repository import load_tokenizer
 
 ATTEMPTS = 3
 """Tries of one round's level when the hypervisor's steal is above ``max_steal``."""
+
+QUIET_REST_PCT = 5.0
+"""Above this median share of one core used by the rest of the machine (``rest_pct``) on
+either side of a level, the summary says the machine was not quiet: with Triton alone it read
+0–4 %, beside the idle native stack 6–10 %, which on two cores cost Triton's decode thread
+2–3 points of a CPU and its share 2–5 points (docs/model.md *Round 21*)."""
 
 RATIOS = (
     "share",
@@ -66,7 +73,8 @@ def _median(values: list[float]) -> float:
 def summarize_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per concurrency level, in the order first seen: the number of rounds (and of those kept
     with a steal above the limit), the failed requests of its pairs, each ratio's median,
-    minimum and maximum, and the median steal of each side (None where unread)."""
+    minimum and maximum, and the median steal and rest of the machine's CPU of each side (None
+    where unread)."""
     levels: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
         levels.setdefault(row["concurrency"], []).append(row)
@@ -89,6 +97,8 @@ def summarize_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for side in ("in_process", "triton"):
             steals = [r[f"steal_{side}"] for r in group if r[f"steal_{side}"] is not None]
             entry[f"steal_{side}"] = round(statistics.median(steals), 1) if steals else None
+            rests = [r[f"rest_{side}"] for r in group if r.get(f"rest_{side}") is not None]
+            entry[f"rest_{side}"] = round(statistics.median(rests), 1) if rests else None
             loops = [r[f"loop_{side}"] for r in group if r.get(f"loop_{side}")]
             entry[f"loop_{side}"] = (
                 {k: round(statistics.median(t[k] for t in loops), 1) for k in loop_thread.SPLIT}
@@ -110,11 +120,25 @@ def _steal(value: float | None) -> str:
     return "  – " if value is None else f"{value:>4.1f}"
 
 
+def not_quiet(summary: list[dict[str, Any]]) -> list[int]:
+    """The levels where the rest of the machine used more than ``QUIET_REST_PCT`` of a core
+    (median over the rounds) on either side."""
+    return [
+        e["concurrency"]
+        for e in summary
+        if any(
+            e.get(f"rest_{side}") is not None and e[f"rest_{side}"] > QUIET_REST_PCT
+            for side in ("in_process", "triton")
+        )
+    ]
+
+
 def _print_summary(summary: list[dict[str, Any]]) -> None:
     print(
         "median over the rounds (min–max): share of in-process output tokens/s; TPOT p50 / "
         "the static batch's ms per step; TPOT p50 / in-process TPOT p50; TTFT p50 minus "
-        "in-process; core-ms per token / in-process; steal % (in-process, Triton)"
+        "in-process; core-ms per token / in-process; steal % and the rest of the machine's "
+        "CPU, % of a core (in-process, Triton)"
     )
     for e in summary:
         s, st, tp, tt, cx = (e[k] for k in RATIOS[:5])
@@ -124,7 +148,8 @@ def _print_summary(summary: list[dict[str, Any]]) -> None:
             f"({st['min']:.2f}–{st['max']:.2f})  TPOT {tp['median']:.2f}x  "
             f"TTFT {tt['median']:+.1f}ms ({tt['min']:+.1f}–{tt['max']:+.1f})  "
             f"cpu {cx['median']:.2f}x  steal {_steal(e['steal_in_process'])}/"
-            f"{_steal(e['steal_triton'])}"
+            f"{_steal(e['steal_triton'])}  rest {rest_text(e.get('rest_in_process'))}/"
+            f"{rest_text(e.get('rest_triton'))}"
             + (f"  ({e['stolen']} kept above the steal limit)" if e["stolen"] else "")
             + (f"  errors {e['errors']}" if e["errors"] else ""),
             flush=True,
@@ -143,6 +168,14 @@ def _print_summary(summary: list[dict[str, Any]]) -> None:
             f"{loop_split(e['loop_in_process'])}; {loop_split(e['loop_triton'])}",
             flush=True,
         )
+    busy = not_quiet(summary)
+    if busy:
+        print(
+            f"the machine was not quiet at concurrency {', '.join(map(str, busy))}: other "
+            f"processes used more than {QUIET_REST_PCT:g} % of a core (rest); the goals are "
+            "for a quiet machine (docs/model.md, Round 21)",
+            flush=True,
+        )
 
 
 def _pair_line(row: dict[str, Any], mine: LevelResult, theirs: LevelResult) -> str:
@@ -152,6 +185,7 @@ def _pair_line(row: dict[str, Any], mine: LevelResult, theirs: LevelResult) -> s
         f"{row['share']:>6.0%} {row['tpot_step_x']:>9.2f}x "
         f"{row['ttft_extra_ms']:>+7.1f}ms {row['cpu_x']:>6.2f}x  "
         f"{_steal(mine.steal_pct)}/{_steal(theirs.steal_pct)}  "
+        f"{rest_text(mine.rest_pct):>4}/{rest_text(theirs.rest_pct):<4} "
         f"{loop_split(mine.loop_thread):>8} {loop_split(theirs.loop_thread):>8}"
         + (f"  errors {row['errors']}" if row["errors"] else "")
         + ("  stolen" if row["stolen"] else "")
@@ -195,7 +229,7 @@ def run_rounds(
     )
     print(
         "round conc first     in-proc tok/s  Triton tok/s  share  TPOT/step  TTFT+     cpu x  "
-        "steal %    decode thread on CPU/waiting/asleep % (in-proc, Triton)"
+        "steal %    rest %    decode thread on CPU/waiting/asleep % (in-proc, Triton)"
     )
     static = _scheduler(version.path, stop_at_eos=False)
     loop = _scheduler(version.path)
@@ -241,6 +275,8 @@ def run_rounds(
                         first="in-process" if local_first else "triton",
                         steal_in_process=mine.steal_pct,
                         steal_triton=theirs.steal_pct,
+                        rest_in_process=mine.rest_pct,
+                        rest_triton=theirs.rest_pct,
                         loop_in_process=mine.loop_thread,
                         loop_triton=theirs.loop_thread,
                         errors=theirs.errors + mine.errors,
