@@ -27,6 +27,8 @@ def _row(concurrency: int, share: float, **kw: object) -> dict[str, object]:
         "cpu_x": 1.5,
         "steal_in_process": 1.0,
         "steal_triton": 3.0,
+        "rest_in_process": None,
+        "rest_triton": None,
     }
     row.update(kw)
     return row
@@ -61,19 +63,24 @@ def test_the_summary_says_where_the_machine_was_not_quiet(
         _row(1, 0.9, rest_in_process=4.0, rest_triton=None),  # unread: left out
         _row(8, 0.9, rest_in_process=1.0, rest_triton=6.0),
         _row(8, 0.9, rest_in_process=1.0, rest_triton=8.0),
-        _row(32, 0.9),  # never read (an older JSON's rows): not counted as busy
+        _row(32, 0.9),  # never read (/proc/stat, or Triton's processes, not seen): not busy
+        _row(64, 0.9, rest_in_process=5.0, rest_triton=5.0),  # at the limit: still quiet
+        _row(128, 0.9, rest_in_process=5.4, rest_triton=0.0),  # above it, printed so
     ]
     summary = bench_rounds.summarize_rounds(rows)
     assert [(e["rest_in_process"], e["rest_triton"]) for e in summary] == [
         (3.0, 3.0),
         (1.0, 7.0),
         (None, None),
+        (5.0, 5.0),
+        (5.4, 0.0),
     ]
-    assert bench_rounds.not_quiet(summary) == [8]
+    assert bench_rounds.not_quiet(summary) == [8, 128]
     bench_rounds._print_summary(summary)
     out = capsys.readouterr().out
-    assert "rest 3%/3%" in out and "rest 1%/7%" in out and "rest –/–" in out
-    assert "the machine was not quiet at concurrency 8:" in out
+    assert "rest 3.0%/3.0%" in out and "rest 1.0%/7.0%" in out and "rest –/–" in out
+    assert "rest 5.4%/0.0%" in out
+    assert "the machine was not quiet at concurrency 8, 128:" in out
     bench_rounds._print_summary(summary[:1])
     assert "not quiet" not in capsys.readouterr().out
 

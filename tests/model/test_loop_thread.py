@@ -138,6 +138,13 @@ def test_both_sides_measure_the_schedulers_decode_thread(
         # counted in clock ticks: two of them of slack over the level).
         whole = side.core_ms_per_token["stub" if side is triton else "client"]
         assert 0 < times["core_ms_per_token"] <= whole + 2e3 / os.sysconf("SC_CLK_TCK") / tokens
+    # The rest of the machine is read on both sides; through a Triton whose processes this
+    # machine does not show, their CPU cannot be told from the rest, so it is not read.
+    assert local.rest_pct is not None and triton.rest_pct is not None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bench, "triton_processes", lambda model: {"server": [], "stub": []})
+        unseen = asyncio.run(bench.run_level(url, name, prompts, 2, 4, 6, None, shared=True))
+    assert unseen.requests == 4 and unseen.rest_pct is None
     factors = bench.compare(triton, local, bench.StaticResult(2, 12, 1.0, 12.0, 1.0))
     # Tokens per second are the loop's share of a CPU over its CPU per token on each side, so
     # the two factors, read over the level's own window, divide back into the share (the

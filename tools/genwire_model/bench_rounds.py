@@ -46,8 +46,9 @@ ATTEMPTS = 3
 QUIET_REST_PCT = 5.0
 """Above this median share of one core used by the rest of the machine (``rest_pct``) on
 either side of a level, the summary says the machine was not quiet: with Triton alone it read
-0–4 %, beside the idle native stack 6–10 %, which on two cores cost Triton's decode thread
-2–3 points of a CPU and its share 2–5 points (docs/model.md *Round 21*)."""
+0–3 %, beside the idle native stack 6–10 %, which on two cores cost Triton's decode thread
+1–5 points of a CPU and its share 4–11 points (about 5 at concurrency 8; docs/model.md *Round
+21*)."""
 
 RATIOS = (
     "share",
@@ -97,7 +98,7 @@ def summarize_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for side in ("in_process", "triton"):
             steals = [r[f"steal_{side}"] for r in group if r[f"steal_{side}"] is not None]
             entry[f"steal_{side}"] = round(statistics.median(steals), 1) if steals else None
-            rests = [r[f"rest_{side}"] for r in group if r.get(f"rest_{side}") is not None]
+            rests = [r[f"rest_{side}"] for r in group if r[f"rest_{side}"] is not None]
             entry[f"rest_{side}"] = round(statistics.median(rests), 1) if rests else None
             loops = [r[f"loop_{side}"] for r in group if r.get(f"loop_{side}")]
             entry[f"loop_{side}"] = (
@@ -120,6 +121,11 @@ def _steal(value: float | None) -> str:
     return "  – " if value is None else f"{value:>4.1f}"
 
 
+def _rest(value: float | None) -> str:
+    # One decimal, as ``not_quiet`` compares: a median of 5.4 is above the limit.
+    return "–" if value is None else f"{value:.1f}%"
+
+
 def not_quiet(summary: list[dict[str, Any]]) -> list[int]:
     """The levels where the rest of the machine used more than ``QUIET_REST_PCT`` of a core
     (median over the rounds) on either side."""
@@ -127,7 +133,7 @@ def not_quiet(summary: list[dict[str, Any]]) -> list[int]:
         e["concurrency"]
         for e in summary
         if any(
-            e.get(f"rest_{side}") is not None and e[f"rest_{side}"] > QUIET_REST_PCT
+            e[f"rest_{side}"] is not None and e[f"rest_{side}"] > QUIET_REST_PCT
             for side in ("in_process", "triton")
         )
     ]
@@ -148,8 +154,8 @@ def _print_summary(summary: list[dict[str, Any]]) -> None:
             f"({st['min']:.2f}–{st['max']:.2f})  TPOT {tp['median']:.2f}x  "
             f"TTFT {tt['median']:+.1f}ms ({tt['min']:+.1f}–{tt['max']:+.1f})  "
             f"cpu {cx['median']:.2f}x  steal {_steal(e['steal_in_process'])}/"
-            f"{_steal(e['steal_triton'])}  rest {rest_text(e.get('rest_in_process'))}/"
-            f"{rest_text(e.get('rest_triton'))}"
+            f"{_steal(e['steal_triton'])}  rest {_rest(e['rest_in_process'])}/"
+            f"{_rest(e['rest_triton'])}"
             + (f"  ({e['stolen']} kept above the steal limit)" if e["stolen"] else "")
             + (f"  errors {e['errors']}" if e["errors"] else ""),
             flush=True,
