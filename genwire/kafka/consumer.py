@@ -94,6 +94,13 @@ fetch per broker is in flight at a time, so partitions resumed after a pause (a 
 pool, an outage) wait for it: up to this long, at saturation only."""
 
 
+IDLE_POLL_MS = 1_000
+"""How long one ``getmany`` waits for records when the consumer is not held. It returns at the
+first record fetched, and ``stop`` ends it by closing the client, so this bounds only how often
+an idle consumer's loop wakes with nothing to do (five times a second at 200 ms, per consumer:
+docs/benchmarks.md, *The idle stack's wake-ups*)."""
+
+
 def consumer_options(
     bootstrap_servers: str,
     *,
@@ -312,7 +319,7 @@ class EventConsumer(Generic[InT]):
                     # Held: the poll still counts for the group, but nothing waits on a fetch of
                     # paused partitions; the wait for room below ends when a record finishes.
                     batches = await self._consumer.getmany(
-                        timeout_ms=0 if hold else 200, max_records=max(1, free)
+                        timeout_ms=0 if hold else IDLE_POLL_MS, max_records=max(1, free)
                     )
                 except ConsumerStoppedError:
                     if self._stopping:  # stop() closed the client under a pending fetch
@@ -336,7 +343,7 @@ class EventConsumer(Generic[InT]):
                             self._last_of_key[(tp, record.key)] = task
                             task.add_done_callback(partial(self._forget_key, (tp, record.key)))
                 if hold and not self._stopping:
-                    # Resume as soon as there is room, not at the next 200 ms poll: a full pool
+                    # Resume as soon as there is room, not at the next held poll: a full pool
                     # of fast records would otherwise take ``concurrency`` records per poll.
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._hold_poll_s):

@@ -90,27 +90,19 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
     A service that gave up (``ServiceRuntime.fail``) stops gracefully, then exits with
     ``EXIT_FAILED``, so any supervisor sees a failure rather than a requested stop.
     """
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn_config(app, settings))
+    from genwire.service.quiet_server import QuietServer
 
     def failed() -> bool:
         runtime = getattr(app.state, "runtime", None)
         return isinstance(runtime, ServiceRuntime) and runtime.failed is not None
 
-    async def run() -> None:
-        async def watch() -> None:
-            while not server.should_exit:
-                if failed():
-                    server.should_exit = True  # a graceful stop: drain, commit, flush
-                await asyncio.sleep(0.2)
+    async def failure() -> None:
+        # Awaited once the app's lifespan has started (the runtime exists by then); its end
+        # is a graceful stop: drain, commit, flush.
+        runtime = getattr(app.state, "runtime", None)
+        await (runtime.failure.wait() if isinstance(runtime, ServiceRuntime) else asyncio.Future())
 
-        watcher = asyncio.create_task(watch())
-        try:
-            await server.serve()
-        finally:
-            watcher.cancel()
-
-    loop.run(run(), settings.event_loop)
+    server = QuietServer(uvicorn_config(app, settings), stop_when=failure)
+    loop.run(server.serve(), settings.event_loop)
     if failed():
         raise SystemExit(EXIT_FAILED)

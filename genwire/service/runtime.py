@@ -70,6 +70,7 @@ class ServiceRuntime:
         self._tasks: list[asyncio.Task[Any]] = []
         self._checks: list[Callable[[], list[str]]] = []
         self.failed: str | None = None
+        self.failure = asyncio.Event()  # set by ``fail``: ``serve`` stops on it, no polling
         self._stopping = False
         self.started = False
 
@@ -174,6 +175,7 @@ class ServiceRuntime:
         if self.failed:
             return
         self.failed = reason
+        self.failure.set()
         log.error("cannot make progress: %s; stopping the service", reason)
 
     def supervise(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:

@@ -83,15 +83,15 @@ def test_serve_runs_the_service_on_the_configured_loop(monkeypatch: pytest.Monke
     class Server:
         should_exit = False
 
-        def __init__(self, config: object) -> None:
+        def __init__(self, config: object, **_: object) -> None:
             pass
 
         async def serve(self) -> None:
             asked.append(loop.describe())
 
-    import uvicorn
+    from genwire.service import quiet_server
 
-    monkeypatch.setattr(uvicorn, "Server", Server)
+    monkeypatch.setattr(quiet_server, "QuietServer", Server)
     for name, expected in (("asyncio", "asyncio"), ("uvloop", "uvloop")):
         http.serve(FastAPI(), ServiceSettings(event_loop=name))  # type: ignore[arg-type]
         assert asked.pop() == expected
