@@ -50,17 +50,18 @@ class QuietServer(uvicorn.Server):
     def should_exit(self, value: bool) -> None:
         self._should_exit = value
         if value and self._loop is not None and self._wake is not None:
-            # Thread-safe: uvicorn sets it from its signal handler.
+            # From a signal handler (uvicorn's) or another thread: the loop's own wake-up pipe.
             with contextlib.suppress(RuntimeError):  # the loop already closed: nothing waits
                 self._loop.call_soon_threadsafe(self._wake.set)
 
     async def main_loop(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        watch = asyncio.ensure_future(self._stop_when()) if self._stop_when else None
-        if watch is not None:
-            watch.add_done_callback(self._watched)
+        watch: asyncio.Future[object] | None = None
         try:
+            if self._stop_when is not None:
+                watch = asyncio.ensure_future(self._stop_when())
+                watch.add_done_callback(self._watched)
             counter = 0
             should_exit = await self.on_tick(counter)
             while not should_exit:
