@@ -93,14 +93,15 @@ def _task(proc: Path, pid: int, tid: int, comm: str, utime: int, stime: int) -> 
 
 
 def test_jit_seconds_reads_the_compiler_threads_of_a_jvm(tmp_path: Path) -> None:
-    from genwire_bench.resources import _CLOCK_TICKS, jit_seconds
+    from genwire_bench.resources import jit_seconds
+    from genwire_bench.steal import CLOCK_TICKS
 
     _task(tmp_path, 7, 7, "java", 900, 100)
     _task(tmp_path, 7, 8, "C2 CompilerThre", 30, 20)
     _task(tmp_path, 7, 9, "C1 CompilerThre", 4, 1)
     _task(tmp_path, 7, 10, "VM Thread", 5, 5)
     (tmp_path / "7" / "task" / "11").mkdir()  # a thread gone between listing and reading
-    assert jit_seconds(7, tmp_path) == {8: 50 / _CLOCK_TICKS, 9: 5 / _CLOCK_TICKS}
+    assert jit_seconds(7, tmp_path) == {8: 50 / CLOCK_TICKS, 9: 5 / CLOCK_TICKS}
     assert jit_seconds(8, tmp_path) == {}  # no such process
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import psutil
 
+from genwire_bench.steal import CLOCK_TICKS
+
 # Where each component listens (docs/architecture.md); the first port found wins.
 SERVICE_PORTS: dict[str, tuple[int, ...]] = {
     "gateway": (50051, 8080),
@@ -138,7 +140,7 @@ def started_ticks(pid: int, proc: Path = Path("/proc")) -> int | None:
 
 def now_ticks() -> float:
     """Now, in clock ticks since boot (the clock ``started_ticks`` reads)."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME) * _CLOCK_TICKS
+    return time.clock_gettime(time.CLOCK_BOOTTIME) * CLOCK_TICKS
 
 
 JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
@@ -153,8 +155,6 @@ JIT_WARNING_SHARE = 0.3
 up. Warm, under load, its compiler took 4–26 % here; fresh, 47–69 %, and a fresh broker costs
 up to four times its warm figure per request for its first few thousand requests
 (docs/benchmarks.md, *The broker's side*)."""
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def jit_seconds(pid: int, proc: Path = Path("/proc")) -> dict[int, float]:
@@ -175,7 +175,7 @@ def jit_seconds(pid: int, proc: Path = Path("/proc")) -> dict[int, float]:
                 continue
             # Fields after the command's closing parenthesis: utime and stime are 12th and 13th.
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
         except (OSError, ValueError, IndexError):
             continue
     return out

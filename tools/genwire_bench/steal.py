@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 _BUSY = (0, 1, 2, 5, 6)  # user, nice, system, irq, softirq: not idle, iowait or steal
-_USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+"""Clock ticks a second (USER_HZ): the unit of /proc/stat and of a process's CPU times."""
 
 
 def _ticks(stat: Path) -> list[int] | None:
@@ -45,7 +46,7 @@ def busy_s(stat: Path = Path("/proc/stat")) -> float | None:
     """The machine's busy CPU seconds so far, all CPUs (user, nice, system, irq, softirq; not
     idle, iowait or steal); None where unreadable."""
     ticks = _ticks(stat)
-    return None if ticks is None else sum(ticks[i] for i in _BUSY) / _USER_HZ
+    return None if ticks is None else sum(ticks[i] for i in _BUSY) / CLOCK_TICKS
 
 
 def rest_pct(start: float | None, end: float | None, own_s: float, seconds: float) -> float | None:

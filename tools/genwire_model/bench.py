@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from genwire_bench import loop_thread
 from genwire_bench.served import served_versions
-from genwire_bench.steal import busy_s, cpu_times, rest_pct, stolen_pct
+from genwire_bench.steal import CLOCK_TICKS, busy_s, cpu_times, rest_pct, stolen_pct
 
 from genwire.service import loop as event_loops
 from genwire_model.client import Generation, generate, generate_shared
@@ -136,9 +136,6 @@ def summarize(
     )
 
 
-_CLOCK_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
 def _cpu_s(pid: int) -> float | None:
     """User + system CPU seconds of a process (None when it is gone)."""
     try:
@@ -146,7 +143,7 @@ def _cpu_s(pid: int) -> float | None:
             fields = handle.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICK
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def triton_processes(model: str, proc: Path = Path("/proc")) -> dict[str, list[int]]:
