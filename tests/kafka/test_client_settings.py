@@ -7,10 +7,19 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from genwire_gateway.replies import ReplyReader, WaiterRegistry
+from genwire_monitor.source import SpanSource
+from opentelemetry.trace import NoOpTracer
 from pydantic import BaseModel
 
 from genwire.kafka import EventConsumer, EventProducer
-from genwire.kafka.consumer import COMMIT_INTERVAL_S, FETCH_MAX_WAIT_MS, consumer_options
+from genwire.kafka.consumer import (
+    COMMIT_INTERVAL_S,
+    FETCH_MAX_WAIT_MS,
+    FETCHER_TICK_MS,
+    consumer_options,
+)
+from genwire.policyfeed import PolicyFeed
 from genwire.service.runtime import ServiceRuntime
 from genwire.settings import ServiceSettings
 
@@ -62,6 +71,7 @@ async def test_the_setting_reaches_every_consumer_of_a_service() -> None:
             assert consumer._commit_interval_s == 0.4
             assert consumer._probe_s == 0.3
             assert consumer._consumer._enable_auto_commit is False
+            assert consumer._consumer._consumer_timeout == FETCHER_TICK_MS / 1000
     finally:
         runtime.tracer_provider.shutdown()
 
@@ -123,3 +133,20 @@ async def test_records_finishing_within_the_interval_share_one_commit() -> None:
         assert consumer._dirty.is_set()  # committed once the interval is over
     finally:
         loop_task.cancel()
+
+
+async def test_every_long_lived_consumer_wakes_on_the_fetchers_tick() -> None:
+    """The consumers outside ``EventConsumer`` (built, not started): the policy feed, the
+    monitor's span source and the gateway's reply reader."""
+
+    async def _sink(values: list[bytes]) -> None:
+        return None
+
+    feed = PolicyFeed("127.0.0.1:1")
+    source = SpanSource(
+        topic="otlp_spans", group_id="g", bootstrap_servers="127.0.0.1:1", sink=_sink
+    )
+    reader = ReplyReader("127.0.0.1:1", WaiterRegistry(), NoOpTracer())
+    for client in (feed._consumer, source._consumer, reader._consumer):
+        assert client._consumer_timeout == FETCHER_TICK_MS / 1000
+        await client.stop()  # never started: nothing to close but its handle

@@ -44,6 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from genwire.events import GenerationResult, TokenEvent
+from genwire.kafka.consumer import FETCHER_TICK_MS
 from genwire.kafka.security import client_options
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
@@ -294,6 +295,7 @@ class ReplyReader(ConsumerRebalanceListener):  # type: ignore[misc]
             # fetches twice a second, not ten times).
             fetch_max_wait_ms=500,
             fetch_min_bytes=1,
+            consumer_timeout_ms=FETCHER_TICK_MS,
         )
 
     # -- which partition a request names ------------------------------------------------------
