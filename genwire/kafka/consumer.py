@@ -95,12 +95,19 @@ pool, an outage) wait for it: up to this long, at saturation only."""
 
 
 FETCHER_TICK_MS = 1_000
-"""aiokafka's ``consumer_timeout_ms`` (its default 200) for every long-lived consumer: how often
-its background fetcher wakes when nothing happened. Every event it acts on (a fetch answered,
-records consumed, a pause lifted, a seek, a reassignment, a metadata refresh) already wakes it,
-and an idle consumer's fetch is answered every ``FETCH_MAX_WAIT_MS``, so at 200 ms the extra
-wake-ups only cost CPU: three a second per consumer with nothing to do (docs/benchmarks.md,
-*The fetcher's tick*)."""
+"""The least ``consumer_timeout_ms`` (aiokafka's default: 200) of every long-lived consumer that
+reads partitions (``fetcher_tick_ms``): how often its background fetcher wakes when nothing
+happened. What it acts on (a fetch answered, records taken, a pause lifted, a seek, a
+reassignment, a metadata refresh it forced) wakes it without the timer, and an idle consumer's
+fetch is answered every ``fetch_max_wait_ms``, so a tick shorter than that only adds wake-ups:
+four a second per consumer at 200 ms against a 500 ms fetch wait (docs/benchmarks.md, *The
+fetcher's tick*)."""
+
+
+def fetcher_tick_ms(fetch_max_wait_ms: int) -> int:
+    """``consumer_timeout_ms`` for a consumer whose fetches wait ``fetch_max_wait_ms``: longer
+    than the wait, so an idle consumer's fetcher wakes once per answered fetch."""
+    return max(FETCHER_TICK_MS, 2 * fetch_max_wait_ms)
 
 
 IDLE_POLL_MS = 1_000
@@ -132,7 +139,7 @@ def consumer_options(
         "fetch_max_wait_ms": fetch_max_wait_ms,
         "session_timeout_ms": session_timeout_ms,
         "heartbeat_interval_ms": heartbeat_interval_ms,
-        "consumer_timeout_ms": FETCHER_TICK_MS,
+        "consumer_timeout_ms": fetcher_tick_ms(fetch_max_wait_ms),
     }
 
 

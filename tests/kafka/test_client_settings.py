@@ -7,9 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from genwire_gateway.replies import ReplyReader, WaiterRegistry
-from genwire_monitor.source import SpanSource
-from opentelemetry.trace import NoOpTracer
 from pydantic import BaseModel
 
 from genwire.kafka import EventConsumer, EventProducer
@@ -18,6 +15,7 @@ from genwire.kafka.consumer import (
     FETCH_MAX_WAIT_MS,
     FETCHER_TICK_MS,
     consumer_options,
+    fetcher_tick_ms,
 )
 from genwire.policyfeed import PolicyFeed
 from genwire.service.runtime import ServiceRuntime
@@ -71,7 +69,7 @@ async def test_the_setting_reaches_every_consumer_of_a_service() -> None:
             assert consumer._commit_interval_s == 0.4
             assert consumer._probe_s == 0.3
             assert consumer._consumer._enable_auto_commit is False
-            assert consumer._consumer._consumer_timeout == FETCHER_TICK_MS / 1000
+            assert consumer._consumer._consumer_timeout == fetcher_tick_ms(250) / 1000
     finally:
         runtime.tracer_provider.shutdown()
 
@@ -135,18 +133,19 @@ async def test_records_finishing_within_the_interval_share_one_commit() -> None:
         loop_task.cancel()
 
 
-async def test_every_long_lived_consumer_wakes_on_the_fetchers_tick() -> None:
-    """The consumers outside ``EventConsumer`` (built, not started): the policy feed, the
-    monitor's span source and the gateway's reply reader."""
+def test_the_fetchers_tick_is_longer_than_the_fetch_wait() -> None:
+    """Else the timer, not the answered fetch, would wake an idle consumer's fetcher."""
+    for wait in (0, 100, FETCH_MAX_WAIT_MS, 1_000, 5_000, 60_000):
+        assert fetcher_tick_ms(wait) > wait
+        assert consumer_options("k:9092", group_id="g", fetch_max_wait_ms=wait)[
+            "consumer_timeout_ms"
+        ] == fetcher_tick_ms(wait)
+    assert fetcher_tick_ms(FETCH_MAX_WAIT_MS) == FETCHER_TICK_MS
 
-    async def _sink(values: list[bytes]) -> None:
-        return None
 
-    feed = PolicyFeed("127.0.0.1:1")
-    source = SpanSource(
-        topic="otlp_spans", group_id="g", bootstrap_servers="127.0.0.1:1", sink=_sink
-    )
-    reader = ReplyReader("127.0.0.1:1", WaiterRegistry(), NoOpTracer())
-    for client in (feed._consumer, source._consumer, reader._consumer):
-        assert client._consumer_timeout == FETCHER_TICK_MS / 1000
-        await client.stop()  # never started: nothing to close but its handle
+async def test_the_policy_feed_wakes_on_the_fetchers_tick() -> None:
+    feed = PolicyFeed("127.0.0.1:1", poll_ms=2_000)
+    try:
+        assert feed._consumer._consumer_timeout == fetcher_tick_ms(2_000) / 1000
+    finally:
+        await feed._consumer.stop()  # never started: nothing to close but its handle

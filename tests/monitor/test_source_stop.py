@@ -9,6 +9,8 @@ import pytest
 from aiokafka import TopicPartition
 from genwire_monitor.source import LEAVE_FLOOR_S, SpanSource
 
+from genwire.kafka.consumer import FETCH_MAX_WAIT_MS, fetcher_tick_ms
+
 
 class _Stuck:
     """Stands in for the client: its commit and its stop wait for ever (a coordinator that
@@ -50,3 +52,13 @@ async def test_a_commit_and_a_leave_that_hang_are_cut_short_and_logged(
     assert any("the last commit took over 0.2s" in m for m in messages), messages
     # the commit used the whole budget: the leave still had its floor
     assert any(f"leaving the group took over {LEAVE_FLOOR_S:.1f}s" in m for m in messages), messages
+
+
+async def test_the_span_source_wakes_on_the_fetchers_tick() -> None:
+    source = SpanSource(
+        topic="otlp_spans", group_id="g", bootstrap_servers="127.0.0.1:1", sink=_noop
+    )
+    try:
+        assert source._consumer._consumer_timeout == fetcher_tick_ms(FETCH_MAX_WAIT_MS) / 1000
+    finally:
+        await source._consumer.stop()  # never started: nothing to close but its handle
