@@ -6,10 +6,10 @@ from unittest import mock
 
 import pytest
 from aiokafka import TopicPartition
-from genwire_gateway.replies import REPLY_FETCH_WAIT_MS, ReplyReader, WaiterRegistry
+from genwire_gateway.replies import ReplyReader, WaiterRegistry
 from opentelemetry.trace import NoOpTracer
 
-from genwire.kafka.consumer import fetcher_tick_ms
+from genwire.kafka.consumer import FETCH_MAX_WAIT_MS, fetcher_tick_ms
 from genwire.topics import ReplyTo
 
 TOPIC = "genwire.replies"
@@ -173,6 +173,6 @@ async def test_a_dying_reader_sends_every_waiter_to_redis() -> None:
 async def test_the_reply_reader_wakes_on_the_fetchers_tick() -> None:
     reader = ReplyReader("127.0.0.1:1", WaiterRegistry(), NoOpTracer(), topic=TOPIC)
     try:
-        assert reader._consumer._consumer_timeout == fetcher_tick_ms(REPLY_FETCH_WAIT_MS) / 1000
+        assert reader._consumer._consumer_timeout == fetcher_tick_ms(FETCH_MAX_WAIT_MS) / 1000
     finally:
         await reader._consumer.stop()  # never started: nothing to close but its handle

@@ -44,7 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from genwire.events import GenerationResult, TokenEvent
-from genwire.kafka.consumer import fetcher_tick_ms
+from genwire.kafka.consumer import FETCH_MAX_WAIT_MS, fetcher_tick_ms
 from genwire.kafka.security import client_options
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
@@ -52,10 +52,6 @@ from genwire.telemetry.propagation import extract
 from genwire.topics import ReplyTo, Topic
 
 log = logging.getLogger(__name__)
-
-REPLY_FETCH_WAIT_MS = 500
-"""The reply reader's ``fetch_max_wait_ms``: the broker answers a fetch at its first record, so
-this only sets how often an idle instance fetches (twice a second, not ten times)."""
 
 
 class Failure:
@@ -294,9 +290,12 @@ class ReplyReader(ConsumerRebalanceListener):  # type: ignore[misc]
             partition_assignment_strategy=(_sticky_assignor(),),
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=max(100, session_timeout_ms // 3),
-            fetch_max_wait_ms=REPLY_FETCH_WAIT_MS,
+            # Records are small and latency is what matters: the broker answers a fetch at the
+            # first byte, so the wait bounds only fetches that find nothing (an idle instance
+            # fetches twice a second, not ten times).
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             fetch_min_bytes=1,
-            consumer_timeout_ms=fetcher_tick_ms(REPLY_FETCH_WAIT_MS),
+            consumer_timeout_ms=fetcher_tick_ms(FETCH_MAX_WAIT_MS),
         )
 
     # -- which partition a request names ------------------------------------------------------
