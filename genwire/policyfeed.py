@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from genwire.kafka.consumer import FETCH_MAX_WAIT_MS, fetcher_tick_ms
+from genwire.kafka.consumer import FETCH_MAX_WAIT_MS, fetch_wait_options
 from genwire.kafka.security import client_options
 from genwire.policy import ModelPolicy, PolicyError, parse
 from genwire.topics import TOPIC_SPECS, Topic
@@ -135,8 +135,7 @@ class PolicyFeed:
             bootstrap_servers=bootstrap_servers,
             group_id=None,
             enable_auto_commit=False,
-            fetch_max_wait_ms=poll_ms,
-            consumer_timeout_ms=fetcher_tick_ms(poll_ms),
+            **fetch_wait_options(poll_ms),
             **(client_options() if client_kwargs is None else client_kwargs),
         )
         self._bootstrap = bootstrap_servers

@@ -110,6 +110,15 @@ def fetcher_tick_ms(fetch_max_wait_ms: int) -> int:
     return max(FETCHER_TICK_MS, 2 * fetch_max_wait_ms)
 
 
+def fetch_wait_options(fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> dict[str, int]:
+    """The fetch wait and its fetcher's tick, as ``AIOKafkaConsumer`` keyword arguments: every
+    long-lived consumer takes both from here, so none has a wait without its tick."""
+    return {
+        "fetch_max_wait_ms": fetch_max_wait_ms,
+        "consumer_timeout_ms": fetcher_tick_ms(fetch_max_wait_ms),
+    }
+
+
 IDLE_POLL_MS = 1_000
 """How long one ``getmany`` waits for records when the consumer is not held. It returns at the
 first record fetched, and ``stop`` ends it by closing the client, so this bounds only how often
@@ -136,10 +145,9 @@ def consumer_options(
         "enable_auto_commit": False,
         "auto_offset_reset": auto_offset_reset if group_id is not None else "latest",
         "max_partition_fetch_bytes": max_partition_fetch_bytes,
-        "fetch_max_wait_ms": fetch_max_wait_ms,
+        **fetch_wait_options(fetch_max_wait_ms),
         "session_timeout_ms": session_timeout_ms,
         "heartbeat_interval_ms": heartbeat_interval_ms,
-        "consumer_timeout_ms": fetcher_tick_ms(fetch_max_wait_ms),
     }
 
 

@@ -49,7 +49,7 @@ async def _read(
 @pytest.fixture
 async def env(infra: CommonSettings) -> AsyncIterator[tuple[str, str, EventProducer]]:
     """A fresh input topic and a started producer."""
-    topic = f"test.consumer.{uuid.uuid4().hex[:8]}"
+    topic = fresh_topic("consumer")
     await ensure_topics(infra.kafka_bootstrap_servers, [TopicSpec(topic, 2, 3_600_000)])
     producer = EventProducer(infra.kafka_bootstrap_servers)
     await producer.start()
@@ -97,9 +97,22 @@ async def eventually(condition: Callable[[], object], timeout_s: float = 30.0) -
 
 
 TEST_TOPIC_PREFIX = "test."
-"""How tests name the topics they make (``test.<area>.<random>``)."""
+"""How tests name the topics they make: ``fresh_topic(area)``."""
+
+SESSION_TOKEN = uuid.uuid4().hex[:6]
+"""This test process's mark in its topics' names: the cleanup deletes only topics carrying it,
+so a second pytest run on the same broker (CI beside a developer's run) keeps its own."""
 
 _log = logging.getLogger("genwire_stack.tests")
+
+
+def fresh_topic(area: str) -> str:
+    """A fresh topic name for a test, ``test.<area>.<session>.<random>``."""
+    return f"{TEST_TOPIC_PREFIX}{area}.{SESSION_TOKEN}.{uuid.uuid4().hex[:8]}"
+
+
+def _ours(topic: str) -> bool:
+    return topic.startswith(TEST_TOPIC_PREFIX) and f".{SESSION_TOKEN}." in topic
 
 
 async def listed_test_topics(settings: CommonSettings) -> set[str]:
@@ -114,7 +127,7 @@ async def listed_test_topics(settings: CommonSettings) -> set[str]:
 
 
 async def _delete_new(settings: CommonSettings, before: set[str]) -> list[str]:
-    made = sorted(await listed_test_topics(settings) - before)
+    made = sorted(t for t in await listed_test_topics(settings) - before if _ours(t))
     if made:
         await delete_topics(settings.kafka_bootstrap_servers, made, settings=settings)
     return made
@@ -122,9 +135,11 @@ async def _delete_new(settings: CommonSettings, before: set[str]) -> list[str]:
 
 @contextlib.contextmanager
 def deleting_new_test_topics(settings: CommonSettings) -> Iterator[None]:
-    """Around a session fixture's life: the ``test.`` topics made meanwhile are deleted at its
-    end (those already there are not), so the broker does not collect them run by run. A
-    failure (the broker stopped by a test and not back) is logged, never a test failure."""
+    """Around a session fixture's life: the ``test.`` topics this process made meanwhile
+    (``fresh_topic``) are deleted at its end, so the broker does not collect them run by run.
+    Those already there and those of another test run (another session token) are kept: a
+    cleanup that deleted every new ``test.`` topic broke a CI run beside it. A failure (the
+    broker stopped by a test and not back) is logged, never a test failure."""
     before = run_coro(listed_test_topics(settings))
     yield
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -16,11 +15,12 @@ from genwire.kafka import ensure_topics
 from genwire.settings import CommonSettings
 from genwire.telemetry.kafka_exporter import KafkaSpanExporter
 from genwire.topics import TopicSpec
+from tests.common.support import fresh_topic
 
 
 @pytest.mark.integration
 async def test_spans_arrive_as_otlp_protobuf(infra: CommonSettings) -> None:
-    topic = f"test.spans.{uuid.uuid4().hex[:8]}"
+    topic = fresh_topic("spans")
     await ensure_topics(infra.kafka_bootstrap_servers, [TopicSpec(topic, 1, 3_600_000)])
     exporter = KafkaSpanExporter(infra.kafka_bootstrap_servers, topic=topic)
     provider = TracerProvider(resource=Resource.create({"service.name": "exporter-test"}))

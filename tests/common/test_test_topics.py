@@ -1,5 +1,5 @@
-"""The suite's own hygiene: a session fixture deletes the ``test.`` topics made during its life
-and keeps those already there (another run's, or one made before it started)."""
+"""The suite's own hygiene: a session fixture deletes the ``test.`` topics its own process made
+during its life and keeps those already there and those another test run made meanwhile."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from genwire.kafka import ensure_topics
 from genwire.kafka.admin import delete_topics
 from genwire.settings import CommonSettings
 from genwire.topics import TopicSpec
-from tests.common.support import deleting_new_test_topics, listed_test_topics
+from tests.common.support import (
+    SESSION_TOKEN,
+    deleting_new_test_topics,
+    fresh_topic,
+    listed_test_topics,
+)
 
 HOUR_MS = 3_600_000
 
@@ -27,19 +32,23 @@ def _topics_soon(infra: CommonSettings, gone: str, timeout_s: float = 15.0) -> s
         time.sleep(0.2)
 
 
-def test_a_fixtures_new_test_topics_are_deleted_and_older_ones_kept(
+def test_a_fixtures_new_test_topics_are_deleted_and_older_and_foreign_ones_kept(
     infra: CommonSettings,
 ) -> None:
     bootstrap = infra.kafka_bootstrap_servers
-    tag = uuid.uuid4().hex[:8]
-    older, made = f"test.hygiene.older.{tag}", f"test.hygiene.made.{tag}"
+    older, made = fresh_topic("hygiene.older"), fresh_topic("hygiene.made")
+    # Another pytest run's topic, made while this fixture lives (CI beside a developer's run).
+    # Its token is not hex, so never this run's.
+    foreign = f"test.hygiene.foreign.zzzzzz.{uuid.uuid4().hex[:8]}"
+    assert SESSION_TOKEN in made and SESSION_TOKEN not in foreign
     run_coro(ensure_topics(bootstrap, [TopicSpec(older, 1, HOUR_MS)]))
     try:
         with deleting_new_test_topics(infra):
-            run_coro(ensure_topics(bootstrap, [TopicSpec(made, 1, HOUR_MS)]))
-            assert made in run_coro(listed_test_topics(infra))
+            run_coro(ensure_topics(bootstrap, [TopicSpec(t, 1, HOUR_MS) for t in (made, foreign)]))
+            assert {made, foreign} <= run_coro(listed_test_topics(infra))
         names = _topics_soon(infra, gone=made)
         assert made not in names
         assert older in names
+        assert foreign in names
     finally:
-        run_coro(delete_topics(bootstrap, [older, made]))
+        run_coro(delete_topics(bootstrap, [older, made, foreign]))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,6 +10,7 @@ from genwire.kafka import ensure_topics
 from genwire.kafka.admin import delete_topics
 from genwire.settings import CommonSettings
 from genwire.topics import HOUR_MS, TopicSpec
+from tests.common.support import fresh_topic
 
 from .harness import FakePipeline, GatewayInstance, start_gateway, stop_gateway
 
@@ -18,7 +18,7 @@ from .harness import FakePipeline, GatewayInstance, start_gateway, stop_gateway
 @pytest.fixture(scope="module")
 async def requests_topic(infra: CommonSettings) -> AsyncIterator[str]:
     """A requests topic only this module's gateways and stand-in pipeline use."""
-    topic = f"test.gateway.requests.{uuid.uuid4().hex[:8]}"
+    topic = fresh_topic("gateway.requests")
     await ensure_topics(infra.kafka_bootstrap_servers, [TopicSpec(topic, 3, HOUR_MS)])
     yield topic
     await delete_topics(infra.kafka_bootstrap_servers, [topic])
@@ -28,7 +28,7 @@ async def requests_topic(infra: CommonSettings) -> AsyncIterator[str]:
 async def reply_topic(infra: CommonSettings) -> AsyncIterator[str]:
     """A reply topic only this module's gateways read (their own group: the stack's gateways
     never rebalance because of a test)."""
-    topic = f"test.gateway.replies.{uuid.uuid4().hex[:8]}"
+    topic = fresh_topic("gateway.replies")
     await ensure_topics(infra.kafka_bootstrap_servers, [TopicSpec(topic, 6, HOUR_MS)])
     yield topic
     await delete_topics(infra.kafka_bootstrap_servers, [topic])

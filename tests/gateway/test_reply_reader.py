@@ -173,6 +173,7 @@ async def test_a_dying_reader_sends_every_waiter_to_redis() -> None:
 async def test_the_reply_reader_wakes_on_the_fetchers_tick() -> None:
     reader = ReplyReader("127.0.0.1:1", WaiterRegistry(), NoOpTracer(), topic=TOPIC)
     try:
+        assert reader._consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
         assert reader._consumer._consumer_timeout == fetcher_tick_ms(FETCH_MAX_WAIT_MS) / 1000
     finally:
         await reader._consumer.stop()  # never started: nothing to close but its handle

@@ -15,6 +15,7 @@ from genwire.kafka.consumer import (
     FETCH_MAX_WAIT_MS,
     FETCHER_TICK_MS,
     consumer_options,
+    fetch_wait_options,
     fetcher_tick_ms,
 )
 from genwire.policyfeed import PolicyFeed
@@ -137,15 +138,18 @@ def test_the_fetchers_tick_is_longer_than_the_fetch_wait() -> None:
     """Else the timer, not the answered fetch, would wake an idle consumer's fetcher."""
     for wait in (0, 100, FETCH_MAX_WAIT_MS, 1_000, 5_000, 60_000):
         assert fetcher_tick_ms(wait) > wait
-        assert consumer_options("k:9092", group_id="g", fetch_max_wait_ms=wait)[
-            "consumer_timeout_ms"
-        ] == fetcher_tick_ms(wait)
+        pair = {"fetch_max_wait_ms": wait, "consumer_timeout_ms": fetcher_tick_ms(wait)}
+        assert fetch_wait_options(wait) == pair
+        options = consumer_options("k:9092", group_id="g", fetch_max_wait_ms=wait)
+        assert pair.items() <= options.items()
     assert fetcher_tick_ms(FETCH_MAX_WAIT_MS) == FETCHER_TICK_MS
+    assert fetch_wait_options()["fetch_max_wait_ms"] == FETCH_MAX_WAIT_MS
 
 
 async def test_the_policy_feed_wakes_on_the_fetchers_tick() -> None:
     feed = PolicyFeed("127.0.0.1:1", poll_ms=2_000)
     try:
+        assert feed._consumer._fetch_max_wait_ms == 2_000
         assert feed._consumer._consumer_timeout == fetcher_tick_ms(2_000) / 1000
     finally:
         await feed._consumer.stop()  # never started: nothing to close but its handle

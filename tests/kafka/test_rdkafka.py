@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,6 +45,7 @@ from genwire.service.runtime import ServiceRuntime
 from genwire.settings import CommonSettings, ServiceSettings
 from genwire.telemetry.propagation import extract
 from genwire.topics import TopicSpec
+from tests.common.support import fresh_topic
 
 
 class Rec(BaseModel):
@@ -166,7 +166,7 @@ def test_what_librdkafkas_errors_mean_to_a_publish() -> None:
 async def test_a_fatal_librdkafka_error_replaces_the_producer(infra: CommonSettings) -> None:
     """After librdkafka reports a fatal error (an idempotence gap, say) the client never
     publishes again: the next publish replaces it and goes out on the new one."""
-    topic = f"test.rdkafka.{uuid.uuid4().hex[:8]}"
+    topic = fresh_topic("rdkafka")
     bootstrap = infra.kafka_bootstrap_servers
     await ensure_topics(bootstrap, [TopicSpec(topic, partitions=1, retention_ms=3_600_000)])
     producer = EventProducer(bootstrap, client_id="test-rdkafka")

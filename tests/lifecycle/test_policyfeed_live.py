@@ -15,6 +15,7 @@ from genwire.policy import ModelPolicy
 from genwire.policyfeed import PolicyFeed, PolicyStore, delete_policy, publish_policy
 from genwire.settings import CommonSettings
 from genwire.topics import HOUR_MS, TopicSpec
+from tests.common.support import fresh_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,7 +51,7 @@ async def test_a_change_arrives_at_once_not_at_the_next_poll(infra: CommonSettin
 
 async def test_an_empty_topic_is_caught_up_without_waiting_a_poll(infra: CommonSettings) -> None:
     bootstrap = infra.kafka_bootstrap_servers
-    topic = f"test.policyfeed.{uuid.uuid4().hex[:8]}"
+    topic = fresh_topic("policyfeed")
     await ensure_topics(bootstrap, [TopicSpec(topic, 1, HOUR_MS)])
     feed = PolicyFeed(
         bootstrap, store=PolicyStore(CollectorRegistry()), topic=topic, poll_ms=30_000

@@ -8,7 +8,6 @@ import random
 import sys
 import time
 import traceback
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -23,14 +22,14 @@ from genwire_monitor.handlers import parse_alert
 
 from genwire.kafka import ensure_topics
 from genwire.topics import TopicSpec
+from tests.common.support import fresh_topic
 
 HOUR_MS = 3_600_000
 
 
 async def fresh_topics(bootstrap: str) -> tuple[str, str]:
     """A unique spans topic (3 partitions, like otlp_spans) and a unique alerts topic."""
-    tag = uuid.uuid4().hex[:8]
-    spans, alerts = f"test.monitor.spans.{tag}", f"test.monitor.alerts.{tag}"
+    spans, alerts = fresh_topic("monitor.spans"), fresh_topic("monitor.alerts")
     await ensure_topics(bootstrap, [TopicSpec(spans, 3, HOUR_MS), TopicSpec(alerts, 1, HOUR_MS)])
     return spans, alerts
 

@@ -20,6 +20,7 @@ from genwire_stack.health import free_port
 from genwire.kafka import ensure_topics
 from genwire.settings import CommonSettings
 from genwire.topics import TopicSpec
+from tests.common.support import fresh_topic
 
 from .harness import HOUR_MS, SpanFeed, fresh_topics, read_alerts, serve_monitor
 from .simulate import SCALE, fast_settings, run
@@ -102,7 +103,7 @@ async def test_a_restarted_monitor_rebuilds_the_firing_alert_and_resolves_it(
 ) -> None:
     bootstrap = kafka.kafka_bootstrap_servers
     spans, alerts = await fresh_topics(bootstrap)
-    state = f"test.monitor.alert-state.{uuid.uuid4().hex[:8]}"
+    state = fresh_topic("monitor.alert-state")
     await ensure_topics(bootstrap, [TopicSpec(state, 1, HOUR_MS, compact=True)])
     # What the previous monitor left: the page fired (written as it would have written it).
     _, _, fired = _fired()

@@ -20,6 +20,7 @@ from genwire.kafka import ensure_topics
 from genwire.policy import ModelPolicy, parse
 from genwire.settings import CommonSettings
 from genwire.topics import TopicSpec
+from tests.common.support import fresh_topic
 
 from .harness import HOUR_MS, SpanFeed, fresh_topics, serve_monitor
 from .simulate import SCALE, fast_settings
@@ -38,7 +39,7 @@ POLICY = ModelPolicy(
 async def test_a_failing_canary_is_rolled_back_on_the_config_topic(kafka: CommonSettings) -> None:
     bootstrap = kafka.kafka_bootstrap_servers
     spans, alerts = await fresh_topics(bootstrap)
-    config = f"test.monitor.config.{uuid.uuid4().hex[:8]}"
+    config = fresh_topic("monitor.config")
     await ensure_topics(bootstrap, [TopicSpec(config, 1, HOUR_MS, compact=True)])
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()

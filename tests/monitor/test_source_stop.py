@@ -59,6 +59,7 @@ async def test_the_span_source_wakes_on_the_fetchers_tick() -> None:
         topic="otlp_spans", group_id="g", bootstrap_servers="127.0.0.1:1", sink=_noop
     )
     try:
+        assert source._consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
         assert source._consumer._consumer_timeout == fetcher_tick_ms(FETCH_MAX_WAIT_MS) / 1000
     finally:
         await source._consumer.stop()  # never started: nothing to close but its handle

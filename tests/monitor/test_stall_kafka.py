@@ -22,6 +22,7 @@ from genwire_stack.health import free_port
 from genwire.kafka import ensure_topics
 from genwire.settings import CommonSettings
 from genwire.topics import TopicSpec
+from tests.common.support import fresh_topic
 
 from .harness import fresh_topics, read_alerts, serve_monitor
 from .simulate import fast_settings
@@ -31,7 +32,7 @@ HOUR_MS = 3_600_000
 
 async def _topic_with_records(bootstrap: str, counts: list[int]) -> str:
     """A fresh topic with ``counts[p]`` records on partition ``p``."""
-    topic = f"test.monitor.stall.{uuid.uuid4().hex[:8]}"
+    topic = fresh_topic("monitor.stall")
     await ensure_topics(bootstrap, [TopicSpec(topic, len(counts), HOUR_MS)])
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()

@@ -16,6 +16,7 @@ from genwire.kafka.admin import delete_topics
 from genwire.redisconn import connect
 from genwire.settings import CommonSettings
 from genwire.topics import HOUR_MS, TopicSpec
+from tests.common.support import fresh_topic
 from tests.gateway.harness import (
     FakePipeline,
     GatewayInstance,
@@ -26,7 +27,7 @@ from tests.gateway.harness import (
 
 
 async def _topic(infra: CommonSettings, kind: str, partitions: int) -> str:
-    topic = f"test.security.{kind}.{uuid.uuid4().hex[:8]}"
+    topic = fresh_topic(f"security.{kind}")
     await ensure_topics(infra.kafka_bootstrap_servers, [TopicSpec(topic, partitions, HOUR_MS)])
     return topic
 

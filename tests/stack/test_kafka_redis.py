@@ -22,6 +22,7 @@ from redis import Redis as SyncRedis
 from genwire.kafka import ensure_topics
 from genwire.settings import CommonSettings
 from genwire.topics import TOPIC_SPECS, TopicSpec
+from tests.common.support import fresh_topic
 from tests.stack.support import free_port
 
 
@@ -38,7 +39,7 @@ async def test_every_project_topic_exists_as_specified(infra: CommonSettings) ->
 
 
 async def test_produce_and_consume_through_the_broker(infra: CommonSettings) -> None:
-    topic = f"test.stack.{uuid.uuid4().hex[:8]}"
+    topic = fresh_topic("stack")
     assert await ensure_topics(infra.kafka_bootstrap_servers, [TopicSpec(topic, 1, 600_000)])
     producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap_servers, acks="all")
     await producer.start()
@@ -73,7 +74,7 @@ async def test_the_broker_does_not_auto_create_topics(infra: CommonSettings) -> 
     )
     await producer.start()
     try:
-        missing = f"test.stack.never-created.{uuid.uuid4().hex[:8]}"
+        missing = fresh_topic("stack.never-created")
         try:
             await producer.send_and_wait(missing, b"x")
         except KafkaError:

@@ -44,7 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from genwire.events import GenerationResult, TokenEvent
-from genwire.kafka.consumer import FETCH_MAX_WAIT_MS, fetcher_tick_ms
+from genwire.kafka.consumer import fetch_wait_options
 from genwire.kafka.security import client_options
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
@@ -293,9 +293,8 @@ class ReplyReader(ConsumerRebalanceListener):  # type: ignore[misc]
             # Records are small and latency is what matters: the broker answers a fetch at the
             # first byte, so the wait bounds only fetches that find nothing (an idle instance
             # fetches twice a second, not ten times).
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            **fetch_wait_options(),
             fetch_min_bytes=1,
-            consumer_timeout_ms=fetcher_tick_ms(FETCH_MAX_WAIT_MS),
         )
 
     # -- which partition a request names ------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from genwire.kafka.consumer import FETCH_MAX_WAIT_MS, fetcher_tick_ms
+from genwire.kafka.consumer import fetch_wait_options
 from genwire.kafka.security import client_options
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,7 @@ class SpanSource:
             max_partition_fetch_bytes=16 * 1024 * 1024,
             # A waiting fetch returns at the first span; this only sets how often an idle
             # source asks (2/s; 10/s at 100 ms cost the broker and this process for nothing).
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            consumer_timeout_ms=fetcher_tick_ms(FETCH_MAX_WAIT_MS),
+            **fetch_wait_options(),
         )
         self._positions: dict[TopicPartition, int] = {}  # aggregated, not yet committed
         self.assigned: set[TopicPartition] = set()
