@@ -135,6 +135,31 @@ def test_a_killed_child_is_restarted_and_counted(
     assert [p.name for p in sup.state_path.parent.iterdir()] == [sup.state_path.name]
 
 
+def _wakeups(pid: int) -> int:
+    """Voluntary context switches of a single-threaded process: how often it went to sleep."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches for pid {pid}")
+
+
+def test_an_idle_supervisor_sleeps_until_a_signal_and_still_restarts_at_once(
+    tmp_path: Path, supervised: list[Supervised]
+) -> None:
+    """It waits on signals (SIGCHLD, a stop), not on a timer: polling every 0.2 s, it woke 10
+    times in these 2 s. A child's death still wakes it."""
+    sup = Supervised(tmp_path, SLEEPER)
+    supervised.append(sup)
+    first = sup.child()
+    time.sleep(0.5)  # settled: the state written, the child's start done
+    before = _wakeups(sup.proc.pid)
+    time.sleep(2.0)
+    assert _wakeups(sup.proc.pid) - before <= 2
+    os.kill(first, signal.SIGKILL)
+    sup.wait("the restart", lambda: sup.state().child_pid not in (None, first))
+    assert sup.state().restarts == 1
+
+
 def test_backoff_doubles_up_to_the_cap_and_resets_after_a_healthy_run(
     tmp_path: Path, supervised: list[Supervised]
 ) -> None:

@@ -15,7 +15,9 @@ SIGTERM (or SIGINT/SIGHUP) to the supervisor stops it: it passes SIGTERM on to t
 to ``--stop-timeout`` seconds, SIGKILLs whatever is left of the group, and exits 0. The child gets
 ``PR_SET_PDEATHSIG`` (SIGTERM), so a supervisor killed outright does not leave it running, and the
 supervisor is a child subreaper, so processes the child started (Triton's Python stubs) are
-collected and killed with it instead of lingering.
+collected and killed with it instead of lingering. Between events it sleeps on its signals
+(SIGCHLD, the stop signals) through a wakeup pipe, not on a timer: an idle supervisor wakes
+only for a ``--unready-url`` probe.
 
 The state file (JSON, replaced atomically on every change) says what runs now: the child's pid
 and start time, the restart count, the last exit; :mod:`genwire_stack.statefile` reads it. With
@@ -42,6 +44,7 @@ import contextlib
 import ctypes
 import json
 import os
+import select
 import signal
 import ssl
 import subprocess
@@ -67,6 +70,12 @@ HEALTHY_RESET_S = 60.0
 """A child that ran this long before exiting counts as healthy: the backoff starts again at 1 s."""
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.2
+"""How often the loop looks again while waiting on something no signal announces: an
+after-restart step's ready URL answering."""
+IDLE_WAIT_S = 60.0
+"""The longest the loop sleeps with nothing due: a child's exit (SIGCHLD) and a stop request
+wake it at once, so this is only a safety net (it polled every ``POLL_S`` before: 5 wake-ups a
+second per supervisor, docs/benchmarks.md *The supervisors' wait*)."""
 UNREADY_PROBE_S = 5.0
 """How often ``--unready-url`` is polled."""
 LOG_PREFIX = "=== genwire supervisor:"
@@ -207,6 +216,8 @@ class Supervisor:
         self.hook: subprocess.Popen[bytes] | None = None
         self.hook_pending = False
         self.stopping = False
+        self._wakeup: int | None = None
+        """The read end of the pipe ``signal.set_wakeup_fd`` writes a byte to for each signal."""
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -233,9 +244,45 @@ class Supervisor:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def run(self) -> int:
+    def _on_child(self, signum: int, _frame: FrameType | None) -> None:
+        """Nothing to do here: the signal's byte on the wakeup pipe ends ``_sleep``."""
+
+    def _listen(self) -> None:
+        """Signals wake ``_sleep``: Python's C handler writes a byte to the wakeup pipe for
+        every signal with a Python handler (SIGCHLD needs one for that), so a signal that
+        arrives just before the wait is not missed either."""
+        read, write = os.pipe()  # both non-inheritable: no child gets them
+        os.set_blocking(read, False)
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        self._wakeup = read
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_stop)
+        signal.signal(signal.SIGCHLD, self._on_child)
+
+    def _sleep(self, timeout_s: float) -> None:
+        """Up to ``timeout_s``, less if a signal comes (a child exited, a stop request)."""
+        assert self._wakeup is not None, "_listen first"
+        with contextlib.suppress(InterruptedError):
+            select.select([self._wakeup], [], [], max(timeout_s, 0.0))
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wakeup, 512):
+                pass
+
+    def _due_in(self) -> float:
+        """Seconds until the loop has work that no signal announces."""
+        if self.hook_pending and self.hook is None:
+            return POLL_S  # the after-restart step waits for a URL to answer
+        if self.unready_url is None or self.unready_restart_s is None:
+            return IDLE_WAIT_S
+        now = time.monotonic()
+        if self.restart_requested is None:
+            return min(IDLE_WAIT_S, max(self.next_probe - now, 0.0))
+        # Stopping an unready child: SIGKILL at kill_at; after it, its exit (SIGCHLD) is due.
+        return max(self.kill_at - now, POLL_S)
+
+    def run(self) -> int:
+        self._listen()
         refused = lower_session_group(self.nice)  # the group outlives the child's restarts
         if refused:
             self.say(f"--nice {self.nice}: {refused}")
@@ -292,7 +339,7 @@ class Supervisor:
                 return 0
             self._tend_hook()
             self._watch_readiness()
-            time.sleep(POLL_S)
+            self._sleep(self._due_in())
 
     def _reap(self) -> int | None:
         """Collect every dead child of ours; the wait status of the main child if it was one."""
@@ -386,7 +433,7 @@ class Supervisor:
         deadline = self.state.next_start_at or time.time()
         while not self.stopping and time.time() < deadline:
             self._reap()
-            time.sleep(min(POLL_S, max(deadline - time.time(), 0.0)))
+            self._sleep(deadline - time.time())
 
     def _stop(self) -> None:
         self.state.phase = "stopping"
@@ -397,7 +444,8 @@ class Supervisor:
                 os.kill(self.child.pid, signal.SIGTERM)
             while self.child.returncode is None and time.monotonic() < deadline:
                 self._reap()
-                time.sleep(0.05)
+                if self.child.returncode is None:
+                    self._sleep(deadline - time.monotonic())  # its exit wakes this
             if self.child.returncode is None:
                 self.say(
                     f"pid {self.child.pid} still runs {self.stop_timeout_s:.0f} s after "
