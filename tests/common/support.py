@@ -111,8 +111,10 @@ def fresh_topic(area: str) -> str:
     return f"{TEST_TOPIC_PREFIX}{area}.{SESSION_TOKEN}.{uuid.uuid4().hex[:8]}"
 
 
-def _ours(topic: str) -> bool:
-    return topic.startswith(TEST_TOPIC_PREFIX) and f".{SESSION_TOKEN}." in topic
+def ours(topic: str) -> bool:
+    """Whether ``topic`` is one of this process's (``fresh_topic``)."""
+    parts = topic.split(".")
+    return topic.startswith(TEST_TOPIC_PREFIX) and len(parts) >= 4 and parts[-2] == SESSION_TOKEN
 
 
 async def listed_test_topics(settings: CommonSettings) -> set[str]:
@@ -127,7 +129,7 @@ async def listed_test_topics(settings: CommonSettings) -> set[str]:
 
 
 async def _delete_new(settings: CommonSettings, before: set[str]) -> list[str]:
-    made = sorted(t for t in await listed_test_topics(settings) - before if _ours(t))
+    made = sorted(t for t in await listed_test_topics(settings) - before if ours(t))
     if made:
         await delete_topics(settings.kafka_bootstrap_servers, made, settings=settings)
     return made

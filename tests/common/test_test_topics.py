@@ -17,6 +17,7 @@ from tests.common.support import (
     deleting_new_test_topics,
     fresh_topic,
     listed_test_topics,
+    ours,
 )
 
 HOUR_MS = 3_600_000
@@ -30,6 +31,13 @@ def _topics_soon(infra: CommonSettings, gone: str, timeout_s: float = 15.0) -> s
         if gone not in names or time.monotonic() > deadline:
             return names
         time.sleep(0.2)
+
+
+def test_only_this_runs_topics_are_its_own() -> None:
+    assert ours(fresh_topic("a.b"))
+    assert not ours("test.a.zzzzzz.0123abcd")  # another run's token
+    assert not ours(f"test.a.{SESSION_TOKEN}x.0123abcd")  # a token that merely starts alike
+    assert not ours(f"other.a.{SESSION_TOKEN}.0123abcd")  # not a test topic
 
 
 def test_a_fixtures_new_test_topics_are_deleted_and_older_and_foreign_ones_kept(

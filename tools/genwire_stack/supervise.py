@@ -17,7 +17,8 @@ to ``--stop-timeout`` seconds, SIGKILLs whatever is left of the group, and exits
 supervisor is a child subreaper, so processes the child started (Triton's Python stubs) are
 collected and killed with it instead of lingering. Between events it sleeps on its signals
 (SIGCHLD, the stop signals) through a wakeup pipe, not on a timer: an idle supervisor wakes
-only for a ``--unready-url`` probe.
+only for a ``--unready-url`` probe and once a minute (a safety net); after a restart, every
+0.2 s until ``--ready-url`` answers.
 
 The state file (JSON, replaced atomically on every change) says what runs now: the child's pid
 and start time, the restart count, the last exit; :mod:`genwire_stack.statefile` reads it. With
@@ -95,7 +96,9 @@ def _die_with_parent(parent: int) -> None:
     """In the forked child, before exec: SIGTERM when the supervisor dies."""
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the supervisor died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        # Not a SIGTERM to itself: until exec this child still has the supervisor's Python
+        # handlers, which would catch it and leave the child running unsupervised.
+        os._exit(128 + signal.SIGTERM)
 
 
 AUTOGROUP = Path("/proc/self/autogroup")
@@ -263,8 +266,7 @@ class Supervisor:
     def _sleep(self, timeout_s: float) -> None:
         """Up to ``timeout_s``, less if a signal comes (a child exited, a stop request)."""
         assert self._wakeup is not None, "_listen first"
-        with contextlib.suppress(InterruptedError):
-            select.select([self._wakeup], [], [], max(timeout_s, 0.0))
+        select.select([self._wakeup], [], [], max(timeout_s, 0.0))
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wakeup, 512):
                 pass
@@ -279,7 +281,7 @@ class Supervisor:
         if self.restart_requested is None:
             return min(IDLE_WAIT_S, max(self.next_probe - now, 0.0))
         # Stopping an unready child: SIGKILL at kill_at; after it, its exit (SIGCHLD) is due.
-        return max(self.kill_at - now, POLL_S)
+        return self.kill_at - now if now < self.kill_at else IDLE_WAIT_S
 
     def run(self) -> int:
         self._listen()
@@ -329,7 +331,7 @@ class Supervisor:
         return True
 
     def _wait_child(self) -> int:
-        """Poll until the child exits; returns its wait status. Reaps adopted orphans meanwhile."""
+        """Wait until the child exits; returns its wait status. Reaps adopted orphans meanwhile."""
         assert self.child is not None
         while True:
             status = self._reap()
@@ -387,8 +389,10 @@ class Supervisor:
             return
         if now < self.next_probe:
             return
-        self.next_probe = now + min(UNREADY_PROBE_S, max(0.5, self.unready_restart_s / 5))
         ready, reason = _probe(self.unready_url, self.probe_context)
+        # Spaced from the probe's end: a slow answer (up to its timeouts) leaves a full gap.
+        spacing = min(UNREADY_PROBE_S, max(0.5, self.unready_restart_s / 5))
+        self.next_probe = time.monotonic() + spacing
         if ready:
             self.unready_since = None
             return
