@@ -12,8 +12,11 @@ Redis layout (docs/security.md):
   its record with ``revoked_ms`` set, so callers are told "revoked" rather than "unknown".
 - ``genwire:apikeys``: hash ``sha256 -> name``, the index ``list`` and ``revoke`` read.
 - ``genwire:apikeys:seq`` and ``genwire:apikeys:changes``: a counter bumped by every create and
-  revoke, and a sorted set ``sha256 -> seq``: gateways poll the counter and drop the keys that
-  changed from their cache (revocation reaches every gateway within the poll interval).
+  revoke, and a sorted set ``sha256 -> seq``: gateways read the counter and drop the keys that
+  changed from their cache.
+- channel ``genwire:apikeys:changed``: the new counter, published by the same script, so a
+  gateway reads a change at once (revocation reaches every gateway in milliseconds); a gateway
+  that lost its subscription reads the counter every poll interval meanwhile.
 
 Clients (the ``genwire`` CLI, ``genwire bench``, the demo, the test harnesses) send
 :func:`resolve_api_key`: ``GENWIRE_API_KEY`` when set, else the key ``genwire up`` saved under
@@ -22,13 +25,14 @@ Clients (the ``genwire`` CLI, ``genwire bench``, the demo, the test harnesses) s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +62,18 @@ CHANGES_KEY = "genwire:apikeys:changes"
 CHANGES_KEPT = 10_000
 """Changes remembered for the gateways' pollers (older ones: a poller that far behind drops
 its whole cache)."""
+CHANGES_CHANNEL = "genwire:apikeys:changed"
+"""Pub/sub channel: the new counter, published with every change (``KeyStore.changes``)."""
 
 
 _CHANGED = """
 local seq = redis.call('INCR', KEYS[1])
-for i = 2, #ARGV do redis.call('ZADD', KEYS[2], seq, ARGV[i]) end
+for i = 3, #ARGV do redis.call('ZADD', KEYS[2], seq, ARGV[i]) end
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[1]) - 1)
+redis.call('PUBLISH', ARGV[2], seq)
 return seq
 """
-"""Bump the change counter and list the changed hashes under it, atomically."""
+"""Bump the change counter, list the changed hashes under it and announce it, atomically."""
 
 
 class ApiKeyError(ValueError):
@@ -309,7 +316,22 @@ class KeyStore:
         # One script: a poller that read the new counter before the changes were listed
         # would move past them and keep the changed keys cached (a revocation then waited
         # for the cache to expire, not for the next poll).
-        await self.redis.eval(_CHANGED, 2, SEQ_KEY, CHANGES_KEY, CHANGES_KEPT, *hashes)
+        await self.redis.eval(
+            _CHANGED, 2, SEQ_KEY, CHANGES_KEY, CHANGES_KEPT, CHANGES_CHANNEL, *hashes
+        )
+
+    @contextlib.asynccontextmanager
+    async def changes(self) -> AsyncIterator[Any]:
+        """A ``PubSub`` subscribed to ``CHANGES_CHANNEL``: its ``get_message`` returns a message
+        for each change and one for each (re)subscription (redis-py subscribes again by itself
+        after a reconnect; changes made in between were not announced, so a subscription's
+        confirmation means "read the counter")."""
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(CHANGES_CHANNEL)
+            yield pubsub
+        finally:
+            await pubsub.aclose()
 
     async def seq(self) -> int:
         """The change counter (0: nothing ever changed)."""

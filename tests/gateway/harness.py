@@ -14,6 +14,7 @@ import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 from aiokafka import AIOKafkaConsumer
@@ -290,10 +291,15 @@ class GatewayInstance:
 
 
 async def start_gateway(
-    settings: CommonSettings, requests_topic: str, reply_topic: str, reply_group: str
+    settings: CommonSettings,
+    requests_topic: str,
+    reply_topic: str,
+    reply_group: str,
+    **overrides: Any,
 ) -> GatewayInstance:
     """Start a gateway on free ports, publishing to ``requests_topic``, its reply reader in
-    ``reply_group`` on ``reply_topic``; wait until it serves."""
+    ``reply_group`` on ``reply_topic``; wait until it serves. ``overrides`` are more
+    ``GatewaySettings`` fields."""
     cfg = GatewaySettings(
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
         redis_url=settings.redis_url,
@@ -307,6 +313,7 @@ async def start_gateway(
         reply_group=reply_group,
         result_poll_s=1.0,
         shutdown_timeout_s=3.0,
+        **overrides,
     )
     spans = InMemorySpanExporter()
     app = create_app(cfg, span_exporter=spans, set_global_tracer=False)

@@ -57,11 +57,14 @@ def _default_script(request: pytest.FixtureRequest) -> None:
 async def two_gateways(
     infra: CommonSettings, security_pipeline: FakePipeline
 ) -> AsyncIterator[tuple[GatewayInstance, GatewayInstance]]:
-    """Two gateways in this process (auth on, as by default), one reply group."""
+    """Two gateways in this process (auth on, as by default), one reply group. Their key-change
+    poll is an hour apart: a revocation reaches them by its announcement or not at all."""
     replies = await _topic(infra, "replies", 6)
     group = f"{replies}.group"
-    first = await start_gateway(infra, security_pipeline.topic, replies, group)
-    second = await start_gateway(infra, security_pipeline.topic, replies, group)
+    first, second = [
+        await start_gateway(infra, security_pipeline.topic, replies, group, auth_poll_s=3600.0)
+        for _ in range(2)
+    ]
     yield first, second
     await stop_gateway(second)
     await stop_gateway(first)

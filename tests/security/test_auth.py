@@ -4,6 +4,8 @@ middleware's answers (OpenAI error shape, Retry-After) and the routes' scopes.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -44,6 +46,7 @@ class FakeStore:
         self.down = False
         self._seq = 0
         self._changes: list[tuple[int, str]] = []
+        self.subscribe_attempts = 0
 
     def add(self, scopes: list[str], name: str = "team") -> tuple[str, KeyRecord]:
         key = new_key()
@@ -55,6 +58,13 @@ class FakeStore:
     def revoke(self, record: KeyRecord) -> None:
         self.records[record.hash] = record.model_copy(update={"revoked_ms": 1.0})
         self._change(record.hash)
+
+    @contextlib.asynccontextmanager
+    async def changes(self) -> AsyncIterator[Any]:
+        """No change channel here: every subscription fails, as with Redis down."""
+        self.subscribe_attempts += 1
+        raise ConnectionError("no change channel")
+        yield  # an async generator, never reached
 
     def _change(self, key_hash: str) -> None:
         self._seq += 1
@@ -135,6 +145,33 @@ async def test_a_revocation_reaches_the_cache_through_the_change_poll() -> None:
     await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)  # cached: not seen yet
     await auth.poll_once()
     assert "revoked" in (await _refusal(auth, f"Bearer {key}", SCOPE_GENERATE)).message
+
+
+async def test_without_the_change_channel_the_watcher_reads_the_counter_every_poll() -> None:
+    """The subscription cannot be made (Redis refuses it, or is restarting): the counter is
+    still read every ``poll_s``, so a revocation arrives within it."""
+    store = FakeStore()  # its ``changes`` always fails
+    key, record = store.add([SCOPE_GENERATE])
+    auth = _auth(store, cache_s=3600, poll_s=0.05)
+    watcher = asyncio.create_task(auth.run())
+    try:
+        await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
+        while auth._seq is None:  # noqa: ASYNC110  # the first read noted the counter
+            await asyncio.sleep(0.01)
+        store.revoke(record)
+        async with asyncio.timeout(5):
+            while True:
+                try:
+                    await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
+                except AuthError as exc:
+                    assert "revoked" in exc.message
+                    break
+                await asyncio.sleep(0.01)
+        assert store.subscribe_attempts >= 1
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
 
 
 async def test_redis_down_serves_cached_keys_for_a_bounded_time_and_fails_closed() -> None:

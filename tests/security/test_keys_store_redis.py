@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from typing import Any
 
@@ -77,4 +79,52 @@ async def test_registering_a_known_key_never_brings_a_revoked_one_back(
             await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
         assert "revoked" in info.value.message
     finally:
+        await redis.aclose()  # type: ignore[attr-defined]
+
+
+async def _refused_soon(auth: Authenticator, key: str, timeout_s: float = 5.0) -> None:
+    """Until ``key`` is refused as revoked (a bound for the test; the watcher has no timer
+    shorter than an hour here)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
+            except AuthError as exc:
+                assert "revoked" in exc.message
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_an_announced_revocation_is_read_at_once_even_after_the_channel_was_cut(
+    infra: CommonSettings,
+) -> None:
+    """The watcher reads the counter when a change is announced (its poll is an hour apart
+    here), and after Redis drops its subscription it subscribes again and reads what changed
+    meanwhile."""
+    redis = connect(infra.redis_url)
+    auth = Authenticator(KeyStore(connect(infra.redis_url)), cache_s=3600.0, poll_s=3600.0)
+    watcher = asyncio.create_task(auth.run())
+    try:
+        store = KeyStore(redis)
+        tag = uuid.uuid4().hex[:8]
+        first, first_record = await store.create(f"watch-a-{tag}", [SCOPE_GENERATE])
+        second, second_record = await store.create(f"watch-b-{tag}", [SCOPE_GENERATE])
+        for key in (first, second):  # cached from here on
+            await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
+        async with asyncio.timeout(5):  # subscribed and the counter noted
+            while auth._seq is None:  # noqa: ASYNC110  # nothing to wait on from here
+                await asyncio.sleep(0.02)
+
+        await store.revoke(first_record.name)
+        await _refused_soon(auth, first)
+
+        killed = await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        assert killed >= 1  # the watcher's subscription (and any other gateway's) was cut
+        await store.revoke(second_record.name)  # announced while nobody may be listening
+        await _refused_soon(auth, second)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await auth.store.redis.aclose()
         await redis.aclose()  # type: ignore[attr-defined]

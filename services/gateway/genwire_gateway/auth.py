@@ -2,9 +2,11 @@
 gRPC interceptor.
 
 Hot path: a key whose record was read from Redis less than ``auth_cache_s`` ago is checked
-from memory (hash, constant-time compare, scope): no Redis round trip. A poller reads Redis's
-key-change counter every ``auth_poll_s`` and drops the changed keys (created, revoked) from the
-cache, so a revocation reaches every gateway within that interval.
+from memory (hash, constant-time compare, scope): no Redis round trip. A watcher reads Redis's
+key-change counter whenever a change is announced on ``genwire:apikeys:changed`` (and every
+``auth_poll_s`` without one) and drops the changed keys (created, revoked) from the cache, so a
+revocation reaches every gateway in milliseconds; with the subscription lost (Redis restarting),
+within ``auth_poll_s``.
 
 Redis down: a key this gateway has cached keeps working for ``auth_stale_s`` after its record
 was last read (callers are not cut off by a short Redis blip); an unknown key, or a cached one
@@ -52,6 +54,10 @@ from genwire_gateway.openai import error_body
 log = logging.getLogger(__name__)
 
 ANY_SCOPE = "any"
+
+RESUBSCRIBE_S = 1.0
+"""After the change channel was lost: how long before subscribing again (the counter is read
+meanwhile, so nothing waits for it)."""
 """A route any valid key may use, whatever its scopes."""
 
 METRIC_AUTH = "genwire_gateway_auth_total"
@@ -254,13 +260,26 @@ class Authenticator:
         self._seq = seq
 
     async def run(self) -> None:
-        """Poll for key changes until cancelled."""
+        """Follow key changes until cancelled: announced ones at once, the counter read every
+        ``poll_s`` besides; without the channel (Redis down), poll until it is back."""
         while True:
             try:
-                await self.poll_once()
+                await self._follow()
             except Exception as exc:  # Redis down: cached keys keep their bounded lifetime
+                log.debug("key change channel lost: %s", exc)
+            try:
+                await self.poll_once()
+            except Exception as exc:
                 log.debug("key change poll failed: %s", exc)
-            await asyncio.sleep(self.poll_s)
+            await asyncio.sleep(min(self.poll_s, RESUBSCRIBE_S))
+
+    async def _follow(self) -> None:
+        async with self.store.changes() as changes:
+            while True:
+                # A change, a (re)subscription's confirmation (changes before it were not
+                # announced) or ``poll_s`` of silence: each is a reason to read the counter.
+                await changes.get_message(timeout=self.poll_s)
+                await self.poll_once()
 
 
 def _bearer(header: str | None) -> str | None:

@@ -108,10 +108,12 @@ class GatewaySettings(ServiceSettings):
         "again (revocations do not wait for it: they arrive with the change poll).",
     )
     auth_poll_s: float = Field(
-        0.25,
+        5.0,
         gt=0,
-        description="How often the key-change counter in Redis is read; a revoked key stops "
-        "working on this instance within about this long.",
+        description="How often the key-change counter in Redis is read when no change is "
+        "announced: a revocation announced on genwire:apikeys:changed reaches this instance at "
+        "once; one made while the subscription was lost (Redis restarting), within about this "
+        "long.",
     )
     auth_stale_s: float = Field(
         300.0,
