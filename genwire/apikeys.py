@@ -15,8 +15,9 @@ Redis layout (docs/security.md):
   revoke, and a sorted set ``sha256 -> seq``: gateways read the counter and drop the keys that
   changed from their cache.
 - channel ``genwire:apikeys:changed``: the new counter, published by the same script, so a
-  gateway reads a change at once (revocation reaches every gateway in milliseconds); a gateway
-  that lost its subscription reads the counter every poll interval meanwhile.
+  gateway reads a change at once (revocation reaches every gateway in milliseconds); it also
+  reads the counter when its subscription is (re)made and every poll interval, for a change
+  announced while it was not listening.
 
 Clients (the ``genwire`` CLI, ``genwire bench``, the demo, the test harnesses) send
 :func:`resolve_api_key`: ``GENWIRE_API_KEY`` when set, else the key ``genwire up`` saved under
@@ -70,10 +71,13 @@ _CHANGED = """
 local seq = redis.call('INCR', KEYS[1])
 for i = 3, #ARGV do redis.call('ZADD', KEYS[2], seq, ARGV[i]) end
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[1]) - 1)
-redis.call('PUBLISH', ARGV[2], seq)
+redis.pcall('PUBLISH', ARGV[2], seq)
 return seq
 """
-"""Bump the change counter, list the changed hashes under it and announce it, atomically."""
+"""Bump the change counter, list the changed hashes under it and announce it, atomically. The
+announcement is best effort (``pcall``: a Redis user not allowed to publish on the channel
+still makes the change, and the gateways' poll reads it); the writes before it are not undone
+by anything after them, so nothing after them may fail the script."""
 
 
 class ApiKeyError(ValueError):

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from genwire_gateway.auth import (
     ANY_SCOPE,
+    RESUBSCRIBE_S,
     Authenticator,
     AuthError,
     AuthMiddleware,
@@ -37,6 +38,25 @@ from genwire.apikeys import (
 )
 
 
+class FakeChannel:
+    """A subscription that confirms itself, never announces a change, and answers a PING with
+    a PONG only if ``answers_ping``."""
+
+    def __init__(self, answers_ping: bool) -> None:
+        self.pending: list[dict[str, Any]] = [{"type": "subscribe"}]
+        self.answers_ping = answers_ping
+
+    async def get_message(self, timeout: float) -> dict[str, Any] | None:  # noqa: ASYNC109  # redis-py's signature
+        if self.pending:
+            return self.pending.pop(0)
+        await asyncio.sleep(timeout)
+        return None
+
+    async def ping(self) -> None:
+        if self.answers_ping:
+            self.pending.append({"type": "pong"})
+
+
 class FakeStore:
     """``KeyStore``'s read side in memory; ``down`` makes every call fail like Redis would."""
 
@@ -47,6 +67,8 @@ class FakeStore:
         self._seq = 0
         self._changes: list[tuple[int, str]] = []
         self.subscribe_attempts = 0
+        self.channel: str | None = None
+        """None (no channel), "silent" (subscribed, then nothing) or "answering"."""
 
     def add(self, scopes: list[str], name: str = "team") -> tuple[str, KeyRecord]:
         key = new_key()
@@ -60,11 +82,13 @@ class FakeStore:
         self._change(record.hash)
 
     @contextlib.asynccontextmanager
-    async def changes(self) -> AsyncIterator[Any]:
-        """No change channel here: every subscription fails, as with Redis down."""
+    async def changes(self) -> AsyncIterator[FakeChannel]:
+        """The change channel as ``channel`` says: None, every subscription fails (Redis down
+        or refusing it); else a ``FakeChannel`` that answers its PINGs or not."""
         self.subscribe_attempts += 1
-        raise ConnectionError("no change channel")
-        yield  # an async generator, never reached
+        if self.channel is None:
+            raise ConnectionError("no change channel")
+        yield FakeChannel(answers_ping=self.channel == "answering")
 
     def _change(self, key_hash: str) -> None:
         self._seq += 1
@@ -147,27 +171,44 @@ async def test_a_revocation_reaches_the_cache_through_the_change_poll() -> None:
     assert "revoked" in (await _refusal(auth, f"Bearer {key}", SCOPE_GENERATE)).message
 
 
-async def test_without_the_change_channel_the_watcher_reads_the_counter_every_poll() -> None:
-    """The subscription cannot be made (Redis refuses it, or is restarting): the counter is
-    still read every ``poll_s``, so a revocation arrives within it."""
-    store = FakeStore()  # its ``changes`` always fails
+async def _revoked_within(auth: Authenticator, key: str, timeout_s: float) -> None:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
+            except AuthError as exc:
+                assert "revoked" in exc.message
+                return
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("channel", [None, "silent", "answering"])
+async def test_the_watcher_reads_the_counter_every_poll_with_or_without_a_channel(
+    channel: str | None,
+) -> None:
+    """No announcement comes (no channel: Redis refuses it or is restarting; or a channel that
+    stays silent): the counter is still read every ``poll_s``, so a revocation arrives within
+    it. A silent subscription is made again; one that answers its PINGs is kept."""
+    store = FakeStore()
+    store.channel = channel
     key, record = store.add([SCOPE_GENERATE])
     auth = _auth(store, cache_s=3600, poll_s=0.05)
     watcher = asyncio.create_task(auth.run())
     try:
         await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
-        while auth._seq is None:  # noqa: ASYNC110  # the first read noted the counter
-            await asyncio.sleep(0.01)
-        store.revoke(record)
         async with asyncio.timeout(5):
-            while True:
-                try:
-                    await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
-                except AuthError as exc:
-                    assert "revoked" in exc.message
-                    break
+            while auth._seq is None:  # noqa: ASYNC110  # the first read noted the counter
                 await asyncio.sleep(0.01)
-        assert store.subscribe_attempts >= 1
+        store.revoke(record)
+        await _revoked_within(auth, key, 0.5)  # ten polls; no announcement came
+        # A silent channel is dropped after two polls and made again RESUBSCRIBE_S later.
+        await asyncio.sleep(RESUBSCRIBE_S + 0.5)
+        if channel == "answering":
+            assert store.subscribe_attempts == 1 and auth.following
+        elif channel == "silent":
+            assert store.subscribe_attempts >= 2
+        else:
+            assert store.subscribe_attempts >= 1 and not auth.following
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):

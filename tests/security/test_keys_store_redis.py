@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 from genwire_gateway.auth import Authenticator, AuthError
+from redis.asyncio import Redis
 
+from genwire import apikeys
 from genwire.apikeys import SCOPE_GENERATE, KeyStore, new_key
 from genwire.redisconn import connect
 from genwire.settings import CommonSettings
@@ -95,36 +97,51 @@ async def _refused_soon(auth: Authenticator, key: str, timeout_s: float = 5.0) -
             await asyncio.sleep(0.02)
 
 
-async def test_an_announced_revocation_is_read_at_once_even_after_the_channel_was_cut(
-    infra: CommonSettings,
+async def test_an_announced_revocation_is_read_at_once_and_a_missed_one_on_resubscribing(
+    infra: CommonSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The watcher reads the counter when a change is announced (its poll is an hour apart
-    here), and after Redis drops its subscription it subscribes again and reads what changed
-    meanwhile."""
+    here); a change announced while it was not listening is read once Redis dropped its
+    connection and redis-py subscribed again by itself (the confirmation is the cue)."""
     redis = connect(infra.redis_url)
-    auth = Authenticator(KeyStore(connect(infra.redis_url)), cache_s=3600.0, poll_s=3600.0)
+    name = f"watch-{uuid.uuid4().hex[:8]}"
+    watched = Redis.from_url(infra.redis_url, client_name=name)  # its connections findable
+    auth = Authenticator(KeyStore(watched), cache_s=3600.0, poll_s=3600.0)
     watcher = asyncio.create_task(auth.run())
     try:
         store = KeyStore(redis)
-        tag = uuid.uuid4().hex[:8]
-        first, first_record = await store.create(f"watch-a-{tag}", [SCOPE_GENERATE])
-        second, second_record = await store.create(f"watch-b-{tag}", [SCOPE_GENERATE])
+        first, first_record = await store.create(f"{name}-a", [SCOPE_GENERATE])
+        second, second_record = await store.create(f"{name}-b", [SCOPE_GENERATE])
         for key in (first, second):  # cached from here on
             await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
         async with asyncio.timeout(5):  # subscribed and the counter noted
-            while auth._seq is None:  # noqa: ASYNC110  # nothing to wait on from here
+            while not (auth.following and auth._seq is not None):  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
 
         await store.revoke(first_record.name)
         await _refused_soon(auth, first)
 
-        killed = await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-        assert killed >= 1  # the watcher's subscription (and any other gateway's) was cut
-        await store.revoke(second_record.name)  # announced while nobody may be listening
+        # The second revocation's announcement goes where nobody listens: as if the watcher
+        # had been disconnected when it was made.
+        monkeypatch.setattr(apikeys, "CHANGES_CHANNEL", f"genwire:test:{name}")
+        await store.revoke(second_record.name)
+        await asyncio.sleep(0.3)
+        await auth.authenticate(f"Bearer {second}", SCOPE_GENERATE)  # still cached: not heard
+        listed = await redis.execute_command("CLIENT", "LIST", "TYPE", "pubsub")
+        text = listed.decode() if isinstance(listed, bytes) else str(listed)
+        ids = [
+            fields["id"]
+            for fields in (
+                dict(f.split("=", 1) for f in line.split()) for line in text.splitlines()
+            )
+            if fields.get("name") == name
+        ]
+        assert len(ids) == 1, text
+        await redis.execute_command("CLIENT", "KILL", "ID", ids[0])  # only the watcher's
         await _refused_soon(auth, second)
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-        await auth.store.redis.aclose()
+        await watched.aclose()
         await redis.aclose()  # type: ignore[attr-defined]

@@ -3,10 +3,12 @@ gRPC interceptor.
 
 Hot path: a key whose record was read from Redis less than ``auth_cache_s`` ago is checked
 from memory (hash, constant-time compare, scope): no Redis round trip. A watcher reads Redis's
-key-change counter whenever a change is announced on ``genwire:apikeys:changed`` (and every
-``auth_poll_s`` without one) and drops the changed keys (created, revoked) from the cache, so a
-revocation reaches every gateway in milliseconds; with the subscription lost (Redis restarting),
-within ``auth_poll_s``.
+key-change counter whenever a change is announced on ``genwire:apikeys:changed``, whenever
+its subscription is (re)made, and every ``auth_poll_s`` besides, and drops the changed keys
+(created, revoked) from the cache: a revocation reaches every gateway in milliseconds, and an
+announcement lost without the connection saying so within ``auth_poll_s``. Without a
+subscription (Redis down or refusing it) the counter is read every ``RESUBSCRIBE_S`` while
+the subscription is tried again, less and less often.
 
 Redis down: a key this gateway has cached keeps working for ``auth_stale_s`` after its record
 was last read (callers are not cut off by a short Redis blip); an unknown key, or a cached one
@@ -54,11 +56,14 @@ from genwire_gateway.openai import error_body
 log = logging.getLogger(__name__)
 
 ANY_SCOPE = "any"
+"""A route any valid key may use, whatever its scopes."""
 
 RESUBSCRIBE_S = 1.0
-"""After the change channel was lost: how long before subscribing again (the counter is read
-meanwhile, so nothing waits for it)."""
-"""A route any valid key may use, whatever its scopes."""
+"""Without the change channel: how often the counter is read, and the first wait before
+subscribing again (doubling up to ``auth_poll_s`` while subscribing keeps failing)."""
+SILENT_POLLS = 2
+"""A subscription that answered nothing (not even its own PING) for this many ``poll_s`` is
+taken for dead and made again: redis-py notices a closed connection, not a silent one."""
 
 METRIC_AUTH = "genwire_gateway_auth_total"
 
@@ -152,6 +157,10 @@ class Authenticator:
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._seq: int | None = None
         self._forgets = 0  # bumped by every forget: a read that spans one is not cached
+        self.following = False
+        """Whether the change channel is subscribed (False: the counter alone is read)."""
+        self._resubscribe_s = RESUBSCRIBE_S
+        self._loss_told = False  # a loss is logged once, and its end once
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
@@ -261,25 +270,59 @@ class Authenticator:
 
     async def run(self) -> None:
         """Follow key changes until cancelled: announced ones at once, the counter read every
-        ``poll_s`` besides; without the channel (Redis down), poll until it is back."""
+        ``poll_s`` besides; without the channel, at least every ``RESUBSCRIBE_S`` until it is
+        back."""
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 await self._follow()
             except Exception as exc:  # Redis down: cached keys keep their bounded lifetime
-                log.debug("key change channel lost: %s", exc)
-            try:
-                await self.poll_once()
-            except Exception as exc:
-                log.debug("key change poll failed: %s", exc)
-            await asyncio.sleep(min(self.poll_s, RESUBSCRIBE_S))
+                if not self._loss_told:
+                    self._loss_told = True
+                    log.warning(
+                        "not following API-key changes (%s): reading the change counter every "
+                        "%.0f s until the subscription is back",
+                        exc,
+                        RESUBSCRIBE_S,
+                    )
+                self.following = False
+            until = loop.time() + self._resubscribe_s
+            self._resubscribe_s = min(self._resubscribe_s * 2, max(self.poll_s, RESUBSCRIBE_S))
+            while True:
+                await self._poll_logged()
+                left = until - loop.time()
+                if left <= 0:
+                    break
+                await asyncio.sleep(min(left, self.poll_s, RESUBSCRIBE_S))
+
+    async def _poll_logged(self) -> None:
+        try:
+            await self.poll_once()
+        except Exception as exc:
+            log.debug("key change poll failed: %s", exc)
 
     async def _follow(self) -> None:
+        loop = asyncio.get_running_loop()
         async with self.store.changes() as changes:
+            heard = loop.time()
             while True:
                 # A change, a (re)subscription's confirmation (changes before it were not
-                # announced) or ``poll_s`` of silence: each is a reason to read the counter.
-                await changes.get_message(timeout=self.poll_s)
-                await self.poll_once()
+                # announced), a PONG, or ``poll_s`` of silence: each is a reason to read the
+                # counter.
+                message = await changes.get_message(timeout=self.poll_s)
+                if message is not None:
+                    heard = loop.time()
+                    if not self.following:
+                        if self._loss_told:
+                            self._loss_told = False
+                            log.info("following API-key changes again")
+                        self.following = True
+                        self._resubscribe_s = RESUBSCRIBE_S
+                elif loop.time() - heard >= SILENT_POLLS * self.poll_s:
+                    raise ConnectionError("the change channel answered nothing, not even PING")
+                else:
+                    await changes.ping()  # answered on the channel: proof it still carries
+                await self._poll_logged()
 
 
 def _bearer(header: str | None) -> str | None:

@@ -112,8 +112,8 @@ class GatewaySettings(ServiceSettings):
         gt=0,
         description="How often the key-change counter in Redis is read when no change is "
         "announced: a revocation announced on genwire:apikeys:changed reaches this instance at "
-        "once; one made while the subscription was lost (Redis restarting), within about this "
-        "long.",
+        "once, one whose announcement was lost without the connection saying so within about "
+        "this long; a subscription silent for two of these is made again.",
     )
     auth_stale_s: float = Field(
         300.0,
