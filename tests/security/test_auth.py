@@ -36,6 +36,7 @@ from genwire.apikeys import (
     saved_key_path,
     well_formed,
 )
+from tests.security.support import refused_as_revoked
 
 
 class FakeChannel:
@@ -171,17 +172,6 @@ async def test_a_revocation_reaches_the_cache_through_the_change_poll() -> None:
     assert "revoked" in (await _refusal(auth, f"Bearer {key}", SCOPE_GENERATE)).message
 
 
-async def _revoked_within(auth: Authenticator, key: str, timeout_s: float) -> None:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            try:
-                await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
-            except AuthError as exc:
-                assert "revoked" in exc.message
-                return
-            await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("channel", [None, "silent", "answering"])
 async def test_the_watcher_reads_the_counter_every_poll_with_or_without_a_channel(
     channel: str | None,
@@ -200,7 +190,7 @@ async def test_the_watcher_reads_the_counter_every_poll_with_or_without_a_channe
             while auth._seq is None:  # noqa: ASYNC110  # the first read noted the counter
                 await asyncio.sleep(0.01)
         store.revoke(record)
-        await _revoked_within(auth, key, 0.5)  # ten polls; no announcement came
+        await refused_as_revoked(auth, key, 0.5)  # ten polls; no announcement came
         # A silent channel is dropped after two polls and made again RESUBSCRIBE_S later.
         await asyncio.sleep(RESUBSCRIBE_S + 0.5)
         if channel == "answering":

@@ -15,6 +15,7 @@ from genwire import apikeys
 from genwire.apikeys import SCOPE_GENERATE, KeyStore, new_key
 from genwire.redisconn import connect
 from genwire.settings import CommonSettings
+from tests.security.support import refused_as_revoked
 
 
 class _PollAfterWrites:
@@ -84,19 +85,6 @@ async def test_registering_a_known_key_never_brings_a_revoked_one_back(
         await redis.aclose()  # type: ignore[attr-defined]
 
 
-async def _refused_soon(auth: Authenticator, key: str, timeout_s: float = 5.0) -> None:
-    """Until ``key`` is refused as revoked (a bound for the test; the watcher has no timer
-    shorter than an hour here)."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            try:
-                await auth.authenticate(f"Bearer {key}", SCOPE_GENERATE)
-            except AuthError as exc:
-                assert "revoked" in exc.message
-                return
-            await asyncio.sleep(0.02)
-
-
 async def test_an_announced_revocation_is_read_at_once_and_a_missed_one_on_resubscribing(
     infra: CommonSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -119,7 +107,7 @@ async def test_an_announced_revocation_is_read_at_once_and_a_missed_one_on_resub
                 await asyncio.sleep(0.02)
 
         await store.revoke(first_record.name)
-        await _refused_soon(auth, first)
+        await refused_as_revoked(auth, first, 5.0)
 
         # The second revocation's announcement goes where nobody listens: as if the watcher
         # had been disconnected when it was made.
@@ -138,7 +126,7 @@ async def test_an_announced_revocation_is_read_at_once_and_a_missed_one_on_resub
         ]
         assert len(ids) == 1, text
         await redis.execute_command("CLIENT", "KILL", "ID", ids[0])  # only the watcher's
-        await _refused_soon(auth, second)
+        await refused_as_revoked(auth, second, 5.0)
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
