@@ -315,7 +315,11 @@ async def followed(runtime: ServiceRuntime, *, wait_s: float = 10.0) -> AsyncIte
     """A service's live view of ``genwire.config`` for the length of its setup: started,
     read to its end (up to ``wait_s``; a readiness check says so until it is), followed by a
     supervised task, stopped at the end. Its metrics go to the service's registry."""
-    feed = PolicyFeed(runtime.settings.kafka_bootstrap_servers, registry=runtime.registry)
+    feed = PolicyFeed(
+        runtime.settings.kafka_bootstrap_servers,
+        registry=runtime.registry,
+        poll_ms=runtime.settings.kafka_quiet_fetch_max_wait_ms,
+    )
     await feed.start()
     try:
         runtime.supervise(feed.run(), "follow-policies")

@@ -15,6 +15,12 @@ JAEGER_MEMORY_LIMIT_FLOOR = 256 * 2**20
 (docs/benchmarks.md); at a limit near that, its collector would run without pause."""
 
 
+FETCH_WAIT_LIMIT_MS = 30_000
+"""The longest fetch wait accepted: a fetch is a request like any other to the Kafka client,
+and one held past its request timeout (aiokafka's ``request_timeout_ms``, 40 s) fails and
+drops the connection, so the wait stays well under it."""
+
+
 def default_home() -> Path:
     """Where genwire keeps downloads, builds, models, logs and state: outside any clone."""
     return Path.home() / ".cache" / "genwire"
@@ -253,10 +259,19 @@ class ServiceSettings(CommonSettings):
     kafka_fetch_max_wait_ms: int = Field(
         500,
         ge=0,
-        le=60_000,
-        description="How long the broker holds a consumer's fetch that finds no record "
-        "(fetch.min.bytes is 1, so a fetch returns at the first record: this sets only how "
-        "often an idle consumer polls).",
+        le=FETCH_WAIT_LIMIT_MS,
+        description="How long the broker holds a fetch of the service's event consumer that "
+        "finds no record (fetch.min.bytes is 1, so a fetch returns at the first record: this "
+        "sets only how often an idle consumer polls).",
+    )
+    kafka_quiet_fetch_max_wait_ms: int = Field(
+        5_000,
+        ge=0,
+        le=FETCH_WAIT_LIMIT_MS,
+        description="The same for the service's consumers of topics the requests do not "
+        "pass through (its retry replayer, inference's control reader, the policy feed, the "
+        "monitor's feedback source): they poll while the pipeline is busy too, and a record "
+        "still ends their fetch at once.",
     )
     kafka_commit_interval_ms: int = Field(
         250,

@@ -86,6 +86,7 @@ class ServiceRuntime:
         concurrency: int | None = None,
         root_spans: bool = True,
         ordered_keys: bool = False,
+        quiet: bool = False,
     ) -> EventConsumer[InT]:
         """Create (not start) a consumer with this service's settings and telemetry.
 
@@ -93,6 +94,8 @@ class ServiceRuntime:
         every record from now on, and nothing is left on the broker when it stops).
         ``root_spans=False``: records without a trace context are processed untraced.
         ``ordered_keys``: records with the same key run in partition order, one at a time.
+        ``quiet``: a topic without per-request records; its fetches wait
+        ``kafka_quiet_fetch_max_wait_ms``.
         """
         s = self.settings
         consumer = self._new_consumer(
@@ -105,6 +108,7 @@ class ServiceRuntime:
             decoder=decoder,
             root_spans=root_spans,
             ordered_keys=ordered_keys,
+            quiet=quiet,
         )
         self.consumers.append(consumer)
         return consumer
@@ -121,6 +125,7 @@ class ServiceRuntime:
         decoder: Decoder[InT] | None = None,
         root_spans: bool = True,
         ordered_keys: bool = False,
+        quiet: bool = False,
     ) -> EventConsumer[InT]:
         s = self.settings
         return EventConsumer(
@@ -147,7 +152,9 @@ class ServiceRuntime:
             dependencies=self.dependencies,
             on_fatal=self.fail,
             session_timeout_ms=s.kafka_session_timeout_ms,
-            fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
+            fetch_max_wait_ms=(
+                s.kafka_quiet_fetch_max_wait_ms if quiet else s.kafka_fetch_max_wait_ms
+            ),
             commit_interval_s=s.kafka_commit_interval_ms / 1000.0,
             ordered_keys=ordered_keys,
         )
@@ -163,6 +170,7 @@ class ServiceRuntime:
                 group_id=f"{self.settings.service_name}-retry",
                 concurrency=self.settings.concurrency,
                 decoder=decode_parked,
+                quiet=True,
             )
 
     def add_check(self, check: Callable[[], list[str]]) -> None:

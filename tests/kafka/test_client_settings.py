@@ -4,9 +4,11 @@ started."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from pydantic import BaseModel
 
 from genwire.kafka import EventConsumer, EventProducer
@@ -20,7 +22,7 @@ from genwire.kafka.consumer import (
 )
 from genwire.policyfeed import PolicyFeed
 from genwire.service.runtime import ServiceRuntime
-from genwire.settings import ServiceSettings
+from genwire.settings import FETCH_WAIT_LIMIT_MS, ServiceSettings
 
 
 class Rec(BaseModel):
@@ -55,6 +57,7 @@ def test_the_default_commit_interval_is_the_settings_default() -> None:
 async def test_the_setting_reaches_every_consumer_of_a_service() -> None:
     settings = ServiceSettings(
         kafka_fetch_max_wait_ms=250,
+        kafka_quiet_fetch_max_wait_ms=7_000,
         kafka_commit_interval_ms=400,
         retry_probe_s=0.3,
         service_name="t",
@@ -63,21 +66,42 @@ async def test_the_setting_reaches_every_consumer_of_a_service() -> None:
     try:
         grouped = runtime.consumer("genwire.requests", Rec, _nothing)
         groupless = runtime.consumer("genwire.control", Rec, _nothing, group=False)
+        quiet = runtime.consumer("genwire.control", Rec, _nothing, group=False, quiet=True)
         runtime._add_replayer()
-        consumers: list[EventConsumer[Any]] = [grouped, groupless, runtime._replayer]  # type: ignore[list-item]
-        for consumer in consumers:
-            assert consumer._consumer._fetch_max_wait_ms == 250
+        assert runtime._replayer is not None
+        waits = {
+            grouped: 250,
+            groupless: 250,
+            quiet: 7_000,
+            runtime._replayer: 7_000,  # genwire.retry: no request passes through it
+        }
+        consumer: EventConsumer[Any]
+        for consumer, wait in waits.items():
+            assert consumer._consumer._fetch_max_wait_ms == wait
+            assert consumer._consumer._consumer_timeout == fetcher_tick_ms(wait) / 1000
             assert consumer._commit_interval_s == 0.4
             assert consumer._probe_s == 0.3
             assert consumer._consumer._enable_auto_commit is False
-            assert consumer._consumer._consumer_timeout == fetcher_tick_ms(250) / 1000
     finally:
         runtime.tracer_provider.shutdown()
 
 
-def test_fetch_wait_out_of_range_is_refused() -> None:
-    with pytest.raises(ValueError):
-        ServiceSettings(kafka_fetch_max_wait_ms=-1)
+@pytest.mark.parametrize("field", ["kafka_fetch_max_wait_ms", "kafka_quiet_fetch_max_wait_ms"])
+def test_fetch_wait_out_of_range_is_refused(field: str) -> None:
+    """Not below zero, and not near the client's request timeout (40 s), past which a waiting
+    fetch would fail and take its connection down."""
+    for refused in (-1, FETCH_WAIT_LIMIT_MS + 1, 60_000):
+        with pytest.raises(ValueError):
+            ServiceSettings(**{field: refused})
+    assert getattr(ServiceSettings(**{field: FETCH_WAIT_LIMIT_MS}), field) == FETCH_WAIT_LIMIT_MS
+    request_timeout = inspect.signature(AIOKafkaConsumer).parameters["request_timeout_ms"]
+    assert request_timeout.default > FETCH_WAIT_LIMIT_MS
+
+
+def test_the_quiet_consumers_wait_longer_by_default() -> None:
+    settings = ServiceSettings()
+    assert settings.kafka_quiet_fetch_max_wait_ms == 5_000
+    assert settings.kafka_quiet_fetch_max_wait_ms > settings.kafka_fetch_max_wait_ms
 
 
 def test_a_probe_interval_of_zero_is_refused() -> None:

@@ -1,5 +1,6 @@
 """A live PolicyFeed on the real broker: a change arrives with the fetch that is waiting for it,
-not at the feed's next poll (so the long fetch wait costs idle polling, not propagation)."""
+not at the feed's next poll (so the long fetch wait costs idle polling, not propagation), and a
+service's feed takes that wait from its settings."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from prometheus_client import CollectorRegistry
 
 from genwire.kafka.admin import delete_topics, ensure_topics
 from genwire.policy import ModelPolicy
-from genwire.policyfeed import PolicyFeed, PolicyStore, delete_policy, publish_policy
-from genwire.settings import CommonSettings
+from genwire.policyfeed import PolicyFeed, PolicyStore, delete_policy, followed, publish_policy
+from genwire.service.runtime import ServiceRuntime
+from genwire.settings import CommonSettings, ServiceSettings
 from genwire.topics import HOUR_MS, TopicSpec
 from tests.common.support import fresh_topic
 
@@ -69,3 +71,23 @@ async def test_an_empty_topic_is_caught_up_without_waiting_a_poll(infra: CommonS
     finally:
         await feed.stop()
         await delete_topics(bootstrap, [topic])
+
+
+async def test_a_services_feed_fetches_on_the_quiet_wait(infra: CommonSettings) -> None:
+    """``kafka_quiet_fetch_max_wait_ms`` reaches the feed every service follows: the policy
+    topic has no request's records, so its fetch is held long (the test above: a change still
+    arrives at once)."""
+    settings = ServiceSettings(
+        kafka_bootstrap_servers=infra.kafka_bootstrap_servers,
+        kafka_quiet_fetch_max_wait_ms=7_000,
+        service_name="feedtest",
+    )
+    runtime = ServiceRuntime(settings, "test", set_global_tracer=False)
+    try:
+        async with followed(runtime, wait_s=30) as feed:
+            assert feed.caught_up.is_set()
+            assert feed._consumer._fetch_max_wait_ms == 7_000
+            for task in runtime._tasks:
+                task.cancel()
+    finally:
+        runtime.tracer_provider.shutdown()

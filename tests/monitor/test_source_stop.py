@@ -1,15 +1,22 @@
-"""The span source's stop is bounded: a commit or a leave that never finishes is cut short."""
+"""The span source's stop is bounded: a commit or a leave that never finishes is cut short, and
+a poll under way ends at the stop. Its polls wait long only when there is nothing to commit;
+the monitor's quiet readers take the quiet fetch wait."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 from aiokafka import TopicPartition
+from genwire_monitor.app import feedback_source, policy_feed
+from genwire_monitor.config import MonitorSettings
 from genwire_monitor.source import LEAVE_FLOOR_S, SpanSource
+from prometheus_client import CollectorRegistry
 
-from genwire.kafka.consumer import FETCH_MAX_WAIT_MS, fetcher_tick_ms
+from genwire.kafka.consumer import FETCH_MAX_WAIT_MS, IDLE_POLL_MS, fetcher_tick_ms
+from genwire.policyfeed import PolicyStore
 
 
 class _Stuck:
@@ -63,3 +70,91 @@ async def test_the_span_source_wakes_on_the_fetchers_tick() -> None:
         assert source._consumer._consumer_timeout == fetcher_tick_ms(FETCH_MAX_WAIT_MS) / 1000
     finally:
         await source._consumer.stop()  # never started: nothing to close but its handle
+
+
+async def test_the_monitors_quiet_readers_take_the_quiet_fetch_wait() -> None:
+    """Feedback and policies: no request passes through them."""
+    cfg = MonitorSettings(
+        kafka_bootstrap_servers="127.0.0.1:1", kafka_quiet_fetch_max_wait_ms=7_000
+    )
+    feedback = feedback_source(cfg, _noop)
+    feed = policy_feed(cfg, PolicyStore(CollectorRegistry()))
+    spans = SpanSource(
+        topic="otlp_spans", group_id="g", bootstrap_servers="127.0.0.1:1", sink=_noop
+    )
+    try:
+        for client, wait in (
+            (feedback._consumer, 7_000),
+            (feed._consumer, 7_000),
+            (spans._consumer, FETCH_MAX_WAIT_MS),  # the spans come with every request
+        ):
+            assert client._fetch_max_wait_ms == wait
+            assert client._consumer_timeout == fetcher_tick_ms(wait) / 1000
+    finally:
+        for client in (feedback._consumer, feed._consumer, spans._consumer):
+            await client.stop()  # never started: nothing to close but its handle
+
+
+async def test_a_poll_waits_for_the_next_commit_only_while_spans_are_uncommitted() -> None:
+    source = SpanSource(
+        topic="otlp_spans",
+        group_id="g",
+        bootstrap_servers="127.0.0.1:1",
+        sink=_noop,
+        commit_interval_s=1.0,
+    )
+    await source._consumer.stop()  # never started
+    now = time.monotonic()
+    assert source._wait_ms(now) == IDLE_POLL_MS  # nothing to commit: an idle wait
+    source._positions[TopicPartition("otlp_spans", 0)] = 3
+    assert 900 <= source._wait_ms(now) <= 1_000  # due a second after the last commit
+    assert source._wait_ms(now - 0.75) <= 250
+    assert source._wait_ms(now - 5.0) == 0  # overdue: commit straight after this poll
+
+
+class _Waiting:
+    """A client whose poll waits for ever (an idle topic's long fetch)."""
+
+    def __init__(self) -> None:
+        self.polling = asyncio.Event()
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[object, list[object]]:
+        self.polling.set()
+        await asyncio.Event().wait()
+        return {}
+
+    async def commit(self, offsets: object) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+async def test_a_stop_ends_the_poll_under_way_at_once() -> None:
+    source = SpanSource(
+        topic="otlp_spans", group_id="g", bootstrap_servers="127.0.0.1:1", sink=_noop
+    )
+    await source._consumer.stop()  # never started
+    client = _Waiting()
+    source._consumer = client  # type: ignore[assignment]
+    run = asyncio.create_task(source.run())
+    await client.polling.wait()
+    async with asyncio.timeout(5):  # the poll would never return by itself
+        await source.stop(timeout_s=2.0)
+        await run  # ended by the stop, not cancelled
+    assert not run.cancelled()
+
+
+async def test_a_cancel_of_the_run_is_not_taken_for_a_stop() -> None:
+    source = SpanSource(
+        topic="otlp_spans", group_id="g", bootstrap_servers="127.0.0.1:1", sink=_noop
+    )
+    await source._consumer.stop()  # never started
+    client = _Waiting()
+    source._consumer = client  # type: ignore[assignment]
+    run = asyncio.create_task(source.run())
+    await client.polling.wait()
+    source._stopping = True  # a stop begun, and the runtime cancels the task meanwhile
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -203,6 +204,29 @@ async def test_the_watcher_reads_the_counter_every_poll_with_or_without_a_channe
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+
+
+@pytest.mark.parametrize(("poll_s", "said"), [(0.25, "every 0.25 s"), (5.0, "every 1 s")])
+async def test_the_loss_of_the_channel_is_told_once_with_the_reads_true_interval(
+    poll_s: float, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a channel the counter is read every ``poll_s``, at most ``RESUBSCRIBE_S``
+    apart: the warning says which, once."""
+    store = FakeStore()  # no channel
+    auth = _auth(store, cache_s=3600, poll_s=poll_s)
+    with caplog.at_level(logging.WARNING, logger="genwire_gateway.auth"):
+        watcher = asyncio.create_task(auth.run())
+        try:
+            async with asyncio.timeout(5):
+                while store.subscribe_attempts < 2:  # noqa: ASYNC110  # tried again: not told twice
+                    await asyncio.sleep(0.01)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+    told = [r.getMessage() for r in caplog.records if "not following" in r.getMessage()]
+    assert len(told) == 1, told
+    assert f"reading the change counter {said} until" in told[0], told
 
 
 async def test_redis_down_serves_cached_keys_for_a_bounded_time_and_fails_closed() -> None:

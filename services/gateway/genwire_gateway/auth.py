@@ -281,9 +281,9 @@ class Authenticator:
                     self._loss_told = True
                     log.warning(
                         "not following API-key changes (%s): reading the change counter every "
-                        "%.0f s until the subscription is back",
+                        "%g s until the subscription is back",
                         exc,
-                        RESUBSCRIBE_S,
+                        min(self.poll_s, RESUBSCRIBE_S),
                     )
                 self.following = False
             until = loop.time() + self._resubscribe_s

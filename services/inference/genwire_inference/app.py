@@ -77,7 +77,9 @@ async def setup(
     # Every instance must see every cancel and heartbeat from now on: no group, so nothing
     # is left on the broker when an instance stops. Heartbeats (no trace context) are not
     # traced: one trace a second per gateway, forever, would bury the requests' in Jaeger.
-    runtime.consumer(Topic.CONTROL, ControlEvent, inference.control, group=False, root_spans=False)
+    runtime.consumer(
+        Topic.CONTROL, ControlEvent, inference.control, group=False, root_spans=False, quiet=True
+    )
     runtime.supervise(inference.watch_origins(), "watch-origins")
     try:
         yield

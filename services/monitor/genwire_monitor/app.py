@@ -24,7 +24,7 @@ from genwire.topics import Topic
 from genwire_monitor import promexport
 from genwire_monitor.config import MonitorSettings
 from genwire_monitor.offsetpoll import OffsetPoller
-from genwire_monitor.source import SpanSource
+from genwire_monitor.source import Sink, SpanSource
 from genwire_monitor.traceroutes import trace_router
 from genwire_monitor.webhook import AlertmanagerClient
 from genwire_monitor.worker import EngineWorker
@@ -69,19 +69,7 @@ async def setup(
         return [] if source.ready else [f"the span source has no partitions of {Topic.SPANS} yet"]
 
     runtime.add_check(source_ready)
-    feedback = (
-        SpanSource(
-            topic=cfg.feedback_topic,
-            group_id=f"{cfg.group_id}-feedback",
-            bootstrap_servers=cfg.kafka_bootstrap_servers,
-            sink=worker.feedback,
-            max_records=cfg.max_batch_records,
-            commit_interval_s=cfg.commit_interval_s,
-            auto_offset_reset=cfg.auto_offset_reset,
-        )
-        if cfg.feedback_topic
-        else None
-    )
+    feedback = feedback_source(cfg, worker.feedback) if cfg.feedback_topic else None
     poller = (
         OffsetPoller(
             bootstrap_servers=cfg.kafka_bootstrap_servers,
@@ -124,17 +112,39 @@ async def setup(
         await worker.close()
 
 
+def feedback_source(cfg: MonitorSettings, sink: Sink) -> SpanSource:
+    """The reader of ``cfg.feedback_topic``: no request passes through it, so its fetches wait
+    ``kafka_quiet_fetch_max_wait_ms`` (a record still ends one at once)."""
+    return SpanSource(
+        topic=cfg.feedback_topic,
+        group_id=f"{cfg.group_id}-feedback",
+        bootstrap_servers=cfg.kafka_bootstrap_servers,
+        sink=sink,
+        max_records=cfg.max_batch_records,
+        commit_interval_s=cfg.commit_interval_s,
+        auto_offset_reset=cfg.auto_offset_reset,
+        fetch_max_wait_ms=cfg.kafka_quiet_fetch_max_wait_ms,
+    )
+
+
+def policy_feed(cfg: MonitorSettings, store: PolicyStore) -> PolicyFeed:
+    """The monitor's view of ``cfg.config_topic``, on the quiet fetch wait like every
+    service's policy feed."""
+    return PolicyFeed(
+        cfg.kafka_bootstrap_servers,
+        store=store,
+        topic=cfg.config_topic,
+        poll_ms=cfg.kafka_quiet_fetch_max_wait_ms,
+        client_kwargs=client_options(cfg),
+    )
+
+
 async def follow_policies(cfg: MonitorSettings, store: PolicyStore, retry_s: float = 5.0) -> None:
     """Follow ``cfg.config_topic`` into ``store`` for ever; a feed that cannot start (broker
     down, topic missing) or fails is logged and started again: the monitor keeps monitoring,
     without rollbacks, meanwhile."""
     while True:
-        feed = PolicyFeed(
-            cfg.kafka_bootstrap_servers,
-            store=store,
-            topic=cfg.config_topic,
-            client_kwargs=client_options(cfg),
-        )
+        feed = policy_feed(cfg, store)
         try:
             await feed.start()
             await feed.run()

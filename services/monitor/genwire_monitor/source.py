@@ -16,9 +16,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
-from genwire.kafka.consumer import fetch_wait_options
+from genwire.kafka.consumer import FETCH_MAX_WAIT_MS, IDLE_POLL_MS, fetch_wait_options
 from genwire.kafka.security import client_options
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class SpanSource:
         max_records: int = 500,
         commit_interval_s: float = 1.0,
         auto_offset_reset: str = "latest",
+        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
     ) -> None:
         self.topic = topic
         self.group_id = group_id
@@ -70,13 +71,16 @@ class SpanSource:
             max_partition_fetch_bytes=16 * 1024 * 1024,
             # A waiting fetch returns at the first span; this only sets how often an idle
             # source asks (2/s; 10/s at 100 ms cost the broker and this process for nothing).
-            **fetch_wait_options(),
+            **fetch_wait_options(fetch_max_wait_ms),
         )
         self._positions: dict[TopicPartition, int] = {}  # aggregated, not yet committed
         self.assigned: set[TopicPartition] = set()
         self.consumed = 0
         self._stopping = False
         self._running = False
+        self._poll: (
+            asyncio.Future[dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]] | None
+        ) = None
         self._done = asyncio.Event()
 
     @property
@@ -95,9 +99,18 @@ class SpanSource:
         self._running = True
         try:
             while not self._stopping:
-                batches = await self._consumer.getmany(
-                    timeout_ms=200, max_records=self._max_records
+                self._poll = asyncio.ensure_future(
+                    self._consumer.getmany(
+                        timeout_ms=self._wait_ms(last_commit), max_records=self._max_records
+                    )
                 )
+                try:
+                    batches = await self._poll
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if self._stopping and not (task is not None and task.cancelling()):
+                        break  # ``stop`` ended the wait: nothing was taken from the fetcher
+                    raise
                 values = [r.value or b"" for records in batches.values() for r in records]
                 if values:
                     await self._sink(values)
@@ -109,6 +122,15 @@ class SpanSource:
                     last_commit = time.monotonic()
         finally:
             self._done.set()
+
+    def _wait_ms(self, last_commit: float) -> int:
+        """How long one poll may wait: until the next commit is due while spans are handed over
+        and not committed, else ``IDLE_POLL_MS`` (a span ends the wait at once, ``stop`` cancels
+        it: only an idle source's empty wake-ups depend on it)."""
+        if not self._positions:
+            return IDLE_POLL_MS
+        due = last_commit + self._commit_interval - time.monotonic()
+        return max(0, min(IDLE_POLL_MS, round(due * 1000)))
 
     async def _safe_commit(self) -> None:
         try:
@@ -141,6 +163,8 @@ class SpanSource:
         self._stopping = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        if self._poll is not None:
+            self._poll.cancel()  # a no-op once the poll has returned its batch
         if self._running:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout_s):
