@@ -62,6 +62,7 @@ from genwire.kafka.offsets import PartitionOffsets
 from genwire.kafka.producer import KAFKA, EventProducer, forward_headers, publish_error
 from genwire.kafka_security import client_kind, client_options
 from genwire.metrics import ConsumerMetrics
+from genwire.settings import FETCH_WAIT_LIMIT_MS
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import extract
 
@@ -90,8 +91,9 @@ FETCH_MAX_WAIT_MS = 500
 """How long the broker holds a fetch that finds no record (Kafka's own default). ``fetch.min.bytes``
 is 1, so a fetch returns at the first record: this sets only how often an idle consumer polls
 (each poll is a fetch request and response parsed in Python, and work for the broker). One
-fetch per broker is in flight at a time, so partitions resumed after a pause (a full worker
-pool, an outage) wait for it: up to this long, at saturation only."""
+fetch per broker is in flight at a time; an ``EventConsumer`` pauses every partition together,
+so a fetch in flight at a pause covers the partitions it resumes and ends at their first record
+(docs/stages.md). The readers of quiet topics wait longer (``kafka_quiet_fetch_max_wait_ms``)."""
 
 
 FETCHER_TICK_MS = 1_000
@@ -112,7 +114,12 @@ def fetcher_tick_ms(fetch_max_wait_ms: int) -> int:
 
 def fetch_wait_options(fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> dict[str, int]:
     """The fetch wait and its fetcher's tick, as ``AIOKafkaConsumer`` keyword arguments: every
-    long-lived consumer takes both from here, so none has a wait without its tick."""
+    long-lived consumer takes both from here, so none has a wait without its tick, and none a
+    wait its request timeout would cut (``FETCH_WAIT_LIMIT_MS``: ``ValueError``)."""
+    if not 0 <= fetch_max_wait_ms <= FETCH_WAIT_LIMIT_MS:
+        raise ValueError(
+            f"a fetch wait of {fetch_max_wait_ms} ms: it must be 0 to {FETCH_WAIT_LIMIT_MS} ms"
+        )
     return {
         "fetch_max_wait_ms": fetch_max_wait_ms,
         "consumer_timeout_ms": fetcher_tick_ms(fetch_max_wait_ms),

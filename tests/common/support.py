@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -16,8 +17,9 @@ from aiokafka.structs import ConsumerRecord
 from genwire_stack.health import run_coro
 
 from genwire.events import PreparedRequest, Sampling
-from genwire.kafka import EventProducer, ensure_topics
+from genwire.kafka import EventConsumer, EventProducer, ensure_topics
 from genwire.kafka.admin import delete_topics
+from genwire.kafka.consumer import FETCH_MAX_WAIT_MS
 from genwire.kafka_security import client_options
 from genwire.settings import CommonSettings
 from genwire.topics import TopicSpec
@@ -150,3 +152,37 @@ def deleting_new_test_topics(settings: CommonSettings) -> Iterator[None]:
         _log.warning("the run's test topics were not deleted: %s", exc)
     else:
         _log.info("deleted the run's %d test topics", len(made))
+
+
+@contextlib.asynccontextmanager
+async def running_consumer(
+    env: tuple[str, str, EventProducer],
+    handler: Any,
+    *,
+    concurrency: int,
+    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+) -> AsyncIterator[EventConsumer[PreparedRequest]]:
+    """An ``EventConsumer`` of ``env``'s topic in a group of its own, running and assigned;
+    stopped after."""
+    bootstrap, topic, producer = env
+    consumer = EventConsumer(
+        topic=topic,
+        group_id=f"test-{uuid.uuid4().hex[:8]}",
+        model=PreparedRequest,
+        handler=handler,
+        producer=producer,
+        bootstrap_servers=bootstrap,
+        stage="test",
+        concurrency=concurrency,
+        fetch_max_wait_ms=fetch_max_wait_ms,
+    )
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        await eventually(lambda: consumer.ready)
+        yield consumer
+    finally:
+        await consumer.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,53 +1,27 @@
 """aiokafka's background fetcher on a longer tick (``fetcher_tick_ms``), against the real
 broker: an idle consumer's fetcher wakes for its answered fetches, not on a timer between them,
-and a consumer held by a full pool resumes when a record finishes, without the timer."""
+and a consumer held by a full pool resumes when a record finishes, without the timer. And on a
+long fetch wait: a fetch in flight when every partition is paused still ends at their first
+record once they are resumed (what lets the quiet topics' readers wait 5 s)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from genwire.events import PreparedRequest, dump
 from genwire.kafka import EventConsumer, EventProducer
-from genwire.kafka.consumer import FETCH_MAX_WAIT_MS, fetcher_tick_ms
+from genwire.kafka.consumer import FETCH_MAX_WAIT_MS, fetch_wait_options, fetcher_tick_ms
 
-from .support import _prepared, eventually
+from .support import _prepared, eventually, running_consumer
 
 # The tick is aiokafka's (librdkafka's consumer has its own thread and no such loop).
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("on_aiokafka")]
-
-
-@contextlib.asynccontextmanager
-async def _running(
-    env: tuple[str, str, EventProducer], handler: Any, concurrency: int
-) -> AsyncIterator[EventConsumer[PreparedRequest]]:
-    bootstrap, topic, producer = env
-    consumer = EventConsumer(
-        topic=topic,
-        group_id=f"test-tick-{uuid.uuid4().hex[:8]}",
-        model=PreparedRequest,
-        handler=handler,
-        producer=producer,
-        bootstrap_servers=bootstrap,
-        stage="test",
-        concurrency=concurrency,
-    )
-    await consumer.start()
-    task = asyncio.create_task(consumer.run())
-    try:
-        await eventually(lambda: consumer.ready)
-        yield consumer
-    finally:
-        await consumer.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def _positioned(consumer: EventConsumer[PreparedRequest]) -> bool:
@@ -64,7 +38,7 @@ async def test_an_idle_consumers_fetcher_wakes_for_its_fetches_not_between_them(
     async def nothing(event: PreparedRequest) -> None:
         return None
 
-    async with _running(env, nothing, concurrency=4) as consumer:
+    async with running_consumer(env, nothing, concurrency=4) as consumer:
         await eventually(lambda: _positioned(consumer))
         await asyncio.sleep(0.5)  # the long polls under way
         client = consumer._consumer
@@ -105,7 +79,7 @@ async def test_a_held_consumer_resumes_when_a_record_finishes_without_the_timer(
         if len(handled) == 3:
             all_three.set()
 
-    async with _running(env, slow_first, concurrency=1) as consumer:
+    async with running_consumer(env, slow_first, concurrency=1) as consumer:
         # A timer that never fires: whatever the fetcher does next, an event must start it.
         monkeypatch.setattr(consumer._consumer._fetcher, "_fetcher_timeout", 3600.0)
         run = uuid.uuid4().hex[:8]
@@ -124,3 +98,38 @@ async def test_a_held_consumer_resumes_when_a_record_finishes_without_the_timer(
         async with asyncio.timeout(5):
             await all_three.wait()
     assert handled == ids
+
+
+async def test_a_fetch_in_flight_at_a_pause_ends_at_the_resumed_partitions_first_record(
+    env: tuple[str, str, EventProducer],
+) -> None:
+    bootstrap, topic, producer = env
+    wait_ms, prompt_s = 10_000, 4.0
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **fetch_wait_options(wait_ms)
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in (0, 1)]  # the fixture's two partitions
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        await consumer.getmany(timeout_ms=500)  # positions known: the fetcher fetches
+        await asyncio.sleep(1.0)
+        assert consumer._fetcher._in_flight  # an empty fetch waiting on the broker
+        consumer.pause(*tps)  # as EventConsumer does: every partition together
+        rid = uuid.uuid4().hex[:8]
+        await (await producer.send(topic, dump(_prepared(rid)), key=rid.encode()))
+        await asyncio.sleep(1.0)
+        # It ended at the record, 9 s early, and no fetch follows while paused: the record
+        # waits in the client for the resume.
+        assert not consumer._fetcher._in_flight
+        assert await consumer.getmany(timeout_ms=0) == {}  # paused: held back
+        consumer.resume(*tps)
+        started = time.monotonic()
+        got: list[bytes] = []
+        while not got and time.monotonic() - started < prompt_s:
+            batches = await consumer.getmany(timeout_ms=100)
+            got = [r.key or b"" for records in batches.values() for r in records]
+        assert got == [rid.encode()], f"not within {prompt_s} s of a {wait_ms} ms fetch wait"
+    finally:
+        await consumer.stop()

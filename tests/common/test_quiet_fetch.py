@@ -1,21 +1,18 @@
 """A consumer on a long fetch wait (``kafka_quiet_fetch_max_wait_ms``), against the real broker:
 the wait sets only how often an idle consumer polls. A record produced while its fetch waits,
-or while a full pool holds it paused, is handled at once, not when the wait runs out."""
+or while a full pool holds the consumer, is handled at once, not when the wait runs out."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
 from genwire.events import PreparedRequest, dump
-from genwire.kafka import EventConsumer, EventProducer
+from genwire.kafka import EventProducer
 
-from .support import _prepared, eventually
+from .support import _prepared, running_consumer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka_client")]
 
@@ -26,34 +23,6 @@ the fetch that was in flight when its partition became fetchable, docs/stages.md
 
 PROMPT_S = 4.0
 """Well within the wait: the fetch did not run out first."""
-
-
-@contextlib.asynccontextmanager
-async def _running(
-    env: tuple[str, str, EventProducer], handler: Any, concurrency: int
-) -> AsyncIterator[EventConsumer[PreparedRequest]]:
-    bootstrap, topic, producer = env
-    consumer = EventConsumer(
-        topic=topic,
-        group_id=f"test-quiet-{uuid.uuid4().hex[:8]}",
-        model=PreparedRequest,
-        handler=handler,
-        producer=producer,
-        bootstrap_servers=bootstrap,
-        stage="test",
-        concurrency=concurrency,
-        fetch_max_wait_ms=LONG_WAIT_MS,
-    )
-    await consumer.start()
-    task = asyncio.create_task(consumer.run())
-    try:
-        await eventually(lambda: consumer.ready)
-        yield consumer
-    finally:
-        await consumer.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_a_record_ends_the_long_wait_at_once(
@@ -67,7 +36,7 @@ async def test_a_record_ends_the_long_wait_at_once(
         handled.append(event.request_id)
         (warm if len(handled) == 1 else seen).set()
 
-    async with _running(env, note, concurrency=4):
+    async with running_consumer(env, note, concurrency=4, fetch_max_wait_ms=LONG_WAIT_MS):
         run = uuid.uuid4().hex[:8]
         # The first record proves the consumer fetches from its position (on librdkafka it
         # may wait for the fetch in flight at the assignment); the second comes during a
@@ -85,8 +54,10 @@ async def test_a_record_ends_the_long_wait_at_once(
 async def test_a_record_produced_while_held_is_handled_at_once_after_the_hold(
     env: tuple[str, str, EventProducer],
 ) -> None:
-    """The pool full, every partition paused: the record that arrives meanwhile is not left
-    waiting for a fetch in flight when the partitions resume."""
+    """The pool full (aiokafka: every partition paused, before its fetcher sends again;
+    librdkafka: held in the loop, the client fetching on): the record that arrives meanwhile
+    is handled as soon as the hold ends, not at the end of a fetch wait. (A fetch already in
+    flight at a pause: tests/common/test_fetcher_tick.py.)"""
     _, topic, producer = env
     gate, first, second = asyncio.Event(), asyncio.Event(), asyncio.Event()
     handled: list[str] = []
@@ -99,13 +70,13 @@ async def test_a_record_produced_while_held_is_handled_at_once_after_the_hold(
         else:
             second.set()
 
-    async with _running(env, slow_first, concurrency=1):
+    async with running_consumer(env, slow_first, concurrency=1, fetch_max_wait_ms=LONG_WAIT_MS):
         run = uuid.uuid4().hex[:8]
         key = run.encode()
         await (await producer.send(topic, dump(_prepared(f"{run}-0")), key=key))
         async with asyncio.timeout(30):  # the first after the assignment: as above
             await first.wait()
-        await asyncio.sleep(1.0)  # held and paused, a fetch waiting on the broker
+        await asyncio.sleep(1.0)  # held
         await (await producer.send(topic, dump(_prepared(f"{run}-1")), key=key))
         await asyncio.sleep(1.0)
         assert handled == [f"{run}-0"]  # still held

@@ -160,7 +160,7 @@ async def test_records_finishing_within_the_interval_share_one_commit() -> None:
 
 def test_the_fetchers_tick_is_longer_than_the_fetch_wait() -> None:
     """Else the timer, not the answered fetch, would wake an idle consumer's fetcher."""
-    for wait in (0, 100, FETCH_MAX_WAIT_MS, 1_000, 5_000, 60_000):
+    for wait in (0, 100, FETCH_MAX_WAIT_MS, 1_000, 5_000, FETCH_WAIT_LIMIT_MS):
         assert fetcher_tick_ms(wait) > wait
         pair = {"fetch_max_wait_ms": wait, "consumer_timeout_ms": fetcher_tick_ms(wait)}
         assert fetch_wait_options(wait) == pair
@@ -168,6 +168,9 @@ def test_the_fetchers_tick_is_longer_than_the_fetch_wait() -> None:
         assert pair.items() <= options.items()
     assert fetcher_tick_ms(FETCH_MAX_WAIT_MS) == FETCHER_TICK_MS
     assert fetch_wait_options()["fetch_max_wait_ms"] == FETCH_MAX_WAIT_MS
+    for refused in (-1, FETCH_WAIT_LIMIT_MS + 1):  # whoever builds the client, not only settings
+        with pytest.raises(ValueError, match="fetch wait"):
+            fetch_wait_options(refused)
 
 
 async def test_the_policy_feed_wakes_on_the_fetchers_tick() -> None:

@@ -10,9 +10,9 @@ import time
 
 import pytest
 from aiokafka import TopicPartition
-from genwire_monitor.app import feedback_source, policy_feed
+from genwire_monitor.app import policy_feed, span_source
 from genwire_monitor.config import MonitorSettings
-from genwire_monitor.source import LEAVE_FLOOR_S, SpanSource
+from genwire_monitor.source import LEAVE_FLOOR_S, SpanSource, _Listener
 from prometheus_client import CollectorRegistry
 
 from genwire.kafka.consumer import FETCH_MAX_WAIT_MS, IDLE_POLL_MS, fetcher_tick_ms
@@ -73,20 +73,19 @@ async def test_the_span_source_wakes_on_the_fetchers_tick() -> None:
 
 
 async def test_the_monitors_quiet_readers_take_the_quiet_fetch_wait() -> None:
-    """Feedback and policies: no request passes through them."""
+    """Feedback and policies: no request passes through them; the spans come with every one."""
     cfg = MonitorSettings(
         kafka_bootstrap_servers="127.0.0.1:1", kafka_quiet_fetch_max_wait_ms=7_000
     )
-    feedback = feedback_source(cfg, _noop)
+    feedback = span_source(cfg, _noop, feedback=True)
+    spans = span_source(cfg, _noop)
     feed = policy_feed(cfg, PolicyStore(CollectorRegistry()))
-    spans = SpanSource(
-        topic="otlp_spans", group_id="g", bootstrap_servers="127.0.0.1:1", sink=_noop
-    )
+    assert (feedback.topic, spans.topic) == (cfg.feedback_topic, cfg.spans_topic)
     try:
         for client, wait in (
             (feedback._consumer, 7_000),
             (feed._consumer, 7_000),
-            (spans._consumer, FETCH_MAX_WAIT_MS),  # the spans come with every request
+            (spans._consumer, FETCH_MAX_WAIT_MS),
         ):
             assert client._fetch_max_wait_ms == wait
             assert client._consumer_timeout == fetcher_tick_ms(wait) / 1000
@@ -130,7 +129,8 @@ class _Waiting:
         return None
 
 
-async def test_a_stop_ends_the_poll_under_way_at_once() -> None:
+async def _polling_for_ever() -> tuple[SpanSource, asyncio.Task[None]]:
+    """A source whose run is inside a poll that never returns by itself."""
     source = SpanSource(
         topic="otlp_spans", group_id="g", bootstrap_servers="127.0.0.1:1", sink=_noop
     )
@@ -139,6 +139,11 @@ async def test_a_stop_ends_the_poll_under_way_at_once() -> None:
     source._consumer = client  # type: ignore[assignment]
     run = asyncio.create_task(source.run())
     await client.polling.wait()
+    return source, run
+
+
+async def test_a_stop_ends_the_poll_under_way_at_once() -> None:
+    source, run = await _polling_for_ever()
     async with asyncio.timeout(5):  # the poll would never return by itself
         await source.stop(timeout_s=2.0)
         await run  # ended by the stop, not cancelled
@@ -146,15 +151,32 @@ async def test_a_stop_ends_the_poll_under_way_at_once() -> None:
 
 
 async def test_a_cancel_of_the_run_is_not_taken_for_a_stop() -> None:
-    source = SpanSource(
-        topic="otlp_spans", group_id="g", bootstrap_servers="127.0.0.1:1", sink=_noop
-    )
-    await source._consumer.stop()  # never started
-    client = _Waiting()
-    source._consumer = client  # type: ignore[assignment]
-    run = asyncio.create_task(source.run())
-    await client.polling.wait()
+    source, run = await _polling_for_ever()
     source._stopping = True  # a stop begun, and the runtime cancels the task meanwhile
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
+
+
+class _Refusing:
+    """A client whose commit fails (the coordinator moved during the rebalance)."""
+
+    async def commit(self, offsets: object) -> None:
+        raise RuntimeError("not the coordinator")
+
+
+async def test_a_revoked_partitions_position_is_dropped_committed_or_not() -> None:
+    """Else an idle source would keep waking for a commit it can never make, and could commit
+    an old position over the next owner's if the partition came back."""
+    source = SpanSource(
+        topic="otlp_spans", group_id="g", bootstrap_servers="127.0.0.1:1", sink=_noop
+    )
+    await source._consumer.stop()  # never started
+    source._consumer = _Refusing()  # type: ignore[assignment]
+    kept, revoked = TopicPartition("otlp_spans", 0), TopicPartition("otlp_spans", 1)
+    source.assigned |= {kept, revoked}
+    source._positions.update({kept: 5, revoked: 9})
+    with pytest.raises(RuntimeError):
+        await _Listener(source).on_partitions_revoked([revoked])
+    assert source.assigned == {kept}
+    assert source._positions == {kept: 5}

@@ -16,6 +16,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from genwire.kafka.consumer import FETCH_MAX_WAIT_MS
 from genwire.kafka.security import client_options
 from genwire.policyfeed import PolicyFeed, PolicyStore
 from genwire.service import Running, ServiceRuntime, ServiceSpec
@@ -55,21 +56,13 @@ async def setup(
     extra: dict[str, Any] = {"clock": clock} if clock else {}
     store = PolicyStore(runtime.registry) if cfg.config_topic else None
     worker = EngineWorker(cfg, runtime.producer, collector, webhook, policies=store, **extra)
-    source = SpanSource(
-        topic=cfg.spans_topic,
-        group_id=cfg.group_id,
-        bootstrap_servers=cfg.kafka_bootstrap_servers,
-        sink=worker.ingest,
-        max_records=cfg.max_batch_records,
-        commit_interval_s=cfg.commit_interval_s,
-        auto_offset_reset=cfg.auto_offset_reset,
-    )
+    source = span_source(cfg, worker.ingest)
 
     def source_ready() -> list[str]:
         return [] if source.ready else [f"the span source has no partitions of {Topic.SPANS} yet"]
 
     runtime.add_check(source_ready)
-    feedback = feedback_source(cfg, worker.feedback) if cfg.feedback_topic else None
+    feedback = span_source(cfg, worker.feedback, feedback=True) if cfg.feedback_topic else None
     poller = (
         OffsetPoller(
             bootstrap_servers=cfg.kafka_bootstrap_servers,
@@ -112,18 +105,19 @@ async def setup(
         await worker.close()
 
 
-def feedback_source(cfg: MonitorSettings, sink: Sink) -> SpanSource:
-    """The reader of ``cfg.feedback_topic``: no request passes through it, so its fetches wait
-    ``kafka_quiet_fetch_max_wait_ms`` (a record still ends one at once)."""
+def span_source(cfg: MonitorSettings, sink: Sink, *, feedback: bool = False) -> SpanSource:
+    """The reader of ``cfg.spans_topic``, or (``feedback``) of ``cfg.feedback_topic``: no
+    request passes through that one, so its fetches wait ``kafka_quiet_fetch_max_wait_ms``
+    (a record still ends one at once)."""
     return SpanSource(
-        topic=cfg.feedback_topic,
-        group_id=f"{cfg.group_id}-feedback",
+        topic=cfg.feedback_topic if feedback else cfg.spans_topic,
+        group_id=f"{cfg.group_id}-feedback" if feedback else cfg.group_id,
         bootstrap_servers=cfg.kafka_bootstrap_servers,
         sink=sink,
         max_records=cfg.max_batch_records,
         commit_interval_s=cfg.commit_interval_s,
         auto_offset_reset=cfg.auto_offset_reset,
-        fetch_max_wait_ms=cfg.kafka_quiet_fetch_max_wait_ms,
+        fetch_max_wait_ms=(cfg.kafka_quiet_fetch_max_wait_ms if feedback else FETCH_MAX_WAIT_MS),
     )
 
 

@@ -34,8 +34,12 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._owner = owner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._owner.commit(set(revoked))
-        self._owner.assigned -= set(revoked)
+        try:
+            await self._owner.commit(set(revoked))
+        finally:  # committed or not, they are the next owner's now (it reads again what was not)
+            self._owner.assigned -= set(revoked)
+            for tp in revoked:
+                self._owner._positions.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._owner.assigned |= set(assigned)
@@ -70,7 +74,8 @@ class SpanSource:
             auto_offset_reset=auto_offset_reset,
             max_partition_fetch_bytes=16 * 1024 * 1024,
             # A waiting fetch returns at the first span; this only sets how often an idle
-            # source asks (2/s; 10/s at 100 ms cost the broker and this process for nothing).
+            # source asks (the spans' 500 ms: 2/s; 10/s at 100 ms cost the broker and this
+            # process for nothing).
             **fetch_wait_options(fetch_max_wait_ms),
         )
         self._positions: dict[TopicPartition, int] = {}  # aggregated, not yet committed
@@ -78,9 +83,8 @@ class SpanSource:
         self.consumed = 0
         self._stopping = False
         self._running = False
-        self._poll: (
-            asyncio.Future[dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]] | None
-        ) = None
+        self._poll: asyncio.Task[dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]] | None
+        self._poll = None
         self._done = asyncio.Event()
 
     @property
@@ -99,7 +103,7 @@ class SpanSource:
         self._running = True
         try:
             while not self._stopping:
-                self._poll = asyncio.ensure_future(
+                self._poll = asyncio.create_task(
                     self._consumer.getmany(
                         timeout_ms=self._wait_ms(last_commit), max_records=self._max_records
                     )
@@ -116,7 +120,8 @@ class SpanSource:
                     await self._sink(values)
                     self.consumed += len(values)
                     for tp, records in batches.items():
-                        self._positions[tp] = records[-1].offset + 1
+                        if tp in self.assigned:  # else revoked while in the sink: not ours
+                            self._positions[tp] = records[-1].offset + 1
                 if time.monotonic() - last_commit >= self._commit_interval:
                     await self._safe_commit()
                     last_commit = time.monotonic()
@@ -164,7 +169,9 @@ class SpanSource:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         if self._poll is not None:
-            self._poll.cancel()  # a no-op once the poll has returned its batch
+            # A no-op once the poll has returned its batch. (A cancelled getmany leaves
+            # aiokafka's poll-interval bookkeeping behind: only for a client about to stop.)
+            self._poll.cancel()
         if self._running:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout_s):
