@@ -91,9 +91,10 @@ FETCH_MAX_WAIT_MS = 500
 """How long the broker holds a fetch that finds no record (Kafka's own default). ``fetch.min.bytes``
 is 1, so a fetch returns at the first record: this sets only how often an idle consumer polls
 (each poll is a fetch request and response parsed in Python, and work for the broker). One
-fetch per broker is in flight at a time; an ``EventConsumer`` pauses every partition together,
-so a fetch in flight at a pause covers the partitions it resumes and ends at their first record
-(docs/stages.md). The readers of quiet topics wait longer (``kafka_quiet_fetch_max_wait_ms``)."""
+fetch per broker is in flight at a time; on aiokafka an ``EventConsumer`` pauses every partition
+together, so a fetch in flight at a pause covers the partitions it resumes and ends at their
+first record (on librdkafka its holds stay in the loop: docs/stages.md). The readers of quiet
+topics wait longer (``kafka_quiet_fetch_max_wait_ms``)."""
 
 
 FETCHER_TICK_MS = 1_000

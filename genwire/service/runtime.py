@@ -94,7 +94,7 @@ class ServiceRuntime:
         every record from now on, and nothing is left on the broker when it stops).
         ``root_spans=False``: records without a trace context are processed untraced.
         ``ordered_keys``: records with the same key run in partition order, one at a time.
-        ``quiet``: a topic without per-request records; its fetches wait
+        ``quiet``: a topic no request passes through (control, retries); its fetches wait
         ``kafka_quiet_fetch_max_wait_ms``.
         """
         s = self.settings
