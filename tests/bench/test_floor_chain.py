@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from genwire_bench import floor
@@ -172,6 +174,58 @@ def test_without_a_bare_phase_at_its_concurrency_the_chain_says_nothing_beyond_t
     assert text.split("\n\n")[1].splitlines()[-1].startswith("| 3 stages")
 
 
+class _Echo:
+    """A producer and reader in one: every record sent is seen at once, and its send time kept."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[float, bytes]] = []
+        self._seen: dict[bytes, asyncio.Future[float]] = {}
+
+    def expect(self, key: bytes) -> asyncio.Future[float]:
+        self._seen[key] = asyncio.get_running_loop().create_future()
+        return self._seen[key]
+
+    async def send(self, topic: str, value: bytes, **kw: object) -> asyncio.Future[None]:
+        now = time.perf_counter()
+        key = kw["key"]
+        assert isinstance(key, bytes)
+        self.sent.append((now, key))
+        self._seen[key].set_result(now)
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ack.set_result(None)
+        return ack
+
+
+async def test_a_paced_worker_waits_between_one_record_seen_and_its_next_send() -> None:
+    echo: Any = _Echo()  # both ends of the hop
+    pace_s = 0.2
+    lat = await floor._drive(
+        echo, echo, "t", count=4, concurrency=2, size=100, tag="p", pace_ms=pace_s * 1000
+    )
+    assert len(lat) == 4 and sorted(k for _, k in echo.sent) == [b"p-0", b"p-1", b"p-2", b"p-3"]
+    # two workers, two records each: each one's second send follows its pause, and neither
+    # paused before its first; the pause is between records, so no latency holds it
+    times = sorted(t for t, _ in echo.sent)
+    assert times[2] - times[0] >= pace_s and times[1] - times[0] < pace_s
+    assert max(lat) < pace_s * 1000
+
+
+async def test_paced_phases_say_so_in_both_tables_and_the_pace_is_checked() -> None:
+    bare = floor.Phase("bare", 1, 100, 2.0, 1.5, 3.0, 4.25, 1.7, 0.8, None, 0.5)
+    bare.extra = {"pace_ms": 40.0}
+    chain = _chain_phase(1, [1.0, 1.0, 1.0])
+    chain.extra["pace_ms"] = 40.0
+    text = floor.render([bare, chain])
+    assert "| bare, 40 ms apart | 1 | 100 |" in text
+    assert "| 3 stages, 200 B, tracing on, 40 ms apart | 1 | 100 |" in text
+    assert floor.chain_row(_chain_phase(1, [1.0])).pace_ms == 0.0  # a run from before the option
+    assert "apart" not in floor.render([_chain_phase(1, [1.0, 1.0, 1.0])])
+    assert _args("--pace-ms", "40").pace_ms == 40.0 and _args().pace_ms == 0.0
+    args = _args("--modes", "chain", "--stages", "2", "--pace-ms", "12.5")
+    phase = floor._chain_phase(args, 1, [1.0, 2.0], 1.0, (0.0, 0.0), (None, None), [0, 0], [0, 0])
+    assert phase.extra["pace_ms"] == 12.5 and floor.chain_row(phase).pace_ms == 12.5
+
+
 def test_the_traced_records_are_spread_over_the_phase() -> None:
     picked = [i for i in range(500) if floor._traced(i, 500, 60)]
     assert len(picked) == 60 and picked[:3] == [0, 8, 16] and picked[-1] == 472
@@ -252,6 +306,8 @@ def test_the_chain_options_and_what_is_refused() -> None:
         ["--modes", "chain", "--hop-traces", "5", "--no-tracing"],  # no spans to read back
         *(["--modes", "bare,hop", flag, "2"] for flag in ("--stages", "--hop-traces")),
         ["--chain-idle-s", "1"],  # not silently ignored without a chain
+        ["--pace-ms", "-1"],
+        ["--modes", "idle", "--pace-ms", "40"],  # idle sends nothing to pace
     ):
         with pytest.raises(SystemExit):
             floor.main([*bad, "--bootstrap-servers", "unused:1"])
@@ -309,6 +365,21 @@ def test_three_stages_in_a_chain_on_the_broker(infra: CommonSettings, tmp_path: 
     left_topics, left_groups = asyncio.run(_on_broker(infra.kafka_bootstrap_servers))
     assert not set(topics) & left_topics
     assert not set(groups) & left_groups
+
+
+def test_a_paced_bare_hop_on_the_broker(
+    infra: CommonSettings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--pace-ms`` on a real hop: every record arrives, the phase lasts at least its pauses
+    (five between six records), and the report and the JSON say it was paced."""
+    out = tmp_path / "paced.json"
+    argv = ["--bootstrap-servers", infra.kafka_bootstrap_servers, "--modes", "bare"]
+    argv += ["-n", "6", "--warmup", "1", "-c", "1", "--pace-ms", "25", "--json", str(out)]
+    assert floor.main(argv) == 0
+    (phase,) = json.loads(out.read_text())["phases"]
+    assert (phase["mode"], phase["records"], phase["extra"]["pace_ms"]) == ("bare", 6, 25.0)
+    assert phase["seconds"] >= 5 * 0.025 and phase["p50_ms"] > 0
+    assert "| bare, 25 ms apart | 1 | 6 |" in capsys.readouterr().out
 
 
 async def _on_broker(bootstrap: str) -> tuple[set[str], set[str]]:

@@ -20,7 +20,10 @@ Two measurements, each against two private topics it creates (and deletes afterw
 ``--client`` (default ``aiokafka``: genwire's own clients and runtime, as above): the same
 phases on bare aiokafka, on librdkafka, or on one of each (``genwire_bench.floor_clients``).
 
-Closed loop: ``-c`` workers each publish a record and wait until it is seen. Figures are
+Closed loop: ``-c`` workers each publish a record and wait until it is seen; with ``--pace-ms``
+each waits that long before its next, so that every process on the path goes idle between two
+records, as the pipeline's stages do at c=1 (back to back their code and data stay in the
+caches, and a bare hop reads about a third of its cost at the pipeline's spacing). Figures are
 printed (and kept with ``--json``); nothing is asserted. Measure on a quiet machine: on two
 shared cores a busy neighbour shows up in every latency (the CPU figures are steadier).
 """
@@ -273,6 +276,7 @@ async def _drive(
     traced_count: int = 0,
     acks: list[float] | None = None,
     front: FrontClient | None = None,
+    pace_ms: float = 0.0,
 ) -> list[float]:
     """``count`` records through, ``concurrency`` at a time; each one's publish → seen (ms).
 
@@ -281,6 +285,7 @@ async def _drive(
     spans of exactly those records can be found in Jaeger.
     ``acks`` gets each record's publish → acknowledgement (ms). ``front``: each record is a
     call to the gRPC front instead (``--front grpc``), call → answer; nothing traced.
+    ``pace_ms``: each worker waits this long between one record seen and its next send.
     """
     latencies: list[float] = []
     next_index = 0
@@ -288,7 +293,13 @@ async def _drive(
 
     async def worker() -> None:
         nonlocal next_index
+        first = True
         while next_index < count:
+            if pace_ms and not first:  # before taking an index: the pause is not a record's
+                await asyncio.sleep(pace_ms / 1000.0)
+                if next_index >= count:
+                    break
+            first = False
             i = next_index
             next_index += 1
             rid = f"{tag}-{i}"
@@ -480,6 +491,7 @@ async def _chain(
                 "concurrency": c,
                 "size": args.size,
                 "front": client if via == "grpc" else None,
+                "pace_ms": args.pace_ms,
             }
             fproc = front if via == "grpc" else None
             await reader.fetching(fproc is None)
@@ -616,6 +628,7 @@ def _chain_phase(
             "relay_concurrency": args.relay_concurrency,
             "fetch_max_wait_ms": args.fetch_max_wait_ms,
             "commit_interval_ms": args.commit_interval_ms,
+            "pace_ms": args.pace_ms,
         },
     )
 
@@ -664,6 +677,7 @@ def chain_row(phase: Phase) -> ChainRow:
         ),
         tracing=bool(extra["tracing"]),
         size=int(extra["size"]),
+        pace_ms=float(extra.get("pace_ms") or 0.0),
     )
 
 
@@ -707,6 +721,7 @@ async def _phase(
             size=args.size,
             tag=tag,
             acks=acks,
+            pace_ms=args.pace_ms,
         )
         seconds = time.perf_counter() - t0
         cpu1, b1 = time.process_time(), tree_cpu_s(broker)
@@ -735,6 +750,7 @@ async def _phase(
             "tracing": bool(args.tracing) if relay else None,
             "fetch_max_wait_ms": args.fetch_max_wait_ms,
             "commit_interval_ms": args.commit_interval_ms,
+            "pace_ms": args.pace_ms,
             **_ack_extra(acks),
         },
     )
@@ -907,6 +923,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-s", type=float, default=10.0, help="length of the idle phase")
     p.add_argument("--size", type=int, default=200, help="record value bytes (about)")
     p.add_argument(
+        "--pace-ms",
+        type=float,
+        default=0.0,
+        help="each worker waits this long after its record is seen before it sends the next (0: "
+        "back to back). At the pipeline's spacing (c=1: a stage sees a request every ~40 ms) "
+        "every process on the path wakes cold, as it does there",
+    )
+    p.add_argument(
         "--event-loop",
         "--loop",
         dest="loop",
@@ -1034,8 +1058,10 @@ def _render_phases(phases: list[Phase]) -> str:
                 f"| {f(ph.relay_core_ms)} per s | {f(ph.broker_core_ms)} per s |"
             )
             continue
+        pace = float(ph.extra.get("pace_ms") or 0.0)
+        mode = f"{ph.mode}, {pace:g} ms apart" if pace else ph.mode
         lines.append(
-            f"| {ph.mode} | {ph.concurrency} | {ph.records} | {ph.records / ph.seconds:.0f} "
+            f"| {mode} | {ph.concurrency} | {ph.records} | {ph.records / ph.seconds:.0f} "
             f"| {f(ph.p50_ms)} | {f(ph.p95_ms)} | {f(ph.p99_ms)} | {f(ph.client_core_ms)} "
             f"| {f(ph.relay_core_ms)} | {f(ph.broker_core_ms)} |"
         )
@@ -1067,6 +1093,10 @@ def main(argv: list[str] | None = None) -> int:
     args.front = ["none"] if args.front is None else args.front
     if args.stages < 1:
         parser().error("--stages: at least 1")
+    if args.pace_ms < 0:
+        parser().error("--pace-ms: 0 or more")
+    if args.pace_ms and not set(args.modes) - {"idle"}:
+        parser().error("--pace-ms: only with --modes bare, hop or chain (idle sends nothing)")
     if args.relay_concurrency is not None and args.relay_concurrency < 1:
         parser().error("--relay-concurrency: at least 1")
     if args.hop_traces and not args.tracing:

@@ -141,6 +141,8 @@ class ChainRow:
     cost: ChainCost
     tracing: bool
     size: int
+    pace_ms: float = 0.0
+    """Each worker's pause between one record seen and its next send (``--pace-ms``)."""
 
 
 def _f(x: float | None) -> str:
@@ -166,6 +168,7 @@ def render_chain(rows: Sequence[ChainRow]) -> str:
         rate = r.records / r.seconds if r.seconds > 0 else 0.0
         label = f"{r.stages} stages, {r.size} B, tracing {'on' if r.tracing else 'off'}"
         label += ", gRPC front" if r.cost.fronted else ""
+        label += f", {r.pace_ms:g} ms apart" if r.pace_ms else ""
         front = f"| {_f(r.cost.front) if r.cost.fronted else '–'} " if fronted else ""
         lines.append(
             f"| {label} | {r.concurrency} | {r.records} | {rate:.0f} | {_f(r.p50_ms)} "
