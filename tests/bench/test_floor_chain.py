@@ -27,6 +27,7 @@ from genwire_bench.stats import distribution
 from genwire_bench.traces import Breakdown, HopStats, Span
 
 from genwire.settings import CommonSettings
+from tests.bench.echo import EchoProducer, EchoReplies
 
 
 def test_the_chain_has_one_topic_more_than_stages_each_relay_reading_the_previous_ones() -> None:
@@ -174,39 +175,24 @@ def test_without_a_bare_phase_at_its_concurrency_the_chain_says_nothing_beyond_t
     assert text.split("\n\n")[1].splitlines()[-1].startswith("| 3 stages")
 
 
-class _Echo:
-    """A producer and reader in one: every record sent is seen at once, and its send time kept."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[float, bytes]] = []
-        self._seen: dict[bytes, asyncio.Future[float]] = {}
-
-    def expect(self, key: bytes) -> asyncio.Future[float]:
-        self._seen[key] = asyncio.get_running_loop().create_future()
-        return self._seen[key]
-
-    async def send(self, topic: str, value: bytes, **kw: object) -> asyncio.Future[None]:
-        now = time.perf_counter()
-        key = kw["key"]
-        assert isinstance(key, bytes)
-        self.sent.append((now, key))
-        self._seen[key].set_result(now)
-        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        ack.set_result(None)
-        return ack
-
-
 async def test_a_paced_worker_waits_between_one_record_seen_and_its_next_send() -> None:
-    echo: Any = _Echo()  # both ends of the hop
+    replies = EchoReplies()
+    producer: Any = EchoProducer(replies)
     pace_s = 0.2
+    begun = time.perf_counter()
     lat = await floor._drive(
-        echo, echo, "t", count=4, concurrency=2, size=100, tag="p", pace_ms=pace_s * 1000
+        producer, replies, "t", count=4, concurrency=2, size=100, tag="p", pace_ms=pace_s * 1000
     )
-    assert len(lat) == 4 and sorted(k for _, k in echo.sent) == [b"p-0", b"p-1", b"p-2", b"p-3"]
-    # two workers, two records each: each one's second send follows its pause, and neither
-    # paused before its first; the pause is between records, so no latency holds it
-    times = sorted(t for t, _ in echo.sent)
-    assert times[2] - times[0] >= pace_s and times[1] - times[0] < pace_s
+    assert len(lat) == 4 and sorted(k for *_, k in producer.sent) == [
+        b"p-0",
+        b"p-1",
+        b"p-2",
+        b"p-3",
+    ]
+    # two workers, two records each: neither paused before its first send, each paused before
+    # its second; the pause is between records, so no latency holds it
+    times = sorted(producer.sent_at)
+    assert times[1] - begun < pace_s and times[2] - times[0] >= pace_s
     assert max(lat) < pace_s * 1000
 
 

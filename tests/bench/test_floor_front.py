@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from genwire.service.runtime import ServiceRuntime
 from genwire.settings import CommonSettings
+from tests.bench.echo import EchoProducer, EchoReplies
 from tests.bench.test_floor_chain import _on_broker
 
 
@@ -125,49 +126,16 @@ def test_a_report_with_both_ends_with_the_difference_and_not_beyond_the_floor() 
 
 
 @dataclass
-class _Producer:
-    """Stands in for Kafka: each publish is seen at once (the reply reader's future set)."""
-
-    replies: _Replies
-    sent: list[tuple[str, bytes, bytes | None]] = field(default_factory=list)
-
-    async def send(
-        self, topic: str, value: bytes, *, key: bytes | None = None
-    ) -> asyncio.Future[object]:
-        self.sent.append((topic, value, key))
-        self.replies.see(key or b"")
-        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-
-@dataclass
-class _Replies:
-    waiting: dict[bytes, asyncio.Future[float]] = field(default_factory=dict)
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def expect(self, key: bytes) -> asyncio.Future[float]:
-        self.waiting[key] = asyncio.get_running_loop().create_future()
-        return self.waiting[key]
-
-    def see(self, key: bytes) -> None:
-        self.waiting.pop(key).set_result(0.0)
-
-
-@dataclass
 class _Runtime:
-    producer: _Producer
+    producer: EchoProducer
     tracer = TracerProvider().get_tracer("test")
 
 
 async def test_a_call_to_the_front_publishes_the_record_naming_the_reply_and_is_answered() -> None:
     """Over a real gRPC channel: the front names its reply partition in the record it
     publishes, keyed by the request id, and answers once the reply is seen."""
-    replies = _Replies()
-    producer = _Producer(replies)
+    replies = EchoReplies()
+    producer = EchoProducer(replies)
     runtime = cast(ServiceRuntime, _Runtime(producer))
     server, port = _server(Front(runtime, replies, "floor-ab-0", "floor-ab-3:0"))
     await server.start()

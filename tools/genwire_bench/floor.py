@@ -491,7 +491,6 @@ async def _chain(
                 "concurrency": c,
                 "size": args.size,
                 "front": client if via == "grpc" else None,
-                "pace_ms": args.pace_ms,
             }
             fproc = front if via == "grpc" else None
             await reader.fetching(fproc is None)
@@ -515,6 +514,7 @@ async def _chain(
                 traced=traced,
                 traced_count=n_traced,
                 acks=acks,
+                pace_ms=args.pace_ms,  # the warm-up runs back to back, as in the other modes
                 **drive,
             )
             seconds = time.perf_counter() - t0
@@ -656,6 +656,11 @@ def _idle_per_record(phase: Phase) -> float | None:
     return None if rate is None or phase.records <= 0 else rate * phase.seconds / phase.records
 
 
+def pace_of(extra: dict[str, Any]) -> float:
+    """A phase's ``--pace-ms`` (0 for a run from before the option)."""
+    return float(extra.get("pace_ms") or 0.0)
+
+
 def chain_row(phase: Phase) -> ChainRow:
     """A ``chain`` phase as the chain table's row."""
     extra = phase.extra
@@ -677,7 +682,7 @@ def chain_row(phase: Phase) -> ChainRow:
         ),
         tracing=bool(extra["tracing"]),
         size=int(extra["size"]),
-        pace_ms=float(extra.get("pace_ms") or 0.0),
+        pace_ms=pace_of(extra),
     )
 
 
@@ -927,8 +932,9 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="each worker waits this long after its record is seen before it sends the next (0: "
-        "back to back). At the pipeline's spacing (c=1: a stage sees a request every ~40 ms) "
-        "every process on the path wakes cold, as it does there",
+        "back to back). The pipeline's stages at c=1 see a request every 36-42 ms (a pause of "
+        "~30 ms plus the chain's own latency): every process on the path then wakes cold, as "
+        "there",
     )
     p.add_argument(
         "--event-loop",
@@ -1058,7 +1064,7 @@ def _render_phases(phases: list[Phase]) -> str:
                 f"| {f(ph.relay_core_ms)} per s | {f(ph.broker_core_ms)} per s |"
             )
             continue
-        pace = float(ph.extra.get("pace_ms") or 0.0)
+        pace = pace_of(ph.extra)
         mode = f"{ph.mode}, {pace:g} ms apart" if pace else ph.mode
         lines.append(
             f"| {mode} | {ph.concurrency} | {ph.records} | {ph.records / ph.seconds:.0f} "
