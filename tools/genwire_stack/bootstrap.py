@@ -35,6 +35,11 @@ def require_tool(name: str, hint: str) -> str:
     return found
 
 
+def _masked(output: bytes) -> str:
+    """A step's output as the log keeps it: a tool may echo a secret it was given in argv."""
+    return shown([output.decode(errors="replace")])[0]
+
+
 def run_step(
     argv: Sequence[str],
     *,
@@ -44,7 +49,12 @@ def run_step(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
 ) -> str:
-    """Run an install step with its output in ``log``; returns stdout (stderr goes to the log)."""
+    """Run an install step with its output in ``log``; returns its stdout.
+
+    Both streams go to the log, stdout first. A failure's message quotes the step's last
+    stderr line: a tool's error is there, while its stdout may end in unrelated logging
+    (Kafka's StorageTool logs to stdout and writes its usage error to stderr).
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as handle:
         handle.write(f"\n=== genwire: {what}: {' '.join(shown(argv))}\n".encode())
@@ -54,20 +64,24 @@ def run_step(
                 list(argv),
                 cwd=cwd,
                 env=dict(env) if env is not None else None,
-                stdout=subprocess.PIPE,
-                stderr=handle,
+                capture_output=True,
                 stdin=subprocess.DEVNULL,
                 check=False,
             )
         except OSError as exc:
             raise StackError(f"{what} failed: cannot run {argv[0]}: {exc.strerror}") from exc
-        handle.write(proc.stdout)
+        stderr = _masked(proc.stderr)
+        handle.write(_masked(proc.stdout).encode())
+        handle.write(stderr.encode())
     if proc.returncode != 0:
-        last = log_tail(log)
-        raise StackError(
-            f"{what} failed (exit {proc.returncode}; last log line: {last!r}; full log: {log}): "
-            f"{hint}"
+        errors = [line.strip() for line in stderr.splitlines()]
+        errors = [line for line in errors if line]
+        last = (
+            f"last error line: {errors[-1][:300]!r}"
+            if errors
+            else f"last log line: {log_tail(log)!r}"
         )
+        raise StackError(f"{what} failed (exit {proc.returncode}; {last}; full log: {log}): {hint}")
     return proc.stdout.decode(errors="replace")
 
 

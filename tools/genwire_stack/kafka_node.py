@@ -23,6 +23,16 @@ from genwire_stack.paths import StackPaths
 from genwire_stack.secure import ADMIN, SecureStack, acl_bindings, create_acls
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id as Kafka makes them (``Uuid.randomUuid``): 16 random bytes in URL-safe
+    base64, never starting with "-", which Kafka's tools would read as an option (1 in 64
+    draws: one CI run's secure stack failed its format so)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class Kafka(Component):
     """Apache Kafka, one KRaft node (broker + controller), jars from Maven Central.
 
@@ -114,12 +124,12 @@ class Kafka(Component):
 
     def _cluster_id(self) -> str:
         if self.size == 1:
-            return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            return new_cluster_id()
         try:
             return self.cluster_id_file.read_text().strip()
         except FileNotFoundError:
             pass
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         self.cluster_id_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.cluster_id_file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(cluster_id)
@@ -181,8 +191,9 @@ class Kafka(Component):
                     str(self.dest / "libs" / "*"),
                     "kafka.tools.StorageTool",
                     "format",
-                    "-t",
-                    cluster_id,
+                    # One argument: an id starting with "-" (an older genwire made them) would
+                    # read as an option and fail the format.
+                    f"--cluster-id={cluster_id}",
                     "-c",
                     str(self.config_file),
                     *(self.security.scram_arguments() if self.security else []),

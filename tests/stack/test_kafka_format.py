@@ -1,0 +1,88 @@
+"""Formatting a KRaft node's storage: cluster ids Kafka's tools accept, and a failed install step
+that says why.
+
+One CI run's secure stack drew a cluster id starting with "-" (1 draw in 64): Kafka's
+StorageTool read it as an option, printed its usage error to stderr and exited 1, and the
+message quoted the INFO line its logging had written to stdout instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from pathlib import Path
+
+import pytest
+from genwire_stack import kafka_node
+from genwire_stack.bootstrap import run_step
+from genwire_stack.components import Kafka
+from genwire_stack.errors import StackError
+from genwire_stack.kafka_node import new_cluster_id
+from genwire_stack.paths import StackPaths
+
+from genwire.settings import CommonSettings
+from tests.stack.support import free_port
+
+DASHED = uuid.UUID(bytes=b"\xf8" + bytes(15))
+"""URL-safe base64 of a first byte 0xF8 starts with "-" (index 62 of the alphabet)."""
+
+
+def test_a_new_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = uuid.UUID(bytes=b"\x00" + bytes(range(1, 16)))
+    draws = iter([DASHED, DASHED, plain])
+    monkeypatch.setattr(kafka_node.uuid, "uuid4", lambda: next(draws))
+    cluster_id = new_cluster_id()
+    assert cluster_id == "AAECAwQFBgcICQoLDA0ODw"  # the third draw's, after two dashed ones
+    assert len(cluster_id) == 22
+
+
+def test_a_failed_step_quotes_its_error_line_not_its_last_output(tmp_path: Path) -> None:
+    """stdout ends in logging, the error is on stderr: the message names the error; a secret
+    the tool echoes stays masked in the log and the message."""
+    script = (
+        "import sys; print('ERROR bad password=hunter2', file=sys.stderr); "
+        "print('INFO registered a bean'); raise SystemExit(1)"
+    )
+    log = tmp_path / "logs" / "step.log"
+    with pytest.raises(StackError) as raised:
+        run_step(["python3", "-c", script], what="a step", log=log, hint="fix it")
+    message = str(raised.value)
+    assert "last error line: 'ERROR bad password=***'" in message
+    assert "registered a bean" not in message and "hunter2" not in message
+    kept = log.read_text()
+    assert "INFO registered a bean" in kept and "ERROR bad password=***" in kept
+    assert "hunter2" not in kept
+
+
+def test_a_failed_step_with_nothing_on_stderr_quotes_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "step.log"
+    with pytest.raises(StackError, match="last log line: 'only stdout'"):
+        run_step(
+            ["python3", "-c", "print('only stdout'); raise SystemExit(3)"],
+            what="s",
+            log=log,
+            hint="",
+        )
+
+
+def test_a_dashed_cluster_id_formats(infra: CommonSettings, tmp_path: Path) -> None:
+    """A cluster's id file written by an older genwire may start with "-": the real StorageTool
+    still formats the node with it."""
+    settings = CommonSettings(home=tmp_path)
+    paths = StackPaths.from_settings(settings)
+    ports = []
+    while len(ports) < 4:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    cluster = [(ports[0], ports[1]), (ports[2], ports[3])]
+    node = Kafka(paths, settings, *cluster[0], node_id=1, cluster=cluster, heap="256m")
+    node.dest.parent.mkdir(parents=True)
+    node.dest.symlink_to(Kafka(StackPaths.from_settings(infra), infra).dest)  # installed jars
+    dashed = base64.urlsafe_b64encode(DASHED.bytes).decode().rstrip("=")
+    assert dashed.startswith("-")
+    node.cluster_id_file.parent.mkdir(parents=True, exist_ok=True)
+    node.cluster_id_file.write_text(dashed)
+    node.prepare()
+    meta = (node.data_dir / "meta.properties").read_text()
+    assert f"cluster.id={dashed}\n" in meta
