@@ -26,7 +26,7 @@ from genwire_bench.floor_clients import (
 )
 
 from genwire import kafka_security
-from genwire.kafka import ensure_topics
+from genwire.kafka import ensure_topics, rdkafka, rdkafka_consumer
 from genwire.kafka.admin import delete_groups, delete_topics
 from genwire.settings import CommonSettings
 from genwire.topics import TopicSpec
@@ -142,6 +142,8 @@ async def test_a_publish_that_fails_leaves_its_offset_and_every_later_one_unstor
         ("mixed", "RdProducer", "Reader"),
         ("mixed-consumer", "PlainProducer", "RdReader"),
         ("librdkafka", "RdProducer", "RdReader"),
+        ("runtime-librdkafka", "RdProducer", "RdReader"),
+        ("adapters-librdkafka", "RdProducer", "RdReader"),
     ],
 )
 def test_each_client_measures_on_its_libraries(
@@ -179,12 +181,24 @@ def test_each_client_measures_on_its_libraries(
     assert cmd[cmd.index("--client") + 1] == client
 
 
-@pytest.mark.parametrize("client", ["plain-aiokafka", "mixed", "mixed-consumer", "librdkafka"])
+@pytest.mark.parametrize(
+    "client",
+    [
+        "plain-aiokafka",
+        "mixed",
+        "mixed-consumer",
+        "librdkafka",
+        "adapters-librdkafka",
+        "runtime-librdkafka",
+    ],
+)
 def test_what_the_other_clients_refuse(client: str, capsys: pytest.CaptureFixture[str]) -> None:
-    for bad, why in (
-        ([], "add --no-tracing"),  # tracing is on by default: these relays export no spans
-        (["--no-tracing", "--modes", "chain", "--front", "grpc"], "no gRPC front"),
-    ):
+    refused: list[tuple[list[str], str]] = [
+        (["--no-tracing", "--modes", "chain", "--front", "grpc"], "no gRPC front")
+    ]
+    if client != "runtime-librdkafka":  # the runtime's relays export spans on either client
+        refused.append(([], "add --no-tracing"))  # tracing is on by default
+    for bad, why in refused:
         with pytest.raises(SystemExit) as exit_:
             floor.main(["--client", client, *bad, "--bootstrap-servers", "unused:1"])
         assert exit_.value.code == 2
@@ -218,7 +232,17 @@ def test_librdkafka_is_refused_on_a_secure_broker(
     assert measured == ["measured"]
 
 
-@pytest.mark.parametrize("client", ["plain-aiokafka", "mixed", "mixed-consumer", "librdkafka"])
+@pytest.mark.parametrize(
+    "client",
+    [
+        "plain-aiokafka",
+        "mixed",
+        "mixed-consumer",
+        "librdkafka",
+        "adapters-librdkafka",
+        "runtime-librdkafka",
+    ],
+)
 def test_the_floor_and_a_chain_on_each_client(
     client: str, infra: CommonSettings, tmp_path: Path
 ) -> None:
@@ -262,7 +286,7 @@ def test_the_floor_and_a_chain_on_each_client(
         assert all(r is not None and r >= 0 for r in p["extra"]["relays_core_ms"])
 
 
-@pytest.mark.parametrize("client", ["plain-aiokafka", "mixed", "librdkafka"])
+@pytest.mark.parametrize("client", ["plain-aiokafka", "mixed", "librdkafka", "adapters-librdkafka"])
 def test_a_relay_commits_what_it_forwarded_when_it_stops(
     client: str, infra: CommonSettings
 ) -> None:
@@ -344,12 +368,17 @@ async def out_ends(bootstrap: str, topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
-def test_the_aiokafka_floor_is_genwires_runtime_on_aiokafka_whatever_the_shell_exports(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("client", "exported", "kind"),
+    [("aiokafka", "librdkafka", "aiokafka"), ("runtime-librdkafka", "aiokafka", "librdkafka")],
+)
+def test_the_runtime_floors_run_on_the_client_named_whatever_the_shell_exports(
+    client: str, exported: str, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`GENWIRE_KAFKA_CLIENT=librdkafka` exported for `make up` must not turn the default
-    client's figures into librdkafka's: the tool, and the relays it starts, are on aiokafka."""
-    monkeypatch.setenv("GENWIRE_KAFKA_CLIENT", "librdkafka")
+    client's figures into librdkafka's, nor the other way round: the tool, and the relays it
+    starts, are on the client ``--client`` names."""
+    monkeypatch.setenv("GENWIRE_KAFKA_CLIENT", exported)
     seen: list[str] = []
 
     def run(main: object, _loop: str) -> list[object]:
@@ -358,6 +387,24 @@ def test_the_aiokafka_floor_is_genwires_runtime_on_aiokafka_whatever_the_shell_e
         return []
 
     monkeypatch.setattr(floor.event_loop, "run", run)
-    floor.main(["--no-tracing", "--bootstrap-servers", "unused:1"])
-    assert os.environ["GENWIRE_KAFKA_CLIENT"] == "aiokafka"  # what its relays inherit
-    assert seen == ["aiokafka"]
+    floor.main(["--client", client, "--no-tracing", "--bootstrap-servers", "unused:1"])
+    assert os.environ["GENWIRE_KAFKA_CLIENT"] == kind  # what its relays inherit
+    assert seen == [kind]
+
+
+async def test_the_adapters_relay_reads_and_publishes_with_genwires_librdkafka_adapters() -> None:
+    """``adapters-librdkafka``: the bare relay's logic on ``RdConsumer`` (read from the loop, as
+    aiokafka's consumer) and ``RdProducer``, as ``EventConsumer`` and ``EventProducer`` make
+    them; nothing connects before ``start``."""
+    args = floor.parser().parse_args(
+        ["--client", "adapters-librdkafka", "--no-tracing", "--relay", "in", "out", "--group", "g"]
+    )
+    relay = floor_clients.Relay(args, floor_clients.SIDES["adapters-librdkafka"])
+    assert not relay._threaded
+    producer = relay._producer
+    assert isinstance(producer, floor_clients.PlainProducer)
+    assert isinstance(producer._producer, rdkafka.RdProducer)
+    consumer = relay._loop_consumer()
+    assert isinstance(consumer, rdkafka_consumer.RdConsumer)
+    assert consumer._config["group.id"] == "g"
+    assert consumer._config["fetch.wait.max.ms"] == args.fetch_max_wait_ms

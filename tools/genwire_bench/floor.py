@@ -18,7 +18,9 @@ Two measurements, each against two private topics it creates (and deletes afterw
   ``--front none,grpc``: also behind a do-nothing gRPC front (``genwire_bench.floor_front``).
 
 ``--client`` (default ``aiokafka``: genwire's own clients and runtime, as above): the same
-phases on bare aiokafka, on librdkafka, or on one of each (``genwire_bench.floor_clients``).
+phases with the runtime on librdkafka (``runtime-librdkafka``), on bare aiokafka, on bare
+librdkafka, on one of each, or with bare relays on genwire's librdkafka adapters
+(``genwire_bench.floor_clients``).
 
 Closed loop: ``-c`` workers each publish a record and wait until it is seen; with ``--pace-ms``
 each waits that long before its next, so that every process on the path goes idle between two
@@ -57,6 +59,7 @@ from genwire_bench.drivers.base import new_trace
 from genwire_bench.floor_chain import (
     CLIENTS,
     DEFAULT_STAGES,
+    RUNTIME,
     SIDES,
     ChainCost,
     ChainRow,
@@ -998,10 +1001,13 @@ def parser() -> argparse.ArgumentParser:
         choices=CLIENTS,
         default="aiokafka",
         help="the Kafka clients of the measuring process and the relays: aiokafka (the "
-        "services' runtime), plain-aiokafka (bare aiokafka clients, no genwire wrapper), mixed "
+        "services' runtime), runtime-librdkafka (the same runtime on KAFKA_CLIENT=librdkafka), "
+        "plain-aiokafka (bare aiokafka clients, no genwire wrapper), mixed "
         "(aiokafka's consumer, librdkafka's producer), mixed-consumer (the other way round), "
-        "librdkafka (confluent-kafka); the same "
-        "settings and semantics; all but aiokafka need --no-tracing (genwire_bench.floor_clients)",
+        "librdkafka (confluent-kafka), adapters-librdkafka (the bare relay on genwire's "
+        "librdkafka adapters, no runtime); the same settings and semantics; all but the two "
+        "runtimes need --no-tracing, and the measuring process is librdkafka's on every "
+        "client that reads with it (genwire_bench.floor_clients)",
     )
     p.add_argument(
         "--beside-model",
@@ -1108,7 +1114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.hop_traces and not args.tracing:
         parser().error("--hop-traces needs the relays' spans: not with --no-tracing")
     # (a relay's tracing comes in its environment, OTEL_TRACES_EXPORTER, not in --tracing)
-    if args.client != "aiokafka" and args.tracing and not args.relay:
+    if args.client not in RUNTIME and args.tracing and not args.relay:
         parser().error(f"--client {args.client}: its relays export no spans, add --no-tracing")
     if args.client != "aiokafka" and args.front != ["none"]:
         parser().error(f"--client {args.client}: no gRPC front on this client (--front none)")
@@ -1117,11 +1123,11 @@ def main(argv: list[str] | None = None) -> int:
             f"--client {args.client}: librdkafka is not given the broker's TLS/SASL settings "
             "here; measure it on a PLAINTEXT broker"
         )
-    if args.client == "aiokafka":
-        # genwire's runtime on aiokafka, as named, whatever KAFKA_CLIENT the shell exports (for
+    if args.client in RUNTIME:
+        # genwire's runtime on the client named, whatever KAFKA_CLIENT the shell exports (for
         # `make up`, say); its relays inherit this environment.
-        os.environ["GENWIRE_KAFKA_CLIENT"] = "aiokafka"
-    if args.relay and args.client != "aiokafka":
+        os.environ["GENWIRE_KAFKA_CLIENT"] = RUNTIME[args.client]
+    if args.relay and args.client not in RUNTIME:
         from genwire_bench import floor_clients
 
         event_loop.run(floor_clients.relay_main(args, READY), args.loop)

@@ -31,14 +31,22 @@ Sides = tuple[str, str]
 """A ``--client``'s (consumer, producer) libraries: ``aiokafka`` or ``librdkafka``."""
 SIDES: dict[str, Sides] = {
     "aiokafka": ("aiokafka", "aiokafka"),  # the services' runtime (floor.relay_main)
+    "runtime-librdkafka": ("librdkafka", "librdkafka"),  # the same on KAFKA_CLIENT=librdkafka
     "plain-aiokafka": ("aiokafka", "aiokafka"),  # the others: floor_clients.Relay
     "mixed": ("aiokafka", "librdkafka"),
     "mixed-consumer": ("librdkafka", "aiokafka"),
     "librdkafka": ("librdkafka", "librdkafka"),
+    "adapters-librdkafka": ("librdkafka", "librdkafka"),  # genwire's adapters, no runtime
 }
 CLIENTS = tuple(SIDES)
-"""``floor --client``; every one but ``aiokafka`` is built in ``floor_clients``, which imports
-confluent-kafka (so the default needs none)."""
+"""``floor --client``; the runtime's relays are ``floor.relay_main``, the others are built in
+``floor_clients``, which imports confluent-kafka (so the default needs none)."""
+RUNTIME: dict[str, str] = {"aiokafka": "aiokafka", "runtime-librdkafka": "librdkafka"}
+"""The clients whose relays are genwire's runtime, and the ``KAFKA_CLIENT`` each runs it on."""
+ADAPTERS = "adapters-librdkafka"
+"""``floor_clients.Relay`` on genwire's librdkafka adapters (``RdConsumer``, ``RdProducer``):
+between the bare ``librdkafka`` relay and ``runtime-librdkafka``, it tells the adapters' cost
+from the runtime's."""
 
 
 class FloorRecord(BaseModel):

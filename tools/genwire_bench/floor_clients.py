@@ -13,6 +13,10 @@ clients and the ``hop``/``chain``/``idle`` relays:
 - ``mixed-consumer``: the other way round, librdkafka's consumer and aiokafka's producer: what a
   consumer-only swap would give.
 - ``librdkafka``: this module's relay and client on librdkafka alone.
+- ``adapters-librdkafka``: this module's relay on genwire's librdkafka adapters (``RdConsumer``
+  read from the loop as aiokafka's consumer is, ``RdProducer``), the client as ``librdkafka``'s:
+  what the adapters add to bare librdkafka, and (against ``runtime-librdkafka``, the services'
+  runtime on them: ``floor.relay_main``) what the runtime adds to the adapters.
 
 Every variant keeps the services' settings and semantics:
 
@@ -45,10 +49,12 @@ from aiokafka.errors import KafkaError as AIOKafkaError
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka import TopicPartition as RdPartition
 
+from genwire.kafka import rdkafka, rdkafka_consumer
 from genwire.kafka.consumer import consumer_options
+from genwire.kafka.producer import MAX_REQUEST_SIZE
 from genwire.kafka_security import client_options
 from genwire.settings import ServiceSettings
-from genwire_bench.floor_chain import SIDES, FloorRecord, Sides
+from genwire_bench.floor_chain import ADAPTERS, SIDES, FloorRecord, Sides
 
 POLL_S = 0.1
 """How long a poller or consumer thread blocks in C before it looks at its stop flag."""
@@ -329,9 +335,19 @@ class OffsetTracker:
 
 class PlainProducer(_Untraced):
     """``RdProducer``'s face on a bare ``AIOKafkaProducer`` with ``EventProducer``'s settings
-    (``plain-aiokafka``): no span, no reset logic, no wrapper."""
+    (``plain-aiokafka``): no span, no reset logic, no wrapper. ``adapters``: on genwire's
+    librdkafka producer instead (``adapters-librdkafka``), as ``EventProducer`` makes it."""
 
-    def __init__(self, bootstrap_servers: str, client_id: str) -> None:
+    def __init__(self, bootstrap_servers: str, client_id: str, *, adapters: bool = False) -> None:
+        if adapters:
+            self._producer = rdkafka.RdProducer(  # type: ignore[assignment]  # the same face
+                bootstrap_servers=bootstrap_servers,
+                client_id=client_id,
+                linger_ms=0,
+                max_request_size=MAX_REQUEST_SIZE,
+                request_timeout_ms=30_000,
+            )
+            return
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
             **client_options(),
@@ -376,10 +392,11 @@ class PlainProducer(_Untraced):
 def new_producer(
     library: str, bootstrap_servers: str, client_id: str
 ) -> RdProducer | PlainProducer:
-    """The producer of ``library`` (``produce``, ``send``, ``start``, ``stop``)."""
+    """The producer of ``library`` (``produce``, ``send``, ``start``, ``stop``): ``aiokafka``,
+    ``librdkafka``, or ``ADAPTERS`` (genwire's librdkafka producer)."""
     if library == "librdkafka":
         return RdProducer(bootstrap_servers, client_id)
-    return PlainProducer(bootstrap_servers, client_id)
+    return PlainProducer(bootstrap_servers, client_id, adapters=library == ADAPTERS)
 
 
 class _Joined(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -406,8 +423,12 @@ class Relay:
     def __init__(self, args: argparse.Namespace, sides: Sides) -> None:
         self.topic_in, self.topic_out = args.relay
         self._args = args
-        self._consumer_lib = sides[0]
-        self._producer = new_producer(sides[1], args.bootstrap_servers, f"{args.group}-out")
+        self._adapters = args.client == ADAPTERS
+        # librdkafka's consumer on a thread of this relay's; otherwise one read from the loop
+        # (aiokafka's, or genwire's RdConsumer with its own thread behind it)
+        self._threaded = sides[0] == "librdkafka" and not self._adapters
+        producer_lib = ADAPTERS if self._adapters else sides[1]
+        self._producer = new_producer(producer_lib, args.bootstrap_servers, f"{args.group}-out")
         self._tracker = OffsetTracker()
         self._stored: deque[tuple[int, int]] = deque()  # (partition, offset) to store/commit
         self._pending: set[asyncio.Future[object]] = set()  # publishes not yet acknowledged
@@ -458,7 +479,7 @@ class Relay:
         self._finished(partition, offset)
 
     def _release(self) -> None:
-        if self._consumer_lib == "librdkafka":
+        if self._threaded:
             self._permits.release()
         else:
             self._free.release()
@@ -525,18 +546,29 @@ class Relay:
             self._rd_store(consumer)
             await asyncio.to_thread(consumer.close)  # commits what is stored, leaves the group
 
-    # --- aiokafka's consumer: a reading task and a committing task on the loop ---
+    # --- a consumer read from the loop (aiokafka's, or genwire's RdConsumer): a reading task
+    # and a committing task ---
 
-    async def _run_aiokafka(self, serving: asyncio.Future[None]) -> None:
+    def _loop_consumer(self) -> AIOKafkaConsumer:
         args = self._args
-        joined = _Joined()
-        consumer = AIOKafkaConsumer(
-            **consumer_options(
-                args.bootstrap_servers,
-                group_id=args.group,
-                fetch_max_wait_ms=args.fetch_max_wait_ms,
-            ),
+        options = consumer_options(
+            args.bootstrap_servers, group_id=args.group, fetch_max_wait_ms=args.fetch_max_wait_ms
         )
+        if not self._adapters:
+            return AIOKafkaConsumer(**options)
+        return rdkafka_consumer.RdConsumer(  # type: ignore[return-value]  # the same face
+            bootstrap_servers=args.bootstrap_servers,
+            group_id=args.group,
+            auto_offset_reset=options["auto_offset_reset"],
+            max_partition_fetch_bytes=options["max_partition_fetch_bytes"],
+            fetch_max_wait_ms=args.fetch_max_wait_ms,
+            session_timeout_ms=options["session_timeout_ms"],
+            heartbeat_interval_ms=options["heartbeat_interval_ms"],
+        )
+
+    async def _run_on_loop(self, serving: asyncio.Future[None]) -> None:
+        joined = _Joined()
+        consumer = self._loop_consumer()
         consumer.subscribe([self.topic_in], listener=joined)
         await consumer.start()
         committer = asyncio.create_task(self._commit_every(consumer))
@@ -577,10 +609,10 @@ class Relay:
 
     async def run(self, serving: asyncio.Future[None]) -> None:
         await self._producer.start()
-        if self._consumer_lib == "librdkafka":
+        if self._threaded:
             await self._run_librdkafka(serving)
         else:
-            await self._run_aiokafka(serving)
+            await self._run_on_loop(serving)
 
 
 def _said(task: asyncio.Task[None]) -> None:
