@@ -87,6 +87,46 @@ def publish_error(exc: BaseException) -> GenwireError:
     return RetryableError(f"kafka: {type(exc).__name__}: {exc}", dependency=KAFKA)
 
 
+def new_client(
+    bootstrap_servers: str,
+    client_id: str,
+    *,
+    linger_ms: int = 0,
+    request_timeout_ms: int = 30_000,
+    kind: str | None = None,
+) -> AIOKafkaProducer:
+    """The client an ``EventProducer`` publishes with: idempotent, ``acks=all``, on ``kind``
+    (``aiokafka`` or ``librdkafka``; default :func:`client_kind`). The floor benchmark measures
+    it bare, without the wrapper."""
+    if (kind or client_kind()) == "librdkafka":
+        from genwire.kafka.rdkafka import RdProducer  # confluent-kafka only when chosen
+
+        return RdProducer(  # type: ignore[return-value]  # AIOKafkaProducer's face
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            linger_ms=linger_ms,
+            max_request_size=MAX_REQUEST_SIZE,
+            request_timeout_ms=request_timeout_ms,
+        )
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        **client_options(),
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        # No linger: each hop of a request pays it (measured on this broker: 1 ms of linger
+        # took a hop from 2.0 to 3.3 ms p50, docs/benchmarks.md). Under load records still
+        # batch, because aiokafka drains a partition only while no request to its broker
+        # is in flight.
+        linger_ms=linger_ms,
+        max_request_size=MAX_REQUEST_SIZE,
+        # One produce request's timeout. An idempotent producer keeps retrying a batch whose
+        # leader is known (it never expires it), so callers bound their wait for the
+        # acknowledgement themselves (``ack_timeout_s``).
+        request_timeout_ms=request_timeout_ms,
+    )
+
+
 class EventProducer:
     """A thin, traced wrapper over one idempotent ``AIOKafkaProducer``, replaced when fatal."""
 
@@ -113,31 +153,10 @@ class EventProducer:
         self._tracer = tracer or trace.get_tracer("genwire.kafka")
 
     def _new_client(self) -> AIOKafkaProducer:
-        if client_kind() == "librdkafka":
-            from genwire.kafka.rdkafka import RdProducer  # confluent-kafka only when chosen
-
-            return RdProducer(  # type: ignore[return-value]  # AIOKafkaProducer's face
-                bootstrap_servers=self._bootstrap,
-                client_id=self._client_id,
-                linger_ms=self._linger_ms,
-                max_request_size=MAX_REQUEST_SIZE,
-                request_timeout_ms=self._request_timeout_ms,
-            )
-        return AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
-            **client_options(),
-            client_id=self._client_id,
-            acks="all",
-            enable_idempotence=True,
-            # No linger: each hop of a request pays it (measured on this broker: 1 ms of linger
-            # took a hop from 2.0 to 3.3 ms p50, docs/benchmarks.md). Under load records still
-            # batch, because aiokafka drains a partition only while no request to its broker
-            # is in flight.
+        return new_client(
+            self._bootstrap,
+            self._client_id,
             linger_ms=self._linger_ms,
-            max_request_size=MAX_REQUEST_SIZE,
-            # One produce request's timeout. An idempotent producer keeps retrying a batch whose
-            # leader is known (it never expires it), so callers bound their wait for the
-            # acknowledgement themselves (``ack_timeout_s``).
             request_timeout_ms=self._request_timeout_ms,
         )
 

@@ -117,7 +117,7 @@ async def test_a_publish_that_fails_leaves_its_offset_and_every_later_one_unstor
     args = floor.parser().parse_args(
         ["--client", "librdkafka", "--no-tracing", "--relay", "in", "out", "--group", "g"]
     )
-    relay = floor_clients.Relay(args, ("librdkafka", "librdkafka"))
+    relay = floor_clients.Relay(args)
     good = json.dumps({"request_id": "r", "body": "x"}).encode()
     publisher.outcomes = ["ok", "fail", "ok"]
     for offset in (10, 11, 12):
@@ -216,7 +216,13 @@ def test_librdkafka_is_refused_on_a_secure_broker(
     monkeypatch.setenv("GENWIRE_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
     monkeypatch.setenv("GENWIRE_KAFKA_SASL_USERNAME", "u")
     monkeypatch.setenv("GENWIRE_KAFKA_SASL_PASSWORD", "p")
-    for client in ("mixed", "mixed-consumer", "librdkafka"):
+    for client in (
+        "mixed",
+        "mixed-consumer",
+        "librdkafka",
+        "adapters-librdkafka",
+        "runtime-librdkafka",
+    ):
         with pytest.raises(SystemExit) as exit_:
             floor.main(["--client", client, "--no-tracing", "--bootstrap-servers", "unused:1"])
         assert exit_.value.code == 2 and "PLAINTEXT broker" in capsys.readouterr().err
@@ -399,7 +405,7 @@ async def test_the_adapters_relay_reads_and_publishes_with_genwires_librdkafka_a
     args = floor.parser().parse_args(
         ["--client", "adapters-librdkafka", "--no-tracing", "--relay", "in", "out", "--group", "g"]
     )
-    relay = floor_clients.Relay(args, floor_clients.SIDES["adapters-librdkafka"])
+    relay = floor_clients.Relay(args)
     assert not relay._threaded
     producer = relay._producer
     assert isinstance(producer, floor_clients.PlainProducer)

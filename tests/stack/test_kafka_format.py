@@ -9,6 +9,9 @@ message quoted the INFO line its logging had written to stdout instead.
 from __future__ import annotations
 
 import base64
+import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from genwire_stack import kafka_node
 from genwire_stack.bootstrap import run_step
 from genwire_stack.components import Kafka
 from genwire_stack.errors import StackError
+from genwire_stack.health import error_line
 from genwire_stack.kafka_node import new_cluster_id
 from genwire_stack.paths import StackPaths
 
@@ -45,7 +49,7 @@ def test_a_failed_step_quotes_its_error_line_not_its_last_output(tmp_path: Path)
     )
     log = tmp_path / "logs" / "step.log"
     with pytest.raises(StackError) as raised:
-        run_step(["python3", "-c", script], what="a step", log=log, hint="fix it")
+        run_step([sys.executable, "-c", script], what="a step", log=log, hint="fix it")
     message = str(raised.value)
     assert "last error line: 'ERROR bad password=***'" in message
     assert "registered a bean" not in message and "hunter2" not in message
@@ -58,11 +62,55 @@ def test_a_failed_step_with_nothing_on_stderr_quotes_its_log(tmp_path: Path) -> 
     log = tmp_path / "logs" / "step.log"
     with pytest.raises(StackError, match="last log line: 'only stdout'"):
         run_step(
-            ["python3", "-c", "print('only stdout'); raise SystemExit(3)"],
+            [sys.executable, "-c", "print('only stdout'); raise SystemExit(3)"],
             what="s",
             log=log,
             hint="",
         )
+
+
+def test_a_steps_stderr_reaches_its_log_while_it_runs(tmp_path: Path) -> None:
+    """A long step (a download, a build) shows its progress in the log as it goes, and an
+    interrupted one what it got to. (Its lines are built at run time: the command line, in the
+    log's header, must not hold them.)"""
+    log = tmp_path / "logs" / "step.log"
+    go = tmp_path / "go"
+    script = (
+        "import pathlib, sys, time\n"
+        "print('fetch' + 'ing 1 of 2', file=sys.stderr, flush=True)\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.05)\n"
+        "print('fetch' + 'ed', file=sys.stderr)"
+    )
+    step = threading.Thread(
+        target=run_step,
+        args=([sys.executable, "-c", script],),
+        kwargs={"what": "s", "log": log, "hint": ""},
+    )
+    step.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "fetching 1 of 2" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, "the step's stderr did not reach its log"
+            time.sleep(0.05)
+        assert "fetched" not in log.read_text()  # still running
+    finally:
+        go.touch()
+        step.join(30)
+    assert log.read_text().endswith("fetching 1 of 2\nfetched\n")
+
+
+def test_the_line_quoted_is_the_one_naming_the_error() -> None:
+    """Not a notice or warning printed after it (pip's, a JDK's); stderr before stdout."""
+    pip = "ERROR: No matching distribution found for x==9\n[notice] A new release of pip\n"
+    assert error_line(pip, "") == "ERROR: No matching distribution found for x==9"
+    maven_err = "WARNING: sun.misc.Unsafe::objectFieldOffset was called\n"
+    maven_out = "[INFO] Scanning\n[ERROR] Failed to execute goal dependency:copy\n[INFO] done\n"
+    assert error_line(maven_err, maven_out) == "[ERROR] Failed to execute goal dependency:copy"
+    usage = (
+        "usage: kafka-storage format\nkafka-storage: error: argument --cluster-id/-t: expected\n"
+    )
+    assert error_line(usage, "[2026] INFO Registered MBean\n") == usage.splitlines()[1]
+    assert error_line("all good\n", "done\n") is None
 
 
 def test_a_dashed_cluster_id_formats(infra: CommonSettings, tmp_path: Path) -> None:

@@ -1126,7 +1126,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.client in RUNTIME:
         # genwire's runtime on the client named, whatever KAFKA_CLIENT the shell exports (for
         # `make up`, say); its relays inherit this environment.
-        os.environ["GENWIRE_KAFKA_CLIENT"] = RUNTIME[args.client]
+        os.environ["GENWIRE_KAFKA_CLIENT"] = SIDES[args.client][0]
     if args.relay and args.client not in RUNTIME:
         from genwire_bench import floor_clients
 

@@ -41,8 +41,8 @@ SIDES: dict[str, Sides] = {
 CLIENTS = tuple(SIDES)
 """``floor --client``; the runtime's relays are ``floor.relay_main``, the others are built in
 ``floor_clients``, which imports confluent-kafka (so the default needs none)."""
-RUNTIME: dict[str, str] = {"aiokafka": "aiokafka", "runtime-librdkafka": "librdkafka"}
-"""The clients whose relays are genwire's runtime, and the ``KAFKA_CLIENT`` each runs it on."""
+RUNTIME = frozenset({"aiokafka", "runtime-librdkafka"})
+"""The clients whose relays are genwire's runtime, on ``KAFKA_CLIENT`` = their consumer side."""
 ADAPTERS = "adapters-librdkafka"
 """``floor_clients.Relay`` on genwire's librdkafka adapters (``RdConsumer``, ``RdProducer``):
 between the bare ``librdkafka`` relay and ``runtime-librdkafka``, it tells the adapters' cost

@@ -44,17 +44,16 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka import TopicPartition as RdPartition
 
-from genwire.kafka import rdkafka, rdkafka_consumer
+from genwire.kafka import rdkafka_consumer
 from genwire.kafka.consumer import consumer_options
-from genwire.kafka.producer import MAX_REQUEST_SIZE
-from genwire.kafka_security import client_options
+from genwire.kafka.producer import new_client
 from genwire.settings import ServiceSettings
-from genwire_bench.floor_chain import ADAPTERS, SIDES, FloorRecord, Sides
+from genwire_bench.floor_chain import ADAPTERS, SIDES, FloorRecord
 
 POLL_S = 0.1
 """How long a poller or consumer thread blocks in C before it looks at its stop flag."""
@@ -334,30 +333,13 @@ class OffsetTracker:
 
 
 class PlainProducer(_Untraced):
-    """``RdProducer``'s face on a bare ``AIOKafkaProducer`` with ``EventProducer``'s settings
-    (``plain-aiokafka``): no span, no reset logic, no wrapper. ``adapters``: on genwire's
-    librdkafka producer instead (``adapters-librdkafka``), as ``EventProducer`` makes it."""
+    """``RdProducer``'s face on the client an ``EventProducer`` publishes with
+    (``genwire.kafka.producer.new_client``), bare: no span, no reset logic, no wrapper. On
+    ``kind`` ``aiokafka`` (``plain-aiokafka``) or ``librdkafka`` (genwire's adapter:
+    ``adapters-librdkafka``). Each publish runs in a task of its own, as a handler's does."""
 
-    def __init__(self, bootstrap_servers: str, client_id: str, *, adapters: bool = False) -> None:
-        if adapters:
-            self._producer = rdkafka.RdProducer(  # type: ignore[assignment]  # the same face
-                bootstrap_servers=bootstrap_servers,
-                client_id=client_id,
-                linger_ms=0,
-                max_request_size=MAX_REQUEST_SIZE,
-                request_timeout_ms=30_000,
-            )
-            return
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            **client_options(),
-            client_id=client_id,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=0,
-            max_request_size=16 * 1024 * 1024,
-            request_timeout_ms=30_000,
-        )
+    def __init__(self, bootstrap_servers: str, client_id: str, kind: str = "aiokafka") -> None:
+        self._producer = new_client(bootstrap_servers, client_id, kind=kind)
 
     async def start(self) -> None:
         await self._producer.start()
@@ -392,11 +374,10 @@ class PlainProducer(_Untraced):
 def new_producer(
     library: str, bootstrap_servers: str, client_id: str
 ) -> RdProducer | PlainProducer:
-    """The producer of ``library`` (``produce``, ``send``, ``start``, ``stop``): ``aiokafka``,
-    ``librdkafka``, or ``ADAPTERS`` (genwire's librdkafka producer)."""
+    """The bare producer of ``library`` (``produce``, ``send``, ``start``, ``stop``)."""
     if library == "librdkafka":
         return RdProducer(bootstrap_servers, client_id)
-    return PlainProducer(bootstrap_servers, client_id, adapters=library == ADAPTERS)
+    return PlainProducer(bootstrap_servers, client_id)
 
 
 class _Joined(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -420,15 +401,20 @@ class Relay:
     """in → decode → out; a record's offset is stored once its output is acknowledged, and the
     stored offsets are committed every ``commit_interval_ms`` (librdkafka: by its own timer)."""
 
-    def __init__(self, args: argparse.Namespace, sides: Sides) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
         self.topic_in, self.topic_out = args.relay
         self._args = args
+        consumer_lib, producer_lib = SIDES[args.client]
         self._adapters = args.client == ADAPTERS
         # librdkafka's consumer on a thread of this relay's; otherwise one read from the loop
         # (aiokafka's, or genwire's RdConsumer with its own thread behind it)
-        self._threaded = sides[0] == "librdkafka" and not self._adapters
-        producer_lib = ADAPTERS if self._adapters else sides[1]
-        self._producer = new_producer(producer_lib, args.bootstrap_servers, f"{args.group}-out")
+        self._threaded = consumer_lib == "librdkafka" and not self._adapters
+        name = f"{args.group}-out"
+        self._producer: RdProducer | PlainProducer = (
+            PlainProducer(args.bootstrap_servers, name, kind="librdkafka")
+            if self._adapters
+            else new_producer(producer_lib, args.bootstrap_servers, name)
+        )
         self._tracker = OffsetTracker()
         self._stored: deque[tuple[int, int]] = deque()  # (partition, offset) to store/commit
         self._pending: set[asyncio.Future[object]] = set()  # publishes not yet acknowledged
@@ -623,7 +609,7 @@ def _said(task: asyncio.Task[None]) -> None:
 
 async def relay_main(args: argparse.Namespace, ready: str) -> None:
     """A relay of ``args.client``'s sides until stdin closes."""
-    relay = Relay(args, SIDES[args.client])
+    relay = Relay(args)
     serving: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(relay.run(serving))
     task.add_done_callback(_said)

@@ -14,14 +14,18 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from genwire_stack.errors import StackError
-from genwire_stack.health import log_tail
-from genwire_stack.process import shown
+from genwire_stack.health import error_line, log_tail
+from genwire_stack.process import masked, shown
 
 JAVA_HINT = "install a JDK or JRE 17+ (Debian: apt-get install openjdk-17-jre-headless)"
+
+STDERR_KEPT = 500
+"""A step's last stderr lines kept in memory to find its error in (all of them go to the log)."""
 
 _apt_state = {"updated": False}
 """``apt-get update`` runs once per process."""
@@ -35,11 +39,6 @@ def require_tool(name: str, hint: str) -> str:
     return found
 
 
-def _masked(output: bytes) -> str:
-    """A step's output as the log keeps it: a tool may echo a secret it was given in argv."""
-    return shown([output.decode(errors="replace")])[0]
-
-
 def run_step(
     argv: Sequence[str],
     *,
@@ -51,38 +50,54 @@ def run_step(
 ) -> str:
     """Run an install step with its output in ``log``; returns its stdout.
 
-    Both streams go to the log, stdout first. A failure's message quotes the step's last
-    stderr line: a tool's error is there, while its stdout may end in unrelated logging
-    (Kafka's StorageTool logs to stdout and writes its usage error to stderr).
+    stderr reaches the log line by line as the step runs (a long download or build shows its
+    progress, and an interrupted one what it got to); stdout is written after it. Both are
+    masked (a tool may echo a secret from its command line). A failure's message quotes the
+    line that names the error (:func:`error_line`: Kafka's StorageTool, say, logs to stdout
+    and writes its usage error to stderr), else the log's last line.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as handle:
+    with log.open("ab") as handle, tempfile.TemporaryFile() as out:
         handle.write(f"\n=== genwire: {what}: {' '.join(shown(argv))}\n".encode())
         handle.flush()
         try:
-            proc = subprocess.run(
+            proc = subprocess.Popen(
                 list(argv),
                 cwd=cwd,
                 env=dict(env) if env is not None else None,
-                capture_output=True,
+                stdout=out,
+                stderr=subprocess.PIPE,
                 stdin=subprocess.DEVNULL,
-                check=False,
             )
         except OSError as exc:
             raise StackError(f"{what} failed: cannot run {argv[0]}: {exc.strerror}") from exc
-        stderr = _masked(proc.stderr)
-        handle.write(_masked(proc.stdout).encode())
-        handle.write(stderr.encode())
-    if proc.returncode != 0:
-        errors = [line.strip() for line in stderr.splitlines()]
-        errors = [line for line in errors if line]
+        stderr: deque[str] = deque(maxlen=STDERR_KEPT)
+        stream = proc.stderr
+        assert stream is not None  # stderr=PIPE
+        try:
+            for raw in stream:
+                line = masked(raw.decode(errors="replace"))
+                handle.write(line.encode())
+                handle.flush()
+                stderr.append(line)
+            returncode = proc.wait()
+        finally:
+            if proc.poll() is None:  # interrupted: the step goes with us
+                proc.kill()
+                proc.wait()
+            stream.close()
+            out.seek(0)
+            stdout = out.read().decode(errors="replace")
+            handle.write(masked(stdout).encode())
+    if returncode != 0:
+        found = error_line("".join(stderr), stdout)
         last = (
-            f"last error line: {errors[-1][:300]!r}"
-            if errors
+            f"last error line: {masked(found)!r}"
+            if found is not None
             else f"last log line: {log_tail(log)!r}"
         )
-        raise StackError(f"{what} failed (exit {proc.returncode}; {last}; full log: {log}): {hint}")
-    return proc.stdout.decode(errors="replace")
+        raise StackError(f"{what} failed (exit {returncode}; {last}; full log: {log}): {hint}")
+    return stdout
 
 
 def _privileged(argv: list[str]) -> list[str]:

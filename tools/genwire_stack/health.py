@@ -130,6 +130,23 @@ def log_tail(path: Path | str, lines: int = 1) -> str:
     return " | ".join(own[-lines:])[:300]
 
 
+_ERROR_WORD = re.compile(r"\b(?:error|exception|failed|fatal)\b", re.IGNORECASE)
+_NOT_AN_ERROR = re.compile(r"^(?:WARNING|WARN|\[notice\]|W:)", re.IGNORECASE)
+
+
+def error_line(*outputs: str) -> str | None:
+    """The line that says why a command failed: the last line naming an error in the first
+    of ``outputs`` that has one (stderr before stdout: a tool's error is usually there, and
+    its stdout may end in logging); warnings and notices printed after it are passed over.
+    None: no output names one."""
+    for output in outputs:
+        for raw in reversed(output.splitlines()):
+            line = raw.strip()
+            if _ERROR_WORD.search(line) and not _NOT_AN_ERROR.match(line):
+                return line[:300]
+    return None
+
+
 _EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Exit|Interrupt)\b(?::|$)")
 
 

@@ -50,10 +50,15 @@ _SECRET_ARGUMENT = re.compile(rf"((?:password|{re.escape(triton_admin.HEADER)})=
 value of Triton's admin header (``--http-restricted-api``)."""
 
 
+def masked(text: str) -> str:
+    """``text`` with the secrets of a command line masked, wherever they stand in it."""
+    return _SECRET_ARGUMENT.sub(r"\1***", text)
+
+
 def shown(argv: Sequence[str]) -> list[str]:
     """``argv`` with its secrets masked: what logs and pid records keep of a command line
     (they are not private files; the secrets stay in the secure home, 0600)."""
-    return [_SECRET_ARGUMENT.sub(r"\1***", str(arg)) for arg in argv]
+    return [masked(str(arg)) for arg in argv]
 
 
 def pid_file(run_dir: Path, name: str) -> Path:
