@@ -18,6 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from genwire_bench import floor, floor_clients
+from genwire_bench.floor_chain import CLIENTS
 from genwire_bench.floor_clients import (
     OffsetTracker,
     RdProducer,
@@ -30,6 +31,9 @@ from genwire.kafka import ensure_topics, rdkafka, rdkafka_consumer
 from genwire.kafka.admin import delete_groups, delete_topics
 from genwire.settings import CommonSettings
 from genwire.topics import TopicSpec
+
+OTHER_CLIENTS = [c for c in CLIENTS if c != "aiokafka"]
+"""Every ``--client`` but the default."""
 
 
 def test_an_offset_is_stored_only_once_it_and_every_earlier_record_are_done() -> None:
@@ -181,17 +185,7 @@ def test_each_client_measures_on_its_libraries(
     assert cmd[cmd.index("--client") + 1] == client
 
 
-@pytest.mark.parametrize(
-    "client",
-    [
-        "plain-aiokafka",
-        "mixed",
-        "mixed-consumer",
-        "librdkafka",
-        "adapters-librdkafka",
-        "runtime-librdkafka",
-    ],
-)
+@pytest.mark.parametrize("client", OTHER_CLIENTS)
 def test_what_the_other_clients_refuse(client: str, capsys: pytest.CaptureFixture[str]) -> None:
     refused: list[tuple[list[str], str]] = [
         (["--no-tracing", "--modes", "chain", "--front", "grpc"], "no gRPC front")
@@ -238,17 +232,7 @@ def test_librdkafka_is_refused_on_a_secure_broker(
     assert measured == ["measured"]
 
 
-@pytest.mark.parametrize(
-    "client",
-    [
-        "plain-aiokafka",
-        "mixed",
-        "mixed-consumer",
-        "librdkafka",
-        "adapters-librdkafka",
-        "runtime-librdkafka",
-    ],
-)
+@pytest.mark.parametrize("client", OTHER_CLIENTS)
 def test_the_floor_and_a_chain_on_each_client(
     client: str, infra: CommonSettings, tmp_path: Path
 ) -> None:
