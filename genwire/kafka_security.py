@@ -19,7 +19,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from genwire.settings import CommonSettings
+from genwire.settings import CommonSettings, KafkaClient
 from genwire.tls import client_context
 
 _process: dict[str, CommonSettings] = {}
@@ -87,7 +87,7 @@ def rdkafka_options(settings: CommonSettings | None = None) -> dict[str, Any]:
     return options
 
 
-def client_kind(settings: CommonSettings | None = None) -> str:
+def client_kind(settings: CommonSettings | None = None) -> KafkaClient:
     """``aiokafka`` or ``librdkafka``: the client of the data path (``kafka_client``; default:
     what :func:`use` set, else ``GENWIRE_KAFKA_CLIENT``)."""
     cfg = settings or _process.get("settings") or CommonSettings()

@@ -26,6 +26,10 @@ def default_home() -> Path:
     return Path.home() / ".cache" / "genwire"
 
 
+KafkaClient = Literal["aiokafka", "librdkafka"]
+"""The Kafka clients a data path can run on (``kafka_client``)."""
+
+
 class CommonSettings(BaseSettings):
     """Connection and telemetry settings, read from ``GENWIRE_*`` variables."""
 
@@ -60,7 +64,7 @@ class CommonSettings(BaseSettings):
     kafka_ssl_keyfile: Path | None = Field(
         None, description="Private key (PEM) of kafka_ssl_certfile."
     )
-    kafka_client: Literal["aiokafka", "librdkafka"] = Field(
+    kafka_client: KafkaClient = Field(
         "aiokafka",
         description="The Kafka client of the data path: every stage's consumer group and every "
         "service's event producer. aiokafka (pure Python, the default) or librdkafka "

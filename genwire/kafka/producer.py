@@ -35,6 +35,7 @@ from opentelemetry.trace import SpanKind, Tracer
 from genwire.errors import GenwireError, PermanentError, RetryableError
 from genwire.events import Event, dump
 from genwire.kafka_security import client_kind, client_options
+from genwire.settings import KafkaClient
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import KafkaHeaders, inject
 
@@ -93,7 +94,7 @@ def new_client(
     *,
     linger_ms: int = 0,
     request_timeout_ms: int = 30_000,
-    kind: str | None = None,
+    kind: KafkaClient | None = None,
 ) -> AIOKafkaProducer:
     """The client an ``EventProducer`` publishes with: idempotent, ``acks=all``, on ``kind``
     (``aiokafka`` or ``librdkafka``; default :func:`client_kind`). The floor benchmark measures

@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from genwire_bench import floor, floor_clients
-from genwire_bench.floor_chain import CLIENTS
+from genwire_bench.floor_chain import CLIENTS, SIDES
 from genwire_bench.floor_clients import (
     OffsetTracker,
     RdProducer,
@@ -210,13 +210,7 @@ def test_librdkafka_is_refused_on_a_secure_broker(
     monkeypatch.setenv("GENWIRE_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
     monkeypatch.setenv("GENWIRE_KAFKA_SASL_USERNAME", "u")
     monkeypatch.setenv("GENWIRE_KAFKA_SASL_PASSWORD", "p")
-    for client in (
-        "mixed",
-        "mixed-consumer",
-        "librdkafka",
-        "adapters-librdkafka",
-        "runtime-librdkafka",
-    ):
+    for client in [c for c in CLIENTS if "librdkafka" in SIDES[c]]:
         with pytest.raises(SystemExit) as exit_:
             floor.main(["--client", client, "--no-tracing", "--bootstrap-servers", "unused:1"])
         assert exit_.value.code == 2 and "PLAINTEXT broker" in capsys.readouterr().err

@@ -11,6 +11,8 @@ from genwire_bench import rejoin
 
 from genwire.settings import CommonSettings
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize(
     ("argv", "why"),
@@ -35,7 +37,7 @@ def test_the_lost_member_is_left_after_an_outage(infra: CommonSettings, tmp_path
     (round_,) = json.loads(out.read_text())
     assert round_["variant"] == "leave" and round_["member_reset"] is True
     assert round_["leave"] == "left"
-    assert round_["first_record_s"] is not None and round_["outage_s"] >= 8
+    assert round_["assigned_s"] is not None and round_["first_record_s"] is not None
 
 
 async def test_leaving_a_member_the_group_never_had_says_so(infra: CommonSettings) -> None:

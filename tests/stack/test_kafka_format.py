@@ -81,13 +81,18 @@ def test_a_steps_stderr_reaches_its_log_while_it_runs(tmp_path: Path) -> None:
         f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.05)\n"
         "print('fetch' + 'ed', file=sys.stderr)"
     )
-    step = threading.Thread(
-        target=run_step,
-        args=([sys.executable, "-c", script],),
-        kwargs={"what": "s", "log": log, "hint": ""},
-    )
-    step.start()
+    failures: list[BaseException] = []
+
+    def step() -> None:
+        try:
+            run_step([sys.executable, "-c", script], what="s", log=log, hint="")
+        except BaseException as exc:  # the test's thread says so, not the step's
+            failures.append(exc)
+
+    running = threading.Thread(target=step)
+    running.start()
     try:
+        # bounded so that a step whose stderr never shows fails here, not at the suite's timeout
         deadline = time.monotonic() + 30
         while "fetching 1 of 2" not in (log.read_text() if log.exists() else ""):
             assert time.monotonic() < deadline, "the step's stderr did not reach its log"
@@ -95,12 +100,14 @@ def test_a_steps_stderr_reaches_its_log_while_it_runs(tmp_path: Path) -> None:
         assert "fetched" not in log.read_text()  # still running
     finally:
         go.touch()
-        step.join(30)
+        running.join(30)
+    assert not running.is_alive() and failures == []
     assert log.read_text().endswith("fetching 1 of 2\nfetched\n")
 
 
 def test_the_line_quoted_is_the_one_naming_the_error() -> None:
-    """Not a notice or warning printed after it (pip's, a JDK's); stderr before stdout."""
+    """Not a notice or warning printed after it (pip's, a JDK's, a log's); stderr before
+    stdout; else stderr's last word, never stdout's logging."""
     pip = "ERROR: No matching distribution found for x==9\n[notice] A new release of pip\n"
     assert error_line(pip, "") == "ERROR: No matching distribution found for x==9"
     maven_err = "WARNING: sun.misc.Unsafe::objectFieldOffset was called\n"
@@ -110,7 +117,16 @@ def test_the_line_quoted_is_the_one_naming_the_error() -> None:
         "usage: kafka-storage format\nkafka-storage: error: argument --cluster-id/-t: expected\n"
     )
     assert error_line(usage, "[2026] INFO Registered MBean\n") == usage.splitlines()[1]
-    assert error_line("all good\n", "done\n") is None
+    apt = "E: Unable to locate package redis-servr\n"
+    assert error_line(apt, "Reading state information...\n") == apt.strip()
+    formatted = "All of the log directories are already formatted.\n"
+    assert error_line(formatted, "[2026] INFO Registered MBean\n") == formatted.strip()
+    traceback = (
+        'Traceback (most recent call last):\n  File "x.py", line 1\n'
+        "ModuleNotFoundError: No module named 'x'\n[2026-12-05 11:03:27] WARN shutting down\n"
+    )
+    assert error_line(traceback) == "ModuleNotFoundError: No module named 'x'"
+    assert error_line("", "done\n") is None
 
 
 def test_a_dashed_cluster_id_formats(infra: CommonSettings, tmp_path: Path) -> None:

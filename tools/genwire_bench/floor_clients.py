@@ -52,7 +52,7 @@ from confluent_kafka import TopicPartition as RdPartition
 from genwire.kafka import rdkafka_consumer
 from genwire.kafka.consumer import consumer_options
 from genwire.kafka.producer import new_client
-from genwire.settings import ServiceSettings
+from genwire.settings import KafkaClient, ServiceSettings
 from genwire_bench.floor_chain import ADAPTERS, SIDES, FloorRecord
 
 POLL_S = 0.1
@@ -338,7 +338,9 @@ class PlainProducer(_Untraced):
     ``kind`` ``aiokafka`` (``plain-aiokafka``) or ``librdkafka`` (genwire's adapter:
     ``adapters-librdkafka``). Each publish runs in a task of its own, as a handler's does."""
 
-    def __init__(self, bootstrap_servers: str, client_id: str, kind: str = "aiokafka") -> None:
+    def __init__(
+        self, bootstrap_servers: str, client_id: str, kind: KafkaClient = "aiokafka"
+    ) -> None:
         self._producer = new_client(bootstrap_servers, client_id, kind=kind)
 
     async def start(self) -> None:

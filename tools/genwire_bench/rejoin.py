@@ -10,12 +10,14 @@ at once. The ``leave`` variant sends a LeaveGroup for the old member id as soon 
 answers (aiokafka's protocol classes), which is what a consumer closing cleanly sends for
 itself.
 
-A private single-node broker (the stack's jars, its own home and free ports), a topic of three
-partitions, a producer at ~20 records/s, one librdkafka consumer with genwire's session,
-heartbeat and reconnect settings (``RdConsumer``'s). The broker is stopped for ``--outage-s``
-(longer than the session) and started again. Printed, per round: the outage, and the seconds
-from the broker's port answering to the first record consumed again. Figures are printed (and
-kept with ``--json``); nothing is asserted.
+A private single-node broker (the stack's jars, a temporary home, free ports), a topic of three
+partitions, a producer at ~20 records/s, one librdkafka consumer with genwire's session (10 s),
+heartbeat (3 s) and reconnect settings (``RdConsumer``'s). The broker is stopped for
+``--outage-s`` (longer than the session) and started again. Printed, per round, in seconds from
+the broker answering again (``ensure_up`` returning): when the consumer was assigned its
+partitions again (the group's part), and when it consumed its first record (which also waits
+for the producer to reconnect); with ``leave``, when the LeaveGroup was answered. Figures are
+printed (and kept with ``--json``, written after each round); nothing is asserted.
 
     python -m genwire_bench.rejoin --variants plain,leave --rounds 3
 """
@@ -28,6 +30,7 @@ import contextlib
 import json
 import logging
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -36,10 +39,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError
+from aiokafka.client import AIOKafkaClient, CoordinationType
+from aiokafka.errors import KafkaError, UnknownMemberIdError, for_code
 from aiokafka.protocol.group import LeaveGroupRequest
 from confluent_kafka import Consumer
+from confluent_kafka import TopicPartition as RdPartition
 from genwire_stack import down, ensure_up
 from genwire_stack.components import Kafka
 from genwire_stack.health import free_port
@@ -47,24 +51,25 @@ from genwire_stack.paths import StackPaths
 
 from genwire.kafka import ensure_topics
 from genwire.kafka.rdkafka import RECONNECT
+from genwire.kafka_security import client_options
 from genwire.settings import CommonSettings
-from genwire.topics import TopicSpec
+from genwire.topics import HOUR_MS, TopicSpec
 
 VARIANTS = ("plain", "leave")
-UNKNOWN_MEMBER_ID = 25
-"""The coordinator's answer to a LeaveGroup for a member it no longer has."""
-GROUP_COORDINATOR = 0
-"""FindCoordinator's key type of a consumer group."""
 
 
 @dataclass(frozen=True)
 class Round:
     variant: str
     outage_s: float
+    assigned_s: float | None
+    """From the broker answering to the consumer's next assignment; None: none in the wait."""
     first_record_s: float | None
-    """From the broker's port answering to the first record consumed; None: none in the wait."""
+    """From the broker answering to the first record consumed; None: none in the wait."""
     leave: str
     """What the LeaveGroup got (``left``, ``unknown member``, ``gave up: …``); ``-``: not sent."""
+    leave_s: float | None
+    """From the broker answering to the LeaveGroup's answer; None: not sent."""
     member_reset: bool
     """librdkafka rejoined with a new member id (the session expired on its side)."""
 
@@ -77,13 +82,15 @@ class _Reader:
             {
                 "bootstrap.servers": bootstrap,
                 "group.id": group,
+                "enable.auto.commit": False,  # as RdConsumer; nothing here needs the offsets
                 "auto.offset.reset": "latest",
                 "session.timeout.ms": session_ms,
-                "heartbeat.interval.ms": max(1, session_ms // 3),
+                "heartbeat.interval.ms": min(3_000, session_ms // 3),  # genwire's, or less
                 **RECONNECT,
             }
         )
-        self._consumer.subscribe([topic])
+        self._consumer.subscribe([topic], on_assign=self._on_assign)
+        self.assigned: list[float] = []
         self.seen: list[float] = []
         self.member = ""
         self._arrived = threading.Event()
@@ -100,10 +107,14 @@ class _Reader:
                 self._arrived.set()
         self._consumer.close()
 
+    def _on_assign(self, _consumer: Consumer, parts: list[RdPartition]) -> None:
+        if parts:
+            self.assigned.append(time.monotonic())
+
     def wait_after(self, t: float, timeout_s: float) -> float | None:
         """Seconds from ``t`` to the first record consumed after it (None: none in time)."""
         deadline = time.monotonic() + timeout_s
-        while (first := next((s - t for s in self.seen if s > t), None)) is None:
+        while (first := _first_after(self.seen, t)) is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
@@ -116,23 +127,32 @@ class _Reader:
         self._thread.join(30)
 
 
+def _first_after(times: list[float], t: float) -> float | None:
+    return next((s - t for s in times if s > t), None)
+
+
 async def leave_group(bootstrap: str, group: str, member: str, timeout_s: float = 30.0) -> str:
-    """Ask the group's coordinator to drop ``member``, retried while it loads the group."""
-    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    """Ask the group's coordinator to drop ``member``: ``left``, ``unknown member`` (it has
+    none by that id), or ``gave up: <why>``. Retried while the broker or the coordinator is
+    not ready (a coordinator loading the group answers so); any other answer ends it."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, **client_options())
     deadline = time.monotonic() + timeout_s
-    last: object = None
+    last: BaseException | None = None
     try:
-        await client.bootstrap()
         while time.monotonic() < deadline:
             try:
-                node = await client.coordinator_lookup(GROUP_COORDINATOR, group)
+                await client.bootstrap()
+                node = await client.coordinator_lookup(CoordinationType.GROUP, group)
                 response = await client.send(node, LeaveGroupRequest(group, member))
                 if response.error_code == 0:
                     return "left"
-                if response.error_code == UNKNOWN_MEMBER_ID:
+                if response.error_code == UnknownMemberIdError.errno:
                     return "unknown member"
-                last = response.error_code  # NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS …
-            except KafkaError as exc:  # the coordinator is not reachable yet
+                error = for_code(response.error_code)
+                if not error.retriable:
+                    return f"gave up: {error.__name__}"
+                last = error()
+            except KafkaError as exc:  # no broker or coordinator answering yet
                 last = exc
             await asyncio.sleep(0.1)
         return f"gave up: {last!r}"
@@ -140,58 +160,74 @@ async def leave_group(bootstrap: str, group: str, member: str, timeout_s: float 
         await client.close()
 
 
-async def one_round(args: argparse.Namespace, variant: str) -> Round:
+async def one_round(args: argparse.Namespace, variant: str, home: Path) -> Round:
     infra = CommonSettings()
-    settings = CommonSettings(home=Path(args.home) / f"rejoin-{uuid.uuid4().hex[:8]}")
+    settings = CommonSettings(home=home / f"rejoin-{uuid.uuid4().hex[:8]}")
     kafka = Kafka(
         StackPaths.from_settings(settings), settings, free_port(), free_port(), heap="512m"
     )
     kafka.dest.parent.mkdir(parents=True)
     kafka.dest.symlink_to(Kafka(StackPaths.from_settings(infra), infra).dest)  # installed jars
     catalog = {"kafka": kafka}
-    ensure_up(["kafka"], settings=settings, catalog=catalog)
-    topic, group = "rejoin", f"rejoin-{uuid.uuid4().hex[:8]}"
-    reader: _Reader | None = None
-    producer: AIOKafkaProducer | None = None
-    stop = asyncio.Event()
-    try:
-        await ensure_topics(kafka.bootstrap, [TopicSpec(topic, 3, 3_600_000)])
+
+    def broker(up: bool) -> None:
+        if up:
+            ensure_up(["kafka"], settings=settings, catalog=catalog)  # returns once it answers
+        else:
+            down(["kafka"], settings=settings, catalog=catalog)
+
+    async with contextlib.AsyncExitStack() as cleanup:  # the broker goes last, whatever failed
+        cleanup.push_async_callback(asyncio.to_thread, broker, False)
+        await asyncio.to_thread(broker, True)
+        topic, group = "rejoin", f"rejoin-{uuid.uuid4().hex[:8]}"
+        await ensure_topics(kafka.bootstrap, [TopicSpec(topic, 3, HOUR_MS)])
         reader = _Reader(kafka.bootstrap, group, topic, args.session_ms)
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, request_timeout_ms=5000)
+        cleanup.push_async_callback(asyncio.to_thread, reader.close)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=kafka.bootstrap, **client_options(), request_timeout_ms=5000
+        )
         await producer.start()
+        cleanup.push_async_callback(producer.stop)
+        stop = asyncio.Event()
         feeding = asyncio.create_task(_feed(producer, topic, stop))
+        cleanup.callback(stop.set)
         await asyncio.sleep(args.settle_s)
         if not reader.seen:
             raise RuntimeError(f"nothing consumed in {args.settle_s:.0f} s before the outage")
         old = reader.member
-        down(["kafka"], settings=settings, catalog=catalog)
+        await asyncio.to_thread(broker, False)
         stopped = time.monotonic()
         await asyncio.sleep(args.outage_s)
-        ensure_up(["kafka"], settings=settings, catalog=catalog)  # returns once it answers
+        await asyncio.to_thread(broker, True)
         back = time.monotonic()
-        left = await leave_group(kafka.bootstrap, group, old) if variant == "leave" else "-"
+        left, leave_s = "-", None
+        if variant == "leave":
+            left = await leave_group(kafka.bootstrap, group, old)
+            leave_s = time.monotonic() - back
         first = await asyncio.to_thread(reader.wait_after, back, args.wait_s)
         stop.set()
         await feeding
-        return Round(variant, back - stopped, first, left, reader.member != old)
-    finally:
-        stop.set()
-        if producer is not None:
-            await producer.stop()
-        if reader is not None:
-            reader.close()
-        down(["kafka"], settings=settings, catalog=catalog)
+        assigned = _first_after(reader.assigned, back)
+        return Round(variant, back - stopped, assigned, first, left, leave_s, reader.member != old)
+    raise AssertionError("unreachable")  # mypy: the exit stack does not swallow
 
 
 async def _feed(producer: AIOKafkaProducer, topic: str, stop: asyncio.Event) -> None:
     """~20 records a second; a send that fails in the outage is dropped (only arrivals count)."""
     i = 0
     while not stop.is_set():
-        with contextlib.suppress(KafkaError, TimeoutError):
+        with contextlib.suppress(KafkaError, TimeoutError):  # in the outage
             async with asyncio.timeout(2.0):
-                await producer.send(topic, b"x", key=str(i).encode())
+                ack = await producer.send(topic, b"x", key=str(i).encode())
+            ack.add_done_callback(_dropped)
         i += 1
         await asyncio.sleep(0.05)
+
+
+def _dropped(ack: asyncio.Future[object]) -> None:
+    """A record the outage failed is not waited for: its error is read, so not reported."""
+    if not ack.cancelled():
+        ack.exception()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -205,15 +241,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--session-ms", type=int, default=10_000, help="the group session (genwire's)")
     p.add_argument("--settle-s", type=float, default=15.0, help="reading before the outage")
     p.add_argument("--wait-s", type=float, default=40.0, help="the longest wait after it")
-    p.add_argument("--home", default="/tmp", help="where each round's private broker lives")
+    p.add_argument(
+        "--home", type=Path, help="where the rounds' brokers live (default: a temporary folder)"
+    )
     p.add_argument("--json", type=Path, help="also write the rounds here")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    # aiokafka's producer logs every failed connection of the outage: the rounds' lines matter
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or not variants:
@@ -221,20 +257,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.outage_s * 1000 <= args.session_ms:
         parser().error("--outage-s must outlast --session-ms: a shorter outage keeps the session")
     rounds: list[Round] = []
-    for _ in range(args.rounds):
-        for variant in variants:
-            result = asyncio.run(one_round(args, variant))
-            rounds.append(result)
-            first = "none" if result.first_record_s is None else f"{result.first_record_s:.2f} s"
-            print(
-                f"{variant:6} outage {result.outage_s:5.1f} s  first record after the return: "
-                f"{first:>8}  leave: {result.leave}  member reset: {result.member_reset}",
-                flush=True,
-            )
-    if args.json is not None:
-        args.json.write_text(json.dumps([asdict(r) for r in rounds], indent=2))
+    with contextlib.ExitStack() as stack:
+        home = args.home or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        for _ in range(args.rounds):
+            for variant in variants:
+                result = asyncio.run(one_round(args, variant, home))
+                rounds.append(result)
+                print(_line(result), flush=True)
+                if args.json is not None:  # each round kept as it ends
+                    args.json.write_text(json.dumps([asdict(r) for r in rounds], indent=2))
     return 0
 
 
+def _line(r: Round) -> str:
+    def s(value: float | None) -> str:
+        return "none" if value is None else f"{value:.2f} s"
+
+    leave = "" if r.leave_s is None else f"  leave: {r.leave} at {s(r.leave_s)}"
+    return (
+        f"{r.variant:6} outage {r.outage_s:5.1f} s  after the return: assigned {s(r.assigned_s)},"
+        f" first record {s(r.first_record_s)}{leave}  member reset: {r.member_reset}"
+    )
+
+
 if __name__ == "__main__":
+    # aiokafka's producer logs every failed connection of the outage: the rounds' lines matter
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     sys.exit(main())

@@ -24,6 +24,8 @@ from genwire_stack.process import masked, shown
 
 JAVA_HINT = "install a JDK or JRE 17+ (Debian: apt-get install openjdk-17-jre-headless)"
 
+STOP_WAIT_S = 10.0
+"""How long an interrupted step has to exit on SIGTERM before it is killed."""
 STDERR_KEPT = 500
 """A step's last stderr lines kept in memory to find its error in (all of them go to the log)."""
 
@@ -82,9 +84,13 @@ def run_step(
                 stderr.append(line)
             returncode = proc.wait()
         finally:
-            if proc.poll() is None:  # interrupted: the step goes with us
-                proc.kill()
-                proc.wait()
+            if proc.poll() is None:  # interrupted: the step goes with us, given time to stop
+                proc.terminate()  # (sudo passes it on: apt is not left holding its lock)
+                try:
+                    proc.wait(STOP_WAIT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
             stream.close()
             out.seek(0)
             stdout = out.read().decode(errors="replace")

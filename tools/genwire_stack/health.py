@@ -130,24 +130,31 @@ def log_tail(path: Path | str, lines: int = 1) -> str:
     return " | ".join(own[-lines:])[:300]
 
 
-_ERROR_WORD = re.compile(r"\b(?:error|exception|failed|fatal)\b", re.IGNORECASE)
-_NOT_AN_ERROR = re.compile(r"^(?:WARNING|WARN|\[notice\]|W:)", re.IGNORECASE)
-
-
-def error_line(*outputs: str) -> str | None:
-    """The line that says why a command failed: the last line naming an error in the first
-    of ``outputs`` that has one (stderr before stdout: a tool's error is usually there, and
-    its stdout may end in logging); warnings and notices printed after it are passed over.
-    None: no output names one."""
-    for output in outputs:
-        for raw in reversed(output.splitlines()):
-            line = raw.strip()
-            if _ERROR_WORD.search(line) and not _NOT_AN_ERROR.match(line):
-                return line[:300]
-    return None
-
-
 _EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Exit|Interrupt)\b(?::|$)")
+_ERROR_WORD = re.compile(r"\b(?:error|exception|failed|fatal)\b|^E: ", re.IGNORECASE)
+"""A line naming an error: pip's ``ERROR:``, Maven's ``[ERROR]``, apt's ``E:``, a Java or
+Python exception line (with :data:`_EXCEPTION_LINE`)."""
+_NOT_AN_ERROR = re.compile(r"^(?:\[[^\]]*\]\s*)?(?:\[?WARN(?:ING)?\b|\[notice\]|W:)", re.IGNORECASE)
+"""Warnings and notices (pip's, a JDK's, Maven's, a log's ``[time] WARN``), printed after an
+error as often as before it."""
+
+
+def error_line(stderr: str, stdout: str = "") -> str | None:
+    """The line that says why a command failed: the last line naming an error on stderr,
+    else on stdout (Maven's errors go there), else stderr's last line that is not a warning
+    (a tool's short message: ``All of the log directories are already formatted.``). None:
+    there is none of these (the caller quotes its log)."""
+
+    def lines(output: str) -> list[str]:
+        return [line.strip() for line in output.splitlines() if line.strip()]
+
+    for output in (stderr, stdout):
+        for line in reversed(lines(output)):
+            named = _ERROR_WORD.search(line) or _EXCEPTION_LINE.match(line)
+            if named and not _NOT_AN_ERROR.match(line):
+                return line[:300]
+    rest = [line for line in lines(stderr) if not _NOT_AN_ERROR.match(line)]
+    return rest[-1][:300] if rest else None
 
 
 def last_words(path: Path | str, scan: int = 60) -> str:
