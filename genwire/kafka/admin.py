@@ -1,4 +1,5 @@
-"""Explicit topic creation (broker auto-create is off) and broker readiness."""
+"""Explicit topic creation (broker auto-create is off) and broker readiness; groups: deleting
+stopped ones, dropping a member lost in an outage."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import asyncio
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
+from aiokafka.client import AIOKafkaClient, CoordinationType
+from aiokafka.errors import (
+    KafkaError,
+    TopicAlreadyExistsError,
+    UnknownMemberIdError,
+    UnknownTopicOrPartitionError,
+    for_code,
+)
+from aiokafka.protocol.group import LeaveGroupRequest
 
 from genwire.kafka_security import client_options
 from genwire.settings import CommonSettings
@@ -107,3 +116,49 @@ async def delete_groups(
     finally:
         await admin.close()
     return left
+
+
+LEAVE_RETRY_S = 0.1
+"""The pause between two LeaveGroup tries while no broker or coordinator answers."""
+
+
+async def leave_group(
+    bootstrap_servers: str,
+    group: str,
+    member: str,
+    timeout_s: float,
+    *,
+    settings: CommonSettings | None = None,
+) -> str:
+    """Ask ``group``'s coordinator to drop ``member``, as a consumer closing cleanly asks for
+    itself: ``left``, ``unknown member`` (the group has none by that id), or ``gave up: <why>``.
+
+    For a member id its consumer no longer uses (librdkafka's after its session expired in an
+    outage: ``RdConsumer``): until it expires, a restarted coordinator holds the group's next
+    join for it. Retried while no broker or coordinator answers or its answer is retriable (a
+    coordinator still loading the group), up to ``timeout_s``; any other answer ends it.
+    """
+    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, **client_options(settings))
+    last: BaseException | None = None
+    try:
+        async with asyncio.timeout(timeout_s):  # a send to a broker that went away included
+            while True:
+                try:
+                    await client.bootstrap()
+                    node = await client.coordinator_lookup(CoordinationType.GROUP, group)
+                    response = await client.send(node, LeaveGroupRequest(group, member))
+                    if response.error_code == 0:
+                        return "left"
+                    if response.error_code == UnknownMemberIdError.errno:
+                        return "unknown member"
+                    error = for_code(response.error_code)
+                    if not error.retriable:
+                        return f"gave up: {error.__name__}"
+                    last = error()
+                except KafkaError as exc:  # no broker or coordinator answering yet
+                    last = exc
+                await asyncio.sleep(LEAVE_RETRY_S)
+    except TimeoutError:
+        return f"gave up: no answer in {timeout_s:g} s ({last!r})"
+    finally:
+        await client.close()

@@ -8,10 +8,19 @@ the loop wants, and hands batches of records to the loop. A rebalance callback r
 poll: the thread runs the listener (``EventConsumer``'s drain) on the loop and serves its
 commits until it returns, as aiokafka completes a rebalance only after its listener.
 
-What is whose: ``_records``, ``_paused`` and ``_taken`` are written by the loop only;
-``_assignment``, ``_commits``, ``_applied_pause``, ``_throttled``, ``_handed`` and ``_failure``
-by the thread only (each side reads the other's whole values, safe under the GIL); the command
-queue and ``_stopped`` are shared behind a lock.
+After a broker outage longer than the session, librdkafka drops its member id (its partitions
+are lost) and joins again under a new one. A restarted coordinator still holds the old member
+(reloaded from ``__consumer_offsets``) and answers the new join only once the old one expires,
+a whole session after the broker's return. aiokafka keeps its member id and is not held; here
+the loop asks the coordinator to drop the old id (a LeaveGroup, what a clean close sends) as
+soon as the new one shows the coordinator answers (docs/benchmarks.md, *Leaving the lost
+member*).
+
+What is whose: ``_records``, ``_paused``, ``_taken`` and ``_left`` are written by the loop
+only; ``_assignment``, ``_commits``, ``_applied_pause``, ``_throttled``, ``_handed``,
+``_member``, ``_lost_member`` and ``_failure`` by the thread only (each side reads the other's
+whole values, safe under the GIL); the command queue and ``_stopped`` are shared behind a
+lock.
 """
 
 from __future__ import annotations
@@ -21,9 +30,10 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, KafkaError
@@ -32,6 +42,7 @@ from confluent_kafka import Consumer, KafkaException, Message
 from confluent_kafka import KafkaError as RdError
 from confluent_kafka import TopicPartition as RdPartition
 
+from genwire.kafka.admin import leave_group
 from genwire.kafka.rdkafka import DENIED, RECONNECT, _on_error
 from genwire.kafka_security import rdkafka_options
 
@@ -59,6 +70,16 @@ STOP_TIMEOUT_S = 30.0
 _CommitKey = frozenset[tuple[str, int, int]]
 
 
+class LeftMember(NamedTuple):
+    """A member id lost with a session that the coordinator was asked to drop."""
+
+    member: str
+    answer: str
+    """:func:`leave_group`'s: ``left``, ``unknown member``, ``gave up: …``."""
+    at: float
+    """When it was answered (``time.monotonic()``)."""
+
+
 class RdConsumer:
     """``AIOKafkaConsumer``'s face on librdkafka, for a consumer group (``EventConsumer``)."""
 
@@ -75,6 +96,8 @@ class RdConsumer:
     ) -> None:
         self._broken: list[RdError] = []
         self._group = group_id
+        self._bootstrap = bootstrap_servers
+        self._session_s = session_timeout_ms / 1000.0
         self._config = {
             "bootstrap.servers": bootstrap_servers,
             **rdkafka_options(),
@@ -108,6 +131,8 @@ class RdConsumer:
         self._taken = 0
         self._arrived = asyncio.Event()
         self._failure: BaseException | None = None
+        self._left: list[LeftMember] = []
+        self._leaving: set[asyncio.Task[None]] = set()
         # the thread's
         self._assignment: frozenset[TopicPartition] = frozenset()  # read by the loop
         self._applied_pause: set[TopicPartition] = set()
@@ -115,6 +140,8 @@ class RdConsumer:
         self._commits: deque[tuple[_CommitKey, concurrent.futures.Future[None]]] = deque()
         self._rebalance: str | None = None  # inside a rebalance callback: revoke, lost, assign
         self._handed = 0
+        self._member = ""  # librdkafka's member id, the last one it had
+        self._lost_member: str | None = None  # lost with the session, not yet asked to leave
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -153,6 +180,7 @@ class RdConsumer:
                 if self._broken:
                     raise KafkaException(self._broken[0])
                 self._fetch(consumer)  # polls even when all is paused: callbacks run
+                self._watch_member(consumer)
             self._serve(consumer)
         except BaseException as exc:  # told at once: the loop's next getmany raises it
             self._failed(exc)
@@ -187,6 +215,18 @@ class RdConsumer:
         if records:
             self._handed += len(records)
             self._call_soon(self._add, records)
+
+    def _watch_member(self, consumer: Consumer) -> None:
+        """Once librdkafka has a new member id after a lost session (the coordinator answered
+        its join), have the loop ask the coordinator to drop the old one. Never before: a
+        session lost another way may keep its id, and a leave would then evict this member."""
+        member = consumer.memberid() or ""
+        if not member or member == self._member:
+            return  # "": none yet (or reset with the session); the old id is kept until then
+        lost, self._member = self._lost_member, member
+        if lost is not None and lost != member:
+            self._lost_member = None
+            self._call_soon(self._leave, lost)
 
     def _serve(self, consumer: Consumer) -> None:
         while True:
@@ -254,6 +294,7 @@ class RdConsumer:
     def _on_assign(self, consumer: Consumer, parts: list[RdPartition]) -> None:
         tps = {TopicPartition(p.topic, p.partition) for p in parts}
         self._assignment = frozenset(tps)
+        self._lost_member = None  # joined again: the old member has gone, or never was held
         self._listen(consumer, "on_partitions_assigned", tps, "assign")
 
     def _on_revoke(self, consumer: Consumer, parts: list[RdPartition]) -> None:
@@ -265,6 +306,8 @@ class RdConsumer:
         # (Commits librdkafka holds from before, for a coordinator that did not answer, may
         # still go out after the rejoin: acknowledged positions, so at worst an offset moves
         # back and records are delivered again, never skipped.)
+        if self._member:
+            self._lost_member = self._member
         self._revoked(consumer, parts, "lost")
 
     def _revoked(self, consumer: Consumer, parts: list[RdPartition], why: str) -> None:
@@ -305,6 +348,26 @@ class RdConsumer:
             self._rebalance = None
 
     # --- on the loop ---
+
+    def _leave(self, member: str) -> None:
+        task = asyncio.ensure_future(self._leave_lost(member))
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
+
+    async def _leave_lost(self, member: str) -> None:
+        # Within a session: by then the coordinator has expired the old member itself.
+        try:
+            said = await leave_group(self._bootstrap, self._group, member, self._session_s)
+        except Exception as exc:  # a TLS failure, say: the group waits a session, as before
+            said = f"gave up: {exc!r}"
+        self._left.append(LeftMember(member, said, time.monotonic()))
+        level = logging.WARNING if said.startswith("gave up") else logging.INFO
+        log.log(level, "kafka consumer %s: the member lost with the session: %s", self._group, said)
+
+    @property
+    def left_members(self) -> list[LeftMember]:
+        """The member ids lost with a session that the coordinator was asked to drop."""
+        return list(self._left)
 
     def _add(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         dropped = 0
@@ -432,6 +495,8 @@ class RdConsumer:
         """Leave the group (the revoke's listener runs first) and stop the thread; bounded,
         because leaving needs a coordinator (what is uncommitted is redelivered)."""
         self._stopping.set()
+        for task in list(self._leaving):
+            task.cancel()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, STOP_TIMEOUT_S)
             if self._thread.is_alive():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,13 +31,14 @@ from aiokafka.structs import ConsumerRecord
 from confluent_kafka import KafkaError as RdError
 from confluent_kafka import KafkaException
 from confluent_kafka import TopicPartition as RdPartition
+from genwire_stack.health import free_port
 from opentelemetry import trace
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from genwire import kafka_security
 from genwire.errors import PermanentError, RetryableError
-from genwire.kafka import EventConsumer, EventProducer, ensure_topics
-from genwire.kafka.admin import delete_topics
+from genwire.kafka import EventConsumer, EventProducer, ensure_topics, rdkafka_consumer
+from genwire.kafka.admin import delete_topics, leave_group
 from genwire.kafka.producer import FATAL_PRODUCER_ERRORS, MAX_REQUEST_SIZE, publish_error
 from genwire.kafka.rdkafka import RdProducer, _error
 from genwire.kafka.rdkafka_consumer import MAX_HANDED, RdConsumer, _commit_key, _record
@@ -275,6 +277,91 @@ async def test_a_commit_the_loop_gave_up_on_is_skipped_not_fatal() -> None:
     assert sent == []
 
 
+async def test_leaving_a_member_the_group_never_had_says_so(infra: CommonSettings) -> None:
+    """The coordinator's UNKNOWN_MEMBER_ID is an answer, not an error to retry until the end."""
+    said = await leave_group(infra.kafka_bootstrap_servers, f"g-{uuid.uuid4().hex[:8]}", "m-1", 20)
+    assert said == "unknown member"
+
+
+async def test_a_leave_with_no_broker_gives_up_in_its_time_and_says_why() -> None:
+    said = await leave_group(f"127.0.0.1:{free_port()}", "g", "m-1", 0.5)
+    assert said.startswith("gave up: no answer in 0.5 s") and "KafkaConnectionError" in said
+
+
+class _Member:
+    """librdkafka's member id, as the thread reads it after each poll."""
+
+    def __init__(self) -> None:
+        self.id = ""
+
+    def memberid(self) -> str | None:
+        return self.id or None
+
+    def resume(self, parts: list[RdPartition]) -> None:
+        pass
+
+
+async def test_the_member_lost_with_the_session_is_asked_to_leave_once_a_new_one_is_joined(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After an outage librdkafka joins again under a new member id, and a restarted coordinator
+    holds that join for the old one for a whole session: the old id is asked to leave, once, as
+    soon as the new one shows the coordinator answers; never while librdkafka still has it (a
+    leave would evict this very member), nor after it was assigned again."""
+    consumer = _consumer()
+    consumer._loop = asyncio.get_running_loop()
+    asked: list[tuple[str, str, float]] = []
+
+    async def leave(bootstrap: str, group: str, member: str, timeout_s: float) -> str:
+        asked.append((group, member, timeout_s))
+        return "left"
+
+    monkeypatch.setattr(rdkafka_consumer, "leave_group", leave)
+    client = _Member()
+
+    async def poll(member: str) -> None:  # the thread's turn after a poll, then the loop's
+        client.id = member
+        consumer._watch_member(client)  # type: ignore[arg-type]
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    p0 = [RdPartition("t", 0)]
+    await poll("m-1")
+    consumer._on_assign(client, p0)  # type: ignore[arg-type]
+    consumer._on_lost(client, p0)  # type: ignore[arg-type]  # the session expired
+    await poll("")  # reset with it; the broker is still away
+    assert asked == []
+    await poll("m-2")  # the coordinator answered the new join
+    await poll("m-2")
+    assert asked == [("g", "m-1", 10.0)]
+    assert [(m.member, m.answer) for m in consumer.left_members] == [("m-1", "left")]
+    # lost again, but the id is kept (a rejoin under the same id): nothing to leave
+    consumer._on_lost(client, p0)  # type: ignore[arg-type]
+    await poll("m-2")
+    consumer._on_assign(client, p0)  # type: ignore[arg-type]  # joined again under m-2
+    await poll("m-3")  # a later new id is not taken for the sign of a lost session
+    assert len(asked) == 1
+
+
+async def test_a_leave_that_fails_is_told_and_the_consumer_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A LeaveGroup that cannot be sent (a TLS failure, say) costs the wait it would have saved,
+    nothing more: it is logged and recorded, never raised into the loop."""
+    consumer = _consumer()
+    consumer._loop = asyncio.get_running_loop()
+
+    async def leave(bootstrap: str, group: str, member: str, timeout_s: float) -> str:
+        raise OSError("certificate verify failed")
+
+    monkeypatch.setattr(rdkafka_consumer, "leave_group", leave)
+    consumer._leave("m-1")
+    await asyncio.sleep(0.01)
+    (left,) = consumer.left_members
+    assert left.member == "m-1" and left.answer.startswith("gave up: OSError")
+    assert "gave up" in caplog.text and not consumer._leaving
+
+
 class _Pauses:
     def __init__(self) -> None:
         self.paused: set[tuple[str, int]] = set()
@@ -428,6 +515,9 @@ class _FakeConsumer:
 
     def consume(self, n: int, timeout: float) -> list[_Message]:
         return []
+
+    def memberid(self) -> str:
+        return "m-1"
 
     def close(self) -> None:
         if self.close_raises:

@@ -1,25 +1,28 @@
 """``python -m genwire_bench.rejoin``: how long a librdkafka consumer group takes to read again
 after a Kafka outage, and whether leaving its lost member id shortens it.
 
-What keeps ``KAFKA_CLIENT=librdkafka`` from being the default (docs/benchmarks.md, *After a
-Kafka outage*): an outage longer than the session timeout expires the group session on
-librdkafka's side, which resets its member id. The restarted coordinator reloads the old member
-from ``__consumer_offsets`` and holds the new member's join until the old one expires, a whole
+What kept ``KAFKA_CLIENT=librdkafka`` from being the default (docs/benchmarks.md, *After a Kafka
+outage*): an outage longer than the session timeout expires the group session on librdkafka's
+side, which resets its member id. The restarted coordinator reloads the old member from
+``__consumer_offsets`` and holds the new member's join until the old one expires, a whole
 session timeout (10 s) after the broker's return. aiokafka keeps its member id and reads again
 at once. The ``leave`` variant sends a LeaveGroup for the old member id as soon as the broker
-answers (aiokafka's protocol classes), which is what a consumer closing cleanly sends for
-itself.
+answers (``genwire.kafka.admin.leave_group``), which is what a consumer closing cleanly sends
+for itself. The ``genwire`` variant reads with genwire's own ``RdConsumer`` (what a service on
+``KAFKA_CLIENT=librdkafka`` runs), which sends that LeaveGroup itself once librdkafka has its
+new member id.
 
 A private single-node broker (the stack's jars, a temporary home, free ports), a topic of three
 partitions, a producer at ~20 records/s, one librdkafka consumer with genwire's session (10 s),
-heartbeat (3 s) and reconnect settings (``RdConsumer``'s). The broker is stopped for
-``--outage-s`` (longer than the session) and started again. Printed, per round, in seconds from
-the broker answering again (``ensure_up`` returning): when the consumer was assigned its
-partitions again (the group's part), and when it consumed its first record (which also waits
-for the producer to reconnect); with ``leave``, when the LeaveGroup was answered. Figures are
-printed (and kept with ``--json``, written after each round); nothing is asserted.
+heartbeat (3 s) and reconnect settings (``RdConsumer``'s; in ``genwire``, ``RdConsumer``). The
+broker is stopped for ``--outage-s`` (longer than the session) and started again. Printed, per
+round, in seconds from the broker answering again (``ensure_up`` returning): when the consumer
+was assigned its partitions again (the group's part), and when it consumed its first record
+(which also waits for the producer to reconnect); with ``leave`` and ``genwire``, when the
+LeaveGroup was answered. Figures are printed (and kept with ``--json``, written after each
+round); nothing is asserted.
 
-    python -m genwire_bench.rejoin --variants plain,leave --rounds 3
+    python -m genwire_bench.rejoin --variants plain,leave,genwire --rounds 3
 """
 
 from __future__ import annotations
@@ -38,10 +41,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.client import AIOKafkaClient, CoordinationType
-from aiokafka.errors import KafkaError, UnknownMemberIdError, for_code
-from aiokafka.protocol.group import LeaveGroupRequest
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from confluent_kafka import Consumer
 from confluent_kafka import TopicPartition as RdPartition
 from genwire_stack import down, ensure_up
@@ -50,12 +51,14 @@ from genwire_stack.health import free_port
 from genwire_stack.paths import StackPaths
 
 from genwire.kafka import ensure_topics
+from genwire.kafka.admin import leave_group
 from genwire.kafka.rdkafka import RECONNECT
+from genwire.kafka.rdkafka_consumer import RdConsumer
 from genwire.kafka_security import client_options
 from genwire.settings import CommonSettings
 from genwire.topics import HOUR_MS, TopicSpec
 
-VARIANTS = ("plain", "leave")
+VARIANTS = ("plain", "leave", "genwire")
 
 
 @dataclass(frozen=True)
@@ -122,42 +125,72 @@ class _Reader:
             self._arrived.clear()
         return first
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._stop.set()
-        self._thread.join(30)
+        await asyncio.to_thread(self._thread.join, 30)
+
+
+class _GenwireReader(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka's is untyped
+    """genwire's ``RdConsumer`` in the group, read from the loop as ``EventConsumer`` reads it;
+    it leaves its lost member id itself. The same face as ``_Reader``."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, session_ms: int) -> None:
+        self.consumer = RdConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="latest",
+            max_partition_fetch_bytes=1 << 20,
+            fetch_max_wait_ms=100,
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=min(3_000, session_ms // 3),
+        )
+        self.consumer.subscribe([topic], self)
+        self.assigned: list[float] = []
+        self.seen: list[float] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def member(self) -> str:
+        return self.consumer._member  # the thread's, read whole
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self._tasks.append(asyncio.create_task(self._read()))
+
+    async def _read(self) -> None:
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=100)
+            self.seen += [time.monotonic()] * sum(map(len, batches.values()))
+
+    def left(self) -> tuple[str, float | None]:
+        """What the consumer's own LeaveGroup got (the last one) and when; ``-``: none sent."""
+        left = self.consumer.left_members
+        return (left[-1].answer, left[-1].at) if left else ("-", None)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if assigned:
+            self.assigned.append(time.monotonic())
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        pass
+
+    def wait_after(self, t: float, timeout_s: float) -> float | None:
+        """As ``_Reader``'s, from a thread: the loop reads meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while (first := _first_after(self.seen, t)) is None:
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+        return first
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.consumer.stop()
 
 
 def _first_after(times: list[float], t: float) -> float | None:
     return next((s - t for s in times if s > t), None)
-
-
-async def leave_group(bootstrap: str, group: str, member: str, timeout_s: float = 30.0) -> str:
-    """Ask the group's coordinator to drop ``member``: ``left``, ``unknown member`` (it has
-    none by that id), or ``gave up: <why>``. Retried while the broker or the coordinator is
-    not ready (a coordinator loading the group answers so); any other answer ends it."""
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, **client_options())
-    deadline = time.monotonic() + timeout_s
-    last: BaseException | None = None
-    try:
-        while time.monotonic() < deadline:
-            try:
-                await client.bootstrap()
-                node = await client.coordinator_lookup(CoordinationType.GROUP, group)
-                response = await client.send(node, LeaveGroupRequest(group, member))
-                if response.error_code == 0:
-                    return "left"
-                if response.error_code == UnknownMemberIdError.errno:
-                    return "unknown member"
-                error = for_code(response.error_code)
-                if not error.retriable:
-                    return f"gave up: {error.__name__}"
-                last = error()
-            except KafkaError as exc:  # no broker or coordinator answering yet
-                last = exc
-            await asyncio.sleep(0.1)
-        return f"gave up: {last!r}"
-    finally:
-        await client.close()
 
 
 async def one_round(args: argparse.Namespace, variant: str, home: Path) -> Round:
@@ -181,8 +214,13 @@ async def one_round(args: argparse.Namespace, variant: str, home: Path) -> Round
         await asyncio.to_thread(broker, True)
         topic, group = "rejoin", f"rejoin-{uuid.uuid4().hex[:8]}"
         await ensure_topics(kafka.bootstrap, [TopicSpec(topic, 3, HOUR_MS)])
-        reader = _Reader(kafka.bootstrap, group, topic, args.session_ms)
-        cleanup.push_async_callback(asyncio.to_thread, reader.close)
+        reader: _Reader | _GenwireReader
+        if variant == "genwire":
+            reader = _GenwireReader(kafka.bootstrap, group, topic, args.session_ms)
+            await reader.start()
+        else:
+            reader = _Reader(kafka.bootstrap, group, topic, args.session_ms)
+        cleanup.push_async_callback(reader.close)
         producer = AIOKafkaProducer(
             bootstrap_servers=kafka.bootstrap, **client_options(), request_timeout_ms=5000
         )
@@ -202,12 +240,15 @@ async def one_round(args: argparse.Namespace, variant: str, home: Path) -> Round
         back = time.monotonic()
         left, leave_s = "-", None
         if variant == "leave":
-            left = await leave_group(kafka.bootstrap, group, old)
+            left = await leave_group(kafka.bootstrap, group, old, 30.0)
             leave_s = time.monotonic() - back
         first = await asyncio.to_thread(reader.wait_after, back, args.wait_s)
         stop.set()
         await feeding
         assigned = _first_after(reader.assigned, back)
+        if isinstance(reader, _GenwireReader):
+            left, at = reader.left()
+            leave_s = None if at is None else at - back
         return Round(variant, back - stopped, assigned, first, left, leave_s, reader.member != old)
     raise AssertionError("unreachable")  # mypy: the exit stack does not swallow
 
