@@ -184,12 +184,14 @@ class EventProducer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def _dead(self) -> bool:
-        if not isinstance(self._producer, AIOKafkaProducer):  # librdkafka's: a fatal error seen
-            return bool(getattr(self._producer, "dead", False))
+    def _unusable(self) -> str | None:
+        """Why the client can never publish again; None: it can."""
+        if not isinstance(self._producer, AIOKafkaProducer):  # librdkafka's: RdProducer.failure
+            failure: str | None = getattr(self._producer, "failure", None)
+            return failure
         sender = getattr(self._producer, "_sender", None)
         task = getattr(sender, "sender_task", None)
-        return task is not None and task.done()
+        return "its sender task stopped" if task is not None and task.done() else None
 
     async def reset(self, generation: int | None = None, reason: object = "") -> None:
         """Replace the client (once per failed generation, however many callers saw it fail)."""
@@ -254,8 +256,8 @@ class EventProducer:
         ``partition``: this partition (it must exist: see ``partitions``), not the key's.
         Raises (or the future fails with) ``KafkaError``; see ``publish_error``.
         """
-        if self._started and self._dead():
-            await self.reset(self._generation, "its sender task stopped")
+        if self._started and (why := self._unusable()) is not None:
+            await self.reset(self._generation, why)
         if not traced:
             return await self._send(topic, value, key, list(headers), partition)
         with self._tracer.start_as_current_span(

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,15 +41,25 @@ log = logging.getLogger(__name__)
 RECONNECT = {
     "reconnect.backoff.ms": 50,
     "reconnect.backoff.max.ms": 1000,
-    "metadata.recovery.strategy": "none",
 }
 """After a broker outage. librdkafka's backoff between connection attempts grows to 10 s by
-default (aiokafka's stays near 50 ms): capped at 1 s. Its default recovery strategy,
-``rebootstrap``, cycles back to ``bootstrap.servers`` while no broker answers and, after the
-return, asked for metadata a second late; ``none`` keeps the brokers it knows (genwire's are
-fixed: the relay's first acknowledged record after an outage came 0.48 s after the return
-instead of 1.16–1.72 s, with static membership; docs/benchmarks.md). The cost: a client whose
-every known broker changed address never finds the new ones; restart it."""
+default (aiokafka's stays near 50 ms): capped at 1 s. ``metadata.recovery.strategy`` keeps its
+default, ``rebootstrap``. ``none`` (used from 2026-12-01 to 12-05, for a first record 0.5-1.2 s
+sooner after an outage) left more clients without a broker for good (:data:`BROKERLESS_S`):
+6 rounds in 8 against some clients in some rounds (docs/benchmarks.md, *A client told of no
+broker*)."""
+STATS_INTERVAL_MS = 2_000
+"""How often librdkafka reports its statistics (the brokers it knows: :func:`_on_stats`)."""
+BROKERLESS_S = 10.0
+"""How long a client may know no broker at all before it counts as unusable.
+
+librdkafka 2.16 can forget every broker for good: a single broker that shuts down can answer a
+metadata request with no broker in it, and the client drops the one it knew, has nothing left
+to connect to and never asks again (on both recovery strategies; upstream issue 5301). A
+gateway published nothing for the rest of a fault suite run after its kafka-down. In an outage
+the broker stays known (``TRY_CONNECT``), so an empty list is this case only. A producer that
+knows none is replaced (``EventProducer``, as after a fatal error); a consumer ends the
+service's run, as a fatal error does (its supervisor restarts it)."""
 QUEUE_FULL_WAIT_S = 5.0
 """How long a publish waits for room in librdkafka's local queue before it fails (retryable)."""
 
@@ -89,6 +101,37 @@ def _on_error(
             log.info("kafka client %s: %s", name, err.str())
 
     return on_error
+
+
+def _on_stats(name: str, broken: list[RdError]) -> Callable[[str], None]:
+    """librdkafka's statistics callback (served by the client's poll): once the client has known
+    no broker at all for ``BROKERLESS_S``, an error is added to ``broken`` (its fatal errors)."""
+    none_since: list[float] = []
+
+    def on_stats(stats: str) -> None:
+        if _knows_a_broker(stats):
+            none_since.clear()
+            return
+        now = time.monotonic()
+        if not none_since:
+            none_since.append(now)
+        elif now - none_since[0] >= BROKERLESS_S and not broken:
+            why = f"knows no broker for {now - none_since[0]:.0f} s (librdkafka forgot them)"
+            broken.append(RdError(RdError._FATAL, why))
+            log.error("kafka client %s %s: unusable", name, why)
+
+    return on_stats
+
+
+def _knows_a_broker(stats: str) -> bool:
+    """Whether librdkafka's statistics list a broker it can connect to: one "learned" from
+    metadata or "configured" (the bootstrap servers); not a logical one (a group coordinator's,
+    which stands for a broker it must find first). The text is searched first: parsing tens of
+    kilobytes every ``STATS_INTERVAL_MS`` only to find a broker listed would cost more."""
+    if '"source":"learned"' in stats or '"source":"configured"' in stats:
+        return True
+    brokers = json.loads(stats).get("brokers") or {}
+    return any(b.get("source") in ("learned", "configured") for b in brokers.values())
 
 
 class _Cluster:
@@ -147,6 +190,8 @@ class RdProducer:
             "partitioner": "murmur2_random",
             "socket.nagle.disable": True,
             "error_cb": _on_error(client_id, self._fatal),
+            "statistics.interval.ms": STATS_INTERVAL_MS,
+            "stats_cb": _on_stats(client_id, self._fatal),
             "logger": log,
             **RECONNECT,
         }
@@ -164,8 +209,14 @@ class RdProducer:
         return self._producer
 
     @property
+    def failure(self) -> str | None:
+        """Why it never publishes again (:attr:`dead`); None: it can."""
+        return self._fatal[0].str() if self._fatal else None
+
+    @property
     def dead(self) -> bool:
-        """A fatal error was reported, or its poller died: it never publishes again."""
+        """A fatal error was reported, its poller died, or it has known no broker for
+        ``BROKERLESS_S``: it never publishes again."""
         return bool(self._fatal)
 
     async def start(self) -> None:

@@ -43,7 +43,7 @@ from confluent_kafka import KafkaError as RdError
 from confluent_kafka import TopicPartition as RdPartition
 
 from genwire.kafka.admin import leave_group
-from genwire.kafka.rdkafka import DENIED, RECONNECT, _on_error
+from genwire.kafka.rdkafka import DENIED, RECONNECT, STATS_INTERVAL_MS, _on_error, _on_stats
 from genwire.kafka_security import rdkafka_options
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,8 @@ class RdConsumer:
             "heartbeat.interval.ms": heartbeat_interval_ms,
             "socket.nagle.disable": True,
             "error_cb": _on_error(group_id, self._broken, DENIED),
+            "statistics.interval.ms": STATS_INTERVAL_MS,
+            "stats_cb": _on_stats(group_id, self._broken),
             "on_commit": self._on_commit,
             "logger": log,
             **RECONNECT,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -31,16 +33,18 @@ from aiokafka.structs import ConsumerRecord
 from confluent_kafka import KafkaError as RdError
 from confluent_kafka import KafkaException
 from confluent_kafka import TopicPartition as RdPartition
+from genwire_stack import down, ensure_up
 from genwire_stack.health import free_port
+from genwire_stack.kafka_node import Kafka
 from opentelemetry import trace
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from genwire import kafka_security
 from genwire.errors import PermanentError, RetryableError
-from genwire.kafka import EventConsumer, EventProducer, ensure_topics, rdkafka_consumer
+from genwire.kafka import EventConsumer, EventProducer, ensure_topics, rdkafka, rdkafka_consumer
 from genwire.kafka.admin import delete_topics, leave_group
 from genwire.kafka.producer import FATAL_PRODUCER_ERRORS, MAX_REQUEST_SIZE, publish_error
-from genwire.kafka.rdkafka import RdProducer, _error
+from genwire.kafka.rdkafka import BROKERLESS_S, RdProducer, _error
 from genwire.kafka.rdkafka_consumer import MAX_HANDED, RdConsumer, _commit_key, _record
 from genwire.kafka_security import KafkaSecurityError, rdkafka_options
 from genwire.service.runtime import ServiceRuntime
@@ -653,3 +657,100 @@ async def test_a_publish_waiting_for_room_hears_of_a_stop() -> None:
     with pytest.raises(ProducerClosed):  # in FATAL_PRODUCER_ERRORS: published again, not lost
         await asyncio.wait_for(waiting, 2)
     assert isinstance(ProducerClosed(), FATAL_PRODUCER_ERRORS)
+
+
+def _stats(*brokers: tuple[str, str]) -> str:
+    """librdkafka's statistics JSON, its brokers only: (source, state) each."""
+    return json.dumps(
+        {
+            "brokers": {
+                f"b{n}": {"source": source, "state": state, "nodeid": n}
+                for n, (source, state) in enumerate(brokers)
+            }
+        },
+        separators=(",", ":"),  # librdkafka's is compact
+    )
+
+
+def test_a_client_that_knows_no_broker_for_a_while_is_unusable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """librdkafka 2.16 can forget its only broker for good (one shutting down told it of none):
+    after ``BROKERLESS_S`` with no broker listed, a producer is dead (``EventProducer`` replaces
+    it) and a consumer broken (its next fetch raises). A broker known but down (an outage: it
+    stays listed) or a group coordinator alone (a logical broker) do not count as known."""
+    clock = [100.0]
+    monkeypatch.setattr(rdkafka.time, "monotonic", lambda: clock[0])
+    producer = _producer()
+    on_stats = producer._config["stats_cb"]
+    on_stats(_stats(("learned", "TRY_CONNECT")))  # an outage: the broker is still known
+    clock[0] += 60
+    on_stats(_stats(("learned", "TRY_CONNECT")))
+    assert not producer.dead
+    on_stats(_stats(("logical", "INIT")))  # none it can connect to, from now on
+    clock[0] += BROKERLESS_S - 1
+    on_stats(_stats())
+    assert not producer.dead
+    on_stats(_stats(("configured", "CONNECT")))  # re-bootstrapped: the clock starts again
+    on_stats(_stats())
+    clock[0] += BROKERLESS_S
+    assert not producer.dead
+    on_stats(_stats())
+    assert producer.dead and "knows no broker for 10 s" in (producer.failure or "")
+    assert isinstance(_error(producer._fatal[0]), IllegalStateError)  # fatal: replaced
+    on_stats(_stats())
+    assert len(producer._fatal) == 1  # said once
+    consumer = _consumer()
+    on_stats = consumer._config["stats_cb"]
+    on_stats(_stats(("logical", "UP")))
+    clock[0] += BROKERLESS_S
+    on_stats(_stats(("logical", "UP")))
+    assert [e.code() for e in consumer._broken] == [RdError._FATAL]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("on_librdkafka")
+async def test_producers_told_of_no_broker_as_it_shuts_down_are_replaced_and_publish(
+    infra: CommonSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single broker shutting down can answer a metadata request with no broker at all, and a
+    librdkafka 2.16 client told so never connects again: a gateway published nothing after the
+    fault suite's kafka-down. ``EventProducer`` replaces such a client once it has known no
+    broker for ``BROKERLESS_S`` (2 s here) and publishes on the new one. Twenty producers ask
+    for metadata every 5 ms, on ``metadata.recovery.strategy=none`` (where a client told of no
+    broker stays so every time), so that some are asked in the shutdown's window; the test
+    fails if none was replaced (it would have proved nothing)."""
+    monkeypatch.setattr(rdkafka, "BROKERLESS_S", 2.0)
+    monkeypatch.setattr(rdkafka, "STATS_INTERVAL_MS", 500)
+    monkeypatch.setitem(rdkafka.RECONNECT, "metadata.recovery.strategy", "none")
+    monkeypatch.setitem(rdkafka.RECONNECT, "topic.metadata.refresh.interval.ms", 5)
+    kafka = Kafka.beside(infra, CommonSettings(home=tmp_path))
+    catalog = {"kafka": kafka}
+    await asyncio.to_thread(ensure_up, ["kafka"], settings=kafka.settings, catalog=catalog)
+    producers: list[EventProducer] = []
+    try:
+        await ensure_topics(kafka.bootstrap, [TopicSpec("t", 4, 3_600_000)])
+        producers = [EventProducer(kafka.bootstrap, client_id=f"p{n}") for n in range(20)]
+        for producer in producers:
+            await producer.start()
+
+        async def publish(producer: EventProducer) -> None:
+            """As a stage publishes: a failed or unanswered record is sent again."""
+            async with asyncio.timeout(60.0):
+                while True:
+                    with contextlib.suppress(KafkaError, TimeoutError):
+                        ack = await producer.send("t", b"x", traced=False)
+                        await asyncio.wait_for(ack, 3.0)
+                        return
+                    await asyncio.sleep(0.2)
+
+        for _ in range(3):
+            await asyncio.to_thread(down, ["kafka"], settings=kafka.settings, catalog=catalog)
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(ensure_up, ["kafka"], settings=kafka.settings, catalog=catalog)
+            await asyncio.gather(*(publish(p) for p in producers))  # every one publishes again
+        assert sum(p.resets for p in producers) >= 1, "none was told of no broker"
+    finally:
+        for producer in producers:
+            await producer.stop()
+        await asyncio.to_thread(down, ["kafka"], settings=kafka.settings, catalog=catalog)

@@ -47,8 +47,6 @@ from confluent_kafka import Consumer
 from confluent_kafka import TopicPartition as RdPartition
 from genwire_stack import down, ensure_up
 from genwire_stack.components import Kafka
-from genwire_stack.health import free_port
-from genwire_stack.paths import StackPaths
 
 from genwire.kafka import ensure_topics
 from genwire.kafka.admin import leave_group
@@ -194,13 +192,8 @@ def _first_after(times: list[float], t: float) -> float | None:
 
 
 async def one_round(args: argparse.Namespace, variant: str, home: Path) -> Round:
-    infra = CommonSettings()
     settings = CommonSettings(home=home / f"rejoin-{uuid.uuid4().hex[:8]}")
-    kafka = Kafka(
-        StackPaths.from_settings(settings), settings, free_port(), free_port(), heap="512m"
-    )
-    kafka.dest.parent.mkdir(parents=True)
-    kafka.dest.symlink_to(Kafka(StackPaths.from_settings(infra), infra).dest)  # installed jars
+    kafka = Kafka.beside(CommonSettings(), settings)
     catalog = {"kafka": kafka}
 
     def broker(up: bool) -> None:

@@ -17,7 +17,7 @@ from genwire_stack import bootstrap
 from genwire_stack.catalog import KAFKA_CONTROLLER_PORT, KAFKA_PORT, KAFKA_VERSION
 from genwire_stack.component import Component
 from genwire_stack.errors import StackError
-from genwire_stack.health import run_coro, tcp_open
+from genwire_stack.health import free_port, run_coro, tcp_open
 from genwire_stack.layout import instance_port
 from genwire_stack.paths import StackPaths
 from genwire_stack.secure import ADMIN, SecureStack, acl_bindings, create_acls
@@ -76,6 +76,18 @@ class Kafka(Component):
             self.aliases = ("kafka-1",)
         if security is not None:
             self.title += ", SASL_SSL"
+
+    @classmethod
+    def beside(cls, stack: CommonSettings, settings: CommonSettings, heap: str = "512m") -> Kafka:
+        """A private single-node broker next to the stack's (tests, measurements): free ports,
+        its storage in ``settings.home``, and the jars the stack installed (a link: no second
+        download). Started and stopped with ``ensure_up``/``down`` and ``{"kafka": it}``."""
+        node = cls(
+            StackPaths.from_settings(settings), settings, free_port(), free_port(), heap=heap
+        )
+        node.dest.parent.mkdir(parents=True, exist_ok=True)
+        node.dest.symlink_to(cls(StackPaths.from_settings(stack), stack).dest)
+        return node
 
     @property
     def size(self) -> int:
