@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar, Token
 
@@ -22,6 +23,7 @@ from aiokafka.errors import (
     IllegalStateError,
     InvalidProducerEpoch,
     InvalidProducerIdMapping,
+    KafkaConnectionError,
     KafkaError,
     MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
@@ -50,6 +52,10 @@ FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
     IllegalStateError,
 )
 """Errors after which this client never publishes again: replace it."""
+
+RESET_RETRY_S = 1.0
+"""After a replacement of the client failed (the broker down), how long the next ones fail at
+once instead of trying again."""
 
 MAX_REQUEST_SIZE = 16 * 1024 * 1024
 """The largest produce request (and so record): the topics allow 16 MiB (long prompts)."""
@@ -150,6 +156,7 @@ class EventProducer:
         self._generation = 0
         self._started = False
         self._reset_lock = asyncio.Lock()
+        self._reset_failed: tuple[int, float, BaseException] | None = None  # generation, when
         self._retired: set[asyncio.Task[None]] = set()
         self._tracer = tracer or trace.get_tracer("genwire.kafka")
 
@@ -194,15 +201,27 @@ class EventProducer:
         return "its sender task stopped" if task is not None and task.done() else None
 
     async def reset(self, generation: int | None = None, reason: object = "") -> None:
-        """Replace the client (once per failed generation, however many callers saw it fail)."""
+        """Replace the client (once per failed generation, however many callers saw it fail).
+
+        A replacement that failed (the broker still down) is not tried again for
+        ``RESET_RETRY_S``: the senders queued behind it fail at once, rather than each waiting
+        for a start of its own."""
         async with self._reset_lock:
             if generation is not None and generation != self._generation:
                 return  # someone already replaced the client that failed
+            failed = self._reset_failed
+            if failed is not None and failed[0] == self._generation:
+                ago = time.monotonic() - failed[1]
+                if ago < RESET_RETRY_S:
+                    raise KafkaConnectionError(
+                        f"replacing the producer failed {ago:.1f} s ago: {failed[2]}"
+                    )
             log.warning("kafka producer %s is unusable (%s): replacing it", self._client_id, reason)
             fresh = self._new_client()
             try:
                 await fresh.start()  # raises while the broker is down: the caller retries later
-            except BaseException:
+            except BaseException as exc:
+                self._reset_failed = (self._generation, time.monotonic(), exc)
                 with contextlib.suppress(Exception):
                     await fresh.stop()  # never leak a half-started client
                 raise

@@ -109,18 +109,27 @@ def _on_stats(name: str, broken: list[RdError]) -> Callable[[str], None]:
     none_since: list[float] = []
 
     def on_stats(stats: str) -> None:
-        if _knows_a_broker(stats):
+        if broken:  # unusable already: nothing more to learn
+            return
+        try:
+            known = _knows_a_broker(stats)
+        except ValueError:  # not JSON: no verdict either way (never raised into a poll)
+            return
+        if known:
             none_since.clear()
             return
-        now = time.monotonic()
+        now = _now()
         if not none_since:
             none_since.append(now)
-        elif now - none_since[0] >= BROKERLESS_S and not broken:
+        elif now - none_since[0] >= BROKERLESS_S:
             why = f"knows no broker for {now - none_since[0]:.0f} s (librdkafka forgot them)"
             broken.append(RdError(RdError._FATAL, why))
             log.error("kafka client %s %s: unusable", name, why)
 
     return on_stats
+
+
+_now = time.monotonic  # the watch's clock (a test moves it)
 
 
 def _knows_a_broker(stats: str) -> bool:
@@ -216,7 +225,8 @@ class RdProducer:
     @property
     def dead(self) -> bool:
         """A fatal error was reported, its poller died, or it has known no broker for
-        ``BROKERLESS_S``: it never publishes again."""
+        ``BROKERLESS_S``: it never publishes again (why: :attr:`failure`, what
+        ``EventProducer`` reads)."""
         return bool(self._fatal)
 
     async def start(self) -> None:

@@ -16,8 +16,8 @@ the loop asks the coordinator to drop the old id (a LeaveGroup, what a clean clo
 soon as the new one shows the coordinator answers (docs/benchmarks.md, *Leaving the lost
 member*).
 
-What is whose: ``_records``, ``_paused``, ``_taken`` and ``_left`` are written by the loop
-only; ``_assignment``, ``_commits``, ``_applied_pause``, ``_throttled``, ``_handed``,
+What is whose: ``_records``, ``_paused``, ``_taken``, ``_left`` and ``_leaving`` are written
+by the loop only; ``_assignment``, ``_commits``, ``_applied_pause``, ``_throttled``, ``_handed``,
 ``_member``, ``_lost_member`` and ``_failure`` by the thread only (each side reads the other's
 whole values, safe under the GIL); the command queue and ``_stopped`` are shared behind a
 lock.
@@ -352,6 +352,8 @@ class RdConsumer:
     # --- on the loop ---
 
     def _leave(self, member: str) -> None:
+        if self._stopping.is_set():  # queued by the thread's last turns: stop() has cancelled
+            return
         task = asyncio.ensure_future(self._leave_lost(member))
         self._leaving.add(task)
         task.add_done_callback(self._leaving.discard)
@@ -365,6 +367,11 @@ class RdConsumer:
         self._left.append(LeftMember(member, said, time.monotonic()))
         level = logging.WARNING if said.startswith("gave up") else logging.INFO
         log.log(level, "kafka consumer %s: the member lost with the session: %s", self._group, said)
+
+    @property
+    def member_id(self) -> str:
+        """librdkafka's member id, the last one it had (the thread's, read whole)."""
+        return self._member
 
     @property
     def left_members(self) -> list[LeftMember]:
@@ -497,12 +504,16 @@ class RdConsumer:
         """Leave the group (the revoke's listener runs first) and stop the thread; bounded,
         because leaving needs a coordinator (what is uncommitted is redelivered)."""
         self._stopping.set()
-        for task in list(self._leaving):
-            task.cancel()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, STOP_TIMEOUT_S)
             if self._thread.is_alive():
                 log.warning("kafka consumer %s: not closed in %.0f s", self._group, STOP_TIMEOUT_S)
+        # A leave in flight is cancelled: this process no longer reads, and a successor's
+        # consumer leaves its own lost member.
+        leaving = list(self._leaving)
+        for task in leaving:
+            task.cancel()
+        await asyncio.gather(*leaving, return_exceptions=True)
         with self._lock:
             self._stopped = True
         self._arrived.set()

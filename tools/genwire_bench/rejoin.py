@@ -149,7 +149,7 @@ class _GenwireReader(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
 
     @property
     def member(self) -> str:
-        return self.consumer._member  # the thread's, read whole
+        return self.consumer.member_id
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -182,9 +182,14 @@ class _GenwireReader(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
         return first
 
     async def close(self) -> None:
+        """Stop reading and leave; a read that failed (the consumer broke) is raised here."""
         for task in self._tasks:
             task.cancel()
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.consumer.stop()
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            raise RuntimeError(f"the genwire consumer failed: {failed[0]!r}") from failed[0]
 
 
 def _first_after(times: list[float], t: float) -> float | None:
@@ -269,7 +274,9 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m genwire_bench.rejoin",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    p.add_argument("--variants", default="plain,leave", help="a comma list of: plain, leave")
+    p.add_argument(
+        "--variants", default="plain,leave", help=f"a comma list of: {', '.join(VARIANTS)}"
+    )
     p.add_argument("--rounds", type=int, default=1, help="each variant, alternated")
     p.add_argument("--outage-s", type=float, default=20.0, help="the broker stopped this long")
     p.add_argument("--session-ms", type=int, default=10_000, help="the group session (genwire's)")
@@ -309,7 +316,7 @@ def _line(r: Round) -> str:
 
     leave = "" if r.leave_s is None else f"  leave: {r.leave} at {s(r.leave_s)}"
     return (
-        f"{r.variant:6} outage {r.outage_s:5.1f} s  after the return: assigned {s(r.assigned_s)},"
+        f"{r.variant:7} outage {r.outage_s:5.1f} s  after the return: assigned {s(r.assigned_s)},"
         f" first record {s(r.first_record_s)}{leave}  member reset: {r.member_reset}"
     )
 
