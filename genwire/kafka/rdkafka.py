@@ -46,8 +46,8 @@ RECONNECT = {
 default (aiokafka's stays near 50 ms): capped at 1 s. ``metadata.recovery.strategy`` keeps its
 default, ``rebootstrap``. ``none`` (used from 2026-12-01 to 12-05, for a first record 0.5-1.2 s
 sooner after an outage) left more clients without a broker for good (:data:`BROKERLESS_S`):
-6 rounds in 8 against some clients in some rounds (docs/benchmarks.md, *A client told of no
-broker*)."""
+6 shutdowns in 8, against some of twenty producers in some shutdowns on the default
+(docs/benchmarks.md, *The adapter leaves its lost member; a client told of no broker*)."""
 STATS_INTERVAL_MS = 2_000
 """How often librdkafka reports its statistics (the brokers it knows: :func:`_on_stats`)."""
 BROKERLESS_S = 10.0
@@ -135,8 +135,8 @@ _now = time.monotonic  # the watch's clock (a test moves it)
 def _knows_a_broker(stats: str) -> bool:
     """Whether librdkafka's statistics list a broker it can connect to: one "learned" from
     metadata or "configured" (the bootstrap servers); not a logical one (a group coordinator's,
-    which stands for a broker it must find first). The text is searched first: parsing tens of
-    kilobytes every ``STATS_INTERVAL_MS`` only to find a broker listed would cost more."""
+    which stands for a broker it must find first). The text is searched first: parsing every
+    snapshot only to find a broker listed would cost more."""
     if '"source":"learned"' in stats or '"source":"configured"' in stats:
         return True
     brokers = json.loads(stats).get("brokers") or {}
