@@ -75,42 +75,18 @@ class Round:
     """librdkafka rejoined with a new member id (the session expired on its side)."""
 
 
-class _Reader:
-    """One librdkafka consumer in the group, polled on a thread; the times records arrive."""
+class _Times:
+    """When a reader was assigned partitions and consumed records; a wait for the first record
+    after a moment, from a thread."""
 
-    def __init__(self, bootstrap: str, group: str, topic: str, session_ms: int) -> None:
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group,
-                "enable.auto.commit": False,  # as RdConsumer; nothing here needs the offsets
-                "auto.offset.reset": "latest",
-                "session.timeout.ms": session_ms,
-                "heartbeat.interval.ms": min(3_000, session_ms // 3),  # genwire's, or less
-                **RECONNECT,
-            }
-        )
-        self._consumer.subscribe([topic], on_assign=self._on_assign)
+    def __init__(self) -> None:
         self.assigned: list[float] = []
         self.seen: list[float] = []
-        self.member = ""
         self._arrived = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            msg = self._consumer.poll(0.05)
-            self.member = self._consumer.memberid() or self.member
-            if msg is not None and msg.error() is None:
-                self.seen.append(time.monotonic())
-                self._arrived.set()
-        self._consumer.close()
-
-    def _on_assign(self, _consumer: Consumer, parts: list[RdPartition]) -> None:
-        if parts:
-            self.assigned.append(time.monotonic())
+    def _consumed(self, n: int) -> None:
+        self.seen += [time.monotonic()] * n
+        self._arrived.set()
 
     def wait_after(self, t: float, timeout_s: float) -> float | None:
         """Seconds from ``t`` to the first record consumed after it (None: none in time)."""
@@ -123,16 +99,52 @@ class _Reader:
             self._arrived.clear()
         return first
 
+
+class _Reader(_Times):
+    """One librdkafka consumer in the group, polled on a thread; the times records arrive."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, session_ms: int) -> None:
+        super().__init__()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,  # as RdConsumer; nothing here needs the offsets
+                "auto.offset.reset": "latest",
+                "session.timeout.ms": session_ms,
+                "heartbeat.interval.ms": min(3_000, session_ms // 3),  # genwire's, or less
+                **RECONNECT,
+            }
+        )
+        self._consumer.subscribe([topic], on_assign=self._on_assign)
+        self.member = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.05)
+            self.member = self._consumer.memberid() or self.member
+            if msg is not None and msg.error() is None:
+                self._consumed(1)
+        self._consumer.close()
+
+    def _on_assign(self, _consumer: Consumer, parts: list[RdPartition]) -> None:
+        if parts:
+            self.assigned.append(time.monotonic())
+
     async def close(self) -> None:
         self._stop.set()
         await asyncio.to_thread(self._thread.join, 30)
 
 
-class _GenwireReader(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka's is untyped
+class _GenwireReader(_Times, ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
     """genwire's ``RdConsumer`` in the group, read from the loop as ``EventConsumer`` reads it;
     it leaves its lost member id itself. The same face as ``_Reader``."""
 
     def __init__(self, bootstrap: str, group: str, topic: str, session_ms: int) -> None:
+        super().__init__()
         self.consumer = RdConsumer(
             bootstrap_servers=bootstrap,
             group_id=group,
@@ -143,8 +155,6 @@ class _GenwireReader(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
             heartbeat_interval_ms=min(3_000, session_ms // 3),
         )
         self.consumer.subscribe([topic], self)
-        self.assigned: list[float] = []
-        self.seen: list[float] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -158,7 +168,8 @@ class _GenwireReader(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
     async def _read(self) -> None:
         while True:
             batches = await self.consumer.getmany(timeout_ms=100)
-            self.seen += [time.monotonic()] * sum(map(len, batches.values()))
+            if batches:
+                self._consumed(sum(map(len, batches.values())))
 
     def left(self) -> tuple[str, float | None]:
         """What the consumer's own LeaveGroup got (the last one) and when; ``-``: none sent."""
@@ -171,15 +182,6 @@ class _GenwireReader(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         pass
-
-    def wait_after(self, t: float, timeout_s: float) -> float | None:
-        """As ``_Reader``'s, from a thread: the loop reads meanwhile."""
-        deadline = time.monotonic() + timeout_s
-        while (first := _first_after(self.seen, t)) is None:
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.02)
-        return first
 
     async def close(self) -> None:
         """Stop reading and leave; a read that failed (the consumer broke) is raised here."""
