@@ -52,6 +52,13 @@ class ConsumerMetrics:
             ["topic", "partition", "stage"],
             registry=registry,
         )
+        self.producer_unacknowledged = Gauge(
+            sc.METRIC_PRODUCER_UNACKED,
+            "Seconds the oldest record handed to the service's Kafka producer has waited for "
+            "the broker's acknowledgement (0: none waits).",
+            ["stage"],
+            registry=registry,
+        )
         self.producer_resets = Counter(
             sc.METRIC_PRODUCER_RESETS,
             "Kafka producer clients replaced after a fatal error (e.g. OutOfOrderSequenceNumber).",

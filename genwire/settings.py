@@ -241,7 +241,9 @@ class ServiceSettings(CommonSettings):
         60.0,
         gt=0,
         description="A partition with work that made no progress (no record finished, no "
-        "commit) for this long is stalled: /readyz fails and genwire_partition_stalled is 1.",
+        "commit) for this long is stalled: /readyz fails and genwire_partition_stalled is 1. "
+        "A record the producer has held this long without the broker's acknowledgement fails "
+        "/readyz too (genwire_producer_unacknowledged_seconds).",
     )
     unready_after_s: float = Field(
         5.0,

@@ -140,11 +140,14 @@ async def leave_group(
     """
     client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, **client_options(settings))
     last: BaseException | None = None
+    bootstrapped = False
     try:
         async with asyncio.timeout(timeout_s):  # a send to a broker that went away included
             while True:
                 try:
-                    await client.bootstrap()
+                    if not bootstrapped:  # once: a retry reuses its metadata and connections
+                        await client.bootstrap()
+                        bootstrapped = True
                     node = await client.coordinator_lookup(CoordinationType.GROUP, group)
                     response = await client.send(node, LeaveGroupRequest(group, member))
                     if response.error_code == 0:

@@ -158,6 +158,10 @@ class EventProducer:
         self._reset_lock = asyncio.Lock()
         self._reset_failed: tuple[int, float, BaseException] | None = None  # generation, when
         self._retired: set[asyncio.Task[None]] = set()
+        # Records handed to the client and not yet acknowledged or failed, with when: in
+        # insertion order, so the first is the oldest (``unacknowledged_s``).
+        self._pending: dict[asyncio.Future[object], float] = {}
+        self._now: Callable[[], float] = time.monotonic  # its clock (tests move it)
         self._tracer = tracer or trace.get_tracer("genwire.kafka")
 
     def _new_client(self) -> AIOKafkaProducer:
@@ -211,7 +215,7 @@ class EventProducer:
                 return  # someone already replaced the client that failed
             failed = self._reset_failed
             if failed is not None and failed[0] == self._generation:
-                ago = time.monotonic() - failed[1]
+                ago = self._now() - failed[1]
                 if ago < RESET_RETRY_S:
                     raise KafkaConnectionError(
                         f"replacing the producer failed {ago:.1f} s ago: {failed[2]}"
@@ -221,12 +225,16 @@ class EventProducer:
             try:
                 await fresh.start()  # raises while the broker is down: the caller retries later
             except BaseException as exc:
-                self._reset_failed = (self._generation, time.monotonic(), exc)
+                self._reset_failed = (self._generation, self._now(), exc)
                 with contextlib.suppress(Exception):
                     await fresh.stop()  # never leak a half-started client
                 raise
             old, self._producer = self._producer, fresh
             self._generation += 1
+            # The old client's records are its callers' to retry; whether they ever settle
+            # depends on how it died (a hung broker can leave them waiting after the retirement
+            # gave up), so the new client starts with nothing counted as waiting.
+            self._pending = {}
             task = asyncio.create_task(self._retire(old))
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)
@@ -241,8 +249,22 @@ class EventProducer:
             async with asyncio.timeout(10.0):
                 await old.stop()
 
+    def unacknowledged_s(self) -> float:
+        """How long the oldest record still waiting for the broker's answer has waited (0:
+        none waits). A client that accepts records and delivers none (a broker that hangs, a
+        client that lost its brokers, Kafka down) shows here before anything fails, if ever:
+        aiokafka's idempotent producer never expires a record while it knows the partition's
+        leader, and librdkafka's fails it after ``message.timeout.ms`` (300 s)."""
+        for since in self._pending.values():
+            return self._now() - since
+        return 0.0
+
     def _watch(self, fut: asyncio.Future[object], generation: int) -> None:
+        if generation == self._generation:  # else the client that took it was replaced since
+            self._pending[fut] = self._now()
+
         def done(f: asyncio.Future[object]) -> None:
+            self._pending.pop(f, None)
             if f.cancelled():
                 return
             exc = f.exception()

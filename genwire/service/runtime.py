@@ -232,6 +232,16 @@ class ServiceRuntime:
             for tp, waited in consumer.stalled(threshold).items()
         ]
 
+    def undelivered(self) -> list[str]:
+        """The producer's oldest record, when it has waited the stall timeout for the broker's
+        acknowledgement: a client that accepts records and delivers none cannot make progress,
+        though no publish has failed (the gateway's heartbeat, one record a second, makes this
+        true of an idle gateway too)."""
+        waited = self.producer.unacknowledged_s()
+        if waited < self.settings.stall_timeout_s:
+            return []
+        return [f"a record has waited {waited:.0f} s for Kafka's acknowledgement"]
+
     def reasons(self) -> list[str]:
         """Why this service cannot make progress now (empty: it can)."""
         out: list[str] = []
@@ -246,6 +256,7 @@ class ServiceRuntime:
         ]
         out += self.dependencies.reasons()
         out += self.stalled()
+        out += self.undelivered()
         for check in self._checks:
             out += check()
         return out
@@ -253,7 +264,8 @@ class ServiceRuntime:
     @property
     def ready(self) -> bool:
         """Started, no fatal error, consumers joined, no dependency down, no stalled partition,
-        and every check added by the service passes."""
+        no record waiting the stall timeout for its acknowledgement, and every check added by
+        the service passes."""
         return not self.reasons()
 
     async def _watch_progress(self, interval_s: float = 2.0) -> None:
@@ -269,6 +281,7 @@ class ServiceRuntime:
                     now.add(labels)
                     m.progress_age.labels(*labels).set(waited)
                     m.stalled.labels(*labels).set(1 if waited >= threshold else 0)
+            m.producer_unacknowledged.labels(self.stage).set(self.producer.unacknowledged_s())
             for labels in shown - now:  # revoked: another instance reports it now
                 m.progress_age.remove(*labels)
                 m.stalled.remove(*labels)

@@ -719,9 +719,11 @@ def test_a_client_that_knows_no_broker_for_a_while_is_unusable(
     on_stats(_stats(("learned", "TRY_CONNECT")))  # an outage: the broker is still known
     clock[0] += 60
     on_stats(_stats(("learned", "TRY_CONNECT")))
-    on_stats(' {"brokers": {"b": {"source": "learned"}}}')  # found by parsing, not the text
     on_stats("{not json")
     assert not producer.dead
+    spaced = ' {"brokers": {"b": {"source": "learned"}}}'  # not in the text search's spacing
+    assert rdkafka._knows_a_broker(spaced)  # found by parsing
+    assert not rdkafka._knows_a_broker(' {"brokers": {"b": {"source": "logical"}}}')
     on_stats(_stats(("logical", "INIT")))  # none it can connect to, from now on
     clock[0] += BROKERLESS_S - 1
     on_stats(_stats())
