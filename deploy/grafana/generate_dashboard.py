@@ -183,6 +183,12 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], list[float] | 
                 ],
                 None,
             ),
+            (
+                "Oldest record waiting for Kafka's acknowledgement",
+                "s",
+                [("max by (stage) (genwire_producer_unacknowledged_seconds)", "{{stage}}")],
+                [60.0],
+            ),
         ],
     ),
     (

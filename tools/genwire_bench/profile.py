@@ -774,6 +774,11 @@ def render_profiles(
         f"Profile (py-spy --idle; files under {root}): per service the busy and waiting "
         "samples, the core-ms per request the resources table measured and the busy ms per "
         "request the profile saw, and the buckets' shares of the busy samples",
+        # Measured with perf (docs/benchmarks.md, *The kernel's count*): a stage's kernel share
+        # was 6-11 % while py-spy put 9-14 % of its busy samples in socket writes alone.
+        "(busy counts a thread waiting for a core too, which is why busy ms/req exceeds "
+        "core-ms/req on a loaded machine; a write to a socket that wakes its reader on the "
+        "writer's core shows as time in the write: read those frames as waits, not CPU)",
     ]
     for phase, items in profiles.items():
         rows = [
