@@ -59,6 +59,13 @@ class ConsumerMetrics:
             ["stage"],
             registry=registry,
         )
+        self.producer_stuck = Gauge(
+            sc.METRIC_PRODUCER_STUCK,
+            "1 while a record handed to the service's Kafka producer has waited the stall "
+            "timeout for the broker's acknowledgement (the instance is unready).",
+            ["stage"],
+            registry=registry,
+        )
         self.producer_resets = Counter(
             sc.METRIC_PRODUCER_RESETS,
             "Kafka producer clients replaced after a fatal error (e.g. OutOfOrderSequenceNumber).",

@@ -243,7 +243,7 @@ class ServiceSettings(CommonSettings):
         description="A partition with work that made no progress (no record finished, no "
         "commit) for this long is stalled: /readyz fails and genwire_partition_stalled is 1. "
         "A record the producer has held this long without the broker's acknowledgement fails "
-        "/readyz too (genwire_producer_unacknowledged_seconds).",
+        "/readyz too (genwire_producer_stuck is 1).",
     )
     unready_after_s: float = Field(
         5.0,

@@ -281,7 +281,10 @@ class ServiceRuntime:
                     now.add(labels)
                     m.progress_age.labels(*labels).set(waited)
                     m.stalled.labels(*labels).set(1 if waited >= threshold else 0)
-            m.producer_unacknowledged.labels(self.stage).set(self.producer.unacknowledged_s())
+            unacknowledged = self.producer.unacknowledged_s()
+            m.producer_unacknowledged.labels(self.stage).set(unacknowledged)
+            # The threshold travels as 0/1 so that the alert honours this service's setting.
+            m.producer_stuck.labels(self.stage).set(1 if unacknowledged >= threshold else 0)
             for labels in shown - now:  # revoked: another instance reports it now
                 m.progress_age.remove(*labels)
                 m.stalled.remove(*labels)

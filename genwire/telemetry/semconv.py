@@ -99,6 +99,7 @@ METRIC_COMMIT_AGE = "genwire_partition_commit_age_seconds"
 METRIC_DEPENDENCY_UP = "genwire_dependency_up"
 METRIC_PRODUCER_RESETS = "genwire_producer_resets_total"
 METRIC_PRODUCER_UNACKED = "genwire_producer_unacknowledged_seconds"  # oldest record's wait
+METRIC_PRODUCER_STUCK = "genwire_producer_stuck"  # 1: that wait reached the stall timeout
 METRIC_REPLY_ROUTES = "genwire_reply_routes_total"  # postprocess: reply headers by outcome
 METRIC_REPLIES = "genwire_gateway_replies_total"  # gateway: reply records read, by outcome
 METRIC_REPLY_PARTITIONS = "genwire_gateway_reply_partitions"  # gateway: reply partitions owned

@@ -154,6 +154,20 @@ async def test_a_record_sent_as_the_client_is_replaced_is_not_counted_on_the_new
     assert producer.unacknowledged_s() == 0.0
 
 
+async def _gauges(runtime: ServiceRuntime) -> tuple[float | None, float | None]:
+    """The producer's two gauges after one pass of the runtime's watch: (wait, stuck)."""
+    watch = asyncio.create_task(runtime._watch_progress(interval_s=60.0))
+    await asyncio.sleep(0.01)
+    watch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await watch
+    labels = {"stage": "test"}
+    return (
+        runtime.registry.get_sample_value(sc.METRIC_PRODUCER_UNACKED, labels),
+        runtime.registry.get_sample_value(sc.METRIC_PRODUCER_STUCK, labels),
+    )
+
+
 async def test_readiness_names_a_record_waiting_the_stall_timeout(
     monkeypatch: pytest.MonkeyPatch, clock: _Clock
 ) -> None:
@@ -169,17 +183,12 @@ async def test_readiness_names_a_record_waiting_the_stall_timeout(
         await producer.send("t", b"a", traced=False)
         clock.now += 29.0
         assert runtime.undelivered() == [] and runtime.reasons() == [] and runtime.ready
+        assert await _gauges(runtime) == (29.0, 0.0)
         clock.now += 2.0
         reason = "a record has waited 31 s for Kafka's acknowledgement"
         assert runtime.undelivered() == [reason]
         assert runtime.reasons() == [reason] and not runtime.ready
-        watch = asyncio.create_task(runtime._watch_progress(interval_s=0.01))
-        await asyncio.sleep(0.05)
-        watch.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await watch
-        gauge = runtime.registry.get_sample_value(sc.METRIC_PRODUCER_UNACKED, {"stage": "test"})
-        assert gauge == 31.0
+        assert await _gauges(runtime) == (31.0, 1.0)  # the alert's input: this service's timeout
     finally:
         runtime.tracer_provider.shutdown()
 
