@@ -88,12 +88,7 @@ class SecureRun:
 
 
 def _ports(count: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
+    return [free_port() for _ in range(count)]
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +124,7 @@ def secure(
     broker, controller, redis_port, *service_ports = _ports(3 + len(SERVICES) + 1)
     jaeger_ports = dict(zip(JAEGER_ROLES, _ports(len(JAEGER_ROLES) + 12)[12:], strict=True))
     kafka = Kafka(paths, settings, broker, controller, heap="512m", security=security)
-    kafka.dest.parent.mkdir(parents=True)
-    kafka.dest.symlink_to(Kafka(shared, stack).dest)  # the installed jars; no second download
+    kafka.use_installed(stack)
     redis = Redis(paths, settings, redis_port, security=security)
     jaeger = Jaeger(
         paths,

@@ -35,15 +35,9 @@ pytestmark = pytest.mark.slow
 def cluster(infra: CommonSettings, tmp_path: Path) -> Iterator[tuple[CommonSettings, list[Kafka]]]:
     settings = CommonSettings(home=tmp_path)
     paths = StackPaths.from_settings(settings)
-    ports: list[int] = []
-    while len(ports) < 6:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
+    ports = [free_port() for _ in range(6)]
     nodes = kafka_nodes(paths, settings, ports=list(zip(ports[::2], ports[1::2], strict=True)))
-    real = Kafka(StackPaths.from_settings(infra), infra)
-    nodes[0].dest.parent.mkdir(parents=True)
-    nodes[0].dest.symlink_to(real.dest)  # the jars the stack installed; no second download
+    nodes[0].use_installed(infra)  # the nodes share one install
     yield settings, nodes
     down(settings=settings, catalog={n.name: n for n in nodes})
 

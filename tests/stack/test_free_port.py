@@ -42,3 +42,20 @@ def test_without_room_below_the_range_the_kernel_picks(
     assert port >= 1024  # the kernel's pick, from its range
     ranges.write_text("garbage\n")
     assert health._ephemeral_low() == 32768  # unreadable: Linux's default
+
+
+def test_the_kernels_picks_are_never_handed_out_twice_either(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kernel may pick a port again once its socket is closed; ``free_port`` draws again."""
+    monkeypatch.setattr(health, "_ephemeral_low", lambda: health._LOWEST_PORT)  # no room below
+    picks = iter([40001, 40001, 40002])
+    real = socket.socket
+
+    class Picked(real):  # type: ignore[misc, valid-type]
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", next(picks))
+
+    monkeypatch.setattr(health.socket, "socket", Picked)
+    monkeypatch.setattr(health, "_given", set())
+    assert [health.free_port(), health.free_port()] == [40001, 40002]

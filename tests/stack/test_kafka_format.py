@@ -134,15 +134,10 @@ def test_a_dashed_cluster_id_formats(infra: CommonSettings, tmp_path: Path) -> N
     still formats the node with it."""
     settings = CommonSettings(home=tmp_path)
     paths = StackPaths.from_settings(settings)
-    ports = []
-    while len(ports) < 4:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
+    ports = [free_port() for _ in range(4)]
     cluster = [(ports[0], ports[1]), (ports[2], ports[3])]
     node = Kafka(paths, settings, *cluster[0], node_id=1, cluster=cluster, heap="256m")
-    node.dest.parent.mkdir(parents=True)
-    node.dest.symlink_to(Kafka(StackPaths.from_settings(infra), infra).dest)  # installed jars
+    node.use_installed(infra)
     dashed = base64.urlsafe_b64encode(DASHED.bytes).decode().rstrip("=")
     assert dashed.startswith("-")
     node.cluster_id_file.parent.mkdir(parents=True, exist_ok=True)

@@ -67,17 +67,10 @@ def test_the_storage_format_gets_no_jmx(tmp_path: Path) -> None:
 
 @pytest.fixture
 def jmx_broker(infra: CommonSettings, tmp_path: Path) -> Iterator[tuple[CommonSettings, Kafka]]:
-    ports: list[int] = []
-    while len(ports) < 3:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    jmx, port, controller = ports
+    jmx, port, controller = (free_port() for _ in range(3))
     settings = CommonSettings(home=tmp_path, kafka_jmx_port=jmx)
     node = Kafka(StackPaths.from_settings(settings), settings, port, controller)
-    real = Kafka(StackPaths.from_settings(infra), infra)
-    node.dest.parent.mkdir(parents=True)
-    node.dest.symlink_to(real.dest)  # the jars the stack installed; no second download
+    node.use_installed(infra)
     yield settings, node
     down(settings=settings, catalog={node.name: node})
 

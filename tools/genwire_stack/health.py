@@ -33,8 +33,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     binds, any outgoing connection on the machine may take it as its source port, and the
     server then fails with "address already in use" (seen: Jaeger's query port in a test
     stack). Ports below the range are never given to outgoing connections; one is drawn at
-    random, checked free, and not handed out twice by this process. Where the range leaves no
-    room below it, the kernel picks."""
+    random and checked free. Where the range leaves no room below it, the kernel picks. Either
+    way no port is handed out twice by this process, so N calls give N ports."""
     low = _ephemeral_low()
     if low - _LOWEST_PORT >= 1000:
         rng = random.Random()
@@ -45,10 +45,15 @@ def free_port(host: str = "127.0.0.1") -> int:
                     continue
                 _given.add(port)
             return port
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        picked: int = sock.getsockname()[1]
-        return picked
+    for _ in range(200):
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            picked: int = sock.getsockname()[1]
+        with _given_lock:
+            if picked not in _given:
+                _given.add(picked)
+                return picked
+    raise OSError(f"no free port on {host} not already handed out")
 
 
 def _ephemeral_low() -> int:

@@ -85,9 +85,13 @@ class Kafka(Component):
         node = cls(
             StackPaths.from_settings(settings), settings, free_port(), free_port(), heap=heap
         )
-        node.dest.parent.mkdir(parents=True, exist_ok=True)
-        node.dest.symlink_to(cls(StackPaths.from_settings(stack), stack).dest)
+        node.use_installed(stack)
         return node
+
+    def use_installed(self, stack: CommonSettings) -> None:
+        """Run on the jars the stack ``stack`` installed: a link, no second download."""
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.dest.symlink_to(Kafka(StackPaths.from_settings(stack), stack).dest)
 
     @property
     def size(self) -> int:
