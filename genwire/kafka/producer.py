@@ -134,6 +134,13 @@ def new_client(
     )
 
 
+def _seen(fut: asyncio.Future[object]) -> None:
+    """Mark a send's outcome as retrieved: a failure its caller never awaited was already
+    counted and logged where it matters (the watch, the caller's own error paths)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class EventProducer:
     """A thin, traced wrapper over one idempotent ``AIOKafkaProducer``, replaced when fatal."""
 
@@ -259,21 +266,34 @@ class EventProducer:
             return self._now() - since
         return 0.0
 
-    def _watch(self, fut: asyncio.Future[object], generation: int) -> None:
+    def _watch(self, fut: asyncio.Future[object], generation: int) -> asyncio.Future[object]:
+        """Follow the client's future ``fut`` until the client settles it, and hand the caller
+        a future of its own with the same outcome. A caller that stops waiting (a cancelled
+        call) cancels only its own: the record is still queued in the client and may still be
+        delivered, so it still counts as waiting, and a fatal error it meets is still seen."""
         if generation == self._generation:  # else the client that took it was replaced since
             self._pending[fut] = self._now()
+        mine: asyncio.Future[object] = fut.get_loop().create_future()
+        mine.add_done_callback(_seen)  # a caller may never look (heartbeats)
 
         def done(f: asyncio.Future[object]) -> None:
             self._pending.pop(f, None)
             if f.cancelled():
+                mine.cancel()  # no-op when the caller cancelled first
                 return
             exc = f.exception()
+            if not mine.done():
+                if exc is None:
+                    mine.set_result(f.result())
+                else:
+                    mine.set_exception(exc)
             if isinstance(exc, FATAL_PRODUCER_ERRORS):
                 task = asyncio.ensure_future(self._reset_quietly(generation, exc))
                 self._retired.add(task)
                 task.add_done_callback(self._retired.discard)
 
         fut.add_done_callback(done)
+        return mine
 
     async def _reset_quietly(self, generation: int, reason: object) -> None:
         try:
@@ -336,8 +356,7 @@ class EventProducer:
         except FATAL_PRODUCER_ERRORS as exc:
             await self._reset_quietly(generation, exc)
             raise
-        self._watch(fut, generation)
-        return fut
+        return self._watch(fut, generation)
 
     def partitions(self, topic: str) -> frozenset[int] | None:
         """The partitions of ``topic`` in the client's metadata (None: not known yet)."""

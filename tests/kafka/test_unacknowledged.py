@@ -87,23 +87,46 @@ async def test_the_oldest_waiting_record_is_measured_until_its_answer(
     assert producer.unacknowledged_s() == 0.0
     first = await producer.send("t", b"a", traced=False)
     clock.now += 5.0
-    second = await producer.send("t", b"b", traced=False)
+    await producer.send("t", b"b", traced=False)
     clock.now += 2.0
     assert producer.unacknowledged_s() == 7.0  # the first one's wait, not the second's
-    second.set_result(None)  # a later record answered: the first still waits
+    sent = clients[0].sent
+    sent[1].set_result(None)  # a later record answered: the first still waits
     await _settle()
     assert producer.unacknowledged_s() == 7.0
     third = await producer.send("t", b"c", traced=False)
-    first.set_exception(ConnectionError("no broker"))  # a failure is an answer too
+    sent[0].set_exception(ConnectionError("no broker"))  # a failure is an answer too
     await _settle()
     clock.now += 1.0
     assert producer.unacknowledged_s() == 1.0  # now the third is the oldest
-    third.cancel()
+    sent[2].cancel()  # the client dropped it: settled too
     await _settle()
     assert producer.unacknowledged_s() == 0.0
-    assert len(clients[0].sent) == 3
+    assert len(sent) == 3
     with pytest.raises(ConnectionError):
-        first.result()
+        first.result()  # the caller's future has the client's outcome
+    assert third.cancelled()
+
+
+async def test_a_caller_that_stops_waiting_leaves_the_record_counted(
+    monkeypatch: pytest.MonkeyPatch, clock: _Clock
+) -> None:
+    """A cancelled call (a gRPC deadline, say) cancels its own wait, not the record: the client
+    still holds it and may deliver it, so it still counts until the client answers."""
+    producer, clients = _producer(monkeypatch, clock)
+    await producer.start()
+    mine = await producer.send("t", b"a", traced=False)
+    waiting = asyncio.create_task(asyncio.wait_for(mine, 60.0))
+    await _settle()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert mine.cancelled() and not clients[0].sent[0].done()
+    clock.now += 4.0
+    assert producer.unacknowledged_s() == 4.0
+    clients[0].sent[0].set_result(None)
+    await _settle()
+    assert producer.unacknowledged_s() == 0.0
 
 
 async def test_a_replaced_clients_records_are_not_counted_as_waiting(
