@@ -184,7 +184,8 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], list[float] | 
                 None,
             ),
             (
-                "Oldest record waiting for Kafka's acknowledgement",
+                "Oldest record waiting for Kafka's acknowledgement (line: the default "
+                "STALL_TIMEOUT_S; genwire_producer_stuck uses each service's own)",
                 "s",
                 [("max by (stage) (genwire_producer_unacknowledged_seconds)", "{{stage}}")],
                 [60.0],

@@ -91,7 +91,9 @@ class Kafka(Component):
     def use_installed(self, stack: CommonSettings) -> None:
         """Run on the jars the stack ``stack`` installed: a link, no second download."""
         self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self.dest.symlink_to(Kafka(StackPaths.from_settings(stack), stack).dest)
+        self.dest.symlink_to(
+            Kafka(StackPaths.from_settings(stack), stack, version=self.version).dest
+        )
 
     @property
     def size(self) -> int:
