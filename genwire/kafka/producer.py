@@ -135,8 +135,8 @@ def new_client(
 
 
 def _seen(fut: asyncio.Future[object]) -> None:
-    """Mark a send's outcome as retrieved: a failure its caller never awaited was already
-    counted and logged where it matters (the watch, the caller's own error paths)."""
+    """Mark a send's outcome as retrieved, as the watch did for the client's future when the
+    caller held that one: a caller that never looks (a heartbeat) logs nothing at collection."""
     if not fut.cancelled():
         fut.exception()
 
