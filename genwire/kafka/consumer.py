@@ -18,9 +18,12 @@ the paths themselves are in ``failures.py``):
 
 Rebalances: records of a revoked partition are not dispatched, and work still running for it
 after ``drain_timeout_s`` is cancelled; outputs are fenced (not published once the partition
-is gone), so the new owner's work is the only one published. The fetch loop never blocks on a
-full worker pool: it pauses the partitions and keeps polling, so the group never sees a member
-that stopped polling.
+is gone), so the new owner's work is the only one published. A partition whose last commit
+failed (lost with the group session in a broker outage, on librdkafka) and that the group
+gives back to this consumer resumes after the records it finished (``_resume_unsettled``),
+not at the older commit, unless another member committed further meanwhile. The fetch loop
+never blocks on a full worker pool: it pauses the partitions and keeps polling, so the group
+never sees a member that stopped polling.
 
 Order: records run concurrently. With ``ordered_keys`` (postprocess: a request's streamed
 chunks) a record starts only once the previous record of its partition with the same key has
@@ -80,6 +83,11 @@ Decoder = Callable[[ConsumerRecord[bytes, bytes]], InT]
 RECORDS_CANCEL_S = 5.0
 """On stop, how long records still running at the drain bound get after their cancel before
 they are left (uncommitted: redelivered to whoever owns the partition next) and logged."""
+
+RESUME_TIMEOUT_S = 10.0
+"""How long a partition given back after a failed commit may take to read the group's commit and
+commit the position this consumer finished (inside the rebalance, which waits for it); past it
+the records are delivered again, as without the resume."""
 
 COMMIT_INTERVAL_S = 0.25
 """Finished records are committed at most this often (every record still only after all of its
@@ -169,6 +177,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._owner._assigned = set(assigned)
         self._owner._joined = True
+        await self._owner._resume_unsettled(set(assigned))
 
 
 def _unsampled_span() -> trace.Span:
@@ -273,6 +282,9 @@ class EventConsumer(Generic[InT]):
         self._hold_poll_s = 0.2  # while held, poll at least this often (the group's liveness)
         self._dirty = asyncio.Event()
         self._assigned: set[TopicPartition] = set()
+        # Revoked (or lost) partitions whose last commit failed: the position after the records
+        # this consumer finished there, for when the group gives one back (``_resume_unsettled``).
+        self._unsettled: dict[TopicPartition, int] = {}
         self._joined = False  # the group gave this member its share (maybe none: more members)
         self._stopping = False
         self._consumer: AIOKafkaConsumer
@@ -683,5 +695,48 @@ class EventConsumer(Generic[InT]):
         with contextlib.suppress(Exception):
             await self._commit(only=revoked)  # ``_assigned`` may exclude them already (fenced)
         for tp in revoked:
-            self._offsets.pop(tp, None)
+            tracker = self._offsets.pop(tp, None)
+            position = tracker.committable() if tracker is not None else None
+            if tracker is not None and position is not None and position != tracker.committed:
+                self._unsettled[tp] = position  # the commit failed: kept for a reassignment
         self._assigned -= revoked
+
+    async def _resume_unsettled(self, assigned: set[TopicPartition]) -> None:
+        """Of the partitions just assigned, resume each whose last commit failed here after the
+        records this consumer finished, by committing that position and seeking to it.
+
+        Every record below the position produced its outputs (acknowledged), so skipping them
+        loses nothing; redelivering them would only duplicate their outputs. librdkafka needs
+        this after a broker outage longer than the session: it counts the partitions lost and
+        joins again as a new member, and the commits it could not send are refused under the
+        new generation. aiokafka keeps its member there and commits on. The group's own commit
+        wins when it is at or past the position (another member went further meanwhile), and a
+        position of a partition not given back is dropped: its next owner's commit rules."""
+        unsettled, self._unsettled = self._unsettled, {}
+        for tp in sorted(assigned & unsettled.keys()):
+            position = unsettled[tp]
+            try:
+                async with asyncio.timeout(RESUME_TIMEOUT_S):  # aiokafka's calls retry unbounded
+                    committed = await self._consumer.committed(tp)
+                    if committed is not None and committed >= position:
+                        continue
+                    await self._consumer.commit({tp: position})
+                self._consumer.seek(tp, position)
+            except Exception as exc:  # the records are delivered again: at least once, as before
+                log.warning(
+                    "rebalance: %s-%d not resumed at %d (%r); what this consumer finished "
+                    "since the group's commit is delivered again",
+                    tp.topic,
+                    tp.partition,
+                    position,
+                    exc,
+                )
+                continue
+            log.info(
+                "rebalance: %s-%d given back after a failed commit: resumed at %d, after the "
+                "records this consumer finished (the group's commit was %s)",
+                tp.topic,
+                tp.partition,
+                position,
+                committed,
+            )

@@ -20,7 +20,8 @@ What is whose: ``_records``, ``_paused``, ``_taken``, ``_left`` and ``_leaving``
 by the loop only; ``_assignment``, ``_commits``, ``_applied_pause``, ``_throttled``, ``_handed``,
 ``_member``, ``_lost_member`` and ``_failure`` by the thread only (each side reads the other's
 whole values, safe under the GIL); the command queue and ``_stopped`` are shared behind a
-lock.
+lock. ``_starts`` is the loop's while an assignment's listener runs (its seeks) and the thread's
+once the listener has returned, which the thread waits for.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import ConsumerStoppedError, KafkaError
+from aiokafka.errors import ConsumerStoppedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from confluent_kafka import Consumer, KafkaException, Message
 from confluent_kafka import KafkaError as RdError
@@ -135,6 +136,7 @@ class RdConsumer:
         self._failure: BaseException | None = None
         self._left: list[LeftMember] = []
         self._leaving: set[asyncio.Task[None]] = set()
+        self._starts: dict[TopicPartition, int] = {}  # the assign listener's seeks
         # the thread's
         self._assignment: frozenset[TopicPartition] = frozenset()  # read by the loop
         self._applied_pause: set[TopicPartition] = set()
@@ -298,6 +300,11 @@ class RdConsumer:
         self._assignment = frozenset(tps)
         self._lost_member = None  # joined again: the old member has gone, or never was held
         self._listen(consumer, "on_partitions_assigned", tps, "assign")
+        starts, self._starts = self._starts, {}
+        if starts:  # the listener's seeks: there, not at the group's commit (p.offset: unset)
+            consumer.assign(
+                [RdPartition(p.topic, p.partition, starts.get(_tp(p), p.offset)) for p in parts]
+            )
 
     def _on_revoke(self, consumer: Consumer, parts: list[RdPartition]) -> None:
         self._revoked(consumer, parts, "revoke")
@@ -307,7 +314,8 @@ class RdConsumer:
         # already. Drained like a revoke, but nothing of theirs can be committed any more.
         # (Commits librdkafka holds from before, for a coordinator that did not answer, may
         # still go out after the rejoin: acknowledged positions, so at worst an offset moves
-        # back and records are delivered again, never skipped.)
+        # back and records are delivered again, never skipped. EventConsumer keeps what it
+        # finished and resumes there if the group gives the partitions back.)
         if self._member:
             self._lost_member = self._member
         self._revoked(consumer, parts, "lost")
@@ -329,13 +337,13 @@ class RdConsumer:
         if self._listener is None or loop is None or loop.is_closed():
             return
         call = getattr(self._listener, what)(tps)
+        self._rebalance = why  # before the listener can run: its commits and seeks read it
         try:
-            done = asyncio.run_coroutine_threadsafe(call, loop)
-        except RuntimeError:  # the loop closed meanwhile: nobody is left to listen
-            call.close()
-            return
-        self._rebalance = why
-        try:
+            try:
+                done = asyncio.run_coroutine_threadsafe(call, loop)
+            except RuntimeError:  # the loop closed meanwhile: nobody is left to listen
+                call.close()
+                return
             while not loop.is_closed():
                 try:
                     done.result(timeout=0.01)
@@ -500,6 +508,32 @@ class RdConsumer:
         except Exception as exc:
             raise KafkaError(f"librdkafka commit: {exc}") from exc
 
+    async def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of ``tp`` (None: none yet), asked by the thread at its
+        next turn (inside a rebalance, at once); raises as aiokafka's does when it cannot."""
+
+        def ask(consumer: Consumer) -> int | None:
+            (part,) = consumer.committed([RdPartition(tp.topic, tp.partition)], COMMIT_TIMEOUT_S)
+            if part.error is not None:
+                raise KafkaError(f"committed offset of {tp}: {part.error}")
+            return part.offset if part.offset >= 0 else None
+
+        try:
+            result: int | None = await self._command(ask)
+        except (ConsumerStoppedError, KafkaError):
+            raise
+        except Exception as exc:  # librdkafka's KafkaException: a timeout, no coordinator
+            raise KafkaError(f"librdkafka committed: {exc}") from exc
+        return result
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Start ``tp`` at ``offset``: only inside ``on_partitions_assigned`` (what
+        ``EventConsumer`` needs), where the thread assigns the partitions there once the
+        listener returns. Elsewhere it raises, rather than leave records fetched before it."""
+        if self._rebalance != "assign" or tp not in self._assignment:
+            raise IllegalStateError(f"seek {tp}: only inside its assignment's listener")
+        self._starts[tp] = offset
+
     async def stop(self) -> None:
         """Leave the group (the revoke's listener runs first) and stop the thread; bounded,
         because leaving needs a coordinator (what is uncommitted is redelivered)."""
@@ -517,6 +551,10 @@ class RdConsumer:
         with self._lock:
             self._stopped = True
         self._arrived.set()
+
+
+def _tp(part: RdPartition) -> TopicPartition:
+    return TopicPartition(part.topic, part.partition)
 
 
 def _commit_key(parts: Sequence[RdPartition]) -> _CommitKey:

@@ -5,24 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError, OutOfOrderSequenceNumber
 from aiokafka.structs import ConsumerRecord
+from genwire_stack import down, ensure_up
+from genwire_stack.kafka_node import Kafka
 from opentelemetry.sdk.trace import TracerProvider
 
 from genwire.errors import GenwireError, Rejection, RetryableError
 from genwire.events import ControlEvent, Event, GenerationResult, PreparedRequest, dump
 from genwire.health import Dependencies
-from genwire.kafka import EventConsumer, EventProducer
+from genwire.kafka import EventConsumer, EventProducer, ensure_topics
 from genwire.kafka.replay import ParkedRecord, Replayer, decode_parked
 from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
-from genwire.topics import Topic
+from genwire.topics import Topic, TopicSpec
 
 from .support import _committed, _committed_soon, _prepared, _read, eventually
 
@@ -353,3 +358,82 @@ async def test_a_rebalance_fences_work_on_revoked_partitions(env: Env) -> None:
     (kept,) = set(rids) - {revoked}
     assert texts[revoked] == {"second member"}  # the first member's work there was cancelled
     assert texts[kept] == {"first member"} and finished == [kept]
+
+
+async def test_a_partition_given_back_starts_after_the_records_finished_before(env: Env) -> None:
+    """The resume on each real client, without an outage: a consumer that holds a finished
+    position for a partition (as a failed revoke's commit leaves it) is given the partition,
+    commits the position from its assign listener and starts there, past the group's commit
+    (none here: the group is new). The other partition starts at the group's commit as usual."""
+    bootstrap, topic, producer = env
+    for n in range(5):
+        value = dump(_prepared(f"p0-{n}"))
+        await (await producer._producer.send(topic, value, key=b"k", partition=0))
+    await (await producer._producer.send(topic, dump(_prepared("p1-0")), key=b"k", partition=1))
+    handled: list[str] = []
+
+    async def handler(event: PreparedRequest) -> None:
+        handled.append(event.request_id)
+
+    consumer = _make(bootstrap, topic, producer, handler)
+    consumer._unsettled = {TopicPartition(topic, 0): 3}  # 0-2 finished here before the revoke
+    async with _running(consumer):
+        await eventually(lambda: len(handled) >= 3)
+        assert await _committed_soon(bootstrap, consumer.group_id or "", topic, 5 + 1) == 6
+    assert sorted(handled) == ["p0-3", "p0-4", "p1-0"]
+
+
+@pytest.mark.slow
+async def test_partitions_given_back_after_an_outage_resume_after_what_was_finished(
+    infra: CommonSettings, tmp_path: Path, kafka_client: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker outage longer than the session, on a private broker: records finished before it
+    but not yet committed are not handled again once the group gives the partition back. On
+    librdkafka the session is lost (a new member, the old generation's commits refused), and
+    before ``_resume_unsettled`` every record finished since the last commit was redelivered;
+    aiokafka keeps its member and commits on. One commit goes out at the first record, then the
+    commit loop sleeps a minute, so the other five are uncommitted when the broker stops."""
+    caplog.set_level(logging.INFO, logger="genwire.kafka.consumer")
+    kafka = Kafka.beside(infra, CommonSettings(home=tmp_path))
+    catalog = {"kafka": kafka}
+    await asyncio.to_thread(ensure_up, ["kafka"], settings=kafka.settings, catalog=catalog)
+    producer = EventProducer(kafka.bootstrap)
+    try:
+        await ensure_topics(kafka.bootstrap, [TopicSpec("in", 1, 3_600_000)])
+        await producer.start()
+        handled: list[str] = []
+
+        async def handler(event: PreparedRequest) -> None:
+            handled.append(event.request_id)
+
+        async def send(rid: str) -> None:
+            await (await producer.send("in", dump(_prepared(rid)), key=rid.encode()))
+
+        consumer = _make(
+            kafka.bootstrap,
+            "in",
+            producer,
+            handler,
+            session_timeout_ms=6_000,
+            heartbeat_interval_ms=2_000,
+            commit_interval_s=60.0,
+        )
+        async with _running(consumer):
+            await eventually(lambda: consumer.ready, timeout_s=60)
+            before = [f"before-{n}" for n in range(6)]
+            await send(before[0])
+            assert await _committed_soon(kafka.bootstrap, consumer.group_id or "", "in", 1) == 1
+            for rid in before[1:]:  # finished after the commit, which then sleeps a minute
+                await send(rid)
+            await eventually(lambda: len(handled) == len(before))
+            await asyncio.to_thread(down, ["kafka"], settings=kafka.settings, catalog=catalog)
+            await asyncio.sleep(8.0)  # past the 6 s session
+            await asyncio.to_thread(ensure_up, ["kafka"], settings=kafka.settings, catalog=catalog)
+            await send("after")  # behind any redelivery in the partition
+            await eventually(lambda: "after" in handled, timeout_s=90)
+        assert handled == [*before, "after"]  # nothing handled twice
+        if kafka_client == "librdkafka":  # the path under test ran (aiokafka may not need it)
+            assert "given back after a failed commit: resumed at 6" in caplog.text
+    finally:
+        await producer.stop()
+        await asyncio.to_thread(down, ["kafka"], settings=kafka.settings, catalog=catalog)

@@ -601,6 +601,58 @@ async def test_a_revokes_commit_reports_refused_partitions_and_a_stops_revoke_co
         await commit_in_revoke()
 
 
+async def test_a_seek_in_the_assign_listener_starts_the_partition_there() -> None:
+    """``EventConsumer`` resumes a partition given back after a failed commit from its assign
+    listener: it reads the group's commit, commits its own position and seeks there. The thread
+    serves those calls while the listener runs and then assigns the partitions itself, the
+    sought one at its offset and the others at the group's commit (offset unset). A seek
+    anywhere else is refused, not applied to records already fetched."""
+    consumer = _consumer()
+    consumer._loop = asyncio.get_running_loop()
+    p0, p1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    seen: list[int | None] = []
+
+    class Listener:
+        async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+            seen.append(await consumer.committed(p0))
+            await consumer.commit({p0: 7})
+            consumer.seek(p0, 7)
+
+    class Client:
+        def __init__(self) -> None:
+            self.assigned: list[tuple[int, int]] = []
+            self.committed_: list[tuple[int, int]] = []
+
+        def committed(self, parts: list[RdPartition], timeout: float) -> list[Any]:
+            return [SimpleNamespace(offset=3, error=None)]
+
+        def commit(self, offsets: list[RdPartition], asynchronous: bool) -> list[RdPartition]:
+            assert not asynchronous  # inside a rebalance: no poll would serve an answer
+            self.committed_ += [(p.partition, p.offset) for p in offsets]
+            return offsets
+
+        def assign(self, parts: list[RdPartition]) -> None:
+            self.assigned = [(p.partition, p.offset) for p in parts]
+
+    client = Client()
+    consumer.subscribe(["t"], Listener())  # type: ignore[arg-type]
+    parts = [RdPartition("t", 0), RdPartition("t", 1)]
+    await asyncio.to_thread(consumer._on_assign, client, parts)  # type: ignore[arg-type]
+    assert seen == [3] and client.committed_ == [(0, 7)]
+    assert client.assigned == [(0, 7), (1, RdPartition("t", 1).offset)]
+    with pytest.raises(IllegalStateError, match="only inside"):
+        consumer.seek(p1, 2)  # no assignment in progress
+    consumer._assignment = frozenset()
+    client.assigned = []
+    consumer.subscribe(["t"], SimpleNamespace(on_partitions_assigned=_assigned_quietly))  # type: ignore[arg-type]
+    await asyncio.to_thread(consumer._on_assign, client, parts)  # type: ignore[arg-type]
+    assert client.assigned == []  # no seek: librdkafka assigns them itself, at the commit
+
+
+async def _assigned_quietly(assigned: set[TopicPartition]) -> None:
+    return None
+
+
 def _producer() -> RdProducer:
     return RdProducer(
         bootstrap_servers="k:9092",

@@ -1,0 +1,127 @@
+"""``EventConsumer``: a partition given back after a failed commit resumes after the records
+this consumer finished (``_resume_unsettled``), and only when that is ahead of the group's own
+commit. Pure logic against a stand-in client; the broker case (an outage past the session, both
+clients) is tests/common/test_reliability_kafka.py."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+from pydantic import BaseModel
+
+from genwire.kafka import EventConsumer, EventProducer
+from genwire.kafka.offsets import PartitionOffsets
+
+TP = TopicPartition("t", 0)
+
+
+class Rec(BaseModel):
+    request_id: str
+
+
+async def _nothing(event: Rec) -> None:
+    return None
+
+
+class Client:
+    """What ``_drain`` and ``_resume_unsettled`` call, recorded; ``group`` is the group's commit."""
+
+    def __init__(self, group: int | None, commits_fail: bool = True) -> None:
+        self.group = group
+        self.commits_fail = commits_fail
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        if self.group == -1:
+            raise KafkaError("no coordinator")
+        return self.group
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+        if self.commits_fail:
+            raise KafkaError("the partitions were lost with the group session")
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+def _consumer(client: Client) -> EventConsumer[Any]:
+    consumer: EventConsumer[Any] = EventConsumer(
+        topic="t",
+        group_id="g",
+        model=Rec,
+        handler=_nothing,
+        producer=EventProducer("k:9092"),
+        bootstrap_servers="k:9092",
+        stage="test",
+    )
+    consumer._consumer = client  # type: ignore[assignment]
+    consumer._assigned = {TP}
+    tracker = PartitionOffsets()
+    for offset in range(5):  # 0-4 taken, 1 committed, 0-3 finished, 4 cancelled at the drain
+        tracker.started(offset)
+    tracker.was_committed(1)
+    for offset in range(4):
+        tracker.finished(offset)
+    consumer._offsets[TP] = tracker
+    return consumer
+
+
+async def _lost_then(
+    consumer: EventConsumer[Any], client: Client, assigned: set[TopicPartition]
+) -> None:
+    await consumer._drain({TP})
+    client.commits_fail = False
+    await consumer._resume_unsettled(assigned)
+
+
+async def test_given_back_it_commits_and_seeks_past_what_it_finished(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="genwire.kafka.consumer")
+    client = Client(group=1)
+    consumer = _consumer(client)
+    await consumer._drain({TP})
+    assert consumer._unsettled == {TP: 4}  # not 5: offset 4 never finished
+    client.commits_fail = False
+    await consumer._resume_unsettled({TP, TopicPartition("t", 1)})
+    assert client.commits[-1] == {TP: 4} and client.seeks == [(TP, 4)]
+    assert consumer._unsettled == {} and "resumed at 4" in caplog.text
+
+
+@pytest.mark.parametrize("group", [4, 9])
+async def test_the_groups_commit_at_or_past_it_stands(group: int) -> None:
+    """Another member went as far or further meanwhile: its commit is never moved back."""
+    client = Client(group=group)
+    consumer = _consumer(client)
+    await _lost_then(consumer, client, {TP})
+    assert len(client.commits) == 1 and client.seeks == []  # only the drain's failed commit
+
+
+async def test_a_partition_not_given_back_is_forgotten() -> None:
+    client = Client(group=1)
+    consumer = _consumer(client)
+    await _lost_then(consumer, client, {TopicPartition("t", 1)})
+    assert len(client.commits) == 1 and client.seeks == [] and consumer._unsettled == {}
+
+
+async def test_a_resume_that_fails_is_told_and_delivers_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = Client(group=-1)  # the group's commit cannot be read
+    consumer = _consumer(client)
+    await _lost_then(consumer, client, {TP})
+    assert client.seeks == [] and consumer._unsettled == {}
+    assert "not resumed at 4" in caplog.text and "delivered again" in caplog.text
+
+
+async def test_a_drain_whose_commit_went_through_leaves_nothing_unsettled() -> None:
+    client = Client(group=1, commits_fail=False)
+    consumer = _consumer(client)
+    await consumer._drain({TP})
+    assert client.commits == [{TP: 4}] and consumer._unsettled == {}
