@@ -85,9 +85,9 @@ RECORDS_CANCEL_S = 5.0
 they are left (uncommitted: redelivered to whoever owns the partition next) and logged."""
 
 RESUME_TIMEOUT_S = 10.0
-"""How long a partition given back after a failed commit may take to read the group's commit and
-commit the position this consumer finished (inside the rebalance, which waits for it); past it
-the records are delivered again, as without the resume."""
+"""How long the partitions given back after a failed commit may take, all together, to read the
+group's commits and commit the positions this consumer finished (at most half the session: the
+rebalance waits for it); past it their records are delivered again, as without the resume."""
 
 COMMIT_INTERVAL_S = 0.25
 """Finished records are committed at most this often (every record still only after all of its
@@ -285,6 +285,8 @@ class EventConsumer(Generic[InT]):
         # Revoked (or lost) partitions whose last commit failed: the position after the records
         # this consumer finished there, for when the group gives one back (``_resume_unsettled``).
         self._unsettled: dict[TopicPartition, int] = {}
+        self._resuming: set[TopicPartition] = set()  # paused until ``_resume_unsettled`` ends
+        self._session_s = session_timeout_ms / 1000.0
         self._joined = False  # the group gave this member its share (maybe none: more members)
         self._stopping = False
         self._consumer: AIOKafkaConsumer
@@ -423,8 +425,8 @@ class EventConsumer(Generic[InT]):
         assignment = self._consumer.assignment()
         if hold:
             self._consumer.pause(*assignment)
-        elif self._consumer.paused():
-            self._consumer.resume(*self._consumer.paused())
+        elif self._consumer.paused() - self._resuming:
+            self._consumer.resume(*(self._consumer.paused() - self._resuming))
 
     async def stop(self, timeout_s: float = 20.0) -> None:
         """Stop fetching, let in-flight records finish (bounded), commit, leave the group."""
@@ -711,32 +713,46 @@ class EventConsumer(Generic[InT]):
         joins again as a new member, and the commits it could not send are refused under the
         new generation. aiokafka keeps its member there and commits on. The group's own commit
         wins when it is at or past the position (another member went further meanwhile), and a
-        position of a partition not given back is dropped: its next owner's commit rules."""
+        position of a partition not given back is dropped: its next owner's commit rules.
+
+        The rebalance waits for this (aiokafka sends no heartbeat meanwhile), so it has one
+        deadline for all partitions, well inside the session; the partitions stay paused until
+        it ends, so nothing below the position is fetched and handled meanwhile."""
         unsettled, self._unsettled = self._unsettled, {}
-        for tp in sorted(assigned & unsettled.keys()):
-            position = unsettled[tp]
-            try:
-                async with asyncio.timeout(RESUME_TIMEOUT_S):  # aiokafka's calls retry unbounded
-                    committed = await self._consumer.committed(tp)
-                    if committed is not None and committed >= position:
-                        continue
-                    await self._consumer.commit({tp: position})
+        wanted = {tp: unsettled[tp] for tp in sorted(assigned & unsettled.keys())}
+        if not wanted:
+            return
+        self._resuming = set(wanted)
+        self._consumer.pause(*wanted)
+        committed: dict[TopicPartition, int | None] = {}
+        resume: dict[TopicPartition, int] = {}
+        try:
+            async with asyncio.timeout(min(RESUME_TIMEOUT_S, self._session_s / 2)):
+                for tp, position in wanted.items():  # aiokafka's calls retry unbounded
+                    at = committed[tp] = await self._consumer.committed(tp)
+                    if at is None or at < position:
+                        resume[tp] = position
+                if resume:
+                    await self._consumer.commit(resume)
+            for tp, position in resume.items():
                 self._consumer.seek(tp, position)
-            except Exception as exc:  # the records are delivered again: at least once, as before
-                log.warning(
-                    "rebalance: %s-%d not resumed at %d (%r); what this consumer finished "
-                    "since the group's commit is delivered again",
-                    tp.topic,
-                    tp.partition,
-                    position,
-                    exc,
-                )
-                continue
+        except Exception as exc:  # the records are delivered again: at least once, as before
+            log.warning(
+                "rebalance: %s not resumed after the records this consumer finished (%r); "
+                "they are delivered again",
+                ", ".join(f"{tp.topic}-{tp.partition} at {at}" for tp, at in wanted.items()),
+                exc,
+            )
+            return
+        finally:
+            self._resuming = set()
+            self._consumer.resume(*wanted)  # the run loop pauses them again if it holds
+        for tp, position in resume.items():
             log.info(
                 "rebalance: %s-%d given back after a failed commit: resumed at %d, after the "
                 "records this consumer finished (the group's commit was %s)",
                 tp.topic,
                 tp.partition,
                 position,
-                committed,
+                committed[tp],
             )

@@ -65,6 +65,10 @@ QUEUED_KBYTES = 16 * 1024
 COMMIT_TIMEOUT_S = 10.0
 """How long a commit waits for the coordinator's answer before it counts as failed (its offsets
 are committed again later): during an outage there is none, and the commit loop must say so."""
+COMMITTED_TIMEOUT_S = 4.0
+"""How long the thread waits for the group's committed offset (``committed``): within the 5 s an
+``EventConsumer`` gives a resume at the default session, since the thread serves nothing else
+meanwhile."""
 STOP_TIMEOUT_S = 30.0
 """How long a stop waits for the thread to leave the group."""
 
@@ -302,9 +306,17 @@ class RdConsumer:
         self._listen(consumer, "on_partitions_assigned", tps, "assign")
         starts, self._starts = self._starts, {}
         if starts:  # the listener's seeks: there, not at the group's commit (p.offset: unset)
-            consumer.assign(
-                [RdPartition(p.topic, p.partition, starts.get(_tp(p), p.offset)) for p in parts]
-            )
+            # An eager assignment (no assignment strategy is set: librdkafka's default, range
+            # and roundrobin) takes the whole list; a cooperative one would need
+            # incremental_assign. confluent-kafka then assigns nothing more itself.
+            sought = [
+                RdPartition(p.topic, p.partition, starts.get(_tp(p), p.offset)) for p in parts
+            ]
+            try:
+                consumer.assign(sought)
+            except KafkaException as exc:  # as if never sought: delivered again, never skipped
+                log.warning("kafka consumer %s: seek on assignment failed: %s", self._group, exc)
+                consumer.assign(parts)
 
     def _on_revoke(self, consumer: Consumer, parts: list[RdPartition]) -> None:
         self._revoked(consumer, parts, "revoke")
@@ -513,7 +525,7 @@ class RdConsumer:
         next turn (inside a rebalance, at once); raises as aiokafka's does when it cannot."""
 
         def ask(consumer: Consumer) -> int | None:
-            (part,) = consumer.committed([RdPartition(tp.topic, tp.partition)], COMMIT_TIMEOUT_S)
+            (part,) = consumer.committed([RdPartition(tp.topic, tp.partition)], COMMITTED_TIMEOUT_S)
             if part.error is not None:
                 raise KafkaError(f"committed offset of {tp}: {part.error}")
             return part.offset if part.offset >= 0 else None

@@ -642,6 +642,17 @@ async def test_a_seek_in_the_assign_listener_starts_the_partition_there() -> Non
     assert client.assigned == [(0, 7), (1, RdPartition("t", 1).offset)]
     with pytest.raises(IllegalStateError, match="only inside"):
         consumer.seek(p1, 2)  # no assignment in progress
+    # librdkafka refuses the sought assignment: assigned at the group's commit instead
+    refused = iter([True])
+
+    def assign(parts: list[RdPartition]) -> None:
+        if next(refused, False):
+            raise KafkaException(RdError(RdError._STATE))
+        client.assigned = [(p.partition, p.offset) for p in parts]
+
+    client.assign = assign  # type: ignore[method-assign]
+    await asyncio.to_thread(consumer._on_assign, client, parts)  # type: ignore[arg-type]
+    assert client.assigned == [(0, RdPartition("t", 0).offset), (1, RdPartition("t", 1).offset)]
     consumer._assignment = frozenset()
     client.assigned = []
     consumer.subscribe(["t"], SimpleNamespace(on_partitions_assigned=_assigned_quietly))  # type: ignore[arg-type]

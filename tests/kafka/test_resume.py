@@ -5,6 +5,7 @@ clients) is tests/common/test_reliability_kafka.py."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -35,11 +36,28 @@ class Client:
         self.commits_fail = commits_fail
         self.commits: list[dict[TopicPartition, int]] = []
         self.seeks: list[tuple[TopicPartition, int]] = []
+        self.held: set[TopicPartition] = set()
+        self.held_while_asked: set[TopicPartition] = set()
 
     async def committed(self, tp: TopicPartition) -> int | None:
+        self.held_while_asked = set(self.held)
         if self.group == -1:
             raise KafkaError("no coordinator")
+        if self.group == -2:
+            await asyncio.sleep(3600)  # a coordinator that never answers
         return self.group
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.held |= set(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.held -= set(tps)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self.held)
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TP}
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(dict(offsets))
@@ -50,7 +68,7 @@ class Client:
         self.seeks.append((tp, offset))
 
 
-def _consumer(client: Client) -> EventConsumer[Any]:
+def _consumer(client: Client, session_timeout_ms: int = 10_000) -> EventConsumer[Any]:
     consumer: EventConsumer[Any] = EventConsumer(
         topic="t",
         group_id="g",
@@ -59,6 +77,7 @@ def _consumer(client: Client) -> EventConsumer[Any]:
         producer=EventProducer("k:9092"),
         bootstrap_servers="k:9092",
         stage="test",
+        session_timeout_ms=session_timeout_ms,
     )
     consumer._consumer = client  # type: ignore[assignment]
     consumer._assigned = {TP}
@@ -92,6 +111,37 @@ async def test_given_back_it_commits_and_seeks_past_what_it_finished(
     await consumer._resume_unsettled({TP, TopicPartition("t", 1)})
     assert client.commits[-1] == {TP: 4} and client.seeks == [(TP, 4)]
     assert consumer._unsettled == {} and "resumed at 4" in caplog.text
+    # paused while the group's commit was asked (nothing below 4 handled meanwhile), then not
+    assert client.held_while_asked == {TP} and client.held == set()
+
+
+async def test_the_run_loop_leaves_a_resuming_partition_paused() -> None:
+    """The run loop resumes whatever it paused once it has room again, but not a partition
+    whose resume is still reading the group's commit."""
+    client = Client(group=1)
+    consumer = _consumer(client)
+    consumer._resuming = {TP}
+    client.pause(TP)
+    consumer._throttle(hold=False)
+    assert client.held == {TP}
+    consumer._resuming = set()
+    consumer._throttle(hold=False)
+    assert client.held == set()
+
+
+async def test_a_resume_has_one_deadline_inside_the_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The rebalance waits for the resume (aiokafka sends no heartbeat meanwhile): a coordinator
+    that does not answer costs half the session at most, then the records are delivered again
+    and the partition is fetched from the group's commit."""
+    client = Client(group=-2)
+    consumer = _consumer(client, session_timeout_ms=200)
+    await consumer._drain({TP})
+    client.commits_fail = False
+    async with asyncio.timeout(2.0):
+        await consumer._resume_unsettled({TP})
+    assert client.seeks == [] and client.held == set() and "not resumed" in caplog.text
 
 
 @pytest.mark.parametrize("group", [4, 9])
@@ -117,7 +167,7 @@ async def test_a_resume_that_fails_is_told_and_delivers_again(
     consumer = _consumer(client)
     await _lost_then(consumer, client, {TP})
     assert client.seeks == [] and consumer._unsettled == {}
-    assert "not resumed at 4" in caplog.text and "delivered again" in caplog.text
+    assert "t-0 at 4 not resumed" in caplog.text and "delivered again" in caplog.text
 
 
 async def test_a_drain_whose_commit_went_through_leaves_nothing_unsettled() -> None:
