@@ -11,15 +11,10 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
-from pydantic import BaseModel
 
-from genwire.kafka import EventConsumer, EventProducer
+from genwire.kafka import EventConsumer
 
-TP = TopicPartition("t", 0)
-
-
-class Rec(BaseModel):
-    request_id: str
+from .standin import TP, Rec, offline_consumer
 
 
 class PausingConsumer:
@@ -82,20 +77,8 @@ def _consuming(
 ) -> tuple[EventConsumer[Any], PausingConsumer]:
     """An ``EventConsumer`` of ``TP`` reading ``records`` from the stand-in, committing
     nothing (no broker)."""
-    consumer: EventConsumer[Any] = EventConsumer(
-        topic=TP.topic,
-        group_id="g",
-        model=Rec,
-        handler=handler,
-        producer=EventProducer("k:9092"),
-        bootstrap_servers="k:9092",
-        stage="test",
-        concurrency=concurrency,
-        **options,
-    )
     fake = PausingConsumer(records)
-    consumer._consumer = fake  # type: ignore[assignment]
-    consumer._assigned = {TP}
+    consumer = offline_consumer(handler, fake, concurrency=concurrency, **options)
     consumer._commit = _no_commit  # type: ignore[method-assign]
     return consumer, fake
 

@@ -12,16 +12,11 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
-from pydantic import BaseModel
 
-from genwire.kafka import EventConsumer, EventProducer
+from genwire.kafka import EventConsumer
 from genwire.kafka.offsets import PartitionOffsets
 
-TP = TopicPartition("t", 0)
-
-
-class Rec(BaseModel):
-    request_id: str
+from .standin import TP, Rec, offline_consumer
 
 
 async def _nothing(event: Rec) -> None:
@@ -69,18 +64,7 @@ class Client:
 
 
 def _consumer(client: Client, session_timeout_ms: int = 10_000) -> EventConsumer[Any]:
-    consumer: EventConsumer[Any] = EventConsumer(
-        topic="t",
-        group_id="g",
-        model=Rec,
-        handler=_nothing,
-        producer=EventProducer("k:9092"),
-        bootstrap_servers="k:9092",
-        stage="test",
-        session_timeout_ms=session_timeout_ms,
-    )
-    consumer._consumer = client  # type: ignore[assignment]
-    consumer._assigned = {TP}
+    consumer = offline_consumer(_nothing, client, session_timeout_ms=session_timeout_ms)
     tracker = PartitionOffsets()
     for offset in range(5):  # 0-4 taken, 1 committed, 0-3 finished, 4 cancelled at the drain
         tracker.started(offset)
