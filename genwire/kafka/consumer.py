@@ -87,7 +87,7 @@ they are left (uncommitted: redelivered to whoever owns the partition next) and 
 RESUME_TIMEOUT_S = 10.0
 """How long the partitions given back after a failed commit may take, all together, to read the
 group's commits and commit the positions this consumer finished (at most half the session: the
-rebalance waits for it); past it their records are delivered again, as without the resume."""
+rebalance waits for it); past it their records may be delivered again, as without the resume."""
 
 COMMIT_INTERVAL_S = 0.25
 """Finished records are committed at most this often (every record still only after all of its
@@ -286,6 +286,7 @@ class EventConsumer(Generic[InT]):
         # this consumer finished there, for when the group gives one back (``_resume_unsettled``).
         self._unsettled: dict[TopicPartition, int] = {}
         self._resuming: set[TopicPartition] = set()  # paused until ``_resume_unsettled`` ends
+        self._holding = False  # the run loop holds every partition (``_throttle``)
         self._session_s = session_timeout_ms / 1000.0
         self._joined = False  # the group gave this member its share (maybe none: more members)
         self._stopping = False
@@ -423,6 +424,7 @@ class EventConsumer(Generic[InT]):
     def _throttle(self, hold: bool) -> None:
         """Pause every assigned partition while full or waiting out an outage; else resume."""
         assignment = self._consumer.assignment()
+        self._holding = hold
         if hold:
             self._consumer.pause(*assignment)
         elif self._consumer.paused() - self._resuming:
@@ -728,25 +730,30 @@ class EventConsumer(Generic[InT]):
         resume: dict[TopicPartition, int] = {}
         try:
             async with asyncio.timeout(min(RESUME_TIMEOUT_S, self._session_s / 2)):
-                for tp, position in wanted.items():  # aiokafka's calls retry unbounded
-                    at = committed[tp] = await self._consumer.committed(tp)
-                    if at is None or at < position:
-                        resume[tp] = position
+                # together (aiokafka's calls retry unbounded: the deadline bounds them)
+                answers = await asyncio.gather(*(self._consumer.committed(tp) for tp in wanted))
+                committed = dict(zip(wanted, answers, strict=True))
+                resume = {
+                    tp: at for tp, at in wanted.items() if (c := committed[tp]) is None or c < at
+                }
                 if resume:
                     await self._consumer.commit(resume)
             for tp, position in resume.items():
                 self._consumer.seek(tp, position)
-        except Exception as exc:  # the records are delivered again: at least once, as before
+        except Exception as exc:  # at least once, as before: never skipped
+            # "may": a commit the deadline cut short can still land (aiokafka shields it;
+            # librdkafka's thread finishes it), and the partition then starts there.
             log.warning(
                 "rebalance: %s not resumed after the records this consumer finished (%r); "
-                "they are delivered again",
+                "they may be delivered again",
                 ", ".join(f"{tp.topic}-{tp.partition} at {at}" for tp, at in wanted.items()),
                 exc,
             )
             return
         finally:
             self._resuming = set()
-            self._consumer.resume(*wanted)  # the run loop pauses them again if it holds
+            if not self._holding:  # else the run loop resumes them once it has room
+                self._consumer.resume(*wanted)
         for tp, position in resume.items():
             log.info(
                 "rebalance: %s-%d given back after a failed commit: resumed at %d, after the "

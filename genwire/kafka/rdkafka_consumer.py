@@ -66,9 +66,10 @@ COMMIT_TIMEOUT_S = 10.0
 """How long a commit waits for the coordinator's answer before it counts as failed (its offsets
 are committed again later): during an outage there is none, and the commit loop must say so."""
 COMMITTED_TIMEOUT_S = 4.0
-"""How long the thread waits for the group's committed offset (``committed``): within the 5 s an
-``EventConsumer`` gives a resume at the default session, since the thread serves nothing else
-meanwhile."""
+"""How long the thread waits for the group's committed offset (``committed``), serving nothing
+else meanwhile: one answer fits the 5 s an ``EventConsumer`` gives a resume at the default
+session (a shorter session, or a coordinator that answers none, cuts the resume short: its
+records are then delivered again)."""
 STOP_TIMEOUT_S = 30.0
 """How long a stop waits for the thread to leave the group."""
 
@@ -314,7 +315,7 @@ class RdConsumer:
             ]
             try:
                 consumer.assign(sought)
-            except KafkaException as exc:  # as if never sought: delivered again, never skipped
+            except KafkaException as exc:  # as if never sought: at the group's commit
                 log.warning("kafka consumer %s: seek on assignment failed: %s", self._group, exc)
                 consumer.assign(parts)
 

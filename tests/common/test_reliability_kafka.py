@@ -427,7 +427,10 @@ async def test_partitions_given_back_after_an_outage_resume_after_what_was_finis
                 await send(rid)
             await eventually(lambda: len(handled) == len(before))
             await asyncio.to_thread(down, ["kafka"], settings=kafka.settings, catalog=catalog)
-            await asyncio.sleep(8.0)  # past the 6 s session
+            if kafka_client == "librdkafka":  # until its session is lost and drained
+                await eventually(lambda: consumer._unsettled, timeout_s=60)
+            else:
+                await asyncio.sleep(8.0)  # past the 6 s session: aiokafka keeps its member
             await asyncio.to_thread(ensure_up, ["kafka"], settings=kafka.settings, catalog=catalog)
             await send("after")  # behind any redelivery in the partition
             await eventually(lambda: "after" in handled, timeout_s=90)

@@ -653,7 +653,6 @@ async def test_a_seek_in_the_assign_listener_starts_the_partition_there() -> Non
     client.assign = assign  # type: ignore[method-assign]
     await asyncio.to_thread(consumer._on_assign, client, parts)  # type: ignore[arg-type]
     assert client.assigned == [(0, RdPartition("t", 0).offset), (1, RdPartition("t", 1).offset)]
-    consumer._assignment = frozenset()
     client.assigned = []
     consumer.subscribe(["t"], SimpleNamespace(on_partitions_assigned=_assigned_quietly))  # type: ignore[arg-type]
     await asyncio.to_thread(consumer._on_assign, client, parts)  # type: ignore[arg-type]
