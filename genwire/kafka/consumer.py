@@ -712,10 +712,11 @@ class EventConsumer(Generic[InT]):
         Every record below the position produced its outputs (acknowledged), so skipping them
         loses nothing; redelivering them would only duplicate their outputs. librdkafka needs
         this after a broker outage longer than the session: it counts the partitions lost and
-        joins again as a new member, and the commits it could not send are refused under the
-        new generation. aiokafka keeps its member there and commits on. The group's own commit
-        wins when it is at or past the position (another member went further meanwhile), and a
-        position of a partition not given back is dropped: its next owner's commit rules.
+        joins again as a new member, and the old generation commits nothing more (the drain of
+        a lost partition cannot). aiokafka keeps its member there and commits on. The group's
+        own commit wins when it is at or past the position (another member went further
+        meanwhile), and a position of a partition not given back is dropped: its next owner's
+        commit rules.
 
         The rebalance waits for this (aiokafka sends no heartbeat meanwhile), so it has one
         deadline for all partitions, well inside the session; the partitions stay paused until

@@ -301,7 +301,7 @@ class RdConsumer:
         _answer(entry[1], None if failed is None else KafkaError(f"commit failed: {failed}"))
 
     def _on_assign(self, consumer: Consumer, parts: list[RdPartition]) -> None:
-        tps = {TopicPartition(p.topic, p.partition) for p in parts}
+        tps = {_tp(p) for p in parts}
         self._assignment = frozenset(tps)
         self._lost_member = None  # joined again: the old member has gone, or never was held
         self._listen(consumer, "on_partitions_assigned", tps, "assign")
@@ -334,7 +334,7 @@ class RdConsumer:
         self._revoked(consumer, parts, "lost")
 
     def _revoked(self, consumer: Consumer, parts: list[RdPartition], why: str) -> None:
-        tps = {TopicPartition(p.topic, p.partition) for p in parts}
+        tps = {_tp(p) for p in parts}
         self._listen(consumer, "on_partitions_revoked", tps, why)
         # librdkafka keeps an application's pause across an unassign and a later reassign:
         # cleared here, or a partition paused now could come back paused for good.
