@@ -39,6 +39,7 @@ class ChatMessage(BaseModel):
 class Guided(BaseModel):
     """A structured-output constraint (OpenAI ``response_format``, vLLM's ``guided_*``)."""
 
+    model_config = ConfigDict(extra="forbid")
     kind: Literal["json_object", "json_schema", "regex", "choice", "grammar"]
     spec: str = ""
     """JSON schema text, a regex, a JSON list of choices, or a grammar; empty for json_object."""

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from genwire import gosyntax
 
@@ -157,7 +163,10 @@ class CommonSettings(BaseSettings):
     log_level: str = Field("INFO", description="Python logging level.")
     log_json: bool = Field(False, description="Log JSON lines (with trace ids) instead of text.")
     trace_content: bool = Field(
-        False, description="Opt in to prompt and completion text in spans (off: none is recorded)."
+        False,
+        description="Opt in to the completion's text on postprocess's span (`gen_ai.completion`; "
+        "off: none is recorded). The other services record no text whatever it says; an API "
+        "key's `--capture-content` is the gateway's per-key switch.",
     )
     traces_sample_ratio: float = Field(
         1.0, ge=0.0, le=1.0, description="Head sampling ratio for new traces."
@@ -200,8 +209,38 @@ class CommonSettings(BaseSettings):
         return self.model_repository or self.home / "models" / "repository"
 
 
+class SharedEnvSource(EnvSettingsSource):
+    """The plain ``GENWIRE_<NAME>`` variables of :class:`CommonSettings`' fields, for a service
+    whose own prefix is ``GENWIRE_<SVC>_``: one variable sets it for every service (the stack
+    exports ``GENWIRE_HOME``, users ``GENWIRE_KAFKA_CLIENT``), and the service's own variable
+    wins. A service's own fields (port, concurrency, …) are read with its prefix only."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls, env_prefix=CommonSettings.model_config.get("env_prefix"))
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name not in CommonSettings.model_fields:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
 class ServiceSettings(CommonSettings):
-    """What every long-running service has on top: a name and a health/metrics port."""
+    """What every long-running service has on top: a name and a health/metrics port.
+
+    A subclass reads ``GENWIRE_<SVC>_<NAME>``; the shared settings also fall back to
+    ``GENWIRE_<NAME>`` (:class:`SharedEnvSource`)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        shared = SharedEnvSource(settings_cls)
+        return init_settings, env_settings, shared, dotenv_settings, file_secret_settings
 
     service_name: str = Field("genwire", description="OpenTelemetry service.name and group id.")
     host: str = Field("127.0.0.1", description="Address the health/metrics server binds.")

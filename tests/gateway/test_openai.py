@@ -110,6 +110,33 @@ def test_batches_token_ids_echo_logprobs_and_guided_map_to_fields() -> None:
     assert one.prompts() == [{"prompt_token_ids": [5, 6]}]
 
 
+@pytest.mark.parametrize("kind", ["text", "json_object"])
+def test_a_json_schema_beside_another_response_format_type_is_refused(kind: str) -> None:
+    """Not dropped: a schema sent with ``type: text`` or ``json_object`` would go unenforced."""
+    fmt = {"type": kind, "json_schema": {"name": "s", "schema": {"type": "array"}}}
+    body = openai.parse_body(
+        openai.ChatCompletionRequest,
+        json.dumps(
+            {"messages": [{"role": "user", "content": "hi"}], "response_format": fmt}
+        ).encode(),
+    )
+    with pytest.raises(GatewayError) as info:
+        body.fields()
+    assert info.value.code == ErrorCode.INVALID_REQUEST
+    assert info.value.param == "response_format.json_schema"
+    assert f"not '{kind}'" in info.value.message
+    del fmt["json_schema"]  # the type alone is served as before
+    body = openai.parse_body(
+        openai.ChatCompletionRequest,
+        json.dumps(
+            {"messages": [{"role": "user", "content": "hi"}], "response_format": fmt}
+        ).encode(),
+    )
+    assert body.fields().get("guided") == (
+        {"kind": "json_object", "spec": ""} if kind == "json_object" else None
+    )
+
+
 @pytest.mark.parametrize(
     ("extra", "ours", "param"),
     [

@@ -268,3 +268,25 @@ def test_a_canary_healthy_for_hours_then_failing_is_rolled_back_when_its_page_fi
     took = {"page": fired - bad_from, "rollback": at - bad_from}
     print(f"\nday-old canary, 20 % errors: {', '.join(f'{k} {v:.2f}s' for k, v in took.items())}")
     assert at == fired, "rolled back at the evaluation its page fired"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field"),
+    [
+        ("ROLLBACK_KINDS", '["latency"]', "rollback_kinds"),
+        ("ROLLBACK_SEVERITIES", '["critical"]', "rollback_severities"),
+        ("CANARY_FEATURES", '["gen_ai.usage.output_tokenz"]', "canary_features"),
+    ],
+)
+def test_a_rollback_setting_that_names_nothing_is_refused_at_start(
+    variable: str, value: str, field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo would leave the automatic rollback waiting for alerts that never come (or compare
+    a canary on nothing): the monitor refuses it instead of starting with it."""
+    from genwire_monitor.config import MonitorSettings
+    from pydantic import ValidationError
+
+    assert MonitorSettings().rollback_kinds == ["latency_burn", "error_burn", "canary"]
+    monkeypatch.setenv(f"GENWIRE_MONITOR_{variable}", value)
+    with pytest.raises(ValidationError, match=field):
+        MonitorSettings()

@@ -88,6 +88,7 @@ def test_good_specs_pass(assets: ModelAssets, kind: str, spec: str) -> None:
         ("regex", "a(?=b)", "guided_regex", "look-around"),
         ("choice", "yes", "guided_choice", "not a JSON list"),
         ("grammar", "start: nowhere", "guided_grammar", "unknown name"),
+        ("json_object", '{"type": "array"}', "response_format", "takes no spec"),
     ],
 )
 def test_bad_specs_are_invalid_request_naming_the_field(

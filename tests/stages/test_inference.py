@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 
 import pytest
@@ -394,7 +395,7 @@ async def test_stop_sequences_get_chunks_even_without_streaming() -> None:
     assert [t for c in [*mid, final] for t in c.token_ids] == final.output_ids
 
 
-async def test_cancel_stops_the_model() -> None:
+async def test_cancel_stops_the_model(caplog: pytest.LogCaptureFixture) -> None:
     backend = FakeBackend(n=1000, delay_s=0.005)
     inf = Inference(backend, chunk_max_tokens=1)
     chunks: list[GenerationChunk] = []
@@ -403,9 +404,13 @@ async def test_cancel_stops_the_model() -> None:
         async for c in inf.handle(_req("c1")):
             chunks.append(c)
             if len(chunks) == 3:
-                await inf.control(ControlEvent(request_id="c1", action="cancel"))
+                cancel = ControlEvent(request_id="c1", action="cancel", reason="user closed tab")
+                await inf.control(cancel)
 
-    await asyncio.wait_for(consume(), 5)
+    with caplog.at_level(logging.INFO, logger="genwire_inference.control"):
+        await asyncio.wait_for(consume(), 5)
+    # The caller's reason is where the cancel took effect.
+    assert "cancel of c1 (user closed tab): its generation stops" in caplog.text
     final = chunks[-1]
     assert final.final and final.finish_reason == "cancelled"
     assert backend.streams[0].cancelled.is_set()

@@ -41,6 +41,10 @@ def test_packaged_schema_is_the_models() -> None:
         (b'{"prompt": "a", "stream": "yes"}', ErrorCode.INVALID_REQUEST),
         (b'{"prompt": "a", "colour": "red"}', ErrorCode.INVALID_REQUEST),
         (b'{"messages": [{"role": "robot", "content": "x"}]}', ErrorCode.INVALID_REQUEST),
+        (
+            b'{"prompt": "a", "guided": {"kind": "regex", "spec": "a+", "flags": "i"}}',
+            "invalid_request",
+        ),
         (b'{"prompt": "a", "max_tokens": 0}', ErrorCode.OUT_OF_RANGE),
         (b'{"prompt": "a", "temperature": 2.5}', ErrorCode.OUT_OF_RANGE),
         (b'{"prompt": "a", "top_p": 0}', ErrorCode.OUT_OF_RANGE),

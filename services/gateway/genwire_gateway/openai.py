@@ -171,6 +171,13 @@ class _Common(BaseModel):
         """The structured-output constraint (``response_format`` or one ``guided_*``)."""
         given: list[tuple[str, dict[str, str]]] = []
         fmt = self.response_format
+        if fmt is not None and fmt.type != "json_schema" and fmt.json_schema is not None:
+            raise GatewayError(  # a schema beside "text" or "json_object" would go unenforced
+                f"response_format 'json_schema' is only allowed with type 'json_schema', "
+                f"not '{fmt.type}'",
+                code=ErrorCode.INVALID_REQUEST,
+                param="response_format.json_schema",
+            )
         if fmt is not None and fmt.type == "json_object":
             given.append(("response_format", {"kind": "json_object", "spec": ""}))
         elif fmt is not None and fmt.type == "json_schema":

@@ -9,6 +9,7 @@ are stopped (nobody is left to collect them). No Kafka or HTTP imports.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 
 from genwire.events import ControlEvent
 from genwire_inference.backend import ModelStream
+
+log = logging.getLogger(__name__)
 
 FINISH_CANCELLED = "cancelled"
 FINISH_DEADLINE = "deadline"
@@ -68,9 +71,13 @@ class InFlight:
             self._heard[event.origin] = time.monotonic()
             return
         run = self.runs.get(event.request_id)
+        why = event.reason or "no reason given"  # the caller's (gRPC CancelRequest.reason)
         if run is not None:
+            log.info("cancel of %s (%s): its generation stops", event.request_id, why)
             run.stop(FINISH_CANCELLED)
             return
+        # Every instance reads every cancel; only the one running it logs above.
+        log.debug("cancel of %s (%s): remembered until it comes", event.request_id, why)
         self._cancelled[event.request_id] = time.monotonic()
         self._cancelled.move_to_end(event.request_id)
         self._forget_old_cancels()

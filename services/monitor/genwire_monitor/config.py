@@ -13,12 +13,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from genwire.settings import ServiceSettings
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
+from genwire_monitor.alerting import Kind
+from genwire_monitor.features import BY_ATTR
+
+Severity = Literal["page", "ticket"]
+"""The severities the monitor's alerts carry (burn rules choose; drift is a ticket; a canary
+and a stalled partition page)."""
 
 END_TO_END = "end_to_end"
 TTFT = "ttft"
@@ -47,7 +53,7 @@ class ErrorSLO(BaseModel):
 class BurnRule(BaseModel):
     """Fire when the error-budget burn rate exceeds ``factor`` over BOTH windows."""
 
-    severity: Literal["page", "ticket"]
+    severity: Severity
     long_s: float = Field(gt=0, description="Long window (production seconds).")
     short_s: float = Field(gt=0, description="Short window, about 1/12 of the long one.")
     factor: float = Field(gt=0, description="Burn rate: error ratio / (1 - objective).")
@@ -199,13 +205,14 @@ class MonitorSettings(ServiceSettings):
         description="Publish a rollback of a model's policy when a canary version's alerts "
         "fire while its champion's do not.",
     )
-    rollback_kinds: list[str] = Field(
-        default_factory=lambda: ["latency_burn", "error_burn", "canary"],
+    rollback_kinds: list[Kind] = Field(
+        default_factory=lambda: list[Kind](("latency_burn", "error_burn", "canary")),
         description="Alert kinds of a canary version that trigger its rollback (a canary's "
         "own drift, against its own first hour, is left to people).",
     )
-    rollback_severities: list[str] = Field(
-        default_factory=lambda: ["page"], description="Alert severities that trigger one."
+    rollback_severities: list[Severity] = Field(
+        default_factory=lambda: list[Severity](("page",)),
+        description="Alert severities that trigger one.",
     )
     canary_features: list[str] = Field(
         default_factory=lambda: [
@@ -249,6 +256,14 @@ class MonitorSettings(ServiceSettings):
     alertmanager_url: str | None = Field(
         None, description="Alertmanager base URL; alerts are POSTed to <url>/api/v2/alerts."
     )
+
+    @field_validator("canary_features")
+    @classmethod
+    def _known_features(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in BY_ATTR]
+        if unknown:  # a typo would compare a canary on nothing, silently
+            raise ValueError(f"unknown features {unknown}; the monitored ones are {list(BY_ATTR)}")
+        return names
 
     def scaled(self, seconds: float) -> float:
         """A production duration in this deployment's time scale."""

@@ -57,6 +57,11 @@ class GuidedError(ValueError):
 def grammar_text(kind: str, spec: str) -> str:
     """The llguidance grammar of a constraint (as the model's constraints.py builds it)."""
     if kind == "json_object":
+        if spec.strip():  # honoured or refused: a schema here would otherwise be dropped
+            raise GuidedError(
+                "kind json_object takes no spec (it allows any JSON object); "
+                "send a schema with kind json_schema"
+            )
         return str(LLMatcher.grammar_from_json_schema(ANY_JSON_OBJECT, overrides=JSON_OPTIONS))
     if kind == "json_schema":
         try:

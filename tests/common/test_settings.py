@@ -1,0 +1,104 @@
+"""Where a service's settings come from: its own ``GENWIRE_<SVC>_*`` variables, then the plain
+``GENWIRE_*`` ones for the settings every process shares (``genwire.settings.SharedEnvSource``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from genwire_gateway.config import GatewaySettings
+from genwire_inference.config import InferenceSettings
+from genwire_monitor.config import MonitorSettings
+from genwire_postprocess.config import PostprocessSettings
+from genwire_preprocess.config import PreprocessSettings
+from genwire_stack.paths import StackPaths
+from genwire_stack.servers import Service
+from pydantic import ValidationError
+
+from genwire.settings import CommonSettings, ServiceSettings
+
+SERVICES: dict[str, type[ServiceSettings]] = {
+    "gateway": GatewaySettings,
+    "preprocess": PreprocessSettings,
+    "inference": InferenceSettings,
+    "postprocess": PostprocessSettings,
+    "monitor": MonitorSettings,
+}
+
+
+@pytest.fixture(autouse=True)
+def _clean(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("GENWIRE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("short", sorted(SERVICES))
+def test_a_plain_shared_variable_reaches_every_service(
+    short: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENWIRE_HOME", str(tmp_path))
+    monkeypatch.setenv("GENWIRE_KAFKA_CLIENT", "librdkafka")
+    monkeypatch.setenv("GENWIRE_TRACES_SAMPLE_RATIO", "0.25")
+    cfg = SERVICES[short]()
+    assert cfg.home == tmp_path
+    assert cfg.repository == tmp_path / "models" / "repository"
+    assert cfg.kafka_client == "librdkafka"
+    assert cfg.traces_sample_ratio == 0.25
+
+
+def test_the_services_own_variable_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENWIRE_HOME", str(tmp_path / "shared"))
+    monkeypatch.setenv("GENWIRE_POSTPROCESS_HOME", str(tmp_path / "own"))
+    monkeypatch.setenv("GENWIRE_KAFKA_CLIENT", "librdkafka")
+    monkeypatch.setenv("GENWIRE_POSTPROCESS_KAFKA_CLIENT", "aiokafka")
+    cfg = PostprocessSettings()
+    assert cfg.home == tmp_path / "own" and cfg.kafka_client == "aiokafka"
+    assert PreprocessSettings().home == tmp_path / "shared"  # another service: the plain one
+    assert PostprocessSettings(home=tmp_path / "given").home == tmp_path / "given"
+
+
+def test_a_services_own_settings_are_read_with_its_prefix_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENWIRE_CONCURRENCY", "3")
+    monkeypatch.setenv("GENWIRE_PORT", "1")
+    cfg = PreprocessSettings()
+    assert cfg.concurrency == 64 and cfg.port == PreprocessSettings.model_fields["port"].default
+    monkeypatch.setenv("GENWIRE_PREPROCESS_CONCURRENCY", "5")
+    assert PreprocessSettings().concurrency == 5
+
+
+def test_trace_content_is_postprocess_s_switch_under_its_plain_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert not PostprocessSettings().trace_content
+    monkeypatch.setenv("GENWIRE_TRACE_CONTENT", "true")  # as docs/architecture.md gives it
+    assert PostprocessSettings().trace_content
+
+
+def test_a_bad_plain_value_is_refused_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENWIRE_KAFKA_CLIENT", "kafka-python")
+    with pytest.raises(ValidationError, match="kafka_client"):
+        InferenceSettings()
+
+
+def test_the_stack_and_its_services_agree_on_the_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`GENWIRE_HOME=/elsewhere make up`: the stack builds the model repository under that home,
+    and each service it starts reads the same one (before, the services read
+    ``GENWIRE_<SVC>_HOME`` only and looked under ``~/.cache/genwire``)."""
+    monkeypatch.setenv("GENWIRE_HOME", str(tmp_path))
+    stack = CommonSettings()
+    assert stack.model_repository is None
+    for short, settings_cls in SERVICES.items():
+        service = Service(StackPaths.from_settings(stack), stack, short, port=18000)
+        with monkeypatch.context() as env:
+            for name, value in service.environment().items():
+                env.setenv(name, value)
+            assert (
+                settings_cls().repository == stack.repository == tmp_path / "models" / "repository"
+            )
