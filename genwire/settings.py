@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -209,6 +209,25 @@ class CommonSettings(BaseSettings):
         return self.model_repository or self.home / "models" / "repository"
 
 
+STAGE_ONLY = frozenset(
+    {
+        "concurrency",
+        "outage_budget_s",
+        "retry_backoff_s",
+        "retry_probe_s",
+        "replay_delay_s",
+        "max_replays",
+        "drain_timeout_s",
+        "kafka_fetch_max_wait_ms",
+        "kafka_quiet_fetch_max_wait_ms",
+        "kafka_commit_interval_ms",
+        "kafka_session_timeout_ms",
+    }
+)
+"""The settings of a consumer stage's group (``ServiceRuntime.consumer`` and the retry replayer
+reads them); a service without one declares those it never reads in ``not_read``."""
+
+
 class SharedEnvSource(EnvSettingsSource):
     """The plain ``GENWIRE_<NAME>`` variables of :class:`CommonSettings`' fields, for a service
     whose own prefix is ``GENWIRE_<SVC>_``: one variable sets it for every service (the stack
@@ -222,6 +241,11 @@ class SharedEnvSource(EnvSettingsSource):
         if field_name not in CommonSettings.model_fields:
             return None, field_name, False
         return super().get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        # A nested field (the monitor's ``drift``, its SLOs) is gathered from ``<prefix>NAME__KEY``
+        # variables beside ``get_field_value``: only the shared fields may come from here.
+        return {k: v for k, v in super().__call__().items() if k in CommonSettings.model_fields}
 
 
 class ServiceSettings(CommonSettings):
@@ -355,6 +379,22 @@ class ServiceSettings(CommonSettings):
         description="mTLS: when set (with tls_certfile), every client must present a certificate "
         "signed by this CA (PEM); a client without one is refused during the handshake.",
     )
+
+    not_read: ClassVar[frozenset[str]] = frozenset()
+    """Fields this service has no use for (of :data:`STAGE_ONLY`, in the gateway and the
+    monitor, which have no consumer group): given a value, they stop it at start."""
+
+    @model_validator(mode="after")
+    def _nothing_ignored(self) -> ServiceSettings:
+        given = sorted(self.not_read & self.model_fields_set)
+        if given:
+            prefix = str(self.model_config.get("env_prefix") or "")
+            names = ", ".join(f"{prefix}{name.upper()}" for name in given)
+            raise ValueError(
+                f"{names}: not read by this service (it has no consumer group of its own; "
+                "these are the stages' settings, docs/stages.md): unset it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_complete(self) -> ServiceSettings:

@@ -60,6 +60,9 @@ MEAN_LOGPROB = "genwire.mean_logprob"
 FILTER_HITS = "genwire.filter.hits"
 ERROR_CODE = "genwire.error.code"
 DLQ_REASON = "genwire.dlq.reason"
+CANCEL_REASON = "genwire.cancel.reason"
+"""Why a generation was cancelled (inference's ``triton.generate`` span, or its process span
+when the cancel came first): the cancel's reason, at most 200 characters."""
 ENTRYPOINT = "genwire.entrypoint"
 """On the root span of genwire's trace of a request: the gateway's SERVER span (``http`` or
 ``grpc``); a Kafka client's request has none, its root is the process span of

@@ -102,3 +102,56 @@ def test_the_stack_and_its_services_agree_on_the_repository(
             assert (
                 settings_cls().repository == stack.repository == tmp_path / "models" / "repository"
             )
+
+
+def test_a_plain_variable_reaches_no_nested_setting_of_the_monitor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The monitor's nested settings (``GENWIRE_MONITOR_DRIFT__…``) are its own: a plain
+    ``GENWIRE_DRIFT__…`` is not read as one of them."""
+    default = MonitorSettings().drift.psi_threshold
+    monkeypatch.setenv("GENWIRE_DRIFT__PSI_THRESHOLD", "0.77")
+    monkeypatch.setenv("GENWIRE_ERROR_SLO__OBJECTIVE", "0.5")
+    cfg = MonitorSettings()
+    assert cfg.drift.psi_threshold == default and cfg.error_slo.objective != 0.5
+    monkeypatch.setenv("GENWIRE_MONITOR_DRIFT__PSI_THRESHOLD", "0.3")
+    assert MonitorSettings().drift.psi_threshold == 0.3
+
+
+@pytest.mark.parametrize(
+    ("variable", "refused"),
+    [
+        ("GENWIRE_GATEWAY_CONCURRENCY", True),
+        ("GENWIRE_GATEWAY_KAFKA_COMMIT_INTERVAL_MS", True),
+        ("GENWIRE_GATEWAY_KAFKA_SESSION_TIMEOUT_MS", False),  # its reply reader's group
+        ("GENWIRE_MONITOR_KAFKA_COMMIT_INTERVAL_MS", True),  # it has COMMIT_INTERVAL_S
+        ("GENWIRE_MONITOR_OUTAGE_BUDGET_S", True),
+        ("GENWIRE_MONITOR_KAFKA_QUIET_FETCH_MAX_WAIT_MS", False),  # feedback and policies
+        ("GENWIRE_PREPROCESS_KAFKA_COMMIT_INTERVAL_MS", False),  # a stage reads them all
+    ],
+)
+def test_a_stage_setting_given_to_a_service_without_a_group_is_refused(
+    variable: str, refused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    short = variable.split("_")[1].lower()
+    monkeypatch.setenv(variable, "10000")
+    if refused:
+        with pytest.raises(ValidationError, match=f"{variable}: not read by this service"):
+            SERVICES[short]()
+    else:
+        assert getattr(SERVICES[short](), variable.split("_", 2)[2].lower()) == 10000
+
+
+@pytest.mark.parametrize("short", ["gateway", "monitor"])
+def test_what_a_service_declares_unread_it_does_not_read(short: str) -> None:
+    """``not_read`` stays true: a field the service's code starts reading leaves it."""
+    source = " ".join(
+        path.read_text()
+        for path in (Path(__file__).parents[2] / "services" / short / f"genwire_{short}").glob(
+            "*.py"
+        )
+        if path.name != "config.py"
+    )
+    assert SERVICES[short].not_read
+    for name in SERVICES[short].not_read:
+        assert f".{name}" not in source, f"genwire_{short} reads {name}"

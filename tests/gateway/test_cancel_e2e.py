@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import httpx
 from genwire_gateway.client import GenwireClient
 from genwire_gateway.config import GatewaySettings
 
 from genwire.settings import CommonSettings
+from genwire.telemetry import semconv as sc
 
 MAX_TOKENS = 200
 
@@ -80,3 +82,51 @@ async def test_leaving_a_named_stream_lets_it_finish_for_the_retry(stack: Common
         infos = [await client.get_result(rid, wait_s=30) for rid in rids]
     results = [info.result for info in infos]
     assert all(r is not None and r.finish_reason in ("stop", "length") for r in results), results
+
+
+async def _cancel_reason_in_jaeger(jaeger_url: str, trace_id: str, timeout_s: float = 60.0) -> str:
+    """``genwire.cancel.reason`` of the trace's spans, once Jaeger has one carrying it."""
+    url = f"{jaeger_url.rstrip('/')}/api/traces/{trace_id}"
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        while asyncio.get_running_loop().time() < deadline:
+            response = await http.get(url)
+            if response.status_code == 200 and response.json().get("data"):
+                for span in response.json()["data"][0]["spans"]:
+                    for tag in span.get("tags", []):
+                        if tag["key"] == sc.CANCEL_REASON:
+                            return str(tag["value"])
+            await asyncio.sleep(0.5)
+    raise AssertionError(f"no {sc.CANCEL_REASON} in trace {trace_id} after {timeout_s:.0f} s")
+
+
+async def test_a_cancels_reason_lands_on_the_requests_trace(stack: CommonSettings) -> None:
+    """gRPC ``CancelRequest.reason`` is not dropped: the inference instance that stops the
+    generation puts it on the request's span, read back here from Jaeger."""
+    settings = GatewaySettings()
+    why = f"e2e reason {uuid.uuid4().hex[:8]}"
+    async with GenwireClient(f"{settings.grpc_host}:{settings.grpc_port}") as client:
+        for seed in range(200, 210):  # until one cancel lands before its generation ends
+            # Named: leaving the stream cancels nothing, so this cancel is the only one.
+            rid = f"cancel-reason-{uuid.uuid4().hex[:12]}"
+            stream = client.stream(
+                "Return a list of",
+                request_id=rid,
+                max_tokens=MAX_TOKENS,
+                seed=seed,
+                temperature=1.0,
+                ignore_eos=True,
+            )
+            trace_id = ""
+            async for chunk in stream:
+                trace_id = chunk.trace_id
+                assert await client.cancel(rid, reason=why)
+                break
+            await stream.aclose()  # type: ignore[attr-defined]
+            info = await client.get_result(rid, wait_s=20)
+            if info.result is not None and info.result.finish_reason == "cancelled":
+                break
+        else:
+            raise AssertionError("no cancel stopped a generation in ten tries")
+    assert trace_id
+    assert await _cancel_reason_in_jaeger(stack.jaeger_ui_url, trace_id) == why

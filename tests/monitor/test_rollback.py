@@ -274,7 +274,10 @@ def test_a_canary_healthy_for_hours_then_failing_is_rolled_back_when_its_page_fi
     ("variable", "value", "field"),
     [
         ("ROLLBACK_KINDS", '["latency"]', "rollback_kinds"),
+        ("ROLLBACK_KINDS", '["partition_stalled"]', "rollback_kinds"),  # names no version
+        ("ROLLBACK_KINDS", "[]", "auto_rollback"),
         ("ROLLBACK_SEVERITIES", '["critical"]', "rollback_severities"),
+        ("ROLLBACK_SEVERITIES", "[]", "auto_rollback"),
         ("CANARY_FEATURES", '["gen_ai.usage.output_tokenz"]', "canary_features"),
     ],
 )
@@ -290,3 +293,6 @@ def test_a_rollback_setting_that_names_nothing_is_refused_at_start(
     monkeypatch.setenv(f"GENWIRE_MONITOR_{variable}", value)
     with pytest.raises(ValidationError, match=field):
         MonitorSettings()
+    if value == "[]":  # no rollback at all: what AUTO_ROLLBACK=false says
+        monkeypatch.setenv("GENWIRE_MONITOR_AUTO_ROLLBACK", "false")
+        assert not MonitorSettings().auto_rollback

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Mapping
 
 import pytest
 from genwire_inference.backend import ModelStep
+from genwire_inference.control import MAX_REASON_CHARS
 from genwire_inference.handlers import Inference, failure_chunk
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -395,22 +395,25 @@ async def test_stop_sequences_get_chunks_even_without_streaming() -> None:
     assert [t for c in [*mid, final] for t in c.token_ids] == final.output_ids
 
 
-async def test_cancel_stops_the_model(caplog: pytest.LogCaptureFixture) -> None:
+async def test_cancel_stops_the_model(
+    spans: tuple[InMemorySpanExporter, TracerProvider],
+) -> None:
+    exporter, provider = spans
     backend = FakeBackend(n=1000, delay_s=0.005)
-    inf = Inference(backend, chunk_max_tokens=1)
+    inf = Inference(backend, tracer=provider.get_tracer("t"), chunk_max_tokens=1)
     chunks: list[GenerationChunk] = []
 
     async def consume() -> None:
         async for c in inf.handle(_req("c1")):
             chunks.append(c)
             if len(chunks) == 3:
-                cancel = ControlEvent(request_id="c1", action="cancel", reason="user closed tab")
-                await inf.control(cancel)
+                why = "user closed tab " + "x" * 300  # the caller's free text: kept bounded
+                await inf.control(ControlEvent(request_id="c1", action="cancel", reason=why))
 
-    with caplog.at_level(logging.INFO, logger="genwire_inference.control"):
-        await asyncio.wait_for(consume(), 5)
-    # The caller's reason is where the cancel took effect.
-    assert "cancel of c1 (user closed tab): its generation stops" in caplog.text
+    await asyncio.wait_for(consume(), 5)
+    (span,) = exporter.get_finished_spans()  # triton.generate says why it stopped
+    reason = str((span.attributes or {})[sc.CANCEL_REASON])
+    assert reason.startswith("user closed tab xx") and len(reason) == MAX_REASON_CHARS
     final = chunks[-1]
     assert final.final and final.finish_reason == "cancelled"
     assert backend.streams[0].cancelled.is_set()
@@ -418,13 +421,19 @@ async def test_cancel_stops_the_model(caplog: pytest.LogCaptureFixture) -> None:
     assert "c1" not in inf.inflight
 
 
-async def test_cancel_before_the_request_arrives() -> None:
+async def test_cancel_before_the_request_arrives(
+    spans: tuple[InMemorySpanExporter, TracerProvider],
+) -> None:
+    exporter, provider = spans
     backend = FakeBackend()
     inf = Inference(backend)
-    await inf.control(ControlEvent(request_id="early", action="cancel"))
-    (final,) = await _collect(inf, _req("early"))
+    await inf.control(ControlEvent(request_id="early", action="cancel", reason="stop string"))
+    with provider.get_tracer("t").start_as_current_span("genwire.prepared process"):
+        (final,) = await _collect(inf, _req("early"))
     assert final.finish_reason == "cancelled" and final.output_ids == []
     assert backend.opened == []
+    (process,) = exporter.get_finished_spans()  # the process span says why
+    assert (process.attributes or {})[sc.CANCEL_REASON] == "stop string"
 
 
 async def test_deadline_stops_and_expired_never_starts() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from genwire.redaction import DEFAULT_PATTERNS
-from genwire.settings import ServiceSettings
+from genwire.settings import STAGE_ONLY, ServiceSettings
 from genwire.topics import Topic
 
 
@@ -14,6 +16,8 @@ class GatewaySettings(ServiceSettings):
     """gRPC and OpenAI-style HTTP entry points."""
 
     model_config = SettingsConfigDict(env_prefix="GENWIRE_GATEWAY_", extra="ignore")
+    # Its reply reader's group takes the session timeout; it consumes nothing else.
+    not_read: ClassVar[frozenset[str]] = STAGE_ONLY - {"kafka_session_timeout_ms"}
 
     service_name: str = Field("genwire-gateway", description="Service name (OTel service.name).")
     port: int = Field(

@@ -20,6 +20,9 @@ from genwire_inference.backend import ModelStream
 
 log = logging.getLogger(__name__)
 
+MAX_REASON_CHARS = 200
+"""Of a cancel's reason, what its span keeps (the caller's free text: bounded)."""
+
 FINISH_CANCELLED = "cancelled"
 FINISH_DEADLINE = "deadline"
 FINISH_ERROR = "error"
@@ -31,15 +34,19 @@ class Run:
 
     stream: ModelStream | None = None
     stop_reason: str | None = None
+    cancel_reason: str = ""
+    """Why it was cancelled: the cancel's ``reason`` (a caller's, postprocess's stop string or
+    filter, the gateway's), or that its gateway went silent; empty when not cancelled."""
     timer: asyncio.TimerHandle | None = None
     origin: str = ""
     keep: bool = False
     streams: int = 0
     """Its choices counted in ``Inference.live_streams`` (each from its first chunk)."""
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, why: str = "") -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.cancel_reason = why[:MAX_REASON_CHARS]
         if self.stream is not None:
             self.stream.cancel()
 
@@ -61,7 +68,7 @@ class InFlight:
         self.origin_timeout_s = origin_timeout_s
         self.kafka_down = kafka_down
         self.runs: dict[str, Run] = {}
-        self._cancelled: OrderedDict[str, float] = OrderedDict()
+        self._cancelled: OrderedDict[str, tuple[float, str]] = OrderedDict()  # when, why
         self._heard: dict[str, float] = {}  # gateway instance → last heartbeat (monotonic)
 
     async def control(self, event: ControlEvent) -> None:
@@ -71,14 +78,15 @@ class InFlight:
             self._heard[event.origin] = time.monotonic()
             return
         run = self.runs.get(event.request_id)
-        why = event.reason or "no reason given"  # the caller's (gRPC CancelRequest.reason)
+        # The reason goes on the request's span (genwire.cancel.reason): postprocess cancels
+        # every request that meets a stop string, too many for a log line each.
+        why = (event.reason or "no reason given")[:MAX_REASON_CHARS]
         if run is not None:
-            log.info("cancel of %s (%s): its generation stops", event.request_id, why)
-            run.stop(FINISH_CANCELLED)
+            log.debug("cancel of %s (%r): its generation stops", event.request_id, why)
+            run.stop(FINISH_CANCELLED, why)
             return
-        # Every instance reads every cancel; only the one running it logs above.
-        log.debug("cancel of %s (%s): remembered until it comes", event.request_id, why)
-        self._cancelled[event.request_id] = time.monotonic()
+        log.debug("cancel of %s (%r): remembered until it comes", event.request_id, why)
+        self._cancelled[event.request_id] = (time.monotonic(), why)
         self._cancelled.move_to_end(event.request_id)
         self._forget_old_cancels()
 
@@ -86,7 +94,7 @@ class InFlight:
         horizon = time.monotonic() - self.cancelled_memory_s
         while self._cancelled and (
             len(self._cancelled) > self.max_remembered_cancels
-            or next(iter(self._cancelled.values())) < horizon
+            or next(iter(self._cancelled.values()))[0] < horizon
         ):
             self._cancelled.popitem(last=False)
 
@@ -115,7 +123,7 @@ class InFlight:
         stopped = []
         for rid, run in list(self.runs.items()):
             if run.origin and not run.keep and self.origin_gone(run.origin, now):
-                run.stop(FINISH_CANCELLED)
+                run.stop(FINISH_CANCELLED, f"gateway {run.origin} went silent")
                 stopped.append(rid)
         horizon = now - 10 * self.origin_timeout_s
         for origin in [o for o, t in self._heard.items() if t < horizon]:
@@ -129,7 +137,9 @@ class InFlight:
             await asyncio.sleep(interval_s)
             self.cancel_orphans()
 
-    def was_cancelled(self, request_id: str) -> bool:
-        """True if a cancel for ``request_id`` arrived (and is still remembered)."""
+    def was_cancelled(self, request_id: str) -> str | None:
+        """The reason of a cancel for ``request_id`` that arrived before it (and is still
+        remembered); None: none did."""
         self._forget_old_cancels()
-        return request_id in self._cancelled
+        remembered = self._cancelled.get(request_id)
+        return None if remembered is None else remembered[1]

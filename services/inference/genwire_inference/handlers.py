@@ -229,7 +229,9 @@ class Inference:
             return
         start = now_ms()
         timings = request.timings.model_copy(update={"inference_start": start})
-        if self.tracking.was_cancelled(rid):
+        cancelled = self.tracking.was_cancelled(rid)
+        if cancelled is not None:
+            process.set_attribute(sc.CANCEL_REASON, cancelled)
             yield self._final(request, [], FINISH_CANCELLED, timings, index=0)
             return
         if request.deadline_ms is not None and start >= request.deadline_ms:
@@ -401,6 +403,8 @@ class Inference:
             else (first.logprob_sum / len(generated) if generated else None)
         )
         span.set_attribute(sc.GEN_AI_FINISH_REASONS, [reason])
+        if run.cancel_reason:
+            span.set_attribute(sc.CANCEL_REASON, run.cancel_reason)
         span.set_attribute(sc.GEN_AI_OUTPUT_TOKENS, sum(c.completion_tokens for c in choices))
         if mean is not None:
             span.set_attribute(sc.MEAN_LOGPROB, mean)

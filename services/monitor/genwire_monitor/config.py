@@ -11,17 +11,19 @@ windows are not scaled: ``trace_idle_s``, ``commit_interval_s``, and the stall w
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from genwire.settings import ServiceSettings
+from genwire.settings import STAGE_ONLY, ServiceSettings
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
-from genwire_monitor.alerting import Kind
 from genwire_monitor.features import BY_ATTR
 
+RollbackKind = Literal["latency_burn", "error_burn", "drift", "canary"]
+"""The alert kinds that name a model version (``partition_stalled`` names a partition, so it
+can roll nothing back)."""
 Severity = Literal["page", "ticket"]
 """The severities the monitor's alerts carry (burn rules choose; drift is a ticket; a canary
 and a stalled partition page)."""
@@ -125,6 +127,9 @@ class MonitorSettings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="GENWIRE_MONITOR_", extra="ignore", env_nested_delimiter="__"
     )
+    # Its span, feedback and policy readers have their own settings (COMMIT_INTERVAL_S; the
+    # feedback and policy readers take the quiet fetch wait): a stage's would go unread.
+    not_read: ClassVar[frozenset[str]] = STAGE_ONLY - {"kafka_quiet_fetch_max_wait_ms"}
 
     service_name: str = Field("genwire-monitor", description="Service and group name.")
     port: int = Field(8090, description="Port of the status page, /healthz, /readyz, /metrics.")
@@ -205,8 +210,8 @@ class MonitorSettings(ServiceSettings):
         description="Publish a rollback of a model's policy when a canary version's alerts "
         "fire while its champion's do not.",
     )
-    rollback_kinds: list[Kind] = Field(
-        default_factory=lambda: list[Kind](("latency_burn", "error_burn", "canary")),
+    rollback_kinds: list[RollbackKind] = Field(
+        default_factory=lambda: list[RollbackKind](("latency_burn", "error_burn", "canary")),
         description="Alert kinds of a canary version that trigger its rollback (a canary's "
         "own drift, against its own first hour, is left to people).",
     )
@@ -256,6 +261,15 @@ class MonitorSettings(ServiceSettings):
     alertmanager_url: str | None = Field(
         None, description="Alertmanager base URL; alerts are POSTed to <url>/api/v2/alerts."
     )
+
+    @model_validator(mode="after")
+    def _rollback_can_fire(self) -> MonitorSettings:
+        if self.auto_rollback and not (self.rollback_kinds and self.rollback_severities):
+            raise ValueError(  # no alert could ever match: say so instead of never acting
+                "auto_rollback needs at least one of rollback_kinds and of rollback_severities "
+                "(AUTO_ROLLBACK=false turns the rollback off)"
+            )
+        return self
 
     @field_validator("canary_features")
     @classmethod
