@@ -48,8 +48,10 @@ class LatencySLO(BaseModel):
 class ErrorSLO(BaseModel):
     """``objective`` of requests (traces) finish without a span in status ERROR."""
 
-    name: str = "errors"
-    objective: float = Field(0.99, gt=0, lt=1)
+    name: str = Field("errors", description="Short id used in alert ids and metric labels.")
+    objective: float = Field(
+        0.99, gt=0, lt=1, description="Target share of requests without an error."
+    )
 
 
 class BurnRule(BaseModel):
@@ -161,9 +163,20 @@ class MonitorSettings(ServiceSettings):
     max_open_traces: int = Field(100_000, ge=100, description="Bound on traces being assembled.")
     page_window_s: float = Field(300, gt=0, description="Window of the page's percentiles.")
     history_points: int = Field(360, ge=10, description="Points kept per plotted series.")
-    slos: list[LatencySLO] = Field(default_factory=default_slos)
-    error_slo: ErrorSLO = Field(default_factory=ErrorSLO)
-    burn_rules: list[BurnRule] = Field(default_factory=default_burn_rules)
+    slos: list[LatencySLO] = Field(
+        default_factory=default_slos,
+        description="Latency SLOs (JSON list of {name, stage, threshold_ms, objective}): "
+        "stage end_to_end, ttft, tpot or any stage the page lists.",
+    )
+    error_slo: ErrorSLO = Field(
+        default_factory=ErrorSLO, description="The error SLO (JSON {name, objective})."
+    )
+    burn_rules: list[BurnRule] = Field(
+        default_factory=default_burn_rules,
+        description="Multi-window burn-rate rules applied to every SLO (JSON list of "
+        "{severity, long_s, short_s, factor}): each fires when the error budget burns faster "
+        "than factor over both windows.",
+    )
     min_events: int = Field(
         20, ge=1, description="Events in the short window before a burn rule may fire."
     )
@@ -193,7 +206,10 @@ class MonitorSettings(ServiceSettings):
         "scaled) is evicted, freeing its slot; its alerts resolve. Alerts rebuilt after a "
         "restart for a version with no request for this long resolve too.",
     )
-    drift: DriftSettings = Field(default_factory=DriftSettings)
+    drift: DriftSettings = Field(
+        default_factory=DriftSettings,
+        description="Drift detection (JSON, or one key at a time as DRIFT__<KEY>: below).",
+    )
     config_topic: str = Field(
         Topic.CONFIG.value,
         description="Compacted topic of the models' serving policies (genwire.policy), "
