@@ -315,6 +315,11 @@ async def followed(runtime: ServiceRuntime, *, wait_s: float = 10.0) -> AsyncIte
     """A service's live view of ``genwire.config`` for the length of its setup: started,
     read to its end (up to ``wait_s``; a readiness check says so until it is), followed by a
     supervised task, stopped at the end. Its metrics go to the service's registry."""
+    if "kafka_quiet_fetch_max_wait_ms" in runtime.settings.not_read:
+        raise RuntimeError(  # the feed reads it: a service refusing it would go on its default
+            f"{type(runtime.settings).__name__} refuses kafka_quiet_fetch_max_wait_ms as "
+            "unread, and the policy feed reads it"
+        )
     feed = PolicyFeed(
         runtime.settings.kafka_bootstrap_servers,
         registry=runtime.registry,

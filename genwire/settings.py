@@ -391,8 +391,8 @@ class ServiceSettings(CommonSettings):
             prefix = str(self.model_config.get("env_prefix") or "")
             names = ", ".join(f"{prefix}{name.upper()}" for name in given)
             raise ValueError(
-                f"{names}: not read by this service (it has no consumer group of its own; "
-                "these are the stages' settings, docs/stages.md): unset it"
+                f"{names}: not read by this service (it runs no stage consumer, its readers "
+                "have settings of their own; docs/settings.md): unset it"
             )
         return self
 

@@ -128,6 +128,11 @@ class ServiceRuntime:
         quiet: bool = False,
     ) -> EventConsumer[InT]:
         s = self.settings
+        if s.not_read:  # what it refuses at start would be read here, silently at defaults
+            raise RuntimeError(
+                f"{type(s).__name__} refuses {sorted(s.not_read)} as unread, and a stage "
+                "consumer reads them: take them out of its not_read"
+            )
         return EventConsumer(
             topic=topic,
             group_id=group_id,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from genwire_gateway.config import GatewaySettings
+from genwire_cli.settings_doc import SERVICES
 from genwire_inference.config import InferenceSettings
 from genwire_monitor.config import MonitorSettings
 from genwire_postprocess.config import PostprocessSettings
@@ -15,15 +15,7 @@ from genwire_stack.paths import StackPaths
 from genwire_stack.servers import Service
 from pydantic import ValidationError
 
-from genwire.settings import CommonSettings, ServiceSettings
-
-SERVICES: dict[str, type[ServiceSettings]] = {
-    "gateway": GatewaySettings,
-    "preprocess": PreprocessSettings,
-    "inference": InferenceSettings,
-    "postprocess": PostprocessSettings,
-    "monitor": MonitorSettings,
-}
+from genwire.settings import CommonSettings
 
 
 @pytest.fixture(autouse=True)
@@ -155,3 +147,27 @@ def test_what_a_service_declares_unread_it_does_not_read(short: str) -> None:
     assert SERVICES[short].not_read
     for name in SERVICES[short].not_read:
         assert f".{name}" not in source, f"genwire_{short} reads {name}"
+
+
+async def test_a_service_cannot_run_a_stage_consumer_on_settings_it_refuses() -> None:
+    """``not_read`` is checked where the fields are read: a gateway or monitor that started a
+    stage consumer (or followed the policies) would read them at their defaults."""
+    from genwire_gateway.config import GatewaySettings
+
+    from genwire.events import PreparedRequest
+    from genwire.policyfeed import followed
+    from genwire.service.runtime import ServiceRuntime
+    from genwire.topics import Topic
+
+    async def handler(event: PreparedRequest) -> list[object]:
+        return []
+
+    runtime = ServiceRuntime(GatewaySettings(), "gateway", set_global_tracer=False)
+    with pytest.raises(RuntimeError, match="not_read"):
+        runtime.consumer(Topic.PREPARED.value, PreparedRequest, handler)  # type: ignore[arg-type]
+    monitor = ServiceRuntime(MonitorSettings(), "monitor", set_global_tracer=False)
+    with pytest.raises(RuntimeError, match="not_read"):
+        monitor.consumer(Topic.PREPARED.value, PreparedRequest, handler)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="policy feed reads it"):
+        async with followed(runtime):
+            pass

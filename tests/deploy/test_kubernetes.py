@@ -109,8 +109,10 @@ def settings_class(short: str) -> type[ServiceSettings]:
 
 
 def env_keys(cls: type[CommonSettings]) -> set[str]:
+    """The variables ``cls`` reads (a service's ``not_read`` fields it refuses: not those)."""
     prefix = str(cls.model_config.get("env_prefix", ""))
-    return {f"{prefix}{name}".upper() for name in cls.model_fields}
+    unread: frozenset[str] = getattr(cls, "not_read", frozenset())
+    return {f"{prefix}{name}".upper() for name in cls.model_fields if name not in unread}
 
 
 @pytest.fixture(scope="module")

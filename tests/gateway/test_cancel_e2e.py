@@ -7,7 +7,7 @@ import asyncio
 import uuid
 
 import httpx
-from genwire_gateway.client import GenwireClient
+from genwire_gateway.client import GenwireClient, StreamChunk
 from genwire_gateway.config import GatewaySettings
 
 from genwire.settings import CommonSettings
@@ -16,10 +16,15 @@ from genwire.telemetry import semconv as sc
 MAX_TOKENS = 200
 
 
-async def _first_chunk_then_leave(
-    client: GenwireClient, seed: int, rid: str = "", ignore_eos: bool | None = None
-) -> str:
-    """Stream, hang up after the first chunk; returns the request id (the gateway's if unnamed)."""
+async def _first_chunk(
+    client: GenwireClient,
+    seed: int,
+    rid: str = "",
+    ignore_eos: bool | None = None,
+    cancel_reason: str | None = None,
+) -> StreamChunk:
+    """Stream, hang up after the first chunk (cancelling the request first, with
+    ``cancel_reason``, when given); returns that chunk."""
     stream = client.stream(
         "Return a list of",
         request_id=rid,
@@ -28,11 +33,21 @@ async def _first_chunk_then_leave(
         temperature=1.0,
         ignore_eos=ignore_eos,
     )
-    async for chunk in stream:
-        rid = chunk.request_id
+    first: StreamChunk | None = None
+    async for first in stream:
+        if cancel_reason is not None:
+            assert await client.cancel(first.request_id, reason=cancel_reason)
         break  # the caller hangs up after the first chunk
     await stream.aclose()  # type: ignore[attr-defined]
-    return rid
+    assert first is not None
+    return first
+
+
+async def _first_chunk_then_leave(
+    client: GenwireClient, seed: int, rid: str = "", ignore_eos: bool | None = None
+) -> str:
+    """Stream, hang up after the first chunk; returns the request id (the gateway's if unnamed)."""
+    return (await _first_chunk(client, seed, rid, ignore_eos)).request_id
 
 
 async def _until_a_cancel_lands(client: GenwireClient, within_s: float = 60.0) -> None:
@@ -109,20 +124,8 @@ async def test_a_cancels_reason_lands_on_the_requests_trace(stack: CommonSetting
         for seed in range(200, 210):  # until one cancel lands before its generation ends
             # Named: leaving the stream cancels nothing, so this cancel is the only one.
             rid = f"cancel-reason-{uuid.uuid4().hex[:12]}"
-            stream = client.stream(
-                "Return a list of",
-                request_id=rid,
-                max_tokens=MAX_TOKENS,
-                seed=seed,
-                temperature=1.0,
-                ignore_eos=True,
-            )
-            trace_id = ""
-            async for chunk in stream:
-                trace_id = chunk.trace_id
-                assert await client.cancel(rid, reason=why)
-                break
-            await stream.aclose()  # type: ignore[attr-defined]
+            first = await _first_chunk(client, seed, rid, ignore_eos=True, cancel_reason=why)
+            trace_id = first.trace_id
             info = await client.get_result(rid, wait_s=20)
             if info.result is not None and info.result.finish_reason == "cancelled":
                 break

@@ -17,7 +17,8 @@ from genwire_gateway.usage import METRIC_KEY_REQUESTS, MeteredGateway, UsageMetr
 from prometheus_client import CollectorRegistry
 
 from genwire.apikeys import SCOPE_ADMIN, SCOPE_GENERATE, KeyRecord
-from genwire.events import Event
+from genwire.events import ControlEvent, Event
+from genwire.redaction import DEFAULT_PATTERNS, Redactor
 from genwire.request import GenerationRequest
 from genwire.results import ClaimOutcome
 
@@ -148,3 +149,21 @@ async def test_owners_of_anonymous_requests_are_written_together() -> None:
     assert sorted(rid for batch in store.owner_batches for rid in batch) == sorted(ids)
     assert len(store.owner_batches) < len(ids)  # together, not one round trip each
     assert {store.owners[rid] for rid in ids} == {"team-a"}
+
+
+async def test_a_cancels_reason_is_redacted_before_it_is_published() -> None:
+    """The caller's free text goes onto the request's trace: redacted like captured content."""
+    registry = WaiterRegistry()
+    producer = Producer(registry, _echo)
+    gateway = MeteredGateway(
+        GatewaySettings(result_poll_s=0.05),
+        producer,
+        Store(),
+        registry,
+        usage_metrics=UsageMetrics(CollectorRegistry()),
+        redact=Redactor(list(DEFAULT_PATTERNS)),
+    )
+    await gateway.cancel("r-1", "mail me at someone@example.com when done")
+    (event,) = producer.events
+    assert isinstance(event, ControlEvent) and event.request_id == "r-1"
+    assert event.reason == "mail me at [REDACTED:email] when done"

@@ -278,6 +278,8 @@ def test_a_canary_healthy_for_hours_then_failing_is_rolled_back_when_its_page_fi
         ("ROLLBACK_KINDS", "[]", "auto_rollback"),
         ("ROLLBACK_SEVERITIES", '["critical"]', "rollback_severities"),
         ("ROLLBACK_SEVERITIES", "[]", "auto_rollback"),
+        ("ROLLBACK_KINDS", '["drift"]', r"\['drift'\] never come"),  # drift: tickets
+        ("ROLLBACK_SEVERITIES", '["ticket"]', r"\['canary'\] never come"),  # canary: pages
         ("CANARY_FEATURES", '["gen_ai.usage.output_tokenz"]', "canary_features"),
     ],
 )
@@ -293,6 +295,9 @@ def test_a_rollback_setting_that_names_nothing_is_refused_at_start(
     monkeypatch.setenv(f"GENWIRE_MONITOR_{variable}", value)
     with pytest.raises(ValidationError, match=field):
         MonitorSettings()
+    if variable == "ROLLBACK_KINDS" and value == '["drift"]':  # with tickets, it can fire
+        monkeypatch.setenv("GENWIRE_MONITOR_ROLLBACK_SEVERITIES", '["ticket"]')
+        assert MonitorSettings().rollback_kinds == ["drift"]
     if value == "[]":  # no rollback at all: what AUTO_ROLLBACK=false says
         monkeypatch.setenv("GENWIRE_MONITOR_AUTO_ROLLBACK", "false")
         assert not MonitorSettings().auto_rollback

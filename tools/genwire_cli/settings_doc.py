@@ -42,8 +42,8 @@ docs/api.md (the gateway's API), docs/monitor.md (SLOs, drift, rollbacks), docs/
 - **Shared** settings (`genwire.settings.CommonSettings`) are read as `GENWIRE_<NAME>` for every
   service and tool at once; a service's own `GENWIRE_<SERVICE>_<NAME>` wins over it.
 - **Stage** settings (`genwire.settings.ServiceSettings`) are read per service, as
-  `GENWIRE_<SERVICE>_<NAME>`. The gateway and the monitor have no consumer group and refuse the
-  ones marked *stages only*.
+  `GENWIRE_<SERVICE>_<NAME>`. The gateway and the monitor run no stage consumer (their readers
+  have settings of their own) and refuse the ones marked *stages only*.
 - A service's **own** settings are read as `GENWIRE_<SERVICE>_<NAME>`; the monitor's nested
   ones also as `GENWIRE_MONITOR_<NAME>__<KEY>`.
 - A list, a map or a nested setting is given as JSON. A value that does not validate stops the

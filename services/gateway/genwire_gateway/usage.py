@@ -444,6 +444,10 @@ class MeteredGateway(Gateway):
     def _redacted(self, text: str) -> str:
         return self.redact(text) if self.redact is not None else text
 
+    async def cancel(self, request_id: str, reason: str = "") -> None:
+        # The caller's free text goes on the request's trace (genwire.cancel.reason).
+        await super().cancel(request_id, self._redacted(reason))
+
 
 class _Forbidden(GatewayError):
     """Another key's request id (``claim_named``): 403, counted ``forbidden``."""

@@ -27,6 +27,10 @@ can roll nothing back)."""
 Severity = Literal["page", "ticket"]
 """The severities the monitor's alerts carry (burn rules choose; drift is a ticket; a canary
 and a stalled partition page)."""
+DRIFT_SEVERITY: Severity = "ticket"
+"""A drift alert's severity (people look; nothing rolls back on it by default)."""
+CANARY_SEVERITY: Severity = "page"
+"""A canary alert's severity: a version in front of users that differs from its champion."""
 
 END_TO_END = "end_to_end"
 TTFT = "ttft"
@@ -280,10 +284,26 @@ class MonitorSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _rollback_can_fire(self) -> MonitorSettings:
-        if self.auto_rollback and not (self.rollback_kinds and self.rollback_severities):
+        if not self.auto_rollback:
+            return self
+        if not (self.rollback_kinds and self.rollback_severities):
             raise ValueError(  # no alert could ever match: say so instead of never acting
                 "auto_rollback needs at least one of rollback_kinds and of rollback_severities "
                 "(AUTO_ROLLBACK=false turns the rollback off)"
+            )
+        burns = {rule.severity for rule in self.burn_rules}
+        raised: dict[str, set[Severity]] = {
+            "latency_burn": burns,
+            "error_burn": burns,
+            "drift": {DRIFT_SEVERITY},
+            "canary": {CANARY_SEVERITY},
+        }
+        never = [k for k in self.rollback_kinds if not raised[k] & set(self.rollback_severities)]
+        if never:
+            raise ValueError(
+                f"rollback_kinds {never} never come with a severity of rollback_severities "
+                f"{self.rollback_severities}: drift alerts are {DRIFT_SEVERITY}s, canary alerts "
+                f"{CANARY_SEVERITY}s, burn alerts those of burn_rules ({sorted(burns)})"
             )
         return self
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from genwire_monitor import burnrate
 from genwire_monitor.alerting import AlertBook, AlertEvent, Draft, Level, Policy
 from genwire_monitor.burnrate import SLOState, Verdict
-from genwire_monitor.config import OTHER_MODEL, MonitorSettings
+from genwire_monitor.config import CANARY_SEVERITY, DRIFT_SEVERITY, OTHER_MODEL, MonitorSettings
 from genwire_monitor.drift import SeriesResult
 from genwire_monitor.drift_stats import FeatureScore
 from genwire_monitor.features import BY_ATTR
@@ -121,7 +121,7 @@ def drift_draft(model: str, version: str, score: FeatureScore, examples: list[st
     return Draft(
         rule_id="drift psi+ks" if score.kind == "numeric" else "drift js+chi2",
         kind="drift",
-        severity="ticket",
+        severity=DRIFT_SEVERITY,
         title=f"Drift in {label} ({score.feature}) of {model} {version}",
         summary=(
             f"{label}: reference {score.ref_summary} (n={score.n_ref}) vs current "
@@ -173,7 +173,7 @@ def canary_draft(c: CanaryResult, score: FeatureScore) -> Draft:
     r = c.result
     d = drift_draft(r.model, r.version, score, r.examples.get(score.feature, []))
     label = BY_ATTR[score.feature].label
-    d.kind, d.severity = "canary", "page"
+    d.kind, d.severity = "canary", CANARY_SEVERITY
     d.rule_id = "canary psi+ks" if score.kind == "numeric" else "canary js+chi2"
     d.title = (
         f"Canary {r.model} {r.version} differs from champion {c.champion} in {label} "
