@@ -225,7 +225,7 @@ STAGE_ONLY = frozenset(
     }
 )
 """The settings of a consumer stage's group (``ServiceRuntime.consumer`` and the retry replayer
-reads them); a service without one declares those it never reads in ``not_read``."""
+read them); a service without one declares those it never reads in ``not_read``."""
 
 
 class SharedEnvSource(EnvSettingsSource):

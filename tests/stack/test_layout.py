@@ -200,7 +200,7 @@ def test_the_stacks_kafka_client_reaches_every_service_unless_a_service_says_oth
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``GENWIRE_KAFKA_CLIENT=librdkafka make up``: each service gets it under its own prefix
-    (a service reads only ``GENWIRE_<SERVICE>_*``); a service's own variable wins."""
+    (which wins over the plain name a service also reads); a service's own variable wins."""
     monkeypatch.delenv("GENWIRE_KAFKA_CLIENT", raising=False)
     paths = StackPaths.from_settings(CommonSettings(home=tmp_path))
     settings = CommonSettings(home=tmp_path, kafka_client="librdkafka")

@@ -43,7 +43,7 @@ def test_packaged_schema_is_the_models() -> None:
         (b'{"messages": [{"role": "robot", "content": "x"}]}', ErrorCode.INVALID_REQUEST),
         (
             b'{"prompt": "a", "guided": {"kind": "regex", "spec": "a+", "flags": "i"}}',
-            "invalid_request",
+            ErrorCode.INVALID_REQUEST,
         ),
         (b'{"prompt": "a", "max_tokens": 0}', ErrorCode.OUT_OF_RANGE),
         (b'{"prompt": "a", "temperature": 2.5}', ErrorCode.OUT_OF_RANGE),

@@ -43,11 +43,11 @@ docs/api.md (the gateway's API), docs/monitor.md (SLOs, drift, rollbacks), docs/
   service and tool at once; a service's own `GENWIRE_<SERVICE>_<NAME>` wins over it.
 - **Stage** settings (`genwire.settings.ServiceSettings`) are read per service, as
   `GENWIRE_<SERVICE>_<NAME>`. The gateway and the monitor run no stage consumer (their readers
-  have settings of their own) and refuse the ones marked *stages only*.
+  have settings of their own) and refuse the ones marked *refused by*.
 - A service's **own** settings are read as `GENWIRE_<SERVICE>_<NAME>`; the monitor's nested
   ones also as `GENWIRE_MONITOR_<NAME>__<KEY>`.
 - A list, a map or a nested setting is given as JSON. A value that does not validate stops the
-  service at start with the variable's name.
+  service at start, naming the setting.
 """
 
 
@@ -106,16 +106,11 @@ def render() -> str:
     stage = {n: f for n, f in ServiceSettings.model_fields.items() if n not in common}
     out += ["## Stage settings (every service; `<SERVICE>` is its name in capitals)", ""]
     refused = {n for cls in SERVICES.values() for n in cls.not_read}
-    rows = []
+    rows: list[str] = []
     for name, field in stage.items():
         by = [s for s, cls in SERVICES.items() if name in cls.not_read]
-        rows.append(
-            _row(
-                f"GENWIRE_<SERVICE>_{name.upper()}",
-                field,
-                f"stages only: refused by {' and '.join(by)}" if name in refused else "",
-            )
-        )
+        note = f"refused by {' and '.join(by)}" if name in refused else ""
+        rows.append(_row(f"GENWIRE_<SERVICE>_{name.upper()}", field, note))
     out += _table(rows)
     out += [
         "Each service sets its own `SERVICE_NAME` and `PORT` defaults (below, where it "

@@ -136,10 +136,11 @@ class GatewaySettings(ServiceSettings):
     redact_patterns: list[str] = Field(
         default_factory=lambda: list(DEFAULT_PATTERNS),
         description="JSON list of name=regex masked in content captured for keys that opted "
-        "in (default: e-mail addresses and Luhn-valid card numbers).",
+        "in and in the reason of a gRPC Cancel (default: e-mail addresses and Luhn-valid card "
+        "numbers).",
     )
     redaction_hook: str = Field(
         "",
         description="module:function (str -> str) applied after the patterns to captured "
-        "content; empty: none.",
+        "content and cancel reasons; empty: none.",
     )

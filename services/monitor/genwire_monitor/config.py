@@ -31,6 +31,8 @@ DRIFT_SEVERITY: Severity = "ticket"
 """A drift alert's severity (people look; nothing rolls back on it by default)."""
 CANARY_SEVERITY: Severity = "page"
 """A canary alert's severity: a version in front of users that differs from its champion."""
+STALL_SEVERITY: Severity = "page"
+"""A stalled partition's: requests wait and nothing moves them."""
 
 END_TO_END = "end_to_end"
 TTFT = "ttft"

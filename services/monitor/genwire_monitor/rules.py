@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from genwire_monitor import burnrate
 from genwire_monitor.alerting import AlertBook, AlertEvent, Draft, Level, Policy
 from genwire_monitor.burnrate import SLOState, Verdict
-from genwire_monitor.config import CANARY_SEVERITY, DRIFT_SEVERITY, OTHER_MODEL, MonitorSettings
+from genwire_monitor.config import (
+    CANARY_SEVERITY,
+    DRIFT_SEVERITY,
+    OTHER_MODEL,
+    STALL_SEVERITY,
+    MonitorSettings,
+)
 from genwire_monitor.drift import SeriesResult
 from genwire_monitor.drift_stats import FeatureScore
 from genwire_monitor.features import BY_ATTR
@@ -238,7 +244,7 @@ def stall_draft(p: PartitionStatus, threshold_s: float, interval_s: float) -> Dr
     return Draft(
         rule_id=f"stall {_fmt_s(threshold_s)}",
         kind="partition_stalled",
-        severity="page",
+        severity=STALL_SEVERITY,
         title=f"{p.group} stalled on {p.topic} partition {p.partition}",
         summary=f"{where}; {state}",
         rule=(
