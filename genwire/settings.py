@@ -382,7 +382,7 @@ class ServiceSettings(CommonSettings):
 
     not_read: ClassVar[frozenset[str]] = frozenset()
     """Fields this service has no use for (of :data:`STAGE_ONLY`, in the gateway and the
-    monitor, which have no consumer group): given a value, they stop it at start."""
+    monitor, which run no stage consumer): given a value, they stop it at start."""
 
     @model_validator(mode="after")
     def _nothing_ignored(self) -> ServiceSettings:
