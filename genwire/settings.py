@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -227,6 +228,18 @@ STAGE_ONLY = frozenset(
 """The settings of a consumer stage's group (``ServiceRuntime.consumer`` and the retry replayer
 read them); a service without one declares those it never reads in ``not_read``."""
 
+STACK_ONLY = frozenset(
+    {"triton_nice", "kafka_jmx_port", "jaeger_memory_limit", "jaeger_nice", "jaeger_span_ttl"}
+)
+"""Shared settings only the native stack reads (it starts Triton, the broker and Jaeger with
+them): every service declares them in ``not_read``."""
+
+CLIENT_ONLY = frozenset(
+    {"gateway_tls", "gateway_ca_file", "gateway_client_certfile", "gateway_client_keyfile"}
+)
+"""Shared settings of the gateway's clients (the CLI, the bench, the demo; the gateway's own
+client code reads them under its prefix): every other service declares them in ``not_read``."""
+
 
 class SharedEnvSource(EnvSettingsSource):
     """The plain ``GENWIRE_<NAME>`` variables of :class:`CommonSettings`' fields, for a service
@@ -380,19 +393,30 @@ class ServiceSettings(CommonSettings):
         "signed by this CA (PEM); a client without one is refused during the handshake.",
     )
 
-    not_read: ClassVar[frozenset[str]] = frozenset()
-    """Fields this service has no use for (of :data:`STAGE_ONLY`, in the gateway and the
-    monitor, which run no stage consumer): given a value, they stop it at start."""
+    not_read: ClassVar[frozenset[str]] = frozenset(STACK_ONLY)
+    """Fields this service has no use for: of :data:`STAGE_ONLY` in the gateway and the
+    monitor (they run no stage consumer), :data:`STACK_ONLY` everywhere, and the shared
+    settings of what the service does not use (Redis, Triton, Jaeger). A service's own field
+    given a value stops it at start; so does a shared one set under the service's own
+    ``GENWIRE_<SVC>_<NAME>``, while the plain ``GENWIRE_<NAME>`` is for every service and tool,
+    and one that does not use it lets it pass."""
 
     @model_validator(mode="after")
     def _nothing_ignored(self) -> ServiceSettings:
-        given = sorted(self.not_read & self.model_fields_set)
+        prefix = str(self.model_config.get("env_prefix") or "")
+        own = {name for name in self.not_read if name not in CommonSettings.model_fields}
+        given = own & self.model_fields_set
+        environ = {key.upper() for key in os.environ}  # read case-insensitively, as the source
+        given |= {
+            name
+            for name in self.not_read - own
+            if name in self.model_fields_set and f"{prefix}{name}".upper() in environ
+        }
         if given:
-            prefix = str(self.model_config.get("env_prefix") or "")
-            names = ", ".join(f"{prefix}{name.upper()}" for name in given)
+            names = ", ".join(f"{prefix}{name.upper()}" for name in sorted(given))
             raise ValueError(
-                f"{names}: not read by this service (it runs no stage consumer, its readers "
-                "have settings of their own; docs/settings.md): unset it"
+                f"{names}: not read by this service (it has no use for it, or reads it under "
+                "other settings; docs/settings.md): unset it"
             )
         return self
 

@@ -24,7 +24,7 @@ from genwire.kafka.consumer import Decoder, Handler, InT
 from genwire.kafka.failures import FailureEvents
 from genwire.kafka.replay import ParkedRecord, Replayer, decode_parked
 from genwire.metrics import ConsumerMetrics
-from genwire.settings import ServiceSettings
+from genwire.settings import STAGE_ONLY, ServiceSettings
 from genwire.telemetry import configure_tracing
 from genwire.topics import Topic
 
@@ -128,9 +128,10 @@ class ServiceRuntime:
         quiet: bool = False,
     ) -> EventConsumer[InT]:
         s = self.settings
-        if s.not_read:  # what it refuses at start would be read here, silently at defaults
+        refused = s.not_read & STAGE_ONLY
+        if refused:  # what it refuses at start would be read here, silently at defaults
             raise RuntimeError(
-                f"{type(s).__name__} refuses {sorted(s.not_read)} as unread, and a stage "
+                f"{type(s).__name__} refuses {sorted(refused)} as unread, and a stage "
                 "consumer reads them: take them out of its not_read"
             )
         return EventConsumer(

@@ -134,7 +134,48 @@ def test_a_stage_setting_given_to_a_service_without_a_group_is_refused(
         assert getattr(SERVICES[short](), variable.split("_", 2)[2].lower()) == 7000
 
 
-@pytest.mark.parametrize("short", ["gateway", "monitor"])
+@pytest.mark.parametrize(
+    ("variable", "refused"),
+    [
+        ("GENWIRE_INFERENCE_REDIS_URL", True),  # inference uses no Redis
+        ("GENWIRE_INFERENCE_REDIS_TIMEOUT_S", True),
+        ("GENWIRE_MONITOR_TRITON_GRPC_URL", True),
+        ("GENWIRE_MONITOR_MODEL_REPOSITORY", True),
+        ("GENWIRE_PREPROCESS_TRITON_NICE", True),  # the stack's
+        ("GENWIRE_POSTPROCESS_GATEWAY_TLS", True),  # a client's
+        ("GENWIRE_GATEWAY_TRACE_CONTENT", True),  # postprocess's switch
+        ("GENWIRE_PREPROCESS_REDIS_URL", False),  # a reader
+        ("GENWIRE_INFERENCE_TRITON_ADMIN_KEY", False),  # read since this check came
+        ("GENWIRE_GATEWAY_GATEWAY_TLS", False),  # the gateway's client code reads it
+    ],
+)
+def test_a_shared_setting_under_the_name_of_a_service_that_does_not_read_it_is_refused(
+    variable: str, refused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    short, name = variable.split("_", 2)[1].lower(), variable.split("_", 2)[2]
+    field = name.lower()
+    value = {"TRITON_NICE": "7", "REDIS_TIMEOUT_S": "7", "GATEWAY_TLS": "on"}.get(name, "x:1")
+    value = "true" if field == "trace_content" else value
+    # The plain name is for every service and tool: one that does not read it lets it pass.
+    monkeypatch.setenv(f"GENWIRE_{name}", value)
+    if field in CommonSettings.model_fields:
+        SERVICES[short]()
+    monkeypatch.setenv(variable, value)
+    if refused:
+        with pytest.raises(ValidationError, match=f"{variable}: not read by this service"):
+            SERVICES[short]()
+    else:
+        assert str(getattr(SERVICES[short](), field)).lower() in (value, "**********")
+
+
+def test_a_refused_name_is_matched_as_the_settings_read_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydantic-settings reads variables case-insensitively; so is the refusal."""
+    monkeypatch.setenv("genwire_inference_redis_url", "redis://elsewhere:6379/0")
+    with pytest.raises(ValidationError, match="GENWIRE_INFERENCE_REDIS_URL: not read"):
+        InferenceSettings()
+
+
+@pytest.mark.parametrize("short", sorted(SERVICES))
 def test_what_a_service_declares_unread_it_does_not_read(short: str) -> None:
     """``not_read`` stays true: a field the service's code starts reading leaves it."""
     source = " ".join(
@@ -144,9 +185,35 @@ def test_what_a_service_declares_unread_it_does_not_read(short: str) -> None:
         )
         if path.name != "config.py"
     )
+    # Read through a property or a helper under another name.
+    aliases = {"model_repository": "repository", "trace_url_template": "trace_url"}
     assert SERVICES[short].not_read
     for name in SERVICES[short].not_read:
-        assert f".{name}" not in source, f"genwire_{short} reads {name}"
+        for read in (name, aliases.get(name, name)):
+            assert f".{read}" not in source, f"genwire_{short} reads {name}"
+
+
+@pytest.mark.parametrize("short", sorted(SERVICES))
+def test_the_stack_sets_no_variable_a_service_refuses(
+    short: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stack sets both names of what it decides (its value wins over a user's own
+    variable), but not a service's own name for a setting that service refuses."""
+    stack = CommonSettings(home=tmp_path, model_repository=tmp_path / "repo")
+    service = Service(
+        StackPaths.from_settings(stack), stack, short, port=18000, redis_url="redis://r:6379/0"
+    )
+    env = service.environment()
+    assert env["GENWIRE_REDIS_URL"] == "redis://r:6379/0"
+    assert env["GENWIRE_MODEL_REPOSITORY"] == str(tmp_path / "repo")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = SERVICES[short]()  # refuses nothing it was given
+    own = f"GENWIRE_{short.upper()}_"
+    assert (f"{own}REDIS_URL" in env) == ("redis_url" not in cfg.not_read)
+    assert (f"{own}MODEL_REPOSITORY" in env) == ("model_repository" not in cfg.not_read)
+    if "redis_url" not in cfg.not_read:
+        assert cfg.redis_url == "redis://r:6379/0"
 
 
 async def test_a_service_cannot_run_a_stage_consumer_on_settings_it_refuses() -> None:

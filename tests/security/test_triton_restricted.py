@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from genwire_gateway.config import GatewaySettings
 from genwire_gateway.models import ModelCatalog
 from genwire_inference.backend import TritonBackend
+from genwire_inference.config import InferenceSettings
 from genwire_model.lifecycle import LifecycleError, TritonControl
 from genwire_stack import down, ensure_up
 from genwire_stack.component import Component
@@ -125,16 +127,25 @@ def test_the_stacks_own_callers_send_the_header(
     restricted: RestrictedTriton, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each caller reads its secret the way it does in the stack: services from
-    GENWIRE_TRITON_ADMIN_KEY (the stack sets it), the tools from the home's file."""
-    monkeypatch.delenv("GENWIRE_GATEWAY_TRITON_ADMIN_KEY", raising=False)
+    GENWIRE_TRITON_ADMIN_KEY or their own GENWIRE_<SVC>_TRITON_ADMIN_KEY (the stack sets both),
+    the tools from the home's file."""
+    key = restricted.security.triton_admin_key
+    for own in ("GENWIRE_GATEWAY_TRITON_ADMIN_KEY", "GENWIRE_INFERENCE_TRITON_ADMIN_KEY"):
+        monkeypatch.delenv(own, raising=False)
     # The services: the secret in their environment, as Service.environment() sets it.
     monkeypatch.setenv("GENWIRE_HOME", str(restricted.settings.home / "elsewhere"))
-    monkeypatch.setenv("GENWIRE_TRITON_ADMIN_KEY", restricted.security.triton_admin_key)
+    monkeypatch.setenv("GENWIRE_TRITON_ADMIN_KEY", key)
     assert asyncio.run(_served_and_state(restricted)) == ([], "")
     # Without it, both are refused: the gateway falls back to the repository folder's names,
     # inference's lookup finds nothing.
     monkeypatch.delenv("GENWIRE_TRITON_ADMIN_KEY")
     assert asyncio.run(_served_and_state(restricted)) == ([MODEL], None)
+    # Each service's own variable alone is enough (it was read by nobody before).
+    monkeypatch.setenv("GENWIRE_GATEWAY_TRITON_ADMIN_KEY", key)
+    monkeypatch.setenv("GENWIRE_INFERENCE_TRITON_ADMIN_KEY", key)
+    assert asyncio.run(_served_and_state(restricted)) == ([], "")
+    for own in ("GENWIRE_GATEWAY_TRITON_ADMIN_KEY", "GENWIRE_INFERENCE_TRITON_ADMIN_KEY"):
+        monkeypatch.delenv(own)
     monkeypatch.setenv("GENWIRE_HOME", str(restricted.settings.home))
     # genwire model (load/unload/list) and the supervisor's after-restart load: the home's file.
     control = TritonControl(restricted.http, timeout_s=60)
@@ -157,8 +168,8 @@ async def _served_and_state(restricted: RestrictedTriton) -> tuple[list[str], st
     """The gateway's model list (READY models: none here, when Triton answers) and inference's
     state of the model ("" listed without a state; None when the index was refused)."""
     repository = restricted.settings.repository
-    catalog = ModelCatalog(restricted.http, repository, cache_s=0)
-    backend = TritonBackend(restricted.grpc)
+    catalog = ModelCatalog(restricted.http, repository, cache_s=0, settings=GatewaySettings())
+    backend = TritonBackend(restricted.grpc, settings=InferenceSettings())
     try:
         return await catalog.names(), await backend.model_state(MODEL, "")
     finally:

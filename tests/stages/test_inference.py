@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import pytest
 from genwire_inference.backend import ModelStep
@@ -12,7 +13,7 @@ from genwire_inference.handlers import Inference, failure_chunk
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from genwire.errors import GenwireError, PermanentError, Rejection, RetryableError
 from genwire.events import ControlEvent, GenerationChunk, PreparedRequest, Sampling, now_ms
@@ -796,3 +797,41 @@ def test_the_backend_sends_only_the_options_that_are_set() -> None:
     assert sent[Input.N] == [2] and sent[Input.TOP_LOGPROBS] == [3] and sent[Input.MIN_P] == [0.1]
     assert sent[Input.LOGIT_BIAS_IDS] == [5] and sent[Input.LOGIT_BIAS_VALUES] == [1.5]
     assert b'"regex"' in sent[Input.GUIDED][0]
+
+
+class _FailsOnCancel(FakeStream):
+    """A stream the model ends with an error once it is cancelled (Triton answering the
+    cancel with an error instead of a final response)."""
+
+    async def _run(self) -> AsyncIterator[ModelStep]:
+        for step in self.steps:
+            if self.cancelled.is_set():
+                raise PermanentError("stream reset")
+            await asyncio.sleep(self.delay_s)
+            yield step
+
+
+async def test_a_cancel_s_reason_is_kept_when_the_stream_then_fails(
+    spans: tuple[InMemorySpanExporter, TracerProvider],
+) -> None:
+    exporter, provider = spans
+    backend = FakeBackend(n=1000, delay_s=0.005)
+    inf = Inference(backend, tracer=provider.get_tracer("t"), chunk_max_tokens=1)
+    real_open = backend.open
+
+    async def open_failing(*args: Any, **kwargs: Any) -> FakeStream:
+        stream = await real_open(*args, **kwargs)
+        failing = _FailsOnCancel(stream.steps, stream.delay_s, None)
+        backend.streams[-1] = failing
+        return failing
+
+    backend.open = open_failing  # type: ignore[method-assign]
+    seen = 0
+    with pytest.raises(GenwireError):
+        async for _ in inf.handle(_req("c2")):
+            seen += 1
+            if seen == 2:
+                await inf.control(ControlEvent(request_id="c2", action="cancel", reason="tab"))
+    (span,) = exporter.get_finished_spans()
+    assert (span.attributes or {})[sc.CANCEL_REASON] == "tab"
+    assert span.status.status_code == StatusCode.ERROR

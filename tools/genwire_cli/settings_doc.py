@@ -40,7 +40,8 @@ equal to the classes). Where a setting is explained at length: docs/stages.md (t
 docs/api.md (the gateway's API), docs/monitor.md (SLOs, drift, rollbacks), docs/security.md.
 
 - **Shared** settings (`genwire.settings.CommonSettings`) are read as `GENWIRE_<NAME>` for every
-  service and tool at once; a service's own `GENWIRE_<SERVICE>_<NAME>` wins over it.
+  service and tool at once; a service's own `GENWIRE_<SERVICE>_<NAME>` wins over it. A service
+  that does not read one (marked *not read by*) lets the plain name pass and refuses its own.
 - **Stage** settings (`genwire.settings.ServiceSettings`) are read per service, as
   `GENWIRE_<SERVICE>_<NAME>`. The gateway and the monitor run no stage consumer (their readers
   have settings of their own) and refuse the ones marked *refused by*.
@@ -98,11 +99,20 @@ def _table(rows: list[str]) -> list[str]:
     return ["| variable | default | what it does |", "|---|---|---|", *rows, ""]
 
 
+def _unread(name: str) -> str:
+    by = [s for s, cls in SERVICES.items() if name in cls.not_read]
+    if not by:
+        return ""
+    if len(by) == len(SERVICES):
+        return "not read by any service (the stack's or a client's)"
+    return f"not read by {', '.join(by[:-1])}{' and ' if len(by) > 1 else ''}{by[-1]}"
+
+
 def render() -> str:
     out = [HEADER]
     common = CommonSettings.model_fields
     out += ["## Shared (every service and tool)", ""]
-    out += _table([_row(f"GENWIRE_{name.upper()}", f) for name, f in common.items()])
+    out += _table([_row(f"GENWIRE_{name.upper()}", f, _unread(name)) for name, f in common.items()])
     stage = {n: f for n, f in ServiceSettings.model_fields.items() if n not in common}
     out += ["## Stage settings (every service; `<SERVICE>` is its name in capitals)", ""]
     refused = {n for cls in SERVICES.values() for n in cls.not_read}

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
+from functools import cache
 from pathlib import Path
 
 from genwire import triton_admin
-from genwire.settings import CommonSettings
+from genwire.settings import CommonSettings, ServiceSettings
 from genwire_stack import bootstrap
 from genwire_stack.catalog import (
     JAEGER_HEALTH_PORT,
@@ -434,6 +436,24 @@ class Jaeger(Component):
         return http_status(f"http://127.0.0.1:{self.ui_port}/api/services") == 200
 
 
+@cache
+def refused_settings(short: str) -> frozenset[str]:
+    """The settings service ``short`` refuses under its own prefix (its settings class's
+    ``not_read``); none for a module that is not a genwire service."""
+    try:
+        module = importlib.import_module(f"genwire_{short}.config")
+    except ModuleNotFoundError:
+        return frozenset()
+    for value in vars(module).values():
+        if (
+            isinstance(value, type)
+            and issubclass(value, ServiceSettings)
+            and value.__module__ == module.__name__
+        ):
+            return value.not_read
+    return frozenset()
+
+
 class Service(Component):
     """One of genwire's own services: ``python -m genwire_<svc>`` from the venv.
 
@@ -521,7 +541,10 @@ class Service(Component):
                     env |= self.security.triton_env(env_prefix)
             if self.tls:
                 env |= self.security.gateway_env(prefix)
-        return env
+        # Both names are set so that the stack's value wins over a user's own variable; a
+        # service refuses its own name for a setting it does not read (Redis, the repository).
+        refused = {f"{prefix}{name.upper()}" for name in refused_settings(self.short)}
+        return {k: v for k, v in env.items() if k not in refused}
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", self.module]

@@ -87,6 +87,7 @@ async def setup(
         cfg.repository,
         cache_s=cfg.models_cache_s,
         default_model=cfg.default_model,
+        settings=cfg,
     )
     app.state.gateway = gateway
     app.state.replies = replies

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from genwire import triton_admin
+from genwire.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,13 @@ class ModelCatalog:
         cache_s: float = 5.0,
         default_model: str | None = None,
         client: httpx.AsyncClient | None = None,
+        settings: CommonSettings | None = None,
     ) -> None:
+        """``settings``: where the admin secret comes from (the gateway's own: its
+        ``GENWIRE_GATEWAY_TRITON_ADMIN_KEY`` wins over the plain one); None: the plain ones."""
         base = triton_http_url if "://" in triton_http_url else f"http://{triton_http_url}"
         self._index_url = f"{base.rstrip('/')}/v2/repository/index"
-        self._admin = triton_admin.headers()  # a secure stack's Triton restricts the index
+        self._admin = triton_admin.headers(settings)  # a secure stack's Triton restricts the index
         self._repository = repository
         self._cache_s = cache_s
         self._default = default_model

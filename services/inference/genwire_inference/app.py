@@ -26,7 +26,9 @@ async def setup(
     cfg: InferenceSettings, runtime: ServiceRuntime, app: FastAPI
 ) -> AsyncIterator[None]:
     """The Triton backend; the consumers of prepared requests and of control events."""
-    backend = TritonBackend(cfg.triton_grpc_url, shared_stream_s=cfg.triton_shared_stream_s)
+    backend = TritonBackend(
+        cfg.triton_grpc_url, shared_stream_s=cfg.triton_shared_stream_s, settings=cfg
+    )
     inference = Inference(
         backend,
         tracer=runtime.tracer,

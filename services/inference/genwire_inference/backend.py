@@ -31,6 +31,7 @@ from genwire import triton_admin
 from genwire.errors import PermanentError, RetryableError
 from genwire.events import PreparedRequest
 from genwire.request import ErrorCode
+from genwire.settings import CommonSettings
 from genwire.triton_io import (
     RESPONSE_GAP_PARAMETER,
     Options,
@@ -416,10 +417,15 @@ class SharedTritonStream:
 class TritonBackend:
     """Triton over ``tritonclient.grpc.aio``: one client (one HTTP/2 channel) for every call."""
 
-    def __init__(self, url: str, shared_stream_s: float = 1.0) -> None:
+    def __init__(
+        self, url: str, shared_stream_s: float = 1.0, settings: CommonSettings | None = None
+    ) -> None:
+        """``settings``: where the admin secret comes from (inference's own: its
+        ``GENWIRE_INFERENCE_TRITON_ADMIN_KEY`` wins over the plain one); None: the plain ones."""
         self.url = url
         self.client = InferenceServerClient(url, channel_args=channel_args())
-        self._admin = triton_admin.headers(grpc=True)  # secure stack: restricted config/index
+        # A secure stack's Triton restricts the model config and the repository index.
+        self._admin = triton_admin.headers(settings, grpc=True)
         self._batched: dict[tuple[str, str], bool] = {}
         self._not_ready: dict[tuple[str, str], float] = {}  # when Triton last said "not yet"
         self._asking: dict[tuple[str, str], asyncio.Future[bool]] = {}  # a question in flight

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from genwire.settings import ServiceSettings
+from genwire.settings import CLIENT_ONLY, STACK_ONLY, ServiceSettings
 
 
 class InferenceSettings(ServiceSettings):
     """Drives the model on Triton and publishes token chunks."""
 
     model_config = SettingsConfigDict(env_prefix="GENWIRE_INFERENCE_", extra="ignore")
+    # No Redis, no repository (Triton has it), Triton over gRPC only; no links, no text.
+    not_read: ClassVar[frozenset[str]] = (
+        STACK_ONLY
+        | CLIENT_ONLY
+        | {"redis_url", "redis_timeout_s", "model_repository", "triton_http_url"}
+        | {"jaeger_ui_url", "trace_url_template", "trace_content"}
+    )
 
     service_name: str = Field("genwire-inference", description="Service and group name.")
     port: int = Field(8092, description="Port of /healthz, /readyz and /metrics.")

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from genwire.errors import GenwireError, PermanentError, Rejection, RetryableError
 from genwire.events import (
@@ -60,6 +60,13 @@ def _chunked(request: PreparedRequest) -> bool:
     of waiting for max_tokens). Never for a shadow copy: postprocess reads only its final
     chunk (docs/lifecycle.md)."""
     return not request.shadow and (request.stream or bool(request.sampling.stop))
+
+
+def _note_cancel(span: Span, run: Run) -> None:
+    """Why a cancelled generation stopped, on its span, whichever way the span ends (a cancel
+    the model answers with an error, a retry, a shutdown)."""
+    if run.cancel_reason:
+        span.set_attribute(sc.CANCEL_REASON, run.cancel_reason)
 
 
 INSTANCE_FAILURES = ("is not healthy", "is unhealthy and it will be restarted")
@@ -359,6 +366,7 @@ class Inference:
                         principal=request.principal,
                     )
         except RetryableError as exc:
+            _note_cancel(span, run)
             span.set_status(Status(StatusCode.ERROR, exc.message))
             span.set_attribute(sc.ERROR_CODE, exc.code)
             span.end()
@@ -373,10 +381,12 @@ class Inference:
             await self._wait_for_model(request)
             raise
         except ModelError as exc:
+            _note_cancel(span, run)
             span.set_status(Status(StatusCode.ERROR, exc.message))
             span.end()
             raise await self._classify(request, exc) from None
         except GenwireError as exc:
+            _note_cancel(span, run)
             span.set_status(Status(StatusCode.ERROR, exc.message))
             span.set_attribute(sc.ERROR_CODE, exc.code)
             span.end()
@@ -384,6 +394,7 @@ class Inference:
         except BaseException:  # stopped (shutdown, a consumer dropping us): stop the model too
             if run.stream is not None:
                 run.stream.cancel()
+            _note_cancel(span, run)
             span.end()
             raise
 
@@ -403,8 +414,7 @@ class Inference:
             else (first.logprob_sum / len(generated) if generated else None)
         )
         span.set_attribute(sc.GEN_AI_FINISH_REASONS, [reason])
-        if run.cancel_reason:
-            span.set_attribute(sc.CANCEL_REASON, run.cancel_reason)
+        _note_cancel(span, run)
         span.set_attribute(sc.GEN_AI_OUTPUT_TOKENS, sum(c.completion_tokens for c in choices))
         if mean is not None:
             span.set_attribute(sc.MEAN_LOGPROB, mean)

@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from genwire.settings import STAGE_ONLY, ServiceSettings
+from genwire.settings import CLIENT_ONLY, STACK_ONLY, STAGE_ONLY, ServiceSettings
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 from genwire_monitor.features import BY_ATTR
@@ -137,7 +137,14 @@ class MonitorSettings(ServiceSettings):
     )
     # Its span, feedback and policy readers have their own settings (COMMIT_INTERVAL_S; the
     # feedback and policy readers take the quiet fetch wait): a stage's would go unread.
-    not_read: ClassVar[frozenset[str]] = STAGE_ONLY - {"kafka_quiet_fetch_max_wait_ms"}
+    # Nor does it use Redis, Triton or the model repository.
+    not_read: ClassVar[frozenset[str]] = (
+        STAGE_ONLY - {"kafka_quiet_fetch_max_wait_ms"}
+        | STACK_ONLY
+        | CLIENT_ONLY
+        | {"home", "model_repository", "redis_url", "redis_timeout_s", "trace_content"}
+        | {"triton_grpc_url", "triton_http_url", "triton_admin_key"}
+    )
 
     service_name: str = Field("genwire-monitor", description="Service and group name.")
     port: int = Field(8090, description="Port of the status page, /healthz, /readyz, /metrics.")

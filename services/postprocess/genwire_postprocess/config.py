@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from genwire.settings import ServiceSettings
+from genwire.settings import CLIENT_ONLY, STACK_ONLY, ServiceSettings
 from genwire.topics import Topic
 
 
@@ -13,6 +15,18 @@ class PostprocessSettings(ServiceSettings):
     """Detokenizes, applies stop sequences and filters, stores and publishes results."""
 
     model_config = SettingsConfigDict(env_prefix="GENWIRE_POSTPROCESS_", extra="ignore")
+    # No Triton (the repository's tokenizer files only), no trace links.
+    not_read: ClassVar[frozenset[str]] = (
+        STACK_ONLY
+        | CLIENT_ONLY
+        | {
+            "triton_grpc_url",
+            "triton_http_url",
+            "triton_admin_key",
+            "jaeger_ui_url",
+            "trace_url_template",
+        }
+    )
 
     service_name: str = Field("genwire-postprocess", description="Service and group name.")
     port: int = Field(8093, description="Port of /healthz, /readyz and /metrics.")

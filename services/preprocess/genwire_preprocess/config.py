@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from genwire.settings import ServiceSettings
+from genwire.settings import CLIENT_ONLY, STACK_ONLY, ServiceSettings
 
 
 class PreprocessSettings(ServiceSettings):
     """Validates, templates and tokenizes requests from genwire.requests."""
 
     model_config = SettingsConfigDict(env_prefix="GENWIRE_PREPROCESS_", extra="ignore")
+    # Triton's metadata over HTTP only; no trace links, no text on spans.
+    not_read: ClassVar[frozenset[str]] = (
+        STACK_ONLY
+        | CLIENT_ONLY
+        | {
+            "triton_grpc_url",
+            "triton_admin_key",
+            "jaeger_ui_url",
+            "trace_url_template",
+            "trace_content",
+        }
+    )
 
     service_name: str = Field("genwire-preprocess", description="Service and group name.")
     port: int = Field(8091, description="Port of /healthz, /readyz and /metrics.")
