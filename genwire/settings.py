@@ -237,8 +237,8 @@ them): every service declares them in ``not_read``."""
 CLIENT_ONLY = frozenset(
     {"gateway_tls", "gateway_ca_file", "gateway_client_certfile", "gateway_client_keyfile"}
 )
-"""Shared settings of the gateway's clients (the CLI, the bench, the demo; the gateway's own
-client code reads them under its prefix): every other service declares them in ``not_read``."""
+"""Shared settings of the gateway's clients (the CLI, the bench, the demo, ``GenwireClient``:
+``genwire.gateway_tls`` reads their plain names): every service declares them in ``not_read``."""
 
 
 class SharedEnvSource(EnvSettingsSource):
@@ -393,13 +393,14 @@ class ServiceSettings(CommonSettings):
         "signed by this CA (PEM); a client without one is refused during the handshake.",
     )
 
-    not_read: ClassVar[frozenset[str]] = frozenset(STACK_ONLY)
+    not_read: ClassVar[frozenset[str]] = frozenset()
     """Fields this service has no use for: of :data:`STAGE_ONLY` in the gateway and the
-    monitor (they run no stage consumer), :data:`STACK_ONLY` everywhere, and the shared
-    settings of what the service does not use (Redis, Triton, Jaeger). A service's own field
-    given a value stops it at start; so does a shared one set under the service's own
-    ``GENWIRE_<SVC>_<NAME>``, while the plain ``GENWIRE_<NAME>`` is for every service and tool,
-    and one that does not use it lets it pass."""
+    monitor (they run no stage consumer), :data:`STACK_ONLY` and :data:`CLIENT_ONLY` in every
+    service, and the shared settings of what the service does not use (Redis, Triton, Jaeger).
+    A service's own field given a value stops it at start; so does a shared one set in the
+    process environment under the service's own ``GENWIRE_<SVC>_<NAME>``, while the plain
+    ``GENWIRE_<NAME>`` is for every service and tool, and one that does not use it lets it
+    pass. (The services read no ``.env`` file; a shared field given as an argument passes.)"""
 
     @model_validator(mode="after")
     def _nothing_ignored(self) -> ServiceSettings:
@@ -407,11 +408,12 @@ class ServiceSettings(CommonSettings):
         own = {name for name in self.not_read if name not in CommonSettings.model_fields}
         given = own & self.model_fields_set
         environ = {key.upper() for key in os.environ}  # read case-insensitively, as the source
-        given |= {
-            name
-            for name in self.not_read - own
-            if name in self.model_fields_set and f"{prefix}{name}".upper() in environ
-        }
+        if prefix != CommonSettings.model_config.get("env_prefix"):  # not the plain names
+            given |= {
+                name
+                for name in self.not_read - own
+                if name in self.model_fields_set and f"{prefix}{name}".upper() in environ
+            }
         if given:
             names = ", ".join(f"{prefix}{name.upper()}" for name in sorted(given))
             raise ValueError(

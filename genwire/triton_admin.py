@@ -10,10 +10,12 @@ loopback ports, as before.
 Every caller of those APIs sends :func:`headers` (HTTP) or :func:`headers` with ``grpc=True``
 (Triton expects the gRPC metadata key with the prefix :data:`GRPC_PREFIX`): the gateway's model
 list, inference's model config and state lookups, ``genwire model``, the default model's load
-and the bench's Triton baseline. The secret comes from ``GENWIRE_TRITON_ADMIN_KEY`` (the stack
-sets it for its services), else ``<GENWIRE_HOME>/secure/triton-admin-key`` (0600, made by
-``genwire up --secure``), else there is none and nothing is sent: a plaintext stack's Triton is
-not restricted. Sending it to an unrestricted Triton is harmless (the header is ignored).
+and the bench's Triton baseline. The secret comes from ``triton_admin_key`` of the settings
+given (a service passes its own, so its ``GENWIRE_<SVC>_TRITON_ADMIN_KEY`` wins over the plain
+``GENWIRE_TRITON_ADMIN_KEY``; the stack sets both for its services), else
+``<GENWIRE_HOME>/secure/triton-admin-key`` (0600, made by ``genwire up --secure``), else there
+is none and nothing is sent: a plaintext stack's Triton is not restricted. Sending it to an
+unrestricted Triton is harmless (the header is ignored).
 """
 
 from __future__ import annotations

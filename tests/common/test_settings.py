@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,11 @@ from genwire_monitor.config import MonitorSettings
 from genwire_postprocess.config import PostprocessSettings
 from genwire_preprocess.config import PreprocessSettings
 from genwire_stack.paths import StackPaths
+from genwire_stack.secure import SecureStack
 from genwire_stack.servers import Service
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from genwire.settings import CommonSettings
+from genwire.settings import CommonSettings, ServiceSettings
 
 
 @pytest.fixture(autouse=True)
@@ -144,9 +146,11 @@ def test_a_stage_setting_given_to_a_service_without_a_group_is_refused(
         ("GENWIRE_PREPROCESS_TRITON_NICE", True),  # the stack's
         ("GENWIRE_POSTPROCESS_GATEWAY_TLS", True),  # a client's
         ("GENWIRE_GATEWAY_TRACE_CONTENT", True),  # postprocess's switch
+        ("GENWIRE_GATEWAY_GATEWAY_TLS", True),  # the clients read the plain name only
         ("GENWIRE_PREPROCESS_REDIS_URL", False),  # a reader
-        ("GENWIRE_INFERENCE_TRITON_ADMIN_KEY", False),  # read since this check came
-        ("GENWIRE_GATEWAY_GATEWAY_TLS", False),  # the gateway's client code reads it
+        ("GENWIRE_GATEWAY_TRITON_ADMIN_KEY", False),  # read since this check came
+        ("GENWIRE_INFERENCE_TRITON_ADMIN_KEY", False),
+        ("GENWIRE_MONITOR_JAEGER_UI_URL", False),
     ],
 )
 def test_a_shared_setting_under_the_name_of_a_service_that_does_not_read_it_is_refused(
@@ -154,18 +158,33 @@ def test_a_shared_setting_under_the_name_of_a_service_that_does_not_read_it_is_r
 ) -> None:
     short, name = variable.split("_", 2)[1].lower(), variable.split("_", 2)[2]
     field = name.lower()
-    value = {"TRITON_NICE": "7", "REDIS_TIMEOUT_S": "7", "GATEWAY_TLS": "on"}.get(name, "x:1")
-    value = "true" if field == "trace_content" else value
+    plain, own = {
+        "TRITON_NICE": ("5", "7"),
+        "REDIS_TIMEOUT_S": ("5", "7"),
+        "GATEWAY_TLS": ("off", "on"),
+        "TRACE_CONTENT": ("false", "true"),
+    }.get(name, ("plain:1", "own:2"))
     # The plain name is for every service and tool: one that does not read it lets it pass.
-    monkeypatch.setenv(f"GENWIRE_{name}", value)
+    monkeypatch.setenv(f"GENWIRE_{name}", plain)
     if field in CommonSettings.model_fields:
         SERVICES[short]()
-    monkeypatch.setenv(variable, value)
+    monkeypatch.setenv(variable, own)
     if refused:
         with pytest.raises(ValidationError, match=f"{variable}: not read by this service"):
             SERVICES[short]()
     else:
-        assert str(getattr(SERVICES[short](), field)).lower() in (value, "**********")
+        value = getattr(SERVICES[short](), field)
+        assert (value.get_secret_value() if isinstance(value, SecretStr) else value) == own
+
+
+def test_the_base_class_refuses_no_plain_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ServiceSettings`` itself (the bench's relays, tests) reads the plain names as its own:
+    a stack-only setting exported for the stack is no reason to stop it."""
+    monkeypatch.setenv("GENWIRE_JAEGER_MEMORY_LIMIT", "2GiB")
+    monkeypatch.setenv("GENWIRE_TRITON_NICE", "3")
+    assert ServiceSettings().triton_nice == 3
+    for cls in SERVICES.values():
+        cls()
 
 
 def test_a_refused_name_is_matched_as_the_settings_read_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,18 +209,28 @@ def test_what_a_service_declares_unread_it_does_not_read(short: str) -> None:
     assert SERVICES[short].not_read
     for name in SERVICES[short].not_read:
         for read in (name, aliases.get(name, name)):
-            assert f".{read}" not in source, f"genwire_{short} reads {name}"
+            # An attribute read, not a module of the library (``genwire.gateway_tls``).
+            assert not re.search(rf"(?<!genwire)\.{read}\b", source), (
+                f"genwire_{short} reads {name}"
+            )
 
 
+@pytest.mark.parametrize("secure", [False, True])
 @pytest.mark.parametrize("short", sorted(SERVICES))
 def test_the_stack_sets_no_variable_a_service_refuses(
-    short: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    short: str, secure: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The stack sets both names of what it decides (its value wins over a user's own
-    variable), but not a service's own name for a setting that service refuses."""
+    variable), but not a service's own name for a setting that service refuses; in a secure
+    stack too (its Kafka user, the Triton admin secret, TLS)."""
     stack = CommonSettings(home=tmp_path, model_repository=tmp_path / "repo")
+    paths = StackPaths.from_settings(stack)
+    security = None
+    if secure:
+        security = SecureStack(paths, "mtls")
+        security.ensure()
     service = Service(
-        StackPaths.from_settings(stack), stack, short, port=18000, redis_url="redis://r:6379/0"
+        paths, stack, short, port=18000, redis_url="redis://r:6379/0", security=security
     )
     env = service.environment()
     assert env["GENWIRE_REDIS_URL"] == "redis://r:6379/0"
@@ -214,6 +243,10 @@ def test_the_stack_sets_no_variable_a_service_refuses(
     assert (f"{own}MODEL_REPOSITORY" in env) == ("model_repository" not in cfg.not_read)
     if "redis_url" not in cfg.not_read:
         assert cfg.redis_url == "redis://r:6379/0"
+    if security is not None:
+        assert cfg.kafka_sasl_username == short
+        admin = "triton_admin_key" not in cfg.not_read
+        assert (f"{own}TRITON_ADMIN_KEY" in env) == admin == (short in ("gateway", "inference"))
 
 
 async def test_a_service_cannot_run_a_stage_consumer_on_settings_it_refuses() -> None:

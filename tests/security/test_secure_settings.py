@@ -218,7 +218,11 @@ def test_a_secure_layout_wires_every_component(tmp_path: Path) -> None:
         assert env[f"{prefix}KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
         assert env[f"{prefix}KAFKA_SASL_USERNAME"] == name
         assert env["GENWIRE_KAFKA_SASL_USERNAME"] == name
-        assert env[f"{prefix}REDIS_URL"] == redis.url
+        assert env["GENWIRE_REDIS_URL"] == redis.url
+        # Its own name only where it uses Redis (inference and the monitor refuse it).
+        assert env.get(f"{prefix}REDIS_URL") == (
+            None if name in ("inference", "monitor") else redis.url
+        )
         assert (f"{prefix}TLS_CERTFILE" in env) == (name == "gateway")
     # The admin API key of a first `genwire up --secure` goes to this Redis, over TLS.
     assert _redis_settings(settings, components).redis_url == redis.url

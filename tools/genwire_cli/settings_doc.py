@@ -43,8 +43,9 @@ docs/api.md (the gateway's API), docs/monitor.md (SLOs, drift, rollbacks), docs/
   service and tool at once; a service's own `GENWIRE_<SERVICE>_<NAME>` wins over it. A service
   that does not read one (marked *not read by*) lets the plain name pass and refuses its own.
 - **Stage** settings (`genwire.settings.ServiceSettings`) are read per service, as
-  `GENWIRE_<SERVICE>_<NAME>`. The gateway and the monitor run no stage consumer (their readers
-  have settings of their own) and refuse the ones marked *refused by*.
+  `GENWIRE_<SERVICE>_<NAME>`. A service refuses the ones marked *refused by*: the gateway and
+  the monitor run no stage consumer (their readers have settings of their own), and inference
+  and the monitor use no Redis.
 - A service's **own** settings are read as `GENWIRE_<SERVICE>_<NAME>`; the monitor's nested
   ones also as `GENWIRE_MONITOR_<NAME>__<KEY>`.
 - A list, a map or a nested setting is given as JSON. A value that does not validate stops the

@@ -442,7 +442,9 @@ def refused_settings(short: str) -> frozenset[str]:
     ``not_read``); none for a module that is not a genwire service."""
     try:
         module = importlib.import_module(f"genwire_{short}.config")
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as exc:
+        if exc.name not in (f"genwire_{short}", f"genwire_{short}.config"):
+            raise  # a service whose settings cannot load: not one that has none
         return frozenset()
     for value in vars(module).values():
         if (

@@ -8,7 +8,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from genwire.redaction import DEFAULT_PATTERNS
-from genwire.settings import STACK_ONLY, STAGE_ONLY, ServiceSettings
+from genwire.settings import CLIENT_ONLY, STACK_ONLY, STAGE_ONLY, ServiceSettings
 from genwire.topics import Topic
 
 
@@ -16,11 +16,13 @@ class GatewaySettings(ServiceSettings):
     """gRPC and OpenAI-style HTTP entry points."""
 
     model_config = SettingsConfigDict(env_prefix="GENWIRE_GATEWAY_", extra="ignore")
-    # Its reply reader's group takes the session timeout; it consumes nothing else. Its client
-    # code (CLI, demo) reads the gateway_* client settings and the trace links' settings.
+    # Its reply reader's group takes the session timeout; it consumes nothing else. Its demo
+    # reads the trace links' settings through this class; the client settings are read under
+    # their plain names (genwire.gateway_tls), by its clients only.
     not_read: ClassVar[frozenset[str]] = (
         STAGE_ONLY - {"kafka_session_timeout_ms"}
         | STACK_ONLY
+        | CLIENT_ONLY
         | {"triton_grpc_url", "trace_content"}
     )
 
