@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
 
 import pytest
 from genwire_inference.backend import ModelStep
@@ -46,8 +45,15 @@ class FakeStream:
 class FakeBackend:
     """Streams ``n`` tokens, one per response, the last response flagged final."""
 
-    def __init__(self, n: int = 10, delay_s: float = 0.0, fail_after: int | None = None) -> None:
+    def __init__(
+        self,
+        n: int = 10,
+        delay_s: float = 0.0,
+        fail_after: int | None = None,
+        stream_cls: type[FakeStream] = FakeStream,
+    ) -> None:
         self.n, self.delay_s, self.fail_after = n, delay_s, fail_after
+        self.stream_cls = stream_cls
         self.opened: list[tuple[PreparedRequest, dict[str, str]]] = []
         self.streams: list[FakeStream] = []
         self.waited: list[float] = []
@@ -81,7 +87,7 @@ class FakeBackend:
         steps[-1].finished, steps[-1].finish_reason = True, "length"
         steps[-1].prompt_tokens, steps[-1].completion_tokens = 3, self.n
         steps[-1].queue_ms, steps[-1].compute_ms = 1.5, 12.0
-        streamed = FakeStream(steps, self.delay_s, self.fail_after)
+        streamed = self.stream_cls(steps, self.delay_s, self.fail_after)
         self.streams.append(streamed)
         return streamed
 
@@ -815,17 +821,8 @@ async def test_a_cancel_s_reason_is_kept_when_the_stream_then_fails(
     spans: tuple[InMemorySpanExporter, TracerProvider],
 ) -> None:
     exporter, provider = spans
-    backend = FakeBackend(n=1000, delay_s=0.005)
+    backend = FakeBackend(n=1000, delay_s=0.005, stream_cls=_FailsOnCancel)
     inf = Inference(backend, tracer=provider.get_tracer("t"), chunk_max_tokens=1)
-    real_open = backend.open
-
-    async def open_failing(*args: Any, **kwargs: Any) -> FakeStream:
-        stream = await real_open(*args, **kwargs)
-        failing = _FailsOnCancel(stream.steps, stream.delay_s, None)
-        backend.streams[-1] = failing
-        return failing
-
-    backend.open = open_failing  # type: ignore[method-assign]
     seen = 0
     with pytest.raises(GenwireError):
         async for _ in inf.handle(_req("c2")):
