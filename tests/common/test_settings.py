@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from genwire_cli.settings_doc import SERVICES
@@ -186,6 +187,11 @@ def test_the_base_class_refuses_no_plain_name(monkeypatch: pytest.MonkeyPatch) -
     for cls in SERVICES.values():
         cls()
 
+    class Unprefixed(ServiceSettings):  # a class with the plain prefix that declares one unread
+        not_read: ClassVar[frozenset[str]] = frozenset({"triton_nice"})
+
+    assert Unprefixed().triton_nice == 3
+
 
 def test_a_refused_name_is_matched_as_the_settings_read_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """pydantic-settings reads variables case-insensitively; so is the refusal."""
@@ -234,6 +240,8 @@ def test_the_stack_sets_no_variable_a_service_refuses(
     )
     env = service.environment()
     assert env["GENWIRE_REDIS_URL"] == "redis://r:6379/0"
+    if "home" not in SERVICES[short].not_read:  # a user's own variable, which the stack's beats
+        monkeypatch.setenv(f"GENWIRE_{short.upper()}_HOME", str(tmp_path / "a user's"))
     assert env["GENWIRE_MODEL_REPOSITORY"] == str(tmp_path / "repo")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -243,6 +251,8 @@ def test_the_stack_sets_no_variable_a_service_refuses(
     assert (f"{own}MODEL_REPOSITORY" in env) == ("model_repository" not in cfg.not_read)
     if "redis_url" not in cfg.not_read:
         assert cfg.redis_url == "redis://r:6379/0"
+    if "home" not in cfg.not_read:  # the stack's home wins over a user's own variable
+        assert cfg.home == tmp_path
     if security is not None:
         assert cfg.kafka_sasl_username == short
         admin = "triton_admin_key" not in cfg.not_read

@@ -6,6 +6,7 @@ together off the hot path."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -13,7 +14,12 @@ from genwire_gateway.auth import PRINCIPAL, Principal
 from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import PERMISSION_DENIED, GatewayError
 from genwire_gateway.replies import WaiterRegistry
-from genwire_gateway.usage import METRIC_KEY_REQUESTS, MeteredGateway, UsageMetrics
+from genwire_gateway.usage import (
+    METRIC_KEY_REQUESTS,
+    REASON_WITHHELD,
+    MeteredGateway,
+    UsageMetrics,
+)
 from prometheus_client import CollectorRegistry
 
 from genwire.apikeys import SCOPE_ADMIN, SCOPE_GENERATE, KeyRecord
@@ -167,3 +173,34 @@ async def test_a_cancels_reason_is_redacted_before_it_is_published() -> None:
     (event,) = producer.events
     assert isinstance(event, ControlEvent) and event.request_id == "r-1"
     assert event.reason == "mail me at [REDACTED:email] when done"
+
+
+async def test_a_failing_redaction_hook_withholds_the_reason_and_the_cancel_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The operator's hook runs on every cancel's reason, the gateway's own too: one that
+    raises must not stop the cancel (the model would run on), nor let the text through."""
+
+    def broken(text: str) -> str:
+        raise RuntimeError("hook bug")
+
+    registry = WaiterRegistry()
+    producer = Producer(registry, _echo)
+    gateway = MeteredGateway(
+        GatewaySettings(result_poll_s=0.05),
+        producer,
+        Store(),
+        registry,
+        usage_metrics=UsageMetrics(CollectorRegistry()),
+        redact=Redactor(list(DEFAULT_PATTERNS), broken),
+    )
+    with caplog.at_level(logging.WARNING):
+        await gateway.cancel("r-1", "secret text")
+        await gateway.cancel("r-2", "deadline exceeded")
+    assert [(e.request_id, e.reason) for e in producer.events] == [
+        ("r-1", REASON_WITHHELD),
+        ("r-2", REASON_WITHHELD),
+    ]
+    assert [r.message for r in caplog.records].count(
+        "the redaction hook failed on a cancel's reason"
+    ) == 1

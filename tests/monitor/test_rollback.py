@@ -280,6 +280,7 @@ def test_a_canary_healthy_for_hours_then_failing_is_rolled_back_when_its_page_fi
         ("ROLLBACK_SEVERITIES", "[]", "auto_rollback"),
         ("ROLLBACK_KINDS", '["drift"]', r"\['drift'\] never come"),  # drift: tickets
         ("ROLLBACK_SEVERITIES", '["ticket"]', r"\['canary'\] never come"),  # canary: pages
+        ("SLOS", "[]", r"\['latency_burn'\] never come"),  # no latency SLO to burn
         ("CANARY_FEATURES", '["gen_ai.usage.output_tokenz"]', "canary_features"),
     ],
 )
@@ -298,6 +299,9 @@ def test_a_rollback_setting_that_names_nothing_is_refused_at_start(
     if variable == "ROLLBACK_KINDS" and value == '["drift"]':  # with tickets, it can fire
         monkeypatch.setenv("GENWIRE_MONITOR_ROLLBACK_SEVERITIES", '["ticket"]')
         assert MonitorSettings().rollback_kinds == ["drift"]
-    if value == "[]":  # no rollback at all: what AUTO_ROLLBACK=false says
+    if variable == "SLOS":  # without the latency kind, no latency SLO is needed
+        monkeypatch.setenv("GENWIRE_MONITOR_ROLLBACK_KINDS", '["error_burn", "canary"]')
+        assert MonitorSettings().slos == []
+    elif value == "[]":  # no rollback at all: what AUTO_ROLLBACK=false says
         monkeypatch.setenv("GENWIRE_MONITOR_AUTO_ROLLBACK", "false")
         assert not MonitorSettings().auto_rollback

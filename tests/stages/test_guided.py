@@ -180,3 +180,17 @@ def test_a_constraint_that_compiled_is_not_compiled_again(assets: ModelAssets) -
         with pytest.raises(PermanentError):
             checker.check_sync(bad, assets)
     assert checker.compiles == 6
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec"),
+    [("json_object", '{"type": "array"}'), ("json_schema", "[1, 2]"), ("json_schema", "{")],
+)
+def test_the_model_refuses_a_bad_spec_as_preprocess_does(kind: str, spec: str) -> None:
+    """A request that reaches Triton another way (its port, the bench's baseline) is refused
+    by the model for the same reason, not served with its spec dropped."""
+    with pytest.raises(check.GuidedError) as ours:
+        check.grammar_text(kind, spec)
+    with pytest.raises(constraints.ConstraintError) as model:
+        constraints.grammar_text(kind, spec)
+    assert str(model.value) == str(ours.value)

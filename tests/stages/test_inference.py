@@ -805,30 +805,33 @@ def test_the_backend_sends_only_the_options_that_are_set() -> None:
     assert b'"regex"' in sent[Input.GUIDED][0]
 
 
-class _FailsOnCancel(FakeStream):
-    """A stream the model ends with an error once it is cancelled (Triton answering the
-    cancel with an error instead of a final response)."""
+class _GoneOnCancel(FakeStream):
+    """A stream whose server goes away as it is cancelled (Triton restarting then): the call
+    fails retryably instead of ending with a final response."""
 
     async def _run(self) -> AsyncIterator[ModelStep]:
         for step in self.steps:
             if self.cancelled.is_set():
-                raise PermanentError("stream reset")
+                raise RetryableError("triton: UNAVAILABLE")
             await asyncio.sleep(self.delay_s)
             yield step
 
 
-async def test_a_cancel_s_reason_is_kept_when_the_stream_then_fails(
+async def test_a_cancelled_generation_that_fails_retryably_ends_cancelled_on_its_retry(
     spans: tuple[InMemorySpanExporter, TracerProvider],
 ) -> None:
     exporter, provider = spans
-    backend = FakeBackend(n=1000, delay_s=0.005, stream_cls=_FailsOnCancel)
+    backend = FakeBackend(n=1000, delay_s=0.005, stream_cls=_GoneOnCancel)
     inf = Inference(backend, tracer=provider.get_tracer("t"), chunk_max_tokens=1)
     seen = 0
-    with pytest.raises(GenwireError):
+    with pytest.raises(RetryableError):
         async for _ in inf.handle(_req("c2")):
             seen += 1
             if seen == 2:
                 await inf.control(ControlEvent(request_id="c2", action="cancel", reason="tab"))
-    (span,) = exporter.get_finished_spans()
+    (span,) = exporter.get_finished_spans()  # the failed attempt says why it was stopped
     assert (span.attributes or {})[sc.CANCEL_REASON] == "tab"
     assert span.status.status_code == StatusCode.ERROR
+    # The consumer retries the record: the cancel still holds, the model is not asked again.
+    (final,) = await _collect(inf, _req("c2"))
+    assert final.final and final.finish_reason == "cancelled" and len(backend.opened) == 1

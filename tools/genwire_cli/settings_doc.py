@@ -116,11 +116,10 @@ def render() -> str:
     out += _table([_row(f"GENWIRE_{name.upper()}", f, _unread(name)) for name, f in common.items()])
     stage = {n: f for n, f in ServiceSettings.model_fields.items() if n not in common}
     out += ["## Stage settings (every service; `<SERVICE>` is its name in capitals)", ""]
-    refused = {n for cls in SERVICES.values() for n in cls.not_read}
     rows: list[str] = []
     for name, field in stage.items():
         by = [s for s, cls in SERVICES.items() if name in cls.not_read]
-        note = f"refused by {' and '.join(by)}" if name in refused else ""
+        note = f"refused by {' and '.join(by)}" if by else ""
         rows.append(_row(f"GENWIRE_<SERVICE>_{name.upper()}", field, note))
     out += _table(rows)
     out += [

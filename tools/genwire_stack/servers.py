@@ -514,10 +514,11 @@ class Service(Component):
         return f"{self.scheme}://127.0.0.1:{self.port}/readyz {extra}".strip()
 
     def environment(self) -> dict[str, str]:
-        # Services read GENWIRE_HOME like the stack, so both agree on the model repository.
+        # Services read the stack's home, so both agree on the model repository.
         prefix = f"GENWIRE_{self.short.upper()}_"
         env = {
             "GENWIRE_HOME": str(self.paths.home),
+            f"{prefix}HOME": str(self.paths.home),
             "PYTHONUNBUFFERED": "1",
             f"{prefix}PORT": str(self.port),
             **{f"{prefix}{role.upper()}_PORT": str(p) for role, p in self.extra_ports.items()},
@@ -543,8 +544,9 @@ class Service(Component):
                     env |= self.security.triton_env(env_prefix)
             if self.tls:
                 env |= self.security.gateway_env(prefix)
-        # Both names are set so that the stack's value wins over a user's own variable; a
-        # service refuses its own name for a setting it does not read (Redis, the repository).
+        # Both names are set so that the stack's value wins over a user's own variable (but
+        # KAFKA_CLIENT's); a service refuses its own name for a setting it does not read
+        # (Redis, the repository, the home in the monitor).
         refused = {f"{prefix}{name.upper()}" for name in refused_settings(self.short)}
         return {k: v for k, v in env.items() if k not in refused}
 

@@ -51,6 +51,8 @@ METRIC_KEY_TOKENS = "genwire_gateway_key_tokens_total"
 METRIC_KEY_REQUESTS = "genwire_gateway_key_requests_total"
 OTHER_KEYS = "other"
 """Label of every key name past ``max_keys`` distinct ones."""
+REASON_WITHHELD = "(reason withheld: the redaction hook failed)"
+"""A cancel's reason when the redaction hook raised on it: the cancel goes on without it."""
 
 
 class UsageMetrics:
@@ -116,6 +118,7 @@ class MeteredGateway(Gateway):
         self.limiter = limiter
         self.usage_metrics = usage_metrics
         self.redact = redact
+        self._hook_failed = False  # logged once: a broken hook would otherwise log every cancel
         self.usage_topic = usage_topic
         self._settling: set[asyncio.Task[None]] = set()
         self._owners = OwnerWriter(self.store, self._owner_ttl_s)
@@ -446,7 +449,14 @@ class MeteredGateway(Gateway):
 
     async def cancel(self, request_id: str, reason: str = "") -> None:
         # The caller's free text goes on the request's trace (genwire.cancel.reason).
-        await super().cancel(request_id, self._redacted(reason))
+        try:
+            why = self._redacted(reason)
+        except Exception:  # the operator's hook: it must not stop a cancel, nor leak the text
+            if not self._hook_failed:
+                log.warning("the redaction hook failed on a cancel's reason", exc_info=True)
+            self._hook_failed = True
+            why = REASON_WITHHELD
+        await super().cancel(request_id, why)
 
 
 class _Forbidden(GatewayError):

@@ -302,17 +302,19 @@ class MonitorSettings(ServiceSettings):
             )
         burns = {rule.severity for rule in self.burn_rules}
         raised: dict[str, set[Severity]] = {
-            "latency_burn": burns,
+            "latency_burn": burns if self.slos else set(),  # no latency SLO: no latency burn
             "error_burn": burns,
             "drift": {DRIFT_SEVERITY},
             "canary": {CANARY_SEVERITY},
         }
-        never = [k for k in self.rollback_kinds if not raised[k] & set(self.rollback_severities)]
+        wanted = set(self.rollback_severities)
+        never = [k for k in self.rollback_kinds if not raised.get(k, set()) & wanted]
         if never:
             raise ValueError(
                 f"rollback_kinds {never} never come with a severity of rollback_severities "
                 f"{self.rollback_severities}: drift alerts are {DRIFT_SEVERITY}s, canary alerts "
-                f"{CANARY_SEVERITY}s, burn alerts those of burn_rules ({sorted(burns)})"
+                f"{CANARY_SEVERITY}s, burn alerts those of burn_rules ({sorted(burns)}), "
+                "latency burns only with slos"
             )
         return self
 

@@ -81,6 +81,11 @@ def grammar_text(kind: str, spec: str) -> str:
     llguidance = _import_llguidance()
     matcher = llguidance.LLMatcher
     if kind == "json_object":
+        if spec.strip():  # honoured or refused: a schema here would otherwise be dropped
+            raise ConstraintError(
+                "kind json_object takes no spec (it allows any JSON object); "
+                "send a schema with kind json_schema"
+            )
         return str(matcher.grammar_from_json_schema(ANY_JSON_OBJECT, overrides=JSON_OPTIONS))
     if kind == "json_schema":
         try:
