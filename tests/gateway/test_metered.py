@@ -157,8 +157,7 @@ async def test_owners_of_anonymous_requests_are_written_together() -> None:
     assert {store.owners[rid] for rid in ids} == {"team-a"}
 
 
-async def test_a_cancels_reason_is_redacted_before_it_is_published() -> None:
-    """The caller's free text goes onto the request's trace: redacted like captured content."""
+def _redacting(redact: Redactor) -> tuple[MeteredGateway, Producer]:
     registry = WaiterRegistry()
     producer = Producer(registry, _echo)
     gateway = MeteredGateway(
@@ -167,8 +166,14 @@ async def test_a_cancels_reason_is_redacted_before_it_is_published() -> None:
         Store(),
         registry,
         usage_metrics=UsageMetrics(CollectorRegistry()),
-        redact=Redactor(list(DEFAULT_PATTERNS)),
+        redact=redact,
     )
+    return gateway, producer
+
+
+async def test_a_cancels_reason_is_redacted_before_it_is_published() -> None:
+    """The caller's free text goes onto the request's trace: redacted like captured content."""
+    gateway, producer = _redacting(Redactor(list(DEFAULT_PATTERNS)))
     await gateway.cancel("r-1", "mail me at someone@example.com when done")
     (event,) = producer.events
     assert isinstance(event, ControlEvent) and event.request_id == "r-1"
@@ -184,16 +189,7 @@ async def test_a_failing_redaction_hook_withholds_the_reason_and_the_cancel_goes
     def broken(text: str) -> str:
         raise RuntimeError("hook bug")
 
-    registry = WaiterRegistry()
-    producer = Producer(registry, _echo)
-    gateway = MeteredGateway(
-        GatewaySettings(result_poll_s=0.05),
-        producer,
-        Store(),
-        registry,
-        usage_metrics=UsageMetrics(CollectorRegistry()),
-        redact=Redactor(list(DEFAULT_PATTERNS), broken),
-    )
+    gateway, producer = _redacting(Redactor(list(DEFAULT_PATTERNS), broken))
     with caplog.at_level(logging.WARNING):
         await gateway.cancel("r-1", "secret text")
         await gateway.cancel("r-2", "deadline exceeded")
