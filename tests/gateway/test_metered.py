@@ -187,16 +187,21 @@ async def test_a_failing_redaction_hook_withholds_the_reason_and_the_cancel_goes
     raises must not stop the cancel (the model would run on), nor let the text through."""
 
     def broken(text: str) -> str:
-        raise RuntimeError("hook bug")
+        raise RuntimeError(f"hook bug on {text}")
 
-    gateway, producer = _redacting(Redactor(list(DEFAULT_PATTERNS), broken))
-    with caplog.at_level(logging.WARNING):
-        await gateway.cancel("r-1", "secret text")
-        await gateway.cancel("r-2", "deadline exceeded")
-    assert [(e.request_id, e.reason) for e in producer.events] == [
-        ("r-1", REASON_WITHHELD),
-        ("r-2", REASON_WITHHELD),
-    ]
-    assert [r.message for r in caplog.records].count(
-        "the redaction hook failed on a cancel's reason"
-    ) == 1
+    def mute(text: str) -> str:
+        return None  # type: ignore[return-value]
+
+    for hook, error in ((broken, "RuntimeError"), (mute, "TypeError")):
+        gateway, producer = _redacting(Redactor(list(DEFAULT_PATTERNS), hook))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            await gateway.cancel("r-1", "secret text")
+            await gateway.cancel("r-2", "deadline exceeded")
+        assert [(e.request_id, e.reason) for e in producer.events] == [
+            ("r-1", REASON_WITHHELD),
+            ("r-2", REASON_WITHHELD),
+        ]
+        logged = [r.getMessage() for r in caplog.records]
+        assert logged == [f"the redaction hook failed on a cancel's reason ({error})"]
+        assert "secret" not in caplog.text

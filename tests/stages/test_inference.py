@@ -817,21 +817,25 @@ class _GoneOnCancel(FakeStream):
             yield step
 
 
-async def test_a_cancelled_generation_that_fails_retryably_ends_cancelled_on_its_retry(
+async def test_a_cancelled_generation_whose_call_then_fails_ends_cancelled_not_retried(
     spans: tuple[InMemorySpanExporter, TracerProvider],
 ) -> None:
+    """The stop decides, as when the stream ends quietly after it: a retry would generate the
+    request again (a stop string's cancel is not remembered for it) and end it otherwise."""
     exporter, provider = spans
     backend = FakeBackend(n=1000, delay_s=0.005, stream_cls=_GoneOnCancel)
     inf = Inference(backend, tracer=provider.get_tracer("t"), chunk_max_tokens=1)
-    seen = 0
-    with pytest.raises(RetryableError):
-        async for _ in inf.handle(_req("c2")):
-            seen += 1
-            if seen == 2:
-                await inf.control(ControlEvent(request_id="c2", action="cancel", reason="tab"))
-    (span,) = exporter.get_finished_spans()  # the failed attempt says why it was stopped
+    chunks: list[GenerationChunk] = []
+    async for chunk in inf.handle(_req("c2")):
+        chunks.append(chunk)
+        if len(chunks) == 2:
+            await inf.control(ControlEvent(request_id="c2", action="cancel", reason="tab"))
+    final = chunks[-1]
+    assert final.final and final.finish_reason == "cancelled" and final.error is None
+    assert final.output_ids[:2] == [100, 101] and len(backend.opened) == 1
+    assert backend.waited == []  # no wait for a model nobody needs any more
+    (span,) = exporter.get_finished_spans()
     assert (span.attributes or {})[sc.CANCEL_REASON] == "tab"
-    assert span.status.status_code == StatusCode.ERROR
-    # The consumer retries the record: the cancel still holds, the model is not asked again.
-    (final,) = await _collect(inf, _req("c2"))
-    assert final.final and final.finish_reason == "cancelled" and len(backend.opened) == 1
+    assert [e.name for e in span.events] == ["exception"]  # the failure is kept, not raised
+    assert span.status.status_code != StatusCode.ERROR
+    assert inf.tracking.was_cancelled("c2") is None  # nothing remembered for later deliveries

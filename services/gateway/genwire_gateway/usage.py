@@ -451,9 +451,13 @@ class MeteredGateway(Gateway):
         # The caller's free text goes on the request's trace (genwire.cancel.reason).
         try:
             why = self._redacted(reason)
-        except Exception:  # the operator's hook: it must not stop a cancel, nor leak the text
-            if not self._hook_failed:
-                log.warning("the redaction hook failed on a cancel's reason", exc_info=True)
+            if not isinstance(why, str):
+                raise TypeError(f"the hook returned {type(why).__name__}, not text")
+        except Exception as exc:  # the operator's hook: it must not stop a cancel, nor leak
+            if not self._hook_failed:  # its message may quote the text: the type only
+                log.warning(
+                    "the redaction hook failed on a cancel's reason (%s)", type(exc).__name__
+                )
             self._hook_failed = True
             why = REASON_WITHHELD
         await super().cancel(request_id, why)

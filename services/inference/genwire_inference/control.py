@@ -1,8 +1,7 @@
 """What stops a generation early, apart from its own deadline: cancels and dead gateways.
 
 ``InFlight`` holds the generations running here (``Run``) and reads ``genwire.control``: a
-cancel stops its request's generation, and is remembered for a while (for a retry of it, or a
-request that arrives after its cancel); a
+cancel stops its request's generation, or is remembered for a while when it arrives first; a
 heartbeat says its gateway is alive, and the unnamed requests of a gateway that went silent
 are stopped (nobody is left to collect them). No Kafka or HTTP imports.
 """
@@ -85,10 +84,8 @@ class InFlight:
         if run is not None:
             log.debug("cancel of %s (%r): its generation stops", event.request_id, why)
             run.stop(FINISH_CANCELLED, why)
-        else:
-            log.debug("cancel of %s (%r): remembered until it comes", event.request_id, why)
-        # Remembered also when it stopped a generation: one that then fails retryably (Triton
-        # going away as it was cancelled) is retried, and the retry must end cancelled too.
+            return
+        log.debug("cancel of %s (%r): remembered until it comes", event.request_id, why)
         self._cancelled[event.request_id] = (time.monotonic(), why)
         self._cancelled.move_to_end(event.request_id)
         self._forget_old_cancels()
@@ -141,8 +138,8 @@ class InFlight:
             self.cancel_orphans()
 
     def was_cancelled(self, request_id: str) -> str | None:
-        """The reason of a cancel for ``request_id`` that is still remembered (it came before
-        this delivery of the request: first, or while an earlier attempt ran); None: none."""
+        """The reason of a cancel for ``request_id`` that arrived before it (and is still
+        remembered); None: none did."""
         self._forget_old_cancels()
         remembered = self._cancelled.get(request_id)
         return None if remembered is None else remembered[1]

@@ -366,20 +366,25 @@ class Inference:
                         principal=request.principal,
                     )
         except RetryableError as exc:
-            _note_cancel(span, run)
-            span.set_status(Status(StatusCode.ERROR, exc.message))
-            span.set_attribute(sc.ERROR_CODE, exc.code)
-            span.end()
-            not_loaded = await self._not_loaded(request)  # unloaded: no outage to wait out
-            if not_loaded is not None:
-                raise not_loaded from None
-            # Triton restarting or the model reloading: wait for it here (bounded), then let
-            # the consumer retry; the same seed regenerates the same tokens and chunk indices.
-            # Not generating meanwhile: its streams leave the chunk budget to the others.
-            self.live_streams -= run.streams
-            run.streams = 0
-            await self._wait_for_model(request)
-            raise
+            if run.stop_reason is None:
+                span.set_status(Status(StatusCode.ERROR, exc.message))
+                span.set_attribute(sc.ERROR_CODE, exc.code)
+                span.end()
+                not_loaded = await self._not_loaded(request)  # unloaded: no outage to wait out
+                if not_loaded is not None:
+                    raise not_loaded from None
+                # Triton restarting or the model reloading: wait for it here (bounded), then
+                # let the consumer retry; the same seed regenerates the same tokens and chunk
+                # indices. Not generating meanwhile: its streams leave the chunk budget to the
+                # others.
+                self.live_streams -= run.streams
+                run.streams = 0
+                await self._wait_for_model(request)
+                raise
+            # Stopped here first (a cancel, the deadline), and the call failed on its way out:
+            # the stop decides, as when the stream ends quietly after it (the final below). A
+            # retry would start the generation again, and nothing remembers the cancel for it.
+            span.record_exception(exc)
         except ModelError as exc:
             _note_cancel(span, run)
             span.set_status(Status(StatusCode.ERROR, exc.message))
