@@ -17,6 +17,10 @@ from genwire.settings import CommonSettings
 
 from .conftest import GATEWAY_GRPC, MODEL, Served
 
+SEED = 7
+"""A seed whose six tokens from "Once upon a time" are all text (none ends it), on the default
+model: measured, seeds 1–10, each but 3 gives six."""
+
 
 @pytest.fixture
 async def stub(stack: CommonSettings) -> AsyncIterator[pb_grpc.GenerationServiceStub]:
@@ -68,8 +72,15 @@ async def test_a_stream_ends_with_the_requests_timings(
 async def test_options_are_honoured_or_refused_by_name(
     stub: pb_grpc.GenerationServiceStub, served: Served
 ) -> None:
+    # A fixed seed: with the gateway's random one, CI once sampled the end of text as the first
+    # token (no token, so no logprobs; 0 in 80 tries here).
     request = pb.GenerateRequest(
-        prompt="Once upon a time", max_tokens=6, model=MODEL, logprobs=True, top_logprobs=2
+        prompt="Once upon a time",
+        max_tokens=6,
+        model=MODEL,
+        logprobs=True,
+        top_logprobs=2,
+        seed=SEED,
     )
     expect = served.expect("logprobs", "top_logprobs")
     try:
