@@ -839,3 +839,118 @@ async def test_a_cancelled_generation_whose_call_then_fails_ends_cancelled_not_r
     assert [e.name for e in span.events] == ["exception"]  # the failure is kept, not raised
     assert span.status.status_code != StatusCode.ERROR
     assert inf.tracking.was_cancelled("c2") is None  # nothing remembered for later deliveries
+
+
+class _StaysAway(FakeBackend):
+    """Fails its call after ``fail_after`` tokens, then Triton stays away: ``wait_ready`` only
+    returns when cancelled (or after its full wait)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.waiting = asyncio.Event()
+        self.wait_cancelled = False
+
+    async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
+        self.waited.append(timeout_s)
+        self.waiting.set()
+        try:
+            await asyncio.sleep(timeout_s)
+        except asyncio.CancelledError:
+            self.wait_cancelled = True
+            raise
+        return False
+
+
+async def test_a_cancel_while_waiting_for_triton_ends_the_wait_and_the_generation(
+    spans: tuple[InMemorySpanExporter, TracerProvider],
+) -> None:
+    """The call failed (Triton restarting) and the generation waits for the model before its
+    retry: a cancel then ends the wait at once and the request with `cancelled`, keeping what
+    it streamed; the retry would have generated it whole again."""
+    exporter, provider = spans
+    backend = _StaysAway(n=5, fail_after=2)
+    tracer = provider.get_tracer("t")
+    inf = Inference(backend, tracer=tracer, triton_wait_s=3600.0, chunk_max_tokens=1)
+
+    async def consume() -> list[GenerationChunk]:
+        with tracer.start_as_current_span("genwire.prepared process"):
+            return [c async for c in inf.handle(_req("w"))]
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(backend.waiting.wait(), 5)
+    await inf.control(ControlEvent(request_id="w", action="cancel", reason="closed"))
+    chunks = await asyncio.wait_for(task, 5)  # not the hour's wait
+    final = chunks[-1]
+    assert final.final and final.finish_reason == "cancelled" and final.error is None
+    assert final.output_ids == [100, 101] and [c.index for c in chunks] == [0, 1, 2]
+    assert backend.wait_cancelled and len(backend.opened) == 1
+    assert "w" not in inf.inflight and inf.live_streams == 0
+    assert inf.tracking.was_cancelled("w") is None
+    generate, process = exporter.get_finished_spans()
+    assert generate.name == sc.SPAN_TRITON_GENERATE
+    assert generate.status.status_code == StatusCode.ERROR  # the call did fail
+    assert (process.attributes or {})[sc.CANCEL_REASON] == "closed"
+    assert inf.served_here == {("genwire-gpt", "3")}  # it did answer, before the failure
+
+
+async def test_a_deadline_while_waiting_for_triton_ends_the_generation() -> None:
+    backend = _StaysAway(n=5, fail_after=1)
+    inf = Inference(backend, triton_wait_s=3600.0, chunk_max_tokens=1)
+    chunks = await asyncio.wait_for(_collect(inf, _req("dl", deadline_ms=now_ms() + 1_000)), 10)
+    assert chunks[-1].finish_reason == "deadline" and chunks[-1].output_ids == [100]
+    assert len(backend.opened) == 1
+
+
+class _RefusedThenAway(ErrorBackend):
+    """An in-stream error with no status code, Triton then away: classifying it waits."""
+
+    def __init__(self) -> None:
+        super().__init__([False], server_ready=False)
+        self.waiting = asyncio.Event()
+
+    async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
+        self.waited.append(timeout_s)
+        if timeout_s == 0.0:  # "is it there now?"
+            return False
+        self.waiting.set()
+        await asyncio.sleep(timeout_s)
+        return False
+
+
+async def test_a_cancel_while_an_error_is_classified_ends_the_generation() -> None:
+    backend = _RefusedThenAway()
+    inf = Inference(backend, triton_wait_s=3600.0)
+    task = asyncio.create_task(_collect(inf, _req("m")))
+    await asyncio.wait_for(backend.waiting.wait(), 5)
+    await inf.control(ControlEvent(request_id="m", action="cancel"))
+    (final,) = await asyncio.wait_for(task, 5)
+    assert final.finish_reason == "cancelled" and final.error is None
+
+
+class _CancelledAsItOpens(FakeBackend):
+    """The cancel lands while the call is set up, and the call then fails."""
+
+    inference: Inference
+
+    async def open(
+        self,
+        request: PreparedRequest,
+        headers: Mapping[str, str],
+        *,
+        stream: bool = True,
+        min_gap_s: float = 0.0,
+    ) -> FakeStream:
+        await self.inference.control(ControlEvent(request_id=request.request_id, action="cancel"))
+        raise RetryableError("triton: UNAVAILABLE")
+
+
+async def test_a_version_is_served_here_only_once_the_model_answered() -> None:
+    """``served_here`` makes a version Triton lists with no state be waited for (lost by a
+    restart, not unloaded): a call that never reached the model proves nothing."""
+    backend = _CancelledAsItOpens()
+    inf = backend.inference = Inference(backend)
+    (final,) = await _collect(inf, _req("o"))
+    assert final.finish_reason == "cancelled" and inf.served_here == set()
+    answered = Inference(FakeBackend(n=2))
+    await _collect(answered, _req("p"))
+    assert answered.served_here == {("genwire-gpt", "3")}  # the version the model named

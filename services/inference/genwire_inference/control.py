@@ -42,6 +42,7 @@ class Run:
     keep: bool = False
     streams: int = 0
     """Its choices counted in ``Inference.live_streams`` (each from its first chunk)."""
+    _stopped: asyncio.Event | None = None
 
     def stop(self, reason: str, why: str = "") -> None:
         if self.stop_reason is None:
@@ -49,6 +50,17 @@ class Run:
             self.cancel_reason = why[:MAX_REASON_CHARS]
         if self.stream is not None:
             self.stream.cancel()
+        if self._stopped is not None:
+            self._stopped.set()
+
+    def stopped(self) -> asyncio.Event:
+        """Set once it is stopped: what a wait with no model call to cancel (Triton coming
+        back) ends on. Made on first use: most generations never wait."""
+        if self._stopped is None:
+            self._stopped = asyncio.Event()
+            if self.stop_reason is not None:
+                self._stopped.set()
+        return self._stopped
 
 
 class InFlight:

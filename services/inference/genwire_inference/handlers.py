@@ -62,6 +62,13 @@ def _chunked(request: PreparedRequest) -> bool:
     return not request.shadow and (request.stream or bool(request.sampling.stop))
 
 
+def _end_failed(span: Span, exc: GenwireError) -> None:
+    """End ``span`` as failed with ``exc`` (raised on, to be retried or answered)."""
+    span.set_status(Status(StatusCode.ERROR, exc.message))
+    span.set_attribute(sc.ERROR_CODE, exc.code)
+    span.end()
+
+
 def _note_cancel(span: Span, run: Run) -> None:
     """Why a cancelled generation stopped, on its span, whichever way the span ends (a cancel
     the model answers with an error, a retry, a shutdown)."""
@@ -367,9 +374,7 @@ class Inference:
                     )
         except RetryableError as exc:
             if run.stop_reason is None:
-                span.set_status(Status(StatusCode.ERROR, exc.message))
-                span.set_attribute(sc.ERROR_CODE, exc.code)
-                span.end()
+                _end_failed(span, exc)  # the call's span: not the wait below
                 not_loaded = await self._not_loaded(request)  # unloaded: no outage to wait out
                 if not_loaded is not None:
                     raise not_loaded from None
@@ -379,17 +384,27 @@ class Inference:
                 # others.
                 self.live_streams -= run.streams
                 run.streams = 0
-                await self._wait_for_model(request)
-                raise
-            # Stopped here first (a cancel, the deadline), and the call failed on its way out:
-            # the stop decides, as when the stream ends quietly after it (the final below). A
-            # retry would start the generation again, and nothing remembers the cancel for it.
-            span.record_exception(exc)
+                await self._wait_for_model(request, run)
+                if run.stop_reason is None:
+                    raise
+                # Stopped while waiting (a cancel, the deadline): ended with the stop, below.
+                # The call's span has ended; the cancel's reason goes on the process span.
+                _note_cancel(trace.get_current_span(), run)
+                span = trace.INVALID_SPAN
+            else:
+                span.record_exception(exc)
+            # Stopped here (a cancel, the deadline) before the call failed or while waiting
+            # for Triton after it: the stop decides, as when the stream ends quietly after it
+            # (the final below). A retry would start the generation again, and nothing
+            # remembers the cancel for it.
         except ModelError as exc:
-            _note_cancel(span, run)
-            span.set_status(Status(StatusCode.ERROR, exc.message))
-            span.end()
-            raise await self._classify(request, exc) from None
+            failure = await self._classify(request, exc, run)
+            if not isinstance(failure, RetryableError) or run.stop_reason is None:
+                _note_cancel(span, run)
+                span.set_status(Status(StatusCode.ERROR, exc.message))
+                span.end()
+                raise failure from None
+            span.record_exception(exc)  # a failure to retry, after a stop: as above
         except GenwireError as exc:
             _note_cancel(span, run)
             span.set_status(Status(StatusCode.ERROR, exc.message))
@@ -437,7 +452,8 @@ class Inference:
             tpot = (timings.inference_end - timings.first_token) / (len(generated) - 1)
             span.set_attribute(sc.TIME_PER_OUTPUT_TOKEN_MS, tpot)
         span.end()
-        self.served_here.add((request.model, request.model_version))
+        if any(c.final is not None for c in choices) or any_token:  # the model answered
+            self.served_here.add((request.model, request.model_version))
         final = self._final(
             request,
             generated,
@@ -530,14 +546,29 @@ class Inference:
             code=ErrorCode.MODEL_NOT_LOADED,
         )
 
-    async def _wait_for_model(self, request: PreparedRequest) -> bool:
+    async def _wait_for_model(self, request: PreparedRequest, run: Run) -> bool:
+        """Wait (bounded by ``triton_wait_s`` and the deadline) until the model is ready, or
+        until ``run`` is stopped (then False): a cancel during the wait ends it."""
         wait = self.triton_wait_s
         if request.deadline_ms is not None:
             wait = min(wait, max(0.0, (request.deadline_ms - now_ms()) / 1000.0))
-        return await self.backend.wait_ready(request.model, request.model_version, wait)
+        if run.stop_reason is not None:
+            return False
+        ready = asyncio.ensure_future(
+            self.backend.wait_ready(request.model, request.model_version, wait)
+        )
+        stopped = asyncio.ensure_future(run.stopped().wait())
+        try:
+            await asyncio.wait((ready, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not ready.done():
+                ready.cancel()
+        return ready.done() and not ready.cancelled() and ready.result()
 
-    async def _classify(self, request: PreparedRequest, exc: ModelError) -> GenwireError:
-        """An error Triton sent without a status code: whose fault is it?"""
+    async def _classify(self, request: PreparedRequest, exc: ModelError, run: Run) -> GenwireError:
+        """An error Triton sent without a status code: whose fault is it? A retryable one when
+        ``run`` was stopped meanwhile (its caller ends the generation with the stop)."""
         what = f"{request.model} version {request.model_version or '(current)'}"
         if any(marker in exc.message for marker in INSTANCE_FAILURES):
             # The model's process failed, not the request: Triton restarts it (or itself).
@@ -548,7 +579,9 @@ class Inference:
         not_loaded = await self._not_loaded(request)
         if not_loaded is not None:
             return not_loaded
-        if await self._wait_for_model(request):  # it was loading: retry now
+        if await self._wait_for_model(request, run):  # it was loading: retry now
+            return RetryableError(f"triton: {exc.message}", dependency=TRITON)
+        if run.stop_reason is not None:  # stopped while waiting: no answer needed
             return RetryableError(f"triton: {exc.message}", dependency=TRITON)
         if await self.backend.server_ready():
             # Triton is up and the model stayed away: not an outage to wait out for minutes.
