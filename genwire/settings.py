@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -423,9 +425,70 @@ class ServiceSettings(CommonSettings):
         return self
 
     @model_validator(mode="after")
+    def _every_variable_read(self) -> ServiceSettings:
+        """Refuse what the environment sets that no setting reads: a variable under the
+        service's own prefix that names none of its settings (a typo, a removed setting), and
+        the plain ``GENWIRE_<NAME>`` of a setting each service has for itself (``CONCURRENCY``,
+        ``PORT``): read under ``GENWIRE_<SVC>_<NAME>`` only, so the plain one would do nothing."""
+        problems = unread_variables(type(self), os.environ)
+        if problems:
+            raise ValueError("; ".join(problems) + " (docs/settings.md)")
+        return self
+
+    @model_validator(mode="after")
     def _tls_complete(self) -> ServiceSettings:
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ValueError("tls_certfile and tls_keyfile go together: set both or neither")
         if self.tls_client_ca_file is not None and self.tls_certfile is None:
             raise ValueError("tls_client_ca_file (mTLS) needs tls_certfile and tls_keyfile")
         return self
+
+
+def unread_variables(cls: type[ServiceSettings], environ: Mapping[str, str]) -> list[str]:
+    """What ``environ`` sets for ``cls`` that it would not read (``_every_variable_read``), one
+    line each, with the setting it may have meant."""
+    plain = str(CommonSettings.model_config.get("env_prefix") or "").upper()
+    prefix = str(cls.model_config.get("env_prefix") or "").upper()
+    if not prefix or prefix == plain:  # a class read under the plain names: every tool's too
+        return []
+    delimiter = str(cls.model_config.get("env_nested_delimiter") or "").upper()
+    shared = {f"{plain}{name}".upper() for name in CommonSettings.model_fields}
+    own = [
+        name
+        for name in cls.model_fields
+        if name not in CommonSettings.model_fields and name not in cls.not_read
+    ]
+    problems = []
+    for variable in sorted({key.upper() for key in environ}):  # read case-insensitively
+        if variable.startswith(prefix) and variable not in shared:  # GENWIRE_GATEWAY_TLS: shared
+            rest = variable[len(prefix) :]
+            if not _names_a_field(cls, rest.lower(), delimiter.lower()):
+                near = difflib.get_close_matches(rest.lower(), list(cls.model_fields), 1)
+                hint = f" (did you mean {prefix}{near[0].upper()}?)" if near else ""
+                problems.append(f"{variable}: not a setting of this service{hint}")
+        elif variable.startswith(plain) and variable not in shared:
+            rest = variable[len(plain) :].lower()
+            head = rest.split(delimiter.lower(), 1)[0] if delimiter else rest
+            if head in own:
+                problems.append(
+                    f"{variable}: each service reads this setting under its own name (here "
+                    f"{prefix}{rest.upper()}); the plain name sets nothing"
+                )
+    return problems
+
+
+def _names_a_field(cls: type[BaseModel], name: str, delimiter: str) -> bool:
+    """Whether ``name`` (lower case) is a field of ``cls``, or with ``delimiter`` a path to a
+    field of a nested model (``drift__psi_threshold``)."""
+    if name in cls.model_fields:
+        return True
+    if not delimiter or delimiter not in name:
+        return False
+    head, rest = name.split(delimiter, 1)
+    field = cls.model_fields.get(head)
+    nested = field.annotation if field is not None else None
+    return (
+        isinstance(nested, type)
+        and issubclass(nested, BaseModel)
+        and _names_a_field(nested, rest, delimiter)
+    )

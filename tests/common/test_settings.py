@@ -58,12 +58,55 @@ def test_the_services_own_variable_wins(tmp_path: Path, monkeypatch: pytest.Monk
 def test_a_services_own_settings_are_read_with_its_prefix_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("GENWIRE_CONCURRENCY", "3")
-    monkeypatch.setenv("GENWIRE_PORT", "1")
-    cfg = PreprocessSettings()
-    assert cfg.concurrency == 64 and cfg.port == PreprocessSettings.model_fields["port"].default
     monkeypatch.setenv("GENWIRE_PREPROCESS_CONCURRENCY", "5")
     assert PreprocessSettings().concurrency == 5
+    # The plain name would set nothing: refused, naming the one that does.
+    monkeypatch.setenv("GENWIRE_CONCURRENCY", "3")
+    with pytest.raises(ValidationError, match=r"GENWIRE_CONCURRENCY: .* GENWIRE_PREPROCESS_CONC"):
+        PreprocessSettings()
+    monkeypatch.delenv("GENWIRE_CONCURRENCY")
+    monkeypatch.setenv("GENWIRE_PORT", "1")
+    with pytest.raises(ValidationError, match=r"GENWIRE_PORT: .* the plain name sets nothing"):
+        InferenceSettings()
+
+
+@pytest.mark.parametrize("short", sorted(SERVICES))
+def test_a_variable_under_a_services_prefix_that_names_no_setting_is_refused(
+    short: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo or a removed setting stops the service, with the setting it may have meant."""
+    prefix = f"GENWIRE_{short.upper()}_"
+    monkeypatch.setenv(f"{prefix}OUTAGE_BUDGET", "30")
+    with pytest.raises(ValidationError) as caught:
+        SERVICES[short]()
+    assert f"{prefix}OUTAGE_BUDGET: not a setting of this service" in str(caught.value)
+    assert f"did you mean {prefix}OUTAGE_BUDGET_S?" in str(caught.value)
+
+
+def test_what_every_service_lets_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain names of shared settings (``GENWIRE_GATEWAY_TLS`` is one, though it begins
+    like the gateway's own), the tools' variables, and a setting each service refuses for
+    itself (the gateway runs no stage consumer: ``CONCURRENCY`` is not its own)."""
+    monkeypatch.setenv("GENWIRE_GATEWAY_TLS", "on")
+    monkeypatch.setenv("GENWIRE_GATEWAY_CA_FILE", "/nowhere/ca.pem")
+    monkeypatch.setenv("GENWIRE_API_KEY", "gw-key")
+    monkeypatch.setenv("GENWIRE_BENCH_GATEWAY_GRPC", "127.0.0.1:1")
+    monkeypatch.setenv("GENWIRE_UNLOCKED", "1")
+    for cls in SERVICES.values():
+        cls()
+    monkeypatch.setenv("GENWIRE_CONCURRENCY", "3")
+    SERVICES["gateway"]()
+    SERVICES["monitor"]()
+    with pytest.raises(ValidationError, match="GENWIRE_CONCURRENCY"):
+        SERVICES["postprocess"]()
+
+
+def test_a_nested_setting_is_checked_key_by_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENWIRE_MONITOR_DRIFT__PSI_THRESHOLD", "0.3")
+    assert MonitorSettings().drift.psi_threshold == 0.3
+    monkeypatch.setenv("GENWIRE_MONITOR_DRIFT__PSI_THRESHLD", "0.3")
+    with pytest.raises(ValidationError, match="GENWIRE_MONITOR_DRIFT__PSI_THRESHLD: not a set"):
+        MonitorSettings()
 
 
 def test_trace_content_is_postprocess_s_switch_under_its_plain_name(
@@ -103,14 +146,15 @@ def test_a_plain_variable_reaches_no_nested_setting_of_the_monitor(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The monitor's nested settings (``GENWIRE_MONITOR_DRIFT__…``) are its own: a plain
-    ``GENWIRE_DRIFT__…`` is not read as one of them."""
-    default = MonitorSettings().drift.psi_threshold
-    monkeypatch.setenv("GENWIRE_DRIFT__PSI_THRESHOLD", "0.77")
-    monkeypatch.setenv("GENWIRE_ERROR_SLO__OBJECTIVE", "0.5")
-    cfg = MonitorSettings()
-    assert cfg.drift.psi_threshold == default and cfg.error_slo.objective != 0.5
+    ``GENWIRE_DRIFT__…`` would set nothing, and is refused."""
     monkeypatch.setenv("GENWIRE_MONITOR_DRIFT__PSI_THRESHOLD", "0.3")
     assert MonitorSettings().drift.psi_threshold == 0.3
+    for variable in ("GENWIRE_DRIFT__PSI_THRESHOLD", "GENWIRE_ERROR_SLO__OBJECTIVE"):
+        with monkeypatch.context() as env:
+            env.setenv(variable, "0.5")
+            with pytest.raises(ValidationError, match=f"{variable}: each service reads"):
+                MonitorSettings()
+            PreprocessSettings()  # not a setting of preprocess: not its business
 
 
 @pytest.mark.parametrize(
@@ -281,3 +325,29 @@ async def test_a_service_cannot_run_a_stage_consumer_on_settings_it_refuses() ->
     with pytest.raises(RuntimeError, match="policy feed reads it"):
         async with followed(runtime):
             pass
+
+
+def test_the_stack_names_the_refused_variable_when_a_service_stops_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make up` quotes a service's last error: for a refused setting, pydantic's exception
+    line says only that one failed; the stack quotes the lines below it too (not the values:
+    they may be secrets)."""
+    import traceback
+
+    from genwire_stack.health import last_words
+
+    monkeypatch.setenv("GENWIRE_PREPROCESS_CONCURENCY", "3")
+    monkeypatch.setenv("GENWIRE_PREPROCESS_REDIS_URL", "redis://:hunter2@nowhere:6379/0")
+    try:
+        PreprocessSettings()
+    except ValidationError:
+        log = tmp_path / "preprocess.log"
+        log.write_text(
+            traceback.format_exc()
+            + "=== genwire supervisor: preprocess: pid 1 ended with exit code 1 after 1.5 s\n"
+        )
+    words = last_words(log)
+    assert words.startswith("last error: 'pydantic_core._pydantic_core.ValidationError: 1 ")
+    assert "GENWIRE_PREPROCESS_CONCURENCY: not a setting of this service (did you mean" in words
+    assert "hunter2" not in words and "errors.pydantic.dev" not in words

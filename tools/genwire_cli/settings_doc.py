@@ -50,6 +50,11 @@ docs/api.md (the gateway's API), docs/monitor.md (SLOs, drift, rollbacks), docs/
   ones also as `GENWIRE_MONITOR_<NAME>__<KEY>`.
 - A list, a map or a nested setting is given as JSON. A value that does not validate stops the
   service at start, naming the setting.
+- A variable that sets nothing stops the service at start too, naming it: one under the
+  service's own prefix that is none of its settings (`GENWIRE_INFERENCE_CONCURENCY`: the
+  closest setting is suggested), and the plain name of a stage or own setting
+  (`GENWIRE_CONCURRENCY`: each service reads its own `GENWIRE_<SERVICE>_CONCURRENCY`). The
+  plain names of shared settings, and any other `GENWIRE_…` variable, pass.
 """
 
 

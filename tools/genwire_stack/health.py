@@ -171,10 +171,32 @@ def last_words(path: Path | str, scan: int = 60) -> str:
     except OSError:
         return "last log line: ''"
     own = [line.strip() for line in text if line.strip() and not line.startswith(LOG_PREFIX)]
-    for line in reversed(own[-scan:]):
+    tail = own[-scan:]
+    for at in range(len(tail) - 1, -1, -1):
+        line = tail[at]
         if _EXCEPTION_LINE.match(line):
+            if _VALIDATION_ERROR.search(line):  # the reason is on the lines below it
+                line = " ".join([line, *_validation_details(tail[at + 1 :])])
+                return f"last error: {line[:600]!r}"
             return f"last error: {line[:300]!r}"
     return f"last log line: {(own[-1] if own else '')[:300]!r}"
+
+
+_VALIDATION_ERROR = re.compile(r"ValidationError: \d+ validation errors? for ")
+"""pydantic's exception line (a setting refused at start); what was refused follows it."""
+
+
+def _validation_details(lines: list[str]) -> list[str]:
+    """The lines pydantic writes under its exception line: each field, and its message without
+    the ``[type=…, input_value=…]`` part (the values may be secrets) or the link after it."""
+    details = []
+    for line in lines:
+        if line.startswith("For further information") or _EXCEPTION_LINE.match(line):
+            continue
+        if line.startswith("==="):  # the supervisor's own lines: the traceback has ended
+            break
+        details.append(line.split(" [type=", 1)[0])
+    return details
 
 
 def wait_until(
