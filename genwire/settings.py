@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -472,7 +474,7 @@ def unread_variables(cls: type[ServiceSettings], environ: Mapping[str, str]) -> 
             if head in own:
                 problems.append(
                     f"{variable}: each service reads this setting under its own name (here "
-                    f"{prefix}{rest.upper()}); the plain name sets nothing"
+                    f"{prefix}{rest.upper()}); the plain name is not read by it"
                 )
     return problems
 
@@ -486,9 +488,19 @@ def _names_a_field(cls: type[BaseModel], name: str, delimiter: str) -> bool:
         return False
     head, rest = name.split(delimiter, 1)
     field = cls.model_fields.get(head)
-    nested = field.annotation if field is not None else None
-    return (
-        isinstance(nested, type)
-        and issubclass(nested, BaseModel)
-        and _names_a_field(nested, rest, delimiter)
-    )
+    if field is None:
+        return False
+    for kind in _kinds(field.annotation):  # ``Model | None`` and the like: each alternative
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            if _names_a_field(kind, rest, delimiter):
+                return True
+        elif kind is dict or typing.get_origin(kind) in (dict, Mapping):
+            return True  # a map's entry: ``WATCHED_GROUPS__<group>``, any key
+    return False
+
+
+def _kinds(annotation: Any) -> tuple[Any, ...]:
+    """The alternatives of a union annotation (``X | None``), else the annotation itself."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return typing.get_args(annotation)
+    return (annotation,)

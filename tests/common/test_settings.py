@@ -66,7 +66,7 @@ def test_a_services_own_settings_are_read_with_its_prefix_only(
         PreprocessSettings()
     monkeypatch.delenv("GENWIRE_CONCURRENCY")
     monkeypatch.setenv("GENWIRE_PORT", "1")
-    with pytest.raises(ValidationError, match=r"GENWIRE_PORT: .* the plain name sets nothing"):
+    with pytest.raises(ValidationError, match=r"GENWIRE_PORT: .* the plain name is not read by it"):
         InferenceSettings()
 
 
@@ -331,23 +331,44 @@ def test_the_stack_names_the_refused_variable_when_a_service_stops_at_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`make up` quotes a service's last error: for a refused setting, pydantic's exception
-    line says only that one failed; the stack quotes the lines below it too (not the values:
-    they may be secrets)."""
+    line says only that one failed; the stack quotes the entries below it too (not the values:
+    they may be secrets), and nothing after them (the next run's log)."""
     import traceback
 
     from genwire_stack.health import last_words
 
+    def refused() -> str:
+        try:
+            PreprocessSettings()
+        except ValidationError:
+            return traceback.format_exc()
+        raise AssertionError("not refused")
+
+    log = tmp_path / "preprocess.log"
     monkeypatch.setenv("GENWIRE_PREPROCESS_CONCURENCY", "3")
     monkeypatch.setenv("GENWIRE_PREPROCESS_REDIS_URL", "redis://:hunter2@nowhere:6379/0")
-    try:
-        PreprocessSettings()
-    except ValidationError:
-        log = tmp_path / "preprocess.log"
-        log.write_text(
-            traceback.format_exc()
-            + "=== genwire supervisor: preprocess: pid 1 ended with exit code 1 after 1.5 s\n"
-        )
+    log.write_text(
+        refused()
+        + "=== genwire supervisor: preprocess: pid 1 ended with exit code 1 after 1.5 s\n"
+        + "WARNING connecting to rediss://:s3cret@elsewhere:6379/0\n"
+    )
     words = last_words(log)
     assert words.startswith("last error: 'pydantic_core._pydantic_core.ValidationError: 1 ")
     assert "GENWIRE_PREPROCESS_CONCURENCY: not a setting of this service (did you mean" in words
     assert "hunter2" not in words and "errors.pydantic.dev" not in words
+    assert "s3cret" not in words
+    # A field's own error: its name, then its message.
+    monkeypatch.delenv("GENWIRE_PREPROCESS_CONCURENCY")
+    monkeypatch.setenv("GENWIRE_PREPROCESS_CONCURRENCY", "0")
+    log.write_text(refused())
+    assert "for PreprocessSettings concurrency Input should be greater than or equal to 1'" in (
+        last_words(log)
+    )
+
+
+def test_a_map_setting_takes_its_entries_as_nested_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pydantic-settings reads ``<MAP>__<key>`` as one entry of a map: any key is a setting."""
+    monkeypatch.setenv("GENWIRE_MONITOR_WATCHED_GROUPS__mygroup", "mytopic")
+    assert MonitorSettings().watched_groups["mygroup"] == "mytopic"

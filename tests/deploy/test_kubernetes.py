@@ -288,6 +288,17 @@ def test_environment_matches_compose_and_the_settings(
         assert not unknown, f"{short}: no setting reads {sorted(unknown)}"
 
 
+def test_no_service_variables_reach_the_services(rendered: dict[str, list[Any]]) -> None:
+    """Kubernetes gives a pod ``<SERVICE>_PORT`` and the like for every Service in its
+    namespace: one named ``genwire-inference`` would set ``GENWIRE_INFERENCE_PORT`` to
+    ``tcp://…``, which inference reads as its port (and refuses names it does not know)."""
+    for tree, docs in rendered.items():
+        for short, deployment in objects(docs, "Deployment").items():
+            if short in SERVICE_PORTS:
+                spec = deployment["spec"]["template"]["spec"]
+                assert spec.get("enableServiceLinks") is False, f"{tree}: {short}"
+
+
 def test_grace_period_outlasts_the_drain(rendered: dict[str, list[Any]]) -> None:
     """terminationGracePeriodSeconds > preStop + each consumer's bounded stop + flushes.
 

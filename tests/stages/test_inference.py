@@ -889,7 +889,13 @@ async def test_a_cancel_while_waiting_for_triton_ends_the_wait_and_the_generatio
     generate, process = exporter.get_finished_spans()
     assert generate.name == sc.SPAN_TRITON_GENERATE
     assert generate.status.status_code == StatusCode.ERROR  # the call did fail
-    assert (process.attributes or {})[sc.CANCEL_REASON] == "closed"
+    # The call's span ended when it failed (not after the wait): the outcome is on the
+    # request's process span.
+    assert generate.end_time is not None and generate.end_time < process.end_time  # type: ignore[operator]
+    attrs = process.attributes or {}
+    assert attrs[sc.CANCEL_REASON] == "closed"
+    assert list(attrs[sc.GEN_AI_FINISH_REASONS]) == ["cancelled"]  # type: ignore[arg-type]
+    assert attrs[sc.GEN_AI_OUTPUT_TOKENS] == 2
     assert inf.served_here == {("genwire-gpt", "3")}  # it did answer, before the failure
 
 
@@ -917,14 +923,40 @@ class _RefusedThenAway(ErrorBackend):
         return False
 
 
-async def test_a_cancel_while_an_error_is_classified_ends_the_generation() -> None:
+async def test_a_cancel_while_an_error_is_classified_ends_the_generation(
+    spans: tuple[InMemorySpanExporter, TracerProvider],
+) -> None:
+    exporter, provider = spans
     backend = _RefusedThenAway()
-    inf = Inference(backend, triton_wait_s=3600.0)
+    inf = Inference(backend, tracer=provider.get_tracer("t"), triton_wait_s=3600.0)
     task = asyncio.create_task(_collect(inf, _req("m")))
     await asyncio.wait_for(backend.waiting.wait(), 5)
+    # The call's span ended when the model answered with its error, before the wait: a
+    # shutdown cancelling the wait loses no span.
+    (generate,) = exporter.get_finished_spans()
+    assert generate.status.status_code == StatusCode.ERROR
     await inf.control(ControlEvent(request_id="m", action="cancel"))
     (final,) = await asyncio.wait_for(task, 5)
     assert final.finish_reason == "cancelled" and final.error is None
+
+
+async def test_a_wait_that_ends_past_the_deadline_ends_with_it() -> None:
+    """The wait is bounded by the deadline on the wall clock, the run's timer on the loop's:
+    a wait that gives up first ends the request with ``deadline``, not with a retry."""
+    inf: Inference
+
+    class LateTimer(_StaysAway):
+        async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
+            run = inf.inflight["late"]
+            assert run.timer is not None
+            run.timer.cancel()  # not due yet on the loop's clock
+            await asyncio.sleep(0.2)  # past the deadline on the wall clock
+            return False
+
+    backend = LateTimer(n=5, fail_after=1)
+    inf = Inference(backend, triton_wait_s=3600.0, chunk_max_tokens=1)
+    chunks = await asyncio.wait_for(_collect(inf, _req("late", deadline_ms=now_ms() + 100)), 10)
+    assert chunks[-1].finish_reason == "deadline" and chunks[-1].output_ids == [100]
 
 
 class _CancelledAsItOpens(FakeBackend):
@@ -954,3 +986,8 @@ async def test_a_version_is_served_here_only_once_the_model_answered() -> None:
     answered = Inference(FakeBackend(n=2))
     await _collect(answered, _req("p"))
     assert answered.served_here == {("genwire-gpt", "3")}  # the version the model named
+    # A stream that answered, then failed (Triton restarting): served here all the same.
+    failed = Inference(FakeBackend(n=5, fail_after=2), triton_wait_s=0)
+    with pytest.raises(RetryableError):
+        await _collect(failed, _req("q"))
+    assert failed.served_here == {("genwire-gpt", "3")}

@@ -170,32 +170,40 @@ def last_words(path: Path | str, scan: int = 60) -> str:
         text = Path(path).read_text(errors="replace").strip().splitlines()
     except OSError:
         return "last log line: ''"
-    own = [line.strip() for line in text if line.strip() and not line.startswith(LOG_PREFIX)]
-    tail = own[-scan:]
-    for at in range(len(tail) - 1, -1, -1):
-        line = tail[at]
+    lines = [line.rstrip() for line in text if line.strip()]
+    own = [at for at, line in enumerate(lines) if not line.startswith(LOG_PREFIX)]
+    for at in reversed(own[-scan:]):
+        line = lines[at].strip()
         if _EXCEPTION_LINE.match(line):
-            if _VALIDATION_ERROR.search(line):  # the reason is on the lines below it
-                line = " ".join([line, *_validation_details(tail[at + 1 :])])
-                return f"last error: {line[:600]!r}"
+            found = _VALIDATION_ERROR.search(line)
+            if found:  # what was refused is on the lines below it
+                details = _validation_details(lines[at + 1 :], int(found.group(1)))
+                return f"last error: {' '.join([line, *details])[:600]!r}"
             return f"last error: {line[:300]!r}"
-    return f"last log line: {(own[-1] if own else '')[:300]!r}"
+    return f"last log line: {(lines[own[-1]].strip() if own else '')[:300]!r}"
 
 
-_VALIDATION_ERROR = re.compile(r"ValidationError: \d+ validation errors? for ")
+_VALIDATION_ERROR = re.compile(r"ValidationError: (\d+) validation errors? for ")
 """pydantic's exception line (a setting refused at start); what was refused follows it."""
 
 
-def _validation_details(lines: list[str]) -> list[str]:
-    """The lines pydantic writes under its exception line: each field, and its message without
-    the ``[type=…, input_value=…]`` part (the values may be secrets) or the link after it."""
-    details = []
+def _validation_details(lines: list[str], errors: int) -> list[str]:
+    """The ``errors`` entries pydantic writes under its exception line, each a field's name
+    (unindented) and its message (indented two spaces) without the ``[type=…,
+    input_value=…]`` part (the values may be secrets); not its links (four spaces), nor
+    anything after the last entry (a shutdown's warnings, the next run's log)."""
+    details: list[str] = []
+    messages = 0
     for line in lines:
-        if line.startswith("For further information") or _EXCEPTION_LINE.match(line):
+        if line.startswith("    "):  # "For further information visit …"
             continue
-        if line.startswith("==="):  # the supervisor's own lines: the traceback has ended
+        if line.startswith("  "):
+            details.append(line.strip().split(" [type=", 1)[0])
+            messages += 1
+        elif messages < errors and not line.startswith(LOG_PREFIX):
+            details.append(line.strip())  # the field's name (a model error has none)
+        if messages >= errors or line.startswith(LOG_PREFIX):
             break
-        details.append(line.split(" [type=", 1)[0])
     return details
 
 

@@ -310,7 +310,8 @@ class Inference:
         # alone needs them early (postprocess cancels at the stop).
         budgeted = request.stream
         opened_gap_s = self.opening_gap_s(s.n) if budgeted else 0.0
-        any_token = False
+        any_token = answered = False
+        owned = True  # ``span`` is the call's own (False: the process span, after a failed call)
         try:
             headers: list[tuple[str, bytes]] = []
             inject(headers, trace.set_span_in_context(span))  # Triton's own trace joins ours
@@ -330,6 +331,9 @@ class Inference:
                 if step.model_version and not request.model_version:
                     request = request.model_copy(update={"model_version": step.model_version})
                     span.set_attribute(sc.MODEL_VERSION, step.model_version)
+                if not answered:  # the model served this version here (even if it fails later)
+                    answered = True
+                    self.served_here.add((request.model, request.model_version))
                 choice = choices[step.choice] if 0 <= step.choice < len(choices) else choices[0]
                 if step.token_ids:
                     if not any_token and chunked:  # unstreamed: every token comes at the end
@@ -387,10 +391,9 @@ class Inference:
                 await self._wait_for_model(request, run)
                 if run.stop_reason is None:
                     raise
-                # Stopped while waiting (a cancel, the deadline): ended with the stop, below.
-                # The call's span has ended; the cancel's reason goes on the process span.
-                _note_cancel(trace.get_current_span(), run)
-                span = trace.INVALID_SPAN
+                # Stopped while waiting (a cancel, the deadline): ended with the stop, below,
+                # on the process span (the call's has ended, failed).
+                span, owned = trace.get_current_span(), False
             else:
                 span.record_exception(exc)
             # Stopped here (a cancel, the deadline) before the call failed or while waiting
@@ -398,13 +401,13 @@ class Inference:
             # (the final below). A retry would start the generation again, and nothing
             # remembers the cancel for it.
         except ModelError as exc:
+            _note_cancel(span, run)
+            span.set_status(Status(StatusCode.ERROR, exc.message))
+            span.end()  # the call's span: not the wait for the model that may follow
             failure = await self._classify(request, exc, run)
             if not isinstance(failure, RetryableError) or run.stop_reason is None:
-                _note_cancel(span, run)
-                span.set_status(Status(StatusCode.ERROR, exc.message))
-                span.end()
                 raise failure from None
-            span.record_exception(exc)  # a failure to retry, after a stop: as above
+            span, owned = trace.get_current_span(), False  # a stop then: as above
         except GenwireError as exc:
             _note_cancel(span, run)
             span.set_status(Status(StatusCode.ERROR, exc.message))
@@ -451,9 +454,8 @@ class Inference:
         if len(generated) > 1 and timings.first_token is not None:
             tpot = (timings.inference_end - timings.first_token) / (len(generated) - 1)
             span.set_attribute(sc.TIME_PER_OUTPUT_TOKEN_MS, tpot)
-        span.end()
-        if any(c.final is not None for c in choices) or any_token:  # the model answered
-            self.served_here.add((request.model, request.model_version))
+        if owned:
+            span.end()
         final = self._final(
             request,
             generated,
@@ -564,7 +566,13 @@ class Inference:
             stopped.cancel()
             if not ready.done():
                 ready.cancel()
-        return ready.done() and not ready.cancelled() and ready.result()
+        if ready.done() and not ready.cancelled() and ready.result():
+            return True
+        if request.deadline_ms is not None and now_ms() >= request.deadline_ms:
+            # The wait ended at the deadline (the wall clock's) just before the run's timer
+            # (the loop's) would have: the deadline decides, not a retry.
+            run.stop(FINISH_DEADLINE)
+        return False
 
     async def _classify(self, request: PreparedRequest, exc: ModelError, run: Run) -> GenwireError:
         """An error Triton sent without a status code: whose fault is it? A retryable one when
