@@ -7,6 +7,7 @@ import asyncio
 import uuid
 
 import httpx
+from genwire_chaos.faults import StackControl
 from genwire_gateway.client import GenwireClient, StreamChunk
 from genwire_gateway.config import GatewaySettings
 
@@ -133,3 +134,31 @@ async def test_a_cancels_reason_lands_on_the_requests_trace(stack: CommonSetting
             raise AssertionError("no cancel stopped a generation in ten tries")
     assert trace_id
     assert await _cancel_reason_in_jaeger(stack.jaeger_ui_url, trace_id) == why
+
+
+async def test_a_cancel_while_triton_is_down_ends_the_request_during_the_outage(
+    stack: CommonSettings,
+) -> None:
+    """Triton dies mid-generation: inference waits for it (``TRITON_WAIT_S``) before a retry
+    that would generate the request whole. A cancel then ends the wait and the request at
+    once, with what it streamed, while Triton is still down (before, the cancel stopped nothing
+    and the result came only after Triton was back, generated whole)."""
+    control = StackControl(stack)
+    settings = GatewaySettings()
+    rid = f"cancel-outage-{uuid.uuid4().hex[:12]}"
+    async with GenwireClient(f"{settings.grpc_host}:{settings.grpc_port}") as client:
+        # Named: leaving the stream cancels nothing; the cancel below is the only one.
+        await _first_chunk(client, 300, rid, ignore_eos=True)
+        await asyncio.to_thread(control.kill_all, "triton")  # down until started again
+        try:
+            await asyncio.sleep(1.0)  # the call fails; inference waits for Triton
+            assert await client.cancel(rid, reason="outage test")
+            info = await client.get_result(rid, wait_s=15)
+            still_down = control.state("triton").pid is None
+        finally:
+            await asyncio.to_thread(control.start, "triton")
+            await asyncio.to_thread(control.wait_healthy, ["inference"], 120.0)
+    assert still_down, "Triton came back before the result: the test proves nothing"
+    assert info.result is not None, (info.status, info.error_code, info.error_message)
+    assert info.result.finish_reason == "cancelled", info.result
+    assert 0 < info.result.completion_tokens < MAX_TOKENS
