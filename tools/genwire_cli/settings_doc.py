@@ -18,6 +18,7 @@ from genwire_inference.config import InferenceSettings
 from genwire_monitor.config import MonitorSettings
 from genwire_postprocess.config import PostprocessSettings
 from genwire_preprocess.config import PreprocessSettings
+from genwire_stack.variables import TOOL_VARIABLES
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
@@ -147,6 +148,17 @@ def render() -> str:
                 for key, sub in annotation.model_fields.items():
                     rows.append(_row(f"{prefix}{name.upper()}__{key.upper()}", sub))
         out += _table(rows)
+    out += [
+        "## Tools' variables (no service reads them)",
+        "",
+        "`genwire up` refuses a plain `GENWIRE_<NAME>` that no setting above and none of these "
+        "reads (`genwire_stack.variables`), before it starts anything.",
+        "",
+        "| variable | read by |",
+        "|---|---|",
+        *(f"| `{name}` | {_cell(what)} |" for name, what in sorted(TOOL_VARIABLES.items())),
+        "",
+    ]
     return "\n".join(out).rstrip("\n") + "\n"
 
 

@@ -74,7 +74,9 @@ from genwire_stack.process import (
     write_record,
 )
 from genwire_stack.process import supervisor_state as _read_supervisor_state
+from genwire_stack.servers import settings_class
 from genwire_stack.statefile import SupervisorState
+from genwire_stack.variables import unread_environment
 
 MODEL_PHASE = 3
 """The default model is made and loaded after the infrastructure, before the services."""
@@ -127,7 +129,9 @@ def ensure_up(
                 model = any(isinstance(c, (Service, Triton)) for c in chosen)
             # Pre-flight of everything before any download or start: a port held by a
             # stranger anywhere stops the run right here.
-            _plan(chosen, paths, out)
+            plan = _plan(chosen, paths, out)
+            if any(isinstance(c, Service) and plan.get(c.name) == "start" for c in chosen):
+                _check_environment()
             _bring_up([c for c in chosen if c.phase < MODEL_PHASE], paths, started, out)
             if any(c.name == "redis" for c in chosen) and catalog is None:
                 # Auth is on by default: the first start creates (and saves) an admin key.
@@ -254,6 +258,20 @@ def _plan(chosen: list[Component], paths: StackPaths, out: Out) -> Plan:
         else:
             raise StackError(conflict)
     return plan
+
+
+def _check_environment() -> None:
+    """Refuse to start services in an environment that sets what nothing reads (a typo, a
+    setting since removed): each would stop at start on its own, or, for a plain name that no
+    setting has, run without it (``genwire_stack.variables``)."""
+    classes = {short: cls for short in SERVICES if (cls := settings_class(short)) is not None}
+    problems = unread_environment(os.environ, classes)
+    if problems:
+        raise StackError(
+            "the environment sets what nothing reads: "
+            + "; ".join(problems)
+            + " (docs/settings.md): unset or rename it"
+        )
 
 
 def _launch(component: Component, paths: StackPaths) -> PidRecord:

@@ -437,23 +437,29 @@ class Jaeger(Component):
 
 
 @cache
-def refused_settings(short: str) -> frozenset[str]:
-    """The settings service ``short`` refuses under its own prefix (its settings class's
-    ``not_read``); none for a module that is not a genwire service."""
+def settings_class(short: str) -> type[ServiceSettings] | None:
+    """Service ``short``'s settings class; None for a module that is not a genwire service."""
     try:
         module = importlib.import_module(f"genwire_{short}.config")
     except ModuleNotFoundError as exc:
         if exc.name not in (f"genwire_{short}", f"genwire_{short}.config"):
             raise  # a service whose settings cannot load: not one that has none
-        return frozenset()
+        return None
     for value in vars(module).values():
         if (
             isinstance(value, type)
             and issubclass(value, ServiceSettings)
             and value.__module__ == module.__name__
         ):
-            return value.not_read
-    return frozenset()
+            return value
+    return None
+
+
+def refused_settings(short: str) -> frozenset[str]:
+    """The settings service ``short`` refuses under its own prefix (its settings class's
+    ``not_read``); none for a module that is not a genwire service."""
+    cls = settings_class(short)
+    return cls.not_read if cls is not None else frozenset()
 
 
 class Service(Component):

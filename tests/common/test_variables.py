@@ -1,0 +1,87 @@
+"""`genwire up` refuses an environment that sets what nothing reads (``genwire_stack.variables``),
+and its list of the tools' own variables is complete."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from genwire_cli.settings_doc import SERVICES
+from genwire_stack import manager
+from genwire_stack.errors import StackError
+from genwire_stack.variables import TOOL_VARIABLES, unread_environment
+
+from genwire.settings import CommonSettings, ServiceSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME = re.compile(r"GENWIRE_[A-Z0-9_]*[A-Z0-9]\b(?!_)")
+
+
+def test_a_plain_name_nothing_reads_is_refused_with_the_closest_one() -> None:
+    problems = unread_environment({"GENWIRE_KAFKA_BOOTSTRAP_SERVER": "elsewhere:9092"}, SERVICES)
+    assert problems == [
+        "GENWIRE_KAFKA_BOOTSTRAP_SERVER: no setting of any service and no tool reads it "
+        "(did you mean GENWIRE_KAFKA_BOOTSTRAP_SERVERS?)"
+    ]
+
+
+def test_what_passes_and_what_each_service_refuses() -> None:
+    environ = {
+        "GENWIRE_KAFKA_BOOTSTRAP_SERVERS": "broker:9092",  # shared
+        "GENWIRE_API_KEY": "key",  # a tool's
+        "genwire_unlocked": "1",  # read case-insensitively, as the settings are
+        "GENWIRE_MONITOR_DRIFT__PSI_THRESHOLD": "0.3",  # a service's own
+        "GENWIRE_INFERENCE_CONCURENCY": "3",  # a typo under a service's prefix
+        "GENWIRE_MAX_GENERATION_TOKENS": "10",  # preprocess's own setting, plain
+        "PATH": "/bin",
+    }
+    problems = unread_environment(environ, SERVICES)
+    assert [p.split(":")[0:2] for p in problems] == [
+        ["preprocess", " GENWIRE_MAX_GENERATION_TOKENS"],
+        ["inference", " GENWIRE_INFERENCE_CONCURENCY"],
+    ]
+
+
+def test_the_stack_refuses_before_it_starts_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENWIRE_REDIS_ULR", "redis://elsewhere:6379/0")
+    with pytest.raises(StackError, match=r"GENWIRE_REDIS_ULR: .*did you mean GENWIRE_REDIS_URL"):
+        manager._check_environment()
+    monkeypatch.delenv("GENWIRE_REDIS_ULR")
+    manager._check_environment()
+
+
+def _setting_names() -> set[str]:
+    names = {f"GENWIRE_{n}".upper() for n in ServiceSettings.model_fields}
+    for cls in SERVICES.values():
+        prefix = str(cls.model_config.get("env_prefix"))
+        names |= {f"{prefix}{n}".upper() for n in cls.model_fields}
+        names |= {f"GENWIRE_{n}".upper() for n in cls.model_fields}
+    return names
+
+
+def test_every_variable_the_code_names_is_a_setting_or_a_listed_tool_variable() -> None:
+    """A tool that starts reading a new ``GENWIRE_*`` variable adds it to ``TOOL_VARIABLES``,
+    or `genwire up` would refuse the environment that sets it."""
+    settings = _setting_names()
+    prefixes = tuple(str(cls.model_config.get("env_prefix")).upper() for cls in SERVICES.values())
+    named: set[str] = set()
+    for folder in ("genwire", "services", "tools", "deploy"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.name == "variables.py" and path.parent.name == "genwire_stack":
+                continue  # its own docstring's example of a typo
+            if path.suffix in (".py", ".sh", ".yaml", ".yml", ".pbtxt") and path.is_file():
+                named |= set(NAME.findall(path.read_text(errors="replace")))
+    named |= set(NAME.findall((ROOT / "Makefile").read_text()))
+    unlisted = {
+        name
+        for name in named
+        if name not in settings
+        and name not in TOOL_VARIABLES
+        and not name.startswith(prefixes)  # a service's own: checked by its settings class
+        and f"{name}_" not in {p for p in prefixes}  # a prefix without its underscore
+        and name.split("__")[0] not in settings
+    }
+    assert not unlisted, f"read by a tool, not in genwire_stack.variables: {sorted(unlisted)}"
+    assert set(TOOL_VARIABLES) <= named, "a listed variable that nothing names any more"
+    assert not set(TOOL_VARIABLES) & {f"GENWIRE_{n}".upper() for n in CommonSettings.model_fields}

@@ -1,0 +1,64 @@
+"""The ``GENWIRE_*`` variables of the environment the stack starts its services in: each one is
+read by a setting or a tool, or ``genwire up`` refuses to start, naming it.
+
+A service refuses what it would not read under its own prefix, and the plain names of its own
+settings (``genwire.settings.unread_variables``); it cannot tell a plain name meant for another
+service or a tool from a typo. The stack knows them all: it refuses a plain ``GENWIRE_<NAME>``
+that no setting and no tool reads (``GENWIRE_KAFKA_BOOTSTRAP_SERVER``, one letter short, used to
+leave every service on the default broker), before it starts anything.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+
+from genwire.settings import CommonSettings, ServiceSettings, unread_variables
+
+PLAIN = str(CommonSettings.model_config.get("env_prefix") or "GENWIRE_")
+
+TOOL_VARIABLES: Mapping[str, str] = {
+    "GENWIRE_API_KEY": "the clients' API key (CLI, bench, `GenwireClient`; docs/security.md)",
+    "GENWIRE_BENCH_FLOOD_KEY": "`genwire bench --targets limits`: its noisy tenant's key",
+    "GENWIRE_BENCH_GATEWAY_GRPC": "`genwire bench`: the gateway's gRPC address",
+    "GENWIRE_BENCH_GATEWAY_HTTP": "`genwire bench`: the gateway's HTTP address",
+    "GENWIRE_EXTRAS": "`make venv`: the package extras installed (docs/install.md)",
+    "GENWIRE_GRAFANA_ADMIN_PASSWORD": "compose: Grafana's admin password (docs/observability.md)",
+    "GENWIRE_MODEL_BACKEND": "the model in Triton: its backend for every model (docs/model.md)",
+    "GENWIRE_PYTHON": "`make venv`: the Python 3.11 interpreter to use",
+    "GENWIRE_STUB_SITE_PACKAGES": "the model in Triton: its packages (set by the stack)",
+    "GENWIRE_TENSORRT_BUILD_ON_LOAD": "the model in Triton: 0 builds no engine on load "
+    "(docs/model.md)",
+    "GENWIRE_UNLOCKED": "`make venv`: 1 installs the newest releases (docs/install.md)",
+}
+"""What reads each ``GENWIRE_*`` variable that is no setting (tests/common/test_variables.py
+keeps it complete)."""
+
+
+def unread_environment(
+    environ: Mapping[str, str], services: Mapping[str, type[ServiceSettings]]
+) -> list[str]:
+    """What ``environ`` sets that ``services`` and the tools would not read: each service's
+    refusals, then the plain names no setting and no tool reads, with the closest known name."""
+    problems = [
+        f"{short}: {problem}"
+        for short, cls in services.items()
+        for problem in unread_variables(cls, environ)
+    ]
+    prefixes = tuple(
+        str(cls.model_config.get("env_prefix") or "").upper() for cls in services.values()
+    )
+    known = set(TOOL_VARIABLES) | _plain_names([ServiceSettings, *services.values()])
+    for variable in sorted({key.upper() for key in environ}):
+        if not variable.startswith(PLAIN) or variable.startswith(prefixes):
+            continue  # not ours, or a service's own (checked above)
+        if variable in known or variable.split("__", 1)[0] in known:  # a nested setting's key
+            continue
+        near = difflib.get_close_matches(variable, sorted(known), 1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        problems.append(f"{variable}: no setting of any service and no tool reads it{hint}")
+    return problems
+
+
+def _plain_names(classes: Iterable[type[ServiceSettings]]) -> set[str]:
+    return {f"{PLAIN}{name}".upper() for cls in classes for name in cls.model_fields}
