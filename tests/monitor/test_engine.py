@@ -127,3 +127,51 @@ def test_rolling_reference_also_detects_a_switch() -> None:
     assert {e.labels.get("feature") for _, e in events if e.kind == "drift"} >= {
         sc.GEN_AI_INPUT_TOKENS
     }
+
+
+def test_an_slo_whose_stage_no_span_has_raises_a_ticket_not_silence() -> None:
+    """A span-stage SLO counts only spans of its stage: one named wrongly (``preproces``)
+    counts nothing and could never fire. Once ``min_events`` requests came without such a span
+    it says so (``slo_no_data``); one on a stage that comes raises nothing."""
+    from genwire_monitor.config import LatencySLO
+
+    slos = [
+        LatencySLO(name="e2e", stage="end_to_end", threshold_ms=1000, objective=0.99),
+        LatencySLO(name="pre", stage="preprocess", threshold_ms=1000, objective=0.99),
+        LatencySLO(name="typo", stage="preproces", threshold_ms=1000, objective=0.99),
+    ]
+    settings = fast_settings(slos=slos)
+    engine = MonitorEngine(settings)
+    _, events = run(engine, REFERENCE, T0, 5.0, 100, random.Random(6))
+    fired = [e for _, e in events if e.kind == "slo_no_data"]
+    assert [(e.id, e.status, e.severity) for e in fired] == [
+        ("slo-no-data:typo", "firing", "ticket")
+    ]
+    assert fired[0].labels == {"slo": "typo", "stage": "preproces"}
+    assert "'preprocess'" in fired[0].summary  # the stages seen, to compare with
+    assert engine.counts.requests >= settings.min_events
+
+    # Fewer requests than min_events since start: too early to tell, nothing raised.
+    early = MonitorEngine(fast_settings(slos=slos))
+    _, events = run(early, REFERENCE, T0, 0.05, 100, random.Random(7))
+    assert early.counts.requests < settings.min_events
+    assert not [e for _, e in events if e.kind == "slo_no_data"]
+
+
+def test_the_no_data_alert_resolves_when_its_stage_comes() -> None:
+    from genwire_monitor import rules
+    from genwire_monitor.alerting import AlertBook
+    from genwire_monitor.config import LatencySLO
+
+    settings = fast_settings(
+        slos=[LatencySLO(name="mine", stage="my-service", threshold_ms=50, objective=0.99)]
+    )
+    engine = MonitorEngine(settings)
+    (slo,) = [x for x in engine.slos if x.name == "mine"]
+    book = AlertBook(settings.trace_url, 5)
+    many = settings.min_events
+    assert rules.no_data_events(settings, book, [(slo, False)], many - 1, [], T0) == []
+    (fired,) = rules.no_data_events(settings, book, [(slo, False)], many, ["gateway"], T0 + 1)
+    assert fired.status == "firing" and "Stages seen: 'gateway'" in fired.summary
+    (resolved,) = rules.no_data_events(settings, book, [(slo, True)], many + 5, [], T0 + 2)
+    assert resolved.id == fired.id and resolved.status == "resolved"

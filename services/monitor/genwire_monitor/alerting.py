@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 Figure = float | int | str
-Kind = Literal["latency_burn", "error_burn", "drift", "canary", "partition_stalled"]
+Kind = Literal["latency_burn", "error_burn", "drift", "canary", "partition_stalled", "slo_no_data"]
 
 
 class Level(Enum):

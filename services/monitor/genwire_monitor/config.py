@@ -22,8 +22,8 @@ from genwire.topics import Topic
 from genwire_monitor.features import BY_ATTR
 
 RollbackKind = Literal["latency_burn", "error_burn", "drift", "canary"]
-"""The alert kinds that name a model version (``partition_stalled`` names a partition, so it
-can roll nothing back)."""
+"""The alert kinds that name a model version (``partition_stalled`` names a partition and
+``slo_no_data`` an SLO, so they can roll nothing back)."""
 Severity = Literal["page", "ticket"]
 """The severities the monitor's alerts carry (burn rules choose; drift is a ticket; a canary
 and a stalled partition page)."""
@@ -33,6 +33,9 @@ CANARY_SEVERITY: Severity = "page"
 """A canary alert's severity: a version in front of users that differs from its champion."""
 STALL_SEVERITY: Severity = "page"
 """A stalled partition's: requests wait and nothing moves them."""
+NO_DATA_SEVERITY: Severity = "ticket"
+"""An SLO whose stage no span has: it counts nothing, so it can never fire (a typo, a renamed
+service); someone should fix its configuration."""
 
 END_TO_END = "end_to_end"
 TTFT = "ttft"

@@ -160,6 +160,7 @@ class MonitorEngine:
         for slo in self.slos:
             if slo.stage not in REQUEST_STAGES:
                 self._span_slos.setdefault(slo.stage, []).append(slo)
+        self._slo_stages_seen: set[str] = set()  # of those stages, the ones a span had
         self.drift = DriftMonitor(settings.drift, scale)
         self.drift_results: list[SeriesResult] = []
         self.book = AlertBook(settings.trace_url, settings.examples_per_alert)
@@ -268,8 +269,11 @@ class MonitorEngine:
         t = span.end_ns / 1e9
         for stage, ms in observations(span):
             self._observe(stage, ms, t, now)
-            for slo in self._span_slos.get(stage, ()):
-                slo.count(t, now, ms <= (slo.threshold_ms or 0), span.trace_id.hex(), ms)
+            watching = self._span_slos.get(stage)
+            if watching:
+                self._slo_stages_seen.add(stage)
+                for slo in watching:
+                    slo.count(t, now, ms <= (slo.threshold_ms or 0), span.trace_id.hex(), ms)
         for record in self.traces.add(span, now):
             self._request(record, now)
 
@@ -434,6 +438,18 @@ class MonitorEngine:
             list(self.partitions.values()) if self.partitions_read else None,
             now,
             self.canary_results,
+        )
+        events += rules.no_data_events(
+            self.settings,
+            self.book,
+            [
+                (slo, stage in self._slo_stages_seen)
+                for stage, slos in self._span_slos.items()
+                for slo in slos
+            ],
+            self.counts.requests,
+            self.stages(),
+            now,
         )
         events += self._resolve_vanished(now)
         events += self._resolve_retired(now)

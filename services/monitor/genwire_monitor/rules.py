@@ -12,6 +12,7 @@ from genwire_monitor.burnrate import SLOState, Verdict
 from genwire_monitor.config import (
     CANARY_SEVERITY,
     DRIFT_SEVERITY,
+    NO_DATA_SEVERITY,
     OTHER_MODEL,
     STALL_SEVERITY,
     MonitorSettings,
@@ -304,6 +305,52 @@ def stall_events(
         if aid.startswith(STALL_PREFIX) and aid not in seen:
             ev = book.observe(aid, Level.CLEAR, None, STALL_POLICY, now)
             events += [ev] if ev else []
+    return events
+
+
+NO_DATA_PREFIX = "slo-no-data:"
+NO_DATA_POLICY = Policy(for_s=0.0, for_evaluations=1, keep_firing_s=0.0)
+
+
+def no_data_draft(slo: SLOState, requests: int, stages: Sequence[str], min_events: int) -> Draft:
+    """The alert text of an SLO whose stage no span has had since the monitor started."""
+    seen = ", ".join(repr(x) for x in stages) or "none yet"
+    return Draft(
+        rule_id="no span of its stage",
+        kind="slo_no_data",
+        severity=NO_DATA_SEVERITY,
+        title=f"SLO {slo.name} watches stage {slo.stage!r}, which no span has",
+        summary=(
+            f"{requests} requests since the monitor started and no span of stage "
+            f"{slo.stage!r}: the SLO counts nothing and cannot fire. Check its stage in "
+            f"GENWIRE_MONITOR_SLOS (a typo, a service reporting under another name). Stages "
+            f"seen: {seen}."
+        ),
+        rule=f"no span of the SLO's stage after >= {min_events} requests since start",
+        figures={"requests": requests},
+        labels={"slo": slo.name, "stage": slo.stage},
+    )
+
+
+def no_data_events(
+    s: MonitorSettings,
+    book: AlertBook,
+    watching: Sequence[tuple[SLOState, bool]],
+    requests: int,
+    stages: Sequence[str],
+    now: float,
+) -> list[AlertEvent]:
+    """``slo_no_data`` per span-stage SLO (``watching``: each with whether a span of its stage
+    came since start): it fires once ``min_events`` requests came and none had one, and
+    resolves when one comes."""
+    events: list[AlertEvent] = []
+    for slo, seen in watching:
+        aid = f"{NO_DATA_PREFIX}{slo.name}"
+        enough = requests >= s.min_events
+        level = Level.CLEAR if seen else Level.FIRE if enough else Level.HOLD
+        draft = no_data_draft(slo, requests, stages, s.min_events)
+        ev = book.observe(aid, level, draft, NO_DATA_POLICY, now, no_data=level is Level.HOLD)
+        events += [ev] if ev else []
     return events
 
 
