@@ -18,11 +18,29 @@ ROOT = Path(__file__).resolve().parents[2]
 NAME = re.compile(r"GENWIRE_[A-Z0-9_]*[A-Z0-9]\b(?!_)")
 
 
-def test_a_plain_name_nothing_reads_is_refused_with_the_closest_one() -> None:
-    problems = unread_environment({"GENWIRE_KAFKA_BOOTSTRAP_SERVER": "elsewhere:9092"}, SERVICES)
-    assert problems == [
-        "GENWIRE_KAFKA_BOOTSTRAP_SERVER: no setting of any service and no tool reads it "
-        "(did you mean GENWIRE_KAFKA_BOOTSTRAP_SERVERS?)"
+def test_a_near_miss_of_a_plain_name_is_refused_with_the_closest_one() -> None:
+    refused, unknown = unread_environment(
+        {"GENWIRE_KAFKA_BOOTSTRAP_SERVER": "elsewhere:9092", "GENWIRE_HOMEDIR": "/x"}, SERVICES
+    )
+    assert refused == [
+        "GENWIRE_HOMEDIR: no setting or tool reads it (did you mean GENWIRE_HOME?)",
+        "GENWIRE_KAFKA_BOOTSTRAP_SERVER: no setting or tool reads it "
+        "(did you mean GENWIRE_KAFKA_BOOTSTRAP_SERVERS?)",
+    ]
+    assert unknown == []
+
+
+def test_a_plain_name_far_from_every_setting_is_named_not_refused() -> None:
+    """A service of the user's own on genwire's runtime reads its own ``GENWIRE_<NAME>_…``:
+    the stack cannot know it, so it says so and goes on."""
+    refused, unknown = unread_environment(
+        {"GENWIRE_RANKER_HOST": "0.0.0.0", "GENWIRE_MYSVC_REDIS_URL": "redis://r:6379/0"},
+        SERVICES,
+    )
+    assert refused == []
+    assert unknown == [
+        "GENWIRE_MYSVC_REDIS_URL: no genwire setting or tool reads it",
+        "GENWIRE_RANKER_HOST: no genwire setting or tool reads it",
     ]
 
 
@@ -34,21 +52,40 @@ def test_what_passes_and_what_each_service_refuses() -> None:
         "GENWIRE_MONITOR_DRIFT__PSI_THRESHOLD": "0.3",  # a service's own
         "GENWIRE_INFERENCE_CONCURENCY": "3",  # a typo under a service's prefix
         "GENWIRE_MAX_GENERATION_TOKENS": "10",  # preprocess's own setting, plain
+        "GENWIRE_MONITOR_REDIS_URL": "redis://r:6379/0",  # shared, one it has no use for
+        "GENWIRE_GATEWAY_CONCURRENCY": "4",  # a stage setting the gateway refuses
         "PATH": "/bin",
     }
-    problems = unread_environment(environ, SERVICES)
-    assert [p.split(":")[0:2] for p in problems] == [
+    refused, unknown = unread_environment(environ, SERVICES)
+    assert [p.split(":")[0:2] for p in refused] == [
+        ["gateway", " GENWIRE_GATEWAY_CONCURRENCY"],
         ["preprocess", " GENWIRE_MAX_GENERATION_TOKENS"],
         ["inference", " GENWIRE_INFERENCE_CONCURENCY"],
+        ["monitor", " GENWIRE_MONITOR_REDIS_URL"],
     ]
+    assert unknown == []
 
 
-def test_the_stack_refuses_before_it_starts_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_stack_refuses_before_it_changes_anything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Refused before the layout is written or a scale applied (``ensure_up`` stops at the
+    check: no lock taken, no file under its home)."""
     monkeypatch.setenv("GENWIRE_REDIS_ULR", "redis://elsewhere:6379/0")
+    home = tmp_path / "home"
     with pytest.raises(StackError, match=r"GENWIRE_REDIS_ULR: .*did you mean GENWIRE_REDIS_URL"):
-        manager._check_environment()
+        manager.ensure_up(
+            ["preprocess"], settings=CommonSettings(home=home), scale={"preprocess": 2}
+        )
+    assert not home.exists()
     monkeypatch.delenv("GENWIRE_REDIS_ULR")
-    manager._check_environment()
+    said: list[str] = []
+    monkeypatch.setenv("GENWIRE_RANKER_HOST", "0.0.0.0")
+    manager._check_environment(said.append)
+    assert said == [
+        "note: GENWIRE_RANKER_HOST: no genwire setting or tool reads it (a service of your own "
+        "may; docs/settings.md)"
+    ]
 
 
 def _setting_names() -> set[str]:

@@ -157,7 +157,10 @@ async def test_a_cancel_while_triton_is_down_ends_the_request_during_the_outage(
             still_down = control.state("triton").pid is None
         finally:
             await asyncio.to_thread(control.start, "triton")
-            await asyncio.to_thread(control.wait_healthy, ["inference"], 120.0)
+            inference = [s for s in control.services() if s.split("-")[0] == "inference"]
+            await asyncio.to_thread(control.wait_healthy, inference, 120.0)
+            # The tests after this one start on a warm model, as on a stack never restarted.
+            await client.generate("Once upon a time", max_tokens=4, timeout_s=120)
     assert still_down, "Triton came back before the result: the test proves nothing"
     assert info.result is not None, (info.status, info.error_code, info.error_message)
     assert info.result.finish_reason == "cancelled", info.result

@@ -991,3 +991,55 @@ async def test_a_version_is_served_here_only_once_the_model_answered() -> None:
     with pytest.raises(RetryableError):
         await _collect(failed, _req("q"))
     assert failed.served_here == {("genwire-gpt", "3")}
+
+
+class _FailsThenNotLoaded(FakeBackend):
+    """The call fails (retryably, or with a model error), and Triton then says the version is
+    not loaded: an answer (model_not_loaded) for a request nobody cancelled."""
+
+    def __init__(self, model_error: bool) -> None:
+        super().__init__()
+        self.model_error = model_error
+
+    async def open(
+        self,
+        request: PreparedRequest,
+        headers: Mapping[str, str],
+        *,
+        stream: bool = True,
+        min_gap_s: float = 0.0,
+    ) -> FakeStream:
+        from genwire_inference.backend import ModelError
+
+        if self.model_error:
+            raise ModelError("Request for unknown model: 'genwire-gpt' version 2 is not found")
+        raise RetryableError("triton: UNAVAILABLE")
+
+    async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
+        self.waited.append(timeout_s)
+        return False
+
+
+@pytest.mark.parametrize("model_error", [False, True])
+async def test_a_cancel_while_the_version_is_looked_up_ends_cancelled_not_refused(
+    model_error: bool,
+) -> None:
+    """The stop decides over the lookup's answer too: the caller no longer wants one."""
+    backend = _FailsThenNotLoaded(model_error)
+
+    async def model_state(model: str, version: str) -> str | None:
+        await inf.control(ControlEvent(request_id="nl", action="cancel", reason="gone"))
+        return "UNAVAILABLE"
+
+    inf = Inference(backend, triton_wait_s=3600.0, model_state=model_state)
+    request = _req("nl").model_copy(update={"model_version": "2"})
+    (final,) = await asyncio.wait_for(_collect(inf, request), 5)
+    assert final.finish_reason == "cancelled" and final.error is None
+
+    # Not cancelled: the same lookup answers model_not_loaded at once.
+    async def not_cancelled(model: str, version: str) -> str | None:
+        return "UNAVAILABLE"
+
+    inf.model_state = not_cancelled
+    with pytest.raises(Rejection):
+        await asyncio.wait_for(_collect(inf, request.model_copy(update={"request_id": "n2"})), 5)

@@ -151,8 +151,10 @@ def render() -> str:
     out += [
         "## Tools' variables (no service reads them)",
         "",
-        "`genwire up` refuses a plain `GENWIRE_<NAME>` that no setting above and none of these "
-        "reads (`genwire_stack.variables`), before it starts anything.",
+        "`genwire up` refuses, before it changes anything, a plain `GENWIRE_<NAME>` that no "
+        "setting above and none of these reads and that is a near miss of one that is (a typo), "
+        "and names any other such name (a service of your own may read it; "
+        "`genwire_stack.variables`).",
         "",
         "| variable | read by |",
         "|---|---|",

@@ -120,6 +120,8 @@ def ensure_up(
     cfg = settings or CommonSettings()
     paths = StackPaths.from_settings(cfg)
     started: list[tuple[PidRecord, Component]] = []
+    if components is None or any(name.split("-")[0] in SERVICES for name in components):
+        _check_environment(out)  # before anything changes: the layout, a scale
     try:
         with locked(paths.run):
             everything = _catalog_for_up(paths, cfg, catalog, brokers, scale, out, secure)
@@ -129,9 +131,7 @@ def ensure_up(
                 model = any(isinstance(c, (Service, Triton)) for c in chosen)
             # Pre-flight of everything before any download or start: a port held by a
             # stranger anywhere stops the run right here.
-            plan = _plan(chosen, paths, out)
-            if any(isinstance(c, Service) and plan.get(c.name) == "start" for c in chosen):
-                _check_environment()
+            _plan(chosen, paths, out)
             _bring_up([c for c in chosen if c.phase < MODEL_PHASE], paths, started, out)
             if any(c.name == "redis" for c in chosen) and catalog is None:
                 # Auth is on by default: the first start creates (and saves) an admin key.
@@ -260,18 +260,21 @@ def _plan(chosen: list[Component], paths: StackPaths, out: Out) -> Plan:
     return plan
 
 
-def _check_environment() -> None:
-    """Refuse to start services in an environment that sets what nothing reads (a typo, a
-    setting since removed): each would stop at start on its own, or, for a plain name that no
-    setting has, run without it (``genwire_stack.variables``)."""
+def _check_environment(out: Out = quiet) -> None:
+    """Refuse to start services in an environment that sets what they would not read (a
+    typo, a setting since removed): a service would stop at start on it, or, for a plain name
+    one letter or so from a setting's, run without it; name the other plain names no genwire
+    setting or tool reads (``genwire_stack.variables``)."""
     classes = {short: cls for short in SERVICES if (cls := settings_class(short)) is not None}
-    problems = unread_environment(os.environ, classes)
-    if problems:
+    refused, unknown = unread_environment(os.environ, classes)
+    if refused:
         raise StackError(
             "the environment sets what nothing reads: "
-            + "; ".join(problems)
+            + "; ".join(refused)
             + " (docs/settings.md): unset or rename it"
         )
+    for line in unknown:
+        out(f"note: {line} (a service of your own may; docs/settings.md)")
 
 
 def _launch(component: Component, paths: StackPaths) -> PidRecord:

@@ -3,9 +3,11 @@ read by a setting or a tool, or ``genwire up`` refuses to start, naming it.
 
 A service refuses what it would not read under its own prefix, and the plain names of its own
 settings (``genwire.settings.unread_variables``); it cannot tell a plain name meant for another
-service or a tool from a typo. The stack knows them all: it refuses a plain ``GENWIRE_<NAME>``
-that no setting and no tool reads (``GENWIRE_KAFKA_BOOTSTRAP_SERVER``, one letter short, used to
-leave every service on the default broker), before it starts anything.
+service or a tool from a typo. The stack knows them all: before it changes anything it refuses
+what a service would stop at, and a plain ``GENWIRE_<NAME>`` that no setting and no tool reads
+and that is a near miss of one that is (``GENWIRE_KAFKA_BOOTSTRAP_SERVER``, one letter short,
+used to leave every service on the default broker); another such name it names and goes on (a
+service of the user's own may read it).
 """
 
 from __future__ import annotations
@@ -37,27 +39,47 @@ keeps it complete)."""
 
 def unread_environment(
     environ: Mapping[str, str], services: Mapping[str, type[ServiceSettings]]
-) -> list[str]:
-    """What ``environ`` sets that ``services`` and the tools would not read: each service's
-    refusals, then the plain names no setting and no tool reads, with the closest known name."""
-    problems = [
-        f"{short}: {problem}"
-        for short, cls in services.items()
-        for problem in unread_variables(cls, environ)
-    ]
+) -> tuple[list[str], list[str]]:
+    """What ``environ`` sets that ``services`` and the tools would not read: ``(refused,
+    unknown)``. Refused: what a service would stop at (``unread_variables``, and what it has no
+    use for, ``not_read``), and a plain name one letter or so from a known one (a typo).
+    Unknown: another plain name no setting and no tool here reads (a service of the user's own
+    may: said, not refused)."""
+    upper = {key.upper() for key in environ}
+    refused = []
+    for short, cls in services.items():
+        prefix = str(cls.model_config.get("env_prefix") or "").upper()
+        refused += [f"{short}: {problem}" for problem in unread_variables(cls, environ)]
+        refused += [
+            f"{short}: {prefix}{name.upper()}: not read by this service"
+            for name in sorted(cls.not_read)
+            if f"{prefix}{name}".upper() in upper
+        ]
     prefixes = tuple(
         str(cls.model_config.get("env_prefix") or "").upper() for cls in services.values()
     )
     known = set(TOOL_VARIABLES) | _plain_names([ServiceSettings, *services.values()])
-    for variable in sorted({key.upper() for key in environ}):
+    unknown = []
+    for variable in sorted(upper):
         if not variable.startswith(PLAIN) or variable.startswith(prefixes):
             continue  # not ours, or a service's own (checked above)
         if variable in known or variable.split("__", 1)[0] in known:  # a nested setting's key
             continue
-        near = difflib.get_close_matches(variable, sorted(known), 1)
-        hint = f" (did you mean {near[0]}?)" if near else ""
-        problems.append(f"{variable}: no setting of any service and no tool reads it{hint}")
-    return problems
+        near = difflib.get_close_matches(variable, sorted(known), 1, cutoff=NEAR)
+        if near:
+            refused.append(f"{variable}: no setting or tool reads it (did you mean {near[0]}?)")
+        else:
+            unknown.append(f"{variable}: no genwire setting or tool reads it")
+    return refused, unknown
+
+
+NEAR = 0.88
+"""How alike (``difflib``'s ratio) a plain name no one reads must be to a known one to be
+taken for a typo of it and refused: ``GENWIRE_KAFKA_BOOTSTRAP_SERVER`` is 0.98 from
+``GENWIRE_KAFKA_BOOTSTRAP_SERVERS``, ``GENWIRE_REDIS_ULR`` 0.94 from ``GENWIRE_REDIS_URL``,
+``GENWIRE_HOMEDIR`` 0.89 from ``GENWIRE_HOME``; variables of the user's own services are further
+off (``GENWIRE_MYSVC_REDIS_URL`` 0.85 from ``GENWIRE_REDIS_URL``, ``GENWIRE_RANKER_HOST`` 0.78
+from ``GENWIRE_GRPC_HOST``)."""
 
 
 def _plain_names(classes: Iterable[type[ServiceSettings]]) -> set[str]:

@@ -380,7 +380,7 @@ class Inference:
             if run.stop_reason is None:
                 _end_failed(span, exc)  # the call's span: not the wait below
                 not_loaded = await self._not_loaded(request)  # unloaded: no outage to wait out
-                if not_loaded is not None:
+                if not_loaded is not None and run.stop_reason is None:
                     raise not_loaded from None
                 # Triton restarting or the model reloading: wait for it here (bounded), then
                 # let the consumer retry; the same seed regenerates the same tokens and chunk
@@ -388,7 +388,8 @@ class Inference:
                 # others.
                 self.live_streams -= run.streams
                 run.streams = 0
-                await self._wait_for_model(request, run)
+                if not_loaded is None:
+                    await self._wait_for_model(request, run)
                 if run.stop_reason is None:
                     raise
                 # Stopped while waiting (a cancel, the deadline): ended with the stop, below,
@@ -405,9 +406,11 @@ class Inference:
             span.set_status(Status(StatusCode.ERROR, exc.message))
             span.end()  # the call's span: not the wait for the model that may follow
             failure = await self._classify(request, exc, run)
-            if not isinstance(failure, RetryableError) or run.stop_reason is None:
+            # Stopped meanwhile: the stop decides (as above), unless the model refused the
+            # request itself (poison: its dead letter says so).
+            if isinstance(failure, PermanentError) or run.stop_reason is None:
                 raise failure from None
-            span, owned = trace.get_current_span(), False  # a stop then: as above
+            span, owned = trace.get_current_span(), False
         except GenwireError as exc:
             _note_cancel(span, run)
             span.set_status(Status(StatusCode.ERROR, exc.message))
@@ -566,7 +569,11 @@ class Inference:
             stopped.cancel()
             if not ready.done():
                 ready.cancel()
-        if ready.done() and not ready.cancelled() and ready.result():
+        if run.stop_reason is not None:  # the stop decides, whatever the wait came to
+            if ready.done() and not ready.cancelled():
+                ready.exception()  # retrieved: not logged as never read
+            return False
+        if ready.result():
             return True
         if request.deadline_ms is not None and now_ms() >= request.deadline_ms:
             # The wait ended at the deadline (the wall clock's) just before the run's timer

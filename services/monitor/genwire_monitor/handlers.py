@@ -39,7 +39,7 @@ from genwire_monitor.history import History
 from genwire_monitor.rollback import Decision, RollbackController
 from genwire_monitor.rules import CANARY_PREFIX, CanaryResult
 from genwire_monitor.spans import MalformedPayload, SpanView, decode
-from genwire_monitor.stages import observations
+from genwire_monitor.stages import genwire_stage, observations
 from genwire_monitor.stalls import Key, PartitionStatus
 from genwire_monitor.traces import RequestRecord, TraceAssembler
 from genwire_monitor.windows import TimeRing, merged, new_sketch
@@ -161,6 +161,7 @@ class MonitorEngine:
             if slo.stage not in REQUEST_STAGES:
                 self._span_slos.setdefault(slo.stage, []).append(slo)
         self._slo_stages_seen: set[str] = set()  # of those stages, the ones a span had
+        self.generated = 0  # requests that ended with a generation, neither failed nor refused
         self.drift = DriftMonitor(settings.drift, scale)
         self.drift_results: list[SeriesResult] = []
         self.book = AlertBook(settings.trace_url, settings.examples_per_alert)
@@ -297,6 +298,8 @@ class MonitorEngine:
         self.counts.requests += 1
         self.counts.errors += rec.error
         self.counts.client_errors += rec.client_error
+        if not rec.error and not rec.client_error and sc.GEN_AI_FINISH_REASONS in rec.attrs:
+            self.generated += 1  # it passed every stage (not a GetResult, not a refusal)
         t = rec.end_ns / 1e9
         values: dict[str, float] = {END_TO_END: rec.e2e_ms}  # from the entry time
         for stage, attr in REQUEST_STAGES.items():
@@ -445,9 +448,10 @@ class MonitorEngine:
             [
                 (slo, stage in self._slo_stages_seen)
                 for stage, slos in self._span_slos.items()
+                if not genwire_stage(stage)  # genwire's own: there, or not for every request
                 for slo in slos
             ],
-            self.counts.requests,
+            self.generated,
             self.stages(),
             now,
         )

@@ -310,9 +310,12 @@ def stall_events(
 
 NO_DATA_PREFIX = "slo-no-data:"
 NO_DATA_POLICY = Policy(for_s=0.0, for_evaluations=1, keep_firing_s=0.0)
+NO_DATA_REQUESTS = 100
+"""Requests generated without a span of an SLO's stage before ``slo_no_data`` fires (at least
+``min_events``): a service of the user's own that only some requests pass still shows."""
 
 
-def no_data_draft(slo: SLOState, requests: int, stages: Sequence[str], min_events: int) -> Draft:
+def no_data_draft(slo: SLOState, requests: int, stages: Sequence[str], needed: int) -> Draft:
     """The alert text of an SLO whose stage no span has had since the monitor started."""
     seen = ", ".join(repr(x) for x in stages) or "none yet"
     return Draft(
@@ -321,12 +324,12 @@ def no_data_draft(slo: SLOState, requests: int, stages: Sequence[str], min_event
         severity=NO_DATA_SEVERITY,
         title=f"SLO {slo.name} watches stage {slo.stage!r}, which no span has",
         summary=(
-            f"{requests} requests since the monitor started and no span of stage "
+            f"{requests} requests generated since the monitor started and no span of stage "
             f"{slo.stage!r}: the SLO counts nothing and cannot fire. Check its stage in "
             f"GENWIRE_MONITOR_SLOS (a typo, a service reporting under another name). Stages "
             f"seen: {seen}."
         ),
-        rule=f"no span of the SLO's stage after >= {min_events} requests since start",
+        rule=f"no span of the SLO's stage in >= {needed} requests generated since start",
         figures={"requests": requests},
         labels={"slo": slo.name, "stage": slo.stage},
     )
@@ -340,17 +343,24 @@ def no_data_events(
     stages: Sequence[str],
     now: float,
 ) -> list[AlertEvent]:
-    """``slo_no_data`` per span-stage SLO (``watching``: each with whether a span of its stage
-    came since start): it fires once ``min_events`` requests came and none had one, and
-    resolves when one comes."""
+    """``slo_no_data`` per SLO of ``watching`` (a stage genwire does not report, each with
+    whether a span of it came since start): it fires once ``NO_DATA_REQUESTS`` requests were
+    generated (``requests``) and none had one, and resolves when one comes. One whose SLO is
+    gone (renamed, or its stage changed, then the monitor restarted) resolves."""
     events: list[AlertEvent] = []
+    needed = max(NO_DATA_REQUESTS, s.min_events)
+    current: set[str] = set()
     for slo, seen in watching:
         aid = f"{NO_DATA_PREFIX}{slo.name}"
-        enough = requests >= s.min_events
-        level = Level.CLEAR if seen else Level.FIRE if enough else Level.HOLD
-        draft = no_data_draft(slo, requests, stages, s.min_events)
+        current.add(aid)
+        level = Level.CLEAR if seen else Level.FIRE if requests >= needed else Level.HOLD
+        draft = no_data_draft(slo, requests, stages, needed)
         ev = book.observe(aid, level, draft, NO_DATA_POLICY, now, no_data=level is Level.HOLD)
         events += [ev] if ev else []
+    for aid in book.known():
+        if aid.startswith(NO_DATA_PREFIX) and aid not in current:
+            ev = book.resolve(aid, now, "its SLO no longer watches a stage genwire does not know")
+            events += [ev] if ev else []
     return events
 
 

@@ -35,6 +35,12 @@ PIPELINE_ORDER: tuple[str, ...] = (
 )
 
 
+def genwire_stage(stage: str) -> bool:
+    """Whether genwire's own spans report ``stage`` (a request-path stage, a ``genwire.*``
+    topic's wait): a stage by any other name is a service of the user's own, or a typo."""
+    return stage in PIPELINE_ORDER or stage.startswith(f"{KAFKA_PREFIX}genwire.")
+
+
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
