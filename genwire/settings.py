@@ -465,7 +465,8 @@ def unread_variables(cls: type[ServiceSettings], environ: Mapping[str, str]) -> 
         if variable.startswith(prefix) and variable not in shared:  # GENWIRE_GATEWAY_TLS: shared
             rest = variable[len(prefix) :]
             if not _names_a_field(cls, rest.lower(), delimiter.lower()):
-                near = difflib.get_close_matches(rest.lower(), list(cls.model_fields), 1)
+                read = [name for name in cls.model_fields if name not in cls.not_read]
+                near = difflib.get_close_matches(rest.lower(), read, 1)
                 hint = f" (did you mean {prefix}{near[0].upper()}?)" if near else ""
                 problems.append(f"{variable}: not a setting of this service{hint}")
         elif variable.startswith(plain) and variable not in shared:

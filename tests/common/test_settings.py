@@ -76,11 +76,20 @@ def test_a_variable_under_a_services_prefix_that_names_no_setting_is_refused(
 ) -> None:
     """A typo or a removed setting stops the service, with the setting it may have meant."""
     prefix = f"GENWIRE_{short.upper()}_"
-    monkeypatch.setenv(f"{prefix}OUTAGE_BUDGET", "30")
+    monkeypatch.setenv(f"{prefix}SHUTDOWN_TIMEOUT", "30")
     with pytest.raises(ValidationError) as caught:
         SERVICES[short]()
-    assert f"{prefix}OUTAGE_BUDGET: not a setting of this service" in str(caught.value)
-    assert f"did you mean {prefix}OUTAGE_BUDGET_S?" in str(caught.value)
+    assert f"{prefix}SHUTDOWN_TIMEOUT: not a setting of this service" in str(caught.value)
+    assert f"did you mean {prefix}SHUTDOWN_TIMEOUT_S?" in str(caught.value)
+
+
+def test_the_setting_suggested_is_one_the_service_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway runs no stage consumer: ``OUTAGE_BUDGET_S`` would be refused too."""
+    monkeypatch.setenv("GENWIRE_GATEWAY_OUTAGE_BUDGET", "30")
+    with pytest.raises(ValidationError) as caught:
+        SERVICES["gateway"]()
+    assert "GENWIRE_GATEWAY_OUTAGE_BUDGET: not a setting of this service" in str(caught.value)
+    assert "OUTAGE_BUDGET_S" not in str(caught.value)
 
 
 def test_what_every_service_lets_pass(monkeypatch: pytest.MonkeyPatch) -> None:

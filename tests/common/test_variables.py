@@ -3,6 +3,7 @@ and its list of the tools' own variables is complete."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -33,15 +34,16 @@ def test_a_near_miss_of_a_plain_name_is_refused_with_the_closest_one() -> None:
 def test_a_plain_name_far_from_every_setting_is_named_not_refused() -> None:
     """A service of the user's own on genwire's runtime reads its own ``GENWIRE_<NAME>_…``:
     the stack cannot know it, so it says so and goes on."""
-    refused, unknown = unread_environment(
-        {"GENWIRE_RANKER_HOST": "0.0.0.0", "GENWIRE_MYSVC_REDIS_URL": "redis://r:6379/0"},
-        SERVICES,
-    )
-    assert refused == []
-    assert unknown == [
-        "GENWIRE_MYSVC_REDIS_URL: no genwire setting or tool reads it",
-        "GENWIRE_RANKER_HOST: no genwire setting or tool reads it",
+    own = [
+        "GENWIRE_MYSVC_REDIS_URL",
+        "GENWIRE_RAG_CONCURRENCY",  # a stage setting under the user's service's prefix
+        "GENWIRE_RANKER_HOST",
+        "GENWIRE_RANKER_KAFKA_BOOTSTRAP_SERVERS",  # close to a shared name, but its own
+        "GENWIRE_RANKER_TRACES_SAMPLE_RATIO",
     ]
+    refused, unknown = unread_environment(dict.fromkeys(own, "x"), SERVICES)
+    assert refused == []
+    assert unknown == [f"{name}: no genwire setting or tool reads it" for name in own]
 
 
 def test_what_passes_and_what_each_service_refuses() -> None:
@@ -78,10 +80,12 @@ def test_the_stack_refuses_before_it_changes_anything(
             ["preprocess"], settings=CommonSettings(home=home), scale={"preprocess": 2}
         )
     assert not home.exists()
-    monkeypatch.delenv("GENWIRE_REDIS_ULR")
+    for name in list(os.environ):  # the runner's own variables: not this test's business
+        if name.upper().startswith("GENWIRE_"):
+            monkeypatch.delenv(name)
     said: list[str] = []
     monkeypatch.setenv("GENWIRE_RANKER_HOST", "0.0.0.0")
-    manager._check_environment(said.append)
+    manager.check_environment(None, said.append)
     assert said == [
         "note: GENWIRE_RANKER_HOST: no genwire setting or tool reads it (a service of your own "
         "may; docs/settings.md)"
@@ -122,3 +126,25 @@ def test_every_variable_the_code_names_is_a_setting_or_a_listed_tool_variable() 
     assert not unlisted, f"read by a tool, not in genwire_stack.variables: {sorted(unlisted)}"
     assert set(TOOL_VARIABLES) <= named, "a listed variable that nothing names any more"
     assert not set(TOOL_VARIABLES) & {f"GENWIRE_{n}".upper() for n in CommonSettings.model_fields}
+
+
+def test_genwire_restart_refuses_before_it_stops_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``genwire restart`` stops, then starts: refused after the stop, it would leave the
+    service down."""
+    import argparse
+
+    import genwire_stack
+    from genwire_stack.cli import register
+
+    def stop(*args: object, **kwargs: object) -> list[str]:
+        raise AssertionError("stopped before the environment was checked")
+
+    monkeypatch.setattr(genwire_stack.manager, "down", stop)
+    monkeypatch.setenv("GENWIRE_PREPROCESS_CONCURENCY", "3")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["restart", "--only", "preprocess"])
+    assert args.func(args) == 1
+    assert "GENWIRE_PREPROCESS_CONCURENCY: not a setting" in capsys.readouterr().err

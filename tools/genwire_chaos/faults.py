@@ -243,6 +243,7 @@ class StackControl:
         dependent = [n for n in self.components if n not in keep]
         self.out(f"switching to {brokers} broker(s): stopping {', '.join(dependent)}")
         try:
+            manager.check_environment(None)  # refused before the stop, not after it
             manager.down(dependent, settings=self.settings)
             manager.ensure_up(None, settings=self.settings, brokers=brokers)
         except StackError as exc:
@@ -267,6 +268,7 @@ class StackControl:
             return wrong
         self.out(f"restoring {', '.join(wrong)}")
         try:
+            manager.check_environment(down)  # refused before the stop, not after it
             running = [n for n in down if self.record(n) is not None]
             if running:
                 manager.down(running, settings=self.settings)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     )
     from genwire_stack.errors import StackError
     from genwire_stack.layout import SCALABLE, StackLayout
-    from genwire_stack.manager import down, ensure_up
+    from genwire_stack.manager import check_environment, down, ensure_up
     from genwire_stack.observe import (
         ComponentStatus,
         child_pid,
@@ -46,6 +46,7 @@ _WHERE = {
     "StackLayout": "genwire_stack.layout",
     "DEFAULT_MODEL": "genwire_stack.default_model",
     "ComponentStatus": "genwire_stack.observe",
+    "check_environment": "genwire_stack.manager",
     "child_pid": "genwire_stack.observe",
     "down": "genwire_stack.manager",
     "ensure_model_loaded": "genwire_stack.default_model",
@@ -75,6 +76,7 @@ __all__ = [
     "ComponentStatus",
     "StackError",
     "StackLayout",
+    "check_environment",
     "child_pid",
     "current_layout",
     "down",

@@ -246,9 +246,10 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _restart(args: argparse.Namespace) -> int:
-    from genwire_stack import StackError, down, ensure_up, format_table
+    from genwire_stack import StackError, check_environment, down, ensure_up, format_table
 
     try:
+        check_environment(args.only, out=_say)  # refused before the stop, not after it
         down(args.only, out=_say)
         rows = ensure_up(args.only, out=_say)
     except StackError as exc:

@@ -120,8 +120,8 @@ def ensure_up(
     cfg = settings or CommonSettings()
     paths = StackPaths.from_settings(cfg)
     started: list[tuple[PidRecord, Component]] = []
-    if components is None or any(name.split("-")[0] in SERVICES for name in components):
-        _check_environment(out)  # before anything changes: the layout, a scale
+    components = None if components is None else list(components)
+    check_environment(components, out)  # before anything changes: the layout, a scale
     try:
         with locked(paths.run):
             everything = _catalog_for_up(paths, cfg, catalog, brokers, scale, out, secure)
@@ -260,11 +260,15 @@ def _plan(chosen: list[Component], paths: StackPaths, out: Out) -> Plan:
     return plan
 
 
-def _check_environment(out: Out = quiet) -> None:
-    """Refuse to start services in an environment that sets what they would not read (a
-    typo, a setting since removed): a service would stop at start on it, or, for a plain name
-    one letter or so from a setting's, run without it; name the other plain names no genwire
-    setting or tool reads (``genwire_stack.variables``)."""
+def check_environment(components: Iterable[str] | None = None, out: Out = quiet) -> None:
+    """When ``components`` (default: all) include a service: refuse an environment that sets
+    what the services would not read (a typo, a setting since removed): a service would stop
+    at start on it, or, for a plain name one letter or so from a setting's, run without it;
+    name the other plain names no genwire setting or tool reads (``genwire_stack.variables``).
+    ``ensure_up`` calls it first; a caller that stops things before it (a restart) calls it
+    before that."""
+    if components is not None and not any(n.split("-")[0] in SERVICES for n in components):
+        return
     classes = {short: cls for short in SERVICES if (cls := settings_class(short)) is not None}
     refused, unknown = unread_environment(os.environ, classes)
     if refused:

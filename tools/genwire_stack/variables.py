@@ -15,6 +15,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 
+from pydantic_settings import BaseSettings
+
 from genwire.settings import CommonSettings, ServiceSettings, unread_variables
 
 PLAIN = str(CommonSettings.model_config.get("env_prefix") or "GENWIRE_")
@@ -58,14 +60,15 @@ def unread_environment(
     prefixes = tuple(
         str(cls.model_config.get("env_prefix") or "").upper() for cls in services.values()
     )
-    known = set(TOOL_VARIABLES) | _plain_names([ServiceSettings, *services.values()])
+    plain = set(TOOL_VARIABLES) | _plain_names([CommonSettings])  # what a plain name sets
+    known = plain | _plain_names([ServiceSettings, *services.values()])  # what is read at all
     unknown = []
     for variable in sorted(upper):
         if not variable.startswith(PLAIN) or variable.startswith(prefixes):
             continue  # not ours, or a service's own (checked above)
         if variable in known or variable.split("__", 1)[0] in known:  # a nested setting's key
             continue
-        near = difflib.get_close_matches(variable, sorted(known), 1, cutoff=NEAR)
+        near = [] if _own_prefix(variable, known) else _near(variable, plain)
         if near:
             refused.append(f"{variable}: no setting or tool reads it (did you mean {near[0]}?)")
         else:
@@ -82,5 +85,16 @@ off (``GENWIRE_MYSVC_REDIS_URL`` 0.85 from ``GENWIRE_REDIS_URL``, ``GENWIRE_RANK
 from ``GENWIRE_GRPC_HOST``)."""
 
 
-def _plain_names(classes: Iterable[type[ServiceSettings]]) -> set[str]:
+def _own_prefix(variable: str, known: set[str]) -> bool:
+    """``GENWIRE_<WORD>_<a known name>`` (``GENWIRE_RANKER_KAFKA_BOOTSTRAP_SERVERS``): a
+    service of the user's own on genwire's runtime, reading that setting under its prefix."""
+    rest = variable[len(PLAIN) :]
+    return any(f"{PLAIN}{rest[at + 1 :]}" in known for at, char in enumerate(rest) if char == "_")
+
+
+def _near(variable: str, candidates: set[str]) -> list[str]:
+    return difflib.get_close_matches(variable, sorted(candidates), 1, cutoff=NEAR)
+
+
+def _plain_names(classes: Iterable[type[BaseSettings]]) -> set[str]:
     return {f"{PLAIN}{name}".upper() for cls in classes for name in cls.model_fields}
