@@ -63,15 +63,8 @@ async def test_shadow_copy_runs_beside_its_request() -> None:
 class UnavailableBackend(ErrorBackend):
     """Triton refusing the call with UNAVAILABLE (a version it lists but does not serve)."""
 
-    async def open(
-        self,
-        request: PreparedRequest,
-        headers: Mapping[str, str],
-        *,
-        stream: bool = True,
-        min_gap_s: float = 0.0,
-    ) -> FakeStream:
-        raise RetryableError("triton: UNAVAILABLE: not at ready state", dependency="triton")
+    async def failure(self, request: PreparedRequest) -> Exception:
+        return RetryableError("triton: UNAVAILABLE: not at ready state", dependency="triton")
 
 
 async def test_an_unloaded_version_refused_with_unavailable_is_not_waited_for() -> None:

@@ -579,9 +579,13 @@ class ErrorBackend(FakeBackend):
         stream: bool = True,
         min_gap_s: float = 0.0,
     ) -> FakeStream:
+        raise await self.failure(request)
+
+    async def failure(self, request: PreparedRequest) -> Exception:
+        """What the call fails with (a subclass may act first: a cancel landing meanwhile)."""
         from genwire_inference.backend import ModelError
 
-        raise ModelError(self.message)
+        return ModelError(self.message)
 
     async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
         self.waited.append(timeout_s)
@@ -959,27 +963,20 @@ async def test_a_wait_that_ends_past_the_deadline_ends_with_it() -> None:
     assert chunks[-1].finish_reason == "deadline" and chunks[-1].output_ids == [100]
 
 
-class _CancelledAsItOpens(FakeBackend):
+class _CancelledAsItOpens(ErrorBackend):
     """The cancel lands while the call is set up, and the call then fails."""
 
     inference: Inference
 
-    async def open(
-        self,
-        request: PreparedRequest,
-        headers: Mapping[str, str],
-        *,
-        stream: bool = True,
-        min_gap_s: float = 0.0,
-    ) -> FakeStream:
+    async def failure(self, request: PreparedRequest) -> Exception:
         await self.inference.control(ControlEvent(request_id=request.request_id, action="cancel"))
-        raise RetryableError("triton: UNAVAILABLE")
+        return RetryableError("triton: UNAVAILABLE")
 
 
 async def test_a_version_is_served_here_only_once_the_model_answered() -> None:
     """``served_here`` makes a version Triton lists with no state be waited for (lost by a
     restart, not unloaded): a call that never reached the model proves nothing."""
-    backend = _CancelledAsItOpens()
+    backend = _CancelledAsItOpens([], server_ready=True)
     inf = backend.inference = Inference(backend)
     (final,) = await _collect(inf, _req("o"))
     assert final.finish_reason == "cancelled" and inf.served_here == set()
@@ -993,31 +990,18 @@ async def test_a_version_is_served_here_only_once_the_model_answered() -> None:
     assert failed.served_here == {("genwire-gpt", "3")}
 
 
-class _FailsThenNotLoaded(FakeBackend):
-    """The call fails (retryably, or with a model error), and Triton then says the version is
-    not loaded: an answer (model_not_loaded) for a request nobody cancelled."""
+class _FailsThenNotLoaded(ErrorBackend):
+    """The call fails (retryably, or with a model error), Triton stays away, and then says the
+    version is not loaded: an answer (model_not_loaded) for a request nobody cancelled."""
 
     def __init__(self, model_error: bool) -> None:
-        super().__init__()
+        super().__init__([], server_ready=True, message="'genwire-gpt' version 2 is not found")
         self.model_error = model_error
 
-    async def open(
-        self,
-        request: PreparedRequest,
-        headers: Mapping[str, str],
-        *,
-        stream: bool = True,
-        min_gap_s: float = 0.0,
-    ) -> FakeStream:
-        from genwire_inference.backend import ModelError
-
+    async def failure(self, request: PreparedRequest) -> Exception:
         if self.model_error:
-            raise ModelError("Request for unknown model: 'genwire-gpt' version 2 is not found")
-        raise RetryableError("triton: UNAVAILABLE")
-
-    async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
-        self.waited.append(timeout_s)
-        return False
+            return await super().failure(request)
+        return RetryableError("triton: UNAVAILABLE")
 
 
 @pytest.mark.parametrize("model_error", [False, True])
