@@ -409,15 +409,9 @@ class ServiceSettings(CommonSettings):
     @model_validator(mode="after")
     def _nothing_ignored(self) -> ServiceSettings:
         prefix = str(self.model_config.get("env_prefix") or "")
+        # Own fields given by any source (the environment's shared ones: unread_variables).
         own = {name for name in self.not_read if name not in CommonSettings.model_fields}
         given = own & self.model_fields_set
-        environ = {key.upper() for key in os.environ}  # read case-insensitively, as the source
-        if prefix != CommonSettings.model_config.get("env_prefix"):  # not the plain names
-            given |= {
-                name
-                for name in self.not_read - own
-                if name in self.model_fields_set and f"{prefix}{name}".upper() in environ
-            }
         if given:
             names = ", ".join(f"{prefix}{name.upper()}" for name in sorted(given))
             raise ValueError(
@@ -464,7 +458,12 @@ def unread_variables(cls: type[ServiceSettings], environ: Mapping[str, str]) -> 
     for variable in sorted({key.upper() for key in environ}):  # read case-insensitively
         if variable.startswith(prefix) and variable not in shared:  # GENWIRE_GATEWAY_TLS: shared
             rest = variable[len(prefix) :]
-            if not _names_a_field(cls, rest.lower(), delimiter.lower()):
+            if rest.lower() in cls.not_read:  # a setting it has no use for (Redis, …)
+                problems.append(
+                    f"{variable}: not read by this service (it has no use for it, or reads it "
+                    "under other settings)"
+                )
+            elif not _names_a_field(cls, rest.lower(), delimiter.lower()):
                 read = [name for name in cls.model_fields if name not in cls.not_read]
                 near = difflib.get_close_matches(rest.lower(), read, 1)
                 hint = f" (did you mean {prefix}{near[0].upper()}?)" if near else ""

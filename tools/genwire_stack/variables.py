@@ -48,15 +48,11 @@ def unread_environment(
     Unknown: another plain name no setting and no tool here reads (a service of the user's own
     may: said, not refused)."""
     upper = {key.upper() for key in environ}
-    refused = []
-    for short, cls in services.items():
-        prefix = str(cls.model_config.get("env_prefix") or "").upper()
-        refused += [f"{short}: {problem}" for problem in unread_variables(cls, environ)]
-        refused += [
-            f"{short}: {prefix}{name.upper()}: not read by this service"
-            for name in sorted(cls.not_read)
-            if f"{prefix}{name}".upper() in upper
-        ]
+    refused = [
+        f"{short}: {problem}"
+        for short, cls in services.items()
+        for problem in unread_variables(cls, environ)
+    ]
     prefixes = tuple(
         str(cls.model_config.get("env_prefix") or "").upper() for cls in services.values()
     )

@@ -413,9 +413,7 @@ class Inference:
             span, owned = trace.get_current_span(), False
         except GenwireError as exc:
             _note_cancel(span, run)
-            span.set_status(Status(StatusCode.ERROR, exc.message))
-            span.set_attribute(sc.ERROR_CODE, exc.code)
-            span.end()
+            _end_failed(span, exc)
             raise
         except BaseException:  # stopped (shutdown, a consumer dropping us): stop the model too
             if run.stream is not None:
@@ -594,9 +592,8 @@ class Inference:
         not_loaded = await self._not_loaded(request)
         if not_loaded is not None:
             return not_loaded
-        if await self._wait_for_model(request, run):  # it was loading: retry now
-            return RetryableError(f"triton: {exc.message}", dependency=TRITON)
-        if run.stop_reason is not None:  # stopped while waiting: no answer needed
+        # It was loading: retry now; or stopped while waiting: no answer needed.
+        if await self._wait_for_model(request, run) or run.stop_reason is not None:
             return RetryableError(f"triton: {exc.message}", dependency=TRITON)
         if await self.backend.server_ready():
             # Triton is up and the model stayed away: not an outage to wait out for minutes.

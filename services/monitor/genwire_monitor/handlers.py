@@ -160,7 +160,14 @@ class MonitorEngine:
         for slo in self.slos:
             if slo.stage not in REQUEST_STAGES:
                 self._span_slos.setdefault(slo.stage, []).append(slo)
-        self._slo_stages_seen: set[str] = set()  # of those stages, the ones a span had
+        # Those on a stage genwire does not report (slo_no_data), and the stages a span had.
+        self._foreign_slos = [
+            slo
+            for stage, slos in self._span_slos.items()
+            if not genwire_stage(stage)
+            for slo in slos
+        ]
+        self._slo_stages_seen: set[str] = set()
         self.generated = 0  # requests that ended with a generation, neither failed nor refused
         self.drift = DriftMonitor(settings.drift, scale)
         self.drift_results: list[SeriesResult] = []
@@ -445,12 +452,7 @@ class MonitorEngine:
         events += rules.no_data_events(
             self.settings,
             self.book,
-            [
-                (slo, stage in self._slo_stages_seen)
-                for stage, slos in self._span_slos.items()
-                if not genwire_stage(stage)  # genwire's own: there, or not for every request
-                for slo in slos
-            ],
+            [(slo, slo.stage in self._slo_stages_seen) for slo in self._foreign_slos],
             self.generated,
             self.stages(),
             now,
