@@ -40,6 +40,15 @@ class ConsumerMetrics:
             ["stage", "code"],
             registry=registry,
         )
+        self.dropped = Counter(
+            sc.METRIC_OUTPUTS_DROPPED,
+            "Outputs of a failure path (a DLQ record even with its value cut, an error result) "
+            "that can never be published (Kafka refused them for good as too large, or they "
+            "cannot be encoded; topic \"(error events)\": not even built): logged and dropped, "
+            "their record committed.",
+            ["stage", "topic"],
+            registry=registry,
+        )
         self.stalled = Gauge(
             sc.METRIC_PARTITION_STALLED,
             "1 while a partition has work but made no progress for the stall timeout.",

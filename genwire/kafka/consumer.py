@@ -16,14 +16,15 @@ the paths themselves are in ``failures.py``):
   ``on_fatal`` (the runtime turns not ready and exits, so its supervisor restarts it) and the
   record stays uncommitted for the next owner.
 
-Rebalances: records of a revoked partition are not dispatched, and work still running for it
-after ``drain_timeout_s`` is cancelled; outputs are fenced (not published once the partition
-is gone), so the new owner's work is the only one published. A partition whose last commit
-failed (lost with the group session in a broker outage, on librdkafka) and that the group
-gives back to this consumer resumes after the records it finished (``_resume_unsettled``),
-not at the older commit, unless another member committed further meanwhile. The fetch loop
-never blocks on a full worker pool: it pauses the partitions and keeps polling, so the group
-never sees a member that stopped polling.
+Rebalances: records of a revoked partition are not dispatched (nor those handed out while it
+is drained), and work still running for it after ``drain_timeout_s`` is cancelled; outputs are
+fenced (not published once the partition is gone), so the new owner's work is the only one
+published, and a record whose outputs were fenced is not finished here (not committed). A
+partition whose last commit failed (lost with the group session in a broker outage, on
+librdkafka) and that the group gives back to this consumer resumes after the records it
+finished (``_resume_unsettled``), not at the older commit, unless another member committed
+further meanwhile. The fetch loop never blocks on a full worker pool: it pauses the partitions
+and keeps polling, so the group never sees a member that stopped polling.
 
 Order: records run concurrently. With ``ordered_keys`` (postprocess: a request's streamed
 chunks) a record starts only once the previous record of its partition with the same key has
@@ -83,6 +84,11 @@ Decoder = Callable[[ConsumerRecord[bytes, bytes]], InT]
 RECORDS_CANCEL_S = 5.0
 """On stop, how long records still running at the drain bound get after their cancel before
 they are left (uncommitted: redelivered to whoever owns the partition next) and logged."""
+
+STOP_COMMIT_S = 5.0
+"""On stop, how long the commit of the finished records may take (then the client closes):
+aiokafka retries a commit for as long as no coordinator answers. Past it they are uncommitted,
+logged, and redelivered to the partitions' next owner."""
 
 RESUME_TIMEOUT_S = 10.0
 """How long the partitions given back after a failed commit may take, all together, to read the
@@ -286,6 +292,9 @@ class EventConsumer(Generic[InT]):
         # this consumer finished there, for when the group gives one back (``_resume_unsettled``).
         self._unsettled: dict[TopicPartition, int] = {}
         self._resuming: set[TopicPartition] = set()  # paused until ``_resume_unsettled`` ends
+        # Partitions being revoked (``_drain``): librdkafka hands out their queued records until
+        # the revoke's listener returns; none is started, so each drain knows all its records.
+        self._draining: set[TopicPartition] = set()
         self._holding = False  # the run loop holds every partition (``_throttle``)
         self._session_s = session_timeout_ms / 1000.0
         self._joined = False  # the group gave this member its share (maybe none: more members)
@@ -374,8 +383,8 @@ class EventConsumer(Generic[InT]):
                         return
                     raise
                 for tp, records in batches.items():
-                    if tp not in self._assigned:  # revoked while fetched: the new owner's now
-                        continue
+                    if tp not in self._assigned or tp in self._draining:
+                        continue  # revoked while fetched, or being drained: the new owner's
                     for record in records:
                         if self._stopping:  # redelivery takes the rest
                             return
@@ -452,9 +461,49 @@ class EventConsumer(Generic[InT]):
                     ", ".join(parts),
                     RECORDS_CANCEL_S,
                 )
-        with contextlib.suppress(Exception):
-            await self._commit()
-        await self._consumer.stop()
+        await self._final_commit()
+        await self._close()
+
+    async def _close(self) -> None:
+        """Leave the group and close the client. aiokafka's close cancels its fetches and then
+        awaits them; one cancelled while it sleeps out a failed fetch's backoff (in a Kafka
+        outage, most of the time) re-raises that cancel from the close, which then never
+        closes its connections (aio-libs/aiokafka#647). That cancel is not this stop's: the
+        stop goes on, with the connections closed here."""
+        try:
+            await self._consumer.stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the stop itself was cancelled
+            log.warning("stopping: the Kafka client's close was cut short by its own fetch")
+            client = getattr(self._consumer, "_client", None)  # aiokafka's connections
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close()
+
+    async def _final_commit(self) -> None:
+        """Commit what finished, within ``STOP_COMMIT_S``: aiokafka's commit retries for as long
+        as it finds no coordinator (a Kafka outage: the very thing a service that gave up stops
+        for), and the client is closed only after this. What is not committed is said, and
+        delivered again to the partitions' next owner (at least once)."""
+        try:
+            async with asyncio.timeout(STOP_COMMIT_S):
+                await self._commit()
+        except Exception as exc:  # the timeout included
+            why = f"no answer in {STOP_COMMIT_S:g} s" if isinstance(exc, TimeoutError) else exc
+            left = [
+                f"{tp.topic}-{tp.partition} up to {position}"
+                for tp, tracker in sorted(self._offsets.items())
+                if (position := tracker.committable()) is not None and position != tracker.committed
+            ]
+            if left:
+                log.warning(
+                    "stopping: finished records not committed (%s): %s; their partitions' next "
+                    "owner handles them again, from the group's last commit",
+                    why,
+                    ", ".join(left),
+                )
 
     async def _process(
         self,
@@ -481,6 +530,8 @@ class EventConsumer(Generic[InT]):
             # Stopped or revoked mid-record: leave it uncommitted so the group redelivers it.
             outcome = "cancelled"
             raise
+        except Fenced:  # revoked before a failure path could publish: the new owner's record
+            outcome = "revoked"
         except GaveUp as exc:
             outcome = "uncommitted"
             if self._on_fatal is not None:
@@ -681,29 +732,43 @@ class EventConsumer(Generic[InT]):
 
     async def _drain(self, revoked: set[TopicPartition]) -> None:
         """Before losing partitions: finish their records (bounded), fence the rest, commit."""
-        busy = [t for t, tp in self._tasks.items() if tp in revoked]
-        if busy:
-            _, pending = await asyncio.wait(busy, timeout=self._drain_timeout_s)
+        self._draining |= revoked
+        try:
+            busy = self._running(revoked)
+            if busy:
+                await asyncio.wait(busy, timeout=self._drain_timeout_s)
             # Fenced from here on: nothing they would still publish is theirs to publish.
             self._assigned -= revoked
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5.0)
-                log.warning(
-                    "rebalance: cancelled %d records of revoked partitions still running "
-                    "after %.0f s; their new owner handles them",
-                    len(pending),
-                    self._drain_timeout_s,
-                )
-        with contextlib.suppress(Exception):
-            await self._commit(only=revoked)  # ``_assigned`` may exclude them already (fenced)
-        for tp in revoked:
-            tracker = self._offsets.pop(tp, None)
-            position = tracker.committable() if tracker is not None else None
-            if tracker is not None and position is not None and position != tracker.committed:
-                self._unsettled[tp] = position  # the commit failed: kept for a reassignment
-        self._assigned -= revoked
+            # Every record of theirs still running, not only those running on entry: one
+            # started meanwhile must not finish unfenced, nor on after the partition is gone.
+            await self._cancel_revoked(self._running(revoked))
+            with contextlib.suppress(Exception):
+                await self._commit(only=revoked)  # ``_assigned`` excludes them: fenced
+            for tp in revoked:
+                tracker = self._offsets.pop(tp, None)
+                position = tracker.committable() if tracker is not None else None
+                if tracker is not None and position is not None and position != tracker.committed:
+                    self._unsettled[tp] = position  # the commit failed: kept for a reassignment
+        finally:
+            self._draining -= revoked
+
+    def _running(self, partitions: set[TopicPartition]) -> list[asyncio.Task[None]]:
+        """The record tasks of ``partitions`` still running."""
+        return [t for t, tp in self._tasks.items() if tp in partitions and not t.done()]
+
+    async def _cancel_revoked(self, pending: list[asyncio.Task[None]]) -> None:
+        """Cancel the records of revoked partitions still running after the drain's bound."""
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=RECORDS_CANCEL_S)
+        log.warning(
+            "rebalance: cancelled %d records of revoked partitions still running after %.0f s; "
+            "their new owner handles them",
+            len(pending),
+            self._drain_timeout_s,
+        )
 
     async def _resume_unsettled(self, assigned: set[TopicPartition]) -> None:
         """Of the partitions just assigned, resume each whose last commit failed here after the

@@ -1,6 +1,7 @@
 """Where a record goes when it does not succeed: the DLQ, the retry topic, or nowhere (the
 service gives up). The consumer (``genwire/kafka/consumer.py``) decides *that* a record failed;
-this module decides *where* it goes and publishes it there, through a broker outage if need be.
+this module decides *where* it goes and publishes it there, through a broker outage if need be,
+and what happens to an output Kafka refuses for good (too large: ``FailurePaths.fail``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from opentelemetry.trace import Status, StatusCode
 from genwire.errors import GenwireError, RetryableError
 from genwire.events import Event
 from genwire.health import Backoff, Dependencies
-from genwire.kafka.producer import KAFKA
+from genwire.kafka.producer import KAFKA, MAX_REQUEST_SIZE, publish_error
 from genwire.metrics import ConsumerMetrics
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
@@ -43,6 +44,15 @@ class RawRecord:
 Output = Event | RawRecord
 FailureEvents = Callable[[ConsumerRecord[bytes, bytes], GenwireError], Sequence[Output]]
 Publish = Callable[[TopicPartition, Output], Awaitable[asyncio.Future[object]]]
+Refused = tuple[Output, Exception]
+"""An output and why it can never be published: Kafka refused it for good (too large), or it
+cannot be encoded at all (a value pydantic cannot serialise)."""
+"""An output Kafka refuses whatever the retry (too large), and its error."""
+
+TRIM_HEADROOM = 64 * 1024
+"""What a dead letter cut to fit leaves free under the producer's record limit
+(``MAX_REQUEST_SIZE``) besides its key and headers: the batch's framing and what the producer
+adds on the way (trace context, forwarded headers)."""
 
 
 class Fenced(Exception):
@@ -114,7 +124,13 @@ class FailurePaths:
         err: GenwireError,
         span: trace.Span,
     ) -> None:
-        """The stage's error events, and for poison input a DLQ record (reason in headers)."""
+        """The stage's error events, and for poison input a DLQ record (reason in headers).
+
+        An output Kafka refuses for good (too large) does not hold the record back: a DLQ copy
+        goes out again with its value cut to fit (``_trimmed``), the other outputs go out as
+        they are, and what is refused even so is logged and counted (``_dropped``). The record
+        is then committed: retrying cannot change the verdict, and holding it would stop its
+        partition for good."""
         span.set_status(Status(StatusCode.ERROR, err.message))
         span.set_attribute(sc.ERROR_CODE, err.code)
         outputs: list[Output] = []
@@ -123,8 +139,66 @@ class FailurePaths:
                 self._metrics.dlq.labels(self._stage, err.code).inc()
             outputs.append(_diverted(record, Topic.DLQ, _dlq_headers(record, err, self._stage)))
         if self._failure_events is not None:
-            outputs += self._failure_events(record, err)
-        await self.publish_reliably(tp, outputs)
+            try:
+                outputs += self._failure_events(record, err)
+            except (ValueError, UnicodeError) as unbuilt:  # a value no event can carry
+                self._unbuilt(record, unbuilt)  # the dead letter still goes out, alone
+        for out, exc in await self.publish_reliably(tp, outputs):
+            await self._refused(tp, record, out, exc)
+
+    async def _refused(
+        self,
+        tp: TopicPartition,
+        record: ConsumerRecord[bytes, bytes],
+        out: Output,
+        exc: Exception,
+    ) -> None:
+        """An output of ``record`` that Kafka refused for good: a dead letter goes out again
+        with its value cut to fit; anything else, or a cut one refused too, is dropped."""
+        if (
+            isinstance(exc, KafkaError)
+            and isinstance(out, RawRecord)
+            and (trimmed := _trimmed(out)) is not None
+        ):
+            log.warning(
+                "%s@%s: its dead letter is too large for Kafka (%s); published with the value "
+                "cut from %d to %d bytes (header %s)",
+                f"{record.topic}-{record.partition}",
+                record.offset,
+                exc,
+                len(out.value),
+                len(trimmed.value),
+                sc.HEADER_DLQ_TRUNCATED,
+            )
+            again = await self.publish_reliably(tp, [trimmed])
+            if not again:
+                return
+            out, exc = again[0]
+        self._dropped(record, out, exc)
+
+    def _unbuilt(self, record: ConsumerRecord[bytes, bytes], exc: Exception) -> None:
+        """The stage's error events for ``record`` could not be built: never silent."""
+        if self._metrics:
+            self._metrics.dropped.labels(self._stage, "(error events)").inc()
+        log.error(
+            "%s@%s: its error events could not be built (%r); only its dead letter goes out",
+            f"{record.topic}-{record.partition}",
+            record.offset,
+            exc,
+        )
+
+    def _dropped(self, record: ConsumerRecord[bytes, bytes], out: Output, exc: Exception) -> None:
+        """An output of a failure path that can never be published: never silent."""
+        topic = out.topic if isinstance(out, RawRecord) else out.TOPIC
+        if self._metrics:
+            self._metrics.dropped.labels(self._stage, topic).inc()
+        log.error(
+            "%s@%s: its output to %s can never be published (%s); dropped, the record is committed",
+            f"{record.topic}-{record.partition}",
+            record.offset,
+            topic,
+            exc,
+        )
 
     async def park(
         self,
@@ -149,20 +223,29 @@ class FailurePaths:
             return
         span.set_status(Status(StatusCode.ERROR, err.message))
         span.set_attribute(sc.ERROR_CODE, err.code)
-        if self._metrics:
-            self._metrics.parked.labels(self._stage, err.code).inc()
         not_before = int(time.time() * 1000 + self._replay_delay_s * 1000 * 2**replays)
         headers = [(k, v) for k, v in record.headers or () if not k.startswith("genwire_retry")]
         headers += [
             (sc.HEADER_RETRY_TOPIC, record.topic.encode()),
             (sc.HEADER_RETRY_PARTITION, str(record.partition).encode()),
             (sc.HEADER_RETRY_OFFSET, str(record.offset).encode()),
-            (sc.HEADER_RETRY_REASON, err.message[:1000].encode()),
+            (sc.HEADER_RETRY_REASON, err.message[:1000].encode(errors="replace")),
             (sc.HEADER_RETRY_CODE, err.code.encode()),
             (sc.HEADER_RETRY_STAGE, self._stage.encode()),
             (sc.HEADER_RETRY_COUNT, str(replays).encode()),
             (sc.HEADER_RETRY_NOT_BEFORE, str(not_before).encode()),
         ]
+        if await self.publish_reliably(tp, [_diverted(record, Topic.RETRY, headers)]):
+            # Too large to park (its copy carries the parking headers): dead-lettered instead,
+            # so that its caller still gets an answer.
+            too_large = GenwireError(
+                f"{err.message} (and too large for Kafka to park on {Topic.RETRY})",
+                code=err.code,
+            )
+            await self.fail(tp, record, too_large, span)
+            return
+        if self._metrics:
+            self._metrics.parked.labels(self._stage, err.code).inc()
         log.warning(
             "%s@%s parked on %s after %.0f s of %s: replay after %s",
             f"{record.topic}-{record.partition}",
@@ -172,21 +255,24 @@ class FailurePaths:
             err.dependency,
             time.strftime("%H:%M:%S", time.localtime(not_before / 1000)),
         )
-        await self.publish_reliably(tp, [_diverted(record, Topic.RETRY, headers)])
 
-    async def publish_reliably(self, tp: TopicPartition, outputs: Sequence[Output]) -> None:
-        """Publish, retrying through a broker outage for the budget; else give up loudly."""
+    async def publish_reliably(
+        self, tp: TopicPartition, outputs: Sequence[Output]
+    ) -> list[Refused]:
+        """Publish, retrying through a broker outage for the budget; else give up loudly.
+
+        An output Kafka refuses whatever the retry (too large: ``publish_error``) is not
+        retried: it comes back with its error, for the caller to deal with. ``Fenced`` (the
+        partition revoked) propagates: the record is its new owner's, and nothing was published
+        for it here, so it must not count as handled."""
         first_failure: float | None = None
         attempt = 0
         while True:
             try:
-                futures = [await self._publish(tp, out) for out in outputs]
-                await acknowledged(futures, self._ack_timeout_s)
+                refused = await self._publish_once(tp, outputs)
                 if first_failure is not None:
                     self._deps.recovered(KAFKA)
-                return
-            except Fenced:
-                return  # the new owner handles the record again
+                return refused
             except KafkaError as exc:
                 self._deps.failed(KAFKA, exc)
                 now = time.monotonic()
@@ -197,6 +283,55 @@ class FailurePaths:
                     ) from exc
                 await asyncio.sleep(self._backoff.delay(attempt))
                 attempt += 1
+
+    async def _publish_once(self, tp: TopicPartition, outputs: Sequence[Output]) -> list[Refused]:
+        """Publish ``outputs`` and wait for the broker's answers: those refused for good.
+        Raises the first retryable failure; the retry publishes all of ``outputs`` again (a
+        duplicate of what went out, which idempotent stages absorb)."""
+        refused: list[Refused] = []
+        sent: list[tuple[Output, asyncio.Future[object]]] = []
+        for out in outputs:
+            try:
+                sent.append((out, await self._publish(tp, out)))
+            except KafkaError as exc:  # aiokafka checks a record's size before queueing it
+                refused.append((out, _for_good(exc)))
+            except (ValueError, UnicodeError) as exc:  # an event that cannot be encoded
+                refused.append((out, exc))
+        if not sent:
+            return refused
+        done, waiting = await asyncio.wait([fut for _, fut in sent], timeout=self._ack_timeout_s)
+        for out, fut in sent:
+            if fut in done and (failure := fut.exception()) is not None:
+                refused.append((out, _for_good(failure)))
+        if waiting:  # as ``acknowledged``: an outage counts against the budget
+            raise KafkaTimeoutError(
+                f"{len(waiting)} record(s) not acknowledged by the broker within "
+                f"{self._ack_timeout_s:.0f} s"
+            )
+        return refused
+
+
+def _for_good(exc: BaseException) -> KafkaError:
+    """``exc`` when Kafka refuses the output whatever the retry (too large); else raised."""
+    if isinstance(exc, KafkaError) and not isinstance(publish_error(exc), RetryableError):
+        return exc
+    raise exc
+
+
+def _trimmed(out: RawRecord) -> RawRecord | None:
+    """A dead letter Kafka refused as too large, its value cut to fit, marked with header
+    ``genwire_dlq_truncated`` (the original value's size); None for any other record, one
+    already cut, or one whose value is not what makes it too large."""
+    if out.topic != Topic.DLQ:
+        return None
+    if any(k == sc.HEADER_DLQ_TRUNCATED for k, _ in out.headers):
+        return None
+    headers = (*out.headers, (sc.HEADER_DLQ_TRUNCATED, str(len(out.value)).encode()))
+    overhead = len(out.key or b"") + sum(len(k) + len(v) for k, v in headers) + TRIM_HEADROOM
+    keep = max(0, MAX_REQUEST_SIZE - overhead)
+    if keep >= len(out.value):
+        return None  # not the value's size: nothing cutting it could fix
+    return RawRecord(out.topic, out.value[:keep], out.key, headers, out.partition)
 
 
 def _diverted(
@@ -211,8 +346,9 @@ def _dlq_headers(
     kept = [(k, v) for k, v in record.headers or () if not k.startswith("genwire_dlq")]
     return [
         *kept,
-        (sc.HEADER_DLQ_REASON, err.message[:1000].encode()),
-        (sc.HEADER_DLQ_CODE, err.code.encode()),
+        # "replace": a message quoting the input may hold what UTF-8 cannot (lone surrogates)
+        (sc.HEADER_DLQ_REASON, err.message[:1000].encode(errors="replace")),
+        (sc.HEADER_DLQ_CODE, err.code.encode(errors="replace")),
         (sc.HEADER_DLQ_TOPIC, record.topic.encode()),
         (sc.HEADER_DLQ_PARTITION, str(record.partition).encode()),
         (sc.HEADER_DLQ_OFFSET, str(record.offset).encode()),

@@ -55,6 +55,22 @@ async def test_dead_letters_are_selected_and_replayed_to_their_topic(
     assert f"key={run}-a" in out and "code=invalid_json" in out and "1 record(s) selected" in out
 
 
+async def test_a_dead_letter_cut_to_fit_is_listed_but_never_replayed(env: Env) -> None:
+    """Its value is only the start of what came (``genwire_dlq_truncated``): replaying it
+    would send the stage bytes that are not the request."""
+    bootstrap, topic, producer = env
+    key = f"cut-{uuid.uuid4().hex[:8]}"
+    headers = [
+        (sc.HEADER_DLQ_CODE, b"request_too_large"),
+        (sc.HEADER_DLQ_TOPIC, topic.encode()),
+        (sc.HEADER_DLQ_TRUNCATED, b"16777016"),
+    ]
+    await (await producer.send(Topic.DLQ, b'{"request_id": "', key=key.encode(), headers=headers))
+    (chosen,) = await read_letters(bootstrap, Topic.DLQ, Selection(keys=frozenset({key})))
+    assert chosen.truncated == 16777016 and chosen.origin_topic == topic
+    assert await replay(bootstrap, [chosen]) == []
+
+
 async def test_a_replayed_result_replaces_an_unavailable_error_only(
     infra: CommonSettings,
 ) -> None:

@@ -24,6 +24,8 @@ from genwire.errors import GenwireError, Rejection, RetryableError
 from genwire.events import ControlEvent, Event, GenerationResult, PreparedRequest, dump
 from genwire.health import Dependencies
 from genwire.kafka import EventConsumer, EventProducer, ensure_topics
+from genwire.kafka.consumer import STOP_COMMIT_S
+from genwire.kafka.rdkafka_consumer import STOP_TIMEOUT_S
 from genwire.kafka.replay import ParkedRecord, Replayer, decode_parked
 from genwire.settings import CommonSettings
 from genwire.telemetry import semconv as sc
@@ -437,6 +439,57 @@ async def test_partitions_given_back_after_an_outage_resume_after_what_was_finis
         assert handled == [*before, "after"]  # nothing handled twice
         if kafka_client == "librdkafka":  # the path under test ran (aiokafka may not need it)
             assert "given back after a failed commit: resumed at 6" in caplog.text
+    finally:
+        await producer.stop()
+        await asyncio.to_thread(down, ["kafka"], settings=kafka.settings, catalog=catalog)
+
+
+@pytest.mark.slow
+async def test_a_stop_during_a_kafka_outage_is_bounded(
+    infra: CommonSettings, tmp_path: Path, kafka_client: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A service that gives up in a Kafka outage must exit: the stop's last commit waits
+    ``STOP_COMMIT_S``, names what it could not commit (delivered again), and the client closes.
+    Before, aiokafka's commit retried for as long as no coordinator answered, and the stop,
+    which closes the client only after it, waited for the broker to come back. On a private
+    broker; one commit goes out at the first record, then the commit loop sleeps a minute."""
+    caplog.set_level(logging.WARNING, logger="genwire.kafka.consumer")
+    kafka = Kafka.beside(infra, CommonSettings(home=tmp_path))
+    catalog = {"kafka": kafka}
+    await asyncio.to_thread(ensure_up, ["kafka"], settings=kafka.settings, catalog=catalog)
+    producer = EventProducer(kafka.bootstrap)
+    try:
+        await ensure_topics(kafka.bootstrap, [TopicSpec("in", 1, 3_600_000)])
+        await producer.start()
+        handled: list[str] = []
+
+        async def handler(event: PreparedRequest) -> None:
+            handled.append(event.request_id)
+
+        consumer = _make(kafka.bootstrap, "in", producer, handler, commit_interval_s=60.0)
+        await consumer.start()
+        task = asyncio.create_task(consumer.run())
+        try:
+            await eventually(lambda: consumer.ready, timeout_s=60)
+            for rid in ("first", "second"):
+                await (await producer.send("in", dump(_prepared(rid)), key=rid.encode()))
+                await eventually(lambda rid=rid: rid in handled)  # type: ignore[misc]
+            assert await _committed_soon(kafka.bootstrap, consumer.group_id or "", "in", 1) == 1
+            await asyncio.to_thread(down, ["kafka"], settings=kafka.settings, catalog=catalog)
+            started = time.monotonic()
+            async with asyncio.timeout(90):  # before: until the broker came back (never here)
+                await consumer.stop(timeout_s=1.0)
+            took = time.monotonic() - started
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # The commit's bound and the client's close: librdkafka's waits up to its own
+        # STOP_TIMEOUT_S for its thread to leave the group.
+        close_s = STOP_TIMEOUT_S if kafka_client == "librdkafka" else 10.0
+        assert took < 1.0 + STOP_COMMIT_S + close_s, took
+        assert "finished records not committed" in caplog.text
+        assert "in-0 up to 2" in caplog.text
     finally:
         await producer.stop()
         await asyncio.to_thread(down, ["kafka"], settings=kafka.settings, catalog=catalog)

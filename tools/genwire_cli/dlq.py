@@ -6,7 +6,9 @@ back to the topic it came from once its cause is fixed: the original key, value 
 (trace context included) go back, without the ``genwire_dlq_*``/``genwire_retry_*`` details,
 plus ``genwire_replayed_from`` (``<topic>:<partition>:<offset>``). Replaying is safe to repeat:
 the stages are idempotent by request id, and a stored ``unavailable`` error result is replaced
-by the replay's real result (any other stored result stays).
+by the replay's real result (any other stored result stays). A dead letter whose value was cut
+to fit Kafka (``genwire_dlq_truncated``) is listed but never replayed: its bytes are not the
+request's.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class Letter:
     code: str
     stage: str
     reason: str
+    truncated: int | None = None
+    """The original value's size, when only its start was dead-lettered (too large for Kafka)."""
 
     @property
     def where(self) -> str:
@@ -66,7 +70,15 @@ def letter(record: ConsumerRecord[bytes, bytes]) -> Letter:
         code=_text(record, sc.HEADER_DLQ_CODE, sc.HEADER_RETRY_CODE),
         stage=_text(record, sc.HEADER_DLQ_STAGE, sc.HEADER_RETRY_STAGE),
         reason=_text(record, sc.HEADER_DLQ_REASON, sc.HEADER_RETRY_REASON),
+        truncated=_size(header(record, sc.HEADER_DLQ_TRUNCATED)),
     )
+
+
+def _size(raw: bytes | None) -> int | None:
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return -1  # cut, its size unreadable: still never replayed
 
 
 @dataclass(frozen=True)
@@ -135,15 +147,16 @@ def replay_headers(item: Letter) -> list[tuple[str, bytes]]:
 
 
 async def replay(bootstrap_servers: str, letters: Iterable[Letter]) -> list[Letter]:
-    """Send each letter back to the topic it came from; returns those sent."""
+    """Send each letter back to the topic it came from; returns those sent (not those without
+    an origin topic, nor those whose value was cut)."""
     producer = EventProducer(bootstrap_servers, client_id="genwire-dlq-replay")
     await producer.start()
     sent: list[Letter] = []
     try:
         pending = []
         for item in letters:
-            if not item.origin_topic:
-                continue  # nowhere to send it back to
+            if not item.origin_topic or item.truncated is not None:
+                continue  # nowhere to send it back to, or not the bytes that came
             pending.append(
                 await producer.send(
                     item.origin_topic, item.value, key=item.key, headers=replay_headers(item)

@@ -89,7 +89,9 @@ def _line(item: Letter) -> str:
     key = (item.key or b"").decode("utf-8", "replace")
     return (
         f"{item.where}  key={key}  from={item.origin_topic or '?'}  code={item.code or '?'}  "
-        f"stage={item.stage or '?'}  {item.reason[:120]}"
+        f"stage={item.stage or '?'}  "
+        + (f"truncated={item.truncated}  " if item.truncated is not None else "")
+        + item.reason[:120]
     )
 
 
@@ -111,6 +113,10 @@ def _run(args: argparse.Namespace) -> int:
     skipped = len(letters) - len(sent)
     print(
         f"replayed {len(sent)} record(s) from {SOURCES[args.source]}"
-        + (f"; {skipped} without an origin topic were skipped" if skipped else "")
+        + (
+            f"; {skipped} without an origin topic or with a truncated value were skipped"
+            if skipped
+            else ""
+        )
     )
     return 0
