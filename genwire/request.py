@@ -33,9 +33,10 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, PydanticKnownError
 
 from genwire.errors import PermanentError, describe_validation
 from genwire.events import ChatMessage, Guided
@@ -139,7 +140,8 @@ class ErrorCode(StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     """The request's deadline passed before its work could start."""
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
-    """The request id was already used for a different request (another fingerprint)."""
+    """The request id was already used for a different request (another fingerprint); also a
+    record refused before its claim (unparseable, say) under an id another request holds."""
     UNAVAILABLE = "unavailable"
     """A dependency (Triton) stayed unavailable through every retry."""
     INFERENCE_FAILED = "inference_failed"
@@ -301,6 +303,14 @@ class GenerationRequest(BaseModel):
         description="v2. Structured output: only text the constraint allows is generated.",
     )
 
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _integer_version(cls, value: Any) -> Any:
+        # A Literal matches by equality, so true and 2.0 would pass as 1 and 2: strict means int.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PydanticKnownError("int_type")
+        return value
+
     @model_validator(mode="after")
     def _one_input(self) -> GenerationRequest:
         inputs = [self.prompt, self.messages, self.prompt_token_ids]
@@ -332,6 +342,8 @@ class GenerationRequest(BaseModel):
                 "'min_tokens' ({min}) exceeds 'max_tokens' ({max})",
                 {"min": self.min_tokens, "max": self.max_tokens},
             )
+        if self.logit_bias:
+            self._one_bias_per_token()
         if self.guided is not None and len(self.guided.spec) > MAX_GUIDED_CHARS:
             raise PydanticCustomError(
                 ErrorCode.OUT_OF_RANGE.value,
@@ -339,6 +351,19 @@ class GenerationRequest(BaseModel):
                 {"n": len(self.guided.spec), "limit": MAX_GUIDED_CHARS},
             )
         return self
+
+    def _one_bias_per_token(self) -> None:
+        """Refuse two keys naming one token ("01" and "1"): one would silently replace the other
+        (which one depends on the order), and so would the request's fingerprint."""
+        seen: dict[int, str] = {}
+        for key in self.logit_bias:
+            first = seen.setdefault(int(key), key)
+            if first != key:
+                raise PydanticCustomError(
+                    ErrorCode.INVALID_REQUEST.value,
+                    '\'logit_bias\' names token {token} twice (keys "{first}" and "{key}")',
+                    {"token": int(key), "first": first, "key": key},
+                )
 
     def v2_fields_used(self) -> list[str]:
         """The v2 fields set to something other than their default."""
@@ -505,10 +530,22 @@ def _param_of(error: Any) -> str | None:
     return named.group(1) if named else None
 
 
+def encodable(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD. JSON escapes such as ``\\ud800``
+    decode to one (``json.loads`` accepts them), and no UTF-8 writer can encode it: a hint read
+    from a refused record must not make its error result unpublishable."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def request_id_hint(raw: bytes, key: bytes | None) -> str | None:
     """The request id of a record, even a malformed one: its key, else ``request_id`` in its JSON.
 
-    Used to address an error result to the caller; never raises.
+    Used to address an error result to the caller; never raises, and the id it returns can
+    always be encoded (invalid UTF-8 in the key, a lone surrogate in the JSON: U+FFFD).
     """
     if key:
         return key.decode("utf-8", "replace")[:256]
@@ -517,7 +554,7 @@ def request_id_hint(raw: bytes, key: bytes | None) -> str | None:
     except (ValueError, RecursionError):
         return None
     rid = data.get("request_id") if isinstance(data, dict) else None
-    return rid[:256] if isinstance(rid, str) and rid else None
+    return encodable(rid[:256]) if isinstance(rid, str) and rid else None
 
 
 def parse_request(

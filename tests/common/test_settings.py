@@ -246,6 +246,20 @@ def test_the_base_class_refuses_no_plain_name(monkeypatch: pytest.MonkeyPatch) -
     assert Unprefixed().triton_nice == 3
 
 
+def test_postprocess_refuses_a_context_length_it_never_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Postprocess decodes what was generated: no context length is checked there, so one set
+    for it would silently do nothing. Preprocess, which checks prompts against it, reads it."""
+    with pytest.raises(ValidationError, match="POSTPROCESS_DEFAULT_CONTEXT_LENGTH: not read"):
+        PostprocessSettings(default_context_length=4096)
+    monkeypatch.setenv("GENWIRE_POSTPROCESS_DEFAULT_CONTEXT_LENGTH", "4096")
+    with pytest.raises(ValidationError, match="POSTPROCESS_DEFAULT_CONTEXT_LENGTH: not read"):
+        PostprocessSettings()
+    monkeypatch.setenv("GENWIRE_PREPROCESS_DEFAULT_CONTEXT_LENGTH", "4096")
+    assert PreprocessSettings().default_context_length == 4096
+
+
 def test_a_refused_name_is_matched_as_the_settings_read_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """pydantic-settings reads variables case-insensitively; so is the refusal."""
     monkeypatch.setenv("genwire_inference_redis_url", "redis://elsewhere:6379/0")

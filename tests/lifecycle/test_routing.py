@@ -164,6 +164,9 @@ class RouteClaims:
             request_id, route
         )
 
+    async def holder(self, request_id: str) -> str | None:
+        return self.held.get(request_id)
+
 
 async def test_a_redelivery_after_a_policy_change_keeps_its_first_route(repo: Path) -> None:
     policies: dict[str, ModelPolicy] = {

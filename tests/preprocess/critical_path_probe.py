@@ -80,6 +80,9 @@ class PipelinedClaims:
     ) -> tuple[str, str | None]:
         return await pipelined_claim(self.claims, request_id, fingerprint, route)
 
+    async def holder(self, request_id: str) -> str | None:
+        return await self.claims.holder(request_id)
+
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -33,3 +33,19 @@ async def test_claim_routed_keeps_the_first_claim_and_route(infra: CommonSetting
     finally:
         await claims.redis.delete(*(f(i) for i in (rid, gw) for f in (claim_key, route_key)))
         await claims.close()
+
+
+async def test_holder_reads_the_claim_without_taking_it(infra: CommonSettings) -> None:
+    """What a refused record asks (is its id another request's?): a look that stores nothing."""
+    claims = RedisClaims(infra.redis_url, ttl_s=60)
+    rid, gw = f"hstage-{uuid.uuid4().hex[:8]}", f"hstage-{uuid.uuid4().hex[:8]}"
+    try:
+        assert await claims.holder(rid) is None
+        assert await claims.redis.exists(claim_key(rid)) == 0  # nothing claimed by asking
+        await claims.claim_routed(rid, "fp-a", "r")
+        assert await claims.holder(rid) == "fp-a"
+        await claims.redis.set(claim_key(gw), "fp-g:token123", ex=60)  # the gateway's claim
+        assert await claims.holder(gw) == "fp-g"
+    finally:
+        await claims.redis.delete(*(f(i) for i in (rid, gw) for f in (claim_key, route_key)))
+        await claims.close()

@@ -112,6 +112,43 @@ def test_size_limits(assets: ModelAssets) -> None:
         GuidedChecker(lexer_fuel=1000).check_sync(schema, assets)
 
 
+@pytest.mark.parametrize("kind", ["json_schema", "choice"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "[" * 5000,  # under the 64 KiB limit: Python's parser raised RecursionError (internal)
+        "[" * 5000 + "]" * 5000,
+        '{"type": "array", "items": ' * 2000 + "{}" + "}" * 2000,
+        "[" * (check.MAX_JSON_NESTING + 1) + "]" * (check.MAX_JSON_NESTING + 1),
+    ],
+)
+def test_a_spec_nested_too_deep_is_invalid_request(
+    assets: ModelAssets, kind: str, spec: str
+) -> None:
+    with pytest.raises(PermanentError) as info:
+        GuidedChecker().check_sync(Guided(kind=kind, spec=spec), assets)  # type: ignore[arg-type]
+    err = info.value
+    assert err.code == ErrorCode.INVALID_REQUEST and err.param == "guided"
+    assert f"more than {check.MAX_JSON_NESTING} levels deep" in err.message
+
+
+def test_the_nesting_limit_is_what_llguidance_accepts(assets: ModelAssets) -> None:
+    """Up to the limit a schema compiles (the limit refuses nothing llguidance takes); one
+    level more, llguidance would refuse it too."""
+    deepest = check.MAX_JSON_NESTING - 1  # the schema's own object is a level
+    inner = '{"type": "object", "x": ' + "[" * deepest + "]" * deepest + "}"
+    assert check.json_nesting(inner, 1000) == check.MAX_JSON_NESTING
+    GuidedChecker().check_sync(Guided(kind="json_schema", spec=inner), assets)
+    over = '{"type": "object", "x": ' + "[" * (deepest + 1) + "]" * (deepest + 1) + "}"
+    grammar = check.LLMatcher.grammar_from_json_schema(
+        json.loads(over), overrides=check.JSON_OPTIONS
+    )
+    matcher = check.LLMatcher(GuidedChecker().tokenizer(assets), str(grammar), log_level=0)
+    assert matcher.is_error() and "recursion limit" in matcher.get_error()
+    # Brackets and escapes inside strings do not nest.
+    assert check.json_nesting('{"a": "[[{\\"[", "b": [1, {"c": "]]"}]}', 1000) == 3
+
+
 def test_async_check_and_tokenizer_cache(assets: ModelAssets) -> None:
     checker = GuidedChecker(tokenizers=1)
     asyncio.run(checker.check(None, assets))

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
-from genwire_preprocess.handlers import Preprocessor, derive_seed, error_chunk
+from genwire_postprocess.handlers import Postprocessor
+from genwire_preprocess.handlers import (
+    Preprocessor,
+    RequestRecord,
+    decode_record,
+    derive_seed,
+    error_chunk,
+)
 from genwire_stack import health
 from tokenizers import Tokenizer
 
-from genwire.errors import PermanentError, Rejection
-from genwire.events import ChatMessage, now_ms
+from genwire.errors import GenwireError, PermanentError, Rejection
+from genwire.events import (
+    ChatMessage,
+    GenerationChunk,
+    GenerationResult,
+    Sampling,
+    TokenEvent,
+    dump,
+    now_ms,
+)
 from genwire.filters import ContentFilter
-from genwire.request import ErrorCode, GenerationRequest, parse_request
+from genwire.request import ErrorCode, GenerationRequest, fingerprint, parse_request
 from genwire.tokenization import AssetStore
 
 from .conftest import CONTEXT_LENGTH, EOS, MODEL
@@ -137,6 +154,9 @@ class FakeClaims:
     ) -> tuple[str, str | None]:
         return await self.claim(request_id, fingerprint), None
 
+    async def holder(self, request_id: str) -> str | None:
+        return self.held.get(request_id)
+
 
 class FakeVersions:
     def __init__(self, version: str | None) -> None:
@@ -185,6 +205,139 @@ def test_error_chunk_addresses_the_caller() -> None:
     (keyed,) = error_chunk(b"\xff garbage", b"k7", PermanentError("x", code="invalid_encoding"))
     assert keyed.request_id == "k7" and not keyed.stream
     assert error_chunk(b"garbage", None, PermanentError("x")) == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "request_id", "model"),
+    [
+        (b'{"model": "\\ud800", "prompt": "x"}', b"ok-1", "ok-1", "\ufffd"),
+        (b'{"request_id": "\\udfff", "prompt": "x"}', None, "\ufffd", ""),
+        (b'{"request_id": "j\\ud800", "model": "m\\udc00x"}', None, "j\ufffd", "m\ufffdx"),
+    ],
+)
+def test_an_error_chunk_can_always_be_published(
+    raw: bytes, key: bytes | None, request_id: str, model: str
+) -> None:
+    """A lone surrogate escape is valid JSON to json.loads but not encodable: the hints read
+    from it are cleaned, so the error result goes out instead of the service crash-looping."""
+    with pytest.raises(PermanentError) as info:
+        parse_request(raw, key=key)
+    assert info.value.code == ErrorCode.INVALID_JSON
+    (chunk,) = error_chunk(raw, key, info.value)
+    assert dump(chunk) and chunk.key()  # what the producer does: it raised before
+    assert (chunk.request_id, chunk.model) == (request_id, model)
+    assert chunk.error is not None and chunk.error.code == ErrorCode.INVALID_JSON
+
+
+def test_an_oversize_streamed_request_still_ends_its_stream() -> None:
+    """Too large to parse again, a refused value still says that it streams (read from its raw
+    JSON): its error chunk ends the caller's token stream. A prompt cannot fake the key."""
+    prompt = "x" * (1024 * 1024) + ' {"stream": true}, "stream": true'
+    big = GenerationRequest(request_id="big", prompt="x").model_dump(exclude_none=True)
+    for stream in (True, False):
+        raw = json.dumps({**big, "prompt": prompt, "stream": stream}).encode()
+        err = PermanentError("too large", code=ErrorCode.REQUEST_TOO_LARGE)
+        (chunk,) = error_chunk(raw, b"big", err)
+        assert chunk.stream is stream
+    started = time.perf_counter()
+    (chunk,) = error_chunk(b'{"prompt": "' + b"y" * (16 << 20) + b'"}', b"big", err)
+    assert not chunk.stream and time.perf_counter() - started < 1.0
+
+
+async def test_a_bad_record_reusing_an_id_in_flight_does_not_answer_for_it(
+    assets: AssetStore, tokenizer: Tokenizer
+) -> None:
+    """order-42 is generating; a bad record under the same id (unparseable, or failing before
+    its claim) is an idempotency_conflict: DLQ, never stored, order-42's answer unchanged."""
+    claims = FakeClaims()
+    pre = _pre(assets, claims=claims)
+    await pre.handle_record(_decode(b'{"prompt": "hello"}', b"order-42"))
+    store = _Store()
+    post = Postprocessor(assets, store)
+    ids = tokenizer.encode("The quick brown fox").ids
+    sampling = Sampling()
+    started = GenerationChunk(
+        request_id="order-42",
+        index=0,
+        token_ids=ids[:2],
+        stream=True,
+        model=MODEL,
+        sampling=sampling,
+    )
+    events = await post.handle(started)
+    for raw in (
+        b'{"prompt": "other", "temperature": 5}',  # unparseable: no fingerprint
+        b'{"prompt": "other", "model": "nope"}',  # before its claim
+        b'{"prompt": "other", "deadline_ms": 5}',
+        b"\xff not even UTF-8",
+    ):
+        err = await _refusal(pre, _decode(raw, b"order-42"))
+        assert err.code == ErrorCode.IDEMPOTENCY_CONFLICT and err.dead_letter, raw
+        assert "'order-42'" in err.message
+        for chunk in error_chunk(raw, b"order-42", err):
+            events += await post.handle(chunk)
+    assert "order-42" not in store.data
+    final = GenerationChunk(
+        request_id="order-42",
+        index=1,
+        offset=2,
+        token_ids=ids[2:],
+        final=True,
+        stream=True,
+        model=MODEL,
+        finish_reason="length",
+        sampling=sampling,
+        output_ids=ids,
+        completion_tokens=len(ids),
+    )
+    events += await post.handle(final)
+    answer = store.data["order-42"]
+    assert answer.error is None and answer.finish_reason == "length" and answer.text
+    ends = [e for e in events if isinstance(e, TokenEvent) and e.final]
+    assert len(ends) == 1 and ends[0].finish_reason == "length"  # its stream ends once
+
+
+async def test_an_error_before_the_claim_is_the_ids_own_when_nobody_else_holds_it(
+    assets: AssetStore,
+) -> None:
+    claims = FakeClaims()
+    pre = _pre(assets, claims=claims)
+    # Nobody holds the id: the record's own error, as before.
+    err = await _refusal(pre, _decode(b'{"prompt": "a", "top_k": -1}', b"free"))
+    assert err.code == ErrorCode.OUT_OF_RANGE
+    # The gateway claimed the id for this very request (its fingerprint; a token after it).
+    late = GenerationRequest(request_id="mine", prompt="a", deadline_ms=5)
+    claims.held["mine"] = fingerprint(late)
+    with pytest.raises(Rejection) as info:
+        await pre.handle(late)
+    assert info.value.code == ErrorCode.DEADLINE_EXCEEDED
+    # Too large for this stage, not for the gateway that claimed it: its own error too.
+    value = GenerationRequest(request_id="large", prompt="b" * 300).to_kafka()[1]
+    claims.held["large"] = fingerprint(parse_request(value, key=b"large"))
+    err = await _refusal(pre, _decode(value, b"large", max_bytes=100))
+    assert err.code == ErrorCode.REQUEST_TOO_LARGE
+    claims.held["large"] = "another"
+    err = await _refusal(pre, _decode(value, b"large", max_bytes=100))
+    assert err.code == ErrorCode.IDEMPOTENCY_CONFLICT
+    assert "request_too_large" in err.message
+
+
+def _decode(raw: bytes, key: bytes | None, max_bytes: int = 1 << 20) -> RequestRecord:
+    return decode_record(raw, key, fallback_id="anon-0-1", max_bytes=max_bytes)
+
+
+async def _refusal(pre: Preprocessor, record: RequestRecord) -> GenwireError:
+    with pytest.raises(GenwireError) as info:
+        await pre.handle_record(record)
+    return info.value
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.data: dict[str, GenerationResult] = {}
+
+    async def put_first(self, result: GenerationResult) -> GenerationResult:
+        return self.data.setdefault(result.request_id, result)
 
 
 def test_asset_store_picks_up_a_new_complete_version(model_repo: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from genwire.request import (
     packaged_schema,
     parse_request,
     request_id_hint,
+    validate_request,
 )
 from genwire.results import result_key
 
@@ -103,3 +104,47 @@ def test_request_id_hint_survives_garbage() -> None:
     assert request_id_hint(b"not json", None) is None
     assert request_id_hint(b"[1]", None) is None
     assert result_key("abc") == "genwire:result:abc"
+
+
+def test_request_id_hint_is_always_encodable() -> None:
+    """A lone surrogate escape in the JSON (json.loads takes it) becomes U+FFFD, as invalid
+    UTF-8 in a key does: the error result addressed to it can be published."""
+    assert request_id_hint(b'{"request_id": "\\udfff", "prompt": "x"}', None) == "\ufffd"
+    assert request_id_hint(b'{"request_id": "a\\ud83d\\ude00"}', None) == "a\U0001f600"
+    assert request_id_hint(b"{}", b"k\xff") == "k\ufffd"
+
+
+@pytest.mark.parametrize(
+    "bias", ['{"01": 5, "1": -100}', '{"1": -100, "01": 5}', '{"7": 1, "007": 1}']
+)
+def test_two_logit_bias_keys_for_one_token_are_refused(bias: str) -> None:
+    """Either would silently replace the other (which one: the order), fingerprint included."""
+    with pytest.raises(PermanentError) as info:
+        parse_request(f'{{"prompt": "x", "logit_bias": {bias}}}'.encode())
+    assert info.value.code == ErrorCode.INVALID_REQUEST and info.value.param == "logit_bias"
+    assert "twice" in info.value.message
+    with pytest.raises(PermanentError):
+        validate_request({"request_id": "b", "prompt": "x", "logit_bias": {"01": 5, "1": 5}})
+    ok = parse_request(b'{"prompt": "x", "logit_bias": {"1": 5, "10": -1, "0": 2}}')
+    assert ok.logit_bias_ids() == {1: 5.0, 10: -1.0, 0: 2.0}
+
+
+@pytest.mark.parametrize(
+    ("version", "code"),
+    [
+        ("true", ErrorCode.INVALID_REQUEST),
+        ("false", ErrorCode.INVALID_REQUEST),
+        ("2.0", ErrorCode.INVALID_REQUEST),
+        ("1.0", ErrorCode.INVALID_REQUEST),
+        ('"2"', ErrorCode.INVALID_REQUEST),
+        ("3", ErrorCode.UNSUPPORTED_SCHEMA_VERSION),
+    ],
+)
+def test_schema_version_is_a_strict_integer(version: str, code: str) -> None:
+    with pytest.raises(PermanentError) as info:
+        parse_request(f'{{"prompt": "x", "schema_version": {version}}}'.encode())
+    assert info.value.code == code and info.value.param == "schema_version"
+    with pytest.raises(PermanentError):
+        validate_request({"request_id": "v", "prompt": "x", "schema_version": True})
+    assert parse_request(b'{"prompt": "x", "schema_version": 2}').schema_version == 2
+    assert parse_request(b'{"prompt": "x", "schema_version": 1}').schema_version == 1

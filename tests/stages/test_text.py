@@ -7,6 +7,7 @@ from genwire_postprocess.text import (
     IncrementalDetokenizer,
     find_stop,
     partial_stop_start,
+    stop_floor,
     truncate_at_stop,
 )
 from tokenizers import Tokenizer
@@ -53,6 +54,26 @@ def test_find_and_truncate_stop() -> None:
     assert find_stop("END abc END", ["END"], start=1) == 8
     assert truncate_at_stop("hello\n\nworld", ["\n\n"]) == ("hello", True)
     assert truncate_at_stop("hello", []) == ("hello", False)
+
+
+def test_stops_ending_within_the_floor_do_not_count() -> None:
+    # An occurrence must end past ``floor`` characters (min_tokens: the model went on).
+    assert find_stop("ab ab ab", ["ab"], floor=2) == 3  # "ab" ending at 2 is not a stop
+    assert find_stop("ab ab ab", ["ab"], floor=1) == 0  # one ending past the floor is
+    assert find_stop("xab", ["xa", "b"], floor=2) == 2  # per string: "xa" ends at 2
+    assert find_stop("abc", ["abc"], floor=3) == -1
+    assert truncate_at_stop("fox, then fox", ["fox"], floor=3) == ("fox, then ", True)
+    assert truncate_at_stop("fox", ["fox"], floor=3) == ("fox", False)
+
+
+def test_stop_floor_counts_the_characters_before_min_tokens(tokenizer: Tokenizer) -> None:
+    ids = tokenizer.encode("ok🦊 ok").ids
+    fox = next(i for i in range(len(ids)) if tokenizer.decode(ids[: i + 1]).endswith("🦊"))
+    assert tokenizer.decode(ids[:fox]).endswith("\ufffd")  # the fox's bytes span tokens
+    assert stop_floor(tokenizer.decode, ids, 0) == stop_floor(tokenizer.decode, ids, 1) == 0
+    # Before the token that completes it, the fox is not counted (it ends in that token).
+    assert stop_floor(tokenizer.decode, ids, fox + 1) == len("ok")
+    assert stop_floor(tokenizer.decode, ids, fox + 2) == len("ok🦊")
 
 
 @pytest.mark.parametrize(

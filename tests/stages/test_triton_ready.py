@@ -4,11 +4,16 @@ reconnect backoff (docs/reliability.md: a Triton restart)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
+import grpc
+import pytest
 from genwire_inference import backend as backend_module
 from genwire_inference.backend import READY_POLL_S, TritonBackend, channel_args
 from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 from tritonclient.utils import InferenceServerException
+
+from genwire.errors import RetryableError
 
 
 class _Readiness:
@@ -77,3 +82,34 @@ def test_the_channel_keeps_tritonclients_arguments_and_reconnects_within_a_secon
     # Not the connection attempt's own deadline (gRPC's min_reconnect_backoff_ms, 20 s).
     assert "grpc.min_reconnect_backoff_ms" not in args
     assert backend_module.RECONNECT_BACKOFF_MS[1] == args["grpc.max_reconnect_backoff_ms"]
+
+
+async def test_a_hung_triton_fails_the_model_config_lookup_in_time() -> None:
+    """The version's config is looked up on its first request and after every Triton recovery,
+    before a cancel or deadline can reach the call: against a server that never answers it
+    fails retryably within its bound instead of holding the record for good."""
+
+    async def never(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await asyncio.Event().wait()
+        return b""
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "inference.GRPCInferenceService",
+                {"ModelConfig": grpc.unary_unary_rpc_method_handler(never)},
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    backend = TritonBackend(f"127.0.0.1:{port}", shared_stream_s=0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RetryableError):
+            await asyncio.wait_for(backend._is_batched("m", "1"), 10.0)
+        assert time.monotonic() - started < 5.0
+    finally:
+        await backend.close()
+        await server.stop(0)

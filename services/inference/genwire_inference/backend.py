@@ -463,8 +463,8 @@ class TritonBackend:
         key = (model, version)
         if key not in self._batched:
             try:
-                cfg = await self.client.get_model_config(
-                    model, version, headers=self._admin, as_json=True
+                cfg = await self.client.get_model_config(  # bounded: a hung Triton is retried
+                    model, version, headers=self._admin, as_json=True, client_timeout=2.0
                 )
             except InferenceServerException as exc:
                 if status_of(exc) in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):

@@ -9,8 +9,10 @@ deadlines stop the model's stream; the final chunk then says "cancelled" / "dead
 generations run here, the cancels that came first and the gateways' heartbeats are kept in
 ``control.InFlight``.
 
-Idempotence: the seed is fixed upstream, so a redelivered request regenerates the same tokens
-and chunk indices; a duplicate that arrives while the original still runs here is dropped.
+Idempotence: the seed is fixed upstream, so a redelivered request regenerates the same tokens,
+though not the same chunk boundaries (they follow timing): each chunk's ``offset`` places its
+tokens, and postprocess applies only those past what it applied. A duplicate that arrives while
+the original still runs here is dropped.
 """
 
 from __future__ import annotations
@@ -383,9 +385,9 @@ class Inference:
                 if not_loaded is not None and run.stop_reason is None:
                     raise not_loaded from None
                 # Triton restarting or the model reloading: wait for it here (bounded), then
-                # let the consumer retry; the same seed regenerates the same tokens and chunk
-                # indices. Not generating meanwhile: its streams leave the chunk budget to the
-                # others.
+                # let the consumer retry; the same seed regenerates the same tokens (chunked
+                # anew from index 0: postprocess places them by offset). Not generating
+                # meanwhile: its streams leave the chunk budget to the others.
                 self.live_streams -= run.streams
                 run.streams = 0
                 if not_loaded is None:

@@ -39,7 +39,7 @@ async def setup(
         cfg.redis_url, ttl_s=cfg.result_ttl_s, timeout_s=cfg.redis_timeout_s
     )
     post = Postprocessor(
-        AssetStore(cfg.repository, default_context_length=cfg.default_context_length),
+        AssetStore(cfg.repository),  # tokenizers only: no context length is checked here
         store,
         output_filter=ContentFilter(cfg.output_deny),
         filter_holdback_chars=cfg.filter_holdback_chars,

@@ -15,7 +15,8 @@ class PostprocessSettings(ServiceSettings):
     """Detokenizes, applies stop sequences and filters, stores and publishes results."""
 
     model_config = SettingsConfigDict(env_prefix="GENWIRE_POSTPROCESS_", extra="ignore")
-    # No Triton (the repository's tokenizer files only), no trace links.
+    # No Triton (the repository's tokenizer files only), no trace links; no context length
+    # (it decodes what was generated and checks no prompt against the model's limit).
     not_read: ClassVar[frozenset[str]] = (
         STACK_ONLY
         | CLIENT_ONLY
@@ -25,6 +26,7 @@ class PostprocessSettings(ServiceSettings):
             "triton_admin_key",
             "jaeger_ui_url",
             "trace_url_template",
+            "default_context_length",
         }
     )
 
@@ -53,7 +55,11 @@ class PostprocessSettings(ServiceSettings):
         100_000, gt=0, description="Bound on requests streamed at once (oldest state dropped)."
     )
     default_context_length: int = Field(
-        1024, gt=0, description="Context length of a model whose files do not state one."
+        1024,
+        gt=0,
+        description="Not read: postprocess checks no context length "
+        "(GENWIRE_PREPROCESS_DEFAULT_CONTEXT_LENGTH is the one that counts); set, it stops the "
+        "service at start.",
     )
     kafka_usage: bool = Field(
         True,

@@ -2,10 +2,13 @@
 
 GenerationChunk → TokenEvent* (+ GenerationResult on the final chunk).
 
-Streaming: chunks of a request are applied in index order (duplicates from redelivery are
-dropped, early ones wait); text is detokenized incrementally, never splitting a character,
-and text that might be the start of a stop sequence (or of an output-filter match) is held
-until resolved. Each TokenEvent carries its character offset, so a reader can dedupe exactly.
+Streaming: chunks of a request are applied in token order, by their token ``offset``: only
+the tokens past those already applied are, so a redelivered chunk, or a retried generation
+that replays the same tokens cut into other chunks, adds nothing twice; a chunk past a gap
+waits. Text is detokenized incrementally, never splitting a character, and text that might be
+the start of a stop sequence (or of an output-filter match) is held until resolved. Each
+TokenEvent carries its character offset, so a reader can dedupe exactly. A stop sequence that
+ends within the first ``min_tokens`` - 1 tokens is not one (the model went on past it).
 
 The result is built from the final chunk alone (it carries every generated token id), so it
 never depends on having seen the intermediate chunks: a restart loses at most the streamed
@@ -20,6 +23,7 @@ offsets here (``logprobs.py``), cut where the text is cut, and streamed with the
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -54,8 +58,11 @@ from genwire_postprocess.text import (
     IncrementalDetokenizer,
     find_stop,
     partial_stop_start,
+    stop_floor,
     truncate_at_stop,
 )
+
+log = logging.getLogger(__name__)
 
 FINISH_STOP = "stop"
 FINISH_CONTENT_FILTER = "content_filter"
@@ -75,8 +82,7 @@ class _Stream:
 
     detok: IncrementalDetokenizer | None  # None while the model's tokenizer loads
     stops: list[str]
-    next_index: int = 0
-    pending: dict[int, GenerationChunk] = field(default_factory=dict)
+    pending: dict[int, GenerationChunk] = field(default_factory=dict)  # by token offset
     text: str = ""  # all text decoded so far
     emitted: int = 0  # characters already published
     next_token_index: int = 0
@@ -86,6 +92,22 @@ class _Stream:
     choice: int = 0
     logprobs: LogprobTracker | None = None  # when the request asked for logprobs
     n: int = 1
+    min_tokens: int = 0
+    floor: int | None = None  # ``stop_floor`` once the first min_tokens - 1 tokens are in
+
+    @property
+    def applied(self) -> list[int]:
+        """The token ids applied so far (their text is in ``text`` or held by ``detok``)."""
+        return self.detok.ids if self.detok is not None else []
+
+    def stop_floor(self) -> int:
+        """Characters of ``text`` no stop sequence may end in (``text.stop_floor``)."""
+        if self.floor is not None:
+            return self.floor
+        if self.detok is None or len(self.applied) < self.min_tokens - 1:
+            return len(self.text)  # all of it comes from tokens before min_tokens
+        self.floor = stop_floor(self.detok.decode, self.applied, self.min_tokens)
+        return self.floor
 
 
 def _key(request_id: str, choice: int) -> str:
@@ -146,31 +168,80 @@ class Postprocessor:
             return await self._new_stream(chunk)
         state.touched = time.monotonic()
         self.streams.move_to_end(rid)
-        if chunk.index < state.next_index or state.ended:
-            return []  # a duplicate (redelivery), or already stopped
-        state.pending[chunk.index] = chunk
-        if len(state.pending) > MAX_PENDING_CHUNKS:  # a gap that never fills: give up streaming
-            self.streams.pop(rid, None)
-            self._blind[rid] = time.monotonic()
+        if state.ended:
+            return []  # already stopped
+        _hold(state, chunk)
+        if state.detok is None:  # chunk 0's handler applies them once the tokenizer is loaded
+            self._check_gap(rid, chunk, state)
             return []
-        if state.detok is None:
-            return []  # chunk 0's handler applies it once the tokenizer is loaded
-        new_text = ""
-        while state.next_index in state.pending:
-            c = state.pending.pop(state.next_index)
-            state.next_index += 1
-            if state.logprobs is not None:  # token by token: each token's text offset
-                for i, token_id in enumerate(c.token_ids):
-                    state.logprobs.add(
-                        token_id,
-                        c.logprobs[i] if c.logprobs and i < len(c.logprobs) else None,
-                        len(state.text) + len(new_text),
-                    )
-                    new_text += state.detok.feed([token_id])
-            else:
-                new_text += state.detok.feed(c.token_ids)
+        new_text = self._apply(state)
+        if new_text is None:
+            self._give_up(rid, chunk, "differs from the tokens already applied")
+            return []
         state.text += new_text
+        if self._check_gap(rid, chunk, state):
+            return []
         return self._emit(chunk.request_id, state, final=False)
+
+    def _check_gap(self, rid: str, chunk: GenerationChunk, state: _Stream) -> bool:
+        """Give up streaming a request whose gap never fills (too many chunks wait past it);
+        whether it was given up."""
+        if len(state.pending) <= MAX_PENDING_CHUNKS:
+            return False
+        self._give_up(rid, chunk, f"waits with {len(state.pending)} others past a gap")
+        return True
+
+    def _apply(self, state: _Stream) -> str | None:
+        """Feed the waiting chunks' tokens past those applied, in token order; return the new
+        text (None: a chunk's tokens disagree with those applied at the same positions)."""
+        assert state.detok is not None
+        new_text = ""
+        while state.pending:
+            applied = state.applied
+            done = [o for o, c in state.pending.items() if _end(c) <= len(applied)]
+            for offset in done:  # wholly applied already: a redelivery, a retry's replay
+                if not _agrees(state.pending.pop(offset), applied):
+                    return None
+            ready = [c for c in state.pending.values() if c.offset <= len(applied)]
+            if not ready:
+                break  # a gap: what follows it waits
+            chunk = max(ready, key=_end)
+            del state.pending[chunk.offset]
+            if not _agrees(chunk, applied):
+                return None
+            new_text += self._feed(state, chunk, len(applied) - chunk.offset, new_text)
+        return new_text
+
+    def _feed(self, state: _Stream, chunk: GenerationChunk, skip: int, before: str) -> str:
+        """The text of ``chunk``'s tokens from its ``skip``-th on (``before``: text decoded
+        ahead of them in this round, not yet in ``state.text``)."""
+        assert state.detok is not None
+        ids = chunk.token_ids[skip:]
+        if state.logprobs is None:
+            return state.detok.feed(ids)
+        new_text = ""
+        for i, token_id in enumerate(ids, start=skip):  # token by token: each one's offset
+            lp = chunk.logprobs[i] if chunk.logprobs and i < len(chunk.logprobs) else None
+            state.logprobs.add(token_id, lp, len(state.text) + len(before) + len(new_text))
+            new_text += state.detok.feed([token_id])
+        return new_text
+
+    def _give_up(self, rid: str, chunk: GenerationChunk, why: str) -> None:
+        """Stop streaming a request, loudly: its final piece restates the whole text at
+        offset 0 (a replay whose tokens differ, though the seed should make them equal; a gap
+        that never fills)."""
+        log.warning(
+            "request %s choice %d: chunk %d (tokens %d-%d) %s; no more streaming, the final "
+            "piece restates the whole text",
+            chunk.request_id,
+            chunk.choice,
+            chunk.index,
+            chunk.offset,
+            _end(chunk),
+            why,
+        )
+        self.streams.pop(rid, None)
+        self._blind[rid] = time.monotonic()
 
     async def _new_stream(self, chunk: GenerationChunk) -> list[Event]:
         """Start the state of a request at its chunk 0, then apply that chunk.
@@ -184,6 +255,7 @@ class Postprocessor:
         state = _Stream(None, stops, stream=chunk.stream, choice=chunk.choice)
         if chunk.sampling is not None:
             state.n = chunk.sampling.n
+            state.min_tokens = chunk.sampling.min_tokens
         self.streams[rid] = state
         self._evict()
         try:
@@ -209,7 +281,7 @@ class Postprocessor:
         maxlen = max((len(s) for s in state.stops), default=0)
         start = max(0, state.emitted - maxlen)
         end = len(state.text)
-        pos = find_stop(state.text, state.stops, start)
+        pos = find_stop(state.text, state.stops, start, state.stop_floor())
         if pos != -1:
             end, state.ended = pos, True
         hit = self.output_filter.check(state.text[:end]) if self.output_filter else None
@@ -390,7 +462,10 @@ class Postprocessor:
             assets = await self.assets.aget(chunk.model, chunk.model_version or None)
             text = assets.decode(ids)
         stops = list(chunk.sampling.stop) if chunk.sampling else []
-        text, stopped = truncate_at_stop(text, stops)
+        floor = 0
+        if assets is not None and chunk.sampling is not None:
+            floor = stop_floor(assets.decode, ids, chunk.sampling.min_tokens)
+        text, stopped = truncate_at_stop(text, stops, floor)
         if stopped:
             reason = FINISH_STOP
         hit = self.output_filter.check(text) if self.output_filter else None
@@ -410,6 +485,26 @@ class Postprocessor:
                 len(ids) if output.completion_tokens is None else output.completion_tokens
             ),
         )
+
+
+def _end(chunk: GenerationChunk) -> int:
+    """The token position just past ``chunk``'s tokens."""
+    return chunk.offset + len(chunk.token_ids)
+
+
+def _hold(state: _Stream, chunk: GenerationChunk) -> None:
+    """Queue ``chunk`` by its token offset (of two from there, the one reaching further)."""
+    held = state.pending.get(chunk.offset)
+    if held is None or _end(chunk) > _end(held):
+        state.pending[chunk.offset] = chunk
+
+
+def _agrees(chunk: GenerationChunk, applied: list[int]) -> bool:
+    """Whether ``chunk``'s tokens equal the applied ones where both have a token."""
+    overlap = min(_end(chunk), len(applied)) - chunk.offset
+    return (
+        overlap <= 0 or chunk.token_ids[:overlap] == applied[chunk.offset : chunk.offset + overlap]
+    )
 
 
 def _no_answer(result: GenerationResult) -> bool:

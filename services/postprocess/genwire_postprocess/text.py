@@ -25,6 +25,11 @@ class IncrementalDetokenizer:
         self._read = 0  # tokens whose text is fully emitted
         self._extra = 0  # characters emitted past ``_read`` (before an incomplete one)
 
+    @property
+    def decode(self) -> Decode:
+        """The whole-sequence decoder it was made with."""
+        return self._decode
+
     def feed(self, new_ids: Sequence[int]) -> str:
         """Add tokens; return the text they complete (possibly "")."""
         if not new_ids:
@@ -50,16 +55,33 @@ class IncrementalDetokenizer:
         return out
 
 
-def find_stop(text: str, stops: Sequence[str], start: int = 0) -> int:
-    """Position of the earliest stop sequence in ``text`` at or after ``start`` (-1: none)."""
+def find_stop(text: str, stops: Sequence[str], start: int = 0, floor: int = 0) -> int:
+    """Position of the earliest stop sequence in ``text`` at or after ``start`` (-1: none).
+
+    ``floor`` (``stop_floor``): an occurrence that ends within the first ``floor`` characters
+    does not count (it was completed before ``min_tokens``; the model went on past it).
+    """
     best = -1
     for s in stops:
         if not s:
             continue
-        pos = text.find(s, start)
+        pos = text.find(s, max(start, floor - len(s) + 1))
         if pos != -1 and (best == -1 or pos < best):
             best = pos
     return best
+
+
+def stop_floor(decode: Decode, ids: Sequence[int], min_tokens: int) -> int:
+    """How many characters the first ``min_tokens - 1`` tokens complete: a stop sequence
+    that ends within them is not a stop (the model's rule: ``RowConstraint.advance`` matches
+    stop strings from the ``min_tokens``-th token on, on the token completing the match).
+
+    A character whose last bytes come in a later token ends in that token: a trailing
+    incomplete one (U+FFFD) is not counted.
+    """
+    if min_tokens <= 1:
+        return 0
+    return len(decode(list(ids[: min_tokens - 1])).rstrip(REPLACEMENT))
 
 
 def partial_stop_start(text: str, stops: Sequence[str]) -> int:
@@ -77,7 +99,8 @@ def partial_stop_start(text: str, stops: Sequence[str]) -> int:
     return safe
 
 
-def truncate_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """``text`` cut before its first stop sequence, and whether one was found."""
-    pos = find_stop(text, stops)
+def truncate_at_stop(text: str, stops: Sequence[str], floor: int = 0) -> tuple[str, bool]:
+    """``text`` cut before its first stop sequence (one ending past ``floor``), and whether
+    one was found."""
+    pos = find_stop(text, stops, floor=floor)
     return (text, False) if pos == -1 else (text[:pos], True)

@@ -15,13 +15,12 @@ from genwire.errors import GenwireError
 from genwire.events import Event
 from genwire.filters import ContentFilter
 from genwire.policyfeed import followed
-from genwire.request import GenerationRequest, parse_request
 from genwire.service import ServiceRuntime, ServiceSpec
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore
 from genwire.topics import Topic
 from genwire_preprocess.config import PreprocessSettings
-from genwire_preprocess.handlers import Preprocessor, error_chunk
+from genwire_preprocess.handlers import Preprocessor, RequestRecord, decode_record, error_chunk
 from genwire_preprocess.stores import RedisClaims, TritonVersions
 
 log = logging.getLogger(__name__)
@@ -65,12 +64,13 @@ async def setup(
     )
     app.state.preprocessor = pre
 
-    def decode(record: ConsumerRecord[bytes, bytes]) -> GenerationRequest:
+    def decode(record: ConsumerRecord[bytes, bytes]) -> RequestRecord:
         # Our own parse (not the consumer's model_validate_json): invalid UTF-8, non-JSON
-        # and oversize values get precise codes, and the key stays the request id.
-        return parse_request(
+        # and oversize values get precise codes, and the key stays the request id. A refusal
+        # is raised by the handler, once it knows whether the id is another request's.
+        return decode_record(
             record.value or b"",
-            key=record.key,
+            record.key,
             fallback_id=f"anon-{record.partition}-{record.offset}",
             max_bytes=cfg.max_request_bytes,
         )
@@ -80,8 +80,8 @@ async def setup(
 
     runtime.consumer(
         Topic.REQUESTS,
-        GenerationRequest,
-        pre.handle_routed,
+        RequestRecord,
+        pre.handle_record,
         decoder=decode,
         failure_events=failure_events,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import re
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,15 @@ MAX_GRAMMAR_SIZE = 200_000
 LEXER_FUEL = 1_000_000
 """Most work building a grammar's lexer (llguidance ``initial_lexer_fuel``, ~20 ms of it)."""
 
+MAX_JSON_NESTING = 124
+"""Deepest nesting of arrays and objects in a JSON spec (``json_schema``, ``choice``): the most
+llguidance 1.9 accepts in a schema (serde_json's recursion limit, less its own wrapping). Checked
+before the spec is parsed: deeper, Python's parser would fail with RecursionError."""
+
+_JSON_TOKENS = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
+"""What nesting depends on: an escape (skipped: ``\\"`` does not end a string), a quote,
+a bracket. One left-to-right pass, no backtracking whatever the text."""
+
 PARAM = "guided"
 """The ``param`` of the error: the request's field (the HTTP gateway names the field its caller
 sent instead: ``response_format``, ``guided_json``, ``guided_regex``...)."""
@@ -64,6 +74,7 @@ def grammar_text(kind: str, spec: str) -> str:
             )
         return str(LLMatcher.grammar_from_json_schema(ANY_JSON_OBJECT, overrides=JSON_OPTIONS))
     if kind == "json_schema":
+        _check_nesting(spec, "the JSON schema")
         try:
             schema = json.loads(spec)
         except json.JSONDecodeError as exc:
@@ -85,6 +96,7 @@ def grammar_text(kind: str, spec: str) -> str:
             raise GuidedError("the regex is empty")
         return str(LLMatcher.grammar_from_regex(spec))
     if kind == "choice":
+        _check_nesting(spec, "the choice list")
         try:
             choices = json.loads(spec)
         except json.JSONDecodeError as exc:
@@ -104,6 +116,37 @@ def grammar_text(kind: str, spec: str) -> str:
         except ValueError as exc:  # GBNF that does not convert to Lark
             raise GuidedError(str(exc)) from None
     raise GuidedError(f"unknown structured-output kind {kind!r}: one of {', '.join(KINDS)}")
+
+
+def json_nesting(text: str, limit: int) -> int:
+    """How deep arrays and objects nest in JSON ``text`` (brackets in strings do not count),
+    without parsing it; counting stops past ``limit``. Exact for any valid prefix of JSON, so a
+    parser never goes deeper than this before it fails."""
+    depth = deepest = 0
+    in_string = False
+    for match in _JSON_TOKENS.finditer(text):
+        token = match.group()
+        if token == '"':
+            in_string = not in_string
+        elif in_string or token[0] == "\\":
+            continue
+        elif token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+        else:
+            depth -= 1
+    return deepest
+
+
+def _check_nesting(spec: str, what: str) -> None:
+    if spec.count("[") + spec.count("{") <= MAX_JSON_NESTING:
+        return  # too few brackets to nest that deep (most specs): no scan
+    if json_nesting(spec, MAX_JSON_NESTING) > MAX_JSON_NESTING:
+        raise GuidedError(
+            f"{what} nests arrays and objects more than {MAX_JSON_NESTING} levels deep (the limit)"
+        )
 
 
 class GuidedChecker:

@@ -7,6 +7,11 @@ error result), outcomes such as a filtered prompt ``Rejection`` (an error result
 carry an ``ErrorCode``, and ``error_chunk`` turns either into the final
 GenerationChunk that postprocess makes the caller's error result (stored and published like
 any other result).
+
+An error found before a record claims its request id (it cannot be parsed, its model is
+unknown, its deadline passed) is no answer for that id when another request holds the id: it
+becomes an ``idempotency_conflict`` (DLQ, never stored, never ending the holder's stream), so a
+bad record reusing an id in flight cannot replace that request's result.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 from contextvars import ContextVar
 
 from opentelemetry import trace
+from pydantic import BaseModel, ConfigDict
 
-from genwire.errors import GenwireError, PermanentError, Rejection
+from genwire.errors import GenwireError, PermanentError, Rejection, RetryableError
 from genwire.events import (
     ErrorInfo,
     GenerationChunk,
@@ -29,7 +36,16 @@ from genwire.events import (
 )
 from genwire.filters import ContentFilter
 from genwire.policy import ARM_ATTRIBUTE, SHADOW_ARM
-from genwire.request import ErrorCode, GenerationRequest, fingerprint, request_id_hint
+from genwire.request import (
+    MAX_REQUEST_BYTES,
+    REQUEST_ID_PATTERN,
+    ErrorCode,
+    GenerationRequest,
+    encodable,
+    fingerprint,
+    parse_request,
+    request_id_hint,
+)
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore, ModelAssets
 from genwire_preprocess.guided import GuidedChecker
@@ -41,6 +57,39 @@ log = logging.getLogger(__name__)
 _route: ContextVar[Route | None] = ContextVar("genwire_preprocess_route", default=None)
 
 SEED_MASK = 2**63 - 1
+
+HINT_PARSE_BYTES = 1024 * 1024
+"""Largest refused value whose hints (``stream``, ``model``) are read by parsing it again."""
+
+_STREAM_KEY = re.compile(rb'[{,]\s*"stream"\s*:\s*(true|false)\b')
+"""A ``"stream"`` key and its boolean in raw JSON: an unescaped quote right after ``{`` or
+``,`` opens a key (inside a string a quote is escaped), so the prompt cannot fake one."""
+
+
+class RequestRecord(BaseModel):
+    """A record of genwire.requests as the decoder read it: the request, or why it was refused.
+
+    A refused record still reaches the handler (``Preprocessor.handle_record``), which alone can
+    ask Redis whether its id belongs to another request before the refusal answers for the id.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+    request: GenerationRequest | None = None
+    refused: PermanentError | None = None
+    raw: bytes = b""
+    """The refused value (empty for a parsed record: not kept)."""
+    key: bytes | None = None
+
+
+def decode_record(
+    raw: bytes, key: bytes | None, *, fallback_id: str, max_bytes: int
+) -> RequestRecord:
+    """``parse_request``, with its refusal kept for the handler instead of raised."""
+    try:
+        request = parse_request(raw, key=key, fallback_id=fallback_id, max_bytes=max_bytes)
+    except PermanentError as exc:
+        return RequestRecord.model_construct(refused=exc, raw=raw, key=key)
+    return RequestRecord.model_construct(request=request)
 
 
 def derive_seed(request_id: str) -> int:
@@ -90,6 +139,48 @@ class Preprocessor:
         self.default_timeout_ms = default_timeout_ms
         self.inline_tokenize_chars = inline_tokenize_chars
 
+    async def handle_record(self, record: RequestRecord) -> list[PreparedRequest]:
+        """The consumer's handler: ``handle_routed`` for a parsed record; for a refused one,
+        its refusal (an ``idempotency_conflict`` when another request holds its id)."""
+        if record.request is not None:
+            return await self.handle_routed(record.request)
+        assert record.refused is not None  # the decoder sets one of the two
+        request_id = request_id_hint(record.raw, record.key)
+        if request_id is not None and re.fullmatch(REQUEST_ID_PATTERN, request_id):
+            mine = await self._own_fingerprint(record)
+            await self._conflict_if_held(request_id, mine, record.refused)
+        raise record.refused
+
+    async def _own_fingerprint(self, record: RequestRecord) -> str | None:
+        """A refused record's fingerprint where it may hold its id's claim: one the gateway
+        claimed and produced, which only this stage's lower size limit refused (it parses
+        within the schema's own limit, the gateway's). None for any other refused record."""
+        refused = record.refused
+        if refused is None or refused.code != ErrorCode.REQUEST_TOO_LARGE:
+            return None
+        if self.claims is None or len(record.raw) > MAX_REQUEST_BYTES:
+            return None
+        try:
+            request = await asyncio.to_thread(parse_request, record.raw, key=record.key)
+        except PermanentError:
+            return None
+        return fingerprint(request)
+
+    async def _conflict_if_held(self, request_id: str, mine: str | None, err: GenwireError) -> None:
+        """Raise an ``idempotency_conflict`` for ``err``, an error found before this record
+        claimed ``request_id``, when another request (another fingerprint; any, for a record
+        without one) holds the id: ``err`` must not become that request's stored result."""
+        if self.claims is None or not request_id:
+            return
+        held = await self.claims.holder(request_id)
+        if held is None or held == mine:
+            return
+        raise PermanentError(
+            f"request id {request_id!r} belongs to a different request; this record was "
+            f"refused without answering for it ({err.code}: {err.message})",
+            code=ErrorCode.IDEMPOTENCY_CONFLICT,
+        ) from None
+
     async def handle(self, request: GenerationRequest) -> PreparedRequest:
         """Validate what needs the model, template, filter, tokenize; emit PreparedRequest."""
         now = now_ms()
@@ -98,22 +189,15 @@ class Preprocessor:
         deadline = request.deadline_ms
         if deadline is None and self.default_timeout_ms > 0:
             deadline = received + self.default_timeout_ms
-        if deadline is not None and now >= deadline:
-            raise Rejection(
-                "the request's deadline passed before preprocessing",
-                code=ErrorCode.DEADLINE_EXCEEDED,
-            )
-        model = request.model or self.default_model
         span = trace.get_current_span()
         span.set_attribute(sc.REQUEST_ID, request_id)
-        span.set_attribute(sc.GEN_AI_REQUEST_MODEL, model)
-        # Routing (genwire.config's policy, else the served version) decides the version
-        # once: a retry or redelivery regenerates on it, whatever is served by then. The first
-        # route is stored beside the claim (one round trip): a redelivery after a policy
-        # change reuses it instead of resolving again.
-        route = await self.router.route(
-            model, request_id, dict(request.metadata), request.model_version or ""
-        )
+        try:
+            route = await self._route_before_claim(request, deadline, now, span)
+        except RetryableError:
+            raise
+        except GenwireError as exc:  # found before the claim: maybe another request's id
+            await self._conflict_if_held(request_id, fingerprint(request), exc)
+            raise
         if self.claims is not None:
             mine = fingerprint(request)
             held, stored = await self.claims.claim_routed(request_id, mine, route.encode())
@@ -165,6 +249,25 @@ class Preprocessor:
             deadline_ms=deadline,
             metadata=dict(request.metadata),
             timings=Timings(received=received, prepared=now_ms()),
+        )
+
+    async def _route_before_claim(
+        self, request: GenerationRequest, deadline: float | None, now: float, span: trace.Span
+    ) -> Route:
+        """The checks before the claim: the deadline, then the route (model and version)."""
+        if deadline is not None and now >= deadline:
+            raise Rejection(
+                "the request's deadline passed before preprocessing",
+                code=ErrorCode.DEADLINE_EXCEEDED,
+            )
+        model = request.model or self.default_model
+        span.set_attribute(sc.GEN_AI_REQUEST_MODEL, model)
+        # Routing (genwire.config's policy, else the served version) decides the version
+        # once: a retry or redelivery regenerates on it, whatever is served by then. The first
+        # route is stored beside the claim (one round trip): a redelivery after a policy
+        # change reuses it instead of resolving again.
+        return await self.router.route(
+            model, request.request_id or "", dict(request.metadata), request.model_version or ""
         )
 
     def _first_route(self, request_id: str, route: Route, stored: str | None) -> Route:
@@ -267,29 +370,44 @@ def error_chunk(raw: bytes, key: bytes | None, err: GenwireError) -> list[Genera
     """The final error chunk for a rejected request (none when no request id can be known).
 
     It goes to postprocess like any final chunk, so the error result is stored in Redis and
-    published on genwire.results (and ends the token stream of a streaming request).
+    published on genwire.results (and ends the token stream of a streaming request). Every
+    string in it can be encoded: a hint holding a lone surrogate (``"\\ud800"``, which JSON
+    allows) is cleaned, or the chunk could never be published.
     """
     request_id = request_id_hint(raw, key)
     if request_id is None:
         return []
-    stream, model = False, ""
-    if len(raw) <= 1024 * 1024:  # best-effort hints; never parse a huge value twice
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError):
-            data = None
-        if isinstance(data, dict):
-            stream = data.get("stream") is True
-            model = data["model"] if isinstance(data.get("model"), str) else ""
+    stream, model = _hints(raw)
     return [
         GenerationChunk(
             request_id=request_id,
             index=0,
             final=True,
             stream=stream,
-            model=model[:128],
+            model=encodable(model[:128]),
             finish_reason="error",
-            error=ErrorInfo(code=err.code, message=err.message, param=err.param),
+            error=ErrorInfo(
+                code=err.code,
+                message=encodable(err.message),
+                param=None if err.param is None else encodable(err.param),
+            ),
             timings=Timings(received=now_ms()),
         )
     ]
+
+
+def _hints(raw: bytes) -> tuple[bool, str]:
+    """Best-effort ``stream`` and ``model`` of a refused value. One too large to parse again
+    still says whether it streams (its key is found in the raw JSON): a streamed request's
+    error must end its token stream."""
+    if len(raw) > HINT_PARSE_BYTES:
+        found = _STREAM_KEY.findall(raw)
+        return bool(found) and found[-1] == b"true", ""  # the last key wins, as in parsing
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return False, ""
+    if not isinstance(data, dict):
+        return False, ""
+    model = data.get("model")
+    return data.get("stream") is True, model if isinstance(model, str) else ""

@@ -40,6 +40,10 @@ class Claims(Protocol):
         store that cannot keep routes)."""
         ...
 
+    async def holder(self, request_id: str) -> str | None:
+        """The fingerprint that holds ``request_id``, or None: a look, nothing is stored."""
+        ...
+
 
 class ServedVersions(Protocol):
     """Which version of a model the model server serves now."""
@@ -94,6 +98,14 @@ class RedisClaims:
             raise RetryableError(f"redis: {exc}", dependency=REDIS) from None
         held = fingerprint if holder is None else claimed_fingerprint(bytes(holder))
         return held, None if stored is None else bytes(stored).decode()
+
+    async def holder(self, request_id: str) -> str | None:
+        """One GET: the fingerprint holding the id's claim (a refused record's only question)."""
+        try:
+            held = await self.redis.get(claim_key(request_id))
+        except RedisError as exc:  # the consumer waits the outage out
+            raise RetryableError(f"redis: {exc}", dependency=REDIS) from None
+        return None if held is None else claimed_fingerprint(bytes(held))
 
     async def close(self) -> None:
         """Close the connection pool."""
