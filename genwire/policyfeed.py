@@ -7,6 +7,9 @@ the monitor is in force on every instance about one broker round trip after it i
 waiting fetch returns at the first record; ``poll_ms`` sets how often an idle feed asks).
 A corrupt record (not JSON, invalid, key ≠ model name) is logged, counted
 (``genwire_policy_records_total{outcome="skipped"}``) and skipped: the policy in force stays.
+A record older than the policy in force (a lower revision: history read again by a feed
+rebuilt on the same store, or an out-of-date writer) is counted (``outcome="stale"``) and
+skipped too: a store never goes back to an older revision of a model's policy.
 
 The CLI side (``read_policies``, ``publish_policy``) reads the topic to its end once and
 publishes a new revision, refusing when someone else changed the policy meanwhile.
@@ -46,6 +49,8 @@ class PolicyStore:
         self._log_skipped = log_skipped
         self.applied = 0
         self.skipped = 0
+        self.stale = 0
+        """Records skipped for a revision older than the one in force."""
         self.last_error = ""
         self._listeners: list[Callable[[str, ModelPolicy | None], None]] = []
         self._records: Counter | None = None
@@ -53,7 +58,8 @@ class PolicyStore:
         if registry is not None:
             self._records = Counter(
                 "genwire_policy_records",
-                "genwire.config records read, by outcome (applied, skipped: corrupt)",
+                "genwire.config records read, by outcome (applied; skipped: corrupt; stale: "
+                "older than the revision in force)",
                 ["outcome"],
                 registry=registry,
             )
@@ -94,6 +100,10 @@ class PolicyStore:
             )
             return False
         model = key.decode("utf-8", "replace")
+        held = self.policies.get(model)
+        if policy is not None and held is not None and policy.revision < held.revision:
+            self._skip_stale(policy, held, quiet=quiet)
+            return False
         self.corrupt_latest.pop(model, None)
         if policy is None:
             self.policies.pop(model, None)
@@ -113,6 +123,21 @@ class PolicyStore:
             except Exception:  # a listener's bug must not stop the feed
                 log.exception("policy listener failed for %s", model)
         return True
+
+    def _skip_stale(self, policy: ModelPolicy, held: ModelPolicy, *, quiet: bool) -> None:
+        """Count and log a record older than the policy in force. A tombstone is never stale
+        (it has no revision), so a model deleted and created again starts over."""
+        self.stale += 1
+        if self._records is not None:
+            self._records.labels("stale").inc()
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,  # history read again: expected
+            "skipped a stale genwire.config record of %s: revision %d is older than revision "
+            "%d in force",
+            policy.model,
+            policy.revision,
+            held.revision,
+        )
 
 
 class PolicyFeed:

@@ -11,6 +11,7 @@ import contextlib
 import time
 import uuid
 from dataclasses import replace
+from datetime import datetime
 
 import pytest
 from genwire_bench.monitor.synth import LENGTH_STOPS, LONG_PROMPTS, REFERENCE
@@ -116,9 +117,13 @@ async def test_latency_breach_alerts_within_the_short_window_and_resolves(
             _, resolved = alerts.of("latency:e2e:page", "resolved")[0]
             assert resolved.resolved_at is not None and resolved.id == fired.id
             assert len(alerts.of("latency:e2e:page", "firing")) == 1  # no flapping
-        await _wait_for(lambda: any("endsAt" in a for a in hook.alerts), 10)
+        # Firing alerts carry an endsAt ahead (sent again before it); the resolution its own.
+        ended = resolved.resolved_at.isoformat()  # type: ignore[union-attr]
+        await _wait_for(lambda: any(a.get("endsAt") == ended for a in hook.alerts), 10)
         firing = next(a for a in hook.alerts if a["labels"]["alertname"] == "latency:e2e:page")
         assert firing["labels"]["severity"] == "page" and "startsAt" in firing
+        ends = datetime.fromisoformat(firing["endsAt"])
+        assert ends > resolved.resolved_at, "firing: it ends ahead, unless sent again"  # type: ignore[operator]
 
 
 @pytest.mark.slow

@@ -1,10 +1,9 @@
 """Wiring of the monitor service: span source → engine thread → alerts, page; broker offsets of
-the watched groups → stall verdicts → the same engine thread (the runner does the rest)."""
+the watched groups → stall verdicts → the same engine thread; ``genwire.config`` → the policies
+the engine judges canaries by (the runner does the rest)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -25,6 +24,7 @@ from genwire.topics import Topic
 from genwire_monitor import promexport
 from genwire_monitor.config import MonitorSettings
 from genwire_monitor.offsetpoll import OffsetPoller
+from genwire_monitor.policyfollow import PolicyFollower
 from genwire_monitor.source import Sink, SpanSource
 from genwire_monitor.traceroutes import trace_router
 from genwire_monitor.webhook import AlertmanagerClient
@@ -41,11 +41,12 @@ async def setup(
     *,
     clock: Callable[[], float] | None = None,
 ) -> AsyncIterator[Running]:
-    """The engine worker, the span source, the offset poller; ready once the source has its
-    partitions.
+    """The engine worker, the span source, the offset poller, the policy follower; ready once
+    the source has its partitions and the follower has read ``genwire.config`` to its end.
 
-    Yields ``consuming``: once the runtime has started, the source, the evaluation loop and the
-    poller run; the source stops (committing what it handed over) before the runtime does.
+    Yields ``consuming``: once the runtime has started, the follower, the source, the evaluation
+    loop and the poller run; the source stops (committing what it handed over) before the
+    runtime does.
     """
     collector = promexport.register(runtime.registry)
     webhook = (
@@ -54,14 +55,22 @@ async def setup(
         else None
     )
     extra: dict[str, Any] = {"clock": clock} if clock else {}
-    store = PolicyStore(runtime.registry) if cfg.config_topic else None
-    worker = EngineWorker(cfg, runtime.producer, collector, webhook, policies=store, **extra)
+    follower = (
+        PolicyFollower(
+            PolicyStore(runtime.registry), cfg.config_topic, functools.partial(policy_feed, cfg)
+        )
+        if cfg.config_topic
+        else None
+    )
+    worker = EngineWorker(cfg, runtime.producer, collector, webhook, policies=follower, **extra)
     source = span_source(cfg, worker.ingest)
 
     def source_ready() -> list[str]:
         return [] if source.ready else [f"the span source has no partitions of {Topic.SPANS} yet"]
 
     runtime.add_check(source_ready)
+    if follower is not None:  # policies not current: canary alerts kept, no rollback
+        runtime.add_check(follower.not_ready)
     feedback = span_source(cfg, worker.feedback, feedback=True) if cfg.feedback_topic else None
     poller = (
         OffsetPoller(
@@ -80,13 +89,13 @@ async def setup(
     @asynccontextmanager
     async def consuming() -> AsyncIterator[None]:
         await worker.restore()  # the firing alerts, before the first evaluation
+        if follower is not None:  # first: until it is current, canary alerts are only held
+            runtime.supervise(follower.run(), "follow-policies")
         await source.start()
         runtime.supervise(source.run(), "consume:spans")
         runtime.supervise(worker.run(), "evaluate")
         if poller is not None:  # it connects on its first reading: a broker down cannot stop us
             runtime.supervise(poller.run(), "watch-offsets")
-        if store is not None:
-            runtime.supervise(follow_policies(cfg, store), "follow-policies")
         if feedback is not None:
             await feedback.start()
             runtime.supervise(feedback.run(), "consume:feedback")
@@ -131,25 +140,6 @@ def policy_feed(cfg: MonitorSettings, store: PolicyStore) -> PolicyFeed:
         poll_ms=cfg.kafka_quiet_fetch_max_wait_ms,
         client_kwargs=client_options(cfg),
     )
-
-
-async def follow_policies(cfg: MonitorSettings, store: PolicyStore, retry_s: float = 5.0) -> None:
-    """Follow ``cfg.config_topic`` into ``store`` for ever; a feed that cannot start (broker
-    down, topic missing) or fails is logged and started again: the monitor keeps monitoring,
-    without rollbacks, meanwhile."""
-    while True:
-        feed = policy_feed(cfg, store)
-        try:
-            await feed.start()
-            await feed.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("following %s failed (%s); again in %.0fs", cfg.config_topic, exc, retry_s)
-        finally:
-            with contextlib.suppress(Exception):
-                await feed.stop()
-        await asyncio.sleep(retry_s)
 
 
 def status_router() -> APIRouter:

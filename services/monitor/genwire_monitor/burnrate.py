@@ -155,17 +155,9 @@ def verdict(
     return Verdict.NO_DATA
 
 
-def _dur(seconds: float) -> str:
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{seconds / 3600:g}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g}m"
-    return f"{seconds:g}s"
-
-
 def rule_id(rule: BurnRule) -> str:
     """A burn rule's name in alerts (``raised_by``, ``held_by``): ``page 1h/5m 14.4x``."""
-    return f"{rule.severity} {_dur(rule.long_s)}/{_dur(rule.short_s)} {rule.factor:g}x"
+    return rule.rule_id
 
 
 def ring_for(rules: list[BurnRule], scale: float) -> CounterRing:

@@ -11,6 +11,7 @@ windows are not scaled: ``trace_idle_s``, ``commit_interval_s``, and the stall w
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -46,7 +47,10 @@ OTHER_MODEL = "other"  # the one series every model version beyond ``max_models`
 class LatencySLO(BaseModel):
     """``objective`` of requests (or spans of ``stage``) complete under ``threshold_ms``."""
 
-    name: str = Field(description="Short id used in alert ids and metric labels.")
+    name: str = Field(
+        description="Short id used in alert ids and metric labels; unique among the SLOs "
+        "(the error SLO's included)."
+    )
     stage: str = Field(
         END_TO_END, description="end_to_end, ttft, tpot, or any stage the page lists."
     )
@@ -57,7 +61,10 @@ class LatencySLO(BaseModel):
 class ErrorSLO(BaseModel):
     """``objective`` of requests (traces) finish without a span in status ERROR."""
 
-    name: str = Field("errors", description="Short id used in alert ids and metric labels.")
+    name: str = Field(
+        "errors",
+        description="Short id used in alert ids and metric labels; no latency SLO may share it.",
+    )
     objective: float = Field(
         0.99, gt=0, lt=1, description="Target share of requests without an error."
     )
@@ -70,6 +77,25 @@ class BurnRule(BaseModel):
     long_s: float = Field(gt=0, description="Long window (production seconds).")
     short_s: float = Field(gt=0, description="Short window, about 1/12 of the long one.")
     factor: float = Field(gt=0, description="Burn rate: error ratio / (1 - objective).")
+
+    @property
+    def rule_id(self) -> str:
+        """The rule named by its production windows (``raised_by``): ``page 1h/5m 14.4x``."""
+        return f"{self.severity} {_dur(self.long_s)}/{_dur(self.short_s)} {self.factor:g}x"
+
+
+def _dur(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
+def max_burn(objective: float) -> float:
+    """The highest burn rate an SLO can report: every event bad. The evaluator's own
+    arithmetic (bad ratio 1.0 / budget), so the check at start agrees with it to the last bit."""
+    return 1.0 / (1.0 - objective)
 
 
 def default_watched_groups() -> dict[str, str]:
@@ -191,7 +217,9 @@ class MonitorSettings(ServiceSettings):
         default_factory=default_burn_rules,
         description="Multi-window burn-rate rules applied to every SLO (JSON list of "
         "{severity, long_s, short_s, factor}): each fires when the error budget burns faster "
-        "than factor over both windows.",
+        "than factor over both windows. A rule above an SLO's highest possible burn, "
+        "1 / (1 - objective), cannot fire on that SLO; an SLO no rule of a severity can fire "
+        "on is refused at start.",
     )
     min_events: int = Field(
         20, ge=1, description="Events in the short window before a burn rule may fire."
@@ -293,6 +321,14 @@ class MonitorSettings(ServiceSettings):
     alertmanager_url: str | None = Field(
         None, description="Alertmanager base URL; alerts are POSTed to <url>/api/v2/alerts."
     )
+    alertmanager_resend_s: float = Field(
+        60.0,
+        ge=0,
+        description="How often every firing alert is sent again to the Alertmanager (unscaled "
+        "seconds), each with endsAt 4 intervals ahead: Alertmanager resolves an alert it has "
+        "not heard of by then. 0: transitions only, firing alerts without endsAt (a receiver "
+        "that wants no repeats; Alertmanager resolves them after its resolve_timeout).",
+    )
 
     @model_validator(mode="after")
     def _rollback_can_fire(self) -> MonitorSettings:
@@ -318,6 +354,46 @@ class MonitorSettings(ServiceSettings):
                 f"{self.rollback_severities}: drift alerts are {DRIFT_SEVERITY}s, canary alerts "
                 f"{CANARY_SEVERITY}s, burn alerts those of burn_rules ({sorted(burns)}), "
                 "latency burns only with slos"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _slo_names_unique(self) -> MonitorSettings:
+        # The name keys an SLO's alerts, metric series, page row and the rollback's look-up:
+        # two of one name share them, and a healthy one's clear wipes a failing one's pending.
+        names = Counter([slo.name for slo in self.slos] + [self.error_slo.name])
+        dupes = sorted(name for name, n in names.items() if n > 1)
+        if dupes:
+            raise ValueError(
+                f"SLO names {dupes} are used more than once (slos and error_slo together): "
+                "each SLO needs its own name"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _burn_rules_can_fire(self) -> MonitorSettings:
+        # A rule whose factor is above an SLO's highest possible burn never fires on it. One
+        # such rule is fine while another of its severity can (a 0.9 SLO pages at 6x, not at
+        # the Workbook's 14.4x, which assumes 99.9 %); none of a severity that can means that
+        # severity says clear through a total outage: refuse it rather than watch nothing.
+        slos = [(slo.name, slo.objective) for slo in self.slos]
+        slos.append((self.error_slo.name, self.error_slo.objective))
+        never: list[str] = []
+        for severity in sorted({rule.severity for rule in self.burn_rules}):
+            rules = [r for r in self.burn_rules if r.severity == severity]
+            lowest = min(r.factor for r in rules)
+            never += [
+                f"SLO {name!r} (objective {objective:g}) burns at most "
+                f"{max_burn(objective):.4g}x (every request bad), below every {severity} rule "
+                f"({', '.join(repr(r.rule_id) for r in rules)}); the lowest needs an objective "
+                f"of at least 1 - 1/{lowest:g} = {1.0 - 1.0 / lowest:.4g}"
+                for name, objective in slos
+                if max_burn(objective) < lowest
+            ]
+        if never:
+            raise ValueError(
+                f"burn rules that could never fire (a total outage would read as clear): "
+                f"{'; '.join(never)}. Raise the objective or lower a rule's factor"
             )
         return self
 

@@ -22,7 +22,7 @@ from genwire_monitor.drift_stats import (
     categorical_score,
     numeric_score,
 )
-from genwire_monitor.features import FEATURES, FeatureBucket
+from genwire_monitor.features import FEATURES, FeatureBucket, Reservoir
 from genwire_monitor.traces import RequestRecord
 from genwire_monitor.windows import TimeRing
 
@@ -42,17 +42,13 @@ class Window:
 
 
 def merge(buckets: list[FeatureBucket], cap: int | None, rng: random.Random) -> Window:
-    """Merge buckets (optionally subsampling each feature to ``cap`` values)."""
+    """Merge buckets: each numeric feature's values in proportion to the values each bucket
+    saw (``proportional``), then optionally subsampled to ``cap`` values."""
     out = Window()
     for feature in FEATURES:
         if feature.kind == "numeric":
-            vals: list[float] = []
-            traces: list[str] = []
-            for b in buckets:
-                res = b.numeric.get(feature.attr)
-                if res is not None:
-                    vals.extend(res.values)
-                    traces.extend(res.traces)
+            held = [b.numeric[feature.attr] for b in buckets if feature.attr in b.numeric]
+            vals, traces = proportional(held, rng)
             if cap is not None and len(vals) > cap:
                 keep = sorted(rng.sample(range(len(vals)), cap))
                 vals = [vals[i] for i in keep]
@@ -70,6 +66,29 @@ def merge(buckets: list[FeatureBucket], cap: int | None, rng: random.Random) -> 
                 out.counts[feature.attr] = counts
                 out.examples[feature.attr] = examples
     return out
+
+
+def proportional(reservoirs: list[Reservoir], rng: random.Random) -> tuple[list[float], list[str]]:
+    """The reservoirs' values and trace ids, each thinned to the lowest sampling rate among them.
+
+    A bucket's reservoir holds at most ``samples_per_bucket`` values however busy the bucket
+    was, so joining them as they are over-weights quiet buckets (a burst in one busy bucket
+    shrank to a fraction of its real share, and the same traffic read as drift). Thinned to one
+    rate, the merge is a proportional stratified sample of the window: unweighted, of its real
+    size, so the statistics' formulas (PSI's noise term, KS's exact p, chi-square, JS) hold as
+    they are. Weights would need an effective sample size in each and make KS's exact p an
+    approximation. It keeps at least the slowest-sampled bucket's whole reservoir.
+    """
+    if not reservoirs:
+        return [], []
+    rate = min(r.rate for r in reservoirs)
+    vals: list[float] = []
+    traces: list[str] = []
+    for r in reservoirs:
+        v, t = r.thinned(rate, rng)
+        vals += v
+        traces += t
+    return vals, traces
 
 
 @dataclass

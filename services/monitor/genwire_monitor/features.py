@@ -10,6 +10,7 @@ import math
 import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from genwire.telemetry import semconv as sc
 from genwire_monitor.spans import AttrValue
@@ -74,6 +75,22 @@ class Reservoir:
         if j < self.size:
             self.values[j] = value
             self.traces[j] = trace
+
+    @property
+    def rate(self) -> Fraction:
+        """The share of the values seen that it holds (exact, so equal rates compare equal)."""
+        return Fraction(len(self.values), self.seen) if self.seen else Fraction(1)
+
+    def thinned(self, rate: Fraction, rng: random.Random) -> tuple[list[float], list[str]]:
+        """A uniform subsample of ``rate`` x the values seen (at most those held): values and
+        trace ids. The fraction of a value left over is kept with that probability, so each
+        bucket's expected share of a merge is exactly its share of the traffic."""
+        want = rate * self.seen
+        k = min(len(self.values), math.floor(want) + (rng.random() < want - math.floor(want)))
+        if k == len(self.values):
+            return list(self.values), list(self.traces)
+        keep = sorted(rng.sample(range(len(self.values)), k))
+        return [self.values[i] for i in keep], [self.traces[i] for i in keep]
 
 
 @dataclass

@@ -179,6 +179,8 @@ class MonitorEngine:
         self.evicted = 0  # model version series evicted since start
         self._order = 0  # first-appearance counter of series
         self.policies: dict[str, ModelPolicy] = {}  # in force (genwire.config), by model
+        # genwire.config read to its end? (none followed: nothing to wait for)
+        self.policies_current = not settings.config_topic
         self.canary_results: list[CanaryResult] = []
         self.rollback = RollbackController(settings)
         self.due: list[Decision] = []  # rollbacks decided at the last tick, to publish
@@ -439,7 +441,10 @@ class MonitorEngine:
         self.complete(now)
         self.evict(now)
         self.drift_results = self.drift.evaluate(now)
-        self.canary_results = self._compare_canaries(now)
+        # Policies not current (a partial read, a replay, a dead feed): a canary's alerts are
+        # held, neither compared, retired nor acted on, until they are.
+        current = self.policies_current
+        self.canary_results = self._compare_canaries(now) if current else []
         events = rules.evaluate_all(
             self.settings,
             self.book,
@@ -458,10 +463,17 @@ class MonitorEngine:
             now,
         )
         events += self._resolve_vanished(now)
-        events += self._resolve_retired(now)
-        self.due = self.rollback.decide(
-            self.policies, self.book.active(now), now, lambda a, since: self._served(a, since, now)
-        )
+        if current:
+            events += self._resolve_retired(now)
+            self.due = self.rollback.decide(
+                self.policies,
+                self.book.active(now),
+                now,
+                lambda a, since: self._served(a, since, now),
+            )
+        else:
+            why = f"{self.settings.config_topic} not read to its end (at start, or again)"
+            self.due = self.rollback.pause(self.policies, why)
         self.history.record(now, self.percentiles(now), self.drift_results)
         return events
 
@@ -486,9 +498,12 @@ class MonitorEngine:
         )
         return any(r.verdict is burnrate.Verdict.FIRE for r in results)
 
-    def set_policies(self, policies: dict[str, ModelPolicy]) -> None:
-        """The policies in force now (a copy of the feed's, handed to the engine thread)."""
+    def set_policies(self, policies: dict[str, ModelPolicy], current: bool = True) -> None:
+        """The policies in force now (a copy of the feed's, handed to the engine thread);
+        ``current`` False: the feed has not read ``genwire.config`` to its end (at start, or
+        again after a failure), so they may be incomplete or outdated."""
         self.policies = policies
+        self.policies_current = current
 
     def _compare_canaries(self, now: float) -> list[CanaryResult]:
         """Each canary of each policy against its champion, both with their own series."""

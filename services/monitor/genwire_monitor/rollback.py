@@ -25,7 +25,9 @@ the reason on the page) until its requests under this policy fire it again or cl
 
 A rollback is decided once per (model, policy revision): until the new revision comes back
 through the feed, the same policy is never rolled back twice; a failed publish is retried at
-the next evaluation.
+the next evaluation. It is decided only while the policies are current (the feed has read
+``genwire.config`` to its end: :meth:`pause` otherwise), and the worker publishes it only if the
+revision it was decided on is still the newest known: a rollback never undoes a later change.
 """
 
 from __future__ import annotations
@@ -204,6 +206,15 @@ class RollbackController:
         for key in [k for k in self._since if k not in live]:
             del self._since[key]
         return out
+
+    def pause(self, policies: Mapping[str, ModelPolicy], why: str) -> list[Decision]:
+        """Decide nothing now (``why``, shown as held for every model with a canary)."""
+        self.held = {
+            model: f"no rollback decided: {why}"
+            for model, policy in policies.items()
+            if policy.canaries()
+        }
+        return []
 
     def published(self, decision: Decision, now: float) -> None:
         """The broker acknowledged the decision's policy."""

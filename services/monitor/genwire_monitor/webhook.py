@@ -1,13 +1,19 @@
 """Posting alerts to an Alertmanager-compatible receiver (``POST /api/v2/alerts``).
 
-A firing alert is sent with ``startsAt``; its resolution with ``endsAt`` set, which is how
-Alertmanager learns that an alert cleared. Failures are logged and counted, never raised:
-the Kafka topic is the alert record of truth.
+A firing alert is sent with ``startsAt`` and, when the worker re-sends firing alerts
+(``alertmanager_resend_s``), ``endsAt`` a few intervals ahead: Alertmanager expects active
+alerts to be sent again and resolves one it has not heard of by its ``endsAt`` (without one,
+``resolve_timeout`` after the last post). A resolution carries ``endsAt`` = when it resolved,
+which is how Alertmanager learns that an alert cleared; a receiver tells the two apart as
+Alertmanager does, by ``endsAt`` in the future or the past. Failures are logged and counted,
+never raised (the worker sends again at its next evaluation): the Kafka topic is the alert
+record of truth.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -19,8 +25,11 @@ log = logging.getLogger(__name__)
 ALERTS_PATH = "/api/v2/alerts"
 
 
-def to_alertmanager(event: AlertEvent, generator_url: str) -> dict[str, Any]:
-    """One ``postableAlert`` of the Alertmanager v2 API."""
+def to_alertmanager(
+    event: AlertEvent, generator_url: str, firing_until: datetime | None = None
+) -> dict[str, Any]:
+    """One ``postableAlert`` of the Alertmanager v2 API; a firing one ends at ``firing_until``
+    unless sent again before (None: no ``endsAt``)."""
     labels = {
         "alertname": event.id,
         "kind": event.kind,
@@ -49,6 +58,8 @@ def to_alertmanager(event: AlertEvent, generator_url: str) -> dict[str, Any]:
     }
     if event.resolved_at is not None:
         body["endsAt"] = event.resolved_at.isoformat()
+    elif firing_until is not None:
+        body["endsAt"] = firing_until.isoformat()
     return body
 
 
@@ -61,11 +72,12 @@ class AlertmanagerClient:
         self._client = httpx.AsyncClient(timeout=timeout_s)
         self.failures = 0
 
-    async def post(self, events: list[AlertEvent]) -> bool:
-        """Send ``events``; True if the receiver accepted them."""
+    async def post(self, events: list[AlertEvent], firing_until: datetime | None = None) -> bool:
+        """Send ``events`` (the firing ones until ``firing_until``); True if the receiver
+        accepted them."""
         if not events:
             return True
-        body = [to_alertmanager(e, self._generator_url) for e in events]
+        body = [to_alertmanager(e, self._generator_url, firing_until) for e in events]
         try:
             response = await self._client.post(self._url, json=body)
             response.raise_for_status()

@@ -2,6 +2,10 @@
 
 Every engine call goes through one single-thread executor: decoding and aggregation never
 block the event loop, and the engine is never touched by two threads at once.
+
+The webhook (Alertmanager) gets every transition, retried at each evaluation until accepted,
+and every ``alertmanager_resend_s`` all the alerts firing now (those rebuilt after a restart
+included, at the first evaluation): Alertmanager resolves an alert nobody sends again.
 """
 
 from __future__ import annotations
@@ -11,15 +15,16 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from genwire.kafka import EventProducer
 from genwire.policy import ModelPolicy
-from genwire.policyfeed import PolicyStore
 from genwire_monitor import alertstate, handlers, page, promexport
 from genwire_monitor.alerting import AlertEvent
 from genwire_monitor.config import MonitorSettings
 from genwire_monitor.handlers import MonitorEngine
+from genwire_monitor.policyfollow import PolicyFollower
 from genwire_monitor.rollback import Decision
 from genwire_monitor.stalls import PartitionStatus
 from genwire_monitor.webhook import AlertmanagerClient
@@ -29,6 +34,15 @@ T = TypeVar("T")
 
 MIN_EVAL_INTERVAL_S = 0.1
 MAX_UNSENT = 1000  # alert events kept for retry while Kafka is unreachable
+RESEND_HORIZON = 4
+ACK_WAIT_S = 5.0
+"""Longest an evaluation waits for the broker to acknowledge its records (alerts, alert
+state, a rollback): a broker that hangs (aiokafka never fails a record while it knows the
+leader) would otherwise hold every later evaluation, page and webhook post. Records not
+acknowledged by then are sent again at the next evaluation (at least once: a receiver may see
+one twice); the runtime's readiness names the record that keeps waiting."""
+"""A firing alert sent to the webhook ends this many resend intervals ahead unless sent again
+(Prometheus's factor): a post or two lost does not resolve it, a dead monitor's alerts do."""
 
 
 class EngineWorker:
@@ -41,7 +55,7 @@ class EngineWorker:
         collector: promexport.MonitorCollector,
         webhook: AlertmanagerClient | None = None,
         clock: Callable[[], float] = time.time,
-        policies: PolicyStore | None = None,
+        policies: PolicyFollower | None = None,
     ) -> None:
         self.settings = settings
         self.policies = policies  # genwire.config followed live (None: no rollback)
@@ -55,6 +69,8 @@ class EngineWorker:
         self._unsent: list[AlertEvent] = []
         self._unsent_state: list[AlertEvent] = []  # for the alert-state topic (retried apart)
         self.restored: list[str] = []  # ids of the alerts rebuilt from the state at start
+        self._hook_queue: list[AlertEvent] = []  # transitions the webhook has not accepted
+        self._hook_sent: float | None = None  # when it last accepted every firing alert
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -77,6 +93,8 @@ class EngineWorker:
             self.settings.kafka_bootstrap_servers, topic, self.settings.restore_timeout_s
         )
         self.restored = await self._call(self.engine.restore, events)
+        rebuilt = set(self.restored)  # a receiver may have missed them: sent at the first tick
+        self._hook_queue += [e for e in events if e.id in rebuilt]
         if self.restored:
             log.info("rebuilt %d firing alerts: %s", len(self.restored), ", ".join(self.restored))
         return self.restored
@@ -88,8 +106,10 @@ class EngineWorker:
     async def evaluate_once(self) -> list[AlertEvent]:
         """One evaluation: transitions published (and acknowledged), figures refreshed."""
         now = self._clock()
-        policies = dict(self.policies.policies) if self.policies is not None else {}
-        events, due = await self._call(self._tick, now, policies)
+        follower = self.policies
+        policies = dict(follower.store.policies) if follower is not None else {}
+        current = follower.current if follower is not None else True
+        events, due = await self._call(self._tick, now, policies, current)
         for decision in due:
             await self._publish_rollback(decision)
         self._collector.latest = await self._call(promexport.figures, self.engine, now)
@@ -100,27 +120,52 @@ class EngineWorker:
             await self._publish()
         elif self._unsent_state:
             await self._publish_state()
+        await self._notify(events, now)
         return events
 
     def _tick(
-        self, now: float, policies: dict[str, ModelPolicy]
+        self, now: float, policies: dict[str, ModelPolicy], current: bool
     ) -> tuple[list[AlertEvent], list[Decision]]:
-        self.engine.set_policies(policies)
+        self.engine.set_policies(policies, current)
         events = self.engine.tick(now)
         return events, list(self.engine.due)
 
+    def _superseded(self, decision: Decision) -> str:
+        """Why a rollback decided a moment ago must not go out now ("" : it may): the feed
+        stopped being current, or a newer revision came in meanwhile (publishing would undo
+        it: stages apply records in the topic's order)."""
+        follower = self.policies
+        if follower is None:
+            return ""
+        if not follower.current:
+            return f"{follower.topic} is not read to its end"
+        held = follower.store.get(decision.model)
+        if held is None or held.revision != decision.from_revision:
+            now_in_force = "no policy" if held is None else f"revision {held.revision}"
+            return f"its policy is {now_in_force} now, not revision {decision.from_revision}"
+        return ""
+
     async def _publish_rollback(self, decision: Decision) -> None:
-        """Publish a rollback's policy on ``genwire.config`` (acknowledged by the broker);
-        a failure is logged and decided again at the next evaluation."""
+        """Publish a rollback's policy on ``genwire.config`` (acknowledged by the broker),
+        unless superseded; a failure is logged and decided again at the next evaluation."""
         policy = decision.policy
+        why = self._superseded(decision)
+        if why:
+            log.info("not rolling back %s: %s; decided again", policy.model, why)
+            await self._call(self.engine.rollback.failed, decision, why)
+            return
         try:
-            sent = await self._producer.send(
-                self.settings.config_topic, policy.value(), key=policy.key()
-            )
-            await sent
+            async with asyncio.timeout(ACK_WAIT_S):
+                sent = await self._producer.send(
+                    self.settings.config_topic, policy.value(), key=policy.key()
+                )
+                await sent
         except Exception as exc:
-            log.warning("publishing the rollback of %s failed, will retry: %s", policy.model, exc)
-            await self._call(self.engine.rollback.failed, decision, str(exc))
+            reason = str(exc) or f"{type(exc).__name__} (not acknowledged in {ACK_WAIT_S:g} s)"
+            log.warning(
+                "publishing the rollback of %s failed, will retry: %s", policy.model, reason
+            )
+            await self._call(self.engine.rollback.failed, decision, reason)
             return
         await self._call(self.engine.rollback.published, decision, self._clock())
 
@@ -145,8 +190,27 @@ class EngineWorker:
         if self.settings.alert_state_topic:
             self._unsent_state = latest_per_alert(self._unsent_state + events)
             await self._publish_state()
-        if self._webhook is not None:
-            await self._webhook.post(events)
+
+    async def _notify(self, events: list[AlertEvent], now: float) -> None:
+        """Post to the webhook the transitions it has not accepted yet and, when a resend is
+        due, every alert firing now (until ``RESEND_HORIZON`` intervals ahead); a post that
+        fails is made again at the next evaluation."""
+        if self._webhook is None:
+            return
+        self._hook_queue = latest_per_alert(self._hook_queue + events)  # bounded by alert ids
+        resend = self.settings.alertmanager_resend_s
+        due = resend > 0 and (self._hook_sent is None or now - self._hook_sent >= resend)
+        if not (self._hook_queue or due):
+            return
+        batch, until = list(self._hook_queue), None
+        if resend > 0:  # every post carries all firing alerts: each refreshes their endsAt
+            firing = await self._call(self.engine.book.active, now)
+            ids = {a.id for a in firing}
+            batch = firing + [e for e in batch if e.status == "resolved" and e.id not in ids]
+            until = datetime.fromtimestamp(now + RESEND_HORIZON * resend, UTC)
+        if await self._webhook.post(batch, until):
+            self._hook_queue = []
+            self._hook_sent = now if resend > 0 else None
 
     async def _publish_state(self) -> None:
         """Write the transitions to the compacted alert-state topic; a failure is logged and
@@ -161,16 +225,22 @@ class EngineWorker:
         events: list[AlertEvent],
         record: Callable[[AlertEvent], tuple[bytes, bytes]],
     ) -> bool:
-        """Send ``events`` to ``topic`` in order and wait for the broker; False (logged) when
-        any failed: the caller keeps them for the next evaluation."""
+        """Send ``events`` to ``topic`` in order and wait for the broker (``ACK_WAIT_S`` at
+        most); False (logged) when any failed or was not acknowledged in time: the caller
+        keeps them for the next evaluation."""
         try:
-            pending = []
-            for event in events:
-                key, value = record(event)
-                pending.append(await self._producer.send(topic, value, key=key))
-            await asyncio.gather(*pending)
+            async with asyncio.timeout(ACK_WAIT_S):
+                pending = []
+                for event in events:
+                    key, value = record(event)
+                    pending.append(await self._producer.send(topic, value, key=key))
+                await asyncio.gather(*pending)
         except Exception as exc:
-            log.warning("sending %d records to %s failed, will retry: %s", len(events), topic, exc)
+            # TimeoutError says nothing itself
+            reason = str(exc) or f"{type(exc).__name__} (not acknowledged in {ACK_WAIT_S:g} s)"
+            log.warning(
+                "sending %d records to %s failed, will retry: %s", len(events), topic, reason
+            )
             return False
         return True
 
@@ -196,6 +266,7 @@ class EngineWorker:
                     m: p.model_dump(mode="json", exclude={"alert"})
                     for m, p in self.engine.policies.items()
                 },
+                "policies_current": self.engine.policies_current,
                 "drift": [
                     {
                         "model": r.model,
