@@ -57,6 +57,8 @@ WEIGHT_TOTAL = 100
 VERSION_RE = re.compile(r"^[0-9]{1,9}$")
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+MODEL_RULE = "a letter or digit, then up to 127 letters, digits, '_', '.' or '-'"
+"""``MODEL_RE`` in words (no ':': a request names a version or alias as NAME:VERSION)."""
 STICKY_RE = re.compile(r"^(|user|request_id|metadata:[^\s]{1,64})$")
 MAX_RECORD_BYTES = 64 * 1024
 """A larger ``genwire.config`` value is corrupt (skipped and counted)."""
@@ -88,8 +90,10 @@ class ModelPolicy(BaseModel):
     """A version that also receives a copy of each request (results on ``genwire.shadow``)."""
     revision: int = 0
     """Increases by one with every change (a command refuses to publish over a revision it did
-    not read). Stages apply records in the topic's order, never by revision: after compaction a
-    restarted instance sees only the latest record, and every instance must agree with it."""
+    not read). Stages apply records in the topic's order (after compaction a restarted instance
+    sees only the latest record, and every instance must agree with it), except one older than
+    the revision they hold: that is skipped (``genwire.policyfeed``), so history read again
+    never takes a store back. A tombstone resets the model: its next policy may start over."""
     updated_ms: float = 0.0
     """When this revision was written (ms since the epoch)."""
     updated_by: str = ""
@@ -103,7 +107,7 @@ class ModelPolicy(BaseModel):
     @classmethod
     def _model_name(cls, value: str) -> str:
         if not MODEL_RE.match(value):
-            raise ValueError(f"not a model name: {value[:80]!r}")
+            raise ValueError(f"not a model name: {value[:80]!r} ({MODEL_RULE})")
         return value
 
     @field_validator("aliases")

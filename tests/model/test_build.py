@@ -202,3 +202,48 @@ def test_the_default_is_one_thread_in_the_build_and_where_a_config_names_none(
     (tmp_path / "m" / "config.pbtxt").write_text("\n".join(lines), encoding="utf-8")
     session = _scheduler(copy).runner.session
     assert session.get_session_options().intra_op_num_threads == 1
+
+
+@pytest.mark.parametrize("name", ["team:gpt", "my gpt", "../up", "-x", "a" * 129, ""])
+def test_a_name_no_later_command_could_use_is_refused_before_anything_is_built(
+    tmp_path: Path, name: str
+) -> None:
+    from genwire_model.build import BuildError
+
+    with pytest.raises(BuildError, match="is not a model name: a letter or digit"):
+        build_version(tmp_path / "no-checkpoint", name, tmp_path / "repo", BuildOptions())
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("interval", [0, -3])
+def test_a_stream_interval_below_one_is_refused_not_changed(tmp_path: Path, interval: int) -> None:
+    from genwire_model.build import BuildError
+
+    with pytest.raises(BuildError, match=f"stream_interval .* must be >= 1, got {interval}"):
+        build_version(
+            tmp_path / "no-checkpoint",
+            "m",
+            tmp_path / "repo",
+            BuildOptions(stream_interval=interval),
+        )
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--name", "team:gpt"], "'team:gpt' is not a model name"),
+        (["--stream-interval", "0"], "stream_interval (tokens per streamed response) must be"),
+    ],
+)
+def test_the_build_command_refuses_them_with_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], said: str
+) -> None:
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    base = ["model", "build", "--checkpoint", str(tmp_path / "ckpt"), "--repository"]
+    args = parser.parse_args([*base, str(tmp_path / "repo"), *flags])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genwire model build: ") and said in err
+    assert not (tmp_path / "repo").exists()

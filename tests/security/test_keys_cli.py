@@ -171,3 +171,33 @@ def test_ensure_admin_saves_once_and_adds_a_secrets_key(
 
     found = asyncio.run(records())
     assert all(r is not None and r.scopes == ["admin"] for r in found)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["create", "--name", "team-a", "--scopes", "generate"],
+        ["list"],
+        ["revoke", "team-a"],
+    ],
+)
+def test_an_unreachable_redis_is_one_line_naming_it(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from genwire_cli.main import main
+
+    # A password in the URL is not repeated in the error.
+    assert main(["keys", *argv, "--redis-url", "redis://:s3cret@127.0.0.1:1/0"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(
+        f"genwire keys {argv[0]}: error: Redis at redis://127.0.0.1:1/0 is unreachable: "
+    )
+    assert captured.err.count("\n") == 1 and "s3cret" not in captured.err
+
+
+def test_a_url_that_is_not_redis_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    from genwire_cli.main import main
+
+    assert main(["keys", "list", "--redis-url", "http://127.0.0.1:1"]) == 2
+    assert "'http://127.0.0.1:1' is not a Redis URL" in capsys.readouterr().err

@@ -8,6 +8,11 @@ import os
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from genwire.apikeys import (
     ENV_API_KEY,
@@ -132,12 +137,45 @@ def register(subparsers: Any) -> None:
         )
 
 
+class StoreError(Exception):
+    """Redis cannot be used (unreachable, refused, a bad URL): the message says which Redis
+    and why; ``status`` is the command's exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def redis_address(url: str) -> str:
+    """``url`` without what may hold a password (the user part, the query)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def _store_error(url: str, exc: RedisError) -> StoreError:
+    # An AuthenticationError is a ConnectionError too, but Redis answered: it refused.
+    gone = isinstance(exc, RedisConnectionError | RedisTimeoutError)
+    state = "is unreachable" if gone and not isinstance(exc, AuthenticationError) else "refused"
+    return StoreError(f"Redis at {redis_address(url)} {state}: {exc}", 1)
+
+
 async def _with_store(url: str | None, work: Any) -> Any:
-    redis = connect(url or CommonSettings().redis_url)
+    target = url or CommonSettings().redis_url
+    try:
+        redis = connect(target)
+    except ValueError as exc:  # not a Redis URL: bad input
+        raise StoreError(f"{redis_address(target)!r} is not a Redis URL: {exc}", 2) from None
     try:
         return await work(KeyStore(redis))
+    except RedisError as exc:
+        raise _store_error(target, exc) from None
     finally:
         await redis.aclose()  # type: ignore[attr-defined]
+
+
+def _failed(verb: str, exc: StoreError) -> int:
+    print(f"genwire keys {verb}: error: {exc}", file=sys.stderr)
+    return exc.status
 
 
 def _limits(record: KeyRecord) -> str:
@@ -169,6 +207,8 @@ def _create(args: argparse.Namespace) -> int:
     except ApiKeyError as exc:
         print(f"genwire keys create: error: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:
+        return _failed("create", exc)
     print(
         f"created key {record.id} for {record.name!r}: scopes {','.join(record.scopes)}, "
         f"{_limits(record)}{', content captured' if record.capture_content else ''}. "
@@ -183,7 +223,10 @@ def _list(args: argparse.Namespace) -> int:
     async def work(store: KeyStore) -> list[KeyRecord]:
         return await store.records(include_revoked=args.all)
 
-    records = asyncio.run(_with_store(args.redis_url, work))
+    try:
+        records = asyncio.run(_with_store(args.redis_url, work))
+    except StoreError as exc:
+        return _failed("list", exc)
     rows = [("NAME", "ID", "SCOPES", "LIMITS", "CONTENT", "CREATED", "REVOKED")]
     for r in records:
         rows.append(
@@ -212,6 +255,8 @@ def _revoke(args: argparse.Namespace) -> int:
     except ApiKeyError as exc:
         print(f"genwire keys revoke: error: {exc}", file=sys.stderr)
         return 1
+    except StoreError as exc:
+        return _failed("revoke", exc)
     for r in revoked:
         print(f"revoked key {r.id} ({r.name})")
     return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import fcntl
 import hashlib
 import json
 import logging
@@ -19,16 +18,16 @@ import shutil
 import sysconfig
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from genwire import triton_io
+from genwire.policy import MODEL_RE, MODEL_RULE
 from genwire.triton_io import TensorSpec
 from genwire_model.checkpoint import CheckpointInfo, inspect_checkpoint
-from genwire_model.repository import MANIFEST, ModelRepository, ModelVersion
+from genwire_model.repository import MANIFEST, ModelRepository, ModelVersion, model_lock
 from genwire_model.runtime.runners import DEFAULT_INTRA_OP_THREADS
 from genwire_model.runtime.scheduler import REQUEST_OPTIONS
 
@@ -358,21 +357,18 @@ def _without_fused(
     return {"file": None, "reason": f"--quantize {requested}: ONNX Runtime serves its INT8 graph"}
 
 
-@contextmanager
-def _locked(model_dir: Path) -> Iterator[None]:
-    model_dir.mkdir(parents=True, exist_ok=True)
-    with (model_dir / ".build.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _check_name(name: str) -> None:
+    """``BuildError`` unless ``name`` is one every later command and request can use: the
+    policy's rule (``genwire.policy.MODEL_RE``); a request reads ``a:b`` as model a, version
+    or alias b."""
+    if not MODEL_RE.match(name):
+        raise BuildError(f"{name!r} is not a model name: {MODEL_RULE}")
 
 
 def build_version(
@@ -384,6 +380,7 @@ def build_version(
 ) -> ModelVersion:
     """Export, validate and publish ``checkpoint`` as the next version of ``name``."""
     opts = options or BuildOptions()
+    _check_name(name)
     if opts.tensorrt not in ("auto", "on", "off"):
         raise BuildError(f"tensorrt must be auto, on or off, got {opts.tensorrt!r}")
     if opts.quantize not in ("off", "int8", "fp8"):
@@ -394,6 +391,12 @@ def build_version(
         )
     if opts.max_batch < 1:
         raise BuildError(f"max_batch must be >= 1, got {opts.max_batch}")
+    if opts.stream_interval < 1:
+        # The runtime would serve 1 instead: refused rather than changed.
+        raise BuildError(
+            f"stream_interval (tokens per streamed response) must be >= 1, "
+            f"got {opts.stream_interval}"
+        )
     if opts.context is not None and opts.context < 2:
         # 0 would mean "the checkpoint's own context" below: refused rather than ignored.
         raise BuildError(
@@ -408,7 +411,7 @@ def build_version(
     started = time.monotonic()
     try:
         manifest = _assemble(info, tmp, context, opts, progress)
-        with _locked(model_dir):
+        with model_lock(model_dir):
             # Every numbered folder counts, complete or not: a version number is never reused.
             existing = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
             version = max([0, *existing]) + 1

@@ -3,14 +3,17 @@
 Which versions Triton serves is the ``version_policy`` of the model's ``config.pbtxt``
 (``specific { versions: [...] }`` once a version was loaded with ``genwire model load``);
 the model is then (re)loaded through Triton's repository API, which swaps without a gap:
-versions already served keep serving, a version that fails to load leaves the served ones
-as they were (and the file is put back). Which version takes which request is the model's
-policy (``genwire.policy``), published on ``genwire.config`` and followed live by every stage.
+versions already served keep serving, a version that fails to load (or to answer ``load``'s
+probe) leaves the served ones as they were (and the file is put back). Every change of the file
+holds the model folder's lock (the build's), from reading what is served to writing it. Which
+version takes which request is the model's policy (``genwire.policy``), published on
+``genwire.config`` and followed live by every stage.
 
 ``blue_green`` (``genwire model promote``): load the new version, check it answers, publish the
 policy that sends it all traffic, wait until every stage follows it, wait until every request
 already prepared for the old version has been generated (the inference group's committed
-offsets on ``genwire.prepared`` pass the ends seen after the switch), then unload the old one.
+offsets on ``genwire.prepared`` pass the ends seen after the switch), then unload the old one
+unless the policy in force, read again, routes to it (a rollback meanwhile).
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -40,7 +43,7 @@ from genwire.policy import (
     rollback,
 )
 from genwire.topics import Topic
-from genwire_model.repository import ModelRepository
+from genwire_model.repository import ModelRepository, model_lock
 
 CONFIG = "config.pbtxt"
 _POLICY_RE = re.compile(r"^version_policy\s*:?\s*\{.*\}\s*$", re.MULTILINE)
@@ -50,6 +53,7 @@ INFERENCE_RETRY_GROUP = f"{INFERENCE_GROUP}-retry"
 """Inference's replayer of parked records (``ServiceRuntime``: ``<service_name>-retry``)."""
 
 Progress = Callable[[str], None]
+T = TypeVar("T")
 
 LOAD_PIN_BY = "cli:load"
 """``updated_by`` of the policy ``load`` publishes first on a model without one (the pin)."""
@@ -72,6 +76,24 @@ def is_load_pin(policy: ModelPolicy) -> bool:
 
 class LifecycleError(RuntimeError):
     """A lifecycle command cannot do what was asked; nothing changed (the message says why)."""
+
+
+def kafka_error(bootstrap_servers: str, what: str, exc: Exception) -> LifecycleError:
+    """The one-line error for a broker that failed ``what`` (aiokafka's errors are
+    RuntimeErrors: uncaught, they ended a command with a traceback)."""
+    from aiokafka.errors import (
+        KafkaConnectionError,
+        KafkaTimeoutError,
+        NodeNotReadyError,
+        RequestTimedOutError,
+    )
+
+    gone = (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError)
+    state = "is unreachable" if isinstance(exc, (*gone, OSError)) else "failed"
+    kind = type(exc).__name__
+    text = str(exc) or kind
+    said = text if text.startswith(kind) else f"{kind}: {text}"
+    return LifecycleError(f"Kafka at {bootstrap_servers} {state} ({what}): {said}")
 
 
 def _quiet(_: str) -> None:
@@ -207,6 +229,45 @@ class Lifecycle:
     triton_grpc_url: str = "127.0.0.1:8001"
     progress: Progress = _quiet
     kafka_options: dict[str, Any] | None = None
+    _held: dict[str, int] = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    # -- the model folder's lock ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self, name: str) -> Iterator[None]:
+        """Hold ``name``'s folder lock (the build's, ``repository.model_lock``) around a read
+        of what is served and the ``config.pbtxt`` written from it: two commands at once would
+        each write their own view and drop the other's version. Re-entrant within this object
+        (the file lock itself is not)."""
+        if self._held.get(name):
+            self._held[name] += 1
+            try:
+                yield
+            finally:
+                self._held[name] -= 1
+            return
+        model_dir = Path(self.repository) / name
+        if not model_dir.is_dir():
+            self.check_versions(name, [])  # raises: no such model
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(model_lock(model_dir))
+            except OSError as exc:
+                raise LifecycleError(f"{model_dir}: its lock cannot be taken: {exc}") from None
+            self._held[name] = 1
+            try:
+                yield
+            finally:
+                self._held[name] = 0
+
+    def _kafka(self, what: str, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run one broker exchange; the broker failing is a ``LifecycleError`` naming it."""
+        from aiokafka.errors import KafkaError
+
+        try:
+            return asyncio.run(call())
+        except (KafkaError, OSError) as exc:
+            raise kafka_error(self.bootstrap_servers, what, exc) from None
 
     # -- repository ---------------------------------------------------------------------------
 
@@ -271,46 +332,86 @@ class Lifecycle:
         return wanted
 
     def load(self, name: str, version: str | None = None) -> str:
-        """Serve ``version`` (default: the newest built) beside what is served; returns it."""
+        """Serve ``version`` (default: the newest built) beside what is served; returns it.
+        A version that loads but does not answer is unloaded again (``LifecycleError``)."""
         target = version or (self.versions(name) or [""])[-1]
         if not target:
             self.check_versions(name, [])
         self.check_versions(name, [target])
-        served = self.triton.served(name)
-        if target in served:
-            self.progress(f"{name} version {target} is already served")
-            return target
-        if served and self.policy(name) is None:
-            # Without a policy the newest served version takes the traffic: pin the one
-            # serving now as champion first, so loading another shifts nothing.
-            pinned = self._initial(name).changed(
-                by=LOAD_PIN_BY, reason=f"pin version {served[-1]} before loading {target}"
-            )
-            self.publish(pinned, -1)
-        self.serve(name, [*served, target])
-        self.probe(name, target)
+        with self.locked(name):
+            served = self.triton.served(name)
+            if target in served:
+                self.progress(f"{name} version {target} is already served")
+                return target
+            if served and self.policy(name) is None:
+                # Without a policy the newest served version takes the traffic: pin the one
+                # serving now as champion first, so loading another shifts nothing.
+                pinned = self._initial(name).changed(
+                    by=LOAD_PIN_BY, reason=f"pin version {served[-1]} before loading {target}"
+                )
+                self.publish(pinned, -1)
+            before = (self.repository / name / CONFIG).read_text(encoding="utf-8")
+            self.serve(name, [*served, target])
+            try:
+                self.probe(name, target)
+            except LifecycleError as exc:
+                self._put_back(name, before, served, target, exc)
         return target
+
+    def _put_back(
+        self, name: str, before: str, served: list[str], target: str, failure: LifecycleError
+    ) -> NoReturn:
+        """After ``target`` failed its probe: Triton serves ``served`` again and config.pbtxt
+        is ``before`` (or names ``served`` where ``before`` would serve something else); raises
+        ``failure`` saying so."""
+        config = self.repository / name / CONFIG
+        try:
+            if served:
+                same = self._served_by(before, name) == served
+                _write_atomic(config, before if same else with_versions(before, served))
+                self.triton.load(name)
+            else:
+                _write_atomic(config, before)
+                self.triton.unload(name)
+        except LifecycleError as exc:
+            raise LifecycleError(
+                f"{failure}; putting back what {name} served ({', '.join(served) or 'nothing'}) "
+                f"failed too: {exc}"
+            ) from None
+        was = f"versions {', '.join(served)}" if served else "nothing"
+        raise LifecycleError(
+            f"{failure}; version {target} was unloaded again: {name} serves {was}, as before"
+        ) from None
+
+    def _served_by(self, config_text: str, name: str) -> list[str]:
+        """What Triton serves of ``name`` under ``config_text``: its ``specific`` versions,
+        else (the build's ``latest``) the newest built."""
+        listed = configured_versions(config_text)
+        if listed is None:
+            return self.versions(name)[-1:]
+        return sorted(set(listed), key=_num)
 
     def unload(
         self, name: str, version: str | None = None, *, policy: ModelPolicy | None = None
     ) -> list[str]:
         """Stop serving ``version`` (default: every version); refused while ``policy`` routes
         to it. Returns the versions still served."""
-        served = self.triton.served(name)
-        going = [version] if version else served
-        if policy is not None:
-            named = policy.versions() if version is None else {version} & policy.versions()
-            busy = sorted(set(going) & named, key=_num)
-            if busy:
-                raise LifecycleError(
-                    f"{name} version {', '.join(busy)} is named by its policy "
-                    f"(revision {policy.revision}): route traffic away first "
-                    f"(`genwire model route/promote`), or pass --force"
-                )
-        if version is not None and version not in served:
-            raise LifecycleError(f"{name} version {version} is not served (served: {served})")
-        keep = [v for v in served if v not in going]
-        return self.serve(name, keep)
+        with self.locked(name):
+            served = self.triton.served(name)
+            going = [version] if version else served
+            if policy is not None:
+                named = policy.versions() if version is None else {version} & policy.versions()
+                busy = sorted(set(going) & named, key=_num)
+                if busy:
+                    raise LifecycleError(
+                        f"{name} version {', '.join(busy)} is named by its policy "
+                        f"(revision {policy.revision}): route traffic away first "
+                        f"(`genwire model route/promote`), or pass --force"
+                    )
+            if version is not None and version not in served:
+                raise LifecycleError(f"{name} version {version} is not served (served: {served})")
+            keep = [v for v in served if v not in going]
+            return self.serve(name, keep)
 
     def restore(self, skip: Iterable[str] = ()) -> dict[str, list[str]]:
         """After a Triton restart (explicit mode: only the default model, which the restart
@@ -358,10 +459,11 @@ class Lifecycle:
         from genwire.policyfeed import read_policies
 
         try:
-            store = asyncio.run(
-                read_policies(self.bootstrap_servers, client_kwargs=self.kafka_options)
+            store = self._kafka(
+                f"reading {Topic.CONFIG}",
+                lambda: read_policies(self.bootstrap_servers, client_kwargs=self.kafka_options),
             )
-        except (PolicyError, OSError) as exc:
+        except PolicyError as exc:
             raise LifecycleError(f"{Topic.CONFIG}: {exc}") from None
         for model, why in store.corrupt_latest.items():
             self.progress(f"{Topic.CONFIG}: the latest record of {model} is corrupt ({why})")
@@ -372,8 +474,19 @@ class Lifecycle:
         return self.policies().get(name)
 
     def publish(self, policy: ModelPolicy, expect_revision: int | None) -> ModelPolicy:
-        """Publish a checked policy: every version it names is built and served."""
+        """Publish a checked policy: every version it names is built and served (checked and
+        published under the model folder's lock: no unload slips in between)."""
         self.check_versions(policy.model, policy.versions())
+        with self.locked(policy.model):
+            self._check_served(policy)
+            self._send(policy, expect_revision)
+        self.progress(
+            f"{policy.model}: policy revision {policy.revision} published on {Topic.CONFIG}"
+        )
+        return policy
+
+    def _check_served(self, policy: ModelPolicy) -> None:
+        """``LifecycleError`` unless every version ``policy`` sends requests to is served."""
         served = set(self.triton.served(policy.model))
         live = {v for v, w in policy.weights.items() if w > 0} | (
             {policy.shadow} if policy.shadow else set()
@@ -386,23 +499,22 @@ class Lifecycle:
                 f"{policy.model} version {', '.join(missing)} would take traffic but is not "
                 f"served: `genwire model load {policy.model}:{missing[0]}` first"
             )
+
+    def _send(self, policy: ModelPolicy, expect_revision: int | None) -> None:
         from genwire.policyfeed import publish_policy
 
         try:
-            asyncio.run(
-                publish_policy(
+            self._kafka(
+                f"publishing {policy.model}'s policy on {Topic.CONFIG}",
+                lambda: publish_policy(
                     self.bootstrap_servers,
                     policy,
                     expect_revision=expect_revision,
                     client_kwargs=self.kafka_options,
-                )
+                ),
             )
         except PolicyError as exc:
             raise LifecycleError(str(exc)) from None
-        self.progress(
-            f"{policy.model}: policy revision {policy.revision} published on {Topic.CONFIG}"
-        )
-        return policy
 
     def route(
         self,
@@ -463,6 +575,7 @@ class Lifecycle:
         """Blue-green: ``version`` serves every request from now on, the old one finishes
         what it has and is unloaded."""
         self.check_versions(name, [version])
+        self.policy(name)  # the broker answers before anything changes (read again below)
         self.load(name, version)  # loaded and answering before it takes a request
         # Read after the load: loading beside a model without a policy publishes one.
         current = self.policy(name)
@@ -474,8 +587,7 @@ class Lifecycle:
         self.publish(new, current.revision if current else -1)
         # What took traffic (or a shadow copy) before and takes none now: a shadow the new
         # policy keeps stays loaded.
-        routed = new.live_versions() | ({new.shadow} if new.shadow else set())
-        old = (base.live_versions() | ({base.shadow} if base.shadow else set())) - routed
+        old = _routed(base) - _routed(new)
         self._switch_over(name, old if unload_old else set(), settle_s, drain_timeout_s)
         return new
 
@@ -491,9 +603,10 @@ class Lifecycle:
             new = rollback(current, reason or "manual rollback", by=by)
         except PolicyError as exc:
             raise LifecycleError(str(exc)) from None
-        for version in sorted(new.live_versions() - set(self.triton.served(name)), key=_num):
-            self.load(name, version)
-        return self.publish(new, current.revision)
+        with self.locked(name):  # what it loads stays served until it is published
+            for version in sorted(new.live_versions() - set(self.triton.served(name)), key=_num):
+                self.load(name, version)
+            return self.publish(new, current.revision)
 
     def _switch_over(
         self, name: str, old: set[str], settle_s: float, drain_timeout_s: float
@@ -503,21 +616,53 @@ class Lifecycle:
         time.sleep(settle_s)
         if not old:
             return
-        self.progress(f"waiting for requests prepared for version {', '.join(sorted(old))}")
-        drained = asyncio.run(
-            wait_drained(self.bootstrap_servers, drain_timeout_s, self.kafka_options)
-        )
+        listed = ", ".join(sorted(old, key=_num))
+        self.progress(f"waiting for requests prepared for version {listed}")
+        try:
+            drained = self._kafka(
+                "waiting for requests in flight",
+                lambda: wait_drained(self.bootstrap_servers, drain_timeout_s, self.kafka_options),
+            )
+        except LifecycleError as exc:  # promoted already: only the unload is left undone
+            self.progress(f"{exc}: version {listed} stays loaded")
+            return
         if not drained:
             self.progress(
                 f"requests still in flight after {drain_timeout_s:.0f} s: "
-                f"version {', '.join(sorted(old))} stays loaded"
+                f"version {listed} stays loaded"
             )
             return
+        with self.locked(name):
+            self._unload_old(name, old)
+
+    def _unload_old(self, name: str, old: set[str]) -> None:
+        """Unload ``old`` after the drain, except a version the policy in force routes to now:
+        it is read again, since a rollback (an operator's, the monitor's) during the drain may
+        send traffic back to one of them."""
+        try:
+            policy = self.policy(name)
+        except LifecycleError as exc:
+            listed = ", ".join(sorted(old, key=_num))
+            self.progress(f"{exc}: version {listed} stays loaded (the policy was not read again)")
+            return
+        named = old & (_routed(policy) if policy is not None else set())
+        if policy is not None and named:
+            self.progress(
+                f"version {', '.join(sorted(named, key=_num))} stays loaded: the policy in force "
+                f"(revision {policy.revision}, by {policy.updated_by or '?'}) routes to it"
+            )
         served = self.triton.served(name)
-        keep = [v for v in served if v not in old]
+        keep = [v for v in served if v not in old - named]
         if keep and keep != served:
             self.serve(name, keep)
-            self.progress(f"unloaded {name} version {', '.join(sorted(old, key=_num))}")
+            gone = sorted(set(served) - set(keep), key=_num)
+            self.progress(f"unloaded {name} version {', '.join(gone)}")
+
+
+def _routed(policy: ModelPolicy) -> set[str]:
+    """The versions ``policy`` sends requests to: caller traffic or a shadow copy (an alias
+    alone, such as ``previous``, keeps nothing loaded: rollback loads it again)."""
+    return policy.live_versions() | ({policy.shadow} if policy.shadow else set())
 
 
 def _num(version: str) -> int:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,15 +163,36 @@ def lifecycle(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace, action: Any) -> int:
-    from genwire_model.lifecycle import LifecycleError
+    from aiokafka.errors import KafkaError
+
+    from genwire_model.lifecycle import LifecycleError, kafka_error
 
     command = getattr(args, "model_command", "")
+    life = lifecycle(args)
     try:
-        action(lifecycle(args))
+        with _quiet_kafka_client():
+            action(life)
+    except KafkaError as exc:  # a broker call Lifecycle does not wrap: the same one line
+        error = kafka_error(life.bootstrap_servers, command, exc)
+        print(f"genwire model {command}: {error}", file=sys.stderr)
+        return 2
     except LifecycleError as exc:
         print(f"genwire model {command}: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+@contextlib.contextmanager
+def _quiet_kafka_client() -> Iterator[None]:
+    """aiokafka logs each failed connection attempt (Python's last-resort handler prints it):
+    the command's own one-line error says what failed, and where."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _load(args: argparse.Namespace) -> int:
@@ -194,8 +218,9 @@ def _unload(args: argparse.Namespace) -> int:
     name, version = split_target(args.target)
 
     def act(life: Any) -> None:
-        policy = None if args.force else life.policy(name)
-        left = life.unload(name, version, policy=policy)
+        with life.locked(name):  # no policy published between the check and the unload
+            policy = None if args.force else life.policy(name)
+            left = life.unload(name, version, policy=policy)
         print(f"{name}: served versions now {', '.join(left) or 'none'}")
 
     return _run(args, act)

@@ -14,11 +14,36 @@ with a ``manifest.json`` inside is complete.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+LOCK_FILE = ".build.lock"
+"""In a model's folder: held by whoever changes its versions or its config.pbtxt."""
+
+
+@contextmanager
+def model_lock(model_dir: Path) -> Iterator[None]:
+    """Hold ``model_dir``'s lock (it must exist): a build adding a version and every
+    read-modify-write of its ``config.pbtxt`` (``genwire model load/unload/promote``) run one
+    at a time, so none overwrites what another just changed. Not re-entrant. A folder mounted
+    read-only (a service's pod, where `genwire model route` may run) is locked through the
+    lock file the build made: flock needs no write access."""
+    path = Path(model_dir) / LOCK_FILE
+    try:
+        lock = path.open("a")
+    except OSError:
+        lock = path.open("r")  # raises the first error's kind when the file is missing too
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class ModelNotFoundError(LookupError):
