@@ -28,6 +28,7 @@ from genwire_stack.catalog import (
     TRITON_NGC_TAG,
 )
 
+from genwire.kafka.consumer import RECORDS_CANCEL_S, STOP_COMMIT_S
 from genwire.service.runtime import TASKS_STOP_S
 from genwire.settings import CommonSettings, ServiceSettings
 from genwire.topics import TOPIC_SPECS, Topic
@@ -42,6 +43,7 @@ TREES = {
     "gpu": KUBE_DIR / "overlays" / "gpu",
 }
 COMPOSE = REPO / "deploy" / "compose" / "compose.yaml"
+COMPOSE_GPU = REPO / "deploy" / "compose" / "compose.gpu.yaml"
 STAGES = ("preprocess", "inference", "postprocess")
 """The consumer stages KEDA scales; each consumes one topic in the group of its service name."""
 STAGE_TOPICS = {
@@ -303,12 +305,13 @@ def test_grace_period_outlasts_the_drain(rendered: dict[str, list[Any]]) -> None
     """terminationGracePeriodSeconds > preStop + each consumer's bounded stop + flushes.
 
     ServiceRuntime.stop stops the stage's consumer and its retry replayer one after the other,
-    each waiting up to shutdown_timeout_s for in-flight records and 5 s for cancelled ones, then
-    cancels its background tasks (TASKS_STOP_S at most); the rebalance drain (drain_timeout_s)
-    runs on the instances that stay, within the same window.
+    each waiting up to shutdown_timeout_s for in-flight records, RECORDS_CANCEL_S for cancelled
+    ones and STOP_COMMIT_S for its last commit (a Kafka outage), then cancels its background
+    tasks (TASKS_STOP_S at most); the rebalance drain (drain_timeout_s) runs on the instances
+    that stay, within the same window.
     """
     defaults = ServiceSettings()
-    consumer_stop = defaults.shutdown_timeout_s + 5
+    consumer_stop = defaults.shutdown_timeout_s + RECORDS_CANCEL_S + STOP_COMMIT_S
     for short in SERVICE_PORTS:
         spec = objects(rendered["cpu"], "Deployment")[short]["spec"]["template"]["spec"]
         pre_stop = container({"spec": {"template": {"spec": spec}}})["lifecycle"]["preStop"][
@@ -401,18 +404,38 @@ def test_gateway_scales_on_cpu_and_the_monitor_stays_single(
 def test_triton_redis_and_jaeger_as_in_compose(
     rendered: dict[str, list[Any]], compose: dict[str, Any]
 ) -> None:
+    gpu_compose = yaml.safe_load(COMPOSE_GPU.read_text())["services"]["triton"]
+    # The image compose runs Triton on: the CPU one, or with compose.gpu.yaml the GPU one (the
+    # `triton-gpu` target, with TensorRT and CUDA torch: tests/stack/test_compose.py).
+    images = {"cpu": compose["triton"]["image"], "gpu": gpu_compose["image"]}
+    assert images == {
+        "cpu": f"genwire/triton:{TRITON_NGC_TAG}",
+        "gpu": f"genwire/triton-gpu:{TRITON_NGC_TAG}",
+    }
     for overlay in ("cpu", "gpu"):
         docs = rendered[overlay]
         deployments = objects(docs, "Deployment")
         # Every inference instance shares the one Triton Service (docs/kubernetes.md).
         assert all(container(deployments[s])["image"] != "genwire/triton" for s in SERVICE_PORTS)
         triton = container(deployments["triton"])
-        assert triton["image"] == f"genwire/triton:{TRITON_NGC_TAG}" == compose["triton"]["image"]
+        assert triton["image"] == images[overlay], overlay
+        pod = deployments["triton"]["spec"]["template"]["spec"]
+        assert {c["image"] for c in pod["initContainers"]} == {images[overlay]}, overlay
         assert triton["args"] == compose["triton"]["command"]
+        # Writable, as compose's and the native repository: the model writes each version's
+        # runtime-status.json there and, on a GPU, the TensorRT engine it builds at load.
+        (repository,) = [m for m in triton["volumeMounts"] if m["mountPath"] == "/models"]
+        assert not repository.get("readOnly", False), overlay
+        for short in SERVICE_PORTS:
+            mounts = container(deployments[short]).get("volumeMounts", [])
+            assert all(m.get("readOnly") for m in mounts if m["name"] == "models"), short
         ports = {p["containerPort"] for p in triton["ports"]}
         assert ports == {TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT}
         gpus = triton["resources"]["limits"].get("nvidia.com/gpu")
         assert (gpus == 1) if overlay == "gpu" else gpus is None, overlay
+        if overlay == "gpu":
+            # Compose's GPU settings: the engine built at load when the version has none.
+            assert env_of(triton).items() >= gpu_compose["environment"].items()
         redis = container(objects(docs, "StatefulSet")["redis"])
         assert redis["image"] == compose["redis"]["image"]
         # Compose's durability, and writes refused below the container's hard memory limit.

@@ -299,17 +299,116 @@ def test_service_variables_reach_its_settings(
     assert common.kafka_bootstrap_servers == f"127.0.0.1:{KAFKA_PORT}"
 
 
+TRITON_FLAGS_NOT_COMPARED = {
+    "--model-repository": "a path: the volume's mount point (/models)",
+    "--backend-directory": "a path: the NGC image's own backends",
+    "--http-address": "the container listens on every interface; compose publishes on loopback",
+    "--grpc-address": "the same",
+    "--metrics-address": "the same",
+    "--allow-gpu-metrics": "the GPU image reports its GPU (nv_gpu_*); the CPU image has none",
+}
+"""Native Triton flags compose leaves to the image, each for its reason; every other one must
+be in compose's command with the native value."""
+
+
+def triton_flags(argv: list[str]) -> dict[str, str]:
+    """``--flag value`` (native) or ``--flag=value`` (compose) pairs as {flag: value}; a flag
+    given twice fails (tritonserver would take the last, or add both for --load-model)."""
+    flags: dict[str, str] = {}
+    args = list(argv[1:])
+    while args:
+        arg = args.pop(0)
+        assert arg.startswith("--"), f"{arg!r}: not a flag"
+        flag, eq, value = arg.partition("=")
+        if not eq:
+            value = args.pop(0)
+        assert flag not in flags, f"{flag} given twice"
+        flags[flag] = value
+    return flags
+
+
 def test_triton_runs_with_the_native_flags(
     services: dict[str, dict[str, Any]], native: dict[str, Any]
 ) -> None:
-    argv = native["triton"].command()
-    native_flags = {f"{argv[i]}={argv[i + 1]}" for i in range(1, len(argv) - 1, 2)}
-    shared = {"--model-control-mode=explicit", "--strict-readiness=false"}
-    assert shared <= native_flags
-    assert shared <= set(services["triton"]["command"])
-    ports = native["triton"].ports()
+    """Every start of the compose container is what a native restart runs: the command plus
+    restart_arguments() (the default model loaded as config.pbtxt names it, and a model that
+    fails to load leaves the server serving), not `--load-model=*`, which also loaded models
+    `genwire model unload` took out and let one broken model take Triton down."""
+    triton = native["triton"]
+    native_flags = triton_flags([*triton.command(), *triton.restart_arguments()])
+    compose_argv = services["triton"]["command"]
+    assert compose_argv[0] == "tritonserver"
+    compose_flags = triton_flags(compose_argv)
+    # The flags this check is about are there at all (not vacuous).
+    assert {
+        "--model-control-mode",
+        "--load-model",
+        "--exit-on-error",
+        "--strict-readiness",
+        "--log-verbose",
+    } <= set(native_flags)
+    compared = set(native_flags) - set(TRITON_FLAGS_NOT_COMPARED)
+    assert set(compose_flags) - {"--model-repository"} == compared
+    for flag in sorted(compared):
+        assert compose_flags[flag] == native_flags[flag], flag
+    assert compose_flags["--model-repository"] == "/models"
+    assert any(v.endswith(":/models") for v in services["triton"]["volumes"])
+    ports = triton.ports()
     for role in ("http", "grpc", "metrics"):
-        assert f"--{role}-port={ports[role]}" in services["triton"]["command"]
+        assert compose_flags[f"--{role}-port"] == str(ports[role])
+
+
+def kafka_env_properties(environment: dict[str, Any]) -> dict[str, str]:
+    """The apache/kafka image's server.properties from its KAFKA_* variables: the prefix
+    dropped, ``___`` is ``-``, ``__`` is ``_``, ``_`` is ``.``, lower case (the image's
+    documented convention; CLUSTER_ID and the KAFKA_*_OPTS of the JVM are not properties)."""
+    props: dict[str, str] = {}
+    for key, value in environment.items():
+        if not key.startswith("KAFKA_") or key.endswith("_OPTS"):
+            continue
+        name = "-".join(
+            "_".join(part.replace("_", ".") for part in chunk.split("__"))
+            for chunk in key[len("KAFKA_") :].lower().split("___")
+        )
+        props[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    return props
+
+
+KAFKA_PROPERTIES_NOT_COMPARED = {
+    "listeners": "compose adds the INTERNAL listener of the compose network",
+    "advertised.listeners": "the same",
+    "listener.security.protocol.map": "the same",
+    "inter.broker.listener.name": "INTERNAL (the container's name), natively PLAINTEXT",
+    "controller.quorum.voters": "the container's own controller port",
+    "log.dirs": "the volume's mount point",
+}
+"""Native broker settings compose sets otherwise, each for its reason: where a broker is
+reached and where it keeps its data. Every other key is compose's, with the native value."""
+
+
+def test_kafka_broker_is_configured_like_the_native_one(
+    services: dict[str, dict[str, Any]], native: dict[str, Any]
+) -> None:
+    """The native single node's server.properties (genwire_stack's Kafka, rendered as `make
+    up` writes it) key for key: partitions of the group offsets topic, segment size, threads…
+    A key the native file gains fails here until compose sets it too."""
+    text = native["kafka"].properties()
+    native_props = dict(
+        line.split("=", 1)
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
+    assert native_props["offsets.topic.num.partitions"] == "10"  # not vacuous
+    compose_props = kafka_env_properties(services["kafka"]["environment"])
+    compared = set(native_props) - set(KAFKA_PROPERTIES_NOT_COMPARED)
+    missing = sorted(compared - set(compose_props))
+    assert not missing, f"compose's broker does not set {missing}"
+    for key in sorted(compared):
+        assert compose_props[key] == native_props[key], f"{key}: {compose_props[key]!r}"
+    extra = sorted(set(compose_props) - set(native_props))
+    assert not extra, f"compose's broker sets {extra}, the native one does not"
+    # Reached from the host where the native broker is.
+    assert f"HOST://127.0.0.1:{KAFKA_PORT}" in compose_props["advertised.listeners"].split(",")
 
 
 def test_gpu_override_runs_triton_on_the_gpu_image_with_a_gpu() -> None:
@@ -335,8 +434,10 @@ def test_compose_restarts_what_gives_up_like_the_native_supervisor(
         assert services[name].get("restart") == "unless-stopped", f"{name}: no supervisor"
     for name in ONE_SHOTS:
         assert services[name]["restart"] == "no", f"{name} is a one-shot"
-    # A restarted Triton container loads what model-init put into the repository.
-    assert "--load-model=*" in services["triton"]["command"]
+    # A restarted Triton container loads the default model as a native restart does (the
+    # flags: test_triton_runs_with_the_native_flags), never every model in the repository.
+    assert "--load-model=genwire-gpt" in services["triton"]["command"]
+    assert "--load-model=*" not in services["triton"]["command"]
 
 
 def test_redis_is_durable_like_the_native_one(

@@ -174,13 +174,15 @@ class Kafka(Component):
     def _java(self) -> str:
         return bootstrap.require_tool("java", bootstrap.JAVA_HINT)
 
-    def prepare(self) -> None:
+    def properties(self) -> str:
+        """This node's server.properties: deploy/native/kafka/server.properties filled in (a
+        secure node's additions aside). deploy/compose's broker is checked against it."""
         template = (self.paths.deploy / "kafka" / "server.properties").read_text()
         voters = ",".join(
             f"{node}@127.0.0.1:{controller}"
             for node, (_, controller) in enumerate(self.cluster, start=1)
         )
-        text = string.Template(template).substitute(
+        return string.Template(template).substitute(
             node_id=self.node_id,
             voters=voters,
             port=self.port,
@@ -189,6 +191,9 @@ class Kafka(Component):
             replication_factor=self.replication_factor,
             min_insync_replicas=self.min_insync_replicas,
         )
+
+    def prepare(self) -> None:
+        text = self.properties()
         if self.security is not None:
             self.security.ensure()
             text += self.security.kafka_properties(self.port, self.controller_port)
