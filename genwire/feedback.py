@@ -33,7 +33,9 @@ class FeedbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     request_id: str = Field(min_length=1, max_length=MAX_REQUEST_ID)
-    """The id of the request the feedback is about (``x-request-id``, the response's ``id``)."""
+    """The id of the request the feedback is about: ``x-request-id``, or the OpenAI response's
+    ``id`` (``cmpl-``/``chatcmpl-`` and the request id; the gateway looks up the id inside it;
+    of a batch of prompts, prompt 0's, as ``x-request-id``)."""
     rating: float | None = Field(None, ge=RATING_MIN, le=RATING_MAX)
     """A score: thumbs (-1 down, 1 up) or stars (1..5); the unit is the caller's convention."""
     label: str | None = Field(None, min_length=1, max_length=MAX_LABEL)

@@ -11,7 +11,9 @@ takes::
 A service's runner calls :func:`use` once with the service's own settings (its env prefix,
 ``GENWIRE_GATEWAY_KAFKA_SASL_USERNAME``…), so every client the process builds afterwards, deep
 in the library or in the service, connects as that service. Elsewhere (tools, the bench, tests)
-the plain ``GENWIRE_KAFKA_*`` variables apply. The default, ``PLAINTEXT``, adds nothing.
+the plain ``GENWIRE_KAFKA_*`` variables apply. The default, ``PLAINTEXT``, adds nothing (TLS or
+SASL settings given with a protocol that would ignore them are refused when the settings are
+read: ``CommonSettings._kafka_security_used``).
 """
 
 from __future__ import annotations

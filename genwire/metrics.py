@@ -44,7 +44,7 @@ class ConsumerMetrics:
             sc.METRIC_OUTPUTS_DROPPED,
             "Outputs of a failure path (a DLQ record even with its value cut, an error result) "
             "that can never be published (Kafka refused them for good as too large, or they "
-            "cannot be encoded; topic \"(error events)\": not even built): logged and dropped, "
+            'cannot be encoded; topic "(error events)": not even built): logged and dropped, '
             "their record committed.",
             ["stage", "topic"],
             registry=registry,

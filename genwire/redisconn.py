@@ -9,11 +9,15 @@ An outage longer than the retries is the caller's to wait out (``RetryableError`
 
 from __future__ import annotations
 
+import asyncio
+
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from genwire.health import Dependencies
 
 REDIS = "redis"
 """The dependency name of Redis in readiness reasons, logs and metrics."""
@@ -30,3 +34,19 @@ def connect(url: str, *, timeout_s: float = 2.0, retries: int = 3) -> Redis[byte
         retry=Retry(EqualJitterBackoff(cap=1.0, base=0.05), retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+
+
+async def watch(redis: Redis[bytes], dependencies: Dependencies, interval_s: float) -> None:
+    """PING Redis every ``interval_s`` and report it down or back: for a service whose calls
+    need Redis but whose work may not touch it for a while (the gateway's anonymous requests
+    do not), so that readiness says it is down whether or not a call failed on it. (Stages
+    learn it from their records' retries.) A PING answers while Redis refuses writes (out of
+    memory): that fails the calls, not this."""
+    while True:
+        try:
+            await redis.ping()
+        except Exception as exc:  # any failure to answer is an outage, whatever its class
+            dependencies.failed(REDIS, exc)
+        else:
+            dependencies.recovered(REDIS)
+        await asyncio.sleep(interval_s)

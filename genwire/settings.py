@@ -40,11 +40,19 @@ def default_home() -> Path:
 KafkaClient = Literal["aiokafka", "librdkafka"]
 """The Kafka clients a data path can run on (``kafka_client``)."""
 
+_KAFKA_SASL = ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+"""Settings only a SASL_* ``kafka_security_protocol`` reads."""
+_KAFKA_SSL = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+"""Settings only SSL and SASL_SSL read."""
+
 
 class CommonSettings(BaseSettings):
     """Connection and telemetry settings, read from ``GENWIRE_*`` variables."""
 
-    model_config = SettingsConfigDict(env_prefix="GENWIRE_", extra="ignore")
+    # A rule across fields (below) would print every value given, passwords included.
+    model_config = SettingsConfigDict(
+        env_prefix="GENWIRE_", extra="ignore", hide_input_in_errors=True
+    )
 
     home: Path = Field(default_factory=default_home, description="Cache and state root.")
     kafka_bootstrap_servers: str = Field(
@@ -53,7 +61,9 @@ class CommonSettings(BaseSettings):
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT",
         description="How every Kafka client of this process connects: PLAINTEXT (the default "
-        "native stack), SSL, SASL_PLAINTEXT or SASL_SSL (`genwire up --secure`).",
+        "native stack), SSL, SASL_PLAINTEXT or SASL_SSL (`genwire up --secure`). The kafka_ssl_* "
+        "settings need SSL or SASL_SSL, the kafka_sasl_* ones a SASL_* protocol: set with "
+        "another, they are refused.",
     )
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
         "SCRAM-SHA-512", description="SASL mechanism when the protocol is SASL_*."
@@ -176,6 +186,38 @@ class CommonSettings(BaseSettings):
     traces_sample_ratio: float = Field(
         1.0, ge=0.0, le=1.0, description="Head sampling ratio for new traces."
     )
+
+    @model_validator(mode="after")
+    def _kafka_security_used(self) -> CommonSettings:
+        """Refuse Kafka TLS or SASL settings the protocol would ignore: a CA file or a SASL
+        user set with PLAINTEXT would otherwise connect in the clear without a word."""
+        protocol = self.kafka_security_protocol
+        uses_sasl, uses_ssl = protocol.startswith("SASL_"), protocol in ("SSL", "SASL_SSL")
+        sasl = [] if uses_sasl else [n for n in _KAFKA_SASL if self._kafka_given(n)]
+        ssl = [] if uses_ssl else [n for n in _KAFKA_SSL if self._kafka_given(n)]
+        if not sasl and not ssl:
+            return self
+        plain = str(CommonSettings.model_config.get("env_prefix") or "").upper()
+        own = str(self.model_config.get("env_prefix") or "").upper()
+        names = ", ".join(f"{plain}{n.upper()}" for n in sasl + ssl)
+        if (uses_sasl or sasl) and (uses_ssl or ssl):
+            wanted = "SASL_SSL"
+        else:
+            wanted = "SASL_SSL or SASL_PLAINTEXT" if sasl else "SSL or SASL_SSL"
+        also = f" (this service reads each also as {own}<NAME>)" if own != plain else ""
+        raise ValueError(
+            f"{names}: set, but {plain}KAFKA_SECURITY_PROTOCOL is {protocol}, which ignores "
+            f"{'them' if len(sasl + ssl) > 1 else 'it'} (Kafka would be reached without that "
+            f"TLS or SASL login): set {plain}KAFKA_SECURITY_PROTOCOL to {wanted}, or unset "
+            f"{'them' if len(sasl + ssl) > 1 else 'it'}{also}"
+        )
+
+    def _kafka_given(self, name: str) -> bool:
+        value = getattr(self, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        # The mechanism has a default: given only when set (to anything).
+        return name in self.model_fields_set if name == "kafka_sasl_mechanism" else bool(value)
 
     @field_validator("jaeger_memory_limit")
     @classmethod

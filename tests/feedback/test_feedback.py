@@ -139,3 +139,58 @@ def test_grpc_feedback(gateway: FakeGateway) -> None:
             servicer.Feedback(feedback_pb2.FeedbackRequest(request_id="req-1"), ctx)  # type: ignore[arg-type]
         )
     assert ctx.code == grpc.StatusCode.INVALID_ARGUMENT and len(gateway.producer.sent) == 1
+
+
+@pytest.mark.parametrize("given", ["req-1", "cmpl-req-1", "chatcmpl-req-1"])
+def test_feedback_by_the_openai_response_id_finds_its_request(
+    client: TestClient, gateway: FakeGateway, given: str
+) -> None:
+    """FeedbackBody.request_id takes the response's ``id`` (its prefix and the request id)."""
+    r = client.post("/v1/feedback", json={"request_id": given, "rating": 1})
+    assert r.status_code == 200, r.text
+    assert (r.json()["request_id"], r.json()["known"]) == ("req-1", True)
+    (event,) = gateway.producer.sent
+    assert event.key() == b"req-1" and event.model_version == "2"
+
+
+def test_a_request_id_that_looks_like_a_response_id_is_found_as_given(
+    client: TestClient, gateway: FakeGateway
+) -> None:
+    gateway.store.results["cmpl-mine"] = GenerationResult(request_id="cmpl-mine", model="m")
+    r = client.post("/v1/feedback", json={"request_id": "cmpl-mine", "rating": 1})
+    assert (r.json()["request_id"], r.json()["known"]) == ("cmpl-mine", True)
+    # Found nowhere: taken as a response id (the request id inside it is published).
+    r = client.post("/v1/feedback", json={"request_id": "chatcmpl-gone", "rating": 1})
+    assert (r.json()["request_id"], r.json()["known"]) == ("gone", False)
+    # Not a response id around a valid request id: kept as given.
+    r = client.post("/v1/feedback", json={"request_id": "cmpl-", "rating": 1})
+    assert r.json()["request_id"] == "cmpl-"
+
+
+def test_a_batchs_response_id_names_its_first_prompts_request(
+    client: TestClient, gateway: FakeGateway
+) -> None:
+    """A batch answers with prompt 0's id (``x-request-id`` too): ``<key>-0`` when named."""
+    gateway.store.results["key-0"] = GenerationResult(request_id="key-0", model="m")
+    r = client.post("/v1/feedback", json={"request_id": "cmpl-key-0", "rating": 1})
+    assert (r.json()["request_id"], r.json()["known"]) == ("key-0", True)
+
+
+def test_grpc_feedback_by_the_response_id(gateway: FakeGateway) -> None:
+    servicer = FeedbackServicer(gateway)  # type: ignore[arg-type]
+    reply = asyncio.run(
+        servicer.Feedback(
+            feedback_pb2.FeedbackRequest(request_id="chatcmpl-req-1", rating=1),
+            FakeContext(),  # type: ignore[arg-type]
+        )
+    )
+    assert (reply.request_id, reply.known, reply.model_version) == ("req-1", True, "2")
+
+
+def test_a_feedback_body_over_the_limit_is_a_413(client: TestClient, gateway: FakeGateway) -> None:
+    from genwire_gateway.http_api import MAX_BODY_BYTES
+
+    big = b'{"request_id": "req-1", "rating": 1, "comment": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    r = client.post("/v1/feedback", content=big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert gateway.producer.sent == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ class Script:
     error: ErrorInfo | None = None
     silent: bool = False
     """Answer nothing (a lost or very slow request)."""
+    at_deadline: bool = False
+    """Answer at the request's ``deadline_ms`` (as inference stops there), not before."""
     redis_only: bool = False
     """Store the result in Redis without publishing it (no reply reaches the gateway)."""
     duplicate_tokens: bool = False
@@ -196,6 +199,9 @@ class FakePipeline:
     ) -> None:
         if script.delay_s:
             await asyncio.sleep(script.delay_s)
+        if script.at_deadline:
+            assert request.deadline_ms is not None
+            await asyncio.sleep(max(0.0, request.deadline_ms / 1000 - time.time()))
         rid = request.request_id
         assert rid is not None
         pieces = [
@@ -300,9 +306,9 @@ async def start_gateway(
     """Start a gateway on free ports, publishing to ``requests_topic``, its reply reader in
     ``reply_group`` on ``reply_topic``; wait until it serves. ``overrides`` are more
     ``GatewaySettings`` fields."""
+    overrides.setdefault("redis_url", settings.redis_url)
     cfg = GatewaySettings(
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
-        redis_url=settings.redis_url,
         triton_http_url=settings.triton_http_url,
         service_name=f"genwire-gateway-test-{uuid.uuid4().hex[:6]}",
         port=free_port(),

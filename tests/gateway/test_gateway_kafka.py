@@ -205,6 +205,27 @@ async def test_an_expired_deadline_cancels_the_generation(
     await _eventually(lambda: rid in {c.request_id for c in pipeline.cancels})
 
 
+async def test_the_partial_result_at_the_deadline_reaches_the_caller(
+    gateways: Gateways, pipeline: FakePipeline
+) -> None:
+    """Inference stops at ``deadline_ms`` and publishes what it has (``deadline``): the pipeline's
+    deadline comes the margin before the caller's, so that answer arrives in time, unary and
+    streamed (the HTTP routes wait in the same ``Gateway`` calls)."""
+    pipeline.script = lambda _: Script(
+        chunks=["so", " far"], at_deadline=True, finish_reason="deadline"
+    )
+    async with GenwireClient(gateways[0].grpc_target) as client:
+        unary = await client.generate(f"late {uuid.uuid4().hex}", timeout_s=1.5)
+        assert unary.text == "so far" and unary.finish_reason == "deadline"
+        pieces = [c async for c in client.stream(f"late {uuid.uuid4().hex}", timeout_s=1.5)]
+    assert "".join(p.text for p in pieces) == "so far"
+    assert pieces[-1].final and pieces[-1].finish_reason == "deadline"
+    (seen,) = pipeline.requests_for(unary.request_id)
+    assert seen.deadline_ms is not None and seen.received_ms is not None
+    # 1.5 s less the margin (a fifth of it, 0.25 s at most), sent a moment after the call began
+    assert 1000 <= seen.deadline_ms - seen.received_ms <= 1300
+
+
 async def test_a_caller_leaving_a_stream_cancels_the_generation(
     gateways: Gateways, pipeline: FakePipeline
 ) -> None:

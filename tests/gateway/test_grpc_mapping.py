@@ -169,3 +169,48 @@ def test_a_streams_last_message_carries_the_results_timings() -> None:
     assert message.timings.triton_compute.ToMilliseconds() == 30
     assert message.timings.triton_queue.ToMicroseconds() == 500
     assert message.timings.received.seconds == 1_700_000_000
+
+
+@pytest.mark.parametrize(("wait_ms", "waited_s"), [(2**32 - 1, 5.0), (1500, 1.5), (0, 0.0)])
+async def test_get_result_waits_no_longer_than_the_gateways_ceiling(
+    wait_ms: int, waited_s: float
+) -> None:
+    """``wait_ms`` is the caller's to choose, up to ``max_timeout_s`` like every other wait."""
+    from genwire_gateway.config import GatewaySettings
+    from genwire_gateway.grpc_service import GenerationServicer
+    from genwire_gateway.handlers import Gateway, ResultStatus
+    from genwire_gateway.telemetry import GatewayMetrics
+    from opentelemetry import trace
+    from prometheus_client import CollectorRegistry
+
+    class FakeGateway:
+        settings = GatewaySettings(max_timeout_s=5.0)
+        timeout_for = Gateway.timeout_for
+
+        def __init__(self) -> None:
+            self.waits: list[float] = []
+
+        async def authorize(self, request_id: str) -> None:
+            """No keys here."""
+
+        async def get_result(self, request_id: str, wait_s: float) -> tuple[str, None]:
+            self.waits.append(wait_s)
+            return ResultStatus.PENDING, None
+
+    class Context:
+        def invocation_metadata(self) -> tuple[()]:
+            return ()
+
+        def time_remaining(self) -> None:
+            return None  # no deadline: only the gateway's ceiling bounds the wait
+
+    gateway = FakeGateway()
+    servicer = GenerationServicer(
+        gateway,  # type: ignore[arg-type]
+        trace.get_tracer("test"),
+        GatewayMetrics(CollectorRegistry()),
+    )
+    request = pb.GetResultRequest(request_id="r1", wait_ms=wait_ms)
+    answer = await servicer.GetResult(request, Context())  # type: ignore[arg-type]
+    assert answer.status == pb.GetResultResponse.STATUS_PENDING
+    assert gateway.waits == [waited_s]

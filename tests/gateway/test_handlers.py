@@ -136,6 +136,23 @@ def test_prepare_validates_like_preprocess_and_sets_the_deadline() -> None:
     assert info.value.code == "invalid_request"
 
 
+@pytest.mark.parametrize(
+    ("margin_s", "timeout_s", "expected_s"),
+    [(0.25, 7.0, 6.75), (0.25, 1.0, 0.8), (0.0, 7.0, 7.0), (5.0, 60.0, 55.0)],
+)
+def test_the_pipeline_stops_the_margin_before_the_caller(
+    margin_s: float, timeout_s: float, expected_s: float
+) -> None:
+    """The partial result inference publishes at ``deadline_ms`` needs time to come back: the
+    margin (at most a fifth of the wait) is taken off the caller's wait; the wait is not."""
+    gateway, _, _ = _gateway(deadline_margin_s=margin_s)
+    prepared = gateway.prepare({"prompt": "hi"}, timeout_s=timeout_s)
+    request = prepared.request
+    assert request.deadline_ms is not None and request.received_ms is not None
+    assert request.deadline_ms - request.received_ms == pytest.approx(expected_s * 1000)
+    assert prepared.timeout_s == timeout_s
+
+
 def test_caller_deadlines_are_capped() -> None:
     gateway, _, _ = _gateway(request_timeout_s=5.0, max_timeout_s=10.0)
     assert gateway.timeout_for(None) == 5.0

@@ -7,26 +7,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import types
 from typing import Any
 
+import httpx
 import pytest
-from genwire_gateway.auth import PRINCIPAL, Principal
+from fastapi import FastAPI
+from genwire_gateway.auth import PRINCIPAL, AuthMiddleware, Principal
 from genwire_gateway.config import GatewaySettings
-from genwire_gateway.errors import PERMISSION_DENIED, GatewayError
+from genwire_gateway.errors import PERMISSION_DENIED, RATE_LIMITED, GatewayError
+from genwire_gateway.http_api import install_error_handlers, openai_router
+from genwire_gateway.limits import LimitExceeded, Ticket, TooLarge
 from genwire_gateway.replies import WaiterRegistry
+from genwire_gateway.telemetry import GatewayMetrics
 from genwire_gateway.usage import (
     METRIC_KEY_REQUESTS,
+    METRIC_KEY_TOKENS,
     REASON_WITHHELD,
     MeteredGateway,
     UsageMetrics,
 )
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from genwire.apikeys import SCOPE_ADMIN, SCOPE_GENERATE, KeyRecord
-from genwire.events import ControlEvent, Event
+from genwire.events import ControlEvent, Event, GenerationResult, Usage
 from genwire.redaction import DEFAULT_PATTERNS, Redactor
-from genwire.request import GenerationRequest
+from genwire.request import ErrorCode, GenerationRequest
 from genwire.results import ClaimOutcome
+from genwire.usage import UsageEvent
 
 from .test_handlers import FakeProducer, FakeStore, _echo
 
@@ -205,3 +214,210 @@ async def test_a_failing_redaction_hook_withholds_the_reason_and_the_cancel_goes
         logged = [r.getMessage() for r in caplog.records]
         assert logged == [f"the redaction hook failed on a cancel's reason ({error})"]
         assert "secret" not in caplog.text
+
+
+# -- limits: batches, repeats, a failing limiter ------------------------------------------------
+
+
+class FakeLimiter:
+    """``limits.Limiter``'s bookkeeping in memory (one window, no clock): the request slots and
+    tokens charged, and each admission's size; ``down`` fails admissions like Redis would."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.tokens = 0
+        self.admissions: list[int] = []
+        self.down = False
+
+    def refusal(self, record: KeyRecord) -> None:
+        return None
+
+    async def admit_all(self, record: KeyRecord, budgets: list[int]) -> list[Ticket]:
+        if self.down:
+            raise ConnectionError("redis down")
+        self.admissions.append(len(budgets))
+        rpm = record.rpm or 0
+        if rpm and len(budgets) > rpm:
+            raise TooLarge(
+                f"this batch has {len(budgets)} prompts: above {rpm} requests per minute"
+            )
+        if rpm and self.requests + len(budgets) > rpm:
+            raise LimitExceeded(RATE_LIMITED, "rpm", f"{rpm} requests per minute", 30.0)
+        self.requests += len(budgets)
+        self.tokens += sum(budgets)
+        return [Ticket(record.id, b, 0, 0, True, False) for b in budgets]
+
+    async def admit(self, record: KeyRecord, tokens: int) -> Ticket:
+        (ticket,) = await self.admit_all(record, [tokens])
+        return ticket
+
+    async def adjust(self, ticket: Ticket, actual_tokens: int) -> None:
+        self.tokens += actual_tokens - ticket.tokens
+
+
+def _limited(
+    reply: Any = _echo, **settings: Any
+) -> tuple[MeteredGateway, Producer, Store, FakeLimiter, CollectorRegistry]:
+    registry = WaiterRegistry()
+    producer = Producer(registry, reply)
+    store = Store()
+    limiter = FakeLimiter()
+    metrics = CollectorRegistry()
+    gateway = MeteredGateway(
+        GatewaySettings(result_poll_s=0.05, **settings),
+        producer,
+        store,
+        registry,
+        limiter=limiter,  # type: ignore[arg-type]
+        usage_metrics=UsageMetrics(metrics),
+    )
+    return gateway, producer, store, limiter, metrics
+
+
+def _key(**limits: Any) -> KeyRecord:
+    record = KeyRecord(name="team", hash="t" * 64, scopes=[SCOPE_GENERATE], **limits)
+    PRINCIPAL.set(Principal(record=record))
+    return record
+
+
+def _usage(producer: Producer) -> list[str]:
+    return [e.request_id for e in producer.events if isinstance(e, UsageEvent)]
+
+
+def _requests(metrics: CollectorRegistry, outcome: str) -> float | None:
+    return metrics.get_sample_value(METRIC_KEY_REQUESTS, {"key": "team", "outcome": outcome})
+
+
+class KeyAuth:
+    """An ``Authenticator`` that takes every key as ``record``'s."""
+
+    def __init__(self, record: KeyRecord) -> None:
+        self.record = record
+
+    async def authenticate(self, header: str | None, scope: str | None) -> Principal:
+        return Principal(self.record)
+
+
+def _http(gateway: MeteredGateway, record: KeyRecord) -> httpx.AsyncClient:
+    """The gateway's HTTP routes and auth middleware over ``gateway``."""
+    app = FastAPI()
+    app.include_router(openai_router())
+    app.add_middleware(AuthMiddleware)
+    install_error_handlers(app)
+    app.state.runtime = types.SimpleNamespace(tracer=TracerProvider().get_tracer("test"))
+    app.state.gateway = gateway
+    app.state.gateway_metrics = GatewayMetrics(CollectorRegistry())
+    app.state.auth = KeyAuth(record)
+    transport = httpx.ASGITransport(app=app)
+    return httpx.AsyncClient(transport=transport, base_url="http://gateway")
+
+
+async def test_a_batch_is_admitted_all_or_nothing() -> None:
+    """A completions batch takes its request slots and token budgets in one admission: refused,
+    it charges nothing and publishes nothing; larger than the key's rpm, it is a 400 (it can
+    never pass) rather than a 429 with a wait; admitted, its prompts are not admitted again."""
+    gateway, producer, _, limiter, metrics = _limited()
+    record = _key(rpm=3)
+    prompts = {"max_tokens": 4}
+    async with _http(gateway, record) as http:
+        too_many = await http.post("/v1/completions", json={**prompts, "prompt": list("abcd")})
+        one = await http.post("/v1/completions", json={**prompts, "prompt": "a"})
+        no_room = await http.post("/v1/completions", json={**prompts, "prompt": list("abc")})
+        charged = limiter.requests
+        fits = await http.post("/v1/completions", json={**prompts, "prompt": list("ab")})
+    await gateway.drain()
+    assert too_many.status_code == 400, too_many.text
+    assert "3 requests per minute" in too_many.json()["error"]["message"]
+    assert _requests(metrics, "too_large") == 1
+    assert one.status_code == 200 and charged == 1  # the refused batch took no slot
+    assert no_room.status_code == 429 and no_room.headers["retry-after"] == "30"
+    assert fits.status_code == 200 and len(fits.json()["choices"]) == 2
+    assert limiter.admissions == [4, 1, 3, 2]  # each batch once, its prompts not again
+    assert limiter.requests == 3 and len(producer.requests) == 3
+    assert limiter.tokens == 3 * 3  # every prompt's charge corrected to its usage (3)
+
+
+async def test_repeats_of_a_named_request_are_charged_no_tokens_and_metered_once() -> None:
+    """Repeats answered from the stored result (generate, stream, submit) count as requests
+    (rpm, ``outcome="repeat"``) but charge no tokens, add no key tokens and publish no usage."""
+    gateway, producer, store, limiter, metrics = _limited()
+    _key(tpm=100_000)
+    first = await gateway.generate(gateway.prepare({"prompt": "hi"}, request_id="job-42"))
+    store.results["job-42"] = first  # stored, as postprocess does
+    for _ in range(2):
+        again = await gateway.generate(gateway.prepare({"prompt": "hi"}, request_id="job-42"))
+        assert again.text == first.text
+    await _drain_stream(gateway, "job-42")
+    assert await gateway.submit(gateway.prepare({"prompt": "hi"}, request_id="job-42")) == "job-42"
+    await gateway.drain()
+    assert len(producer.requests) == 1
+    assert _usage(producer) == ["job-42"]
+    assert limiter.requests == 5 and limiter.tokens == 3  # one generation's usage
+    tokens = metrics.get_sample_value(METRIC_KEY_TOKENS, {"key": "team", "kind": "completion"})
+    assert tokens == 2
+    assert (_requests(metrics, "ok"), _requests(metrics, "repeat")) == (1, 4)
+
+
+async def test_a_repeat_joined_in_flight_and_a_left_caller_are_metered_once() -> None:
+    """A repeat that joins the first call's generation is not metered; a named request whose
+    caller left runs on for the retry, and is metered once when it lands (followed, like a
+    Submit), its retry not at all."""
+    gateway, producer, store, limiter, _ = _limited(reply=None)
+    _key(tpm=100_000)
+    calls = [
+        asyncio.create_task(gateway.generate(gateway.prepare({"prompt": "hi"}, request_id="j-1")))
+        for _ in range(3)
+    ]
+    await asyncio.sleep(0.05)
+    left_repeat = calls.pop()  # a repeat whose caller left: its charge is given back too
+    left_repeat.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await left_repeat
+    _echo(producer.requests[0], gateway.registry)
+    assert {(await c).text for c in calls} == {"echo:hi"}
+    left = asyncio.create_task(
+        gateway.generate(gateway.prepare({"prompt": "bye"}, request_id="j-2"))
+    )
+    await asyncio.sleep(0.05)
+    left.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await left
+    request = producer.requests[1]
+    store.results["j-2"] = GenerationResult(
+        request_id="j-2", text="late", usage=Usage(prompt_tokens=1, completion_tokens=4)
+    )
+    retry = await gateway.generate(gateway.prepare({"prompt": "bye"}, request_id="j-2"))
+    await gateway.drain()
+    assert retry.text == "late" and request.request_id == "j-2"
+    assert sorted(_usage(producer)) == ["j-1", "j-2"]
+    assert limiter.tokens == 3 + 5  # each generation's real usage, once
+
+
+async def test_the_limiter_is_bypassed_at_most_auth_stale_s(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A limiter that keeps failing (Redis out of memory refuses its script, not the key reads)
+    lets limited keys through uncounted for ``auth_stale_s`` from its first failure in a row,
+    then refuses them (503) until it answers; logged a few times, not once per request."""
+    gateway, _, _, limiter, metrics = _limited(auth_stale_s=0.3)
+    _key(rpm=100)
+    limiter.down = True
+    with caplog.at_level(logging.WARNING, logger="genwire_gateway.usage"):
+        for i in range(20):
+            await gateway.generate(gateway.prepare({"prompt": f"hi {i}"}))
+        await asyncio.sleep(0.35)
+        for _ in range(3):
+            with pytest.raises(GatewayError) as refused:
+                await gateway.generate(gateway.prepare({"prompt": "hi"}))
+            assert refused.value.code == ErrorCode.UNAVAILABLE
+        assert "rate limiter (Redis) has failed" in refused.value.message
+        limiter.down = False
+        await gateway.generate(gateway.prepare({"prompt": "back"}))
+        limiter.down = True  # a new outage: its own bound
+        await gateway.generate(gateway.prepare({"prompt": "again"}))
+    await gateway.drain()
+    assert limiter.requests == 1
+    assert _requests(metrics, "unavailable") == 3
+    logged = [r.getMessage() for r in caplog.records if r.name == "genwire_gateway.usage"]
+    assert len(logged) == 4, logged  # failing, refusing, answering again, failing again
+    assert "answers again" in logged[2]

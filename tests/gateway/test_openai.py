@@ -10,7 +10,7 @@ from genwire_gateway import openai
 from genwire_gateway.errors import GatewayError
 
 from genwire.events import GenerationResult, Timings, Usage
-from genwire.request import MAX_GUIDED_CHARS, ErrorCode
+from genwire.request import MAX_GUIDED_CHARS, MAX_METADATA, ErrorCode
 
 
 def test_completion_body_maps_to_request_fields() -> None:
@@ -361,3 +361,110 @@ def test_server_timing_names_the_models_own_time_of_the_slowest_result() -> None
     assert server_timing(batch) == "model-queue;dur=2.000, model-compute;dur=40.000"
     # No result with both (a model that does not report them): no header.
     assert server_timing([result(None, 30.0), result(1.0, None)]) == ""
+
+
+def _chat(**extra: Any) -> openai.ChatCompletionRequest:
+    raw = json.dumps({"messages": [{"role": "user", "content": "hi"}], **extra}).encode()
+    body: openai.ChatCompletionRequest = openai.parse_body(openai.ChatCompletionRequest, raw)
+    return body
+
+
+@pytest.mark.parametrize("field", ["user", "safety_identifier"])
+def test_a_label_field_that_clashes_with_the_callers_metadata_is_refused_by_name(
+    field: str,
+) -> None:
+    """Never overwritten: the caller's own metadata key of the same name keeps its value or
+    the request is refused; the same value in both is one label."""
+    with pytest.raises(GatewayError) as info:
+        _chat(**{field: "B", "metadata": {field: "A", "team": "x"}}).fields()
+    assert info.value.code == ErrorCode.INVALID_REQUEST and info.value.param == field
+    assert f"metadata.{field}" in info.value.message
+    same = _chat(**{field: "A", "metadata": {field: "A", "team": "x"}}).fields()
+    assert same["metadata"] == {field: "A", "team": "x"}
+
+
+@pytest.mark.parametrize("field", ["user", "safety_identifier"])
+def test_a_label_field_over_a_metadata_limit_is_refused_by_its_own_name(field: str) -> None:
+    """It travels as metadata.<field>: the error names the field the caller sent and says
+    it counts as metadata, instead of blaming a ``metadata`` the caller may not have sent."""
+    full = {f"k{i}": "v" for i in range(MAX_METADATA)}
+    with pytest.raises(GatewayError) as info:
+        _chat(**{field: "u", "metadata": full}).fields()
+    assert info.value.param == field and info.value.code == ErrorCode.INVALID_REQUEST
+    assert f"metadata.{field}" in info.value.message and str(MAX_METADATA) in info.value.message
+    with pytest.raises(GatewayError) as info:
+        _chat(**{field: "u" * 513}).fields()
+    assert info.value.param == field and info.value.code == ErrorCode.INVALID_REQUEST
+    assert f"metadata.{field}" in info.value.message and "512" in info.value.message
+    # The caller's own excess stays its own error (the request schema names ``metadata``).
+    over = {f"k{i}": "v" for i in range(MAX_METADATA + 1)}
+    assert _chat(**{field: "u", "metadata": over}).fields()["metadata"][field] == "u"
+
+
+def test_max_tokens_beside_a_different_max_completion_tokens_is_refused() -> None:
+    with pytest.raises(GatewayError) as info:
+        _chat(max_tokens=5, max_completion_tokens=9).fields()
+    assert info.value.code == ErrorCode.INVALID_REQUEST and info.value.param == "max_tokens"
+    assert "max_completion_tokens" in info.value.message
+    both = _chat(max_tokens=9, max_completion_tokens=9)
+    assert both.fields()["max_tokens"] == 9
+    assert both.caller_param("max_tokens") == "max_tokens"  # the caller sent that name too
+
+
+@pytest.mark.parametrize("raw", [b"[]", b"null", b"5", b'"s"', b"[1, 2]", b"true"])
+def test_a_body_that_is_not_a_json_object_is_invalid_json(raw: bytes) -> None:
+    for model in (openai.CompletionRequest, openai.ChatCompletionRequest):
+        with pytest.raises(GatewayError) as info:
+            openai.parse_body(model, raw)
+        assert info.value.code == ErrorCode.INVALID_JSON
+
+
+@pytest.mark.parametrize(
+    ("model", "raw", "param"),
+    [
+        (openai.CompletionRequest, b"{}", "prompt"),
+        (openai.CompletionRequest, b'{"prompt": null}', "prompt"),
+        (openai.CompletionRequest, b'{"prompt": null, "temperature": "hot"}', "prompt"),
+        (openai.ChatCompletionRequest, b"{}", "messages"),
+        (openai.ChatCompletionRequest, b'{"messages": null}', "messages"),
+    ],
+)
+def test_a_missing_or_null_prompt_is_missing_prompt(
+    model: type[openai.CompletionRequest] | type[openai.ChatCompletionRequest],
+    raw: bytes,
+    param: str,
+) -> None:
+    with pytest.raises(GatewayError) as info:
+        openai.parse_body(model, raw)
+    assert info.value.code == ErrorCode.MISSING_PROMPT and info.value.param == param
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"prompt": [null]}', b'{"messages": [null]}', b'{"prompt": 5}'],
+)
+def test_a_malformed_prompt_stays_invalid_request(raw: bytes) -> None:
+    """Only an absent or null prompt is missing: a null item of a list is a wrong type."""
+    model = openai.ChatCompletionRequest if b"messages" in raw else openai.CompletionRequest
+    with pytest.raises(GatewayError) as info:
+        openai.parse_body(model, raw)
+    assert info.value.code == ErrorCode.INVALID_REQUEST
+
+
+@pytest.mark.parametrize("prompt", [[[]], [[1], []]])
+def test_an_empty_token_id_prompt_is_missing_prompt_named_prompt(prompt: list[Any]) -> None:
+    body = openai.parse_body(openai.CompletionRequest, json.dumps({"prompt": prompt}).encode())
+    with pytest.raises(GatewayError) as info:
+        body.prompts()
+    assert info.value.code == ErrorCode.MISSING_PROMPT and info.value.param == "prompt"
+    assert body.caller_param("prompt_token_ids") == "prompt"  # the pipeline's name for them
+
+
+def test_with_include_usage_every_chunk_but_the_last_says_usage_null() -> None:
+    common: dict[str, Any] = {"created": 1, "model": "m"}
+    assert "usage" not in openai.completion_chunk("r", text="a", **common)
+    assert "usage" not in openai.chat_chunk("r", delta={"content": "a"}, **common)
+    with_usage = openai.completion_chunk("r", text="a", usage_null=True, **common)
+    assert with_usage["usage"] is None and with_usage["choices"][0]["text"] == "a"
+    chat = openai.chat_chunk("r", delta={"content": "a"}, usage_null=True, **common)
+    assert chat["usage"] is None and chat["choices"][0]["delta"] == {"content": "a"}

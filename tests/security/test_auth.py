@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import types
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from fastapi import FastAPI, Request
@@ -18,11 +20,17 @@ from genwire_gateway.auth import (
     RESUBSCRIBE_S,
     Authenticator,
     AuthError,
+    AuthInterceptor,
     AuthMiddleware,
+    Principal,
     current_principal,
+    grpc_admits,
     grpc_scope,
+    http_admits,
     http_scope,
 )
+from genwire_gateway.errors import RATE_LIMITED
+from genwire_gateway.limits import LimitExceeded
 
 from genwire.apikeys import (
     SCOPE_ADMIN,
@@ -364,3 +372,99 @@ async def test_a_read_the_revocation_overtook_is_not_cached() -> None:
     assert (await first).name == "team"  # valid when Redis answered
     store.get = read  # type: ignore[method-assign]
     assert "revoked" in (await _refusal(auth, f"Bearer {key}", SCOPE_GENERATE)).message
+
+
+# -- a key over its requests per minute ---------------------------------------------------------
+
+
+class Aborted(Exception):
+    """``context.abort`` (grpc raises to end the call)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+
+
+class Context:
+    """A gRPC call's context: the caller's key in the metadata, aborts raised."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.trailing: tuple[tuple[str, str], ...] = ()
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.key}"),)
+
+    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.trailing = metadata
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Aborted(code, details)
+
+
+def _over_rpm(checked: list[str]) -> Callable[[Principal], LimitExceeded]:
+    """A gateway that remembers the key as over its rpm (its 11th Submit was refused)."""
+
+    def early_refusal(principal: Principal) -> LimitExceeded:
+        checked.append(principal.name)
+        return LimitExceeded(RATE_LIMITED, "rpm", "rate limit reached: 10 requests per minute", 42)
+
+    return early_refusal
+
+
+async def _grpc_call(interceptor: AuthInterceptor, method: str, key: str) -> str:
+    """Call ``method`` through the interceptor: "served", or the status it was refused with."""
+
+    async def unary(request: object, context: object) -> str:
+        return "served"
+
+    async def streaming(request: object, context: object) -> AsyncIterator[str]:
+        yield "served"
+
+    full = f"/genwire.v1.GenerationService/{method}"
+    if method == "GenerateStream":
+        handler = grpc.unary_stream_rpc_method_handler(streaming)
+    else:
+        handler = grpc.unary_unary_rpc_method_handler(unary)
+
+    async def continuation(details: object) -> grpc.RpcMethodHandler:
+        return handler
+
+    wrapped = await interceptor.intercept_service(continuation, types.SimpleNamespace(method=full))
+    try:
+        if method == "GenerateStream":
+            return await anext(wrapped.unary_stream(None, Context(key)))  # type: ignore[no-any-return]
+        return await wrapped.unary_unary(None, Context(key))  # type: ignore[no-any-return]
+    except Aborted as exc:
+        return exc.code.name
+
+
+async def test_a_key_over_its_rpm_still_reads_and_cancels_its_jobs() -> None:
+    """The remembered rpm refusal answers early only what takes a request slot (Generate,
+    GenerateStream, Submit; the completions routes): GetResult and Cancel of the jobs the key
+    was given still work, and are not counted as rate limited."""
+    store = FakeStore()
+    key, _ = store.add([SCOPE_GENERATE])
+    auth = _auth(store)
+    checked: list[str] = []
+    interceptor = AuthInterceptor(lambda: auth, _over_rpm(checked))
+    answers = {m: await _grpc_call(interceptor, m, key) for m in ("GetResult", "Cancel")}
+    assert answers == {"GetResult": "served", "Cancel": "served"} and checked == []
+    for method in ("Generate", "GenerateStream", "Submit"):
+        assert await _grpc_call(interceptor, method, key) == "RESOURCE_EXHAUSTED"
+    assert len(checked) == 3
+    assert grpc_admits("/genwire.v1.GenerationService/Submit")
+    assert not grpc_admits("/genwire.v1.GenerationService/GetResult")
+    assert not grpc_admits("/genwire.v1.FeedbackService/Feedback")
+
+    app = _app(auth)
+    checked.clear()
+    app.state.gateway = types.SimpleNamespace(early_refusal=_over_rpm(checked))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+        refused = await http.post("/v1/completions", json={}, headers=auth_headers(key))
+        other = await http.get("/v1/unknown", headers=auth_headers(key))
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "42"
+    assert other.status_code == 404  # a generate-scoped route that takes no slot
+    assert checked == ["team"]
+    assert http_admits("POST", "/v1/chat/completions") and not http_admits("GET", "/v1/models")

@@ -110,3 +110,27 @@ async def test_two_limiters_share_one_count_under_concurrency(infra: CommonSetti
     finally:
         for c in clients:
             await c.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_batch_is_charged_all_or_nothing(redis: Any) -> None:
+    """``admit_all``: a batch's request slots and tokens in one admission. Without room for all
+    of it nothing is charged (and single requests are not refused for its wait); one that the
+    limits can never hold is ``TooLarge``, naming the limit."""
+    limiter = Limiter(redis)
+    record = _record(rpm=5, tpm=1000)
+    assert await limiter.admit(record, 10) is not None
+    with pytest.raises(LimitExceeded) as info:
+        await limiter.admit_all(record, [10] * 5)
+    assert info.value.limit == "rpm" and "this batch needs 5 requests, 4 are left" in str(
+        info.value
+    )
+    assert limiter.refusal(record) is None  # a single request still fits: not remembered
+    tickets = await limiter.admit_all(record, [10, 20, 30, 40])
+    assert tickets is not None and [t.tokens for t in tickets] == [10, 20, 30, 40]
+    rpm_used = sum(int(v) for v in await redis.hvals(limit_keys(record.id)[0]))
+    tpm_used = sum(int(v) for v in await redis.hvals(limit_keys(record.id)[1]))
+    assert (rpm_used, tpm_used) == (5, 110)
+    with pytest.raises(TooLarge, match="5 requests per minute"):
+        await limiter.admit_all(_record(rpm=5), [1] * 6)
+    with pytest.raises(TooLarge, match="batch of 2 prompts is budgeted 120 tokens"):
+        await limiter.admit_all(_record(tpm=100), [60, 60])

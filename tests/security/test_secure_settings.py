@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from genwire_gateway.config import GatewaySettings
 from genwire_inference.handlers import failure_chunk
 from genwire_preprocess.handlers import error_chunk
 from genwire_stack import StackError, StackLayout, ensure_up
@@ -87,6 +88,38 @@ def test_a_sasl_protocol_without_a_user_is_a_clear_error() -> None:
         client_options(CommonSettings(kafka_security_protocol="SASL_SSL"))
     with pytest.raises(ValidationError):
         CommonSettings(kafka_security_protocol="TLS")  # type: ignore[arg-type]
+
+
+def test_kafka_tls_and_sasl_settings_the_protocol_ignores_are_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A CA file and a SASL user with the protocol left at PLAINTEXT would connect in the clear
+    without a word: refused when the settings are read, naming the variables and the fix."""
+    ca = tmp_path / "ca.pem"
+    _, _, stack = _secure(tmp_path)
+    monkeypatch.setenv("GENWIRE_KAFKA_SSL_CAFILE", str(stack.ca))
+    monkeypatch.setenv("GENWIRE_KAFKA_SASL_USERNAME", "gateway")
+    monkeypatch.setenv("GENWIRE_KAFKA_SASL_PASSWORD", "s3cret")
+    with pytest.raises(ValidationError) as info:
+        CommonSettings()
+    message = str(info.value)
+    assert "GENWIRE_KAFKA_SSL_CAFILE" in message and "GENWIRE_KAFKA_SASL_USERNAME" in message
+    assert "PLAINTEXT" in message and "to SASL_SSL" in message
+    assert "s3cret" not in message  # the settings' input is never printed
+    monkeypatch.setenv("GENWIRE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    assert client_options()["sasl_plain_username"] == "gateway"
+    for name in ("SECURITY_PROTOCOL", "SASL_USERNAME", "SASL_PASSWORD"):
+        monkeypatch.delenv(f"GENWIRE_KAFKA_{name}")
+    for protocol, given, refused in (
+        ("SSL", {"kafka_sasl_username": "u"}, "KAFKA_SASL_USERNAME"),
+        ("SSL", {"kafka_sasl_mechanism": "PLAIN"}, "KAFKA_SASL_MECHANISM"),
+        ("SASL_PLAINTEXT", {"kafka_ssl_certfile": ca, "kafka_ssl_keyfile": ca}, "CERTFILE"),
+        ("PLAINTEXT", {"kafka_ssl_cafile": ca}, "to SSL or SASL_SSL"),
+    ):
+        with pytest.raises(ValidationError, match=refused):
+            CommonSettings(kafka_security_protocol=protocol, **given)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="also as GENWIRE_GATEWAY_<NAME>"):
+        GatewaySettings(kafka_security_protocol="PLAINTEXT")  # the environment's CA file
 
 
 def test_service_tls_settings_come_in_complete_sets(tmp_path: Path) -> None:

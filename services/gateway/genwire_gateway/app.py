@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from genwire.apikeys import KeyStore
 from genwire.redaction import Redactor, load_hook
 from genwire.redisconn import connect
+from genwire.redisconn import watch as watch_redis
 from genwire.results import ResultStore
 from genwire.service import Running, ServiceRuntime, ServiceSpec
 from genwire.telemetry import semconv as sc
@@ -112,6 +113,9 @@ async def setup(
             if auth is not None:
                 runtime.supervise(auth.run(), "key-changes")
             await redis.ping()  # fail fast when Redis is not there
+            runtime.supervise(
+                watch_redis(redis, runtime.dependencies, cfg.redis_probe_s), "redis-probe"
+            )
             await server.start()
             await set_serving(health, True)
             log.info(
@@ -161,6 +165,7 @@ class _GatewaySpec(ServiceSpec[GatewaySettings]):
             freeze_heap=freeze_heap,
         )
         app.add_middleware(AuthMiddleware)
+        # Last: its middleware wraps the auth middleware (a key refusal gets x-trace-id too).
         install_error_handlers(app)  # OpenAI's error shape on every route (H-api)
         return app
 

@@ -363,6 +363,24 @@ def grpc_scope(full_method: str) -> str | None:
     return SCOPE_GENERATE
 
 
+ADMITTING_HTTP = frozenset({("POST", "/v1/completions"), ("POST", "/v1/chat/completions")})
+"""HTTP routes whose requests take a request slot (``usage.MeteredGateway`` admits them)."""
+ADMITTING_GRPC = frozenset({"Generate", "GenerateStream", "Submit"})
+"""``GenerationService`` methods that take a request slot. ``GetResult`` and ``Cancel`` take
+none: a key over its requests per minute still reads and cancels the jobs it was given."""
+
+
+def http_admits(method: str, path: str) -> bool:
+    """Whether an HTTP route takes a request slot (a remembered rpm refusal answers it early)."""
+    return (method, path) in ADMITTING_HTTP
+
+
+def grpc_admits(full_method: str) -> bool:
+    """Whether a gRPC method takes a request slot (a remembered rpm refusal answers it early)."""
+    service, _, name = full_method.rpartition("/")
+    return service.endswith(".GenerationService") and name in ADMITTING_GRPC
+
+
 # -- HTTP --------------------------------------------------------------------------------------
 
 Scope = dict[str, Any]
@@ -391,7 +409,8 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        needed = http_scope(scope.get("method", "GET"), scope.get("path", ""))
+        method, path = scope.get("method", "GET"), scope.get("path", "")
+        needed = http_scope(method, path)
         app = scope.get("app")
         auth: Authenticator | None = getattr(getattr(app, "state", None), "auth", None)
         if needed is None or auth is None:
@@ -403,7 +422,7 @@ class AuthMiddleware:
         except AuthError as exc:
             await _send_error(send, exc)
             return
-        refusal = _early_refusal(app, principal, needed)
+        refusal = _early_refusal(app, principal) if http_admits(method, path) else None
         if refusal is not None:
             code, message, wait = refusal
             await _send_error(send, AuthError(code, 429, message), retry_after_s=wait)
@@ -439,10 +458,8 @@ def retry_after(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
-def _early_refusal(app: Any, principal: Principal, needed: str) -> tuple[str, str, float] | None:
+def _early_refusal(app: Any, principal: Principal) -> tuple[str, str, float] | None:
     """(code, message, wait) when the gateway already knows the key is over its rpm."""
-    if needed != SCOPE_GENERATE:
-        return None
     gateway = getattr(getattr(app, "state", None), "gateway", None)
     check = getattr(gateway, "early_refusal", None)
     refusal = check(principal) if check is not None else None
@@ -489,15 +506,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         needed = grpc_scope(details.method)
         if handler is None or needed is None:
             return handler
+        admits = grpc_admits(details.method)
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._unary(handler.unary_unary, needed))
+            return handler._replace(unary_unary=self._unary(handler.unary_unary, needed, admits))
         if handler.unary_stream is not None:
-            return handler._replace(unary_stream=self._streaming(handler.unary_stream, needed))
+            streaming = self._streaming(handler.unary_stream, needed, admits)
+            return handler._replace(unary_stream=streaming)
         return handler  # no client-streaming methods in genwire's services
 
     async def _principal(
-        self, context: grpc.aio.ServicerContext[Any, Any], needed: str
+        self, context: grpc.aio.ServicerContext[Any, Any], needed: str, admits: bool
     ) -> Principal | None:
+        """The caller, checked for ``needed``; a method that ``admits`` (takes a request slot)
+        is also refused at once while the key is remembered over its rpm."""
         auth = self._auth()
         if auth is None:
             return None
@@ -513,9 +534,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             raise AssertionError("unreachable: abort raises") from None
         principal.grpc_context = context
         refusal = (
-            self._early_refusal(principal)
-            if self._early_refusal is not None and needed == SCOPE_GENERATE
-            else None
+            self._early_refusal(principal) if self._early_refusal is not None and admits else None
         )
         if refusal is not None:
             wait = retry_after(refusal.retry_after_s or 1.0)
@@ -525,9 +544,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         return principal
 
-    def _unary(self, behavior: Any, needed: str) -> Any:
+    def _unary(self, behavior: Any, needed: str, admits: bool) -> Any:
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            principal = await self._principal(context, needed)
+            principal = await self._principal(context, needed, admits)
             token = PRINCIPAL.set(principal)
             try:
                 return await behavior(request, context)
@@ -536,11 +555,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return unary
 
-    def _streaming(self, behavior: Any, needed: str) -> Any:
+    def _streaming(self, behavior: Any, needed: str, admits: bool) -> Any:
         async def streaming(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            principal = await self._principal(context, needed)
+            principal = await self._principal(context, needed, admits)
             token = PRINCIPAL.set(principal)
             try:
                 async with contextlib.aclosing(behavior(request, context)) as responses:

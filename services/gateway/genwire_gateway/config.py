@@ -44,6 +44,14 @@ class GatewaySettings(ServiceSettings):
     max_timeout_s: float = Field(
         600.0, gt=0, description="Ceiling on any caller's deadline (gRPC deadlines included)."
     )
+    deadline_margin_s: float = Field(
+        0.25,
+        ge=0,
+        description="The pipeline's deadline is the caller's minus this (at most a fifth of the "
+        "caller's wait), so the partial result inference publishes when it stops at the "
+        "deadline (finish_reason deadline) still reaches a caller who waits for it; 0: the "
+        "same instant (the caller then gets deadline_exceeded and loses the text).",
+    )
     claim_ttl_s: int = Field(
         86_400,
         ge=1,
@@ -57,6 +65,12 @@ class GatewaySettings(ServiceSettings):
         ge=0,
         description="While in flight a claim lives for the caller's deadline plus this; if its "
         "gateway dies before publishing, a retry may claim the id again after that.",
+    )
+    redis_probe_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often the gateway PINGs Redis, so /readyz says Redis is down (after "
+        "unready_after_s) even while only anonymous requests, which do not touch it, come in.",
     )
     result_poll_s: float = Field(
         1.0,
@@ -130,7 +144,9 @@ class GatewaySettings(ServiceSettings):
         300.0,
         ge=0,
         description="Redis unreachable: how long after its record was last read a cached key "
-        "is still accepted (unknown keys are refused at once: fail closed).",
+        "is still accepted (unknown keys are refused at once: fail closed); and how long a "
+        "failing rate limiter lets limited keys through uncounted, from its first failure in a "
+        "row, before they are refused (503) until it answers.",
     )
     auth_cache_max: int = Field(
         10_000, ge=1, description="Most keys (and recently refused unknown keys) cached."

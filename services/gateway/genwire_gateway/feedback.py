@@ -4,14 +4,17 @@ Both take a request id plus a rating, label and/or correction (``genwire.feedbac
 FeedbackBody``), look the request up (its stored result names the model, version and arm;
 the request may also be waited for here or claimed by the pipeline), and publish a
 ``FeedbackEvent`` on ``genwire.feedback`` keyed by the request id, acknowledged by the broker
-before the answer. A request id that cannot be found is accepted and marked ``known: false``
-(its result may have expired; the export keeps it, flagged). Bad input is a 400 in OpenAI's
-error shape / INVALID_ARGUMENT; nothing is published.
+before the answer. The id may also be an OpenAI response's ``id`` (``cmpl-<request id>``,
+``chatcmpl-<request id>``): the event names the request id inside it. A request id that cannot
+be found is accepted and marked ``known: false`` (its result may have expired; the export keeps
+it, flagged). Bad input is a 400 in OpenAI's error shape / INVALID_ARGUMENT; nothing is
+published.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import grpc
@@ -22,10 +25,11 @@ from pydantic import ValidationError
 from genwire.feedback import FeedbackBody, FeedbackEvent
 from genwire.kafka import EventProducer
 from genwire.proto.v1 import feedback_pb2, feedback_pb2_grpc
-from genwire.request import ErrorCode
+from genwire.request import REQUEST_ID_PATTERN, ErrorCode
 from genwire_gateway import openai
 from genwire_gateway.errors import GatewayError, http_status
 from genwire_gateway.handlers import Gateway
+from genwire_gateway.http_api import MAX_BODY_BYTES, read_body
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +43,43 @@ def _explain(exc: ValidationError) -> tuple[str, str | None]:
     ), param
 
 
+def candidate_ids(given: str) -> list[str]:
+    """The request ids ``given`` may name: itself, then, for an OpenAI response's ``id``
+    (``cmpl-<id>``, ``chatcmpl-<id>``; of a batch of prompts, prompt 0's), the request id
+    inside it. As given first: a caller's own id may start like a response's."""
+    for prefix in (openai.CHAT_PREFIX, openai.COMPLETION_PREFIX):
+        inner = given.removeprefix(prefix)
+        if inner != given and re.fullmatch(REQUEST_ID_PATTERN, inner):
+            return [given, inner]
+    return [given]
+
+
+async def _look_up(gateway: Gateway, request_id: str) -> tuple[bool, dict[str, str]]:
+    """(known, what its stored result says of the model) of one request id."""
+    try:
+        stored = await gateway.store.get(request_id)
+    except Exception as exc:  # Redis down: the feedback still counts, unmarked as found
+        log.warning("Redis lookup of %s failed: %s", request_id, exc)
+        stored = None
+    if stored is not None:
+        return True, {
+            "model": stored.model,
+            "model_version": stored.model_version,
+            "arm": stored.arm,
+        }
+    return await gateway.known(request_id), {}
+
+
 async def submit(
     gateway: Gateway, body: FeedbackBody, *, entrypoint: str, principal: str = ""
 ) -> FeedbackEvent:
-    """Look the request up and publish its feedback (acknowledged)."""
-    known, server = False, {}
-    try:
-        stored = await gateway.store.get(body.request_id)
-    except Exception as exc:  # Redis down: the feedback still counts, unmarked as found
-        log.warning("Redis lookup of %s failed: %s", body.request_id, exc)
-        stored = None
-    if stored is not None:
-        known = True
-        server = {"model": stored.model, "model_version": stored.model_version, "arm": stored.arm}
-    else:
-        known = await gateway.known(body.request_id)
+    """Look the request up (``candidate_ids``: the first found is the one; none found, the
+    last, a response id's request) and publish its feedback (acknowledged)."""
+    for request_id in candidate_ids(body.request_id):
+        known, server = await _look_up(gateway, request_id)
+        if known:
+            break
+    body = body.model_copy(update={"request_id": request_id})
     event = FeedbackEvent.of(
         body, known=known, entrypoint=entrypoint, principal=principal, **server
     )
@@ -97,7 +123,12 @@ def feedback_router() -> APIRouter:
     async def post_feedback(request: Request) -> JSONResponse:
         gateway: Gateway = request.app.state.gateway
         try:
-            body = FeedbackBody.model_validate_json(await request.body())
+            raw = await read_body(request, MAX_BODY_BYTES)
+        except GatewayError as exc:
+            status = http_status(exc.code)
+            return JSONResponse(openai.error_body(exc.code, exc.message, status), status)
+        try:
+            body = FeedbackBody.model_validate_json(raw)
         except ValidationError as exc:
             message, param = _explain(exc)
             code = ErrorCode.INVALID_REQUEST

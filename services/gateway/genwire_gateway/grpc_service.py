@@ -374,7 +374,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
         async def work(span: Span) -> pb.GetResultResponse:
             _require_request_id(request.request_id, span)
             await self._gateway.authorize(request.request_id)  # its owner's key or an admin
-            wait_s = request.wait_ms / 1000.0
+            # The same ceiling as every other wait (max_timeout_s), then the call's deadline.
+            wait_s = self._gateway.timeout_for(request.wait_ms / 1000.0)
             remaining = context.time_remaining()
             if remaining is not None:
                 wait_s = min(wait_s, max(0.0, remaining - 0.05))

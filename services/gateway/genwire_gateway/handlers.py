@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -144,6 +144,11 @@ class Gateway:
         wanted = self.settings.request_timeout_s if caller_timeout_s is None else caller_timeout_s
         return max(0.0, min(wanted, self.settings.max_timeout_s))
 
+    def margin_for(self, timeout_s: float) -> float:
+        """How much sooner than the caller's wait the pipeline stops: the time a partial result
+        needs to come back (a fifth of a short wait, so the work keeps most of it)."""
+        return min(self.settings.deadline_margin_s, timeout_s / 5)
+
     def prepare(
         self,
         fields: Mapping[str, Any],
@@ -159,12 +164,17 @@ class Gateway:
         body["request_id"] = request_id or new_request_id()
         body["stream"] = stream
         body["received_ms"] = received
-        body["deadline_ms"] = received + timeout * 1000.0
+        body["deadline_ms"] = received + (timeout - self.margin_for(timeout)) * 1000.0
         try:
             request, value = validate_request(body)
         except PermanentError as exc:
             raise GatewayError(exc.message, code=exc.code, param=exc.param) from None
         return Prepared(request, value, named=request_id is not None, timeout_s=timeout)
+
+    async def admit(self, batch: Sequence[Prepared]) -> list[Prepared]:
+        """Admit a batch of prompts as one, before any of them runs (``usage.MeteredGateway``:
+        all or none against the caller's limits); here there are no limits."""
+        return list(batch)
 
     # -- unary --------------------------------------------------------------------------------
 
@@ -353,6 +363,7 @@ class Gateway:
             raise _unavailable(exc) from exc
         if claim.conflict:
             raise _conflict(prepared.request_id)
+        self.claimed(prepared, claim)
         if claim.owner:
             try:
                 await (await self._send(prepared))
@@ -438,7 +449,12 @@ class Gateway:
             raise _unavailable(exc) from exc
         if claim.conflict:
             raise _conflict(prepared.request_id)
+        self.claimed(prepared, claim)
         return claim
+
+    def claimed(self, prepared: Prepared, claim: ClaimOutcome) -> None:
+        """Told how a named (or submitted) request's claim went (``usage.MeteredGateway``: a
+        repeat, answered by another call's generation, is not metered again)."""
 
     async def claim_named(self, prepared: Prepared) -> ClaimOutcome:
         """The claim's round trip (``usage.MeteredGateway`` also records the caller's key as

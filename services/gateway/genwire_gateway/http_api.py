@@ -4,15 +4,17 @@ Thin: OpenAI bodies in and out (``openai``), ``Gateway`` does the work. A client
 up cancels the generation downstream, streamed or not. A streamed answer starts only once its
 first chunk (or its error) is known, so errors found before any text still get a real HTTP
 status instead of an error event inside a 200 stream. A batch of prompts (``/v1/completions``)
-is one pipeline request per prompt (ids ``<id>-<i>``), answered together; streamed, their
-chunks interleave. Every error, unknown routes and wrong methods included, has OpenAI's shape
-(``install_error_handlers``).
+is one pipeline request per prompt (ids ``<id>-<i>``), admitted together against the caller's
+limits (all or none) and answered together; streamed, their chunks interleave. Every error,
+unknown routes and wrong methods included, has OpenAI's shape (``install_error_handlers``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
@@ -23,9 +25,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from opentelemetry import trace
 from opentelemetry.trace import Span
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from genwire.events import GenerationResult, Usage
-from genwire.request import ErrorCode
+from genwire.request import MAX_REQUEST_BYTES, REQUEST_ID_PATTERN, ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire_gateway import openai
 from genwire_gateway.errors import CANCELLED, GatewayError, http_status
@@ -35,6 +39,7 @@ from genwire_gateway.telemetry import (
     ENTRYPOINT_HTTP,
     GatewayMetrics,
     RequestClock,
+    answer_span,
     carrier_of,
     mark_error,
     start_server_span,
@@ -42,6 +47,15 @@ from genwire_gateway.telemetry import (
 )
 
 IDEMPOTENCY_HEADER = "idempotency-key"
+IDEMPOTENCY_PARAM = "Idempotency-Key"
+"""``error.param`` of a refused key: the header, as the caller wrote it."""
+MAX_REQUEST_ID_CHARS = 128
+"""The longest request id (``genwire.request.REQUEST_ID_PATTERN``)."""
+MAX_BODY_BYTES = MAX_REQUEST_BYTES
+"""The longest body read: the most one request's JSON may have (the Kafka value's bound,
+whose 413 a larger body would meet anyway; a batch's prompts share it)."""
+UNEXPECTED_MESSAGE = "the gateway failed unexpectedly; its log has the details (x-trace-id)"
+"""What a caller learns of a bug (500 ``internal``): nothing of its internals."""
 REQUEST_ID_HEADER = "x-request-id"
 TRACE_ID_HEADER = "x-trace-id"
 SERVER_TIMING_HEADER = "server-timing"
@@ -50,6 +64,7 @@ METHOD_NOT_ALLOWED = "method_not_allowed"
 """Error code of a known route called with another method (405)."""
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def server_timing(results: Sequence[GenerationResult]) -> str:
@@ -77,7 +92,9 @@ def _error_response(exc: GatewayError, headers: dict[str, str]) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """OpenAI's error shape for what FastAPI answers itself: unknown routes (404), wrong
-    methods (405), bodies FastAPI refuses, and any other HTTP error."""
+    methods (405), bodies FastAPI refuses, any other HTTP error, and any exception nothing
+    handled (500, ``CatchAll``); ``x-trace-id`` on every answer (``TraceIds``). Call it after
+    adding the app's other middleware, which these wrap."""
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -106,6 +123,93 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    # Added last, so they wrap the app's other middleware (an auth refusal gets a trace id).
+    app.add_middleware(CatchAll)
+    app.add_middleware(TraceIds)
+
+
+class CatchAll:
+    """Pure ASGI: an exception nothing handled becomes a 500 in OpenAI's shape (``internal``,
+    a generic message: nothing of the internals), logged with its traceback. Once an answer
+    has started, it cannot become another: the exception goes on to the server, which ends
+    the connection and logs it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            if started:
+                raise
+            log.exception("unexpected error answering %s %s", scope["method"], scope["path"])
+            body = openai.error_body(ErrorCode.INTERNAL, UNEXPECTED_MESSAGE, 500)
+            await JSONResponse(body, 500)(scope, receive, send)
+
+
+OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Routes whose answers carry no ``x-trace-id``: polled by probes, a span each would bury
+the traces that matter."""
+
+
+class TraceIds:
+    """Pure ASGI: every answer but the operational routes' carries ``x-trace-id``. The
+    completions routes set it themselves (their request's SERVER span); any other answer
+    (``GET /v1/models``, feedback, 404, 405, an auth refusal, a 500) gets a span of its own,
+    from the request's arrival to the answer, in the caller's trace if it sent one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPERATIONAL_PATHS:
+            await self.app(scope, receive, send)
+            return
+        arrived = time.time_ns()
+
+        async def traced(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = _with_trace_id(scope, message, arrived)
+            await send(message)
+
+        await self.app(scope, receive, traced)
+
+
+def _with_trace_id(scope: Scope, message: Message, arrived_ns: int) -> Message:
+    """``message`` (a response start) with ``x-trace-id``: its own, else a new span's."""
+    headers = list(message.get("headers", ()))
+    if any(name.lower() == TRACE_ID_HEADER.encode() for name, _ in headers):
+        return message
+    state = getattr(scope.get("app"), "state", None)
+    tracer = getattr(getattr(state, "runtime", None), "tracer", None)
+    if tracer is None:  # an app without the runtime (not the gateway's)
+        return message
+    route = getattr(scope.get("route"), "path", None)
+    method = scope["method"]
+    span = answer_span(
+        tracer,
+        f"{method} {route}" if route else method,  # unmatched paths: no name per path
+        carrier=carrier_of((k.decode("latin-1"), v) for k, v in scope["headers"]),
+        attributes={
+            sc.HTTP_REQUEST_METHOD: method,
+            sc.HTTP_RESPONSE_STATUS_CODE: message["status"],
+            **({sc.HTTP_ROUTE: route} if route else {}),
+        },
+        start_ns=arrived_ns,
+    )
+    headers.append((TRACE_ID_HEADER.encode(), trace_id_of(span).encode()))
+    return {**message, "headers": headers}
 
 
 async def _until_disconnected(request: Request) -> None:
@@ -210,11 +314,59 @@ async def _closing(stream: AsyncIterator[Chunk]) -> AsyncIterator[AsyncIterator[
             await close()
 
 
-def _sub_id(key: str | None, i: int, count: int) -> str | None:
-    """The request id of prompt ``i`` of a batch named ``key`` (one prompt: ``key``)."""
-    if key is None or count == 1:
-        return key
-    return f"{key}-{i}"
+def _batch_ids(key: str | None, count: int) -> Sequence[str | None]:
+    """The request ids of a batch of ``count`` prompts named by an ``Idempotency-Key``: the
+    key itself for one prompt, ``<key>-<i>`` for prompt ``i`` of a batch (each must be a
+    request id, so a batch's key leaves room for its suffix); None: unnamed."""
+    if key is None:
+        return [None] * count
+    if re.fullmatch(REQUEST_ID_PATTERN, key) is None:
+        raise GatewayError(
+            f"the Idempotency-Key header must be 1-{MAX_REQUEST_ID_CHARS} letters, digits, "
+            "'.', '_', ':' or '-', starting with a letter or digit",
+            code=ErrorCode.INVALID_REQUEST,
+            param=IDEMPOTENCY_PARAM,
+        )
+    if count == 1:
+        return [key]
+    ids = [f"{key}-{i}" for i in range(count)]
+    if re.fullmatch(REQUEST_ID_PATTERN, ids[-1]) is None:  # the longest: too long
+        room = MAX_REQUEST_ID_CHARS - len(f"-{count - 1}")
+        raise GatewayError(
+            f"the Idempotency-Key header is {len(key)} characters; a batch of {count} prompts "
+            f"names its requests <key>-<i>, which must fit in {MAX_REQUEST_ID_CHARS}, so its "
+            f"key may have at most {room}",
+            code=ErrorCode.INVALID_REQUEST,
+            param=IDEMPOTENCY_PARAM,
+        )
+    return ids
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused (413 ``request_too_large``) as soon as it is known to be
+    over ``limit`` bytes: a ``Content-Length`` over it before anything is read, a chunked
+    body as soon as what arrived passes it (never held whole first)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    pieces: list[bytes] = []
+    size = 0
+    try:
+        async for piece in request.stream():
+            size += len(piece)
+            if size > limit:
+                raise _too_large(limit)
+            pieces.append(piece)
+    except ClientDisconnect:  # gone before its body arrived: no bug, nothing to answer
+        raise GatewayError("the client disconnected", code=CANCELLED) from None
+    return b"".join(pieces)
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        f"the body is over {limit} bytes, the most one request's JSON may have",
+        code=ErrorCode.REQUEST_TOO_LARGE,
+    )
 
 
 class _Handler:
@@ -243,19 +395,17 @@ class _Handler:
         body: Any = None
         try:
             with trace.use_span(span, end_on_exit=False, record_exception=False):
-                body = openai.parse_body(self.body_model, await request.body())
+                raw = await read_body(request, MAX_BODY_BYTES)
+                body = openai.parse_body(self.body_model, raw)
                 fields = body.fields()
                 prompts: list[dict[str, Any]] = body.prompts() if not self.chat else [{}]
                 key = request.headers.get(IDEMPOTENCY_HEADER) or None
                 stream = bool(body.stream)
                 batch = [
-                    gateway.prepare(
-                        {**fields, **p},
-                        request_id=_sub_id(key, i, len(prompts)),
-                        stream=stream,
-                    )
-                    for i, p in enumerate(prompts)
+                    gateway.prepare({**fields, **p}, request_id=request_id, stream=stream)
+                    for p, request_id in zip(prompts, _batch_ids(key, len(prompts)), strict=True)
                 ]
+                batch = await gateway.admit(batch)  # a batch: all its prompts or none
                 span.set_attribute(sc.REQUEST_ID, batch[0].request_id)
                 headers[REQUEST_ID_HEADER] = batch[0].request_id
                 model = body.model or gateway.settings.default_model
@@ -298,6 +448,12 @@ class _Handler:
         except asyncio.CancelledError:
             code = "cancelled"
             raise
+        except Exception:  # a bug: OpenAI's shape, the ids, a generic message; logged whole
+            log.exception("unexpected error answering POST %s", self.route)
+            code = ErrorCode.INTERNAL
+            mark_error(span, code, UNEXPECTED_MESSAGE)
+            span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, 500)
+            return _error_response(GatewayError(UNEXPECTED_MESSAGE, code=code), headers)
         finally:
             if not streaming:
                 for clock in clocks:
@@ -333,9 +489,11 @@ class _Handler:
         chunk: Chunk | None,
         shift: int,
         wants_logprobs: bool,
+        usage_null: bool,
         role: bool = False,
     ) -> list[bytes]:
-        """The SSE events of one piece of one choice."""
+        """The SSE events of one piece of one choice (``usage_null``: ``include_usage`` asked
+        for a usage chunk last, so these say ``"usage": null``)."""
         lps = chunk.logprobs if chunk is not None else None
         reason = chunk.finish_reason if chunk is not None else None
         if not self.chat:
@@ -350,6 +508,7 @@ class _Handler:
                         finish_reason=reason,
                         index=index,
                         logprobs=logprobs,
+                        usage_null=usage_null,
                     )
                 )
             ]
@@ -368,6 +527,7 @@ class _Handler:
                         delta=delta,
                         index=index,
                         logprobs=logprobs,
+                        usage_null=usage_null,
                     )
                 )
             )
@@ -381,6 +541,7 @@ class _Handler:
                         delta={},
                         finish_reason=reason,
                         index=index,
+                        usage_null=usage_null,
                     )
                 )
             )
@@ -418,6 +579,7 @@ class _Handler:
                         chunk=None,
                         shift=0,
                         wants_logprobs=wants,
+                        usage_null=body.include_usage,
                     ):
                         yield event
             while item is not None:
@@ -436,6 +598,7 @@ class _Handler:
                     chunk=chunk,
                     shift=len(echo[p]) if p < len(echo) else 0,
                     wants_logprobs=wants,
+                    usage_null=body.include_usage,
                     role=role,
                 ):
                     yield event
@@ -459,6 +622,10 @@ class _Handler:
             status = http_status(exc.code)
             param = body.caller_param(exc.param)
             yield openai.sse(openai.error_body(exc.code, exc.message, status, param))
+        except Exception:  # a bug: the caller still gets an error event and the stream's end
+            log.exception("unexpected error streaming %s %s", self.route, request_id)
+            mark_error(span, ErrorCode.INTERNAL, UNEXPECTED_MESSAGE)
+            yield openai.sse(openai.error_body(ErrorCode.INTERNAL, UNEXPECTED_MESSAGE, 500))
         yield openai.SSE_DONE
 
     async def _finish(

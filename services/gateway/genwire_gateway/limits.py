@@ -2,7 +2,8 @@
 
 Requests per minute, tokens per minute and tokens per UTC day, checked together by one Lua
 script (one round trip): either every limit has room and all three are charged, or nothing is
-charged and the caller learns which limit refused it and when it will have room.
+charged and the caller learns which limit refused it and when it will have room. A batch of
+prompts (``admit_all``) is one admission too: all its requests and tokens are charged, or none.
 
 Why a Lua script and not the ``limits`` library: a request must pass three limits at once
 (all or nothing: a request refused by its tokens must not use up a request slot), its token
@@ -50,6 +51,7 @@ local rpm = tonumber(ARGV[3])
 local tpm = tonumber(ARGV[4])
 local tpd = tonumber(ARGV[5])
 local cost = tonumber(ARGV[6])
+local n = tonumber(ARGV[7])
 local cur = now - (now % bucket)
 local oldest = cur - window
 local day = math.floor(now / 86400000)
@@ -86,8 +88,9 @@ local function wait_ms(items, total, need, limit)
 end
 
 if rpm > 0 then
+  if n > rpm then return {0, 'rpm_too_large', 0, 0} end
   local total, items = state(KEYS[1])
-  if total + 1 > rpm then return {0, 'rpm', wait_ms(items, total, 1, rpm), total} end
+  if total + n > rpm then return {0, 'rpm', wait_ms(items, total, n, rpm), total} end
 end
 if tpm > 0 then
   if cost > tpm then return {0, 'tpm_too_large', 0, 0} end
@@ -100,7 +103,7 @@ if tpd > 0 then
   if used + cost > tpd then return {0, 'tpd', (day + 1) * 86400000 - now, used} end
 end
 if rpm > 0 then
-  redis.call('HINCRBY', KEYS[1], cur, 1)
+  redis.call('HINCRBY', KEYS[1], cur, n)
   redis.call('PEXPIRE', KEYS[1], window + 2 * bucket)
 end
 if tpm > 0 then
@@ -227,57 +230,83 @@ class Limiter:
 
         Raises ``LimitExceeded`` (nothing charged) or ``TooLarge``; Redis errors propagate.
         """
+        tickets = await self.admit_all(record, [tokens])
+        return tickets[0] if tickets is not None else None
+
+    async def admit_all(self, record: KeyRecord, budgets: list[int]) -> list[Ticket] | None:
+        """Charge a batch, one request per entry of ``budgets`` (its tokens), all or nothing:
+        one ticket each, or ``LimitExceeded`` / ``TooLarge`` with nothing charged (a batch
+        larger than the key's rpm, or budgeted above its tpm or day, can never pass). None
+        when the key has no limits; Redis errors propagate."""
         if not record.limited:
             return None
         held = self.refusal(record)
         if held is not None:
             raise held
         rpm, tpm, tpd = record.rpm or 0, record.tpm or 0, record.tokens_per_day or 0
+        count, tokens = len(budgets), sum(budgets)
         raw = await self._admit(
             keys=limit_keys(record.id),
-            args=[self.window_ms, self.bucket_ms, rpm, tpm, tpd, tokens],
+            args=[self.window_ms, self.bucket_ms, rpm, tpm, tpd, tokens, count],
         )
         ok, which, a, b = int(raw[0]), _text(raw[1]), int(raw[2]), int(raw[3])
         if ok:
-            return Ticket(record.id, tokens, a, b, tpm > 0, tpd > 0)
+            return [Ticket(record.id, t, a, b, tpm > 0, tpd > 0) for t in budgets]
+        raise self._refused(record, which, a / 1000.0, b, count, tokens)
+
+    def _refused(
+        self, record: KeyRecord, which: str, wait: float, used: int, count: int, tokens: int
+    ) -> LimitExceeded | TooLarge:
+        """The error of a refused admission (``which``: the script's verdict)."""
         name = record.name
+        rpm, tpm, tpd = record.rpm or 0, record.tpm or 0, record.tokens_per_day or 0
+        what = f"this batch of {count} prompts is" if count > 1 else "this request is"
+        if which == "rpm_too_large":
+            return TooLarge(
+                f"this batch has {count} prompts, each one request: above the key {name!r}'s "
+                f"limit of {rpm} requests per minute: send at most {rpm} prompts per call"
+            )
         if which == "tpm_too_large":
-            raise TooLarge(
-                f"this request is budgeted {tokens} tokens (prompt estimate + max_tokens x n), "
-                f"above the key {name!r}'s limit of {tpm} tokens per minute: lower max_tokens"
+            return TooLarge(
+                f"{what} budgeted {tokens} tokens (prompt estimate + max_tokens x n), above "
+                f"the key {name!r}'s limit of {tpm} tokens per minute: lower max_tokens"
             )
         if which == "tpd_too_large":
-            raise TooLarge(
-                f"this request is budgeted {tokens} tokens, above the key {name!r}'s "
-                f"{tpd} tokens per day: lower max_tokens"
+            return TooLarge(
+                f"{what} budgeted {tokens} tokens, above the key {name!r}'s {tpd} tokens per "
+                "day: lower max_tokens"
             )
-        wait = a / 1000.0
         if which == "rpm":
-            refusal = LimitExceeded(
+            return self._rpm_refused(record, wait, used, count)
+        if which == "tpm":
+            return LimitExceeded(
                 RATE_LIMITED,
-                "rpm",
-                f"rate limit reached for the key {name!r}: {rpm} requests per minute",
+                "tpm",
+                f"rate limit reached for the key {name!r}: {tpm} tokens per minute ({used} "
+                f"used, {what} budgeted {tokens}); retry after {wait:.1f} s",
                 wait,
             )
+        return LimitExceeded(
+            QUOTA_EXCEEDED,
+            "tokens_per_day",
+            f"the key {name!r} has used its {tpd} tokens for today (UTC) ({used} used, "
+            f"{what} budgeted {tokens}); retry after {wait:.0f} s",
+            wait,
+        )
+
+    def _rpm_refused(self, record: KeyRecord, wait: float, used: int, count: int) -> LimitExceeded:
+        rpm = record.rpm or 0
+        message = f"rate limit reached for the key {record.name!r}: {rpm} requests per minute"
+        if count > 1:
+            message += f" (this batch needs {count} requests, {max(0, rpm - used)} are left)"
+        refusal = LimitExceeded(RATE_LIMITED, "rpm", message, wait)
+        # Remembered for single requests only: a batch's wait is for all its slots, and a
+        # single request may fit before it.
+        if count == 1:
             if len(self._blocked) >= MAX_BLOCKED:
                 self._blocked.clear()
             self._blocked[record.id] = (time.monotonic() + wait, refusal)
-            raise refusal
-        if which == "tpm":
-            raise LimitExceeded(
-                RATE_LIMITED,
-                "tpm",
-                f"rate limit reached for the key {name!r}: {tpm} tokens per minute ({b} used, "
-                f"this request is budgeted {tokens}); retry after {wait:.1f} s",
-                wait,
-            )
-        raise LimitExceeded(
-            QUOTA_EXCEEDED,
-            "tokens_per_day",
-            f"the key {name!r} has used its {tpd} tokens for today (UTC) ({b} used, this "
-            f"request is budgeted {tokens}); retry after {wait:.0f} s",
-            wait,
-        )
+        return refusal
 
     async def adjust(self, ticket: Ticket, actual_tokens: int) -> None:
         """Correct an admitted request's token charge to what it really used."""

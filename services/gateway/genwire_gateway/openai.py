@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from genwire.errors import describe_validation
 from genwire.events import GenerationResult, OutputLogprob, ResultChoice, Usage
-from genwire.request import MAX_GUIDED_CHARS, ErrorCode
+from genwire.request import MAX_GUIDED_CHARS, MAX_METADATA, ErrorCode, MetadataValue
 from genwire_gateway.errors import GatewayError, openai_error_type
 
 COMPLETION_PREFIX = "cmpl-"
@@ -28,12 +28,28 @@ MAX_PROMPTS = 64
 """Most prompts in one ``/v1/completions`` batch."""
 MAX_COMPLETION_LOGPROBS = 20
 """``logprobs`` of ``/v1/completions`` (OpenAI allows 5; vLLM and genwire 20)."""
+_LABEL_VALUE: TypeAdapter[str] = TypeAdapter(MetadataValue)
+"""A metadata value as the request schema bounds it (a field carried as a label is one)."""
 
 
 def unsupported(param: str, why: str = "") -> GatewayError:
     """The 400 for a parameter genwire does not honour."""
     message = f"unsupported parameter '{param}'" + (f": {why}" if why else "")
     return GatewayError(message, code=ErrorCode.UNSUPPORTED_PARAMETER, param=param)
+
+
+def _check_label(name: str, value: str) -> None:
+    """Refuse a field carried as metadata whose value a metadata value could not be, naming
+    the field (``genwire.request``'s bound, not a copy of it)."""
+    try:
+        _LABEL_VALUE.validate_python(value)
+    except ValidationError as exc:
+        problem = exc.errors(include_url=False)[0]["msg"]
+        raise GatewayError(
+            f"'{name}' is carried as metadata.{name}, a metadata value: {problem}",
+            code=ErrorCode.INVALID_REQUEST,
+            param=name,
+        ) from None
 
 
 class StreamOptions(BaseModel):
@@ -224,9 +240,7 @@ class _Common(BaseModel):
     def sampling(self) -> dict[str, Any]:
         """genwire request fields (left out when not given: the pipeline's default applies)."""
         self.check_off()
-        metadata = dict(self.metadata_fields())
-        if self.user is not None:
-            metadata["user"] = self.user
+        metadata = self.metadata_fields()
         fields: dict[str, Any] = {
             "model": self.model,
             "max_tokens": self.max_tokens,
@@ -249,14 +263,42 @@ class _Common(BaseModel):
         }
         return {k: v for k, v in fields.items() if v is not None}
 
+    def carried_labels(self) -> dict[str, str]:
+        """Fields carried to the result as metadata under their own name (``user``)."""
+        return {"user": self.user} if self.user is not None else {}
+
     def metadata_fields(self) -> dict[str, str]:
-        """The caller's labels carried to the result."""
-        return dict(self.metadata or {})
+        """The caller's labels carried to the result: ``metadata`` plus ``carried_labels``.
+
+        A carried field is refused by its own name when it clashes with the caller's key of
+        the same name (never overwritten) or breaks a metadata limit: the caller sent ``user``,
+        not ``metadata``, and must learn which field to change."""
+        labels = dict(self.metadata or {})
+        own = len(labels)
+        for name, value in self.carried_labels().items():
+            if labels.get(name, value) != value:
+                raise GatewayError(
+                    f"'{name}' and metadata['{name}'] differ: '{name}' is carried as "
+                    f"metadata.{name}; send one of them, or the same value in both",
+                    code=ErrorCode.INVALID_REQUEST,
+                    param=name,
+                )
+            _check_label(name, value)
+            labels[name] = value
+            if own <= MAX_METADATA < len(labels):  # the caller's own excess: its own error
+                raise GatewayError(
+                    f"'{name}' is carried as metadata.{name} and counts toward metadata's "
+                    f"{MAX_METADATA} pairs: with it there are {len(labels)}",
+                    code=ErrorCode.INVALID_REQUEST,
+                    param=name,
+                )
+        return labels
 
     def caller_param(self, param: str | None) -> str | None:
         """The field of this body an error about genwire's field ``param`` is about: the
-        pipeline names its own fields (``guided``, ``max_tokens``); the caller gets the one it
-        sent (``response_format`` or ``guided_json``..., ``max_completion_tokens``)."""
+        pipeline names its own fields (``guided``, ``max_tokens``, ``prompt_token_ids``); the
+        caller gets the one it sent (``response_format`` or ``guided_json``...,
+        ``max_completion_tokens``, ``prompt``)."""
         if param is not None and (param in _GUIDED_PARAMS or param.startswith("guided.")):
             fmt = self.response_format
             if fmt is not None and fmt.type != "text":
@@ -278,6 +320,7 @@ class _Common(BaseModel):
 class CompletionRequest(_Common):
     """``POST /v1/completions``: one prompt or a batch (strings or token-id lists)."""
 
+    INPUT: ClassVar[str] = "prompt"
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = False
     logprobs: int | None = None
@@ -298,6 +341,13 @@ class CompletionRequest(_Common):
             raise GatewayError(
                 f"a batch holds at most {MAX_PROMPTS} prompts, not {len(p)}",
                 code=ErrorCode.OUT_OF_RANGE,
+                param="prompt",
+            )
+        empty = next((i for i, x in enumerate(p) if isinstance(x, list) and not x), None)
+        if empty is not None:  # an empty prompt, like "" or []: not a range error on token ids
+            raise GatewayError(
+                f"prompt {empty} of the batch is an empty list of token ids",
+                code=ErrorCode.MISSING_PROMPT,
                 param="prompt",
             )
         return [{"prompt": x} if isinstance(x, str) else {"prompt_token_ids": x} for x in p]
@@ -326,6 +376,11 @@ class CompletionRequest(_Common):
     def wants_logprobs(self) -> bool:
         """Whether choices carry logprobs."""
         return self.logprobs is not None
+
+    def caller_param(self, param: str | None) -> str | None:
+        if param == "prompt_token_ids":  # token ids are sent as ``prompt``
+            return "prompt"
+        return super().caller_param(param)
 
 
 class ContentPart(BaseModel):
@@ -356,14 +411,15 @@ class Message(BaseModel):
 class ChatCompletionRequest(_Common):
     """``POST /v1/chat/completions``."""
 
+    INPUT: ClassVar[str] = "messages"
     messages: list[Message]
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
     safety_identifier: str | None = None
 
-    def metadata_fields(self) -> dict[str, str]:
-        labels = super().metadata_fields()
+    def carried_labels(self) -> dict[str, str]:
+        labels = super().carried_labels()
         if self.safety_identifier is not None:
             labels["safety_identifier"] = self.safety_identifier
         return labels
@@ -372,6 +428,14 @@ class ChatCompletionRequest(_Common):
         """The genwire request fields of this body."""
         fields = self.sampling()
         if self.max_completion_tokens is not None:
+            if self.max_tokens not in (None, self.max_completion_tokens):
+                raise GatewayError(  # one of them would be ignored
+                    f"'max_tokens' ({self.max_tokens}) and 'max_completion_tokens' "
+                    f"({self.max_completion_tokens}) differ: they are the same limit (OpenAI's "
+                    "older and newer name); send one of them, or the same value in both",
+                    code=ErrorCode.INVALID_REQUEST,
+                    param="max_tokens",
+                )
             fields["max_tokens"] = self.max_completion_tokens
         if self.logprobs is not None:
             fields["logprobs"] = self.logprobs
@@ -386,19 +450,26 @@ class ChatCompletionRequest(_Common):
         return bool(self.logprobs)
 
     def caller_param(self, param: str | None) -> str | None:
-        if param == "max_tokens" and self.max_completion_tokens is not None:
+        sent_new_name = self.max_tokens is None and self.max_completion_tokens is not None
+        if param == "max_tokens" and sent_new_name:
             return "max_completion_tokens"
         return super().caller_param(param)
 
 
+_NOT_JSON = frozenset({"json_invalid", "json_type"})
+_NOT_AN_OBJECT = frozenset({"model_type", "model_attributes_type"})
+"""pydantic's error types of a JSON value that is not an object (at the root: the body)."""
+
+
 def parse_body(model: type[CompletionRequest] | type[ChatCompletionRequest], raw: bytes) -> Any:
     """Parse an HTTP body; raise ``GatewayError`` with a readable message when it is malformed
-    (an unknown field: ``unsupported_parameter`` naming it)."""
+    (the codes of docs/api.md's error table: not a JSON object ``invalid_json``, an unknown
+    field ``unsupported_parameter`` naming it, no prompt ``missing_prompt``)."""
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
-        if any(e["type"] in ("json_invalid", "json_type") for e in errors):
+        errors = exc.errors(include_url=False)
+        if any(_not_json(e) for e in errors):
             message = "the body is not a JSON object"
             raise GatewayError(message, code=ErrorCode.INVALID_JSON) from None
         first = errors[0]
@@ -407,8 +478,30 @@ def parse_body(model: type[CompletionRequest] | type[ChatCompletionRequest], raw
         if extra:
             name = ".".join(str(p) for p in extra[0]["loc"])
             raise unsupported(name, "genwire does not know this parameter (docs/api.md)") from None
+        if any(_no_input(e, model.INPUT) for e in errors):
+            raise GatewayError(
+                f"'{model.INPUT}' is required: the body has none, or null",
+                code=ErrorCode.MISSING_PROMPT,
+                param=model.INPUT,
+            ) from None
         message = describe_validation(exc, subject="body")
         raise GatewayError(message, code=ErrorCode.INVALID_REQUEST, param=param) from None
+
+
+def _not_json(error: Any) -> bool:
+    """Whether a validation error says the body is not JSON, or not a JSON object."""
+    return error["type"] in _NOT_JSON or (not error["loc"] and error["type"] in _NOT_AN_OBJECT)
+
+
+def _no_input(error: Any, field: str) -> bool:
+    """Whether a validation error says ``field`` is missing or null: at the field itself, or
+    at one member of its union (a str tag in the location; an int is a list item, not it)."""
+    loc = error["loc"]
+    if not loc or loc[0] != field:
+        return False
+    if error["type"] == "missing":
+        return len(loc) == 1
+    return error.get("input", ...) is None and all(isinstance(p, str) for p in loc)
 
 
 # -- logprobs in OpenAI's shapes --------------------------------------------------------------
@@ -524,6 +617,10 @@ def chat_response(
     }
 
 
+_NULL_USAGE: dict[str, Any] = {"usage": None}
+"""OpenAI: with ``include_usage``, every chunk before the usage chunk says ``"usage": null``."""
+
+
 def completion_chunk(
     request_id: str,
     *,
@@ -533,9 +630,11 @@ def completion_chunk(
     finish_reason: str | None = None,
     index: int = 0,
     logprobs: dict[str, Any] | None = None,
+    usage_null: bool = False,
 ) -> dict[str, Any]:
-    """One streamed ``text_completion`` chunk."""
-    return {
+    """One streamed ``text_completion`` chunk (``usage_null``: with ``"usage": null``, as
+    every chunk but the last has when ``stream_options.include_usage`` is set)."""
+    chunk = {
         "id": COMPLETION_PREFIX + request_id,
         "object": "text_completion",
         "created": created,
@@ -544,6 +643,7 @@ def completion_chunk(
             {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
         ],
     }
+    return chunk | _NULL_USAGE if usage_null else chunk
 
 
 def chat_chunk(
@@ -555,9 +655,10 @@ def chat_chunk(
     finish_reason: str | None = None,
     index: int = 0,
     logprobs: dict[str, Any] | None = None,
+    usage_null: bool = False,
 ) -> dict[str, Any]:
-    """One streamed ``chat.completion.chunk``."""
-    return {
+    """One streamed ``chat.completion.chunk`` (``usage_null``: as ``completion_chunk``)."""
+    chunk = {
         "id": CHAT_PREFIX + request_id,
         "object": "chat.completion.chunk",
         "created": created,
@@ -566,6 +667,7 @@ def chat_chunk(
             {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         ],
     }
+    return chunk | _NULL_USAGE if usage_null else chunk
 
 
 def usage_chunk(

@@ -44,6 +44,34 @@ def start_server_span(
     )
 
 
+def answer_span(
+    tracer: Tracer,
+    name: str,
+    *,
+    carrier: Mapping[str, str],
+    attributes: Mapping[str, AttributeValue],
+    start_ns: int,
+) -> Span:
+    """The span of an HTTP answer no request handler traced (``GET /v1/models``, a refusal
+    before any route), from ``start_ns`` to now, child of a ``traceparent`` in ``carrier``.
+
+    INTERNAL, not SERVER, and without ``genwire.entrypoint``: the monitor reads the gateway's
+    SERVER spans as the gateway stage of generation requests, and a trace holding that
+    attribute as a request; these answers are neither. A 5xx is an error."""
+    span = tracer.start_span(
+        name,
+        context=extract(carrier),
+        kind=SpanKind.INTERNAL,
+        attributes={sc.STAGE: sc.STAGE_GATEWAY, **attributes},
+        start_time=start_ns,
+    )
+    status = attributes.get(sc.HTTP_RESPONSE_STATUS_CODE)
+    if isinstance(status, int) and status >= 500:
+        span.set_status(Status(StatusCode.ERROR))
+    span.end()
+    return span
+
+
 def carrier_of(pairs: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
     """Trace headers (lower-cased) from gRPC metadata or HTTP headers."""
     return {

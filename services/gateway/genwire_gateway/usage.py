@@ -8,7 +8,10 @@ authenticated (``auth.PRINCIPAL``) it:
 2. runs it (the plain ``Gateway``);
 3. on completion, in the background: corrects the token charge to the real usage, counts the
    key's tokens in ``/metrics`` (``genwire_gateway_key_tokens_total{key, kind}``) and publishes
-   a ``UsageEvent`` on ``genwire.usage``;
+   a ``UsageEvent`` on ``genwire.usage``. A repeat of a named request answered by another
+   call's generation (its stored result, or one in flight) is counted as a request
+   (``outcome="repeat"``) and gets its token charge back: that generation is metered once, by
+   the call that published it (or, if its caller left, by this instance following it);
 4. when the key opted in (``capture_content``), records the prompt and completion text on the
    request's SERVER span, after redaction.
 
@@ -17,8 +20,13 @@ where its token charge must be corrected, so one place holds the key, the charge
 result, and usage never depends on a Kafka header any producer could set (the key's name does
 go downstream, header ``genwire_principal``, for the stages' own use). What it does not see:
 requests produced straight to ``genwire.requests`` (their
-producers are authorised by Kafka ACLs, docs/security.md) and the completion of a request
-whose caller left (its charge stays at the admission estimate; no event).
+producers are authorised by Kafka ACLs, docs/security.md) and the completion of an unnamed
+request whose caller left (its charge stays at the admission estimate; no event). A named one
+runs on for the caller's retry, so it is followed like a ``Submit``.
+
+Limits are admitted per request, or per batch of prompts as one (``admit``: all or none). A
+limiter that fails lets limited keys through uncounted for at most ``auth_stale_s`` from its
+first failure in a row, then refuses them (``LimiterOutage``).
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, cast
 
 from opentelemetry import trace
@@ -53,6 +62,8 @@ OTHER_KEYS = "other"
 """Label of every key name past ``max_keys`` distinct ones."""
 REASON_WITHHELD = "(reason withheld: the redaction hook failed)"
 """A cancel's reason when the redaction hook raised on it: the cancel goes on without it."""
+OUTAGE_LOG_S = 10.0
+"""While the limiter keeps failing, one log line per this many seconds (not one per request)."""
 
 
 class UsageMetrics:
@@ -71,7 +82,9 @@ class UsageMetrics:
         self.requests = Counter(
             METRIC_KEY_REQUESTS,
             "Requests per API key name by outcome: ok, error (a pipeline error result), "
-            "rate_limited, quota_exceeded, too_large, forbidden (another key's request id).",
+            "rate_limited, quota_exceeded, too_large, forbidden (another key's request id), "
+            "repeat (a named request answered by another call's generation: no tokens), "
+            "unavailable (the limiter failed for longer than it may be bypassed).",
             ["key", "outcome"],
             registry=registry,
         )
@@ -92,6 +105,103 @@ class UsageMetrics:
         label = self.label(name)
         self.tokens.labels(label, "prompt").inc(prompt)
         self.tokens.labels(label, "completion").inc(completion)
+
+
+@dataclass
+class Charge:
+    """One call's metering, filled in as it goes."""
+
+    ticket: Ticket | None = None
+    """What admission charged (None: no limits, or not counted while the limiter failed)."""
+    admitted: bool = False
+    """Charged ahead with its batch (``MeteredGateway.admit``): not admitted again."""
+    owner: bool = False
+    """Its claim made this call the one that publishes the request (named or submitted)."""
+    repeat: bool = False
+    """Answered by another call's generation (a stored result, or one in flight): that call
+    meters it, this one is charged no tokens."""
+
+
+@dataclass(frozen=True)
+class Metered(Prepared):
+    """A prepared request with its call's ``Charge``: the same object travels through the plain
+    ``Gateway`` (its claim hook marks a repeat on it), so each call, and each prompt of a
+    batch, has its own."""
+
+    charge: Charge = field(default_factory=Charge, compare=False)
+
+
+def metered(prepared: Prepared) -> Metered:
+    """``prepared`` with a charge of its own (kept if it has one: admitted with its batch)."""
+    if isinstance(prepared, Metered):
+        return prepared
+    return Metered(**{f.name: getattr(prepared, f.name) for f in fields(Prepared)})
+
+
+class LimiterOutage:
+    """The limiter's (Redis's) failures in a row. While they last, limited keys are served
+    without their limits being counted, for at most ``bound_s`` (``auth_stale_s``, the bound
+    of serving a cached key while Redis is down) and then refused: an outage of the limiter
+    alone (Redis out of memory refuses the script's writes but not the key reads; an ACL
+    without EVALSHA) must not lift every limit for good. Logged when it starts, every
+    ``OUTAGE_LOG_S`` while it lasts, when the bound passes, and when it ends."""
+
+    def __init__(self, bound_s: float) -> None:
+        self.bound_s = bound_s
+        self.since: float | None = None
+        self.failures = 0
+        self._logged = 0.0
+        self._refusing = False
+
+    def failed(self, exc: Exception) -> bool:
+        """Count a failure; whether the bound has passed (the request is to be refused)."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since, self.failures, self._logged = now, 0, now
+            log.warning(
+                "rate limits not checked (the limiter failed: %s): limited keys are served "
+                "without them for at most %g s (auth_stale_s), then refused until it answers",
+                exc,
+                self.bound_s,
+            )
+        self.failures += 1
+        down_s = now - self.since
+        refuse = down_s >= self.bound_s
+        if refuse and not self._refusing:
+            self._refusing = True
+            log.warning(
+                "the limiter has failed for %.0f s (%d failures): refusing limited keys (503) "
+                "until it answers: %s",
+                down_s,
+                self.failures,
+                exc,
+            )
+            self._logged = now
+        elif now - self._logged >= OUTAGE_LOG_S:
+            self._logged = now
+            log.warning(
+                "rate limits still not checked after %.0f s (%d failures; %s): %s",
+                down_s,
+                self.failures,
+                "refusing limited keys" if refuse else "serving limited keys unlimited",
+                exc,
+            )
+        return refuse
+
+    def ok(self) -> None:
+        """The limiter answered: the outage, if any, is over."""
+        if self.since is None:
+            return
+        log.warning(
+            "the limiter answers again after %.1f s (%d failures): rate limits are counted",
+            time.monotonic() - self.since,
+            self.failures,
+        )
+        self.since, self._refusing = None, False
+
+    def down_s(self) -> float:
+        """Seconds the limiter has failed in a row (0: it answers)."""
+        return 0.0 if self.since is None else time.monotonic() - self.since
 
 
 def budget(prepared: Prepared) -> int:
@@ -122,6 +232,7 @@ class MeteredGateway(Gateway):
         self.usage_topic = usage_topic
         self._settling: set[asyncio.Task[None]] = set()
         self._owners = OwnerWriter(self.store, self._owner_ttl_s)
+        self.limiter_outage = LimiterOutage(self.settings.auth_stale_s)
 
     def request_headers(self, prepared: Prepared) -> list[tuple[str, bytes]]:
         """Name the caller's key on the published request (``genwire_principal``)."""
@@ -134,17 +245,21 @@ class MeteredGateway(Gateway):
         principal = current_principal()
         if principal is None:
             return await super().generate(prepared)
-        ticket = await self._admit(principal, prepared)
-        await self._own(principal, prepared, ticket)
+        call = metered(prepared)
+        ticket = await self._admit(principal, call)
+        await self._own(principal, call, ticket)
         started = time.monotonic()
-        self._capture_prompt(principal.record, prepared)
+        self._capture_prompt(principal.record, call)
         try:
-            result = await super().generate(prepared)
+            result = await super().generate(call)
         except GatewayError as exc:
-            self._failed(principal, prepared, ticket, started, exc)
+            self._failed(principal, call, ticket, started, exc)
+            raise
+        except asyncio.CancelledError:
+            self._left(principal, call, started)
             raise
         self._capture_completion(principal.record, result.text)
-        self._settle(principal, prepared, ticket, started, result, None)
+        self._settle(principal, call, ticket, started, result, None)
         return result
 
     async def stream(self, prepared: Prepared) -> AsyncIterator[Chunk]:
@@ -154,38 +269,65 @@ class MeteredGateway(Gateway):
                 async for chunk in plain:
                     yield chunk
             return
-        ticket = await self._admit(principal, prepared)
-        await self._own(principal, prepared, ticket)
+        call = metered(prepared)
+        ticket = await self._admit(principal, call)
+        await self._own(principal, call, ticket)
         started = time.monotonic()
-        self._capture_prompt(principal.record, prepared)
+        self._capture_prompt(principal.record, call)
+        ended = False
         try:
-            async with contextlib.aclosing(_generator(super().stream(prepared))) as chunks:
+            async with contextlib.aclosing(_generator(super().stream(call))) as chunks:
                 async for chunk in chunks:
                     if chunk.final:
+                        ended = True
                         if chunk.result is not None:
                             self._capture_completion(principal.record, chunk.result.text)
-                        self._settle(principal, prepared, ticket, started, chunk.result, None)
+                        self._settle(principal, call, ticket, started, chunk.result, None)
                     yield chunk
         except GatewayError as exc:
-            self._failed(principal, prepared, ticket, started, exc)
+            ended = True
+            self._failed(principal, call, ticket, started, exc)
             raise
+        finally:
+            if not ended:  # the caller left (closed the stream, or was cancelled)
+                self._left(principal, call, started)
 
     async def submit(self, prepared: Prepared) -> str:
         principal = current_principal()
         if principal is None:
             return await super().submit(prepared)
-        ticket = await self._admit(principal, prepared)
-        await self._own(principal, prepared, ticket, wait=True)
+        call = metered(prepared)
+        ticket = await self._admit(principal, call)
+        await self._own(principal, call, ticket, wait=True)
         started = time.monotonic()
         try:
-            request_id = await super().submit(prepared)
+            request_id = await super().submit(call)
         except GatewayError as exc:
-            self._settle(principal, prepared, ticket, started, None, exc)
+            self._settle(principal, call, ticket, started, None, exc)
             raise
+        if call.charge.repeat:  # accepted before: the Submit that published it meters it
+            self._settle(principal, call, ticket, started, None, None)
+            return request_id
         # The caller does not wait: this instance waits for the result in the background
         # (polling Redis) to correct the charge and publish the usage.
-        self._in_background(self._follow(principal, prepared, ticket, started))
+        self._in_background(self._follow(principal, call, ticket, started))
         return request_id
+
+    def claimed(self, prepared: Prepared, claim: ClaimOutcome) -> None:
+        """Note on the call's charge whether it publishes the request or repeats another's."""
+        if isinstance(prepared, Metered):
+            prepared.charge.owner = claim.owner
+            prepared.charge.repeat = not claim.owner
+
+    def _left(self, principal: Principal, call: Metered, started: float) -> None:
+        """The caller left before the result. A repeat generated nothing: settled as one. A
+        named request it published runs on for the caller's retry, which is a repeat (not
+        metered): followed here, like a Submit, so its usage is metered once. Any other keeps
+        its charge at the estimate."""
+        if call.charge.repeat:
+            self._settle(principal, call, call.charge.ticket, started, None, None)
+        elif call.named and call.charge.owner:
+            self._in_background(self._follow(principal, call, call.charge.ticket, started))
 
     # -- ownership (GetResult and Cancel of another key's request) -----------------------------
 
@@ -273,12 +415,40 @@ class MeteredGateway(Gateway):
             self._count(principal.name, "rate_limited")
         return refusal
 
-    async def _admit(self, principal: Principal, prepared: Prepared) -> Ticket | None:
+    async def admit(self, batch: Sequence[Prepared]) -> list[Prepared]:
+        """Charge a batch's prompts together before any runs: one request and its token
+        budget each, all or none (a refusal charges nothing; a batch the key's limits can
+        never hold is a 400). Each prompt then runs on its share of the charge."""
+        principal = current_principal()
+        if principal is None or len(batch) < 2:
+            return list(batch)
+        if self.limiter is None or not principal.record.limited:
+            return list(batch)
+        calls = [metered(p) for p in batch]
+        tickets = await self._charge(principal, [budget(c) for c in calls])
+        admitted: list[Prepared] = []
+        for i, call in enumerate(calls):
+            call.charge.ticket = tickets[i] if tickets is not None else None
+            call.charge.admitted = True
+            admitted.append(call)
+        return admitted
+
+    async def _admit(self, principal: Principal, call: Metered) -> Ticket | None:
+        """Charge one request (unless its batch was charged for it): its ticket."""
+        if not call.charge.admitted:
+            if self.limiter is None or not principal.record.limited:
+                return None
+            tickets = await self._charge(principal, [budget(call)])
+            call.charge.ticket = tickets[0] if tickets is not None else None
+        return call.charge.ticket
+
+    async def _charge(self, principal: Principal, budgets: list[int]) -> list[Ticket] | None:
+        """The limiter's admission of ``budgets`` (one request each), its refusals turned into
+        the caller's errors; None while the limiter fails (within the outage's bound)."""
         record = principal.record
-        if self.limiter is None or not record.limited:
-            return None
+        assert self.limiter is not None
         try:
-            return await self.limiter.admit(record, budget(prepared))
+            tickets = await self.limiter.admit_all(record, budgets)
         except LimitExceeded as exc:
             per_day = exc.limit == "tokens_per_day"
             self._count(record.name, "quota_exceeded" if per_day else "rate_limited")
@@ -293,10 +463,22 @@ class MeteredGateway(Gateway):
             self._count(record.name, "too_large")
             raise GatewayError(str(exc), code=ErrorCode.INVALID_REQUEST) from None
         except Exception as exc:
-            # Redis unreachable: the limits cannot be counted. The key was authenticated (from
-            # the cache, for a bounded time): serve it, unlimited, rather than fail everyone.
-            log.warning("rate limits not checked for %s (Redis): %s", record.name, exc)
+            # The limits cannot be counted: serve the key unlimited rather than fail everyone,
+            # for a bounded time (LimiterOutage), then refuse it.
+            if self.limiter_outage.failed(exc):
+                self._count(record.name, "unavailable")
+                raise GatewayError(self._limiter_down(record), code=ErrorCode.UNAVAILABLE) from None
             return None
+        self.limiter_outage.ok()
+        return tickets
+
+    def _limiter_down(self, record: KeyRecord) -> str:
+        outage = self.limiter_outage
+        return (
+            f"the limits of the key {record.name!r} cannot be checked: the rate limiter (Redis) "
+            f"has failed for {outage.down_s():.0f} s, longer than the {outage.bound_s:g} s a "
+            "key is served without them (auth_stale_s); retry when it is back"
+        )
 
     # -- completion -----------------------------------------------------------------------------
 
@@ -307,7 +489,7 @@ class MeteredGateway(Gateway):
     def _failed(
         self,
         principal: Principal,
-        prepared: Prepared,
+        prepared: Metered,
         ticket: Ticket | None,
         started: float,
         exc: GatewayError,
@@ -329,13 +511,19 @@ class MeteredGateway(Gateway):
     def _settle(
         self,
         principal: Principal,
-        prepared: Prepared,
+        prepared: Metered,
         ticket: Ticket | None,
         started: float,
         result: GenerationResult | None,
         error: GatewayError | None,
     ) -> None:
-        """Correct the charge, count and publish the usage of a finished request (background)."""
+        """Correct the charge, count and publish the usage of a finished request (background).
+        A repeat generated nothing for this call: counted, its token charge given back."""
+        if prepared.charge.repeat:
+            self._count(principal.name, "repeat")
+            if ticket is not None and self.limiter is not None:
+                self._in_background(self._give_back(ticket))
+            return
         latency_ms = (time.monotonic() - started) * 1000.0
         self._in_background(
             self._record_usage(principal.record, prepared, ticket, latency_ms, result, error)
