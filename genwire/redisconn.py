@@ -41,12 +41,23 @@ async def watch(redis: Redis[bytes], dependencies: Dependencies, interval_s: flo
     need Redis but whose work may not touch it for a while (the gateway's anonymous requests
     do not), so that readiness says it is down whether or not a call failed on it. (Stages
     learn it from their records' retries.) A PING answers while Redis refuses writes (out of
-    memory): that fails the calls, not this."""
+    memory): that fails the calls, not this.
+
+    ``Dependencies`` forgets an outage with no failure for ``forget_after_s``: while Redis is
+    down, a PING is given a third of that and the next comes at most that much later, so the
+    outage is reported again before it could be forgotten, whatever the interval and the
+    client's own retries."""
     while True:
+        bound = dependencies.forget_after_s / 3
         try:
-            await redis.ping()
+            async with asyncio.timeout(bound):
+                await redis.ping()
+        except TimeoutError:
+            dependencies.failed(REDIS, f"no answer to PING within {bound:g} s")
+            await asyncio.sleep(min(interval_s, bound))
         except Exception as exc:  # any failure to answer is an outage, whatever its class
             dependencies.failed(REDIS, exc)
+            await asyncio.sleep(min(interval_s, bound))
         else:
             dependencies.recovered(REDIS)
-        await asyncio.sleep(interval_s)
+            await asyncio.sleep(interval_s)

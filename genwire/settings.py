@@ -219,6 +219,12 @@ class CommonSettings(BaseSettings):
         # The mechanism has a default: given only when set (to anything).
         return name in self.model_fields_set if name == "kafka_sasl_mechanism" else bool(value)
 
+    @field_validator(*_KAFKA_SSL, mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        # Set but empty (compose's ${VAR:-} passing nothing on): unset, not the directory "."
+        return None if value == "" else value
+
     @field_validator("jaeger_memory_limit")
     @classmethod
     def _go_memory_limit(cls, value: str) -> str:

@@ -36,3 +36,28 @@ async def test_a_failed_ping_makes_readiness_say_redis_and_an_answer_clears_it()
         assert deps.reasons() == [] and deps.down_for(REDIS) is None
     finally:
         task.cancel()
+
+
+class _Hung(_Redis):
+    async def ping(self) -> bool:
+        self.pings += 1
+        if self.down:
+            await asyncio.Event().wait()  # a Redis that never answers (its retries included)
+        return True
+
+
+async def test_an_outage_is_reported_again_before_it_could_be_forgotten() -> None:
+    """With a probe interval far longer than the outage memory (``forget_after_s``), and a
+    PING that never answers, readiness still says Redis is down for as long as it is."""
+    redis = _Hung()
+    redis.down = True
+    deps = Dependencies("gateway", unready_after_s=0.0, forget_after_s=0.3)
+    task = asyncio.ensure_future(watch(redis, deps, 60.0))  # type: ignore[arg-type]
+    try:
+        await asyncio.sleep(0.15)  # the first PING's bound (0.1 s) has passed
+        for _ in range(12):  # 1.2 s: four times the memory
+            (reason,) = deps.reasons()
+            assert "no answer to PING within 0.1 s" in reason
+            await asyncio.sleep(0.1)
+    finally:
+        task.cancel()

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from genwire_gateway import usage as usage_module
 from genwire_gateway.auth import PRINCIPAL, AuthMiddleware, Principal
 from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import PERMISSION_DENIED, RATE_LIMITED, GatewayError
@@ -421,3 +422,46 @@ async def test_the_limiter_is_bypassed_at_most_auth_stale_s(
     logged = [r.getMessage() for r in caplog.records if r.name == "genwire_gateway.usage"]
     assert len(logged) == 4, logged  # failing, refusing, answering again, failing again
     assert "answers again" in logged[2]
+
+
+async def test_a_limiter_refusal_ends_its_outage_and_blips_apart_are_two_outages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refusal (over the rpm) is the limiter answering: the outage before it is over. And a
+    failure long after the last, with no admission asked in between, is a new outage with its
+    own bound, not the first one's continuation (which would refuse at once)."""
+    gateway, _, _, limiter, metrics = _limited(auth_stale_s=0.3)
+    _key(rpm=1)
+    await gateway.generate(gateway.prepare({"prompt": "counted"}))  # the key's one slot
+    limiter.down = True
+    await gateway.generate(gateway.prepare({"prompt": "blip"}))  # served uncounted
+    limiter.down = False
+    with pytest.raises(GatewayError) as over:
+        await gateway.generate(gateway.prepare({"prompt": "over"}))
+    assert over.value.code == "rate_limit_exceeded"
+    limiter.down = True
+    await asyncio.sleep(0.35)  # past the bound since the first blip, a refusal between
+    await gateway.generate(gateway.prepare({"prompt": "second blip"}))  # a new outage
+    monkeypatch.setattr(usage_module, "OUTAGE_GAP_S", 0.2)
+    await asyncio.sleep(0.35)  # no admission asked meanwhile: that outage ended unseen
+    await gateway.generate(gateway.prepare({"prompt": "third blip"}))
+    await gateway.drain()
+    assert not _requests(metrics, "unavailable")  # never refused: each blip had its bound
+
+
+async def test_a_left_callers_request_is_followed_until_its_deadline_not_the_longest_wait() -> None:
+    """Its result never lands (the pipeline lost it, or stopped at the deadline without one):
+    the follower gives up at the request's deadline and ``claim_grace_s``, not after the
+    ``max_timeout_s`` any caller may wait (600 s: such followers would pile up)."""
+    gateway, _, _, _, _ = _limited(reply=None, claim_grace_s=0.1)
+    _key(tpm=100_000)
+    left = asyncio.create_task(
+        gateway.generate(gateway.prepare({"prompt": "bye"}, request_id="f-1", timeout_s=0.3))
+    )
+    await asyncio.sleep(0.05)
+    left.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await left
+    assert gateway._settling, "followed in the background"
+    await asyncio.sleep(0.6)  # past its deadline and the grace
+    assert not gateway._settling

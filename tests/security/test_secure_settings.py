@@ -120,6 +120,10 @@ def test_kafka_tls_and_sasl_settings_the_protocol_ignores_are_refused(
             CommonSettings(kafka_security_protocol=protocol, **given)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="also as GENWIRE_GATEWAY_<NAME>"):
         GatewaySettings(kafka_security_protocol="PLAINTEXT")  # the environment's CA file
+    # Set but empty (a ${VAR:-} pass-through in a plaintext deployment): unset, accepted
+    for name in ("SSL_CAFILE", "SSL_CERTFILE", "SSL_KEYFILE", "SASL_USERNAME", "SASL_PASSWORD"):
+        monkeypatch.setenv(f"GENWIRE_KAFKA_{name}", "")
+    assert CommonSettings().kafka_ssl_cafile is None and client_options() == {}
 
 
 def test_service_tls_settings_come_in_complete_sets(tmp_path: Path) -> None:

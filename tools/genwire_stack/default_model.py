@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from genwire import triton_admin
@@ -188,36 +189,43 @@ def keep_policy_versions(
     lc = _lifecycle_module()
     if lc is None:
         return None, False
-    CONFIG, Lifecycle, LifecycleError, TritonControl = (
-        lc.CONFIG,
-        lc.Lifecycle,
-        lc.LifecycleError,
-        lc.TritonControl,
-    )
-    configured_versions, is_load_pin, with_versions = (
-        lc.configured_versions,
-        lc.is_load_pin,
-        lc.with_versions,
-    )
-    config = cfg.repository / model / CONFIG
-    try:
-        text = config.read_text(encoding="utf-8")
-    except OSError:
+    CONFIG, Lifecycle, TritonControl = lc.CONFIG, lc.Lifecycle, lc.TritonControl
+    if not (cfg.repository / model / CONFIG).is_file():
         return None, False
-    specific = configured_versions(text)
     life = Lifecycle(
         repository=cfg.repository,
         triton=TritonControl(triton_http),
         bootstrap_servers=cfg.kafka_bootstrap_servers,
         progress=out,
     )
+    # The model's lock from the read to the write, as `genwire model load/unload/promote` hold
+    # it: an operator's change made meanwhile is not overwritten with what was read before it.
     try:
-        policy = life.policy(model)
-    except LifecycleError as exc:
-        out(f"{model}: its policy could not be read ({exc}); served versions kept")
-        policy = None
+        with life.locked(model):
+            return _keep_versions(lc, life, cfg.repository / model / CONFIG, version, out, model)
     finally:
         life.triton.close()
+
+
+def _keep_versions(
+    lc: Any, life: Any, config: Path, version: str, out: Out, model: str
+) -> tuple[ModelPolicy | None, bool]:
+    """``keep_policy_versions``' read-modify-write of ``config``, its lock held."""
+    configured_versions, is_load_pin, with_versions = (
+        lc.configured_versions,
+        lc.is_load_pin,
+        lc.with_versions,
+    )
+    try:
+        text = config.read_text(encoding="utf-8")
+    except OSError:
+        return None, False
+    specific = configured_versions(text)
+    try:
+        policy = life.policy(model)
+    except lc.LifecycleError as exc:
+        out(f"{model}: its policy could not be read ({exc}); served versions kept")
+        policy = None
     if policy is None and specific is None:
         return None, False
     built = set(life.versions(model))

@@ -23,7 +23,8 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from opentelemetry import trace
-from opentelemetry.trace import Span
+from opentelemetry.propagate import extract
+from opentelemetry.trace import Span, SpanContext, format_trace_id
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -148,14 +149,20 @@ class CatchAll:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        arrived = time.time_ns()
         try:
             await self.app(scope, receive, watched)
         except Exception:
             if started:
                 raise
-            log.exception("unexpected error answering %s %s", scope["method"], scope["path"])
+            headers: dict[str, str] = {}
+            span = _answer_span(scope, 500, arrived)
+            if span is not None:  # the log line carries the trace id the caller is given
+                headers[TRACE_ID_HEADER] = trace_id_of(span)
+            with trace.use_span(span or trace.INVALID_SPAN, end_on_exit=False):
+                log.exception("unexpected error answering %s %s", scope["method"], scope["path"])
             body = openai.error_body(ErrorCode.INTERNAL, UNEXPECTED_MESSAGE, 500)
-            await JSONResponse(body, 500)(scope, receive, send)
+            await JSONResponse(body, 500, headers=headers)(scope, receive, send)
 
 
 OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -163,11 +170,20 @@ OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 the traces that matter."""
 
 
+REFUSALS = frozenset({401, 403, 405, 429})
+"""Statuses of a request refused before any work (a key, a scope, a method, a rate): no span,
+so that a flood of them costs a header parse and a lookup each (docs/security.md), not a span
+export. (An unmatched path, 404 with no route, neither.)"""
+
+
 class TraceIds:
     """Pure ASGI: every answer but the operational routes' carries ``x-trace-id``. The
-    completions routes set it themselves (their request's SERVER span); any other answer
-    (``GET /v1/models``, feedback, 404, 405, an auth refusal, a 500) gets a span of its own,
-    from the request's arrival to the answer, in the caller's trace if it sent one."""
+    completions routes set it themselves (their request's SERVER span); any other answer of a
+    route (``GET /v1/models``, feedback, a 500) gets a span of its own, from the request's
+    arrival to the answer: a trace of its own, linked to the caller's ``traceparent`` (in the
+    caller's trace it would widen or fail the request the monitor assembles from it).
+    Refusals (401, 403, 429) and unknown routes (404, 405) get no span: they echo the
+    caller's trace id when it sent a ``traceparent``, else carry none."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -187,29 +203,52 @@ class TraceIds:
 
 
 def _with_trace_id(scope: Scope, message: Message, arrived_ns: int) -> Message:
-    """``message`` (a response start) with ``x-trace-id``: its own, else a new span's."""
+    """``message`` (a response start) with ``x-trace-id``: its own, else a new span's (none
+    for a refusal or an unknown route: the caller's, if it sent one)."""
     headers = list(message.get("headers", ()))
     if any(name.lower() == TRACE_ID_HEADER.encode() for name, _ in headers):
         return message
+    status = message["status"]
+    if status in REFUSALS or scope.get("route") is None:
+        caller = _caller_context(scope)
+        trace_id = caller.trace_id if caller is not None else None
+    else:
+        span = _answer_span(scope, status, arrived_ns)
+        trace_id = span.get_span_context().trace_id if span is not None else None
+    if not trace_id:
+        return message
+    headers.append((TRACE_ID_HEADER.encode(), format_trace_id(trace_id).encode()))
+    return {**message, "headers": headers}
+
+
+def _caller_context(scope: Scope) -> SpanContext | None:
+    """The caller's span context, from its ``traceparent`` (None: it sent none valid)."""
+    carrier = carrier_of((k.decode("latin-1"), v) for k, v in scope["headers"])
+    if "traceparent" not in carrier:
+        return None
+    context = trace.get_current_span(extract(carrier)).get_span_context()
+    return context if context.is_valid else None
+
+
+def _answer_span(scope: Scope, status: int, arrived_ns: int) -> Span | None:
+    """The span of an answer no handler traced (``answer_span``); None without a tracer."""
     state = getattr(scope.get("app"), "state", None)
     tracer = getattr(getattr(state, "runtime", None), "tracer", None)
     if tracer is None:  # an app without the runtime (not the gateway's)
-        return message
+        return None
     route = getattr(scope.get("route"), "path", None)
     method = scope["method"]
-    span = answer_span(
+    return answer_span(
         tracer,
         f"{method} {route}" if route else method,  # unmatched paths: no name per path
-        carrier=carrier_of((k.decode("latin-1"), v) for k, v in scope["headers"]),
+        caller=_caller_context(scope),
         attributes={
             sc.HTTP_REQUEST_METHOD: method,
-            sc.HTTP_RESPONSE_STATUS_CODE: message["status"],
+            sc.HTTP_RESPONSE_STATUS_CODE: status,
             **({sc.HTTP_ROUTE: route} if route else {}),
         },
         start_ns=arrived_ns,
     )
-    headers.append((TRACE_ID_HEADER.encode(), trace_id_of(span).encode()))
-    return {**message, "headers": headers}
 
 
 async def _until_disconnected(request: Request) -> None:
@@ -449,7 +488,8 @@ class _Handler:
             code = "cancelled"
             raise
         except Exception:  # a bug: OpenAI's shape, the ids, a generic message; logged whole
-            log.exception("unexpected error answering POST %s", self.route)
+            with trace.use_span(span, end_on_exit=False):  # the log line names x-trace-id
+                log.exception("unexpected error answering POST %s", self.route)
             code = ErrorCode.INTERNAL
             mark_error(span, code, UNEXPECTED_MESSAGE)
             span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, 500)
@@ -623,7 +663,8 @@ class _Handler:
             param = body.caller_param(exc.param)
             yield openai.sse(openai.error_body(exc.code, exc.message, status, param))
         except Exception:  # a bug: the caller still gets an error event and the stream's end
-            log.exception("unexpected error streaming %s %s", self.route, request_id)
+            with trace.use_span(span, end_on_exit=False):  # the log line names x-trace-id
+                log.exception("unexpected error streaming %s %s", self.route, request_id)
             mark_error(span, ErrorCode.INTERNAL, UNEXPECTED_MESSAGE)
             yield openai.sse(openai.error_body(ErrorCode.INTERNAL, UNEXPECTED_MESSAGE, 500))
         yield openai.SSE_DONE

@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 
+from opentelemetry.context import Context
 from opentelemetry.propagate import extract
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -48,21 +49,26 @@ def answer_span(
     tracer: Tracer,
     name: str,
     *,
-    carrier: Mapping[str, str],
+    caller: SpanContext | None,
     attributes: Mapping[str, AttributeValue],
     start_ns: int,
 ) -> Span:
-    """The span of an HTTP answer no request handler traced (``GET /v1/models``, a refusal
-    before any route), from ``start_ns`` to now, child of a ``traceparent`` in ``carrier``.
+    """The span of an HTTP answer no request handler traced (``GET /v1/models``, feedback, a
+    500 before any handler), from ``start_ns`` to now: the root of a trace of its own, linked
+    to ``caller`` (the caller's ``traceparent``).
 
-    INTERNAL, not SERVER, and without ``genwire.entrypoint``: the monitor reads the gateway's
-    SERVER spans as the gateway stage of generation requests, and a trace holding that
-    attribute as a request; these answers are neither. A 5xx is an error."""
+    Its own trace: the monitor assembles a request from every span of its trace (its end, its
+    error), so an answer in the caller's trace (a feedback call, a model listing) would widen
+    or fail the generation it followed. INTERNAL, not SERVER, and without
+    ``genwire.entrypoint``: the monitor reads the gateway's SERVER spans as the gateway stage
+    of generation requests, and a trace holding that attribute as a request; these answers
+    are neither. A 5xx is an error."""
     span = tracer.start_span(
         name,
-        context=extract(carrier),
+        context=Context(),  # a root, whatever span is current
         kind=SpanKind.INTERNAL,
         attributes={sc.STAGE: sc.STAGE_GATEWAY, **attributes},
+        links=[Link(caller)] if caller is not None else None,
         start_time=start_ns,
     )
     status = attributes.get(sc.HTTP_RESPONSE_STATUS_CODE)

@@ -138,6 +138,11 @@ def metered(prepared: Prepared) -> Metered:
     return Metered(**{f.name: getattr(prepared, f.name) for f in fields(Prepared)})
 
 
+OUTAGE_GAP_S = 60.0
+"""A limiter failure this long after the previous one, with no answer asked for in between,
+starts a new outage (``LimiterOutage``)."""
+
+
 class LimiterOutage:
     """The limiter's (Redis's) failures in a row. While they last, limited keys are served
     without their limits being counted, for at most ``bound_s`` (``auth_stale_s``, the bound
@@ -151,11 +156,17 @@ class LimiterOutage:
         self.since: float | None = None
         self.failures = 0
         self._logged = 0.0
+        self._last = 0.0
         self._refusing = False
 
     def failed(self, exc: Exception) -> bool:
-        """Count a failure; whether the bound has passed (the request is to be refused)."""
+        """Count a failure; whether the bound has passed (the request is to be refused). A
+        failure ``OUTAGE_GAP_S`` after the last one, with no admission asked in between (no
+        limited traffic), starts a new outage: two blips an hour apart are not one outage."""
         now = time.monotonic()
+        if self.since is not None and now - self._last >= OUTAGE_GAP_S:
+            self.since, self._refusing = None, False  # the last one ended unseen: a new one
+        self._last = now
         if self.since is None:
             self.since, self.failures, self._logged = now, 0, now
             log.warning(
@@ -450,6 +461,7 @@ class MeteredGateway(Gateway):
         try:
             tickets = await self.limiter.admit_all(record, budgets)
         except LimitExceeded as exc:
+            self.limiter_outage.ok()  # a refusal is an answer: the limiter works
             per_day = exc.limit == "tokens_per_day"
             self._count(record.name, "quota_exceeded" if per_day else "rate_limited")
             principal.retry_after_s = exc.retry_after_s
@@ -460,6 +472,7 @@ class MeteredGateway(Gateway):
                     )
             raise GatewayError(exc.message, code=exc.code) from None
         except TooLarge as exc:
+            self.limiter_outage.ok()
             self._count(record.name, "too_large")
             raise GatewayError(str(exc), code=ErrorCode.INVALID_REQUEST) from None
         except Exception as exc:
@@ -584,9 +597,15 @@ class MeteredGateway(Gateway):
     async def _follow(
         self, principal: Principal, prepared: Prepared, ticket: Ticket | None, started: float
     ) -> None:
-        """Wait for a submitted request's result, then settle it like a waited one."""
+        """Wait for a submitted request's result, then settle it like a waited one: until its
+        deadline and ``claim_grace_s`` (the pipeline stops at the deadline; a result that has
+        not come by then never will), not the longest any caller may wait."""
+        deadline_ms = prepared.request.deadline_ms
+        wait_s = self.settings.max_timeout_s
+        if deadline_ms is not None:
+            wait_s = max(0.0, deadline_ms / 1000.0 - time.time()) + self.settings.claim_grace_s
         try:
-            _, result = await self.get_result(prepared.request_id, self.settings.max_timeout_s)
+            _, result = await self.get_result(prepared.request_id, wait_s)
         except Exception as exc:
             log.debug("no result to meter for %s: %s", prepared.request_id, exc)
             return
