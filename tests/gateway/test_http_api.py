@@ -26,6 +26,7 @@ from genwire_gateway.http_api import (
     openai_router,
 )
 from genwire_gateway.telemetry import GatewayMetrics
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -115,6 +116,12 @@ def app(spans: InMemorySpanExporter) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> dict[str, str]:
+        if getattr(app.state, "readiness_fails", False):
+            raise RuntimeError(SECRET)
+        return {"ready": "yes"}
 
     app.add_middleware(AuthMiddleware)
     install_error_handlers(app)
@@ -421,3 +428,31 @@ async def test_token_id_prompts_are_named_prompt(
         response = await client.post("/v1/completions", json=body)
     error = response.json()["error"]
     assert (error["code"], error["param"]) == (code, "prompt")
+
+
+async def test_a_probes_500_is_logged_without_a_span(
+    app: FastAPI, spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a readiness check would otherwise export a span at every poll."""
+    app.state.readiness_fails = True
+    async with _client(app) as client:
+        answers = [await client.get("/readyz") for _ in range(3)]
+    assert [a.status_code for a in answers] == [500] * 3
+    assert all("x-trace-id" not in a.headers for a in answers)
+    assert spans.get_finished_spans() == ()
+    assert len([r for r in caplog.records if r.exc_info]) == 3
+
+
+async def test_with_tracing_off_a_500_carries_no_empty_trace_id(app: FastAPI) -> None:
+    """A no-op tracer's span has no id: no ``x-trace-id: ""`` (the message points at it)."""
+    app.state.runtime = types.SimpleNamespace(tracer=trace.NoOpTracer())
+    app.state.models.fail = RuntimeError(SECRET)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with _client(app) as client:
+        plain = await client.get("/v1/models")
+        app.state.models.fail = None
+        traced = await client.get(
+            "/v1/models", headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+        )
+    assert plain.status_code == 500 and "x-trace-id" not in plain.headers
+    assert traced.status_code == 200 and traced.headers["x-trace-id"] == trace_id

@@ -6,6 +6,7 @@ together off the hot path."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import types
 from typing import Any
@@ -13,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from genwire_gateway import usage as usage_module
 from genwire_gateway.auth import PRINCIPAL, AuthMiddleware, Principal
 from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import PERMISSION_DENIED, RATE_LIMITED, GatewayError
@@ -424,9 +424,7 @@ async def test_the_limiter_is_bypassed_at_most_auth_stale_s(
     assert "answers again" in logged[2]
 
 
-async def test_a_limiter_refusal_ends_its_outage_and_blips_apart_are_two_outages(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_limiter_refusal_ends_its_outage_and_blips_apart_are_two_outages() -> None:
     """A refusal (over the rpm) is the limiter answering: the outage before it is over. And a
     failure long after the last, with no admission asked in between, is a new outage with its
     own bound, not the first one's continuation (which would refuse at once)."""
@@ -442,17 +440,31 @@ async def test_a_limiter_refusal_ends_its_outage_and_blips_apart_are_two_outages
     limiter.down = True
     await asyncio.sleep(0.35)  # past the bound since the first blip, a refusal between
     await gateway.generate(gateway.prepare({"prompt": "second blip"}))  # a new outage
-    monkeypatch.setattr(usage_module, "OUTAGE_GAP_S", 0.2)
-    await asyncio.sleep(0.35)  # no admission asked meanwhile: that outage ended unseen
+    await asyncio.sleep(0.65)  # two bounds, no admission asked meanwhile: it ended unseen
     await gateway.generate(gateway.prepare({"prompt": "third blip"}))
+    limiter.down = False
     await gateway.drain()
     assert not _requests(metrics, "unavailable")  # never refused: each blip had its bound
 
 
+async def test_sparse_traffic_against_a_limiter_that_stays_broken_is_one_outage() -> None:
+    """A burst every little while (well under two bounds apart) does not start a new outage
+    each time: once the bound has passed since the first failure, limited keys are refused."""
+    gateway, _, _, limiter, metrics = _limited(auth_stale_s=0.3)
+    _key(rpm=1, tokens_per_day=10)
+    limiter.down = True
+    for _ in range(4):  # 0.2 s apart: 0.6 s in all, twice the bound
+        with contextlib.suppress(GatewayError):
+            await gateway.generate(gateway.prepare({"prompt": "burst"}))
+        await asyncio.sleep(0.2)
+    await gateway.drain()
+    assert _requests(metrics, "unavailable") == 2  # the last two, past the bound
+
+
 async def test_a_left_callers_request_is_followed_until_its_deadline_not_the_longest_wait() -> None:
     """Its result never lands (the pipeline lost it, or stopped at the deadline without one):
-    the follower gives up at the request's deadline and ``claim_grace_s``, not after the
-    ``max_timeout_s`` any caller may wait (600 s: such followers would pile up)."""
+    the follower gives up at the caller's deadline and ``claim_grace_s`` (1 s at least), not
+    after the ``max_timeout_s`` any caller may wait (600 s: such followers would pile up)."""
     gateway, _, _, _, _ = _limited(reply=None, claim_grace_s=0.1)
     _key(tpm=100_000)
     left = asyncio.create_task(
@@ -463,5 +475,7 @@ async def test_a_left_callers_request_is_followed_until_its_deadline_not_the_lon
     with pytest.raises(asyncio.CancelledError):
         await left
     assert gateway._settling, "followed in the background"
-    await asyncio.sleep(0.6)  # past its deadline and the grace
+    await asyncio.sleep(0.9)
+    assert gateway._settling, "the grace after the caller's deadline: 1 s at least"
+    await asyncio.sleep(0.6)  # past the caller's deadline and the grace
     assert not gateway._settling

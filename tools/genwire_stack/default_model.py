@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import time
 from collections.abc import Callable
@@ -201,7 +202,11 @@ def keep_policy_versions(
     # The model's lock from the read to the write, as `genwire model load/unload/promote` hold
     # it: an operator's change made meanwhile is not overwritten with what was read before it.
     try:
-        with life.locked(model):
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(life.locked(model))
+            except lc.LifecycleError as exc:  # no lock to take (a read-only repository)
+                out(f"{model}: its lock could not be taken ({exc}); going on without it")
             return _keep_versions(lc, life, cfg.repository / model / CONFIG, version, out, model)
     finally:
         life.triton.close()

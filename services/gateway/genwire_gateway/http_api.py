@@ -156,9 +156,11 @@ class CatchAll:
             if started:
                 raise
             headers: dict[str, str] = {}
-            span = _answer_span(scope, 500, arrived)
-            if span is not None:  # the log line carries the trace id the caller is given
-                headers[TRACE_ID_HEADER] = trace_id_of(span)
+            # A probe's 500 too is logged, but makes no span (a poll each would bury traces).
+            probe = scope["path"] in OPERATIONAL_PATHS
+            span = None if probe else _answer_span(scope, 500, arrived)
+            if span is not None and span.get_span_context().is_valid:  # tracing may be off
+                headers[TRACE_ID_HEADER] = trace_id_of(span)  # the log line carries it too
             with trace.use_span(span or trace.INVALID_SPAN, end_on_exit=False):
                 log.exception("unexpected error answering %s %s", scope["method"], scope["path"])
             body = openai.error_body(ErrorCode.INTERNAL, UNEXPECTED_MESSAGE, 500)
@@ -215,6 +217,9 @@ def _with_trace_id(scope: Scope, message: Message, arrived_ns: int) -> Message:
     else:
         span = _answer_span(scope, status, arrived_ns)
         trace_id = span.get_span_context().trace_id if span is not None else None
+        if not trace_id:  # tracing off (a no-op span): the caller's, as for a refusal
+            caller = _caller_context(scope)
+            trace_id = caller.trace_id if caller is not None else None
     if not trace_id:
         return message
     headers.append((TRACE_ID_HEADER.encode(), format_trace_id(trace_id).encode()))

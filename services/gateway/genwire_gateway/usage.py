@@ -138,9 +138,11 @@ def metered(prepared: Prepared) -> Metered:
     return Metered(**{f.name: getattr(prepared, f.name) for f in fields(Prepared)})
 
 
-OUTAGE_GAP_S = 60.0
-"""A limiter failure this long after the previous one, with no answer asked for in between,
-starts a new outage (``LimiterOutage``)."""
+OUTAGE_GAP_BOUNDS = 2.0
+"""A limiter failure this many bounds (``auth_stale_s``) after the previous one, with no
+admission asked in between, starts a new outage (``LimiterOutage``): far longer than the
+bound, so sparse traffic (a burst a minute) against a limiter that stays broken is still one
+outage and refused once the bound has passed."""
 
 
 class LimiterOutage:
@@ -161,10 +163,11 @@ class LimiterOutage:
 
     def failed(self, exc: Exception) -> bool:
         """Count a failure; whether the bound has passed (the request is to be refused). A
-        failure ``OUTAGE_GAP_S`` after the last one, with no admission asked in between (no
-        limited traffic), starts a new outage: two blips an hour apart are not one outage."""
+        failure ``OUTAGE_GAP_BOUNDS`` bounds after the last one, with no admission asked in
+        between (no limited traffic), starts a new outage: two blips an hour apart are not one
+        outage."""
         now = time.monotonic()
-        if self.since is not None and now - self._last >= OUTAGE_GAP_S:
+        if self.since is not None and now - self._last >= OUTAGE_GAP_BOUNDS * self.bound_s:
             self.since, self._refusing = None, False  # the last one ended unseen: a new one
         self._last = now
         if self.since is None:
@@ -597,13 +600,15 @@ class MeteredGateway(Gateway):
     async def _follow(
         self, principal: Principal, prepared: Prepared, ticket: Ticket | None, started: float
     ) -> None:
-        """Wait for a submitted request's result, then settle it like a waited one: until its
-        deadline and ``claim_grace_s`` (the pipeline stops at the deadline; a result that has
-        not come by then never will), not the longest any caller may wait."""
-        deadline_ms = prepared.request.deadline_ms
+        """Wait for a submitted request's result, then settle it like a waited one: until the
+        caller's deadline and ``claim_grace_s`` (at least 1 s; the pipeline stops at its own
+        deadline, the margin before the caller's, and its partial result comes back in that
+        margin), not the longest any caller may wait. A result later still is not metered."""
+        received_ms = prepared.request.received_ms
         wait_s = self.settings.max_timeout_s
-        if deadline_ms is not None:
-            wait_s = max(0.0, deadline_ms / 1000.0 - time.time()) + self.settings.claim_grace_s
+        if received_ms is not None:  # the caller's own deadline (the pipeline's comes sooner)
+            left_s = received_ms / 1000.0 + prepared.timeout_s - time.time()
+            wait_s = min(wait_s, max(0.0, left_s) + max(self.settings.claim_grace_s, 1.0))
         try:
             _, result = await self.get_result(prepared.request_id, wait_s)
         except Exception as exc:
