@@ -14,7 +14,6 @@ from tokenizers import Tokenizer
 
 from genwire.events import (
     ControlEvent,
-    Event,
     GenerationChunk,
     GenerationResult,
     OutputLogprob,
@@ -25,7 +24,7 @@ from genwire.events import (
 from genwire.tokenization import AssetStore
 
 from .conftest import EOS, MODEL
-from .test_postprocess import FakeStore
+from .test_postprocess import FakeStore, _result, _run, _tokens
 
 TEXT = "The quick brown fox 🦊 jumps over the lazy dog. Kafka carries requests"
 
@@ -78,22 +77,6 @@ def _final(
         output_ids=ids,
         logprobs=_lps(ids) if sampling.logprobs else None,
     )
-
-
-async def _run(post: Postprocessor, chunks: list[GenerationChunk]) -> list[Event]:
-    events: list[Event] = []
-    for c in chunks:
-        events += await post.handle(c)
-    return events
-
-
-def _tokens(events: list[Event]) -> list[TokenEvent]:
-    return [e for e in events if isinstance(e, TokenEvent)]
-
-
-def _result(events: list[Event]) -> GenerationResult:
-    (result,) = [e for e in events if isinstance(e, GenerationResult)]
-    return result
 
 
 def _read(tokens: list[TokenEvent], held: str = "") -> str:
