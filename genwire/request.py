@@ -46,7 +46,9 @@ SCHEMA_VERSION = 2
 SCHEMA_VERSIONS = (1, 2)
 """Every version this module reads."""
 
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+MAX_REQUEST_ID_CHARS = 128
+"""The longest request id."""
+REQUEST_ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_REQUEST_ID_CHARS - 1}}}$"
 """Request ids: safe in Kafka keys, Redis keys, URLs and log lines."""
 
 MAX_PROMPT_CHARS = 1_000_000

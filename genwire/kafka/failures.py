@@ -47,7 +47,6 @@ Publish = Callable[[TopicPartition, Output], Awaitable[asyncio.Future[object]]]
 Refused = tuple[Output, Exception]
 """An output and why it can never be published: Kafka refused it for good (too large), or it
 cannot be encoded at all (a value pydantic cannot serialise)."""
-"""An output Kafka refuses whatever the retry (too large), and its error."""
 
 TRIM_HEADROOM = 64 * 1024
 """What a dead letter cut to fit leaves free under the producer's record limit

@@ -19,12 +19,7 @@ from fastapi import FastAPI
 from genwire_gateway.auth import AuthError, AuthMiddleware
 from genwire_gateway.config import GatewaySettings
 from genwire_gateway.handlers import Chunk, Gateway, Prepared
-from genwire_gateway.http_api import (
-    MAX_BODY_BYTES,
-    MAX_REQUEST_ID_CHARS,
-    install_error_handlers,
-    openai_router,
-)
+from genwire_gateway.http_api import MAX_BODY_BYTES, install_error_handlers, openai_router
 from genwire_gateway.telemetry import GatewayMetrics
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -34,7 +29,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
 from genwire.events import GenerationResult, Usage
-from genwire.request import REQUEST_ID_PATTERN, ErrorCode
+from genwire.request import MAX_REQUEST_ID_CHARS, REQUEST_ID_PATTERN, ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.logs import _TraceFilter
 

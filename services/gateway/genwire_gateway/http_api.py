@@ -30,7 +30,12 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from genwire.events import GenerationResult, Usage
-from genwire.request import MAX_REQUEST_BYTES, REQUEST_ID_PATTERN, ErrorCode
+from genwire.request import (
+    MAX_REQUEST_BYTES,
+    MAX_REQUEST_ID_CHARS,
+    REQUEST_ID_PATTERN,
+    ErrorCode,
+)
 from genwire.telemetry import semconv as sc
 from genwire_gateway import openai
 from genwire_gateway.errors import CANCELLED, GatewayError, http_status
@@ -50,8 +55,6 @@ from genwire_gateway.telemetry import (
 IDEMPOTENCY_HEADER = "idempotency-key"
 IDEMPOTENCY_PARAM = "Idempotency-Key"
 """``error.param`` of a refused key: the header, as the caller wrote it."""
-MAX_REQUEST_ID_CHARS = 128
-"""The longest request id (``genwire.request.REQUEST_ID_PATTERN``)."""
 MAX_BODY_BYTES = MAX_REQUEST_BYTES
 """The longest body read: the most one request's JSON may have (the Kafka value's bound,
 whose 413 a larger body would meet anyway; a batch's prompts share it)."""

@@ -98,7 +98,7 @@ class BurnResult:
     @property
     def rule_id(self) -> str:
         """The rule, named by its production windows: ``page 1h/5m 14.4x``."""
-        return rule_id(self.rule)
+        return self.rule.rule_id
 
     @property
     def long_burn(self) -> float:
@@ -153,11 +153,6 @@ def verdict(
     if short.total >= min_events:
         return Verdict.FIRE  # both burn at or above the factor
     return Verdict.NO_DATA
-
-
-def rule_id(rule: BurnRule) -> str:
-    """A burn rule's name in alerts (``raised_by``, ``held_by``): ``page 1h/5m 14.4x``."""
-    return rule.rule_id
 
 
 def ring_for(rules: list[BurnRule], scale: float) -> CounterRing:

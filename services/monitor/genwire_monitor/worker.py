@@ -35,14 +35,14 @@ T = TypeVar("T")
 MIN_EVAL_INTERVAL_S = 0.1
 MAX_UNSENT = 1000  # alert events kept for retry while Kafka is unreachable
 RESEND_HORIZON = 4
+"""A firing alert sent to the webhook ends this many resend intervals ahead unless sent again
+(Prometheus's factor): a post or two lost does not resolve it, a dead monitor's alerts do."""
 ACK_WAIT_S = 5.0
 """Longest an evaluation waits for the broker to acknowledge its records (alerts, alert
 state, a rollback): a broker that hangs (aiokafka never fails a record while it knows the
 leader) would otherwise hold every later evaluation, page and webhook post. Records not
 acknowledged by then are sent again at the next evaluation (at least once: a receiver may see
 one twice); the runtime's readiness names the record that keeps waiting."""
-"""A firing alert sent to the webhook ends this many resend intervals ahead unless sent again
-(Prometheus's factor): a post or two lost does not resolve it, a dead monitor's alerts do."""
 
 
 class EngineWorker:

@@ -145,6 +145,8 @@ class Preprocessor:
         if record.request is not None:
             return await self.handle_routed(record.request)
         assert record.refused is not None  # the decoder sets one of the two
+        if self.claims is None:  # no claims to look at: nothing held, the refusal stands
+            raise record.refused
         request_id = request_id_hint(record.raw, record.key)
         if request_id is not None and re.fullmatch(REQUEST_ID_PATTERN, request_id):
             mine = await self._own_fingerprint(record)
