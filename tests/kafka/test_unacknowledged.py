@@ -24,6 +24,7 @@ from genwire.service import ServiceRuntime
 from genwire.settings import CommonSettings, ServiceSettings
 from genwire.telemetry import semconv as sc
 from genwire.topics import TopicSpec
+from tests.common.support import eventually
 
 
 class _Client:
@@ -216,6 +217,19 @@ async def test_readiness_names_a_record_waiting_the_stall_timeout(
         runtime.tracer_provider.shutdown()
 
 
+def _thread_states(pid: int) -> dict[str, int]:
+    """How many of ``pid``'s threads are in each scheduler state (``T``: stopped)."""
+    states: dict[str, int] = {}
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            # The state follows the command name, which is in parentheses and may hold spaces.
+            state = stat.read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue  # a thread that ended meanwhile
+        states[state] = states.get(state, 0) + 1
+    return states
+
+
 @pytest.mark.slow
 async def test_a_hung_broker_makes_the_runtime_unready_and_its_answer_ready_again(
     infra: CommonSettings, kafka_client: str, tmp_path: Path
@@ -239,9 +253,11 @@ async def test_a_hung_broker_makes_the_runtime_unready_and_its_answer_ready_agai
         pid = child_pid("kafka", kafka.settings)
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
+        # A group stop reaches each of the JVM's threads in turn: send once none can answer.
+        await eventually(lambda: not set(_thread_states(pid)) - {"T", "t"}, 10.0)
         ack = await runtime.producer.send("t", b"b", traced=False)
         await asyncio.sleep(3.0)
-        assert not ack.done()  # nothing failed: only the wait says it
+        assert not ack.done(), _thread_states(pid)  # nothing failed: only the wait says it
         reasons = runtime.undelivered()
         assert len(reasons) == 1 and "for Kafka's acknowledgement" in reasons[0], reasons
         assert reasons[0] in runtime.reasons()
