@@ -641,8 +641,7 @@ class EventConsumer(Generic[InT]):
                     first_failure = now
                     self._waiting += 1
                 if now - first_failure >= self._budget_s:
-                    await self._paths.park(tp, record, err, span)
-                    return "parked"
+                    return await self._paths.park(tp, record, err, span)
                 if self._metrics:
                     self._metrics.retries.labels(self._stage).inc()
                 # One waiting record probes the dependency every retry_probe_s; its success

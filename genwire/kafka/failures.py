@@ -77,15 +77,23 @@ async def acknowledged(futures: Sequence[asyncio.Future[object]], timeout_s: flo
     so without this a broker outage would hang the record instead of counting against the
     outage budget). The futures are not cancelled: records still queued may be delivered
     later, as duplicates that idempotent stages absorb."""
-    if not futures:
-        return
-    done, waiting = await asyncio.wait(futures, timeout=timeout_s)
-    for future in done:
+    for future in await answered(futures, timeout_s):
         future.result()  # raises the first failure (KafkaError)
+
+
+async def answered(
+    futures: Sequence[asyncio.Future[object]], timeout_s: float
+) -> set[asyncio.Future[object]]:
+    """The futures the broker answered (acknowledged or failed) within ``timeout_s``, once it
+    answered all of them; ``KafkaTimeoutError`` when some are still waiting then."""
+    if not futures:
+        return set()
+    done, waiting = await asyncio.wait(futures, timeout=timeout_s)
     if waiting:
         raise KafkaTimeoutError(
             f"{len(waiting)} record(s) not acknowledged by the broker within {timeout_s:.0f} s"
         )
+    return done
 
 
 class FailurePaths:
@@ -133,17 +141,21 @@ class FailurePaths:
         span.set_status(Status(StatusCode.ERROR, err.message))
         span.set_attribute(sc.ERROR_CODE, err.code)
         outputs: list[Output] = []
+        letter = None
         if err.dead_letter:
-            if self._metrics:
-                self._metrics.dlq.labels(self._stage, err.code).inc()
-            outputs.append(_diverted(record, Topic.DLQ, _dlq_headers(record, err, self._stage)))
+            letter = _diverted(record, Topic.DLQ, _dlq_headers(record, err, self._stage))
+            outputs.append(letter)
         if self._failure_events is not None:
             try:
                 outputs += self._failure_events(record, err)
             except (ValueError, UnicodeError) as unbuilt:  # a value no event can carry
                 self._unbuilt(record, unbuilt)  # the dead letter still goes out, alone
+        lettered = letter is not None
         for out, exc in await self.publish_reliably(tp, outputs):
-            await self._refused(tp, record, out, exc)
+            if not await self._refused(tp, record, out, exc) and out is letter:
+                lettered = False  # counted as dropped instead
+        if lettered and self._metrics:
+            self._metrics.dlq.labels(self._stage, err.code).inc()
 
     async def _refused(
         self,
@@ -151,9 +163,10 @@ class FailurePaths:
         record: ConsumerRecord[bytes, bytes],
         out: Output,
         exc: Exception,
-    ) -> None:
+    ) -> bool:
         """An output of ``record`` that Kafka refused for good: a dead letter goes out again
-        with its value cut to fit; anything else, or a cut one refused too, is dropped."""
+        with its value cut to fit (True); anything else, or a cut one refused too, is dropped
+        (False)."""
         if (
             isinstance(exc, KafkaError)
             and isinstance(out, RawRecord)
@@ -171,9 +184,10 @@ class FailurePaths:
             )
             again = await self.publish_reliably(tp, [trimmed])
             if not again:
-                return
+                return True
             out, exc = again[0]
         self._dropped(record, out, exc)
+        return False
 
     def _unbuilt(self, record: ConsumerRecord[bytes, bytes], exc: Exception) -> None:
         """The stage's error events for ``record`` could not be built: never silent."""
@@ -205,9 +219,10 @@ class FailurePaths:
         record: ConsumerRecord[bytes, bytes],
         err: RetryableError,
         span: trace.Span,
-    ) -> None:
-        """Past the outage budget: to ``genwire.retry`` for a later replay, or, once replayed
-        ``max_replays`` times, to the DLQ with an error result."""
+    ) -> str:
+        """Past the outage budget: to ``genwire.retry`` for a later replay (``"parked"``), or,
+        once replayed ``max_replays`` times or when too large to park, to the DLQ with an error
+        result (``"failed"``). Returns that outcome (``genwire_messages_total{outcome}``)."""
         if record.topic == Topic.RETRY:
             # The replayer itself could not publish for the budget: parking its record again
             # would lose where it came from. Give up instead (uncommitted: replayed later).
@@ -219,7 +234,7 @@ class FailurePaths:
                 code=err.code,
             )
             await self.fail(tp, record, exhausted, span)
-            return
+            return "failed"
         span.set_status(Status(StatusCode.ERROR, err.message))
         span.set_attribute(sc.ERROR_CODE, err.code)
         not_before = int(time.time() * 1000 + self._replay_delay_s * 1000 * 2**replays)
@@ -242,7 +257,7 @@ class FailurePaths:
                 code=err.code,
             )
             await self.fail(tp, record, too_large, span)
-            return
+            return "failed"
         if self._metrics:
             self._metrics.parked.labels(self._stage, err.code).inc()
         log.warning(
@@ -254,6 +269,7 @@ class FailurePaths:
             err.dependency,
             time.strftime("%H:%M:%S", time.localtime(not_before / 1000)),
         )
+        return "parked"
 
     async def publish_reliably(
         self, tp: TopicPartition, outputs: Sequence[Output]
@@ -298,15 +314,11 @@ class FailurePaths:
                 refused.append((out, exc))
         if not sent:
             return refused
-        done, waiting = await asyncio.wait([fut for _, fut in sent], timeout=self._ack_timeout_s)
+        # As ``acknowledged``: a broker that does not answer counts against the outage budget.
+        await answered([fut for _, fut in sent], self._ack_timeout_s)
         for out, fut in sent:
-            if fut in done and (failure := fut.exception()) is not None:
+            if (failure := fut.exception()) is not None:
                 refused.append((out, _for_good(failure)))
-        if waiting:  # as ``acknowledged``: an outage counts against the budget
-            raise KafkaTimeoutError(
-                f"{len(waiting)} record(s) not acknowledged by the broker within "
-                f"{self._ack_timeout_s:.0f} s"
-            )
         return refused
 
 

@@ -162,6 +162,9 @@ async def test_a_letter_refused_even_cut_is_logged_counted_and_the_record_goes_o
         sc.METRIC_OUTPUTS_DROPPED, {"stage": "preprocess", "topic": Topic.DLQ}
     )
     assert dropped == 1
+    # genwire_dlq_total counts letters on genwire.dlq: this one is counted as dropped only.
+    dlq = {"stage": "preprocess", "code": "request_too_large"}
+    assert registry.get_sample_value(sc.METRIC_DLQ, dlq) is None
     assert "genwire.requests-0@42: its output to genwire.dlq can never be published" in caplog.text
     assert deps.reasons() == []
 
@@ -174,7 +177,8 @@ async def test_a_record_too_large_to_park_is_dead_lettered_with_an_error_result(
     paths = _paths(kafka, deps, ConsumerMetrics(registry))
     down = RetryableError("redis: down", dependency="redis")
     async with asyncio.timeout(0.9):
-        await paths.park(TP, _record(b"x" * NEAR_LIMIT), down, trace.INVALID_SPAN)
+        outcome = await paths.park(TP, _record(b"x" * NEAR_LIMIT), down, trace.INVALID_SPAN)
+    assert outcome == "failed"  # genwire_messages_total{outcome}: dead-lettered, not parked
     (letter,) = [o for o in kafka.sent if isinstance(o, RawRecord)]
     (result,) = [o for o in kafka.sent if isinstance(o, GenerationResult)]
     assert letter.topic == Topic.DLQ and sc.HEADER_DLQ_TRUNCATED in dict(letter.headers)
@@ -182,6 +186,19 @@ async def test_a_record_too_large_to_park_is_dead_lettered_with_an_error_result(
     assert "too large for Kafka to park" in result.error.message
     labels = {"stage": "preprocess", "code": "unavailable"}
     assert registry.get_sample_value(sc.METRIC_RETRY_TOPIC, labels) is None
+    assert registry.get_sample_value(sc.METRIC_DLQ, labels) == 1  # the cut letter went out
+
+
+async def test_park_says_whether_the_record_was_parked_or_dead_lettered(kafka: Kafka) -> None:
+    """The outcome ``genwire_messages_total`` counts the record under."""
+    paths = _paths(kafka, Dependencies("preprocess", unready_after_s=0.0))
+    down = RetryableError("redis: down", dependency="redis")
+    assert await paths.park(TP, _record(b"{}"), down, trace.INVALID_SPAN) == "parked"
+    assert [o.topic for o in kafka.sent] == [Topic.RETRY]
+    exhausted = _record(b"{}", headers=[(sc.HEADER_RETRY_COUNT, b"3")])  # max_replays: 3
+    assert await paths.park(TP, exhausted, down, trace.INVALID_SPAN) == "failed"
+    assert [type(o) for o in kafka.sent[1:]] == [RawRecord, GenerationResult]
+    assert kafka.sent[1].topic == Topic.DLQ
 
 
 async def test_a_broker_outage_is_still_waited_out(kafka: Kafka) -> None:
