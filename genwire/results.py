@@ -14,7 +14,10 @@ its idempotency claim (set by the gateway and by preprocess).
   repeat them. While in flight a gateway's claim lives for the caller's deadline and a grace
   (a gateway that dies before publishing frees the id); storing the result (``put_first``)
   extends the claim to the result's TTL in the same round trip, so an id's fingerprint lives
-  at least as long as its answer whoever (or whatever gateway) waits for it.
+  at least as long as its answer whoever (or whatever gateway) waits for it. The gateway's
+  claim is ``<fingerprint>:<token>:<digest>``: a token of the call, and the digest of the exact
+  value it publishes (``published_digest``), by which preprocess knows the claim holder's own
+  record when it refuses one that has no fingerprint (a schema a newer preprocess refuses).
 - ``genwire:route:<request_id>`` → the route (version, arm, shadow, policy revision) preprocess
   resolved first (SET NX in the claim's round trip, same TTL): a redelivery or a repeat is
   prepared for that version even if the policy changed in between.
@@ -30,6 +33,7 @@ the earlier result: one Lua script).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from dataclasses import dataclass
@@ -112,10 +116,24 @@ def route_key(request_id: str) -> str:
 
 
 def claimed_fingerprint(value: bytes | str) -> str:
-    """The fingerprint in a claim's value (``<fingerprint>`` or ``<fingerprint>:<owner token>``:
-    the gateway adds a token of its own, so a retried ``SET NX`` still tells it that it won)."""
+    """The fingerprint in a claim's value (``<fingerprint>``, or the gateway's
+    ``<fingerprint>:<token>:<digest>``: a token of its own, so a retried ``SET NX`` still tells
+    it that it won, and ``published_digest`` of what it publishes)."""
     text = value.decode() if isinstance(value, bytes) else value
     return text.split(":", 1)[0]
+
+
+def published_digest(value: bytes) -> str:
+    """The digest of a request's value as the gateway publishes it, kept in its claim."""
+    return hashlib.sha256(value).hexdigest()[:32]
+
+
+def claimed_digest(value: bytes | str) -> str | None:
+    """The ``published_digest`` in a claim's value, or None (a claim without one: preprocess's,
+    or an older gateway's)."""
+    text = value.decode() if isinstance(value, bytes) else value
+    parts = text.split(":")
+    return parts[2] if len(parts) == 3 and parts[2] else None
 
 
 @dataclass(frozen=True)
@@ -197,6 +215,7 @@ class ResultStore:
         key_owner: str | None = None,
         owner_ttl_s: float = 0.0,
         any_owner: bool = False,
+        published: bytes | None = None,
     ) -> ClaimOutcome:
         """Claim a request for ``ttl_s`` in one round trip: result?, claim it, whose is it?
 
@@ -204,6 +223,7 @@ class ResultStore:
         the id's owner for ``owner_ttl_s`` unless one is recorded (``own``); an id another key
         owns is ``foreign`` and not claimed, unless ``any_owner`` (an admin). The claim's TTL
         covers the request in flight: storing its result extends it (``put_first``).
+        ``published``: the value this call will publish if it wins (its digest is claimed too).
         """
         assert request.request_id is not None
         rid = request.request_id
@@ -211,6 +231,8 @@ class ResultStore:
         # A token of this call: the Redis client retries a command that timed out, so a SET NX
         # that succeeded but answered late fails on the retry; the token still says we won.
         value = f"{mine}:{uuid.uuid4().hex[:16]}"
+        if published is not None:
+            value += f":{published_digest(published)}"
         stored, holder, owner = await self._claim(
             keys=[result_key(rid), claim_key(rid), owner_key(rid)],
             args=[

@@ -34,6 +34,7 @@ class FakeProducer:
         self.requests: list[GenerationRequest] = []
         self.events: list[Event] = []
         self.headers: list[dict[str, bytes]] = []
+        self.values: list[bytes] = []
         self.fail_delivery = False
 
     async def send(
@@ -41,6 +42,7 @@ class FakeProducer:
     ) -> asyncio.Future[object]:
         request = GenerationRequest.model_validate_json(value)
         self.requests.append(request)
+        self.values.append(value)
         self.headers.append(dict(headers))
         fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         if self.fail_delivery:
@@ -67,6 +69,8 @@ class FakeStore:
         self.ttls: list[float] = []
         self.calls: list[str] = []
         """Every round trip to Redis, by method."""
+        self.published: list[bytes | None] = []
+        """What each claim said it would publish (``published``)."""
         self.gets = 0
 
     async def get(self, request_id: str) -> GenerationResult | None:
@@ -74,9 +78,12 @@ class FakeStore:
         self.gets += 1
         return self.results.get(request_id)
 
-    async def claim(self, request: GenerationRequest, ttl_s: float) -> ClaimOutcome:
+    async def claim(
+        self, request: GenerationRequest, ttl_s: float, *, published: bytes | None = None
+    ) -> ClaimOutcome:
         self.calls.append("claim")
         self.ttls.append(ttl_s)
+        self.published.append(published)
         rid = request.request_id
         assert rid is not None
         mine = fingerprint(request)
@@ -287,6 +294,20 @@ async def test_abandoned_stream_cancels_downstream() -> None:
     assert producer.cancels() == [prepared.request_id]
 
 
+async def test_each_claim_names_the_exact_value_it_publishes() -> None:
+    """The claim keeps the digest of the published value (``published_digest``): how
+    preprocess tells the claim holder's own record among those it refuses."""
+    gateway, producer, store = _gateway(_echo)
+    await gateway.generate(gateway.prepare({"prompt": "hi"}, request_id="job-g"))
+    async for _ in gateway.stream(
+        gateway.prepare({"prompt": "yo"}, request_id="job-s", stream=True)
+    ):
+        pass
+    await gateway.submit(gateway.prepare({"prompt": "hey"}, request_id="job-a"))
+    await gateway.drain()
+    assert len(producer.values) == 3 and store.published == producer.values
+
+
 async def test_named_request_returns_the_stored_result_without_publishing() -> None:
     gateway, producer, store = _gateway(_echo)
     first = await gateway.generate(gateway.prepare({"prompt": "hi"}, request_id="job-1"))
@@ -314,7 +335,7 @@ async def test_a_claim_redis_refuses_is_unavailable_on_every_way_in(named: bool)
     """Redis down, or full (``maxmemory``, no eviction: it refuses writes with an error)."""
     gateway, producer, store = _gateway(_echo)
 
-    async def refused(request: GenerationRequest, ttl_s: float) -> ClaimOutcome:
+    async def refused(request: GenerationRequest, ttl_s: float, **_: object) -> ClaimOutcome:
         raise OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
 
     store.claim = refused  # type: ignore[method-assign]

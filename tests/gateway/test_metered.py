@@ -63,6 +63,7 @@ class Store(FakeStore):
         key_owner: str | None = None,
         owner_ttl_s: float = 0.0,
         any_owner: bool = False,
+        published: bytes | None = None,
     ) -> ClaimOutcome:
         rid = request.request_id or ""
         if key_owner:
@@ -70,7 +71,7 @@ class Store(FakeStore):
             if held != key_owner and not any_owner:
                 self.calls.append("claim")
                 return ClaimOutcome(owner=False, key_owner=held, foreign=True)
-        outcome = await super().claim(request, ttl_s)
+        outcome = await super().claim(request, ttl_s, published=published)
         return ClaimOutcome(
             owner=outcome.owner,
             result=outcome.result,

@@ -44,8 +44,8 @@ async def test_holder_reads_the_claim_without_taking_it(infra: CommonSettings) -
         assert await claims.redis.exists(claim_key(rid)) == 0  # nothing claimed by asking
         await claims.claim_routed(rid, "fp-a", "r")
         assert await claims.holder(rid) == "fp-a"
-        await claims.redis.set(claim_key(gw), "fp-g:token123", ex=60)  # the gateway's claim
-        assert await claims.holder(gw) == "fp-g"
+        await claims.redis.set(claim_key(gw), "fp-g:token123:d1", ex=60)  # the gateway's claim
+        assert await claims.holder(gw) == "fp-g:token123:d1"  # all of it: fingerprint, digest
     finally:
         await claims.redis.delete(*(f(i) for i in (rid, gw) for f in (claim_key, route_key)))
         await claims.close()

@@ -31,6 +31,7 @@ from genwire.events import (
 )
 from genwire.filters import ContentFilter
 from genwire.request import ErrorCode, GenerationRequest, fingerprint, parse_request
+from genwire.results import published_digest
 from genwire.tokenization import AssetStore
 
 from .conftest import CONTEXT_LENGTH, EOS, MODEL
@@ -320,6 +321,26 @@ async def test_an_error_before_the_claim_is_the_ids_own_when_nobody_else_holds_i
     err = await _refusal(pre, _decode(value, b"large", max_bytes=100))
     assert err.code == ErrorCode.IDEMPOTENCY_CONFLICT
     assert "request_too_large" in err.message
+
+
+async def test_a_record_the_gateway_claimed_is_answered_though_refused_unparsed(
+    assets: AssetStore,
+) -> None:
+    """Version skew: a gateway published what this preprocess refuses by schema (no
+    fingerprint). Its claim names the digest of that very value, so the refusal is the id's
+    own answer (its caller gets it), while another value under the id is still a conflict."""
+    claims = FakeClaims()
+    pre = _pre(assets, claims=claims)
+    value = b'{"prompt": "a", "logit_bias": {"5": 1, "05": 2}}'  # a newer rule refuses it
+    claims.held["skew"] = f"fp:token:{published_digest(value)}"
+    err = await _refusal(pre, _decode(value, b"skew"))
+    assert err.code != ErrorCode.IDEMPOTENCY_CONFLICT, err.message
+    other = b'{"prompt": "b", "logit_bias": {"5": 1, "05": 2}}'
+    err = await _refusal(pre, _decode(other, b"skew"))
+    assert err.code == ErrorCode.IDEMPOTENCY_CONFLICT
+    claims.held["old"] = "fp:token"  # an older gateway's claim: no digest, a conflict as before
+    err = await _refusal(pre, _decode(value, b"old"))
+    assert err.code == ErrorCode.IDEMPOTENCY_CONFLICT
 
 
 def _decode(raw: bytes, key: bytes | None, max_bytes: int = 1 << 20) -> RequestRecord:

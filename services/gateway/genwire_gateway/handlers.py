@@ -356,7 +356,9 @@ class Gateway:
         """Accept a request: published and acknowledged by the broker (or already known)."""
         try:
             claim = await self.store.claim(
-                prepared.request, self.settings.max_timeout_s + self.settings.claim_grace_s
+                prepared.request,
+                self.settings.max_timeout_s + self.settings.claim_grace_s,
+                published=prepared.value,
             )
         except Exception as exc:  # Redis down or full: the caller may retry, as for generate
             log.warning("idempotency claim of %s failed (Redis): %s", prepared.request_id, exc)
@@ -460,7 +462,9 @@ class Gateway:
         """The claim's round trip (``usage.MeteredGateway`` also records the caller's key as
         the id's owner in it, and refuses another key's id)."""
         return await self.store.claim(
-            prepared.request, prepared.timeout_s + self.settings.claim_grace_s
+            prepared.request,
+            prepared.timeout_s + self.settings.claim_grace_s,
+            published=prepared.value,
         )
 
     async def _release(self, prepared: Prepared) -> None:

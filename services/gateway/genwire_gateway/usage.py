@@ -389,6 +389,7 @@ class MeteredGateway(Gateway):
             key_owner=principal.name,
             owner_ttl_s=self._owner_ttl_s(),
             any_owner=principal.record.allows(SCOPE_ADMIN),
+            published=prepared.value,
         )
         if claim.foreign:
             raise _Forbidden(_not_yours(prepared.request_id), code=PERMISSION_DENIED)

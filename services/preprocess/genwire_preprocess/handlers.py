@@ -11,7 +11,10 @@ any other result).
 An error found before a record claims its request id (it cannot be parsed, its model is
 unknown, its deadline passed) is no answer for that id when another request holds the id: it
 becomes an ``idempotency_conflict`` (DLQ, never stored, never ending the holder's stream), so a
-bad record reusing an id in flight cannot replace that request's result.
+bad record reusing an id in flight cannot replace that request's result. The holder's own
+record is told by its fingerprint, or, for a record refused unparsed, by the digest of its
+value that the gateway claimed with the id (``genwire.results.claimed_digest``): a gateway
+older than this preprocess may publish what this one refuses, and its caller gets the refusal.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from genwire.request import (
     parse_request,
     request_id_hint,
 )
+from genwire.results import claimed_digest, claimed_fingerprint, published_digest
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore, ModelAssets
 from genwire_preprocess.guided import GuidedChecker
@@ -150,7 +154,7 @@ class Preprocessor:
         request_id = request_id_hint(record.raw, record.key)
         if request_id is not None and re.fullmatch(REQUEST_ID_PATTERN, request_id):
             mine = await self._own_fingerprint(record)
-            await self._conflict_if_held(request_id, mine, record.refused)
+            await self._conflict_if_held(request_id, mine, record.refused, record.raw)
         raise record.refused
 
     async def _own_fingerprint(self, record: RequestRecord) -> str | None:
@@ -168,14 +172,26 @@ class Preprocessor:
             return None
         return fingerprint(request)
 
-    async def _conflict_if_held(self, request_id: str, mine: str | None, err: GenwireError) -> None:
+    async def _conflict_if_held(
+        self, request_id: str, mine: str | None, err: GenwireError, raw: bytes | None = None
+    ) -> None:
         """Raise an ``idempotency_conflict`` for ``err``, an error found before this record
-        claimed ``request_id``, when another request (another fingerprint; any, for a record
-        without one) holds the id: ``err`` must not become that request's stored result."""
+        claimed ``request_id``, when another request holds the id: ``err`` must not become
+        that request's stored result. The holder's own record has its fingerprint ``mine``,
+        or is the very value the gateway claimed the id for (``raw``, a record refused
+        unparsed; never over the gateway's size limit)."""
         if self.claims is None or not request_id:
             return
         held = await self.claims.holder(request_id)
-        if held is None or held == mine:
+        if held is None or claimed_fingerprint(held) == mine:
+            return
+        digest = claimed_digest(held)  # hashed below only where a gateway claimed a value
+        if (
+            digest is not None
+            and raw is not None
+            and len(raw) <= MAX_REQUEST_BYTES
+            and published_digest(raw) == digest
+        ):
             return
         raise PermanentError(
             f"request id {request_id!r} belongs to a different request; this record was "

@@ -41,7 +41,8 @@ class Claims(Protocol):
         ...
 
     async def holder(self, request_id: str) -> str | None:
-        """The fingerprint that holds ``request_id``, or None: a look, nothing is stored."""
+        """The claim that holds ``request_id`` (its value: ``genwire.results.claimed_fingerprint``
+        and ``claimed_digest`` read it), or None: a look, nothing is stored."""
         ...
 
 
@@ -100,12 +101,12 @@ class RedisClaims:
         return held, None if stored is None else bytes(stored).decode()
 
     async def holder(self, request_id: str) -> str | None:
-        """One GET: the fingerprint holding the id's claim (a refused record's only question)."""
+        """One GET: the claim holding the id (a refused record's only question)."""
         try:
             held = await self.redis.get(claim_key(request_id))
         except RedisError as exc:  # the consumer waits the outage out
             raise RetryableError(f"redis: {exc}", dependency=REDIS) from None
-        return None if held is None else claimed_fingerprint(bytes(held))
+        return None if held is None else bytes(held).decode(errors="replace")
 
     async def close(self) -> None:
         """Close the connection pool."""
