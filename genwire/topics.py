@@ -60,6 +60,9 @@ class TopicSpec:
     compact: bool = False  # cleanup.policy=compact: the latest record per key is kept
 
 
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+"""Every topic's ``max.message.bytes`` and the producers' largest request (long prompts)."""
+
 HOUR_MS = 3_600_000
 REPLY_PARTITIONS = 24
 """Partitions of ``genwire.replies``: the most gateway instances that each own one."""

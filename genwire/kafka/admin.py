@@ -19,7 +19,7 @@ from aiokafka.protocol.group import LeaveGroupRequest
 
 from genwire.kafka_security import client_options
 from genwire.settings import CommonSettings
-from genwire.topics import TOPIC_SPECS, TopicSpec
+from genwire.topics import MAX_RECORD_BYTES, TOPIC_SPECS, TopicSpec
 
 
 async def ensure_topics(
@@ -54,7 +54,7 @@ async def ensure_topics(
                 replication_factor=replication_factor,
                 topic_configs={
                     "retention.ms": str(s.retention_ms),
-                    "max.message.bytes": "16777216",
+                    "max.message.bytes": str(MAX_RECORD_BYTES),
                     **({"cleanup.policy": "compact"} if s.compact else {}),
                     **(
                         {"min.insync.replicas": str(min_insync_replicas)}

@@ -40,6 +40,7 @@ from genwire.kafka_security import client_kind, client_options
 from genwire.settings import KafkaClient
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.propagation import KafkaHeaders, inject
+from genwire.topics import MAX_RECORD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ RESET_RETRY_S = 1.0
 """After a replacement of the client failed (the broker down), how long the next ones fail at
 once instead of trying again."""
 
-MAX_REQUEST_SIZE = 16 * 1024 * 1024
-"""The largest produce request (and so record): the topics allow 16 MiB (long prompts)."""
+MAX_REQUEST_SIZE = MAX_RECORD_BYTES
+"""The largest produce request (and so record): what the topics allow (long prompts)."""
 
 KAFKA = "kafka"
 """The dependency name of the broker in readiness reasons, logs and metrics."""

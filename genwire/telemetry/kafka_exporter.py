@@ -19,12 +19,45 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from genwire.kafka_security import client_options
 from genwire.telemetry.otlp_wire import encode_spans
-from genwire.topics import Topic
+from genwire.topics import MAX_RECORD_BYTES, Topic
 
 log = logging.getLogger(__name__)
 
-# Keeps each Kafka message well under the broker's default 1 MB limit.
 MAX_SPANS_PER_MESSAGE = 256
+"""Spans per Kafka message: small messages for the consumers (Jaeger, the monitor)."""
+
+MAX_PAYLOAD_BYTES = MAX_RECORD_BYTES - 64 * 1024
+"""The largest message value: what a record may hold, less room for the record's overhead.
+A batch over it is split; one span over it alone (a captured 16 MiB prompt) is dropped."""
+
+
+def payloads(spans: Sequence[ReadableSpan]) -> list[bytes]:
+    """``spans`` as OTLP messages of at most ``MAX_SPANS_PER_MESSAGE`` spans and
+    ``MAX_PAYLOAD_BYTES`` bytes each: a message Kafka refuses would lose every span in it."""
+    out: list[bytes] = []
+    for i in range(0, len(spans), MAX_SPANS_PER_MESSAGE):
+        out += _fitting(spans[i : i + MAX_SPANS_PER_MESSAGE])
+    return out
+
+
+def _fitting(spans: Sequence[ReadableSpan]) -> list[bytes]:
+    payload = encode_spans(spans)
+    if len(payload) <= MAX_PAYLOAD_BYTES:
+        return [payload]
+    if len(spans) == 1:
+        span = spans[0]
+        trace_id = f"{span.context.trace_id:032x}" if span.context is not None else "?"
+        log.warning(
+            "span %r of trace %s is %d bytes as OTLP, over the %d a Kafka record may hold: "
+            "not exported",
+            span.name,
+            trace_id,
+            len(payload),
+            MAX_PAYLOAD_BYTES,
+        )
+        return []
+    half = len(spans) // 2
+    return _fitting(spans[:half]) + _fitting(spans[half:])
 
 
 class KafkaSpanExporter(SpanExporter):
@@ -50,6 +83,7 @@ class KafkaSpanExporter(SpanExporter):
                 bootstrap_servers=self._bootstrap,
                 acks=1,
                 linger_ms=5,
+                max_request_size=MAX_RECORD_BYTES,  # aiokafka's default (1 MiB) is the topics'
                 request_timeout_ms=10000,
                 **client_options(),
             )
@@ -69,14 +103,13 @@ class KafkaSpanExporter(SpanExporter):
         if self._closed or not spans:
             return SpanExportResult.SUCCESS
         try:
-            payloads = [
-                encode_spans(spans[i : i + MAX_SPANS_PER_MESSAGE])
-                for i in range(0, len(spans), MAX_SPANS_PER_MESSAGE)
-            ]
+            encoded = payloads(spans)
         except Exception as exc:  # the encoder leaves bad spans out; this is a last resort
             log.warning("encoding %d spans failed: %s", len(spans), exc)
             return SpanExportResult.FAILURE
-        future = asyncio.run_coroutine_threadsafe(self._send(payloads), self._loop)
+        if not encoded:
+            return SpanExportResult.SUCCESS  # only spans too large to export: each was logged
+        future = asyncio.run_coroutine_threadsafe(self._send(encoded), self._loop)
         try:
             future.result(self._timeout_s)
         except Exception as exc:
