@@ -34,8 +34,8 @@ class Topic(StrEnum):
     ALERTS = "genwire.alerts"
     """Alerts raised and resolved by the monitor."""
     ALERT_STATE = "genwire.alert-state"
-    """Compacted: the monitor's firing alerts keyed by alert id (a tombstone once resolved),
-    read back when it starts."""
+    """Compacted: the monitor's latest alert event per alert id (firing or resolved, never a
+    tombstone), read back when it starts."""
     CONFIG = "genwire.config"
     """Compacted: each model's serving policy (aliases, routing weights, sticky key, shadow),
     keyed by model name (``genwire.policy.ModelPolicy``); every stage follows it live."""

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 
 from genwire import __version__
 from genwire.settings import CommonSettings
@@ -20,6 +20,26 @@ from genwire.telemetry.kafka_exporter import KafkaSpanExporter
 
 SCHEDULE_DELAY_MS = 250
 """How long finished spans wait to be exported together, unless OTEL_BSP_SCHEDULE_DELAY says."""
+
+EXPORTERS = ("kafka", "otlp", "console", "none")
+"""What ``OTEL_TRACES_EXPORTER`` may name (one of them); anything else is refused."""
+
+OTEL_VARIABLES: dict[str, str] = {
+    "OTEL_SDK_DISABLED": "`true`: no spans are made and none exported (a record's upstream "
+    "`traceparent` is passed on unchanged)",
+    "OTEL_TRACES_EXPORTER": "one of `kafka` (default: OTLP protobuf on `otlp_spans`, read by "
+    "Jaeger and the monitor), `otlp` (the standard OTLP/gRPC exporter), `console`, `none` "
+    "(spans made, not exported); any other value is refused at start",
+    "OTEL_EXPORTER_OTLP_*": "the standard OTLP exporter's endpoint, headers, TLS and timeout "
+    "(with `OTEL_TRACES_EXPORTER=otlp` only)",
+    "OTEL_SERVICE_NAME": "replaces the service's `service.name` (Jaeger's service list); the "
+    "monitor tells stages apart by their `genwire.stage` attribute, not by it",
+    "OTEL_BSP_SCHEDULE_DELAY": f"ms finished spans wait to be exported together (default "
+    f"{SCHEDULE_DELAY_MS})",
+    "OTEL_TRACES_SAMPLER": "the standard sampler (with `OTEL_TRACES_SAMPLER_ARG`) instead of "
+    "`GENWIRE_TRACES_SAMPLE_RATIO`'s; setting both is refused at start",
+}
+"""The standard OpenTelemetry variables the services read (docs/settings.md lists them)."""
 
 
 def sdk_disabled() -> bool:
@@ -34,7 +54,11 @@ def build_exporter(settings: CommonSettings) -> SpanExporter | None:
     ``kafka`` writes OTLP protobuf to ``otlp_spans``; ``otlp`` uses the standard OTLP/gRPC
     exporter and its ``OTEL_EXPORTER_OTLP_*`` variables; ``console`` prints; ``none`` disables.
     """
-    kind = os.environ.get("OTEL_TRACES_EXPORTER", "kafka").strip().lower()
+    kind = os.environ.get("OTEL_TRACES_EXPORTER", "kafka").strip().lower() or "kafka"
+    if kind not in EXPORTERS:
+        raise ValueError(
+            f"OTEL_TRACES_EXPORTER={kind!r}: genwire's services take one of {', '.join(EXPORTERS)}"
+        )
     if kind == "none":
         return None
     if kind == "console":
@@ -61,10 +85,7 @@ def configure_tracing(
             "service.version": __version__,
         }
     )
-    provider = TracerProvider(
-        resource=resource,
-        sampler=ParentBased(TraceIdRatioBased(settings.traces_sample_ratio)),
-    )
+    provider = TracerProvider(resource=resource, sampler=_sampler(settings))
     # Disabled: no exporter either (the Kafka one would hold a producer and a thread for nothing)
     chosen = (
         None if sdk_disabled() else (exporter if exporter is not None else build_exporter(settings))
@@ -78,3 +99,15 @@ def configure_tracing(
     if set_global:
         trace.set_tracer_provider(provider)
     return provider
+
+
+def _sampler(settings: CommonSettings) -> Sampler | None:
+    """``GENWIRE_TRACES_SAMPLE_RATIO``'s, or None where ``OTEL_TRACES_SAMPLER`` is set (the SDK
+    builds that one); both set is refused: one of them would be ignored."""
+    if not os.environ.get("OTEL_TRACES_SAMPLER", "").strip():
+        return ParentBased(TraceIdRatioBased(settings.traces_sample_ratio))
+    if "traces_sample_ratio" in settings.model_fields_set:
+        raise ValueError(
+            "OTEL_TRACES_SAMPLER and GENWIRE_TRACES_SAMPLE_RATIO are both set: set one of them"
+        )
+    return None

@@ -3,14 +3,23 @@ the standard ``OTEL_BSP_SCHEDULE_DELAY`` that changes it."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from genwire.settings import ServiceSettings
+from genwire.telemetry import setup
 from genwire.telemetry.propagation import extract, inject
-from genwire.telemetry.setup import SCHEDULE_DELAY_MS, configure_tracing
+from genwire.telemetry.setup import (
+    OTEL_VARIABLES,
+    SCHEDULE_DELAY_MS,
+    build_exporter,
+    configure_tracing,
+)
 
 
 def _delay_ms(provider: TracerProvider) -> float:
@@ -78,3 +87,33 @@ def test_a_disabled_sdk_makes_no_spans_and_passes_the_trace_on(
         assert provider._active_span_processor._span_processors == ()
     finally:
         provider.shutdown()
+
+
+def test_an_unknown_exporter_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, any other value (``otlp,console``, a typo) silently exported to Kafka."""
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp,console")
+    with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER='otlp,console'"):
+        build_exporter(ServiceSettings())
+
+
+def test_otel_traces_sampler_is_honoured_and_not_beside_genwires_ratio(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    provider = configure_tracing(ServiceSettings(), "t", InMemorySpanExporter(), set_global=False)
+    try:
+        assert not provider.get_tracer("t").start_span("s").get_span_context().trace_flags.sampled
+    finally:
+        provider.shutdown()
+    with pytest.raises(ValueError, match="both set"):
+        configure_tracing(
+            ServiceSettings(traces_sample_ratio=0.5), "t", InMemorySpanExporter(), set_global=False
+        )
+
+
+def test_every_otel_variable_read_is_in_the_settings_doc() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "settings.md").read_text()
+    source = Path(setup.__file__).read_text()
+    read = set(re.findall(r'environ\.get\("(OTEL_[A-Z_]+)"', source))
+    assert read and read <= set(OTEL_VARIABLES)
+    assert all(f"`{name}`" in doc for name in OTEL_VARIABLES)

@@ -24,6 +24,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from genwire.settings import CommonSettings, ServiceSettings, default_home
+from genwire.telemetry.setup import OTEL_VARIABLES
 
 SERVICES: dict[str, type[ServiceSettings]] = {
     "gateway": GatewaySettings,
@@ -148,6 +149,17 @@ def render() -> str:
                 for key, sub in annotation.model_fields.items():
                     rows.append(_row(f"{prefix}{name.upper()}__{key.upper()}", sub))
         out += _table(rows)
+    out += [
+        "## OpenTelemetry's variables (every service)",
+        "",
+        "The standard names the services read besides their own settings "
+        "(`genwire.telemetry.setup`); other `OTEL_*` variables reach the SDK as usual.",
+        "",
+        "| variable | what it does |",
+        "|---|---|",
+        *(f"| `{name}` | {_cell(what)} |" for name, what in OTEL_VARIABLES.items()),
+        "",
+    ]
     out += [
         "## Tools' variables (no service reads them)",
         "",
