@@ -105,6 +105,16 @@ def test_export_end_to_end_through_the_gateway(stack: CommonSettings) -> None:
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
     over_grpc = asyncio.run(_grpc_feedback(rid))
     assert over_grpc.known and over_grpc.model_version == fb.json()["model_version"]
+    # The app hands the FeedbackService the gateway's metrics: the call is counted.
+    exposed = httpx.get(f"{GATEWAY}/metrics", timeout=10).text
+    counted = [
+        line
+        for line in exposed.splitlines()
+        if line.startswith("genwire_requests_total{")
+        and 'method="Feedback"' in line
+        and 'code="ok"' in line
+    ]
+    assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 1, counted
     rows, _ = asyncio.run(export(stack.kafka_bootstrap_servers, since_ms, "all"))
     grpc_rows = [r for r in rows if r["request_id"] == rid and r["label"] == "via-grpc"]
     assert len(grpc_rows) == 1 and grpc_rows[0]["principal"]  # the key's name

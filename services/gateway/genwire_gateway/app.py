@@ -102,7 +102,8 @@ async def setup(
         ],
     )
     app.state.grpc_server = server
-    add_feedback_service(server, gateway)  # feedback.py (H-monitor)
+    # Feedback calls are traced and counted like the GenerationService's (feedback.py).
+    add_feedback_service(server, gateway, runtime.tracer, metrics)
 
     @asynccontextmanager
     async def serving() -> AsyncIterator[None]:

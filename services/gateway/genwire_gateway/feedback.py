@@ -9,27 +9,47 @@ before the answer. The id may also be an OpenAI response's ``id`` (``cmpl-<reque
 be found is accepted and marked ``known: false`` (its result may have expired; the export keeps
 it, flagged). Bad input is a 400 in OpenAI's error shape / INVALID_ARGUMENT; nothing is
 published.
+
+Traces: like every answer that is not a generation, a feedback call is the root of a trace of
+its own, linked to the caller's ``traceparent`` (in the caller's trace the monitor would count
+it into the generation it followed), on an INTERNAL span without ``genwire.entrypoint``
+(neither a request nor gateway time to the monitor). Over HTTP that span is the answer's
+(``http_api.TraceIds``); over gRPC the servicer makes it, current while the feedback is looked
+up and published, and counts the call in ``genwire_requests_total`` like the other methods.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.propagate import extract
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Tracer
 from pydantic import ValidationError
 
 from genwire.feedback import FeedbackBody, FeedbackEvent
 from genwire.kafka import EventProducer
 from genwire.proto.v1 import feedback_pb2, feedback_pb2_grpc
 from genwire.request import REQUEST_ID_PATTERN, ErrorCode
+from genwire.telemetry import semconv as sc
 from genwire_gateway import openai
-from genwire_gateway.errors import GatewayError, http_status
+from genwire_gateway.errors import GatewayError, grpc_status, http_status
+from genwire_gateway.grpc_service import UNEXPECTED, status_of, unexpected
 from genwire_gateway.handlers import Gateway
 from genwire_gateway.http_api import MAX_BODY_BYTES, read_body
+from genwire_gateway.telemetry import ENTRYPOINT_GRPC, GatewayMetrics, carrier_of, mark_error
+
+FEEDBACK_SERVICE = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name
+FEEDBACK_METHOD = "Feedback"
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +163,84 @@ def feedback_router() -> APIRouter:
     return router
 
 
-class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
-    """The gRPC ``FeedbackService``."""
+def _caller(carrier: Mapping[str, str]) -> SpanContext | None:
+    """The caller's span context, from its ``traceparent`` (None: it sent none valid)."""
+    if "traceparent" not in carrier:
+        return None
+    context = trace.get_current_span(extract(carrier)).get_span_context()
+    return context if context.is_valid else None
 
-    def __init__(self, gateway: Gateway) -> None:
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> Sequence[tuple[str, str | bytes]]:
+    """The call's metadata (none from a context with no call behind it: a direct call's)."""
+    read = getattr(context, "invocation_metadata", None)
+    return (read() or ()) if read is not None else ()
+
+
+class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
+    """The gRPC ``FeedbackService``: each call in a span of its own (the module's *Traces*),
+    counted in ``genwire_requests_total`` (``metrics``; None: not counted)."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        tracer: Tracer | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self._gateway = gateway
+        # The global tracer is the runtime's in the gateway (it sets it), unless one is given.
+        self._tracer = tracer if tracer is not None else trace.get_tracer("genwire.gateway")
+        self._metrics = metrics
+
+    def _span(self, context: grpc.aio.ServicerContext[Any, Any]) -> Span:
+        """The call's span: a root linked to the caller's trace, not a child in it."""
+        caller = _caller(carrier_of(_metadata(context)))
+        return self._tracer.start_span(
+            f"{FEEDBACK_SERVICE}/{FEEDBACK_METHOD}",
+            context=Context(),  # a root, whatever span is current
+            kind=SpanKind.INTERNAL,
+            attributes={
+                sc.STAGE: sc.STAGE_GATEWAY,
+                sc.RPC_SYSTEM: "grpc",
+                sc.RPC_SERVICE: FEEDBACK_SERVICE,
+                sc.RPC_METHOD: FEEDBACK_METHOD,
+            },
+            links=[Link(caller)] if caller is not None else None,
+        )
 
     async def Feedback(
-        self, request: feedback_pb2.FeedbackRequest, context: grpc.aio.ServicerContext
+        self, request: feedback_pb2.FeedbackRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> feedback_pb2.FeedbackReply:
         """Validate, look up, publish; INVALID_ARGUMENT / UNAVAILABLE on failure."""
+        started = time.perf_counter()
+        span = self._span(context)
+        code = "ok"
+        try:
+            # Current while it works: the publish joins the call's trace.
+            with trace.use_span(
+                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+            ):
+                return await self._feedback(request)
+        except GatewayError as exc:
+            code = exc.code
+            mark_error(span, exc.code, exc.message)
+            await context.abort(grpc_status(exc.code), exc.message)
+            raise AssertionError("unreachable: abort raises") from None
+        except asyncio.CancelledError:
+            code = "cancelled"
+            raise
+        except Exception as exc:  # a bug, not a caller error: grpc answers UNKNOWN; count it
+            code = UNEXPECTED
+            mark_error(span, code, unexpected(exc))
+            raise
+        finally:
+            span.set_attribute(sc.RPC_GRPC_STATUS_CODE, status_of(code).value[0])
+            span.end()
+            if self._metrics is not None:
+                elapsed = time.perf_counter() - started
+                self._metrics.observe(ENTRYPOINT_GRPC, FEEDBACK_METHOD, code, elapsed)
+
+    async def _feedback(self, request: feedback_pb2.FeedbackRequest) -> feedback_pb2.FeedbackReply:
         fields: dict[str, Any] = {"request_id": request.request_id}
         for name in ("rating", "label", "correction", "comment"):
             if request.HasField(name):
@@ -160,13 +248,8 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
         try:
             body = FeedbackBody.model_validate(fields)
         except ValidationError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _explain(exc)[0])
-            raise AssertionError("unreachable") from None
-        try:
-            event = await submit(self._gateway, body, entrypoint="grpc", principal=_principal())
-        except GatewayError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
-            raise AssertionError("unreachable") from None
+            raise GatewayError(_explain(exc)[0], code=ErrorCode.INVALID_REQUEST) from None
+        event = await submit(self._gateway, body, entrypoint="grpc", principal=_principal())
         return feedback_pb2.FeedbackReply(
             feedback_id=event.feedback_id,
             request_id=event.request_id,
@@ -176,8 +259,14 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
         )
 
 
-def add_to_server(server: grpc.aio.Server, gateway: Gateway) -> None:
-    """Register the ``FeedbackService`` on the gateway's gRPC server."""
+def add_to_server(
+    server: grpc.aio.Server,
+    gateway: Gateway,
+    tracer: Tracer | None = None,
+    metrics: GatewayMetrics | None = None,
+) -> None:
+    """Register the ``FeedbackService`` on the gateway's gRPC server; the app passes the
+    GenerationService's tracer and metrics, so its calls are traced and counted alike."""
     feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        FeedbackServicer(gateway), server
+        FeedbackServicer(gateway, tracer, metrics), server
     )

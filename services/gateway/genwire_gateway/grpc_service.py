@@ -199,7 +199,14 @@ def to_stream_response(chunk: Chunk, request_id: str, trace_id: str) -> pb.Gener
     )
 
 
-def _status(code: str) -> grpc.StatusCode:
+def unexpected(exc: BaseException) -> str:
+    """What a span's status says of an exception no code was mapped to: its type only. Its
+    message may quote a prompt (a redaction hook's, a model's), and spans leave the process;
+    grpc logs the whole exception."""
+    return f"unexpected {type(exc).__name__}"
+
+
+def status_of(code: str) -> grpc.StatusCode:
     """The gRPC status a call ended with, given its outcome code."""
     if code == "ok":
         return grpc.StatusCode.OK
@@ -215,6 +222,16 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
         self._gateway = gateway
         self._tracer = tracer
         self._metrics = metrics
+
+    @property
+    def tracer(self) -> trace.Tracer:
+        """The tracer of its SERVER spans (the runtime's)."""
+        return self._tracer
+
+    @property
+    def metrics(self) -> GatewayMetrics:
+        """Where it counts its calls (``genwire_requests_total``)."""
+        return self._metrics
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -276,10 +293,10 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
             raise
         except Exception as exc:  # a bug, not a caller error: grpc answers UNKNOWN; count it
             code = UNEXPECTED
-            mark_error(span, code, repr(exc))
+            mark_error(span, code, unexpected(exc))
             raise
         finally:
-            span.set_attribute(sc.RPC_GRPC_STATUS_CODE, _status(code).value[0])
+            span.set_attribute(sc.RPC_GRPC_STATUS_CODE, status_of(code).value[0])
             span.end()
             self._metrics.observe(ENTRYPOINT_GRPC, method, code, time.perf_counter() - started)
 
@@ -340,12 +357,12 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
             raise
         except Exception as exc:  # a bug, not a caller error: grpc answers UNKNOWN; count it
             code = UNEXPECTED
-            mark_error(span, code, repr(exc))
+            mark_error(span, code, unexpected(exc))
             raise
         finally:
             if clock is not None:
                 clock.finish(None)  # (no-op after the final chunk)
-            span.set_attribute(sc.RPC_GRPC_STATUS_CODE, _status(code).value[0])
+            span.set_attribute(sc.RPC_GRPC_STATUS_CODE, status_of(code).value[0])
             span.end()
             elapsed = time.perf_counter() - started
             self._metrics.observe(ENTRYPOINT_GRPC, "GenerateStream", code, elapsed)

@@ -5,7 +5,8 @@ up cancels the generation downstream, streamed or not. A streamed answer starts 
 first chunk (or its error) is known, so errors found before any text still get a real HTTP
 status instead of an error event inside a 200 stream. A batch of prompts (``/v1/completions``)
 is one pipeline request per prompt (ids ``<id>-<i>``), admitted together against the caller's
-limits (all or none) and answered together; streamed, their chunks interleave. Every error,
+limits (all or none) and answered together; streamed, their chunks interleave. The call is one
+trace: its SERVER span, and under it a span per prompt of a batch. Every error,
 unknown routes and wrong methods included, has OpenAI's shape (``install_error_handlers``).
 """
 
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -24,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from opentelemetry import trace
 from opentelemetry.propagate import extract
-from opentelemetry.trace import Span, SpanContext, format_trace_id
+from opentelemetry.trace import Span, SpanContext, SpanKind, Tracer, format_trace_id
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -361,6 +364,103 @@ async def _closing(stream: AsyncIterator[Chunk]) -> AsyncIterator[AsyncIterator[
             await close()
 
 
+async def _aclose(items: AsyncIterator[Any]) -> None:
+    """Close ``items`` (run its ``finally``) if it is a generator; no-op once it has ended."""
+    close = getattr(items, "aclose", None)
+    if close is not None:
+        await close()
+
+
+@contextlib.contextmanager
+def _current(span: Span) -> Iterator[Span]:
+    """``span`` current for a block; an exception leaves it unmarked (the callers record the
+    error's code and message themselves: never an exception's text, which may quote content)."""
+    with trace.use_span(
+        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+    ) as current:
+        yield current
+
+
+async def _stepped(span: Span, items: AsyncIterator[T]) -> AsyncIterator[T]:
+    """``items`` with ``span`` current while each is made and while they are closed.
+
+    A streamed answer's steps run as the server iterates the response, after the handler
+    returned, where no span is current: what they record or publish (captured content, the
+    usage event, an abandoned stream's cancel) would start traces of their own. Never current
+    across a ``yield``: the consumer's context is its own (and a span attached there could
+    not be detached)."""
+    try:
+        while True:
+            with _current(span):
+                try:
+                    item = await anext(items)
+                except StopAsyncIteration:
+                    return
+            yield item
+    finally:
+        with _current(span):
+            await _aclose(items)
+
+
+def _prompt_span(tracer: Tracer, parent: Span, name: str, request_id: str) -> Span:
+    """The span of one prompt of a batch, under the call's SERVER span: the prompts share the
+    call's trace, each has its request id on a span of its own. INTERNAL, without
+    ``genwire.entrypoint``: the monitor counts neither a request nor gateway time of it."""
+    return tracer.start_span(
+        name,
+        context=trace.set_span_in_context(parent),
+        kind=SpanKind.INTERNAL,
+        attributes={sc.STAGE: sc.STAGE_GATEWAY, sc.REQUEST_ID: request_id},
+    )
+
+
+def _mark(span: Span, exc: BaseException) -> None:
+    """Record on ``span`` why its work failed (code and message, or nothing of a bug's text)."""
+    if isinstance(exc, GatewayError):
+        mark_error(span, exc.code, exc.message)
+    elif isinstance(exc, Exception):
+        mark_error(span, ErrorCode.INTERNAL, UNEXPECTED_MESSAGE)
+
+
+async def _generated(opened: Callable[[], Span], work: Callable[[], Awaitable[T]]) -> T:
+    """``work()`` with a prompt's span (``opened()``, started when the work starts: work that
+    never starts leaves no span open) current; the span ends with it."""
+    span = opened()
+    try:
+        with _current(span):
+            return await work()
+    except Exception as exc:
+        _mark(span, exc)
+        raise
+    finally:
+        span.end()
+
+
+async def _streamed(
+    opened: Callable[[], Span], stream: AsyncIterator[Chunk]
+) -> AsyncIterator[Chunk]:
+    """``stream`` with a prompt's span (``opened()``, started with the first step) current at
+    each step; the span ends with it."""
+    span = opened()
+    try:
+        async with _closing(_stepped(span, stream)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+    except Exception as exc:
+        _mark(span, exc)
+        raise
+    finally:
+        span.end()
+
+
+@dataclass
+class _Outcome:
+    """How a streamed answer ended: ``_events`` sets the code of the error event it sent,
+    ``_finish`` counts the request with it (a 200 stream may still have failed)."""
+
+    code: str = "ok"
+
+
 def _batch_ids(key: str | None, count: int) -> Sequence[str | None]:
     """The request ids of a batch of ``count`` prompts named by an ``Idempotency-Key``: the
     key itself for one prompt, ``<key>-<i>`` for prompt ``i`` of a batch (each must be a
@@ -423,13 +523,16 @@ class _Handler:
         self.chat = chat
         self.route = "/v1/chat/completions" if chat else "/v1/completions"
         self.body_model = openai.ChatCompletionRequest if chat else openai.CompletionRequest
+        self.prompt_name = f"POST {self.route} prompt"
+        """The span name of one prompt of a batch (``_prompt_span``)."""
 
     async def __call__(self, request: Request) -> Response:
         gateway: Gateway = request.app.state.gateway
         metrics: GatewayMetrics = request.app.state.gateway_metrics
+        tracer: Tracer = request.app.state.runtime.tracer
         started = time.perf_counter()
         span = start_server_span(
-            request.app.state.runtime.tracer,
+            tracer,
             f"POST {self.route}",
             entrypoint=ENTRYPOINT_HTTP,
             carrier=carrier_of(request.headers.items()),
@@ -462,9 +565,20 @@ class _Handler:
                 )
                 clocks = [metrics.clock(ENTRYPOINT_HTTP) for _ in batch]
                 if not stream:
-                    results = await _unless_disconnected(
-                        request, _all([gateway.generate(p) for p in batch])
+                    works = (
+                        [gateway.generate(batch[0])]
+                        if len(batch) == 1  # the SERVER span is the request's own
+                        else [
+                            _generated(
+                                functools.partial(
+                                    _prompt_span, tracer, span, self.prompt_name, p.request_id
+                                ),
+                                functools.partial(gateway.generate, p),
+                            )
+                            for p in batch
+                        ]
                     )
+                    results = await _unless_disconnected(request, _all(works))
                     for clock, result in zip(clocks, results, strict=True):
                         clock.finish(result, unary=True)
                     payload = self._response(
@@ -475,13 +589,31 @@ class _Handler:
                     if timing:
                         headers[SERVER_TIMING_HEADER] = timing
                     return JSONResponse(payload, headers=headers)
-                chunks = _merge([gateway.stream(p) for p in batch]).__aiter__()
+                streams = (
+                    [gateway.stream(batch[0])]
+                    if len(batch) == 1
+                    else [
+                        _streamed(
+                            functools.partial(
+                                _prompt_span, tracer, span, self.prompt_name, p.request_id
+                            ),
+                            gateway.stream(p),
+                        )
+                        for p in batch
+                    ]
+                )
+                # Its steps after the first run as Starlette iterates the response, outside
+                # this block: each makes the SERVER span current again (_stepped).
+                chunks = _stepped(span, _merge(streams))
                 first = await _unless_disconnected(request, anext(chunks))
             streaming = True
-            events = self._events(first, chunks, span, batch, created, model, body, echo, clocks)
+            outcome = _Outcome()
+            events = self._events(
+                first, chunks, span, batch, created, model, body, echo, clocks, outcome
+            )
             span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, 200)
             return StreamingResponse(
-                self._finish(events, span, metrics, started, clocks),
+                self._finish(events, outcome, span, metrics, started, clocks),
                 media_type="text/event-stream",
                 headers={**headers, **SSE_HEADERS},
             )
@@ -606,9 +738,11 @@ class _Handler:
         body: Any,
         echo: list[str],
         clocks: list[RequestClock],
+        outcome: _Outcome,
     ) -> AsyncIterator[bytes]:
         """SSE bytes: OpenAI chunks (echoed prompts first), an optional usage chunk, then
-        ``[DONE]``."""
+        ``[DONE]``; an error after the first chunk is an error event, its code in
+        ``outcome``."""
         request_id = batch[0].request_id
         n = body.choices_per_prompt
         wants = body.wants_logprobs
@@ -666,38 +800,51 @@ class _Handler:
                     )
                 )
         except GatewayError as exc:  # the stream has started: the error becomes an event
+            outcome.code = exc.code
             mark_error(span, exc.code, exc.message)
             status = http_status(exc.code)
             param = body.caller_param(exc.param)
             yield openai.sse(openai.error_body(exc.code, exc.message, status, param))
         except Exception:  # a bug: the caller still gets an error event and the stream's end
+            outcome.code = ErrorCode.INTERNAL
             with trace.use_span(span, end_on_exit=False):  # the log line names x-trace-id
                 log.exception("unexpected error streaming %s %s", self.route, request_id)
             mark_error(span, ErrorCode.INTERNAL, UNEXPECTED_MESSAGE)
             yield openai.sse(openai.error_body(ErrorCode.INTERNAL, UNEXPECTED_MESSAGE, 500))
+        finally:
+            # Left early (the client went): close the streams now, their span current
+            # (_stepped), so that the cancel of the abandoned work is published in the call's
+            # trace and before the span ends, not whenever the garbage collector gets to it.
+            await _aclose(rest)
         yield openai.SSE_DONE
 
     async def _finish(
         self,
         events: AsyncIterator[bytes],
+        outcome: _Outcome,
         span: Span,
         metrics: GatewayMetrics,
         started: float,
         clocks: list[RequestClock],
     ) -> AsyncIterator[bytes]:
-        """Relay ``events``; end the span and count the request when the stream ends."""
-        code = "ok"
+        """Relay ``events``; end the span and count the request, with the code it ended with
+        (``outcome``: an error event's), when the stream ends."""
         try:
             async for event in events:
                 yield event
-        except asyncio.CancelledError:
-            code = "cancelled"
+        except (asyncio.CancelledError, GeneratorExit):  # the client went (or the server)
+            if outcome.code == "ok":  # an error already answered stays the outcome
+                outcome.code = "cancelled"
             raise
         finally:
-            for clock in clocks:
-                clock.finish(None)
-            span.end()
-            metrics.observe(ENTRYPOINT_HTTP, self.route, code, time.perf_counter() - started)
+            try:
+                await _aclose(events)  # its streams' clean-up first, inside the span's life
+            finally:
+                for clock in clocks:
+                    clock.finish(None)
+                span.end()
+                elapsed = time.perf_counter() - started
+                metrics.observe(ENTRYPOINT_HTTP, self.route, outcome.code, elapsed)
 
 
 def openai_router() -> APIRouter:

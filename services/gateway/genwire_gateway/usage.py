@@ -13,7 +13,8 @@ authenticated (``auth.PRINCIPAL``) it:
    (``outcome="repeat"``) and gets its token charge back: that generation is metered once, by
    the call that published it (or, if its caller left, by this instance following it);
 4. when the key opted in (``capture_content``), records the prompt and completion text on the
-   request's SERVER span, after redaction.
+   request's span (its SERVER span; a batch's prompt: that prompt's span), after redaction. A
+   redaction hook that fails withholds the text (``CONTENT_WITHHELD``); the request goes on.
 
 Why the gateway emits usage and not postprocess: the gateway is where the key was checked and
 where its token charge must be corrected, so one place holds the key, the charge and the
@@ -62,6 +63,9 @@ OTHER_KEYS = "other"
 """Label of every key name past ``max_keys`` distinct ones."""
 REASON_WITHHELD = "(reason withheld: the redaction hook failed)"
 """A cancel's reason when the redaction hook raised on it: the cancel goes on without it."""
+CONTENT_WITHHELD = "(content withheld: the redaction hook failed)"
+"""Captured prompt or completion text when the redaction hook raised on it (or returned no
+text): the request goes on without it."""
 OUTAGE_LOG_S = 10.0
 """While the limiter keeps failing, one log line per this many seconds (not one per request)."""
 
@@ -242,7 +246,8 @@ class MeteredGateway(Gateway):
         self.limiter = limiter
         self.usage_metrics = usage_metrics
         self.redact = redact
-        self._hook_failed = False  # logged once: a broken hook would otherwise log every cancel
+        # Logged once: a broken hook would otherwise log every cancel and captured request.
+        self._hook_failed = False
         self.usage_topic = usage_topic
         self._settling: set[asyncio.Task[None]] = set()
         self._owners = OwnerWriter(self.store, self._owner_ttl_s)
@@ -651,28 +656,37 @@ class MeteredGateway(Gateway):
         request = prepared.request
         text = request.prompt or "\n".join(f"{m.role}: {m.content}" for m in request.messages or ())
         if text:
-            trace.get_current_span().set_attribute(sc.GEN_AI_PROMPT, self._redacted(text))
+            redacted = self._safely_redacted(text, "a captured prompt", CONTENT_WITHHELD)
+            trace.get_current_span().set_attribute(sc.GEN_AI_PROMPT, redacted)
 
     def _capture_completion(self, record: KeyRecord, text: str) -> None:
         if record.capture_content and text:
-            trace.get_current_span().set_attribute(sc.GEN_AI_COMPLETION, self._redacted(text))
+            redacted = self._safely_redacted(text, "a captured completion", CONTENT_WITHHELD)
+            trace.get_current_span().set_attribute(sc.GEN_AI_COMPLETION, redacted)
 
     def _redacted(self, text: str) -> str:
         return self.redact(text) if self.redact is not None else text
 
-    async def cancel(self, request_id: str, reason: str = "") -> None:
-        # The caller's free text goes on the request's trace (genwire.cancel.reason).
+    def _safely_redacted(self, text: str, what: str, withheld: str) -> str:
+        """``text`` redacted, or ``withheld`` when the operator's hook raises or returns no
+        text: a broken hook must neither fail the request (its charge would stay unsettled)
+        nor let the text through. Logged once, with the exception's type only (its message
+        may quote the text)."""
         try:
-            why = self._redacted(reason)
-            if not isinstance(why, str):
-                raise TypeError(f"the hook returned {type(why).__name__}, not text")
-        except Exception as exc:  # the operator's hook: it must not stop a cancel, nor leak
-            if not self._hook_failed:  # its message may quote the text: the type only
-                log.warning(
-                    "the redaction hook failed on a cancel's reason (%s)", type(exc).__name__
-                )
+            redacted = self._redacted(text)
+            if not isinstance(redacted, str):
+                raise TypeError(f"the hook returned {type(redacted).__name__}, not text")
+        except Exception as exc:
+            if not self._hook_failed:
+                log.warning("the redaction hook failed on %s (%s)", what, type(exc).__name__)
             self._hook_failed = True
-            why = REASON_WITHHELD
+            return withheld
+        return redacted
+
+    async def cancel(self, request_id: str, reason: str = "") -> None:
+        # The caller's free text goes on the request's trace (genwire.cancel.reason); the
+        # gateway's own cancels pass the hook too, so a broken one must not stop them.
+        why = self._safely_redacted(reason, "a cancel's reason", REASON_WITHHELD)
         await super().cancel(request_id, why)
 
 
