@@ -16,8 +16,9 @@ time to first token): here requests share one call. Three things make that safe:
   ``rotate_s`` only (busy or idle); then a new call takes them and the old one is half-closed
   once its last request ends. An unload therefore waits ``rotate_s`` at most beyond the
   version's own requests in flight (as it always waits for those).
-- **Failures**: a call that fails (Triton restarting) fails every request on it with the
-  call's status (retryable, like a failed call of their own); the next request opens a new one.
+- **Failures**: a call that fails fails every request on it with the call's status, read by
+  ``classify_status`` as for a call of their own (Triton restarting: retryable; a status that
+  waiting will not change, ``UNIMPLEMENTED`` say: permanent); the next request opens a new one.
   Every request asks for an empty final response, so a request the model ends with the final
   flag alone (a send that failed) is seen ending, instead of waiting for ever.
 
@@ -44,7 +45,7 @@ import numpy.typing as npt
 from tritonclient.grpc._utils import _get_inference_request
 from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
 
-from genwire.errors import RetryableError
+from genwire.errors import PermanentError, RetryableError
 from genwire.request import ErrorCode
 from genwire.triton_io import CANCEL_ACK_PROBE, CANCEL_PARAMETER, infer_inputs
 
@@ -58,14 +59,42 @@ DRAIN_TIMEOUT_S = 30.0
 """A half-closed call still open this long after its last request (a model that never sends
 its final flag) is cancelled."""
 
+# gRPC status codes (of the call, or of Triton's own answers) that mean "not now", not "never":
+# the server restarting, overloaded, or the call cut off.
+_RETRYABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+
+
+def classify_status(code: grpc.StatusCode | None, message: str) -> RetryableError | PermanentError:
+    """A Triton failure by its gRPC status code: retry later, or a model error for good. The
+    one rule for a call of a request's own and a shared call (``Call``)."""
+    if code is None or code in _RETRYABLE_CODES:
+        return RetryableError(
+            f"triton: {code.name if code else 'no status'}: {message}",
+            code=ErrorCode.UNAVAILABLE,
+            dependency=TRITON,
+        )
+    return PermanentError(f"triton: {code.name}: {message}", code=ErrorCode.INFERENCE_FAILED)
+
+
 _FINAL = "triton_final_response"
 _EMPTY_FINAL = "triton_enable_empty_final_response"  # reserved prefix: set on the message
 
 
 class StreamClosed(Exception):
-    """The shared call ended before this request's last response (carries the cause)."""
+    """The shared call ended before this request's last response (carries the cause: its
+    status as ``classify_status`` reads it)."""
 
-    def __init__(self, error: RetryableError) -> None:
+    def __init__(self, error: RetryableError | PermanentError) -> None:
         super().__init__(error.message)
         self.error = error
 
@@ -171,19 +200,16 @@ class Call:
             self._grpc.cancel()
 
     async def _read(self) -> None:
-        error: RetryableError | None = None
+        error: RetryableError | PermanentError | None = None
         try:
             async for response in self._grpc:
                 queue = self.waiters.get(response.infer_response.id)
                 if queue is not None:
                     queue.put_nowait(response)
         except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            error = RetryableError(
-                f"triton: {code.name}: {exc.details()}",
-                code=ErrorCode.UNAVAILABLE,
-                dependency=TRITON,
-            )
+            # As a call of the request's own: UNIMPLEMENTED or PERMISSION_DENIED (say) will
+            # not pass by waiting, and retrying them for the outage budget held the stage.
+            error = classify_status(exc.code(), str(exc.details()))
         except asyncio.CancelledError:
             error = RetryableError(
                 "triton stream cancelled", code=ErrorCode.UNAVAILABLE, dependency=TRITON

@@ -4,7 +4,8 @@
 (``genwire.triton_stream``; model versions that cannot be cancelled there get a call each, as does
 every request when sharing is off) and yields ``ModelStep``s as responses arrive; many run at
 once, so Triton's scheduler batches them.
-Failures are classified by gRPC status code (``classify_status``): "not now" codes become
+Failures are classified by gRPC status code (``genwire.triton_stream.classify_status``, the
+shared calls' rule too): "not now" codes become
 ``RetryableError``, the others ``PermanentError``. Errors Triton sends inside the stream carry
 no status; they surface as ``ModelError`` and the handler classifies them by asking Triton
 whether the model is ready (not ready: wait and retry; ready: the model refused). The handlers
@@ -28,7 +29,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
 from genwire import triton_admin
-from genwire.errors import PermanentError, RetryableError
+from genwire.errors import RetryableError
 from genwire.events import PreparedRequest
 from genwire.request import ErrorCode
 from genwire.settings import CommonSettings
@@ -48,6 +49,7 @@ from genwire.triton_stream import (
     StreamClosed,
     build_request,
     cancel_request,
+    classify_status,
     is_final,
     result_of,
 )
@@ -94,31 +96,6 @@ SETTLING_MAX = 64
 """Answered calls whose status is read in the background at most (each for at most 5 s):
 beyond it a caller waits for its call's status before going on, so calls open on the channel
 stay bounded by the stage's concurrency plus this."""
-
-# gRPC status codes (of the call, or of Triton's own answers) that mean "not now", not "never":
-# the server restarting, overloaded, or the call cut off.
-_RETRYABLE_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.INTERNAL,
-    }
-)
-
-
-def classify_status(code: grpc.StatusCode | None, message: str) -> RetryableError | PermanentError:
-    """A Triton failure by its gRPC status code: retry later, or a model error for good."""
-    if code is None or code in _RETRYABLE_CODES:
-        return RetryableError(
-            f"triton: {code.name if code else 'no status'}: {message}",
-            code=ErrorCode.UNAVAILABLE,
-            dependency=TRITON,
-        )
-    return PermanentError(f"triton: {code.name}: {message}", code=ErrorCode.INFERENCE_FAILED)
 
 
 def status_of(exc: InferenceServerException) -> grpc.StatusCode | None:

@@ -18,6 +18,7 @@ the original still runs here is dropped.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +85,27 @@ failed or stopped answering (starved of CPU, crashed): the request is not at fau
 model stays listed as ready meanwhile, so readiness cannot tell them from a refusal. Seen in
 the fault suite: ``Stub process 'genwire-gpt_0_0' is not healthy.`` just before Triton 2.51
 aborted (docs/reliability.md)."""
+
+MODEL_REFUSAL = "genwire-gpt: "
+"""What the model's refusals start with (tools/genwire_model/runtime/triton_model.py
+``_REFUSED``, held equal by a test): a parameter out of the model's range, a prompt too long, a
+constraint that does not compile, ``n`` over its batch. The request's fault: answered with a
+4xx code (``refusal``), never as ``inference_failed``."""
+
+MODEL_FAILURES = re.compile(r"\b(?:generation|prefill|request) failed: ")
+"""The model's own failures (the decode loop's ``generation failed`` / ``prefill failed``,
+which fail every request of the batch or of the prefill pass, and ``request failed`` before a
+request was queued): not about one request's content."""
+
+TRANSIENT_FAILURES = re.compile(
+    r"out of memory|cuda error|memoryerror|failed to allocate|cudaerrormemoryallocation",
+    re.IGNORECASE,
+)
+"""In a model failure (``MODEL_FAILURES``), what says the resources ran short (CUDA or ONNX
+Runtime out of memory, a ``MemoryError``, a CUDA error): a retry later may succeed, so the
+request is retried (``RetryableError``) instead of dead-lettered with every request that
+shared the batch. Other model failures stay permanent: a request that fails the model every
+time must not hold the stage for the outage budget."""
 
 CHUNK_GAP_SLACK = 0.1
 """How much earlier than its spacing a streamed chunk is still due, as a share of it: the model
@@ -588,8 +610,15 @@ class Inference:
         if any(marker in exc.message for marker in INSTANCE_FAILURES):
             # The model's process failed, not the request: Triton restarts it (or itself).
             return RetryableError(f"triton: {exc.message}", dependency=TRITON)
+        if exc.message.startswith(MODEL_REFUSAL):
+            # The model ran and refused the request's content: the caller's fault (4xx).
+            return refusal(exc.message)
         if await self.backend.wait_ready(request.model, request.model_version, 0.0):
-            # The model is there and refused this request: it never will take it.
+            if MODEL_FAILURES.search(exc.message) and TRANSIENT_FAILURES.search(exc.message):
+                # Memory ran short for the batch this request was in: not its fault, and it
+                # may pass (a smaller batch, memory freed). Retried, as an outage is.
+                return RetryableError(f"triton: {exc.message}", dependency=TRITON)
+            # The model is there and failed this request: it never will take it.
             return PermanentError(f"triton: {exc.message}", code=ErrorCode.INFERENCE_FAILED)
         not_loaded = await self._not_loaded(request)
         if not_loaded is not None:
@@ -655,6 +684,25 @@ SHADOW_RUN_SUFFIX = "~shadow"
 """The in-flight key of a shadow copy: its request id plus this."""
 WAIT_STATES = frozenset({"READY", "LOADING"})
 """Triton model states worth waiting for (loading: it will be ready soon)."""
+
+
+_REFUSED_PARAM = re.compile(r"^(\w+)(?:\[\d+\])?(?: \([^)]*\))? must ")
+_API_NAMES = {"input_ids": "prompt_token_ids"}  # the model's input → the request's field
+
+
+def refusal(message: str) -> PermanentError:
+    """The error of a request the model refused (``MODEL_REFUSAL``): ``context_length_exceeded``
+    for a prompt the context cannot take, ``out_of_range`` (naming the parameter, as the model's
+    message does) for a value out of the model's range, else ``invalid_request``."""
+    text = message[len(MODEL_REFUSAL) :] if message.startswith(MODEL_REFUSAL) else message
+    if "longer than the context window" in text:
+        return PermanentError(f"triton: {message}", code=ErrorCode.CONTEXT_LENGTH_EXCEEDED)
+    named = _REFUSED_PARAM.match(text)
+    if named is not None or " out of range" in text:
+        param = named.group(1) if named is not None else text.split(" ", 1)[0]
+        param = _API_NAMES.get(param, param)
+        return PermanentError(f"triton: {message}", code=ErrorCode.OUT_OF_RANGE, param=param)
+    return PermanentError(f"triton: {message}", code=ErrorCode.INVALID_REQUEST)
 
 
 def first_token_unix_ms(timings: Timings, final: ModelStep) -> float:

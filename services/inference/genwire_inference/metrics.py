@@ -37,13 +37,31 @@ class InferenceMetrics:
         self.reasons = BoundedLabel(16)
 
     def observe(self, final: GenerationChunk) -> None:
-        """Record one finished generation (its final chunk)."""
+        """Record one finished generation (its final chunk); a shadow copy's is not (its
+        figures would count under the served model's label, and the monitor evaluates
+        shadows from their own spans and results)."""
+        if final.shadow:
+            return
         t = final.timings
         model = self.models(final.model)
         if t.first_token is not None and t.inference_start is not None:
             self.ttft.labels(model).observe(max(0.0, t.first_token - t.inference_start) / 1e3)
-            if t.inference_end is not None and final.completion_tokens > 1:
-                per = (t.inference_end - t.first_token) / (final.completion_tokens - 1)
+            tokens = per_choice_tokens(final)
+            if t.inference_end is not None and tokens > 1:
+                per = (t.inference_end - t.first_token) / (tokens - 1)
                 self.tpot.labels(model).observe(max(0.0, per) / 1e3)
         reason = self.reasons(final.finish_reason or "")
         self.tokens.labels(model, reason).inc(final.completion_tokens)
+
+
+def per_choice_tokens(final: GenerationChunk) -> int:
+    """The tokens of the longest choice: a request's ``n`` choices are generated together,
+    one token each per step, so its time after the first token is the longest choice's, and
+    ``completion_tokens`` (every choice's, summed) would make the time per token n times too
+    small."""
+    if final.choices:
+        return max(
+            c.completion_tokens if c.completion_tokens is not None else len(c.output_ids)
+            for c in final.choices
+        )
+    return final.completion_tokens

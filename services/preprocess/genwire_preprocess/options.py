@@ -3,8 +3,9 @@
 ``genwire.request`` checks shapes and ranges; what depends on the model version is checked
 here, before anything reaches Triton: an option the version does not declare
 (``ModelAssets.options``) is refused naming the field (``unsupported_parameter``), token ids
-(prompt, ``logit_bias``, ``stop_token_ids``) must be in its vocabulary, and ``n × max_tokens``
-must fit the configured budget.
+(prompt, ``logit_bias``, ``stop_token_ids``) must be in its vocabulary, ``n × max_tokens``
+must fit the configured budget, and ``top_p`` / ``repetition_penalty`` must survive the model's
+float32 inputs (``FP32_SMALLEST``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ from genwire.errors import PermanentError
 from genwire.events import Sampling
 from genwire.request import MODEL_OPTIONS, ErrorCode, GenerationRequest
 from genwire.tokenization import ModelAssets
+
+FP32_SMALLEST = 2.0**-126
+"""The smallest normal float32 (about 1.18e-38): ``top_p`` and ``repetition_penalty`` go to the
+model as FP32 (``genwire.triton_io``), where a value > 0 below it (1e-46, say) becomes 0.0 or a
+subnormal, which the model refuses (0) as an error of its own, not the caller's."""
+FP32_PARAMS = ("top_p", "repetition_penalty")
+"""The request's fields bounded only by ``gt=0`` that the model reads as FP32."""
 
 
 def check_options(
@@ -26,6 +34,15 @@ def check_options(
                 f"{assets.name} version {assets.version}",
                 code=ErrorCode.UNSUPPORTED_PARAMETER,
                 param=option,
+            )
+    for name in FP32_PARAMS:
+        value = getattr(request, name)
+        if 0.0 < value < FP32_SMALLEST:
+            raise PermanentError(
+                f"'{name}' must be at least {FP32_SMALLEST:.4g} (the smallest the model's "
+                f"float32 input holds), got {value:g}",
+                code=ErrorCode.OUT_OF_RANGE,
+                param=name,
             )
     total = request.n * request.max_tokens
     if total > max_generation_tokens:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +57,15 @@ LEXER_FUEL = 1_000_000
 # Threads computing a batch's masks: the decode loop shares the cores with the model.
 MASK_THREADS = max(1, min(4, os.cpu_count() or 1))
 
+MAX_JSON_NESTING = 124
+"""Deepest nesting of arrays and objects in a JSON spec (``json_schema``, ``choice``) and in the
+``guided`` record itself, as preprocess's ``guided.MAX_JSON_NESTING`` (a test holds them equal):
+the most llguidance accepts in a schema. Checked before the text is parsed: deeper, Python's
+parser fails with RecursionError, not a refusal."""
+
+_JSON_TOKENS = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
+"""What nesting depends on: an escape (skipped), a quote, a bracket (as preprocess's)."""
+
 
 class ConstraintError(ValueError):
     """A constraint that cannot be enforced; the message names the problem."""
@@ -69,6 +79,37 @@ def _import_llguidance() -> Any:
             "structured output needs the llguidance package, which is not installed"
         ) from exc
     return llguidance
+
+
+def json_nesting(text: str, limit: int) -> int:
+    """How deep arrays and objects nest in JSON ``text`` (brackets in strings do not count),
+    without parsing it; counting stops past ``limit`` (preprocess's ``guided.json_nesting``)."""
+    depth = deepest = 0
+    in_string = False
+    for match in _JSON_TOKENS.finditer(text):
+        token = match.group()
+        if token == '"':
+            in_string = not in_string
+        elif in_string or token[0] == "\\":
+            continue
+        elif token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+        else:
+            depth -= 1
+    return deepest
+
+
+def _check_nesting(text: str, what: str) -> None:
+    """Refuse JSON nested deeper than ``MAX_JSON_NESTING`` (the message as preprocess's)."""
+    if text.count("[") + text.count("{") <= MAX_JSON_NESTING:
+        return  # too few brackets to nest that deep (most specs): no scan
+    if json_nesting(text, MAX_JSON_NESTING) > MAX_JSON_NESTING:
+        raise ConstraintError(
+            f"{what} nests arrays and objects more than {MAX_JSON_NESTING} levels deep (the limit)"
+        )
 
 
 def grammar_text(kind: str, spec: str) -> str:
@@ -88,6 +129,7 @@ def grammar_text(kind: str, spec: str) -> str:
             )
         return str(matcher.grammar_from_json_schema(ANY_JSON_OBJECT, overrides=JSON_OPTIONS))
     if kind == "json_schema":
+        _check_nesting(spec, "the JSON schema")
         try:
             schema = json.loads(spec)
         except json.JSONDecodeError as exc:
@@ -109,6 +151,7 @@ def grammar_text(kind: str, spec: str) -> str:
             raise ConstraintError("the regex is empty")
         return str(matcher.grammar_from_regex(spec))
     if kind == "choice":
+        _check_nesting(spec, "the choice list")
         try:
             choices = json.loads(spec)
         except json.JSONDecodeError as exc:
@@ -391,6 +434,7 @@ def parse_guided(guided: str) -> tuple[str, str] | None:
     """``(kind, spec)`` of the JSON of a ``Guided`` (see genwire.events), None for ""."""
     if not guided:
         return None
+    _check_nesting(guided, "guided")
     try:
         record = json.loads(guided)
     except json.JSONDecodeError as exc:

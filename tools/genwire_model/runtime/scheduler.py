@@ -31,6 +31,7 @@ text), as vLLM counts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -190,7 +191,9 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
 
 
 def validate(request: Request, vocab_size: int, context: int) -> None:
-    """Raise RequestError naming the first parameter out of range."""
+    """Raise RequestError naming the first parameter out of range; a ``top_k`` above the
+    vocabulary is set to 0 (off: what it means). ``n`` is checked against the batch by
+    ``Scheduler.submit`` (the scheduler knows its ``max_batch``)."""
     n = len(request.prompt)
     if n == 0:
         raise RequestError("input_ids is empty: the prompt needs at least one token")
@@ -210,8 +213,13 @@ def validate(request: Request, vocab_size: int, context: int) -> None:
         )
     if not np.isfinite(request.top_p) or not 0.0 < request.top_p <= 1.0:
         raise RequestError(f"top_p must be in (0, 1], got {request.top_p}")
-    if not 0 <= request.top_k <= vocab_size:
-        raise RequestError(f"top_k must be in [0, {vocab_size}] (0 = off), got {request.top_k}")
+    if request.top_k < 0:
+        raise RequestError(f"top_k must be >= 0 (0 = off), got {request.top_k}")
+    if request.top_k > vocab_size:
+        # More than the vocabulary keeps every token, as the sampler reads any k >= vocab:
+        # off. Refusing it failed requests that preprocess passed (its bound is the API's,
+        # not this version's vocabulary) as model errors.
+        request.top_k = 0
     bad = [t for t in request.stop_ids if not 0 <= t < vocab_size]
     if bad:
         raise RequestError(f"stop_token_ids out of range [0, {vocab_size}): {sorted(bad)[:5]}")
@@ -245,6 +253,13 @@ def validate(request: Request, vocab_size: int, context: int) -> None:
         raise RequestError(
             f"{len(request.constraints)} constraints for {request.n} choices (one per choice)"
         )
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a failure message names it: its type, then its text. The type tells a
+    caller a passing failure (``MemoryError``, whose text may be empty) from a lasting one."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _rng(seed: int, choice: int) -> np.random.Generator:
@@ -475,6 +490,7 @@ class Scheduler:
         self._handoff = threading.Condition(threading.Lock())
         self._put = 0
         self._took = 0
+        self._stalled = False  # the last ``_admit`` took nobody from a non-empty queue
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -514,7 +530,12 @@ class Scheduler:
         trip to the server: waiting here lets the loop start the prefill first, so the round
         trip overlaps it instead of delaying it (about 0.3 ms at concurrency 1). A busy loop
         takes the request at its next iteration: no wait then.
+
+        Raises RequestError for a request with more choices than the batch holds: its ``n``
+        rows never fit, so it would wait at the head of the queue for ever (and hold every
+        request behind it).
         """
+        self.check_fits(request)
         with self._handoff:
             wait = wait_s > 0 and self._idle
             self.pending.put(request)
@@ -523,6 +544,15 @@ class Scheduler:
         if wait:
             with self._handoff:
                 self._handoff.wait_for(lambda: self._took >= mine, wait_s)
+
+    def check_fits(self, request: Request) -> None:
+        """Raise RequestError when the request's ``n`` choices can never be in the batch
+        together (``max_batch``, config parameter ``max_batch``)."""
+        if request.n > self.max_batch:
+            raise RequestError(
+                f"n must be at most {self.max_batch} on this model (its max_batch: every "
+                f"choice decodes in the same batch), got {request.n}"
+            )
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until the loop thread has nothing to do, its last iteration over (``times``
@@ -556,10 +586,18 @@ class Scheduler:
                             first = self._take(block=True)
                         except queue.Empty:
                             continue
+                    elif not self.active and self._stalled:
+                        # Requests wait that the last iteration could not admit, and nothing
+                        # runs whose end would free rows: wait for new work (at most 50 ms,
+                        # then the head's cancellation is looked at again) instead of spinning
+                        # on run_once, which took a core and starved the other threads of the
+                        # GIL.
+                        with contextlib.suppress(queue.Empty):
+                            first = self._take(block=True)
                     self.run_once(first)
                 except Exception as exc:  # keep serving: fail the batch, not the model
                     log.exception("generation step failed")
-                    self._fail_all(f"generation failed: {exc}")
+                    self._fail_all(f"generation failed: {describe(exc)}")
         finally:
             self._idle = False
 
@@ -632,15 +670,32 @@ class Scheduler:
         stays small; their choices join at the next re-form."""
         free = self.max_batch - (len(self.active) - len(self.leaving))
         admitted: list[_Group] = []
-        while self.waiting and self.waiting[0].n <= free:
-            request = self.waiting.pop(0)
-            group = _Group(request)
+        waiting = len(self.waiting)
+        while self.waiting:
+            request = self.waiting[0]
+            # Cancelled or never fitting: out of the queue before the room is looked at, else
+            # a head that does not fit now would keep them (and everything behind) waiting.
             if request.sink.is_cancelled():
+                self.waiting.pop(0)
+                group = _Group(request)
                 for choice in range(request.n):
                     self._finish(self._sequence(group, choice), "cancelled")
                 continue
-            admitted.append(group)
+            try:
+                self.check_fits(request)  # submit refuses it; this one came another way
+            except RequestError as exc:
+                self.waiting.pop(0)
+                try:
+                    request.sink.fail(str(exc))
+                except Exception:
+                    log.exception("could not deliver an error response")
+                continue
+            if request.n > free:
+                break
+            self.waiting.pop(0)
+            admitted.append(_Group(request))
             free -= request.n
+        self._stalled = len(self.waiting) == waiting  # nobody left the queue
         admitted.sort(key=lambda g: len(g.request.prompt))
         joining = []
         batch: list[_Group] = []
@@ -661,7 +716,7 @@ class Scheduler:
             log.exception("prefill failed")
             for group in groups:
                 group.failed = True
-                group.request.sink.fail(f"prefill failed: {exc}")
+                group.request.sink.fail(f"prefill failed: {describe(exc)}")
             return []
 
     def _prefill_groups(self, groups: list[_Group]) -> list[tuple[KV, list[int], list[_Sequence]]]:

@@ -128,6 +128,11 @@ def _log_to_triton(origin: str) -> None:
 _CANCEL_PARAMETER = "genwire_cancel"
 # genwire.triton_io.RESPONSE_GAP_PARAMETER (held equal by the same test): milliseconds.
 _RESPONSE_GAP_PARAMETER = "genwire_min_response_gap_ms"
+# What every refusal of a request (its parameters, its prompt, its constraint) starts with:
+# the inference service reads an error that starts so as the request's fault, answered with a
+# 4xx code (genwire_inference.handlers.MODEL_REFUSAL, held equal by a test). Failures of the
+# model itself (a failed pass, a failed request set-up) never start with it.
+_REFUSED = "genwire-gpt: "
 
 
 def _parameters(request: Any) -> dict[str, Any]:
@@ -603,12 +608,16 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> None:
         last = len(requests) - 1
         for index, request in enumerate(requests):
-            params = _parameters(request)
-            target = _cancel_target(params)
-            if target is not None:
-                self._cancel(request, target)
+            try:
+                params = _parameters(request)
+                target = _cancel_target(params)
+                if target is not None:
+                    self._cancel(request, target)
+                    continue
+                sink = _TritonSink(request, self.outbox)
+            except Exception:  # no sender to answer on: the batch's other requests go on
+                log.exception("request not taken")
                 continue
-            sink = _TritonSink(request, self.outbox)
             try:
                 decoded = self._decode(request, sink, params)
                 validate(decoded, self.vocab_size, self.context)
@@ -619,11 +628,17 @@ class TritonPythonModel:
                         decoded.guided, decoded.stop, decoded.n
                     )
                 # (Stop strings without a compiler: postprocess still cuts the text at them.)
+                # Only the last waits: the loop then takes the whole batch together. (It
+                # refuses a request with more choices than its batch: RequestError.)
+                self.scheduler.submit(decoded, wait_s=_HANDOFF_WAIT_S if index == last else 0.0)
             except (RequestError, ValueError, TypeError) as exc:
-                sink.fail(f"genwire-gpt: {exc}")
-                continue
-            # Only the last waits: the loop then takes the whole batch together.
-            self.scheduler.submit(decoded, wait_s=_HANDOFF_WAIT_S if index == last else 0.0)
+                sink.fail(f"{_REFUSED}{exc}")
+            except Exception as exc:
+                # Anything else (RecursionError, MemoryError, a bug) fails this request only:
+                # escaping, it left the batch's later requests never queued and this one's
+                # sink registered (never answered). Not a refusal: the message says so.
+                log.exception("request failed before it was queued (%s)", type(exc).__name__)
+                sink.fail(f"request failed: {type(exc).__name__}: {exc}")
 
     def finalize(self) -> None:
         self.scheduler.stop()  # sends the final "cancelled" responses through the outbox
