@@ -6,7 +6,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from genwire.telemetry import semconv as sc
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+LATENCY_BUCKETS: tuple[float, ...] = (
+    *(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    *(60, 120, 300, 600),  # past 30 s: the gateway's default and longest deadlines
+)
+"""Histogram edges in seconds. The SLO thresholds are edges (0.5, 1, 10: the rules read those
+buckets, never an interpolation). The top reaches the gateway's ``max_timeout_s`` (600; its
+default deadline is 60): with 30 as the last edge, ``histogram_quantile`` answered 30 s for
+every p99 past it, hiding how slow requests got during an incident."""
 
 
 class ConsumerMetrics:

@@ -195,3 +195,42 @@ async def test_a_hung_broker_holds_no_evaluation_nor_the_webhook(
         assert hung.sent >= 2 and worker._unsent == [resolved], "sent again, still kept"
     finally:
         await worker.close()
+
+
+async def test_failed_posts_are_counted_on_metrics_by_reason() -> None:
+    """genwire_monitor_webhook_failures_total{reason}: a receiver answering 503 is ``rejected``,
+    one that does not answer ``unreachable``; an accepted post counts nothing. Both series
+    exist at 0 before any failure, so rate() sees the first one."""
+    from prometheus_client import CollectorRegistry
+
+    from genwire.telemetry import semconv as sc
+
+    registry = CollectorRegistry()
+    receiver = Receiver()
+    unreachable = False
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if unreachable:
+            raise httpx.ConnectError("connection refused", request=request)
+        return receiver.handle(request)
+
+    def count(reason: str) -> float | None:
+        return registry.get_sample_value(sc.METRIC_MONITOR_WEBHOOK_FAILURES, {"reason": reason})
+
+    client = AlertmanagerClient(URL, "http://monitor/", registry=registry)
+    await client._client.aclose()
+    client._client = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    event = _rebuilt(LATENCY)
+    try:
+        assert count("rejected") == 0 and count("unreachable") == 0
+        assert await client.post([event]) is True
+        assert count("rejected") == 0
+        receiver.down = True
+        assert await client.post([event]) is False
+        assert await client.post([event]) is False
+        unreachable = True
+        assert await client.post([event]) is False
+        assert (count("rejected"), count("unreachable")) == (2, 1)
+        assert client.failures == 3
+    finally:
+        await client.close()

@@ -295,6 +295,55 @@ def test_label_values_the_rules_select_exist() -> None:
             assert stage in SERVICE_PORTS
 
 
+def test_stage_rules_count_the_request_topics_only() -> None:
+    """The stage: rules read each stage's request topic, the SLO generator's STAGE_TOPICS: the
+    control consumer's heartbeats and the retry replayer's waits are not requests."""
+    topics = f'topic=~"{"|".join(slo_gen.STAGE_TOPICS)}"'
+    (group,) = (
+        g
+        for g in yaml.safe_load((PROM / "rules" / "genwire.rules.yml").read_text())["groups"]
+        if g["name"] == "genwire-stages"
+    )
+    checked = set()
+    for rule in group["rules"]:
+        record = rule.get("record", "")
+        if not record.startswith("stage:"):
+            continue
+        for raw in ("genwire_messages_total", "genwire_process_duration_seconds_bucket"):
+            for selector in re.findall(rf"{raw}(\{{[^}}]*\}})?", rule["expr"]):
+                assert topics in selector, f"{record}: {raw}{selector} counts every topic"
+                checked.add(record)
+    assert {
+        "stage:genwire_messages:rate5m",
+        "stage:genwire_message_failures:ratio_rate5m",
+        "stage:genwire_process_duration_seconds:p50_5m",
+        "stage:genwire_process_duration_seconds:p99_5m",
+    } <= checked
+    dlq = next(r for r in group["rules"] if r.get("record") == "stage:genwire_dlq:ratio_rate5m")
+    assert "/ stage:genwire_messages:rate5m" in dlq["expr"]
+
+
+def test_ttft_slo_reads_the_callers_wait_at_the_gateway() -> None:
+    """The ttft SLI is caller-side like the monitor's: the gateway's histogram (from its
+    receipt), not inference's (from its Triton call); its selector and 1 s edge exist there."""
+    from genwire_gateway.telemetry import GatewayMetrics
+
+    (ttft,) = (s for s in slo_gen.slis() if s.slo == "ttft")
+    read = set(re.findall(r"(genwire_\w+?)_(?:count|bucket)\{", ttft.bad + ttft.total))
+    assert read == {slo_gen.TTFT_METRIC} == {"genwire_gateway_time_to_first_token_seconds"}
+    registry = CollectorRegistry()
+    GatewayMetrics(registry).ttft.labels("http").observe(0.5)
+    samples = [
+        s
+        for family in registry.collect()
+        if family.name == slo_gen.TTFT_METRIC
+        for s in family.samples
+        if s.name == f"{slo_gen.TTFT_METRIC}_bucket"
+    ]
+    assert {s.labels["le"] for s in samples} >= {"1.0"}
+    assert 'entrypoint!=""' in ttft.total and all(s.labels["entrypoint"] for s in samples)
+
+
 # --- compose and Kubernetes ------------------------------------------------------------------
 
 

@@ -50,7 +50,9 @@ async def setup(
     """
     collector = promexport.register(runtime.registry)
     webhook = (
-        AlertmanagerClient(cfg.alertmanager_url, f"http://{cfg.host}:{cfg.port}/")
+        AlertmanagerClient(
+            cfg.alertmanager_url, f"http://{cfg.host}:{cfg.port}/", registry=runtime.registry
+        )
         if cfg.alertmanager_url
         else None
     )

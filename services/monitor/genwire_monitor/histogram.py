@@ -28,6 +28,8 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     30.0,
     60.0,
     120.0,
+    300.0,  # up to the gateway's longest deadline (max_timeout_s), like genwire.metrics
+    600.0,
 )
 _BOUNDS_MS = tuple(b * 1000 for b in LATENCY_BUCKETS_S)
 

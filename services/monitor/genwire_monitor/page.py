@@ -298,7 +298,7 @@ def render(d: PageData, refresh_s: int = 5) -> str:
         f"<style>{CSS}</style></head><body><h1>genwire monitor</h1>"
         f'<p class="muted">updated {time.strftime("%H:%M:%S", time.localtime(d.now))} · '
         f"{c.records} records, {c.spans} spans, {c.requests} requests, {c.errors} failed, "
-        f"{c.client_errors} rejected as invalid, "
+        f"{c.client_errors} rejected (4xx: bad input, limits, keys), "
         f"{c.malformed} malformed records skipped, {d.open_traces} traces open · "
         f'<a href="/traces">traces</a></p>'
         f'<h2 id="alerts">Active alerts ({len(d.active)})</h2>{active}'

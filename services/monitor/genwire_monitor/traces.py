@@ -9,6 +9,9 @@ A trace is a request only if it holds genwire's root span (``is_entry``): a trac
 framework opened beside ours (FastAPI's own telemetry did, one per HTTP request) is not
 counted. Caller-side figures start at the entry time: the gateway's receive (its SERVER span's
 start) or, for a Kafka client, the timestamp of its record on ``genwire.requests``.
+
+An ERROR span fails the request unless its code is the caller's (4xx) or a hang-up
+(``cancelled``), or a later try of the same operation succeeded (a retry, ``attempt_key``).
 """
 
 from __future__ import annotations
@@ -58,10 +61,58 @@ def entry_ns(span: SpanView) -> int:
     return span.start_ns
 
 
+CANCELLED = "cancelled"
+"""The gateway's code for a request its caller gave up on (an HTTP disconnect, a cancel)."""
+
+# Codes only the gateway raises (genwire_gateway/errors.py, its ``_HTTP`` table), with the HTTP
+# status it answers. The monitor must not import a service package, and these codes are not in
+# genwire.request.ERROR_HTTP_STATUS: without them a caller's hang-up or a 429 read as a 500 and
+# burned the error budget that the Prometheus rules leave alone. They belong beside
+# ERROR_HTTP_STATUS in genwire/request.py; tests/monitor/test_traces.py keeps this copy equal to
+# the gateway's table until then.
+GATEWAY_HTTP_STATUS: dict[str, int] = {
+    CANCELLED: 499,
+    "not_found": 404,
+    "invalid_api_key": 401,
+    "permission_denied": 403,
+    "rate_limit_exceeded": 429,
+    "insufficient_quota": 429,
+}
+
+SERVER, CLIENT, CALLER_GONE = "server", "client", "cancelled"
+"""What an ERROR span says of its request: our failure, the caller's mistake (4xx), or the
+caller gave up (neither: no budget spent, not counted as rejected)."""
+
+
+def http_status(code: str) -> int:
+    """The HTTP status an entry point answers for ``code`` (unknown codes: 500)."""
+    status = ERROR_HTTP_STATUS.get(code)
+    return status if status is not None else GATEWAY_HTTP_STATUS.get(code, 500)
+
+
+def failure_kind(span: SpanView) -> str:
+    """``SERVER``, ``CLIENT`` or ``CALLER_GONE`` for an ERROR span, by its
+    ``genwire.error.code`` (none or unknown: a server failure)."""
+    code = span.attrs.get(sc.ERROR_CODE)
+    if not isinstance(code, str):
+        return SERVER
+    if code == CANCELLED:
+        return CALLER_GONE
+    return CLIENT if http_status(code) < 500 else SERVER
+
+
 def is_client_error(span: SpanView) -> bool:
     """An ERROR span whose ``genwire.error.code`` answers 4xx: bad input, not an outage."""
-    code = span.attrs.get(sc.ERROR_CODE)
-    return isinstance(code, str) and ERROR_HTTP_STATUS.get(code, 500) < 500
+    return failure_kind(span) == CLIENT
+
+
+def attempt_key(span: SpanView) -> int:
+    """Which operation ``span`` is a try of: (service, span name, parent span id), hashed (an
+    int per span held while its trace is open, not a tuple: the table holds ``max_open``
+    traces). Retries of a handler run under the same process span (``triton.generate`` after a
+    ``RetryableError``, a publish), while each Kafka record's process span has its own parent
+    (the publish of that record), so one failing chunk among many good ones stays a failure."""
+    return hash((span.service, span.name, span.parent_span_id))
 
 
 @dataclass(slots=True)
@@ -76,6 +127,7 @@ class RequestRecord:
     attrs: dict[str, AttrValue] = field(default_factory=dict)
     client_error: bool = False  # the caller's mistake (a 4xx-class code): not our failure
     entry_ns: int = 0  # when the entry point received it (0: not known yet)
+    cancelled: bool = False  # the caller gave up (code ``cancelled``): neither kind of error
 
     @property
     def trace_hex(self) -> str:
@@ -120,6 +172,27 @@ class _Open:
     stamps: dict[str, int]  # end time of the span each attribute came from
     last_seen: float
     counted: bool  # holds genwire's root span (``is_entry``): a request
+    # Per ``attempt_key``: the latest failed try (its start, its kind) and the latest good
+    # try's start. Spans arrive in any order (a retry's span may come first), so the verdict
+    # waits for the trace to complete.
+    failed: dict[int, tuple[int, str]] | None = None  # None: no failure (the usual case)
+    good: dict[int, int] = field(default_factory=dict)
+
+    def verdict(self) -> None:
+        """Set the record's error flags from the tries that were not tried again with success:
+        a failure a later good try of the same operation superseded fails nothing."""
+        if not self.failed:
+            return
+        rec = self.record
+        for key, (start_ns, kind) in self.failed.items():
+            if self.good.get(key, -1) > start_ns:
+                continue  # retried, and the retry succeeded
+            if kind == SERVER:
+                rec.error = True
+            elif kind == CLIENT:
+                rec.client_error = True
+            else:
+                rec.cancelled = True
 
 
 class TraceAssembler:
@@ -152,11 +225,14 @@ class TraceAssembler:
         rec.spans += 1
         rec.start_ns = min(rec.start_ns, span.start_ns)
         rec.end_ns = max(rec.end_ns, span.end_ns)
+        attempt = attempt_key(span)
         if span.error:
-            if is_client_error(span):
-                rec.client_error = True
-            else:
-                rec.error = True
+            failed = entry.failed if entry.failed is not None else {}
+            entry.failed = failed
+            if failed.get(attempt, (-1, ""))[0] <= span.start_ns:  # the latest failed try decides
+                failed[attempt] = (span.start_ns, failure_kind(span))
+        elif entry.good.get(attempt, -1) < span.start_ns:
+            entry.good[attempt] = span.start_ns
         entry.counted = entry.counted or is_entry(span)
         rec.entry_ns = min(rec.entry_ns or rec.start_ns, entry_ns(span))
         if span.attrs:
@@ -182,6 +258,7 @@ class TraceAssembler:
 
     def _finish(self, tid: bytes) -> list[RequestRecord]:
         entry = self._open.pop(tid)
+        entry.verdict()
         self._done[tid] = None
         while len(self._done) > self.max_open:
             self._done.popitem(last=False)

@@ -17,12 +17,19 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+from prometheus_client import CollectorRegistry, Counter
 
+from genwire.telemetry import semconv as sc
 from genwire_monitor.alerting import AlertEvent
 
 log = logging.getLogger(__name__)
 
 ALERTS_PATH = "/api/v2/alerts"
+
+REJECTED = "rejected"
+"""A failure ``reason``: the receiver answered, other than 2xx."""
+UNREACHABLE = "unreachable"
+"""A failure ``reason``: no answer (connection refused, timeout, a broken connection)."""
 
 
 def to_alertmanager(
@@ -64,13 +71,33 @@ def to_alertmanager(
 
 
 class AlertmanagerClient:
-    """A small async client; ``failures`` counts posts that did not get a 2xx."""
+    """A small async client; ``failures`` counts posts that did not get a 2xx, and so does
+    ``genwire_monitor_webhook_failures_total{reason}`` in ``registry`` (when given): a webhook
+    that stays down is otherwise seen only in the log, while pages never reach anyone."""
 
-    def __init__(self, base_url: str, generator_url: str, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        generator_url: str,
+        timeout_s: float = 5.0,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self._url = base_url.rstrip("/") + ALERTS_PATH
         self._generator_url = generator_url
         self._client = httpx.AsyncClient(timeout=timeout_s)
         self.failures = 0
+        self._failed: Counter | None = None
+        if registry is not None:
+            self._failed = Counter(
+                sc.METRIC_MONITOR_WEBHOOK_FAILURES,
+                "Posts of alerts to the Alertmanager webhook that failed (each is made again at "
+                "the next evaluation), by reason: rejected (an answer other than 2xx), "
+                "unreachable (no answer).",
+                ["reason"],
+                registry=registry,
+            )
+            for reason in (REJECTED, UNREACHABLE):  # at 0 from the start: rate() sees the 1st
+                self._failed.labels(reason)
 
     async def post(self, events: list[AlertEvent], firing_until: datetime | None = None) -> bool:
         """Send ``events`` (the firing ones until ``firing_until``); True if the receiver
@@ -83,6 +110,9 @@ class AlertmanagerClient:
             response.raise_for_status()
         except httpx.HTTPError as exc:
             self.failures += 1
+            if self._failed is not None:
+                reason = REJECTED if isinstance(exc, httpx.HTTPStatusError) else UNREACHABLE
+                self._failed.labels(reason).inc()
             log.warning("posting %d alerts to %s failed: %s", len(events), self._url, exc)
             return False
         return True
