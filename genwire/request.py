@@ -173,6 +173,31 @@ ERROR_HTTP_STATUS: dict[str, int] = {
 }
 """The HTTP status an entry point should answer for each code (unknown codes: 500)."""
 
+# Codes only an entry point (the gateway) raises: no pipeline result carries them. Defined here
+# so the monitor classifies them without importing the gateway.
+CANCELLED = "cancelled"
+"""The request was cancelled: its caller hung up or asked for it."""
+NOT_FOUND = "not_found"
+"""No such request id (or its result expired)."""
+INVALID_API_KEY = "invalid_api_key"
+"""No API key, or a malformed, unknown or revoked one (401)."""
+PERMISSION_DENIED = "permission_denied"
+"""A valid key without the scope the route needs (403)."""
+RATE_LIMITED = "rate_limit_exceeded"
+"""The key's requests or tokens per minute are used up (429, ``Retry-After``)."""
+QUOTA_EXCEEDED = "insufficient_quota"
+"""The key's tokens per day are used up (429, ``Retry-After``)."""
+
+GATEWAY_ERROR_HTTP_STATUS: dict[str, int] = {
+    CANCELLED: 499,
+    NOT_FOUND: 404,
+    INVALID_API_KEY: 401,
+    PERMISSION_DENIED: 403,
+    RATE_LIMITED: 429,
+    QUOTA_EXCEEDED: 429,
+}
+"""The HTTP status of each entry-point-only code (499: nginx's "client closed request")."""
+
 RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]

@@ -12,9 +12,9 @@ import random
 
 import pytest
 from genwire_monitor.spans import SpanView
-from genwire_monitor.traces import GATEWAY_HTTP_STATUS, RequestRecord, TraceAssembler
+from genwire_monitor.traces import RequestRecord, TraceAssembler, http_status
 
-from genwire.request import ERROR_HTTP_STATUS, ErrorCode
+from genwire.request import ERROR_HTTP_STATUS, GATEWAY_ERROR_HTTP_STATUS, ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 
@@ -137,13 +137,12 @@ def test_an_error_span_without_a_code_or_with_an_unknown_one_is_a_server_error()
     assert _assemble([_server(error=True, code="no_such_code")]).error is True
 
 
-def test_the_gateway_only_codes_match_the_gateways_table() -> None:
-    """The monitor's copy of the gateway's codes (it may not import the gateway) is the
-    gateway's table less genwire.request's: a code added there must be classified here."""
+def test_the_gateway_answers_the_codes_the_monitor_classifies() -> None:
+    """One table (genwire.request): the gateway's statuses are the monitor's."""
     from genwire_gateway import errors
 
-    gateway_only = {k: v for k, v in errors._HTTP.items() if k not in ERROR_HTTP_STATUS}
-    assert gateway_only == GATEWAY_HTTP_STATUS
+    for code, status in {**ERROR_HTTP_STATUS, **GATEWAY_ERROR_HTTP_STATUS}.items():
+        assert errors.http_status(code) == http_status(code) == status, code
 
 
 # --- retries within one trace ---------------------------------------------------------------

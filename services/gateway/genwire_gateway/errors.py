@@ -9,25 +9,30 @@ from __future__ import annotations
 import grpc
 
 from genwire.errors import GenwireError
-from genwire.request import ERROR_HTTP_STATUS, ErrorCode
+from genwire.request import (
+    CANCELLED,
+    ERROR_HTTP_STATUS,
+    GATEWAY_ERROR_HTTP_STATUS,
+    INVALID_API_KEY,
+    NOT_FOUND,
+    PERMISSION_DENIED,
+    QUOTA_EXCEEDED,
+    RATE_LIMITED,
+    ErrorCode,
+)
 
 IDEMPOTENCY_CONFLICT = ErrorCode.IDEMPOTENCY_CONFLICT
 """The request id was already used by a different request (preprocess raises it too)."""
 
-# Gateway-only codes.
-CANCELLED = "cancelled"
-"""The request was cancelled."""
-NOT_FOUND = "not_found"
-"""No such request id (or its result expired)."""
-# Keys and limits (auth.py, limits.py; docs/security.md).
-INVALID_API_KEY = "invalid_api_key"
-"""No API key, or a malformed, unknown or revoked one (401)."""
-PERMISSION_DENIED = "permission_denied"
-"""A valid key without the scope the route needs (403)."""
-RATE_LIMITED = "rate_limit_exceeded"
-"""The key's requests or tokens per minute are used up (429, ``Retry-After``)."""
-QUOTA_EXCEEDED = "insufficient_quota"
-"""The key's tokens per day are used up (429, ``Retry-After``)."""
+# Gateway-only codes: defined in genwire.request (the monitor classifies them too).
+__all__ = [
+    "CANCELLED",
+    "INVALID_API_KEY",
+    "NOT_FOUND",
+    "PERMISSION_DENIED",
+    "QUOTA_EXCEEDED",
+    "RATE_LIMITED",
+]
 
 
 class GatewayError(GenwireError):
@@ -50,15 +55,7 @@ _GRPC: dict[str, grpc.StatusCode] = {
     QUOTA_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
-_HTTP: dict[str, int] = {
-    **ERROR_HTTP_STATUS,
-    CANCELLED: 499,
-    NOT_FOUND: 404,
-    INVALID_API_KEY: 401,
-    PERMISSION_DENIED: 403,
-    RATE_LIMITED: 429,
-    QUOTA_EXCEEDED: 429,
-}
+_HTTP: dict[str, int] = {**ERROR_HTTP_STATUS, **GATEWAY_ERROR_HTTP_STATUS}
 
 
 def grpc_status(code: str) -> grpc.StatusCode:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from genwire.request import ERROR_HTTP_STATUS
+from genwire.request import CANCELLED, ERROR_HTTP_STATUS, GATEWAY_ERROR_HTTP_STATUS
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 from genwire_monitor.features import numeric
@@ -61,24 +61,6 @@ def entry_ns(span: SpanView) -> int:
     return span.start_ns
 
 
-CANCELLED = "cancelled"
-"""The gateway's code for a request its caller gave up on (an HTTP disconnect, a cancel)."""
-
-# Codes only the gateway raises (genwire_gateway/errors.py, its ``_HTTP`` table), with the HTTP
-# status it answers. The monitor must not import a service package, and these codes are not in
-# genwire.request.ERROR_HTTP_STATUS: without them a caller's hang-up or a 429 read as a 500 and
-# burned the error budget that the Prometheus rules leave alone. They belong beside
-# ERROR_HTTP_STATUS in genwire/request.py; tests/monitor/test_traces.py keeps this copy equal to
-# the gateway's table until then.
-GATEWAY_HTTP_STATUS: dict[str, int] = {
-    CANCELLED: 499,
-    "not_found": 404,
-    "invalid_api_key": 401,
-    "permission_denied": 403,
-    "rate_limit_exceeded": 429,
-    "insufficient_quota": 429,
-}
-
 SERVER, CLIENT, CALLER_GONE = "server", "client", "cancelled"
 """What an ERROR span says of its request: our failure, the caller's mistake (4xx), or the
 caller gave up (neither: no budget spent, not counted as rejected)."""
@@ -87,7 +69,7 @@ caller gave up (neither: no budget spent, not counted as rejected)."""
 def http_status(code: str) -> int:
     """The HTTP status an entry point answers for ``code`` (unknown codes: 500)."""
     status = ERROR_HTTP_STATUS.get(code)
-    return status if status is not None else GATEWAY_HTTP_STATUS.get(code, 500)
+    return status if status is not None else GATEWAY_ERROR_HTTP_STATUS.get(code, 500)
 
 
 def failure_kind(span: SpanView) -> str:
