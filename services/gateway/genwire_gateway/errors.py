@@ -24,14 +24,20 @@ from genwire.request import (
 IDEMPOTENCY_CONFLICT = ErrorCode.IDEMPOTENCY_CONFLICT
 """The request id was already used by a different request (preprocess raises it too)."""
 
-# Gateway-only codes: defined in genwire.request (the monitor classifies them too).
+# The gateway-only codes are defined in genwire.request (the monitor classifies them too) and
+# exported from here with the rest.
 __all__ = [
     "CANCELLED",
+    "IDEMPOTENCY_CONFLICT",
     "INVALID_API_KEY",
     "NOT_FOUND",
     "PERMISSION_DENIED",
     "QUOTA_EXCEEDED",
     "RATE_LIMITED",
+    "GatewayError",
+    "grpc_status",
+    "http_status",
+    "openai_error_type",
 ]
 
 
