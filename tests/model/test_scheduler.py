@@ -585,6 +585,19 @@ def test_penalties_on_a_row_of_logits() -> None:
     np.testing.assert_allclose(row, [1.0, 2.0, -8.0, 3.0 - 0.5 - 0.5, 2.0, -2.0])
 
 
+def test_a_tiny_repetition_penalty_leaves_every_logit_finite_or_masked() -> None:
+    """1e-37 is a valid factor (above 0): a positive logit divided by it overflowed to +inf,
+    and the sampler failed the whole batch (IndexError ranking it)."""
+    from genwire_model.runtime.sampling import FLOAT32_MAX
+    from genwire_model.runtime.scheduler import _Group, _Sequence
+
+    req = request(Collect(), [1, 2], repetition_penalty=1e-37)
+    seq = _Sequence(_Group(req), 0, 4, frozenset())
+    row = np.array([1.0, 50.0, -4.0, -np.inf], np.float32)
+    seq.process(row)
+    assert row[1] == FLOAT32_MAX and row[2] == np.float32(-4e-37) and row[3] == -np.inf
+
+
 def test_frequency_penalty_reduces_repetition(make: Callable[..., Scheduler]) -> None:
     plain = _greedy(make, [5, 6, 7], max_tokens=30)
     penalised = _greedy(make, [5, 6, 7], max_tokens=30, frequency_penalty=2.0)

@@ -84,6 +84,10 @@ def _probabilities(logits: Array, temperature: Array) -> Array:
     return result
 
 
+FLOAT32_MAX = np.float32(np.finfo(np.float32).max)
+"""Where a penalised logit stops (``scheduler._Sequence.process``, ``sampling_torch.penalise``):
++inf cannot be ranked."""
+
 BLOCK = 64
 
 

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .sampling import FLOAT32_MAX
+
 Array = npt.NDArray[Any]
 Tensor = Any  # torch.Tensor (torch is imported lazily: the CPU runtime does not need it)
 
@@ -220,7 +222,8 @@ def penalise(
     count = _on(counts, logits, torch.int32)
     factor = _on(np.asarray(repetition, np.float32), logits, torch.float32)[:, None]
     where = _on(seen, logits, torch.bool)
-    row = torch.where(where, torch.where(row > 0, row / factor, row * factor), row)
+    raised = torch.clamp(row / factor, max=float(FLOAT32_MAX))  # as numpy's: never +inf
+    row = torch.where(where, torch.where(row > 0, raised, row * factor), row)
     freq = _on(np.asarray(frequency, np.float32).astype(np.float64), logits, torch.float64)
     row = (row.double() - freq[:, None] * count.double()).float()
     pres = _on(np.asarray(presence, np.float32), logits, torch.float32)[:, None]

@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .runners import KV, Runner, gather_basic
-from .sampling import Sampler, logsumexp, top_logprobs
+from .sampling import FLOAT32_MAX, Sampler, logsumexp, top_logprobs
 
 _fill_masks: Any
 try:  # the constraint hook's batched masks (llguidance); optional
@@ -408,7 +408,11 @@ class _Sequence:
                 if self.prompt_seen is not None:
                     seen |= self.prompt_seen
                 factor = np.float32(request.repetition_penalty)
-                row[seen] = np.where(row[seen] > 0, row[seen] / factor, row[seen] * factor)
+                # A tiny factor (1e-37 is a valid request) overflows a positive logit to +inf,
+                # which no sampler can rank: the largest finite float32 instead.
+                with np.errstate(over="ignore"):  # overflow is the case handled here
+                    raised = np.minimum(row[seen] / factor, FLOAT32_MAX)
+                row[seen] = np.where(row[seen] > 0, raised, row[seen] * factor)
             if request.frequency_penalty != 0.0:
                 row -= np.float32(request.frequency_penalty) * self.counts
             if request.presence_penalty != 0.0:
