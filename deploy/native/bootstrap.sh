@@ -20,6 +20,9 @@ STAMP="$VENV/.genwire-install"
 LOG="$GENWIRE_HOME/logs/bootstrap.log"
 EXTRAS="${GENWIRE_EXTRAS:-all,dev}"
 CONSTRAINTS="$ROOT/deploy/native/constraints.txt"
+# Free space a new venv needs on GENWIRE_HOME's filesystem: genwire[all] installs 6 GB
+# (docs/install.md) and pip's downloads of it (about 3 GB) usually sit on the same disk.
+VENV_NEED_GB=10
 
 fail() { echo "bootstrap: error: $*" >&2; exit 1; }
 
@@ -49,15 +52,40 @@ fi
 [ -n "$PY" ] || fail "Python 3.11 not found: install it (Debian: apt-get install python3.11 python3.11-venv) or set GENWIRE_PYTHON"
 
 mkdir -p "$GENWIRE_HOME/logs"
-if [ ! -x "$VENV/bin/python" ]; then
+# The log grows run after run: this run's failure is quoted from after its own marker only, never
+# an older run's ERROR line.
+MARKER="=== genwire bootstrap: $(date -u +%FT%TZ) pid $$ ==="
+echo "$MARKER" >>"$LOG"
+this_run() { awk -v m="$MARKER" 'seen; $0 == m { seen = 1 }' "$LOG"; }
+# What this run's log says went wrong: its last ERROR line, else its last line.
+reason() {
+  local found
+  found="$(this_run | grep -E '^(ERROR|error)' | tail -n 1 || true)"
+  [ -n "$found" ] || found="$(this_run | grep -v '^[[:space:]]*$' | tail -n 1 || true)"
+  echo "${found:-no output}"
+}
+# A venv is usable when its pip runs: Debian's python3.11 without python3.11-venv leaves a
+# bin/python and no pip behind, which every later run would otherwise take for a venv.
+venv_usable() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -m pip --version >>"$LOG" 2>&1; }
+
+if ! venv_usable; then
+  # A new venv is where the multi-GB install goes: say so before it, not later with ENOSPC.
+  need_kb=$((VENV_NEED_GB * 1024 * 1024))
+  free_kb="$(df -Pk "$GENWIRE_HOME" 2>/dev/null | awk 'NR == 2 { print $4 }' || true)"
+  if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
+    fail "the virtualenv needs about $VENV_NEED_GB GB free on the filesystem of $GENWIRE_HOME, which has $((free_kb / 1024 / 1024)) GB: free some space (or set GENWIRE_HOME to a larger disk)"
+  fi
   echo "bootstrap: creating the virtualenv $VENV with $PY"
-  "$PY" -m venv "$VENV" >>"$LOG" 2>&1 \
-    || fail "could not create $VENV (Debian: apt-get install python3.11-venv); see $LOG"
+  # --clear: what a failed creation left (a bin/python without pip) goes first.
+  "$PY" -m venv --clear "$VENV" >>"$LOG" 2>&1 \
+    || fail "could not create $VENV: $(reason) (Debian: apt-get install python3.11-venv; full log: $LOG)"
+  venv_usable \
+    || fail "$VENV has no working pip: $(reason) (Debian: apt-get install python3.11-venv; full log: $LOG)"
 fi
 
 echo "bootstrap: installing genwire and its dependencies into $VENV (first time: large downloads; log: $LOG)"
-if ! "$VENV/bin/python" -m pip install --progress-bar off "${pins[@]}" -e "$ROOT[$EXTRAS]" >>"$LOG" 2>&1; then
-  fail "pip install failed: $(grep -E '^(ERROR|error)' "$LOG" | tail -n 1) (full log: $LOG)"
+if ! "$VENV/bin/python" -m pip install --progress-bar off "${pins[@]}" -e "${ROOT}[$EXTRAS]" >>"$LOG" 2>&1; then
+  fail "pip install failed: $(reason) (full log: $LOG)"
 fi
 echo "$want" >"$STAMP"
 echo "bootstrap: virtualenv ready"

@@ -7,16 +7,20 @@ its log and what to do.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from genwire_stack.errors import StackError
 from genwire_stack.health import error_line, log_tail
@@ -31,6 +35,19 @@ STDERR_KEPT = 500
 
 _apt_state = {"updated": False}
 """``apt-get update`` runs once per process."""
+
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+"""Debian's hook that maintainer scripts ask before starting a daemon (exit 101: do not)."""
+SYSTEMD_RUNNING = Path("/run/systemd/system")
+"""Present when systemd is PID 1 (not in most containers, where ``systemctl`` fails)."""
+DAEMON_UNITS = {"redis-server": "redis-server"}
+"""Packages whose systemd unit the package enables at boot: genwire runs its own Redis on 6379,
+a distro one started at the next boot would hold that port."""
+
+GiB = 1024**3
+JAEGER_BUILD_NEED_BYTES = 9 * GiB
+"""Free space a cold Jaeger build needs in the genwire home: Go's module cache (3.5 GB on
+2.13.0) and build cache (4.3 GB), and the binary."""
 
 
 def require_tool(name: str, hint: str) -> str:
@@ -122,7 +139,10 @@ def apt_install(packages: Sequence[str], *, why: str, log: Path) -> None:
     """Install Debian packages (``apt-get update`` once per process) without starting services.
 
     A package's maintainer scripts would otherwise start its daemon (e.g. a system Redis on
-    6379) outside genwire's control; a temporary ``policy-rc.d`` asks them not to.
+    6379) outside genwire's control; a temporary ``policy-rc.d`` asks them not to. It is placed
+    with the same privileges as apt-get (through ``sudo -n`` when not root: a guard only root
+    could write was skipped then, and the distro's Redis took genwire's port), and a unit the
+    package enabled for the next boot (:data:`DAEMON_UNITS`) is disabled afterwards.
     """
     require_tool("apt-get", f"install {' '.join(packages)} ({why}) with your package manager")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -132,12 +152,7 @@ def apt_install(packages: Sequence[str], *, why: str, log: Path) -> None:
             _privileged(["apt-get", "update"]), what="apt-get update", log=log, hint=hint, env=env
         )
         _apt_state["updated"] = True
-    policy = Path("/usr/sbin/policy-rc.d")
-    placed = False
-    if os.geteuid() == 0 and not policy.exists():
-        policy.write_text("#!/bin/sh\n# genwire: do not start daemons during install\nexit 101\n")
-        policy.chmod(0o755)
-        placed = True
+    placed = _place_daemon_guard(log)
     try:
         run_step(
             _privileged(["apt-get", "install", "-y", "--no-install-recommends", *packages]),
@@ -148,7 +163,60 @@ def apt_install(packages: Sequence[str], *, why: str, log: Path) -> None:
         )
     finally:
         if placed:
-            policy.unlink(missing_ok=True)
+            _remove_daemon_guard(log)
+    _disable_boot_units(packages, log)
+
+
+_GUARD_WRITE = (
+    # noclobber: a policy-rc.d that appeared meanwhile is somebody else's, never overwritten
+    'set -C; printf "%s\\n" "#!/bin/sh" "# genwire: do not start daemons during install" '
+    '"exit 101" > "$1" && chmod 755 "$1"'
+)
+
+
+def _place_daemon_guard(log: Path) -> bool:
+    """Write :data:`POLICY_RC_D` unless one exists; True: it is ours (to remove afterwards)."""
+    if POLICY_RC_D.exists():
+        return False  # the system's own policy (a container's exit 101, say): left alone
+    try:
+        run_step(
+            _privileged(["sh", "-c", _GUARD_WRITE, "sh", str(POLICY_RC_D)]),
+            what=f"placing {POLICY_RC_D} (no daemon starts during the install)",
+            log=log,
+            hint="",
+        )
+    except StackError:
+        # A sudoers entry may allow apt-get alone: the install goes on without the guard
+        # (its failure is in the log) and the boot units are still disabled afterwards.
+        return False
+    return True
+
+
+def _remove_daemon_guard(log: Path) -> None:
+    """Remove the policy-rc.d we placed: left behind, it would stop every later package's
+    daemon on this machine from starting."""
+    run_step(
+        _privileged(["rm", "-f", str(POLICY_RC_D)]),
+        what=f"removing {POLICY_RC_D} (placed by genwire for the install)",
+        log=log,
+        hint=f"remove {POLICY_RC_D} yourself (genwire placed it for its apt-get install)",
+    )
+
+
+def _disable_boot_units(packages: Sequence[str], log: Path) -> None:
+    """``systemctl disable --now`` the units of :data:`DAEMON_UNITS` among ``packages`` (best
+    effort: without systemd as PID 1 there is nothing to disable)."""
+    units = [DAEMON_UNITS[p] for p in packages if p in DAEMON_UNITS]
+    if not units or shutil.which("systemctl") is None or not SYSTEMD_RUNNING.is_dir():
+        return
+    # A failure is in the log; genwire's start names whatever then holds its port.
+    with contextlib.suppress(StackError):
+        run_step(
+            _privileged(["systemctl", "disable", "--now", *units]),
+            what=f"disabling {' '.join(units)} (genwire starts its own)",
+            log=log,
+            hint="",
+        )
 
 
 def finish_into(staging: Path, final: Path) -> None:
@@ -159,10 +227,101 @@ def finish_into(staging: Path, final: Path) -> None:
     staging.replace(final)
 
 
+_live_staging: set[Path] = set()
+"""Staging folders of installs running in this process (the manager installs in threads, and
+every Kafka node of a cluster installs the same folder): never stale."""
+_staging_lock = threading.Lock()
+_MKDTEMP_NAME = re.compile(r"[a-z0-9_]{8}")
+"""What :func:`tempfile.mkdtemp` appends to a prefix."""
+
+
 def staging_dir(final: Path) -> Path:
-    """A fresh folder next to ``final`` (same filesystem, so the final move is a rename)."""
+    """A fresh folder next to ``final`` (same filesystem, so the final move is a rename).
+
+    Give it back with :func:`drop_staging`; one left by a killed run is removed by the next
+    install's :func:`remove_stale_staging`.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    with _staging_lock:  # made and recorded at once: a sweep never sees it unrecorded
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+        _live_staging.add(staging)
+    return staging
+
+
+def drop_staging(staging: Path) -> None:
+    """Remove a staging folder of :func:`staging_dir` (gone already after a finished move)."""
+    remove_tree(staging)
+    with _staging_lock:
+        _live_staging.discard(staging)
+
+
+def remove_stale_staging(final: Path) -> list[Path]:
+    """Remove the staging folders of ``final`` that killed runs left (``.<name>-XXXXXXXX``,
+    gigabytes each); returns them. Only safe under the stack lock (no other process installs
+    meanwhile): the ones this process is using are kept."""
+    prefix = f".{final.name}-"
+    try:
+        # Listed before the live set is read: a folder made after the listing is not in it,
+        # one made before it is already recorded.
+        entries = [e for e in final.parent.iterdir() if e.name.startswith(prefix)]
+    except FileNotFoundError:
+        return []
+    with _staging_lock:
+        live = set(_live_staging)
+    stale = [
+        entry
+        for entry in entries
+        if _MKDTEMP_NAME.fullmatch(entry.name[len(prefix) :])
+        and entry not in live
+        and entry.is_dir()
+        and not entry.is_symlink()
+    ]
+    for entry in stale:
+        remove_tree(entry)
+    return stale
+
+
+def remove_tree(path: Path) -> None:
+    """``rm -rf``, read-only folders included (Go makes its module cache read-only)."""
+
+    def writable_and_retry(func: Callable[..., Any], failed: str, _exc: object) -> None:
+        try:
+            os.chmod(os.path.dirname(failed), 0o700)
+            func(failed)
+        except OSError:
+            pass  # what stays is reported by its caller's next step, not here
+
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, onerror=writable_and_retry)
+
+
+def tree_size(path: Path) -> int:
+    """Bytes a folder holds (0: there is none)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def require_free_space(where: Path, need: int, *, what: str, have: int = 0) -> None:
+    """Fail in one line before a step that writes ``need`` bytes under ``where`` (``have`` of
+    them already there) when its filesystem has less free: not hours into it with ENOSPC."""
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free + have < need:
+        raise StackError(
+            f"{what} needs about {(need - have) / GiB:.1f} GiB free on the filesystem of "
+            f"{where}, which has {free / GiB:.1f} GiB: free some space (or set GENWIRE_HOME "
+            "to a larger disk), then `make up` again"
+        )
 
 
 # --- Kafka -------------------------------------------------------------------------------------
@@ -172,6 +331,7 @@ def install_kafka(version: str, dest: Path, *, pom: Path, m2: Path, log: Path) -
     """Copy the broker's jars (and their dependencies) from Maven Central into ``dest/libs``."""
     require_tool("java", JAVA_HINT)
     mvn = require_tool("mvn", "install Apache Maven (Debian: apt-get install maven)")
+    remove_stale_staging(dest)
     staging = staging_dir(dest)
     try:
         run_step(
@@ -195,7 +355,7 @@ def install_kafka(version: str, dest: Path, *, pom: Path, m2: Path, log: Path) -
             raise StackError(f"Maven did not fetch kafka_2.13-{version}.jar; see {log}")
         finish_into(staging, dest)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        drop_staging(staging)
 
 
 # --- Jaeger ------------------------------------------------------------------------------------
@@ -207,17 +367,26 @@ def install_jaeger(
     """Build Jaeger's ``cmd/jaeger`` from the Go module proxy into ``dest/jaeger``.
 
     ``version_tag`` (e.g. ``v2.13.0``) is stamped into the binary, as Jaeger's release build does.
+    Go's caches (``go_root``, about 8 GB) are removed once the binary is in place: nothing else
+    of the stack needs them, and a later build (a new version) is a cold one anyway.
     """
     go = require_tool("go", "install the Go toolchain (https://go.dev/dl/), then `make up` again")
+    remove_stale_staging(dest)
     env = {
         **os.environ,
-        # Go's caches live in the genwire home too, so a cold run is really cold and a warm
-        # one reuses the module downloads and compiled packages.
+        # Go's caches live in the genwire home too, so a cold run is really cold and a retry
+        # after a failed build reuses the module downloads and compiled packages.
         "GOMODCACHE": str(go_root / "mod"),
         "GOCACHE": str(go_root / "build-cache"),
         "GOPATH": str(go_root / "path"),
         "GOFLAGS": "-modcacherw",
     }
+    require_free_space(
+        go_root,
+        JAEGER_BUILD_NEED_BYTES,
+        what=f"building Jaeger {version_tag} (Go's module and build caches)",
+        have=tree_size(go_root),  # a retry's caches are part of what it needs
+    )
     hint = "check access to the Go module proxy (proxy.golang.org), then `make up` again"
     out = run_step(
         [go, "mod", "download", "-json", f"{module}@{version}"],
@@ -251,7 +420,17 @@ def install_jaeger(
         )
         finish_into(staging, dest)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        drop_staging(staging)
+    size = tree_size(go_root)
+    remove_tree(go_root)
+    _note(log, f"removed Go's caches ({go_root}, {size / GiB:.1f} GiB): Jaeger is built")
+
+
+def _note(log: Path, text: str) -> None:
+    """One line of genwire's own in an install log (as :func:`run_step`'s headers)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as handle:
+        handle.write(f"\n=== genwire: {text}\n")
 
 
 # --- Triton ------------------------------------------------------------------------------------
@@ -264,13 +443,35 @@ def install_triton(wheel_spec: str, dest: Path, *, downloads: Path, log: Path) -
     """Unpack ``tritonserver`` from the nvidia-pytriton wheel (downloaded, never pip-installed).
 
     Keeps ``pytriton/tritonserver`` (binary, backends, Python stubs) and ``nvidia_pytriton.libs``
-    (its shared libraries) and copies the Python 3.11 stub into ``backends/python``.
+    (its shared libraries) and copies the Python 3.11 stub into ``backends/python``. The wheel is
+    kept in ``downloads`` for the next install; a kept one that is not a whole zip (a download
+    cut short by an older genwire) is deleted and downloaded again, once.
     """
-    downloads.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(dest)
     name, version = wheel_spec.split("==", maxsplit=1)
     name = name.replace("-", "_")
-    wheels = sorted(downloads.glob(f"{name}-{version}-*.whl"))
-    if not wheels:
+    remove_stale_staging(downloads / name)
+    cached = sorted(downloads.glob(f"{name}-{version}-*.whl"))
+    wheel = cached[-1] if cached else _download_wheel(wheel_spec, name, downloads, log=log)
+    try:
+        _unpack_triton(wheel, dest)
+    except (zipfile.BadZipFile, EOFError) as exc:
+        if not cached:  # a download that was whole when pip wrote it: fetching again won't help
+            raise StackError(f"{wheel} (just downloaded) is not a valid wheel: {exc}") from exc
+        _note(log, f"{wheel.name} is damaged ({exc}): deleting it and downloading it again")
+        wheel.unlink(missing_ok=True)
+        wheel = _download_wheel(wheel_spec, name, downloads, log=log)
+        try:
+            _unpack_triton(wheel, dest)
+        except (zipfile.BadZipFile, EOFError) as again:
+            raise StackError(f"{wheel} (just downloaded) is not a valid wheel: {again}") from again
+
+
+def _download_wheel(wheel_spec: str, name: str, downloads: Path, *, log: Path) -> Path:
+    """``pip download`` the wheel into a staging folder, then rename it into ``downloads``:
+    a download cut short never sits there under the wheel's name."""
+    staging = staging_dir(downloads / name)
+    try:
         run_step(
             [
                 sys.executable,
@@ -280,19 +481,30 @@ def install_triton(wheel_spec: str, dest: Path, *, downloads: Path, log: Path) -
                 "--no-deps",
                 "--only-binary=:all:",
                 "--dest",
-                str(downloads),
+                str(staging),
                 wheel_spec,
             ],
             what=f"downloading {wheel_spec}",
             log=log,
             hint="check access to PyPI, then `make up` again",
         )
-        wheels = sorted(downloads.glob(f"{name}-{version}-*.whl"))
+        version = wheel_spec.split("==", maxsplit=1)[1]
+        wheels = sorted(staging.glob(f"{name}-{version}-*.whl"))
         if not wheels:
-            raise StackError(f"pip fetched no {wheel_spec} wheel into {downloads}; see {log}")
+            raise StackError(f"pip fetched no {wheel_spec} wheel; see {log}")
+        final = downloads / wheels[-1].name
+        wheels[-1].replace(final)
+        return final
+    finally:
+        drop_staging(staging)
+
+
+def _unpack_triton(wheel_path: Path, dest: Path) -> None:
+    """Unpack the server from the wheel into ``dest`` (moved into place when complete); a
+    damaged wheel raises :class:`zipfile.BadZipFile` (or EOFError) for the caller to act on."""
     staging = staging_dir(dest)
     try:
-        with zipfile.ZipFile(wheels[-1]) as wheel:
+        with zipfile.ZipFile(wheel_path) as wheel:
             for info in wheel.infolist():
                 if not info.filename.startswith(KEEP_FROM_WHEEL):
                     continue
@@ -304,16 +516,16 @@ def install_triton(wheel_spec: str, dest: Path, *, downloads: Path, log: Path) -
         server = staging / "pytriton" / "tritonserver"
         stub = server / "python_backend_stubs" / "3.11" / "triton_python_backend_stub"
         if not stub.exists() or not (server / "bin" / "tritonserver").exists():
-            raise StackError(f"{wheels[-1].name} lacks tritonserver or its 3.11 stub")
+            raise StackError(f"{wheel_path.name} lacks tritonserver or its 3.11 stub")
         target = server / "backends" / "python" / stub.name
         shutil.copy2(stub, target)
         target.chmod(0o755)
         (server / "bin" / "tritonserver").chmod(0o755)
         finish_into(staging, dest)
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise StackError(f"unpacking {wheels[-1]} failed: {exc}; delete it and retry") from exc
+    except OSError as exc:
+        raise StackError(f"unpacking {wheel_path} into {dest} failed: {exc}") from exc
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        drop_staging(staging)
 
 
 def missing_libraries(binary: Path, env: Mapping[str, str]) -> list[str]:

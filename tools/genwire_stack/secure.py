@@ -31,10 +31,11 @@ import os
 import secrets
 import shlex
 import ssl
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genwire import triton_admin
 from genwire.settings import CommonSettings
@@ -44,10 +45,18 @@ from genwire_stack.errors import StackError
 from genwire_stack.layout import SecureMode
 from genwire_stack.paths import StackPaths
 
+if TYPE_CHECKING:  # imported where used: `genwire up` without --secure never loads it
+    from cryptography import x509
+
 SCRAM = "SCRAM-SHA-512"
 ADMIN = "admin"
 BROKER_CN = "genwire-kafka-broker"
 CLIENT_CN = "genwire-client"
+CA_DAYS = 825
+LEAF_DAYS = 397
+RENEW_BEFORE = dt.timedelta(days=30)
+"""A certificate that expires sooner than this is made again at the next ``genwire up
+--secure`` (the CA with every leaf, as they are signed by it)."""
 
 
 @dataclass(frozen=True)
@@ -432,7 +441,8 @@ def _properties_value(pem: str) -> str:
 
 
 def _ensure_certificates(root: Path) -> None:
-    """The CA and three leaf certificates, each made once (a leaf is remade with a new CA)."""
+    """The CA and three leaf certificates, each made once and again when it nears its end
+    (:data:`RENEW_BEFORE`); a leaf is remade with a new CA, or when another CA signed it."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -452,6 +462,15 @@ def _ensure_certificates(root: Path) -> None:
 
     ca_cert_path, ca_key_path = root / "ca.pem", root / "ca-key.pem"
     fresh_ca = not (ca_cert_path.exists() and ca_key_path.exists())
+    if not fresh_ca:
+        ending = _ends_soon(x509.load_pem_x509_certificate(ca_cert_path.read_bytes()), now)
+        if ending is not None:
+            fresh_ca = True
+            _say(
+                f"the local CA ({ca_cert_path}) {ending}: made a new one and new certificates "
+                "signed by it; restart the whole secure stack (`make down`, then `make up "
+                "SECURE=1`) so that every service trusts it"
+            )
     if fresh_ca:
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_cert = (
@@ -461,7 +480,7 @@ def _ensure_certificates(root: Path) -> None:
             .public_key(ca_key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=825))
+            .not_valid_after(now + dt.timedelta(days=CA_DAYS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -506,7 +525,15 @@ def _ensure_certificates(root: Path) -> None:
     for stem, (cn, usages) in leaves.items():
         cert_path, key_path = root / f"{stem}.pem", root / f"{stem}-key.pem"
         if not fresh_ca and cert_path.exists() and key_path.exists():
-            continue
+            old = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            ending = _ends_soon(old, now)
+            if ending is None and _signed_by(old, ca_cert):
+                continue
+            _say(
+                f"the certificate {cert_path} "
+                f"{ending or 'is not signed by the local CA'}: made a new one; a component "
+                "running with the old one keeps it until its next start"
+            )
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
             x509.CertificateBuilder()
@@ -515,7 +542,7 @@ def _ensure_certificates(root: Path) -> None:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=397))
+            .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(sans, critical=False)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
@@ -527,3 +554,29 @@ def _ensure_certificates(root: Path) -> None:
         )
         _write_private(key_path, pem_key(key))
         _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM).decode())
+
+
+def _ends_soon(cert: x509.Certificate, now: dt.datetime) -> str | None:
+    """Why ``cert`` must be made again, None: it has long enough."""
+    end = cert.not_valid_after_utc
+    if end <= now:
+        return f"expired on {end:%Y-%m-%d}"
+    if end - now < RENEW_BEFORE:
+        return f"expires on {end:%Y-%m-%d} (in under {RENEW_BEFORE.days} days)"
+    return None
+
+
+def _signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
+    """Whether the CA ``ca_cert`` signed ``cert`` (a leaf of an earlier CA would not verify)."""
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _say(line: str) -> None:
+    """Tell the person running ``genwire up`` (stderr: a command's table on stdout stays clean)."""
+    print(f"genwire: {line}", file=sys.stderr, flush=True)
