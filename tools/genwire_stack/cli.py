@@ -137,7 +137,8 @@ def register(subparsers: Any) -> None:
         "status",
         help="show what runs where",
         description="Show every component of the stack: its state, pid, restarts, endpoints "
-        "and log file, and why it is not ready when it is not.",
+        "and log file, and why it is not ready when it is not. Exits 0 when every component is "
+        "running (or an external Redis), 3 when one is not.",
     )
     status.set_defaults(func=_status)
 
@@ -283,9 +284,18 @@ def _default_model(args: argparse.Namespace) -> int:
     return 0 if version is not None else 1
 
 
+STATUS_NOT_ALL_RUNNING = 3
+"""``genwire status``'s exit status when a component is neither ``running`` nor ``external``
+(scripts wait on it, as with ``systemctl is-active``); 0 when all are; 2 stays a refused
+setting (genwire_cli)."""
+
+
 def _status(args: argparse.Namespace) -> int:
     from genwire_stack import current_layout, format_table, status
 
-    print(format_table(status()))
+    rows = status()
+    print(format_table(rows))
     print(f"genwire: layout: {current_layout().describe()}")
+    if any(row.state not in ("running", "external") for row in rows):
+        return STATUS_NOT_ALL_RUNNING
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import socket
@@ -124,11 +125,29 @@ def run_coro(coro: Coroutine[Any, Any, T]) -> T:
     return result[0]
 
 
+TAIL_BYTES = 64 * 1024
+"""How much of a log's end :func:`log_tail` and :func:`last_words` read: a one-line message
+needs the last lines, and a log may hold months (a 400 MB ``kafka.log`` took 2.7 s and
+~940 MB of memory when read whole)."""
+
+
+def _tail_lines(path: Path | str, limit: int = TAIL_BYTES) -> list[str]:
+    """The lines in the last ``limit`` bytes of ``path`` (not the first, cut one); raises
+    OSError when it cannot be read."""
+    with Path(path).open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        start = max(0, size - limit)
+        handle.seek(start)
+        data = handle.read(limit)
+    lines = data.decode(errors="replace").splitlines()
+    return lines[1:] if start > 0 else lines
+
+
 def log_tail(path: Path | str, lines: int = 1) -> str:
     """The last non-empty line(s) a component wrote to its log, for a one-line error message
     (the supervisor's own restart lines are skipped: the server's last words matter)."""
     try:
-        text = Path(path).read_text(errors="replace").strip().splitlines()
+        text = _tail_lines(path)
     except OSError:
         return ""
     own = [line.strip() for line in text if line.strip() and not line.startswith(LOG_PREFIX)]
@@ -162,18 +181,38 @@ def error_line(stderr: str, stdout: str = "") -> str | None:
     return rest[-1][:300] if rest else None
 
 
+START_HEADER = "=== genwire: starting "
+"""The line ``genwire up`` writes into a component's log before each start
+(:func:`genwire_stack.process.spawn`): what comes before it is an earlier run's."""
+_GAVE_UP = re.compile(rf"^{re.escape(LOG_PREFIX)} \S+ (?P<said>.*\b(?:cannot run|giving up)\b.*)$")
+"""The supervisor's line when it could not start the server at all (``cannot run <argv0>:
+<reason>; giving up``): the only place that reason is written."""
+
+
 def last_words(path: Path | str, scan: int = 60) -> str:
     """For a one-line message about a process that exited: ``last error: '<the exception line of
     its last traceback>'`` when its log ends with one (the last line is often a shutdown
-    warning after it), else ``last log line: '<its last line>'``."""
+    warning after it), or the supervisor's ``cannot run …; giving up``; else ``last log line:
+    '<its last line>'``. Only the current run counts: what follows the last start header
+    (``=== genwire: starting <name>``), never an earlier run's traceback."""
     try:
-        text = Path(path).read_text(errors="replace").strip().splitlines()
+        text = _tail_lines(path)
     except OSError:
         return "last log line: ''"
     lines = [line.rstrip() for line in text if line.strip()]
-    own = [at for at, line in enumerate(lines) if not line.startswith(LOG_PREFIX)]
+    starts = [at for at, line in enumerate(lines) if line.startswith(START_HEADER)]
+    if starts:
+        lines = lines[starts[-1] + 1 :]
+    own = [
+        at
+        for at, line in enumerate(lines)
+        if not line.startswith(LOG_PREFIX) or _GAVE_UP.match(line)
+    ]
     for at in reversed(own[-scan:]):
         line = lines[at].strip()
+        gave_up = _GAVE_UP.match(line)
+        if gave_up:
+            return f"last error: {gave_up['said'][:300]!r}"
         if _EXCEPTION_LINE.match(line):
             found = _VALIDATION_ERROR.search(line)
             if found:  # what was refused is on the lines below it

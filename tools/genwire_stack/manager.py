@@ -62,12 +62,14 @@ from genwire_stack.process import (
     PidRecord,
     describe_pid,
     locked,
+    pid_alive,
     port_free,
     port_holders,
     read_record,
     records,
     remove_record,
     spawn,
+    start_ticks,
     stop_orphan,
     supervised_argv,
     terminate,
@@ -75,7 +77,7 @@ from genwire_stack.process import (
 )
 from genwire_stack.process import supervisor_state as _read_supervisor_state
 from genwire_stack.servers import settings_class
-from genwire_stack.statefile import SupervisorState
+from genwire_stack.statefile import SupervisorState, state_file
 from genwire_stack.variables import unread_environment
 
 MODEL_PHASE = 3
@@ -123,7 +125,7 @@ def ensure_up(
     components = None if components is None else list(components)
     check_environment(components, out)  # before anything changes: the layout, a scale
     try:
-        with locked(paths.run):
+        with locked(paths.run, _lock_out(out)):
             everything = _catalog_for_up(paths, cfg, catalog, brokers, scale, out, secure)
             chosen = select_components(everything, components)
             if model is None:
@@ -143,7 +145,7 @@ def ensure_up(
             if not isinstance(triton, Triton):
                 raise StackError("the default model needs Triton, which is not in this stack")
             ensure_model_loaded(cfg, f"127.0.0.1:{triton.http_port}", out)
-        with locked(paths.run):
+        with locked(paths.run, _lock_out(out)):
             _bring_up([c for c in chosen if c.phase > MODEL_PHASE], paths, started, out)
     except BaseException:
         for record, component in reversed(started):
@@ -151,6 +153,12 @@ def ensure_up(
             _stop_record(paths, record, component.stop_timeout_s)
         raise
     return [status_of(c, paths) for c in chosen]
+
+
+def _lock_out(out: Out) -> Out | None:
+    """Where waiting on another run's lock is said: the caller's ``out``, or stderr when the
+    caller is quiet (a fixture waiting minutes on a ``make up`` must not look hung either)."""
+    return None if out is quiet else out
 
 
 def _redis_settings(cfg: CommonSettings, everything: Mapping[str, Component]) -> CommonSettings:
@@ -249,15 +257,21 @@ def _plan(chosen: list[Component], paths: StackPaths, out: Out) -> Plan:
             if record.supervised and stop_orphan(paths.run, record):
                 out(f"{component.name}: stopped the server its dead supervisor left running")
             remove_record(paths.run, component.name)
-        conflict = _port_conflict(component)
-        if conflict is None:
-            plan[component.name] = "start"
-        elif component.adoptable and component.healthy():
-            plan[component.name] = "external"
-            out(f"{component.name}: reusing the one already running on {component.endpoints()}")
-        else:
-            raise StackError(conflict)
+        plan[component.name] = _start_or_adopt(component, out)
     return plan
+
+
+def _start_or_adopt(component: Component, out: Out) -> Literal["external", "start"]:
+    """For a component genwire does not run: start it when its ports are free, reuse a server
+    of its kind already answering there (an ``adoptable`` Redis), else refuse the port's
+    holder."""
+    conflict = _port_conflict(component)
+    if conflict is None:
+        return "start"
+    if component.adoptable and component.healthy():
+        out(f"{component.name}: reusing the one already running on {component.endpoints()}")
+        return "external"
+    raise StackError(conflict)
 
 
 def check_environment(components: Iterable[str] | None = None, out: Out = quiet) -> None:
@@ -299,6 +313,8 @@ def _launch(component: Component, paths: StackPaths) -> PidRecord:
             nice=component.nice(),
             restart_args=component.restart_arguments(),
         )
+        # A state file left from an earlier run would be read as this start's exits.
+        state_file(paths.run, component.name).unlink(missing_ok=True)
     env = {**os.environ, **component.environment()}
     record = spawn(
         component.name,
@@ -325,6 +341,11 @@ def _bring_up(
         members = [c for c in group if c.phase == phase]
         launched: dict[str, PidRecord] = {}
         for component in members:
+            if plan[component.name] != "start":
+                continue
+            # Again, right before the start: the install (apt's postinst starting the distro's
+            # redis-server) or an earlier phase's minutes may have put a server on the port.
+            plan[component.name] = _start_or_adopt(component, out)
             if plan[component.name] != "start":
                 continue
             component.prepare()
@@ -361,33 +382,88 @@ def _await_ready(
     component: Component, record: PidRecord | None, paths: StackPaths, *, fresh: bool
 ) -> None:
     """Poll until ``component`` is ready; fail at once if a fresh start exited, else after its
-    start timeout, with one line naming it and why (its /readyz reason, its exits)."""
+    start timeout, with one line naming it and why (its /readyz reason, its exits).
+
+    A fresh start counts as ready only while its own server runs: a stranger that took the
+    port (a distro ``redis-server`` started by apt) answers the probe just as well while ours
+    exits with "Address already in use" and its supervisor restarts it again and again."""
     what = f"{component.name} ({component.title})"
     timeout_s = component.start_timeout_s
     deadline = time.monotonic() + timeout_s
     while True:
-        verdict = component.readiness()
-        if verdict.ready:
-            return
-        if record is not None and not record.alive():
-            # One last look: a process may exit right after becoming healthy (e.g. a daemon).
-            if component.readiness().ready:
-                return
-            if not fresh:
-                raise _Vanished(f"{what} stopped while `genwire up` waited for it")
-            raise StackError(f"{what} exited while starting{_last_words(component)}")
         state = (
             _read_supervisor_state(paths.run, component.name)
             if record is not None and record.supervised
             else None
         )
-        if fresh and state is not None and state.restarts > 0:
-            raise StackError(
-                f"{what} exited while starting ({state.last_exit}){_last_words(component)}"
-            )
+        if fresh and state is not None and (state.restarts > 0 or state.phase == "stopped"):
+            # Exited since we started it, whoever answers the port now.
+            raise StackError(_exited(what, component, state))
+        verdict = component.readiness()
+        stranger = _not_ours(component, record, state) if fresh and verdict.ready else None
+        if verdict.ready and stranger is None:
+            return
+        if record is not None and not record.alive():
+            # One last look: a process may exit right after becoming healthy (e.g. a daemon);
+            # not a fresh supervisor's: it exits only when it gives up on its server.
+            if (not fresh or not record.supervised) and component.readiness().ready:
+                return
+            if not fresh:
+                raise _Vanished(f"{what} stopped while `genwire up` waited for it")
+            # The supervisor gave up (``cannot run``): its state says why.
+            final = _read_supervisor_state(paths.run, component.name) if record.supervised else None
+            raise StackError(_exited(what, component, final))
         if time.monotonic() >= deadline:
+            if stranger is not None:
+                raise StackError(
+                    f"{what} did not start within {timeout_s:.0f} s: its port answers, but "
+                    f"{stranger}; see {component.log}"
+                )
             raise StackError(_not_ready(component, verdict, state, timeout_s))
         time.sleep(0.25)
+
+
+def _exited(what: str, component: Component, state: SupervisorState | None) -> str:
+    """``<what> exited while starting (<how it last ended>); last error: …; full log: …``."""
+    how = f" ({state.last_exit})" if state is not None and state.last_exit else ""
+    return f"{what} exited while starting{how}{_last_words(component)}"
+
+
+def _not_ours(
+    component: Component, record: PidRecord | None, state: SupervisorState | None
+) -> str | None:
+    """Why a ready verdict after a fresh start may come from someone else (None: it is ours):
+    its supervisor's server is not running (not yet, or exited), or the port's listeners,
+    where they can be seen, are none of its process group."""
+    if record is None:
+        return None
+    if record.supervised and _live_server(state) is None:
+        return "the server genwire started does not run"
+    if not record.supervised and not record.alive():
+        return None  # the daemon case: judged by the caller
+    group = record.pid  # spawn made it the leader of a group of its own
+    for port in component.ports().values():
+        holders = port_holders(port)
+        if holders and not any(_group_of(pid) == group for pid in holders):
+            # Where no listener can be seen (another user's process), nothing is claimed.
+            who = ", ".join(describe_pid(pid) for pid in holders)
+            return f"port {port} is held by {who}, which genwire did not start"
+    return None
+
+
+def _live_server(state: SupervisorState | None) -> int | None:
+    """The pid of the supervisor's server when it runs now (checked by its start time)."""
+    if state is None or state.child_pid is None:
+        return None
+    pid = state.child_pid
+    return pid if pid_alive(pid) and start_ticks(pid) == state.child_start_ticks else None
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 def _last_words(component: Component) -> str:
@@ -459,7 +535,7 @@ def down(
     everything = dict(catalog) if catalog is not None else build_components(paths, cfg)
     chosen = select_components(everything, components)
     stopped: list[str] = []
-    with locked(paths.run):
+    with locked(paths.run, _lock_out(out)):
         if components is None and catalog is None:
             for leftover in records(paths.run):
                 if leftover.name not in everything and _stop_record(paths, leftover, 30.0):

@@ -23,8 +23,10 @@ class StackPaths:
 
     @classmethod
     def from_settings(cls, settings: CommonSettings | None = None) -> StackPaths:
-        """Paths for ``settings.home`` (``GENWIRE_HOME``, default ``~/.cache/genwire``)."""
-        return cls((settings or CommonSettings()).home.expanduser())
+        """Paths for ``settings.home`` (``GENWIRE_HOME``, default ``~/.cache/genwire``), made
+        absolute: the components run with the home as their working folder, where a relative
+        home would be found again below itself (``rel/h/rel/h/...``)."""
+        return cls((settings or CommonSettings()).home.expanduser().resolve())
 
     @property
     def logs(self) -> Path:

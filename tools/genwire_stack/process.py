@@ -16,14 +16,16 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from genwire import triton_admin
 from genwire_stack.errors import StackError
 from genwire_stack.statefile import SupervisorState, read_state, state_file
+from genwire_stack.supervise import rotate_log
 
 
 @dataclass(frozen=True)
@@ -196,8 +198,10 @@ def spawn(
     """Start ``argv`` in its own session (it outlives us), output appended to ``log_path``.
 
     ``supervised``: ``argv`` is a supervisor's (:func:`supervised_argv`), recorded as such.
+    A log over :data:`~genwire_stack.supervise.LOG_CAP_BYTES` moves to ``<log>.1`` first.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    rotate_log(log_path)  # nothing writes to it now: a rename loses no line
     with log_path.open("ab") as log:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         log.write(f"\n=== genwire: starting {name} at {stamp}: {' '.join(shown(argv))}\n".encode())
@@ -368,13 +372,49 @@ def port_holders(port: int) -> list[int]:
     return sorted(holders)
 
 
+LOCK_FILE = "stack.lock"
+
+
 @contextlib.contextmanager
-def locked(run_dir: Path) -> Iterator[None]:
-    """Serialize stack operations of one home (two test sessions starting the stack at once)."""
+def locked(run_dir: Path, out: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Serialize stack operations of one home (two test sessions starting the stack at once).
+
+    The holder's pid is written into the lock file. When another run holds it (a first
+    ``make up`` building Jaeger, which takes minutes), say so through ``out`` (default: stderr)
+    before waiting, instead of hanging without a word.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
-    with (run_dir / "stack.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    path = run_dir / LOCK_FILE
+    # Not "w": opening must not truncate the pid the holder wrote.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            who = f" (pid {holder})" if holder is not None else ""
+            message = f"waiting for another genwire run{who} holding {path}"
+            if out is not None:
+                out(message)
+            else:
+                print(f"genwire: {message}", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            # Emptied before the unlock: a waiter never names a pid that no longer holds it.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The pid the lock's holder recorded (None: not written yet, or unreadable)."""
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except (OSError, ValueError):
+        return None

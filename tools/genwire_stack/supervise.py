@@ -9,7 +9,9 @@ file's); the child runs in the same group, so a signal to the group reaches both
 restarted after any exit the supervisor did not ask for (a crash, a SIGKILL, a service that gave
 up and exited non-zero, even exit code 0), after a capped exponential backoff: 1 s, doubling to
 30 s, back to 1 s once a child ran 60 s before exiting. Each restart writes one line into the
-component's log (the supervisor's stdout is that log, shared with the child).
+component's log (the supervisor's stdout is that log, shared with the child). A log past
+``--log-cap`` (64 MiB) is moved to ``<log>.1`` and started anew, at a restart and while the
+child runs.
 
 SIGTERM (or SIGINT/SIGHUP) to the supervisor stops it: it passes SIGTERM on to the child, waits up
 to ``--stop-timeout`` seconds, SIGKILLs whatever is left of the group, and exits 0. The child gets
@@ -43,11 +45,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import select
+import shutil
 import signal
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -81,9 +86,31 @@ UNREADY_PROBE_S = 5.0
 """How often ``--unready-url`` is polled."""
 LOG_PREFIX = "=== genwire supervisor:"
 """Every line the supervisor writes into the log starts with this (``log_tail`` skips them)."""
+LOG_CAP_BYTES = 64 * 1024 * 1024
+"""A component's log larger than this moves to ``<log>.1`` (replacing an older one): when
+``genwire up`` starts it (:func:`rotate_log`), and while its supervisor runs it
+(``Supervisor._cap_log``). Without a cap a log grew for as long as the home lived (a 400 MB
+``kafka.log`` seen), and the disk with it."""
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+
+
+def rotated(path: Path) -> Path:
+    """Where the earlier part of log ``path`` is kept: ``<name>.log.1``."""
+    return path.with_name(f"{path.name}.1")
+
+
+def rotate_log(path: Path, cap: int = LOG_CAP_BYTES) -> bool:
+    """Move ``path`` to ``<path>.1`` (replacing an older one) when it is larger than ``cap``,
+    before a writer opens it anew; True when it did."""
+    try:
+        if path.stat().st_size <= cap:
+            return False
+        os.replace(path, rotated(path))
+    except OSError:  # none yet, or a folder we may not write in: keep appending
+        return False
+    return True
 
 
 def _prctl(option: int, value: int) -> None:
@@ -189,8 +216,11 @@ class Supervisor:
         probe_context: ssl.SSLContext | None = None,
         nice: int = 0,
         restart_args: Sequence[str] = (),
+        log_cap: int = LOG_CAP_BYTES,
     ) -> None:
         self.name = name
+        self.log_cap = log_cap
+        """The largest its log (its own stdout, shared with the child) grows before rotation."""
         self.restart_args = list(restart_args)
         """Added to ``argv`` when the child is started again (not the first time)."""
         self.nice = nice
@@ -244,6 +274,36 @@ class Supervisor:
     def save(self) -> None:
         with contextlib.suppress(OSError):
             write_state(self.state_path, self.state)
+
+    def _cap_log(self) -> None:
+        """Keep the log under ``log_cap``: once larger, its content moves to ``<log>.1`` and the
+        log starts empty again. The child writes on through the same descriptor, so the file is
+        copied, then truncated in place (a rename would leave the child writing to ``.1``);
+        lines written between the two are lost. Only for the log ``genwire up`` opened for us:
+        a regular file in append mode (a truncated non-append file would be written on at the
+        old offset), still at the path it was opened at."""
+        try:
+            held = os.fstat(1)
+            if not stat.S_ISREG(held.st_mode) or held.st_size <= self.log_cap:
+                return
+            if not fcntl.fcntl(1, fcntl.F_GETFL) & os.O_APPEND:
+                return
+            path = Path(os.readlink("/proc/self/fd/1"))
+            on_disk = path.stat()
+            if (on_disk.st_dev, on_disk.st_ino) != (held.st_dev, held.st_ino):
+                return  # renamed or replaced meanwhile: not ours to rotate any more
+        except OSError:
+            return
+        spare = path.with_name(f".{path.name}.1.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile("/proc/self/fd/1", spare)  # sendfile: no copy in our memory
+            os.replace(spare, rotated(path))
+            os.ftruncate(1, 0)
+        except OSError:  # a full disk: keep appending rather than lose what is there
+            with contextlib.suppress(OSError):
+                spare.unlink()
+            return
+        self.say(f"log larger than {self.log_cap} bytes: its earlier part is in {rotated(path)}")
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -304,6 +364,7 @@ class Supervisor:
 
     def _start_child(self, first: bool) -> bool:
         me = os.getpid()
+        self._cap_log()  # a child that crash-loops writes its trace on every start
         try:
             self.child = subprocess.Popen(
                 self.argv if first else [*self.argv, *self.restart_args],
@@ -339,6 +400,7 @@ class Supervisor:
                 return status
             if self.stopping:
                 return 0
+            self._cap_log()  # a server running for weeks writes on and on
             self._tend_hook()
             self._watch_readiness()
             self._sleep(self._due_in())
@@ -561,6 +623,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "and its session's group (shared with this supervisor) where the kernel has autogroups "
         "(default 0)",
     )
+    parser.add_argument(
+        "--log-cap",
+        type=int,
+        default=LOG_CAP_BYTES,
+        metavar="BYTES",
+        help="when its log (this process's stdout) grows past this, move its content to "
+        "<log>.1 and start it anew (default: 64 MiB)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if (args.probe_cert is None) != (args.probe_key is None):
@@ -586,6 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         probe_context=probe_context(args.probe_ca, args.probe_cert, args.probe_key),
         nice=args.nice,
         restart_args=[str(a) for a in json.loads(args.restart_args_json or "[]")],
+        log_cap=args.log_cap,
     )
     return supervisor.run()
 
