@@ -60,7 +60,7 @@ MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MODEL_RULE = "a letter or digit, then up to 127 letters, digits, '_', '.' or '-'"
 """``MODEL_RE`` in words (no ':': a request names a version or alias as NAME:VERSION)."""
 STICKY_RE = re.compile(r"^(|user|request_id|metadata:[^\s]{1,64})$")
-MAX_RECORD_BYTES = 64 * 1024
+MAX_POLICY_RECORD_BYTES = 64 * 1024
 """A larger ``genwire.config`` value is corrupt (skipped and counted)."""
 
 
@@ -245,8 +245,8 @@ def parse(key: bytes | None, value: bytes | None) -> ModelPolicy | None:
     """
     if value is None:
         return None
-    if len(value) > MAX_RECORD_BYTES:
-        raise PolicyError(f"record of {len(value)} bytes is larger than {MAX_RECORD_BYTES}")
+    if len(value) > MAX_POLICY_RECORD_BYTES:
+        raise PolicyError(f"record of {len(value)} bytes is larger than {MAX_POLICY_RECORD_BYTES}")
     try:
         data = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -77,23 +77,29 @@ async def acknowledged(futures: Sequence[asyncio.Future[object]], timeout_s: flo
     so without this a broker outage would hang the record instead of counting against the
     outage budget). The futures are not cancelled: records still queued may be delivered
     later, as duplicates that idempotent stages absorb."""
-    for future in await answered(futures, timeout_s):
-        future.result()  # raises the first failure (KafkaError)
+    done, waiting = await answered(futures, timeout_s)
+    for future in done:
+        future.result()  # raises the first failure (KafkaError): before any wait's timeout
+    if waiting:
+        raise unanswered(len(waiting), timeout_s)
 
 
 async def answered(
     futures: Sequence[asyncio.Future[object]], timeout_s: float
-) -> set[asyncio.Future[object]]:
-    """The futures the broker answered (acknowledged or failed) within ``timeout_s``, once it
-    answered all of them; ``KafkaTimeoutError`` when some are still waiting then."""
+) -> tuple[set[asyncio.Future[object]], set[asyncio.Future[object]]]:
+    """The futures the broker answered (acknowledged or failed) within ``timeout_s``, and
+    those still waiting then (``unanswered``: a broker that does not answer counts against the
+    outage budget)."""
     if not futures:
-        return set()
-    done, waiting = await asyncio.wait(futures, timeout=timeout_s)
-    if waiting:
-        raise KafkaTimeoutError(
-            f"{len(waiting)} record(s) not acknowledged by the broker within {timeout_s:.0f} s"
-        )
-    return done
+        return set(), set()
+    return await asyncio.wait(futures, timeout=timeout_s)
+
+
+def unanswered(count: int, timeout_s: float) -> KafkaTimeoutError:
+    """The error of ``count`` records the broker did not answer within ``timeout_s``."""
+    return KafkaTimeoutError(
+        f"{count} record(s) not acknowledged by the broker within {timeout_s:.0f} s"
+    )
 
 
 class FailurePaths:
@@ -314,11 +320,12 @@ class FailurePaths:
                 refused.append((out, exc))
         if not sent:
             return refused
-        # As ``acknowledged``: a broker that does not answer counts against the outage budget.
-        await answered([fut for _, fut in sent], self._ack_timeout_s)
+        done, waiting = await answered([fut for _, fut in sent], self._ack_timeout_s)
         for out, fut in sent:
-            if (failure := fut.exception()) is not None:
-                refused.append((out, _for_good(failure)))
+            if fut in done and (failure := fut.exception()) is not None:
+                refused.append((out, _for_good(failure)))  # a retryable failure raises first
+        if waiting:  # as ``acknowledged``: an outage counts against the budget
+            raise unanswered(len(waiting), self._ack_timeout_s)
         return refused
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib.metadata import entry_points
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -36,8 +37,11 @@ OTEL_VARIABLES: dict[str, str] = {
     "monitor tells stages apart by their `genwire.stage` attribute, not by it",
     "OTEL_BSP_SCHEDULE_DELAY": f"ms finished spans wait to be exported together (default "
     f"{SCHEDULE_DELAY_MS})",
-    "OTEL_TRACES_SAMPLER": "the standard sampler (with `OTEL_TRACES_SAMPLER_ARG`) instead of "
-    "`GENWIRE_TRACES_SAMPLE_RATIO`'s; setting both is refused at start",
+    "OTEL_TRACES_SAMPLER": "the standard sampler instead of `GENWIRE_TRACES_SAMPLE_RATIO`'s "
+    "(one of the SDK's, or one an installed entry point provides); setting both, or naming "
+    "one nobody provides, is refused at start",
+    "OTEL_TRACES_SAMPLER_ARG": "the ratio of `traceidratio` / `parentbased_traceidratio`: a "
+    "number in [0, 1], else refused at start",
 }
 """The standard OpenTelemetry variables the services read (docs/settings.md lists them)."""
 
@@ -101,13 +105,43 @@ def configure_tracing(
     return provider
 
 
+SDK_SAMPLERS = frozenset(
+    {
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    }
+)
+"""The samplers ``OTEL_TRACES_SAMPLER`` names that the SDK builds itself (others come from the
+``opentelemetry_traces_sampler`` entry points)."""
+
+
 def _sampler(settings: CommonSettings) -> Sampler | None:
     """``GENWIRE_TRACES_SAMPLE_RATIO``'s, or None where ``OTEL_TRACES_SAMPLER`` is set (the SDK
-    builds that one); both set is refused: one of them would be ignored."""
-    if not os.environ.get("OTEL_TRACES_SAMPLER", "").strip():
+    builds that one). Refused: both set (one would be ignored), a sampler nobody provides, a
+    ratio that is no number in [0, 1] (the SDK would fall back to sampling everything)."""
+    name = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if not name:
         return ParentBased(TraceIdRatioBased(settings.traces_sample_ratio))
     if "traces_sample_ratio" in settings.model_fields_set:
         raise ValueError(
             "OTEL_TRACES_SAMPLER and GENWIRE_TRACES_SAMPLE_RATIO are both set: set one of them"
         )
+    provided = {e.name for e in entry_points(group="opentelemetry_traces_sampler")}
+    if name not in SDK_SAMPLERS and name not in provided:
+        raise ValueError(
+            f"OTEL_TRACES_SAMPLER={name!r}: no such sampler (the SDK's: "
+            f"{', '.join(sorted(SDK_SAMPLERS))})"
+        )
+    if name.endswith("traceidratio"):
+        arg = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0").strip()
+        try:
+            ratio = float(arg)
+        except ValueError:
+            ratio = -1.0
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"OTEL_TRACES_SAMPLER_ARG={arg!r}: a ratio in [0, 1]")
     return None

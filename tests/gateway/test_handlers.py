@@ -36,6 +36,7 @@ class FakeProducer:
         self.headers: list[dict[str, bytes]] = []
         self.values: list[bytes] = []
         self.fail_delivery = False
+        self.cancel_delivery = False
 
     async def send(
         self, topic: str, value: bytes, headers: Any = (), **_: Any
@@ -45,7 +46,9 @@ class FakeProducer:
         self.values.append(value)
         self.headers.append(dict(headers))
         fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        if self.fail_delivery:
+        if self.cancel_delivery:
+            fut.cancel()  # the producer dropped it (replaced after a fatal error)
+        elif self.fail_delivery:
             fut.set_exception(ConnectionError("broker down"))
         else:
             fut.set_result(None)
@@ -236,6 +239,15 @@ async def test_a_named_request_outlives_its_caller() -> None:
     await gateway.drain()
     assert producer.cancels() == []
     assert [r.request_id for r in producer.requests] == ["named-1", "named-2"]
+
+
+async def test_a_delivery_our_producer_cancelled_is_unavailable_not_the_callers_cancel() -> None:
+    """A cancel code would read as the caller leaving (no error budget spent)."""
+    gateway, producer, _ = _gateway(None)
+    producer.cancel_delivery = True
+    with pytest.raises(GatewayError) as info:
+        await gateway.generate(gateway.prepare({"prompt": "hi"}))
+    assert info.value.code == "unavailable"
 
 
 async def test_failed_delivery_is_unavailable() -> None:

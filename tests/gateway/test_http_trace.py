@@ -7,6 +7,8 @@ prompt of a batch has a span of its own in the call's trace."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import types
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
+from starlette.requests import ClientDisconnect
 
 from genwire.apikeys import SCOPE_GENERATE, KeyRecord
 from genwire.events import ControlEvent, ErrorInfo, Event, GenerationResult, TokenEvent, Usage
@@ -230,6 +233,60 @@ async def test_an_abandoned_streams_cancel_is_published_in_its_trace() -> None:
     assert producer.events[cancel].reason == "stream abandoned"  # type: ignore[attr-defined]
     assert producer.events_in[cancel][0] == _where(_server(spans))[0]
     assert _requests(metrics, "cancelled") == 1
+
+
+async def test_a_stream_whose_send_fails_is_closed_at_once_not_by_the_garbage_collector() -> None:
+    """ASGI 2.4 servers (and a slow client's full socket) make the hang-up surface in
+    ``send``: Starlette then leaves the body suspended. The response closes it itself: the
+    cancel goes out, the span ends and the call is counted, with no garbage collection."""
+    registry = WaiterRegistry()
+    producer = TracingProducer(registry, _token)
+    gateway = Gateway(GatewaySettings(result_poll_s=0.05), producer, FakeStore(), registry)  # type: ignore[arg-type]
+    app, spans, metrics = _app(gateway)
+    body = json.dumps({"prompt": "hi", "stream": True}).encode()
+    received = [{"type": "http.request", "body": body, "more_body": False}]
+    sends = 0
+
+    async def receive() -> dict[str, Any]:
+        if received:
+            return received.pop()
+        await asyncio.sleep(3600)  # the server is told nothing: only send fails
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal sends
+        sends += 1
+        if message["type"] == "http.response.body" and sends >= 2:
+            raise OSError("client gone")
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/completions",
+        "raw_path": b"/v1/completions",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("gateway", 80),
+    }
+    gc.disable()  # what is asserted must not depend on a collection
+    try:
+        with contextlib.suppress(OSError, ClientDisconnect):  # the server's to deal with
+            await asyncio.wait_for(app(scope, receive, send), timeout=5)  # type: ignore[arg-type]
+        await gateway.drain()
+        (cancel,) = [i for i, e in enumerate(producer.events) if isinstance(e, ControlEvent)]
+        assert producer.events[cancel].reason == "stream abandoned"  # type: ignore[attr-defined]
+        assert producer.events_in[cancel][0] == _where(_server(spans))[0]
+        assert _requests(metrics, "cancelled") == 1
+    finally:
+        gc.enable()
 
 
 # -- a stream that fails after its first chunk ----------------------------------------------

@@ -142,32 +142,6 @@ def test_the_loop_does_not_spin_while_nothing_can_be_admitted(
         scheduler.stop()
 
 
-def test_a_stalled_queue_waits_for_new_work_instead_of_spinning(
-    make: Callable[..., Scheduler],
-) -> None:
-    """Whatever keeps the head out (here: admission made to take nobody), the loop blocks on
-    new work between tries (50 ms) rather than calling run_once back to back."""
-    scheduler = make(max_batch=8)
-    stuck = Collect()
-
-    def admit_nobody() -> list[object]:
-        scheduler._stalled = True
-        return []
-
-    scheduler._admit = admit_nobody  # type: ignore[assignment,method-assign]
-    scheduler.start()
-    try:
-        scheduler.submit(request(stuck, [1, 2]))
-        time.sleep(0.1)
-        before = scheduler.times.iterations
-        time.sleep(0.3)
-        assert scheduler.times.iterations - before < 50
-    finally:
-        scheduler._stop.set()
-        assert scheduler._thread is not None
-        scheduler._thread.join(5.0)
-
-
 def test_top_k_above_the_vocabulary_means_off() -> None:
     """preprocess bounds top_k by the API (1000), not by this version's vocabulary (512): the
     model reads any k >= vocab as off, as the sampler does, instead of refusing it."""

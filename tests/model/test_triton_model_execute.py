@@ -160,6 +160,26 @@ def test_an_unexpected_error_fails_its_request_only_and_the_batch_goes_on(
         instance.outbox.close()
 
 
+class Buggy:
+    """A constraint compiler with a bug: a TypeError is no refusal of the request."""
+
+    def build(self, guided: str, stop: Any, n: int) -> Any:
+        if guided:
+            raise TypeError("unsupported operand type(s) for +: 'NoneType' and 'int'")
+        return None
+
+
+def test_a_bug_raising_a_value_or_type_error_is_no_refusal(model_module: Any) -> None:
+    bad = FakeRequest("bad", guided=json.dumps({"kind": "json_schema", "spec": "{}"}))
+    instance = _instance(model_module, Queued(), Buggy())
+    try:
+        instance.execute([bad])
+        assert bad.sender.final.wait(10.0)
+        assert bad.sender.error.startswith("request failed: TypeError: ")
+    finally:
+        instance.outbox.close()
+
+
 def test_a_spec_nested_too_deep_is_refused_as_preprocess_refuses_it(
     model_module: Any, tiny_version: ModelVersion
 ) -> None:

@@ -193,6 +193,33 @@ def test_a_failing_span_of_another_operation_fails_the_request() -> None:
     assert _assemble(spans).error is True
 
 
+def test_a_failed_prompt_of_a_batch_is_not_superseded_by_a_sibling() -> None:
+    """A batch's prompt spans share a name and a parent (the call's SERVER span), not a
+    request id: a sibling that ended well later is no retry of the failed one."""
+    name = "POST /v1/completions prompt"
+    parent = b"\x31" * 8
+    failed = _span(
+        name, "genwire-gateway", 100, 200, parent=parent, kind=1, error=True,
+        code="internal", attrs={sc.REQUEST_ID: "k-0"},
+    )  # fmt: skip
+    sibling = _span(
+        name, "genwire-gateway", 150, 400, parent=parent, kind=1, attrs={sc.REQUEST_ID: "k-1"}
+    )
+    assert _assemble([_server(), failed, sibling]).error is True
+
+
+def test_an_open_trace_remembers_only_the_tries_a_retry_makes_again() -> None:
+    """A long stream's spans (chunks' process spans, each with its own parent) are not kept:
+    memory per open trace no longer grows with its span count."""
+    assembler = TraceAssembler(idle_s=60.0, max_open=10)
+    name = sc.process_span_name(Topic.GENERATIONS)
+    for i in range(200):
+        parent = i.to_bytes(8, "big")
+        assembler.add(_span(name, "genwire-postprocess", i, i + 1, parent=parent, kind=5), 0.0)
+    (entry,) = assembler._open.values()
+    assert entry.good == {}
+
+
 def test_one_failing_record_among_good_siblings_still_fails() -> None:
     """Postprocess's process spans of a request's chunks share a name, not a parent (each
     record's publish): a good chunk does not supersede a failed one."""

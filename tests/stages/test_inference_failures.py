@@ -8,6 +8,9 @@ import pytest
 from genwire_inference import handlers
 from genwire_inference.handlers import Inference
 from genwire_inference.metrics import InferenceMetrics
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
 from genwire.errors import GenwireError, PermanentError, RetryableError
@@ -52,6 +55,8 @@ async def test_a_batch_that_ran_out_of_memory_is_retried(message: str) -> None:
         "generation failed: IndexError: index -1 is out of bounds for axis 0 with size 0",
         "prefill failed: ValueError: shapes do not match",
         "request failed: RecursionError: maximum recursion depth exceeded",
+        "generation failed: RuntimeError: CUDA error: device-side assert triggered",
+        "generation failed: RuntimeError: CUDA error: an illegal memory access was encountered",
     ],
 )
 async def test_a_batch_failure_that_will_not_pass_stays_permanent(message: str) -> None:
@@ -122,7 +127,10 @@ async def test_a_refusal_by_the_model_is_the_callers_error(
     """A parameter preprocess passed and the model refused: a 4xx error naming it, not
     ``inference_failed`` (502) and not a question to Triton about readiness."""
     backend = ErrorBackend([True], True, f"{handlers.MODEL_REFUSAL}{message}")
-    inf = Inference(backend, triton_wait_s=0.01)
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    inf = Inference(backend, triton_wait_s=0.01, tracer=provider.get_tracer("t"))
     with pytest.raises(GenwireError) as caught:
         await _collect(inf, _req())
     err = caught.value
@@ -130,6 +138,9 @@ async def test_a_refusal_by_the_model_is_the_callers_error(
     assert err.code == code and err.param == param
     assert message in err.message
     assert backend.waited == []
+    # The failed call's span carries the code: the monitor reads none as a server failure.
+    (call,) = [s for s in spans.get_finished_spans() if s.name == "triton.generate"]
+    assert (call.attributes or {})[sc.ERROR_CODE] == code
 
 
 # -- metrics -----------------------------------------------------------------------------------

@@ -117,3 +117,23 @@ def test_every_otel_variable_read_is_in_the_settings_doc() -> None:
     read = set(re.findall(r'environ\.get\("(OTEL_[A-Z_]+)"', source))
     assert read and read <= set(OTEL_VARIABLES)
     assert all(f"`{name}`" in doc for name in OTEL_VARIABLES)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "arg", "refused"),
+    [
+        ("traceidratio_typo", None, "no such sampler"),
+        ("parentbased_traceidratio", "abc", "a ratio in"),
+        ("traceidratio", "1.5", "a ratio in"),
+    ],
+)
+def test_a_sampler_the_sdk_would_replace_by_sampling_everything_is_refused(
+    monkeypatch: pytest.MonkeyPatch, sampler: str, arg: str | None, refused: str
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    if arg is None:
+        monkeypatch.delenv("OTEL_TRACES_SAMPLER_ARG", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
+    with pytest.raises(ValueError, match=refused):
+        configure_tracing(ServiceSettings(), "t", InMemorySpanExporter(), set_global=False)

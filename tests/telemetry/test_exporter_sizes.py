@@ -58,3 +58,30 @@ def test_the_real_limit_is_what_a_topic_takes() -> None:
 
     assert kafka_exporter.MAX_PAYLOAD_BYTES < MAX_RECORD_BYTES
     assert len(payloads(_spans(2 << 20))) == 1  # 2 MiB: over aiokafka's default, under ours
+
+
+def test_the_exporters_producer_takes_records_as_large_as_a_topic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiokafka's own default (1 MiB) refused a message the topic takes."""
+    made: list[dict[str, object]] = []
+
+    class Producer:
+        def __init__(self, **options: object) -> None:
+            made.append(options)
+
+        async def start(self) -> None:
+            raise ConnectionError("no broker here")
+
+        async def stop(self) -> None:
+            return None
+
+    monkeypatch.setattr(kafka_exporter, "AIOKafkaProducer", Producer)
+    exporter = kafka_exporter.KafkaSpanExporter("127.0.0.1:1", topic="unused", timeout_s=5.0)
+    try:
+        exporter.export(_spans(10))  # fails to start: reported, never raised
+    finally:
+        exporter.shutdown()
+    from genwire.topics import MAX_RECORD_BYTES
+
+    assert made and made[0]["max_request_size"] == MAX_RECORD_BYTES

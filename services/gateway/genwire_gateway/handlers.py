@@ -44,7 +44,7 @@ from genwire.results import ClaimOutcome, ResultStore
 from genwire.telemetry import semconv as sc
 from genwire.topics import ReplyTo
 from genwire_gateway.config import GatewaySettings
-from genwire_gateway.errors import CANCELLED, IDEMPOTENCY_CONFLICT, GatewayError
+from genwire_gateway.errors import IDEMPOTENCY_CONFLICT, GatewayError
 from genwire_gateway.replies import Failure, Moved, StreamItem, Waiter, WaiterRegistry
 
 log = logging.getLogger(__name__)
@@ -521,7 +521,9 @@ class Gateway:
 
         def _delivered(fut: asyncio.Future[object]) -> None:
             if fut.cancelled():
-                waiter.fail(GatewayError("request publish cancelled", code=CANCELLED))
+                # Our producer dropped the record (replaced after a fatal error): a failure of
+                # ours, retryable, not the caller leaving.
+                waiter.fail(_unavailable(RuntimeError("its publish was cancelled")))
             elif fut.exception() is not None:
                 waiter.fail(_unavailable(fut.exception()))
 

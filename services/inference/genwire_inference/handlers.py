@@ -98,11 +98,12 @@ which fail every request of the batch or of the prefill pass, and ``request fail
 request was queued): not about one request's content."""
 
 TRANSIENT_FAILURES = re.compile(
-    r"out of memory|cuda error|memoryerror|failed to allocate|cudaerrormemoryallocation",
+    r"out of memory|memoryerror|failed to allocate|cudaerrormemoryallocation",
     re.IGNORECASE,
 )
-"""In a model failure (``MODEL_FAILURES``), what says the resources ran short (CUDA or ONNX
-Runtime out of memory, a ``MemoryError``, a CUDA error): a retry later may succeed, so the
+"""In a model failure (``MODEL_FAILURES``), what says memory ran short (CUDA or ONNX Runtime
+out of memory, a ``MemoryError``; not any CUDA error: a device-side assert or an illegal
+address fails every batch after it, while the model still reads ready): a retry may succeed, so the
 request is retried (``RetryableError``) instead of dead-lettered with every request that
 shared the batch. Other model failures stay permanent: a request that fails the model every
 time must not hold the stage for the outage budget."""
@@ -428,6 +429,10 @@ class Inference:
         except ModelError as exc:
             _note_cancel(span, run)
             span.set_status(Status(StatusCode.ERROR, exc.message))
+            if exc.message.startswith(MODEL_REFUSAL):
+                # The caller's fault, and the span says so: the monitor reads a span without
+                # a code as a server failure (the answer is a 4xx).
+                span.set_attribute(sc.ERROR_CODE, refusal(exc.message).code)
             span.end()  # the call's span: not the wait for the model that may follow
             failure = await self._classify(request, exc, run)
             # Stopped meanwhile: the stop decides (as above), unless the model refused the

@@ -88,13 +88,20 @@ def is_client_error(span: SpanView) -> bool:
     return failure_kind(span) == CLIENT
 
 
+RETRIED_KINDS = frozenset({3, 4})
+"""OTLP span kinds CLIENT and PRODUCER: the spans a handler's retry makes again under the same
+process span (``triton.generate``, a publish). Only their good tries are remembered (a few
+per trace, not one per span of a long stream): only they can supersede a failed try."""
+
+
 def attempt_key(span: SpanView) -> int:
-    """Which operation ``span`` is a try of: (service, span name, parent span id), hashed (an
-    int per span held while its trace is open, not a tuple: the table holds ``max_open``
-    traces). Retries of a handler run under the same process span (``triton.generate`` after a
-    ``RetryableError``, a publish), while each Kafka record's process span has its own parent
-    (the publish of that record), so one failing chunk among many good ones stays a failure."""
-    return hash((span.service, span.name, span.parent_span_id))
+    """Which operation ``span`` is a try of: (service, span name, parent span id, request id),
+    hashed (an int per span held while its trace is open, not a tuple: the table holds
+    ``max_open`` traces). Retries of a handler run under the same process span
+    (``triton.generate`` after a ``RetryableError``, a publish), while each Kafka record's
+    process span has its own parent (the publish of that record), so one failing chunk among
+    many good ones stays a failure; the prompts of a batch share a parent, not a request id."""
+    return hash((span.service, span.name, span.parent_span_id, span.attrs.get(sc.REQUEST_ID)))
 
 
 @dataclass(slots=True)
@@ -213,7 +220,7 @@ class TraceAssembler:
             entry.failed = failed
             if failed.get(attempt, (-1, ""))[0] <= span.start_ns:  # the latest failed try decides
                 failed[attempt] = (span.start_ns, failure_kind(span))
-        elif entry.good.get(attempt, -1) < span.start_ns:
+        elif span.kind in RETRIED_KINDS and entry.good.get(attempt, -1) < span.start_ns:
             entry.good[attempt] = span.start_ns
         entry.counted = entry.counted or is_entry(span)
         rec.entry_ns = min(rec.entry_ns or rec.start_ns, entry_ns(span))

@@ -31,7 +31,6 @@ text), as vLLM counts.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -494,7 +493,6 @@ class Scheduler:
         self._handoff = threading.Condition(threading.Lock())
         self._put = 0
         self._took = 0
-        self._stalled = False  # the last ``_admit`` took nobody from a non-empty queue
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -590,14 +588,6 @@ class Scheduler:
                             first = self._take(block=True)
                         except queue.Empty:
                             continue
-                    elif not self.active and self._stalled:
-                        # Requests wait that the last iteration could not admit, and nothing
-                        # runs whose end would free rows: wait for new work (at most 50 ms,
-                        # then the head's cancellation is looked at again) instead of spinning
-                        # on run_once, which took a core and starved the other threads of the
-                        # GIL.
-                        with contextlib.suppress(queue.Empty):
-                            first = self._take(block=True)
                     self.run_once(first)
                 except Exception as exc:  # keep serving: fail the batch, not the model
                     log.exception("generation step failed")
@@ -674,7 +664,6 @@ class Scheduler:
         stays small; their choices join at the next re-form."""
         free = self.max_batch - (len(self.active) - len(self.leaving))
         admitted: list[_Group] = []
-        waiting = len(self.waiting)
         while self.waiting:
             request = self.waiting[0]
             # Cancelled or never fitting: out of the queue before the room is looked at, else
@@ -699,7 +688,6 @@ class Scheduler:
             self.waiting.pop(0)
             admitted.append(_Group(request))
             free -= request.n
-        self._stalled = len(self.waiting) == waiting  # nobody left the queue
         admitted.sort(key=lambda g: len(g.request.prompt))
         joining = []
         batch: list[_Group] = []

@@ -76,9 +76,11 @@ from genwire_runtime.scheduler import (  # type: ignore[import-not-found]
 try:
     from genwire_runtime.constraints import (  # type: ignore[import-not-found]
         ConstraintCompiler,
+        ConstraintError,
     )
 except ImportError:  # a runtime without constrained decoding
     ConstraintCompiler = None
+    ConstraintError = RequestError  # nothing compiles, so nothing is refused as a constraint
 
 log = logging.getLogger("genwire.model")
 # The loggers whose records go to Triton's log (``_log_to_triton``): this module's and the
@@ -631,7 +633,9 @@ class TritonPythonModel:
                 # Only the last waits: the loop then takes the whole batch together. (It
                 # refuses a request with more choices than its batch: RequestError.)
                 self.scheduler.submit(decoded, wait_s=_HANDOFF_WAIT_S if index == last else 0.0)
-            except (RequestError, ValueError, TypeError) as exc:
+            except (RequestError, ConstraintError) as exc:
+                # The request's own fault, and only that (a ValueError from a bug is not):
+                # the inference service answers it with a 4xx.
                 sink.fail(f"{_REFUSED}{exc}")
             except Exception as exc:
                 # Anything else (RecursionError, MemoryError, a bug) fails this request only:
