@@ -5,8 +5,9 @@ The compose CLI's ``config`` command validates and renders ``compose.yaml`` (and
 override) without a Docker engine, so tests/stack/test_compose.py runs the real parser.
 ``go install github.com/docker/compose/v5/cmd@…`` is refused (its go.mod has ``exclude``
 directives), so the module is downloaded (``go mod download``) and built inside its own folder,
-with the same Go caches the native stack uses for Jaeger (``<GENWIRE_HOME>/go/{mod,build-cache,
-path}``). A cold build takes several minutes on two cores; every later run returns at once. The
+with the shared Go caches of the stack's tools (``<GENWIRE_HOME>/go/{mod,build-cache,path}``;
+Jaeger builds in a root of its own, removed after its build). A cold build takes several
+minutes on two cores; every later run returns at once. The
 binary lands in ``<GENWIRE_HOME>/opt/compose-<version>/docker-compose`` (built into a staging
 folder first, so an interrupted build leaves nothing half-written behind).
 

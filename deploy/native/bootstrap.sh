@@ -20,9 +20,13 @@ STAMP="$VENV/.genwire-install"
 LOG="$GENWIRE_HOME/logs/bootstrap.log"
 EXTRAS="${GENWIRE_EXTRAS:-all,dev}"
 CONSTRAINTS="$ROOT/deploy/native/constraints.txt"
-# Free space a new venv needs on GENWIRE_HOME's filesystem: genwire[all] installs 6 GB
-# (docs/install.md) and pip's downloads of it (about 3 GB) usually sit on the same disk.
-VENV_NEED_GB=10
+# Free space (GB: 10^9 bytes) a new venv needs on GENWIRE_HOME's filesystem: genwire[all] installs
+# 6.0 GB (docs/install.md, measured), plus 1 GB to spare. GENWIRE_MIN_FREE_GB replaces it (0: no
+# check), as it does genwire up's check before building Jaeger.
+VENV_NEED_GB=7
+# Held while this script runs (flock): a second run waits, so that one never clears or installs
+# into the venv while another is installing. Beside the venv: --clear would remove it from inside.
+LOCK="$GENWIRE_HOME/venv.lock"
 
 fail() { echo "bootstrap: error: $*" >&2; exit 1; }
 
@@ -35,6 +39,15 @@ else
   pins=(-c "$CONSTRAINTS") lock="$(sha256sum "$CONSTRAINTS" | cut -d' ' -f1)"
 fi
 want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $lock $ROOT [$EXTRAS]"
+
+mkdir -p "$GENWIRE_HOME/logs"
+if command -v flock >/dev/null 2>&1; then
+  exec 9>>"$LOCK"
+  if ! flock -n 9; then
+    echo "bootstrap: waiting for another bootstrap run, which holds $LOCK" >&2
+    flock 9
+  fi
+fi
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$STAMP" 2>/dev/null || true)" = "$want" ]; then
   exit 0
 fi
@@ -51,7 +64,6 @@ if [ -z "$PY" ]; then
 fi
 [ -n "$PY" ] || fail "Python 3.11 not found: install it (Debian: apt-get install python3.11 python3.11-venv) or set GENWIRE_PYTHON"
 
-mkdir -p "$GENWIRE_HOME/logs"
 # The log grows run after run: this run's failure is quoted from after its own marker only, never
 # an older run's ERROR line.
 MARKER="=== genwire bootstrap: $(date -u +%FT%TZ) pid $$ ==="
@@ -67,16 +79,34 @@ reason() {
 # A venv is usable when its pip runs: Debian's python3.11 without python3.11-venv leaves a
 # bin/python and no pip behind, which every later run would otherwise take for a venv.
 venv_usable() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -m pip --version >>"$LOG" 2>&1; }
+# A venv an install once finished in: the stamp is written only then (genwire's own distribution
+# in it tells the same of a venv whose stamp went missing). The running stack restarts its
+# processes from it: never cleared by this script, whatever its pip says now.
+venv_completed() {
+  [ -e "$STAMP" ] || compgen -G "$VENV/lib/python3*/site-packages/genwire-*.dist-info" >/dev/null
+}
+# Fail before a multi-GB install when GENWIRE_HOME's filesystem has less than $1 GB free.
+require_free_gb() {
+  local need="${GENWIRE_MIN_FREE_GB:-$1}" free_kb
+  case "$need" in
+    '' | *[!0-9]*) fail "GENWIRE_MIN_FREE_GB=$need: a whole number of GB is expected (0 turns the free-space checks off)" ;;
+  esac
+  [ "$need" -gt 0 ] || return 0
+  free_kb="$(df -Pk "$GENWIRE_HOME" 2>/dev/null | awk 'NR == 2 { print $4 }' || true)"
+  case "$free_kb" in '' | *[!0-9]*) return 0 ;; esac # df said nothing usable: no check
+  if [ $((free_kb * 1024)) -lt $((need * 1000000000)) ]; then
+    fail "the virtualenv needs about $need GB free on the filesystem of $GENWIRE_HOME, which has $(awk -v kb="$free_kb" 'BEGIN { printf "%.1f", kb * 1024 / 1e9 }') GB: free some space (or set GENWIRE_HOME to a larger disk; GENWIRE_MIN_FREE_GB=0 skips this check)"
+  fi
+}
 
 if ! venv_usable; then
-  # A new venv is where the multi-GB install goes: say so before it, not later with ENOSPC.
-  need_kb=$((VENV_NEED_GB * 1024 * 1024))
-  free_kb="$(df -Pk "$GENWIRE_HOME" 2>/dev/null | awk 'NR == 2 { print $4 }' || true)"
-  if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
-    fail "the virtualenv needs about $VENV_NEED_GB GB free on the filesystem of $GENWIRE_HOME, which has $((free_kb / 1024 / 1024)) GB: free some space (or set GENWIRE_HOME to a larger disk)"
+  if [ -e "$VENV" ] && venv_completed; then
+    fail "$VENV was installed completely but its pip does not run now: $(reason). It is not made again by itself (the running stack restarts its processes from it); to make it again: \`make down\`, \`rm -rf $VENV\`, then \`make venv\` (full log: $LOG)"
   fi
+  # A new venv is where the multi-GB install goes: say so before it, not later with ENOSPC.
+  require_free_gb "$VENV_NEED_GB"
   echo "bootstrap: creating the virtualenv $VENV with $PY"
-  # --clear: what a failed creation left (a bin/python without pip) goes first.
+  # --clear: what a failed creation left (a bin/python without pip, no install) goes first.
   "$PY" -m venv --clear "$VENV" >>"$LOG" 2>&1 \
     || fail "could not create $VENV: $(reason) (Debian: apt-get install python3.11-venv; full log: $LOG)"
   venv_usable \

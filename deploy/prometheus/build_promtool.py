@@ -2,7 +2,8 @@
 """Build ``promtool`` from the Go module proxy into the genwire home, once.
 
 ``go install github.com/prometheus/prometheus/cmd/promtool@v0.316.0`` (Prometheus 3.16) with the
-same Go caches the native stack uses for Jaeger (``<GENWIRE_HOME>/go/{mod,build-cache,path}``), so a
+shared Go caches of the stack's tools (``<GENWIRE_HOME>/go/{mod,build-cache,path}``; Jaeger builds
+in a root of its own, removed after its build), so a
 cold build takes several minutes on two cores and every later run returns at once. The binary
 lands in ``<GENWIRE_HOME>/opt/promtool-0.316.0/promtool`` (built into a staging folder first, so an
 interrupted build leaves nothing half-written behind).

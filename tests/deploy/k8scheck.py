@@ -3,7 +3,9 @@
 The binary is cached as ``<GENWIRE_HOME>/bin/k8scheck-<hash>``, the hash taken over the
 checker's go.mod, go.sum and Go sources and the Go version: a change to any of them builds a new
 one, otherwise the cached one runs at once. Go's module and build caches live under
-``<GENWIRE_HOME>/go`` as for Jaeger, so a second cold build reuses the downloads and packages.
+``<GENWIRE_HOME>/go`` and stay there, so a second cold build reuses the downloads and packages
+(the native stack builds Jaeger with caches of its own, ``<GENWIRE_HOME>/go-jaeger``, removed
+after its build: it never touches these).
 """
 
 from __future__ import annotations

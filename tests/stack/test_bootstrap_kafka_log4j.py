@@ -1,8 +1,11 @@
 """deploy/native/kafka/log4j.properties: start-up at INFO, what repeats while serving at WARN.
 
-kafka.log is never rotated: with everything at INFO it grew to 400 MB in 16 h, mostly the group
-coordinator's rebalances and the KRaft controller's per-change lines. The levels are read here
-as log4j 1.x does: a logger without its own level takes its nearest ancestor's (dot-separated).
+With everything at INFO kafka.log grew to 400 MB in 16 h, mostly the group coordinator's
+rebalances and the KRaft controller's per-change lines; genwire rotates it at 64 MiB into one
+kafka.log.1, so chatter would push out everything worth keeping within minutes. After those, the
+bulk was the log manager, partitions, segments and the dynamic config publisher. The levels are
+read here as log4j 1.x does: a logger without its own level takes its nearest ancestor's
+(dot-separated).
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ def effective(name: str) -> str:
         "kafka.log.LocalLog$",
         "kafka.request.logger",
         "kafka.authorizer.logger",  # the secure broker's per-request ACL verdicts
+        "kafka.log.LogManager",  # lines per log: loaded at each start, created, deleted
+        "kafka.cluster.Partition",  # leader, ISR and high-watermark changes
+        "org.apache.kafka.storage.internals.log.LogSegment",  # segment deletions
+        "kafka.server.metadata.DynamicConfigPublisher",  # a line per config change
     ],
 )
 def test_what_repeats_while_serving_logs_warnings_only(logger: str) -> None:
@@ -69,7 +76,6 @@ def test_what_repeats_while_serving_logs_warnings_only(logger: str) -> None:
         "kafka.server.KafkaRaftServer",  # "Kafka Server started", the shutdown
         "kafka.server.KafkaConfig",  # the configuration the broker runs with
         "org.apache.kafka.common.utils.AppInfoParser",  # its version
-        "kafka.log.LogManager",  # log loading at start
         "kafka.Kafka",
         "org.apache.kafka.raft.KafkaRaftClient",  # a cluster's leader elections
     ],

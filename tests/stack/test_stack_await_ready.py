@@ -70,8 +70,8 @@ class AlwaysReady(HttpServer):
 def test_a_fresh_start_whose_server_keeps_exiting_is_not_ready_while_a_stranger_answers(
     home: tuple[StackPaths, CommonSettings],
 ) -> None:
-    """/tmp/audit-stack/await_stranger.py: the supervisor (a stand-in process here) runs and
-    its state says its server exited 3 times; the probe is answered all the same."""
+    """The supervisor (a stand-in process here) runs and its state says its server exited 3
+    times; the probe is answered all the same."""
     paths, settings = home
     component = AlwaysReady(paths, settings, "redis", phase=1)
     supervisor = subprocess.Popen(
@@ -239,3 +239,64 @@ def test_a_stranger_answering_while_our_server_still_starts_is_not_taken_for_it(
     assert f"port {web.port} is held by pid {strangers[0].pid}" in message
     assert "which genwire did not start" in message and "\n" not in message
     assert read_record(paths.run, "web") is None
+
+
+def test_a_stranger_whose_process_genwire_cannot_see_is_not_taken_for_ours(
+    home: tuple[StackPaths, CommonSettings],
+    strangers: list[subprocess.Popen[bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A non-root `genwire up` cannot read another user's fds (a distro ``redis-server``,
+    ``docker-proxy``): ``port_holders`` finds nobody, though the port's listener is there in
+    the kernel's table. Our server (a JVM, say) takes 2 s to try its bind and fails: the
+    stranger's answers meanwhile must not make the start look ready."""
+    paths, settings = home
+    monkeypatch.setattr(manager, "port_holders", lambda port: [])
+
+    class SlowBind(HttpServer):
+        def command(self) -> list[str]:
+            return [
+                sys.executable,
+                "-c",
+                "import sys, time; time.sleep(2); "
+                "print('bind: Address already in use', flush=True); sys.exit(1)",
+            ]
+
+        def prepare(self) -> None:
+            _stranger(self.port, strangers)
+
+    web = SlowBind(paths, settings, "web", phase=1)
+    with pytest.raises(StackError) as caught:
+        ensure_up(settings=settings, catalog={"web": web}, model=False)
+    message = str(caught.value)
+    assert message.startswith("web (test http server) exited while starting (exit code 1)")
+    assert "Address already in use" in message
+    assert read_record(paths.run, "web") is None
+
+
+def test_whose_listener_it_is(
+    home: tuple[StackPaths, CommonSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listener of our group passes; one nobody can be seen holding does not; a port nothing
+    listens on (or tables that cannot be read) claims nothing."""
+    paths, settings = home
+    web = HttpServer(paths, settings, "web", phase=1)
+    ours = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        # Unsupervised: its own pid leads the group whose listeners count as ours.
+        record = PidRecord("web", ours.pid, [], str(web.log), time.time(), start_ticks(ours.pid))
+        monkeypatch.setattr(manager, "port_listened", lambda port: True)
+        monkeypatch.setattr(manager, "port_holders", lambda port: [ours.pid])
+        assert manager._not_ours(web, record, None) is None
+        monkeypatch.setattr(manager, "port_holders", lambda port: [])
+        assert manager._not_ours(web, record, None) == (
+            f"port {web.port} is held by a process genwire cannot see (another user's), which "
+            "genwire did not start"
+        )
+        monkeypatch.setattr(manager, "port_listened", lambda port: False)
+        assert manager._not_ours(web, record, None) is None
+    finally:
+        ours.kill()
+        ours.wait(5)

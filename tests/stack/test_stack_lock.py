@@ -1,6 +1,5 @@
 """A second ``make up``/``down`` while the first holds the stack lock (building Jaeger takes
-minutes) says whom it waits for, at once, instead of hanging without a word
-(/tmp/audit-stack/lockwait.py)."""
+minutes) says whom it waits for, at once, instead of hanging without a word."""
 
 from __future__ import annotations
 

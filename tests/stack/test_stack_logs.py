@@ -157,8 +157,8 @@ def test_the_supervisor_caps_the_log_while_its_server_runs_and_at_a_restart(
 def test_last_words_quote_only_the_current_run_and_the_supervisors_giving_up(
     tmp_path: Path,
 ) -> None:
-    """/tmp/audit-stack/lw.log: yesterday's traceback, a start header, then the supervisor
-    could not run the binary at all: that reason, not yesterday's error."""
+    """Yesterday's traceback, a start header, then the supervisor could not run the binary at
+    all: that reason, not yesterday's error."""
     log = tmp_path / "jaeger.log"
     log.write_text(
         YESTERDAY + "=== genwire: starting jaeger at 2026-12-06T12:00:00+0000: python -m "

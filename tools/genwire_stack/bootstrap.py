@@ -24,7 +24,7 @@ from typing import Any
 
 from genwire_stack.errors import StackError
 from genwire_stack.health import error_line, log_tail
-from genwire_stack.process import masked, shown
+from genwire_stack.process import masked, pid_alive, shown
 
 JAVA_HINT = "install a JDK or JRE 17+ (Debian: apt-get install openjdk-17-jre-headless)"
 
@@ -44,10 +44,19 @@ DAEMON_UNITS = {"redis-server": "redis-server"}
 """Packages whose systemd unit the package enables at boot: genwire runs its own Redis on 6379,
 a distro one started at the next boot would hold that port."""
 
-GiB = 1024**3
-JAEGER_BUILD_NEED_BYTES = 9 * GiB
+GB = 1000**3
+"""Free space is counted in decimal gigabytes, as docs/install.md and ``df -H`` do."""
+JAEGER_BUILD_NEED_GB = 9.0
 """Free space a cold Jaeger build needs in the genwire home: Go's module cache (3.5 GB on
-2.13.0) and build cache (4.3 GB), and the binary."""
+2.13.0) and build cache (4.3 GB) as measured (docs/install.md), the binary (0.1 GB) and about
+1 GB to spare."""
+MIN_FREE_VARIABLE = "GENWIRE_MIN_FREE_GB"
+"""Replaces every free-space check's need (GB, a whole number): 0 turns the checks off (a disk
+whose free space is misreported, or one the user knows is enough)."""
+JAEGER_GO_ROOT_SUFFIX = "-jaeger"
+"""Jaeger builds with Go caches of its own, ``<home>/go-jaeger``, removed after the build:
+``<home>/go`` is what the other Go builds keep and share (tests/deploy/k8scheck.py,
+deploy/prometheus/build_promtool.py, deploy/compose/build_compose.py)."""
 
 
 def require_tool(name: str, hint: str) -> str:
@@ -167,20 +176,30 @@ def apt_install(packages: Sequence[str], *, why: str, log: Path) -> None:
     _disable_boot_units(packages, log)
 
 
+GUARD_MARKER = "# genwire: do not start daemons during install"
+"""The line that tells genwire's policy-rc.d from the system's: one a killed run left behind is
+removed by the next install (it would keep every later package's daemon from starting)."""
+
 _GUARD_WRITE = (
     # noclobber: a policy-rc.d that appeared meanwhile is somebody else's, never overwritten
-    'set -C; printf "%s\\n" "#!/bin/sh" "# genwire: do not start daemons during install" '
-    '"exit 101" > "$1" && chmod 755 "$1"'
+    'set -C; printf "%s\\n" "#!/bin/sh" "$2 (pid $3)" "exit 101" > "$1" && chmod 755 "$1"'
 )
+_GUARD_PID = re.compile(r"\(pid ([0-9]+)\)")
 
 
 def _place_daemon_guard(log: Path) -> bool:
-    """Write :data:`POLICY_RC_D` unless one exists; True: it is ours (to remove afterwards)."""
+    """Write :data:`POLICY_RC_D` unless one exists; True: it is ours (to remove afterwards),
+    which is also the case of a guard a killed genwire run left (:func:`_left_guard`)."""
     if POLICY_RC_D.exists():
-        return False  # the system's own policy (a container's exit 101, say): left alone
+        left = _left_guard()
+        if left:
+            _note(log, f"{POLICY_RC_D}: left by a genwire run that is gone; removed after this")
+        return left  # else the system's own policy (a container's exit 101, say): left alone
     try:
         run_step(
-            _privileged(["sh", "-c", _GUARD_WRITE, "sh", str(POLICY_RC_D)]),
+            _privileged(
+                ["sh", "-c", _GUARD_WRITE, "sh", str(POLICY_RC_D), GUARD_MARKER, str(os.getpid())]
+            ),
             what=f"placing {POLICY_RC_D} (no daemon starts during the install)",
             log=log,
             hint="",
@@ -190,6 +209,21 @@ def _place_daemon_guard(log: Path) -> bool:
         # (its failure is in the log) and the boot units are still disabled afterwards.
         return False
     return True
+
+
+def _left_guard() -> bool:
+    """Whether :data:`POLICY_RC_D` is a guard of genwire's whose run is gone (its pid, as
+    written now, no longer runs; one written without a pid is an older genwire's): not one
+    another genwire run still installs under, nor the system's own."""
+    try:
+        text = POLICY_RC_D.read_text(errors="replace")
+    except OSError:
+        return False  # unreadable: not ours to judge
+    line = next((ln for ln in text.splitlines() if ln.startswith(GUARD_MARKER)), None)
+    if line is None:
+        return False
+    found = _GUARD_PID.search(line)
+    return found is None or not pid_alive(int(found[1]))
 
 
 def _remove_daemon_guard(log: Path) -> None:
@@ -309,18 +343,36 @@ def tree_size(path: Path) -> int:
     return total
 
 
-def require_free_space(where: Path, need: int, *, what: str, have: int = 0) -> None:
-    """Fail in one line before a step that writes ``need`` bytes under ``where`` (``have`` of
-    them already there) when its filesystem has less free: not hours into it with ENOSPC."""
+def min_free_gb(default: float, environ: Mapping[str, str] | None = None) -> float:
+    """The free space (GB) a check asks for: ``default``, or :data:`MIN_FREE_VARIABLE` when
+    set (0: no check)."""
+    raw = (os.environ if environ is None else environ).get(MIN_FREE_VARIABLE, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise StackError(
+            f"{MIN_FREE_VARIABLE}={raw!r}: a whole number of GB is expected (0 turns the "
+            "free-space checks off)"
+        )
+    return float(raw)
+
+
+def require_free_space(where: Path, need_gb: float, *, what: str, have: int = 0) -> None:
+    """Fail in one line before a step that writes ``need_gb`` GB under ``where`` (``have``
+    bytes of them already there) when its filesystem has less free: not hours into it with
+    ENOSPC. :data:`MIN_FREE_VARIABLE` replaces ``need_gb`` (0: no check)."""
+    need = min_free_gb(need_gb) * GB
+    if need <= 0:
+        return
     probe = where
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if free + have < need:
         raise StackError(
-            f"{what} needs about {(need - have) / GiB:.1f} GiB free on the filesystem of "
-            f"{where}, which has {free / GiB:.1f} GiB: free some space (or set GENWIRE_HOME "
-            "to a larger disk), then `make up` again"
+            f"{what} needs about {(need - have) / GB:.1f} GB free on the filesystem of "
+            f"{where}, which has {free / GB:.1f} GB: free some space (or set GENWIRE_HOME "
+            f"to a larger disk; {MIN_FREE_VARIABLE}=0 skips this check), then `make up` again"
         )
 
 
@@ -361,31 +413,40 @@ def install_kafka(version: str, dest: Path, *, pom: Path, m2: Path, log: Path) -
 # --- Jaeger ------------------------------------------------------------------------------------
 
 
+def jaeger_go_root(go_root: Path) -> Path:
+    """Where Jaeger's build keeps Go's caches: ``<go_root>-jaeger`` beside the home's shared
+    ``go_root`` (``<home>/go``), which it leaves alone."""
+    return go_root.with_name(go_root.name + JAEGER_GO_ROOT_SUFFIX)
+
+
 def install_jaeger(
     module: str, version: str, dest: Path, *, go_root: Path, log: Path, version_tag: str
 ) -> None:
     """Build Jaeger's ``cmd/jaeger`` from the Go module proxy into ``dest/jaeger``.
 
     ``version_tag`` (e.g. ``v2.13.0``) is stamped into the binary, as Jaeger's release build does.
-    Go's caches (``go_root``, about 8 GB) are removed once the binary is in place: nothing else
-    of the stack needs them, and a later build (a new version) is a cold one anyway.
+    ``go_root`` is the home's Go folder (``<home>/go``), where the other Go builds keep their
+    caches (:data:`JAEGER_GO_ROOT_SUFFIX`), one of them perhaps building now: Jaeger builds
+    with caches of its own beside it (:func:`jaeger_go_root`, about 8 GB), removed once the
+    binary is in place (a failed build keeps them for the retry); ``go_root`` is never touched.
     """
     go = require_tool("go", "install the Go toolchain (https://go.dev/dl/), then `make up` again")
     remove_stale_staging(dest)
+    own_root = jaeger_go_root(go_root)
     env = {
         **os.environ,
         # Go's caches live in the genwire home too, so a cold run is really cold and a retry
         # after a failed build reuses the module downloads and compiled packages.
-        "GOMODCACHE": str(go_root / "mod"),
-        "GOCACHE": str(go_root / "build-cache"),
-        "GOPATH": str(go_root / "path"),
+        "GOMODCACHE": str(own_root / "mod"),
+        "GOCACHE": str(own_root / "build-cache"),
+        "GOPATH": str(own_root / "path"),
         "GOFLAGS": "-modcacherw",
     }
     require_free_space(
-        go_root,
-        JAEGER_BUILD_NEED_BYTES,
+        own_root,
+        JAEGER_BUILD_NEED_GB,
         what=f"building Jaeger {version_tag} (Go's module and build caches)",
-        have=tree_size(go_root),  # a retry's caches are part of what it needs
+        have=tree_size(own_root),  # a retry's caches are part of what it needs
     )
     hint = "check access to the Go module proxy (proxy.golang.org), then `make up` again"
     out = run_step(
@@ -394,7 +455,7 @@ def install_jaeger(
         log=log,
         hint=hint,
         env=env,
-        cwd=go_root.parent,
+        cwd=own_root.parent,
     )
     src = Path(json.loads(out)["Dir"])
     staging = staging_dir(dest)
@@ -421,9 +482,9 @@ def install_jaeger(
         finish_into(staging, dest)
     finally:
         drop_staging(staging)
-    size = tree_size(go_root)
-    remove_tree(go_root)
-    _note(log, f"removed Go's caches ({go_root}, {size / GiB:.1f} GiB): Jaeger is built")
+    size = tree_size(own_root)
+    remove_tree(own_root)
+    _note(log, f"removed Jaeger's Go caches ({own_root}, {size / GB:.1f} GB): Jaeger is built")
 
 
 def _note(log: Path, text: str) -> None:

@@ -65,6 +65,7 @@ from genwire_stack.process import (
     pid_alive,
     port_free,
     port_holders,
+    port_listened,
     read_record,
     records,
     remove_record,
@@ -76,6 +77,7 @@ from genwire_stack.process import (
     write_record,
 )
 from genwire_stack.process import supervisor_state as _read_supervisor_state
+from genwire_stack.secure import SecureStack
 from genwire_stack.servers import settings_class
 from genwire_stack.statefile import SupervisorState, state_file
 from genwire_stack.variables import unread_environment
@@ -133,7 +135,8 @@ def ensure_up(
                 model = any(isinstance(c, (Service, Triton)) for c in chosen)
             # Pre-flight of everything before any download or start: a port held by a
             # stranger anywhere stops the run right here.
-            _plan(chosen, paths, out)
+            plan = _plan(chosen, paths, out)
+            _renew_secure_material(everything.values(), plan, paths)
             _bring_up([c for c in chosen if c.phase < MODEL_PHASE], paths, started, out)
             if any(c.name == "redis" for c in chosen) and catalog is None:
                 # Auth is on by default: the first start creates (and saves) an admin key.
@@ -153,6 +156,20 @@ def ensure_up(
             _stop_record(paths, record, component.stop_timeout_s)
         raise
     return [status_of(c, paths) for c in chosen]
+
+
+def _renew_secure_material(everything: Iterable[Component], plan: Plan, paths: StackPaths) -> None:
+    """A secure stack's certificates near their end are made again here, where a component is
+    about to start, under the stack lock, and nowhere else: each component reads them at its
+    start, and the CA only while nothing of the stack runs (:meth:`SecureStack.ensure`). A
+    lookup of the material elsewhere (a probe, ``genwire status``, a tool) never replaces it."""
+    security = next(
+        (s for c in everything if isinstance(s := getattr(c, "security", None), SecureStack)),
+        None,
+    )
+    if security is None or "start" not in plan.values():
+        return
+    security.ensure(renew=True, running=sorted(_live_names(paths)))
 
 
 def _lock_out(out: Out) -> Out | None:
@@ -433,8 +450,15 @@ def _not_ours(
     component: Component, record: PidRecord | None, state: SupervisorState | None
 ) -> str | None:
     """Why a ready verdict after a fresh start may come from someone else (None: it is ours):
-    its supervisor's server is not running (not yet, or exited), or the port's listeners,
-    where they can be seen, are none of its process group."""
+    its supervisor's server is not running (not yet, or exited), or a port that has listeners
+    has none in its process group.
+
+    The kernel's socket tables show every listener, whoever owns it; which process holds one
+    is read from the processes' fds, which a non-root user cannot read for another user's
+    (a distro ``redis-server``, ``docker-proxy``). Ours are always readable (our user's, in
+    the supervisor's group: the server and whatever it forks, Triton's stubs, uvicorn's
+    workers), so a listener with no holder of ours in sight is someone else's. Only a port
+    nothing listens on (or tables that cannot be read) claims nothing."""
     if record is None:
         return None
     if record.supervised and _live_server(state) is None:
@@ -443,10 +467,14 @@ def _not_ours(
         return None  # the daemon case: judged by the caller
     group = record.pid  # spawn made it the leader of a group of its own
     for port in component.ports().values():
+        if not port_listened(port):
+            continue
         holders = port_holders(port)
-        if holders and not any(_group_of(pid) == group for pid in holders):
-            # Where no listener can be seen (another user's process), nothing is claimed.
-            who = ", ".join(describe_pid(pid) for pid in holders)
+        if not any(_group_of(pid) == group for pid in holders):
+            who = (
+                ", ".join(describe_pid(pid) for pid in holders)
+                or "a process genwire cannot see (another user's)"
+            )
             return f"port {port} is held by {who}, which genwire did not start"
     return None
 

@@ -354,6 +354,12 @@ def _listening_inodes(port: int) -> set[str]:
     return inodes
 
 
+def port_listened(port: int) -> bool:
+    """Whether a socket listens on ``port`` (any address): the kernel's tables show every
+    process's sockets, whoever owns them. False also where neither table can be read."""
+    return bool(_listening_inodes(port))
+
+
 def port_holders(port: int) -> list[int]:
     """Pids with a listening socket on ``port`` (those we may inspect; may be empty)."""
     wanted = {f"socket:[{inode}]" for inode in _listening_inodes(port)}

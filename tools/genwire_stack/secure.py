@@ -32,7 +32,7 @@ import secrets
 import shlex
 import ssl
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,8 +55,9 @@ CLIENT_CN = "genwire-client"
 CA_DAYS = 825
 LEAF_DAYS = 397
 RENEW_BEFORE = dt.timedelta(days=30)
-"""A certificate that expires sooner than this is made again at the next ``genwire up
---secure`` (the CA with every leaf, as they are signed by it)."""
+"""A certificate that expires sooner than this is made again when ``genwire up`` next starts a
+component of the secure stack (the CA with every leaf, as they are signed by it, and only while
+nothing of the stack runs): :meth:`SecureStack.ensure` with ``renew``."""
 
 
 @dataclass(frozen=True)
@@ -186,11 +187,19 @@ class SecureStack:
         """The local CA's certificate: what every client trusts."""
         return self.file("ca.pem")
 
-    def ensure(self) -> None:
-        """Make the CA, certificates and passwords if missing (idempotent)."""
+    def ensure(self, *, renew: bool = False, running: Sequence[str] = ()) -> None:
+        """Make the CA, certificates and passwords that are missing (idempotent); what exists
+        is left as it is. Any process may call it (a lookup of a password, a probe, a tool).
+
+        ``renew`` (the stack's start alone, under the stack lock: ``genwire_stack.manager``)
+        also makes again a certificate near its end (:data:`RENEW_BEFORE`) or one another CA
+        signed. The CA is not made again while ``running`` (the components of the stack alive
+        now, which trust it) is not empty: it says to stop the stack first, and refuses to go
+        on with a CA that has expired.
+        """
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
-        _ensure_certificates(self.root)
+        _ensure_certificates(self.root, renew=renew, running=running)
         path = self.file("credentials.json")
         fresh = not path.exists()
         if fresh:
@@ -226,7 +235,7 @@ class SecureStack:
 
     def _creds(self) -> dict[str, Any]:
         if not self._credentials:
-            self.ensure()
+            self.ensure()  # a lookup: makes what is missing, never renews (replaces) a file
         return self._credentials
 
     def password(self, user: str) -> str:
@@ -440,9 +449,10 @@ def _properties_value(pem: str) -> str:
     return "\\n".join(line.strip() for line in pem.strip().splitlines())
 
 
-def _ensure_certificates(root: Path) -> None:
-    """The CA and three leaf certificates, each made once and again when it nears its end
-    (:data:`RENEW_BEFORE`); a leaf is remade with a new CA, or when another CA signed it."""
+def _ensure_certificates(root: Path, *, renew: bool = False, running: Sequence[str] = ()) -> None:
+    """The CA and three leaf certificates, each made when missing (every leaf with a new CA).
+    ``renew``: also again when one nears its end (:data:`RENEW_BEFORE`), the CA only while
+    nothing in ``running`` trusts it, and a leaf another CA signed (:meth:`SecureStack.ensure`)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -462,14 +472,26 @@ def _ensure_certificates(root: Path) -> None:
 
     ca_cert_path, ca_key_path = root / "ca.pem", root / "ca-key.pem"
     fresh_ca = not (ca_cert_path.exists() and ca_key_path.exists())
-    if not fresh_ca:
-        ending = _ends_soon(x509.load_pem_x509_certificate(ca_cert_path.read_bytes()), now)
-        if ending is not None:
+    if not fresh_ca and renew:
+        old_ca = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+        ending = _ends_soon(old_ca, now)
+        if ending is not None and running:
+            # Every component trusts the CA it started with: a new one now would split the
+            # stack between two CAs that refuse each other's certificates.
+            held = (
+                f"the local CA ({ca_cert_path}) {ending}; it is made again only while none of "
+                f"the secure stack runs ({', '.join(running)} still running with it): `make down`, "
+                "then `make up SECURE=1`"
+            )
+            if old_ca.not_valid_after_utc <= now:
+                raise StackError(held)
+            _say(held)
+        elif ending is not None:
             fresh_ca = True
             _say(
                 f"the local CA ({ca_cert_path}) {ending}: made a new one and new certificates "
-                "signed by it; restart the whole secure stack (`make down`, then `make up "
-                "SECURE=1`) so that every service trusts it"
+                "signed by it (nothing of the secure stack runs: each component trusts it from "
+                "its start)"
             )
     if fresh_ca:
         ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -525,6 +547,8 @@ def _ensure_certificates(root: Path) -> None:
     for stem, (cn, usages) in leaves.items():
         cert_path, key_path = root / f"{stem}.pem", root / f"{stem}-key.pem"
         if not fresh_ca and cert_path.exists() and key_path.exists():
+            if not renew:
+                continue
             old = x509.load_pem_x509_certificate(cert_path.read_bytes())
             ending = _ends_soon(old, now)
             if ending is None and _signed_by(old, ca_cert):

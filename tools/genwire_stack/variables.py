@@ -28,6 +28,8 @@ TOOL_VARIABLES: Mapping[str, str] = {
     "GENWIRE_BENCH_GATEWAY_HTTP": "`genwire bench`: the gateway's HTTP address",
     "GENWIRE_EXTRAS": "`make venv`: the package extras installed (docs/install.md)",
     "GENWIRE_GRAFANA_ADMIN_PASSWORD": "compose: Grafana's admin password (docs/observability.md)",
+    "GENWIRE_MIN_FREE_GB": "`make venv` and `genwire up`: the free space (GB) their checks ask "
+    "for before a new venv or Jaeger's build; 0 turns the checks off (docs/install.md)",
     "GENWIRE_MODEL_BACKEND": "the model in Triton: its backend for every model (docs/model.md)",
     "GENWIRE_PYTHON": "`make venv`: the Python 3.11 interpreter to use",
     "GENWIRE_STUB_SITE_PACKAGES": "the model in Triton: its packages (set by the stack)",
