@@ -91,6 +91,7 @@ require_free_gb() {
   case "$need" in
     '' | *[!0-9]*) fail "GENWIRE_MIN_FREE_GB=$need: a whole number of GB is expected (0 turns the free-space checks off)" ;;
   esac
+  need=$((10#$need)) # decimal: a leading zero is no octal (08 read as 8, as Python reads it)
   [ "$need" -gt 0 ] || return 0
   free_kb="$(df -Pk "$GENWIRE_HOME" 2>/dev/null | awk 'NR == 2 { print $4 }' || true)"
   case "$free_kb" in '' | *[!0-9]*) return 0 ;; esac # df said nothing usable: no check

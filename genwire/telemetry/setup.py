@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from importlib.metadata import entry_points
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -37,9 +36,10 @@ OTEL_VARIABLES: dict[str, str] = {
     "monitor tells stages apart by their `genwire.stage` attribute, not by it",
     "OTEL_BSP_SCHEDULE_DELAY": f"ms finished spans wait to be exported together (default "
     f"{SCHEDULE_DELAY_MS})",
-    "OTEL_TRACES_SAMPLER": "the standard sampler instead of `GENWIRE_TRACES_SAMPLE_RATIO`'s "
-    "(one of the SDK's, or one an installed entry point provides); setting both, or naming "
-    "one nobody provides, is refused at start",
+    "OTEL_TRACES_SAMPLER": "the standard sampler instead of `GENWIRE_TRACES_SAMPLE_RATIO`'s: "
+    "one the SDK builds (`always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, "
+    "`parentbased_always_off`, `parentbased_traceidratio`); setting both, or naming another, "
+    "is refused at start",
     "OTEL_TRACES_SAMPLER_ARG": "the ratio of `traceidratio` / `parentbased_traceidratio`: a "
     "number in [0, 1], else refused at start",
 }
@@ -115,8 +115,9 @@ SDK_SAMPLERS = frozenset(
         "parentbased_traceidratio",
     }
 )
-"""The samplers ``OTEL_TRACES_SAMPLER`` names that the SDK builds itself (others come from the
-``opentelemetry_traces_sampler`` entry points)."""
+"""The samplers ``OTEL_TRACES_SAMPLER`` may name: the ones the SDK's ``TracerProvider`` builds
+from it (it does not load the ``opentelemetry_traces_sampler`` entry points: one named there
+would be replaced by sampling everything)."""
 
 
 def _sampler(settings: CommonSettings) -> Sampler | None:
@@ -130,8 +131,7 @@ def _sampler(settings: CommonSettings) -> Sampler | None:
         raise ValueError(
             "OTEL_TRACES_SAMPLER and GENWIRE_TRACES_SAMPLE_RATIO are both set: set one of them"
         )
-    provided = {e.name for e in entry_points(group="opentelemetry_traces_sampler")}
-    if name not in SDK_SAMPLERS and name not in provided:
+    if name not in SDK_SAMPLERS:
         raise ValueError(
             f"OTEL_TRACES_SAMPLER={name!r}: no such sampler (the SDK's: "
             f"{', '.join(sorted(SDK_SAMPLERS))})"

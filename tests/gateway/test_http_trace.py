@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from genwire_gateway.auth import AuthMiddleware, Principal
 from genwire_gateway.config import GatewaySettings
@@ -235,10 +236,14 @@ async def test_an_abandoned_streams_cancel_is_published_in_its_trace() -> None:
     assert _requests(metrics, "cancelled") == 1
 
 
-async def test_a_stream_whose_send_fails_is_closed_at_once_not_by_the_garbage_collector() -> None:
+@pytest.mark.parametrize("fails_at", [1, 2], ids=["start", "first-chunk"])
+async def test_a_stream_whose_send_fails_is_closed_at_once_not_by_the_garbage_collector(
+    fails_at: int,
+) -> None:
     """ASGI 2.4 servers (and a slow client's full socket) make the hang-up surface in
-    ``send``: Starlette then leaves the body suspended. The response closes it itself: the
-    cancel goes out, the span ends and the call is counted, with no garbage collection."""
+    ``send``: Starlette then leaves the body suspended, or never starts it (the response's
+    start failing). The response closes and settles it itself: the cancel goes out, the span
+    ends and the call is counted once, with no garbage collection."""
     registry = WaiterRegistry()
     producer = TracingProducer(registry, _token)
     gateway = Gateway(GatewaySettings(result_poll_s=0.05), producer, FakeStore(), registry)  # type: ignore[arg-type]
@@ -256,7 +261,7 @@ async def test_a_stream_whose_send_fails_is_closed_at_once_not_by_the_garbage_co
     async def send(message: dict[str, Any]) -> None:
         nonlocal sends
         sends += 1
-        if message["type"] == "http.response.body" and sends >= 2:
+        if sends >= fails_at:
             raise OSError("client gone")
 
     scope = {
@@ -284,7 +289,9 @@ async def test_a_stream_whose_send_fails_is_closed_at_once_not_by_the_garbage_co
         (cancel,) = [i for i, e in enumerate(producer.events) if isinstance(e, ControlEvent)]
         assert producer.events[cancel].reason == "stream abandoned"  # type: ignore[attr-defined]
         assert producer.events_in[cancel][0] == _where(_server(spans))[0]
-        assert _requests(metrics, "cancelled") == 1
+        assert _requests(metrics, "cancelled") == 1 and _requests(metrics, "ok") is None
+        servers = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+        assert len(servers) == 1
     finally:
         gc.enable()
 

@@ -220,6 +220,20 @@ def test_an_open_trace_remembers_only_the_tries_a_retry_makes_again() -> None:
     assert entry.good == {}
 
 
+def test_a_record_redelivered_and_processed_after_a_failed_try_does_not_fail() -> None:
+    """A stage gave up on the record (its process span failed, no code); the group's next
+    owner processed it under the same parent: the request completed."""
+    name = sc.process_span_name(Topic.GENERATIONS)
+    parent = b"\x41" * 8
+    spans = [
+        _server(),
+        _span(name, "genwire-postprocess", 300, 310, parent=parent, kind=SPAN_KIND_CONSUMER,
+              error=True),
+        _span(name, "genwire-postprocess", 9_000, 9_010, parent=parent, kind=SPAN_KIND_CONSUMER),
+    ]  # fmt: skip
+    assert _assemble(spans).error is False
+
+
 def test_one_failing_record_among_good_siblings_still_fails() -> None:
     """Postprocess's process spans of a request's chunks share a name, not a parent (each
     record's publish): a good chunk does not supersede a failed one."""

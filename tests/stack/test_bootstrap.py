@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -217,6 +218,8 @@ def test_min_free_gb_replaces_the_need_and_0_turns_the_check_off(
     path = small_disk(tmp_path)
     done = run_script(clone, GENWIRE_PYTHON=str(python), PATH=path, GENWIRE_MIN_FREE_GB="3")
     assert done.returncode == 1 and "needs about 3 GB free" in done.stderr
+    done = run_script(clone, GENWIRE_PYTHON=str(python), PATH=path, GENWIRE_MIN_FREE_GB="08")
+    assert done.returncode == 1 and "needs about 8 GB free" in done.stderr  # not octal
     done = run_script(clone, GENWIRE_PYTHON=str(python), PATH=path, GENWIRE_MIN_FREE_GB="lots")
     assert done.returncode == 1 and "a whole number of GB is expected" in done.stderr
     assert not (tmp_path / "venv.log").exists()
@@ -259,6 +262,7 @@ def test_a_venv_with_genwire_installed_and_no_stamp_is_not_cleared(
     assert dist.is_dir() and not (tmp_path / "venv.log").exists()
 
 
+@pytest.mark.skipif(shutil.which("flock") is None, reason="no flock(1): the script runs unlocked")
 def test_a_second_run_waits_for_the_one_installing(clone: Path, tmp_path: Path) -> None:
     """Two runs at once (two `make` targets, two sessions): the second clearing or installing
     into the venv the first is installing into would leave neither whole. The first one here is
@@ -275,13 +279,24 @@ def test_a_second_run_waits_for_the_one_installing(clone: Path, tmp_path: Path) 
             stderr=subprocess.PIPE,
             text=True,
         )
+        lines: list[str] = []
+        assert second.stderr is not None
+        reader = threading.Thread(target=lambda: lines.extend(second.stderr or ()), daemon=True)
+        reader.start()
         try:
-            time.sleep(1.5)
+            # Until it says it waits (however slow the machine), then a while longer.
+            deadline = time.monotonic() + 60.0
+            while not any("waiting for another" in line for line in lines):
+                assert time.monotonic() < deadline and second.poll() is None, lines
+                time.sleep(0.05)
+            time.sleep(0.5)
             running = second.poll() is None
             installed = (tmp_path / "pip.log").exists()
         finally:
             fcntl.flock(held, fcntl.LOCK_UN)
-    _out, err = second.communicate(timeout=60)
+    second.wait(timeout=60)
+    reader.join(timeout=10)
+    err = "".join(lines)
     assert running and not installed, err  # it waited: no pip while the other run held it
     assert f"waiting for another bootstrap run, which holds {lock}" in err
     assert second.returncode == 0, err

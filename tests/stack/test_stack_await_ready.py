@@ -295,8 +295,22 @@ def test_whose_listener_it_is(
             f"port {web.port} is held by a process genwire cannot see (another user's), which "
             "genwire did not start"
         )
+        # One of ours keeps its fds from us (non-dumpable: setuid, file capabilities): its
+        # listener cannot be told from a stranger's, so nothing is claimed.
+        monkeypatch.setattr(manager, "group_hides_fds", lambda pgid: pgid == ours.pid)
+        assert manager._not_ours(web, record, None) is None
+        monkeypatch.setattr(manager, "group_hides_fds", lambda pgid: False)
         monkeypatch.setattr(manager, "port_listened", lambda port: False)
         assert manager._not_ours(web, record, None) is None
     finally:
         ours.kill()
         ours.wait(5)
+
+
+def test_a_group_whose_process_is_readable_hides_nothing() -> None:
+    """Our own processes' fds are readable (dumpable): ``group_hides_fds`` says so, and a
+    group nobody is in hides nothing either."""
+    from genwire_stack.process import group_hides_fds
+
+    assert group_hides_fds(os.getpgid(os.getpid())) is False
+    assert group_hides_fds(2**22 + 12345) is False

@@ -61,6 +61,7 @@ from genwire_stack.paths import StackPaths
 from genwire_stack.process import (
     PidRecord,
     describe_pid,
+    group_hides_fds,
     locked,
     pid_alive,
     port_free,
@@ -455,10 +456,11 @@ def _not_ours(
 
     The kernel's socket tables show every listener, whoever owns it; which process holds one
     is read from the processes' fds, which a non-root user cannot read for another user's
-    (a distro ``redis-server``, ``docker-proxy``). Ours are always readable (our user's, in
-    the supervisor's group: the server and whatever it forks, Triton's stubs, uvicorn's
-    workers), so a listener with no holder of ours in sight is someone else's. Only a port
-    nothing listens on (or tables that cannot be read) claims nothing."""
+    (a distro ``redis-server``, ``docker-proxy``). Ours are readable (our user's, in the
+    supervisor's group: the server and whatever it forks, Triton's stubs, uvicorn's workers),
+    so a listener with no holder of ours in sight is someone else's. Nothing is claimed for a
+    port nothing listens on (or tables that cannot be read), nor where a process of ours keeps
+    its fds from us (non-dumpable: ``group_hides_fds``)."""
     if record is None:
         return None
     if record.supervised and _live_server(state) is None:
@@ -471,6 +473,8 @@ def _not_ours(
             continue
         holders = port_holders(port)
         if not any(_group_of(pid) == group for pid in holders):
+            if group_hides_fds(group):
+                return None  # one of ours keeps its fds from us: nothing can be judged
             who = (
                 ", ".join(describe_pid(pid) for pid in holders)
                 or "a process genwire cannot see (another user's)"

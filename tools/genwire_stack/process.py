@@ -378,6 +378,26 @@ def port_holders(port: int) -> list[int]:
     return sorted(holders)
 
 
+def group_hides_fds(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` keeps its fds from us (a non-dumpable process: a
+    setuid or file-capability binary, one that asked for it), so that ``port_holders`` cannot
+    name it even when it is ours. ``/proc/<pid>/stat`` stays readable: the group is found."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # After the command name (in parentheses, maybe with spaces): state, ppid, pgrp.
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            if int(fields[2]) != pgid:
+                continue
+            next((entry / "fd").iterdir(), None)
+        except PermissionError:
+            return True
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return False
+
+
 LOCK_FILE = "stack.lock"
 
 

@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -412,12 +412,18 @@ async def _stepped(span: Span, items: AsyncIterator[T]) -> AsyncIterator[T]:
 
 
 class _ClosingStream(StreamingResponse):
-    """A streamed answer whose body is closed when the response ends, however it ended.
+    """A streamed answer that is closed and settled when the response ends, however it ended.
 
     Starlette leaves a body suspended when the client leaves while a chunk is being sent (a
-    slow client's full socket; ``send`` raising on newer servers): until the garbage collector
-    found it, the abandoned work was not cancelled, its span not ended, the call not counted.
-    The close is shielded (the response's own cancellation must not cut it) and bounded."""
+    slow client's full socket; ``send`` raising on newer servers), and never starts one whose
+    first ``send`` failed: until the garbage collector found it, the abandoned work was not
+    cancelled, its span not ended, the call not counted. The close is shielded (the
+    response's own cancellation must not cut it) and bounded; ``settle`` (idempotent) then
+    ends what a body that never ran could not."""
+
+    def __init__(self, content: AsyncIterator[bytes], settle: _Settle, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._settle = settle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -425,9 +431,9 @@ class _ClosingStream(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(WORK_CANCEL_S):
                 try:
-                    await _aclose(self.body_iterator)
-                except RuntimeError:
-                    pass  # still running (it was not left suspended): it ends by itself
+                    if not getattr(self.body_iterator, "ag_running", False):
+                        await _aclose(self.body_iterator)
+                    await self._settle(left=True)
                 except Exception:
                     log.exception("closing an abandoned stream failed")
 
@@ -486,9 +492,16 @@ async def _streamed(
 @dataclass
 class _Outcome:
     """How a streamed answer ended: ``_events`` sets the code of the error event it sent,
-    ``_finish`` counts the request with it (a 200 stream may still have failed)."""
+    ``_settle`` counts the request with it (a 200 stream may still have failed), once."""
 
     code: str = "ok"
+    settled: bool = False
+
+
+class _Settle(Protocol):
+    """``_Handler._settle`` bound to one answer: ``left`` when its body never started."""
+
+    def __call__(self, *, left: bool = False) -> Awaitable[None]: ...
 
 
 def _batch_ids(key: str | None, count: int) -> Sequence[str | None]:
@@ -642,8 +655,12 @@ class _Handler:
                 first, chunks, span, batch, created, model, body, echo, clocks, outcome
             )
             span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, 200)
+            settle = functools.partial(
+                self._settle, events, outcome, span, metrics, started, clocks
+            )
             return _ClosingStream(
-                self._finish(events, outcome, span, metrics, started, clocks),
+                self._finish(events, outcome, settle),
+                settle,
                 media_type="text/event-stream",
                 headers={**headers, **SSE_HEADERS},
             )
@@ -849,16 +866,10 @@ class _Handler:
         yield openai.SSE_DONE
 
     async def _finish(
-        self,
-        events: AsyncIterator[bytes],
-        outcome: _Outcome,
-        span: Span,
-        metrics: GatewayMetrics,
-        started: float,
-        clocks: list[RequestClock],
+        self, events: AsyncIterator[bytes], outcome: _Outcome, settle: _Settle
     ) -> AsyncIterator[bytes]:
-        """Relay ``events``; end the span and count the request, with the code it ended with
-        (``outcome``: an error event's), when the stream ends."""
+        """Relay ``events``; when the stream ends, ``settle`` it with the code it ended with
+        (``outcome``: an error event's)."""
         try:
             async for event in events:
                 yield event
@@ -867,14 +878,35 @@ class _Handler:
                 outcome.code = "cancelled"
             raise
         finally:
-            try:
-                await _aclose(events)  # its streams' clean-up first, inside the span's life
-            finally:
-                for clock in clocks:
-                    clock.finish(None)
-                span.end()
-                elapsed = time.perf_counter() - started
-                metrics.observe(ENTRYPOINT_HTTP, self.route, outcome.code, elapsed)
+            await settle()
+
+    async def _settle(
+        self,
+        events: AsyncIterator[bytes],
+        outcome: _Outcome,
+        span: Span,
+        metrics: GatewayMetrics,
+        started: float,
+        clocks: list[RequestClock],
+        *,
+        left: bool = False,
+    ) -> None:
+        """End a streamed answer, once: its streams closed (their clean-up inside the span's
+        life), its clocks and span ended, the call counted. ``left``: the response ended
+        before the stream did (its body never started: the caller is gone)."""
+        if outcome.settled:
+            return
+        outcome.settled = True
+        if left and outcome.code == "ok":
+            outcome.code = "cancelled"
+        try:
+            await _aclose(events)
+        finally:
+            for clock in clocks:
+                clock.finish(None)
+            span.end()
+            elapsed = time.perf_counter() - started
+            metrics.observe(ENTRYPOINT_HTTP, self.route, outcome.code, elapsed)
 
 
 def openai_router() -> APIRouter:

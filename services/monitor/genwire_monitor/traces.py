@@ -94,6 +94,10 @@ process span (``triton.generate``, a publish). Only their good tries are remembe
 per trace, not one per span of a long stream): only they can supersede a failed try."""
 
 
+CONSUMER = 5
+"""OTLP span kind CONSUMER: a record's process span (``RETRIED_KINDS``, ``TraceAssembler``)."""
+
+
 def attempt_key(span: SpanView) -> int:
     """Which operation ``span`` is a try of: (service, span name, parent span id, request id),
     hashed (an int per span held while its trace is open, not a tuple: the table holds
@@ -220,7 +224,12 @@ class TraceAssembler:
             entry.failed = failed
             if failed.get(attempt, (-1, ""))[0] <= span.start_ns:  # the latest failed try decides
                 failed[attempt] = (span.start_ns, failure_kind(span))
-        elif span.kind in RETRIED_KINDS and entry.good.get(attempt, -1) < span.start_ns:
+        elif (span.kind in RETRIED_KINDS or (span.kind == CONSUMER and entry.failed)) and (
+            entry.good.get(attempt, -1) < span.start_ns
+        ):
+            # A CONSUMER span is a try again when its record is redelivered after a failed
+            # one (a stage that gave up, or crashed): kept once the trace holds a failure
+            # only, which a redelivery comes long after.
             entry.good[attempt] = span.start_ns
         entry.counted = entry.counted or is_entry(span)
         rec.entry_ns = min(rec.entry_ns or rec.start_ns, entry_ns(span))
