@@ -10,8 +10,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from genwire_stack import StackError, down, ensure_up, format_table, status
@@ -19,23 +17,13 @@ from genwire_stack.components import Readiness, readyz
 from genwire_stack.health import wait_until
 from genwire_stack.manager import ComponentStatus
 from genwire_stack.paths import StackPaths
-from genwire_stack.process import read_record, records
+from genwire_stack.process import read_record
 from genwire_stack.statefile import SupervisorState, read_state, state_file
 
 from genwire.settings import CommonSettings
 from tests.stack.support import DummyService
 
 STALLED = "partition genwire.prepared[1] stalled: committed offset unchanged for 31 s"
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Iterator[tuple[StackPaths, CommonSettings]]:
-    settings = CommonSettings(home=tmp_path)
-    paths = StackPaths.from_settings(settings)
-    yield paths, settings
-    for record in records(paths.run):
-        if record.alive():
-            os.killpg(record.pid, signal.SIGKILL)
 
 
 def test_status_shows_a_running_service_that_is_not_ready(

@@ -6,33 +6,21 @@ before the start, not after it."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from genwire_stack import StackError, ensure_up, manager, status
 from genwire_stack.component import Readiness
 from genwire_stack.health import http_status, wait_until
 from genwire_stack.paths import StackPaths
-from genwire_stack.process import PidRecord, read_record, records, start_ticks
+from genwire_stack.process import PidRecord, read_record, start_ticks
 from genwire_stack.statefile import SupervisorState, state_file, write_state
 
 from genwire.settings import CommonSettings
 from tests.stack.support import HttpServer
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Iterator[tuple[StackPaths, CommonSettings]]:
-    settings = CommonSettings(home=tmp_path)
-    paths = StackPaths.from_settings(settings)
-    yield paths, settings
-    for record in records(paths.run):
-        if record.alive():
-            os.killpg(record.pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -8,30 +8,18 @@ import os
 import signal
 import sys
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from genwire_stack import StackError, ensure_up
 from genwire_stack.health import last_words, log_tail, wait_until
 from genwire_stack.paths import StackPaths
-from genwire_stack.process import pid_alive, records, spawn, supervised_argv
+from genwire_stack.process import pid_alive, spawn, supervised_argv
 from genwire_stack.statefile import read_state, state_file
 from genwire_stack.supervise import LOG_CAP_BYTES, LOG_PREFIX
 
 from genwire.settings import CommonSettings
 from tests.stack.support import HttpServer
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Iterator[tuple[StackPaths, CommonSettings]]:
-    settings = CommonSettings(home=tmp_path)
-    paths = StackPaths.from_settings(settings)
-    yield paths, settings
-    for record in records(paths.run):
-        if record.alive():
-            os.killpg(record.pid, signal.SIGKILL)
-
 
 YESTERDAY = (
     "Traceback (most recent call last):\n"

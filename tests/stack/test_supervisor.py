@@ -33,22 +33,12 @@ from genwire_stack import (
 from genwire_stack.components import SERVICE_PORTS
 from genwire_stack.health import http_status, wait_until
 from genwire_stack.paths import StackPaths
-from genwire_stack.process import pid_alive, read_record, records
+from genwire_stack.process import pid_alive, read_record
 from genwire_stack.statefile import SupervisorState, read_state, state_file
 from genwire_stack.supervise import LOG_PREFIX
 
 from genwire.settings import CommonSettings
 from tests.stack.support import HttpServer, free_port
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Iterator[tuple[StackPaths, CommonSettings]]:
-    settings = CommonSettings(home=tmp_path)
-    paths = StackPaths.from_settings(settings)
-    yield paths, settings
-    for record in records(paths.run):
-        if record.alive():
-            os.killpg(record.pid, signal.SIGKILL)
 
 
 class Supervised:

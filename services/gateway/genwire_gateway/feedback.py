@@ -43,10 +43,10 @@ from genwire.request import REQUEST_ID_PATTERN, ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire_gateway import openai
 from genwire_gateway.errors import GatewayError, grpc_status, http_status
-from genwire_gateway.grpc_service import UNEXPECTED, status_of, unexpected
+from genwire_gateway.grpc_service import UNEXPECTED, end_call, unexpected
 from genwire_gateway.handlers import Gateway
 from genwire_gateway.http_api import MAX_BODY_BYTES, read_body
-from genwire_gateway.telemetry import ENTRYPOINT_GRPC, GatewayMetrics, carrier_of, mark_error
+from genwire_gateway.telemetry import GatewayMetrics, carrier_of, mark_error
 
 FEEDBACK_SERVICE = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name
 FEEDBACK_METHOD = "Feedback"
@@ -234,11 +234,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
             mark_error(span, code, unexpected(exc))
             raise
         finally:
-            span.set_attribute(sc.RPC_GRPC_STATUS_CODE, status_of(code).value[0])
-            span.end()
-            if self._metrics is not None:
-                elapsed = time.perf_counter() - started
-                self._metrics.observe(ENTRYPOINT_GRPC, FEEDBACK_METHOD, code, elapsed)
+            end_call(span, self._metrics, FEEDBACK_METHOD, code, started)
 
     async def _feedback(self, request: feedback_pb2.FeedbackRequest) -> feedback_pb2.FeedbackReply:
         fields: dict[str, Any] = {"request_id": request.request_id}

@@ -206,6 +206,17 @@ def unexpected(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}"
 
 
+def end_call(
+    span: Span, metrics: GatewayMetrics | None, method: str, code: str, started: float
+) -> None:
+    """End a call's SERVER span with its gRPC status and count the call (``metrics``: None,
+    not counted), with the outcome ``code`` it ended with."""
+    span.set_attribute(sc.RPC_GRPC_STATUS_CODE, status_of(code).value[0])
+    span.end()
+    if metrics is not None:
+        metrics.observe(ENTRYPOINT_GRPC, method, code, time.perf_counter() - started)
+
+
 def status_of(code: str) -> grpc.StatusCode:
     """The gRPC status a call ended with, given its outcome code."""
     if code == "ok":
@@ -296,9 +307,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
             mark_error(span, code, unexpected(exc))
             raise
         finally:
-            span.set_attribute(sc.RPC_GRPC_STATUS_CODE, status_of(code).value[0])
-            span.end()
-            self._metrics.observe(ENTRYPOINT_GRPC, method, code, time.perf_counter() - started)
+            end_call(span, self._metrics, method, code, started)
 
     async def _abort(
         self, context: grpc.aio.ServicerContext[Any, Any], span: Span, exc: GatewayError
@@ -362,10 +371,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
         finally:
             if clock is not None:
                 clock.finish(None)  # (no-op after the final chunk)
-            span.set_attribute(sc.RPC_GRPC_STATUS_CODE, status_of(code).value[0])
-            span.end()
-            elapsed = time.perf_counter() - started
-            self._metrics.observe(ENTRYPOINT_GRPC, "GenerateStream", code, elapsed)
+            end_call(span, self._metrics, "GenerateStream", code, started)
 
     async def Submit(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
