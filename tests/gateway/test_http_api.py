@@ -144,6 +144,33 @@ def _events(text: str) -> list[Any]:
 # -- the body's size ------------------------------------------------------------------------
 
 
+def completions_scope(length: int, spec_version: str | None = None) -> dict[str, Any]:
+    """The ASGI scope of a ``POST /v1/completions`` with a JSON body of ``length`` bytes (an
+    ASGI ``spec_version`` when given: 2.4 servers raise in ``send`` when the client left)."""
+    asgi = (
+        {"version": "3.0"}
+        if spec_version is None
+        else {"version": "3.0", "spec_version": spec_version}
+    )
+    return {
+        "type": "http",
+        "asgi": asgi,
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/completions",
+        "raw_path": b"/v1/completions",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(length).encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("gateway", 80),
+    }
+
+
 async def test_a_declared_length_over_the_limit_is_refused_before_reading(app: FastAPI) -> None:
     reads: list[str] = []
     sent: list[dict[str, Any]] = []
@@ -155,23 +182,7 @@ async def test_a_declared_length_over_the_limit_is_refused_before_reading(app: F
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/completions",
-        "raw_path": b"/v1/completions",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(MAX_BODY_BYTES + 1).encode()),
-        ],
-        "client": ("127.0.0.1", 1),
-        "server": ("gateway", 80),
-    }
+    scope = completions_scope(MAX_BODY_BYTES + 1)
     await app(scope, receive, send)
     assert sent[0]["status"] == 413 and reads == []
     error = json.loads(sent[1]["body"])["error"]

@@ -39,6 +39,7 @@ from genwire.telemetry import semconv as sc
 from genwire.usage import UsageEvent
 
 from .test_handlers import FakeProducer, FakeStore
+from .test_http_api import completions_scope
 
 Reply = Callable[[GenerationRequest, WaiterRegistry], None]
 Where = tuple[int, int]
@@ -210,23 +211,7 @@ async def test_an_abandoned_streams_cancel_is_published_in_its_trace() -> None:
         if message["type"] == "http.response.body" and message.get("body"):
             chunk_sent.set()
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/completions",
-        "raw_path": b"/v1/completions",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 1),
-        "server": ("gateway", 80),
-    }
+    scope = completions_scope(len(body))
     await asyncio.wait_for(app(scope, receive, send), timeout=5)  # type: ignore[arg-type]
     await gateway.drain()
     assert sent[0]["status"] == 200 and chunk_sent.is_set()
@@ -264,23 +249,7 @@ async def test_a_stream_whose_send_fails_is_closed_at_once_not_by_the_garbage_co
         if sends >= fails_at:
             raise OSError("client gone")
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/completions",
-        "raw_path": b"/v1/completions",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 1),
-        "server": ("gateway", 80),
-    }
+    scope = completions_scope(len(body), spec_version="2.4")
     gc.disable()  # what is asserted must not depend on a collection
     try:
         with contextlib.suppress(OSError, ClientDisconnect):  # the server's to deal with
