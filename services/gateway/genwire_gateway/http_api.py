@@ -656,7 +656,7 @@ class _Handler:
             )
             span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, 200)
             settle = functools.partial(
-                self._settle, events, outcome, span, metrics, started, clocks
+                self._settle, (events, chunks), outcome, span, metrics, started, clocks
             )
             return _ClosingStream(
                 self._finish(events, outcome, settle),
@@ -882,7 +882,7 @@ class _Handler:
 
     async def _settle(
         self,
-        events: AsyncIterator[bytes],
+        streams: tuple[AsyncIterator[bytes], AsyncIterator[tuple[int, Chunk]]],
         outcome: _Outcome,
         span: Span,
         metrics: GatewayMetrics,
@@ -892,15 +892,18 @@ class _Handler:
         left: bool = False,
     ) -> None:
         """End a streamed answer, once: its streams closed (their clean-up inside the span's
-        life), its clocks and span ended, the call counted. ``left``: the response ended
-        before the stream did (its body never started: the caller is gone)."""
+        life), its clocks and span ended, the call counted. ``streams``: the SSE events and the
+        chunks under them (closed by the events' own end, unless those never started: then
+        here, so that the abandoned work is cancelled now). ``left``: the response ended before
+        the stream did (its body never started: the caller is gone)."""
         if outcome.settled:
             return
         outcome.settled = True
         if left and outcome.code == "ok":
             outcome.code = "cancelled"
         try:
-            await _aclose(events)
+            for stream in streams:
+                await _aclose(stream)  # a stream closed already: nothing
         finally:
             for clock in clocks:
                 clock.finish(None)
