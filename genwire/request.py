@@ -198,6 +198,14 @@ GATEWAY_ERROR_HTTP_STATUS: dict[str, int] = {
 }
 """The HTTP status of each entry-point-only code (499: nginx's "client closed request")."""
 
+_HTTP_STATUS = {**ERROR_HTTP_STATUS, **GATEWAY_ERROR_HTTP_STATUS}
+
+
+def http_status(code: str) -> int:
+    """The HTTP status an entry point answers for ``code`` (unknown codes: 500)."""
+    return _HTTP_STATUS.get(code, 500)
+
+
 RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]

@@ -24,12 +24,29 @@ SCHEDULE_DELAY_MS = 250
 EXPORTERS = ("kafka", "otlp", "console", "none")
 """What ``OTEL_TRACES_EXPORTER`` may name (one of them); anything else is refused."""
 
+SDK_SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+"""The samplers ``OTEL_TRACES_SAMPLER`` may name: the ones the SDK's ``TracerProvider`` builds
+from it (it does not load the ``opentelemetry_traces_sampler`` entry points: one named there
+would be replaced by sampling everything)."""
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    return ", ".join(f"`{name}`" for name in names)
+
+
 OTEL_VARIABLES: dict[str, str] = {
     "OTEL_SDK_DISABLED": "`true`: no spans are made and none exported (a record's upstream "
     "`traceparent` is passed on unchanged)",
-    "OTEL_TRACES_EXPORTER": "one of `kafka` (default: OTLP protobuf on `otlp_spans`, read by "
-    "Jaeger and the monitor), `otlp` (the standard OTLP/gRPC exporter), `console`, `none` "
-    "(spans made, not exported); any other value is refused at start",
+    "OTEL_TRACES_EXPORTER": f"one of {_listed(EXPORTERS)}: `kafka` (the default) writes OTLP "
+    "protobuf to `otlp_spans`, read by Jaeger and the monitor; `otlp` is the standard OTLP/gRPC "
+    "exporter; `none` makes spans and exports none; any other value is refused at start",
     "OTEL_EXPORTER_OTLP_*": "the standard OTLP exporter's endpoint, headers, TLS and timeout "
     "(with `OTEL_TRACES_EXPORTER=otlp` only)",
     "OTEL_SERVICE_NAME": "replaces the service's `service.name` (Jaeger's service list); the "
@@ -37,9 +54,8 @@ OTEL_VARIABLES: dict[str, str] = {
     "OTEL_BSP_SCHEDULE_DELAY": f"ms finished spans wait to be exported together (default "
     f"{SCHEDULE_DELAY_MS})",
     "OTEL_TRACES_SAMPLER": "the standard sampler instead of `GENWIRE_TRACES_SAMPLE_RATIO`'s: "
-    "one the SDK builds (`always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, "
-    "`parentbased_always_off`, `parentbased_traceidratio`); setting both, or naming another, "
-    "is refused at start",
+    f"one the SDK builds ({_listed(SDK_SAMPLERS)}); setting both, or naming another, is "
+    "refused at start",
     "OTEL_TRACES_SAMPLER_ARG": "the ratio of `traceidratio` / `parentbased_traceidratio`: a "
     "number in [0, 1], else refused at start",
 }
@@ -103,21 +119,6 @@ def configure_tracing(
     if set_global:
         trace.set_tracer_provider(provider)
     return provider
-
-
-SDK_SAMPLERS = frozenset(
-    {
-        "always_on",
-        "always_off",
-        "traceidratio",
-        "parentbased_always_on",
-        "parentbased_always_off",
-        "parentbased_traceidratio",
-    }
-)
-"""The samplers ``OTEL_TRACES_SAMPLER`` may name: the ones the SDK's ``TracerProvider`` builds
-from it (it does not load the ``opentelemetry_traces_sampler`` entry points: one named there
-would be replaced by sampling everything)."""
 
 
 def _sampler(settings: CommonSettings) -> Sampler | None:

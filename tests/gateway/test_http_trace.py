@@ -254,6 +254,9 @@ async def test_a_stream_whose_send_fails_is_closed_at_once_not_by_the_garbage_co
     try:
         with contextlib.suppress(OSError, ClientDisconnect):  # the server's to deal with
             await asyncio.wait_for(app(scope, receive, send), timeout=5)  # type: ignore[arg-type]
+        # Published by the response's own close, not by a finalizer later (drain waits for
+        # those too): it is out the moment the response is.
+        assert any(isinstance(e, ControlEvent) for e in producer.events)
         await gateway.drain()
         (cancel,) = [i for i, e in enumerate(producer.events) if isinstance(e, ControlEvent)]
         assert producer.events[cancel].reason == "stream abandoned"  # type: ignore[attr-defined]

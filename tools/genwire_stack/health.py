@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import httpx
 
 from genwire_stack.errors import StackError
-from genwire_stack.supervise import LOG_PREFIX
+from genwire_stack.supervise import LOG_PREFIX, START_HEADER
 
 T = TypeVar("T")
 
@@ -181,9 +181,6 @@ def error_line(stderr: str, stdout: str = "") -> str | None:
     return rest[-1][:300] if rest else None
 
 
-START_HEADER = "=== genwire: starting "
-"""The line ``genwire up`` writes into a component's log before each start
-(:func:`genwire_stack.process.spawn`): what comes before it is an earlier run's."""
 _GAVE_UP = re.compile(rf"^{re.escape(LOG_PREFIX)} \S+ (?P<said>.*\b(?:cannot run|giving up)\b.*)$")
 """The supervisor's line when it could not start the server at all (``cannot run <argv0>:
 <reason>; giving up``): the only place that reason is written."""

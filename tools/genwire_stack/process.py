@@ -25,7 +25,7 @@ from pathlib import Path
 from genwire import triton_admin
 from genwire_stack.errors import StackError
 from genwire_stack.statefile import SupervisorState, read_state, state_file
-from genwire_stack.supervise import rotate_log
+from genwire_stack.supervise import START_HEADER, rotate_log
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ def spawn(
     rotate_log(log_path)  # nothing writes to it now: a rename loses no line
     with log_path.open("ab") as log:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        log.write(f"\n=== genwire: starting {name} at {stamp}: {' '.join(shown(argv))}\n".encode())
+        log.write(f"\n{START_HEADER}{name} at {stamp}: {' '.join(shown(argv))}\n".encode())
         log.flush()
         try:
             proc = subprocess.Popen(

@@ -86,6 +86,9 @@ UNREADY_PROBE_S = 5.0
 """How often ``--unready-url`` is polled."""
 LOG_PREFIX = "=== genwire supervisor:"
 """Every line the supervisor writes into the log starts with this (``log_tail`` skips them)."""
+START_HEADER = "=== genwire: starting "
+"""The line ``genwire up`` writes into a component's log before each start
+(``process.spawn``): what comes before it is an earlier run's (``health.last_words``)."""
 LOG_CAP_BYTES = 64 * 1024 * 1024
 """A component's log larger than this moves to ``<log>.1`` (replacing an older one): when
 ``genwire up`` starts it (:func:`rotate_log`), and while its supervisor runs it

@@ -11,14 +11,13 @@ import grpc
 from genwire.errors import GenwireError
 from genwire.request import (
     CANCELLED,
-    ERROR_HTTP_STATUS,
-    GATEWAY_ERROR_HTTP_STATUS,
     INVALID_API_KEY,
     NOT_FOUND,
     PERMISSION_DENIED,
     QUOTA_EXCEEDED,
     RATE_LIMITED,
     ErrorCode,
+    http_status,
 )
 
 IDEMPOTENCY_CONFLICT = ErrorCode.IDEMPOTENCY_CONFLICT
@@ -61,21 +60,14 @@ _GRPC: dict[str, grpc.StatusCode] = {
     QUOTA_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
-_HTTP: dict[str, int] = {**ERROR_HTTP_STATUS, **GATEWAY_ERROR_HTTP_STATUS}
-
 
 def grpc_status(code: str) -> grpc.StatusCode:
     """The gRPC status of an error code: every input problem is INVALID_ARGUMENT."""
     if code in _GRPC:
         return _GRPC[code]
-    if _HTTP.get(code, 500) < 500:
+    if http_status(code) < 500:
         return grpc.StatusCode.INVALID_ARGUMENT
     return grpc.StatusCode.INTERNAL
-
-
-def http_status(code: str) -> int:
-    """The HTTP status of an error code (unknown codes: 500)."""
-    return _HTTP.get(code, 500)
 
 
 def openai_error_type(status: int) -> str:

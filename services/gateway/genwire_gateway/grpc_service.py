@@ -234,16 +234,6 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
         self._tracer = tracer
         self._metrics = metrics
 
-    @property
-    def tracer(self) -> trace.Tracer:
-        """The tracer of its SERVER spans (the runtime's)."""
-        return self._tracer
-
-    @property
-    def metrics(self) -> GatewayMetrics:
-        """Where it counts its calls (``genwire_requests_total``)."""
-        return self._metrics
-
     # -- helpers --------------------------------------------------------------------------------
 
     def _span(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Span:

@@ -361,9 +361,7 @@ async def _closing(stream: AsyncIterator[Chunk]) -> AsyncIterator[AsyncIterator[
     try:
         yield stream
     finally:
-        close = getattr(stream, "aclose", None)
-        if close is not None:
-            await close()
+        await _aclose(stream)
 
 
 async def _aclose(items: AsyncIterable[Any]) -> None:
@@ -858,11 +856,6 @@ class _Handler:
                 log.exception("unexpected error streaming %s %s", self.route, request_id)
             mark_error(span, ErrorCode.INTERNAL, UNEXPECTED_MESSAGE)
             yield openai.sse(openai.error_body(ErrorCode.INTERNAL, UNEXPECTED_MESSAGE, 500))
-        finally:
-            # Left early (the client went): close the streams now, their span current
-            # (_stepped), so that the cancel of the abandoned work is published in the call's
-            # trace and before the span ends, not whenever the garbage collector gets to it.
-            await _aclose(rest)
         yield openai.SSE_DONE
 
     async def _finish(

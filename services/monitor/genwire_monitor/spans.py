@@ -17,6 +17,8 @@ from genwire.policy import SHADOW_ATTRIBUTE
 from genwire.telemetry import semconv as sc
 
 STATUS_ERROR = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
+# opentelemetry.proto.trace.v1.Span.SpanKind values (``SpanView.kind``).
+KIND_SERVER, KIND_CLIENT, KIND_PRODUCER, KIND_CONSUMER = 2, 3, 4, 5
 SERVICE_NAME = "service.name"
 SERVICE_PREFIX = "genwire-"
 

@@ -10,10 +10,7 @@
 from __future__ import annotations
 
 from genwire.telemetry import semconv as sc
-from genwire_monitor.spans import SpanView
-
-KIND_SERVER = 2
-KIND_CONSUMER = 5
+from genwire_monitor.spans import KIND_CONSUMER, KIND_SERVER, SpanView
 
 TRITON = "triton"
 TRITON_QUEUE = "triton queue"

@@ -19,11 +19,17 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from genwire.request import CANCELLED, ERROR_HTTP_STATUS, GATEWAY_ERROR_HTTP_STATUS
+from genwire.request import CANCELLED, http_status
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 from genwire_monitor.features import numeric
-from genwire_monitor.spans import AttrValue, SpanView
+from genwire_monitor.spans import (
+    KIND_CLIENT,
+    KIND_CONSUMER,
+    KIND_PRODUCER,
+    AttrValue,
+    SpanView,
+)
 
 # Attributes gathered per request (the latest span carrying each one wins).
 REQUEST_ATTRS: tuple[str, ...] = (
@@ -66,12 +72,6 @@ SERVER, CLIENT, CALLER_GONE = "server", "client", "cancelled"
 caller gave up (neither: no budget spent, not counted as rejected)."""
 
 
-def http_status(code: str) -> int:
-    """The HTTP status an entry point answers for ``code`` (unknown codes: 500)."""
-    status = ERROR_HTTP_STATUS.get(code)
-    return status if status is not None else GATEWAY_ERROR_HTTP_STATUS.get(code, 500)
-
-
 def failure_kind(span: SpanView) -> str:
     """``SERVER``, ``CLIENT`` or ``CALLER_GONE`` for an ERROR span, by its
     ``genwire.error.code`` (none or unknown: a server failure)."""
@@ -83,19 +83,10 @@ def failure_kind(span: SpanView) -> str:
     return CLIENT if http_status(code) < 500 else SERVER
 
 
-def is_client_error(span: SpanView) -> bool:
-    """An ERROR span whose ``genwire.error.code`` answers 4xx: bad input, not an outage."""
-    return failure_kind(span) == CLIENT
-
-
-RETRIED_KINDS = frozenset({3, 4})
-"""OTLP span kinds CLIENT and PRODUCER: the spans a handler's retry makes again under the same
-process span (``triton.generate``, a publish). Only their good tries are remembered (a few
-per trace, not one per span of a long stream): only they can supersede a failed try."""
-
-
-CONSUMER = 5
-"""OTLP span kind CONSUMER: a record's process span (``RETRIED_KINDS``, ``TraceAssembler``)."""
+RETRIED_KINDS = frozenset({KIND_CLIENT, KIND_PRODUCER})
+"""The spans a handler's retry makes again under the same process span (``triton.generate``,
+a publish). Only their good tries are remembered (a few per trace, not one per span of a long
+stream): only they can supersede a failed try (and a CONSUMER span after a failed one)."""
 
 
 def attempt_key(span: SpanView) -> int:
@@ -218,19 +209,19 @@ class TraceAssembler:
         rec.spans += 1
         rec.start_ns = min(rec.start_ns, span.start_ns)
         rec.end_ns = max(rec.end_ns, span.end_ns)
-        attempt = attempt_key(span)
         if span.error:
+            attempt = attempt_key(span)
             failed = entry.failed if entry.failed is not None else {}
             entry.failed = failed
             if failed.get(attempt, (-1, ""))[0] <= span.start_ns:  # the latest failed try decides
                 failed[attempt] = (span.start_ns, failure_kind(span))
-        elif (span.kind in RETRIED_KINDS or (span.kind == CONSUMER and entry.failed)) and (
-            entry.good.get(attempt, -1) < span.start_ns
-        ):
+        elif span.kind in RETRIED_KINDS or (span.kind == KIND_CONSUMER and entry.failed):
             # A CONSUMER span is a try again when its record is redelivered after a failed
             # one (a stage that gave up, or crashed): kept once the trace holds a failure
-            # only, which a redelivery comes long after.
-            entry.good[attempt] = span.start_ns
+            # only, which a redelivery comes long after. (Other spans: no key computed.)
+            attempt = attempt_key(span)
+            if entry.good.get(attempt, -1) < span.start_ns:
+                entry.good[attempt] = span.start_ns
         entry.counted = entry.counted or is_entry(span)
         rec.entry_ns = min(rec.entry_ns or rec.start_ns, entry_ns(span))
         if span.attrs:
