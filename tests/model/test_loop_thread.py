@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -85,33 +87,44 @@ def test_the_busiest_thread_splits_the_wall_time_and_prices_a_token() -> None:
     assert got is not None and (got["on_cpu_pct"], got["asleep_pct"]) == (102.0, 0.0)
 
 
+# A process of its own: in pytest's, threads left by earlier tests contend for the GIL, and a
+# thread waiting for the GIL sleeps on a futex, which the kernel counts as asleep.
+SPINNER = """
+import sys, threading
+stop = threading.Event()
+def spin():
+    print(threading.get_native_id(), flush=True)
+    while not stop.is_set():
+        sum(range(1000))
+threading.Thread(target=stop.wait).start()
+busy = threading.Thread(target=spin)
+busy.start()
+sys.stdin.read()  # asleep until the test closes stdin
+stop.set()
+"""
+
+
 @pytest.mark.skipif(not COUNTED, reason="this kernel keeps no per-thread schedstat")
 def test_a_busy_thread_is_found_among_idle_ones() -> None:
-    stop = threading.Event()
-    busy_id: list[int] = []
-
-    def spin() -> None:
-        busy_id.append(threading.get_native_id())
-        while not stop.is_set():
-            sum(range(1000))
-
-    idle = threading.Thread(target=stop.wait)
-    busy = threading.Thread(target=spin)
-    idle.start()
-    busy.start()
+    child = subprocess.Popen(
+        [sys.executable, "-c", SPINNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
+        assert child.stdout is not None and child.stdin is not None
+        busy_tid = int(child.stdout.readline())
         time.sleep(0.02)
-        start = loop_thread.read([os.getpid()])
-        time.sleep(0.2)  # this thread asleep, the idle one waiting, the busy one spinning
-        end = loop_thread.read([os.getpid()])
+        start = loop_thread.read([child.pid])
+        time.sleep(0.2)  # its main thread asleep, the idle one waiting, the busy one spinning
+        end = loop_thread.read([child.pid])
+        child.stdin.close()
+        assert child.wait(timeout=10) == 0
     finally:
-        stop.set()
-        busy.join()
-        idle.join()
+        child.kill()
+        child.wait()
     got = loop_thread.busiest(start, end, tokens=10)
-    assert got is not None and (got["pid"], got["tid"]) == (os.getpid(), busy_id[0])
-    # It spins holding the GIL that nobody else wants: on a CPU or waiting for one, not asleep.
-    assert got["on_cpu_pct"] > 0 and got["asleep_pct"] < 50
+    assert got is not None and (got["pid"], got["tid"]) == (child.pid, busy_tid)
+    # It spins holding a GIL nobody else wants: on a CPU or waiting for one, not asleep.
+    assert got["on_cpu_pct"] > 0 and got["asleep_pct"] < 50, got
 
 
 def test_both_sides_measure_the_schedulers_decode_thread(
