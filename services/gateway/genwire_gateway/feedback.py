@@ -13,9 +13,10 @@ published.
 Traces: like every answer that is not a generation, a feedback call is the root of a trace of
 its own, linked to the caller's ``traceparent`` (in the caller's trace the monitor would count
 it into the generation it followed), on an INTERNAL span without ``genwire.entrypoint``
-(neither a request nor gateway time to the monitor). Over HTTP that span is the answer's
-(``http_api.TraceIds``); over gRPC the servicer makes it, current while the feedback is looked
-up and published, and counts the call in ``genwire_requests_total`` like the other methods.
+(neither a request nor gateway time to the monitor). Over HTTP and gRPC alike the handler
+makes that span (``telemetry.own_trace_span``), current while the feedback is looked up and
+published (the event's ``traceparent`` is in that trace), and counts the call in
+``genwire_requests_total`` (method ``/v1/feedback`` or ``Feedback``) like the other methods.
 """
 
 from __future__ import annotations
@@ -24,16 +25,14 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.propagate import extract
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Tracer
+from opentelemetry.trace import Span, Tracer
 from pydantic import ValidationError
 
 from genwire.feedback import FeedbackBody, FeedbackEvent
@@ -45,8 +44,17 @@ from genwire_gateway import openai
 from genwire_gateway.errors import GatewayError, grpc_status, http_status
 from genwire_gateway.grpc_service import UNEXPECTED, end_call, unexpected
 from genwire_gateway.handlers import Gateway
-from genwire_gateway.http_api import MAX_BODY_BYTES, read_body
-from genwire_gateway.telemetry import GatewayMetrics, carrier_of, mark_error
+from genwire_gateway.http_api import MAX_BODY_BYTES, TRACE_ID_HEADER, UNEXPECTED_MESSAGE, read_body
+from genwire_gateway.telemetry import (
+    ENTRYPOINT_GRPC,
+    ENTRYPOINT_HTTP,
+    GatewayMetrics,
+    caller_of,
+    carrier_of,
+    mark_error,
+    own_trace_span,
+    trace_id_of,
+)
 
 FEEDBACK_SERVICE = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name
 FEEDBACK_METHOD = "Feedback"
@@ -135,40 +143,71 @@ def _principal() -> str:
     return principal.name if principal is not None else ""
 
 
+FEEDBACK_ROUTE = "/v1/feedback"
+
+
 def feedback_router() -> APIRouter:
-    """``POST /v1/feedback`` (expects ``app.state.gateway``)."""
+    """``POST /v1/feedback`` (expects ``app.state.gateway``; ``app.state.runtime``'s tracer
+    and ``app.state.gateway_metrics`` where the app has them, as the gateway's does)."""
     router = APIRouter()
 
-    @router.post("/v1/feedback", response_model=None)
+    @router.post(FEEDBACK_ROUTE, response_model=None)
     async def post_feedback(request: Request) -> JSONResponse:
-        gateway: Gateway = request.app.state.gateway
+        started = time.perf_counter()
+        state = request.app.state
+        runtime_tracer = getattr(getattr(state, "runtime", None), "tracer", None)
+        tracer = runtime_tracer or trace.get_tracer("genwire.gateway")
+        metrics: GatewayMetrics | None = getattr(state, "gateway_metrics", None)
+        span = own_trace_span(
+            tracer,
+            f"POST {FEEDBACK_ROUTE}",
+            caller=caller_of(carrier_of(request.headers.items())),
+            attributes={sc.HTTP_REQUEST_METHOD: "POST", sc.HTTP_ROUTE: FEEDBACK_ROUTE},
+        )
+        # Set here, so the middleware (TraceIds) makes no second span for this answer.
+        headers = {TRACE_ID_HEADER: trace_id_of(span)} if span.get_span_context().is_valid else {}
+        code, status = "ok", 200
         try:
-            raw = await read_body(request, MAX_BODY_BYTES)
+            # Current while it works: the publish joins the call's trace.
+            with trace.use_span(
+                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+            ):
+                event = await _post(request.app.state.gateway, request)
+            return JSONResponse(answer(event), headers=headers)
         except GatewayError as exc:
-            status = http_status(exc.code)
-            return JSONResponse(openai.error_body(exc.code, exc.message, status), status)
-        try:
-            body = FeedbackBody.model_validate_json(raw)
-        except ValidationError as exc:
-            message, param = _explain(exc)
-            code = ErrorCode.INVALID_REQUEST
-            return JSONResponse(openai.error_body(code, message, 400, param), 400)
-        try:
-            event = await submit(gateway, body, entrypoint="http", principal=_principal())
-        except GatewayError as exc:
-            status = http_status(exc.code)
-            return JSONResponse(openai.error_body(exc.code, exc.message, status, None), status)
-        return JSONResponse(answer(event))
+            code, status = exc.code, http_status(exc.code)
+            mark_error(span, exc.code, exc.message)
+            body = openai.error_body(exc.code, exc.message, status, exc.param)
+            return JSONResponse(body, status, headers=headers)
+        except asyncio.CancelledError:
+            code = "cancelled"
+            raise
+        except Exception:  # a bug: OpenAI's shape, a generic message; logged whole
+            with trace.use_span(span, end_on_exit=False):  # the log line names the trace
+                log.exception("unexpected error answering POST %s", FEEDBACK_ROUTE)
+            code, status = ErrorCode.INTERNAL, 500
+            mark_error(span, code, UNEXPECTED_MESSAGE)
+            body = openai.error_body(code, UNEXPECTED_MESSAGE, status)
+            return JSONResponse(body, status, headers=headers)
+        finally:
+            span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, status)
+            span.end()
+            if metrics is not None:
+                elapsed = time.perf_counter() - started
+                metrics.observe(ENTRYPOINT_HTTP, FEEDBACK_ROUTE, code, elapsed)
 
     return router
 
 
-def _caller(carrier: Mapping[str, str]) -> SpanContext | None:
-    """The caller's span context, from its ``traceparent`` (None: it sent none valid)."""
-    if "traceparent" not in carrier:
-        return None
-    context = trace.get_current_span(extract(carrier)).get_span_context()
-    return context if context.is_valid else None
+async def _post(gateway: Gateway, request: Request) -> FeedbackEvent:
+    """Read, validate and submit one HTTP feedback; GatewayError for the caller's errors."""
+    raw = await read_body(request, MAX_BODY_BYTES)
+    try:
+        body = FeedbackBody.model_validate_json(raw)
+    except ValidationError as exc:
+        message, param = _explain(exc)
+        raise GatewayError(message, code=ErrorCode.INVALID_REQUEST, param=param) from None
+    return await submit(gateway, body, entrypoint=ENTRYPOINT_HTTP, principal=_principal())
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> Sequence[tuple[str, str | bytes]]:
@@ -194,18 +233,15 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
 
     def _span(self, context: grpc.aio.ServicerContext[Any, Any]) -> Span:
         """The call's span: a root linked to the caller's trace, not a child in it."""
-        caller = _caller(carrier_of(_metadata(context)))
-        return self._tracer.start_span(
+        return own_trace_span(
+            self._tracer,
             f"{FEEDBACK_SERVICE}/{FEEDBACK_METHOD}",
-            context=Context(),  # a root, whatever span is current
-            kind=SpanKind.INTERNAL,
+            caller=caller_of(carrier_of(_metadata(context))),
             attributes={
-                sc.STAGE: sc.STAGE_GATEWAY,
                 sc.RPC_SYSTEM: "grpc",
                 sc.RPC_SERVICE: FEEDBACK_SERVICE,
                 sc.RPC_METHOD: FEEDBACK_METHOD,
             },
-            links=[Link(caller)] if caller is not None else None,
         )
 
     async def Feedback(
@@ -245,7 +281,9 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
             body = FeedbackBody.model_validate(fields)
         except ValidationError as exc:
             raise GatewayError(_explain(exc)[0], code=ErrorCode.INVALID_REQUEST) from None
-        event = await submit(self._gateway, body, entrypoint="grpc", principal=_principal())
+        event = await submit(
+            self._gateway, body, entrypoint=ENTRYPOINT_GRPC, principal=_principal()
+        )
         return feedback_pb2.FeedbackReply(
             feedback_id=event.feedback_id,
             request_id=event.request_id,

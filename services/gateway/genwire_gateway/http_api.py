@@ -28,7 +28,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.propagate import extract
 from opentelemetry.trace import Span, SpanContext, SpanKind, Tracer, format_trace_id
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -51,6 +50,7 @@ from genwire_gateway.telemetry import (
     GatewayMetrics,
     RequestClock,
     answer_span,
+    caller_of,
     carrier_of,
     mark_error,
     start_server_span,
@@ -236,11 +236,7 @@ def _with_trace_id(scope: Scope, message: Message, arrived_ns: int) -> Message:
 
 def _caller_context(scope: Scope) -> SpanContext | None:
     """The caller's span context, from its ``traceparent`` (None: it sent none valid)."""
-    carrier = carrier_of((k.decode("latin-1"), v) for k, v in scope["headers"])
-    if "traceparent" not in carrier:
-        return None
-    context = trace.get_current_span(extract(carrier)).get_span_context()
-    return context if context.is_valid else None
+    return caller_of(carrier_of((k.decode("latin-1"), v) for k, v in scope["headers"]))
 
 
 def _answer_span(scope: Scope, status: int, arrived_ns: int) -> Span | None:

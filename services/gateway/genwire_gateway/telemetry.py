@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagate import extract
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
@@ -45,6 +46,34 @@ def start_server_span(
     )
 
 
+def own_trace_span(
+    tracer: Tracer,
+    name: str,
+    *,
+    caller: SpanContext | None,
+    attributes: Mapping[str, AttributeValue],
+    start_ns: int | None = None,
+) -> Span:
+    """A span of the gateway's that is not a generation request's (``GET /v1/models``,
+    feedback, a 500 before any handler): the root of a trace of its own, linked to ``caller``
+    (the caller's ``traceparent``), started at ``start_ns`` (None: now); the caller ends it.
+
+    Its own trace: the monitor assembles a request from every span of its trace (its end, its
+    error), so an answer in the caller's trace (a feedback call, a model listing) would widen
+    or fail the generation it followed. INTERNAL, not SERVER, and without
+    ``genwire.entrypoint``: the monitor reads the gateway's SERVER spans as the gateway stage
+    of generation requests, and a trace holding that attribute as a request; these answers
+    are neither."""
+    return tracer.start_span(
+        name,
+        context=Context(),  # a root, whatever span is current
+        kind=SpanKind.INTERNAL,
+        attributes={sc.STAGE: sc.STAGE_GATEWAY, **attributes},
+        links=[Link(caller)] if caller is not None else None,
+        start_time=start_ns,
+    )
+
+
 def answer_span(
     tracer: Tracer,
     name: str,
@@ -53,24 +82,9 @@ def answer_span(
     attributes: Mapping[str, AttributeValue],
     start_ns: int,
 ) -> Span:
-    """The span of an HTTP answer no request handler traced (``GET /v1/models``, feedback, a
-    500 before any handler), from ``start_ns`` to now: the root of a trace of its own, linked
-    to ``caller`` (the caller's ``traceparent``).
-
-    Its own trace: the monitor assembles a request from every span of its trace (its end, its
-    error), so an answer in the caller's trace (a feedback call, a model listing) would widen
-    or fail the generation it followed. INTERNAL, not SERVER, and without
-    ``genwire.entrypoint``: the monitor reads the gateway's SERVER spans as the gateway stage
-    of generation requests, and a trace holding that attribute as a request; these answers
-    are neither. A 5xx is an error."""
-    span = tracer.start_span(
-        name,
-        context=Context(),  # a root, whatever span is current
-        kind=SpanKind.INTERNAL,
-        attributes={sc.STAGE: sc.STAGE_GATEWAY, **attributes},
-        links=[Link(caller)] if caller is not None else None,
-        start_time=start_ns,
-    )
+    """The span of an HTTP answer no request handler traced (``own_trace_span``), from
+    ``start_ns`` to now, ended. A 5xx is an error."""
+    span = own_trace_span(tracer, name, caller=caller, attributes=attributes, start_ns=start_ns)
     status = attributes.get(sc.HTTP_RESPONSE_STATUS_CODE)
     if isinstance(status, int) and status >= 500:
         span.set_status(Status(StatusCode.ERROR))
@@ -85,6 +99,15 @@ def carrier_of(pairs: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
         for k, v in pairs
         if k.lower() in ("traceparent", "tracestate", "baggage")
     }
+
+
+def caller_of(carrier: Mapping[str, str]) -> SpanContext | None:
+    """The caller's span context, from its ``traceparent`` in ``carrier`` (``carrier_of``);
+    None: it sent none valid."""
+    if "traceparent" not in carrier:
+        return None
+    context = trace.get_current_span(extract(carrier)).get_span_context()
+    return context if context.is_valid else None
 
 
 def trace_id_of(span: Span) -> str:
