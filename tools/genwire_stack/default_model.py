@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -190,24 +190,32 @@ def keep_policy_versions(
     lc = _lifecycle_module()
     if lc is None:
         return None, False
-    CONFIG, Lifecycle, TritonControl = lc.CONFIG, lc.Lifecycle, lc.TritonControl
-    if not (cfg.repository / model / CONFIG).is_file():
+    config = cfg.repository / model / lc.CONFIG
+    if not config.is_file():
         return None, False
-    life = Lifecycle(
-        repository=cfg.repository,
-        triton=TritonControl(triton_http),
-        bootstrap_servers=cfg.kafka_bootstrap_servers,
-        progress=out,
-    )
     # The model's lock from the read to the write, as `genwire model load/unload/promote` hold
     # it: an operator's change made meanwhile is not overwritten with what was read before it.
+    with _lifecycle(lc, cfg, triton_http, out) as life, contextlib.ExitStack() as held:
+        try:
+            held.enter_context(life.locked(model))
+        except lc.LifecycleError as exc:  # no lock to take (a read-only repository)
+            out(f"{model}: its lock could not be taken ({exc}); going on without it")
+        return _keep_versions(lc, life, config, version, out, model)
+
+
+@contextlib.contextmanager
+def _lifecycle(lc: Any, cfg: CommonSettings, triton_http: str, out: Out) -> Iterator[Any]:
+    """A ``genwire_model.lifecycle.Lifecycle`` (module ``lc``) of the stack's repository,
+    broker and Triton; its Triton client closed when done."""
+    life = lc.Lifecycle(
+        repository=cfg.repository,
+        triton=lc.TritonControl(triton_http),
+        bootstrap_servers=cfg.kafka_bootstrap_servers,
+        triton_grpc_url=cfg.triton_grpc_url,
+        progress=out,
+    )
     try:
-        with contextlib.ExitStack() as held:
-            try:
-                held.enter_context(life.locked(model))
-            except lc.LifecycleError as exc:  # no lock to take (a read-only repository)
-                out(f"{model}: its lock could not be taken ({exc}); going on without it")
-            return _keep_versions(lc, life, cfg.repository / model / CONFIG, version, out, model)
+        yield life
     finally:
         life.triton.close()
 
@@ -265,33 +273,20 @@ def _move_pin(
     lc = _lifecycle_module()
     if lc is None:
         return
-    UP_PIN_BY, Lifecycle, LifecycleError, TritonControl = (
-        lc.UP_PIN_BY,
-        lc.Lifecycle,
-        lc.LifecycleError,
-        lc.TritonControl,
-    )
     from genwire.policy import CHAMPION, WEIGHT_TOTAL
 
-    life = Lifecycle(
-        repository=cfg.repository,
-        triton=TritonControl(triton_http),
-        bootstrap_servers=cfg.kafka_bootstrap_servers,
-        progress=out,
-    )
-    try:
-        moved = pin.changed(
-            by=UP_PIN_BY,
-            reason=f"the default model was rebuilt: version {version} replaces {pin.champion} "
-            "as the champion of the pin `load` made",
-            aliases={CHAMPION: version},
-            weights={version: WEIGHT_TOTAL},
-        )
-        life.publish(moved, pin.revision)
-    except (LifecycleError, PolicyError) as exc:
-        out(f"{model}: the pin on version {pin.champion} was not moved ({exc})")
-    finally:
-        life.triton.close()
+    with _lifecycle(lc, cfg, triton_http, out) as life:
+        try:
+            moved = pin.changed(
+                by=lc.UP_PIN_BY,
+                reason=f"the default model was rebuilt: version {version} replaces "
+                f"{pin.champion} as the champion of the pin `load` made",
+                aliases={CHAMPION: version},
+                weights={version: WEIGHT_TOTAL},
+            )
+            life.publish(moved, pin.revision)
+        except (lc.LifecycleError, PolicyError) as exc:
+            out(f"{model}: the pin on version {pin.champion} was not moved ({exc})")
 
 
 def restore_loaded_models(cfg: CommonSettings, triton_http: str, out: Out = quiet) -> None:
@@ -303,19 +298,12 @@ def restore_loaded_models(cfg: CommonSettings, triton_http: str, out: Out = quie
     if lc is None:
         out("models loaded by `genwire model load`: not restored (no genwire_model.lifecycle)")
         return
-    Lifecycle, LifecycleError, TritonControl = lc.Lifecycle, lc.LifecycleError, lc.TritonControl
-    life = Lifecycle(
-        repository=cfg.repository,
-        triton=TritonControl(triton_http),
-        bootstrap_servers=cfg.kafka_bootstrap_servers,
-        triton_grpc_url=cfg.triton_grpc_url,
-        progress=out,
-    )
-    try:
-        for model, versions in life.restore(skip=[DEFAULT_MODEL]).items():
-            out(f"{model}: served versions {', '.join(versions) or 'none'}")
-    except (LifecycleError, OSError) as exc:
-        out(f"models loaded by `genwire model load`: restore failed ({exc})")
+    with _lifecycle(lc, cfg, triton_http, out) as life:
+        try:
+            for model, versions in life.restore(skip=[DEFAULT_MODEL]).items():
+                out(f"{model}: served versions {', '.join(versions) or 'none'}")
+        except (lc.LifecycleError, OSError) as exc:
+            out(f"models loaded by `genwire model load`: restore failed ({exc})")
 
 
 def _post(
