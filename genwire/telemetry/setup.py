@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -62,10 +63,12 @@ OTEL_VARIABLES: dict[str, str] = {
 """The standard OpenTelemetry variables the services read (docs/settings.md lists them)."""
 
 
-def sdk_disabled() -> bool:
-    """The standard ``OTEL_SDK_DISABLED=true``: the SDK's tracers are no-ops (no span is made; a
-    record's upstream ``traceparent`` is passed on unchanged), so there is nothing to export."""
-    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+def sdk_disabled(environ: Mapping[str, str] | None = None) -> bool:
+    """The standard ``OTEL_SDK_DISABLED=true`` (in ``environ``, default the process's): the
+    SDK's tracers are no-ops (no span is made; a record's upstream ``traceparent`` is passed on
+    unchanged), so there is nothing to export."""
+    env = os.environ if environ is None else environ
+    return env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
 
 
 def build_exporter(settings: CommonSettings) -> SpanExporter | None:
@@ -74,11 +77,7 @@ def build_exporter(settings: CommonSettings) -> SpanExporter | None:
     ``kafka`` writes OTLP protobuf to ``otlp_spans``; ``otlp`` uses the standard OTLP/gRPC
     exporter and its ``OTEL_EXPORTER_OTLP_*`` variables; ``console`` prints; ``none`` disables.
     """
-    kind = os.environ.get("OTEL_TRACES_EXPORTER", "kafka").strip().lower() or "kafka"
-    if kind not in EXPORTERS:
-        raise ValueError(
-            f"OTEL_TRACES_EXPORTER={kind!r}: genwire's services take one of {', '.join(EXPORTERS)}"
-        )
+    kind = exporter_kind(os.environ)
     if kind == "none":
         return None
     if kind == "console":
@@ -123,12 +122,33 @@ def configure_tracing(
 
 def _sampler(settings: CommonSettings) -> Sampler | None:
     """``GENWIRE_TRACES_SAMPLE_RATIO``'s, or None where ``OTEL_TRACES_SAMPLER`` is set (the SDK
-    builds that one). Refused: both set (one would be ignored), a sampler nobody provides, a
-    ratio that is no number in [0, 1] (the SDK would fall back to sampling everything)."""
-    name = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
-    if not name:
+    builds that one; ``sampler_name`` refuses what it would not build as asked)."""
+    ratio_set = "traces_sample_ratio" in settings.model_fields_set
+    if not sampler_name(os.environ, ratio_set=ratio_set):
         return ParentBased(TraceIdRatioBased(settings.traces_sample_ratio))
-    if "traces_sample_ratio" in settings.model_fields_set:
+    return None
+
+
+def exporter_kind(environ: Mapping[str, str]) -> str:
+    """The exporter ``OTEL_TRACES_EXPORTER`` names in ``environ`` (default ``kafka``);
+    ValueError for one genwire does not take (it would export elsewhere without a word)."""
+    kind = environ.get("OTEL_TRACES_EXPORTER", "kafka").strip().lower() or "kafka"
+    if kind not in EXPORTERS:
+        raise ValueError(
+            f"OTEL_TRACES_EXPORTER={kind!r}: genwire's services take one of {', '.join(EXPORTERS)}"
+        )
+    return kind
+
+
+def sampler_name(environ: Mapping[str, str], *, ratio_set: bool) -> str:
+    """The sampler ``OTEL_TRACES_SAMPLER`` names in ``environ`` ('': none, the service's
+    ``GENWIRE_TRACES_SAMPLE_RATIO`` samples; ``ratio_set``: that ratio is set). ValueError:
+    both set (one would be ignored), a sampler nobody provides, a ratio that is no number in
+    [0, 1] (the SDK would fall back to sampling everything)."""
+    name = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if not name:
+        return ""
+    if ratio_set:
         raise ValueError(
             "OTEL_TRACES_SAMPLER and GENWIRE_TRACES_SAMPLE_RATIO are both set: set one of them"
         )
@@ -138,11 +158,26 @@ def _sampler(settings: CommonSettings) -> Sampler | None:
             f"{', '.join(sorted(SDK_SAMPLERS))})"
         )
     if name.endswith("traceidratio"):
-        arg = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0").strip()
+        arg = environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0").strip()
         try:
             ratio = float(arg)
         except ValueError:
             ratio = -1.0
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"OTEL_TRACES_SAMPLER_ARG={arg!r}: a ratio in [0, 1]")
-    return None
+    return name
+
+
+def otel_refusals(environ: Mapping[str, str], *, ratio_set: bool) -> list[str]:
+    """What a service would stop at, at start, in the OpenTelemetry variables of ``environ``
+    (``exporter_kind``, ``sampler_name``): ``genwire up`` checks them before it starts anything."""
+    refused: list[str] = []
+    checks: list[Callable[[], str]] = [lambda: sampler_name(environ, ratio_set=ratio_set)]
+    if not sdk_disabled(environ):  # disabled: no exporter is built, none named is refused
+        checks.insert(0, lambda: exporter_kind(environ))
+    for check in checks:
+        try:
+            check()
+        except ValueError as exc:
+            refused.append(str(exc))
+    return refused

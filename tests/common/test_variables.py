@@ -148,3 +148,34 @@ def test_genwire_restart_refuses_before_it_stops_anything(
     args = parser.parse_args(["restart", "--only", "preprocess"])
     assert args.func(args) == 1
     assert "GENWIRE_PREPROCESS_CONCURENCY: not a setting" in capsys.readouterr().err
+
+
+def test_the_stack_refuses_what_the_services_tracing_would_stop_at(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`genwire up` refuses the OpenTelemetry variables every service would stop at, once,
+    before it starts anything (``genwire.telemetry.setup.otel_refusals``)."""
+    for name in list(os.environ):  # the runner's own variables: not this test's business
+        if name.upper().startswith(("GENWIRE_", "OTEL_")):
+            monkeypatch.delenv(name)
+    manager.check_environment(None)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "jaeger")
+    with pytest.raises(StackError, match=r"OTEL_TRACES_EXPORTER='jaeger'") as refused:
+        manager.check_environment(None)
+    assert str(refused.value).count("OTEL_TRACES_EXPORTER") == 1  # once, not once per service
+    manager.check_environment(["redis"])  # no service started: nothing of theirs to check
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")  # no exporter is built: none is refused
+    manager.check_environment(None)
+    monkeypatch.delenv("OTEL_SDK_DISABLED")
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
+    manager.check_environment(None)
+    # One service's own ratio beside the standard sampler: that service would stop.
+    monkeypatch.setenv("GENWIRE_MONITOR_TRACES_SAMPLE_RATIO", "0.5")
+    with pytest.raises(StackError, match="OTEL_TRACES_SAMPLER and GENWIRE_TRACES_SAMPLE_RATIO"):
+        manager.check_environment(None)
+    monkeypatch.delenv("GENWIRE_MONITOR_TRACES_SAMPLE_RATIO")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "2")
+    with pytest.raises(StackError, match=r"OTEL_TRACES_SAMPLER_ARG='2'"):
+        manager.check_environment(None)

@@ -153,7 +153,9 @@ def render() -> str:
         "## OpenTelemetry's variables (every service)",
         "",
         "The standard names the services read besides their own settings "
-        "(`genwire.telemetry.setup`); other `OTEL_*` variables reach the SDK as usual.",
+        "(`genwire.telemetry.setup`); other `OTEL_*` variables reach the SDK as usual. "
+        "`genwire up` refuses, before it starts anything, a value every service would stop at "
+        "(`otel_refusals`).",
         "",
         "| variable | what it does |",
         "|---|---|",

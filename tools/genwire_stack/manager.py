@@ -29,7 +29,8 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
-from genwire.settings import CommonSettings
+from genwire.settings import CommonSettings, ServiceSettings
+from genwire.telemetry.setup import otel_refusals
 from genwire_stack.adminkey import ensure_admin_key
 from genwire_stack.components import (
     INFRA,
@@ -303,6 +304,7 @@ def check_environment(components: Iterable[str] | None = None, out: Out = quiet)
         return
     classes = {short: cls for short in SERVICES if (cls := settings_class(short)) is not None}
     refused, unknown = unread_environment(os.environ, classes)
+    refused += _otel_refusals(classes.values())
     if refused:
         raise StackError(
             "the environment sets what nothing reads: "
@@ -311,6 +313,21 @@ def check_environment(components: Iterable[str] | None = None, out: Out = quiet)
         )
     for line in unknown:
         out(f"note: {line} (a service of your own may; docs/settings.md)")
+
+
+def _otel_refusals(classes: Iterable[type[ServiceSettings]]) -> list[str]:
+    """The OpenTelemetry variables a service would stop at (``otel_refusals``), once each: the
+    sampler's conflict with a service's ratio is that service's (its own prefix sets it too)."""
+    plain = str(CommonSettings.model_config.get("env_prefix") or "").upper()
+    names = {name.upper() for name in os.environ}
+    refused: list[str] = []
+    for cls in classes:
+        own = str(cls.model_config.get("env_prefix") or "").upper()
+        ratio = {f"{prefix}TRACES_SAMPLE_RATIO" for prefix in (plain, own)}
+        for line in otel_refusals(os.environ, ratio_set=bool(names & ratio)):
+            if line not in refused:
+                refused.append(line)
+    return refused
 
 
 def _launch(component: Component, paths: StackPaths) -> PidRecord:
