@@ -37,11 +37,21 @@ class RetryableError(GenwireError):
     code = "unavailable"
 
     def __init__(
-        self, message: str, *, code: str | None = None, dependency: str = "dependency"
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        dependency: str = "dependency",
+        max_tries: int | None = None,
     ) -> None:
         super().__init__(message, code=code)
         self.dependency = dependency
         """Which dependency failed (``redis``, ``triton``): readiness and logs name it."""
+        self.max_tries = max_tries
+        """Tries of the record in a row after which it is parked for a later replay, however
+        much of the outage budget is left (None: the budget alone bounds them). For a failure
+        that may as well be the record's own as the dependency's (memory ran short for its
+        batch): retrying it holds the stage, which takes no new record while one waits."""
 
 
 class PermanentError(GenwireError):

@@ -640,7 +640,8 @@ class EventConsumer(Generic[InT]):
                 if first_failure is None:
                     first_failure = now
                     self._waiting += 1
-                if now - first_failure >= self._budget_s:
+                tried_out = err.max_tries is not None and attempt + 1 >= err.max_tries
+                if tried_out or now - first_failure >= self._budget_s:
                     return await self._paths.park(tp, record, err, span)
                 if self._metrics:
                     self._metrics.retries.labels(self._stage).inc()

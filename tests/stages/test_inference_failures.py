@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from genwire_inference import handlers
-from genwire_inference.handlers import Inference
+from genwire_inference.handlers import MEMORY_TRIES, Inference
 from genwire_inference.metrics import InferenceMetrics
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -47,6 +47,8 @@ async def test_a_batch_that_ran_out_of_memory_is_retried(message: str) -> None:
         await _collect(inf, _req())
     assert caught.value.dependency == TRITON
     assert caught.value.message == f"triton: {message}"
+    # Bounded: one too large for memory alone is parked, not retried for the outage budget.
+    assert caught.value.max_tries == MEMORY_TRIES
 
 
 @pytest.mark.parametrize(

@@ -108,6 +108,13 @@ request is retried (``RetryableError``) instead of dead-lettered with every requ
 shared the batch. Other model failures stay permanent: a request that fails the model every
 time must not hold the stage for the outage budget."""
 
+MEMORY_TRIES = 3
+"""Tries in a row of a request whose batch ran short of memory (``TRANSIENT_FAILURES``) before
+it is parked on ``genwire.retry`` for a later replay: while one record retries, the stage takes
+no new one, and a request too large for memory alone would otherwise hold it for the whole
+outage budget at each replay. Its retries' backoff (``retry_backoff_s``, doubled) lets the
+batch it shared end first."""
+
 CHUNK_GAP_SLACK = 0.1
 """How much earlier than its spacing a streamed chunk is still due, as a share of it: the model
 spaces a stream's responses by its own clock and they arrive with some jitter; one a hair early
@@ -621,8 +628,11 @@ class Inference:
         if await self.backend.wait_ready(request.model, request.model_version, 0.0):
             if MODEL_FAILURES.search(exc.message) and TRANSIENT_FAILURES.search(exc.message):
                 # Memory ran short for the batch this request was in: not its fault, and it
-                # may pass (a smaller batch, memory freed). Retried, as an outage is.
-                return RetryableError(f"triton: {exc.message}", dependency=TRITON)
+                # may pass (a smaller batch, memory freed). Retried, as an outage is, but only
+                # MEMORY_TRIES times in a row: one that runs short alone is parked.
+                return RetryableError(
+                    f"triton: {exc.message}", dependency=TRITON, max_tries=MEMORY_TRIES
+                )
             # The model is there and failed this request: it never will take it.
             return PermanentError(f"triton: {exc.message}", code=ErrorCode.INFERENCE_FAILED)
         not_loaded = await self._not_loaded(request)
