@@ -33,8 +33,8 @@ class ConsumerMetrics:
         )
         self.dlq = Counter(
             sc.METRIC_DLQ,
-            "Records sent to the DLQ, by reason.",
-            ["stage", "code"],
+            "Records sent to the DLQ, by the topic they were read from and reason.",
+            ["topic", "stage", "code"],
             registry=registry,
         )
         self.retries = Counter(sc.METRIC_RETRIES, "Handler retries.", ["stage"], registry=registry)

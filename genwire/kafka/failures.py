@@ -161,7 +161,7 @@ class FailurePaths:
             if not await self._refused(tp, record, out, exc) and out is letter:
                 lettered = False  # counted as dropped instead
         if lettered and self._metrics:
-            self._metrics.dlq.labels(self._stage, err.code).inc()
+            self._metrics.dlq.labels(record.topic, self._stage, err.code).inc()
 
     async def _refused(
         self,

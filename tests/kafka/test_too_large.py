@@ -163,7 +163,7 @@ async def test_a_letter_refused_even_cut_is_logged_counted_and_the_record_goes_o
     )
     assert dropped == 1
     # genwire_dlq_total counts letters on genwire.dlq: this one is counted as dropped only.
-    dlq = {"stage": "preprocess", "code": "request_too_large"}
+    dlq = {"topic": Topic.REQUESTS, "stage": "preprocess", "code": "request_too_large"}
     assert registry.get_sample_value(sc.METRIC_DLQ, dlq) is None
     assert "genwire.requests-0@42: its output to genwire.dlq can never be published" in caplog.text
     assert deps.reasons() == []
@@ -186,7 +186,8 @@ async def test_a_record_too_large_to_park_is_dead_lettered_with_an_error_result(
     assert "too large for Kafka to park" in result.error.message
     labels = {"stage": "preprocess", "code": "unavailable"}
     assert registry.get_sample_value(sc.METRIC_RETRY_TOPIC, labels) is None
-    assert registry.get_sample_value(sc.METRIC_DLQ, labels) == 1  # the cut letter went out
+    lettered = {"topic": Topic.REQUESTS, **labels}
+    assert registry.get_sample_value(sc.METRIC_DLQ, lettered) == 1  # the cut letter went out
 
 
 async def test_park_says_whether_the_record_was_parked_or_dead_lettered(kafka: Kafka) -> None:

@@ -309,7 +309,12 @@ def test_stage_rules_count_the_request_topics_only() -> None:
         record = rule.get("record", "")
         if not record.startswith("stage:"):
             continue
-        for raw in ("genwire_messages_total", "genwire_process_duration_seconds_bucket"):
+        raws = (
+            "genwire_messages_total",
+            "genwire_process_duration_seconds_bucket",
+            "genwire_dlq_total",
+        )
+        for raw in raws:
             for selector in re.findall(rf"{raw}(\{{[^}}]*\}})?", rule["expr"]):
                 assert topics in selector, f"{record}: {raw}{selector} counts every topic"
                 checked.add(record)
@@ -318,6 +323,7 @@ def test_stage_rules_count_the_request_topics_only() -> None:
         "stage:genwire_message_failures:ratio_rate5m",
         "stage:genwire_process_duration_seconds:p50_5m",
         "stage:genwire_process_duration_seconds:p99_5m",
+        "stage:genwire_dlq:rate5m",
     } <= checked
     dlq = next(r for r in group["rules"] if r.get("record") == "stage:genwire_dlq:ratio_rate5m")
     assert "/ stage:genwire_messages:rate5m" in dlq["expr"]
