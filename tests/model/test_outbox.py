@@ -187,3 +187,46 @@ def test_a_percent_sign_in_the_instance_name_is_logged_as_it_is(model_module: An
             lg.setLevel(level)
     assert len(lines) == 1
     assert re.fullmatch(r"m%d_0 %\(name\)s version 1: genwire\.model:\d+: ready", lines[0])
+
+
+def test_a_request_the_model_cannot_take_is_answered_at_once(model_module: Any) -> None:
+    """A request no sink could be made for (here its id cannot be read) gets one final error
+    response on its own sender, a model failure (``request failed:``), instead of leaving its
+    caller waiting out its deadline; the batch's other requests still run."""
+    sent: list[tuple[Any, int]] = []
+    submitted: list[Any] = []
+
+    class Sender:
+        def send(self, response: Any = None, flags: int = 0) -> None:
+            sent.append((response, flags))
+
+    class Scheduler:
+        def submit(self, request: Any, wait_s: float = 0.0) -> None:
+            submitted.append(request)
+
+    def unreadable() -> str:
+        raise RuntimeError("no id")
+
+    pb = model_module.pb_utils
+    pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+    pb.TritonError = lambda message: ("error", message)
+    pb.InferenceResponse = lambda error=None, output_tensors=None: error
+    instance = model_module.TritonPythonModel.__new__(model_module.TritonPythonModel)
+    instance.scheduler = Scheduler()
+    instance.constraints = None
+    instance.vocab_size, instance.context = 512, 64
+    instance.outbox = model_module._Outbox(poll_s=10.0)
+    broken = types.SimpleNamespace(
+        request_id=unreadable, parameters=lambda: "{}", get_response_sender=Sender
+    )
+    good = types.SimpleNamespace(
+        request_id=lambda: "r", parameters=lambda: "{}", get_response_sender=Sender
+    )
+    try:
+        instance._decode = lambda req, sink, params: types.SimpleNamespace(guided="", stop=())
+        model_module.validate = lambda *args: None
+        instance.execute([broken, good])
+    finally:
+        instance.outbox.close()
+    assert sent == [(("error", "request failed: RuntimeError: no id"), 1)]
+    assert len(submitted) == 1

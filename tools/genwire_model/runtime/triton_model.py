@@ -385,6 +385,21 @@ class _Outbox:
         self.thread.join(timeout=5.0)
 
 
+def _answer_untaken(request: Any, exc: Exception) -> None:
+    """A final error response to a request no sink was made for, on its own sender when it has
+    one: its caller is told at once (a model failure, ``request failed:``) instead of waiting
+    out its deadline."""
+    try:
+        request.get_response_sender().send(
+            pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(f"request failed: {type(exc).__name__}: {exc}")
+            ),
+            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+        )
+    except Exception:  # no sender either, or the client is gone: nobody to tell
+        log.debug("untaken request not answered", exc_info=True)
+
+
 class _TritonSink:
     """One request's response sender; the outbox thread builds and sends its responses (the
     decode thread its first ones, when it sends them inline)."""
@@ -617,8 +632,9 @@ class TritonPythonModel:
                     self._cancel(request, target)
                     continue
                 sink = _TritonSink(request, self.outbox)
-            except Exception:  # no sender to answer on: the batch's other requests go on
+            except Exception as exc:  # no sink: the batch's other requests go on
                 log.exception("request not taken")
+                _answer_untaken(request, exc)
                 continue
             try:
                 decoded = self._decode(request, sink, params)
