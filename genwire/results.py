@@ -23,8 +23,11 @@ its idempotency claim (set by the gateway and by preprocess).
   prepared for that version even if the policy changed in between.
 - ``genwire:owner:<request_id>`` → the name of the API key whose caller sent the request (SET
   NX, by the gateway, before it publishes; for a named request in the claim's own round trip).
-  ``GetResult`` and ``Cancel`` of a request another key owns are refused unless the caller has
-  the ``admin`` scope (docs/security.md).
+  A named or submitted id is recorded only while it has neither a claim nor a result: an id
+  that exists without an owner (produced straight to Kafka, sent while auth was off) stays
+  unowned, an admin's to read, and a key that names it is refused (``foreign``). ``GetResult``
+  and ``Cancel`` of a request another key owns, or no key owns, are refused unless the caller
+  has the ``admin`` scope (docs/security.md).
 
 Every command a request's happy path needs is one round trip: the gateway's claim (owner,
 result, claim: one Lua script) and postprocess's ``put_first`` (result, claim's lifetime,
@@ -66,12 +69,13 @@ OWNER_KEY_PREFIX = "genwire:owner:"
 
 _CLAIM = """
 -- KEYS: result, claim, owner. ARGV: claim value, claim TTL, owner name ('' none), owner TTL,
--- '1' when the caller may use another key's id (admin).
+-- '1' when the caller may use an id that is not its key's (admin).
 local owner = false
 if ARGV[3] ~= '' then
-  redis.call('SET', KEYS[3], ARGV[3], 'NX', 'EX', ARGV[4])
+  local fresh = redis.call('EXISTS', KEYS[1], KEYS[2]) == 0
+  if fresh then redis.call('SET', KEYS[3], ARGV[3], 'NX', 'EX', ARGV[4]) end
   owner = redis.call('GET', KEYS[3])
-  if owner and owner ~= ARGV[3] and ARGV[5] ~= '1' then
+  if owner ~= ARGV[3] and ARGV[5] ~= '1' and (owner or not fresh) then
     return {false, false, owner}
   end
 end
@@ -79,8 +83,21 @@ local stored = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2])
 return {stored, redis.call('GET', KEYS[2]), owner}
 """
-"""A named request's claim in one round trip: its owner (SET NX; another key's id is refused
-before anything is claimed), its stored result, its claim (SET NX) and who holds it."""
+"""A named request's claim in one round trip: its owner (SET NX, only for an id with neither a
+result nor a claim: an id that already exists unowned, a Kafka client's ``anon-<p>-<o>``, must
+not become the first key's that names it), its stored result, its claim (SET NX) and who holds
+it. An id another key owns, or an existing one no key owns, is refused before anything is
+claimed (unless admin)."""
+
+_OWN = """
+-- KEYS: owner, result, claim. ARGV: owner name, owner TTL. Returns the owner (nil: none).
+if redis.call('EXISTS', KEYS[2], KEYS[3]) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
+end
+return redis.call('GET', KEYS[1])
+"""
+"""A submitted request's owner, atomically: recorded only for an id with neither a result nor
+a claim (as in ``_CLAIM``), then read back."""
 
 _PUT_FIRST = """
 -- KEYS: result, claim. ARGV: result value, TTL. Returns the earlier result (nil: stored).
@@ -152,6 +169,16 @@ class ClaimOutcome:
     """The id is another key's and the caller may not use it: nothing was claimed."""
 
 
+@dataclass(frozen=True)
+class Ownership:
+    """An id's owner record and whether it exists (``ResultStore.ownership``)."""
+
+    owner: str | None
+    """The API key name recorded as its owner (None: none)."""
+    known: bool
+    """It has a claim or a stored result."""
+
+
 class ResultStore:
     """Results (and the gateway's claims) in one Redis database.
 
@@ -165,6 +192,7 @@ class ResultStore:
         self.redis = redis
         self.ttl_s = ttl_s
         self._claim = redis.register_script(_CLAIM)
+        self._own = redis.register_script(_OWN)
         self._put_first = redis.register_script(_PUT_FIRST)
 
     @classmethod
@@ -220,9 +248,10 @@ class ResultStore:
         """Claim a request for ``ttl_s`` in one round trip: result?, claim it, whose is it?
 
         With ``key_owner`` (the caller's API key name) the same round trip first records it as
-        the id's owner for ``owner_ttl_s`` unless one is recorded (``own``); an id another key
-        owns is ``foreign`` and not claimed, unless ``any_owner`` (an admin). The claim's TTL
-        covers the request in flight: storing its result extends it (``put_first``).
+        the id's owner for ``owner_ttl_s`` if the id is new (no owner, claim or result: ``own``);
+        an id another key owns, or that exists with no owner, is ``foreign`` and not claimed,
+        unless ``any_owner`` (an admin). The claim's TTL covers the request in flight: storing
+        its result extends it (``put_first``).
         ``published``: the value this call will publish if it wins (its digest is claimed too).
         """
         assert request.request_id is not None
@@ -244,7 +273,7 @@ class ResultStore:
             ],
         )
         named = None if owner is None else bytes(owner).decode()
-        if key_owner and named is not None and named != key_owner and not any_owner:
+        if key_owner and named != key_owner and not any_owner:  # the script claimed nothing
             return ClaimOutcome(owner=False, key_owner=named, foreign=True)
         if holder is not None and claimed_fingerprint(bytes(holder)) != mine:
             return ClaimOutcome(owner=False, conflict=True, key_owner=named)
@@ -261,18 +290,21 @@ class ResultStore:
 
     # -- owners (the API key that sent a request; the gateway) -------------------------------
 
-    async def own(self, request_id: str, name: str, ttl_s: float) -> str:
-        """Record ``name`` as the owner of ``request_id`` unless one is recorded; returns the
-        owner (``name``, or the earlier one). Kept ``ttl_s`` (the result's TTL and then some)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(owner_key(request_id), name, nx=True, ex=max(1, math.ceil(ttl_s)))
-        pipe.get(owner_key(request_id))
-        _, holder = await pipe.execute()
-        return name if holder is None else holder.decode()
+    async def own(self, request_id: str, name: str, ttl_s: float) -> str | None:
+        """Record ``name`` as the owner of ``request_id`` if the id is new (no owner, claim or
+        result; one script, so nothing comes in between); returns the owner (``name``, the
+        earlier one, or None: the id exists and no key owns it). Kept ``ttl_s`` (the result's
+        TTL and then some)."""
+        ttl = max(1, math.ceil(ttl_s))
+        keys = [owner_key(request_id), result_key(request_id), claim_key(request_id)]
+        holder = await self._own(keys=keys, args=[name, ttl])
+        return None if holder is None else bytes(holder).decode()
 
     async def own_all(self, owners: list[tuple[str, str]], ttl_s: float) -> None:
         """``own`` for many (request id, key name) pairs in one round trip, reading nothing
-        back (the anonymous requests' ids are new: nobody else can own them)."""
+        back and whether or not the id exists: the anonymous requests' ids are the gateway's
+        own (random: nobody else can own them), and preprocess may have claimed them already
+        (their records are written after they are published)."""
         if not owners:
             return
         pipe = self.redis.pipeline(transaction=False)
@@ -288,6 +320,18 @@ class ResultStore:
     async def known(self, request_id: str) -> bool:
         """Whether the id was claimed (accepted here and not expired)."""
         return bool(await self.redis.exists(claim_key(request_id)))
+
+    async def ownership(self, request_id: str) -> Ownership:
+        """Who owns ``request_id`` and whether it exists (a claim or a result), in one round
+        trip: what ``GetResult`` and ``Cancel`` need to tell an id of the caller's key from
+        another's, an unowned one, and one nobody knows."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(owner_key(request_id))
+        pipe.exists(claim_key(request_id), result_key(request_id))
+        owner, existing = await pipe.execute()
+        return Ownership(
+            owner=None if owner is None else bytes(owner).decode(), known=bool(existing)
+        )
 
 
 def _replaceable(stored: GenerationResult) -> bool:

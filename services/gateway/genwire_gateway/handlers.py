@@ -408,8 +408,16 @@ class Gateway:
             log.warning("Redis lookup of %s failed: %s", request_id, exc)
             return False
 
-    async def cancel(self, request_id: str, reason: str = "") -> None:
-        """Publish a cancel for ``request_id`` and wait for the broker's acknowledgement."""
+    async def cancel(self, request_id: str, reason: str = "") -> bool:
+        """A caller's cancel (gRPC ``Cancel``): publish it; whether it was published (here
+        always; ``usage.MeteredGateway`` publishes none for an id a non-admin key cannot name,
+        so that nobody cancels a request before its sender sends it)."""
+        await self.publish_cancel(request_id, reason)
+        return True
+
+    async def publish_cancel(self, request_id: str, reason: str = "") -> None:
+        """Publish a cancel for ``request_id`` and wait for the broker's acknowledgement (the
+        gateway's own cancels come here straight: deadlines, callers that left)."""
         event = ControlEvent(request_id=request_id, action="cancel", reason=reason)
         try:
             await self.producer.publish_and_wait(event)
@@ -428,7 +436,7 @@ class Gateway:
 
     async def _cancel_quietly(self, request_id: str, reason: str) -> None:
         try:
-            await self.cancel(request_id, reason)
+            await self.publish_cancel(request_id, reason)
         except Exception as exc:
             log.warning("could not publish the cancel of %s: %s", request_id, exc)
 

@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter
@@ -51,8 +52,8 @@ from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 from genwire.usage import SOURCE_GATEWAY, UsageEvent
 from genwire_gateway.auth import Principal, current_principal, retry_after
-from genwire_gateway.errors import PERMISSION_DENIED, GatewayError
-from genwire_gateway.handlers import Chunk, Gateway, Prepared
+from genwire_gateway.errors import PERMISSION_DENIED, RATE_LIMITED, GatewayError
+from genwire_gateway.handlers import Chunk, Gateway, Prepared, ResultStatus
 from genwire_gateway.limits import Limiter, LimitExceeded, Ticket, TooLarge, prompt_estimate
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,11 @@ CONTENT_WITHHELD = "(content withheld: the redaction hook failed)"
 text): the request goes on without it."""
 OUTAGE_LOG_S = 10.0
 """While the limiter keeps failing, one log line per this many seconds (not one per request)."""
+MAX_WAITS_PER_KEY = 64
+"""``GetResult`` calls that wait (``wait_ms`` > 0) at once per key name, on one gateway: they
+take no request slot (a key over its rpm still polls its jobs), so this bounds what one key's
+long-polls hold (a waiter and a Redis poll each, up to ``max_timeout_s``). Past it:
+``rate_limited`` (RESOURCE_EXHAUSTED)."""
 
 
 class UsageMetrics:
@@ -240,6 +246,7 @@ class MeteredGateway(Gateway):
         usage_metrics: UsageMetrics | None = None,
         redact: Callable[[str], str] | None = None,
         usage_topic: str = Topic.USAGE.value,
+        max_waits_per_key: int = MAX_WAITS_PER_KEY,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -251,6 +258,7 @@ class MeteredGateway(Gateway):
         self.usage_topic = usage_topic
         self._settling: set[asyncio.Task[None]] = set()
         self._owners = OwnerWriter(self.store, self._owner_ttl_s)
+        self._waits = WaitSlots(max_waits_per_key)
         self.limiter_outage = LimiterOutage(self.settings.auth_stale_s)
 
     def request_headers(self, prepared: Prepared) -> list[tuple[str, bytes]]:
@@ -359,11 +367,12 @@ class MeteredGateway(Gateway):
         """Record the caller's key as the request's owner before it is published.
 
         A submitted request (its id is answered at once) waits for the record: an id another
-        key owns is refused (403) unless the caller is an admin. A named one that is waited
-        for gets the same check in its claim's round trip (``claim_named``). An anonymous
-        request's id is new and only known to its caller once it runs, so its record is
-        written off the hot path, with those of the other anonymous requests of the moment
-        (``_owners``: one round trip).
+        key owns, or one that exists with no owner (a Kafka client's: it is not recorded as
+        the caller's, ``ResultStore.own``), is refused (403) unless the caller is an admin. A
+        named one that is waited for gets the same check in its claim's round trip
+        (``claim_named``). An anonymous request's id is new and only known to its caller once
+        it runs, so its record is written off the hot path, with those of the other anonymous
+        requests of the moment (``_owners``: one round trip).
         """
         if not wait:
             if not prepared.named:
@@ -404,24 +413,80 @@ class MeteredGateway(Gateway):
         """``GetResult``/``Cancel``: the caller's key must own ``request_id``, or be an admin.
 
         A request no key owns (produced straight to Kafka, or sent while auth was off) is an
-        admin's to read; an id nobody knows passes (the caller is told ``not_found``).
+        admin's to read; an id nobody knows passes here: ``get_result`` answers it
+        ``not_found`` at once and ``cancel`` publishes nothing for it.
         """
         principal = current_principal()
         if principal is None or principal.record.allows(SCOPE_ADMIN):
             return
+        if await self._access(principal, request_id) is Access.FOREIGN:
+            self._forbid(principal, request_id)
+
+    async def _access(self, principal: Principal, request_id: str) -> Access:
+        """What ``request_id`` is to the caller's key: its own (recorded, or queued in the
+        anonymous owners' batch not written yet), another's or an existing unowned one
+        (``FOREIGN``), or an id nobody knows (``UNKNOWN``). Redis down: ``unavailable``."""
+        queued = self._owners.queued(request_id)
+        if queued == principal.name:
+            return Access.MINE
         try:
-            owner = await self.store.owner(request_id)
-            if owner == principal.name:
-                return
-            if owner is None and not await self.known(request_id):
-                return
+            found = await self.store.ownership(request_id)
         except Exception as exc:
             raise GatewayError(
                 f"the owner of {request_id!r} cannot be checked: {exc}",
                 code=ErrorCode.UNAVAILABLE,
             ) from exc
+        if found.owner == principal.name:
+            return Access.MINE
+        if found.owner is not None or found.known or queued is not None:
+            return Access.FOREIGN
+        return Access.UNKNOWN
+
+    async def _still_mine(self, principal: Principal, request_id: str) -> None:
+        """After a wait, the result goes to the caller only if the id is still its key's: what
+        was checked before the wait may have changed while it lasted."""
+        if self._owners.queued(request_id) == principal.name:
+            return
+        try:
+            owner = await self.store.owner(request_id)
+        except Exception as exc:
+            raise GatewayError(
+                f"the owner of {request_id!r} cannot be checked: {exc}",
+                code=ErrorCode.UNAVAILABLE,
+            ) from exc
+        if owner != principal.name:
+            self._forbid(principal, request_id)
+
+    def _forbid(self, principal: Principal, request_id: str) -> NoReturn:
+        """Refuse another key's (or an unowned) id: 403, counted ``forbidden``."""
         self._count(principal.name, "forbidden")
         raise GatewayError(_not_yours(request_id), code=PERMISSION_DENIED)
+
+    async def get_result(
+        self, request_id: str, wait_s: float = 0.0
+    ) -> tuple[str, GenerationResult | None]:
+        """``GetResult`` for the caller's key. For a non-admin: an id nobody knows is
+        ``not_found`` at once (no wait: a wait on an id another key may send later would get
+        that key's answer), another key's is refused, and a result found after a wait is
+        checked against its owner again. A waiting call holds one of the key's
+        ``MAX_WAITS_PER_KEY`` slots."""
+        principal = current_principal()
+        if principal is None:
+            return await super().get_result(request_id, wait_s)
+        admin = principal.record.allows(SCOPE_ADMIN)
+        if not admin:
+            access = await self._access(principal, request_id)
+            if access is Access.FOREIGN:
+                self._forbid(principal, request_id)
+            if access is Access.UNKNOWN:
+                return ResultStatus.NOT_FOUND, None
+        if wait_s <= 0:
+            return await super().get_result(request_id, wait_s)
+        with self._waits.hold(principal.name, self._count):
+            status, result = await super().get_result(request_id, wait_s)
+        if result is not None and not admin:
+            await self._still_mine(principal, request_id)
+        return status, result
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -616,7 +681,8 @@ class MeteredGateway(Gateway):
             left_s = received_ms / 1000.0 + prepared.timeout_s - time.time()
             wait_s = min(wait_s, max(0.0, left_s) + max(self.settings.claim_grace_s, 1.0))
         try:
-            _, result = await self.get_result(prepared.request_id, wait_s)
+            # The plain wait: the request is the caller's own, and this one is ours, not theirs.
+            _, result = await super().get_result(prepared.request_id, wait_s)
         except Exception as exc:
             log.debug("no result to meter for %s: %s", prepared.request_id, exc)
             return
@@ -683,15 +749,76 @@ class MeteredGateway(Gateway):
             return withheld
         return redacted
 
-    async def cancel(self, request_id: str, reason: str = "") -> None:
+    async def cancel(self, request_id: str, reason: str = "") -> bool:
+        """A caller's ``Cancel``. A non-admin's of an id nobody knows is not published (False):
+        inference remembers an early cancel, so the id's request, sent later by whoever owns
+        it, would end ``cancelled`` at once. The caller's own anonymous request whose owner
+        record is still queued is its own (``_access``)."""
+        principal = current_principal()
+        if principal is not None and not principal.record.allows(SCOPE_ADMIN):
+            access = await self._access(principal, request_id)
+            if access is Access.FOREIGN:
+                self._forbid(principal, request_id)
+            if access is Access.UNKNOWN:
+                log.debug("cancel of %s not published: no such request", request_id)
+                return False
+        return await super().cancel(request_id, reason)
+
+    async def publish_cancel(self, request_id: str, reason: str = "") -> None:
         # The caller's free text goes on the request's trace (genwire.cancel.reason); the
         # gateway's own cancels pass the hook too, so a broken one must not stop them.
         why = self._safely_redacted(reason, "a cancel's reason", REASON_WITHHELD)
-        await super().cancel(request_id, why)
+        await super().publish_cancel(request_id, why)
 
 
 class _Forbidden(GatewayError):
     """Another key's request id (``claim_named``): 403, counted ``forbidden``."""
+
+
+class Access(enum.Enum):
+    """What a request id is to the caller's key (``MeteredGateway._access``)."""
+
+    MINE = "mine"
+    """Its key name owns it (recorded, or queued to be)."""
+    FOREIGN = "foreign"
+    """Another key owns it, or it exists and no key owns it: an admin's only."""
+    UNKNOWN = "unknown"
+    """Nobody knows it (no owner, claim or result): nothing to read or cancel yet."""
+
+
+class WaitSlots:
+    """``GetResult`` waits in flight per key name (at most ``per_key`` each). A name's entry
+    lives while it has one: the dict holds only the names waiting now."""
+
+    def __init__(self, per_key: int) -> None:
+        self.per_key = per_key
+        self._held: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def hold(self, name: str, count: Callable[[str, str], None]) -> Iterator[None]:
+        """Hold one of ``name``'s slots for the block; none left: ``rate_limited`` (counted
+        with ``count``)."""
+        held = self._held.get(name, 0)
+        if held >= self.per_key:
+            count(name, "rate_limited")
+            raise GatewayError(
+                f"the key {name!r} already has {held} GetResult calls waiting on this gateway "
+                f"(at most {self.per_key}): wait for one to end, or poll without wait_ms",
+                code=RATE_LIMITED,
+            )
+        self._held[name] = held + 1
+        try:
+            yield
+        finally:
+            left = self._held[name] - 1
+            if left:
+                self._held[name] = left
+            else:
+                del self._held[name]
+
+    def held(self, name: str) -> int:
+        """Slots ``name`` holds now."""
+        return self._held.get(name, 0)
 
 
 class OwnerWriter:
@@ -703,11 +830,14 @@ class OwnerWriter:
         self._store = store
         self._ttl_s = ttl_s
         self._pending: list[tuple[str, str]] = []
+        self._unwritten: dict[str, str] = {}
+        """Request id → key name, queued or in a write not done yet (``queued``)."""
         self._task: asyncio.Task[None] | None = None
 
     def add(self, request_id: str, name: str) -> None:
         """Queue ``name`` as the owner of ``request_id`` (written at the next write)."""
         self._pending.append((request_id, name))
+        self._unwritten[request_id] = name
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._write())
 
@@ -718,6 +848,14 @@ class OwnerWriter:
                 await self._store.own_all(batch, self._ttl_s())
             except Exception as exc:
                 log.warning("owners of %d requests not recorded (Redis): %s", len(batch), exc)
+            finally:
+                for request_id, _ in batch:
+                    self._unwritten.pop(request_id, None)
+
+    def queued(self, request_id: str) -> str | None:
+        """The key name queued as the owner of ``request_id`` and not written yet (None: none):
+        a caller's own cancel or read right after its answer must not wait for the write."""
+        return self._unwritten.get(request_id)
 
     async def flushed(self, timeout_s: float) -> None:
         """Wait (up to ``timeout_s``) for the queued records to be written."""
