@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genwire.topics import Topic
+
+MAX_REASON_CHARS = 200
+"""Of a cancel's reason (the caller's free text), what is kept: the gateway cuts it before
+it redacts or publishes it, and ``ControlEvent`` cuts a longer one."""
+MAX_ORIGIN_CHARS = 128
+"""Longest gateway instance id a heartbeat may carry (inference keeps one entry per origin)."""
 
 
 def now_ms() -> float:
@@ -307,8 +314,25 @@ class ControlEvent(Event):
 
     TOPIC: ClassVar[Topic] = Topic.CONTROL
     action: Literal["cancel", "heartbeat"]
-    reason: str = ""
-    origin: str = ""
+    reason: str = Field("", max_length=MAX_REASON_CHARS)
+    origin: str = Field("", max_length=MAX_ORIGIN_CHARS)
+
+    @field_validator("request_id")
+    @classmethod
+    def _request_id(cls, value: str) -> str:
+        """A request id, or empty (a heartbeat's): inference remembers early cancels by id,
+        so an unbounded one (a direct producer's) would let a few records exhaust its memory."""
+        from genwire.request import REQUEST_ID_PATTERN  # genwire.request imports this module
+
+        if value and re.fullmatch(REQUEST_ID_PATTERN, value) is None:
+            raise ValueError(f"request_id must be empty or match {REQUEST_ID_PATTERN}")
+        return value
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _cut_reason(cls, value: Any) -> Any:
+        """A longer reason is cut, not refused: an older gateway's cancel must still work."""
+        return value[:MAX_REASON_CHARS] if isinstance(value, str) else value
 
 
 def dump(event: Event) -> bytes:

@@ -155,6 +155,11 @@ class Authenticator:
         self.max_entries = max_entries
         self.metrics = metrics
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        """Keys Redis has a record of (revoked ones too), least recently used first."""
+        self._unknown: OrderedDict[str, _Entry] = OrderedDict()
+        """Keys Redis said it does not know, apart: anyone can send unknown keys without
+        limit, and must not push the known ones out (their cache is what serves them while
+        Redis is down)."""
         self._seq: int | None = None
         self._forgets = 0  # bumped by every forget: a read that spans one is not cached
         self.following = False
@@ -211,11 +216,11 @@ class Authenticator:
     async def _record(self, key_hash: str) -> tuple[KeyRecord | None, bool]:
         """(record, served stale) from the cache or Redis; AuthError 503 when neither can."""
         now = time.monotonic()
-        entry = self._cache.get(key_hash)
+        entry = self._cache.get(key_hash) or self._unknown.get(key_hash)
         if entry is not None:
             fresh_for = self.cache_s if entry.record is not None else self.negative_cache_s
             if now - entry.read_at < fresh_for:
-                self._cache.move_to_end(key_hash)
+                self._table(entry.record).move_to_end(key_hash)
                 return entry.record, False
         forgets = self._forgets
         try:
@@ -238,20 +243,30 @@ class Authenticator:
             self._remember(key_hash, record)
         return record, False
 
+    def _table(self, record: KeyRecord | None) -> OrderedDict[str, _Entry]:
+        """Where a key with ``record`` (None: unknown to Redis) is cached."""
+        return self._cache if record is not None else self._unknown
+
     def _remember(self, key_hash: str, record: KeyRecord | None) -> None:
-        self._cache[key_hash] = _Entry(record, time.monotonic())
-        self._cache.move_to_end(key_hash)
-        while len(self._cache) > self.max_entries:
-            self._cache.popitem(last=False)
+        """Cache what Redis said of a key, each table holding at most ``max_entries``: a
+        flood of unknown keys evicts only unknown ones."""
+        table = self._table(record)
+        (self._unknown if table is self._cache else self._cache).pop(key_hash, None)
+        table[key_hash] = _Entry(record, time.monotonic())
+        table.move_to_end(key_hash)
+        while len(table) > self.max_entries:
+            table.popitem(last=False)
 
     def forget(self, hashes: list[str] | None = None) -> None:
         """Drop ``hashes`` (None: every key) from the cache."""
         self._forgets += 1
         if hashes is None:
             self._cache.clear()
+            self._unknown.clear()
             return
         for h in hashes:
             self._cache.pop(h, None)
+            self._unknown.pop(h, None)
 
     async def poll_once(self) -> None:
         """Read the change counter; drop the keys changed since the last read."""

@@ -149,7 +149,10 @@ class GatewaySettings(ServiceSettings):
         "row, before they are refused (503) until it answers.",
     )
     auth_cache_max: int = Field(
-        10_000, ge=1, description="Most keys (and recently refused unknown keys) cached."
+        10_000,
+        ge=1,
+        description="Most keys cached; recently refused unknown keys are cached apart, at "
+        "most as many again (a flood of unknown keys cannot push known ones out).",
     )
     usage_max_keys: int = Field(
         1000,

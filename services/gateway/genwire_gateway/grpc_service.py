@@ -8,6 +8,7 @@ cancelled publishes a cancel, so the generation loop stops too.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -20,10 +21,10 @@ from grpc_health.v1._async import HealthServicer
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from genwire.events import GenerationResult, OutputLogprob, Timings, Usage
+from genwire.events import MAX_REASON_CHARS, GenerationResult, OutputLogprob, Timings, Usage
 from genwire.proto.v1 import generation_pb2 as pb
 from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
-from genwire.request import ErrorCode
+from genwire.request import MAX_REQUEST_ID_CHARS, REQUEST_ID_PATTERN, ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import GatewayError, grpc_status
@@ -406,7 +407,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
             _require_request_id(request.request_id, span)
             await self._gateway.authorize(request.request_id)  # its owner's key or an admin
             known = await self._gateway.known(request.request_id)
-            await self._gateway.cancel(request.request_id, request.reason or "cancelled by caller")
+            await self._gateway.cancel(request.request_id, _cancel_reason(request.reason))
             return pb.CancelResponse(accepted=True, known=known)
 
         return await self._call("Cancel", context, work)
@@ -493,7 +494,21 @@ async def set_serving(health: HealthServicer, serving: bool) -> None:
 
 
 def _require_request_id(request_id: str, span: Span) -> None:
-    """GetResult and Cancel name an existing request: an empty id is the caller's error."""
+    """GetResult and Cancel name an existing request: an empty id, or one no request can have
+    (a message may be 16 MiB: an unbounded id would be published, looked up and remembered by
+    inference as is), is the caller's error."""
     if not request_id:
         raise GatewayError("request_id is required", code=ErrorCode.INVALID_REQUEST)
+    if re.fullmatch(REQUEST_ID_PATTERN, request_id) is None:
+        raise GatewayError(
+            f"request_id must match {REQUEST_ID_PATTERN} (at most {MAX_REQUEST_ID_CHARS} "
+            "characters)",
+            code=ErrorCode.INVALID_REQUEST,
+        )
     span.set_attribute(sc.REQUEST_ID, request_id)
+
+
+def _cancel_reason(reason: str) -> str:
+    """The caller's reason cut to ``MAX_REASON_CHARS`` before anything redacts or publishes it
+    (a long one would hold the event loop in the redactor), or the default."""
+    return reason[:MAX_REASON_CHARS] or "cancelled by caller"

@@ -15,13 +15,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from genwire.events import ControlEvent
+from genwire.events import MAX_REASON_CHARS, ControlEvent
 from genwire_inference.backend import ModelStream
 
 log = logging.getLogger(__name__)
-
-MAX_REASON_CHARS = 200
-"""Of a cancel's reason, what its span keeps (the caller's free text: bounded)."""
 
 FINISH_CANCELLED = "cancelled"
 FINISH_DEADLINE = "deadline"
