@@ -56,6 +56,7 @@ async def setup(
         default_timeout_ms=cfg.default_timeout_ms,
         inline_tokenize_chars=cfg.inline_tokenize_chars,
         max_generation_tokens=cfg.max_generation_tokens,
+        max_logprob_entries=cfg.max_logprob_entries,
         claims=claims,
         versions=versions,
         policies=feed.get if feed is not None else None,

@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from genwire.settings import CLIENT_ONLY, STACK_ONLY, ServiceSettings
+from genwire_preprocess.options import DEFAULT_MAX_LOGPROB_ENTRIES
 
 
 class PreprocessSettings(ServiceSettings):
@@ -42,6 +43,15 @@ class PreprocessSettings(ServiceSettings):
         description="Budget of generated tokens per request: n × max_tokens above it is refused "
         "(out_of_range, naming n).",
     )
+    max_logprob_entries: int = Field(
+        DEFAULT_MAX_LOGPROB_ENTRIES,
+        gt=0,
+        description="Budget of logprob entries a request's result may hold: with logprobs, "
+        "n × max_tokens × (1 + top_logprobs) above it is refused (out_of_range, naming "
+        "top_logprobs, else logprobs). An entry is 70-200 B of result JSON (token, bytes, "
+        "logprob), so the default keeps a result far below Kafka's 16 MiB record limit and "
+        "Redis's memory safe from a few huge results.",
+    )
     input_deny: list[str] = Field(
         default_factory=list,
         description="Input filter: deny rules 'name=regex' (JSON list); a match rejects the "
@@ -65,8 +75,12 @@ class PreprocessSettings(ServiceSettings):
         86_400,
         ge=1,
         description="How long a request id's fingerprint is kept in Redis (genwire:claim:<id>): "
-        "a reuse with another body within it gets idempotency_conflict. Keep it at least as long "
-        "as results (postprocess result_ttl_s), so a reuse never gets another body's text.",
+        "a reuse with another body within it gets idempotency_conflict. Preprocess claims the id "
+        "for this long, or extends the gateway's claim to it (never shortening one), so a result "
+        "stored late (an outage waited out, a parked or dead-lettered record replayed) still "
+        "finds its claim, which storing it keeps as long as the result. Keep it at least as long "
+        "as results (postprocess result_ttl_s) and as the longest a prepared request may take to "
+        "reach its result, so a reuse never gets another body's text.",
     )
     check_idempotency: bool = Field(
         True, description="Refuse request ids reused for a different request (needs Redis)."

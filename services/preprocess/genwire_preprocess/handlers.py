@@ -53,7 +53,12 @@ from genwire.results import claimed_digest, claimed_fingerprint, published_diges
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore, ModelAssets
 from genwire_preprocess.guided import GuidedChecker
-from genwire_preprocess.options import check_options, sampling_of, shadow_sampling
+from genwire_preprocess.options import (
+    DEFAULT_MAX_LOGPROB_ENTRIES,
+    check_options,
+    sampling_of,
+    shadow_sampling,
+)
 from genwire_preprocess.routing import FallbackHook, PolicyLookup, Route, Router
 from genwire_preprocess.stores import Claims, ServedVersions
 
@@ -117,12 +122,16 @@ class Preprocessor:
         versions: ServedVersions | None = None,
         policies: PolicyLookup | None = None,
         max_generation_tokens: int = 32_768,
+        max_logprob_entries: int = DEFAULT_MAX_LOGPROB_ENTRIES,
         route_fallback: bool = True,
         on_fallback: FallbackHook | None = None,
     ) -> None:
         self.assets = assets
         self.max_generation_tokens = max_generation_tokens
         """Budget of n × max_tokens per request (out_of_range beyond it)."""
+        self.max_logprob_entries = max_logprob_entries
+        """Budget of n × max_tokens × (1 + top_logprobs) per request with logprobs: what its
+        result may hold (out_of_range beyond it)."""
         self.guided = GuidedChecker()
         """Compiles structured-output constraints: one that cannot compile never reaches Triton."""
         self.router = Router(
@@ -232,7 +241,12 @@ class Preprocessor:
         assets = await self.assets.aget(model, route.version or None)
         span.set_attribute(sc.MODEL_VERSION, assets.version)
 
-        check_options(request, assets, max_generation_tokens=self.max_generation_tokens)
+        check_options(
+            request,
+            assets,
+            max_generation_tokens=self.max_generation_tokens,
+            max_logprob_entries=self.max_logprob_entries,
+        )
         await self.guided.check(request.guided, assets)
         if request.prompt_token_ids is not None:  # the filter still reads what they say
             self._filter(assets.decode(list(request.prompt_token_ids)), span)
@@ -341,7 +355,11 @@ class Preprocessor:
         assets = await self.assets.aget(prepared.model, version)
         # The same options, or no copy: one the shadow version ignored would skew the comparison.
         sampling = shadow_sampling(
-            request, assets, prepared.sampling, max_generation_tokens=self.max_generation_tokens
+            request,
+            assets,
+            prepared.sampling,
+            max_generation_tokens=self.max_generation_tokens,
+            max_logprob_entries=self.max_logprob_entries,
         )
         await self.guided.check(request.guided, assets)
         if request.prompt_token_ids is not None:

@@ -4,8 +4,9 @@
 here, before anything reaches Triton: an option the version does not declare
 (``ModelAssets.options``) is refused naming the field (``unsupported_parameter``), token ids
 (prompt, ``logit_bias``, ``stop_token_ids``) must be in its vocabulary, ``n × max_tokens``
-must fit the configured budget, and ``top_p`` / ``repetition_penalty`` must survive the model's
-float32 inputs (``FP32_SMALLEST``).
+must fit the configured budget, so must the logprob entries of the result
+(``n × max_tokens × (1 + top_logprobs)``), and ``top_p`` / ``repetition_penalty`` must survive
+the model's float32 inputs (``FP32_SMALLEST``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,16 @@ FP32_PARAMS = ("top_p", "repetition_penalty")
 """The request's fields bounded only by ``gt=0`` that the model reads as FP32."""
 
 
+DEFAULT_MAX_LOGPROB_ENTRIES = 16_384
+"""Default budget of logprob entries per result (``PreprocessSettings.max_logprob_entries``)."""
+
+
 def check_options(
-    request: GenerationRequest, assets: ModelAssets, *, max_generation_tokens: int
+    request: GenerationRequest,
+    assets: ModelAssets,
+    *,
+    max_generation_tokens: int,
+    max_logprob_entries: int = DEFAULT_MAX_LOGPROB_ENTRIES,
 ) -> None:
     """Raise ``PermanentError`` (naming the field) for an option this model version cannot take."""
     for option in request.model_options():
@@ -52,6 +61,7 @@ def check_options(
             code=ErrorCode.OUT_OF_RANGE,
             param="n" if request.n > 1 else "max_tokens",
         )
+    check_logprob_entries(request, max_logprob_entries)
     vocab = assets.vocab_size
     for field, ids in (
         ("prompt_token_ids", request.prompt_token_ids or []),
@@ -68,17 +78,50 @@ def check_options(
             )
 
 
+def logprob_entries(request: GenerationRequest) -> int:
+    """How many logprob entries the request's result may hold: one per generated token and
+    one per alternative of it (``top_logprobs``), for each of the ``n`` choices; 0 without
+    ``logprobs``. (Postprocess also repeats choice 0's at the top of an ``n > 1`` result: at
+    most 1.5 times this, which the default budget allows for.)"""
+    if not request.logprobs:
+        return 0
+    return request.n * request.max_tokens * (1 + request.top_logprobs)
+
+
+def check_logprob_entries(request: GenerationRequest, max_logprob_entries: int) -> None:
+    """Refuse a request whose result could hold more than ``max_logprob_entries`` logprob
+    entries (out_of_range): each is ~100 B of result JSON, so an unbounded one can outgrow
+    Kafka's record limit and fill Redis. Names ``top_logprobs`` when it multiplies the count
+    (fewer alternatives are the usual fix), else ``logprobs``."""
+    entries = logprob_entries(request)
+    if entries <= max_logprob_entries:
+        return
+    raise PermanentError(
+        f"n ({request.n}) × max_tokens ({request.max_tokens}) × (1 + top_logprobs "
+        f"({request.top_logprobs})) = {entries} logprob entries exceeds the budget of "
+        f"{max_logprob_entries} per request",
+        code=ErrorCode.OUT_OF_RANGE,
+        param="top_logprobs" if request.top_logprobs > 0 else "logprobs",
+    )
+
+
 def shadow_sampling(
     request: GenerationRequest,
     assets: ModelAssets,
     sampling: Sampling,
     *,
     max_generation_tokens: int,
+    max_logprob_entries: int = DEFAULT_MAX_LOGPROB_ENTRIES,
 ) -> Sampling:
     """The ``Sampling`` of a shadow copy on another version (``assets``): the same options,
     checked against that version (``PermanentError`` when it cannot take them: no copy), with
     its EOS ids and the caller's stop ids as ``sampling_of`` makes them."""
-    check_options(request, assets, max_generation_tokens=max_generation_tokens)
+    check_options(
+        request,
+        assets,
+        max_generation_tokens=max_generation_tokens,
+        max_logprob_entries=max_logprob_entries,
+    )
     stop_ids = sampling_of(request, assets, sampling.seed or 0).stop_token_ids
     return sampling.model_copy(update={"stop_token_ids": stop_ids})
 

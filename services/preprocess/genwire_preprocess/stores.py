@@ -58,15 +58,30 @@ _CLAIM_ROUTED = """
 -- KEYS: claim, route. ARGV: fingerprint, route, TTL. Returns {claim's value, stored route}.
 redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ARGV[3])
-return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}
+local held = redis.call('GET', KEYS[1])
+if held and string.match(held, '^[^:]*') == ARGV[1] then
+  local ttl = tonumber(ARGV[3])
+  local left = redis.call('TTL', KEYS[1])
+  if left >= 0 and left < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
+end
+return {held, redis.call('GET', KEYS[2])}
 """
 """``claim_routed`` as one command (EVALSHA): the same four commands as a pipeline, parsed as one
 reply (0.1 ms less per request through redis-py; docs/benchmarks.md, *A stage's critical
-path*), and atomic."""
+path*), and atomic.
+
+A claim of this request's fingerprint that expires sooner than the TTL (the gateway's: the
+caller's deadline and a grace) is extended to it, its value untouched (the gateway's token
+and digest stay), never shortened, never given an expiry it lacks (``put_first``'s rule): a
+result stored after the gateway's claim would have expired (an outage waited out, a parked
+record replayed) still finds the claim, and ``put_first`` keeps it as long as the result, so
+another body under the id is refused instead of answered with this one's result. Another
+request's claim is left as it is (its gateway may still free it)."""
 
 
 class RedisClaims:
-    """``genwire:claim:<request_id>`` → fingerprint, ``SET NX EX ttl`` (shared with the gateway);
+    """``genwire:claim:<request_id>`` → fingerprint, ``SET NX EX ttl`` (shared with the gateway;
+    ``claim_routed`` extends a shorter claim of the same fingerprint to ``ttl``);
     ``genwire:route:<request_id>`` → the first route (preprocess only), same TTL."""
 
     def __init__(self, url: str, ttl_s: int, timeout_s: float = 2.0) -> None:
@@ -89,7 +104,8 @@ class RedisClaims:
     async def claim_routed(
         self, request_id: str, fingerprint: str, route: str
     ) -> tuple[str, str | None]:
-        """One round trip: claim the id and record its route (both ``SET NX``), read both."""
+        """One round trip: claim the id and record its route (both ``SET NX``), keep a claim
+        of ``fingerprint`` at least ``ttl_s`` (``_CLAIM_ROUTED``), read both."""
         try:
             holder, stored = await self._claim_routed(
                 keys=[claim_key(request_id), route_key(request_id)],
