@@ -114,14 +114,16 @@ async def test_a_fetch_in_flight_at_a_pause_ends_at_the_resumed_partitions_first
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         await consumer.getmany(timeout_ms=500)  # positions known: the fetcher fetches
-        await asyncio.sleep(1.0)
-        assert consumer._fetcher._in_flight  # an empty fetch waiting on the broker
+        # An empty fetch waiting on the broker (polled: a busy machine may send it late).
+        await eventually(lambda: consumer._fetcher._in_flight, timeout_s=5.0)
         consumer.pause(*tps)  # as EventConsumer does: every partition together
         rid = uuid.uuid4().hex[:8]
         await (await producer.send(topic, dump(_prepared(rid)), key=rid.encode()))
+        # It ends at the record, 5 s early at least, and no fetch follows while paused (one
+        # would wait on the broker, in flight, for 10 s): the record waits in the client for
+        # the resume.
+        await eventually(lambda: not consumer._fetcher._in_flight, timeout_s=5.0)
         await asyncio.sleep(1.0)
-        # It ended at the record, 9 s early, and no fetch follows while paused: the record
-        # waits in the client for the resume.
         assert not consumer._fetcher._in_flight
         assert await consumer.getmany(timeout_ms=0) == {}  # paused: held back
         consumer.resume(*tps)

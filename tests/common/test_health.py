@@ -5,15 +5,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import types
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from genwire import health
 from genwire.health import Backoff, Dependencies
 from genwire.kafka.offsets import PartitionOffsets
 from genwire.kafka.replay import replay_headers
+from genwire.telemetry import logs
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.logs import RateLimitFilter
+
+
+def _clock(monkeypatch: pytest.MonkeyPatch, module: types.ModuleType) -> list[float]:
+    """``module``'s ``time.monotonic``, moved by hand: ``clock[0]``. On the real one, a stall
+    of a loaded machine (another process, a GC pause) between two steps would pass a grace or
+    an interval of a few tens of milliseconds that the test means to stay within."""
+    clock = [1000.0]
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    return clock
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:
@@ -25,15 +37,17 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
 
 
 def test_dependencies_name_what_is_down_once_past_the_grace(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    clock = _clock(monkeypatch, health)
     registry = CollectorRegistry()
     deps = Dependencies("post", registry, unready_after_s=0.05, log_interval_s=60)
     caplog.set_level(logging.WARNING, "genwire.health")
     for _ in range(500):
         deps.failed("redis", ConnectionError("Connection refused"))
+        clock[0] += 0.0001  # 50 ms in all: still within the grace
     assert deps.reasons() == []  # within the grace: a blip is not "not ready"
-    time.sleep(0.06)
+    clock[0] += 0.01
     (reason,) = deps.reasons()
     assert reason.startswith("redis unavailable for") and "500 failed attempts" in reason
     gauge = registry.get_sample_value(
@@ -47,16 +61,22 @@ def test_dependencies_name_what_is_down_once_past_the_grace(
     assert "back after" in lines[1] and "500 failed attempts" in lines[1]
 
 
-def test_rate_limit_filter_keeps_one_line_per_interval_and_counts_the_rest() -> None:
+def test_rate_limit_filter_keeps_one_line_per_interval_and_counts_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _clock(monkeypatch, logs)
     filt = RateLimitFilter(("aiokafka",), interval_s=0.1)
 
     def record(name: str, msg: str) -> logging.LogRecord:
         return logging.LogRecord(name, logging.ERROR, "f", 1, msg, ("node 1",), None)
 
-    passed = [filt.filter(record("aiokafka.conn", "Unable connect to %s")) for _ in range(1000)]
+    passed = []
+    for _ in range(1000):
+        passed.append(filt.filter(record("aiokafka.conn", "Unable connect to %s")))
+        clock[0] += 0.00009  # 90 ms in all: within the interval
     assert passed.count(True) == 1
     assert all(filt.filter(record("genwire.x", "ours %s")) for _ in range(10))  # not limited
-    time.sleep(0.11)
+    clock[0] += 0.02
     summary = record("aiokafka.conn", "Unable connect to %s")
     assert filt.filter(summary)
     assert "999 similar lines suppressed" in summary.getMessage()
@@ -92,12 +112,14 @@ def test_replay_headers_keep_the_request_and_count_the_replay() -> None:
     }
 
 
-def test_an_outage_nobody_reports_any_more_is_over() -> None:
+def test_an_outage_nobody_reports_any_more_is_over(monkeypatch: pytest.MonkeyPatch) -> None:
     """Records that waited were parked, or others succeed: readiness must not stay false."""
+    clock = _clock(monkeypatch, health)
     deps = Dependencies("post", unready_after_s=0.0, forget_after_s=0.05)
     deps.failed("triton", "UNAVAILABLE")
+    clock[0] += 0.04
     assert deps.reasons()
-    time.sleep(0.06)
+    clock[0] += 0.02
     assert deps.reasons() == [] and deps.down_for("triton") is None
 
 
@@ -149,7 +171,10 @@ async def test_waiting_for_another_dependency_frees_the_probe_of_the_first() -> 
     x, y, w = object(), object(), object()
     assert deps.claim_probe("redis", x) and deps.claim_probe("kafka", y)
     waiting = asyncio.create_task(deps.wait_back("kafka", 30.0, x, 0.02))  # x: past redis
-    await asyncio.sleep(0.01)
+    # One turn: the waiter starts and lets go of redis. (Not a sleep: one that overran the
+    # 0.02 s probe interval on a busy machine let the interval's timeout land together with
+    # the ``recovered`` below, and the waiter slept on, its wake-up missed: see the report.)
+    await asyncio.sleep(0)
     assert deps.claim_probe("redis", w)  # w, still waiting for redis, probes it now
     deps.recovered("kafka")
     await asyncio.wait_for(waiting, 1.0)

@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import types
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from genwire_gateway import usage
 from genwire_gateway.auth import PRINCIPAL, AuthMiddleware, Principal
 from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import PERMISSION_DENIED, RATE_LIMITED, GatewayError
@@ -276,6 +278,16 @@ def _limited(
     return gateway, producer, store, limiter, metrics
 
 
+def _limiter_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The limiter outage's clock (``usage``'s ``time.monotonic``), moved by hand: ``clock[0]``
+    (on the real one, a stall of the loaded machine in a sleep would move a request past the
+    bound, or start a new outage)."""
+    clock = [1000.0]
+    fake = types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    monkeypatch.setattr(usage, "time", fake)
+    return clock
+
+
 def _key(**limits: Any) -> KeyRecord:
     record = KeyRecord(name="team", hash="t" * 64, scopes=[SCOPE_GENERATE], **limits)
     PRINCIPAL.set(Principal(record=record))
@@ -396,18 +408,20 @@ async def test_a_repeat_joined_in_flight_and_a_left_caller_are_metered_once() ->
 
 
 async def test_the_limiter_is_bypassed_at_most_auth_stale_s(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A limiter that keeps failing (Redis out of memory refuses its script, not the key reads)
     lets limited keys through uncounted for ``auth_stale_s`` from its first failure in a row,
     then refuses them (503) until it answers; logged a few times, not once per request."""
+    clock = _limiter_clock(monkeypatch)
     gateway, _, _, limiter, metrics = _limited(auth_stale_s=0.3)
     _key(rpm=100)
     limiter.down = True
     with caplog.at_level(logging.WARNING, logger="genwire_gateway.usage"):
         for i in range(20):
             await gateway.generate(gateway.prepare({"prompt": f"hi {i}"}))
-        await asyncio.sleep(0.35)
+            clock[0] += 0.01  # 0.2 s in all: within the bound
+        clock[0] += 0.15  # past it
         for _ in range(3):
             with pytest.raises(GatewayError) as refused:
                 await gateway.generate(gateway.prepare({"prompt": "hi"}))
@@ -448,16 +462,19 @@ async def test_a_limiter_refusal_ends_its_outage_and_blips_apart_are_two_outages
     assert not _requests(metrics, "unavailable")  # never refused: each blip had its bound
 
 
-async def test_sparse_traffic_against_a_limiter_that_stays_broken_is_one_outage() -> None:
+async def test_sparse_traffic_against_a_limiter_that_stays_broken_is_one_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A burst every little while (well under two bounds apart) does not start a new outage
     each time: once the bound has passed since the first failure, limited keys are refused."""
+    clock = _limiter_clock(monkeypatch)
     gateway, _, _, limiter, metrics = _limited(auth_stale_s=0.3)
     _key(rpm=1, tokens_per_day=10)
     limiter.down = True
     for _ in range(4):  # 0.2 s apart: 0.6 s in all, twice the bound
         with contextlib.suppress(GatewayError):
             await gateway.generate(gateway.prepare({"prompt": "burst"}))
-        await asyncio.sleep(0.2)
+        clock[0] += 0.2
     await gateway.drain()
     assert _requests(metrics, "unavailable") == 2  # the last two, past the bound
 
@@ -468,6 +485,7 @@ async def test_a_left_callers_request_is_followed_until_its_deadline_not_the_lon
     after the ``max_timeout_s`` any caller may wait (600 s: such followers would pile up)."""
     gateway, _, _, _, _ = _limited(reply=None, claim_grace_s=0.1)
     _key(tpm=100_000)
+    began = time.monotonic()
     left = asyncio.create_task(
         gateway.generate(gateway.prepare({"prompt": "bye"}, request_id="f-1", timeout_s=0.3))
     )
@@ -475,8 +493,13 @@ async def test_a_left_callers_request_is_followed_until_its_deadline_not_the_lon
     left.cancel()
     with pytest.raises(asyncio.CancelledError):
         await left
-    assert gateway._settling, "followed in the background"
-    await asyncio.sleep(0.9)
-    assert gateway._settling, "the grace after the caller's deadline: 1 s at least"
-    await asyncio.sleep(0.6)  # past the caller's deadline and the grace
+    followers = set(gateway._settling)
+    assert followers, "followed in the background"
+    # When it gave up, measured from before the request (a stall of the loaded machine can
+    # only make it later): the caller's 0.3 s and the grace, 1 s at least (not the 0.1 s of
+    # claim_grace_s), then not much later: far from the 600 s of max_timeout_s.
+    done, _ = await asyncio.wait(followers, timeout=10.0)
+    took = time.monotonic() - began
+    assert done == followers, "still followed 10 s later: not given up at the deadline"
+    assert took > 1.25, f"given up {took:.2f} s after the request: the grace is 1 s at least"
     assert not gateway._settling

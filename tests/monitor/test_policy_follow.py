@@ -90,7 +90,7 @@ async def test_a_feed_rebuilt_after_a_failure_reads_again_without_going_back() -
         assert feeds[0].stopped and not follower.current
         (why,) = follower.not_ready()
         assert why.startswith(f"{TOPIC}: following failed (broker gone)")
-        await asyncio.sleep(0.01)  # the new feed has read the whole history again...
+        await _until(lambda: follower.store.stale == 2)  # the new feed read it all again...
         assert follower.store.get("m") == six, "...and never went back to revision 4 or 5"
         assert follower.store.stale == 2 and not follower.current
         gate.set()

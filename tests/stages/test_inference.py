@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import types
 from collections.abc import AsyncIterator, Mapping
 
 import pytest
+from genwire_inference import control
 from genwire_inference.backend import ModelStep
 from genwire_inference.control import MAX_REASON_CHARS
 from genwire_inference.handlers import Inference, failure_chunk
@@ -635,7 +637,13 @@ async def test_a_failed_model_process_is_retried_though_the_model_looks_ready(
     assert backend.waited == []  # not asked: readiness would have said "refused"
 
 
-async def test_a_dead_gateways_unnamed_requests_are_cancelled() -> None:
+async def test_a_dead_gateways_unnamed_requests_are_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The heartbeats' clock, moved by hand: on the real one, a stall of a loaded machine
+    # longer than the timeout between two beats would take the live gateway for dead too.
+    clock = [1000.0]
+    monkeypatch.setattr(control, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     backend = FakeBackend(n=1000, delay_s=0.01)
     inf = Inference(backend, origin_timeout_s=0.2)
     orphan = _req("orphan").model_copy(update={"origin": "gw-dead"})
@@ -645,7 +653,8 @@ async def test_a_dead_gateways_unnamed_requests_are_cancelled() -> None:
     for _ in range(8):  # the live gateway keeps beating, the dead one never does
         await inf.control(ControlEvent(request_id="", action="heartbeat", origin="gw-alive"))
         assert inf.cancel_orphans() in ([], ["orphan"])
-        await asyncio.sleep(0.05)
+        clock[0] += 0.05
+        await asyncio.sleep(0.05)  # the generations go on meanwhile
     finished = await asyncio.wait_for(runs[0], 5)
     assert finished[-1].finish_reason == "cancelled"
     assert not runs[1].done() and not runs[2].done()  # named: kept for a retry; alive: running
@@ -906,7 +915,9 @@ async def test_a_cancel_while_waiting_for_triton_ends_the_wait_and_the_generatio
 async def test_a_deadline_while_waiting_for_triton_ends_the_generation() -> None:
     backend = _StaysAway(n=5, fail_after=1)
     inf = Inference(backend, triton_wait_s=3600.0, chunk_max_tokens=1)
-    chunks = await asyncio.wait_for(_collect(inf, _req("dl", deadline_ms=now_ms() + 1_000)), 10)
+    # The first token must come before the deadline: 2 s leaves room for a stall before it
+    # (as in ``test_deadline_stops_and_expired_never_starts``).
+    chunks = await asyncio.wait_for(_collect(inf, _req("dl", deadline_ms=now_ms() + 2_000)), 20)
     assert chunks[-1].finish_reason == "deadline" and chunks[-1].output_ids == [100]
     assert len(backend.opened) == 1
 
@@ -949,17 +960,21 @@ async def test_a_wait_that_ends_past_the_deadline_ends_with_it() -> None:
     a wait that gives up first ends the request with ``deadline``, not with a retry."""
     inf: Inference
 
+    # The first token must come before the deadline: 2 s leaves room for a stall before it
+    # (100 ms did not, on two busy cores); the wait below lasts until the deadline has passed.
+    deadline_ms = now_ms() + 2_000
+
     class LateTimer(_StaysAway):
         async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
             run = inf.inflight["late"]
             assert run.timer is not None
             run.timer.cancel()  # not due yet on the loop's clock
-            await asyncio.sleep(0.2)  # past the deadline on the wall clock
+            await asyncio.sleep((deadline_ms - now_ms()) / 1000 + 0.1)  # past it on the wall clock
             return False
 
     backend = LateTimer(n=5, fail_after=1)
     inf = Inference(backend, triton_wait_s=3600.0, chunk_max_tokens=1)
-    chunks = await asyncio.wait_for(_collect(inf, _req("late", deadline_ms=now_ms() + 100)), 10)
+    chunks = await asyncio.wait_for(_collect(inf, _req("late", deadline_ms=deadline_ms)), 20)
     assert chunks[-1].finish_reason == "deadline" and chunks[-1].output_ids == [100]
 
 
