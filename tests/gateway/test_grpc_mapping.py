@@ -112,14 +112,13 @@ async def test_cancel_says_whether_the_id_was_known() -> None:
         def __init__(self) -> None:
             self.cancelled: list[str] = []
 
-        async def authorize(self, request_id: str) -> None:
-            """No keys here: anyone may cancel (ownership: tests/security)."""
-
         async def known(self, request_id: str) -> bool:
             return request_id == "exists"
 
-        async def cancel(self, request_id: str, reason: str = "") -> None:
+        async def cancel(self, request_id: str, reason: str = "") -> bool:
+            """No keys here: anyone's cancel is published (ownership: tests/security)."""
             self.cancelled.append(request_id)
+            return request_id != "refused"
 
     class Context:
         def invocation_metadata(self) -> tuple[()]:
@@ -137,9 +136,12 @@ async def test_cancel_says_whether_the_id_was_known() -> None:
     )
     known = await servicer.Cancel(pb.CancelRequest(request_id="exists"), Context())  # type: ignore[arg-type]
     unknown = await servicer.Cancel(pb.CancelRequest(request_id="nope"), Context())  # type: ignore[arg-type]
+    # A cancel the gateway did not publish (a key's of an id nobody knows) is not accepted.
+    refused = await servicer.Cancel(pb.CancelRequest(request_id="refused"), Context())  # type: ignore[arg-type]
     assert (known.accepted, known.known) == (True, True)
     assert (unknown.accepted, unknown.known) == (True, False)
-    assert gateway.cancelled == ["exists", "nope"]
+    assert (refused.accepted, refused.known) == (False, False)
+    assert gateway.cancelled == ["exists", "nope", "refused"]
 
 
 def test_stream_pieces_carry_their_choice_and_logprobs() -> None:
@@ -189,9 +191,6 @@ async def test_get_result_waits_no_longer_than_the_gateways_ceiling(
 
         def __init__(self) -> None:
             self.waits: list[float] = []
-
-        async def authorize(self, request_id: str) -> None:
-            """No keys here."""
 
         async def get_result(self, request_id: str, wait_s: float) -> tuple[str, None]:
             self.waits.append(wait_s)

@@ -152,7 +152,6 @@ async def test_naming_a_kafka_clients_id_takes_no_ownership_of_it(
     await _refused(gateway.submit(gateway.prepare({"prompt": "x"}, request_id=rid)))
     assert await redis.exists(owner_key(rid)) == 0
     assert producer.requests == []
-    await _refused(gateway.authorize(rid))
     await _refused(gateway.get_result(rid))
     await _refused(gateway.cancel(rid))
     assert producer.cancels() == []
@@ -252,7 +251,6 @@ async def test_a_cancel_of_an_id_nobody_knows_is_not_published(redis: Redis[byte
     gateway, producer, _ = _gateway(redis)
     rid = _rid("order")
     _as("mallory")
-    await gateway.authorize(rid)  # nobody's: no refusal (gRPC answers accepted, known: false)
     published = await gateway.cancel(rid, "early")
     assert producer.cancels() == []
     assert published is False
@@ -297,7 +295,7 @@ async def test_the_callers_own_anonymous_request_is_its_own_before_its_record_is
     await gateway.drain()
     assert await store.owner(rid) == "alice"
     _as("alice")
-    await gateway.authorize(rid)
+    await gateway.get_result(rid)  # hers: no refusal
 
 
 # -- 4. waiting GetResult calls per key ----------------------------------------------------------

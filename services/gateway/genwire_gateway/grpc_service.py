@@ -386,8 +386,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
         """The stored result of a request, waiting up to ``wait_ms`` for a pending one."""
 
         async def work(span: Span) -> pb.GetResultResponse:
+            # Only its owner's key or an admin reads it (usage.MeteredGateway.get_result).
             _require_request_id(request.request_id, span)
-            await self._gateway.authorize(request.request_id)  # its owner's key or an admin
             # The same ceiling as every other wait (max_timeout_s), then the call's deadline.
             wait_s = self._gateway.timeout_for(request.wait_ms / 1000.0)
             remaining = context.time_remaining()
@@ -405,10 +405,12 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
 
         async def work(span: Span) -> pb.CancelResponse:
             _require_request_id(request.request_id, span)
-            await self._gateway.authorize(request.request_id)  # its owner's key or an admin
             known = await self._gateway.known(request.request_id)
-            await self._gateway.cancel(request.request_id, _cancel_reason(request.reason))
-            return pb.CancelResponse(accepted=True, known=known)
+            # Only its owner's key or an admin cancels it (usage.MeteredGateway.cancel), and a
+            # key without admin publishes no cancel of an id nobody knows: not accepted.
+            reason = _cancel_reason(request.reason)
+            accepted = await self._gateway.cancel(request.request_id, reason)
+            return pb.CancelResponse(accepted=accepted, known=known)
 
         return await self._call("Cancel", context, work)
 

@@ -390,10 +390,6 @@ class Gateway:
         known = await self.store.known(request_id)
         return (ResultStatus.PENDING if known else ResultStatus.NOT_FOUND), None
 
-    async def authorize(self, request_id: str) -> None:
-        """May the caller read or cancel ``request_id``? (``usage.MeteredGateway``: only its
-        owner's key or an admin; here, with no keys, anyone.)"""
-
     async def known(self, request_id: str) -> bool:
         """Whether ``request_id`` names a request: waited for here, claimed by the pipeline
         (preprocess claims every id it accepts), or with a stored result. A request still in

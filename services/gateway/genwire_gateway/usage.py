@@ -409,19 +409,6 @@ class MeteredGateway(Gateway):
             raise _Forbidden(_not_yours(prepared.request_id), code=PERMISSION_DENIED)
         return claim
 
-    async def authorize(self, request_id: str) -> None:
-        """``GetResult``/``Cancel``: the caller's key must own ``request_id``, or be an admin.
-
-        A request no key owns (produced straight to Kafka, or sent while auth was off) is an
-        admin's to read; an id nobody knows passes here: ``get_result`` answers it
-        ``not_found`` at once and ``cancel`` publishes nothing for it.
-        """
-        principal = current_principal()
-        if principal is None or principal.record.allows(SCOPE_ADMIN):
-            return
-        if await self._access(principal, request_id) is Access.FOREIGN:
-            self._forbid(principal, request_id)
-
     async def _access(self, principal: Principal, request_id: str) -> Access:
         """What ``request_id`` is to the caller's key: its own (recorded, or queued in the
         anonymous owners' batch not written yet), another's or an existing unowned one
