@@ -154,7 +154,10 @@ class Dependencies:
                     await back.wait()
                 return
             except TimeoutError:
-                pass
+                # Reported back in the loop turn the timeout fired: ``recovered`` popped this
+                # event, so a new one would wait out the whole backoff.
+                if back.is_set():
+                    return
             if who is not None and probe_s and self.claim_probe(name, who):
                 return
 

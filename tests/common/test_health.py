@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import types
+from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -192,3 +194,30 @@ async def test_the_prober_retries_each_probe_interval_and_a_waiter_takes_over() 
     deps.release_probe(prober)  # it was parked, revoked, or succeeded without a word
     await asyncio.wait_for(waiting, 1.0)  # the waiter's next interval: it probes now
     assert not deps.claim_probe("redis", prober)
+
+
+async def test_a_recovery_in_the_turn_a_wait_times_out_is_not_missed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``recovered`` sets the waiters' event and drops it; a waiter whose wait (a probe
+    interval) timed out in that same loop turn sees a timeout, yet its event is set: it retries
+    now, instead of waiting out its whole backoff on a new event nobody will set."""
+    deps = Dependencies("test")
+    real_timeout = asyncio.timeout
+    raced: list[bool] = []
+
+    @contextlib.asynccontextmanager
+    async def timeout_that_wins_the_race(delay: float | None) -> AsyncIterator[None]:
+        if raced:
+            async with real_timeout(delay):
+                yield
+            return
+        raced.append(True)
+        deps.recovered("redis")  # the wake-up ...
+        yield
+        raise TimeoutError  # ... and the interval's end, seen as a timeout
+
+    monkeypatch.setattr(health.asyncio, "timeout", timeout_that_wins_the_race)
+    deps.failed("redis", "down")
+    await asyncio.wait_for(deps.wait_back("redis", 30.0), 5.0)
+    assert raced == [True]
