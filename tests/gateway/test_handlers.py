@@ -291,6 +291,41 @@ async def test_stream_dedupes_redelivered_tokens_and_ends_with_the_result() -> N
     assert producer.cancels() == []
 
 
+async def test_a_stream_with_a_lost_piece_yields_no_hole_and_the_result_fills_it() -> None:
+    """A piece whose publish failed never comes (its retry states it again later, or not at
+    all): the pieces after it start past what was yielded and are held back, so the caller's
+    text is the result's, in order, with nothing lost or repeated."""
+
+    def tokens(request: GenerationRequest, registry: WaiterRegistry) -> None:
+        rid = request.request_id
+        assert rid is not None
+        for index, offset, text in [
+            (0, 0, "The quick"),
+            # (1, 9, " brown") was lost
+            (2, 15, " fox"),
+            (1, 9, " brown"),  # its retry, late: after it, the next comes again
+            (2, 15, " fox"),
+            (3, 19, " jumps"),
+        ]:
+            registry.push(TokenEvent(request_id=rid, index=index, text=text, text_offset=offset))
+        registry.resolve(GenerationResult(request_id=rid, text="The quick brown fox jumps again"))
+
+    gateway, _, _ = _gateway(tokens)
+    chunks = [c async for c in gateway.stream(gateway.prepare({"prompt": "x"}, stream=True))]
+    assert [c.text for c in chunks] == ["The quick", " brown", " fox", " jumps", " again"]
+
+    def lost(request: GenerationRequest, registry: WaiterRegistry) -> None:
+        rid = request.request_id
+        assert rid is not None
+        registry.push(TokenEvent(request_id=rid, index=0, text="The quick", text_offset=0))
+        registry.push(TokenEvent(request_id=rid, index=2, text=" fox", text_offset=15))
+        registry.resolve(GenerationResult(request_id=rid, text="The quick brown fox again"))
+
+    gateway, _, _ = _gateway(lost)
+    chunks = [c async for c in gateway.stream(gateway.prepare({"prompt": "x"}, stream=True))]
+    assert "".join(c.text for c in chunks) == "The quick brown fox again"
+
+
 async def test_abandoned_stream_cancels_downstream() -> None:
     def one_token(request: GenerationRequest, registry: WaiterRegistry) -> None:
         assert request.request_id is not None

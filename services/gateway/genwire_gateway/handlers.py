@@ -541,18 +541,22 @@ def _partition(reply: ReplyTo | None) -> int | None:
 
 
 def _new_text(token: TokenEvent, held: int) -> str:
-    """The part of ``token`` not yet yielded, given ``held`` characters were."""
+    """The part of ``token`` not yet yielded, given ``held`` characters were. None of it when
+    it starts past them: a piece before it never came (its publish failed; postprocess states
+    it again when it retries), and yielding this one would leave a hole the caller cannot see.
+    The pieces from the missing one on come again or with the result (``_tails``)."""
     skip = held - token.text_offset
-    if skip <= 0:
-        return token.text
+    if skip < 0:
+        return ""
     return token.text[skip:]
 
 
 def _new_logprobs(token: TokenEvent, held: int) -> list[OutputLogprob] | None:
-    """The logprobs of ``token`` not yet yielded, given ``held`` were."""
-    if not token.logprobs:
+    """The logprobs of ``token`` not yet yielded, given ``held`` were (none past a gap, as
+    ``_new_text``)."""
+    if not token.logprobs or token.logprob_offset > held:
         return None
-    return token.logprobs[max(0, held - token.logprob_offset) :] or None
+    return token.logprobs[held - token.logprob_offset :] or None
 
 
 def _tails(
