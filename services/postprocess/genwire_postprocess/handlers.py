@@ -10,6 +10,12 @@ the start of a stop sequence (or of an output-filter match) is held until resolv
 TokenEvent carries its character offset, so a reader can dedupe exactly. A stop sequence that
 ends within the first ``min_tokens`` - 1 tokens is not one (the model went on past it).
 
+A rerun of a chunk (``rerun``: the consumer handles the same record again because its outputs
+were not acknowledged, or a replay from ``genwire.retry``) finds its tokens applied already:
+it restates what its first run returned (the same TokenEvents, at the same ``text_offset``;
+readers dedupe them like any redelivery), since those outputs may never have been published.
+Only the last ``RESTATED_CHUNKS`` chunks of a stream are kept for that.
+
 The result is built from the final chunk alone (it carries every generated token id), so it
 never depends on having seen the intermediate chunks: a restart loses at most the streamed
 pieces, never the answer. The first result stored in Redis wins; a redelivered request gets
@@ -23,6 +29,7 @@ offsets here (``logprobs.py``), cut where the text is cut, and streamed with the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -51,9 +58,9 @@ from genwire.filters import ContentFilter
 from genwire.policy import ARM_ATTRIBUTE, SHADOW_ATTRIBUTE
 from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
-from genwire.tokenization import AssetStore
+from genwire.tokenization import AssetStore, ModelAssets
 from genwire.usage import SOURCE_KAFKA, UsageEvent
-from genwire_postprocess.logprobs import LogprobTracker, output_logprobs
+from genwire_postprocess.logprobs import LogprobTracker, TokenTexts, output_logprobs
 from genwire_postprocess.text import (
     IncrementalDetokenizer,
     find_stop,
@@ -67,6 +74,16 @@ log = logging.getLogger(__name__)
 FINISH_STOP = "stop"
 FINISH_CONTENT_FILTER = "content_filter"
 MAX_PENDING_CHUNKS = 256
+RESTATED_CHUNKS = 4
+"""Chunks per stream whose outputs are kept to restate on a rerun. The consumer reruns a
+record before the next record of its request starts (``ordered_keys``), so the last one is the
+one that matters; a few more cover a replay from ``genwire.retry`` soon after."""
+THREAD_MIN_WORK = 2_048
+"""A result whose building decodes at least this many tokens (generated tokens, times 1 +
+``top_logprobs`` when logprobs are asked for) is built in a worker thread, not on the event
+loop: n=16 x 250 tokens x 20 alternatives took 0.3-0.7 s, during which no other request moved.
+At it, the build takes about 3-8 ms of CPU; below it the thread hop (~0.1 ms and a GIL
+hand-over) is not worth it."""
 
 
 class ResultWriter(Protocol):
@@ -94,6 +111,8 @@ class _Stream:
     n: int = 1
     min_tokens: int = 0
     floor: int | None = None  # ``stop_floor`` once the first min_tokens - 1 tokens are in
+    sent: OrderedDict[tuple[int, int, int], list[Event]] = field(default_factory=OrderedDict)
+    """What the last ``RESTATED_CHUNKS`` chunks that produced outputs returned (``_ident``)."""
 
     @property
     def applied(self) -> list[int]:
@@ -140,22 +159,35 @@ class Postprocessor:
         self.on_result = on_result
         self.streams: OrderedDict[str, _Stream] = OrderedDict()
         self._blind: OrderedDict[str, float] = OrderedDict()  # joined mid-stream: wait for final
+        self._texts: dict[tuple[str, str], tuple[ModelAssets, TokenTexts]] = {}
 
-    async def handle(self, chunk: GenerationChunk, *, usage_of: str | None = None) -> list[Event]:
+    async def handle(
+        self, chunk: GenerationChunk, *, usage_of: str | None = None, rerun: bool = False
+    ) -> list[Event]:
         """Apply one chunk; return the TokenEvents (and on the final chunk, the result).
 
         ``usage_of``: a request no gateway meters (a Kafka client's): its final chunk also
         returns a ``UsageEvent`` attributed to that name, once per request id (docs/security.md).
+        ``rerun``: this record was handled before and its outputs may not have been published:
+        a chunk already applied restates what it returned then.
         """
         if chunk.shadow:
             return await self._shadow(chunk)  # a shadow copy is never metered
         if chunk.final:
             return await self._final(chunk, usage_of)
-        return await self._stream(chunk)
+        return await self._stream(chunk, rerun)
+
+    def token_texts(self, assets: ModelAssets) -> TokenTexts:
+        """The cache of single tokens' text of a model version (one per loaded version)."""
+        key = (assets.name, assets.version)
+        known = self._texts.get(key)
+        if known is None or known[0] is not assets:  # first use, or the version reloaded
+            known = self._texts[key] = (assets, TokenTexts(assets.decode))
+        return known[1]
 
     # -- streaming --------------------------------------------------------------------------
 
-    async def _stream(self, chunk: GenerationChunk) -> list[Event]:
+    async def _stream(self, chunk: GenerationChunk, rerun: bool = False) -> list[Event]:
         rid = _key(chunk.request_id, chunk.choice)
         state = self.streams.get(rid)
         if state is None:
@@ -168,6 +200,10 @@ class Postprocessor:
             return await self._new_stream(chunk)
         state.touched = time.monotonic()
         self.streams.move_to_end(rid)
+        if rerun and (sent := state.sent.get(_ident(chunk))) is not None:
+            # Its tokens are applied: as a duplicate it would add nothing, but its first run's
+            # outputs may be the ones never published. Restated as they were (same offsets).
+            return list(sent)
         if state.ended:
             return []  # already stopped
         _hold(state, chunk)
@@ -181,7 +217,10 @@ class Postprocessor:
         state.text += new_text
         if self._check_gap(rid, chunk, state):
             return []
-        return self._emit(chunk.request_id, state, final=False)
+        out = self._emit(chunk.request_id, state, final=False)
+        if out:
+            _remember(state, chunk, out)
+        return out
 
     def _check_gap(self, rid: str, chunk: GenerationChunk, state: _Stream) -> bool:
         """Give up streaming a request whose gap never fills (too many chunks wait past it);
@@ -268,7 +307,7 @@ class Postprocessor:
             return []  # the final chunk (or eviction) came first
         state.detok = IncrementalDetokenizer(assets.decode)
         if chunk.sampling is not None and chunk.sampling.logprobs:
-            state.logprobs = LogprobTracker(assets.decode)
+            state.logprobs = LogprobTracker(self.token_texts(assets))
         return await self._stream(chunk)
 
     def _emit(self, rid: str, state: _Stream, *, final: bool) -> list[Event]:
@@ -416,19 +455,24 @@ class Postprocessor:
 
     async def build_result(self, chunk: GenerationChunk) -> GenerationResult:
         """The result of a final chunk: full text, stop sequences and filter applied (to
-        every choice), logprobs as token text."""
-        outputs = chunk.choices or [
-            ChoiceOutput(
-                index=0,
-                output_ids=chunk.output_ids if chunk.output_ids is not None else chunk.token_ids,
-                finish_reason=chunk.finish_reason,
-                logprobs=chunk.logprobs,
-            )
-        ]
+        every choice), logprobs as token text. A large one is built in a worker thread
+        (``THREAD_MIN_WORK``): the loop keeps serving the other requests meanwhile."""
+        outputs = _outputs(chunk)
+        assets = None
+        if chunk.error is None and any(o.output_ids for o in outputs):
+            assets = await self.assets.aget(chunk.model, chunk.model_version or None)
+        if assets is not None and _work(chunk, outputs) >= THREAD_MIN_WORK:
+            self.token_texts(assets)  # registered here: the thread only reads ``_texts``
+            return await asyncio.to_thread(self._result, chunk, outputs, assets)
+        return self._result(chunk, outputs, assets)
+
+    def _result(
+        self, chunk: GenerationChunk, outputs: list[ChoiceOutput], assets: ModelAssets | None
+    ) -> GenerationResult:
+        """``build_result``'s work, with the model's assets loaded (None: no tokens)."""
         choices: list[ResultChoice] = []
         if chunk.error is None:
-            for output in outputs:
-                choices.append(await self._choice(chunk, output))
+            choices = [self._choice(chunk, output, assets) for output in outputs]
         text = choices[0].text if choices else ""
         reason = choices[0].finish_reason if choices else chunk.finish_reason
         logprobs = choices[0].logprobs if choices else None
@@ -452,14 +496,16 @@ class Postprocessor:
             arm=chunk.arm,
         )
 
-    async def _choice(self, chunk: GenerationChunk, output: ChoiceOutput) -> ResultChoice:
+    def _choice(
+        self, chunk: GenerationChunk, output: ChoiceOutput, assets: ModelAssets | None
+    ) -> ResultChoice:
         """One choice of a result: decoded, cut at a stop sequence or a filter hit."""
         text, reason = "", output.finish_reason
         ids = list(output.output_ids)
         logprobs: list[OutputLogprob] | None = None
-        assets = None
-        if ids:
-            assets = await self.assets.aget(chunk.model, chunk.model_version or None)
+        if not ids:
+            assets = None  # nothing to decode (and no stop floor)
+        if assets is not None:
             text = assets.decode(ids)
         stops = list(chunk.sampling.stop) if chunk.sampling else []
         floor = 0
@@ -475,7 +521,9 @@ class Postprocessor:
         if chunk.sampling is not None and chunk.sampling.logprobs:
             logprobs = []
             if assets is not None:
-                logprobs = output_logprobs(assets.decode, ids, output.logprobs or [], len(text))
+                logprobs = output_logprobs(
+                    self.token_texts(assets), ids, output.logprobs or [], len(text)
+                )
         return ResultChoice(
             index=output.index,
             text=text,
@@ -485,6 +533,38 @@ class Postprocessor:
                 len(ids) if output.completion_tokens is None else output.completion_tokens
             ),
         )
+
+
+def _outputs(chunk: GenerationChunk) -> list[ChoiceOutput]:
+    """A final chunk's choices (one without ``choices``: the chunk's own output)."""
+    return chunk.choices or [
+        ChoiceOutput(
+            index=0,
+            output_ids=chunk.output_ids if chunk.output_ids is not None else chunk.token_ids,
+            finish_reason=chunk.finish_reason,
+            logprobs=chunk.logprobs,
+        )
+    ]
+
+
+def _work(chunk: GenerationChunk, outputs: list[ChoiceOutput]) -> int:
+    """About how many tokens building the result decodes (``THREAD_MIN_WORK``)."""
+    tokens = sum(len(o.output_ids) for o in outputs)
+    if chunk.sampling is None or not chunk.sampling.logprobs:
+        return tokens
+    return tokens * (1 + chunk.sampling.top_logprobs)
+
+
+def _ident(chunk: GenerationChunk) -> tuple[int, int, int]:
+    """What tells a chunk of a stream from another: its index and its tokens' span."""
+    return chunk.index, chunk.offset, len(chunk.token_ids)
+
+
+def _remember(state: _Stream, chunk: GenerationChunk, out: list[Event]) -> None:
+    """Keep ``chunk``'s outputs to restate on a rerun (the last ``RESTATED_CHUNKS``)."""
+    state.sent[_ident(chunk)] = out
+    while len(state.sent) > RESTATED_CHUNKS:
+        state.sent.popitem(last=False)
 
 
 def _end(chunk: GenerationChunk) -> int:

@@ -65,6 +65,12 @@ class ReplyRouter:
         self._refreshed = -float("inf")
         self._refreshing: asyncio.Future[frozenset[int]] | None = None
         self._logged: dict[str, float] = {}
+        self._soon: asyncio.Task[None] | None = None
+
+    async def warm(self) -> None:
+        """Load the reply topic's partitions (at start): the failure path cannot wait for
+        them, and a fresh process's first reply may well be a failure's."""
+        await self._refresh()
 
     async def with_replies(self, outputs: Sequence[Event]) -> list[Output]:
         """``outputs`` plus their reply copies, for the record this task handles."""
@@ -91,9 +97,20 @@ class ReplyRouter:
             return list(outputs)
         address = self._address(raw)
         if address is not None and not self._exists(address):
+            self._refresh_soon()  # metadata not loaded yet, or a partition added since
             self._skip(UNKNOWN_PARTITION, raw, "the topic has no such partition")
             return list(outputs)
         return self._copies(outputs, address)
+
+    def _refresh_soon(self) -> None:
+        """A metadata refresh in the background (same rate limit as ``_refresh``): this
+        reply goes without its copy, the next ones find the partition."""
+        if self._soon is not None and not self._soon.done():
+            return
+        try:
+            self._soon = asyncio.get_running_loop().create_task(self._refresh())
+        except RuntimeError:  # no loop (a synchronous caller): nothing to refresh with
+            self._soon = None
 
     def _copies(self, outputs: Sequence[Event], address: ReplyTo | None) -> list[Output]:
         if address is None:
