@@ -100,16 +100,20 @@ return redis.call('GET', KEYS[1])
 a claim (as in ``_CLAIM``), then read back."""
 
 _PUT_FIRST = """
--- KEYS: result, claim. ARGV: result value, TTL. Returns the earlier result (nil: stored).
+-- KEYS: result, claim, owner. ARGV: result value, TTL. Returns the earlier result (nil: stored).
 local set = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
 local ttl = tonumber(ARGV[2])
-local left = redis.call('TTL', KEYS[2])
-if left >= 0 and left < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
+for i = 2, #KEYS do
+  local left = redis.call('TTL', KEYS[i])
+  if left >= 0 and left < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
+end
 if set then return false end
 return redis.call('GET', KEYS[1])
 """
-"""Store a result unless one is stored, keep the id's claim (if any, and expiring sooner) as
-long as the result, and return the earlier result: one round trip."""
+"""Store a result unless one is stored, keep the id's claim and owner record (each if any, and
+expiring sooner) as long as the result, and return the earlier result: one round trip. The
+owner record too: a result outliving it would be an existing id no key owns, which its owner's
+own retry may not name (``_CLAIM``)."""
 
 
 def owner_key(request_id: str) -> str:
@@ -222,7 +226,8 @@ class ResultStore:
         key = result_key(rid)
         value = result.model_dump_json(exclude_none=True)
         try:
-            existing = await self._put_first(keys=[key, claim_key(rid)], args=[value, self.ttl_s])
+            keys = [key, claim_key(rid), owner_key(rid)]
+            existing = await self._put_first(keys=keys, args=[value, self.ttl_s])
             if existing is None:  # stored (the claim lives as long now)
                 return result
             stored = GenerationResult.model_validate_json(existing)

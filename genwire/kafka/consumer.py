@@ -608,6 +608,7 @@ class EventConsumer(Generic[InT]):
         first_failure: float | None = None
         failed: set[str] = set()  # every dependency this record waited for
         attempt = 0
+        bounded = 0  # tries in a row ended by an error that bounds them (``max_tries``)
         me = object()  # this record's retries, as the prober of a dependency
         try:
             while True:
@@ -635,14 +636,19 @@ class EventConsumer(Generic[InT]):
                 # A dependency is down: wait it out (bounded), taking no new records meanwhile.
                 assert isinstance(err, RetryableError)
                 failed.add(err.dependency)
-                self._deps.failed(err.dependency, err.message)
+                bounded = bounded + 1 if err.max_tries is not None else 0
+                if err.max_tries is None:
+                    # A bounded error may be the record's own (its batch ran short of memory):
+                    # it does not mark the dependency down, nor the stage unready.
+                    self._deps.failed(err.dependency, err.message)
                 now = time.monotonic()
                 if first_failure is None:
                     first_failure = now
                     self._waiting += 1
-                tried_out = err.max_tries is not None and attempt + 1 >= err.max_tries
+                tried_out = err.max_tries is not None and bounded >= err.max_tries
                 if tried_out or now - first_failure >= self._budget_s:
-                    return await self._paths.park(tp, record, err, span)
+                    tries = bounded if tried_out else None
+                    return await self._paths.park(tp, record, err, span, tries=tries)
                 if self._metrics:
                     self._metrics.retries.labels(self._stage).inc()
                 # One waiting record probes the dependency every retry_probe_s; its success

@@ -225,10 +225,12 @@ class FailurePaths:
         record: ConsumerRecord[bytes, bytes],
         err: RetryableError,
         span: trace.Span,
+        tries: int | None = None,
     ) -> str:
-        """Past the outage budget: to ``genwire.retry`` for a later replay (``"parked"``), or,
-        once replayed ``max_replays`` times or when too large to park, to the DLQ with an error
-        result (``"failed"``). Returns that outcome (``genwire_messages_total{outcome}``)."""
+        """Past the outage budget (or ``tries`` in a row of an error that bounds them,
+        ``RetryableError.max_tries``): to ``genwire.retry`` for a later replay (``"parked"``),
+        or, once replayed ``max_replays`` times or when too large to park, to the DLQ with an
+        error result (``"failed"``). Returns that outcome (``genwire_messages_total{outcome}``)."""
         if record.topic == Topic.RETRY:
             # The replayer itself could not publish for the budget: parking its record again
             # would lose where it came from. Give up instead (uncommitted: replayed later).
@@ -267,12 +269,13 @@ class FailurePaths:
         if self._metrics:
             self._metrics.parked.labels(self._stage, err.code).inc()
         log.warning(
-            "%s@%s parked on %s after %.0f s of %s: replay after %s",
+            "%s@%s parked on %s after %s: replay after %s",
             f"{record.topic}-{record.partition}",
             record.offset,
             Topic.RETRY,
-            self._budget_s,
-            err.dependency,
+            f"{tries} tries ({err.message[:200]})"
+            if tries is not None
+            else f"{self._budget_s:.0f} s of {err.dependency}",
             time.strftime("%H:%M:%S", time.localtime(not_before / 1000)),
         )
         return "parked"

@@ -195,29 +195,35 @@ async def test_past_the_budget_a_record_is_parked_then_replayed(env: Env) -> Non
 async def test_a_record_out_of_tries_is_parked_without_holding_the_stage(env: Env) -> None:
     """``RetryableError.max_tries`` (inference's memory failures): parked after that many tries
     in a row, long before the outage budget; the stage, which takes no new record while one
-    retries, goes on with the records behind it."""
+    retries, goes on with the records behind it. Tries of another error before them do not
+    count (the dependency's outage, waited out, then a batch short of memory), and a bounded
+    error, maybe the record's own, does not mark the dependency down."""
     bootstrap, topic, producer = env
     stuck, behind = (f"{what}-{uuid.uuid4().hex[:8]}" for what in ("tries", "behind"))
-    tries: list[float] = []
+    tries: list[str] = []
     message = "triton: generation failed: CUDA error: out of memory"
+    deps = Dependencies("test", unready_after_s=0.0)
 
     async def handler(event: PreparedRequest) -> Event:
         if event.request_id == stuck:
-            tries.append(time.monotonic())
+            tries.append("down" if len(tries) < 2 else "memory")
+            if tries[-1] == "down":
+                raise RetryableError("triton: UNAVAILABLE", dependency="memory-test")
             raise RetryableError(message, dependency="triton", max_tries=3)
         return GenerationResult(request_id=event.request_id, text="served")
 
     await (await producer.send(topic, dump(_prepared(stuck)), key=stuck.encode()))
-    consumer = _make(bootstrap, topic, producer, handler, outage_budget_s=600.0)
+    consumer = _make(bootstrap, topic, producer, handler, outage_budget_s=600.0, dependencies=deps)
     async with _running(consumer):
-        await eventually(lambda: bool(tries), timeout_s=30)
+        await eventually(lambda: "memory" in tries, timeout_s=30)
         # Sent while the first one retries: without the bound it waited the whole budget.
         await (await producer.send(topic, dump(_prepared(behind)), key=behind.encode()))
         (parked,) = await _read(bootstrap, Topic.RETRY, {stuck.encode()}, timeout_s=30)
         (result,) = await _read(bootstrap, Topic.RESULTS, {behind.encode()}, timeout_s=30)
-    assert len(tries) == 3
+    assert tries == ["down", "down", "memory", "memory", "memory"]
     assert dict(parked.headers)[sc.HEADER_RETRY_REASON] == message.encode()
     assert GenerationResult.model_validate_json(result.value).text == "served"
+    assert deps.down_for("triton") is None  # the memory failures marked nothing down
 
 
 async def test_replays_exhausted_dead_letter_with_an_error_result(env: Env) -> None:

@@ -171,10 +171,13 @@ def test_the_stack_refuses_what_the_services_tracing_would_stop_at(
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
     manager.check_environment(None)
-    # One service's own ratio beside the standard sampler: that service would stop.
+    # One service's own ratio beside the standard sampler: that service would stop, only it.
     monkeypatch.setenv("GENWIRE_MONITOR_TRACES_SAMPLE_RATIO", "0.5")
-    with pytest.raises(StackError, match="OTEL_TRACES_SAMPLER and GENWIRE_TRACES_SAMPLE_RATIO"):
+    both_set = "OTEL_TRACES_SAMPLER and GENWIRE_TRACES_SAMPLE_RATIO"
+    with pytest.raises(StackError, match=both_set) as both:
         manager.check_environment(None)
+    assert "(GENWIRE_MONITOR_TRACES_SAMPLE_RATIO set) [monitor]" in str(both.value)
+    manager.check_environment(["preprocess"])  # the monitor is not started: nothing stops
     monkeypatch.delenv("GENWIRE_MONITOR_TRACES_SAMPLE_RATIO")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "2")
     with pytest.raises(StackError, match=r"OTEL_TRACES_SAMPLER_ARG='2'"):

@@ -21,6 +21,7 @@ from genwire.results import (
     ResultStore,
     claim_key,
     claimed_digest,
+    owner_key,
     published_digest,
     result_key,
     route_key,
@@ -144,3 +145,28 @@ async def test_only_a_shorter_claim_of_the_same_body_is_extended(
         assert await claims.redis.get(claim_key(theirs)) == b"fp-a:tok:dig"
     finally:
         await _cleanup(claims, longer, forever, theirs)
+
+
+async def test_the_owner_record_lives_as_long_as_the_claims_it_keeps(
+    stores: tuple[RedisClaims, ResultStore],
+) -> None:
+    """The API key's owner record, written with the gateway's claim, is kept as long as the
+    claim preprocess extends and the result postprocess stores: an id that outlived its owner
+    record would be an unowned one, which its owner's own retry may not name."""
+    claims, results = stores
+    rid = f"hstage-owner-{uuid.uuid4().hex[:8]}"
+    body = _request("body A", rid)
+    try:
+        claimed = await results.claim(body, 1, key_owner="alice", owner_ttl_s=2)
+        assert claimed.owner and not claimed.foreign
+        await claims.claim_routed(rid, fingerprint(body), "route")
+        assert await claims.redis.ttl(owner_key(rid)) > CLAIM_TTL_S - 10
+        await results.put_first(GenerationResult(request_id=rid, text="answer to body A"))
+        assert await claims.redis.ttl(owner_key(rid)) > RESULT_TTL_S - 10
+        # Alice's own retry still names it, and gets its answer.
+        again = await results.claim(body, 1, key_owner="alice", owner_ttl_s=2)
+        assert not again.foreign and again.result is not None
+        assert again.result.text == "answer to body A"
+    finally:
+        await _cleanup(claims, rid)
+        await claims.redis.delete(owner_key(rid))

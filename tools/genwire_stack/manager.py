@@ -304,30 +304,42 @@ def check_environment(components: Iterable[str] | None = None, out: Out = quiet)
         return
     classes = {short: cls for short in SERVICES if (cls := settings_class(short)) is not None}
     refused, unknown = unread_environment(os.environ, classes)
-    refused += _otel_refusals(classes.values())
     if refused:
         raise StackError(
             "the environment sets what nothing reads: "
             + "; ".join(refused)
             + " (docs/settings.md): unset or rename it"
         )
+    started = {
+        short: cls
+        for short, cls in classes.items()
+        if components is None or any(n.split("-")[0] == short for n in components)
+    }
+    tracing = _otel_refusals(started)
+    if tracing:
+        raise StackError(
+            "the services' tracing would stop at start on the environment: "
+            + "; ".join(tracing)
+            + " (docs/settings.md, OpenTelemetry's variables)"
+        )
     for line in unknown:
         out(f"note: {line} (a service of your own may; docs/settings.md)")
 
 
-def _otel_refusals(classes: Iterable[type[ServiceSettings]]) -> list[str]:
-    """The OpenTelemetry variables a service would stop at (``otel_refusals``), once each: the
-    sampler's conflict with a service's ratio is that service's (its own prefix sets it too)."""
+def _otel_refusals(classes: Mapping[str, type[ServiceSettings]]) -> list[str]:
+    """What the OpenTelemetry variables would stop (``otel_refusals``), once each, naming the
+    services: the sampler's conflict with a ratio is only a service's whose ratio is set (its
+    own prefix sets it too)."""
     plain = str(CommonSettings.model_config.get("env_prefix") or "").upper()
     names = {name.upper() for name in os.environ}
-    refused: list[str] = []
-    for cls in classes:
+    stopped: dict[str, list[str]] = {}
+    for short, cls in classes.items():
         own = str(cls.model_config.get("env_prefix") or "").upper()
-        ratio = {f"{prefix}TRACES_SAMPLE_RATIO" for prefix in (plain, own)}
-        for line in otel_refusals(os.environ, ratio_set=bool(names & ratio)):
-            if line not in refused:
-                refused.append(line)
-    return refused
+        ratio = sorted(names & {f"{prefix}TRACES_SAMPLE_RATIO" for prefix in (plain, own)})
+        for line in otel_refusals(os.environ, ratio_set=bool(ratio)):
+            named = f"{line} ({', '.join(ratio)} set)" if ratio and "SAMPLE_RATIO" in line else line
+            stopped.setdefault(named, []).append(short)
+    return [f"{line} [{', '.join(services)}]" for line, services in stopped.items()]
 
 
 def _launch(component: Component, paths: StackPaths) -> PidRecord:

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from genwire.errors import RetryableError
 from genwire.policy import numbered_versions
 from genwire.redisconn import REDIS, connect
-from genwire.results import claim_key, claimed_fingerprint, route_key
+from genwire.results import claim_key, claimed_fingerprint, owner_key, route_key
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,16 @@ class ServedVersions(Protocol):
 
 
 _CLAIM_ROUTED = """
--- KEYS: claim, route. ARGV: fingerprint, route, TTL. Returns {claim's value, stored route}.
+-- KEYS: claim, route, owner. ARGV: fingerprint, route, TTL. Returns {claim's value, stored route}.
 redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ARGV[3])
 local held = redis.call('GET', KEYS[1])
 if held and string.match(held, '^[^:]*') == ARGV[1] then
   local ttl = tonumber(ARGV[3])
-  local left = redis.call('TTL', KEYS[1])
-  if left >= 0 and left < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
+  for _, key in ipairs({KEYS[1], KEYS[3]}) do
+    local left = redis.call('TTL', key)
+    if left >= 0 and left < ttl then redis.call('EXPIRE', key, ttl) end
+  end
 end
 return {held, redis.call('GET', KEYS[2])}
 """
@@ -76,7 +78,9 @@ and digest stay), never shortened, never given an expiry it lacks (``put_first``
 result stored after the gateway's claim would have expired (an outage waited out, a parked
 record replayed) still finds the claim, and ``put_first`` keeps it as long as the result, so
 another body under the id is refused instead of answered with this one's result. Another
-request's claim is left as it is (its gateway may still free it)."""
+request's claim is left as it is (its gateway may still free it). The id's owner record (the
+API key that sent it, if any) is kept as long, by the same rule: a claim outliving it would be
+an id no key owns, which its owner's own retry may not name (``genwire.results._CLAIM``)."""
 
 
 class RedisClaims:
@@ -108,7 +112,7 @@ class RedisClaims:
         of ``fingerprint`` at least ``ttl_s`` (``_CLAIM_ROUTED``), read both."""
         try:
             holder, stored = await self._claim_routed(
-                keys=[claim_key(request_id), route_key(request_id)],
+                keys=[claim_key(request_id), route_key(request_id), owner_key(request_id)],
                 args=[fingerprint, route, self.ttl_s],
             )
         except RedisError as exc:  # the consumer waits the outage out
