@@ -47,7 +47,7 @@ from redis.exceptions import RedisError
 from genwire.errors import RetryableError
 from genwire.events import GenerationResult
 from genwire.redisconn import REDIS, connect
-from genwire.request import ErrorCode, GenerationRequest, fingerprint
+from genwire.request import ErrorCode, GenerationRequest, fingerprint, http_status
 
 RESULT_KEY_PREFIX = "genwire:result:"
 """Redis key of a stored result: ``genwire:result:<request_id>`` → GenerationResult JSON."""
@@ -218,8 +218,9 @@ class ResultStore:
     async def put_first(self, result: GenerationResult) -> GenerationResult:
         """Store ``result``, or return the earlier one (a redelivery never changes the answer).
 
-        One exception: an ``unavailable`` error (a dependency stayed down through every replay)
-        was never an answer, so a real result of a later replay (``genwire dlq replay``)
+        One exception: a stored server-side failure (a dependency down through every replay,
+        one postprocess stored for a chunk it could not handle: ``_replaceable``) was never an
+        answer, so a real result (a later ``genwire dlq replay``, the record's next owner)
         replaces it. A Redis failure is a ``RetryableError`` (the consumer waits it out).
         """
         rid = result.request_id
@@ -340,4 +341,10 @@ class ResultStore:
 
 
 def _replaceable(stored: GenerationResult) -> bool:
-    return stored.error is not None and stored.error.code == ErrorCode.UNAVAILABLE
+    """A stored result a real one replaces (``put_first``): a server-side failure (a 5xx code,
+    or a model version missing where the chunk was handled), never an answer to the request
+    itself (a refusal, ``content_filtered``: a later run must not get round it)."""
+    error = stored.error
+    if error is None:
+        return False
+    return error.code == ErrorCode.MODEL_NOT_FOUND or http_status(error.code) >= 500

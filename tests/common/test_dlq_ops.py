@@ -71,7 +71,7 @@ async def test_a_dead_letter_cut_to_fit_is_listed_but_never_replayed(env: Env) -
     assert await replay(bootstrap, [chosen]) == []
 
 
-async def test_a_replayed_result_replaces_an_unavailable_error_only(
+async def test_a_replayed_result_replaces_a_server_side_error_only(
     infra: CommonSettings,
 ) -> None:
     store = ResultStore.connect(infra.redis_url, ttl_s=60)
@@ -88,5 +88,18 @@ async def test_a_replayed_result_replaces_an_unavailable_error_only(
         )
         await store.put_first(filtered)
         assert await store.put_first(real.model_copy(update={"request_id": f"{rid}-f"})) == filtered
+        # A failure postprocess stored for a chunk it could not handle: replaced too.
+        for code in ("internal", "model_not_found", "inference_failed"):
+            failed = GenerationResult(
+                request_id=f"{rid}-{code}", error=ErrorInfo(code=code, message="z")
+            )
+            await store.put_first(failed)
+            fixed = real.model_copy(update={"request_id": f"{rid}-{code}"})
+            assert await store.put_first(fixed) == fixed
+        refused = GenerationResult(
+            request_id=f"{rid}-r", error=ErrorInfo(code="out_of_range", message="w")
+        )
+        await store.put_first(refused)
+        assert await store.put_first(real.model_copy(update={"request_id": f"{rid}-r"})) == refused
     finally:
         await store.close()

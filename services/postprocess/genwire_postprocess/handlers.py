@@ -14,7 +14,10 @@ A rerun of a chunk (``rerun``: the consumer handles the same record again becaus
 were not acknowledged, or a replay from ``genwire.retry``) finds its tokens applied already:
 it restates what its first run returned (the same TokenEvents, at the same ``text_offset``;
 readers dedupe them like any redelivery), since those outputs may never have been published.
-Only the last ``RESTATED_CHUNKS`` chunks of a stream are kept for that.
+Only the last chunk of a stream that produced outputs is kept for that: the consumer reruns a
+record before its request's next one starts (``ordered_keys``). A replay from ``genwire.retry``
+comes a minute or more later, past the stream's last chunk: it restates nothing, and the piece
+it lost is in the final text (readers fill it from the result, as after a restart).
 
 The result is built from the final chunk alone (it carries every generated token id), so it
 never depends on having seen the intermediate chunks: a restart loses at most the streamed
@@ -74,10 +77,6 @@ log = logging.getLogger(__name__)
 FINISH_STOP = "stop"
 FINISH_CONTENT_FILTER = "content_filter"
 MAX_PENDING_CHUNKS = 256
-RESTATED_CHUNKS = 4
-"""Chunks per stream whose outputs are kept to restate on a rerun. The consumer reruns a
-record before the next record of its request starts (``ordered_keys``), so the last one is the
-one that matters; a few more cover a replay from ``genwire.retry`` soon after."""
 THREAD_MIN_WORK = 2_048
 """A result whose building decodes at least this many tokens (generated tokens, times 1 +
 ``top_logprobs`` when logprobs are asked for) is built in a worker thread, not on the event
@@ -111,8 +110,9 @@ class _Stream:
     n: int = 1
     min_tokens: int = 0
     floor: int | None = None  # ``stop_floor`` once the first min_tokens - 1 tokens are in
-    sent: OrderedDict[tuple[int, int, int], list[Event]] = field(default_factory=OrderedDict)
-    """What the last ``RESTATED_CHUNKS`` chunks that produced outputs returned (``_ident``)."""
+    sent: tuple[tuple[int, int, int], list[Event]] | None = None
+    """What the last chunk that produced outputs returned, by its ``_ident``: restated on its
+    rerun (only that one: bounded memory, logprobs included)."""
 
     @property
     def applied(self) -> list[int]:
@@ -200,10 +200,10 @@ class Postprocessor:
             return await self._new_stream(chunk)
         state.touched = time.monotonic()
         self.streams.move_to_end(rid)
-        if rerun and (sent := state.sent.get(_ident(chunk))) is not None:
+        if rerun and state.sent is not None and state.sent[0] == _ident(chunk):
             # Its tokens are applied: as a duplicate it would add nothing, but its first run's
             # outputs may be the ones never published. Restated as they were (same offsets).
-            return list(sent)
+            return list(state.sent[1])
         if state.ended:
             return []  # already stopped
         _hold(state, chunk)
@@ -219,7 +219,7 @@ class Postprocessor:
             return []
         out = self._emit(chunk.request_id, state, final=False)
         if out:
-            _remember(state, chunk, out)
+            state.sent = (_ident(chunk), out)
         return out
 
     def _check_gap(self, rid: str, chunk: GenerationChunk, state: _Stream) -> bool:
@@ -558,13 +558,6 @@ def _work(chunk: GenerationChunk, outputs: list[ChoiceOutput]) -> int:
 def _ident(chunk: GenerationChunk) -> tuple[int, int, int]:
     """What tells a chunk of a stream from another: its index and its tokens' span."""
     return chunk.index, chunk.offset, len(chunk.token_ids)
-
-
-def _remember(state: _Stream, chunk: GenerationChunk, out: list[Event]) -> None:
-    """Keep ``chunk``'s outputs to restate on a rerun (the last ``RESTATED_CHUNKS``)."""
-    state.sent[_ident(chunk)] = out
-    while len(state.sent) > RESTATED_CHUNKS:
-        state.sent.popitem(last=False)
 
 
 def _end(chunk: GenerationChunk) -> int:

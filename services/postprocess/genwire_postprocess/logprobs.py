@@ -23,8 +23,8 @@ from genwire.events import OutputLogprob, TokenLogprob
 from genwire_postprocess.text import Decode, IncrementalDetokenizer
 
 MAX_CACHED_TOKENS = 65_536
-"""Token texts kept per model version (``TokenTexts``): about 10 MB at most; past it the
-oldest entries go (the frequent tokens come back at once)."""
+"""Token texts kept per model version (``TokenTexts``): about 20 MB at most; past it the cache
+starts over (the frequent tokens come back at once)."""
 
 _OUTPUT_LOGPROBS = TypeAdapter(list[OutputLogprob])
 VALIDATE_BATCH = 16
@@ -50,7 +50,9 @@ class TokenTexts:
         found = (text, list(text.encode("utf-8")))
         with self._lock:
             if len(self._known) >= self._limit:
-                del self._known[next(iter(self._known))]  # the oldest (insertion order)
+                # Full: start over (the hot tokens come back at once). Dropping the oldest one
+                # by one from a dict scans past every slot deleted before: quadratic.
+                self._known = {}
             self._known[token_id] = found
         return found
 
