@@ -28,7 +28,8 @@ EMAIL = (
 characters, then scan to its end, is quadratic: a long cancel reason froze the gateway): an
 address starts where such a run starts, or right after the address before it (a letter, its
 top-level domain, then a non-letter of the run), the latter within ``_CHAINED_LOCAL_MAX``
-characters of its ``@``. Masks what the plain ``[...]+@...`` pattern does."""
+characters of its ``@``. Masks what the plain ``[...]+@...`` pattern does, but for an address
+glued to the one before it with a local part over 64 characters (longer than RFC 5321 allows)."""
 CARD = r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)"
 CARD_DIGITS = (13, 19)
 """How many digits a card number has (fewest, most)."""
