@@ -11,6 +11,7 @@ from genwire.kafka.admin import delete_topics
 from genwire.settings import CommonSettings
 from genwire.topics import HOUR_MS, TopicSpec
 from tests.common.support import fresh_topic
+from tests.gateway.private_redis import redis, redis_url  # noqa: F401  (fixtures)
 
 from .harness import FakePipeline, GatewayInstance, start_gateway, stop_gateway
 

@@ -3,7 +3,6 @@ token's own text is decoded once per model version, not once per occurrence."""
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from tokenizers import Tokenizer
 
 from genwire.events import ChoiceOutput, GenerationChunk, GenerationResult, Sampling, TokenLogprob
 from genwire.tokenization import AssetStore, ModelAssets
-from tests.stages.conftest import CHAT_TEMPLATE, EOS, MODEL, train_tokenizer
+from tests.stages.conftest import MODEL
 
 TEXT = "The quick brown fox jumps over the lazy dog. Kafka carries requests; Redis keeps results."
 
@@ -23,24 +22,6 @@ TEXT = "The quick brown fox jumps over the lazy dog. Kafka carries requests; Red
 class FakeStore:
     async def put_first(self, result: GenerationResult) -> GenerationResult:
         return result
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    return train_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory, tokenizer: Tokenizer) -> Path:
-    root = tmp_path_factory.mktemp("repository")
-    vdir = root / MODEL / "2"
-    vdir.mkdir(parents=True)
-    tokenizer.save(str(vdir / "tokenizer.json"))
-    (vdir / "tokenizer_config.json").write_text(
-        json.dumps({"chat_template": CHAT_TEMPLATE, "eos_token": EOS})
-    )
-    (vdir / "manifest.json").write_text(json.dumps({"context_length": 128}))
-    return root
 
 
 def _final(ids: list[int], n: int, top: int) -> GenerationChunk:
@@ -85,12 +66,12 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, list[int]]]:
 
 
 async def test_a_large_result_is_built_off_the_event_loop(
-    repo: Path, tokenizer: Tokenizer, decodes: list[tuple[int, list[int]]]
+    model_repo: Path, tokenizer: Tokenizer, decodes: list[tuple[int, list[int]]]
 ) -> None:
     ids = tokenizer.encode(TEXT).ids
     chunk = _final(ids, n=8, top=20)
     assert len(ids) * 8 * 21 >= THREAD_MIN_WORK
-    post = Postprocessor(AssetStore(repo), FakeStore())
+    post = Postprocessor(AssetStore(model_repo), FakeStore())
     result = await post.build_result(chunk)
     loop_thread = threading.get_ident()
     assert decodes and all(thread != loop_thread for thread, _ in decodes)
@@ -98,10 +79,10 @@ async def test_a_large_result_is_built_off_the_event_loop(
 
 
 async def test_a_small_result_stays_on_the_loop(
-    repo: Path, tokenizer: Tokenizer, decodes: list[tuple[int, list[int]]]
+    model_repo: Path, tokenizer: Tokenizer, decodes: list[tuple[int, list[int]]]
 ) -> None:
     ids = tokenizer.encode("The quick brown fox").ids
-    post = Postprocessor(AssetStore(repo), FakeStore())
+    post = Postprocessor(AssetStore(model_repo), FakeStore())
     result = await post.build_result(_final(ids, n=1, top=1))
     loop_thread = threading.get_ident()
     assert decodes and all(thread == loop_thread for thread, _ in decodes)
@@ -109,11 +90,11 @@ async def test_a_small_result_stays_on_the_loop(
 
 
 async def test_built_in_a_thread_or_not_the_result_is_the_same(
-    repo: Path, tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+    model_repo: Path, tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = tokenizer.encode(TEXT).ids
     chunk = _final(ids, n=8, top=20)
-    post = Postprocessor(AssetStore(repo), FakeStore())
+    post = Postprocessor(AssetStore(model_repo), FakeStore())
     threaded = await post.build_result(chunk)
     monkeypatch.setattr(handlers, "THREAD_MIN_WORK", 10**12)
     inline = await post.build_result(chunk)
@@ -126,10 +107,10 @@ async def test_built_in_a_thread_or_not_the_result_is_the_same(
 
 
 async def test_each_tokens_text_is_decoded_once(
-    repo: Path, tokenizer: Tokenizer, decodes: list[tuple[int, list[int]]]
+    model_repo: Path, tokenizer: Tokenizer, decodes: list[tuple[int, list[int]]]
 ) -> None:
     ids = tokenizer.encode(TEXT).ids
-    post = Postprocessor(AssetStore(repo), FakeStore())
+    post = Postprocessor(AssetStore(model_repo), FakeStore())
     await post.build_result(_final(ids, n=4, top=5))
     decodes.clear()
     await post.build_result(_final(ids, n=4, top=5).model_copy(update={"request_id": "again"}))

@@ -5,7 +5,6 @@ so a reader that dedupes by offset gets every character once, in order."""
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,12 @@ from genwire.events import (
     OutputLogprob,
     Sampling,
     TokenEvent,
-    TokenLogprob,
     dump,
 )
 from genwire.filters import ContentFilter
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore
-from tests.stages.conftest import CHAT_TEMPLATE, EOS, MODEL, train_tokenizer
+from tests.stages.test_postprocess_replay import _attempt, _final
 
 TEXT = "The quick brown fox 🦊 jumps over the lazy dog. Grüße aus Köln! Kafka carries requests"
 
@@ -41,59 +39,10 @@ class FakeStore:
         return self.data.setdefault(result.request_id, result)
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    return train_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory, tokenizer: Tokenizer) -> Path:
-    root = tmp_path_factory.mktemp("repository")
-    vdir = root / MODEL / "2"
-    vdir.mkdir(parents=True)
-    tokenizer.save(str(vdir / "tokenizer.json"))
-    (vdir / "tokenizer_config.json").write_text(
-        json.dumps({"chat_template": CHAT_TEMPLATE, "eos_token": EOS})
-    )
-    (vdir / "manifest.json").write_text(json.dumps({"context_length": 128}))
-    return root
-
-
 def _chunks(ids: list[int], rid: str, sampling: Sampling, size: int = 2) -> list[GenerationChunk]:
-    out: list[GenerationChunk] = []
-    for offset in range(0, len(ids), size):
-        toks = ids[offset : offset + size]
-        lps = [TokenLogprob(token_id=t, logprob=-0.1, top=[(t, -0.1)]) for t in toks]
-        out.append(
-            GenerationChunk(
-                request_id=rid,
-                index=len(out),
-                offset=offset,
-                token_ids=toks,
-                stream=True,
-                model=MODEL,
-                model_version="2",
-                sampling=sampling if not out else None,
-                logprobs=lps if sampling.logprobs else None,
-            )
-        )
-    final = GenerationChunk(
-        request_id=rid,
-        index=len(out),
-        offset=len(ids),
-        final=True,
-        stream=True,
-        model=MODEL,
-        model_version="2",
-        finish_reason="length",
-        completion_tokens=len(ids),
-        sampling=sampling,
-        output_ids=ids,
-        logprobs=[TokenLogprob(token_id=t, logprob=-0.1, top=[(t, -0.1)]) for t in ids]
-        if sampling.logprobs
-        else None,
-    )
-    return [*out, final]
+    """A stream of ``size``-token chunks and its final chunk (the stages tests' builders)."""
+    chunks = _attempt(ids, rid, [size], sampling)
+    return [*chunks, _final(ids, rid, len(chunks), sampling, "length")]
 
 
 class Reader:
@@ -138,13 +87,13 @@ async def _stream_losing(
 
 @pytest.mark.parametrize("logprobs", [False, True])
 async def test_every_lost_piece_is_restated_by_the_rerun(
-    repo: Path, tokenizer: Tokenizer, logprobs: bool
+    model_repo: Path, tokenizer: Tokenizer, logprobs: bool
 ) -> None:
     ids = tokenizer.encode(TEXT).ids
     sampling = Sampling(logprobs=logprobs)
     chunks = _chunks(ids, "lost", sampling)
     for lost in range(len(chunks) - 1):  # each streamed chunk in turn
-        post = Postprocessor(AssetStore(repo), FakeStore())
+        post = Postprocessor(AssetStore(model_repo), FakeStore())
         reader, result, _ = await _stream_losing(post, chunks, lost)
         assert reader.gaps == 0, lost
         assert reader.text == result.text == TEXT, lost
@@ -152,11 +101,11 @@ async def test_every_lost_piece_is_restated_by_the_rerun(
             assert reader.logprobs == result.logprobs, lost
 
 
-async def test_the_restated_piece_is_the_first_runs(repo: Path, tokenizer: Tokenizer) -> None:
+async def test_the_restated_piece_is_the_first_runs(model_repo: Path, tokenizer: Tokenizer) -> None:
     # Same index, offset and text as the piece it restates: a duplicate to any reader.
     ids = tokenizer.encode(TEXT).ids
     chunks = _chunks(ids, "same", Sampling())
-    post = Postprocessor(AssetStore(repo), FakeStore())
+    post = Postprocessor(AssetStore(model_repo), FakeStore())
     first = [await post.handle(c) for c in chunks[:4]]
     assert await post.handle(chunks[3], rerun=True) == first[3]
     # Only the last chunk's are kept (a rerun comes before the next chunk): an older one, a
@@ -165,7 +114,7 @@ async def test_the_restated_piece_is_the_first_runs(repo: Path, tokenizer: Token
 
 
 async def test_a_held_back_piece_is_restated_from_where_it_starts(
-    repo: Path, tokenizer: Tokenizer
+    model_repo: Path, tokenizer: Tokenizer
 ) -> None:
     # With output rules, text lags (holdback): a chunk's piece starts before its own tokens'
     # text. Its rerun restates that piece from its start, not from the chunk's first token.
@@ -173,7 +122,7 @@ async def test_a_held_back_piece_is_restated_from_where_it_starts(
     chunks = _chunks(ids, "held", Sampling(), size=3)
     for lost in range(len(chunks) - 1):
         post = Postprocessor(
-            AssetStore(repo),
+            AssetStore(model_repo),
             FakeStore(),
             output_filter=ContentFilter(["never=zzzqqq"]),
             filter_holdback_chars=8,
@@ -183,11 +132,11 @@ async def test_a_held_back_piece_is_restated_from_where_it_starts(
 
 
 async def test_a_lost_cancel_at_a_stop_sequence_is_sent_again(
-    repo: Path, tokenizer: Tokenizer
+    model_repo: Path, tokenizer: Tokenizer
 ) -> None:
     ids = tokenizer.encode(TEXT).ids
     chunks = _chunks(ids, "stop", Sampling(stop=["lazy"]), size=3)
-    post = Postprocessor(AssetStore(repo), FakeStore())
+    post = Postprocessor(AssetStore(model_repo), FakeStore())
     for chunk in chunks[:-1]:
         events = await post.handle(chunk)
         if any(isinstance(e, ControlEvent) for e in events):
@@ -197,11 +146,13 @@ async def test_a_lost_cancel_at_a_stop_sequence_is_sent_again(
     pytest.fail("no stop sequence hit")
 
 
-async def test_a_duplicate_that_is_no_rerun_adds_nothing(repo: Path, tokenizer: Tokenizer) -> None:
+async def test_a_duplicate_that_is_no_rerun_adds_nothing(
+    model_repo: Path, tokenizer: Tokenizer
+) -> None:
     # A retried generation replays the same tokens: those add nothing (unchanged behaviour).
     ids = tokenizer.encode(TEXT).ids
     chunks = _chunks(ids, "dup", Sampling())
-    post = Postprocessor(AssetStore(repo), FakeStore())
+    post = Postprocessor(AssetStore(model_repo), FakeStore())
     await post.handle(chunks[0])
     await post.handle(chunks[1])
     assert await post.handle(chunks[1]) == []

@@ -24,6 +24,7 @@ from tests.gateway.harness import (
     start_gateway,
     stop_gateway,
 )
+from tests.gateway.private_redis import redis, redis_url  # noqa: F401  (fixtures)
 
 
 async def _topic(infra: CommonSettings, kind: str, partitions: int) -> str:
@@ -77,8 +78,8 @@ MakeKey = Callable[..., Awaitable[tuple[str, KeyRecord]]]
 @pytest.fixture
 async def make_key(infra: CommonSettings) -> AsyncIterator[MakeKey]:
     """Creates keys with unique names; revokes them after the test."""
-    redis = connect(infra.redis_url)
-    store = KeyStore(redis)
+    client = connect(infra.redis_url)
+    store = KeyStore(client)
     made: list[KeyRecord] = []
 
     async def make(scopes: tuple[str, ...] = ("generate",), **limits: Any) -> tuple[str, KeyRecord]:
@@ -90,4 +91,4 @@ async def make_key(infra: CommonSettings) -> AsyncIterator[MakeKey]:
     for record in made:
         with contextlib.suppress(Exception):  # already revoked by the test
             await store.revoke(record.id)
-    await redis.aclose()  # type: ignore[attr-defined]
+    await client.aclose()  # type: ignore[attr-defined]

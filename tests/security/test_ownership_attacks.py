@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +27,6 @@ from genwire_gateway.errors import PERMISSION_DENIED, RATE_LIMITED, GatewayError
 from genwire_gateway.handlers import ResultStatus
 from genwire_gateway.replies import WaiterRegistry
 from genwire_gateway.usage import MeteredGateway, UsageMetrics
-from genwire_stack.health import free_port
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
@@ -39,43 +34,8 @@ from genwire.apikeys import SCOPE_ADMIN, SCOPE_GENERATE, KeyRecord
 from genwire.events import GenerationResult, Usage
 from genwire.request import GenerationRequest
 from genwire.results import ResultStore, claim_key, owner_key
+from tests.gateway.private_redis import needs_redis
 from tests.gateway.test_handlers import FakeProducer
-
-REDIS_SERVER = shutil.which("redis-server")
-needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private redis-server for this module (stopped at the end)."""
-    assert REDIS_SERVER is not None
-    port = free_port()
-    workdir: Path = tmp_path_factory.mktemp("redis")
-    argv = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    proc = subprocess.Popen(
-        [*argv, "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis[bytes]]:
-    client: Redis[bytes] = Redis.from_url(redis_url)
-    async with asyncio.timeout(10):
-        while True:  # the server may still be starting
-            try:
-                await client.ping()
-                break
-            except Exception:
-                await asyncio.sleep(0.05)
-    yield client
-    await client.aclose()  # type: ignore[attr-defined]
 
 
 def _echo(request: GenerationRequest, registry: WaiterRegistry) -> None:

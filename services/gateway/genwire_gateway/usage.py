@@ -432,16 +432,7 @@ class MeteredGateway(Gateway):
     async def _still_mine(self, principal: Principal, request_id: str) -> None:
         """After a wait, the result goes to the caller only if the id is still its key's: what
         was checked before the wait may have changed while it lasted."""
-        if self._owners.queued(request_id) == principal.name:
-            return
-        try:
-            owner = await self.store.owner(request_id)
-        except Exception as exc:
-            raise GatewayError(
-                f"the owner of {request_id!r} cannot be checked: {exc}",
-                code=ErrorCode.UNAVAILABLE,
-            ) from exc
-        if owner != principal.name:
+        if await self._access(principal, request_id) is not Access.MINE:
             self._forbid(principal, request_id)
 
     def _forbid(self, principal: Principal, request_id: str) -> NoReturn:
