@@ -10,6 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genwire.topics import Topic
 
+MAX_REQUEST_ID_CHARS = 128
+"""The longest request id."""
+REQUEST_ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_REQUEST_ID_CHARS - 1}}}$"
+"""Request ids: safe in Kafka keys, Redis keys, URLs and log lines (``genwire.request`` names
+them for callers; defined here, below it, for ``ControlEvent``)."""
+
 MAX_REASON_CHARS = 200
 """Of a cancel's reason (the caller's free text), what is kept: the gateway cuts it before
 it redacts or publishes it, and ``ControlEvent`` cuts a longer one."""
@@ -322,8 +328,6 @@ class ControlEvent(Event):
     def _request_id(cls, value: str) -> str:
         """A request id, or empty (a heartbeat's): inference remembers early cancels by id,
         so an unbounded one (a direct producer's) would let a few records exhaust its memory."""
-        from genwire.request import REQUEST_ID_PATTERN  # genwire.request imports this module
-
         if value and re.fullmatch(REQUEST_ID_PATTERN, value) is None:
             raise ValueError(f"request_id must be empty or match {REQUEST_ID_PATTERN}")
         return value

@@ -39,17 +39,12 @@ from pydantic import (
 from pydantic_core import PydanticCustomError, PydanticKnownError
 
 from genwire.errors import PermanentError, describe_validation
-from genwire.events import ChatMessage, Guided
+from genwire.events import REQUEST_ID_PATTERN, ChatMessage, Guided
 
 SCHEMA_VERSION = 2
 """The newest version this module reads and writes; bump only with a new ``request.vN.json``."""
 SCHEMA_VERSIONS = (1, 2)
 """Every version this module reads."""
-
-MAX_REQUEST_ID_CHARS = 128
-"""The longest request id."""
-REQUEST_ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_REQUEST_ID_CHARS - 1}}}$"
-"""Request ids: safe in Kafka keys, Redis keys, URLs and log lines."""
 
 MAX_PROMPT_CHARS = 1_000_000
 """A hard ceiling on characters (the model's context limit, checked later, is far lower)."""

@@ -116,6 +116,23 @@ owner record too: a result outliving it would be an existing id no key owns, whi
 own retry may not name (``_CLAIM``)."""
 
 
+_REPLACE = """
+-- KEYS: result, claim, owner. ARGV: the value read, the new value, TTL. Returns nil when the
+-- new value is stored, else the value stored now (another writer came first).
+local now = redis.call('GET', KEYS[1])
+if now and now ~= ARGV[1] then return now end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+local ttl = tonumber(ARGV[3])
+for i = 2, #KEYS do
+  local left = redis.call('TTL', KEYS[i])
+  if left >= 0 and left < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
+end
+return false
+"""
+"""``put_first``'s replacement of a stored error, compare-and-set: only while the value read is
+still the one stored (two real results at once: one stores, the other returns it)."""
+
+
 def owner_key(request_id: str) -> str:
     """The Redis key of a request id's owning API key name."""
     return f"{OWNER_KEY_PREFIX}{request_id}"
@@ -198,6 +215,7 @@ class ResultStore:
         self._claim = redis.register_script(_CLAIM)
         self._own = redis.register_script(_OWN)
         self._put_first = redis.register_script(_PUT_FIRST)
+        self._replace = redis.register_script(_REPLACE)
 
     @classmethod
     def connect(cls, url: str, *, ttl_s: int, timeout_s: float = 2.0) -> ResultStore:
@@ -219,7 +237,7 @@ class ResultStore:
         """Store ``result``, or return the earlier one (a redelivery never changes the answer).
 
         One exception: a stored server-side failure (a dependency down through every replay,
-        one postprocess stored for a chunk it could not handle: ``_replaceable``) was never an
+        one postprocess stored for a chunk it could not handle: ``replaceable``) was never an
         answer, so a real result (a later ``genwire dlq replay``, the record's next owner)
         replaces it. A Redis failure is a ``RetryableError`` (the consumer waits it out).
         """
@@ -232,9 +250,11 @@ class ResultStore:
             if existing is None:  # stored (the claim lives as long now)
                 return result
             stored = GenerationResult.model_validate_json(existing)
-            if _replaceable(stored) and result.error is None:
-                await self.redis.set(key, value, xx=True, ex=self.ttl_s)
-                return result
+            if replaceable(stored) and result.error is None:
+                now = await self._replace(keys=keys, args=[existing, value, self.ttl_s])
+                if now is None:
+                    return result
+                stored = GenerationResult.model_validate_json(now)
         except RedisError as exc:  # the consumer waits the outage out (never an error result)
             raise RetryableError(f"redis: {exc}", dependency=REDIS) from None
         return stored
@@ -340,10 +360,11 @@ class ResultStore:
         )
 
 
-def _replaceable(stored: GenerationResult) -> bool:
+def replaceable(stored: GenerationResult) -> bool:
     """A stored result a real one replaces (``put_first``): a server-side failure (a 5xx code,
     or a model version missing where the chunk was handled), never an answer to the request
-    itself (a refusal, ``content_filtered``: a later run must not get round it)."""
+    itself (a refusal, ``content_filtered``: a later run must not get round it). No answer:
+    not metered either (the real one that replaces it is)."""
     error = stored.error
     if error is None:
         return False

@@ -638,9 +638,12 @@ class EventConsumer(Generic[InT]):
                 failed.add(err.dependency)
                 bounded = bounded + 1 if err.max_tries is not None else 0
                 if err.max_tries is None:
-                    # A bounded error may be the record's own (its batch ran short of memory):
-                    # it does not mark the dependency down, nor the stage unready.
                     self._deps.failed(err.dependency, err.message)
+                else:
+                    # A bounded error may be the record's own (its batch ran short of memory),
+                    # and the dependency answered it: up, not down (an outage this record
+                    # waited out before is over).
+                    self._deps.recovered(err.dependency)
                 now = time.monotonic()
                 if first_failure is None:
                     first_failure = now

@@ -17,7 +17,8 @@ from genwire_chaos.fuzz_cases import (
 )
 from genwire_chaos.tracker import Outcome
 
-from genwire.request import REQUEST_ID_PATTERN, request_id_hint
+from genwire.events import REQUEST_ID_PATTERN
+from genwire.request import request_id_hint
 from genwire.telemetry import semconv as sc
 
 

@@ -197,7 +197,7 @@ async def test_a_record_out_of_tries_is_parked_without_holding_the_stage(env: En
     in a row, long before the outage budget; the stage, which takes no new record while one
     retries, goes on with the records behind it. Tries of another error before them do not
     count (the dependency's outage, waited out, then a batch short of memory), and a bounded
-    error, maybe the record's own, does not mark the dependency down."""
+    error, maybe the record's own, marks the dependency up, not down (it answered)."""
     bootstrap, topic, producer = env
     stuck, behind = (f"{what}-{uuid.uuid4().hex[:8]}" for what in ("tries", "behind"))
     tries: list[str] = []
@@ -208,7 +208,7 @@ async def test_a_record_out_of_tries_is_parked_without_holding_the_stage(env: En
         if event.request_id == stuck:
             tries.append("down" if len(tries) < 2 else "memory")
             if tries[-1] == "down":
-                raise RetryableError("triton: UNAVAILABLE", dependency="memory-test")
+                raise RetryableError("triton: UNAVAILABLE", dependency="triton")
             raise RetryableError(message, dependency="triton", max_tries=3)
         return GenerationResult(request_id=event.request_id, text="served")
 
@@ -223,7 +223,8 @@ async def test_a_record_out_of_tries_is_parked_without_holding_the_stage(env: En
     assert tries == ["down", "down", "memory", "memory", "memory"]
     assert dict(parked.headers)[sc.HEADER_RETRY_REASON] == message.encode()
     assert GenerationResult.model_validate_json(result.value).text == "served"
-    assert deps.down_for("triton") is None  # the memory failures marked nothing down
+    # Triton answered the memory failures: its outage before them is over, not renewed.
+    assert deps.down_for("triton") is None
 
 
 async def test_replays_exhausted_dead_letter_with_an_error_result(env: Env) -> None:

@@ -28,8 +28,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
-from genwire.events import GenerationResult, Usage
-from genwire.request import MAX_REQUEST_ID_CHARS, REQUEST_ID_PATTERN, ErrorCode
+from genwire.events import MAX_REQUEST_ID_CHARS, REQUEST_ID_PATTERN, GenerationResult, Usage
+from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.telemetry.logs import _TraceFilter
 

@@ -23,6 +23,7 @@ from genwire.errors import GenwireError, PermanentError
 from genwire.events import ErrorInfo, GenerationChunk, GenerationResult, dump
 from genwire.kafka.failures import Output, RawRecord
 from genwire.request import ErrorCode
+from genwire.results import replaceable
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 
@@ -30,8 +31,8 @@ FailureEvents = Callable[[ConsumerRecord, GenwireError], Sequence[Output]]  # ty
 
 
 class FakeStore:
-    """``put_first`` as Redis does it: the first stored wins (an ``unavailable`` error is
-    replaced by a real result)."""
+    """``put_first`` as Redis does it: the first stored wins (a server-side error is replaced by
+    a real result, ``replaceable``)."""
 
     def __init__(self, fail: BaseException | None = None, hang: bool = False) -> None:
         self.data: dict[str, GenerationResult] = {}
@@ -45,17 +46,13 @@ class FakeStore:
         if self.fail is not None:
             raise self.fail
         stored = self.data.get(result.request_id)
-        if stored is None or (_unavailable(stored) and result.error is None):
+        if stored is None or (replaceable(stored) and result.error is None):
             self.data[result.request_id] = result
             return result
         return stored
 
     async def close(self) -> None:
         self.closed = True
-
-
-def _unavailable(result: GenerationResult) -> bool:
-    return result.error is not None and result.error.code == ErrorCode.UNAVAILABLE
 
 
 class FakeProducer:

@@ -22,12 +22,18 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from genwire.events import MAX_ORIGIN_CHARS, MAX_REASON_CHARS, ControlEvent, dump
+from genwire.events import (
+    MAX_ORIGIN_CHARS,
+    MAX_REASON_CHARS,
+    MAX_REQUEST_ID_CHARS,
+    REQUEST_ID_PATTERN,
+    ControlEvent,
+    dump,
+)
 from genwire.kafka import EventConsumer, EventProducer
 from genwire.kafka.failures import RawRecord
 from genwire.proto.v1 import generation_pb2 as pb
 from genwire.redaction import Redactor
-from genwire.request import MAX_REQUEST_ID_CHARS, REQUEST_ID_PATTERN
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 

@@ -13,19 +13,25 @@ from genwire_postprocess.handlers import Postprocessor
 from genwire.events import ErrorInfo, GenerationChunk, GenerationResult, ShadowResult, Timings
 from genwire.kafka.producer import forward_headers
 from genwire.request import ErrorCode
+from genwire.results import replaceable
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore
 from genwire.usage import KAFKA_PRINCIPAL, SOURCE_KAFKA, UsageEvent, first_per_request
 
 
 class FakeStore:
-    """Redis SET NX: the first result of an id wins, later ones get it back."""
+    """``ResultStore.put_first``: the first result of an id wins, later ones get it back, but
+    a real result replaces a stored server-side error (``replaceable``)."""
 
     def __init__(self) -> None:
         self.data: dict[str, GenerationResult] = {}
 
     async def put_first(self, result: GenerationResult) -> GenerationResult:
-        return self.data.setdefault(result.request_id, result)
+        stored = self.data.get(result.request_id)
+        if stored is None or (replaceable(stored) and result.error is None):
+            self.data[result.request_id] = result
+            return result
+        return stored
 
 
 def _final(rid: str, **fields: object) -> GenerationChunk:
@@ -76,14 +82,21 @@ async def test_gateway_requests_and_shadow_copies_are_not_metered_here(
     assert [type(e) for e in shadow] == [ShadowResult]
 
 
-async def test_errors_are_metered_but_not_an_unavailable_one_a_replay_replaces(
+async def test_refusals_are_metered_server_side_errors_not_their_replacement_is(
     post: Postprocessor,
 ) -> None:
-    failed = _final("e1", error=ErrorInfo(code=ErrorCode.INFERENCE_FAILED, message="boom"))
-    (event,) = _usage(await post.handle(failed, usage_of="kafka"))
-    assert (event.finish_reason, event.error_code) == ("error", ErrorCode.INFERENCE_FAILED)
-    down = _final("e2", error=ErrorInfo(code=ErrorCode.UNAVAILABLE, message="redis down"))
-    assert _usage(await post.handle(down, usage_of="kafka")) == []
+    """A refusal is the request's answer: metered. A server-side error is none (a real result
+    may replace it: a dlq replay after the fix, the record's next owner), so not metered; the
+    result that replaces it is, once. A conflict is another request's id."""
+    refused = _final("e0", error=ErrorInfo(code=ErrorCode.OUT_OF_RANGE, message="too long"))
+    (event,) = _usage(await post.handle(refused, usage_of="kafka"))
+    assert (event.finish_reason, event.error_code) == ("error", ErrorCode.OUT_OF_RANGE)
+    for rid, code in (("e1", ErrorCode.INFERENCE_FAILED), ("e2", ErrorCode.UNAVAILABLE)):
+        failed = _final(rid, error=ErrorInfo(code=code, message="boom"))
+        assert _usage(await post.handle(failed, usage_of="kafka")) == []
+    (replaced,) = _usage(await post.handle(_final("e1"), usage_of="kafka"))
+    assert (replaced.request_id, replaced.finish_reason) == ("e1", "length")
+    assert _usage(await post.handle(_final("e1"), usage_of="kafka")) == []  # once
     conflict = _final("e3", error=ErrorInfo(code=ErrorCode.IDEMPOTENCY_CONFLICT, message="x"))
     assert _usage(await post.handle(conflict, usage_of="kafka")) == []
 

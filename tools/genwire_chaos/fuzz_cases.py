@@ -17,7 +17,7 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from genwire.request import REQUEST_ID_PATTERN
+from genwire.events import REQUEST_ID_PATTERN
 
 CASE_HEADER = "genwire_chaos_case"
 HUGE_SIZES = (1024 * 1024 + 1, 1536 * 1024, 2 * 1024 * 1024)

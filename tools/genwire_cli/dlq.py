@@ -5,8 +5,9 @@ replay); a parked one waits on ``genwire.retry`` for its automatic replay. Eithe
 back to the topic it came from once its cause is fixed: the original key, value and headers
 (trace context included) go back, without the ``genwire_dlq_*``/``genwire_retry_*`` details,
 plus ``genwire_replayed_from`` (``<topic>:<partition>:<offset>``). Replaying is safe to repeat:
-the stages are idempotent by request id, and a stored ``unavailable`` error result is replaced
-by the replay's real result (any other stored result stays). A dead letter whose value was cut
+the stages are idempotent by request id, and a stored server-side error result (a 5xx code,
+``model_not_found``: ``genwire.results.replaceable``) is replaced by the replay's real result
+(any other stored result stays). A dead letter whose value was cut
 to fit Kafka (``genwire_dlq_truncated``) is listed but never replayed: its bytes are not the
 request's.
 """

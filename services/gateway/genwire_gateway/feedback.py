@@ -35,10 +35,11 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 from pydantic import ValidationError
 
+from genwire.events import REQUEST_ID_PATTERN
 from genwire.feedback import FeedbackBody, FeedbackEvent
 from genwire.kafka import EventProducer
 from genwire.proto.v1 import feedback_pb2, feedback_pb2_grpc
-from genwire.request import REQUEST_ID_PATTERN, ErrorCode
+from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire_gateway import openai
 from genwire_gateway.errors import GatewayError, grpc_status, http_status

@@ -21,10 +21,18 @@ from grpc_health.v1._async import HealthServicer
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from genwire.events import MAX_REASON_CHARS, GenerationResult, OutputLogprob, Timings, Usage
+from genwire.events import (
+    MAX_REASON_CHARS,
+    MAX_REQUEST_ID_CHARS,
+    REQUEST_ID_PATTERN,
+    GenerationResult,
+    OutputLogprob,
+    Timings,
+    Usage,
+)
 from genwire.proto.v1 import generation_pb2 as pb
 from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
-from genwire.request import MAX_REQUEST_ID_CHARS, REQUEST_ID_PATTERN, ErrorCode
+from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import GatewayError, grpc_status

@@ -33,13 +33,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from genwire.events import GenerationResult, Usage
-from genwire.request import (
-    MAX_REQUEST_BYTES,
-    MAX_REQUEST_ID_CHARS,
-    REQUEST_ID_PATTERN,
-    ErrorCode,
-)
+from genwire.events import MAX_REQUEST_ID_CHARS, REQUEST_ID_PATTERN, GenerationResult, Usage
+from genwire.request import MAX_REQUEST_BYTES, ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire_gateway import openai
 from genwire_gateway.errors import CANCELLED, GatewayError, http_status

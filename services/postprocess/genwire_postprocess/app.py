@@ -133,8 +133,8 @@ async def warm_replies(replies: ReplyRouter) -> AsyncIterator[None]:
 class FailureStore:
     """Stores the error result a failed final chunk owes its caller, best effort, in the
     background: the failure path is synchronous and must not wait for Redis (which may be
-    the very thing that is down). ``put_first`` never replaces a stored answer (only an
-    ``unavailable`` error, by a real result)."""
+    the very thing that is down). ``put_first`` never replaces a stored answer, and a real
+    result replaces the error stored here (``genwire.results.replaceable``)."""
 
     def __init__(self, store: ResultWriter, timeout_s: float = FAILURE_STORE_TIMEOUT_S) -> None:
         self.store = store

@@ -60,6 +60,7 @@ from genwire.events import (
 from genwire.filters import ContentFilter
 from genwire.policy import ARM_ATTRIBUTE, SHADOW_ATTRIBUTE
 from genwire.request import ErrorCode
+from genwire.results import replaceable
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore, ModelAssets
 from genwire.usage import SOURCE_KAFKA, UsageEvent
@@ -416,8 +417,8 @@ class Postprocessor:
                 out.append(self._final_token(chunk, choice, reason, state))
         out.append(stored)
         # Once per request: only the first result stored for the id (a redelivery finds it
-        # stored); an ``unavailable`` error is no answer (a replay's result replaces it, and is
-        # metered then); a conflict is another request's id.
+        # stored); a server-side error is no answer (a real result may replace it, metered
+        # then: ``genwire.results.replaceable``); a conflict is another request's id.
         if usage_of is not None and stored is result and not conflict and not _no_answer(result):
             out.append(_usage(result, chunk, usage_of))
         return out
@@ -581,7 +582,8 @@ def _agrees(chunk: GenerationChunk, applied: list[int]) -> bool:
 
 
 def _no_answer(result: GenerationResult) -> bool:
-    return result.error is not None and result.error.code == ErrorCode.UNAVAILABLE
+    """A server-side failure: not metered (a real result may replace it, metered then)."""
+    return replaceable(result)
 
 
 def _usage(result: GenerationResult, chunk: GenerationChunk, principal: str) -> UsageEvent:

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict
 
 from genwire.errors import GenwireError, PermanentError, Rejection, RetryableError
 from genwire.events import (
+    REQUEST_ID_PATTERN,
     ErrorInfo,
     GenerationChunk,
     PreparedRequest,
@@ -41,7 +42,6 @@ from genwire.filters import ContentFilter
 from genwire.policy import ARM_ATTRIBUTE, SHADOW_ARM
 from genwire.request import (
     MAX_REQUEST_BYTES,
-    REQUEST_ID_PATTERN,
     ErrorCode,
     GenerationRequest,
     encodable,
