@@ -71,6 +71,7 @@ async def setup(
         return [] if source.ready else [f"the span source has no partitions of {Topic.SPANS} yet"]
 
     runtime.add_check(source_ready)
+    runtime.add_check(worker.not_ready)  # alerts/rollbacks unpublished, or no evaluation
     if follower is not None:  # policies not current: canary alerts kept, no rollback
         runtime.add_check(follower.not_ready)
     feedback = span_source(cfg, worker.feedback, feedback=True) if cfg.feedback_topic else None

@@ -470,6 +470,7 @@ class MonitorEngine:
                 self.book.active(now),
                 now,
                 lambda a, since: self._served(a, since, now),
+                lambda a, champion, since: self._shared(a, champion, since, now),
             )
         else:
             why = f"{self.settings.config_topic} not read to its end (at start, or again)"
@@ -486,7 +487,7 @@ class MonitorEngine:
         series = self.models.get((alert.model or "", alert.model_version or ""))
         if series is None:
             return False
-        if alert.kind not in ("latency_burn", "error_burn"):
+        if alert.kind not in rules.BURN_KINDS:
             return series.last_request >= since
         slo = next((x for x in series.slos if x.name == alert.labels.get("slo")), None)
         if slo is None:
@@ -497,6 +498,52 @@ class MonitorEngine:
             slo.ring, slo.objective, severity_rules, now, s.window_scale, s.min_events, since
         )
         return any(r.verdict is burnrate.Verdict.FIRE for r in results)
+
+    def _slo(self, model: str, version: str, name: str) -> SLOState | None:
+        series = self.models.get((model, version))
+        if series is None:
+            return None
+        return next((x for x in series.slos if x.name == name), None)
+
+    def _shared(self, alert: AlertEvent, champion: str, since: float, now: float) -> str:
+        """Why ``champion`` has the canary burn alert's problem on the same evidence ("" : it
+        does not, or the alert is no burn alert). Both SLOs of that name are judged with every
+        window cut at ``since``, by the rules of the alert's severity: the champion shares it
+        when its short window burns at or above the factor, or its bad ratio there is not
+        clearly lower (under half the canary's); with too few champion requests to tell, the
+        firing all-traffic alert of that SLO holds it."""
+        if alert.kind not in rules.BURN_KINDS or alert.model is None:
+            return ""
+        name = alert.labels.get("slo", "")
+        mine = self._slo(alert.model, alert.model_version or "", name)
+        theirs = self._slo(alert.model, champion, name)
+        told = False
+        if mine is not None and theirs is not None:
+            for ca, ch in zip(
+                self._since_results(mine, alert.severity, since, now),
+                self._since_results(theirs, alert.severity, since, now),
+                strict=True,
+            ):
+                if ch.short.total < self.settings.min_events:
+                    continue
+                told = True
+                why = _champion_burns(ca, ch)
+                if why:
+                    return why
+        prefix = "latency" if alert.kind == "latency_burn" else "errors"
+        everyone = f"{prefix}:{name}:{alert.severity}"
+        if not told and self.book.is_firing(everyone):
+            return f"the all-traffic alert {everyone} fires; too few champion requests to clear it"
+        return ""
+
+    def _since_results(
+        self, slo: SLOState, severity: str, since: float, now: float
+    ) -> list[burnrate.BurnResult]:
+        s = self.settings
+        rules = [r for r in s.burn_rules if r.severity == severity]
+        return burnrate.evaluate(
+            slo.ring, slo.objective, rules, now, s.window_scale, s.min_events, since
+        )
 
     def set_policies(self, policies: dict[str, ModelPolicy], current: bool = True) -> None:
         """The policies in force now (a copy of the feed's, handed to the engine thread);
@@ -617,6 +664,23 @@ class MonitorEngine:
 
 
 # ---- the alert record -----------------------------------------------------------------------
+
+
+def _champion_burns(canary: burnrate.BurnResult, champion: burnrate.BurnResult) -> str:
+    """Why the champion's short window (cut like the canary's) shares the canary's burn ("":
+    it is clearly healthier)."""
+    ch, ca = champion.short, canary.short
+    if champion.short_burn >= champion.rule.factor:
+        return (
+            f"champion burns {champion.short_burn:.1f}x >= {champion.rule.factor:g}x over the "
+            f"same {ch.seconds:.3g}s ({ch.bad}/{ch.total} bad)"
+        )
+    if ch.error_ratio * 2 >= ca.error_ratio:
+        return (
+            f"champion's bad ratio {ch.error_ratio:.1%} ({ch.bad}/{ch.total}) is not clearly "
+            f"lower than the canary's {ca.error_ratio:.1%} over the same {ch.seconds:.3g}s"
+        )
+    return ""
 
 
 def alert_record(event: AlertEvent) -> tuple[bytes, bytes]:

@@ -12,7 +12,7 @@ contain whitespace (stage names such as ``triton queue`` become ``triton_queue``
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
@@ -36,6 +36,9 @@ METRIC_MODEL_LOGPROB = "genwire_monitor_model_mean_logprob"
 METRIC_MODEL_BURN_RATE = "genwire_monitor_model_slo_burn_rate"
 METRIC_ROLLBACKS = "genwire_monitor_rollbacks_total"
 METRIC_FEEDBACK = "genwire_monitor_model_feedback_total"
+# The worker's own health (its /readyz checks, as numbers).
+METRIC_UNPUBLISHED_AGE = "genwire_monitor_unpublished_age_seconds"
+METRIC_EVALUATION_AGE = "genwire_monitor_last_evaluation_age_seconds"
 
 
 def label(value: str) -> str:
@@ -116,6 +119,9 @@ class MonitorCollector(Collector):
 
     def __init__(self) -> None:
         self.latest = Figures()
+        # Read live at each scrape (not from the snapshot: an evaluation that keeps failing
+        # never refreshes it): (oldest unpublished record's age, last evaluation's age).
+        self.health: Callable[[], tuple[float, float]] | None = None
 
     def collect(self) -> Iterator[Metric]:
         """Called by the Prometheus client on every scrape."""
@@ -148,6 +154,7 @@ class MonitorCollector(Collector):
             buckets = [(_le(bound), n) for bound, n in hist.cumulative()]
             latency.add_metric([label(stage)], buckets, hist.sum_s)
         yield latency
+        yield from _health_metrics(self.health)
         burn = GaugeMetricFamily(
             sc.METRIC_MONITOR_BURN_RATE,
             "SLO error-budget burn rate per rule and window.",
@@ -233,6 +240,24 @@ def _model_metrics(f: Figures) -> Iterator[Metric]:
     for model, n in f.rollbacks.items():
         rollbacks.add_metric([label(model)], n)
     yield rollbacks
+
+
+def _health_metrics(health: Callable[[], tuple[float, float]] | None) -> Iterator[Metric]:
+    """The worker's readiness figures (none without a worker)."""
+    if health is None:
+        return
+    unpublished, evaluated = health()
+    yield GaugeMetricFamily(
+        METRIC_UNPUBLISHED_AGE,
+        "Seconds the oldest alert, alert-state record or rollback the monitor could not "
+        "publish has waited (0: none); /readyz fails at stall_timeout_s.",
+        value=unpublished,
+    )
+    yield GaugeMetricFamily(
+        METRIC_EVALUATION_AGE,
+        "Seconds since the last successful evaluation of the rules.",
+        value=evaluated,
+    )
 
 
 def register(registry: CollectorRegistry) -> MonitorCollector:

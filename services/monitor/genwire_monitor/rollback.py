@@ -18,15 +18,21 @@ verdict is current (not held on no data: ``AlertEvent.no_data``, its rules see t
 and the version has served, since the policy's revision came into force (its ``updated_ms``, or
 when this monitor first saw it, whichever is earlier), requests that bear on it (``Evidence``:
 the engine asks that a rule of the alert's severity fire on its SLO's requests with each window
-cut at the revision). Any alert of the champion still holds the rollback back. An alert about
+cut at the revision). Any alert of the champion still holds the rollback back, and so does the
+champion judged on the same evidence (``Shared``: its requests of the same SLO since the same
+cut burn as fast, or are not clearly better, or the all-traffic alert of that SLO fires and the
+champion's requests cannot clear it): a shared outage fires the canary's nearly empty windows
+minutes before the champion's full ones, and must not roll it back. An alert about
 requests from before — the same version rolled back an hour ago and tried again under a new
 revision, or an alert rebuilt after a restart from ``genwire.alerts`` — holds the canary (with
 the reason on the page) until its requests under this policy fire it again or clear it.
 
 A rollback is decided once per (model, policy revision): until the new revision comes back
 through the feed, the same policy is never rolled back twice; a failed publish is retried at
-the next evaluation. It is decided only while the policies are current (the feed has read
-``genwire.config`` to its end: :meth:`pause` otherwise), and the worker publishes it only if the
+the next evaluation, but one sent and not acknowledged in time is not decided again until the
+producer settles it (``Decision.settling``: it may still be delivered). It is decided
+only while the policies are current (the feed has read ``genwire.config`` to its end:
+:meth:`pause` otherwise), and the worker publishes it only if the
 revision it was decided on is still the newest known: a rollback never undoes a later change.
 """
 
@@ -48,6 +54,10 @@ BY = "monitor"
 Evidence = Callable[[AlertEvent, float], bool]
 """Whether the alert's version served, since the time given, requests that bear on the alert."""
 
+Shared = Callable[[AlertEvent, str, float], str]
+"""Why the champion (the ``str``) shares the canary alert's problem over the same requests
+since the time given ("": it is clearly healthy there, or nothing tells)."""
+
 
 @dataclass
 class Decision:
@@ -62,6 +72,7 @@ class Decision:
     decided_at: float
     published_at: float | None = None
     error: str = ""
+    settling: bool = False  # sent, not acknowledged in time, still queued in the producer
 
     def summary(self) -> dict[str, object]:
         """JSON-ready, for ``/api/status`` and the page."""
@@ -84,6 +95,25 @@ def _acting(
 ) -> list[AlertEvent]:
     """The alerts that may act: a current verdict on requests served since ``since``."""
     return [a for a in alerts if not a.no_data and (evidence is None or evidence(a, since))]
+
+
+def _unshared(
+    firing: dict[str, list[AlertEvent]], champion: str, since: float, shared: Shared | None
+) -> tuple[dict[str, list[AlertEvent]], str]:
+    """The canaries' alerts the champion does not share over the same requests, and why the
+    others are shared (``"; "``-joined)."""
+    if shared is None:
+        return firing, ""
+    kept: dict[str, list[AlertEvent]] = {}
+    why: list[str] = []
+    for version, alerts in firing.items():
+        for alert in alerts:
+            reason = shared(alert, champion, since)
+            if reason:
+                why.append(f"{alert.id}: {reason}")
+            else:
+                kept.setdefault(version, []).append(alert)
+    return kept, "; ".join(why)
 
 
 def _iso(t: float) -> str:
@@ -136,11 +166,13 @@ class RollbackController:
         active: Sequence[AlertEvent],
         now: float,
         evidence: Evidence | None = None,
+        shared: Shared | None = None,
     ) -> list[Decision]:
         """The rollbacks to publish now (each model at most one; each revision once).
 
         ``evidence`` (None: every current alert counts) says whether an alert rests on
-        requests served since its policy's revision came into force."""
+        requests served since its policy's revision came into force; ``shared`` (None: never)
+        whether the champion, judged on the same evidence, has the same problem."""
         if not self.settings.auto_rollback:
             return []
         alerts: dict[tuple[str, str], list[AlertEvent]] = {}
@@ -182,9 +214,26 @@ class RollbackController:
                     f"not the canary's doing, nothing rolled back"
                 )
                 continue
+            firing, why = _unshared(firing, champion, since, shared)
+            if not firing:
+                # A shared dependency failing fires the canary first (its windows start at
+                # the revision, the champion's are full of good traffic): judged alike, both fail.
+                self.held[model] = (
+                    f"canary {', '.join(bad)} and champion {champion} both alerting on the "
+                    f"requests since revision {policy.revision} ({why}): not the canary's "
+                    f"doing, nothing rolled back"
+                )
+                continue
+            bad = sorted(firing)
             pending = self._pending.get((model, policy.revision))
             if pending is not None and pending.published_at is not None:
                 continue  # published; the new revision has not come back through the feed yet
+            if pending is not None and pending.settling:
+                self.held[model] = (
+                    f"the rollback of revision {policy.revision} is not settled by the broker "
+                    f"yet ({pending.error}): not decided again until it is"
+                )
+                continue
             canary = bad[0]
             alert = min(firing[canary], key=lambda a: a.started_at)
             reason = (
@@ -220,6 +269,7 @@ class RollbackController:
         """The broker acknowledged the decision's policy."""
         decision.published_at = now
         decision.error = ""
+        decision.settling = False
         self.decisions = [*self.decisions, decision][-50:]
         self.published_total[decision.model] = self.published_total.get(decision.model, 0) + 1
         log.warning(
@@ -235,4 +285,12 @@ class RollbackController:
     def failed(self, decision: Decision, error: str) -> None:
         """Publishing failed: decided again (and retried) at the next evaluation."""
         decision.error = error
+        decision.settling = False
         self._pending.pop((decision.model, decision.from_revision), None)
+
+    def unsettled(self, decision: Decision, error: str) -> None:
+        """Sent but not acknowledged in time: the record may still be delivered, so the
+        revision is not decided again until :meth:`published` or :meth:`failed` settles it
+        (a second rollback could land after a newer operator record)."""
+        decision.error = error
+        decision.settling = True

@@ -364,6 +364,33 @@ def no_data_events(
     return events
 
 
+BURN_KINDS = ("latency_burn", "error_burn")
+"""The kinds of the burn-rate alerts (``burn_event``)."""
+
+
+def unconfigured_burn_events(
+    s: MonitorSettings, book: AlertBook, slos: Sequence[SLOState], now: float
+) -> list[AlertEvent]:
+    """Resolve each known burn alert whose SLO (by kind and name) or severity is no longer
+    configured: rebuilt after a restart with the SLO renamed or a rule removed, nothing would
+    ever judge it again, and it would hold every rollback of its model for ever."""
+    slo_names = {
+        ("latency_burn" if x.threshold_ms is not None else "error_burn", x.name) for x in slos
+    }
+    severities = {r.severity for r in s.burn_rules}
+    events: list[AlertEvent] = []
+    for aid in book.known():
+        d = book.draft(aid)
+        if d is None or d.kind not in BURN_KINDS:
+            continue
+        name = d.labels.get("slo") or aid.split(":")[1]  # ids: latency|errors:<slo>:<sev>…
+        if (d.kind, name) in slo_names and d.severity in severities:
+            continue
+        ev = book.resolve(aid, now, "its SLO/severity is no longer configured.")
+        events += [ev] if ev else []
+    return events
+
+
 def evaluate_all(
     s: MonitorSettings,
     book: AlertBook,
@@ -384,6 +411,7 @@ def evaluate_all(
             aid = burn_id(slo, severity)
             ev = book.observe(aid, v.level, v.draft, burn_policy, now, no_data=v.no_data)
             events += [ev] if ev else []
+    events += unconfigured_burn_events(s, book, slos, now)
     drift_policy = Policy(
         s.hold_s(s.drift_for_s), s.drift_hold_evaluations, s.hold_s(s.alert_keep_firing_s)
     )

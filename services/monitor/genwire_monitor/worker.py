@@ -43,6 +43,9 @@ state, a rollback): a broker that hangs (aiokafka never fails a record while it 
 leader) would otherwise hold every later evaluation, page and webhook post. Records not
 acknowledged by then are sent again at the next evaluation (at least once: a receiver may see
 one twice); the runtime's readiness names the record that keeps waiting."""
+STALE_EVALUATIONS = 5
+"""Evaluation intervals without a successful evaluation before /readyz fails (at least
+``3 * ACK_WAIT_S``: an evaluation may wait that long for its rollback, alerts and state)."""
 
 
 class EngineWorker:
@@ -71,6 +74,12 @@ class EngineWorker:
         self.restored: list[str] = []  # ids of the alerts rebuilt from the state at start
         self._hook_queue: list[AlertEvent] = []  # transitions the webhook has not accepted
         self._hook_sent: float | None = None  # when it last accepted every firing alert
+        # What could not be published (alerts, alert state, a rollback): since when, and what.
+        self._waiting: dict[str, tuple[float, str]] = {}
+        # Rollbacks sent but not acknowledged in time, still queued in the producer.
+        self._settling: dict[tuple[str, int], tuple[Decision, asyncio.Future[object]]] = {}
+        self._evaluated = clock()  # last successful evaluation (start: not stale at once)
+        collector.health = self.health
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -106,10 +115,12 @@ class EngineWorker:
     async def evaluate_once(self) -> list[AlertEvent]:
         """One evaluation: transitions published (and acknowledged), figures refreshed."""
         now = self._clock()
+        await self._settle()
         follower = self.policies
         policies = dict(follower.store.policies) if follower is not None else {}
         current = follower.current if follower is not None else True
         events, due = await self._call(self._tick, now, policies, current)
+        self._forget_rollbacks(due)
         for decision in due:
             await self._publish_rollback(decision)
         self._collector.latest = await self._call(promexport.figures, self.engine, now)
@@ -121,6 +132,7 @@ class EngineWorker:
         elif self._unsent_state:
             await self._publish_state()
         await self._notify(events, now)
+        self._evaluated = now
         return events
 
     def _tick(
@@ -152,22 +164,93 @@ class EngineWorker:
         why = self._superseded(decision)
         if why:
             log.info("not rolling back %s: %s; decided again", policy.model, why)
+            self._waiting.pop(_rollback_key(decision), None)  # not a failure to publish
             await self._call(self.engine.rollback.failed, decision, why)
             return
         try:
             async with asyncio.timeout(ACK_WAIT_S):
-                sent = await self._producer.send(
-                    self.settings.config_topic, policy.value(), key=policy.key()
+                sent = asyncio.ensure_future(
+                    await self._producer.send(
+                        self.settings.config_topic, policy.value(), key=policy.key()
+                    )
                 )
-                await sent
         except Exception as exc:
-            reason = str(exc) or f"{type(exc).__name__} (not acknowledged in {ACK_WAIT_S:g} s)"
-            log.warning(
-                "publishing the rollback of %s failed, will retry: %s", policy.model, reason
-            )
-            await self._call(self.engine.rollback.failed, decision, reason)
+            await self._rollback_failed(decision, exc)
             return
+        # Wait without cancelling: a record that timed out may still be delivered later.
+        await asyncio.wait({sent}, timeout=ACK_WAIT_S)
+        if not sent.done():
+            why = f"not acknowledged in {ACK_WAIT_S:g} s; still queued in the producer"
+            log.warning("the rollback of %s is unsettled: %s", policy.model, why)
+            self._settling[(decision.model, decision.from_revision)] = (decision, sent)
+            self._wait(_rollback_key(decision), f"the rollback of {policy.model}: {why}")
+            await self._call(self.engine.rollback.unsettled, decision, why)
+            return
+        await self._rollback_settled(decision, sent)
+
+    async def _rollback_settled(self, decision: Decision, sent: asyncio.Future[object]) -> None:
+        """Record the outcome of a rollback's send, once the producer has settled it."""
+        exc = asyncio.CancelledError() if sent.cancelled() else sent.exception()
+        if exc is not None:
+            await self._rollback_failed(decision, exc)
+            return
+        self._waiting.pop(_rollback_key(decision), None)
         await self._call(self.engine.rollback.published, decision, self._clock())
+
+    async def _rollback_failed(self, decision: Decision, exc: BaseException) -> None:
+        reason = str(exc) or f"{type(exc).__name__} (not acknowledged in {ACK_WAIT_S:g} s)"
+        model = decision.model
+        log.warning("publishing the rollback of %s failed, will retry: %s", model, reason)
+        self._wait(_rollback_key(decision), f"the rollback of {model} failed: {reason}")
+        await self._call(self.engine.rollback.failed, decision, reason)
+
+    async def _settle(self) -> None:
+        """Record the rollbacks the producer has settled since they timed out (only then may
+        their revision be decided again)."""
+        for key, (decision, sent) in list(self._settling.items()):
+            if sent.done():
+                del self._settling[key]
+                await self._rollback_settled(decision, sent)
+
+    def _forget_rollbacks(self, due: list[Decision]) -> None:
+        """A failed rollback waits only while it is decided again (or still settling): one no
+        longer decided (its alert gone, its policy moved on) has nothing left to publish."""
+        live = {_rollback_key(d) for d in due}
+        live |= {_rollback_key(d) for d, _ in self._settling.values()}
+        for key in [k for k in self._waiting if k.startswith("rollback:") and k not in live]:
+            del self._waiting[key]
+
+    def _wait(self, key: str, what: str) -> None:
+        """Note that ``what`` could not be published (since the first failure of ``key``)."""
+        since = self._waiting.get(key, (self._clock(), ""))[0]
+        self._waiting[key] = (since, what)
+
+    def health(self) -> tuple[float, float]:
+        """Seconds the oldest unpublished record has waited (0: none) and since the last
+        successful evaluation (the gauges of ``promexport``)."""
+        now = self._clock()
+        oldest = min((since for since, _ in self._waiting.values()), default=now)
+        return now - oldest, now - self._evaluated
+
+    def not_ready(self) -> list[str]:
+        """Why no alert or rollback can be counted on now (empty: ready): a record unpublished
+        for the stall timeout, or no successful evaluation for ``STALE_EVALUATIONS``
+        intervals."""
+        now = self._clock()
+        limit = self.settings.stall_timeout_s
+        out = [
+            f"{what} (unpublished for {now - since:.0f} s)"
+            for since, what in self._waiting.values()
+            if now - since >= limit
+        ]
+        interval = max(MIN_EVAL_INTERVAL_S, self.settings.scaled(self.settings.eval_interval_s))
+        stale = max(STALE_EVALUATIONS * interval, 3 * ACK_WAIT_S)
+        if now - self._evaluated >= stale:
+            out.append(
+                f"no successful evaluation for {now - self._evaluated:.0f} s "
+                f"(every {interval:g} s expected): alerts and rollbacks are not being decided"
+            )
+        return out
 
     async def run(self) -> None:
         """Evaluate every ``eval_interval_s`` (scaled, at least 0.1 s) until cancelled."""
@@ -241,7 +324,10 @@ class EngineWorker:
             log.warning(
                 "sending %d records to %s failed, will retry: %s", len(events), topic, reason
             )
+            first = events[0].id if events else "?"
+            self._wait(topic, f"{len(events)} records for {topic} (first {first}): {reason}")
             return False
+        self._waiting.pop(topic, None)
         return True
 
     async def page(self) -> str:
@@ -285,6 +371,10 @@ class EngineWorker:
         await asyncio.to_thread(self._executor.shutdown)  # it joins the thread: not on the loop
         if self._webhook is not None:
             await self._webhook.close()
+
+
+def _rollback_key(decision: Decision) -> str:
+    return f"rollback:{decision.model}:{decision.from_revision}"
 
 
 def latest_per_alert(events: list[AlertEvent]) -> list[AlertEvent]:
