@@ -59,9 +59,10 @@ async def test_an_idle_consumers_fetcher_wakes_for_its_fetches_not_between_them(
         monkeypatch.undo()
     # One wake per answered fetch (one fetch in flight per leader, answered every
     # FETCH_MAX_WAIT_MS with nothing to read), plus one at each end of the window; aiokafka's
-    # default tick (200 ms) adds two between each pair (18 wakes here, checked).
+    # default tick (200 ms) adds two between each pair (18 wakes here, checked). Slack of 5: a
+    # loaded broker may answer a fetch early or a metadata refresh wake it (well under 18).
     fetches = len(leaders) * elapsed * 1000 / FETCH_MAX_WAIT_MS
-    assert 1 <= wakes <= fetches + 2, (wakes, fetches)
+    assert 1 <= wakes <= fetches + 5, (wakes, fetches)
 
 
 async def test_a_held_consumer_resumes_when_a_record_finishes_without_the_timer(

@@ -187,12 +187,13 @@ async def test_the_prober_retries_each_probe_interval_and_a_waiter_takes_over() 
     prober, waiter = object(), object()
     assert deps.claim_probe("redis", prober)
     # The prober's backoff has grown to 30 s: it retries after one probe interval anyway.
-    await asyncio.wait_for(deps.wait_back("redis", 30.0, prober, 0.02), 1.0)
+    # (10 s: far below the 30 s backoff, far above the 0.02 s interval on a loaded machine.)
+    await asyncio.wait_for(deps.wait_back("redis", 30.0, prober, 0.02), 10.0)
     waiting = asyncio.create_task(deps.wait_back("redis", 30.0, waiter, 0.02))
     await asyncio.sleep(0.2)
     assert not waiting.done()  # the prober still probes: the others wait
     deps.release_probe(prober)  # it was parked, revoked, or succeeded without a word
-    await asyncio.wait_for(waiting, 1.0)  # the waiter's next interval: it probes now
+    await asyncio.wait_for(waiting, 10.0)  # the waiter's next interval: it probes now
     assert not deps.claim_probe("redis", prober)
 
 

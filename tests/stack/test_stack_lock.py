@@ -90,7 +90,7 @@ def test_a_waiting_run_says_whom_it_waits_for_within_a_second(
     assert time.monotonic() - began < 30
 
 
-def test_the_message_goes_to_the_callers_out_within_a_second(
+def test_the_message_goes_to_the_callers_out_before_it_waits(
     tmp_path: Path, holder: subprocess.Popen[str]
 ) -> None:
     run = tmp_path / "run"
@@ -105,8 +105,10 @@ def test_the_message_goes_to_the_callers_out_within_a_second(
     began = time.monotonic()
     thread = threading.Thread(target=wait_for_it, daemon=True)
     thread.start()
-    message = said.get(timeout=1.0)
-    assert time.monotonic() - began < 1.0
+    # Said before it blocks (the holder keeps the lock until told): not at the holder's release.
+    # 10 s: far from "never", and room for a loaded machine.
+    message = said.get(timeout=10.0)
+    assert time.monotonic() - began < 10.0
     assert message == f"waiting for another genwire run (pid {holder.pid}) holding {run}/stack.lock"
     assert not acquired.is_set()
     assert holder.stdin is not None

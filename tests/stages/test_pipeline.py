@@ -308,7 +308,9 @@ async def test_cancel_before_start(pipeline: Pipeline) -> None:
     rid = _rid("cancel")
     cancel = ControlEvent(request_id=rid, action="cancel", reason="test")
     await (await pipeline.producer.send(Topic.CONTROL, dump(cancel), key=rid.encode()))
-    await asyncio.sleep(1.0)  # every inference instance reads the control topic from "now"
+    # Every inference instance reads the control topic from "now" (a record ends its fetch at
+    # once): 3 s leaves room for a loaded broker; the cancel is remembered for 600 s.
+    await asyncio.sleep(3.0)
     await pipeline.send(GenerationRequest(request_id=rid, prompt="hello", max_tokens=64))
     (result,) = (await pipeline.wait(rid)).results
     assert result.finish_reason == "cancelled" and result.error is None
