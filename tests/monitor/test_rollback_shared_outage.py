@@ -82,3 +82,24 @@ def test_a_canary_failing_alone_is_still_rolled_back() -> None:
     (decision,) = decisions
     assert decision.canary == "2" and decision.champion == "1"
     assert decision.alert.kind == "error_burn"
+
+
+def test_a_canary_with_all_the_traffic_failing_is_rolled_back() -> None:
+    """Weights 0/100: the champion has no requests to judge on the same evidence, and the
+    all-traffic alert fires because of the canary: nothing holds the rollback."""
+    rng = random.Random(1)
+    engine, start = _rolled_out(rng)
+    everything = CHAMPION_ONLY.model_copy(
+        update={"weights": {"1": 0, "2": 100}, "revision": 6, "updated_ms": start * 1000}
+    )
+    engine.set_policies({MODEL: everything})  # the canary takes all the traffic
+    decisions: list[Decision] = []
+    for t, payload in traffic(replace(CANARY, error_share=1.0), start, 4.0, 120.0, rng):
+        engine.ingest([payload], t)
+        engine.tick(t)
+        for d in engine.due:
+            decisions.append(d)
+            engine.rollback.published(d, t)
+            engine.set_policies({d.model: d.policy})
+    (decision,) = decisions
+    assert decision.canary == "2" and decision.from_revision == 6

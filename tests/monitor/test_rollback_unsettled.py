@@ -101,3 +101,39 @@ async def test_no_second_rollback_until_the_first_send_settles(
         assert isinstance(decision, Decision) and decision.published_at == now[0]
     finally:
         await worker.close()
+
+
+async def test_an_unsettled_rollback_whose_policy_moved_on_is_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A send a producer reset orphaned may never settle: once an operator's newer revision is
+    in force, the old revision's rollback has nothing left to decide, and readiness forgets it."""
+    monkeypatch.setattr(worker_module, "ACK_WAIT_S", 0.05)
+    now = [T0]
+    producer = SlowProducer()
+    follower = Follower()
+    settings = fast_settings(config_topic=CONFIG)
+    worker = EngineWorker(
+        settings,
+        producer,  # type: ignore[arg-type]
+        promexport.MonitorCollector(),
+        clock=lambda: now[0],
+        policies=follower,  # type: ignore[arg-type]
+    )
+    controller = worker.engine.rollback
+
+    def tick(t: float, policies: dict[str, ModelPolicy], current: bool) -> Any:
+        return [], controller.decide(policies, [ALERT], t)
+
+    monkeypatch.setattr(worker, "_tick", tick)
+    try:
+        await worker.evaluate_once()
+        assert list(worker._settling) == [(MODEL, 4)]
+        newer = POLICY.model_copy(update={"revision": 5})
+        follower.store.apply(newer.key(), newer.value())
+        now[0] += settings.stall_timeout_s + 1
+        await worker.evaluate_once()
+        assert (MODEL, 4) not in worker._settling
+        assert not any("revision 4" in why or ":4" in why for why in worker.not_ready())
+    finally:
+        await worker.close()

@@ -506,34 +506,31 @@ class MonitorEngine:
         return next((x for x in series.slos if x.name == name), None)
 
     def _shared(self, alert: AlertEvent, champion: str, since: float, now: float) -> str:
-        """Why ``champion`` has the canary burn alert's problem on the same evidence ("" : it
-        does not, or the alert is no burn alert). Both SLOs of that name are judged with every
-        window cut at ``since``, by the rules of the alert's severity: the champion shares it
-        when its short window burns at or above the factor, or its bad ratio there is not
-        clearly lower (under half the canary's); with too few champion requests to tell, the
-        firing all-traffic alert of that SLO holds it."""
+        """Why ``champion`` has the canary burn alert's problem on the same evidence ("": it
+        does not, nothing tells, or the alert is no burn alert). Both SLOs of that name are
+        judged with every window cut at ``since``: for each rule of the alert's severity that
+        fires on the canary, the champion shares it when its short window, with enough
+        requests to judge, burns at or above the same factor. A champion with too few requests
+        there (a canary with all or most of the traffic) does not hold it."""
         if alert.kind not in rules.BURN_KINDS or alert.model is None:
             return ""
         name = alert.labels.get("slo", "")
         mine = self._slo(alert.model, alert.model_version or "", name)
         theirs = self._slo(alert.model, champion, name)
-        told = False
-        if mine is not None and theirs is not None:
-            for ca, ch in zip(
-                self._since_results(mine, alert.severity, since, now),
-                self._since_results(theirs, alert.severity, since, now),
-                strict=True,
-            ):
-                if ch.short.total < self.settings.min_events:
-                    continue
-                told = True
-                why = _champion_burns(ca, ch)
-                if why:
-                    return why
-        prefix = "latency" if alert.kind == "latency_burn" else "errors"
-        everyone = f"{prefix}:{name}:{alert.severity}"
-        if not told and self.book.is_firing(everyone):
-            return f"the all-traffic alert {everyone} fires; too few champion requests to clear it"
+        if mine is None or theirs is None:
+            return ""
+        for ca, ch in zip(
+            self._since_results(mine, alert.severity, since, now),
+            self._since_results(theirs, alert.severity, since, now),
+            strict=True,
+        ):
+            if ca.verdict is not burnrate.Verdict.FIRE:
+                continue  # the rule the alert rests on is one that fires
+            if ch.short.total >= self.settings.min_events and ch.short_burn >= ch.rule.factor:
+                return (
+                    f"champion burns {ch.short_burn:.1f}x >= {ch.rule.factor:g}x over the "
+                    f"same {ch.short.seconds:.3g}s ({ch.short.bad}/{ch.short.total} bad)"
+                )
         return ""
 
     def _since_results(
@@ -664,23 +661,6 @@ class MonitorEngine:
 
 
 # ---- the alert record -----------------------------------------------------------------------
-
-
-def _champion_burns(canary: burnrate.BurnResult, champion: burnrate.BurnResult) -> str:
-    """Why the champion's short window (cut like the canary's) shares the canary's burn ("":
-    it is clearly healthier)."""
-    ch, ca = champion.short, canary.short
-    if champion.short_burn >= champion.rule.factor:
-        return (
-            f"champion burns {champion.short_burn:.1f}x >= {champion.rule.factor:g}x over the "
-            f"same {ch.seconds:.3g}s ({ch.bad}/{ch.total} bad)"
-        )
-    if ch.error_ratio * 2 >= ca.error_ratio:
-        return (
-            f"champion's bad ratio {ch.error_ratio:.1%} ({ch.bad}/{ch.total}) is not clearly "
-            f"lower than the canary's {ca.error_ratio:.1%} over the same {ch.seconds:.3g}s"
-        )
-    return ""
 
 
 def alert_record(event: AlertEvent) -> tuple[bytes, bytes]:

@@ -45,7 +45,8 @@ acknowledged by then are sent again at the next evaluation (at least once: a rec
 one twice); the runtime's readiness names the record that keeps waiting."""
 STALE_EVALUATIONS = 5
 """Evaluation intervals without a successful evaluation before /readyz fails (at least
-``3 * ACK_WAIT_S``: an evaluation may wait that long for its rollback, alerts and state)."""
+``4 * ACK_WAIT_S``: an evaluation may wait that long for its rollback, twice: its send, then its
+acknowledgement, then its alerts and state)."""
 
 
 class EngineWorker:
@@ -206,11 +207,15 @@ class EngineWorker:
 
     async def _settle(self) -> None:
         """Record the rollbacks the producer has settled since they timed out (only then may
-        their revision be decided again)."""
+        their revision be decided again). One whose policy moved on meanwhile has nothing
+        left to decide: forgotten (a future a producer reset orphaned may never settle)."""
         for key, (decision, sent) in list(self._settling.items()):
             if sent.done():
                 del self._settling[key]
                 await self._rollback_settled(decision, sent)
+            elif self._superseded(decision):
+                del self._settling[key]
+                self._waiting.pop(_rollback_key(decision), None)
 
     def _forget_rollbacks(self, due: list[Decision]) -> None:
         """A failed rollback waits only while it is decided again (or still settling): one no
@@ -244,7 +249,7 @@ class EngineWorker:
             if now - since >= limit
         ]
         interval = max(MIN_EVAL_INTERVAL_S, self.settings.scaled(self.settings.eval_interval_s))
-        stale = max(STALE_EVALUATIONS * interval, 3 * ACK_WAIT_S)
+        stale = max(STALE_EVALUATIONS * interval, 4 * ACK_WAIT_S)
         if now - self._evaluated >= stale:
             out.append(
                 f"no successful evaluation for {now - self._evaluated:.0f} s "
