@@ -14,6 +14,7 @@ from genwire_monitor.rollback import Decision
 from genwire.policy import ModelPolicy
 
 from .simulate import fast_settings, traffic
+from .test_rollback import _mixed as mixed
 
 T0 = 1_800_000_000.0
 MODEL = REFERENCE.model
@@ -48,20 +49,9 @@ def _mixed(
     seconds: float,
     rng: random.Random,
 ) -> tuple[float, list[Decision]]:
-    """Both versions at once (90/10), ticking every step; decisions "published" as the feed
-    would bring them back."""
-    decisions: list[Decision] = []
-    t = start
-    champ = traffic(champion, start, seconds, 108.0, rng)
-    cand = traffic(canary, start, seconds, 12.0, rng)
-    for (t, a), (_, b) in zip(champ, cand, strict=False):
-        engine.ingest([a, b], t)
-        engine.tick(t)
-        for d in engine.due:
-            decisions.append(d)
-            engine.rollback.published(d, t)
-            engine.set_policies({d.model: d.policy})
-    return t, decisions
+    """Both versions at once (90/10), ticking every step (``test_rollback._mixed``)."""
+    t, _, decided = mixed(engine, champion, canary, start, seconds, rng, share=0.1)
+    return t, [d for _, d in decided]
 
 
 def test_a_shared_outage_holds_the_rollback() -> None:
