@@ -639,10 +639,10 @@ class EventConsumer(Generic[InT]):
                 bounded = bounded + 1 if err.max_tries is not None else 0
                 if err.max_tries is None:
                     self._deps.failed(err.dependency, err.message)
-                else:
+                elif self._deps.down_for(err.dependency) is not None:
                     # A bounded error may be the record's own (its batch ran short of memory),
-                    # and the dependency answered it: up, not down (an outage this record
-                    # waited out before is over).
+                    # and the dependency answered it: an outage this record waited out before
+                    # is over (its waiters woken once, then; not at every memory failure).
                     self._deps.recovered(err.dependency)
                 now = time.monotonic()
                 if first_failure is None:

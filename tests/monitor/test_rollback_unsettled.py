@@ -129,11 +129,17 @@ async def test_an_unsettled_rollback_whose_policy_moved_on_is_forgotten(
     try:
         await worker.evaluate_once()
         assert list(worker._settling) == [(MODEL, 4)]
+        follower.current = False  # the feed restarting: no evidence the policy moved on
+        now[0] += 1.0
+        await worker.evaluate_once()
+        assert list(worker._settling) == [(MODEL, 4)]
+        follower.current = True
         newer = POLICY.model_copy(update={"revision": 5})
         follower.store.apply(newer.key(), newer.value())
         now[0] += settings.stall_timeout_s + 1
         await worker.evaluate_once()
         assert (MODEL, 4) not in worker._settling
-        assert not any("revision 4" in why or ":4" in why for why in worker.not_ready())
+        assert "rollback:m:4" not in worker._waiting and worker.not_ready() == []
+        assert not controller.held.get(MODEL, "").startswith("the rollback of revision 4")
     finally:
         await worker.close()

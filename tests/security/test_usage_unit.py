@@ -85,18 +85,23 @@ async def test_gateway_requests_and_shadow_copies_are_not_metered_here(
 async def test_refusals_are_metered_server_side_errors_not_their_replacement_is(
     post: Postprocessor,
 ) -> None:
-    """A refusal is the request's answer: metered. A server-side error is none (a real result
-    may replace it: a dlq replay after the fix, the record's next owner), so not metered; the
-    result that replaces it is, once. A conflict is another request's id."""
+    """A refusal is the request's answer: metered. A server-side error that generated nothing
+    is none (a real result may replace it: a dlq replay after the fix, the record's next
+    owner), so not metered; the result that replaces it is, once. A conflict is another
+    request's id."""
     refused = _final("e0", error=ErrorInfo(code=ErrorCode.OUT_OF_RANGE, message="too long"))
     (event,) = _usage(await post.handle(refused, usage_of="kafka"))
     assert (event.finish_reason, event.error_code) == ("error", ErrorCode.OUT_OF_RANGE)
     for rid, code in (("e1", ErrorCode.INFERENCE_FAILED), ("e2", ErrorCode.UNAVAILABLE)):
-        failed = _final(rid, error=ErrorInfo(code=code, message="boom"))
+        failed = _final(rid, error=ErrorInfo(code=code, message="boom"), completion_tokens=0)
         assert _usage(await post.handle(failed, usage_of="kafka")) == []
     (replaced,) = _usage(await post.handle(_final("e1"), usage_of="kafka"))
     assert (replaced.request_id, replaced.finish_reason) == ("e1", "length")
     assert _usage(await post.handle(_final("e1"), usage_of="kafka")) == []  # once
+    # A stream that failed midway made (and streamed) its tokens: metered, error and all.
+    midway = _final("e4", error=ErrorInfo(code=ErrorCode.INFERENCE_FAILED, message="ended"))
+    (event,) = _usage(await post.handle(midway, usage_of="kafka"))
+    assert (event.completion_tokens, event.error_code) == (7, ErrorCode.INFERENCE_FAILED)
     conflict = _final("e3", error=ErrorInfo(code=ErrorCode.IDEMPOTENCY_CONFLICT, message="x"))
     assert _usage(await post.handle(conflict, usage_of="kafka")) == []
 

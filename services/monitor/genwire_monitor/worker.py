@@ -207,15 +207,27 @@ class EngineWorker:
 
     async def _settle(self) -> None:
         """Record the rollbacks the producer has settled since they timed out (only then may
-        their revision be decided again). One whose policy moved on meanwhile has nothing
-        left to decide: forgotten (a future a producer reset orphaned may never settle)."""
+        their revision be decided again). One whose policy moved on meanwhile (read to its
+        end: a newer revision in force) has nothing left to decide: forgotten, the controller
+        told (a future a producer reset orphaned may never settle)."""
         for key, (decision, sent) in list(self._settling.items()):
             if sent.done():
                 del self._settling[key]
                 await self._rollback_settled(decision, sent)
-            elif self._superseded(decision):
+            elif self._moved_on(decision):
                 del self._settling[key]
                 self._waiting.pop(_rollback_key(decision), None)
+                why = "its policy moved on before the send settled"
+                await self._call(self.engine.rollback.failed, decision, why)
+
+    def _moved_on(self, decision: Decision) -> bool:
+        """Whether a newer revision of the decision's policy is in force (the feed read to its
+        end: a feed that is not is no evidence either way)."""
+        follower = self.policies
+        if follower is None or not follower.current:
+            return False
+        held = follower.store.get(decision.model)
+        return held is None or held.revision != decision.from_revision
 
     def _forget_rollbacks(self, due: list[Decision]) -> None:
         """A failed rollback waits only while it is decided again (or still settling): one no

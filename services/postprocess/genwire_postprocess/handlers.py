@@ -582,8 +582,10 @@ def _agrees(chunk: GenerationChunk, applied: list[int]) -> bool:
 
 
 def _no_answer(result: GenerationResult) -> bool:
-    """A server-side failure: not metered (a real result may replace it, metered then)."""
-    return replaceable(result)
+    """A server-side failure that generated nothing: not metered (a real result may replace
+    it, metered then). One that generated tokens (a stream that failed midway) is metered: it
+    is never replaced, and its tokens were made (and streamed)."""
+    return replaceable(result) and result.usage.completion_tokens == 0
 
 
 def _usage(result: GenerationResult, chunk: GenerationChunk, principal: str) -> UsageEvent:
