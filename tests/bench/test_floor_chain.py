@@ -335,10 +335,14 @@ def test_three_stages_in_a_chain_on_the_broker(infra: CommonSettings, tmp_path: 
     for p in phases:
         assert 0 < p["p50_ms"] <= p["p99_ms"]
         assert len(p["extra"]["relays_core_ms"]) == 3
-        assert all(r > 0 for r in p["extra"]["relays_core_ms"])
+        assert all(r >= 0 for r in p["extra"]["relays_core_ms"])
         assert p["extra"]["relay_concurrency"] == 4 and p["extra"]["tracing"] is True
         assert p["extra"]["idle_core_ms_per_s"] > 0
         assert 0 < p["extra"]["client_ack_p50_ms"] <= p["extra"]["client_ack_p95_ms"]
+    # A process's CPU time is read in 10 ms clock ticks: one phase's 20 records at ~0.5 core-ms
+    # each may round to zero for a relay (CI saw it); both phases together use well over a tick.
+    for i in range(3):
+        assert sum(p["extra"]["relays_core_ms"][i] for p in phases) > 0, f"relay {i}"
     # the traced records' spans came back from Jaeger: one trace through all three relays
     hops = phases[0]["extra"]["hops"]
     assert hops["found"] == hops["wanted"] == 4
