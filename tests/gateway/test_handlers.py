@@ -203,7 +203,8 @@ async def test_expired_deadline_cancels_downstream() -> None:
     with pytest.raises(GatewayError) as info:
         await gateway.generate(prepared)
     assert info.value.code == "deadline_exceeded"
-    assert time.monotonic() - started < 2.0
+    # Its 0.2 s, not the 60 s default (room for a loaded machine's stalls)
+    assert time.monotonic() - started < 10.0
     await gateway.drain()
     assert producer.cancels() == [prepared.request_id]
 

@@ -40,7 +40,8 @@ from genwire.topics import Topic
 SIZE = 200_000
 """Adversarial input size: the quadratic e-mail pattern took minutes on it."""
 BOUND_S = 2.0
-"""Generous for a loaded CI machine: the linear patterns take well under 0.5 s here."""
+"""Of this thread's CPU time (a loaded machine's waits are not counted): the linear patterns
+take well under 0.5 s here."""
 
 ADVERSARIAL = {
     "letters": "a" * SIZE,
@@ -61,9 +62,9 @@ ADVERSARIAL = {
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL))
 def test_the_redactor_is_linear_on_adversarial_input(name: str) -> None:
     redact = Redactor()
-    started = time.perf_counter()
+    started = time.thread_time()
     redact(ADVERSARIAL[name])
-    assert time.perf_counter() - started < BOUND_S, f"{name}: the redactor is not linear"
+    assert time.thread_time() - started < BOUND_S, f"{name}: the redactor is not linear"
 
 
 def test_the_linear_e_mail_pattern_masks_what_the_plain_one_did() -> None:

@@ -82,6 +82,9 @@ class Supervised:
         assert pid is not None
         return pid
 
+    def said(self, line: str) -> bool:
+        return line in self.log.read_text().splitlines()
+
     def restart_lines(self) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if line.startswith(LOG_PREFIX)]
 
@@ -141,6 +144,7 @@ def test_an_idle_supervisor_sleeps_until_a_signal_and_still_restarts_at_once(
     sup = Supervised(tmp_path, SLEEPER)
     supervised.append(sup)
     first = sup.child()
+    sup.wait("the child's start", lambda: sup.said("child up"))
     time.sleep(0.5)  # settled: the state written, the child's start done
     before = _wakeups(sup.proc.pid)
     time.sleep(2.0)
@@ -197,7 +201,8 @@ def test_stop_passes_sigterm_on_and_does_not_restart(
     sup = Supervised(tmp_path, child)
     supervised.append(sup)
     pid = sup.child()
-    time.sleep(0.3)  # the child installs its handler
+    # Its handler installed (it says so after): a child's start can take > 0.3 s when loaded.
+    sup.wait("the child's handler", lambda: sup.said("up"))
     os.kill(sup.proc.pid, signal.SIGTERM)  # the supervisor alone, as `genwire down` does
     assert sup.proc.wait(15) == 0
     assert marker.exists(), "the child never got SIGTERM"
@@ -219,7 +224,7 @@ def test_a_stuck_child_is_killed_after_the_stop_timeout(
     sup = Supervised(tmp_path, child, "--stop-timeout", "1")
     supervised.append(sup)
     pid = sup.child()
-    time.sleep(0.3)
+    sup.wait("the child ignoring SIGTERM", lambda: sup.said("up"))  # else SIGTERM ends it
     began = time.monotonic()
     os.kill(sup.proc.pid, signal.SIGTERM)
     assert sup.proc.wait(10) == 0
