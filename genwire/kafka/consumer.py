@@ -296,6 +296,7 @@ class EventConsumer(Generic[InT]):
         # the revoke's listener returns; none is started, so each drain knows all its records.
         self._draining: set[TopicPartition] = set()
         self._holding = False  # the run loop holds every partition (``_throttle``)
+        self._polling_free = False  # the run loop awaits a fetch with partitions not held
         self._session_s = session_timeout_ms / 1000.0
         self._joined = False  # the group gave this member its share (maybe none: more members)
         self._stopping = False
@@ -372,6 +373,7 @@ class EventConsumer(Generic[InT]):
                 self._throttle(hold)
                 if hold:
                     self._room.clear()
+                self._polling_free = not hold
                 try:
                     # Held: the poll still counts for the group, but nothing waits on a fetch of
                     # paused partitions; the wait for room below ends when a record finishes.
@@ -382,6 +384,8 @@ class EventConsumer(Generic[InT]):
                     if self._stopping:  # stop() closed the client under a pending fetch
                         return
                     raise
+                finally:
+                    self._polling_free = False
                 for tp, records in batches.items():
                     if tp not in self._assigned or tp in self._draining:
                         continue  # revoked while fetched, or being drained: the new owner's
@@ -648,6 +652,10 @@ class EventConsumer(Generic[InT]):
                 if first_failure is None:
                     first_failure = now
                     self._waiting += 1
+                    if self._polling_free and not self._stopping:
+                        # The run loop's fetch, begun before this wait, would hand out what
+                        # arrives in the next IDLE_POLL_MS: paused now, it hands out nothing.
+                        self._throttle(True)
                 tried_out = err.max_tries is not None and bounded >= err.max_tries
                 if tried_out or now - first_failure >= self._budget_s:
                     tries = bounded if tried_out else None
@@ -666,6 +674,8 @@ class EventConsumer(Generic[InT]):
             self._deps.release_probe(me)
             if first_failure is not None:
                 self._waiting -= 1
+                if self._waiting == 0 and self._polling_free and not self._stopping:
+                    self._throttle(False)  # that fetch had room: its partitions go on at once
                 self._wake()
 
     async def _run_handler(self, tp: TopicPartition, event: InT) -> None:
