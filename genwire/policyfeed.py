@@ -175,16 +175,29 @@ class PolicyFeed:
 
     def not_ready(self) -> list[str]:
         """A readiness check: why this feed is not ready (it has not caught up yet)."""
-        return [] if self.caught_up.is_set() else [f"{self.topic}: not read to its end yet"]
+        if self.caught_up.is_set():
+            return []
+        if not self._assigned:
+            # Not "no policies": a topic this client may not see (ACLs) or not yet created
+            # may hold a canary's routing or a rollback, and serving without it is wrong.
+            return [
+                f"{self.topic}: the topic does not exist and could not be created: the model "
+                "policies are unknown (create it as `genwire up` does; retried every 5 s)"
+            ]
+        return [f"{self.topic}: not read to its end yet"]
 
     async def start(self) -> None:
         """Connect and assign every partition from its beginning (a missing topic is created,
-        as ``genwire up`` would; if that is refused, the feed keeps trying in ``run``)."""
+        as ``genwire up`` would; if that is refused, the feed keeps trying in ``run`` and is
+        not caught up meanwhile)."""
         await self._consumer.start()
         self._assigned = await self._assign(create=True)
         if not self._assigned:
-            log.warning("%s does not exist yet: no model policies until it does", self.topic)
-            self.caught_up.set()
+            log.warning(
+                "%s does not exist and could not be created: model policies unknown until it "
+                "does",
+                self.topic,
+            )
 
     async def _assign(self, *, create: bool) -> bool:
         partitions = None
@@ -270,8 +283,10 @@ async def read_policies(
         async with asyncio.timeout(timeout_s):
             await feed.caught_up.wait()
     except TimeoutError:
+        why = "; ".join(feed.not_ready())
         raise PolicyError(
             f"{topic} could not be read within {timeout_s:.0f} s at {bootstrap_servers}"
+            + (f" ({why})" if why else "")
         ) from None
     finally:
         if task is not None:

@@ -73,6 +73,38 @@ async def test_an_empty_topic_is_caught_up_without_waiting_a_poll(infra: CommonS
         await delete_topics(bootstrap, [topic])
 
 
+async def test_a_missing_topic_is_not_ready_until_it_exists(infra: CommonSettings) -> None:
+    """A topic the feed cannot find nor create is not "no policies": the feed says why it is
+    not ready, keeps looking, and catches up once the topic exists."""
+    bootstrap = infra.kafka_bootstrap_servers
+    topic = fresh_topic("policyfeed")  # not one of genwire's topics: the feed creates nothing
+    feed = PolicyFeed(bootstrap, store=PolicyStore(CollectorRegistry()), topic=topic)
+    task: asyncio.Task[None] | None = None
+    try:
+        await asyncio.wait_for(feed.start(), 30)
+        task = asyncio.create_task(feed.run())
+        await asyncio.sleep(0.5)
+        assert not feed.caught_up.is_set()
+        (why,) = feed.not_ready()
+        assert topic in why and "does not exist" in why and "unknown" in why
+        await ensure_topics(bootstrap, [TopicSpec(topic, 1, HOUR_MS)])
+        policy = ModelPolicy(model="m", aliases={"champion": "1"}, revision=1)
+        await publish_policy(bootstrap, policy, topic=topic)
+        await asyncio.wait_for(feed.caught_up.wait(), 30)  # found at its next look (5 s)
+        for _ in range(200):
+            if feed.get("m") == policy:
+                break
+            await asyncio.sleep(0.05)
+        assert feed.get("m") == policy and feed.not_ready() == []
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await feed.stop()
+        await delete_topics(bootstrap, [topic])
+
+
 async def test_a_services_feed_fetches_on_the_quiet_wait(infra: CommonSettings) -> None:
     """``kafka_quiet_fetch_max_wait_ms`` reaches the feed every service follows: the policy
     topic has no request's records, so its fetch is held long (the test above: a change still
