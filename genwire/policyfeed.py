@@ -165,6 +165,7 @@ class PolicyFeed:
         )
         self._bootstrap = bootstrap_servers
         self._assigned = False
+        self._looked = False  # ``start`` looked for the topic (else: still starting)
         self._targets: dict[TopicPartition, int] = {}
         self.caught_up = asyncio.Event()
         """Set once every record that existed at start has been read."""
@@ -177,12 +178,13 @@ class PolicyFeed:
         """A readiness check: why this feed is not ready (it has not caught up yet)."""
         if self.caught_up.is_set():
             return []
-        if not self._assigned:
+        if self._looked and not self._assigned:
             # Not "no policies": a topic this client may not see (ACLs) or not yet created
             # may hold a canary's routing or a rollback, and serving without it is wrong.
             return [
-                f"{self.topic}: the topic does not exist and could not be created: the model "
-                "policies are unknown (create it as `genwire up` does; retried every 5 s)"
+                f"{self.topic}: the topic does not exist or this client may not see it "
+                "(ACLs), and it could not be created: the model policies are unknown (create "
+                "it as `genwire up` does; looked for again every 5 s)"
             ]
         return [f"{self.topic}: not read to its end yet"]
 
@@ -192,10 +194,10 @@ class PolicyFeed:
         not caught up meanwhile)."""
         await self._consumer.start()
         self._assigned = await self._assign(create=True)
+        self._looked = True
         if not self._assigned:
             log.warning(
-                "%s does not exist and could not be created: model policies unknown until it "
-                "does",
+                "%s does not exist and could not be created: model policies unknown until it does",
                 self.topic,
             )
 

@@ -26,6 +26,14 @@ class MemoryFeed:
         self.caught_up = asyncio.Event()
         self.fail = asyncio.Event()
         self.stopped = False
+        self.missing = False  # PolicyFeed's topic neither found nor created
+
+    def not_ready(self) -> list[str]:
+        if self.caught_up.is_set():
+            return []
+        if self.missing:
+            return [f"{TOPIC}: the topic does not exist"]
+        return [f"{TOPIC}: not read to its end yet"]
 
     async def start(self) -> None:
         return None
@@ -96,6 +104,30 @@ async def test_a_feed_rebuilt_after_a_failure_reads_again_without_going_back() -
         gate.set()
         await _until(lambda: follower.current)
         assert follower.store.get("m") == six
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_missing_topic_is_the_reason_given() -> None:
+    """The feed's own reason reaches the monitor's readiness: a topic that does not exist is
+    not "still reading"."""
+    feeds: list[MemoryFeed] = []
+
+    def new_feed(store: PolicyStore) -> MemoryFeed:
+        feeds.append(MemoryFeed(store, [], asyncio.Event()))
+        feeds[-1].missing = True
+        return feeds[-1]
+
+    follower = PolicyFollower(PolicyStore(), TOPIC, new_feed, retry_s=0.0)
+    task = asyncio.create_task(follower.run())
+    try:
+        await _until(lambda: bool(feeds))
+        assert follower.not_ready() == [
+            f"{TOPIC}: the topic does not exist: no canary alert retired nor rollback decided "
+            "meanwhile"
+        ]
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

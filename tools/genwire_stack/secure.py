@@ -131,7 +131,8 @@ ACCESS: dict[str, Access] = {
     ),
     "jaeger": Access(reads=(Topic.SPANS,), groups=("jaeger",)),
     "bench": Access(
-        reads=(Topic.RESULTS, Topic.TOKENS, Topic.REPLIES),
+        # genwire.config: which version a model's policy serves (genwire_bench.served)
+        reads=(Topic.RESULTS, Topic.TOKENS, Topic.REPLIES, Topic.CONFIG),
         writes=(Topic.REQUESTS, Topic.CONTROL),
         groups=("genwire-bench",),
     ),

@@ -25,6 +25,8 @@ class Feed(Protocol):
 
     caught_up: asyncio.Event
 
+    def not_ready(self) -> list[str]: ...
+
     async def start(self) -> None: ...
 
     async def run(self) -> None: ...
@@ -60,8 +62,13 @@ class PolicyFollower:
         """A readiness check: why the policies are not current (empty: they are)."""
         if self.current:
             return []
-        state = f"following failed ({self.error})" if self.error else "not read to its end yet"
-        return [f"{self.topic}: {state}: no canary alert retired nor rollback decided meanwhile"]
+        if self.error:
+            state = f"{self.topic}: following failed ({self.error})"
+        elif self._feed is not None and (why := self._feed.not_ready()):
+            state = "; ".join(why)  # e.g. the topic missing, not merely still being read
+        else:
+            state = f"{self.topic}: not read to its end yet"
+        return [f"{state}: no canary alert retired nor rollback decided meanwhile"]
 
     async def run(self) -> None:
         """Follow until cancelled, a new feed ``retry_s`` after each failure."""
