@@ -341,9 +341,20 @@ def _scheduler(version_dir: Path, stop_at_eos: bool = True) -> Any:
 
     params = _config_params(version_dir)
     manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
+    # As the runtime reads them (triton_model._version_options): the version's own build
+    # options, unless config.pbtxt overrides them for every version.
+    built = manifest.get("build", {}).get("options", {}) or {}
+    options = {
+        key: int(params.get(key, built.get(key, default)))
+        for key, default in (
+            ("max_batch", 32),
+            ("stream_interval", 1),
+            ("intra_op_threads", DEFAULT_INTRA_OP_THREADS),
+        )
+    }
     runner = create_runner(
         version_dir,
-        threads=int(params.get("intra_op_threads", DEFAULT_INTRA_OP_THREADS)),
+        threads=options["intra_op_threads"],
         prefer=params.get("backend", "auto"),
         allow_spinning=params.get("ort_allow_spinning", "0") == "1",
     )
@@ -351,8 +362,8 @@ def _scheduler(version_dir: Path, stop_at_eos: bool = True) -> Any:
         runner,
         context=int(manifest["context_length"]),
         eos_ids=tuple(manifest["eos_token_ids"]) if stop_at_eos else (),
-        max_batch=int(params.get("max_batch", "32")),
-        stream_interval=int(params.get("stream_interval", "1")),
+        max_batch=options["max_batch"],
+        stream_interval=options["stream_interval"],
         cancel_check_interval=int(params.get("cancel_check_interval", "4")),
         chunk_batch=int(params.get("stream_chunk_batch", "16")),
         responses_per_s=float(params.get("stream_responses_per_s", str(STREAM_RESPONSES_PER_S))),

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,9 +218,10 @@ def _train(args: argparse.Namespace) -> int:
     from genwire_model.train import TrainConfig, ensure_checkpoint
 
     config = TrainConfig(steps=args.steps) if args.steps else TrainConfig()
-    result = ensure_checkpoint(
-        _settings().home, config, args.corpus, force=args.force, progress=_progress
-    )
+    with _sigterm_exits():
+        result = ensure_checkpoint(
+            _settings().home, config, args.corpus, force=args.force, progress=_progress
+        )
     print(
         f"checkpoint {result.path}\n"
         f"held-out loss {result.heldout_loss:.3f} nats/token, "
@@ -224,6 +229,24 @@ def _train(args: argparse.Namespace) -> int:
         + ("" if result.trained else " (cached)")
     )
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM raises SystemExit meanwhile, so ``finally`` blocks (a build's staging folder,
+    train's temporary one) clean up as on Ctrl-C; Python's default just ends the process."""
+
+    def _exit(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:  # (None: a handler not set from Python; the default stands in for it)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -248,10 +271,17 @@ def _build(args: argparse.Namespace) -> int:
         onnxruntime_graph=args.onnxruntime_graph,
     )
     try:
-        version = build_version(args.checkpoint, args.name, repository, options, _progress)
+        with _sigterm_exits():
+            version = build_version(args.checkpoint, args.name, repository, options, _progress)
     except (CheckpointError, BuildError, ExportError) as exc:
         print(f"genwire model build: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a read-only repository: one line, not a traceback
+        print(f"genwire model build: writing {repository}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # the build's staging folder is already removed
+        print("genwire model build: interrupted; nothing was added", file=sys.stderr)
+        return 130
     print(f"{args.name} version {version.version} at {version.path}")
     if args.load:
         from genwire_model.lifecycle_cli import load_built
@@ -263,7 +293,9 @@ def _build(args: argparse.Namespace) -> int:
 def _ensure(args: argparse.Namespace) -> int:
     from genwire_model.default import ensure_default_model
 
-    print(f"{DEFAULT_MODEL_NAME} version {ensure_default_model(_settings(), _progress)}")
+    with _sigterm_exits():
+        version = ensure_default_model(_settings(), _progress)
+    print(f"{DEFAULT_MODEL_NAME} version {version}")
     return 0
 
 
@@ -295,6 +327,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise SystemExit("genwire model bench: --response-gap-ms must be a finite number >= 0")
     if min(args.concurrency) < 1 or (args.requests is not None and args.requests < 1):
         raise SystemExit("genwire model bench: --concurrency and --requests must be at least 1")
+    if args.max_tokens < 1:  # per-token figures divide by it
+        raise SystemExit("genwire model bench: --max-tokens must be at least 1")
     try:
         event_loops.label(args.event_loop)  # uvloop asked for and not installed
     except RuntimeError as exc:

@@ -322,7 +322,7 @@ class Lifecycle:
                     f"{name} version {', '.join(not_ready)} did not become ready "
                     f"(state: {', '.join(states.get(v, '?') for v in not_ready)}); see Triton's log"
                 )
-        except LifecycleError:
+        except BaseException:  # Ctrl-C or SIGTERM too: no config left naming an unchecked version
             _write_atomic(config, before)
             with contextlib.suppress(LifecycleError):
                 served = self.triton.served(name)
@@ -341,7 +341,7 @@ class Lifecycle:
         with self.locked(name):
             served = self.triton.served(name)
             if target in served:
-                self.progress(f"{name} version {target} is already served")
+                self._check_served_version(name, target, served)
                 return target
             if served and self.policy(name) is None:
                 # Without a policy the newest served version takes the traffic: pin the one
@@ -351,12 +351,41 @@ class Lifecycle:
                 )
                 self.publish(pinned, -1)
             before = (self.repository / name / CONFIG).read_text(encoding="utf-8")
-            self.serve(name, [*served, target])
+            loaded = False  # serve puts the config back itself when it fails
             try:
+                self.serve(name, [*served, target])
+                loaded = True
                 self.probe(name, target)
             except LifecycleError as exc:
-                self._put_back(name, before, served, target, exc)
+                if loaded:
+                    self._put_back(name, before, served, target, exc)
+                raise
+            except BaseException:  # Ctrl-C, SIGTERM: nothing left served unchecked
+                if loaded:
+                    with contextlib.suppress(LifecycleError):
+                        self._restore_served(name, before, served)
+                raise
         return target
+
+    def _check_served_version(self, name: str, target: str, served: list[str]) -> None:
+        """``load`` of a version Triton serves already: probed unless traffic goes to it (a
+        load interrupted before its probe left it served unchecked); one that does not answer
+        is unloaded again (``LifecycleError``)."""
+        policy = self.policy(name)
+        # Without a policy the newest served version takes the traffic.
+        routed = _routed(policy) if policy is not None else {served[-1]}
+        if target in routed:
+            self.progress(f"{name} version {target} is already served")
+            return
+        self.progress(f"{name} version {target} is served but takes no traffic: probing it")
+        text = (self.repository / name / CONFIG).read_text(encoding="utf-8")
+        others = [v for v in served if v != target]
+        # What the config said before that load: the others, or (none) the build's policy.
+        before = with_versions(text, others) if others else _POLICY_RE.sub(LATEST_POLICY, text, 1)
+        try:
+            self.probe(name, target)
+        except LifecycleError as exc:
+            self._put_back(name, before, others, target, exc)
 
     def _put_back(
         self, name: str, before: str, served: list[str], target: str, failure: LifecycleError
@@ -364,15 +393,8 @@ class Lifecycle:
         """After ``target`` failed its probe: Triton serves ``served`` again and config.pbtxt
         is ``before`` (or names ``served`` where ``before`` would serve something else); raises
         ``failure`` saying so."""
-        config = self.repository / name / CONFIG
         try:
-            if served:
-                same = self._served_by(before, name) == served
-                _write_atomic(config, before if same else with_versions(before, served))
-                self.triton.load(name)
-            else:
-                _write_atomic(config, before)
-                self.triton.unload(name)
+            self._restore_served(name, before, served)
         except LifecycleError as exc:
             raise LifecycleError(
                 f"{failure}; putting back what {name} served ({', '.join(served) or 'nothing'}) "
@@ -382,6 +404,18 @@ class Lifecycle:
         raise LifecycleError(
             f"{failure}; version {target} was unloaded again: {name} serves {was}, as before"
         ) from None
+
+    def _restore_served(self, name: str, before: str, served: list[str]) -> None:
+        """Triton serves ``served`` again and config.pbtxt is ``before`` (or names ``served``
+        where ``before`` would serve something else)."""
+        config = self.repository / name / CONFIG
+        if served:
+            same = self._served_by(before, name) == served
+            _write_atomic(config, before if same else with_versions(before, served))
+            self.triton.load(name)
+        else:
+            _write_atomic(config, before)
+            self.triton.unload(name)
 
     def _served_by(self, config_text: str, name: str) -> list[str]:
         """What Triton serves of ``name`` under ``config_text``: its ``specific`` versions,
@@ -400,8 +434,9 @@ class Lifecycle:
             served = self.triton.served(name)
             going = [version] if version else served
             if policy is not None:
-                named = policy.versions() if version is None else {version} & policy.versions()
-                busy = sorted(set(going) & named, key=_num)
+                # What takes traffic (or a shadow copy): an alias alone (the canary the
+                # monitor rolled back, ``previous``) keeps nothing loaded.
+                busy = sorted(set(going) & _routed(policy), key=_num)
                 if busy:
                     raise LifecycleError(
                         f"{name} version {', '.join(busy)} is named by its policy "

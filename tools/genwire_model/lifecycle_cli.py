@@ -7,6 +7,7 @@ import contextlib
 import getpass
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +44,9 @@ def register(sub: Any) -> None:
         "while the model's policy routes traffic to it, unless --force.",
     )
     unload.add_argument("target", help="NAME[:VERSION]")
-    unload.add_argument("--force", action="store_true", help="even if the policy names it")
+    unload.add_argument(
+        "--force", action="store_true", help="even if the policy routes traffic to it"
+    )
     unload.set_defaults(func=_unload)
 
     listing = sub.add_parser(
@@ -106,7 +109,10 @@ def register(sub: Any) -> None:
     promote.add_argument("version", help="the version to promote")
     promote.add_argument("--keep-old", action="store_true", help="do not unload the old one")
     promote.add_argument(
-        "--drain-timeout", type=float, default=300.0, help="most seconds to wait (default: 300)"
+        "--drain-timeout",
+        type=_drain_seconds,
+        default=300.0,
+        help="most seconds to wait (default: 300)",
     )
     promote.set_defaults(func=_promote)
 
@@ -130,6 +136,18 @@ def register(sub: Any) -> None:
 
     for parser in (load, unload, listing, show, route, promote, back):  # not policy
         parser.add_argument("--repository", type=Path, help="default: the settings' repository")
+
+
+def _drain_seconds(text: str) -> float:
+    """``--drain-timeout``: a finite number of seconds >= 0 (a negative one published the
+    promotion and never unloaded the old version; nan waited forever)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {text!r}")
+    return seconds
 
 
 def split_target(target: str) -> tuple[str, str | None]:

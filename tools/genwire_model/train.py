@@ -327,6 +327,9 @@ def _ensure_locked(
         )
     progress(f"training the default model ({len(documents)} documents) into {final}")
     started = time.monotonic()
+    # This digest's lock is held: any temporary folder of it is a killed trainer's.
+    for stale in checkpoints_dir(home).glob(f".tmp-{digest}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = checkpoints_dir(home) / f".tmp-{digest}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:

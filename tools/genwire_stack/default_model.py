@@ -18,6 +18,8 @@ from genwire_stack.health import http_status, wait_until
 DEFAULT_MODEL = "genwire-gpt"
 
 Out = Callable[[str], None]
+Change = tuple[str, str]
+"""A rewrite of a model's config.pbtxt: the text before, the text written."""
 
 
 def quiet(_: str) -> None:
@@ -149,27 +151,64 @@ def serve_version(
     names keeps being served beside it, and the pin that ``load`` made alone follows it
     (``keep_policy_versions``). ``base``: Triton's HTTP URL."""
     began = time.monotonic() if began is None else began
-    pin, reconfigured = keep_policy_versions(cfg, base, version, out, model=model)
+    pin, change = keep_policy_versions(cfg, base, version, out, model=model)
     ready = http_status(f"{base}/v2/models/{model}/versions/{version}/ready") == 200
-    if not ready or reconfigured:
-        out(f"loading {model} (version {version}) into Triton at {base}")
-        status, detail = _post(
-            f"{base}/v2/repository/models/{model}/load",
-            timeout_s=600.0,
-            headers=triton_admin.headers(cfg),  # a secure stack's Triton restricts the load
-        )
-        if status != 200:
-            raise StackError(
-                f"Triton refused to load {model} version {version} (HTTP {status}: "
-                f"{detail[:200]}); see Triton's log"
-            )
-        wait_until(
-            lambda: http_status(f"{base}/v2/models/{model}/versions/{version}/ready") == 200,
-            what=f"model {model} version {version}",
-            timeout_s=120.0,
-        )
+    if not ready or change is not None:
+        try:
+            _load_and_wait(cfg, base, model, version, out)
+        except BaseException:  # as Lifecycle.serve: no config left naming what did not load
+            if change is not None:
+                _put_back(cfg, base, model, change, out)
+            raise
         out(f"{model} version {version} ready after {time.monotonic() - began:.1f} s")
     _move_pin(cfg, base, pin, version, out)
+
+
+def _load_and_wait(cfg: CommonSettings, base: str, model: str, version: str, out: Out) -> None:
+    """(Re)load ``model`` from its config and wait until ``version`` is ready."""
+    out(f"loading {model} (version {version}) into Triton at {base}")
+    status, detail = _post(
+        f"{base}/v2/repository/models/{model}/load",
+        timeout_s=600.0,
+        headers=triton_admin.headers(cfg),  # a secure stack's Triton restricts the load
+    )
+    if status != 200:
+        raise StackError(
+            f"Triton refused to load {model} version {version} (HTTP {status}: "
+            f"{detail[:200]}); see Triton's log"
+        )
+    wait_until(
+        lambda: http_status(f"{base}/v2/models/{model}/versions/{version}/ready") == 200,
+        what=f"model {model} version {version}",
+        timeout_s=120.0,
+    )
+
+
+def _put_back(cfg: CommonSettings, base: str, model: str, change: Change, out: Out) -> None:
+    """After the load of what ``keep_policy_versions`` wrote failed: the config it replaced
+    again (unless changed since), best effort, the model's lock held."""
+    lc = _lifecycle_module()
+    if lc is None:
+        return
+    before, written = change
+    config = cfg.repository / model / lc.CONFIG
+    with _lifecycle(lc, cfg, base, out) as life, contextlib.ExitStack() as held:
+        with contextlib.suppress(lc.LifecycleError):  # (a read-only repository: no lock)
+            held.enter_context(life.locked(model))
+        try:
+            if config.read_text(encoding="utf-8") != written:
+                return  # someone else's change since: theirs stands
+            # (Triton is not loaded again: a failed load left it serving what it served.)
+            _replace(config, before)
+            out(f"{model}: config.pbtxt put back as it was before this load")
+        except OSError as exc:
+            out(f"{model}: putting config.pbtxt back failed ({exc})")
+
+
+def _replace(config: Path, text: str) -> None:
+    tmp = config.with_name(f".{config.name}.up")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(config)
 
 
 def keep_policy_versions(
@@ -179,20 +218,21 @@ def keep_policy_versions(
     out: Out = quiet,
     *,
     model: str = DEFAULT_MODEL,
-) -> tuple[ModelPolicy | None, bool]:
+) -> tuple[ModelPolicy | None, Change | None]:
     """Before (re)loading the default model at ``version``: make its ``config.pbtxt`` serve
     ``version`` and every version its policy on ``genwire.config`` names, beside the versions
     it serves already (``specific``), so no request routed by the policy meets a version that
     is gone. Returns the policy when it is the pin ``load`` made and must follow ``version``
-    (moved once ``version`` is ready), and whether the file changed. No policy and the build's
-    ``latest`` line: nothing to keep (the new version takes the traffic, as always). The
-    broker unreadable: the file's ``specific`` versions are kept, the policy is not moved."""
+    (moved once ``version`` is ready), and the file's change (None: unchanged). No policy and
+    the build's ``latest`` line: nothing to keep (the new version takes the traffic, as
+    always). The broker unreadable: the file's ``specific`` versions are kept, the policy is
+    not moved."""
     lc = _lifecycle_module()
     if lc is None:
-        return None, False
+        return None, None
     config = cfg.repository / model / lc.CONFIG
     if not config.is_file():
-        return None, False
+        return None, None
     # The model's lock from the read to the write, as `genwire model load/unload/promote` hold
     # it: an operator's change made meanwhile is not overwritten with what was read before it.
     with _lifecycle(lc, cfg, triton_http, out) as life, contextlib.ExitStack() as held:
@@ -222,7 +262,7 @@ def _lifecycle(lc: Any, cfg: CommonSettings, triton_http: str, out: Out) -> Iter
 
 def _keep_versions(
     lc: Any, life: Any, config: Path, version: str, out: Out, model: str
-) -> tuple[ModelPolicy | None, bool]:
+) -> tuple[ModelPolicy | None, Change | None]:
     """``keep_policy_versions``' read-modify-write of ``config``, its lock held."""
     configured_versions, is_load_pin, with_versions = (
         lc.configured_versions,
@@ -232,7 +272,7 @@ def _keep_versions(
     try:
         text = config.read_text(encoding="utf-8")
     except OSError:
-        return None, False
+        return None, None
     specific = configured_versions(text)
     try:
         policy = life.policy(model)
@@ -240,7 +280,7 @@ def _keep_versions(
         out(f"{model}: its policy could not be read ({exc}); served versions kept")
         policy = None
     if policy is None and specific is None:
-        return None, False
+        return None, None
     built = set(life.versions(model))
     named = policy.versions() if policy is not None else set()
     pin = policy if policy is not None and is_load_pin(policy) else None
@@ -254,13 +294,11 @@ def _keep_versions(
             f"`genwire model route/promote {model} {version}`"
         )
     if specific is not None and set(specific) == wanted:
-        return pin, False
+        return pin, None
     new = with_versions(text, wanted)
-    tmp = config.with_name(f".{config.name}.up")
-    tmp.write_text(new, encoding="utf-8")
-    tmp.replace(config)
+    _replace(config, new)
     out(f"{model}: serving versions {', '.join(sorted(wanted, key=int))}")
-    return pin, True
+    return pin, (text, new)
 
 
 def _move_pin(

@@ -507,6 +507,17 @@ class _TritonSink:
         return self.cancelled or self.sender is None
 
 
+def _version_options(params: dict[str, str], manifest: dict[str, Any]) -> dict[str, int]:
+    """``max_batch``, ``stream_interval`` and ``intra_op_threads`` of this version: its own
+    build's (its manifest: every version of a model shares one config.pbtxt, which a newer
+    build rewrites), unless a config.pbtxt parameter of that name overrides them for every
+    version."""
+    built = manifest.get("build", {}).get("options", {}) or {}
+    # genwire_model.build.VERSION_OPTIONS, with the defaults of a manifest without them.
+    defaults = {"max_batch": 32, "stream_interval": 1, "intra_op_threads": DEFAULT_INTRA_OP_THREADS}
+    return {key: int(params.get(key, built.get(key, value))) for key, value in defaults.items()}
+
+
 class TritonPythonModel:
     """genwire's generative model: continuous batching, streaming, cancellation."""
 
@@ -523,9 +534,10 @@ class TritonPythonModel:
         sys.setswitchinterval(float(params.get("gil_switch_interval_us", "500")) * 1e-6)
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
+        options = _version_options(params, self.manifest)
         self.runner = create_runner(
             version_dir,
-            threads=int(params.get("intra_op_threads", DEFAULT_INTRA_OP_THREADS)),
+            threads=options["intra_op_threads"],
             prefer=params.get("backend", "auto"),
             allow_spinning=params.get("ort_allow_spinning", "0") == "1",
         )
@@ -537,8 +549,8 @@ class TritonPythonModel:
             self.runner,
             context=self.context,
             eos_ids=tuple(self.manifest["eos_token_ids"]),
-            max_batch=int(params.get("max_batch", "32")),
-            stream_interval=int(params.get("stream_interval", "1")),
+            max_batch=options["max_batch"],
+            stream_interval=options["stream_interval"],
             cancel_check_interval=int(params.get("cancel_check_interval", "4")),
             chunk_batch=int(params.get("stream_chunk_batch", "16")),
             publish=self.outbox.publish,
