@@ -565,6 +565,27 @@ def test_min_tokens_and_ignore_eos(make: Callable[..., Scheduler]) -> None:
     assert ignored.tokens == free.tokens and ignored.updates[-1].finish_reason == "length"
 
 
+def test_with_ignore_eos_min_tokens_holds_back_the_stop_ids_only(
+    make: Callable[..., Scheduler],
+) -> None:
+    """Under ignore_eos an eos ends nothing, so min_tokens leaves it to the sampler (as vLLM):
+    a bias toward it counts from the first token. The stop ids are still held back."""
+    eos = (_greedy(make, [5, 6, 7], max_tokens=1).tokens[0] + 1) % 512  # not the greedy one
+    toward = {"logit_bias": {eos: 100.0}, "min_tokens": 3, "max_tokens": 6}
+    ignored = _greedy(make, [5, 6, 7], eos=(eos,), ignore_eos=True, **toward)
+    assert ignored.tokens == [eos] * 6 and ignored.updates[-1].finish_reason == "length"
+    stop = _greedy(
+        make, [5, 6, 7], eos=(eos,), ignore_eos=True, stop_ids=frozenset({eos}), **toward
+    )
+    assert len(stop.tokens) == 3 and eos not in stop.tokens
+    assert stop.updates[-1].finish_reason == "stop"
+    # Nothing to hold back: no mask at all (the device path reads the same ``suppress``).
+    from genwire_model.runtime.scheduler import _Group, _Sequence
+
+    alone = request(Collect(), [5], min_tokens=3, ignore_eos=True)
+    assert _Sequence(_Group(alone), 0, 512, frozenset({eos})).suppress is None
+
+
 def test_penalties_on_a_row_of_logits() -> None:
     from genwire_model.runtime.scheduler import _Group, _Sequence
 

@@ -121,6 +121,27 @@ def test_a_cancelled_head_that_does_not_fit_leaves_the_queue(
     assert not running.done  # still running: the room came from the head leaving
 
 
+def test_a_cancelled_request_behind_a_head_that_does_not_fit_is_answered_at_once(
+    make: Callable[..., Scheduler],
+) -> None:
+    """The head (n=2) waits for room; a request behind it that is cancelled meanwhile is
+    answered "cancelled" now, not once the head is admitted."""
+    scheduler = make(max_batch=2)
+    running, head, behind = Collect(), Collect(), Collect()
+    scheduler.submit(request(running, [1, 2], max_tokens=40))
+    scheduler.run_once()
+    scheduler.submit(request(head, [3, 4], n=2))
+    scheduler.submit(request(behind, [5, 6], max_tokens=3))
+    scheduler.run_once()
+    assert not head.done and not behind.done  # no room for the head: both wait
+    behind.cancel = True
+    scheduler.run_once()
+    assert behind.done and behind.updates[-1].finish_reason == "cancelled"
+    assert not behind.errors and behind.updates[-1].token_ids == []
+    assert not head.done and [r.sink for r in scheduler.waiting] == [head]  # still first
+    assert not running.done
+
+
 def test_the_loop_does_not_spin_while_nothing_can_be_admitted(
     make: Callable[..., Scheduler],
 ) -> None:

@@ -1042,3 +1042,138 @@ async def test_a_cancel_while_the_version_is_looked_up_ends_cancelled_not_refuse
     inf.model_state = not_cancelled
     with pytest.raises(Rejection):
         await asyncio.wait_for(_collect(inf, request.model_copy(update={"request_id": "n2"})), 5)
+
+
+# -- deadlines and finish reasons ---------------------------------------------------------------
+class PacedStream(FakeStream):
+    """The model as its decode loop behaves: a token every ``delay_s``; streamed, the first
+    response at once, then the tokens since the last one no closer than ``min_gap_s``; not
+    streamed, every token in the final response; cancelled, nothing more is sent (what was not
+    sent is lost, as the model drops it)."""
+
+    def __init__(self, n: int, delay_s: float, stream: bool, min_gap_s: float) -> None:
+        super().__init__([], delay_s, None)
+        self.n, self.stream, self.min_gap_s = n, stream, min_gap_s
+
+    async def _run(self) -> AsyncIterator[ModelStep]:
+        loop = asyncio.get_running_loop()
+        tokens: list[int] = []
+        sent, last = 0, 0.0
+        for i in range(self.n):
+            try:
+                await asyncio.wait_for(self.cancelled.wait(), self.delay_s)
+                return
+            except TimeoutError:
+                pass
+            tokens.append(100 + i)
+            final = i == self.n - 1
+            due = self.stream and (sent == 0 or loop.time() - last >= self.min_gap_s)
+            if final or due:
+                step = ModelStep(token_ids=tokens[sent:], logprobs=[-0.5] * (len(tokens) - sent))
+                step.finished, step.finish_reason = final, "length" if final else ""
+                sent, last = len(tokens), loop.time()
+                yield step
+
+
+class PacedBackend(FakeBackend):
+    async def open(
+        self,
+        request: PreparedRequest,
+        headers: Mapping[str, str],
+        *,
+        stream: bool = True,
+        min_gap_s: float = 0.0,
+    ) -> FakeStream:
+        self.opened.append((request, dict(headers)))
+        self.stream_flags.append(stream)
+        self.gaps[request.request_id] = min_gap_s
+        paced = PacedStream(self.n, self.delay_s, stream, min_gap_s)
+        self.streams.append(paced)
+        return paced
+
+
+async def test_an_unstreamed_request_stopped_by_its_deadline_keeps_what_it_generated() -> None:
+    """docs/api.md *Deadlines*: inference publishes what it has with ``deadline``. The model
+    drops what it has not sent when cancelled, so such a request streams from it, responses far
+    apart, and the tokens wait here for the final chunk."""
+    backend = PacedBackend(n=10_000, delay_s=0.002)
+    inf = Inference(backend)
+    request = _req("ud", stream=False, stop=(), deadline_ms=now_ms() + 1_000)
+    chunks = await asyncio.wait_for(_collect(inf, request), 20)
+    (final,) = chunks  # unchunked: the final chunk alone
+    assert final.finish_reason == "deadline"
+    assert final.output_ids and final.output_ids == list(range(100, 100 + len(final.output_ids)))
+    assert final.token_ids == final.output_ids and final.completion_tokens == len(final.output_ids)
+    assert backend.stream_flags == [True]
+    assert backend.gaps["ud"] == pytest.approx(0.05, abs=0.01)  # 5 % of the time left
+    # Without a deadline: one response from the model, as before (the fast path).
+    short = PacedBackend(n=5, delay_s=0.001)
+    (whole,) = await _collect(Inference(short), _req("nd", stream=False, stop=()))
+    assert whole.output_ids == [100, 101, 102, 103, 104]
+    assert short.stream_flags == [False] and short.gaps["nd"] == 0.0
+
+
+async def test_an_unstreamed_request_with_a_deadline_asks_for_few_responses() -> None:
+    backend = PacedBackend(n=5, delay_s=0.001)
+    inf = Inference(backend)
+    (final,) = await _collect(inf, _req("far", stream=False, stop=(), deadline_ms=now_ms() + 60e3))
+    assert final.finish_reason == "length" and final.output_ids == [100, 101, 102, 103, 104]
+    assert backend.gaps["far"] == 1.0  # the most: 5 % of a minute would be 3 s
+    (final,) = await _collect(inf, _req("near", stream=False, stop=(), deadline_ms=now_ms() + 500))
+    assert final.output_ids == [100, 101, 102, 103, 104] and backend.gaps["near"] == 0.05
+
+
+async def test_an_unstreamed_request_cancelled_by_its_caller_ends_cancelled() -> None:
+    backend = PacedBackend(n=10_000, delay_s=0.002)
+    inf = Inference(backend)
+    request = _req("uc", stream=False, stop=(), deadline_ms=now_ms() + 60e3)
+    loop = asyncio.get_running_loop()
+    cancel = ControlEvent(request_id="uc", action="cancel", reason="caller")
+    loop.call_later(0.3, lambda: asyncio.ensure_future(inf.control(cancel)))
+    (final,) = await asyncio.wait_for(_collect(inf, request), 20)
+    assert final.finish_reason == "cancelled" and final.error is None
+    assert backend.streams[0].cancelled.is_set()
+
+
+class _OneChoiceEndsFirst(FakeBackend):
+    """Two choices: ``early`` ends by itself ("stop") at once; the other goes on until
+    cancelled."""
+
+    def __init__(self, early: int) -> None:
+        super().__init__(delay_s=0.01)
+        self.early = early
+
+    async def open(
+        self,
+        request: PreparedRequest,
+        headers: Mapping[str, str],
+        *,
+        stream: bool = True,
+        min_gap_s: float = 0.0,
+    ) -> FakeStream:
+        end = ModelStep(token_ids=[6], logprobs=[-1.0], choice=self.early, finished=True)
+        end.finish_reason, end.completion_tokens = "stop", 3
+        later = 1 - self.early
+        steps = [_tok(self.early, 5), end, *(_tok(later, 10 + i) for i in range(1000))]
+        stream_ = FakeStream(steps, self.delay_s, None)
+        self.streams.append(stream_)
+        return stream_
+
+
+@pytest.mark.parametrize("early", [0, 1])
+@pytest.mark.parametrize("stop", ["deadline", "cancelled"])
+async def test_a_choice_the_model_ended_keeps_its_own_finish_reason(early: int, stop: str) -> None:
+    inf = Inference(_OneChoiceEndsFirst(early))
+    request = _req("two", stop=(), deadline_ms=now_ms() + 600 if stop == "deadline" else None)
+    request.sampling.n = 2
+    if stop == "cancelled":
+        cancel = ControlEvent(request_id="two", action="cancel", reason="caller")
+        asyncio.get_running_loop().call_later(
+            0.6, lambda: asyncio.ensure_future(inf.control(cancel))
+        )
+    final = (await asyncio.wait_for(_collect(inf, request), 20))[-1]
+    assert final.choices is not None
+    reasons = {c.index: c.finish_reason for c in final.choices}
+    assert reasons == {early: "stop", 1 - early: stop}
+    assert final.choices[early].output_ids == [5, 6]
+    assert final.finish_reason == reasons[0]  # the request's is choice 0's

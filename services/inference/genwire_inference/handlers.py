@@ -65,6 +65,22 @@ def _chunked(request: PreparedRequest) -> bool:
     return not request.shadow and (request.stream or bool(request.sampling.stop))
 
 
+def _finish_reason(choice: _Choice, run: Run) -> str:
+    """Why a choice ended: the model's reason when the model ended it (stop, length), also if a
+    cancel or the deadline stopped the request after that; else why the request was stopped."""
+    if choice.final is not None:
+        return choice.final.finish_reason or "stop"
+    return run.stop_reason or "stop"
+
+
+def _deadline_gap_s(deadline_ms: float) -> float:
+    """The least gap between the model's responses asked for an unchunked request with a
+    deadline (``DEADLINE_GAP_SHARE`` of the time left, within ``DEADLINE_GAP_BOUNDS_S``)."""
+    low, high = DEADLINE_GAP_BOUNDS_S
+    left_s = max(0.0, (deadline_ms - now_ms()) / 1000.0)
+    return min(high, max(low, left_s * DEADLINE_GAP_SHARE))
+
+
 def _end_failed(span: Span, exc: GenwireError) -> None:
     """End ``span`` as failed with ``exc`` (raised on, to be retried or answered)."""
     span.set_status(Status(StatusCode.ERROR, exc.message))
@@ -114,6 +130,15 @@ it is parked on ``genwire.retry`` for a later replay: while one record retries, 
 no new one, and a request too large for memory alone would otherwise hold it for the whole
 outage budget at each replay. Its retries' backoff (``retry_backoff_s``, doubled) lets the
 batch it shared end first."""
+
+DEADLINE_GAP_SHARE = 0.05
+"""An unchunked request with a deadline still streams from the model, its responses this share
+of the time left apart (``DEADLINE_GAP_BOUNDS_S``), the tokens kept here until the final chunk:
+a deadline cancels the model, which then drops what it has not sent, and the partial result is
+what the deadline promises the caller (docs/api.md *Deadlines*). So it misses at most that gap's
+tokens, and a request that ends well before its deadline costs the model a response or two
+(its first token, then one a gap) beside its final one. Without a deadline: one response."""
+DEADLINE_GAP_BOUNDS_S = (0.05, 1.0)
 
 CHUNK_GAP_SLACK = 0.1
 """How much earlier than its spacing a streamed chunk is still due, as a share of it: the model
@@ -342,17 +367,23 @@ class Inference:
         # alone needs them early (postprocess cancels at the stop).
         budgeted = request.stream
         opened_gap_s = self.opening_gap_s(s.n) if budgeted else 0.0
+        # Unchunked: one response with every token, unless a deadline may stop it (a cancel
+        # drops the model's unsent tokens): then responses far apart (DEADLINE_GAP_SHARE).
+        streamed = chunked or request.deadline_ms is not None
+        if not chunked and request.deadline_ms is not None:
+            opened_gap_s = _deadline_gap_s(request.deadline_ms)
         any_token = answered = False
         owned = True  # ``span`` is the call's own (False: the process span, after a failed call)
         try:
             headers: list[tuple[str, bytes]] = []
             inject(headers, trace.set_span_in_context(span))  # Triton's own trace joins ours
-            # Unchunked requests ask the model for one response with every token: no per-token
-            # responses to send, receive and parse (what direct Triton clients do, too).
+            # Unchunked requests without a deadline ask the model for one response with every
+            # token: no per-token responses to send, receive and parse (what direct Triton
+            # clients do, too).
             stream = await self.backend.open(
                 request,
                 {k: v.decode("latin-1") for k, v in headers},
-                stream=chunked,
+                stream=streamed,
                 min_gap_s=opened_gap_s,
             )
             run.stream = stream
@@ -368,7 +399,7 @@ class Inference:
                     self.served_here.add((request.model, request.model_version))
                 choice = choices[step.choice] if 0 <= step.choice < len(choices) else choices[0]
                 if step.token_ids:
-                    if not any_token and chunked:  # unstreamed: every token comes at the end
+                    if not any_token and streamed:  # unstreamed: every token comes at the end
                         timings.first_token = now_ms()
                         span.set_attribute(
                             sc.TIME_TO_FIRST_TOKEN_MS,
@@ -463,7 +494,8 @@ class Inference:
         final_step = first.final
         if any(c.final is None for c in choices) and run.stop_reason is None:
             run.stop_reason = FINISH_ERROR  # should not happen: be explicit
-        reason = run.stop_reason or (final_step.finish_reason if final_step else "") or "stop"
+        # Choice 0's reason is the request's; a choice the model ended keeps its own.
+        reason = FINISH_ERROR if run.stop_reason == FINISH_ERROR else _finish_reason(first, run)
         if final_step is not None:
             timings.triton_queue_ms = final_step.queue_ms
             timings.triton_compute_ms = final_step.compute_ms
@@ -482,7 +514,7 @@ class Inference:
             span.set_attribute(sc.QUEUE_MS, timings.triton_queue_ms)
         if timings.triton_compute_ms is not None:
             span.set_attribute(sc.COMPUTE_MS, timings.triton_compute_ms)
-        if not chunked and final_step is not None and final_step.ttft_ms:
+        if not streamed and final_step is not None and final_step.ttft_ms:
             # Unstreamed: every token arrives at the end, so the model's own clock says when
             # the first one was sampled.
             timings.first_token = first_token_unix_ms(timings, final_step)
@@ -518,9 +550,7 @@ class Inference:
                     ChoiceOutput(
                         index=i,
                         output_ids=list(c.generated),
-                        finish_reason=run.stop_reason
-                        or (c.final.finish_reason if c.final else "")
-                        or "stop",
+                        finish_reason=_finish_reason(c, run),
                         logprobs=c.logprobs if keep_logprobs else None,
                         completion_tokens=c.completion_tokens,
                     )

@@ -23,7 +23,8 @@ block) and one block's cumulative sum, not a cumulative sum over the vocabulary.
 and the fast path share the walk, so the same draws give the same tokens (tested, and a
 chi-squared test holds the frequencies to the definition). The order of the filters is vLLM V1's
 (min_p after temperature, then top-k / top-p over what min_p kept). Temperature 0 or top_k 1 is
-greedy (the first maximum). A batch of one row (every decode step of a lone one-choice
+greedy (the first maximum), and so is a temperature whose reciprocal overflows float32
+(``MIN_TEMPERATURE``: the limit T -> 0). A batch of one row (every decode step of a lone one-choice
 request, and each lone prefill) takes the same steps with scalar bookkeeping
 (``Sampler._sample_one``, ``walk_one``): 40 % less time per step in the decode loop there.
 """
@@ -87,6 +88,40 @@ def _probabilities(logits: Array, temperature: Array) -> Array:
 FLOAT32_MAX = np.float32(np.finfo(np.float32).max)
 """Where a penalised logit stops (``scheduler._Sequence.process``, ``sampling_torch.penalise``):
 +inf cannot be ranked."""
+
+
+def _least_sampled_temperature() -> float:
+    """The least temperature whose reciprocal, as ``_probabilities`` computes it (a float64
+    division rounded to float32), is finite."""
+    t = 1.0 / (2.0**128 - 2.0**103)  # float32 rounds up to inf from 2**128 - 2**103 (half an ulp)
+    with np.errstate(over="ignore"):  # the overflow is what is looked for
+        while not np.isfinite(np.float32(1.0 / t)):
+            t = float(np.nextafter(t, 1.0))
+        while np.isfinite(np.float32(1.0 / float(np.nextafter(t, 0.0)))):
+            t = float(np.nextafter(t, 0.0))
+    return t
+
+
+MIN_TEMPERATURE = _least_sampled_temperature()
+"""The least temperature that samples (about 2.9e-39); any below it is greedy, as 0 is. The API
+takes any temperature >= 0, and below this ``1 / T`` overflows float32: the most likely token's
+``exp(0 * inf)`` would be NaN and every other 0, a row nothing can be drawn from. Greedy is the
+limit of T -> 0, so it is what such a temperature means."""
+
+
+def sampled_rows(temperature: Array, top_k: Array) -> Array:
+    """Which rows sample (bool [R]); the others are greedy: a temperature under
+    ``MIN_TEMPERATURE`` (0 included) or top_k 1."""
+    result: Array = (np.asarray(temperature, np.float64) >= MIN_TEMPERATURE) & (
+        np.asarray(top_k) != 1
+    )
+    return result
+
+
+def is_sampled(temperature: float, top_k: int) -> bool:
+    """``sampled_rows`` for one row, on Python scalars."""
+    return temperature >= MIN_TEMPERATURE and top_k != 1
+
 
 BLOCK = 64
 
@@ -162,7 +197,7 @@ def sample_reference(
     tokens: Array = np.argmax(logits, axis=1).astype(np.int64)
     ids = np.arange(vocab)
     for i in range(rows):
-        if temperature[i] <= 0.0 or top_k[i] == 1:
+        if not is_sampled(float(temperature[i]), int(top_k[i])):
             continue
         e = _probabilities(logits[i : i + 1], temperature[i : i + 1])[0]
         order = np.lexsort((ids, -e))
@@ -246,7 +281,7 @@ class Sampler:
                 [self._sample_one(logits, temperature, top_p, top_k, min_p, draws)], np.int64
             )
         tokens: Array = np.argmax(logits, axis=1).astype(np.int64)
-        sampled = np.flatnonzero((temperature > 0.0) & (top_k != 1))
+        sampled = np.flatnonzero(sampled_rows(temperature, top_k))
         if sampled.size == 0:
             return tokens
         every = sampled.size == len(tokens)  # all rows sampled: slices, not copies
@@ -283,7 +318,7 @@ class Sampler:
         bookkeeping (the tests hold it to the reference): at batch 1 the batch path's ~60 numpy
         calls together cost more than the row's own work (docs/model.md, *Round 15*)."""
         t, k = float(temperature[0]), int(top_k[0])
-        if not (t > 0.0 and k != 1):
+        if not is_sampled(t, k):
             return int(np.argmax(logits[0]))
         probs = _probabilities(logits, temperature[:1])
         k = k if 0 < k < self.vocab else 0

@@ -14,8 +14,10 @@ draws give the same token ids as ``sampling.Sampler`` (and ``sample_reference``)
    arithmetic: float32 sums of 64-token blocks (numpy's eight-accumulator pairwise order),
    a float64 cumulative sum over the blocks, then a float64 cumulative sum inside the block.
 
-Temperature 0 or top_k 1 is greedy (the first maximum). A GPU has no partial-sort advantage
-to chase: a stable sort of every sampled row is one kernel.
+Temperature 0 or top_k 1 is greedy (the first maximum), and so is a temperature whose reciprocal
+overflows float32 (``sampling.MIN_TEMPERATURE``: the limit T -> 0, where ``exp(0 * inf)`` would
+be NaN). A GPU has no partial-sort advantage to chase: a stable sort of every sampled row is one
+kernel.
 
 One difference is the exponential itself: here ``exp`` is computed in float64 and rounded to
 float32 (the correctly rounded value, the same on a CPU and a GPU), while numpy's vectorised
@@ -38,7 +40,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .sampling import FLOAT32_MAX
+from .sampling import FLOAT32_MAX, sampled_rows
 
 Array = npt.NDArray[Any]
 Tensor = Any  # torch.Tensor (torch is imported lazily: the CPU runtime does not need it)
@@ -164,7 +166,7 @@ def sample(
     ``draws``: one uniform [0, 1) per row (used only by sampled rows)."""
     torch = _torch()
     tokens = logits.argmax(dim=1)
-    sampled = np.flatnonzero((temperature > 0.0) & (top_k != 1))
+    sampled = np.flatnonzero(sampled_rows(temperature, top_k))
     if sampled.size == 0:
         return tokens
     every = sampled.size == len(temperature)

@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .runners import KV, Runner, gather_basic
-from .sampling import FLOAT32_MAX, Sampler, logsumexp, top_logprobs
+from .sampling import FLOAT32_MAX, Sampler, is_sampled, logsumexp, top_logprobs
 
 _fill_masks: Any
 try:  # the constraint hook's batched masks (llguidance); optional
@@ -386,10 +386,12 @@ class _Sequence:
         if request.repetition_penalty != 1.0:
             self.prompt_seen = np.zeros(vocab, np.bool_)
             self.prompt_seen[request.prompt] = True
-        # Tokens that may not be sampled before min_tokens (eos and the stop ids, as vLLM).
+        # Tokens that may not be sampled before min_tokens: the stop ids, and eos unless
+        # ignore_eos (then eos ends nothing, and a bias toward it must count: as vLLM).
         self.suppress: Array | None = None
-        if request.min_tokens > 0:
-            self.suppress = np.fromiter(sorted(eos | request.stop_ids), np.int64)
+        blocked = (frozenset() if request.ignore_eos else eos) | request.stop_ids
+        if request.min_tokens > 0 and blocked:
+            self.suppress = np.fromiter(sorted(blocked), np.int64)
         self.processed = (
             self.bias_ids is not None or self.counts is not None or self.suppress is not None
         )
@@ -670,9 +672,7 @@ class Scheduler:
             # a head that does not fit now would keep them (and everything behind) waiting.
             if request.sink.is_cancelled():
                 self.waiting.pop(0)
-                group = _Group(request)
-                for choice in range(request.n):
-                    self._finish(self._sequence(group, choice), "cancelled")
+                self._cancel_waiting(request)
                 continue
             try:
                 self.check_fits(request)  # submit refuses it; this one came another way
@@ -684,6 +684,7 @@ class Scheduler:
                     log.exception("could not deliver an error response")
                 continue
             if request.n > free:
+                self._drop_cancelled(behind=1)
                 break
             self.waiting.pop(0)
             admitted.append(_Group(request))
@@ -700,6 +701,24 @@ class Scheduler:
         if batch:
             joining.extend(self._prefill(batch))
         return joining
+
+    def _cancel_waiting(self, request: Request) -> None:
+        """Answer a request cancelled before it was admitted: every choice "cancelled"."""
+        group = _Group(request)
+        for choice in range(request.n):
+            self._finish(self._sequence(group, choice), "cancelled")
+
+    def _drop_cancelled(self, behind: int) -> None:
+        """Answer and drop the cancelled requests queued from index ``behind`` on: behind a
+        head that does not fit they would otherwise hold their answer (and the caller) until
+        the head is admitted."""
+        kept = self.waiting[:behind]
+        for request in self.waiting[behind:]:
+            if request.sink.is_cancelled():
+                self._cancel_waiting(request)
+            else:
+                kept.append(request)
+        self.waiting = kept
 
     def _prefill(self, groups: list[_Group]) -> list[tuple[KV, list[int], list[_Sequence]]]:
         try:
@@ -743,11 +762,11 @@ class Scheduler:
         else:  # a torch tensor on the GPU (TensorRT): sampled there
             rows_logits = rows_logits.float().clone()
         tokens = self._tokens(seqs, rows_logits)
-        keep_rows, keep = [], []
-        for i, seq in enumerate(seqs):
-            if not self._accept(seq, tokens[i]):
-                keep_rows.append(source[i])
-                keep.append(seq)
+        ended = [self._accept(seq, tokens[i]) for i, seq in enumerate(seqs)]
+        # A request that failed (one choice's sampling or grammar) joins with none of its
+        # choices, also those accepted before the failure.
+        stay = [i for i, seq in enumerate(seqs) if not ended[i] and not seq.group.failed]
+        keep_rows, keep = [source[i] for i in stay], [seqs[i] for i in stay]
         return [(kv, keep_rows, keep)] if keep else []
 
     def _reform(self, joining: list[tuple[KV, list[int], list[_Sequence]]]) -> None:
@@ -892,10 +911,34 @@ class Scheduler:
                 seqs[i].process(logits[i])
             if constrained:
                 self._mask(seqs, constrained, logits, raw)
-        chosen = self.sampler.sample(logits, *self._options(seqs))
+        options = self._options(seqs)
+        try:
+            chosen = self.sampler.sample(logits, *options)
+        except Exception:
+            log.exception("sampling a batch of %d rows failed: each row alone", rows)
+            chosen = self._sample_each(
+                seqs,
+                np.argmax(logits, axis=1),
+                lambda i: self.sampler.sample(logits[i : i + 1], *(o[i : i + 1] for o in options)),
+            )
         source = raw if raw is not None else logits
         token_lps = source[np.arange(rows), chosen] - lse
         return [(int(chosen[i]), float(token_lps[i]), tops[i]) for i in range(rows)]
+
+    def _sample_each(
+        self, seqs: list[_Sequence], chosen: Any, sample_row: Callable[[int], Any]
+    ) -> Any:
+        """After a batch's sampling failed: each row sampled alone (with its own draw, so the
+        token it would have had), so that one row's failure fails its own request only, not
+        every request prefilled or decoding with it. A row failing alone fails its request;
+        its entry of ``chosen`` (the placeholder) is never accepted (``_accept``)."""
+        for i, seq in enumerate(seqs):
+            try:
+                chosen[i] = sample_row(i)[0]
+            except Exception as exc:
+                log.exception("sampling failed for one row")
+                self._fail(seq, f"sampling failed: {describe(exc)}")
+        return chosen
 
     def _options(self, seqs: list[_Sequence]) -> tuple[Array, Array, Array, Array, Array]:
         """Per row: temperature, top_p, top_k, min_p and the uniform draw (from the request's
@@ -903,7 +946,7 @@ class Scheduler:
         n = len(seqs)
         draws = np.fromiter(
             (
-                s.rng.random() if s.request.temperature > 0.0 and s.request.top_k != 1 else 0.0
+                s.rng.random() if is_sampled(s.request.temperature, s.request.top_k) else 0.0
                 for s in seqs
             ),
             np.float64,
@@ -952,7 +995,16 @@ class Scheduler:
                         np.fromiter(masks, np.int64, len(masks)),
                         np.stack([m[:vocab] for m in masks.values()]),
                     )
-        chosen = st.sample(logits, *self._options(seqs))
+        options = self._options(seqs)
+        try:
+            chosen = st.sample(logits, *options)
+        except Exception:
+            log.exception("sampling a batch of %d rows failed: each row alone", rows)
+            chosen = self._sample_each(
+                seqs,
+                logits.argmax(dim=1),
+                lambda i: st.sample(logits[i : i + 1], *(o[i : i + 1] for o in options)),
+            )
         source = raw if raw is not None else logits
         token_lps = source.gather(1, chosen[:, None])[:, 0] - lse
         out = torch.cat([chosen.double(), token_lps.double(), *alternatives]).cpu().numpy()
@@ -1045,6 +1097,8 @@ class Scheduler:
         """Record a sampled token; True (and the final response queued) if the choice ended."""
         token, logprob, top = sample
         r = seq.request
+        if seq.group.failed:  # its sampling (or another choice's) failed: it leaves
+            return True
         if seq.first_token_at is None:
             seq.first_token_at = time.monotonic()
         seq.generated += 1
