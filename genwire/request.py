@@ -55,6 +55,9 @@ MAX_STOP_CHARS = 64
 MAX_METADATA = 16
 MAX_TOKENS_CEILING = 32_768
 """``max_tokens`` ceiling of the schema; the model's context length is the real bound."""
+DEFAULT_MAX_TOKENS = 64
+"""``max_tokens`` of a request that does not send one: at least its ``min_tokens``, and at most
+what the model's context leaves after the prompt (preprocess fits it: ``max_tokens_sent``)."""
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 """Default ceiling on a request's JSON (the Kafka value) in bytes."""
@@ -127,7 +130,8 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
     """``schema_version`` is not one this deployment reads."""
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
-    """Prompt tokens + max_tokens exceed the model's context length."""
+    """Prompt tokens + max_tokens (sent; else + min_tokens, at least 1) exceed the model's
+    context length."""
     MODEL_NOT_FOUND = "model_not_found"
     """No such model (or version) in the model repository."""
     MODEL_NOT_LOADED = "model_not_loaded"
@@ -182,6 +186,8 @@ RATE_LIMITED = "rate_limit_exceeded"
 """The key's requests or tokens per minute are used up (429, ``Retry-After``)."""
 QUOTA_EXCEEDED = "insufficient_quota"
 """The key's tokens per day are used up (429, ``Retry-After``)."""
+REQUEST_TIMEOUT = "request_timeout"
+"""The HTTP body did not arrive within the gateway's ``body_read_timeout_s`` (408; HTTP only)."""
 
 GATEWAY_ERROR_HTTP_STATUS: dict[str, int] = {
     CANCELLED: 499,
@@ -190,6 +196,7 @@ GATEWAY_ERROR_HTTP_STATUS: dict[str, int] = {
     PERMISSION_DENIED: 403,
     RATE_LIMITED: 429,
     QUOTA_EXCEEDED: 429,
+    REQUEST_TIMEOUT: 408,
 }
 """The HTTP status of each entry-point-only code (499: nginx's "client closed request")."""
 
@@ -255,7 +262,13 @@ class GenerationRequest(BaseModel):
         max_length=MAX_MESSAGES,
         description="Chat turns, rendered with the model's chat template.",
     )
-    max_tokens: int = Field(64, ge=1, le=MAX_TOKENS_CEILING, description="Most tokens to generate.")
+    max_tokens: int = Field(
+        DEFAULT_MAX_TOKENS,
+        ge=1,
+        le=MAX_TOKENS_CEILING,
+        description="Most tokens to generate. Not sent: 64, but at least min_tokens and at most "
+        "what the model's context leaves after the prompt.",
+    )
     temperature: float = Field(
         1.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy."
     )
@@ -366,7 +379,9 @@ class GenerationRequest(BaseModel):
             raise PydanticCustomError(
                 ErrorCode.OUT_OF_RANGE.value, "'top_logprobs' needs 'logprobs' to be true"
             )
-        if self.min_tokens > self.max_tokens:
+        if not self.max_tokens_sent():
+            self._default_max_tokens()
+        elif self.min_tokens > self.max_tokens:
             raise PydanticCustomError(
                 ErrorCode.OUT_OF_RANGE.value,
                 "'min_tokens' ({min}) exceeds 'max_tokens' ({max})",
@@ -381,6 +396,18 @@ class GenerationRequest(BaseModel):
                 {"n": len(self.guided.spec), "limit": MAX_GUIDED_CHARS},
             )
         return self
+
+    def max_tokens_sent(self) -> bool:
+        """Whether the caller sent ``max_tokens``: a default is fitted to the prompt by
+        preprocess, never refused (``DEFAULT_MAX_TOKENS``)."""
+        return "max_tokens" in self.model_fields_set
+
+    def _default_max_tokens(self) -> None:
+        """Raise the unsent ``max_tokens`` to ``min_tokens``: what the gateway budgets and
+        preprocess starts from (only the context, once tokenized, lowers it)."""
+        if self.min_tokens > self.max_tokens:
+            self.max_tokens = self.min_tokens
+            self.model_fields_set.discard("max_tokens")  # still a default, not the caller's
 
     def _one_bias_per_token(self) -> None:
         """Refuse two keys naming one token ("01" and "1"): one would silently replace the other
@@ -443,6 +470,8 @@ class GenerationRequest(BaseModel):
             raise ValueError("set request_id before producing (it is the Kafka key)")
         # v2 fields left at their defaults are left out: a plain request stays a v1 record.
         unused = set(V2_FIELDS) - set(self.v2_fields_used())
+        if not self.max_tokens_sent():  # left out too: preprocess must know it was not sent
+            unused.add("max_tokens")
         value = self.model_dump_json(exclude_none=True, exclude_defaults=False, exclude=unused)
         return self.request_id.encode(), value.encode()
 
@@ -505,7 +534,9 @@ def fingerprint(request: GenerationRequest) -> str:
 
     The gateway and preprocess compare it under ``genwire.results.claim_key``: one rule for every
     entry point. v2 fields left at their defaults are left out, so a v1 request keeps the
-    fingerprint it had before v2.
+    fingerprint it had before v2. An unsent ``max_tokens`` counts as its default (64, or
+    ``min_tokens``), as before it could be told from a sent one: a gateway and a preprocess of
+    either release (a rolling update), and claims made before it, still agree.
     """
     unused = set(V2_FIELDS) - set(request.v2_fields_used())
     if request.logit_bias:

@@ -116,7 +116,14 @@ class ServiceSpec(Generic[S]):
                 if not stopped:  # the setup failed before it yielded: the runtime still stops
                     await runtime.stop()
 
-        app = FastAPI(title=f"genwire-{self.stage}", lifespan=lifespan, telemetry=NO_TELEMETRY)
+        # No redirect of "/path/" to "/path": a 307 with an empty body is no API's answer (and
+        # clients do not re-send a POST's body); an unknown path is a 404 like any other.
+        app = FastAPI(
+            title=f"genwire-{self.stage}",
+            lifespan=lifespan,
+            telemetry=NO_TELEMETRY,
+            redirect_slashes=False,
+        )
         app.include_router(health_router())
         for router in self.routers(cfg):
             app.include_router(router)

@@ -128,7 +128,8 @@ def _completion_logprobs(client: openai.OpenAI, response: Any, kwargs: dict[str,
     assert "".join(lp.tokens).startswith(choice.text) or choice.text.startswith("".join(lp.tokens))
     assert all(x <= 0.0 for x in lp.token_logprobs)
     assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
-    assert all(len(top) <= kwargs["logprobs"] for top in lp.top_logprobs)
+    # The legacy API's: the most likely ``logprobs`` and the sampled token (up to one more).
+    assert all(len(top) <= kwargs["logprobs"] + 1 for top in lp.top_logprobs)
 
 
 def _chat_logprobs(client: openai.OpenAI, response: Any, kwargs: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ import pytest
 from genwire_gateway import openai
 from genwire_gateway.errors import GatewayError
 
-from genwire.events import GenerationResult, Timings, Usage
+from genwire.events import GenerationResult, OutputLogprob, Timings, TopLogprob, Usage
 from genwire.request import MAX_GUIDED_CHARS, MAX_METADATA, ErrorCode
 
 
@@ -236,15 +236,16 @@ def _result() -> GenerationResult:
 
 
 def test_completion_and_chat_responses_follow_openai() -> None:
-    completion = openai.completion_response(_result(), created=1, model="fallback")
+    completion = openai.completion_response(_result(), created=1, model="genwire-gpt:5")
     assert completion["id"] == "cmpl-r1" and completion["object"] == "text_completion"
     assert completion["choices"][0]["text"] == "hello"
     assert completion["choices"][0]["finish_reason"] == "length"
     assert completion["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-    chat = openai.chat_response(_result(), created=1, model="fallback")
+    chat = openai.chat_response(_result(), created=1, model="genwire-gpt:5")
     assert chat["object"] == "chat.completion"
     assert chat["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
-    assert chat["model"] == "genwire-gpt"
+    # The name the caller asked for, as every stream chunk says, not the result's.
+    assert completion["model"] == chat["model"] == "genwire-gpt:5"
 
 
 def test_sse_frames_are_data_lines_ending_in_a_blank_line() -> None:
@@ -456,7 +457,9 @@ def test_an_empty_token_id_prompt_is_missing_prompt_named_prompt(prompt: list[An
     body = openai.parse_body(openai.CompletionRequest, json.dumps({"prompt": prompt}).encode())
     with pytest.raises(GatewayError) as info:
         body.prompts()
-    assert info.value.code == ErrorCode.MISSING_PROMPT and info.value.param == "prompt"
+    # A batch's prompt by its place in it (a batch of one: the prompt).
+    named = "prompt" if len(prompt) == 1 else f"prompt[{len(prompt) - 1}]"
+    assert info.value.code == ErrorCode.MISSING_PROMPT and info.value.param == named
     assert body.caller_param("prompt_token_ids") == "prompt"  # the pipeline's name for them
 
 
@@ -468,3 +471,125 @@ def test_with_include_usage_every_chunk_but_the_last_says_usage_null() -> None:
     assert with_usage["usage"] is None and with_usage["choices"][0]["text"] == "a"
     chat = openai.chat_chunk("r", delta={"content": "a"}, usage_null=True, **common)
     assert chat["usage"] is None and chat["choices"][0]["delta"] == {"content": "a"}
+
+
+# -- error params and messages in the caller's terms -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "param", "message"),
+    [
+        (
+            openai.ChatCompletionRequest,
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": None},
+                ]
+            },
+            "messages[1].content",
+            "messages[1].content: Input should be a valid string or a valid array",
+        ),
+        (
+            openai.CompletionRequest,
+            {"prompt": ["ok", 5]},
+            "prompt[1]",
+            "prompt[1]: Input should be a valid string",
+        ),
+        (
+            openai.CompletionRequest,
+            {"prompt": "x", "stop": 5},
+            "stop",
+            "stop: Input should be a valid string or a valid array",
+        ),
+        (
+            openai.CompletionRequest,
+            {"prompt": "x", "logit_bias": {"12": "a"}},
+            "logit_bias.12",
+            "logit_bias.12: Input should be a valid number",
+        ),
+    ],
+)
+def test_validation_errors_name_the_callers_fields_not_union_members(
+    model: type[openai.CompletionRequest] | type[openai.ChatCompletionRequest],
+    body: dict[str, Any],
+    param: str,
+    message: str,
+) -> None:
+    with pytest.raises(GatewayError) as info:
+        openai.parse_body(model, json.dumps(body).encode())
+    assert info.value.code == ErrorCode.INVALID_REQUEST
+    assert (info.value.param, info.value.message) == (param, message)
+
+
+def test_a_non_text_content_part_is_unsupported_naming_its_type() -> None:
+    part = {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}
+    raw = json.dumps({"messages": [{"role": "user", "content": [part]}]}).encode()
+    with pytest.raises(GatewayError) as info:
+        openai.parse_body(openai.ChatCompletionRequest, raw)
+    assert info.value.code == ErrorCode.UNSUPPORTED_PARAMETER
+    assert info.value.param == "messages[0].content[0].type"
+    assert "'input_audio'" in info.value.message and "ContentPart" not in info.value.message
+
+
+def test_an_unknown_key_of_a_text_part_is_named_in_the_callers_terms() -> None:
+    part = {"type": "text", "text": "a", "cache_control": {}}
+    raw = json.dumps({"messages": [{"role": "user", "content": [part]}]}).encode()
+    with pytest.raises(GatewayError) as info:
+        openai.parse_body(openai.ChatCompletionRequest, raw)
+    assert info.value.code == ErrorCode.UNSUPPORTED_PARAMETER
+    assert info.value.param == "messages[0].content[0].cache_control"
+
+
+def test_a_lone_surrogate_escape_is_named() -> None:
+    with pytest.raises(GatewayError) as info:
+        openai.parse_body(openai.CompletionRequest, b'{"prompt": "\\ud800"}')
+    assert info.value.code == ErrorCode.INVALID_JSON
+    assert "surrogate" in info.value.message and "not a JSON object" not in info.value.message
+
+
+def test_broken_json_says_where_not_that_it_is_no_object() -> None:
+    with pytest.raises(GatewayError) as info:
+        openai.parse_body(openai.CompletionRequest, b'{"prompt": "x",}')
+    assert info.value.code == ErrorCode.INVALID_JSON
+    assert "line 1 column" in info.value.message
+
+
+def test_a_utf8_byte_order_mark_is_ignored() -> None:
+    body = openai.parse_body(openai.CompletionRequest, b'\xef\xbb\xbf{"prompt": "x"}')
+    assert body.prompts() == [{"prompt": "x"}]
+
+
+# -- completions logprobs ------------------------------------------------------------------------
+
+
+def _step(token: str, logprob: float, top: list[tuple[str, float]]) -> OutputLogprob:
+    return OutputLogprob(
+        token=token,
+        token_id=1,
+        logprob=logprob,
+        top=[TopLogprob(token=t, token_id=2, logprob=lp) for t, lp in top],
+    )
+
+
+def test_completion_top_logprobs_hold_the_sampled_token() -> None:
+    steps = [
+        _step("a", -0.1, []),  # logprobs: 0
+        _step("b", -3.0, [("c", -0.2)]),  # sampled outside the top 1
+        _step("c", -0.2, [("c", -0.2), ("d", -1.9)]),  # sampled among them: no extra entry
+        _step("\ufffd", -2.5, [("\ufffd", -0.7)]),  # another byte token decoding alike
+    ]
+    lp = openai.completion_logprobs(steps)
+    assert lp is not None
+    assert lp["top_logprobs"] == [
+        {"a": -0.1},
+        {"c": -0.2, "b": -3.0},
+        {"c": -0.2, "d": -1.9},
+        {"\ufffd": -2.5},  # the sampled token's own logprob under its text
+    ]
+
+
+def test_chat_top_logprobs_stay_the_top_k() -> None:
+    lp = openai.chat_logprobs([_step("b", -3.0, [("c", -0.2)])])
+    assert lp is not None
+    assert [t["token"] for t in lp["content"][0]["top_logprobs"]] == ["c"]

@@ -79,7 +79,11 @@ async def test_completions_n_choices_with_logprobs(
     lp = response.choices[0].logprobs
     assert lp is not None
     assert lp.tokens == ["Hello", ",", " world"] and lp.text_offset == [0, 5, 6]
-    assert lp.token_logprobs == [-0.5, -1.0, -1.5] and lp.top_logprobs == [{"?": -5.0}] * 3
+    assert lp.token_logprobs == [-0.5, -1.0, -1.5]
+    # The top 1 and the sampled token (the legacy API's logprobs + 1).
+    assert lp.top_logprobs == [
+        {"?": -5.0, t: x} for t, x in zip(lp.tokens, lp.token_logprobs, strict=True)
+    ]
     chat = await _client(gateways[1]).chat.completions.create(
         model="genwire-gpt", messages=[{"role": "user", "content": "hi"}], n=2, logprobs=True
     )

@@ -96,6 +96,61 @@ async def test_context_limit(assets: AssetStore, tokenizer: Tokenizer) -> None:
     assert str(CONTEXT_LENGTH) in info.value.message
 
 
+async def test_an_unsent_max_tokens_fits_what_the_context_leaves(
+    assets: AssetStore, tokenizer: Tokenizer
+) -> None:
+    """Left out, max_tokens is 64 but no more than the context leaves after the prompt: a
+    long prompt is not refused over a limit its caller never sent (it was: prompt + 64 over
+    the context), across the Kafka hop too. A short prompt keeps 64."""
+    prompt = "The quick brown fox " * 20
+    n = len(tokenizer.encode(prompt).ids)
+    assert CONTEXT_LENGTH - 64 < n < CONTEXT_LENGTH
+    pre = _pre(assets)
+    request = GenerationRequest(request_id="d1", prompt=prompt)
+    _, value = request.to_kafka()
+    for sent in (request, parse_request(value, key=b"d1")):
+        out = await pre.handle(sent)
+        assert out.sampling.max_tokens == CONTEXT_LENGTH - n
+    short = await pre.handle(GenerationRequest(request_id="d2", prompt="fox"))
+    assert short.sampling.max_tokens == 64
+
+
+async def test_a_sent_max_tokens_over_the_context_is_refused_naming_the_prompt(
+    assets: AssetStore, tokenizer: Tokenizer
+) -> None:
+    """A limit the caller sent is checked as before; the refusal's ``param`` is the prompt's
+    field (OpenAI: ``messages`` for chat), and it does not name ``max_tokens``, which a chat
+    caller may have sent as ``max_completion_tokens``."""
+    prompt = "The quick brown fox " * 20
+    n = len(tokenizer.encode(prompt).ids)
+    chat = [ChatMessage(role="user", content=prompt)]
+    cases = {
+        "prompt": GenerationRequest(request_id="s1", prompt=prompt, max_tokens=64),
+        "messages": GenerationRequest(request_id="s2", messages=chat, max_tokens=64),
+        "prompt_token_ids": GenerationRequest(
+            request_id="s3", prompt_token_ids=tokenizer.encode(prompt).ids, max_tokens=64
+        ),
+    }
+    for param, request in cases.items():
+        with pytest.raises(PermanentError) as info:
+            await _pre(assets).handle(request)
+        err = info.value
+        assert err.code == ErrorCode.CONTEXT_LENGTH_EXCEEDED and err.param == param
+        assert "max_tokens" not in err.message and "(64)" in err.message
+    assert f"prompt ({n} tokens)" in err.message
+
+
+async def test_a_prompt_filling_the_context_is_refused_without_naming_max_tokens(
+    assets: AssetStore,
+) -> None:
+    """No room left to generate even one token: refused, about the prompt alone."""
+    with pytest.raises(PermanentError) as info:
+        await _pre(assets).handle(GenerationRequest(request_id="f1", prompt="fox " * 300))
+    err = info.value
+    assert err.code == ErrorCode.CONTEXT_LENGTH_EXCEEDED and err.param == "prompt"
+    assert "max_tokens" not in err.message and "(64)" not in err.message
+
+
 async def test_long_prompts_tokenize_off_the_loop_identically(assets: AssetStore) -> None:
     prompt = "fox " * 30
     inline = await _pre(assets).handle(GenerationRequest(request_id="a", prompt=prompt))

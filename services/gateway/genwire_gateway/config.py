@@ -44,6 +44,13 @@ class GatewaySettings(ServiceSettings):
     max_timeout_s: float = Field(
         600.0, gt=0, description="Ceiling on any caller's deadline (gRPC deadlines included)."
     )
+    body_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest the HTTP API waits for a request's whole body (a 408 "
+        "request_timeout after it): request_timeout_s starts only once the body is read, so a "
+        "client that stalls mid-body would otherwise hold its connection and span open.",
+    )
     deadline_margin_s: float = Field(
         0.25,
         ge=0,

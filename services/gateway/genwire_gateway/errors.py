@@ -16,9 +16,10 @@ from genwire.request import (
     PERMISSION_DENIED,
     QUOTA_EXCEEDED,
     RATE_LIMITED,
+    REQUEST_TIMEOUT,
     ErrorCode,
-    http_status,
 )
+from genwire.request import http_status as pipeline_http_status
 
 IDEMPOTENCY_CONFLICT = ErrorCode.IDEMPOTENCY_CONFLICT
 """The request id was already used by a different request (preprocess raises it too)."""
@@ -33,6 +34,7 @@ __all__ = [
     "PERMISSION_DENIED",
     "QUOTA_EXCEEDED",
     "RATE_LIMITED",
+    "REQUEST_TIMEOUT",
     "GatewayError",
     "grpc_status",
     "http_status",
@@ -59,6 +61,12 @@ _GRPC: dict[str, grpc.StatusCode] = {
     RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     QUOTA_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+
+
+def http_status(code: str) -> int:
+    """The HTTP status of an error code (``genwire.request``'s table: the monitor classifies
+    the gateway's codes with it too)."""
+    return pipeline_http_status(code)
 
 
 def grpc_status(code: str) -> grpc.StatusCode:

@@ -37,7 +37,7 @@ from genwire.events import MAX_REQUEST_ID_CHARS, REQUEST_ID_PATTERN, GenerationR
 from genwire.request import MAX_REQUEST_BYTES, ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire_gateway import openai
-from genwire_gateway.errors import CANCELLED, GatewayError, http_status
+from genwire_gateway.errors import CANCELLED, REQUEST_TIMEOUT, GatewayError, http_status
 from genwire_gateway.handlers import Chunk, Gateway, Prepared
 from genwire_gateway.models import ModelCatalog
 from genwire_gateway.telemetry import (
@@ -66,6 +66,12 @@ SERVER_TIMING_HEADER = "server-timing"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 METHOD_NOT_ALLOWED = "method_not_allowed"
 """Error code of a known route called with another method (405)."""
+SHOULD_RETRY_HEADER = "x-should-retry"
+NO_RETRY = frozenset({400, 401, 403, 404, 405, 409, 413, 422})
+"""Statuses whose retry cannot succeed (the same request gets the same answer): they say
+``x-should-retry: false``, which the OpenAI SDKs obey over their own rule (it retries 409, an
+``idempotency_conflict``). The rest keep the SDKs' rule: 408, 429 (with ``Retry-After``) and
+5xx are retried."""
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -91,6 +97,8 @@ def server_timing(results: Sequence[GenerationResult]) -> str:
 def _error_response(exc: GatewayError, headers: dict[str, str]) -> JSONResponse:
     status = http_status(exc.code)
     body = openai.error_body(exc.code, exc.message, status, getattr(exc, "param", None))
+    if exc.code == REQUEST_TIMEOUT:  # the rest of its body may still come: not a new request
+        headers = {**headers, "connection": "close"}
     return JSONResponse(body, status, headers)
 
 
@@ -188,7 +196,8 @@ class TraceIds:
     arrival to the answer: a trace of its own, linked to the caller's ``traceparent`` (in the
     caller's trace it would widen or fail the request the monitor assembles from it).
     Refusals (401, 403, 429) and unknown routes (404, 405) get no span: they echo the
-    caller's trace id when it sent a ``traceparent``, else carry none."""
+    caller's trace id when it sent a ``traceparent``, else carry none. A refusal no retry can
+    change also says ``x-should-retry: false`` (``_with_retry_hint``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -201,7 +210,7 @@ class TraceIds:
 
         async def traced(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = _with_trace_id(scope, message, arrived)
+                message = _with_retry_hint(_with_trace_id(scope, message, arrived))
             await send(message)
 
         await self.app(scope, receive, traced)
@@ -226,6 +235,18 @@ def _with_trace_id(scope: Scope, message: Message, arrived_ns: int) -> Message:
     if not trace_id:
         return message
     headers.append((TRACE_ID_HEADER.encode(), format_trace_id(trace_id).encode()))
+    return {**message, "headers": headers}
+
+
+def _with_retry_hint(message: Message) -> Message:
+    """``message`` (a response start) with ``x-should-retry: false`` when its status is a
+    permanent refusal (``NO_RETRY``) and it has no hint of its own."""
+    if message["status"] not in NO_RETRY:
+        return message
+    headers = list(message.get("headers", ()))
+    if any(name.lower() == SHOULD_RETRY_HEADER.encode() for name, _ in headers):
+        return message
+    headers.append((SHOULD_RETRY_HEADER.encode(), b"false"))
     return {**message, "headers": headers}
 
 
@@ -521,24 +542,69 @@ def _batch_ids(key: str | None, count: int) -> Sequence[str | None]:
     return ids
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+PROMPT_PARAMS = frozenset({"prompt", "prompt_token_ids"})
+
+
+def _prepared(
+    gateway: Gateway,
+    fields: dict[str, Any],
+    prompts: Sequence[dict[str, Any]],
+    ids: Sequence[str | None],
+    *,
+    stream: bool,
+) -> list[Prepared]:
+    """Each prompt's request, validated; a batch's refusal names the prompt at fault
+    (``prompt[i]``: the same message for the i-th of 64 prompts would not say which)."""
+    batch = []
+    for i, (prompt, request_id) in enumerate(zip(prompts, ids, strict=True)):
+        try:
+            batch.append(
+                gateway.prepare({**fields, **prompt}, request_id=request_id, stream=stream)
+            )
+        except GatewayError as exc:
+            if len(prompts) == 1:
+                raise
+            param = f"prompt[{i}]" if exc.param in PROMPT_PARAMS else exc.param
+            raise GatewayError(f"prompt[{i}]: {exc.message}", code=exc.code, param=param) from None
+    return batch
+
+
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
     """The request's body, refused (413 ``request_too_large``) as soon as it is known to be
     over ``limit`` bytes: a ``Content-Length`` over it before anything is read, a chunked
-    body as soon as what arrived passes it (never held whole first)."""
+    body as soon as what arrived passes it (never held whole first). One that has not all
+    arrived within ``timeout_s`` is refused too (408 ``request_timeout``): the request's own
+    deadline starts only once it is read, and a stalled client must not hold its connection
+    and span open for ever. ``timeout_s`` None: the gateway's ``body_read_timeout_s``."""
+    if timeout_s is None:
+        timeout_s = _body_read_timeout(request)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     pieces: list[bytes] = []
     size = 0
     try:
-        async for piece in request.stream():
-            size += len(piece)
-            if size > limit:
-                raise _too_large(limit)
-            pieces.append(piece)
+        async with asyncio.timeout(timeout_s):
+            async for piece in request.stream():
+                size += len(piece)
+                if size > limit:
+                    raise _too_large(limit)
+                pieces.append(piece)
     except ClientDisconnect:  # gone before its body arrived: no bug, nothing to answer
         raise GatewayError("the client disconnected", code=CANCELLED) from None
+    except TimeoutError:
+        raise GatewayError(
+            f"the request body did not arrive within {timeout_s:g} s "
+            f"({size} bytes of {declared or 'a chunked body'} came)",
+            code=REQUEST_TIMEOUT,
+        ) from None
     return b"".join(pieces)
+
+
+def _body_read_timeout(request: Request) -> float | None:
+    """The app's gateway's ``body_read_timeout_s`` (None, no bound: an app without one)."""
+    gateway = getattr(request.app.state, "gateway", None)
+    return getattr(getattr(gateway, "settings", None), "body_read_timeout_s", None)
 
 
 def _too_large(limit: int) -> GatewayError:
@@ -583,10 +649,8 @@ class _Handler:
                 prompts: list[dict[str, Any]] = body.prompts() if not self.chat else [{}]
                 key = request.headers.get(IDEMPOTENCY_HEADER) or None
                 stream = bool(body.stream)
-                batch = [
-                    gateway.prepare({**fields, **p}, request_id=request_id, stream=stream)
-                    for p, request_id in zip(prompts, _batch_ids(key, len(prompts)), strict=True)
-                ]
+                ids = _batch_ids(key, len(prompts))
+                batch = _prepared(gateway, fields, prompts, ids, stream=stream)
                 batch = await gateway.admit(batch)  # a batch: all its prompts or none
                 span.set_attribute(sc.REQUEST_ID, batch[0].request_id)
                 headers[REQUEST_ID_HEADER] = batch[0].request_id
@@ -910,12 +974,13 @@ def openai_router() -> APIRouter:
     async def create_chat_completion(request: Request) -> Response:
         return await chat(request)
 
-    @router.get("/v1/models")
+    # HEAD too (as auth admits it): the server sends a HEAD answer's headers only.
+    @router.api_route("/v1/models", methods=["GET", "HEAD"])
     async def list_models(request: Request) -> dict[str, Any]:
         catalog: ModelCatalog = request.app.state.models
         return {"object": "list", "data": await catalog.served()}  # models.py (lifecycle)
 
-    @router.get("/v1/models/{model_id:path}", response_model=None)
+    @router.api_route("/v1/models/{model_id:path}", methods=["GET", "HEAD"], response_model=None)
     async def get_model(request: Request, model_id: str) -> dict[str, Any] | JSONResponse:
         catalog: ModelCatalog = request.app.state.models
         found = await catalog.find(model_id)

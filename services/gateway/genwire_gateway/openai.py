@@ -10,13 +10,16 @@ lists every field and what becomes of it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from genwire.errors import describe_validation
 from genwire.events import GenerationResult, OutputLogprob, ResultChoice, Usage
 from genwire.request import MAX_GUIDED_CHARS, MAX_METADATA, ErrorCode, MetadataValue
 from genwire_gateway.errors import GatewayError, openai_error_type
@@ -346,9 +349,9 @@ class CompletionRequest(_Common):
         empty = next((i for i, x in enumerate(p) if isinstance(x, list) and not x), None)
         if empty is not None:  # an empty prompt, like "" or []: not a range error on token ids
             raise GatewayError(
-                f"prompt {empty} of the batch is an empty list of token ids",
+                f"prompt[{empty}] of the batch is an empty list of token ids",
                 code=ErrorCode.MISSING_PROMPT,
-                param="prompt",
+                param=f"prompt[{empty}]" if len(p) > 1 else "prompt",  # as a batch's others
             )
         return [{"prompt": x} if isinstance(x, str) else {"prompt_token_ids": x} for x in p]
 
@@ -464,19 +467,26 @@ _NOT_AN_OBJECT = frozenset({"model_type", "model_attributes_type"})
 def parse_body(model: type[CompletionRequest] | type[ChatCompletionRequest], raw: bytes) -> Any:
     """Parse an HTTP body; raise ``GatewayError`` with a readable message when it is malformed
     (the codes of docs/api.md's error table: not a JSON object ``invalid_json``, an unknown
-    field ``unsupported_parameter`` naming it, no prompt ``missing_prompt``)."""
+    field or content part ``unsupported_parameter`` naming it, no prompt ``missing_prompt``).
+    A UTF-8 byte order mark before the JSON is ignored (RFC 8259 allows it)."""
     try:
-        return model.model_validate_json(raw)
+        return model.model_validate_json(raw.removeprefix(UTF8_BOM))
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         if any(_not_json(e) for e in errors):
-            message = "the body is not a JSON object"
-            raise GatewayError(message, code=ErrorCode.INVALID_JSON) from None
-        first = errors[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        extra = [e for e in errors if e["type"] == "extra_forbidden"]
+            raise GatewayError(
+                _not_json_message(errors, raw), code=ErrorCode.INVALID_JSON
+            ) from None
+        problems = _problems(model, errors)
+        part = next((p for p in problems if _is_part_type(p)), None)
+        if part is not None:
+            raise unsupported(
+                field_path(part.loc),
+                f"content parts of type {repr(part.input)[:40]} are not supported (only 'text')",
+            ) from None
+        extra = [p for p in problems if p.type == "extra_forbidden"]
         if extra:
-            name = ".".join(str(p) for p in extra[0]["loc"])
+            name = field_path(extra[0].loc)
             raise unsupported(name, "genwire does not know this parameter (docs/api.md)") from None
         if any(_no_input(e, model.INPUT) for e in errors):
             raise GatewayError(
@@ -484,8 +494,155 @@ def parse_body(model: type[CompletionRequest] | type[ChatCompletionRequest], raw
                 code=ErrorCode.MISSING_PROMPT,
                 param=model.INPUT,
             ) from None
-        message = describe_validation(exc, subject="body")
+        message = "; ".join(f"{field_path(p.loc) or 'body'}: {p.msg}" for p in problems[:5])
+        param = field_path(problems[0].loc) or None
         raise GatewayError(message, code=ErrorCode.INVALID_REQUEST, param=param) from None
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+"""A JSON escape of a UTF-16 surrogate (valid only as a high-low pair)."""
+
+
+def _not_json_message(errors: Sequence[Any], raw: bytes) -> str:
+    """What is wrong with a body that is not a JSON object: not one (a list, a string...),
+    a lone surrogate escape (which the parser reports as a bad hex escape), or the parser's
+    own words (their position, never the content)."""
+    invalid = next((e for e in errors if e["type"] == "json_invalid"), None)
+    if invalid is None:
+        return "the body is not a JSON object"
+    if "hex escape" in invalid["msg"] and _LONE_SURROGATE.search(raw):
+        return (
+            "the body is not valid JSON: it escapes a lone UTF-16 surrogate (\\ud800-\\udfff "
+            "without its pair), which is not a Unicode character"
+        )
+    return f"the body is not valid JSON: {invalid['msg'].removeprefix('Invalid JSON: ')}"
+
+
+# -- where a validation problem is, in the caller's terms -------------------------------------
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """One pydantic error, located in the caller's fields (``loc``: pydantic's union-member
+    tags such as ``str`` or ``list[ContentPart]`` dropped); ``union``: the location of the
+    first union it is under, ``member`` the member pydantic tried there."""
+
+    loc: tuple[str | int, ...]
+    type: str
+    msg: str
+    input: Any
+    union: tuple[str | int, ...] | None
+    member: str
+
+
+def field_path(loc: Sequence[str | int]) -> str:
+    """``loc`` as the caller writes it: ``messages[1].content`` (list items in brackets)."""
+    out = ""
+    for entry in loc:
+        out += f"[{entry}]" if isinstance(entry, int) else (f".{entry}" if out else str(entry))
+    return out
+
+
+def _problems(model: type[BaseModel], errors: Sequence[Any]) -> list[_Problem]:
+    """The errors worth telling, in the caller's fields: of a union, only the member that got
+    furthest (the one the caller meant; several that got nowhere are one problem)."""
+    located = [_located(model, e) for e in errors]
+    members: dict[tuple[str | int, ...], dict[str, list[_Problem]]] = {}
+    for p in located:
+        if p.union is not None:
+            members.setdefault(p.union, {}).setdefault(p.member, []).append(p)
+    out: list[_Problem] = []
+    for p in located:
+        if p.union is None:
+            out.append(p)
+            continue
+        tried = members.pop(p.union, None)
+        if tried is not None:  # the union's first problem: it speaks for the union
+            out.extend(_union_problems(p.union, tried))
+    return out
+
+
+def _union_problems(
+    where: tuple[str | int, ...], tried: dict[str, list[_Problem]]
+) -> list[_Problem]:
+    """The problems of one union: those of the member that got furthest (the first such);
+    when none got past the value's type, one problem naming every accepted type."""
+    best = max(tried.values(), key=_progress)
+    if _progress(best) > (len(where), False):
+        return best
+    first = best[0]
+    wanted = [first.msg] + [
+        p.msg.removeprefix("Input should be ")
+        for m in tried.values()
+        for p in m[:1]
+        if p is not first
+    ]
+    return [dataclasses.replace(first, msg=" or ".join(dict.fromkeys(wanted)))]
+
+
+def _progress(problems: list[_Problem]) -> tuple[int, bool]:
+    """How far a union member got: its deepest problem, and whether one was more than a
+    wrong type (the value was of the member's type)."""
+    return max((len(p.loc), not p.type.endswith("_type")) for p in problems)
+
+
+def _located(model: type[BaseModel], error: Any) -> _Problem:
+    """``error`` located in the caller's fields: walk its location along ``model``'s types;
+    right after a union, pydantic puts the member it tried, which no caller wrote."""
+    kept: list[str | int] = []
+    union: tuple[str | int, ...] | None = None
+    member = ""
+    types: list[Any] = [model]
+    tagged = False
+    for entry in error["loc"]:
+        if tagged:  # a union member's tag: remembered, not part of the field's path
+            tagged = False
+            if union is None:
+                union, member = tuple(kept), str(entry)
+            continue
+        kept.append(entry)
+        inner = _inner(types, entry)
+        types = inner or [Any]  # not a field of the model (an extra key): as sent
+        tagged = len(inner) == 1 and len(_members(inner[0])) > 1
+        if tagged:
+            types = _members(inner[0])
+    return _Problem(tuple(kept), error["type"], error["msg"], error.get("input"), union, member)
+
+
+def _members(tp: Any) -> list[Any]:
+    """The types a value of ``tp`` may have: a union's members (None left out: pydantic
+    tags no member of ``X | None``), ``Annotated``'s type."""
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    if get_origin(tp) in (Union, UnionType):
+        return [m for arg in get_args(tp) if arg is not type(None) for m in _members(arg)]
+    return [tp]
+
+
+def _inner(types: Sequence[Any], entry: str | int) -> list[Any]:
+    """The types at ``entry`` inside a value of one of ``types``: a model's field, a list's
+    item, a dict's value (none: ``entry`` is none of those)."""
+    out: list[Any] = []
+    for tp in (m for t in types for m in _members(t)):
+        origin, args = get_origin(tp), get_args(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(entry, str):
+            out += [f.annotation for n, f in tp.model_fields.items() if entry in (n, f.alias)]
+        elif origin in (list, tuple) and isinstance(entry, int):
+            out.append(args[0] if args else Any)
+        elif origin is dict and isinstance(entry, str):
+            out.append(args[1] if args else Any)
+    return out
+
+
+def _is_part_type(problem: _Problem) -> bool:
+    """Whether ``problem`` is a chat content part of a type genwire does not take."""
+    loc = problem.loc
+    return (
+        problem.type == "literal_error"
+        and len(loc) == 5
+        and (loc[0], loc[2], loc[4]) == ("messages", "content", "type")
+    )
 
 
 def _not_json(error: Any) -> bool:
@@ -517,9 +674,19 @@ def completion_logprobs(
     return {
         "tokens": [lp.token for lp in logprobs],
         "token_logprobs": [lp.logprob for lp in logprobs],
-        "top_logprobs": [{alt.token: alt.logprob for alt in lp.top} for lp in logprobs],
+        "top_logprobs": [_top_with_sampled(lp) for lp in logprobs],
         "text_offset": [lp.text_offset + text_shift for lp in logprobs],
     }
+
+
+def _top_with_sampled(lp: OutputLogprob) -> dict[str, float]:
+    """One step's ``top_logprobs`` of the legacy API: the ``logprobs`` most likely tokens and
+    the sampled one (so up to ``logprobs + 1``; ``logprobs: 0`` gives the sampled one alone).
+    A dict keys by text: alternatives that decode alike (byte tokens, "\ufffd") share one entry,
+    as in OpenAI's; the sampled token's key holds its own logprob."""
+    top = {alt.token: alt.logprob for alt in lp.top}
+    top[lp.token] = lp.logprob
+    return top
 
 
 def chat_logprobs(logprobs: Sequence[OutputLogprob] | None) -> dict[str, Any] | None:
@@ -566,7 +733,8 @@ def completion_response(
     logprobs: bool = False,
 ) -> dict[str, Any]:
     """The ``text_completion`` object of finished requests (one per prompt of a batch; the
-    choices of prompt ``p`` are numbered from ``p × n``)."""
+    choices of prompt ``p`` are numbered from ``p × n``). ``model``: the name the caller asked
+    for (else the default), as vLLM echoes it, not the result's."""
     results = [results] if isinstance(results, GenerationResult) else list(results)
     choices = []
     index = 0
@@ -588,7 +756,7 @@ def completion_response(
         "id": COMPLETION_PREFIX + results[0].request_id,
         "object": "text_completion",
         "created": created,
-        "model": results[0].model or model,
+        "model": model,  # the caller's name for it, as every stream chunk says (docs/api.md)
         "choices": choices,
         "usage": total_usage(r.usage for r in results).counts(),
     }
@@ -603,7 +771,7 @@ def chat_response(
         "id": CHAT_PREFIX + result.request_id,
         "object": "chat.completion",
         "created": created,
-        "model": result.model or model,
+        "model": model,  # as completion_response
         "choices": [
             {
                 "index": c.index,

@@ -262,12 +262,7 @@ class Preprocessor:
             input_ids = await self._encode(assets, text, True)
         if not input_ids:
             raise PermanentError("the prompt encodes to no tokens", code=ErrorCode.MISSING_PROMPT)
-        if len(input_ids) + request.max_tokens > assets.context_length:
-            raise PermanentError(
-                f"prompt ({len(input_ids)} tokens) + max_tokens ({request.max_tokens}) exceeds "
-                f"the context length of {model} ({assets.context_length} tokens)",
-                code=ErrorCode.CONTEXT_LENGTH_EXCEEDED,
-            )
+        max_tokens = fit_max_tokens(request, len(input_ids), assets.context_length, model)
         seed = request.seed if request.seed is not None else derive_seed(request_id)
         span.set_attribute(sc.GEN_AI_INPUT_TOKENS, len(input_ids))
         return PreparedRequest(
@@ -276,7 +271,7 @@ class Preprocessor:
             model_version=assets.version,
             arm=route.arm,
             input_ids=input_ids,
-            sampling=sampling_of(request, assets, seed),
+            sampling=sampling_of(request, assets, seed, max_tokens=max_tokens),
             stream=request.stream,
             deadline_ms=deadline,
             metadata=dict(request.metadata),
@@ -400,6 +395,40 @@ class Preprocessor:
         if len(text) <= self.inline_tokenize_chars:
             return assets.encode(text, add_special_tokens=special)
         return await asyncio.to_thread(assets.encode, text, add_special_tokens=special)
+
+
+def fit_max_tokens(
+    request: GenerationRequest, prompt_tokens: int, context_length: int, model: str
+) -> int:
+    """The request's ``max_tokens`` once its prompt is tokenized: the caller's, refused when it
+    does not fit the context; else the default, lowered to what the context leaves (never
+    below ``min_tokens`` nor 1: a prompt that leaves less is refused)."""
+    room = context_length - prompt_tokens
+    if request.max_tokens_sent():
+        if request.max_tokens <= room:
+            return request.max_tokens
+        # Neutral about the limit's name: chat callers send max_completion_tokens.
+        asked = f"the completion's token limit ({request.max_tokens})"
+    elif room >= max(1, request.min_tokens):
+        return min(request.max_tokens, room)
+    elif request.min_tokens > 0:
+        asked = f"min_tokens ({request.min_tokens})"
+    else:
+        asked = "at least 1 token to generate"
+    raise PermanentError(
+        f"prompt ({prompt_tokens} tokens) + {asked} exceeds the context length of {model} "
+        f"({context_length} tokens)",
+        code=ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+        param=prompt_param(request),
+    )
+
+
+def prompt_param(request: GenerationRequest) -> str:
+    """The field holding the request's prompt: what a context-length refusal is about
+    (OpenAI's ``param``; the gateway names it as its caller sent it)."""
+    if request.messages is not None:
+        return "messages"
+    return "prompt_token_ids" if request.prompt_token_ids is not None else "prompt"
 
 
 def error_chunk(raw: bytes, key: bytes | None, err: GenwireError) -> list[GenerationChunk]:

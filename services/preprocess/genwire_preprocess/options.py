@@ -56,7 +56,7 @@ def check_options(
     total = request.n * request.max_tokens
     if total > max_generation_tokens:
         raise PermanentError(
-            f"n ({request.n}) × max_tokens ({request.max_tokens}) = {total} tokens exceeds the "
+            f"n ({request.n}) × {_max_tokens(request)} = {total} tokens exceeds the "
             f"budget of {max_generation_tokens} tokens per request",
             code=ErrorCode.OUT_OF_RANGE,
             param="n" if request.n > 1 else "max_tokens",
@@ -78,6 +78,13 @@ def check_options(
             )
 
 
+def _max_tokens(request: GenerationRequest) -> str:
+    """``max_tokens`` as a budget refusal names it: a default the caller never sent says so."""
+    if request.max_tokens_sent():
+        return f"max_tokens ({request.max_tokens})"
+    return f"max_tokens ({request.max_tokens}, the default)"
+
+
 def logprob_entries(request: GenerationRequest) -> int:
     """How many logprob entries the request's result may hold: one per generated token and
     one per alternative of it (``top_logprobs``), for each of the ``n`` choices; 0 without
@@ -97,7 +104,7 @@ def check_logprob_entries(request: GenerationRequest, max_logprob_entries: int) 
     if entries <= max_logprob_entries:
         return
     raise PermanentError(
-        f"n ({request.n}) × max_tokens ({request.max_tokens}) × (1 + top_logprobs "
+        f"n ({request.n}) × {_max_tokens(request)} × (1 + top_logprobs "
         f"({request.top_logprobs})) = {entries} logprob entries exceeds the budget of "
         f"{max_logprob_entries} per request",
         code=ErrorCode.OUT_OF_RANGE,
@@ -126,16 +133,19 @@ def shadow_sampling(
     return sampling.model_copy(update={"stop_token_ids": stop_ids})
 
 
-def sampling_of(request: GenerationRequest, assets: ModelAssets, seed: int) -> Sampling:
+def sampling_of(
+    request: GenerationRequest, assets: ModelAssets, seed: int, *, max_tokens: int | None = None
+) -> Sampling:
     """The ``Sampling`` of a validated request: every option carried to the model.
 
     ``stop_token_ids`` are the model's EOS ids and the caller's; with ``ignore_eos`` only the
     caller's (the model stops on any id it is given, so an EOS id there would end the text).
+    ``max_tokens``: the request's fitted to its prompt (``handlers.fit_max_tokens``).
     """
     stop_ids = [] if request.ignore_eos else list(assets.eos_token_ids)
     stop_ids += [i for i in request.stop_token_ids if i not in stop_ids]
     return Sampling(
-        max_tokens=request.max_tokens,
+        max_tokens=request.max_tokens if max_tokens is None else max_tokens,
         temperature=request.temperature,
         top_p=request.top_p,
         top_k=request.top_k,
