@@ -18,9 +18,6 @@ its idempotency claim (set by the gateway and by preprocess).
   claim is ``<fingerprint>:<token>:<digest>``: a token of the call, and the digest of the exact
   value it publishes (``published_digest``), by which preprocess knows the claim holder's own
   record when it refuses one that has no fingerprint (a schema a newer preprocess refuses).
-  A refusal of a request that never ran (``RETAKABLE``: invalid, out of range, over the
-  context, no such model) does not use the id up: a different request takes it in the claim's
-  script, and the refused request's own repeat is still answered with its refusal.
 - ``genwire:route:<request_id>`` → the route (version, arm, shadow, policy revision) preprocess
   resolved first (SET NX in the claim's round trip, same TTL): a redelivery or a repeat is
   prepared for that version even if the policy changed in between.
@@ -83,17 +80,6 @@ if ARGV[3] ~= '' then
   end
 end
 local stored = redis.call('GET', KEYS[1])
-local holder = redis.call('GET', KEYS[2])
-if stored and holder and string.match(holder, '^[^:]*') ~= string.match(ARGV[1], '^[^:]*') then
-  local ok, result = pcall(cjson.decode, stored)
-  local err = ok and type(result) == 'table' and result.error
-  local code = type(err) == 'table' and err.code
-  if type(code) == 'string' and string.find(',' .. ARGV[6] .. ',', ',' .. code .. ',', 1, true) then
-    redis.call('DEL', KEYS[1], KEYS[4])
-    redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
-    return {false, ARGV[1], owner}
-  end
-end
 redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2])
 return {stored, redis.call('GET', KEYS[2]), owner}
 """
@@ -101,30 +87,7 @@ return {stored, redis.call('GET', KEYS[2]), owner}
 result nor a claim: an id that already exists unowned, a Kafka client's ``anon-<p>-<o>``, must
 not become the first key's that names it), its stored result, its claim (SET NX) and who holds
 it. An id another key owns, or an existing one no key owns, is refused before anything is
-claimed (unless admin). A different request takes an id whose stored result is a refusal of a
-request that never ran (``RETAKABLE``, ARGV[6]): the refusal and its route are dropped and the
-claim is the new request's (the holder's own repeat still gets the refusal)."""
-
-RETAKABLE = frozenset(
-    {
-        ErrorCode.INVALID_ENCODING,
-        ErrorCode.INVALID_JSON,
-        ErrorCode.REQUEST_TOO_LARGE,
-        ErrorCode.INVALID_REQUEST,
-        ErrorCode.MISSING_PROMPT,
-        ErrorCode.OUT_OF_RANGE,
-        ErrorCode.UNSUPPORTED_PARAMETER,
-        ErrorCode.UNSUPPORTED_SCHEMA_VERSION,
-        ErrorCode.CONTEXT_LENGTH_EXCEEDED,
-        ErrorCode.MODEL_NOT_FOUND,
-    }
-)
-"""Codes of a stored refusal that leaves its id free for a different request (``_CLAIM``): the
-caller's request was refused before it ran (nothing generated, nothing metered), so, as with a
-400 the gateway finds itself, the key is not used up (the IETF idempotency-key draft, Stripe).
-Not ``content_filtered`` (another request must not get round the filter under its id) nor any
-5xx (``replaceable`` by its own request's real result)."""
-_RETAKABLE_ARG = ",".join(sorted(RETAKABLE))
+claimed (unless admin)."""
 
 _OWN = """
 -- KEYS: owner, result, claim. ARGV: owner name, owner TTL. Returns the owner (nil: none).
@@ -218,7 +181,8 @@ class ClaimOutcome:
     owner: bool
     """This call claimed the id: it must publish the request."""
     result: GenerationResult | None = None
-    """The id already has a stored result: answer with it."""
+    """The id already has a stored result: answer with it (with ``conflict``: the other
+    request's, which the conflict's error may quote)."""
     conflict: bool = False
     """The id was claimed by a different request."""
     key_owner: str | None = None
@@ -314,8 +278,8 @@ class ResultStore:
         the id's owner for ``owner_ttl_s`` if the id is new (no owner, claim or result: ``own``);
         an id another key owns, or that exists with no owner, is ``foreign`` and not claimed,
         unless ``any_owner`` (an admin). The claim's TTL covers the request in flight: storing
-        its result extends it (``put_first``). An id whose stored result refused a different
-        request before it ran (``RETAKABLE``) is this request's now: claimed, no result.
+        its result extends it (``put_first``). A conflict carries the id's stored result, if any
+        (the gateway's 409 quotes a stored refusal).
         ``published``: the value this call will publish if it wins (its digest is claimed too).
         """
         assert request.request_id is not None
@@ -327,21 +291,21 @@ class ResultStore:
         if published is not None:
             value += f":{published_digest(published)}"
         stored, holder, owner = await self._claim(
-            keys=[result_key(rid), claim_key(rid), owner_key(rid), route_key(rid)],
+            keys=[result_key(rid), claim_key(rid), owner_key(rid)],
             args=[
                 value,
                 max(1, math.ceil(ttl_s)),
                 key_owner or "",
                 max(1, math.ceil(owner_ttl_s)),
                 "1" if any_owner else "0",
-                _RETAKABLE_ARG,
             ],
         )
         named = None if owner is None else bytes(owner).decode()
         if key_owner and named != key_owner and not any_owner:  # the script claimed nothing
             return ClaimOutcome(owner=False, key_owner=named, foreign=True)
         if holder is not None and claimed_fingerprint(bytes(holder)) != mine:
-            return ClaimOutcome(owner=False, conflict=True, key_owner=named)
+            earlier = None if stored is None else GenerationResult.model_validate_json(stored)
+            return ClaimOutcome(owner=False, result=earlier, conflict=True, key_owner=named)
         if stored is not None:
             result = GenerationResult.model_validate_json(stored)
             return ClaimOutcome(owner=False, result=result, key_owner=named)

@@ -220,3 +220,15 @@ def test_the_docs_error_table_lists_every_code_with_its_status() -> None:
     codes = {*ERROR_HTTP_STATUS, *GATEWAY_ERROR_HTTP_STATUS, REQUEST_TIMEOUT}
     assert set(documented) >= codes, sorted(codes - set(documented))
     assert {c: documented[c] for c in codes} == {c: http_status(c) for c in codes}
+
+
+def test_every_408_closes_its_connection() -> None:
+    """Whichever route answered a stalled body (feedback's too, not only the generation
+    routes' own error response): the rest of that body must not be read as a next request."""
+    from genwire_gateway.http_api import _with_retry_hint
+
+    start = {"type": "http.response.start", "status": 408, "headers": [(b"x-a", b"1")]}
+    assert (b"connection", b"close") in _with_retry_hint(start)["headers"]
+    closed = {**start, "headers": [(b"Connection", b"close")]}
+    assert _with_retry_hint(closed)["headers"] == [(b"Connection", b"close")]  # not twice
+    assert _with_retry_hint({**start, "status": 200}) == {**start, "status": 200}

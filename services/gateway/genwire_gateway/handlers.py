@@ -364,7 +364,7 @@ class Gateway:
             log.warning("idempotency claim of %s failed (Redis): %s", prepared.request_id, exc)
             raise _unavailable(exc) from exc
         if claim.conflict:
-            raise _conflict(prepared.request_id)
+            raise _conflict(prepared.request_id, claim.result)
         self.claimed(prepared, claim)
         if claim.owner:
             try:
@@ -454,7 +454,7 @@ class Gateway:
             log.warning("idempotency claim of %s failed (Redis): %s", prepared.request_id, exc)
             raise _unavailable(exc) from exc
         if claim.conflict:
-            raise _conflict(prepared.request_id)
+            raise _conflict(prepared.request_id, claim.result)
         self.claimed(prepared, claim)
         return claim
 
@@ -585,9 +585,18 @@ def _tails(
     return out
 
 
-def _conflict(request_id: str) -> GatewayError:
+def _conflict(request_id: str, earlier: GenerationResult | None = None) -> GatewayError:
+    """409: the id belongs to another request; when that one was refused, the refusal is
+    quoted (its code and message, never its text): a caller who corrected a refused request
+    and sent it under the same key learns why the key is used up."""
+    why = ""
+    if earlier is not None and earlier.error is not None:
+        why = (
+            f" (which was refused: {earlier.error.code}: {earlier.error.message}); send the "
+            "corrected request under a new key"
+        )
     return GatewayError(
-        f"request id {request_id!r} was already used for a different request",
+        f"request id {request_id!r} was already used for a different request{why}",
         code=IDEMPOTENCY_CONFLICT,
     )
 

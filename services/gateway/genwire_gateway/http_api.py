@@ -240,7 +240,14 @@ def _with_trace_id(scope: Scope, message: Message, arrived_ns: int) -> Message:
 
 def _with_retry_hint(message: Message) -> Message:
     """``message`` (a response start) with ``x-should-retry: false`` when its status is a
-    permanent refusal (``NO_RETRY``) and it has no hint of its own."""
+    permanent refusal (``NO_RETRY``) and it has no hint of its own; a 408 (a body that stalled)
+    closes the connection, whichever route answered it: what is left of the body would be
+    read as the next request."""
+    if message["status"] == 408:
+        headers = list(message.get("headers", ()))
+        if not any(name.lower() == b"connection" for name, _ in headers):
+            headers.append((b"connection", b"close"))
+        return {**message, "headers": headers}
     if message["status"] not in NO_RETRY:
         return message
     headers = list(message.get("headers", ()))
