@@ -106,11 +106,21 @@ before this existed generate for it instead: ``CANCEL_ACK_PROBE`` tells them apa
 RESPONSE_GAP_PARAMETER = "genwire_min_response_gap_ms"
 """A request parameter (a number of milliseconds, as a string): the least time between two
 streamed responses of this request's choices, on top of the model's own response budget (the
-longer of the two applies; the first and the final response are never held). The inference
-service sets it to its chunk budget's spacing, so the model does not send responses that the
-service would only merge into its next chunk. Not a number, negative or not finite: the request
+longer of the two applies; the first response is held only with
+``HOLD_FIRST_RESPONSE_PARAMETER``, the final one never). The inference service sets it to its
+chunk budget's spacing, so the model does not send responses that the service would only merge
+into its next chunk. Not a number, negative or not finite: the request
 fails with an error naming it. Model versions built before this existed ignore it (they send
 the responses the budget allows, as before)."""
+
+HOLD_FIRST_RESPONSE_PARAMETER = "genwire_hold_first_response"
+"""A request parameter (a boolean): hold this request's first streamed response too until its
+``RESPONSE_GAP_PARAMETER`` gap has passed since the model received it, so a request that ends
+sooner gets one response (its final, with every token) and a longer one a response per gap. The
+inference service sets it for an unstreamed request with a deadline, which streams only to keep
+its tokens when the deadline cancels it; streamed requests never set it (time to first token).
+Not a boolean: the request fails with an error naming it. Model versions built before this
+existed ignore it (they send the first token at once, as before)."""
 
 CANCEL_ACK_PROBE = "genwire-cancel-probe"
 """The id a client cancels to learn whether a model version understands ``CANCEL_PARAMETER``:

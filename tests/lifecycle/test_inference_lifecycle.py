@@ -125,10 +125,13 @@ class RestartingBackend(FakeBackend):
         *,
         stream: bool = True,
         min_gap_s: float = 0.0,
+        hold_first: bool = False,
     ) -> FakeStream:
         if self.restarted:
             raise RetryableError("triton: UNAVAILABLE: not at ready state", dependency="triton")
-        return await super().open(request, headers, stream=stream, min_gap_s=min_gap_s)
+        return await super().open(
+            request, headers, stream=stream, min_gap_s=min_gap_s, hold_first=hold_first
+        )
 
     async def wait_ready(self, model: str, version: str, timeout_s: float) -> bool:
         self.waited.append(timeout_s)

@@ -150,6 +150,55 @@ def test_unload_refuses_a_version_that_takes_traffic(tmp_path: Path, policy: Mod
     assert life.triton.served("m") == ["1", "2"]
 
 
+# A canary taking every request, the champion at weight 0: the monitor's rollback sends all
+# traffic back to the champion.
+CHAMPION_AT_ZERO = ModelPolicy(
+    model="m", aliases={"champion": "2", "canary": "3"}, weights={"3": 100}, revision=4
+)
+
+
+def test_unload_refuses_the_champion_at_weight_zero_without_force(tmp_path: Path) -> None:
+    life = _life(tmp_path, ["2", "3"], CHAMPION_AT_ZERO)
+    with pytest.raises(LifecycleError, match="version 2 is named by its policy"):
+        life.unload("m", "2", policy=CHAMPION_AT_ZERO)
+    assert life.triton.served("m") == ["2", "3"]
+    with pytest.raises(LifecycleError, match="version 2, 3 is named by its policy"):
+        life.unload("m", policy=CHAMPION_AT_ZERO)
+    assert life.triton.served("m") == ["2", "3"]
+    # --force (no policy checked) unloads it.
+    assert life.unload("m", "2", policy=None) == ["3"]
+
+
+def test_unload_of_the_champion_needs_force_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    life = _life(tmp_path, ["2", "3"], CHAMPION_AT_ZERO)
+    monkeypatch.setattr(lifecycle_cli, "_run", lambda _args, act: act(life) or 0)
+    parser = _promote_parser()
+    args = parser.parse_args(["unload", "m:2"])
+    with pytest.raises(LifecycleError, match="route traffic away first"):
+        args.func(args)
+    args = parser.parse_args(["unload", "m:2", "--force"])
+    assert args.func(args) == 0
+    assert life.triton.served("m") == ["3"]
+    assert "served versions now 3" in capsys.readouterr().out
+
+
+def test_a_rerun_never_unloads_the_champion_after_a_failed_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    life = _life(tmp_path, ["2", "3"], CHAMPION_AT_ZERO)
+
+    def dead(_name: str, version: str, timeout_s: float = 60.0) -> None:
+        raise LifecycleError(f"m version {version} does not answer")
+
+    monkeypatch.setattr(life, "probe", dead)
+    with pytest.raises(LifecycleError, match="version 2 stays loaded: it is m's champion"):
+        life.load("m", "2")
+    assert _config(life) == ["2", "3"]
+    assert life.triton.served("m") == ["2", "3"]
+
+
 # -- finding: --drain-timeout ------------------------------------------------------------------
 
 

@@ -304,6 +304,36 @@ def test_a_requests_least_gap_spaces_its_responses_only(
         assert [len(u.token_ids) for u in other.updates] == [1] * 30
 
 
+def test_a_held_first_response_waits_for_the_requests_least_gap(
+    tiny_version: ModelVersion, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Request.hold_first`` (parameter ``genwire_hold_first_response``): a request that ends
+    before its least gap gets one response, its final with every token; a longer one its first
+    response no sooner than the gap after it was received, then one a gap; an unheld streamed
+    request beside them still gets its first token at once."""
+    clock = _fake_clock(monkeypatch)
+    scheduler = Scheduler(create_runner(tiny_version.path), context=64, eos_ids=())
+    short, long, plain = Timed(clock), Timed(clock), Timed(clock)
+    start = clock[0]
+    held = {"hold_first": True, "received": start}
+    scheduler.submit(request(short, [5, 6], max_tokens=8, seed=0, min_gap_s=10.0, **held))
+    scheduler.submit(request(long, [6, 6], max_tokens=40, seed=1, min_gap_s=0.05, **held))
+    scheduler.submit(request(plain, [7, 6], max_tokens=8, seed=2, received=start))
+    for _ in range(10_000):
+        if short.done and long.done and plain.done:
+            break
+        scheduler.run_once()
+        clock[0] += 0.003  # a 3 ms step
+    assert len(short.updates) == 1
+    assert short.updates[0].finished and len(short.updates[0].token_ids) == 8
+    assert sum(len(u.token_ids) for u in long.updates) == 40 and long.updates[-1].finished
+    assert len(long.updates) >= 3  # 40 tokens at 3 ms: about 120 ms, a response a 50 ms gap
+    assert long.times[0] - start >= 0.050 - 1e-9, long.times
+    assert all(g >= 0.050 - 1e-9 for g in np.diff(long.times[:-1]))
+    assert plain.times[0] == start and len(plain.updates[0].token_ids) == 1
+    assert len(plain.updates) == 8  # no budget: a response per token
+
+
 def test_non_streaming_sends_one_response(make: Callable[..., Scheduler]) -> None:
     streamed, single = Collect(), Collect()
     for sink, stream in ((streamed, True), (single, False)):

@@ -134,10 +134,85 @@ def test_a_new_build_does_not_change_the_options_older_versions_serve_with(
         "stream_interval": 1,
         "threads": 1,
     }
-    # A config.pbtxt parameter is an explicit override, for every version.
+    # An override_* parameter is an explicit override, for every version.
     config = model_dir / "config.pbtxt"
-    config.write_text(config.read_text() + _line("max_batch", "8") + "\n")
+    config.write_text(config.read_text() + _line("override_max_batch", "8") + "\n")
     assert _initialize(runtime, model_dir, 1)["max_batch"] == 8
+    assert _initialize(runtime, model_dir, 2)["max_batch"] == 8
+
+
+def _old_build(repo: Path, version: int, **options: Any) -> None:
+    """Version ``version`` of m as a build before per-version options left it: its options in
+    its manifest and in config.pbtxt too, which its own runtime (a copy of the runtime of that
+    time) reads: ``int(params.get("max_batch", "32"))``."""
+    opts = BuildOptions(**options)
+    model_dir = repo / "m"
+    (model_dir / str(version)).mkdir(parents=True)
+    (model_dir / str(version) / "manifest.json").write_text(
+        json.dumps({"context_length": 64, "build": {"options": opts.to_json()}})
+    )
+    legacy = {
+        "max_batch": str(opts.max_batch),
+        "intra_op_threads": str(opts.intra_op_threads),
+        "stream_interval": str(opts.stream_interval),
+    }
+    lines = "\n".join(_line(k, v) for k, v in legacy.items())
+    (model_dir / "config.pbtxt").write_text(build.render_config("m", opts) + lines + "\n")
+
+
+def _old_runtime_options(config: str) -> dict[str, int]:
+    """What the runtime of a version built before per-version options serves with."""
+    params = _parameters(config)
+    return {
+        "max_batch": int(params.get("max_batch", "32")),
+        "stream_interval": int(params.get("stream_interval", "1")),
+        "threads": int(params.get("intra_op_threads", "1")),
+    }
+
+
+def test_a_new_build_keeps_the_legacy_options_versions_built_before_it_read(
+    no_export: None, runtime: Any, tmp_path: Path
+) -> None:
+    _old_build(tmp_path, 1, max_batch=8, stream_interval=4, intra_op_threads=2)
+    assert _build(tmp_path, max_batch=4) == 2
+    model_dir = tmp_path / "m"
+    config = model_dir / "config.pbtxt"
+    v1 = {"max_batch": 8, "stream_interval": 4, "threads": 2}
+    # Version 1's own (old) runtime still reads its build's options from the config...
+    assert _old_runtime_options(config.read_text()) == v1
+    # ... and a third build keeps them too (the build never writes them itself).
+    assert _build(tmp_path) == 3
+    assert _old_runtime_options(config.read_text()) == v1
+    # The current runtime ignores them: each version serves its own manifest's options.
+    assert _initialize(runtime, model_dir, 2) == {
+        "max_batch": 4,
+        "stream_interval": 1,
+        "threads": 1,
+    }
+    assert _initialize(runtime, model_dir, 3) == {
+        "max_batch": 32,
+        "stream_interval": 1,
+        "threads": 1,
+    }
+    # An override_* parameter wins over the manifest, and a build keeps it.
+    config.write_text(
+        config.read_text()
+        + _line("override_max_batch", "16")
+        + "\n"
+        + _line("override_stream_interval", "2")
+        + "\n"
+        + _line("override_intra_op_threads", "3")
+        + "\n"
+    )
+    assert _build(tmp_path) == 4
+    params = _parameters(config.read_text())
+    assert params["override_max_batch"] == "16" and params["max_batch"] == "8"
+    for version in (2, 4):
+        assert _initialize(runtime, model_dir, version) == {
+            "max_batch": 16,
+            "stream_interval": 2,
+            "threads": 3,
+        }
 
 
 def test_a_build_keeps_what_an_operator_set_in_the_config(no_export: None, tmp_path: Path) -> None:
@@ -166,7 +241,9 @@ def test_a_build_keeps_what_an_operator_set_in_the_config(no_export: None, tmp_p
     assert params["stream_responses_per_s"] == "50"
     assert params["ort_allow_spinning"] == "1"
     assert params["cancel_check_interval"] == "4"  # what the build writes stays there
-    assert not set(params) & set(build.VERSION_OPTIONS)  # each version's own, in its manifest
+    # What an older build wrote stays, for the versions it built (their runtime reads it).
+    assert params["max_batch"] == "4"
+    assert not {"stream_interval", "intra_op_threads"} & set(params)  # never written by a build
     assert "instance_group [\n  { count: 2 kind: KIND_GPU gpus: [ 0, 1 ] }\n]" in after
     assert after.count("instance_group") == 1
     assert "specific: { versions: [ 1 ] }" in after
@@ -177,16 +254,74 @@ def test_the_config_is_written_once_the_version_is_in_place(
     no_export: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _build(tmp_path)
+    config = tmp_path / "m" / "config.pbtxt"
     seen: list[bool] = []
-    write = build._write_atomic
+    replace = os.replace
 
-    def spy(path: Path, text: str) -> None:
-        seen.append((path.parent / "2" / "manifest.json").is_file())
-        write(path, text)
+    def spy(src: Any, dst: Any) -> None:
+        if Path(dst) == config:
+            seen.append((config.parent / "2" / "manifest.json").is_file())
+        replace(src, dst)
 
-    monkeypatch.setattr(build, "_write_atomic", spy)
+    monkeypatch.setattr(build.os, "replace", spy)
     _build(tmp_path)
     assert seen == [True]
+
+
+@pytest.mark.parametrize("fail_on", ["config", "rename"])
+def test_a_failed_config_write_adds_no_version(
+    no_export: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fail_on: str,
+) -> None:
+    _build(tmp_path)
+    model_dir = tmp_path / "m"
+    config = model_dir / "config.pbtxt"
+    before = config.read_text()
+    write_text, rename = Path.write_text, Path.rename
+    failing = [True]
+
+    def full_disk(path: Path, *a: Any, **kw: Any) -> int:
+        if failing[0] and path.name.startswith(".config.pbtxt."):
+            path.touch()  # what a write that ran out of space leaves
+            raise OSError(28, "No space left on device", str(path))
+        return write_text(path, *a, **kw)
+
+    def rename_fails(path: Path, target: Any) -> Any:
+        if failing[0] and path.name.startswith(".building-"):
+            raise OSError(5, "Input/output error", str(path))
+        return rename(path, target)
+
+    if fail_on == "config":
+        monkeypatch.setattr(Path, "write_text", full_disk)
+    else:
+        monkeypatch.setattr(Path, "rename", rename_fails)
+    args = _parse(["build", "--checkpoint", str(tmp_path), "--repository", str(tmp_path)])
+    args.name = "m"
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genwire model build: ") and err.count("\n") == 1
+    assert sorted(p.name for p in model_dir.iterdir() if not p.name.startswith(".build.")) == [
+        "1",
+        "config.pbtxt",
+    ]
+    assert config.read_text() == before
+    failing[0] = False
+    assert _build(tmp_path) == 2  # the next build takes the number
+
+
+def test_a_staging_folder_whose_lock_fails_is_removed(
+    no_export: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_lock(_staging: Path) -> Any:
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(build, "_own", no_lock)
+    with pytest.raises(OSError, match="No locks available"):
+        _build(tmp_path)
+    assert list((tmp_path / "m").glob(".building-*")) == []
 
 
 # -- staging folders of killed builds ---------------------------------------------------------
@@ -279,8 +414,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     ("raised", "said", "rc"),
     [
         (
-            OSError(28, "No space left on device"),
-            "genwire model build: writing {repo}: No space left on device\n",
+            OSError(28, "No space left on device", "/r/m/.config.pbtxt.1a2b"),
+            "genwire model build: No space left on device (/r/m/.config.pbtxt.1a2b)\n",
+            2,
+        ),
+        (
+            ConnectionRefusedError(111, "Connection refused"),
+            "genwire model build: Connection refused\n",
             2,
         ),
         (KeyboardInterrupt(), "genwire model build: interrupted; nothing was added\n", 130),
@@ -308,3 +448,19 @@ def test_bench_refuses_max_tokens_below_one(value: str) -> None:
     args = _parse(["bench", "--max-tokens", value])
     with pytest.raises(SystemExit, match="--max-tokens must be at least 1"):
         args.func(args)
+
+
+def test_the_in_process_bench_reads_the_options_as_the_runtime_does() -> None:
+    """``genwire model bench --in-process`` runs the version with its own build's options, an
+    ``override_`` key over them, and ignores the plain keys older builds wrote (they are only
+    for the versions those builds made)."""
+    from genwire_model.bench import version_options
+
+    manifest = {"build": {"options": {"max_batch": 4, "stream_interval": 2}}}
+    legacy = {"max_batch": "8", "stream_interval": "4", "intra_op_threads": "3"}
+    assert version_options(legacy, manifest, 1) == {
+        "max_batch": 4,
+        "stream_interval": 2,
+        "intra_op_threads": 1,
+    }
+    assert version_options({**legacy, "override_max_batch": "16"}, manifest, 1)["max_batch"] == 16

@@ -55,3 +55,64 @@ def test_a_config_changed_meanwhile_is_not_put_back(tmp_path: Path) -> None:
     change = ("before", "what the bring-up wrote")
     default_model._put_back(_settings(tmp_path), "http://127.0.0.1:3", "m", change, print)
     assert config.read_text() == theirs
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_interrupted_load_puts_the_config_back_and_loads_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupt: type[BaseException]
+) -> None:
+    config = tmp_path / "m" / "config.pbtxt"
+    config.parent.mkdir()
+    before = with_versions(render_config("m", BuildOptions()), ["1"])
+    config.write_text(before)
+
+    def keep(*_a: Any, **_kw: Any) -> tuple[None, tuple[str, str]]:
+        written = with_versions(before, ["1", "2"])
+        config.write_text(written)
+        return None, (before, written)
+
+    posts: list[tuple[str, float, str]] = []
+
+    def post(url: str, timeout_s: float, headers: Any = None) -> tuple[int, str]:
+        posts.append((url, timeout_s, config.read_text()))
+        if len(posts) == 1:  # Ctrl-C while Triton loads (it may finish server-side)
+            raise interrupt()
+        raise OSError("Triton went away")  # the reload is best effort: suppressed
+
+    monkeypatch.setattr(default_model, "keep_policy_versions", keep)
+    monkeypatch.setattr(default_model, "http_status", lambda *_a, **_kw: 404)
+    monkeypatch.setattr(default_model, "_post", post)
+    monkeypatch.setattr(default_model.triton_admin, "headers", lambda *_a: {})
+    with pytest.raises(interrupt):
+        default_model.serve_version(_settings(tmp_path), "http://127.0.0.1:3", "m", "2")
+    assert config.read_text() == before
+    # Loaded again from the restored config, within a bound shorter than the load's 600 s.
+    assert [(u, c) for u, _t, c in posts] == [
+        ("http://127.0.0.1:3/v2/repository/models/m/load", with_versions(before, ["1", "2"])),
+        ("http://127.0.0.1:3/v2/repository/models/m/load", before),
+    ]
+    assert posts[1][1] <= 60.0
+
+
+def test_a_refused_load_is_not_loaded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "m" / "config.pbtxt"
+    config.parent.mkdir()
+    before = with_versions(render_config("m", BuildOptions()), ["1"])
+    config.write_text(before)
+    written = with_versions(before, ["1", "2"])
+    monkeypatch.setattr(
+        default_model,
+        "keep_policy_versions",
+        lambda *_a, **_kw: (config.write_text(written), (None, (before, written)))[1],
+    )
+    posts: list[str] = []
+    monkeypatch.setattr(default_model, "http_status", lambda *_a, **_kw: 404)
+    monkeypatch.setattr(
+        default_model, "_post", lambda url, **_kw: (posts.append(url), (400, "no"))[1]
+    )
+    monkeypatch.setattr(default_model.triton_admin, "headers", lambda *_a: {})
+    with pytest.raises(StackError):
+        default_model.serve_version(_settings(tmp_path), "http://127.0.0.1:3", "m", "2")
+    assert config.read_text() == before and len(posts) == 1

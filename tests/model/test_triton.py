@@ -23,6 +23,7 @@ from genwire.settings import CommonSettings
 from genwire.triton_io import (
     CANCEL_ACK_PROBE,
     CANCEL_PARAMETER,
+    HOLD_FIRST_RESPONSE_PARAMETER,
     RESPONSE_GAP_PARAMETER,
     Options,
     Output,
@@ -212,7 +213,11 @@ FULL = 60
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("_CANCEL_PARAMETER", CANCEL_PARAMETER), ("_RESPONSE_GAP_PARAMETER", RESPONSE_GAP_PARAMETER)],
+    [
+        ("_CANCEL_PARAMETER", CANCEL_PARAMETER),
+        ("_RESPONSE_GAP_PARAMETER", RESPONSE_GAP_PARAMETER),
+        ("_HOLD_FIRST_PARAMETER", HOLD_FIRST_RESPONSE_PARAMETER),
+    ],
 )
 def test_the_triton_model_uses_the_contracts_parameters(name: str, value: str) -> None:
     tree = ast.parse((RUNTIME_DIR / "triton_model.py").read_text(encoding="utf-8"))

@@ -61,6 +61,7 @@ class FakeBackend:
         self.waited: list[float] = []
         self.stream_flags: list[bool] = []
         self.gaps: dict[str, float] = {}  # request id → the min_gap_s it was opened with
+        self.held: dict[str, bool] = {}  # request id → the hold_first it was opened with
 
     async def open(
         self,
@@ -69,10 +70,12 @@ class FakeBackend:
         *,
         stream: bool = True,
         min_gap_s: float = 0.0,
+        hold_first: bool = False,
     ) -> FakeStream:
         self.opened.append((request, dict(headers)))
         self.stream_flags.append(stream)
         self.gaps[request.request_id] = min_gap_s
+        self.held[request.request_id] = hold_first
         if not stream:  # one final response with every token, like the real model
             ids = [100 + i for i in range(self.n)]
             step = ModelStep(token_ids=ids, logprobs=[-0.5] * self.n, model_version="3")
@@ -580,6 +583,7 @@ class ErrorBackend(FakeBackend):
         *,
         stream: bool = True,
         min_gap_s: float = 0.0,
+        hold_first: bool = False,
     ) -> FakeStream:
         raise await self.failure(request)
 
@@ -688,6 +692,7 @@ class ChoicesBackend(FakeBackend):
         *,
         stream: bool = True,
         min_gap_s: float = 0.0,
+        hold_first: bool = False,
     ) -> FakeStream:
         self.opened.append((request, dict(headers)))
         steps = []
@@ -734,6 +739,7 @@ class ScriptedBackend(FakeBackend):
         *,
         stream: bool = True,
         min_gap_s: float = 0.0,
+        hold_first: bool = False,
     ) -> FakeStream:
         stream_ = FakeStream(list(self.steps), 0.0, None)
         self.streams.append(stream_)
@@ -1047,18 +1053,24 @@ async def test_a_cancel_while_the_version_is_looked_up_ends_cancelled_not_refuse
 # -- deadlines and finish reasons ---------------------------------------------------------------
 class PacedStream(FakeStream):
     """The model as its decode loop behaves: a token every ``delay_s``; streamed, the first
-    response at once, then the tokens since the last one no closer than ``min_gap_s``; not
-    streamed, every token in the final response; cancelled, nothing more is sent (what was not
-    sent is lost, as the model drops it)."""
+    response at once (``hold_first``: no sooner than ``min_gap_s`` after the call), then the
+    tokens since the last one no closer than ``min_gap_s``; not streamed, every token in the
+    final response (with the model's timings); cancelled, nothing more is sent (what was not
+    sent is lost, as the model drops it). ``responses``: how many it sent."""
 
-    def __init__(self, n: int, delay_s: float, stream: bool, min_gap_s: float) -> None:
+    def __init__(
+        self, n: int, delay_s: float, stream: bool, min_gap_s: float, hold_first: bool = False
+    ) -> None:
         super().__init__([], delay_s, None)
         self.n, self.stream, self.min_gap_s = n, stream, min_gap_s
+        self.hold_first = hold_first
+        self.responses = 0
 
     async def _run(self) -> AsyncIterator[ModelStep]:
         loop = asyncio.get_running_loop()
         tokens: list[int] = []
-        sent, last = 0, 0.0
+        received = last = loop.time()
+        sent, first_at = 0, 0.0
         for i in range(self.n):
             try:
                 await asyncio.wait_for(self.cancelled.wait(), self.delay_s)
@@ -1066,12 +1078,18 @@ class PacedStream(FakeStream):
             except TimeoutError:
                 pass
             tokens.append(100 + i)
+            first_at = first_at or loop.time()
             final = i == self.n - 1
-            due = self.stream and (sent == 0 or loop.time() - last >= self.min_gap_s)
+            spaced = sent or self.hold_first
+            due = self.stream and (not spaced or loop.time() - last >= self.min_gap_s)
             if final or due:
                 step = ModelStep(token_ids=tokens[sent:], logprobs=[-0.5] * (len(tokens) - sent))
                 step.finished, step.finish_reason = final, "length" if final else ""
+                if final:
+                    step.queue_ms, step.compute_ms = 0.0, (loop.time() - received) * 1e3
+                    step.ttft_ms = (first_at - received) * 1e3
                 sent, last = len(tokens), loop.time()
+                self.responses += 1
                 yield step
 
 
@@ -1083,11 +1101,13 @@ class PacedBackend(FakeBackend):
         *,
         stream: bool = True,
         min_gap_s: float = 0.0,
+        hold_first: bool = False,
     ) -> FakeStream:
         self.opened.append((request, dict(headers)))
         self.stream_flags.append(stream)
         self.gaps[request.request_id] = min_gap_s
-        paced = PacedStream(self.n, self.delay_s, stream, min_gap_s)
+        self.held[request.request_id] = hold_first
+        paced = PacedStream(self.n, self.delay_s, stream, min_gap_s, hold_first)
         self.streams.append(paced)
         return paced
 
@@ -1121,6 +1141,37 @@ async def test_an_unstreamed_request_with_a_deadline_asks_for_few_responses() ->
     assert backend.gaps["far"] == 1.0  # the most: 5 % of a minute would be 3 s
     (final,) = await _collect(inf, _req("near", stream=False, stop=(), deadline_ms=now_ms() + 500))
     assert final.output_ids == [100, 101, 102, 103, 104] and backend.gaps["near"] == 0.05
+    # Its first response held too: ended within the gap, one response from the model.
+    assert backend.held == {"far": True, "near": True}
+    assert [paced.responses for paced in backend.streams] == [1, 1]  # type: ignore[attr-defined]
+
+
+async def test_only_an_unstreamed_request_with_a_deadline_holds_the_first_response() -> None:
+    """``hold_first`` (``genwire_hold_first_response``): asked for the deadline path only;
+    streamed requests get their first token at once. A held request's first token time is
+    the model's own (its final response's ``ttft_ms``), not the held response's arrival."""
+    backend = PacedBackend(n=150, delay_s=0.004)
+    inf = Inference(backend)
+    deadline = now_ms() + 10e3  # 5 % of 10 s: 0.5 s between the model's responses
+    (final,) = await asyncio.wait_for(
+        _collect(inf, _req("held", stream=False, stop=(), deadline_ms=deadline)), 20
+    )
+    assert final.output_ids == list(range(100, 250)) and final.finish_reason == "length"
+    assert backend.held["held"] is True and backend.gaps["held"] == pytest.approx(0.5, abs=0.01)
+    held = backend.streams[0]
+    assert 2 <= held.responses <= 3, held.responses  # type: ignore[attr-defined]
+    t = final.timings
+    assert t.first_token is not None and t.inference_start is not None
+    assert t.first_token - t.inference_start < 250  # ~4 ms; its first response came at 500
+    for rid, stream, deadline_ms in (
+        ("streamed", True, now_ms() + 10e3),
+        ("stops", False, now_ms() + 10e3),  # chunked for its stop sequence
+        ("free", True, None),
+        ("whole", False, None),
+    ):
+        stop = ("\n",) if rid == "stops" else ()
+        await _collect(inf, _req(rid, stream=stream, stop=stop, deadline_ms=deadline_ms))
+        assert backend.held[rid] is False, rid
 
 
 async def test_an_unstreamed_request_cancelled_by_its_caller_ends_cancelled() -> None:
@@ -1150,6 +1201,7 @@ class _OneChoiceEndsFirst(FakeBackend):
         *,
         stream: bool = True,
         min_gap_s: float = 0.0,
+        hold_first: bool = False,
     ) -> FakeStream:
         end = ModelStep(token_ids=[6], logprobs=[-1.0], choice=self.early, finished=True)
         end.finish_reason, end.completion_tokens = "stop", 3

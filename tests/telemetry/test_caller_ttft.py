@@ -59,6 +59,7 @@ class StalledBackend:
         *,
         stream: bool = True,
         min_gap_s: float = 0.0,
+        hold_first: bool = False,
     ) -> _Stream:
         await asyncio.sleep(STALL_S)
         if stream:

@@ -76,8 +76,16 @@ class BuildError(RuntimeError):
 
 VERSION_OPTIONS = ("max_batch", "intra_op_threads", "stream_interval")
 """Build options each version serves with, read by the runtime from that version's manifest
-(``build.options``): a ``config.pbtxt`` parameter of the same name overrides them for every
-version, so the build writes none (a new build would change the versions already served)."""
+(``build.options``), so the build writes none to the shared ``config.pbtxt`` (a new build
+would change the versions already served). ``config.pbtxt`` parameters of these names are the
+*legacy* ones: what the runtime of a version built before per-version options reads (each
+version runs its own copy of the runtime). A build keeps them at the values the config has, so
+such a version serves on as it did; the current runtime ignores them."""
+
+OVERRIDE_PREFIX = "override_"
+"""``override_max_batch``, ``override_stream_interval``, ``override_intra_op_threads``: an
+operator's override of a ``VERSION_OPTIONS`` entry for every version (the current runtime
+takes it over the version's manifest); the build never writes one and keeps those set."""
 
 
 def render_config(name: str, options: BuildOptions, backend: str = "auto") -> str:
@@ -153,10 +161,11 @@ def _keep_specific(old: str, rendered: str) -> str:
 
 
 def _keep_parameters(old: str, rendered: str) -> str:
-    """``rendered`` with every parameter ``old`` sets, at its value there (an operator's
-    tuning, or one the build does not write: ``stream_responses_per_s``), but for
-    ``VERSION_OPTIONS``: a build drops those, so each version serves its own options."""
-    kept = {k: v for k, v in _PARAMETER_RE.findall(old) if k not in VERSION_OPTIONS}
+    """``rendered`` with every parameter ``old`` sets, at its value there: an operator's
+    tuning, one the build does not write (``stream_responses_per_s``, the ``override_*`` of
+    ``VERSION_OPTIONS``), and the legacy ``VERSION_OPTIONS`` an older build wrote (what the
+    runtime of the versions it built reads: dropping them would serve those with defaults)."""
+    kept = dict(_PARAMETER_RE.findall(old))
     merged = {**dict(_PARAMETER_RE.findall(rendered)), **kept}
     lines = [_parameter_line(k, v) for k, v in merged.items()]
     return _PARAMETER_RE.sub("", rendered).rstrip("\n") + "\n" + "\n".join(lines) + "\n"
@@ -428,10 +437,16 @@ def _without_fused(
     return {"file": None, "reason": f"--quantize {requested}: ONNX Runtime serves its INT8 graph"}
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _stage(path: Path, text: str) -> Path:
+    """``text`` written to a new file beside ``path`` (removed again when the write fails),
+    for an ``os.replace`` onto ``path``."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def _check_name(name: str) -> None:
@@ -477,20 +492,22 @@ def build_version(
     context = min(info.context, opts.context or info.context)
     model_dir = Path(repository) / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    with model_lock(model_dir):  # no other build sees this folder before its owner locks it
-        _remove_stale_staging(model_dir, progress)
-        tmp = model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
-        tmp.mkdir()
-        owner = _own(tmp)
+    tmp = model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+    owner: IO[str] | None = None
     started = time.monotonic()
     try:
+        with model_lock(model_dir):  # no other build sees this folder before its owner locks it
+            _remove_stale_staging(model_dir, progress)
+            tmp.mkdir()
+            owner = _own(tmp)
         manifest = _assemble(info, tmp, context, opts, progress)
         with model_lock(model_dir):
             version = _publish(model_dir, tmp, manifest, name, opts, started)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-        owner.close()
+        if owner is not None:
+            owner.close()
     progress(f"built {name} version {version} in {time.monotonic() - started:.1f}s")
     return ModelRepository(Path(repository)).get(name, version)
 
@@ -541,8 +558,10 @@ def _publish(
     opts: BuildOptions,
     started: float,
 ) -> int:
-    """Rename ``tmp`` to the next version number, then write the model's config (the model's
-    lock held): a crash between the two leaves no config naming a version that is not there."""
+    """Rename ``tmp`` to the next version number, then put the model's config in place (the
+    model's lock held): a crash between the two leaves no config naming a version that is not
+    there. The config is written beside it first, before the rename: a full disk fails the
+    build before the version exists, and the ``os.replace`` after the rename needs no space."""
     # Every numbered folder counts, complete or not: a version number is never reused.
     existing = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
     version = max([0, *existing]) + 1
@@ -553,10 +572,15 @@ def _publish(
         build_seconds=round(time.monotonic() - started, 2),
     )
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    (tmp / _OWNER_LOCK).unlink()  # (its open handle keeps the lock until the build ends)
-    tmp.rename(model_dir / str(version))  # the version appears whole, or not at all
     config = model_dir / "config.pbtxt"
-    _write_atomic(config, _merged_config(config, render_config(name, opts, "auto")))
+    staged = _stage(config, _merged_config(config, render_config(name, opts, "auto")))
+    try:
+        (tmp / _OWNER_LOCK).unlink()  # (its open handle keeps the lock until the build ends)
+        tmp.rename(model_dir / str(version))  # the version appears whole, or not at all
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    os.replace(staged, config)
     return version
 
 

@@ -276,8 +276,10 @@ def _build(args: argparse.Namespace) -> int:
     except (CheckpointError, BuildError, ExportError) as exc:
         print(f"genwire model build: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # a full disk, a read-only repository: one line, not a traceback
-        print(f"genwire model build: writing {repository}: {exc.strerror or exc}", file=sys.stderr)
+    except OSError as exc:  # a full disk, a read-only repository, an unreadable checkpoint,
+        # a connection: one line naming what failed, not a traceback
+        where = f" ({exc.filename})" if exc.filename is not None else ""
+        print(f"genwire model build: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the build's staging folder is already removed
         print("genwire model build: interrupted; nothing was added", file=sys.stderr)

@@ -377,6 +377,19 @@ class Lifecycle:
         if target in routed:
             self.progress(f"{name} version {target} is already served")
             return
+        if policy is not None and target == policy.champion:
+            # The champion at weight 0: no traffic now, but the monitor's rollback sends it
+            # all; probed, and kept loaded whatever the answer (as unload keeps it).
+            self.progress(f"{name} version {target} (champion, weight 0) is served: probing it")
+            try:
+                self.probe(name, target)
+            except LifecycleError as exc:
+                raise LifecycleError(
+                    f"{exc}; version {target} stays loaded: it is {name}'s champion (a "
+                    f"rollback sends traffic to it); `genwire model unload {name}:{target} "
+                    f"--force` unloads it"
+                ) from None
+            return
         self.progress(f"{name} version {target} is served but takes no traffic: probing it")
         text = (self.repository / name / CONFIG).read_text(encoding="utf-8")
         others = [v for v in served if v != target]
@@ -434,9 +447,10 @@ class Lifecycle:
             served = self.triton.served(name)
             going = [version] if version else served
             if policy is not None:
-                # What takes traffic (or a shadow copy): an alias alone (the canary the
+                # What takes traffic (or a shadow copy), and the champion at any weight (a
+                # rollback sends all traffic to it): another alias alone (the canary the
                 # monitor rolled back, ``previous``) keeps nothing loaded.
-                busy = sorted(set(going) & _routed(policy), key=_num)
+                busy = sorted(set(going) & _kept_loaded(policy), key=_num)
                 if busy:
                     raise LifecycleError(
                         f"{name} version {', '.join(busy)} is named by its policy "
@@ -680,7 +694,7 @@ class Lifecycle:
             listed = ", ".join(sorted(old, key=_num))
             self.progress(f"{exc}: version {listed} stays loaded (the policy was not read again)")
             return
-        named = old & (_routed(policy) if policy is not None else set())
+        named = old & (_kept_loaded(policy) if policy is not None else set())
         if policy is not None and named:
             self.progress(
                 f"version {', '.join(sorted(named, key=_num))} stays loaded: the policy in force "
@@ -698,6 +712,12 @@ def _routed(policy: ModelPolicy) -> set[str]:
     """The versions ``policy`` sends requests to: caller traffic or a shadow copy (an alias
     alone, such as ``previous``, keeps nothing loaded: rollback loads it again)."""
     return policy.live_versions() | ({policy.shadow} if policy.shadow else set())
+
+
+def _kept_loaded(policy: ModelPolicy) -> set[str]:
+    """The versions ``policy`` keeps loaded: those it sends requests to, and its champion
+    whatever its weight (the monitor's automatic rollback sends every request to it)."""
+    return _routed(policy) | ({policy.champion} if policy.champion else set())
 
 
 def _num(version: str) -> int:

@@ -156,9 +156,10 @@ def serve_version(
     if not ready or change is not None:
         try:
             _load_and_wait(cfg, base, model, version, out)
-        except BaseException:  # as Lifecycle.serve: no config left naming what did not load
+        except BaseException as exc:  # as Lifecycle.serve: no config left naming what did not load
             if change is not None:
-                _put_back(cfg, base, model, change, out)
+                # Ctrl-C, SIGTERM (not Triton's refusal): Triton may finish the load anyway.
+                _put_back(cfg, base, model, change, out, reload=not isinstance(exc, StackError))
             raise
         out(f"{model} version {version} ready after {time.monotonic() - began:.1f} s")
     _move_pin(cfg, base, pin, version, out)
@@ -184,9 +185,19 @@ def _load_and_wait(cfg: CommonSettings, base: str, model: str, version: str, out
     )
 
 
-def _put_back(cfg: CommonSettings, base: str, model: str, change: Change, out: Out) -> None:
+RELOAD_AFTER_INTERRUPT_S = 30.0
+"""How long the put-back after an interrupted load waits for Triton's load of the restored
+config (best effort: the command is ending)."""
+
+
+def _put_back(
+    cfg: CommonSettings, base: str, model: str, change: Change, out: Out, *, reload: bool = False
+) -> None:
     """After the load of what ``keep_policy_versions`` wrote failed: the config it replaced
-    again (unless changed since), best effort, the model's lock held."""
+    again (unless changed since), best effort, the model's lock held. ``reload``: the load
+    was interrupted (Ctrl-C, SIGTERM), not refused, so Triton may still finish it server-side:
+    once the config is put back, Triton is asked to load the model again (bounded, errors
+    ignored), so it serves what the restored config names."""
     lc = _lifecycle_module()
     if lc is None:
         return
@@ -198,11 +209,28 @@ def _put_back(cfg: CommonSettings, base: str, model: str, change: Change, out: O
         try:
             if config.read_text(encoding="utf-8") != written:
                 return  # someone else's change since: theirs stands
-            # (Triton is not loaded again: a failed load left it serving what it served.)
+            # (A refused load left Triton serving what it served: not loaded again.)
             _replace(config, before)
             out(f"{model}: config.pbtxt put back as it was before this load")
         except OSError as exc:
             out(f"{model}: putting config.pbtxt back failed ({exc})")
+            return
+        if reload:
+            _reload_quietly(cfg, base, model, out)
+
+
+def _reload_quietly(cfg: CommonSettings, base: str, model: str, out: Out) -> None:
+    """Ask Triton to load ``model`` from its config again, within
+    ``RELOAD_AFTER_INTERRUPT_S``, whatever the answer."""
+    out(f"{model}: asking Triton to load it again from the restored config.pbtxt")
+    with contextlib.suppress(Exception):
+        status, detail = _post(
+            f"{base}/v2/repository/models/{model}/load",
+            timeout_s=RELOAD_AFTER_INTERRUPT_S,
+            headers=triton_admin.headers(cfg),
+        )
+        if status != 200:
+            out(f"{model}: Triton did not load it again (HTTP {status}: {detail[:200]})")
 
 
 def _replace(config: Path, text: str) -> None:

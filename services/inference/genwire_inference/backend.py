@@ -34,6 +34,7 @@ from genwire.events import PreparedRequest
 from genwire.request import ErrorCode
 from genwire.settings import CommonSettings
 from genwire.triton_io import (
+    HOLD_FIRST_RESPONSE_PARAMETER,
     RESPONSE_GAP_PARAMETER,
     Options,
     Output,
@@ -162,12 +163,14 @@ class ModelBackend(Protocol):
         *,
         stream: bool = True,
         min_gap_s: float = 0.0,
+        hold_first: bool = False,
     ) -> ModelStream:
         """Start generating ``request``; responses stream from the returned object.
 
         ``stream=False`` asks for a single (final) response carrying every token;
         ``min_gap_s`` > 0 asks for streamed responses at least that far apart
-        (``genwire.triton_io.RESPONSE_GAP_PARAMETER``).
+        (``genwire.triton_io.RESPONSE_GAP_PARAMETER``), the first one too with ``hold_first``
+        (``genwire.triton_io.HOLD_FIRST_RESPONSE_PARAMETER``).
         """
         ...
 
@@ -506,9 +509,10 @@ class TritonBackend:
         *,
         stream: bool = True,
         min_gap_s: float = 0.0,
+        hold_first: bool = False,
     ) -> TritonStream | SharedTritonStream:
         """Start a generation of ``request``; per-token responses when ``stream``, at least
-        ``min_gap_s`` apart when > 0.
+        ``min_gap_s`` apart when > 0 (the first one too with ``hold_first``).
 
         ``headers`` (the trace context) go with a call of its own only: a shared call has no
         metadata of a request's (Triton's own spans, when Triton traces, join the request's
@@ -527,11 +531,11 @@ class TritonBackend:
             batched=batched,
             options=options_of(request),
         )
-        parameters = (
-            {RESPONSE_GAP_PARAMETER: f"{min_gap_s * 1000:.3f}"}
-            if stream and min_gap_s > 0
-            else None
-        )
+        parameters: dict[str, Any] | None = None  # a bool goes as Triton's bool_param
+        if stream and min_gap_s > 0:
+            parameters = {RESPONSE_GAP_PARAMETER: f"{min_gap_s * 1000:.3f}"}
+            if hold_first:
+                parameters[HOLD_FIRST_RESPONSE_PARAMETER] = True
         if self.shared is not None and await self._understands_cancels(
             request.model, request.model_version
         ):

@@ -136,8 +136,11 @@ DEADLINE_GAP_SHARE = 0.05
 of the time left apart (``DEADLINE_GAP_BOUNDS_S``), the tokens kept here until the final chunk:
 a deadline cancels the model, which then drops what it has not sent, and the partial result is
 what the deadline promises the caller (docs/api.md *Deadlines*). So it misses at most that gap's
-tokens, and a request that ends well before its deadline costs the model a response or two
-(its first token, then one a gap) beside its final one. Without a deadline: one response."""
+tokens. The model holds its first response too until a gap has passed (``hold_first``,
+``genwire.triton_io.HOLD_FIRST_RESPONSE_PARAMETER``), so a request that ends within a gap costs
+one response, its final one with every token, as without a deadline, and a longer one a
+response a gap beside it. (A model version older than that parameter sends its first token at
+once: a response more.)"""
 DEADLINE_GAP_BOUNDS_S = (0.05, 1.0)
 
 CHUNK_GAP_SLACK = 0.1
@@ -370,7 +373,9 @@ class Inference:
         # Unchunked: one response with every token, unless a deadline may stop it (a cancel
         # drops the model's unsent tokens): then responses far apart (DEADLINE_GAP_SHARE).
         streamed = chunked or request.deadline_ms is not None
-        if not chunked and request.deadline_ms is not None:
+        # Its first response is held for a gap too: its first token is nobody's to see early.
+        held = not chunked and request.deadline_ms is not None
+        if request.deadline_ms is not None and held:
             opened_gap_s = _deadline_gap_s(request.deadline_ms)
         any_token = answered = False
         owned = True  # ``span`` is the call's own (False: the process span, after a failed call)
@@ -385,6 +390,7 @@ class Inference:
                 {k: v.decode("latin-1") for k, v in headers},
                 stream=streamed,
                 min_gap_s=opened_gap_s,
+                hold_first=held,
             )
             run.stream = stream
             if run.stop_reason is not None:  # cancelled while the call was being set up
@@ -514,9 +520,9 @@ class Inference:
             span.set_attribute(sc.QUEUE_MS, timings.triton_queue_ms)
         if timings.triton_compute_ms is not None:
             span.set_attribute(sc.COMPUTE_MS, timings.triton_compute_ms)
-        if not streamed and final_step is not None and final_step.ttft_ms:
-            # Unstreamed: every token arrives at the end, so the model's own clock says when
-            # the first one was sampled.
+        if (not streamed or held) and final_step is not None and final_step.ttft_ms:
+            # Unstreamed: every token arrives at the end (held: the first response a gap
+            # late), so the model's own clock says when the first one was sampled.
             timings.first_token = first_token_unix_ms(timings, final_step)
             span.set_attribute(sc.TIME_TO_FIRST_TOKEN_MS, final_step.ttft_ms)
             span.set_attribute(sc.FIRST_TOKEN_UNIX_MS, timings.first_token)

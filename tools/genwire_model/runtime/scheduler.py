@@ -181,6 +181,10 @@ class Request:
     """The least time between two streamed responses of a choice that the client asked for
     (request parameter ``genwire_min_response_gap_ms``); the response budget's spacing applies
     when it is longer."""
+    hold_first: bool = False
+    """Hold the first streamed response too until ``min_gap_s`` has passed since ``received``
+    (request parameter ``genwire_hold_first_response``): a request that ends sooner gets one
+    response, its final; for clients that stream only to keep tokens if a deadline cancels."""
     received: float = dataclasses.field(default_factory=time.monotonic)
 
 
@@ -1218,13 +1222,18 @@ class Scheduler:
     def _emit(self, seq: _Sequence) -> None:
         if not seq.request.stream or seq.group.failed:
             return
-        # The first token goes out at once (time to first token); later ones in chunks that
-        # grow with the batch (at most ``chunk_batch`` responses per step) and, with a
-        # response budget, no sooner than live rows / budget seconds after the previous one
-        # (or the request's own least gap, when longer): a response costs the Triton path
-        # about as much as a token of the decode step.
+        # The first token goes out at once (time to first token), unless the request holds it
+        # (``hold_first``: not before its least gap has passed since it was received); later
+        # ones in chunks that grow with the batch (at most ``chunk_batch`` responses per step)
+        # and, with a response budget, no sooner than live rows / budget seconds after the
+        # previous one (or the request's own least gap, when longer): a response costs the
+        # Triton path about as much as a token of the decode step.
         live = len(self.active) - len(self.leaving)
-        if seq.sent:
+        if not seq.sent:
+            r = seq.request
+            if r.hold_first and time.monotonic() - r.received < r.min_gap_s:
+                return
+        else:
             interval = max(self.stream_interval, -(-live // self.chunk_batch))
             if len(seq.tokens) - seq.sent < interval:
                 return

@@ -130,6 +130,8 @@ def _log_to_triton(origin: str) -> None:
 _CANCEL_PARAMETER = "genwire_cancel"
 # genwire.triton_io.RESPONSE_GAP_PARAMETER (held equal by the same test): milliseconds.
 _RESPONSE_GAP_PARAMETER = "genwire_min_response_gap_ms"
+# genwire.triton_io.HOLD_FIRST_RESPONSE_PARAMETER (held equal by the same test): a boolean.
+_HOLD_FIRST_PARAMETER = "genwire_hold_first_response"
 # What every refusal of a request (its parameters, its prompt, its constraint) starts with:
 # the inference service reads an error that starts so as the request's fault, answered with a
 # 4xx code (genwire_inference.handlers.MODEL_REFUSAL, held equal by a test). Failures of the
@@ -179,6 +181,15 @@ def _min_gap_s(params: dict[str, Any]) -> float:
             f">= 0, got {value!r}"
         )
     return ms / 1000.0
+
+
+def _hold_first(params: dict[str, Any]) -> bool:
+    """Whether the request's first streamed response waits for its least gap too (False: none
+    asked). Triton passes a bool parameter as a JSON boolean; anything else is refused."""
+    value = params.get(_HOLD_FIRST_PARAMETER, False)
+    if not isinstance(value, bool):
+        raise RequestError(f"parameter {_HOLD_FIRST_PARAMETER} must be a boolean, got {value!r}")
+    return value
 
 
 def _instances(config: dict[str, Any]) -> int | None:
@@ -510,12 +521,16 @@ class _TritonSink:
 def _version_options(params: dict[str, str], manifest: dict[str, Any]) -> dict[str, int]:
     """``max_batch``, ``stream_interval`` and ``intra_op_threads`` of this version: its own
     build's (its manifest: every version of a model shares one config.pbtxt, which a newer
-    build rewrites), unless a config.pbtxt parameter of that name overrides them for every
-    version."""
+    build rewrites), unless a config.pbtxt ``override_<key>`` parameter overrides them for
+    every version. The config's plain ``max_batch``/... are ignored: a build keeps them only
+    for the versions built before this runtime, whose own copy of the runtime reads them."""
     built = manifest.get("build", {}).get("options", {}) or {}
     # genwire_model.build.VERSION_OPTIONS, with the defaults of a manifest without them.
     defaults = {"max_batch": 32, "stream_interval": 1, "intra_op_threads": DEFAULT_INTRA_OP_THREADS}
-    return {key: int(params.get(key, built.get(key, value))) for key, value in defaults.items()}
+    return {
+        key: int(params.get(f"override_{key}", built.get(key, value)))  # build.OVERRIDE_PREFIX
+        for key, value in defaults.items()
+    }
 
 
 class TritonPythonModel:
@@ -617,6 +632,7 @@ class TritonPythonModel:
             guided=_text(guided[0]) if guided is not None and len(guided) else "",
             stop=tuple(_text(s) for s in stops) if stops is not None else (),
             min_gap_s=_min_gap_s(params),
+            hold_first=_hold_first(params),
         )
 
     def _cancel(self, request: Any, target: str) -> None:
