@@ -627,9 +627,10 @@ def parse_request(
 ) -> GenerationRequest:
     """Validate one Kafka value; raise ``PermanentError`` with an ``ErrorCode`` when it is bad.
 
-    The key, when present, is the request id (it wins over ``request_id`` in the JSON); without
-    either, ``fallback_id`` is used (preprocess passes one derived from the record's position,
-    so a redelivery gets the same id).
+    The key, when present, is the request id (it wins over ``request_id`` in the JSON, so a
+    JSON ``request_id`` that is no request id does not refuse a record whose key is one);
+    without either, ``fallback_id`` is used (preprocess passes one derived from the record's
+    position, so a redelivery gets the same id).
     """
     if len(raw) > max_bytes:
         raise PermanentError(
@@ -644,7 +645,13 @@ def parse_request(
             code=ErrorCode.INVALID_ENCODING,
         ) from None
     try:
-        request = GenerationRequest.model_validate_json(raw)
+        try:
+            request = GenerationRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            replaced = _with_key_id(raw, key, exc)
+            if replaced is None:
+                raise
+            request = GenerationRequest.model_validate_json(replaced)
     except ValidationError as exc:
         code, message, param = _classify(exc)
         raise PermanentError(message, code=code, param=param) from None
@@ -664,6 +671,23 @@ def parse_request(
     elif request.request_id is None:
         request.request_id = fallback_id
     return request
+
+
+def _with_key_id(raw: bytes, key: bytes | None, exc: ValidationError) -> bytes | None:
+    """``raw`` with its ``request_id`` replaced by the record key, when the key is a valid
+    request id and ``exc`` (its validation as sent) faults that ``request_id``: the key wins, so
+    the JSON's own id is never validated. None otherwise (``exc`` stands)."""
+    if not key or not any(e["loc"][:1] == ("request_id",) for e in exc.errors()):
+        return None
+    try:
+        key_id = key.decode("utf-8")
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if re.fullmatch(REQUEST_ID_PATTERN, key_id) is None or not isinstance(data, dict):
+        return None
+    data["request_id"] = key_id
+    return json.dumps(data).encode()
 
 
 def validate_request(

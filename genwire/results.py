@@ -45,7 +45,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from genwire.errors import RetryableError
-from genwire.events import GenerationResult
+from genwire.events import ErrorInfo, GenerationResult
 from genwire.redisconn import REDIS, connect
 from genwire.request import ErrorCode, GenerationRequest, fingerprint, http_status
 
@@ -181,14 +181,16 @@ class ClaimOutcome:
     owner: bool
     """This call claimed the id: it must publish the request."""
     result: GenerationResult | None = None
-    """The id already has a stored result: answer with it (with ``conflict``: the other
-    request's, which the conflict's error may quote)."""
+    """The id already has a stored result: answer with it."""
     conflict: bool = False
     """The id was claimed by a different request."""
     key_owner: str | None = None
     """The API key name recorded as the id's owner (when the claim named one)."""
     foreign: bool = False
     """The id is another key's and the caller may not use it: nothing was claimed."""
+    refused: ErrorInfo | None = None
+    """With ``conflict``: the error of the other request's stored result, when it was refused
+    (the gateway's 409 quotes it; never its text, which is that request's)."""
 
 
 @dataclass(frozen=True)
@@ -278,8 +280,8 @@ class ResultStore:
         the id's owner for ``owner_ttl_s`` if the id is new (no owner, claim or result: ``own``);
         an id another key owns, or that exists with no owner, is ``foreign`` and not claimed,
         unless ``any_owner`` (an admin). The claim's TTL covers the request in flight: storing
-        its result extends it (``put_first``). A conflict carries the id's stored result, if any
-        (the gateway's 409 quotes a stored refusal).
+        its result extends it (``put_first``). A conflict carries the error of the id's stored
+        result, if it was refused (the gateway's 409 quotes it).
         ``published``: the value this call will publish if it wins (its digest is claimed too).
         """
         assert request.request_id is not None
@@ -305,7 +307,8 @@ class ResultStore:
             return ClaimOutcome(owner=False, key_owner=named, foreign=True)
         if holder is not None and claimed_fingerprint(bytes(holder)) != mine:
             earlier = None if stored is None else GenerationResult.model_validate_json(stored)
-            return ClaimOutcome(owner=False, result=earlier, conflict=True, key_owner=named)
+            refused = None if earlier is None else earlier.error
+            return ClaimOutcome(owner=False, conflict=True, key_owner=named, refused=refused)
         if stored is not None:
             result = GenerationResult.model_validate_json(stored)
             return ClaimOutcome(owner=False, result=result, key_owner=named)

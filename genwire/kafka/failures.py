@@ -54,6 +54,11 @@ TRIM_HEADROOM = 64 * 1024
 adds on the way (trace context, forwarded headers)."""
 
 
+HEADER_DLQ_NULL_VALUE = "genwire_dlq_null_value"
+"""On a DLQ record whose original value was null (a Kafka tombstone): ``true``. The dead letter's
+value is then empty (records go out as bytes), and this header tells it from an empty value."""
+
+
 class Fenced(Exception):
     """The record's partition was revoked: its outputs belong to the new owner now."""
 
@@ -365,6 +370,8 @@ def _dlq_headers(
     record: ConsumerRecord[bytes, bytes], err: GenwireError, stage: str
 ) -> list[tuple[str, bytes]]:
     kept = [(k, v) for k, v in record.headers or () if not k.startswith("genwire_dlq")]
+    if record.value is None:  # a tombstone: its letter's value is empty, this says it was null
+        kept.append((HEADER_DLQ_NULL_VALUE, b"true"))
     return [
         *kept,
         # "replace": a message quoting the input may hold what UTF-8 cannot (lone surrogates)

@@ -56,7 +56,9 @@ async def test_generate_on_either_instance(gateways: Gateways, pipeline: FakePip
         async with GenwireClient(instance.grpc_target) as client:
             result = await client.generate("hi", max_tokens=8, seed=1)
         assert result.text == "Hello, world"
-        assert result.finish_reason == "length" and result.model == "fake"
+        # The model the caller asked for (none: the default), not the served name (docs/api.md).
+        default = instance.settings.default_model
+        assert result.finish_reason == "length" and result.model == default != "fake"
         assert result.completion_tokens == 3 and len(result.trace_id) == 32
         (seen,) = pipeline.requests_for(result.request_id)
         assert seen.prompt == "hi" and seen.max_tokens == 8 and seen.stream is False

@@ -45,7 +45,8 @@ async def test_a_different_request_under_a_refused_key_is_a_conflict_quoting_the
     assert not repeat.owner and not repeat.conflict
     other = await store.claim(fixed, 30)
     assert other.conflict and not other.owner and await redis.exists(result_key(rid)) == 1
-    error = _conflict(rid, other.result)
+    assert other.result is None  # the other request's result is not this caller's
+    error = _conflict(rid, other.refused)
     assert error.code == ErrorCode.IDEMPOTENCY_CONFLICT
     assert "context_length_exceeded: refused: context_length_exceeded" in error.message
     assert "new key" in error.message
@@ -64,5 +65,6 @@ async def test_a_conflict_with_an_answer_or_one_in_flight_quotes_nothing(
         await store.put_first(GenerationResult(request_id=rid, text="secret", finish_reason="stop"))
     outcome = await store.claim(other, 30)
     assert outcome.conflict and not outcome.owner
-    message = _conflict(rid, outcome.result).message
+    assert outcome.result is None and outcome.refused is None
+    message = _conflict(rid, outcome.refused).message
     assert message == f"request id {rid!r} was already used for a different request"

@@ -81,6 +81,24 @@ def test_key_is_the_request_id() -> None:
     assert info.value.code == ErrorCode.INVALID_REQUEST
 
 
+@pytest.mark.parametrize("in_json", ['"bad id"', '""', '"x' + "y" * 200 + '"', "5", "null"])
+def test_a_valid_key_wins_over_a_bad_request_id_in_the_json(in_json: str) -> None:
+    """docs/stages.md: the key wins over the JSON, so the JSON's own id is never validated."""
+    raw = b'{"prompt": "x", "request_id": ' + in_json.encode() + b', "max_tokens": 3}'
+    req = parse_request(raw, key=b"ok-id")
+    assert (req.request_id, req.prompt, req.max_tokens) == ("ok-id", "x", 3)
+    # Without a key, or with a bad one, the JSON's id is the request's and is refused.
+    if in_json != "null":
+        for key in (None, b"has space"):
+            with pytest.raises(PermanentError) as info:
+                parse_request(raw, key=key)
+            assert info.value.code == ErrorCode.INVALID_REQUEST
+    # Other faults are still reported, without the overridden id.
+    with pytest.raises(PermanentError) as bad:
+        parse_request(b'{"prompt": "x", "request_id": "bad id", "temperature": 9}', key=b"ok-id")
+    assert bad.value.code == ErrorCode.OUT_OF_RANGE and bad.value.param == "temperature"
+
+
 def test_defaults_and_stop_forms() -> None:
     req = parse_request(b'{"prompt": "hi", "stop": "\\n", "temperature": 0}')
     assert (req.max_tokens, req.temperature, req.top_p, req.top_k) == (64, 0.0, 1.0, 0)

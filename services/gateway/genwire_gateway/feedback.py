@@ -43,7 +43,7 @@ from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire_gateway import openai
 from genwire_gateway.errors import GatewayError, grpc_status, http_status
-from genwire_gateway.grpc_service import UNEXPECTED, end_call, unexpected
+from genwire_gateway.grpc_service import UNEXPECTED, end_call, refuse_unknown_fields, unexpected
 from genwire_gateway.handlers import Gateway
 from genwire_gateway.http_api import MAX_BODY_BYTES, TRACE_ID_HEADER, UNEXPECTED_MESSAGE, read_body
 from genwire_gateway.telemetry import (
@@ -274,6 +274,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
             end_call(span, self._metrics, FEEDBACK_METHOD, code, started)
 
     async def _feedback(self, request: feedback_pb2.FeedbackRequest) -> feedback_pb2.FeedbackReply:
+        refuse_unknown_fields(request)  # every field honoured or refused (docs/api.md)
         fields: dict[str, Any] = {"request_id": request.request_id}
         for name in ("rating", "label", "correction", "comment"):
             if request.HasField(name):

@@ -1,8 +1,13 @@
 """The gRPC transport: GenerationService, standard health checking and reflection.
 
 Thin: proto messages in and out, ``Gateway`` does the work. The caller's deadline bounds the
-wait and travels downstream as the request's ``deadline_ms``; a call that expires or is
-cancelled publishes a cancel, so the generation loop stops too.
+wait and travels downstream as the request's ``deadline_ms``; a call that expires publishes a
+cancel, so the generation loop stops too, and so does one that is cancelled, unless it is named
+(``request_id`` / ``idempotency-key``: the caller's retry collects it), as docs/security.md's
+keep rule says.
+
+Every field is honoured or refused (docs/api.md): a request message carrying a field this
+proto does not know (a newer client's), at any depth, is refused ``unsupported_parameter``.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.unknown_fields import UnknownFieldSet
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from opentelemetry import trace
@@ -30,6 +38,7 @@ from genwire.events import (
     Timings,
     Usage,
 )
+from genwire.proto.v1 import feedback_pb2
 from genwire.proto.v1 import generation_pb2 as pb
 from genwire.proto.v1 import generation_pb2_grpc as pb_grpc
 from genwire.request import ErrorCode
@@ -48,6 +57,8 @@ from genwire_gateway.telemetry import (
 )
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
+FEEDBACK_SERVICE_NAME = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name
+"""genwire.v1.FeedbackService (feedback.py serves it on the same server)."""
 IDEMPOTENCY_METADATA = "idempotency-key"
 UNEXPECTED = "unknown"
 """Outcome code (metrics, span) of a call that failed with an exception no code was mapped to."""
@@ -76,6 +87,46 @@ _OPTIONAL = (
     "min_p",
     "min_tokens",
 )
+
+
+def _unknown_field(message: Message, path: str = "") -> tuple[int, str] | None:
+    """(number, where) of the first field ``message`` carries that its proto does not know,
+    itself or in a message it holds (``messages[1]``, ``guided``); None when there is none."""
+    unknown = UnknownFieldSet(message)
+    if len(unknown):
+        return unknown[0].field_number, path
+    for field, value in message.ListFields():
+        held = field.message_type
+        if field.type != FieldDescriptor.TYPE_MESSAGE or held is None:
+            continue
+        name = f"{path}.{field.name}" if path else field.name
+        if held.GetOptions().map_entry:
+            if held.fields_by_name["value"].type != FieldDescriptor.TYPE_MESSAGE:
+                continue
+            items: list[tuple[str, Message]] = [(f"{name}[{k}]", v) for k, v in value.items()]
+        elif field.is_repeated:
+            items = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            items = [(name, value)]
+        for where, item in items:
+            found = _unknown_field(item, where)
+            if found is not None:
+                return found
+    return None
+
+
+def refuse_unknown_fields(message: Message) -> None:
+    """Refuse a request message with a field this proto does not know: every field is honoured
+    or refused, never ignored (docs/api.md). protobuf keeps such a field (a newer client's, or a
+    known number sent with the wrong wire type) aside instead of failing the parse."""
+    found = _unknown_field(message)
+    if found is not None:
+        number, where = found
+        raise GatewayError(
+            f"unknown field {number}" + (f" in {where}" if where else ""),
+            code=ErrorCode.UNSUPPORTED_PARAMETER,
+            param=where or None,
+        )
 
 
 def request_fields(message: pb.GenerateRequest) -> dict[str, Any]:
@@ -168,13 +219,14 @@ def logprobs_message(logprobs: Sequence[OutputLogprob] | None) -> list[pb.TokenL
 
 
 def to_response(result: GenerationResult, *, model: str, trace_id: str) -> pb.GenerateResponse:
-    """A finished result as a proto response."""
+    """A finished result as a proto response, answering ``model`` (docs/api.md, *Model*: the
+    name the caller asked for, else the default; the result's own name where that is unknown)."""
     return pb.GenerateResponse(
         request_id=result.request_id,
         text=result.text,
         finish_reason=result.finish_reason or "",
         usage=pb.Usage(**result.usage.counts()),
-        model=result.model or model,
+        model=model,
         model_version=result.model_version,
         timings=timings_message(result.timings),
         trace_id=trace_id,
@@ -270,10 +322,21 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
             ),
             None,
         )
+        refuse_unknown_fields(message)
+        if key is not None and re.fullmatch(REQUEST_ID_PATTERN, key) is None:
+            # Checked here, so the refusal names the metadata the caller sent, as HTTP's names
+            # its Idempotency-Key header (not request_id, which the caller did not send).
+            raise GatewayError(
+                f"the idempotency-key metadata must be 1-{MAX_REQUEST_ID_CHARS} letters, "
+                "digits, '.', '_', ':' or '-', starting with a letter or digit",
+                code=ErrorCode.INVALID_REQUEST,
+                param=IDEMPOTENCY_METADATA,
+            )
         if key and message.request_id and key != message.request_id:
             raise GatewayError(
                 "request_id and the idempotency-key metadata differ",
                 code=ErrorCode.INVALID_REQUEST,
+                param=IDEMPOTENCY_METADATA,
             )
         return self._gateway.prepare(
             request_fields(message),
@@ -332,7 +395,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
                 clock.finish(result, unary=True)
             finally:
                 clock.finish(None)  # (no-op after a result)
-            return to_response(result, model=self._default_model, trace_id=trace_id)
+            # As HTTP: the name the caller sent, as sent, else the default (docs/api.md, *Model*).
+            model = request.model or self._default_model
+            return to_response(result, model=model, trace_id=trace_id)
 
         return await self._call("Generate", context, work)
 
@@ -395,6 +460,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
 
         async def work(span: Span) -> pb.GetResultResponse:
             # Only its owner's key or an admin reads it (usage.MeteredGateway.get_result).
+            refuse_unknown_fields(request)
             _require_request_id(request.request_id, span)
             # The same ceiling as every other wait (max_timeout_s), then the call's deadline.
             wait_s = self._gateway.timeout_for(request.wait_ms / 1000.0)
@@ -412,6 +478,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
         """Publish a cancel of a request."""
 
         async def work(span: Span) -> pb.CancelResponse:
+            refuse_unknown_fields(request)
             _require_request_id(request.request_id, span)
             known = await self._gateway.known(request.request_id)
             # Only its owner's key or an admin cancels it (usage.MeteredGateway.cancel), and a
@@ -442,7 +509,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):  # type: ignore[mis
             response.error_code = result.error.code
             response.error_message = result.error.message
         elif result is not None:
-            response.result.CopyFrom(to_response(result, model=self._default_model, trace_id=""))
+            # The name the request was sent with is not stored: the served result's name.
+            model = result.model or self._default_model
+            response.result.CopyFrom(to_response(result, model=model, trace_id=""))
         return response
 
 
@@ -470,6 +539,7 @@ def build_server(
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
+                FEEDBACK_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -493,13 +563,13 @@ def build_server(
 
 
 async def set_serving(health: HealthServicer, serving: bool) -> None:
-    """Mark the overall server and GenerationService SERVING or NOT_SERVING."""
+    """Mark the overall server, GenerationService and FeedbackService SERVING or NOT_SERVING."""
     status = (
         health_pb2.HealthCheckResponse.SERVING
         if serving
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, FEEDBACK_SERVICE_NAME):
         await health.set(name, status)
 
 

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from genwire.errors import PermanentError
 from genwire.events import (
     ControlEvent,
+    ErrorInfo,
     GenerationResult,
     OutputLogprob,
     TokenEvent,
@@ -364,7 +365,7 @@ class Gateway:
             log.warning("idempotency claim of %s failed (Redis): %s", prepared.request_id, exc)
             raise _unavailable(exc) from exc
         if claim.conflict:
-            raise _conflict(prepared.request_id, claim.result)
+            raise _conflict(prepared.request_id, claim.refused)
         self.claimed(prepared, claim)
         if claim.owner:
             try:
@@ -454,7 +455,7 @@ class Gateway:
             log.warning("idempotency claim of %s failed (Redis): %s", prepared.request_id, exc)
             raise _unavailable(exc) from exc
         if claim.conflict:
-            raise _conflict(prepared.request_id, claim.result)
+            raise _conflict(prepared.request_id, claim.refused)
         self.claimed(prepared, claim)
         return claim
 
@@ -585,15 +586,15 @@ def _tails(
     return out
 
 
-def _conflict(request_id: str, earlier: GenerationResult | None = None) -> GatewayError:
+def _conflict(request_id: str, refused: ErrorInfo | None = None) -> GatewayError:
     """409: the id belongs to another request; when that one was refused, the refusal is
     quoted (its code and message, never its text): a caller who corrected a refused request
     and sent it under the same key learns why the key is used up."""
     why = ""
-    if earlier is not None and earlier.error is not None:
+    if refused is not None:
         why = (
-            f" (which was refused: {earlier.error.code}: {earlier.error.message}); send the "
-            "corrected request under a new key"
+            f" (which was refused: {refused.code}: {refused.message}); send the corrected "
+            "request under a new key"
         )
     return GatewayError(
         f"request id {request_id!r} was already used for a different request{why}",

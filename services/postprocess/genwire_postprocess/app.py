@@ -219,7 +219,10 @@ def failure_outputs(record: ConsumerRecord[bytes, bytes], err: GenwireError) -> 
     # final one. A shadow copy owes nobody: its failure is the DLQ record alone.
     if chunk.shadow:
         return []
-    return failure_result(chunk.request_id, err, chunk.stream) if chunk.final else []
+    if not chunk.final:
+        return []
+    n = max(len(chunk.choices or []), chunk.sampling.n if chunk.sampling is not None else 1)
+    return failure_result(chunk.request_id, err, chunk.stream, n)
 
 
 SERVICE = ServiceSpec(stage=sc.STAGE_POSTPROCESS, settings=PostprocessSettings, setup=setup)

@@ -59,7 +59,7 @@ from genwire.events import (
 )
 from genwire.filters import ContentFilter
 from genwire.policy import ARM_ATTRIBUTE, SHADOW_ATTRIBUTE
-from genwire.request import ErrorCode
+from genwire.request import MAX_N, ErrorCode
 from genwire.results import replaceable
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore, ModelAssets
@@ -384,6 +384,8 @@ class Postprocessor:
     async def _final(self, chunk: GenerationChunk, usage_of: str | None = None) -> list[Event]:
         rid = chunk.request_id
         n = len(chunk.choices) if chunk.choices else 1
+        if chunk.error is not None:  # every choice's stream ends, whatever the chunk carries
+            n = self._choices_of(chunk, n)
         states = [self.streams.pop(_key(rid, c), None) for c in range(n)]
         for c in range(n):
             self._blind.pop(_key(rid, c), None)
@@ -410,11 +412,17 @@ class Postprocessor:
             span.set_attribute(sc.GEN_AI_COMPLETION, stored.text)
         out: list[Event] = []
         if chunk.stream and not conflict:
-            choices = stored.all_choices() if stored.error is None else [ResultChoice(index=0)]
+            choices = (
+                stored.all_choices()
+                if stored.error is None
+                else [ResultChoice(index=c) for c in range(n)]  # each choice's stream ends
+            )
             for choice in choices:
                 state = states[choice.index] if choice.index < len(states) else None
                 reason = stored.finish_reason if stored.error is not None else choice.finish_reason
-                out.append(self._final_token(chunk, choice, reason, state))
+                out.append(
+                    self._final_token(chunk, choice, reason, state, failed=stored.error is not None)
+                )
         out.append(stored)
         # Once per request: only the first result stored for the id (a redelivery finds it
         # stored); a server-side error is no answer (a real result may replace it, metered
@@ -423,21 +431,40 @@ class Postprocessor:
             out.append(_usage(result, chunk, usage_of))
         return out
 
+    def _choices_of(self, chunk: GenerationChunk, n: int) -> int:
+        """How many choices a failed request has: its chunk's ``n`` (``choices``, ``sampling``),
+        or what its streams know (chunk 0's ``sampling.n``, a choice streamed or joined)."""
+        rid = chunk.request_id
+        if chunk.sampling is not None:
+            n = max(n, chunk.sampling.n)
+        first = self.streams.get(rid)
+        if first is not None:
+            n = max(n, first.n)
+        for c in range(n, MAX_N):
+            if _key(rid, c) in self.streams or _key(rid, c) in self._blind:
+                n = c + 1
+        return min(n, MAX_N)
+
     def _final_token(
         self,
         chunk: GenerationChunk,
         choice: ResultChoice,
         finish_reason: str | None,
         state: _Stream | None,
+        *,
+        failed: bool = False,
     ) -> TokenEvent:
         """A choice's last TokenEvent: the rest of its text (and logprobs), so the pieces add
-        up to the result."""
+        up to the result. ``failed``: the request's error ends the stream (no text) where the
+        streamed text ends."""
         text, offset, index = choice.text, 0, chunk.index if choice.index == 0 else 0
         lps, lp_offset = choice.logprobs, 0
         if state is not None:
             index = state.next_token_index  # contiguous after the streamed ones
             sent = state.text[: state.emitted]
-            if choice.text.startswith(sent):
+            if failed:
+                text, offset = "", state.emitted
+            elif choice.text.startswith(sent):
                 text, offset = choice.text[state.emitted :], state.emitted
                 if lps is not None and state.logprobs is not None:
                     lp_offset = min(state.logprobs.given, len(lps))
@@ -613,13 +640,19 @@ def _usage(result: GenerationResult, chunk: GenerationChunk, principal: str) -> 
     )
 
 
-def failure_result(request_id: str | None, err: GenwireError, stream: bool) -> list[Event]:
-    """What the caller gets when a chunk cannot be handled (e.g. Redis down through retries)."""
+def failure_result(
+    request_id: str | None, err: GenwireError, stream: bool, n: int = 1
+) -> list[Event]:
+    """What the caller gets when a chunk cannot be handled (e.g. Redis down through retries).
+    ``n``: the request's choices, each of whose token streams ends."""
     if not request_id:
         return []
     out: list[Event] = []
-    if stream:  # end the token stream too
-        out.append(TokenEvent(request_id=request_id, index=0, text="", final=True))
+    if stream:  # end the token streams too
+        out += [
+            TokenEvent(request_id=request_id, index=0, text="", final=True, choice=c)
+            for c in range(max(1, min(n, MAX_N)))
+        ]
     out.append(
         GenerationResult(
             request_id=request_id,

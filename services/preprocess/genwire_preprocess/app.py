@@ -11,10 +11,11 @@ from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 from prometheus_client import Counter
 
-from genwire.errors import GenwireError
+from genwire.errors import GenwireError, PermanentError
 from genwire.events import Event
 from genwire.filters import ContentFilter
 from genwire.policyfeed import followed
+from genwire.request import ErrorCode
 from genwire.service import ServiceRuntime, ServiceSpec
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore
@@ -24,6 +25,30 @@ from genwire_preprocess.handlers import Preprocessor, RequestRecord, decode_reco
 from genwire_preprocess.stores import RedisClaims, TritonVersions
 
 log = logging.getLogger(__name__)
+
+
+def decode_request(record: ConsumerRecord[bytes, bytes], *, max_bytes: int) -> RequestRecord:
+    """The consumer's decoder. Our own parse (not the consumer's model_validate_json): invalid
+    UTF-8, non-JSON and oversize values get precise codes, and the key stays the request id. A
+    refusal is raised by the handler, once it knows whether the id is another request's."""
+    if record.value is None:  # a tombstone: no body at all (not an empty one, "Invalid JSON")
+        return RequestRecord.model_construct(refused=tombstone(), key=record.key)
+    return decode_record(
+        record.value,
+        record.key,
+        fallback_id=f"anon-{record.partition}-{record.offset}",
+        max_bytes=max_bytes,
+    )
+
+
+def tombstone() -> PermanentError:
+    """The refusal of a record whose value is null (its dead letter has an empty value and
+    header ``genwire_dlq_null_value``). A new one each time: a raised error keeps its
+    traceback."""
+    return PermanentError(
+        "the record's value is null (a tombstone): a request record needs a JSON body",
+        code=ErrorCode.INVALID_JSON,
+    )
 
 
 @asynccontextmanager
@@ -66,15 +91,7 @@ async def setup(
     app.state.preprocessor = pre
 
     def decode(record: ConsumerRecord[bytes, bytes]) -> RequestRecord:
-        # Our own parse (not the consumer's model_validate_json): invalid UTF-8, non-JSON
-        # and oversize values get precise codes, and the key stays the request id. A refusal
-        # is raised by the handler, once it knows whether the id is another request's.
-        return decode_record(
-            record.value or b"",
-            record.key,
-            fallback_id=f"anon-{record.partition}-{record.offset}",
-            max_bytes=cfg.max_request_bytes,
-        )
+        return decode_request(record, max_bytes=cfg.max_request_bytes)
 
     def failure_events(record: ConsumerRecord[bytes, bytes], err: GenwireError) -> Sequence[Event]:
         return error_chunk(record.value or b"", record.key, err)

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from genwire.errors import GenwireError, PermanentError, Rejection, RetryableError
 from genwire.events import (
     REQUEST_ID_PATTERN,
+    ChoiceOutput,
     ErrorInfo,
     GenerationChunk,
     PreparedRequest,
@@ -41,6 +42,7 @@ from genwire.events import (
 from genwire.filters import ContentFilter
 from genwire.policy import ARM_ATTRIBUTE, SHADOW_ARM
 from genwire.request import (
+    MAX_N,
     MAX_REQUEST_BYTES,
     ErrorCode,
     GenerationRequest,
@@ -73,6 +75,8 @@ HINT_PARSE_BYTES = 1024 * 1024
 _STREAM_KEY = re.compile(rb'[{,]\s*"stream"\s*:\s*(true|false)\b')
 """A ``"stream"`` key and its boolean in raw JSON: an unescaped quote right after ``{`` or
 ``,`` opens a key (inside a string a quote is escaped), so the prompt cannot fake one."""
+_N_KEY = re.compile(rb'[{,]\s*"n"\s*:\s*(-?\d{1,9})(?![\d.eE])')
+"""An ``"n"`` key and its integer in raw JSON (as ``_STREAM_KEY``)."""
 
 
 class RequestRecord(BaseModel):
@@ -442,7 +446,7 @@ def error_chunk(raw: bytes, key: bytes | None, err: GenwireError) -> list[Genera
     request_id = request_id_hint(raw, key)
     if request_id is None:
         return []
-    stream, model = _hints(raw)
+    stream, model, n = _hints(raw)
     return [
         GenerationChunk(
             request_id=request_id,
@@ -451,6 +455,10 @@ def error_chunk(raw: bytes, key: bytes | None, err: GenwireError) -> list[Genera
             stream=stream,
             model=encodable(model[:128]),
             finish_reason="error",
+            # n > 1: every choice's stream ends (postprocess sends one final TokenEvent each)
+            choices=(
+                [ChoiceOutput(index=c, finish_reason="error") for c in range(n)] if n > 1 else None
+            ),
             error=ErrorInfo(
                 code=err.code,
                 message=encodable(err.message),
@@ -461,18 +469,29 @@ def error_chunk(raw: bytes, key: bytes | None, err: GenwireError) -> list[Genera
     ]
 
 
-def _hints(raw: bytes) -> tuple[bool, str]:
-    """Best-effort ``stream`` and ``model`` of a refused value. One too large to parse again
-    still says whether it streams (its key is found in the raw JSON): a streamed request's
-    error must end its token stream."""
+def _hints(raw: bytes) -> tuple[bool, str, int]:
+    """Best-effort ``stream``, ``model`` and ``n`` of a refused value. One too large to parse
+    again still says whether it streams and its ``n`` (their keys are found in the raw JSON):
+    a streamed request's error must end the token stream of each of its choices. An ``n``
+    that is not a valid one (1 to ``MAX_N``) is 1."""
     if len(raw) > HINT_PARSE_BYTES:
         found = _STREAM_KEY.findall(raw)
-        return bool(found) and found[-1] == b"true", ""  # the last key wins, as in parsing
+        ns = _N_KEY.findall(raw)  # the last key wins, as in parsing
+        return bool(found) and found[-1] == b"true", "", _valid_n(int(ns[-1]) if ns else 1)
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):
-        return False, ""
+        return False, "", 1
     if not isinstance(data, dict):
-        return False, ""
+        return False, "", 1
     model = data.get("model")
-    return data.get("stream") is True, model if isinstance(model, str) else ""
+    return (
+        data.get("stream") is True,
+        model if isinstance(model, str) else "",
+        _valid_n(data.get("n", 1)),
+    )
+
+
+def _valid_n(n: object) -> int:
+    """``n`` when it is a valid number of choices (an int, 1 to ``MAX_N``), else 1."""
+    return n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_N else 1
