@@ -153,3 +153,37 @@ def test_a_postprocess_failure_ends_every_choice() -> None:
     events = failure_result("r", err, stream=True, n=2)
     assert [(t.choice, t.final) for t in _tokens(events)] == [(0, True), (1, True)]
     assert [t.choice for t in _tokens(failure_result("r", err, stream=True))] == [0]
+
+
+async def test_a_conflicting_request_leaves_the_first_ones_streams_alone(
+    post: Postprocessor, tokenizer: Tokenizer
+) -> None:
+    """A different body under an id still streaming (preprocess's ``idempotency_conflict``
+    final chunk) ends none of that id's streams: they are the first request's."""
+    ids = tokenizer.encode("The quick brown fox jumps over").ids
+    for c in (0, 1):
+        await post.handle(
+            GenerationChunk(
+                request_id="orig",
+                index=0,
+                offset=0,
+                choice=c,
+                token_ids=ids[:2],
+                stream=True,
+                model=MODEL,
+                model_version="2",
+                sampling=Sampling(n=2),
+            )
+        )
+    conflict = GenerationChunk(
+        request_id="orig",
+        index=0,
+        final=True,
+        stream=True,
+        model=MODEL,
+        finish_reason="error",
+        error=ErrorInfo(code=ErrorCode.IDEMPOTENCY_CONFLICT, message="another body"),
+    )
+    events = await post.handle(conflict)
+    assert _tokens(events) == []
+    assert set(post.streams) == {"orig", "orig\x001"}  # both choices stream on

@@ -73,12 +73,15 @@ def _finish_reason(choice: _Choice, run: Run) -> str:
     return run.stop_reason or "stop"
 
 
+def _deadline_left_s(deadline_ms: float) -> float:
+    return max(0.0, (deadline_ms - now_ms()) / 1000.0)
+
+
 def _deadline_gap_s(deadline_ms: float) -> float:
     """The least gap between the model's responses asked for an unchunked request with a
     deadline (``DEADLINE_GAP_SHARE`` of the time left, within ``DEADLINE_GAP_BOUNDS_S``)."""
     low, high = DEADLINE_GAP_BOUNDS_S
-    left_s = max(0.0, (deadline_ms - now_ms()) / 1000.0)
-    return min(high, max(low, left_s * DEADLINE_GAP_SHARE))
+    return min(high, max(low, _deadline_left_s(deadline_ms) * DEADLINE_GAP_SHARE))
 
 
 def _end_failed(span: Span, exc: GenwireError) -> None:
@@ -373,10 +376,16 @@ class Inference:
         # Unchunked: one response with every token, unless a deadline may stop it (a cancel
         # drops the model's unsent tokens): then responses far apart (DEADLINE_GAP_SHARE).
         streamed = chunked or request.deadline_ms is not None
-        # Its first response is held for a gap too: its first token is nobody's to see early.
-        held = not chunked and request.deadline_ms is not None
-        if request.deadline_ms is not None and held:
+        held = False
+        if not chunked and request.deadline_ms is not None:
             opened_gap_s = _deadline_gap_s(request.deadline_ms)
+            # Its first response is held for that gap too (its first token is nobody's to see
+            # early), unless the gap is the floor, not the share: so close to the deadline a
+            # held first response could come due after it, and a cancel would leave nothing.
+            held = (
+                _deadline_left_s(request.deadline_ms) * DEADLINE_GAP_SHARE
+                >= (DEADLINE_GAP_BOUNDS_S[0])
+            )
         any_token = answered = False
         owned = True  # ``span`` is the call's own (False: the process span, after a failed call)
         try:

@@ -221,6 +221,10 @@ def failure_outputs(record: ConsumerRecord[bytes, bytes], err: GenwireError) -> 
         return []
     if not chunk.final:
         return []
+    if chunk.error is not None and chunk.error.code == ErrorCode.IDEMPOTENCY_CONFLICT:
+        # The id's answer and streams are the first request's: nothing under it (the
+        # conflicting record is on the dead-letter topic with the reason).
+        return []
     n = max(len(chunk.choices or []), chunk.sampling.n if chunk.sampling is not None else 1)
     return failure_result(chunk.request_id, err, chunk.stream, n)
 

@@ -384,13 +384,16 @@ class Postprocessor:
     async def _final(self, chunk: GenerationChunk, usage_of: str | None = None) -> list[Event]:
         rid = chunk.request_id
         n = len(chunk.choices) if chunk.choices else 1
-        if chunk.error is not None:  # every choice's stream ends, whatever the chunk carries
-            n = self._choices_of(chunk, n)
-        states = [self.streams.pop(_key(rid, c), None) for c in range(n)]
-        for c in range(n):
-            self._blind.pop(_key(rid, c), None)
-        result = await self.build_result(chunk)
         conflict = chunk.error is not None and chunk.error.code == ErrorCode.IDEMPOTENCY_CONFLICT
+        if conflict:  # the id's streams are the first request's, maybe still running: untouched
+            states: list[_Stream | None] = [None] * n
+        else:
+            if chunk.error is not None:  # every choice's stream ends, whatever the chunk carries
+                n = self._choices_of(chunk, n)
+            states = [self.streams.pop(_key(rid, c), None) for c in range(n)]
+            for c in range(n):
+                self._blind.pop(_key(rid, c), None)
+        result = await self.build_result(chunk)
         if conflict:
             # The id's stored result (and token stream) belong to the first request: never
             # answer with it, never store this error over it, never end its stream.
