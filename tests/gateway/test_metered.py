@@ -407,6 +407,24 @@ async def test_a_repeat_joined_in_flight_and_a_left_caller_are_metered_once() ->
     assert limiter.tokens == 3 + 5  # each generation's real usage, once
 
 
+async def test_a_conflicting_request_publishes_no_usage_under_the_ids_owner() -> None:
+    """A different body under a named id already used is refused (409) and its charge given
+    back, but no usage event is published: the id is the first request's, and ``genwire
+    usage`` keeps one event per id (a 0-token conflict published first would hide its real
+    tokens)."""
+    gateway, producer, store, limiter, metrics = _limited()
+    _key(tpm=100_000)
+    first = await gateway.generate(gateway.prepare({"prompt": "hi"}, request_id="j-c"))
+    store.results["j-c"] = first
+    with pytest.raises(GatewayError) as info:
+        await gateway.generate(gateway.prepare({"prompt": "other"}, request_id="j-c"))
+    assert info.value.code == ErrorCode.IDEMPOTENCY_CONFLICT
+    await gateway.drain()
+    assert _usage(producer) == ["j-c"]  # the first request's, once
+    assert limiter.tokens == 3  # the conflict's charge was given back
+    assert _requests(metrics, "error") == 1
+
+
 async def test_the_limiter_is_bypassed_at_most_auth_stale_s(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

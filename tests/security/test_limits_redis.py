@@ -48,8 +48,12 @@ async def test_rpm_window_slides_and_the_wait_is_when_room_comes_back(redis: Any
     refusal = await _refused(limiter, record)
     assert refusal.code == "rate_limit_exceeded" and refusal.limit == "rpm"
     assert refusal.retry_after_s is not None and 0 < refusal.retry_after_s <= 1.05
-    # Remembered: refused again without Redis until the wait has passed.
-    assert limiter.refusal(record) is not None
+    # The message names the wait too (docs/security.md), as the token limits' do.
+    assert f"retry after {refusal.retry_after_s:.1f} s" in str(refusal)
+    # Remembered: refused again without Redis until the wait has passed, with the wait left.
+    again = limiter.refusal(record)
+    assert again is not None and again.retry_after_s is not None
+    assert again.message.endswith(f"retry after {again.retry_after_s:.1f} s")
     await asyncio.sleep(refusal.retry_after_s + 0.06)
     assert limiter.refusal(record) is None
     assert await limiter.admit(record, 1) is not None

@@ -149,6 +149,11 @@ return 1
 """
 
 
+def _waiting(message: str, wait_s: float) -> str:
+    """An rpm refusal's message with its wait (docs/security.md: the limit and the wait)."""
+    return f"{message}; retry after {wait_s:.1f} s"
+
+
 class LimitExceeded(Exception):
     """A request a limit refused: which limit, the code, and when it will have room."""
 
@@ -206,8 +211,8 @@ class Limiter:
         self.bucket_ms = bucket_ms
         self._admit = redis.register_script(_ADMIT)
         self._adjust = redis.register_script(_ADJUST)
-        self._blocked: dict[str, tuple[float, LimitExceeded]] = {}
-        """key id -> (monotonic time, refusal): a key over its requests per minute is refused
+        self._blocked: dict[str, tuple[float, str]] = {}
+        """key id -> (monotonic time, message): a key over its requests per minute is refused
         here, without Redis, until the wait Redis gave has passed. Exact for rpm: only time
         frees request slots (token charges are also given back at completion, so tpm and
         per-day refusals always ask Redis)."""
@@ -217,13 +222,13 @@ class Limiter:
         held = self._blocked.get(record.id)
         if held is None:
             return None
-        until, refusal = held
+        until, message = held
         left = until - time.monotonic()
         if left <= 0:
             del self._blocked[record.id]
             return None
         # A new exception each time: re-raising one object would grow its traceback forever.
-        return LimitExceeded(refusal.code, refusal.limit, refusal.message, left)
+        return LimitExceeded(RATE_LIMITED, "rpm", _waiting(message, left), left)
 
     async def admit(self, record: KeyRecord, tokens: int) -> Ticket | None:
         """Charge one request of ``tokens`` to ``record``'s limits; None when it has none.
@@ -299,13 +304,13 @@ class Limiter:
         message = f"rate limit reached for the key {record.name!r}: {rpm} requests per minute"
         if count > 1:
             message += f" (this batch needs {count} requests, {max(0, rpm - used)} are left)"
-        refusal = LimitExceeded(RATE_LIMITED, "rpm", message, wait)
+        refusal = LimitExceeded(RATE_LIMITED, "rpm", _waiting(message, wait), wait)
         # Remembered for single requests only: a batch's wait is for all its slots, and a
         # single request may fit before it.
         if count == 1:
             if len(self._blocked) >= MAX_BLOCKED:
                 self._blocked.clear()
-            self._blocked[record.id] = (time.monotonic() + wait, refusal)
+            self._blocked[record.id] = (time.monotonic() + wait, message)
         return refusal
 
     async def adjust(self, ticket: Ticket, actual_tokens: int) -> None:

@@ -617,6 +617,11 @@ class MeteredGateway(Gateway):
         if counts is None:  # cancelled, deadline, unavailable: what ran is unknown here
             self._count(record.name, "error")
             return
+        if error is not None and error.code == ErrorCode.IDEMPOTENCY_CONFLICT:
+            # The id is another request's: an event under it would be that request's second
+            # (``genwire usage`` keeps the first per id, which this could be).
+            self._count(record.name, "error")
+            return
         failed = error is not None or (result is not None and result.error is not None)
         self._count(record.name, "error" if failed else "ok")
         if self.usage_metrics is not None:
