@@ -1161,7 +1161,8 @@ async def test_only_an_unstreamed_request_with_a_deadline_holds_the_first_respon
     assert final.output_ids == list(range(100, 250)) and final.finish_reason == "length"
     assert backend.held["held"] is True and backend.gaps["held"] == pytest.approx(0.5, abs=0.01)
     held = backend.streams[0]
-    assert 2 <= held.responses <= 3, held.responses  # type: ignore[attr-defined]
+    # 0.6 s of tokens: the held first at 0.5 s, the final (a loaded machine: a gap or two more)
+    assert 2 <= held.responses <= 5, held.responses  # type: ignore[attr-defined]
     t = final.timings
     assert t.first_token is not None and t.inference_start is not None
     assert t.first_token - t.inference_start < 250  # ~4 ms; its first response came at 500
