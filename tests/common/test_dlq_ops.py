@@ -26,7 +26,7 @@ async def test_dead_letters_are_selected_and_replayed_to_their_topic(
     env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bootstrap, topic, producer = env
-    run = uuid.uuid4().hex[:8]
+    run = f"fix-dlq-{uuid.uuid4().hex[:8]}"
     keys = {f"{run}-a": "invalid_json", f"{run}-b": "unavailable"}
     for key, code in keys.items():
         headers = [
@@ -49,8 +49,13 @@ async def test_dead_letters_are_selected_and_replayed_to_their_topic(
     assert back.value == f"{run}-b".encode()
     assert headers[sc.HEADER_REPLAYED_FROM] == chosen[0].where.encode()
     assert "traceparent" in headers and sc.HEADER_DLQ_CODE not in headers
-    # The command line: a dry run lists and sends nothing.
-    assert await asyncio.to_thread(main, ["dlq", "replay", "--key", f"{run}-a", "--dry-run"]) == 0
+    # The command line: a dry run lists and sends nothing; invalid_json is the caller's fault,
+    # left out unless asked for.
+    dry = ["dlq", "replay", "--key", f"{run}-a", "--dry-run"]
+    assert await asyncio.to_thread(main, dry) == 0
+    out = capsys.readouterr().out
+    assert "0 record(s) selected" in out and "skipped 1 record(s)" in out
+    assert await asyncio.to_thread(main, [*dry, "--include-permanent"]) == 0
     out = capsys.readouterr().out
     assert f"key={run}-a" in out and "code=invalid_json" in out and "1 record(s) selected" in out
 

@@ -10,24 +10,48 @@ the stages are idempotent by request id, and a stored server-side error result (
 (any other stored result stays). A dead letter whose value was cut
 to fit Kafka (``genwire_dlq_truncated``) is listed but never replayed: its bytes are not the
 request's.
+A tombstone's dead letter (``genwire_dlq_null_value``) is not replayed either: the letter's
+value is empty, not the null that came, and a null request is refused again anyway.
+
+Replay sends in (partition, offset) order of the source topic and confirms each send in
+order, so a replay that stops (a failed send, Ctrl-C) names the last record confirmed:
+``--after <topic>:<partition>:<offset>`` resumes after it. Records whose code is a caller's
+fault (``PERMANENT_CODES``: a replay sends the same bytes, refused the same way) are skipped
+unless asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections import Counter, deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from genwire.kafka import EventProducer
-from genwire.kafka.failures import header
+from genwire.kafka.failures import HEADER_DLQ_NULL_VALUE, header
 from genwire.kafka_security import client_options
+from genwire.request import ERROR_HTTP_STATUS, ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire.topics import Topic
 
 SOURCES = {"dlq": Topic.DLQ, "retry": Topic.RETRY}
+
+PERMANENT_CODES = frozenset(
+    str(code)
+    for code, status in ERROR_HTTP_STATUS.items()
+    if 400 <= status < 500 and code != ErrorCode.MODEL_NOT_FOUND
+)
+"""Codes that are the caller's fault (a 4xx): the request itself is refused (malformed, out of
+range, too long for the model, filtered, its id taken), so replaying the same bytes is refused
+the same way. ``model_not_found`` is not among them: a model loaded since can answer it
+(``genwire.results.replaceable``)."""
+
+SEND_WINDOW = 256
+"""Sends in flight at once during a replay (each is confirmed in order)."""
 
 
 @dataclass(frozen=True)
@@ -46,11 +70,35 @@ class Letter:
     reason: str
     truncated: int | None = None
     """The original value's size, when only its start was dead-lettered (too large for Kafka)."""
+    null_value: bool = False
+    """The original value was null (a tombstone; ``genwire_dlq_null_value``): ``value`` is empty."""
+    origin_partition: int | None = None
+    origin_offset: int | None = None
 
     @property
     def where(self) -> str:
         """``<topic>:<partition>:<offset>`` of this record."""
         return f"{self.topic}:{self.partition}:{self.offset}"
+
+    @property
+    def replayable(self) -> bool:
+        """Whether replay can send it back: it says where from, and its value is the original."""
+        return bool(self.origin_topic) and self.truncated is None and not self.null_value
+
+    def request_ids(self) -> set[str]:
+        """The request ids this record may carry: its key, the value's ``request_id`` (when
+        the value is a JSON object), and for a keyless record the id preprocess gives it
+        (``anon-<partition>-<offset>`` of the topic it came from)."""
+        ids = {(self.key or b"").decode("utf-8", "replace")} if self.key is not None else set()
+        try:
+            parsed = json.loads(self.value)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict) and isinstance(parsed.get("request_id"), str):
+            ids.add(parsed["request_id"])
+        if self.key is None and self.origin_partition is not None:
+            ids.add(f"anon-{self.origin_partition}-{self.origin_offset}")
+        return ids
 
 
 def _text(record: ConsumerRecord[bytes, bytes], dlq: str, retry: str) -> str:
@@ -72,7 +120,17 @@ def letter(record: ConsumerRecord[bytes, bytes]) -> Letter:
         stage=_text(record, sc.HEADER_DLQ_STAGE, sc.HEADER_RETRY_STAGE),
         reason=_text(record, sc.HEADER_DLQ_REASON, sc.HEADER_RETRY_REASON),
         truncated=_size(header(record, sc.HEADER_DLQ_TRUNCATED)),
+        null_value=header(record, HEADER_DLQ_NULL_VALUE) == b"true",
+        origin_partition=_int(header(record, sc.HEADER_DLQ_PARTITION)),
+        origin_offset=_int(header(record, sc.HEADER_DLQ_OFFSET)),
     )
+
+
+def _int(raw: bytes | None) -> int | None:
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
 
 
 def _size(raw: bytes | None) -> int | None:
@@ -90,19 +148,63 @@ class Selection:
     stages: frozenset[str] = frozenset()
     keys: frozenset[str] = frozenset()
     limit: int | None = None
+    origins: frozenset[str] = frozenset()
+    """Only records that came from one of these topics."""
+    after: tuple[str, int, int] | None = None
+    """``(topic, partition, offset)``: only records of ``topic`` past it in (partition,
+    offset) order, the order replay sends in (resuming a replay that stopped)."""
+    permanent: bool = True
+    """False: records whose code is in ``PERMANENT_CODES`` are left out (and counted)."""
+
+    @property
+    def filtered(self) -> bool:
+        """Whether any criterion narrows the selection (``limit`` does not: it takes any)."""
+        return bool(self.codes or self.stages or self.keys or self.origins or self.after)
 
     def matches(self, item: Letter) -> bool:
-        """Whether ``item`` is selected."""
+        """Whether ``item`` is selected (whatever its code's permanence: see ``excludes``)."""
         key = (item.key or b"").decode("utf-8", "replace")
         return (
             (not self.codes or item.code in self.codes)
             and (not self.stages or item.stage in self.stages)
-            and (not self.keys or key in self.keys)
+            and (not self.origins or item.origin_topic in self.origins)
+            and (
+                self.after is None
+                or item.topic != self.after[0]
+                or (item.partition, item.offset) > self.after[1:]
+            )
+            and (not self.keys or key in self.keys or bool(item.request_ids() & self.keys))
         )
 
+    def excludes(self, item: Letter) -> bool:
+        """Whether a matching ``item`` is left out for its code: the caller's fault."""
+        return not self.permanent and item.code in PERMANENT_CODES
 
-async def read_letters(bootstrap_servers: str, topic: str, selection: Selection) -> list[Letter]:
-    """Every selected record of ``topic`` up to its end now (no group: nothing is committed)."""
+
+@dataclass
+class Tally:
+    """What a read saw besides what it selected."""
+
+    seen: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(code, stage) of every record read."""
+    permanent: Counter[str] = field(default_factory=Counter)
+    """Codes of the records that matched but were left out as the caller's fault."""
+
+
+def parse_after(text: str) -> tuple[str, int, int]:
+    """``<topic>:<partition>:<offset>`` as ``(topic, partition, offset)``; ValueError if not."""
+    topic, _, rest = text.rpartition(":")
+    topic, _, partition = topic.rpartition(":")
+    if not topic:
+        raise ValueError(f"expected TOPIC:PARTITION:OFFSET, got {text!r}")
+    return topic, int(partition), int(rest)
+
+
+async def read_letters(
+    bootstrap_servers: str, topic: str, selection: Selection, tally: Tally | None = None
+) -> list[Letter]:
+    """Every selected record of ``topic`` up to its end now (no group: nothing is committed),
+    in (partition, offset) order; ``tally`` counts what was seen and left out."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=None,
@@ -128,11 +230,18 @@ async def read_letters(bootstrap_servers: str, topic: str, selection: Selection)
                     if record.offset >= ends[tp]:
                         continue
                     item = letter(record)
-                    if selection.matches(item):
-                        out.append(item)
-                        if selection.limit is not None and len(out) >= selection.limit:
-                            return out
-        return out
+                    if tally is not None:
+                        tally.seen[(item.code, item.stage)] += 1
+                    if not selection.matches(item):
+                        continue
+                    if selection.excludes(item):
+                        if tally is not None:
+                            tally.permanent[item.code] += 1
+                        continue
+                    out.append(item)
+                    if selection.limit is not None and len(out) >= selection.limit:
+                        return sorted(out, key=_order)
+        return sorted(out, key=_order)
     finally:
         await consumer.stop()
 
@@ -147,24 +256,52 @@ def replay_headers(item: Letter) -> list[tuple[str, bytes]]:
     return [*kept, (sc.HEADER_REPLAYED_FROM, item.where.encode())]
 
 
+def _order(item: Letter) -> tuple[str, int, int]:
+    return item.topic, item.partition, item.offset
+
+
+class ReplayError(Exception):
+    """A replay that stopped: ``sent`` were confirmed (in order), ``cause`` stopped it."""
+
+    def __init__(self, sent: list[Letter], cause: BaseException) -> None:
+        self.sent = sent
+        self.cause = cause
+        last = sent[-1].where if sent else "none"
+        super().__init__(
+            f"replay stopped after {len(sent)} confirmed record(s) (last: {last}): "
+            f"{type(cause).__name__}: {cause}"
+        )
+
+
 async def replay(bootstrap_servers: str, letters: Iterable[Letter]) -> list[Letter]:
-    """Send each letter back to the topic it came from; returns those sent (not those without
-    an origin topic, nor those whose value was cut)."""
+    """Send each letter back to the topic it came from, in (partition, offset) order; returns
+    those sent (not those without an origin topic, whose value was cut, or whose value was
+    null). Each send is confirmed in order: a failure (or a cancel) raises ``ReplayError``
+    with those confirmed before it."""
     producer = EventProducer(bootstrap_servers, client_id="genwire-dlq-replay")
-    await producer.start()
     sent: list[Letter] = []
+    pending: deque[tuple[Letter, asyncio.Future[object]]] = deque()
+    await producer.start()
     try:
-        pending = []
-        for item in letters:
-            if not item.origin_topic or item.truncated is not None:
+        for item in sorted(letters, key=_order):
+            if not item.replayable:
                 continue  # nowhere to send it back to, or not the bytes that came
-            pending.append(
-                await producer.send(
-                    item.origin_topic, item.value, key=item.key, headers=replay_headers(item)
-                )
+            fut = await producer.send(
+                item.origin_topic, item.value, key=item.key, headers=replay_headers(item)
             )
-            sent.append(item)
-        await asyncio.gather(*pending)
+            pending.append((item, fut))
+            while len(pending) > SEND_WINDOW:
+                done, fut = pending.popleft()
+                await fut
+                sent.append(done)
+        while pending:
+            done, fut = pending.popleft()
+            await fut
+            sent.append(done)
+    except (Exception, asyncio.CancelledError) as exc:
+        for _, fut in pending:
+            fut.cancel()  # not confirmed: counted as not sent (a resume sends them again)
+        raise ReplayError(sent, exc) from exc
     finally:
         await producer.stop()
     return sent
