@@ -4,6 +4,7 @@ are stand-ins)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -197,12 +198,16 @@ def test_the_cli_names_the_resume_point_of_a_failed_replay(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     async def failing(bootstrap: str, letters: Iterable[dlq.Letter]) -> list[dlq.Letter]:
-        raise dlq.ReplayError(list(letters)[:1], RuntimeError("broker said no"))
+        sent = list(letters)
+        raise dlq.ReplayError(sent[:1], RuntimeError("broker said no"), sent[1])
 
     monkeypatch.setattr(dlq_cli, "replay", failing)
     assert _cli(["replay", "--code", "unavailable", "--code", "inference_failed"]) == 1
     err = capsys.readouterr().err
     assert "1 confirmed" in err and f"--after {Topic.DLQ}:0:2" in err
+    # The record that failed is named, with how to get past one that fails every time.
+    failed = err.splitlines()[-1]
+    assert failed.startswith("to skip the record that failed: --after ")
 
 
 def test_after_selects_the_records_past_a_resume_point() -> None:
@@ -240,24 +245,37 @@ def test_an_empty_selection_names_the_codes_and_stages_seen(
 
 
 def test_key_matches_the_request_id_in_the_value() -> None:
-    by_value = _letter(1, key=b"other", value=json.dumps({"request_id": "fix-dlq-x"}).encode())
-    assert dlq.Selection(keys=frozenset({"fix-dlq-x"})).matches(by_value)
-    anon = dlq.Letter(
+    """Preprocess's rule: a record's key is its id (a body's request_id does not name it); a
+    keyless record's id is its body's, else ``anon-<p>-<o>`` on genwire.requests."""
+    keyed = _letter(1, key=b"other", value=json.dumps({"request_id": "fix-dlq-x"}).encode())
+    assert not dlq.Selection(keys=frozenset({"fix-dlq-x"})).matches(keyed)
+    assert dlq.Selection(keys=frozenset({"other"})).matches(keyed)
+    keyless = dlq.Letter(
         topic=Topic.DLQ,
         partition=0,
-        offset=9,
+        offset=8,
         key=None,
-        value=b"not json",
+        value=json.dumps({"request_id": "fix-dlq-x"}).encode(),
         headers=(),
-        origin_topic="fix-dlq-origin",
-        code="invalid_json",
+        origin_topic=Topic.REQUESTS,
+        code="invalid_request",
         stage="preprocess",
         reason="x",
         origin_partition=2,
-        origin_offset=41,
+        origin_offset=40,
     )
+    assert dlq.Selection(keys=frozenset({"fix-dlq-x"})).matches(keyless)
+    anon = dataclasses.replace(keyless, offset=9, value=b"not json", origin_offset=41)
     assert dlq.Selection(keys=frozenset({"anon-2-41"})).matches(anon)
     assert not dlq.Selection(keys=frozenset({"anon-2-42"})).matches(anon)
+    elsewhere = dataclasses.replace(anon, origin_topic="fix-dlq-origin")  # ids only there
+    assert not dlq.Selection(keys=frozenset({"anon-2-41"})).matches(elsewhere)
+    poison = dataclasses.replace(keyless, value=b'{"request_id": ' + b"[" * 200_000)
+    assert not dlq.Selection(keys=frozenset({"fix-dlq-x"})).matches(poison)  # no crash
+
+
+def test_after_a_position_in_another_topic_is_refused() -> None:
+    assert _cli(["replay", "--after", f"{Topic.RETRY}:0:5"]) == 2  # reads genwire.dlq
 
 
 # 10: a tombstone's dead letter is not replayed as an empty value

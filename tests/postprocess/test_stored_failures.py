@@ -213,3 +213,15 @@ async def test_a_store_that_fails_or_hangs_never_holds_the_failure_path(
             await failures.close()  # bounded by its timeout
         assert store.data == {}
     assert caplog.text.count("published but not stored") == 2
+
+
+def test_a_conflicting_chunks_failure_publishes_its_conflict_and_ends_no_stream() -> None:
+    """A conflicting body's final chunk that could not be handled: its caller still gets its
+    idempotency_conflict (what handling it would have published); the id's token streams are
+    the first request's, so no token event ends them."""
+    conflict = ErrorInfo(code=ErrorCode.IDEMPOTENCY_CONFLICT, message="another body")
+    chunk = _chunk("taken", stream=True, error=conflict, finish_reason="error")
+    outputs = failure_outputs(_record(chunk), NOT_FOUND)
+    assert [type(o).__name__ for o in outputs] == ["GenerationResult"]
+    (result,) = outputs
+    assert isinstance(result, GenerationResult) and result.error == conflict

@@ -1145,7 +1145,8 @@ async def test_an_unstreamed_request_with_a_deadline_asks_for_few_responses() ->
     # (under 1 s left, the gap at its 50 ms floor): not held, since a held first response
     # could come due after the deadline, whose cancel would then leave nothing.
     assert backend.held == {"far": True, "near": False}
-    assert [paced.responses for paced in backend.streams] == [1, 2]  # type: ignore[attr-defined]
+    far, near = (paced.responses for paced in backend.streams)  # type: ignore[attr-defined]
+    assert far == 1 and 2 <= near <= 3  # near: its first at once, a gap more when loaded
 
 
 async def test_only_an_unstreamed_request_with_a_deadline_holds_the_first_response() -> None:

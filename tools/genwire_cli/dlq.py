@@ -89,14 +89,18 @@ class Letter:
         """The request ids this record may carry: its key, the value's ``request_id`` (when
         the value is a JSON object), and for a keyless record the id preprocess gives it
         (``anon-<partition>-<offset>`` of the topic it came from)."""
-        ids = {(self.key or b"").decode("utf-8", "replace")} if self.key is not None else set()
-        try:
-            parsed = json.loads(self.value)
-        except ValueError:
-            parsed = None
+        if self.key:  # preprocess's rule: a record's key is its request id
+            return {self.key.decode("utf-8", "replace")}
+        ids: set[str] = set()
+        parsed = None
+        if b'"request_id"' in self.value:  # a parse only where there is one to find
+            try:
+                parsed = json.loads(self.value)
+            except (ValueError, RecursionError):  # poison: deeply nested input is here too
+                parsed = None
         if isinstance(parsed, dict) and isinstance(parsed.get("request_id"), str):
             ids.add(parsed["request_id"])
-        if self.key is None and self.origin_partition is not None:
+        elif self.origin_topic == Topic.REQUESTS and self.origin_partition is not None:
             ids.add(f"anon-{self.origin_partition}-{self.origin_offset}")
         return ids
 
@@ -239,9 +243,9 @@ async def read_letters(
                             tally.permanent[item.code] += 1
                         continue
                     out.append(item)
-                    if selection.limit is not None and len(out) >= selection.limit:
-                        return sorted(out, key=_order)
-        return sorted(out, key=_order)
+        # The limit after the sort, not while reading (fetches mix partitions): the first N in
+        # (partition, offset) order, so ``--after`` the last of them skips nothing.
+        return sorted(out, key=_order)[: selection.limit]
     finally:
         await consumer.stop()
 
@@ -263,12 +267,16 @@ def _order(item: Letter) -> tuple[str, int, int]:
 class ReplayError(Exception):
     """A replay that stopped: ``sent`` were confirmed (in order), ``cause`` stopped it."""
 
-    def __init__(self, sent: list[Letter], cause: BaseException) -> None:
+    def __init__(
+        self, sent: list[Letter], cause: BaseException, failed: Letter | None = None
+    ) -> None:
         self.sent = sent
         self.cause = cause
+        self.failed = failed
         last = sent[-1].where if sent else "none"
+        at = f"; it failed at {failed.where}" if failed is not None else ""
         super().__init__(
-            f"replay stopped after {len(sent)} confirmed record(s) (last: {last}): "
+            f"replay stopped after {len(sent)} confirmed record(s) (last: {last}{at}): "
             f"{type(cause).__name__}: {cause}"
         )
 
@@ -281,27 +289,30 @@ async def replay(bootstrap_servers: str, letters: Iterable[Letter]) -> list[Lett
     producer = EventProducer(bootstrap_servers, client_id="genwire-dlq-replay")
     sent: list[Letter] = []
     pending: deque[tuple[Letter, asyncio.Future[object]]] = deque()
+    current: Letter | None = None  # the record being sent or confirmed
     await producer.start()
     try:
         for item in sorted(letters, key=_order):
             if not item.replayable:
                 continue  # nowhere to send it back to, or not the bytes that came
+            current = item
             fut = await producer.send(
                 item.origin_topic, item.value, key=item.key, headers=replay_headers(item)
             )
             pending.append((item, fut))
             while len(pending) > SEND_WINDOW:
-                done, fut = pending.popleft()
+                current, fut = pending[0]
                 await fut
-                sent.append(done)
+                sent.append(pending.popleft()[0])
         while pending:
-            done, fut = pending.popleft()
+            current, fut = pending[0]
             await fut
-            sent.append(done)
+            sent.append(pending.popleft()[0])
     except (Exception, asyncio.CancelledError) as exc:
         for _, fut in pending:
             fut.cancel()  # not confirmed: counted as not sent (a resume sends them again)
-        raise ReplayError(sent, exc) from exc
+        failed = current if isinstance(exc, Exception) else None
+        raise ReplayError(sent, exc, failed) from exc
     finally:
         await producer.stop()
     return sent

@@ -167,6 +167,13 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"genwire dlq: --after: {exc}", file=sys.stderr)
         return 2
+    if after is not None and after[0] != source:  # it would select nothing, yet count
+        print(
+            f"genwire dlq: --after {args.after}: a position in {after[0]}, but this reads "
+            f"{source} (--from)",
+            file=sys.stderr,
+        )
+        return 2
     selection = Selection(
         codes=frozenset(args.code),
         stages=frozenset(args.stage),
@@ -236,6 +243,8 @@ def _run(args: argparse.Namespace) -> int:
             else "nothing was confirmed: rerun with the same filters",
             file=sys.stderr,
         )
+        if exc.failed is not None:  # a record that fails every time: how to get past it
+            print(f"to skip the record that failed: --after {exc.failed.where}", file=sys.stderr)
         return 1
     print(
         f"replayed {len(sent)} record(s) from {source}"

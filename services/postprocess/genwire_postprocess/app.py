@@ -222,9 +222,11 @@ def failure_outputs(record: ConsumerRecord[bytes, bytes], err: GenwireError) -> 
     if not chunk.final:
         return []
     if chunk.error is not None and chunk.error.code == ErrorCode.IDEMPOTENCY_CONFLICT:
-        # The id's answer and streams are the first request's: nothing under it (the
-        # conflicting record is on the dead-letter topic with the reason).
-        return []
+        # Its own answer, the conflict, as handling it would have published (never stored,
+        # no token events: the id's answer and streams are the first request's).
+        return [
+            GenerationResult(request_id=chunk.request_id, finish_reason="error", error=chunk.error)
+        ]
     n = max(len(chunk.choices or []), chunk.sampling.n if chunk.sampling is not None else 1)
     return failure_result(chunk.request_id, err, chunk.stream, n)
 
