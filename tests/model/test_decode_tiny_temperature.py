@@ -15,7 +15,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from genwire_model.runtime.sampling import Sampler, sample_reference
-from genwire_model.runtime.scheduler import Request, Scheduler, Update, validate
+from genwire_model.runtime.scheduler import Request, Scheduler, validate
+
+from tests.model.decode import Collect
 
 Array = npt.NDArray[Any]
 VOCAB = 64
@@ -71,27 +73,10 @@ class FakeRunner:
         return tuple(x[:, :, :, columns:] for x in kv)
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.updates: list[Update] = []
-        self.errors: list[str] = []
-
-    def send(self, update: Update) -> None:
-        self.updates.append(update)
-
-    def fail(self, message: str) -> None:
-        self.errors.append(message)
-
-    def is_cancelled(self) -> bool:
-        return False
-
+class Sink(Collect):
     @property
-    def done(self) -> bool:
+    def done(self) -> bool:  # the request's last response (every choice), not one choice's
         return bool(self.errors) or any(u.last for u in self.updates)
-
-    @property
-    def tokens(self) -> list[int]:
-        return [t for u in self.updates for t in u.token_ids]
 
 
 def _request(sink: Sink, prompt: list[int], **kw: Any) -> Request:
