@@ -148,7 +148,7 @@ def test_list_prints_one_line_per_record(
     assert _cli(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2  # the record and the count
-    assert "first second  third fourth" in lines[0]
+    assert "first second third fourth" in lines[0]
 
 
 # 2: confirmed in order, a failure says how far it got, --after resumes

@@ -454,13 +454,13 @@ def test_the_in_process_bench_reads_the_options_as_the_runtime_does() -> None:
     """``genwire model bench --in-process`` runs the version with its own build's options, an
     ``override_`` key over them, and ignores the plain keys older builds wrote (they are only
     for the versions those builds made)."""
-    from genwire_model.bench import version_options
+    from genwire_model.runtime.runners import DEFAULT_INTRA_OP_THREADS, version_options
 
     manifest = {"build": {"options": {"max_batch": 4, "stream_interval": 2}}}
     legacy = {"max_batch": "8", "stream_interval": "4", "intra_op_threads": "3"}
-    assert version_options(legacy, manifest, 1) == {
+    assert version_options(legacy, manifest) == {
         "max_batch": 4,
         "stream_interval": 2,
-        "intra_op_threads": 1,
+        "intra_op_threads": DEFAULT_INTRA_OP_THREADS,
     }
-    assert version_options({**legacy, "override_max_batch": "16"}, manifest, 1)["max_batch"] == 16
+    assert version_options({**legacy, "override_max_batch": "16"}, manifest)["max_batch"] == 16

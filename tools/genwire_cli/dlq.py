@@ -167,7 +167,6 @@ class Selection:
 
     def matches(self, item: Letter) -> bool:
         """Whether ``item`` is selected (whatever its code's permanence: see ``excludes``)."""
-        key = (item.key or b"").decode("utf-8", "replace")
         return (
             (not self.codes or item.code in self.codes)
             and (not self.stages or item.stage in self.stages)
@@ -177,7 +176,7 @@ class Selection:
                 or item.topic != self.after[0]
                 or (item.partition, item.offset) > self.after[1:]
             )
-            and (not self.keys or key in self.keys or bool(item.request_ids() & self.keys))
+            and (not self.keys or bool(item.request_ids() & self.keys))
         )
 
     def excludes(self, item: Letter) -> bool:

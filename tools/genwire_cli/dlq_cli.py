@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from collections import Counter
 from typing import Any
+
+from genwire_stack.component import one_line
 
 from genwire.settings import CommonSettings
 from genwire_cli.dlq import (
@@ -144,13 +145,8 @@ def _line(item: Letter) -> str:
         f"{item.where}  key={key}  from={item.origin_topic or '?'}  code={item.code or '?'}  "
         f"stage={item.stage or '?'}  "
         + (f"truncated={item.truncated}  " if item.truncated is not None else "")
-        + _one_line(item.reason)[:120]
+        + one_line(item.reason, 120)  # a listed record stays on one line
     )
-
-
-def _one_line(text: str) -> str:
-    """``text`` without line breaks or tabs: a listed record stays on one line."""
-    return re.sub(r"[\r\n\t\v\f\x1c-\x1e\x85\u2028\u2029]", " ", text)
 
 
 def _counts(counter: Counter[str], top: int = 8) -> str:

@@ -46,7 +46,6 @@ from genwire_bench.served import served_versions
 from genwire_bench.steal import CLOCK_TICKS, busy_s, cpu_times, rest_pct, stolen_pct
 
 from genwire.service import loop as event_loops
-from genwire_model.build import OVERRIDE_PREFIX
 from genwire_model.client import Generation, generate, generate_shared
 from genwire_model.repository import ModelRepository, ModelVersion, load_tokenizer
 
@@ -336,30 +335,13 @@ def _config_params(version_dir: Path) -> dict[str, str]:
     return dict(re.findall(pattern, text))
 
 
-def version_options(
-    params: dict[str, str], manifest: dict[str, Any], intra_op_threads: int
-) -> dict[str, int]:
-    """As the runtime reads them (``triton_model._version_options``): the version's own build
-    options, unless a config.pbtxt ``override_<key>`` overrides them for every version (the
-    plain keys are left for versions built by older code, whose own runtime reads them)."""
-    built = manifest.get("build", {}).get("options", {}) or {}
-    return {
-        key: int(params.get(f"{OVERRIDE_PREFIX}{key}", built.get(key, default)))
-        for key, default in (
-            ("max_batch", 32),
-            ("stream_interval", 1),
-            ("intra_op_threads", intra_op_threads),
-        )
-    }
-
-
 def _scheduler(version_dir: Path, stop_at_eos: bool = True) -> Any:
-    from genwire_model.runtime.runners import DEFAULT_INTRA_OP_THREADS, create_runner
+    from genwire_model.runtime.runners import create_runner, version_options
     from genwire_model.runtime.scheduler import STREAM_RESPONSES_PER_S, Scheduler
 
     params = _config_params(version_dir)
     manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
-    options = version_options(params, manifest, DEFAULT_INTRA_OP_THREADS)
+    options = version_options(params, manifest)
     runner = create_runner(
         version_dir,
         threads=options["intra_op_threads"],

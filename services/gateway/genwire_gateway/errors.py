@@ -18,8 +18,8 @@ from genwire.request import (
     RATE_LIMITED,
     REQUEST_TIMEOUT,
     ErrorCode,
+    http_status,  # the monitor classifies the gateway's codes too
 )
-from genwire.request import http_status as pipeline_http_status
 
 IDEMPOTENCY_CONFLICT = ErrorCode.IDEMPOTENCY_CONFLICT
 """The request id was already used by a different request (preprocess raises it too)."""
@@ -61,12 +61,6 @@ _GRPC: dict[str, grpc.StatusCode] = {
     RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     QUOTA_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-
-
-def http_status(code: str) -> int:
-    """The HTTP status of an error code (``genwire.request``'s table: the monitor classifies
-    the gateway's codes with it too)."""
-    return pipeline_http_status(code)
 
 
 def grpc_status(code: str) -> grpc.StatusCode:

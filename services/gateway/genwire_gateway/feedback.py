@@ -43,7 +43,13 @@ from genwire.request import ErrorCode
 from genwire.telemetry import semconv as sc
 from genwire_gateway import openai
 from genwire_gateway.errors import GatewayError, grpc_status, http_status
-from genwire_gateway.grpc_service import UNEXPECTED, end_call, refuse_unknown_fields, unexpected
+from genwire_gateway.grpc_service import (
+    FEEDBACK_SERVICE_NAME,
+    UNEXPECTED,
+    end_call,
+    refuse_unknown_fields,
+    unexpected,
+)
 from genwire_gateway.handlers import Gateway
 from genwire_gateway.http_api import MAX_BODY_BYTES, TRACE_ID_HEADER, UNEXPECTED_MESSAGE, read_body
 from genwire_gateway.telemetry import (
@@ -57,7 +63,7 @@ from genwire_gateway.telemetry import (
     trace_id_of,
 )
 
-FEEDBACK_SERVICE = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name
+FEEDBACK_SERVICE = FEEDBACK_SERVICE_NAME
 FEEDBACK_METHOD = "Feedback"
 
 log = logging.getLogger(__name__)

@@ -97,9 +97,7 @@ def server_timing(results: Sequence[GenerationResult]) -> str:
 def _error_response(exc: GatewayError, headers: dict[str, str]) -> JSONResponse:
     status = http_status(exc.code)
     body = openai.error_body(exc.code, exc.message, status, getattr(exc, "param", None))
-    if exc.code == REQUEST_TIMEOUT:  # the rest of its body may still come: not a new request
-        headers = {**headers, "connection": "close"}
-    return JSONResponse(body, status, headers)
+    return JSONResponse(body, status, headers)  # a 408 closes its connection: TraceIds
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -576,15 +574,14 @@ def _prepared(
     return batch
 
 
-async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     """The request's body, refused (413 ``request_too_large``) as soon as it is known to be
     over ``limit`` bytes: a ``Content-Length`` over it before anything is read, a chunked
     body as soon as what arrived passes it (never held whole first). One that has not all
-    arrived within ``timeout_s`` is refused too (408 ``request_timeout``): the request's own
-    deadline starts only once it is read, and a stalled client must not hold its connection
-    and span open for ever. ``timeout_s`` None: the gateway's ``body_read_timeout_s``."""
-    if timeout_s is None:
-        timeout_s = _body_read_timeout(request)
+    arrived within the gateway's ``body_read_timeout_s`` is refused too (408
+    ``request_timeout``): the request's own deadline starts only once it is read, and a
+    stalled client must not hold its connection and span open for ever."""
+    timeout_s = _body_read_timeout(request)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)

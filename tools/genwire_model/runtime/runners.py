@@ -71,12 +71,28 @@ def gather_basic(runner: Runner, parts: list[tuple[KV, list[int]]], width: int) 
 
 
 DEFAULT_INTRA_OP_THREADS = 1
-"""ONNX Runtime's intra-op threads for a version whose ``config.pbtxt`` names none (and the
-build's default). One: on the project's 2-vCPU machine, where the services want the other
-core and a step split over two threads likely waits for the second one's wake-up on every
-operator, one thread served 5–21 % more tokens per second through Triton at batch 1, 8
-and 32, and 4–23 % in process (docs/model.md, *Round 14*). A node with cores to spare for
-the model sets more (``genwire model build --intra-op-threads``)."""
+"""ONNX Runtime's intra-op threads for a version whose build set none (its manifest) and no
+``override_intra_op_threads`` in its config.pbtxt (and the build's default). One: on the
+project's 2-vCPU machine, where the services want the other core and a step split over two
+threads likely waits for the second one's wake-up on every operator, one thread served 5–21 %
+more tokens per second through Triton at batch 1, 8 and 32, and 4–23 % in process
+(docs/model.md, *Round 14*). A node with cores to spare for the model sets more (``genwire
+model build --intra-op-threads``)."""
+
+
+def version_options(params: dict[str, str], manifest: dict[str, Any]) -> dict[str, int]:
+    """``max_batch``, ``stream_interval`` and ``intra_op_threads`` a version serves with: its
+    own build's (its manifest: every version of a model shares one config.pbtxt, which a newer
+    build rewrites), unless a config.pbtxt ``override_<key>`` parameter overrides them for
+    every version. The config's plain keys are ignored: a build keeps them only for versions
+    built before this runtime, whose own copy of the runtime reads them. The runtime
+    (``triton_model``) and ``genwire model bench --in-process`` both read them here."""
+    built = manifest.get("build", {}).get("options", {}) or {}
+    defaults = {"max_batch": 32, "stream_interval": 1, "intra_op_threads": DEFAULT_INTRA_OP_THREADS}
+    return {
+        key: int(params.get(f"override_{key}", built.get(key, value)))  # build.OVERRIDE_PREFIX
+        for key, value in defaults.items()
+    }
 
 
 class OnnxRuntimeRunner:

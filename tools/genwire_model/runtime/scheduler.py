@@ -688,7 +688,8 @@ class Scheduler:
                     log.exception("could not deliver an error response")
                 continue
             if request.n > free:
-                self._drop_cancelled(behind=1)
+                if self.steps % self.cancel_check_interval == 0:  # as often as running rows
+                    self._drop_cancelled()
                 break
             self.waiting.pop(0)
             admitted.append(_Group(request))
@@ -712,12 +713,12 @@ class Scheduler:
         for choice in range(request.n):
             self._finish(self._sequence(group, choice), "cancelled")
 
-    def _drop_cancelled(self, behind: int) -> None:
-        """Answer and drop the cancelled requests queued from index ``behind`` on: behind a
-        head that does not fit they would otherwise hold their answer (and the caller) until
-        the head is admitted."""
-        kept = self.waiting[:behind]
-        for request in self.waiting[behind:]:
+    def _drop_cancelled(self) -> None:
+        """Answer and drop the cancelled requests queued behind the head: behind a head that
+        does not fit they would otherwise hold their answer (and the caller) until the head is
+        admitted."""
+        kept = self.waiting[:1]
+        for request in self.waiting[1:]:
             if request.sink.is_cancelled():
                 self._cancel_waiting(request)
             else:

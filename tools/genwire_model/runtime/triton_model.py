@@ -60,8 +60,8 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from genwire_runtime.runners import (  # type: ignore[import-not-found]
-    DEFAULT_INTRA_OP_THREADS,
     create_runner,
+    version_options,
 )
 from genwire_runtime.scheduler import (  # type: ignore[import-not-found]
     STREAM_RESPONSES_PER_S,
@@ -518,21 +518,6 @@ class _TritonSink:
         return self.cancelled or self.sender is None
 
 
-def _version_options(params: dict[str, str], manifest: dict[str, Any]) -> dict[str, int]:
-    """``max_batch``, ``stream_interval`` and ``intra_op_threads`` of this version: its own
-    build's (its manifest: every version of a model shares one config.pbtxt, which a newer
-    build rewrites), unless a config.pbtxt ``override_<key>`` parameter overrides them for
-    every version. The config's plain ``max_batch``/... are ignored: a build keeps them only
-    for the versions built before this runtime, whose own copy of the runtime reads them."""
-    built = manifest.get("build", {}).get("options", {}) or {}
-    # genwire_model.build.VERSION_OPTIONS, with the defaults of a manifest without them.
-    defaults = {"max_batch": 32, "stream_interval": 1, "intra_op_threads": DEFAULT_INTRA_OP_THREADS}
-    return {
-        key: int(params.get(f"override_{key}", built.get(key, value)))  # build.OVERRIDE_PREFIX
-        for key, value in defaults.items()
-    }
-
-
 class TritonPythonModel:
     """genwire's generative model: continuous batching, streaming, cancellation."""
 
@@ -549,7 +534,7 @@ class TritonPythonModel:
         sys.setswitchinterval(float(params.get("gil_switch_interval_us", "500")) * 1e-6)
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
-        options = _version_options(params, self.manifest)
+        options = version_options(params, self.manifest)
         self.runner = create_runner(
             version_dir,
             threads=options["intra_op_threads"],
