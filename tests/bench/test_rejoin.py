@@ -41,3 +41,13 @@ def test_genwires_consumer_leaves_its_lost_member_after_an_outage(
     assert round_["variant"] == "genwire" and round_["member_reset"] is True
     assert round_["leave"] == "left" and round_["leave_s"] is not None
     assert round_["assigned_s"] is not None and round_["first_record_s"] is not None
+
+
+def test_an_assignment_before_the_start_call_returned_is_counted() -> None:
+    """On a loaded machine the group may rejoin before ``ensure_up`` saw the broker answer:
+    that assignment is reported (negative), not missing; one from before the restart is not
+    this round's."""
+    restarted, back = 100.0, 103.0
+    assert rejoin.assigned_since([99.0, 102.5, 104.0], restarted, back) == -0.5
+    assert rejoin.assigned_since([99.0, 104.0], restarted, back) == 1.0
+    assert rejoin.assigned_since([99.0], restarted, back) is None

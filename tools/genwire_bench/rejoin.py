@@ -64,7 +64,8 @@ class Round:
     variant: str
     outage_s: float
     assigned_s: float | None
-    """From the broker answering to the consumer's next assignment; None: none in the wait."""
+    """From the broker answering to the consumer's next assignment (negative: it came before
+    the start call saw the broker answer); None: none in the wait."""
     first_record_s: float | None
     """From the broker answering to the first record consumed; None: none in the wait."""
     leave: str
@@ -198,6 +199,13 @@ def _first_after(times: list[float], t: float) -> float | None:
     return next((s - t for s in times if s > t), None)
 
 
+def assigned_since(times: list[float], restarted: float, back: float) -> float | None:
+    """The first assignment once the broker was started again (``restarted``), from its return
+    (``back``, when the start call saw it answer): negative when the group rejoined before
+    that (a loaded machine), not missing."""
+    return next((s - back for s in times if s > restarted), None)
+
+
 async def one_round(args: argparse.Namespace, variant: str, home: Path) -> Round:
     settings = CommonSettings(home=home / f"rejoin-{uuid.uuid4().hex[:8]}")
     kafka = Kafka.beside(CommonSettings(), settings)
@@ -236,6 +244,7 @@ async def one_round(args: argparse.Namespace, variant: str, home: Path) -> Round
         await asyncio.to_thread(broker, False)
         stopped = time.monotonic()
         await asyncio.sleep(args.outage_s)
+        restarted = time.monotonic()
         await asyncio.to_thread(broker, True)
         back = time.monotonic()
         left, leave_s = "-", None
@@ -245,7 +254,7 @@ async def one_round(args: argparse.Namespace, variant: str, home: Path) -> Round
         first = await asyncio.to_thread(reader.wait_after, back, args.wait_s)
         stop.set()
         await feeding
-        assigned = _first_after(reader.assigned, back)
+        assigned = assigned_since(reader.assigned, restarted, back)
         if isinstance(reader, _GenwireReader):
             left, at = reader.left()
             leave_s = None if at is None else at - back
