@@ -151,10 +151,11 @@ def test_stream_pieces_carry_their_choice_and_logprobs() -> None:
     piece = Chunk(
         index=3, text="x", choice=2, finish_reason="stop", logprobs=[_lp("x", 4)], result=result
     )
-    message = to_stream_response(piece, "r1", "t")
+    message = to_stream_response(piece, "r1", "t", model="genwire-gpt:5")
     assert (message.choice, message.finish_reason, message.final) == (2, "stop", False)
     assert message.logprobs[0].token_id == 4 and not message.HasField("usage")
     assert not message.HasField("timings")
+    assert message.model == "genwire-gpt:5"  # every piece names the model, as OpenAI's chunks
 
 
 def test_a_streams_last_message_carries_the_results_timings() -> None:
@@ -167,10 +168,11 @@ def test_a_streams_last_message_carries_the_results_timings() -> None:
         timings=Timings(received=1_700_000_000_000.0, triton_queue_ms=0.5, triton_compute_ms=30),
     )
     last = Chunk(index=4, text="", final=True, finish_reason="stop", result=result)
-    message = to_stream_response(last, "r1", "t")
+    message = to_stream_response(last, "r1", "t", model="genwire-gpt:5")
     assert message.timings.triton_compute.ToMilliseconds() == 30
     assert message.timings.triton_queue.ToMicroseconds() == 500
     assert message.timings.received.seconds == 1_700_000_000
+    assert message.model == "genwire-gpt:5"
 
 
 @pytest.mark.parametrize(("wait_ms", "waited_s"), [(2**32 - 1, 5.0), (1500, 1.5), (0, 0.0)])

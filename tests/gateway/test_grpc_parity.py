@@ -9,17 +9,22 @@ from typing import Any
 
 import grpc
 import pytest
+from genwire_gateway import grpc_service
 from genwire_gateway.config import GatewaySettings
 from genwire_gateway.errors import GatewayError
 from genwire_gateway.feedback import FEEDBACK_SERVICE, FeedbackServicer
 from genwire_gateway.grpc_service import (
     SERVICE_NAME,
     GenerationServicer,
+    _unknown_field,
     build_server,
+    refuse_unknown_fields,
     set_serving,
 )
-from genwire_gateway.handlers import Gateway, Prepared, ResultStatus
+from genwire_gateway.handlers import Chunk, Gateway, Prepared, ResultStatus
 from genwire_gateway.telemetry import GatewayMetrics
+from google.protobuf import struct_pb2
+from google.protobuf.internal import api_implementation
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
@@ -179,6 +184,165 @@ async def test_a_request_of_known_fields_is_answered() -> None:
     assert answer.text == "hi"
 
 
+def _chat(turns: int, last: pb.ChatMessage | None = None) -> pb.GenerateRequest:
+    """A ``turns``-message chat as parsed from the wire, ``last`` its last message if given."""
+    messages = [pb.ChatMessage(role="user", content=f"turn {i}") for i in range(turns)]
+    if last is not None:
+        messages[-1] = last
+    request = pb.GenerateRequest(messages=messages, metadata={"user": "u"}, logit_bias={5: 1.0})
+    return pb.GenerateRequest.FromString(request.SerializeToString())
+
+
+def _verdict(message: Any) -> str | None:
+    """What refuse_unknown_fields says of ``message``: its refusal, or None."""
+    try:
+        refuse_unknown_fields(message)
+    except GatewayError as exc:
+        return exc.message
+    return None
+
+
+def _walked(message: Any) -> str | None:
+    """What the full walk alone says of ``message``, in refuse_unknown_fields' words."""
+    found = _unknown_field(message)
+    if found is None:
+        return None
+    number, where = found
+    return f"unknown field {number}" + (f" in {where}" if where else "")
+
+
+def _nested_list(depth: int) -> struct_pb2.ListValue:
+    """A ListValue ``depth`` lists deep (2 messages a level) with field 99 at the bottom."""
+    inner = struct_pb2.ListValue.FromString(UNKNOWN_99)
+    for _ in range(depth):
+        outer = struct_pb2.ListValue()
+        outer.values.add().list_value.CopyFrom(inner)
+        inner = outer
+    return struct_pb2.ListValue.FromString(inner.SerializeToString())
+
+
+_BASE = pb.GenerateRequest(prompt="x").SerializeToString()
+_METADATA_ENTRY = b"\x0a\x01a\x12\x01b\x18\x01"  # key "a", value "b", field 3 = 1
+_LOGIT_BIAS_ENTRY = b"\x08\x05\x11" + bytes(8) + b"\x18\x01"  # key 5, value 0.0, field 3 = 1
+_WIRE = {
+    "top": _BASE + UNKNOWN_99,
+    "two unknown fields (the first is named)": _BASE + bytes([0xA0, 0x06, 0x01]) + UNKNOWN_99,
+    "a group": _BASE + bytes([0x9B, 0x06, 0x08, 0x01, 0x9C, 0x06]),
+    "a known number with the wrong wire type": bytes([0x10, 0x05]),  # prompt (2) as a varint
+    "a metadata entry": _BASE + bytes([0x5A, len(_METADATA_ENTRY)]) + _METADATA_ENTRY,
+    "a logit_bias entry": _BASE + bytes([0x9A, 0x01, len(_LOGIT_BIAS_ENTRY)]) + _LOGIT_BIAS_ENTRY,
+    # Known fields only, encoded unlike protobuf would: an explicit default, an unpacked list.
+    "no unknown field (non-canonical)": bytes([0x12, 0x00, 0xB0, 0x01, 0x05, 0xB0, 0x01, 0x06]),
+}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        *(pb.GenerateRequest.FromString(raw) for raw in _WIRE.values()),
+        _chat(200),
+        _chat(200, _with_unknown(pb.ChatMessage(role="user", content="last"))),
+        _chat(3, _with_unknown(pb.ChatMessage())),
+        pb.GenerateRequest.FromString(
+            pb.GenerateRequest(prompt="x", guided=_with_unknown(pb.Guided())).SerializeToString()
+        ),
+        pb.GenerateRequest(prompt="x"),
+        _with_unknown(pb.CancelRequest(request_id="r1")),
+        pb.CancelRequest(request_id="r1"),
+        _with_unknown(feedback_pb2.FeedbackRequest(request_id="r1", rating=1)),
+        _nested_list(40),
+        _nested_list(3),
+    ],
+    ids=[
+        *_WIRE,
+        "chat200",
+        "chat200 unknown in the last",
+        "chat3 unknown in an empty last",
+        "guided",
+        "plain",
+        "cancel unknown",
+        "cancel",
+        "feedback unknown",
+        "recursive 40 deep",
+        "recursive 3 deep",
+    ],
+)
+def test_the_refusal_is_the_full_walks(message: Any) -> None:
+    """The cheap check decides nothing itself: the verdict is always the walk's (same text)."""
+    assert _verdict(message) == _walked(message)
+
+
+@pytest.mark.parametrize(
+    ("message", "refusal"),
+    [
+        (pb.GenerateRequest.FromString(_WIRE["top"]), "unknown field 99"),
+        (pb.GenerateRequest.FromString(_WIRE["a group"]), "unknown field 99"),
+        (
+            pb.GenerateRequest.FromString(_WIRE["two unknown fields (the first is named)"]),
+            "unknown field 100",
+        ),
+        (
+            pb.GenerateRequest.FromString(_WIRE["a known number with the wrong wire type"]),
+            "unknown field 2",
+        ),
+        (
+            _chat(200, _with_unknown(pb.ChatMessage(role="user", content="last"))),
+            "unknown field 99 in messages[199]",
+        ),
+        (_nested_list(40), "unknown field 99 in " + ".".join(["values[0].list_value"] * 40)),
+        (pb.GenerateRequest.FromString(_WIRE["no unknown field (non-canonical)"]), None),
+        (_chat(200), None),
+    ],
+    ids=[
+        "top",
+        "group",
+        "first of two",
+        "wrong wire type",
+        "chat200 last",
+        "recursive",
+        "non-canonical",
+        "chat200",
+    ],
+)
+def test_unknown_fields_are_named_where_they_are(message: Any, refusal: str | None) -> None:
+    # "recursive": deeper than DiscardUnknownFields reaches (upb stops at 64 messages), so such
+    # a type is walked, never cleared by sizes alone.
+    assert _verdict(message) == refusal
+
+
+@pytest.mark.skipif(api_implementation.Type() != "upb", reason="upb's handling of map entries")
+@pytest.mark.parametrize(
+    ("entry", "number"), [("a metadata entry", 11), ("a logit_bias entry", 19)]
+)
+def test_a_map_entry_with_an_unknown_field_is_refused(entry: str, number: int) -> None:
+    # The request maps hold scalars; upb keeps an entry with a field it does not know as an
+    # unknown field of the request (not in the map): refused, naming the map's number.
+    assert _verdict(pb.GenerateRequest.FromString(_WIRE[entry])) == f"unknown field {number}"
+
+
+def test_a_chat_of_known_fields_is_not_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The common case costs no walk in Python (issue 18: ~1 µs a held message)."""
+
+    def walk(message: Any, path: str = "") -> None:
+        raise AssertionError(f"walked {path or 'the request'}")
+
+    monkeypatch.setattr(grpc_service, "_unknown_field", walk)
+    refuse_unknown_fields(_chat(200))
+    refuse_unknown_fields(
+        pb.GenerateRequest(prompt="x", guided=pb.Guided(kind=pb.Guided.KIND_REGEX, spec="a"))
+    )
+    refuse_unknown_fields(pb.CancelRequest(request_id="r1"))
+
+
+async def test_a_200_message_chat_is_answered_and_one_unknown_field_in_it_refused() -> None:
+    answer = await _servicer().Generate(_chat(200), Context())  # type: ignore[arg-type]
+    assert answer.text == "hi"
+    last = _with_unknown(pb.ChatMessage(role="user", content="last"))
+    with pytest.raises(Aborted) as info:
+        await _servicer().Generate(_chat(200, last), Context())  # type: ignore[arg-type]
+    assert info.value.details == "unsupported_parameter: unknown field 99 in messages[199]"
+
+
 # -- the idempotency-key metadata ------------------------------------------------------------
 
 
@@ -227,6 +391,33 @@ async def test_generate_echoes_the_model_the_caller_asked_for(asked: str, answer
     answer = await _servicer().Generate(pb.GenerateRequest(prompt="Hi", model=asked), Context())  # type: ignore[arg-type]
     assert answer.model == answered
     assert answer.model_version == "6"
+
+
+class StreamingGateway(FakeGateway):
+    """Streams two pieces and the final one, from a model of another name."""
+
+    async def stream(self, prepared: Prepared) -> Any:
+        self.prepared.append(prepared)
+        result = self._result(prepared.request_id)
+        yield Chunk(index=0, text="h")
+        yield Chunk(index=1, text="i")
+        yield Chunk(index=2, text="", final=True, finish_reason="stop", result=result)
+
+
+@pytest.mark.parametrize(
+    ("asked", "answered"),
+    [("genwire-gpt:6", "genwire-gpt:6"), (SERVED_MODEL, SERVED_MODEL), ("", DEFAULT_MODEL)],
+)
+async def test_every_stream_message_names_the_model_as_generate_does(
+    asked: str, answered: str
+) -> None:
+    """GenerateStreamResponse.model: Generate's rule, in every message (OpenAI's chunks)."""
+    request = pb.GenerateRequest(prompt="Hi", model=asked)
+    messages = await _call(_servicer(StreamingGateway()), "GenerateStream", request, Context())
+    assert [m.final for m in messages] == [False, False, True]
+    assert [m.model for m in messages] == [answered] * 3
+    unary = await _servicer().Generate(request, Context())  # type: ignore[arg-type]
+    assert unary.model == answered
 
 
 async def test_get_result_names_the_served_model() -> None:
