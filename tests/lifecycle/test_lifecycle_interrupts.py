@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from genwire_model import lifecycle_cli
-from genwire_model.build import BuildOptions, render_config
+from genwire_model.build import render_config
 from genwire_model.lifecycle import (
     Lifecycle,
     LifecycleError,
@@ -54,7 +54,7 @@ class ConfigTriton(TritonControl):
 def _life(tmp_path: Path, served: list[str], policy: ModelPolicy | None) -> Lifecycle:
     model = tmp_path / "m"
     model.mkdir()
-    config = render_config("m", BuildOptions())
+    config = render_config("m")
     (model / "config.pbtxt").write_text(with_versions(config, served) if served else config)
     for v in ("1", "2", "3"):
         (model / v).mkdir()

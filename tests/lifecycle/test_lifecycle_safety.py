@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from genwire_model import lifecycle as lifecycle_module
-from genwire_model.build import BuildOptions, render_config
+from genwire_model.build import render_config
 from genwire_model.lifecycle import (
     CONFIG,
     Lifecycle,
@@ -34,7 +34,7 @@ def _repo(root: Path, versions: list[str], served: list[str] | None = None) -> P
     """Model ``m`` with ``versions`` built; config.pbtxt names ``served`` (None: the build's
     ``latest`` line)."""
     (root / "m").mkdir()
-    config = render_config("m", BuildOptions())
+    config = render_config("m")
     (root / "m" / CONFIG).write_text(config if served is None else with_versions(config, served))
     for v in versions:
         (root / "m" / v).mkdir()

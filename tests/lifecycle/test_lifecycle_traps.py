@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from genwire_model.build import _keep_served
+from genwire_model.build import _merged_config
 from genwire_model.lifecycle import (
     CONFIG,
     LATEST_POLICY,
@@ -61,10 +61,11 @@ class Trap:
 
     def build(self, version: str) -> None:
         """What ``genwire model build`` does to the model folder: a new version, and the
-        config rendered again with the build's ``latest`` line (kept ``specific`` if it was)."""
+        config rendered again with the build's ``latest`` line, merged with the one it
+        replaces as the build merges it (kept ``specific`` if it was)."""
         copy_version(self.source, self.dir / version, MODEL, version)
         config = self.dir / CONFIG
-        config.write_text(_keep_served(config, _latest(config.read_text())))
+        config.write_text(_merged_config(config, _latest(config.read_text())))
 
     def serve(self, version: str) -> None:
         """The default model's bring-up of a new version (``genwire up``/``default-model``)."""

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from genwire_model.build import BuildOptions, render_config
+from genwire_model.build import render_config
 from genwire_model.lifecycle import (
     Lifecycle,
     LifecycleError,
@@ -23,7 +23,7 @@ from genwire.policy import ModelPolicy
 
 
 def test_version_policy_is_rewritten_in_place() -> None:
-    config = render_config("m", BuildOptions())
+    config = render_config("m")
     assert configured_versions(config) is None  # a fresh build serves the newest
     two = with_versions(config, ["2", "1", "2"])
     assert configured_versions(two) == ["1", "2"]
@@ -52,7 +52,7 @@ class StubTriton(TritonControl):
 
 def _repo(tmp_path: Path, versions: list[str]) -> Path:
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "config.pbtxt").write_text(render_config("m", BuildOptions()))
+    (tmp_path / "m" / "config.pbtxt").write_text(render_config("m"))
     for v in versions:
         (tmp_path / "m" / v).mkdir()
         (tmp_path / "m" / v / "manifest.json").write_text(json.dumps({"context_length": 8}))
@@ -156,7 +156,7 @@ def test_restore_loads_what_load_served_and_full_unload_forgets_it(tmp_path: Pat
     config.write_text(with_versions(config.read_text(), ["1", "2"]))
     for name in ("plain", "broken"):
         (repo / name).mkdir()
-        text = render_config(name, BuildOptions())
+        text = render_config(name)
         (repo / name / "config.pbtxt").write_text(
             with_versions(text, ["1"]) if name == "broken" else text
         )
@@ -248,15 +248,15 @@ def test_promote_keeps_the_shadow_it_keeps_routing_to(tmp_path: Path) -> None:
 
 
 def test_a_build_keeps_the_versions_load_serves(tmp_path: Path) -> None:
-    from genwire_model.build import _keep_served
+    from genwire_model.build import _merged_config
 
     config = tmp_path / "config.pbtxt"
-    fresh = render_config("m", BuildOptions())
-    assert _keep_served(config, fresh) == fresh  # no config yet
+    fresh = render_config("m")
+    assert _merged_config(config, fresh) == fresh  # no config yet
     config.write_text(fresh)
-    assert _keep_served(config, fresh) == fresh  # `latest` stays `latest`
+    assert _merged_config(config, fresh) == fresh  # `latest` stays `latest`
     config.write_text(with_versions(fresh, ["1", "3"]))
-    kept = _keep_served(config, fresh)
+    kept = _merged_config(config, fresh)
     assert configured_versions(kept) == ["1", "3"] and kept.count("version_policy") == 1
 
 

@@ -157,7 +157,7 @@ def _old_build(repo: Path, version: int, **options: Any) -> None:
         "stream_interval": str(opts.stream_interval),
     }
     lines = "\n".join(_line(k, v) for k, v in legacy.items())
-    (model_dir / "config.pbtxt").write_text(build.render_config("m", opts) + lines + "\n")
+    (model_dir / "config.pbtxt").write_text(build.render_config("m") + lines + "\n")
 
 
 def _old_runtime_options(config: str) -> dict[str, int]:

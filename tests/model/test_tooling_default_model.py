@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from genwire_model.build import BuildOptions, render_config
+from genwire_model.build import render_config
 from genwire_model.lifecycle import configured_versions, with_versions
 from genwire_stack import default_model
 from genwire_stack.errors import StackError
@@ -29,7 +29,7 @@ def test_a_failed_load_puts_the_rewritten_config_back(
 ) -> None:
     config = tmp_path / "m" / "config.pbtxt"
     config.parent.mkdir()
-    before = with_versions(render_config("m", BuildOptions()), ["1"])
+    before = with_versions(render_config("m"), ["1"])
     config.write_text(before)
 
     def keep(*_a: Any, **_kw: Any) -> tuple[None, tuple[str, str]]:
@@ -50,7 +50,7 @@ def test_a_failed_load_puts_the_rewritten_config_back(
 def test_a_config_changed_meanwhile_is_not_put_back(tmp_path: Path) -> None:
     config = tmp_path / "m" / "config.pbtxt"
     config.parent.mkdir()
-    theirs = with_versions(render_config("m", BuildOptions()), ["3"])
+    theirs = with_versions(render_config("m"), ["3"])
     config.write_text(theirs)
     change = ("before", "what the bring-up wrote")
     default_model._put_back(_settings(tmp_path), "http://127.0.0.1:3", "m", change, print)
@@ -63,7 +63,7 @@ def test_an_interrupted_load_puts_the_config_back_and_loads_it_again(
 ) -> None:
     config = tmp_path / "m" / "config.pbtxt"
     config.parent.mkdir()
-    before = with_versions(render_config("m", BuildOptions()), ["1"])
+    before = with_versions(render_config("m"), ["1"])
     config.write_text(before)
 
     def keep(*_a: Any, **_kw: Any) -> tuple[None, tuple[str, str]]:
@@ -99,7 +99,7 @@ def test_a_refused_load_is_not_loaded_again(
 ) -> None:
     config = tmp_path / "m" / "config.pbtxt"
     config.parent.mkdir()
-    before = with_versions(render_config("m", BuildOptions()), ["1"])
+    before = with_versions(render_config("m"), ["1"])
     config.write_text(before)
     written = with_versions(before, ["1", "2"])
     monkeypatch.setattr(

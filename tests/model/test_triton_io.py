@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from genwire_model.build import RUNTIME_DIR, BuildOptions, render_config
+from genwire_model.build import RUNTIME_DIR, render_config
 
 from genwire.triton_io import (
     INPUTS,
@@ -57,7 +57,7 @@ def test_the_triton_model_reads_and_sends_the_contracts_tensors() -> None:
 
 
 def test_config_pbtxt_declares_the_contract() -> None:
-    config = render_config("genwire-gpt", BuildOptions())
+    config = render_config("genwire-gpt")
     pattern = r'\{ name: "(\w+)" data_type: (\w+) dims: \[ (-?\d+) \]( optional: true)? \}'
     blocks = re.search(r"input \[\n(.*?)\n\]\noutput \[\n(.*?)\n\]", config, re.S)
     assert blocks is not None

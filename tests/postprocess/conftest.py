@@ -1,3 +1,4 @@
-"""Fixtures of the postprocess tests: the stages tests' tokenizer and model repository."""
+"""Fixtures of the postprocess tests: the stages tests' tokenizer, model repository and
+postprocessor (``post``, results in a ``FakeStore``)."""
 
-from tests.stages.conftest import model_repo, tokenizer  # noqa: F401  (fixtures)
+from tests.stages.conftest import assets, model_repo, post, tokenizer  # noqa: F401  (fixtures)

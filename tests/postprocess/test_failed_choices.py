@@ -6,7 +6,6 @@ every choice were streamed (its ``n`` from the streams' state)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from genwire_postprocess.handlers import Postprocessor, failure_result
@@ -23,22 +22,8 @@ from genwire.events import (
     TokenEvent,
 )
 from genwire.request import ErrorCode
-from genwire.tokenization import AssetStore
 
 MODEL = "genwire-gpt"
-
-
-class FakeStore:
-    def __init__(self) -> None:
-        self.data: dict[str, GenerationResult] = {}
-
-    async def put_first(self, result: GenerationResult) -> GenerationResult:
-        return self.data.setdefault(result.request_id, result)
-
-
-@pytest.fixture
-def post(model_repo: Path) -> Postprocessor:
-    return Postprocessor(AssetStore(model_repo), FakeStore())
 
 
 def _tokens(events: list[Event]) -> list[TokenEvent]:

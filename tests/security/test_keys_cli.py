@@ -117,15 +117,50 @@ def test_usage_table_adds_up_per_key_and_model() -> None:
         UsageEvent(
             request_id="c", key_name="ads", model="m", model_version="2", finish_reason="error"
         ),
+        # Partial results: not an error, not complete either; each has its own column.
+        UsageEvent(
+            request_id="d",
+            key_name="ads",
+            model="m",
+            model_version="2",
+            prompt_tokens=2,
+            completion_tokens=1,
+            finish_reason="deadline",
+        ),
+        UsageEvent(
+            request_id="e", key_name="ads", model="m", model_version="2", finish_reason="cancelled"
+        ),
+        # The output filter cut a finished text: answered, a completion like ``stop``.
+        UsageEvent(
+            request_id="f",
+            key_name="ads",
+            model="m",
+            model_version="2",
+            finish_reason="content_filter",
+        ),
     ]
     rows = summarise(events)
     assert rows[("search", "m/2")].requests == 2
     assert rows[("search", "m/2")].prompt_tokens + rows[("search", "m/2")].completion_tokens == 10
-    assert rows[("ads", "m/2")].errors == 1
+    ads = rows[("ads", "m/2")]
+    assert (ads.requests, ads.errors, ads.deadline, ads.cancelled) == (4, 1, 1, 1)
     text = table(rows).splitlines()
-    assert text[0].split()[:3] == ["KEY", "MODEL", "REQUESTS"]
-    assert text[1].split() == ["search", "m/2", "2", "0", "4", "6", "10", "20"]
-    assert text[-1].split() == ["all", "3", "1", "4", "6", "10", "13"]
+    assert text[0].split() == [
+        "KEY",
+        "MODEL",
+        "REQUESTS",
+        "ERRORS",
+        "DEADLINE",
+        "CANCELLED",
+        "PROMPT",
+        "COMPLETION",
+        "TOTAL",
+        "MEAN",
+        "MS",
+    ]
+    assert text[1].split() == ["search", "m/2", "2", "0", "0", "0", "4", "6", "10", "20"]
+    assert text[2].split() == ["ads", "m/2", "4", "1", "1", "1", "2", "1", "3", "0"]
+    assert text[-1].split() == ["all", "6", "1", "1", "1", "6", "7", "13", "7"]
     assert parse_since("90m") == 5400 and parse_since("1h") == 3600
     with pytest.raises(ValueError):
         parse_since("yesterday")

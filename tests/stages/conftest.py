@@ -1,4 +1,5 @@
-"""Fixtures of the stage tests: a model repository with a tokenizer trained here."""
+"""Fixtures of the stage tests: a model repository with a tokenizer trained here, and a
+postprocessor over it storing results in memory (``FakeStore``)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from genwire_postprocess.handlers import Postprocessor
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from genwire.events import GenerationResult
 from genwire.tokenization import AssetStore
 
 MODEL = "genwire-gpt"
@@ -63,3 +66,19 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory, tokenizer: Tokenizer) -
 def assets(model_repo: Path) -> AssetStore:
     """A fresh asset store over the test repository."""
     return AssetStore(model_repo)
+
+
+class FakeStore:
+    """In-memory stand-in for Redis SET NX (the real one is exercised by integration tests)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, GenerationResult] = {}
+
+    async def put_first(self, result: GenerationResult) -> GenerationResult:
+        return self.data.setdefault(result.request_id, result)
+
+
+@pytest.fixture
+def post(assets: AssetStore) -> Postprocessor:
+    """A postprocessor over the test repository, its results in a fresh ``FakeStore``."""
+    return Postprocessor(assets, FakeStore())

@@ -21,19 +21,9 @@ from genwire.events import (
 from genwire.filters import ContentFilter
 from genwire.tokenization import AssetStore
 
-from .conftest import MODEL
+from .conftest import MODEL, FakeStore
 
 TEXT = "The quick brown fox 🦊 jumps over the lazy dog. Grüße aus Köln!"
-
-
-class FakeStore:
-    """In-memory stand-in for Redis SET NX (the real one is exercised by integration tests)."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, GenerationResult] = {}
-
-    async def put_first(self, result: GenerationResult) -> GenerationResult:
-        return self.data.setdefault(result.request_id, result)
 
 
 def _chunks(
@@ -89,11 +79,6 @@ def _tokens(events: list[Event]) -> list[TokenEvent]:
 def _result(events: list[Event]) -> GenerationResult:
     (result,) = [e for e in events if isinstance(e, GenerationResult)]
     return result
-
-
-@pytest.fixture
-def post(assets: AssetStore) -> Postprocessor:
-    return Postprocessor(assets, FakeStore())
 
 
 async def test_stream_concatenates_to_the_result(post: Postprocessor, tokenizer: Tokenizer) -> None:

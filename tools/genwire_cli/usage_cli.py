@@ -18,9 +18,18 @@ from genwire.usage import UsageEvent, first_per_request
 from genwire_cli.feedback import read_since
 
 EPILOG = """\
+columns:
+  ERRORS      requests that failed (finish reason error, or an error code)
+  DEADLINE    requests stopped by their deadline (finish reason deadline: a partial result)
+  CANCELLED   requests stopped by a cancel (finish reason cancelled: a partial result)
+  the rest completed: stop, length, or content_filter (answered, the output filter cut the text)
+
 examples:
   genwire usage                      the last hour, one row per key and model
   genwire usage --since 24h --key team-search"""
+
+FINISH_ERROR, FINISH_DEADLINE, FINISH_CANCELLED = "error", "deadline", "cancelled"
+"""The finish reasons of a request that did not complete (docs/stages.md, *Results*)."""
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -35,20 +44,39 @@ def parse_since(text: str) -> float:
 
 @dataclass
 class Row:
-    """The totals of one key and model."""
+    """The totals of one key and model. ``errors``, ``deadline`` and ``cancelled`` count the
+    requests that did not complete, each once (an error code makes one an error, whatever its
+    finish reason); the rest completed (``stop``, ``length``, ``content_filter``)."""
 
     requests: int = 0
     errors: int = 0
+    deadline: int = 0
+    cancelled: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: float = 0.0
 
     def add(self, event: UsageEvent) -> None:
         self.requests += 1
-        self.errors += 1 if event.finish_reason == "error" else 0
+        if event.finish_reason == FINISH_ERROR or event.error_code:
+            self.errors += 1
+        elif event.finish_reason == FINISH_DEADLINE:
+            self.deadline += 1
+        elif event.finish_reason == FINISH_CANCELLED:
+            self.cancelled += 1
         self.prompt_tokens += event.prompt_tokens
         self.completion_tokens += event.completion_tokens
         self.latency_ms += event.latency_ms
+
+    def merge(self, other: Row) -> None:
+        """Add ``other``'s totals to these."""
+        self.requests += other.requests
+        self.errors += other.errors
+        self.deadline += other.deadline
+        self.cancelled += other.cancelled
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.latency_ms += other.latency_ms
 
 
 def summarise(events: Iterable[UsageEvent]) -> dict[tuple[str, str], Row]:
@@ -62,18 +90,25 @@ def summarise(events: Iterable[UsageEvent]) -> dict[tuple[str, str], Row]:
 
 def table(rows: dict[tuple[str, str], Row]) -> str:
     """The rows as an aligned table, biggest token users first, with a total line."""
-    header = ("KEY", "MODEL", "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "TOTAL", "MEAN MS")
+    header = (
+        "KEY",
+        "MODEL",
+        "REQUESTS",
+        "ERRORS",
+        "DEADLINE",
+        "CANCELLED",
+        "PROMPT",
+        "COMPLETION",
+        "TOTAL",
+        "MEAN MS",
+    )
     lines: list[tuple[str, ...]] = [header]
     total = Row()
     for (key, model), r in sorted(
         rows.items(), key=lambda kv: -(kv[1].prompt_tokens + kv[1].completion_tokens)
     ):
         lines.append(_cells(key, model, r))
-        total.requests += r.requests
-        total.errors += r.errors
-        total.prompt_tokens += r.prompt_tokens
-        total.completion_tokens += r.completion_tokens
-        total.latency_ms += r.latency_ms
+        total.merge(r)
     lines.append(_cells("all", "", total))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
@@ -92,6 +127,8 @@ def _cells(key: str, model: str, r: Row) -> tuple[str, ...]:
         model,
         str(r.requests),
         str(r.errors),
+        str(r.deadline),
+        str(r.cancelled),
         str(r.prompt_tokens),
         str(r.completion_tokens),
         str(r.prompt_tokens + r.completion_tokens),
@@ -122,7 +159,8 @@ def register(subparsers: Any) -> None:
         description="Add up the usage events on genwire.usage (one per completed request, "
         "published by the gateway for API-key callers and by postprocess for requests produced "
         "straight to Kafka: key name, model, version, tokens, latency, finish reason; the first "
-        "event of a request id counts) and print one row per key and model.",
+        "event of a request id counts) and print one row per key and model: requests, those "
+        "that did not complete (errors, deadline, cancelled), tokens, mean latency.",
         epilog=EPILOG,
     )
     p.add_argument("--since", default="1h", help="how far back: 30m, 1h, 7d... (default: 1h)")

@@ -731,12 +731,12 @@ def write_echo_model(repository: Path, name: str) -> Path:
     """A throwaway model folder in ``repository``: the genwire model's config.pbtxt, and a
     version 1 whose ``model.py`` is ``floor_echo.py`` beside the real ``triton_model.py`` and
     ``genwire_runtime`` (so its execute path, outbox and response sender are the real ones)."""
-    from genwire_model.build import BuildOptions, _copy_runtime, render_config
+    from genwire_model.build import _copy_runtime, render_config
 
     model_dir = repository / name
     version = model_dir / "1"
     version.mkdir(parents=True)
-    (model_dir / "config.pbtxt").write_text(render_config(name, BuildOptions()), encoding="utf-8")
+    (model_dir / "config.pbtxt").write_text(render_config(name), encoding="utf-8")
     _copy_runtime(version)  # model.py (triton_model.py), genwire_runtime/, genwire_env.json
     shutil.move(version / "model.py", version / "triton_model.py")
     shutil.copy2(Path(__file__).with_name("floor_echo.py"), version / "model.py")

@@ -88,9 +88,11 @@ operator's override of a ``VERSION_OPTIONS`` entry for every version (the curren
 takes it over the version's manifest); the build never writes one and keeps those set."""
 
 
-def render_config(name: str, options: BuildOptions, backend: str = "auto") -> str:
-    """config.pbtxt of a genwire model (the same for every version of it; ``options`` live in
-    each version's manifest: ``VERSION_OPTIONS``)."""
+def render_config(name: str) -> str:
+    """config.pbtxt of a genwire model (the same for every version of it; the build options
+    live in each version's manifest: ``VERSION_OPTIONS``). Its ``backend`` parameter is
+    ``auto`` (TensorRT on a GPU when it works, else ONNX Runtime: ``runners.create_runner``);
+    an operator's value in the config a build replaces is kept (``_keep_parameters``)."""
 
     def tensor(spec: TensorSpec) -> str:
         extra = " optional: true" if spec.optional else ""
@@ -104,7 +106,7 @@ def render_config(name: str, options: BuildOptions, backend: str = "auto") -> st
         "cancel_check_interval": "4",
         # Streamed responses carry max(1, batch // this) tokens: fewer sends in big batches.
         "stream_chunk_batch": "16",
-        "backend": backend,
+        "backend": "auto",
         "ort_allow_spinning": "0",
     }
     parameters = "\n".join(_parameter_line(k, v) for k, v in params.items())
@@ -143,17 +145,10 @@ _PARAMETER_RE = re.compile(
 _GROUP_RE = re.compile(r"^[ \t]*instance_group\b", re.MULTILINE)
 
 
-def _keep_served(config: Path, rendered: str) -> str:
-    """``rendered`` with the ``specific`` version policy of the config it replaces, if any:
-    the versions ``genwire model load`` serves stay what Triton serves on its next (re)load
-    (a new build is served by ``load``, or by the default model's bring-up)."""
-    try:
-        return _keep_specific(config.read_text(encoding="utf-8"), rendered)
-    except OSError:
-        return rendered
-
-
 def _keep_specific(old: str, rendered: str) -> str:
+    """``rendered`` with ``old``'s ``specific`` version policy, if any: the versions ``genwire
+    model load`` serves stay what Triton serves on its next (re)load (a new build is served by
+    ``load``, or by the default model's bring-up)."""
     match = _SPECIFIC_RE.search(old)
     if match is None:
         return rendered
@@ -573,7 +568,7 @@ def _publish(
     )
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     config = model_dir / "config.pbtxt"
-    staged = _stage(config, _merged_config(config, render_config(name, opts, "auto")))
+    staged = _stage(config, _merged_config(config, render_config(name)))
     try:
         (tmp / _OWNER_LOCK).unlink()  # (its open handle keeps the lock until the build ends)
         tmp.rename(model_dir / str(version))  # the version appears whole, or not at all
