@@ -137,6 +137,8 @@ async def test_streaming_reaches_the_caller_before_generation_ends(
     assert chunks[-1].completion_tokens == 4
     assert first_at is not None and first_at < pipeline.finished[rid] - 1.0
     assert pipeline.requests_for(rid)[0].stream is True
+    # Every message names the model as Generate does: the default, not the served name.
+    assert {c.model for c in chunks} == {gateways[1].settings.default_model} != {"fake"}
 
 
 async def test_redelivered_tokens_are_not_repeated(

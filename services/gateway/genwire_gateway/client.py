@@ -63,6 +63,8 @@ class StreamChunk:
     prompt_tokens: int
     completion_tokens: int
     trace_id: str
+    model: str = ""
+    """The model, as ``Generation.model`` (empty from a gateway older than the field)."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,7 @@ class GenwireClient:
                     prompt_tokens=m.usage.prompt_tokens,
                     completion_tokens=m.usage.completion_tokens,
                     trace_id=m.trace_id,
+                    model=m.model,
                 )
         except grpc.aio.AioRpcError as exc:
             raise _error(exc) from None
