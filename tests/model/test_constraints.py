@@ -311,14 +311,23 @@ def test_stop_strings_on_random_token_streams(vocab: Vocabulary, hf: Tokenizer) 
     """Multi-byte characters split across tokens, special tokens in between: same as decoding."""
     rng = np.random.default_rng(11)
     size = vocab.vocab_size
-    for trial in range(30):
+    checked = 0
+    for trial in range(60):
         ids = [int(t) for t in rng.integers(0, size, 60)]
         ids[int(rng.integers(0, 60))] = EOS  # a special token adds no text
         text = decode(hf, ids)
         # A stop string taken from the decoded text itself (so it does occur), 1-6 characters.
         start = int(rng.integers(0, max(1, len(text) - 6)))
         stops = [text[start : start + int(rng.integers(1, 7))] or "x"]
+        if "\ufffd" in stops[0]:
+            # Decoding shows invalid bytes as U+FFFD; the decode loop matches a stop's own bytes
+            # (EF BF BD), so such a stop ends the text at postprocess's cut (docs/api.md).
+            got, ref = stopped_at(vocab, ids, stops), stop_reference(hf, ids, stops)
+            assert got is None or (ref is not None and got >= ref), (trial, stops)
+            continue
+        checked += 1
         assert stopped_at(vocab, ids, stops) == stop_reference(hf, ids, stops), (trial, stops)
+    assert checked >= 20  # the tiny tokenizer's random streams decode to many U+FFFD
 
 
 def test_special_tokens_add_no_text(vocab: Vocabulary, hf: Tokenizer) -> None:
