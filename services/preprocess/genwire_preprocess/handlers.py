@@ -55,6 +55,7 @@ from genwire.results import claimed_digest, claimed_fingerprint, published_diges
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore, ModelAssets
 from genwire_preprocess.guided import GuidedChecker
+from genwire_preprocess.hints import scan_stream_n
 from genwire_preprocess.options import (
     DEFAULT_MAX_LOGPROB_ENTRIES,
     check_options,
@@ -70,13 +71,8 @@ _route: ContextVar[Route | None] = ContextVar("genwire_preprocess_route", defaul
 SEED_MASK = 2**63 - 1
 
 HINT_PARSE_BYTES = 1024 * 1024
-"""Largest refused value whose hints (``stream``, ``model``) are read by parsing it again."""
-
-_STREAM_KEY = re.compile(rb'[{,]\s*"stream"\s*:\s*(true|false)\b')
-"""A ``"stream"`` key and its boolean in raw JSON: an unescaped quote right after ``{`` or
-``,`` opens a key (inside a string a quote is escaped), so the prompt cannot fake one."""
-_N_KEY = re.compile(rb'[{,]\s*"n"\s*:\s*(-?\d{1,9})(?![\d.eE])')
-"""An ``"n"`` key and its integer in raw JSON (as ``_STREAM_KEY``)."""
+"""Largest refused value whose hints (``stream``, ``model``, ``n``) are read by parsing it
+again; a larger one's ``stream`` and ``n`` are scanned for (``hints.scan_stream_n``)."""
 
 
 class RequestRecord(BaseModel):
@@ -471,13 +467,13 @@ def error_chunk(raw: bytes, key: bytes | None, err: GenwireError) -> list[Genera
 
 def _hints(raw: bytes) -> tuple[bool, str, int]:
     """Best-effort ``stream``, ``model`` and ``n`` of a refused value. One too large to parse
-    again still says whether it streams and its ``n`` (their keys are found in the raw JSON):
-    a streamed request's error must end the token stream of each of its choices. An ``n``
-    that is not a valid one (1 to ``MAX_N``) is 1."""
+    again still says whether it streams and its ``n`` (its top-level keys are scanned for, a
+    nested ``"n"`` or ``"stream"`` not being the request's): a streamed request's error must
+    end the token stream of each of its choices. An ``n`` that is not a valid one (1 to
+    ``MAX_N``) is 1."""
     if len(raw) > HINT_PARSE_BYTES:
-        found = _STREAM_KEY.findall(raw)
-        ns = _N_KEY.findall(raw)  # the last key wins, as in parsing
-        return bool(found) and found[-1] == b"true", "", _valid_n(int(ns[-1]) if ns else 1)
+        stream, n = scan_stream_n(raw)
+        return stream, "", _valid_n(n)
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):
