@@ -306,21 +306,3 @@ def test_a_tombstones_dead_letter_is_not_replayed(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(dlq, "EventProducer", lambda *a, **k: producer)
     assert asyncio.run(dlq.replay("fix-dlq-nowhere:9092", [item, _letter(2)])) == [_letter(2)]
     assert [key for _, _, key in producer.sends] == [b"fix-dlq-2"]
-
-
-def test_a_gateways_request_is_replayed_kept() -> None:
-    # Its gateway answered the caller long ago: unkept, inference's orphan watch would cancel
-    # the replay once that gateway's heartbeats are missed. Its origin stays (the gateway metered
-    # it); a Kafka client's request gets no keep header.
-    headers = (
-        (sc.HEADER_ORIGIN, b"gw-1"),
-        (sc.HEADER_KEEP, b"0"),
-        (sc.HEADER_DLQ_CODE, b"unavailable"),
-    )
-    letter = dataclasses.replace(_letter(7), headers=headers)
-    out = dlq.replay_headers(letter)
-    assert [v for k, v in out if k == sc.HEADER_KEEP] == [b"1"]
-    assert (sc.HEADER_ORIGIN, b"gw-1") in out
-    assert not any(k == sc.HEADER_DLQ_CODE for k, _ in out)
-    plain = dlq.replay_headers(_letter(8))
-    assert not any(k == sc.HEADER_KEEP for k, _ in plain)

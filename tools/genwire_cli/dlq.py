@@ -250,22 +250,12 @@ async def read_letters(
 
 
 def replay_headers(item: Letter) -> list[tuple[str, bytes]]:
-    """The original headers, without the dead-letter/parking details, marked as replayed.
-
-    A gateway's request (``genwire_origin``) is marked kept (``genwire_keep: 1``): its caller
-    was answered long ago, so no heartbeat of that gateway vouches for it any more, and
-    inference's orphan watch would cancel it within ``origin_timeout_s``. Kept, it finishes and
-    its result is stored, as the operator asked. ``genwire_origin`` itself stays: it says
-    the gateway metered the request, so postprocess does not meter it again.
-    """
+    """The original headers, without the dead-letter/parking details, marked as replayed."""
     kept = [
         (k, v)
         for k, v in item.headers
         if not k.startswith(("genwire_dlq", "genwire_retry", sc.HEADER_REPLAYED_FROM))
     ]
-    if any(k == sc.HEADER_ORIGIN for k, _ in kept):
-        kept = [(k, v) for k, v in kept if k != sc.HEADER_KEEP]
-        kept.append((sc.HEADER_KEEP, b"1"))
     return [*kept, (sc.HEADER_REPLAYED_FROM, item.where.encode())]
 
 
