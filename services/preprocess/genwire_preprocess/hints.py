@@ -8,13 +8,14 @@ in ``json.loads``, the last of duplicate keys wins.
 
 The scan is linear and its Python-level work is per top-level key and per bracket nested
 deeper than ``_NESTING`` levels (never per byte): a string (escapes included) or a container
-up to ``_NESTING`` levels deep is skipped by one regex match, and possessive quantifiers keep a
-failed match from backtracking; ``MAX_STEPS`` bounds the Python-level work of a value built to
-defeat that. It is no validator (brackets are counted, not paired by kind; tokens inside a
-container are not checked): a malformed, truncated or over-budget value yields what its
-complete top-level pairs before the fault said, else the defaults (no ``stream``, ``n`` 1),
-where ``json.loads`` would give the defaults alone: a truncated streamed request whose
-``stream`` came before the cut still has its stream ended.
+up to ``_NESTING`` levels deep is skipped by one regex match, and atomic groups keep a failed
+match from backtracking (not possessive quantifiers, which Python before 3.11.5 matches wrongly,
+gh-106052: Debian 12's python3.11 is 3.11.2); ``MAX_STEPS`` bounds the Python-level work of a
+value built to defeat that. It is no validator (brackets are counted, not paired by kind;
+tokens inside a container are not checked): a malformed, truncated or over-budget value
+yields what its complete top-level pairs before the fault said, else the defaults (no
+``stream``, ``n`` 1), where ``json.loads`` would give the defaults alone: a truncated
+streamed request whose ``stream`` came before the cut still has its stream ended.
 """
 
 from __future__ import annotations
@@ -22,19 +23,19 @@ from __future__ import annotations
 import json
 import re
 
-_WS = rb"[ \t\n\r]*+"  # JSON's whitespace (json.loads accepts no other)
-_STRING = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'  # with re.DOTALL: a backslash escapes any byte
-_PLAIN = rb'[^"{}\[\]]++'  # inside a container: numbers, literals, ",", ":" and whitespace
-_NESTING = 6
+_WS = rb"(?>[ \t\n\r]*)"  # JSON's whitespace (json.loads accepts no other)
+_STRING = rb'"(?>[^"\\]*)(?>(?:\\.(?>[^"\\]*))*)"'  # re.DOTALL: a backslash escapes any byte
+_PLAIN = rb'(?>[^"{}\[\]]+)'  # inside a container: numbers, literals, ",", ":", whitespace
+_NESTING = 10
 """Levels of containers one regex match skips: a deeper one costs a Python step a bracket."""
 
 
 def _container(levels: int) -> bytes:
     """A container holding containers at most ``levels - 1`` deep. Brackets are not paired
     by kind (``[}`` closes): the scan counts depth, it does not validate."""
-    pattern = rb"[{\[](?:" + _PLAIN + b"|" + _STRING + rb")*+[}\]]"
+    pattern = rb"[{\[](?>(?:" + _PLAIN + b"|" + _STRING + rb")*)[}\]]"
     for _ in range(levels - 1):
-        pattern = rb"[{\[](?:" + _PLAIN + b"|" + _STRING + b"|" + pattern + rb")*+[}\]]"
+        pattern = rb"[{\[](?>(?:" + _PLAIN + b"|" + _STRING + b"|" + pattern + rb")*)[}\]]"
     return pattern
 
 
@@ -42,9 +43,9 @@ _OBJECT_START = re.compile(rb"(?:\xef\xbb\xbf)?" + _WS + rb"\{" + _WS)  # json.l
 _KEY = re.compile(b"(" + _STRING + b")" + _WS + b":" + _WS, re.DOTALL)
 _AFTER_VALUE = re.compile(_WS + rb"([,}])" + _WS)
 _STRING_VALUE = re.compile(_STRING, re.DOTALL)
-_SCALAR = re.compile(rb'[^,:{}\[\]" \t\n\r]++')
+_SCALAR = re.compile(rb'(?>[^,:{}\[\]" \t\n\r]+)')
 _RUN = re.compile(
-    b"(?:" + _PLAIN + b"|" + _STRING + b"|" + _container(_NESTING) + b")*+", re.DOTALL
+    b"(?>(?:" + _PLAIN + b"|" + _STRING + b"|" + _container(_NESTING) + b")*)", re.DOTALL
 )
 """Content inside a container up to its next bracket that ``_container`` cannot skip."""
 _INT = re.compile(rb"-?(?:0|[1-9][0-9]{0,8})")
@@ -53,9 +54,11 @@ _INT = re.compile(rb"-?(?:0|[1-9][0-9]{0,8})")
 _MAX_KEY_BYTES = 2 + 6 * len("stream")
 """The longest key that can decode to ``stream`` or ``n``: each character a ``\\uXXXX``."""
 
-MAX_STEPS = 100_000
-"""Python-level steps (top-level keys, deep brackets) a scan takes at most: a value built to
-cost more (millions of keys, or of nesting levels) stops there with what it found."""
+MAX_STEPS = 200_000
+"""Python-level steps a scan takes at most (about a microsecond each): one per top-level key,
+and two per container nested deeper than ``_NESTING`` levels. A value that needs more (200,000
+top-level keys; or 100,000 containers below ten levels of nesting) stops there with what it
+found, which may miss a later ``stream`` or ``n``."""
 
 
 def scan_stream_n(raw: bytes, *, max_steps: int = MAX_STEPS) -> tuple[bool, int]:
