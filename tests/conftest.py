@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from genwire_stack import INFRA, StackError, ensure_up
@@ -58,6 +59,19 @@ def infra() -> Iterator[CommonSettings]:
 def stack(infra: CommonSettings) -> CommonSettings:
     """The whole stack: ``infra`` plus the default model loaded and the five services ready."""
     return _bring_up(None, model=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An HF checkpoint folder of a 2-layer GPT-2 with a 512-token byte-level BPE, trained once
+    for the whole session (``tests.common.tiny``)."""
+    from genwire_model.train import train  # torch: only for the tests that ask
+
+    from tests.common.tiny import TINY, tiny_documents
+
+    out = tmp_path_factory.mktemp("tiny-checkpoint")
+    train(out, tiny_documents(), TINY, progress=lambda _: None)
+    return out
 
 
 def _on_client(monkeypatch: pytest.MonkeyPatch, name: str) -> Iterator[str]:

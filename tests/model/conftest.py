@@ -13,42 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 from genwire_model.build import BuildOptions, build_version
-from genwire_model.corpus import _docstrings, stdlib_root
 from genwire_model.repository import ModelVersion
-from genwire_model.train import TrainConfig, train
 
 from genwire.settings import CommonSettings
+from tests.common.tiny import TINY, tiny_documents
 
-TINY = TrainConfig(
-    vocab_size=512,
-    context=64,
-    n_layer=2,
-    n_embd=64,
-    n_head=2,
-    seq_len=64,
-    batch_size=8,
-    steps=150,
-    lr=3e-3,
-    warmup_steps=10,
-    eval_tokens=2048,
-    heldout_every=5,
-    threads=1,  # tiny matrices: a second thread only adds contention
-)
-STDLIB_FILES = ("textwrap.py", "json/__init__.py", "string.py", "shlex.py", "fnmatch.py")
-
-
-def tiny_documents() -> list[str]:
-    """Docstrings of a few standard-library modules: enough text for a tiny tokenizer."""
-    root = stdlib_root()
-    return [doc for f in STDLIB_FILES for _, doc in _docstrings(root / f, f)]
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An HF checkpoint folder of a 2-layer GPT-2 with a 512-token byte-level BPE."""
-    out = tmp_path_factory.mktemp("tiny-checkpoint")
-    train(out, tiny_documents(), TINY, progress=lambda _: None)
-    return out
+__all__ = ["TINY", "tiny_documents"]  # test_train imports them from here
 
 
 @pytest.fixture(scope="session")

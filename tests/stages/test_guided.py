@@ -20,7 +20,6 @@ from genwire.events import Guided
 from genwire.request import ERROR_HTTP_STATUS, ErrorCode, GenerationRequest
 from genwire.settings import CommonSettings
 from genwire.tokenization import AssetStore, ModelAssets, load_assets
-from tests.model.conftest import tiny_checkpoint  # noqa: F401  (fixture: no default model yet)
 
 from .conftest import MODEL as STAGES_MODEL
 
