@@ -23,7 +23,8 @@ PLAIN = str(CommonSettings.model_config.get("env_prefix") or "GENWIRE_")
 
 TOOL_VARIABLES: Mapping[str, str] = {
     "GENWIRE_API_KEY": "the clients' API key (CLI, bench, `GenwireClient`; docs/security.md)",
-    "GENWIRE_BENCH_FLOOD_KEY": "`genwire bench --targets limits`: its noisy tenant's key",
+    "GENWIRE_BENCH_FLOOD_KEY": "`python -m genwire_bench.limits flood`: the flooding key, "
+    "handed to its flood process (set by the tool)",
     "GENWIRE_BENCH_GATEWAY_GRPC": "`genwire bench`: the gateway's gRPC address",
     "GENWIRE_BENCH_GATEWAY_HTTP": "`genwire bench`: the gateway's HTTP address",
     "GENWIRE_EXTRAS": "`make venv`: the package extras installed (docs/install.md)",
