@@ -26,17 +26,10 @@ from genwire.events import (
 from genwire.filters import ContentFilter
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore
+from tests.stages.conftest import FakeStore
 from tests.stages.test_postprocess_replay import _attempt, _final
 
 TEXT = "The quick brown fox 🦊 jumps over the lazy dog. Grüße aus Köln! Kafka carries requests"
-
-
-class FakeStore:
-    def __init__(self) -> None:
-        self.data: dict[str, GenerationResult] = {}
-
-    async def put_first(self, result: GenerationResult) -> GenerationResult:
-        return self.data.setdefault(result.request_id, result)
 
 
 def _chunks(ids: list[int], rid: str, sampling: Sampling, size: int = 2) -> list[GenerationChunk]:

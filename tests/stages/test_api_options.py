@@ -35,17 +35,9 @@ from genwire.request import (
 )
 from genwire.tokenization import AssetStore
 
-from .conftest import MODEL
+from .conftest import MODEL, FakeStore
 
 TEXT = "The quick brown fox jumps over the lazy dog."
-
-
-class FakeStore:
-    def __init__(self) -> None:
-        self.data: dict[str, GenerationResult] = {}
-
-    async def put_first(self, result: GenerationResult) -> GenerationResult:
-        return self.data.setdefault(result.request_id, result)
 
 
 # -- request schema v2 ----------------------------------------------------------------------
