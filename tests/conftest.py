@@ -5,6 +5,7 @@ code as ``make up``); ``stack`` also starts genwire's five services with the def
 loaded. What the suite starts is left running afterwards, like ``make up`` (stop it with
 ``make down``): the next run, and everyone else on the machine, reuses it. Tests that use either
 fixture are marked ``integration`` automatically (``pytest -m "not integration"`` skips them).
+``tiny_checkpoint`` trains the tests' tiny GPT-2 once per session, for every area that asks.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fixtures of the model tests: a tiny GPT-2 trained here in seconds and built once.
+"""Fixtures of the model tests: the tiny GPT-2 (root conftest's ``tiny_checkpoint``), built once.
 
 The tiny model uses the same code path as the default one (tokenizer training, GPT-2
 training, export, validation, version build), only smaller, so the suite stays fast.
