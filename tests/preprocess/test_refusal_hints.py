@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import random
+import tracemalloc
 
 import pytest
 from genwire_preprocess import handlers
 from genwire_preprocess.handlers import HINT_PARSE_BYTES, error_chunk
+from genwire_preprocess.hints import scan_stream_n
 
 from genwire.errors import PermanentError
 from genwire.events import GenerationChunk
@@ -229,3 +231,24 @@ def test_the_scan_reads_what_json_loads_reads(monkeypatch: pytest.MonkeyPatch) -
         n = data.get("n", 1)
         valid = isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_N
         assert handlers._hints(raw) == (data.get("stream") is True, "", n if valid else 1), raw
+
+
+def test_a_flat_array_of_short_items_is_scanned_in_little_memory() -> None:
+    """Atomic groups (the other way to write the scan) kept state for every repeat: about 80
+    bytes a byte of such a value, 1.3 GB for 16 MiB, which would get preprocess killed."""
+    raw = b'{"stream":true,"a":[' + b'"",' * ((4 << 20) // 3) + b'0],"n":3}'
+    tracemalloc.start()
+    try:
+        assert scan_stream_n(raw) == (True, 3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < len(raw) // 4, peak
+
+
+def test_a_python_whose_re_cannot_scan_parses_instead(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before 3.11.5 possessive quantifiers match wrongly (gh-106052): the value is parsed.
+    monkeypatch.setattr(handlers, "SCANS", False)
+    monkeypatch.setattr(handlers, "scan_stream_n", None)  # a call would fail the test
+    raw = _big(stream=True, n=2, extra={"x": {"n": 5}})
+    assert handlers._hints(raw) == (True, "", 2)

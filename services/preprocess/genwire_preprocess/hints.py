@@ -6,13 +6,16 @@ parse once more. Only the object's own (top-level) keys count: ``"n"`` inside a
 ``response_format`` schema or ``"stream"`` inside ``metadata`` is not the request's, and, as
 in ``json.loads``, the last of duplicate keys wins.
 
-The scan is linear and its Python-level work is per top-level key and per bracket nested
-deeper than ``_NESTING`` levels (never per byte): a string (escapes included) or a container
-up to ``_NESTING`` levels deep is skipped by one regex match, and atomic groups keep a failed
-match from backtracking (not possessive quantifiers, which Python before 3.11.5 matches wrongly,
-gh-106052: Debian 12's python3.11 is 3.11.2); ``MAX_STEPS`` bounds the Python-level work of a
-value built to defeat that. It is no validator (brackets are counted, not paired by kind;
-tokens inside a container are not checked): a malformed, truncated or over-budget value
+The scan is linear and its Python-level work is per top-level key and per container holding
+more than ``_NESTING`` levels (never per byte): a string (escapes included) or a container up
+to ``_NESTING`` levels deep is skipped by one regex match, and possessive quantifiers keep a
+failed match from backtracking and keep no state per repeat (atomic groups, the other way to
+say it, keep state for every repeat until the match ends: hundreds of megabytes for a value of
+short items); ``MAX_STEPS`` bounds the Python-level work of a value built to defeat that.
+Python before 3.11.5 matches possessive quantifiers wrongly (gh-106052; Debian 12's python3.11
+is 3.11.2): there ``SCANS`` is False and the caller parses the value instead. It is no
+validator (brackets are counted, not paired by kind; tokens inside a container are not
+checked): a malformed, truncated or over-budget value
 yields what its complete top-level pairs before the fault said, else the defaults (no
 ``stream``, ``n`` 1), where ``json.loads`` would give the defaults alone: a truncated
 streamed request whose ``stream`` came before the cut still has its stream ended.
@@ -22,10 +25,14 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
-_WS = rb"(?>[ \t\n\r]*)"  # JSON's whitespace (json.loads accepts no other)
-_STRING = rb'"(?>[^"\\]*)(?>(?:\\.(?>[^"\\]*))*)"'  # re.DOTALL: a backslash escapes any byte
-_PLAIN = rb'(?>[^"{}\[\]]+)'  # inside a container: numbers, literals, ",", ":", whitespace
+SCANS = sys.version_info >= (3, 11, 5)
+"""Whether this Python's ``re`` matches possessive quantifiers right (gh-106052)."""
+
+_WS = rb"[ \t\n\r]*+"  # JSON's whitespace (json.loads accepts no other)
+_STRING = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'  # with re.DOTALL: a backslash escapes any byte
+_PLAIN = rb'[^"{}\[\]]++'  # inside a container: numbers, literals, ",", ":" and whitespace
 _NESTING = 10
 """Levels of containers one regex match skips: a deeper one costs a Python step a bracket."""
 
@@ -33,9 +40,9 @@ _NESTING = 10
 def _container(levels: int) -> bytes:
     """A container holding containers at most ``levels - 1`` deep. Brackets are not paired
     by kind (``[}`` closes): the scan counts depth, it does not validate."""
-    pattern = rb"[{\[](?>(?:" + _PLAIN + b"|" + _STRING + rb")*)[}\]]"
+    pattern = rb"[{\[](?:" + _PLAIN + b"|" + _STRING + rb")*+[}\]]"
     for _ in range(levels - 1):
-        pattern = rb"[{\[](?>(?:" + _PLAIN + b"|" + _STRING + b"|" + pattern + rb")*)[}\]]"
+        pattern = rb"[{\[](?:" + _PLAIN + b"|" + _STRING + b"|" + pattern + rb")*+[}\]]"
     return pattern
 
 
@@ -43,9 +50,9 @@ _OBJECT_START = re.compile(rb"(?:\xef\xbb\xbf)?" + _WS + rb"\{" + _WS)  # json.l
 _KEY = re.compile(b"(" + _STRING + b")" + _WS + b":" + _WS, re.DOTALL)
 _AFTER_VALUE = re.compile(_WS + rb"([,}])" + _WS)
 _STRING_VALUE = re.compile(_STRING, re.DOTALL)
-_SCALAR = re.compile(rb'(?>[^,:{}\[\]" \t\n\r]+)')
+_SCALAR = re.compile(rb'[^,:{}\[\]" \t\n\r]++')
 _RUN = re.compile(
-    b"(?>(?:" + _PLAIN + b"|" + _STRING + b"|" + _container(_NESTING) + b")*)", re.DOTALL
+    b"(?:" + _PLAIN + b"|" + _STRING + b"|" + _container(_NESTING) + b")*+", re.DOTALL
 )
 """Content inside a container up to its next bracket that ``_container`` cannot skip."""
 _INT = re.compile(rb"-?(?:0|[1-9][0-9]{0,8})")
@@ -55,10 +62,11 @@ _MAX_KEY_BYTES = 2 + 6 * len("stream")
 """The longest key that can decode to ``stream`` or ``n``: each character a ``\\uXXXX``."""
 
 MAX_STEPS = 200_000
-"""Python-level steps a scan takes at most (about a microsecond each): one per top-level key,
-and two per container nested deeper than ``_NESTING`` levels. A value that needs more (200,000
-top-level keys; or 100,000 containers below ten levels of nesting) stops there with what it
-found, which may miss a later ``stream`` or ``n``."""
+"""Python-level steps a scan takes at most (1–2 µs each): one per top-level key, two more for
+each top-level value that is a container, and two for each container that holds more than
+``_NESTING`` levels (itself included). A value that needs more (e.g. 67,000 top-level keys
+whose values are arrays) stops there with what it found, which may miss a later ``stream`` or
+``n``."""
 
 
 def scan_stream_n(raw: bytes, *, max_steps: int = MAX_STEPS) -> tuple[bool, int]:
