@@ -55,7 +55,7 @@ from genwire.results import claimed_digest, claimed_fingerprint, published_diges
 from genwire.telemetry import semconv as sc
 from genwire.tokenization import AssetStore, ModelAssets
 from genwire_preprocess.guided import GuidedChecker
-from genwire_preprocess.hints import SCANS, scan_stream_n
+from genwire_preprocess.hints import stream_and_n
 from genwire_preprocess.options import (
     DEFAULT_MAX_LOGPROB_ENTRIES,
     check_options,
@@ -72,8 +72,7 @@ SEED_MASK = 2**63 - 1
 
 HINT_PARSE_BYTES = 1024 * 1024
 """Largest refused value whose hints (``stream``, ``model``, ``n``) are read by parsing it
-again; a larger one's ``stream`` and ``n`` are scanned for (``hints.scan_stream_n``), except
-on a Python whose ``re`` cannot (``hints.SCANS``), which parses it too."""
+again; a larger one's ``stream`` and ``n`` are scanned for (``hints.stream_and_n``)."""
 
 
 class RequestRecord(BaseModel):
@@ -472,8 +471,8 @@ def _hints(raw: bytes) -> tuple[bool, str, int]:
     nested ``"n"`` or ``"stream"`` not being the request's): a streamed request's error must
     end the token stream of each of its choices. An ``n`` that is not a valid one (1 to
     ``MAX_N``) is 1."""
-    if len(raw) > HINT_PARSE_BYTES and SCANS:  # else parsed: this Python's re cannot scan
-        stream, n = scan_stream_n(raw)
+    if len(raw) > HINT_PARSE_BYTES:
+        stream, n = stream_and_n(raw)
         return stream, "", _valid_n(n)
     try:
         data = json.loads(raw)

@@ -13,12 +13,13 @@ failed match from backtracking and keep no state per repeat (atomic groups, the 
 say it, keep state for every repeat until the match ends: hundreds of megabytes for a value of
 short items); ``MAX_STEPS`` bounds the Python-level work of a value built to defeat that.
 Python before 3.11.5 matches possessive quantifiers wrongly (gh-106052; Debian 12's python3.11
-is 3.11.2): there ``SCANS`` is False and the caller parses the value instead. It is no
-validator (brackets are counted, not paired by kind; tokens inside a container are not
-checked): a malformed, truncated or over-budget value
-yields what its complete top-level pairs before the fault said, else the defaults (no
-``stream``, ``n`` 1), where ``json.loads`` would give the defaults alone: a truncated
-streamed request whose ``stream`` came before the cut still has its stream ended.
+is 3.11.2): there ``SCANS`` is False and ``stream_and_n`` finds the keys at any depth instead
+(``_anywhere``: a nested ``"n"`` or ``"stream"`` can mislead it). The scan is no validator
+(brackets are counted, not paired by kind; tokens inside a container are not checked): a
+malformed, truncated or over-budget value yields what its complete top-level pairs before the
+fault said, else the defaults (no ``stream``, ``n`` 1), where ``json.loads`` would give the
+defaults alone: a truncated streamed request whose ``stream`` came before the cut still has
+its stream ended.
 """
 
 from __future__ import annotations
@@ -62,11 +63,30 @@ _MAX_KEY_BYTES = 2 + 6 * len("stream")
 """The longest key that can decode to ``stream`` or ``n``: each character a ``\\uXXXX``."""
 
 MAX_STEPS = 200_000
-"""Python-level steps a scan takes at most (1–2 µs each): one per top-level key, two more for
-each top-level value that is a container, and two for each container that holds more than
-``_NESTING`` levels (itself included). A value that needs more (e.g. 67,000 top-level keys
-whose values are arrays) stops there with what it found, which may miss a later ``stream`` or
-``n``."""
+"""Python-level steps a scan takes at most (about 0.5–1.5 µs each): one per top-level key, two
+more for each top-level value that is a container, and two for each container inside such a
+value that spans more than ``_NESTING`` levels (itself included). A value that needs more
+(e.g. 67,000 top-level keys whose values are arrays) stops there with what it found, which
+may miss a later ``stream`` or ``n``."""
+
+
+_STREAM_ANYWHERE = re.compile(rb'[{,]\s*"stream"\s*:\s*(true|false)\b')
+"""A ``"stream"`` key and its boolean at any depth: an unescaped quote right after ``{`` or
+``,`` opens a key (inside a string a quote is escaped), so the prompt cannot fake one."""
+_N_ANYWHERE = re.compile(rb'[{,]\s*"n"\s*:\s*(-?\d{1,9})(?![\d.eE])')
+
+
+def stream_and_n(raw: bytes) -> tuple[bool, int]:
+    """``scan_stream_n`` where this Python's ``re`` can run it, else ``_anywhere``."""
+    return scan_stream_n(raw) if SCANS else _anywhere(raw)
+
+
+def _anywhere(raw: bytes) -> tuple[bool, int]:
+    """The last ``stream`` and ``n`` keys at any depth: linear and in constant memory, but a
+    nested key (a JSON schema's ``"n"``) is taken for the request's."""
+    streams = _STREAM_ANYWHERE.findall(raw)
+    ns = _N_ANYWHERE.findall(raw)
+    return bool(streams) and streams[-1] == b"true", int(ns[-1]) if ns else 1
 
 
 def scan_stream_n(raw: bytes, *, max_steps: int = MAX_STEPS) -> tuple[bool, int]:
