@@ -305,8 +305,8 @@ def test_the_refusal_is_the_full_walks(message: Any) -> None:
     ],
 )
 def test_unknown_fields_are_named_where_they_are(message: Any, refusal: str | None) -> None:
-    # "recursive": deeper than DiscardUnknownFields reaches (upb stops at 64 messages), so such
-    # a type is walked, never cleared by sizes alone.
+    # "recursive": a type that can hold itself (at any depth, past the 64 messages upb's
+    # DiscardUnknownFields reaches) is always walked, never cleared by sizes alone.
     assert _verdict(message) == refusal
 
 

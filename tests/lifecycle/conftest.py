@@ -1,6 +1,5 @@
-"""Fixtures shared with the stage tests (a model repository with a tokenizer trained here) and
-the model tests (``tiny_checkpoint``, a tiny GPT-2 trained here in seconds, is the root
-conftest's)."""
+"""Fixtures shared with the stage tests: a model repository with a tokenizer trained here
+(``tiny_checkpoint``, the tiny GPT-2, is the root conftest's)."""
 
 from stages.conftest import assets, model_repo, tokenizer
 

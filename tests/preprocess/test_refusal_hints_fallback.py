@@ -13,7 +13,7 @@ from genwire_preprocess.handlers import HINT_PARSE_BYTES
 def test_an_old_python_finds_the_keys_at_any_depth(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hints, "SCANS", False)
     monkeypatch.setattr(hints, "scan_stream_n", None)  # a call would fail the test
-    monkeypatch.setattr(handlers.json, "loads", None)  # and so would a parse
+    monkeypatch.setattr(handlers, "json", None)  # and so would a parse
     pad = "p" * (HINT_PARSE_BYTES + 1)
     plain = json.dumps({"prompt": pad, "stream": True, "n": 2}).encode()
     assert handlers._hints(plain) == (True, "", 2)

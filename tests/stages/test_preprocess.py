@@ -23,7 +23,6 @@ from genwire.errors import GenwireError, PermanentError, Rejection
 from genwire.events import (
     ChatMessage,
     GenerationChunk,
-    GenerationResult,
     Sampling,
     TokenEvent,
     dump,
@@ -34,7 +33,7 @@ from genwire.request import ErrorCode, GenerationRequest, fingerprint, parse_req
 from genwire.results import published_digest
 from genwire.tokenization import AssetStore
 
-from .conftest import CONTEXT_LENGTH, EOS, MODEL
+from .conftest import CONTEXT_LENGTH, EOS, MODEL, FakeStore
 
 
 def _pre(assets: AssetStore, **kw: object) -> Preprocessor:
@@ -311,7 +310,7 @@ async def test_a_bad_record_reusing_an_id_in_flight_does_not_answer_for_it(
     claims = FakeClaims()
     pre = _pre(assets, claims=claims)
     await pre.handle_record(_decode(b'{"prompt": "hello"}', b"order-42"))
-    store = _Store()
+    store = FakeStore()
     post = Postprocessor(assets, store)
     ids = tokenizer.encode("The quick brown fox").ids
     sampling = Sampling()
@@ -409,14 +408,6 @@ async def _refusal(pre: Preprocessor, record: RequestRecord) -> GenwireError:
     with pytest.raises(GenwireError) as info:
         await pre.handle_record(record)
     return info.value
-
-
-class _Store:
-    def __init__(self) -> None:
-        self.data: dict[str, GenerationResult] = {}
-
-    async def put_first(self, result: GenerationResult) -> GenerationResult:
-        return self.data.setdefault(result.request_id, result)
 
 
 def test_asset_store_picks_up_a_new_complete_version(model_repo: Path, tmp_path: Path) -> None:

@@ -497,7 +497,7 @@ def build_version(
             owner = _own(tmp)
         manifest = _assemble(info, tmp, context, opts, progress)
         with model_lock(model_dir):
-            version = _publish(model_dir, tmp, manifest, name, opts, started)
+            version = _publish(model_dir, tmp, manifest, name, started)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -550,7 +550,6 @@ def _publish(
     tmp: Path,
     manifest: dict[str, Any],
     name: str,
-    opts: BuildOptions,
     started: float,
 ) -> int:
     """Rename ``tmp`` to the next version number, then put the model's config in place (the

@@ -467,8 +467,8 @@ def error_chunk(raw: bytes, key: bytes | None, err: GenwireError) -> list[Genera
 
 def _hints(raw: bytes) -> tuple[bool, str, int]:
     """Best-effort ``stream``, ``model`` and ``n`` of a refused value. One too large to parse
-    again still says whether it streams and its ``n`` (its top-level keys are scanned for, a
-    nested ``"n"`` or ``"stream"`` not being the request's): a streamed request's error must
+    again still says whether it streams and its ``n`` (``hints.stream_and_n``: its top-level
+    keys, or on a Python before 3.11.5 the keys at any depth): a streamed request's error must
     end the token stream of each of its choices. An ``n`` that is not a valid one (1 to
     ``MAX_N``) is 1."""
     if len(raw) > HINT_PARSE_BYTES:

@@ -74,6 +74,7 @@ _STREAM_ANYWHERE = re.compile(rb'[{,]\s*"stream"\s*:\s*(true|false)\b')
 """A ``"stream"`` key and its boolean at any depth: an unescaped quote right after ``{`` or
 ``,`` opens a key (inside a string a quote is escaped), so the prompt cannot fake one."""
 _N_ANYWHERE = re.compile(rb'[{,]\s*"n"\s*:\s*(-?\d{1,9})(?![\d.eE])')
+"""An ``"n"`` key and its integer at any depth (as ``_STREAM_ANYWHERE``)."""
 
 
 def stream_and_n(raw: bytes) -> tuple[bool, int]:
