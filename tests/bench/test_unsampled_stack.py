@@ -37,7 +37,9 @@ async def test_an_unsampled_request_leaves_no_span_and_a_sampled_one_does(
         second = await driver.send(req, f"{run}-1", loud)
     finally:
         await driver.close()
-    assert first.error is None and second.error is None and first.output_tokens == 4
+    assert first.error is None and second.error is None
+    # Greedy: both answered in full, alike (the model, trained on each machine, may end early).
+    assert 1 <= first.output_tokens == second.output_tokens <= 4
     async with httpx.AsyncClient(base_url=stack.jaeger_ui_url, timeout=5.0) as http:
         # Every service exports both requests' spans in the same batches: once the sampled
         # one's trace is complete (postprocess, the last stage, included), the other's would be.
